@@ -1,0 +1,45 @@
+# E-Port Trust: `make run` starts the embedded default, `make test` runs every check.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ./var
+HOST ?= 127.0.0.1
+PORT ?= 8000
+APT_PACKAGES := openssl nginx softhsm2 chromium golang-cfssl postgresql
+
+.PHONY: run test lint typecheck pytest bench sysdeps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/eport serve --dev --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+
+# System packages the tests and benchmarks use; installed only when missing.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "missing system packages:$$missing (install them as root)"; fi; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check ca authsvc cli tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) sysdeps
+	$(BIN)/pytest -q -n 2 tests
+
+test: lint typecheck pytest
+
+bench: $(STAMP) sysdeps
+	$(BIN)/python bench/issuance.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

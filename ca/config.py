@@ -1,0 +1,110 @@
+"""Typed configuration: defaults < TOML file < environment (``EPORT_*``) < explicit dict.
+
+Tests pass a dict to ``create_app``; ``eport serve`` builds one from its flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ca.errors import PolicyError
+
+_REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """Settings of the joint CA service."""
+
+    data_dir: Path = Path("var")
+    """Where the embedded database and the CA's sealed key files live."""
+    database_url: str = ""
+    """SQLAlchemy URL; empty means SQLite ``<data_dir>/eport.db`` (WAL)."""
+    policies_dir: Path = _REPO_POLICIES
+    """Profiles, member agencies and rules (validated at load)."""
+    public_base_url: str = "http://127.0.0.1:8000"
+    """Base URL printed into certificates (AIA, CRL distribution points) and signed-request audiences."""
+    ca_key_passphrase: str = field(default="", repr=False)
+    """Unseals the issuing CA keys; in development read from ``<data_dir>/dev/``."""
+    dev: bool = False
+    """Embedded development default: a development joint CA is created on first start."""
+    max_body_bytes: int = 64 * 1024
+    """Request bodies above this size are refused with 413."""
+    code_ttl_seconds: int = 7 * 24 * 3600
+    """Lifetime of a one-time enrollment code (default 7 days)."""
+    lint_sample_rate: float = 1.0
+    """Share of certificates linted by pkilint before signing (1.0 = every one).
+
+    Every profile's template is always linted once at start; see ``ca/lint.py``."""
+    request_max_lifetime_seconds: int = 300
+    """Upper bound on ``exp - iat`` of a signed request (RFC 7515 JWS)."""
+    clock_skew_seconds: int = 30
+    """Leeway for ``iat``/``exp`` of signed requests."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses whose forwarded headers are believed; nobody else's are."""
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'eport.db').resolve()}"
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        file: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> CAConfig:
+        """Merge defaults, an optional TOML ``file``, ``EPORT_*`` variables and ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
+        if path is not None:
+            with open(path, "rb") as fh:
+                values.update(tomllib.load(fh).get("ca", {}))
+        for f in dataclasses.fields(cls):
+            name = "EPORT_" + f.name.upper()
+            if name in env:
+                values[f.name] = env[name]
+        values.update(overrides or {})
+        return cls.from_mapping(values, source=str(path or "configuration"))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "configuration") -> CAConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in known:
+                raise PolicyError(source, key, "unknown setting")
+            kwargs[key] = _coerce(source, key, known[key].type, raw)
+        return cls(**kwargs)
+
+
+def _coerce(source: str, key: str, typ: Any, raw: Any) -> Any:
+    typ = str(typ)
+    try:
+        if typ == "Path":
+            return Path(raw)
+        if typ == "bool":
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        if typ.startswith("tuple"):
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            return tuple(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(source, key, f"expected {typ}: {exc}") from exc

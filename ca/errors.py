@@ -1,0 +1,157 @@
+"""One typed error tree for the joint CA, rendered once.
+
+Every error is also an RFC 9457 problem document: ``type`` is a stable URI under
+``urn:eport:problem:``, ``title`` a short summary of the kind of problem, ``status``
+the HTTP status code, and ``detail`` the explanation of this occurrence. The CLI
+prints ``detail`` as its one line; the HTTP layer renders :meth:`EPortError.problem`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EPortError(Exception):
+    """Base of every error the CA and its clients raise on purpose."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return f"urn:eport:problem:{self.slug}"
+
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 problem document (members ``type``, ``title``, ``status``, ``detail``)."""
+        doc: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            doc["instance"] = instance
+        doc.update(self.extra)
+        return doc
+
+
+class BadRequest(EPortError):
+    """The request is malformed: wrong JSON, missing member, unparseable PEM/DER."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class InvalidUSCC(BadRequest):
+    """A Unified Social Credit Code fails GB 32100-2015 (alphabet, length or check character)."""
+
+    slug = "invalid-uscc"
+    title = "Invalid Unified Social Credit Code"
+
+
+class BadCSR(BadRequest):
+    """A PKCS#10 request (RFC 2986) that cannot be parsed or fails proof of possession."""
+
+    slug = "bad-csr"
+    title = "Unacceptable certificate signing request"
+
+
+class WeakKey(BadRequest):
+    """A public key the profile does not allow (type, size, or curve)."""
+
+    slug = "weak-key"
+    title = "Key not allowed by the profile"
+
+
+class UnknownProfile(BadRequest):
+    slug = "unknown-profile"
+    title = "Unknown certificate profile"
+
+
+class Unauthenticated(EPortError):
+    """A signed request that is missing, malformed, expired, replayed or not trusted."""
+
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication required"
+
+
+class Replayed(Unauthenticated):
+    slug = "replayed"
+    title = "Signed request replayed"
+
+
+class Forbidden(EPortError):
+    """The caller is authenticated but its role does not allow the action."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
+class ProfileNotAllowed(Forbidden):
+    slug = "profile-not-allowed"
+    title = "Profile not allowed for this enrollment code"
+
+
+class NotFound(EPortError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(EPortError):
+    """The action conflicts with the current state (already decided, key already certified)."""
+
+    status = 409
+    slug = "conflict"
+    title = "Conflict with the current state"
+
+
+class InvalidCode(EPortError):
+    """An enrollment code that is unknown, already used, or expired."""
+
+    status = 403
+    slug = "invalid-enrollment-code"
+    title = "Invalid enrollment code"
+
+
+class PayloadTooLarge(EPortError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class LintFailed(EPortError):
+    """Pre-issuance linting found an error in the to-be-signed certificate; nothing was signed."""
+
+    status = 500
+    slug = "lint-failed"
+    title = "Certificate failed pre-issuance linting"
+
+
+class PolicyError(EPortError):
+    """A file in ``policies/`` is invalid; the message names the file and the key."""
+
+    slug = "policy-error"
+    title = "Invalid policy file"
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        super().__init__(f"{path}: {key}: {message}")
+        self.path = path
+        self.key = key
+
+
+class Sealed(EPortError):
+    """The CA's issuing keys are not available (sealed); issuance is refused."""
+
+    status = 503
+    slug = "sealed"
+    title = "The CA is sealed"

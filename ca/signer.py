@@ -1,0 +1,110 @@
+"""The one small interface behind which every CA key lives.
+
+Issuance, CRL and OCSP code only ever call :meth:`Signer.sign` on the bytes to be
+signed (a TBSCertificate, a TBSCertList, a ResponseData) and read the public key;
+they never hold the private key. A software key (sealed at rest as encrypted
+PKCS#8), an M-of-N reconstructed root key, or a PKCS#11 token all fit behind it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+
+from ca.errors import Sealed
+from ca.keys import KeyType, sign_bytes
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """A CA key that signs X.509 structures (RFC 5280 §4.1.1.3 signatureValue)."""
+
+    @property
+    def key_type(self) -> KeyType: ...
+
+    def public_key(self) -> CertificatePublicKeyTypes: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """The signature over ``data`` in X.509 encoding (ECDSA as DER ``Ecdsa-Sig-Value``)."""
+        ...
+
+
+class SoftwareSigner:
+    """A private key held in this process's memory (after unsealing)."""
+
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
+        self._key = key
+        self._type = KeyType.of(key)
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._type
+
+    def public_key(self) -> CertificatePublicKeyTypes:
+        return self._key.public_key()
+
+    def sign(self, data: bytes) -> bytes:
+        return sign_bytes(self._key, data)
+
+    def __repr__(self) -> str:
+        return f"SoftwareSigner({self._type.value})"
+
+
+class SealedSigner:
+    """Stands for a key that has not been unsealed: signing raises :class:`Sealed`."""
+
+    def __init__(self, public_key: CertificatePublicKeyTypes) -> None:
+        self._public = public_key
+        self._type = KeyType.of(public_key)
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._type
+
+    def public_key(self) -> CertificatePublicKeyTypes:
+        return self._public
+
+    def sign(self, data: bytes) -> bytes:
+        raise Sealed("the CA keys are sealed; unseal the CA before issuing")
+
+
+def seal_key(key: CertificateIssuerPrivateKeyTypes, path: Path, passphrase: bytes) -> None:
+    """Write ``key`` as encrypted PKCS#8 (RFC 5958, PBES2), readable by its owner only."""
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+    write_private(path, data)
+
+
+def unseal_key(path: Path, passphrase: bytes) -> SoftwareSigner:
+    """Read an encrypted PKCS#8 key written by :func:`seal_key`."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), passphrase)
+    except (ValueError, TypeError) as exc:
+        raise Sealed(f"cannot unseal {path.name}: wrong passphrase or damaged key file") from exc
+    if not hasattr(key, "sign"):
+        raise Sealed(f"{path.name} does not hold a signing key")
+    return SoftwareSigner(key)  # type: ignore[arg-type]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 before any byte is written, atomically replaced."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
