@@ -281,7 +281,9 @@ def load_profile(path: Path) -> Profile:
         raise r.fail("policy_oids", "the first policy OID names the profile's role")
     subject: list[tuple[ObjectIdentifier, str]] = []
     for i, pair in enumerate(r.get("subject", list)):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
             raise r.fail(f"subject[{i}]", "expected [attribute, template]")
         attr, tmpl = pair
         if attr not in NAME_ATTRIBUTES:
@@ -368,7 +370,11 @@ def load_policies(directory: Path) -> Policies:
         profiles[p.name] = p
     for p in profiles.values():
         if p.ca and p.issuer != "root":
-            raise PolicyError(f"{directory}/profiles/{p.name}.toml", "issuer", "CAs are signed by root")
+            raise PolicyError(
+                f"{directory}/profiles/{p.name}.toml", "issuer", "CAs are signed by root"
+            )
     if "issuing-ca" not in profiles:
-        raise PolicyError(str(directory / "profiles"), "issuing-ca", "the issuing-ca profile is required")
+        raise PolicyError(
+            str(directory / "profiles"), "issuing-ca", "the issuing-ca profile is required"
+        )
     return Policies(directory=directory, profiles=profiles, members=members)

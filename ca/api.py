@@ -1,0 +1,251 @@
+"""The CA's HTTP API under ``/ca/v1/`` (JSON; errors are RFC 9457 problem+json).
+
+Public: applying, enrolling with a one-time code, reading the CA certificates.
+Signed (``Authorization: EPort-Signed <JWS>``, see :mod:`ca.signedreq`): everything
+an RA officer, an enterprise or a certificate holder does.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ca.app import EXTENSION, CAService
+from ca.authority import Caller, CodeGrant, Issued
+from ca.errors import BadRequest
+from ca.openapi import openapi_document
+from ca.records import Application, ApplicationState, CertificateRecord
+from ca.signedreq import parse_authorization, verify_request
+
+bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
+
+
+def svc() -> CAService:
+    service: CAService = current_app.extensions[EXTENSION]
+    return service
+
+
+def json_body() -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw:
+        return {}
+    try:
+        import json
+
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def field(data: dict[str, Any], name: str, *, required: bool = True) -> Any:
+    value = data.get(name)
+    if required and (value is None or value == ""):
+        raise BadRequest(f"{name!r} is required")
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name!r} must be a string")
+    return value
+
+
+def signed_caller() -> Caller:
+    s = svc()
+    token = parse_authorization(request.headers.get("Authorization"))
+    path = request.script_root + request.path
+    if request.query_string:
+        path += "?" + request.query_string.decode("ascii", "replace")
+    req = verify_request(
+        token,
+        method=request.method,
+        path=path,
+        body=request.get_data(cache=True),
+        trust=s.trust,
+        replay=s.store,
+        now=s.clock(),
+        leeway=datetime.timedelta(seconds=s.config.clock_skew_seconds),
+    )
+    return s.authority.caller(req)
+
+
+def iso(dt: datetime.datetime | None) -> str | None:
+    return dt.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z") if dt else None
+
+
+def app_json(app: Application) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "subject_class": app.subject_class,
+        "uscc": app.uscc,
+        "subject": dict(app.vetted),
+        "state": app.state.value,
+        "created_at": iso(app.created_at),
+        "applicant": app.applicant,
+        "decided_by": app.decided_by,
+        "decided_at": iso(app.decided_at),
+        "reason": app.reason,
+    }
+
+
+def grant_json(grant: CodeGrant) -> dict[str, Any]:
+    return {
+        "application": app_json(grant.application),
+        "enrollment_code": grant.code,
+        "expires_at": iso(grant.expires_at),
+        "profiles": list(grant.profiles),
+    }
+
+
+def cert_json(rec: CertificateRecord, *, with_pem: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "serial": rec.serial_hex,
+        "issuer": rec.issuer_id,
+        "profile": rec.profile,
+        "subject": rec.subject,
+        "uscc": rec.uscc,
+        "not_before": iso(rec.not_before),
+        "not_after": iso(rec.not_after),
+        "sha256": rec.cert_sha256,
+        "application_id": rec.application_id,
+    }
+    if with_pem:
+        pem = base64.encodebytes(rec.der).decode()
+        out["certificate"] = f"-----BEGIN CERTIFICATE-----\n{pem}-----END CERTIFICATE-----\n"
+    return out
+
+
+def issued_json(issued: Issued) -> dict[str, Any]:
+    out = cert_json(issued.record)
+    out["certificate"] = issued.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    out["chain"] = issued.chain_pem()
+    return out
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+@bp.get("/health")
+def health() -> Response:
+    s = svc()
+    sealed = any(type(i.signer).__name__ == "SealedSigner" for i in s.authority.issuers.values())
+    return jsonify({"status": "ok", "sealed": sealed})
+
+
+@bp.get("/ca")
+def ca_certificates() -> Response:
+    """The root and the issuing CA certificates (PEM), for building chains."""
+    s = svc()
+    return jsonify(
+        {
+            "root": s.authority.root.public_bytes(serialization.Encoding.PEM).decode(),
+            "issuers": {
+                i.id: i.certificate.public_bytes(serialization.Encoding.PEM).decode()
+                for i in s.authority.issuers.values()
+            },
+        }
+    )
+
+
+@bp.post("/applications")
+def apply() -> tuple[Response, int]:
+    data = json_body()
+    subject_class = field(data, "subject_class", required=False) or "enterprise"
+    fields = {k: v for k, v in data.items() if k != "subject_class"}
+    for k, v in fields.items():
+        if not isinstance(v, str):
+            raise BadRequest(f"{k!r} must be a string")
+    app = svc().authority.apply(subject_class, fields, applicant="anonymous")
+    return jsonify(app_json(app)), 201
+
+
+@bp.get("/ra/applications")
+def list_applications() -> Response:
+    caller = signed_caller()
+    state_arg = request.args.get("state", "pending")
+    state = None if state_arg == "all" else _state(state_arg)
+    limit = _int_arg("limit", 100, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    apps = svc().authority.list_applications(caller, state, limit, offset)
+    return jsonify({"applications": [app_json(a) for a in apps]})
+
+
+def _state(value: str) -> ApplicationState:
+    try:
+        return ApplicationState(value)
+    except ValueError:
+        raise BadRequest(f"unknown state {value!r} (pending, approved, rejected, all)") from None
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+@bp.post("/ra/applications/<app_id>/approve")
+def approve(app_id: str) -> Response:
+    caller = signed_caller()
+    data = json_body()
+    profiles = data.get("profiles")
+    if profiles is not None and (
+        not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles)
+    ):
+        raise BadRequest("'profiles' must be a list of profile names")
+    grant = svc().authority.approve(caller, app_id, profiles)
+    return jsonify(grant_json(grant))
+
+
+@bp.post("/ra/applications/<app_id>/reject")
+def reject(app_id: str) -> Response:
+    caller = signed_caller()
+    data = json_body()
+    app = svc().authority.reject(caller, app_id, field(data, "reason"))
+    return jsonify(app_json(app))
+
+
+@bp.post("/enroll")
+def enroll() -> tuple[Response, int]:
+    data = json_body()
+    issued = svc().authority.enroll(field(data, "code"), field(data, "profile"), field(data, "csr"))
+    return jsonify(issued_json(issued)), 201
+
+
+@bp.post("/operators")
+def authorize_operator() -> tuple[Response, int]:
+    caller = signed_caller()
+    data = json_body()
+    grant = svc().authority.authorize_operator(
+        caller, field(data, "name"), field(data, "operator_id")
+    )
+    return jsonify(grant_json(grant)), 201
+
+
+@bp.post("/renew")
+def renew() -> tuple[Response, int]:
+    caller = signed_caller()
+    data = json_body()
+    issued = svc().authority.renew(caller, field(data, "csr"))
+    return jsonify(issued_json(issued)), 201
+
+
+@bp.get("/certificates")
+def certificates() -> Response:
+    caller = signed_caller()
+    uscc = request.args.get("uscc")
+    limit = _int_arg("limit", 100, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    recs = svc().authority.certificates(caller, uscc, limit, offset)
+    return jsonify({"certificates": [cert_json(r, with_pem=True) for r in recs]})

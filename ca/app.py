@@ -1,0 +1,146 @@
+"""The joint CA as a Flask application: ``create_app(config)``.
+
+A thin adapter: it wires configuration, policies, the hierarchy's signers and the
+SQLAlchemy store into the framework-free :class:`~ca.authority.JointCA`, and renders
+every :class:`~ca.errors.EPortError` as an RFC 9457 problem document.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, json, request
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from ca import devinit, hierarchy
+from ca.authority import Clock, JointCA, utcnow
+from ca.config import CAConfig
+from ca.errors import EPortError, PayloadTooLarge
+from ca.issuance import CertificateFactory
+from ca.lint import CertificateLinter
+from ca.models import Base
+from ca.policy import Policies, load_policies
+from ca.records import Store
+from ca.signedreq import TrustAnchors
+from ca.store import SqlStore, configure_engine
+
+log = logging.getLogger("eport.ca")
+db = SQLAlchemy(metadata=Base.metadata)
+EXTENSION = "eport.ca"
+
+
+@dataclass(frozen=True)
+class CAService:
+    """What the HTTP layer needs, kept in ``app.extensions``."""
+
+    config: CAConfig
+    authority: JointCA
+    trust: TrustAnchors
+    store: SqlStore
+    clock: Clock
+
+
+def ca_passphrase(cfg: CAConfig) -> bytes | None:
+    if cfg.ca_key_passphrase:
+        return cfg.ca_key_passphrase.encode()
+    if cfg.dev:
+        return devinit.read_passphrases(cfg.data_dir)["ca_key_passphrase"].encode()
+    return None
+
+
+def build_authority(
+    cfg: CAConfig,
+    policies: Policies,
+    h: hierarchy.Hierarchy,
+    store: Store,
+    clock: Clock = utcnow,
+) -> JointCA:
+    import datetime
+
+    rate = cfg.lint_sample_rate
+    sampler = (lambda: True) if rate >= 1.0 else (lambda: random.random() < rate)
+    factory = CertificateFactory(CertificateLinter(), lint_sampler=sampler)
+    return JointCA(
+        policies=policies,
+        issuers=h.issuers,
+        root=h.root,
+        store=store,
+        factory=factory,
+        clock=clock,
+        code_ttl=datetime.timedelta(seconds=cfg.code_ttl_seconds),
+    )
+
+
+def problem_response(err: EPortError) -> Response:
+    body = err.problem(instance=request.path)
+    resp = Response(json.dumps(body), status=err.status, mimetype="application/problem+json")
+    return resp
+
+
+def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
+    """The CA's Flask app; ``config`` is a :class:`CAConfig` or a dict of overrides."""
+    cfg = config if isinstance(config, CAConfig) else CAConfig.load(config)
+    app = Flask("ca")
+    app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    policies = load_policies(cfg.policies_dir)
+    h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
+    store = SqlStore(lambda: db.session)  # type: ignore[arg-type,return-value]
+    authority = build_authority(cfg, policies, h, store)
+    trust = TrustAnchors(
+        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
+    )
+    app.extensions[EXTENSION] = CAService(cfg, authority, trust, store, utcnow)
+
+    from ca.api import bp
+
+    app.register_blueprint(bp)
+
+    @app.errorhandler(EPortError)
+    def _domain_error(err: EPortError) -> Response:
+        if err.status >= 500:
+            log.error("%s: %s", type(err).__name__, err.detail)
+        return problem_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        if status == 413:
+            return problem_response(
+                PayloadTooLarge(f"request bodies are limited to {cfg.max_body_bytes} bytes")
+            )
+        body = {
+            "type": "about:blank",
+            "title": err.name,
+            "status": status,
+            "detail": err.description,
+        }
+        return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        body = {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "the server failed; nothing was changed",
+        }
+        return Response(json.dumps(body), status=500, mimetype="application/problem+json")
+
+    return app
+
+
+def session_of() -> Session:
+    return db.session  # type: ignore[return-value]

@@ -1,0 +1,603 @@
+"""The joint CA's core: applications, RA vetting, enrollment codes, issuance, renewal.
+
+Framework-free: storage (:class:`~ca.records.Store`), clock and randomness come in.
+Every state change appends its :class:`~ca.records.Event` in the same transaction.
+Flows follow DESIGN.md §Key flows 2 (enrollment); CSRs are RFC 2986 PKCS#10.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+from ca.errors import (
+    BadCSR,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidCode,
+    NotFound,
+    ProfileNotAllowed,
+)
+from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
+from ca.policy import Policies, Profile, SubjectClass
+from ca.records import (
+    Application,
+    ApplicationState,
+    CertificateRecord,
+    EnrollmentCode,
+    Event,
+    EventType,
+    Store,
+    Transaction,
+)
+from ca.signedreq import SignedRequest
+from ca.uscc import USCC
+
+Clock = Callable[[], datetime.datetime]
+RandomBytes = Callable[[int], bytes]
+
+_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+MAX_NAME = 200
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def normalize_code(code: str) -> str:
+    return code.strip().upper().replace("-", "").replace(" ", "")
+
+
+def hash_code(code: str) -> str:
+    """Codes carry 160 random bits, so a plain SHA-256 is a safe one-way store."""
+    return hashlib.sha256(normalize_code(code).encode()).hexdigest()
+
+
+def new_code(random_bytes: RandomBytes) -> str:
+    """A 160-bit one-time code, 32 Crockford base32 characters in groups of four."""
+    n = int.from_bytes(random_bytes(20), "big")
+    chars = []
+    for _ in range(32):
+        n, r = divmod(n, 32)
+        chars.append(_CODE_ALPHABET[r])
+    s = "".join(chars)
+    return "-".join(s[i : i + 4] for i in range(0, 32, 4))
+
+
+def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request from PEM or DER whose self-signature verifies (proof of possession)."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            csr = x509.load_pem_x509_csr(raw)
+        else:
+            csr = x509.load_der_x509_csr(raw)
+    except ValueError as exc:
+        raise BadCSR(f"not a PKCS#10 certificate request: {exc}") from None
+    try:
+        valid = csr.is_signature_valid
+    except Exception as exc:  # unsupported key or algorithm inside the CSR
+        raise BadCSR(f"cannot check the request's signature: {exc}") from None
+    if not valid:
+        raise BadCSR("the request's signature does not verify (no proof of possession)")
+    return csr
+
+
+def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    attrs = name.get_attributes_for_oid(oid)
+    if not attrs:
+        return None
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a signed request, as the joint CA sees it."""
+
+    profile: Profile
+    serial: int
+    subject: str
+    uscc: str | None
+    agency_id: str | None
+    certificate: x509.Certificate
+
+    @property
+    def actor(self) -> str:
+        return f"{self.profile.name}:{self.serial:x}"
+
+    @property
+    def role(self) -> SubjectClass:
+        return self.profile.subject_class
+
+
+@dataclass(frozen=True)
+class Issued:
+    record: CertificateRecord
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+    def chain_pem(self) -> str:
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+
+
+@dataclass(frozen=True)
+class CodeGrant:
+    application: Application
+    code: str
+    expires_at: datetime.datetime
+    profiles: tuple[str, ...]
+
+
+class JointCA:
+    """The RA workflow and issuance of the joint CA."""
+
+    def __init__(
+        self,
+        *,
+        policies: Policies,
+        issuers: Mapping[str, IssuingCA],
+        root: x509.Certificate,
+        store: Store,
+        factory: CertificateFactory,
+        clock: Clock = utcnow,
+        random_bytes: RandomBytes = os.urandom,
+        code_ttl: datetime.timedelta = datetime.timedelta(days=7),
+    ) -> None:
+        self.policies = policies
+        self.issuers = dict(issuers)
+        self.root = root
+        self.store = store
+        self.factory = factory
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.code_ttl = code_ttl
+
+    # -- who is calling ---------------------------------------------------------------------
+
+    def caller(self, req: SignedRequest) -> Caller:
+        """Map a verified signed request to a role by the certificate's policy OID."""
+        cert = req.certificate
+        try:
+            policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+        except x509.ExtensionNotFound:
+            raise Forbidden("the certificate names no e-port profile") from None
+        profile = None
+        for info in policies:
+            profile = self.policies.profile_for_oid(info.policy_identifier)
+            if profile is not None:
+                break
+        if profile is None or profile.ca:
+            raise Forbidden("the certificate's profile gives no role at this CA")
+        issuer = self.issuers.get(profile.issuer)
+        if issuer is None or cert.issuer != issuer.certificate.subject:
+            raise Forbidden("the certificate was not issued by its profile's issuing CA")
+        org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
+        uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
+        agency = org_id[6:] if org_id.startswith("GOVCN-") else None
+        if profile.subject_class is SubjectClass.AGENCY:
+            if agency is None or self.policies.members.get(agency) is None:
+                raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
+        return Caller(
+            profile=profile,
+            serial=cert.serial_number,
+            subject=cert.subject.rfc4514_string(),
+            uscc=uscc,
+            agency_id=agency,
+            certificate=cert,
+        )
+
+    def _require(self, caller: Caller, *roles: SubjectClass) -> None:
+        if caller.role not in roles:
+            need = " or ".join(r.value for r in roles)
+            raise Forbidden(f"this action needs a {need} certificate, not {caller.role.value}")
+
+    # -- applications -----------------------------------------------------------------------
+
+    def apply(
+        self, subject_class: str, data: Mapping[str, str], applicant: str = "anonymous"
+    ) -> Application:
+        """Record an application; the RA vets it before any code is given."""
+        vetted, uscc = self._vet_input(subject_class, data)
+        now = self.clock()
+        app = Application(
+            id="app_" + base64.b32encode(self.random_bytes(10)).decode().lower(),
+            subject_class=subject_class,
+            uscc=uscc,
+            vetted=vetted,
+            state=ApplicationState.PENDING,
+            created_at=now,
+            applicant=applicant,
+        )
+        with self.store.transaction() as tx:
+            tx.add_application(app)
+            tx.append_event(
+                Event(
+                    type=EventType.APPLICATION_SUBMITTED,
+                    at=now,
+                    actor=applicant,
+                    uscc=uscc,
+                    subject=_display_name(vetted),
+                    application_id=app.id,
+                    details={"subject_class": subject_class},
+                )
+            )
+        return app
+
+    def _vet_input(
+        self, subject_class: str, data: Mapping[str, str]
+    ) -> tuple[dict[str, str], str | None]:
+        def text(key: str) -> str:
+            value = data.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise BadRequest(f"{key} is required")
+            value = " ".join(value.split())
+            if len(value) > MAX_NAME:
+                raise BadRequest(f"{key} is longer than {MAX_NAME} characters")
+            if any(ord(ch) < 32 for ch in value):
+                raise BadRequest(f"{key} contains control characters")
+            return value
+
+        if subject_class == SubjectClass.ENTERPRISE.value:
+            uscc = str(USCC.parse(str(data.get("uscc") or "")))
+            return {"uscc": uscc, "legal_name": text("legal_name")}, uscc
+        if subject_class == SubjectClass.AGENCY.value:
+            member = self.policies.members.get(text("agency_id"))
+            if member is None:
+                raise BadRequest(f"{data.get('agency_id')!r} is not a member agency")
+            return {
+                "agency_id": member.id,
+                "agency_name": member.name,
+                "person_name": text("person_name"),
+            }, None
+        if subject_class == SubjectClass.SERVICE.value:
+            member = self.policies.members.get(text("agency_id"))
+            if member is None:
+                raise BadRequest(f"{data.get('agency_id')!r} is not a member agency")
+            host = text("service_host").lower()
+            if not all(label.isalnum() or "-" in label for label in host.split(".")):
+                raise BadRequest(f"{host!r} is not a DNS name")
+            return {
+                "agency_id": member.id,
+                "agency_name": member.name,
+                "service_host": host,
+            }, None
+        raise BadRequest(
+            f"cannot apply for class {subject_class!r} (enterprise, agency or service; "
+            "operators are authorized by their enterprise)"
+        )
+
+    def list_applications(
+        self, caller: Caller, state: ApplicationState | None, limit: int = 100, offset: int = 0
+    ) -> list[Application]:
+        self._require(caller, SubjectClass.AGENCY)
+        with self.store.transaction() as tx:
+            return tx.list_applications(state, limit, offset)
+
+    def approve(
+        self, caller: Caller, app_id: str, profiles: Sequence[str] | None = None
+    ) -> CodeGrant:
+        """Approve a pending application and give its one-time enrollment code."""
+        self._require(caller, SubjectClass.AGENCY)
+        return self._approve(app_id, profiles, caller.actor, caller, {"officer": caller.subject})
+
+    def approve_at_ceremony(self, app_id: str, actor: str) -> CodeGrant:
+        """Approval recorded as part of a key ceremony (the development set-up's officers)."""
+        return self._approve(app_id, None, actor, None, {"ceremony": actor})
+
+    def _approve(
+        self,
+        app_id: str,
+        profiles: Sequence[str] | None,
+        actor: str,
+        caller: Caller | None,
+        details: Mapping[str, str],
+    ) -> CodeGrant:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            app = tx.get_application(app_id, for_update=True)
+            if app is None:
+                raise NotFound(f"no application {app_id!r}")
+            if caller is not None:
+                self._check_officer_scope(caller, app)
+            allowed = self._profiles_for(app, profiles)
+            if app.state is not ApplicationState.PENDING:
+                raise Conflict(f"application {app_id} is already {app.state.value}")
+            if not tx.set_application_state(
+                app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None
+            ):
+                raise Conflict(f"application {app_id} was decided concurrently")
+            grant = self._grant_code(tx, app, allowed, now)
+            tx.append_event(
+                Event(
+                    type=EventType.APPLICATION_APPROVED,
+                    at=now,
+                    actor=actor,
+                    uscc=app.uscc,
+                    subject=_display_name(app.vetted),
+                    application_id=app.id,
+                    details={"profiles": list(allowed), **details},
+                )
+            )
+        return grant
+
+    def reject(self, caller: Caller, app_id: str, reason: str) -> Application:
+        self._require(caller, SubjectClass.AGENCY)
+        reason = " ".join((reason or "").split())
+        if not reason:
+            raise BadRequest("a rejection needs a reason")
+        if len(reason) > 500:
+            raise BadRequest("the reason is longer than 500 characters")
+        now = self.clock()
+        with self.store.transaction() as tx:
+            app = tx.get_application(app_id, for_update=True)
+            if app is None:
+                raise NotFound(f"no application {app_id!r}")
+            self._check_officer_scope(caller, app)
+            if app.state is not ApplicationState.PENDING:
+                raise Conflict(f"application {app_id} is already {app.state.value}")
+            if not tx.set_application_state(
+                app_id,
+                ApplicationState.PENDING,
+                ApplicationState.REJECTED,
+                caller.actor,
+                now,
+                reason,
+            ):
+                raise Conflict(f"application {app_id} was decided concurrently")
+            tx.append_event(
+                Event(
+                    type=EventType.APPLICATION_REJECTED,
+                    at=now,
+                    actor=caller.actor,
+                    uscc=app.uscc,
+                    subject=_display_name(app.vetted),
+                    application_id=app.id,
+                    details={"reason": reason, "officer": caller.subject},
+                )
+            )
+            updated = tx.get_application(app_id)
+        assert updated is not None
+        return updated
+
+    def _check_officer_scope(self, caller: Caller, app: Application) -> None:
+        # An officer vets enterprises for the whole joint CA, but agency staff and
+        # agency services only for the officer's own agency.
+        own = app.vetted.get("agency_id")
+        if own is not None and own != caller.agency_id:
+            raise Forbidden(f"only an officer of agency {own!r} may decide this application")
+
+    def _profiles_for(self, app: Application, requested: Sequence[str] | None) -> tuple[str, ...]:
+        cls = SubjectClass(app.subject_class)
+        fitting = [p.name for p in self.policies.profiles_of(cls)]
+        if not requested:
+            return tuple(sorted(fitting))
+        for name in requested:
+            profile = self.policies.profile(name)
+            if profile.subject_class is not cls:
+                raise ProfileNotAllowed(
+                    f"profile {name!r} is for {profile.subject_class.value}, "
+                    f"not for a {cls.value} application"
+                )
+        return tuple(sorted(set(requested)))
+
+    def _grant_code(
+        self, tx: Transaction, app: Application, profiles: tuple[str, ...], now: datetime.datetime
+    ) -> CodeGrant:
+        code = new_code(self.random_bytes)
+        expires = now + self.code_ttl
+        tx.add_code(
+            EnrollmentCode(
+                code_hash=hash_code(code),
+                application_id=app.id,
+                profiles=profiles,
+                expires_at=expires,
+            )
+        )
+        return CodeGrant(application=app, code=code, expires_at=expires, profiles=profiles)
+
+    # -- operators --------------------------------------------------------------------------
+
+    def authorize_operator(self, caller: Caller, name: str, operator_id: str) -> CodeGrant:
+        """The enterprise's legal person authorizes an operator: an approved application."""
+        self._require(caller, SubjectClass.ENTERPRISE)
+        with self.store.transaction() as tx:
+            record = tx.get_certificate(caller.serial)
+            parent = (
+                tx.get_application(record.application_id)
+                if record and record.application_id
+                else None
+            )
+        if parent is None or parent.uscc is None:
+            raise Forbidden("the enterprise certificate is not on record at this CA")
+        vetted, _ = self._vet_input(
+            SubjectClass.ENTERPRISE.value,
+            {"uscc": parent.uscc, "legal_name": parent.vetted["legal_name"]},
+        )
+        clean_name = _clean(name, "operator name")
+        clean_id = _clean(operator_id, "operator id", 64)
+        vetted.update({"operator_name": clean_name, "operator_id": clean_id})
+        now = self.clock()
+        app = Application(
+            id="app_" + base64.b32encode(self.random_bytes(10)).decode().lower(),
+            subject_class=SubjectClass.OPERATOR.value,
+            uscc=parent.uscc,
+            vetted=vetted,
+            state=ApplicationState.APPROVED,
+            created_at=now,
+            applicant=caller.actor,
+            decided_by=caller.actor,
+            decided_at=now,
+        )
+        profiles = tuple(sorted(p.name for p in self.policies.profiles_of(SubjectClass.OPERATOR)))
+        with self.store.transaction() as tx:
+            tx.add_application(app)
+            grant = self._grant_code(tx, app, profiles, now)
+            tx.append_event(
+                Event(
+                    type=EventType.OPERATOR_AUTHORIZED,
+                    at=now,
+                    actor=caller.actor,
+                    uscc=parent.uscc,
+                    subject=clean_name,
+                    application_id=app.id,
+                    details={"operator_id": clean_id, "profiles": list(profiles)},
+                )
+            )
+        return grant
+
+    # -- issuance ---------------------------------------------------------------------------
+
+    def enroll(self, code: str, profile_name: str, csr_data: str | bytes) -> Issued:
+        """Redeem a one-time code with a CSR: check, lint, sign, store with its event."""
+        if not isinstance(code, str) or not normalize_code(code):
+            raise BadRequest("an enrollment code is required")
+        csr = parse_csr(csr_data)
+        profile = self.policies.profile(profile_name)
+        code_hash = hash_code(code)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            rec = tx.find_code(code_hash)
+            if rec is None:
+                raise InvalidCode("unknown enrollment code")
+            if rec.used_at is not None:
+                raise InvalidCode("this enrollment code was already used")
+            if rec.expires_at <= now:
+                raise InvalidCode("this enrollment code has expired")
+            if profile.name not in rec.profiles:
+                raise ProfileNotAllowed(
+                    f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
+                )
+            app = tx.get_application(rec.application_id)
+            assert app is not None
+            self._check_key_free(tx, csr.public_key(), app.id)
+        issuer = self._issuer_for(profile)
+        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)  # type: ignore[arg-type]
+        record = _record(cert, issuer.id, profile.name, app)
+        with self.store.transaction() as tx:
+            if tx.redeem_code(code_hash, now) is None:
+                raise InvalidCode("this enrollment code was already used")
+            tx.add_certificate(record)
+            tx.append_event(
+                _issued_event(EventType.CERTIFICATE_ISSUED, "enrollment-code", record, now)
+            )
+        return Issued(record, cert, self._chain(issuer))
+
+    def renew(self, caller: Caller, csr_data: str | bytes) -> Issued:
+        """A new certificate for a new key, same vetted subject, by the current holder."""
+        csr = parse_csr(csr_data)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            current = tx.get_certificate(caller.serial)
+            if current is None or current.application_id is None:
+                raise Forbidden("the certificate is not on record at this CA")
+            app = tx.get_application(current.application_id)
+            assert app is not None
+            if spki_sha256(csr.public_key()) == current.spki_sha256:
+                raise Conflict("renewal needs a new key; the request reuses the current one")
+            self._check_key_free(tx, csr.public_key(), app.id)
+        profile = self.policies.profile(current.profile)
+        issuer = self._issuer_for(profile)
+        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)  # type: ignore[arg-type]
+        record = _record(cert, issuer.id, profile.name, app)
+        event = _issued_event(EventType.CERTIFICATE_RENEWED, caller.actor, record, now)
+        event = Event(
+            **{**event.__dict__, "details": {"previous_serial": format(caller.serial, "x")}}
+        )
+        with self.store.transaction() as tx:
+            tx.add_certificate(record)
+            tx.append_event(event)
+        return Issued(record, cert, self._chain(issuer))
+
+    def _check_key_free(
+        self, tx: Transaction, public_key: CertificatePublicKeyTypes, app_id: str
+    ) -> None:
+        holders = tx.key_holders(spki_sha256(public_key))
+        for h in holders:
+            if h.application_id != app_id:
+                raise Conflict("this public key is already certified to another subject")
+            raise Conflict("this public key is already certified; generate a new key")
+
+    def _issuer_for(self, profile: Profile) -> IssuingCA:
+        try:
+            return self.issuers[profile.issuer]
+        except KeyError:
+            raise NotFound(f"issuing CA {profile.issuer!r} is not configured") from None
+
+    def _chain(self, issuer: IssuingCA) -> tuple[x509.Certificate, ...]:
+        return (issuer.certificate, self.root)
+
+    # -- listings ---------------------------------------------------------------------------
+
+    def certificates(
+        self, caller: Caller, uscc: str | None, limit: int = 100, offset: int = 0
+    ) -> list[CertificateRecord]:
+        if uscc is not None:
+            uscc = str(USCC.parse(uscc))
+        if caller.role is not SubjectClass.AGENCY:
+            if caller.uscc is None or uscc != caller.uscc:
+                raise Forbidden("an enterprise may list only its own certificates (--uscc)")
+        with self.store.transaction() as tx:
+            return tx.certificates(uscc=uscc, limit=limit, offset=offset)
+
+
+def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{what} is required")
+    value = " ".join(value.split())
+    if len(value) > limit or any(ord(c) < 32 for c in value):
+        raise BadRequest(f"{what} must be at most {limit} printable characters")
+    return value
+
+
+def _display_name(vetted: Mapping[str, str]) -> str:
+    for key in ("operator_name", "person_name", "legal_name", "service_host", "ca_name"):
+        if key in vetted:
+            return vetted[key]
+    return ""
+
+
+def _record(
+    cert: x509.Certificate, issuer_id: str, profile: str, app: Application | None
+) -> CertificateRecord:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return CertificateRecord(
+        serial=cert.serial_number,
+        issuer_id=issuer_id,
+        profile=profile,
+        application_id=app.id if app else None,
+        uscc=app.uscc if app else None,
+        subject=cert.subject.rfc4514_string(),
+        spki_sha256=spki_sha256(cert.public_key()),
+        cert_sha256=hashlib.sha256(der).hexdigest(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        der=der,
+    )
+
+
+def _issued_event(
+    kind: EventType, actor: str, rec: CertificateRecord, now: datetime.datetime
+) -> Event:
+    return Event(
+        type=kind,
+        at=now,
+        actor=actor,
+        uscc=rec.uscc,
+        subject=rec.subject,
+        profile=rec.profile,
+        issuer=rec.issuer_id,
+        serial=rec.serial,
+        cert_sha256=rec.cert_sha256,
+        application_id=rec.application_id,
+    )

@@ -1,0 +1,255 @@
+"""Building and signing certificates from a profile and vetted data (RFC 5280 §4).
+
+The subject comes from vetted data through the profile's template; from the CSR
+only the public key is taken. Signing goes through :class:`~ca.signer.Signer`:
+the TBSCertificate is produced by ``cryptography``'s builder signed with a
+throwaway key of the issuing key's type (pre-issuance linting runs on that
+certificate), then the same TBS bytes are signed by the CA key and assembled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from asn1crypto import core as asn1core
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+
+from ca.errors import LintFailed, PolicyError, WeakKey
+from ca.keys import KeyType
+from ca.lint import CertificateLinter
+from ca.policy import Profile
+from ca.signer import Signer
+
+
+@dataclass(frozen=True)
+class IssuingCA:
+    """A CA certificate and the signer of its key (the root is one too, at ceremonies)."""
+
+    id: str
+    certificate: x509.Certificate
+    signer: Signer = field(repr=False)
+
+    @cached_property
+    def ski(self) -> bytes:
+        ext = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        return ext.value.digest
+
+    @cached_property
+    def pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def random_serial() -> int:
+    """A positive serial of 127 random bits (RFC 5280 §4.1.2.2: ≤ 20 octets; CA/B ≥ 64 bits)."""
+    return secrets.randbits(127) | (1 << 126)
+
+
+def spki_sha256(public_key: CertificatePublicKeyTypes) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo: one key, one holder."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+class _ThrowawayKeys:
+    """One throwaway private key per key type, made on first use."""
+
+    def __init__(self) -> None:
+        self._keys: dict[KeyType, CertificateIssuerPrivateKeyTypes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kt: KeyType) -> CertificateIssuerPrivateKeyTypes:
+        key = self._keys.get(kt)
+        if key is None:
+            with self._lock:
+                key = self._keys.setdefault(kt, kt.generate())
+        return key
+
+
+_THROWAWAY = _ThrowawayKeys()
+
+
+class CertificateFactory:
+    """Turns (profile, issuer, public key, vetted data) into a signed, linted certificate.
+
+    ``lint_sampler`` decides per certificate whether pkilint runs (default: always).
+    """
+
+    def __init__(
+        self,
+        linter: CertificateLinter | None = None,
+        lint_sampler: Callable[[], bool] | None = None,
+    ) -> None:
+        self.linter = linter or CertificateLinter()
+        self.lint_sampler = lint_sampler or (lambda: True)
+
+    def check_key(self, profile: Profile, public_key: CertificatePublicKeyTypes) -> KeyType:
+        kt = KeyType.of(public_key)
+        if kt not in profile.key_types:
+            allowed = ", ".join(sorted(k.value for k in profile.key_types))
+            raise WeakKey(f"profile {profile.name!r} does not allow {kt.value} keys ({allowed})")
+        return kt
+
+    def tbs_builder(
+        self,
+        profile: Profile,
+        issuer: IssuingCA,
+        public_key: CertificatePublicKeyTypes,
+        vetted: Mapping[str, str],
+        serial: int,
+        now: datetime.datetime,
+    ) -> x509.CertificateBuilder:
+        """The certificate builder for ``profile``; every extension appears once, none empty."""
+        self.check_key(profile, public_key)
+        try:
+            subject = profile.build_subject(vetted)
+            dns_names = profile.build_dns_names(vetted)
+        except KeyError as exc:
+            raise PolicyError(
+                f"profile {profile.name}", "subject", f"vetted data lacks {exc.args[0]!r}"
+            ) from None
+        not_before = now.replace(microsecond=0)
+        not_after = min(not_before + profile.validity, issuer.certificate.not_valid_after_utc)
+        ku = profile.key_usage
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer.certificate.subject)
+            .public_key(public_key)
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(
+                x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length),
+                critical=True,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature="digitalSignature" in ku,
+                    content_commitment="contentCommitment" in ku,
+                    key_encipherment="keyEncipherment" in ku,
+                    data_encipherment="dataEncipherment" in ku,
+                    key_agreement="keyAgreement" in ku,
+                    key_cert_sign="keyCertSign" in ku,
+                    crl_sign="cRLSign" in ku,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier(issuer.ski, None, None),
+                critical=False,
+            )
+            .add_extension(
+                x509.CertificatePolicies(
+                    [x509.PolicyInformation(oid, None) for oid in profile.policy_oids]
+                ),
+                critical=False,
+            )
+        )
+        if profile.extended_key_usage:
+            b = b.add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usage)), False)
+        if dns_names:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False
+            )
+        return b
+
+    def issue(
+        self,
+        profile: Profile,
+        issuer: IssuingCA,
+        public_key: CertificatePublicKeyTypes,
+        vetted: Mapping[str, str],
+        now: datetime.datetime,
+        serial: int | None = None,
+    ) -> x509.Certificate:
+        """Lint (when sampled) and sign a certificate; raises before anything is signed."""
+        serial = serial if serial is not None else random_serial()
+        builder = self.tbs_builder(profile, issuer, public_key, vetted, serial, now)
+        kt = issuer.signer.key_type
+        draft = builder.sign(_THROWAWAY.get(kt), kt.hash_algorithm)  # type: ignore[arg-type]
+        if self.lint_sampler():
+            self.linter.check(draft.public_bytes(serialization.Encoding.DER))
+        return sign_draft(draft, issuer)
+
+
+def _assemble(draft: x509.Certificate, signer: Signer) -> x509.Certificate:
+    """Sign the TBSCertificate of ``draft`` with ``signer`` (RFC 5280 §4.1.1.3)."""
+    signature = signer.sign(draft.tbs_certificate_bytes)
+    parsed = ax509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
+    der = ax509.Certificate(
+        {
+            "tbs_certificate": parsed["tbs_certificate"],
+            "signature_algorithm": parsed["signature_algorithm"],
+            "signature_value": asn1core.OctetBitString(signature),
+        }
+    ).dump()
+    return x509.load_der_x509_certificate(der)
+
+
+def sign_draft(draft: x509.Certificate, issuer: IssuingCA) -> x509.Certificate:
+    """Re-sign the TBS part of ``draft`` with the issuer's real key and check the result."""
+    cert = _assemble(draft, issuer.signer)
+    try:
+        # Never hand out a certificate the issuer's public key does not verify
+        # (a faulty HSM or a wrong key would otherwise go unnoticed).
+        cert.verify_directly_issued_by(issuer.certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise LintFailed(f"the signed certificate does not verify: {exc!r}") from exc
+    return cert
+
+
+def self_signed_root(
+    signer: Signer, subject: x509.Name, now: datetime.datetime, validity: datetime.timedelta
+) -> x509.Certificate:
+    """The root CA certificate (RFC 5280 §4.2.1.9: CA, no path length limit, keyCertSign/cRLSign)."""
+    public_key = signer.public_key()
+    kt = signer.key_type
+    not_before = now.replace(microsecond=0)
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    draft = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(_THROWAWAY.get(kt), kt.hash_algorithm)  # type: ignore[arg-type]
+    )
+    cert = _assemble(draft, signer)
+    cert.verify_directly_issued_by(cert)
+    return cert

@@ -1,0 +1,82 @@
+"""Pre-issuance linting with pkilint (RFC 5280 certificate validators).
+
+As Let's Encrypt does with zlint, the CA lints the *to-be-signed* certificate:
+the TBSCertificate is first signed with a throwaway key of the issuing key's type,
+linted, and only then signed for real. A finding of severity ERROR or FATAL
+refuses the issuance with :class:`~ca.errors.LintFailed` and nothing is signed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from pkilint import loader
+from pkilint.pkix import certificate, extension, name
+from pkilint.validation import ValidationFindingSeverity
+
+from ca.errors import LintFailed
+
+_BLOCKING = {ValidationFindingSeverity.ERROR, ValidationFindingSeverity.FATAL}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    code: str
+    validator: str
+    message: str | None
+
+    def __str__(self) -> str:
+        extra = f" ({self.message})" if self.message else ""
+        return f"{self.severity} {self.code} [{self.validator}]{extra}"
+
+
+class CertificateLinter:
+    """pkilint's RFC 5280 certificate validator, built once (it is the costly part)."""
+
+    def __init__(self) -> None:
+        self._validator = certificate.create_pkix_certificate_validator_container(
+            certificate.create_decoding_validators(
+                name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS
+            ),
+            [
+                certificate.create_issuer_validator_container([]),
+                certificate.create_validity_validator_container(),
+                certificate.create_subject_validator_container([]),
+                certificate.create_extensions_validator_container([]),
+                certificate.create_spki_validator_container([]),
+            ],
+        )
+        self._loader = loader.RFC5280CertificateDocumentLoader()
+        # pkilint's validators hold per-run state on shared objects; one run at a time.
+        self._lock = threading.Lock()
+
+    def findings(self, der: bytes) -> list[Finding]:
+        """Every finding pkilint reports for the DER certificate ``der``."""
+        with self._lock:
+            doc = self._loader.load_der_document(der, "tbs")
+            results = self._validator.validate(doc.root)
+        out = []
+        for result in results:
+            for fd in result.finding_descriptions:
+                out.append(
+                    Finding(
+                        severity=fd.finding.severity.name,
+                        code=fd.finding.code,
+                        validator=str(result.validator),
+                        message=fd.message,
+                    )
+                )
+        return out
+
+    def check(self, der: bytes) -> list[Finding]:
+        """Raise :class:`LintFailed` on an ERROR or FATAL finding; return the rest."""
+        found = self.findings(der)
+        blocking = [f for f in found if f.severity in {s.name for s in _BLOCKING}]
+        if blocking:
+            raise LintFailed(
+                "pre-issuance lint refused the certificate: " + "; ".join(map(str, blocking)),
+                findings=[str(f) for f in blocking],
+            )
+        return found

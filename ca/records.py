@@ -1,0 +1,153 @@
+"""Domain records and the storage interface the framework-free core works against.
+
+The SQLAlchemy adapter (``ca/store.py``) implements :class:`Store`; the core never
+imports SQLAlchemy. One :meth:`Store.transaction` is one database transaction: a
+change and its event commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@enum.unique
+class ApplicationState(enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@enum.unique
+class EventType(enum.Enum):
+    """What the append-only event table records (each a later transparency-log entry)."""
+
+    CA_INITIALIZED = "ca.initialized"
+    APPLICATION_SUBMITTED = "application.submitted"
+    APPLICATION_APPROVED = "application.approved"
+    APPLICATION_REJECTED = "application.rejected"
+    OPERATOR_AUTHORIZED = "operator.authorized"
+    CERTIFICATE_ISSUED = "certificate.issued"
+    CERTIFICATE_RENEWED = "certificate.renewed"
+
+
+@dataclass(frozen=True)
+class Application:
+    """A request to be certified, with the data the RA vets."""
+
+    id: str
+    subject_class: str
+    """``enterprise``, ``operator``, ``agency`` or ``service``."""
+    uscc: str | None
+    vetted: Mapping[str, str]
+    """The subject data the certificate is built from (legal name, operator id, …)."""
+    state: ApplicationState
+    created_at: datetime.datetime
+    applicant: str
+    """Who applied: ``anonymous`` for a public application, else a certificate identity."""
+    decided_by: str | None = None
+    decided_at: datetime.datetime | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollmentCode:
+    """A one-time code, stored only as its SHA-256 hash."""
+
+    code_hash: str
+    application_id: str
+    profiles: tuple[str, ...]
+    expires_at: datetime.datetime
+    used_at: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: int
+    issuer_id: str
+    profile: str
+    application_id: str | None
+    uscc: str | None
+    subject: str
+    spki_sha256: str
+    cert_sha256: str
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    der: bytes = field(repr=False)
+    created_at: datetime.datetime | None = None
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.serial, "x")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One append-only event; written in the transaction of the change it records."""
+
+    type: EventType
+    at: datetime.datetime
+    actor: str
+    uscc: str | None = None
+    subject: str | None = None
+    profile: str | None = None
+    issuer: str | None = None
+    serial: int | None = None
+    cert_sha256: str | None = None
+    application_id: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+class Transaction(Protocol):
+    def add_application(self, app: Application) -> None: ...
+
+    def get_application(self, app_id: str, *, for_update: bool = False) -> Application | None: ...
+
+    def set_application_state(
+        self,
+        app_id: str,
+        expected: ApplicationState,
+        new: ApplicationState,
+        decided_by: str,
+        at: datetime.datetime,
+        reason: str | None,
+    ) -> bool:
+        """Compare-and-set the state; False if it was no longer ``expected``."""
+        ...
+
+    def list_applications(
+        self, state: ApplicationState | None, limit: int, offset: int
+    ) -> list[Application]: ...
+
+    def add_code(self, code: EnrollmentCode) -> None: ...
+
+    def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
+        """Mark the code used if it is unused and unexpired (one atomic UPDATE)."""
+        ...
+
+    def find_code(self, code_hash: str) -> EnrollmentCode | None: ...
+
+    def add_certificate(self, rec: CertificateRecord) -> None: ...
+
+    def get_certificate(self, serial: int) -> CertificateRecord | None: ...
+
+    def certificates(
+        self, *, uscc: str | None, limit: int, offset: int
+    ) -> list[CertificateRecord]: ...
+
+    def key_holders(self, spki_sha256: str) -> list[CertificateRecord]: ...
+
+    def append_event(self, event: Event) -> int: ...
+
+    def events(self, after_id: int, limit: int) -> list[Event]: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def remember(self, jti: str, expires_at: datetime.datetime) -> bool: ...

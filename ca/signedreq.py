@@ -1,0 +1,199 @@
+"""Signed requests: a short-lived JWS made with the caller's certificate key.
+
+Privileged calls carry ``Authorization: EPort-Signed <compact JWS>`` (RFC 7515).
+The protected header holds ``alg`` (pinned to the leaf key's type), ``typ``
+``eport-req+jwt`` and ``x5c`` (RFC 7515 §4.1.6, the leaf first). The payload
+(RFC 7519 claims) binds the request: ``aud`` = ``"<METHOD> <path>"``, ``iat``,
+``exp`` (at most five minutes after ``iat``), a unique ``jti``, and ``bsh``, the
+base64url SHA-256 of the exact body bytes. The chain is validated with
+``cryptography.x509.verification`` (client verifier; the web-PKI requirement of a
+subjectAltName is relaxed because our subjects are organisations and people).
+
+The token service reuses this module for the RFC 7523 login assertion.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import verification as xv
+
+from ca.errors import Replayed, Unauthenticated, WeakKey
+from ca.keys import KeyType
+
+SCHEME = "EPort-Signed"
+TYP = "eport-req+jwt"
+MAX_LIFETIME = datetime.timedelta(minutes=5)
+
+
+def body_hash(body: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+
+
+def audience(method: str, path: str) -> str:
+    return f"{method.upper()} {path}"
+
+
+def sign_request(
+    key: CertificateIssuerPrivateKeyTypes,
+    chain: Sequence[x509.Certificate],
+    method: str,
+    path: str,
+    body: bytes,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta = datetime.timedelta(minutes=2),
+) -> str:
+    """The compact JWS to send as ``Authorization: EPort-Signed <jws>``."""
+    kt = KeyType.of(key)
+    iat = int(now.timestamp())
+    claims = {
+        "aud": audience(method, path),
+        "iat": iat,
+        "exp": iat + int(lifetime.total_seconds()),
+        "jti": secrets.token_urlsafe(18),
+        "bsh": body_hash(body),
+    }
+    headers = {
+        "typ": TYP,
+        "x5c": [
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain
+        ],
+    }
+    return jwt.encode(claims, key, algorithm=kt.jws_alg, headers=headers)  # type: ignore[arg-type]
+
+
+class ReplayStore(Protocol):
+    def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
+        """Record ``jti``; False if it was seen before (shared by every server process)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """The joint CA's roots and the issuing CAs under them."""
+
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...]
+
+    def verify_chain(
+        self, leaf: x509.Certificate, now: datetime.datetime
+    ) -> list[x509.Certificate]:
+        """Validate ``leaf`` for client authentication; the chain, leaf first."""
+        ee_policy = xv.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+            x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None
+        )
+        verifier = (
+            xv.PolicyBuilder()
+            .store(xv.Store(list(self.roots)))
+            .time(now)
+            .max_chain_depth(2)
+            .extension_policies(
+                ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+            )
+            .build_client_verifier()
+        )
+        try:
+            verified = verifier.verify(leaf, list(self.intermediates))
+        except xv.VerificationError as exc:
+            raise Unauthenticated(f"certificate is not trusted: {exc}") from exc
+        return list(verified.chain)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A verified signed request: who made it, with which chain, and its claims."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    claims: dict[str, Any]
+
+
+def parse_authorization(header: str | None) -> str:
+    if not header:
+        raise Unauthenticated(f"this call needs a signed request (Authorization: {SCHEME} ...)")
+    scheme, _, token = header.partition(" ")
+    if scheme != SCHEME or not token.strip():
+        raise Unauthenticated(f"expected the {SCHEME} authorization scheme")
+    return token.strip()
+
+
+def verify_request(
+    token: str,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    trust: TrustAnchors,
+    replay: ReplayStore,
+    now: datetime.datetime,
+    leeway: datetime.timedelta = datetime.timedelta(seconds=30),
+    expected_aud: str | None = None,
+) -> SignedRequest:
+    """Verify a signed request and record its ``jti``; raise :class:`Unauthenticated`."""
+    leaf, chain_in = _leaf_from_header(token)
+    verified_chain = trust.verify_chain(leaf, now)
+    try:
+        kt = KeyType.of(leaf.public_key())
+    except WeakKey as exc:
+        raise Unauthenticated(str(exc)) from exc
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key=leaf.public_key(),  # type: ignore[arg-type]
+            algorithms=[kt.jws_alg],
+            audience=expected_aud or audience(method, path),
+            leeway=leeway,
+            options={"require": ["aud", "exp", "iat", "jti", "bsh"], "verify_nbf": True},
+        )
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"signed request rejected: {exc}") from exc
+    iat = claims["iat"]
+    exp = claims["exp"]
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        raise Unauthenticated("iat and exp must be numbers")
+    if exp - iat > MAX_LIFETIME.total_seconds():
+        raise Unauthenticated("signed request lives longer than 5 minutes (exp - iat)")
+    if iat > now.timestamp() + leeway.total_seconds():
+        raise Unauthenticated("signed request issued in the future (iat)")
+    if not hmac.compare_digest(str(claims["bsh"]), body_hash(body)):
+        raise Unauthenticated("the body does not match the signed body hash (bsh)")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
+        raise Unauthenticated("jti must be a string of 8 to 128 characters")
+    expires = datetime.datetime.fromtimestamp(exp, datetime.UTC) + leeway
+    if not replay.remember(jti, expires):
+        raise Replayed("this signed request was already used (jti replay)")
+    del chain_in
+    return SignedRequest(certificate=leaf, chain=tuple(verified_chain), claims=claims)
+
+
+def _leaf_from_header(token: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"malformed signed request: {exc}") from exc
+    if header.get("typ") != TYP:
+        raise Unauthenticated(f"signed request typ must be {TYP!r}")
+    x5c = header.get("x5c")
+    if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
+        raise Unauthenticated("signed request lacks its x5c certificate chain")
+    if len(x5c) > 4:
+        raise Unauthenticated("x5c chain too long")
+    certs = []
+    for item in x5c:
+        try:
+            certs.append(x509.load_der_x509_certificate(base64.b64decode(item, validate=True)))
+        except ValueError as exc:
+            raise Unauthenticated(f"x5c holds an unreadable certificate: {exc}") from exc
+    return certs[0], certs[1:]

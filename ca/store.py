@@ -1,0 +1,281 @@
+"""The SQLAlchemy implementation of :class:`ca.records.Store`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, delete, event, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ca.errors import Conflict
+from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow, SeenJtiRow
+from ca.records import (
+    Application,
+    ApplicationState,
+    CertificateRecord,
+    EnrollmentCode,
+    Event,
+    EventType,
+)
+
+
+def configure_engine(engine: Engine) -> None:
+    """SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so that concurrent writers
+    from several processes queue for the lock instead of failing an upgrade."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _app(row: ApplicationRow) -> Application:
+    return Application(
+        id=row.id,
+        subject_class=row.subject_class,
+        uscc=row.uscc,
+        vetted=json.loads(row.vetted),
+        state=ApplicationState(row.state),
+        created_at=row.created_at,
+        applicant=row.applicant,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+        reason=row.reason,
+    )
+
+
+def _cert(row: CertificateRow) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row.serial, 16),
+        issuer_id=row.issuer_id,
+        profile=row.profile,
+        application_id=row.application_id,
+        uscc=row.uscc,
+        subject=row.subject,
+        spki_sha256=row.spki_sha256,
+        cert_sha256=row.cert_sha256,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        der=row.der,
+        created_at=row.created_at,
+    )
+
+
+def _code(row: EnrollmentCodeRow) -> EnrollmentCode:
+    return EnrollmentCode(
+        code_hash=row.code_hash,
+        application_id=row.application_id,
+        profiles=tuple(row.profiles.split(",")),
+        expires_at=row.expires_at,
+        used_at=row.used_at,
+    )
+
+
+def _event(row: EventRow) -> Event:
+    return Event(
+        id=row.id,
+        type=EventType(row.type),
+        at=row.at,
+        actor=row.actor,
+        uscc=row.uscc,
+        subject=row.subject,
+        profile=row.profile,
+        issuer=row.issuer,
+        serial=int(row.serial, 16) if row.serial else None,
+        cert_sha256=row.cert_sha256,
+        application_id=row.application_id,
+        details=json.loads(row.details),
+    )
+
+
+class SqlTransaction:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add_application(self, app: Application) -> None:
+        self.s.add(
+            ApplicationRow(
+                id=app.id,
+                subject_class=app.subject_class,
+                uscc=app.uscc,
+                vetted=json.dumps(dict(app.vetted), sort_keys=True, ensure_ascii=False),
+                state=app.state.value,
+                created_at=app.created_at,
+                applicant=app.applicant,
+                decided_by=app.decided_by,
+                decided_at=app.decided_at,
+                reason=app.reason,
+            )
+        )
+        self.s.flush()
+
+    def get_application(self, app_id: str, *, for_update: bool = False) -> Application | None:
+        q = select(ApplicationRow).where(ApplicationRow.id == app_id)
+        if for_update:
+            q = q.with_for_update()
+        row = self.s.scalars(q).first()
+        return _app(row) if row else None
+
+    def set_application_state(
+        self,
+        app_id: str,
+        expected: ApplicationState,
+        new: ApplicationState,
+        decided_by: str,
+        at: datetime.datetime,
+        reason: str | None,
+    ) -> bool:
+        res = self.s.execute(
+            update(ApplicationRow)
+            .where(ApplicationRow.id == app_id, ApplicationRow.state == expected.value)
+            .values(state=new.value, decided_by=decided_by, decided_at=at, reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        self.s.expire_all()
+        return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def list_applications(
+        self, state: ApplicationState | None, limit: int, offset: int
+    ) -> list[Application]:
+        q = select(ApplicationRow).order_by(ApplicationRow.created_at, ApplicationRow.id)
+        if state is not None:
+            q = q.where(ApplicationRow.state == state.value)
+        return [_app(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
+
+    def add_code(self, code: EnrollmentCode) -> None:
+        self.s.add(
+            EnrollmentCodeRow(
+                code_hash=code.code_hash,
+                application_id=code.application_id,
+                profiles=",".join(code.profiles),
+                expires_at=code.expires_at,
+                used_at=None,
+            )
+        )
+        self.s.flush()
+
+    def find_code(self, code_hash: str) -> EnrollmentCode | None:
+        row = self.s.get(EnrollmentCodeRow, code_hash)
+        return _code(row) if row else None
+
+    def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
+        res = self.s.execute(
+            update(EnrollmentCodeRow)
+            .where(
+                EnrollmentCodeRow.code_hash == code_hash,
+                EnrollmentCodeRow.used_at.is_(None),
+                EnrollmentCodeRow.expires_at > now,
+            )
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        self.s.expire_all()
+        return self.find_code(code_hash)
+
+    def add_certificate(self, rec: CertificateRecord) -> None:
+        self.s.add(
+            CertificateRow(
+                serial=rec.serial_hex,
+                issuer_id=rec.issuer_id,
+                profile=rec.profile,
+                application_id=rec.application_id,
+                uscc=rec.uscc,
+                subject=rec.subject,
+                spki_sha256=rec.spki_sha256,
+                cert_sha256=rec.cert_sha256,
+                not_before=rec.not_before,
+                not_after=rec.not_after,
+                der=rec.der,
+                created_at=rec.created_at or rec.not_before,
+            )
+        )
+        try:
+            self.s.flush()
+        except IntegrityError as exc:
+            raise Conflict("serial number collision; nothing was issued") from exc
+
+    def get_certificate(self, serial: int) -> CertificateRecord | None:
+        row = self.s.get(CertificateRow, format(serial, "x"))
+        return _cert(row) if row else None
+
+    def certificates(self, *, uscc: str | None, limit: int, offset: int) -> list[CertificateRecord]:
+        q = select(CertificateRow).order_by(CertificateRow.created_at, CertificateRow.serial)
+        if uscc is not None:
+            q = q.where(CertificateRow.uscc == uscc)
+        return [_cert(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
+
+    def key_holders(self, spki_sha256: str) -> list[CertificateRecord]:
+        q = select(CertificateRow).where(CertificateRow.spki_sha256 == spki_sha256)
+        return [_cert(r) for r in self.s.scalars(q)]
+
+    def append_event(self, ev: Event) -> int:
+        row = EventRow(
+            at=ev.at,
+            type=ev.type.value,
+            actor=ev.actor,
+            uscc=ev.uscc,
+            subject=ev.subject,
+            profile=ev.profile,
+            issuer=ev.issuer,
+            serial=format(ev.serial, "x") if ev.serial is not None else None,
+            cert_sha256=ev.cert_sha256,
+            application_id=ev.application_id,
+            details=json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False),
+        )
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def events(self, after_id: int, limit: int) -> list[Event]:
+        q = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
+        return [_event(r) for r in self.s.scalars(q)]
+
+
+class SqlStore:
+    """Transactions over sessions from ``session_factory`` (Flask: ``db.session``)."""
+
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
+        self.session_factory = session_factory
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        session = self.session_factory()
+        try:
+            yield SqlTransaction(session)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
+        session = self.session_factory()
+        try:
+            now = datetime.datetime.now(datetime.UTC)
+            session.execute(delete(SeenJtiRow).where(SeenJtiRow.expires_at < now))
+            session.add(SeenJtiRow(jti=jti, expires_at=expires_at))
+            session.commit()
+            return True
+        except IntegrityError:
+            session.rollback()
+            return False
+        except BaseException:
+            session.rollback()
+            raise
