@@ -93,6 +93,17 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+_DN_NAMES = {
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
+    NameOID.SERIAL_NUMBER: "serialNumber",
+}
+
+
+def dn_string(name: x509.Name) -> str:
+    """RFC 4514 string with readable names for organizationIdentifier and serialNumber."""
+    return name.rfc4514_string(_DN_NAMES)
+
+
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     attrs = name.get_attributes_for_oid(oid)
     if not attrs:
@@ -191,7 +202,7 @@ class JointCA:
         return Caller(
             profile=profile,
             serial=cert.serial_number,
-            subject=cert.subject.rfc4514_string(),
+            subject=dn_string(cert.subject),
             uscc=uscc,
             agency_id=agency,
             certificate=cert,
@@ -577,7 +588,7 @@ def _record(
         profile=profile,
         application_id=app.id if app else None,
         uscc=app.uscc if app else None,
-        subject=cert.subject.rfc4514_string(),
+        subject=dn_string(cert.subject),
         spki_sha256=spki_sha256(cert.public_key()),
         cert_sha256=hashlib.sha256(der).hexdigest(),
         not_before=cert.not_valid_before_utc,

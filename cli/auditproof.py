@@ -244,8 +244,7 @@ def verify_consistency(
     # Step 7.
     if sn != 0:
         raise ProofError(
-            f"consistency proof has {len(proof)} nodes: too few for sizes "
-            f"{old_size} to {new_size}"
+            f"consistency proof has {len(proof)} nodes: too few for sizes {old_size} to {new_size}"
         )
     if not hmac.compare_digest(old_digest, old_root):
         raise ProofError(

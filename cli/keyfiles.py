@@ -1,0 +1,127 @@
+"""Local key handling for the CLI: keys are made here and never leave this machine.
+
+Private keys are written as encrypted PKCS#8 (RFC 5958 with PBES2) with mode 0600.
+The passphrase comes from ``--passphrase-file``, ``EPORT_PASSPHRASE`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from ca.keys import KeyType
+from ca.signer import write_private
+from cli.client import CLIError, Identity
+
+
+def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
+    """The passphrase of a key: file, then EPORT_PASSPHRASE, then an interactive prompt."""
+    if file is not None:
+        try:
+            value = file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise CLIError(f"cannot read passphrase file {file}: {exc.strerror}") from None
+    elif os.environ.get("EPORT_PASSPHRASE"):
+        value = os.environ["EPORT_PASSPHRASE"]
+    else:
+        try:
+            value = click.prompt(
+                f"Passphrase for the {what}",
+                hide_input=True,
+                confirmation_prompt=new,
+                err=True,
+            )
+        except click.Abort:
+            raise CLIError(
+                "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE or a terminal"
+            ) from None
+    if new and len(value) < 8:
+        raise CLIError("the passphrase must have at least 8 characters")
+    return value.encode()
+
+
+def new_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:
+    return KeyType(key_type).generate()
+
+
+def csr_for(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+    """A PKCS#10 request (RFC 2986) with an empty subject: the CA names the subject."""
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    if KeyType.of(key) is KeyType.P384:
+        algorithm = hashes.SHA384()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, algorithm)  # type: ignore[arg-type]
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def write_key(path: Path, key: CertificateIssuerPrivateKeyTypes, pw: bytes) -> None:
+    write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(pw),
+        ),
+    )
+
+
+def write_p12(
+    path: Path,
+    key: CertificateIssuerPrivateKeyTypes,
+    cert: x509.Certificate,
+    chain: list[x509.Certificate],
+    pw: bytes,
+    name: str,
+) -> None:
+    data = pkcs12.serialize_key_and_certificates(
+        name.encode(), key, cert, chain, serialization.BestAvailableEncryption(pw)
+    )
+    write_private(path, data)
+
+
+def load_key(path: Path, pw_file: Path | None) -> CertificateIssuerPrivateKeyTypes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CLIError(f"cannot read key file {path}: {exc.strerror}") from None
+    encrypted = b"ENCRYPTED" in data
+    pw = passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else None
+    try:
+        key = serialization.load_pem_private_key(data, pw)
+    except (ValueError, TypeError) as exc:
+        msg = "wrong passphrase or not a PEM private key" if encrypted else str(exc)
+        raise CLIError(f"cannot load key {path}: {msg}") from None
+    return key  # type: ignore[return-value]
+
+
+def load_certs(path: Path) -> list[x509.Certificate]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CLIError(f"cannot read certificate file {path}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise CLIError(f"{path} is not a PEM or DER certificate: {exc}") from None
+
+
+def load_identity(cert: Path, key: Path, pw_file: Path | None) -> Identity:
+    """The certificate (with its chain: chain.pem beside it when present) and key."""
+    certs = load_certs(cert)
+    chain_file = cert.with_name("chain.pem")
+    if len(certs) == 1 and chain_file.exists() and chain_file != cert:
+        certs += load_certs(chain_file)
+    private = load_key(key, pw_file)
+    if certs[0].public_key() != private.public_key():
+        raise CLIError(f"the key {key} does not belong to the certificate {cert}")
+    # The root is not sent: the server trusts its own root.
+    chain = [c for c in certs if c.issuer != c.subject or c is certs[0]]
+    return Identity(chain, private)

@@ -1,0 +1,657 @@
+"""The ``eport`` command: a thin client of the CA API, plus local ceremonies.
+
+Every command that prints a result accepts ``--json`` (one JSON object on stdout).
+Errors are one line on stderr and a non-zero exit; ``--verbose`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from ca.authority import dn_string
+from ca.errors import EPortError
+from ca.uscc import USCC
+from cli import keyfiles
+from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
+
+KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
+
+
+class Ctx:
+    def __init__(self, server: str, verbose: bool) -> None:
+        self.server = server
+        self.verbose = verbose
+
+    def client(self) -> CAClient:
+        return CAClient(self.server)
+
+
+def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """Print ``data`` as one JSON object (``--json``) or ``text`` for people."""
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def identity_options(role: str) -> Any:
+    """--cert/--key/--passphrase-file for commands that sign their request."""
+
+    def deco(f: Any) -> Any:
+        f = click.option(
+            "--passphrase-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="File holding the key's passphrase (else EPORT_PASSPHRASE, else a prompt).",
+        )(f)
+        f = click.option(
+            "--key",
+            "key_file",
+            required=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"The {role}'s encrypted private key (PKCS#8 PEM). It signs this one request.",
+        )(f)
+        f = click.option(
+            "--cert",
+            "cert_file",
+            required=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"The {role}'s certificate (PEM; chain.pem beside it is sent too).",
+        )(f)
+        return f
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--server",
+    envvar="EPORT_SERVER",
+    default=DEFAULT_SERVER,
+    show_default=True,
+    help="Base URL of the e-port server (env EPORT_SERVER).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="eport-trust")
+@click.pass_context
+def cli(ctx: click.Context, server: str, verbose: bool) -> None:
+    """E-Port Trust: the joint CA and single sign-on of the electronic port.
+
+    \b
+    A typical enrollment:
+      eport apply --uscc 91350100M000100Y43 --name "Xiamen Harbour Trading Co., Ltd."
+      eport ra list --cert officer.pem --key officer.key          (an RA officer)
+      eport ra approve APP_ID --cert officer.pem --key officer.key
+      eport enroll --code CODE --profile enterprise --out ./xiamen-harbour
+      eport cert show ./xiamen-harbour/cert.pem
+
+    Start a development server first with `eport serve --dev` (or `make run`).
+    """
+    ctx.obj = Ctx(server, verbose)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Embedded development default: create a development joint CA on first start.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    envvar="EPORT_DATA_DIR",
+    help="Database and key files.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Gunicorn worker processes.",
+)
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Threads per worker.",
+)
+def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads: int) -> None:
+    """Run the CA API (under gunicorn) on HOST:PORT with its data in DATA_DIR.
+
+    With --dev, the first start creates a development joint CA in DATA_DIR: a root,
+    one issuing CA per subject class, and one RA officer credential per member
+    agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
+    Without --dev the CA keys are unsealed with EPORT_CA_KEY_PASSPHRASE.
+    """
+    from ca.config import CAConfig
+    from ca.db import upgrade
+    from ca.devinit import PASSPHRASE_FILE, dev_dir, ensure_dev_ca
+    from cli.serve import run
+
+    base = f"http://{host}:{port}"
+    overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
+    if "EPORT_PUBLIC_BASE_URL" not in os.environ:
+        overrides["public_base_url"] = base
+    cfg = CAConfig.load(overrides)
+    if dev:
+        click.secho(
+            "WARNING: development mode. The CA keys are unsealed with passphrases stored in "
+            "the clear under the data directory. Never use --dev for real certificates.",
+            fg="yellow",
+            err=True,
+        )
+        made = ensure_dev_ca(cfg)
+        d = dev_dir(data_dir)
+        click.echo(
+            ("Created" if made else "Using") + f" the development joint CA in {data_dir}/ca/"
+        )
+        click.echo(f"Development credentials: {d}/")
+        click.echo(f"  RA officers:  {d}/officers/<agency>/officer.pem, officer.key, chain.pem")
+        click.echo(
+            f"  passphrases:  {d}/{PASSPHRASE_FILE} and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
+        )
+    else:
+        upgrade(cfg.sqlalchemy_url)
+    click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
+    sys.stdout.flush()
+    run(cfg, host, port, workers, threads)
+
+
+# -- apply / enroll ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--uscc", help="The enterprise's Unified Social Credit Code (18 characters, GB 32100-2015)."
+)
+@click.option(
+    "--name", help="Legal name (enterprise), officer name (agency), or DNS name (service)."
+)
+@click.option(
+    "--class",
+    "subject_class",
+    type=click.Choice(["enterprise", "agency", "service"]),
+    default="enterprise",
+    show_default=True,
+    help="What is to be certified.",
+)
+@click.option("--agency", "agency_id", help="Member agency id (for --class agency or service).")
+@json_option
+@pass_ctx
+def apply(
+    ctx: Ctx,
+    uscc: str | None,
+    name: str | None,
+    subject_class: str,
+    agency_id: str | None,
+    as_json: bool,
+) -> None:
+    """Apply for a certificate; an RA officer vets the application.
+
+    \b
+    An enterprise applies with its USCC and legal name:
+      eport apply --uscc 91350100M000100Y43 --name "Xiamen Harbour Trading Co., Ltd."
+    The check character of the USCC is verified here and again by the CA.
+    Keep the application id: the officer approves it and gives you a one-time code.
+    """
+    if not name:
+        raise CLIError("--name is required")
+    body: dict[str, Any] = {"subject_class": subject_class}
+    if subject_class == "enterprise":
+        if not uscc:
+            raise CLIError("--uscc is required for an enterprise")
+        body.update(uscc=str(USCC.parse(uscc)), legal_name=name)
+    else:
+        if not agency_id:
+            raise CLIError(f"--agency is required for --class {subject_class}")
+        body["agency_id"] = agency_id
+        body["person_name" if subject_class == "agency" else "service_host"] = name
+    app = ctx.client().call("POST", "/ca/v1/applications", body)
+    emit(
+        as_json,
+        app,
+        f"Application {app['id']} submitted ({app['state']}). An RA officer of a member agency will vet it.",
+    )
+
+
+def _write_outputs(
+    out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool
+) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"key": out / "key.pem", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
+    keyfiles.write_key(files["key"], key, pw)
+    files["certificate"].write_text(result["certificate"])
+    files["chain"].write_text(result["chain"])
+    if p12:
+        cert = x509.load_pem_x509_certificate(result["certificate"].encode())
+        chain = x509.load_pem_x509_certificates(result["chain"].encode())
+        files["p12"] = out / "bundle.p12"
+        keyfiles.write_p12(files["p12"], key, cert, chain, pw, f"eport-{result['serial']}")
+    return {k: str(v) for k, v in files.items()}
+
+
+def _refuse_overwrite(out: Path) -> None:
+    for name in ("key.pem", "cert.pem"):
+        if (out / name).exists():
+            raise CLIError(f"{out / name} exists; choose another --out directory")
+
+
+@cli.command()
+@click.option(
+    "--code",
+    required=True,
+    help="The one-time enrollment code from the RA officer or your enterprise.",
+)
+@click.option(
+    "--profile",
+    required=True,
+    help="Certificate profile: enterprise, operator, agency, service-tls.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for key.pem, cert.pem, chain.pem (and bundle.p12).",
+)
+@click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    default="p256",
+    show_default=True,
+    help="Algorithm of the new key.",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Passphrase for the new key (else EPORT_PASSPHRASE, else a prompt).",
+)
+@click.option("--p12", is_flag=True, help="Also write bundle.p12 (PKCS#12, same passphrase).")
+@json_option
+@pass_ctx
+def enroll(
+    ctx: Ctx,
+    code: str,
+    profile: str,
+    out: Path,
+    key_type: str,
+    passphrase_file: Path | None,
+    p12: bool,
+    as_json: bool,
+) -> None:
+    """Generate a key here, send a CSR with a one-time code, save the certificate.
+
+    The private key never leaves this machine: it is written encrypted (PKCS#8)
+    to OUT/key.pem with mode 0600; only the PKCS#10 request is sent. The CA
+    builds the certificate's subject from the vetted application, not the CSR.
+    """
+    _refuse_overwrite(out)
+    pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
+    key = keyfiles.new_key(key_type)
+    csr = keyfiles.csr_for(key).decode()
+    result = ctx.client().call(
+        "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
+    )
+    files = _write_outputs(out, key, pw, result, p12)
+    emit(
+        as_json,
+        {**result, "files": files},
+        f"Issued {result['profile']} certificate {result['serial']}\n  subject: {result['subject']}\n  valid until: {result['not_after']}\n  files: "
+        + ", ".join(files.values()),
+    )
+
+
+@cli.command()
+@identity_options("current certificate holder")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for the new files (default: a 'renewed-SERIAL' directory beside --cert).",
+)
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True)
+@click.option("--p12", is_flag=True, help="Also write bundle.p12.")
+@json_option
+@pass_ctx
+def renew(
+    ctx: Ctx,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    out: Path | None,
+    key_type: str,
+    p12: bool,
+    as_json: bool,
+) -> None:
+    """Get a new certificate for a new key, with the same vetted subject.
+
+    The request is signed with the current key; the new key is generated here
+    and encrypted with the same passphrase.
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    serial = format(ident.chain[0].serial_number, "x")
+    out = out or cert_file.parent / f"renewed-{serial}"
+    _refuse_overwrite(out)
+    pw = keyfiles.passphrase(passphrase_file, new=False, what="new key")
+    key = keyfiles.new_key(key_type)
+    result = ctx.client().call(
+        "POST", "/ca/v1/renew", {"csr": keyfiles.csr_for(key).decode()}, ident
+    )
+    files = _write_outputs(out, key, pw, result, p12)
+    emit(
+        as_json,
+        {**result, "files": files, "previous_serial": serial},
+        f"Renewed: new certificate {result['serial']} (was {serial})\n  valid until: {result['not_after']}\n  files: "
+        + ", ".join(files.values()),
+    )
+
+
+# -- RA ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def ra() -> None:
+    """RA officers of member agencies: vet applications (every call is signed)."""
+
+
+@ra.command("list")
+@identity_options("RA officer")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "approved", "rejected", "all"]),
+    default="pending",
+    show_default=True,
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@pass_ctx
+def ra_list(
+    ctx: Ctx,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    state: str,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List applications (pending by default)."""
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    path = "/ca/v1/ra/applications?" + urlencode({"state": state, "limit": limit})
+    doc = ctx.client().call("GET", path, identity=ident)
+    apps = doc["applications"]
+    lines = [f"{'ID':<24} {'STATE':<9} {'CLASS':<11} {'USCC':<19} NAME"]
+    for a in apps:
+        subj = a["subject"]
+        name = subj.get("legal_name") or subj.get("person_name") or subj.get("service_host") or ""
+        lines.append(
+            f"{a['id']:<24} {a['state']:<9} {a['subject_class']:<11} {a['uscc'] or '-':<19} {name}"
+        )
+    if not apps:
+        lines = [f"No {state} applications."]
+    emit(as_json, doc, "\n".join(lines))
+
+
+@ra.command("approve")
+@click.argument("app_id")
+@identity_options("RA officer")
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    help="Limit the code to these profiles (default: every profile of the application's class).",
+)
+@json_option
+@pass_ctx
+def ra_approve(
+    ctx: Ctx,
+    app_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    profiles: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Approve APP_ID and print its one-time enrollment code.
+
+    Hand the code to the applicant over a separate channel; it is shown once,
+    stored only as a hash, and expires (7 days by default).
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    body = {"profiles": list(profiles)} if profiles else {}
+    doc = ctx.client().call("POST", f"/ca/v1/ra/applications/{app_id}/approve", body, ident)
+    emit(
+        as_json,
+        doc,
+        f"Approved {app_id}.\nEnrollment code: {doc['enrollment_code']}\n  profiles: {', '.join(doc['profiles'])}\n  expires: {doc['expires_at']}",
+    )
+
+
+@ra.command("reject")
+@click.argument("app_id")
+@identity_options("RA officer")
+@click.option("--reason", required=True, help="Why; recorded and shown to the applicant.")
+@json_option
+@pass_ctx
+def ra_reject(
+    ctx: Ctx,
+    app_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Reject APP_ID with a reason."""
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", f"/ca/v1/ra/applications/{app_id}/reject", {"reason": reason}, ident
+    )
+    emit(as_json, doc, f"Rejected {app_id}: {doc['reason']}")
+
+
+# -- operators --------------------------------------------------------------------------------
+
+
+@cli.group()
+def operator() -> None:
+    """An enterprise's legal person authorizes its operators."""
+
+
+@operator.command("add")
+@click.option(
+    "--name", required=True, help="The operator's full name (goes into the certificate's CN)."
+)
+@click.option(
+    "--id",
+    "operator_id",
+    required=True,
+    help="The operator's id at the enterprise (the certificate's serialNumber).",
+)
+@identity_options("enterprise (legal person)")
+@json_option
+@pass_ctx
+def operator_add(
+    ctx: Ctx,
+    name: str,
+    operator_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Authorize an operator; prints the operator's one-time enrollment code.
+
+    The operator then runs: eport enroll --code CODE --profile operator --out DIR
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", "/ca/v1/operators", {"name": name, "operator_id": operator_id}, ident
+    )
+    emit(
+        as_json,
+        doc,
+        f"Operator {name} ({operator_id}) authorized.\nEnrollment code: {doc['enrollment_code']}\n  expires: {doc['expires_at']}\n  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
+    )
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+
+@cli.group()
+def cert() -> None:
+    """Look at certificates: a local file, or what the CA issued to an enterprise."""
+
+
+def describe(c: x509.Certificate) -> dict[str, Any]:
+    def ext(cls: Any) -> Any:
+        try:
+            return c.extensions.get_extension_for_class(cls).value
+        except x509.ExtensionNotFound:
+            return None
+
+    ku = ext(x509.KeyUsage)
+    eku = ext(x509.ExtendedKeyUsage)
+    pol = ext(x509.CertificatePolicies)
+    bc = ext(x509.BasicConstraints)
+    usages = []
+    if ku is not None:
+        for attr in (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+        ):
+            if getattr(ku, attr):
+                usages.append(attr)
+    pub = c.public_key()
+    try:
+        from ca.keys import KeyType
+
+        key_type = KeyType.of(pub).value
+    except EPortError:
+        key_type = type(pub).__name__
+    return {
+        "subject": dn_string(c.subject),
+        "issuer": dn_string(c.issuer),
+        "serial": format(c.serial_number, "x"),
+        "not_before": c.not_valid_before_utc.isoformat(),
+        "not_after": c.not_valid_after_utc.isoformat(),
+        "key_type": key_type,
+        "ca": bool(bc and bc.ca),
+        "key_usage": usages,
+        "extended_key_usage": [
+            o._name if hasattr(o, "_name") else o.dotted_string for o in (eku or [])
+        ],
+        "policies": [p.policy_identifier.dotted_string for p in (pol or [])],
+        "sha256": c.fingerprint(hashes.SHA256()).hex(),
+    }
+
+
+@cert.command("show")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+def cert_show(file: Path, as_json: bool) -> None:
+    """Print the certificate(s) in FILE (PEM or DER) readably."""
+    certs = keyfiles.load_certs(file)
+    infos = [describe(c) for c in certs]
+    blocks = []
+    for i in infos:
+        blocks.append(
+            "\n".join(
+                [
+                    f"Subject:     {i['subject']}",
+                    f"Issuer:      {i['issuer']}",
+                    f"Serial:      {i['serial']}",
+                    f"Valid:       {i['not_before']} → {i['not_after']}",
+                    f"Key:         {i['key_type']}{'  (CA)' if i['ca'] else ''}",
+                    f"Key usage:   {', '.join(i['key_usage'])}",
+                    f"Ext. usage:  {', '.join(i['extended_key_usage']) or '-'}",
+                    f"Policies:    {', '.join(i['policies']) or '-'}",
+                    f"SHA-256:     {i['sha256']}",
+                ]
+            )
+        )
+    emit(as_json, {"certificates": infos}, "\n\n".join(blocks))
+
+
+@cert.command("list")
+@click.option("--uscc", required=True, help="The enterprise whose certificates to list.")
+@identity_options("enterprise, operator or RA officer")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@pass_ctx
+def cert_list(
+    ctx: Ctx,
+    uscc: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List what the CA issued to an enterprise (its own, or any for an RA officer)."""
+    code = str(USCC.parse(uscc))
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "GET", "/ca/v1/certificates?" + urlencode({"uscc": code, "limit": limit}), identity=ident
+    )
+    rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
+    for c in doc["certificates"]:
+        rows.append(
+            f"{c['serial']:<34} {c['profile']:<11} {c['not_after'][:19]:<21} {c['subject']}"
+        )
+    if not doc["certificates"]:
+        rows = [f"No certificates issued to {code}."]
+    emit(as_json, doc, "\n".join(rows))
+
+
+def main() -> None:
+    """Entry point: one clear line and a non-zero exit on error."""
+    verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
+    try:
+        cli.main(standalone_mode=False, prog_name="eport")
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (CLIError, EPortError) as exc:
+        if verbose:
+            traceback.print_exc()
+        msg = exc.detail if isinstance(exc, EPortError) else str(exc)
+        click.echo(f"eport: error: {msg}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"eport: unexpected error: {exc!r} (rerun with --verbose)", err=True)
+        sys.exit(1)
+
+
+_ = (datetime, serialization, Identity)
