@@ -1,0 +1,197 @@
+"""Fixtures that start real servers: the e-port server under gunicorn, PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EPORT = str(BIN / "eport")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(tool: str, path: str | None = None) -> str:
+    """The path of a system tool; outside CI a missing one skips, in CI it fails."""
+    found = path if path and os.path.exists(path) else shutil.which(tool)
+    if found:
+        return found
+    if IN_CI:
+        pytest.fail(f"{tool} is required in CI (the Makefile's sysdeps installs it)")
+    pytest.skip(f"{tool} is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    database_url: str
+    log: Path
+
+    @property
+    def dev(self) -> Path:
+        return self.data_dir / "dev"
+
+    def officer(self, agency: str = "customs") -> list[str]:
+        d = self.dev / "officers" / agency
+        return [
+            "--cert",
+            str(d / "officer.pem"),
+            "--key",
+            str(d / "officer.key"),
+            "--passphrase-file",
+            str(d / "DEV-ONLY-passphrase.txt"),
+        ]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+        env.update(EPORT_SERVER=self.url, EPORT_PASSPHRASE="test-passphrase-123", **extra)
+        return env
+
+    def eport(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run the real ``eport`` command against this server."""
+        res = subprocess.run(
+            [EPORT, *args], capture_output=True, text=True, env=self.env(**env), timeout=60
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+        return res
+
+
+def start_server(data_dir: Path, database_url: str = "", workers: int = 2) -> tuple[Server, subprocess.Popen[bytes]]:
+    port = free_port()
+    log = data_dir.parent / f"server-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    if database_url:
+        env["EPORT_DATABASE_URL"] = database_url
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [EPORT, "serve", "--dev", "--data-dir", str(data_dir), "--port", str(port), "--workers", str(workers)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/ca/v1/health", proc, log)
+    except Exception:
+        stop(proc)
+        raise
+    return Server(url, data_dir, database_url or f"sqlite:///{data_dir / 'eport.db'}", log), proc
+
+
+@dataclass
+class Postgres:
+    port: int
+    data: Path
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
+
+    def createdb(self, name: str) -> str:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), name],
+            check=True,
+            capture_output=True,
+        )
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 server in a temporary directory, on a free loopback port."""
+    need("initdb", str(PG_BIN / "initdb"))
+    need("runuser")
+    base = Path(tempfile.mkdtemp(prefix="eport-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "pg.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield Postgres(port, data)
+    finally:
+        subprocess.run(
+            [*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The e-port server with a fresh development CA, on SQLite and on PostgreSQL."""
+    db = ""
+    if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        db = pg.createdb("eport_" + request.module.__name__.rsplit(".", 1)[-1].lower())
+    root = tmp_path_factory.mktemp(f"srv-{request.param}")
+    srv, proc = start_server(root / "data", db)
+    try:
+        yield srv
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("srv")
+    srv, proc = start_server(root / "data")
+    try:
+        yield srv
+    finally:
+        stop(proc)

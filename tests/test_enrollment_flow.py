@@ -1,0 +1,191 @@
+"""The spine end to end: real server (gunicorn), real CLI, SQLite and PostgreSQL.
+
+Artifacts are checked with independent implementations: ``openssl verify`` for
+chains, ``openssl pkcs12`` for bundles, ``openssl x509`` for subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, func, select
+
+from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
+from tests.conftest import Server
+
+USCC = "91350100M000100Y43"
+NAME = "Xiamen Harbour Trading Co., Ltd."
+
+
+def counts(server: Server) -> dict[str, int]:
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return {
+                t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
+            }
+    finally:
+        engine.dispose()
+
+
+def jrun(server: Server, *args: str, **env: str) -> dict:
+    res = server.eport(*args, "--json", **env)
+    out = json.loads(res.stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+def enterprise(server: Server, tmp: Path, uscc: str = USCC, name: str = NAME, key_type: str = "p256") -> Path:
+    app = jrun(server, "apply", "--uscc", uscc, "--name", name)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / f"ent-{app['id']}"
+    jrun(server, "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out", str(out), "--key-type", key_type)
+    return out
+
+
+def openssl_verify(server: Server, cert: Path, chain: Path) -> None:
+    res = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(server.data_dir / "ca" / "root.crt"), "-untrusted", str(chain), str(cert)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and f"{cert}: OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_walkthrough(server: Server, tmp_path: Path) -> None:
+    """apply → ra list → approve → enroll (--p12) → operator add → enroll → renew → list."""
+    app = jrun(server, "apply", "--uscc", USCC, "--name", NAME)
+    assert app["state"] == "pending" and app["id"].startswith("app_")
+
+    pending = jrun(server, "ra", "list", *server.officer("tax"))
+    assert app["id"] in [a["id"] for a in pending["applications"]]
+    human = server.eport("ra", "list", *server.officer("tax")).stdout
+    assert app["id"] in human and NAME in human
+
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer("customs"))
+    code = grant["enrollment_code"]
+    assert len(code.replace("-", "")) == 32 and grant["profiles"] == ["enterprise"]
+
+    out = tmp_path / "xiamen"
+    issued = jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out), "--p12")
+    for name in ("key.pem", "cert.pem", "chain.pem", "bundle.p12"):
+        assert (out / name).exists()
+    assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+    assert b"ENCRYPTED PRIVATE KEY" in (out / "key.pem").read_bytes()
+    openssl_verify(server, out / "cert.pem", out / "chain.pem")
+    p12 = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(out / "bundle.p12"), "-nokeys", "-passin", "pass:test-passphrase-123"],
+        capture_output=True,
+        text=True,
+    )
+    assert p12.returncode == 0 and "Enterprise Issuing CA" in p12.stdout, p12.stderr
+
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert format(cert.serial_number, "x") == issued["serial"]
+    org_id = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)[0].value
+    assert org_id == f"NTRCN-{USCC}"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == NAME
+
+    # The enterprise authorizes an operator; the operator enrolls with an Ed25519 key.
+    ent = ["--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
+    op_grant = jrun(server, "operator", "add", "--name", "Li Wei", "--id", "E1024", *ent)
+    assert op_grant["profiles"] == ["operator"]
+    op_out = tmp_path / "li-wei"
+    jrun(server, "enroll", "--code", op_grant["enrollment_code"], "--profile", "operator", "--out", str(op_out), "--key-type", "ed25519")
+    subj = subprocess.run(["openssl", "x509", "-in", str(op_out / "cert.pem"), "-noout", "-subject", "-nameopt", "RFC2253"], capture_output=True, text=True).stdout
+    assert "CN=Li Wei" in subj and "serialNumber=E1024" in subj and f"NTRCN-{USCC}" in subj
+    openssl_verify(server, op_out / "cert.pem", op_out / "chain.pem")
+
+    # Renewal: a new key, the same vetted subject.
+    renewed = jrun(server, "renew", *ent, "--out", str(tmp_path / "renewed"))
+    new = x509.load_pem_x509_certificate((tmp_path / "renewed" / "cert.pem").read_bytes())
+    assert new.subject == cert.subject and new.public_key() != cert.public_key()
+    assert renewed["previous_serial"] == issued["serial"]
+
+    listing = jrun(server, "cert", "list", "--uscc", USCC, *ent)
+    serials = {c["serial"] for c in listing["certificates"]}
+    assert {issued["serial"], renewed["serial"]} <= serials and len(serials) >= 3
+
+    shown = jrun(server, "cert", "show", str(out / "cert.pem"))
+    assert shown["certificates"][0]["serial"] == issued["serial"]
+
+
+@pytest.mark.parametrize("key_type", ["p384", "rsa3072"])
+def test_key_types(server: Server, tmp_path: Path, key_type: str) -> None:
+    uscc = {"p384": "91110000600037341L", "rsa3072": "91310000MA1FL4CT3U"}[key_type]
+    from ca.uscc import USCC as Code
+
+    Code.parse(uscc)
+    out = enterprise(server, tmp_path, uscc, f"Key type {key_type} Co.", key_type)
+    openssl_verify(server, out / "cert.pem", out / "chain.pem")
+
+
+def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
+    """Every refusal is one clear line, a non-zero exit, and no new row anywhere."""
+    app = jrun(server, "apply", "--uscc", "91440300MA5DC1XJ1G", "--name", "Shenzhen Bad Input Co.")
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    code = grant["enrollment_code"]
+    before = counts(server)
+
+    def refused(*args: str, expect: str) -> None:
+        res = server.eport(*args, check=False)
+        assert res.returncode != 0
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("eport: error:"), res.stderr
+        assert expect in lines[0], lines[0]
+
+    refused("apply", "--uscc", "91350100M000100Y44", "--name", "X", expect="check character")
+    refused("apply", "--uscc", "91350100M000100I43", "--name", "X", expect="alphabet")
+    refused("enroll", "--code", code, "--profile", "nosuch", "--out", str(tmp_path / "a"), expect="unknown profile")
+    refused("enroll", "--code", code, "--profile", "operator", "--out", str(tmp_path / "b"), expect="not 'operator'")
+    refused("enroll", "--code", "0000-0000-0000-0000-0000-0000-0000-0000", "--profile", "enterprise", "--out", str(tmp_path / "c"), expect="unknown enrollment code")
+    refused("ra", "approve", app["id"], *server.officer(), expect="already approved")
+    refused("ra", "approve", "app_nosuch", *server.officer(), expect="no application")
+    refused("ra", "reject", app["id"], "--reason", "late", *server.officer(), expect="already approved")
+    # An enterprise certificate is not an officer's.
+    ent = enterprise(server, tmp_path, "91350200MA2Y0XQK4D", "Role Check Co.")
+    before = counts(server)
+    refused("ra", "list", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem"), expect="needs a agency certificate")
+    # An enterprise may not list another enterprise's certificates.
+    refused("cert", "list", "--uscc", USCC, "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem"), expect="only its own")
+    # A key that does not match the certificate is caught before anything is sent.
+    refused("ra", "list", "--cert", str(ent / "cert.pem"), *server.officer()[2:], expect="does not belong")
+    assert counts(server) == before
+    # Garbage over HTTP: problem+json, no new row.
+    import requests
+
+    for body in (b"not json", b"[]", b'{"code": 1, "profile": "enterprise", "csr": "x"}'):
+        r = requests.post(server.url + "/ca/v1/enroll", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
+    for csr in ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "garbage", "MIIB"):
+        r = requests.post(server.url + "/ca/v1/enroll", json={"code": code, "profile": "enterprise", "csr": csr}, timeout=10)
+        assert r.status_code == 400 and r.json()["type"] == "urn:eport:problem:bad-csr", r.text
+    r = requests.post(server.url + "/ca/v1/applications", data=b"x" * 70000, timeout=10)
+    assert r.status_code == 413 and r.json()["status"] == 413
+    assert counts(server) == before
+    # The code is still good after all those refusals.
+    jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(tmp_path / "ok"))
+
+
+def test_reject(server: Server) -> None:
+    app = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Rejected Co.")
+    out = jrun(server, "ra", "reject", app["id"], "--reason", "documents incomplete", *server.officer("forex"))
+    assert out["state"] == "rejected" and out["reason"] == "documents incomplete"
+    listed = jrun(server, "ra", "list", "--state", "rejected", *server.officer())
+    assert app["id"] in {a["id"] for a in listed["applications"]}
+
+
+def test_openapi_and_problem(server: Server) -> None:
+    import requests
+
+    doc = requests.get(server.url + "/ca/v1/openapi.json", timeout=10).json()
+    assert doc["openapi"].startswith("3.1") and "/ca/v1/enroll" in doc["paths"]
+    r = requests.get(server.url + "/ca/v1/nosuch", timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json"
