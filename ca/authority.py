@@ -196,9 +196,9 @@ class JointCA:
         org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
         uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
         agency = org_id[6:] if org_id.startswith("GOVCN-") else None
-        if profile.subject_class is SubjectClass.AGENCY:
-            if agency is None or self.policies.members.get(agency) is None:
-                raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
+        is_agency = profile.subject_class is SubjectClass.AGENCY
+        if is_agency and (agency is None or self.policies.members.get(agency) is None):
+            raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
         return Caller(
             profile=profile,
             serial=cert.serial_number,
@@ -493,7 +493,7 @@ class JointCA:
             assert app is not None
             self._check_key_free(tx, csr.public_key(), app.id)
         issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)  # type: ignore[arg-type]
+        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
         record = _record(cert, issuer.id, profile.name, app)
         with self.store.transaction() as tx:
             if tx.redeem_code(code_hash, now) is None:
@@ -519,7 +519,7 @@ class JointCA:
             self._check_key_free(tx, csr.public_key(), app.id)
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)  # type: ignore[arg-type]
+        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
         record = _record(cert, issuer.id, profile.name, app)
         event = _issued_event(EventType.CERTIFICATE_RENEWED, caller.actor, record, now)
         event = Event(
@@ -555,9 +555,9 @@ class JointCA:
     ) -> list[CertificateRecord]:
         if uscc is not None:
             uscc = str(USCC.parse(uscc))
-        if caller.role is not SubjectClass.AGENCY:
-            if caller.uscc is None or uscc != caller.uscc:
-                raise Forbidden("an enterprise may list only its own certificates (--uscc)")
+        own = caller.uscc is not None and uscc == caller.uscc
+        if caller.role is not SubjectClass.AGENCY and not own:
+            raise Forbidden("an enterprise may list only its own certificates (--uscc)")
         with self.store.transaction() as tx:
             return tx.certificates(uscc=uscc, limit=limit, offset=offset)
 

@@ -29,7 +29,7 @@ class CAConfig:
     policies_dir: Path = _REPO_POLICIES
     """Profiles, member agencies and rules (validated at load)."""
     public_base_url: str = "http://127.0.0.1:8000"
-    """Base URL printed into certificates (AIA, CRL distribution points) and signed-request audiences."""
+    """Public base URL of the CA: printed into certificates (AIA, CRL distribution points)."""
     ca_key_passphrase: str = field(default="", repr=False)
     """Unseals the issuing CA keys; in development read from ``<data_dir>/dev/``."""
     dev: bool = False

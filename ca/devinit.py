@@ -114,7 +114,7 @@ def issue_officers(ca: JointCA, data_dir: Path, passphrases: dict[str, str]) -> 
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([]))
-            .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(key, hashes.SHA256())
         )
         issued = ca.enroll(grant.code, "agency", csr.public_bytes(serialization.Encoding.PEM))
         d = dev_dir(data_dir) / "officers" / member.id

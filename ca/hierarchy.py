@@ -121,7 +121,7 @@ def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
         issuer_id = crt.stem
         signer: SoftwareSigner | SealedSigner
         if ca_passphrase is None:
-            signer = SealedSigner(cert.public_key())  # type: ignore[arg-type]
+            signer = SealedSigner(cert.public_key())
         else:
             signer = unseal_key(crt.with_suffix(".key"), ca_passphrase)
         issuers[issuer_id] = IssuingCA(issuer_id, cert, signer)

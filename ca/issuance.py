@@ -219,7 +219,7 @@ def sign_draft(draft: x509.Certificate, issuer: IssuingCA) -> x509.Certificate:
 def self_signed_root(
     signer: Signer, subject: x509.Name, now: datetime.datetime, validity: datetime.timedelta
 ) -> x509.Certificate:
-    """The root CA certificate (RFC 5280 §4.2.1.9: CA, no path length limit, keyCertSign/cRLSign)."""
+    """The root CA certificate (RFC 5280 §4.2.1.9: CA, no pathLen; keyCertSign and cRLSign)."""
     public_key = signer.public_key()
     kt = signer.key_type
     not_before = now.replace(microsecond=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
-_SIGNED = [{"signedRequest": []}]
+_SIGNED: list[dict[str, list[str]]] = [{"signedRequest": []}]
 
 
 def _op(
@@ -54,8 +54,12 @@ def _q(name: str, desc: str, typ: str = "string") -> dict[str, Any]:
 _APP_ID = {"name": "app_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def s(**kw: Any) -> dict[str, Any]:
+    """A JSON Schema object type."""
+    return {"type": "object", **kw}
+
+
 def openapi_document() -> dict[str, Any]:
-    s = lambda **kw: {"type": "object", **kw}  # noqa: E731
     string = {"type": "string"}
     return {
         "openapi": "3.1.0",

@@ -53,10 +53,12 @@ def new_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:
 
 def csr_for(key: CertificateIssuerPrivateKeyTypes) -> bytes:
     """A PKCS#10 request (RFC 2986) with an empty subject: the CA names the subject."""
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    if KeyType.of(key) is KeyType.P384:
+    algorithm: hashes.SHA256 | hashes.SHA384 | None = hashes.SHA256()
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        algorithm = None
+    elif KeyType.of(key) is KeyType.P384:
         algorithm = hashes.SHA384()
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, algorithm)  # type: ignore[arg-type]
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, algorithm)
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
@@ -80,7 +82,11 @@ def write_p12(
     name: str,
 ) -> None:
     data = pkcs12.serialize_key_and_certificates(
-        name.encode(), key, cert, chain, serialization.BestAvailableEncryption(pw)
+        name.encode(),
+        key,  # type: ignore[arg-type]
+        cert,
+        chain,
+        serialization.BestAvailableEncryption(pw),
     )
     write_private(path, data)
 

@@ -11,8 +11,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import click
@@ -25,6 +26,7 @@ from ca.uscc import USCC
 from cli import keyfiles
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
 
+F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
 
 
@@ -49,10 +51,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def identity_options(role: str) -> Any:
+def identity_options(role: str) -> Callable[[F], F]:
     """--cert/--key/--passphrase-file for commands that sign their request."""
 
-    def deco(f: Any) -> Any:
+    def deco(f: F) -> F:
         f = click.option(
             "--passphrase-file",
             type=click.Path(path_type=Path, dir_okay=False),
@@ -170,7 +172,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         click.echo(f"Development credentials: {d}/")
         click.echo(f"  RA officers:  {d}/officers/<agency>/officer.pem, officer.key, chain.pem")
         click.echo(
-            f"  passphrases:  {d}/{PASSPHRASE_FILE} and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
+            f"  passphrases:  {d}/{PASSPHRASE_FILE}"
+            f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
         )
     else:
         upgrade(cfg.sqlalchemy_url)
@@ -232,7 +235,8 @@ def apply(
     emit(
         as_json,
         app,
-        f"Application {app['id']} submitted ({app['state']}). An RA officer of a member agency will vet it.",
+        f"Application {app['id']} submitted ({app['state']}).\n"
+        "An RA officer of a member agency will vet it.",
     )
 
 
@@ -317,8 +321,10 @@ def enroll(
     emit(
         as_json,
         {**result, "files": files},
-        f"Issued {result['profile']} certificate {result['serial']}\n  subject: {result['subject']}\n  valid until: {result['not_after']}\n  files: "
-        + ", ".join(files.values()),
+        f"Issued {result['profile']} certificate {result['serial']}\n"
+        f"  subject: {result['subject']}\n"
+        f"  valid until: {result['not_after']}\n"
+        "  files: " + ", ".join(files.values()),
     )
 
 
@@ -361,8 +367,9 @@ def renew(
     emit(
         as_json,
         {**result, "files": files, "previous_serial": serial},
-        f"Renewed: new certificate {result['serial']} (was {serial})\n  valid until: {result['not_after']}\n  files: "
-        + ", ".join(files.values()),
+        f"Renewed: new certificate {result['serial']} (was {serial})\n"
+        f"  valid until: {result['not_after']}\n"
+        "  files: " + ", ".join(files.values()),
     )
 
 
@@ -442,7 +449,10 @@ def ra_approve(
     emit(
         as_json,
         doc,
-        f"Approved {app_id}.\nEnrollment code: {doc['enrollment_code']}\n  profiles: {', '.join(doc['profiles'])}\n  expires: {doc['expires_at']}",
+        f"Approved {app_id}.\n"
+        f"Enrollment code: {doc['enrollment_code']}\n"
+        f"  profiles: {', '.join(doc['profiles'])}\n"
+        f"  expires: {doc['expires_at']}",
     )
 
 
@@ -510,7 +520,10 @@ def operator_add(
     emit(
         as_json,
         doc,
-        f"Operator {name} ({operator_id}) authorized.\nEnrollment code: {doc['enrollment_code']}\n  expires: {doc['expires_at']}\n  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
+        f"Operator {name} ({operator_id}) authorized.\n"
+        f"Enrollment code: {doc['enrollment_code']}\n"
+        f"  expires: {doc['expires_at']}\n"
+        f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
     )
 
 

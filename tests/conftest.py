@@ -101,7 +101,9 @@ class Server:
         return res
 
 
-def start_server(data_dir: Path, database_url: str = "", workers: int = 2) -> tuple[Server, subprocess.Popen[bytes]]:
+def start_server(
+    data_dir: Path, database_url: str = "", workers: int = 2
+) -> tuple[Server, subprocess.Popen[bytes]]:
     port = free_port()
     log = data_dir.parent / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
@@ -109,7 +111,17 @@ def start_server(data_dir: Path, database_url: str = "", workers: int = 2) -> tu
         env["EPORT_DATABASE_URL"] = database_url
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [EPORT, "serve", "--dev", "--data-dir", str(data_dir), "--port", str(port), "--workers", str(workers)],
+            [
+                EPORT,
+                "serve",
+                "--dev",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -134,7 +146,18 @@ class Postgres:
 
     def createdb(self, name: str) -> str:
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), name],
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                name,
+            ],
             check=True,
             capture_output=True,
         )
@@ -152,13 +175,34 @@ def postgres() -> Iterator[Postgres]:
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+        [
+            *as_pg,
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
         check=True,
         capture_output=True,
     )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        [*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "pg.log"), "-w", "start"],
+        [
+            *as_pg,
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(base / "pg.log"),
+            "-w",
+            "start",
+        ],
         check=True,
         capture_output=True,
     )
@@ -173,7 +217,9 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """The e-port server with a fresh development CA, on SQLite and on PostgreSQL."""
     db = ""
     if request.param == "postgres":

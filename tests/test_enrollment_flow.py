@@ -42,17 +42,41 @@ def jrun(server: Server, *args: str, **env: str) -> dict:
     return out
 
 
-def enterprise(server: Server, tmp: Path, uscc: str = USCC, name: str = NAME, key_type: str = "p256") -> Path:
+def enterprise(
+    server: Server, tmp: Path, uscc: str = USCC, name: str = NAME, key_type: str = "p256"
+) -> Path:
     app = jrun(server, "apply", "--uscc", uscc, "--name", name)
     grant = jrun(server, "ra", "approve", app["id"], *server.officer())
     out = tmp / f"ent-{app['id']}"
-    jrun(server, "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out", str(out), "--key-type", key_type)
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(out),
+        "--key-type",
+        key_type,
+    )
     return out
 
 
 def openssl_verify(server: Server, cert: Path, chain: Path) -> None:
     res = subprocess.run(
-        ["openssl", "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(server.data_dir / "ca" / "root.crt"), "-untrusted", str(chain), str(cert)],
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            str(server.data_dir / "ca" / "root.crt"),
+            "-untrusted",
+            str(chain),
+            str(cert),
+        ],
         capture_output=True,
         text=True,
     )
@@ -74,14 +98,24 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     assert len(code.replace("-", "")) == 32 and grant["profiles"] == ["enterprise"]
 
     out = tmp_path / "xiamen"
-    issued = jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out), "--p12")
+    issued = jrun(
+        server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out), "--p12"
+    )
     for name in ("key.pem", "cert.pem", "chain.pem", "bundle.p12"):
         assert (out / name).exists()
     assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
     assert b"ENCRYPTED PRIVATE KEY" in (out / "key.pem").read_bytes()
     openssl_verify(server, out / "cert.pem", out / "chain.pem")
     p12 = subprocess.run(
-        ["openssl", "pkcs12", "-in", str(out / "bundle.p12"), "-nokeys", "-passin", "pass:test-passphrase-123"],
+        [
+            "openssl",
+            "pkcs12",
+            "-in",
+            str(out / "bundle.p12"),
+            "-nokeys",
+            "-passin",
+            "pass:test-passphrase-123",
+        ],
         capture_output=True,
         text=True,
     )
@@ -98,8 +132,32 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     op_grant = jrun(server, "operator", "add", "--name", "Li Wei", "--id", "E1024", *ent)
     assert op_grant["profiles"] == ["operator"]
     op_out = tmp_path / "li-wei"
-    jrun(server, "enroll", "--code", op_grant["enrollment_code"], "--profile", "operator", "--out", str(op_out), "--key-type", "ed25519")
-    subj = subprocess.run(["openssl", "x509", "-in", str(op_out / "cert.pem"), "-noout", "-subject", "-nameopt", "RFC2253"], capture_output=True, text=True).stdout
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        op_grant["enrollment_code"],
+        "--profile",
+        "operator",
+        "--out",
+        str(op_out),
+        "--key-type",
+        "ed25519",
+    )
+    subj = subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-in",
+            str(op_out / "cert.pem"),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "CN=Li Wei" in subj and "serialNumber=E1024" in subj and f"NTRCN-{USCC}" in subj
     openssl_verify(server, op_out / "cert.pem", op_out / "chain.pem")
 
@@ -143,29 +201,96 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
 
     refused("apply", "--uscc", "91350100M000100Y44", "--name", "X", expect="check character")
     refused("apply", "--uscc", "91350100M000100I43", "--name", "X", expect="alphabet")
-    refused("enroll", "--code", code, "--profile", "nosuch", "--out", str(tmp_path / "a"), expect="unknown profile")
-    refused("enroll", "--code", code, "--profile", "operator", "--out", str(tmp_path / "b"), expect="not 'operator'")
-    refused("enroll", "--code", "0000-0000-0000-0000-0000-0000-0000-0000", "--profile", "enterprise", "--out", str(tmp_path / "c"), expect="unknown enrollment code")
+    refused(
+        "enroll",
+        "--code",
+        code,
+        "--profile",
+        "nosuch",
+        "--out",
+        str(tmp_path / "a"),
+        expect="unknown profile",
+    )
+    refused(
+        "enroll",
+        "--code",
+        code,
+        "--profile",
+        "operator",
+        "--out",
+        str(tmp_path / "b"),
+        expect="not 'operator'",
+    )
+    refused(
+        "enroll",
+        "--code",
+        "0000-0000-0000-0000-0000-0000-0000-0000",
+        "--profile",
+        "enterprise",
+        "--out",
+        str(tmp_path / "c"),
+        expect="unknown enrollment code",
+    )
     refused("ra", "approve", app["id"], *server.officer(), expect="already approved")
     refused("ra", "approve", "app_nosuch", *server.officer(), expect="no application")
-    refused("ra", "reject", app["id"], "--reason", "late", *server.officer(), expect="already approved")
+    refused(
+        "ra", "reject", app["id"], "--reason", "late", *server.officer(), expect="already approved"
+    )
     # An enterprise certificate is not an officer's.
     ent = enterprise(server, tmp_path, "91350200MA2Y0XQK4D", "Role Check Co.")
     before = counts(server)
-    refused("ra", "list", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem"), expect="needs a agency certificate")
+    refused(
+        "ra",
+        "list",
+        "--cert",
+        str(ent / "cert.pem"),
+        "--key",
+        str(ent / "key.pem"),
+        expect="needs a agency certificate",
+    )
     # An enterprise may not list another enterprise's certificates.
-    refused("cert", "list", "--uscc", USCC, "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem"), expect="only its own")
+    refused(
+        "cert",
+        "list",
+        "--uscc",
+        USCC,
+        "--cert",
+        str(ent / "cert.pem"),
+        "--key",
+        str(ent / "key.pem"),
+        expect="only its own",
+    )
     # A key that does not match the certificate is caught before anything is sent.
-    refused("ra", "list", "--cert", str(ent / "cert.pem"), *server.officer()[2:], expect="does not belong")
+    refused(
+        "ra",
+        "list",
+        "--cert",
+        str(ent / "cert.pem"),
+        *server.officer()[2:],
+        expect="does not belong",
+    )
     assert counts(server) == before
     # Garbage over HTTP: problem+json, no new row.
     import requests
 
     for body in (b"not json", b"[]", b'{"code": 1, "profile": "enterprise", "csr": "x"}'):
-        r = requests.post(server.url + "/ca/v1/enroll", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+        r = requests.post(
+            server.url + "/ca/v1/enroll",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
         assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
-    for csr in ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "garbage", "MIIB"):
-        r = requests.post(server.url + "/ca/v1/enroll", json={"code": code, "profile": "enterprise", "csr": csr}, timeout=10)
+    for csr in (
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        "garbage",
+        "MIIB",
+    ):
+        r = requests.post(
+            server.url + "/ca/v1/enroll",
+            json={"code": code, "profile": "enterprise", "csr": csr},
+            timeout=10,
+        )
         assert r.status_code == 400 and r.json()["type"] == "urn:eport:problem:bad-csr", r.text
     r = requests.post(server.url + "/ca/v1/applications", data=b"x" * 70000, timeout=10)
     assert r.status_code == 413 and r.json()["status"] == 413
@@ -176,7 +301,15 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
 
 def test_reject(server: Server) -> None:
     app = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Rejected Co.")
-    out = jrun(server, "ra", "reject", app["id"], "--reason", "documents incomplete", *server.officer("forex"))
+    out = jrun(
+        server,
+        "ra",
+        "reject",
+        app["id"],
+        "--reason",
+        "documents incomplete",
+        *server.officer("forex"),
+    )
     assert out["state"] == "rejected" and out["reason"] == "documents incomplete"
     listed = jrun(server, "ra", "list", "--state", "rejected", *server.officer())
     assert app["id"] in {a["id"] for a in listed["applications"]}
