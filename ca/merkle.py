@@ -75,7 +75,9 @@ class TreeStore(Protocol):
     new leaves (level 0) and every parent they complete. An implementation must make
     each batch atomic (one transaction) and must not be written by two appenders at
     once: the caller serializes appends, e.g. by holding a row lock on the log head
-    for the whole issuance transaction. Reads need no lock: stored nodes never change.
+    for the whole issuance transaction. A unique key on ``(level, index)`` turns a
+    missed lock into a failed transaction instead of a forked tree. Reads need no
+    lock: stored nodes never change.
     """
 
     def size(self) -> int:
@@ -202,8 +204,8 @@ class MerkleTree:
         """Append leaf hashes in order; return the range of leaf indices they received.
 
         One :meth:`TreeStore.get_many` of the ``O(log n)`` perfect subtrees on the
-        right edge of the current tree, then one :meth:`TreeStore.put_many` of ``b``
-        leaves and at most ``b + log2(n + b)`` completed parents for a batch of ``b``.
+        right edge of the current tree, then one :meth:`TreeStore.put_many` of the ``b``
+        leaves of the batch and the fewer than ``b + log2(n + b)`` parents they complete.
         """
         leaves = list(digests)
         for digest in leaves:
@@ -215,7 +217,8 @@ class MerkleTree:
         # The right edge of the tree: the perfect subtrees of the binary decomposition
         # of ``size``, largest first. A new leaf completes a parent exactly where it
         # meets the smallest of them, like a carry in binary addition.
-        edge = list(self._store.get_many(_perfect_subtrees(0, size)))
+        edge_keys = _perfect_subtrees(0, size)
+        edge = list(self._store.get_many(edge_keys)) if edge_keys else []
         writes: list[tuple[int, int, bytes]] = []
         for index, digest in enumerate(leaves, start=size):
             writes.append((0, index, digest))
@@ -251,7 +254,7 @@ class MerkleTree:
         """``PATH(index, D[0:size])``, the audit path of leaf ``index`` (RFC 9162 §2.1.3.1).
 
         Nodes come deepest first, as RFC 9162 §2.1.3.2 verifies them. ``O(log size)``:
-        one read of at most ``2 * log2(size) + 1`` perfect subtrees.
+        one read of at most ``2 * ceil(log2(size))`` perfect subtrees.
         """
         size = self._resolve_size(size)
         self._check_index(index, size)
@@ -276,7 +279,7 @@ class MerkleTree:
 
         Empty when ``old_size`` is 0 or equals ``new_size`` (nothing to prove).
         Nodes come in the order RFC 9162 §2.1.4.2 verifies them. ``O(log new_size)``:
-        one read of at most ``2 * log2(new_size) + 1`` perfect subtrees.
+        one read of at most ``2 * ceil(log2(new_size))`` perfect subtrees.
         """
         new_size = self._resolve_size(new_size)
         if not 0 <= old_size <= new_size:

@@ -97,11 +97,9 @@ def root_from_leaf_hashes(leaf_hashes: Iterable[bytes]) -> bytes:
     stack: list[bytes] = []
     push = stack.append
     pop = stack.pop
-    count = 0
-    for digest in leaf_hashes:
+    for count, digest in enumerate(leaf_hashes, 1):
         if len(digest) != HASH_SIZE:
-            raise ProofError(f"leaf hash {count} is {len(digest)} bytes, not {HASH_SIZE}")
-        count += 1
+            raise ProofError(f"leaf hash {count - 1} is {len(digest)} bytes, not {HASH_SIZE}")
         carry = count
         while not carry & 1:
             digest = sha256(b"\x01" + pop() + digest).digest()
