@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,13 @@ RandomBytes = Callable[[int], bytes]
 
 _CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 MAX_NAME = 200
+UB_NAME = 64
+"""X.520 upper bound of organizationName and commonName; counted in UTF-8 bytes here,
+as ``cryptography`` counts it, so a name that fits is never refused at signing."""
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 
 
 def utcnow() -> datetime.datetime:
@@ -248,20 +256,15 @@ class JointCA:
     def _vet_input(
         self, subject_class: str, data: Mapping[str, str]
     ) -> tuple[dict[str, str], str | None]:
-        def text(key: str) -> str:
+        def text(key: str, limit: int = MAX_NAME) -> str:
             value = data.get(key)
             if not isinstance(value, str) or not value.strip():
                 raise BadRequest(f"{key} is required")
-            value = " ".join(value.split())
-            if len(value) > MAX_NAME:
-                raise BadRequest(f"{key} is longer than {MAX_NAME} characters")
-            if any(ord(ch) < 32 for ch in value):
-                raise BadRequest(f"{key} contains control characters")
-            return value
+            return _clean(value, key, limit)
 
         if subject_class == SubjectClass.ENTERPRISE.value:
             uscc = str(USCC.parse(str(data.get("uscc") or "")))
-            return {"uscc": uscc, "legal_name": text("legal_name")}, uscc
+            return {"uscc": uscc, "legal_name": text("legal_name", UB_NAME)}, uscc
         if subject_class == SubjectClass.AGENCY.value:
             member = self.policies.members.get(text("agency_id"))
             if member is None:
@@ -269,15 +272,15 @@ class JointCA:
             return {
                 "agency_id": member.id,
                 "agency_name": member.name,
-                "person_name": text("person_name"),
+                "person_name": text("person_name", UB_NAME),
             }, None
         if subject_class == SubjectClass.SERVICE.value:
             member = self.policies.members.get(text("agency_id"))
             if member is None:
                 raise BadRequest(f"{data.get('agency_id')!r} is not a member agency")
-            host = text("service_host").lower()
-            if not all(label.isalnum() or "-" in label for label in host.split(".")):
-                raise BadRequest(f"{host!r} is not a DNS name")
+            host = text("service_host", 253).lower()
+            if not _HOSTNAME.fullmatch(host):
+                raise BadRequest(f"{host!r} is not a DNS host name (RFC 1123 letters, digits, '-')")
             return {
                 "agency_id": member.id,
                 "agency_name": member.name,
@@ -435,8 +438,11 @@ class JointCA:
             SubjectClass.ENTERPRISE.value,
             {"uscc": parent.uscc, "legal_name": parent.vetted["legal_name"]},
         )
-        clean_name = _clean(name, "operator name")
+        clean_name = _clean(name, "operator name", UB_NAME)
         clean_id = _clean(operator_id, "operator id", 64)
+        if not _PRINTABLE.fullmatch(clean_id):
+            # It becomes the subject's serialNumber, a PrintableString (X.520).
+            raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?")
         vetted.update({"operator_name": clean_name, "operator_id": clean_id})
         now = self.clock()
         app = Application(
@@ -563,11 +569,14 @@ class JointCA:
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
+    """Collapse blanks; refuse empty, control characters, or over ``limit`` UTF-8 bytes."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
     value = " ".join(value.split())
-    if len(value) > limit or any(ord(c) < 32 for c in value):
-        raise BadRequest(f"{what} must be at most {limit} printable characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadRequest(f"{what} contains control characters")
+    if len(value.encode()) > limit:
+        raise BadRequest(f"{what} is longer than {limit} bytes (UTF-8)")
     return value
 
 
