@@ -66,6 +66,11 @@ def build_authority(
     rate = cfg.lint_sample_rate
     sampler = (lambda: True) if rate >= 1.0 else (lambda: random.random() < rate)
     factory = CertificateFactory(CertificateLinter(), lint_sampler=sampler)
+    now = clock()
+    for profile in policies.profiles.values():
+        issuer = h.issuers.get(profile.issuer)
+        if issuer is not None and not profile.ca:
+            factory.lint_template(profile, issuer, now)
     return JointCA(
         policies=policies,
         issuers=h.issuers,

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from ca.errors import LintFailed, PolicyError, WeakKey
 from ca.keys import KeyType
-from ca.lint import CertificateLinter
+from ca.lint import CertificateLinter, Finding
 from ca.policy import Profile
 from ca.signer import Signer
 
@@ -63,6 +63,20 @@ def spki_sha256(public_key: CertificatePublicKeyTypes) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).hexdigest()
+
+
+TEMPLATE_SAMPLE: Mapping[str, str] = {
+    "uscc": "91350100M000100Y43",
+    "legal_name": "厦门港贸易有限公司",
+    "operator_name": "李伟",
+    "operator_id": "E1024",
+    "agency_id": "customs",
+    "agency_name": "Customs Authority",
+    "person_name": "Zhang Min",
+    "service_host": "service.eport.example",
+    "ca_name": "E-Port Template Check CA",
+}
+"""Sample vetted data for linting a profile's template before any real issuance."""
 
 
 class _ThrowawayKeys:
@@ -170,6 +184,22 @@ class CertificateFactory:
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False
             )
         return b
+
+    def lint_template(
+        self, profile: Profile, issuer: IssuingCA, now: datetime.datetime
+    ) -> list[Finding]:
+        """Lint a throwaway certificate of ``profile`` filled with sample data.
+
+        Run for every profile when the policies are loaded, so that a template change
+        is linted before its first real certificate even when only a sample of
+        issuances is linted in-line. Nothing is signed with the CA key.
+        """
+        kt = min(profile.key_types, key=lambda k: k.value)
+        public_key = _THROWAWAY.get(kt).public_key()
+        builder = self.tbs_builder(profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now)
+        ikt = issuer.signer.key_type
+        draft = builder.sign(_THROWAWAY.get(ikt), ikt.hash_algorithm)  # type: ignore[arg-type]
+        return self.linter.check(draft.public_bytes(serialization.Encoding.DER))
 
     def issue(
         self,

@@ -277,3 +277,19 @@ def test_linter_reports_real_problems() -> None:
     )
     with pytest.raises(LintFailed):
         CertificateLinter().check(bad.public_bytes(serialization.Encoding.DER))
+
+
+def test_every_template_is_linted_at_load(policies: Policies, pki: hierarchy.Hierarchy) -> None:
+    factory = CertificateFactory()
+    for profile in policies.profiles.values():
+        if not profile.ca:
+            findings = factory.lint_template(profile, pki.issuers[profile.issuer], NOW)
+            assert all(f.severity not in ("ERROR", "FATAL") for f in findings)
+    # A template that makes an invalid certificate is caught without a real signature.
+    import dataclasses
+
+    broken = dataclasses.replace(
+        policies.profile("service-tls"), san_dns=("bad host {service_host}",)
+    )
+    with pytest.raises(LintFailed, match="domain_name"):
+        factory.lint_template(broken, pki.issuers["service"], NOW)
