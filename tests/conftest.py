@@ -88,7 +88,8 @@ class Server:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
-        env.update(EPORT_SERVER=self.url, EPORT_PASSPHRASE="test-passphrase-123", **extra)
+        env.update(EPORT_SERVER=self.url, EPORT_PASSPHRASE="test-passphrase-123")
+        env.update(extra)
         return env
 
     def eport(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:

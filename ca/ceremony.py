@@ -1,0 +1,137 @@
+"""The initialization ceremony: hierarchy, its record in the log, first RA officers.
+
+Shared by ``eport ca init`` (passphrases from the custodians) and the embedded
+development default (``eport serve --dev``, passphrases generated and written to a
+clearly named dev-only file). Every certificate made here goes through the same
+factory and linter as any other, and every step is an event.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy.orm import sessionmaker
+
+from ca import hierarchy
+from ca.authority import JointCA, _record
+from ca.config import CAConfig
+from ca.db import make_engine, upgrade
+from ca.issuance import CertificateFactory
+from ca.keys import KeyType
+from ca.policy import Policies
+from ca.records import Event, EventType
+from ca.signer import write_private
+from ca.store import SqlStore
+
+
+@dataclass(frozen=True)
+class Initialized:
+    hierarchy: hierarchy.Hierarchy
+    officers: dict[str, Path]
+    """Member id → directory with officer.pem, officer.key (encrypted), chain.pem."""
+
+
+def record_hierarchy(ca: JointCA, h: hierarchy.Hierarchy, actor: str) -> None:
+    """Store the CA certificates and log the ceremony (one transaction)."""
+    now = ca.clock()
+    with ca.store.transaction() as tx:
+        entries = [(h.root, "root", "root", {"role": "root"})]
+        entries += [
+            (i.certificate, "root", "issuing-ca", {"role": "issuing", "issuer_id": iid})
+            for iid, i in sorted(h.issuers.items())
+        ]
+        for cert, issuer, profile, details in entries:
+            rec = _record(cert, issuer, profile, None)
+            tx.add_certificate(rec)
+            tx.append_event(
+                Event(
+                    type=EventType.CA_INITIALIZED,
+                    at=now,
+                    actor=actor,
+                    subject=rec.subject,
+                    profile=profile,
+                    issuer=issuer,
+                    serial=rec.serial,
+                    cert_sha256=rec.cert_sha256,
+                    details=details,
+                )
+            )
+
+
+def issue_officers(
+    ca: JointCA,
+    out_dir: Path,
+    passphrase_of: Callable[[str], bytes],
+    actor: str,
+    label: str = "",
+) -> dict[str, Path]:
+    """One RA officer credential per member agency, through the ordinary RA flow."""
+    out: dict[str, Path] = {}
+    for member in ca.policies.members.members:
+        app = ca.apply(
+            "agency",
+            {"agency_id": member.id, "person_name": f"{member.name} RA Officer{label}"},
+            applicant=actor,
+        )
+        grant = ca.approve_at_ceremony(app.id, actor)
+        key = KeyType.P256.generate()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+        )
+        issued = ca.enroll(grant.code, "agency", csr.public_bytes(serialization.Encoding.PEM))
+        d = out_dir / member.id
+        d.mkdir(parents=True, exist_ok=True)
+        write_private(
+            d / "officer.key",
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(passphrase_of(member.id)),
+            ),
+        )
+        (d / "officer.pem").write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
+        (d / "chain.pem").write_text(issued.chain_pem())
+        out[member.id] = d
+    return out
+
+
+def initialize(
+    cfg: CAConfig,
+    policies: Policies,
+    *,
+    root_passphrase: bytes,
+    ca_passphrase: bytes,
+    officer_passphrase: Callable[[str], bytes],
+    officer_dir: Path,
+    actor: str,
+    officer_label: str = "",
+) -> Initialized:
+    """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers."""
+    from ca.app import build_authority
+
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(cfg.sqlalchemy_url)
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+        h = hierarchy.create(
+            policies,
+            cfg.data_dir,
+            root_passphrase=root_passphrase,
+            ca_passphrase=ca_passphrase,
+            factory=CertificateFactory(),
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        authority = build_authority(cfg, policies, h, store)
+        record_hierarchy(authority, h, actor)
+        officers = issue_officers(authority, officer_dir, officer_passphrase, actor, officer_label)
+    finally:
+        engine.dispose()
+    return Initialized(h, officers)
