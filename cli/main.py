@@ -293,7 +293,7 @@ def ca_init(
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "root.crt").write_bytes(done.hierarchy.root.public_bytes(serialization.Encoding.PEM))
-    record = {
+    record: dict[str, Any] = {
         "root": describe(done.hierarchy.root),
         "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
         "officers": {k: str(v) for k, v in done.officers.items()},
