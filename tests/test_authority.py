@@ -1,0 +1,190 @@
+"""The core's refusals: each changes nothing (the core on a real SQLite database)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asn1crypto import csr as acsr
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from ca import hierarchy
+from ca.app import build_authority
+from ca.authority import JointCA, parse_csr
+from ca.ceremony import issue_officers
+from ca.config import CAConfig
+from ca.db import make_engine, upgrade
+from ca.errors import BadCSR, BadRequest, Forbidden, InvalidUSCC, ProfileNotAllowed
+from ca.issuance import CertificateFactory
+from ca.keys import KeyType
+from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
+from ca.policy import Members, load_policies
+from ca.signedreq import SignedRequest
+from ca.store import SqlStore
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES = (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[JointCA, sessionmaker, Path]]:  # type: ignore[type-arg]
+    cfg = CAConfig.load({"data_dir": tmp_path})
+    upgrade(cfg.sqlalchemy_url)
+    policies = load_policies(REPO / "policies")
+    h = hierarchy.create(
+        policies,
+        tmp_path,
+        root_passphrase=b"r" * 12,
+        ca_passphrase=b"c" * 12,
+        factory=CertificateFactory(),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    engine = make_engine(cfg.sqlalchemy_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    ca = build_authority(cfg, policies, h, SqlStore(sessions))
+    officers = issue_officers(ca, tmp_path / "officers", lambda _m: b"officer-pass", "test")
+    yield ca, sessions, officers["customs"]
+    engine.dispose()
+
+
+def counts(sessions: sessionmaker) -> list[int]:  # type: ignore[type-arg]
+    with sessions() as s:
+        return [s.execute(select(func.count()).select_from(t)).scalar_one() for t in TABLES]
+
+
+def csr(key: object) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(
+            key,
+            hashes.SHA256(),  # type: ignore[arg-type]
+        )
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def signed_by(cert_path: Path) -> SignedRequest:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return SignedRequest(certificate=cert, chain=(cert,), claims={})
+
+
+def test_csr_signed_by_another_key_is_refused(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, sessions, _ = env
+    grant = ca.approve_at_ceremony(
+        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "PoP Co."}).id, "t"
+    )
+    mine, theirs = KeyType.P256.generate(), KeyType.P256.generate()
+    # Graft my public key into a request signed by another key: no proof of possession.
+    a = acsr.CertificationRequest.load(
+        x509.load_pem_x509_csr(csr(mine)).public_bytes(serialization.Encoding.DER)
+    )
+    b = acsr.CertificationRequest.load(
+        x509.load_pem_x509_csr(csr(theirs)).public_bytes(serialization.Encoding.DER)
+    )
+    forged = acsr.CertificationRequest(
+        {
+            "certification_request_info": a["certification_request_info"],
+            "signature_algorithm": b["signature_algorithm"],
+            "signature": b["signature"],
+        }
+    ).dump()
+    before = counts(sessions)
+    with pytest.raises(BadCSR, match="proof of possession"):
+        ca.enroll(grant.code, "enterprise", forged)
+    assert counts(sessions) == before
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        b"\x30\x03\x02\x01\x01",  # DER of the wrong type
+    ],
+)
+def test_unparseable_csr(data: bytes) -> None:
+    with pytest.raises(BadCSR):
+        parse_csr(data)
+
+
+def test_certificate_instead_of_csr(env: tuple) -> None:  # type: ignore[type-arg]
+    _, _, officer = env
+    with pytest.raises(BadCSR):
+        parse_csr((officer / "officer.pem").read_bytes())
+
+
+def test_officer_of_a_non_member_agency_is_refused(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, _, officer = env
+    assert ca.caller(signed_by(officer / "officer.pem")).agency_id == "customs"
+    # The customs agency leaves the joint CA: its officer's certificate gives no role.
+    members = ca.policies.members
+    ca.policies = dataclasses.replace(
+        ca.policies,
+        members=Members(members.threshold, tuple(m for m in members.members if m.id != "customs")),
+    )
+    with pytest.raises(Forbidden, match="not a member"):
+        ca.caller(signed_by(officer / "officer.pem"))
+
+
+def test_operator_cannot_authorize_operators(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Roles Co."})
+    grant = ca.approve(officer_caller, app.id)
+    ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    (tmp_path / "ent.pem").write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
+    ent_caller = ca.caller(signed_by(tmp_path / "ent.pem"))
+    op_grant = ca.authorize_operator(ent_caller, "Li Wei", "E1024")
+    op = ca.enroll(op_grant.code, "operator", csr(KeyType.P256.generate()))
+    (tmp_path / "op.pem").write_bytes(op.certificate.public_bytes(serialization.Encoding.PEM))
+    op_caller = ca.caller(signed_by(tmp_path / "op.pem"))
+    assert op_caller.uscc == "91350100M000100Y43"
+    before = counts(sessions)
+    with pytest.raises(Forbidden, match="enterprise certificate"):
+        ca.authorize_operator(op_caller, "Eve", "E666")
+    with pytest.raises(Forbidden):
+        ca.approve(ent_caller, app.id)
+    with pytest.raises(BadRequest, match="operator id"):
+        ca.authorize_operator(ent_caller, "Wang Fang", "身份证")
+    assert counts(sessions) == before
+    # An enterprise code cannot be used for another class's profile.
+    g2 = ca.approve(
+        officer_caller,
+        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Roles Co."}).id,
+    )
+    with pytest.raises(ProfileNotAllowed):
+        ca.enroll(g2.code, "agency", csr(KeyType.P256.generate()))
+
+
+@pytest.mark.parametrize(
+    ("data", "err"),
+    [
+        ({"uscc": "91350100M000100Y44", "legal_name": "X"}, InvalidUSCC),
+        ({"uscc": "91350100M000100Y43", "legal_name": ""}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "A\x00B"}, BadRequest),
+        (
+            {"uscc": "91350100M000100Y43", "legal_name": "名" * 30},
+            BadRequest,
+        ),  # 90 UTF-8 bytes > 64
+    ],
+)
+def test_bad_applications_change_nothing(env: tuple, data: dict, err: type) -> None:  # type: ignore[type-arg]
+    ca, sessions, _ = env
+    before = counts(sessions)
+    with pytest.raises(err):
+        ca.apply("enterprise", data)
+    with pytest.raises(BadRequest):
+        ca.apply("agency", {"agency_id": "nosuch", "person_name": "X"})
+    with pytest.raises(BadRequest):
+        ca.apply("service", {"agency_id": "customs", "service_host": "not a host"})
+    with pytest.raises(BadRequest):
+        ca.apply("operator", {"uscc": "91350100M000100Y43"})
+    assert counts(sessions) == before
