@@ -78,8 +78,8 @@ TEMPLATE_FIELDS = frozenset(
     }
 )
 
-_OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
-_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_OID_RE = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+_ID_RE = re.compile(r"[a-z][a-z0-9-]{1,31}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,22 @@ class _Strict(dict[str, str]):
 
 
 def _placeholders(tmpl: str) -> set[str]:
-    return {f for _, f, _, _ in string.Formatter().parse(tmpl) if f}
+    """Every field ``tmpl`` fills, nested ones too; ``{}`` gives ``""``. Bad braces: ValueError."""
+    fields: set[str] = set()
+    for _, f, spec, _ in string.Formatter().parse(tmpl):
+        if f is not None:
+            fields.add(f)
+            fields.update(_placeholders(spec or ""))
+    return fields
+
+
+def _check_template(r: _Reader, key: str, tmpl: str) -> None:
+    try:
+        bad = _placeholders(tmpl) - TEMPLATE_FIELDS
+    except ValueError as exc:
+        raise r.fail(key, f"malformed template {tmpl!r}: {exc}") from None
+    if bad:
+        raise r.fail(key, f"unknown template field {sorted(bad)[0]!r}")
 
 
 @dataclass(frozen=True)
@@ -238,7 +253,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
 def load_profile(path: Path) -> Profile:
     r = _Reader(path, _load_toml(path))
     name = path.stem
-    if not _ID_RE.match(name):
+    if not _ID_RE.fullmatch(name):
         raise r.fail("(file name)", "profile names are lower-case letters, digits and '-'")
     cls_name = r.get("subject_class", str)
     try:
@@ -274,9 +289,12 @@ def load_profile(path: Path) -> Profile:
         ekus.append(EXTENDED_KEY_USAGES[e])
     oids = []
     for i, o in enumerate(r.strings("policy_oids")):
-        if not _OID_RE.match(o):
+        if not _OID_RE.fullmatch(o):
             raise r.fail(f"policy_oids[{i}]", f"{o!r} is not a dotted OID")
-        oids.append(ObjectIdentifier(o))
+        try:
+            oids.append(ObjectIdentifier(o))
+        except ValueError:  # e.g. a second arc above 39 under arcs 0 and 1 (X.660)
+            raise r.fail(f"policy_oids[{i}]", f"{o!r} is not a valid OID") from None
     if not oids:
         raise r.fail("policy_oids", "the first policy OID names the profile's role")
     subject: list[tuple[ObjectIdentifier, str]] = []
@@ -288,17 +306,13 @@ def load_profile(path: Path) -> Profile:
         attr, tmpl = pair
         if attr not in NAME_ATTRIBUTES:
             raise r.fail(f"subject[{i}]", f"unknown attribute {attr!r}")
-        bad = _placeholders(tmpl) - TEMPLATE_FIELDS
-        if bad:
-            raise r.fail(f"subject[{i}]", f"unknown template field {sorted(bad)[0]!r}")
+        _check_template(r, f"subject[{i}]", tmpl)
         subject.append((NAME_ATTRIBUTES[attr], tmpl))
     if not subject:
         raise r.fail("subject", "a subject template is required")
     san = r.strings("san_dns", [])
     for i, tmpl in enumerate(san):
-        bad = _placeholders(tmpl) - TEMPLATE_FIELDS
-        if bad:
-            raise r.fail(f"san_dns[{i}]", f"unknown template field {sorted(bad)[0]!r}")
+        _check_template(r, f"san_dns[{i}]", tmpl)
     is_ca = r.get("ca", bool, False)
     path_length = r.get("path_length", int, None)
     if is_ca and ("keyCertSign" not in usages):
@@ -307,6 +321,8 @@ def load_profile(path: Path) -> Profile:
         raise r.fail("key_usage", "keyCertSign/cRLSign are for CA profiles only")
     if not is_ca and path_length is not None:
         raise r.fail("path_length", "only CA profiles have a path length")
+    if path_length is not None and path_length < 0:
+        raise r.fail("path_length", "must be 0 or more (RFC 5280 §4.2.1.9)")
     profile = Profile(
         name=name,
         description=r.get("description", str, ""),
@@ -336,7 +352,7 @@ def load_members(path: Path) -> Members:
             raise r.fail(f"member[{i}]", "expected a table")
         m = _Reader(path, raw, prefix=f"member[{i}].")
         mid = m.get("id", str)
-        if not _ID_RE.match(mid):
+        if not _ID_RE.fullmatch(mid):
             raise m.fail("id", "member ids are lower-case letters, digits and '-'")
         if mid in seen:
             raise m.fail("id", f"duplicate member id {mid!r}")

@@ -18,6 +18,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import verification as xv
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.errors import Replayed, Unauthenticated, WeakKey
 from ca.keys import KeyType
@@ -107,6 +109,16 @@ class TrustAnchors:
             verified = verifier.verify(leaf, list(self.intermediates))
         except xv.VerificationError as exc:
             raise Unauthenticated(f"certificate is not trusted: {exc}") from exc
+        # The verifier accepts a leaf with no EKU at all (RFC 5280: any purpose); a
+        # credential for signed requests must name clientAuth.
+        try:
+            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            raise Unauthenticated(
+                "certificate is not trusted: it lacks the clientAuth EKU"
+            ) from None
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            raise Unauthenticated("certificate is not trusted: it lacks the clientAuth EKU")
         return list(verified.chain)
 
 
@@ -154,18 +166,30 @@ def verify_request(
             algorithms=[kt.jws_alg],
             audience=expected_aud or audience(method, path),
             leeway=leeway,
-            options={"require": ["aud", "exp", "iat", "jti", "bsh"], "verify_nbf": True},
+            # PyJWT would judge exp, iat and nbf by the wall clock; they are judged below
+            # by the ``now`` passed in.
+            options={
+                "require": ["aud", "exp", "iat", "jti", "bsh"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
         )
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"signed request rejected: {exc}") from exc
     iat = claims["iat"]
     exp = claims["exp"]
-    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
-        raise Unauthenticated("iat and exp must be numbers")
+    nbf = claims.get("nbf", iat)
+    if not all(_is_time(t) for t in (iat, exp, nbf)):
+        raise Unauthenticated("iat, exp and nbf must be numbers")
     if exp - iat > MAX_LIFETIME.total_seconds():
         raise Unauthenticated("signed request lives longer than 5 minutes (exp - iat)")
     if iat > now.timestamp() + leeway.total_seconds():
         raise Unauthenticated("signed request issued in the future (iat)")
+    if nbf > now.timestamp() + leeway.total_seconds():
+        raise Unauthenticated("signed request not yet valid (nbf)")
+    if exp <= now.timestamp() - leeway.total_seconds():
+        raise Unauthenticated("signed request expired (exp)")
     if not hmac.compare_digest(str(claims["bsh"]), body_hash(body)):
         raise Unauthenticated("the body does not match the signed body hash (bsh)")
     jti = claims["jti"]
@@ -176,6 +200,10 @@ def verify_request(
         raise Replayed("this signed request was already used (jti replay)")
     del chain_in
     return SignedRequest(certificate=leaf, chain=tuple(verified_chain), claims=claims)
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _leaf_from_header(token: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
