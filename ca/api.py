@@ -73,7 +73,9 @@ def signed_caller() -> Caller:
 
 
 def iso(dt: datetime.datetime | None) -> str | None:
-    return dt.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z") if dt else None
+    if dt is None:
+        return None
+    return dt.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def app_json(app: Application) -> dict[str, Any]:

@@ -57,22 +57,27 @@ def identity_options(role: str) -> Callable[[F], F]:
     def deco(f: F) -> F:
         f = click.option(
             "--passphrase-file",
+            envvar="EPORT_PASSPHRASE_FILE",
             type=click.Path(path_type=Path, dir_okay=False),
-            help="File holding the key's passphrase (else EPORT_PASSPHRASE, else a prompt).",
+            help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE; "
+            "else EPORT_PASSPHRASE, else a prompt).",
         )(f)
         f = click.option(
             "--key",
             "key_file",
             required=True,
+            envvar="EPORT_KEY",
             type=click.Path(path_type=Path, dir_okay=False),
-            help=f"The {role}'s encrypted private key (PKCS#8 PEM). It signs this one request.",
+            help=f"The {role}'s encrypted private key, PKCS#8 PEM (env EPORT_KEY).",
         )(f)
         f = click.option(
             "--cert",
             "cert_file",
             required=True,
+            envvar="EPORT_CERT",
             type=click.Path(path_type=Path, dir_okay=False),
-            help=f"The {role}'s certificate (PEM; chain.pem beside it is sent too).",
+            help=f"The {role}'s certificate, PEM; chain.pem beside it is sent too "
+            "(env EPORT_CERT).",
         )(f)
         return f
 
