@@ -25,7 +25,7 @@ from ca.errors import EPortError, PayloadTooLarge
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
-from ca.policy import Policies, load_policies
+from ca.policy import EVERY_ISSUER, Policies, load_policies
 from ca.records import Store
 from ca.signedreq import TrustAnchors
 from ca.store import SqlStore, configure_engine
@@ -65,10 +65,15 @@ def build_authority(
 
     rate = cfg.lint_sample_rate
     sampler = (lambda: True) if rate >= 1.0 else (lambda: random.random() < rate)
-    factory = CertificateFactory(CertificateLinter(), lint_sampler=sampler)
+    factory = CertificateFactory(
+        CertificateLinter(), lint_sampler=sampler, public_base_url=cfg.public_base_url
+    )
     now = clock()
     for profile in policies.profiles.values():
-        issuer = h.issuers.get(profile.issuer)
+        if profile.issuer == EVERY_ISSUER:
+            issuer = next(iter(h.issuers.values()), None)
+        else:
+            issuer = h.issuers.get(profile.issuer)
         if issuer is not None and not profile.ca:
             factory.lint_template(profile, issuer, now)
     return JointCA(

@@ -204,7 +204,7 @@ class JointCA:
         org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
         uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
         agency = org_id[6:] if org_id.startswith("GOVCN-") else None
-        is_agency = profile.subject_class is SubjectClass.AGENCY
+        is_agency = profile.subject_class in (SubjectClass.AGENCY, SubjectClass.AUDITOR)
         if is_agency and (agency is None or self.policies.members.get(agency) is None):
             raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
         return Caller(
@@ -265,7 +265,7 @@ class JointCA:
         if subject_class == SubjectClass.ENTERPRISE.value:
             uscc = str(USCC.parse(str(data.get("uscc") or "")))
             return {"uscc": uscc, "legal_name": text("legal_name", UB_NAME)}, uscc
-        if subject_class == SubjectClass.AGENCY.value:
+        if subject_class in (SubjectClass.AGENCY.value, SubjectClass.AUDITOR.value):
             member = self.policies.members.get(text("agency_id"))
             if member is None:
                 raise BadRequest(f"{data.get('agency_id')!r} is not a member agency")
@@ -287,7 +287,7 @@ class JointCA:
                 "service_host": host,
             }, None
         raise BadRequest(
-            f"cannot apply for class {subject_class!r} (enterprise, agency or service; "
+            f"cannot apply for class {subject_class!r} (enterprise, agency, auditor or service; "
             "operators are authorized by their enterprise)"
         )
 

@@ -126,7 +126,7 @@ def initialize(
             cfg.data_dir,
             root_passphrase=root_passphrase,
             ca_passphrase=ca_passphrase,
-            factory=CertificateFactory(),
+            factory=CertificateFactory(public_base_url=cfg.public_base_url),
             now=datetime.datetime.now(datetime.UTC),
         )
         authority = build_authority(cfg, policies, h, store)

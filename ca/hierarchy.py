@@ -2,10 +2,13 @@
 
 Layout under ``<data_dir>/ca/``::
 
-    root.crt            the root certificate (self-signed, P-384)
-    root.key            the root key, encrypted PKCS#8 (only ceremonies open it)
-    issuers/<id>.crt    issuing CA certificates (pathLen 0), one per subject class
-    issuers/<id>.key    their keys, sealed (encrypted PKCS#8) at rest
+    root.crt              the root certificate (self-signed, P-384)
+    root.key              the root key, encrypted PKCS#8 (only ceremonies open it)
+    issuers/<id>.crt      issuing CA certificates (pathLen 0), one per subject class
+    issuers/<id>.key      their keys, sealed (encrypted PKCS#8) at rest
+    responders/<id>.crt   each issuing CA's delegated OCSP responder (RFC 6960 §4.2.2.2)
+    responders/<id>.key   its key, sealed
+    log.pub, log.key      the Ed25519 key of the transparency log's checkpoints (sealed)
 
 Every key access goes through :class:`~ca.signer.Signer`, so M-of-N custody and
 PKCS#11 tokens replace the software signers without touching issuance.
@@ -24,8 +27,8 @@ from cryptography.x509.oid import NameOID
 from ca.errors import Sealed
 from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
-from ca.policy import Policies
-from ca.signer import SealedSigner, SoftwareSigner, seal_key, unseal_key
+from ca.policy import EVERY_ISSUER, Policies
+from ca.signer import SealedSigner, Signer, SoftwareSigner, seal_key, unseal_key
 
 ROOT_NAME = "E-Port Joint Root CA"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
@@ -40,14 +43,24 @@ ISSUING_NAMES = {
 class Hierarchy:
     root: x509.Certificate
     issuers: dict[str, IssuingCA]
+    responders: dict[str, IssuingCA]
+    """Issuing CA id → its delegated OCSP responder certificate and signer."""
+    log_signer: Signer
+    """The Ed25519 key that signs the transparency log's checkpoints."""
 
     @property
     def sealed(self) -> bool:
         return any(isinstance(i.signer, SealedSigner) for i in self.issuers.values())
 
+    @property
+    def log_public_key(self) -> object:
+        return self.log_signer.public_key()
+
 
 def issuing_ids(policies: Policies) -> list[str]:
-    return sorted({p.issuer for p in policies.profiles.values() if not p.ca})
+    return sorted(
+        {p.issuer for p in policies.profiles.values() if not p.ca and p.issuer != EVERY_ISSUER}
+    )
 
 
 def ca_dir(data_dir: Path) -> Path:
@@ -103,10 +116,43 @@ def create(
         seal_key(key, d / "issuers" / f"{issuer_id}.key", ca_passphrase)
         _write_cert(d / "issuers" / f"{issuer_id}.crt", cert)
         issuers[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
+    responders: dict[str, IssuingCA] = {}
+    responder_profile = policies.profile("ocsp-responder")
+    for issuer_id, issuer in issuers.items():
+        key = KeyType.P256.generate()
+        cert = factory.issue(
+            responder_profile, issuer, key.public_key(), {"ca_name": issuer_ca_name(issuer)}, now
+        )
+        seal_key(key, d / "responders" / f"{issuer_id}.key", ca_passphrase)
+        _write_cert(d / "responders" / f"{issuer_id}.crt", cert)
+        responders[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
+    log_key = KeyType.ED25519.generate()
+    seal_key(log_key, d / "log.key", ca_passphrase)
+    (d / "log.pub").write_bytes(
+        log_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     seal_key(root_key, d / "root.key", root_passphrase)
     _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init
     del root_key, root_signer, root
-    return Hierarchy(root=root_cert, issuers=issuers)
+    return Hierarchy(
+        root=root_cert, issuers=issuers, responders=responders, log_signer=SoftwareSigner(log_key)
+    )
+
+
+def issuer_ca_name(issuer: IssuingCA) -> str:
+    attrs = issuer.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else issuer.id
+
+
+def _load_signer(cert_or_pub: object, key_file: Path, passphrase: bytes | None) -> Signer:
+    if passphrase is None:
+        public = (
+            cert_or_pub.public_key() if isinstance(cert_or_pub, x509.Certificate) else cert_or_pub
+        )
+        return SealedSigner(public)  # type: ignore[arg-type]
+    return unseal_key(key_file, passphrase)
 
 
 def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
@@ -118,11 +164,15 @@ def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
     issuers: dict[str, IssuingCA] = {}
     for crt in sorted((d / "issuers").glob("*.crt")):
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
-        issuer_id = crt.stem
-        signer: SoftwareSigner | SealedSigner
-        if ca_passphrase is None:
-            signer = SealedSigner(cert.public_key())
-        else:
-            signer = unseal_key(crt.with_suffix(".key"), ca_passphrase)
-        issuers[issuer_id] = IssuingCA(issuer_id, cert, signer)
-    return Hierarchy(root=root, issuers=issuers)
+        issuers[crt.stem] = IssuingCA(
+            crt.stem, cert, _load_signer(cert, crt.with_suffix(".key"), ca_passphrase)
+        )
+    responders: dict[str, IssuingCA] = {}
+    for crt in sorted((d / "responders").glob("*.crt")):
+        cert = x509.load_pem_x509_certificate(crt.read_bytes())
+        responders[crt.stem] = IssuingCA(
+            crt.stem, cert, _load_signer(cert, crt.with_suffix(".key"), ca_passphrase)
+        )
+    log_public = serialization.load_pem_public_key((d / "log.pub").read_bytes())
+    log_signer = _load_signer(log_public, d / "log.key", ca_passphrase)
+    return Hierarchy(root=root, issuers=issuers, responders=responders, log_signer=log_signer)

@@ -107,9 +107,11 @@ class CertificateFactory:
         self,
         linter: CertificateLinter | None = None,
         lint_sampler: Callable[[], bool] | None = None,
+        public_base_url: str | None = None,
     ) -> None:
         self.linter = linter or CertificateLinter()
         self.lint_sampler = lint_sampler or (lambda: True)
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     def check_key(self, profile: Profile, public_key: CertificatePublicKeyTypes) -> KeyType:
         kt = KeyType.of(public_key)
@@ -177,6 +179,10 @@ class CertificateFactory:
                 critical=False,
             )
         )
+        if profile.ocsp_nocheck:
+            b = b.add_extension(x509.OCSPNoCheck(), critical=False)
+        if profile.status_urls and self.public_base_url:
+            b = self._add_status_urls(b, issuer.id)
         if profile.extended_key_usage:
             b = b.add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usage)), False)
         if dns_names:
@@ -184,6 +190,40 @@ class CertificateFactory:
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False
             )
         return b
+
+    def _add_status_urls(
+        self, b: x509.CertificateBuilder, issuer_id: str
+    ) -> x509.CertificateBuilder:
+        """AIA (RFC 5280 §4.2.2.1: OCSP and caIssuers) and CRL distribution points (§4.2.1.13).
+
+        Certificates of the root (issuing CAs) point at the root's CRL only: the root
+        has no OCSP responder; it signs a CRL at each ceremony.
+        """
+        base = self.public_base_url
+        assert base is not None
+        access = []
+        if issuer_id != "root":
+            access.append(
+                x509.AccessDescription(
+                    x509.oid.AuthorityInformationAccessOID.OCSP,
+                    x509.UniformResourceIdentifier(f"{base}/ocsp"),
+                )
+            )
+        access.append(
+            x509.AccessDescription(
+                x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(f"{base}/ca/v1/issuers/{issuer_id}.cer"),
+            )
+        )
+        crl = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(f"{base}/crl/{issuer_id}.crl")],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        return b.add_extension(
+            x509.AuthorityInformationAccess(access), critical=False
+        ).add_extension(x509.CRLDistributionPoints([crl]), critical=False)
 
     def lint_template(
         self, profile: Profile, issuer: IssuingCA, now: datetime.datetime

@@ -183,7 +183,7 @@ def openapi_document() -> dict[str, Any]:
                 ),
                 "ApplicationRequest": s(
                     properties={
-                        "subject_class": {"enum": ["enterprise", "agency", "service"]},
+                        "subject_class": {"enum": ["enterprise", "agency", "auditor", "service"]},
                         "uscc": string,
                         "legal_name": string,
                         "agency_id": string,

@@ -33,6 +33,12 @@ class SubjectClass(enum.Enum):
     AGENCY = "agency"
     AUDITOR = "auditor"
     SERVICE = "service"
+    RESPONDER = "responder"
+    """Delegated OCSP responders (RFC 6960 §4.2.2.2), one per issuing CA."""
+
+
+EVERY_ISSUER = "*"
+"""The ``issuer`` of a profile every issuing CA uses for itself (OCSP responders)."""
 
 
 NAME_ATTRIBUTES: Mapping[str, ObjectIdentifier] = {
@@ -105,6 +111,10 @@ class Profile:
     san_dns: tuple[str, ...] = ()
     ca: bool = False
     path_length: int | None = None
+    ocsp_nocheck: bool = False
+    """id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1), for delegated OCSP responders."""
+    status_urls: bool = True
+    """Whether certificates carry AIA (OCSP, caIssuers) and CRL distribution points."""
 
     @property
     def role_oid(self) -> ObjectIdentifier:
@@ -337,6 +347,8 @@ def load_profile(path: Path) -> Profile:
         san_dns=tuple(san),
         ca=is_ca,
         path_length=path_length,
+        ocsp_nocheck=r.get("ocsp_nocheck", bool, False),
+        status_urls=r.get("status_urls", bool, True),
     )
     r.no_extra()
     return profile

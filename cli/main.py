@@ -329,7 +329,7 @@ def ca_init(
 @click.option(
     "--class",
     "subject_class",
-    type=click.Choice(["enterprise", "agency", "service"]),
+    type=click.Choice(["enterprise", "agency", "auditor", "service"]),
     default="enterprise",
     show_default=True,
     help="What is to be certified.",
@@ -364,7 +364,7 @@ def apply(
         if not agency_id:
             raise CLIError(f"--agency is required for --class {subject_class}")
         body["agency_id"] = agency_id
-        body["person_name" if subject_class == "agency" else "service_host"] = name
+        body["service_host" if subject_class == "service" else "person_name"] = name
     app = ctx.client().call("POST", "/ca/v1/applications", body)
     emit(
         as_json,

@@ -18,7 +18,15 @@ from ca.keys import KeyType
 from ca.policy import Policies, SubjectClass, load_policies
 
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
-PROFILES = {"enterprise", "operator", "agency", "service-tls", "issuing-ca"}
+PROFILES = {
+    "enterprise",
+    "operator",
+    "agency",
+    "service-tls",
+    "issuing-ca",
+    "auditor",
+    "ocsp-responder",
+}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +136,7 @@ def test_role_oids_are_distinct_and_lookup_works(policies: Policies) -> None:
 
 def test_profiles_of(policies: Policies) -> None:
     assert [p.name for p in policies.profiles_of(SubjectClass.OPERATOR)] == ["operator"]
-    assert policies.profiles_of(SubjectClass.AUDITOR) == []
+    assert [p.name for p in policies.profiles_of(SubjectClass.AUDITOR)] == ["auditor"]
 
 
 def test_unknown_profile(policies: Policies) -> None:

@@ -1,0 +1,722 @@
+"""The OCSP responder core: RFC 6960 requests parsed, responses built and signed.
+
+Framework-free: the HTTP layer hands in request bytes (a POST body, or the path of
+a GET decoded by :func:`request_from_get_path`, RFC 6960 Appendix A.1), asks its
+status store about each :class:`CertID` of the :class:`OCSPRequestInfo` that
+:func:`parse_request` returns, and sends back what :func:`build_response`,
+:func:`build_response_multi` or :func:`error_response` made.
+
+Every response is signed by a delegated responder (RFC 6960 §4.2.2.2): a
+certificate issued by the CA it answers for, with the id-kp-OCSPSigning extended
+key usage and the id-pkix-ocsp-nocheck extension (§4.2.2.2.1), whose key sits
+behind a :class:`~ca.signer.Signer`. One :class:`Responder` per issuing CA.
+
+The response profile (RFC 6960 §4.2.1, §4.2.2.3):
+
+* ``OCSPResponse`` with responseStatus successful and responseBytes of type
+  id-pkix-ocsp-basic;
+* ``ResponseData`` version v1 (the DEFAULT, so absent), ResponderID byKey (the
+  SHA-1 of the responder's subjectPublicKey, §4.2.1), producedAt, one
+  ``SingleResponse`` per CertID, and the nonce (RFC 8954) echoed in
+  responseExtensions when the request had one;
+* each ``SingleResponse`` carries the CertID as the requester encoded its hash
+  AlgorithmIdentifier (absent or NULL parameters), a certStatus, thisUpdate and
+  nextUpdate; revoked carries revocationTime and a revocationReason unless the
+  reason is unspecified (RFC 5280 §5.3.1); a suspended certificate is revoked
+  with reason certificateHold (RFC 6960 §2.2);
+* times as GeneralizedTime ``YYYYMMDDHHMMSSZ``, whole seconds (RFC 5280
+  §4.1.2.5.2);
+* signatureAlgorithm from the signer's key type: ecdsa-with-SHA256 or -SHA384
+  (RFC 5758 §3.2, parameters absent), Ed25519 (RFC 8410 §3, parameters absent),
+  sha256WithRSAEncryption (RFC 4055 §5, parameters NULL);
+* certs holding the responder certificate, so that a client can check the
+  delegation (§4.2.2.2).
+
+Why the DER is written by hand: everything in a response except the CertIDs,
+the statuses, the times and the nonce is fixed per responder, so those
+fragments are encoded once, when the :class:`Responder` is made, and a
+response is a join of byte strings around one ``Signer.sign`` call. The tests
+check that asn1crypto re-encodes every response to the same bytes (DER).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from asn1crypto import core as asn1_core
+from asn1crypto import ocsp as asn1_ocsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ca.crl import ReasonCode
+from ca.errors import BadRequest
+from ca.keys import KeyType
+from ca.signer import Signer
+
+__all__ = [
+    "DEFAULT_MAX_REQUESTS",
+    "MAX_NONCE_LENGTH",
+    "CertID",
+    "CertIDHash",
+    "CertStatus",
+    "Good",
+    "MalformedRequest",
+    "OCSPRequestInfo",
+    "OnHold",
+    "Responder",
+    "ResponseStatus",
+    "Revoked",
+    "Unknown",
+    "build_response",
+    "build_response_multi",
+    "error_response",
+    "match_issuer",
+    "parse_request",
+    "request_from_get_path",
+]
+
+#: How many CertIDs (``Request`` entries of the ``requestList``, RFC 6960 §4.1.1)
+#: one request may ask about, unless the caller sets another limit.
+DEFAULT_MAX_REQUESTS = 16
+
+#: RFC 8954 §2.1: ``Nonce ::= OCTET STRING(SIZE(1..32))``; a request with a longer
+#: (or empty) nonce is answered malformedRequest.
+MAX_NONCE_LENGTH = 32
+
+
+class MalformedRequest(BadRequest):
+    """An OCSPRequest that cannot be parsed or is not acceptable (RFC 6960 §2.3).
+
+    The HTTP layer answers it with :func:`error_response`\\ (``MALFORMED_REQUEST``):
+    "the request received does not conform to the OCSP syntax".
+    """
+
+    slug = "ocsp-malformed-request"
+    title = "Malformed OCSP request"
+
+
+@enum.unique
+class ResponseStatus(enum.IntEnum):
+    """``OCSPResponseStatus`` (RFC 6960 §4.2.1); the value is the ENUMERATED code."""
+
+    SUCCESSFUL = 0
+    MALFORMED_REQUEST = 1
+    INTERNAL_ERROR = 2
+    TRY_LATER = 3
+    # value 4 is not used
+    SIG_REQUIRED = 5
+    UNAUTHORIZED = 6
+
+
+@enum.unique
+class CertIDHash(enum.Enum):
+    """A hash algorithm a CertID may use (RFC 6960 §4.1.1 ``hashAlgorithm``).
+
+    SHA-1 is what most clients send (and OpenSSL by default); SHA-256 is accepted
+    too. The value is asn1crypto's name of the algorithm.
+    """
+
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+
+    @property
+    def digest_size(self) -> int:
+        return 20 if self is CertIDHash.SHA1 else 32
+
+    def digest(self, data: bytes) -> bytes:
+        # an identifier of the issuer, not a security function (RFC 6960 §4.1.1)
+        return hashlib.new(self.value, data, usedforsecurity=False).digest()
+
+
+# AlgorithmIdentifier DER of each hash (X.690), with the parameters absent (RFC 5754
+# §2, RFC 3370 §2.1) or NULL (as OpenSSL and many clients send them).
+_HASH_OID_DER = {
+    CertIDHash.SHA1: bytes.fromhex("06052b0e03021a"),
+    CertIDHash.SHA256: bytes.fromhex("0609608648016503040201"),
+}
+_NULL = b"\x05\x00"
+
+
+def _tlv(tag: int, *parts: bytes) -> bytes:
+    """One DER TLV (X.690 §8.1, definite length, DER §10.1) around ``parts``."""
+    length = sum(map(len, parts))
+    if length < 0x80:
+        return b"".join((bytes((tag, length)), *parts))
+    size = (length.bit_length() + 7) // 8
+    return b"".join((bytes((tag, 0x80 | size)), length.to_bytes(size, "big"), *parts))
+
+
+def _integer(value: int) -> bytes:
+    """An INTEGER in minimal two's complement (X.690 §8.3.2)."""
+    magnitude = value if value >= 0 else ~value
+    return _tlv(0x02, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is refused as ambiguous."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (got naive {value.isoformat()})")
+    return value.astimezone(UTC)
+
+
+def _generalized_time(value: datetime) -> bytes:
+    """A GeneralizedTime ``YYYYMMDDHHMMSSZ`` of an aware UTC datetime (RFC 5280 §4.1.2.5.2).
+
+    Fractional seconds are dropped: "GeneralizedTime values MUST NOT include
+    fractional seconds".
+    """
+    return b"\x18\x0f%04d%02d%02d%02d%02d%02dZ" % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+    )
+
+
+# -- status values ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Good:
+    """certStatus good (RFC 6960 §2.2): "a positive response to the status inquiry"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """certStatus revoked (RFC 6960 §2.2), for good: not on hold."""
+
+    revoked_at: datetime
+    """``revocationTime`` (RFC 6960 §4.2.1): timezone-aware, encoded in whole seconds."""
+
+    reason: ReasonCode | None = None
+    """``revocationReason`` (RFC 5280 §5.3.1); ``None`` and ``UNSPECIFIED`` are both
+    encoded as an absent reason. certificateHold is :class:`OnHold`, and
+    removeFromCRL belongs to delta CRLs only, so both are refused here."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revoked_at", _utc(self.revoked_at, "revoked_at"))
+        if self.reason is not None and not isinstance(self.reason, ReasonCode):
+            raise TypeError(f"reason must be a ReasonCode or None, not {self.reason!r}")
+        if self.reason is ReasonCode.CERTIFICATE_HOLD:
+            raise ValueError("a certificate on hold is OnHold(since), not Revoked")
+        if self.reason is ReasonCode.REMOVE_FROM_CRL:
+            raise ValueError("removeFromCRL is for delta CRLs only (RFC 5280 §5.3.1)")
+
+
+@dataclass(frozen=True, slots=True)
+class OnHold:
+    """A suspended certificate: revoked with reason certificateHold (RFC 6960 §2.2).
+
+    RFC 5280 §5.3.1: certificateHold marks a temporary revocation; when the hold
+    is released the certificate is :class:`Good` again.
+    """
+
+    since: datetime
+    """``revocationTime``: when the hold was placed; timezone-aware."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "since", _utc(self.since, "since"))
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """certStatus unknown (RFC 6960 §2.2): "the responder doesn't know about the
+    certificate being requested", e.g. a serial number this CA never issued."""
+
+
+CertStatus = Good | Revoked | OnHold | Unknown
+"""The status of one certificate as the responder reports it."""
+
+_GOOD_DER = b"\x80\x00"  # good [0] IMPLICIT NULL
+_UNKNOWN_DER = b"\x82\x00"  # unknown [2] IMPLICIT UnknownInfo (NULL)
+
+
+def _status_der(status: CertStatus) -> bytes:
+    """``CertStatus`` (RFC 6960 §4.2.1); revoked is ``[1] IMPLICIT RevokedInfo``."""
+    if isinstance(status, Good):
+        return _GOOD_DER
+    if isinstance(status, Unknown):
+        return _UNKNOWN_DER
+    if isinstance(status, Revoked):
+        when, reason = status.revoked_at, status.reason
+    elif isinstance(status, OnHold):
+        when, reason = status.since, ReasonCode.CERTIFICATE_HOLD
+    else:
+        raise TypeError(f"status must be a CertStatus, not {type(status).__name__}")
+    info = _generalized_time(when)
+    if reason is not None and reason.is_encoded:
+        # revocationReason [0] EXPLICIT CRLReason (an ENUMERATED)
+        info += b"\xa0\x03\x0a\x01" + bytes((reason,))
+    return _tlv(0xA1, info)
+
+
+# -- CertID -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertID:
+    """The identifier of a certificate in OCSP (RFC 6960 §4.1.1)::
+
+    CertID ::= SEQUENCE { hashAlgorithm AlgorithmIdentifier, issuerNameHash OCTET STRING,
+                          issuerKeyHash OCTET STRING, serialNumber CertificateSerialNumber }
+    """
+
+    hash_algorithm: CertIDHash
+    """The hash of both issuer hashes."""
+
+    issuer_name_hash: bytes
+    """The hash of the DER of the issuer's distinguished name."""
+
+    issuer_key_hash: bytes
+    """The hash of the issuer's public key: the value of the subjectPublicKey BIT
+    STRING, without tag, length and unused-bits octet."""
+
+    serial_number: int
+    """The certificate's serialNumber (RFC 5280 §4.1.2.2)."""
+
+    null_parameters: bool = field(default=True, compare=False)
+    """Whether the hash AlgorithmIdentifier has NULL parameters (True) or none.
+    Both are allowed; the response repeats the requester's choice, since some
+    clients compare the CertID of a response with theirs structurally."""
+
+    der: bytes = field(init=False, repr=False, compare=False)
+    """The DER of this CertID, as a response carries it."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hash_algorithm, CertIDHash):
+            raise TypeError(f"hash_algorithm must be a CertIDHash, not {self.hash_algorithm!r}")
+        size = self.hash_algorithm.digest_size
+        for name in ("issuer_name_hash", "issuer_key_hash"):
+            value = getattr(self, name)
+            if type(value) is not bytes or len(value) != size:
+                raise ValueError(f"{name} must be {size} bytes of {self.hash_algorithm.value}")
+        if type(self.serial_number) is not int:
+            raise TypeError(f"serial_number must be an int, not {self.serial_number!r}")
+        algorithm = _HASH_OID_DER[self.hash_algorithm]
+        if self.null_parameters:
+            algorithm += _NULL
+        der = _tlv(
+            0x30,
+            _tlv(0x30, algorithm),
+            _tlv(0x04, self.issuer_name_hash),
+            _tlv(0x04, self.issuer_key_hash),
+            _integer(self.serial_number),
+        )
+        object.__setattr__(self, "der", der)
+
+    @property
+    def issuer_hashes(self) -> tuple[CertIDHash, bytes, bytes]:
+        """What names the issuer: the hash algorithm, the name hash and the key hash."""
+        return self.hash_algorithm, self.issuer_name_hash, self.issuer_key_hash
+
+
+@dataclass(frozen=True, slots=True)
+class OCSPRequestInfo:
+    """What the responder needs from an OCSPRequest (RFC 6960 §4.1.1)."""
+
+    cert_ids: tuple[CertID, ...]
+    """The ``reqCert`` of each ``Request`` of the requestList, in order; at least one."""
+
+    nonce: bytes | None
+    """The nonce (RFC 8954, RFC 6960 §4.4.1): the value of the Nonce OCTET STRING,
+    1 to 32 octets, or ``None`` when the request has no nonce extension."""
+
+
+# -- the responder ----------------------------------------------------------------------
+
+_ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # RFC 6960 §4.2.1
+_ID_PKIX_OCSP_NONCE = bytes.fromhex("06092b0601050507300102")  # RFC 6960 §4.4.1
+_SUCCESSFUL = b"\x0a\x01\x00"
+
+# signatureAlgorithm by key type (RFC 5758 §3.2, RFC 8410 §3, RFC 4055 §5)
+_SIGNATURE_ALGORITHM_DER = {
+    KeyType.P256: bytes.fromhex("300a06082a8648ce3d040302"),  # ecdsa-with-SHA256
+    KeyType.P384: bytes.fromhex("300a06082a8648ce3d040303"),  # ecdsa-with-SHA384
+    KeyType.ED25519: bytes.fromhex("300506032b6570"),  # id-Ed25519
+    **{
+        kt: bytes.fromhex("300d06092a864886f70d01010b0500")  # sha256WithRSAEncryption
+        for kt in (KeyType.RSA2048, KeyType.RSA3072, KeyType.RSA4096)
+    },
+}
+
+
+def _public_key_bits(cert: asn1_x509.Certificate) -> bytes:
+    """The value of the subjectPublicKey BIT STRING (RFC 6960 §4.1.1, §4.2.1 KeyHash)."""
+    contents: bytes = cert.public_key["public_key"].contents
+    if not contents or contents[0] != 0:
+        raise ValueError("the subjectPublicKey BIT STRING has unused bits")
+    return contents[1:]
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+@dataclass(frozen=True)
+class Responder:
+    """A delegated OCSP responder for one issuing CA (RFC 6960 §4.2.2.2).
+
+    The constructor checks the delegation: ``certificate`` is signed by
+    ``issuer``, asserts id-kp-OCSPSigning in its extendedKeyUsage, carries
+    id-pkix-ocsp-nocheck (§4.2.2.2.1, so clients need no status for it), allows
+    digitalSignature if it has a keyUsage, and holds the key of ``signer``.
+    It then encodes every part of a response that depends only on the responder.
+    """
+
+    issuer: x509.Certificate
+    """The issuing CA certificate whose certificates this responder answers for."""
+
+    certificate: x509.Certificate
+    """The delegated responder certificate, issued by ``issuer``."""
+
+    signer: Signer
+    """The key of ``certificate``; responses are signed by it and nothing else."""
+
+    _issuer_hashes: dict[CertIDHash, tuple[bytes, bytes]] = field(
+        init=False, repr=False, compare=False
+    )
+    _responder_id: bytes = field(init=False, repr=False, compare=False)
+    _signature_algorithm: bytes = field(init=False, repr=False, compare=False)
+    _certs: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.issuer, x509.Certificate):
+            raise TypeError("issuer must be an x509.Certificate")
+        if not isinstance(self.certificate, x509.Certificate):
+            raise TypeError("certificate must be an x509.Certificate")
+        if not isinstance(self.signer, Signer):
+            raise TypeError("signer must be a ca.signer.Signer")
+        self._check_delegation()
+
+        issuer = asn1_x509.Certificate.load(self.issuer.public_bytes(serialization.Encoding.DER))
+        responder_der = self.certificate.public_bytes(serialization.Encoding.DER)
+        responder = asn1_x509.Certificate.load(responder_der)
+        # §4.1.1: the issuer name as it is encoded in the certificates it issued, i.e.
+        # the issuing certificate's subject byte for byte
+        name = issuer["tbs_certificate"]["subject"].dump()
+        key = _public_key_bits(issuer)
+        hashes = {
+            algorithm: (algorithm.digest(name), algorithm.digest(key)) for algorithm in CertIDHash
+        }
+        setattr_ = object.__setattr__
+        setattr_(self, "_issuer_hashes", hashes)
+        # ResponderID byKey [2] EXPLICIT KeyHash: "SHA-1 hash of responder's public
+        # key (i.e., excluding the tag and length fields)" (§4.2.1)
+        key_hash = CertIDHash.SHA1.digest(_public_key_bits(responder))
+        setattr_(self, "_responder_id", _tlv(0xA2, _tlv(0x04, key_hash)))
+        setattr_(self, "_signature_algorithm", _SIGNATURE_ALGORITHM_DER[self.signer.key_type])
+        # certs [0] EXPLICIT SEQUENCE OF Certificate (§4.2.1)
+        setattr_(self, "_certs", _tlv(0xA0, _tlv(0x30, responder_der)))
+
+    def _check_delegation(self) -> None:
+        cert = self.certificate
+        try:
+            cert.verify_directly_issued_by(self.issuer)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise ValueError(
+                f"the responder certificate is not issued by the issuer: {exc}"
+            ) from exc
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+            raise ValueError("the responder certificate lacks id-kp-OCSPSigning (§4.2.2.2)")
+        try:
+            cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
+        except x509.ExtensionNotFound:
+            raise ValueError(
+                "the responder certificate lacks id-pkix-ocsp-nocheck (§4.2.2.2.1)"
+            ) from None
+        try:
+            key_usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            key_usage = None
+        if key_usage is not None and not key_usage.digital_signature:
+            raise ValueError("the responder certificate's keyUsage lacks digitalSignature")
+        if _spki(self.signer.public_key()) != _spki(cert.public_key()):
+            raise ValueError("the signer's key is not the responder certificate's public key")
+
+    def answers_for(self, cert_id: CertID) -> bool:
+        """Whether ``cert_id`` names this responder's issuer (RFC 6960 §4.1.1)."""
+        name_hash, key_hash = self._issuer_hashes[cert_id.hash_algorithm]
+        return cert_id.issuer_name_hash == name_hash and cert_id.issuer_key_hash == key_hash
+
+    def cert_id(self, serial_number: int, algorithm: CertIDHash = CertIDHash.SHA1) -> CertID:
+        """The CertID of the certificate ``serial_number`` of this issuer (RFC 6960 §4.1.1)."""
+        name_hash, key_hash = self._issuer_hashes[algorithm]
+        return CertID(algorithm, name_hash, key_hash, serial_number)
+
+
+def match_issuer(responders: Iterable[Responder], cert_id: CertID) -> Responder | None:
+    """The responder whose issuer ``cert_id`` names, or ``None`` for a foreign issuer.
+
+    The HTTP layer answers a CertID no responder answers for with ``unauthorized``
+    (RFC 6960 §2.3: "the client is not authorized to make this query to this
+    server").
+    """
+    for responder in responders:
+        if responder.answers_for(cert_id):
+            return responder
+    return None
+
+
+# -- responses --------------------------------------------------------------------------
+
+_ERROR_RESPONSES: dict[ResponseStatus, bytes] = {
+    status: _tlv(0x30, b"\x0a\x01" + bytes((status,)))
+    for status in ResponseStatus
+    if status is not ResponseStatus.SUCCESSFUL
+}
+
+
+def error_response(status: ResponseStatus) -> bytes:
+    """An OCSPResponse with an error status and no responseBytes (RFC 6960 §2.3, §4.2.1).
+
+    "Messages of this type are not signed": malformedRequest, internalError,
+    tryLater, sigRequired or unauthorized.
+    """
+    try:
+        return _ERROR_RESPONSES[ResponseStatus(status)]
+    except (KeyError, ValueError):
+        raise ValueError(f"{status!r} is not an error status of an OCSPResponse") from None
+
+
+def build_response(
+    responder: Responder,
+    cert_id: CertID,
+    status: CertStatus,
+    this_update: datetime,
+    next_update: datetime,
+    produced_at: datetime,
+    nonce: bytes | None = None,
+) -> bytes:
+    """A signed OCSPResponse (successful, id-pkix-ocsp-basic) for one certificate, DER.
+
+    RFC 6960 §4.2.1 and §4.2.2.3; the profile is in this module's docstring.
+    ``this_update`` is when ``status`` was known to be correct, ``next_update``
+    (later) when newer information will be available, and ``produced_at`` when the
+    response is signed (§4.2.2.1); all timezone-aware, encoded in whole seconds.
+    ``nonce``, the value from :attr:`OCSPRequestInfo.nonce`, is echoed (RFC 8954).
+    Raises :class:`ValueError` (or :class:`TypeError`) for arguments that would
+    make a wrong response, e.g. a CertID of another issuer; nothing is signed then.
+    """
+    return build_response_multi(
+        responder, [(cert_id, status)], this_update, next_update, produced_at, nonce
+    )
+
+
+def build_response_multi(
+    responder: Responder,
+    answers: Sequence[tuple[CertID, CertStatus]],
+    this_update: datetime,
+    next_update: datetime,
+    produced_at: datetime,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Like :func:`build_response`, with one SingleResponse per ``(CertID, status)``.
+
+    RFC 6960 §4.1.1 lets one request ask about several certificates; the
+    ResponseData then lists a SingleResponse for each, in the order given
+    (§4.2.1). All of them must name ``responder``'s issuer.
+    """
+    if not isinstance(responder, Responder):
+        raise TypeError("responder must be a Responder")
+    if not answers:
+        raise ValueError("a response answers for at least one CertID")
+    this_update = _utc(this_update, "this_update")
+    next_update = _utc(next_update, "next_update")
+    produced_at = _utc(produced_at, "produced_at")
+    if next_update.replace(microsecond=0) <= this_update.replace(microsecond=0):
+        raise ValueError("next_update must be later than this_update (RFC 6960 §4.2.2.1)")
+    responder_cert = responder.certificate
+    if not (
+        responder_cert.not_valid_before_utc <= produced_at <= responder_cert.not_valid_after_utc
+    ):
+        raise ValueError("produced_at is outside the responder certificate's validity")
+    if nonce is not None and (type(nonce) is not bytes or not 1 <= len(nonce) <= MAX_NONCE_LENGTH):
+        raise ValueError(f"nonce must be 1 to {MAX_NONCE_LENGTH} bytes (RFC 8954 §2.1)")
+
+    # thisUpdate GeneralizedTime, nextUpdate [0] EXPLICIT GeneralizedTime
+    times = _generalized_time(this_update) + b"\xa0\x11" + _generalized_time(next_update)
+    singles = []
+    for cert_id, status in answers:
+        if not isinstance(cert_id, CertID):
+            raise TypeError(f"expected a CertID, not {type(cert_id).__name__}")
+        if not responder.answers_for(cert_id):
+            raise ValueError(f"CertID of serial {cert_id.serial_number:#x} names another issuer")
+        singles.append(_tlv(0x30, cert_id.der, _status_der(status), times))
+
+    parts = [responder._responder_id, _generalized_time(produced_at), _tlv(0x30, *singles)]
+    if nonce is not None:
+        # responseExtensions [1] EXPLICIT Extensions: the nonce, not critical (RFC 8954 §2.1)
+        extension = _tlv(0x30, _ID_PKIX_OCSP_NONCE, _tlv(0x04, _tlv(0x04, nonce)))
+        parts.append(_tlv(0xA1, _tlv(0x30, extension)))
+    tbs = _tlv(0x30, *parts)
+
+    signature = responder.signer.sign(tbs)
+    basic = _tlv(
+        0x30,
+        tbs,
+        responder._signature_algorithm,
+        _tlv(0x03, b"\x00", signature),  # BIT STRING, no unused bits
+        responder._certs,
+    )
+    response_bytes = _tlv(0x30, _ID_PKIX_OCSP_BASIC, _tlv(0x04, basic))
+    return _tlv(0x30, _SUCCESSFUL, _tlv(0xA0, response_bytes))
+
+
+# -- requests ---------------------------------------------------------------------------
+
+# Extensions of a TBSRequest this responder understands (RFC 6960 §4.4): a critical
+# extension other than these makes the request unacceptable.
+_UNDERSTOOD_EXTENSIONS = frozenset({"nonce", "acceptable_responses"})
+
+
+def parse_request(der: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS) -> OCSPRequestInfo:
+    """The CertIDs and nonce of a DER ``OCSPRequest`` (RFC 6960 §4.1.1, §4.1.2).
+
+    Raises :class:`MalformedRequest`, and nothing else, for any input that is not
+    one well-formed OCSPRequest v1 (with no trailing data) asking about 1 to
+    ``max_requests`` certificates with CertIDs of SHA-1 or SHA-256, whose nonce
+    (RFC 8954) is 1 to 32 octets, and with no critical extension this responder
+    does not understand (§4.4). An optionalSignature (§4.1.2) is parsed but not
+    verified: this responder never requires signed requests.
+    """
+    if not isinstance(der, bytes | bytearray | memoryview):
+        raise MalformedRequest(f"an OCSP request is bytes, not {type(der).__name__}")
+    request, native = _decode(bytes(der), max_requests)
+    tbs = native["tbs_request"]
+    if tbs["version"] != "v1":
+        raise MalformedRequest(f"unsupported OCSPRequest version {tbs['version']!r}")
+    cert_ids = []
+    for index, single in enumerate(tbs["request_list"]):
+        _check_extensions(single["single_request_extensions"], frozenset())
+        parsed = request["tbs_request"]["request_list"][index]["req_cert"]
+        cert_ids.append(_cert_id(single["req_cert"], parsed["hash_algorithm"]["parameters"]))
+    nonce = _check_extensions(tbs["request_extensions"], _UNDERSTOOD_EXTENSIONS)
+    return OCSPRequestInfo(tuple(cert_ids), nonce)
+
+
+def _decode(der: bytes, max_requests: int) -> tuple[asn1_ocsp.OCSPRequest, dict[str, Any]]:
+    """The parsed request and its ``native`` value, every part of it decoded."""
+    if not der:
+        raise MalformedRequest("the OCSP request is empty")
+    try:
+        request = asn1_ocsp.OCSPRequest.load(der, strict=True)
+        count = len(request["tbs_request"]["request_list"])
+        if not 1 <= count <= max_requests:
+            raise MalformedRequest(
+                f"the request asks about {count} certificates (1 to {max_requests} allowed)"
+            )
+        # asn1crypto decodes lazily; taking the native value decodes every part now,
+        # so that nothing later meets undecodable bytes
+        native = request.native
+    except MalformedRequest:
+        raise
+    except Exception as exc:
+        # asn1crypto raises ValueError for most bad encodings, but not always (hostile
+        # input reaches TypeError, KeyError, OverflowError...): any failure to decode
+        # is a malformed request, and the HTTP layer must only ever see that
+        raise MalformedRequest(f"not a DER OCSPRequest: {exc}") from exc
+    if not isinstance(native, dict):  # pragma: no cover - a Sequence's native is a dict
+        raise MalformedRequest("not a DER OCSPRequest")
+    return request, native
+
+
+def _cert_id(native: dict[str, Any], parameters: asn1_core.Asn1Value) -> CertID:
+    """A :class:`CertID` from the decoded ``reqCert`` (RFC 6960 §4.1.1)."""
+    algorithm = native["hash_algorithm"]["algorithm"]
+    try:
+        hash_algorithm = CertIDHash(algorithm)
+    except ValueError:
+        raise MalformedRequest(f"unsupported CertID hash algorithm {algorithm}") from None
+    params = parameters.dump()
+    if params not in (b"", _NULL):
+        raise MalformedRequest(f"the {algorithm} AlgorithmIdentifier has parameters")
+    try:
+        return CertID(
+            hash_algorithm,
+            native["issuer_name_hash"],
+            native["issuer_key_hash"],
+            native["serial_number"],
+            null_parameters=params == _NULL,
+        )
+    except (ValueError, TypeError) as exc:
+        raise MalformedRequest(f"bad CertID: {exc}") from exc
+
+
+def _check_extensions(
+    extensions: list[dict[str, Any]] | None, understood: frozenset[str]
+) -> bytes | None:
+    """Refuse duplicate or not understood critical extensions; return the nonce, if any.
+
+    RFC 6960 §4.4: "Unrecognized extensions MUST be ignored (unless they have the
+    critical flag set and are not understood)"; RFC 5280 §4.2: no extension twice.
+    """
+    if extensions is None:
+        return None
+    seen: set[str] = set()
+    nonce = None
+    for extension in extensions:
+        name = extension["extn_id"]
+        if name in seen:
+            raise MalformedRequest(f"extension {name} appears twice")
+        seen.add(name)
+        if extension["critical"] and name not in understood:
+            raise MalformedRequest(f"critical extension {name} is not supported")
+        if name == "nonce" and "nonce" in understood:
+            nonce = extension["extn_value"]
+            # RFC 8954 §2.1: reject a nonce of 0 octets or more than 32
+            if not isinstance(nonce, bytes) or not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
+                raise MalformedRequest(f"the nonce must be 1 to {MAX_NONCE_LENGTH} octets")
+    return nonce
+
+
+_BASE64_PATH = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+
+
+def request_from_get_path(b64: str) -> bytes:
+    """The DER request carried in the path of a GET (RFC 6960 Appendix A.1).
+
+    "GET {url}/{url-encoding of base-64 encoding of the DER encoding of the
+    OCSPRequest}": the path segment is percent-decoded (harmless if the HTTP
+    layer did so already: base64 has no ``%``), and both the standard and the
+    URL-safe base64 alphabets (RFC 4648 §4, §5) are accepted, with or without
+    padding. Anything else raises :class:`MalformedRequest`. The result still
+    goes through :func:`parse_request`.
+    """
+    if not isinstance(b64, str):
+        raise MalformedRequest(f"a GET path is a str, not {type(b64).__name__}")
+    try:
+        text = unquote(b64, errors="strict") if "%" in b64 else b64
+    except UnicodeDecodeError as exc:
+        raise MalformedRequest("the GET path is not base64") from exc
+    if not text or _BASE64_PATH.fullmatch(text) is None:
+        raise MalformedRequest("the GET path is not base64")
+    text = text.rstrip("=").replace("-", "+").replace("_", "/")
+    if len(text) % 4 == 1:
+        raise MalformedRequest("the GET path is truncated base64")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedRequest(f"the GET path is not base64: {exc}") from exc
