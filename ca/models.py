@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -115,3 +115,95 @@ class SeenJtiRow(Base):
 
     jti: Mapped[str] = mapped_column(String(128), primary_key=True)
     expires_at: Mapped[datetime.datetime] = mapped_column(index=True)
+
+
+# -- certificate status (RFC 5280 §5, RFC 6960) -------------------------------------------------
+
+
+class CertificateStatusRow(Base):
+    """Current revocation status of a certificate; absent means good.
+
+    ``state`` is ``revoked`` (final) or ``hold`` (certificateHold, reversible by
+    resume). History lives in ``events``; this row is the answer OCSP and CRLs give.
+    """
+
+    __tablename__ = "certificate_status"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    issuer_id: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(8))
+    revoked_at: Mapped[datetime.datetime]
+    reason: Mapped[int | None] = mapped_column(Integer)
+    invalidity_date: Mapped[datetime.datetime | None]
+    changed_at: Mapped[datetime.datetime] = mapped_column(index=True)
+    """Last change (revocation, hold, or lifting of a hold): what delta CRLs select on."""
+
+
+class CRLStateRow(Base):
+    """Per issuer: the CRL number sequence (never reused, never backwards) and the latest CRL."""
+
+    __tablename__ = "crl_state"
+
+    issuer_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    crl_number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[datetime.datetime | None]
+    next_update: Mapped[datetime.datetime | None]
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    stale: Mapped[bool] = mapped_column(default=True)
+    """Set in the transaction of any status change; cleared when a new CRL is signed."""
+
+
+class OCSPResponseRow(Base):
+    """Pre-signed OCSP responses shared by every server process (RFC 6960 §2.4)."""
+
+    __tablename__ = "ocsp_responses"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    issuer_id: Mapped[str] = mapped_column(String(40))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    this_update: Mapped[datetime.datetime]
+    next_update: Mapped[datetime.datetime] = mapped_column(index=True)
+
+
+# -- the issuance transparency log (RFC 9162 §2.1) ----------------------------------------------
+
+
+class LogEntryRow(Base):
+    """Leaf ``idx`` of the Merkle tree: the canonical serialization of one event."""
+
+    __tablename__ = "log_entries"
+
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[int] = mapped_column(Integer, unique=True)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LogNodeRow(Base):
+    """Hash of the perfect subtree at (level, idx); level 0 holds the leaf hashes."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LogHeadRow(Base):
+    """The single row (id = 1) locked by every append: one linear log across processes."""
+
+    __tablename__ = "log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CheckpointRow(Base):
+    """Signed checkpoints (C2SP tlog-checkpoint); one per tree size, never two roots."""
+
+    __tablename__ = "checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    note: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime.datetime]

@@ -33,6 +33,9 @@ class EventType(enum.Enum):
     OPERATOR_AUTHORIZED = "operator.authorized"
     CERTIFICATE_ISSUED = "certificate.issued"
     CERTIFICATE_RENEWED = "certificate.renewed"
+    CERTIFICATE_REVOKED = "certificate.revoked"
+    CERTIFICATE_SUSPENDED = "certificate.suspended"
+    CERTIFICATE_RESUMED = "certificate.resumed"
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,14 @@ def _event(row: EventRow) -> Event:
     )
 
 
+EventSink = Callable[[Session, EventRow], None]
+"""Called inside the transaction after an event row is flushed (e.g. the Merkle log append)."""
+
+
 class SqlTransaction:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, sinks: tuple[EventSink, ...] = ()) -> None:
         self.s = session
+        self.sinks = sinks
 
     def add_application(self, app: Application) -> None:
         self.s.add(
@@ -242,6 +247,8 @@ class SqlTransaction:
         )
         self.s.add(row)
         self.s.flush()
+        for sink in self.sinks:
+            sink(self.s, row)
         return row.id
 
     def events(self, after_id: int, limit: int) -> list[Event]:
@@ -252,14 +259,17 @@ class SqlTransaction:
 class SqlStore:
     """Transactions over sessions from ``session_factory`` (Flask: ``db.session``)."""
 
-    def __init__(self, session_factory: Callable[[], Session]) -> None:
+    def __init__(
+        self, session_factory: Callable[[], Session], event_sinks: tuple[EventSink, ...] = ()
+    ) -> None:
         self.session_factory = session_factory
+        self.event_sinks = event_sinks
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
         session = self.session_factory()
         try:
-            yield SqlTransaction(session)
+            yield SqlTransaction(session, self.event_sinks)
             session.commit()
         except BaseException:
             session.rollback()
