@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ca.app import EXTENSION, CAService
 from ca.authority import Caller, CodeGrant, Issued
-from ca.errors import BadRequest
+from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord
 from ca.signedreq import parse_authorization, verify_request
@@ -152,6 +152,24 @@ def ca_certificates() -> Response:
             },
         }
     )
+
+
+@bp.get("/issuers/<issuer_id>.cer")
+def issuer_certificate(issuer_id: str) -> Response:
+    """An issuing CA's (or the root's) certificate, DER: the AIA caIssuers target (RFC 5280
+    §4.2.2.1, media type application/pkix-cert per RFC 2585)."""
+    s = svc()
+    if issuer_id == "root":
+        cert = s.authority.root
+    else:
+        issuer = s.authority.issuers.get(issuer_id)
+        if issuer is None:
+            raise NotFound(f"no issuing CA {issuer_id!r}")
+        cert = issuer.certificate
+    resp = Response(cert.public_bytes(serialization.Encoding.DER), mimetype="application/pkix-cert")
+    resp.cache_control.public = True
+    resp.cache_control.max_age = 86400
+    return resp
 
 
 @bp.post("/applications")

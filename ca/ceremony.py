@@ -23,7 +23,7 @@ from ca.config import CAConfig
 from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
-from ca.policy import Policies
+from ca.policy import Policies, SubjectClass
 from ca.records import Event, EventType
 from ca.signer import write_private
 from ca.store import SqlStore
@@ -69,13 +69,19 @@ def issue_officers(
     passphrase_of: Callable[[str], bytes],
     actor: str,
     label: str = "",
+    *,
+    subject_class: str = "agency",
+    role: str = "RA Officer",
+    file_stem: str = "officer",
 ) -> dict[str, Path]:
-    """One RA officer credential per member agency, through the ordinary RA flow."""
+    """One credential per member agency (RA officers by default, or auditors), issued
+    through the ordinary RA flow: application, approval at the ceremony, enrollment."""
     out: dict[str, Path] = {}
+    profile = ca.policies.profiles_of(SubjectClass(subject_class))[0].name
     for member in ca.policies.members.members:
         app = ca.apply(
-            "agency",
-            {"agency_id": member.id, "person_name": f"{member.name} RA Officer{label}"},
+            subject_class,
+            {"agency_id": member.id, "person_name": f"{member.name} {role}{label}"},
             applicant=actor,
         )
         grant = ca.approve_at_ceremony(app.id, actor)
@@ -85,18 +91,20 @@ def issue_officers(
             .subject_name(x509.Name([]))
             .sign(key, hashes.SHA256())
         )
-        issued = ca.enroll(grant.code, "agency", csr.public_bytes(serialization.Encoding.PEM))
+        issued = ca.enroll(grant.code, profile, csr.public_bytes(serialization.Encoding.PEM))
         d = out_dir / member.id
         d.mkdir(parents=True, exist_ok=True)
         write_private(
-            d / "officer.key",
+            d / f"{file_stem}.key",
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.BestAvailableEncryption(passphrase_of(member.id)),
             ),
         )
-        (d / "officer.pem").write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
+        (d / f"{file_stem}.pem").write_bytes(
+            issued.certificate.public_bytes(serialization.Encoding.PEM)
+        )
         (d / "chain.pem").write_text(issued.chain_pem())
         out[member.id] = d
     return out
@@ -112,6 +120,7 @@ def initialize(
     officer_dir: Path,
     actor: str,
     officer_label: str = "",
+    auditor_dir: Path | None = None,
 ) -> Initialized:
     """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers."""
     from ca.app import build_authority
@@ -132,6 +141,17 @@ def initialize(
         authority = build_authority(cfg, policies, h, store)
         record_hierarchy(authority, h, actor)
         officers = issue_officers(authority, officer_dir, officer_passphrase, actor, officer_label)
+        if auditor_dir is not None:
+            issue_officers(
+                authority,
+                auditor_dir,
+                officer_passphrase,
+                actor,
+                officer_label,
+                subject_class="auditor",
+                role="Auditor",
+                file_stem="auditor",
+            )
     finally:
         engine.dispose()
     return Initialized(h, officers)

@@ -89,11 +89,12 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
         officer_dir=officer_dir,
         actor="ceremony:dev-init",
         officer_label=" (development)",
+        auditor_dir=dev_dir(cfg.data_dir) / "auditors",
     )
     for mid, d in done.officers.items():
-        write_private(
-            d / "DEV-ONLY-passphrase.txt", (passphrases[f"officer_{mid}"] + "\n").encode()
-        )
+        pw = (passphrases[f"officer_{mid}"] + "\n").encode()
+        write_private(d / "DEV-ONLY-passphrase.txt", pw)
+        write_private(dev_dir(cfg.data_dir) / "auditors" / mid / "DEV-ONLY-passphrase.txt", pw)
     marker.write_text("development joint CA complete\n")
     return DevFiles(
         dev_dir=dev_dir(cfg.data_dir),

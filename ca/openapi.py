@@ -147,6 +147,26 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/ca/v1/ca": {"get": _op("Root and issuing CA certificates (PEM)")},
+            "/ca/v1/issuers/{issuer_id}.cer": {
+                "get": {
+                    "summary": "A CA certificate, DER (AIA caIssuers)",
+                    "parameters": [
+                        {
+                            "name": "issuer_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "DER certificate",
+                            "content": {"application/pkix-cert": {}},
+                        },
+                        "default": _PROBLEM,
+                    },
+                }
+            },
             "/ca/v1/health": {"get": _op("Liveness and seal state")},
             "/ca/v1/openapi.json": {"get": _op("This document")},
         },

@@ -176,6 +176,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         )
         click.echo(f"Development credentials: {d}/")
         click.echo(f"  RA officers:  {d}/officers/<agency>/officer.pem, officer.key, chain.pem")
+        click.echo(f"  auditors:     {d}/auditors/<agency>/auditor.pem, auditor.key, chain.pem")
         click.echo(
             f"  passphrases:  {d}/{PASSPHRASE_FILE}"
             f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
