@@ -16,9 +16,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ca.app import EXTENSION, CAService
 from ca.authority import Caller, CodeGrant, Issued
+from ca.crl import ReasonCode
 from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord
+from ca.revocation import StatusChange
 from ca.signedreq import parse_authorization, verify_request
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
@@ -259,6 +261,61 @@ def renew() -> tuple[Response, int]:
     data = json_body()
     issued = svc().authority.renew(caller, field(data, "csr"))
     return jsonify(issued_json(issued)), 201
+
+
+def _serial(text: str) -> int:
+    try:
+        value = int(text.strip().lower().removeprefix("0x").replace(":", ""), 16)
+    except ValueError:
+        raise BadRequest(f"{text!r} is not a hexadecimal serial number") from None
+    if not 0 < value < 1 << 160:
+        raise BadRequest("a serial number is a positive integer of at most 20 octets")
+    return value
+
+
+def status_json(change: StatusChange) -> dict[str, Any]:
+    st = change.status
+    out: dict[str, Any] = {
+        "serial": change.record.serial_hex,
+        "subject": change.record.subject,
+        "status": "good" if st is None else ("on-hold" if st.state.value == "hold" else "revoked"),
+    }
+    if st is not None:
+        out["since"] = iso(st.revoked_at)
+        out["reason"] = ReasonCode(st.reason).rfc_name if st.reason is not None else None
+        out["invalidity_date"] = iso(st.invalidity_date)
+    if change.cascaded:
+        out["cascaded"] = [c.serial_hex for c in change.cascaded]
+    return out
+
+
+@bp.post("/certificates/<serial>/revoke")
+def revoke(serial: str) -> Response:
+    caller = signed_caller()
+    data = json_body()
+    invalidity = field(data, "invalidity_date", required=False)
+    when = None
+    if invalidity:
+        try:
+            when = datetime.datetime.fromisoformat(invalidity.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest("invalidity_date must be an ISO 8601 date and time") from None
+        if when.tzinfo is None:
+            raise BadRequest("invalidity_date needs a time zone (e.g. Z)")
+    change = svc().revocation.revoke(caller, _serial(serial), field(data, "reason"), when)
+    return jsonify(status_json(change))
+
+
+@bp.post("/certificates/<serial>/suspend")
+def suspend(serial: str) -> Response:
+    caller = signed_caller()
+    return jsonify(status_json(svc().revocation.suspend(caller, _serial(serial))))
+
+
+@bp.post("/certificates/<serial>/resume")
+def resume(serial: str) -> Response:
+    caller = signed_caller()
+    return jsonify(status_json(svc().revocation.resume(caller, _serial(serial))))
 
 
 @bp.get("/certificates")

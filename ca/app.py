@@ -27,7 +27,9 @@ from ca.lint import CertificateLinter
 from ca.models import Base
 from ca.policy import EVERY_ISSUER, Policies, load_policies
 from ca.records import Store
+from ca.revocation import Revocation
 from ca.signedreq import TrustAnchors
+from ca.status import StatusService
 from ca.store import SqlStore, configure_engine
 
 log = logging.getLogger("eport.ca")
@@ -44,6 +46,9 @@ class CAService:
     trust: TrustAnchors
     store: SqlStore
     clock: Clock
+    status: StatusService
+    revocation: Revocation
+    root_crl: bytes
 
 
 def ca_passphrase(cfg: CAConfig) -> bytes | None:
@@ -111,11 +116,19 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     trust = TrustAnchors(
         roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
     )
-    app.extensions[EXTENSION] = CAService(cfg, authority, trust, store, utcnow)
+    status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
+    revocation = Revocation(authority, listeners=(status.on_status_change,))
+    app.extensions[EXTENSION] = CAService(
+        cfg, authority, trust, store, utcnow, status, revocation, h.root_crl
+    )
+    if cfg.crl_refresh_seconds > 0:
+        _start_refresher(app, status, cfg.crl_refresh_seconds)
 
     from ca.api import bp
+    from ca.status_http import status_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(status_bp)
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
@@ -150,6 +163,22 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
         return Response(json.dumps(body), status=500, mimetype="application/problem+json")
 
     return app
+
+
+def _start_refresher(app: Flask, status: StatusService, every: float) -> None:
+    """Re-sign stale or ageing CRLs in the background (changes are debounced to one CRL)."""
+    import threading
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(every):
+            try:
+                with app.app_context():
+                    status.refresh()
+            except Exception:
+                log.exception("CRL refresh failed; will retry")
+
+    threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
 
 
 def session_of() -> Session:

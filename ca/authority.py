@@ -28,6 +28,7 @@ from ca.errors import (
     InvalidCode,
     NotFound,
     ProfileNotAllowed,
+    Unauthenticated,
 )
 from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
 from ca.policy import Policies, Profile, SubjectClass
@@ -204,6 +205,13 @@ class JointCA:
         org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
         uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
         agency = org_id[6:] if org_id.startswith("GOVCN-") else None
+        with self.store.transaction() as tx:
+            status = tx.get_status(cert.serial_number)
+        if status is not None:
+            raise Unauthenticated(
+                f"the certificate {cert.serial_number:x} is {status.state.value}; "
+                "it cannot sign requests"
+            )
         is_agency = profile.subject_class in (SubjectClass.AGENCY, SubjectClass.AUDITOR)
         if is_agency and (agency is None or self.policies.members.get(agency) is None):
             raise Forbidden(f"agency {agency!r} is not a member of the joint CA")

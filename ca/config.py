@@ -46,6 +46,8 @@ class CAConfig:
     """Upper bound on ``exp - iat`` of a signed request (RFC 7515 JWS)."""
     clock_skew_seconds: int = 30
     """Leeway for ``iat``/``exp`` of signed requests."""
+    crl_refresh_seconds: float = 30.0
+    """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses whose forwarded headers are believed; nobody else's are."""
 

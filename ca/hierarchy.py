@@ -9,6 +9,7 @@ Layout under ``<data_dir>/ca/``::
     responders/<id>.crt   each issuing CA's delegated OCSP responder (RFC 6960 §4.2.2.2)
     responders/<id>.key   its key, sealed
     log.pub, log.key      the Ed25519 key of the transparency log's checkpoints (sealed)
+    root.crl              the root's CRL (DER), signed at ceremonies
 
 Every key access goes through :class:`~ca.signer.Signer`, so M-of-N custody and
 PKCS#11 tokens replace the software signers without touching issuance.
@@ -24,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from ca.crl import build_crl
 from ca.errors import Sealed
 from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
@@ -32,6 +34,7 @@ from ca.signer import SealedSigner, Signer, SoftwareSigner, seal_key, unseal_key
 
 ROOT_NAME = "E-Port Joint Root CA"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
+ROOT_CRL_VALIDITY = datetime.timedelta(days=365)
 ISSUING_NAMES = {
     "enterprise": "E-Port Enterprise Issuing CA",
     "agency": "E-Port Agency Issuing CA",
@@ -42,6 +45,8 @@ ISSUING_NAMES = {
 @dataclass(frozen=True)
 class Hierarchy:
     root: x509.Certificate
+    root_crl: bytes
+    """The root's CRL, DER (signed at the last ceremony)."""
     issuers: dict[str, IssuingCA]
     responders: dict[str, IssuingCA]
     """Issuing CA id → its delegated OCSP responder certificate and signer."""
@@ -133,11 +138,21 @@ def create(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+    # The root's CRL is signed only at ceremonies; it lists revoked issuing CAs.
+    (d / "root.crl").write_bytes(
+        build_crl(
+            root_cert, root_signer, [], 1, now.replace(microsecond=0), now + ROOT_CRL_VALIDITY
+        )
+    )
     seal_key(root_key, d / "root.key", root_passphrase)
     _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init
     del root_key, root_signer, root
     return Hierarchy(
-        root=root_cert, issuers=issuers, responders=responders, log_signer=SoftwareSigner(log_key)
+        root=root_cert,
+        root_crl=(d / "root.crl").read_bytes(),
+        issuers=issuers,
+        responders=responders,
+        log_signer=SoftwareSigner(log_key),
     )
 
 
@@ -175,4 +190,10 @@ def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
         )
     log_public = serialization.load_pem_public_key((d / "log.pub").read_bytes())
     log_signer = _load_signer(log_public, d / "log.key", ca_passphrase)
-    return Hierarchy(root=root, issuers=issuers, responders=responders, log_signer=log_signer)
+    return Hierarchy(
+        root=root,
+        root_crl=(d / "root.crl").read_bytes(),
+        issuers=issuers,
+        responders=responders,
+        log_signer=log_signer,
+    )

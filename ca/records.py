@@ -106,6 +106,27 @@ class Event:
     id: int | None = None
 
 
+@enum.unique
+class StatusState(enum.Enum):
+    REVOKED = "revoked"
+    HOLD = "hold"
+    """certificateHold (RFC 5280 §5.3.1): suspended, e.g. a lost key; may be resumed."""
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """A certificate that is not good: revoked for good, or on hold."""
+
+    serial: int
+    issuer_id: str
+    state: StatusState
+    revoked_at: datetime.datetime
+    reason: int | None
+    """RFC 5280 §5.3.1 CRLReason code (6, certificateHold, for a hold)."""
+    invalidity_date: datetime.datetime | None
+    changed_at: datetime.datetime
+
+
 class Transaction(Protocol):
     def add_application(self, app: Application) -> None: ...
 
@@ -146,6 +167,18 @@ class Transaction(Protocol):
     def key_holders(self, spki_sha256: str) -> list[CertificateRecord]: ...
 
     def append_event(self, event: Event) -> int: ...
+
+    def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None: ...
+
+    def put_status(self, rec: StatusRecord) -> None:
+        """Insert or replace the status row of ``rec.serial``."""
+        ...
+
+    def delete_status(self, serial: int) -> None: ...
+
+    def mark_crl_stale(self, issuer_id: str) -> None: ...
+
+    def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
     def events(self, after_id: int, limit: int) -> list[Event]: ...
 

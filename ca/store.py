@@ -13,7 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.errors import Conflict
-from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow, SeenJtiRow
+from ca.models import (
+    ApplicationRow,
+    CertificateRow,
+    CertificateStatusRow,
+    CRLStateRow,
+    EnrollmentCodeRow,
+    EventRow,
+    OCSPResponseRow,
+    SeenJtiRow,
+)
 from ca.records import (
     Application,
     ApplicationState,
@@ -21,6 +30,8 @@ from ca.records import (
     EnrollmentCode,
     Event,
     EventType,
+    StatusRecord,
+    StatusState,
 )
 
 
@@ -250,6 +261,112 @@ class SqlTransaction:
         for sink in self.sinks:
             sink(self.s, row)
         return row.id
+
+    def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
+        q = select(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
+        if for_update:
+            q = q.with_for_update()
+        row = self.s.scalars(q).first()
+        if row is None:
+            return None
+        return StatusRecord(
+            serial=serial,
+            issuer_id=row.issuer_id,
+            state=StatusState(row.state),
+            revoked_at=row.revoked_at,
+            reason=row.reason,
+            invalidity_date=row.invalidity_date,
+            changed_at=row.changed_at,
+        )
+
+    def put_status(self, rec: StatusRecord) -> None:
+        row = self.s.get(CertificateStatusRow, format(rec.serial, "x"))
+        if row is None:
+            row = CertificateStatusRow(serial=format(rec.serial, "x"))
+            self.s.add(row)
+        row.issuer_id = rec.issuer_id
+        row.state = rec.state.value
+        row.revoked_at = rec.revoked_at
+        row.reason = rec.reason
+        row.invalidity_date = rec.invalidity_date
+        row.changed_at = rec.changed_at
+        self.s.flush()
+
+    def delete_status(self, serial: int) -> None:
+        self.s.execute(
+            delete(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
+        )
+
+    def mark_crl_stale(self, issuer_id: str) -> None:
+        res = self.s.execute(
+            update(CRLStateRow)
+            .where(CRLStateRow.issuer_id == issuer_id)
+            .values(stale=True)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 0:  # type: ignore[attr-defined]
+            self.s.add(CRLStateRow(issuer_id=issuer_id, crl_number=0, stale=True))
+            self.s.flush()
+
+    def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]:
+        q = select(CertificateRow).where(
+            CertificateRow.uscc == uscc, CertificateRow.profile == profile
+        )
+        return [_cert(r) for r in self.s.scalars(q.order_by(CertificateRow.serial))]
+
+    # -- status artifacts (ca/status.py) ---------------------------------------------------
+
+    def cached_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime, datetime.datetime] | None:
+        row = self.s.get(OCSPResponseRow, format(serial, "x"))
+        return (row.der, row.this_update, row.next_update) if row else None
+
+    def store_ocsp(
+        self,
+        serial: int,
+        issuer_id: str,
+        der: bytes,
+        this_update: datetime.datetime,
+        next_update: datetime.datetime,
+    ) -> None:
+        row = self.s.get(OCSPResponseRow, format(serial, "x"))
+        if row is None:
+            row = OCSPResponseRow(serial=format(serial, "x"))
+            self.s.add(row)
+        row.issuer_id = issuer_id
+        row.der = der
+        row.this_update = this_update
+        row.next_update = next_update
+        self.s.flush()
+
+    def crl_state(self, issuer_id: str, *, for_update: bool = False) -> CRLStateRow | None:
+        q = select(CRLStateRow).where(CRLStateRow.issuer_id == issuer_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).first()
+
+    def ensure_crl_state(self, issuer_id: str) -> None:
+        if self.s.get(CRLStateRow, issuer_id) is None:
+            self.s.add(CRLStateRow(issuer_id=issuer_id, crl_number=0, stale=True))
+            self.s.flush()
+
+    def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]:
+        """Every revoked or held certificate of ``issuer_id``, streamed in serial order."""
+        q = (
+            select(CertificateStatusRow)
+            .where(CertificateStatusRow.issuer_id == issuer_id)
+            .order_by(CertificateStatusRow.serial)
+            .execution_options(yield_per=5000)
+        )
+        for row in self.s.scalars(q):
+            yield StatusRecord(
+                serial=int(row.serial, 16),
+                issuer_id=row.issuer_id,
+                state=StatusState(row.state),
+                revoked_at=row.revoked_at,
+                reason=row.reason,
+                invalidity_date=row.invalidity_date,
+                changed_at=row.changed_at,
+            )
 
     def events(self, after_id: int, limit: int) -> list[Event]:
         q = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)

@@ -662,6 +662,218 @@ def operator_add(
     )
 
 
+# -- status ---------------------------------------------------------------------------------
+
+REASONS = [
+    "keyCompromise",
+    "cessationOfOperation",
+    "affiliationChanged",
+    "superseded",
+    "privilegeWithdrawn",
+    "unspecified",
+]
+
+
+def _status_text(doc: dict[str, Any]) -> str:
+    line = f"Certificate {doc['serial']}: {doc['status']}"
+    if doc.get("since"):
+        line += f" since {doc['since']}"
+    if doc.get("reason") and doc["status"] == "revoked":
+        line += f" ({doc['reason']})"
+    if doc.get("cascaded"):
+        line += f"\n  also revoked, the enterprise's operators: {', '.join(doc['cascaded'])}"
+    return line
+
+
+def _target_serial(serial: str | None, ident: Identity) -> str:
+    return serial or format(ident.chain[0].serial_number, "x")
+
+
+@cli.command()
+@click.option("--serial", help="Serial (hex) to revoke; default: the --cert certificate itself.")
+@click.option(
+    "--reason",
+    type=click.Choice(REASONS),
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason code.",
+)
+@click.option(
+    "--invalidity-date",
+    help="When the key was known or suspected compromised (ISO 8601, e.g. 2026-11-20T08:00:00Z).",
+)
+@identity_options("RA officer, enterprise or certificate holder")
+@json_option
+@pass_ctx
+def revoke(
+    ctx: Ctx,
+    serial: str | None,
+    reason: str,
+    invalidity_date: str | None,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Revoke a certificate for good (RFC 5280 §5.3.1).
+
+    \b
+    An RA officer may revoke any certificate; an enterprise its own and its
+    operators' (cessationOfOperation on the enterprise certificate revokes every
+    operator too); anyone holding a certificate's key may revoke it with
+    keyCompromise by signing with that very certificate:
+      eport revoke --cert lost.pem --key lost.key --reason keyCompromise
+    OCSP answers "revoked" as soon as this returns; the CRL follows within seconds.
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    target = _target_serial(serial, ident)
+    body: dict[str, Any] = {"reason": reason}
+    if invalidity_date:
+        body["invalidity_date"] = invalidity_date
+    doc = ctx.client().call("POST", f"/ca/v1/certificates/{target}/revoke", body, ident)
+    emit(as_json, doc, _status_text(doc))
+
+
+@cli.command()
+@click.option("--serial", help="Serial (hex) to suspend; default: the --cert certificate itself.")
+@identity_options("RA officer, enterprise or certificate holder")
+@json_option
+@pass_ctx
+def suspend(
+    ctx: Ctx,
+    serial: str | None,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Put a certificate on hold (certificateHold): a lost card or key.
+
+    Relying parties see it as revoked (reason certificateHold) until an RA officer,
+    or the enterprise for its operators, lifts the hold with `eport resume`.
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", f"/ca/v1/certificates/{_target_serial(serial, ident)}/suspend", {}, ident
+    )
+    emit(as_json, doc, _status_text(doc))
+
+
+@cli.command()
+@click.option("--serial", required=True, help="Serial (hex) of the certificate on hold.")
+@identity_options("RA officer or enterprise")
+@json_option
+@pass_ctx
+def resume(
+    ctx: Ctx,
+    serial: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Lift a hold (only from hold: a revocation is final).
+
+    The certificate leaves the next CRL (RFC 5280 §5.3.1 removeFromCRL semantics)
+    and OCSP answers good at once. A held certificate cannot lift its own hold.
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call("POST", f"/ca/v1/certificates/{serial}/resume", {}, ident)
+    emit(as_json, doc, _status_text(doc))
+
+
+@cli.command()
+@click.option(
+    "--cert",
+    "cert_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The certificate to check (PEM or DER).",
+)
+@click.option(
+    "--issuer",
+    "issuer_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Its issuer's certificate (default: chain.pem beside --cert, else the AIA caIssuers URL).",
+)
+@json_option
+def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
+    """Ask the OCSP responder named in the certificate (AIA) for its status.
+
+    The response's signature, responder delegation, CertID, nonce and freshness are
+    verified before anything is printed; any doubt is an error, never "good".
+    """
+    import requests
+
+    from ca.ocsp import Good, OnHold, Revoked
+    from ca.ocsp_client import OCSPError, OCSPStatusSource
+
+    certs = keyfiles.load_certs(cert_file)
+    cert = certs[0]
+    candidates = certs[1:]
+    if issuer_file is not None:
+        candidates = keyfiles.load_certs(issuer_file)
+    elif cert_file.with_name("chain.pem").exists():
+        candidates += keyfiles.load_certs(cert_file.with_name("chain.pem"))
+    if not candidates:
+        candidates = [_fetch_ca_issuer(cert)]
+
+    def post(url: str, body: bytes) -> bytes:
+        try:
+            r = requests.post(
+                url, data=body, headers={"Content-Type": "application/ocsp-request"}, timeout=15
+            )
+        except requests.RequestException as exc:
+            raise CLIError(f"cannot reach the OCSP responder {url}: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise CLIError(f"the OCSP responder {url} answered HTTP {r.status_code}")
+        return r.content
+
+    try:
+        st = OCSPStatusSource(candidates, post).status(cert)
+    except OCSPError as exc:
+        raise CLIError(exc.detail) from None
+    serial = format(cert.serial_number, "x")
+    doc: dict[str, Any] = {"serial": serial, "subject": dn_string(cert.subject)}
+    if isinstance(st, Good):
+        doc["status"] = "good"
+        text = f"{serial}: good"
+    elif isinstance(st, OnHold):
+        doc.update(status="on-hold", since=st.since.isoformat())
+        text = f"{serial}: on hold since {st.since.isoformat()} (certificateHold)"
+    elif isinstance(st, Revoked):
+        reason = st.reason.rfc_name if st.reason is not None else "unspecified"
+        doc.update(status="revoked", since=st.revoked_at.isoformat(), reason=reason)
+        text = f"{serial}: revoked at {st.revoked_at.isoformat()} ({reason})"
+    else:
+        doc["status"] = "unknown"
+        text = f"{serial}: unknown to the responder"
+    emit(as_json, doc, text)
+
+
+def _fetch_ca_issuer(cert: x509.Certificate) -> x509.Certificate:
+    import requests
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        url = next(
+            str(d.access_location.value)
+            for d in aia
+            if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        )
+    except (x509.ExtensionNotFound, StopIteration):
+        raise CLIError(
+            "no issuer certificate: give --issuer or keep chain.pem beside --cert"
+        ) from None
+    try:
+        r = requests.get(url, timeout=15)
+        r.raise_for_status()
+        return x509.load_der_x509_certificate(r.content)
+    except (requests.RequestException, ValueError) as exc:
+        raise CLIError(f"cannot fetch the issuer certificate from {url}: {exc}") from None
+
+
 # -- certificates -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,240 @@
+"""Revocation, suspension (certificateHold) and resumption: RFC 5280 §5.3.1 semantics.
+
+Framework-free. Who may change a certificate's status:
+
+* an RA officer of a member agency: any certificate (revoke, suspend, resume);
+* an enterprise (its legal-person certificate): its own certificates and those of
+  its operators (revoke, suspend, resume of its operators);
+* the holder of the certificate's private key (a signed request made with that very
+  certificate): revoke with keyCompromise, or suspend. A holder cannot resume its
+  own certificate: whoever found a lost key must not be able to lift the hold.
+
+Revoking an enterprise certificate with cessationOfOperation revokes every operator
+certificate of that enterprise in the same transaction, each with its own event.
+Every change marks the issuer's CRL stale in the same transaction (the next fetch or
+the background refresher signs a new one) and is an event of the transparency log.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ca.authority import Caller, JointCA
+from ca.crl import ReasonCode
+from ca.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca.policy import SubjectClass
+from ca.records import (
+    CertificateRecord,
+    Event,
+    EventType,
+    StatusRecord,
+    StatusState,
+    Transaction,
+)
+
+REVOCATION_REASONS: dict[str, ReasonCode] = {
+    "unspecified": ReasonCode.UNSPECIFIED,
+    "keyCompromise": ReasonCode.KEY_COMPROMISE,
+    "affiliationChanged": ReasonCode.AFFILIATION_CHANGED,
+    "superseded": ReasonCode.SUPERSEDED,
+    "cessationOfOperation": ReasonCode.CESSATION_OF_OPERATION,
+    "privilegeWithdrawn": ReasonCode.PRIVILEGE_WITHDRAWN,
+}
+"""The reasons ``eport revoke`` accepts (certificateHold is ``eport suspend``)."""
+
+StatusListener = Callable[[Transaction, CertificateRecord, StatusRecord | None], None]
+"""Called in the transaction of every status change with the new status (None: good).
+
+The OCSP layer uses it to replace the certificate's pre-signed response at once."""
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    record: CertificateRecord
+    status: StatusRecord | None
+    cascaded: tuple[CertificateRecord, ...] = ()
+
+
+class Revocation:
+    """Status changes of the joint CA's certificates."""
+
+    def __init__(self, ca: JointCA, listeners: tuple[StatusListener, ...] = ()) -> None:
+        self.ca = ca
+        self.listeners = listeners
+
+    # -- authorization --------------------------------------------------------------------
+
+    def _may_manage(self, caller: Caller, rec: CertificateRecord, *, resume: bool = False) -> str:
+        """On what ground ``caller`` may change ``rec``: officer, enterprise or holder."""
+        if caller.role is SubjectClass.AGENCY:
+            return "officer"
+        own_enterprise = (
+            caller.role is SubjectClass.ENTERPRISE
+            and caller.uscc is not None
+            and rec.uscc == caller.uscc
+            and rec.profile in ("enterprise", "operator")
+        )
+        if own_enterprise and not (resume and rec.serial == caller.serial):
+            return "enterprise"
+        if rec.serial == caller.serial:
+            if resume:
+                raise Forbidden("a certificate cannot lift its own hold; ask an RA officer")
+            return "holder"  # possession of the key is proven by signing this request
+        raise Forbidden("you may change the status only of your own certificates")
+
+    def _load(self, tx: Transaction, serial: int) -> CertificateRecord:
+        rec = tx.get_certificate(serial)
+        if rec is None or rec.issuer_id == "root" or rec.profile in ("root", "issuing-ca"):
+            # CA certificates are revoked by a quorum of custodians, not here.
+            raise NotFound(f"no end-entity certificate with serial {serial:x}")
+        return rec
+
+    # -- changes --------------------------------------------------------------------------
+
+    def revoke(
+        self,
+        caller: Caller,
+        serial: int,
+        reason_name: str,
+        invalidity_date: datetime.datetime | None = None,
+    ) -> StatusChange:
+        """Revoke for good (RFC 5280 §5.3.1 reason); a held certificate may be revoked."""
+        try:
+            reason = REVOCATION_REASONS[reason_name]
+        except KeyError:
+            known = ", ".join(REVOCATION_REASONS)
+            raise BadRequest(f"unknown reason {reason_name!r} (one of {known})") from None
+        now = self.ca.clock()
+        if invalidity_date is not None and invalidity_date > now:
+            raise BadRequest("the invalidity date cannot be in the future")
+        with self.ca.store.transaction() as tx:
+            rec = self._load(tx, serial)
+            ground = self._may_manage(caller, rec)
+            if ground == "holder" and reason is not ReasonCode.KEY_COMPROMISE:
+                raise Forbidden("the key holder may revoke only with reason keyCompromise")
+            current = tx.get_status(serial, for_update=True)
+            if current is not None and current.state is StatusState.REVOKED:
+                raise Conflict(f"certificate {serial:x} is already revoked")
+            status = self._set(
+                tx, rec, StatusState.REVOKED, reason, invalidity_date, caller.actor, now
+            )
+            cascaded: list[CertificateRecord] = []
+            if rec.profile == "enterprise" and reason is ReasonCode.CESSATION_OF_OPERATION:
+                assert rec.uscc is not None
+                for op in tx.certificates_of_class(rec.uscc, "operator"):
+                    op_status = tx.get_status(op.serial, for_update=True)
+                    if op_status is not None and op_status.state is StatusState.REVOKED:
+                        continue
+                    self._set(
+                        tx,
+                        op,
+                        StatusState.REVOKED,
+                        reason,
+                        None,
+                        caller.actor,
+                        now,
+                        cause=rec.serial,
+                    )
+                    cascaded.append(op)
+        return StatusChange(rec, status, tuple(cascaded))
+
+    def suspend(self, caller: Caller, serial: int) -> StatusChange:
+        """Put a certificate on hold (certificateHold, reason code 6): a lost key."""
+        now = self.ca.clock()
+        with self.ca.store.transaction() as tx:
+            rec = self._load(tx, serial)
+            self._may_manage(caller, rec)
+            current = tx.get_status(serial, for_update=True)
+            if current is not None:
+                raise Conflict(f"certificate {serial:x} is already {current.state.value}")
+            status = self._set(
+                tx, rec, StatusState.HOLD, ReasonCode.CERTIFICATE_HOLD, None, caller.actor, now
+            )
+        return StatusChange(rec, status)
+
+    def resume(self, caller: Caller, serial: int) -> StatusChange:
+        """Lift a hold (RFC 5280 §5.3.1 removeFromCRL): only from hold, never from revoked."""
+        now = self.ca.clock()
+        with self.ca.store.transaction() as tx:
+            rec = self._load(tx, serial)
+            self._may_manage(caller, rec, resume=True)
+            current = tx.get_status(serial, for_update=True)
+            if current is None:
+                raise Conflict(f"certificate {serial:x} is not on hold")
+            if current.state is StatusState.REVOKED:
+                raise Conflict(f"certificate {serial:x} is revoked; revocation is final")
+            tx.delete_status(serial)
+            tx.mark_crl_stale(rec.issuer_id)
+            tx.append_event(
+                Event(
+                    type=EventType.CERTIFICATE_RESUMED,
+                    at=now,
+                    actor=caller.actor,
+                    uscc=rec.uscc,
+                    subject=rec.subject,
+                    profile=rec.profile,
+                    issuer=rec.issuer_id,
+                    serial=rec.serial,
+                    cert_sha256=rec.cert_sha256,
+                    details={"held_since": current.revoked_at.isoformat()},
+                )
+            )
+            for listener in self.listeners:
+                listener(tx, rec, None)
+        return StatusChange(rec, None)
+
+    def _set(
+        self,
+        tx: Transaction,
+        rec: CertificateRecord,
+        state: StatusState,
+        reason: ReasonCode,
+        invalidity_date: datetime.datetime | None,
+        actor: str,
+        now: datetime.datetime,
+        cause: int | None = None,
+    ) -> StatusRecord:
+        status = StatusRecord(
+            serial=rec.serial,
+            issuer_id=rec.issuer_id,
+            state=state,
+            revoked_at=now,
+            reason=int(reason),
+            invalidity_date=invalidity_date,
+            changed_at=now,
+        )
+        tx.put_status(status)
+        tx.mark_crl_stale(rec.issuer_id)
+        details: dict[str, str] = {"reason": reason.rfc_name}
+        if invalidity_date is not None:
+            details["invalidity_date"] = invalidity_date.isoformat()
+        if cause is not None:
+            details["cascaded_from"] = format(cause, "x")
+        kind = (
+            EventType.CERTIFICATE_REVOKED
+            if state is StatusState.REVOKED
+            else EventType.CERTIFICATE_SUSPENDED
+        )
+        tx.append_event(
+            Event(
+                type=kind,
+                at=now,
+                actor=actor,
+                uscc=rec.uscc,
+                subject=rec.subject,
+                profile=rec.profile,
+                issuer=rec.issuer_id,
+                serial=rec.serial,
+                cert_sha256=rec.cert_sha256,
+                details=details,
+            )
+        )
+        for listener in self.listeners:
+            listener(tx, rec, status)
+        return status
+
+    def status_of(self, serial: int) -> tuple[CertificateRecord | None, StatusRecord | None]:
+        with self.ca.store.transaction() as tx:
+            return tx.get_certificate(serial), tx.get_status(serial)

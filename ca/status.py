@@ -1,0 +1,266 @@
+"""Certificate status for relying parties: OCSP (RFC 6960), CRLs (RFC 5280 §5), and the
+status interface the token service uses.
+
+Framework-free. Correctness across several server processes comes from the
+database, never from process memory:
+
+* a status change replaces the certificate's pre-signed OCSP response **in the same
+  transaction** (a :data:`~ca.revocation.StatusListener`), so every process serves
+  the new answer from the moment the change commits;
+* OCSP answers are read from the ``ocsp_responses`` table (one primary-key read);
+  a response older than half its validity is re-signed and stored on demand;
+* CRL numbers come from a row-locked counter per issuer (``crl_state``): two
+  processes can never sign the same number or go backwards. A status change marks
+  the issuer's CRL stale in its transaction; the next fetch (or the periodic
+  refresher) signs one new CRL for any number of changes since (debounce), and a CRL
+  is also re-signed before its nextUpdate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from ca import ocsp
+from ca.crl import ReasonCode, RevokedEntry, build_crl
+from ca.issuance import IssuingCA
+from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
+from ca.records import CertificateRecord, StatusRecord, StatusState
+
+
+class StatusTables(Protocol):
+    """What this module needs from a transaction (implemented by ``ca.store``)."""
+
+    def get_certificate(self, serial: int) -> CertificateRecord | None: ...
+
+    def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None: ...
+
+    def cached_ocsp(
+        self, serial: int
+    ) -> tuple[bytes, datetime.datetime, datetime.datetime] | None: ...
+
+    def store_ocsp(
+        self,
+        serial: int,
+        issuer_id: str,
+        der: bytes,
+        this_update: datetime.datetime,
+        next_update: datetime.datetime,
+    ) -> None: ...
+
+    def crl_state(self, issuer_id: str, *, for_update: bool = False) -> Any: ...
+
+    def ensure_crl_state(self, issuer_id: str) -> None: ...
+
+    def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]: ...
+
+
+class StatusStore(Protocol):
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+
+def to_cert_status(
+    rec: CertificateRecord | None, st: StatusRecord | None, issuer_id: str
+) -> CertStatus:
+    if rec is None or rec.issuer_id != issuer_id:
+        return Unknown()
+    if st is None:
+        return Good()
+    if st.state is StatusState.HOLD:
+        return OnHold(st.revoked_at)
+    reason = ReasonCode(st.reason) if st.reason is not None else None
+    return Revoked(st.revoked_at, reason)
+
+
+@dataclass(frozen=True)
+class StatusPolicy:
+    ocsp_validity: datetime.timedelta = datetime.timedelta(hours=24)
+    """nextUpdate - thisUpdate of OCSP responses; re-signed after half of it."""
+    crl_validity: datetime.timedelta = datetime.timedelta(days=2)
+    """nextUpdate - thisUpdate of CRLs; re-signed a quarter before nextUpdate."""
+
+
+class StatusService:
+    """OCSP responder, CRL issuer and in-process status source of the joint CA."""
+
+    def __init__(
+        self,
+        *,
+        issuers: Mapping[str, IssuingCA],
+        responders: Mapping[str, IssuingCA],
+        store: StatusStore,
+        clock: Callable[[], datetime.datetime],
+        policy: StatusPolicy = StatusPolicy(),
+    ) -> None:
+        self.issuers = dict(issuers)
+        self.store = store
+        self.clock = clock
+        self.policy = policy
+        self.responders: dict[str, ocsp.Responder] = {}
+        for issuer_id, delegate in responders.items():
+            issuer = self.issuers.get(issuer_id)
+            if issuer is not None:
+                self.responders[issuer_id] = ocsp.Responder(
+                    issuer=issuer.certificate,
+                    certificate=delegate.certificate,
+                    signer=delegate.signer,
+                )
+        self._by_responder = {id(r): i for i, r in self.responders.items()}
+        self._crl_lock = threading.Lock()
+
+    # -- the status interface ---------------------------------------------------------------
+
+    def issuer_of(self, cert: x509.Certificate) -> str | None:
+        for issuer_id, issuer in self.issuers.items():
+            if cert.issuer == issuer.certificate.subject:
+                try:
+                    cert.verify_directly_issued_by(issuer.certificate)
+                except Exception:  # noqa: S112 - another issuer with the same name
+                    continue
+                return issuer_id
+        return None
+
+    def status(self, cert: x509.Certificate) -> CertStatus:
+        """``Good | Revoked(time, reason) | OnHold | Unknown`` of ``cert`` (DESIGN.md flow 3)."""
+        issuer_id = self.issuer_of(cert)
+        if issuer_id is None:
+            return Unknown()
+        return self.status_by_serial(issuer_id, cert.serial_number)
+
+    def status_by_serial(self, issuer_id: str, serial: int) -> CertStatus:
+        with self.store.transaction() as tx:
+            return to_cert_status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
+
+    # -- OCSP ---------------------------------------------------------------------------------
+
+    def respond(self, request_der: bytes) -> bytes:
+        """The DER OCSPResponse for a DER OCSPRequest; never raises on bad input."""
+        try:
+            info = ocsp.parse_request(request_der)
+        except ocsp.MalformedRequest:
+            return ocsp.error_response(ocsp.ResponseStatus.MALFORMED_REQUEST)
+        responder = ocsp.match_issuer(self.responders.values(), info.cert_ids[0])
+        if responder is None or any(not responder.answers_for(c) for c in info.cert_ids):
+            return ocsp.error_response(ocsp.ResponseStatus.UNAUTHORIZED)
+        issuer_id = self._by_responder[id(responder)]
+        now = self.clock().replace(microsecond=0)
+        with self.store.transaction() as tx:
+            if len(info.cert_ids) == 1 and info.nonce is None:
+                cert_id = info.cert_ids[0]
+                if cert_id == responder.cert_id(cert_id.serial_number) and cert_id.null_parameters:
+                    return self._canonical(tx, responder, issuer_id, cert_id.serial_number, now)
+            answers = []
+            for cert_id in info.cert_ids:
+                serial = cert_id.serial_number
+                status = to_cert_status(
+                    tx.get_certificate(serial), tx.get_status(serial), issuer_id
+                )
+                answers.append((cert_id, status))
+        return ocsp.build_response_multi(
+            responder, answers, now, now + self.policy.ocsp_validity, now, info.nonce
+        )
+
+    def _canonical(
+        self,
+        tx: StatusTables,
+        responder: ocsp.Responder,
+        issuer_id: str,
+        serial: int,
+        now: datetime.datetime,
+    ) -> bytes:
+        """The pre-signed response for a SHA-1 CertID without nonce (the common request)."""
+        rec = tx.get_certificate(serial)
+        known = rec is not None and rec.issuer_id == issuer_id
+        if known:
+            cached = tx.cached_ocsp(serial)
+            if cached is not None:
+                der, this_update, _ = cached
+                if now < this_update + self.policy.ocsp_validity / 2:
+                    return der
+        status = to_cert_status(rec, tx.get_status(serial) if known else None, issuer_id)
+        der = ocsp.build_response(
+            responder,
+            responder.cert_id(serial),
+            status,
+            now,
+            now + self.policy.ocsp_validity,
+            now,
+        )
+        if known:
+            tx.store_ocsp(serial, issuer_id, der, now, now + self.policy.ocsp_validity)
+        return der
+
+    def on_status_change(
+        self, tx: Any, rec: CertificateRecord, status: StatusRecord | None
+    ) -> None:
+        """Replace the pre-signed OCSP response in the transaction of the change."""
+        responder = self.responders.get(rec.issuer_id)
+        if responder is None:
+            return
+        now = self.clock().replace(microsecond=0)
+        der = ocsp.build_response(
+            responder,
+            responder.cert_id(rec.serial),
+            to_cert_status(rec, status, rec.issuer_id),
+            now,
+            now + self.policy.ocsp_validity,
+            now,
+        )
+        tx.store_ocsp(rec.serial, rec.issuer_id, der, now, now + self.policy.ocsp_validity)
+
+    # -- CRLs ---------------------------------------------------------------------------------
+
+    def crl(self, issuer_id: str) -> bytes:
+        """The issuer's current full CRL (DER), signed anew when stale or near nextUpdate."""
+        issuer = self.issuers[issuer_id]
+        now = self.clock().replace(microsecond=0)
+        with self.store.transaction() as tx:
+            state = tx.crl_state(issuer_id)
+            if state is not None and self._fresh(state, now):
+                return bytes(state.der)
+        with self._crl_lock, self.store.transaction() as tx:
+            tx.ensure_crl_state(issuer_id)
+            state = tx.crl_state(issuer_id, for_update=True)
+            if self._fresh(state, now):  # another process signed it meanwhile
+                return bytes(state.der)
+            number = int(state.crl_number) + 1
+            der = build_crl(
+                issuer.certificate,
+                issuer.signer,
+                (_entry(st) for st in tx.revoked_entries(issuer_id)),
+                number,
+                now,
+                now + self.policy.crl_validity,
+            )
+            state.crl_number = number
+            state.this_update = now
+            state.next_update = now + self.policy.crl_validity
+            state.der = der
+            state.stale = False
+            return der
+
+    def _fresh(self, state: Any, now: datetime.datetime) -> bool:
+        if state is None or state.der is None or state.stale or state.next_update is None:
+            return False
+        return bool(now < state.next_update - self.policy.crl_validity / 4)
+
+    def refresh(self) -> None:
+        """Sign every stale or nearly expired CRL (the periodic refresher calls this)."""
+        for issuer_id in self.issuers:
+            self.crl(issuer_id)
+
+
+def _entry(st: StatusRecord) -> RevokedEntry:
+    reason = ReasonCode(st.reason) if st.reason is not None else None
+    return RevokedEntry(
+        serial=st.serial,
+        revoked_at=st.revoked_at,
+        reason=reason,
+        invalidity_date=st.invalidity_date,
+    )

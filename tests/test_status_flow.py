@@ -1,0 +1,437 @@
+"""Revocation, suspension and resumption end to end, judged by OpenSSL and pkilint.
+
+A real server (SQLite and PostgreSQL), the real CLI, ``openssl ocsp`` against our
+responder, ``openssl verify -crl_check`` and ``openssl crl -verify`` with our CRLs,
+and pkilint's CRL and OCSP response linters.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as xocsp
+
+from tests.conftest import Server
+from tests.test_enrollment_flow import counts
+
+USCC = "91350100M000100Y43"
+_counter = iter(range(10**6))
+
+
+def fresh_uscc() -> str:
+    """A valid USCC no other test uses (cascades and listings are per enterprise)."""
+    from ca.uscc import check_character
+
+    body = f"91350100MA{next(_counter) + 1000:04d}{time.monotonic_ns() % 1000:03d}"
+    return body + check_character(body)
+
+
+def jrun(server: Server, *args: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(server.eport(*args, "--json").stdout)
+
+
+def enroll_enterprise(server: Server, tmp: Path, name: str) -> Path:
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / app["id"]
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def enroll_operator(server: Server, ent: Path, tmp: Path, op_id: str) -> Path:
+    grant = jrun(
+        server, "operator", "add", "--name", f"Operator {op_id}", "--id", op_id, *creds(ent)
+    )
+    out = tmp / f"op-{op_id}-{ent.name}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "operator",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def creds(d: Path) -> list[str]:
+    return ["--cert", str(d / "cert.pem"), "--key", str(d / "key.pem")]
+
+
+def serial_of(d: Path) -> str:
+    return format(x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).serial_number, "x")
+
+
+def issuer_pem(d: Path, tmp: Path) -> Path:
+    chain = x509.load_pem_x509_certificates((d / "chain.pem").read_bytes())
+    p = tmp / f"issuer-{d.name}.pem"
+    p.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
+    return p
+
+
+def openssl_ocsp(server: Server, d: Path, tmp: Path, *extra: str) -> str:
+    res = subprocess.run(
+        [
+            "openssl",
+            "ocsp",
+            "-issuer",
+            str(issuer_pem(d, tmp)),
+            "-cert",
+            str(d / "cert.pem"),
+            "-url",
+            server.url + "/ocsp",
+            "-CAfile",
+            str(server.data_dir / "ca" / "root.crt"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "Response verify OK" in out, out
+    return out
+
+
+def fetch_crl(server: Server, issuer: str, tmp: Path) -> Path:
+    r = requests.get(f"{server.url}/crl/{issuer}.crl", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/pkix-crl"
+    p = tmp / f"{issuer}-{time.monotonic_ns()}.crl"
+    p.write_bytes(r.content)
+    return p
+
+
+def test_revoke_reaches_ocsp_and_crl(server: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(server, tmp_path, "Status Flow Co.")
+    root = server.data_dir / "ca" / "root.crt"
+    out = openssl_ocsp(server, ent, tmp_path)
+    assert f"{ent / 'cert.pem'}: good" in out
+    # The CLI's own OCSP client (AIA URL, signature, nonce checked).
+    assert jrun(server, "status", "--cert", str(ent / "cert.pem"))["status"] == "good"
+
+    crl_before = fetch_crl(server, "enterprise", tmp_path)
+    num_before = (
+        x509.load_der_x509_crl(crl_before.read_bytes())
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+    )
+
+    # The enterprise revokes its own certificate; nothing else is needed for OCSP to know.
+    done = jrun(server, "revoke", "--reason", "superseded", *creds(ent))
+    assert done["status"] == "revoked" and done["reason"] == "superseded"
+    out = openssl_ocsp(server, ent, tmp_path)
+    assert f"{ent / 'cert.pem'}: revoked" in out and "Reason: superseded" in out
+    st = jrun(server, "status", "--cert", str(ent / "cert.pem"))
+    assert st["status"] == "revoked" and st["reason"] == "superseded"
+
+    crl = fetch_crl(server, "enterprise", tmp_path)
+    parsed = x509.load_der_x509_crl(crl.read_bytes())
+    number = parsed.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number > num_before
+    entry = parsed.get_revoked_certificate_by_serial_number(int(serial_of(ent), 16))
+    assert entry is not None
+    # openssl: the CRL verifies, and -crl_check refuses the revoked certificate.
+    pem_crl = tmp_path / "crl.pem"
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(crl), "-out", str(pem_crl)], check=True
+    )
+    v = subprocess.run(
+        [
+            "openssl",
+            "crl",
+            "-in",
+            str(pem_crl),
+            "-noout",
+            "-CAfile",
+            str(issuer_pem(ent, tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "verify OK" in (v.stdout + v.stderr), v.stdout + v.stderr
+    chain = issuer_pem(ent, tmp_path)
+    bad = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(chain),
+            "-CRLfile",
+            str(pem_crl),
+            str(ent / "cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "certificate revoked" in (bad.stdout + bad.stderr)
+    other = enroll_enterprise(server, tmp_path, "Still Good Co.")
+    crl2 = tmp_path / "crl2.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            str(fetch_crl(server, "enterprise", tmp_path)),
+            "-out",
+            str(crl2),
+        ],
+        check=True,
+    )
+    ok = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(chain),
+            "-CRLfile",
+            str(crl2),
+            str(other / "cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # A revoked certificate can no longer sign requests.
+    res = server.eport("operator", "add", "--name", "X", "--id", "X1", *creds(ent), check=False)
+    assert res.returncode == 1 and "revoked" in res.stderr
+
+
+def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(server, tmp_path, "Lost Key Co.")
+    op = enroll_operator(server, ent, tmp_path, "L1")
+    # The operator reports a lost key: suspended (certificateHold).
+    held = jrun(server, "suspend", *creds(op))
+    assert held["status"] == "on-hold"
+    out = openssl_ocsp(server, op, tmp_path)
+    assert "revoked" in out and "Reason: certificateHold" in out
+    assert jrun(server, "status", "--cert", str(op / "cert.pem"))["status"] == "on-hold"
+    crl = x509.load_der_x509_crl(fetch_crl(server, "enterprise", tmp_path).read_bytes())
+    entry = crl.get_revoked_certificate_by_serial_number(int(serial_of(op), 16))
+    assert entry is not None
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        is x509.ReasonFlags.certificate_hold
+    )
+    # The holder cannot lift its own hold (a finder of the key must not be able to).
+    res = server.eport("resume", "--serial", serial_of(op), *creds(op), check=False)
+    assert res.returncode == 1
+    # The enterprise lifts it: OCSP good at once, and the next CRL no longer lists it.
+    back = jrun(server, "resume", "--serial", serial_of(op), *creds(ent))
+    assert back["status"] == "good"
+    assert f"{op / 'cert.pem'}: good" in openssl_ocsp(server, op, tmp_path)
+    crl = x509.load_der_x509_crl(fetch_crl(server, "enterprise", tmp_path).read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(serial_of(op), 16)) is None
+    # Resuming a good certificate is refused and logs nothing.
+    before = counts(server)
+    res = server.eport("resume", "--serial", serial_of(op), *server.officer(), check=False)
+    assert res.returncode == 1 and "not on hold" in res.stderr
+    assert counts(server) == before
+
+
+def test_cessation_revokes_operators(server: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(server, tmp_path, "Closing Co.")
+    ops = [enroll_operator(server, ent, tmp_path, f"C{i}") for i in range(2)]
+    done = jrun(
+        server,
+        "revoke",
+        "--serial",
+        serial_of(ent),
+        "--reason",
+        "cessationOfOperation",
+        *server.officer("commerce"),
+    )
+    assert sorted(done["cascaded"]) == sorted(serial_of(o) for o in ops)
+    for o in ops:
+        st = jrun(server, "status", "--cert", str(o / "cert.pem"))
+        assert st["status"] == "revoked" and st["reason"] == "cessationOfOperation"
+
+
+def test_key_holder_revokes_with_key_compromise_only(server: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(server, tmp_path, "Holder Co.")
+    op = enroll_operator(server, ent, tmp_path, "H1")
+    res = server.eport("revoke", "--reason", "superseded", *creds(op), check=False)
+    assert res.returncode == 1 and "keyCompromise" in res.stderr
+    done = jrun(
+        server,
+        "revoke",
+        "--reason",
+        "keyCompromise",
+        "--invalidity-date",
+        "2026-01-02T03:04:05Z",
+        *creds(op),
+    )
+    assert done["status"] == "revoked" and done["invalidity_date"] == "2026-01-02T03:04:05Z"
+
+
+def test_bad_status_requests_change_nothing(server: Server, tmp_path: Path) -> None:
+    a = enroll_enterprise(server, tmp_path, "A Co.")
+    other_uscc = "91350200MA2Y0XQK4D"
+    app = jrun(server, "apply", "--uscc", other_uscc, "--name", "B Co.")
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    b = tmp_path / "b"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(b),
+    )
+    jrun(server, "revoke", "--serial", serial_of(a), "--reason", "superseded", *server.officer())
+    before = counts(server)
+
+    def refused(*args: str, expect: str) -> None:
+        res = server.eport(*args, check=False)
+        assert res.returncode == 1, res.stdout
+        assert expect in res.stderr, res.stderr
+
+    refused("revoke", "--serial", serial_of(a), *server.officer(), expect="already revoked")
+    refused(
+        "revoke", "--serial", "abcdef0123", *server.officer(), expect="no end-entity certificate"
+    )
+    refused("revoke", "--serial", "zz", *server.officer(), expect="hexadecimal")
+    refused("resume", "--serial", serial_of(a), *server.officer(), expect="revocation is final")
+    refused("suspend", "--serial", serial_of(a), *creds(b), expect="only of your own")
+    root_serial = format(
+        x509.load_pem_x509_certificate(
+            (server.data_dir / "ca" / "root.crt").read_bytes()
+        ).serial_number,
+        "x",
+    )
+    refused(
+        "revoke", "--serial", root_serial, *server.officer(), expect="no end-entity certificate"
+    )
+    assert counts(server) == before
+
+
+def _request(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    nonce: bytes | None = None,
+    algo: hashes.HashAlgorithm | None = None,
+) -> bytes:
+    b = xocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algo or hashes.SHA1())
+    if nonce:
+        b = b.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return b.build().public_bytes(serialization.Encoding.DER)
+
+
+def test_ocsp_protocol_details(sqlite_server: Server, tmp_path: Path) -> None:
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Protocol Co.")
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    issuer = x509.load_pem_x509_certificates((ent / "chain.pem").read_bytes())[0]
+
+    def post(body: bytes) -> requests.Response:
+        return requests.post(
+            server.url + "/ocsp",
+            data=body,
+            headers={"Content-Type": "application/ocsp-request"},
+            timeout=10,
+        )
+
+    # GET (RFC 6960 Appendix A.1) and POST give the same answer.
+    der = _request(cert, issuer)
+    got = requests.get(
+        server.url + "/ocsp/" + base64.b64encode(der).decode().replace("/", "%2F"), timeout=10
+    )
+    assert got.status_code == 200 and got.headers["Content-Type"] == "application/ocsp-response"
+    assert xocsp.load_der_ocsp_response(got.content).certificate_status is xocsp.OCSPCertStatus.GOOD
+    # A nonce is echoed (RFC 8954); SHA-256 CertIDs are answered.
+    resp = xocsp.load_der_ocsp_response(
+        post(_request(cert, issuer, b"n" * 16, hashes.SHA256())).content
+    )
+    assert resp.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == b"n" * 16
+    assert resp.hash_algorithm.name == "sha256"
+    # An unknown serial of our issuer: unknown; a foreign issuer: unauthorized.
+    fake = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(12345)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .sign(__import__("ca.keys", fromlist=["KeyType"]).KeyType.P256.generate(), hashes.SHA256())
+    )
+    resp = xocsp.load_der_ocsp_response(post(_request(fake, issuer)).content)
+    assert resp.certificate_status is xocsp.OCSPCertStatus.UNKNOWN
+    root = x509.load_pem_x509_certificate((server.data_dir / "ca" / "root.crt").read_bytes())
+    resp = xocsp.load_der_ocsp_response(post(_request(cert, root)).content)
+    assert resp.response_status is xocsp.OCSPResponseStatus.UNAUTHORIZED
+    # Malformed: garbage, empty, oversized, bad base64 — malformedRequest, never a 500.
+    for body in (b"garbage", b"", b"\x30\x03\x02\x01\x01", b"\x30" * 5000):
+        r = post(body)
+        assert r.status_code == 200
+        assert (
+            xocsp.load_der_ocsp_response(r.content).response_status
+            is xocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        )
+    r = requests.get(server.url + "/ocsp/!!!notbase64", timeout=10)
+    assert (
+        xocsp.load_der_ocsp_response(r.content).response_status
+        is xocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    )
+    # Unknown CRL issuer: problem+json 404.
+    r = requests.get(server.url + "/crl/nosuch.crl", timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json"
+
+
+def _pkilint(kind: str, der: bytes, tmp: Path) -> str:
+    p = tmp / f"{kind}.der"
+    p.write_bytes(der)
+    module = {"crl": "pkilint.bin.lint_crl", "ocsp": "pkilint.bin.lint_ocsp_response"}[kind]
+    args = [sys.executable, "-m", module, "lint", "-s", "WARNING"]
+    if kind == "crl":
+        args += ["-t", "CRL", "-p", "PKIX"]
+    res = subprocess.run([*args, str(p)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize("state", ["good", "revoked", "hold"])
+def test_pkilint_finds_no_error(sqlite_server: Server, tmp_path: Path, state: str) -> None:
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, f"Lint {state} Co.")
+    if state == "revoked":
+        jrun(server, "revoke", "--reason", "keyCompromise", *creds(ent))
+    elif state == "hold":
+        jrun(server, "suspend", *creds(ent))
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    issuer = x509.load_pem_x509_certificates((ent / "chain.pem").read_bytes())[0]
+    r = requests.post(server.url + "/ocsp", data=_request(cert, issuer), timeout=10)
+    assert _pkilint("ocsp", r.content, tmp_path).strip() == ""
+    crl = fetch_crl(server, "enterprise", tmp_path).read_bytes()
+    assert _pkilint("crl", crl, tmp_path).strip() == ""
