@@ -8,6 +8,7 @@ and pkilint's CRL and OCSP response linters.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import subprocess
 import sys
@@ -435,3 +436,38 @@ def test_pkilint_finds_no_error(sqlite_server: Server, tmp_path: Path, state: st
     assert _pkilint("ocsp", r.content, tmp_path).strip() == ""
     crl = fetch_crl(server, "enterprise", tmp_path).read_bytes()
     assert _pkilint("crl", crl, tmp_path).strip() == ""
+
+
+def test_crl_numbers_never_reused_across_processes(sqlite_server: Server, tmp_path: Path) -> None:
+    """Concurrent revocations and CRL fetches against two server processes: every CRL
+    number names exactly one CRL, and a later number never lists fewer revocations."""
+    import concurrent.futures
+
+    server = sqlite_server
+    ents = [enroll_enterprise(server, tmp_path, f"Race {i} Co.") for i in range(6)]
+
+    def revoke(d: Path) -> None:
+        jrun(
+            server, "revoke", "--serial", serial_of(d), "--reason", "superseded", *server.officer()
+        )
+
+    def fetch(_: int) -> bytes:
+        return requests.get(f"{server.url}/crl/enterprise.crl", timeout=30).content
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        revs = [pool.submit(revoke, d) for d in ents]
+        crls = list(pool.map(fetch, range(40)))
+        for f in revs:
+            f.result()
+    crls.append(fetch(0))
+    seen: dict[int, bytes] = {}
+    by_number = []
+    for der in crls:
+        crl = x509.load_der_x509_crl(der)
+        n = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        assert seen.setdefault(n, der) == der, f"CRL number {n} names two different CRLs"
+        by_number.append((n, {r.serial_number for r in crl}))
+    by_number.sort(key=lambda item: item[0])
+    for (_, earlier), (_, later) in itertools.pairwise(by_number):
+        assert earlier <= later
+    assert {int(serial_of(d), 16) for d in ents} <= by_number[-1][1]
