@@ -49,7 +49,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from asn1crypto import core as asn1_core
@@ -149,13 +149,18 @@ _HASH_OID_DER = {
 _NULL = b"\x05\x00"
 
 
-def _tlv(tag: int, *parts: bytes) -> bytes:
-    """One DER TLV (X.690 §8.1, definite length, DER §10.1) around ``parts``."""
-    length = sum(map(len, parts))
+def _header(tag: int, length: int) -> bytes:
+    """Identifier and length octets (X.690 §8.1.2, §8.1.3; definite form, DER §10.1)."""
     if length < 0x80:
-        return b"".join((bytes((tag, length)), *parts))
+        return bytes((tag, length))
     size = (length.bit_length() + 7) // 8
-    return b"".join((bytes((tag, 0x80 | size)), length.to_bytes(size, "big"), *parts))
+    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
+
+
+def _tlv(tag: int, *parts: bytes) -> bytes:
+    """One DER TLV around the concatenation of ``parts``."""
+    body = b"".join(parts)
+    return _header(tag, len(body)) + body
 
 
 def _integer(value: int) -> bytes:
@@ -166,6 +171,8 @@ def _integer(value: int) -> bytes:
 
 def _utc(value: datetime, what: str) -> datetime:
     """``value`` as an aware UTC datetime; a naive one is refused as ambiguous."""
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return value  # the common case, already normalized
     if not isinstance(value, datetime):
         raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -199,7 +206,7 @@ class Good:
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
-    """certStatus revoked (RFC 6960 §2.2), for good: not on hold."""
+    """certStatus revoked (RFC 6960 §2.2), permanently; a suspension is :class:`OnHold`."""
 
     revoked_at: datetime
     """``revocationTime`` (RFC 6960 §4.2.1): timezone-aware, encoded in whole seconds."""
@@ -278,7 +285,7 @@ class CertID:
     """
 
     hash_algorithm: CertIDHash
-    """The hash of both issuer hashes."""
+    """The algorithm of both issuer hashes."""
 
     issuer_name_hash: bytes
     """The hash of the DER of the issuer's distinguished name."""
@@ -319,11 +326,6 @@ class CertID:
             _integer(self.serial_number),
         )
         object.__setattr__(self, "der", der)
-
-    @property
-    def issuer_hashes(self) -> tuple[CertIDHash, bytes, bytes]:
-        """What names the issuer: the hash algorithm, the name hash and the key hash."""
-        return self.hash_algorithm, self.issuer_name_hash, self.issuer_key_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +379,8 @@ class Responder:
 
     The constructor checks the delegation: ``certificate`` is signed by
     ``issuer``, asserts id-kp-OCSPSigning in its extendedKeyUsage, carries
-    id-pkix-ocsp-nocheck (§4.2.2.2.1, so clients need no status for it), allows
-    digitalSignature if it has a keyUsage, and holds the key of ``signer``.
+    id-pkix-ocsp-nocheck (§4.2.2.2.1, so clients need no status for it), has
+    digitalSignature in its keyUsage if it has one, and holds the key of ``signer``.
     It then encodes every part of a response that depends only on the responder.
     """
 
@@ -397,6 +399,8 @@ class Responder:
     _responder_id: bytes = field(init=False, repr=False, compare=False)
     _signature_algorithm: bytes = field(init=False, repr=False, compare=False)
     _certs: bytes = field(init=False, repr=False, compare=False)
+    _valid_from: datetime = field(init=False, repr=False, compare=False)
+    _valid_until: datetime = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.issuer, x509.Certificate):
@@ -426,6 +430,8 @@ class Responder:
         setattr_(self, "_signature_algorithm", _SIGNATURE_ALGORITHM_DER[self.signer.key_type])
         # certs [0] EXPLICIT SEQUENCE OF Certificate (§4.2.1)
         setattr_(self, "_certs", _tlv(0xA0, _tlv(0x30, responder_der)))
+        setattr_(self, "_valid_from", self.certificate.not_valid_before_utc)
+        setattr_(self, "_valid_until", self.certificate.not_valid_after_utc)
 
     def _check_delegation(self) -> None:
         cert = self.certificate
@@ -548,10 +554,7 @@ def build_response_multi(
     produced_at = _utc(produced_at, "produced_at")
     if next_update.replace(microsecond=0) <= this_update.replace(microsecond=0):
         raise ValueError("next_update must be later than this_update (RFC 6960 §4.2.2.1)")
-    responder_cert = responder.certificate
-    if not (
-        responder_cert.not_valid_before_utc <= produced_at <= responder_cert.not_valid_after_utc
-    ):
+    if not responder._valid_from <= produced_at <= responder._valid_until:
         raise ValueError("produced_at is outside the responder certificate's validity")
     if nonce is not None and (type(nonce) is not bytes or not 1 <= len(nonce) <= MAX_NONCE_LENGTH):
         raise ValueError(f"nonce must be 1 to {MAX_NONCE_LENGTH} bytes (RFC 8954 §2.1)")
@@ -574,22 +577,123 @@ def build_response_multi(
     tbs = _tlv(0x30, *parts)
 
     signature = responder.signer.sign(tbs)
-    basic = _tlv(
-        0x30,
-        tbs,
-        responder._signature_algorithm,
-        _tlv(0x03, b"\x00", signature),  # BIT STRING, no unused bits
-        responder._certs,
+    # The rest is headers around fixed fragments, joined once:
+    # OCSPResponse { successful, [0] EXPLICIT ResponseBytes { id-pkix-ocsp-basic,
+    #   OCTET STRING { BasicOCSPResponse { tbs, algorithm, BIT STRING, certs } } } }
+    bit_string = _header(0x03, len(signature) + 1) + b"\x00" + signature  # no unused bits
+    algorithm, certs = responder._signature_algorithm, responder._certs
+    basic_length = len(tbs) + len(algorithm) + len(bit_string) + len(certs)
+    basic_header = _header(0x30, basic_length)
+    octets_header = _header(0x04, len(basic_header) + basic_length)
+    response_bytes_length = (
+        len(_ID_PKIX_OCSP_BASIC) + len(octets_header) + len(basic_header) + basic_length
     )
-    response_bytes = _tlv(0x30, _ID_PKIX_OCSP_BASIC, _tlv(0x04, basic))
-    return _tlv(0x30, _SUCCESSFUL, _tlv(0xA0, response_bytes))
+    response_bytes_header = _header(0x30, response_bytes_length)
+    explicit_header = _header(0xA0, len(response_bytes_header) + response_bytes_length)
+    response_length = (
+        len(_SUCCESSFUL) + len(explicit_header) + len(response_bytes_header) + response_bytes_length
+    )
+    return b"".join(
+        (
+            _header(0x30, response_length),
+            _SUCCESSFUL,
+            explicit_header,
+            response_bytes_header,
+            _ID_PKIX_OCSP_BASIC,
+            octets_header,
+            basic_header,
+            tbs,
+            algorithm,
+            bit_string,
+            certs,
+        )
+    )
 
 
 # -- requests ---------------------------------------------------------------------------
 
+# The request structures of RFC 6960 §4.1.1, from asn1crypto's, except that every
+# extnValue is an opaque OCTET STRING: asn1crypto's own classes start decoding the
+# values of the extensions they know on access, and a value this responder does not
+# use must not make a request malformed (§4.4: unrecognized extensions are ignored).
+
+
+class _ExtensionSyntax(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """``Extension ::= SEQUENCE { extnID, critical DEFAULT FALSE, extnValue }`` (RFC 5280 §4.1)."""
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("extn_id", asn1_core.ObjectIdentifier),
+        ("critical", asn1_core.Boolean, {"default": False}),
+        ("extn_value", asn1_core.OctetString),
+    ]
+
+
+class _ExtensionsSyntax(asn1_core.SequenceOf):  # type: ignore[misc]  # asn1crypto is untyped
+    _child_spec = _ExtensionSyntax
+
+
+class _RequestSyntax(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """``Request ::= SEQUENCE { reqCert CertID, singleRequestExtensions [0] EXPLICIT ... }``."""
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("req_cert", asn1_ocsp.CertId),
+        ("single_request_extensions", _ExtensionsSyntax, {"explicit": 0, "optional": True}),
+    ]
+
+
+class _RequestsSyntax(asn1_core.SequenceOf):  # type: ignore[misc]  # asn1crypto is untyped
+    _child_spec = _RequestSyntax
+
+
+class _TBSRequestSyntax(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """``TBSRequest`` (RFC 6960 §4.1.1)."""
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("version", asn1_ocsp.Version, {"explicit": 0, "default": "v1"}),
+        ("requestor_name", asn1_x509.GeneralName, {"explicit": 1, "optional": True}),
+        ("request_list", _RequestsSyntax),
+        ("request_extensions", _ExtensionsSyntax, {"explicit": 2, "optional": True}),
+    ]
+
+
+class _OCSPRequestSyntax(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """``OCSPRequest ::= SEQUENCE { tbsRequest, optionalSignature [0] EXPLICIT ... }``."""
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("tbs_request", _TBSRequestSyntax),
+        ("optional_signature", asn1_ocsp.Signature, {"explicit": 0, "optional": True}),
+    ]
+
+
+_NONCE = "1.3.6.1.5.5.7.48.1.2"  # id-pkix-ocsp-nonce (RFC 6960 §4.4.1)
+_ACCEPTABLE_RESPONSES = "1.3.6.1.5.5.7.48.1.4"  # id-pkix-ocsp-response (§4.4.3)
+
 # Extensions of a TBSRequest this responder understands (RFC 6960 §4.4): a critical
-# extension other than these makes the request unacceptable.
-_UNDERSTOOD_EXTENSIONS = frozenset({"nonce", "acceptable_responses"})
+# extension other than these makes the request unacceptable. AcceptableResponses
+# is understood: every response is id-pkix-ocsp-basic, which clients "SHALL be
+# capable of receiving and processing" (§4.4.3).
+_UNDERSTOOD_EXTENSIONS = frozenset({_NONCE, _ACCEPTABLE_RESPONSES})
+
+
+@dataclass(frozen=True, slots=True)
+class _Extension:
+    """An extension of a request, its value left undecoded (RFC 5280 §4.1)."""
+
+    oid: str  # the extnID, dotted
+    critical: bool
+    value: bytes  # the contents of extnValue
+
+
+@dataclass(frozen=True, slots=True)
+class _RawCertID:
+    """A ``reqCert`` as decoded, before its values are checked."""
+
+    algorithm: str
+    parameters: bytes  # the DER of the AlgorithmIdentifier's parameters, b"" if absent
+    name_hash: bytes
+    key_hash: bytes
+    serial: int
+    extensions: tuple[_Extension, ...]  # its singleRequestExtensions
 
 
 def parse_request(der: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS) -> OCSPRequestInfo:
@@ -599,96 +703,133 @@ def parse_request(der: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS) -> OC
     one well-formed OCSPRequest v1 (with no trailing data) asking about 1 to
     ``max_requests`` certificates with CertIDs of SHA-1 or SHA-256, whose nonce
     (RFC 8954) is 1 to 32 octets, and with no critical extension this responder
-    does not understand (§4.4). An optionalSignature (§4.1.2) is parsed but not
-    verified: this responder never requires signed requests.
+    does not understand (§4.4). The values of other extensions are not decoded
+    (§4.4: "Unrecognized extensions MUST be ignored"). requestorName and
+    optionalSignature (§4.1.2) are not looked into: this responder never
+    requires signed requests.
     """
     if not isinstance(der, bytes | bytearray | memoryview):
         raise MalformedRequest(f"an OCSP request is bytes, not {type(der).__name__}")
-    request, native = _decode(bytes(der), max_requests)
-    tbs = native["tbs_request"]
-    if tbs["version"] != "v1":
-        raise MalformedRequest(f"unsupported OCSPRequest version {tbs['version']!r}")
+    version, raw_cert_ids, extensions = _decode(bytes(der), max_requests)
+    if version != "v1":
+        raise MalformedRequest(f"unsupported OCSPRequest version {version!r}")
     cert_ids = []
-    for index, single in enumerate(tbs["request_list"]):
-        _check_extensions(single["single_request_extensions"], frozenset())
-        parsed = request["tbs_request"]["request_list"][index]["req_cert"]
-        cert_ids.append(_cert_id(single["req_cert"], parsed["hash_algorithm"]["parameters"]))
-    nonce = _check_extensions(tbs["request_extensions"], _UNDERSTOOD_EXTENSIONS)
+    for raw in raw_cert_ids:
+        _check_extensions(raw.extensions, frozenset())
+        cert_ids.append(_cert_id(raw))
+    _check_extensions(extensions, _UNDERSTOOD_EXTENSIONS)
+    nonce = next((_nonce(ext.value) for ext in extensions if ext.oid == _NONCE), None)
     return OCSPRequestInfo(tuple(cert_ids), nonce)
 
 
-def _decode(der: bytes, max_requests: int) -> tuple[asn1_ocsp.OCSPRequest, dict[str, Any]]:
-    """The parsed request and its ``native`` value, every part of it decoded."""
+def _decode(
+    der: bytes, max_requests: int
+) -> tuple[object, list[_RawCertID], tuple[_Extension, ...]]:
+    """The version, the CertIDs and the requestExtensions of a request, decoded.
+
+    asn1crypto decodes lazily, on access, so every access to the parsed request
+    is made here. It raises ValueError for bad encodings, and the fuzz tests have
+    found nothing else; but what a third-party decoder raises on hostile input is
+    not a contract, so any exception while decoding is a malformed request: the
+    HTTP layer must only ever see that.
+    """
     if not der:
         raise MalformedRequest("the OCSP request is empty")
     try:
-        request = asn1_ocsp.OCSPRequest.load(der, strict=True)
-        count = len(request["tbs_request"]["request_list"])
+        request = _OCSPRequestSyntax.load(der, strict=True)
+        tbs = request["tbs_request"]
+        request_list = tbs["request_list"]
+        count = len(request_list)
         if not 1 <= count <= max_requests:
             raise MalformedRequest(
                 f"the request asks about {count} certificates (1 to {max_requests} allowed)"
             )
-        # asn1crypto decodes lazily; taking the native value decodes every part now,
-        # so that nothing later meets undecodable bytes
-        native = request.native
+        version = tbs["version"].native
+        cert_ids = []
+        for single in request_list:
+            cert_id = single["req_cert"]
+            algorithm = cert_id["hash_algorithm"]
+            cert_ids.append(
+                _RawCertID(
+                    algorithm["algorithm"].native,
+                    algorithm["parameters"].dump(),
+                    cert_id["issuer_name_hash"].native,
+                    cert_id["issuer_key_hash"].native,
+                    cert_id["serial_number"].native,
+                    _extensions(single["single_request_extensions"]),
+                )
+            )
+        extensions = _extensions(tbs["request_extensions"])
     except MalformedRequest:
         raise
     except Exception as exc:
-        # asn1crypto raises ValueError for most bad encodings, but not always (hostile
-        # input reaches TypeError, KeyError, OverflowError...): any failure to decode
-        # is a malformed request, and the HTTP layer must only ever see that
         raise MalformedRequest(f"not a DER OCSPRequest: {exc}") from exc
-    if not isinstance(native, dict):  # pragma: no cover - a Sequence's native is a dict
-        raise MalformedRequest("not a DER OCSPRequest")
-    return request, native
+    return version, cert_ids, extensions
 
 
-def _cert_id(native: dict[str, Any], parameters: asn1_core.Asn1Value) -> CertID:
-    """A :class:`CertID` from the decoded ``reqCert`` (RFC 6960 §4.1.1)."""
-    algorithm = native["hash_algorithm"]["algorithm"]
+def _extensions(extensions: asn1_core.Asn1Value) -> tuple[_Extension, ...]:
+    """The extensions of a SEQUENCE OF Extension (absent: none), values undecoded."""
+    if isinstance(extensions, asn1_core.Void):
+        return ()
+    return tuple(
+        _Extension(
+            extension["extn_id"].dotted,
+            bool(extension["critical"].native),
+            extension["extn_value"].native,
+        )
+        for extension in extensions
+    )
+
+
+def _cert_id(raw: _RawCertID) -> CertID:
+    """A :class:`CertID` from a decoded ``reqCert`` (RFC 6960 §4.1.1)."""
     try:
-        hash_algorithm = CertIDHash(algorithm)
+        hash_algorithm = CertIDHash(raw.algorithm)
     except ValueError:
-        raise MalformedRequest(f"unsupported CertID hash algorithm {algorithm}") from None
-    params = parameters.dump()
-    if params not in (b"", _NULL):
-        raise MalformedRequest(f"the {algorithm} AlgorithmIdentifier has parameters")
+        raise MalformedRequest(f"unsupported CertID hash algorithm {raw.algorithm}") from None
+    if raw.parameters not in (b"", _NULL):
+        raise MalformedRequest(f"the {raw.algorithm} AlgorithmIdentifier has parameters")
     try:
         return CertID(
             hash_algorithm,
-            native["issuer_name_hash"],
-            native["issuer_key_hash"],
-            native["serial_number"],
-            null_parameters=params == _NULL,
+            raw.name_hash,
+            raw.key_hash,
+            raw.serial,
+            null_parameters=raw.parameters == _NULL,
         )
     except (ValueError, TypeError) as exc:
         raise MalformedRequest(f"bad CertID: {exc}") from exc
 
 
-def _check_extensions(
-    extensions: list[dict[str, Any]] | None, understood: frozenset[str]
-) -> bytes | None:
-    """Refuse duplicate or not understood critical extensions; return the nonce, if any.
+def _check_extensions(extensions: tuple[_Extension, ...], understood: frozenset[str]) -> None:
+    """Refuse an extension twice, or a critical one that is not understood.
 
     RFC 6960 §4.4: "Unrecognized extensions MUST be ignored (unless they have the
-    critical flag set and are not understood)"; RFC 5280 §4.2: no extension twice.
+    critical flag set and are not understood)"; RFC 5280 §4.2: "A certificate
+    MUST NOT include more than one instance of a particular extension", which
+    holds for requests as well.
     """
-    if extensions is None:
-        return None
-    seen: set[str] = set()
-    nonce = None
+    oids = [extension.oid for extension in extensions]
+    if len(set(oids)) != len(oids):
+        raise MalformedRequest("an extension appears twice")
     for extension in extensions:
-        name = extension["extn_id"]
-        if name in seen:
-            raise MalformedRequest(f"extension {name} appears twice")
-        seen.add(name)
-        if extension["critical"] and name not in understood:
-            raise MalformedRequest(f"critical extension {name} is not supported")
-        if name == "nonce" and "nonce" in understood:
-            nonce = extension["extn_value"]
-            # RFC 8954 §2.1: reject a nonce of 0 octets or more than 32
-            if not isinstance(nonce, bytes) or not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
-                raise MalformedRequest(f"the nonce must be 1 to {MAX_NONCE_LENGTH} octets")
+        if extension.critical and extension.oid not in understood:
+            raise MalformedRequest(f"critical extension {extension.oid} is not supported")
+
+
+def _nonce(value: bytes) -> bytes:
+    """The nonce in an extnValue: ``Nonce ::= OCTET STRING(SIZE(1..32))`` (RFC 8954 §2.1).
+
+    "Responders MUST reject any OCSP request that has a nonce with a length of
+    either 0 octets or greater than 32 octets with the malformedRequest
+    OCSPResponseStatus."
+    """
+    try:
+        nonce = asn1_core.OctetString.load(value, strict=True).native
+    except Exception as exc:
+        raise MalformedRequest("the nonce is not an OCTET STRING") from exc
+    if not isinstance(nonce, bytes) or not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
+        raise MalformedRequest(f"the nonce must be 1 to {MAX_NONCE_LENGTH} octets")
     return nonce
 
 
@@ -708,13 +849,13 @@ def request_from_get_path(b64: str) -> bytes:
     if not isinstance(b64, str):
         raise MalformedRequest(f"a GET path is a str, not {type(b64).__name__}")
     try:
-        text = unquote(b64, errors="strict") if "%" in b64 else b64
+        text = unquote(b64, errors="strict")
     except UnicodeDecodeError as exc:
         raise MalformedRequest("the GET path is not base64") from exc
     if not text or _BASE64_PATH.fullmatch(text) is None:
         raise MalformedRequest("the GET path is not base64")
     text = text.rstrip("=").replace("-", "+").replace("_", "/")
-    if len(text) % 4 == 1:
+    if not text or len(text) % 4 == 1:
         raise MalformedRequest("the GET path is truncated base64")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
