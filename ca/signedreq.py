@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -153,7 +153,47 @@ def verify_request(
     expected_aud: str | None = None,
 ) -> SignedRequest:
     """Verify a signed request and record its ``jti``; raise :class:`Unauthenticated`."""
-    leaf, chain_in = _leaf_from_header(token)
+
+    def body_matches(claims: dict[str, Any]) -> None:
+        if not hmac.compare_digest(str(claims["bsh"]), body_hash(body)):
+            raise Unauthenticated("the body does not match the signed body hash (bsh)")
+
+    return verify_certificate_jwt(
+        token,
+        typ=TYP,
+        audience=expected_aud or audience(method, path),
+        required=("aud", "exp", "iat", "jti", "bsh"),
+        trust=trust,
+        replay=replay,
+        now=now,
+        leeway=leeway,
+        what="signed request",
+        check=body_matches,
+    )
+
+
+def verify_certificate_jwt(
+    token: str,
+    *,
+    typ: str,
+    audience: str,
+    required: tuple[str, ...],
+    trust: TrustAnchors,
+    replay: ReplayStore,
+    now: datetime.datetime,
+    leeway: datetime.timedelta,
+    what: str,
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> SignedRequest:
+    """A JWS signed by the key of the first certificate of its ``x5c`` chain.
+
+    Shared by signed requests and the token service's RFC 7523 login assertions: the
+    chain is validated to the joint CA, ``alg`` is pinned to the leaf key's type,
+    ``aud`` must be ``audience``, the lifetime is at most five minutes, time claims are
+    judged against ``now`` (with ``leeway``), and ``jti`` is single use (``replay``).
+    ``jku``, ``jwk``, ``x5u`` and ``kid`` headers are never used to find a key.
+    """
+    leaf, _ = _leaf_from_header(token, typ, what)
     verified_chain = trust.verify_chain(leaf, now)
     try:
         kt = KeyType.of(leaf.public_key())
@@ -164,41 +204,40 @@ def verify_request(
             token,
             key=leaf.public_key(),  # type: ignore[arg-type]
             algorithms=[kt.jws_alg],
-            audience=expected_aud or audience(method, path),
+            audience=audience,
             leeway=leeway,
             # PyJWT would judge exp, iat and nbf by the wall clock; they are judged below
             # by the ``now`` passed in.
             options={
-                "require": ["aud", "exp", "iat", "jti", "bsh"],
+                "require": list(required),
                 "verify_exp": False,
                 "verify_iat": False,
                 "verify_nbf": False,
             },
         )
     except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"signed request rejected: {exc}") from exc
+        raise Unauthenticated(f"{what} rejected: {exc}") from exc
     iat = claims["iat"]
     exp = claims["exp"]
     nbf = claims.get("nbf", iat)
     if not all(_is_time(t) for t in (iat, exp, nbf)):
         raise Unauthenticated("iat, exp and nbf must be numbers")
     if exp - iat > MAX_LIFETIME.total_seconds():
-        raise Unauthenticated("signed request lives longer than 5 minutes (exp - iat)")
+        raise Unauthenticated(f"{what} lives longer than 5 minutes (exp - iat)")
     if iat > now.timestamp() + leeway.total_seconds():
-        raise Unauthenticated("signed request issued in the future (iat)")
+        raise Unauthenticated(f"{what} issued in the future (iat)")
     if nbf > now.timestamp() + leeway.total_seconds():
-        raise Unauthenticated("signed request not yet valid (nbf)")
+        raise Unauthenticated(f"{what} not yet valid (nbf)")
     if exp <= now.timestamp() - leeway.total_seconds():
-        raise Unauthenticated("signed request expired (exp)")
-    if not hmac.compare_digest(str(claims["bsh"]), body_hash(body)):
-        raise Unauthenticated("the body does not match the signed body hash (bsh)")
+        raise Unauthenticated(f"{what} expired (exp)")
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise Unauthenticated("jti must be a string of 8 to 128 characters")
+    if check is not None:
+        check(claims)  # before the jti is recorded: a refused token burns nothing
     expires = datetime.datetime.fromtimestamp(exp, datetime.UTC) + leeway
     if not replay.remember(jti, expires):
-        raise Replayed("this signed request was already used (jti replay)")
-    del chain_in
+        raise Replayed(f"this {what} was already used (jti replay)")
     return SignedRequest(certificate=leaf, chain=tuple(verified_chain), claims=claims)
 
 
@@ -206,16 +245,18 @@ def _is_time(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _leaf_from_header(token: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+def _leaf_from_header(
+    token: str, typ: str = TYP, what: str = "signed request"
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"malformed signed request: {exc}") from exc
-    if header.get("typ") != TYP:
-        raise Unauthenticated(f"signed request typ must be {TYP!r}")
+        raise Unauthenticated(f"malformed {what}: {exc}") from exc
+    if header.get("typ") != typ:
+        raise Unauthenticated(f"{what} typ must be {typ!r}")
     x5c = header.get("x5c")
     if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
-        raise Unauthenticated("signed request lacks its x5c certificate chain")
+        raise Unauthenticated(f"{what} lacks its x5c certificate chain")
     if len(x5c) > 4:
         raise Unauthenticated("x5c chain too long")
     certs = []
