@@ -1,0 +1,583 @@
+"""The auditor's read-only API under ``/ca/v1/audit/``: checkpoints, entries, proofs, events.
+
+Public (they reveal only hashes and the log's size): the signed checkpoint (C2SP
+tlog-checkpoint in a C2SP signed note), the log's verifier key, inclusion proofs by
+leaf index and consistency proofs (RFC 9162 §2.1.3, §2.1.4).
+
+Signed requests (``Authorization: EPort-Signed``, :mod:`ca.signedreq`) for anything
+that reveals what the CA did: auditors (profile class ``auditor``) and RA officers
+(``agency``) read everything; an enterprise, or an operator it authorized, reads only
+the events that carry its own USCC and proves only its own certificates; anyone else
+is refused (403) and an unsigned request gets 401.
+
+Entries are served as *entry bundles*: each entry as a big-endian uint16 length and
+its bytes, back to back, in leaf order (the entry bundle layout of C2SP tlog-tiles),
+up to 65,536 entries a request, so a million entries take sixteen requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from ca import translog
+from ca.authority import Caller
+from ca.checkpoint import verifier_key
+from ca.config import CAConfig
+from ca.errors import BadRequest, Forbidden, NotFound
+from ca.hierarchy import Hierarchy
+from ca.logentry import format_time
+from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
+from ca.policy import SubjectClass
+from ca.records import EventType
+from ca.uscc import USCC
+
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
+
+bp = Blueprint("audit_v1", __name__, url_prefix="/ca/v1/audit")
+EXTENSION = "eport.audit"
+
+MAX_BUNDLE = 65536
+"""Entries per entry-bundle response."""
+MAX_EVENTS_PAGE = 10000
+MAX_CERTIFICATES_PAGE = 100000
+ISSUANCE_TYPES = (
+    EventType.CA_INITIALIZED.value,
+    EventType.CERTIFICATE_ISSUED.value,
+    EventType.CERTIFICATE_RENEWED.value,
+)
+"""Events that put a certificate into the CA's records (each names serial and SHA-256)."""
+
+
+@dataclass(frozen=True)
+class AuditService:
+    """The log's public identity and its checkpoint signer, kept in ``app.extensions``."""
+
+    origin: str
+    """The checkpoint origin line, also the note key name."""
+    signer: translog.CheckpointSigner
+    public_key: Ed25519PublicKey
+    """The log's Ed25519 public key (``<data_dir>/ca/log.pub``)."""
+    data_dir: str
+    """Where the web view keeps its session secret."""
+
+    @property
+    def verifier_key(self) -> str:
+        return verifier_key(self.origin, self.public_key)
+
+
+def install_audit(app: Flask, cfg: CAConfig, h: Hierarchy) -> None:
+    """Register the audit API and the web view, with the hierarchy's log key."""
+    public_key = h.log_public_key
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise TypeError("the log key must be Ed25519 (C2SP signed-note type 0x01)")
+    origin = translog.origin_for(cfg.public_base_url)
+    app.extensions[EXTENSION] = AuditService(
+        origin=origin,
+        signer=translog.CheckpointSigner(origin, h.log_signer),
+        public_key=public_key,
+        data_dir=str(cfg.data_dir),
+    )
+    from ca.auditweb import bp as web_bp
+
+    app.register_blueprint(bp)
+    app.register_blueprint(web_bp)
+
+
+def audit_service() -> AuditService:
+    service: AuditService = current_app.extensions[EXTENSION]
+    return service
+
+
+def session() -> Session:
+    from ca.app import session_of
+
+    return session_of()
+
+
+# -- who reads ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads the log, and how much of it."""
+
+    actor: str
+    """``<profile>:<serial hex>`` of the reader's certificate."""
+    role: str
+    """The reader's subject class."""
+    uscc: str | None
+    """``None``: reads every entry; else only the entries that carry this USCC."""
+
+    @property
+    def reads_all(self) -> bool:
+        return self.uscc is None
+
+
+def reader_of(caller: Caller) -> Reader:
+    """Auditors and RA officers read everything; an enterprise and its operators their own."""
+    if caller.role in (SubjectClass.AUDITOR, SubjectClass.AGENCY):
+        return Reader(caller.actor, caller.role.value, None)
+    if caller.role in (SubjectClass.ENTERPRISE, SubjectClass.OPERATOR) and caller.uscc:
+        return Reader(caller.actor, caller.role.value, caller.uscc)
+    raise Forbidden(
+        f"the audit log is read by auditors, RA officers and enterprises, not {caller.role.value}"
+    )
+
+
+def signed_reader() -> Reader:
+    from ca.api import signed_caller
+
+    return reader_of(signed_caller())
+
+
+def _require_all(reader: Reader, what: str) -> None:
+    if not reader.reads_all:
+        raise Forbidden(
+            f"{what} is for auditors and RA officers; an enterprise reads its own events"
+        )
+
+
+# -- query arguments ----------------------------------------------------------------------
+
+
+def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise BadRequest(f"{name} is required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def normalize_serial(text: str) -> str:
+    """Lower-case hex without leading zeros (``0x`` and colons allowed on input)."""
+    cleaned = text.strip().lower().replace(":", "")
+    cleaned = cleaned.removeprefix("0x")
+    try:
+        return format(int(cleaned, 16), "x")
+    except ValueError:
+        raise BadRequest(f"serial {text[:60]!r} is not hexadecimal") from None
+
+
+def parse_time(name: str, text: str) -> datetime.datetime:
+    try:
+        value = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 date or date and time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """The selections ``eport audit log`` and the web view offer; all are ANDed."""
+
+    types: tuple[str, ...] = ()
+    uscc: str | None = None
+    subject: str | None = None
+    """Case-insensitive substring of the subject name."""
+    profile: str | None = None
+    issuer: str | None = None
+    actor: str | None = None
+    serial: str | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    """Exclusive upper bound."""
+
+    @classmethod
+    def from_args(cls, args: Any) -> EventFilter:
+        def text(name: str) -> str | None:
+            value = args.get(name)
+            return value.strip() if isinstance(value, str) and value.strip() else None
+
+        types: list[str] = []
+        for raw in args.getlist("type"):
+            for part in raw.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                try:
+                    types.append(EventType(part).value)
+                except ValueError:
+                    known = ", ".join(t.value for t in EventType)
+                    raise BadRequest(f"unknown event type {part!r} ({known})") from None
+        uscc = text("uscc")
+        serial = text("serial")
+        since = text("since")
+        until = text("until")
+        return cls(
+            types=tuple(types),
+            uscc=str(USCC.parse(uscc)) if uscc else None,
+            subject=text("subject"),
+            profile=text("profile"),
+            issuer=text("issuer"),
+            actor=text("actor"),
+            serial=normalize_serial(serial) if serial else None,
+            since=parse_time("since", since) if since else None,
+            until=parse_time("until", until) if until else None,
+        )
+
+    def for_reader(self, reader: Reader) -> EventFilter:
+        """The filter narrowed to what ``reader`` may see."""
+        if reader.reads_all:
+            return self
+        if self.uscc is not None and self.uscc != reader.uscc:
+            raise Forbidden("an enterprise reads only the events of its own USCC")
+        return EventFilter(**{**self.__dict__, "uscc": reader.uscc})
+
+    def apply(self, query: _Query) -> _Query:
+        if self.types:
+            query = query.where(EventRow.type.in_(self.types))
+        if self.uscc is not None:
+            query = query.where(EventRow.uscc == self.uscc)
+        if self.subject is not None:
+            query = query.where(
+                func.lower(EventRow.subject).contains(self.subject.lower(), autoescape=True)
+            )
+        if self.profile is not None:
+            query = query.where(EventRow.profile == self.profile)
+        if self.issuer is not None:
+            query = query.where(EventRow.issuer == self.issuer)
+        if self.actor is not None:
+            query = query.where(EventRow.actor == self.actor)
+        if self.serial is not None:
+            query = query.where(EventRow.serial == self.serial)
+        if self.since is not None:
+            query = query.where(EventRow.at >= self.since)
+        if self.until is not None:
+            query = query.where(EventRow.at < self.until)
+        return query
+
+
+def event_json(idx: int, row: EventRow) -> dict[str, Any]:
+    """An event as the CA's records hold it, with the log index of its entry."""
+    return {
+        "log_index": idx,
+        "event_id": row.id,
+        "type": row.type,
+        "time": format_time(row.at),
+        "actor": row.actor,
+        "uscc": row.uscc,
+        "subject": row.subject,
+        "profile": row.profile,
+        "issuer": row.issuer,
+        "serial": row.serial,
+        "cert_sha256": row.cert_sha256,
+        "application_id": row.application_id,
+        "details": json.loads(row.details or "{}"),
+    }
+
+
+def find_events(
+    s: Session,
+    flt: EventFilter,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 100,
+    newest_first: bool = False,
+) -> list[tuple[int, EventRow]]:
+    """Events with their log indices, ordered by log index, keyset-paged."""
+    query = select(LogEntryRow.idx, EventRow).join(EventRow, EventRow.id == LogEntryRow.event_id)
+    query = flt.apply(query)
+    if after is not None:
+        query = query.where(LogEntryRow.idx > after)
+    if before is not None:
+        query = query.where(LogEntryRow.idx < before)
+    order = LogEntryRow.idx.desc() if newest_first else LogEntryRow.idx
+    rows = s.execute(query.order_by(order).limit(limit)).all()
+    return [(int(r[0]), r[1]) for r in rows]
+
+
+def count_events(s: Session, flt: EventFilter) -> int:
+    query = flt.apply(
+        select(func.count())
+        .select_from(LogEntryRow)
+        .join(EventRow, EventRow.id == LogEntryRow.event_id)
+    )
+    return int(s.execute(query).scalar_one())
+
+
+def issuance_entry(s: Session, serial: str) -> tuple[int, bytes, str | None] | None:
+    """``(leaf index, entry, uscc)`` of the event that recorded certificate ``serial``."""
+    row = s.execute(
+        select(LogEntryRow.idx, LogEntryRow.entry, EventRow.uscc)
+        .join(EventRow, EventRow.id == LogEntryRow.event_id)
+        .where(EventRow.serial == serial, EventRow.type.in_(ISSUANCE_TYPES))
+        .order_by(LogEntryRow.idx)
+        .limit(1)
+    ).first()
+    return (int(row[0]), bytes(row[1]), row[2]) if row else None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _proof_json(nodes: Sequence[bytes]) -> list[str]:
+    return [b64(n) for n in nodes]
+
+
+def _committed(fn: Any) -> Any:
+    """Run ``fn(session)`` in a transaction that is committed (checkpoints are stored)."""
+    s = session()
+    try:
+        result = fn(s)
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    return result
+
+
+# -- public: checkpoint, key, proofs ------------------------------------------------------
+
+
+@bp.get("/checkpoint")
+def checkpoint() -> Response:
+    """The latest signed checkpoint (``?size=N``: the one signed for size N)."""
+    svc = audit_service()
+    size = request.args.get("size")
+    if size is not None:
+        wanted = int_arg("size", None, 0, 2**63 - 1)
+        stored = _committed(lambda s: svc.signer.stored(s, wanted))
+        if stored is None:
+            raise NotFound(f"no checkpoint was signed for tree size {wanted}")
+        note = stored.note
+    else:
+        note = _committed(svc.signer.latest).note
+    resp = Response(note, mimetype="text/plain")
+    resp.headers["Content-Type"] = "text/plain; charset=utf-8"
+    resp.cache_control.no_store = True
+    return resp
+
+
+@bp.get("/log-key")
+def log_key() -> Response:
+    """The log's verifier key (C2SP signed-note) and origin. Pin it out of band."""
+    svc = audit_service()
+    pem = svc.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    return jsonify({"origin": svc.origin, "verifier_key": svc.verifier_key, "public_key": pem})
+
+
+def _tree_size(s: Session, name: str = "size") -> int:
+    head = translog.read_head(s)[0]
+    return int_arg(name, head, 0, head) if request.args.get(name) else head
+
+
+@bp.get("/proof/inclusion")
+def inclusion_proof() -> Response:
+    """``PATH(index, D[size])`` (RFC 9162 §2.1.3.1) by ``index`` (public) or ``serial`` (signed).
+
+    By serial the answer also carries the entry, so it needs a reader allowed to see
+    it: an enterprise proves only its own certificates.
+    """
+    s = session()
+    size = _tree_size(s)
+    serial = request.args.get("serial")
+    out: dict[str, Any] = {"tree_size": size}
+    if serial is not None:
+        reader = signed_reader()
+        found = issuance_entry(s, normalize_serial(serial))
+        if found is None or (not reader.reads_all and found[2] != reader.uscc):
+            raise NotFound(f"no logged issuance of certificate {normalize_serial(serial)}")
+        index, entry, _ = found
+        if index >= size:
+            raise NotFound(
+                f"certificate {normalize_serial(serial)} is entry {index}, "
+                f"not in the tree of size {size} yet"
+            )
+        out["entry"] = b64(entry)
+    else:
+        index = int_arg("index", None, 0, max(size - 1, 0))
+    out["index"] = index
+    out["proof"] = _proof_json(translog.tree_at(s, size).inclusion_proof(index, size))
+    s.rollback()
+    return jsonify(out)
+
+
+@bp.get("/proof/consistency")
+def consistency_proof() -> Response:
+    """``PROOF(from, D[to])`` (RFC 9162 §2.1.4.1); empty for ``from`` 0 or ``from == to``."""
+    s = session()
+    to = _tree_size(s, "to")
+    old = int_arg("from", None, 0, to)
+    proof = translog.tree_at(s, to).consistency_proof(old, to)
+    s.rollback()
+    return jsonify({"from": old, "to": to, "proof": _proof_json(proof)})
+
+
+# -- signed: entries, events, certificates ------------------------------------------------
+
+
+@bp.get("/entries")
+def entries() -> Response:
+    """An entry bundle of leaves ``[start, start + count)`` (uint16 length + entry, each).
+
+    Stops early at the head, or at a leaf missing from storage: the response's
+    ``Eport-Log-Count`` says how many entries it holds.
+    """
+    _require_all(signed_reader(), "reading the whole log")
+    s = session()
+    head = translog.read_head(s)[0]
+    start = int_arg("start", 0, 0, 2**63 - 1)
+    count = int_arg("count", MAX_BUNDLE, 1, MAX_BUNDLE)
+    end = min(start + count, head)
+    parts: list[bytes] = []
+    served = 0
+    if start < end:
+        rows = s.execute(
+            select(LogEntryRow.idx, LogEntryRow.entry)
+            .where(LogEntryRow.idx >= start, LogEntryRow.idx < end)
+            .order_by(LogEntryRow.idx)
+        )
+        expected = start
+        for idx, entry in rows:
+            if idx != expected:
+                break
+            data = bytes(entry)
+            parts.append(len(data).to_bytes(2, "big"))
+            parts.append(data)
+            expected += 1
+        served = expected - start
+    s.rollback()
+    resp = Response(b"".join(parts), mimetype="application/octet-stream")
+    resp.headers["Eport-Log-Start"] = str(start)
+    resp.headers["Eport-Log-Count"] = str(served)
+    resp.headers["Eport-Log-Size"] = str(head)
+    resp.cache_control.no_store = True
+    return resp
+
+
+@bp.get("/events")
+def events() -> Response:
+    """Events in log order with filters; keyset-paged by ``after`` (the last log index seen).
+
+    The first page (no ``after``) also carries ``total``, the number of matching events.
+    """
+    reader = signed_reader()
+    flt = EventFilter.from_args(request.args).for_reader(reader)
+    limit = int_arg("limit", 1000, 1, MAX_EVENTS_PAGE)
+    after = request.args.get("after")
+    s = session()
+    rows = find_events(
+        s, flt, after=int_arg("after", 0, -1, 2**63 - 1) if after is not None else None, limit=limit
+    )
+    out: dict[str, Any] = {"events": [event_json(idx, row) for idx, row in rows]}
+    out["next"] = rows[-1][0] if len(rows) == limit else None
+    if after is None:
+        out["total"] = count_events(s, flt)
+    s.rollback()
+    return jsonify(out)
+
+
+@bp.get("/event-digests")
+def event_digests() -> Response:
+    """For leaves ``[start, start + count)``: the leaf hash of each entry re-derived from the
+    events table now (32 bytes each, in leaf order; zeros where the event row is gone).
+
+    An auditor compares them with the entries it hashed: a difference means the CA's
+    event records no longer say what the log recorded.
+    """
+    _require_all(signed_reader(), "reading the whole log")
+    from ca.merkle import leaf_hash
+
+    s = session()
+    head = translog.read_head(s)[0]
+    start = int_arg("start", 0, 0, 2**63 - 1)
+    count = int_arg("count", MAX_BUNDLE, 1, MAX_BUNDLE)
+    end = min(start + count, head)
+    out = bytearray(32 * max(end - start, 0))
+    if start < end:
+        rows = s.execute(
+            select(LogEntryRow.idx, EventRow)
+            .join(EventRow, EventRow.id == LogEntryRow.event_id)
+            .where(LogEntryRow.idx >= start, LogEntryRow.idx < end)
+        )
+        for idx, row in rows:
+            pos = (int(idx) - start) * 32
+            out[pos : pos + 32] = leaf_hash(translog.entry_of(row))
+    s.rollback()
+    resp = Response(bytes(out), mimetype="application/octet-stream")
+    resp.headers["Eport-Log-Start"] = str(start)
+    resp.headers["Eport-Log-Count"] = str(max(end - start, 0))
+    return resp
+
+
+@bp.get("/certificates")
+def certificates() -> Response:
+    """Every certificate in the CA's records, compactly: ``[[serial, sha256], …]`` by serial.
+
+    What the CA's certificate listings are served from; auditors compare it with the
+    issuances in the log. Keyset-paged by ``after`` (the last serial seen).
+    """
+    _require_all(signed_reader(), "the list of every certificate")
+    limit = int_arg("limit", 10000, 1, MAX_CERTIFICATES_PAGE)
+    after = request.args.get("after")
+    s = session()
+    query = select(CertificateRow.serial, CertificateRow.cert_sha256).order_by(
+        CertificateRow.serial
+    )
+    if after:
+        query = query.where(CertificateRow.serial > after)
+    rows = s.execute(query.limit(limit)).all()
+    s.rollback()
+    return jsonify(
+        {
+            "certificates": [[serial, digest] for serial, digest in rows],
+            "next": rows[-1][0] if len(rows) == limit else None,
+        }
+    )
+
+
+@bp.get("/leaf-hashes")
+def leaf_hashes() -> Response:
+    """The stored leaf hashes ``[start, start + count)``, 32 bytes each (public: hashes only).
+
+    An auditor recomputes the signed root from them, and then compares them with the
+    hashes of the entries it downloaded to name the first entry that differs.
+    """
+    s = session()
+    head = translog.read_head(s)[0]
+    size = int_arg("size", head, 0, head)
+    start = int_arg("start", 0, 0, 2**63 - 1)
+    count = int_arg("count", MAX_BUNDLE * 4, 1, MAX_BUNDLE * 4)
+    end = min(start + count, size)
+    parts: list[bytes] = []
+    if start < end:
+        rows = s.execute(
+            select(LogNodeRow.idx, LogNodeRow.hash)
+            .where(LogNodeRow.level == 0, LogNodeRow.idx >= start, LogNodeRow.idx < end)
+            .order_by(LogNodeRow.idx)
+        )
+        expected = start
+        for idx, digest in rows:
+            if idx != expected:
+                break
+            parts.append(bytes(digest))
+            expected += 1
+    s.rollback()
+    resp = Response(b"".join(parts), mimetype="application/octet-stream")
+    resp.headers["Eport-Log-Start"] = str(start)
+    resp.headers["Eport-Log-Count"] = str(len(parts))
+    return resp

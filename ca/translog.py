@@ -1,0 +1,318 @@
+"""The issuance transparency log in SQL: tree storage, the append sink, signed checkpoints.
+
+The storage adapter of the framework-free pieces: :mod:`ca.merkle` (RFC 9162 §2.1
+tree over a :class:`~ca.merkle.TreeStore`), :mod:`ca.checkpoint` (C2SP
+tlog-checkpoint and signed-note) and :mod:`ca.logentry` (the entry bytes).
+
+* :class:`SqlTreeStore` keeps the perfect-subtree hashes in ``log_nodes``; every
+  :meth:`~SqlTreeStore.get_many` is one ``SELECT``.
+* :func:`append_event` is the :data:`ca.store.EventSink`: it runs inside the
+  transaction that records a change, right after the event row is flushed, so the
+  change, its event and its log entry commit together or not at all. Appends are
+  serialized across processes and hosts by a row lock on the single ``log_head``
+  row (``SELECT … FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` serializes writers
+  anyway), and the primary keys of ``log_entries`` and ``log_nodes`` turn a missed
+  lock into a failed transaction rather than a forked tree.
+* :class:`CheckpointSigner` signs tree heads, one checkpoint per tree size
+  (``checkpoints`` is keyed by size): it refuses to sign a second root for a size
+  it signed before.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ca import logentry
+from ca.checkpoint import Checkpoint, NoteKey, sign_note
+from ca.errors import Conflict, EPortError, Sealed
+from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
+from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow, LogNodeRow
+
+__all__ = [
+    "HEAD_ID",
+    "CheckpointSigner",
+    "ForkRefused",
+    "LogCorrupted",
+    "SignedHead",
+    "SqlTreeStore",
+    "append_event",
+    "append_events",
+    "entry_of",
+    "origin_for",
+    "read_head",
+    "tree_at",
+]
+
+HEAD_ID = 1
+"""The key of the single ``log_head`` row."""
+
+Clock = Callable[[], datetime.datetime]
+
+
+class ForkRefused(Conflict):
+    """The log was asked to sign a second, different root for a tree size it signed before."""
+
+    slug = "checkpoint-fork-refused"
+    title = "Refused to sign two roots for one tree size"
+
+
+class LogCorrupted(EPortError):
+    """The stored log contradicts itself (a head, node or entry changed or went missing)."""
+
+    status = 500
+    slug = "log-corrupted"
+    title = "The stored transparency log is inconsistent"
+
+
+def origin_for(public_base_url: str) -> str:
+    """The log's origin line and key name: ``<host>[:port][/path]/log`` (C2SP tlog-checkpoint).
+
+    Derived from the CA's public base URL, which certificates already carry (AIA), so
+    it is as stable as the CA's name.
+    """
+    parts = urlsplit(public_base_url)
+    host = parts.netloc or parts.path
+    return f"{host}{parts.path if parts.netloc else ''}".rstrip("/") + "/log"
+
+
+class SqlTreeStore:
+    """A :class:`ca.merkle.TreeStore` over ``log_nodes``, in one SQLAlchemy session.
+
+    ``size`` is the tree size this store stands for: the locked head's size when
+    appending, or a checkpoint's size when proving. Left out, it is read from
+    ``log_head`` once.
+    """
+
+    def __init__(self, session: Session, size: int | None = None) -> None:
+        self._session = session
+        self._size = size
+
+    def size(self) -> int:
+        if self._size is None:
+            self._size = read_head(self._session)[0]
+        return self._size
+
+    def get_many(self, keys: Sequence[NodeKey], /) -> list[bytes]:
+        if not keys:
+            return []
+        rows = self._session.execute(
+            select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash).where(
+                tuple_(LogNodeRow.level, LogNodeRow.idx).in_([tuple(k) for k in keys])
+            )
+        ).all()
+        found = {(int(level), int(idx)): bytes(digest) for level, idx, digest in rows}
+        try:
+            return [found[(level, idx)] for level, idx in keys]
+        except KeyError as exc:
+            raise LookupError(f"no stored node at (level, index) {exc.args[0]}") from None
+
+    def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
+        if not items:
+            return
+        self._session.execute(
+            insert(LogNodeRow),
+            [{"level": level, "idx": idx, "hash": digest} for level, idx, digest in items],
+        )
+        size = self.size()
+        for level, idx, _ in items:
+            if level == 0 and idx >= size:
+                size = idx + 1
+        self._size = size
+
+
+def read_head(session: Session) -> tuple[int, bytes]:
+    """``(size, root)`` of the log as committed (no lock); ``(0, SHA-256())`` before any entry."""
+    row = session.execute(
+        select(LogHeadRow.size, LogHeadRow.root_hash).where(LogHeadRow.id == HEAD_ID)
+    ).first()
+    if row is None:
+        return 0, EMPTY_ROOT
+    return int(row[0]), bytes(row[1])
+
+
+def tree_at(session: Session, size: int | None = None) -> MerkleTree:
+    """The tree as of ``size`` (default: the head), for roots and proofs."""
+    return MerkleTree(SqlTreeStore(session, size))
+
+
+def _lock_head(session: Session) -> tuple[int, bool]:
+    """Lock the head row for this transaction; create it when absent. ``(size, created)``."""
+    query = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
+    size = session.execute(query).scalar()
+    if size is not None:
+        return int(size), False
+    # The first append of a database: insert the head in a savepoint, so that a
+    # concurrent first append that wins the primary key only costs us a retry.
+    try:
+        with session.begin_nested():
+            session.execute(insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT))
+    except IntegrityError:
+        pass
+    size = session.execute(query).scalar_one()
+    return int(size), True
+
+
+def entry_of(row: EventRow) -> bytes:
+    """The canonical v1 entry of an event row (:mod:`ca.logentry`)."""
+    assert row.id is not None, "the event row must be flushed first"
+    return logentry.encode(
+        logentry.LogEntry(
+            event_id=row.id,
+            type=row.type,
+            time=row.at,
+            actor=row.actor,
+            uscc=row.uscc,
+            subject=row.subject,
+            profile=row.profile,
+            issuer=row.issuer,
+            serial=int(row.serial, 16) if row.serial else None,
+            cert_sha256=row.cert_sha256,
+            application_id=row.application_id,
+            details=json.loads(row.details or "{}"),
+        )
+    )
+
+
+def append_events(session: Session, rows: Sequence[EventRow]) -> range:
+    """Append the entries of flushed event rows, in order, under the head lock.
+
+    Returns the leaf indices they received. On the first append of a database any
+    earlier events (a database that predates the log) are appended first, in event
+    order, so the log covers every event from the very first.
+    """
+    size, created = _lock_head(session)
+    rows = list(rows)
+    if created and size == 0:
+        ids = [r.id for r in rows]
+        logged = select(LogEntryRow.event_id)
+        earlier = session.scalars(
+            select(EventRow)
+            .where(EventRow.id.not_in(ids), EventRow.id.not_in(logged))
+            .order_by(EventRow.id)
+        ).all()
+        rows = [*earlier, *rows]
+    if not rows:
+        return range(size, size)
+    entries = [entry_of(r) for r in rows]
+    tree = MerkleTree(SqlTreeStore(session, size))
+    span = tree.append_many(entries)
+    session.execute(
+        insert(LogEntryRow),
+        [
+            {"idx": idx, "event_id": row.id, "entry": entry}
+            for idx, row, entry in zip(span, rows, entries, strict=True)
+        ],
+    )
+    session.execute(
+        update(LogHeadRow)
+        .where(LogHeadRow.id == HEAD_ID)
+        .values(size=span.stop, root_hash=tree.root(span.stop))
+    )
+    return span
+
+
+def append_event(session: Session, row: EventRow) -> None:
+    """The event sink: append ``row``'s entry in the transaction that wrote it."""
+    append_events(session, [row])
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A tree head and the C2SP signed note that publishes it."""
+
+    size: int
+    root_hash: bytes
+    note: bytes
+
+
+class CheckpointSigner:
+    """Signs checkpoints of the log with its Ed25519 key (C2SP signed-note), one per size.
+
+    The key name is the origin. ``key`` is any :class:`ca.checkpoint.NoteKey`: the
+    unsealed log key of the hierarchy, or a token.
+    """
+
+    def __init__(self, origin: str, key: NoteKey, clock: Clock | None = None) -> None:
+        self.origin = origin
+        self.key = key
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+
+    def sign(self, session: Session, size: int, root_hash: bytes) -> bytes:
+        """The signed checkpoint of ``(size, root_hash)``, stored in ``checkpoints``.
+
+        A size signed before returns its stored note when the root is the same and
+        raises :class:`ForkRefused` when it differs: the log never signs two roots
+        for one size. The caller commits the session.
+        """
+        stored = self.stored(session, size)
+        if stored is not None:
+            self._same_root(stored, root_hash)
+            return stored.note
+        note = sign_note(Checkpoint(self.origin, size, root_hash).body(), self.origin, self.key)
+        try:
+            with session.begin_nested():
+                session.execute(
+                    insert(CheckpointRow).values(
+                        size=size, root_hash=root_hash, note=note, created_at=self.clock()
+                    )
+                )
+        except IntegrityError:
+            # Another process signed this size meanwhile; its root must be ours.
+            stored = self.stored(session, size)
+            if stored is None:
+                raise
+            self._same_root(stored, root_hash)
+            return stored.note
+        return note
+
+    @staticmethod
+    def _same_root(stored: SignedHead, root_hash: bytes) -> None:
+        if stored.root_hash != root_hash:
+            raise ForkRefused(
+                f"a checkpoint of tree size {stored.size} was signed with root "
+                f"{stored.root_hash.hex()}; refusing to sign root {root_hash.hex()} for it",
+                tree_size=stored.size,
+            )
+
+    @staticmethod
+    def stored(session: Session, size: int) -> SignedHead | None:
+        """The checkpoint signed for ``size``, if any."""
+        row = session.execute(
+            select(CheckpointRow.root_hash, CheckpointRow.note).where(CheckpointRow.size == size)
+        ).first()
+        return SignedHead(size, bytes(row[0]), bytes(row[1])) if row else None
+
+    @staticmethod
+    def newest_stored(session: Session) -> SignedHead | None:
+        size = session.execute(select(func.max(CheckpointRow.size))).scalar()
+        return None if size is None else CheckpointSigner.stored(session, int(size))
+
+    def latest(self, session: Session) -> SignedHead:
+        """A checkpoint of the current head, signed now if this size has none yet.
+
+        The head's root is first recomputed from the stored subtrees (``O(log n)``),
+        so a head that disagrees with its nodes is never signed. With the log key
+        sealed, the newest stored checkpoint is returned instead.
+        """
+        size, root = read_head(session)
+        recomputed = tree_at(session, size).root(size)
+        if recomputed != root:
+            raise LogCorrupted(
+                f"the log head says root {root.hex()} for size {size}, but its stored "
+                f"subtrees give {recomputed.hex()}"
+            )
+        try:
+            return SignedHead(size, root, self.sign(session, size, root))
+        except Sealed:
+            newest = self.newest_stored(session)
+            if newest is None:
+                raise
+            return newest
