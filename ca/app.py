@@ -18,7 +18,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from ca import devinit, hierarchy
+from ca import devinit, hierarchy, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.errors import EPortError, PayloadTooLarge
@@ -111,7 +111,10 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
         configure_engine(db.engine)
     policies = load_policies(cfg.policies_dir)
     h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
-    store = SqlStore(lambda: db.session)  # type: ignore[arg-type,return-value]
+    store = SqlStore(
+        lambda: db.session,  # type: ignore[arg-type,return-value]
+        event_sinks=(translog.append_event,),
+    )
     authority = build_authority(cfg, policies, h, store)
     trust = TrustAnchors(
         roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
@@ -125,10 +128,12 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
         _start_refresher(app, status, cfg.crl_refresh_seconds)
 
     from ca.api import bp
+    from ca.audit_api import install_audit
     from ca.status_http import status_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(status_bp)
+    install_audit(app, cfg, h)
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:

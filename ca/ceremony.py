@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.orm import sessionmaker
 
-from ca import hierarchy
+from ca import hierarchy, translog
 from ca.authority import JointCA, _record
 from ca.config import CAConfig
 from ca.db import make_engine, upgrade
@@ -129,7 +129,9 @@ def initialize(
     upgrade(cfg.sqlalchemy_url)
     engine = make_engine(cfg.sqlalchemy_url)
     try:
-        store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+        store = SqlStore(
+            sessionmaker(engine, expire_on_commit=False), event_sinks=(translog.append_event,)
+        )
         h = hierarchy.create(
             policies,
             cfg.data_dir,
