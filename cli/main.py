@@ -24,6 +24,7 @@ from ca.authority import dn_string
 from ca.errors import EPortError
 from ca.uscc import USCC
 from cli import keyfiles
+from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -986,6 +987,9 @@ def cert_list(
     if not doc["certificates"]:
         rows = [f"No certificates issued to {code}."]
     emit(as_json, doc, "\n".join(rows))
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -1,0 +1,1030 @@
+"""``eport audit``: the auditor's tools, a client of ``/ca/v1/audit/`` and nothing else.
+
+Every check of the log here goes through :mod:`cli.auditproof`, the verifier written
+apart from the server (RFC 9162 §2.1 hashing and proofs, C2SP signed-note and
+tlog-checkpoint); entries are read by this module's own v1 reader. Nothing here
+imports the server's tree, checkpoint or entry code.
+
+* ``eport audit log``: the CA's events with filters, as a table, CSV or JSON, paged
+  through the API in bounded memory, with a progress bar on long exports.
+* ``eport audit verify``: the latest checkpoint's signature, its consistency with the
+  checkpoint verified last time (a local state file, or ``--since``); with ``--full``
+  every entry, the recomputed root, and the cross-check of the CA's certificate
+  listings against the logged issuances. Exits non-zero naming the first entry that
+  breaks.
+* ``eport audit prove``: the inclusion proof of a certificate's issuance entry.
+* ``eport audit web-login``: a one-time link that opens the read-only web view.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import csv
+import datetime
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+import click
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ca.signedreq import SCHEME, sign_request
+from cli import auditproof, keyfiles
+from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
+from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError
+
+F = TypeVar("F", bound=Callable[..., Any])
+API = "/ca/v1/audit"
+BUNDLE = 65536
+EVENT_TYPES = [
+    "ca.initialized",
+    "application.submitted",
+    "application.approved",
+    "application.rejected",
+    "operator.authorized",
+    "certificate.issued",
+    "certificate.renewed",
+    "certificate.revoked",
+    "certificate.suspended",
+    "certificate.resumed",
+]
+ISSUANCE = frozenset({"ca.initialized", "certificate.issued", "certificate.renewed"})
+ENTRY_KEYS = frozenset(
+    {
+        "v",
+        "event_id",
+        "type",
+        "time",
+        "actor",
+        "uscc",
+        "subject",
+        "profile",
+        "issuer",
+        "serial",
+        "cert_sha256",
+        "application_id",
+        "details",
+    }
+)
+COLUMNS = [
+    "log_index",
+    "event_id",
+    "time",
+    "type",
+    "actor",
+    "uscc",
+    "subject",
+    "profile",
+    "issuer",
+    "serial",
+    "cert_sha256",
+    "application_id",
+    "details",
+]
+
+
+class VerificationFailed(CLIError):
+    """The log failed a check; the message names what and where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"log verification FAILED: {message}")
+
+
+# -- entries (layout v1, docs/log-format.md), read independently of the server ----------
+
+
+def read_entry(data: bytes, index: int) -> dict[str, Any]:
+    """A v1 entry as a dict; raises VerificationFailed naming ``index`` if it is not one."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise VerificationFailed(f"entry {index} is not UTF-8 JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != 1 or doc.keys() != ENTRY_KEYS:
+        raise VerificationFailed(f"entry {index} is not a version 1 log entry")
+    return doc
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    """The canonical spelling (RFC 8785 for v1's values), to check an entry is canonical."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def split_bundle(data: bytes) -> list[bytes]:
+    """The entries of a C2SP tlog-tiles style bundle: uint16 big-endian length, bytes."""
+    out: list[bytes] = []
+    append = out.append
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 2 > end:
+            raise VerificationFailed("an entry bundle ends inside a length prefix")
+        length = (data[pos] << 8) | data[pos + 1]
+        pos += 2
+        if pos + length > end:
+            raise VerificationFailed("an entry bundle ends inside an entry")
+        append(data[pos : pos + length])
+        pos += length
+    return out
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+
+class AuditClient:
+    """GETs against the audit API, signed with ``identity`` when one is given."""
+
+    def __init__(self, server: str, identity: Identity | None, timeout: float = 120.0) -> None:
+        self.server = server.rstrip("/")
+        self.identity = identity
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def get(self, path: str, *, signed: bool = False, method: str = "GET") -> requests.Response:
+        headers = {}
+        if signed:
+            if self.identity is None:
+                raise CLIError(
+                    "this needs an auditor's (or RA officer's) certificate: --cert and --key "
+                    "(or EPORT_CERT and EPORT_KEY)"
+                )
+            token = sign_request(
+                self.identity.key,
+                self.identity.chain,
+                method,
+                path,
+                b"",
+                datetime.datetime.now(datetime.UTC),
+            )
+            headers["Authorization"] = f"{SCHEME} {token}"
+        try:
+            resp = self.http.request(
+                method, self.server + path, headers=headers, timeout=self.timeout
+            )
+        except requests.ConnectionError:
+            raise CLIError(
+                f"cannot reach the e-port server at {self.server} "
+                "(is it running? set EPORT_SERVER or --server)"
+            ) from None
+        except requests.Timeout:
+            raise CLIError(f"the server at {self.server} did not answer in time") from None
+        if resp.status_code >= 400:
+            try:
+                doc = resp.json()
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                doc = {"detail": resp.text.strip()[:200] or resp.reason}
+            raise RemoteError(resp.status_code, doc)
+        return resp
+
+    def json(self, path: str, *, signed: bool = False, method: str = "GET") -> dict[str, Any]:
+        doc = self.get(path, signed=signed, method=method).json()
+        if not isinstance(doc, dict):
+            raise CLIError(f"unexpected answer from {self.server}{path}")
+        return doc
+
+
+def _b64_nodes(nodes: list[str]) -> list[bytes]:
+    try:
+        return [base64.b64decode(n, validate=True) for n in nodes]
+    except ValueError:
+        raise VerificationFailed("the server sent a proof that is not base64") from None
+
+
+# -- the log key and the state file -----------------------------------------------------
+
+
+def _key_id(name: str, raw: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n\x01" + raw).digest()[:4]
+
+
+def verifier_from_public_key(name: str, public_key: Ed25519PublicKey) -> VerifierKey:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    encoded = base64.b64encode(b"\x01" + raw).decode()
+    text = f"{name}+{_key_id(name, raw).hex()}+{encoded}"
+    return VerifierKey.parse(text)
+
+
+def load_log_key(value: str, origin: str) -> VerifierKey:
+    """``--log-key``: a verifier key string, or a file holding one or the PEM ``log.pub``."""
+    text = value
+    path = Path(value)
+    if "+" not in value or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CLIError(f"cannot read log key file {value}: {exc.strerror}") from None
+    if "-----BEGIN PUBLIC KEY-----" in text:
+        try:
+            key = serialization.load_pem_public_key(text.encode())
+        except ValueError as exc:
+            raise CLIError(f"{value} is not a PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise CLIError(f"{value} is not an Ed25519 public key")
+        return verifier_from_public_key(origin, key)
+    try:
+        return VerifierKey.parse(text.strip())
+    except AuditError as exc:
+        raise CLIError(f"--log-key: {exc}") from None
+
+
+def default_state_path(server: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    netloc = urlsplit(server).netloc or server
+    return Path(base) / "eport" / "audit" / (re.sub(r"[^A-Za-z0-9.-]", "_", netloc) + ".json")
+
+
+@dataclass
+class State:
+    """What the auditor verified last: the log key it trusts and the last checkpoint."""
+
+    verifier_key: str
+    note: str
+
+    @classmethod
+    def load(cls, path: Path) -> State | None:
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read the audit state file {path}: {exc}") from None
+        try:
+            return cls(verifier_key=str(doc["verifier_key"]), note=str(doc["checkpoint"]))
+        except (KeyError, TypeError):
+            raise CLIError(f"{path} is not an eport audit state file") from None
+
+    def save(self, path: Path, checkpoint: VerifiedCheckpoint, server: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "server": server,
+            "origin": checkpoint.origin,
+            "verifier_key": self.verifier_key,
+            "tree_size": checkpoint.size,
+            "root_hash": checkpoint.root_hash.hex(),
+            "checkpoint": self.note,
+            "verified_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+
+
+def resolve_key(
+    client: AuditClient, log_key: str | None, state: State | None, origin: str
+) -> tuple[VerifierKey, bool]:
+    """The log key: ``--log-key``, else the one pinned in the state file, else trust on first
+    use of what the server says (reported on stderr). Returns the key and whether it was
+    newly trusted."""
+    if log_key:
+        key = load_log_key(log_key, origin)
+        if state is not None and str(key) != state.verifier_key:
+            raise CLIError(
+                f"--log-key {key} differs from the key pinned in the state file "
+                f"({state.verifier_key}); use another --state to start over"
+            )
+        return key, False
+    if state is not None:
+        return VerifierKey.parse(state.verifier_key), False
+    doc = client.json(f"{API}/log-key")
+    key = VerifierKey.parse(str(doc["verifier_key"]))
+    click.echo(
+        f"eport: trusting the log key {key} on first use; compare it with the ceremony "
+        "record, and pin it with --log-key",
+        err=True,
+    )
+    return key, True
+
+
+def verify_note(note: bytes, key: VerifierKey, what: str) -> VerifiedCheckpoint:
+    try:
+        return auditproof.verify_checkpoint(note, key)
+    except AuditError as exc:
+        raise VerificationFailed(f"{what}: {exc}") from None
+
+
+def check_consistent(
+    client: AuditClient, old: VerifiedCheckpoint, new: VerifiedCheckpoint, what: str
+) -> None:
+    """``old`` must be a prefix of ``new`` (RFC 9162 §2.1.4.2), or the log shrank or forked."""
+    if old.origin != new.origin:
+        raise VerificationFailed(f"{what} is of log {old.origin!r}, not {new.origin!r}")
+    if new.size < old.size:
+        raise VerificationFailed(
+            f"the log shrank from {old.size} to {new.size} entries: entry {new.size} and "
+            f"the {old.size - new.size - 1} after it were removed (truncated log)"
+        )
+    if new.size == old.size:
+        if new.root_hash != old.root_hash:
+            raise VerificationFailed(
+                f"two different signed roots for tree size {new.size} ({old.root_hash.hex()} "
+                f"and {new.root_hash.hex()}): the log forked"
+            )
+        return
+    doc = client.json(f"{API}/proof/consistency?" + urlencode({"from": old.size, "to": new.size}))
+    try:
+        auditproof.verify_consistency(
+            old.size, new.size, old.root_hash, new.root_hash, _b64_nodes(doc["proof"])
+        )
+    except AuditError as exc:
+        raise VerificationFailed(
+            f"{what} (size {old.size}) is not a prefix of the log's checkpoint of size "
+            f"{new.size}: the log was rewritten or forked ({exc})"
+        ) from None
+
+
+# -- downloading the log ----------------------------------------------------------------
+
+
+def fetch_entries(
+    client: AuditClient, start: int, end: int, on_page: Callable[[int], None]
+) -> Iterator[tuple[int, list[bytes]]]:
+    """Entry bundles ``[start, end)``, two requests in flight; yields (first index, entries)."""
+    pages = list(range(start, end, BUNDLE))
+
+    def get(first: int) -> tuple[int, list[bytes], int]:
+        count = min(BUNDLE, end - first)
+        resp = client.get(f"{API}/entries?start={first}&count={count}", signed=True)
+        return first, split_bundle(resp.content), count
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(get, p) for p in pages[:2]]
+        following = 2
+        while futures:
+            first, entries, asked = futures.pop(0).result()
+            if following < len(pages):
+                futures.append(pool.submit(get, pages[following]))
+                following += 1
+            yield first, entries
+            on_page(len(entries))
+            if len(entries) < asked:
+                for f in futures:
+                    f.cancel()
+                return
+
+
+def fetch_leaf_hashes(client: AuditClient, size: int) -> list[bytes]:
+    out: list[bytes] = []
+    while len(out) < size:
+        resp = client.get(f"{API}/leaf-hashes?start={len(out)}&count={BUNDLE * 4}&size={size}")
+        data = resp.content
+        if not data:
+            break
+        out += [data[i : i + 32] for i in range(0, len(data), 32)]
+    return out
+
+
+def diagnose(client: AuditClient, cp: VerifiedCheckpoint, computed: list[bytes]) -> str:
+    """Name the first entry whose hash differs from the log's leaf (authenticated by root)."""
+    stored = fetch_leaf_hashes(client, cp.size)
+    if len(stored) != cp.size or auditproof.root_from_leaf_hashes(stored) != cp.root_hash:
+        return (
+            f"the entries do not hash to the signed root of size {cp.size}, and the log's "
+            "stored leaf hashes do not either: its tree storage was changed"
+        )
+    where = {digest: i for i, digest in enumerate(stored)}
+    for i, (ours, theirs) in enumerate(zip(computed, stored, strict=False)):
+        if ours == theirs:
+            continue
+        j = where.get(ours)
+        if j is None:
+            return (
+                f"entry {i} was changed: it hashes to {ours.hex()}, but the log's leaf {i} "
+                f"is {theirs.hex()}"
+            )
+        if j == i + 1:
+            return f"entry {i} is missing: the entry served at {i} is the log's entry {j}"
+        return f"entries {i} and {j} are out of order: the entry served at {i} is the log's {j}"
+    return f"entry {len(computed)} is missing"
+
+
+@dataclass
+class FullResult:
+    entries: int
+    issuances: int
+    certificates: int
+
+
+def verify_full(
+    client: AuditClient,
+    cp: VerifiedCheckpoint,
+    key: VerifierKey,
+    *,
+    events: bool,
+    progress: bool,
+) -> tuple[FullResult, VerifiedCheckpoint, bytes | None]:
+    """Download every entry, recompute the root, cross-check the certificate listings.
+
+    Returns the result and, when certificates issued after ``cp`` had to be checked, the
+    newer checkpoint verified on the way (and its note).
+    """
+    leaves: list[bytes] = []
+    logged: dict[str, tuple[str, int]] = {}
+    sha256 = hashlib.sha256
+    with _progress(cp.size, "Verifying entries", progress) as bar:
+        for first, entries in fetch_entries(client, 0, cp.size, bar.update):
+            for offset, entry in enumerate(entries):
+                index = first + offset
+                leaves.append(sha256(b"\x00" + entry).digest())
+                if b'"cert_sha256":null,"details":' in entry:
+                    continue
+                doc = read_entry(entry, index)
+                if doc["type"] in ISSUANCE:
+                    logged[str(doc["serial"])] = (str(doc["cert_sha256"]), index)
+    if len(leaves) < cp.size:
+        raise VerificationFailed(
+            f"entry {len(leaves)} is missing: the server serves {len(leaves)} of the "
+            f"checkpoint's {cp.size} entries"
+        )
+    if auditproof.root_from_leaf_hashes(leaves) != cp.root_hash:
+        raise VerificationFailed(diagnose(client, cp, leaves))
+    if events:
+        _check_event_records(client, cp, leaves, progress)
+    newer, newer_note = cp, None
+    listed = 0
+    unexplained: dict[str, str] = {}
+    seen: set[str] = set()
+    after = ""
+    while True:
+        query = {"limit": 100000, **({"after": after} if after else {})}
+        doc = client.json(f"{API}/certificates?" + urlencode(query), signed=True)
+        for serial, digest in doc["certificates"]:
+            listed += 1
+            known = logged.get(serial)
+            if known is None:
+                unexplained[serial] = digest
+            elif known[0] != digest:
+                raise VerificationFailed(
+                    f"entry {known[1]}: certificate {serial} is listed by the CA with SHA-256 "
+                    f"{digest}, but the log recorded {known[0]}"
+                )
+            seen.add(serial)
+        if not doc.get("next"):
+            break
+        after = str(doc["next"])
+    if unexplained:
+        # Certificates issued while we verified: they must be in a newer checkpoint.
+        newer_note = client.get(f"{API}/checkpoint").content
+        newer = verify_note(newer_note, key, "the newer checkpoint")
+        check_consistent(client, cp, newer, "the checkpoint just verified")
+        start = len(leaves)
+        for first, entries in fetch_entries(client, start, newer.size, lambda _n: None):
+            for offset, entry in enumerate(entries):
+                leaves.append(sha256(b"\x00" + entry).digest())
+                doc_e = read_entry(entry, first + offset)
+                if doc_e["type"] in ISSUANCE:
+                    logged[str(doc_e["serial"])] = (str(doc_e["cert_sha256"]), first + offset)
+        if auditproof.root_from_leaf_hashes(leaves) != newer.root_hash:
+            raise VerificationFailed(diagnose(client, newer, leaves))
+        for serial, digest in sorted(unexplained.items()):
+            known = logged.get(serial)
+            if known is None:
+                raise VerificationFailed(
+                    f"certificate {serial} (SHA-256 {digest}) is in the CA's listings but "
+                    "its issuance is not in the log"
+                )
+            if known[0] != digest:
+                raise VerificationFailed(
+                    f"entry {known[1]}: certificate {serial} is listed by the CA with SHA-256 "
+                    f"{digest}, but the log recorded {known[0]}"
+                )
+    for serial, (_digest, index) in sorted(logged.items(), key=lambda kv: kv[1][1]):
+        if serial not in seen and index < cp.size:
+            raise VerificationFailed(
+                f"entry {index}: the logged issuance of certificate {serial} is missing "
+                "from the CA's listings"
+            )
+    return FullResult(len(leaves), len(logged), listed), newer, newer_note
+
+
+def _check_event_records(
+    client: AuditClient, cp: VerifiedCheckpoint, leaves: list[bytes], progress: bool
+) -> None:
+    """The CA's events table, re-encoded by the server, must give the logged entries."""
+    with _progress(cp.size, "Comparing event records", progress) as bar:
+        for first in range(0, cp.size, BUNDLE):
+            count = min(BUNDLE, cp.size - first)
+            data = client.get(
+                f"{API}/event-digests?start={first}&count={count}", signed=True
+            ).content
+            for offset in range(count):
+                digest = data[offset * 32 : offset * 32 + 32]
+                if digest != leaves[first + offset]:
+                    index = first + offset
+                    raise VerificationFailed(
+                        f"entry {index}: the CA's event record no longer matches the logged "
+                        "entry (the event was changed or deleted after it was logged)"
+                    )
+            bar.update(count)
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress(total: int, label: str, enabled: bool) -> Any:
+    if not enabled or total < BUNDLE:
+        return _NoBar()
+    return click.progressbar(length=total, label=label, file=sys.stderr)
+
+
+# -- click ------------------------------------------------------------------------------
+
+
+def signer_options(f: F) -> F:
+    """Optional --cert/--key/--passphrase-file: who signs the requests that need it."""
+    f = click.option(
+        "--passphrase-file",
+        envvar="EPORT_PASSPHRASE_FILE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE).",
+    )(f)
+    f = click.option(
+        "--key",
+        "key_file",
+        envvar="EPORT_KEY",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The auditor's (or officer's, or enterprise's) private key (env EPORT_KEY).",
+    )(f)
+    f = click.option(
+        "--cert",
+        "cert_file",
+        envvar="EPORT_CERT",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Its certificate, PEM; chain.pem beside it is sent too (env EPORT_CERT).",
+    )(f)
+    return f
+
+
+def state_options(f: F) -> F:
+    f = click.option(
+        "--log-key",
+        envvar="EPORT_LOG_KEY",
+        help="The log's verifier key (name+id+key), or a file with it or the PEM log.pub "
+        "(env EPORT_LOG_KEY; else the key pinned in the state file).",
+    )(f)
+    f = click.option(
+        "--state",
+        "state_file",
+        envvar="EPORT_AUDIT_STATE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Where the last verified checkpoint is kept "
+        "(default ~/.local/state/eport/audit/<server>.json; env EPORT_AUDIT_STATE).",
+    )(f)
+    return f
+
+
+def _client(
+    obj: Any, cert_file: Path | None, key_file: Path | None, pw: Path | None
+) -> AuditClient:
+    server = getattr(obj, "server", None) or DEFAULT_SERVER
+    identity = None
+    if cert_file is not None or key_file is not None:
+        if cert_file is None or key_file is None:
+            raise CLIError("--cert and --key go together")
+        identity = keyfiles.load_identity(cert_file, key_file, pw)
+    return AuditClient(server, identity)
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+@click.group("audit")
+def audit() -> None:
+    """Auditors: read the CA's events, verify the transparency log, prove inclusion.
+
+    \b
+      eport audit log --type certificate.issued --since 2026-01-01 --format csv --out x.csv
+      eport audit verify --full            (checkpoint, consistency, every entry, listings)
+      eport audit prove SERIAL             (or --cert FILE)
+      eport audit web-login                (a one-time link to the web view at /audit/)
+
+    Requests that read records are signed with an auditor's or RA officer's certificate
+    (--cert/--key or EPORT_CERT/EPORT_KEY); an enterprise reads only its own events.
+    """
+
+
+@audit.command("log")
+@signer_options
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice(EVENT_TYPES),
+    help="Only these event types (repeatable).",
+)
+@click.option("--uscc", help="Only events of this enterprise (USCC).")
+@click.option("--subject", help="Subject name contains this (case-insensitive).")
+@click.option("--profile", help="Only this certificate profile.")
+@click.option("--issuer", help="Only this issuing CA.")
+@click.option("--actor", help="Only this actor (e.g. agency:1f3a…, enrollment-code).")
+@click.option("--serial", help="Only this certificate serial (hex).")
+@click.option("--since", help="From this time on (ISO 8601, UTC unless it says).")
+@click.option("--until", help="Before this time (ISO 8601).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="A readable table, or CSV / a JSON array for export.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, None),
+    help="At most this many events (default: 100 for a table, all for csv and json).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file instead of standard output.",
+)
+@click.pass_obj
+def audit_log(
+    obj: Any,
+    cert_file: Path | None,
+    key_file: Path | None,
+    passphrase_file: Path | None,
+    types: tuple[str, ...],
+    uscc: str | None,
+    subject: str | None,
+    profile: str | None,
+    issuer: str | None,
+    actor: str | None,
+    serial: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    limit: int | None,
+    out: Path | None,
+) -> None:
+    """List the CA's events (oldest first) with filters; export them as CSV or JSON."""
+    client = _client(obj, cert_file, key_file, passphrase_file)
+    if client.identity is None:
+        raise CLIError("eport audit log needs --cert and --key (or EPORT_CERT and EPORT_KEY)")
+    if limit is None:
+        limit = 100 if fmt == "table" else None
+    base: list[tuple[str, str]] = [("type", t) for t in types]
+    for name, value in (
+        ("uscc", uscc),
+        ("subject", subject),
+        ("profile", profile),
+        ("issuer", issuer),
+        ("actor", actor),
+        ("serial", serial),
+        ("since", since),
+        ("until", until),
+    ):
+        if value:
+            base.append((name, value))
+    page_size = 1000 if fmt == "table" else 5000
+    stream = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    try:
+        _write_events(client, base, fmt, limit, page_size, stream, out is not None)
+    finally:
+        if out is not None:
+            stream.close()
+
+
+def _write_events(
+    client: AuditClient,
+    base: list[tuple[str, str]],
+    fmt: str,
+    limit: int | None,
+    page_size: int,
+    stream: Any,
+    to_file: bool,
+) -> None:
+    after: int | None = None
+    written = 0
+    total: int | None = None
+    bar: Any = _NoBar()
+    writer = csv.writer(stream) if fmt == "csv" else None
+    rows_for_table: list[dict[str, Any]] = []
+    if writer is not None:
+        writer.writerow(COLUMNS)
+    if fmt == "json":
+        stream.write("[")
+    try:
+        while limit is None or written < limit:
+            want = page_size if limit is None else min(page_size, limit - written)
+            query = [*base, ("limit", str(want))]
+            if after is not None:
+                query.append(("after", str(after)))
+            doc = client.json(f"{API}/events?" + urlencode(query), signed=True)
+            if total is None:
+                total = int(doc.get("total") or 0)
+                shown = total if limit is None else min(total, limit)
+                if fmt != "table" and shown > page_size and (to_file or not stream.isatty()):
+                    bar = click.progressbar(length=shown, label="Exporting events", file=sys.stderr)
+                    bar.__enter__()
+            for ev in doc["events"]:
+                if fmt == "csv" and writer is not None:
+                    writer.writerow(
+                        [
+                            json.dumps(ev[c], ensure_ascii=False, sort_keys=True)
+                            if c == "details"
+                            else ("" if ev[c] is None else ev[c])
+                            for c in COLUMNS
+                        ]
+                    )
+                elif fmt == "json":
+                    stream.write(("," if written else "") + "\n")
+                    stream.write(json.dumps(ev, ensure_ascii=False, sort_keys=True))
+                else:
+                    rows_for_table.append(ev)
+                written += 1
+            bar.update(len(doc["events"]))
+            if doc.get("next") is None:
+                break
+            after = int(doc["next"])
+    finally:
+        bar.__exit__(None, None, None)
+    if fmt == "json":
+        stream.write("\n]\n")
+    elif fmt == "table":
+        stream.write(_table(rows_for_table, total or 0) + "\n")
+
+
+def _table(events: list[dict[str, Any]], total: int) -> str:
+    if not events:
+        return "No events match."
+    lines = [f"{'IDX':>6} {'TIME (UTC)':<19} {'TYPE':<21} {'USCC':<18} {'SERIAL':<12} SUBJECT"]
+    for ev in events:
+        lines.append(
+            f"{ev['log_index']:>6} {ev['time'][:19].replace('T', ' '):<19} {ev['type']:<21} "
+            f"{ev['uscc'] or '-':<18} {(ev['serial'] or '-')[:12]:<12} {ev['subject'] or ''}"
+        )
+    if total > len(events):
+        lines.append(f"({len(events)} of {total} events; --limit, or --format csv to export all)")
+    return "\n".join(lines)
+
+
+@audit.command("verify")
+@signer_options
+@state_options
+@click.option(
+    "--since",
+    "since_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A signed checkpoint (a file) the log must have grown from, instead of the state's.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Also download every entry, recompute the root, and cross-check the CA's "
+    "certificate listings with the logged issuances (needs an auditor's certificate).",
+)
+@click.option(
+    "--events",
+    is_flag=True,
+    help="With --full: also check that the CA's event records still say what the log "
+    "recorded (slower: the server re-encodes every event).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def audit_verify(
+    obj: Any,
+    cert_file: Path | None,
+    key_file: Path | None,
+    passphrase_file: Path | None,
+    state_file: Path | None,
+    log_key: str | None,
+    since_file: Path | None,
+    full: bool,
+    events: bool,
+    as_json: bool,
+) -> None:
+    """Verify the log: signed checkpoint, only grown since last time, (--full) every entry.
+
+    Exits non-zero, naming the first entry or checkpoint that breaks, when the log was
+    changed, truncated, reordered or forked. The checkpoint verified is kept in the state
+    file for next time only when every check passed.
+    """
+    started = time.perf_counter()
+    client = _client(obj, cert_file, key_file, passphrase_file)
+    state_path = state_file or default_state_path(client.server)
+    state = State.load(state_path)
+    note = client.get(f"{API}/checkpoint").content
+    origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
+    key, new_key = resolve_key(client, log_key, state, origin)
+    cp = verify_note(note, key, "the log's checkpoint")
+    previous: VerifiedCheckpoint | None = None
+    if since_file is not None:
+        previous = verify_note(since_file.read_bytes(), key, f"--since {since_file}")
+        check_consistent(client, previous, cp, f"the checkpoint in {since_file}")
+    elif state is not None:
+        previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
+        check_consistent(client, previous, cp, "the checkpoint verified last time")
+    result: FullResult | None = None
+    if full:
+        progress = not as_json
+        result, newer, newer_note = verify_full(client, cp, key, events=events, progress=progress)
+        if newer_note is not None:
+            cp, note = newer, newer_note
+    State(str(key), note.decode()).save(state_path, cp, client.server)
+    elapsed = time.perf_counter() - started
+    data: dict[str, Any] = {
+        "ok": True,
+        "origin": cp.origin,
+        "tree_size": cp.size,
+        "root_hash": cp.root_hash.hex(),
+        "log_key": str(key),
+        "log_key_trusted_on_first_use": new_key,
+        "previous_size": previous.size if previous else None,
+        "state": str(state_path),
+        "seconds": round(elapsed, 3),
+    }
+    lines = [
+        f"Checkpoint of {cp.origin}: {cp.size} entries, root {cp.root_hash.hex()}",
+        f"  signature: verified with {key}",
+    ]
+    if previous is not None:
+        lines.append(f"  consistent with the checkpoint of size {previous.size} (only grown)")
+    else:
+        lines.append("  first verification: no earlier checkpoint to compare with")
+    if result is not None:
+        data.update(
+            entries=result.entries, issuances=result.issuances, certificates=result.certificates
+        )
+        lines.append(f"  {result.entries} entries downloaded; their root matches the checkpoint")
+        lines.append(
+            f"  {result.certificates} certificates in the CA's listings, "
+            f"{result.issuances} logged issuances: they agree"
+        )
+        if events:
+            lines.append("  every event record matches its log entry")
+    lines.append(f"OK ({elapsed:.2f} s); state saved to {state_path}")
+    _emit(as_json, data, "\n".join(lines))
+
+
+@audit.command("prove")
+@click.argument("serial", required=False)
+@click.option(
+    "--cert",
+    "cert_to_prove",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Prove this certificate (PEM or DER): its serial, and its SHA-256 must match.",
+)
+@click.option(
+    "--as-cert",
+    "cert_file",
+    envvar="EPORT_CERT",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Who asks: the auditor's or enterprise's certificate (env EPORT_CERT).",
+)
+@click.option(
+    "--key",
+    "key_file",
+    envvar="EPORT_KEY",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Its private key (env EPORT_KEY).",
+)
+@click.option(
+    "--passphrase-file",
+    envvar="EPORT_PASSPHRASE_FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE).",
+)
+@state_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def audit_prove(
+    obj: Any,
+    serial: str | None,
+    cert_to_prove: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    passphrase_file: Path | None,
+    state_file: Path | None,
+    log_key: str | None,
+    as_json: bool,
+) -> None:
+    """Print and verify the inclusion proof of certificate SERIAL's issuance entry.
+
+    The proof (RFC 9162 §2.1.3) is checked against the log's latest signed checkpoint,
+    which is itself checked against the checkpoint verified last time (state file).
+    """
+    der_sha256: str | None = None
+    if cert_to_prove is not None:
+        certs = keyfiles.load_certs(cert_to_prove)
+        der = certs[0].public_bytes(serialization.Encoding.DER)
+        der_sha256 = hashlib.sha256(der).hexdigest()
+        from_file = format(certs[0].serial_number, "x")
+        if serial and _norm_serial(serial) != from_file:
+            raise CLIError(f"SERIAL {serial} is not the serial of {cert_to_prove} ({from_file})")
+        serial = from_file
+    if not serial:
+        raise CLIError("give a SERIAL or --cert FILE")
+    serial = _norm_serial(serial)
+    client = _client(obj, cert_file, key_file, passphrase_file)
+    state_path = state_file or default_state_path(client.server)
+    state = State.load(state_path)
+    note = client.get(f"{API}/checkpoint").content
+    origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
+    key, _ = resolve_key(client, log_key, state, origin)
+    cp = verify_note(note, key, "the log's checkpoint")
+    if state is not None:
+        previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
+        check_consistent(client, previous, cp, "the checkpoint verified last time")
+    doc = client.json(
+        f"{API}/proof/inclusion?" + urlencode({"serial": serial, "size": cp.size}), signed=True
+    )
+    index = int(doc["index"])
+    entry = base64.b64decode(doc["entry"], validate=True)
+    fields = read_entry(entry, index)
+    if canonical(fields) != entry:
+        raise VerificationFailed(f"entry {index} is not in canonical form")
+    if fields["serial"] != serial or fields["type"] not in ISSUANCE:
+        raise VerificationFailed(f"entry {index} is not the issuance of certificate {serial}")
+    if der_sha256 is not None and fields["cert_sha256"] != der_sha256:
+        raise VerificationFailed(
+            f"entry {index} logged certificate {serial} with SHA-256 {fields['cert_sha256']}, "
+            f"but {cert_to_prove} has SHA-256 {der_sha256}: not the certificate the CA logged"
+        )
+    proof = _b64_nodes(doc["proof"])
+    leaf = auditproof.leaf_hash(entry)
+    try:
+        auditproof.verify_inclusion(leaf, index, cp.size, proof, cp.root_hash)
+    except AuditError as exc:
+        raise VerificationFailed(f"entry {index}: {exc}") from None
+    State(str(key), note.decode()).save(state_path, cp, client.server)
+    data = {
+        "ok": True,
+        "serial": serial,
+        "log_index": index,
+        "tree_size": cp.size,
+        "root_hash": cp.root_hash.hex(),
+        "leaf_hash": leaf.hex(),
+        "proof": [n.hex() for n in proof],
+        "entry": fields,
+        "checkpoint": note.decode(),
+    }
+    lines = [
+        f"Certificate {serial}: {fields['type']} at {fields['time']}",
+        f"  subject: {fields['subject']}",
+        f"  USCC: {fields['uscc'] or '-'}   profile: {fields['profile']}   "
+        f"issuer: {fields['issuer']}",
+        f"  certificate SHA-256: {fields['cert_sha256']}"
+        + ("  (matches the file)" if der_sha256 else ""),
+        f"Log entry {index} of {cp.size}; leaf hash {leaf.hex()}",
+        f"Inclusion proof ({len(proof)} nodes, RFC 9162 §2.1.3):",
+        *[f"  {n.hex()}" for n in proof],
+        f"Verified against the checkpoint of size {cp.size}, root {cp.root_hash.hex()}, "
+        f"signed by {key.name}+{key.key_id.hex()}.",
+    ]
+    _emit(as_json, data, "\n".join(lines))
+
+
+def _norm_serial(text: str) -> str:
+    cleaned = text.strip().lower().replace(":", "").removeprefix("0x")
+    try:
+        return format(int(cleaned, 16), "x")
+    except ValueError:
+        raise CLIError(f"{text!r} is not a hexadecimal serial") from None
+
+
+@audit.command("web-login")
+@signer_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def audit_web_login(
+    obj: Any,
+    cert_file: Path | None,
+    key_file: Path | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Print a one-time link (valid 60 s) that opens the web view at /audit/ in a browser.
+
+    The link is made from a request signed with your certificate; opening it sets a
+    short session cookie (30 minutes) in that browser. Treat the link as a password.
+    """
+    client = _client(obj, cert_file, key_file, passphrase_file)
+    doc = client.json("/audit/session", signed=True, method="POST")
+    _emit(
+        as_json,
+        doc,
+        f"Open this link within {doc['expires_in']} s (once):\n{doc['url']}",
+    )
