@@ -47,6 +47,7 @@ def new_passphrases(data_dir: Path, member_ids: list[str]) -> dict[str, str]:
     values = {
         "root_key_passphrase": secrets.token_urlsafe(24),
         "ca_key_passphrase": secrets.token_urlsafe(24),
+        "auth_key_passphrase": secrets.token_urlsafe(24),
     }
     for mid in member_ids:
         values[f"officer_{mid}"] = secrets.token_urlsafe(18)

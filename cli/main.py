@@ -153,6 +153,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
     Without --dev the CA keys are unsealed with EPORT_CA_KEY_PASSPHRASE.
     """
+    from authsvc.app import upgrade as auth_upgrade
+    from authsvc.config import AuthConfig
     from ca.config import CAConfig
     from ca.db import upgrade
     from ca.devinit import PASSPHRASE_FILE, dev_dir, ensure_dev_ca
@@ -163,6 +165,9 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     if "EPORT_PUBLIC_BASE_URL" not in os.environ:
         overrides["public_base_url"] = base
     cfg = CAConfig.load(overrides)
+    auth_cfg = AuthConfig.load(
+        {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
+    )
     if dev:
         click.secho(
             "WARNING: development mode. The CA keys are unsealed with passphrases stored in "
@@ -184,9 +189,11 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         )
     else:
         upgrade(cfg.sqlalchemy_url)
+    auth_upgrade(auth_cfg.sqlalchemy_url)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
+    click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()
-    run(cfg, host, port, workers, threads)
+    run(cfg, auth_cfg, host, port, workers, threads)
 
 
 # -- CA ceremonies ----------------------------------------------------------------------------
@@ -873,6 +880,218 @@ def _fetch_ca_issuer(cert: x509.Certificate) -> x509.Certificate:
         return x509.load_der_x509_certificate(r.content)
     except (requests.RequestException, ValueError) as exc:
         raise CLIError(f"cannot fetch the issuer certificate from {url}: {exc}") from None
+
+
+# -- single sign-on ---------------------------------------------------------------------------
+
+
+@cli.command()
+@identity_options("certificate holder")
+@json_option
+@pass_ctx
+def login(
+    ctx: Ctx, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Log in once with your certificate: opens a single sign-on session.
+
+    Signs an RFC 7523 JWT assertion with the certificate's key (the chain in x5c);
+    the token service checks the chain, the certificate's status and replay, and
+    returns a session kept in your config directory with mode 0600. Afterwards
+    `eport token --service ID` works for every service without the key, until
+    `eport logout`, 8 hours, or the certificate's revocation.
+    """
+    from authsvc.principal import x5t_s256
+    from cli import session
+
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    endpoint = ctx.server.rstrip("/") + "/auth/token"
+    jwt_assertion = session.assertion(ident, endpoint, x5t_s256(ident.chain[0]))
+    doc = session.post_form(
+        endpoint,
+        {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt_assertion},
+    )
+    path = session.save(
+        ctx.server,
+        {"server": ctx.server, "refresh_token": doc["refresh_token"], "session": doc["session"]},
+    )
+    info = doc["session"]
+    emit(
+        as_json,
+        {"session": info, "file": str(path)},
+        f"Logged in as {info['name']} ({info['subject']}), session until {info['expires_at']}.\n"
+        f"Session saved in {path}",
+    )
+
+
+@cli.command()
+@click.option(
+    "--service",
+    required=True,
+    help="The e-port service id (see policies/services.toml), e.g. customs-declaration.",
+)
+@json_option
+@pass_ctx
+def token(ctx: Ctx, service: str, as_json: bool) -> None:
+    """Print an access token for SERVICE from your session (no key needed).
+
+    The token is an RFC 9068 JWT for that service's audience, bound to your login
+    certificate (cnf.x5t#S256), valid 10 minutes. Use it as `Authorization: Bearer`.
+    """
+    from cli import session
+
+    data = session.load(ctx.server)
+    doc = session.post_form(
+        ctx.server.rstrip("/") + "/auth/token",
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": data["refresh_token"],
+            "audience": service,
+        },
+    )
+    data["refresh_token"] = doc.pop("refresh_token")
+    session.save(ctx.server, data)
+    emit(as_json, doc, doc["access_token"])
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def whoami(ctx: Ctx, as_json: bool) -> None:
+    """Show the current single sign-on session."""
+    from cli import session
+
+    data = session.load(ctx.server)
+    info = session.post_form(
+        ctx.server.rstrip("/") + "/auth/session", {"refresh_token": data["refresh_token"]}
+    )
+    lines = [
+        f"Subject:      {info['subject']} ({info['subject_class']})",
+        f"Name:         {info['name']}",
+        f"Certificate:  {info['certificate_serial']}",
+        f"Session:      {info['sid']} until {info['expires_at']}",
+    ]
+    if info.get("uscc"):
+        lines.insert(2, f"USCC:         {info['uscc']}")
+    emit(as_json, info, "\n".join(lines))
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def logout(ctx: Ctx, as_json: bool) -> None:
+    """End the session everywhere: every token from it stops validating at once."""
+    from cli import session
+
+    data = session.load(ctx.server)
+    doc = session.post_form(
+        ctx.server.rstrip("/") + "/auth/logout", {"refresh_token": data["refresh_token"]}
+    )
+    session.forget(ctx.server)
+    emit(
+        as_json,
+        doc,
+        "Logged out; the session is ended everywhere."
+        if doc.get("ended")
+        else "The session had already ended.",
+    )
+
+
+@cli.group("auth")
+def auth_group() -> None:
+    """Administration of the token service (run on its host)."""
+
+
+@auth_group.command("rotate-keys")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    envvar="EPORT_DATA_DIR",
+)
+@click.option(
+    "--dev", is_flag=True, help="Read the key passphrase from the development data directory."
+)
+@json_option
+def auth_rotate_keys(data_dir: Path, dev: bool, as_json: bool) -> None:
+    """Rotate the token-signing keys without a validation gap.
+
+    The published `next` key starts signing; the old key stays in the JWKS until
+    every token it signed has expired; a new `next` key is published. Every server
+    process follows within seconds. Also runs on a schedule (30 days by default).
+    """
+    import datetime as dt
+
+    from sqlalchemy.orm import sessionmaker
+
+    from authsvc.app import key_passphrase, upgrade
+    from authsvc.config import AuthConfig
+    from authsvc.keys import KeyRing
+    from authsvc.store import SqlAuthStore
+    from ca.db import make_engine
+
+    cfg = AuthConfig.load({"data_dir": data_dir, "dev": dev})
+    upgrade(cfg.sqlalchemy_url)
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        store = SqlAuthStore(sessionmaker(engine, expire_on_commit=False))
+        ring = KeyRing(
+            store,
+            key_passphrase(cfg),
+            lambda: dt.datetime.now(dt.UTC),
+            max_token_lifetime=dt.timedelta(seconds=cfg.access_token_seconds),
+        )
+        ring.ensure()
+        kid = ring.rotate()
+        keys = [{"kid": k.kid, "state": k.state} for k in store.list_keys()]
+    finally:
+        engine.dispose()
+    emit(
+        as_json,
+        {"active": kid, "keys": keys},
+        f"Signing with {kid} now.\n" + "\n".join(f"  {k['state']:<8} {k['kid']}" for k in keys),
+    )
+
+
+@cli.group("roles")
+def roles_group() -> None:
+    """An enterprise grants roles to its operators (signed with its certificate)."""
+
+
+@roles_group.command("grant")
+@click.option(
+    "--operator",
+    "operator_id",
+    required=True,
+    help="The operator id (the serialNumber in the operator's certificate).",
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    help="A role from policies/access.toml; repeat for several. Replaces earlier grants.",
+)
+@identity_options("enterprise (legal person)")
+@json_option
+@pass_ctx
+def roles_grant(
+    ctx: Ctx,
+    operator_id: str,
+    roles: tuple[str, ...],
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Grant ROLEs to an operator; their next access tokens carry the matching scopes."""
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", "/auth/v1/roles", {"operator_id": operator_id, "roles": list(roles)}, ident
+    )
+    emit(
+        as_json, doc, f"Operator {operator_id} of {doc['uscc']} now has: {', '.join(doc['roles'])}"
+    )
 
 
 # -- certificates -----------------------------------------------------------------------------

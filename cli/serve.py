@@ -1,19 +1,39 @@
-"""``eport serve``: the CA (and later the token service) under gunicorn."""
+"""``eport serve``: the CA and the token service under gunicorn, in one process tree.
+
+Each worker builds both Flask apps (no engine is shared across a fork) and routes by
+path: ``/auth/…`` and ``/.well-known/…`` to the token service, everything else to the CA.
+Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_app``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from authsvc.config import AuthConfig
 from ca.config import CAConfig
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+AUTH_PREFIXES = ("/auth/", "/.well-known/")
+
+
+def combined(ca_app: WSGIApp, auth_app: WSGIApp) -> WSGIApp:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        target = auth_app if path.startswith(AUTH_PREFIXES) else ca_app
+        return target(environ, start_response)
+
+    return app
 
 
 class EPortServer(BaseApplication):  # type: ignore[misc]
-    """Gunicorn with our app factory; each worker builds its own app (no shared engines)."""
+    """Gunicorn with our app factories; each worker builds its own apps."""
 
-    def __init__(self, cfg: CAConfig, options: dict[str, Any]) -> None:
+    def __init__(self, cfg: CAConfig, auth_cfg: AuthConfig | None, options: dict[str, Any]) -> None:
         self.cfg_ca = cfg
+        self.cfg_auth = auth_cfg
         self.options = options
         super().__init__()
 
@@ -25,12 +45,20 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from ca.app import create_app
 
-        return create_app(self.cfg_ca)
+        ca_app = create_app(self.cfg_ca)
+        if self.cfg_auth is None:
+            return ca_app
+        from authsvc.app import create_app as create_auth
+
+        return combined(ca_app, create_auth(self.cfg_auth))
 
 
-def run(cfg: CAConfig, host: str, port: int, workers: int, threads: int) -> None:
+def run(
+    cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
+) -> None:
     EPortServer(
         cfg,
+        auth_cfg,
         {
             "bind": f"{host}:{port}",
             "workers": workers,

@@ -1,0 +1,337 @@
+"""The token service's HTTP endpoints.
+
+OAuth endpoints answer errors as RFC 6749 §5.2 ``{error, error_description}`` with
+``Cache-Control: no-store``; the others as RFC 9457 problem documents.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from authsvc.app import EXTENSION, AuthService, utcnow
+from authsvc.principal import Principal
+from authsvc.proxy import TrustedProxies, forwarded_certificate
+from authsvc.service import (
+    ACCESS_TOKEN_TYPE,
+    JWT_BEARER,
+    TOKEN_EXCHANGE,
+    Login,
+    Minted,
+    OAuthError,
+    SessionRecord,
+)
+from authsvc.tokens import InvalidToken
+from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
+from ca.signedreq import parse_authorization, verify_request
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+well_known = Blueprint("well_known", __name__)
+
+
+def svc() -> AuthService:
+    service: AuthService = current_app.extensions[EXTENSION]
+    return service
+
+
+def no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    return resp
+
+
+def form(name: str, *, required: bool = True) -> str | None:
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise OAuthError("use application/x-www-form-urlencoded (RFC 6749 §4.1.3)")
+    value = request.form.get(name)
+    if required and not value:
+        raise OAuthError(f"{name} is required")
+    return value
+
+
+def client_addr() -> str | None:
+    return request.remote_addr
+
+
+def proxies() -> TrustedProxies:
+    return TrustedProxies(svc().config.trusted_proxies)
+
+
+def caller_principal() -> Principal:
+    """A registered party identified by a signed request or a trusted proxy's client cert."""
+    s = svc()
+    cert = forwarded_certificate(request.headers, request.remote_addr, proxies())
+    if cert is not None:
+        s.trust.verify_chain(cert, utcnow())
+        from authsvc.principal import identify
+
+        s.tokens._require_good(cert, fresh=False)
+        return identify(cert, s.tokens.policies)
+    token = parse_authorization(request.headers.get("Authorization"))
+    path = request.script_root + request.path
+    if request.query_string:
+        path += "?" + request.query_string.decode("ascii", "replace")
+    req = verify_request(
+        token,
+        method=request.method,
+        path=path,
+        body=request.get_data(cache=True),
+        trust=s.trust,
+        replay=s.store,
+        now=utcnow(),
+        leeway=datetime.timedelta(seconds=s.config.leeway_seconds),
+    )
+    return s.tokens.signed_principal(req)
+
+
+def session_json(rec: SessionRecord) -> dict[str, Any]:
+    p = rec.principal
+    return {
+        "sid": rec.sid,
+        "subject": p.subject,
+        "subject_class": p.subject_class.value,
+        "name": p.name,
+        "uscc": p.uscc,
+        "operator_id": p.operator_id,
+        "agency_id": p.agency_id,
+        "certificate_serial": rec.cert_serial,
+        "x5t#S256": rec.cert_sha256,
+        "created_at": rec.created_at.isoformat().replace("+00:00", "Z"),
+        "expires_at": rec.expires_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def login_json(login: Login) -> dict[str, Any]:
+    expires_in = int((login.session.expires_at - utcnow()).total_seconds())
+    return {
+        "token_type": "N_A",
+        "refresh_token": login.refresh_token,
+        "refresh_token_expires_in": expires_in,
+        "session": session_json(login.session),
+    }
+
+
+def minted_json(m: Minted, issued_type: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "access_token": m.access_token,
+        "token_type": "Bearer",
+        "expires_in": m.expires_in,
+        "scope": m.scope,
+        "aud": m.audience,
+    }
+    if m.refresh_token:
+        out["refresh_token"] = m.refresh_token
+    if issued_type:
+        out["issued_token_type"] = issued_type
+    return out
+
+
+# -- discovery and keys -------------------------------------------------------------------
+
+
+def metadata() -> dict[str, Any]:
+    iss = svc().config.issuer
+    return {
+        "issuer": iss,
+        "token_endpoint": iss + "/token",
+        "jwks_uri": iss + "/jwks.json",
+        "introspection_endpoint": iss + "/introspect",
+        "revocation_endpoint": iss + "/revoke",
+        "grant_types_supported": [JWT_BEARER, "refresh_token", TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none", "tls_client_auth"],
+        "introspection_endpoint_auth_methods_supported": [
+            "tls_client_auth",
+            "eport_signed_request",
+        ],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "EdDSA", "RS256"],
+        "access_token_signing_alg_values_supported": ["ES256"],
+        "tls_client_certificate_bound_access_tokens": True,
+        "response_types_supported": [],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "scopes_supported": sorted({sc for s in svc().access.services for sc in s.scopes}),
+    }
+
+
+@well_known.get("/.well-known/oauth-authorization-server")
+def oauth_metadata() -> Response:
+    return jsonify(metadata())
+
+
+@well_known.get("/.well-known/openid-configuration")
+def openid_configuration() -> Response:
+    return jsonify(metadata())
+
+
+@bp.get("/jwks.json")
+def jwks() -> Response:
+    resp = jsonify(svc().tokens.keys.jwks())
+    resp.cache_control.public = True
+    resp.cache_control.max_age = 300
+    return resp
+
+
+# -- the token endpoint -------------------------------------------------------------------
+
+
+@bp.post("/token")
+def token() -> Response:
+    grant = form("grant_type")
+    s = svc()
+    if grant == JWT_BEARER:
+        login = s.tokens.login_assertion(form("assertion") or "", client_addr())
+        out = login_json(login)
+        service = form("audience", required=False)
+        if service:
+            out.update(minted_json(s.tokens.mint_for(login.session, service)))
+        return no_store(jsonify(out))
+    if grant == "refresh_token":
+        service = form("audience", required=False) or form("resource", required=False)
+        if not service:
+            raise OAuthError("audience (the service id) is required", error="invalid_target")
+        minted = s.tokens.refresh(form("refresh_token") or "", service, client_addr())
+        return no_store(jsonify(minted_json(minted)))
+    if grant == TOKEN_EXCHANGE:
+        caller = caller_principal()
+        if form("subject_token_type") != ACCESS_TOKEN_TYPE:
+            raise OAuthError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+        target = form("audience") or ""
+        minted = s.tokens.exchange(caller, form("subject_token") or "", target)
+        return no_store(jsonify(minted_json(minted, ACCESS_TOKEN_TYPE)))
+    raise OAuthError(f"unsupported grant_type {grant!r}", error="unsupported_grant_type")
+
+
+@bp.post("/login/mtls")
+def login_mtls() -> Response:
+    """Sign in with the client certificate a trusted TLS proxy verified and forwarded."""
+    cert = forwarded_certificate(request.headers, request.remote_addr, proxies())
+    if cert is None:
+        raise OAuthError(
+            "no client certificate was forwarded by a trusted proxy",
+            error="invalid_client",
+            status=401,
+        )
+    login = svc().tokens.login_certificate(cert, client_addr())
+    return no_store(jsonify(login_json(login)))
+
+
+@bp.post("/session")
+def session_info() -> Response:
+    """The session a refresh token belongs to (``eport whoami``); nothing is rotated."""
+    rec = svc().tokens.session_of_refresh(form("refresh_token") or "")
+    return no_store(jsonify(session_json(rec)))
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the SSO session everywhere: its tokens stop validating at once."""
+    ended = svc().tokens.logout(form("refresh_token") or "", client_addr())
+    return no_store(jsonify({"ended": ended}))
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    """RFC 7009 §2.1; §2.2: the answer is 200 whether or not the token was known."""
+    svc().tokens.revoke(form("token") or "", form("token_type_hint", required=False))
+    return no_store(Response(status=200))
+
+
+# -- validation for services --------------------------------------------------------------
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    """RFC 7662, for a registered service authenticated by its own certificate."""
+    try:
+        caller = caller_principal()
+    except (Unauthenticated, Forbidden) as exc:
+        raise OAuthError(exc.detail, error="invalid_client", status=401) from None
+    result = svc().tokens.introspect(form("token") or "", caller)
+    return no_store(jsonify(result))
+
+
+@bp.get("/validate")
+def validate() -> Response:
+    """For a gateway's sub-request (nginx ``auth_request``): 200 with identity headers,
+    or 401. The audience is the service id in ``X-Eport-Service`` (set by the gateway's
+    configuration); ``X-Eport-Scope`` optionally names a scope the request needs."""
+    s = svc()
+    header = request.headers.get("Authorization", "")
+    scheme, _, tok = header.partition(" ")
+    service_id = request.headers.get("X-Eport-Service", "")
+    denied = Response(status=401)
+    denied.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    denied.headers["Cache-Control"] = "no-store"
+    if scheme.lower() != "bearer" or not tok or not service_id:
+        return denied
+    try:
+        service = s.access.service(service_id)
+        claims = s.tokens.check_access_token(tok.strip(), service.audience)
+    except (InvalidToken, EPortError):  # includes an unknown service id
+        return denied
+    needed = request.headers.get("X-Eport-Scope")
+    scopes = str(claims.get("scope", "")).split()
+    if needed and needed not in scopes:
+        forbidden = Response(status=403)
+        forbidden.headers["WWW-Authenticate"] = (
+            f'Bearer error="insufficient_scope", scope="{needed}"'
+        )
+        return forbidden
+    resp = Response(status=200)
+    resp.headers["X-Eport-Subject"] = str(claims["sub"])
+    resp.headers["X-Eport-Scope"] = " ".join(scopes)
+    resp.headers["X-Eport-Client"] = str(claims.get("client_id", ""))
+    for claim, name in (
+        ("uscc", "X-Eport-USCC"),
+        ("operator_id", "X-Eport-Operator"),
+        ("agency_id", "X-Eport-Agency"),
+    ):
+        if claims.get(claim):
+            resp.headers[name] = str(claims[claim])
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+# -- enterprise and auditors --------------------------------------------------------------
+
+
+@bp.post("/v1/roles")
+def grant_roles() -> Response:
+    """The enterprise's legal person grants roles to one of its operators (signed)."""
+    caller = caller_principal()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    op = data.get("operator_id")
+    roles = data.get("roles")
+    if (
+        not isinstance(op, str)
+        or not op
+        or not isinstance(roles, list)
+        or not all(isinstance(r, str) for r in roles)
+    ):
+        raise BadRequest("operator_id (string) and roles (list of strings) are required")
+    known = frozenset(r.id for r in svc().access.roles)
+    svc().tokens.grant_roles(caller, op, frozenset(roles), known)
+    return jsonify({"uscc": caller.uscc, "operator_id": op, "roles": sorted(set(roles))})
+
+
+@bp.get("/v1/events")
+def events() -> Response:
+    """Logins, failures, exchanges, revocations and logouts: auditors and RA officers see
+    all; anyone else only their own."""
+    from ca.policy import SubjectClass
+
+    caller = caller_principal()
+    subject = request.args.get("subject")
+    if caller.subject_class not in (SubjectClass.AUDITOR, SubjectClass.AGENCY):
+        subject = caller.subject
+    try:
+        limit = min(max(int(request.args.get("limit", "100")), 1), 1000)
+        after = max(int(request.args.get("after", "0")), 0)
+    except ValueError:
+        raise BadRequest("limit and after are integers") from None
+    return jsonify({"events": svc().store.events(subject=subject, limit=limit, after_id=after)})

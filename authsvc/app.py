@@ -1,0 +1,213 @@
+"""The token service as a Flask application: ``create_app(config)``.
+
+A thin adapter around :class:`authsvc.service.TokenService`. It depends on the joint CA
+only through certificates (the root and issuing CA certificates), certificate status
+(:class:`ca.status.StatusService` on the embedded CA's database, or OCSP for a remote
+CA) and policy data; never through the CA's tables directly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, json, request
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import sessionmaker
+from werkzeug.exceptions import HTTPException
+
+from authsvc.config import AuthConfig
+from authsvc.keys import KeyRing
+from authsvc.models import AuthBase
+from authsvc.service import OAuthError, Settings, StatusSource, TokenService
+from authsvc.store import SqlAuthStore
+from ca import hierarchy
+from ca.db import make_engine
+from ca.errors import EPortError
+from ca.policy import load_policies
+from ca.signedreq import TrustAnchors
+from ca.store import configure_engine
+
+log = logging.getLogger("eport.auth")
+db = SQLAlchemy(metadata=AuthBase.metadata)
+EXTENSION = "eport.auth"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@dataclass(frozen=True)
+class AuthService:
+    config: AuthConfig
+    tokens: TokenService
+    store: SqlAuthStore
+    trust: TrustAnchors
+    access: Any
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def upgrade(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def key_passphrase(cfg: AuthConfig) -> bytes:
+    if cfg.key_passphrase:
+        return cfg.key_passphrase.encode()
+    if cfg.dev:
+        from ca.devinit import read_passphrases
+
+        return read_passphrases(cfg.data_dir)["auth_key_passphrase"].encode()
+    raise EPortError("the token service needs EPORT_AUTH_KEY_PASSPHRASE to encrypt its keys")
+
+
+def status_source(cfg: AuthConfig, h: hierarchy.Hierarchy) -> StatusSource:
+    if cfg.status_mode == "ocsp":
+        import requests
+
+        from ca.ocsp_client import OCSPStatusSource
+
+        http = requests.Session()
+
+        def post(url: str, body: bytes) -> bytes:
+            r = http.post(
+                url, data=body, headers={"Content-Type": "application/ocsp-request"}, timeout=5
+            )
+            r.raise_for_status()
+            return r.content
+
+        return OCSPStatusSource([i.certificate for i in h.issuers.values()], post)
+    from ca.status import StatusService
+    from ca.store import SqlStore
+
+    engine = make_engine(cfg.ca_sqlalchemy_url)
+    store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+    return StatusService(issuers=h.issuers, responders={}, store=store, clock=utcnow)
+
+
+def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
+    """The token service's Flask app; ``config`` is an :class:`AuthConfig` or overrides."""
+    cfg = config if isinstance(config, AuthConfig) else AuthConfig.load(config)
+    app = Flask("authsvc")
+    app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    policies = load_policies(cfg.policies_dir)
+    from authsvc.policy import load_access_policy
+
+    access = load_access_policy(cfg.policies_dir, {m.id for m in policies.members.members})
+    h = hierarchy.load(cfg.data_dir, None)  # public certificates only; no CA key is opened
+    trust = TrustAnchors(
+        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
+    )
+    store = SqlAuthStore(lambda: db.session)  # type: ignore[arg-type,return-value]
+    settings = Settings(
+        issuer=cfg.issuer,
+        access_token_lifetime=datetime.timedelta(seconds=cfg.access_token_seconds),
+        session_lifetime=datetime.timedelta(seconds=cfg.session_seconds),
+        leeway=datetime.timedelta(seconds=cfg.leeway_seconds),
+        status_ttl=datetime.timedelta(seconds=cfg.status_ttl_seconds),
+    )
+    keys = KeyRing(
+        store,
+        key_passphrase(cfg),
+        utcnow,
+        max_token_lifetime=settings.access_token_lifetime,
+        rotation_period=datetime.timedelta(days=cfg.key_rotation_days),
+    )
+    with app.app_context():
+        keys.ensure()
+    tokens = TokenService(
+        settings=settings,
+        store=store,
+        keys=keys,
+        trust=trust,
+        status=status_source(cfg, h),
+        policies=policies,
+        access=access,
+        clock=utcnow,
+    )
+    app.extensions[EXTENSION] = AuthService(cfg, tokens, store, trust, access)
+
+    from authsvc.api import bp, well_known
+
+    app.register_blueprint(bp)
+    app.register_blueprint(well_known)
+
+    @app.errorhandler(OAuthError)
+    def _oauth(err: OAuthError) -> Response:
+        resp = Response(json.dumps(err.oauth()), status=err.status, mimetype="application/json")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.errorhandler(EPortError)
+    def _domain(err: EPortError) -> Response:
+        return Response(
+            json.dumps(err.problem(instance=request.path)),
+            status=err.status,
+            mimetype="application/problem+json",
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(err: HTTPException) -> Response:
+        body = {
+            "type": "about:blank",
+            "title": err.name,
+            "status": err.code,
+            "detail": err.description,
+        }
+        return Response(
+            json.dumps(body), status=err.code or 500, mimetype="application/problem+json"
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        body = {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "the server failed",
+        }
+        return Response(json.dumps(body), status=500, mimetype="application/problem+json")
+
+    if cfg.sweep_seconds > 0:
+        _start_sweeper(app, tokens, keys, store, cfg.sweep_seconds)
+    return app
+
+
+def _start_sweeper(
+    app: Flask, tokens: TokenService, keys: KeyRing, store: SqlAuthStore, every: float
+) -> None:
+    """End sessions of revoked or held certificates even when nobody asks; rotate keys on
+    schedule; forget expired replay and revocation rows."""
+
+    def loop() -> None:
+        stop = threading.Event()
+        ticks = 0
+        while not stop.wait(every):
+            ticks += 1
+            try:
+                with app.app_context():
+                    tokens.sweep()
+                    if ticks % 30 == 0:
+                        keys.maybe_rotate()
+                        store.cleanup(utcnow())
+            except Exception:
+                log.exception("token service sweep failed; will retry")
+
+    threading.Thread(target=loop, name="auth-sweeper", daemon=True).start()

@@ -1,0 +1,92 @@
+"""Who a certificate names, for the token service: a stable subject and its class.
+
+The class comes from the certificate's first policy OID (the profile, ``policies/``);
+the subject id is stable across renewals and re-keys:
+
+* enterprise (legal person): ``ent:<USCC>``
+* operator: ``op:<USCC>:<operator id>``
+* agency officer / auditor: ``agency:<member id>:<common name>`` / ``audit:<member id>:<CN>``
+* service: ``svc:<DNS name>``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from ca.errors import Forbidden
+from ca.policy import Policies, SubjectClass
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    subject_class: SubjectClass
+    name: str
+    uscc: str | None = None
+    operator_id: str | None = None
+    agency_id: str | None = None
+    service_host: str | None = None
+
+
+def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    values = name.get_attributes_for_oid(oid)
+    if not values:
+        return None
+    v = values[0].value
+    return v if isinstance(v, str) else v.decode()
+
+
+def x5t_s256(cert: x509.Certificate) -> str:
+    """The certificate's SHA-256 thumbprint, base64url (RFC 8705 §3.1 ``x5t#S256``)."""
+    import base64
+
+    digest = cert.fingerprint(hashes.SHA256())
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def identify(cert: x509.Certificate, policies: Policies) -> Principal:
+    """The principal of a certificate already validated to the joint CA."""
+    try:
+        pols = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        raise Forbidden("the certificate names no e-port profile") from None
+    profile = None
+    for info in pols:
+        profile = policies.profile_for_oid(info.policy_identifier)
+        if profile is not None:
+            break
+    if profile is None or profile.ca or profile.subject_class is SubjectClass.RESPONDER:
+        raise Forbidden("the certificate's profile cannot sign in")
+    cls = profile.subject_class
+    cn = _attr(cert.subject, NameOID.COMMON_NAME) or ""
+    org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
+    if cls in (SubjectClass.ENTERPRISE, SubjectClass.OPERATOR):
+        if not org_id.startswith("NTRCN-"):
+            raise Forbidden("the certificate lacks the enterprise's USCC")
+        uscc = org_id[6:]
+        if cls is SubjectClass.ENTERPRISE:
+            return Principal(f"ent:{uscc}", cls, cn, uscc=uscc)
+        op_id = _attr(cert.subject, NameOID.SERIAL_NUMBER)
+        if not op_id:
+            raise Forbidden("the operator certificate lacks the operator id")
+        return Principal(f"op:{uscc}:{op_id}", cls, cn, uscc=uscc, operator_id=op_id)
+    if cls in (SubjectClass.AGENCY, SubjectClass.AUDITOR):
+        if not org_id.startswith("GOVCN-"):
+            raise Forbidden("the certificate lacks the member agency")
+        agency = org_id[6:]
+        if policies.members.get(agency) is None:
+            raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
+        prefix = "agency" if cls is SubjectClass.AGENCY else "audit"
+        return Principal(f"{prefix}:{agency}:{cn}", cls, cn, agency_id=agency)
+    if cls is SubjectClass.SERVICE:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            host = san.get_values_for_type(x509.DNSName)[0]
+        except (x509.ExtensionNotFound, IndexError):
+            raise Forbidden("the service certificate names no DNS name") from None
+        return Principal(f"svc:{host}", cls, cn, service_host=host)
+    raise Forbidden(f"{cls.value} certificates cannot sign in")

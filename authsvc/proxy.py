@@ -1,0 +1,66 @@
+"""Client certificates forwarded by a TLS-terminating proxy, believed only from trusted
+proxies.
+
+Two header forms: RFC 9440 ``Client-Cert`` (a Structured Field byte sequence,
+``:<base64 DER>:``) and the common nginx form ``X-SSL-Client-Cert`` (the PEM,
+URL-escaped: ``$ssl_client_escaped_cert``). A request that carries either header from
+an address that is not a configured trusted proxy is refused outright: the header is a
+claim anyone can make, and silently ignoring it would hide a misconfiguration.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Iterable
+from typing import Protocol
+from urllib.parse import unquote
+
+from cryptography import x509
+
+from ca.errors import BadRequest, Unauthenticated
+
+HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
+
+
+class TrustedProxies:
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks = [
+            ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()
+        ]
+
+    def trusts(self, addr: str | None) -> bool:
+        if not addr:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+class Headers(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+
+def forwarded_certificate(
+    headers: Headers, remote_addr: str | None, proxies: TrustedProxies
+) -> x509.Certificate | None:
+    """The forwarded client certificate, None if there is none; raises if not believable."""
+    get = headers.get
+    present = [h for h in HEADERS if get(h)]
+    if not present:
+        return None
+    if not proxies.trusts(remote_addr):
+        raise Unauthenticated(
+            f"{present[0]} header from {remote_addr}, which is not a trusted proxy"
+        )
+    value = str(get(present[0])).strip()
+    try:
+        if present[0] == "Client-Cert":
+            if not (value.startswith(":") and value.endswith(":")):
+                raise ValueError("not an RFC 8941 byte sequence")
+            return x509.load_der_x509_certificate(base64.b64decode(value[1:-1], validate=True))
+        return x509.load_pem_x509_certificate(unquote(value).encode())
+    except ValueError as exc:
+        raise BadRequest(f"unreadable {present[0]} header: {exc}") from None

@@ -1,0 +1,687 @@
+"""The token service's core: certificate login, SSO sessions, access tokens, validation.
+
+Framework-free: storage (:class:`AuthStore`), clock, keys, trust anchors, certificate
+status and policy come in. Standards: RFC 7523 (JWT bearer login assertion), RFC 9068
+(access tokens), RFC 8705 (``cnf.x5t#S256``), RFC 7662 (introspection), RFC 7009
+(revocation), RFC 8693 (token exchange, ``act``), RFC 6749 §5.2 (errors).
+
+Revocation reaches tokens within :attr:`TokenService.status_ttl` (default 2 s, the
+documented bound being 5 s): every introspection and gateway validation checks the
+session in the database and the login certificate's status through the status
+interface (cached per certificate for at most ``status_ttl``); a revoked or held
+certificate ends the session, so no new token is minted either. A background sweep
+(:meth:`TokenService.sweep`) ends sessions of revoked certificates even when nobody asks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from authsvc.keys import KeyRing
+from authsvc.principal import Principal, identify, x5t_s256
+from authsvc.tokens import InvalidToken, mint, verify
+from ca.errors import EPortError, Forbidden, Unauthenticated
+from ca.ocsp import CertStatus, Good
+from ca.policy import Policies, SubjectClass
+from ca.signedreq import ReplayStore, SignedRequest, TrustAnchors, verify_certificate_jwt
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class OAuthError(EPortError):
+    """An OAuth error (RFC 6749 §5.2): rendered as ``{error, error_description}``."""
+
+    status = 400
+    error = "invalid_request"
+
+    def __init__(self, detail: str, *, error: str | None = None, status: int | None = None) -> None:
+        super().__init__(detail)
+        if error:
+            self.error = error
+        if status:
+            self.status = status  # type: ignore[misc]
+
+    def oauth(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.detail}
+
+
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2 ``invalid_grant``: the assertion or refresh token is not good."""
+
+    error = "invalid_grant"
+
+
+class TooManyFailures(OAuthError):
+    status = 429
+    error = "slow_down"
+
+
+class StatusSource(Protocol):
+    def status(self, cert: x509.Certificate) -> CertStatus: ...
+
+
+class PolicyView(Protocol):
+    """What the core needs of ``authsvc.policy.AccessPolicy``."""
+
+    def service(self, service_id: str) -> Any: ...
+
+    def service_by_audience(self, audience: str) -> Any: ...
+
+    def service_by_identity(self, dns_name: str) -> Any: ...
+
+    def scopes_for(
+        self,
+        subject_class: str,
+        *,
+        service_id: str,
+        roles: frozenset[str] = frozenset(),
+        agency_id: str | None = None,
+    ) -> tuple[str, ...]: ...
+
+    def may_exchange(self, from_service_id: str, to_service_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    sid: str
+    principal: Principal
+    cert_serial: str
+    cert_sha256: str
+    cert_der: bytes
+    client_addr: str | None
+    created_at: datetime.datetime
+    expires_at: datetime.datetime
+    ended_at: datetime.datetime | None = None
+    end_reason: str | None = None
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.cert_der)
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    token_hash: str
+    sid: str
+    issued_at: datetime.datetime
+    used_at: datetime.datetime | None
+    successor_hash: str | None
+
+
+@dataclass(frozen=True)
+class AuthEvent:
+    type: str
+    at: datetime.datetime
+    subject: str | None = None
+    sid: str | None = None
+    cert_serial: str | None = None
+    client_addr: str | None = None
+    service: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class AuthStore(ReplayStore, Protocol):
+    def add_session(self, rec: SessionRecord, refresh_hash: str) -> None: ...
+
+    def get_session(self, sid: str) -> SessionRecord | None: ...
+
+    def end_session(self, sid: str, reason: str, at: datetime.datetime) -> bool:
+        """End it if still open (one conditional UPDATE); False if it was already ended."""
+        ...
+
+    def open_sessions(self, now: datetime.datetime) -> list[SessionRecord]: ...
+
+    def get_refresh(self, token_hash: str) -> RefreshRecord | None: ...
+
+    def rotate_refresh(self, old_hash: str, new_hash: str, sid: str, at: datetime.datetime) -> bool:
+        """Mark ``old_hash`` used and add ``new_hash``, if ``old_hash`` was unused."""
+        ...
+
+    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> None: ...
+
+    def is_revoked(self, jti: str) -> bool: ...
+
+    def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]: ...
+
+    def set_roles(
+        self, uscc: str, operator_id: str, roles: frozenset[str], by: str, at: datetime.datetime
+    ) -> None: ...
+
+    def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int: ...
+
+    def record_failure(
+        self, key: str, now: datetime.datetime, window: datetime.timedelta
+    ) -> None: ...
+
+    def add_event(self, ev: AuthEvent) -> None: ...
+
+    def events(self, *, subject: str | None, limit: int, after_id: int) -> list[dict[str, Any]]: ...
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer: str
+    """The ``iss`` of every token (the token service's public base URL + ``/auth``)."""
+    access_token_lifetime: datetime.timedelta = datetime.timedelta(minutes=10)
+    session_lifetime: datetime.timedelta = datetime.timedelta(hours=8)
+    leeway: datetime.timedelta = datetime.timedelta(seconds=30)
+    refresh_grace: datetime.timedelta = datetime.timedelta(seconds=10)
+    """A refresh token used again within this window after its first use (two
+    concurrent refreshes of one client) is refused without ending the session; later
+    reuse is theft and ends the whole session (OAuth 2.0 Security BCP §4.14.2)."""
+    status_ttl: datetime.timedelta = datetime.timedelta(seconds=2)
+    failure_window: datetime.timedelta = datetime.timedelta(minutes=5)
+    max_failures: int = 10
+    """Failed logins per certificate and per client address in ``failure_window``."""
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.issuer + "/token"
+
+
+@dataclass(frozen=True)
+class Login:
+    session: SessionRecord
+    refresh_token: str
+
+
+@dataclass(frozen=True)
+class Minted:
+    access_token: str
+    expires_in: int
+    scope: str
+    audience: str
+    refresh_token: str | None = None
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: AuthStore,
+        keys: KeyRing,
+        trust: TrustAnchors,
+        status: StatusSource,
+        policies: Policies,
+        access: PolicyView,
+        clock: Callable[[], datetime.datetime],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.trust = trust
+        self.status_source = status
+        self.policies = policies
+        self.access = access
+        self.clock = clock
+        self._status_cache: dict[str, tuple[datetime.datetime, CertStatus]] = {}
+        self._status_lock = threading.Lock()
+
+    # -- certificate status ---------------------------------------------------------------
+
+    def cert_status(self, cert: x509.Certificate, *, fresh: bool = False) -> CertStatus:
+        key = x5t_s256(cert)
+        now = self.clock()
+        if not fresh:
+            hit = self._status_cache.get(key)
+            if hit is not None and now - hit[0] < self.settings.status_ttl:
+                return hit[1]
+        st = self.status_source.status(cert)
+        with self._status_lock:
+            if len(self._status_cache) > 50_000:
+                self._status_cache.clear()
+            self._status_cache[key] = (now, st)
+        return st
+
+    def _require_good(self, cert: x509.Certificate, *, fresh: bool) -> None:
+        st = self.cert_status(cert, fresh=fresh)
+        if not isinstance(st, Good):
+            name = type(st).__name__.lower().replace("onhold", "on hold")
+            raise InvalidGrant(f"the certificate is {name}")
+
+    # -- login ----------------------------------------------------------------------------
+
+    def _check_rate(self, keys: list[str]) -> None:
+        now = self.clock()
+        for k in keys:
+            if (
+                self.store.failures(k, now, self.settings.failure_window)
+                >= self.settings.max_failures
+            ):
+                raise TooManyFailures("too many failed logins; wait a few minutes")
+
+    def _fail(self, keys: list[str], event: AuthEvent) -> None:
+        now = self.clock()
+        for k in keys:
+            self.store.record_failure(k, now, self.settings.failure_window)
+        self.store.add_event(event)
+
+    def login_assertion(self, assertion: str, client_addr: str | None) -> Login:
+        """RFC 7523 §2.1: a JWT signed with the certificate's key, the chain in ``x5c``."""
+        addr_key = f"addr:{client_addr}"
+        cert_key = _assertion_cert_key(assertion)
+        keys = [addr_key] + ([cert_key] if cert_key else [])
+        self._check_rate(keys)
+        now = self.clock()
+        try:
+            verified = verify_certificate_jwt(
+                assertion,
+                typ="JWT",
+                audience=self.settings.token_endpoint,
+                required=("iss", "sub", "aud", "exp", "iat", "jti"),
+                trust=self.trust,
+                replay=self.store,
+                now=now,
+                leeway=self.settings.leeway,
+                what="login assertion",
+            )
+            principal = identify(verified.certificate, self.policies)
+            # RFC 7523 §3: sub names the principal; we accept its subject id or the
+            # certificate's x5t#S256 thumbprint (what a client knows without policy data).
+            if verified.claims.get("sub") not in (
+                principal.subject,
+                x5t_s256(verified.certificate),
+            ):
+                raise InvalidGrant(f"assertion sub must be {principal.subject!r} or the x5t#S256")
+            self._require_good(verified.certificate, fresh=True)
+        except (Unauthenticated, Forbidden, InvalidGrant) as exc:
+            self._fail(
+                keys,
+                AuthEvent("login.failed", now, client_addr=client_addr, detail={"why": exc.detail}),
+            )
+            if isinstance(exc, InvalidGrant):
+                raise
+            raise InvalidGrant(exc.detail) from None
+        return self._open_session(verified.certificate, principal, client_addr, "assertion")
+
+    def login_certificate(
+        self, cert: x509.Certificate, client_addr: str | None, via: str = "mtls"
+    ) -> Login:
+        """A client certificate a trusted TLS proxy verified and forwarded (RFC 9440)."""
+        addr_key = f"addr:{client_addr}"
+        keys = [addr_key, f"cert:{x5t_s256(cert)}"]
+        self._check_rate(keys)
+        now = self.clock()
+        try:
+            self.trust.verify_chain(cert, now)
+            principal = identify(cert, self.policies)
+            self._require_good(cert, fresh=True)
+        except (Unauthenticated, Forbidden, InvalidGrant) as exc:
+            self._fail(
+                keys,
+                AuthEvent(
+                    "login.failed",
+                    now,
+                    client_addr=client_addr,
+                    detail={"why": exc.detail, "via": via},
+                ),
+            )
+            raise InvalidGrant(exc.detail) from None
+        return self._open_session(cert, principal, client_addr, via)
+
+    def _open_session(
+        self, cert: x509.Certificate, principal: Principal, client_addr: str | None, via: str
+    ) -> Login:
+        now = self.clock()
+        sid = secrets.token_urlsafe(24)
+        refresh = secrets.token_urlsafe(32)
+        rec = SessionRecord(
+            sid=sid,
+            principal=principal,
+            cert_serial=format(cert.serial_number, "x"),
+            cert_sha256=x5t_s256(cert),
+            cert_der=cert.public_bytes(serialization.Encoding.DER),
+            client_addr=client_addr,
+            created_at=now,
+            expires_at=now + self.settings.session_lifetime,
+        )
+        self.store.add_session(rec, token_hash(refresh))
+        self.store.add_event(
+            AuthEvent(
+                "login",
+                now,
+                principal.subject,
+                sid,
+                rec.cert_serial,
+                client_addr,
+                detail={"via": via},
+            )
+        )
+        return Login(rec, refresh)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def live_session(self, sid: str, *, fresh_status: bool = False) -> SessionRecord:
+        """The open session ``sid``; ends it if its certificate is no longer good."""
+        rec = self.store.get_session(sid)
+        now = self.clock()
+        if rec is None or rec.ended_at is not None:
+            raise InvalidToken("the session has ended")
+        if rec.expires_at <= now:
+            raise InvalidToken("the session has expired")
+        st = self.cert_status(rec.certificate, fresh=fresh_status)
+        if not isinstance(st, Good):
+            reason = f"certificate {type(st).__name__.lower()}"
+            if self.store.end_session(sid, reason, now):
+                self.store.add_event(
+                    AuthEvent(
+                        "session.ended",
+                        now,
+                        rec.principal.subject,
+                        sid,
+                        rec.cert_serial,
+                        detail={"reason": reason},
+                    )
+                )
+            raise InvalidToken(f"the session ended: {reason}")
+        return rec
+
+    def refresh(self, refresh_token: str, service_id: str, client_addr: str | None) -> Minted:
+        """A new access token for ``service_id`` from the session, and a rotated refresh token."""
+        now = self.clock()
+        h = token_hash(refresh_token)
+        rt = self.store.get_refresh(h)
+        if rt is None:
+            raise InvalidGrant("unknown refresh token")
+        if rt.used_at is not None:
+            session = self.store.get_session(rt.sid)
+            if now - rt.used_at <= self.settings.refresh_grace:
+                raise InvalidGrant(
+                    "refresh token already used (concurrent refresh); use its successor"
+                )
+            if self.store.end_session(rt.sid, "refresh token reuse", now):
+                subject = session.principal.subject if session else None
+                self.store.add_event(
+                    AuthEvent(
+                        "session.ended",
+                        now,
+                        subject,
+                        rt.sid,
+                        client_addr=client_addr,
+                        detail={"reason": "refresh token reuse"},
+                    )
+                )
+            raise InvalidGrant("refresh token reused: the session is ended")
+        try:
+            session = self.live_session(rt.sid)
+        except InvalidToken as exc:
+            raise InvalidGrant(exc.detail) from None
+        # Mint first: a refusal (unknown service, no access) must leave the refresh token
+        # usable; a token minted for a lost rotation race is simply never handed out.
+        minted = self.mint_for(session, service_id)
+        new = secrets.token_urlsafe(32)
+        if not self.store.rotate_refresh(h, token_hash(new), rt.sid, now):
+            raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
+        self.store.add_event(
+            AuthEvent(
+                "token.issued",
+                now,
+                session.principal.subject,
+                session.sid,
+                session.cert_serial,
+                client_addr,
+                service_id,
+            )
+        )
+        return Minted(minted.access_token, minted.expires_in, minted.scope, minted.audience, new)
+
+    def mint_for(
+        self, session: SessionRecord, service_id: str, act: dict[str, Any] | None = None
+    ) -> Minted:
+        try:
+            service = self.access.service(service_id)
+        except EPortError:
+            raise OAuthError(f"unknown service {service_id!r}", error="invalid_target") from None
+        p = session.principal
+        roles: frozenset[str] = frozenset()
+        if p.subject_class is SubjectClass.OPERATOR and p.uscc and p.operator_id:
+            roles = self.store.get_roles(p.uscc, p.operator_id)
+        scopes = self.access.scopes_for(
+            p.subject_class.value, service_id=service.id, roles=roles, agency_id=p.agency_id
+        )
+        if not scopes:
+            raise OAuthError(
+                f"{p.subject_class.value} {p.subject} has no access to {service.id}",
+                error="invalid_scope",
+                status=403,
+            )
+        now = self.clock()
+        exp = now + self.settings.access_token_lifetime
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": p.subject,
+            "aud": service.audience,
+            "exp": int(exp.timestamp()),
+            "iat": int(now.timestamp()),
+            "jti": secrets.token_urlsafe(16),
+            "client_id": "eport-cli" if act is None else act["sub"],
+            "scope": " ".join(scopes),
+            "sid": session.sid,
+            "subject_class": p.subject_class.value,
+            "name": p.name,
+            "cnf": {"x5t#S256": session.cert_sha256},
+        }
+        if p.uscc:
+            claims["uscc"] = p.uscc
+        if p.operator_id:
+            claims["operator_id"] = p.operator_id
+        if p.agency_id:
+            claims["agency_id"] = p.agency_id
+        if act is not None:
+            claims["act"] = act
+        kid, key = self.keys.signer()
+        token = mint(claims, kid, key)
+        return Minted(
+            token,
+            int(self.settings.access_token_lifetime.total_seconds()),
+            claims["scope"],
+            service.audience,
+        )
+
+    # -- validation -------------------------------------------------------------------------
+
+    def check_access_token(self, token: str, audience: str | None) -> dict[str, Any]:
+        """Signature, claims, revocation, session and certificate status; raises if inactive."""
+        claims = verify(
+            token,
+            public_key=self.keys.public_key,
+            issuer=self.settings.issuer,
+            audience=audience,
+            now=self.clock(),
+            leeway=self.settings.leeway,
+        )
+        if self.store.is_revoked(str(claims["jti"])):
+            raise InvalidToken("the token was revoked")
+        sid = claims.get("sid")
+        if not isinstance(sid, str):
+            raise InvalidToken("the token names no session")
+        self.live_session(sid)
+        return claims
+
+    def introspect(self, token: str, caller: Principal) -> dict[str, Any]:
+        """RFC 7662: ``{"active": false}`` for anything not good; a service sees only
+        tokens issued for its own audience (no data goes out without authorization)."""
+        service = self._service_of(caller)
+        if not getattr(service, "may_introspect", True):
+            raise Forbidden(f"service {service.id} may not introspect tokens")
+        try:
+            claims = self.check_access_token(token, service.audience)
+        except (InvalidToken, EPortError):
+            return {"active": False}
+        return {"active": True, "token_type": "Bearer", **claims}
+
+    def _service_of(self, caller: Principal) -> Any:
+        if caller.subject_class is not SubjectClass.SERVICE or not caller.service_host:
+            raise Forbidden("only a registered e-port service may do this")
+        service = self.access.service_by_identity(caller.service_host)
+        if service is None:
+            raise Forbidden(f"{caller.service_host} is not a registered e-port service")
+        return service
+
+    def exchange(self, caller: Principal, subject_token: str, target_service_id: str) -> Minted:
+        """RFC 8693: a token for another service on the user's behalf, with ``act``."""
+        service = self._service_of(caller)
+        if not self.access.may_exchange(service.id, target_service_id):
+            raise OAuthError(
+                f"{service.id} may not act for users at {target_service_id}",
+                error="unauthorized_client",
+                status=403,
+            )
+        try:
+            claims = self.check_access_token(subject_token, service.audience)
+        except InvalidToken as exc:
+            raise InvalidGrant(f"subject_token: {exc.detail}") from None
+        session = self.live_session(str(claims["sid"]))
+        act = {"sub": caller.subject}
+        if isinstance(claims.get("act"), dict):
+            act["act"] = claims["act"]  # RFC 8693 §4.1: nested for a chain of delegation
+        minted = self.mint_for(session, target_service_id, act=act)
+        self.store.add_event(
+            AuthEvent(
+                "token.exchanged",
+                self.clock(),
+                session.principal.subject,
+                session.sid,
+                service=target_service_id,
+                detail={"actor": caller.subject},
+            )
+        )
+        return minted
+
+    # -- ending things ------------------------------------------------------------------------
+
+    def revoke(self, token: str, hint: str | None) -> None:
+        """RFC 7009: revoke an access token (until its exp) or a refresh token (its session).
+
+        Unknown or invalid tokens are not an error (§2.2)."""
+        now = self.clock()
+        if hint != "refresh_token" and token.count(".") == 2:
+            try:
+                claims = verify(
+                    token,
+                    public_key=self.keys.public_key,
+                    issuer=self.settings.issuer,
+                    audience=None,
+                    now=now,
+                    leeway=self.settings.leeway,
+                )
+            except InvalidToken:
+                return
+            self.store.revoke_jti(
+                str(claims["jti"]), datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
+            )
+            self.store.add_event(
+                AuthEvent(
+                    "token.revoked",
+                    now,
+                    str(claims["sub"]),
+                    str(claims.get("sid")),
+                    detail={"jti": claims["jti"]},
+                )
+            )
+            return
+        rt = self.store.get_refresh(token_hash(token))
+        if rt is not None and self.store.end_session(rt.sid, "refresh token revoked", now):
+            self.store.add_event(
+                AuthEvent(
+                    "session.ended", now, sid=rt.sid, detail={"reason": "refresh token revoked"}
+                )
+            )
+
+    def logout(self, refresh_token: str, client_addr: str | None) -> bool:
+        now = self.clock()
+        rt = self.store.get_refresh(token_hash(refresh_token))
+        if rt is None:
+            return False
+        session = self.store.get_session(rt.sid)
+        ended = self.store.end_session(rt.sid, "logout", now)
+        if ended:
+            self.store.add_event(
+                AuthEvent(
+                    "logout",
+                    now,
+                    session.principal.subject if session else None,
+                    rt.sid,
+                    client_addr=client_addr,
+                )
+            )
+        return ended
+
+    def session_of_refresh(self, refresh_token: str) -> SessionRecord:
+        rt = self.store.get_refresh(token_hash(refresh_token))
+        if rt is None:
+            raise InvalidGrant("unknown session")
+        try:
+            return self.live_session(rt.sid)
+        except InvalidToken as exc:
+            raise InvalidGrant(exc.detail) from None
+
+    def sweep(self) -> int:
+        """End open sessions whose certificate is no longer good; returns how many."""
+        ended = 0
+        for rec in self.store.open_sessions(self.clock()):
+            try:
+                self.live_session(rec.sid, fresh_status=True)
+            except InvalidToken:
+                ended += 1
+            except EPortError:
+                continue  # status unavailable: decided on the next call
+        return ended
+
+    # -- operator roles -----------------------------------------------------------------------
+
+    def grant_roles(
+        self, caller: Principal, operator_id: str, roles: frozenset[str], known: frozenset[str]
+    ) -> None:
+        if caller.subject_class is not SubjectClass.ENTERPRISE or caller.uscc is None:
+            raise Forbidden("only the enterprise's legal-person certificate grants operator roles")
+        unknown = roles - known
+        if unknown:
+            raise OAuthError(
+                f"unknown role {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
+            )
+        now = self.clock()
+        self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now)
+        self.store.add_event(
+            AuthEvent(
+                "roles.granted",
+                now,
+                caller.subject,
+                detail={"operator_id": operator_id, "roles": sorted(roles)},
+            )
+        )
+
+    def signed_principal(self, req: SignedRequest) -> Principal:
+        self._require_good(req.certificate, fresh=False)
+        return identify(req.certificate, self.policies)
+
+
+def _assertion_cert_key(assertion: str) -> str | None:
+    """The failure-counter key of the certificate in an assertion's x5c (unverified)."""
+    import base64
+
+    import jwt
+
+    try:
+        x5c = jwt.get_unverified_header(assertion).get("x5c")
+        der = base64.b64decode(x5c[0], validate=True)  # type: ignore[index]
+    except Exception:
+        return None
+    digest = hashlib.sha256(der).digest()
+    return "cert:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

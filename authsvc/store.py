@@ -1,0 +1,292 @@
+"""SQLAlchemy implementation of :class:`authsvc.service.AuthStore` (one short
+transaction per call; uniqueness and single use enforced by the database)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from authsvc.keys import StoredKey
+from authsvc.models import (
+    AuthEventRow,
+    LoginFailureRow,
+    OperatorRolesRow,
+    RefreshTokenRow,
+    RevokedTokenRow,
+    SeenAssertionRow,
+    SessionRow,
+    SigningKeyRow,
+)
+from authsvc.principal import Principal
+from authsvc.service import AuthEvent, RefreshRecord, SessionRecord
+from ca.policy import SubjectClass
+
+
+class SqlAuthStore:
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
+        self.session_factory = session_factory
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        s = self.session_factory()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
+        s = self.session_factory()
+        try:
+            s.add(SeenAssertionRow(jti=jti, expires_at=expires_at))
+            s.commit()
+            return True
+        except IntegrityError:
+            s.rollback()
+            return False
+        except BaseException:
+            s.rollback()
+            raise
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def add_session(self, rec: SessionRecord, refresh_hash: str) -> None:
+        p = rec.principal
+        with self._tx() as s:
+            s.add(
+                SessionRow(
+                    sid=rec.sid,
+                    subject=p.subject,
+                    subject_class=p.subject_class.value,
+                    uscc=p.uscc,
+                    operator_id=p.operator_id,
+                    agency_id=p.agency_id or p.service_host,
+                    name=p.name,
+                    cert_serial=rec.cert_serial,
+                    cert_sha256=rec.cert_sha256,
+                    cert_der=rec.cert_der,
+                    client_addr=rec.client_addr,
+                    created_at=rec.created_at,
+                    expires_at=rec.expires_at,
+                )
+            )
+            s.add(RefreshTokenRow(token_hash=refresh_hash, sid=rec.sid, issued_at=rec.created_at))
+
+    def get_session(self, sid: str) -> SessionRecord | None:
+        with self._tx() as s:
+            row = s.get(SessionRow, sid)
+            return _session(row) if row else None
+
+    def end_session(self, sid: str, reason: str, at: datetime.datetime) -> bool:
+        with self._tx() as s:
+            res = s.execute(
+                update(SessionRow)
+                .where(SessionRow.sid == sid, SessionRow.ended_at.is_(None))
+                .values(ended_at=at, end_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+    def open_sessions(self, now: datetime.datetime) -> list[SessionRecord]:
+        with self._tx() as s:
+            q = select(SessionRow).where(SessionRow.ended_at.is_(None), SessionRow.expires_at > now)
+            return [_session(r) for r in s.scalars(q)]
+
+    # -- refresh tokens -------------------------------------------------------------------
+
+    def get_refresh(self, token_hash: str) -> RefreshRecord | None:
+        with self._tx() as s:
+            row = s.get(RefreshTokenRow, token_hash)
+            if row is None:
+                return None
+            return RefreshRecord(
+                row.token_hash, row.sid, row.issued_at, row.used_at, row.successor_hash
+            )
+
+    def rotate_refresh(self, old_hash: str, new_hash: str, sid: str, at: datetime.datetime) -> bool:
+        with self._tx() as s:
+            res = s.execute(
+                update(RefreshTokenRow)
+                .where(RefreshTokenRow.token_hash == old_hash, RefreshTokenRow.used_at.is_(None))
+                .values(used_at=at, successor_hash=new_hash)
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            s.add(RefreshTokenRow(token_hash=new_hash, sid=sid, issued_at=at))
+            return True
+
+    # -- access token revocation ----------------------------------------------------------
+
+    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> None:
+        with self._tx() as s:
+            if s.get(RevokedTokenRow, jti) is None:
+                s.add(RevokedTokenRow(jti=jti, expires_at=expires_at))
+
+    def is_revoked(self, jti: str) -> bool:
+        with self._tx() as s:
+            return s.get(RevokedTokenRow, jti) is not None
+
+    # -- roles ----------------------------------------------------------------------------
+
+    def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]:
+        with self._tx() as s:
+            row = s.get(OperatorRolesRow, (uscc, operator_id))
+            return frozenset(json.loads(row.roles)) if row else frozenset()
+
+    def set_roles(
+        self, uscc: str, operator_id: str, roles: frozenset[str], by: str, at: datetime.datetime
+    ) -> None:
+        with self._tx() as s:
+            row = s.get(OperatorRolesRow, (uscc, operator_id))
+            if row is None:
+                row = OperatorRolesRow(uscc=uscc, operator_id=operator_id)
+                s.add(row)
+            row.roles = json.dumps(sorted(roles))
+            row.granted_by = by
+            row.granted_at = at
+
+    # -- failed logins --------------------------------------------------------------------
+
+    def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int:
+        with self._tx() as s:
+            row = s.get(LoginFailureRow, key)
+            if row is None or now - row.window_start > window:
+                return 0
+            return row.count
+
+    def record_failure(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> None:
+        with self._tx() as s:
+            row = s.get(LoginFailureRow, key, with_for_update=True)
+            if row is None:
+                s.add(LoginFailureRow(key=key, window_start=now, count=1))
+            elif now - row.window_start > window:
+                row.window_start = now
+                row.count = 1
+            else:
+                row.count += 1
+
+    # -- events ---------------------------------------------------------------------------
+
+    def add_event(self, ev: AuthEvent) -> None:
+        with self._tx() as s:
+            s.add(
+                AuthEventRow(
+                    at=ev.at,
+                    type=ev.type,
+                    subject=ev.subject,
+                    sid=ev.sid,
+                    cert_serial=ev.cert_serial,
+                    client_addr=ev.client_addr,
+                    service=ev.service,
+                    detail=json.dumps(ev.detail, sort_keys=True, ensure_ascii=False),
+                )
+            )
+
+    def events(self, *, subject: str | None, limit: int, after_id: int) -> list[dict[str, Any]]:
+        with self._tx() as s:
+            q = select(AuthEventRow).where(AuthEventRow.id > after_id)
+            if subject:
+                q = q.where(AuthEventRow.subject == subject)
+            rows = s.scalars(q.order_by(AuthEventRow.id).limit(limit))
+            return [
+                {
+                    "id": r.id,
+                    "at": r.at.isoformat().replace("+00:00", "Z"),
+                    "type": r.type,
+                    "subject": r.subject,
+                    "sid": r.sid,
+                    "cert_serial": r.cert_serial,
+                    "client_addr": r.client_addr,
+                    "service": r.service,
+                    "detail": json.loads(r.detail),
+                }
+                for r in rows
+            ]
+
+    def cleanup(self, now: datetime.datetime) -> None:
+        with self._tx() as s:
+            s.execute(delete(SeenAssertionRow).where(SeenAssertionRow.expires_at < now))
+            s.execute(delete(RevokedTokenRow).where(RevokedTokenRow.expires_at < now))
+
+    # -- signing keys (authsvc.keys.KeyStore) ---------------------------------------------
+
+    def list_keys(self) -> list[StoredKey]:
+        with self._tx() as s:
+            return [
+                _key(r) for r in s.scalars(select(SigningKeyRow).order_by(SigningKeyRow.created_at))
+            ]
+
+    def rotate_locked(self, mutate: Callable[[list[StoredKey]], list[StoredKey]]) -> None:
+        with self._tx() as s:
+            rows = list(s.scalars(select(SigningKeyRow).with_for_update()))
+            before = {r.kid: r for r in rows}
+            after = mutate([_key(r) for r in rows])
+            keep = {k.kid for k in after}
+            for kid, row in before.items():
+                if kid not in keep:
+                    s.delete(row)
+            for k in after:
+                existing = before.get(k.kid)
+                if existing is not None:
+                    row = existing
+                else:
+                    row = SigningKeyRow(
+                        kid=k.kid,
+                        public_jwk=json.dumps(k.public_jwk),
+                        private_pem=k.private_pem,
+                        created_at=k.created_at,
+                    )
+                    s.add(row)
+                row.state = k.state
+                row.activated_at = k.activated_at
+                row.retired_at = k.retired_at
+                row.unpublish_at = k.unpublish_at
+
+
+def _key(r: SigningKeyRow) -> StoredKey:
+    return StoredKey(
+        kid=r.kid,
+        state=r.state,
+        public_jwk=json.loads(r.public_jwk),
+        private_pem=r.private_pem,
+        created_at=r.created_at,
+        activated_at=r.activated_at,
+        retired_at=r.retired_at,
+        unpublish_at=r.unpublish_at,
+    )
+
+
+def _session(row: SessionRow) -> SessionRecord:
+    cls = SubjectClass(row.subject_class)
+    principal = Principal(
+        subject=row.subject,
+        subject_class=cls,
+        name=row.name,
+        uscc=row.uscc,
+        operator_id=row.operator_id,
+        agency_id=row.agency_id if cls is not SubjectClass.SERVICE else None,
+        service_host=row.agency_id if cls is SubjectClass.SERVICE else None,
+    )
+    return SessionRecord(
+        sid=row.sid,
+        principal=principal,
+        cert_serial=row.cert_serial,
+        cert_sha256=row.cert_sha256,
+        cert_der=row.cert_der,
+        client_addr=row.client_addr,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+    )

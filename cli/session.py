@@ -1,0 +1,98 @@
+"""The CLI's SSO session: a refresh token kept in the user's config directory (0600).
+
+``eport login`` signs an RFC 7523 assertion with the certificate's key once; ``eport
+token`` then gets access tokens for any service from the refresh token alone, rotating
+it on every use, until the session ends (``eport logout``, 8 h, or revocation).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+
+from ca.keys import KeyType
+from ca.signer import write_private
+from cli.client import CLIError, Identity
+
+
+def config_dir() -> Path:
+    base = os.environ.get("EPORT_CONFIG_DIR") or os.environ.get("XDG_CONFIG_HOME")
+    root = Path(base) if base else Path.home() / ".config"
+    return root / "eport" if not os.environ.get("EPORT_CONFIG_DIR") else root
+
+
+def session_file(server: str) -> Path:
+    safe = server.rstrip("/").split("://", 1)[-1].replace("/", "_").replace(":", "_")
+    return config_dir() / f"session-{safe}.json"
+
+
+def save(server: str, data: dict[str, Any]) -> Path:
+    path = session_file(server)
+    write_private(path, json.dumps(data, indent=2).encode())
+    return path
+
+
+def load(server: str) -> dict[str, Any]:
+    path = session_file(server)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CLIError(
+            f"not logged in to {server}; run `eport login --cert ... --key ...`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read the session file {path}: {exc}") from None
+    if not isinstance(data, dict) or "refresh_token" not in data:
+        raise CLIError(f"the session file {path} is damaged; run `eport login` again")
+    return data
+
+
+def forget(server: str) -> None:
+    session_file(server).unlink(missing_ok=True)
+
+
+def assertion(ident: Identity, token_endpoint: str, subject: str) -> str:
+    """An RFC 7523 §3 JWT: iss/sub the subject, aud the token endpoint, 2-minute life."""
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    claims = {
+        "iss": subject,
+        "sub": subject,
+        "aud": token_endpoint,
+        "iat": now,
+        "exp": now + 120,
+        "jti": secrets.token_urlsafe(18),
+    }
+    headers = {
+        "typ": "JWT",
+        "x5c": [
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+            for c in ident.chain
+        ],
+    }
+    alg = KeyType.of(ident.key).jws_alg
+    return jwt.encode(claims, ident.key, algorithm=alg, headers=headers)  # type: ignore[arg-type]
+
+
+def post_form(url: str, data: dict[str, str], timeout: float = 30) -> dict[str, Any]:
+    try:
+        r = requests.post(url, data=data, timeout=timeout)
+    except requests.ConnectionError:
+        raise CLIError(f"cannot reach the token service at {url}") from None
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {}
+    if r.status_code >= 400:
+        msg = doc.get("error_description") or doc.get("detail") or r.reason
+        err = doc.get("error")
+        raise CLIError(f"{msg} ({err})" if err else f"{msg} (HTTP {r.status_code})")
+    return doc if isinstance(doc, dict) else {}
