@@ -187,7 +187,9 @@ class Settings:
     status_ttl: datetime.timedelta = datetime.timedelta(seconds=2)
     failure_window: datetime.timedelta = datetime.timedelta(minutes=5)
     max_failures: int = 10
-    """Failed logins per certificate and per client address in ``failure_window``."""
+    """Failed logins per certificate in ``failure_window`` before it is refused (429)."""
+    max_failures_per_address: int = 50
+    """Failed logins per client address (higher: many users may share one NAT address)."""
 
     @property
     def token_endpoint(self) -> str:
@@ -260,10 +262,12 @@ class TokenService:
     def _check_rate(self, keys: list[str]) -> None:
         now = self.clock()
         for k in keys:
-            if (
-                self.store.failures(k, now, self.settings.failure_window)
-                >= self.settings.max_failures
-            ):
+            limit = (
+                self.settings.max_failures_per_address
+                if k.startswith("addr:")
+                else self.settings.max_failures
+            )
+            if self.store.failures(k, now, self.settings.failure_window) >= limit:
                 raise TooManyFailures("too many failed logins; wait a few minutes")
 
     def _fail(self, keys: list[str], event: AuthEvent) -> None:

@@ -1,0 +1,517 @@
+"""The token service end to end, and the attacks it must refuse (each test fails if the
+attack works). Real server (gunicorn, CA and token service mounted), real CLI."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from sqlalchemy import create_engine, select
+
+from authsvc.models import SigningKeyRow
+from authsvc.principal import x5t_s256
+from tests.conftest import Server
+from tests.test_status_flow import creds, enroll_enterprise, jrun, serial_of
+
+SERVICE = "customs-declaration"
+
+
+@pytest.fixture(scope="module")
+def world(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An enterprise and an operator with the declaration role, logged in."""
+    tmp = tmp_path_factory.mktemp("auth")
+    srv = sqlite_server
+    ent = enroll_enterprise(srv, tmp, "Token Flow Co.")
+    grant = jrun(srv, "operator", "add", "--name", "Chen Jie", "--id", "T100", *creds(ent))
+    op = tmp / "op"
+    jrun(
+        srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(op)
+    )
+    jrun(srv, "roles", "grant", "--operator", "T100", "--role", "declaration", *creds(ent))
+    return {"ent": ent, "op": op, "tmp": tmp}
+
+
+def cli(srv: Server, cfg: Path, *args: str, check: bool = True) -> Any:
+    return srv.eport(*args, check=check, EPORT_CONFIG_DIR=str(cfg))
+
+
+def login(srv: Server, who: Path, cfg: Path) -> dict[str, Any]:
+    return json.loads(cli(srv, cfg, "login", *creds(who), "--json").stdout)
+
+
+def token_for(srv: Server, cfg: Path, service: str = SERVICE) -> str:
+    return str(cli(srv, cfg, "token", "--service", service).stdout.strip())
+
+
+def validate(
+    srv: Server, token: str, service: str = SERVICE, scope: str | None = None
+) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}", "X-Eport-Service": service}
+    if scope:
+        headers["X-Eport-Scope"] = scope
+    return requests.get(srv.url + "/auth/validate", headers=headers, timeout=10)
+
+
+def test_login_once_tokens_for_every_service(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    srv = sqlite_server
+    info = login(srv, world["op"], tmp_path)
+    session_file = Path(info["file"])
+    assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
+    # The key file is not needed any more: move it away.
+    key = world["op"] / "key.pem"
+    hidden = key.with_suffix(".away")
+    key.rename(hidden)
+    try:
+        tok = token_for(srv, tmp_path)
+        claims = jwt.decode(tok, options={"verify_signature": False})
+        header = jwt.get_unverified_header(tok)
+        assert header["typ"] == "at+jwt" and header["alg"] == "ES256"
+        assert claims["sub"] == "op:" + claims["uscc"] + ":T100" and claims["operator_id"] == "T100"
+        assert claims["aud"].startswith("https://customs-declaration")
+        assert claims["exp"] - claims["iat"] == 600
+        cert = x509.load_pem_x509_certificate((world["op"] / "cert.pem").read_bytes())
+        assert claims["cnf"] == {"x5t#S256": x5t_s256(cert)}
+        assert "declaration:submit" in claims["scope"].split()
+        r = validate(srv, tok)
+        assert r.status_code == 200 and r.headers["X-Eport-Subject"] == claims["sub"]
+        assert validate(srv, tok, scope="declaration:submit").status_code == 200
+        assert validate(srv, tok, scope="manifest:read").status_code == 403
+        # Another registered service, same session, no key.
+        portal = token_for(srv, tmp_path, "portal")
+        assert validate(srv, portal, "portal").status_code == 200
+        who = json.loads(cli(srv, tmp_path, "whoami", "--json").stdout)
+        assert who["subject"] == claims["sub"] and who["sid"] == claims["sid"]
+        # No access where policy gives none: a clear one-line error.
+        res = cli(srv, tmp_path, "token", "--service", "tax-refund", check=False)
+        assert res.returncode == 1 and "no access to tax-refund" in res.stderr
+    finally:
+        hidden.rename(key)
+    # Logout ends everything from the session at once.
+    cli(srv, tmp_path, "logout")
+    assert validate(srv, tok).status_code == 401
+    assert validate(srv, portal, "portal").status_code == 401
+    assert cli(srv, tmp_path, "whoami", check=False).returncode == 1
+
+
+def test_discovery_and_jwks(sqlite_server: Server) -> None:
+    srv = sqlite_server
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        doc = requests.get(srv.url + path, timeout=10).json()
+        assert doc["issuer"] == srv.url + "/auth"
+        assert doc["jwks_uri"] == srv.url + "/auth/jwks.json"
+        assert "urn:ietf:params:oauth:grant-type:jwt-bearer" in doc["grant_types_supported"]
+    keys = requests.get(srv.url + "/auth/jwks.json", timeout=10).json()["keys"]
+    assert len(keys) >= 2 and all(k["alg"] == "ES256" and k["kty"] == "EC" for k in keys)
+    assert all("d" not in k for k in keys)
+
+
+def test_refresh_token_reuse_ends_the_session(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    srv = sqlite_server
+    login(srv, world["op"], tmp_path)
+    stolen = json.loads(next(tmp_path.glob("session-*.json")).read_text())["refresh_token"]
+    tok = token_for(srv, tmp_path)  # the legitimate client rotates the token
+    time.sleep(0.1)
+
+    def refresh(rt: str) -> requests.Response:
+        return requests.post(
+            srv.url + "/auth/token",
+            data={"grant_type": "refresh_token", "refresh_token": rt, "audience": SERVICE},
+            timeout=10,
+        )
+
+    # Within the grace window a repeat is refused but the session lives (concurrent refresh).
+    r = refresh(stolen)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert r.headers["Cache-Control"] == "no-store"
+    assert validate(srv, tok).status_code == 200
+    # After the grace window the reuse is theft: the whole session ends.
+    time.sleep(10.5)
+    r = refresh(stolen)
+    assert r.status_code == 400 and "session is ended" in r.json()["error_description"]
+    assert validate(srv, tok).status_code == 401
+    assert cli(srv, tmp_path, "token", "--service", SERVICE, check=False).returncode == 1
+
+
+def test_revocation_reaches_tokens_within_5_seconds(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    srv = sqlite_server
+    grant = jrun(srv, "operator", "add", "--name", "Zhou Min", "--id", "T200", *creds(world["ent"]))
+    op = tmp_path / "op2"
+    jrun(
+        srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(op)
+    )
+    login(srv, op, tmp_path)
+    tok = token_for(srv, tmp_path, "portal")
+    assert validate(srv, tok, "portal").status_code == 200
+    jrun(
+        srv,
+        "revoke",
+        "--serial",
+        serial_of(op),
+        "--reason",
+        "affiliationChanged",
+        *creds(world["ent"]),
+    )
+    start = time.monotonic()
+    while validate(srv, tok, "portal").status_code != 401:
+        assert time.monotonic() - start < 5, "token still active 5 s after revocation"
+        time.sleep(0.05)
+    # The session is ended: no new tokens either.
+    res = cli(srv, tmp_path, "token", "--service", "portal", check=False)
+    assert res.returncode == 1
+
+
+def test_rfc7009_revocation(sqlite_server: Server, world: dict[str, Any], tmp_path: Path) -> None:
+    srv = sqlite_server
+    login(srv, world["op"], tmp_path)
+    a = token_for(srv, tmp_path)
+    b = token_for(srv, tmp_path)
+    r = requests.post(
+        srv.url + "/auth/revoke", data={"token": a, "token_type_hint": "access_token"}, timeout=10
+    )
+    assert r.status_code == 200
+    assert validate(srv, a).status_code == 401 and validate(srv, b).status_code == 200
+    # Unknown tokens: still 200 (RFC 7009 §2.2), nothing happens.
+    assert (
+        requests.post(srv.url + "/auth/revoke", data={"token": "nonsense"}, timeout=10).status_code
+        == 200
+    )
+    rt = json.loads(next(tmp_path.glob("session-*.json")).read_text())["refresh_token"]
+    requests.post(
+        srv.url + "/auth/revoke", data={"token": rt, "token_type_hint": "refresh_token"}, timeout=10
+    )
+    assert validate(srv, b).status_code == 401
+
+
+# -- attacks on access tokens -------------------------------------------------------------
+
+
+def _signing_key(srv: Server) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    """The token service's own active key, read as an insider would: for tokens that are
+    validly signed but wrong in one claim."""
+    from ca.devinit import read_passphrases
+
+    pw = read_passphrases(srv.data_dir)["auth_key_passphrase"].encode()
+    engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(SigningKeyRow.kid, SigningKeyRow.private_pem).where(
+                SigningKeyRow.state == "active"
+            )
+        ).one()
+    engine.dispose()
+    key = serialization.load_pem_private_key(row.private_pem, pw)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return row.kid, key
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    return (
+        f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}.{_b64(signature)}"
+    )
+
+
+@pytest.fixture
+def good(sqlite_server: Server, world: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    login(sqlite_server, world["op"], tmp_path)
+    tok = token_for(sqlite_server, tmp_path)
+    assert validate(sqlite_server, tok).status_code == 200
+    return {
+        "token": tok,
+        "claims": jwt.decode(tok, options={"verify_signature": False}),
+        "header": jwt.get_unverified_header(tok),
+    }
+
+
+def test_attack_alg_none_and_key_confusion(sqlite_server: Server, good: dict[str, Any]) -> None:
+    srv, claims, header = sqlite_server, good["claims"], good["header"]
+    assert validate(srv, _forge({**header, "alg": "none"}, claims)).status_code == 401
+    assert validate(srv, _forge({**header, "alg": "None"}, claims)).status_code == 401
+    # HS256 "signed" with the published public key (the classic key confusion).
+    jwk = next(
+        k
+        for k in requests.get(srv.url + "/auth/jwks.json", timeout=10).json()["keys"]
+        if k["kid"] == header["kid"]
+    )
+    pub = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(jwk)).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    import hmac
+
+    signing_input = _forge({**header, "alg": "HS256"}, claims).rsplit(".", 1)[0]
+    sig = hmac.new(pub, signing_input.encode(), "sha256").digest()
+    assert validate(srv, f"{signing_input}.{_b64(sig)}").status_code == 401
+
+
+def test_attack_kid_and_key_url_headers(sqlite_server: Server, good: dict[str, Any]) -> None:
+    srv, claims, header = sqlite_server, good["claims"], good["header"]
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    for kid in ("../../etc/passwd", "' OR '1'='1", "x" * 300, ""):
+        tok = jwt.encode(claims, attacker, algorithm="ES256", headers={"typ": "at+jwt", "kid": kid})
+        assert validate(srv, tok).status_code == 401
+    # jku / x5u / jwk pointing at the attacker's key are never followed.
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    for extra in (
+        {"jku": "http://127.0.0.1:1/jwks"},
+        {"x5u": "http://127.0.0.1:1/cert"},
+        {"jwk": jwk},
+    ):
+        tok = jwt.encode(
+            claims,
+            attacker,
+            algorithm="ES256",
+            headers={"typ": "at+jwt", "kid": header["kid"], **extra},
+        )
+        assert validate(srv, tok).status_code == 401
+    # The genuine token with an extra jku header attached is rejected (its signature no
+    # longer covers the header), showing the header is part of what is verified.
+    _, p, s = good["token"].split(".")
+    tampered_header = _b64(json.dumps({**header, "jku": "http://127.0.0.1:1/"}).encode())
+    assert validate(srv, f"{tampered_header}.{p}.{s}").status_code == 401
+
+
+def test_attack_tampered_payload_and_wrong_audience(
+    sqlite_server: Server, good: dict[str, Any], tmp_path: Path
+) -> None:
+    srv, claims = sqlite_server, good["claims"]
+    h, _, s = good["token"].split(".")
+    evil = _b64(json.dumps({**claims, "scope": claims["scope"] + " admin:all"}).encode())
+    assert validate(srv, f"{h}.{evil}.{s}").status_code == 401
+    # A token for one service presented to another.
+    assert validate(srv, good["token"], "manifest").status_code == 401
+    assert validate(srv, good["token"], "portal").status_code == 401
+
+
+def test_attack_validly_signed_but_wrong(sqlite_server: Server, good: dict[str, Any]) -> None:
+    srv, claims = sqlite_server, good["claims"]
+    kid, key = _signing_key(srv)
+    now = int(time.time())
+
+    def signed(**changes: Any) -> str:
+        c = {**claims, **changes, "jti": secrets.token_urlsafe(8)}
+        c = {k: v for k, v in c.items() if v is not None}
+        return jwt.encode(c, key, algorithm="ES256", headers={"typ": "at+jwt", "kid": kid})
+
+    assert validate(srv, signed()).status_code == 200  # the control: the forgery kit works
+    assert validate(srv, signed(exp=now - 120, iat=now - 800)).status_code == 401  # expired
+    assert validate(srv, signed(nbf=now + 600)).status_code == 401  # not yet valid
+    assert validate(srv, signed(iss="https://evil.example/auth")).status_code == 401
+    assert validate(srv, signed(aud="https://manifest.eport.example")).status_code == 401
+    assert validate(srv, signed(exp=None)).status_code == 401  # exp required
+    assert validate(srv, signed(sid="no-such-session")).status_code == 401
+    untyped = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+    assert validate(srv, untyped).status_code == 401  # typ at+jwt required (RFC 9068 §4)
+
+
+# -- attacks on login -----------------------------------------------------------------------
+
+
+def _assertion(
+    srv: Server, cert: x509.Certificate, key: Any, chain: list[x509.Certificate], **changes: Any
+) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "x",
+        "sub": x5t_s256(cert),
+        "aud": srv.url + "/auth/token",
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(12),
+    }
+    claims.update(changes)
+    x5c = [
+        base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+        for c in [cert, *chain]
+    ]
+    return jwt.encode(claims, key, algorithm="ES256", headers={"typ": "JWT", "x5c": x5c})
+
+
+def _login(srv: Server, assertion: str) -> requests.Response:
+    return requests.post(
+        srv.url + "/auth/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
+        timeout=10,
+    )
+
+
+def _load(d: Path) -> tuple[x509.Certificate, Any, list[x509.Certificate]]:
+    cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((d / "key.pem").read_bytes(), b"test-passphrase-123")
+    chain = x509.load_pem_x509_certificates((d / "chain.pem").read_bytes())[:1]
+    return cert, key, chain
+
+
+def test_attack_assertions(sqlite_server: Server, world: dict[str, Any], tmp_path: Path) -> None:
+    srv = sqlite_server
+    cert, key, chain = _load(world["ent"])
+    a = _assertion(srv, cert, key, chain)
+    assert _login(srv, a).status_code == 200  # control
+    r = _login(srv, a)  # replayed
+    assert (
+        r.status_code == 400
+        and r.json()["error"] == "invalid_grant"
+        and "already used" in r.json()["error_description"]
+    )
+    assert (
+        _login(srv, _assertion(srv, cert, key, chain, aud="https://other/token")).status_code == 400
+    )
+    assert (
+        _login(srv, _assertion(srv, cert, key, chain, exp=int(time.time()) + 3600)).status_code
+        == 400
+    )  # > 5 min
+    assert (
+        _login(
+            srv,
+            _assertion(
+                srv, cert, key, chain, exp=int(time.time()) - 120, iat=int(time.time()) - 180
+            ),
+        ).status_code
+        == 400
+    )
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert _login(srv, _assertion(srv, cert, other, chain)).status_code == 400  # not the cert's key
+    # A certificate from a foreign CA with the same names.
+    fkey = ec.generate_private_key(ec.SECP256R1())
+    foreign_ca = (
+        x509.CertificateBuilder()
+        .subject_name(chain[0].subject)
+        .issuer_name(chain[0].subject)
+        .public_key(fkey.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.datetime(2020, 1, 1))
+        .not_valid_after(datetime.datetime(2040, 1, 1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(fkey, hashes.SHA256())
+    )
+    fleaf = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(foreign_ca.subject)
+        .public_key(other.public_key())
+        .serial_number(2)
+        .not_valid_before(datetime.datetime(2020, 1, 1))
+        .not_valid_after(datetime.datetime(2040, 1, 1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            cert.extensions.get_extension_for_class(x509.CertificatePolicies).value, critical=False
+        )
+        .sign(fkey, hashes.SHA256())
+    )
+    assert _login(srv, _assertion(srv, fleaf, other, [foreign_ca])).status_code == 400
+    # A certificate with the wrong EKU: the issuing CA's own OCSP responder certificate.
+    from ca import hierarchy
+    from ca.devinit import read_passphrases
+
+    h = hierarchy.load(srv.data_dir, read_passphrases(srv.data_dir)["ca_key_passphrase"].encode())
+    responder = h.responders["enterprise"]
+    assert (
+        ExtendedKeyUsageOID.CLIENT_AUTH
+        not in responder.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
+    priv = serialization.load_pem_private_key(
+        (srv.data_dir / "ca" / "responders" / "enterprise.key").read_bytes(),
+        read_passphrases(srv.data_dir)["ca_key_passphrase"].encode(),
+    )
+    assert _login(srv, _assertion(srv, responder.certificate, priv, chain)).status_code == 400
+    # An expired certificate: issued by the real issuing CA, validity in the past.
+    from ca.issuance import CertificateFactory
+    from ca.policy import load_policies
+
+    old_key = ec.generate_private_key(ec.SECP256R1())
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=800)
+    expired = CertificateFactory().issue(
+        load_policies(Path(__file__).parent.parent / "policies").profile("enterprise"),
+        h.issuers["enterprise"],
+        old_key.public_key(),
+        {"uscc": "91350100M000100Y43", "legal_name": "Expired Co."},
+        past,
+    )
+    assert expired.not_valid_after_utc < datetime.datetime.now(datetime.UTC)
+    assert _login(srv, _assertion(srv, expired, old_key, chain)).status_code == 400
+
+
+def test_attack_revoked_and_held_certificates_cannot_log_in(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    srv = sqlite_server
+    for i, action in enumerate(("suspend", "revoke")):
+        grant = jrun(
+            srv, "operator", "add", "--name", f"Op {i}", "--id", f"X{i}", *creds(world["ent"])
+        )
+        d = tmp_path / f"x{i}"
+        jrun(
+            srv,
+            "enroll",
+            "--code",
+            grant["enrollment_code"],
+            "--profile",
+            "operator",
+            "--out",
+            str(d),
+        )
+        extra = ["--reason", "keyCompromise"] if action == "revoke" else []
+        jrun(srv, action, "--serial", serial_of(d), *extra, *creds(world["ent"]))
+        cert, key, chain = _load(d)
+        r = _login(srv, _assertion(srv, cert, key, chain))
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, Any]) -> None:
+    """Per certificate: 10 failures in 5 minutes, then 429 even for a correct assertion."""
+    srv = sqlite_server
+    grant = jrun(
+        srv, "operator", "add", "--name", "Brute Force", "--id", "BF1", *creds(world["ent"])
+    )
+    d = world["tmp"] / "bf"
+    jrun(
+        srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(d)
+    )
+    cert, key, chain = _load(d)
+    wrong = ec.generate_private_key(ec.SECP256R1())
+    statuses = [_login(srv, _assertion(srv, cert, wrong, chain)).status_code for _ in range(11)]
+    assert statuses[:10] == [400] * 10 and statuses[10] == 429
+    r = _login(srv, _assertion(srv, cert, key, chain))
+    assert r.status_code == 429 and r.json()["error"] == "slow_down"
+    # Every failure is on record for auditors.
+    from cli.client import CAClient
+    from cli.keyfiles import load_identity
+
+    auditor = srv.data_dir / "dev" / "auditors" / "customs"
+    pw = auditor / "DEV-ONLY-passphrase.txt"
+    ident = load_identity(auditor / "auditor.pem", auditor / "auditor.key", pw)
+    ent_pw = world["tmp"] / "ent-pass.txt"
+    ent_pw.write_text("test-passphrase-123")
+    events = CAClient(srv.url).call("GET", "/auth/v1/events?limit=1000", identity=ident)["events"]
+    kinds = {e["type"] for e in events}
+    assert {"login", "login.failed", "logout", "token.issued", "session.ended"} <= kinds
+    failed = [e for e in events if e["type"] == "login.failed"]
+    assert failed and all(e["client_addr"] == "127.0.0.1" for e in failed)
+    # An enterprise sees only its own events.
+    mine = CAClient(srv.url).call(
+        "GET",
+        "/auth/v1/events?limit=1000",
+        identity=load_identity(world["ent"] / "cert.pem", world["ent"] / "key.pem", ent_pw),
+    )["events"]
+    assert mine and all(e["subject"] == mine[0]["subject"] for e in mine)
