@@ -119,6 +119,13 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     trust = TrustAnchors(
         roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
     )
+    passphrase = ca_passphrase(cfg)
+    if passphrase is not None:
+        from ca.ceremony import renew_responders
+
+        with app.app_context():
+            if renew_responders(authority, h, cfg.data_dir, passphrase):
+                h = hierarchy.load(cfg.data_dir, passphrase)
     status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
     revocation = Revocation(authority, listeners=(status.on_status_change,))
     app.extensions[EXTENSION] = CAService(

@@ -157,3 +157,67 @@ def initialize(
     finally:
         engine.dispose()
     return Initialized(h, officers)
+
+
+RESPONDER_RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def renew_responders(
+    authority: JointCA, h: hierarchy.Hierarchy, data_dir: Path, ca_passphrase: bytes
+) -> list[str]:
+    """Re-issue delegated OCSP responder certificates that expire within 30 days.
+
+    Runs at start in each server process; a file lock makes one of them do it. The new
+    certificate is stored and logged like any other issuance. Returns the issuer ids
+    whose responder was renewed (the caller reloads the hierarchy)."""
+    import fcntl
+
+    from ca.signer import seal_key
+
+    now = authority.clock()
+    due = [
+        iid
+        for iid, r in h.responders.items()
+        if r.certificate.not_valid_after_utc - now < RESPONDER_RENEW_BEFORE
+    ]
+    if not due:
+        return []
+    d = hierarchy.ca_dir(data_dir) / "responders"
+    renewed = []
+    with open(d / ".renew.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = hierarchy.load(data_dir, None).responders
+        profile = authority.policies.profile("ocsp-responder")
+        for iid in due:
+            if current[iid].certificate.not_valid_after_utc - now >= RESPONDER_RENEW_BEFORE:
+                continue  # another process renewed it meanwhile
+            issuer = h.issuers[iid]
+            key = KeyType.P256.generate()
+            cert = authority.factory.issue(
+                profile,
+                issuer,
+                key.public_key(),
+                {"ca_name": hierarchy.issuer_ca_name(issuer)},
+                now,
+            )
+            rec = _record(cert, iid, profile.name, None)
+            with authority.store.transaction() as tx:
+                tx.add_certificate(rec)
+                tx.append_event(
+                    Event(
+                        type=EventType.CERTIFICATE_ISSUED,
+                        at=now,
+                        actor="system:responder-renewal",
+                        subject=rec.subject,
+                        profile=profile.name,
+                        issuer=iid,
+                        serial=rec.serial,
+                        cert_sha256=rec.cert_sha256,
+                    )
+                )
+            seal_key(key, d / f"{iid}.key.new", ca_passphrase)
+            (d / f"{iid}.crt.new").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (d / f"{iid}.key.new").replace(d / f"{iid}.key")
+            (d / f"{iid}.crt.new").replace(d / f"{iid}.crt")
+            renewed.append(iid)
+    return renewed

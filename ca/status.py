@@ -154,7 +154,10 @@ class StatusService:
             if len(info.cert_ids) == 1 and info.nonce is None:
                 cert_id = info.cert_ids[0]
                 if cert_id == responder.cert_id(cert_id.serial_number) and cert_id.null_parameters:
-                    return self._canonical(tx, responder, issuer_id, cert_id.serial_number, now)
+                    try:
+                        return self._canonical(tx, responder, issuer_id, cert_id.serial_number, now)
+                    except ValueError:
+                        return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
             answers = []
             for cert_id in info.cert_ids:
                 serial = cert_id.serial_number
@@ -162,9 +165,12 @@ class StatusService:
                     tx.get_certificate(serial), tx.get_status(serial), issuer_id
                 )
                 answers.append((cert_id, status))
-        return ocsp.build_response_multi(
-            responder, answers, now, now + self.policy.ocsp_validity, now, info.nonce
-        )
+        try:
+            return ocsp.build_response_multi(
+                responder, answers, now, now + self.policy.ocsp_validity, now, info.nonce
+            )
+        except ValueError:  # e.g. the responder certificate has expired: never a 500
+            return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
 
     def _canonical(
         self,

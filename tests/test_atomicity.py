@@ -192,3 +192,46 @@ def test_concurrent_redemption_issues_once(sqlite_server: Server) -> None:
         ).scalar_one()
     engine.dispose()
     assert n == 1
+
+
+def test_expiring_ocsp_responders_are_renewed_and_logged(tmp_path: Path) -> None:
+    from ca.ceremony import renew_responders
+    from ca.ocsp import Responder
+
+    cfg = CAConfig.load({"data_dir": tmp_path})
+    upgrade(cfg.sqlalchemy_url)
+    policies = load_policies(REPO / "policies")
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=70)
+    h = hierarchy.create(
+        policies,
+        tmp_path,
+        root_passphrase=b"r" * 12,
+        ca_passphrase=b"c" * 12,
+        factory=CertificateFactory(),
+        now=long_ago,
+    )
+    old = h.responders["enterprise"].certificate
+    assert old.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < datetime.timedelta(
+        days=30
+    )
+    engine = make_engine(cfg.sqlalchemy_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    ca = build_authority(cfg, policies, h, SqlStore(sessions))
+    renewed = renew_responders(ca, h, tmp_path, b"c" * 12)
+    assert sorted(renewed) == sorted(h.issuers)
+    assert renew_responders(ca, hierarchy.load(tmp_path, None), tmp_path, b"c" * 12) == []
+    fresh = hierarchy.load(tmp_path, b"c" * 12)
+    new = fresh.responders["enterprise"]
+    assert new.certificate.serial_number != old.serial_number
+    assert new.certificate.not_valid_after_utc - datetime.datetime.now(
+        datetime.UTC
+    ) > datetime.timedelta(days=80)
+    Responder(
+        issuer=fresh.issuers["enterprise"].certificate,
+        certificate=new.certificate,
+        signer=new.signer,
+    )
+    with sessions() as s:
+        rows = s.scalars(select(EventRow).where(EventRow.actor == "system:responder-renewal")).all()
+    assert len(rows) == len(h.issuers)
+    engine.dispose()
