@@ -1,7 +1,453 @@
-"""The auditor's read-only web view at ``/audit/`` (placeholder until the view lands)."""
+"""The auditor's read-only web view at ``/audit/``: checkpoint, events, certificates, chart.
+
+Server-rendered HTML with no script and no external asset (the machines that show it
+may have no internet): one stylesheet from this server, the chart an inline SVG.
+
+Browser sign-in, without passwords: ``eport audit web-login`` sends a signed request
+(:mod:`ca.signedreq`, the auditor's certificate key) to ``POST /audit/session`` and
+gets a one-time link, valid 60 seconds; opening it sets a session cookie for 30
+minutes (``HttpOnly``, ``SameSite=Strict``, ``Path=/audit``, ``Secure`` over HTTPS).
+Link and cookie are HMAC-SHA256 tokens under a random key kept in
+``<data_dir>/ca/audit-web.secret`` (made on first use, mode 0600; every process and
+host serving the view must share it); the link's id is remembered in the replay store
+shared by every process, so a link opens one session only. The session carries the
+reader's rights, the same as the API's: auditors and RA officers see everything, an
+enterprise or its operator only the events with its own USCC. Every page is a GET
+that changes nothing; the only other form is "sign out".
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-bp = Blueprint("audit_web", __name__, url_prefix="/audit")
+from flask import (
+    Blueprint,
+    Response,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy import Date, cast, func, select
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response as BaseResponse
+
+from ca import translog
+from ca.audit_api import (
+    EventFilter,
+    Reader,
+    audit_service,
+    event_json,
+    find_events,
+    issuance_entry,
+    normalize_serial,
+    session,
+    signed_reader,
+)
+from ca.errors import BadRequest, EPortError, NotFound, Unauthenticated
+from ca.logentry import decode
+from ca.merkle import leaf_hash
+from ca.models import CertificateRow, EventRow
+from ca.records import EventType
+
+bp = Blueprint(
+    "audit_web",
+    __name__,
+    url_prefix="/audit",
+    template_folder="templates",
+    static_folder="static/audit",
+    static_url_path="/static",
+)
+
+COOKIE = "eport_audit"
+LOGIN_TTL = 60
+SESSION_TTL = 30 * 60
+PAGE = 50
+CHART_DAYS = 30
+ISSUED = (EventType.CERTIFICATE_ISSUED.value, EventType.CERTIFICATE_RENEWED.value)
+REVOKED = (EventType.CERTIFICATE_REVOKED.value,)
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def _secret() -> bytes:
+    """The view's HMAC key, made once per data directory (atomically, for every worker)."""
+    path = Path(audit_service().data_dir) / "ca" / "audit-web.secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+    try:
+        os.link(tmp, path)  # fails if another process made it first: theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(kind: str, payload: str) -> bytes:
+    return hmac.new(
+        _secret(), f"eport-audit-web/1/{kind}/{payload}".encode(), hashlib.sha256
+    ).digest()
+
+
+def make_token(kind: str, claims: dict[str, Any]) -> str:
+    payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    return f"{payload}.{_b64(_mac(kind, payload))}"
+
+
+def read_token(kind: str, token: str, now: datetime.datetime) -> dict[str, Any]:
+    """The claims of a token of ``kind``; raises :class:`Unauthenticated` if it fails."""
+    payload, _, mac = token.partition(".")
+    try:
+        good = hmac.compare_digest(_unb64(mac), _mac(kind, payload))
+        claims = json.loads(_unb64(payload)) if good else None
+    except (ValueError, TypeError):
+        claims = None
+    if not isinstance(claims, dict):
+        raise Unauthenticated("this sign-in link or session is not valid")
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or exp <= now.timestamp():
+        raise Unauthenticated("this sign-in link or session has expired")
+    return claims
+
+
+@dataclass(frozen=True)
+class WebReader:
+    reader: Reader
+    expires: datetime.datetime
+
+
+def current_reader() -> WebReader:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        raise Unauthenticated("sign in with `eport audit web-login` to open the audit view")
+    claims = read_token("session", token, _now())
+    reader = Reader(str(claims["actor"]), str(claims["role"]), claims.get("uscc"))
+    return WebReader(reader, datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC))
+
+
+def _now() -> datetime.datetime:
+    from ca.api import svc
+
+    return svc().clock()
+
+
+# -- sign-in ------------------------------------------------------------------------------
+
+
+@bp.post("/session")
+def new_session() -> Response:
+    """A one-time sign-in link for the signed requester (``eport audit web-login``)."""
+    reader = signed_reader()
+    now = _now()
+    exp = int(now.timestamp()) + LOGIN_TTL
+    token = make_token(
+        "login",
+        {
+            "actor": reader.actor,
+            "role": reader.role,
+            "uscc": reader.uscc,
+            "exp": exp,
+            "jti": secrets.token_urlsafe(18),
+        },
+    )
+    url = request.url_root.rstrip("/") + url_for("audit_web.login", token=token)
+    resp = make_response({"url": url, "expires_in": LOGIN_TTL, "reader": reader.actor})
+    resp.cache_control.no_store = True
+    return resp
+
+
+@bp.get("/login")
+def login() -> BaseResponse:
+    from ca.api import svc
+
+    now = _now()
+    claims = read_token("login", request.args.get("token", ""), now)
+    expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
+    if not svc().store.remember("audit-web:" + str(claims["jti"]), expires):
+        raise Unauthenticated("this sign-in link was already used; ask for a new one")
+    session_claims = {
+        "actor": claims["actor"],
+        "role": claims["role"],
+        "uscc": claims["uscc"],
+        "exp": int(now.timestamp()) + SESSION_TTL,
+    }
+    resp = redirect(url_for("audit_web.index"), code=303)
+    resp.set_cookie(
+        COOKIE,
+        make_token("session", session_claims),
+        max_age=SESSION_TTL,
+        path="/audit",
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return resp
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    resp = redirect(url_for("audit_web.index"), code=303)
+    resp.delete_cookie(COOKIE, path="/audit")
+    return resp
+
+
+@bp.after_request
+def _headers(resp: Response) -> Response:
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["X-Frame-Options"] = "DENY"
+    if not request.path.startswith("/audit/static/"):
+        resp.cache_control.no_store = True
+    return resp
+
+
+@bp.errorhandler(EPortError)
+def _error(err: EPortError) -> tuple[str, int]:
+    if request.path == "/audit/session":
+        from ca.app import problem_response
+
+        resp = problem_response(err)
+        return resp.get_data(as_text=True), err.status
+    return render_template("audit/message.html", error=err, web=None), err.status
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+def _checkpoint(s: Session) -> translog.SignedHead:
+    head = audit_service().signer.latest(s)
+    s.commit()
+    return head
+
+
+def _day(s: Session) -> Any:
+    if s.get_bind().dialect.name == "sqlite":
+        return func.date(EventRow.at)
+    return cast(func.timezone("UTC", EventRow.at), Date)
+
+
+def chart(s: Session, reader: Reader, today: datetime.date) -> dict[str, Any]:
+    """Issuances and revocations per UTC day over the last :data:`CHART_DAYS` days, as SVG
+    geometry: ``bars`` (x, y, width, height, kind, label), axis ticks, and totals."""
+    first = today - datetime.timedelta(days=CHART_DAYS - 1)
+    day = _day(s)
+    query = (
+        select(day, EventRow.type, func.count())
+        .where(
+            EventRow.type.in_(ISSUED + REVOKED),
+            EventRow.at >= datetime.datetime.combine(first, datetime.time(), datetime.UTC),
+        )
+        .group_by(day, EventRow.type)
+    )
+    if not reader.reads_all:
+        query = query.where(EventRow.uscc == reader.uscc)
+    counts: dict[tuple[str, str], int] = {}
+    for d, kind, n in s.execute(query):
+        key = (str(d)[:10], "revoked" if kind in REVOKED else "issued")
+        counts[key] = counts.get(key, 0) + int(n)
+    days = [first + datetime.timedelta(days=i) for i in range(CHART_DAYS)]
+    peak = max(counts.values(), default=0)
+    top = max(peak, 1)
+    width, height, left, bottom, plot_h = 760, 240, 40, 28, 190
+    slot = (width - left - 10) / CHART_DAYS
+    bar_w = max(slot / 2 - 2, 2)
+    bars = []
+    for i, d in enumerate(days):
+        for j, kind in enumerate(("issued", "revoked")):
+            n = counts.get((d.isoformat(), kind), 0)
+            if not n:
+                continue
+            h = plot_h * n / top
+            bars.append(
+                {
+                    "x": round(left + i * slot + 1 + j * (bar_w + 1), 1),
+                    "y": round(height - bottom - h, 1),
+                    "w": round(bar_w, 1),
+                    "h": round(h, 1),
+                    "kind": kind,
+                    "label": f"{d.isoformat()}: {n} {kind}",
+                    "n": n,
+                }
+            )
+    ticks = [
+        {"x": round(left + i * slot + slot / 2, 1), "label": d.strftime("%m-%d")}
+        for i, d in enumerate(days)
+        if i % 5 == 0 or i == CHART_DAYS - 1
+    ]
+    grid = sorted({0, top // 2, top}) if top > 1 else [0, 1]
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": height - bottom,
+        "plot_h": plot_h,
+        "bars": bars,
+        "ticks": ticks,
+        "grid": [{"y": round(height - bottom - plot_h * g / top, 1), "label": g} for g in grid],
+        "issued": sum(n for (_, k), n in counts.items() if k == "issued"),
+        "revoked": sum(n for (_, k), n in counts.items() if k == "revoked"),
+        "first": first.isoformat(),
+        "last": today.isoformat(),
+    }
+
+
+@bp.get("/")
+def index() -> str:
+    web = current_reader()
+    s = session()
+    head = _checkpoint(s)
+    recent = find_events(s, EventFilter().for_reader(web.reader), limit=10, newest_first=True)
+    graph = chart(s, web.reader, _now().date())
+    s.rollback()
+    return render_template(
+        "audit/index.html",
+        web=web,
+        head=head,
+        note=head.note.decode(),
+        verifier_key=audit_service().verifier_key,
+        origin=audit_service().origin,
+        root_b64=base64.b64encode(head.root_hash).decode(),
+        events=[event_json(i, r) for i, r in recent],
+        chart=graph,
+        types=[t.value for t in EventType],
+    )
+
+
+@bp.get("/events")
+def events() -> str:
+    web = current_reader()
+    args = request.args
+    flt = _web_filter().for_reader(web.reader)
+    before = args.get("before")
+    try:
+        before_idx = int(before) if before else None
+    except ValueError:
+        raise BadRequest("before must be a log index") from None
+    s = session()
+    rows = find_events(s, flt, before=before_idx, limit=PAGE, newest_first=True)
+    s.rollback()
+    older = rows[-1][0] if len(rows) == PAGE else None
+    query = {k: v for k, v in args.items() if k != "before" and v}
+    return render_template(
+        "audit/events.html",
+        web=web,
+        events=[event_json(i, r) for i, r in rows],
+        older=older,
+        query=query,
+        args=args,
+        types=[t.value for t in EventType],
+    )
+
+
+class _Args(dict[str, str]):
+    """Query arguments in the shape :meth:`EventFilter.from_args` reads."""
+
+    def getlist(self, name: str) -> list[str]:
+        value = self.get(name)
+        return [value] if value else []
+
+
+def _web_filter() -> EventFilter:
+    args = request.args
+    return EventFilter.from_args(
+        _Args(
+            subject=args.get("q", ""),
+            type=args.get("type", ""),
+            uscc=args.get("uscc", ""),
+            serial=args.get("serial", ""),
+            since=args.get("since", ""),
+            until=args.get("until", ""),
+        )
+    )
+
+
+def _proof(s: Session, index: int, head: translog.SignedHead) -> list[str]:
+    return [n.hex() for n in translog.tree_at(s, head.size).inclusion_proof(index, head.size)]
+
+
+@bp.get("/certificates/<serial>")
+def certificate(serial: str) -> str:
+    web = current_reader()
+    serial = normalize_serial(serial)
+    s = session()
+    row = s.get(CertificateRow, serial)
+    if row is None or not (web.reader.reads_all or row.uscc == web.reader.uscc):
+        raise NotFound(f"no certificate {serial} in your view of the CA's records")
+    head = _checkpoint(s)
+    found = issuance_entry(s, serial)
+    entry = proof = None
+    index = None
+    if found is not None and found[0] < head.size:
+        index, data, _ = found
+        entry = {"raw": data.decode(), "leaf": leaf_hash(data).hex(), "fields": decode(data)}
+        proof = _proof(s, index, head)
+    history = find_events(s, EventFilter(serial=serial).for_reader(web.reader), limit=100)
+    s.rollback()
+    return render_template(
+        "audit/certificate.html",
+        web=web,
+        cert=row,
+        head=head,
+        index=index,
+        entry=entry,
+        proof=proof,
+        history=[event_json(i, r) for i, r in history],
+    )
+
+
+@bp.get("/entries/<int:index>")
+def entry(index: int) -> str:
+    web = current_reader()
+    s = session()
+    head = _checkpoint(s)
+    rows = find_events(
+        s, EventFilter().for_reader(web.reader), after=index - 1, before=index + 1, limit=1
+    )
+    if not rows or index >= head.size:
+        raise NotFound(f"no entry {index} in your view of the log")
+    from ca.models import LogEntryRow
+
+    data = bytes(s.execute(select(LogEntryRow.entry).where(LogEntryRow.idx == index)).scalar_one())
+    proof = _proof(s, index, head)
+    s.rollback()
+    return render_template(
+        "audit/entry.html",
+        web=web,
+        head=head,
+        index=index,
+        event=event_json(*rows[0]),
+        raw=data.decode(),
+        leaf=leaf_hash(data).hex(),
+        proof=proof,
+    )

@@ -331,7 +331,15 @@ def check_consistent(
                 f"and {new.root_hash.hex()}): the log forked"
             )
         return
-    doc = client.json(f"{API}/proof/consistency?" + urlencode({"from": old.size, "to": new.size}))
+    try:
+        doc = client.json(
+            f"{API}/proof/consistency?" + urlencode({"from": old.size, "to": new.size})
+        )
+    except RemoteError as exc:
+        raise VerificationFailed(
+            f"the server cannot prove its checkpoint of size {new.size} consistent with "
+            f"{what} (size {old.size}): {exc}"
+        ) from None
     try:
         auditproof.verify_consistency(
             old.size, new.size, old.root_hash, new.root_hash, _b64_nodes(doc["proof"])

@@ -1,0 +1,657 @@
+"""The auditor's tools end to end: real server (2 gunicorn workers), real CLI, SQLite and
+PostgreSQL.
+
+Concurrent enrollments on both worker processes must give one linear log; ``eport audit``
+must verify it, list and export it, prove inclusion; and every kind of tampering with
+the stored log (an entry changed, deleted, two reordered, the log truncated, a forked
+checkpoint served, an event record changed, a certificate hidden from the log) must make
+``eport audit verify`` exit non-zero naming the first entry (or checkpoint) that breaks.
+Each tamper test restores what it changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import csv
+import hashlib
+import http.server
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Engine, create_engine, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from ca import devinit, translog
+from ca.checkpoint import Checkpoint, sign_note
+from ca.keys import KeyType
+from ca.models import (
+    CertificateRow,
+    CheckpointRow,
+    EventRow,
+    LogEntryRow,
+    LogHeadRow,
+    LogNodeRow,
+)
+from ca.signer import unseal_key
+from cli import keyfiles
+from cli.client import CAClient
+from tests.conftest import Server
+
+ENTERPRISES = 12
+_counter = iter(range(10**6))
+
+
+def fresh_uscc() -> str:
+    from ca.uscc import check_character
+
+    body = f"91310000MA{next(_counter) + 5000:04d}{time.monotonic_ns() % 1000:03d}"
+    return body + check_character(body)
+
+
+def auditor(server: Server, agency: str = "customs") -> list[str]:
+    d = server.dev / "auditors" / agency
+    return [
+        "--cert",
+        str(d / "auditor.pem"),
+        "--key",
+        str(d / "auditor.key"),
+        "--passphrase-file",
+        str(d / "DEV-ONLY-passphrase.txt"),
+    ]
+
+
+def asker(server: Server) -> list[str]:
+    """The auditor's identity as ``eport audit prove`` takes it (--as-cert)."""
+    return ["--as-cert", *auditor(server)[1:]]
+
+
+def verify(server: Server, state: Path, *extra: str, check: bool = True, **env: str) -> Any:
+    return server.eport(
+        "audit", "verify", "--state", str(state), *auditor(server), *extra, check=check, **env
+    )
+
+
+def failed(res: Any, *needles: str) -> str:
+    """The one error line of a verification that must have failed."""
+    assert res.returncode != 0, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("eport: error: "), line
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def officer_identity(server: Server) -> Any:
+    d = server.dev / "officers" / "customs"
+    return keyfiles.load_identity(
+        d / "officer.pem", d / "officer.key", d / "DEV-ONLY-passphrase.txt"
+    )
+
+
+def enroll_concurrently(server: Server, n: int) -> list[dict[str, Any]]:
+    """n enterprises applied and approved, then all enrolled at once across both workers."""
+    officer = officer_identity(server)
+    client = CAClient(server.url)
+    codes = []
+    for i in range(n):
+        app = client.call(
+            "POST",
+            "/ca/v1/applications",
+            {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": f"Audit Co {i}"},
+        )
+        grant = client.call("POST", f"/ca/v1/ra/applications/{app['id']}/approve", {}, officer)
+        codes.append(grant["enrollment_code"])
+    csrs = [keyfiles.csr_for(KeyType.P256.generate()).decode() for _ in codes]
+
+    def enroll(job: tuple[str, str]) -> dict[str, Any]:
+        return CAClient(server.url).call(
+            "POST", "/ca/v1/enroll", {"code": job[0], "profile": "enterprise", "csr": job[1]}
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(enroll, zip(codes, csrs, strict=True)))
+
+
+@pytest.fixture(scope="module")
+def issued(server: Server) -> list[dict[str, Any]]:
+    return enroll_concurrently(server, ENTERPRISES)
+
+
+@contextmanager
+def database(server: Server) -> Iterator[Engine]:
+    engine = create_engine(server.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_appends_make_one_linear_log(
+    server: Server, issued: list[dict[str, Any]]
+) -> None:
+    with database(server) as engine, Session(engine) as s:
+        rows = s.execute(
+            select(LogEntryRow.idx, LogEntryRow.event_id).order_by(LogEntryRow.idx)
+        ).all()
+        events = set(s.scalars(select(EventRow.id)))
+        head = s.execute(select(LogHeadRow.size)).scalar_one()
+    indices = [r[0] for r in rows]
+    assert indices == list(range(len(rows))), "gaps or duplicates in the log"
+    assert head == len(rows)
+    assert sorted(r[1] for r in rows) == sorted(events), "every event is logged exactly once"
+    assert rows[0][1] == 1, "the log starts with the ceremony's first event"
+    serials = {i["serial"] for i in issued}
+    assert len(serials) == ENTERPRISES
+
+
+def test_verify_full_then_only_grown(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    first = json.loads(verify(server, state, "--full", "--events", "--json").stdout)
+    assert first["ok"] and first["entries"] == first["tree_size"] > ENTERPRISES
+    assert first["issuances"] == first["certificates"]
+    assert first["log_key_trusted_on_first_use"] is True
+    saved = json.loads(state.read_text())
+    assert saved["tree_size"] == first["tree_size"]
+
+    enroll_concurrently(server, 2)
+    second = json.loads(verify(server, state, "--json").stdout)
+    assert second["previous_size"] == first["tree_size"] < second["tree_size"]
+    assert second["log_key_trusted_on_first_use"] is False
+
+    # The log key from the ceremony's log.pub, pinned explicitly.
+    pinned = verify(
+        server, tmp_path / "other.json", "--log-key", str(server.data_dir / "ca" / "log.pub")
+    )
+    assert "OK" in pinned.stdout
+    wrong = KeyType.ED25519.generate().public_key()
+    wrong_pub = tmp_path / "wrong.pub"
+    wrong_pub.write_bytes(
+        wrong.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    failed(
+        verify(server, tmp_path / "third.json", "--log-key", str(wrong_pub), check=False),
+        "no signature by",
+    )
+
+
+def test_prove_by_serial_and_by_certificate(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    target = issued[3]
+    state = tmp_path / "state.json"
+    doc = json.loads(
+        server.eport(
+            "audit",
+            "prove",
+            target["serial"],
+            "--state",
+            str(state),
+            "--json",
+            *asker(server),
+        ).stdout
+    )
+    assert doc["ok"] and doc["entry"]["serial"] == target["serial"]
+    assert doc["entry"]["type"] == "certificate.issued"
+    cert_file = tmp_path / "cert.pem"
+    cert_file.write_text(target["certificate"])
+    text = server.eport(
+        "audit",
+        "prove",
+        "--cert",
+        str(cert_file),
+        "--state",
+        str(state),
+        *asker(server),
+    ).stdout
+    assert "matches the file" in text and "Verified against the checkpoint" in text
+    # A certificate the CA never issued is not in the log.
+    other = tmp_path / "other.pem"
+    other.write_bytes((server.data_dir / "ca" / "root.crt").read_bytes())
+    res = server.eport(
+        "audit", "prove", "ffff0000", "--state", str(state), *asker(server), check=False
+    )
+    assert res.returncode != 0 and "no logged issuance" in res.stderr
+
+
+def test_enterprise_reads_only_its_own(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # Enroll one enterprise through the CLI so that we hold its key.
+    uscc = fresh_uscc()
+    app = json.loads(server.eport("apply", "--uscc", uscc, "--name", "Own Co", "--json").stdout)
+    grant = json.loads(server.eport("ra", "approve", app["id"], *server.officer(), "--json").stdout)
+    out = tmp_path / "own"
+    mine = json.loads(
+        server.eport(
+            "enroll",
+            "--code",
+            grant["enrollment_code"],
+            "--profile",
+            "enterprise",
+            "--out",
+            str(out),
+            "--json",
+        ).stdout
+    )
+    ent = ["--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
+    listed = json.loads(server.eport("audit", "log", *ent, "--format", "json").stdout)
+    assert listed and {e["uscc"] for e in listed} == {uscc}
+    assert {e["type"] for e in listed} >= {"application.submitted", "certificate.issued"}
+    other = server.eport("audit", "log", *ent, "--uscc", issued[0]["uscc"], check=False)
+    assert other.returncode != 0 and "own USCC" in other.stderr
+    full = server.eport(
+        "audit", "verify", "--full", "--state", str(tmp_path / "s.json"), *ent, check=False
+    )
+    assert full.returncode != 0 and "auditors and RA officers" in full.stderr
+    proved = server.eport(
+        "audit", "prove", mine["serial"], "--state", str(tmp_path / "s.json"), "--as-cert", *ent[1:]
+    )
+    assert "Verified against the checkpoint" in proved.stdout
+    theirs = server.eport(
+        "audit",
+        "prove",
+        issued[0]["serial"],
+        "--state",
+        str(tmp_path / "s.json"),
+        "--as-cert",
+        *ent[1:],
+        check=False,
+    )
+    assert theirs.returncode != 0 and "no logged issuance" in theirs.stderr
+    # Anonymous: hashes are public, records are not.
+    assert requests.get(server.url + "/ca/v1/audit/checkpoint", timeout=10).status_code == 200
+    assert (
+        requests.get(server.url + "/ca/v1/audit/proof/inclusion?index=0", timeout=10).status_code
+        == 200
+    )
+    for path in ("entries", "events", "certificates", "event-digests"):
+        assert requests.get(f"{server.url}/ca/v1/audit/{path}", timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{server.url}/ca/v1/audit/proof/inclusion?serial={issued[0]['serial']}", timeout=10
+        ).status_code
+        == 401
+    )
+
+
+def test_log_filters_and_exports(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    who = auditor(server)
+    table = server.eport(
+        "audit", "log", *who, "--type", "certificate.issued", "--limit", "3"
+    ).stdout
+    assert "certificate.issued" in table and "application.submitted" not in table
+    assert "of " in table.splitlines()[-1]  # "(3 of N events; …)"
+    out = tmp_path / "events.csv"
+    server.eport("audit", "log", *who, "--format", "csv", "--out", str(out))
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [int(r["log_index"]) for r in rows] == list(range(len(rows)))
+    one = issued[5]
+    by_serial = json.loads(
+        server.eport("audit", "log", *who, "--serial", one["serial"], "--format", "json").stdout
+    )
+    assert [e["type"] for e in by_serial] == ["certificate.issued"]
+    by_uscc = json.loads(
+        server.eport("audit", "log", *who, "--uscc", one["uscc"], "--format", "json").stdout
+    )
+    assert [e["type"] for e in by_uscc] == [
+        "application.submitted",
+        "application.approved",
+        "certificate.issued",
+    ]
+    by_name = json.loads(
+        server.eport("audit", "log", *who, "--subject", "audit co 5", "--format", "json").stdout
+    )
+    assert {e["uscc"] for e in by_name} == {one["uscc"]}
+    future = json.loads(
+        server.eport("audit", "log", *who, "--since", "2999-01-01", "--format", "json").stdout
+    )
+    assert future == []
+    actor = json.loads(
+        server.eport(
+            "audit",
+            "log",
+            *who,
+            "--actor",
+            "enrollment-code",
+            "--profile",
+            "enterprise",
+            "--issuer",
+            "enterprise",
+            "--until",
+            "2999-01-01",
+            "--format",
+            "json",
+        ).stdout
+    )
+    assert len(actor) >= ENTERPRISES and {e["type"] for e in actor} == {"certificate.issued"}
+    bad = server.eport("audit", "log", *who, "--since", "yesterday", check=False)
+    assert bad.returncode != 0 and "ISO 8601" in bad.stderr
+    anonymous = server.eport("audit", "log", check=False)
+    assert anonymous.returncode != 0 and "--cert" in anonymous.stderr
+
+
+# -- tampering ----------------------------------------------------------------------------
+
+
+def some_index(s: Session, kind: str = "certificate.issued") -> int:
+    return int(
+        s.execute(
+            select(LogEntryRow.idx)
+            .join(EventRow, EventRow.id == LogEntryRow.event_id)
+            .where(EventRow.type == kind)
+            .order_by(LogEntryRow.idx)
+            .offset(2)
+            .limit(1)
+        ).scalar_one()
+    )
+
+
+def entry_at(s: Session, idx: int) -> bytes:
+    return bytes(s.execute(select(LogEntryRow.entry).where(LogEntryRow.idx == idx)).scalar_one())
+
+
+def set_entry(engine: Engine, idx: int, data: bytes) -> None:
+    with Session(engine) as s:
+        s.execute(update(LogEntryRow).where(LogEntryRow.idx == idx).values(entry=data))
+        s.commit()
+
+
+def test_tamper_changed_entry(server: Server, issued: list[dict[str, Any]], tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    verify(server, state)
+    with database(server) as engine:
+        with Session(engine) as s:
+            idx = some_index(s)
+            original = entry_at(s, idx)
+        set_entry(engine, idx, original.replace(b'"actor":"', b'"actor":"forged-', 1))
+        try:
+            failed(verify(server, state, "--full", check=False), f"entry {idx} was changed")
+        finally:
+            set_entry(engine, idx, original)
+    verify(server, state, "--full")
+
+
+def test_tamper_deleted_entry(server: Server, issued: list[dict[str, Any]], tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with database(server) as engine:
+        with Session(engine) as s:
+            idx = some_index(s)
+            row = (
+                s.execute(select(LogEntryRow.__table__).where(LogEntryRow.idx == idx))
+                .mappings()
+                .one()
+            )
+            saved = dict(row)
+            s.execute(delete(LogEntryRow).where(LogEntryRow.idx == idx))
+            s.commit()
+        try:
+            failed(verify(server, state, "--full", check=False), f"entry {idx} is missing")
+        finally:
+            with Session(engine) as s:
+                s.execute(insert(LogEntryRow), [saved])
+                s.commit()
+    verify(server, state, "--full")
+
+
+def test_tamper_reordered_entries(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    with database(server) as engine:
+        with Session(engine) as s:
+            i = some_index(s)
+            j = i + 3
+            a, b = entry_at(s, i), entry_at(s, j)
+        set_entry(engine, i, b)
+        set_entry(engine, j, a)
+        try:
+            failed(
+                verify(server, state, "--full", check=False),
+                f"entries {i} and {j} are out of order",
+            )
+        finally:
+            set_entry(engine, i, a)
+            set_entry(engine, j, b)
+    verify(server, state, "--full")
+
+
+def test_tamper_truncated_log(server: Server, issued: list[dict[str, Any]], tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    before = json.loads(verify(server, state, "--json").stdout)["tree_size"]
+    keep = before - 4
+    with database(server) as engine:
+        # 1. Only the tail of the entries is gone: the log serves fewer than it signed.
+        with Session(engine) as s:
+            tail = [
+                dict(r)
+                for r in s.execute(
+                    select(LogEntryRow.__table__).where(LogEntryRow.idx >= keep)
+                ).mappings()
+            ]
+            s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= keep))
+            s.commit()
+        try:
+            failed(
+                verify(server, tmp_path / "fresh.json", "--full", check=False),
+                f"entry {keep} is missing",
+                f"serves {keep} of",
+            )
+            # 2. The whole log cut back to `keep` (entries, nodes, head, checkpoints).
+            with Session(engine) as s:
+                nodes = [dict(r) for r in s.execute(select(LogNodeRow.__table__)).mappings()]
+                cps = [dict(r) for r in s.execute(select(CheckpointRow.__table__)).mappings()]
+                head = dict(s.execute(select(LogHeadRow.__table__)).mappings().one())
+                root = translog.tree_at(s, keep).root(keep)
+                for n in nodes:
+                    if (n["idx"] + 1) << n["level"] > keep:
+                        s.execute(
+                            delete(LogNodeRow).where(
+                                LogNodeRow.level == n["level"], LogNodeRow.idx == n["idx"]
+                            )
+                        )
+                s.execute(delete(CheckpointRow).where(CheckpointRow.size > keep))
+                s.execute(update(LogHeadRow).values(size=keep, root_hash=root))
+                s.commit()
+            try:
+                failed(
+                    verify(server, state, check=False),
+                    f"the log shrank from {before} to {keep} entries",
+                    f"entry {keep}",
+                    "truncated",
+                )
+            finally:
+                with Session(engine) as s:
+                    s.execute(delete(LogNodeRow))
+                    s.execute(insert(LogNodeRow), nodes)
+                    s.execute(delete(CheckpointRow))
+                    s.execute(insert(CheckpointRow), cps)
+                    s.execute(
+                        update(LogHeadRow).values(size=head["size"], root_hash=head["root_hash"])
+                    )
+                    s.commit()
+        finally:
+            with Session(engine) as s:
+                s.execute(insert(LogEntryRow), tail)
+                s.commit()
+    verify(server, state, "--full")
+
+
+class ForkingProxy:
+    """Forwards to the real server but serves ``note`` as the latest checkpoint."""
+
+    def __init__(self, upstream: str, note: bytes) -> None:
+        self.note = note
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/ca/v1/audit/checkpoint":
+                    body, status, ctype = proxy.note, 200, "text/plain; charset=utf-8"
+                else:
+                    headers = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() in ("authorization", "accept")
+                    }
+                    r = requests.get(upstream + self.path, headers=headers, timeout=30)
+                    body, status = r.content, r.status_code
+                    ctype = r.headers.get("Content-Type", "application/octet-stream")
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ForkingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def forked_note(server: Server, size: int) -> bytes:
+    """A checkpoint for ``size`` with a root the log never had, signed with the real log key."""
+    passphrase = devinit.read_passphrases(server.data_dir)["ca_key_passphrase"].encode()
+    key = unseal_key(server.data_dir / "ca" / "log.key", passphrase)
+    origin = requests.get(server.url + "/ca/v1/audit/log-key", timeout=10).json()["origin"]
+    root = hashlib.sha256(b"a different history").digest()
+    return sign_note(Checkpoint(origin, size, root).body(), origin, key)  # type: ignore[arg-type]
+
+
+def test_tamper_forked_checkpoint(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    size = json.loads(verify(server, state, "--json").stdout)["tree_size"]
+    saved = state.read_text()
+
+    # A second checkpoint for the size verified last time, handed around (--since) ...
+    fork = tmp_path / "fork.note"
+    fork.write_bytes(forked_note(server, size))
+    failed(
+        verify(server, tmp_path / "x.json", "--since", str(fork), check=False),
+        f"tree size {size}",
+        "forked",
+    )
+
+    # ... or served by a server that shows this auditor another history.
+    with ForkingProxy(server.url, forked_note(server, size)) as proxy:
+        res = verify(server, state, check=False, EPORT_SERVER=proxy.url)
+        failed(res, f"two different signed roots for tree size {size}", "forked")
+        assert state.read_text() == saved, "a failed verification must not move the state"
+    with ForkingProxy(server.url, forked_note(server, size + 5)) as proxy:
+        res = verify(server, state, check=False, EPORT_SERVER=proxy.url)
+        failed(res, f"size {size}", "consistent")
+    # The forked note is not one the CA stored: the CA itself never signed two roots.
+    with database(server) as engine, Session(engine) as s:
+        stored = s.execute(
+            select(CheckpointRow.root_hash).where(CheckpointRow.size == size)
+        ).scalar_one()
+        assert base64.b64encode(bytes(stored)).decode() not in fork.read_text()
+    verify(server, state)
+
+
+def test_tamper_changed_event_record(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The log is intact but the CA's events table says something else afterwards."""
+    state = tmp_path / "state.json"
+    with database(server) as engine:
+        with Session(engine) as s:
+            idx = some_index(s)
+            event_id = s.execute(
+                select(LogEntryRow.event_id).where(LogEntryRow.idx == idx)
+            ).scalar_one()
+            subject = s.execute(
+                select(EventRow.subject).where(EventRow.id == event_id)
+            ).scalar_one()
+            s.execute(
+                update(EventRow).where(EventRow.id == event_id).values(subject="CN=Someone Else")
+            )
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", "--events", check=False),
+                f"entry {idx}",
+                "event record",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(update(EventRow).where(EventRow.id == event_id).values(subject=subject))
+                s.commit()
+    verify(server, state, "--full", "--events")
+
+
+def test_tamper_certificate_missing_from_the_log(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """A certificate in the CA's listings whose issuance was never logged, and the reverse."""
+    state = tmp_path / "state.json"
+    with database(server) as engine:
+        with Session(engine) as s:
+            row = dict(
+                s.execute(
+                    select(CertificateRow.__table__).where(
+                        CertificateRow.serial == issued[1]["serial"]
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            hidden = {
+                **row,
+                "serial": "7e57ab1e",
+                "cert_sha256": "ee" * 32,
+                "spki_sha256": "dd" * 32,
+            }
+            s.execute(insert(CertificateRow), [hidden])
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", check=False),
+                "certificate 7e57ab1e",
+                "not in the log",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(delete(CertificateRow).where(CertificateRow.serial == "7e57ab1e"))
+                s.commit()
+        with Session(engine) as s:
+            s.execute(delete(CertificateRow).where(CertificateRow.serial == row["serial"]))
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", check=False),
+                f"certificate {row['serial']} is missing from the CA's listings",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(insert(CertificateRow), [row])
+                s.commit()
+    verify(server, state, "--full")

@@ -1,0 +1,217 @@
+"""The auditor's web view at /audit/ in a real headless browser (Debian's chromium, driven by
+Playwright for Python), against the real server.
+
+Sign-in through ``eport audit web-login``; the checkpoint, the chart (its SVG bars must
+render with a size), event search and paging, a certificate's detail whose inclusion
+proof is checked here with cli/auditproof.py; an enterprise sees only its own; no
+request leaves the server; a screenshot goes to docs/audit-web.png.
+
+The chart needs history over several days, which a fresh server lacks: besides real
+enrollments and a revocation, the test appends a few synthetic backdated events (actor
+``test:seed``) through the CA's own SQL store and log sink, so the log stays consistent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy.orm import sessionmaker
+
+from ca import translog
+from ca.db import make_engine
+from ca.records import Event, EventType
+from ca.store import SqlStore
+from cli import auditproof
+from tests.conftest import REPO, Server, need
+from tests.test_audit_cli import auditor, enroll_concurrently
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = REPO / "docs" / "audit-web.png"
+
+
+def seed_history(server: Server) -> None:
+    engine = make_engine(server.database_url)
+    try:
+        store = SqlStore(
+            sessionmaker(engine, expire_on_commit=False), event_sinks=(translog.append_event,)
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        for day in range(25, 0, -1):
+            issued = (day * 7) % 5 + (2 if day % 6 == 0 else 0)
+            revoked = 1 if day % 4 == 0 else 0
+            for n in range(issued + revoked):
+                kind = EventType.CERTIFICATE_ISSUED if n < issued else EventType.CERTIFICATE_REVOKED
+                with store.transaction() as tx:
+                    tx.append_event(
+                        Event(
+                            type=kind,
+                            at=now - datetime.timedelta(days=day, minutes=n),
+                            actor="test:seed",
+                            subject=f"Seeded history {day}-{n}",
+                            details={"synthetic": True},
+                        )
+                    )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    need("chromium", CHROMIUM)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def login_url(server: Server, *identity: str) -> str:
+    doc = json.loads(server.eport("audit", "web-login", *identity, "--json").stdout)
+    url = doc["url"]
+    assert isinstance(url, str) and url.startswith(server.url + "/audit/login?token=")
+    return url
+
+
+def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
+    server = sqlite_server
+    seed_history(server)
+    issued = enroll_concurrently(server, 4)
+    server.eport(
+        "revoke", "--serial", issued[0]["serial"], "--reason", "keyCompromise", *server.officer()
+    )
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
+
+    # Anonymous: 401 and how to sign in; no cookie, no data.
+    resp = page.goto(server.url + "/audit/")
+    assert resp.status == 401
+    assert "eport audit web-login" in page.content()
+    assert "Seeded history" not in page.content()
+
+    url = login_url(server, *auditor(server))
+    resp = page.goto(url)
+    assert resp.ok and page.url == server.url + "/audit/"
+    csp = resp.headers.get("content-security-policy", "")
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    cookie = next(c for c in context.cookies() if c["name"] == "eport_audit")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/audit"
+
+    # The checkpoint shown is the log's signed one.
+    note = requests.get(server.url + "/ca/v1/audit/checkpoint", timeout=10).content
+    key = requests.get(server.url + "/ca/v1/audit/log-key", timeout=10).json()["verifier_key"]
+    cp = auditproof.verify_checkpoint(note, key)
+    assert page.locator("#tree-size").inner_text() == f"{cp.size} entries"
+    assert page.locator("#root-hash").inner_text() == cp.root_hash.hex()
+
+    # The chart renders: bars with a real size on screen, both series.
+    bars = page.locator("#chart rect.bar")
+    assert bars.count() > 10
+    boxes = [bars.nth(i).bounding_box() for i in range(bars.count())]
+    assert all(b is not None and b["height"] > 0 and b["width"] > 0 for b in boxes)
+    assert page.locator("#chart rect.bar.revoked").count() >= 6
+    assert page.locator("#chart rect.bar.issued").count() >= 20
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A reused link opens nothing.
+    assert page.goto(url).status == 401
+
+    # Search by subject name, then open the certificate and check its proof ourselves.
+    page.goto(server.url + "/audit/")
+    page.fill("input[name=q]", "Audit Co 2")
+    page.click("form.search button")
+    page.wait_for_url("**/audit/events?**")
+    rows = page.locator("table.events tbody tr")
+    assert rows.count() == 3  # submitted, approved, issued
+    assert "Audit Co 2" in rows.first.inner_text()
+    page.locator("table.events tbody tr.t-certificate-issued td:last-child a").click()
+    page.wait_for_url("**/audit/certificates/**")
+    assert "Inclusion proof" in page.content()
+    serial = page.url.rsplit("/", 1)[-1]
+    raw = page.locator("#proof pre.note").text_content().encode()
+    nodes = [bytes.fromhex(t) for t in page.locator("ol.proof li").all_inner_texts()]
+    index = int(page.locator("#proof dl.facts dd a").inner_text())
+    size = int(page.locator("#proof dl.facts dd").first.inner_text().split(" of ")[1])
+    fresh = auditproof.verify_checkpoint(
+        requests.get(f"{server.url}/ca/v1/audit/checkpoint?size={size}", timeout=10).content, key
+    )
+    auditproof.verify_inclusion(
+        auditproof.leaf_hash(raw), index, fresh.size, nodes, fresh.root_hash
+    )
+    assert json.loads(raw)["serial"] == serial
+    assert hashlib.sha256(b"\x00" + raw).hexdigest() in page.content()
+
+    # The revoked certificate shows its revocation in its history.
+    page.goto(f"{server.url}/audit/certificates/{issued[0]['serial']}")
+    assert page.locator("tr.t-certificate-revoked").count() == 1
+
+    # Paging: 50 a page, newest first, "Older" goes on without overlap.
+    page.goto(server.url + "/audit/events")
+    first_page = page.locator("table.events tbody tr td:first-child").all_inner_texts()
+    assert len(first_page) == 50 and int(first_page[0]) >= cp.size - 1
+    page.click("#older")
+    second_page = page.locator("table.events tbody tr td:first-child").all_inner_texts()
+    assert second_page and int(second_page[0]) == int(first_page[-1]) - 1
+
+    # An entry page with its proof.
+    page.goto(f"{server.url}/audit/entries/0")
+    assert "ca.initialized" in page.content() and page.locator("ol.proof li").count() > 0
+
+    assert all(u.startswith(server.url) for u in requested), "the view loads nothing from outside"
+
+    # Sign out: the session is gone.
+    page.goto(server.url + "/audit/")
+    page.click(".who button")
+    assert page.goto(server.url + "/audit/").status == 401
+    context.close()
+
+
+def test_enterprise_sees_only_its_own(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
+    server = sqlite_server
+    uscc_app = json.loads(
+        server.eport(
+            "apply", "--uscc", "91350100M000100Y43", "--name", "Web Own Co", "--json"
+        ).stdout
+    )
+    grant = json.loads(
+        server.eport("ra", "approve", uscc_app["id"], *server.officer(), "--json").stdout
+    )
+    out = tmp_path / "ent"
+    mine = json.loads(
+        server.eport(
+            "enroll",
+            "--code",
+            grant["enrollment_code"],
+            "--profile",
+            "enterprise",
+            "--out",
+            str(out),
+            "--json",
+        ).stdout
+    )
+    others = enroll_concurrently(server, 1)
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(login_url(server, "--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")))
+    assert "USCC 91350100M000100Y43 only" in page.content()
+    page.goto(server.url + "/audit/events")
+    usccs = set(page.locator("table.events tbody tr td:nth-child(5)").all_inner_texts())
+    assert usccs == {"91350100M000100Y43"}
+    assert page.goto(f"{server.url}/audit/certificates/{mine['serial']}").ok
+    assert page.goto(f"{server.url}/audit/certificates/{others[0]['serial']}").status == 404
+    assert page.goto(f"{server.url}/audit/events?uscc={others[0]['uscc']}").status == 403
+    context.close()
