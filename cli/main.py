@@ -188,6 +188,15 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
         )
     else:
+        from authsvc.app import key_passphrase
+        from ca import hierarchy as h
+        from ca.app import ca_passphrase
+
+        # Fail here, in one line, rather than in every gunicorn worker.
+        if ca_passphrase(cfg) is None:
+            raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
+        h.load(data_dir, ca_passphrase(cfg))
+        key_passphrase(auth_cfg)
         upgrade(cfg.sqlalchemy_url)
     auth_upgrade(auth_cfg.sqlalchemy_url)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")

@@ -20,6 +20,7 @@ def test_init_then_serve_sealed(tmp_path: Path) -> None:
         EPORT_ROOT_PASSPHRASE="root passphrase of the ceremony",
         EPORT_CA_KEY_PASSPHRASE="issuing keys passphrase",
         EPORT_OFFICER_PASSPHRASE="officer passphrase",
+        EPORT_AUTH_KEY_PASSPHRASE="token signing keys passphrase",
     )
     res = subprocess.run(
         [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out), "--json"],
