@@ -98,9 +98,13 @@ def session_json(rec: SessionRecord) -> dict[str, Any]:
         "agency_id": p.agency_id,
         "certificate_serial": rec.cert_serial,
         "x5t#S256": rec.cert_sha256,
-        "created_at": rec.created_at.isoformat().replace("+00:00", "Z"),
-        "expires_at": rec.expires_at.isoformat().replace("+00:00", "Z"),
+        "created_at": _iso(rec.created_at),
+        "expires_at": _iso(rec.expires_at),
     }
+
+
+def _iso(dt: datetime.datetime) -> str:
+    return dt.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def login_json(login: Login) -> dict[str, Any]:
