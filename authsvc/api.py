@@ -31,6 +31,14 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
 
 
+@bp.before_request
+def _keep_raw_body() -> None:
+    # A signed request's bsh covers the exact body bytes; read and cache them before
+    # form parsing would consume the stream.
+    if request.method == "POST":
+        request.get_data(cache=True, parse_form_data=False)
+
+
 def svc() -> AuthService:
     service: AuthService = current_app.extensions[EXTENSION]
     return service

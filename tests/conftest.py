@@ -103,13 +103,17 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, database_url: str = "", workers: int = 2
+    data_dir: Path,
+    database_url: str = "",
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Server, subprocess.Popen[bytes]]:
     port = free_port()
     log = data_dir.parent / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
     if database_url:
         env["EPORT_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [

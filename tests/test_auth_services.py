@@ -1,0 +1,180 @@
+"""Services and proxies: token exchange (RFC 8693) authenticated by a service
+certificate, and certificate login forwarded by a trusted TLS proxy (RFC 9440)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.signedreq import sign_request
+from tests.conftest import Server, start_server, stop
+from tests.test_status_flow import creds, enroll_enterprise, jrun
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def enroll_service(srv: Server, tmp: Path, host: str) -> Path:
+    app = jrun(srv, "apply", "--class", "service", "--agency", "customs", "--name", host)
+    grant = jrun(srv, "ra", "approve", app["id"], *srv.officer("customs"))
+    out = tmp / host
+    jrun(
+        srv,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "service-tls",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def signed_form(srv: Server, d: Path, path: str, fields: dict[str, str]) -> requests.Response:
+    key = serialization.load_pem_private_key((d / "key.pem").read_bytes(), b"test-passphrase-123")
+    chain = [x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())]
+    body = urlencode(fields).encode()
+    jws = sign_request(key, chain, "POST", path, body, datetime.datetime.now(datetime.UTC))  # type: ignore[arg-type]
+    return requests.post(
+        srv.url + path,
+        data=body,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": f"EPort-Signed {jws}",
+        },
+        timeout=10,
+    )
+
+
+@pytest.fixture(scope="module")
+def operator(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("svc")
+    srv = sqlite_server
+    ent = enroll_enterprise(srv, tmp, "Exchange Co.")
+    grant = jrun(srv, "operator", "add", "--name", "Sun Li", "--id", "S1", *creds(ent))
+    op = tmp / "op"
+    jrun(
+        srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(op)
+    )
+    jrun(
+        srv,
+        "roles",
+        "grant",
+        "--operator",
+        "S1",
+        "--role",
+        "declaration",
+        "--role",
+        "data-entry",
+        *creds(ent),
+    )
+    cfg = tmp / "cfg"
+    srv.eport("login", *creds(op), EPORT_CONFIG_DIR=str(cfg))
+    token = srv.eport(
+        "token", "--service", "customs-declaration", EPORT_CONFIG_DIR=str(cfg)
+    ).stdout.strip()
+    return {"tmp": tmp, "op": op, "token": token, "cfg": cfg}
+
+
+def test_token_exchange_with_act(sqlite_server: Server, operator: dict[str, Any]) -> None:
+    srv = sqlite_server
+    svc = enroll_service(srv, operator["tmp"], "customs-declaration.eport.example")
+    fields = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": operator["token"],
+        "subject_token_type": ACCESS,
+        "audience": "manifest",
+    }
+    r = signed_form(srv, svc, "/auth/token", fields)
+    assert r.status_code == 200, r.text
+    assert r.headers["Cache-Control"] == "no-store"
+    out = r.json()
+    assert out["issued_token_type"] == ACCESS
+    claims = jwt.decode(out["access_token"], options={"verify_signature": False})
+    assert claims["act"] == {"sub": "svc:customs-declaration.eport.example"}
+    assert (
+        claims["aud"] == "https://manifest.eport.example"
+        and claims["sub"] == "op:" + claims["uscc"] + ":S1"
+    )
+    v = requests.get(
+        srv.url + "/auth/validate",
+        headers={"Authorization": "Bearer " + out["access_token"], "X-Eport-Service": "manifest"},
+        timeout=10,
+    )
+    assert (
+        v.status_code == 200
+        and v.headers["X-Eport-Client"] == "svc:customs-declaration.eport.example"
+    )
+    # Delegation the policy does not allow.
+    r = signed_form(srv, svc, "/auth/token", {**fields, "audience": "tax-refund"})
+    assert r.status_code == 403 and r.json()["error"] == "unauthorized_client"
+    # A service may only exchange tokens issued to itself.
+    other = enroll_service(srv, operator["tmp"], "manifest.eport.example")
+    r = signed_form(srv, other, "/auth/token", {**fields, "audience": "customs-declaration"})
+    assert r.status_code in (400, 403)
+    # Without the service's signature: refused.
+    r = requests.post(srv.url + "/auth/token", data=fields, timeout=10)
+    assert r.status_code == 401
+    # Introspection by the service of its own token: active, with the claims.
+    r = signed_form(srv, svc, "/auth/introspect", {"token": operator["token"]})
+    assert r.status_code == 200 and r.json()["active"] is True and r.json()["sub"] == claims["sub"]
+    r = signed_form(srv, other, "/auth/introspect", {"token": operator["token"]})
+    assert r.json() == {"active": False}  # another audience's token reveals nothing
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that trusts 127.0.0.1 as its TLS-terminating proxy."""
+    root = tmp_path_factory.mktemp("proxied")
+    srv, proc = start_server(
+        root / "data", extra_env={"EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32"}
+    )
+    try:
+        yield srv
+    finally:
+        stop(proc)
+
+
+def test_mtls_login_only_through_a_trusted_proxy(
+    proxied: Server, sqlite_server: Server, tmp_path: Path
+) -> None:
+    ent = enroll_enterprise(proxied, tmp_path, "Browser Co.")
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    rfc9440 = {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+    nginx = {"X-SSL-Client-Cert": quote(cert.public_bytes(serialization.Encoding.PEM).decode())}
+    for headers in (rfc9440, nginx):
+        r = requests.post(proxied.url + "/auth/login/mtls", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["session"]["subject"].startswith("ent:")
+    # The same header from an address that is not a trusted proxy: refused, loudly.
+    ent2 = enroll_enterprise(sqlite_server, tmp_path, "Spoof Co.")
+    der2 = x509.load_pem_x509_certificate((ent2 / "cert.pem").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    r = requests.post(
+        sqlite_server.url + "/auth/login/mtls",
+        headers={"Client-Cert": ":" + base64.b64encode(der2).decode() + ":"},
+        timeout=10,
+    )
+    assert r.status_code == 401 and "not a trusted proxy" in json.dumps(r.json())
+    # Garbage in the header.
+    r = requests.post(
+        proxied.url + "/auth/login/mtls", headers={"Client-Cert": ":AAAA:"}, timeout=10
+    )
+    assert r.status_code == 400
+    # No header at all.
+    r = requests.post(proxied.url + "/auth/login/mtls", timeout=10)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
