@@ -284,6 +284,20 @@ def validate() -> Response:
         claims = s.tokens.check_access_token(tok.strip(), service.audience)
     except (InvalidToken, EPortError):  # includes an unknown service id
         return denied
+    # RFC 8705 §3: when the gateway forwards the client's TLS certificate, the token
+    # must be bound to it (a stolen token is useless without the certificate's key).
+    try:
+        presented = forwarded_certificate(request.headers, request.remote_addr, proxies())
+    except EPortError:
+        return denied
+    if presented is not None:
+        from authsvc.principal import x5t_s256
+
+        bound = (
+            claims.get("cnf", {}).get("x5t#S256") if isinstance(claims.get("cnf"), dict) else None
+        )
+        if bound != x5t_s256(presented):
+            return denied
     needed = request.headers.get("X-Eport-Scope")
     scopes = str(claims.get("scope", "")).split()
     if needed and needed not in scopes:

@@ -178,3 +178,25 @@ def test_mtls_login_only_through_a_trusted_proxy(
     # No header at all.
     r = requests.post(proxied.url + "/auth/login/mtls", timeout=10)
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+
+
+def test_certificate_bound_tokens_at_the_gateway(proxied: Server, tmp_path: Path) -> None:
+    """RFC 8705: with the client certificate forwarded, a token validates only with the
+    certificate it was issued for."""
+    ent = enroll_enterprise(proxied, tmp_path, "Bound Co.")
+    other = enroll_enterprise(proxied, tmp_path, "Thief Co.")
+    cfg = tmp_path / "cfg"
+    proxied.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))
+    token = proxied.eport("token", "--service", "portal", EPORT_CONFIG_DIR=str(cfg)).stdout.strip()
+
+    def header(d: Path) -> dict[str, str]:
+        der = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        return {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+
+    base = {"Authorization": f"Bearer {token}", "X-Eport-Service": "portal"}
+    url = proxied.url + "/auth/validate"
+    assert requests.get(url, headers=base, timeout=10).status_code == 200
+    assert requests.get(url, headers={**base, **header(ent)}, timeout=10).status_code == 200
+    assert requests.get(url, headers={**base, **header(other)}, timeout=10).status_code == 401
