@@ -861,3 +861,63 @@ def request_from_get_path(b64: str) -> bytes:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedRequest(f"the GET path is not base64: {exc}") from exc
+
+
+# -- the hot path: the canonical request ------------------------------------------------
+
+_SHA1_ALGORITHM_NULL = bytes.fromhex("300906052b0e03021a0500")  # sha1, NULL parameters
+
+
+def _read_tlv(buf: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(tag, content start, content end) of the DER TLV at ``pos``, or None."""
+    if pos + 2 > len(buf):
+        return None
+    tag, first = buf[pos], buf[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    elif first in (0x81, 0x82):
+        n = first - 0x80
+        if pos + 2 + n > len(buf):
+            return None
+        length = int.from_bytes(buf[pos + 2 : pos + 2 + n], "big")
+        if length < (0x80 if n == 1 else 0x100):
+            return None  # not the shortest form: not DER
+        start = pos + 2 + n
+    else:
+        return None
+    end = start + length
+    return (tag, start, end) if end <= len(buf) else None
+
+
+def canonical_request(
+    der: bytes, responders: Iterable[Responder]
+) -> tuple[Responder, int] | None:
+    """The responder and serial of the most common OCSPRequest, or None.
+
+    "Canonical" is what OpenSSL, browsers and our clients send without a nonce: one
+    Request whose CertID uses SHA-1 with NULL parameters, and no version, requestor
+    name, extensions or signature. Anything else, including anything malformed,
+    returns None and takes the full path (:func:`parse_request`). The answer to a
+    canonical request depends only on the serial, so it can be served pre-signed.
+    """
+    layers = 0
+    pos, end = 0, len(der)
+    while layers < 5:  # OCSPRequest, TBSRequest, requestList, Request, CertID
+        tlv = _read_tlv(der, pos)
+        if tlv is None or tlv[0] != 0x30 or tlv[2] != end:
+            return None
+        pos, end = tlv[1], tlv[2]
+        layers += 1
+    for responder in responders:
+        name_hash, key_hash = responder._issuer_hashes[CertIDHash.SHA1]
+        prefix = _SHA1_ALGORITHM_NULL + b"\x04\x14" + name_hash + b"\x04\x14" + key_hash
+        if der.startswith(prefix, pos):
+            serial_tlv = _read_tlv(der, pos + len(prefix))
+            if serial_tlv is None or serial_tlv[0] != 0x02 or serial_tlv[2] != end:
+                return None
+            raw = der[serial_tlv[1] : serial_tlv[2]]
+            if not raw or raw[0] & 0x80 or (len(raw) > 1 and raw[0] == 0 and raw[1] < 0x80):
+                return None  # negative or not minimally encoded
+            serial = int.from_bytes(raw, "big")
+            return (responder, serial) if serial else None
+    return None

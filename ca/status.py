@@ -29,6 +29,7 @@ from cryptography import x509
 
 from ca import ocsp
 from ca.crl import ReasonCode, RevokedEntry, build_crl
+from ca.errors import Sealed
 from ca.issuance import IssuingCA
 from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
 from ca.records import CertificateRecord, StatusRecord, StatusState
@@ -140,7 +141,19 @@ class StatusService:
     # -- OCSP ---------------------------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> bytes:
-        """The DER OCSPResponse for a DER OCSPRequest; never raises on bad input."""
+        """The DER OCSPResponse for a DER OCSPRequest; never raises on bad input.
+
+        A sealed server answers from pre-signed responses; what it would have to sign
+        gets ``tryLater`` (RFC 6960 §2.3)."""
+        try:
+            return self._respond(request_der)
+        except Sealed:
+            return ocsp.error_response(ocsp.ResponseStatus.TRY_LATER)
+
+    def _respond(self, request_der: bytes) -> bytes:
+        fast = self._pre_signed(request_der)
+        if fast is not None:
+            return fast
         try:
             info = ocsp.parse_request(request_der)
         except ocsp.MalformedRequest:
@@ -171,6 +184,23 @@ class StatusService:
             )
         except ValueError:  # e.g. the responder certificate has expired: never a 500
             return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
+
+    def _pre_signed(self, request_der: bytes) -> bytes | None:
+        """The hot path: a canonical request answered from its stored pre-signed response
+        (one read, no signature, no write lock); None sends it down the full path."""
+        read = getattr(self.store, "read_ocsp", None)
+        if read is None:
+            return None
+        hit = ocsp.canonical_request(request_der, self.responders.values())
+        if hit is None:
+            return None
+        cached = read(hit[1])
+        if cached is None:
+            return None
+        der, this_update = cached
+        if self.clock() >= this_update + self.policy.ocsp_validity / 2:
+            return None  # due for re-signing: the full path stores a fresh one
+        return bytes(der)
 
     def _canonical(
         self,
@@ -236,14 +266,19 @@ class StatusService:
             if self._fresh(state, now):  # another process signed it meanwhile
                 return bytes(state.der)
             number = int(state.crl_number) + 1
-            der = build_crl(
-                issuer.certificate,
-                issuer.signer,
-                (_entry(st) for st in tx.revoked_entries(issuer_id)),
-                number,
-                now,
-                now + self.policy.crl_validity,
-            )
+            try:
+                der = build_crl(
+                    issuer.certificate,
+                    issuer.signer,
+                    (_entry(st) for st in tx.revoked_entries(issuer_id)),
+                    number,
+                    now,
+                    now + self.policy.crl_validity,
+                )
+            except Sealed:
+                if state.der is None:
+                    raise
+                return bytes(state.der)  # sealed: the last CRL signed is still the answer
             state.crl_number = number
             state.this_update = now
             state.next_update = now + self.policy.crl_validity

@@ -34,6 +34,9 @@ from ca.records import (
     StatusState,
 )
 
+READ_ONLY = "eport_read_only"
+"""Execution option of connections that only read (SQLite: a deferred transaction)."""
+
 
 def configure_engine(engine: Engine) -> None:
     """SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so that concurrent writers
@@ -53,7 +56,9 @@ def configure_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only lookups on the hot paths (OCSP) must not queue behind writers.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _app(row: ApplicationRow) -> Application:
@@ -381,6 +386,37 @@ class SqlStore:
     ) -> None:
         self.session_factory = session_factory
         self.event_sinks = event_sinks
+        self._engine: Engine | None = None
+
+    def read_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime] | None:
+        """The pre-signed OCSP response of ``serial`` and its thisUpdate: one primary-key
+        read on a pooled DBAPI connection, outside any write transaction (the hot path
+        of the responder; SQLAlchemy's statement machinery costs more than the read)."""
+        engine = self._engine
+        if engine is None:
+            bind = self.session_factory().get_bind()
+            assert isinstance(bind, Engine)
+            engine = self._engine = bind
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(
+                f"SELECT der, this_update FROM ocsp_responses WHERE serial = {mark}",  # noqa: S608
+                (format(serial, "x"),),
+            )
+            row = cur.fetchone()
+            cur.close()
+        finally:
+            raw.close()  # back to the pool, which rolls back whatever was opened
+        if row is None:
+            return None
+        this_update = row[1]
+        if isinstance(this_update, str):  # SQLite hands back its text form
+            this_update = datetime.datetime.fromisoformat(this_update)
+        if this_update.tzinfo is None:
+            this_update = this_update.replace(tzinfo=datetime.UTC)
+        return bytes(row[0]), this_update
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
