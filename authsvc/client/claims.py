@@ -1,0 +1,159 @@
+"""The claims of a verified e-port access token (RFC 9068 §2.2, RFC 8705 §3.1).
+
+One value object for both ways of checking a token: offline (:class:`TokenVerifier`)
+and online (:class:`Introspector`, whose RFC 7662 answer carries the same members).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from authsvc.client.errors import CertificateMismatch, InsufficientScope, InvalidToken
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a service may rely on once a token is verified."""
+
+    subject: str
+    """``sub``: the stable subject id (``op:<USCC>:<operator id>``, ``ent:<USCC>``,
+    ``agency:<member>:<name>``, ``svc:<DNS name>``)."""
+    issuer: str
+    """``iss``: the token service's issuer URL."""
+    audience: str | tuple[str, ...]
+    """``aud``: this service's audience (RFC 9068 §3: one resource)."""
+    expires_at: int
+    """``exp``, seconds since the epoch."""
+    issued_at: int
+    """``iat``, seconds since the epoch."""
+    token_id: str
+    """``jti``: unique per token; what RFC 7009 revocation names."""
+    scopes: frozenset[str]
+    """``scope`` (RFC 9068 §2.2.3.1), split on spaces."""
+    client_id: str | None = None
+    """``client_id``: the client the token was issued to (``eport-cli``, or the acting
+    service's subject after a token exchange)."""
+    session_id: str | None = None
+    """``sid``: the single sign-on session; logout ends every token of it."""
+    subject_class: str | None = None
+    """enterprise, operator, agency, auditor or service."""
+    name: str | None = None
+    """The subject's display name (the certificate's CN)."""
+    uscc: str | None = None
+    """The enterprise's Unified Social Credit Code (GB 32100-2015), for enterprises and
+    their operators."""
+    operator_id: str | None = None
+    """The operator's id at the enterprise."""
+    agency_id: str | None = None
+    """The member agency, for agency officers and auditors."""
+    certificate_thumbprint: str | None = None
+    """``cnf.x5t#S256``: base64url SHA-256 of the login certificate (RFC 8705 §3.1)."""
+    actor: Mapping[str, Any] | None = None
+    """``act`` (RFC 8693 §4.1): the service acting on the subject's behalf, if any."""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Every claim as received (read-only)."""
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def require_scopes(self, required: Iterable[str]) -> None:
+        """Raise :class:`InsufficientScope` unless every scope in ``required`` is granted."""
+        needed = tuple(required)
+        missing = [s for s in needed if s not in self.scopes]
+        if missing:
+            raise InsufficientScope(f"the token lacks the scope {missing[0]}", needed)
+
+    def require_certificate(self, certificate: x509.Certificate | bytes) -> None:
+        """RFC 8705 §3: the token must be bound to ``certificate`` (a certificate or its
+        DER), the client certificate of the mutual-TLS connection the token came on."""
+        if self.certificate_thumbprint is None:
+            raise CertificateMismatch("the token is not bound to a certificate")
+        presented = certificate_thumbprint(certificate)
+        if not hmac.compare_digest(self.certificate_thumbprint, presented):
+            raise CertificateMismatch("the token is bound to another certificate")
+
+
+def certificate_thumbprint(certificate: x509.Certificate | bytes) -> str:
+    """``x5t#S256`` of a certificate (RFC 8705 §3.1): base64url SHA-256 of its DER."""
+    der = (
+        certificate
+        if isinstance(certificate, bytes)
+        else certificate.public_bytes(serialization.Encoding.DER)
+    )
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def _opt_str(payload: Mapping[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidToken(f"claim {name} must be a string")
+    return value
+
+
+def _req_str(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidToken(f"claim {name} must be a non-empty string")
+    return value
+
+
+def _time(payload: Mapping[str, Any], name: str) -> int:
+    value = payload.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"claim {name} must be a number (RFC 7519 §2 NumericDate)")
+    return int(value)
+
+
+def claims_from(payload: Mapping[str, Any]) -> Claims:
+    """The :class:`Claims` of a payload whose signature (or introspection) is checked;
+    :class:`InvalidToken` if a claim has the wrong type or a required one is missing."""
+    aud = payload.get("aud")
+    audience: str | tuple[str, ...]
+    if isinstance(aud, str):
+        audience = aud
+    elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
+        audience = tuple(aud)
+    else:
+        raise InvalidToken("claim aud must be a string or a list of strings")
+    scope = payload.get("scope", "")
+    if not isinstance(scope, str):
+        raise InvalidToken("claim scope must be a space-separated string (RFC 9068 §2.2.3)")
+    cnf = payload.get("cnf")
+    thumb = None
+    if cnf is not None:
+        if not isinstance(cnf, dict):
+            raise InvalidToken("claim cnf must be an object (RFC 7800 §3.1)")
+        thumb = _opt_str(cnf, "x5t#S256")
+    act = payload.get("act")
+    if act is not None and not isinstance(act, dict):
+        raise InvalidToken("claim act must be an object (RFC 8693 §4.1)")
+    return Claims(
+        subject=_req_str(payload, "sub"),
+        issuer=_req_str(payload, "iss"),
+        audience=audience,
+        expires_at=_time(payload, "exp"),
+        issued_at=_time(payload, "iat"),
+        token_id=_req_str(payload, "jti"),
+        scopes=frozenset(scope.split()),
+        client_id=_opt_str(payload, "client_id"),
+        session_id=_opt_str(payload, "sid"),
+        subject_class=_opt_str(payload, "subject_class"),
+        name=_opt_str(payload, "name"),
+        uscc=_opt_str(payload, "uscc"),
+        operator_id=_opt_str(payload, "operator_id"),
+        agency_id=_opt_str(payload, "agency_id"),
+        certificate_thumbprint=thumb,
+        actor=MappingProxyType(act) if act is not None else None,
+        raw=MappingProxyType(payload if isinstance(payload, dict) else dict(payload)),
+    )

@@ -1,0 +1,106 @@
+"""The SDK's one error tree: what a service answers its caller when a token is not good.
+
+Each class carries the RFC 6750 §3.1 ``error`` code and the HTTP status a resource
+server answers with, so a framework adapter renders any of them the same way
+(``WWW-Authenticate: Bearer error="..."``)::
+
+    TokenError
+    ├── MissingToken            401, no error code (RFC 6750 §3.1: no credentials sent)
+    ├── MalformedRequest        400 invalid_request
+    ├── InvalidToken            401 invalid_token
+    │   ├── ExpiredToken            exp is past (RFC 7519 §4.1.4)
+    │   ├── UnknownKey              kid not in the issuer's JWKS, even after a refetch
+    │   ├── CertificateMismatch     cnf.x5t#S256 is not the presented certificate (RFC 8705 §3)
+    │   └── InactiveToken           introspection answered active=false (RFC 7662 §2.2)
+    ├── InsufficientScope       403 insufficient_scope, with the scopes needed
+    └── ValidationUnavailable   503: the token could not be judged (a fault, not a verdict)
+        ├── KeySetUnavailable       the JWKS or the issuer metadata could not be fetched
+        └── IntrospectionFailed     the introspection endpoint refused or failed
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TokenError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+    error: ClassVar[str] = "invalid_token"
+    """The RFC 6750 §3.1 error code ("" when none is to be sent)."""
+    status: ClassVar[int] = 401
+    """The HTTP status a resource server answers with."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class MissingToken(TokenError):
+    """No bearer token in the request. RFC 6750 §3.1: "If the request lacks any
+    authentication information ..., the resource server SHOULD NOT include an error
+    code or other error information." """
+
+    error = ""
+
+
+class MalformedRequest(TokenError):
+    """RFC 6750 §3.1 ``invalid_request``: e.g. an ``Authorization: Bearer`` with no token."""
+
+    error = "invalid_request"
+    status = 400
+
+
+class InvalidToken(TokenError):
+    """RFC 6750 §3.1 ``invalid_token``: "expired, revoked, malformed, or invalid for other
+    reasons"."""
+
+
+class ExpiredToken(InvalidToken):
+    """The token's ``exp`` (RFC 7519 §4.1.4) is past, beyond the allowed leeway."""
+
+
+class UnknownKey(InvalidToken):
+    """The token's ``kid`` is not in the issuer's JWKS, even after a (rate-limited) refetch."""
+
+    def __init__(self, description: str, kid: str) -> None:
+        super().__init__(description)
+        self.kid = kid
+
+
+class CertificateMismatch(InvalidToken):
+    """RFC 8705 §3: the token is bound (``cnf.x5t#S256``) to another certificate than the
+    one the client presented, or the request presented none."""
+
+
+class InactiveToken(InvalidToken):
+    """The token service's introspection answered ``{"active": false}`` (RFC 7662 §2.2)."""
+
+
+class InsufficientScope(TokenError):
+    """RFC 6750 §3.1 ``insufficient_scope``: the token is good but lacks a scope."""
+
+    error = "insufficient_scope"
+    status = 403
+
+    def __init__(self, description: str, required: tuple[str, ...]) -> None:
+        super().__init__(description)
+        self.required = required
+
+
+class ValidationUnavailable(TokenError):
+    """The token could not be judged: the token service or its keys are unreachable.
+
+    A fault of the infrastructure, not a verdict on the token: a resource server answers
+    503 (with ``Retry-After``), so that clients retry rather than log in again."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+
+class KeySetUnavailable(ValidationUnavailable):
+    """The issuer's metadata (RFC 8414) or JWKS (RFC 7517) could not be fetched or read."""
+
+
+class IntrospectionFailed(ValidationUnavailable):
+    """The introspection endpoint (RFC 7662) failed, or refused this service's credential."""

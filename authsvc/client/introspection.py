@@ -1,0 +1,166 @@
+"""Online token checks: OAuth 2.0 Token Introspection (RFC 7662) as a registered service.
+
+The service authenticates with its own service-tls certificate: every introspection is a
+signed request (``Authorization: EPort-Signed <jws>``, see :mod:`ca.signedreq`) whose JWS
+binds the method, the path and a hash of the exact form body, with a single-use ``jti``.
+The token service answers ``active: true`` only for a token of this service's own
+audience whose session and login certificate are still good (within the documented 5 s of
+a logout or revocation); anything else is ``{"active": false}`` (RFC 7662 §2.2).
+
+Use it where a revocation must take effect within seconds (payments, submissions);
+offline verification (:class:`TokenVerifier`) trusts a token until its ``exp``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from authsvc.client.claims import Claims, claims_from
+from authsvc.client.errors import InactiveToken, IntrospectionFailed, InvalidToken
+from ca.signedreq import SCHEME, sign_request
+
+INTROSPECTION_PATH = "/auth/introspect"
+ACCESS_TOKEN_HINT = "access_token"  # RFC 7662 §2.1 token_type_hint
+_SIGNING_KEYS = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
+
+CertificateSource = x509.Certificate | Sequence[x509.Certificate] | str | Path
+KeySource = CertificateIssuerPrivateKeyTypes | str | Path
+
+
+@dataclass(frozen=True)
+class Introspection:
+    """An RFC 7662 §2.2 answer."""
+
+    active: bool
+    claims: Claims | None
+    """The token's claims when ``active``; None otherwise."""
+    raw: dict[str, Any]
+    """The response members as received."""
+
+
+def _load_chain(source: CertificateSource) -> list[x509.Certificate]:
+    if isinstance(source, x509.Certificate):
+        return [source]
+    if isinstance(source, str | Path):
+        path = Path(source)
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+        chain_file = path.with_name("chain.pem")
+        if len(certs) == 1 and chain_file.exists() and chain_file != path:
+            certs += x509.load_pem_x509_certificates(chain_file.read_bytes())
+        # The token service trusts its own roots; only the leaf and issuing CAs are sent.
+        return [c for i, c in enumerate(certs) if i == 0 or c.issuer != c.subject]
+    return list(source)
+
+
+def _load_key(source: KeySource, passphrase: bytes | None) -> CertificateIssuerPrivateKeyTypes:
+    if not isinstance(source, str | Path):
+        return source
+    key = serialization.load_pem_private_key(Path(source).read_bytes(), passphrase)
+    if not isinstance(key, _SIGNING_KEYS):
+        raise ValueError(f"{source} does not hold a key of a service-tls certificate")
+    return key
+
+
+class Introspector:
+    """Asks the token service whether a token is active, as the service ``service_cert``.
+
+    ``server`` is the e-port server's base URL (``EPORT_SERVER``); ``endpoint`` overrides
+    the introspection URL (the ``introspection_endpoint`` of the issuer's metadata).
+    ``service_cert`` is the service-tls certificate (a PEM file, with ``chain.pem`` beside
+    it, or certificate objects, leaf first); ``service_key`` its private key (a PEM file,
+    decrypted with ``passphrase``, or a key object).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        service_cert: CertificateSource,
+        service_key: KeySource,
+        *,
+        passphrase: bytes | None = None,
+        endpoint: str | None = None,
+        http: requests.Session | None = None,
+        timeout: float = 5.0,
+        clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self.endpoint = endpoint or server.rstrip("/") + INTROSPECTION_PATH
+        parts = urlsplit(self.endpoint)
+        self._signed_path = parts.path + ("?" + parts.query if parts.query else "")
+        self.chain = _load_chain(service_cert)
+        if not self.chain:
+            raise ValueError("the service certificate is missing")
+        self._key = _load_key(service_key, passphrase)
+        if self.chain[0].public_key() != self._key.public_key():
+            raise ValueError("the service key does not belong to the service certificate")
+        self._own_http = http is None
+        self.http = http if http is not None else requests.Session()
+        self.timeout = timeout
+        self._clock = clock
+
+    def close(self) -> None:
+        """Close the HTTP session, if the introspector made it."""
+        if self._own_http:
+            self.http.close()
+
+    def __enter__(self) -> Introspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def introspect(self, token: str, token_type_hint: str = ACCESS_TOKEN_HINT) -> Introspection:
+        """The token service's answer for ``token`` (RFC 7662 §2.1 request, §2.2 answer)."""
+        body = urlencode({"token": token, "token_type_hint": token_type_hint}).encode()
+        signed = sign_request(self._key, self.chain, "POST", self._signed_path, body, self._clock())
+        try:
+            resp = self.http.post(
+                self.endpoint,
+                data=body,
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                    "Authorization": f"{SCHEME} {signed}",
+                },
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise IntrospectionFailed(f"cannot reach {self.endpoint}: {exc}") from None
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = None
+        if resp.status_code != 200 or not isinstance(doc, dict):
+            why = ""
+            if isinstance(doc, dict):
+                why = str(doc.get("error_description") or doc.get("detail") or "")
+            raise IntrospectionFailed(
+                f"introspection answered HTTP {resp.status_code}" + (f": {why}" if why else "")
+            )
+        if doc.get("active") is not True:
+            return Introspection(False, None, doc)
+        try:
+            claims = claims_from(doc)
+        except InvalidToken as exc:
+            raise IntrospectionFailed(f"malformed introspection answer: {exc}") from None
+        return Introspection(True, claims, doc)
+
+    def verify(self, token: str, *, required_scopes: Iterable[str] = ()) -> Claims:
+        """The claims of an active token; :class:`InactiveToken` (or another
+        :class:`TokenError`) otherwise."""
+        result = self.introspect(token)
+        if result.claims is None:
+            raise InactiveToken("the token is not active")
+        if required_scopes:
+            result.claims.require_scopes(required_scopes)
+        return result.claims

@@ -1,0 +1,226 @@
+"""A real nginx (Debian's) in front of the sample customs declaration service, asking the
+token service ``GET /auth/validate`` for every request (``auth_request``).
+
+The gateway configuration is ``examples/customs_declaration/nginx.conf`` itself, with
+free ports put in; the test measures how long a logout and a certificate revocation
+take to turn a good token into a 401 at the gateway (the documented bound: 5 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO, Server, free_port, need
+from tests.test_sdk import (
+    creds,
+    enroll_enterprise,
+    enroll_operator,
+    example_app,
+    expired,
+    forged,
+    grant_roles,
+    jrun,
+    login,
+    serial_of,
+)
+
+SITE = REPO / "examples" / "customs_declaration" / "nginx.conf"
+BOUND = 5.0  # seconds: the documented revocation-to-inactive bound
+
+
+@dataclass
+class Gateway:
+    url: str
+    server: Server
+    ent: Path
+    tmp: Path
+
+    def get(self, token: str | None, **headers: str) -> requests.Response:
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.get(self.url + "/declarations", headers=headers, timeout=10)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited ({proc.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path, eport: str, app: str) -> Iterator[str]:
+    """nginx in the foreground, one process, everything under ``tmp``."""
+    binary = need("nginx", "/usr/sbin/nginx")
+    port = free_port()
+    site = (
+        SITE.read_text()
+        .replace("127.0.0.1:8000", eport)
+        .replace("127.0.0.1:5080", app)
+        .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    )
+    (tmp / "site.conf").write_text(site)
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp / d).mkdir(exist_ok=True)
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""
+daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+    )
+    base = [binary, "-p", f"{tmp}/", "-c", str(conf), "-e", str(tmp / "error.log")]
+    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    log = tmp / "nginx.out"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(base, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc, tmp / "error.log")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gw")
+    ent = enroll_enterprise(sqlite_server, tmp, "Gateway Trading Co., Ltd.")
+    eport = sqlite_server.url.removeprefix("http://")
+    with (
+        example_app(sqlite_server) as app_url,
+        nginx(tmp, eport, app_url.removeprefix("http://")) as url,
+    ):
+        yield Gateway(url, sqlite_server, ent, tmp)
+
+
+def submit(gw: Gateway, token: str) -> requests.Response:
+    return requests.post(
+        gw.url + "/declarations",
+        json={"goods": "tea"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
+def wait_refused(gw: Gateway, token: str, since: float) -> float:
+    """Seconds from ``since`` until the gateway refuses ``token`` (401)."""
+    while True:
+        r = gw.get(token)
+        if r.status_code == 401:
+            return time.monotonic() - since
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - since < BOUND, f"still accepted {BOUND} s later"
+        time.sleep(0.05)
+
+
+def test_gateway_passes_identity_to_the_service(gateway: Gateway, tmp_path: Path) -> None:
+    op = enroll_operator(gateway.server, gateway.ent, tmp_path, "gw-reader", "data-entry")
+    session = login(gateway.server, op, tmp_path)
+    token = session.token()
+    ok = gateway.get(token)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["gateway_subject"] == body["subject"] and body["subject"].endswith(":gw-reader")
+    # A client cannot name itself: the gateway replaces the header.
+    spoofed = gateway.get(token, **{"X-Eport-Subject": "op:91350100M000100Y43:boss"})
+    assert spoofed.json()["gateway_subject"] == body["subject"]
+    # The gateway asks for declaration:submit on POST: a reader gets 403 from the gateway.
+    post = submit(gateway, token)
+    assert post.status_code == 403  # (nginx forwards the challenge header on 401 only)
+    # Once granted the declaration role, the operator's next token may submit.
+    grant_roles(gateway.server, gateway.ent, "gw-reader", "data-entry", "declaration")
+    submitter = session.token()
+    post = submit(gateway, submitter)
+    assert post.status_code == 201, post.text
+    assert post.json()["declared_by"] == body["subject"]
+    assert gateway.get(submitter).json()["declarations"] == [post.json()]
+
+
+def test_gateway_refuses_bad_tokens(gateway: Gateway, tmp_path: Path) -> None:
+    op = enroll_operator(gateway.server, gateway.ent, tmp_path, "gw-bad", "data-entry")
+    session = login(gateway.server, op, tmp_path)
+    token = session.token()
+    none = gateway.get(None)
+    assert none.status_code == 401
+    assert none.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    for what, tok in {
+        "garbage": "garbage",
+        "forged": forged(token),
+        "expired": expired(gateway.server, token),
+        "another service's": session.token("manifest"),
+    }.items():
+        r = gateway.get(tok)
+        assert r.status_code == 401, what
+    assert gateway.get(token).status_code == 200
+
+
+def test_logout_reaches_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
+    op = enroll_operator(gateway.server, gateway.ent, tmp_path, "gw-logout", "data-entry")
+    session = login(gateway.server, op, tmp_path)
+    token = session.token()
+    assert gateway.get(token).status_code == 200
+    session.logout()
+    delay = wait_refused(gateway, token, time.monotonic())
+    print(f"\nlogout -> 401 at the nginx gateway: {delay:.2f} s")
+
+
+def test_revocation_reaches_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
+    op = enroll_operator(gateway.server, gateway.ent, tmp_path, "gw-revoked", "data-entry")
+    session = login(gateway.server, op, tmp_path)
+    token = session.token()
+    assert gateway.get(token).status_code == 200
+    # The enterprise revokes its operator's certificate through the CA; the revocation
+    # commits somewhere while the command runs, between t0 and t1.
+    t0 = time.monotonic()
+    done = jrun(
+        gateway.server,
+        "revoke",
+        "--serial",
+        serial_of(op),
+        "--reason",
+        "keyCompromise",
+        *creds(gateway.ent),
+    )
+    t1 = time.monotonic()
+    assert done["status"] == "revoked"
+    delay = wait_refused(gateway, token, t1)
+    print(
+        f"\ncertificate revocation -> 401 at the nginx gateway: {delay:.2f} s after "
+        f"`eport revoke` returned ({delay + t1 - t0:.2f} s after it started)"
+    )
+    # The session is ended: no new token is minted from it.
+    res = gateway.server.eport(
+        "token", "--service", "customs-declaration", check=False, **session.cli_env
+    )
+    assert res.returncode != 0

@@ -1,0 +1,700 @@
+"""The service SDK (``authsvc.client``) against a real e-port server.
+
+Tokens come from the real CLI (``eport login`` / ``eport token``) of an operator whose
+enterprise enrolled it and granted it roles; the sample service
+(``examples/customs_declaration``) runs under a real WSGI server; keys are rotated with
+``eport auth rotate-keys``; introspection is signed with a real service-tls certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
+from werkzeug.serving import make_server
+
+from authsvc.client import (
+    CertificateMismatch,
+    ExpiredToken,
+    InsufficientScope,
+    IntrospectionFailed,
+    Introspector,
+    InvalidToken,
+    KeySetUnavailable,
+    TokenVerifier,
+    UnknownKey,
+    certificate_thumbprint,
+    init_app,
+    require_token,
+)
+from tests.conftest import Server
+
+CUSTOMS = "https://customs-declaration.eport.example"
+MANIFEST = "https://manifest.eport.example"
+SERVICE_HOST = "customs-declaration.eport.example"
+PASSPHRASE = b"test-passphrase-123"  # what tests.conftest.Server gives the CLI for new keys
+_counter = iter(range(10**6))
+
+
+# -- helpers shared with the gateway and interop tests ------------------------------------
+
+
+def fresh_uscc() -> str:
+    """A valid USCC that no other test of this process uses."""
+    from ca.uscc import check_character
+
+    body = f"91350100MB{next(_counter) % 10000:04d}{(time.monotonic_ns() // 1000) % 1000:03d}"
+    return body + check_character(body)
+
+
+def jrun(server: Server, *args: str) -> dict[str, Any]:
+    out = json.loads(server.eport(*args, "--json").stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+def creds(d: Path) -> list[str]:
+    return ["--cert", str(d / "cert.pem"), "--key", str(d / "key.pem")]
+
+
+def serial_of(d: Path) -> str:
+    return format(x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).serial_number, "x")
+
+
+def cert_of(d: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+
+
+def enroll_enterprise(server: Server, tmp: Path, name: str = "SDK Trading Co., Ltd.") -> Path:
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / f"ent-{app['id']}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def enroll_operator(server: Server, ent: Path, tmp: Path, op_id: str, *roles: str) -> Path:
+    grant = jrun(
+        server, "operator", "add", "--name", f"Operator {op_id}", "--id", op_id, *creds(ent)
+    )
+    out = tmp / f"op-{op_id}-{ent.name}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "operator",
+        "--out",
+        str(out),
+    )
+    if roles:
+        grant_roles(server, ent, op_id, *roles)
+    return out
+
+
+def grant_roles(server: Server, ent: Path, op_id: str, *roles: str) -> None:
+    args = [a for r in roles for a in ("--role", r)]
+    jrun(server, "roles", "grant", "--operator", op_id, *args, *creds(ent))
+
+
+def enroll_service(server: Server, tmp: Path, host: str = SERVICE_HOST) -> Path:
+    """A service-tls certificate for ``host``, vetted by a customs RA officer."""
+    app = jrun(server, "apply", "--class", "service", "--agency", "customs", "--name", host)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / f"svc-{app['id']}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "service-tls",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+@dataclass
+class Session:
+    """One ``eport login`` of a certificate holder, in its own CLI config directory."""
+
+    server: Server
+    holder: Path
+    config_dir: Path
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        return {"EPORT_CONFIG_DIR": str(self.config_dir)}
+
+    def token(self, service: str = "customs-declaration") -> str:
+        res = self.server.eport(
+            "token", "--service", service, EPORT_CONFIG_DIR=str(self.config_dir)
+        )
+        return res.stdout.strip()
+
+    def logout(self) -> None:
+        self.server.eport("logout", EPORT_CONFIG_DIR=str(self.config_dir))
+
+
+def login(server: Server, holder: Path, tmp: Path) -> Session:
+    config_dir = tmp / f"cfg-{secrets.token_hex(4)}"
+    server.eport("login", *creds(holder), EPORT_CONFIG_DIR=str(config_dir))
+    return Session(server, holder, config_dir)
+
+
+def issuer(server: Server) -> str:
+    return server.url + "/auth"
+
+
+def header_of(token: str) -> dict[str, Any]:
+    seg = token.split(".")[0]
+    out = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+    assert isinstance(out, dict)
+    return out
+
+
+def payload_of(token: str) -> dict[str, Any]:
+    out = jwt.decode(token, options={"verify_signature": False})
+    assert isinstance(out, dict)
+    return out
+
+
+def signing_key(server: Server) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    """The token service's active signing key, read from its database the way
+    ``eport auth rotate-keys`` does: to mint tokens the server would have minted
+    (expired ones, other ``typ``) without waiting for the clock."""
+    from sqlalchemy.orm import sessionmaker
+
+    from authsvc.app import key_passphrase
+    from authsvc.config import AuthConfig
+    from authsvc.store import SqlAuthStore
+    from ca.db import make_engine
+
+    cfg = AuthConfig.load({"data_dir": server.data_dir, "dev": True}, environ={})
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        keys = SqlAuthStore(sessionmaker(engine, expire_on_commit=False)).list_keys()
+    finally:
+        engine.dispose()
+    active = next(k for k in keys if k.state == "active")
+    key = serialization.load_pem_private_key(active.private_pem, key_passphrase(cfg))
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return active.kid, key
+
+
+def resign(
+    server: Server, token: str, *, header: dict[str, Any] | None = None, **claims: Any
+) -> str:
+    """``token`` with claims changed, signed again with the server's own key."""
+    kid, key = signing_key(server)
+    payload = {**payload_of(token), **claims}
+    return jwt.encode(
+        payload, key, algorithm="ES256", headers={"typ": "at+jwt", "kid": kid, **(header or {})}
+    )
+
+
+def hs256(body: dict[str, Any], secret: bytes, kid: str) -> str:
+    """An HS256 JWT keyed with ``secret`` (PyJWT refuses to make one from a public key)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = {"alg": "HS256", "typ": "at+jwt", "kid": kid}
+    signing_input = b64(json.dumps(head).encode()) + "." + b64(json.dumps(body).encode())
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(mac)
+
+
+def expired(server: Server, token: str) -> str:
+    now = int(time.time())
+    return resign(server, token, iat=now - 900, exp=now - 300)
+
+
+def forged(token: str) -> str:
+    """The same header and claims, signed by a key the issuer never published."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(payload_of(token), key, algorithm="ES256", headers=header_of(token))
+
+
+@contextlib.contextmanager
+def serve_wsgi(app: Flask) -> Iterator[str]:
+    """``app`` under werkzeug's threaded WSGI server on a free loopback port."""
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, name="wsgi", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def example_app(server: Server, **config: Any) -> Iterator[str]:
+    """The sample customs declaration service, configured for ``server``."""
+    from authsvc.client.flask_ext import EXTENSION
+    from examples.customs_declaration.app import create_app
+
+    app = create_app({"EPORT_ISSUER": issuer(server), "EPORT_AUDIENCE": CUSTOMS, **config})
+    try:
+        with serve_wsgi(app) as url:
+            yield url
+    finally:
+        app.extensions[EXTENSION].close()
+
+
+class CountingSession(requests.Session):
+    """A requests session that counts what it fetched (by URL path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+        self._count_lock = threading.Lock()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kw: Any) -> Any:
+        with self._count_lock:
+            self.paths.append(urlsplit(str(url)).path)
+        return super().request(method, url, *args, **kw)
+
+    def count(self, suffix: str) -> int:
+        with self._count_lock:
+            return sum(p.endswith(suffix) for p in self.paths)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    server: Server
+    ent: Path
+    reader: Path
+    """An operator with the data-entry role: declaration:read and :draft, no :submit."""
+    session: Session
+    token: str
+
+
+@pytest.fixture(scope="module")
+def world(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
+    tmp = tmp_path_factory.mktemp("sdk")
+    ent = enroll_enterprise(sqlite_server, tmp)
+    reader = enroll_operator(sqlite_server, ent, tmp, "reader1", "data-entry")
+    session = login(sqlite_server, reader, tmp)
+    return World(sqlite_server, ent, reader, session, session.token())
+
+
+@pytest.fixture
+def http() -> Iterator[CountingSession]:
+    s = CountingSession()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# -- offline verification --------------------------------------------------------------------
+
+
+def test_sdk_verifies_a_cli_token(world: World, http: CountingSession) -> None:
+    v = TokenVerifier(issuer(world.server), CUSTOMS, http=http)  # jwks_uri discovered
+    claims = v.verify(world.token, required_scopes=["declaration:read"])
+    uscc = x509.load_pem_x509_certificate((world.ent / "cert.pem").read_bytes()).subject
+    assert claims.subject.startswith("op:") and claims.subject.endswith(":reader1")
+    assert claims.operator_id == "reader1" and claims.subject_class == "operator"
+    assert claims.uscc is not None and claims.uscc in uscc.rfc4514_string()
+    assert claims.audience == CUSTOMS and claims.issuer == issuer(world.server)
+    assert claims.scopes == {"declaration:read", "declaration:draft"}
+    assert claims.client_id == "eport-cli" and claims.session_id
+    assert claims.expires_at - claims.issued_at == 600
+    # RFC 8705: bound to the operator's login certificate, and to no other.
+    reader_cert = cert_of(world.reader)
+    assert claims.certificate_thumbprint == certificate_thumbprint(reader_cert)
+    v.verify(world.token, client_certificate=reader_cert)
+    with pytest.raises(CertificateMismatch):
+        v.verify(world.token, client_certificate=cert_of(world.ent))
+    with pytest.raises(InsufficientScope) as exc:
+        v.verify(world.token, required_scopes=["declaration:read", "declaration:submit"])
+    assert exc.value.status == 403 and exc.value.error == "insufficient_scope"
+    # Discovery once, JWKS once, however many tokens.
+    for _ in range(50):
+        v.verify(world.token)
+    assert http.count("/jwks.json") == 1
+    assert v.jwks_url() == issuer(world.server) + "/jwks.json"
+
+
+def test_sdk_refuses_bad_tokens(world: World, http: CountingSession) -> None:
+    server, token = world.server, world.token
+    v = TokenVerifier(issuer(server), CUSTOMS, server.url + "/auth/jwks.json", http=http)
+    kid = header_of(token)["kid"]
+    body = payload_of(token)
+    pub = v.keys.get(kid).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    h, p, s = token.split(".")
+    tampered_body = dict(body, scope="declaration:read declaration:submit")
+    tampered = ".".join(
+        [h, base64.urlsafe_b64encode(json.dumps(tampered_body).encode()).rstrip(b"=").decode(), s]
+    )
+    unsigned = ".".join(
+        [
+            base64.urlsafe_b64encode(b'{"alg":"none","typ":"at+jwt"}').rstrip(b"=").decode(),
+            p,
+            "",
+        ]
+    )
+    bad = {
+        "garbage": "not-a-token",
+        "empty": "",
+        "five parts (JWE)": "a.b.c.d.e",
+        "alg none": unsigned,
+        # RFC 8725 §2.1: HS256 keyed with the public key the verifier knows.
+        "key confusion": hs256(body, pub, kid),
+        "tampered": tampered,
+        "forged": forged(token),
+        "typ JWT": resign(server, token, header={"typ": "JWT"}),
+        "jku elsewhere": jwt.encode(
+            body,
+            ec.generate_private_key(ec.SECP256R1()),
+            algorithm="ES256",
+            headers={"kid": kid, "typ": "at+jwt", "jku": "http://127.0.0.1:1/jwks.json"},
+        ),
+        "crit header": resign(server, token, header={"crit": ["exp"]}),
+        "wrong issuer": resign(server, token, iss="https://evil.example/auth"),
+        "no jti": resign(server, token, jti=None),
+        "nbf in the future": resign(server, token, nbf=int(time.time()) + 3600),
+        "iat in the future": resign(server, token, iat=int(time.time()) + 3600),
+        "another service's token": world.session.token("manifest"),
+    }
+    for what, tok in bad.items():
+        with pytest.raises(InvalidToken):
+            v.verify(tok)
+            pytest.fail(f"accepted: {what}")
+    with pytest.raises(ExpiredToken):
+        v.verify(expired(server, token))
+    # The verifier's clock is passed in: 11 minutes on, a real token has expired; the
+    # leeway (30 s) still accepts it just after exp.
+    exp = payload_of(token)["exp"]
+    with pytest.raises(ExpiredToken):
+        TokenVerifier(issuer(server), CUSTOMS, http=http, clock=lambda: exp + 31.0).verify(token)
+    TokenVerifier(issuer(server), CUSTOMS, http=http, clock=lambda: exp + 29.0).verify(token)
+    # A service verifying for another audience refuses a customs token.
+    with pytest.raises(InvalidToken, match="audience"):
+        TokenVerifier(issuer(server), MANIFEST, http=http).verify(token)
+    # Bad tokens cost no fetch (the forged ones reuse the real kid): one JWKS per verifier.
+    assert http.count("/jwks.json") == 4
+
+
+def test_unknown_kids_refetch_at_most_once_per_interval(
+    world: World, http: CountingSession
+) -> None:
+    interval = 1.0
+    v = TokenVerifier(
+        issuer(world.server),
+        CUSTOMS,
+        world.server.url + "/auth/jwks.json",
+        http=http,
+        min_refetch_interval=interval,
+    )
+    t_first = time.monotonic()
+    v.verify(world.token)
+    assert http.count("/jwks.json") == 1
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = payload_of(world.token)
+    outcomes: list[str] = []
+
+    def burst(n: int) -> None:
+        for _ in range(n):
+            tok = jwt.encode(
+                body,
+                key,
+                algorithm="ES256",
+                headers={"typ": "at+jwt", "kid": secrets.token_urlsafe(32)},
+            )
+            try:
+                v.verify(tok)
+                outcomes.append("accepted")
+            except UnknownKey:
+                outcomes.append("unknown key")
+            except Exception as exc:
+                outcomes.append(repr(exc))
+
+    def refetches() -> int:
+        return http.count("/jwks.json") - 1
+
+    def most() -> int:  # each refetch waits an interval after the attempt before it
+        return int((time.monotonic() - t_first) / interval)
+
+    # Right after a fetch: unknown kids are refused without asking again.
+    burst(50)
+    first = refetches()
+    assert first <= most()
+    # An interval later: 200 unknown kids from 4 threads at once cause one refetch.
+    time.sleep(interval)
+    start = time.monotonic()
+    threads = [threading.Thread(target=burst, args=(50,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - start
+    assert outcomes == ["unknown key"] * 250
+    assert refetches() - first >= 1 and refetches() <= most()
+    print(
+        f"unknown kids: 50 right after a fetch -> {first} refetch, "
+        f"then 200 from 4 threads in {took:.2f} s -> {refetches() - first}"
+    )
+    v.verify(world.token)  # the good key is still there
+
+
+def test_key_rotation_has_no_gap(world: World, http: CountingSession) -> None:
+    server = world.server
+    v = TokenVerifier(issuer(server), CUSTOMS, http=http, cache_ttl=3600, min_refetch_interval=0.5)
+    old = world.session.token()
+    v.verify(old)
+    fetched_kids = v.keys.kids
+    assert http.count("/jwks.json") == 1 and len(fetched_kids) == 2  # active + next
+    # First rotation: the new signer is the key published as "next" — already known.
+    first = jrun(server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev")
+    assert first["active"] in fetched_kids and first["active"] != header_of(old)["kid"]
+    # Second rotation: a signer this verifier has never seen.
+    second = jrun(server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev")
+    assert second["active"] not in fetched_kids
+    deadline = time.monotonic() + 20  # every server process re-reads its keys within 5 s
+    new = world.session.token()
+    while header_of(new)["kid"] != second["active"]:
+        assert time.monotonic() < deadline, "the server did not start signing with the new key"
+        time.sleep(0.5)
+        new = world.session.token()
+    # The new kid triggers exactly one refetch; the old token stays valid (its key is
+    # still published as retired until every token it signed has expired).
+    assert v.verify(new).subject == v.verify(old).subject
+    assert http.count("/jwks.json") == 2
+    published = {
+        k["kid"] for k in requests.get(server.url + "/auth/jwks.json", timeout=5).json()["keys"]
+    }
+    assert {header_of(old)["kid"], first["active"], second["active"]} <= published
+    for _ in range(20):
+        v.verify(old)
+        v.verify(new)
+    assert http.count("/jwks.json") == 2
+
+
+def test_example_app_accepts_and_refuses(world: World, tmp_path: Path) -> None:
+    server = world.server
+    with example_app(server) as url:
+        ok = requests.get(
+            url + "/declarations", headers={"Authorization": f"Bearer {world.token}"}, timeout=10
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["subject"].endswith(":reader1") and ok.json()["gateway_subject"] is None
+
+        # A reader may not submit: 403 insufficient_scope (RFC 6750 §3.1).
+        post = requests.post(
+            url + "/declarations",
+            json={"goods": "tea"},
+            headers={"Authorization": f"Bearer {world.token}"},
+            timeout=10,
+        )
+        assert post.status_code == 403
+        assert 'error="insufficient_scope"' in post.headers["WWW-Authenticate"]
+        assert 'scope="declaration:submit"' in post.headers["WWW-Authenticate"]
+        assert post.json()["error"] == "insufficient_scope"
+
+        # No token: 401 with a bare challenge (RFC 6750 §3.1: no error code).
+        none = requests.get(url + "/declarations", timeout=10)
+        assert none.status_code == 401
+        assert none.headers["WWW-Authenticate"].startswith('Bearer realm="')
+        assert "error=" not in none.headers["WWW-Authenticate"]
+        basic = requests.get(url + "/declarations", auth=("a", "b"), timeout=10)
+        assert basic.status_code == 401
+
+        for tok in (
+            "garbage",
+            forged(world.token),
+            expired(server, world.token),
+            world.session.token("manifest"),
+        ):
+            r = requests.get(
+                url + "/declarations", headers={"Authorization": f"Bearer {tok}"}, timeout=10
+            )
+            assert r.status_code == 401, tok
+            assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+            assert r.headers["Cache-Control"] == "no-store"
+        empty = requests.get(
+            url + "/declarations", headers={"Authorization": "Bearer "}, timeout=10
+        )
+        assert empty.status_code == 400 and empty.json()["error"] == "invalid_request"
+
+        # The enterprise grants the declaration role: the next token may submit.
+        grant_roles(server, world.ent, "reader1", "data-entry", "declaration")
+        submitter = world.session.token()
+        post = requests.post(
+            url + "/declarations",
+            json={"goods": "tea"},
+            headers={"Authorization": f"Bearer {submitter}"},
+            timeout=10,
+        )
+        assert post.status_code == 201, post.text
+        assert post.json()["declared_by"].endswith(":reader1")
+        listed = requests.get(
+            url + "/declarations", headers={"Authorization": f"Bearer {submitter}"}, timeout=10
+        )
+        assert [d["goods"] for d in listed.json()["declarations"]] == ["tea"]
+        grant_roles(server, world.ent, "reader1", "data-entry")
+
+
+# -- introspection ------------------------------------------------------------------------
+
+
+def test_introspection_with_the_service_certificate(world: World, tmp_path: Path) -> None:
+    server = world.server
+    svc = enroll_service(server, tmp_path)
+    pw = PASSPHRASE
+    with Introspector(server.url, svc / "cert.pem", svc / "key.pem", passphrase=pw) as intro:
+        result = intro.introspect(world.token)
+        assert result.active and result.claims is not None
+        assert result.claims.subject.endswith(":reader1")
+        assert result.claims.scopes >= {"declaration:read"}
+        assert intro.verify(world.token, required_scopes=["declaration:read"]).audience == CUSTOMS
+        with pytest.raises(InsufficientScope):
+            intro.verify(world.token, required_scopes=["declaration:submit"])
+        # A service sees only tokens of its own audience (RFC 7662 §4: no data goes out).
+        manifest = world.session.token("manifest")
+        assert not intro.introspect(manifest).active
+        assert intro.introspect(manifest).raw == {"active": False}
+        assert not intro.introspect("garbage").active
+        assert not intro.introspect(forged(world.token)).active
+        assert not intro.introspect(expired(server, world.token)).active
+
+        # Logout ends the session everywhere: the token is inactive within 5 s, while
+        # offline verification keeps accepting it until its exp.
+        other = login(server, world.reader, tmp_path)
+        tok = other.token()
+        assert intro.introspect(tok).active
+        other.logout()
+        start = time.monotonic()
+        while intro.introspect(tok).active:
+            assert time.monotonic() - start < 5, "still active 5 s after logout"
+            time.sleep(0.1)
+        print(f"introspection inactive {time.monotonic() - start:.2f} s after logout")
+        with TokenVerifier(issuer(server), CUSTOMS) as v:
+            v.verify(tok)
+
+    # An operator's certificate is no service credential.
+    with (
+        Introspector(
+            server.url, world.reader / "cert.pem", world.reader / "key.pem", passphrase=pw
+        ) as wrong,
+        pytest.raises(IntrospectionFailed),
+    ):
+        wrong.introspect(world.token)
+
+
+# -- speed ---------------------------------------------------------------------------------
+
+
+def test_offline_verification_keeps_up_with_raw_pyjwt(world: World) -> None:
+    """Issue 5's goal: SDK offline validation at least 80% of raw PyJWT ES256 verify."""
+    with TokenVerifier(issuer(world.server), CUSTOMS) as v:
+        token = world.token
+        v.verify(token)  # fetches the JWKS
+        key = v.keys.get(header_of(token)["kid"])
+        # Short interleaved rounds timed in this thread's CPU time, best of each: what
+        # the other xdist worker and the servers do to the machine mostly cancels out.
+        n, rounds = 150, 21
+        raw_best = sdk_best = 0.0
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            for _ in range(n):
+                jwt.decode(token, key, algorithms=["ES256"], audience=CUSTOMS, issuer=v.issuer)
+            t1 = time.thread_time()
+            for _ in range(n):
+                v.verify(token)
+            t2 = time.thread_time()
+            raw_best = max(raw_best, n / max(t1 - t0, 1e-9))
+            sdk_best = max(sdk_best, n / max(t2 - t1, 1e-9))
+    ratio = sdk_best / raw_best
+    summary = f"raw PyJWT {raw_best:.0f}/s, SDK {sdk_best:.0f}/s per core: {ratio:.0%}"
+    print(summary)
+    assert ratio >= 0.8, summary
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_jwks_outage_keeps_cached_keys_and_answers_503() -> None:
+    """The JWKS server going down: cached keys go on working past cache_ttl; a verifier
+    with no keys yet raises KeySetUnavailable, which a service answers with 503."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwks = {"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}
+    up = threading.Event()
+    up.set()
+    app = Flask("jwks")
+
+    @app.get("/jwks.json")
+    def serve_jwks() -> Any:
+        return (jwks, 200) if up.is_set() else ("down", 503)
+
+    now = int(time.time())
+    iss = "https://eport.example/auth"
+    claims: dict[str, Any] = {
+        "iss": iss,
+        "sub": "ent:x",
+        "aud": CUSTOMS,
+        "exp": now + 300,
+        "iat": now,
+        "jti": "t1",
+        "scope": "declaration:read",
+    }
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"typ": "at+jwt", "kid": "k1"})
+    with serve_wsgi(app) as url:
+        v = TokenVerifier(
+            claims["iss"], CUSTOMS, url + "/jwks.json", cache_ttl=0.2, min_refetch_interval=0.2
+        )
+        with v:
+            v.verify(token)
+            up.clear()
+            time.sleep(0.3)
+            assert v.verify(token).subject == "ent:x"  # stale but usable
+            assert v.keys.fetches == 2  # the failed refresh was tried once
+            with TokenVerifier(iss, CUSTOMS, url + "/jwks.json") as cold:
+                with pytest.raises(KeySetUnavailable) as exc:
+                    cold.verify(token)
+                assert exc.value.status == 503
+        flask_app = Flask("svc")
+        init_app(flask_app, TokenVerifier(iss, CUSTOMS, url + "/jwks.json"))
+        flask_app.get("/r")(require_token("declaration:read")(lambda: "ok"))
+        r = flask_app.test_client().get("/r", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        flask_app.extensions["eport.token_verifier"].close()
