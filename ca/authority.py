@@ -31,6 +31,7 @@ from ca.errors import (
     Unauthenticated,
 )
 from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
+from ca.names import dn_string as dn_string  # re-exported for older callers
 from ca.policy import Policies, Profile, SubjectClass
 from ca.records import (
     Application,
@@ -100,17 +101,6 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
     if not valid:
         raise BadCSR("the request's signature does not verify (no proof of possession)")
     return csr
-
-
-_DN_NAMES = {
-    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-}
-
-
-def dn_string(name: x509.Name) -> str:
-    """RFC 4514 string with readable names for organizationIdentifier and serialNumber."""
-    return name.rfc4514_string(_DN_NAMES)
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
