@@ -329,14 +329,15 @@ def index() -> str:
     head = _checkpoint(s)
     recent = find_events(s, EventFilter().for_reader(web.reader), limit=10, newest_first=True)
     graph = chart(s, web.reader, _now().date())
+    origin, key = audit_service().origin(s), audit_service().verifier_key(s)
     s.rollback()
     return render_template(
         "audit/index.html",
         web=web,
         head=head,
         note=head.note.decode(),
-        verifier_key=audit_service().verifier_key,
-        origin=audit_service().origin,
+        verifier_key=key,
+        origin=origin,
         root_b64=base64.b64encode(head.root_hash).decode(),
         events=[event_json(i, r) for i, r in recent],
         chart=graph,

@@ -21,12 +21,13 @@ tlog-checkpoint and signed-note) and :mod:`ca.logentry` (the entry bytes).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Connection, TextClause, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,54 +89,92 @@ class SqlTreeStore:
 
     ``size`` is the tree size this store stands for: the locked head's size when
     appending, or a checkpoint's size when proving. Left out, it is read from
-    ``log_head`` once.
+    ``log_head`` once. Nodes read or written are remembered for the life of the store
+    (they never change), so the root after an append costs no further query.
     """
 
     def __init__(self, session: Session, size: int | None = None) -> None:
-        self._session = session
+        self._conn = session.connection()
         self._size = size
+        self._known: dict[NodeKey, bytes] = {}
 
     def size(self) -> int:
         if self._size is None:
-            self._size = read_head(self._session)[0]
+            self._size = _head(self._conn)[0]
         return self._size
 
     def get_many(self, keys: Sequence[NodeKey], /) -> list[bytes]:
-        if not keys:
-            return []
-        rows = self._session.execute(
-            select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash).where(
-                tuple_(LogNodeRow.level, LogNodeRow.idx).in_([tuple(k) for k in keys])
-            )
-        ).all()
-        found = {(int(level), int(idx)): bytes(digest) for level, idx, digest in rows}
+        known = self._known
+        missing = [key for key in dict.fromkeys(keys) if key not in known]
+        if missing:
+            for level, idx, digest in self._conn.execute(
+                _select_nodes(len(missing)), _node_params(missing)
+            ):
+                known[(int(level), int(idx))] = bytes(digest)
         try:
-            return [found[(level, idx)] for level, idx in keys]
+            return [known[key] for key in keys]
         except KeyError as exc:
             raise LookupError(f"no stored node at (level, index) {exc.args[0]}") from None
 
     def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
         if not items:
             return
-        self._session.execute(
-            insert(LogNodeRow),
+        self._conn.execute(
+            _INSERT_NODE,
             [{"level": level, "idx": idx, "hash": digest} for level, idx, digest in items],
         )
         size = self.size()
-        for level, idx, _ in items:
+        for level, idx, digest in items:
+            self._known[(level, idx)] = digest
             if level == 0 and idx >= size:
                 size = idx + 1
         self._size = size
 
 
-def read_head(session: Session) -> tuple[int, bytes]:
-    """``(size, root)`` of the log as committed (no lock); ``(0, SHA-256())`` before any entry."""
-    row = session.execute(
-        select(LogHeadRow.size, LogHeadRow.root_hash).where(LogHeadRow.id == HEAD_ID)
-    ).first()
+_INSERT_NODE = insert(LogNodeRow)
+_INSERT_ENTRY = insert(LogEntryRow)
+_READ_HEAD = select(LogHeadRow.size, LogHeadRow.root_hash).where(LogHeadRow.id == HEAD_ID)
+_LOCK_HEAD = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
+_CREATE_HEAD = insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT)
+_MOVE_HEAD = (
+    update(LogHeadRow)
+    .where(LogHeadRow.id == HEAD_ID)
+    .values(size=bindparam("new_size"), root_hash=bindparam("new_root"))
+)
+
+
+@functools.cache
+def _select_nodes(count: int) -> TextClause:
+    """One SELECT of ``count`` nodes: ``(level = ? AND idx = ?) OR …``.
+
+    Not a row-value IN list: SQLite scans the whole table for that, while it answers
+    an OR of equalities with one primary-key search per key, as PostgreSQL does. The
+    statement text depends only on ``count`` (at most ``2·log2 n``), so it is built and
+    compiled once per count.
+    """
+    terms = " OR ".join(f"(level = :l{i} AND idx = :i{i})" for i in range(count))
+    # Only integers go into the text; the values are bound parameters.
+    return text(f"SELECT level, idx, hash FROM log_nodes WHERE {terms}")  # noqa: S608
+
+
+def _node_params(keys: Sequence[NodeKey]) -> dict[str, int]:
+    params: dict[str, int] = {}
+    for i, (level, idx) in enumerate(keys):
+        params[f"l{i}"] = level
+        params[f"i{i}"] = idx
+    return params
+
+
+def _head(conn: Connection) -> tuple[int, bytes]:
+    row = conn.execute(_READ_HEAD).first()
     if row is None:
         return 0, EMPTY_ROOT
     return int(row[0]), bytes(row[1])
+
+
+def read_head(session: Session) -> tuple[int, bytes]:
+    """``(size, root)`` of the log as committed (no lock); ``(0, SHA-256())`` before any entry."""
+    return _head(session.connection())
 
 
 def tree_at(session: Session, size: int | None = None) -> MerkleTree:
@@ -145,18 +184,17 @@ def tree_at(session: Session, size: int | None = None) -> MerkleTree:
 
 def _lock_head(session: Session) -> tuple[int, bool]:
     """Lock the head row for this transaction; create it when absent. ``(size, created)``."""
-    query = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
-    size = session.execute(query).scalar()
+    size = session.connection().execute(_LOCK_HEAD).scalar()
     if size is not None:
         return int(size), False
     # The first append of a database: insert the head in a savepoint, so that a
     # concurrent first append that wins the primary key only costs us a retry.
     try:
         with session.begin_nested():
-            session.execute(insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT))
+            session.connection().execute(_CREATE_HEAD)
     except IntegrityError:
         pass
-    size = session.execute(query).scalar_one()
+    size = session.connection().execute(_LOCK_HEAD).scalar_one()
     return int(size), True
 
 
@@ -204,18 +242,16 @@ def append_events(session: Session, rows: Sequence[EventRow]) -> range:
     entries = [entry_of(r) for r in rows]
     tree = MerkleTree(SqlTreeStore(session, size))
     span = tree.append_many(entries)
-    session.execute(
-        insert(LogEntryRow),
+    conn = session.connection()
+    conn.execute(
+        _INSERT_ENTRY,
         [
             {"idx": idx, "event_id": row.id, "entry": entry}
             for idx, row, entry in zip(span, rows, entries, strict=True)
         ],
     )
-    session.execute(
-        update(LogHeadRow)
-        .where(LogHeadRow.id == HEAD_ID)
-        .values(size=span.stop, root_hash=tree.root(span.stop))
-    )
+    # The new root folds the right edge the append just read and wrote: no query.
+    conn.execute(_MOVE_HEAD, {"new_size": span.stop, "new_root": tree.root(span.stop)})
     return span
 
 
@@ -241,9 +277,25 @@ class CheckpointSigner:
     """
 
     def __init__(self, origin: str, key: NoteKey, clock: Clock | None = None) -> None:
-        self.origin = origin
+        self.configured_origin = origin
+        self._origin: str | None = None
         self.key = key
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+
+    def origin(self, session: Session) -> str:
+        """The log's origin: the one of its first checkpoint once there is one.
+
+        A log keeps its name for life, even if the CA's public URL (the configured
+        origin's source) changes later: auditors pin it with the key.
+        """
+        if self._origin is None:
+            first = session.execute(
+                select(CheckpointRow.note).order_by(CheckpointRow.size).limit(1)
+            ).scalar()
+            if first is None:
+                return self.configured_origin
+            self._origin = bytes(first).split(b"\n", 1)[0].decode("utf-8")
+        return self._origin
 
     def sign(self, session: Session, size: int, root_hash: bytes) -> bytes:
         """The signed checkpoint of ``(size, root_hash)``, stored in ``checkpoints``.
@@ -256,7 +308,8 @@ class CheckpointSigner:
         if stored is not None:
             self._same_root(stored, root_hash)
             return stored.note
-        note = sign_note(Checkpoint(self.origin, size, root_hash).body(), self.origin, self.key)
+        origin = self.origin(session)
+        note = sign_note(Checkpoint(origin, size, root_hash).body(), origin, self.key)
         try:
             with session.begin_nested():
                 session.execute(

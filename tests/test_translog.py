@@ -355,3 +355,17 @@ def test_empty_log_checkpoint(engine: Engine) -> None:
 )
 def test_origin(url: str, origin: str) -> None:
     assert translog.origin_for(url) == origin
+
+
+def test_origin_sticks_to_the_first_checkpoint(engine: Engine) -> None:
+    """A log keeps its name when the CA's public URL (say, a development port) changes."""
+    key = Ed25519PrivateKey.generate()
+    record(make_store(engine), 2)
+    with Session(engine) as s:
+        translog.CheckpointSigner("old.example/log", key).latest(s)
+        s.commit()
+    record(make_store(engine), 1, start=2)
+    moved = translog.CheckpointSigner("new.example/log", key)
+    with Session(engine) as s:
+        assert moved.latest(s).note.startswith(b"old.example/log\n3\n")
+        assert moved.origin(s) == "old.example/log"
