@@ -137,7 +137,7 @@ def openapi() -> Response:
 @bp.get("/health")
 def health() -> Response:
     s = svc()
-    sealed = any(type(i.signer).__name__ == "SealedSigner" for i in s.authority.issuers.values())
+    sealed = any(getattr(i.signer, "sealed", False) for i in s.authority.issuers.values())
     return jsonify({"status": "ok", "sealed": sealed})
 
 
@@ -164,7 +164,9 @@ def issuer_certificate(issuer_id: str) -> Response:
     if issuer_id == "root":
         cert = s.authority.root
     else:
-        issuer = s.authority.issuers.get(issuer_id)
+        # Every generation under its own id: after a rollover the URL in older
+        # certificates still names the CA that signed them.
+        issuer = s.status.issuers.get(issuer_id)
         if issuer is None:
             raise NotFound(f"no issuing CA {issuer_id!r}")
         cert = issuer.certificate

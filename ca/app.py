@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from ca import devinit, hierarchy, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
-from ca.errors import EPortError, PayloadTooLarge
+from ca.errors import EPortError, PayloadTooLarge, Sealed
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
@@ -83,7 +83,7 @@ def build_authority(
             factory.lint_template(profile, issuer, now)
     return JointCA(
         policies=policies,
-        issuers=h.issuers,
+        issuers=h.issuing(),
         root=h.root,
         store=store,
         factory=factory,
@@ -115,32 +115,28 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
         lambda: db.session,  # type: ignore[arg-type,return-value]
         event_sinks=(translog.append_event,),
     )
-    authority = build_authority(cfg, policies, h, store)
-    trust = TrustAnchors(
-        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
-    )
+    service = service_for(cfg, policies, h, store)
     passphrase = ca_passphrase(cfg)
     if passphrase is not None:
         from ca.ceremony import renew_responders
 
         with app.app_context():
-            if renew_responders(authority, h, cfg.data_dir, passphrase):
+            if renew_responders(service.authority, h, cfg.data_dir, passphrase):
                 h = hierarchy.load(cfg.data_dir, passphrase)
-    status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
-    revocation = Revocation(authority, listeners=(status.on_status_change,))
-    app.extensions[EXTENSION] = CAService(
-        cfg, authority, trust, store, utcnow, status, revocation, h.root_crl
-    )
+                service = service_for(cfg, policies, h, store)
+    app.extensions[EXTENSION] = service
     if cfg.crl_refresh_seconds > 0:
-        _start_refresher(app, status, cfg.crl_refresh_seconds)
+        _start_refresher(app, cfg.crl_refresh_seconds)
 
     from ca.api import bp
     from ca.audit_api import install_audit
+    from ca.quorum_api import install_custody
     from ca.status_http import status_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(status_bp)
     install_audit(app, cfg, h)
+    install_custody(app, cfg, policies, h, store)
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
@@ -177,7 +173,20 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _start_refresher(app: Flask, status: StatusService, every: float) -> None:
+def service_for(
+    cfg: CAConfig, policies: Policies, h: hierarchy.Hierarchy, store: SqlStore
+) -> CAService:
+    """Everything built on the hierarchy; rebuilt when a quorum ceremony changes it."""
+    authority = build_authority(cfg, policies, h, store)
+    trust = TrustAnchors(
+        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
+    )
+    status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
+    revocation = Revocation(authority, listeners=(status.on_status_change,))
+    return CAService(cfg, authority, trust, store, utcnow, status, revocation, h.root_crl)
+
+
+def _start_refresher(app: Flask, every: float) -> None:
     """Re-sign stale or ageing CRLs in the background (changes are debounced to one CRL)."""
     import threading
 
@@ -186,7 +195,9 @@ def _start_refresher(app: Flask, status: StatusService, every: float) -> None:
         while not stop.wait(every):
             try:
                 with app.app_context():
-                    status.refresh()
+                    app.extensions[EXTENSION].status.refresh()
+            except Sealed:
+                pass  # a sealed server serves what is signed; unsealing resumes signing
             except Exception:
                 log.exception("CRL refresh failed; will retry")
 

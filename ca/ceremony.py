@@ -20,11 +20,13 @@ from sqlalchemy.orm import sessionmaker
 from ca import hierarchy, translog
 from ca.authority import JointCA, _record
 from ca.config import CAConfig
+from ca.custody import Established, Purpose
 from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.policy import Policies, SubjectClass
 from ca.records import Event, EventType
+from ca.sealing import KeySealer
 from ca.signer import write_private
 from ca.store import SqlStore
 
@@ -114,16 +116,33 @@ def initialize(
     cfg: CAConfig,
     policies: Policies,
     *,
-    root_passphrase: bytes,
-    ca_passphrase: bytes,
+    root_passphrase: bytes | KeySealer | None = None,
+    ca_passphrase: bytes | KeySealer | None = None,
     officer_passphrase: Callable[[str], bytes],
     officer_dir: Path,
     actor: str,
     officer_label: str = "",
     auditor_dir: Path | None = None,
+    custody_set: Established | None = None,
 ) -> Initialized:
-    """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers."""
+    """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers.
+
+    With ``custody_set`` the root key is wrapped by its root KEK and the other CA keys
+    by its seal KEK, the public custody record is written beside the hierarchy and
+    logged; the caller writes the share files and wipes the KEKs.
+    """
+    from ca import custody_files
     from ca.app import build_authority
+
+    if custody_set is not None:
+        sealers = custody_files.sealers(custody_set.record, dict(custody_set.keks))
+        root_passphrase, ca_passphrase = sealers[Purpose.ROOT], sealers[Purpose.SEAL]
+    if root_passphrase is None or ca_passphrase is None:
+        raise ValueError("initialize needs passphrases or a custody set")
+    if hierarchy.exists(cfg.data_dir):
+        raise FileExistsError(f"a CA hierarchy already exists in {cfg.data_dir}")
+    if custody_set is not None:  # before the hierarchy: root.crt marks a complete init
+        custody_files.write_record(cfg.data_dir, custody_set.record)
 
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade(cfg.sqlalchemy_url)
@@ -142,7 +161,16 @@ def initialize(
         )
         authority = build_authority(cfg, policies, h, store)
         record_hierarchy(authority, h, actor)
+        if custody_set is not None:
+            custody_files.record_custody(authority, custody_set.record, h.root, actor)
         officers = issue_officers(authority, officer_dir, officer_passphrase, actor, officer_label)
+        if custody_set is not None:
+            # Sign each issuer's first CRL now: a sealed server serves what is signed.
+            from ca.status import StatusService
+
+            StatusService(
+                issuers=h.issuers, responders=h.responders, store=store, clock=authority.clock
+            ).refresh()
         if auditor_dir is not None:
             issue_officers(
                 authority,

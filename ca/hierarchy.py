@@ -3,12 +3,15 @@
 Layout under ``<data_dir>/ca/``::
 
     root.crt              the root certificate (self-signed, P-384)
-    root.key              the root key, encrypted PKCS#8 (only ceremonies open it)
+    root.key              the root key, wrapped by the custody root KEK (only a quorum
+                          ceremony opens it), or encrypted PKCS#8 (development CA)
+    custody.json          the public custody record: share fingerprints, threshold, checks
     issuers/<id>.crt      issuing CA certificates (pathLen 0), one per subject class
-    issuers/<id>.key      their keys, sealed (encrypted PKCS#8) at rest
+    issuers/<id>.key      their keys, sealed at rest (seal KEK, or a passphrase in dev)
     responders/<id>.crt   each issuing CA's delegated OCSP responder (RFC 6960 §4.2.2.2)
     responders/<id>.key   its key, sealed
     log.pub, log.key      the Ed25519 key of the transparency log's checkpoints (sealed)
+    issuers/active.json   after a rollover: issuer id → the generation that issues now
     root.crl              the root's CRL (DER), signed at ceremonies
 
 Every key access goes through :class:`~ca.signer.Signer`, so M-of-N custody and
@@ -18,7 +21,9 @@ PKCS#11 tokens replace the software signers without touching issuance.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -30,11 +35,13 @@ from ca.errors import Sealed
 from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
 from ca.policy import EVERY_ISSUER, Policies
-from ca.signer import SealedSigner, Signer, SoftwareSigner, seal_key, unseal_key
+from ca.sealing import KeySealer, sealer_of
+from ca.signer import SealedSigner, Signer, SoftwareSigner
 
 ROOT_NAME = "E-Port Joint Root CA"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
 ROOT_CRL_VALIDITY = datetime.timedelta(days=365)
+ACTIVE_FILE = "active.json"
 ISSUING_NAMES = {
     "enterprise": "E-Port Enterprise Issuing CA",
     "agency": "E-Port Agency Issuing CA",
@@ -52,10 +59,24 @@ class Hierarchy:
     """Issuing CA id → its delegated OCSP responder certificate and signer."""
     log_signer: Signer
     """The Ed25519 key that signs the transparency log's checkpoints."""
+    active: Mapping[str, str] = field(default_factory=dict)
+    """Issuer id → the generation (an id in ``issuers``) new certificates come from;
+    empty string: none (its CA was revoked). Written by a rollover ceremony."""
+
+    def issuing(self) -> dict[str, IssuingCA]:
+        """The issuing CAs by the ids profiles name, rollovers applied; every generation
+        also stays under its own id (for its CRLs, OCSP responses and chains)."""
+        out = dict(self.issuers)
+        for alias, gen in self.active.items():
+            if gen in self.issuers:
+                out[alias] = self.issuers[gen]
+            else:
+                out.pop(alias, None)
+        return out
 
     @property
     def sealed(self) -> bool:
-        return any(isinstance(i.signer, SealedSigner) for i in self.issuers.values())
+        return any(getattr(i.signer, "sealed", False) for i in self.issuers.values())
 
     @property
     def log_public_key(self) -> object:
@@ -87,16 +108,18 @@ def create(
     policies: Policies,
     data_dir: Path,
     *,
-    root_passphrase: bytes,
-    ca_passphrase: bytes,
+    root_passphrase: bytes | KeySealer,
+    ca_passphrase: bytes | KeySealer,
     factory: CertificateFactory,
     now: datetime.datetime,
 ) -> Hierarchy:
     """The ceremony's key generation: root, then each issuing CA signed by the root.
 
-    The root key is sealed to ``root_passphrase`` and dropped from memory when this
-    returns; the issuing keys are sealed to ``ca_passphrase``.
+    The root key is sealed to ``root_passphrase`` (a passphrase, or the custody root
+    KEK's sealer) and dropped from memory when this returns; the issuing keys are
+    sealed to ``ca_passphrase`` (a passphrase, or the seal KEK's sealer).
     """
+    root_sealer, ca_sealer = sealer_of(root_passphrase), sealer_of(ca_passphrase)
     d = ca_dir(data_dir)
     if exists(data_dir):
         raise FileExistsError(f"a CA hierarchy already exists in {d}")
@@ -118,7 +141,7 @@ def create(
         key = KeyType.P256.generate()
         name = ISSUING_NAMES.get(issuer_id, f"E-Port {issuer_id.title()} Issuing CA")
         cert = factory.issue(profile, root, key.public_key(), {"ca_name": name}, now)
-        seal_key(key, d / "issuers" / f"{issuer_id}.key", ca_passphrase)
+        ca_sealer.seal(key, d / "issuers" / f"{issuer_id}.key")
         _write_cert(d / "issuers" / f"{issuer_id}.crt", cert)
         issuers[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
     responders: dict[str, IssuingCA] = {}
@@ -128,11 +151,11 @@ def create(
         cert = factory.issue(
             responder_profile, issuer, key.public_key(), {"ca_name": issuer_ca_name(issuer)}, now
         )
-        seal_key(key, d / "responders" / f"{issuer_id}.key", ca_passphrase)
+        ca_sealer.seal(key, d / "responders" / f"{issuer_id}.key")
         _write_cert(d / "responders" / f"{issuer_id}.crt", cert)
         responders[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
     log_key = KeyType.ED25519.generate()
-    seal_key(log_key, d / "log.key", ca_passphrase)
+    ca_sealer.seal(log_key, d / "log.key")
     (d / "log.pub").write_bytes(
         log_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -144,7 +167,7 @@ def create(
             root_cert, root_signer, [], 1, now.replace(microsecond=0), now + ROOT_CRL_VALIDITY
         )
     )
-    seal_key(root_key, d / "root.key", root_passphrase)
+    root_sealer.seal(root_key, d / "root.key")
     _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init
     del root_key, root_signer, root
     return Hierarchy(
@@ -161,17 +184,20 @@ def issuer_ca_name(issuer: IssuingCA) -> str:
     return str(attrs[0].value) if attrs else issuer.id
 
 
-def _load_signer(cert_or_pub: object, key_file: Path, passphrase: bytes | None) -> Signer:
+def _load_signer(
+    cert_or_pub: object, key_file: Path, passphrase: bytes | KeySealer | None
+) -> Signer:
     if passphrase is None:
         public = (
             cert_or_pub.public_key() if isinstance(cert_or_pub, x509.Certificate) else cert_or_pub
         )
         return SealedSigner(public)  # type: ignore[arg-type]
-    return unseal_key(key_file, passphrase)
+    return sealer_of(passphrase).unseal(key_file)
 
 
-def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
-    """Read the hierarchy; without a passphrase the issuing keys stay sealed."""
+def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
+    """Read the hierarchy; without a passphrase (or the seal KEK's sealer) the keys stay
+    sealed: :class:`~ca.signer.SealedSigner` objects that a later unseal opens in place."""
     d = ca_dir(data_dir)
     if not exists(data_dir):
         raise Sealed(f"no CA hierarchy in {d}; run `eport ca init` or `eport serve --dev`")
@@ -190,10 +216,13 @@ def load(data_dir: Path, ca_passphrase: bytes | None) -> Hierarchy:
         )
     log_public = serialization.load_pem_public_key((d / "log.pub").read_bytes())
     log_signer = _load_signer(log_public, d / "log.key", ca_passphrase)
+    active_file = d / "issuers" / ACTIVE_FILE
+    active = json.loads(active_file.read_text()) if active_file.exists() else {}
     return Hierarchy(
         root=root,
         root_crl=(d / "root.crl").read_bytes(),
         issuers=issuers,
         responders=responders,
         log_signer=log_signer,
+        active={str(k): str(v) for k, v in active.items()},
     )

@@ -36,6 +36,12 @@ class EventType(enum.Enum):
     CERTIFICATE_REVOKED = "certificate.revoked"
     CERTIFICATE_SUSPENDED = "certificate.suspended"
     CERTIFICATE_RESUMED = "certificate.resumed"
+    CUSTODY_ESTABLISHED = "custody.established"
+    """The root and seal KEKs were split among the custodians (public record in details)."""
+    CEREMONY_STARTED = "ceremony.started"
+    CEREMONY_JOINED = "ceremony.joined"
+    CEREMONY_COMPLETED = "ceremony.completed"
+    """A quorum operation ran (unseal or a root operation), with the custodians' identities."""
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,26 @@ class SoftwareSigner:
 
 
 class SealedSigner:
-    """Stands for a key that has not been unsealed: signing raises :class:`Sealed`."""
+    """Stands for a key that has not been unsealed: signing raises :class:`Sealed`.
+
+    :meth:`unseal` opens it in place, so every holder of this object (issuance, CRLs,
+    OCSP, checkpoints) can sign from then on without being rebuilt.
+    """
 
     def __init__(self, public_key: CertificatePublicKeyTypes) -> None:
         self._public = public_key
         self._type = KeyType.of(public_key)
+        self._inner: Signer | None = None
+
+    @property
+    def sealed(self) -> bool:
+        return self._inner is None
+
+    def unseal(self, inner: Signer) -> None:
+        """Sign with ``inner`` from now on; it must hold this signer's key."""
+        if inner.public_key() != self._public:
+            raise Sealed("the unsealed key is not the key of this certificate")
+        self._inner = inner
 
     @property
     def key_type(self) -> KeyType:
@@ -71,7 +86,10 @@ class SealedSigner:
         return self._public
 
     def sign(self, data: bytes) -> bytes:
-        raise Sealed("the CA keys are sealed; unseal the CA before issuing")
+        inner = self._inner
+        if inner is None:
+            raise Sealed("the CA keys are sealed; unseal the CA before issuing")
+        return inner.sign(data)
 
 
 def seal_key(key: CertificateIssuerPrivateKeyTypes, path: Path, passphrase: bytes) -> None:

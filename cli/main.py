@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from ca.errors import EPortError
 from ca.names import dn_string
 from ca.uscc import USCC
+from cli import custody as custody_cli
 from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
@@ -189,13 +190,17 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         )
     else:
         from authsvc.app import key_passphrase
+        from ca import custody_files
         from ca import hierarchy as h
         from ca.app import ca_passphrase
 
         # Fail here, in one line, rather than in every gunicorn worker.
-        if ca_passphrase(cfg) is None:
+        if custody_files.under_custody(data_dir):
+            custody_cli.announce_sealed_start(data_dir)
+        elif ca_passphrase(cfg) is None:
             raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
-        h.load(data_dir, ca_passphrase(cfg))
+        else:
+            h.load(data_dir, ca_passphrase(cfg))
         key_passphrase(auth_cfg)
         upgrade(cfg.sqlalchemy_url)
     auth_upgrade(auth_cfg.sqlalchemy_url)
@@ -210,7 +215,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
 
 @cli.group("ca")
 def ca_group() -> None:
-    """Ceremonies of the joint CA, run on the CA host itself (never over the network)."""
+    """Ceremonies of the joint CA: init on the CA host; unseal and quorum ceremonies."""
 
 
 def _secret(file: Path | None, env: str, what: str) -> bytes:
@@ -232,106 +237,6 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
     if len(value) < 12:
         raise CLIError("passphrases of CA keys must have at least 12 characters")
     return str(value).encode()
-
-
-@ca_group.command("init")
-@click.option(
-    "--policies",
-    "policies_dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=None,
-    help="Policy directory (default: the repository's policies/).",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="Where the CA keeps its database and sealed keys.",
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Ceremony directory: the public record and each agency's first RA officer credential.",
-)
-@click.option(
-    "--root-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Seals the root key (else EPORT_ROOT_PASSPHRASE, else a prompt).",
-)
-@click.option(
-    "--ca-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Seals the issuing CA keys (else EPORT_CA_KEY_PASSPHRASE, else a prompt).",
-)
-@click.option(
-    "--officer-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Encrypts the first officers' keys (else EPORT_OFFICER_PASSPHRASE, else a prompt).",
-)
-@json_option
-def ca_init(
-    policies_dir: Path | None,
-    data_dir: Path,
-    out: Path,
-    root_passphrase_file: Path | None,
-    ca_passphrase_file: Path | None,
-    officer_passphrase_file: Path | None,
-    as_json: bool,
-) -> None:
-    """Create the joint CA: root key, issuing CAs, first RA officer of each member.
-
-    The root key is sealed (encrypted PKCS#8) and used again only at ceremonies;
-    the issuing CA keys are sealed and unsealed by `eport serve` with
-    EPORT_CA_KEY_PASSPHRASE. Every certificate made here is linted and logged.
-    """
-    from ca.ceremony import initialize
-    from ca.config import CAConfig
-    from ca.policy import load_policies
-
-    overrides: dict[str, Any] = {"data_dir": data_dir}
-    if policies_dir is not None:
-        overrides["policies_dir"] = policies_dir
-    cfg = CAConfig.load(overrides)
-    from ca import hierarchy as h
-
-    if h.exists(data_dir):
-        raise CLIError(f"{data_dir} already holds a CA; a second init would orphan it")
-    if (out / "officers").exists():
-        raise CLIError(f"{out}/officers exists; choose an empty --out directory")
-    policies = load_policies(cfg.policies_dir)
-    root_pw = _secret(root_passphrase_file, "EPORT_ROOT_PASSPHRASE", "root key")
-    ca_pw = _secret(ca_passphrase_file, "EPORT_CA_KEY_PASSPHRASE", "issuing CA keys")
-    officer_pw = _secret(officer_passphrase_file, "EPORT_OFFICER_PASSPHRASE", "officer keys")
-    done = initialize(
-        cfg,
-        policies,
-        root_passphrase=root_pw,
-        ca_passphrase=ca_pw,
-        officer_passphrase=lambda _mid: officer_pw,
-        officer_dir=out / "officers",
-        actor="ceremony:init",
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "root.crt").write_bytes(done.hierarchy.root.public_bytes(serialization.Encoding.PEM))
-    record: dict[str, Any] = {
-        "root": describe(done.hierarchy.root),
-        "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
-        "officers": {k: str(v) for k, v in done.officers.items()},
-        "members": [m.id for m in policies.members.members],
-        "threshold": policies.members.threshold,
-    }
-    (out / "ceremony.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    lines = [
-        f"Joint CA created in {data_dir}/ca/ (root key sealed; issuing keys sealed).",
-        f"Root:    {record['root']['subject']}  SHA-256 {record['root']['sha256']}",
-    ]
-    lines += [f"Issuer:  {iid:<11} {d['subject']}" for iid, d in record["issuers"].items()]
-    lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
-    lines.append(f"Public record: {out}/ceremony.json; hand each officer directory to its agency.")
-    emit(as_json, record, "\n".join(lines))
 
 
 # -- apply / enroll ---------------------------------------------------------------------------
@@ -1218,6 +1123,7 @@ def cert_list(
 
 
 cli.add_command(audit)
+custody_cli.install(ca_group)
 
 
 def main() -> None:

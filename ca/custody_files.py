@@ -1,0 +1,80 @@
+"""The custody record on disk, beside the hierarchy: ``<data_dir>/ca/custody.json``.
+
+Public (no secret): the custody id, the threshold, each custodian's share
+fingerprints and the KEK check values. Its presence marks a hierarchy whose keys are
+wrapped by custody KEKs rather than passphrases.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ca.authority import JointCA, dn_string
+from ca.custody import CustodyRecord, Purpose
+from ca.hierarchy import ca_dir
+from ca.records import Event, EventType
+from ca.sealing import KekSealer
+
+RECORD_FILE = "custody.json"
+
+
+def record_path(data_dir: Path) -> Path:
+    return ca_dir(data_dir) / RECORD_FILE
+
+
+def under_custody(data_dir: Path) -> bool:
+    return record_path(data_dir).exists()
+
+
+def load_record(data_dir: Path) -> CustodyRecord:
+    return CustodyRecord.from_json(json.loads(record_path(data_dir).read_text()))
+
+
+def write_record(data_dir: Path, record: CustodyRecord) -> None:
+    path = record_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def sealers(record: CustodyRecord, keks: dict[Purpose, bytearray]) -> dict[Purpose, KekSealer]:
+    return {p: KekSealer(k, record.custody_id, p) for p, k in keks.items()}
+
+
+def record_custody(ca: JointCA, record: CustodyRecord, root: x509.Certificate, actor: str) -> None:
+    """Log the custody set: threshold, custodians and share fingerprints (all public)."""
+    with ca.store.transaction() as tx:
+        tx.append_event(
+            Event(
+                type=EventType.CUSTODY_ESTABLISHED,
+                at=ca.clock(),
+                actor=actor,
+                subject=dn_string(root.subject),
+                issuer="root",
+                serial=root.serial_number,
+                cert_sha256=root.fingerprint(hashes.SHA256()).hex(),
+                details=public_details(record),
+            )
+        )
+
+
+def public_details(record: CustodyRecord) -> dict[str, Any]:
+    return {
+        "custody_id": record.custody_id,
+        "threshold": record.threshold,
+        "custodians": [
+            {
+                "member": c.member,
+                "custodian": c.custodian,
+                "index": c.index,
+                "fingerprints": {p.value: c.fingerprints[p] for p in Purpose},
+            }
+            for c in record.custodians
+        ],
+    }

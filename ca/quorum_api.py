@@ -1,0 +1,280 @@
+"""Joint custody over HTTP under ``/ca/v1/custody``: unseal, and quorum ceremonies.
+
+* ``GET  /ca/v1/custody``                 the custody record (public), sealed or not, and
+  this server instance's unseal ceremony (its X25519 key and fingerprint, progress);
+* ``POST /ca/v1/custody/unseal``          a custodian's seal share, sealed to that key;
+* ``POST /ca/v1/custody/ceremonies``      open a root-operation ceremony (an RA officer's
+  signed request);
+* ``GET  /ca/v1/custody/ceremonies/<id>`` its state;
+* ``POST /ca/v1/custody/ceremonies/<id>/join`` a custodian's root share, sealed.
+
+Several worker processes serve one server instance; they share the unseal through the
+database and the boot key (:mod:`ca.bootkey`): before each request a sealed worker
+looks up its instance's unseal ceremony, and a worker that sees the hierarchy's
+generation file change reloads the hierarchy (a root ceremony made or revoked a CA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from ca import bootkey, custody_files, hierarchy
+from ca.config import CAConfig
+from ca.custody import CustodyRecord, Purpose, wipe
+from ca.custody_store import SqlCeremonyStore
+from ca.errors import BadRequest, Forbidden
+from ca.policy import Policies, SubjectClass
+from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
+from ca.sealing import KekSealer
+from ca.signer import Signer
+from ca.store import SqlStore
+
+bp = Blueprint("custody", __name__, url_prefix="/ca/v1/custody")
+EXTENSION = "eport.custody"
+GENERATION_FILE = "generation"
+
+
+def generation_path(data_dir: Path) -> Path:
+    return hierarchy.ca_dir(data_dir) / GENERATION_FILE
+
+
+def bump_generation(data_dir: Path) -> None:
+    """Tell every worker that the hierarchy on disk changed (they reload it)."""
+    path = generation_path(data_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(os.urandom(8).hex() + "\n")
+    tmp.replace(path)
+
+
+def _generation(data_dir: Path) -> str:
+    try:
+        return generation_path(data_dir).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _kek_label(record: CustodyRecord) -> str:
+    return f"eport-seal-kek/v1/{record.custody_id}"
+
+
+class CustodyService:
+    """One worker's view of custody: the sealed signers, the seal KEK once unsealed."""
+
+    def __init__(
+        self,
+        app: Flask,
+        cfg: CAConfig,
+        policies: Policies,
+        h: hierarchy.Hierarchy,
+        store: SqlStore,
+        record: CustodyRecord,
+    ) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.policies = policies
+        self.h = h
+        self.store = store
+        self.record = record
+        self.boot = bootkey.current()
+        self.generation = _generation(cfg.data_dir)
+        self._kek: bytearray | None = None
+        self._lock = threading.RLock()
+        from ca.root_ops import runners
+
+        self.quorum = Quorum(
+            record=record,
+            boot=self.boot,
+            store=SqlCeremonyStore(store),
+            runners={Operation.UNSEAL: self._run_unseal, **runners(self)},
+            clock=lambda: current_app.extensions["eport.ca"].clock(),
+        )
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _slots(self, h: hierarchy.Hierarchy) -> list[tuple[Path, Signer]]:
+        d = hierarchy.ca_dir(self.cfg.data_dir)
+        out: list[tuple[Path, Signer]] = [(d / "log.key", h.log_signer)]
+        out += [(d / "issuers" / f"{i}.key", ca.signer) for i, ca in h.issuers.items()]
+        out += [(d / "responders" / f"{i}.key", r.signer) for i, r in h.responders.items()]
+        return out
+
+    @property
+    def sealed(self) -> bool:
+        return any(getattr(s, "sealed", False) for _, s in self._slots(self.h))
+
+    def seal_sealer(self) -> KekSealer | None:
+        """The seal KEK's sealer once unsealed (to wrap keys a ceremony makes)."""
+        if self._kek is None:
+            return None
+        return KekSealer(self._kek, self.record.custody_id, Purpose.SEAL)
+
+    def _unseal_with(self, kek: bytearray) -> None:
+        self.record.check_kek(kek, Purpose.SEAL)
+        sealer = KekSealer(kek, self.record.custody_id, Purpose.SEAL)
+        for path, signer in self._slots(self.h):
+            if getattr(signer, "sealed", False):
+                signer.unseal(sealer.unseal(path))  # type: ignore[attr-defined]
+        if self._kek is not None and self._kek is not kek:
+            wipe(self._kek)
+        self._kek = kek
+
+    def refresh(self) -> None:
+        """Reload a changed hierarchy; unseal from this instance's unseal record if sealed."""
+        with self._lock:
+            gen = _generation(self.cfg.data_dir)
+            if gen != self.generation:
+                self.reload()
+                self.generation = gen
+            if not self.sealed:
+                return
+            c = self.quorum.get_or_none(self.boot.unseal_ceremony_id)
+            if c is None or c.state is not CeremonyState.DONE or c.secret is None:
+                return
+            self._unseal_with(self.boot.unwrap(c.secret, _kek_label(self.record)))
+
+    def reload(self) -> None:
+        """Build the CA service anew from the hierarchy on disk (after a root ceremony)."""
+        from ca.app import EXTENSION as CA_EXTENSION
+        from ca.app import service_for
+        from ca.audit_api import EXTENSION as AUDIT_EXTENSION
+
+        h = hierarchy.load(self.cfg.data_dir, self.seal_sealer())
+        self.app.extensions[CA_EXTENSION] = service_for(self.cfg, self.policies, h, self.store)
+        audit = self.app.extensions.get(AUDIT_EXTENSION)
+        if audit is not None:
+            audit.signer.key = h.log_signer  # the checkpoint signer keeps its origin
+            self.app.extensions[AUDIT_EXTENSION] = dataclasses.replace(
+                audit, public_key=h.log_public_key
+            )
+        self.h = h
+
+    def _run_unseal(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+        # Prove the KEK opens the keys before anyone relies on it.
+        KekSealer(kek, self.record.custody_id, Purpose.SEAL).unseal(
+            hierarchy.ca_dir(self.cfg.data_dir) / "log.key"
+        )
+        return Outcome(
+            {"unsealed": True, "boot_id": self.boot.id},
+            secret=self.boot.wrap(kek, _kek_label(self.record)),
+        )
+
+    # -- JSON -----------------------------------------------------------------------------
+
+    def ceremony_json(self, c: Ceremony) -> dict[str, Any]:
+        import base64
+
+        from ca.api import iso
+
+        return {
+            "id": c.id,
+            "operation": c.operation.value,
+            "params": dict(c.params),
+            "state": c.state.value,
+            "threshold": c.threshold,
+            "progress": len(c.joined),
+            "joined": list(c.joined),
+            "custody_id": c.custody_id,
+            "boot_id": c.boot_id,
+            "public_key": base64.b64encode(self.quorum.public_key(c.id)).decode(),
+            "key_fingerprint": self.quorum.fingerprint(c.id),
+            "purpose": c.operation.purpose.value,
+            "opened_by": c.opened_by,
+            "created_at": iso(c.created_at),
+            "expires_at": iso(c.expires_at),
+            "completed_at": iso(c.completed_at),
+            "result": dict(c.result),
+        }
+
+
+def custody_service() -> CustodyService:
+    svc: CustodyService = current_app.extensions[EXTENSION]
+    return svc
+
+
+def install_custody(
+    app: Flask, cfg: CAConfig, policies: Policies, h: hierarchy.Hierarchy, store: SqlStore
+) -> None:
+    """Register the custody API when the hierarchy is under joint custody."""
+    if not custody_files.under_custody(cfg.data_dir):
+        return
+    svc = CustodyService(app, cfg, policies, h, store, custody_files.load_record(cfg.data_dir))
+    app.extensions[EXTENSION] = svc
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _refresh_custody() -> None:
+        svc.refresh()
+
+
+def _sealed_share() -> Any:
+    from ca.api import json_body
+
+    share = json_body().get("share")
+    if not isinstance(share, dict):
+        raise BadRequest("'share' must be a sealed share object (eport ca unseal/join)")
+    return share
+
+
+@bp.get("")
+def custody_status() -> Response:
+    svc = custody_service()
+    doc: dict[str, Any] = {
+        "custody": svc.record.to_json(),
+        "sealed": svc.sealed,
+        "boot_id": svc.boot.id,
+    }
+    if svc.sealed:
+        doc["unseal"] = svc.ceremony_json(svc.quorum.unseal_ceremony())
+    return jsonify(doc)
+
+
+@bp.post("/unseal")
+def unseal() -> Response:
+    svc = custody_service()
+    share = _sealed_share()
+    if not svc.sealed:
+        return jsonify({"sealed": False, "detail": "the CA is already unsealed"})
+    c = svc.quorum.unseal_ceremony()
+    c = svc.quorum.join(c.id, share)
+    svc.refresh()
+    return jsonify({"sealed": svc.sealed, "ceremony": svc.ceremony_json(c)})
+
+
+@bp.post("/ceremonies")
+def start_ceremony() -> tuple[Response, int]:
+    from ca.api import field, json_body, signed_caller
+
+    caller = signed_caller()
+    if caller.role is not SubjectClass.AGENCY:
+        raise Forbidden("a quorum ceremony is opened by a member agency's RA officer")
+    data = json_body()
+    op = Operation.parse(field(data, "operation"))
+    params = data.get("params") or {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        raise BadRequest("'params' must be an object of strings")
+    svc = custody_service()
+    c = svc.quorum.start(op, params, caller.actor)
+    return jsonify(svc.ceremony_json(c)), 201
+
+
+@bp.get("/ceremonies/<ceremony_id>")
+def ceremony(ceremony_id: str) -> Response:
+    svc = custody_service()
+    return jsonify(svc.ceremony_json(svc.quorum.get(ceremony_id)))
+
+
+@bp.post("/ceremonies/<ceremony_id>/join")
+def join(ceremony_id: str) -> Response:
+    svc = custody_service()
+    c = svc.quorum.join(ceremony_id, _sealed_share())
+    if c.state is CeremonyState.DONE:
+        svc.refresh()
+    return jsonify(svc.ceremony_json(c))

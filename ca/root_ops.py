@@ -1,0 +1,309 @@
+"""The root operations a quorum runs with the rebuilt root key (RFC 5280 §4, §5).
+
+Each runner is called by :class:`ca.quorum.Quorum` inside the completing transaction,
+with the root KEK rebuilt from M shares; it opens the root key only for the operation
+and drops it (the KEK is wiped by the caller). Files are written before the
+transaction commits; the hierarchy's generation file then tells every worker to
+reload (:mod:`ca.quorum_api`).
+
+* ``ROOT-CRL``: sign a new root CRL listing every revoked issuing CA.
+* ``REVOKE-INTERMEDIATE issuer=ID [reason=…]``: revoke an issuing CA (by generation
+  id), stop issuing from it, and sign the root CRL.
+* ``ISSUE-INTERMEDIATE issuer=ID`` and ``ROTATE-ISSUER issuer=ID`` (``eport ca rotate``):
+  a new issuing CA generation (same name, new key, its own OCSP responder) that new
+  certificates come from at once; the older generation keeps signing its CRLs and
+  OCSP responses until its last certificate expires.
+* ``ROTATE-LOG-KEY``: a new Ed25519 checkpoint key for the transparency log; the old
+  public key is kept beside it (``log-<n>.pub``) for verifying older checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from ca import hierarchy
+from ca.authority import _record
+from ca.crl import ReasonCode, RevokedEntry, build_crl
+from ca.custody import Purpose
+from ca.errors import BadRequest, Conflict, Sealed
+from ca.issuance import IssuingCA
+from ca.keys import KeyType
+from ca.quorum import Ceremony, CeremonyTx, Operation, Outcome, Runner
+from ca.records import Event, EventType, StatusRecord, StatusState
+from ca.sealing import KekSealer
+from ca.signer import SoftwareSigner
+
+if TYPE_CHECKING:
+    from ca.quorum_api import CustodyService
+
+ACTIVE_FILE = hierarchy.ACTIVE_FILE
+
+_REASONS = {r.rfc_name: r for r in ReasonCode}
+
+
+def read_active(data_dir: Path) -> dict[str, str]:
+    path = hierarchy.ca_dir(data_dir) / "issuers" / ACTIVE_FILE
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {str(k): str(v) for k, v in doc.items()}
+
+
+def _write_active(data_dir: Path, active: dict[str, str]) -> None:
+    path = hierarchy.ca_dir(data_dir) / "issuers" / ACTIVE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(active, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _sql(tx: CeremonyTx) -> Any:
+    return tx.tx  # type: ignore[attr-defined]  # the SQL transaction under the ceremony's
+
+
+class RootOperations:
+    """The runners, bound to one worker's custody service."""
+
+    def __init__(self, svc: CustodyService) -> None:
+        self.svc = svc
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.svc.cfg.data_dir)
+
+    def _root(self, kek: bytearray) -> IssuingCA:
+        sealer = KekSealer(kek, self.svc.record.custody_id, Purpose.ROOT)
+        signer = sealer.unseal(hierarchy.ca_dir(self.data_dir) / "root.key")
+        return IssuingCA("root", self.svc.h.root, signer)
+
+    def _seal_sealer(self, op: Operation) -> KekSealer:
+        sealer = self.svc.seal_sealer()
+        if sealer is None:
+            raise Sealed(f"{op.value} makes a key sealed by the seal KEK: unseal the CA first")
+        return sealer
+
+    def _now(self) -> datetime.datetime:
+        return self.svc.quorum.clock()
+
+    def _done(self) -> None:
+        from ca.quorum_api import bump_generation
+
+        bump_generation(self.data_dir)
+
+    # -- the root CRL ----------------------------------------------------------------------
+
+    def _sign_root_crl(self, root: IssuingCA, tx: CeremonyTx) -> dict[str, Any]:
+        sql = _sql(tx)
+        d = hierarchy.ca_dir(self.data_dir)
+        current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
+        on_disk = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        sql.ensure_crl_state("root")
+        state = sql.crl_state("root", for_update=True)
+        number = max(int(state.crl_number), int(on_disk)) + 1
+        now = self._now().replace(microsecond=0)
+        entries = [
+            RevokedEntry(
+                serial=st.serial,
+                revoked_at=st.revoked_at,
+                reason=ReasonCode(st.reason) if st.reason is not None else None,
+                invalidity_date=st.invalidity_date,
+            )
+            for st in sql.revoked_entries("root")
+        ]
+        der = build_crl(
+            root.certificate, root.signer, entries, number, now, now + hierarchy.ROOT_CRL_VALIDITY
+        )
+        state.crl_number = number
+        state.this_update = now
+        state.next_update = now + hierarchy.ROOT_CRL_VALIDITY
+        state.der = der
+        state.stale = False
+        _write(d / "root.crl", der)
+        return {
+            "root_crl_number": number,
+            "revoked": [format(e.serial, "x") for e in entries],
+            "root_crl_sha256": hashlib.sha256(der).hexdigest(),
+        }
+
+    def root_crl(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+        result = self._sign_root_crl(self._root(kek), tx)
+        self._done()
+        return Outcome(result)
+
+    # -- revoking an issuing CA ------------------------------------------------------------
+
+    def revoke_intermediate(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+        target = c.params.get("issuer", "")
+        active = read_active(self.data_dir)
+        gen = target  # a generation id, exactly: never resolved through active.json
+        issuer = self.svc.h.issuers.get(gen)
+        if issuer is None:
+            raise BadRequest(f"no issuing CA {target!r} (name a generation, e.g. enterprise-2)")
+        reason_name = c.params.get("reason", "keyCompromise")
+        reason = _REASONS.get(reason_name)
+        if reason not in (
+            ReasonCode.KEY_COMPROMISE,
+            ReasonCode.CA_COMPROMISE,
+            ReasonCode.SUPERSEDED,
+            ReasonCode.CESSATION_OF_OPERATION,
+            ReasonCode.UNSPECIFIED,
+        ):
+            raise BadRequest(f"reason {reason_name!r} does not apply to a CA certificate")
+        assert reason is not None
+        root = self._root(kek)
+        sql = _sql(tx)
+        serial = issuer.certificate.serial_number
+        if sql.get_status(serial) is not None:
+            raise Conflict(f"issuing CA {gen} is already revoked")
+        now = self._now()
+        sql.put_status(
+            StatusRecord(serial, "root", StatusState.REVOKED, now, int(reason), None, now)
+        )
+        rec = _record(issuer.certificate, "root", "issuing-ca", None)
+        sql.append_event(
+            Event(
+                type=EventType.CERTIFICATE_REVOKED,
+                at=now,
+                actor=f"ceremony:{c.id}",
+                subject=rec.subject,
+                profile="issuing-ca",
+                issuer="root",
+                serial=serial,
+                cert_sha256=rec.cert_sha256,
+                details={"reason": reason.rfc_name, "issuer_id": gen},
+            )
+        )
+        stopped = [alias for alias, g in active.items() if g == gen]
+        if gen in self.svc.h.issuers and gen not in active.values() and gen not in active:
+            stopped.append(gen)  # a first generation serves under its own id
+        for alias in stopped:
+            active[alias] = ""
+        if stopped:
+            _write_active(self.data_dir, active)
+        result = self._sign_root_crl(root, tx)
+        result.update(issuer=gen, serial=format(serial, "x"), reason=reason.rfc_name)
+        result["stopped_issuing"] = stopped
+        self._done()
+        return Outcome(result)
+
+    # -- a new issuing CA generation -------------------------------------------------------
+
+    def issue_intermediate(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+        base = c.params.get("issuer", "")
+        if not base or not base.replace("_", "").isalnum() or not base.islower():
+            raise BadRequest("issuer=ID names the issuing CA (lower-case letters and digits)")
+        sealer = self._seal_sealer(c.operation)
+        root = self._root(kek)
+        h = self.svc.h
+        d = hierarchy.ca_dir(self.data_dir)
+        active = read_active(self.data_dir)
+        previous = active.get(base) if base in active else (base if base in h.issuers else None)
+        n = 1
+        gen = base
+        while (d / "issuers" / f"{gen}.crt").exists():
+            n += 1
+            gen = f"{base}-{n}"
+        if previous:
+            name = hierarchy.issuer_ca_name(h.issuers[previous])
+        elif base in h.issuers:
+            name = hierarchy.issuer_ca_name(h.issuers[base])
+        else:
+            name = hierarchy.ISSUING_NAMES.get(base, f"E-Port {base.title()} Issuing CA")
+        factory = self.svc.app.extensions["eport.ca"].authority.factory
+        policies = self.svc.policies
+        now = self._now()
+        key = KeyType.P256.generate()
+        cert = factory.issue(
+            policies.profile("issuing-ca"), root, key.public_key(), {"ca_name": name}, now
+        )
+        new_ca = IssuingCA(gen, cert, SoftwareSigner(key))
+        rkey = KeyType.P256.generate()
+        rcert = factory.issue(
+            policies.profile("ocsp-responder"), new_ca, rkey.public_key(), {"ca_name": name}, now
+        )
+        sql = _sql(tx)
+        for made, issuer_id, profile, details in (
+            (cert, "root", "issuing-ca", {"role": "issuing", "issuer_id": gen}),
+            (rcert, gen, "ocsp-responder", {"role": "ocsp-responder"}),
+        ):
+            rec = _record(made, issuer_id, profile, None)
+            sql.add_certificate(rec)
+            sql.append_event(
+                Event(
+                    type=EventType.CERTIFICATE_ISSUED,
+                    at=now,
+                    actor=f"ceremony:{c.id}",
+                    subject=rec.subject,
+                    profile=profile,
+                    issuer=issuer_id,
+                    serial=rec.serial,
+                    cert_sha256=rec.cert_sha256,
+                    details={**details, "replaces": previous} if previous else details,
+                )
+            )
+        sealer.seal(key, d / "issuers" / f"{gen}.key")
+        sealer.seal(rkey, d / "responders" / f"{gen}.key")
+        _write(d / "responders" / f"{gen}.crt", rcert.public_bytes(serialization.Encoding.PEM))
+        _write(d / "issuers" / f"{gen}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        if gen != base:
+            active[base] = gen
+            _write_active(self.data_dir, active)
+        self._done()
+        return Outcome(
+            {
+                "issuer": base,
+                "generation": gen,
+                "replaces": previous,
+                "serial": format(cert.serial_number, "x"),
+                "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+                "subject": _record(cert, "root", "issuing-ca", None).subject,
+            }
+        )
+
+    # -- the log key -----------------------------------------------------------------------
+
+    def rotate_log_key(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+        sealer = self._seal_sealer(c.operation)
+        self._root(kek)  # a root operation: the quorum proved it can open the root key
+        d = hierarchy.ca_dir(self.data_dir)
+        old = (d / "log.pub").read_bytes()
+        n = 1
+        while (d / f"log-{n}.pub").exists():
+            n += 1
+        key = KeyType.ED25519.generate()
+        new = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        _write(d / f"log-{n}.pub", old)
+        sealer.seal(key, d / "log.key")
+        _write(d / "log.pub", new)
+        result = {
+            "previous_key_sha256": hashlib.sha256(old).hexdigest(),
+            "key_sha256": hashlib.sha256(new).hexdigest(),
+            "previous_key_file": f"log-{n}.pub",
+        }
+        self._done()
+        return Outcome(result)
+
+
+def runners(svc: CustodyService) -> dict[Operation, Runner]:
+    ops = RootOperations(svc)
+    return {
+        Operation.ROOT_CRL: ops.root_crl,
+        Operation.REVOKE_INTERMEDIATE: ops.revoke_intermediate,
+        Operation.ISSUE_INTERMEDIATE: ops.issue_intermediate,
+        Operation.ROTATE_ISSUER: ops.issue_intermediate,
+        Operation.ROTATE_LOG_KEY: ops.rotate_log_key,
+    }

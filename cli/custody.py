@@ -1,0 +1,475 @@
+"""``eport ca init``, ``eport ca unseal``, ``eport ca ceremony …`` and ``eport ca rotate``.
+
+The init ceremony runs on the CA host; everything else is a client of the custody API
+(``/ca/v1/custody``). A custodian's share leaves the share file only sealed to the
+ceremony's X25519 key (:mod:`ca.share_transport`); compare the key fingerprint the
+command shows with the one the server printed (or the ceremony's opener read out).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import serialization
+
+from ca import custody
+from ca.share_transport import key_fingerprint, seal_share
+from cli.client import CAClient, CLIError
+
+MIN_PASSPHRASE = 12
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    try:
+        return path.read_text().rstrip("\r\n").encode()
+    except OSError as exc:
+        raise CLIError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+
+
+def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
+    if member in files:
+        value = _read_secret_file(files[member])
+    elif os.environ.get(f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"):
+        value = os.environ[f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"].encode()
+    else:
+        try:
+            value = str(
+                click.prompt(
+                    f"{custodian} ({member}): choose the passphrase of your share file",
+                    hide_input=True,
+                    confirmation_prompt=True,
+                    err=True,
+                )
+            ).encode()
+        except click.Abort:
+            raise CLIError(
+                f"the custodian of {member} must choose a passphrase: "
+                f"--custodian-passphrase {member}=FILE or EPORT_CUSTODIAN_PASSPHRASE_"
+                f"{member.upper()}"
+            ) from None
+    if len(value) < MIN_PASSPHRASE:
+        raise CLIError(f"the passphrase of {member}'s share must have at least 12 characters")
+    return value
+
+
+def _share_passphrase(file: Path | None) -> bytes:
+    if file is not None:
+        return _read_secret_file(file)
+    if os.environ.get("EPORT_SHARE_PASSPHRASE"):
+        return os.environ["EPORT_SHARE_PASSPHRASE"].encode()
+    try:
+        return str(
+            click.prompt("Passphrase of your share file", hide_input=True, err=True)
+        ).encode()
+    except click.Abort:
+        raise CLIError(
+            "the share file's passphrase is needed: --passphrase-file or EPORT_SHARE_PASSPHRASE"
+        ) from None
+
+
+def _open_share(file: Path, passphrase_file: Path | None) -> custody.ShareFile:
+    try:
+        blob = file.read_bytes()
+    except OSError as exc:
+        raise CLIError(f"cannot read share file {file}: {exc.strerror}") from None
+    custody.share_file_header(blob)
+    return custody.open_share_file(blob, _share_passphrase(passphrase_file))
+
+
+def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
+    if expected is not None:
+        if expected.replace(":", "").lower() != fingerprint.replace(":", ""):
+            raise CLIError(
+                f"the ceremony key's fingerprint is {fingerprint}, not {expected}: "
+                "refusing to send the share (wrong server, or a man in the middle)"
+            )
+        return
+    click.echo(f"Ceremony key fingerprint: {fingerprint}", err=True)
+    if sys.stdin.isatty() and not click.confirm(
+        "Does it match the fingerprint the server (or the ceremony's opener) shows?", err=True
+    ):
+        raise CLIError("share not sent")
+
+
+def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None) -> dict[str, Any]:
+    public = base64.b64decode(doc["public_key"])
+    fp = key_fingerprint(public)
+    if fp != doc.get("key_fingerprint"):
+        raise CLIError("the server's ceremony key and fingerprint disagree")
+    _check_fingerprint(fp, expected)
+    if doc["custody_id"] != share.custody_id:
+        raise CLIError(
+            f"this share belongs to custody set {share.custody_id}; the ceremony is for "
+            f"{doc['custody_id']}"
+        )
+    return seal_share(share, doc["id"], public)
+
+
+def _progress(doc: dict[str, Any]) -> str:
+    return f"{doc['progress']} of {doc['threshold']} custodians ({', '.join(doc['joined'])})"
+
+
+passphrase_file_option = click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the share file's passphrase (else EPORT_SHARE_PASSPHRASE, else a prompt).",
+)
+share_option = click.option(
+    "--share",
+    "share_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Your share file (from `eport ca init`).",
+)
+fingerprint_option = click.option(
+    "--fingerprint",
+    help="The ceremony key's fingerprint, as read out of band; the share is sent only if "
+    "it matches.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _client() -> CAClient:
+    ctx = click.get_current_context().find_root()
+    return CAClient(ctx.obj.server)
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+@click.command("init")
+@click.option(
+    "--policies",
+    "policies_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Policy directory (default: the repository's policies/).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    envvar="EPORT_DATA_DIR",
+    help="Where the CA keeps its database and sealed keys.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Ceremony directory: the public record, the share files, the first RA officers.",
+)
+@click.option(
+    "--custodian-passphrase",
+    "custodian_passphrases",
+    multiple=True,
+    metavar="MEMBER=FILE",
+    help="A custodian's share-file passphrase from FILE (else "
+    "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
+)
+@click.option(
+    "--officer-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Encrypts the first officers' keys (else EPORT_OFFICER_PASSPHRASE, else a prompt).",
+)
+@json_option
+def ca_init(
+    policies_dir: Path | None,
+    data_dir: Path,
+    out: Path,
+    custodian_passphrases: tuple[str, ...],
+    officer_passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Create the joint CA under M-of-N custody of the member agencies' custodians.
+
+    \b
+    The root key is wrapped by a root key-encryption key, the issuing CA, OCSP and log
+    keys by a seal key-encryption key; each is split (Shamir, threshold M of the N
+    members in policies/members.toml) into one share per custodian, written to
+    OUT/shares/<member>.share encrypted to that custodian's passphrase. Neither key is
+    stored anywhere else: M custodians unseal the server (eport ca unseal) and approve
+    every root operation (eport ca ceremony). Every certificate made here is logged,
+    and so is the custody record (share fingerprints, threshold).
+    """
+    from ca import hierarchy as h
+    from ca.ceremony import initialize
+    from ca.config import CAConfig
+    from ca.policy import load_policies
+    from ca.signer import write_private
+    from cli.main import _secret, describe
+
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    if policies_dir is not None:
+        overrides["policies_dir"] = policies_dir
+    cfg = CAConfig.load(overrides)
+    if h.exists(data_dir):
+        raise CLIError(f"{data_dir} already holds a CA; a second init would orphan it")
+    if (out / "officers").exists() or (out / "shares").exists():
+        raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
+    policies = load_policies(cfg.policies_dir)
+    members = [(m.id, m.custodian) for m in policies.members.members]
+    files: dict[str, Path] = {}
+    for item in custodian_passphrases:
+        member, sep, file_name = item.partition("=")
+        if not sep or policies.members.get(member) is None:
+            raise CLIError(f"--custodian-passphrase {item!r}: expected MEMBER=FILE of a member")
+        files[member] = Path(file_name)
+    passphrases = {m: _custodian_passphrase(m, name, files) for m, name in members}
+    officer_pw = _secret(officer_passphrase_file, "EPORT_OFFICER_PASSPHRASE", "officer keys")
+    made = custody.establish(members, policies.members.threshold)
+    try:
+        shares_dir = out / "shares"
+        share_files: dict[str, dict[str, Any]] = {}
+        for member, _ in members:
+            blob = custody.seal_share_file(made.record, made.shares[member], passphrases[member])
+            path = shares_dir / f"{member}.share"
+            write_private(path, blob)
+            share_files[member] = {
+                "file": str(path),
+                "fingerprints": {p.value: s.fingerprint for p, s in made.shares[member].items()},
+            }
+        done = initialize(
+            cfg,
+            policies,
+            officer_passphrase=lambda _mid: officer_pw,
+            officer_dir=out / "officers",
+            actor="ceremony:init",
+            custody_set=made,
+        )
+    finally:
+        made.wipe()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "root.crt").write_bytes(done.hierarchy.root.public_bytes(serialization.Encoding.PEM))
+    (out / "custody.json").write_text(
+        json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
+    )
+    record: dict[str, Any] = {
+        "root": describe(done.hierarchy.root),
+        "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
+        "officers": {k: str(v) for k, v in done.officers.items()},
+        "members": [m for m, _ in members],
+        "threshold": policies.members.threshold,
+        "custody_id": made.record.custody_id,
+        "shares": share_files,
+    }
+    (out / "ceremony.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    m, n = policies.members.threshold, len(members)
+    lines = [
+        f"Joint CA created in {data_dir}/ca/ under {m}-of-{n} custody ({made.record.custody_id}).",
+        f"Root:    {record['root']['subject']}  SHA-256 {record['root']['sha256']}",
+    ]
+    lines += [f"Issuer:  {iid:<11} {d['subject']}" for iid, d in record["issuers"].items()]
+    lines += [f"Share:   {mid:<11} {d['file']}" for mid, d in share_files.items()]
+    lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
+    lines.append(
+        f"Public record: {out}/ceremony.json, {out}/custody.json. Hand each share file and "
+        "officer directory to its agency; the server starts sealed until "
+        f"{m} custodians run `eport ca unseal`."
+    )
+    _emit(as_json, record, "\n".join(lines))
+
+
+# -- unseal -----------------------------------------------------------------------------------
+
+
+@click.command("unseal")
+@share_option
+@passphrase_file_option
+@fingerprint_option
+@json_option
+def ca_unseal(
+    share_file: Path, passphrase_file: Path | None, fingerprint: str | None, as_json: bool
+) -> None:
+    """Present your seal share to unseal the server (M custodians, Vault-style).
+
+    The share is sealed to the server instance's unseal key: `eport serve` prints its
+    fingerprint at start; pass it with --fingerprint (or compare when asked).
+    """
+    opened = _open_share(share_file, passphrase_file)
+    client = _client()
+    state = client.call("GET", "/ca/v1/custody")
+    if not state["sealed"]:
+        _emit(as_json, {"sealed": False}, "The CA is already unsealed.")
+        return
+    sealed = _sealed_for(state["unseal"], opened.share(custody.Purpose.SEAL), fingerprint)
+    doc = client.call("POST", "/ca/v1/custody/unseal", {"share": sealed})
+    c = doc["ceremony"]
+    if doc["sealed"]:
+        text = f"Share of {opened.member} accepted: {_progress(c)}; the CA is still sealed."
+    else:
+        text = f"Share of {opened.member} accepted: {_progress(c)}. The CA is unsealed."
+    _emit(as_json, doc, text)
+
+
+# -- quorum ceremonies ------------------------------------------------------------------------
+
+
+@click.group("ceremony")
+def ceremony_group() -> None:
+    """Quorum ceremonies: root operations that run once M custodians have joined."""
+
+
+def _start(operation: str, params: dict[str, str], cert: Path, key: Path, pw: Path | None) -> Any:
+    from cli import keyfiles
+
+    ident = keyfiles.load_identity(cert, key, pw)
+    return _client().call(
+        "POST",
+        "/ca/v1/custody/ceremonies",
+        {"operation": operation, "params": params},
+        identity=ident,
+    )
+
+
+def _started_text(doc: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])}",
+            f"Key fingerprint: {doc['key_fingerprint']}  (read it out to the custodians)",
+            f"Needs {doc['threshold']} custodians: eport ca ceremony join {doc['id']} --share FILE",
+            f"Expires: {doc['expires_at']}",
+        ]
+    )
+
+
+def _officer_options(f: Any) -> Any:
+    """--cert/--key/--passphrase-file of the RA officer who opens a ceremony."""
+    f = click.option(
+        "--passphrase-file",
+        envvar="EPORT_PASSPHRASE_FILE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="File holding the officer key's passphrase (else EPORT_PASSPHRASE, else a prompt).",
+    )(f)
+    f = click.option(
+        "--key",
+        "key_file",
+        required=True,
+        envvar="EPORT_KEY",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The RA officer's encrypted private key (env EPORT_KEY).",
+    )(f)
+    return click.option(
+        "--cert",
+        "cert_file",
+        required=True,
+        envvar="EPORT_CERT",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The RA officer's certificate; chain.pem beside it is sent too (env EPORT_CERT).",
+    )(f)
+
+
+@ceremony_group.command("start")
+@click.argument("operation")
+@click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
+@_officer_options
+@json_option
+def ceremony_start(
+    operation: str,
+    params: tuple[str, ...],
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Open a ceremony: ISSUE-INTERMEDIATE name=ID, REVOKE-INTERMEDIATE issuer=ID
+    [reason=keyCompromise], ROOT-CRL, ROTATE-LOG-KEY (an RA officer's request)."""
+    values: dict[str, str] = {}
+    for p in params:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise CLIError(f"parameter {p!r}: expected KEY=VALUE")
+        values[k] = v
+    doc = _start(operation, values, cert_file, key_file, passphrase_file)
+    _emit(as_json, doc, _started_text(doc))
+
+
+@ceremony_group.command("join")
+@click.argument("ceremony_id")
+@share_option
+@passphrase_file_option
+@fingerprint_option
+@json_option
+def ceremony_join(
+    ceremony_id: str,
+    share_file: Path,
+    passphrase_file: Path | None,
+    fingerprint: str | None,
+    as_json: bool,
+) -> None:
+    """Join a ceremony with your root share; the M-th custodian's join runs it."""
+    opened = _open_share(share_file, passphrase_file)
+    client = _client()
+    doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
+    if doc["state"] != "open":
+        raise CLIError(f"ceremony {ceremony_id} is {doc['state']}")
+    sealed = _sealed_for(doc, opened.share(custody.Purpose.ROOT), fingerprint)
+    doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})
+    if doc["state"] == "done":
+        text = f"{doc['operation']} done with {_progress(doc)}: {json.dumps(doc['result'])}"
+    else:
+        text = f"Share of {opened.member} accepted: {_progress(doc)}."
+    _emit(as_json, doc, text)
+
+
+@ceremony_group.command("status")
+@click.argument("ceremony_id")
+@json_option
+def ceremony_status(ceremony_id: str, as_json: bool) -> None:
+    """Show a ceremony: operation, state, custodians who joined, result."""
+    doc = _client().call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
+    text = (
+        f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
+        f"{doc['state']}, {_progress(doc)}; key fingerprint {doc['key_fingerprint']}"
+    )
+    if doc["result"]:
+        text += f"\nResult: {json.dumps(doc['result'])}"
+    _emit(as_json, doc, text)
+
+
+@click.command("rotate")
+@click.argument("issuer")
+@_officer_options
+@json_option
+def ca_rotate(
+    issuer: str, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Open a quorum ceremony that rolls ISSUER over to a new issuing CA."""
+    doc = _start("ROTATE-ISSUER", {"issuer": issuer}, cert_file, key_file, passphrase_file)
+    _emit(as_json, doc, _started_text(doc))
+
+
+def install(ca_group: click.Group) -> None:
+    """Add the custody commands to ``eport ca``."""
+    for command in (ca_init, ca_unseal, ceremony_group, ca_rotate):
+        ca_group.add_command(command)
+
+
+def announce_sealed_start(data_dir: Path) -> None:
+    """Before gunicorn forks: make this instance's boot key and print its unseal key."""
+    from ca import bootkey, custody_files
+    from ca.share_transport import raw_public
+
+    custody_files.load_record(data_dir)  # fail early on a damaged record
+    boot = bootkey.current()
+    public = raw_public(boot.ceremony_key(boot.unseal_ceremony_id).public_key())
+    click.secho(
+        "The CA starts SEALED: issuance is refused until M custodians run "
+        "`eport ca unseal --share FILE`.",
+        fg="yellow",
+        err=True,
+    )
+    click.echo(f"Unseal key fingerprint: {key_fingerprint(public)}")

@@ -1,0 +1,206 @@
+"""Quorum ceremonies against a real sealed server: unseal, ROOT-CRL, a rollover with
+certificates of both generations validating, REVOKE-INTERMEDIATE; refusals of fewer
+than M, a repeated custodian and a share of another custody set. Prints the timings
+quoted in docs/custody.md."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+
+from ca.signedreq import TrustAnchors
+from tests.conftest import Server, stop
+from tests.test_ca_init import MEMBERS, init_ca, start_sealed, unseal
+
+
+def officer_args(out: Path, member: str = "customs") -> list[str]:
+    d = out / "officers" / member
+    return ["--cert", str(d / "officer.pem"), "--key", str(d / "officer.key")]
+
+
+def join(
+    srv: Server, out: Path, ceremony: str, member: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return srv.eport(
+        "ca",
+        "ceremony",
+        "join",
+        ceremony,
+        "--share",
+        str(out / "shares" / f"{member}.share"),
+        "--json",
+        check=check,
+        EPORT_SHARE_PASSPHRASE=f"share passphrase of {member}",
+    )
+
+
+def start(srv: Server, out: Path, *args: str) -> dict[str, object]:
+    res = srv.eport(
+        "ca",
+        "ceremony",
+        "start",
+        *args,
+        *officer_args(out),
+        "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    doc: dict[str, object] = json.loads(res.stdout)
+    return doc
+
+
+def enroll(srv: Server, out: Path, tmp: Path, name: str, uscc: str) -> x509.Certificate:
+    app = json.loads(srv.eport("apply", "--uscc", uscc, "--name", name, "--json").stdout)
+    grant = json.loads(
+        srv.eport(
+            "ra",
+            "approve",
+            app["id"],
+            *officer_args(out, "tax"),
+            "--json",
+            EPORT_PASSPHRASE="officer passphrase",
+        ).stdout
+    )
+    d = tmp / name.replace(" ", "-")
+    srv.eport(
+        "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out", str(d)
+    )
+    return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+
+
+def validates(
+    cert: x509.Certificate, root: x509.Certificate, pool: list[x509.Certificate]
+) -> x509.Certificate:
+    """Path validation (cryptography's verifier, as signed requests use it): the issuer."""
+    chain = TrustAnchors((root,), tuple(pool)).verify_chain(
+        cert, datetime.datetime.now(datetime.UTC)
+    )
+    return chain[1]
+
+
+def root_crl(srv: Server) -> x509.CertificateRevocationList:
+    return x509.load_der_x509_crl(requests.get(srv.url + "/crl/root.crl", timeout=5).content)
+
+
+@pytest.fixture(scope="module")
+def ceremony_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("custody")
+    data, out, _ = init_ca(tmp)
+    srv, proc, fp = start_sealed(tmp, data)
+    try:
+        t0 = time.perf_counter()
+        for m in ("commerce", "tax", "forex"):
+            unseal(srv, out, m, fp)
+        print(f"\nunseal by 3 custodians (3 CLI runs): {time.perf_counter() - t0:.2f} s")
+        yield srv, out, tmp
+    finally:
+        stop(proc)
+
+
+def test_root_crl_needs_m_distinct_custodians(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
+    srv, out, tmp = ceremony_ca
+    before = root_crl(srv)
+    t0 = time.perf_counter()
+    doc = start(srv, out, "ROOT-CRL")
+    cid = str(doc["id"])
+    assert doc["state"] == "open" and doc["threshold"] == 3 and doc["purpose"] == "root"
+    assert json.loads(join(srv, out, cid, "customs").stdout)["progress"] == 1
+    again = join(srv, out, cid, "customs", check=False)
+    assert again.returncode == 1 and "already joined" in again.stderr
+    assert json.loads(join(srv, out, cid, "tax").stdout)["progress"] == 2
+    # Fewer than M: nothing was signed.
+    assert root_crl(srv).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == (
+        before.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    )
+    # A share of another custody set (another init) is refused.
+    _, other_out, _ = init_ca(tmp / "other")
+    foreign = srv.eport(
+        "ca",
+        "ceremony",
+        "join",
+        cid,
+        "--share",
+        str(other_out / "shares" / "forex.share"),
+        check=False,
+        EPORT_SHARE_PASSPHRASE="share passphrase of forex",
+    )
+    assert foreign.returncode == 1 and "custody set" in foreign.stderr
+    done = json.loads(join(srv, out, cid, "inspection").stdout)
+    elapsed = time.perf_counter() - t0
+    print(f"\nROOT-CRL ceremony (start + 3 joins, CLI): {elapsed:.2f} s")
+    assert done["state"] == "done" and done["joined"] == ["customs", "tax", "inspection"]
+    crl = root_crl(srv)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number == done["result"]["root_crl_number"] == 2
+    root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+    assert crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    # It ran exactly once: a later join is refused.
+    late = join(srv, out, cid, "forex", check=False)
+    assert late.returncode == 1 and "done" in late.stderr
+
+
+def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
+    srv, out, tmp = ceremony_ca
+    root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+    old_cert = enroll(srv, out, tmp, "Old Generation Co", "91350100M000100Y43")
+    old_issuer = x509.load_pem_x509_certificate(
+        (srv.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
+    )
+    res = srv.eport(
+        "ca",
+        "rotate",
+        "enterprise",
+        *officer_args(out, "commerce"),
+        "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    cid = json.loads(res.stdout)["id"]
+    for m in ("forex", "customs"):
+        join(srv, out, cid, m)
+    done = json.loads(join(srv, out, cid, "commerce").stdout)
+    assert done["result"]["generation"] == "enterprise-2"
+    assert done["result"]["replaces"] == "enterprise"
+    new_issuer = x509.load_pem_x509_certificate(
+        (srv.data_dir / "ca" / "issuers" / "enterprise-2.crt").read_bytes()
+    )
+    assert new_issuer.public_key() != old_issuer.public_key()
+    # New certificates come from the new generation at once, in every worker.
+    for i in range(3):
+        cert = enroll(srv, out, tmp, f"New Generation Co {i}", "91350100MA1016617N")
+        cert.verify_directly_issued_by(new_issuer)
+    # Both generations validate, with both in the pool (same name, different keys).
+    assert validates(cert, root, [old_issuer, new_issuer]) == new_issuer
+    assert validates(old_cert, root, [new_issuer, old_issuer]) == old_issuer
+    # The old generation still answers for its certificates: CRL and OCSP.
+    old_crl = x509.load_der_x509_crl(
+        requests.get(srv.url + "/crl/enterprise.crl", timeout=5).content
+    )
+    assert old_crl.is_signature_valid(old_issuer.public_key())  # type: ignore[arg-type]
+    for name in ("Old-Generation-Co", "New-Generation-Co-0"):
+        st = srv.eport("status", "--cert", str(tmp / name / "cert.pem"), "--json")
+        assert json.loads(st.stdout)["status"] == "good", st.stdout
+
+    # The old generation's key is compromised: revoke it by a quorum root CRL.
+    doc = start(srv, out, "REVOKE-INTERMEDIATE", "issuer=enterprise", "reason=keyCompromise")
+    for m in ("inspection", "tax", "customs"):
+        last = join(srv, out, str(doc["id"]), m)
+    result = json.loads(last.stdout)["result"]
+    assert result["serial"] == format(old_issuer.serial_number, "x")
+    crl = root_crl(srv)
+    revoked = crl.get_revoked_certificate_by_serial_number(old_issuer.serial_number)
+    assert revoked is not None
+    assert crl.get_revoked_certificate_by_serial_number(new_issuer.serial_number) is None
+    # Issuance goes on from the new generation.
+    enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N").verify_directly_issued_by(
+        new_issuer
+    )
+
+
+def test_every_member_listed() -> None:
+    assert len(MEMBERS) == 5
