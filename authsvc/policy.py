@@ -86,6 +86,9 @@ class Service:
     """OIDC web client redirect URIs (RFC 6749 §3.1.2), matched exactly."""
     backchannel_logout_uri: str | None = None
     """OpenID Connect Back-Channel Logout 1.0 endpoint."""
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    """Where RP-initiated logout may send the browser back (OpenID Connect RP-Initiated
+    Logout 1.0 §3), matched exactly; the end-session endpoint redirects nowhere else."""
 
 
 @dataclass(frozen=True)
@@ -628,6 +631,9 @@ def load_services(path: Path) -> tuple[Service, ...]:
         logout = t.get("backchannel_logout_uri", str, None)
         if logout is not None:
             _url(t, "backchannel_logout_uri")
+        post_logout = t.unique_strings("post_logout_redirect_uris", [])
+        for i in range(len(post_logout)):
+            _url(t, "post_logout_redirect_uris", item=i)
         services[sid] = Service(
             id=sid,
             name=name,
@@ -639,6 +645,7 @@ def load_services(path: Path) -> tuple[Service, ...]:
             url=url,
             redirect_uris=tuple(redirect_uris),
             backchannel_logout_uri=logout,
+            post_logout_redirect_uris=tuple(post_logout),
         )
         audiences[audience] = sid
         identities[identity] = sid

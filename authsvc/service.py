@@ -446,7 +446,12 @@ class TokenService:
         return Minted(minted.access_token, minted.expires_in, minted.scope, minted.audience, new)
 
     def mint_for(
-        self, session: SessionRecord, service_id: str, act: dict[str, Any] | None = None
+        self,
+        session: SessionRecord,
+        service_id: str,
+        act: dict[str, Any] | None = None,
+        *,
+        client_id: str = "eport-cli",
     ) -> Minted:
         try:
             service = self.access.service(service_id)
@@ -474,7 +479,7 @@ class TokenService:
             "exp": int(exp.timestamp()),
             "iat": int(now.timestamp()),
             "jti": secrets.token_urlsafe(16),
-            "client_id": "eport-cli" if act is None else act["sub"],
+            "client_id": client_id if act is None else act["sub"],
             "scope": " ".join(scopes),
             "sid": session.sid,
             "subject_class": p.subject_class.value,
