@@ -12,6 +12,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from authsvc.app import EXTENSION, AuthService, utcnow
+from authsvc.keys import JWKS_MAX_AGE
+from authsvc.oidc_api import authorization_code_grant, with_openid
 from authsvc.principal import Principal
 from authsvc.proxy import TrustedProxies, forwarded_certificate
 from authsvc.service import (
@@ -145,7 +147,7 @@ def minted_json(m: Minted, issued_type: str | None = None) -> dict[str, Any]:
 
 def metadata() -> dict[str, Any]:
     iss = svc().config.issuer
-    return {
+    meta = {
         "issuer": iss,
         "token_endpoint": iss + "/token",
         "jwks_uri": iss + "/jwks.json",
@@ -166,14 +168,22 @@ def metadata() -> dict[str, Any]:
         "id_token_signing_alg_values_supported": ["ES256"],
         "scopes_supported": sorted({sc for s in svc().access.services for sc in s.scopes}),
     }
+    return with_openid(meta)  # the OpenID Connect provider's endpoints and features
 
 
+# RFC 8414 §3.1 puts the metadata of issuer https://host/auth at
+# /.well-known/oauth-authorization-server/auth; OpenID Connect Discovery 1.0 §4 at
+# /auth/.well-known/openid-configuration. Both, and the host-root forms, are served.
 @well_known.get("/.well-known/oauth-authorization-server")
+@well_known.get("/.well-known/oauth-authorization-server/auth")
+@bp.get("/.well-known/oauth-authorization-server")
 def oauth_metadata() -> Response:
     return jsonify(metadata())
 
 
 @well_known.get("/.well-known/openid-configuration")
+@well_known.get("/.well-known/openid-configuration/auth")
+@bp.get("/.well-known/openid-configuration")
 def openid_configuration() -> Response:
     return jsonify(metadata())
 
@@ -182,7 +192,7 @@ def openid_configuration() -> Response:
 def jwks() -> Response:
     resp = jsonify(svc().tokens.keys.jwks())
     resp.cache_control.public = True
-    resp.cache_control.max_age = 300
+    resp.cache_control.max_age = int(JWKS_MAX_AGE.total_seconds())
     return resp
 
 
@@ -213,6 +223,8 @@ def token() -> Response:
         target = form("audience") or ""
         minted = s.tokens.exchange(caller, form("subject_token") or "", target)
         return no_store(jsonify(minted_json(minted, ACCESS_TOKEN_TYPE)))
+    if grant == "authorization_code":
+        return authorization_code_grant()  # OpenID Connect (authsvc/oidc_api.py)
     raise OAuthError(f"unsupported grant_type {grant!r}", error="unsupported_grant_type")
 
 
@@ -259,9 +271,10 @@ def introspect() -> Response:
     """RFC 7662, for a registered service authenticated by its own certificate."""
     try:
         caller = caller_principal()
+        result = svc().tokens.introspect(form("token") or "", caller)
     except (Unauthenticated, Forbidden) as exc:
+        # RFC 7662 §2.3 / RFC 6749 §5.2: a caller that is not a registered service.
         raise OAuthError(exc.detail, error="invalid_client", status=401) from None
-    result = svc().tokens.introspect(form("token") or "", caller)
     return no_store(jsonify(result))
 
 
@@ -302,6 +315,7 @@ def validate() -> Response:
     scopes = str(claims.get("scope", "")).split()
     if needed and needed not in scopes:
         forbidden = Response(status=403)
+        forbidden.headers["Cache-Control"] = "no-store"
         forbidden.headers["WWW-Authenticate"] = (
             f'Bearer error="insufficient_scope", scope="{needed}"'
         )

@@ -29,7 +29,19 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.errors import EPortError
+
 ALG = "ES256"
+JWKS_MAX_AGE = datetime.timedelta(seconds=300)
+"""How long relying parties may cache the JWKS (its Cache-Control max-age)."""
+
+
+class KeyRotationTooSoon(EPortError):
+    status = 409
+    slug = "key-rotation-too-soon"
+    title = "Key rotation too soon"
+
+
 _RELOAD_MIN = datetime.timedelta(seconds=1)
 
 
@@ -117,12 +129,23 @@ class KeyRing:
         self.store.rotate_locked(mutate)
         self._loaded_at = None
 
-    def rotate(self) -> str:
-        """next → active, active → retired (published until its tokens expired), new next."""
+    def rotate(self, *, force: bool = False) -> str:
+        """next → active, active → retired (published until its tokens expired), new next.
+
+        Refused (unless ``force``) while the ``next`` key has been published for less than
+        :data:`JWKS_MAX_AGE`: relying parties that cached the JWKS before it appeared
+        would otherwise meet tokens of a key they have not seen."""
         now = self.clock()
         promoted: list[str] = []
 
         def mutate(keys: list[StoredKey]) -> list[StoredKey]:
+            nxt_keys = [k for k in keys if k.state == "next"]
+            if not force and nxt_keys and now - nxt_keys[0].created_at < JWKS_MAX_AGE:
+                age = int((now - nxt_keys[0].created_at).total_seconds())
+                raise KeyRotationTooSoon(
+                    f"the next key was published {age} s ago; relying parties may cache the "
+                    f"JWKS for {int(JWKS_MAX_AGE.total_seconds())} s (wait, or force it)"
+                )
             out = []
             unpublish = now + self.max_token_lifetime + datetime.timedelta(minutes=5)
             nxt = [k for k in keys if k.state == "next"]

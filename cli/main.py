@@ -926,8 +926,13 @@ def auth_group() -> None:
 @click.option(
     "--dev", is_flag=True, help="Read the key passphrase from the development data directory."
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rotate even if the next key was published less than 5 minutes ago.",
+)
 @json_option
-def auth_rotate_keys(data_dir: Path, dev: bool, as_json: bool) -> None:
+def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> None:
     """Rotate the token-signing keys without a validation gap.
 
     The published `next` key starts signing; the old key stays in the JWKS until
@@ -956,7 +961,7 @@ def auth_rotate_keys(data_dir: Path, dev: bool, as_json: bool) -> None:
             max_token_lifetime=dt.timedelta(seconds=cfg.access_token_seconds),
         )
         ring.ensure()
-        kid = ring.rotate()
+        kid = ring.rotate(force=force)
         keys = [{"kid": k.kid, "state": k.state} for k in store.list_keys()]
     finally:
         engine.dispose()

@@ -110,7 +110,12 @@ def test_login_once_tokens_for_every_service(
 
 def test_discovery_and_jwks(sqlite_server: Server) -> None:
     srv = sqlite_server
-    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+    for path in (
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/auth",  # RFC 8414 §3.1
+        "/auth/.well-known/openid-configuration",  # OpenID Connect Discovery 1.0 §4
+    ):
         doc = requests.get(srv.url + path, timeout=10).json()
         assert doc["issuer"] == srv.url + "/auth"
         assert doc["jwks_uri"] == srv.url + "/auth/jwks.json"

@@ -132,6 +132,9 @@ def test_token_exchange_with_act(sqlite_server: Server, operator: dict[str, Any]
     assert r.status_code == 200 and r.json()["active"] is True and r.json()["sub"] == claims["sub"]
     r = signed_form(srv, other, "/auth/introspect", {"token": operator["token"]})
     assert r.json() == {"active": False}  # another audience's token reveals nothing
+    # A caller that is not a registered service: RFC 6749 §5.2 invalid_client.
+    r = signed_form(srv, operator["op"], "/auth/introspect", {"token": operator["token"]})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
 @pytest.fixture(scope="module")

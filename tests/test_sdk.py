@@ -483,11 +483,21 @@ def test_key_rotation_has_no_gap(world: World, http: CountingSession) -> None:
     v.verify(old)
     fetched_kids = v.keys.kids
     assert http.count("/jwks.json") == 1 and len(fetched_kids) == 2  # active + next
-    # First rotation: the new signer is the key published as "next" — already known.
-    first = jrun(server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev")
+    # A rotation right after the next key was published is refused: relying parties may
+    # have cached the JWKS from before it appeared (max-age 300 s).
+    early = server.eport(
+        "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev", check=False
+    )
+    assert early.returncode == 1 and "published" in early.stderr
+    # First rotation (forced): the new signer is the key published as "next", already known.
+    first = jrun(
+        server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev", "--force"
+    )
     assert first["active"] in fetched_kids and first["active"] != header_of(old)["kid"]
     # Second rotation: a signer this verifier has never seen.
-    second = jrun(server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev")
+    second = jrun(
+        server, "auth", "rotate-keys", "--data-dir", str(server.data_dir), "--dev", "--force"
+    )
     assert second["active"] not in fetched_kids
     deadline = time.monotonic() + 20  # every server process re-reads its keys within 5 s
     new = world.session.token()
