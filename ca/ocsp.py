@@ -889,9 +889,7 @@ def _read_tlv(buf: bytes, pos: int) -> tuple[int, int, int] | None:
     return (tag, start, end) if end <= len(buf) else None
 
 
-def canonical_request(
-    der: bytes, responders: Iterable[Responder]
-) -> tuple[Responder, int] | None:
+def canonical_request(der: bytes, responders: Iterable[Responder]) -> tuple[Responder, int] | None:
     """The responder and serial of the most common OCSPRequest, or None.
 
     "Canonical" is what OpenSSL, browsers and our clients send without a nonce: one
