@@ -658,8 +658,7 @@ def audit() -> None:
     "--type",
     "types",
     multiple=True,
-    type=click.Choice(EVENT_TYPES),
-    help="Only these event types (repeatable).",
+    help="Only these event types (repeatable): " + ", ".join(EVENT_TYPES) + ", ….",
 )
 @click.option("--uscc", help="Only events of this enterprise (USCC).")
 @click.option("--subject", help="Subject name contains this (case-insensitive).")
