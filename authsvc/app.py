@@ -147,6 +147,9 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(bp)
     app.register_blueprint(well_known)
+    from authsvc.oidc_api import init_app as init_oidc
+
+    init_oidc(app)  # the OpenID Connect provider and the portal
 
     @app.errorhandler(OAuthError)
     def _oauth(err: OAuthError) -> Response:

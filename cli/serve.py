@@ -1,7 +1,8 @@
 """``eport serve``: the CA and the token service under gunicorn, in one process tree.
 
 Each worker builds both Flask apps (no engine is shared across a fork) and routes by
-path: ``/auth/…`` and ``/.well-known/…`` to the token service, everything else to the CA.
+path: ``/auth/…``, ``/.well-known/…`` and the portal (``/portal/…``) to the token service,
+everything else to the CA.
 Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_app``).
 """
 
@@ -16,7 +17,7 @@ from authsvc.config import AuthConfig
 from ca.config import CAConfig
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-AUTH_PREFIXES = ("/auth/", "/.well-known/")
+AUTH_PREFIXES = ("/auth/", "/.well-known/", "/portal")
 
 
 def combined(ca_app: WSGIApp, auth_app: WSGIApp) -> WSGIApp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import authsvc.oidc_models  # noqa: F401  (the OpenID Connect tables, revision a002)
 from authsvc.models import AuthBase
 from ca.db import make_engine
 
