@@ -29,6 +29,8 @@ EPORT_SERVICES = [
     "tax-refund",
     "forex-verification",
     "inspection-booking",
+    "sample-a",
+    "sample-b",
     "audit",
 ]
 
@@ -573,7 +575,7 @@ def add_rule(policy_dir: Path, body: str) -> tuple[Path, int]:
     return path, append(path, "[[rule]]\n" + body)
 
 
-RULE_INDEX = 25
+RULE_INDEX = len(re.findall(r"^\[\[rule\]\]$", (REPO_POLICIES / "access.toml").read_text(), re.M))
 """The index of a rule appended to the repository's access.toml."""
 
 
