@@ -34,7 +34,7 @@ from ca import translog
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
-from ca.errors import BadRequest, Forbidden, NotFound
+from ca.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
 from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
@@ -136,9 +136,42 @@ def reader_of(caller: Caller) -> Reader:
 
 
 def signed_reader() -> Reader:
+    """The reader of this request: a signed request with the reader's certificate, or an
+    access token of the token service for the audit API with the ``audit:read`` scope."""
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return token_reader(header[7:].strip())
     from ca.api import signed_caller
 
     return reader_of(signed_caller())
+
+
+def token_reader(token: str) -> Reader:
+    """An RFC 9068 access token for the audit API, verified offline against the token
+    service's JWKS (algorithm pinned, ``iss``/``aud``/``exp`` required). Offline
+    validation sees a revoked login only when the token expires (at most 10 minutes);
+    read-only access makes that acceptable here."""
+    from authsvc.client import TokenError, TokenVerifier
+    from ca.app import EXTENSION
+
+    service = current_app.extensions[EXTENSION]
+    cfg = service.config
+    verifier = current_app.extensions.get("eport.audit.verifier")
+    if verifier is None:
+        issuer = cfg.token_issuer or cfg.public_base_url.rstrip("/") + "/auth"
+        verifier = TokenVerifier(issuer, cfg.audit_token_audience, jwks_url=issuer + "/jwks.json")
+        current_app.extensions["eport.audit.verifier"] = verifier
+    try:
+        claims = verifier.verify(token, required_scopes=("audit:read",))
+    except TokenError as exc:
+        raise Unauthenticated(f"the access token is not good for the audit API: {exc}") from None
+    cls = claims.subject_class or ""
+    actor = f"token:{claims.subject}"
+    if cls in (SubjectClass.AUDITOR.value, SubjectClass.AGENCY.value):
+        return Reader(actor, cls, None)
+    if cls in (SubjectClass.ENTERPRISE.value, SubjectClass.OPERATOR.value) and claims.uscc:
+        return Reader(actor, cls, claims.uscc)
+    raise Forbidden(f"the audit log is not read by {cls or 'this subject'}")
 
 
 def _require_all(reader: Reader, what: str) -> None:

@@ -48,6 +48,10 @@ class CAConfig:
     """Leeway for ``iat``/``exp`` of signed requests."""
     crl_refresh_seconds: float = 30.0
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
+    token_issuer: str = ""
+    """The token service's issuer (default ``<public_base_url>/auth``), for audit:read tokens."""
+    audit_token_audience: str = "https://audit.eport.example"
+    """The audience of access tokens for the audit API (``policies/services.toml``)."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses whose forwarded headers are believed; nobody else's are."""
 

@@ -1,0 +1,46 @@
+"""Auditors read the issuance log with a token of the token service (scope audit:read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import requests
+
+from tests.conftest import Server
+from tests.test_status_flow import creds, enroll_enterprise
+
+
+def test_audit_read_token(sqlite_server: Server, tmp_path: Path) -> None:
+    srv = sqlite_server
+    auditor = srv.data_dir / "dev" / "auditors" / "tax"
+    cfg = tmp_path / "cfg"
+    pw = (auditor / "DEV-ONLY-passphrase.txt").read_text().strip()
+    srv.eport(
+        "login",
+        "--cert",
+        str(auditor / "auditor.pem"),
+        "--key",
+        str(auditor / "auditor.key"),
+        EPORT_CONFIG_DIR=str(cfg),
+        EPORT_PASSPHRASE=pw,
+    )
+    token = srv.eport("token", "--service", "audit", EPORT_CONFIG_DIR=str(cfg)).stdout.strip()
+    url = srv.url + "/ca/v1/audit/events?limit=5"
+    r = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["events"]
+    # A token for another service, a tampered token, no token: refused.
+    portal = srv.eport("token", "--service", "portal", EPORT_CONFIG_DIR=str(cfg), check=False)
+    if portal.returncode == 0:
+        other = portal.stdout.strip()
+        r = requests.get(url, headers={"Authorization": f"Bearer {other}"}, timeout=10)
+        assert r.status_code == 401
+    r = requests.get(url, headers={"Authorization": f"Bearer {token[:-4]}AAAA"}, timeout=10)
+    assert r.status_code == 401
+    assert requests.get(url, timeout=10).status_code == 401
+    # An enterprise gets no audit:read token at all: policy gives it no access.
+    ent = enroll_enterprise(srv, tmp_path, "No Audit Co.")
+    ecfg = tmp_path / "ecfg"
+    srv.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(ecfg))
+    res = srv.eport("token", "--service", "audit", EPORT_CONFIG_DIR=str(ecfg), check=False)
+    assert res.returncode == 1 and "no access to audit" in res.stderr
