@@ -27,11 +27,25 @@ from authsvc.models import (
 from authsvc.principal import Principal
 from authsvc.service import AuthEvent, RefreshRecord, SessionRecord
 from ca.policy import SubjectClass
+from ca.store import READ_ONLY
 
 
 class SqlAuthStore:
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session_factory = session_factory
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A read-only transaction: on SQLite a plain (deferred) BEGIN, so lookups on the
+        validation hot path never queue behind writers for the write lock."""
+        s = self.session_factory()
+        try:
+            s.connection(execution_options={READ_ONLY: True})
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -83,7 +97,7 @@ class SqlAuthStore:
             s.add(RefreshTokenRow(token_hash=refresh_hash, sid=rec.sid, issued_at=rec.created_at))
 
     def get_session(self, sid: str) -> SessionRecord | None:
-        with self._tx() as s:
+        with self._read() as s:
             row = s.get(SessionRow, sid)
             return _session(row) if row else None
 
@@ -98,14 +112,14 @@ class SqlAuthStore:
             return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
     def open_sessions(self, now: datetime.datetime) -> list[SessionRecord]:
-        with self._tx() as s:
+        with self._read() as s:
             q = select(SessionRow).where(SessionRow.ended_at.is_(None), SessionRow.expires_at > now)
             return [_session(r) for r in s.scalars(q)]
 
     # -- refresh tokens -------------------------------------------------------------------
 
     def get_refresh(self, token_hash: str) -> RefreshRecord | None:
-        with self._tx() as s:
+        with self._read() as s:
             row = s.get(RefreshTokenRow, token_hash)
             if row is None:
                 return None
@@ -134,13 +148,13 @@ class SqlAuthStore:
                 s.add(RevokedTokenRow(jti=jti, expires_at=expires_at))
 
     def is_revoked(self, jti: str) -> bool:
-        with self._tx() as s:
+        with self._read() as s:
             return s.get(RevokedTokenRow, jti) is not None
 
     # -- roles ----------------------------------------------------------------------------
 
     def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]:
-        with self._tx() as s:
+        with self._read() as s:
             row = s.get(OperatorRolesRow, (uscc, operator_id))
             return frozenset(json.loads(row.roles)) if row else frozenset()
 
@@ -159,7 +173,7 @@ class SqlAuthStore:
     # -- failed logins --------------------------------------------------------------------
 
     def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int:
-        with self._tx() as s:
+        with self._read() as s:
             row = s.get(LoginFailureRow, key)
             if row is None or now - row.window_start > window:
                 return 0
@@ -194,7 +208,7 @@ class SqlAuthStore:
             )
 
     def events(self, *, subject: str | None, limit: int, after_id: int) -> list[dict[str, Any]]:
-        with self._tx() as s:
+        with self._read() as s:
             q = select(AuthEventRow).where(AuthEventRow.id > after_id)
             if subject:
                 q = q.where(AuthEventRow.subject == subject)
@@ -222,7 +236,7 @@ class SqlAuthStore:
     # -- signing keys (authsvc.keys.KeyStore) ---------------------------------------------
 
     def list_keys(self) -> list[StoredKey]:
-        with self._tx() as s:
+        with self._read() as s:
             return [
                 _key(r) for r in s.scalars(select(SigningKeyRow).order_by(SigningKeyRow.created_at))
             ]

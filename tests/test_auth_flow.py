@@ -494,6 +494,11 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
         srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(d)
     )
     cert, key, chain = _load(d)
+    # A good login and a logout first, so this test's events do not depend on others'.
+    session_cfg = world["tmp"] / "bf-cfg"
+    login(srv, d, session_cfg)
+    token_for(srv, session_cfg, "portal")
+    cli(srv, session_cfg, "logout")
     wrong = ec.generate_private_key(ec.SECP256R1())
     statuses = [_login(srv, _assertion(srv, cert, wrong, chain)).status_code for _ in range(11)]
     assert statuses[:10] == [400] * 10 and statuses[10] == 429
