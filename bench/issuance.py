@@ -13,13 +13,16 @@ One run measures, on 127.0.0.1 only, with every server started (and stopped) her
   linted, signed and stored with its log event (SQLite, WAL, ``synchronous=FULL``). Run with
   ``EPORT_LINT_SAMPLE_RATE=1.0`` (the default: every certificate linted) for each threads
   setting; the best setting is then reported, and measured again at ``--low-lint-rate``.
-  After each run the rows in the database are counted: every 201 must be a stored certificate.
+  After each run the database is counted: every 201 must be a stored certificate and a
+  ``certificate.issued`` event. ``--threads 1`` is gunicorn's sync worker (as ``eport serve``
+  picks it), which closes the connection after each response.
 - **hello**: a hello-world Flask view under gunicorn with the chosen workers and threads, sent
   the very same request bytes: the HTTP ceiling of this stack on this machine.
 - **cfssl**: ``cfssl serve`` (Debian's golang-cfssl) with its SQLite certdb, a P-256 CA made
   by ``cfssl genkey -initca``, ``POST /api/v1/cfssl/sign`` with one CSR per request: once with
-  the certdb in WAL mode (as ours) and once in SQLite's default rollback-journal mode. Our
-  ratio is taken against the faster of the two.
+  the certdb in WAL mode (as ours) and once in SQLite's default rollback-journal mode, logging
+  warnings only (as ours). Our ratio is taken against the faster of the two; after each run its
+  certdb is counted too.
 
 The load client is one process and one thread: 16 keep-alive HTTP/1.1 connections on an
 epoll selector, one request in flight on each (a closed loop), every request pre-encoded to
@@ -28,10 +31,13 @@ bytes before the clock starts. Each connection is closed and opened anew after
 opened at once otherwise stay on whichever gunicorn worker accepted them first, leaving the
 other idle). The client reports its own CPU use; the server's is read from ``/proc``, per
 process, and so is the rest of the machine's ("other": anything else running at the same time,
-which makes a run unreliable and is warned about). Latencies are from the first byte sent
-(including a reconnect) to the last byte of the response; requests count when they complete
-inside the measured window, after a warm-up. The hello-world and cfssl runs cycle through a
-pool of 4,000 distinct CSRs.
+which makes a run unreliable and is warned about). Before each run the benchmark waits up to
+``--quiet-wait`` seconds for the rest of the machine to go idle, and with ``--retries N`` it
+repeats a disturbed run up to N times and keeps the least disturbed attempt.
+
+Latencies are from the first byte sent (including a reconnect) to the last byte of the
+response; requests count when they complete inside the measured window, after a warm-up.
+The hello-world and cfssl runs cycle through a pool of 4,000 distinct CSRs.
 
 Codes (``JointCA.apply`` + ``approve_at_ceremony``) and client keys and CSRs are made before
 the clock starts, directly against the server's database, while no server runs; codes never
@@ -40,7 +46,7 @@ sent in one run are used in the next.
 The CA code measured is the ``ca`` package Python imports (the repository's, or another
 checkout's through ``PYTHONPATH``); its path and git revision are printed.
 
-Usage: ``python bench/issuance.py [--seconds 10] [--quick] [--threads 1,2,4,8]``
+Usage: ``python bench/issuance.py [--seconds 10] [--quick] [--threads 1,2,4,8] [--retries 2]``
 """
 
 from __future__ import annotations
