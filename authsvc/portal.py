@@ -36,6 +36,7 @@ from authsvc.oidc_api import (
 )
 from authsvc.service import OAuthError
 from ca.errors import Unauthenticated
+from ca.names import dn_string
 
 bp = Blueprint(
     "portal",
@@ -75,13 +76,13 @@ def _when(dt: datetime.datetime) -> str:
 
 def _cn(name: x509.Name) -> str:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else name.rfc4514_string()
+    return str(values[0].value) if values else dn_string(name)
 
 
 def certificate_view(signed: SignedIn) -> CertificateView:
     cert = signed.session.certificate
     return CertificateView(
-        subject=cert.subject.rfc4514_string(),
+        subject=dn_string(cert.subject),
         issuer=_cn(cert.issuer),
         serial=signed.session.cert_serial,
         not_before=_when(cert.not_valid_before_utc),
