@@ -27,7 +27,7 @@ from authsvc.models import AuthBase
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore
 from ca import hierarchy
-from ca.db import make_engine
+from ca.db import engine_options, make_engine
 from ca.errors import EPortError
 from ca.policy import load_policies
 from ca.signedreq import TrustAnchors
@@ -101,7 +101,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     cfg = config if isinstance(config, AuthConfig) else AuthConfig.load(config)
     app = Flask("authsvc")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     db.init_app(app)
     with app.app_context():

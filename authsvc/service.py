@@ -140,7 +140,9 @@ class AuthStore(ReplayStore, Protocol):
         """End it if still open (one conditional UPDATE); False if it was already ended."""
         ...
 
-    def open_sessions(self, now: datetime.datetime) -> list[SessionRecord]: ...
+    def open_session_serials(self, now: datetime.datetime) -> list[tuple[str, str]]:
+        """(sid, certificate serial hex) of every open, unexpired session."""
+        ...
 
     def get_refresh(self, token_hash: str) -> RefreshRecord | None: ...
 
@@ -642,15 +644,43 @@ class TokenService:
             raise InvalidGrant(exc.detail) from None
 
     def sweep(self) -> int:
-        """End open sessions whose certificate is no longer good; returns how many."""
+        """End open sessions whose certificate is no longer good; returns how many.
+
+        Cost grows with the number of distinct certificates, not sessions: sessions are
+        grouped by certificate, and a status source that can answer in batches (the
+        embedded CA: one read per 500 serials) is asked once for all of them; otherwise
+        each certificate's status comes through the per-certificate cache."""
+        now = self.clock()
+        by_serial: dict[str, list[str]] = {}
+        for sid, serial in self.store.open_session_serials(now):
+            by_serial.setdefault(serial, []).append(sid)
+        if not by_serial:
+            return 0
+        batch = getattr(self.status_source, "not_good", None)
+        suspects: list[str]
+        if batch is not None:
+            bad = batch([int(s, 16) for s in by_serial])
+            suspects = [s for s in by_serial if int(s, 16) in bad]
+        else:
+            suspects = []
+            for serial, sids in by_serial.items():
+                rec = self.store.get_session(sids[0])
+                if rec is None:
+                    continue
+                try:
+                    if not isinstance(self.cert_status(rec.certificate), Good):
+                        suspects.append(serial)
+                except EPortError:
+                    continue  # status unavailable: decided on the next call
         ended = 0
-        for rec in self.store.open_sessions(self.clock()):
-            try:
-                self.live_session(rec.sid, fresh_status=True)
-            except InvalidToken:
-                ended += 1
-            except EPortError:
-                continue  # status unavailable: decided on the next call
+        for serial in suspects:
+            for sid in by_serial[serial]:
+                try:
+                    self.live_session(sid, fresh_status=True)
+                except InvalidToken:
+                    ended += 1
+                except EPortError:
+                    continue
         return ended
 
     # -- operator roles -----------------------------------------------------------------------

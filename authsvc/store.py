@@ -111,10 +111,13 @@ class SqlAuthStore:
             )
             return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
-    def open_sessions(self, now: datetime.datetime) -> list[SessionRecord]:
+    def open_session_serials(self, now: datetime.datetime) -> list[tuple[str, str]]:
+        """(sid, certificate serial) of every open session: two short columns, no blobs."""
         with self._read() as s:
-            q = select(SessionRow).where(SessionRow.ended_at.is_(None), SessionRow.expires_at > now)
-            return [_session(r) for r in s.scalars(q)]
+            q = select(SessionRow.sid, SessionRow.cert_serial).where(
+                SessionRow.ended_at.is_(None), SessionRow.expires_at > now
+            )
+            return [(r[0], r[1]) for r in s.execute(q)]
 
     # -- refresh tokens -------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from ca import devinit, hierarchy, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
+from ca.db import engine_options
 from ca.errors import EPortError, PayloadTooLarge, Sealed
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
@@ -103,7 +104,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     cfg = config if isinstance(config, CAConfig) else CAConfig.load(config)
     app = Flask("ca")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db.init_app(app)

@@ -13,8 +13,14 @@ from ca.store import configure_engine
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+def engine_options(url: str) -> dict[str, object]:
+    """Ping pooled connections before use only over a network: a SQLite file needs no
+    liveness check, and the ping is a query on every checkout (the OCSP hot path)."""
+    return {"pool_pre_ping": not url.startswith("sqlite")}
+
+
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, **engine_options(url))
     configure_engine(engine)
     return engine
 

@@ -134,6 +134,15 @@ class StatusService:
             return Unknown()
         return self.status_by_serial(issuer_id, cert.serial_number)
 
+    def not_good(self, serials: list[int]) -> set[int]:
+        """The serials among ``serials`` that are revoked or on hold (a batch status read)."""
+        batch = getattr(self.store, "not_good", None)
+        if batch is not None:
+            result: set[int] = batch(serials)
+            return result
+        with self.store.transaction() as tx:
+            return {n for n in serials if tx.get_status(n) is not None}
+
     def status_by_serial(self, issuer_id: str, serial: int) -> CertStatus:
         with self.store.transaction() as tx:
             return to_cert_status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)

@@ -418,6 +418,27 @@ class SqlStore:
             this_update = this_update.replace(tzinfo=datetime.UTC)
         return bytes(row[0]), this_update
 
+    def not_good(self, serials: list[int]) -> set[int]:
+        """Which of ``serials`` are revoked or on hold: one read per 500 serials, outside
+        any write lock (the token service's session sweep asks for all of its sessions)."""
+        engine = self._engine
+        if engine is None:
+            bind = self.session_factory().get_bind()
+            assert isinstance(bind, Engine)
+            engine = self._engine = bind
+        out: set[int] = set()
+        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            for i in range(0, len(serials), 500):
+                chunk = [format(n, "x") for n in serials[i : i + 500]]
+                rows = conn.execute(
+                    select(CertificateStatusRow.serial).where(
+                        CertificateStatusRow.serial.in_(chunk)
+                    )
+                )
+                out.update(int(r[0], 16) for r in rows)
+            conn.rollback()
+        return out
+
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
         session = self.session_factory()
