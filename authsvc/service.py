@@ -517,11 +517,30 @@ class TokenService:
             now=self.clock(),
             leeway=self.settings.leeway,
         )
-        if self.store.is_revoked(str(claims["jti"])):
-            raise InvalidToken("the token was revoked")
         sid = claims.get("sid")
         if not isinstance(sid, str):
             raise InvalidToken("the token names no session")
+        fast = getattr(self.store, "token_state", None)
+        if fast is not None:
+            # The hot path: revocation and session state in one short read; when the
+            # certificate's status is in the cache and good, nothing else is needed.
+            revoked, state = fast(str(claims["jti"]), sid)
+            if revoked:
+                raise InvalidToken("the token was revoked")
+            if state is None or state[0] is not None:
+                raise InvalidToken("the session has ended")
+            now = self.clock()
+            if state[1] <= now:
+                raise InvalidToken("the session has expired")
+            hit = self._status_cache.get(state[2])
+            if (
+                hit is not None
+                and now - hit[0] < self.settings.status_ttl
+                and isinstance(hit[1], Good)
+            ):
+                return claims
+        elif self.store.is_revoked(str(claims["jti"])):
+            raise InvalidToken("the token was revoked")
         self.live_session(sid)
         return claims
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from ca.store import READ_ONLY
 class SqlAuthStore:
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session_factory = session_factory
+        self._engine: Engine | None = None
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -118,6 +119,36 @@ class SqlAuthStore:
                 SessionRow.ended_at.is_(None), SessionRow.expires_at > now
             )
             return [(r[0], r[1]) for r in s.execute(q)]
+
+    def token_state(
+        self, jti: str, sid: str
+    ) -> tuple[bool, tuple[datetime.datetime | None, datetime.datetime, str] | None]:
+        """(is ``jti`` revoked, (ended_at, expires_at, cert x5t#S256) of session ``sid``):
+        two primary-key reads on one pooled DBAPI connection, outside any write lock. The
+        validation hot path; SQLAlchemy's ORM costs far more than the reads."""
+        engine = self._engine
+        if engine is None:
+            bind = self.session_factory().get_bind()
+            assert isinstance(bind, Engine)
+            engine = self._engine = bind
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(f"SELECT 1 FROM auth_revoked_tokens WHERE jti = {mark}", (jti,))  # noqa: S608
+            revoked = cur.fetchone() is not None
+            cur.execute(
+                "SELECT ended_at, expires_at, cert_sha256 FROM auth_sessions "  # noqa: S608
+                f"WHERE sid = {mark}",
+                (sid,),
+            )
+            row = cur.fetchone()
+            cur.close()
+        finally:
+            raw.close()
+        if row is None:
+            return revoked, None
+        return revoked, (_when(row[0]), _when(row[1]) or _EPOCH, str(row[2]))
 
     # -- refresh tokens -------------------------------------------------------------------
 
@@ -269,6 +300,19 @@ class SqlAuthStore:
                 row.activated_at = k.activated_at
                 row.retired_at = k.retired_at
                 row.unpublish_at = k.unpublish_at
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def _when(value: object) -> datetime.datetime | None:
+    """A timestamp as the DBAPI returns it (SQLite: text), timezone-aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    assert isinstance(value, datetime.datetime)
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
 def _key(r: SigningKeyRow) -> StoredKey:
