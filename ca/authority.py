@@ -195,7 +195,7 @@ class JointCA:
         org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
         uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
         agency = org_id[6:] if org_id.startswith("GOVCN-") else None
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             status = tx.get_status(cert.serial_number)
         if status is not None:
             raise Unauthenticated(
@@ -293,7 +293,7 @@ class JointCA:
         self, caller: Caller, state: ApplicationState | None, limit: int = 100, offset: int = 0
     ) -> list[Application]:
         self._require(caller, SubjectClass.AGENCY)
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             return tx.list_applications(state, limit, offset)
 
     def approve(
@@ -423,7 +423,7 @@ class JointCA:
     def authorize_operator(self, caller: Caller, name: str, operator_id: str) -> CodeGrant:
         """The enterprise's legal person authorizes an operator: an approved application."""
         self._require(caller, SubjectClass.ENTERPRISE)
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             record = tx.get_certificate(caller.serial)
             parent = (
                 tx.get_application(record.application_id)
@@ -481,7 +481,7 @@ class JointCA:
         profile = self.policies.profile(profile_name)
         code_hash = hash_code(code)
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             rec = tx.find_code(code_hash)
             if rec is None:
                 raise InvalidCode("unknown enrollment code")
@@ -512,7 +512,7 @@ class JointCA:
         """A new certificate for a new key, same vetted subject, by the current holder."""
         csr = parse_csr(csr_data)
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             current = tx.get_certificate(caller.serial)
             if current is None or current.application_id is None:
                 raise Forbidden("the certificate is not on record at this CA")
@@ -562,7 +562,7 @@ class JointCA:
         own = caller.uscc is not None and uscc == caller.uscc
         if caller.role is not SubjectClass.AGENCY and not own:
             raise Forbidden("an enterprise may list only its own certificates (--uscc)")
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             return tx.certificates(uscc=uscc, limit=limit, offset=offset)
 
 

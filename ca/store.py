@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ca.errors import Conflict
 from ca.models import (
@@ -438,6 +438,21 @@ class SqlStore:
                 out.update(int(r[0], 16) for r in rows)
             conn.rollback()
         return out
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlTransaction]:
+        """Reads only: on SQLite a deferred BEGIN, so checks made before the slow part of a
+        request (signing, linting) never queue behind, or hold up, the writers."""
+        session = self.session_factory()
+        try:
+            real = session() if isinstance(session, scoped_session) else session
+            if not real.in_transaction():
+                real.connection(execution_options={READ_ONLY: True})
+            yield SqlTransaction(session, self.event_sinks)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:

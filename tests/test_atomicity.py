@@ -235,3 +235,26 @@ def test_expiring_ocsp_responders_are_renewed_and_logged(tmp_path: Path) -> None
         rows = s.scalars(select(EventRow).where(EventRow.actor == "system:responder-renewal")).all()
     assert len(rows) == len(h.issuers)
     engine.dispose()
+
+
+def test_reads_do_not_wait_for_the_write_lock(joint: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """A read-only transaction proceeds while another process holds SQLite's write lock."""
+    import sqlite3
+    import time
+
+    _, store, _ = joint
+    writer = sqlite3.connect(tmp_path / "eport.db", isolation_level=None, timeout=30)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        start = time.monotonic()
+        with store.reading() as tx:
+            assert tx.get_certificate(1) is None
+        assert time.monotonic() - start < 1.0
+        # A writing transaction, by contrast, waits for the lock (here: gives up quickly).
+        blocked = sqlite3.connect(tmp_path / "eport.db", isolation_level=None, timeout=0.2)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            blocked.execute("BEGIN IMMEDIATE")
+        blocked.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
