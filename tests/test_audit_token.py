@@ -7,7 +7,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import Server
-from tests.test_status_flow import creds, enroll_enterprise
+from tests.helpers import creds, enroll_enterprise
 
 
 def test_audit_read_token(sqlite_server: Server, tmp_path: Path) -> None:

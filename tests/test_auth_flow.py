@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, select
 from authsvc.models import SigningKeyRow
 from authsvc.principal import x5t_s256
 from tests.conftest import Server
-from tests.test_status_flow import creds, enroll_enterprise, jrun, serial_of
+from tests.helpers import creds, enroll_enterprise, jrun, serial_of
 
 SERVICE = "customs-declaration"
 

@@ -19,27 +19,10 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.signedreq import sign_request
 from tests.conftest import Server, start_server, stop
-from tests.test_status_flow import creds, enroll_enterprise, jrun
+from tests.helpers import creds, enroll_enterprise, enroll_service, jrun
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-
-
-def enroll_service(srv: Server, tmp: Path, host: str) -> Path:
-    app = jrun(srv, "apply", "--class", "service", "--agency", "customs", "--name", host)
-    grant = jrun(srv, "ra", "approve", app["id"], *srv.officer("customs"))
-    out = tmp / host
-    jrun(
-        srv,
-        "enroll",
-        "--code",
-        grant["enrollment_code"],
-        "--profile",
-        "service-tls",
-        "--out",
-        str(out),
-    )
-    return out
 
 
 def signed_form(srv: Server, d: Path, path: str, fields: dict[str, str]) -> requests.Response:

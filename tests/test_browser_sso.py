@@ -42,9 +42,8 @@ from cryptography.hazmat.primitives import serialization
 from werkzeug.serving import make_server
 
 from tests.conftest import REPO, Server, free_port, need, start_server, stop
-from tests.test_auth_services import enroll_service
+from tests.helpers import creds, enroll_enterprise, enroll_operator, enroll_service, jrun, serial_of
 from tests.test_oidc import BOUND, write_policies
-from tests.test_status_flow import creds, enroll_enterprise, enroll_operator, jrun, serial_of
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"

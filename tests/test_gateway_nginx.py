@@ -20,18 +20,8 @@ import pytest
 import requests
 
 from tests.conftest import REPO, Server, free_port, need
-from tests.test_sdk import (
-    creds,
-    enroll_enterprise,
-    enroll_operator,
-    example_app,
-    expired,
-    forged,
-    grant_roles,
-    jrun,
-    login,
-    serial_of,
-)
+from tests.helpers import creds, enroll_enterprise, enroll_operator, grant_roles, jrun, serial_of
+from tests.test_sdk import example_app, expired, forged, login
 
 SITE = REPO / "examples" / "customs_declaration" / "nginx.conf"
 BOUND = 5.0  # seconds: the documented revocation-to-inactive bound

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
 from tests.conftest import REPO, Server, free_port, start_server, stop
-from tests.test_status_flow import creds, enroll_enterprise, enroll_operator, jrun, serial_of
+from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun, serial_of
 
 COOKIE = "__Host-eport-sso"
 PUBLIC_PORT = 8443  # the sample deployment's port in policies/services.toml

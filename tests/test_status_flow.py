@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import subprocess
 import sys
 import time
@@ -22,65 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as xocsp
 
 from tests.conftest import Server
+from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun, serial_of
 from tests.test_enrollment_flow import counts
 
 USCC = "91350100M000100Y43"
-_counter = iter(range(10**6))
-
-
-def fresh_uscc() -> str:
-    """A valid USCC no other test uses (cascades and listings are per enterprise)."""
-    from ca.uscc import check_character
-
-    body = f"91350100MA{next(_counter) + 1000:04d}{time.monotonic_ns() % 1000:03d}"
-    return body + check_character(body)
-
-
-def jrun(server: Server, *args: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(server.eport(*args, "--json").stdout)
-
-
-def enroll_enterprise(server: Server, tmp: Path, name: str) -> Path:
-    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
-    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
-    out = tmp / app["id"]
-    jrun(
-        server,
-        "enroll",
-        "--code",
-        grant["enrollment_code"],
-        "--profile",
-        "enterprise",
-        "--out",
-        str(out),
-    )
-    return out
-
-
-def enroll_operator(server: Server, ent: Path, tmp: Path, op_id: str) -> Path:
-    grant = jrun(
-        server, "operator", "add", "--name", f"Operator {op_id}", "--id", op_id, *creds(ent)
-    )
-    out = tmp / f"op-{op_id}-{ent.name}"
-    jrun(
-        server,
-        "enroll",
-        "--code",
-        grant["enrollment_code"],
-        "--profile",
-        "operator",
-        "--out",
-        str(out),
-    )
-    return out
-
-
-def creds(d: Path) -> list[str]:
-    return ["--cert", str(d / "cert.pem"), "--key", str(d / "key.pem")]
-
-
-def serial_of(d: Path) -> str:
-    return format(x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).serial_number, "x")
 
 
 def issuer_pem(d: Path, tmp: Path) -> Path:

@@ -24,15 +24,8 @@ from joserfc.jwk import ECKey, KeySet
 
 from authsvc.client import InvalidToken, TokenVerifier
 from tests.conftest import Server
-from tests.test_sdk import (
-    CUSTOMS,
-    MANIFEST,
-    cert_of,
-    enroll_enterprise,
-    enroll_operator,
-    login,
-    serve_wsgi,
-)
+from tests.helpers import cert_of, enroll_enterprise, enroll_operator
+from tests.test_sdk import CUSTOMS, MANIFEST, login, serve_wsgi
 
 
 @dataclass

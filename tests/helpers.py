@@ -1,0 +1,105 @@
+"""World-building helpers the integration tests share: enterprises, operators and
+services enrolled through the real CLI against a running server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from tests.conftest import Server
+
+SERVICE_HOST = "customs-declaration.eport.example"
+
+
+_counter = itertools.count()
+
+
+def fresh_uscc() -> str:
+    """A valid USCC that no other test of this process uses."""
+    from ca.uscc import check_character
+
+    body = f"91350100MB{next(_counter) % 10000:04d}{(time.monotonic_ns() // 1000) % 1000:03d}"
+    return body + check_character(body)
+
+
+def jrun(server: Server, *args: str) -> dict[str, Any]:
+    out = json.loads(server.eport(*args, "--json").stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+def creds(d: Path) -> list[str]:
+    return ["--cert", str(d / "cert.pem"), "--key", str(d / "key.pem")]
+
+
+def serial_of(d: Path) -> str:
+    return format(x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).serial_number, "x")
+
+
+def cert_of(d: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+
+
+def enroll_enterprise(server: Server, tmp: Path, name: str = "SDK Trading Co., Ltd.") -> Path:
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / f"ent-{app['id']}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def enroll_operator(server: Server, ent: Path, tmp: Path, op_id: str, *roles: str) -> Path:
+    grant = jrun(
+        server, "operator", "add", "--name", f"Operator {op_id}", "--id", op_id, *creds(ent)
+    )
+    out = tmp / f"op-{op_id}-{ent.name}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "operator",
+        "--out",
+        str(out),
+    )
+    if roles:
+        grant_roles(server, ent, op_id, *roles)
+    return out
+
+
+def grant_roles(server: Server, ent: Path, op_id: str, *roles: str) -> None:
+    args = [a for r in roles for a in ("--role", r)]
+    jrun(server, "roles", "grant", "--operator", op_id, *args, *creds(ent))
+
+
+def enroll_service(server: Server, tmp: Path, host: str = SERVICE_HOST) -> Path:
+    """A service-tls certificate for ``host``, vetted by a customs RA officer."""
+    app = jrun(server, "apply", "--class", "service", "--agency", "customs", "--name", host)
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    out = tmp / f"svc-{app['id']}"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "service-tls",
+        "--out",
+        str(out),
+    )
+    return out
