@@ -132,10 +132,13 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     from ca.api import bp
     from ca.audit_api import install_audit
     from ca.quorum_api import install_custody
-    from ca.status_http import status_bp
+    from ca.status_http import install_ocsp_fast_path, status_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(status_bp)
+    with app.app_context():
+        store.bind(db.engine)  # the OCSP fast path reads outside any request context
+    install_ocsp_fast_path(app)
     install_audit(app, cfg, h)
     install_custody(app, cfg, policies, h, store)
 

@@ -194,6 +194,13 @@ class StatusService:
         except ValueError:  # e.g. the responder certificate has expired: never a 500
             return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
 
+    def pre_signed(self, request_der: bytes) -> bytes | None:
+        """The stored answer to a canonical request, or None (then :meth:`respond`)."""
+        try:
+            return self._pre_signed(request_der)
+        except Exception:  # any doubt: the full path decides, and reports
+            return None
+
     def _pre_signed(self, request_der: bytes) -> bytes | None:
         """The hot path: a canonical request answered from its stored pre-signed response
         (one read, no signature, no write lock); None sends it down the full path."""

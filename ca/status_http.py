@@ -5,9 +5,12 @@ type ``application/pkix-crl``)."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from ca import ocsp
 from ca.app import EXTENSION, CAService
@@ -30,6 +33,42 @@ def _ocsp_response(der: bytes) -> Response:
     resp.cache_control.public = True
     resp.cache_control.max_age = 60
     return resp
+
+
+def install_ocsp_fast_path(app: Flask) -> None:
+    """Answer canonical OCSP POSTs (one SHA-1 CertID, no nonce: what OpenSSL, browsers
+    and our clients send) from their pre-signed response before Flask routes anything.
+
+    The answer is the same bytes the blueprint below would send; everything else (GET,
+    nonces, SHA-256 CertIDs, unknown serials, responses due for re-signing, malformed
+    requests) falls through to it with the body intact. OCSP is the CA's hottest path,
+    and Flask's per-request machinery costs more than the lookup itself."""
+    inner = app.wsgi_app
+
+    def ocsp_first(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == "/ocsp" and environ.get("REQUEST_METHOD") == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if 0 < length <= MAX_OCSP_REQUEST:
+                body = environ["wsgi.input"].read(length)
+                service: CAService = app.extensions[EXTENSION]
+                der = service.status.pre_signed(body)
+                if der is not None:
+                    start_response(
+                        "200 OK",
+                        [
+                            ("Content-Type", "application/ocsp-response"),
+                            ("Content-Length", str(len(der))),
+                            ("Cache-Control", "public, max-age=60"),
+                        ],
+                    )
+                    return [der]
+                environ["wsgi.input"] = io.BytesIO(body)
+        return inner(environ, start_response)
+
+    app.wsgi_app = ocsp_first  # type: ignore[method-assign]
 
 
 @status_bp.post("/ocsp")

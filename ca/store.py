@@ -388,6 +388,10 @@ class SqlStore:
         self.event_sinks = event_sinks
         self._engine: Engine | None = None
 
+    def bind(self, engine: Engine) -> None:
+        """The engine the DBAPI fast paths use (else taken from the first session)."""
+        self._engine = engine
+
     def read_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime] | None:
         """The pre-signed OCSP response of ``serial`` and its thisUpdate: one primary-key
         read on a pooled DBAPI connection, outside any write transaction (the hot path
