@@ -51,6 +51,7 @@ def _q(name: str, desc: str, typ: str = "string") -> dict[str, Any]:
     }
 
 
+_SERIAL = {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}
 _APP_ID = {"name": "app_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -169,6 +170,123 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/health": {"get": _op("Liveness and seal state")},
             "/ca/v1/openapi.json": {"get": _op("This document")},
+            "/ca/v1/certificates/{serial}/revoke": {
+                "post": _op(
+                    "Revoke (RFC 5280 reason; officer, enterprise or key holder)",
+                    signed=True,
+                    body="RevokeRequest",
+                    params=[_SERIAL],
+                )
+            },
+            "/ca/v1/certificates/{serial}/suspend": {
+                "post": _op("Put on hold (certificateHold)", signed=True, params=[_SERIAL])
+            },
+            "/ca/v1/certificates/{serial}/resume": {
+                "post": _op(
+                    "Lift a hold (officer, or the enterprise for its operators)",
+                    signed=True,
+                    params=[_SERIAL],
+                )
+            },
+            # The issuance transparency log (RFC 9162, C2SP tlog-checkpoint): see docs/audit.md.
+            "/ca/v1/audit/checkpoint": {
+                "get": _op(
+                    "Latest signed checkpoint (?size=N: the one signed for size N)",
+                    params=[_q("size", "tree size", "integer")],
+                )
+            },
+            "/ca/v1/audit/log-key": {"get": _op("The log's verifier key and origin")},
+            "/ca/v1/audit/proof/inclusion": {
+                "get": _op(
+                    "Inclusion proof by leaf index (public) or by serial (signed or audit:read)",
+                    params=[
+                        _q("index", "leaf index", "integer"),
+                        _q("serial", "certificate serial (hex)"),
+                        _q("size", "tree size", "integer"),
+                    ],
+                )
+            },
+            "/ca/v1/audit/proof/consistency": {
+                "get": _op(
+                    "Consistency proof between two tree sizes",
+                    params=[_q("from", "older size", "integer"), _q("to", "newer size", "integer")],
+                )
+            },
+            "/ca/v1/audit/entries": {
+                "get": {
+                    "summary": "Entries [start, start+count), uint16 length + entry",
+                    "security": _SIGNED,
+                    "parameters": [
+                        _q("start", "first leaf", "integer"),
+                        _q("count", "number of leaves", "integer"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "entry bundle",
+                            "content": {"application/octet-stream": {}},
+                        },
+                        "default": _PROBLEM,
+                    },
+                }
+            },
+            "/ca/v1/audit/events": {
+                "get": _op(
+                    "Events in log order, filtered, keyset-paged by `after` (signed or audit:read)",
+                    signed=True,
+                    params=[
+                        _q("after", "last log index seen", "integer"),
+                        _q("limit", "page size", "integer"),
+                        _q("uscc", "enterprise"),
+                        _q("type", "event type"),
+                        _q("serial", "certificate serial"),
+                    ],
+                )
+            },
+            "/ca/v1/audit/event-digests": {
+                "get": _op("Leaf hashes re-derived from the event records (signed)", signed=True)
+            },
+            "/ca/v1/audit/certificates": {
+                "get": _op(
+                    "Every certificate on record: '<serial> <sha256>' lines (signed)", signed=True
+                )
+            },
+            "/ca/v1/audit/leaf-hashes": {
+                "get": _op("Stored leaf hashes [start, start+count), 32 bytes each")
+            },
+            # Joint custody (docs/custody.md)
+            "/ca/v1/custody": {"get": _op("Seal state and custody record")},
+            "/ca/v1/custody/unseal": {
+                "post": _op("Submit one custodian's share, sealed to the server's boot key")
+            },
+            "/ca/v1/custody/ceremonies": {
+                "post": _op("Open a quorum ceremony (RA officer)", signed=True)
+            },
+            "/ca/v1/custody/ceremonies/{ceremony_id}": {
+                "get": _op(
+                    "A ceremony's state",
+                    params=[
+                        {
+                            "name": "ceremony_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                )
+            },
+            "/ca/v1/custody/ceremonies/{ceremony_id}/join": {
+                "post": _op(
+                    "Join with a share sealed to the ceremony's key",
+                    params=[
+                        {
+                            "name": "ceremony_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                )
+            },
         },
         "components": {
             "securitySchemes": {
@@ -247,6 +365,9 @@ def openapi_document() -> dict[str, Any]:
                 "OperatorRequest": s(
                     properties={"name": string, "operator_id": string},
                     required=["name", "operator_id"],
+                ),
+                "RevokeRequest": s(
+                    properties={"reason": string, "invalidity_date": string}, required=["reason"]
                 ),
                 "RenewRequest": s(properties={"csr": string}, required=["csr"]),
                 "Certificate": s(
