@@ -5,49 +5,30 @@ call; single use of codes and single delivery of logouts enforced by conditional
 from __future__ import annotations
 
 import datetime
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 
-from authsvc.models import AuthEventRow, SessionRow
+from authsvc.models import SessionRow
 from authsvc.oidc import BrowserSession, CodeRecord, PendingLogout
 from authsvc.oidc_models import AuthorizationCodeRow, BrowserSessionRow, SessionClientRow
 from authsvc.service import AuthEvent
-from ca.store import READ_ONLY
+from authsvc.store import event_row
+from ca.store import reading, writing
 
 
 class SqlOIDCStore:
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session_factory = session_factory
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        s = self.session_factory()
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
+    def _tx(self) -> AbstractContextManager[Session]:
+        return writing(self.session_factory)
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        """A read-only transaction: plain ``BEGIN`` on SQLite, so that lookups on the hot
-        path do not queue for the write lock (``ca.store.configure_engine``)."""
-        factory = self.session_factory()
-        s = factory() if isinstance(factory, scoped_session) else factory
-        try:
-            if not s.in_transaction():
-                s.connection(execution_options={READ_ONLY: True})
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
+    def _read(self) -> AbstractContextManager[Session]:
+        return reading(self.session_factory)
 
     # -- browser sessions -------------------------------------------------------------
 
@@ -117,18 +98,7 @@ class SqlOIDCStore:
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             # The token service's event row, in this transaction: one commit per redemption.
-            s.add(
-                AuthEventRow(
-                    at=event.at,
-                    type=event.type,
-                    subject=event.subject,
-                    sid=event.sid,
-                    cert_serial=event.cert_serial,
-                    client_addr=event.client_addr,
-                    service=event.service,
-                    detail=json.dumps(event.detail, sort_keys=True, ensure_ascii=False),
-                )
-            )
+            s.add(event_row(event))
             return True
 
     def mark_replayed(self, code_hash: str, at: datetime.datetime) -> CodeRecord | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,36 +27,19 @@ from authsvc.models import (
 from authsvc.principal import Principal
 from authsvc.service import AuthEvent, RefreshRecord, SessionRecord
 from ca.policy import SubjectClass
-from ca.store import READ_ONLY
+from ca.store import DbapiReads, reading, utc_from_db, writing
 
 
 class SqlAuthStore:
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session_factory = session_factory
-        self._engine: Engine | None = None
+        self.dbapi = DbapiReads(session_factory)
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        """A read-only transaction: on SQLite a plain (deferred) BEGIN, so lookups on the
-        validation hot path never queue behind writers for the write lock."""
-        s = self.session_factory()
-        try:
-            s.connection(execution_options={READ_ONLY: True})
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
+    def _read(self) -> AbstractContextManager[Session]:
+        return reading(self.session_factory)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        s = self.session_factory()
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
+    def _tx(self) -> AbstractContextManager[Session]:
+        return writing(self.session_factory)
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -126,29 +109,14 @@ class SqlAuthStore:
         """(is ``jti`` revoked, (ended_at, expires_at, cert x5t#S256) of session ``sid``):
         two primary-key reads on one pooled DBAPI connection, outside any write lock. The
         validation hot path; SQLAlchemy's ORM costs far more than the reads."""
-        engine = self._engine
-        if engine is None:
-            bind = self.session_factory().get_bind()
-            assert isinstance(bind, Engine)
-            engine = self._engine = bind
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        raw = engine.raw_connection()
-        try:
-            cur = raw.cursor()
-            cur.execute(f"SELECT 1 FROM auth_revoked_tokens WHERE jti = {mark}", (jti,))  # noqa: S608
-            revoked = cur.fetchone() is not None
-            cur.execute(
-                "SELECT ended_at, expires_at, cert_sha256 FROM auth_sessions "  # noqa: S608
-                f"WHERE sid = {mark}",
-                (sid,),
-            )
-            row = cur.fetchone()
-            cur.close()
-        finally:
-            raw.close()
+        revoked_row, row = self.dbapi.fetch(
+            ("SELECT 1 FROM auth_revoked_tokens WHERE jti = ?", (jti,)),
+            ("SELECT ended_at, expires_at, cert_sha256 FROM auth_sessions WHERE sid = ?", (sid,)),
+        )
+        revoked = revoked_row is not None
         if row is None:
             return revoked, None
-        return revoked, (_when(row[0]), _when(row[1]) or _EPOCH, str(row[2]))
+        return revoked, (utc_from_db(row[0]), utc_from_db(row[1]) or _EPOCH, str(row[2]))
 
     # -- refresh tokens -------------------------------------------------------------------
 
@@ -228,18 +196,7 @@ class SqlAuthStore:
 
     def add_event(self, ev: AuthEvent) -> None:
         with self._tx() as s:
-            s.add(
-                AuthEventRow(
-                    at=ev.at,
-                    type=ev.type,
-                    subject=ev.subject,
-                    sid=ev.sid,
-                    cert_serial=ev.cert_serial,
-                    client_addr=ev.client_addr,
-                    service=ev.service,
-                    detail=json.dumps(ev.detail, sort_keys=True, ensure_ascii=False),
-                )
-            )
+            s.add(event_row(ev))
 
     def events(self, *, subject: str | None, limit: int, after_id: int) -> list[dict[str, Any]]:
         with self._read() as s:
@@ -305,14 +262,17 @@ class SqlAuthStore:
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def _when(value: object) -> datetime.datetime | None:
-    """A timestamp as the DBAPI returns it (SQLite: text), timezone-aware UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.datetime.fromisoformat(value)
-    assert isinstance(value, datetime.datetime)
-    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+def event_row(ev: AuthEvent) -> AuthEventRow:
+    return AuthEventRow(
+        at=ev.at,
+        type=ev.type,
+        subject=ev.subject,
+        sid=ev.sid,
+        cert_serial=ev.cert_serial,
+        client_addr=ev.client_addr,
+        service=ev.service,
+        detail=json.dumps(ev.detail, sort_keys=True, ensure_ascii=False),
+    )
 
 
 def _key(r: SigningKeyRow) -> StoredKey:

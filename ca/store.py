@@ -120,6 +120,82 @@ def _event(row: EventRow) -> Event:
     )
 
 
+@contextmanager
+def writing(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """One transaction that may write (SQLite: ``BEGIN IMMEDIATE``); commit or roll back."""
+    session = session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@contextmanager
+def reading(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """One transaction that only reads (SQLite: a deferred ``BEGIN``): it never queues
+    for, or holds, the write lock. Inside an open transaction it simply joins it."""
+    session = session_factory()
+    try:
+        real = session() if isinstance(session, scoped_session) else session
+        if not real.in_transaction():
+            real.connection(execution_options={READ_ONLY: True})
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+class DbapiReads:
+    """Primary-key reads on a pooled DBAPI connection, for the hot paths (OCSP answers,
+    token validation) where SQLAlchemy's statement machinery costs more than the read.
+
+    The engine comes from the first session (or :meth:`bind`); SQL is written with ``?``
+    placeholders and adapted to the driver's paramstyle."""
+
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
+        self._factory = session_factory
+        self._bound: Engine | None = None
+
+    def bind(self, engine: Engine) -> None:
+        self._bound = engine
+
+    def engine(self) -> Engine:
+        if self._bound is None:
+            bind = self._factory().get_bind()
+            assert isinstance(bind, Engine)
+            self._bound = bind
+        return self._bound
+
+    def fetch(self, *queries: tuple[str, tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
+        """The first row (or None) of each query, all on one connection."""
+        engine = self.engine()
+        qmark = engine.dialect.paramstyle == "qmark"
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            rows = []
+            for sql, params in queries:
+                cur.execute(sql if qmark else sql.replace("?", "%s"), params)
+                rows.append(cur.fetchone())
+            cur.close()
+        finally:
+            raw.close()  # back to the pool, which rolls back whatever was opened
+        return rows
+
+
+def utc_from_db(value: Any) -> datetime.datetime | None:
+    """A timestamp as a DBAPI returns it (SQLite: ISO text), timezone-aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    assert isinstance(value, datetime.datetime)
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
 EventSink = Callable[[Session, EventRow], None]
 """Called inside the transaction after an event row is flushed (e.g. the Merkle log append)."""
 
@@ -386,52 +462,29 @@ class SqlStore:
     ) -> None:
         self.session_factory = session_factory
         self.event_sinks = event_sinks
-        self._engine: Engine | None = None
+        self.dbapi = DbapiReads(session_factory)
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
-        self._engine = engine
+        self.dbapi.bind(engine)
 
     def read_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime] | None:
         """The pre-signed OCSP response of ``serial`` and its thisUpdate: one primary-key
-        read on a pooled DBAPI connection, outside any write transaction (the hot path
-        of the responder; SQLAlchemy's statement machinery costs more than the read)."""
-        engine = self._engine
-        if engine is None:
-            bind = self.session_factory().get_bind()
-            assert isinstance(bind, Engine)
-            engine = self._engine = bind
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        raw = engine.raw_connection()
-        try:
-            cur = raw.cursor()
-            cur.execute(
-                f"SELECT der, this_update FROM ocsp_responses WHERE serial = {mark}",  # noqa: S608
-                (format(serial, "x"),),
-            )
-            row = cur.fetchone()
-            cur.close()
-        finally:
-            raw.close()  # back to the pool, which rolls back whatever was opened
+        read outside any write transaction (the responder's hot path)."""
+        (row,) = self.dbapi.fetch(
+            ("SELECT der, this_update FROM ocsp_responses WHERE serial = ?", (format(serial, "x"),))
+        )
         if row is None:
             return None
-        this_update = row[1]
-        if isinstance(this_update, str):  # SQLite hands back its text form
-            this_update = datetime.datetime.fromisoformat(this_update)
-        if this_update.tzinfo is None:
-            this_update = this_update.replace(tzinfo=datetime.UTC)
+        this_update = utc_from_db(row[1])
+        assert this_update is not None
         return bytes(row[0]), this_update
 
     def not_good(self, serials: list[int]) -> set[int]:
         """Which of ``serials`` are revoked or on hold: one read per 500 serials, outside
         any write lock (the token service's session sweep asks for all of its sessions)."""
-        engine = self._engine
-        if engine is None:
-            bind = self.session_factory().get_bind()
-            assert isinstance(bind, Engine)
-            engine = self._engine = bind
         out: set[int] = set()
-        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        with self.dbapi.engine().connect().execution_options(**{READ_ONLY: True}) as conn:
             for i in range(0, len(serials), 500):
                 chunk = [format(n, "x") for n in serials[i : i + 500]]
                 rows = conn.execute(
@@ -445,28 +498,15 @@ class SqlStore:
 
     @contextmanager
     def reading(self) -> Iterator[SqlTransaction]:
-        """Reads only: on SQLite a deferred BEGIN, so checks made before the slow part of a
-        request (signing, linting) never queue behind, or hold up, the writers."""
-        session = self.session_factory()
-        try:
-            real = session() if isinstance(session, scoped_session) else session
-            if not real.in_transaction():
-                real.connection(execution_options={READ_ONLY: True})
+        """Reads only: checks made before the slow part of a request (signing, linting)
+        never queue behind, or hold up, the writers."""
+        with reading(self.session_factory) as session:
             yield SqlTransaction(session, self.event_sinks)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
-        session = self.session_factory()
-        try:
+        with writing(self.session_factory) as session:
             yield SqlTransaction(session, self.event_sinks)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
         session = self.session_factory()
