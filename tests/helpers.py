@@ -3,15 +3,19 @@ services enrolled through the real CLI against a running server."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from tests.conftest import Server
+from tests.conftest import Server, need
 
 SERVICE_HOST = "customs-declaration.eport.example"
 
@@ -103,3 +107,58 @@ def enroll_service(server: Server, tmp: Path, host: str = SERVICE_HOST) -> Path:
         str(out),
     )
     return out
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited ({proc.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path, site: str, port: int) -> Iterator[None]:
+    """nginx in the foreground, one process, everything under ``tmp``; ``site`` is the
+    server block(s) to include, listening on ``port``."""
+    binary = need("nginx", "/usr/sbin/nginx")
+    (tmp / "site.conf").write_text(site)
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp / d).mkdir(exist_ok=True)
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""
+daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+    )
+    base = [binary, "-p", f"{tmp}/", "-c", str(conf), "-e", str(tmp / "error.log")]
+    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    with open(tmp / "nginx.out", "wb") as fh:
+        proc = subprocess.Popen(base, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc, tmp / "error.log")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

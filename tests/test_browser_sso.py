@@ -26,7 +26,6 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -42,7 +41,15 @@ from cryptography.hazmat.primitives import serialization
 from werkzeug.serving import make_server
 
 from tests.conftest import REPO, Server, free_port, need, start_server, stop
-from tests.helpers import creds, enroll_enterprise, enroll_operator, enroll_service, jrun, serial_of
+from tests.helpers import (
+    creds,
+    enroll_enterprise,
+    enroll_operator,
+    enroll_service,
+    jrun,
+    nginx,
+    serial_of,
+)
 from tests.test_oidc import BOUND, write_policies
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -97,59 +104,6 @@ def eport_hosts() -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = real
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited ({proc.returncode}):\n{log.read_text()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen:\n{log.read_text()}")
-
-
-@contextlib.contextmanager
-def nginx(tmp: Path, site: str, port: int) -> Iterator[None]:
-    binary = need("nginx", "/usr/sbin/nginx")
-    (tmp / "site.conf").write_text(site)
-    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp / d).mkdir(exist_ok=True)
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/site.conf;
-}}
-"""
-    )
-    base = [binary, "-p", f"{tmp}/", "-c", str(conf), "-e", str(tmp / "error.log")]
-    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    with open(tmp / "nginx.out", "wb") as fh:
-        proc = subprocess.Popen(base, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc, tmp / "error.log")
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager

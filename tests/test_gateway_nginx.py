@@ -9,8 +9,6 @@ take to turn a good token into a 401 at the gateway (the documented bound: 5 s).
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +17,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, Server, free_port, need
-from tests.helpers import creds, enroll_enterprise, enroll_operator, grant_roles, jrun, serial_of
+from tests.conftest import REPO, Server, free_port
+from tests.helpers import (
+    creds,
+    enroll_enterprise,
+    enroll_operator,
+    grant_roles,
+    jrun,
+    nginx,
+    serial_of,
+)
 from tests.test_sdk import example_app, expired, forged, login
 
 SITE = REPO / "examples" / "customs_declaration" / "nginx.conf"
@@ -40,21 +46,9 @@ class Gateway:
         return requests.get(self.url + "/declarations", headers=headers, timeout=10)
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited ({proc.returncode}):\n{log.read_text()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen:\n{log.read_text()}")
-
-
 @contextlib.contextmanager
-def nginx(tmp: Path, eport: str, app: str) -> Iterator[str]:
-    """nginx in the foreground, one process, everything under ``tmp``."""
-    binary = need("nginx", "/usr/sbin/nginx")
+def gateway_nginx(tmp: Path, eport: str, app: str) -> Iterator[str]:
+    """The example's nginx.conf, pointed at this test's e-port server and sample app."""
     port = free_port()
     site = (
         SITE.read_text()
@@ -62,44 +56,8 @@ def nginx(tmp: Path, eport: str, app: str) -> Iterator[str]:
         .replace("127.0.0.1:5080", app)
         .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
     )
-    (tmp / "site.conf").write_text(site)
-    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp / d).mkdir(exist_ok=True)
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/site.conf;
-}}
-"""
-    )
-    base = [binary, "-p", f"{tmp}/", "-c", str(conf), "-e", str(tmp / "error.log")]
-    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    log = tmp / "nginx.out"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(base, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc, tmp / "error.log")
+    with nginx(tmp, site, port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +67,7 @@ def gateway(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> 
     eport = sqlite_server.url.removeprefix("http://")
     with (
         example_app(sqlite_server) as app_url,
-        nginx(tmp, eport, app_url.removeprefix("http://")) as url,
+        gateway_nginx(tmp, eport, app_url.removeprefix("http://")) as url,
     ):
         yield Gateway(url, sqlite_server, ent, tmp)
 
