@@ -43,6 +43,7 @@ from ca.signedreq import SCHEME, sign_request
 from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError
+from cli.keyfiles import identity_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/ca/v1/audit"
@@ -575,29 +576,9 @@ def _progress(total: int, label: str, enabled: bool) -> Any:
 # -- click ------------------------------------------------------------------------------
 
 
-def signer_options(f: F) -> F:
-    """Optional --cert/--key/--passphrase-file: who signs the requests that need it."""
-    f = click.option(
-        "--passphrase-file",
-        envvar="EPORT_PASSPHRASE_FILE",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE).",
-    )(f)
-    f = click.option(
-        "--key",
-        "key_file",
-        envvar="EPORT_KEY",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The auditor's (or officer's, or enterprise's) private key (env EPORT_KEY).",
-    )(f)
-    f = click.option(
-        "--cert",
-        "cert_file",
-        envvar="EPORT_CERT",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Its certificate, PEM; chain.pem beside it is sent too (env EPORT_CERT).",
-    )(f)
-    return f
+signer_options = identity_options("reader", required=False)
+"""Optional --cert/--key/--passphrase-file of the reader (an auditor, RA officer or
+enterprise): who signs the requests that need it."""
 
 
 def state_options(f: F) -> F:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
 from cli.client import CAClient, CLIError
+from cli.keyfiles import identity_options
 
 MIN_PASSPHRASE = 12
 
@@ -346,30 +347,8 @@ def _started_text(doc: dict[str, Any]) -> str:
     )
 
 
-def _officer_options(f: Any) -> Any:
-    """--cert/--key/--passphrase-file of the RA officer who opens a ceremony."""
-    f = click.option(
-        "--passphrase-file",
-        envvar="EPORT_PASSPHRASE_FILE",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="File holding the officer key's passphrase (else EPORT_PASSPHRASE, else a prompt).",
-    )(f)
-    f = click.option(
-        "--key",
-        "key_file",
-        required=True,
-        envvar="EPORT_KEY",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The RA officer's encrypted private key (env EPORT_KEY).",
-    )(f)
-    return click.option(
-        "--cert",
-        "cert_file",
-        required=True,
-        envvar="EPORT_CERT",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The RA officer's certificate; chain.pem beside it is sent too (env EPORT_CERT).",
-    )(f)
+_officer_options = identity_options("RA officer")
+"""--cert/--key/--passphrase-file of the RA officer who opens a ceremony."""
 
 
 @ceremony_group.command("start")

@@ -7,7 +7,9 @@ The passphrase comes from ``--passphrase-file``, ``EPORT_PASSPHRASE`` or a promp
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
@@ -131,3 +133,40 @@ def load_identity(cert: Path, key: Path, pw_file: Path | None) -> Identity:
     # The root is not sent: the server trusts its own root.
     chain = [c for c in certs if c.issuer != c.subject or c is certs[0]]
     return Identity(chain, private)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def identity_options(role: str, *, required: bool = True) -> Callable[[F], F]:
+    """--cert/--key/--passphrase-file of whoever signs the command's requests
+    (``required=False``: only some of the command's requests are signed)."""
+
+    def deco(f: F) -> F:
+        f = click.option(
+            "--passphrase-file",
+            envvar="EPORT_PASSPHRASE_FILE",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE; "
+            "else EPORT_PASSPHRASE, else a prompt).",
+        )(f)
+        f = click.option(
+            "--key",
+            "key_file",
+            required=required,
+            envvar="EPORT_KEY",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"The {role}'s encrypted private key, PKCS#8 PEM (env EPORT_KEY).",
+        )(f)
+        f = click.option(
+            "--cert",
+            "cert_file",
+            required=required,
+            envvar="EPORT_CERT",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"The {role}'s certificate, PEM; chain.pem beside it is sent too "
+            "(env EPORT_CERT).",
+        )(f)
+        return f
+
+    return deco

@@ -27,6 +27,7 @@ from cli import custody as custody_cli
 from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
+from cli.keyfiles import identity_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
@@ -51,39 +52,6 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 pass_ctx = click.make_pass_decorator(Ctx)
-
-
-def identity_options(role: str) -> Callable[[F], F]:
-    """--cert/--key/--passphrase-file for commands that sign their request."""
-
-    def deco(f: F) -> F:
-        f = click.option(
-            "--passphrase-file",
-            envvar="EPORT_PASSPHRASE_FILE",
-            type=click.Path(path_type=Path, dir_okay=False),
-            help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE; "
-            "else EPORT_PASSPHRASE, else a prompt).",
-        )(f)
-        f = click.option(
-            "--key",
-            "key_file",
-            required=True,
-            envvar="EPORT_KEY",
-            type=click.Path(path_type=Path, dir_okay=False),
-            help=f"The {role}'s encrypted private key, PKCS#8 PEM (env EPORT_KEY).",
-        )(f)
-        f = click.option(
-            "--cert",
-            "cert_file",
-            required=True,
-            envvar="EPORT_CERT",
-            type=click.Path(path_type=Path, dir_okay=False),
-            help=f"The {role}'s certificate, PEM; chain.pem beside it is sent too "
-            "(env EPORT_CERT).",
-        )(f)
-        return f
-
-    return deco
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
