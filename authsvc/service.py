@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authsvc.keys import KeyRing
 from authsvc.principal import Principal, identify, x5t_s256
-from authsvc.tokens import InvalidToken, mint, verify
+from authsvc.tokens import InvalidToken, VerifiedTokens, mint, verify
 from ca.errors import EPortError, Forbidden, Unauthenticated
 from ca.ocsp import CertStatus, Good
 from ca.policy import Policies, SubjectClass
@@ -235,6 +235,7 @@ class TokenService:
         self.access = access
         self.clock = clock
         self._status_cache: dict[str, tuple[datetime.datetime, CertStatus]] = {}
+        self._verified = VerifiedTokens()
         self._status_lock = threading.Lock()
 
     # -- certificate status ---------------------------------------------------------------
@@ -516,6 +517,7 @@ class TokenService:
             audience=audience,
             now=self.clock(),
             leeway=self.settings.leeway,
+            cache=self._verified,
         )
         sid = claims.get("sid")
         if not isinstance(sid, str):

@@ -8,8 +8,12 @@ claims ``iss``, ``sub``, ``aud``, ``exp``, ``iat`` and ``jti``, finds the key by
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+import json
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +24,9 @@ from ca.errors import EPortError
 
 ACCESS_TOKEN_TYP = "at+jwt"
 _KID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# A compact JWS: three unpadded base64url segments (RFC 7515 §7.1); checked in C by the
+# regex engine before anything is decoded.
+_COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class InvalidToken(EPortError):
@@ -34,6 +41,64 @@ def mint(claims: dict[str, Any], kid: str, key: ec.EllipticCurvePrivateKey) -> s
     return jwt.encode(claims, key, algorithm="ES256", headers={"typ": ACCESS_TOKEN_TYP, "kid": kid})
 
 
+class VerifiedTokens:
+    """Tokens whose signature, ``iss`` and required claims were verified, by token string.
+
+    A service presents the same access token on every request of a user for the token's
+    lifetime; its ES256 signature (and PyJWT's parsing) need not be checked again: the
+    same bytes verify the same way. What can change is re-checked on every use: the
+    signing key must still be published, and the audience, expiry and the token's
+    revocation and session state (by the caller). Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._items: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> tuple[str, dict[str, Any]] | None:
+        return self._items.get(token)
+
+    def put(self, token: str, kid: str, claims: dict[str, Any]) -> None:
+        with self._lock:
+            while len(self._items) >= self.size:
+                self._items.pop(next(iter(self._items)))
+            self._items[token] = (kid, claims)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The protected header of a compact JWS whose shape was already checked."""
+    segment = token[: token.index(".")]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidToken(f"malformed token header: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed token header: not a JSON object")
+    return header
+
+
+def _check_times(
+    claims: dict[str, Any], now: datetime.datetime, leeway: datetime.timedelta
+) -> None:
+    ts = now.timestamp()
+    slack = leeway.total_seconds()
+    exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (exp, iat, nbf)):
+        raise InvalidToken("token times must be numbers")
+    if exp <= ts - slack:
+        raise InvalidToken("token expired")
+    if nbf > ts + slack or iat > ts + slack:
+        raise InvalidToken("token not yet valid")
+
+
 def verify(
     token: str,
     *,
@@ -42,22 +107,37 @@ def verify(
     audience: str | None,
     now: datetime.datetime,
     leeway: datetime.timedelta,
+    cache: VerifiedTokens | None = None,
 ) -> dict[str, Any]:
     """The claims of a valid access token; :class:`InvalidToken` otherwise.
 
     ``audience`` None skips the audience check (introspection reports ``aud`` instead).
+    With ``cache``, a token verified before skips the signature check (see
+    :class:`VerifiedTokens`); everything else is checked as for a new token.
     """
-    if not isinstance(token, str) or len(token) > 8192 or token.count(".") != 2:
+    if not isinstance(token, str) or len(token) > 8192:
         raise InvalidToken("not a compact JWS")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(f"malformed token header: {exc}") from None
+    hit = cache.get(token) if cache is not None else None
+    if hit is not None:
+        if public_key(hit[0]) is None:
+            raise InvalidToken("token signed by a key that is no longer published")
+        seen = hit[1]
+        if seen["iss"] != issuer:
+            raise InvalidToken("token rejected: Invalid issuer")
+        if audience is not None:
+            aud = seen["aud"]
+            if audience != aud and not (isinstance(aud, list) and audience in aud):
+                raise InvalidToken("token rejected: Audience doesn't match")
+        _check_times(seen, now, leeway)
+        return dict(seen)
+    if not _COMPACT.fullmatch(token.encode("ascii", "replace")):
+        raise InvalidToken("not a compact JWS")
+    header = _header(token)
     if header.get("alg") != "ES256":
         raise InvalidToken("token algorithm must be ES256")
     if header.get("typ") != ACCESS_TOKEN_TYP:
         raise InvalidToken("token typ must be at+jwt (RFC 9068)")
-    kid = header.get("kid")
+    kid: Any = header.get("kid")
     if not isinstance(kid, str) or not _KID.fullmatch(kid):
         raise InvalidToken("token kid is missing or malformed")
     key = public_key(kid)
@@ -81,13 +161,8 @@ def verify(
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"token rejected: {exc}") from None
-    ts = now.timestamp()
-    slack = leeway.total_seconds()
-    exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
-    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (exp, iat, nbf)):
-        raise InvalidToken("token times must be numbers")
-    if exp <= ts - slack:
-        raise InvalidToken("token expired")
-    if nbf > ts + slack or iat > ts + slack:
-        raise InvalidToken("token not yet valid")
+    _check_times(claims, now, leeway)
+    if cache is not None:
+        cache.put(token, kid, claims)
+        return dict(claims)
     return claims

@@ -125,6 +125,48 @@ def test_discovery_and_jwks(sqlite_server: Server) -> None:
     assert all("d" not in k for k in keys)
 
 
+def test_gateway_fast_path_answers_as_the_flask_view(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    """GET /auth/validate is answered by a WSGI fast path (authsvc.gateway); HEAD reaches
+    the Flask view. Both must give the same decision and identity headers."""
+    srv = sqlite_server
+    login(srv, world["op"], tmp_path)
+    tok = token_for(srv, tmp_path)
+    names = ("X-Eport-Subject", "X-Eport-Scope", "X-Eport-Client", "X-Eport-USCC")
+    names += ("X-Eport-Operator", "WWW-Authenticate", "Cache-Control")
+    cases = [
+        ({"Authorization": f"Bearer {tok}", "X-Eport-Service": SERVICE}, 200),
+        (
+            {
+                "Authorization": f"Bearer {tok}",
+                "X-Eport-Service": SERVICE,
+                "X-Eport-Scope": "manifest:read",
+            },
+            403,
+        ),
+        ({"Authorization": f"Bearer {tok}", "X-Eport-Service": "portal"}, 401),  # other aud
+        ({"Authorization": f"Bearer {tok}", "X-Eport-Service": "no-such-service"}, 401),
+        ({"Authorization": f"Bearer {tok}x", "X-Eport-Service": SERVICE}, 401),
+        ({"Authorization": f"Basic {tok}", "X-Eport-Service": SERVICE}, 401),
+        ({"X-Eport-Service": SERVICE}, 401),
+        # a client certificate header from an untrusted address: refused, not ignored
+        (
+            {"Authorization": f"Bearer {tok}", "X-Eport-Service": SERVICE, "Client-Cert": ":AAAA:"},
+            401,
+        ),
+    ]
+    for headers, status in cases:
+        fast = requests.get(srv.url + "/auth/validate", headers=headers, timeout=10)
+        view = requests.head(srv.url + "/auth/validate", headers=headers, timeout=10)
+        assert fast.status_code == view.status_code == status, headers
+        assert fast.content == b""
+        for name in names:
+            assert fast.headers.get(name) == view.headers.get(name), (name, headers)
+    ok = requests.get(srv.url + "/auth/validate", headers=cases[0][0], timeout=10)
+    assert ok.headers["X-Eport-Operator"] == "T100" and ok.headers["Cache-Control"] == "no-store"
+
+
 def test_refresh_token_reuse_ends_the_session(
     sqlite_server: Server, world: dict[str, Any], tmp_path: Path
 ) -> None:
