@@ -209,10 +209,18 @@ class CustodyRecord:
     custodians: tuple[CustodianEntry, ...]
     checks: Mapping[Purpose, bytes]
     """Per purpose, ``nonce || AES-GCM(KEK, constant)``: tells a right KEK from a wrong one."""
+    keys_custody_id: str | None = None
+    """The custody id the CA keys are wrapped under, when it is not ``custody_id``: a
+    re-share keeps the KEKs and this binding, so no wrapped key is rewritten."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.threshold <= len(self.custodians):
             raise CustodyError("the threshold must be between 1 and the number of custodians")
+
+    @property
+    def keys_id(self) -> str:
+        """The custody id the wrapped CA keys are bound to (:func:`wrap_key`)."""
+        return self.keys_custody_id or self.custody_id
 
     def entry(self, member: str) -> CustodianEntry:
         for c in self.custodians:
@@ -289,7 +297,7 @@ class CustodyRecord:
     # -- the public record as JSON ------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": RECORD_FORMAT,
             "custody_id": self.custody_id,
             "threshold": self.threshold,
@@ -304,6 +312,9 @@ class CustodyRecord:
             ],
             "checks": {p.value: _b64(b) for p, b in _by_purpose(self.checks)},
         }
+        if self.keys_id != self.custody_id:
+            doc["keys_custody_id"] = self.keys_id
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CustodyRecord:
@@ -323,6 +334,7 @@ class CustodyRecord:
                     for c in doc["custodians"]
                 ),
                 checks={Purpose(p): _unb64(v, "check") for p, v in doc["checks"].items()},
+                keys_custody_id=str(doc["keys_custody_id"]) if "keys_custody_id" in doc else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CustodyError(f"malformed custody record: {exc}") from None

@@ -8,6 +8,7 @@ wrapped by custody KEKs rather than passphrases.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,38 @@ def load_record(data_dir: Path) -> CustodyRecord:
     return CustodyRecord.from_json(json.loads(record_path(data_dir).read_text()))
 
 
-def write_record(data_dir: Path, record: CustodyRecord) -> None:
-    path = record_path(data_dir)
+def archived_path(data_dir: Path, custody_id: str) -> Path:
+    """Where a custody record is kept by id: the one a re-share replaced, or is installing."""
+    return ca_dir(data_dir) / f"custody-{custody_id}.json"
+
+
+def record_bytes(record: CustodyRecord) -> bytes:
+    return (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it, rename it over ``path``, fsync the
+    directory: a crash leaves the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_record(data_dir: Path, record: CustodyRecord) -> None:
+    write_durably(record_path(data_dir), record_bytes(record))
 
 
 def sealers(record: CustodyRecord, keks: dict[Purpose, bytearray]) -> dict[Purpose, KekSealer]:
-    return {p: KekSealer(k, record.custody_id, p) for p, k in keks.items()}
+    return {p: KekSealer(k, record.keys_id, p) for p, k in keks.items()}
 
 
 def record_custody(ca: JointCA, record: CustodyRecord, root: x509.Certificate, actor: str) -> None:

@@ -10,14 +10,16 @@ import datetime
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca.custody import RepeatedCustodian
 from ca.custody_models import CeremonyRow, CeremonyShareRow
+from ca.models import EventRow
 from ca.quorum import Ceremony, CeremonyState, Operation
-from ca.records import Event
+from ca.records import Event, EventType
 from ca.store import SqlStore, SqlTransaction
 
 
@@ -135,3 +137,18 @@ class SqlCeremonyStore:
     def transaction(self) -> Iterator[SqlCeremonyTx]:
         with self.store.transaction() as tx:
             yield SqlCeremonyTx(tx)
+
+
+def latest_reshare(store: SqlStore) -> dict[str, Any] | None:
+    """The details of the last ``custody.reshared`` event in the log, if any."""
+    with store.reading() as tx:
+        details = tx.s.scalars(
+            select(EventRow.details)
+            .where(EventRow.type == EventType.CUSTODY_RESHARED.value)
+            .order_by(EventRow.id.desc())
+            .limit(1)
+        ).first()
+    if details is None:
+        return None
+    doc = json.loads(details)
+    return doc if isinstance(doc, dict) else None

@@ -235,6 +235,11 @@ class Quorum:
                 )
             if c.state is not CeremonyState.OPEN:
                 raise CeremonyClosed(f"ceremony {c.id} is {c.state.value}")
+            if c.custody_id != self.record.custody_id:
+                raise CeremonyClosed(
+                    f"ceremony {c.id} was opened for custody set {c.custody_id}, which was "
+                    f"re-shared as {self.record.custody_id}; open a new one"
+                )
             now = self.clock()
             if now >= c.expires_at:
                 raise CeremonyClosed(f"ceremony {c.id} expired; open a new one")

@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ca import bootkey, custody_files, hierarchy
 from ca.config import CAConfig
-from ca.custody import CustodyRecord, Purpose, wipe
+from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
 from ca.custody_store import SqlCeremonyStore
 from ca.errors import BadRequest, Forbidden
 from ca.policy import Policies, SubjectClass
@@ -59,8 +59,8 @@ def _generation(data_dir: Path) -> str:
         return ""
 
 
-def _kek_label(record: CustodyRecord) -> str:
-    return f"eport-seal-kek/v1/{record.custody_id}"
+def _kek_label(custody_id: str) -> str:
+    return f"eport-seal-kek/v1/{custody_id}"
 
 
 class CustodyService:
@@ -112,11 +112,11 @@ class CustodyService:
         """The seal KEK's sealer once unsealed (to wrap keys a ceremony makes)."""
         if self._kek is None:
             return None
-        return KekSealer(self._kek, self.record.custody_id, Purpose.SEAL)
+        return KekSealer(self._kek, self.record.keys_id, Purpose.SEAL)
 
     def _unseal_with(self, kek: bytearray) -> None:
         self.record.check_kek(kek, Purpose.SEAL)
-        sealer = KekSealer(kek, self.record.custody_id, Purpose.SEAL)
+        sealer = KekSealer(kek, self.record.keys_id, Purpose.SEAL)
         for path, signer in self._slots(self.h):
             if getattr(signer, "sealed", False):
                 signer.unseal(sealer.unseal(path))  # type: ignore[attr-defined]
@@ -136,14 +136,32 @@ class CustodyService:
             c = self.quorum.get_or_none(self.boot.unseal_ceremony_id)
             if c is None or c.state is not CeremonyState.DONE or c.secret is None:
                 return
-            self._unseal_with(self.boot.unwrap(c.secret, _kek_label(self.record)))
+            # The unseal may predate a re-share: it keeps the KEKs, so the new check passes.
+            kek = self.boot.unwrap(c.secret, _kek_label(c.custody_id))
+            try:
+                self._unseal_with(kek)
+            except ReconstructionFailed:
+                wipe(kek)
 
     def reload(self) -> None:
-        """Build the CA service anew from the hierarchy on disk (after a root ceremony)."""
+        """Build the CA service anew from the hierarchy on disk (after a root ceremony),
+        with the custody record on disk (after ``eport ca reshare``)."""
         from ca.app import EXTENSION as CA_EXTENSION
         from ca.app import service_for
         from ca.audit_api import EXTENSION as AUDIT_EXTENSION
 
+        record = custody_files.load_record(self.cfg.data_dir)
+        if record.custody_id != self.record.custody_id:
+            # A re-share keeps the KEKs: the one this worker holds passes the new check.
+            # Anything else (a record that does not match) leaves the worker sealed.
+            if self._kek is not None:
+                try:
+                    record.check_kek(self._kek, Purpose.SEAL)
+                except ReconstructionFailed:
+                    wipe(self._kek)
+                    self._kek = None
+            self.record = record
+            self.quorum.record = record
         h = hierarchy.load(self.cfg.data_dir, self.seal_sealer())
         self.app.extensions[CA_EXTENSION] = service_for(self.cfg, self.policies, h, self.store)
         audit = self.app.extensions.get(AUDIT_EXTENSION)
@@ -156,12 +174,12 @@ class CustodyService:
 
     def _run_unseal(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
         # Prove the KEK opens the keys before anyone relies on it.
-        KekSealer(kek, self.record.custody_id, Purpose.SEAL).unseal(
+        KekSealer(kek, self.record.keys_id, Purpose.SEAL).unseal(
             hierarchy.ca_dir(self.cfg.data_dir) / "log.key"
         )
         return Outcome(
             {"unsealed": True, "boot_id": self.boot.id},
-            secret=self.boot.wrap(kek, _kek_label(self.record)),
+            secret=self.boot.wrap(kek, _kek_label(c.custody_id)),
         )
 
     # -- JSON -----------------------------------------------------------------------------
@@ -203,6 +221,11 @@ def install_custody(
     """Register the custody API when the hierarchy is under joint custody."""
     if not custody_files.under_custody(cfg.data_dir):
         return
+    from ca.custody_store import latest_reshare
+    from ca.reshare import settle
+
+    with app.app_context():
+        settle(cfg.data_dir, latest_reshare(store))  # a re-share cut short by a crash
     svc = CustodyService(app, cfg, policies, h, store, custody_files.load_record(cfg.data_dir))
     app.extensions[EXTENSION] = svc
     app.register_blueprint(bp)

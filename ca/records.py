@@ -38,6 +38,8 @@ class EventType(enum.Enum):
     CERTIFICATE_RESUMED = "certificate.resumed"
     CUSTODY_ESTABLISHED = "custody.established"
     """The root and seal KEKs were split among the custodians (public record in details)."""
+    CUSTODY_RESHARED = "custody.reshared"
+    """M custodians re-shared both KEKs to a new custody set (``eport ca reshare``)."""
     CEREMONY_STARTED = "ceremony.started"
     CEREMONY_JOINED = "ceremony.joined"
     CEREMONY_COMPLETED = "ceremony.completed"

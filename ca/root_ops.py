@@ -84,7 +84,7 @@ class RootOperations:
         return Path(self.svc.cfg.data_dir)
 
     def _root(self, kek: bytearray) -> IssuingCA:
-        sealer = KekSealer(kek, self.svc.record.custody_id, Purpose.ROOT)
+        sealer = KekSealer(kek, self.svc.record.keys_id, Purpose.ROOT)
         signer = sealer.unseal(hierarchy.ca_dir(self.data_dir) / "root.key")
         return IssuingCA("root", self.svc.h.root, signer)
 

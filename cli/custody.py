@@ -9,6 +9,7 @@ command shows with the one the server printed (or the ceremony's opener read out
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import sys
@@ -106,16 +107,16 @@ def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
 
 
 def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None) -> dict[str, Any]:
+    if doc["custody_id"] != share.custody_id:
+        raise CLIError(
+            f"this share belongs to custody set {share.custody_id}; the ceremony is for "
+            f"{doc['custody_id']} (after a re-share, only the new share files count)"
+        )
     public = base64.b64decode(doc["public_key"])
     fp = key_fingerprint(public)
     if fp != doc.get("key_fingerprint"):
         raise CLIError("the server's ceremony key and fingerprint disagree")
     _check_fingerprint(fp, expected)
-    if doc["custody_id"] != share.custody_id:
-        raise CLIError(
-            f"this share belongs to custody set {share.custody_id}; the ceremony is for "
-            f"{doc['custody_id']}"
-        )
     return seal_share(share, doc["id"], public)
 
 
@@ -284,6 +285,215 @@ def ca_init(
     _emit(as_json, record, "\n".join(lines))
 
 
+# -- reshare ----------------------------------------------------------------------------------
+
+
+def _member_files(items: tuple[str, ...], option: str, known: set[str]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for item in items:
+        member, sep, file_name = item.partition("=")
+        if not sep or member not in known:
+            raise CLIError(f"{option} {item!r}: expected MEMBER=FILE of a member")
+        files[member] = Path(file_name)
+    return files
+
+
+def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
+    if member in files:
+        return _read_secret_file(files[member])
+    if os.environ.get(f"EPORT_SHARE_PASSPHRASE_{member.upper()}"):
+        return os.environ[f"EPORT_SHARE_PASSPHRASE_{member.upper()}"].encode()
+    try:
+        return str(
+            click.prompt(
+                f"{custodian} ({member}): passphrase of your current share file",
+                hide_input=True,
+                err=True,
+            )
+        ).encode()
+    except click.Abort:
+        raise CLIError(
+            f"the passphrase of {member}'s share file is needed: --share-passphrase "
+            f"{member}=FILE or EPORT_SHARE_PASSPHRASE_{member.upper()}"
+        ) from None
+
+
+@click.command("reshare")
+@click.option(
+    "--policies",
+    "policies_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Policy directory: the members and threshold of the new custody set.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    envvar="EPORT_DATA_DIR",
+    help="The CA's data directory (its ca/custody.json is replaced).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="New directory for the new share files and the public record of the re-share.",
+)
+@click.option(
+    "--share",
+    "share_files",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A current share file of a custodian taking part (M of them, one each).",
+)
+@click.option(
+    "--share-passphrase",
+    "share_passphrases",
+    multiple=True,
+    metavar="MEMBER=FILE",
+    help="The passphrase of MEMBER's current share file from FILE (else "
+    "EPORT_SHARE_PASSPHRASE_<MEMBER>, else a prompt).",
+)
+@click.option(
+    "--custodian-passphrase",
+    "custodian_passphrases",
+    multiple=True,
+    metavar="MEMBER=FILE",
+    help="The passphrase of MEMBER's new share file from FILE (else "
+    "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
+)
+@json_option
+def ca_reshare(
+    policies_dir: Path | None,
+    data_dir: Path,
+    out: Path,
+    share_files: tuple[Path, ...],
+    share_passphrases: tuple[str, ...],
+    custodian_passphrases: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Re-share both KEKs to a new custody set: a share was lost, or a custodian left
+    or joined.
+
+    \b
+    Run on the CA host with M custodians of the current set present, each with their
+    share file (--share, passphrase typed at the prompt). Their shares rebuild the root
+    and seal KEKs, which are split anew (threshold M of the members policies/members.toml
+    names now) into OUT/shares/<member>.share, each encrypted to a passphrase its
+    custodian chooses. The new custody record replaces ca/custody.json (the old one is
+    kept as ca/custody-<old id>.json) and the re-share is logged (custody.reshared).
+    Every old share file is refused from then on; the wrapped CA keys do not change.
+    """
+    import time
+
+    from sqlalchemy.orm import sessionmaker
+
+    from ca import custody_files, translog
+    from ca import hierarchy as h
+    from ca.config import CAConfig
+    from ca.custody_store import latest_reshare
+    from ca.db import make_engine
+    from ca.policy import load_policies
+    from ca.reshare import rebuild, reshare, settle
+    from ca.signer import write_private
+    from ca.store import SqlStore
+
+    started = time.perf_counter()
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    if policies_dir is not None:
+        overrides["policies_dir"] = policies_dir
+    cfg = CAConfig.load(overrides)
+    if not h.exists(data_dir) or not custody_files.under_custody(data_dir):
+        raise CLIError(f"{data_dir} holds no CA under joint custody (eport ca init)")
+    if (out / "shares").exists():
+        raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
+    policies = load_policies(cfg.policies_dir)
+    members = [(m.id, m.custodian) for m in policies.members.members]
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        store = SqlStore(
+            sessionmaker(engine, expire_on_commit=False), event_sinks=(translog.append_event,)
+        )
+        settle(data_dir, latest_reshare(store))
+        record = custody_files.load_record(data_dir)
+        current = {c.member: c.custodian for c in record.custodians}
+        old_files = _member_files(share_passphrases, "--share-passphrase", set(current))
+        opened: list[custody.ShareFile] = []
+        for path in share_files:
+            blob = path.read_bytes()
+            member = str(custody.share_file_header(blob).get("member", ""))
+            if member in (f.member for f in opened):
+                raise custody.RepeatedCustodian(
+                    f"the custodian of {member} presented two share files"
+                )
+            pw = _current_share_passphrase(member, current.get(member, member), old_files)
+            try:
+                opened.append(custody.open_share_file(blob, pw))
+            except custody.ShareRejected as exc:
+                raise CLIError(f"{path}: {exc.detail}") from None
+        rebuilt = rebuild(data_dir, record, opened)
+        try:
+            new_files = _member_files(
+                custodian_passphrases, "--custodian-passphrase", {m for m, _ in members}
+            )
+            passphrases = {m: _custodian_passphrase(m, name, new_files) for m, name in members}
+            written: dict[str, dict[str, Any]] = {}
+
+            def write_shares(
+                new: custody.CustodyRecord,
+                shares: Any,
+            ) -> None:
+                for member, _ in members:
+                    blob = custody.seal_share_file(new, shares[member], passphrases[member])
+                    path = out / "shares" / f"{member}.share"
+                    write_private(path, blob)
+                    written[member] = {
+                        "file": str(path),
+                        "fingerprints": {p.value: s.fingerprint for p, s in shares[member].items()},
+                    }
+                custody_files.write_durably(out / "custody.json", custody_files.record_bytes(new))
+
+            new = reshare(
+                data_dir,
+                store,
+                rebuilt,
+                members,
+                policies.members.threshold,
+                write_shares,
+                now=datetime.datetime.now(datetime.UTC),
+            )
+        finally:
+            rebuilt.wipe()
+    finally:
+        engine.dispose()
+    doc: dict[str, Any] = {
+        "custody_id": new.custody_id,
+        "previous_custody_id": record.custody_id,
+        "keys_custody_id": new.keys_id,
+        "threshold": new.threshold,
+        "members": list(new.members),
+        "participants": list(rebuilt.participants),
+        "shares": written,
+        "archived_record": str(custody_files.archived_path(data_dir, record.custody_id)),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    (out / "reshare.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    m, n = new.threshold, len(new.custodians)
+    lines = [
+        f"Custody set {record.custody_id} re-shared as {new.custody_id} ({m}-of-{n}) by "
+        f"{', '.join(rebuilt.participants)}; the wrapped CA keys are unchanged.",
+    ]
+    lines += [f"Share:   {mid:<11} {d['file']}" for mid, d in written.items()]
+    lines.append(
+        f"Public record: {out}/custody.json, {out}/reshare.json; the replaced record is kept "
+        f"as {doc['archived_record']}. Hand each new share file to its custodian; every "
+        "old share file is now refused (destroy them)."
+    )
+    _emit(as_json, doc, "\n".join(lines))
+
+
 # -- unseal -----------------------------------------------------------------------------------
 
 
@@ -433,7 +643,7 @@ def ca_rotate(
 
 def install(ca_group: click.Group) -> None:
     """Add the custody commands to ``eport ca``."""
-    for command in (ca_init, ca_unseal, ceremony_group, ca_rotate):
+    for command in (ca_init, ca_reshare, ca_unseal, ceremony_group, ca_rotate):
         ca_group.add_command(command)
 
 

@@ -1,0 +1,360 @@
+"""`eport ca reshare` (docs/emergency-plan.md, runbook 3): a custodian's share is lost,
+three custodians of a 3-of-5 set re-share both KEKs to new share files. The running
+server takes the new custody record at once and stays unsealed; after a restart it
+unseals with new shares only, a root ceremony runs with new shares, old shares are
+refused with a clear error, and the log verifies with the re-share in it. Refusals
+(fewer than M, a repeated custodian, a wrong passphrase, a share of another custody
+set) change nothing."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from sqlalchemy.orm import sessionmaker
+
+from ca import custody_files, translog
+from ca import reshare as core
+from ca.custody import (
+    CustodyRecord,
+    Purpose,
+    ShareRejected,
+    establish,
+    open_share_file,
+    seal_share_file,
+)
+from ca.custody_store import latest_reshare
+from ca.db import make_engine
+from ca.share_transport import seal_share
+from ca.store import SqlStore
+from tests.conftest import EPORT, Server, stop
+from tests.test_ca_init import MEMBERS, custodian_env, init_ca, start_sealed, unseal
+from tests.test_custody_ceremonies import officer_args, root_crl
+
+OLD = "share passphrase of {}"
+NEW = "new passphrase of {}"
+LOST = "inspection"
+PRESENT = ("customs", "tax", "forex")
+
+
+def reshare(
+    data: Path, out: Path, shares: list[Path], tmp: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    args = [EPORT, "ca", "reshare", "--data-dir", str(data), "--out", str(out), "--json"]
+    args += [a for s in shares for a in ("--share", str(s))]
+    for m in MEMBERS:
+        pw = tmp / f"new-{m}.txt"
+        pw.write_text(NEW.format(m) + "\n")
+        args += ["--custodian-passphrase", f"{m}={pw}"]
+    full = custodian_env()
+    full.update({f"EPORT_SHARE_PASSPHRASE_{m.upper()}": OLD.format(m) for m in MEMBERS})
+    full.update(env)
+    return subprocess.run(args, capture_output=True, text=True, env=full, timeout=120)
+
+
+def refused(res: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eport: error: "), res.stderr
+    assert needle in lines[0], lines[0]
+
+
+def reshare_events(data: Path) -> list[dict[str, object]]:
+    with sqlite3.connect(data / "eport.db") as db:
+        rows = db.execute("SELECT details FROM events WHERE type = 'custody.reshared'").fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def test_refusals_change_nothing(tmp_path: Path) -> None:
+    data, out, _ = init_ca(tmp_path)
+    shares = out / "shares"
+    record = (data / "ca" / "custody.json").read_bytes()
+    before = sorted(p.name for p in (data / "ca").iterdir())
+    # A share file of another custody set (same members, its own KEKs).
+    other = establish([(m, m) for m in MEMBERS], 3)
+    foreign = tmp_path / "foreign-forex.share"
+    foreign.write_bytes(
+        seal_share_file(other.record, other.shares["forex"], OLD.format("forex").encode())
+    )
+    other.wipe()
+    cases = [
+        ([shares / "customs.share", shares / "tax.share"], {}, "re-sharing needs 3 custodians"),
+        (
+            [shares / "customs.share", shares / "tax.share", shares / "customs.share"],
+            {},
+            "the custodian of customs presented two share files",
+        ),
+        (
+            [shares / "customs.share", shares / "tax.share", shares / "forex.share"],
+            {"EPORT_SHARE_PASSPHRASE_TAX": "not the passphrase"},
+            "wrong passphrase",
+        ),
+        (
+            [shares / "customs.share", shares / "tax.share", foreign],
+            {},
+            f"belongs to custody set {other.record.custody_id}, not to the one in force",
+        ),
+    ]
+    for i, (files, env, needle) in enumerate(cases):
+        res = reshare(data, tmp_path / f"out-{i}", files, tmp_path, **env)
+        refused(res, needle)
+        assert not (tmp_path / f"out-{i}").exists()
+    # An --out that holds share files is never overwritten.
+    refused(reshare(data, out, [shares / f"{m}.share" for m in PRESENT], tmp_path), "empty --out")
+    assert (data / "ca" / "custody.json").read_bytes() == record
+    assert sorted(p.name for p in (data / "ca").iterdir()) == before
+    assert reshare_events(data) == []
+
+
+def unseal_new(srv: Server, out: Path, member: str, fp: str) -> dict[str, object]:
+    res = srv.eport(
+        "ca",
+        "unseal",
+        "--share",
+        str(out / "shares" / f"{member}.share"),
+        "--fingerprint",
+        fp,
+        "--json",
+        EPORT_SHARE_PASSPHRASE=NEW.format(member),
+    )
+    doc: dict[str, object] = json.loads(res.stdout)
+    return doc
+
+
+def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
+    data, out, _ = init_ca(tmp_path)
+    old_record = CustodyRecord.from_json(json.loads((out / "custody.json").read_text()))
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        for m in ("commerce", "tax", "forex"):
+            unseal(srv, out, m, fp)
+        # The share of inspection is lost: customs, tax and forex re-share, server running.
+        new_out = tmp_path / "reshare"
+        t0 = time.perf_counter()
+        res = reshare(data, new_out, [out / "shares" / f"{m}.share" for m in PRESENT], tmp_path)
+        elapsed = time.perf_counter() - t0
+        assert res.returncode == 0, res.stderr
+        print(f"\neport ca reshare (3 old shares opened, 5 new share files): {elapsed:.2f} s")
+        doc = json.loads(res.stdout)
+        new_id = doc["custody_id"]
+        assert doc["previous_custody_id"] == old_record.custody_id != new_id
+        assert doc["participants"] == list(PRESENT) and doc["members"] == list(MEMBERS)
+        new_record = json.loads((data / "ca" / "custody.json").read_text())
+        assert new_record == json.loads((new_out / "custody.json").read_text())
+        assert new_record["custody_id"] == new_id and new_record["threshold"] == 3
+        assert new_record["keys_custody_id"] == old_record.custody_id
+        kept = data / "ca" / f"custody-{old_record.custody_id}.json"
+        assert CustodyRecord.from_json(json.loads(kept.read_text())) == old_record
+        # Every worker of the running server takes the new record and stays unsealed
+        # (the KEKs were kept).
+        for _ in range(6):
+            state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
+            assert state["custody"]["custody_id"] == new_id and state["sealed"] is False
+    finally:
+        stop(proc)
+
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
+        assert state["sealed"] is True and state["custody"]["custody_id"] == new_id
+        # An old share: the CLI refuses to send it, and the server refuses it if sent.
+        old = unseal(srv, out, "customs", fp, check=False)
+        refused(old, f"this share belongs to custody set {old_record.custody_id}")  # type: ignore[arg-type]
+        share = open_share_file(
+            (out / "shares" / "tax.share").read_bytes(), OLD.format("tax").encode()
+        ).share(Purpose.SEAL)
+        ceremony = state["unseal"]
+        r = requests.post(
+            srv.url + "/ca/v1/custody/unseal",
+            json={
+                "share": seal_share(share, ceremony["id"], base64.b64decode(ceremony["public_key"]))
+            },
+            timeout=5,
+        )
+        assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
+        assert f"custody set {old_record.custody_id}, not {new_id}" in r.json()["detail"]
+        # Three new shares unseal it, the lost custodian's new share among them.
+        t0 = time.perf_counter()
+        for i, m in enumerate((LOST, "commerce", "tax"), start=1):
+            step = unseal_new(srv, new_out, m, fp)
+            assert step["ceremony"]["progress"] == i  # type: ignore[index]
+        print(f"unseal with 3 new shares: {time.perf_counter() - t0:.2f} s")
+        assert step["sealed"] is False
+        # A root ceremony with the new shares; an old share is refused.
+        started = json.loads(
+            srv.eport(
+                "ca",
+                "ceremony",
+                "start",
+                "ROOT-CRL",
+                *officer_args(out),
+                "--json",
+                EPORT_PASSPHRASE="officer passphrase",
+            ).stdout
+        )
+        cid = started["id"]
+        assert started["custody_id"] == new_id
+        stale = srv.eport(
+            "ca",
+            "ceremony",
+            "join",
+            cid,
+            "--share",
+            str(out / "shares" / "forex.share"),
+            check=False,
+            EPORT_SHARE_PASSPHRASE=OLD.format("forex"),
+        )
+        refused(stale, f"this share belongs to custody set {old_record.custody_id}")
+        for m in ("forex", LOST, "customs"):
+            last = srv.eport(
+                "ca",
+                "ceremony",
+                "join",
+                cid,
+                "--share",
+                str(new_out / "shares" / f"{m}.share"),
+                "--json",
+                EPORT_SHARE_PASSPHRASE=NEW.format(m),
+            )
+        done = json.loads(last.stdout)
+        assert done["state"] == "done" and done["result"]["root_crl_number"] == 2
+        root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+        assert root_crl(srv).is_signature_valid(root.public_key())  # type: ignore[arg-type]
+
+        # The log verifies, and holds the re-share with who took part.
+        verified = srv.eport("audit", "verify", "--state", str(tmp_path / "audit.json"), "--json")
+        assert json.loads(verified.stdout)["ok"] is True
+        logged = json.loads(
+            srv.eport(
+                "audit",
+                "log",
+                "--type",
+                "custody.reshared",
+                "--format",
+                "json",
+                *officer_args(out, "tax"),
+                EPORT_PASSPHRASE="officer passphrase",
+            ).stdout
+        )
+        assert len(logged) == 1
+        details = logged[0]["details"]
+        assert details["custody_id"] == new_id
+        assert details["previous_custody_id"] == old_record.custody_id
+        assert details["threshold"] == 3 and details["keks"] == "kept"
+        assert [p["member"] for p in details["participants"]] == list(PRESENT)
+        assert [c["member"] for c in details["custodians"]] == list(MEMBERS)
+        assert details["custodians"] == new_record["custodians"]
+        assert reshare_events(data) == [details]
+    finally:
+        stop(proc)
+
+    assert_no_secret_in_clear(
+        [data, out, new_out, *tmp_path.glob("serve-*.log")],
+        share_dirs={out: OLD, new_out: NEW},
+    )
+
+
+def assert_no_secret_in_clear(roots: list[Path], share_dirs: dict[Path, str]) -> None:
+    """The KEKs (rebuilt from the new share files), every old and new share value and
+    every passphrase appear nowhere in clear (raw, hex or base64), and no unencrypted
+    private key is stored: the scan of
+    ``tests/test_custody_ceremonies.py::test_no_secret_in_clear_after_the_run``."""
+    needles: list[bytes] = []
+    records = {}
+    for d, phrase in share_dirs.items():
+        record = CustodyRecord.from_json(json.loads((d / "custody.json").read_text()))
+        files = [
+            open_share_file((d / "shares" / f"{m}.share").read_bytes(), phrase.format(m).encode())
+            for m in MEMBERS
+        ]
+        records[d] = record
+        needles += [phrase.format(m).encode() for m in MEMBERS]
+        for purpose in Purpose:
+            needles += [f.share(purpose).value for f in files]
+            kek = record.combine([f.share(purpose) for f in files], purpose)
+            needles.append(bytes(kek))
+    assert len(set(needles)) == len(needles) - 2  # the KEKs were kept: both sets rebuild them
+    secrets = [n for n in needles if b"passphrase" not in n]
+    for s in secrets:
+        needles += [s.hex().encode(), base64.b64encode(s)]
+    files = [p for r in roots for p in ([r] if r.is_file() else r.rglob("*")) if p.is_file()]
+    assert len(files) > 30
+    for path in files:
+        blob = path.read_bytes()
+        for marker in (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY"):
+            assert marker not in blob, path
+        for needle in needles:
+            assert needle not in blob, (path, needle[:6])
+
+
+def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two crash points of a re-share, in process against the real database: before
+    the commit the old set stays in force; after it, `settle` (run by the server at
+    start and by the next `eport ca reshare`) installs the logged record."""
+    data, out, _ = init_ca(tmp_path)
+    record = custody_files.load_record(data)
+    old_bytes = custody_files.record_path(data).read_bytes()
+    engine = make_engine(f"sqlite:///{data / 'eport.db'}")
+    store = SqlStore(sessionmaker(engine), event_sinks=(translog.append_event,))
+    opened = [
+        open_share_file((out / "shares" / f"{m}.share").read_bytes(), OLD.format(m).encode())
+        for m in PRESENT
+    ]
+    members = [(m, m) for m in MEMBERS]
+    written: dict[str, bytes] = {}
+
+    def write_shares(new: CustodyRecord, shares: Any) -> None:
+        for m in MEMBERS:
+            written[m] = seal_share_file(new, shares[m], NEW.format(m).encode(), work_factor=2**14)
+
+    class DiesAtCommit:
+        @contextmanager
+        def transaction(self) -> Iterator[Any]:
+            with store.transaction() as tx:
+                yield tx
+                raise RuntimeError("power cut")
+
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        rebuilt = core.rebuild(data, record, opened)
+        with pytest.raises(RuntimeError):
+            core.reshare(data, DiesAtCommit(), rebuilt, members, 3, write_shares, now=now)  # type: ignore[arg-type]
+        assert custody_files.record_path(data).read_bytes() == old_bytes
+        assert reshare_events(data) == [] and core.settle(data, latest_reshare(store)) is None
+        assert custody_files.record_path(data).read_bytes() == old_bytes
+
+        def dies(*_: object) -> None:
+            raise RuntimeError("power cut")
+
+        monkeypatch.setattr("ca.reshare.install", dies)
+        with pytest.raises(RuntimeError):
+            core.reshare(data, store, rebuilt, members, 3, write_shares, now=now)
+        rebuilt.wipe()
+        monkeypatch.undo()
+        assert custody_files.record_path(data).read_bytes() == old_bytes
+        (logged,) = reshare_events(data)
+        assert core.settle(data, latest_reshare(store)) == logged["custody_id"]
+        installed = custody_files.load_record(data)
+        assert installed.custody_id == logged["custody_id"] != record.custody_id
+        assert core.settle(data, latest_reshare(store)) is None  # done once
+        # The new share files of the logged re-share rebuild the (kept) KEKs; old ones are
+        # refused.
+        new_files = [
+            open_share_file(written[m], NEW.format(m).encode()) for m in (LOST, "tax", "forex")
+        ]
+        core.rebuild(data, installed, new_files).wipe()
+        with pytest.raises(ShareRejected, match="not to the one in force"):
+            core.rebuild(data, installed, opened)
+    finally:
+        engine.dispose()
