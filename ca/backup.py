@@ -1,0 +1,738 @@
+"""Consistent online backups of a CA instance, and their restore.
+
+A backup is one gzip-compressed tar archive (``eport backup``):
+
+* ``manifest.json`` first: the format and its version, when it was made, each
+  database's kind, the SHA-256, size and mode of every other member, and the
+  transparency log as the backed-up database holds it (tree size, root hash, the
+  latest signed checkpoint);
+* ``db/ca.sqlite`` or ``db/ca.pgdump``, and ``db/auth.*`` for the token service's
+  own database (its signing keys, encrypted, live there);
+* ``files/ca/…``: the hierarchy's certificates, its **sealed** keys (copied byte for
+  byte: nothing is ever unwrapped), the custody record, the root CRL, the log's
+  public keys;
+* ``files/dev/…`` only when asked for: the development credentials of an
+  ``eport serve --dev`` instance hold passphrases in the clear.
+
+Consistency while the server runs. SQLite is copied with its online backup API
+(``sqlite3_backup_step(-1)``: one read transaction, so one snapshot, while writers
+go on under WAL). PostgreSQL is dumped by ``pg_dump`` inside a snapshot this module
+exports (``pg_export_snapshot()``, ``pg_dump --snapshot``), and the log facts of the
+manifest are read in that same snapshot. Key files change only in ceremonies; they are
+read before and after the database copy, and the copy is redone if they changed.
+
+Restore (``eport restore``) checks every member against the manifest before writing
+anything, refuses a non-empty target unless forced, and calls back a log check on the
+database it is about to put in place (SQLite: the staged copy, before any write;
+PostgreSQL: the restored database, before any file is placed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from ca import translog
+from ca.errors import EPortError
+from ca.merkle import EMPTY_ROOT
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Archive",
+    "BackupError",
+    "BackupResult",
+    "LogState",
+    "RestoreResult",
+    "create_backup",
+    "iter_certificates",
+    "iter_log_entries",
+    "open_archive",
+    "read_log_state",
+    "restore",
+]
+
+FORMAT = "eport-backup"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+EXCLUDED_CA_FILES = {
+    "audit-web.secret": "the web view's session key, in the clear; a new one is made on "
+    "first use (open web sessions end)",
+}
+"""Files of ``<data_dir>/ca/`` left out of every backup, and why."""
+
+_SKIPPED = re.compile(r"(\.tmp|\.new|\.lock)$")
+"""Work files of an operation in progress (atomic writes, responder renewal)."""
+
+_MEMBER = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_ATTEMPTS = 3
+_CHUNK = 1 << 20
+
+
+class BackupError(EPortError):
+    """A backup cannot be made, or an archive cannot be restored; nothing was changed."""
+
+    status = 400
+    slug = "backup"
+    title = "Backup or restore refused"
+
+
+@dataclass(frozen=True)
+class LogState:
+    """The transparency log as one database snapshot holds it."""
+
+    size: int
+    root_hash: bytes
+    checkpoint: bytes | None
+    """The latest signed checkpoint stored (C2SP signed note), if any."""
+    certificates: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "root_hash": self.root_hash.hex(),
+            "checkpoint": self.checkpoint.decode("utf-8") if self.checkpoint else None,
+            "certificates": self.certificates,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> LogState:
+        note = doc.get("checkpoint")
+        return cls(
+            size=int(doc["size"]),
+            root_hash=bytes.fromhex(str(doc["root_hash"])),
+            checkpoint=note.encode("utf-8") if isinstance(note, str) else None,
+            certificates=int(doc["certificates"]),
+        )
+
+
+# -- reading a database snapshot ---------------------------------------------------------
+
+
+def read_log_state(conn: Connection) -> LogState:
+    """Head, latest checkpoint and certificate count, in ``conn``'s transaction.
+
+    The head's root is recomputed from the stored perfect subtrees (``O(log n)``), as
+    the server does before it signs: a snapshot whose head disagrees with its tree
+    storage is refused.
+    """
+    head = conn.execute(text("SELECT size, root_hash FROM log_head WHERE id = 1")).first()
+    size, root = (0, EMPTY_ROOT) if head is None else (int(head[0]), bytes(head[1]))
+    if size:
+        with Session(bind=conn) as session:
+            stored = translog.tree_at(session, size).root(size)
+        if stored != root:
+            raise BackupError(
+                f"the log head says root {root.hex()} for {size} entries, but its stored "
+                f"subtrees give {stored.hex()}: the log storage is damaged"
+            )
+    note = conn.execute(text("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")).scalar()
+    count = conn.execute(text("SELECT count(*) FROM certificates")).scalar_one()
+    return LogState(size, root, bytes(note) if note is not None else None, int(count))
+
+
+def iter_log_entries(conn: Connection, chunk: int = 20000) -> Iterator[tuple[int, bytes]]:
+    """``(index, entry bytes)`` of every stored log entry, in index order, in chunks."""
+    after = -1
+    while True:
+        rows = conn.execute(
+            text("SELECT idx, entry FROM log_entries WHERE idx > :after ORDER BY idx LIMIT :n"),
+            {"after": after, "n": chunk},
+        ).all()
+        if not rows:
+            return
+        for idx, entry in rows:
+            yield int(idx), bytes(entry)
+        after = int(rows[-1][0])
+
+
+def iter_certificates(conn: Connection) -> Iterator[tuple[str, str]]:
+    """``(serial hex, SHA-256 hex of the DER)`` of every certificate record."""
+    for serial, digest in conn.execute(text("SELECT serial, cert_sha256 FROM certificates")):
+        yield str(serial), str(digest)
+
+
+# -- database kinds --------------------------------------------------------------------
+
+
+def _kind(url: str) -> str:
+    backend = make_url(url).get_backend_name()
+    if backend in ("sqlite", "postgresql"):
+        return backend
+    raise BackupError(f"cannot back up a {backend} database (SQLite and PostgreSQL only)")
+
+
+def _sqlite_path(url: str) -> Path:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise BackupError(f"{url} is not a SQLite database file")
+    return Path(database)
+
+
+def _libpq(url: str) -> tuple[str, dict[str, str]]:
+    """A libpq connection URI for the PostgreSQL tools, and their environment.
+
+    The password travels in ``PGPASSWORD``, never on a command line.
+    """
+    parsed = make_url(url)
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    uri = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return uri, env
+
+
+def pg_tool(name: str) -> str:
+    """``pg_dump``/``pg_restore``: ``$EPORT_PG_BIN``, else the newest Debian
+    ``/usr/lib/postgresql/N/bin``, else ``PATH``. A newer client reads older servers."""
+    override = os.environ.get("EPORT_PG_BIN")
+    candidates = [str(Path(override) / name)] if override else []
+
+    def major(path: str) -> int:
+        match = re.search(r"/postgresql/(\d+)/bin/", path)
+        return int(match.group(1)) if match else 0
+
+    candidates += sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=major, reverse=True)
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise BackupError(f"{name} is not installed (PostgreSQL client tools; or set EPORT_PG_BIN)")
+
+
+def _run_pg(args: list[str], env: dict[str, str], what: str) -> None:
+    res = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+        raise BackupError(f"{what} failed: {lines[0] if lines else f'exit {res.returncode}'}")
+
+
+# -- making a backup --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _File:
+    data: bytes
+    mode: int
+
+
+def _snapshot_files(data_dir: Path, include_dev: bool) -> dict[str, _File]:
+    """The member name (``files/…``) and bytes of every file to keep, read now."""
+    out: dict[str, _File] = {}
+    roots = ["ca", "dev"] if include_dev else ["ca"]
+    for top in roots:
+        base = data_dir / top
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(data_dir).as_posix()
+            if path.is_symlink() or not path.is_file() or _SKIPPED.search(path.name):
+                continue
+            if top == "ca" and path.relative_to(base).as_posix() in EXCLUDED_CA_FILES:
+                continue
+            if not _MEMBER.fullmatch(rel):
+                raise BackupError(f"cannot back up {path}: unexpected characters in its name")
+            out["files/" + rel] = _File(path.read_bytes(), path.stat().st_mode & 0o777)
+    return out
+
+
+def _digests(files: Mapping[str, _File]) -> dict[str, str]:
+    return {name: hashlib.sha256(f.data).hexdigest() for name, f in files.items()}
+
+
+def _backup_sqlite(source: Path, staged: Path) -> None:
+    if not source.is_file():
+        raise BackupError(f"the database {source} does not exist")
+    src = sqlite3.connect(source, timeout=30)
+    dst = sqlite3.connect(staged)
+    try:
+        # pages=-1 (the default): the whole copy is one step under one read
+        # transaction, i.e. one snapshot, while the server's writers go on (WAL).
+        src.backup(dst)
+        # The copy is a single self-contained file; the server sets WAL again on open.
+        dst.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot copy the database {source}: {exc}") from None
+    finally:
+        dst.close()
+        src.close()
+
+
+@contextlib.contextmanager
+def _read_sqlite(path: Path) -> Iterator[Connection]:
+    engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _dump_postgres(url: str, staged: Path, read_log: bool) -> LogState | None:
+    """``pg_dump`` (custom format) in a snapshot exported by a transaction that also
+    reads the log facts, so the manifest describes exactly the dumped data."""
+    uri, env = _libpq(url)
+    tool = pg_tool("pg_dump")
+    engine = create_engine(url)
+    state: LogState | None = None
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+                state = read_log_state(conn) if read_log else None
+                _run_pg(
+                    [
+                        tool,
+                        "--format=custom",
+                        "--no-owner",
+                        "--no-privileges",
+                        f"--snapshot={snapshot}",
+                        f"--file={staged}",
+                        f"--dbname={uri}",
+                    ],
+                    env,
+                    "pg_dump",
+                )
+    finally:
+        engine.dispose()
+    return state
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    manifest: dict[str, Any]
+    bytes: int
+    seconds: float
+
+
+def _add(tar: tarfile.TarFile, name: str, size: int, mode: int, mtime: int, fh: IO[bytes]) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = mtime
+    tar.addfile(info, fh)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def create_backup(
+    data_dir: Path,
+    databases: Mapping[str, str],
+    out: Path,
+    *,
+    include_dev: bool = False,
+    clock: Callable[[], datetime.datetime] | None = None,
+) -> BackupResult:
+    """Back up the instance in ``data_dir`` whose databases are ``{"ca": url, "auth": url}``
+    into ``out`` (written to a temporary file, mode 0600, then renamed)."""
+    import time
+
+    started = time.perf_counter()
+    now = (clock or (lambda: datetime.datetime.now(datetime.UTC)))()
+    data_dir = Path(data_dir)
+    if not (data_dir / "ca" / "root.crt").is_file():
+        raise BackupError(f"{data_dir} holds no CA (no ca/root.crt)")
+    out = Path(out).resolve()
+    if out.is_relative_to(data_dir.resolve()):
+        raise BackupError("write the backup outside the data directory it backs up")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kinds = {name: _kind(url) for name, url in databases.items()}
+    with tempfile.TemporaryDirectory(prefix=".eport-backup-", dir=out.parent) as tmp:
+        staging = Path(tmp)
+        for _attempt in range(_ATTEMPTS):
+            before = _snapshot_files(data_dir, include_dev)
+            dbs: dict[str, dict[str, Any]] = {}
+            staged: dict[str, Path] = {}
+            log: LogState | None = None
+            for name, url in databases.items():
+                same = next((n for n in dbs if databases[n] == url), None)
+                if same is not None:
+                    dbs[name] = {"kind": kinds[name], "same_as": same}
+                    continue
+                if kinds[name] == "sqlite":
+                    member = f"db/{name}.sqlite"
+                    path = staging / f"{name}.sqlite"
+                    path.unlink(missing_ok=True)
+                    _backup_sqlite(_sqlite_path(url), path)
+                    if name == "ca":
+                        with _read_sqlite(path) as conn:
+                            log = read_log_state(conn)
+                else:
+                    member = f"db/{name}.pgdump"
+                    path = staging / f"{name}.pgdump"
+                    path.unlink(missing_ok=True)
+                    state = _dump_postgres(url, path, read_log=name == "ca")
+                    log = state if name == "ca" else log
+                dbs[name] = {"kind": kinds[name], "member": member}
+                staged[member] = path
+            after = _snapshot_files(data_dir, include_dev)
+            if _digests(before) == _digests(after):
+                break
+        else:
+            raise BackupError(
+                f"the key files in {data_dir} kept changing during {_ATTEMPTS} copies "
+                "(a ceremony in progress?); try again when it is done"
+            )
+        if log is None:
+            raise BackupError("no CA database to back up")
+        members: dict[str, dict[str, Any]] = {}
+        for member, path in staged.items():
+            members[member] = {
+                "sha256": _sha256_file(path),
+                "size": path.stat().st_size,
+                "mode": 0o600,
+            }
+        for member, f in after.items():
+            members[member] = {
+                "sha256": hashlib.sha256(f.data).hexdigest(),
+                "size": len(f.data),
+                "mode": f.mode,
+            }
+        excluded = [f"ca/{name}: {why}" for name, why in EXCLUDED_CA_FILES.items()]
+        dev = (data_dir / "dev").is_dir()
+        if dev and not include_dev:
+            excluded.append(
+                "dev/: development credentials (passphrases in the clear); --include-dev"
+            )
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "source": str(data_dir.resolve()),
+            "custody": (data_dir / "ca" / "custody.json").is_file(),
+            "dev_instance": (data_dir / "dev" / ".complete").is_file(),
+            "includes_dev_credentials": include_dev and dev,
+            "databases": dbs,
+            "log": log.to_json(),
+            "members": members,
+            "excluded": excluded,
+        }
+        blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with (
+                    gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz,
+                    tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+                ):
+                    mtime = int(now.timestamp())
+                    _add(tar, MANIFEST, len(blob), 0o600, mtime, io.BytesIO(blob))
+                    for member, path in staged.items():
+                        with open(path, "rb") as fh:
+                            _add(tar, member, path.stat().st_size, 0o600, mtime, fh)
+                    for member, f in after.items():
+                        _add(tar, member, len(f.data), f.mode, mtime, io.BytesIO(f.data))
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp_out, out)
+        except BaseException:
+            tmp_out.unlink(missing_ok=True)
+            raise
+    return BackupResult(out, manifest, out.stat().st_size, time.perf_counter() - started)
+
+
+# -- reading an archive -----------------------------------------------------------------
+
+
+@dataclass
+class Archive:
+    """An archive whose every member was checked against its manifest, staged on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+    staging: Path
+    log: LogState
+
+    def staged(self, member: str) -> Path:
+        return self.staging / member
+
+    @property
+    def database_kinds(self) -> dict[str, str]:
+        return {name: str(db["kind"]) for name, db in self.manifest["databases"].items()}
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise BackupError(f"{path} is not an eport backup (no eport manifest)")
+    if doc.get("version") != VERSION:
+        raise BackupError(
+            f"{path} is an eport backup of format version {doc.get('version')}; this eport "
+            f"reads version {VERSION}"
+        )
+    members = doc.get("members")
+    if not isinstance(members, dict) or not isinstance(doc.get("databases"), dict):
+        raise BackupError(f"{path}: the manifest lists no members")
+    for name, meta in members.items():
+        if (
+            not isinstance(name, str)
+            or not _MEMBER.fullmatch(name)
+            or ".." in PurePosixPath(name).parts
+            or not name.startswith(("db/", "files/"))
+            or not isinstance(meta, dict)
+            or not re.fullmatch("[0-9a-f]{64}", str(meta.get("sha256")))
+        ):
+            raise BackupError(f"{path}: the manifest names an invalid member {str(name)[:60]!r}")
+    return doc
+
+
+def open_archive(path: Path, staging_parent: Path) -> Archive:
+    """Read ``path`` into a staging directory under ``staging_parent``, checking every member's
+    SHA-256 and size against the manifest; any difference, missing or extra member, or a
+    damaged gzip/tar stream raises :class:`BackupError` and leaves nothing behind."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackupError(f"no backup archive at {path}")
+    staging_parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".eport-restore-", dir=staging_parent))
+    try:
+        manifest = _extract(path, staging)
+        return Archive(path, manifest, staging, LogState.from_json(manifest["log"]))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _extract(path: Path, staging: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] | None = None
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for info in tar:
+                if manifest is None:
+                    if info.name != MANIFEST or not info.isfile() or info.size > 16 << 20:
+                        raise BackupError(f"{path} is not an eport backup (no manifest first)")
+                    fh = tar.extractfile(info)
+                    assert fh is not None
+                    try:
+                        doc = json.loads(fh.read())
+                    except ValueError:
+                        raise BackupError(f"{path}: the manifest is not JSON") from None
+                    manifest = _check_manifest(doc, path)
+                    continue
+                meta = manifest["members"].get(info.name)
+                if meta is None or not info.isfile() or info.name in seen:
+                    raise BackupError(f"{path}: unexpected member {info.name[:60]!r}")
+                seen.add(info.name)
+                target = staging / info.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(info)
+                assert src is not None
+                h = hashlib.sha256()
+                size = 0
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as dst:
+                    while block := src.read(_CHUNK):
+                        h.update(block)
+                        size += len(block)
+                        dst.write(block)
+                if h.hexdigest() != meta["sha256"] or size != int(meta.get("size", -1)):
+                    raise BackupError(
+                        f"{path} is corrupted: {info.name} does not match its SHA-256 in the "
+                        "manifest; nothing was restored"
+                    )
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            raise BackupError(f"cannot read {path}: {exc.strerror}") from None
+        raise BackupError(
+            f"{path} is corrupted or truncated ({type(exc).__name__}: {exc}); nothing was restored"
+        ) from None
+    if manifest is None:
+        raise BackupError(f"{path} is empty")
+    missing = sorted(set(manifest["members"]) - seen)
+    if missing:
+        raise BackupError(f"{path} is truncated: {missing[0]} is missing; nothing was restored")
+    return manifest
+
+
+# -- restoring --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    data_dir: Path
+    files: int
+    databases: dict[str, str]
+    """name → where it went (a file path, or the PostgreSQL URL without password)."""
+
+
+def _sqlite_leftovers(path: Path) -> list[Path]:
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+
+def _pg_is_empty(url: str) -> bool:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM information_schema.tables "
+                    "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+                )
+            ).scalar_one()
+    except Exception as exc:  # any driver error: one line for the operator
+        raise BackupError(f"cannot reach the target database: {str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+    return int(count) == 0
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def non_empty_targets(archive: Archive, data_dir: Path, databases: Mapping[str, str]) -> list[str]:
+    """What restoring into ``data_dir`` and ``databases`` would overwrite."""
+    found: list[str] = []
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        found.append(str(data_dir))
+    for name, db in archive.manifest["databases"].items():
+        if "same_as" in db:
+            continue
+        url = databases[name]
+        if db["kind"] == "sqlite":
+            path = _sqlite_path(url)
+            if path.exists() and not path.resolve().is_relative_to(data_dir.resolve()):
+                found.append(str(path))
+        elif not _pg_is_empty(url):
+            found.append(f"the database {_safe_url(url)}")
+    return found
+
+
+def restore(
+    archive: Archive,
+    data_dir: Path,
+    databases: Mapping[str, str],
+    *,
+    force: bool,
+    check: Callable[[Connection], None],
+) -> RestoreResult:
+    """Restore ``archive`` into ``data_dir`` and the databases at ``databases``.
+
+    ``check`` is given a connection to the CA database about to be put in place and
+    raises to stop the restore: for SQLite it runs on the staged copy before anything
+    is written; for PostgreSQL on the restored database, before any file is placed.
+    """
+    data_dir = Path(data_dir)
+    kinds = archive.database_kinds
+    for name, kind in kinds.items():
+        if name not in databases:
+            raise BackupError(f"the archive holds a {name} database, and no target was given")
+        target = _kind(databases[name])
+        if target != kind:
+            hint = "unset EPORT_DATABASE_URL" if kind == "sqlite" else "set EPORT_DATABASE_URL"
+            if name == "auth":
+                hint = hint.replace("EPORT_", "EPORT_AUTH_")
+            raise BackupError(
+                f"the archive's {name} database is {kind}, the target is {target}: {hint} "
+                "(restore into the same kind of database; migrating between them is not "
+                "supported)"
+            )
+    occupied = non_empty_targets(archive, data_dir, databases)
+    if occupied and not force:
+        raise BackupError(
+            f"refusing to restore over {occupied[0]}: it is not empty (--force replaces the "
+            "CA files and databases there)"
+        )
+    # The CA database first: the others may be the same database ("same_as").
+    dbs = dict(sorted(archive.manifest["databases"].items(), key=lambda item: item[0] != "ca"))
+    ca_db = dbs["ca"]
+    if ca_db["kind"] == "sqlite":
+        with _read_sqlite(archive.staged(ca_db["member"])) as conn:
+            check(conn)
+    # From here on the target changes.
+    placed: dict[str, str] = {}
+    for name, db in dbs.items():
+        if "same_as" in db:
+            placed[name] = placed[db["same_as"]]
+            continue
+        url = databases[name]
+        staged = archive.staged(db["member"])
+        if db["kind"] == "postgresql":
+            uri, env = _libpq(url)
+            args = [pg_tool("pg_restore"), "--no-owner", "--no-privileges"]
+            args += ["--single-transaction", "--exit-on-error"]
+            if force:
+                args += ["--clean", "--if-exists"]
+            _run_pg(
+                [*args, f"--dbname={uri}", str(staged)], env, f"pg_restore of the {name} database"
+            )
+            placed[name] = _safe_url(url)
+            if name == "ca":
+                engine = create_engine(url)
+                try:
+                    with engine.connect() as conn:
+                        check(conn)
+                except BackupError as exc:
+                    raise BackupError(
+                        f"{exc.detail} (the database {_safe_url(url)} was restored and fails "
+                        "this check; no file was placed: empty it before trying again)"
+                    ) from None
+                finally:
+                    engine.dispose()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, db in dbs.items():
+        if "same_as" in db or db["kind"] != "sqlite":
+            continue
+        db_file = _sqlite_path(databases[name])
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in _sqlite_leftovers(db_file):
+            leftover.unlink(missing_ok=True)
+        shutil.move(archive.staged(db["member"]), db_file)
+        placed[name] = str(db_file)
+    files = 0
+    staged_files = archive.staging / "files"
+    for top in ("ca", "dev"):
+        source = staged_files / top
+        if not source.is_dir():
+            continue
+        dest = data_dir / top
+        if dest.exists():
+            shutil.rmtree(dest)
+        for member, meta in archive.manifest["members"].items():
+            if member.startswith(f"files/{top}/"):
+                os.chmod(archive.staged(member), int(meta.get("mode", 0o600)) & 0o777)
+                files += 1
+        shutil.move(source, dest)
+    return RestoreResult(data_dir, files, placed)

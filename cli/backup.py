@@ -1,0 +1,410 @@
+"""``eport backup`` and ``eport restore``: one archive of a CA instance, and proof on
+restore that its log is what auditors were shown.
+
+The archive format and the database copies are :mod:`ca.backup`. The log checks of a
+restore go through the auditor's own verifier (:mod:`cli.auditproof`: RFC 9162 roots,
+C2SP signed checkpoints) and :mod:`cli.audit`'s entry reader, not the server's tree
+code: the restored entries must rebuild the root of the backup's own checkpoint, and
+of the checkpoint last published to auditors (``--checkpoint``) when the backup holds
+that many entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cli import auditproof
+from cli.audit import issuance_of, load_log_key, verifier_from_public_key
+from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
+from cli.client import CLIError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only by the commands that use it
+    from sqlalchemy import Connection
+
+    from ca.backup import Archive
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    envvar="EPORT_DATA_DIR",
+    help="The instance's data directory (env EPORT_DATA_DIR); its databases come from the "
+    "same settings as `eport serve` (EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL).",
+)
+
+
+def _databases(data_dir: Path, *, for_backup: bool) -> dict[str, str]:
+    from authsvc.config import AuthConfig
+    from ca.config import CAConfig
+
+    ca_url = CAConfig.load({"data_dir": data_dir}).sqlalchemy_url
+    auth_url = AuthConfig.load({"data_dir": data_dir}).sqlalchemy_url
+    out = {"ca": ca_url}
+    # A CA served without the token service has no auth.db: nothing to back up there.
+    if not for_backup or not auth_url.startswith("sqlite") or (data_dir / "auth.db").exists():
+        out["auth"] = auth_url
+    return out
+
+
+def _short(digest: bytes | str) -> str:
+    text = digest.hex() if isinstance(digest, bytes) else digest
+    return text[:16] + "…"
+
+
+@click.command("backup")
+@data_dir_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The archive to write (tar.gz, mode 0600; written whole, then renamed).",
+)
+@click.option(
+    "--include-dev",
+    is_flag=True,
+    help="Also keep DATA_DIR/dev/: development credentials, passphrases in the clear. "
+    "Left out by default.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def backup_command(data_dir: Path, out: Path, include_dev: bool, as_json: bool) -> None:
+    """Back up a CA instance while it runs: databases, sealed keys, public files.
+
+    \b
+    SQLite is copied with its online backup API, PostgreSQL with pg_dump in one
+    snapshot; keys stay sealed (their bytes are copied, nothing is unwrapped). The
+    manifest records the SHA-256 of every member and the log's size, root and latest
+    signed checkpoint. Restore with `eport restore --from FILE`.
+    """
+    from ca.backup import create_backup
+
+    result = create_backup(
+        data_dir, _databases(data_dir, for_backup=True), out, include_dev=include_dev
+    )
+    m = result.manifest
+    log = m["log"]
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    files = [name for name in m["members"] if name.startswith("files/")]
+    data = {
+        "ok": True,
+        "archive": str(result.path),
+        "bytes": result.bytes,
+        "sha256": digest,
+        "seconds": round(result.seconds, 3),
+        "manifest": {k: v for k, v in m.items() if k != "members"},
+        "members": len(m["members"]),
+    }
+    checkpoint = log["checkpoint"]
+    cp_size = checkpoint.split("\n")[1] if checkpoint else None
+    lines = [
+        f"Backed up {data_dir} to {result.path} ({result.bytes / 1e6:.2f} MB, "
+        f"{result.seconds:.2f} s)",
+        *[
+            f"  {name} database ({db['kind']})"
+            + (f": the same database as {db['same_as']}" if "same_as" in db else "")
+            for name, db in m["databases"].items()
+        ],
+        f"  {log['certificates']} certificates; log of {log['size']} entries, root "
+        f"{_short(log['root_hash'])}; latest signed checkpoint: "
+        + (f"size {cp_size}" if cp_size is not None else "none"),
+        f"  {len(files)} files of ca/"
+        + (" and dev/" if m["includes_dev_credentials"] else "")
+        + " (keys copied sealed: nothing was unwrapped)",
+        *[f"  left out: {why}" for why in m["excluded"]],
+        f"SHA-256 of the archive: {digest}",
+    ]
+    if m["includes_dev_credentials"]:
+        click.secho(
+            "WARNING: this archive holds development passphrases in the clear (--include-dev).",
+            fg="yellow",
+            err=True,
+        )
+    click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+
+
+# -- restore ----------------------------------------------------------------------------
+
+
+def _archive_log_keys(archive: Archive, origin: str) -> list[VerifierKey]:
+    """The log's public keys in the archive: ``log.pub`` and the rotated ``log-N.pub``."""
+    keys: list[VerifierKey] = []
+    ca_files = archive.staging / "files" / "ca"
+    for path in sorted(ca_files.glob("log*.pub")):
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if isinstance(key, Ed25519PublicKey):
+            keys.append(verifier_from_public_key(origin, key))
+    return keys
+
+
+def _verify_with(note: bytes, keys: list[VerifierKey], what: str) -> VerifiedCheckpoint:
+    from ca.backup import BackupError
+
+    errors: list[str] = []
+    for key in keys:
+        try:
+            return auditproof.verify_checkpoint(note, key)
+        except AuditError as exc:
+            errors.append(str(exc))
+    raise BackupError(
+        f"{what} does not verify with the log key"
+        + (f": {errors[0]}" if errors else " (no log key to check it with)")
+    )
+
+
+def _read_published(value: str) -> tuple[bytes, str | None]:
+    """The published checkpoint note from a URL, a note file or an audit state file; and the
+    log key an auditor pinned, when the state file has one."""
+    if value.startswith(("http://", "https://")):
+        try:
+            resp = requests.get(value, timeout=30)
+        except requests.RequestException as exc:
+            raise CLIError(f"cannot fetch the checkpoint at {value}: {exc}") from None
+        if resp.status_code != 200:
+            raise CLIError(f"cannot fetch the checkpoint at {value}: HTTP {resp.status_code}")
+        return resp.content, None
+    try:
+        blob = Path(value).read_bytes()
+    except OSError as exc:
+        raise CLIError(f"cannot read --checkpoint {value}: {exc.strerror}") from None
+    if blob.lstrip().startswith(b"{"):
+        try:
+            doc = json.loads(blob)
+            return str(doc["checkpoint"]).encode(), str(doc["verifier_key"])
+        except (ValueError, KeyError, TypeError):
+            raise CLIError(f"{value} is not a checkpoint nor an eport audit state file") from None
+    return blob, None
+
+
+def _root_of(leaves: list[bytes], size: int) -> bytes:
+    return auditproof.root_from_leaf_hashes(leaves[:size])
+
+
+def make_log_check(
+    archive: Archive,
+    backup_cp: VerifiedCheckpoint | None,
+    published: VerifiedCheckpoint | None,
+    report: dict[str, Any],
+) -> Callable[[Connection], None]:
+    """The check :func:`ca.backup.restore` runs on the CA database before it is put in place."""
+    from ca.backup import BackupError, iter_certificates, iter_log_entries, read_log_state
+
+    expected = archive.log
+
+    def check(conn: Connection) -> None:
+        state = read_log_state(conn)
+        if (state.size, state.root_hash) != (expected.size, expected.root_hash):
+            raise BackupError(
+                f"the archive's database holds a log of {state.size} entries (root "
+                f"{_short(state.root_hash)}), its manifest says {expected.size} "
+                f"({_short(expected.root_hash)})"
+            )
+        leaves: list[bytes] = []
+        logged: dict[str, str] = {}
+        position: dict[str, int] = {}
+        for idx, entry in iter_log_entries(conn):
+            if idx != len(leaves):
+                raise BackupError(f"log entry {len(leaves)} is missing from the archive")
+            leaves.append(auditproof.leaf_hash(entry))
+            issued = issuance_of(entry)
+            if issued is not None:
+                logged[issued[0]] = issued[1]
+                position[issued[0]] = idx
+        if len(leaves) != expected.size:
+            raise BackupError(
+                f"the archive holds {len(leaves)} log entries, its log head says {expected.size}"
+            )
+        root = _root_of(leaves, len(leaves))
+        if root != expected.root_hash:
+            raise BackupError(
+                f"the archive's {len(leaves)} log entries rebuild root {_short(root)}, not the "
+                f"log head's {_short(expected.root_hash)}: entries were changed"
+            )
+        for what, cp in (("the backup's own checkpoint", backup_cp), ("--checkpoint", published)):
+            if cp is None or cp.size > len(leaves):
+                continue
+            if _root_of(leaves, cp.size) != cp.root_hash:
+                raise BackupError(
+                    f"the first {cp.size} restored log entries do not rebuild the root of "
+                    f"{what} (size {cp.size}): the backup's log is not the log that was "
+                    "published"
+                )
+        listed = dict(iter_certificates(conn))
+        for serial, digest in sorted(listed.items()):
+            if logged.get(serial) != digest:
+                raise BackupError(
+                    f"certificate {serial} is in the archive's records but its issuance is "
+                    "not in its log"
+                )
+        for serial in sorted(logged.keys() - listed.keys(), key=position.__getitem__):
+            raise BackupError(
+                f"log entry {position[serial]}: certificate {serial} was logged but is "
+                "missing from the archive's records"
+            )
+        report.update(entries=len(leaves), certificates=len(listed), issuances=len(logged))
+
+    return check
+
+
+@click.command("restore")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The archive `eport backup` wrote.",
+)
+@data_dir_option
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    help="The checkpoint last published to auditors: a file holding the signed note "
+    "(GET /ca/v1/audit/checkpoint), an `eport audit verify` state file, or a URL.",
+)
+@click.option(
+    "--log-key",
+    help="The log's verifier key (or a file with it or the PEM log.pub) to check "
+    "--checkpoint with; default: the key pinned in the state file, else the archive's.",
+)
+@click.option(
+    "--accept-loss",
+    is_flag=True,
+    help="Restore even when --checkpoint is larger than the backup's log (entries logged "
+    "after the backup are lost; auditors will see the log shrink).",
+)
+@click.option("--force", is_flag=True, help="Replace the CA files and databases already there.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def restore_command(
+    source: Path,
+    data_dir: Path,
+    checkpoint: str | None,
+    log_key: str | None,
+    accept_loss: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Restore a backup into DATA_DIR and its databases, then prove its log.
+
+    \b
+    Every member is checked against the manifest's SHA-256 before anything is written.
+    The restored log entries must rebuild the root of the backup's checkpoint and, with
+    --checkpoint, of the checkpoint last published to auditors; a published checkpoint
+    larger than the backup means entries were lost: refused unless --accept-loss. Stop
+    the server first; it starts sealed after a restore.
+    """
+    from ca.backup import BackupError, open_archive, restore
+
+    started = time.perf_counter()
+    databases = _databases(data_dir, for_backup=False)
+    staging_parent = data_dir.resolve().parent
+    with open_archive(source, staging_parent) as archive:
+        log = archive.log
+        if "auth" not in archive.manifest["databases"]:
+            databases.pop("auth", None)
+        origin = (log.checkpoint or b"").split(b"\n", 1)[0].decode("utf-8", "replace")
+        published_note, pinned = (None, None) if checkpoint is None else _read_published(checkpoint)
+        if published_note is not None and not origin:
+            origin = published_note.split(b"\n", 1)[0].decode("utf-8", "replace")
+        keys = _archive_log_keys(archive, origin) if origin else []
+        backup_cp = None
+        if log.checkpoint is not None:
+            backup_cp = _verify_with(log.checkpoint, keys, "the backup's checkpoint")
+        published = None
+        key_source = "the archive's log key"
+        if published_note is not None:
+            trusted = keys
+            if log_key:
+                trusted, key_source = [load_log_key(log_key, origin)], "--log-key"
+            elif pinned:
+                trusted, key_source = (
+                    [VerifierKey.parse(pinned)],
+                    "the key pinned in the state file",
+                )
+            published = _verify_with(published_note, trusted, "--checkpoint")
+            if backup_cp is not None and published.origin != backup_cp.origin:
+                raise BackupError(
+                    f"--checkpoint is of log {published.origin!r}, the backup of "
+                    f"{backup_cp.origin!r}"
+                )
+        lost = 0
+        if published is not None and published.size > log.size:
+            lost = published.size - log.size
+            message = (
+                f"the published checkpoint has {published.size} entries, the backup's log "
+                f"{log.size}: {lost} entries (indices {log.size} to {published.size - 1}) "
+                "were logged after this backup and are not in it"
+            )
+            if not accept_loss:
+                raise BackupError(
+                    message + "; restore a newer backup, or pass --accept-loss (auditors "
+                    "holding that checkpoint will see the log shrink: tell them)"
+                )
+            click.secho(f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True)
+        report: dict[str, Any] = {}
+        result = restore(
+            archive,
+            data_dir,
+            databases,
+            force=force,
+            check=make_log_check(archive, backup_cp, published, report),
+        )
+        manifest = archive.manifest
+    elapsed = time.perf_counter() - started
+    data: dict[str, Any] = {
+        "ok": True,
+        "data_dir": str(result.data_dir),
+        "files": result.files,
+        "databases": result.databases,
+        "log_size": log.size,
+        "root_hash": log.root_hash.hex(),
+        "backup_checkpoint_size": backup_cp.size if backup_cp else None,
+        "published_checkpoint_size": published.size if published else None,
+        "lost_entries": lost,
+        "seconds": round(elapsed, 3),
+        **report,
+    }
+    lines = [
+        f"Restored {source} (made {manifest['created_at']}) into {result.data_dir} "
+        f"({elapsed:.2f} s)",
+        *[f"  {name} database: {where}" for name, where in result.databases.items()],
+        f"  {result.files} files; keys are still sealed",
+        f"  log: {log.size} entries rebuild the root {_short(log.root_hash)}; "
+        f"{report['certificates']} certificate records and {report['issuances']} logged "
+        "issuances agree",
+    ]
+    if backup_cp is not None:
+        lines.append(f"  the backup's own checkpoint (size {backup_cp.size}) is rebuilt")
+    if published is not None and not lost:
+        lines.append(
+            f"  the published checkpoint (size {published.size}, checked with {key_source}) is "
+            f"a prefix of the restored log: nothing it covered was lost or changed"
+        )
+    elif published is not None:
+        lines.append(f"  {lost} entries LOST since the published checkpoint (--accept-loss)")
+    else:
+        lines.append(
+            "  no --checkpoint given: not compared with what auditors were shown "
+            "(run `eport audit verify --full --since CHECKPOINT` once the server is up)"
+        )
+    lines.append("Next:")
+    if manifest.get("dev_instance") and not manifest.get("includes_dev_credentials"):
+        lines.append(
+            f"  a development instance: its credentials (dev/) are not in backups; copy them "
+            f"back to {result.data_dir}/dev/ before `eport serve --dev`"
+        )
+    if manifest.get("custody"):
+        lines.append(
+            "  `eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
+            "docs/emergency-plan.md runbook 1)"
+        )
+    lines.append("  `eport audit verify --full --since CHECKPOINT` against the restored server")
+    click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))

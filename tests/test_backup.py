@@ -1,0 +1,500 @@
+"""Runbook 4 of docs/emergency-plan.md, a lost database, end to end: ``eport backup``
+while a real server (2 gunicorn workers) keeps issuing, the data directory deleted,
+``eport restore`` proving the restored log against the checkpoint auditors were shown,
+the server started again, ``eport audit verify --full`` passing. On SQLite and on a
+real PostgreSQL 15 (pg_dump / pg_restore of the same major version).
+
+Also what a restore must refuse, changing nothing: entries lost since a published
+checkpoint, a corrupted or truncated archive, a doctored log whose manifest was
+re-hashed, a non-empty target.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ca.config import CAConfig
+from ca.devinit import ensure_dev_ca
+from ca.keys import KeyType
+from cli import keyfiles
+from cli.client import CAClient
+from tests.conftest import EPORT, Postgres, Server, start_server, stop
+from tests.helpers import enroll_enterprise, fresh_uscc
+
+ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
+PRIVATE_PEM = (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY")
+
+
+def eport(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real ``eport`` command, without a server."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    full.update(env)
+    res = subprocess.run([EPORT, *args], capture_output=True, text=True, env=full, timeout=120)
+    if check and res.returncode != 0:
+        raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def refused(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The one error line of a command that must have failed."""
+    assert res.returncode != 0, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eport: error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def auditor(dev: Path) -> list[str]:
+    d = dev / "auditors" / "customs"
+    return [
+        "--cert",
+        str(d / "auditor.pem"),
+        "--key",
+        str(d / "auditor.key"),
+        "--passphrase-file",
+        str(d / "DEV-ONLY-passphrase.txt"),
+    ]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` and its SHA-256: what "unchanged" means."""
+    if not root.exists():
+        return {}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:gz") as tar:
+        out = {}
+        for info in tar:
+            fh = tar.extractfile(info)
+            assert fh is not None
+            out[info.name] = fh.read()
+    return out
+
+
+def repack(archive: Path, out: Path, changed: dict[str, bytes], rehash: bool) -> None:
+    """``archive`` with some members replaced; with ``rehash`` the manifest is updated too
+    (what someone doctoring a backup would do), else it is left as it was."""
+    items = members(archive)
+    items.update(changed)
+    manifest = json.loads(items["manifest.json"])
+    if rehash:
+        for name, data in changed.items():
+            manifest["members"][name].update(
+                sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+            )
+        items["manifest.json"] = json.dumps(manifest).encode()
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in items.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out.write_bytes(buf.getvalue())
+
+
+def dev_passphrases(dev: Path) -> list[bytes]:
+    values = tomllib.loads((dev / "DEV-ONLY-passphrases.toml").read_text())
+    found = [str(v).encode() for v in values.values()]
+    found += [p.read_bytes().strip() for p in dev.rglob("DEV-ONLY-passphrase.txt")]
+    assert len(found) > 5
+    return found
+
+
+def assert_no_secret(archive: Path, dev: Path) -> None:
+    """No clear private key and no development passphrase in any member."""
+    needles = dev_passphrases(dev)
+    items = members(archive)
+    assert not [n for n in items if n.startswith("files/dev/") or n.endswith(".secret")]
+    for name, data in items.items():
+        for marker in PRIVATE_PEM:
+            assert marker not in data, (name, marker)
+        for needle in needles:
+            assert needle not in data, (name, needle[:4])
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in items["files/ca/issuers/enterprise.key"]
+    assert (archive.stat().st_mode & 0o777) == 0o600
+
+
+def snapshot_is_consistent(db_file: Path) -> tuple[int, int]:
+    """Every certificate row of the backed-up database has its logged issuance (same
+    SHA-256) and every logged issuance its row; the log is gapless. (certificates, entries)"""
+    conn = sqlite3.connect(db_file)
+    try:
+        rows = dict(conn.execute("SELECT serial, cert_sha256 FROM certificates"))
+        entries = conn.execute("SELECT idx, entry FROM log_entries ORDER BY idx").fetchall()
+        head = conn.execute("SELECT size FROM log_head").fetchone()[0]
+    finally:
+        conn.close()
+    assert [idx for idx, _ in entries] == list(range(head))
+    logged = {}
+    for _, entry in entries:
+        doc = json.loads(entry)
+        if doc["type"] in ISSUANCE_TYPES:
+            logged[doc["serial"]] = doc["cert_sha256"]
+    assert logged == rows
+    return len(rows), head
+
+
+class Issuer(threading.Thread):
+    """Keeps enrolling enterprises over the API until stopped."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.stopping = threading.Event()
+        self.issued: list[str] = []
+        self.error: BaseException | None = None
+        d = server.dev / "officers" / "customs"
+        self.officer = keyfiles.load_identity(
+            d / "officer.pem", d / "officer.key", d / "DEV-ONLY-passphrase.txt"
+        )
+
+    def run(self) -> None:
+        client = CAClient(self.server.url)
+        try:
+            while not self.stopping.is_set():
+                app = client.call(
+                    "POST",
+                    "/ca/v1/applications",
+                    {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": "Bk Co"},
+                )
+                grant = client.call(
+                    "POST", f"/ca/v1/ra/applications/{app['id']}/approve", {}, self.officer
+                )
+                csr = keyfiles.csr_for(KeyType.P256.generate()).decode()
+                cert = client.call(
+                    "POST",
+                    "/ca/v1/enroll",
+                    {"code": grant["enrollment_code"], "profile": "enterprise", "csr": csr},
+                )
+                self.issued.append(cert["serial"])
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.issued) < count and time.monotonic() < deadline and self.error is None:
+            time.sleep(0.05)
+        assert self.error is None, self.error
+        assert len(self.issued) >= count
+
+
+def verify_full(url: str, dev: Path, state: Path, since: Path) -> dict[str, Any]:
+    res = eport(
+        "--server",
+        url,
+        "audit",
+        "verify",
+        "--full",
+        "--since",
+        str(since),
+        "--state",
+        str(state),
+        *auditor(dev),
+        "--json",
+    )
+    doc = json.loads(res.stdout)
+    assert isinstance(doc, dict) and doc["ok"]
+    return doc
+
+
+def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv, proc = start_server(data)
+    try:
+        for i in range(2):
+            enroll_enterprise(srv, tmp_path, f"Backup Trading {i} Co., Ltd.")
+        # What auditors were shown before the backup: a state file and the raw note.
+        state = tmp_path / "auditor-state.json"
+        srv.eport("audit", "verify", "--state", str(state), *auditor(srv.dev))
+        before = tmp_path / "before.checkpoint"
+        before.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
+
+        issuer = Issuer(srv)
+        issuer.start()
+        try:
+            issuer.wait_for(2)
+            archive = tmp_path / "backups" / "eport.tar.gz"
+            took = time.perf_counter()
+            made = json.loads(
+                eport("backup", "--data-dir", str(data), "--out", str(archive), "--json").stdout
+            )
+            took = time.perf_counter() - took
+            issued_by_then = len(issuer.issued)
+            issuer.wait_for(issued_by_then + 2)  # issuance went on after the backup
+        finally:
+            issuer.stopping.set()
+            issuer.join(60)
+        assert issuer.error is None, issuer.error
+        # Published after more issuance: a checkpoint the backup cannot reach.
+        after = tmp_path / "after.checkpoint"
+        after.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
+    finally:
+        stop(proc)
+
+    manifest = made["manifest"]
+    assert manifest["databases"]["ca"]["kind"] == "sqlite"
+    assert manifest["databases"]["auth"]["kind"] == "sqlite"
+    backed_size = manifest["log"]["size"]
+    print(f"\nonline backup of {backed_size} entries: {took:.2f} s ({made['bytes']} bytes)")
+
+    # Consistent: taken mid-issuance, every certificate row has its entry and vice versa.
+    items = members(archive)
+    (tmp_path / "snapshot.sqlite").write_bytes(items["db/ca.sqlite"])
+    certificates, entries = snapshot_is_consistent(tmp_path / "snapshot.sqlite")
+    assert entries == backed_size and certificates == manifest["log"]["certificates"]
+    assert_no_secret(archive, data / "dev")
+
+    # The database (and the whole data directory) is lost. The development credentials
+    # are kept apart, as custodians keep their shares: they are not in backups.
+    dev_copy = tmp_path / "dev-credentials"
+    shutil.copytree(data / "dev", dev_copy)
+    shutil.rmtree(data)
+
+    published_after = int(after.read_text().split("\n")[1])
+    lost = published_after - backed_size
+    assert lost >= 2
+    line = refused(
+        eport(
+            "restore",
+            "--from",
+            str(archive),
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(after),
+            check=False,
+        ),
+        f"{lost} entries",
+        f"has {published_after} entries",
+        "--accept-loss",
+    )
+    assert str(backed_size) in line
+    assert not data.exists(), "a refused restore writes nothing"
+    assert not list(tmp_path.glob(".eport-restore-*"))
+
+    took = time.perf_counter()
+    done = json.loads(
+        eport(
+            "restore",
+            "--from",
+            str(archive),
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(state),
+            "--json",
+        ).stdout
+    )
+    took = time.perf_counter() - took
+    print(f"restore and log check: {took:.2f} s")
+    assert done["lost_entries"] == 0 and done["entries"] == backed_size
+    assert done["published_checkpoint_size"] == int(before.read_text().split("\n")[1])
+    assert not (data / "dev").exists() and not (data / "ca" / "audit-web.secret").exists()
+    assert (data / "ca" / "issuers" / "enterprise.key").stat().st_mode & 0o777 == 0o600
+
+    shutil.copytree(dev_copy, data / "dev")
+    srv, proc = start_server(data)
+    try:
+        first = verify_full(srv.url, data / "dev", tmp_path / "s1.json", before)
+        assert first["tree_size"] >= backed_size and first["previous_size"] < backed_size
+        assert first["certificates"] == certificates
+        # The restored instance is unsealed with its development key: it issues again.
+        enroll_enterprise(srv, tmp_path, "After Restore Co., Ltd.")
+        again = verify_full(srv.url, data / "dev", tmp_path / "s1.json", before)
+        assert again["certificates"] == certificates + 1
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def offline_instance(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A development CA made without a server, and its backup (offline)."""
+    root = tmp_path_factory.mktemp("offline")
+    data = root / "data"
+    ensure_dev_ca(CAConfig(data_dir=data, dev=True))
+    archive = root / "eport.tar.gz"
+    eport("backup", "--data-dir", str(data), "--out", str(archive))
+    return data, archive
+
+
+def test_restore_refuses_and_changes_nothing(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, archive = offline_instance
+    target = tmp_path / "restored"
+    eport("restore", "--from", str(archive), "--data-dir", str(target))
+    (target / "dev").mkdir()
+    (target / "dev" / "keep.txt").write_text("not in the archive\n")
+    unchanged = tree_digest(target)
+
+    # A non-empty target without --force.
+    refused(
+        eport("restore", "--from", str(archive), "--data-dir", str(target), check=False),
+        "not empty",
+        "--force",
+    )
+    # A byte flipped in the compressed stream; a truncated file; a member changed with
+    # the manifest left alone: even with --force, nothing is written.
+    blob = archive.read_bytes()
+    flipped = tmp_path / "flipped.tar.gz"
+    flipped.write_bytes(
+        blob[: len(blob) // 2] + bytes([blob[len(blob) // 2] ^ 0x40]) + blob[len(blob) // 2 + 1 :]
+    )
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(blob[: len(blob) * 2 // 3])
+    changed = tmp_path / "changed.tar.gz"
+    crt = members(archive)["files/ca/root.crt"]
+    repack(archive, changed, {"files/ca/root.crt": crt.replace(b"A", b"B", 1)}, rehash=False)
+    for bad, needle in (
+        (flipped, "corrupted"),
+        (truncated, "corrupted or truncated"),
+        (changed, "files/ca/root.crt does not match its SHA-256"),
+    ):
+        refused(
+            eport("restore", "--from", str(bad), "--data-dir", str(target), "--force", check=False),
+            needle,
+        )
+        assert tree_digest(target) == unchanged, bad.name
+    assert not list(tmp_path.glob(".eport-restore-*"))
+
+    # A doctored log whose manifest was re-hashed to match: the entries no longer
+    # rebuild the log's root, and the restore stops before writing.
+    snapshot = tmp_path / "ca.sqlite"
+    snapshot.write_bytes(members(archive)["db/ca.sqlite"])
+    conn = sqlite3.connect(snapshot)
+    with conn:
+        entry = conn.execute("SELECT entry FROM log_entries WHERE idx = 3").fetchone()[0]
+        conn.execute(
+            "UPDATE log_entries SET entry = ? WHERE idx = 3",
+            (entry.replace(b'"actor":"', b'"actor":"x', 1),),
+        )
+    conn.close()
+    doctored = tmp_path / "doctored.tar.gz"
+    repack(archive, doctored, {"db/ca.sqlite": snapshot.read_bytes()}, rehash=True)
+    refused(
+        eport(
+            "restore", "--from", str(doctored), "--data-dir", str(target), "--force", check=False
+        ),
+        "rebuild root",
+        "entries were changed",
+    )
+    assert tree_digest(target) == unchanged
+
+    # --force replaces the CA files and databases and leaves the rest.
+    (target / "ca" / "stale.crt").write_text("from another instance\n")
+    eport("restore", "--from", str(archive), "--data-dir", str(target), "--force")
+    assert not (target / "ca" / "stale.crt").exists()
+    assert (target / "dev" / "keep.txt").exists()
+
+
+def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = offline_instance
+    archive = tmp_path / "with-dev.tar.gz"
+    res = eport("backup", "--data-dir", str(data), "--out", str(archive), "--include-dev")
+    assert "WARNING" in res.stderr and "in the clear" in res.stderr
+    assert "files/dev/DEV-ONLY-passphrases.toml" in members(archive)
+    target = tmp_path / "restored"
+    out = eport("restore", "--from", str(archive), "--data-dir", str(target)).stdout
+    assert (target / "dev" / ".complete").exists()
+    assert "copy them back" not in out
+
+
+@pytest.mark.postgres
+def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
+    source_db = postgres.createdb("eport_backup_source")
+    data = tmp_path / "data"
+    srv, proc = start_server(data, source_db)
+    try:
+        enroll_enterprise(srv, tmp_path, "Postgres Backup Co., Ltd.")
+        state = tmp_path / "auditor-state.json"
+        srv.eport("audit", "verify", "--state", str(state), *auditor(srv.dev))
+        before = tmp_path / "before.checkpoint"
+        before.write_text(json.loads(state.read_text())["checkpoint"])
+        archive = tmp_path / "pg.tar.gz"
+        made = json.loads(
+            eport(
+                "backup",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(archive),
+                "--json",
+                EPORT_DATABASE_URL=source_db,
+            ).stdout
+        )
+    finally:
+        stop(proc)
+    assert made["manifest"]["databases"]["ca"]["kind"] == "postgresql"
+    assert "db/ca.pgdump" in members(archive)
+    assert_no_secret(archive, data / "dev")
+
+    dev_copy = tmp_path / "dev-credentials"
+    shutil.copytree(data / "dev", dev_copy)
+    shutil.rmtree(data)
+    # The old database still holds tables: not a target without --force.
+    refused(
+        eport(
+            "restore",
+            "--from",
+            str(archive),
+            "--data-dir",
+            str(data),
+            check=False,
+            EPORT_DATABASE_URL=source_db,
+        ),
+        "eport_backup_source",
+        "not empty",
+    )
+    # A SQLite target for a PostgreSQL backup.
+    refused(
+        eport("restore", "--from", str(archive), "--data-dir", str(data), check=False),
+        "postgresql",
+        "EPORT_DATABASE_URL",
+    )
+    assert not data.exists()
+
+    target_db = postgres.createdb("eport_backup_restored")
+    done = json.loads(
+        eport(
+            "restore",
+            "--from",
+            str(archive),
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(state),
+            "--json",
+            EPORT_DATABASE_URL=target_db,
+        ).stdout
+    )
+    assert done["lost_entries"] == 0 and done["entries"] == made["manifest"]["log"]["size"]
+    shutil.copytree(dev_copy, data / "dev")
+    srv, proc = start_server(data, target_db)
+    try:
+        doc = verify_full(srv.url, data / "dev", tmp_path / "s.json", before)
+        assert doc["certificates"] == made["manifest"]["log"]["certificates"]
+    finally:
+        stop(proc)
