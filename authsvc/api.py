@@ -75,10 +75,8 @@ def caller_principal() -> Principal:
     cert = forwarded_certificate(request.headers, request.remote_addr, proxies())
     if cert is not None:
         s.trust.verify_chain(cert, utcnow())
-        from authsvc.principal import identify
-
         s.tokens._require_good(cert, fresh=False)
-        return identify(cert, s.tokens.policies)
+        return s.tokens.principal_of(cert)
     token = parse_authorization(request.headers.get("Authorization"))
     path = request.script_root + request.path
     if request.query_string:

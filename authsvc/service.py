@@ -236,6 +236,7 @@ class TokenService:
         self.clock = clock
         self._status_cache: dict[str, tuple[datetime.datetime, CertStatus]] = {}
         self._verified = VerifiedTokens()
+        self._principals: dict[x509.Certificate, Principal] = {}
         self._status_lock = threading.Lock()
 
     # -- certificate status ---------------------------------------------------------------
@@ -729,17 +730,28 @@ class TokenService:
 
     def signed_principal(self, req: SignedRequest) -> Principal:
         self._require_good(req.certificate, fresh=False)
-        return identify(req.certificate, self.policies)
+        return self.principal_of(req.certificate)
+
+    def principal_of(self, cert: x509.Certificate) -> Principal:
+        """:func:`identify` of a validated certificate, remembered per certificate (the
+        policies it reads are fixed for the life of the process)."""
+        known = self._principals.get(cert)
+        if known is None:
+            known = identify(cert, self.policies)
+            if len(self._principals) >= 4096:
+                self._principals.clear()
+            self._principals[cert] = known
+        return known
 
 
 def _assertion_cert_key(assertion: str) -> str | None:
     """The failure-counter key of the certificate in an assertion's x5c (unverified)."""
     import base64
 
-    import jwt
+    from ca.signedreq import unverified_header
 
     try:
-        x5c = jwt.get_unverified_header(assertion).get("x5c")
+        x5c = unverified_header(assertion).get("x5c")
         der = base64.b64decode(x5c[0], validate=True)  # type: ignore[index]
     except Exception:
         return None

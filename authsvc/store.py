@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,7 +46,9 @@ class SqlAuthStore:
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
         s = self.session_factory()
         try:
-            s.add(SeenAssertionRow(jti=jti, expires_at=expires_at))
+            # A Core INSERT: the primary key is the single-use check; the ORM's unit of
+            # work would cost more than the write itself on this per-request path.
+            s.execute(insert(SeenAssertionRow).values(jti=jti, expires_at=expires_at))
             s.commit()
             return True
         except IntegrityError:

@@ -15,13 +15,18 @@ The token service reuses this module for the RFC 7523 login assertion.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import hashlib
 import hmac
+import json
 import math
+import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jwt
@@ -37,6 +42,9 @@ from ca.keys import KeyType
 SCHEME = "EPort-Signed"
 TYP = "eport-req+jwt"
 MAX_LIFETIME = datetime.timedelta(minutes=5)
+CHAIN_CACHE_SECONDS = 10.0
+"""How long a validated chain is reused for the same leaf (status is checked apart)."""
+_COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def body_hash(body: bytes) -> str:
@@ -83,15 +91,49 @@ class ReplayStore(Protocol):
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """The joint CA's roots and the issuing CAs under them."""
+    """The joint CA's roots and the issuing CAs under them.
+
+    A chain validated for a leaf is reused for that same certificate (compared by its
+    DER) for :data:`CHAIN_CACHE_SECONDS`, and only at times inside every certificate's
+    validity: a service or user presents the same certificate on every call, and path
+    building costs more than the rest of a request. Revocation is not part of this
+    check (callers ask the status interface each time); a new set of anchors (a
+    rollover) starts with an empty cache."""
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...]
+    _verified: dict[
+        x509.Certificate,
+        tuple[float, datetime.datetime, datetime.datetime, tuple[x509.Certificate, ...]],
+    ] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, compare=False, hash=False, repr=False
+    )
 
     def verify_chain(
         self, leaf: x509.Certificate, now: datetime.datetime
     ) -> list[x509.Certificate]:
         """Validate ``leaf`` for client authentication; the chain, leaf first."""
+        hit = self._verified.get(leaf)
+        mono = time.monotonic()
+        if hit is not None and mono < hit[0] and hit[1] <= now < hit[2]:
+            return list(hit[3])
+        chain = self._build_chain(leaf, now)
+        entry = (
+            mono + CHAIN_CACHE_SECONDS,
+            max(c.not_valid_before_utc for c in chain),
+            min(c.not_valid_after_utc for c in chain),
+            tuple(chain),
+        )
+        with self._lock:
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[leaf] = entry
+        return chain
+
+    def _build_chain(
+        self, leaf: x509.Certificate, now: datetime.datetime
+    ) -> list[x509.Certificate]:
         ee_policy = xv.ExtensionPolicy.webpki_defaults_ee().may_be_present(
             x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None
         )
@@ -245,13 +287,26 @@ def _is_time(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def unverified_header(token: str, what: str = "signed request") -> dict[str, Any]:
+    """The protected header of a compact JWS (RFC 7515 §7.1), strictly: three unpadded
+    base64url segments, checked by the regex engine before anything is decoded (PyJWT's
+    own check walks the x5c header a character at a time; it still runs in decode)."""
+    if not isinstance(token, str) or not _COMPACT.fullmatch(token.encode("ascii", "replace")):
+        raise Unauthenticated(f"malformed {what}: not a compact JWS")
+    segment = token[: token.index(".")]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise Unauthenticated(f"malformed {what}: {exc}") from None
+    if not isinstance(header, dict):
+        raise Unauthenticated(f"malformed {what}: the header is not a JSON object")
+    return header
+
+
 def _leaf_from_header(
     token: str, typ: str = TYP, what: str = "signed request"
 ) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"malformed {what}: {exc}") from exc
+    header = unverified_header(token, what)
     if header.get("typ") != typ:
         raise Unauthenticated(f"{what} typ must be {typ!r}")
     x5c = header.get("x5c")

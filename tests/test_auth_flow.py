@@ -541,6 +541,11 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
     login(srv, d, session_cfg)
     token_for(srv, session_cfg, "portal")
     cli(srv, session_cfg, "logout")
+    login(srv, d, session_cfg)  # and a session ended by revoking its refresh token
+    rt = json.loads(next(session_cfg.glob("session-*.json")).read_text())["refresh_token"]
+    requests.post(
+        srv.url + "/auth/revoke", data={"token": rt, "token_type_hint": "refresh_token"}, timeout=10
+    )
     wrong = ec.generate_private_key(ec.SECP256R1())
     statuses = [_login(srv, _assertion(srv, cert, wrong, chain)).status_code for _ in range(11)]
     assert statuses[:10] == [400] * 10 and statuses[10] == 429

@@ -773,3 +773,24 @@ def test_end_to_end_through_the_header(pki: PKI, replay: MemoryReplay) -> None:
     authorization = f"{SCHEME} {good_token(pki)}"
     req = verify(parse_authorization(authorization), pki, replay)
     assert req.certificate == pki.leaf
+
+
+def test_a_validated_chain_is_reused_only_within_validity(pki: PKI) -> None:
+    """TrustAnchors remembers a validated chain per leaf, never outside the validity of
+    every certificate in it, and never for another certificate or another trust set."""
+    trust = TrustAnchors(roots=(pki.root,), intermediates=(pki.issuing,))
+    chain = trust.verify_chain(pki.leaf, NOW)
+    assert chain == [pki.leaf, pki.issuing, pki.root]
+    assert trust.verify_chain(pki.leaf, NOW + DAY) == chain  # from the cache
+    for when in (NOW + 336 * DAY, NOW - 31 * DAY):  # after / before the leaf's validity
+        with pytest.raises(Unauthenticated, match="not trusted"):
+            trust.verify_chain(pki.leaf, when)
+    # Same names and key, another certificate (no clientAuth): validated on its own.
+    twin = make_leaf(
+        pki.leaf_key, (pki.issuing, pki.issuing_key), eku=(ExtendedKeyUsageOID.SERVER_AUTH,)
+    )
+    with pytest.raises(Unauthenticated, match="not trusted"):
+        trust.verify_chain(twin, NOW)
+    # A trust set without that issuing CA starts from nothing.
+    with pytest.raises(Unauthenticated, match="not trusted"):
+        TrustAnchors(roots=(pki.root,), intermediates=()).verify_chain(pki.leaf, NOW)
