@@ -24,6 +24,7 @@ from ca.custody import Established, Purpose
 from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
+from ca.pkcs11 import TokenKeys
 from ca.policy import Policies, SubjectClass
 from ca.records import Event, EventType
 from ca.sealing import KeySealer
@@ -124,12 +125,14 @@ def initialize(
     officer_label: str = "",
     auditor_dir: Path | None = None,
     custody_set: Established | None = None,
+    token: TokenKeys | None = None,
 ) -> Initialized:
     """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers.
 
     With ``custody_set`` the root key is wrapped by its root KEK and the other CA keys
     by its seal KEK, the public custody record is written beside the hierarchy and
-    logged; the caller writes the share files and wipes the KEKs.
+    logged; the caller writes the share files and wipes the KEKs. With ``token`` the
+    keys it holds are made in that PKCS#11 token instead (:mod:`ca.pkcs11`).
     """
     from ca import custody_files
     from ca.app import build_authority
@@ -158,6 +161,7 @@ def initialize(
             ca_passphrase=ca_passphrase,
             factory=CertificateFactory(public_base_url=cfg.public_base_url),
             now=datetime.datetime.now(datetime.UTC),
+            token=token,
         )
         authority = build_authority(cfg, policies, h, store)
         record_hierarchy(authority, h, actor)

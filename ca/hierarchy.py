@@ -25,6 +25,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -37,6 +38,9 @@ from ca.keys import KeyType
 from ca.policy import EVERY_ISSUER, Policies
 from ca.sealing import KeySealer, sealer_of
 from ca.signer import SealedSigner, Signer, SoftwareSigner
+
+if TYPE_CHECKING:
+    from ca.pkcs11 import TokenKeys
 
 ROOT_NAME = "E-Port Joint Root CA"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
@@ -112,20 +116,35 @@ def create(
     ca_passphrase: bytes | KeySealer,
     factory: CertificateFactory,
     now: datetime.datetime,
+    token: TokenKeys | None = None,
 ) -> Hierarchy:
     """The ceremony's key generation: root, then each issuing CA signed by the root.
 
     The root key is sealed to ``root_passphrase`` (a passphrase, or the custody root
     KEK's sealer) and dropped from memory when this returns; the issuing keys are
-    sealed to ``ca_passphrase`` (a passphrase, or the seal KEK's sealer).
+    sealed to ``ca_passphrase`` (a passphrase, or the seal KEK's sealer). With
+    ``token``, the keys it holds are made in that PKCS#11 token instead and their key
+    files only name them (:mod:`ca.pkcs11`).
     """
     root_sealer, ca_sealer = sealer_of(root_passphrase), sealer_of(ca_passphrase)
     d = ca_dir(data_dir)
     if exists(data_dir):
         raise FileExistsError(f"a CA hierarchy already exists in {d}")
     d.mkdir(parents=True, exist_ok=True)
-    root_key = KeyType.P384.generate()
-    root_signer = SoftwareSigner(root_key)
+
+    def new_signer(kt: KeyType, path: Path) -> Signer:
+        if token is not None and token.holds(path):
+            return token.generate(kt, path)
+        key = kt.generate()
+        ca_sealer.seal(key, path)
+        return SoftwareSigner(key)
+
+    root_key = None
+    if token is not None and token.holds(d / "root.key"):
+        root_signer: Signer = token.generate(KeyType.P384, d / "root.key")
+    else:
+        root_key = KeyType.P384.generate()
+        root_signer = SoftwareSigner(root_key)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
@@ -138,26 +157,27 @@ def create(
     profile = policies.profile("issuing-ca")
     issuers: dict[str, IssuingCA] = {}
     for issuer_id in issuing_ids(policies):
-        key = KeyType.P256.generate()
+        signer = new_signer(KeyType.P256, d / "issuers" / f"{issuer_id}.key")
         name = ISSUING_NAMES.get(issuer_id, f"E-Port {issuer_id.title()} Issuing CA")
-        cert = factory.issue(profile, root, key.public_key(), {"ca_name": name}, now)
-        ca_sealer.seal(key, d / "issuers" / f"{issuer_id}.key")
+        cert = factory.issue(profile, root, signer.public_key(), {"ca_name": name}, now)
         _write_cert(d / "issuers" / f"{issuer_id}.crt", cert)
-        issuers[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
+        issuers[issuer_id] = IssuingCA(issuer_id, cert, signer)
     responders: dict[str, IssuingCA] = {}
     responder_profile = policies.profile("ocsp-responder")
     for issuer_id, issuer in issuers.items():
-        key = KeyType.P256.generate()
+        signer = new_signer(KeyType.P256, d / "responders" / f"{issuer_id}.key")
         cert = factory.issue(
-            responder_profile, issuer, key.public_key(), {"ca_name": issuer_ca_name(issuer)}, now
+            responder_profile,
+            issuer,
+            signer.public_key(),
+            {"ca_name": issuer_ca_name(issuer)},
+            now,
         )
-        ca_sealer.seal(key, d / "responders" / f"{issuer_id}.key")
         _write_cert(d / "responders" / f"{issuer_id}.crt", cert)
-        responders[issuer_id] = IssuingCA(issuer_id, cert, SoftwareSigner(key))
-    log_key = KeyType.ED25519.generate()
-    ca_sealer.seal(log_key, d / "log.key")
+        responders[issuer_id] = IssuingCA(issuer_id, cert, signer)
+    log_signer = new_signer(KeyType.ED25519, d / "log.key")
     (d / "log.pub").write_bytes(
-        log_key.public_key().public_bytes(
+        log_signer.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
@@ -167,7 +187,8 @@ def create(
             root_cert, root_signer, [], 1, now.replace(microsecond=0), now + ROOT_CRL_VALIDITY
         )
     )
-    root_sealer.seal(root_key, d / "root.key")
+    if root_key is not None:
+        root_sealer.seal(root_key, d / "root.key")
     _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init
     del root_key, root_signer, root
     return Hierarchy(
@@ -175,7 +196,7 @@ def create(
         root_crl=(d / "root.crl").read_bytes(),
         issuers=issuers,
         responders=responders,
-        log_signer=SoftwareSigner(log_key),
+        log_signer=log_signer,
     )
 
 
@@ -187,6 +208,10 @@ def issuer_ca_name(issuer: IssuingCA) -> str:
 def _load_signer(
     cert_or_pub: object, key_file: Path, passphrase: bytes | KeySealer | None
 ) -> Signer:
+    from ca import pkcs11
+
+    if pkcs11.is_reference(key_file):  # held in a token: nothing to unseal
+        return pkcs11.read_reference(key_file)
     if passphrase is None:
         public = (
             cert_or_pub.public_key() if isinstance(cert_or_pub, x509.Certificate) else cert_or_pub

@@ -4,6 +4,8 @@
 CA and hierarchies made before joint custody. :class:`KekSealer` wraps the key with a
 key-encryption key rebuilt from M custodian shares (:mod:`ca.custody`). Both give a
 :class:`~ca.signer.SoftwareSigner` back; :func:`open_key` tells the two formats apart.
+A key file that names a PKCS#11 token key (:mod:`ca.pkcs11`) holds nothing to unseal:
+either sealer gives that token key's signer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from ca import custody
 from ca.errors import Sealed
-from ca.signer import SoftwareSigner, seal_key, unseal_key, write_private
+from ca.signer import Signer, SoftwareSigner, seal_key, unseal_key, write_private
 
 
 def slot_of(path: Path) -> str:
@@ -30,7 +32,13 @@ def slot_of(path: Path) -> str:
 class KeySealer(Protocol):
     def seal(self, key: CertificateIssuerPrivateKeyTypes, path: Path) -> None: ...
 
-    def unseal(self, path: Path) -> SoftwareSigner: ...
+    def unseal(self, path: Path) -> Signer: ...
+
+
+def _token_key(path: Path) -> Signer | None:
+    from ca import pkcs11
+
+    return pkcs11.read_reference(path) if pkcs11.is_reference(path) else None
 
 
 class PassphraseSealer:
@@ -42,8 +50,8 @@ class PassphraseSealer:
     def seal(self, key: CertificateIssuerPrivateKeyTypes, path: Path) -> None:
         seal_key(key, path, self._passphrase)
 
-    def unseal(self, path: Path) -> SoftwareSigner:
-        return unseal_key(path, self._passphrase)
+    def unseal(self, path: Path) -> Signer:
+        return _token_key(path) or unseal_key(path, self._passphrase)
 
     def __repr__(self) -> str:
         return "PassphraseSealer(***)"
@@ -61,7 +69,10 @@ class KekSealer:
         blob = custody.wrap_key(self._kek, self.custody_id, self.purpose, slot_of(path), key)
         write_private(path, blob)
 
-    def unseal(self, path: Path) -> SoftwareSigner:
+    def unseal(self, path: Path) -> Signer:
+        in_token = _token_key(path)
+        if in_token is not None:
+            return in_token
         blob = path.read_bytes()
         if not custody.is_wrapped(blob):
             raise Sealed(f"{path.name} is not sealed under the custody key-encryption key")

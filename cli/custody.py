@@ -187,6 +187,18 @@ def _client() -> CAClient:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Encrypts the first officers' keys (else EPORT_OFFICER_PASSPHRASE, else a prompt).",
 )
+@click.option(
+    "--pkcs11-uri",
+    metavar="URI",
+    help="Make the issuing CA, OCSP responder and log keys in this PKCS#11 token "
+    "(RFC 7512: 'pkcs11:token=LABEL?pin-source=file:PATH'); the key files only name them.",
+)
+@click.option(
+    "--pkcs11-root",
+    is_flag=True,
+    help="With --pkcs11-uri: make the root key in the token too (the token's PIN then "
+    "guards it; root operations still need M custodians).",
+)
 @json_option
 def ca_init(
     policies_dir: Path | None,
@@ -194,6 +206,8 @@ def ca_init(
     out: Path,
     custodian_passphrases: tuple[str, ...],
     officer_passphrase_file: Path | None,
+    pkcs11_uri: str | None,
+    pkcs11_root: bool,
     as_json: bool,
 ) -> None:
     """Create the joint CA under M-of-N custody of the member agencies' custodians.
@@ -206,6 +220,10 @@ def ca_init(
     stored anywhere else: M custodians unseal the server (eport ca unseal) and approve
     every root operation (eport ca ceremony). Every certificate made here is logged,
     and so is the custody record (share fingerprints, threshold).
+
+    With --pkcs11-uri the online keys (and with --pkcs11-root the root key) are made
+    in the token instead, never extractable; the server signs with them from the
+    start, with the PIN from the URI's pin-source or EPORT_PKCS11_PIN.
     """
     from ca import hierarchy as h
     from ca.ceremony import initialize
@@ -232,6 +250,14 @@ def ca_init(
         files[member] = Path(file_name)
     passphrases = {m: _custodian_passphrase(m, name, files) for m, name in members}
     officer_pw = _secret(officer_passphrase_file, "EPORT_OFFICER_PASSPHRASE", "officer keys")
+    token = None
+    if pkcs11_root and not pkcs11_uri:
+        raise CLIError("--pkcs11-root needs --pkcs11-uri")
+    if pkcs11_uri:
+        from ca import pkcs11
+
+        token = pkcs11.TokenKeys(pkcs11.Pkcs11Uri.parse(pkcs11_uri), root=pkcs11_root)
+        pkcs11.login(token.uri)  # a wrong PIN or token fails here, before any key is made
     made = custody.establish(members, policies.members.threshold)
     try:
         shares_dir = out / "shares"
@@ -251,6 +277,7 @@ def ca_init(
             officer_dir=out / "officers",
             actor="ceremony:init",
             custody_set=made,
+            token=token,
         )
     finally:
         made.wipe()
@@ -275,6 +302,13 @@ def ca_init(
         f"Root:    {record['root']['subject']}  SHA-256 {record['root']['sha256']}",
     ]
     lines += [f"Issuer:  {iid:<11} {d['subject']}" for iid, d in record["issuers"].items()]
+    if token is not None:
+        held = (
+            "root, issuing CA, OCSP and log keys"
+            if pkcs11_root
+            else "issuing CA, OCSP and log keys"
+        )
+        lines.append(f"Token:   {held} in {token.uri.without_pin()}")
     lines += [f"Share:   {mid:<11} {d['file']}" for mid, d in share_files.items()]
     lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
     lines.append(
@@ -647,13 +681,31 @@ def install(ca_group: click.Group) -> None:
         ca_group.add_command(command)
 
 
+def _keys_in_token(data_dir: Path) -> bool:
+    """Whether every online CA key is a PKCS#11 token key; if so, each is opened and
+    checked now, so a wrong PIN or a missing key fails in one line before the fork."""
+    from ca import hierarchy, pkcs11
+
+    d = hierarchy.ca_dir(data_dir)
+    files = [d / "log.key", *(d / "issuers").glob("*.key"), *(d / "responders").glob("*.key")]
+    if not all(pkcs11.is_reference(f) for f in files):
+        return False
+    for f in files:
+        pkcs11.read_reference(f).check()
+    return True
+
+
 def announce_sealed_start(data_dir: Path) -> None:
-    """Before gunicorn forks: make this instance's boot key and print its unseal key."""
+    """Before gunicorn forks: make this instance's boot key and print its unseal key
+    (unless the CA keys are in a PKCS#11 token: nothing to unseal)."""
     from ca import bootkey, custody_files
     from ca.share_transport import raw_public
 
     custody_files.load_record(data_dir)  # fail early on a damaged record
-    boot = bootkey.current()
+    boot = bootkey.current()  # root ceremonies need it in every worker, token or not
+    if _keys_in_token(data_dir):
+        click.echo("The CA keys are held in a PKCS#11 token: the CA starts unsealed.")
+        return
     public = raw_public(boot.ceremony_key(boot.unseal_ceremony_id).public_key())
     click.secho(
         "The CA starts SEALED: issuance is refused until M custodians run "

@@ -2,6 +2,8 @@
 
 Private keys are written as encrypted PKCS#8 (RFC 5958 with PBES2) with mode 0600.
 The passphrase comes from ``--passphrase-file``, ``EPORT_PASSPHRASE`` or a prompt.
+A key can also stay in a PKCS#11 token: ``--key`` (alias ``--pkcs11-uri``) then takes
+an RFC 7512 URI, or a file holding one (``key.uri`` from ``eport enroll --pkcs11-uri``).
 """
 
 from __future__ import annotations
@@ -93,11 +95,18 @@ def write_p12(
     write_private(path, data)
 
 
-def load_key(path: Path, pw_file: Path | None) -> CertificateIssuerPrivateKeyTypes:
+def load_key(path: Path | str, pw_file: Path | None) -> CertificateIssuerPrivateKeyTypes:
+    """A key file's private key, or the token key a ``pkcs11:`` URI (or a file with one)
+    names: that one signs in the token (:mod:`ca.pkcs11`), with the URI's PIN source."""
+    if isinstance(path, str) and path.startswith(PKCS11_SCHEME):
+        return token_key(path)
+    path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read key file {path}: {exc.strerror}") from None
+    if data.startswith(PKCS11_SCHEME.encode()):
+        return token_key(data.decode().strip())
     encrypted = b"ENCRYPTED" in data
     pw = passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else None
     try:
@@ -121,7 +130,27 @@ def load_certs(path: Path) -> list[x509.Certificate]:
         raise CLIError(f"{path} is not a PEM or DER certificate: {exc}") from None
 
 
-def load_identity(cert: Path, key: Path, pw_file: Path | None) -> Identity:
+PKCS11_SCHEME = "pkcs11:"
+
+
+def token_key(uri: str) -> CertificateIssuerPrivateKeyTypes:
+    from ca import pkcs11
+
+    return pkcs11.private_key(uri)
+
+
+class KeyRef(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5
+    """A key file (a :class:`Path`), or a ``pkcs11:`` URI kept as the string it is."""
+
+    name = "FILE|URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith(PKCS11_SCHEME):
+            return value
+        return Path(value)
+
+
+def load_identity(cert: Path, key: Path | str, pw_file: Path | None) -> Identity:
     """The certificate (with its chain: chain.pem beside it when present) and key."""
     certs = load_certs(cert)
     chain_file = cert.with_name("chain.pem")
@@ -152,11 +181,14 @@ def identity_options(role: str, *, required: bool = True) -> Callable[[F], F]:
         )(f)
         f = click.option(
             "--key",
+            "--pkcs11-uri",
             "key_file",
             required=required,
             envvar="EPORT_KEY",
-            type=click.Path(path_type=Path, dir_okay=False),
-            help=f"The {role}'s encrypted private key, PKCS#8 PEM (env EPORT_KEY).",
+            type=KeyRef(),
+            help=f"The {role}'s encrypted private key, PKCS#8 PEM (env EPORT_KEY); or "
+            "the PKCS#11 URI of a token key (pkcs11:token=...;object=...?pin-source=file:PIN), "
+            "or a file holding one.",
         )(f)
         f = click.option(
             "--cert",

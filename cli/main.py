@@ -318,6 +318,12 @@ def _refuse_overwrite(out: Path) -> None:
     help="Passphrase for the new key (else EPORT_PASSPHRASE, else a prompt).",
 )
 @click.option("--p12", is_flag=True, help="Also write bundle.p12 (PKCS#12, same passphrase).")
+@click.option(
+    "--pkcs11-uri",
+    metavar="URI",
+    help="Generate the key in this PKCS#11 token instead (RFC 7512: "
+    "'pkcs11:token=LABEL?pin-source=file:PATH'); OUT/key.uri then names it.",
+)
 @json_option
 @pass_ctx
 def enroll(
@@ -328,6 +334,7 @@ def enroll(
     key_type: str,
     passphrase_file: Path | None,
     p12: bool,
+    pkcs11_uri: str | None,
     as_json: bool,
 ) -> None:
     """Generate a key here, send a CSR with a one-time code, save the certificate.
@@ -335,8 +342,14 @@ def enroll(
     The private key never leaves this machine: it is written encrypted (PKCS#8)
     to OUT/key.pem with mode 0600; only the PKCS#10 request is sent. The CA
     builds the certificate's subject from the vetted application, not the CSR.
+    With --pkcs11-uri the key is made in the token and never leaves it: the CSR is
+    signed there, and OUT/key.uri (the key's URI, without any PIN) replaces key.pem;
+    pass it to --key (or --pkcs11-uri) of signed commands and `eport login`.
     """
     _refuse_overwrite(out)
+    if pkcs11_uri is not None:
+        _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
+        return
     pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
     key = keyfiles.new_key(key_type)
     csr = keyfiles.csr_for(key).decode()
@@ -351,6 +364,42 @@ def enroll(
         f"  subject: {result['subject']}\n"
         f"  valid until: {result['not_after']}\n"
         "  files: " + ", ".join(files.values()),
+    )
+
+
+def _enroll_in_token(
+    ctx: Ctx, code: str, profile: str, out: Path, key_type: str, uri: str, p12: bool, j: bool
+) -> None:
+    from ca import pkcs11
+    from ca.keys import KeyType
+
+    if p12:
+        raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
+    if (out / "key.uri").exists():
+        raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    signer = pkcs11.generate(pkcs11.Pkcs11Uri.parse(uri), KeyType(key_type), f"eport {stamp}")
+    try:
+        csr = keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode()
+        result = ctx.client().call(
+            "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
+        )
+    except BaseException:
+        pkcs11.destroy(signer.uri)  # refused: leave the token as it was
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
+    files["key"].write_text(str(signer.uri.without_pin()) + "\n")
+    files["certificate"].write_text(result["certificate"])
+    files["chain"].write_text(result["chain"])
+    emit(
+        j,
+        {**result, "files": {k: str(v) for k, v in files.items()}},
+        f"Issued {result['profile']} certificate {result['serial']} for a key in the token\n"
+        f"  subject: {result['subject']}\n"
+        f"  valid until: {result['not_after']}\n"
+        f"  key: {signer.uri.without_pin()}\n"
+        "  files: " + ", ".join(str(v) for v in files.values()),
     )
 
 

@@ -1,0 +1,578 @@
+"""CA and enterprise keys in a PKCS#11 token: SoftHSM2 tokens made in a temporary
+directory, the real CLI and a real server whose issuing, OCSP, log and root keys sign
+in the token (ca/pkcs11.py, docs/custody.md "Keys in an HSM")."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ca import hierarchy
+from ca.crl import build_crl
+from ca.issuance import CertificateFactory, IssuingCA
+from ca.keys import KeyType
+from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate
+from ca.policy import load_policies
+from tests.conftest import EPORT, REPO, Server, free_port, need, stop, wait_http
+from tests.helpers import fresh_uscc
+from tests.test_ca_init import custodian_env
+
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+CA_PIN = "ca-pin-7c1e93d0"
+ENT_PIN = "ent-pin-42ab19f5"
+SO_PIN = "so-pin-0b5d77"
+
+
+class HSM:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.conf = root / "softhsm2.conf"
+        self.ca_pin = root / "ca.pin"
+        self.ent_pin = root / "ent.pin"
+
+    @property
+    def ca_uri(self) -> str:
+        return f"pkcs11:token=eport-ca?module-path={MODULE}&pin-source=file:{self.ca_pin}"
+
+    @property
+    def ent_uri(self) -> str:
+        return f"pkcs11:token=eport-ent?pin-source=file:{self.ent_pin}"
+
+    def env(self) -> dict[str, str]:
+        return {"SOFTHSM2_CONF": str(self.conf)}
+
+
+@pytest.fixture(scope="module")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HSM]:
+    """Two SoftHSM2 tokens (the CA's and an enterprise's) in a temporary directory; this
+    process and every child see them through SOFTHSM2_CONF."""
+    util = need("softhsm2-util", "/usr/bin/softhsm2-util")
+    need("libsofthsm2.so", MODULE)
+    h = HSM(tmp_path_factory.mktemp("hsm"))
+    (h.root / "tokens").mkdir()
+    h.conf.write_text(
+        f"directories.tokendir = {h.root / 'tokens'}\nobjectstore.backend = file\n"
+        "log.level = ERROR\nslots.removable = false\n"
+    )
+    h.ca_pin.write_text(CA_PIN + "\n")
+    h.ent_pin.write_text(ENT_PIN + "\n")
+    env = {**os.environ, **h.env()}
+    for label, pin in (("eport-ca", CA_PIN), ("eport-ent", ENT_PIN), ("eport-unit", CA_PIN)):
+        subprocess.run(
+            [util, "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", pin],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTHSM2_CONF", str(h.conf))
+        mp.delenv("EPORT_PKCS11_PIN", raising=False)
+        mp.delenv("EPORT_PKCS11_MODULE", raising=False)
+        yield h
+
+
+def unit_uri(hsm: HSM) -> str:
+    return f"pkcs11:token=eport-unit?pin-source=file:{hsm.ca_pin}"
+
+
+# -- URIs (RFC 7512) --------------------------------------------------------------------------
+
+
+def test_rfc7512_examples_parse() -> None:
+    # RFC 7512 §3 examples.
+    u = Pkcs11Uri.parse(
+        "pkcs11:token=The%20Software%20PKCS%2311%20Softtoken;manufacturer=Snake%20Oil,%20Inc.;"
+        "model=1.0;object=my-certificate;type=cert;id=%69%95%3E%5C%F4%BD%EC%91;serial="
+        "?pin-source=file:/etc/token_pin"
+    )
+    assert u.path["token"] == "The Software PKCS#11 Softtoken"
+    assert u.path["manufacturer"] == "Snake Oil, Inc."
+    assert u.id == bytes.fromhex("69953e5cf4bdec91")
+    assert u.object == "my-certificate" and u.query["pin-source"] == "file:/etc/token_pin"
+    u = Pkcs11Uri.parse("pkcs11:object=my-sign-key;type=private?module-name=mypkcs11")
+    with pytest.raises(Pkcs11Error, match="module-path"):
+        _ = u.module
+    u = Pkcs11Uri.parse("pkcs11:token=A%20name;x-vendor=1?pin-value=123456")
+    assert u.pin() == "123456"
+    assert "123456" not in str(u.without_pin()) and "123456" not in repr(u)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http://example.com/key", "not a PKCS#11 URI"),
+        ("pkcs11:token=a;colour=blue", "'colour' is not supported"),
+        ("pkcs11:token=a;id=%zz", "badly encoded"),
+        ("pkcs11:token=a;token=b", "appears twice"),
+        ("pkcs11:token=a?pin-value=1&pin-source=file:/x", "not both"),
+        ("pkcs11:token", "has no value"),
+        ("pkcs11:slot-id=x", "decimal"),
+    ],
+)
+def test_bad_uris_are_refused(text: str, message: str) -> None:
+    with pytest.raises(Pkcs11Error, match=message):
+        Pkcs11Uri.parse(text)
+
+
+_values = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20)
+
+
+@given(
+    token=_values,
+    obj=_values,
+    key_id=st.binary(max_size=12),
+    module=_values,
+    pin_source=_values,
+)
+def test_uri_round_trip(token: str, obj: str, key_id: bytes, module: str, pin_source: str) -> None:
+    base = Pkcs11Uri.parse(str(Pkcs11Uri({"token": token}, {"module-path": module})))
+    assert base.path["token"] == token and base.query["module-path"] == module
+    keyed = base.with_key(obj, key_id)
+    again = Pkcs11Uri.parse(str(keyed))
+    assert (again.object, again.id, again.path["token"]) == (obj, key_id, token)
+    with_pin = Pkcs11Uri(again.path, {"pin-source": pin_source})
+    assert Pkcs11Uri.parse(str(with_pin)).query == {"pin-source": pin_source}
+
+
+# -- signing in the token ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kt", [KeyType.P256, KeyType.P384, KeyType.ED25519, KeyType.RSA2048])
+def test_token_signatures_verify_with_cryptography(hsm: HSM, kt: KeyType) -> None:
+    import pkcs11
+
+    signer = generate(unit_uri(hsm), kt, f"unit {kt.value}")
+    data = b"TBSCertificate bytes " + kt.value.encode()
+    sig = signer.sign(data)
+    pub = Pkcs11Signer(str(signer.uri)).public_key()  # read back from the token
+    assert pub == signer.public_key() and signer.key_type is kt
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        assert sig[0] == 0x30  # DER Ecdsa-Sig-Value, not the token's raw r||s
+        h = kt.hash_algorithm
+        assert h is not None
+        pub.verify(sig, data, ec.ECDSA(h))
+    elif isinstance(pub, ed25519.Ed25519PublicKey):
+        pub.verify(sig, data)
+    else:
+        assert isinstance(pub, rsa.RSAPublicKey)
+        pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+    # The private key is sensitive and cannot leave the token.
+    token = pkcs11.lib(MODULE).get_token(token_label="eport-unit")
+    with token.open(rw=False) as s:
+        priv = s.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, id=signer.uri.id)
+        assert priv[pkcs11.Attribute.SENSITIVE] is True
+        assert priv[pkcs11.Attribute.EXTRACTABLE] is False
+
+
+def test_signer_survives_a_fork(hsm: HSM) -> None:
+    """A gunicorn worker inherits the master's session; it must open its own."""
+    signer = generate(unit_uri(hsm), KeyType.P256, "fork")
+    data = b"signed in a forked child"
+    signer.sign(data)  # the parent's session is open
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            os.write(w, signer.sign(data))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        child_sig = fh.read()
+    os.waitpid(pid, 0)
+    pub = signer.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    pub.verify(child_sig, data, ec.ECDSA(hashes.SHA256()))
+    pub.verify(signer.sign(data), data, ec.ECDSA(hashes.SHA256()))  # parent still signs
+
+
+def test_hierarchy_in_token_verifies_with_openssl(hsm: HSM, tmp_path: Path) -> None:
+    """Root, issuing CA, responder and log keys made in the token: openssl verifies the
+    certificates and CRLs they sign; the key files name the keys and hold no secret."""
+    openssl = need("openssl")
+    data = tmp_path / "data"
+    policies = load_policies(REPO / "policies")
+    now = datetime.datetime.now(datetime.UTC)
+    hierarchy.create(
+        policies,
+        data,
+        root_passphrase=b"unused root passphrase",
+        ca_passphrase=b"unused ca passphrase",
+        factory=CertificateFactory(public_base_url="http://ca.test"),
+        now=now,
+        token=TokenKeys(Pkcs11Uri.parse(unit_uri(hsm)), root=True),
+    )
+    d = hierarchy.ca_dir(data)
+    for key_file in d.rglob("*.key"):
+        blob = key_file.read_bytes()
+        assert blob.startswith(b"PKCS11 pkcs11:token=eport-unit;object=eport%20"), key_file
+        assert CA_PIN.encode() not in blob and b"PRIVATE KEY" not in blob
+    loaded = hierarchy.load(data, None)  # no passphrase: token keys need no unsealing
+    assert not loaded.sealed
+    assert all(isinstance(i.signer, Pkcs11Signer) for i in loaded.issuers.values())
+    assert isinstance(loaded.log_signer, Pkcs11Signer)
+    # A leaf issued by a token-held issuing key, and a CRL signed by it.
+    issuer = loaded.issuers["enterprise"]
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "leaf")]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    leaf = _sign_with(builder, issuer)
+    crl = build_crl(issuer.certificate, issuer.signer, [], 1, now, now + datetime.timedelta(days=1))
+    files = {
+        "root.pem": loaded.root.public_bytes(serialization.Encoding.PEM),
+        "issuer.pem": issuer.certificate.public_bytes(serialization.Encoding.PEM),
+        "leaf.pem": leaf.public_bytes(serialization.Encoding.PEM),
+        "responder.pem": loaded.responders["enterprise"].certificate.public_bytes(
+            serialization.Encoding.PEM
+        ),
+        "issuer.crl": crl,
+    }
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+
+    def ossl(*args: str) -> str:
+        res = subprocess.run([openssl, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res.stdout + res.stderr
+
+    assert "OK" in ossl("verify", "-CAfile", "root.pem", "issuer.pem")
+    for leaf_file in ("leaf.pem", "responder.pem"):
+        assert "OK" in ossl("verify", "-CAfile", "root.pem", "-untrusted", "issuer.pem", leaf_file)
+    (d / "root.crl.pem").write_bytes(
+        x509.load_der_x509_crl(loaded.root_crl).public_bytes(serialization.Encoding.PEM)
+    )
+    assert "verify OK" in ossl(
+        "crl", "-in", str(d / "root.crl"), "-inform", "DER", "-CAfile", "root.pem", "-noout"
+    )
+    assert "verify OK" in ossl(
+        "crl", "-in", "issuer.crl", "-inform", "DER", "-CAfile", "issuer.pem", "-noout"
+    )
+
+
+def _sign_with(builder: x509.CertificateBuilder, issuer: IssuingCA) -> x509.Certificate:
+    """Sign ``builder``'s TBSCertificate with ``issuer``'s token key (as issuance does)."""
+    from ca.pkcs11 import private_key
+
+    signer = issuer.signer
+    assert isinstance(signer, Pkcs11Signer)
+    return builder.sign(private_key(signer.uri), hashes.SHA256())
+
+
+# -- a real server with its keys in the token ----------------------------------------------------
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([EPORT, *args], capture_output=True, text=True, env=env, timeout=120)
+    if check and res.returncode != 0:
+        raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def hsm_server(hsm: HSM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """`eport ca init --pkcs11-uri ... --pkcs11-root`, then `eport serve` (2 workers)."""
+    tmp = tmp_path_factory.mktemp("hsm-ca")
+    data, out = tmp / "data", tmp / "ceremony"
+    env = {**custodian_env(), **hsm.env()}
+    res = run(
+        "ca",
+        "init",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--pkcs11-uri",
+        hsm.ca_uri,
+        "--pkcs11-root",
+        env=env,
+    )
+    assert "Token:   root, issuing CA, OCSP and log keys in pkcs11:token=eport-ca" in res.stdout
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [EPORT, "serve", "--data-dir", str(data), "--port", str(port), "--workers", "2"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/ca/v1/health", proc, log)
+        yield Server(url, data, f"sqlite:///{data / 'eport.db'}", log), out
+    finally:
+        stop(proc)
+
+
+def test_server_with_keys_in_the_token(
+    hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """One test (one server even under xdist): issuance, OCSP, SSO and signed requests
+    with token keys; then the refusals; then no PIN anywhere."""
+    issue_status_login(hsm, hsm_server, tmp_path / "flow")
+    errors_are_one_line_and_change_nothing(hsm, hsm_server, tmp_path / "errors")
+    no_pin_in_logs_or_data(hsm_server)
+
+
+def issue_status_login(hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path) -> None:
+    srv, out = hsm_server
+    assert "held in a PKCS#11 token: the CA starts unsealed" in srv.log.read_text()
+    assert requests.get(srv.url + "/ca/v1/health", timeout=5).json()["sealed"] is False
+    for key_file in (srv.data_dir / "ca").rglob("*.key"):
+        assert key_file.read_bytes().startswith(b"PKCS11 "), key_file
+    env = {**srv.env(EPORT_PASSPHRASE="officer passphrase"), **hsm.env()}
+    officer = out / "officers" / "customs"
+    app = json.loads(
+        run("apply", "--uscc", fresh_uscc(), "--name", "Token Co.", "--json", env=env).stdout
+    )
+    grant = json.loads(
+        run(
+            "ra",
+            "approve",
+            app["id"],
+            "--cert",
+            str(officer / "officer.pem"),
+            "--key",
+            str(officer / "officer.key"),
+            "--json",
+            env=env,
+        ).stdout
+    )
+    ent = tmp_path / "ent"
+    res = run(
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "enterprise",
+        "--out",
+        str(ent),
+        "--pkcs11-uri",
+        hsm.ent_uri,
+        env=env,
+    )
+    assert "for a key in the token" in res.stdout
+    assert not (ent / "key.pem").exists()
+    key_uri = (ent / "key.uri").read_text().strip()
+    assert key_uri.startswith("pkcs11:token=eport-ent;object=eport%20") and ";id=%" in key_uri
+    assert key_uri.endswith(f"?pin-source=file:{hsm.ent_pin}")  # where the PIN is, not the PIN
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    signer = Pkcs11Signer(key_uri)
+    assert cert.public_key() == signer.public_key()  # the CSR's key is the token's
+    # The certificate chains to the root, which the token's root key signed.
+    openssl = need("openssl")
+    root = srv.data_dir / "ca" / "root.crt"
+    names = ("chain.pem", "cert.pem")
+    ok = subprocess.run(
+        [openssl, "verify", "-CAfile", str(root), "-untrusted", *(str(ent / n) for n in names)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    # OCSP: a response signed by the token-held responder key, verified by the CLI.
+    assert (
+        json.loads(run("status", "--cert", str(ent / "cert.pem"), "--json", env=env).stdout)[
+            "status"
+        ]
+        == "good"
+    )
+    # Single sign-on with the token key (RFC 7523 assertion signed in the token).
+    cfg = {**env, "EPORT_CONFIG_DIR": str(tmp_path / "cfg")}
+    login = json.loads(
+        run(
+            "login",
+            "--cert",
+            str(ent / "cert.pem"),
+            "--pkcs11-uri",
+            key_uri,
+            "--json",
+            env=cfg,
+        ).stdout
+    )
+    assert login["session"]["subject"]
+    token = run("token", "--service", "customs-declaration", env=cfg).stdout.strip()
+    assert token.count(".") == 2
+    # A signed request with the token key (the key.uri file, PIN from the environment):
+    # the enterprise suspends its own certificate, and the responder says so.
+    run(
+        "suspend",
+        "--cert",
+        str(ent / "cert.pem"),
+        "--key",
+        str(ent / "key.uri"),
+        env={**env, "EPORT_PKCS11_PIN": ENT_PIN},
+    )
+    status = json.loads(run("status", "--cert", str(ent / "cert.pem"), "--json", env=env).stdout)
+    assert status["status"] == "on-hold"
+    # The log's checkpoints are signed by the token's Ed25519 key.
+    from ca.checkpoint import parse_verifier_key, verify_note
+
+    key_doc = requests.get(srv.url + "/ca/v1/audit/log-key", timeout=5).json()
+    name, pub = parse_verifier_key(key_doc["verifier_key"])
+    log_pub = serialization.load_pem_public_key((srv.data_dir / "ca" / "log.pub").read_bytes())
+    assert pub == log_pub
+    note = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=5).content
+    assert verify_note(note, name, pub).size > 0
+
+
+def errors_are_one_line_and_change_nothing(
+    hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    srv, out = hsm_server
+    env = {**srv.env(EPORT_PASSPHRASE="officer passphrase"), **hsm.env()}
+    ent = tmp_path / "ent"
+    officer = out / "officers" / "tax"
+    app = json.loads(
+        run("apply", "--uscc", fresh_uscc(), "--name", "Token Two Co.", "--json", env=env).stdout
+    )
+    grant = json.loads(
+        run(
+            "ra",
+            "approve",
+            app["id"],
+            "--cert",
+            str(officer / "officer.pem"),
+            "--key",
+            str(officer / "officer.key"),
+            "--json",
+            env=env,
+        ).stdout
+    )
+    before = _objects(hsm, "eport-ent")
+
+    def refused(*args: str, message: str, extra: dict[str, str] | None = None) -> None:
+        res = run(*args, env={**env, **(extra or {})}, check=False)
+        assert res.returncode == 1, res.stdout
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], res.stderr
+        assert ENT_PIN not in res.stderr + res.stdout and "wrong-pin-9" not in res.stderr
+
+    enroll = ["enroll", "--code", grant["enrollment_code"], "--profile", "enterprise"]
+    refused(
+        *enroll,
+        "--out",
+        str(ent),
+        "--pkcs11-uri",
+        "pkcs11:token=eport-ent?pin-value=wrong-pin-9",
+        message="wrong PIN for PKCS#11 token 'eport-ent'",
+    )
+    refused(
+        *enroll,
+        "--out",
+        str(ent),
+        "--pkcs11-uri",
+        "pkcs11:token=no-such-token?pin-value=1234",
+        message="no single PKCS#11 token with token 'no-such-token'",
+    )
+    refused(
+        *enroll,
+        "--out",
+        str(ent),
+        "--pkcs11-uri",
+        "pkcs11:tokn=x",
+        message="'tokn' is not supported",
+    )
+    # A code the CA refuses: the key made for it is deleted from the token again.
+    refused(
+        "enroll",
+        "--code",
+        "not-a-valid-code",
+        "--profile",
+        "enterprise",
+        "--out",
+        str(ent),
+        "--pkcs11-uri",
+        hsm.ent_uri,
+        message="(HTTP 4",
+    )
+    assert _objects(hsm, "eport-ent") == before
+    assert not ent.exists()
+    # The code is still good: nothing above used it.
+    run(*enroll, "--out", str(ent), "--pkcs11-uri", hsm.ent_uri, env=env)
+    key_uri = (ent / "key.uri").read_text().strip().split("?")[0]
+    login = ["login", "--cert", str(ent / "cert.pem")]
+    cfg = {"EPORT_CONFIG_DIR": str(tmp_path / "cfg")}
+    missing = re.sub(r"id=[^;?]*", "id=%00%01", key_uri)
+    refused(
+        *login,
+        "--pkcs11-uri",
+        f"{missing}?pin-source=file:{hsm.ent_pin}",
+        message="no private key matching",
+        extra=cfg,
+    )
+    refused(
+        *login,
+        "--pkcs11-uri",
+        f"{key_uri}?pin-value=wrong-pin-9",
+        message="wrong PIN",
+        extra=cfg,
+    )
+    refused(*login, "--pkcs11-uri", key_uri, message="no PIN for PKCS#11 token", extra=cfg)
+    assert not (tmp_path / "cfg").exists()
+    # A server whose PIN is wrong does not start, and says why in one line.
+    bad_pin = tmp_path / "bad.pin"
+    bad_pin.write_text("wrong-pin-9\n")
+    copy = tmp_path / "data-copy"
+    shutil.copytree(srv.data_dir, copy)
+    for key_file in (copy / "ca").rglob("*.key"):
+        text = key_file.read_text()
+        assert f"pin-source=file:{hsm.ca_pin}" in text  # the PIN file's path, not the PIN
+        key_file.write_text(text.replace(str(hsm.ca_pin), str(bad_pin)))
+    res = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(copy), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), **hsm.env()},
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip() == "eport: error: wrong PIN for PKCS#11 token 'eport-ca'"
+
+
+def _objects(hsm: HSM, label: str) -> int:
+    """How many objects the token holds, counted by a separate process."""
+    code = (
+        "import pkcs11,sys;t=pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2]);"
+        "s=t.open(user_pin=sys.argv[3]);print(len(list(s.get_objects())))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, MODULE, label, ENT_PIN],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **hsm.env()},
+        check=True,
+    )
+    return int(res.stdout)
+
+
+def no_pin_in_logs_or_data(hsm_server: tuple[Server, Path]) -> None:
+    srv, out = hsm_server
+    files = [p for p in [*srv.data_dir.rglob("*"), *out.rglob("*"), srv.log] if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        blob = path.read_bytes()
+        for pin in (CA_PIN, ENT_PIN, SO_PIN):
+            assert pin.encode() not in blob, path
