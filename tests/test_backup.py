@@ -498,3 +498,66 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         assert doc["certificates"] == made["manifest"]["log"]["certificates"]
     finally:
         stop(proc)
+
+
+def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
+    """A production (joint custody) instance: the backup holds only wrapped keys; the
+    restored server starts sealed, M custodians unseal it, the log verifies."""
+    from tests.test_ca_init import init_ca, start_sealed, unseal
+
+    data, out, _ = init_ca(tmp_path)
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        for member in ("customs", "tax", "forex"):
+            unseal(srv, out, member, fp)
+        before = tmp_path / "before.checkpoint"
+        before.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
+        archive = tmp_path / "custody.tar.gz"
+        # No passphrase, share or key is needed to back up: nothing is unwrapped.
+        made = json.loads(
+            eport("backup", "--data-dir", str(data), "--out", str(archive), "--json").stdout
+        )
+    finally:
+        stop(proc)
+    assert made["manifest"]["custody"] is True
+    items = members(archive)
+    keys = [name for name in items if name.endswith(".key")]
+    assert len(keys) >= 7
+    for name in keys:
+        assert items[name].startswith(b"-----BEGIN EPORT WRAPPED PRIVATE KEY-----"), name
+    for data_blob in items.values():
+        for marker in PRIVATE_PEM:
+            assert marker not in data_blob
+        assert b"share passphrase of" not in data_blob and b"officer passphrase" not in data_blob
+
+    shutil.rmtree(data)
+    done = eport(
+        "restore", "--from", str(archive), "--data-dir", str(data), "--checkpoint", str(before)
+    )
+    assert "starts SEALED" in done.stdout
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        assert requests.get(srv.url + "/ca/v1/health", timeout=10).json()["sealed"] is True
+        for member in ("commerce", "inspection", "customs"):
+            unseal(srv, out, member, fp)
+        assert requests.get(srv.url + "/ca/v1/health", timeout=10).json()["sealed"] is False
+        officer = out / "officers" / "customs"
+        res = srv.eport(
+            "audit",
+            "verify",
+            "--full",
+            "--since",
+            str(before),
+            "--state",
+            str(tmp_path / "state.json"),
+            "--cert",
+            str(officer / "officer.pem"),
+            "--key",
+            str(officer / "officer.key"),
+            "--json",
+            EPORT_PASSPHRASE="officer passphrase",
+        )
+        doc = json.loads(res.stdout)
+        assert doc["ok"] and doc["tree_size"] >= made["manifest"]["log"]["size"]
+    finally:
+        stop(proc)
