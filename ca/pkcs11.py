@@ -307,9 +307,10 @@ class _Token:
             for k in [k for k in self._keys if k[0] == name]:
                 del self._keys[k]
 
-    def key(self, uri: Pkcs11Uri, object_class: Any) -> Any:
-        """The object ``uri`` names (by ``object`` label and/or ``id``), cached per session."""
-        cache = (str(uri.without_pin()), object_class)
+    def key(self, uri: Pkcs11Uri, object_class: Any, name: str | None = None) -> Any:
+        """The object ``uri`` names (by ``object`` label and/or ``id``), cached per session
+        under ``name`` (``str(uri.without_pin())``, which callers may have computed)."""
+        cache = (name or str(uri.without_pin()), object_class)
 
         def find(session: Any) -> Any:
             if cache in self._keys:
@@ -389,12 +390,16 @@ class Pkcs11Signer:
     def __init__(self, uri: Pkcs11Uri | str, public_key: CertificatePublicKeyTypes | None = None):
         self.uri = Pkcs11Uri.parse(uri) if isinstance(uri, str) else uri
         self._token = _token(self.uri)
+        self._name = str(self.uri.without_pin())
         self._public = public_key
+        self._type: KeyType | None = None
         self._checked_pid = -1
 
     @property
     def key_type(self) -> KeyType:
-        return KeyType.of(self.public_key())
+        if self._type is None:
+            self._type = KeyType.of(self.public_key())
+        return self._type
 
     def public_key(self) -> CertificatePublicKeyTypes:
         """The expected public key (from the reference file), else read from the token."""
@@ -420,7 +425,7 @@ class Pkcs11Signer:
         self.check()
 
         def op(_session: Any) -> bytes:
-            key = self._token.key(self.uri, pkcs11.ObjectClass.PRIVATE_KEY)
+            key = self._token.key(self.uri, pkcs11.ObjectClass.PRIVATE_KEY, self._name)
             try:
                 return bytes(key.sign(data, mechanism=mechanism))
             except (pkcs11.SessionClosed, pkcs11.SessionHandleInvalid, pkcs11.DeviceRemoved):
