@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from flask import Flask, Response, json, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import sessionmaker
@@ -26,7 +27,7 @@ from authsvc.keys import KeyRing
 from authsvc.models import AuthBase
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore
-from ca import hierarchy
+from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError
 from ca.policy import load_policies
@@ -72,7 +73,11 @@ def key_passphrase(cfg: AuthConfig) -> bytes:
     raise EPortError("the token service needs EPORT_AUTH_KEY_PASSPHRASE to encrypt its keys")
 
 
-def status_source(cfg: AuthConfig, h: hierarchy.Hierarchy) -> StatusSource:
+def status_factory(cfg: AuthConfig) -> StatusFactory:
+    """How the token service asks for certificate status, given the issuing CAs it trusts.
+
+    The connection (an HTTP session, or the embedded CA's database engine) is made once;
+    each hierarchy reload only builds a new source over it."""
     if cfg.status_mode == "ocsp":
         import requests
 
@@ -87,13 +92,24 @@ def status_source(cfg: AuthConfig, h: hierarchy.Hierarchy) -> StatusSource:
             r.raise_for_status()
             return r.content
 
-        return OCSPStatusSource([i.certificate for i in h.issuers.values()], post)
+        def remote(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
+            return OCSPStatusSource(list(issuers.values()), post)
+
+        return remote
+    from ca.issuance import IssuingCA
+    from ca.signer import SealedSigner
     from ca.status import StatusService
     from ca.store import SqlStore
 
     engine = make_engine(cfg.ca_sqlalchemy_url)
     store = SqlStore(sessionmaker(engine, expire_on_commit=False))
-    return StatusService(issuers=h.issuers, responders={}, store=store, clock=utcnow)
+
+    def local(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
+        # Public certificates only: no CA key is opened by the token service.
+        cas = {i: IssuingCA(i, c, SealedSigner(c.public_key())) for i, c in issuers.items()}
+        return StatusService(issuers=cas, responders={}, store=store, clock=utcnow)
+
+    return local
 
 
 def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -110,10 +126,10 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     from authsvc.policy import load_access_policy
 
     access = load_access_policy(cfg.policies_dir, {m.id for m in policies.members.members})
-    h = hierarchy.load(cfg.data_dir, None)  # public certificates only; no CA key is opened
-    trust = TrustAnchors(
-        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
-    )
+    # The CA's public files; reloaded in every worker when a ceremony changes them.
+    live = LiveTrust(cfg.data_dir, status_factory(cfg))
+    trust = LiveAnchors(live)
+    status = LiveStatus(live) if cfg.status_mode == "ocsp" else LiveBatchStatus(live)
     store = SqlAuthStore(lambda: db.session)  # type: ignore[arg-type,return-value]
     settings = Settings(
         issuer=cfg.issuer,
@@ -136,12 +152,20 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         store=store,
         keys=keys,
         trust=trust,
-        status=status_source(cfg, h),
+        status=status,
         policies=policies,
         access=access,
         clock=utcnow,
     )
     app.extensions[EXTENSION] = AuthService(cfg, tokens, store, trust, access)
+
+    @app.before_request
+    def _pin_trust() -> None:
+        live.pin()  # one stat at most every second; a changed hierarchy is reloaded here
+
+    @app.teardown_request
+    def _unpin_trust(_exc: BaseException | None) -> None:
+        live.unpin()
 
     from authsvc.api import bp, well_known
 
@@ -190,12 +214,13 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
 
     _install_validate_fast_path(app, cfg)
     if cfg.sweep_seconds > 0:
-        _start_sweeper(app, tokens, keys, store, cfg.sweep_seconds)
+        _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds)
     return app
 
 
 def _install_validate_fast_path(app: Flask, cfg: AuthConfig) -> None:
-    """``GET /auth/validate`` answered before Flask routes it (see authsvc.gateway)."""
+    """``GET /auth/validate`` and introspection by a forwarded client certificate,
+    answered before Flask routes them (see authsvc.gateway)."""
     from authsvc import gateway
     from authsvc.proxy import Headers, TrustedProxies
 
@@ -206,14 +231,31 @@ def _install_validate_fast_path(app: Flask, cfg: AuthConfig) -> None:
         with app.app_context():
             return gateway.decide(s.tokens, s.access, headers, remote_addr, proxies)
 
-    app.wsgi_app = gateway.fast_path(app.wsgi_app, answer)  # type: ignore[method-assign,assignment]
+    def introspect(headers: Headers, remote_addr: str | None, token: str) -> dict[str, Any]:
+        s: AuthService = app.extensions[EXTENSION]
+        with app.app_context():
+            caller = gateway.mtls_caller(s.tokens, s.trust, headers, remote_addr, proxies, utcnow())
+            if caller is None:
+                raise EPortError("no forwarded client certificate")
+            result: dict[str, Any] = s.tokens.introspect(token, caller)
+            return result
+
+    app.wsgi_app = gateway.fast_path(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, answer, introspect
+    )
 
 
 def _start_sweeper(
-    app: Flask, tokens: TokenService, keys: KeyRing, store: SqlAuthStore, every: float
+    app: Flask,
+    tokens: TokenService,
+    keys: KeyRing,
+    store: SqlAuthStore,
+    live: LiveTrust,
+    every: float,
 ) -> None:
     """End sessions of revoked or held certificates even when nobody asks; rotate keys on
-    schedule; forget expired replay and revocation rows."""
+    schedule; forget expired replay and revocation rows; notice a changed CA hierarchy
+    even when no request comes."""
 
     def loop() -> None:
         stop = threading.Event()
@@ -221,6 +263,7 @@ def _start_sweeper(
         while not stop.wait(every):
             ticks += 1
             try:
+                live.refresh()
                 with app.app_context():
                     tokens.sweep()
                     if ticks % 30 == 0:
