@@ -328,3 +328,20 @@ def certificates() -> Response:
     offset = _int_arg("offset", 0, 0, 10**9)
     recs = svc().authority.certificates(caller, uscc, limit, offset)
     return jsonify({"certificates": [cert_json(r, with_pem=True) for r in recs]})
+
+
+@bp.post("/responders/renew")
+def renew_responders() -> Response:
+    """Renew the delegated OCSP responder certificates that are due, or all of them
+    with ``{"force": true}`` (a member agency's RA officer; 503 while sealed)."""
+    from ca.app import renew_responders as renew
+    from ca.errors import Forbidden
+    from ca.policy import SubjectClass
+
+    caller = signed_caller()
+    if caller.role is not SubjectClass.AGENCY:
+        raise Forbidden("OCSP responders are renewed at a member agency RA officer's request")
+    force = json_body().get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false")
+    return jsonify(renew(current_app, force=force, actor=caller.actor).to_json())

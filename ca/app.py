@@ -7,6 +7,8 @@ every :class:`~ca.errors.EPortError` as an RFC 9457 problem document.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import random
 from collections.abc import Mapping
@@ -18,17 +20,19 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from ca import devinit, hierarchy, translog
+from ca import devinit, hierarchy, responders, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
 from ca.errors import EPortError, PayloadTooLarge, Sealed
+from ca.generation import GenerationWatch
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
 from ca.policy import EVERY_ISSUER, Policies, load_policies
 from ca.records import Store
 from ca.revocation import Revocation
+from ca.sealing import KeySealer, PassphraseSealer
 from ca.signedreq import TrustAnchors
 from ca.status import StatusService
 from ca.store import SqlStore, configure_engine
@@ -111,21 +115,14 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine)
     policies = load_policies(cfg.policies_dir)
+    watch = GenerationWatch(cfg.data_dir)  # before loading: a later change is noticed
+    responders.settle(cfg.data_dir)
     h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
     store = SqlStore(
         lambda: db.session,  # type: ignore[arg-type,return-value]
         event_sinks=(translog.append_event,),
     )
-    service = service_for(cfg, policies, h, store)
-    passphrase = ca_passphrase(cfg)
-    if passphrase is not None:
-        from ca.ceremony import renew_responders
-
-        with app.app_context():
-            if renew_responders(service.authority, h, cfg.data_dir, passphrase):
-                h = hierarchy.load(cfg.data_dir, passphrase)
-                service = service_for(cfg, policies, h, store)
-    app.extensions[EXTENSION] = service
+    app.extensions[EXTENSION] = service_for(cfg, policies, h, store)
     if cfg.crl_refresh_seconds > 0:
         _start_refresher(app, cfg.crl_refresh_seconds)
 
@@ -141,6 +138,9 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     install_ocsp_fast_path(app)
     install_audit(app, cfg, h)
     install_custody(app, cfg, policies, h, store)
+    _install_reload(app, cfg, policies, store, watch)
+    if ca_passphrase(cfg) is not None:  # outside joint custody the keys are open now
+        _renew_due_responders(app)
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
@@ -191,12 +191,14 @@ def service_for(
 
 
 def _start_refresher(app: Flask, every: float) -> None:
-    """Re-sign stale or ageing CRLs in the background (changes are debounced to one CRL)."""
+    """Re-sign stale or ageing CRLs in the background (changes are debounced to one CRL);
+    renew OCSP responder certificates that are about to expire."""
     import threading
 
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(every):
+            reload_hierarchy(app)
             try:
                 with app.app_context():
                     app.extensions[EXTENSION].status.refresh()
@@ -204,8 +206,112 @@ def _start_refresher(app: Flask, every: float) -> None:
                 pass  # a sealed server serves what is signed; unsealing resumes signing
             except Exception:
                 log.exception("CRL refresh failed; will retry")
+            _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
+
+
+# -- reloading the hierarchy, renewing OCSP responders --------------------------------------
+
+RELOAD = "eport.ca.reload"
+
+
+def _install_reload(
+    app: Flask, cfg: CAConfig, policies: Policies, store: SqlStore, watch: GenerationWatch
+) -> None:
+    """Outside joint custody, reload the hierarchy when its generation file changes
+    (under custody :class:`ca.quorum_api.CustodyService` does, re-unsealing)."""
+    from ca.quorum_api import EXTENSION as CUSTODY
+
+    if CUSTODY in app.extensions:
+        return
+
+    def reload(token: str) -> None:
+        from ca.audit_api import EXTENSION as AUDIT
+
+        h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
+        app.extensions[EXTENSION] = service_for(cfg, policies, h, store)
+        audit = app.extensions.get(AUDIT)
+        if audit is not None:
+            audit.signer.key = h.log_signer  # the checkpoint signer keeps its origin
+            app.extensions[AUDIT] = dataclasses.replace(audit, public_key=h.log_public_key)
+        log.info("CA hierarchy reloaded (generation %s)", token)
+
+    def poll(immediately: bool = False) -> None:
+        watch.poll(reload, immediately=immediately)
+
+    app.extensions[RELOAD] = poll
+    app.before_request(poll)
+
+
+def reload_hierarchy(app: Flask, *, immediately: bool = False) -> None:
+    """Reload a changed hierarchy in this worker (``immediately``: not waiting for the
+    next periodic check)."""
+    from ca.quorum_api import EXTENSION as CUSTODY
+
+    custody = app.extensions.get(CUSTODY)
+    if custody is not None:
+        with app.app_context():
+            custody.refresh()
+    elif RELOAD in app.extensions:
+        app.extensions[RELOAD](immediately=immediately)
+
+
+def responder_sealer(app: Flask) -> KeySealer | None:
+    """What seals a new responder key: the seal KEK this worker holds once unsealed
+    (joint custody), or the CA passphrase; None while sealed."""
+    from ca.quorum_api import EXTENSION as CUSTODY
+
+    custody = app.extensions.get(CUSTODY)
+    if custody is not None:
+        sealer: KeySealer | None = custody.seal_sealer()
+        return sealer
+    passphrase = ca_passphrase(app.extensions[EXTENSION].config)
+    return PassphraseSealer(passphrase) if passphrase is not None else None
+
+
+def renew_responders(
+    app: Flask, *, force: bool = False, actor: str = responders.ACTOR
+) -> responders.Outcome:
+    """Renew the OCSP responder certificates that are due (all with ``force``); this
+    worker reloads at once, the others at their next check. Raises Sealed (503)."""
+    s: CAService = app.extensions[EXTENSION]
+    outcome = responders.ResponderRenewal(
+        data_dir=s.config.data_dir,
+        issuers=s.status.issuers,
+        factory=s.authority.factory,
+        profile=s.authority.policies.profile(responders.PROFILE),
+        store=s.store,
+        sealer=responder_sealer(app),
+        clock=s.clock,
+        window=datetime.timedelta(days=s.config.responder_renew_days),
+    ).run(force=force, actor=actor)
+    if outcome.renewed:
+        log.warning(
+            "OCSP responder certificates renewed: %s",
+            ", ".join(f"{r.issuer_id} ({r.certificate.serial_number:x})" for r in outcome.renewed),
+        )
+        reload_hierarchy(app, immediately=True)
+    return outcome
+
+
+def _renew_due_responders(app: Flask) -> None:
+    """The periodic check: no I/O unless a responder in memory is due."""
+    try:
+        with app.app_context():
+            s: CAService = app.extensions[EXTENSION]
+            pairs = [(r.certificate, r.issuer) for r in s.status.responders.values()]
+            window = datetime.timedelta(days=s.config.responder_renew_days)
+            validity = s.authority.policies.profile(responders.PROFILE).validity
+            if not responders.any_due(pairs, s.clock(), window, validity):
+                return
+            if responder_sealer(app) is None:
+                return  # sealed: the next check after the unseal renews
+            renew_responders(app)
+    except Sealed:
+        pass
+    except Exception:
+        log.exception("OCSP responder renewal failed; will retry")
 
 
 def session_of() -> Session:

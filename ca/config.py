@@ -48,6 +48,9 @@ class CAConfig:
     """Leeway for ``iat``/``exp`` of signed requests."""
     crl_refresh_seconds: float = 30.0
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
+    responder_renew_days: int = 30
+    """An unsealed server renews an OCSP responder certificate expiring within this many
+    days (checked at start and by the refresher; ``eport ca renew-responders``)."""
     token_issuer: str = ""
     """The token service's issuer (default ``<public_base_url>/auth``), for audit:read tokens."""
     audit_token_audience: str = "https://audit.eport.example"

@@ -147,6 +147,13 @@ def openapi_document() -> dict[str, Any]:
                     ],
                 )
             },
+            "/ca/v1/responders/renew": {
+                "post": _op(
+                    "Renew the OCSP responder certificates that are due ({force: true}: all;"
+                    " RA officer; 503 while sealed)",
+                    signed=True,
+                )
+            },
             "/ca/v1/ca": {"get": _op("Root and issuing CA certificates (PEM)")},
             "/ca/v1/issuers/{issuer_id}.cer": {
                 "get": {

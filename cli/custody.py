@@ -675,9 +675,33 @@ def ca_rotate(
     _emit(as_json, doc, _started_text(doc))
 
 
+@click.command("renew-responders")
+@click.option(
+    "--force", is_flag=True, help="Renew every responder, not only those about to expire."
+)
+@_officer_options
+@json_option
+def ca_renew_responders(
+    force: bool, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Renew the OCSP responder certificates that expire soon (an RA officer's request;
+    the server must be unsealed). The server also does this by itself."""
+    from cli import keyfiles
+
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = _client().call("POST", "/ca/v1/responders/renew", {"force": force}, identity=ident)
+    lines = [
+        f"Renewed the OCSP responder of {r['issuer']}: serial {r['serial']}, "
+        f"until {r['not_after']} (was {r['previous_serial']}, until {r['previous_not_after']})"
+        for r in doc["renewed"]
+    ]
+    lines += [f"Left {issuer}: {why}" for issuer, why in sorted(doc["skipped"].items())]
+    _emit(as_json, doc, "\n".join(lines) or "No OCSP responder to renew.")
+
+
 def install(ca_group: click.Group) -> None:
     """Add the custody commands to ``eport ca``."""
-    for command in (ca_init, ca_reshare, ca_unseal, ceremony_group, ca_rotate):
+    for command in (ca_init, ca_reshare, ca_unseal, ceremony_group, ca_rotate, ca_renew_responders):
         ca_group.add_command(command)
 
 
