@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from authsvc.app import EXTENSION, AuthService, utcnow
-from authsvc.gateway import decide
+from authsvc.gateway import decide, mtls_caller
 from authsvc.keys import JWKS_MAX_AGE
 from authsvc.oidc_api import authorization_code_grant, with_openid
 from authsvc.principal import Principal
@@ -72,11 +72,9 @@ def proxies() -> TrustedProxies:
 def caller_principal() -> Principal:
     """A registered party identified by a signed request or a trusted proxy's client cert."""
     s = svc()
-    cert = forwarded_certificate(request.headers, request.remote_addr, proxies())
-    if cert is not None:
-        s.trust.verify_chain(cert, utcnow())
-        s.tokens._require_good(cert, fresh=False)
-        return s.tokens.principal_of(cert)
+    mtls = mtls_caller(s.tokens, s.trust, request.headers, request.remote_addr, proxies(), utcnow())
+    if mtls is not None:
+        return mtls
     token = parse_authorization(request.headers.get("Authorization"))
     path = request.script_root + request.path
     if request.query_string:

@@ -1,10 +1,13 @@
-"""``GET /auth/validate``: the gateway's sub-request (nginx ``auth_request``).
+"""The token service's hot paths for services: ``GET /auth/validate`` (the gateway's
+sub-request, nginx ``auth_request``) and ``POST /auth/introspect`` from a service whose
+client certificate a trusted TLS proxy forwards.
 
-One framework-free decision, :func:`decide`, used twice: by the Flask view, and by a WSGI
-fast path that answers the same request before Flask routes anything (validation is the
-token service's hottest path, and Flask's request and response machinery costs more than
-the check itself once the token's signature is cached, see
-:class:`authsvc.tokens.VerifiedTokens`).
+Each is one framework-free decision used twice: by the Flask view, and by a WSGI fast
+path that answers the same request before Flask routes anything (these are the token
+service's hottest paths, and Flask's request and response machinery costs more than the
+check itself once the token's signature is cached, see
+:class:`authsvc.tokens.VerifiedTokens`). Whatever the fast path does not answer with
+certainty (a signed request, any error) goes on to Flask with the body intact.
 
 The audience is the service id in ``X-Eport-Service`` (set by the gateway's
 configuration); ``X-Eport-Scope`` optionally names a scope the request needs. The answer
@@ -14,18 +17,23 @@ or 403 (``insufficient_scope``); never a body.
 
 from __future__ import annotations
 
+import datetime
+import io
 import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
-from authsvc.principal import x5t_s256
-from authsvc.proxy import Headers, TrustedProxies, forwarded_certificate
+from authsvc.principal import Principal, x5t_s256
+from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificate
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError
 
 PATH = "/auth/validate"
+INTROSPECT_PATH = "/auth/introspect"
+MAX_INTROSPECT_BODY = 16384
 NO_STORE = ("Cache-Control", "no-store")
 _IDENTITY = (
     ("uscc", "X-Eport-USCC"),
@@ -94,6 +102,37 @@ def decide(
     return Answer(200, out)
 
 
+def mtls_caller(
+    tokens: Any,
+    trust: Any,
+    headers: Headers,
+    remote_addr: str | None,
+    proxies: TrustedProxies,
+    now: datetime.datetime,
+) -> Principal | None:
+    """The registered party whose client certificate a trusted proxy forwarded (chain
+    validated, status good); None without such a header; raises if it is not believable."""
+    cert = forwarded_certificate(headers, remote_addr, proxies)
+    if cert is None:
+        return None
+    trust.verify_chain(cert, now)
+    tokens._require_good(cert, fresh=False)
+    principal: Principal = tokens.principal_of(cert)
+    return principal
+
+
+def json_body(doc: dict[str, Any]) -> bytes:
+    """JSON as Flask's ``jsonify`` writes it outside debug mode (sorted, compact, newline)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+INTROSPECT_HEADERS = [
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+]
+
+
 class _EnvironHeaders:
     """The request headers of a WSGI environ, by HTTP name (PEP 3333 ``HTTP_*`` keys)."""
 
@@ -110,15 +149,65 @@ class _EnvironHeaders:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+def _forwarded_form(environ: dict[str, Any]) -> bytes | None:
+    """The body of a form POST that carries a forwarded client certificate and no other
+    credential; None (stream untouched) for anything else."""
+    if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != (
+        "application/x-www-form-urlencoded"
+    ):
+        return None
+    if "HTTP_AUTHORIZATION" in environ:
+        return None
+    if not any("HTTP_" + h.upper().replace("-", "_") in environ for h in HEADERS):
+        return None
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if not 0 < length <= MAX_INTROSPECT_BODY:
+        return None
+    body: bytes = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)  # for Flask, should it get the request
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
 def fast_path(
     inner: WSGIApp,
     answer: Callable[[Headers, str | None], Answer],
+    introspect: Callable[[Headers, str | None, str], dict[str, Any] | None] | None = None,
 ) -> WSGIApp:
-    """A WSGI app that answers ``GET /auth/validate`` with ``answer`` and passes every
-    other request to ``inner``. The bytes are those the Flask view sends."""
+    """A WSGI app that answers ``GET /auth/validate`` with ``answer`` and, with
+    ``introspect``, ``POST /auth/introspect`` from a forwarded client certificate (None
+    from ``introspect``: let Flask answer); every other request goes to ``inner``. The
+    bytes are those the Flask views send."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "GET":
+        path = environ.get("PATH_INFO")
+        if (
+            introspect is not None
+            and path == INTROSPECT_PATH
+            and environ.get("REQUEST_METHOD") == "POST"
+        ):
+            body = _forwarded_form(environ)
+            if body is not None:
+                tokens = parse_qs(body.decode("latin-1")).get("token", [])
+                result = None
+                if len(tokens) == 1 and tokens[0]:
+                    try:
+                        result = introspect(
+                            _EnvironHeaders(environ), environ.get("REMOTE_ADDR"), tokens[0]
+                        )
+                    except Exception:  # Flask answers it, with the problem it deserves
+                        result = None
+                if result is not None:
+                    out = json_body(result)
+                    start_response(
+                        "200 OK", [*INTROSPECT_HEADERS, ("Content-Length", str(len(out)))]
+                    )
+                    return [out]
+            return inner(environ, start_response)
+        if path != PATH or environ.get("REQUEST_METHOD") != "GET":
             return inner(environ, start_response)
         try:
             a = answer(_EnvironHeaders(environ), environ.get("REMOTE_ADDR"))

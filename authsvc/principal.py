@@ -11,6 +11,7 @@ the subject id is stable across renewals and re-keys:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -40,6 +41,7 @@ def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     return v if isinstance(v, str) else v.decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def x5t_s256(cert: x509.Certificate) -> str:
     """The certificate's SHA-256 thumbprint, base64url (RFC 8705 §3.1 ``x5t#S256``)."""
     import base64

@@ -28,15 +28,22 @@ class TrustedProxies:
         self.networks = [
             ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()
         ]
+        self._seen: dict[str, bool] = {}  # answers per address string (the fast paths)
 
     def trusts(self, addr: str | None) -> bool:
         if not addr:
             return False
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+        known = self._seen.get(addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                return False
+            known = any(ip in net for net in self.networks)
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            self._seen[addr] = known
+        return known
 
 
 class Headers(Protocol):

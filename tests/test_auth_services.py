@@ -43,8 +43,11 @@ def signed_form(srv: Server, d: Path, path: str, fields: dict[str, str]) -> requ
 
 @pytest.fixture(scope="module")
 def operator(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("svc")
-    srv = sqlite_server
+    return operator_with_token(sqlite_server, tmp_path_factory.mktemp("svc"))
+
+
+def operator_with_token(srv: Server, tmp: Path) -> dict[str, Any]:
+    """An operator with roles, logged in, and its access token for customs-declaration."""
     ent = enroll_enterprise(srv, tmp, "Exchange Co.")
     grant = jrun(srv, "operator", "add", "--name", "Sun Li", "--id", "S1", *creds(ent))
     op = tmp / "op"
@@ -186,3 +189,57 @@ def test_certificate_bound_tokens_at_the_gateway(proxied: Server, tmp_path: Path
     assert requests.get(url, headers=base, timeout=10).status_code == 200
     assert requests.get(url, headers={**base, **header(ent)}, timeout=10).status_code == 200
     assert requests.get(url, headers={**base, **header(other)}, timeout=10).status_code == 401
+
+
+def test_introspection_over_mtls_answers_as_the_signed_call(
+    proxied: Server, sqlite_server: Server, tmp_path: Path
+) -> None:
+    """A service behind the TLS proxy introspects with its client certificate (RFC 8705
+    tls_client_auth; answered by the WSGI fast path, authsvc.gateway); the answers are the
+    ones the signed call (the Flask view) gives, and every refusal is the Flask view's."""
+    srv = proxied
+    op = operator_with_token(srv, tmp_path)
+    svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
+    other = enroll_service(srv, tmp_path, "manifest.eport.example")
+
+    def cert_headers(d: Path) -> tuple[dict[str, str], dict[str, str]]:
+        cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+        der = cert.public_bytes(serialization.Encoding.DER)
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        return (
+            {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"},
+            {"X-SSL-Client-Cert": quote(pem)},
+        )
+
+    def mtls(server: Server, headers: dict[str, str], token: str) -> requests.Response:
+        return requests.post(
+            server.url + "/auth/introspect", data={"token": token}, headers=headers, timeout=10
+        )
+
+    revoked = srv.eport(
+        "token", "--service", "customs-declaration", EPORT_CONFIG_DIR=str(op["cfg"])
+    ).stdout.strip()
+    requests.post(srv.url + "/auth/revoke", data={"token": revoked}, timeout=10)
+    for token in (op["token"], revoked, "garbage", op["token"] + "x"):
+        signed = signed_form(srv, svc, "/auth/introspect", {"token": token})
+        assert signed.status_code == 200
+        for headers in cert_headers(svc):
+            r = mtls(srv, headers, token)
+            assert r.status_code == 200 and r.json() == signed.json(), token
+            assert r.headers["Cache-Control"] == "no-store" and r.headers["Pragma"] == "no-cache"
+            assert r.headers["Content-Type"] == signed.headers["Content-Type"]
+    assert mtls(srv, cert_headers(svc)[0], op["token"]).json()["active"] is True
+    # Another service's certificate: that token is not of its audience.
+    assert mtls(srv, cert_headers(other)[0], op["token"]).json() == {"active": False}
+    # Not a service: invalid_client, as from the signed call.
+    r = mtls(srv, cert_headers(op["op"])[0], op["token"])
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    # The header from an address that is not a trusted proxy; a garbage header.
+    r = mtls(sqlite_server, cert_headers(svc)[0], op["token"])
+    assert r.status_code == 401 and "not a trusted proxy" in r.text
+    assert mtls(srv, {"Client-Cert": ":AAAA:"}, op["token"]).status_code == 400
+    # No token: the OAuth error of the Flask view.
+    r = requests.post(
+        srv.url + "/auth/introspect", data={}, headers=cert_headers(svc)[0], timeout=10
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
