@@ -1,8 +1,15 @@
 """Online token checks: OAuth 2.0 Token Introspection (RFC 7662) as a registered service.
 
-The service authenticates with its own service-tls certificate: every introspection is a
-signed request (``Authorization: EPort-Signed <jws>``, see :mod:`ca.signedreq`) whose JWS
-binds the method, the path and a hash of the exact form body, with a single-use ``jti``.
+The service authenticates with its own service-tls certificate, one of two ways:
+
+* a signed request (the default): ``Authorization: EPort-Signed <jws>`` (see
+  :mod:`ca.signedreq`), whose JWS binds the method, the path and a hash of the exact form
+  body, with a single-use ``jti``; works over plain HTTP inside a trusted network;
+* mutual TLS (``tls_client_auth=True``, RFC 8705 §2.1): the certificate and key are
+  presented in the TLS handshake to the e-port TLS proxy, which checks them and forwards
+  the certificate to the token service (RFC 9440 ``Client-Cert`` or nginx's
+  ``X-SSL-Client-Cert``); no per-call signature and no per-call database write, so it is
+  the fast way for busy services (see ``examples/introspection_proxy/nginx.conf``).
 The token service answers ``active: true`` only for a token of this service's own
 audience whose session and login certificate are still good (within the documented 5 s of
 a logout or revocation); anything else is ``{"active": false}`` (RFC 7662 §2.2).
@@ -14,6 +21,7 @@ offline verification (:class:`TokenVerifier`) trusts a token until its ``exp``.
 from __future__ import annotations
 
 import datetime
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from requests.adapters import HTTPAdapter
 
 from authsvc.client.claims import Claims, claims_from
 from authsvc.client.errors import InactiveToken, IntrospectionFailed, InvalidToken
@@ -72,6 +81,32 @@ def _load_key(source: KeySource, passphrase: bytes | None) -> CertificateIssuerP
     return key
 
 
+class _ClientCertificateAdapter(HTTPAdapter):
+    """Connections made with one SSL context: the service's client certificate."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client_tls_context(
+    cert_file: str | Path,
+    key_file: str | Path,
+    passphrase: bytes | None,
+    ca_file: str | Path | None = None,
+) -> ssl.SSLContext:
+    """A TLS client context presenting the service's certificate (and verifying the
+    proxy's certificate against ``ca_file``, or the system's roots)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_file), str(key_file), password=passphrase)
+    return ctx
+
+
 class Introspector:
     """Asks the token service whether a token is active, as the service ``service_cert``.
 
@@ -80,6 +115,12 @@ class Introspector:
     ``service_cert`` is the service-tls certificate (a PEM file, with ``chain.pem`` beside
     it, or certificate objects, leaf first); ``service_key`` its private key (a PEM file,
     decrypted with ``passphrase``, or a key object).
+
+    ``tls_client_auth=True`` authenticates by mutual TLS instead of signing each call: the
+    certificate and key must then be PEM files, ``endpoint``/``server`` the HTTPS URL of
+    the e-port TLS proxy, and ``ca_file`` the CA bundle that proxy's certificate chains to
+    (default: the system's roots). ``http``, if given, gets the client certificate mounted
+    for ``https://``.
     """
 
     def __init__(
@@ -93,8 +134,11 @@ class Introspector:
         http: requests.Session | None = None,
         timeout: float = 5.0,
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        tls_client_auth: bool = False,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.endpoint = endpoint or server.rstrip("/") + INTROSPECTION_PATH
+        self.tls_client_auth = tls_client_auth
         parts = urlsplit(self.endpoint)
         self._signed_path = parts.path + ("?" + parts.query if parts.query else "")
         self.chain = _load_chain(service_cert)
@@ -105,6 +149,13 @@ class Introspector:
             raise ValueError("the service key does not belong to the service certificate")
         self._own_http = http is None
         self.http = http if http is not None else requests.Session()
+        if tls_client_auth:
+            if not isinstance(service_cert, str | Path) or not isinstance(service_key, str | Path):
+                raise ValueError("tls_client_auth needs the certificate and key as PEM files")
+            if parts.scheme != "https":
+                raise ValueError(f"tls_client_auth needs an https:// endpoint, not {self.endpoint}")
+            context = client_tls_context(service_cert, service_key, passphrase, ca_file)
+            self.http.mount("https://", _ClientCertificateAdapter(context))
         self.timeout = timeout
         self._clock = clock
 
@@ -122,18 +173,17 @@ class Introspector:
     def introspect(self, token: str, token_type_hint: str = ACCESS_TOKEN_HINT) -> Introspection:
         """The token service's answer for ``token`` (RFC 7662 §2.1 request, §2.2 answer)."""
         body = urlencode({"token": token, "token_type_hint": token_type_hint}).encode()
-        signed = sign_request(self._key, self.chain, "POST", self._signed_path, body, self._clock())
-        try:
-            resp = self.http.post(
-                self.endpoint,
-                data=body,
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Accept": "application/json",
-                    "Authorization": f"{SCHEME} {signed}",
-                },
-                timeout=self.timeout,
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+        if not self.tls_client_auth:
+            signed = sign_request(
+                self._key, self.chain, "POST", self._signed_path, body, self._clock()
             )
+            headers["Authorization"] = f"{SCHEME} {signed}"
+        try:
+            resp = self.http.post(self.endpoint, data=body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise IntrospectionFailed(f"cannot reach {self.endpoint}: {exc}") from None
         try:
