@@ -6,9 +6,10 @@ import datetime
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, event, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
@@ -93,16 +94,6 @@ def _cert(row: CertificateRow) -> CertificateRecord:
     )
 
 
-def _code(row: EnrollmentCodeRow) -> EnrollmentCode:
-    return EnrollmentCode(
-        code_hash=row.code_hash,
-        application_id=row.application_id,
-        profiles=tuple(row.profiles.split(",")),
-        expires_at=row.expires_at,
-        used_at=row.used_at,
-    )
-
-
 def _event(row: EventRow) -> Event:
     return Event(
         id=row.id,
@@ -117,6 +108,116 @@ def _event(row: EventRow) -> Event:
         cert_sha256=row.cert_sha256,
         application_id=row.application_id,
         details=json.loads(row.details),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as its row was written (the columns of :class:`~ca.models.EventRow`, ``id``
+    assigned): what the event sinks get, without an ORM object per event."""
+
+    id: int
+    at: datetime.datetime
+    type: str
+    actor: str
+    uscc: str | None
+    subject: str | None
+    profile: str | None
+    issuer: str | None
+    serial: str | None
+    cert_sha256: str | None
+    application_id: str | None
+    details: str
+
+
+# Core statements of the issuance path, built once. Executed on the transaction's
+# connection they skip the ORM's unit of work and identity map (each ``add`` + ``flush``
+# cost more than the statement itself); the column types still convert the values
+# (UTC datetimes), and the rows they write are the rows the ORM would write.
+_C, _A, _CERT, _E = EnrollmentCodeRow, ApplicationRow, CertificateRow, EventRow
+_CODE_COLUMNS = (_C.code_hash, _C.application_id, _C.profiles, _C.expires_at, _C.used_at)
+_FIND_CODE = select(*_CODE_COLUMNS).where(_C.code_hash == bindparam("code_hash"))
+_REDEEM_CODE = (
+    update(_C)
+    .where(
+        _C.code_hash == bindparam("b_code_hash"),
+        _C.used_at.is_(None),
+        _C.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("used"))
+    .returning(*_CODE_COLUMNS)
+)
+_APP_COLUMNS = (
+    _A.id,
+    _A.subject_class,
+    _A.uscc,
+    _A.vetted,
+    _A.state,
+    _A.created_at,
+    _A.applicant,
+    _A.decided_by,
+    _A.decided_at,
+    _A.reason,
+)
+_GET_APP = select(*_APP_COLUMNS).where(_A.id == bindparam("app_id"))
+_CERT_COLUMNS = (
+    _CERT.serial,
+    _CERT.issuer_id,
+    _CERT.profile,
+    _CERT.application_id,
+    _CERT.uscc,
+    _CERT.subject,
+    _CERT.spki_sha256,
+    _CERT.cert_sha256,
+    _CERT.not_before,
+    _CERT.not_after,
+    _CERT.der,
+    _CERT.created_at,
+)
+_KEY_HOLDERS = select(*_CERT_COLUMNS).where(_CERT.spki_sha256 == bindparam("spki"))
+_INSERT_CERT = insert(_CERT)
+_INSERT_EVENT = insert(_E)
+
+
+def _code_of(row: Any) -> EnrollmentCode:
+    return EnrollmentCode(
+        code_hash=row[0],
+        application_id=row[1],
+        profiles=tuple(row[2].split(",")),
+        expires_at=row[3],
+        used_at=row[4],
+    )
+
+
+def _app_of(row: Any) -> Application:
+    return Application(
+        id=row[0],
+        subject_class=row[1],
+        uscc=row[2],
+        vetted=json.loads(row[3]),
+        state=ApplicationState(row[4]),
+        created_at=row[5],
+        applicant=row[6],
+        decided_by=row[7],
+        decided_at=row[8],
+        reason=row[9],
+    )
+
+
+def _cert_of(row: Any) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row[0], 16),
+        issuer_id=row[1],
+        profile=row[2],
+        application_id=row[3],
+        uscc=row[4],
+        subject=row[5],
+        spki_sha256=row[6],
+        cert_sha256=row[7],
+        not_before=row[8],
+        not_after=row[9],
+        der=row[10],
+        created_at=row[11],
     )
 
 
@@ -196,14 +297,25 @@ def utc_from_db(value: Any) -> datetime.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
-EventSink = Callable[[Session, EventRow], None]
-"""Called inside the transaction after an event row is flushed (e.g. the Merkle log append)."""
+EventSink = Callable[[Session, StoredEvent], None]
+"""Called inside the transaction after an event row is written (e.g. the Merkle log append)."""
 
 
 class SqlTransaction:
     def __init__(self, session: Session, sinks: tuple[EventSink, ...] = ()) -> None:
         self.s = session
         self.sinks = sinks
+        self._connection: Connection | None = None
+
+    def _conn(self) -> Connection:
+        """The connection of this transaction, for the Core statements of the hot paths.
+
+        Every ORM write here flushes at once, so nothing is pending that a Core
+        statement could miss; Core writes leave no stale object behind (they load none).
+        """
+        if self._connection is None:
+            self._connection = self.s.connection()
+        return self._connection
 
     def add_application(self, app: Application) -> None:
         self.s.add(
@@ -223,9 +335,10 @@ class SqlTransaction:
         self.s.flush()
 
     def get_application(self, app_id: str, *, for_update: bool = False) -> Application | None:
-        q = select(ApplicationRow).where(ApplicationRow.id == app_id)
-        if for_update:
-            q = q.with_for_update()
+        if not for_update:
+            found = self._conn().execute(_GET_APP, {"app_id": app_id}).first()
+            return _app_of(found) if found else None
+        q = select(ApplicationRow).where(ApplicationRow.id == app_id).with_for_update()
         row = self.s.scalars(q).first()
         return _app(row) if row else None
 
@@ -268,44 +381,38 @@ class SqlTransaction:
         self.s.flush()
 
     def find_code(self, code_hash: str) -> EnrollmentCode | None:
-        row = self.s.get(EnrollmentCodeRow, code_hash)
-        return _code(row) if row else None
+        row = self._conn().execute(_FIND_CODE, {"code_hash": code_hash}).first()
+        return _code_of(row) if row else None
 
     def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
-        res = self.s.execute(
-            update(EnrollmentCodeRow)
-            .where(
-                EnrollmentCodeRow.code_hash == code_hash,
-                EnrollmentCodeRow.used_at.is_(None),
-                EnrollmentCodeRow.expires_at > now,
-            )
-            .values(used_at=now)
-            .execution_options(synchronize_session=False)
+        """Mark the code used if it is unused and unexpired: one compare-and-set (the
+        database decides between concurrent redemptions); the redeemed code, or None."""
+        row = (
+            self._conn()
+            .execute(_REDEEM_CODE, {"b_code_hash": code_hash, "now": now, "used": now})
+            .first()
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        self.s.expire_all()
-        return self.find_code(code_hash)
+        return _code_of(row) if row else None
 
     def add_certificate(self, rec: CertificateRecord) -> None:
-        self.s.add(
-            CertificateRow(
-                serial=rec.serial_hex,
-                issuer_id=rec.issuer_id,
-                profile=rec.profile,
-                application_id=rec.application_id,
-                uscc=rec.uscc,
-                subject=rec.subject,
-                spki_sha256=rec.spki_sha256,
-                cert_sha256=rec.cert_sha256,
-                not_before=rec.not_before,
-                not_after=rec.not_after,
-                der=rec.der,
-                created_at=rec.created_at or rec.not_before,
-            )
-        )
         try:
-            self.s.flush()
+            self._conn().execute(
+                _INSERT_CERT,
+                {
+                    "serial": rec.serial_hex,
+                    "issuer_id": rec.issuer_id,
+                    "profile": rec.profile,
+                    "application_id": rec.application_id,
+                    "uscc": rec.uscc,
+                    "subject": rec.subject,
+                    "spki_sha256": rec.spki_sha256,
+                    "cert_sha256": rec.cert_sha256,
+                    "not_before": rec.not_before,
+                    "not_after": rec.not_after,
+                    "der": rec.der,
+                    "created_at": rec.created_at or rec.not_before,
+                },
+            )
         except IntegrityError as exc:
             raise Conflict("serial number collision; nothing was issued") from exc
 
@@ -320,28 +427,28 @@ class SqlTransaction:
         return [_cert(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
 
     def key_holders(self, spki_sha256: str) -> list[CertificateRecord]:
-        q = select(CertificateRow).where(CertificateRow.spki_sha256 == spki_sha256)
-        return [_cert(r) for r in self.s.scalars(q)]
+        return [_cert_of(r) for r in self._conn().execute(_KEY_HOLDERS, {"spki": spki_sha256})]
 
     def append_event(self, ev: Event) -> int:
-        row = EventRow(
-            at=ev.at,
-            type=ev.type.value,
-            actor=ev.actor,
-            uscc=ev.uscc,
-            subject=ev.subject,
-            profile=ev.profile,
-            issuer=ev.issuer,
-            serial=format(ev.serial, "x") if ev.serial is not None else None,
-            cert_sha256=ev.cert_sha256,
-            application_id=ev.application_id,
-            details=json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False),
-        )
-        self.s.add(row)
-        self.s.flush()
+        values: dict[str, Any] = {
+            "at": ev.at,
+            "type": ev.type.value,
+            "actor": ev.actor,
+            "uscc": ev.uscc,
+            "subject": ev.subject,
+            "profile": ev.profile,
+            "issuer": ev.issuer,
+            "serial": format(ev.serial, "x") if ev.serial is not None else None,
+            "cert_sha256": ev.cert_sha256,
+            "application_id": ev.application_id,
+            "details": json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False),
+        }
+        key = self._conn().execute(_INSERT_EVENT, values).inserted_primary_key
+        assert key is not None
+        stored = StoredEvent(id=int(key[0]), **values)
         for sink in self.sinks:
-            sink(self.s, row)
-        return row.id
+            sink(self.s, stored)
+        return stored.id
 
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
         q = select(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))

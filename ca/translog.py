@@ -36,6 +36,7 @@ from ca.checkpoint import Checkpoint, NoteKey, sign_note
 from ca.errors import Conflict, EPortError, Sealed
 from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
 from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow, LogNodeRow
+from ca.store import StoredEvent
 
 __all__ = [
     "HEAD_ID",
@@ -198,7 +199,7 @@ def _lock_head(session: Session) -> tuple[int, bool]:
     return int(size), True
 
 
-def entry_of(row: EventRow) -> bytes:
+def entry_of(row: EventRow | StoredEvent) -> bytes:
     """The canonical v1 entry of an event row (:mod:`ca.logentry`)."""
     assert row.id is not None, "the event row must be flushed first"
     return logentry.encode(
@@ -219,7 +220,7 @@ def entry_of(row: EventRow) -> bytes:
     )
 
 
-def append_events(session: Session, rows: Sequence[EventRow]) -> range:
+def append_events(session: Session, rows: Sequence[EventRow | StoredEvent]) -> range:
     """Append the entries of flushed event rows, in order, under the head lock.
 
     Returns the leaf indices they received. On the first append of a database any
@@ -255,7 +256,7 @@ def append_events(session: Session, rows: Sequence[EventRow]) -> range:
     return span
 
 
-def append_event(session: Session, row: EventRow) -> None:
+def append_event(session: Session, row: EventRow | StoredEvent) -> None:
     """The event sink: append ``row``'s entry in the transaction that wrote it."""
     append_events(session, [row])
 
