@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 from cryptography import x509
@@ -26,8 +27,9 @@ from ca import hierarchy
 from ca.crl import build_crl
 from ca.issuance import CertificateFactory, IssuingCA
 from ca.keys import KeyType
-from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate
+from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate, private_key
 from ca.policy import load_policies
+from cli.keyfiles import csr_for
 from tests.conftest import EPORT, REPO, Server, free_port, need, stop, wait_http
 from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env
@@ -153,7 +155,7 @@ def test_uri_round_trip(token: str, obj: str, key_id: bytes, module: str, pin_so
 
 
 @pytest.mark.parametrize("kt", [KeyType.P256, KeyType.P384, KeyType.ED25519, KeyType.RSA2048])
-def test_token_signatures_verify_with_cryptography(hsm: HSM, kt: KeyType) -> None:
+def test_token_signatures_verify_with_cryptography(hsm: HSM, kt: KeyType, tmp_path: Path) -> None:
     import pkcs11
 
     signer = generate(unit_uri(hsm), kt, f"unit {kt.value}")
@@ -171,6 +173,24 @@ def test_token_signatures_verify_with_cryptography(hsm: HSM, kt: KeyType) -> Non
     else:
         assert isinstance(pub, rsa.RSAPublicKey)
         pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+    # Behind cryptography's private key interface the token key signs a PKCS#10 request
+    # (openssl checks its self-signature) and a JWS (PyJWT, as login and signed requests).
+    key = private_key(str(signer.uri))
+    csr_file = tmp_path / "req.pem"
+    csr_file.write_bytes(csr_for(key))
+    res = subprocess.run(
+        [need("openssl"), "req", "-in", str(csr_file), "-verify", "-noout"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and "verify OK" in res.stdout + res.stderr, res.stderr
+    assert jwt.decode(jwt.encode({"n": 1}, key, kt.jws_alg), pub, [kt.jws_alg]) == {"n": 1}
+    with pytest.raises(Pkcs11Error, match="cannot be exported"):
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     # The private key is sensitive and cannot leave the token.
     token = pkcs11.lib(MODULE).get_token(token_label="eport-unit")
     with token.open(rw=False) as s:
@@ -273,8 +293,6 @@ def test_hierarchy_in_token_verifies_with_openssl(hsm: HSM, tmp_path: Path) -> N
 
 def _sign_with(builder: x509.CertificateBuilder, issuer: IssuingCA) -> x509.Certificate:
     """Sign ``builder``'s TBSCertificate with ``issuer``'s token key (as issuance does)."""
-    from ca.pkcs11 import private_key
-
     signer = issuer.signer
     assert isinstance(signer, Pkcs11Signer)
     return builder.sign(private_key(signer.uri), hashes.SHA256())
