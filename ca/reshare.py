@@ -55,6 +55,7 @@ from ca.custody import (
     ShareFile,
     ShareRejected,
     establish,
+    is_wrapped,
     wipe,
 )
 from ca.errors import Conflict
@@ -109,9 +110,11 @@ def rebuild(data_dir: Path, record: CustodyRecord, files: Sequence[ShareFile]) -
             keks[purpose] = record.combine([f.share(purpose) for f in files], purpose)
         d = hierarchy.ca_dir(data_dir)
         # The check values say the KEKs are right; opening a key proves the record and the
-        # keys on disk go together before anything is re-shared.
-        KekSealer(keks[Purpose.ROOT], record.keys_id, Purpose.ROOT).unseal(d / "root.key")
-        KekSealer(keks[Purpose.SEAL], record.keys_id, Purpose.SEAL).unseal(d / "log.key")
+        # keys on disk go together before anything is re-shared (a key held in a PKCS#11
+        # token is not wrapped: its file only names it).
+        for purpose, path in ((Purpose.ROOT, d / "root.key"), (Purpose.SEAL, d / "log.key")):
+            if is_wrapped(path.read_bytes()):
+                KekSealer(keks[purpose], record.keys_id, purpose).unseal(path)
     except BaseException:
         for kek in keks.values():
             wipe(kek)
