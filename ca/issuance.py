@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from asn1crypto import core as asn1core
-from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -97,6 +95,13 @@ class _ThrowawayKeys:
 _THROWAWAY = _ThrowawayKeys()
 
 
+_Extensions = tuple[x509.Extension[x509.ExtensionType], ...]
+
+
+def _ext(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(value.oid, critical, value)
+
+
 class CertificateFactory:
     """Turns (profile, issuer, public key, vetted data) into a signed, linted certificate.
 
@@ -112,6 +117,7 @@ class CertificateFactory:
         self.linter = linter or CertificateLinter()
         self.lint_sampler = lint_sampler or (lambda: True)
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self._fixed: dict[tuple[Profile, str, bytes], tuple[_Extensions, _Extensions]] = {}
 
     def check_key(self, profile: Profile, public_key: CertificatePublicKeyTypes) -> KeyType:
         kt = KeyType.of(public_key)
@@ -140,60 +146,67 @@ class CertificateFactory:
             ) from None
         not_before = now.replace(microsecond=0)
         not_after = min(not_before + profile.validity, issuer.certificate.not_valid_after_utc)
-        ku = profile.key_usage
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer.certificate.subject)
-            .public_key(public_key)
-            .serial_number(serial)
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(
-                x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length),
-                critical=True,
-            )
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature="digitalSignature" in ku,
-                    content_commitment="contentCommitment" in ku,
-                    key_encipherment="keyEncipherment" in ku,
-                    data_encipherment="dataEncipherment" in ku,
-                    key_agreement="keyAgreement" in ku,
-                    key_cert_sign="keyCertSign" in ku,
-                    crl_sign="cRLSign" in ku,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier(issuer.ski, None, None),
-                critical=False,
-            )
-            .add_extension(
-                x509.CertificatePolicies(
-                    [x509.PolicyInformation(oid, None) for oid in profile.policy_oids]
-                ),
-                critical=False,
-            )
-        )
-        if profile.ocsp_nocheck:
-            b = b.add_extension(x509.OCSPNoCheck(), critical=False)
-        if profile.status_urls and self.public_base_url:
-            b = self._add_status_urls(b, issuer.id)
-        if profile.extended_key_usage:
-            b = b.add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usage)), False)
+        head, tail = self._fixed_extensions(profile, issuer)
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        extensions = [*head, x509.Extension(ski.oid, False, ski), *tail]
         if dns_names:
-            b = b.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False
-            )
-        return b
+            san = x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names])
+            extensions.append(x509.Extension(san.oid, False, san))
+        return x509.CertificateBuilder(
+            issuer_name=issuer.certificate.subject,
+            subject_name=subject,
+            public_key=public_key,
+            serial_number=serial,
+            not_valid_before=not_before,
+            not_valid_after=not_after,
+            extensions=extensions,
+        )
 
-    def _add_status_urls(
-        self, b: x509.CertificateBuilder, issuer_id: str
-    ) -> x509.CertificateBuilder:
+    def _fixed_extensions(
+        self, profile: Profile, issuer: IssuingCA
+    ) -> tuple[_Extensions, _Extensions]:
+        """The extensions that depend only on the profile and the issuer, made once: those
+        before the subject key identifier, and those after it (the SAN comes last)."""
+        key = (profile, issuer.id, issuer.ski)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            ku = profile.key_usage
+            head = (
+                _ext(x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length), True),
+                _ext(
+                    x509.KeyUsage(
+                        digital_signature="digitalSignature" in ku,
+                        content_commitment="contentCommitment" in ku,
+                        key_encipherment="keyEncipherment" in ku,
+                        data_encipherment="dataEncipherment" in ku,
+                        key_agreement="keyAgreement" in ku,
+                        key_cert_sign="keyCertSign" in ku,
+                        crl_sign="cRLSign" in ku,
+                        encipher_only=False,
+                        decipher_only=False,
+                    ),
+                    True,
+                ),
+            )
+            tail = [
+                _ext(x509.AuthorityKeyIdentifier(issuer.ski, None, None), False),
+                _ext(
+                    x509.CertificatePolicies(
+                        [x509.PolicyInformation(oid, None) for oid in profile.policy_oids]
+                    ),
+                    False,
+                ),
+            ]
+            if profile.ocsp_nocheck:
+                tail.append(_ext(x509.OCSPNoCheck(), False))
+            if profile.status_urls and self.public_base_url:
+                tail.extend(self._status_urls(issuer.id))
+            if profile.extended_key_usage:
+                tail.append(_ext(x509.ExtendedKeyUsage(list(profile.extended_key_usage)), False))
+            fixed = self._fixed[key] = (head, tuple(tail))
+        return fixed
+
+    def _status_urls(self, issuer_id: str) -> _Extensions:
         """AIA (RFC 5280 §4.2.2.1: OCSP and caIssuers) and CRL distribution points (§4.2.1.13).
 
         Certificates of the root (issuing CAs) point at the root's CRL only: the root
@@ -221,9 +234,10 @@ class CertificateFactory:
             reasons=None,
             crl_issuer=None,
         )
-        return b.add_extension(
-            x509.AuthorityInformationAccess(access), critical=False
-        ).add_extension(x509.CRLDistributionPoints([crl]), critical=False)
+        return (
+            _ext(x509.AuthorityInformationAccess(access), False),
+            _ext(x509.CRLDistributionPoints([crl]), False),
+        )
 
     def lint_template(
         self, profile: Profile, issuer: IssuingCA, now: datetime.datetime
@@ -260,18 +274,42 @@ class CertificateFactory:
         return sign_draft(draft, issuer)
 
 
+def _der_length(n: int) -> bytes:
+    """A DER length octet string (X.690 §8.1.3: short form below 128, else long form)."""
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def _der_tlv_end(der: bytes, start: int) -> int:
+    """The offset just past the DER element (single-octet tag) that starts at ``start``."""
+    first = der[start + 1]
+    if first < 0x80:
+        return start + 2 + first
+    count = first & 0x7F
+    length = int.from_bytes(der[start + 2 : start + 2 + count], "big")
+    return start + 2 + count + length
+
+
 def _assemble(draft: x509.Certificate, signer: Signer) -> x509.Certificate:
-    """Sign the TBSCertificate of ``draft`` with ``signer`` (RFC 5280 §4.1.1.3)."""
-    signature = signer.sign(draft.tbs_certificate_bytes)
-    parsed = ax509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
-    der = ax509.Certificate(
-        {
-            "tbs_certificate": parsed["tbs_certificate"],
-            "signature_algorithm": parsed["signature_algorithm"],
-            "signature_value": asn1core.OctetBitString(signature),
-        }
-    ).dump()
-    return x509.load_der_x509_certificate(der)
+    """Sign the TBSCertificate of ``draft`` with ``signer`` (RFC 5280 §4.1.1.3).
+
+    The certificate is ``SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }``:
+    the first two are taken as bytes from the draft (the algorithm identifier is the same
+    for both keys: same key type, same hash), and only the BIT STRING is new.
+    """
+    tbs = draft.tbs_certificate_bytes
+    signature = signer.sign(tbs)
+    der = draft.public_bytes(serialization.Encoding.DER)
+    tbs_start = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
+    if der[0] != 0x30 or der[tbs_start : tbs_start + len(tbs)] != tbs:
+        raise LintFailed("the draft certificate is not a DER SEQUENCE around its TBS")
+    alg_start = tbs_start + len(tbs)
+    algorithm = der[alg_start : _der_tlv_end(der, alg_start)]
+    bit_string = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    body = tbs + algorithm + bit_string
+    return x509.load_der_x509_certificate(b"\x30" + _der_length(len(body)) + body)
 
 
 def sign_draft(draft: x509.Certificate, issuer: IssuingCA) -> x509.Certificate:

@@ -25,9 +25,10 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, TextClause, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,7 @@ from ca import logentry
 from ca.checkpoint import Checkpoint, NoteKey, sign_note
 from ca.errors import Conflict, EPortError, Sealed
 from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
-from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow, LogNodeRow
+from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow
 from ca.store import StoredEvent
 
 __all__ = [
@@ -108,9 +109,9 @@ class SqlTreeStore:
         known = self._known
         missing = [key for key in dict.fromkeys(keys) if key not in known]
         if missing:
-            for level, idx, digest in self._conn.execute(
-                _select_nodes(len(missing)), _node_params(missing)
-            ):
+            sql = _select_nodes(len(missing), self._conn.dialect.paramstyle == "qmark")
+            params = tuple(n for key in missing for n in key)
+            for level, idx, digest in self._conn.exec_driver_sql(sql, params):
                 known[(int(level), int(idx))] = bytes(digest)
         try:
             return [known[key] for key in keys]
@@ -120,10 +121,7 @@ class SqlTreeStore:
     def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
         if not items:
             return
-        self._conn.execute(
-            _INSERT_NODE,
-            [{"level": level, "idx": idx, "hash": digest} for level, idx, digest in items],
-        )
+        _driver_sql(self._conn, _INSERT_NODES, [(level, idx, h) for level, idx, h in items])
         size = self.size()
         for level, idx, digest in items:
             self._known[(level, idx)] = digest
@@ -132,38 +130,37 @@ class SqlTreeStore:
         self._size = size
 
 
-_INSERT_NODE = insert(LogNodeRow)
-_INSERT_ENTRY = insert(LogEntryRow)
+_INSERT_NODES = "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"
+_INSERT_ENTRIES = "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)"
+_MOVE_HEAD = f"UPDATE log_head SET size = ?, root_hash = ? WHERE id = {HEAD_ID}"  # noqa: S608
 _READ_HEAD = select(LogHeadRow.size, LogHeadRow.root_hash).where(LogHeadRow.id == HEAD_ID)
 _LOCK_HEAD = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
 _CREATE_HEAD = insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT)
-_MOVE_HEAD = (
-    update(LogHeadRow)
-    .where(LogHeadRow.id == HEAD_ID)
-    .values(size=bindparam("new_size"), root_hash=bindparam("new_root"))
-)
+
+
+def _driver_sql(conn: Connection, sql: str, params: Any) -> None:
+    """``sql`` with ``?`` placeholders through the driver itself (``executemany`` for a
+    list). Only for integers and bytes, which need no conversion by SQLAlchemy's types:
+    the appends of the log skip its per-statement parameter processing."""
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    conn.exec_driver_sql(sql, params)
 
 
 @functools.cache
-def _select_nodes(count: int) -> TextClause:
-    """One SELECT of ``count`` nodes: ``(level = ? AND idx = ?) OR …``.
+def _select_nodes(count: int, qmark: bool) -> str:
+    """One SELECT of ``count`` nodes: ``(level = ? AND idx = ?) OR …``, in the driver's
+    placeholders (integers in, bytes out: no type conversion needed).
 
     Not a row-value IN list: SQLite scans the whole table for that, while it answers
     an OR of equalities with one primary-key search per key, as PostgreSQL does. The
-    statement text depends only on ``count`` (at most ``2·log2 n``), so it is built and
-    compiled once per count.
+    statement text depends only on ``count`` (at most ``2·log2 n``), so it is built
+    once per count (and the driver's statement cache keeps it prepared).
     """
-    terms = " OR ".join(f"(level = :l{i} AND idx = :i{i})" for i in range(count))
-    # Only integers go into the text; the values are bound parameters.
-    return text(f"SELECT level, idx, hash FROM log_nodes WHERE {terms}")  # noqa: S608
-
-
-def _node_params(keys: Sequence[NodeKey]) -> dict[str, int]:
-    params: dict[str, int] = {}
-    for i, (level, idx) in enumerate(keys):
-        params[f"l{i}"] = level
-        params[f"i{i}"] = idx
-    return params
+    mark = "?" if qmark else "%s"
+    terms = " OR ".join([f"(level = {mark} AND idx = {mark})"] * count)
+    # Only placeholders go into the text; the values are bound parameters.
+    return f"SELECT level, idx, hash FROM log_nodes WHERE {terms}"  # noqa: S608
 
 
 def _head(conn: Connection) -> tuple[int, bytes]:
@@ -244,15 +241,10 @@ def append_events(session: Session, rows: Sequence[EventRow | StoredEvent]) -> r
     tree = MerkleTree(SqlTreeStore(session, size))
     span = tree.append_many(entries)
     conn = session.connection()
-    conn.execute(
-        _INSERT_ENTRY,
-        [
-            {"idx": idx, "event_id": row.id, "entry": entry}
-            for idx, row, entry in zip(span, rows, entries, strict=True)
-        ],
-    )
+    values = [(idx, row.id, entry) for idx, row, entry in zip(span, rows, entries, strict=True)]
+    _driver_sql(conn, _INSERT_ENTRIES, values if len(values) > 1 else values[0])
     # The new root folds the right edge the append just read and wrote: no query.
-    conn.execute(_MOVE_HEAD, {"new_size": span.stop, "new_root": tree.root(span.stop)})
+    _driver_sql(conn, _MOVE_HEAD, (span.stop, tree.root(span.stop)))
     return span
 
 
