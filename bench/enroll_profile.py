@@ -62,8 +62,8 @@ def instrument() -> None:
     _timed(ca.issuance.CertificateFactory, "issue", "  CertificateFactory.issue")
     _timed(ca.lint.CertificateLinter, "check", "    pkilint")
     _timed(ca.issuance, "sign_draft", "    sign with the CA key and verify")
-    for name in ("find_code", "get_application", "key_holders"):
-        _timed(ca.store.SqlTransaction, name, f"  read: {name}")
+    _timed(ca.store.SqlStore, "enrollment_facts", "  read: code, application, key holder")
+    _timed(ca.authority, "_record", "  the certificate's record (hashes, DN string)")
     for name in ("redeem_code", "add_certificate", "append_event"):
         _timed(ca.store.SqlTransaction, name, f"  write: {name}")
     _timed(ca.translog, "append_events", "    Merkle log append (in append_event)")

@@ -478,26 +478,27 @@ class JointCA:
         if not isinstance(code, str) or not normalize_code(code):
             raise BadRequest("an enrollment code is required")
         csr = parse_csr(csr_data)
+        public_key = csr.public_key()
         profile = self.policies.profile(profile_name)
         code_hash = hash_code(code)
         now = self.clock()
-        with self.store.reading() as tx:
-            rec = tx.find_code(code_hash)
-            if rec is None:
-                raise InvalidCode("unknown enrollment code")
-            if rec.used_at is not None:
-                raise InvalidCode("this enrollment code was already used")
-            if rec.expires_at <= now:
-                raise InvalidCode("this enrollment code has expired")
-            if profile.name not in rec.profiles:
-                raise ProfileNotAllowed(
-                    f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
-                )
-            app = tx.get_application(rec.application_id)
-            assert app is not None
-            self._check_key_free(tx, csr.public_key(), app.id)
+        # Checked before anything is linted or signed, outside any transaction; the
+        # redemption below, which commits with the certificate, decides again.
+        rec, app, holder = self.store.enrollment_facts(code_hash, spki_sha256(public_key))
+        if rec is None:
+            raise InvalidCode("unknown enrollment code")
+        if rec.used_at is not None:
+            raise InvalidCode("this enrollment code was already used")
+        if rec.expires_at <= now:
+            raise InvalidCode("this enrollment code has expired")
+        if profile.name not in rec.profiles:
+            raise ProfileNotAllowed(
+                f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
+            )
+        assert app is not None
+        _refuse_certified_key([holder] if holder else [], app.id)
         issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
+        cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = _record(cert, issuer.id, profile.name, app)
         with self.store.transaction() as tx:
             if tx.redeem_code(code_hash, now) is None:
@@ -537,11 +538,7 @@ class JointCA:
     def _check_key_free(
         self, tx: Transaction, public_key: CertificatePublicKeyTypes, app_id: str
     ) -> None:
-        holders = tx.key_holders(spki_sha256(public_key))
-        for h in holders:
-            if h.application_id != app_id:
-                raise Conflict("this public key is already certified to another subject")
-            raise Conflict("this public key is already certified; generate a new key")
+        _refuse_certified_key(tx.key_holders(spki_sha256(public_key)), app_id)
 
     def _issuer_for(self, profile: Profile) -> IssuingCA:
         try:
@@ -564,6 +561,14 @@ class JointCA:
             raise Forbidden("an enterprise may list only its own certificates (--uscc)")
         with self.store.reading() as tx:
             return tx.certificates(uscc=uscc, limit=limit, offset=offset)
+
+
+def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> None:
+    """One key, one holder: refuse a key any certificate already holds."""
+    for h in holders:
+        if h.application_id != app_id:
+            raise Conflict("this public key is already certified to another subject")
+        raise Conflict("this public key is already certified; generate a new key")
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

@@ -198,4 +198,12 @@ class Store(Protocol):
         """A transaction that only reads: it never waits for (or holds) the write lock."""
         ...
 
+    def enrollment_facts(
+        self, code_hash: str, spki_sha256: str
+    ) -> tuple[EnrollmentCode | None, Application | None, CertificateRecord | None]:
+        """Before signing an enrollment (reads only, never the write lock): the code, its
+        application, and a certificate already issued for the key, if any. Advisory:
+        the redemption that commits with the certificate decides."""
+        ...
+
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool: ...

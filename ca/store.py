@@ -294,7 +294,71 @@ def utc_from_db(value: Any) -> datetime.datetime | None:
     if isinstance(value, str):
         value = datetime.datetime.fromisoformat(value)
     assert isinstance(value, datetime.datetime)
-    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC) if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
+def _utc(value: Any) -> datetime.datetime:
+    out = utc_from_db(value)
+    assert out is not None
+    return out
+
+
+# The enrollment's checks before signing, as DBAPI reads (``?`` placeholders, see
+# DbapiReads): the code with its application in one join, and one certificate of the key.
+_ENROLL_CODE_SQL = (
+    "SELECT c.code_hash, c.application_id, c.profiles, c.expires_at, c.used_at,"
+    " a.id, a.subject_class, a.uscc, a.vetted, a.state, a.created_at, a.applicant,"
+    " a.decided_by, a.decided_at, a.reason"
+    " FROM enrollment_codes c LEFT JOIN applications a ON a.id = c.application_id"
+    " WHERE c.code_hash = ?"
+)
+_KEY_HOLDER_SQL = (
+    "SELECT serial, issuer_id, profile, application_id, uscc, subject, spki_sha256,"
+    " cert_sha256, not_before, not_after, der, created_at"
+    " FROM certificates WHERE spki_sha256 = ? LIMIT 1"
+)
+
+
+def _facts_code(row: tuple[Any, ...]) -> tuple[EnrollmentCode, Application | None]:
+    code = EnrollmentCode(
+        code_hash=row[0],
+        application_id=row[1],
+        profiles=tuple(row[2].split(",")),
+        expires_at=_utc(row[3]),
+        used_at=utc_from_db(row[4]),
+    )
+    if row[5] is None:
+        return code, None
+    app = Application(
+        id=row[5],
+        subject_class=row[6],
+        uscc=row[7],
+        vetted=json.loads(row[8]),
+        state=ApplicationState(row[9]),
+        created_at=_utc(row[10]),
+        applicant=row[11],
+        decided_by=row[12],
+        decided_at=utc_from_db(row[13]),
+        reason=row[14],
+    )
+    return code, app
+
+
+def _facts_holder(row: tuple[Any, ...]) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row[0], 16),
+        issuer_id=row[1],
+        profile=row[2],
+        application_id=row[3],
+        uscc=row[4],
+        subject=row[5],
+        spki_sha256=row[6],
+        cert_sha256=row[7],
+        not_before=_utc(row[8]),
+        not_after=_utc(row[9]),
+        der=bytes(row[10]),
+        created_at=utc_from_db(row[11]),
+    )
 
 
 EventSink = Callable[[Session, StoredEvent], None]
@@ -574,6 +638,23 @@ class SqlStore:
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
         self.dbapi.bind(engine)
+
+    def enrollment_facts(
+        self, code_hash: str, spki_sha256: str
+    ) -> tuple[EnrollmentCode | None, Application | None, CertificateRecord | None]:
+        """The code, its application and a certificate of the key: two reads on one pooled
+        DBAPI connection, outside any write lock (SQLite: each its own autocommit read).
+
+        No transaction spans them, and none is needed: an application never changes its
+        id, and the code's redemption is decided again by the compare-and-set that
+        commits with the certificate. Cheaper than :meth:`reading` by the session,
+        ``BEGIN`` and ``COMMIT`` it saves.
+        """
+        code_row, holder_row = self.dbapi.fetch(
+            (_ENROLL_CODE_SQL, (code_hash,)), (_KEY_HOLDER_SQL, (spki_sha256,))
+        )
+        code, app = _facts_code(code_row) if code_row else (None, None)
+        return code, app, _facts_holder(holder_row) if holder_row else None
 
     def read_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime] | None:
         """The pre-signed OCSP response of ``serial`` and its thisUpdate: one primary-key

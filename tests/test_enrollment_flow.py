@@ -340,3 +340,40 @@ def test_openapi_lists_every_route(sqlite_server: Server) -> None:
         if r.rule.startswith("/ca/v1/")
     }
     assert routes <= set(doc["paths"]), sorted(routes - set(doc["paths"]))
+
+
+def test_enrollment_checks_before_signing(server: Server) -> None:
+    """The checks read before anything is signed (code with its application, a certificate
+    already holding the key), on both databases: a used code and a certified key are
+    refused over HTTP with problem+json, and nothing is stored."""
+    import requests
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def code_for(name: str) -> str:
+        app = jrun(server, "apply", "--uscc", "91310000MA1FL0W17C", "--name", name)
+        return str(jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"])
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+    def enroll(code: str) -> requests.Response:
+        body = {"code": code, "profile": "enterprise", "csr": csr}
+        return requests.post(server.url + "/ca/v1/enroll", json=body, timeout=30)
+
+    first = code_for("Checks First Co.")
+    assert enroll(first).status_code == 201
+    other = code_for("Checks Other Co.")
+    before = counts(server)
+    used = enroll(first)
+    assert used.status_code == 403 and "already used" in used.json()["detail"], used.text
+    held = enroll(other)
+    assert held.status_code == 409 and "another subject" in held.json()["detail"], held.text
+    assert held.headers["Content-Type"] == "application/problem+json"
+    assert counts(server) == before
