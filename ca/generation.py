@@ -3,8 +3,9 @@
 Whatever changes the hierarchy on disk (a quorum ceremony that makes or revokes an
 issuing CA, the renewal of an OCSP responder certificate) writes the files first and
 then replaces this file with a new random token; every process that serves from the
-hierarchy (CA workers, token-service workers) watches it and reloads. The file is the
-same one :func:`ca.quorum_api.bump_generation` writes.
+hierarchy (CA workers, token-service workers) watches it and reloads: the token service
+and CA workers outside joint custody through :class:`GenerationWatch`, the custody
+service (:mod:`ca.quorum_api`) by comparing :func:`read_generation` before each request.
 
 Framework-free: :class:`GenerationWatch` costs one ``stat`` at most every ``every``
 seconds and reads the token only when the stat changed.

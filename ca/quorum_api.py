@@ -17,7 +17,6 @@ generation file change reloads the hierarchy (a root ceremony made or revoked a 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ca.config import CAConfig
 from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
 from ca.custody_store import SqlCeremonyStore
 from ca.errors import BadRequest, Forbidden
+from ca.generation import read_generation
 from ca.policy import Policies, SubjectClass
 from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
 from ca.sealing import KekSealer
@@ -37,26 +37,6 @@ from ca.store import SqlStore
 
 bp = Blueprint("custody", __name__, url_prefix="/ca/v1/custody")
 EXTENSION = "eport.custody"
-GENERATION_FILE = "generation"
-
-
-def generation_path(data_dir: Path) -> Path:
-    return hierarchy.ca_dir(data_dir) / GENERATION_FILE
-
-
-def bump_generation(data_dir: Path) -> None:
-    """Tell every worker that the hierarchy on disk changed (they reload it)."""
-    path = generation_path(data_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(os.urandom(8).hex() + "\n")
-    tmp.replace(path)
-
-
-def _generation(data_dir: Path) -> str:
-    try:
-        return generation_path(data_dir).read_text().strip()
-    except FileNotFoundError:
-        return ""
 
 
 def _kek_label(custody_id: str) -> str:
@@ -82,7 +62,7 @@ class CustodyService:
         self.store = store
         self.record = record
         self.boot = bootkey.current()
-        self.generation = _generation(cfg.data_dir)
+        self.generation = read_generation(cfg.data_dir)
         self._kek: bytearray | None = None
         self._lock = threading.RLock()
         from ca.root_ops import runners
@@ -127,7 +107,7 @@ class CustodyService:
     def refresh(self) -> None:
         """Reload a changed hierarchy; unseal from this instance's unseal record if sealed."""
         with self._lock:
-            gen = _generation(self.cfg.data_dir)
+            gen = read_generation(self.cfg.data_dir)
             if gen != self.generation:
                 self.reload()
                 self.generation = gen

@@ -195,7 +195,7 @@ def reshare_details(
 
 def install(data_dir: Path, record: CustodyRecord) -> None:
     """Put ``record`` in force and tell running workers to reload it."""
-    from ca.quorum_api import bump_generation
+    from ca.generation import bump_generation
 
     custody_files.write_record(data_dir, record)
     bump_generation(data_dir)

@@ -98,7 +98,7 @@ class RootOperations:
         return self.svc.quorum.clock()
 
     def _done(self) -> None:
-        from ca.quorum_api import bump_generation
+        from ca.generation import bump_generation
 
         bump_generation(self.data_dir)
 
