@@ -53,6 +53,8 @@ class CrashingStore(SqlStore):
     """Fails the event insert of a certificate: the transaction must roll back whole."""
 
     armed = False
+    spare = 0
+    """Certificate events let through before the crash."""
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
@@ -61,7 +63,9 @@ class CrashingStore(SqlStore):
                 original = tx.append_event
 
                 def append_event(ev: Event) -> int:
-                    if ev.serial is not None:
+                    if ev.serial is not None and self.spare > 0:
+                        self.spare -= 1
+                    elif ev.serial is not None:
                         raise Crash("killed between storing the certificate and its event")
                     return original(ev)
 
@@ -194,47 +198,90 @@ def test_concurrent_redemption_issues_once(sqlite_server: Server) -> None:
     assert n == 1
 
 
-def test_expiring_ocsp_responders_are_renewed_and_logged(tmp_path: Path) -> None:
-    from ca.ceremony import renew_responders
+def test_a_crash_mid_renewal_leaves_no_half_written_responder(
+    joint: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live renewal path (:class:`ca.responders.ResponderRenewal`): each responder is
+    renewed whole or not at all. A crash before the commit leaves its files and the
+    database as they were; a crash between the two renames is finished at start by
+    :func:`ca.responders.settle`; the responders renewed before the crash stay renewed
+    and the generation file is bumped for them."""
+    from ca import responders
     from ca.ocsp import Responder
+    from ca.sealing import PassphraseSealer
 
-    cfg = CAConfig.load({"data_dir": tmp_path})
-    upgrade(cfg.sqlalchemy_url)
-    policies = load_policies(REPO / "policies")
-    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=70)
-    h = hierarchy.create(
-        policies,
-        tmp_path,
-        root_passphrase=b"r" * 12,
-        ca_passphrase=b"c" * 12,
-        factory=CertificateFactory(),
-        now=long_ago,
-    )
-    old = h.responders["enterprise"].certificate
-    assert old.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < datetime.timedelta(
-        days=30
-    )
-    engine = make_engine(cfg.sqlalchemy_url)
-    sessions = sessionmaker(engine, expire_on_commit=False)
-    ca = build_authority(cfg, policies, h, SqlStore(sessions))
-    renewed = renew_responders(ca, h, tmp_path, b"c" * 12)
-    assert sorted(renewed) == sorted(h.issuers)
-    assert renew_responders(ca, hierarchy.load(tmp_path, None), tmp_path, b"c" * 12) == []
-    fresh = hierarchy.load(tmp_path, b"c" * 12)
-    new = fresh.responders["enterprise"]
-    assert new.certificate.serial_number != old.serial_number
-    assert new.certificate.not_valid_after_utc - datetime.datetime.now(
-        datetime.UTC
-    ) > datetime.timedelta(days=80)
-    Responder(
-        issuer=fresh.issuers["enterprise"].certificate,
-        certificate=new.certificate,
-        signer=new.signer,
-    )
+    ca, store, sessions = joint
+    d = tmp_path / "ca" / "responders"
+    bumps: list[Path] = []
+
+    def renewal() -> responders.ResponderRenewal:
+        h = hierarchy.load(tmp_path, b"ca-pass")
+        return responders.ResponderRenewal(
+            data_dir=tmp_path,
+            issuers=h.issuers,
+            factory=ca.factory,
+            profile=ca.policies.profile(responders.PROFILE),
+            store=store,
+            sealer=PassphraseSealer(b"ca-pass"),
+            clock=ca.clock,
+            bump=bumps.append,
+        )
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name[0] != "."}
+
+    def consistent() -> None:  # every key on disk belongs to its certificate
+        h = hierarchy.load(tmp_path, b"ca-pass")
+        for iid, r in h.responders.items():
+            Responder(issuer=h.issuers[iid].certificate, certificate=r.certificate, signer=r.signer)
+
+    ids = sorted(hierarchy.load(tmp_path, None).responders)
+    first = ids[0]
+    assert len(ids) > 1
+    before, certs = files(), count(sessions, CertificateRow)
+
+    # Killed inside the second responder's transaction: the first is renewed whole,
+    # the second is as it was (no .new file, no certificate row, no event).
+    store.armed, store.spare = True, 1
+    with pytest.raises(Crash):
+        renewal().run(force=True)
+    store.armed = False
+    after = files()
+    assert after[f"{first}.crt"] != before[f"{first}.crt"]
+    assert after[f"{first}.key"] != before[f"{first}.key"]
+    assert {k: v for k, v in after.items() if not k.startswith(first)} == {
+        k: v for k, v in before.items() if not k.startswith(first)
+    }
+    assert count(sessions, CertificateRow) == certs + 1 and bumps == [tmp_path]
+    consistent()
+
+    # Killed after the commit, between moving the key and the certificate into place:
+    # settle() (run at every start) moves the certificate after its key.
+    real_replace = responders.os.replace
+
+    def dies_on_the_certificate(src: object, dst: object) -> None:
+        if str(src).endswith(".crt.new"):
+            raise Crash("killed between the key's rename and the certificate's")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(responders.os, "replace", dies_on_the_certificate)
+    with pytest.raises(Crash):
+        renewal().run(force=True)
+    monkeypatch.setattr(responders.os, "replace", real_replace)
+    assert sorted(p.name for p in d.glob("*.new")) == [f"{first}.crt.new"]
+    assert responders.settle(tmp_path) == [first]
+    assert not list(d.glob("*.new"))
+    consistent()
+
+    # Nothing is left over: an ordinary run renews every responder and logs each once.
+    outcome = renewal().run(force=True)
+    assert [r.issuer_id for r in outcome.renewed] == ids and not list(d.glob("*.new"))
+    consistent()
     with sessions() as s:
-        rows = s.scalars(select(EventRow).where(EventRow.actor == "system:responder-renewal")).all()
-    assert len(rows) == len(h.issuers)
-    engine.dispose()
+        logged = s.scalars(select(EventRow).where(EventRow.actor == responders.ACTOR)).all()
+    assert len(logged) == count(sessions, CertificateRow) - certs == 2 + len(outcome.renewed)
 
 
 def test_reads_do_not_wait_for_the_write_lock(joint: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
