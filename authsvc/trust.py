@@ -4,7 +4,8 @@ The token service depends on the CA only through public files under ``<data_dir>
 ``root.crt``, ``issuers/*.crt`` (every issuing CA generation) and ``root.crl`` (the
 root's CRL, signed at quorum ceremonies). From them it builds one immutable
 :class:`TrustMaterial`: the trust anchors for path validation, the status source for
-the same issuing CAs, and the issuing CAs revoked on the root CRL (RFC 5280 §6.3).
+the same issuing CAs, and the issuing CAs revoked on the root CRL (RFC 5280 §6.3;
+the check is :mod:`ca.trust`'s, which the CA's own signed requests use too).
 
 A rollover (``eport ca rotate``) or a ``REVOKE-INTERMEDIATE`` ceremony rewrites these
 files and then the generation file (:mod:`ca.generation`); :class:`LiveTrust` notices
@@ -31,11 +32,11 @@ from cryptography import x509
 
 from authsvc.service import StatusSource
 from ca import hierarchy
-from ca.crl import ReasonCode
-from ca.errors import Sealed, Unauthenticated
+from ca.errors import Sealed
 from ca.generation import GenerationWatch
-from ca.ocsp import CertStatus, Revoked
+from ca.ocsp import CertStatus
 from ca.signedreq import TrustAnchors
+from ca.trust import RevokedIssuer, RootCheckedAnchors, anchors_for
 
 log = logging.getLogger("eport.auth")
 
@@ -68,72 +69,24 @@ def read_public(data_dir: Path) -> PublicHierarchy:
     )
 
 
-def revoked_on_root_crl(public: PublicHierarchy) -> dict[str, Revoked]:
-    """The issuing CAs the root CRL lists, with their revocation time and reason.
-
-    The CRL must be the root's and verify under the root's key (RFC 5280 §6.3.3 (f),
-    (g)); anything else raises ``ValueError`` and the caller keeps what it had."""
-    crl = x509.load_der_x509_crl(public.root_crl)
-    if crl.issuer != public.root.subject:
-        raise ValueError("root.crl is not issued by the root")
-    if not crl.is_signature_valid(public.root.public_key()):  # type: ignore[arg-type]
-        raise ValueError("root.crl's signature does not verify under the root key")
-    out: dict[str, Revoked] = {}
-    for issuer_id, cert in public.issuers.items():
-        if cert.issuer != public.root.subject:
-            continue
-        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-        if entry is None:
-            continue
-        reason: ReasonCode | None = None
-        try:
-            flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-            reason = next((r for r in ReasonCode if r.rfc_name == flag.value), None)
-        except x509.ExtensionNotFound:
-            pass
-        out[issuer_id] = Revoked(entry.revocation_date_utc, reason)
-    return out
-
-
-def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """Whether ``ca`` issued ``cert``: same name, then the key identifiers (RFC 5280
-    §4.2.1.1; generations of one issuing CA share their name), else the signature."""
-    if cert.issuer != ca.subject:
-        return False
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        aki = ski = None  # type: ignore[assignment]
-    if aki is not None and ski is not None and aki.key_identifier is not None:
-        return aki.key_identifier == ski.digest
-    try:
-        cert.verify_directly_issued_by(ca)
-    except Exception:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class TrustMaterial:
     """One generation of the hierarchy as the token service trusts it (immutable)."""
 
     generation: str
-    anchors: TrustAnchors
-    """The root; every issuing CA generation not revoked on the root CRL."""
+    anchors: RootCheckedAnchors
+    """The root; every issuing CA generation not revoked on the root CRL (the revoked
+    ones are refused by name, :mod:`ca.trust`)."""
     status: StatusSource
     """Answers for the same issuing CAs."""
-    revoked: tuple[tuple[str, x509.Certificate, Revoked], ...]
-    """Issuing CAs revoked on the root CRL: id, certificate, revocation."""
 
-    def revoked_issuer(self, cert: x509.Certificate) -> tuple[str, Revoked] | None:
-        for issuer_id, ca, revocation in self.revoked:
-            if issued_by(cert, ca):
-                return issuer_id, revocation
-        return None
+    @property
+    def revoked(self) -> tuple[RevokedIssuer, ...]:
+        """Issuing CAs revoked on the root CRL: id, certificate, revocation."""
+        return self.anchors.revoked
 
     def status_of(self, cert: x509.Certificate) -> CertStatus:
-        hit = self.revoked_issuer(cert)
+        hit = self.anchors.revoked_issuer(cert)
         if hit is not None:
             return hit[1]  # RFC 5280 §6.3: a certificate under a revoked CA is revoked
         return self.status.status(cert)
@@ -141,27 +94,17 @@ class TrustMaterial:
     def verify_chain(
         self, leaf: x509.Certificate, now: datetime.datetime
     ) -> list[x509.Certificate]:
-        hit = self.revoked_issuer(leaf)
-        if hit is not None:
-            issuer_id, revocation = hit
-            why = f" ({revocation.reason.rfc_name})" if revocation.reason is not None else ""
-            raise Unauthenticated(
-                f"certificate is not trusted: its issuing CA {issuer_id} was revoked on the "
-                f"root CRL{why}"
-            )
         return self.anchors.verify_chain(leaf, now)
 
 
 def build_material(data_dir: Path, status_for: StatusFactory, generation: str) -> TrustMaterial:
+    """Raises ``ValueError`` for a root CRL the root did not sign (the caller keeps what
+    it had)."""
     public = read_public(data_dir)
-    revoked = revoked_on_root_crl(public)
+    anchors = anchors_for(public.root, public.issuers, public.root_crl)
+    revoked = {i for i, _, _ in anchors.revoked}
     good = {i: c for i, c in public.issuers.items() if i not in revoked}
-    return TrustMaterial(
-        generation=generation,
-        anchors=TrustAnchors(roots=(public.root,), intermediates=tuple(good.values())),
-        status=status_for(good),
-        revoked=tuple((i, public.issuers[i], r) for i, r in sorted(revoked.items())),
-    )
+    return TrustMaterial(generation=generation, anchors=anchors, status=status_for(good))
 
 
 class LiveTrust:

@@ -36,6 +36,7 @@ from ca.sealing import KeySealer, PassphraseSealer
 from ca.signedreq import TrustAnchors
 from ca.status import StatusService
 from ca.store import SqlStore, configure_engine
+from ca.trust import anchors_for
 
 log = logging.getLogger("eport.ca")
 db = SQLAlchemy(metadata=Base.metadata)
@@ -182,9 +183,9 @@ def service_for(
 ) -> CAService:
     """Everything built on the hierarchy; rebuilt when a quorum ceremony changes it."""
     authority = build_authority(cfg, policies, h, store)
-    trust = TrustAnchors(
-        roots=(h.root,), intermediates=tuple(i.certificate for i in h.issuers.values())
-    )
+    # Signed requests trust the issuing CAs the root CRL does not list: a certificate
+    # under a generation revoked by REVOKE-INTERMEDIATE is refused (401) by name.
+    trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
     status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
     revocation = Revocation(authority, listeners=(status.on_status_change,))
     return CAService(cfg, authority, trust, store, utcnow, status, revocation, h.root_crl)

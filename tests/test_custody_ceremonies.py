@@ -19,6 +19,7 @@ from cryptography import x509
 from ca.custody import CustodyRecord, Purpose, open_share_file
 from ca.signedreq import TrustAnchors
 from tests.conftest import Server, stop
+from tests.helpers import creds
 from tests.test_ca_init import MEMBERS, init_ca, start_sealed, unseal
 
 
@@ -74,6 +75,23 @@ def enroll(srv: Server, out: Path, tmp: Path, name: str, uscc: str) -> x509.Cert
         "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out", str(d)
     )
     return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+
+
+def add_operator(
+    srv: Server, enterprise: Path, op_id: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A signed request of the enterprise (``eport operator add``)."""
+    return srv.eport(
+        "operator",
+        "add",
+        "--name",
+        f"Operator {op_id}",
+        "--id",
+        op_id,
+        *creds(enterprise),
+        "--json",
+        check=check,
+    )
 
 
 def validates(
@@ -202,6 +220,16 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N").verify_directly_issued_by(
         new_issuer
     )
+    # The CA no longer takes signed requests from certificates under the revoked
+    # generation (in any worker), and still does from the new one.
+    for n in range(2):
+        refused = add_operator(srv, tmp / "Old-Generation-Co", f"OLD{n}", check=False)
+        assert refused.returncode == 1 and "(HTTP 401)" in refused.stderr, refused.stderr
+        assert "issuing CA enterprise was revoked on the root CRL (keyCompromise)" in (
+            refused.stderr
+        )
+        assert "\n" not in refused.stderr.strip()
+        assert add_operator(srv, tmp / "New-Generation-Co-0", f"NEW{n}").returncode == 0
 
 
 def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
