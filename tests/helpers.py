@@ -3,13 +3,14 @@ services enrolled through the real CLI against a running server."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,57 @@ http {{
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- no secret in clear ----------------------------------------------------------------------
+
+PRIVATE_PEM = (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY")
+"""Markers of an unencrypted PEM private key (PKCS#8, SEC 1, PKCS#1); an encrypted PKCS#8
+key reads ``BEGIN ENCRYPTED PRIVATE KEY`` and the CA's wrapped keys their own marker."""
+VANISHING = ("-wal", "-shm", "-journal")
+"""SQLite's side files: they go when the last connection closes, maybe mid-scan."""
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    """``secret`` as it could be written down: raw, hex, base64 and base64url (unpadded,
+    so a secret inside a longer encoded string is found too at an aligned offset)."""
+    assert secret, "an empty secret matches everything"
+    forms = [secret, secret.hex().encode(), base64.b64encode(secret).rstrip(b"=")]
+    forms.append(base64.urlsafe_b64encode(secret).rstrip(b"="))
+    return list(dict.fromkeys(forms))
+
+
+def tree_files(roots: Iterable[Path]) -> Iterator[tuple[Path, bytes]]:
+    """Every file under ``roots`` (a root may be a file itself) and its bytes."""
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if not path.is_file():
+                continue
+            try:
+                blob = path.read_bytes()
+            except FileNotFoundError:
+                if path.name.endswith(VANISHING):
+                    continue
+                raise
+            yield path, blob
+
+
+def assert_no_secret(blobs: Iterable[tuple[object, bytes]], secrets: Iterable[bytes]) -> int:
+    """No blob holds an unencrypted PEM private key or any of ``secrets`` in any of its
+    :func:`secret_forms`; a failure names the place and the secret's index, not its bytes.
+    Returns how many blobs were read (callers assert the scan saw enough)."""
+    needles = [(i, form) for i, s in enumerate(secrets) for form in secret_forms(s)]
+    count = 0
+    for where, blob in blobs:
+        count += 1
+        for marker in PRIVATE_PEM:
+            assert marker not in blob, (where, marker)
+        for i, needle in needles:
+            assert needle not in blob, (where, f"secret #{i}")
+    return count
+
+
+def assert_no_secret_in_tree(roots: Iterable[Path], secrets: Iterable[bytes]) -> int:
+    """:func:`assert_no_secret` over every file under ``roots``; SQLite's side files that
+    vanish while it runs are skipped. Returns how many files were read."""
+    return assert_no_secret(tree_files(roots), secrets)

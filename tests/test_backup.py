@@ -35,10 +35,9 @@ from ca.keys import KeyType
 from cli import keyfiles
 from cli.client import CAClient
 from tests.conftest import EPORT, Postgres, Server, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc
+from tests.helpers import assert_no_secret, enroll_enterprise, fresh_uscc
 
 ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
-PRIVATE_PEM = (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY")
 
 
 def eport(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
@@ -123,16 +122,12 @@ def dev_passphrases(dev: Path) -> list[bytes]:
     return found
 
 
-def assert_no_secret(archive: Path, dev: Path) -> None:
+def assert_no_dev_secret(archive: Path, dev: Path) -> None:
     """No clear private key and no development passphrase in any member."""
     needles = dev_passphrases(dev)
     items = members(archive)
     assert not [n for n in items if n.startswith("files/dev/") or n.endswith(".secret")]
-    for name, data in items.items():
-        for marker in PRIVATE_PEM:
-            assert marker not in data, (name, marker)
-        for needle in needles:
-            assert needle not in data, (name, needle[:4])
+    assert_no_secret(items.items(), needles)
     assert b"BEGIN ENCRYPTED PRIVATE KEY" in items["files/ca/issuers/enterprise.key"]
     assert (archive.stat().st_mode & 0o777) == 0o600
 
@@ -265,7 +260,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
     (tmp_path / "snapshot.sqlite").write_bytes(items["db/ca.sqlite"])
     certificates, entries = snapshot_is_consistent(tmp_path / "snapshot.sqlite")
     assert entries == backed_size and certificates == manifest["log"]["certificates"]
-    assert_no_secret(archive, data / "dev")
+    assert_no_dev_secret(archive, data / "dev")
 
     # The database (and the whole data directory) is lost. The development credentials
     # are kept apart, as custodians keep their shares: they are not in backups.
@@ -449,7 +444,7 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         stop(proc)
     assert made["manifest"]["databases"]["ca"]["kind"] == "postgresql"
     assert "db/ca.pgdump" in members(archive)
-    assert_no_secret(archive, data / "dev")
+    assert_no_dev_secret(archive, data / "dev")
 
     dev_copy = tmp_path / "dev-credentials"
     shutil.copytree(data / "dev", dev_copy)
@@ -525,10 +520,7 @@ def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
     assert len(keys) >= 7
     for name in keys:
         assert items[name].startswith(b"-----BEGIN EPORT WRAPPED PRIVATE KEY-----"), name
-    for data_blob in items.values():
-        for marker in PRIVATE_PEM:
-            assert marker not in data_blob
-        assert b"share passphrase of" not in data_blob and b"officer passphrase" not in data_blob
+    assert_no_secret(items.items(), [b"share passphrase of", b"officer passphrase"])
 
     shutil.rmtree(data)
     done = eport(
