@@ -22,7 +22,9 @@ interpolation; a rebuilt KEK is then checked against an AES-GCM check value, so 
 than ``threshold`` shares (or a mix) fail that authentication check and reveal nothing.
 
 Share files are encrypted to each custodian's passphrase (scrypt, RFC 7914, then
-AES-GCM with the file's header as associated data). Nothing here logs or prints a
+AES-GCM with the file's header as associated data), or by an AES key in the
+custodian's own PKCS#11 token (:class:`ShareCipher`, AES-GCM computed by the token
+with the same associated data). Nothing here logs or prints a
 secret; secrets are kept in ``bytearray`` and overwritten (:func:`wipe`) as far as
 Python allows (immutable copies made by libraries cannot be wiped).
 """
@@ -37,7 +39,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidTag
@@ -58,11 +60,13 @@ __all__ = [
     "ReconstructionFailed",
     "RepeatedCustodian",
     "Share",
+    "ShareCipher",
     "ShareFile",
     "ShareRejected",
     "establish",
     "open_share_file",
     "seal_share_file",
+    "share_file_protection",
     "unwrap_key",
     "wipe",
     "wrap_key",
@@ -528,15 +532,35 @@ def _scrypt(passphrase: bytes, salt: bytes, n: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=8, p=1).derive(passphrase)
 
 
+class ShareCipher(Protocol):
+    """Encrypts a share file in place of a passphrase: a key in the custodian's own
+    PKCS#11 token (:class:`ca.pkcs11.TokenShareKey`, AES-GCM computed by the token)."""
+
+    def header(self) -> dict[str, Any]:
+        """The share file's public header entry that says how it is opened."""
+        ...
+
+    def encrypt(self, nonce: bytes, plain: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytearray: ...
+
+
+def share_file_protection(header: Mapping[str, Any]) -> str:
+    """``"token"`` if a share file is opened with its custodian's PKCS#11 token (its
+    header names the key), ``"passphrase"`` if with a passphrase (scrypt)."""
+    return "token" if "token" in header else "passphrase"
+
+
 def seal_share_file(
     record: CustodyRecord,
     shares: Mapping[Purpose, Share],
-    passphrase: bytes,
+    passphrase: bytes | ShareCipher,
     random_bytes: RandomBytes = os.urandom,
     *,
     work_factor: int = _SCRYPT_N,
 ) -> bytes:
-    """The share file of one custodian: JSON whose ciphertext only the passphrase opens."""
+    """The share file of one custodian: JSON whose ciphertext only the passphrase (or the
+    custodian's token key, a :class:`ShareCipher`) opens."""
     members = {s.member for s in shares.values()}
     if len(members) != 1:
         raise CustodyError("a share file holds the shares of exactly one custodian")
@@ -554,17 +578,25 @@ def seal_share_file(
         "threshold": record.threshold,
         "total": len(record.custodians),
         "fingerprints": {p.value: s.fingerprint for p, s in _by_purpose(shares)},
-        "kdf": {"name": "scrypt", "salt": _b64(salt), "n": work_factor, "r": 8, "p": 1},
     }
+    if isinstance(passphrase, bytes):
+        header["kdf"] = {"name": "scrypt", "salt": _b64(salt), "n": work_factor, "r": 8, "p": 1}
+    else:
+        header.update(passphrase.header())
     plain = bytearray()
     for p in sorted(shares, key=lambda x: x.value):
         plain += p.value.encode() + b"\x00" + bytes([shares[p].index]) + shares[p].value
-    key = bytearray(_scrypt(passphrase, salt, work_factor))
+    nonce = random_bytes(12)
     try:
-        nonce = random_bytes(12)
-        ct = AESGCM(bytes(key)).encrypt(nonce, bytes(plain), _canonical(header))
+        if isinstance(passphrase, bytes):
+            key = bytearray(_scrypt(passphrase, salt, work_factor))
+            try:
+                ct = AESGCM(bytes(key)).encrypt(nonce, bytes(plain), _canonical(header))
+            finally:
+                wipe(key)
+        else:
+            ct = passphrase.encrypt(nonce, bytes(plain), _canonical(header))
     finally:
-        wipe(key)
         wipe(plain)
     doc = dict(header, nonce=_b64(nonce), ciphertext=_b64(ct))
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
@@ -581,32 +613,44 @@ def share_file_header(blob: bytes) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in ("nonce", "ciphertext")}
 
 
-def open_share_file(blob: bytes, passphrase: bytes) -> ShareFile:
-    """Decrypt a share file; a wrong passphrase or any change to the file raises."""
+def open_share_file(blob: bytes, passphrase: bytes | ShareCipher) -> ShareFile:
+    """Decrypt a share file with its passphrase, or (a file whose header names a token
+    key) with that key in the custodian's token; a wrong one or any change raises."""
     header = share_file_header(blob)
     doc = json.loads(blob)
+    kind = share_file_protection(header)
+    if kind != ("passphrase" if isinstance(passphrase, bytes) else "token"):
+        raise ShareRejected(
+            "this share file is opened with its custodian's PKCS#11 token, not a passphrase"
+            if kind == "token"
+            else "this share file is opened with a passphrase, not a PKCS#11 token"
+        )
     try:
-        kdf = header["kdf"]
-        n = int(kdf["n"])
-        if kdf.get("name") != "scrypt" or kdf.get("r") != 8 or kdf.get("p") != 1:
-            raise ShareRejected("unsupported share file key derivation")
-        if not _SCRYPT_LIMITS[0] <= n <= _SCRYPT_LIMITS[1] or n & (n - 1):
-            raise ShareRejected("share file scrypt cost out of range")
-        salt = _unb64(kdf["salt"], "salt")
         nonce = _unb64(doc["nonce"], "nonce")
         ct = _unb64(doc["ciphertext"], "ciphertext")
         custody_id, member = str(header["custody_id"]), str(header["member"])
+        if isinstance(passphrase, bytes):
+            kdf = header["kdf"]
+            n = int(kdf["n"])
+            if kdf.get("name") != "scrypt" or kdf.get("r") != 8 or kdf.get("p") != 1:
+                raise ShareRejected("unsupported share file key derivation")
+            if not _SCRYPT_LIMITS[0] <= n <= _SCRYPT_LIMITS[1] or n & (n - 1):
+                raise ShareRejected("share file scrypt cost out of range")
+            salt = _unb64(kdf["salt"], "salt")
     except (KeyError, TypeError, ValueError) as exc:
         raise ShareRejected(f"malformed share file: {exc}") from None
-    key = bytearray(_scrypt(passphrase, salt, n))
-    try:
-        plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, ct, _canonical(header)))
-    except InvalidTag:
-        raise ShareRejected(
-            "cannot open the share file: wrong passphrase, or the file was changed"
-        ) from None
-    finally:
-        wipe(key)
+    if isinstance(passphrase, bytes):
+        key = bytearray(_scrypt(passphrase, salt, n))
+        try:
+            plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, ct, _canonical(header)))
+        except InvalidTag:
+            raise ShareRejected(
+                "cannot open the share file: wrong passphrase, or the file was changed"
+            ) from None
+        finally:
+            wipe(key)
+    else:
+        plain = passphrase.decrypt(nonce, ct, _canonical(header))
     shares: dict[Purpose, Share] = {}
     try:
         pos = 0

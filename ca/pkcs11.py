@@ -12,6 +12,9 @@
   with the public key in a CA key file (``ca/issuers/enterprise.key``).
 * :func:`private_key` wraps a token key in ``cryptography``'s private key interfaces,
   so the CSR builder and PyJWT sign with it (the CLI's ``--key pkcs11:...``).
+* :class:`TokenShareKey` is an AES-256 key made in a custodian's own token that
+  encrypts that custodian's share file (``CKM_AES_GCM`` computed by the token,
+  PKCS#11 v2.40 §2.11.4): the file opens only where the token and its PIN are.
 
 Sessions: one per token and process, opened on first use and logged in with the PIN
 from ``pin-source`` (a file), ``pin-value`` or ``EPORT_PKCS11_PIN``. A forked child
@@ -359,6 +362,8 @@ def _name(exc: BaseException) -> str:
 
 
 def _class_name(object_class: Any) -> str:
+    if object_class == pkcs11.ObjectClass.SECRET_KEY:
+        return "secret key"
     return "private key" if object_class == pkcs11.ObjectClass.PRIVATE_KEY else "public key"
 
 
@@ -739,3 +744,158 @@ def destroy(uri: Pkcs11Uri) -> None:
     token = _token(uri)
     token.run(uri, op)
     token.forget(uri)
+
+
+# -- a custodian's share file encrypted by a key in the custodian's token -------------------------
+
+SHARE_KEY_MECHANISM = "CKM_AES_GCM"
+_SELECTORS = ("token", "serial", "slot-id")
+
+
+@dataclass(frozen=True)
+class TokenShareKey:
+    """An AES-256 secret key in a custodian's PKCS#11 token that encrypts and decrypts
+    that custodian's share file with AES-GCM inside the token (``CKM_AES_GCM``).
+
+    The key is sensitive and never extractable, and it can only encrypt and decrypt
+    (no wrap, unwrap, sign or derive): whoever holds the share file still needs the
+    token and its PIN, and whoever holds the token and PIN still needs the file. The
+    share file's header records :meth:`stored_uri` (token, object label and id: no
+    module path or PIN, which belong to the host that opens it).
+    """
+
+    uri: Pkcs11Uri
+    """Names the key (``object`` and ``id``); its query says how to reach the token."""
+
+    @classmethod
+    def generate(cls, token_uri: Pkcs11Uri, label: str) -> TokenShareKey:
+        """A new key in the token ``token_uri`` names, labelled ``label``."""
+        key_id = os.urandom(8)
+        keyed = token_uri.with_key(label, key_id)
+        template = {
+            pkcs11.Attribute.TOKEN: True,
+            pkcs11.Attribute.PRIVATE: True,
+            pkcs11.Attribute.SENSITIVE: True,
+            pkcs11.Attribute.EXTRACTABLE: False,
+            pkcs11.Attribute.ENCRYPT: True,
+            pkcs11.Attribute.DECRYPT: True,
+            pkcs11.Attribute.WRAP: False,
+            pkcs11.Attribute.UNWRAP: False,
+            pkcs11.Attribute.SIGN: False,
+            pkcs11.Attribute.VERIFY: False,
+            pkcs11.Attribute.DERIVE: False,
+        }
+
+        def make(session: Any) -> None:
+            try:
+                session.generate_key(
+                    pkcs11.KeyType.AES, 256, id=key_id, label=label, store=True, template=template
+                )
+            except pkcs11.PKCS11Error as exc:
+                raise Pkcs11Error(
+                    f"the token {token_uri.token_label!r} cannot make an AES-256 key: {_name(exc)}"
+                ) from None
+
+        _token(token_uri).run(token_uri, make)
+        return cls(keyed)
+
+    @classmethod
+    def for_file(cls, stored: str, given: Pkcs11Uri | None = None) -> TokenShareKey:
+        """The key a share file's header names (``stored``), reached through ``given``
+        (the custodian's ``--pkcs11-uri``: module, PIN source, and the token if it was
+        relabelled); without ``given``, the module and PIN come from the environment."""
+        named = Pkcs11Uri.parse(stored)
+        if named.id is None or named.object is None:
+            raise Pkcs11Error("the share file names no token key (object= and id=)")
+        if given is None:
+            return cls(named)
+        selector = given if any(s in given.path for s in _SELECTORS) else named
+        path = {k: v for k, v in selector.path.items() if k in _SELECTORS}
+        path.update(object=named.path["object"], id=named.path["id"])
+        return cls(Pkcs11Uri(path, dict(given.query)))
+
+    def stored_uri(self) -> str:
+        """What the share file records: the key's path attributes only."""
+        return str(Pkcs11Uri(dict(self.uri.path)))
+
+    @property
+    def label(self) -> str:
+        return self.uri.token_label
+
+    def header(self) -> dict[str, Any]:
+        """The share file's header entry that says how it is opened."""
+        return {"token": {"mechanism": SHARE_KEY_MECHANISM, "key": self.stored_uri()}}
+
+    def _run(self, op: Callable[[Any], T]) -> T:
+        token = _token(self.uri)
+        try:
+            key = token.key(self.uri, pkcs11.ObjectClass.SECRET_KEY)
+        except Pkcs11Error as exc:
+            if "matching" not in exc.detail:
+                raise  # module, token or PIN: the message says which
+            raise Pkcs11Error(
+                f"token {self.label!r} does not hold the key of this share file "
+                f"({self.uri.object}): not this custodian's token"
+            ) from None
+        return token.run(self.uri, lambda _s: op(key))
+
+    def encrypt(self, nonce: bytes, plain: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM in the token: ciphertext ‖ 16-byte tag."""
+
+        def op(key: Any) -> bytes:
+            try:
+                return bytes(
+                    key.encrypt(
+                        plain,
+                        mechanism=pkcs11.Mechanism.AES_GCM,
+                        mechanism_param=pkcs11.GCMParams(nonce, aad),
+                    )
+                )
+            except pkcs11.PKCS11Error as exc:
+                raise Pkcs11Error(
+                    f"the token {self.label!r} cannot encrypt with AES-GCM: {_name(exc)}"
+                ) from None
+
+        return self._run(op)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytearray:
+        """Open what :meth:`encrypt` made; a wrong key or any change to the ciphertext or
+        associated data fails the GCM tag in the token (raises :class:`Pkcs11Error`)."""
+
+        def op(key: Any) -> bytearray:
+            try:
+                return bytearray(
+                    key.decrypt(
+                        ciphertext,
+                        mechanism=pkcs11.Mechanism.AES_GCM,
+                        mechanism_param=pkcs11.GCMParams(nonce, aad),
+                    )
+                )
+            except (pkcs11.SessionClosed, pkcs11.SessionHandleInvalid, pkcs11.DeviceRemoved):
+                raise
+            except pkcs11.PKCS11Error:
+                raise Pkcs11Error(
+                    f"the key in token {self.label!r} does not open this share file "
+                    "(not this custodian's key, or the file was changed)"
+                ) from None
+
+        return self._run(op)
+
+    def destroy(self) -> None:
+        """Delete the key from the token (a share file made for a ceremony that failed)."""
+        key_id = self.uri.id
+
+        def op(session: Any) -> None:
+            attrs = {
+                pkcs11.Attribute.ID: key_id,
+                pkcs11.Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+            }
+            for obj in list(session.get_objects(attrs)):
+                obj.destroy()
+
+        token = _token(self.uri)
+        token.run(self.uri, op)
+        token.forget(self.uri)
+
+    def __repr__(self) -> str:
+        return f"TokenShareKey({self.uri.without_pin()})"

@@ -82,12 +82,53 @@ def _share_passphrase(file: Path | None) -> bytes:
         ) from None
 
 
-def _open_share(file: Path, passphrase_file: Path | None) -> custody.ShareFile:
+def _with_pin(uri: Any, who: str) -> Any:
+    """``uri`` (a :class:`ca.pkcs11.Pkcs11Uri`) with a PIN it can use: its own
+    pin-source or pin-value, ``EPORT_PKCS11_PIN``, else one typed at a prompt (kept in
+    memory only: key files and share files record URIs without a pin-value)."""
+    from ca import pkcs11
+
+    if "pin-value" in uri.query or "pin-source" in uri.query or os.environ.get(pkcs11.PIN_ENV):
+        return uri
+    try:
+        if not sys.stdin.isatty():
+            raise click.Abort
+        pin = str(click.prompt(f"PIN of {who}'s PKCS#11 token", hide_input=True, err=True))
+    except click.Abort:
+        raise CLIError(
+            f"the PIN of {who}'s PKCS#11 token is needed: add ?pin-source=file:PATH to the "
+            f"URI or set {pkcs11.PIN_ENV}"
+        ) from None
+    return type(uri)(dict(uri.path), {**uri.query, "pin-value": pin})
+
+
+def _token_opener(header: dict[str, Any], given: str | None) -> custody.ShareCipher:
+    """The token key that opens a share file whose header names one (``given``, the
+    custodian's ``--pkcs11-uri``, says how to reach the token)."""
+    from ca import pkcs11
+
+    stored = header.get("token", {})
+    if not isinstance(stored, dict) or stored.get("mechanism") != pkcs11.SHARE_KEY_MECHANISM:
+        raise custody.ShareRejected("the share file names an unsupported token mechanism")
+    key = pkcs11.TokenShareKey.for_file(
+        str(stored.get("key", "")), pkcs11.Pkcs11Uri.parse(given) if given else None
+    )
+    who = str(header.get("custodian", header.get("member", "the custodian")))
+    return pkcs11.TokenShareKey(_with_pin(key.uri, who))
+
+
+def _open_share(
+    file: Path, passphrase_file: Path | None, token_uri: str | None = None
+) -> custody.ShareFile:
     try:
         blob = file.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read share file {file}: {exc.strerror}") from None
-    custody.share_file_header(blob)
+    header = custody.share_file_header(blob)
+    if custody.share_file_protection(header) == "token":
+        return custody.open_share_file(blob, _token_opener(header, token_uri))
+    if token_uri is not None:
+        raise CLIError(f"{file} is opened with a passphrase, not a PKCS#11 token")
     return custody.open_share_file(blob, _share_passphrase(passphrase_file))
 
 
@@ -136,6 +177,22 @@ share_option = click.option(
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Your share file (from `eport ca init`).",
 )
+share_token_option = click.option(
+    "--pkcs11-uri",
+    "token_uri",
+    metavar="URI",
+    help="For a share file kept by your PKCS#11 token: how to reach the token "
+    "('pkcs11:token=LABEL?module-path=...&pin-source=file:PATH'); the share file names "
+    "the key. Else EPORT_PKCS11_MODULE and EPORT_PKCS11_PIN, else a PIN prompt.",
+)
+custodian_token_option = click.option(
+    "--custodian-token",
+    "custodian_tokens",
+    multiple=True,
+    metavar="MEMBER=URI",
+    help="Keep MEMBER's share file encrypted by a new AES key in that custodian's own "
+    "PKCS#11 token (RFC 7512 URI) instead of a passphrase.",
+)
 fingerprint_option = click.option(
     "--fingerprint",
     help="The ceremony key's fingerprint, as read out of band; the share is sent only if "
@@ -182,6 +239,7 @@ def _client() -> CAClient:
     help="A custodian's share-file passphrase from FILE (else "
     "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
+@custodian_token_option
 @click.option(
     "--officer-passphrase-file",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -205,6 +263,7 @@ def ca_init(
     data_dir: Path,
     out: Path,
     custodian_passphrases: tuple[str, ...],
+    custodian_tokens: tuple[str, ...],
     officer_passphrase_file: Path | None,
     pkcs11_uri: str | None,
     pkcs11_root: bool,
@@ -248,7 +307,7 @@ def ca_init(
         if not sep or policies.members.get(member) is None:
             raise CLIError(f"--custodian-passphrase {item!r}: expected MEMBER=FILE of a member")
         files[member] = Path(file_name)
-    passphrases = {m: _custodian_passphrase(m, name, files) for m, name in members}
+    protectors = _share_protectors(members, files, custodian_tokens)
     officer_pw = _secret(officer_passphrase_file, "EPORT_OFFICER_PASSPHRASE", "officer keys")
     token = None
     if pkcs11_root and not pkcs11_uri:
@@ -259,17 +318,18 @@ def ca_init(
         token = pkcs11.TokenKeys(pkcs11.Pkcs11Uri.parse(pkcs11_uri), root=pkcs11_root)
         pkcs11.login(token.uri)  # a wrong PIN or token fails here, before any key is made
     made = custody.establish(members, policies.members.threshold)
+    token_keys: list[Any] = []
     try:
         shares_dir = out / "shares"
         share_files: dict[str, dict[str, Any]] = {}
         for member, _ in members:
-            blob = custody.seal_share_file(made.record, made.shares[member], passphrases[member])
+            cipher = _share_cipher(protectors[member], made.record.custody_id, member)
+            if not isinstance(cipher, bytes):
+                token_keys.append(cipher)
+            blob = custody.seal_share_file(made.record, made.shares[member], cipher)
             path = shares_dir / f"{member}.share"
             write_private(path, blob)
-            share_files[member] = {
-                "file": str(path),
-                "fingerprints": {p.value: s.fingerprint for p, s in made.shares[member].items()},
-            }
+            share_files[member] = _share_entry(path, made.shares[member], cipher)
         done = initialize(
             cfg,
             policies,
@@ -279,6 +339,9 @@ def ca_init(
             custody_set=made,
             token=token,
         )
+    except BaseException:
+        _forget_token_keys(token_keys)  # a failed ceremony leaves no key in a custodian's token
+        raise
     finally:
         made.wipe()
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +372,7 @@ def ca_init(
             else "issuing CA, OCSP and log keys"
         )
         lines.append(f"Token:   {held} in {token.uri.without_pin()}")
-    lines += [f"Share:   {mid:<11} {d['file']}" for mid, d in share_files.items()]
+    lines += [_share_line(mid, d) for mid, d in share_files.items()]
     lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
     lines.append(
         f"Public record: {out}/ceremony.json, {out}/custody.json. Hand each share file and "
@@ -317,6 +380,64 @@ def ca_init(
         f"{m} custodians run `eport ca unseal`."
     )
     _emit(as_json, record, "\n".join(lines))
+
+
+def _share_protectors(
+    members: list[tuple[str, str]], files: dict[str, Path], tokens: tuple[str, ...]
+) -> dict[str, bytes | Any]:
+    """Per member of the new custody set: the passphrase of its share file, or the
+    custodian's token (a logged-in :class:`ca.pkcs11.Pkcs11Uri`) that will encrypt it."""
+    from ca import pkcs11
+
+    names = dict(members)
+    token_uris: dict[str, Any] = {}
+    for item in tokens:
+        member, sep, uri = item.partition("=")
+        if not sep or member not in names:
+            raise CLIError(f"--custodian-token {member!r}: expected MEMBER=URI of a member")
+        if member in files:
+            raise CLIError(f"{member}: give a passphrase file or a token, not both")
+        token_uris[member] = _with_pin(pkcs11.Pkcs11Uri.parse(uri), names[member])
+    out: dict[str, bytes | Any] = {}
+    for member, name in members:
+        if member in token_uris:
+            pkcs11.login(token_uris[member])  # wrong PIN or token: fail before any key is made
+            out[member] = token_uris[member]
+        else:
+            out[member] = _custodian_passphrase(member, name, files)
+    return out
+
+
+def _share_cipher(protector: bytes | Any, custody_id: str, member: str) -> bytes | Any:
+    """The passphrase, or a new AES key in the custodian's token, for one share file."""
+    from ca import pkcs11
+
+    if isinstance(protector, bytes):
+        return protector
+    return pkcs11.TokenShareKey.generate(protector, f"eport share {custody_id} {member}")
+
+
+def _share_entry(path: Path, shares: Any, cipher: bytes | Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "file": str(path),
+        "fingerprints": {p.value: s.fingerprint for p, s in shares.items()},
+    }
+    if not isinstance(cipher, bytes):
+        entry["token_key"] = cipher.stored_uri()
+    return entry
+
+
+def _share_line(member: str, entry: dict[str, Any]) -> str:
+    kept = f"  (key in {entry['token_key']})" if "token_key" in entry else ""
+    return f"Share:   {member:<11} {entry['file']}{kept}"
+
+
+def _forget_token_keys(keys: list[Any]) -> None:
+    for key in keys:
+        try:
+            key.destroy()
+        except Exception:  # the ceremony's own error is the one to show
+            click.echo(f"could not delete {key.stored_uri()} from its token", err=True)
 
 
 # -- reshare ----------------------------------------------------------------------------------
@@ -391,6 +512,14 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     "EPORT_SHARE_PASSPHRASE_<MEMBER>, else a prompt).",
 )
 @click.option(
+    "--share-token",
+    "share_tokens",
+    multiple=True,
+    metavar="MEMBER=URI",
+    help="How to reach the PKCS#11 token that keeps MEMBER's current share file (module, "
+    "pin-source); the share file names the key. Else EPORT_PKCS11_MODULE/EPORT_PKCS11_PIN.",
+)
+@click.option(
     "--custodian-passphrase",
     "custodian_passphrases",
     multiple=True,
@@ -398,6 +527,7 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     help="The passphrase of MEMBER's new share file from FILE (else "
     "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
+@custodian_token_option
 @json_option
 def ca_reshare(
     policies_dir: Path | None,
@@ -405,7 +535,9 @@ def ca_reshare(
     out: Path,
     share_files: tuple[Path, ...],
     share_passphrases: tuple[str, ...],
+    share_tokens: tuple[str, ...],
     custodian_passphrases: tuple[str, ...],
+    custodian_tokens: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Re-share both KEKs to a new custody set: a share was lost, or a custodian left
@@ -454,17 +586,28 @@ def ca_reshare(
         record = custody_files.load_record(data_dir)
         current = {c.member: c.custodian for c in record.custodians}
         old_files = _member_files(share_passphrases, "--share-passphrase", set(current))
+        old_tokens: dict[str, str] = {}
+        for item in share_tokens:
+            member, sep, uri = item.partition("=")
+            if not sep or member not in current:
+                raise CLIError(f"--share-token {member!r}: expected MEMBER=URI of a member")
+            old_tokens[member] = uri
         opened: list[custody.ShareFile] = []
         for path in share_files:
             blob = path.read_bytes()
-            member = str(custody.share_file_header(blob).get("member", ""))
+            header = custody.share_file_header(blob)
+            member = str(header.get("member", ""))
             if member in (f.member for f in opened):
                 raise custody.RepeatedCustodian(
                     f"the custodian of {member} presented two share files"
                 )
-            pw = _current_share_passphrase(member, current.get(member, member), old_files)
+            opener: bytes | custody.ShareCipher
+            if custody.share_file_protection(header) == "token":
+                opener = _token_opener(header, old_tokens.get(member))
+            else:
+                opener = _current_share_passphrase(member, current.get(member, member), old_files)
             try:
-                opened.append(custody.open_share_file(blob, pw))
+                opened.append(custody.open_share_file(blob, opener))
             except custody.ShareRejected as exc:
                 raise CLIError(f"{path}: {exc.detail}") from None
         rebuilt = rebuild(data_dir, record, opened)
@@ -472,32 +615,38 @@ def ca_reshare(
             new_files = _member_files(
                 custodian_passphrases, "--custodian-passphrase", {m for m, _ in members}
             )
-            passphrases = {m: _custodian_passphrase(m, name, new_files) for m, name in members}
+            protectors = _share_protectors(members, new_files, custodian_tokens)
             written: dict[str, dict[str, Any]] = {}
+            token_keys: list[Any] = []
 
             def write_shares(
                 new: custody.CustodyRecord,
                 shares: Any,
             ) -> None:
                 for member, _ in members:
-                    blob = custody.seal_share_file(new, shares[member], passphrases[member])
+                    cipher = _share_cipher(protectors[member], new.custody_id, member)
+                    if not isinstance(cipher, bytes):
+                        token_keys.append(cipher)
+                    blob = custody.seal_share_file(new, shares[member], cipher)
                     path = out / "shares" / f"{member}.share"
                     write_private(path, blob)
-                    written[member] = {
-                        "file": str(path),
-                        "fingerprints": {p.value: s.fingerprint for p, s in shares[member].items()},
-                    }
+                    written[member] = _share_entry(path, shares[member], cipher)
                 custody_files.write_durably(out / "custody.json", custody_files.record_bytes(new))
 
-            new = reshare(
-                data_dir,
-                store,
-                rebuilt,
-                members,
-                policies.members.threshold,
-                write_shares,
-                now=datetime.datetime.now(datetime.UTC),
-            )
+            try:
+                new = reshare(
+                    data_dir,
+                    store,
+                    rebuilt,
+                    members,
+                    policies.members.threshold,
+                    write_shares,
+                    now=datetime.datetime.now(datetime.UTC),
+                )
+            except BaseException:
+                if not written or len(written) < len(members):
+                    _forget_token_keys(token_keys)
+                raise
         finally:
             rebuilt.wipe()
     finally:
@@ -519,7 +668,7 @@ def ca_reshare(
         f"Custody set {record.custody_id} re-shared as {new.custody_id} ({m}-of-{n}) by "
         f"{', '.join(rebuilt.participants)}; the wrapped CA keys are unchanged.",
     ]
-    lines += [f"Share:   {mid:<11} {d['file']}" for mid, d in written.items()]
+    lines += [_share_line(mid, d) for mid, d in written.items()]
     lines.append(
         f"Public record: {out}/custody.json, {out}/reshare.json; the replaced record is kept "
         f"as {doc['archived_record']}. Hand each new share file to its custodian; every "
@@ -534,17 +683,23 @@ def ca_reshare(
 @click.command("unseal")
 @share_option
 @passphrase_file_option
+@share_token_option
 @fingerprint_option
 @json_option
 def ca_unseal(
-    share_file: Path, passphrase_file: Path | None, fingerprint: str | None, as_json: bool
+    share_file: Path,
+    passphrase_file: Path | None,
+    token_uri: str | None,
+    fingerprint: str | None,
+    as_json: bool,
 ) -> None:
     """Present your seal share to unseal the server (M custodians, Vault-style).
 
     The share is sealed to the server instance's unseal key: `eport serve` prints its
-    fingerprint at start; pass it with --fingerprint (or compare when asked).
+    fingerprint at start; pass it with --fingerprint (or compare when asked). A share
+    file kept by your PKCS#11 token is opened there (PIN, not passphrase).
     """
-    opened = _open_share(share_file, passphrase_file)
+    opened = _open_share(share_file, passphrase_file, token_uri)
     client = _client()
     state = client.call("GET", "/ca/v1/custody")
     if not state["sealed"]:
@@ -624,17 +779,19 @@ def ceremony_start(
 @click.argument("ceremony_id")
 @share_option
 @passphrase_file_option
+@share_token_option
 @fingerprint_option
 @json_option
 def ceremony_join(
     ceremony_id: str,
     share_file: Path,
     passphrase_file: Path | None,
+    token_uri: str | None,
     fingerprint: str | None,
     as_json: bool,
 ) -> None:
     """Join a ceremony with your root share; the M-th custodian's join runs it."""
-    opened = _open_share(share_file, passphrase_file)
+    opened = _open_share(share_file, passphrase_file, token_uri)
     client = _client()
     doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
     if doc["state"] != "open":
