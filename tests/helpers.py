@@ -50,9 +50,21 @@ def cert_of(d: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
 
 
-def enroll_enterprise(server: Server, tmp: Path, name: str = "SDK Trading Co., Ltd.") -> Path:
-    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
-    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+def enroll_enterprise(
+    server: Server,
+    tmp: Path,
+    name: str = "SDK Trading Co., Ltd.",
+    *,
+    uscc: str | None = None,
+    officer: list[str] | None = None,
+    **env: str,
+) -> Path:
+    """An enterprise applies, an RA officer approves (``officer``: its credential
+    options, the development officer by default; ``env``: e.g. its key's passphrase) and
+    it enrolls: its directory (cert.pem, key.pem, chain.pem)."""
+    app = jrun(server, "apply", "--uscc", uscc or fresh_uscc(), "--name", name)
+    approver = server.officer() if officer is None else officer
+    grant = json.loads(server.eport("ra", "approve", app["id"], *approver, "--json", **env).stdout)
     out = tmp / f"ent-{app['id']}"
     jrun(
         server,

@@ -50,6 +50,24 @@ def eport(*args: str, check: bool = True, **env: str) -> subprocess.CompletedPro
     return res
 
 
+def restore(
+    archive: Path, target: Path, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``eport restore --from ARCHIVE --data-dir TARGET ARGS...``."""
+    return eport(
+        "restore", "--from", str(archive), "--data-dir", str(target), *args, check=check, **env
+    )
+
+
+def backup(data: Path, archive: Path, **env: str) -> dict[str, Any]:
+    """``eport backup --data-dir DATA --out ARCHIVE --json``: its JSON report."""
+    doc = json.loads(
+        eport("backup", "--data-dir", str(data), "--out", str(archive), "--json", **env).stdout
+    )
+    assert isinstance(doc, dict)
+    return doc
+
+
 def refused(res: subprocess.CompletedProcess[str], *needles: str) -> str:
     """The one error line of a command that must have failed."""
     assert res.returncode != 0, res.stdout + res.stderr
@@ -233,9 +251,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
             issuer.wait_for(2)
             archive = tmp_path / "backups" / "eport.tar.gz"
             took = time.perf_counter()
-            made = json.loads(
-                eport("backup", "--data-dir", str(data), "--out", str(archive), "--json").stdout
-            )
+            made = backup(data, archive)
             took = time.perf_counter() - took
             issued_by_then = len(issuer.issued)
             issuer.wait_for(issued_by_then + 2)  # issuance went on after the backup
@@ -272,16 +288,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
     lost = published_after - backed_size
     assert lost >= 2
     line = refused(
-        eport(
-            "restore",
-            "--from",
-            str(archive),
-            "--data-dir",
-            str(data),
-            "--checkpoint",
-            str(after),
-            check=False,
-        ),
+        restore(archive, data, "--checkpoint", str(after), check=False),
         f"{lost} entries",
         f"has {published_after} entries",
         "--accept-loss",
@@ -291,18 +298,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
     assert not list(tmp_path.glob(".eport-restore-*"))
 
     took = time.perf_counter()
-    done = json.loads(
-        eport(
-            "restore",
-            "--from",
-            str(archive),
-            "--data-dir",
-            str(data),
-            "--checkpoint",
-            str(state),
-            "--json",
-        ).stdout
-    )
+    done = json.loads(restore(archive, data, "--checkpoint", str(state), "--json").stdout)
     took = time.perf_counter() - took
     print(f"restore and log check: {took:.2f} s")
     assert done["lost_entries"] == 0 and done["entries"] == backed_size
@@ -340,14 +336,14 @@ def test_restore_refuses_and_changes_nothing(
 ) -> None:
     _, archive = offline_instance
     target = tmp_path / "restored"
-    eport("restore", "--from", str(archive), "--data-dir", str(target))
+    restore(archive, target)
     (target / "dev").mkdir()
     (target / "dev" / "keep.txt").write_text("not in the archive\n")
     unchanged = tree_digest(target)
 
     # A non-empty target without --force.
     refused(
-        eport("restore", "--from", str(archive), "--data-dir", str(target), check=False),
+        restore(archive, target, check=False),
         "not empty",
         "--force",
     )
@@ -369,7 +365,7 @@ def test_restore_refuses_and_changes_nothing(
         (changed, "files/ca/root.crt does not match its SHA-256"),
     ):
         refused(
-            eport("restore", "--from", str(bad), "--data-dir", str(target), "--force", check=False),
+            restore(bad, target, "--force", check=False),
             needle,
         )
         assert tree_digest(target) == unchanged, bad.name
@@ -390,9 +386,7 @@ def test_restore_refuses_and_changes_nothing(
     doctored = tmp_path / "doctored.tar.gz"
     repack(archive, doctored, {"db/ca.sqlite": snapshot.read_bytes()}, rehash=True)
     refused(
-        eport(
-            "restore", "--from", str(doctored), "--data-dir", str(target), "--force", check=False
-        ),
+        restore(doctored, target, "--force", check=False),
         "rebuild root",
         "entries were changed",
     )
@@ -400,7 +394,7 @@ def test_restore_refuses_and_changes_nothing(
 
     # --force replaces the CA files and databases and leaves the rest.
     (target / "ca" / "stale.crt").write_text("from another instance\n")
-    eport("restore", "--from", str(archive), "--data-dir", str(target), "--force")
+    restore(archive, target, "--force")
     assert not (target / "ca" / "stale.crt").exists()
     assert (target / "dev" / "keep.txt").exists()
 
@@ -412,7 +406,7 @@ def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: 
     assert "WARNING" in res.stderr and "in the clear" in res.stderr
     assert "files/dev/DEV-ONLY-passphrases.toml" in members(archive)
     target = tmp_path / "restored"
-    out = eport("restore", "--from", str(archive), "--data-dir", str(target)).stdout
+    out = restore(archive, target).stdout
     assert (target / "dev" / ".complete").exists()
     assert "copy them back" not in out
 
@@ -429,17 +423,7 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         before = tmp_path / "before.checkpoint"
         before.write_text(json.loads(state.read_text())["checkpoint"])
         archive = tmp_path / "pg.tar.gz"
-        made = json.loads(
-            eport(
-                "backup",
-                "--data-dir",
-                str(data),
-                "--out",
-                str(archive),
-                "--json",
-                EPORT_DATABASE_URL=source_db,
-            ).stdout
-        )
+        made = backup(data, archive, EPORT_DATABASE_URL=source_db)
     finally:
         stop(proc)
     assert made["manifest"]["databases"]["ca"]["kind"] == "postgresql"
@@ -451,21 +435,13 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
     shutil.rmtree(data)
     # The old database still holds tables: not a target without --force.
     refused(
-        eport(
-            "restore",
-            "--from",
-            str(archive),
-            "--data-dir",
-            str(data),
-            check=False,
-            EPORT_DATABASE_URL=source_db,
-        ),
+        restore(archive, data, check=False, EPORT_DATABASE_URL=source_db),
         "eport_backup_source",
         "not empty",
     )
     # A SQLite target for a PostgreSQL backup.
     refused(
-        eport("restore", "--from", str(archive), "--data-dir", str(data), check=False),
+        restore(archive, data, check=False),
         "postgresql",
         "EPORT_DATABASE_URL",
     )
@@ -473,16 +449,8 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
 
     target_db = postgres.createdb("eport_backup_restored")
     done = json.loads(
-        eport(
-            "restore",
-            "--from",
-            str(archive),
-            "--data-dir",
-            str(data),
-            "--checkpoint",
-            str(state),
-            "--json",
-            EPORT_DATABASE_URL=target_db,
+        restore(
+            archive, data, "--checkpoint", str(state), "--json", EPORT_DATABASE_URL=target_db
         ).stdout
     )
     assert done["lost_entries"] == 0 and done["entries"] == made["manifest"]["log"]["size"]
@@ -509,9 +477,7 @@ def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
         before.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
         archive = tmp_path / "custody.tar.gz"
         # No passphrase, share or key is needed to back up: nothing is unwrapped.
-        made = json.loads(
-            eport("backup", "--data-dir", str(data), "--out", str(archive), "--json").stdout
-        )
+        made = backup(data, archive)
     finally:
         stop(proc)
     assert made["manifest"]["custody"] is True
@@ -523,9 +489,7 @@ def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
     assert_no_secret(items.items(), [b"share passphrase of", b"officer passphrase"])
 
     shutil.rmtree(data)
-    done = eport(
-        "restore", "--from", str(archive), "--data-dir", str(data), "--checkpoint", str(before)
-    )
+    done = restore(archive, data, "--checkpoint", str(before))
     assert "starts SEALED" in done.stdout
     srv, proc, fp = start_sealed(tmp_path, data)
     try:

@@ -18,7 +18,7 @@ from cryptography import x509
 from ca.custody import CustodyRecord, Purpose, open_share_file
 from ca.signedreq import TrustAnchors
 from tests.conftest import Server, stop
-from tests.helpers import assert_no_secret_in_tree, creds
+from tests.helpers import assert_no_secret_in_tree, cert_of, creds, enroll_enterprise
 from tests.test_ca_init import MEMBERS, init_ca, start_sealed, unseal
 
 
@@ -28,8 +28,15 @@ def officer_args(out: Path, member: str = "customs") -> list[str]:
 
 
 def join(
-    srv: Server, out: Path, ceremony: str, member: str, check: bool = True
+    srv: Server,
+    out: Path,
+    ceremony: str,
+    member: str,
+    check: bool = True,
+    passphrase: str = "share passphrase of {}",
 ) -> subprocess.CompletedProcess[str]:
+    """``member`` joins with its share file in ``out``/shares (``passphrase``: a format
+    string of the member's id)."""
     return srv.eport(
         "ca",
         "ceremony",
@@ -39,8 +46,21 @@ def join(
         str(out / "shares" / f"{member}.share"),
         "--json",
         check=check,
-        EPORT_SHARE_PASSPHRASE=f"share passphrase of {member}",
+        EPORT_SHARE_PASSPHRASE=passphrase.format(member),
     )
+
+
+def rotate(srv: Server, out: Path, issuer: str = "enterprise") -> str:
+    """An RA officer (commerce) opens the rollover of ``issuer``: the ceremony's id."""
+    res = srv.eport(
+        "ca",
+        "rotate",
+        issuer,
+        *officer_args(out, "commerce"),
+        "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    return str(json.loads(res.stdout)["id"])
 
 
 def start(srv: Server, out: Path, *args: str) -> dict[str, object]:
@@ -57,23 +77,16 @@ def start(srv: Server, out: Path, *args: str) -> dict[str, object]:
     return doc
 
 
-def enroll(srv: Server, out: Path, tmp: Path, name: str, uscc: str) -> x509.Certificate:
-    app = json.loads(srv.eport("apply", "--uscc", uscc, "--name", name, "--json").stdout)
-    grant = json.loads(
-        srv.eport(
-            "ra",
-            "approve",
-            app["id"],
-            *officer_args(out, "tax"),
-            "--json",
-            EPORT_PASSPHRASE="officer passphrase",
-        ).stdout
+def enroll(srv: Server, out: Path, tmp: Path, name: str, uscc: str | None = None) -> Path:
+    """An enterprise approved by the custody server's RA officer (tax): its directory."""
+    return enroll_enterprise(
+        srv,
+        tmp,
+        name,
+        uscc=uscc,
+        officer=officer_args(out, "tax"),
+        EPORT_PASSPHRASE="officer passphrase",
     )
-    d = tmp / name.replace(" ", "-")
-    srv.eport(
-        "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out", str(d)
-    )
-    return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
 
 
 def add_operator(
@@ -167,19 +180,12 @@ def test_root_crl_needs_m_distinct_custodians(ceremony_ca) -> None:  # type: ign
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
-    old_cert = enroll(srv, out, tmp, "Old Generation Co", "91350100M000100Y43")
+    old = enroll(srv, out, tmp, "Old Generation Co", "91350100M000100Y43")
+    old_cert = cert_of(old)
     old_issuer = x509.load_pem_x509_certificate(
         (srv.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
     )
-    res = srv.eport(
-        "ca",
-        "rotate",
-        "enterprise",
-        *officer_args(out, "commerce"),
-        "--json",
-        EPORT_PASSPHRASE="officer passphrase",
-    )
-    cid = json.loads(res.stdout)["id"]
+    cid = rotate(srv, out)
     for m in ("forex", "customs"):
         join(srv, out, cid, m)
     done = json.loads(join(srv, out, cid, "commerce").stdout)
@@ -190,8 +196,9 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     )
     assert new_issuer.public_key() != old_issuer.public_key()
     # New certificates come from the new generation at once, in every worker.
-    for i in range(3):
-        cert = enroll(srv, out, tmp, f"New Generation Co {i}", "91350100MA1016617N")
+    new = [enroll(srv, out, tmp, f"New Generation Co {i}", "91350100MA1016617N") for i in range(3)]
+    for d in new:
+        cert = cert_of(d)
         cert.verify_directly_issued_by(new_issuer)
     # Both generations validate, with both in the pool (same name, different keys).
     assert validates(cert, root, [old_issuer, new_issuer]) == new_issuer
@@ -201,8 +208,8 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
         requests.get(srv.url + "/crl/enterprise.crl", timeout=5).content
     )
     assert old_crl.is_signature_valid(old_issuer.public_key())  # type: ignore[arg-type]
-    for name in ("Old-Generation-Co", "New-Generation-Co-0"):
-        st = srv.eport("status", "--cert", str(tmp / name / "cert.pem"), "--json")
+    for d in (old, new[0]):
+        st = srv.eport("status", "--cert", str(d / "cert.pem"), "--json")
         assert json.loads(st.stdout)["status"] == "good", st.stdout
 
     # The old generation's key is compromised: revoke it by a quorum root CRL.
@@ -216,19 +223,18 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     assert revoked is not None
     assert crl.get_revoked_certificate_by_serial_number(new_issuer.serial_number) is None
     # Issuance goes on from the new generation.
-    enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N").verify_directly_issued_by(
-        new_issuer
-    )
+    after = enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N")
+    cert_of(after).verify_directly_issued_by(new_issuer)
     # The CA no longer takes signed requests from certificates under the revoked
     # generation (in any worker), and still does from the new one.
     for n in range(2):
-        refused = add_operator(srv, tmp / "Old-Generation-Co", f"OLD{n}", check=False)
+        refused = add_operator(srv, old, f"OLD{n}", check=False)
         assert refused.returncode == 1 and "(HTTP 401)" in refused.stderr, refused.stderr
         assert "issuing CA enterprise was revoked on the root CRL (keyCompromise)" in (
             refused.stderr
         )
         assert "\n" not in refused.stderr.strip()
-        assert add_operator(srv, tmp / "New-Generation-Co-0", f"NEW{n}").returncode == 0
+        assert add_operator(srv, new[0], f"NEW{n}").returncode == 0
 
 
 def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[no-untyped-def]

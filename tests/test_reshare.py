@@ -41,7 +41,7 @@ from ca.store import SqlStore
 from tests.conftest import EPORT, Server, stop
 from tests.helpers import assert_no_secret_in_tree
 from tests.test_ca_init import MEMBERS, custodian_env, init_ca, start_sealed, unseal
-from tests.test_custody_ceremonies import officer_args, root_crl
+from tests.test_custody_ceremonies import join, officer_args, root_crl, start
 
 OLD = "share passphrase of {}"
 NEW = "new passphrase of {}"
@@ -193,41 +193,13 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         print(f"unseal with 3 new shares: {time.perf_counter() - t0:.2f} s")
         assert step["sealed"] is False
         # A root ceremony with the new shares; an old share is refused.
-        started = json.loads(
-            srv.eport(
-                "ca",
-                "ceremony",
-                "start",
-                "ROOT-CRL",
-                *officer_args(out),
-                "--json",
-                EPORT_PASSPHRASE="officer passphrase",
-            ).stdout
-        )
-        cid = started["id"]
+        started = start(srv, out, "ROOT-CRL")
+        cid = str(started["id"])
         assert started["custody_id"] == new_id
-        stale = srv.eport(
-            "ca",
-            "ceremony",
-            "join",
-            cid,
-            "--share",
-            str(out / "shares" / "forex.share"),
-            check=False,
-            EPORT_SHARE_PASSPHRASE=OLD.format("forex"),
-        )
+        stale = join(srv, out, cid, "forex", check=False, passphrase=OLD)
         refused(stale, f"this share belongs to custody set {old_record.custody_id}")
         for m in ("forex", LOST, "customs"):
-            last = srv.eport(
-                "ca",
-                "ceremony",
-                "join",
-                cid,
-                "--share",
-                str(new_out / "shares" / f"{m}.share"),
-                "--json",
-                EPORT_SHARE_PASSPHRASE=NEW.format(m),
-            )
+            last = join(srv, new_out, cid, m, passphrase=NEW)
         done = json.loads(last.stdout)
         assert done["state"] == "done" and done["result"]["root_crl_number"] == 2
         root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())

@@ -15,43 +15,17 @@ import requests
 from cryptography import x509
 
 from tests.conftest import Server, stop
-from tests.helpers import creds, enroll_operator, fresh_uscc, jrun
+from tests.helpers import creds, enroll_operator
 from tests.test_ca_init import init_ca, start_sealed, unseal
-from tests.test_custody_ceremonies import join, officer_args, start
+from tests.test_custody_ceremonies import enroll, join, rotate, start
 
 SERVICE = "customs-declaration"
 RELOAD_CHECK = 1.1
 """The token service stats the generation file at most once a second."""
 
 
-def enroll_enterprise(srv: Server, out: Path, tmp: Path, name: str) -> Path:
-    app = jrun(srv, "apply", "--uscc", fresh_uscc(), "--name", name)
-    grant = json.loads(
-        srv.eport(
-            "ra",
-            "approve",
-            app["id"],
-            *officer_args(out, "tax"),
-            "--json",
-            EPORT_PASSPHRASE="officer passphrase",
-        ).stdout
-    )
-    d = tmp / f"ent-{app['id']}"
-    jrun(
-        srv,
-        "enroll",
-        "--code",
-        grant["enrollment_code"],
-        "--profile",
-        "enterprise",
-        "--out",
-        str(d),
-    )
-    return d
-
-
 def operator(srv: Server, out: Path, tmp: Path, name: str, op_id: str) -> Path:
-    ent = enroll_enterprise(srv, out, tmp, name)
+    ent = enroll(srv, out, tmp, name)
     return enroll_operator(srv, ent, tmp, op_id, "declaration")
 
 
@@ -102,18 +76,9 @@ def test_rollover_and_revocation_reach_the_token_service_without_restart(custody
     login(srv, old_op, old_cfg)
 
     # Rotate the enterprise issuing CA by quorum (3 of 5), the server running throughout.
-    doc = json.loads(
-        srv.eport(
-            "ca",
-            "rotate",
-            "enterprise",
-            *officer_args(out, "commerce"),
-            "--json",
-            EPORT_PASSPHRASE="officer passphrase",
-        ).stdout
-    )
+    cid = rotate(srv, out)
     for m in ("forex", "customs", "inspection"):
-        last = join(srv, out, str(doc["id"]), m)
+        last = join(srv, out, cid, m)
     assert json.loads(last.stdout)["result"]["generation"] == "enterprise-2"
     time.sleep(RELOAD_CHECK)
     new_issuer = x509.load_pem_x509_certificate((issuers / "enterprise-2.crt").read_bytes())
