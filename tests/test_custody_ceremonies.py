@@ -5,10 +5,12 @@ quoted in docs/custody.md."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -120,9 +122,10 @@ def root_crl(srv: Server) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(requests.get(srv.url + "/crl/root.crl", timeout=5).content)
 
 
-@pytest.fixture(scope="module")
-def ceremony_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("custody")
+@contextlib.contextmanager
+def unsealed_custody_server(tmp: Path) -> Iterator[tuple[Server, Path, Path]]:
+    """A real ``eport ca init`` in ``tmp``, its server started sealed and unsealed by 3
+    custodians: (server, ceremony output directory, ``tmp``)."""
     data, out, _ = init_ca(tmp)
     srv, proc, fp = start_sealed(tmp, data)
     try:
@@ -133,6 +136,12 @@ def ceremony_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         yield srv, out, tmp
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def ceremony_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with unsealed_custody_server(tmp_path_factory.mktemp("custody")) as world:
+        yield world
 
 
 def test_root_crl_needs_m_distinct_custodians(ceremony_ca) -> None:  # type: ignore[no-untyped-def]

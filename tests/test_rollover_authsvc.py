@@ -14,10 +14,9 @@ import pytest
 import requests
 from cryptography import x509
 
-from tests.conftest import Server, stop
+from tests.conftest import Server
 from tests.helpers import creds, enroll_operator
-from tests.test_ca_init import init_ca, start_sealed, unseal
-from tests.test_custody_ceremonies import enroll, join, rotate, start
+from tests.test_custody_ceremonies import enroll, join, rotate, start, unsealed_custody_server
 
 SERVICE = "customs-declaration"
 RELOAD_CHECK = 1.1
@@ -55,15 +54,8 @@ def issued_by(d: Path, issuer: x509.Certificate) -> None:
 
 @pytest.fixture(scope="module")
 def custody_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("rollover")
-    data, out, _ = init_ca(tmp)
-    srv, proc, fp = start_sealed(tmp, data)
-    try:
-        for m in ("customs", "tax", "forex"):
-            unseal(srv, out, m, fp)
-        yield srv, out, tmp
-    finally:
-        stop(proc)
+    with unsealed_custody_server(tmp_path_factory.mktemp("rollover")) as world:
+        yield world
 
 
 def test_rollover_and_revocation_reach_the_token_service_without_restart(custody_server) -> None:  # type: ignore[no-untyped-def]
