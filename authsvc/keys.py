@@ -197,6 +197,8 @@ class KeyRing:
         if self._loaded_at is not None and now - self._loaded_at < self.refresh_every:
             return
         with self._lock:
+            if self._loaded_at is not None and now - self._loaded_at < self.refresh_every:
+                return  # another thread reloaded while this one waited
             keys = self.store.list_keys()
             published = [
                 k for k in keys if k.state != "retired" or (k.unpublish_at and k.unpublish_at > now)
@@ -206,15 +208,15 @@ class KeyRing:
                 private = serialization.load_pem_private_key(active.private_pem, self.passphrase)
                 assert isinstance(private, ec.EllipticCurvePrivateKey)
                 self._signer = (active.kid, private)
-            self._jwks = {"keys": [k.public_jwk for k in published]}
-            self._public = {}
+            public: dict[str, ec.EllipticCurvePublicKey] = {}
             for k in published:
                 jwk = k.public_jwk
                 x = int.from_bytes(_b64d(jwk["x"]), "big")
                 y = int.from_bytes(_b64d(jwk["y"]), "big")
-                self._public[k.kid] = ec.EllipticCurvePublicNumbers(
-                    x, y, ec.SECP256R1()
-                ).public_key()
+                public[k.kid] = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+            # Swapped in whole: readers on other threads never see a half-built set.
+            self._jwks = {"keys": [k.public_jwk for k in published]}
+            self._public = public
             self._loaded_at = now
 
     def signer(self) -> tuple[str, ec.EllipticCurvePrivateKey]:
