@@ -89,6 +89,10 @@ class Pkcs11Error(Sealed):
     title = "A key in the PKCS#11 token is unavailable"
 
 
+class _NotOne(Pkcs11Error):
+    """The URI matches no object, or several."""
+
+
 @dataclass(frozen=True)
 class Pkcs11Uri:
     """An RFC 7512 PKCS#11 URI naming a token and (for a key) an object in it."""
@@ -183,6 +187,12 @@ class Pkcs11Uri:
         """This token's URI naming one key (``object`` and ``id``)."""
         path = {k: v for k, v in self.path.items() if k not in ("object", "id", "type")}
         path.update(object=label, id="".join(f"%{b:02x}" for b in key_id))
+        return replace(self, path=path)
+
+    def token_only(self) -> Pkcs11Uri:
+        """This URI naming its token only (no ``object``, ``id``, ``type``): where to make
+        another key beside the one it names."""
+        path = {k: v for k, v in self.path.items() if k not in ("object", "id", "type")}
         return replace(self, path=path)
 
     def without_pin(self) -> Pkcs11Uri:
@@ -328,13 +338,26 @@ class _Token:
             found = list(session.get_objects(attrs))
             if len(found) != 1:
                 what = "no" if not found else f"{len(found)} keys, not one"
-                raise Pkcs11Error(
+                raise _NotOne(
                     f"{what} {_class_name(object_class)} matching {uri.without_pin()} in the token"
                 )
             self._keys[cache] = found[0]
             return found[0]
 
-        return self.run(uri, find)
+        try:
+            return self.run(uri, find)
+        except _NotOne:
+            # A key another process made may stay invisible to this one's view of the token
+            # (SoftHSM2 indexes its object files per process; softhsm/SoftHSMv2#358): look
+            # again after re-initializing the module, as a restarted process would.
+            self._reinitialize()
+            return self.run(uri, find)
+
+    def _reinitialize(self) -> None:
+        with self.lock, _tokens_lock:
+            pkcs11.lib(self.module).reinitialize()  # every session of this module is void
+            _initialized_in[self.module] = os.getpid()
+            self._session = None
 
 
 _tokens: dict[tuple[str, tuple[str, str]], _Token] = {}

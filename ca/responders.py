@@ -13,7 +13,10 @@ Renewal of one responder, under a file lock so one process does it:
    factory and linter as every certificate;
 2. the key is sealed like the hierarchy's other keys (the seal KEK the unsealed worker
    holds, or the CA passphrase outside joint custody) beside its final place
-   (``<id>.key.new``: the same sealing slot), the certificate likewise;
+   (``<id>.key.new``: the same sealing slot), the certificate likewise; when the
+   current responder key is in a PKCS#11 token, the new one is generated in that
+   token instead and ``<id>.key.new`` names it (:mod:`ca.keyhome`), so a token-held
+   server renews without any seal KEK (a failed renewal deletes the new token key);
 3. one database transaction stores the certificate and appends its
    ``certificate.issued`` event (the transparency log's event sink runs in it);
 4. after the commit the old certificate is kept in ``responders/retired/`` and the
@@ -48,6 +51,7 @@ from ca import hierarchy
 from ca.authority import _record
 from ca.errors import Sealed
 from ca.issuance import CertificateFactory, IssuingCA
+from ca.keyhome import discard_file, key_home
 from ca.keys import KeyType
 from ca.policy import Profile
 from ca.records import Event, EventType, Store
@@ -57,6 +61,7 @@ RENEW_BEFORE = datetime.timedelta(days=30)
 """The default window: a responder expiring within it is renewed."""
 ACTOR = "system:responder-renewal"
 PROFILE = "ocsp-responder"
+WHAT = "renewing an OCSP responder certificate"
 RETIRED = "retired"
 
 
@@ -156,12 +161,14 @@ class ResponderRenewal:
     def run(self, *, force: bool = False, actor: str = ACTOR) -> Outcome:
         """Renew every responder that is due (all of them with ``force``).
 
-        Raises :class:`~ca.errors.Sealed` (503) when the server cannot make and seal a
-        key: no sealer (a sealed server), or an issuing CA key still sealed."""
-        if self.sealer is None or any(
-            getattr(i.signer, "sealed", False) for i in self.issuers.values()
-        ):
+        Raises :class:`~ca.errors.Sealed` (503) when the server cannot make and store a
+        key: an issuing CA key still sealed, or no sealer (a sealed server) for a
+        responder whose key is not in a PKCS#11 token (:mod:`ca.keyhome`)."""
+        if any(getattr(i.signer, "sealed", False) for i in self.issuers.values()):
             raise Sealed("renewing OCSP responder certificates needs an unsealed CA")
+        if self.sealer is None:
+            for issuer_id in self.issuers:
+                key_home([self.dir / f"{issuer_id}.key"], None, WHAT)  # raises unless in a token
         renewed: list[Renewal] = []
         skipped: dict[str, str] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -198,19 +205,20 @@ class ResponderRenewal:
             current, issuer.certificate, now, self.window, self.profile.validity
         ):
             return "not due"
-        key = KeyType.P256.generate()
-        cert = self.factory.issue(
-            self.profile,
-            issuer,
-            key.public_key(),
-            {"ca_name": hierarchy.issuer_ca_name(issuer)},
-            now,
-        )
         key_new = self.dir / f"{issuer_id}.key.new"
         crt_new = self.dir / f"{issuer_id}.crt.new"
+        # The new key goes where the current one is: its token, or sealed like it.
+        home = key_home([self.dir / f"{issuer_id}.key"], self.sealer, WHAT)
+        key = home.new(KeyType.P256, key_new)  # same slot as <id>.key (ca.sealing.slot_of)
         try:
-            assert self.sealer is not None
-            self.sealer.seal(key, key_new)  # same slot as <id>.key (ca.sealing.slot_of)
+            cert = self.factory.issue(
+                self.profile,
+                issuer,
+                key.public_key,
+                {"ca_name": hierarchy.issuer_ca_name(issuer)},
+                now,
+            )
+            key.store(key_new)
             crt_new.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             rec = _record(cert, issuer_id, self.profile.name, None)
             with self.store.transaction() as tx:
@@ -235,6 +243,7 @@ class ResponderRenewal:
         except BaseException:
             key_new.unlink(missing_ok=True)
             crt_new.unlink(missing_ok=True)
+            key.discard()
             raise
         retired = self.dir / RETIRED
         retired.mkdir(exist_ok=True)
@@ -263,12 +272,12 @@ def settle(data_dir: Path) -> list[str]:
             issuer_id = crt_new.name.removesuffix(".crt.new")
             key_new = d / f"{issuer_id}.key.new"
             if key_new.exists():
-                key_new.unlink()
+                discard_file(key_new)
                 crt_new.unlink()
             else:
                 os.replace(crt_new, d / f"{issuer_id}.crt")
             touched.append(issuer_id)
         for key_new in sorted(d.glob("*.key.new")):  # crashed before the certificate
-            key_new.unlink()
+            discard_file(key_new)
             touched.append(key_new.name.removesuffix(".key.new"))
     return touched

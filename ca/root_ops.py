@@ -15,6 +15,9 @@ reload (:mod:`ca.quorum_api`).
   OCSP responses until its last certificate expires.
 * ``ROTATE-LOG-KEY``: a new Ed25519 checkpoint key for the transparency log; the old
   public key is kept beside it (``log-<n>.pub``) for verifying older checkpoints.
+
+New keys go where the keys they succeed are (:mod:`ca.keyhome`): generated in the
+PKCS#11 token that holds them, else sealed by the seal KEK the unsealed worker holds.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ from ca import hierarchy
 from ca.authority import _record
 from ca.crl import ReasonCode, RevokedEntry, build_crl
 from ca.custody import Purpose
-from ca.errors import BadRequest, Conflict, Sealed
+from ca.errors import BadRequest, Conflict
 from ca.issuance import IssuingCA
+from ca.keyhome import KeyHome, NewKey, key_home
 from ca.keys import KeyType
 from ca.quorum import Ceremony, CeremonyTx, Operation, Outcome, Runner
 from ca.records import Event, EventType, StatusRecord, StatusState
 from ca.sealing import KekSealer
-from ca.signer import SoftwareSigner
 
 if TYPE_CHECKING:
     from ca.quorum_api import CustodyService
@@ -88,11 +91,10 @@ class RootOperations:
         signer = sealer.unseal(hierarchy.ca_dir(self.data_dir) / "root.key")
         return IssuingCA("root", self.svc.h.root, signer)
 
-    def _seal_sealer(self, op: Operation) -> KekSealer:
-        sealer = self.svc.seal_sealer()
-        if sealer is None:
-            raise Sealed(f"{op.value} makes a key sealed by the seal KEK: unseal the CA first")
-        return sealer
+    def _home(self, op: Operation, *existing: Path) -> KeyHome:
+        """Where the operation's new keys go: the PKCS#11 token the first existing key
+        file of ``existing`` names, else sealed by the seal KEK (503 while sealed)."""
+        return key_home(existing, self.svc.seal_sealer(), op.value)
 
     def _now(self) -> datetime.datetime:
         return self.svc.quorum.clock()
@@ -204,12 +206,16 @@ class RootOperations:
         base = c.params.get("issuer", "")
         if not base or not base.replace("_", "").isalnum() or not base.islower():
             raise BadRequest("issuer=ID names the issuing CA (lower-case letters and digits)")
-        sealer = self._seal_sealer(c.operation)
-        root = self._root(kek)
         h = self.svc.h
         d = hierarchy.ca_dir(self.data_dir)
         active = read_active(self.data_dir)
         previous = active.get(base) if base in active else (base if base in h.issuers else None)
+        home = self._home(
+            c.operation,
+            *(d / "issuers" / f"{i}.key" for i in (previous, base) if i),
+            d / "log.key",
+        )
+        root = self._root(kek)
         n = 1
         gen = base
         while (d / "issuers" / f"{gen}.crt").exists():
@@ -221,17 +227,53 @@ class RootOperations:
             name = hierarchy.issuer_ca_name(h.issuers[base])
         else:
             name = hierarchy.ISSUING_NAMES.get(base, f"E-Port {base.title()} Issuing CA")
+        now = self._now()
+        key_file, rkey_file = d / "issuers" / f"{gen}.key", d / "responders" / f"{gen}.key"
+        made_keys: list[NewKey] = []
+        try:
+            key = home.new(KeyType.P256, key_file)
+            made_keys.append(key)
+            rkey = home.new(KeyType.P256, rkey_file)
+            made_keys.append(rkey)
+            result = self._issue_generation(
+                c, tx, home, gen, name, previous, root, (key, rkey), now
+            )
+        except BaseException:
+            for made in made_keys:
+                made.discard()
+            key_file.unlink(missing_ok=True)
+            rkey_file.unlink(missing_ok=True)
+            raise
+        if gen != base:
+            active[base] = gen
+            _write_active(self.data_dir, active)
+        self._done()
+        result.update(issuer=base)
+        return Outcome(result)
+
+    def _issue_generation(
+        self,
+        c: Ceremony,
+        tx: CeremonyTx,
+        home: KeyHome,
+        gen: str,
+        name: str,
+        previous: str | None,
+        root: IssuingCA,
+        keys: tuple[NewKey, NewKey],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        """Certify the new generation's keys, record them, and write its files."""
         factory = self.svc.app.extensions["eport.ca"].authority.factory
         policies = self.svc.policies
-        now = self._now()
-        key = KeyType.P256.generate()
+        d = hierarchy.ca_dir(self.data_dir)
+        key, rkey = keys
         cert = factory.issue(
-            policies.profile("issuing-ca"), root, key.public_key(), {"ca_name": name}, now
+            policies.profile("issuing-ca"), root, key.public_key, {"ca_name": name}, now
         )
-        new_ca = IssuingCA(gen, cert, SoftwareSigner(key))
-        rkey = KeyType.P256.generate()
+        new_ca = IssuingCA(gen, cert, key.signer)
         rcert = factory.issue(
-            policies.profile("ocsp-responder"), new_ca, rkey.public_key(), {"ca_name": name}, now
+            policies.profile("ocsp-responder"), new_ca, rkey.public_key, {"ca_name": name}, now
         )
         sql = _sql(tx)
         for made, issuer_id, profile, details in (
@@ -253,46 +295,45 @@ class RootOperations:
                     details={**details, "replaces": previous} if previous else details,
                 )
             )
-        sealer.seal(key, d / "issuers" / f"{gen}.key")
-        sealer.seal(rkey, d / "responders" / f"{gen}.key")
+        key.store(d / "issuers" / f"{gen}.key")
+        rkey.store(d / "responders" / f"{gen}.key")
         _write(d / "responders" / f"{gen}.crt", rcert.public_bytes(serialization.Encoding.PEM))
         _write(d / "issuers" / f"{gen}.crt", cert.public_bytes(serialization.Encoding.PEM))
-        if gen != base:
-            active[base] = gen
-            _write_active(self.data_dir, active)
-        self._done()
-        return Outcome(
-            {
-                "issuer": base,
-                "generation": gen,
-                "replaces": previous,
-                "serial": format(cert.serial_number, "x"),
-                "sha256": cert.fingerprint(hashes.SHA256()).hex(),
-                "subject": _record(cert, "root", "issuing-ca", None).subject,
-            }
-        )
+        return {
+            "generation": gen,
+            "replaces": previous,
+            "serial": format(cert.serial_number, "x"),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+            "subject": _record(cert, "root", "issuing-ca", None).subject,
+            "key": "pkcs11" if home.token is not None else "sealed",
+        }
 
     # -- the log key -----------------------------------------------------------------------
 
     def rotate_log_key(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
-        sealer = self._seal_sealer(c.operation)
-        self._root(kek)  # a root operation: the quorum proved it can open the root key
         d = hierarchy.ca_dir(self.data_dir)
+        home = self._home(c.operation, d / "log.key")
+        self._root(kek)  # a root operation: the quorum proved it can open the root key
         old = (d / "log.pub").read_bytes()
         n = 1
         while (d / f"log-{n}.pub").exists():
             n += 1
-        key = KeyType.ED25519.generate()
-        new = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        _write(d / f"log-{n}.pub", old)
-        sealer.seal(key, d / "log.key")
+        key = home.new(KeyType.ED25519, d / "log.key")
+        try:
+            new = key.public_key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            _write(d / f"log-{n}.pub", old)
+            key.store(d / "log.key")
+        except BaseException:
+            key.discard()
+            raise
         _write(d / "log.pub", new)
         result = {
             "previous_key_sha256": hashlib.sha256(old).hexdigest(),
             "key_sha256": hashlib.sha256(new).hexdigest(),
             "previous_key_file": f"log-{n}.pub",
+            "key": "pkcs11" if home.token is not None else "sealed",
         }
         self._done()
         return Outcome(result)

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from cli.keyfiles import csr_for
 from tests.conftest import EPORT, REPO, Server, free_port, need, stop, wait_http
 from tests.helpers import assert_no_secret_in_tree, fresh_uscc
 from tests.test_ca_init import custodian_env
+from tests.test_custody_ceremonies import join, officer_args, start
+from tests.test_responder_renewal import ask
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 CA_PIN = "ca-pin-7c1e93d0"
@@ -352,6 +355,8 @@ def test_server_with_keys_in_the_token(
     with token keys; then the refusals; then no PIN anywhere."""
     issue_status_login(hsm, hsm_server, tmp_path / "flow")
     errors_are_one_line_and_change_nothing(hsm, hsm_server, tmp_path / "errors")
+    new_responder_keys_in_the_token(hsm, hsm_server, tmp_path / "renewal")
+    rotations_make_keys_in_the_token(hsm, hsm_server, tmp_path / "rotation")
     no_pin_in_logs_or_data(hsm_server)
 
 
@@ -570,14 +575,14 @@ def errors_are_one_line_and_change_nothing(
     assert res.stderr.strip() == "eport: error: wrong PIN for PKCS#11 token 'eport-ca'"
 
 
-def _objects(hsm: HSM, label: str) -> int:
+def _objects(hsm: HSM, label: str, pin: str = ENT_PIN) -> int:
     """How many objects the token holds, counted by a separate process."""
     code = (
         "import pkcs11,sys;t=pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2]);"
         "s=t.open(user_pin=sys.argv[3]);print(len(list(s.get_objects())))"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code, MODULE, label, ENT_PIN],
+        [sys.executable, "-c", code, MODULE, label, pin],
         capture_output=True,
         text=True,
         env={**os.environ, **hsm.env()},
@@ -590,3 +595,115 @@ def no_pin_in_logs_or_data(hsm_server: tuple[Server, Path]) -> None:
     srv, out = hsm_server
     pins = [pin.encode() for pin in (CA_PIN, ENT_PIN, SO_PIN)]
     assert assert_no_secret_in_tree([srv.data_dir, out, srv.log], pins) > 20
+
+
+def _in_token(path: Path, slot: str) -> bytes:
+    """The key file ``path`` names a key of the CA token labelled ``eport <slot>``."""
+    blob = path.read_bytes()
+    label = urllib.parse.quote(f"eport {slot}", safe="")
+    assert blob.startswith(f"PKCS11 pkcs11:token=eport-ca;object={label};id=%".encode()), blob
+    return blob
+
+
+def _no_software_key(d: Path) -> None:
+    for path in d.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"PRIVATE KEY" not in blob, path
+    assert not list(d.rglob("*.new"))
+
+
+def new_responder_keys_in_the_token(
+    hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """A forced responder renewal on the token-held server (never unsealed): the new
+    keys are made in the token, and fresh OCSP responses are signed there."""
+    srv, out = hsm_server
+    tmp_path.mkdir()
+    d = srv.data_dir / "ca" / "responders"
+    ids = sorted(p.stem for p in d.glob("*.crt"))
+    before = {i: (d / f"{i}.key").read_bytes() for i in ids}
+    objects = _objects(hsm, "eport-ca", CA_PIN)
+    res = srv.eport(
+        "ca", "renew-responders", "--force", *officer_args(out), "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    )  # fmt: skip
+    doc = json.loads(res.stdout)
+    assert sorted(r["issuer"] for r in doc["renewed"]) == ids and doc["skipped"] == {}
+    for i in ids:
+        assert _in_token(d / f"{i}.key", f"responders/{i}") != before[i]
+    _no_software_key(srv.data_dir / "ca")
+    assert _objects(hsm, "eport-ca", CA_PIN) == objects + 2 * len(ids)  # a key pair each
+    new = x509.load_pem_x509_certificate((d / "agency.crt").read_bytes())
+    assert Pkcs11Signer(_in_token(d / "agency.key", "responders/agency")[7:].split(b"\n")[0]
+                        .decode()).public_key() == new.public_key()  # fmt: skip
+    new_file = tmp_path / "responder.pem"
+    new_file.write_bytes((d / "agency.crt").read_bytes())
+    issuer = srv.data_dir / "ca" / "issuers" / "agency.crt"
+    officer = ["-cert", str(out / "officers" / "customs" / "officer.pem")]
+    for n in range(4):  # both workers: fresh responses (a nonce), trusting only the new one
+        res2, resp = ask(srv, issuer, officer, ["-VAfile", str(new_file)], tmp_path / f"{n}.der")
+        assert "Response verify OK" in res2.stderr and ": good" in res2.stdout, res2
+        assert resp.certificates[0].serial_number == new.serial_number
+
+
+def rotations_make_keys_in_the_token(
+    hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """`eport ca rotate enterprise` and ROTATE-LOG-KEY by quorum on the token-held
+    server: the new issuing CA, its responder and the new log key are token keys; a
+    certificate from the new generation validates and its OCSP status is good."""
+    srv, out = hsm_server
+    d = srv.data_dir / "ca"
+    objects = _objects(hsm, "eport-ca", CA_PIN)
+    res = srv.eport(
+        "ca", "rotate", "enterprise", *officer_args(out), "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    )  # fmt: skip
+    cid = json.loads(res.stdout)["id"]
+    for m in ("customs", "tax", "forex"):
+        done = json.loads(join(srv, out, cid, m).stdout)
+    assert done["state"] == "done", done
+    gen = done["result"]["generation"]
+    assert gen == "enterprise-2" and done["result"]["key"] == "pkcs11"
+    _in_token(d / "issuers" / f"{gen}.key", f"issuers/{gen}")
+    _in_token(d / "responders" / f"{gen}.key", f"responders/{gen}")
+    log_before = _in_token(d / "log.key", "ca/log")
+    cid = str(start(srv, out, "ROTATE-LOG-KEY")["id"])
+    for m in ("commerce", "inspection", "forex"):
+        done = json.loads(join(srv, out, cid, m).stdout)
+    assert done["state"] == "done" and done["result"]["key"] == "pkcs11", done
+    assert _in_token(d / "log.key", "ca/log") != log_before
+    _no_software_key(srv.data_dir / "ca")
+    assert _objects(hsm, "eport-ca", CA_PIN) == objects + 6  # three key pairs
+    # A certificate from the new generation, signed in the token, validates; OCSP good.
+    env = srv.env(EPORT_PASSPHRASE="officer passphrase")
+    app = json.loads(
+        run("apply", "--uscc", fresh_uscc(), "--name", "Rotated Co.", "--json", env=env).stdout
+    )
+    grant = json.loads(
+        run("ra", "approve", app["id"], *officer_args(out, "tax"), "--json", env=env).stdout
+    )
+    ent = tmp_path / "ent"
+    run("enroll", "--code", grant["enrollment_code"], "--profile", "enterprise", "--out",
+        str(ent), env=env)  # fmt: skip
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    new_ca = x509.load_pem_x509_certificate((d / "issuers" / f"{gen}.crt").read_bytes())
+    cert.verify_directly_issued_by(new_ca)
+    ok = subprocess.run(
+        [need("openssl"), "verify", "-CAfile", str(d / "root.crt"), "-untrusted",
+         str(ent / "chain.pem"), str(ent / "cert.pem")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    status = json.loads(run("status", "--cert", str(ent / "cert.pem"), "--json", env=env).stdout)
+    assert status["status"] == "good"
+    # Checkpoints are now signed by the new log key in the token.
+    from ca.checkpoint import parse_verifier_key, verify_note
+
+    name, pub = parse_verifier_key(
+        requests.get(srv.url + "/ca/v1/audit/log-key", timeout=5).json()["verifier_key"]
+    )
+    assert pub == serialization.load_pem_public_key((d / "log.pub").read_bytes())
+    note = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=5).content
+    assert verify_note(note, name, pub).size > 0
