@@ -412,6 +412,12 @@ def _enroll_in_token(
 )
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True)
 @click.option("--p12", is_flag=True, help="Also write bundle.p12.")
+@click.option(
+    "--new-pkcs11-uri",
+    metavar="URI",
+    help="Make the new key in this PKCS#11 token (RFC 7512 URI). By default the new key "
+    "goes where the current one is: in its token when --key names a token key.",
+)
 @json_option
 @pass_ctx
 def renew(
@@ -422,17 +428,25 @@ def renew(
     out: Path | None,
     key_type: str,
     p12: bool,
+    new_pkcs11_uri: str | None,
     as_json: bool,
 ) -> None:
     """Get a new certificate for a new key, with the same vetted subject.
 
     The request is signed with the current key; the new key is generated here
-    and encrypted with the same passphrase.
+    and encrypted with the same passphrase. When the current key is in a PKCS#11
+    token (--key key.uri or a pkcs11: URI), or with --new-pkcs11-uri, the new key is
+    generated in the token instead and OUT/key.uri names it; a refused renewal
+    deletes it from the token again.
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")
     out = out or cert_file.parent / f"renewed-{serial}"
     _refuse_overwrite(out)
+    token = _token_for_new_key(ident.key, new_pkcs11_uri)
+    if token is not None:
+        _renew_in_token(ctx, ident, serial, out, key_type, token, p12, as_json)
+        return
     pw = keyfiles.passphrase(passphrase_file, new=False, what="new key")
     key = keyfiles.new_key(key_type)
     result = ctx.client().call(
@@ -445,6 +459,64 @@ def renew(
         f"Renewed: new certificate {result['serial']} (was {serial})\n"
         f"  valid until: {result['not_after']}\n"
         "  files: " + ", ".join(files.values()),
+    )
+
+
+def _token_for_new_key(current: Any, uri: str | None) -> Any:
+    """The PKCS#11 token a renewal makes its new key in (a :class:`ca.pkcs11.Pkcs11Uri`
+    naming the token only), or None for a software key."""
+    if uri is not None:
+        from ca import pkcs11
+
+        return pkcs11.Pkcs11Uri.parse(uri).token_only()
+    signer = getattr(current, "signer", None)
+    if signer is not None and hasattr(signer, "uri"):
+        return signer.uri.token_only()  # the current key is in a token: so is the new one
+    return None
+
+
+def _renew_in_token(
+    ctx: Ctx,
+    ident: Identity,
+    serial: str,
+    out: Path,
+    key_type: str,
+    token: Any,
+    p12: bool,
+    as_json: bool,
+) -> None:
+    from ca import pkcs11
+    from ca.keys import KeyType
+
+    if p12:
+        raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
+    if (out / "key.uri").exists():
+        raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    signer = pkcs11.generate(token, KeyType(key_type), f"eport {stamp}")
+    try:
+        csr = keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode()
+        result = ctx.client().call("POST", "/ca/v1/renew", {"csr": csr}, ident)
+    except BaseException:
+        pkcs11.destroy(signer.uri)  # refused: leave the token as it was
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
+    files["key"].write_text(str(signer.uri.without_pin()) + "\n")
+    files["certificate"].write_text(result["certificate"])
+    files["chain"].write_text(result["chain"])
+    emit(
+        as_json,
+        {
+            **result,
+            "files": {k: str(v) for k, v in files.items()},
+            "previous_serial": serial,
+            "key_uri": str(signer.uri.without_pin()),
+        },
+        f"Renewed: new certificate {result['serial']} (was {serial}) for a key in the token\n"
+        f"  valid until: {result['not_after']}\n"
+        f"  key: {signer.uri.without_pin()}\n"
+        "  files: " + ", ".join(str(v) for v in files.values()),
     )
 
 

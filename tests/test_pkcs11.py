@@ -357,6 +357,7 @@ def test_server_with_keys_in_the_token(
     errors_are_one_line_and_change_nothing(hsm, hsm_server, tmp_path / "errors")
     new_responder_keys_in_the_token(hsm, hsm_server, tmp_path / "renewal")
     rotations_make_keys_in_the_token(hsm, hsm_server, tmp_path / "rotation")
+    renewals_make_keys_in_the_token(hsm, hsm_server, tmp_path)
     no_pin_in_logs_or_data(hsm_server)
 
 
@@ -707,3 +708,60 @@ def rotations_make_keys_in_the_token(
     assert pub == serialization.load_pem_public_key((d / "log.pub").read_bytes())
     note = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=5).content
     assert verify_note(note, name, pub).size > 0
+
+
+def renewals_make_keys_in_the_token(
+    hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """`eport renew --key key.uri`: the new key is made in the same token and the CSR
+    signed there; `--new-pkcs11-uri` moves a file key's successor into a token; a
+    refused renewal deletes the key it made."""
+    srv, _ = hsm_server
+    env = {**srv.env(EPORT_PASSPHRASE="officer passphrase"), **hsm.env()}
+    objects = _objects(hsm, "eport-ent")
+    # Refused: the certificate of tmp_path/flow was suspended (signed requests refused).
+    suspended = tmp_path / "flow" / "ent"
+    refused = tmp_path / "refused"
+    res = run(
+        "renew", "--cert", str(suspended / "cert.pem"), "--key", str(suspended / "key.uri"),
+        "--out", str(refused), env=env, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "(HTTP 4" in res.stderr and not refused.exists()
+    assert _objects(hsm, "eport-ent") == objects  # the key made for it was deleted
+    # Renewed in the token: the key of tmp_path/errors is a token key, so is the new one.
+    current = tmp_path / "errors" / "ent"
+    renewed = tmp_path / "renewed"
+    res = run(
+        "renew", "--cert", str(current / "cert.pem"), "--key", str(current / "key.uri"),
+        "--out", str(renewed), "--json", env=env,
+    )  # fmt: skip
+    doc = json.loads(res.stdout)
+    key_uri = (renewed / "key.uri").read_text().strip()
+    assert doc["key_uri"] == key_uri and key_uri != (current / "key.uri").read_text().strip()
+    assert key_uri.startswith("pkcs11:token=eport-ent;object=eport%20") and ";id=%" in key_uri
+    assert key_uri.endswith(f"?pin-source=file:{hsm.ent_pin}")
+    assert not (renewed / "key.pem").exists()
+    assert _objects(hsm, "eport-ent") == objects + 2
+    cert = x509.load_pem_x509_certificate((renewed / "cert.pem").read_bytes())
+    assert format(cert.serial_number, "x") == doc["serial"]
+    assert cert.public_key() == Pkcs11Signer(key_uri).public_key()
+    assert doc["previous_serial"] == format(
+        x509.load_pem_x509_certificate((current / "cert.pem").read_bytes()).serial_number, "x"
+    )
+    # The new certificate and token key sign in (RFC 7523 assertion signed in the token).
+    cfg = {**env, "EPORT_CONFIG_DIR": str(tmp_path / "renewed-cfg")}
+    login = ["login", "--cert", str(renewed / "cert.pem"), "--key", str(renewed / "key.uri")]
+    assert json.loads(run(*login, "--json", env=cfg).stdout)["session"]["subject"]
+    # A file key's successor made in a token (--new-pkcs11-uri): the enterprise of
+    # tmp_path/rotation enrolled with a software key.
+    moved = tmp_path / "moved"
+    software = tmp_path / "rotation" / "ent"
+    run(
+        "renew", "--cert", str(software / "cert.pem"), "--key", str(software / "key.pem"),
+        "--new-pkcs11-uri", hsm.ent_uri, "--out", str(moved), env=env,
+    )  # fmt: skip
+    assert not (moved / "key.pem").exists()
+    cert = x509.load_pem_x509_certificate((moved / "cert.pem").read_bytes())
+    assert cert.public_key() == Pkcs11Signer((moved / "key.uri").read_text().strip()).public_key()
+    assert _objects(hsm, "eport-ent") == objects + 4
