@@ -46,6 +46,10 @@ sent in one run are used in the next.
 The CA code measured is the ``ca`` package Python imports (the repository's, or another
 checkout's through ``PYTHONPATH``); its path and git revision are printed.
 
+Where the server's CPU goes inside one enrollment (per step, optionally under cProfile, and
+robust on a busy machine because it counts CPU time, not requests per second):
+``python bench/enroll_profile.py``.
+
 Usage: ``python bench/issuance.py [--seconds 10] [--quick] [--threads 1,2,4,8] [--retries 2]``
 """
 
