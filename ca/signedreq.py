@@ -287,20 +287,30 @@ def _is_time(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def unverified_header(token: str, what: str = "signed request") -> dict[str, Any]:
+def compact_header(token: str) -> dict[str, Any]:
     """The protected header of a compact JWS (RFC 7515 §7.1), strictly: three unpadded
-    base64url segments, checked by the regex engine before anything is decoded (PyJWT's
-    own check walks the x5c header a character at a time; it still runs in decode)."""
+    base64url segments (the signature may be empty, for PyJWT to refuse with its own
+    words), checked by the regex engine before anything is decoded (PyJWT's own check
+    walks each segment a character at a time; it still runs in decode). ValueError if
+    the token is not one."""
     if not isinstance(token, str) or not _COMPACT.fullmatch(token.encode("ascii", "replace")):
-        raise Unauthenticated(f"malformed {what}: not a compact JWS")
+        raise ValueError("not a compact JWS")
     segment = token[: token.index(".")]
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (ValueError, binascii.Error) as exc:
-        raise Unauthenticated(f"malformed {what}: {exc}") from None
+        raise ValueError(str(exc)) from None
     if not isinstance(header, dict):
-        raise Unauthenticated(f"malformed {what}: the header is not a JSON object")
+        raise ValueError("the header is not a JSON object")
     return header
+
+
+def unverified_header(token: str, what: str = "signed request") -> dict[str, Any]:
+    """:func:`compact_header`, refused as :class:`Unauthenticated`."""
+    try:
+        return compact_header(token)
+    except ValueError as exc:
+        raise Unauthenticated(f"malformed {what}: {exc}") from None
 
 
 def _leaf_from_header(

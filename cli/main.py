@@ -367,9 +367,12 @@ def enroll(
     )
 
 
-def _enroll_in_token(
-    ctx: Ctx, code: str, profile: str, out: Path, key_type: str, uri: str, p12: bool, j: bool
-) -> None:
+def _key_in_token(
+    token: Any, key_type: str, out: Path, p12: bool, submit: Callable[[str], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Make a key pair in the PKCS#11 token, send ``submit`` its CSR (signed in the token)
+    and write ``key.uri``, ``cert.pem`` and ``chain.pem`` in ``out``: (the CA's answer, the
+    files, the key's URI). A refused request deletes the key it made."""
     from ca import pkcs11
     from ca.keys import KeyType
 
@@ -378,27 +381,42 @@ def _enroll_in_token(
     if (out / "key.uri").exists():
         raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    signer = pkcs11.generate(pkcs11.Pkcs11Uri.parse(uri), KeyType(key_type), f"eport {stamp}")
+    signer = pkcs11.generate(token, KeyType(key_type), f"eport {stamp}")
     try:
-        csr = keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode()
-        result = ctx.client().call(
-            "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
-        )
+        result = submit(keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode())
     except BaseException:
         pkcs11.destroy(signer.uri)  # refused: leave the token as it was
         raise
     out.mkdir(parents=True, exist_ok=True)
     files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    files["key"].write_text(str(signer.uri.without_pin()) + "\n")
+    uri = str(signer.uri.without_pin())
+    files["key"].write_text(uri + "\n")
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
+    return result, files, uri
+
+
+def _enroll_in_token(
+    ctx: Ctx, code: str, profile: str, out: Path, key_type: str, uri: str, p12: bool, j: bool
+) -> None:
+    from ca import pkcs11
+
+    result, files, key_uri = _key_in_token(
+        pkcs11.Pkcs11Uri.parse(uri),
+        key_type,
+        out,
+        p12,
+        lambda csr: ctx.client().call(
+            "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
+        ),
+    )
     emit(
         j,
         {**result, "files": {k: str(v) for k, v in files.items()}},
         f"Issued {result['profile']} certificate {result['serial']} for a key in the token\n"
         f"  subject: {result['subject']}\n"
         f"  valid until: {result['not_after']}\n"
-        f"  key: {signer.uri.without_pin()}\n"
+        f"  key: {key_uri}\n"
         "  files: " + ", ".join(str(v) for v in files.values()),
     )
 
@@ -485,37 +503,24 @@ def _renew_in_token(
     p12: bool,
     as_json: bool,
 ) -> None:
-    from ca import pkcs11
-    from ca.keys import KeyType
-
-    if p12:
-        raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
-    if (out / "key.uri").exists():
-        raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    signer = pkcs11.generate(token, KeyType(key_type), f"eport {stamp}")
-    try:
-        csr = keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode()
-        result = ctx.client().call("POST", "/ca/v1/renew", {"csr": csr}, ident)
-    except BaseException:
-        pkcs11.destroy(signer.uri)  # refused: leave the token as it was
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    files["key"].write_text(str(signer.uri.without_pin()) + "\n")
-    files["certificate"].write_text(result["certificate"])
-    files["chain"].write_text(result["chain"])
+    result, files, key_uri = _key_in_token(
+        token,
+        key_type,
+        out,
+        p12,
+        lambda csr: ctx.client().call("POST", "/ca/v1/renew", {"csr": csr}, ident),
+    )
     emit(
         as_json,
         {
             **result,
             "files": {k: str(v) for k, v in files.items()},
             "previous_serial": serial,
-            "key_uri": str(signer.uri.without_pin()),
+            "key_uri": key_uri,
         },
         f"Renewed: new certificate {result['serial']} (was {serial}) for a key in the token\n"
         f"  valid until: {result['not_after']}\n"
-        f"  key: {signer.uri.without_pin()}\n"
+        f"  key: {key_uri}\n"
         "  files: " + ", ".join(str(v) for v in files.values()),
     )
 
