@@ -283,6 +283,10 @@ def ca_init(
     With --pkcs11-uri the online keys (and with --pkcs11-root the root key) are made
     in the token instead, never extractable; the server signs with them from the
     start, with the PIN from the URI's pin-source or EPORT_PKCS11_PIN.
+
+    \b
+      eport ca init --data-dir /srv/eport --out ceremony/ \\
+          --custodian-passphrase customs=customs.pass ...   (one per member, else prompts)
     """
     from ca import hierarchy as h
     from ca.ceremony import initialize
@@ -763,8 +767,14 @@ def ceremony_start(
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Open a ceremony: ISSUE-INTERMEDIATE name=ID, REVOKE-INTERMEDIATE issuer=ID
-    [reason=keyCompromise], ROOT-CRL, ROTATE-LOG-KEY (an RA officer's request)."""
+    """Open a ceremony: ROOT-CRL, ISSUE-INTERMEDIATE issuer=ID, ROTATE-ISSUER issuer=ID,
+    REVOKE-INTERMEDIATE issuer=GENERATION [reason=keyCompromise], ROTATE-LOG-KEY (an
+    RA officer's request). M custodians then run `eport ca ceremony join ID`.
+
+    \b
+      eport ca ceremony start ROOT-CRL --cert officer.pem --key officer.key
+      eport ca ceremony start REVOKE-INTERMEDIATE issuer=enterprise-2 reason=keyCompromise ...
+    """
     values: dict[str, str] = {}
     for p in params:
         k, sep, v = p.partition("=")

@@ -100,7 +100,13 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
     help="Database and key files.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (the CA under /ca/v1/, the token service under /auth/).",
+)
 @click.option(
     "--workers",
     default=2,
@@ -121,7 +127,14 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     With --dev, the first start creates a development joint CA in DATA_DIR: a root,
     one issuing CA per subject class, and one RA officer credential per member
     agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
-    Without --dev the CA keys are unsealed with EPORT_CA_KEY_PASSPHRASE.
+
+    Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
+    key fingerprint: M custodians run `eport ca unseal`. The token service's keys are
+    encrypted with EPORT_AUTH_KEY_PASSPHRASE (required). Examples:
+
+    \b
+      eport serve --dev --port 8000
+      EPORT_AUTH_KEY_PASSPHRASE=... eport serve --data-dir /srv/eport --host 0.0.0.0
     """
     from authsvc.app import upgrade as auth_upgrade
     from authsvc.config import AuthConfig
@@ -428,7 +441,13 @@ def _enroll_in_token(
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory for the new files (default: a 'renewed-SERIAL' directory beside --cert).",
 )
-@click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True)
+@click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    default="p256",
+    show_default=True,
+    help="Algorithm of the new key.",
+)
 @click.option("--p12", is_flag=True, help="Also write bundle.p12.")
 @click.option(
     "--new-pkcs11-uri",
@@ -540,8 +559,15 @@ def ra() -> None:
     type=click.Choice(["pending", "approved", "rejected", "all"]),
     default="pending",
     show_default=True,
+    help="Which applications to list.",
 )
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="At most this many applications.",
+)
 @json_option
 @pass_ctx
 def ra_list(
@@ -663,7 +689,10 @@ def operator_add(
 ) -> None:
     """Authorize an operator; prints the operator's one-time enrollment code.
 
-    The operator then runs: eport enroll --code CODE --profile operator --out DIR
+    The operator then runs:
+
+    \b
+      eport enroll --code CODE --profile operator --out DIR
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
@@ -1017,6 +1046,7 @@ def auth_group() -> None:
     default=Path("var"),
     show_default=True,
     envvar="EPORT_DATA_DIR",
+    help="The server's data directory (env EPORT_DATA_DIR).",
 )
 @click.option(
     "--dev", is_flag=True, help="Read the key passphrase from the development data directory."
@@ -1033,6 +1063,10 @@ def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> N
     The published `next` key starts signing; the old key stays in the JWKS until
     every token it signed has expired; a new `next` key is published. Every server
     process follows within seconds. Also runs on a schedule (30 days by default).
+    Needs EPORT_AUTH_KEY_PASSPHRASE (the server's), or --dev for `eport serve --dev`:
+
+    \b
+      eport auth rotate-keys --data-dir var --dev
     """
     import datetime as dt
 
@@ -1194,7 +1228,13 @@ def cert_show(file: Path, as_json: bool) -> None:
 @cert.command("list")
 @click.option("--uscc", required=True, help="The enterprise whose certificates to list.")
 @identity_options("enterprise, operator or RA officer")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="At most this many certificates.",
+)
 @json_option
 @pass_ctx
 def cert_list(
