@@ -264,6 +264,9 @@ def start_ceremony() -> tuple[Response, int]:
     ):
         raise BadRequest("'params' must be an object of strings")
     svc = custody_service()
+    from ca.root_ops import check_params
+
+    check_params(svc, op, params)
     c = svc.quorum.start(op, params, caller.actor)
     return jsonify(svc.ceremony_json(c)), 201
 

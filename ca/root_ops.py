@@ -12,7 +12,8 @@ reload (:mod:`ca.quorum_api`).
 * ``ISSUE-INTERMEDIATE issuer=ID`` and ``ROTATE-ISSUER issuer=ID`` (``eport ca rotate``):
   a new issuing CA generation (same name, new key, its own OCSP responder) that new
   certificates come from at once; the older generation keeps signing its CRLs and
-  OCSP responses until its last certificate expires.
+  OCSP responses until its last certificate expires. ``ROTATE-ISSUER`` names an issuing
+  CA that exists (checked when the ceremony is opened: :func:`check_params`).
 * ``ROTATE-LOG-KEY``: a new Ed25519 checkpoint key for the transparency log; the old
   public key is kept beside it (``log-<n>.pub``) for verifying older checkpoints.
 
@@ -49,6 +50,48 @@ if TYPE_CHECKING:
 ACTIVE_FILE = hierarchy.ACTIVE_FILE
 
 _REASONS = {r.rfc_name: r for r in ReasonCode}
+_CA_REASONS = (
+    ReasonCode.KEY_COMPROMISE,
+    ReasonCode.CA_COMPROMISE,
+    ReasonCode.SUPERSEDED,
+    ReasonCode.CESSATION_OF_OPERATION,
+    ReasonCode.UNSPECIFIED,
+)
+
+
+def _ca_reason(name: str) -> ReasonCode:
+    reason = _REASONS.get(name)
+    if reason not in _CA_REASONS:
+        raise BadRequest(f"reason {name!r} does not apply to a CA certificate")
+    assert reason is not None
+    return reason
+
+
+def _issuer_id(base: str) -> str:
+    if not base or not base.replace("_", "").isalnum() or not base.islower():
+        raise BadRequest("issuer=ID names the issuing CA (lower-case letters and digits)")
+    return base
+
+
+def _current_generation(h: hierarchy.Hierarchy, active: dict[str, str], base: str) -> str | None:
+    return active.get(base) if base in active else (base if base in h.issuers else None)
+
+
+def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> None:
+    """Refuse when a ceremony is opened what its operation would refuse at the M-th
+    join: custodians are not called to a ceremony that cannot complete, and a rotation
+    of a misspelt issuer does not make a new issuing CA."""
+    issuer = params.get("issuer", "")
+    if op in (Operation.ISSUE_INTERMEDIATE, Operation.ROTATE_ISSUER):
+        _issuer_id(issuer)
+        active = read_active(Path(svc.cfg.data_dir))
+        if op is Operation.ROTATE_ISSUER and _current_generation(svc.h, active, issuer) is None:
+            known = sorted(set(svc.h.issuers) - set(active.values()) | set(active))
+            raise BadRequest(f"no issuing CA {issuer!r} to rotate (one of: {', '.join(known)})")
+    elif op is Operation.REVOKE_INTERMEDIATE:
+        if issuer not in svc.h.issuers:
+            raise BadRequest(f"no issuing CA {issuer!r} (name a generation, e.g. enterprise-2)")
+        _ca_reason(params.get("reason", "keyCompromise"))
 
 
 def read_active(data_dir: Path) -> dict[str, str]:
@@ -153,17 +196,7 @@ class RootOperations:
         issuer = self.svc.h.issuers.get(gen)
         if issuer is None:
             raise BadRequest(f"no issuing CA {target!r} (name a generation, e.g. enterprise-2)")
-        reason_name = c.params.get("reason", "keyCompromise")
-        reason = _REASONS.get(reason_name)
-        if reason not in (
-            ReasonCode.KEY_COMPROMISE,
-            ReasonCode.CA_COMPROMISE,
-            ReasonCode.SUPERSEDED,
-            ReasonCode.CESSATION_OF_OPERATION,
-            ReasonCode.UNSPECIFIED,
-        ):
-            raise BadRequest(f"reason {reason_name!r} does not apply to a CA certificate")
-        assert reason is not None
+        reason = _ca_reason(c.params.get("reason", "keyCompromise"))
         root = self._root(kek)
         sql = _sql(tx)
         serial = issuer.certificate.serial_number
@@ -203,13 +236,13 @@ class RootOperations:
     # -- a new issuing CA generation -------------------------------------------------------
 
     def issue_intermediate(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
-        base = c.params.get("issuer", "")
-        if not base or not base.replace("_", "").isalnum() or not base.islower():
-            raise BadRequest("issuer=ID names the issuing CA (lower-case letters and digits)")
+        base = _issuer_id(c.params.get("issuer", ""))
         h = self.svc.h
         d = hierarchy.ca_dir(self.data_dir)
         active = read_active(self.data_dir)
-        previous = active.get(base) if base in active else (base if base in h.issuers else None)
+        previous = _current_generation(h, active, base)
+        if c.operation is Operation.ROTATE_ISSUER and previous is None:
+            raise BadRequest(f"no issuing CA {base!r} to rotate")
         home = self._home(
             c.operation,
             *(d / "issuers" / f"{i}.key" for i in (previous, base) if i),

@@ -186,6 +186,55 @@ def test_root_crl_needs_m_distinct_custodians(ceremony_ca) -> None:  # type: ign
     assert late.returncode == 1 and "done" in late.stderr
 
 
+def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
+    """Parameters the operation would refuse at the M-th join are refused when the
+    ceremony is opened, in one line, and nothing is stored: no custodian is called to
+    a ceremony that cannot complete, and `eport ca rotate` of a misspelt issuer does not
+    make a new issuing CA under the root."""
+    import sqlite3
+
+    srv, out, _ = ceremony_ca
+    issuers = srv.data_dir / "ca" / "issuers"
+    db = srv.data_dir / "eport.db"
+
+    def stored() -> tuple[list[str], int]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            (n,) = conn.execute("SELECT count(*) FROM custody_ceremonies").fetchone()
+        return sorted(p.name for p in issuers.iterdir()), n
+
+    before = stored()
+    refusals = {
+        ("ROTATE-ISSUER", "issuer=enterprisee"): "no issuing CA 'enterprisee' to rotate",
+        ("ISSUE-INTERMEDIATE", "name=enterprise"): "issuer=ID names the issuing CA",
+        ("REVOKE-INTERMEDIATE", "issuer=nosuch"): "no issuing CA 'nosuch'",
+        ("REVOKE-INTERMEDIATE", "issuer=agency", "reason=affiliationChanged"): (
+            "reason 'affiliationChanged' does not apply to a CA certificate"
+        ),
+    }
+    for args, message in refusals.items():
+        res = srv.eport(
+            "ca",
+            "ceremony",
+            "start",
+            *args,
+            *officer_args(out),
+            check=False,
+            EPORT_PASSPHRASE="officer passphrase",
+        )
+        assert res.returncode == 1 and message in res.stderr, (args, res.stderr)
+        assert "(HTTP 400)" in res.stderr and "\n" not in res.stderr.strip()
+    res = srv.eport(
+        "ca",
+        "rotate",
+        "enterprisee",
+        *officer_args(out),
+        check=False,
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    assert res.returncode == 1 and "one of: agency, enterprise, service" in res.stderr
+    assert stored() == before
+
+
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
