@@ -7,10 +7,12 @@ Errors are one line on stderr and a non-zero exit; ``--verbose`` adds tracebacks
 from __future__ import annotations
 
 import datetime
+import getpass
 import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1271,13 +1273,20 @@ custody_cli.install(ca_group)
 def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
+    # Without a terminal a passphrase prompt reads stdin; getpass's warning about that is
+    # noise before the one-line error (or the passphrase read from a pipe).
+    warnings.filterwarnings("ignore", category=getpass.GetPassWarning)
     try:
         cli.main(standalone_mode=False, prog_name="eport")
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "eport"
+        click.echo(f"eport: error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"eport: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except (CLIError, EPortError) as exc:
         if verbose:

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, func, select
 
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
-from tests.conftest import Server
+from tests.conftest import EPORT, Server
 
 USCC = "91350100M000100Y43"
 NAME = "Xiamen Harbour Trading Co., Ltd."
@@ -377,3 +377,24 @@ def test_enrollment_checks_before_signing(server: Server) -> None:
     assert held.status_code == 409 and "another subject" in held.json()["detail"], held.text
     assert held.headers["Content-Type"] == "application/problem+json"
     assert counts(server) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["apply", "--uscc", "91350100M000100Y43", "--name", "Two", "Words"], "extra argument"),
+        (["enroll"], "Missing option '--code'"),
+        (["no-such-command"], "No such command"),
+        (["enroll", "--code", "X", "--key-type", "p192"], "--key-type"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    """A mistyped command line: one line on stderr naming the problem and where --help
+    is, exit 2, nothing on stdout (no server is needed to say so)."""
+    res = subprocess.run(
+        [EPORT, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eport: error: ") and message in lines[0]
+    assert "--help" in lines[0]
