@@ -1092,7 +1092,12 @@ def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> N
             max_token_lifetime=dt.timedelta(seconds=cfg.access_token_seconds),
         )
         ring.ensure()
-        kid = ring.rotate(force=force)
+        from authsvc.keys import KeyRotationTooSoon
+
+        try:
+            kid = ring.rotate(force=force)
+        except KeyRotationTooSoon as exc:
+            raise CLIError(exc.detail.replace("force it", "use --force")) from None
         keys = [{"kid": k.kid, "state": k.state} for k in store.list_keys()]
     finally:
         engine.dispose()
