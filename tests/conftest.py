@@ -107,30 +107,28 @@ def start_server(
     database_url: str = "",
     workers: int = 2,
     extra_env: dict[str, str] | None = None,
+    *,
+    dev: bool = True,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
 ) -> tuple[Server, subprocess.Popen[bytes]]:
+    """``eport serve`` (``--dev`` unless ``dev`` is False) on a free port, started in its
+    own session, once it answers /ca/v1/health. ``env`` replaces the environment (default:
+    this one without EPORT_* settings); ``extra_env`` is added to it. The log is
+    ``serve-<port>.log`` in ``log_dir`` (default: beside the data directory)."""
     port = free_port()
-    log = data_dir.parent / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    log = (log_dir or data_dir.parent) / f"serve-{port}.log"
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = dict(env)
     if database_url:
         env["EPORT_DATABASE_URL"] = database_url
     env.update(extra_env or {})
+    cmd = [EPORT, "serve", *(["--dev"] if dev else []), "--data-dir", str(data_dir)]
+    cmd += ["--port", str(port), "--workers", str(workers)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [
-                EPORT,
-                "serve",
-                "--dev",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import EPORT, Server, free_port, stop, wait_http
+from tests.conftest import EPORT, Server, start_server, stop
 
 MEMBERS = ("customs", "commerce", "tax", "forex", "inspection")
 
@@ -44,34 +44,13 @@ def init_ca(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
 def start_sealed(
     tmp_path: Path, data: Path, workers: int = 2
 ) -> tuple[Server, subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = tmp_path / f"serve-{port}.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [
-                EPORT,
-                "serve",
-                "--data-dir",
-                str(data),
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=custodian_env(),
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/ca/v1/health", proc, log)
-    except Exception:
-        stop(proc)
-        raise
+    srv, proc = start_server(
+        data, workers=workers, dev=False, env=custodian_env(), log_dir=tmp_path
+    )
+    log = srv.log
     found = re.search(r"Unseal key fingerprint: ([0-9a-f:]+)", log.read_text())
     assert found, log.read_text()
-    return Server(url, data, f"sqlite:///{data / 'eport.db'}", log), proc, found.group(1)
+    return srv, proc, found.group(1)
 
 
 def unseal(srv: Server, out: Path, member: str, fp: str, check: bool = True) -> object:

@@ -31,7 +31,7 @@ from ca.keys import KeyType
 from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate, private_key
 from ca.policy import load_policies
 from cli.keyfiles import csr_for
-from tests.conftest import EPORT, REPO, Server, free_port, need, stop, wait_http
+from tests.conftest import EPORT, REPO, Server, free_port, need, start_server, stop
 from tests.helpers import assert_no_secret_in_tree, fresh_uscc
 from tests.test_ca_init import custodian_env
 from tests.test_custody_ceremonies import join, officer_args, start
@@ -330,20 +330,9 @@ def hsm_server(hsm: HSM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         env=env,
     )
     assert "Token:   root, issuing CA, OCSP and log keys in pkcs11:token=eport-ca" in res.stdout
-    port = free_port()
-    log = tmp / f"serve-{port}.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [EPORT, "serve", "--data-dir", str(data), "--port", str(port), "--workers", "2"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    srv, proc = start_server(data, dev=False, env=env, log_dir=tmp)
     try:
-        wait_http(url + "/ca/v1/health", proc, log)
-        yield Server(url, data, f"sqlite:///{data / 'eport.db'}", log), out
+        yield srv, out
     finally:
         stop(proc)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
 from ca.models import EventRow, LogEntryRow
 from ca.policy import load_policies
-from tests.conftest import EPORT, REPO, Server, free_port, need, stop, wait_http
+from tests.conftest import REPO, Server, need, start_server, stop
 from tests.test_ca_init import init_ca, start_sealed, unseal
 from tests.test_custody_ceremonies import officer_args
 
@@ -186,24 +185,16 @@ def test_expiring_responders_are_renewed_by_the_server_itself(tmp_path: Path) ->
     )
     ids = sorted(p.stem for p in (data / "ca" / "responders").glob("*.crt"))
     old = {i: responder(data, i) for i in ids}
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
-    env.update(
-        EPORT_CA_KEY_PASSPHRASE=passphrase,
-        EPORT_AUTH_KEY_PASSPHRASE="token signing keys passphrase",
+    srv, proc = start_server(
+        data,
+        dev=False,
+        log_dir=tmp_path,
+        extra_env={
+            "EPORT_CA_KEY_PASSPHRASE": passphrase,
+            "EPORT_AUTH_KEY_PASSPHRASE": "token signing keys passphrase",
+        },
     )
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [EPORT, "serve", "--data-dir", str(data), "--port", str(port), "--workers", "2"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    srv = Server(f"http://127.0.0.1:{port}", data, cfg.sqlalchemy_url, log)
     try:
-        wait_http(srv.url + "/ca/v1/health", proc, log)
         now = datetime.datetime.now(datetime.UTC)
         for i in ids:
             cert = responder(data, i)
