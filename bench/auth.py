@@ -68,10 +68,7 @@ import datetime
 import json
 import os
 import pstats
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -90,7 +87,7 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import issuance as kit
-from runs import disturbed, load_report, steady, stop
+from runs import add_run_options, disturbed, load_report, run_in_workdir, steady, stop
 
 HOST = kit.HOST
 BIN = kit.BIN
@@ -857,48 +854,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     p.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     p.add_argument("--no-profile", action="store_true", help="do not profile a missed goal")
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=5.0,
-        help="seconds to wait, at most, for the rest of the machine to go idle before each run",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=1,
-        help="runs disturbed by other processes are repeated up to this many times",
-    )
-    p.add_argument("--time-limit", type=float, default=300.0, help="abort after this many s")
-    p.add_argument("--tmp", type=Path, default=None, help="parent of the temporary data dir")
-    p.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    add_run_options(p)
     args = p.parse_args(argv)
-    if args.quick:
-        args.seconds, args.warmup = 3.0, 1.0
-        args.time_limit = min(args.time_limit, 180.0)
-
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="eport-bench-auth-", dir=args.tmp))
-    servers = kit.Servers(workdir)
-
-    def on_signal(sig: int, _frame: Any) -> None:
-        if sig == signal.SIGALRM:
-            print(f"\nABORTED: over the time limit of {args.time_limit:g} s", flush=True)
-        raise SystemExit(124 if sig == signal.SIGALRM else 128 + sig)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_signal)
-    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
-    try:
-        return Bench(args, workdir, servers).run(started)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for server in list(servers.running):
-            stop(servers, server)
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(
+        args,
+        "eport-bench-auth-",
+        lambda workdir, servers, started: Bench(args, workdir, servers).run(started),
+    )
 
 
 if __name__ == "__main__":

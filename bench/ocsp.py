@@ -58,12 +58,10 @@ import http.client
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -79,7 +77,7 @@ from cryptography.x509 import ocsp as xocsp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import issuance as kit
-from runs import disturbed, load_report, steady, stop
+from runs import add_run_options, disturbed, load_report, run_in_workdir, steady, stop
 
 HOST = kit.HOST
 BIN = kit.BIN
@@ -744,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
-    p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up, fewer revocations")
+    p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up")
     p.add_argument("--clients", type=int, default=16, help="concurrent connections")
     p.add_argument(
         "--per-connection",
@@ -756,48 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     p.add_argument("--certs", type=int, default=400, help="certificates in the request mix")
     p.add_argument("--revocations", type=int, default=10, help="revocations timed to OCSP")
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=5.0,
-        help="seconds to wait, at most, for the rest of the machine to go idle before each run",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=1,
-        help="runs disturbed by other processes are repeated up to this many times",
-    )
-    p.add_argument("--time-limit", type=float, default=300.0, help="abort after this many s")
-    p.add_argument("--tmp", type=Path, default=None, help="parent of the temporary data dir")
-    p.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    add_run_options(p)
     args = p.parse_args(argv)
-    if args.quick:
-        args.seconds, args.warmup = 3.0, 1.0
-        args.time_limit = min(args.time_limit, 180.0)
-
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="eport-bench-ocsp-", dir=args.tmp))
-    servers = kit.Servers(workdir)
-
-    def on_signal(sig: int, _frame: Any) -> None:
-        if sig == signal.SIGALRM:
-            print(f"\nABORTED: over the time limit of {args.time_limit:g} s", flush=True)
-        raise SystemExit(124 if sig == signal.SIGALRM else 128 + sig)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_signal)
-    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
-    try:
-        return Bench(args, workdir, servers).run(started)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for server in list(servers.running):
-            stop(servers, server)
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(
+        args,
+        "eport-bench-ocsp-",
+        lambda workdir, servers, started: Bench(args, workdir, servers).run(started),
+    )
 
 
 if __name__ == "__main__":

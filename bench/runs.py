@@ -1,12 +1,19 @@
 """What the peer benchmarks (``ocsp.py``, ``auth.py``) share beyond ``issuance.py``'s load
-client: the load report, steady runs on a quiet machine, and cleanup of servers."""
+client: their common options, the load report, steady runs on a quiet machine, a time
+limit, and cleanup of servers and the working directory."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import issuance as kit
 
@@ -63,3 +70,55 @@ def sweep(sid: int) -> None:
 def stop(servers: kit.Servers, server: kit.Server) -> None:
     servers.stop(server)
     sweep(server.proc.pid)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of a run: machine quietness, retries, time limit, working directory."""
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=5.0,
+        help="seconds to wait, at most, for the rest of the machine to go idle before each run",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="runs disturbed by other processes are repeated up to this many times",
+    )
+    p.add_argument("--time-limit", type=float, default=300.0, help="abort after this many s")
+    p.add_argument("--tmp", type=Path, default=None, help="parent of the temporary data dir")
+    p.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+
+
+def run_in_workdir(
+    args: argparse.Namespace, prefix: str, run: Callable[[Path, kit.Servers, float], int]
+) -> int:
+    """``run(workdir, servers, started)`` in a new temporary directory, aborted after
+    ``args.time_limit`` s (exit 124) or on SIGTERM; every server it started is stopped and
+    the directory removed (unless ``args.keep``) however it ends."""
+    if args.quick:
+        args.seconds, args.warmup = 3.0, 1.0
+        args.time_limit = min(args.time_limit, 180.0)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=args.tmp))
+    servers = kit.Servers(workdir)
+
+    def on_signal(sig: int, _frame: Any) -> None:
+        if sig == signal.SIGALRM:
+            print(f"\nABORTED: over the time limit of {args.time_limit:g} s", flush=True)
+        raise SystemExit(124 if sig == signal.SIGALRM else 128 + sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
+    try:
+        return run(workdir, servers, started)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for server in list(servers.running):
+            stop(servers, server)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
