@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from authsvc.app import EXTENSION, AuthService, utcnow
-from authsvc.gateway import decide, mtls_caller
+from authsvc.fastpath import gateway_answer, mtls_caller
 from authsvc.keys import JWKS_MAX_AGE
 from authsvc.oidc_api import authorization_code_grant, with_openid
 from authsvc.principal import Principal
@@ -66,7 +66,7 @@ def client_addr() -> str | None:
 
 
 def proxies() -> TrustedProxies:
-    return TrustedProxies(svc().config.trusted_proxies)
+    return svc().proxies
 
 
 def caller_principal() -> Principal:
@@ -276,11 +276,11 @@ def introspect() -> Response:
 
 @bp.get("/validate")
 def validate() -> Response:
-    """For a gateway's sub-request (nginx ``auth_request``); see :mod:`authsvc.gateway`.
+    """For a gateway's sub-request (nginx ``auth_request``); see :mod:`authsvc.fastpath`.
     GET is answered by the gateway's WSGI fast path before it gets here; HEAD and any
     mount without the fast path come here for the same decision."""
     s = svc()
-    answer = decide(s.tokens, s.access, request.headers, request.remote_addr, proxies())
+    answer = gateway_answer(s.tokens, s.access, request.headers, request.remote_addr, proxies())
     resp = Response(status=answer.status)
     for name, value in answer.headers:
         resp.headers[name] = value

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from authsvc.config import AuthConfig
 from authsvc.keys import KeyRing
 from authsvc.models import AuthBase
+from authsvc.proxy import TrustedProxies
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore
 from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
@@ -47,6 +48,8 @@ class AuthService:
     store: SqlAuthStore
     trust: TrustAnchors
     access: Any
+    proxies: TrustedProxies
+    """The configured TLS proxies whose forwarded client certificates are believed."""
 
 
 def utcnow() -> datetime.datetime:
@@ -157,7 +160,9 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         access=access,
         clock=utcnow,
     )
-    app.extensions[EXTENSION] = AuthService(cfg, tokens, store, trust, access)
+    app.extensions[EXTENSION] = AuthService(
+        cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies)
+    )
 
     @app.before_request
     def _pin_trust() -> None:
@@ -212,35 +217,32 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         }
         return Response(json.dumps(body), status=500, mimetype="application/problem+json")
 
-    _install_validate_fast_path(app, cfg)
+    _install_fast_paths(app)
     if cfg.sweep_seconds > 0:
         _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds)
     return app
 
 
-def _install_validate_fast_path(app: Flask, cfg: AuthConfig) -> None:
+def _install_fast_paths(app: Flask) -> None:
     """``GET /auth/validate`` and introspection by a forwarded client certificate,
-    answered before Flask routes them (see authsvc.gateway)."""
-    from authsvc import gateway
-    from authsvc.proxy import Headers, TrustedProxies
+    answered before Flask routes them (see authsvc.fastpath)."""
+    from authsvc import fastpath
+    from authsvc.proxy import Headers
 
-    proxies = TrustedProxies(cfg.trusted_proxies)
-
-    def answer(headers: Headers, remote_addr: str | None) -> gateway.Answer:
+    def answer(headers: Headers, remote_addr: str | None) -> fastpath.Answer:
         s: AuthService = app.extensions[EXTENSION]
         with app.app_context():
-            return gateway.decide(s.tokens, s.access, headers, remote_addr, proxies)
+            return fastpath.gateway_answer(s.tokens, s.access, headers, remote_addr, s.proxies)
 
-    def introspect(headers: Headers, remote_addr: str | None, token: str) -> dict[str, Any]:
+    def introspect(headers: Headers, remote_addr: str | None, token: str) -> dict[str, Any] | None:
         s: AuthService = app.extensions[EXTENSION]
         with app.app_context():
-            caller = gateway.mtls_caller(s.tokens, s.trust, headers, remote_addr, proxies, utcnow())
-            if caller is None:
-                raise EPortError("no forwarded client certificate")
-            result: dict[str, Any] = s.tokens.introspect(token, caller)
-            return result
+            caller = fastpath.mtls_caller(
+                s.tokens, s.trust, headers, remote_addr, s.proxies, utcnow()
+            )
+            return None if caller is None else s.tokens.introspect(token, caller)
 
-    app.wsgi_app = gateway.fast_path(  # type: ignore[method-assign,assignment]
+    app.wsgi_app = fastpath.fast_path(  # type: ignore[method-assign,assignment]
         app.wsgi_app, answer, introspect
     )
 

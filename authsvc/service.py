@@ -255,7 +255,7 @@ class TokenService:
             self._status_cache[key] = (now, st)
         return st
 
-    def _require_good(self, cert: x509.Certificate, *, fresh: bool) -> None:
+    def require_good(self, cert: x509.Certificate, *, fresh: bool) -> None:
         st = self.cert_status(cert, fresh=fresh)
         if not isinstance(st, Good):
             name = type(st).__name__.lower().replace("onhold", "on hold")
@@ -307,7 +307,7 @@ class TokenService:
                 x5t_s256(verified.certificate),
             ):
                 raise InvalidGrant(f"assertion sub must be {principal.subject!r} or the x5t#S256")
-            self._require_good(verified.certificate, fresh=True)
+            self.require_good(verified.certificate, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
             self._fail(
                 keys,
@@ -329,7 +329,7 @@ class TokenService:
         try:
             self.trust.verify_chain(cert, now)
             principal = identify(cert, self.policies)
-            self._require_good(cert, fresh=True)
+            self.require_good(cert, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
             self._fail(
                 keys,
@@ -729,7 +729,7 @@ class TokenService:
         )
 
     def signed_principal(self, req: SignedRequest) -> Principal:
-        self._require_good(req.certificate, fresh=False)
+        self.require_good(req.certificate, fresh=False)
         return self.principal_of(req.certificate)
 
     def principal_of(self, cert: x509.Certificate) -> Principal:

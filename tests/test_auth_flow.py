@@ -128,7 +128,7 @@ def test_discovery_and_jwks(sqlite_server: Server) -> None:
 def test_gateway_fast_path_answers_as_the_flask_view(
     sqlite_server: Server, world: dict[str, Any], tmp_path: Path
 ) -> None:
-    """GET /auth/validate is answered by a WSGI fast path (authsvc.gateway); HEAD reaches
+    """GET /auth/validate is answered by a WSGI fast path (authsvc.fastpath); HEAD reaches
     the Flask view. Both must give the same decision and identity headers."""
     srv = sqlite_server
     login(srv, world["op"], tmp_path)

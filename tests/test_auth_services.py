@@ -195,7 +195,7 @@ def test_introspection_over_mtls_answers_as_the_signed_call(
     proxied: Server, sqlite_server: Server, tmp_path: Path
 ) -> None:
     """A service behind the TLS proxy introspects with its client certificate (RFC 8705
-    tls_client_auth; answered by the WSGI fast path, authsvc.gateway); the answers are the
+    tls_client_auth; answered by the WSGI fast path, authsvc.fastpath); the answers are the
     ones the signed call (the Flask view) gives, and every refusal is the Flask view's."""
     srv = proxied
     op = operator_with_token(srv, tmp_path)

@@ -7,12 +7,8 @@ path that answers the same request before Flask routes anything (these are the t
 service's hottest paths, and Flask's request and response machinery costs more than the
 check itself once the token's signature is cached, see
 :class:`authsvc.tokens.VerifiedTokens`). Whatever the fast path does not answer with
-certainty (a signed request, any error) goes on to Flask with the body intact.
-
-The audience is the service id in ``X-Eport-Service`` (set by the gateway's
-configuration); ``X-Eport-Scope`` optionally names a scope the request needs. The answer
-is 200 with identity headers, 401 (``WWW-Authenticate: Bearer error="invalid_token"``)
-or 403 (``insufficient_scope``); never a body.
+certainty (a signed request, a refused caller) goes on to Flask with the body intact;
+an unexpected failure is logged and answered 500, as Flask's handler would.
 """
 
 from __future__ import annotations
@@ -28,10 +24,12 @@ from urllib.parse import parse_qs
 
 from authsvc.principal import Principal, x5t_s256
 from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificate
+from authsvc.service import TokenService
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError
+from ca.signedreq import TrustAnchors
 
-PATH = "/auth/validate"
+VALIDATE_PATH = "/auth/validate"
 INTROSPECT_PATH = "/auth/introspect"
 MAX_INTROSPECT_BODY = 16384
 NO_STORE = ("Cache-Control", "no-store")
@@ -54,14 +52,19 @@ def _denied() -> Answer:
     return Answer(401, [("WWW-Authenticate", 'Bearer error="invalid_token"'), NO_STORE])
 
 
-def decide(
-    tokens: Any,
+def gateway_answer(
+    tokens: TokenService,
     access: Any,
     headers: Headers,
     remote_addr: str | None,
     proxies: TrustedProxies,
 ) -> Answer:
-    """The gateway's answer for a request with these headers, from this address."""
+    """The answer to the gateway's sub-request with these headers, from this address.
+
+    The audience is the service id in ``X-Eport-Service`` (set by the gateway's
+    configuration); ``X-Eport-Scope`` optionally names a scope the request needs. 200
+    with identity headers, 401 (``WWW-Authenticate: Bearer error="invalid_token"``) or
+    403 (``insufficient_scope``); never a body."""
     scheme, _, tok = (headers.get("Authorization") or "").partition(" ")
     service_id = headers.get("X-Eport-Service") or ""
     if scheme.lower() != "bearer" or not tok or not service_id:
@@ -103,8 +106,8 @@ def decide(
 
 
 def mtls_caller(
-    tokens: Any,
-    trust: Any,
+    tokens: TokenService,
+    trust: TrustAnchors,
     headers: Headers,
     remote_addr: str | None,
     proxies: TrustedProxies,
@@ -116,9 +119,8 @@ def mtls_caller(
     if cert is None:
         return None
     trust.verify_chain(cert, now)
-    tokens._require_good(cert, fresh=False)
-    principal: Principal = tokens.principal_of(cert)
-    return principal
+    tokens.require_good(cert, fresh=False)
+    return tokens.principal_of(cert)
 
 
 def json_body(doc: dict[str, Any]) -> bytes:
@@ -172,63 +174,59 @@ def _forwarded_form(environ: dict[str, Any]) -> bytes | None:
     return body
 
 
+def _server_error(start_response: Callable[..., Any], what: str) -> Iterable[bytes]:
+    log.exception("unexpected error on %s", what)
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "the server failed",
+        }
+    ).encode()
+    start_response(
+        "500 INTERNAL SERVER ERROR",
+        [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
 def fast_path(
     inner: WSGIApp,
     answer: Callable[[Headers, str | None], Answer],
-    introspect: Callable[[Headers, str | None, str], dict[str, Any] | None] | None = None,
+    introspect: Callable[[Headers, str | None, str], dict[str, Any] | None],
 ) -> WSGIApp:
-    """A WSGI app that answers ``GET /auth/validate`` with ``answer`` and, with
-    ``introspect``, ``POST /auth/introspect`` from a forwarded client certificate (None
-    from ``introspect``: let Flask answer); every other request goes to ``inner``. The
-    bytes are those the Flask views send."""
+    """A WSGI app that answers ``GET /auth/validate`` with ``answer`` and ``POST
+    /auth/introspect`` from a forwarded client certificate with ``introspect``; every
+    other request goes to ``inner`` (Flask). ``introspect`` returns None, or raises an
+    :class:`EPortError`, for what Flask must answer (no certificate, a refused caller):
+    the body is left for it. The bytes are those the Flask views send."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
-        if (
-            introspect is not None
-            and path == INTROSPECT_PATH
-            and environ.get("REQUEST_METHOD") == "POST"
-        ):
+        method = environ.get("REQUEST_METHOD")
+        if path == INTROSPECT_PATH and method == "POST":
             body = _forwarded_form(environ)
-            if body is not None:
-                tokens = parse_qs(body.decode("latin-1")).get("token", [])
-                result = None
-                if len(tokens) == 1 and tokens[0]:
-                    try:
-                        result = introspect(
-                            _EnvironHeaders(environ), environ.get("REMOTE_ADDR"), tokens[0]
-                        )
-                    except Exception:  # Flask answers it, with the problem it deserves
-                        result = None
-                if result is not None:
-                    out = json_body(result)
-                    start_response(
-                        "200 OK", [*INTROSPECT_HEADERS, ("Content-Length", str(len(out)))]
-                    )
-                    return [out]
-            return inner(environ, start_response)
-        if path != PATH or environ.get("REQUEST_METHOD") != "GET":
+            tokens = parse_qs(body.decode("latin-1")).get("token", []) if body else []
+            if len(tokens) != 1 or not tokens[0]:
+                return inner(environ, start_response)
+            try:
+                result = introspect(_EnvironHeaders(environ), environ.get("REMOTE_ADDR"), tokens[0])
+            except EPortError:
+                result = None  # Flask answers it, with the problem it deserves
+            except Exception:
+                return _server_error(start_response, f"POST {INTROSPECT_PATH}")
+            if result is None:
+                return inner(environ, start_response)
+            out = json_body(result)
+            start_response("200 OK", [*INTROSPECT_HEADERS, ("Content-Length", str(len(out)))])
+            return [out]
+        if path != VALIDATE_PATH or method != "GET":
             return inner(environ, start_response)
         try:
             a = answer(_EnvironHeaders(environ), environ.get("REMOTE_ADDR"))
         except Exception:
-            log.exception("unexpected error on GET %s", PATH)
-            body = json.dumps(
-                {
-                    "type": "about:blank",
-                    "title": "Internal Server Error",
-                    "status": 500,
-                    "detail": "the server failed",
-                }
-            ).encode()
-            start_response(
-                "500 INTERNAL SERVER ERROR",
-                [
-                    ("Content-Type", "application/problem+json"),
-                    ("Content-Length", str(len(body))),
-                ],
-            )
-            return [body]
+            return _server_error(start_response, f"GET {VALIDATE_PATH}")
         start_response(
             _STATUS[a.status],
             [*a.headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "0")],
