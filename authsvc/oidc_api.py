@@ -46,7 +46,7 @@ from authsvc.oidc import (
     discovery,
 )
 from authsvc.oidc_store import SqlOIDCStore
-from authsvc.proxy import TrustedProxies, forwarded_certificate
+from authsvc.proxy import forwarded_certificate
 from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError, Unauthenticated
@@ -115,9 +115,7 @@ def message(status: int, title: str, detail: str, **context: Any) -> Response:
 
 def presented_certificate() -> x509.Certificate | None:
     """The client certificate the trusted proxy verified and forwarded, if any."""
-    return forwarded_certificate(
-        request.headers, request.remote_addr, TrustedProxies(auth().config.trusted_proxies)
-    )
+    return forwarded_certificate(request.headers, request.remote_addr, auth().proxies)
 
 
 def current() -> SignedIn | None:
