@@ -179,13 +179,18 @@ _INSERT_CERT = insert(_CERT)
 _INSERT_EVENT = insert(_E)
 
 
+# Row readers for Core results and raw DBAPI rows alike (the hot paths read through the
+# driver): timestamps go through utc_from_db (SQLite gives ISO text), blobs through bytes
+# (psycopg2 gives memoryview).
+
+
 def _code_of(row: Any) -> EnrollmentCode:
     return EnrollmentCode(
         code_hash=row[0],
         application_id=row[1],
         profiles=tuple(row[2].split(",")),
-        expires_at=row[3],
-        used_at=row[4],
+        expires_at=_utc(row[3]),
+        used_at=utc_from_db(row[4]),
     )
 
 
@@ -196,10 +201,10 @@ def _app_of(row: Any) -> Application:
         uscc=row[2],
         vetted=json.loads(row[3]),
         state=ApplicationState(row[4]),
-        created_at=row[5],
+        created_at=_utc(row[5]),
         applicant=row[6],
         decided_by=row[7],
-        decided_at=row[8],
+        decided_at=utc_from_db(row[8]),
         reason=row[9],
     )
 
@@ -214,10 +219,10 @@ def _cert_of(row: Any) -> CertificateRecord:
         subject=row[5],
         spki_sha256=row[6],
         cert_sha256=row[7],
-        not_before=row[8],
-        not_after=row[9],
-        der=row[10],
-        created_at=row[11],
+        not_before=_utc(row[8]),
+        not_after=_utc(row[9]),
+        der=bytes(row[10]),
+        created_at=utc_from_db(row[11]),
     )
 
 
@@ -320,45 +325,8 @@ _KEY_HOLDER_SQL = (
 
 
 def _facts_code(row: tuple[Any, ...]) -> tuple[EnrollmentCode, Application | None]:
-    code = EnrollmentCode(
-        code_hash=row[0],
-        application_id=row[1],
-        profiles=tuple(row[2].split(",")),
-        expires_at=_utc(row[3]),
-        used_at=utc_from_db(row[4]),
-    )
-    if row[5] is None:
-        return code, None
-    app = Application(
-        id=row[5],
-        subject_class=row[6],
-        uscc=row[7],
-        vetted=json.loads(row[8]),
-        state=ApplicationState(row[9]),
-        created_at=_utc(row[10]),
-        applicant=row[11],
-        decided_by=row[12],
-        decided_at=utc_from_db(row[13]),
-        reason=row[14],
-    )
-    return code, app
-
-
-def _facts_holder(row: tuple[Any, ...]) -> CertificateRecord:
-    return CertificateRecord(
-        serial=int(row[0], 16),
-        issuer_id=row[1],
-        profile=row[2],
-        application_id=row[3],
-        uscc=row[4],
-        subject=row[5],
-        spki_sha256=row[6],
-        cert_sha256=row[7],
-        not_before=_utc(row[8]),
-        not_after=_utc(row[9]),
-        der=bytes(row[10]),
-        created_at=utc_from_db(row[11]),
-    )
+    """The code and its application from one row of ``_ENROLL_CODE_SQL`` (a LEFT JOIN)."""
+    return _code_of(row[:5]), (_app_of(row[5:]) if row[5] is not None else None)
 
 
 EventSink = Callable[[Session, StoredEvent], None]
@@ -654,7 +622,7 @@ class SqlStore:
             (_ENROLL_CODE_SQL, (code_hash,)), (_KEY_HOLDER_SQL, (spki_sha256,))
         )
         code, app = _facts_code(code_row) if code_row else (None, None)
-        return code, app, _facts_holder(holder_row) if holder_row else None
+        return code, app, _cert_of(holder_row) if holder_row else None
 
     def read_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime] | None:
         """The pre-signed OCSP response of ``serial`` and its thisUpdate: one primary-key
