@@ -499,7 +499,7 @@ class JointCA:
         _refuse_certified_key([holder] if holder else [], app.id)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
-        record = _record(cert, issuer.id, profile.name, app)
+        record = certificate_record(cert, issuer.id, profile.name, app)
         with self.store.transaction() as tx:
             if tx.redeem_code(code_hash, now) is None:
                 raise InvalidCode("this enrollment code was already used")
@@ -525,7 +525,7 @@ class JointCA:
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
-        record = _record(cert, issuer.id, profile.name, app)
+        record = certificate_record(cert, issuer.id, profile.name, app)
         event = _issued_event(EventType.CERTIFICATE_RENEWED, caller.actor, record, now)
         event = Event(
             **{**event.__dict__, "details": {"previous_serial": format(caller.serial, "x")}}
@@ -590,7 +590,7 @@ def _display_name(vetted: Mapping[str, str]) -> str:
     return ""
 
 
-def _record(
+def certificate_record(
     cert: x509.Certificate, issuer_id: str, profile: str, app: Application | None
 ) -> CertificateRecord:
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -612,15 +612,4 @@ def _record(
 def _issued_event(
     kind: EventType, actor: str, rec: CertificateRecord, now: datetime.datetime
 ) -> Event:
-    return Event(
-        type=kind,
-        at=now,
-        actor=actor,
-        uscc=rec.uscc,
-        subject=rec.subject,
-        profile=rec.profile,
-        issuer=rec.issuer_id,
-        serial=rec.serial,
-        cert_sha256=rec.cert_sha256,
-        application_id=rec.application_id,
-    )
+    return Event.about(kind, rec, actor=actor, at=now)

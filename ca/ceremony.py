@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.orm import sessionmaker
 
 from ca import hierarchy, translog
-from ca.authority import JointCA, _record
+from ca.authority import JointCA, certificate_record
 from ca.config import CAConfig
 from ca.custody import Established, Purpose
 from ca.db import make_engine, upgrade
@@ -49,20 +49,10 @@ def record_hierarchy(ca: JointCA, h: hierarchy.Hierarchy, actor: str) -> None:
             for iid, i in sorted(h.issuers.items())
         ]
         for cert, issuer, profile, details in entries:
-            rec = _record(cert, issuer, profile, None)
+            rec = certificate_record(cert, issuer, profile, None)
             tx.add_certificate(rec)
             tx.append_event(
-                Event(
-                    type=EventType.CA_INITIALIZED,
-                    at=now,
-                    actor=actor,
-                    subject=rec.subject,
-                    profile=profile,
-                    issuer=issuer,
-                    serial=rec.serial,
-                    cert_sha256=rec.cert_sha256,
-                    details=details,
-                )
+                Event.about(EventType.CA_INITIALIZED, rec, actor=actor, at=now, details=details)
             )
 
 

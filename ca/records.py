@@ -113,6 +113,31 @@ class Event:
     details: Mapping[str, Any] = field(default_factory=dict)
     id: int | None = None
 
+    @classmethod
+    def about(
+        cls,
+        type: EventType,
+        rec: CertificateRecord,
+        *,
+        actor: str,
+        at: datetime.datetime,
+        details: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """An event about certificate ``rec``, named as the record names it."""
+        return cls(
+            type=type,
+            at=at,
+            actor=actor,
+            uscc=rec.uscc,
+            subject=rec.subject,
+            profile=rec.profile,
+            issuer=rec.issuer_id,
+            serial=rec.serial,
+            cert_sha256=rec.cert_sha256,
+            application_id=rec.application_id,
+            details=details or {},
+        )
+
 
 @enum.unique
 class StatusState(enum.Enum):

@@ -48,7 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca import hierarchy
-from ca.authority import _record
+from ca.authority import certificate_record
 from ca.errors import Sealed
 from ca.issuance import CertificateFactory, IssuingCA
 from ca.keyhome import discard_file, key_home
@@ -220,19 +220,15 @@ class ResponderRenewal:
             )
             key.store(key_new)
             crt_new.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            rec = _record(cert, issuer_id, self.profile.name, None)
+            rec = certificate_record(cert, issuer_id, self.profile.name, None)
             with self.store.transaction() as tx:
                 tx.add_certificate(rec)
                 tx.append_event(
-                    Event(
-                        type=EventType.CERTIFICATE_ISSUED,
-                        at=now,
+                    Event.about(
+                        EventType.CERTIFICATE_ISSUED,
+                        rec,
                         actor=actor,
-                        subject=rec.subject,
-                        profile=self.profile.name,
-                        issuer=issuer_id,
-                        serial=rec.serial,
-                        cert_sha256=rec.cert_sha256,
+                        at=now,
                         details={
                             "role": "ocsp-responder",
                             "renews": _hex(current.serial_number),

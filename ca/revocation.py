@@ -168,16 +168,11 @@ class Revocation:
             tx.delete_status(serial)
             tx.mark_crl_stale(rec.issuer_id)
             tx.append_event(
-                Event(
-                    type=EventType.CERTIFICATE_RESUMED,
-                    at=now,
+                Event.about(
+                    EventType.CERTIFICATE_RESUMED,
+                    rec,
                     actor=caller.actor,
-                    uscc=rec.uscc,
-                    subject=rec.subject,
-                    profile=rec.profile,
-                    issuer=rec.issuer_id,
-                    serial=rec.serial,
-                    cert_sha256=rec.cert_sha256,
+                    at=now,
                     details={"held_since": current.revoked_at.isoformat()},
                 )
             )
@@ -217,20 +212,7 @@ class Revocation:
             if state is StatusState.REVOKED
             else EventType.CERTIFICATE_SUSPENDED
         )
-        tx.append_event(
-            Event(
-                type=kind,
-                at=now,
-                actor=actor,
-                uscc=rec.uscc,
-                subject=rec.subject,
-                profile=rec.profile,
-                issuer=rec.issuer_id,
-                serial=rec.serial,
-                cert_sha256=rec.cert_sha256,
-                details=details,
-            )
-        )
+        tx.append_event(Event.about(kind, rec, actor=actor, at=now, details=details))
         for listener in self.listeners:
             listener(tx, rec, status)
         return status

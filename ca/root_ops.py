@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from ca import hierarchy
-from ca.authority import _record
+from ca.authority import certificate_record
 from ca.crl import ReasonCode, RevokedEntry, build_crl
 from ca.custody import Purpose
 from ca.errors import BadRequest, Conflict
@@ -206,17 +206,13 @@ class RootOperations:
         sql.put_status(
             StatusRecord(serial, "root", StatusState.REVOKED, now, int(reason), None, now)
         )
-        rec = _record(issuer.certificate, "root", "issuing-ca", None)
+        rec = certificate_record(issuer.certificate, "root", "issuing-ca", None)
         sql.append_event(
-            Event(
-                type=EventType.CERTIFICATE_REVOKED,
-                at=now,
+            Event.about(
+                EventType.CERTIFICATE_REVOKED,
+                rec,
                 actor=f"ceremony:{c.id}",
-                subject=rec.subject,
-                profile="issuing-ca",
-                issuer="root",
-                serial=serial,
-                cert_sha256=rec.cert_sha256,
+                at=now,
                 details={"reason": reason.rfc_name, "issuer_id": gen},
             )
         )
@@ -313,18 +309,14 @@ class RootOperations:
             (cert, "root", "issuing-ca", {"role": "issuing", "issuer_id": gen}),
             (rcert, gen, "ocsp-responder", {"role": "ocsp-responder"}),
         ):
-            rec = _record(made, issuer_id, profile, None)
+            rec = certificate_record(made, issuer_id, profile, None)
             sql.add_certificate(rec)
             sql.append_event(
-                Event(
-                    type=EventType.CERTIFICATE_ISSUED,
-                    at=now,
+                Event.about(
+                    EventType.CERTIFICATE_ISSUED,
+                    rec,
                     actor=f"ceremony:{c.id}",
-                    subject=rec.subject,
-                    profile=profile,
-                    issuer=issuer_id,
-                    serial=rec.serial,
-                    cert_sha256=rec.cert_sha256,
+                    at=now,
                     details={**details, "replaces": previous} if previous else details,
                 )
             )
@@ -337,7 +329,7 @@ class RootOperations:
             "replaces": previous,
             "serial": format(cert.serial_number, "x"),
             "sha256": cert.fingerprint(hashes.SHA256()).hex(),
-            "subject": _record(cert, "root", "issuing-ca", None).subject,
+            "subject": certificate_record(cert, "root", "issuing-ca", None).subject,
             "key": "pkcs11" if home.token is not None else "sealed",
         }
 
