@@ -27,7 +27,7 @@ from authsvc.service import (
     SessionRecord,
 )
 from ca.errors import BadRequest, Forbidden, Unauthenticated
-from ca.signedreq import parse_authorization, verify_request
+from ca.signedreq import verify_http_request
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -75,15 +75,8 @@ def caller_principal() -> Principal:
     mtls = mtls_caller(s.tokens, s.trust, request.headers, request.remote_addr, proxies(), utcnow())
     if mtls is not None:
         return mtls
-    token = parse_authorization(request.headers.get("Authorization"))
-    path = request.script_root + request.path
-    if request.query_string:
-        path += "?" + request.query_string.decode("ascii", "replace")
-    req = verify_request(
-        token,
-        method=request.method,
-        path=path,
-        body=request.get_data(cache=True),
+    req = verify_http_request(
+        request,
         trust=s.trust,
         replay=s.store,
         now=utcnow(),

@@ -21,7 +21,7 @@ from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord
 from ca.revocation import StatusChange
-from ca.signedreq import parse_authorization, verify_request
+from ca.signedreq import verify_http_request
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -57,15 +57,8 @@ def field(data: dict[str, Any], name: str, *, required: bool = True) -> Any:
 
 def signed_caller() -> Caller:
     s = svc()
-    token = parse_authorization(request.headers.get("Authorization"))
-    path = request.script_root + request.path
-    if request.query_string:
-        path += "?" + request.query_string.decode("ascii", "replace")
-    req = verify_request(
-        token,
-        method=request.method,
-        path=path,
-        body=request.get_data(cache=True),
+    req = verify_http_request(
+        request,
         trust=s.trust,
         replay=s.store,
         now=s.clock(),

@@ -214,6 +214,52 @@ def verify_request(
     )
 
 
+class HttpRequest(Protocol):
+    """What :func:`verify_http_request` reads of a request (Werkzeug's has it all)."""
+
+    @property
+    def headers(self) -> Any: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def script_root(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def query_string(self) -> bytes: ...
+
+    def get_data(self, cache: bool = True) -> bytes: ...
+
+
+def verify_http_request(
+    request: HttpRequest,
+    *,
+    trust: TrustAnchors,
+    replay: ReplayStore,
+    now: datetime.datetime,
+    leeway: datetime.timedelta,
+) -> SignedRequest:
+    """:func:`verify_request` of an HTTP request: its ``Authorization`` header, method,
+    exact body, and the path as the client signed it (mount point, path and query)."""
+    path = request.script_root + request.path
+    if request.query_string:
+        path += "?" + request.query_string.decode("ascii", "replace")
+    return verify_request(
+        parse_authorization(request.headers.get("Authorization")),
+        method=request.method,
+        path=path,
+        body=request.get_data(cache=True),
+        trust=trust,
+        replay=replay,
+        now=now,
+        leeway=leeway,
+    )
+
+
 def verify_certificate_jwt(
     token: str,
     *,
