@@ -186,8 +186,8 @@ def list_applications() -> Response:
     caller = signed_caller()
     state_arg = request.args.get("state", "pending")
     state = None if state_arg == "all" else _state(state_arg)
-    limit = _int_arg("limit", 100, 1, 1000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 100, 1, 1000)
+    offset = int_arg("offset", 0, 0, 10**9)
     apps = svc().authority.list_applications(caller, state, limit, offset)
     return jsonify({"applications": [app_json(a) for a in apps]})
 
@@ -199,9 +199,13 @@ def _state(value: str) -> ApplicationState:
         raise BadRequest(f"unknown state {value!r} (pending, approved, rejected, all)") from None
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
+    """The integer query parameter ``name`` within [lo, hi]; ``default`` when it is absent
+    or empty (None: it is required)."""
     raw = request.args.get(name)
-    if raw is None:
+    if raw is None or raw == "":
+        if default is None:
+            raise BadRequest(f"{name} is required")
         return default
     try:
         value = int(raw)
@@ -317,8 +321,8 @@ def resume(serial: str) -> Response:
 def certificates() -> Response:
     caller = signed_caller()
     uscc = request.args.get("uscc")
-    limit = _int_arg("limit", 100, 1, 1000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 100, 1, 1000)
+    offset = int_arg("offset", 0, 0, 10**9)
     recs = svc().authority.certificates(caller, uscc, limit, offset)
     return jsonify({"certificates": [cert_json(r, with_pem=True) for r in recs]})
 

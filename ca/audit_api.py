@@ -31,6 +31,7 @@ from sqlalchemy import CursorResult, Select, func, select
 from sqlalchemy.orm import Session
 
 from ca import translog
+from ca.api import int_arg
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
@@ -182,21 +183,6 @@ def _require_all(reader: Reader, what: str) -> None:
 
 
 # -- query arguments ----------------------------------------------------------------------
-
-
-def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise BadRequest(f"{name} is required")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return value
 
 
 def normalize_serial(text: str) -> str:
