@@ -112,7 +112,7 @@ _RFC_NAMES = {
 }
 
 
-def _utc(value: datetime, what: str) -> datetime:
+def aware_utc(value: datetime, what: str) -> datetime:
     """``value`` as an aware UTC datetime; a naive one is refused as ambiguous."""
     if value.__class__ is datetime and value.tzinfo is UTC:
         return value  # the common case, already normalized
@@ -155,7 +155,7 @@ class RevokedEntry:
                 f"serial {self.serial:#x} is not a positive integer of at most 20 octets"
                 " (RFC 5280 §4.1.2.2)"
             )
-        revoked_at = _utc(self.revoked_at, "revoked_at")
+        revoked_at = aware_utc(self.revoked_at, "revoked_at")
         if revoked_at.year < _FIRST_YEAR:
             raise ValueError(f"revoked_at {revoked_at.isoformat()} is before 1950 (§4.1.2.5)")
         object.__setattr__(self, "revoked_at", revoked_at)
@@ -163,7 +163,7 @@ class RevokedEntry:
             raise TypeError(f"reason must be a ReasonCode or None, not {self.reason!r}")
         if self.invalidity_date is not None:
             object.__setattr__(
-                self, "invalidity_date", _utc(self.invalidity_date, "invalidity_date")
+                self, "invalidity_date", aware_utc(self.invalidity_date, "invalidity_date")
             )
 
 
@@ -291,7 +291,7 @@ def _encode_entries(entries: Iterable[RevokedEntry], out: bytearray, *, delta: b
     return count
 
 
-def _der_header(tag: int, length: int) -> bytes:
+def der_header(tag: int, length: int) -> bytes:
     """Identifier and length octets (X.690 §8.1.2, §8.1.3; definite form, DER §10.1)."""
     if length < 0x80:
         return bytes((tag, length))
@@ -351,7 +351,7 @@ def _crl_extensions(
             {"extn_id": "delta_crl_indicator", "critical": True, "extn_value": delta_base}
         )
     der: bytes = asn1_crl.TBSCertListExtensions(extensions).dump()
-    return _der_header(0xA0, len(der)) + der
+    return der_header(0xA0, len(der)) + der
 
 
 def _check_issuer(
@@ -404,8 +404,8 @@ def build_crl(
                 f"delta_base {delta_base} must be lower than the delta CRL's number "
                 f"{crl_number} (§5.2.4)"
             )
-    this_update = _utc(this_update, "this_update")
-    next_update = _utc(next_update, "next_update")
+    this_update = aware_utc(this_update, "this_update")
+    next_update = aware_utc(next_update, "next_update")
     if this_update.year < _FIRST_YEAR:
         raise ValueError("this_update is before 1950 (§5.1.2.4)")
     if next_update.replace(microsecond=0) <= this_update.replace(microsecond=0):
@@ -425,14 +425,14 @@ def build_crl(
         _time(next_update).dump(),
     ]
     if count:
-        parts += [_der_header(0x30, len(revoked)), revoked]
+        parts += [der_header(0x30, len(revoked)), revoked]
     parts.append(_crl_extensions(issuer, crl_number, delta_base))
     tbs_length = sum(len(part) for part in parts)
-    tbs = b"".join([_der_header(0x30, tbs_length), *parts])
+    tbs = b"".join([der_header(0x30, tbs_length), *parts])
     del parts, revoked  # keep at most two copies of the entries alive
 
     signature = signer.sign(tbs)
     # signatureValue BIT STRING with no unused bits (§5.1.1.3)
-    bit_string = _der_header(0x03, len(signature) + 1) + b"\x00" + signature
+    bit_string = der_header(0x03, len(signature) + 1) + b"\x00" + signature
     length = len(tbs) + len(algorithm) + len(bit_string)
-    return b"".join((_der_header(0x30, length), tbs, algorithm, bit_string))
+    return b"".join((der_header(0x30, length), tbs, algorithm, bit_string))

@@ -48,7 +48,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -60,7 +60,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ca.crl import ReasonCode
+from ca.crl import ReasonCode, aware_utc, der_header
 from ca.errors import BadRequest
 from ca.keys import KeyType
 from ca.signer import Signer
@@ -149,35 +149,16 @@ _HASH_OID_DER = {
 _NULL = b"\x05\x00"
 
 
-def _header(tag: int, length: int) -> bytes:
-    """Identifier and length octets (X.690 §8.1.2, §8.1.3; definite form, DER §10.1)."""
-    if length < 0x80:
-        return bytes((tag, length))
-    size = (length.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
-
-
 def _tlv(tag: int, *parts: bytes) -> bytes:
     """One DER TLV around the concatenation of ``parts``."""
     body = b"".join(parts)
-    return _header(tag, len(body)) + body
+    return der_header(tag, len(body)) + body
 
 
 def _integer(value: int) -> bytes:
     """An INTEGER in minimal two's complement (X.690 §8.3.2)."""
     magnitude = value if value >= 0 else ~value
     return _tlv(0x02, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
-
-
-def _utc(value: datetime, what: str) -> datetime:
-    """``value`` as an aware UTC datetime; a naive one is refused as ambiguous."""
-    if value.__class__ is datetime and value.tzinfo is UTC:
-        return value  # the common case, already normalized
-    if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware (got naive {value.isoformat()})")
-    return value.astimezone(UTC)
 
 
 def _generalized_time(value: datetime) -> bytes:
@@ -217,7 +198,7 @@ class Revoked:
     removeFromCRL belongs to delta CRLs only, so both are refused here."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "revoked_at", _utc(self.revoked_at, "revoked_at"))
+        object.__setattr__(self, "revoked_at", aware_utc(self.revoked_at, "revoked_at"))
         if self.reason is not None and not isinstance(self.reason, ReasonCode):
             raise TypeError(f"reason must be a ReasonCode or None, not {self.reason!r}")
         if self.reason is ReasonCode.CERTIFICATE_HOLD:
@@ -238,7 +219,7 @@ class OnHold:
     """``revocationTime``: when the hold was placed; timezone-aware."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "since", _utc(self.since, "since"))
+        object.__setattr__(self, "since", aware_utc(self.since, "since"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,9 +530,9 @@ def build_response_multi(
         raise TypeError("responder must be a Responder")
     if not answers:
         raise ValueError("a response answers for at least one CertID")
-    this_update = _utc(this_update, "this_update")
-    next_update = _utc(next_update, "next_update")
-    produced_at = _utc(produced_at, "produced_at")
+    this_update = aware_utc(this_update, "this_update")
+    next_update = aware_utc(next_update, "next_update")
+    produced_at = aware_utc(produced_at, "produced_at")
     if next_update.replace(microsecond=0) <= this_update.replace(microsecond=0):
         raise ValueError("next_update must be later than this_update (RFC 6960 §4.2.2.1)")
     if not responder._valid_from <= produced_at <= responder._valid_until:
@@ -580,22 +561,22 @@ def build_response_multi(
     # The rest is headers around fixed fragments, joined once:
     # OCSPResponse { successful, [0] EXPLICIT ResponseBytes { id-pkix-ocsp-basic,
     #   OCTET STRING { BasicOCSPResponse { tbs, algorithm, BIT STRING, certs } } } }
-    bit_string = _header(0x03, len(signature) + 1) + b"\x00" + signature  # no unused bits
+    bit_string = der_header(0x03, len(signature) + 1) + b"\x00" + signature  # no unused bits
     algorithm, certs = responder._signature_algorithm, responder._certs
     basic_length = len(tbs) + len(algorithm) + len(bit_string) + len(certs)
-    basic_header = _header(0x30, basic_length)
-    octets_header = _header(0x04, len(basic_header) + basic_length)
+    basic_header = der_header(0x30, basic_length)
+    octets_header = der_header(0x04, len(basic_header) + basic_length)
     response_bytes_length = (
         len(_ID_PKIX_OCSP_BASIC) + len(octets_header) + len(basic_header) + basic_length
     )
-    response_bytes_header = _header(0x30, response_bytes_length)
-    explicit_header = _header(0xA0, len(response_bytes_header) + response_bytes_length)
+    response_bytes_header = der_header(0x30, response_bytes_length)
+    explicit_header = der_header(0xA0, len(response_bytes_header) + response_bytes_length)
     response_length = (
         len(_SUCCESSFUL) + len(explicit_header) + len(response_bytes_header) + response_bytes_length
     )
     return b"".join(
         (
-            _header(0x30, response_length),
+            der_header(0x30, response_length),
             _SUCCESSFUL,
             explicit_header,
             response_bytes_header,
