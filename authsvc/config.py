@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ca.config import _REPO_POLICIES, _coerce
+from ca.config import _REPO_POLICIES, build_settings, read_settings
 from ca.errors import PolicyError
 
 
@@ -61,28 +59,18 @@ class AuthConfig:
         file: Path | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> AuthConfig:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
-        if path is not None:
-            with open(path, "rb") as fh:
-                values.update(tomllib.load(fh).get("auth", {}))
         shared = {"data_dir", "public_base_url", "policies_dir", "dev", "trusted_proxies"}
-        for f in dataclasses.fields(cls):
-            name = "EPORT_AUTH_" + f.name.upper()
-            if name in env:
-                values[f.name] = env[name]
-            elif f.name in shared and "EPORT_" + f.name.upper() in env:
-                values[f.name] = env["EPORT_" + f.name.upper()]
+
+        def env_names(name: str) -> tuple[str, ...]:
+            own = ("EPORT_AUTH_" + name.upper(),)
+            return (*own, "EPORT_" + name.upper()) if name in shared else own
+
+        env = os.environ if environ is None else environ
+        values, source = read_settings(cls, "auth", env_names, file=file, environ=env)
         if "EPORT_DATABASE_URL" in env and "ca_database_url" not in values:
             values["ca_database_url"] = env["EPORT_DATABASE_URL"]
         values.update(overrides or {})
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, raw in values.items():
-            if key not in known:
-                raise PolicyError(str(path or "configuration"), key, "unknown setting")
-            kwargs[key] = _coerce(str(path), key, known[key].type, raw)
-        if kwargs.get("status_mode", "local") not in ("local", "ocsp"):
-            raise PolicyError(str(path or "configuration"), "status_mode", "local or ocsp")
-        return cls(**kwargs)
+        cfg = build_settings(cls, values, source)
+        if cfg.status_mode not in ("local", "ocsp"):
+            raise PolicyError(source, "status_mode", "local or ocsp")
+        return cfg

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ca.errors import PolicyError
+
+_S = TypeVar("_S")
 
 _REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
@@ -73,28 +75,52 @@ class CAConfig:
         environ: Mapping[str, str] | None = None,
     ) -> CAConfig:
         """Merge defaults, an optional TOML ``file``, ``EPORT_*`` variables and ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
-        if path is not None:
-            with open(path, "rb") as fh:
-                values.update(tomllib.load(fh).get("ca", {}))
-        for f in dataclasses.fields(cls):
-            name = "EPORT_" + f.name.upper()
-            if name in env:
-                values[f.name] = env[name]
+        values, source = read_settings(
+            cls, "ca", lambda name: ("EPORT_" + name.upper(),), file=file, environ=environ
+        )
         values.update(overrides or {})
-        return cls.from_mapping(values, source=str(path or "configuration"))
+        return cls.from_mapping(values, source=source)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "configuration") -> CAConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, raw in values.items():
-            if key not in known:
-                raise PolicyError(source, key, "unknown setting")
-            kwargs[key] = _coerce(source, key, known[key].type, raw)
-        return cls(**kwargs)
+        return build_settings(cls, values, source)
+
+
+def read_settings(
+    cls: type,
+    section: str,
+    env_names: Callable[[str], tuple[str, ...]],
+    *,
+    file: Path | None,
+    environ: Mapping[str, str] | None,
+) -> tuple[dict[str, Any], str]:
+    """The settings of dataclass ``cls`` found in the ``[section]`` of the TOML ``file``
+    (default: ``EPORT_CONFIG``), then in the environment (the first of ``env_names(field)``
+    that is set wins); and where they came from, for error messages."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
+    if path is not None:
+        with open(path, "rb") as fh:
+            values.update(tomllib.load(fh).get(section, {}))
+    for f in dataclasses.fields(cls):
+        for name in env_names(f.name):
+            if name in env:
+                values[f.name] = env[name]
+                break
+    return values, str(path or "configuration")
+
+
+def build_settings(cls: type[_S], values: Mapping[str, Any], source: str) -> _S:
+    """An instance of dataclass ``cls`` from raw ``values``; an unknown key or a value of
+    the wrong type is a :class:`PolicyError` naming ``source`` and the key."""
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise PolicyError(source, key, "unknown setting")
+        kwargs[key] = _coerce(source, key, known[key].type, raw)
+    return cls(**kwargs)
 
 
 def _coerce(source: str, key: str, typ: Any, raw: Any) -> Any:

@@ -1,0 +1,46 @@
+"""Settings of the two apps: TOML file, environment and overrides, validated at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from authsvc.config import AuthConfig
+from ca.config import CAConfig
+from ca.errors import PolicyError
+
+
+def test_sources_and_precedence(tmp_path: Path) -> None:
+    toml = tmp_path / "eport.toml"
+    toml.write_text('[ca]\ndata_dir = "/srv/ca"\n[auth]\nsession_seconds = 120\n')
+    env = {"EPORT_CONFIG": str(toml), "EPORT_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8"}
+    ca = CAConfig.load(environ=env)
+    assert ca.data_dir == Path("/srv/ca") and ca.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    auth = AuthConfig.load(environ={**env, "EPORT_DATABASE_URL": "sqlite:///ca.db"})
+    assert auth.session_seconds == 120 and auth.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert auth.ca_database_url == "sqlite:///ca.db"  # the CA's database, read for status
+    # The token service's own variable wins over the shared one; overrides win over both.
+    env["EPORT_AUTH_TRUSTED_PROXIES"] = "192.0.2.1"
+    assert AuthConfig.load(environ=env).trusted_proxies == ("192.0.2.1",)
+    assert AuthConfig.load({"session_seconds": 5}, environ=env).session_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"nope": 1}, "nope: unknown setting"),
+        ({"status_mode": "push"}, "status_mode: local or ocsp"),
+        ({"session_seconds": "ten"}, "session_seconds: expected int"),
+    ],
+)
+def test_bad_settings_name_the_key(values: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        AuthConfig.load(values, environ={})
+
+
+def test_a_bad_file_setting_names_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "eport.toml"
+    toml.write_text('[ca]\nclock_skew_seconds = "soon"\n')
+    with pytest.raises(PolicyError, match=f"{toml}: clock_skew_seconds: expected int"):
+        CAConfig.load(environ={"EPORT_CONFIG": str(toml)})
