@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from flask import Flask, Response, json, request
+from flask import Flask, Response, json
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import sessionmaker
-from werkzeug.exceptions import HTTPException
 
 from authsvc.config import AuthConfig
 from authsvc.keys import KeyRing
@@ -32,6 +31,7 @@ from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, S
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError
 from ca.policy import load_policies
+from ca.problems import install_problem_handlers
 from ca.signedreq import TrustAnchors
 from ca.store import configure_engine
 
@@ -186,36 +186,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
-    @app.errorhandler(EPortError)
-    def _domain(err: EPortError) -> Response:
-        return Response(
-            json.dumps(err.problem(instance=request.path)),
-            status=err.status,
-            mimetype="application/problem+json",
-        )
-
-    @app.errorhandler(HTTPException)
-    def _http(err: HTTPException) -> Response:
-        body = {
-            "type": "about:blank",
-            "title": err.name,
-            "status": err.code,
-            "detail": err.description,
-        }
-        return Response(
-            json.dumps(body), status=err.code or 500, mimetype="application/problem+json"
-        )
-
-    @app.errorhandler(Exception)
-    def _unexpected(err: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        body = {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "the server failed",
-        }
-        return Response(json.dumps(body), status=500, mimetype="application/problem+json")
+    install_problem_handlers(app, cfg.max_body_bytes, "the server failed")
 
     _install_fast_paths(app)
     if cfg.sweep_seconds > 0:

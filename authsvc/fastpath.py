@@ -26,7 +26,7 @@ from authsvc.principal import Principal, x5t_s256
 from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificate
 from authsvc.service import TokenService
 from authsvc.tokens import InvalidToken
-from ca.errors import EPortError
+from ca.errors import EPortError, server_error_problem
 from ca.signedreq import TrustAnchors
 
 VALIDATE_PATH = "/auth/validate"
@@ -176,14 +176,7 @@ def _forwarded_form(environ: dict[str, Any]) -> bytes | None:
 
 def _server_error(start_response: Callable[..., Any], what: str) -> Iterable[bytes]:
     log.exception("unexpected error on %s", what)
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "the server failed",
-        }
-    ).encode()
+    body = json.dumps(server_error_problem()).encode()
     start_response(
         "500 INTERNAL SERVER ERROR",
         [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))],

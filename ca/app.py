@@ -15,21 +15,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, json, request
+from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
 
 from ca import devinit, hierarchy, responders, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
-from ca.errors import EPortError, PayloadTooLarge, Sealed
+from ca.errors import Sealed
 from ca.generation import GenerationWatch
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
 from ca.policy import EVERY_ISSUER, Policies, load_policies
+from ca.problems import install_problem_handlers
 from ca.records import Store
 from ca.revocation import Revocation
 from ca.sealing import KeySealer, PassphraseSealer
@@ -98,12 +98,6 @@ def build_authority(
     )
 
 
-def problem_response(err: EPortError) -> Response:
-    body = err.problem(instance=request.path)
-    resp = Response(json.dumps(body), status=err.status, mimetype="application/problem+json")
-    return resp
-
-
 def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     """The CA's Flask app; ``config`` is a :class:`CAConfig` or a dict of overrides."""
     cfg = config if isinstance(config, CAConfig) else CAConfig.load(config)
@@ -143,38 +137,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     if ca_passphrase(cfg) is not None:  # outside joint custody the keys are open now
         _renew_due_responders(app)
 
-    @app.errorhandler(EPortError)
-    def _domain_error(err: EPortError) -> Response:
-        if err.status >= 500:
-            log.error("%s: %s", type(err).__name__, err.detail)
-        return problem_response(err)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
-        status = err.code or 500
-        if status == 413:
-            return problem_response(
-                PayloadTooLarge(f"request bodies are limited to {cfg.max_body_bytes} bytes")
-            )
-        body = {
-            "type": "about:blank",
-            "title": err.name,
-            "status": status,
-            "detail": err.description,
-        }
-        return Response(json.dumps(body), status=status, mimetype="application/problem+json")
-
-    @app.errorhandler(Exception)
-    def _unexpected(err: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        body = {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "the server failed; nothing was changed",
-        }
-        return Response(json.dumps(body), status=500, mimetype="application/problem+json")
-
+    install_problem_handlers(app, cfg.max_body_bytes, "the server failed; nothing was changed")
     return app
 
 

@@ -235,7 +235,7 @@ def _headers(resp: Response) -> Response:
 @bp.errorhandler(EPortError)
 def _error(err: EPortError) -> tuple[str, int]:
     if request.path == "/audit/session":
-        from ca.app import problem_response
+        from ca.problems import problem_response
 
         resp = problem_response(err)
         return resp.get_data(as_text=True), err.status

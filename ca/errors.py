@@ -155,3 +155,13 @@ class Sealed(EPortError):
     status = 503
     slug = "sealed"
     title = "The CA is sealed"
+
+
+def server_error_problem(detail: str = "the server failed") -> dict[str, Any]:
+    """The RFC 9457 body of an unexpected failure: nothing about its cause goes out."""
+    return {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": detail,
+    }

@@ -572,3 +572,14 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
         identity=load_identity(world["ent"] / "cert.pem", world["ent"] / "key.pem", ent_pw),
     )["events"]
     assert mine and all(e["subject"] == mine[0]["subject"] for e in mine)
+
+
+def test_token_service_errors_are_problems(sqlite_server: Server) -> None:
+    """The token service renders errors as the CA does (one set of handlers)."""
+    r = requests.post(
+        sqlite_server.url + "/auth/token", data={"assertion": "x" * 100_000}, timeout=10
+    )
+    assert r.status_code == 413 and r.headers["Content-Type"] == "application/problem+json"
+    assert "bytes" in r.json()["detail"] and r.json()["status"] == 413
+    r = requests.get(sqlite_server.url + "/auth/no-such-thing", timeout=10)
+    assert r.status_code == 404 and r.json()["status"] == 404
