@@ -44,6 +44,7 @@ from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError
 from cli.keyfiles import identity_options
+from cli.options import json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/ca/v1/audit"
@@ -809,7 +810,7 @@ def _table(events: list[dict[str, Any]], total: int) -> str:
     help="With --full: also check that the CA's event records still say what the log "
     "recorded (slower: the server re-encodes every event).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @click.pass_obj
 def audit_verify(
     obj: Any,
@@ -915,7 +916,7 @@ def audit_verify(
     help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE).",
 )
 @state_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @click.pass_obj
 def audit_prove(
     obj: Any,
@@ -1014,7 +1015,7 @@ def _norm_serial(text: str) -> str:
 
 @audit.command("web-login")
 @signer_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @click.pass_obj
 def audit_web_login(
     obj: Any,

@@ -23,24 +23,20 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cli import auditproof
+from cli import auditproof, options
 from cli.audit import issuance_of, load_log_key, verifier_from_public_key
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import CLIError
+from cli.options import json_option
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by the commands that use it
     from sqlalchemy import Connection
 
     from ca.backup import Archive
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="The instance's data directory (env EPORT_DATA_DIR); its databases come from the "
-    "same settings as `eport serve` (EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL).",
+data_dir_option = options.data_dir_option(
+    "The instance's data directory (env EPORT_DATA_DIR); its databases come from the "
+    "same settings as `eport serve` (EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL)."
 )
 
 
@@ -76,7 +72,7 @@ def _short(digest: bytes | str) -> str:
     help="Also keep DATA_DIR/dev/: development credentials, passphrases in the clear. "
     "Left out by default.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def backup_command(data_dir: Path, out: Path, include_dev: bool, as_json: bool) -> None:
     """Back up a CA instance while it runs: databases, sealed keys, public files.
 
@@ -282,7 +278,7 @@ def make_log_check(
     "after the backup are lost; auditors will see the log shrink).",
 )
 @click.option("--force", is_flag=True, help="Replace the CA files and databases already there.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def restore_command(
     source: Path,
     data_dir: Path,

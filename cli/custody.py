@@ -23,6 +23,7 @@ from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
 from cli.client import CAClient, CLIError
 from cli.keyfiles import identity_options
+from cli.options import data_dir_option, json_option, policies_option
 
 MIN_PASSPHRASE = 12
 
@@ -198,7 +199,6 @@ fingerprint_option = click.option(
     help="The ceremony key's fingerprint, as read out of band; the share is sent only if "
     "it matches.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
 def _client() -> CAClient:
@@ -210,21 +210,8 @@ def _client() -> CAClient:
 
 
 @click.command("init")
-@click.option(
-    "--policies",
-    "policies_dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=None,
-    help="Policy directory (default: the repository's policies/).",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="Where the CA keeps its database and sealed keys.",
-)
+@policies_option("Policy directory (default: the repository's policies/).")
+@data_dir_option("Where the CA keeps its database and sealed keys.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -478,21 +465,11 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
 
 
 @click.command("reshare")
-@click.option(
-    "--policies",
-    "policies_dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=None,
-    help="Policy directory: the members and threshold of the new custody set.",
+@policies_option(
+    "Policy directory: the members and threshold of the new custody set (default: the "
+    "repository's policies/)."
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="The CA's data directory (its ca/custody.json is replaced).",
-)
+@data_dir_option("The CA's data directory (its ca/custody.json is replaced).")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),

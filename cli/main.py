@@ -31,6 +31,7 @@ from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
 from cli.keyfiles import identity_options
+from cli.options import data_dir_option, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
@@ -53,7 +54,6 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
         click.echo(text)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
@@ -93,14 +93,7 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
     is_flag=True,
     help="Embedded development default: create a development joint CA on first start.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="Database and key files.",
-)
+@data_dir_option("Database and key files.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -1042,14 +1035,7 @@ def auth_group() -> None:
 
 
 @auth_group.command("rotate-keys")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("var"),
-    show_default=True,
-    envvar="EPORT_DATA_DIR",
-    help="The server's data directory (env EPORT_DATA_DIR).",
-)
+@data_dir_option("The server's data directory (env EPORT_DATA_DIR).")
 @click.option(
     "--dev", is_flag=True, help="Read the key passphrase from the development data directory."
 )

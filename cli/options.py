@@ -1,0 +1,36 @@
+"""Options several ``eport`` commands share, spelled and defaulted the same everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def data_dir_option(help: str) -> Decorator:
+    """``--data-dir`` (env ``EPORT_DATA_DIR``, default ``var``), described for this command."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("var"),
+        show_default=True,
+        envvar="EPORT_DATA_DIR",
+        help=help,
+    )
+
+
+def policies_option(help: str) -> Decorator:
+    """``--policies DIR`` (default: the repository's ``policies/``)."""
+    return click.option(
+        "--policies",
+        "policies_dir",
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        default=None,
+        help=help,
+    )
