@@ -192,12 +192,16 @@ class KeyRing:
         self.rotate()
         return True
 
-    def _load(self) -> None:
+    def _load(self, *, fresh: bool = False) -> None:
         now = self.clock()
-        if self._loaded_at is not None and now - self._loaded_at < self.refresh_every:
+        if not fresh and self._loaded_at is not None and now - self._loaded_at < self.refresh_every:
             return
         with self._lock:
-            if self._loaded_at is not None and now - self._loaded_at < self.refresh_every:
+            if (
+                not fresh
+                and self._loaded_at is not None
+                and now - self._loaded_at < self.refresh_every
+            ):
                 return  # another thread reloaded while this one waited
             keys = self.store.list_keys()
             published = [
@@ -226,7 +230,10 @@ class KeyRing:
         return self._signer
 
     def jwks(self) -> dict[str, Any]:
-        self._load()
+        """The published keys as stored now: a relying party that meets a new ``kid`` in a
+        token minted by another process must find it here, whichever process answers (the
+        endpoint is fetched rarely: relying parties cache it)."""
+        self._load(fresh=True)
         return self._jwks
 
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
