@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ca.app import EXTENSION, CAService
-from ca.authority import Caller, CodeGrant, Issued
+from ca.authority import Caller, CodeGrant, Issued, JointCA
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
@@ -237,11 +237,18 @@ def reject(app_id: str) -> Response:
     return jsonify(app_json(app))
 
 
+def enrollment(authority: JointCA, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """``POST /enroll`` from its JSON body: status and JSON document, or an EPortError.
+    Framework-free: the view below and the WSGI fast path (:mod:`ca.enroll_http`) both
+    answer through it."""
+    issued = authority.enroll(field(data, "code"), field(data, "profile"), field(data, "csr"))
+    return 201, issued_json(issued)
+
+
 @bp.post("/enroll")
 def enroll() -> tuple[Response, int]:
-    data = json_body()
-    issued = svc().authority.enroll(field(data, "code"), field(data, "profile"), field(data, "csr"))
-    return jsonify(issued_json(issued)), 201
+    status, doc = enrollment(svc().authority, json_body())
+    return jsonify(doc), status
 
 
 @bp.post("/operators")

@@ -123,6 +123,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
 
     from ca.api import bp
     from ca.audit_api import install_audit
+    from ca.enroll_http import install_enroll_fast_path
     from ca.quorum_api import install_custody
     from ca.status_http import install_ocsp_fast_path, status_bp
 
@@ -131,6 +132,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         store.bind(db.engine)  # the OCSP fast path reads outside any request context
     install_ocsp_fast_path(app)
+    install_enroll_fast_path(app)
     install_audit(app, cfg, h)
     install_custody(app, cfg, policies, h, store)
     _install_reload(app, cfg, policies, store, watch)

@@ -4,6 +4,9 @@ service): one set of handlers, so every error of either looks the same."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
@@ -11,12 +14,43 @@ from werkzeug.exceptions import HTTPException
 from ca.errors import EPortError, PayloadTooLarge, server_error_problem
 
 log = logging.getLogger("eport.http")
+PROBLEM_JSON = "application/problem+json"
+EXTENSION = "eport.problems"
+
+
+def problem_body(err: EPortError, instance: str, dumps: Callable[[Any], str]) -> bytes:
+    """The problem document of ``err`` at ``instance`` as ``dumps`` (the app's JSON
+    provider) writes it; the answer's status is ``err.status``."""
+    return dumps(err.problem(instance=instance)).encode()
 
 
 def problem_response(err: EPortError) -> Response:
-    body = err.problem(instance=request.path)
-    resp = Response(json.dumps(body), status=err.status, mimetype="application/problem+json")
-    return resp
+    body = problem_body(err, request.path, json.dumps)
+    return Response(body, status=err.status, mimetype=PROBLEM_JSON)
+
+
+@dataclass(frozen=True)
+class ErrorAnswers:
+    """An app's answers to a domain error and to an unexpected failure, without Flask:
+    the handlers below and the WSGI fast paths (:mod:`ca.enroll_http`) answer and log
+    through this one code. Kept in ``app.extensions[EXTENSION]``."""
+
+    dumps: Callable[[Any], str]
+    """The app's JSON writer (``app.json.dumps``)."""
+    unexpected_detail: str
+    """The ``detail`` of every unexpected 500; nothing about the cause goes out."""
+
+    def domain(self, err: EPortError, instance: str) -> tuple[int, bytes]:
+        """Status and problem+json body for ``err``; a server-side one (5xx) is logged."""
+        if err.status >= 500:
+            log.error("%s: %s", type(err).__name__, err.detail)
+        return err.status, problem_body(err, instance, self.dumps)
+
+    def unexpected(self, method: str, path: str) -> tuple[int, bytes]:
+        """The 500 for the exception being handled (call it in an ``except`` block): its
+        traceback is logged, the body says only ``unexpected_detail``."""
+        log.exception("unexpected error on %s %s", method, path)
+        return 500, self.dumps(server_error_problem(self.unexpected_detail)).encode()
 
 
 def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail: str) -> None:
@@ -24,11 +58,13 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
     Werkzeug's HTTP errors (413 naming the limit), and anything unexpected as a logged
     500 whose body says ``unexpected_detail`` and nothing of the cause."""
 
+    answers = ErrorAnswers(app.json.dumps, unexpected_detail)
+    app.extensions[EXTENSION] = answers
+
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
-        if err.status >= 500:
-            log.error("%s: %s", type(err).__name__, err.detail)
-        return problem_response(err)
+        status, body = answers.domain(err, request.path)
+        return Response(body, status=status, mimetype=PROBLEM_JSON)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:
@@ -43,10 +79,9 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
             "status": status,
             "detail": err.description,
         }
-        return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+        return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        body = server_error_problem(unexpected_detail)
-        return Response(json.dumps(body), status=500, mimetype="application/problem+json")
+        status, body = answers.unexpected(request.method, request.path)
+        return Response(body, status=status, mimetype=PROBLEM_JSON)

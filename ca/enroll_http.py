@@ -1,0 +1,109 @@
+"""``POST /ca/v1/enroll`` answered before Flask routes anything: the CA's hottest write.
+
+Flask's routing, request and response objects cost a real share of an enrollment's
+budget (about a millisecond), so a JSON request with a plain ``Content-Length`` body is
+read, parsed and answered here. The decision is the one the Flask view makes
+(:func:`ca.api.enrollment`), and errors are answered through the app's own
+:class:`ca.problems.ErrorAnswers`, so both send the same status, headers and bytes.
+
+Whatever this path is not certain about goes on to Flask with the body intact: another
+media type, no or a chunked body, one over the app's limit (Flask answers 413), a body
+that is not a JSON object (Flask's 400 says why). Once the enrollment has been tried,
+nothing is handed on: an unexpected failure is logged and answered 500 as Flask's handler
+would, never tried a second time (the code may have been redeemed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from flask import Flask, Response
+from werkzeug.http import HTTP_STATUS_CODES
+
+from ca.api import enrollment
+from ca.app import EXTENSION, CAService, reload_hierarchy
+from ca.errors import EPortError
+from ca.problems import EXTENSION as PROBLEMS
+from ca.problems import PROBLEM_JSON, ErrorAnswers
+
+ENROLL_PATH = "/ca/v1/enroll"
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _is_json(content_type: str) -> bool:
+    """``application/json`` with any parameters (the view reads the body whatever the
+    type says, and JSON names its own encoding: RFC 8259 §8.1)."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def _content_length(environ: dict[str, Any]) -> int | None:
+    """The body's declared length, read as Werkzeug reads it (ASCII digits only); None
+    for a chunked body or a header that is absent or not a plain number."""
+    if "HTTP_TRANSFER_ENCODING" in environ:
+        return None
+    value = str(environ.get("CONTENT_LENGTH") or "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as :func:`ca.api.json_body` reads it, when that is a JSON object; None
+    for what it refuses (Flask answers those)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _status(code: int) -> str:
+    return f"{code} {HTTP_STATUS_CODES[code].upper()}"  # as Werkzeug writes it
+
+
+def install_enroll_fast_path(app: Flask) -> None:
+    """Wrap ``app.wsgi_app`` so that ``POST /ca/v1/enroll`` with a JSON body of a
+    declared length within ``MAX_CONTENT_LENGTH`` is answered without Flask's request
+    machinery. What the app's before-request hook does (:func:`ca.app.reload_hierarchy`:
+    notice a changed hierarchy, unseal under joint custody) is done here too."""
+    inner: WSGIApp = app.wsgi_app
+
+    def enroll_first(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != ENROLL_PATH or environ.get("REQUEST_METHOD") != "POST":
+            return inner(environ, start_response)
+        if not _is_json(environ.get("CONTENT_TYPE", "")):
+            return inner(environ, start_response)
+        length = _content_length(environ)
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if not length or (limit is not None and length > limit):
+            return inner(environ, start_response)
+        body: bytes = environ["wsgi.input"].read(length)
+        data = _json_object(body) if len(body) == length else None
+        if data is None:
+            environ["wsgi.input"] = io.BytesIO(body)  # Flask answers, from the same bytes
+            return inner(environ, start_response)
+        answers: ErrorAnswers = app.extensions[PROBLEMS]
+        try:
+            with app.app_context():
+                reload_hierarchy(app)
+                service: CAService = app.extensions[EXTENSION]
+                status, doc = enrollment(service.authority, data)
+                # jsonify's bytes and type, by construction (the app's response_class)
+                resp = cast(Response, app.json.response(doc))
+            out = resp.get_data()
+            content_type = resp.headers["Content-Type"]
+        except EPortError as err:
+            status, out = answers.domain(err, ENROLL_PATH)
+            content_type = PROBLEM_JSON
+        except Exception:
+            status, out = answers.unexpected("POST", ENROLL_PATH)
+            content_type = PROBLEM_JSON
+        start_response(
+            _status(status), [("Content-Type", content_type), ("Content-Length", str(len(out)))]
+        )
+        return [out]
+
+    app.wsgi_app = enroll_first  # type: ignore[method-assign]

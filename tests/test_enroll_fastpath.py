@@ -1,0 +1,343 @@
+"""``POST /ca/v1/enroll`` on the WSGI fast path (ca.enroll_http): the same answers as the
+Flask view, byte for byte, without Flask's request machinery; whatever it is not sure of
+goes to Flask with the body intact; an unexpected failure is a 500, never a second try.
+
+The Flask view reads the body whatever its media type says, so the same request sent as
+``text/plain`` is the Flask view's answer to compare with."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask, jsonify, request, request_started
+from werkzeug.test import EnvironBuilder
+
+from ca.app import EXTENSION, RELOAD, create_app
+from ca.config import CAConfig
+from ca.devinit import ensure_dev_ca
+from ca.errors import Sealed
+from cli.serve import combined
+from tests.conftest import Server
+from tests.helpers import fresh_uscc, jrun
+
+PATH = "/ca/v1/enroll"
+
+
+def csr() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ignored")])
+    req = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return req.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class CA:
+    app: Flask
+    data_dir: Path
+    flask_requests: list[str]
+    """Paths of the requests Flask's request machinery dispatched (``request_started``)."""
+
+    def code(self) -> tuple[str, str]:
+        """A fresh enterprise enrollment code and its application id."""
+        with self.app.app_context():
+            authority = self.app.extensions[EXTENSION].authority
+            a = authority.apply(
+                "enterprise", {"uscc": fresh_uscc(), "legal_name": "Fast Path Co."}, "test"
+            )
+            return authority.approve_at_ceremony(a.id, "ceremony:test").code, a.id
+
+    def certificates(self, app_id: str | None = None) -> int:
+        with contextlib.closing(sqlite3.connect(self.data_dir / "eport.db")) as db:
+            if app_id is None:
+                return int(db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+            q = "SELECT count(*) FROM certificates WHERE application_id = ?"
+            return int(db.execute(q, (app_id,)).fetchone()[0])
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CA]:
+    data_dir = tmp_path_factory.mktemp("enroll-fast") / "data"
+    cfg = CAConfig.load({"data_dir": data_dir, "dev": True}, environ={})
+    ensure_dev_ca(cfg)
+    app = create_app(cfg)
+    seen: list[str] = []
+
+    def started(sender: Flask, **_kw: Any) -> None:
+        seen.append(request.path)
+
+    request_started.connect(started, app)
+    yield CA(app, data_dir, seen)
+    request_started.disconnect(started, app)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def call(wsgi: Any, body: bytes, content_type: str = "application/json", **environ: Any) -> Answer:
+    env = EnvironBuilder(path=PATH, method="POST", data=body, content_type=content_type)
+    e = env.get_environ()
+    e.update(environ)
+    got: list[Any] = []
+    out = b"".join(wsgi(e, lambda s, h, exc=None: got.append((s, h))))
+    status, headers = got[0]
+    return Answer(status, dict(headers), out)
+
+
+def both(ca: CA, body: bytes) -> tuple[Answer, Answer]:
+    """The fast path's answer (application/json) and Flask's (text/plain) to ``body``;
+    asserts which of them Flask dispatched."""
+    before = len(ca.flask_requests)
+    fast = call(ca.app, body)
+    assert len(ca.flask_requests) == before, "the fast path let Flask answer"
+    slow = call(ca.app, body, "text/plain")
+    assert len(ca.flask_requests) == before + 1
+    return fast, slow
+
+
+def test_the_app_runs_no_hook_the_fast_path_skips(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA app's only before-request hook is the hierarchy poll, which the fast path
+    runs too (ca.app.reload_hierarchy); a new hook must be weighed against it."""
+    assert dict(ca.app.before_request_funcs) == {None: [ca.app.extensions[RELOAD]]}
+    polls: list[bool] = []
+    poll = ca.app.extensions[RELOAD]
+    monkeypatch.setitem(
+        ca.app.extensions, RELOAD, lambda immediately=False: polls.append(immediately) or poll()
+    )
+    call(ca.app, b'{"code": "x"}')
+    assert polls == [False]
+
+
+def test_enrollment_is_answered_as_the_view_would_and_only_once(ca: CA) -> None:
+    answers = []
+    for content_type in ("application/json", "text/plain"):  # fast path, then Flask
+        code, app_id = ca.code()
+        body = json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode()
+        before = len(ca.flask_requests)
+        a = call(ca.app, body, content_type)
+        assert len(ca.flask_requests) == before + (content_type == "text/plain")
+        assert a.status == "201 CREATED", a.body
+        assert ca.certificates(app_id) == 1
+        answers.append((a, code, app_id, body))
+    (fast, code, app_id, body), (slow, *_) = answers
+    assert fast.headers == {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(fast.body)),
+    }
+    assert slow.headers == {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(slow.body)),
+    }
+    doc, slow_doc = json.loads(fast.body), json.loads(slow.body)
+    assert list(doc) == list(slow_doc)  # same members in the same order
+    assert {k: type(v) for k, v in doc.items()} == {k: type(v) for k, v in slow_doc.items()}
+    with ca.app.app_context():
+        assert fast.body == jsonify(doc).get_data()  # jsonify's bytes for its document
+    cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
+    assert format(cert.serial_number, "x") == doc["serial"].lstrip("0")
+    assert doc["profile"] == "enterprise" and doc["application_id"] == app_id
+
+    # The code is spent: refused on either path, the same way, and nothing more stored.
+    total = ca.certificates()
+    again, flask_again = both(ca, body)
+    assert again == flask_again and again.status == "403 FORBIDDEN"
+    assert json.loads(again.body)["detail"] == "this enrollment code was already used"
+    assert ca.certificates(app_id) == 1 and ca.certificates() == total
+
+
+def _refusals(code: str) -> dict[str, tuple[dict[str, Any], int, str]]:
+    good = csr()
+    return {
+        "unknown code": (
+            {"code": "ZZZZ-ZZZZ-ZZZZ", "profile": "enterprise", "csr": good},
+            403,
+            "unknown enrollment code",
+        ),
+        "profile not allowed": (
+            {"code": code, "profile": "operator", "csr": good},
+            403,
+            "this code allows enterprise, not 'operator'",
+        ),
+        "unknown profile": ({"code": code, "profile": "nope", "csr": good}, 400, "nope"),
+        "bad csr": ({"code": code, "profile": "enterprise", "csr": "not a CSR"}, 400, ""),
+        "missing code": ({"profile": "enterprise", "csr": good}, 400, "'code' is required"),
+        "empty profile": (
+            {"code": code, "profile": "", "csr": good},
+            400,
+            "'profile' is required",
+        ),
+        "csr not a string": (
+            {"code": code, "profile": "enterprise", "csr": 5},
+            400,
+            "'csr' must be a string",
+        ),
+        "code not a string": (
+            {"code": [code], "profile": "enterprise", "csr": good},
+            400,
+            "'code' must be a string",
+        ),
+    }
+
+
+def test_every_refusal_is_the_views_problem_byte_for_byte(ca: CA) -> None:
+    code, app_id = ca.code()
+    total = ca.certificates()
+    for name, (doc, status, detail) in _refusals(code).items():
+        fast, slow = both(ca, json.dumps(doc).encode())
+        assert fast == slow, name
+        assert fast.status.startswith(f"{status} "), (name, fast.body)
+        assert fast.headers["Content-Type"] == "application/problem+json", name
+        assert fast.headers["Content-Length"] == str(len(fast.body)), name
+        problem = json.loads(fast.body)
+        assert problem["status"] == status and problem["instance"] == PATH, name
+        assert detail in problem["detail"], (name, problem)
+    assert ca.certificates() == total
+    # None of them spent the code.
+    ok = call(ca.app, json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode())
+    assert ok.status == "201 CREATED" and ca.certificates(app_id) == 1
+
+
+@pytest.mark.parametrize(
+    ("what", "body", "environ", "status"),
+    [
+        ("not JSON", b"{nope", {}, 400),
+        ("a JSON array", b'["code"]', {}, 400),
+        ("an empty body", b"", {}, 400),
+        ("over the limit", b'{"code": "x"}', {"CONTENT_LENGTH": str(1 << 20)}, 413),
+        ("a number Werkzeug refuses", b'{"code": "x"}', {"CONTENT_LENGTH": "1_3"}, 400),
+        ("chunked", b'{"code": "x"}', {"HTTP_TRANSFER_ENCODING": "chunked"}, 400),
+    ],
+)
+def test_what_it_is_not_sure_of_goes_to_flask_with_the_body(
+    ca: CA, what: str, body: bytes, environ: dict[str, Any], status: int
+) -> None:
+    before = len(ca.flask_requests)
+    a = call(ca.app, body, **environ)
+    assert ca.flask_requests[before:] == [PATH], what
+    assert a.status.startswith(f"{status} "), (what, a.body)
+    assert a.headers["Content-Type"] == "application/problem+json"
+
+
+def test_flask_gets_the_body_intact(ca: CA) -> None:
+    """A body the fast path read and handed on: Flask's view reads the very bytes."""
+    code, app_id = ca.code()
+    doc = {"code": code, "profile": "enterprise", "csr": csr()}
+    for content_type in ("application/json; charset=utf-8", "APPLICATION/JSON"):
+        before = len(ca.flask_requests)
+        bad = call(ca.app, json.dumps([doc]).encode(), content_type)  # read, then refused
+        assert ca.flask_requests[before:] == [PATH]
+        assert json.loads(bad.body)["detail"] == "the body must be a JSON object"
+    # The charset parameter does not keep a request off the fast path.
+    before = len(ca.flask_requests)
+    a = call(ca.app, json.dumps(doc).encode(), "application/json; charset=utf-8")
+    assert a.status == "201 CREATED" and len(ca.flask_requests) == before
+    assert ca.certificates(app_id) == 1
+    # A body shorter than its Content-Length: Flask sees the same short stream.
+    before = len(ca.flask_requests)
+    short = call(ca.app, b'{"code": "x"}', CONTENT_LENGTH="40")
+    assert ca.flask_requests[before:] == [PATH] and short.status.startswith("400 ")
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("database gone"), Sealed("keys sealed")])
+def test_a_failure_is_answered_as_flask_would_and_not_retried(
+    ca: CA,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+) -> None:
+    calls: list[str] = []
+
+    def broken(code: str, profile: str, csr: str) -> Any:
+        calls.append(code)
+        raise failure
+
+    authority = ca.app.extensions[EXTENSION].authority
+    monkeypatch.setattr(authority, "enroll", broken)
+    secret = "SECRET-CODE-0000"
+    body = json.dumps({"code": secret, "profile": "enterprise", "csr": csr()}).encode()
+    with caplog.at_level(logging.ERROR, logger="eport.http"):
+        before = len(ca.flask_requests)
+        fast = call(ca.app, body)
+        assert calls == [secret] and len(ca.flask_requests) == before  # no second try
+        fast_log = [r.getMessage() for r in caplog.records]
+        logged = caplog.text
+        caplog.clear()
+        slow = call(ca.app, body, "text/plain")
+        assert calls == [secret, secret] and len(ca.flask_requests) == before + 1
+        slow_log = [r.getMessage() for r in caplog.records]
+        logged += caplog.text
+    assert fast == slow
+    assert fast.status == (
+        "503 SERVICE UNAVAILABLE" if isinstance(failure, Sealed) else "500 INTERNAL SERVER ERROR"
+    )
+    assert fast.headers["Content-Type"] == "application/problem+json"
+    if isinstance(failure, Sealed):
+        assert fast_log == slow_log == ["Sealed: keys sealed"]
+    else:
+        assert json.loads(fast.body)["detail"] == "the server failed; nothing was changed"
+        assert fast_log == slow_log == [f"unexpected error on POST {PATH}"]
+    assert secret not in logged and "BEGIN CERTIFICATE REQUEST" not in logged
+    assert "database gone" not in fast.body.decode()
+
+
+def test_the_combined_server_routes_enrollment_to_the_fast_path(ca: CA) -> None:
+    """``eport serve`` mounts the CA app under a dispatcher: it sees the same PATH_INFO."""
+
+    def auth(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise AssertionError("routed to the token service")
+
+    code, app_id = ca.code()
+    body = json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode()
+    before = len(ca.flask_requests)
+    a = call(combined(ca.app, auth), body)
+    assert a.status == "201 CREATED" and len(ca.flask_requests) == before
+    assert ca.certificates(app_id) == 1
+
+
+def test_through_gunicorn(sqlite_server: Server) -> None:
+    """Over HTTP: issued once; the used code refused alike on both paths, including a
+    chunked body (which only Flask reads)."""
+    srv = sqlite_server
+    app = jrun(srv, "apply", "--uscc", fresh_uscc(), "--name", "Gunicorn Co.")
+    code = jrun(srv, "ra", "approve", app["id"], *srv.officer())["enrollment_code"]
+    doc = {"code": code, "profile": "enterprise", "csr": csr()}
+    url = srv.url + PATH
+    r = requests.post(url, json=doc, timeout=30)
+    assert r.status_code == 201 and r.headers["Content-Type"] == "application/json"
+    assert r.json()["application_id"] == app["id"]
+    body = json.dumps(doc).encode()
+    refusals = [
+        requests.post(url, data=body, headers={"Content-Type": ct}, timeout=30)
+        for ct in ("application/json", "text/plain")
+    ]
+    refusals.append(
+        requests.post(
+            url,
+            data=iter([body[:10], body[10:]]),
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    for resp in refusals:
+        assert resp.status_code == 403
+        assert resp.headers["Content-Type"] == "application/problem+json"
+        assert resp.content == refusals[0].content
+    assert json.loads(refusals[0].content)["detail"] == "this enrollment code was already used"
+    with contextlib.closing(sqlite3.connect(srv.data_dir / "eport.db")) as db:
+        q = "SELECT count(*) FROM certificates WHERE application_id = ?"
+        assert db.execute(q, (app["id"],)).fetchone()[0] == 1
