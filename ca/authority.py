@@ -40,6 +40,7 @@ from ca.records import (
     EnrollmentCode,
     Event,
     EventType,
+    IssuanceWrite,
     Store,
     Transaction,
 )
@@ -500,13 +501,8 @@ class JointCA:
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app)
-        with self.store.transaction() as tx:
-            if tx.redeem_code(code_hash, now) is None:
-                raise InvalidCode("this enrollment code was already used")
-            tx.add_certificate(record)
-            tx.append_event(
-                _issued_event(EventType.CERTIFICATE_ISSUED, "enrollment-code", record, now)
-            )
+        event = _issued_event(EventType.CERTIFICATE_ISSUED, "enrollment-code", record, now)
+        self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
         return Issued(record, cert, self._chain(issuer))
 
     def renew(self, caller: Caller, csr_data: str | bytes) -> Issued:
@@ -530,9 +526,7 @@ class JointCA:
         event = Event(
             **{**event.__dict__, "details": {"previous_serial": format(caller.serial, "x")}}
         )
-        with self.store.transaction() as tx:
-            tx.add_certificate(record)
-            tx.append_event(event)
+        self.store.commit_issuance(IssuanceWrite(record, event))
         return Issued(record, cert, self._chain(issuer))
 
     def _check_key_free(

@@ -216,8 +216,26 @@ class Transaction(Protocol):
     def events(self, after_id: int, limit: int) -> list[Event]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class IssuanceWrite:
+    """What one issuance stores, all or nothing: the certificate, its event, and (for an
+    enrollment) the redemption of the one-time code, at ``now``."""
+
+    record: CertificateRecord
+    event: Event
+    code_hash: str | None = None
+    now: datetime.datetime | None = None
+
+
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def commit_issuance(self, item: IssuanceWrite) -> int:
+        """Store ``item`` durably in one transaction (which may be shared with other
+        issuances: group commit); the event's id. Raises :class:`~ca.errors.InvalidCode`
+        if the code was redeemed or expired meanwhile, :class:`~ca.errors.Conflict` on a
+        serial collision; then nothing of ``item`` is stored."""
+        ...
 
     def reading(self) -> AbstractContextManager[Transaction]:
         """A transaction that only reads: it never waits for (or holds) the write lock."""

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, event, insert, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
-from ca.errors import Conflict
+from ca.errors import Conflict, InvalidCode
 from ca.models import (
     ApplicationRow,
     CertificateRow,
@@ -31,6 +31,7 @@ from ca.records import (
     EnrollmentCode,
     Event,
     EventType,
+    IssuanceWrite,
     StatusRecord,
     StatusState,
 )
@@ -602,6 +603,7 @@ class SqlStore:
         self.session_factory = session_factory
         self.event_sinks = event_sinks
         self.dbapi = DbapiReads(session_factory)
+        self._writer: Any = None
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
@@ -663,6 +665,33 @@ class SqlStore:
     def transaction(self) -> Iterator[SqlTransaction]:
         with writing(self.session_factory) as session:
             yield SqlTransaction(session, self.event_sinks)
+
+    def commit_issuance(self, item: IssuanceWrite) -> int:
+        """Group commit on raw DBAPI connections (:mod:`ca.groupwrite`) when the only event
+        sink is the Merkle log (or there is none); else one session transaction."""
+        from ca import groupwrite, translog
+
+        if self._writer is None:
+            logged = self.event_sinks == (translog.append_event,)
+            if logged or not self.event_sinks:
+                self._writer = groupwrite.IssuanceWriter(
+                    self.dbapi.engine(), self.commit_by_session, log=logged
+                )
+            else:
+                self._writer = False
+        if self._writer is False:
+            return self.commit_by_session(item)
+        return int(self._writer.commit(item))
+
+    def commit_by_session(self, item: IssuanceWrite) -> int:
+        """:meth:`commit_issuance` in one session transaction, through the event sinks."""
+        with self.transaction() as tx:
+            if item.code_hash is not None:
+                assert item.now is not None
+                if tx.redeem_code(item.code_hash, item.now) is None:
+                    raise InvalidCode("this enrollment code was already used")
+            tx.add_certificate(item.record)
+            return tx.append_event(item.event)
 
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
         session = self.session_factory()

@@ -23,14 +23,14 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ca import logentry
 from ca.checkpoint import Checkpoint, NoteKey, sign_note
@@ -42,13 +42,19 @@ from ca.store import StoredEvent
 __all__ = [
     "HEAD_ID",
     "CheckpointSigner",
+    "ConnectionSql",
+    "CursorSql",
+    "DriverSql",
     "ForkRefused",
     "LogCorrupted",
     "SignedHead",
     "SqlTreeStore",
+    "append_entries",
     "append_event",
     "append_events",
+    "driver_text",
     "entry_of",
+    "lock_head_sql",
     "origin_for",
     "read_head",
     "tree_at",
@@ -86,8 +92,62 @@ def origin_for(public_base_url: str) -> str:
     return f"{host}{parts.path if parts.netloc else ''}".rstrip("/") + "/log"
 
 
+class DriverSql(Protocol):
+    """Statements straight to the database driver, ``?`` placeholders adapted by the caller
+    (:func:`driver_text`): integers and bytes only, which need no conversion by
+    SQLAlchemy's types. Implemented over a SQLAlchemy connection and over a DBAPI cursor
+    (the group-commit writer of :mod:`ca.groupwrite`)."""
+
+    qmark: bool
+
+    def rows(self, sql: str, params: tuple[Any, ...], /) -> Iterable[Sequence[Any]]: ...
+
+    def run(self, sql: str, params: Any, /) -> None:
+        """Execute ``sql`` (``executemany`` when ``params`` is a list)."""
+        ...
+
+
+class ConnectionSql:
+    """:class:`DriverSql` over a SQLAlchemy connection (``exec_driver_sql``)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.qmark = conn.dialect.paramstyle == "qmark"
+
+    def rows(self, sql: str, params: tuple[Any, ...], /) -> Iterable[Sequence[Any]]:
+        return self._conn.exec_driver_sql(sql, params)
+
+    def run(self, sql: str, params: Any, /) -> None:
+        self._conn.exec_driver_sql(sql, params)
+
+
+class CursorSql:
+    """:class:`DriverSql` over a DBAPI cursor."""
+
+    def __init__(self, cursor: Any, qmark: bool) -> None:
+        self._cur = cursor
+        self.qmark = qmark
+
+    def rows(self, sql: str, params: tuple[Any, ...], /) -> Iterable[Sequence[Any]]:
+        self._cur.execute(sql, params)
+        return list(self._cur.fetchall())
+
+    def run(self, sql: str, params: Any, /) -> None:
+        if isinstance(params, list):
+            self._cur.executemany(sql, params)
+        else:
+            self._cur.execute(sql, params)
+
+
+@functools.cache
+def driver_text(sql: str, qmark: bool) -> str:
+    """``sql`` written with ``?`` placeholders in the driver's own (``%s`` for psycopg2)."""
+    return sql if qmark else sql.replace("?", "%s")
+
+
 class SqlTreeStore:
-    """A :class:`ca.merkle.TreeStore` over ``log_nodes``, in one SQLAlchemy session.
+    """A :class:`ca.merkle.TreeStore` over ``log_nodes``, in one SQLAlchemy session (or on
+    any :class:`DriverSql`).
 
     ``size`` is the tree size this store stands for: the locked head's size when
     appending, or a checkpoint's size when proving. Left out, it is read from
@@ -95,23 +155,27 @@ class SqlTreeStore:
     (they never change), so the root after an append costs no further query.
     """
 
-    def __init__(self, session: Session, size: int | None = None) -> None:
-        self._conn = session.connection()
+    def __init__(
+        self, source: Session | scoped_session[Session] | DriverSql, size: int | None = None
+    ) -> None:
+        # A session (plain or Flask-SQLAlchemy's scoped one), or driver SQL already.
+        sql = getattr(source, "qmark", None) is not None
+        self._sql: DriverSql = source if sql else ConnectionSql(source.connection())  # type: ignore[assignment,union-attr]
         self._size = size
         self._known: dict[NodeKey, bytes] = {}
 
     def size(self) -> int:
         if self._size is None:
-            self._size = _head(self._conn)[0]
+            self._size = _head(self._sql)[0]
         return self._size
 
     def get_many(self, keys: Sequence[NodeKey], /) -> list[bytes]:
         known = self._known
         missing = [key for key in dict.fromkeys(keys) if key not in known]
         if missing:
-            sql = _select_nodes(len(missing), self._conn.dialect.paramstyle == "qmark")
+            sql = _select_nodes(len(missing), self._sql.qmark)
             params = tuple(n for key in missing for n in key)
-            for level, idx, digest in self._conn.exec_driver_sql(sql, params):
+            for level, idx, digest in self._sql.rows(sql, params):
                 known[(int(level), int(idx))] = bytes(digest)
         try:
             return [known[key] for key in keys]
@@ -121,7 +185,8 @@ class SqlTreeStore:
     def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
         if not items:
             return
-        _driver_sql(self._conn, _INSERT_NODES, [(level, idx, h) for level, idx, h in items])
+        rows = [(level, idx, h) for level, idx, h in items]
+        self._sql.run(driver_text(_INSERT_NODES, self._sql.qmark), rows)
         size = self.size()
         for level, idx, digest in items:
             self._known[(level, idx)] = digest
@@ -133,18 +198,9 @@ class SqlTreeStore:
 _INSERT_NODES = "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_ENTRIES = "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)"
 _MOVE_HEAD = f"UPDATE log_head SET size = ?, root_hash = ? WHERE id = {HEAD_ID}"  # noqa: S608
-_READ_HEAD = select(LogHeadRow.size, LogHeadRow.root_hash).where(LogHeadRow.id == HEAD_ID)
+_READ_HEAD = f"SELECT size, root_hash FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
 _LOCK_HEAD = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
 _CREATE_HEAD = insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT)
-
-
-def _driver_sql(conn: Connection, sql: str, params: Any) -> None:
-    """``sql`` with ``?`` placeholders through the driver itself (``executemany`` for a
-    list). Only for integers and bytes, which need no conversion by SQLAlchemy's types:
-    the appends of the log skip its per-statement parameter processing."""
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    conn.exec_driver_sql(sql, params)
 
 
 @functools.cache
@@ -163,16 +219,15 @@ def _select_nodes(count: int, qmark: bool) -> str:
     return f"SELECT level, idx, hash FROM log_nodes WHERE {terms}"  # noqa: S608
 
 
-def _head(conn: Connection) -> tuple[int, bytes]:
-    row = conn.execute(_READ_HEAD).first()
-    if row is None:
-        return 0, EMPTY_ROOT
-    return int(row[0]), bytes(row[1])
+def _head(sql: DriverSql) -> tuple[int, bytes]:
+    for size, root in sql.rows(_READ_HEAD, ()):
+        return int(size), bytes(root)
+    return 0, EMPTY_ROOT
 
 
 def read_head(session: Session) -> tuple[int, bytes]:
     """``(size, root)`` of the log as committed (no lock); ``(0, SHA-256())`` before any entry."""
-    return _head(session.connection())
+    return _head(ConnectionSql(session.connection()))
 
 
 def tree_at(session: Session, size: int | None = None) -> MerkleTree:
@@ -194,6 +249,16 @@ def _lock_head(session: Session) -> tuple[int, bool]:
         pass
     size = session.connection().execute(_LOCK_HEAD).scalar_one()
     return int(size), True
+
+
+def lock_head_sql(sql: DriverSql, for_update: bool) -> int | None:
+    """The head's size, locked for this transaction (``FOR UPDATE`` where the database has
+    row locks; SQLite's ``BEGIN IMMEDIATE`` already holds the only write lock); None when
+    the log has no head yet (the first append creates it: :func:`append_events`)."""
+    sql_text = f"SELECT size FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
+    for (size,) in sql.rows(sql_text + (" FOR UPDATE" if for_update else ""), ()):
+        return int(size)
+    return None
 
 
 def entry_of(row: EventRow | StoredEvent) -> bytes:
@@ -235,16 +300,21 @@ def append_events(session: Session, rows: Sequence[EventRow | StoredEvent]) -> r
             .order_by(EventRow.id)
         ).all()
         rows = [*earlier, *rows]
+    return append_entries(ConnectionSql(session.connection()), size, rows)
+
+
+def append_entries(sql: DriverSql, size: int, rows: Sequence[EventRow | StoredEvent]) -> range:
+    """Append the entries of ``rows`` to a log whose head (of ``size``) this transaction
+    has locked; move the head. Returns the leaf indices they received."""
     if not rows:
         return range(size, size)
     entries = [entry_of(r) for r in rows]
-    tree = MerkleTree(SqlTreeStore(session, size))
+    tree = MerkleTree(SqlTreeStore(sql, size))
     span = tree.append_many(entries)
-    conn = session.connection()
     values = [(idx, row.id, entry) for idx, row, entry in zip(span, rows, entries, strict=True)]
-    _driver_sql(conn, _INSERT_ENTRIES, values if len(values) > 1 else values[0])
+    sql.run(driver_text(_INSERT_ENTRIES, sql.qmark), values if len(values) > 1 else values[0])
     # The new root folds the right edge the append just read and wrote: no query.
-    _driver_sql(conn, _MOVE_HEAD, (span.stop, tree.root(span.stop)))
+    sql.run(driver_text(_MOVE_HEAD, sql.qmark), (span.stop, tree.root(span.stop)))
     return span
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from ca import hierarchy
+from ca import groupwrite, hierarchy, translog
 from ca.app import build_authority
 from ca.authority import JointCA
 from ca.config import CAConfig
@@ -27,7 +27,7 @@ from ca.db import make_engine, upgrade
 from ca.errors import Conflict, InvalidCode
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
-from ca.models import CertificateRow, EnrollmentCodeRow, EventRow
+from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow
 from ca.policy import load_policies
 from ca.records import Event
 from ca.store import SqlStore, SqlTransaction
@@ -88,7 +88,7 @@ def joint(tmp_path: Path) -> Iterator[tuple[JointCA, CrashingStore, sessionmaker
     )
     engine = make_engine(cfg.sqlalchemy_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
-    store = CrashingStore(sessions)
+    store = CrashingStore(sessions, event_sinks=(translog.append_event,))  # as the app's
     yield build_authority(cfg, policies, h, store), store, sessions
     engine.dispose()
 
@@ -98,25 +98,41 @@ def count(sessions: sessionmaker, table: type) -> int:  # type: ignore[type-arg]
         return int(s.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def test_crash_between_signed_and_stored_loses_nothing(joint: tuple) -> None:  # type: ignore[type-arg]
-    ca, store, sessions = joint
+@pytest.mark.parametrize("point", ["event", "log", "commit"])
+def test_crash_between_signed_and_stored_loses_nothing(
+    joint: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+) -> None:
+    """Killed after the certificate row was written but before its event, inside the log
+    append, or at the COMMIT: the code's redemption, the certificate, its event and its
+    log entry are all rolled back, and the same code and key then enroll normally."""
+    ca, _, sessions = joint
     app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Crash Test Co."})
     grant = ca.approve_at_ceremony(app.id, "test")
-    certs, events = count(sessions, CertificateRow), count(sessions, EventRow)
+    before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
     key = KeyType.P256.generate()
 
-    store.armed = True
-    with pytest.raises(Crash):
-        ca.enroll(grant.code, "enterprise", csr_pem(key))
-    # Neither the certificate nor its event nor the code's redemption survived.
-    assert count(sessions, CertificateRow) == certs
-    assert count(sessions, EventRow) == events
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise Crash(f"killed at {point}")
+
+    with monkeypatch.context() as m:
+        if point == "event":
+            m.setattr(groupwrite.IssuanceWriter, "_insert_event", crash)
+        elif point == "log":
+            m.setattr(translog, "append_entries", crash)
+        else:
+            m.setattr(groupwrite.IssuanceWriter, "_commit", crash)
+        with pytest.raises(Crash):
+            ca.enroll(grant.code, "enterprise", csr_pem(key))
+    # Neither the certificate nor its event nor its log entry nor the redemption survived.
+    assert {t: count(sessions, t) for t in before} == before
     with sessions() as s:
         assert s.scalars(select(EnrollmentCodeRow.used_at)).one() is None
 
-    store.armed = False
     issued = ca.enroll(grant.code, "enterprise", csr_pem(key))
-    assert count(sessions, CertificateRow) == certs + 1
+    assert count(sessions, CertificateRow) == before[CertificateRow] + 1
+    assert count(sessions, LogEntryRow) == before[LogEntryRow] + 1
     with sessions() as s:
         ev = s.scalars(select(EventRow).where(EventRow.serial == issued.record.serial_hex)).one()
         assert ev.type == "certificate.issued" and ev.cert_sha256 == issued.record.cert_sha256

@@ -1,0 +1,312 @@
+"""Group commit of issuances: many certificates, one transaction, one ``COMMIT``.
+
+Every issuance writes, in one transaction, the code's redemption (enrollment), the
+certificate, its event and the event's entry in the Merkle log. Written one by one,
+each pays for a ``BEGIN``, the log head's lock, a ``COMMIT`` and its fsync, and the
+writers of all worker processes queue, one at a time, for the database's single write
+lock. :class:`GroupCommit` lets the issuances that are ready at the same moment share
+all of that: the first thread to arrive becomes the leader and writes everything queued
+by then; the threads that arrive while it commits are the next leader's group.
+
+Each issuance of a group is written in its own savepoint, so one that fails (a code
+redeemed meanwhile, a serial collision) rolls back alone and gets its own error, while
+the others commit. The log entries of the group are appended after the last savepoint,
+in one pass over the tree. No thread returns before the ``COMMIT`` of its group: a
+certificate is never handed out before it, its event and its log entry are durable,
+and if the ``COMMIT`` fails, every issuance of the group fails with nothing stored.
+
+:class:`WriterLock` queues this host's writers of a SQLite file on an ``flock`` before
+they ask SQLite for its write lock: a writer that finds SQLite's lock taken sleeps 1, 2,
+5, 10 … ms and retries, leaving the CPU idle under load, while the kernel wakes the next
+``flock`` waiter the moment it is released. (Other writers, such as the CLI, still wait
+on SQLite's busy timeout, as before; PostgreSQL queues on the log head's row lock.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine
+
+from ca import translog
+from ca.errors import Conflict, InvalidCode
+from ca.models import CertificateRow
+from ca.records import Event, IssuanceWrite
+from ca.store import StoredEvent
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_GROUP = 64
+"""Issuances written in one transaction at most (the rest wait for the next one)."""
+
+
+class _Slot(Generic[T, R]):
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """Leader-based group commit inside one process (framework-free).
+
+    ``write(items)`` writes a group in one transaction and returns, per item, its result
+    or the exception it failed with (an exception it raises fails the whole group).
+    :meth:`submit` returns the item's result or raises its exception once its group is
+    written. With one thread per process every group is a single item.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        max_group: int = MAX_GROUP,
+    ) -> None:
+        self._write = write
+        self._max = max_group
+        self._cond = threading.Condition()
+        self._queue: list[_Slot[T, R]] = []
+        self._leading = False
+
+    def submit(self, item: T) -> R:
+        slot: _Slot[T, R] = _Slot(item)
+        with self._cond:
+            self._queue.append(slot)
+            while True:
+                while self._leading and not slot.done:
+                    self._cond.wait()
+                if slot.done:
+                    break
+                self._leading = True
+                group, self._queue = self._queue[: self._max], self._queue[self._max :]
+                self._cond.release()
+                try:
+                    self._lead(group)
+                finally:
+                    self._cond.acquire()
+                    self._leading = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[return-value]
+
+    def _lead(self, group: list[_Slot[T, R]]) -> None:
+        try:
+            outcomes: Sequence[R | BaseException] = self._write([s.item for s in group])
+            if len(outcomes) != len(group):
+                raise RuntimeError("group write returned the wrong number of outcomes")
+        except BaseException as exc:  # the whole group failed: each gets the error
+            outcomes = [exc] * len(group)
+        for slot, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                slot.error = outcome
+            else:
+                slot.result = outcome
+            slot.done = True
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``path`` (one open file per process), or nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._threads = threading.Lock()
+
+    def _file(self) -> int:
+        assert self.path is not None
+        if self._fd is None or self._pid != os.getpid():  # opened anew after a fork
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        with self._threads:
+            fd = self._file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _NoLogHead(Exception):
+    """The log has no head row yet: its first append goes the session's way, which
+    creates it (and logs the events that predate the log)."""
+
+
+_REDEEM = (
+    "UPDATE enrollment_codes SET used_at = ?"
+    " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?"
+)
+_INSERT_CERT = (
+    "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
+    " spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (at, type, actor, uscc, subject, profile, issuer, serial,"
+    " cert_sha256, application_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " RETURNING id"
+)
+
+
+class IssuanceWriter:
+    """Writes :class:`IssuanceWrite` items by group commit on raw DBAPI connections of
+    ``engine`` (SQLite or PostgreSQL), appending their events to the Merkle log.
+
+    ``fallback`` writes one item the session's way; it is used while the log has no head
+    row (a database's very first log append). ``log=False``: no Merkle log (a store
+    without event sinks, as some tests build)."""
+
+    def __init__(
+        self, engine: Engine, fallback: Callable[[IssuanceWrite], int], *, log: bool = True
+    ) -> None:
+        self._engine = engine
+        self._fallback = fallback
+        self._log = log
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._qmark = engine.dialect.paramstyle == "qmark"
+        database = engine.url.database if self._sqlite else None
+        lock = Path(f"{database}.writelock") if database and database != ":memory:" else None
+        self.lock = WriterLock(lock)
+        dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
+        self._dt: Callable[[Any], Any] = dt or (lambda v: v)
+        self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
+        self._sql = {
+            name: translog.driver_text(text, self._qmark)
+            for name, text in (
+                ("redeem", _REDEEM),
+                ("cert", _INSERT_CERT),
+                ("event", _INSERT_EVENT),
+            )
+        }
+        self._group: GroupCommit[IssuanceWrite, int] = GroupCommit(self._write_group)
+
+    def commit(self, item: IssuanceWrite) -> int:
+        """Store ``item`` durably; its event id. Raises :class:`InvalidCode` when the code
+        was redeemed or expired meanwhile, :class:`Conflict` on a serial collision."""
+        return self._group.submit(item)
+
+    def _write_group(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
+        try:
+            with self.lock.held():
+                return self._transaction(items)
+        except _NoLogHead:
+            pass
+        out: list[int | BaseException] = []
+        for item in items:
+            try:
+                out.append(self._fallback(item))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def _transaction(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
+        raw = self._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if self._sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            sql = translog.CursorSql(cur, self._qmark)
+            size = translog.lock_head_sql(sql, for_update=not self._sqlite) if self._log else 0
+            if size is None:
+                raise _NoLogHead
+            out: list[int | BaseException] = []
+            events: list[StoredEvent] = []
+            if len(items) == 1:  # alone: its failure is the transaction's
+                events.append(self._write_one(cur, items[0]))
+                out.append(events[0].id)
+            else:
+                for item in items:
+                    cur.execute("SAVEPOINT eport_issue")
+                    try:
+                        stored = self._write_one(cur, item)
+                    except Exception as exc:
+                        cur.execute("ROLLBACK TO SAVEPOINT eport_issue")
+                        out.append(exc)
+                    else:
+                        events.append(stored)
+                        out.append(stored.id)
+                    cur.execute("RELEASE SAVEPOINT eport_issue")
+            if events and self._log:
+                translog.append_entries(sql, size, events)
+            self._commit(raw, cur)
+            cur.close()
+            return out
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()  # back to the pool
+
+    def _commit(self, raw: Any, cur: Any) -> None:
+        if self._sqlite:
+            cur.execute("COMMIT")
+        else:
+            raw.commit()
+
+    def _write_one(self, cur: Any, item: IssuanceWrite) -> StoredEvent:
+        dt = self._dt
+        if item.code_hash is not None:
+            now = dt(item.now)
+            cur.execute(self._sql["redeem"], (now, item.code_hash, now))
+            if cur.rowcount != 1:
+                raise InvalidCode("this enrollment code was already used")
+        rec = item.record
+        try:
+            cur.execute(
+                self._sql["cert"],
+                (
+                    rec.serial_hex,
+                    rec.issuer_id,
+                    rec.profile,
+                    rec.application_id,
+                    rec.uscc,
+                    rec.subject,
+                    rec.spki_sha256,
+                    rec.cert_sha256,
+                    dt(rec.not_before),
+                    dt(rec.not_after),
+                    rec.der,
+                    dt(rec.created_at or rec.not_before),
+                ),
+            )
+        except self._integrity as exc:
+            raise Conflict("serial number collision; nothing was issued") from exc
+        return self._insert_event(cur, item.event)
+
+    def _insert_event(self, cur: Any, ev: Event) -> StoredEvent:
+        serial = format(ev.serial, "x") if ev.serial is not None else None
+        details = json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False)
+        values = (
+            ev.at,
+            ev.type.value,
+            ev.actor,
+            ev.uscc,
+            ev.subject,
+            ev.profile,
+            ev.issuer,
+            serial,
+            ev.cert_sha256,
+            ev.application_id,
+            details,
+        )
+        cur.execute(self._sql["event"], (self._dt(ev.at), *values[1:]))
+        (event_id,) = cur.fetchone()
+        return StoredEvent(int(event_id), *values)

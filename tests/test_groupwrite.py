@@ -1,0 +1,324 @@
+"""Group commit of issuances (ca.groupwrite): concurrent enrollments share transactions,
+each one still stored whole or not at all, on SQLite and on a real PostgreSQL.
+
+The groups are forced: the first leader's transaction is held back until every other
+thread has queued, so the next leader writes all of them in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from ca import groupwrite, hierarchy, translog
+from ca.app import build_authority
+from ca.authority import JointCA
+from ca.config import CAConfig
+from ca.db import make_engine, upgrade
+from ca.errors import Conflict, InvalidCode
+from ca.groupwrite import GroupCommit, WriterLock
+from ca.issuance import CertificateFactory
+from ca.keys import KeyType
+from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow, LogHeadRow
+from ca.policy import load_policies
+from ca.store import SqlStore
+from cli import auditproof
+from tests.conftest import Postgres
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def csr_pem(key: Any) -> bytes:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+# -- the leader/follower mechanics, without a database ---------------------------------------
+
+
+def test_group_commit_writes_what_queued_while_the_leader_wrote() -> None:
+    """The first caller writes alone; the callers that arrive meanwhile are the next group,
+    each gets its own outcome, and nobody returns before its group was written."""
+    release = threading.Event()
+    groups: list[list[int]] = []
+    written: set[int] = set()
+
+    def write(items: Any) -> list[Any]:
+        if not groups:
+            release.wait(10)  # the first leader is slow: the others queue behind it
+        groups.append(list(items))
+        written.update(items)
+        return [ValueError(f"bad {i}") if i % 5 == 0 else i * 10 for i in items]
+
+    gc: GroupCommit[int, int] = GroupCommit(write)
+    results: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = gc.submit(i)
+        except ValueError as exc:
+            results[i] = exc
+        assert i in written  # returned only after its group was written
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    while not groups and gc._leading is False:
+        time.sleep(0.001)
+    others = [threading.Thread(target=call, args=(i,)) for i in range(2, 12)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(gc._queue) < 10 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert groups[0] == [1]
+    assert sorted(groups[1]) == list(range(2, 12)) and len(groups) == 2
+    for i in range(1, 12):
+        if i % 5 == 0:
+            assert isinstance(results[i], ValueError) and str(results[i]) == f"bad {i}"
+        else:
+            assert results[i] == i * 10
+
+
+def test_group_commit_failure_fails_the_whole_group() -> None:
+    def write(_items: Any) -> list[Any]:
+        raise OSError("disk full")
+
+    gc: GroupCommit[int, int] = GroupCommit(write)
+    with pytest.raises(OSError, match="disk full"):
+        gc.submit(1)
+    # The next caller leads again (the failed leader gave the lead back).
+    gc2: GroupCommit[int, int] = GroupCommit(lambda items: [i + 1 for i in items])
+    assert gc2.submit(1) == 2
+
+
+def test_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
+    """The flock is held by one process at a time: a child blocks until we release it."""
+    import subprocess
+    import sys
+
+    lock = WriterLock(tmp_path / "db.writelock")
+    child = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "t = time.monotonic(); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print(round(time.monotonic() - t, 3))\n"
+    )
+    with lock.held():
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, str(tmp_path / "db.writelock")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting for our lock
+    out, _ = proc.communicate(timeout=10)
+    assert float(out) >= 0.4
+
+
+# -- real enrollments, grouped --------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def joint(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[JointCA, sessionmaker]]:  # type: ignore[type-arg]
+    overrides: dict[str, Any] = {"data_dir": tmp_path}
+    if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        overrides["database_url"] = pg.createdb(
+            "eport_gw_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10]
+        )
+    cfg = CAConfig.load(overrides)
+    upgrade(cfg.sqlalchemy_url)
+    policies = load_policies(REPO / "policies")
+    h = hierarchy.create(
+        policies,
+        tmp_path,
+        root_passphrase=b"root-pass",
+        ca_passphrase=b"ca-pass",
+        factory=CertificateFactory(),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    engine = make_engine(cfg.sqlalchemy_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    store = SqlStore(sessions, event_sinks=(translog.append_event,))
+    yield build_authority(cfg, policies, h, store), sessions
+    engine.dispose()
+
+
+def count(sessions: sessionmaker, table: type) -> int:  # type: ignore[type-arg]
+    with sessions() as s:
+        return int(s.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def codes(ca: JointCA, n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": f"Group {i} Co."})
+        out.append(ca.approve_at_ceremony(app.id, "test").code)
+    return out
+
+
+class Groups:
+    """Records the size of every group the writer commits; holds the first one back until
+    ``expected`` callers are queued behind it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, expected: int) -> None:
+        self.sizes: list[int] = []
+        self.expected = expected
+        real = groupwrite.IssuanceWriter._transaction
+        groups = self
+
+        def transaction(writer: groupwrite.IssuanceWriter, items: Any) -> Any:
+            if not groups.sizes:
+                deadline = time.monotonic() + 10
+                while len(writer._group._queue) < groups.expected and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            groups.sizes.append(len(items))
+            return real(writer, items)
+
+        monkeypatch.setattr(groupwrite.IssuanceWriter, "_transaction", transaction)
+
+
+def enroll_all(ca: JointCA, jobs: list[tuple[str, bytes]]) -> list[Any]:
+    out: list[Any] = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = ca.enroll(jobs[i][0], "enterprise", jobs[i][1])
+        except (InvalidCode, Conflict) as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def log_matches_events(sessions: sessionmaker) -> None:  # type: ignore[type-arg]
+    """Every event has exactly one entry, in event order, and the head is the root the
+    auditor's own code recomputes from the entries."""
+    with sessions() as s:
+        entries = s.execute(
+            select(LogEntryRow.idx, LogEntryRow.event_id, LogEntryRow.entry).order_by(
+                LogEntryRow.idx
+            )
+        ).all()
+        event_ids = s.scalars(select(EventRow.id).order_by(EventRow.id)).all()
+        head = s.get(LogHeadRow, translog.HEAD_ID)
+    assert [e.idx for e in entries] == list(range(len(entries)))
+    assert [e.event_id for e in entries] == list(event_ids)
+    assert head is not None and head.size == len(entries)
+    leaves = [hashlib.sha256(b"\x00" + bytes(e.entry)).digest() for e in entries]
+    assert auditproof.root_from_leaf_hashes(leaves) == bytes(head.root_hash)
+
+
+def test_concurrent_enrollments_commit_in_groups(
+    joint: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twelve enrollments at once, two of them racing for one code and one reusing another
+    enrollment's key: grouped into shared transactions, each redemption, certificate,
+    event and log entry is stored exactly when its enrollment succeeded."""
+    ca, sessions = joint
+    cs = codes(ca, 10)
+    keys = [KeyType.P256.generate() for _ in range(11)]
+    jobs = [(cs[i], csr_pem(keys[i])) for i in range(10)]
+    jobs.append((cs[0], csr_pem(keys[10])))  # a second redemption of code 0
+    before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
+    groups = Groups(monkeypatch, expected=len(jobs) - 1)
+
+    results = enroll_all(ca, jobs)
+
+    assert groups.sizes[0] == 1 and max(groups.sizes) > 1, groups.sizes
+    assert sum(groups.sizes) == len(jobs)
+    refused = [r for r in results if isinstance(r, Exception)]
+    issued = [r for r in results if not isinstance(r, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], InvalidCode), results
+    assert len(issued) == 10
+    assert count(sessions, CertificateRow) == before[CertificateRow] + 10
+    assert count(sessions, EventRow) == before[EventRow] + 10
+    assert count(sessions, LogEntryRow) == before[LogEntryRow] + 10
+    with sessions() as s:
+        used = s.scalars(select(EnrollmentCodeRow.used_at)).all()
+        stored = {
+            r.serial: r.cert_sha256
+            for r in s.execute(select(CertificateRow.serial, CertificateRow.cert_sha256))
+        }
+        logged = {
+            r.serial: r.cert_sha256
+            for r in s.execute(
+                select(EventRow.serial, EventRow.cert_sha256).where(
+                    EventRow.type == "certificate.issued"
+                )
+            )
+        }
+    assert all(u is not None for u in used)
+    for r in issued:
+        assert stored[r.record.serial_hex] == logged[r.record.serial_hex] == r.record.cert_sha256
+    log_matches_events(sessions)
+
+
+def test_a_failed_group_commit_stores_nothing_of_any_member(
+    joint: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The COMMIT of a group of several fails: every enrollment of it fails, no code is
+    redeemed, nothing is stored; the same codes then enroll normally."""
+    ca, sessions = joint
+    cs = codes(ca, 6)
+    before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
+    groups = Groups(monkeypatch, expected=5)
+    real_commit = groupwrite.IssuanceWriter._commit
+
+    def commit(writer: groupwrite.IssuanceWriter, raw: Any, cur: Any) -> None:
+        if len(groups.sizes) > 1:
+            raise OSError("disk I/O error at COMMIT")
+        real_commit(writer, raw, cur)
+
+    monkeypatch.setattr(groupwrite.IssuanceWriter, "_commit", commit)
+    out: list[Any] = [None] * 6
+    start = threading.Barrier(6)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = ca.enroll(cs[i], "enterprise", csr_pem(KeyType.P256.generate()))
+        except OSError as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert groups.sizes[0] == 1 and groups.sizes[1] == 5
+    failed = [i for i, r in enumerate(out) if isinstance(r, OSError)]
+    assert len(failed) == 5
+    after = {t: count(sessions, t) for t in before}
+    assert after == {t: n + 1 for t, n in before.items()}  # only the first, alone
+    monkeypatch.setattr(groupwrite.IssuanceWriter, "_commit", real_commit)
+    for i in failed:  # their codes were not redeemed
+        ca.enroll(cs[i], "enterprise", csr_pem(KeyType.P256.generate()))
+    assert count(sessions, CertificateRow) == before[CertificateRow] + 6
+    log_matches_events(sessions)
