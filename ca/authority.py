@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -139,7 +140,13 @@ class Issued:
     chain: tuple[x509.Certificate, ...]
 
     def chain_pem(self) -> str:
-        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+        return "".join(map(_pem, self.chain))
+
+
+@functools.lru_cache(maxsize=64)
+def _pem(cert: x509.Certificate) -> str:
+    """The PEM of a CA certificate (a chain's members repeat in every answer)."""
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @dataclass(frozen=True)

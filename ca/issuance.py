@@ -29,7 +29,7 @@ from ca.errors import LintFailed, PolicyError, WeakKey
 from ca.keys import KeyType
 from ca.lint import CertificateLinter, Finding
 from ca.policy import Profile
-from ca.signer import Signer
+from ca.signer import Signer, in_memory_key
 
 
 @dataclass(frozen=True)
@@ -264,13 +264,24 @@ class CertificateFactory:
         now: datetime.datetime,
         serial: int | None = None,
     ) -> x509.Certificate:
-        """Lint (when sampled) and sign a certificate; raises before anything is signed."""
+        """Lint (when sampled) and sign a certificate; raises before anything is signed.
+
+        A linted certificate is first signed with a throwaway key (pkilint reads a whole
+        certificate), then its TBS bytes with the CA key. One that is not linted is signed
+        by the builder with the CA key directly when this process holds that key in
+        memory; a key in a token still signs the TBS bytes of a throwaway draft.
+        """
         serial = serial if serial is not None else random_serial()
         builder = self.tbs_builder(profile, issuer, public_key, vetted, serial, now)
         kt = issuer.signer.key_type
+        if not self.lint_sampler():
+            key = in_memory_key(issuer.signer)
+            if key is not None:
+                return checked(builder.sign(key, kt.hash_algorithm), issuer)  # type: ignore[arg-type]
+            draft = builder.sign(_THROWAWAY.get(kt), kt.hash_algorithm)  # type: ignore[arg-type]
+            return sign_draft(draft, issuer)
         draft = builder.sign(_THROWAWAY.get(kt), kt.hash_algorithm)  # type: ignore[arg-type]
-        if self.lint_sampler():
-            self.linter.check(draft.public_bytes(serialization.Encoding.DER))
+        self.linter.check(draft.public_bytes(serialization.Encoding.DER))
         return sign_draft(draft, issuer)
 
 
@@ -314,7 +325,11 @@ def _assemble(draft: x509.Certificate, signer: Signer) -> x509.Certificate:
 
 def sign_draft(draft: x509.Certificate, issuer: IssuingCA) -> x509.Certificate:
     """Re-sign the TBS part of ``draft`` with the issuer's real key and check the result."""
-    cert = _assemble(draft, issuer.signer)
+    return checked(_assemble(draft, issuer.signer), issuer)
+
+
+def checked(cert: x509.Certificate, issuer: IssuingCA) -> x509.Certificate:
+    """``cert`` once its signature verifies under the issuer's certificate."""
     try:
         # Never hand out a certificate the issuer's public key does not verify
         # (a faulty HSM or a wrong key would otherwise go unnoticed).

@@ -52,6 +52,10 @@ class SoftwareSigner:
     def sign(self, data: bytes) -> bytes:
         return sign_bytes(self._key, data)
 
+    def in_memory_key(self) -> CertificateIssuerPrivateKeyTypes:
+        """The key itself, for ``cryptography``'s builders to sign with directly."""
+        return self._key
+
     def __repr__(self) -> str:
         return f"SoftwareSigner({self._type.value})"
 
@@ -90,6 +94,17 @@ class SealedSigner:
         if inner is None:
             raise Sealed("the CA keys are sealed; unseal the CA before issuing")
         return inner.sign(data)
+
+    def in_memory_key(self) -> CertificateIssuerPrivateKeyTypes | None:
+        """The unsealed key when it is held in memory (not in a token), else None."""
+        return in_memory_key(self._inner) if self._inner is not None else None
+
+
+def in_memory_key(signer: Signer) -> CertificateIssuerPrivateKeyTypes | None:
+    """``signer``'s private key object when this process holds it (a software key), so a
+    ``cryptography`` builder can sign with it directly; None for a token or a sealed key."""
+    get = getattr(signer, "in_memory_key", None)
+    return get() if callable(get) else None
 
 
 def seal_key(key: CertificateIssuerPrivateKeyTypes, path: Path, passphrase: bytes) -> None:

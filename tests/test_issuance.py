@@ -24,7 +24,7 @@ from ca.issuance import CertificateFactory, IssuingCA
 from ca.keys import KeyType
 from ca.lint import CertificateLinter
 from ca.policy import Policies, load_policies
-from ca.signer import SoftwareSigner
+from ca.signer import SoftwareSigner, in_memory_key
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
@@ -294,3 +294,38 @@ def test_every_template_is_linted_at_load(policies: Policies, pki: hierarchy.Hie
     )
     with pytest.raises(LintFailed, match="domain_name"):
         factory.lint_template(broken, pki.issuers["service"], NOW)
+
+
+def test_unlinted_certificates_are_signed_and_checked_the_same_way(
+    policies: Policies, pki: hierarchy.Hierarchy
+) -> None:
+    """Not sampled for linting, a certificate is signed by the builder with an in-memory
+    CA key directly, or (a key in a token) over the TBS of a throwaway draft: the same
+    TBS bytes either way, verified under the issuer, and a wrong key is still caught."""
+    issuer = pki.issuers["enterprise"]
+    profile = policies.profile("enterprise")
+    public_key = KeyType.P256.generate().public_key()
+    unlinted = CertificateFactory(lint_sampler=lambda: False)
+    assert in_memory_key(issuer.signer) is not None  # the direct path is the one taken
+
+    class TokenLike:  # signs bytes only, like Pkcs11Signer: no key object to hand out
+        def __init__(self, inner: SoftwareSigner) -> None:
+            self.inner, self.key_type = inner, inner.key_type
+
+        def public_key(self) -> object:
+            return self.inner.public_key()
+
+        def sign(self, data: bytes) -> bytes:
+            return self.inner.sign(data)
+
+    token_issuer = IssuingCA("enterprise", issuer.certificate, TokenLike(issuer.signer))  # type: ignore[arg-type]
+    direct = unlinted.issue(profile, issuer, public_key, VETTED, NOW, serial=1 << 70)
+    via_draft = unlinted.issue(profile, token_issuer, public_key, VETTED, NOW, serial=1 << 70)
+    linted = CertificateFactory().issue(profile, issuer, public_key, VETTED, NOW, serial=1 << 70)
+    assert direct.tbs_certificate_bytes == via_draft.tbs_certificate_bytes
+    assert direct.tbs_certificate_bytes == linted.tbs_certificate_bytes
+    for cert in (direct, via_draft, linted):
+        cert.verify_directly_issued_by(issuer.certificate)
+    wrong = IssuingCA("enterprise", issuer.certificate, SoftwareSigner(KeyType.P256.generate()))
+    with pytest.raises(LintFailed, match="does not verify"):
+        unlinted.issue(profile, wrong, public_key, VETTED, NOW)
