@@ -322,3 +322,31 @@ def test_a_failed_group_commit_stores_nothing_of_any_member(
         ca.enroll(cs[i], "enterprise", csr_pem(KeyType.P256.generate()))
     assert count(sessions, CertificateRow) == before[CertificateRow] + 6
     log_matches_events(sessions)
+
+
+def test_a_serial_collision_in_a_group_fails_that_issuance_alone(
+    joint: tuple,  # type: ignore[type-arg]
+) -> None:
+    """Three issuances written as one group, the second reusing a serial already stored:
+    it alone fails (Conflict), the others are stored with their events and log entries."""
+    import dataclasses
+
+    from ca.records import Event, EventType, IssuanceWrite
+
+    ca, sessions = joint
+    first = ca.enroll(codes(ca, 1)[0], "enterprise", csr_pem(KeyType.P256.generate())).record
+    before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
+
+    def item(serial: int) -> IssuanceWrite:
+        rec = dataclasses.replace(first, serial=serial, cert_sha256=f"{serial:064x}")
+        ev = Event.about(EventType.CERTIFICATE_RENEWED, rec, actor="test", at=rec.not_before)
+        return IssuanceWrite(rec, ev)
+
+    writer = ca.store._writer
+    assert isinstance(writer, groupwrite.IssuanceWriter)
+    outcomes = writer._write_group([item(1 << 80), item(first.serial), item((1 << 80) + 1)])
+    assert isinstance(outcomes[1], Conflict)
+    assert isinstance(outcomes[0], int) and isinstance(outcomes[2], int)
+    assert outcomes[2] > outcomes[0]
+    assert {t: count(sessions, t) for t in before} == {t: n + 2 for t, n in before.items()}
+    log_matches_events(sessions)
