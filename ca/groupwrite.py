@@ -11,9 +11,12 @@ by then; the threads that arrive while it commits are the next leader's group.
 Each issuance of a group is written in its own savepoint, so one that fails (a code
 redeemed meanwhile, a serial collision) rolls back alone and gets its own error, while
 the others commit. The log entries of the group are appended after the last savepoint,
-in one pass over the tree. No thread returns before the ``COMMIT`` of its group: a
-certificate is never handed out before it, its event and its log entry are durable,
-and if the ``COMMIT`` fails, every issuance of the group fails with nothing stored.
+in one pass over the tree. No thread returns before the ``COMMIT`` of its group is
+durable: a certificate is never handed out before it, its event and its log entry are
+on disk, and if the ``COMMIT`` fails, every issuance of the group fails with nothing
+stored. On SQLite the group commits without syncing, releases the write lock, and then
+syncs the write-ahead log (:meth:`IssuanceWriter._sync_wal`): the next group does not
+wait for this one's disk flush, and the flushes of several processes overlap.
 
 :class:`WriterLock` queues this host's writers of a SQLite file on an ``flock`` before
 they ask SQLite for its write lock: a writer that finds SQLite's lock taken sleeps 1, 2,
@@ -183,8 +186,9 @@ class IssuanceWriter:
         self._sqlite = engine.dialect.name == "sqlite"
         self._qmark = engine.dialect.paramstyle == "qmark"
         database = engine.url.database if self._sqlite else None
-        lock = Path(f"{database}.writelock") if database and database != ":memory:" else None
-        self.lock = WriterLock(lock)
+        on_disk = bool(database) and database != ":memory:"
+        self.lock = WriterLock(Path(f"{database}.writelock") if on_disk else None)
+        self._wal = Path(f"{database}-wal") if on_disk else None
         dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
         self._dt: Callable[[Any], Any] = dt or (lambda v: v)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
@@ -206,7 +210,9 @@ class IssuanceWriter:
     def _write_group(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
         try:
             with self.lock.held():
-                return self._transaction(items)
+                written = self._transaction(items)
+            self._sync_wal()  # durable before anyone of the group is answered
+            return written
         except _NoLogHead:
             pass
         out: list[int | BaseException] = []
@@ -222,6 +228,9 @@ class IssuanceWriter:
         try:
             cur = raw.cursor()
             if self._sqlite:
+                # The COMMIT writes the WAL without syncing it; _sync_wal does, after
+                # the write lock is released (see _sync_wal).
+                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("BEGIN IMMEDIATE")
             sql = translog.CursorSql(cur, self._qmark)
             size = translog.lock_head_sql(sql, for_update=not self._sqlite) if self._log else 0
@@ -253,7 +262,38 @@ class IssuanceWriter:
             raw.rollback()
             raise
         finally:
+            if self._sqlite:  # the pool's other users commit with a sync, as configured
+                try:
+                    raw.cursor().execute("PRAGMA synchronous=FULL")
+                except Exception:
+                    raw.invalidate()  # never back into the pool without its sync
             raw.close()  # back to the pool
+
+    def _sync_wal(self) -> None:
+        """Make the group's COMMIT durable: ``fsync`` SQLite's write-ahead log.
+
+        The transaction was committed with ``synchronous=NORMAL`` (SQLite writes the WAL
+        but does not sync it at COMMIT), and the write lock was released before this
+        sync, so the next group does not wait for our disk flush while holding it, and
+        concurrent flushes of several processes share the file system's journal commit.
+        Nothing is answered before this returns. Durability is prefix-closed: the WAL is
+        one file written in order, so a flush that covers a transaction covers every
+        transaction committed before it, and SQLite syncs the WAL before it checkpoints
+        frames into the database (and the database after), so frames a checkpoint moved
+        are durable already. Other writers keep ``synchronous=FULL``.
+        """
+        if not self._sqlite or self._wal is None:
+            return
+        for path in (self._wal, self._wal.with_name(self._wal.name.removesuffix("-wal"))):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL: every frame was checkpointed (and synced) already
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
 
     def _commit(self, raw: Any, cur: Any) -> None:
         if self._sqlite:

@@ -350,3 +350,50 @@ def test_a_serial_collision_in_a_group_fails_that_issuance_alone(
     assert outcomes[2] > outcomes[0]
     assert {t: count(sessions, t) for t in before} == {t: n + 2 for t, n in before.items()}
     log_matches_events(sessions)
+
+
+@pytest.mark.parametrize("joint", ["sqlite"], indirect=True)
+def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
+    joint: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The group commits without syncing and releases the write lock; its WAL is synced
+    before any of its issuances returns. A failed sync fails the issuance (no certificate
+    is handed out), and the pooled connections keep synchronous=FULL for other writers."""
+    import os
+
+    ca, sessions = joint
+    c1, c2 = codes(ca, 2)
+    synced: list[tuple[str, int, bool]] = []
+    returned = False
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        # the transaction is committed (another connection sees it), not yet returned
+        synced.append((path, count(sessions, CertificateRow), returned))
+        real_fsync(fd)
+
+    before = count(sessions, CertificateRow)
+    monkeypatch.setattr(os, "fsync", spy)
+    issued = ca.enroll(c1, "enterprise", csr_pem(KeyType.P256.generate()))
+    returned = True
+    assert [(Path(p).name, n, r) for p, n, r in synced] == [("eport.db-wal", before + 1, False)]
+    assert issued.record.serial_hex
+
+    def failing(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        ca.enroll(c2, "enterprise", csr_pem(KeyType.P256.generate()))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    engine = sessions.kw["bind"]
+    raws = [engine.raw_connection() for _ in range(engine.pool.size())]  # every pooled one
+    try:
+        for raw in raws:
+            assert raw.cursor().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        for raw in raws:
+            raw.close()
