@@ -62,7 +62,7 @@ Where the server's CPU goes inside one enrollment (per step, optionally under cP
 robust on a busy machine because it counts CPU time, not requests per second):
 ``python bench/enroll_profile.py``.
 
-Usage: ``python bench/issuance.py [--seconds 10] [--quick] [--configs 2x1,2x4,3x1]
+Usage: ``python bench/issuance.py [--seconds 10] [--quick] [--configs 2x1,2x4,3x1,3x8]
 [--lint-rates 1.0,0.01] [--no-cfssl] [--retries 2]``
 """
 
@@ -104,7 +104,7 @@ ENROLL_PATH = "/ca/v1/enroll"
 CFSSL_SIGN_PATH = "/api/v1/cfssl/sign"
 GOAL_VS_CFSSL = 2.0
 GOAL_VS_HELLO = 0.40
-DEFAULT_CONFIGS = "2x1,2x4,3x1"  # gunicorn workers x threads per worker
+DEFAULT_CONFIGS = "2x1,2x4,3x1,3x8"  # gunicorn workers x threads per worker
 DEFAULT_LINT_RATES = "1.0,0.01"  # EPORT_LINT_SAMPLE_RATE: the CA's default, a sampled design
 MINT_MARGIN = 1.5  # codes are minted for this times the rate the runs seen so far suggest,
 BOUND_MARGIN = 1.1  # but never for more than this times a bound: the same config's

@@ -229,3 +229,45 @@ def assert_no_secret_in_tree(roots: Iterable[Path], secrets: Iterable[bytes]) ->
     """:func:`assert_no_secret` over every file under ``roots``; SQLite's side files that
     vanish while it runs are skipped. Returns how many files were read."""
     return assert_no_secret(tree_files(roots), secrets)
+
+
+@contextlib.contextmanager
+def in_process_ca(
+    data_dir: Path, store_class: type[Any] | None = None, database_url: str = ""
+) -> Iterator[tuple[Any, Any, Any]]:
+    """A development joint CA in this process (no server): ``(authority, store, sessions)``
+    over a fresh database (SQLite in ``data_dir`` or ``database_url``), its store wired
+    to the Merkle log as the app's is."""
+    import datetime
+
+    from sqlalchemy.orm import sessionmaker
+
+    from ca import hierarchy, translog
+    from ca.app import build_authority
+    from ca.config import CAConfig
+    from ca.db import make_engine, upgrade
+    from ca.issuance import CertificateFactory
+    from ca.policy import load_policies
+    from ca.store import SqlStore
+
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    if database_url:
+        overrides["database_url"] = database_url
+    cfg = CAConfig.load(overrides)
+    upgrade(cfg.sqlalchemy_url)
+    policies = load_policies(Path(__file__).resolve().parent.parent / "policies")
+    h = hierarchy.create(
+        policies,
+        data_dir,
+        root_passphrase=b"root-pass",
+        ca_passphrase=b"ca-pass",
+        factory=CertificateFactory(),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    engine = make_engine(cfg.sqlalchemy_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    store = (store_class or SqlStore)(sessions, event_sinks=(translog.append_event,))
+    try:
+        yield build_authority(cfg, policies, h, store), store, sessions
+    finally:
+        engine.dispose()

@@ -20,18 +20,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from ca import groupwrite, hierarchy, translog
-from ca.app import build_authority
 from ca.authority import JointCA
-from ca.config import CAConfig
-from ca.db import make_engine, upgrade
+from ca.db import make_engine
 from ca.errors import Conflict, InvalidCode
-from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow
-from ca.policy import load_policies
 from ca.records import Event
 from ca.store import SqlStore, SqlTransaction
 from tests.conftest import Server
+from tests.helpers import in_process_ca
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,22 +72,8 @@ class CrashingStore(SqlStore):
 
 @pytest.fixture
 def joint(tmp_path: Path) -> Iterator[tuple[JointCA, CrashingStore, sessionmaker]]:  # type: ignore[type-arg]
-    cfg = CAConfig.load({"data_dir": tmp_path})
-    upgrade(cfg.sqlalchemy_url)
-    policies = load_policies(REPO / "policies")
-    h = hierarchy.create(
-        policies,
-        tmp_path,
-        root_passphrase=b"root-pass",
-        ca_passphrase=b"ca-pass",
-        factory=CertificateFactory(),
-        now=datetime.datetime.now(datetime.UTC),
-    )
-    engine = make_engine(cfg.sqlalchemy_url)
-    sessions = sessionmaker(engine, expire_on_commit=False)
-    store = CrashingStore(sessions, event_sinks=(translog.append_event,))  # as the app's
-    yield build_authority(cfg, policies, h, store), store, sessions
-    engine.dispose()
+    with in_process_ca(tmp_path, CrashingStore) as joint:
+        yield joint
 
 
 def count(sessions: sessionmaker, table: type) -> int:  # type: ignore[type-arg]

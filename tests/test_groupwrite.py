@@ -7,7 +7,6 @@ thread has queued, so the next leader writes all of them in one transaction.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import threading
 import time
@@ -21,20 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from ca import groupwrite, hierarchy, translog
-from ca.app import build_authority
+from ca import groupwrite, translog
 from ca.authority import JointCA
-from ca.config import CAConfig
-from ca.db import make_engine, upgrade
 from ca.errors import Conflict, InvalidCode
 from ca.groupwrite import GroupCommit, WriterLock
-from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow, LogHeadRow
-from ca.policy import load_policies
-from ca.store import SqlStore
 from cli import auditproof
 from tests.conftest import Postgres
+from tests.helpers import in_process_ca
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,28 +132,12 @@ def test_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def joint(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[JointCA, sessionmaker]]:  # type: ignore[type-arg]
-    overrides: dict[str, Any] = {"data_dir": tmp_path}
+    url = ""
     if request.param == "postgres":
         pg: Postgres = request.getfixturevalue("postgres")
-        overrides["database_url"] = pg.createdb(
-            "eport_gw_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10]
-        )
-    cfg = CAConfig.load(overrides)
-    upgrade(cfg.sqlalchemy_url)
-    policies = load_policies(REPO / "policies")
-    h = hierarchy.create(
-        policies,
-        tmp_path,
-        root_passphrase=b"root-pass",
-        ca_passphrase=b"ca-pass",
-        factory=CertificateFactory(),
-        now=datetime.datetime.now(datetime.UTC),
-    )
-    engine = make_engine(cfg.sqlalchemy_url)
-    sessions = sessionmaker(engine, expire_on_commit=False)
-    store = SqlStore(sessions, event_sinks=(translog.append_event,))
-    yield build_authority(cfg, policies, h, store), sessions
-    engine.dispose()
+        url = pg.createdb("eport_gw_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10])
+    with in_process_ca(tmp_path, database_url=url) as (ca, _store, sessions):
+        yield ca, sessions
 
 
 def count(sessions: sessionmaker, table: type) -> int:  # type: ignore[type-arg]
