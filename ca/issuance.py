@@ -242,18 +242,26 @@ class CertificateFactory:
     def lint_template(
         self, profile: Profile, issuer: IssuingCA, now: datetime.datetime
     ) -> list[Finding]:
-        """Lint a throwaway certificate of ``profile`` filled with sample data.
+        """Lint throwaway certificates of ``profile`` filled with sample data, one for each
+        kind of subject key the profile allows (each curve, Ed25519, and RSA at its
+        smallest allowed size: the subject key and its identifier are the parts of the
+        template that change with it); every finding, or :class:`LintFailed`.
 
         Run for every profile when the policies are loaded, so that a template change
         is linted before its first real certificate even when only a sample of
         issuances is linted in-line. Nothing is signed with the CA key.
         """
-        kt = min(profile.key_types, key=lambda k: k.value)
-        public_key = _THROWAWAY.get(kt).public_key()
-        builder = self.tbs_builder(profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now)
         ikt = issuer.signer.key_type
-        draft = builder.sign(_THROWAWAY.get(ikt), ikt.hash_algorithm)  # type: ignore[arg-type]
-        return self.linter.check(draft.public_bytes(serialization.Encoding.DER))
+        found: list[Finding] = []
+        kinds: dict[str, KeyType] = {}
+        for kt in sorted(profile.key_types, key=lambda k: (len(k.value), k.value)):
+            kinds.setdefault("rsa" if kt.value.startswith("rsa") else kt.value, kt)
+        for kt in kinds.values():
+            public_key = _THROWAWAY.get(kt).public_key()
+            builder = self.tbs_builder(profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now)
+            draft = builder.sign(_THROWAWAY.get(ikt), ikt.hash_algorithm)  # type: ignore[arg-type]
+            found += self.linter.check(draft.public_bytes(serialization.Encoding.DER))
+        return found
 
     def issue(
         self,

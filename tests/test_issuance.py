@@ -281,6 +281,20 @@ def test_linter_reports_real_problems() -> None:
 
 def test_every_template_is_linted_at_load(policies: Policies, pki: hierarchy.Hierarchy) -> None:
     factory = CertificateFactory()
+    # One throwaway per kind of subject key the profile allows (RSA once, at its smallest).
+    linted: list[x509.Certificate] = []
+    real_check = factory.linter.check
+
+    def check(der: bytes) -> list:  # type: ignore[type-arg]
+        linted.append(x509.load_der_x509_certificate(der))
+        return real_check(der)
+
+    factory.linter.check = check  # type: ignore[method-assign]
+    operator = policies.profile("operator")  # p256 p384 ed25519 rsa2048 rsa3072 rsa4096
+    factory.lint_template(operator, pki.issuers[operator.issuer], NOW)
+    keys = sorted(KeyType.of(c.public_key()).value for c in linted)  # type: ignore[arg-type]
+    assert keys == ["ed25519", "p256", "p384", "rsa2048"]
+    factory.linter.check = real_check  # type: ignore[method-assign]
     for profile in policies.profiles.values():
         if not profile.ca:
             issuer = pki.issuers["agency" if profile.issuer == "*" else profile.issuer]
