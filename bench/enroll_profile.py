@@ -81,6 +81,7 @@ def instrument() -> None:
     _timed(w, "_write_one", "    code, certificate and event rows")
     _timed(ca.translog, "append_entries", "    Merkle log append")
     _timed(w, "_commit", "    COMMIT")
+    _timed(w, "_sync_wal", "  fsync of the WAL (after the write lock)")
 
 
 def main(argv: list[str] | None = None) -> int:
