@@ -7,6 +7,7 @@ thread has queued, so the next leader writes all of them in one transaction.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import threading
 import time
@@ -375,3 +376,47 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
     finally:
         for raw in raws:
             raw.close()
+
+
+@pytest.mark.parametrize("joint", ["sqlite", "postgres"], indirect=True)
+def test_the_first_issuance_of_a_database_creates_the_log_head(
+    joint: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database without a log head yet (nothing logged): the group writer hands the
+    issuance to the session's path, which creates the head; the next one is grouped."""
+    import dataclasses
+
+    from ca.records import CertificateRecord, Event, EventType, IssuanceWrite
+
+    ca, sessions = joint
+    assert count(sessions, LogHeadRow) == 0 and count(sessions, EventRow) == 0
+    transactions: list[int] = []
+    real = groupwrite.IssuanceWriter._transaction
+
+    def spy(writer: groupwrite.IssuanceWriter, items: Any) -> Any:
+        transactions.append(len(items))
+        return real(writer, items)
+
+    monkeypatch.setattr(groupwrite.IssuanceWriter, "_transaction", spy)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    base = CertificateRecord(
+        serial=1 << 90,
+        issuer_id="enterprise",
+        profile="enterprise",
+        application_id=None,
+        uscc=None,
+        subject="CN=first",
+        spki_sha256="00" * 32,
+        cert_sha256="11" * 32,
+        not_before=now,
+        not_after=now + datetime.timedelta(days=1),
+        der=b"\x30\x00",
+    )
+    for n in range(2):
+        rec = dataclasses.replace(base, serial=base.serial + n, cert_sha256=f"{n:064x}")
+        ev = Event.about(EventType.CERTIFICATE_ISSUED, rec, actor="test", at=now)
+        ca.store.commit_issuance(IssuanceWrite(rec, ev))
+    assert transactions == [1, 1]  # tried twice; the first found no head and fell back
+    assert count(sessions, LogHeadRow) == 1 and count(sessions, LogEntryRow) == 2
+    log_matches_events(sessions)
