@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -604,6 +605,7 @@ class SqlStore:
         self.event_sinks = event_sinks
         self.dbapi = DbapiReads(session_factory)
         self._writer: Any = None
+        self._writer_lock = threading.Lock()
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
@@ -672,13 +674,15 @@ class SqlStore:
         from ca import groupwrite, translog
 
         if self._writer is None:
-            logged = self.event_sinks == (translog.append_event,)
-            if logged or not self.event_sinks:
-                self._writer = groupwrite.IssuanceWriter(
-                    self.dbapi.engine(), self.commit_by_session, log=logged
-                )
-            else:
-                self._writer = False
+            with self._writer_lock:  # one writer (one group queue) per store
+                if self._writer is None:
+                    logged = self.event_sinks == (translog.append_event,)
+                    if logged or not self.event_sinks:
+                        self._writer = groupwrite.IssuanceWriter(
+                            self.dbapi.engine(), self.commit_by_session, log=logged
+                        )
+                    else:
+                        self._writer = False
         if self._writer is False:
             return self.commit_by_session(item)
         return int(self._writer.commit(item))
