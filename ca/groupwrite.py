@@ -16,7 +16,9 @@ durable: a certificate is never handed out before it, its event and its log entr
 on disk, and if the ``COMMIT`` fails, every issuance of the group fails with nothing
 stored. On SQLite the group commits without syncing, releases the write lock, and then
 syncs the write-ahead log (:meth:`IssuanceWriter._sync_wal`): the next group does not
-wait for this one's disk flush, and the flushes of several processes overlap.
+wait for this one's disk flush, and the flushes of several processes overlap. If that
+sync fails, every issuance of the group fails too; its rows may then be stored without
+a certificate having been handed out, as when a client loses the answer.
 
 :class:`WriterLock` queues this host's writers of a SQLite file on an ``flock`` before
 they ask SQLite for its write lock: a writer that finds SQLite's lock taken sleeps 1, 2,
