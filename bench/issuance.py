@@ -8,7 +8,7 @@ One run measures, on 127.0.0.1 only, with every server started (and stopped) her
 - **in-process**: :meth:`ca.issuance.CertificateFactory.issue` on one thread with pkilint on
   and off (no HTTP, no database): what building, linting and signing cost per core; and
   whole unlinted enrollments through the app's WSGI callable (Flask's test client, with the
-  database but no HTTP and no fsync), as 1 / CPU seconds per enrollment.
+  database and the issuance's own WAL fsync, but no HTTP), as 1 / CPU seconds per enrollment.
 - **ours**: ``POST /ca/v1/enroll`` against ``eport serve --dev`` with 16 concurrent clients,
   for every configuration of ``--configs`` (gunicorn workers x threads per worker; threads 1
   is gunicorn's sync worker, as ``eport serve`` picks it, which closes the connection after
@@ -817,8 +817,9 @@ def enroll_cpu(mint: CodeMint, n: int) -> tuple[float, float]:
 
     ``POST /ca/v1/enroll`` through the server app's own WSGI callable (Flask's test client: no
     socket, no HTTP parsing, no gunicorn), each with a fresh code and CSR: the code redeemed,
-    the CSR checked, the certificate signed and stored with its event and log entry, on this
-    process's connections (``synchronous=OFF``). CPU time, not wall time, so a busy machine
+    the CSR checked, the certificate signed and stored with its event and log entry (the
+    minting connections run ``synchronous=OFF``, but the issuance writer syncs the WAL itself,
+    as in the server: :mod:`ca.groupwrite`). CPU time, not wall time, so a busy machine
     does not change it much. What an HTTP server can do at most on every core is about the
     cores over this (plus the lint rate times pkilint's cost).
     """
@@ -1377,7 +1378,7 @@ class Bench:
 
         enroll_row = in_process(
             "ours enroll in-process, unlinted",
-            "1 thread, test client, no fsync",
+            "1 thread, test client, WAL fsync",
             enroll_probe,
         )
         enroll_row.note = f"1 / CPU s per enrollment, {ENROLL_PROBE} enrollments"
