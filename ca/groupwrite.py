@@ -194,14 +194,10 @@ class IssuanceWriter:
         dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
         self._dt: Callable[[Any], Any] = dt or (lambda v: v)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
-        self._sql = {
-            name: translog.driver_text(text, self._qmark)
-            for name, text in (
-                ("redeem", _REDEEM),
-                ("cert", _INSERT_CERT),
-                ("event", _INSERT_EVENT),
-            )
-        }
+        # the statements in the driver's placeholders
+        self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
+        self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
+        self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._group: GroupCommit[IssuanceWrite, int] = GroupCommit(self._write_group)
 
     def commit(self, item: IssuanceWrite) -> int:
@@ -307,13 +303,13 @@ class IssuanceWriter:
         dt = self._dt
         if item.code_hash is not None:
             now = dt(item.now)
-            cur.execute(self._sql["redeem"], (now, item.code_hash, now))
+            cur.execute(self._redeem_sql, (now, item.code_hash, now))
             if cur.rowcount != 1:
                 raise InvalidCode("this enrollment code was already used")
         rec = item.record
         try:
             cur.execute(
-                self._sql["cert"],
+                self._insert_cert_sql,
                 (
                     rec.serial_hex,
                     rec.issuer_id,
@@ -349,6 +345,6 @@ class IssuanceWriter:
             ev.application_id,
             details,
         )
-        cur.execute(self._sql["event"], (self._dt(ev.at), *values[1:]))
+        cur.execute(self._insert_event_sql, (self._dt(ev.at), *values[1:]))
         (event_id,) = cur.fetchone()
         return StoredEvent(int(event_id), *values)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +36,9 @@ from ca.records import (
     StatusRecord,
     StatusState,
 )
+
+if TYPE_CHECKING:
+    from ca.groupwrite import IssuanceWriter
 
 READ_ONLY = "eport_read_only"
 """Execution option of connections that only read (SQLite: a deferred transaction)."""
@@ -604,7 +607,7 @@ class SqlStore:
         self.session_factory = session_factory
         self.event_sinks = event_sinks
         self.dbapi = DbapiReads(session_factory)
-        self._writer: Any = None
+        self._writer: IssuanceWriter | None = None
         self._writer_lock = threading.Lock()
 
     def bind(self, engine: Engine) -> None:
@@ -670,22 +673,23 @@ class SqlStore:
 
     def commit_issuance(self, item: IssuanceWrite) -> int:
         """Group commit on raw DBAPI connections (:mod:`ca.groupwrite`) when the only event
-        sink is the Merkle log (or there is none); else one session transaction."""
-        from ca import groupwrite, translog
+        sink is the Merkle log (or there is none); else one session transaction, so that
+        every other sink still sees each event."""
+        writer = self._writer or self._make_writer()
+        return writer.commit(item) if writer is not None else self.commit_by_session(item)
 
-        if self._writer is None:
-            with self._writer_lock:  # one writer (one group queue) per store
-                if self._writer is None:
-                    logged = self.event_sinks == (translog.append_event,)
-                    if logged or not self.event_sinks:
-                        self._writer = groupwrite.IssuanceWriter(
-                            self.dbapi.engine(), self.commit_by_session, log=logged
-                        )
-                    else:
-                        self._writer = False
-        if self._writer is False:
-            return self.commit_by_session(item)
-        return int(self._writer.commit(item))
+    def _make_writer(self) -> IssuanceWriter | None:
+        from ca import groupwrite, translog  # they import this module
+
+        logged = self.event_sinks == (translog.append_event,)
+        if not logged and self.event_sinks:
+            return None
+        with self._writer_lock:  # one writer (one group queue) per store
+            if self._writer is None:
+                self._writer = groupwrite.IssuanceWriter(
+                    self.dbapi.engine(), self.commit_by_session, log=logged
+                )
+            return self._writer
 
     def commit_by_session(self, item: IssuanceWrite) -> int:
         """:meth:`commit_issuance` in one session transaction, through the event sinks."""

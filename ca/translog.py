@@ -130,7 +130,7 @@ class CursorSql:
 
     def rows(self, sql: str, params: tuple[Any, ...], /) -> Iterable[Sequence[Any]]:
         self._cur.execute(sql, params)
-        return list(self._cur.fetchall())
+        return self._cur.fetchall()  # type: ignore[no-any-return]
 
     def run(self, sql: str, params: Any, /) -> None:
         if isinstance(params, list):
@@ -159,8 +159,10 @@ class SqlTreeStore:
         self, source: Session | scoped_session[Session] | DriverSql, size: int | None = None
     ) -> None:
         # A session (plain or Flask-SQLAlchemy's scoped one), or driver SQL already.
-        sql = getattr(source, "qmark", None) is not None
-        self._sql: DriverSql = source if sql else ConnectionSql(source.connection())  # type: ignore[assignment,union-attr]
+        if isinstance(source, Session | scoped_session):
+            self._sql: DriverSql = ConnectionSql(source.connection())
+        else:
+            self._sql = source
         self._size = size
         self._known: dict[NodeKey, bytes] = {}
 
