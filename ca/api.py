@@ -110,14 +110,20 @@ def cert_json(rec: CertificateRecord, *, with_pem: bool = False) -> dict[str, An
         "application_id": rec.application_id,
     }
     if with_pem:
-        pem = base64.encodebytes(rec.der).decode()
-        out["certificate"] = f"-----BEGIN CERTIFICATE-----\n{pem}-----END CERTIFICATE-----\n"
+        out["certificate"] = certificate_pem(rec.der)
     return out
 
 
+def certificate_pem(der: bytes) -> str:
+    """RFC 7468 PEM of a DER certificate (64-character lines), from the stored bytes: no
+    second DER encoding of the certificate object."""
+    b64 = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
 def issued_json(issued: Issued) -> dict[str, Any]:
-    out = cert_json(issued.record)
-    out["certificate"] = issued.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    out = cert_json(issued.record, with_pem=True)
     out["chain"] = issued.chain_pem()
     return out
 

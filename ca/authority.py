@@ -492,7 +492,8 @@ class JointCA:
         now = self.clock()
         # Checked before anything is linted or signed, outside any transaction; the
         # redemption below, which commits with the certificate, decides again.
-        rec, app, holder = self.store.enrollment_facts(code_hash, spki_sha256(public_key))
+        spki = spki_sha256(public_key)
+        rec, app, holder = self.store.enrollment_facts(code_hash, spki)
         if rec is None:
             raise InvalidCode("unknown enrollment code")
         if rec.used_at is not None:
@@ -507,7 +508,7 @@ class JointCA:
         _refuse_certified_key([holder] if holder else [], app.id)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
-        record = certificate_record(cert, issuer.id, profile.name, app)
+        record = certificate_record(cert, issuer.id, profile.name, app, spki)
         event = _issued_event(EventType.CERTIFICATE_ISSUED, "enrollment-code", record, now)
         self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
         return Issued(record, cert, self._chain(issuer))
@@ -592,8 +593,13 @@ def _display_name(vetted: Mapping[str, str]) -> str:
 
 
 def certificate_record(
-    cert: x509.Certificate, issuer_id: str, profile: str, app: Application | None
+    cert: x509.Certificate,
+    issuer_id: str,
+    profile: str,
+    app: Application | None,
+    spki: str | None = None,
 ) -> CertificateRecord:
+    """The record of ``cert``; ``spki``: its key's SHA-256 when the caller has it already."""
     der = cert.public_bytes(serialization.Encoding.DER)
     return CertificateRecord(
         serial=cert.serial_number,
@@ -602,7 +608,7 @@ def certificate_record(
         application_id=app.id if app else None,
         uscc=app.uscc if app else None,
         subject=dn_string(cert.subject),
-        spki_sha256=spki_sha256(cert.public_key()),
+        spki_sha256=spki or spki_sha256(cert.public_key()),
         cert_sha256=hashlib.sha256(der).hexdigest(),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,

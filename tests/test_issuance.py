@@ -343,3 +343,13 @@ def test_unlinted_certificates_are_signed_and_checked_the_same_way(
     wrong = IssuingCA("enterprise", issuer.certificate, SoftwareSigner(KeyType.P256.generate()))
     with pytest.raises(LintFailed, match="does not verify"):
         unlinted.issue(profile, wrong, public_key, VETTED, NOW)
+
+
+def test_certificate_pem_is_rfc7468_as_cryptography_writes_it(pki: hierarchy.Hierarchy) -> None:
+    """The CA's answers build PEM from the stored DER (64-character lines, RFC 7468): the
+    same text ``cryptography`` writes, for every certificate of the hierarchy."""
+    from ca.api import certificate_pem
+
+    for cert in (pki.root, *(i.certificate for i in pki.issuers.values())):
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        assert certificate_pem(cert.public_bytes(serialization.Encoding.DER)) == pem
