@@ -64,6 +64,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def dev_credentials(dev: Path, role: str, agency: str = "customs") -> list[str]:
+    """The CLI flags of a development credential under ``dev`` (``eport serve --dev``):
+    ``role`` is ``officer`` or ``auditor``."""
+    d = dev / f"{role}s" / agency
+    return [
+        "--cert",
+        str(d / f"{role}.pem"),
+        "--key",
+        str(d / f"{role}.key"),
+        "--passphrase-file",
+        str(d / "DEV-ONLY-passphrase.txt"),
+    ]
+
+
 @dataclass
 class Server:
     url: str
@@ -76,15 +90,10 @@ class Server:
         return self.data_dir / "dev"
 
     def officer(self, agency: str = "customs") -> list[str]:
-        d = self.dev / "officers" / agency
-        return [
-            "--cert",
-            str(d / "officer.pem"),
-            "--key",
-            str(d / "officer.key"),
-            "--passphrase-file",
-            str(d / "DEV-ONLY-passphrase.txt"),
-        ]
+        return dev_credentials(self.dev, "officer", agency)
+
+    def auditor(self, agency: str = "customs") -> list[str]:
+        return dev_credentials(self.dev, "auditor", agency)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}

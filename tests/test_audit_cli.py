@@ -58,26 +58,14 @@ def fresh_uscc() -> str:
     return body + check_character(body)
 
 
-def auditor(server: Server, agency: str = "customs") -> list[str]:
-    d = server.dev / "auditors" / agency
-    return [
-        "--cert",
-        str(d / "auditor.pem"),
-        "--key",
-        str(d / "auditor.key"),
-        "--passphrase-file",
-        str(d / "DEV-ONLY-passphrase.txt"),
-    ]
-
-
 def asker(server: Server) -> list[str]:
     """The auditor's identity as ``eport audit prove`` takes it (--as-cert)."""
-    return ["--as-cert", *auditor(server)[1:]]
+    return ["--as-cert", *server.auditor()[1:]]
 
 
 def verify(server: Server, state: Path, *extra: str, check: bool = True, **env: str) -> Any:
     return server.eport(
-        "audit", "verify", "--state", str(state), *auditor(server), *extra, check=check, **env
+        "audit", "verify", "--state", str(state), *server.auditor(), *extra, check=check, **env
     )
 
 
@@ -292,7 +280,7 @@ def test_enterprise_reads_only_its_own(
 def test_log_filters_and_exports(
     server: Server, issued: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    who = auditor(server)
+    who = server.auditor()
     table = server.eport(
         "audit", "log", *who, "--type", "certificate.issued", "--limit", "3"
     ).stdout

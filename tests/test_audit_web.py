@@ -32,7 +32,7 @@ from ca.records import Event, EventType
 from ca.store import SqlStore
 from cli import auditproof
 from tests.conftest import REPO, Server, need
-from tests.test_audit_cli import auditor, enroll_concurrently
+from tests.test_audit_cli import enroll_concurrently
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -111,7 +111,7 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
     assert "eport audit web-login" in page.content()
     assert "Seeded history" not in page.content()
 
-    url = login_url(server, *auditor(server))
+    url = login_url(server, *server.auditor())
     resp = page.goto(url)
     assert resp.ok and page.url == server.url + "/audit/"
     csp = resp.headers.get("content-security-policy", "")

@@ -34,7 +34,7 @@ from ca.devinit import ensure_dev_ca
 from ca.keys import KeyType
 from cli import keyfiles
 from cli.client import CAClient
-from tests.conftest import EPORT, Postgres, Server, start_server, stop
+from tests.conftest import EPORT, Postgres, Server, dev_credentials, start_server, stop
 from tests.helpers import assert_no_secret, enroll_enterprise, fresh_uscc
 
 ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
@@ -76,18 +76,6 @@ def refused(res: subprocess.CompletedProcess[str], *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-def auditor(dev: Path) -> list[str]:
-    d = dev / "auditors" / "customs"
-    return [
-        "--cert",
-        str(d / "auditor.pem"),
-        "--key",
-        str(d / "auditor.key"),
-        "--passphrase-file",
-        str(d / "DEV-ONLY-passphrase.txt"),
-    ]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -225,7 +213,7 @@ def verify_full(url: str, dev: Path, state: Path, since: Path) -> dict[str, Any]
         str(since),
         "--state",
         str(state),
-        *auditor(dev),
+        *dev_credentials(dev, "auditor"),
         "--json",
     )
     doc = json.loads(res.stdout)
@@ -241,7 +229,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
             enroll_enterprise(srv, tmp_path, f"Backup Trading {i} Co., Ltd.")
         # What auditors were shown before the backup: a state file and the raw note.
         state = tmp_path / "auditor-state.json"
-        srv.eport("audit", "verify", "--state", str(state), *auditor(srv.dev))
+        srv.eport("audit", "verify", "--state", str(state), *srv.auditor())
         before = tmp_path / "before.checkpoint"
         before.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
 
@@ -419,7 +407,7 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
     try:
         enroll_enterprise(srv, tmp_path, "Postgres Backup Co., Ltd.")
         state = tmp_path / "auditor-state.json"
-        srv.eport("audit", "verify", "--state", str(state), *auditor(srv.dev))
+        srv.eport("audit", "verify", "--state", str(state), *srv.auditor())
         before = tmp_path / "before.checkpoint"
         before.write_text(json.loads(state.read_text())["checkpoint"])
         archive = tmp_path / "pg.tar.gz"

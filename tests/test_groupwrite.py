@@ -62,13 +62,15 @@ def test_group_commit_writes_what_queued_while_the_leader_wrote() -> None:
 
     gc: GroupCommit[int, int] = GroupCommit(write)
     results: dict[int, Any] = {}
+    early: list[int] = []  # callers that returned before their group was written
 
     def call(i: int) -> None:
         try:
             results[i] = gc.submit(i)
         except ValueError as exc:
             results[i] = exc
-        assert i in written  # returned only after its group was written
+        if i not in written:
+            early.append(i)
 
     first = threading.Thread(target=call, args=(1,))
     first.start()
@@ -83,7 +85,7 @@ def test_group_commit_writes_what_queued_while_the_leader_wrote() -> None:
     release.set()
     for t in [first, *others]:
         t.join(10)
-    assert groups[0] == [1]
+    assert early == [] and groups[0] == [1]
     assert sorted(groups[1]) == list(range(2, 12)) and len(groups) == 2
     for i in range(1, 12):
         if i % 5 == 0:

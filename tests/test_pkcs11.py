@@ -14,6 +14,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -350,6 +351,16 @@ def test_server_with_keys_in_the_token(
     no_pin_in_logs_or_data(hsm_server)
 
 
+def approved(env: dict[str, str], officer: Path, name: str) -> dict[str, Any]:
+    """An enterprise application made and approved through the CLI: the RA's grant."""
+    app = json.loads(run("apply", "--uscc", fresh_uscc(), "--name", name, "--json", env=env).stdout)
+    cert, key = str(officer / "officer.pem"), str(officer / "officer.key")
+    res = run("ra", "approve", app["id"], "--cert", cert, "--key", key, "--json", env=env)
+    grant = json.loads(res.stdout)
+    assert isinstance(grant, dict)
+    return grant
+
+
 def issue_status_login(hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path) -> None:
     srv, out = hsm_server
     assert "held in a PKCS#11 token: the CA starts unsealed" in srv.log.read_text()
@@ -358,22 +369,7 @@ def issue_status_login(hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
         assert key_file.read_bytes().startswith(b"PKCS11 "), key_file
     env = {**srv.env(EPORT_PASSPHRASE="officer passphrase"), **hsm.env()}
     officer = out / "officers" / "customs"
-    app = json.loads(
-        run("apply", "--uscc", fresh_uscc(), "--name", "Token Co.", "--json", env=env).stdout
-    )
-    grant = json.loads(
-        run(
-            "ra",
-            "approve",
-            app["id"],
-            "--cert",
-            str(officer / "officer.pem"),
-            "--key",
-            str(officer / "officer.key"),
-            "--json",
-            env=env,
-        ).stdout
-    )
+    grant = approved(env, officer, "Token Co.")
     ent = tmp_path / "ent"
     res = run(
         "enroll",
@@ -458,22 +454,7 @@ def errors_are_one_line_and_change_nothing(
     env = {**srv.env(EPORT_PASSPHRASE="officer passphrase"), **hsm.env()}
     ent = tmp_path / "ent"
     officer = out / "officers" / "tax"
-    app = json.loads(
-        run("apply", "--uscc", fresh_uscc(), "--name", "Token Two Co.", "--json", env=env).stdout
-    )
-    grant = json.loads(
-        run(
-            "ra",
-            "approve",
-            app["id"],
-            "--cert",
-            str(officer / "officer.pem"),
-            "--key",
-            str(officer / "officer.key"),
-            "--json",
-            env=env,
-        ).stdout
-    )
+    grant = approved(env, officer, "Token Two Co.")
     before = _objects(hsm, "eport-ent")
 
     def refused(*args: str, message: str, extra: dict[str, str] | None = None) -> None:
