@@ -31,6 +31,7 @@ from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, S
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError
 from ca.policy import load_policies
+from ca.problems import EXTENSION as PROBLEMS
 from ca.problems import install_problem_handlers
 from ca.signedreq import TrustAnchors
 from ca.store import configure_engine
@@ -214,7 +215,7 @@ def _install_fast_paths(app: Flask) -> None:
             return None if caller is None else s.tokens.introspect(token, caller)
 
     app.wsgi_app = fastpath.fast_path(  # type: ignore[method-assign,assignment]
-        app.wsgi_app, answer, introspect
+        app.wsgi_app, answer, introspect, app.extensions[PROBLEMS]
     )
 
 

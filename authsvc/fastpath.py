@@ -26,7 +26,8 @@ from authsvc.principal import Principal, x5t_s256
 from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificate
 from authsvc.service import TokenService
 from authsvc.tokens import InvalidToken
-from ca.errors import EPortError, server_error_problem
+from ca.errors import EPortError
+from ca.problems import PROBLEM_JSON, ErrorAnswers
 from ca.signedreq import TrustAnchors
 
 VALIDATE_PATH = "/auth/validate"
@@ -174,12 +175,14 @@ def _forwarded_form(environ: dict[str, Any]) -> bytes | None:
     return body
 
 
-def _server_error(start_response: Callable[..., Any], what: str) -> Iterable[bytes]:
-    log.exception("unexpected error on %s", what)
-    body = json.dumps(server_error_problem()).encode()
+def _server_error(
+    start_response: Callable[..., Any], errors: ErrorAnswers, method: str, path: str
+) -> Iterable[bytes]:
+    """The 500 Flask's handler would send (logged, nothing of the cause in the body)."""
+    _, body = errors.unexpected(method, path)
     start_response(
         "500 INTERNAL SERVER ERROR",
-        [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))],
+        [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))],
     )
     return [body]
 
@@ -188,6 +191,7 @@ def fast_path(
     inner: WSGIApp,
     answer: Callable[[Headers, str | None], Answer],
     introspect: Callable[[Headers, str | None, str], dict[str, Any] | None],
+    errors: ErrorAnswers,
 ) -> WSGIApp:
     """A WSGI app that answers ``GET /auth/validate`` with ``answer`` and ``POST
     /auth/introspect`` from a forwarded client certificate with ``introspect``; every
@@ -208,7 +212,7 @@ def fast_path(
             except EPortError:
                 result = None  # Flask answers it, with the problem it deserves
             except Exception:
-                return _server_error(start_response, f"POST {INTROSPECT_PATH}")
+                return _server_error(start_response, errors, "POST", INTROSPECT_PATH)
             if result is None:
                 return inner(environ, start_response)
             out = json_body(result)
@@ -219,7 +223,7 @@ def fast_path(
         try:
             a = answer(_EnvironHeaders(environ), environ.get("REMOTE_ADDR"))
         except Exception:
-            return _server_error(start_response, f"GET {VALIDATE_PATH}")
+            return _server_error(start_response, errors, "GET", VALIDATE_PATH)
         start_response(
             _STATUS[a.status],
             [*a.headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "0")],

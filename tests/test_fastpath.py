@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 from authsvc.fastpath import Answer, fast_path
-from ca.errors import Forbidden
+from ca.errors import Forbidden, server_error_problem
+from ca.problems import ErrorAnswers
 
 CERT = ":AAAA:"
+ERRORS = ErrorAnswers(json.dumps, "the server failed")
 
 
 def call(app: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[str, bytes]:
@@ -43,7 +45,8 @@ def test_answers_what_it_can_and_leaves_the_rest_to_flask() -> None:
             raise Forbidden("not a registered service")
         return None if token == "no-cert" else {"active": True, "sub": "op:x"}
 
-    app = fast_path(inner, lambda _h, _a: Answer(200, [("X-Eport-Subject", "op:x")]), introspect)
+    answer = lambda _h, _a: Answer(200, [("X-Eport-Subject", "op:x")])  # noqa: E731
+    app = fast_path(inner, answer, introspect, ERRORS)
     status, body = call(app, "POST", "/auth/introspect", b"token=tok", CLIENT_CERT=CERT)
     assert status == "200 OK" and json.loads(body) == {"active": True, "sub": "op:x"}
     for token in ("refused", "no-cert"):  # Flask answers, and gets the body intact
@@ -72,11 +75,13 @@ def test_an_unexpected_failure_is_a_500_problem_not_a_second_try() -> None:
     def broken(*_a: Any) -> Any:
         raise RuntimeError("database gone")
 
-    app = fast_path(counting_inner, broken, broken)
+    app = fast_path(counting_inner, broken, broken, ERRORS)
     for method, path, body in (
         ("GET", "/auth/validate", b""),
         ("POST", "/auth/introspect", b"token=t"),
     ):
         status, out = call(app, method, path, body, CLIENT_CERT=CERT)
         assert status.startswith("500") and json.loads(out)["status"] == 500
+        # the body Flask's handler sends: the app's detail, nothing of the cause
+        assert json.loads(out) == server_error_problem("the server failed")
     assert calls["flask"] == 0
