@@ -14,11 +14,20 @@ the others commit. The log entries of the group are appended after the last save
 in one pass over the tree. No thread returns before the ``COMMIT`` of its group is
 durable: a certificate is never handed out before it, its event and its log entry are
 on disk, and if the ``COMMIT`` fails, every issuance of the group fails with nothing
-stored. On SQLite the group commits without syncing, releases the write lock, and then
-syncs the write-ahead log (:meth:`IssuanceWriter._sync_wal`): the next group does not
-wait for this one's disk flush, and the flushes of several processes overlap. If that
-sync fails, every issuance of the group fails too; its rows may then be stored without
-a certificate having been handed out, as when a client loses the answer.
+stored.
+
+On SQLite the group commits with ``synchronous=NORMAL`` (SQLite writes the WAL but does
+not sync it at ``COMMIT``), releases the write lock, and then has the write-ahead log
+synced (:class:`WalSync`): the next group does not wait for this one's disk flush while
+holding the lock. The writers of a host share their flushes: one covers every group
+committed before it began, so a group that another process's flush covered returns
+without one of its own. If the sync fails, every issuance of the group fails too; its
+rows may then be stored without a certificate having been handed out, as when a client
+loses the answer. Durability is prefix-closed: the WAL is one file written in order, so
+a flush that covers a transaction covers every transaction committed before it, and
+SQLite syncs the WAL before it checkpoints frames into the database (and the database
+after), so frames a checkpoint moved are durable already. Other writers keep
+``synchronous=FULL``.
 
 :class:`WriterLock` queues this host's writers of a SQLite file on an ``flock`` before
 they ask SQLite for its write lock: a writer that finds SQLite's lock taken sleeps 1, 2,
@@ -29,8 +38,10 @@ on SQLite's busy timeout, as before; PostgreSQL queues on the log head's row loc
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -150,6 +161,90 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+class WalSync:
+    """The flushes (``fsync``) of one SQLite write-ahead log, shared by this host's writers.
+
+    A flush of the WAL makes durable every frame written to it before the flush began,
+    whichever process wrote it. Writers count their commits in a small shared file
+    (``state``, two 64-bit counters, memory-mapped): :meth:`committed` is called under
+    the write lock right after a ``COMMIT`` and returns that commit's number;
+    :meth:`sync` makes commit ``seq`` durable. The syncing writers queue on an ``flock``
+    of the same file: the first reads how many commits there are, flushes, and records
+    that number as synced; a writer it covered finds its number synced when its turn
+    comes and returns without flushing. While one flush runs, the commits that land
+    meanwhile are covered by the next one alone.
+
+    The counters only grow: a commit counted is in the WAL (its ``write`` returned), and
+    ``synced`` is only raised to a count read before a flush that then succeeded. After a
+    crash the file keeps its counts, and a new commit's number is above every synced one.
+    The counters are aligned 64-bit words, each written by one process at a time (the
+    commit count under the write lock, the synced count under the sync lock); a reader
+    of the commit count takes it once two reads agree.
+    """
+
+    def __init__(self, wal: Path, state: Path) -> None:
+        self.wal = wal
+        self.state = state
+        self._pid = 0
+        self._fd = -1
+        self._map: mmap.mmap | None = None
+        self._commits: ctypes.c_uint64 | None = None
+        self._synced: ctypes.c_uint64 | None = None
+        self._threads = threading.Lock()
+
+    def _open(self) -> tuple[int, ctypes.c_uint64, ctypes.c_uint64]:
+        if self._pid != os.getpid() or self._commits is None or self._synced is None:
+            fd = os.open(self.state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(fd).st_size < 16:
+                os.ftruncate(fd, 16)  # zeros: nothing committed, nothing synced
+            self._map = mmap.mmap(fd, 16)
+            self._fd, self._pid = fd, os.getpid()
+            self._commits = ctypes.c_uint64.from_buffer(self._map, 0)
+            self._synced = ctypes.c_uint64.from_buffer(self._map, 8)
+        return self._fd, self._commits, self._synced
+
+    def committed(self) -> int:
+        """Count a commit just made (call under the write lock); its number."""
+        _, commits, _ = self._open()
+        commits.value += 1
+        return commits.value
+
+    def sync(self, seq: int) -> bool:
+        """Return once commit ``seq`` is durable; whether this call flushed the WAL."""
+        with self._threads:
+            fd, commits, synced = self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if synced.value >= seq:
+                    return False  # a flush that began after our commit has ended
+                target = commits.value
+                while (again := commits.value) != target:
+                    target = again
+                _fsync_wal(self.wal)
+                if target > synced.value:
+                    synced.value = target
+                return True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _fsync_wal(wal: Path) -> None:
+    """Flush the WAL (or, when it is gone, the database file it was checkpointed to).
+
+    ``fdatasync``, as SQLite itself syncs its files on Linux: it writes the data and the
+    metadata needed to read it back (the size), not the modification time."""
+    for path in (wal, wal.with_name(wal.name.removesuffix("-wal"))):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # no WAL: every frame was checkpointed (and synced) already
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return
+
+
 class _NoLogHead(Exception):
     """The log has no head row yet: its first append goes the session's way, which
     creates it (and logs the events that predate the log)."""
@@ -190,7 +285,9 @@ class IssuanceWriter:
         database = engine.url.database if self._sqlite else None
         on_disk = bool(database) and database != ":memory:"
         self.lock = WriterLock(Path(f"{database}.writelock") if on_disk else None)
-        self._wal = Path(f"{database}-wal") if on_disk else None
+        self.wal_sync = (
+            WalSync(Path(f"{database}-wal"), Path(f"{database}.walsync")) if on_disk else None
+        )
         dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
         self._dt: Callable[[Any], Any] = dt or (lambda v: v)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
@@ -208,8 +305,9 @@ class IssuanceWriter:
     def _write_group(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
         try:
             with self.lock.held():
-                written = self._transaction(items)
-            self._sync_wal()  # durable before anyone of the group is answered
+                written, seq = self._transaction(items)
+            if seq is not None and self.wal_sync is not None:
+                self.wal_sync.sync(seq)  # durable before anyone of the group is answered
             return written
         except _NoLogHead:
             pass
@@ -221,13 +319,17 @@ class IssuanceWriter:
                 out.append(exc)
         return out
 
-    def _transaction(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
+    def _transaction(
+        self, items: Sequence[IssuanceWrite]
+    ) -> tuple[list[int | BaseException], int | None]:
+        """Write ``items`` in one transaction and commit it: the outcomes, and on SQLite the
+        commit's number for :meth:`WalSync.sync` (the commit is not durable before it)."""
         raw = self._engine.raw_connection()
         try:
             cur = raw.cursor()
             if self._sqlite:
-                # The COMMIT writes the WAL without syncing it; _sync_wal does, after
-                # the write lock is released (see _sync_wal).
+                # The COMMIT writes the WAL without syncing it; WalSync.sync does, after
+                # the write lock is released (see the module's notes).
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("BEGIN IMMEDIATE")
             sql = translog.CursorSql(cur, self._qmark)
@@ -255,7 +357,7 @@ class IssuanceWriter:
                 translog.append_entries(sql, size, events)
             self._commit(raw, cur)
             cur.close()
-            return out
+            return out, (self.wal_sync.committed() if self.wal_sync is not None else None)
         except BaseException:
             raw.rollback()
             raise
@@ -266,32 +368,6 @@ class IssuanceWriter:
                 except Exception:
                     raw.invalidate()  # never back into the pool without its sync
             raw.close()  # back to the pool
-
-    def _sync_wal(self) -> None:
-        """Make the group's COMMIT durable: ``fsync`` SQLite's write-ahead log.
-
-        The transaction was committed with ``synchronous=NORMAL`` (SQLite writes the WAL
-        but does not sync it at COMMIT), and the write lock was released before this
-        sync, so the next group does not wait for our disk flush while holding it, and
-        concurrent flushes of several processes share the file system's journal commit.
-        Nothing is answered before this returns. Durability is prefix-closed: the WAL is
-        one file written in order, so a flush that covers a transaction covers every
-        transaction committed before it, and SQLite syncs the WAL before it checkpoints
-        frames into the database (and the database after), so frames a checkpoint moved
-        are durable already. Other writers keep ``synchronous=FULL``.
-        """
-        if not self._sqlite or self._wal is None:
-            return
-        for path in (self._wal, self._wal.with_name(self._wal.name.removesuffix("-wal"))):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # no WAL: every frame was checkpointed (and synced) already
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return
 
     def _commit(self, raw: Any, cur: Any) -> None:
         if self._sqlite:

@@ -130,6 +130,75 @@ def test_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
     assert float(out) >= 0.4
 
 
+def test_wal_sync_shares_one_flush_among_the_commits_it_covers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush covers every commit counted before it began, whoever counted it: a writer
+    whose commit another writer's flush covered does not flush again; one counted after
+    it does. A failed flush marks nothing synced. The counts survive a restart."""
+    import os
+
+    wal = tmp_path / "db-wal"
+    wal.write_bytes(b"frames")
+    flushed: list[str] = []
+    real_fsync = os.fdatasync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    a = groupwrite.WalSync(wal, tmp_path / "db.walsync")
+    b = groupwrite.WalSync(wal, tmp_path / "db.walsync")  # another writer, its own lock file
+    first, second = a.committed(), b.committed()
+    assert (first, second) == (1, 2)
+    assert b.sync(second) is True  # flushes both commits
+    assert a.sync(first) is False  # covered by b's flush: no flush of its own
+    assert flushed == [str(wal)]
+    third = a.committed()  # after b's flush: not covered by it
+    assert a.sync(third) is True and flushed == [str(wal)] * 2
+    flushed.clear()
+
+    def failing(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    fourth = b.committed()
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        b.sync(fourth)
+    monkeypatch.setattr(os, "fdatasync", spy)
+    assert b.sync(fourth) is True and flushed == [str(wal)]  # the failure marked nothing
+    restarted = groupwrite.WalSync(wal, tmp_path / "db.walsync")
+    assert restarted.committed() == fourth + 1
+    assert restarted.sync(fourth) is False  # synced before the restart
+    assert restarted.sync(fourth + 1) is True
+
+
+def test_wal_sync_is_shared_between_processes(tmp_path: Path) -> None:
+    """The counts live in the shared file: a child process's flush, begun after our commit
+    was counted, covers it."""
+    import subprocess
+    import sys
+
+    ours = groupwrite.WalSync(tmp_path / "db-wal", tmp_path / "db.walsync")
+    (tmp_path / "db-wal").write_bytes(b"frames")
+    seq = ours.committed()
+    child = (
+        "import sys\nfrom pathlib import Path\nfrom ca.groupwrite import WalSync\n"
+        "w = WalSync(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+        "n = w.committed(); print(n, w.sync(n))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "db-wal"), str(tmp_path / "db.walsync")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    assert out.split() == [str(seq + 1), "True"]
+    assert ours.sync(seq) is False
+
+
 # -- real enrollments, grouped --------------------------------------------------------------
 
 
@@ -347,7 +416,7 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
     c1, c2 = codes(ca, 2)
     synced: list[tuple[str, int, bool]] = []
     returned = False
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync
 
     def spy(fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
@@ -356,7 +425,7 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
         real_fsync(fd)
 
     before = count(sessions, CertificateRow)
-    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(os, "fdatasync", spy)
     issued = ca.enroll(c1, "enterprise", csr_pem(KeyType.P256.generate()))
     returned = True
     assert [(Path(p).name, n, r) for p, n, r in synced] == [("eport.db-wal", before + 1, False)]
@@ -365,10 +434,10 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
     def failing(_fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing)
     with pytest.raises(OSError, match="Input/output"):
         ca.enroll(c2, "enterprise", csr_pem(KeyType.P256.generate()))
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fdatasync", real_fsync)
 
     engine = sessions.kw["bind"]
     raws = [engine.raw_connection() for _ in range(engine.pool.size())]  # every pooled one
