@@ -81,7 +81,15 @@ def instrument() -> None:
     _timed(w, "_write_one", "    code, certificate and event rows")
     _timed(ca.translog, "append_entries", "    Merkle log append")
     _timed(w, "_commit", "    COMMIT")
-    _timed(w, "_sync_wal", "  fsync of the WAL (after the write lock)")
+    _timed(w, "_sync_wal", "  fsync of the WAL (after the write lock)")  # before WalSync
+    sync = getattr(ca.groupwrite, "WalSync", None)
+    if sync is not None:
+        _timed(sync, "sync", "  flush of the WAL (after the write lock)")
+    _timed(ca.issuance.CertificateFactory, "tbs_builder", "    subject and extensions")
+    _timed(ca.authority, "certificate_record", "  the certificate's record")
+    import ca.api
+
+    _timed(ca.api, "issued_json", "the answer's JSON document")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -848,6 +848,195 @@ def enroll_cpu(mint: CodeMint, n: int) -> tuple[float, float]:
     return own / n, max(0.0, busy - own) / (time.monotonic() - t0)
 
 
+@dataclass
+class Floor:
+    """CPU seconds per enrollment of the work this design cannot skip, by part."""
+
+    csr: float = 0.0
+    sign: float = 0.0
+    verify: float = 0.0
+    store: float = 0.0
+    flush: float = 0.0
+    """Of ``store``: the WAL's ``fdatasync``."""
+
+    @property
+    def total(self) -> float:
+        return self.csr + self.sign + self.verify + self.store
+
+    def describe(self) -> str:
+        return (
+            f"CSR parse and proof of possession {1000 * self.csr:.3f}, sign "
+            f"{1000 * self.sign:.3f}, verify under the issuer {1000 * self.verify:.3f}, "
+            f"SQL {1000 * (self.store - self.flush):.3f} and WAL flush {1000 * self.flush:.3f} ms"
+        )
+
+
+def floor_cpu(mint: CodeMint, n: int) -> Floor:
+    """The least CPU one enrollment of this design costs, whatever the code around it.
+
+    Each part is only the library call that does it, timed on its own over ``n``
+    enrollments (CPU time):
+
+    - the CSR: ``load_pem_x509_csr`` and its signature check, on fresh CSRs;
+    - the signature: ``CertificateBuilder.sign`` with the issuing CA's key, on builders the
+      factory made beforehand (untimed: building the subject and extensions is glue);
+    - the check of the signed certificate under the issuer (``verify_directly_issued_by``);
+    - the storage, with the ``sqlite3`` module alone on a copy of the CA's database: the
+      pre-signing reads (the code with its application, the key's holders), then one
+      transaction (``BEGIN IMMEDIATE``, redeem the code, insert the certificate, its event
+      and its log entry, the leaf and the subtrees it completes, move the log head,
+      ``COMMIT``) and an ``fdatasync`` of the WAL, with the log's right edge in memory.
+
+    Nothing here is JSON, HTTP, records or objects of ours: it bounds what any handler in
+    this language and stack, calling these libraries, spends per enrollment.
+    """
+    import hashlib
+
+    from ca.authority import hash_code
+    from ca.signer import in_memory_key
+
+    factory = mint.authority.factory
+    profile = mint.policies.profile("enterprise")
+    issuer = mint.authority.issuers[profile.issuer]
+    key = in_memory_key(issuer.signer)
+    if key is None:
+        raise RuntimeError("the floor needs the issuing key in memory (the dev CA's is)")
+    algorithm = issuer.signer.key_type.hash_algorithm
+    codes = mint.codes(n)
+    pems = [c.encode() for c in make_csrs(n, "floor")]
+    now = datetime.datetime.now(datetime.UTC)
+    floor = Floor()
+
+    start = time.process_time()
+    csrs = [x509.load_pem_x509_csr(pem) for pem in pems]
+    if not all(csr.is_signature_valid for csr in csrs):
+        raise RuntimeError("a floor CSR does not verify")
+    floor.csr = (time.process_time() - start) / n
+
+    builders = [
+        factory.tbs_builder(
+            profile,
+            issuer,
+            csr.public_key(),
+            {"uscc": bench_uscc(i), "legal_name": f"Bench Trading Co. {i}"},
+            x509.random_serial_number(),
+            now,
+        )
+        for i, csr in enumerate(csrs)
+    ]
+    start = time.process_time()
+    certs = [b.sign(key, algorithm) for b in builders]
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+    floor.sign = (time.process_time() - start) / n
+    start = time.process_time()
+    for cert in certs:
+        cert.verify_directly_issued_by(issuer.certificate)
+    floor.verify = (time.process_time() - start) / n
+
+    copy_path = mint.db_path.with_name("floor.db")
+    with (
+        contextlib.closing(sqlite3.connect(mint.db_path)) as src,
+        contextlib.closing(sqlite3.connect(copy_path)) as dst,
+    ):
+        src.backup(dst)
+    db = sqlite3.connect(copy_path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # the flush below is the commit's sync
+        (size,) = db.execute("SELECT size FROM log_head").fetchone()
+        wal = f"{copy_path}-wal"
+        hashes_ = [hash_code(c) for c in codes]
+        at = now.isoformat(sep=" ")
+        node = hashlib.sha256
+        start = time.process_time()
+        for i, (code_hash, cert, der) in enumerate(zip(hashes_, certs, ders, strict=True)):
+            spki = f"{i:064x}"
+            db.execute(
+                "SELECT c.application_id, c.profiles, c.expires_at, c.used_at, a.uscc, a.vetted"
+                " FROM enrollment_codes c JOIN applications a ON a.id = c.application_id"
+                " WHERE c.code_hash = ?",
+                (code_hash,),
+            ).fetchone()
+            db.execute(
+                "SELECT serial, application_id FROM certificates WHERE spki_sha256 = ?", (spki,)
+            ).fetchall()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "UPDATE enrollment_codes SET used_at = ? WHERE code_hash = ?"
+                " AND used_at IS NULL AND expires_at > ?",
+                (at, code_hash, at),
+            )
+            serial = format(cert.serial_number, "x")
+            digest = hashlib.sha256(der).hexdigest()
+            db.execute(
+                "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc,"
+                " subject, spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    serial,
+                    issuer.id,
+                    "enterprise",
+                    None,
+                    None,
+                    "CN=x",
+                    spki,
+                    digest,
+                    at,
+                    at,
+                    der,
+                    at,
+                ),
+            )
+            (event_id,) = db.execute(
+                "INSERT INTO events (at, type, actor, uscc, subject, profile, issuer, serial,"
+                " cert_sha256, application_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
+                (
+                    at,
+                    "certificate.issued",
+                    "enrollment-code",
+                    None,
+                    "CN=x",
+                    "enterprise",
+                    issuer.id,
+                    serial,
+                    digest,
+                    None,
+                    "{}",
+                ),
+            ).fetchone()
+            entry = b'{"event_id":%d,"serial":"%s"}' % (event_id, serial.encode())
+            leaf = node(b"\x00" + entry).digest()
+            nodes = [(0, size, leaf)]
+            level, idx, h = 0, size, leaf
+            while idx & 1:  # the perfect subtrees this leaf completes (edge in memory)
+                h = node(b"\x01" + h + h).digest()
+                level, idx = level + 1, idx >> 1
+                nodes.append((level, idx, h))
+            db.execute(
+                "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)",
+                (size, event_id, entry),
+            )
+            db.executemany("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+            size += 1
+            db.execute("UPDATE log_head SET size = ?, root_hash = ? WHERE id = 1", (size, h))
+            db.execute("COMMIT")
+            flushing = time.process_time()
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            floor.flush += time.process_time() - flushing
+        floor.store = (time.process_time() - start) / n
+        floor.flush /= n
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy_path}{suffix}").unlink(missing_ok=True)
+    return floor
+
+
 # -- cfssl -------------------------------------------------------------------------------------
 
 
@@ -1391,6 +1580,9 @@ class Bench:
         )
         self.issue_cost = (max(1 / lint_on - 1 / lint_off, 0.0), 1 / lint_off)
         self.enroll_cost = min(probe)
+        wait_quiet(a.quiet_wait)
+        floor = min((floor_cpu(self.mint, ENROLL_PROBE) for _ in range(2)), key=lambda f: f.total)
+        print(f"  floor: {1000 * floor.total:.3f} ms of CPU per enrollment ({floor.describe()})")
 
         pool = make_csrs(4000, "pool")
         hello_reqs = [
@@ -1429,11 +1621,13 @@ class Bench:
                 f"{len(noisy)} of the runs: those numbers are low and not comparable."
             )
         print()
-        self.report(measured, peers, raw)
+        self.report(measured, peers, raw, floor)
         print(f"\nTotal run time {time.monotonic() - started:.0f} s.")
         return 0
 
-    def report(self, measured: list[Measured], peers: dict[str, Row], raw: float) -> None:
+    def report(
+        self, measured: list[Measured], peers: dict[str, Row], raw: float, floor: Floor
+    ) -> None:
         """The goals, for each lint rate at its fastest config and for every config."""
         lint_rates: list[float] = self.args.lint_rates
         default = _default_lint_rate()
@@ -1525,6 +1719,34 @@ class Bench:
                     f"certificates per server CPU-second = {per_cpu / raw:.1%} of raw signing "
                     "on one core"
                 )
+        self.report_floor(measured, peers.get("delete"), floor)
+
+    def report_floor(self, measured: list[Measured], shipped: Row | None, floor: Floor) -> None:
+        """What a handler doing nothing but the floor's work could reach, per lint rate at its
+        fastest config: the hello-world's server CPU per request plus the floor (and the lint
+        rate's share of pkilint) on the cores the hello-world's server kept busy."""
+        f = 1000 * floor.total
+        print(
+            f"Floor: the library calls of one enrollment alone cost {f:.2f} ms of CPU in-process"
+            f" (floor_cpu):\n    {floor.describe()}.\n"
+            "    A handler doing nothing else, on as many cores as the same config's hello-world"
+            " kept busy,\n    could reach:"
+        )
+        lint = 1000 * self.issue_cost[0]
+        for lint_rate in sorted({r for m in measured for r in m.ours}, reverse=True):
+            best = max(measured, key=lambda m: m.ours[lint_rate].rate)
+            row, hello = best.ours[lint_rate], best.hello.result
+            if hello is None or row.result is None or not hello.rate:
+                continue
+            h = hello.cpu_ms_per_request()
+            bound = hello.server_cpu * 1000 / (h + f + lint_rate * lint)
+            vs = f", {bound / shipped.rate:.2f}x cfssl as shipped" if shipped else ""
+            above = row.result.cpu_ms_per_request() - h - f - lint_rate * lint
+            print(
+                f"    lint rate {lint_rate:.2f} at {best.config.label}: {fmt_rate(bound)}/s = "
+                f"{bound / hello.rate:.0%} of its hello-world{vs}; ours spends "
+                f"{above:.2f} ms per enrollment above that"
+            )
 
 
 if __name__ == "__main__":
