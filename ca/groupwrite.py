@@ -55,7 +55,7 @@ from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
 from ca.records import Event, IssuanceWrite
-from ca.store import StoredEvent
+from ca.store import StoredEvent, ThreadConnections
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -288,6 +288,9 @@ class IssuanceWriter:
         self.wal_sync = (
             WalSync(Path(f"{database}-wal"), Path(f"{database}.walsync")) if on_disk else None
         )
+        self._threads = (
+            ThreadConnections(engine, setup=("PRAGMA synchronous=NORMAL",)) if on_disk else None
+        )
         dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
         self._dt: Callable[[Any], Any] = dt or (lambda v: v)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
@@ -324,50 +327,59 @@ class IssuanceWriter:
     ) -> tuple[list[int | BaseException], int | None]:
         """Write ``items`` in one transaction and commit it: the outcomes, and on SQLite the
         commit's number for :meth:`WalSync.sync` (the commit is not durable before it)."""
+        if self._threads is not None:
+            # This thread's own connection, kept at synchronous=NORMAL: its COMMIT writes
+            # the WAL without syncing it; WalSync.sync does, after the write lock is
+            # released (see the module's notes).
+            conn = self._threads.get()
+            try:
+                return self._write(conn, conn.cursor(), items)
+            except BaseException:
+                try:
+                    conn.rollback()
+                except BaseException:
+                    self._threads.drop()
+                raise
         raw = self._engine.raw_connection()
         try:
-            cur = raw.cursor()
-            if self._sqlite:
-                # The COMMIT writes the WAL without syncing it; WalSync.sync does, after
-                # the write lock is released (see the module's notes).
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("BEGIN IMMEDIATE")
-            sql = translog.CursorSql(cur, self._qmark)
-            size = translog.lock_head_sql(sql, for_update=not self._sqlite) if self._log else 0
-            if size is None:
-                raise _NoLogHead
-            out: list[int | BaseException] = []
-            events: list[StoredEvent] = []
-            if len(items) == 1:  # alone: its failure is the transaction's
-                events.append(self._write_one(cur, items[0]))
-                out.append(events[0].id)
-            else:
-                for item in items:
-                    cur.execute("SAVEPOINT eport_issue")
-                    try:
-                        stored = self._write_one(cur, item)
-                    except Exception as exc:
-                        cur.execute("ROLLBACK TO SAVEPOINT eport_issue")
-                        out.append(exc)
-                    else:
-                        events.append(stored)
-                        out.append(stored.id)
-                    cur.execute("RELEASE SAVEPOINT eport_issue")
-            if events and self._log:
-                translog.append_entries(sql, size, events)
-            self._commit(raw, cur)
-            cur.close()
-            return out, (self.wal_sync.committed() if self.wal_sync is not None else None)
+            return self._write(raw, raw.cursor(), items)
         except BaseException:
             raw.rollback()
             raise
         finally:
-            if self._sqlite:  # the pool's other users commit with a sync, as configured
-                try:
-                    raw.cursor().execute("PRAGMA synchronous=FULL")
-                except Exception:
-                    raw.invalidate()  # never back into the pool without its sync
             raw.close()  # back to the pool
+
+    def _write(
+        self, raw: Any, cur: Any, items: Sequence[IssuanceWrite]
+    ) -> tuple[list[int | BaseException], int | None]:
+        if self._sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        sql = translog.CursorSql(cur, self._qmark)
+        size = translog.lock_head_sql(sql, for_update=not self._sqlite) if self._log else 0
+        if size is None:
+            raise _NoLogHead
+        out: list[int | BaseException] = []
+        events: list[StoredEvent] = []
+        if len(items) == 1:  # alone: its failure is the transaction's
+            events.append(self._write_one(cur, items[0]))
+            out.append(events[0].id)
+        else:
+            for item in items:
+                cur.execute("SAVEPOINT eport_issue")
+                try:
+                    stored = self._write_one(cur, item)
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT eport_issue")
+                    out.append(exc)
+                else:
+                    events.append(stored)
+                    out.append(stored.id)
+                cur.execute("RELEASE SAVEPOINT eport_issue")
+        if events and self._log:
+            translog.append_entries(sql, size, events)
+        self._commit(raw, cur)
+        cur.close()
+        return out, (self.wal_sync.committed() if self.wal_sync is not None else None)
 
     def _commit(self, raw: Any, cur: Any) -> None:
         if self._sqlite:

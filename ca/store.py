@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -259,6 +261,66 @@ def reading(session_factory: Callable[[], Session]) -> Iterator[Session]:
         raise
 
 
+def sqlite_file(engine: Engine) -> bool:
+    """Whether ``engine`` is SQLite on a file (not in memory)."""
+    database = engine.url.database
+    return engine.dialect.name == "sqlite" and bool(database) and database != ":memory:"
+
+
+class ThreadConnections:
+    """A DBAPI connection per thread of ``engine`` (SQLite on a file), taken out of the
+    engine's pool for good.
+
+    On the hot paths a pool checkout and its return (with the pool's rollback) cost more
+    than the statement: a primary-key read, an issuance's rows. Each connection is made
+    by the pool (so its connect hooks ran: WAL, busy timeout), then ``setup`` statements
+    are run on it and it is detached. A forked process makes its own; all of them are
+    closed when the engine is disposed. Callers leave no transaction open on them.
+    """
+
+    def __init__(self, engine: Engine, setup: tuple[str, ...] = ()) -> None:
+        self._engine = engine
+        self._setup = setup
+        self._local = threading.local()
+        self._made: list[tuple[int, Any]] = []  # (pid, connection), to close at dispose
+        self._lock = threading.Lock()
+        self._generation = 0
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    def get(self) -> Any:
+        local = self._local
+        key = (os.getpid(), self._generation)
+        conn: Any = getattr(local, "conn", None)
+        if conn is None or local.key != key:
+            raw = self._engine.raw_connection()
+            raw.detach()
+            conn = raw.dbapi_connection
+            for statement in self._setup:
+                conn.execute(statement)
+            local.conn, local.key = conn, key
+            with self._lock:
+                self._made.append((key[0], conn))
+        return conn
+
+    def drop(self) -> None:
+        """Close this thread's connection (after an error that may have broken it)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection: gone either way
+                conn.close()
+
+    def _disposed(self, _engine: Engine) -> None:
+        with self._lock:
+            made, self._made = self._made, []
+            self._generation += 1
+        pid = os.getpid()
+        for owner, conn in made:
+            if owner == pid:  # never a parent's connection in a forked child
+                with contextlib.suppress(Exception):  # already closed or broken
+                    conn.close()
+
+
 class DbapiReads:
     """Primary-key reads on a pooled DBAPI connection, for the hot paths (OCSP answers,
     token validation) where SQLAlchemy's statement machinery costs more than the read.
@@ -269,9 +331,12 @@ class DbapiReads:
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self._factory = session_factory
         self._bound: Engine | None = None
+        self._threads: ThreadConnections | None = None
+        self._lock = threading.Lock()
 
     def bind(self, engine: Engine) -> None:
         self._bound = engine
+        self._threads = None
 
     def engine(self) -> Engine:
         if self._bound is None:
@@ -281,8 +346,23 @@ class DbapiReads:
         return self._bound
 
     def fetch(self, *queries: tuple[str, tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
-        """The first row (or None) of each query, all on one connection."""
+        """The first row (or None) of each query, all on one connection: this thread's own
+        (:class:`ThreadConnections`) for SQLite on a file, else a pooled one."""
         engine = self.engine()
+        if self._threads is None and sqlite_file(engine):
+            with self._lock:
+                if self._threads is None:
+                    self._threads = ThreadConnections(engine)
+        if self._threads is not None:
+            try:
+                cur = self._threads.get().cursor()
+                try:
+                    return [cur.execute(sql, params).fetchone() for sql, params in queries]
+                finally:
+                    cur.close()  # resets the statements: no read snapshot is kept
+            except BaseException:
+                self._threads.drop()
+                raise
         qmark = engine.dialect.paramstyle == "qmark"
         raw = engine.raw_connection()
         try:
