@@ -1724,13 +1724,14 @@ class Bench:
     def report_floor(self, measured: list[Measured], shipped: Row | None, floor: Floor) -> None:
         """What a handler doing nothing but the floor's work could reach, per lint rate at its
         fastest config: the hello-world's server CPU per request plus the floor (and the lint
-        rate's share of pkilint) on the cores the hello-world's server kept busy."""
+        rate's share of pkilint), on as many cores as that config's hello-world or ours kept
+        busy, whichever is more."""
         f = 1000 * floor.total
         print(
             f"Floor: the library calls of one enrollment alone cost {f:.2f} ms of CPU in-process"
             f" (floor_cpu):\n    {floor.describe()}.\n"
             "    A handler doing nothing else, on as many cores as the same config's hello-world"
-            " kept busy,\n    could reach:"
+            " or ours kept busy,\n    could reach:"
         )
         lint = 1000 * self.issue_cost[0]
         for lint_rate in sorted({r for m in measured for r in m.ours}, reverse=True):
@@ -1739,7 +1740,8 @@ class Bench:
             if hello is None or row.result is None or not hello.rate:
                 continue
             h = hello.cpu_ms_per_request()
-            bound = hello.server_cpu * 1000 / (h + f + lint_rate * lint)
+            cores = max(hello.server_cpu, row.result.server_cpu)
+            bound = cores * 1000 / (h + f + lint_rate * lint)
             vs = f", {bound / shipped.rate:.2f}x cfssl as shipped" if shipped else ""
             above = row.result.cpu_ms_per_request() - h - f - lint_rate * lint
             print(
