@@ -162,7 +162,7 @@ class WriterLock:
 
 
 class WalSync:
-    """The flushes (``fsync``) of one SQLite write-ahead log, shared by this host's writers.
+    """The flushes of one SQLite write-ahead log, shared by this host's writers.
 
     A flush of the WAL makes durable every frame written to it before the flush began,
     whichever process wrote it. Writers count their commits in a small shared file
