@@ -491,3 +491,34 @@ def test_the_first_issuance_of_a_database_creates_the_log_head(
     assert transactions == [1, 1]  # tried twice; the first found no head and fell back
     assert count(sessions, LogHeadRow) == 1 and count(sessions, LogEntryRow) == 2
     log_matches_events(sessions)
+
+
+def test_a_real_server_answers_no_issuance_before_its_flush(tmp_path: Path) -> None:
+    """``eport serve`` with 2 workers (gthread), enrollments at once from 8 clients: once
+    every answer is in, the shared counts say every counted commit was flushed (each
+    writer flushed, or found its commit covered, before answering), and every certificate
+    answered is stored."""
+    import struct
+
+    from sqlalchemy import create_engine
+
+    from tests.conftest import start_server, stop
+    from tests.test_audit_cli import enroll_concurrently
+
+    counts = tmp_path / "data" / "eport.db.walsync"
+    server, proc = start_server(tmp_path / "data", workers=2)
+    try:
+        before, _ = struct.unpack("=QQ", counts.read_bytes())  # the dev officers' issuances
+        issued = enroll_concurrently(server, 12)
+    finally:
+        stop(proc)
+    committed, synced = struct.unpack("=QQ", counts.read_bytes())
+    assert 1 <= committed - before <= len(issued)  # one count per group commit
+    assert synced == committed
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            stored = set(conn.exec_driver_sql("SELECT serial FROM certificates").scalars())
+    finally:
+        engine.dispose()
+    assert {i["serial"] for i in issued} <= stored
