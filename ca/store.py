@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -267,6 +268,25 @@ def sqlite_file(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and bool(database) and database != ":memory:"
 
 
+class _Held:
+    """A thread's connection; when the thread ends (its local goes) the connection is
+    closed (:class:`ThreadConnections`)."""
+
+    __slots__ = ("__weakref__", "conn", "key")
+
+    def __init__(self, conn: Any, key: tuple[int, int]) -> None:
+        self.conn = conn
+        self.key = key
+
+
+def _close_if_ours(conn: Any, pid: int) -> None:
+    """Close ``conn`` unless this is a forked child of the process that made it (closing
+    an inherited SQLite connection could touch the parent's files)."""
+    if os.getpid() == pid:
+        with contextlib.suppress(Exception):  # already closed or broken
+            conn.close()
+
+
 class ThreadConnections:
     """A DBAPI connection per thread of ``engine`` (SQLite on a file), taken out of the
     engine's pool for good.
@@ -274,51 +294,50 @@ class ThreadConnections:
     On the hot paths a pool checkout and its return (with the pool's rollback) cost more
     than the statement: a primary-key read, an issuance's rows. Each connection is made
     by the pool (so its connect hooks ran: WAL, busy timeout), then ``setup`` statements
-    are run on it and it is detached. A forked process makes its own; all of them are
-    closed when the engine is disposed. Callers leave no transaction open on them.
+    are run on it and it is detached. It is closed when its thread ends (a server that
+    starts a thread per request does not pile them up) or the engine is disposed; a
+    forked process makes its own. Callers leave no transaction open on them.
     """
 
     def __init__(self, engine: Engine, setup: tuple[str, ...] = ()) -> None:
         self._engine = engine
         self._setup = setup
         self._local = threading.local()
-        self._made: list[tuple[int, Any]] = []  # (pid, connection), to close at dispose
+        self._made: list[weakref.finalize[Any, Any]] = []  # closers of the live ones
         self._lock = threading.Lock()
         self._generation = 0
         event.listen(engine, "engine_disposed", self._disposed)
 
     def get(self) -> Any:
-        local = self._local
         key = (os.getpid(), self._generation)
-        conn: Any = getattr(local, "conn", None)
-        if conn is None or local.key != key:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.key != key:
             raw = self._engine.raw_connection()
             raw.detach()
             conn = raw.dbapi_connection
+            assert conn is not None
             for statement in self._setup:
                 conn.execute(statement)
-            local.conn, local.key = conn, key
+            held = self._local.held = _Held(conn, key)
+            closer = weakref.finalize(held, _close_if_ours, conn, key[0])
             with self._lock:
-                self._made.append((key[0], conn))
-        return conn
+                self._made = [c for c in self._made if c.alive]
+                self._made.append(closer)
+        return held.conn
 
     def drop(self) -> None:
         """Close this thread's connection (after an error that may have broken it)."""
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # a broken connection: gone either way
-                conn.close()
+        held: _Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            _close_if_ours(held.conn, held.key[0])
 
     def _disposed(self, _engine: Engine) -> None:
         with self._lock:
             made, self._made = self._made, []
             self._generation += 1
-        pid = os.getpid()
-        for owner, conn in made:
-            if owner == pid:  # never a parent's connection in a forked child
-                with contextlib.suppress(Exception):  # already closed or broken
-                    conn.close()
+        for closer in made:
+            closer()  # closes it now (once), unless made by a parent process
 
 
 class DbapiReads:

@@ -5,9 +5,11 @@ connections committed (no read snapshot kept between reads)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine
 
 from ca.store import DbapiReads, ThreadConnections, configure_engine
@@ -36,6 +38,27 @@ def test_one_connection_per_thread_set_up_and_out_of_the_pool(tmp_path: Path) ->
     assert engine.pool.checkedout() == 0  # detached: the pool does not count them
     with engine.connect() as conn:  # the pool's own connections keep FULL
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    engine.dispose()
+
+
+def test_a_thread_that_ends_takes_its_connection_with_it(tmp_path: Path) -> None:
+    """A server that starts a thread per request (werkzeug's) must not pile connections
+    up: each is closed when its thread ends."""
+    import gc
+
+    engine = _engine(tmp_path)
+    conns = ThreadConnections(engine)
+    seen: list[object] = []
+    for _ in range(5):
+        t = threading.Thread(target=lambda: seen.append(conns.get()))
+        t.start()
+        t.join()
+    gc.collect()
+    for conn in seen:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")  # type: ignore[attr-defined]
+    mine = conns.get()
+    assert mine.execute("SELECT 1").fetchone() == (1,)  # this thread's lives on
     engine.dispose()
 
 
