@@ -509,7 +509,7 @@ class JointCA:
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
-        event = _issued_event(EventType.CERTIFICATE_ISSUED, "enrollment-code", record, now)
+        event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
         self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
         return Issued(record, cert, self._chain(issuer))
 
@@ -530,9 +530,12 @@ class JointCA:
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app)
-        event = _issued_event(EventType.CERTIFICATE_RENEWED, caller.actor, record, now)
-        event = Event(
-            **{**event.__dict__, "details": {"previous_serial": format(caller.serial, "x")}}
+        event = Event.about(
+            EventType.CERTIFICATE_RENEWED,
+            record,
+            actor=caller.actor,
+            at=now,
+            details={"previous_serial": format(caller.serial, "x")},
         )
         self.store.commit_issuance(IssuanceWrite(record, event))
         return Issued(record, cert, self._chain(issuer))
@@ -614,9 +617,3 @@ def certificate_record(
         not_after=cert.not_valid_after_utc,
         der=der,
     )
-
-
-def _issued_event(
-    kind: EventType, actor: str, rec: CertificateRecord, now: datetime.datetime
-) -> Event:
-    return Event.about(kind, rec, actor=actor, at=now)

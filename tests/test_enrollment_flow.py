@@ -166,6 +166,19 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     new = x509.load_pem_x509_certificate((tmp_path / "renewed" / "cert.pem").read_bytes())
     assert new.subject == cert.subject and new.public_key() != cert.public_key()
     assert renewed["previous_serial"] == issued["serial"]
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            event = conn.execute(
+                select(EventRow.type, EventRow.actor, EventRow.details).where(
+                    EventRow.serial == renewed["serial"]
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert event.type == "certificate.renewed"
+    assert event.actor == f"enterprise:{issued['serial']}"  # the holder who asked
+    assert json.loads(event.details) == {"previous_serial": issued["serial"]}
 
     listing = jrun(server, "cert", "list", "--uscc", USCC, *ent)
     serials = {c["serial"] for c in listing["certificates"]}
