@@ -187,8 +187,7 @@ class SqlTreeStore:
     def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
         if not items:
             return
-        rows = [(level, idx, h) for level, idx, h in items]
-        self._sql.run(driver_text(_INSERT_NODES, self._sql.qmark), rows)
+        self._sql.run(driver_text(_INSERT_NODES, self._sql.qmark), list(items))
         size = self.size()
         for level, idx, digest in items:
             self._known[(level, idx)] = digest
@@ -201,7 +200,8 @@ _INSERT_NODES = "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_ENTRIES = "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)"
 _MOVE_HEAD = f"UPDATE log_head SET size = ?, root_hash = ? WHERE id = {HEAD_ID}"  # noqa: S608
 _READ_HEAD = f"SELECT size, root_hash FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
-_LOCK_HEAD = select(LogHeadRow.size).where(LogHeadRow.id == HEAD_ID).with_for_update()
+_SELECT_SIZE = f"SELECT size FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
+_SELECT_SIZE_FOR_UPDATE = _SELECT_SIZE + " FOR UPDATE"
 _CREATE_HEAD = insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT)
 
 
@@ -239,9 +239,11 @@ def tree_at(session: Session, size: int | None = None) -> MerkleTree:
 
 def _lock_head(session: Session) -> tuple[int, bool]:
     """Lock the head row for this transaction; create it when absent. ``(size, created)``."""
-    size = session.connection().execute(_LOCK_HEAD).scalar()
+    conn = session.connection()
+    sql, for_update = ConnectionSql(conn), conn.dialect.name != "sqlite"
+    size = lock_head_sql(sql, for_update)
     if size is not None:
-        return int(size), False
+        return size, False
     # The first append of a database: insert the head in a savepoint, so that a
     # concurrent first append that wins the primary key only costs us a retry.
     try:
@@ -249,16 +251,16 @@ def _lock_head(session: Session) -> tuple[int, bool]:
             session.connection().execute(_CREATE_HEAD)
     except IntegrityError:
         pass
-    size = session.connection().execute(_LOCK_HEAD).scalar_one()
-    return int(size), True
+    size = lock_head_sql(sql, for_update)
+    assert size is not None
+    return size, True
 
 
 def lock_head_sql(sql: DriverSql, for_update: bool) -> int | None:
     """The head's size, locked for this transaction (``FOR UPDATE`` where the database has
     row locks; SQLite's ``BEGIN IMMEDIATE`` already holds the only write lock); None when
     the log has no head yet (the first append creates it: :func:`append_events`)."""
-    sql_text = f"SELECT size FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
-    for (size,) in sql.rows(sql_text + (" FOR UPDATE" if for_update else ""), ()):
+    for (size,) in sql.rows(_SELECT_SIZE_FOR_UPDATE if for_update else _SELECT_SIZE, ()):
         return int(size)
     return None
 
