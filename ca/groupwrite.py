@@ -29,7 +29,7 @@ SQLite syncs the WAL before it checkpoints frames into the database (and the dat
 after), so frames a checkpoint moved are durable already. Other writers keep
 ``synchronous=FULL``.
 
-:class:`WriterLock` queues this host's writers of a SQLite file on an ``flock`` before
+:class:`HostLock` queues this host's writers of a SQLite file on an ``flock`` before
 they ask SQLite for its write lock: a writer that finds SQLite's lock taken sleeps 1, 2,
 5, 10 … ms and retries, leaving the CPU idle under load, while the kernel wakes the next
 ``flock`` waiter the moment it is released. (Other writers, such as the CLI, still wait
@@ -55,7 +55,7 @@ from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
 from ca.records import Event, IssuanceWrite
-from ca.store import StoredEvent, ThreadConnections
+from ca.store import StoredEvent, ThreadConnections, sqlite_file
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -131,8 +131,10 @@ class GroupCommit(Generic[T, R]):
             slot.done = True
 
 
-class WriterLock:
-    """An exclusive ``flock`` on ``path`` (one open file per process), or nothing."""
+class HostLock:
+    """An exclusive lock among this host's processes and threads: an ``flock`` on
+    ``path`` (one open file per process, opened anew after a fork), or nothing when
+    ``path`` is None."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -140,9 +142,10 @@ class WriterLock:
         self._pid = 0
         self._threads = threading.Lock()
 
-    def _file(self) -> int:
+    def fd(self) -> int:
+        """This process's open file of ``path``."""
         assert self.path is not None
-        if self._fd is None or self._pid != os.getpid():  # opened anew after a fork
+        if self._fd is None or self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._pid = os.getpid()
         return self._fd
@@ -153,7 +156,7 @@ class WriterLock:
             yield
             return
         with self._threads:
-            fd = self._file()
+            fd = self.fd()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
@@ -168,11 +171,11 @@ class WalSync:
     whichever process wrote it. Writers count their commits in a small shared file
     (``state``, two 64-bit counters, memory-mapped): :meth:`committed` is called under
     the write lock right after a ``COMMIT`` and returns that commit's number;
-    :meth:`sync` makes commit ``seq`` durable. The syncing writers queue on an ``flock``
-    of the same file: the first reads how many commits there are, flushes, and records
-    that number as synced; a writer it covered finds its number synced when its turn
-    comes and returns without flushing. While one flush runs, the commits that land
-    meanwhile are covered by the next one alone.
+    :meth:`sync` makes commit ``seq`` durable. The syncing writers queue on a
+    :class:`HostLock` of the same file: the first reads how many commits there are,
+    flushes, and records that number as synced; a writer it covered finds its number
+    synced when its turn comes and returns without flushing. While one flush runs, the
+    commits that land meanwhile are covered by the next one alone.
 
     The counters only grow: a commit counted is in the WAL (its ``write`` returned), and
     ``synced`` is only raised to a count read before a flush that then succeeded. After a
@@ -183,66 +186,59 @@ class WalSync:
     """
 
     def __init__(self, wal: Path, state: Path) -> None:
-        self.wal = wal
-        self.state = state
+        # Flushed: the WAL, or, when it is gone, the database it was checkpointed to.
+        self._files = (wal, wal.with_name(wal.name.removesuffix("-wal")))
+        self._queue = HostLock(state)
         self._pid = 0
-        self._fd = -1
-        self._map: mmap.mmap | None = None
-        self._commits: ctypes.c_uint64 | None = None
-        self._synced: ctypes.c_uint64 | None = None
-        self._threads = threading.Lock()
+        self._counts: tuple[ctypes.c_uint64, ctypes.c_uint64] | None = None
 
-    def _open(self) -> tuple[int, ctypes.c_uint64, ctypes.c_uint64]:
-        if self._pid != os.getpid() or self._commits is None or self._synced is None:
-            fd = os.open(self.state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _counters(self) -> tuple[ctypes.c_uint64, ctypes.c_uint64]:
+        """(commits, synced), mapped from the state file in this process."""
+        if self._counts is None or self._pid != os.getpid():
+            fd = self._queue.fd()
             if os.fstat(fd).st_size < 16:
                 os.ftruncate(fd, 16)  # zeros: nothing committed, nothing synced
-            self._map = mmap.mmap(fd, 16)
-            self._fd, self._pid = fd, os.getpid()
-            self._commits = ctypes.c_uint64.from_buffer(self._map, 0)
-            self._synced = ctypes.c_uint64.from_buffer(self._map, 8)
-        return self._fd, self._commits, self._synced
+            shared = mmap.mmap(fd, 16)
+            self._counts = (
+                ctypes.c_uint64.from_buffer(shared, 0),
+                ctypes.c_uint64.from_buffer(shared, 8),
+            )
+            self._pid = os.getpid()
+        return self._counts
 
     def committed(self) -> int:
         """Count a commit just made (call under the write lock); its number."""
-        _, commits, _ = self._open()
+        commits, _ = self._counters()
         commits.value += 1
         return commits.value
 
     def sync(self, seq: int) -> bool:
         """Return once commit ``seq`` is durable; whether this call flushed the WAL."""
-        with self._threads:
-            fd, commits, synced = self._open()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._queue.held():
+            commits, synced = self._counters()
+            if synced.value >= seq:
+                return False  # a flush that began after our commit has ended
+            target = commits.value
+            while (again := commits.value) != target:
+                target = again
+            self._flush()
+            if target > synced.value:
+                synced.value = target
+            return True
+
+    def _flush(self) -> None:
+        """``fdatasync``, as SQLite itself syncs its files on Linux: the data and the
+        metadata needed to read it back (the size), not the modification time."""
+        for path in self._files:
             try:
-                if synced.value >= seq:
-                    return False  # a flush that began after our commit has ended
-                target = commits.value
-                while (again := commits.value) != target:
-                    target = again
-                _fsync_wal(self.wal)
-                if target > synced.value:
-                    synced.value = target
-                return True
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL: every frame was checkpointed (and synced) already
+            try:
+                os.fdatasync(fd)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _fsync_wal(wal: Path) -> None:
-    """Flush the WAL (or, when it is gone, the database file it was checkpointed to).
-
-    ``fdatasync``, as SQLite itself syncs its files on Linux: it writes the data and the
-    metadata needed to read it back (the size), not the modification time."""
-    for path in (wal, wal.with_name(wal.name.removesuffix("-wal"))):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # no WAL: every frame was checkpointed (and synced) already
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        return
+                os.close(fd)
+            return
 
 
 class _NoLogHead(Exception):
@@ -272,25 +268,30 @@ class IssuanceWriter:
 
     ``fallback`` writes one item the session's way; it is used while the log has no head
     row (a database's very first log append). ``log=False``: no Merkle log (a store
-    without event sinks, as some tests build)."""
+    without event sinks, as some tests build). ``connections``: the per-thread SQLite
+    connections the store reads on (a file database); else a pooled connection per
+    group."""
 
     def __init__(
-        self, engine: Engine, fallback: Callable[[IssuanceWrite], int], *, log: bool = True
+        self,
+        engine: Engine,
+        fallback: Callable[[IssuanceWrite], int],
+        *,
+        log: bool = True,
+        connections: ThreadConnections | None = None,
     ) -> None:
         self._engine = engine
         self._fallback = fallback
         self._log = log
         self._sqlite = engine.dialect.name == "sqlite"
         self._qmark = engine.dialect.paramstyle == "qmark"
-        database = engine.url.database if self._sqlite else None
-        on_disk = bool(database) and database != ":memory:"
-        self.lock = WriterLock(Path(f"{database}.writelock") if on_disk else None)
+        on_disk = sqlite_file(engine)
+        database = engine.url.database
+        self.lock = HostLock(Path(f"{database}.writelock") if on_disk else None)
         self.wal_sync = (
             WalSync(Path(f"{database}-wal"), Path(f"{database}.walsync")) if on_disk else None
         )
-        self._threads = (
-            ThreadConnections(engine, setup=("PRAGMA synchronous=NORMAL",)) if on_disk else None
-        )
+        self._threads = connections if on_disk else None
         dt = CertificateRow.__table__.c.not_before.type.bind_processor(engine.dialect)
         self._dt: Callable[[Any], Any] = dt or (lambda v: v)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
@@ -328,9 +329,7 @@ class IssuanceWriter:
         """Write ``items`` in one transaction and commit it: the outcomes, and on SQLite the
         commit's number for :meth:`WalSync.sync` (the commit is not durable before it)."""
         if self._threads is not None:
-            # This thread's own connection, kept at synchronous=NORMAL: its COMMIT writes
-            # the WAL without syncing it; WalSync.sync does, after the write lock is
-            # released (see the module's notes).
+            # This thread's own connection (the store's reads use it too).
             conn = self._threads.get()
             try:
                 return self._write(conn, conn.cursor(), items)
@@ -352,6 +351,11 @@ class IssuanceWriter:
     def _write(
         self, raw: Any, cur: Any, items: Sequence[IssuanceWrite]
     ) -> tuple[list[int | BaseException], int | None]:
+        if self._threads is not None:
+            # The COMMIT writes the WAL without syncing it; WalSync.sync does, after the
+            # write lock is released (see the module's notes). These connections commit
+            # nothing else: the reads on them never write.
+            cur.execute("PRAGMA synchronous=NORMAL")
         if self._sqlite:
             cur.execute("BEGIN IMMEDIATE")
         sql = translog.CursorSql(cur, self._qmark)

@@ -293,15 +293,14 @@ class ThreadConnections:
 
     On the hot paths a pool checkout and its return (with the pool's rollback) cost more
     than the statement: a primary-key read, an issuance's rows. Each connection is made
-    by the pool (so its connect hooks ran: WAL, busy timeout), then ``setup`` statements
-    are run on it and it is detached. It is closed when its thread ends (a server that
-    starts a thread per request does not pile them up) or the engine is disposed; a
-    forked process makes its own. Callers leave no transaction open on them.
+    by the pool (so its connect hooks ran: WAL, busy timeout) and detached. It is closed
+    when its thread ends (a server that starts a thread per request does not pile them
+    up) or the engine is disposed; a forked process makes its own. Callers leave no
+    transaction open on them.
     """
 
-    def __init__(self, engine: Engine, setup: tuple[str, ...] = ()) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._setup = setup
         self._local = threading.local()
         self._made: list[weakref.finalize[Any, Any]] = []  # closers of the live ones
         self._lock = threading.Lock()
@@ -316,8 +315,6 @@ class ThreadConnections:
             raw.detach()
             conn = raw.dbapi_connection
             assert conn is not None
-            for statement in self._setup:
-                conn.execute(statement)
             held = self._local.held = _Held(conn, key)
             closer = weakref.finalize(held, _close_if_ours, conn, key[0])
             with self._lock:
@@ -341,8 +338,9 @@ class ThreadConnections:
 
 
 class DbapiReads:
-    """Primary-key reads on a pooled DBAPI connection, for the hot paths (OCSP answers,
-    token validation) where SQLAlchemy's statement machinery costs more than the read.
+    """Primary-key reads on a raw DBAPI connection (this thread's own for SQLite on a
+    file, else a pooled one), for the hot paths (enrollment checks, OCSP answers, token
+    validation) where SQLAlchemy's statement machinery costs more than the read.
 
     The engine comes from the first session (or :meth:`bind`); SQL is written with ``?``
     placeholders and adapted to the driver's paramstyle."""
@@ -364,24 +362,32 @@ class DbapiReads:
             self._bound = bind
         return self._bound
 
+    def connections(self) -> ThreadConnections | None:
+        """The engine's per-thread connections (SQLite on a file), shared with the issuance
+        writer of the same store; None for other databases."""
+        if self._threads is None:
+            engine = self.engine()
+            if sqlite_file(engine):
+                with self._lock:
+                    if self._threads is None:
+                        self._threads = ThreadConnections(engine)
+        return self._threads
+
     def fetch(self, *queries: tuple[str, tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
         """The first row (or None) of each query, all on one connection: this thread's own
         (:class:`ThreadConnections`) for SQLite on a file, else a pooled one."""
-        engine = self.engine()
-        if self._threads is None and sqlite_file(engine):
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadConnections(engine)
-        if self._threads is not None:
+        threads = self.connections()
+        if threads is not None:
             try:
-                cur = self._threads.get().cursor()
+                cur = threads.get().cursor()
                 try:
                     return [cur.execute(sql, params).fetchone() for sql, params in queries]
                 finally:
                     cur.close()  # resets the statements: no read snapshot is kept
             except BaseException:
-                self._threads.drop()
+                threads.drop()
                 raise
+        engine = self.engine()
         qmark = engine.dialect.paramstyle == "qmark"
         raw = engine.raw_connection()
         try:
@@ -708,6 +714,7 @@ class SqlStore:
         self.dbapi = DbapiReads(session_factory)
         self._writer: IssuanceWriter | None = None
         self._writer_lock = threading.Lock()
+        self._grouped = True
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
@@ -774,19 +781,26 @@ class SqlStore:
         """Group commit on raw DBAPI connections (:mod:`ca.groupwrite`) when the only event
         sink is the Merkle log (or there is none); else one session transaction, so that
         every other sink still sees each event."""
-        writer = self._writer or self._make_writer()
-        return writer.commit(item) if writer is not None else self.commit_by_session(item)
+        if self._grouped:
+            writer = self._writer or self._make_writer()
+            if writer is not None:
+                return writer.commit(item)
+        return self.commit_by_session(item)
 
     def _make_writer(self) -> IssuanceWriter | None:
         from ca import groupwrite, translog  # they import this module
 
         logged = self.event_sinks == (translog.append_event,)
         if not logged and self.event_sinks:
+            self._grouped = False  # decided once: other sinks need the session's path
             return None
         with self._writer_lock:  # one writer (one group queue) per store
             if self._writer is None:
                 self._writer = groupwrite.IssuanceWriter(
-                    self.dbapi.engine(), self.commit_by_session, log=logged
+                    self.dbapi.engine(),
+                    self.commit_by_session,
+                    log=logged,
+                    connections=self.dbapi.connections(),
                 )
             return self._writer
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 from ca import groupwrite, translog
 from ca.authority import JointCA
 from ca.errors import Conflict, InvalidCode
-from ca.groupwrite import GroupCommit, WriterLock
+from ca.groupwrite import GroupCommit, HostLock
 from ca.keys import KeyType
 from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow, LogHeadRow
 from cli import auditproof
@@ -106,12 +106,12 @@ def test_group_commit_failure_fails_the_whole_group() -> None:
     assert gc2.submit(1) == 2
 
 
-def test_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
+def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
     """The flock is held by one process at a time: a child blocks until we release it."""
     import subprocess
     import sys
 
-    lock = WriterLock(tmp_path / "db.writelock")
+    lock = HostLock(tmp_path / "db.writelock")
     child = (
         "import fcntl, os, sys, time\n"
         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
