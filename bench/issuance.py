@@ -871,6 +871,22 @@ class Floor:
         )
 
 
+SPKI_DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _right_edge(db: sqlite3.Connection, size: int) -> list[tuple[int, bytes]]:
+    """The perfect subtrees of a log of ``size`` entries, largest first: (level, hash)."""
+    edge, start = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            (digest,) = db.execute(
+                "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, start >> level)
+            ).fetchone()
+            edge.append((level, bytes(digest)))
+            start += 1 << level
+    return edge
+
+
 def floor_cpu(mint: CodeMint, n: int) -> Floor:
     """The least CPU one enrollment of this design costs, whatever the code around it.
 
@@ -881,19 +897,24 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
     - the signature: ``CertificateBuilder.sign`` with the issuing CA's key, on builders the
       factory made beforehand (untimed: building the subject and extensions is glue);
     - the check of the signed certificate under the issuer (``verify_directly_issued_by``);
-    - the storage, with the ``sqlite3`` module alone on a copy of the CA's database: the
-      pre-signing reads (the code with its application, the key's holders), then one
-      transaction (``BEGIN IMMEDIATE``, redeem the code, insert the certificate, its event
-      and its log entry, the leaf and the subtrees it completes, move the log head,
-      ``COMMIT``) and an ``fdatasync`` of the WAL, with the log's right edge in memory.
+    - the storage, with the ``sqlite3`` module alone on a copy of the CA's database and
+      the CA's own statements (``ca.store``, ``ca.groupwrite``, ``ca.translog``): the
+      key's hash and the pre-signing reads (the code with its application, the key's
+      holder), then one transaction (``BEGIN IMMEDIATE``, read the log head, redeem the
+      code, insert the certificate, its event and its log entry, the leaf and the subtrees
+      it completes, move the head to the new root, ``COMMIT``) and an ``fdatasync`` of
+      the WAL, with the log's right edge kept in memory. Afterwards (untimed) the log's
+      root is recomputed from all its entries by the auditor's code and must match.
 
     Nothing here is JSON, HTTP, records or objects of ours: it bounds what any handler in
     this language and stack, calling these libraries, spends per enrollment.
     """
     import hashlib
 
+    from ca import groupwrite, store, translog
     from ca.authority import hash_code
     from ca.signer import in_memory_key
+    from cli import auditproof
 
     factory = mint.authority.factory
     profile = mint.policies.profile("enterprise")
@@ -943,42 +964,33 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the flush below is the commit's sync
-        (size,) = db.execute("SELECT size FROM log_head").fetchone()
         wal = f"{copy_path}-wal"
         hashes_ = [hash_code(c) for c in codes]
         at = now.isoformat(sep=" ")
-        node = hashlib.sha256
+        sha256 = hashlib.sha256
+        (size,) = db.execute(translog._SELECT_SIZE).fetchone()
+        edge = _right_edge(db, size)  # kept in memory from here on
         start = time.process_time()
         for i, (code_hash, cert, der) in enumerate(zip(hashes_, certs, ders, strict=True)):
-            spki = f"{i:064x}"
-            db.execute(
-                "SELECT c.application_id, c.profiles, c.expires_at, c.used_at, a.uscc, a.vetted"
-                " FROM enrollment_codes c JOIN applications a ON a.id = c.application_id"
-                " WHERE c.code_hash = ?",
-                (code_hash,),
-            ).fetchone()
-            db.execute(
-                "SELECT serial, application_id FROM certificates WHERE spki_sha256 = ?", (spki,)
-            ).fetchall()
+            spki = sha256(cert.public_key().public_bytes(*SPKI_DER)).hexdigest()
+            row = db.execute(store._ENROLL_CODE_SQL, (code_hash,)).fetchone()
+            db.execute(store._KEY_HOLDER_SQL, (spki,)).fetchone()
+            app_id, uscc = row[1], row[7]
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "UPDATE enrollment_codes SET used_at = ? WHERE code_hash = ?"
-                " AND used_at IS NULL AND expires_at > ?",
-                (at, code_hash, at),
-            )
+            (size,) = db.execute(translog._SELECT_SIZE).fetchone()
+            db.execute(groupwrite._REDEEM, (at, code_hash, at))
             serial = format(cert.serial_number, "x")
-            digest = hashlib.sha256(der).hexdigest()
+            digest = sha256(der).hexdigest()
+            subject = f"CN=Bench Trading Co. {i}"
             db.execute(
-                "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc,"
-                " subject, spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                groupwrite._INSERT_CERT,
                 (
                     serial,
                     issuer.id,
                     "enterprise",
-                    None,
-                    None,
-                    "CN=x",
+                    app_id,
+                    uscc,
+                    subject,
                     spki,
                     digest,
                     at,
@@ -988,38 +1000,35 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
                 ),
             )
             (event_id,) = db.execute(
-                "INSERT INTO events (at, type, actor, uscc, subject, profile, issuer, serial,"
-                " cert_sha256, application_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " RETURNING id",
+                groupwrite._INSERT_EVENT,
                 (
                     at,
                     "certificate.issued",
                     "enrollment-code",
-                    None,
-                    "CN=x",
+                    uscc,
+                    subject,
                     "enterprise",
                     issuer.id,
                     serial,
                     digest,
-                    None,
+                    app_id,
                     "{}",
                 ),
             ).fetchone()
             entry = b'{"event_id":%d,"serial":"%s"}' % (event_id, serial.encode())
-            leaf = node(b"\x00" + entry).digest()
-            nodes = [(0, size, leaf)]
-            level, idx, h = 0, size, leaf
-            while idx & 1:  # the perfect subtrees this leaf completes (edge in memory)
-                h = node(b"\x01" + h + h).digest()
-                level, idx = level + 1, idx >> 1
-                nodes.append((level, idx, h))
-            db.execute(
-                "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)",
-                (size, event_id, entry),
-            )
-            db.executemany("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
-            size += 1
-            db.execute("UPDATE log_head SET size = ?, root_hash = ? WHERE id = 1", (size, h))
+            level, digest_ = 0, sha256(b"\x00" + entry).digest()
+            nodes = [(0, size, digest_)]
+            while edge and edge[-1][0] == level:  # the perfect subtrees the leaf completes
+                digest_ = sha256(b"\x01" + edge.pop()[1] + digest_).digest()
+                level += 1
+                nodes.append((level, size >> level, digest_))
+            edge.append((level, digest_))
+            root = edge[-1][1]
+            for _level, left in reversed(edge[:-1]):  # the new root, folded from the edge
+                root = sha256(b"\x01" + left + root).digest()
+            db.execute(translog._INSERT_ENTRIES, (size, event_id, entry))
+            db.executemany(translog._INSERT_NODES, nodes)
+            db.execute(translog._MOVE_HEAD, (size + 1, root))
             db.execute("COMMIT")
             flushing = time.process_time()
             fd = os.open(wal, os.O_RDONLY)
@@ -1030,6 +1039,13 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
             floor.flush += time.process_time() - flushing
         floor.store = (time.process_time() - start) / n
         floor.flush /= n
+        leaves = [
+            sha256(b"\x00" + bytes(e)).digest()
+            for (e,) in db.execute("SELECT entry FROM log_entries ORDER BY idx")
+        ]
+        (head,) = db.execute(translog._READ_HEAD).fetchone()[1:]
+        if auditproof.root_from_leaf_hashes(leaves) != bytes(head):
+            raise RuntimeError("the floor's log appends do not give the log's root")
     finally:
         db.close()
         for suffix in ("", "-wal", "-shm"):
