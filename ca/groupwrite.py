@@ -5,8 +5,10 @@ certificate, its event and the event's entry in the Merkle log. Written one by o
 each pays for a ``BEGIN``, the log head's lock, a ``COMMIT`` and its fsync, and the
 writers of all worker processes queue, one at a time, for the database's single write
 lock. :class:`GroupCommit` lets the issuances that are ready at the same moment share
-all of that: the first thread to arrive becomes the leader and writes everything queued
-by then; the threads that arrive while it commits are the next leader's group.
+all of that: the first thread to arrive becomes the leader; once it holds the host's
+write lock it writes everything queued by then, so the threads that arrived while it
+waited for the lock are in its group; those that arrive while it writes are the next
+leader's, which may wait for the lock while this group's write-ahead log is flushed.
 
 Each issuance of a group is written in its own savepoint, so one that fails (a code
 redeemed meanwhile, a serial collision) rolls back alone and gets its own error, while
@@ -45,7 +47,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -59,76 +61,122 @@ from ca.store import StoredEvent, ThreadConnections, sqlite_file
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K")
 
 MAX_GROUP = 64
 """Issuances written in one transaction at most (the rest wait for the next one)."""
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "result", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.done = False
         self.result: R | None = None
         self.error: BaseException | None = None
+        self.wake = threading.Lock()  # released once: the item is done, or it is to lead
+        self.wake.acquire()
 
 
-class GroupCommit(Generic[T, R]):
+def _no_gate() -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+class GroupCommit(Generic[T, R, K]):
     """Leader-based group commit inside one process (framework-free).
 
     ``write(items)`` writes a group in one transaction and returns, per item, its result
-    or the exception it failed with (an exception it raises fails the whole group).
-    :meth:`submit` returns the item's result or raises its exception once its group is
-    written. With one thread per process every group is a single item.
+    or the exception it failed with, and a token for ``settle`` (an exception it raises
+    fails the whole group). :meth:`submit` returns the item's result or raises its
+    exception once its group is written and settled.
+
+    The leader enters ``gate`` (a lock among writers, e.g. :class:`HostLock`) first and
+    only then takes the queue as its group: the callers that arrive while it waits for
+    the gate join its group rather than the next one. It hands the lead on when it leaves
+    the gate, so the next group can wait for the gate while this one runs ``settle(token)``
+    (e.g. a disk flush, which may fail the whole group). Each waiting thread sleeps on a
+    lock of its own and is woken once, to lead or because its item is done, so a group
+    wakes its members and no one else. With one thread per process every group is a
+    single item.
     """
 
     def __init__(
         self,
-        write: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        write: Callable[[Sequence[T]], tuple[Sequence[R | BaseException], K]],
+        *,
+        gate: Callable[[], AbstractContextManager[object]] = _no_gate,
+        settle: Callable[[K], object] = lambda _token: None,
         max_group: int = MAX_GROUP,
     ) -> None:
         self._write = write
+        self._gate = gate
+        self._settle = settle
         self._max = max_group
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Slot[T, R]] = []
         self._leading = False
 
     def submit(self, item: T) -> R:
         slot: _Slot[T, R] = _Slot(item)
-        with self._cond:
+        with self._mutex:
             self._queue.append(slot)
-            while True:
-                while self._leading and not slot.done:
-                    self._cond.wait()
-                if slot.done:
-                    break
-                self._leading = True
-                group, self._queue = self._queue[: self._max], self._queue[self._max :]
-                self._cond.release()
-                try:
-                    self._lead(group)
-                finally:
-                    self._cond.acquire()
-                    self._leading = False
-                    self._cond.notify_all()
+            lead = not self._leading
+            self._leading = True
+        while not slot.done:
+            if lead:
+                self._lead()  # its group may have left this item queued (max_group)
+                lead = False
+            else:
+                slot.wake.acquire()
+                lead = True  # woken: done (the loop ends) or handed the lead
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _lead(self, group: list[_Slot[T, R]]) -> None:
+    def _lead(self) -> None:
+        group: list[_Slot[T, R]] = []
+        outcomes: Sequence[R | BaseException] = []
+        settling = False
+        token: K | None = None
         try:
-            outcomes: Sequence[R | BaseException] = self._write([s.item for s in group])
-            if len(outcomes) != len(group):
-                raise RuntimeError("group write returned the wrong number of outcomes")
+            with self._gate():
+                group = self._take()
+                outcomes, token = self._write([s.item for s in group])
+                if len(outcomes) != len(group):
+                    raise RuntimeError("group write returned the wrong number of outcomes")
+                settling = True
         except BaseException as exc:  # the whole group failed: each gets the error
+            group = group or self._take()
             outcomes = [exc] * len(group)
+        finally:
+            self._hand_on()
+        if settling:
+            try:
+                self._settle(token)  # type: ignore[arg-type]
+            except BaseException as exc:
+                outcomes = [exc] * len(group)
         for slot, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 slot.error = outcome
             else:
                 slot.result = outcome
             slot.done = True
+            slot.wake.release()
+
+    def _take(self) -> list[_Slot[T, R]]:
+        """The queue's first items, as this leader's group."""
+        with self._mutex:
+            group, self._queue = self._queue[: self._max], self._queue[self._max :]
+        return group
+
+    def _hand_on(self) -> None:
+        """Wake the first queued caller to lead the next group, or give the lead up."""
+        with self._mutex:
+            if self._queue:
+                self._queue[0].wake.release()
+            else:
+                self._leading = False
 
 
 class HostLock:
@@ -299,20 +347,22 @@ class IssuanceWriter:
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
-        self._group: GroupCommit[IssuanceWrite, int] = GroupCommit(self._write_group)
+        self._group: GroupCommit[IssuanceWrite, int, int | None] = GroupCommit(
+            self._write_group, gate=self.lock.held, settle=self._settle
+        )
 
     def commit(self, item: IssuanceWrite) -> int:
         """Store ``item`` durably; its event id. Raises :class:`InvalidCode` when the code
         was redeemed or expired meanwhile, :class:`Conflict` on a serial collision."""
         return self._group.submit(item)
 
-    def _write_group(self, items: Sequence[IssuanceWrite]) -> list[int | BaseException]:
+    def _write_group(
+        self, items: Sequence[IssuanceWrite]
+    ) -> tuple[list[int | BaseException], int | None]:
+        """Write a group (under the host's write lock): the outcomes, and on SQLite the
+        commit's number, which :meth:`_settle` makes durable before anyone is answered."""
         try:
-            with self.lock.held():
-                written, seq = self._transaction(items)
-            if seq is not None and self.wal_sync is not None:
-                self.wal_sync.sync(seq)  # durable before anyone of the group is answered
-            return written
+            return self._transaction(items)
         except _NoLogHead:
             pass
         out: list[int | BaseException] = []
@@ -321,7 +371,11 @@ class IssuanceWriter:
                 out.append(self._fallback(item))
             except Exception as exc:
                 out.append(exc)
-        return out
+        return out, None
+
+    def _settle(self, seq: int | None) -> None:
+        if seq is not None and self.wal_sync is not None:
+            self.wal_sync.sync(seq)
 
     def _transaction(
         self, items: Sequence[IssuanceWrite]

@@ -53,14 +53,14 @@ def test_group_commit_writes_what_queued_while_the_leader_wrote() -> None:
     groups: list[list[int]] = []
     written: set[int] = set()
 
-    def write(items: Any) -> list[Any]:
+    def write(items: Any) -> tuple[list[Any], None]:
         if not groups:
             release.wait(10)  # the first leader is slow: the others queue behind it
         groups.append(list(items))
         written.update(items)
-        return [ValueError(f"bad {i}") if i % 5 == 0 else i * 10 for i in items]
+        return [ValueError(f"bad {i}") if i % 5 == 0 else i * 10 for i in items], None
 
-    gc: GroupCommit[int, int] = GroupCommit(write)
+    gc: GroupCommit[int, int, None] = GroupCommit(write)
     results: dict[int, Any] = {}
     early: list[int] = []  # callers that returned before their group was written
 
@@ -95,15 +95,128 @@ def test_group_commit_writes_what_queued_while_the_leader_wrote() -> None:
 
 
 def test_group_commit_failure_fails_the_whole_group() -> None:
-    def write(_items: Any) -> list[Any]:
+    def write(_items: Any) -> tuple[list[Any], None]:
         raise OSError("disk full")
 
-    gc: GroupCommit[int, int] = GroupCommit(write)
+    gc: GroupCommit[int, int, None] = GroupCommit(write)
     with pytest.raises(OSError, match="disk full"):
         gc.submit(1)
     # The next caller leads again (the failed leader gave the lead back).
-    gc2: GroupCommit[int, int] = GroupCommit(lambda items: [i + 1 for i in items])
-    assert gc2.submit(1) == 2
+    gc._write = lambda items: ([i + 1 for i in items], None)
+    assert gc.submit(1) == 2
+
+
+def _submit_all(gc: GroupCommit[int, int, Any], items: range) -> dict[int, Any]:
+    """Each item submitted by a thread of its own; the outcome per item."""
+    results: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = gc.submit(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def _wait_for(check: Any) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_group_commit_takes_what_queued_while_the_leader_waited_for_the_gate() -> None:
+    """The leader takes its group once it holds the gate: the callers that arrived while
+    it waited for the gate (another process writing) are written with it, in one group."""
+    gate = threading.Lock()
+    groups: list[list[int]] = []
+
+    def write(items: Any) -> tuple[list[int], None]:
+        assert gate.locked()
+        groups.append(list(items))
+        return [i * 2 for i in items], None
+
+    gc: GroupCommit[int, int, None] = GroupCommit(write, gate=lambda: gate)
+    out: dict[int, Any] = {}
+    runner = threading.Thread(target=lambda: out.update(_submit_all(gc, range(6))))
+    with gate:  # another writer holds the gate
+        runner.start()
+        _wait_for(lambda: len(gc._queue) == 6)
+        assert groups == []
+    runner.join(10)
+    assert groups == [sorted(groups[0])] and sorted(groups[0]) == list(range(6))
+    assert out == {i: i * 2 for i in range(6)}
+
+
+def test_group_commit_next_group_writes_while_the_last_settles() -> None:
+    """``settle`` (the WAL flush) runs after the gate is left and the lead handed on: the
+    next group is written meanwhile, and no caller returns before its own group settled;
+    a failed settle fails its group only."""
+    gate = threading.Lock()
+    first_settling = threading.Event()
+    release_first = threading.Event()
+    written: list[int] = []
+    settled: set[int] = set()
+    returned_early: list[int] = []
+
+    def write(items: Any) -> tuple[list[int], int]:
+        written.extend(items)
+        return list(items), items[0]
+
+    def settle(token: int) -> None:
+        if token == 0:
+            first_settling.set()
+            assert release_first.wait(10)
+            raise OSError("flush failed")
+        settled.add(token)
+
+    gc: GroupCommit[int, int, int] = GroupCommit(write, gate=lambda: gate, settle=settle)
+    results: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = gc.submit(i)
+        except OSError as exc:
+            results[i] = exc
+        if i == 0 and not release_first.is_set():
+            returned_early.append(i)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert first_settling.wait(10)
+    second = threading.Thread(target=call, args=(1,))
+    second.start()
+    second.join(10)  # written and settled while group 0 is still settling
+    assert results[1] == 1 and 1 in settled and written == [0, 1]
+    assert 0 not in results
+    release_first.set()
+    first.join(10)
+    assert isinstance(results[0], OSError) and returned_early == []
+
+
+def test_group_commit_max_group_leaves_the_rest_to_the_next_leader() -> None:
+    sizes: list[int] = []
+    gate = threading.Lock()
+
+    def write(items: Any) -> tuple[list[int], None]:
+        sizes.append(len(items))
+        return list(items), None
+
+    gc: GroupCommit[int, int, None] = GroupCommit(write, gate=lambda: gate, max_group=3)
+    out: dict[int, Any] = {}
+    runner = threading.Thread(target=lambda: out.update(_submit_all(gc, range(8))))
+    with gate:
+        runner.start()
+        _wait_for(lambda: len(gc._queue) == 8)
+    runner.join(10)
+    assert out == {i: i for i in range(8)}
+    assert sizes == [3, 3, 2] and not gc._leading and gc._queue == []
 
 
 def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
@@ -394,7 +507,7 @@ def test_a_serial_collision_in_a_group_fails_that_issuance_alone(
 
     writer = ca.store._writer
     assert isinstance(writer, groupwrite.IssuanceWriter)
-    outcomes = writer._write_group([item(1 << 80), item(first.serial), item((1 << 80) + 1)])
+    outcomes, _ = writer._write_group([item(1 << 80), item(first.serial), item((1 << 80) + 1)])
     assert isinstance(outcomes[1], Conflict)
     assert isinstance(outcomes[0], int) and isinstance(outcomes[2], int)
     assert outcomes[2] > outcomes[0]
