@@ -347,6 +347,7 @@ class IssuanceWriter:
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
+        self._tuned = threading.local()  # the connection this thread set synchronous on
         self._group: GroupCommit[IssuanceWrite, int, int | None] = GroupCommit(
             self._write_group, gate=self.lock.held, settle=self._settle
         )
@@ -405,11 +406,12 @@ class IssuanceWriter:
     def _write(
         self, raw: Any, cur: Any, items: Sequence[IssuanceWrite]
     ) -> tuple[list[int | BaseException], int | None]:
-        if self._threads is not None:
+        if self._threads is not None and getattr(self._tuned, "conn", None) is not raw:
             # The COMMIT writes the WAL without syncing it; WalSync.sync does, after the
             # write lock is released (see the module's notes). These connections commit
-            # nothing else: the reads on them never write.
+            # nothing else: the reads on them never write. Set once per connection.
             cur.execute("PRAGMA synchronous=NORMAL")
+            self._tuned.conn = raw
         if self._sqlite:
             cur.execute("BEGIN IMMEDIATE")
         sql = translog.CursorSql(cur, self._qmark)

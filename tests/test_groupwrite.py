@@ -339,14 +339,25 @@ def codes(ca: JointCA, n: int) -> list[str]:
 
 
 class Groups:
-    """Records the size of every group the writer commits; holds the first one back until
+    """Records the size of every group the writer commits; the first group is the first
+    caller alone (the others who arrived as soon stay queued), held back until
     ``expected`` callers are queued behind it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, expected: int) -> None:
         self.sizes: list[int] = []
         self.expected = expected
         real = groupwrite.IssuanceWriter._transaction
+        real_take = groupwrite.GroupCommit._take
         groups = self
+
+        def take(gc: GroupCommit[Any, Any, Any]) -> Any:
+            if groups.sizes:
+                return real_take(gc)
+            with gc._mutex:
+                first, gc._queue = gc._queue[:1], gc._queue[1:]
+            return first
+
+        monkeypatch.setattr(groupwrite.GroupCommit, "_take", take)
 
         def transaction(writer: groupwrite.IssuanceWriter, items: Any) -> Any:
             if not groups.sizes:
@@ -543,6 +554,10 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
     returned = True
     assert [(Path(p).name, n, r) for p, n, r in synced] == [("eport.db-wal", before + 1, False)]
     assert issued.record.serial_hex
+    writer = ca.store._writer
+    assert isinstance(writer, groupwrite.IssuanceWriter) and writer._threads is not None
+    own = writer._threads.get()  # this thread's: the group wrote on it, set to NORMAL once
+    assert own.execute("PRAGMA synchronous").fetchone()[0] == 1
 
     def failing(_fd: int) -> None:
         raise OSError(5, "Input/output error")
