@@ -79,10 +79,6 @@ class _Slot(Generic[T, R]):
         self.wake.acquire()
 
 
-def _no_gate() -> AbstractContextManager[None]:
-    return nullcontext()
-
-
 class GroupCommit(Generic[T, R, K]):
     """Leader-based group commit inside one process (framework-free).
 
@@ -105,7 +101,7 @@ class GroupCommit(Generic[T, R, K]):
         self,
         write: Callable[[Sequence[T]], tuple[Sequence[R | BaseException], K]],
         *,
-        gate: Callable[[], AbstractContextManager[object]] = _no_gate,
+        gate: Callable[[], AbstractContextManager[object]] = nullcontext,
         settle: Callable[[K], object] = lambda _token: None,
         max_group: int = MAX_GROUP,
     ) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,18 @@ def test_group_commit_failure_fails_the_whole_group() -> None:
     assert gc.submit(1) == 2
 
 
+def _submit(gc: GroupCommit[int, int, Any], i: int, results: dict[int, Any]) -> None:
+    """Submit ``i``; its outcome (result or exception) lands in ``results`` on return."""
+    try:
+        results[i] = gc.submit(i)
+    except Exception as exc:
+        results[i] = exc
+
+
 def _submit_all(gc: GroupCommit[int, int, Any], items: range) -> dict[int, Any]:
     """Each item submitted by a thread of its own; the outcome per item."""
     results: dict[int, Any] = {}
-
-    def call(i: int) -> None:
-        try:
-            results[i] = gc.submit(i)
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in items]
+    threads = [threading.Thread(target=_submit, args=(gc, i, results), daemon=True) for i in items]
     for t in threads:
         t.start()
     for t in threads:
@@ -163,7 +165,6 @@ def test_group_commit_next_group_writes_while_the_last_settles() -> None:
     release_first = threading.Event()
     written: list[int] = []
     settled: set[int] = set()
-    returned_early: list[int] = []
 
     def write(items: Any) -> tuple[list[int], int]:
         written.extend(items)
@@ -178,26 +179,35 @@ def test_group_commit_next_group_writes_while_the_last_settles() -> None:
 
     gc: GroupCommit[int, int, int] = GroupCommit(write, gate=lambda: gate, settle=settle)
     results: dict[int, Any] = {}
-
-    def call(i: int) -> None:
-        try:
-            results[i] = gc.submit(i)
-        except OSError as exc:
-            results[i] = exc
-        if i == 0 and not release_first.is_set():
-            returned_early.append(i)
-
-    first = threading.Thread(target=call, args=(0,))
+    first = threading.Thread(target=_submit, args=(gc, 0, results))
     first.start()
     assert first_settling.wait(10)
-    second = threading.Thread(target=call, args=(1,))
+    second = threading.Thread(target=_submit, args=(gc, 1, results))
     second.start()
     second.join(10)  # written and settled while group 0 is still settling
     assert results[1] == 1 and 1 in settled and written == [0, 1]
-    assert 0 not in results
+    assert 0 not in results  # not returned before its own settle ended
     release_first.set()
     first.join(10)
-    assert isinstance(results[0], OSError) and returned_early == []
+    assert isinstance(results[0], OSError)
+
+
+def test_group_commit_a_gate_that_fails_fails_the_queued_group() -> None:
+    """If the gate cannot be entered (the lock file cannot be opened), the callers queued
+    get its error instead of waiting for ever; the next caller leads again."""
+    broken = [True]
+
+    @contextmanager
+    def gate() -> Iterator[None]:
+        if broken[0]:
+            raise PermissionError("eport.db.writelock: permission denied")
+        yield
+
+    gc: GroupCommit[int, int, None] = GroupCommit(lambda items: (list(items), None), gate=gate)
+    assert isinstance(_submit_all(gc, range(1))[0], PermissionError)
+    assert not gc._leading and gc._queue == []
+    broken[0] = False
+    assert gc.submit(7) == 7
 
 
 def test_group_commit_max_group_leaves_the_rest_to_the_next_leader() -> None:
