@@ -222,17 +222,28 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
     return value
 
 
-@bp.post("/ra/applications/<app_id>/approve")
-def approve(app_id: str) -> Response:
-    caller = signed_caller()
-    data = json_body()
+def profiles_arg(data: dict[str, Any]) -> list[str] | None:
     profiles = data.get("profiles")
     if profiles is not None and (
         not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles)
     ):
         raise BadRequest("'profiles' must be a list of profile names")
-    grant = svc().authority.approve(caller, app_id, profiles)
+    return profiles
+
+
+@bp.post("/ra/applications/<app_id>/approve")
+def approve(app_id: str) -> Response:
+    caller = signed_caller()
+    grant = svc().authority.approve(caller, app_id, profiles_arg(json_body()))
     return jsonify(grant_json(grant))
+
+
+@bp.post("/ra/applications/<app_id>/code")
+def reissue_code(app_id: str) -> tuple[Response, int]:
+    """A new enrollment code for an approved application (the last one lost or expired)."""
+    caller = signed_caller()
+    grant = svc().authority.reissue_code(caller, app_id, profiles_arg(json_body()))
+    return jsonify({**grant_json(grant), "replaced_unused_codes": grant.replaced}), 201
 
 
 @bp.post("/ra/applications/<app_id>/reject")

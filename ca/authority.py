@@ -8,6 +8,7 @@ Flows follow DESIGN.md §Key flows 2 (enrollment); CSRs are RFC 2986 PKCS#10.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -42,6 +43,7 @@ from ca.records import (
     Event,
     EventType,
     IssuanceWrite,
+    StatusState,
     Store,
     Transaction,
 )
@@ -155,6 +157,8 @@ class CodeGrant:
     code: str
     expires_at: datetime.datetime
     profiles: tuple[str, ...]
+    replaced: int = 0
+    """How many unused codes of the application this one ended (a reissued code)."""
 
 
 class JointCA:
@@ -325,11 +329,7 @@ class JointCA:
     ) -> CodeGrant:
         now = self.clock()
         with self.store.transaction() as tx:
-            app = tx.get_application(app_id, for_update=True)
-            if app is None:
-                raise NotFound(f"no application {app_id!r}")
-            if caller is not None:
-                self._check_officer_scope(caller, app)
+            app = self._locked_application(tx, app_id, caller)
             allowed = self._profiles_for(app, profiles)
             if app.state is not ApplicationState.PENDING:
                 raise Conflict(f"application {app_id} is already {app.state.value}")
@@ -339,14 +339,12 @@ class JointCA:
                 raise Conflict(f"application {app_id} was decided concurrently")
             grant = self._grant_code(tx, app, allowed, now)
             tx.append_event(
-                Event(
-                    type=EventType.APPLICATION_APPROVED,
-                    at=now,
-                    actor=actor,
-                    uscc=app.uscc,
-                    subject=_display_name(app.vetted),
-                    application_id=app.id,
-                    details={"profiles": list(allowed), **details},
+                _application_event(
+                    EventType.APPLICATION_APPROVED,
+                    app,
+                    actor,
+                    now,
+                    {"profiles": list(allowed), **details},
                 )
             )
         return grant
@@ -360,10 +358,7 @@ class JointCA:
             raise BadRequest("the reason is longer than 500 characters")
         now = self.clock()
         with self.store.transaction() as tx:
-            app = tx.get_application(app_id, for_update=True)
-            if app is None:
-                raise NotFound(f"no application {app_id!r}")
-            self._check_officer_scope(caller, app)
+            app = self._locked_application(tx, app_id, caller)
             if app.state is not ApplicationState.PENDING:
                 raise Conflict(f"application {app_id} is already {app.state.value}")
             if not tx.set_application_state(
@@ -376,19 +371,81 @@ class JointCA:
             ):
                 raise Conflict(f"application {app_id} was decided concurrently")
             tx.append_event(
-                Event(
-                    type=EventType.APPLICATION_REJECTED,
-                    at=now,
-                    actor=caller.actor,
-                    uscc=app.uscc,
-                    subject=_display_name(app.vetted),
-                    application_id=app.id,
-                    details={"reason": reason, "officer": caller.subject},
+                _application_event(
+                    EventType.APPLICATION_REJECTED,
+                    app,
+                    caller.actor,
+                    now,
+                    {"reason": reason, "officer": caller.subject},
                 )
             )
             updated = tx.get_application(app_id)
         assert updated is not None
         return updated
+
+    def reissue_code(
+        self, caller: Caller, app_id: str, profiles: Sequence[str] | None = None
+    ) -> CodeGrant:
+        """A new one-time code for an approved application whose code was lost or expired.
+
+        The application's unused codes end in the same transaction, so one code at most is
+        live. While a certificate issued on the application is in force (not expired, not
+        revoked; a suspended one may be resumed), no code is given: its holder renews with
+        it, or an officer revokes it first (a lost key). The new code allows the profiles of
+        the last one unless ``profiles`` names others of the application's class.
+        """
+        self._require(caller, SubjectClass.AGENCY)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            app = self._locked_application(tx, app_id, caller)
+            if app.state is not ApplicationState.APPROVED:
+                raise Conflict(
+                    f"application {app_id} is {app.state.value}; only an approved "
+                    "application gets a new code"
+                )
+            earlier = tx.codes_of_application(app_id)  # the last one given comes first
+            # Ended before the certificates are read: an enrollment redeeming one of these
+            # codes either committed before (its certificate is seen below) or fails after.
+            replaced = tx.expire_codes(app_id, now)
+            for rec in tx.certificates_of_application(app_id):
+                status = tx.get_status(rec.serial)
+                if rec.not_after > now and (status is None or status.state is StatusState.HOLD):
+                    raise Conflict(
+                        f"application {app_id} has certificate {rec.serial_hex} in force "
+                        f"until {rec.not_after:%Y-%m-%dT%H:%M:%SZ}: its holder renews it "
+                        "(eport renew), or an officer revokes it first (eport revoke)"
+                    )
+            if profiles:
+                allowed = self._profiles_for(app, profiles)
+            else:
+                allowed = earlier[0].profiles if earlier else self._profiles_for(app, None)
+            grant = self._grant_code(tx, app, allowed, now)
+            tx.append_event(
+                _application_event(
+                    EventType.CODE_REISSUED,
+                    app,
+                    caller.actor,
+                    now,
+                    {
+                        "profiles": list(allowed),
+                        "officer": caller.subject,
+                        "replaced_unused_codes": replaced,
+                    },
+                )
+            )
+        return dataclasses.replace(grant, replaced=replaced)
+
+    def _locked_application(
+        self, tx: Transaction, app_id: str, caller: Caller | None
+    ) -> Application:
+        """The application, its row locked for this transaction, when ``caller`` (if any: a
+        ceremony decides for the whole CA) may decide it."""
+        app = tx.get_application(app_id, for_update=True)
+        if app is None:
+            raise NotFound(f"no application {app_id!r}")
+        if caller is not None:
+            self._check_officer_scope(caller, app)
+        return app
 
     def _check_officer_scope(self, caller: Caller, app: Application) -> None:
         # An officer vets enterprises for the whole joint CA, but agency staff and
@@ -499,7 +556,10 @@ class JointCA:
         if rec.used_at is not None:
             raise InvalidCode("this enrollment code was already used")
         if rec.expires_at <= now:
-            raise InvalidCode("this enrollment code has expired")
+            raise InvalidCode(
+                "this enrollment code has expired or was replaced; an RA officer can give "
+                "the application a new one (eport ra new-code APP_ID)"
+            )
         if profile.name not in rec.profiles:
             raise ProfileNotAllowed(
                 f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
@@ -593,6 +653,25 @@ def _display_name(vetted: Mapping[str, str]) -> str:
         if key in vetted:
             return vetted[key]
     return ""
+
+
+def _application_event(
+    type: EventType,
+    app: Application,
+    actor: str,
+    at: datetime.datetime,
+    details: Mapping[str, object],
+) -> Event:
+    """The event of an RA decision on ``app`` (approval, rejection, a new code)."""
+    return Event(
+        type=type,
+        at=at,
+        actor=actor,
+        uscc=app.uscc,
+        subject=_display_name(app.vetted),
+        application_id=app.id,
+        details=details,
+    )
 
 
 def certificate_record(

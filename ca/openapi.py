@@ -100,6 +100,17 @@ def openapi_document() -> dict[str, Any]:
                     params=[_APP_ID],
                 )
             },
+            "/ca/v1/ra/applications/{app_id}/code": {
+                "post": _op(
+                    "New enrollment code for an approved application (the last one lost or "
+                    "expired; its unused codes end); 409 while one of its certificates is in force",
+                    signed=True,
+                    body="ApproveRequest",
+                    ok="201",
+                    result="CodeGrant",
+                    params=[_APP_ID],
+                )
+            },
             "/ca/v1/ra/applications/{app_id}/reject": {
                 "post": _op(
                     "Reject with a reason",
@@ -363,6 +374,10 @@ def openapi_document() -> dict[str, Any]:
                         "enrollment_code": string,
                         "expires_at": string,
                         "profiles": {"type": "array", "items": string},
+                        "replaced_unused_codes": {
+                            "type": "integer",
+                            "description": "a new code only: how many unused codes it ended",
+                        },
                     }
                 ),
                 "EnrollRequest": s(

@@ -30,6 +30,9 @@ class EventType(enum.Enum):
     APPLICATION_SUBMITTED = "application.submitted"
     APPLICATION_APPROVED = "application.approved"
     APPLICATION_REJECTED = "application.rejected"
+    CODE_REISSUED = "application.code_reissued"
+    """An RA officer gave an approved application a new enrollment code (the last one was
+    lost or expired); its unused codes stopped working in the same transaction."""
     OPERATOR_AUTHORIZED = "operator.authorized"
     CERTIFICATE_ISSUED = "certificate.issued"
     CERTIFICATE_RENEWED = "certificate.renewed"
@@ -188,6 +191,16 @@ class Transaction(Protocol):
         ...
 
     def find_code(self, code_hash: str) -> EnrollmentCode | None: ...
+
+    def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
+        """Every code ever given to the application, the latest expiry first."""
+        ...
+
+    def expire_codes(self, app_id: str, now: datetime.datetime) -> int:
+        """End the application's unused, unexpired codes at ``now``; how many there were."""
+        ...
+
+    def certificates_of_application(self, app_id: str) -> list[CertificateRecord]: ...
 
     def add_certificate(self, rec: CertificateRecord) -> None: ...
 

@@ -155,6 +155,20 @@ _REDEEM_CODE = (
     .values(used_at=bindparam("used"))
     .returning(*_CODE_COLUMNS)
 )
+_CODES_OF_APP = (
+    select(*_CODE_COLUMNS)
+    .where(_C.application_id == bindparam("app_id"))
+    .order_by(_C.expires_at.desc(), _C.code_hash)
+)
+_EXPIRE_CODES = (
+    update(_C)
+    .where(
+        _C.application_id == bindparam("app_id"),
+        _C.used_at.is_(None),
+        _C.expires_at > bindparam("now"),
+    )
+    .values(expires_at=bindparam("ended"))
+)
 _APP_COLUMNS = (
     _A.id,
     _A.subject_class,
@@ -183,6 +197,11 @@ _CERT_COLUMNS = (
     _CERT.created_at,
 )
 _KEY_HOLDERS = select(*_CERT_COLUMNS).where(_CERT.spki_sha256 == bindparam("spki"))
+_CERTS_OF_APP = (
+    select(*_CERT_COLUMNS)
+    .where(_CERT.application_id == bindparam("app_id"))
+    .order_by(_CERT.not_after, _CERT.serial)
+)
 _INSERT_CERT = insert(_CERT)
 _INSERT_EVENT = insert(_E)
 
@@ -526,6 +545,13 @@ class SqlTransaction:
         row = self._conn().execute(_FIND_CODE, {"code_hash": code_hash}).first()
         return _code_of(row) if row else None
 
+    def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
+        return [_code_of(r) for r in self._conn().execute(_CODES_OF_APP, {"app_id": app_id})]
+
+    def expire_codes(self, app_id: str, now: datetime.datetime) -> int:
+        res = self._conn().execute(_EXPIRE_CODES, {"app_id": app_id, "now": now, "ended": now})
+        return int(res.rowcount)
+
     def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
         """Mark the code used if it is unused and unexpired: one compare-and-set (the
         database decides between concurrent redemptions); the redeemed code, or None."""
@@ -567,6 +593,9 @@ class SqlTransaction:
         if uscc is not None:
             q = q.where(CertificateRow.uscc == uscc)
         return [_cert(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
+
+    def certificates_of_application(self, app_id: str) -> list[CertificateRecord]:
+        return [_cert_of(r) for r in self._conn().execute(_CERTS_OF_APP, {"app_id": app_id})]
 
     def key_holders(self, spki_sha256: str) -> list[CertificateRecord]:
         return [_cert_of(r) for r in self._conn().execute(_KEY_HOLDERS, {"spki": spki_sha256})]

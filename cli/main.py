@@ -76,6 +76,7 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
       eport apply --uscc 91350100M000100Y43 --name "Xiamen Harbour Trading Co., Ltd."
       eport ra list --cert officer.pem --key officer.key          (an RA officer)
       eport ra approve APP_ID --cert officer.pem --key officer.key
+        (a lost or expired code: eport ra new-code APP_ID --cert officer.pem --key officer.key)
       eport enroll --code CODE --profile enterprise --out ./xiamen-harbour
       eport cert show ./xiamen-harbour/cert.pem
 
@@ -591,6 +592,29 @@ def ra_list(
     emit(as_json, doc, "\n".join(lines))
 
 
+def _code_call(
+    ctx: Ctx,
+    path: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    profiles: tuple[str, ...],
+) -> dict[str, Any]:
+    """A signed POST under /ca/v1/ra/applications/ that answers with a code."""
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    body = {"profiles": list(profiles)} if profiles else {}
+    doc: dict[str, Any] = ctx.client().call("POST", f"/ca/v1/ra/applications/{path}", body, ident)
+    return doc
+
+
+def _code_lines(doc: dict[str, Any]) -> str:
+    return (
+        f"Enrollment code: {doc['enrollment_code']}\n"
+        f"  profiles: {', '.join(doc['profiles'])}\n"
+        f"  expires: {doc['expires_at']}"
+    )
+
+
 @ra.command("approve")
 @click.argument("app_id")
 @identity_options("RA officer")
@@ -616,17 +640,42 @@ def ra_approve(
     Hand the code to the applicant over a separate channel; it is shown once,
     stored only as a hash, and expires (7 days by default).
     """
-    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    body = {"profiles": list(profiles)} if profiles else {}
-    doc = ctx.client().call("POST", f"/ca/v1/ra/applications/{app_id}/approve", body, ident)
-    emit(
-        as_json,
-        doc,
-        f"Approved {app_id}.\n"
-        f"Enrollment code: {doc['enrollment_code']}\n"
-        f"  profiles: {', '.join(doc['profiles'])}\n"
-        f"  expires: {doc['expires_at']}",
-    )
+    doc = _code_call(ctx, f"{app_id}/approve", cert_file, key_file, passphrase_file, profiles)
+    emit(as_json, doc, f"Approved {app_id}.\n" + _code_lines(doc))
+
+
+@ra.command("new-code")
+@click.argument("app_id")
+@identity_options("RA officer")
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    help="Limit the code to these profiles (default: those of the application's last code).",
+)
+@json_option
+@pass_ctx
+def ra_new_code(
+    ctx: Ctx,
+    app_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    profiles: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Give approved application APP_ID a new one-time enrollment code.
+
+    For a code that was lost or expired before it was used: the application's
+    unused codes stop working at once, so only the new one is live. Refused
+    while a certificate issued on the application is in force: its holder
+    renews with it (eport renew), or, for a lost key, an officer revokes it
+    first (eport revoke). Recorded in the audit log.
+    """
+    doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
+    n = doc["replaced_unused_codes"]
+    ended = f" (ended {n} unused code{'s' if n != 1 else ''})" if n else ""
+    emit(as_json, doc, f"New code for {app_id}{ended}.\n" + _code_lines(doc))
 
 
 @ra.command("reject")

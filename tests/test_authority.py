@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,21 @@ from ca.authority import JointCA, parse_csr
 from ca.ceremony import issue_officers
 from ca.config import CAConfig
 from ca.db import make_engine, upgrade
-from ca.errors import BadCSR, BadRequest, Forbidden, InvalidUSCC, ProfileNotAllowed
+from ca.errors import (
+    BadCSR,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidCode,
+    InvalidUSCC,
+    NotFound,
+    ProfileNotAllowed,
+)
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from ca.policy import Members, load_policies
+from ca.revocation import Revocation
 from ca.signedreq import SignedRequest
 from ca.store import SqlStore
 
@@ -188,3 +199,107 @@ def test_bad_applications_change_nothing(env: tuple, data: dict, err: type) -> N
     with pytest.raises(BadRequest):
         ca.apply("operator", {"uscc": "91350100M000100Y43"})
     assert counts(sessions) == before
+
+
+def test_a_new_code_ends_the_unused_one(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Lost Code Co."})
+    lost = ca.approve(officer_caller, app.id)
+    before = counts(sessions)
+    fresh = ca.reissue_code(officer_caller, app.id)
+    assert fresh.replaced == 1 and fresh.profiles == lost.profiles == ("enterprise",)
+    assert fresh.code != lost.code and fresh.expires_at > ca.clock()
+    # One code row and one event more, and nothing else.
+    assert counts(sessions) == [before[0], before[1], before[2] + 1, before[3] + 1]
+    with sessions() as s:
+        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
+    assert ev is not None and ev.type == "application.code_reissued"
+    assert ev.application_id == app.id and ev.actor == officer_caller.actor
+    assert json.loads(ev.details)["replaced_unused_codes"] == 1
+    with pytest.raises(InvalidCode, match=r"expired or was replaced.*eport ra new-code"):
+        ca.enroll(lost.code, "enterprise", csr(KeyType.P256.generate()))
+    issued = ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate()))
+    assert issued.record.application_id == app.id
+
+
+def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, _, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Late Co."})
+    old = ca.approve(officer_caller, app.id)
+    start = ca.clock()
+    ca.clock = lambda: start + datetime.timedelta(days=8)
+    with pytest.raises(InvalidCode, match="expired"):
+        ca.enroll(old.code, "enterprise", csr(KeyType.P256.generate()))
+    fresh = ca.reissue_code(officer_caller, app.id)
+    assert fresh.replaced == 0  # the expired one was no longer live
+    assert ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate())).record.serial
+
+
+def test_no_new_code_while_a_certificate_is_in_force(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Holder Co."})
+    issued = ca.enroll(
+        ca.approve(officer_caller, app.id).code, "enterprise", csr(KeyType.P256.generate())
+    )
+    revocation = Revocation(ca)
+    serial = issued.record.serial
+    before = counts(sessions)
+    with pytest.raises(Conflict, match=rf"{issued.record.serial_hex} in force.*eport renew"):
+        ca.reissue_code(officer_caller, app.id)
+    # Suspended is still in force (it may be resumed).
+    revocation.suspend(officer_caller, serial)
+    before = counts(sessions)
+    with pytest.raises(Conflict, match="in force"):
+        ca.reissue_code(officer_caller, app.id)
+    assert counts(sessions) == before
+    # Revoked (a lost key): the application may enroll again with a new code.
+    revocation.revoke(officer_caller, serial, "keyCompromise")
+    fresh = ca.reissue_code(officer_caller, app.id)
+    assert fresh.replaced == 0
+    again = ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate()))
+    assert again.record.application_id == app.id and again.record.serial != serial
+    # An expired certificate is no longer in force either.
+    later = again.record.not_after + datetime.timedelta(seconds=1)
+    ca.clock = lambda: later
+    assert ca.reissue_code(officer_caller, app.id).replaced == 0
+
+
+def test_new_code_refusals_change_nothing(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    pending = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Wait Co."})
+    approved = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Ok Co."})
+    grant = ca.approve(officer_caller, approved.id)
+    rejected = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "No Co."})
+    ca.reject(officer_caller, rejected.id, "documents incomplete")
+    staff = ca.apply("agency", {"agency_id": "tax", "person_name": "Zhang Min"})
+    ca.approve_at_ceremony(staff.id, "test")
+    ent = ca.enroll(
+        ca.approve(
+            officer_caller,
+            ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "E Co."}).id,
+        ).code,
+        "enterprise",
+        csr(KeyType.P256.generate()),
+    )
+    (tmp_path / "ent.pem").write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
+    ent_caller = ca.caller(signed_by(tmp_path / "ent.pem"))
+    before = counts(sessions)
+    with pytest.raises(Conflict, match="is pending"):
+        ca.reissue_code(officer_caller, pending.id)
+    with pytest.raises(Conflict, match="is rejected"):
+        ca.reissue_code(officer_caller, rejected.id)
+    with pytest.raises(NotFound):
+        ca.reissue_code(officer_caller, "app_nosuch")
+    with pytest.raises(Forbidden):  # an enterprise is no RA officer
+        ca.reissue_code(ent_caller, approved.id)
+    with pytest.raises(Forbidden, match="agency 'tax'"):  # a customs officer, tax's staff
+        ca.reissue_code(officer_caller, staff.id)
+    with pytest.raises(ProfileNotAllowed):
+        ca.reissue_code(officer_caller, approved.id, ["agency"])
+    assert counts(sessions) == before
+    # The refusals left the approved application's code live.
+    assert ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate())).record.serial

@@ -328,6 +328,48 @@ def test_reject(server: Server) -> None:
     assert app["id"] in {a["id"] for a in listed["applications"]}
 
 
+def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
+    """An officer gives an approved application a new code: the lost one stops working,
+    the new one enrolls; none while the certificate is in force; after a revocation,
+    one again; every new code is in the audit log."""
+    app = jrun(server, "apply", "--uscc", USCC, "--name", "Lost Code Trading Co.")
+    lost = jrun(server, "ra", "approve", app["id"], *server.officer())
+    fresh = jrun(server, "ra", "new-code", app["id"], *server.officer("tax"))
+    assert fresh["replaced_unused_codes"] == 1 and fresh["profiles"] == ["enterprise"]
+    assert fresh["enrollment_code"] != lost["enrollment_code"]
+    enroll = ("enroll", "--profile", "enterprise", "--out")
+    old = server.eport(
+        *enroll, str(tmp_path / "old"), "--code", lost["enrollment_code"], check=False
+    )
+    assert old.returncode == 1 and old.stderr.count("\n") == 1, old.stderr
+    assert "expired or was replaced" in old.stderr and "eport ra new-code" in old.stderr
+    issued = jrun(server, *enroll, str(tmp_path / "new"), "--code", fresh["enrollment_code"])
+    openssl_verify(server, tmp_path / "new" / "cert.pem", tmp_path / "new" / "chain.pem")
+    before = counts(server)
+    refused = server.eport("ra", "new-code", app["id"], *server.officer(), check=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"{issued['serial']} in force" in refused.stderr and "HTTP 409" in refused.stderr
+    assert counts(server) == before
+    server.eport(
+        "revoke", "--serial", issued["serial"], "--reason", "keyCompromise", *server.officer()
+    )
+    text = server.eport("ra", "new-code", app["id"], *server.officer()).stdout
+    assert text.startswith(f"New code for {app['id']}.\nEnrollment code: "), text
+    logged = json.loads(
+        server.eport(
+            "audit",
+            "log",
+            *server.auditor(),
+            "--type",
+            "application.code_reissued",
+            "--format",
+            "json",
+        ).stdout
+    )
+    mine = [e for e in logged if e["application_id"] == app["id"]]
+    assert len(mine) == 2, logged
+
+
 def test_openapi_and_problem(server: Server) -> None:
     import requests
 
