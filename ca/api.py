@@ -94,6 +94,7 @@ def grant_json(grant: CodeGrant) -> dict[str, Any]:
         "enrollment_code": grant.code,
         "expires_at": iso(grant.expires_at),
         "profiles": list(grant.profiles),
+        "replaced_unused_codes": grant.replaced,
     }
 
 
@@ -243,7 +244,7 @@ def reissue_code(app_id: str) -> tuple[Response, int]:
     """A new enrollment code for an approved application (the last one lost or expired)."""
     caller = signed_caller()
     grant = svc().authority.reissue_code(caller, app_id, profiles_arg(json_body()))
-    return jsonify({**grant_json(grant), "replaced_unused_codes": grant.replaced}), 201
+    return jsonify(grant_json(grant)), 201
 
 
 @bp.post("/ra/applications/<app_id>/reject")

@@ -404,17 +404,13 @@ class JointCA:
                     "application gets a new code"
                 )
             earlier = tx.codes_of_application(app_id)  # the last one given comes first
-            # Ended before the certificates are read: an enrollment redeeming one of these
-            # codes either committed before (its certificate is seen below) or fails after.
-            replaced = tx.expire_codes(app_id, now)
-            for rec in tx.certificates_of_application(app_id):
-                status = tx.get_status(rec.serial)
-                if rec.not_after > now and (status is None or status.state is StatusState.HOLD):
-                    raise Conflict(
-                        f"application {app_id} has certificate {rec.serial_hex} in force "
-                        f"until {rec.not_after:%Y-%m-%dT%H:%M:%SZ}: its holder renews it "
-                        "(eport renew), or an officer revokes it first (eport revoke)"
-                    )
+            replaced = _end_codes_unless_in_force(
+                tx,
+                [app],
+                now,
+                f"application {app_id}",
+                "its holder renews it (eport renew), or an officer revokes it first (eport revoke)",
+            )
             if profiles:
                 allowed = self._profiles_for(app, profiles)
             else:
@@ -486,7 +482,12 @@ class JointCA:
     # -- operators --------------------------------------------------------------------------
 
     def authorize_operator(self, caller: Caller, name: str, operator_id: str) -> CodeGrant:
-        """The enterprise's legal person authorizes an operator: an approved application."""
+        """The enterprise's legal person authorizes an operator: an approved application.
+
+        Authorizing an operator id again (a lost or expired code, a corrected name) ends
+        the unused codes of its earlier authorizations, so one code at most is live per
+        operator; it is refused while a certificate of that operator id is in force.
+        """
         self._require(caller, SubjectClass.ENTERPRISE)
         with self.store.reading() as tx:
             record = tx.get_certificate(caller.serial)
@@ -521,8 +522,27 @@ class JointCA:
         )
         profiles = tuple(sorted(p.name for p in self.policies.profiles_of(SubjectClass.OPERATOR)))
         with self.store.transaction() as tx:
+            # The enterprise's row lock orders its authorizations (PostgreSQL), so two at
+            # once for one operator cannot both leave a code live.
+            tx.get_application(parent.id, for_update=True)
+            earlier = [
+                a
+                for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
+                if a.vetted.get("operator_id") == clean_id
+            ]
+            replaced = _end_codes_unless_in_force(
+                tx,
+                earlier,
+                now,
+                f"operator {clean_id}",
+                "the operator renews it (eport renew), or the enterprise revokes it first "
+                "(eport revoke --serial SERIAL)",
+            )
             tx.add_application(app)
             grant = self._grant_code(tx, app, profiles, now)
+            details: dict[str, object] = {"operator_id": clean_id, "profiles": list(profiles)}
+            if replaced:
+                details["replaced_unused_codes"] = replaced
             tx.append_event(
                 Event(
                     type=EventType.OPERATOR_AUTHORIZED,
@@ -531,10 +551,10 @@ class JointCA:
                     uscc=parent.uscc,
                     subject=clean_name,
                     application_id=app.id,
-                    details={"operator_id": clean_id, "profiles": list(profiles)},
+                    details=details,
                 )
             )
-        return grant
+        return dataclasses.replace(grant, replaced=replaced)
 
     # -- issuance ---------------------------------------------------------------------------
 
@@ -653,6 +673,31 @@ def _display_name(vetted: Mapping[str, str]) -> str:
         if key in vetted:
             return vetted[key]
     return ""
+
+
+def _end_codes_unless_in_force(
+    tx: Transaction,
+    apps: Sequence[Application],
+    now: datetime.datetime,
+    who: str,
+    remedy: str,
+) -> int:
+    """End the unused codes of ``apps`` (how many), then refuse while a certificate issued
+    on one of them is in force (not expired, not revoked; a suspended one may be resumed).
+
+    The codes are ended before the certificates are read: an enrollment redeeming one of
+    them either committed before (its certificate is seen here) or finds its code ended.
+    """
+    replaced = sum(tx.expire_codes(a.id, now) for a in apps)
+    for app in apps:
+        for rec in tx.certificates_of_application(app.id):
+            status = tx.get_status(rec.serial)
+            if rec.not_after > now and (status is None or status.state is StatusState.HOLD):
+                raise Conflict(
+                    f"{who} has certificate {rec.serial_hex} in force until "
+                    f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: {remedy}"
+                )
+    return replaced
 
 
 def _application_event(

@@ -376,7 +376,8 @@ def openapi_document() -> dict[str, Any]:
                         "profiles": {"type": "array", "items": string},
                         "replaced_unused_codes": {
                             "type": "integer",
-                            "description": "a new code only: how many unused codes it ended",
+                            "description": "how many unused codes of the application (a new "
+                            "code) or of the operator id (authorized again) this one ended",
                         },
                     }
                 ),

@@ -180,6 +180,10 @@ class Transaction(Protocol):
         """Compare-and-set the state; False if it was no longer ``expected``."""
         ...
 
+    def applications_of(self, uscc: str, subject_class: str) -> list[Application]:
+        """The enterprise's applications of one subject class, oldest first."""
+        ...
+
     def list_applications(
         self, state: ApplicationState | None, limit: int, offset: int
     ) -> list[Application]: ...

@@ -182,6 +182,11 @@ _APP_COLUMNS = (
     _A.reason,
 )
 _GET_APP = select(*_APP_COLUMNS).where(_A.id == bindparam("app_id"))
+_APPS_OF = (
+    select(*_APP_COLUMNS)
+    .where(_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
+    .order_by(_A.created_at, _A.id)
+)
 _CERT_COLUMNS = (
     _CERT.serial,
     _CERT.issuer_id,
@@ -520,6 +525,10 @@ class SqlTransaction:
         )
         self.s.expire_all()
         return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def applications_of(self, uscc: str, subject_class: str) -> list[Application]:
+        rows = self._conn().execute(_APPS_OF, {"uscc": uscc, "cls": subject_class})
+        return [_app_of(r) for r in rows]
 
     def list_applications(
         self, state: ApplicationState | None, limit: int, offset: int

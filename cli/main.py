@@ -607,6 +607,12 @@ def _code_call(
     return doc
 
 
+def _ended(doc: dict[str, Any]) -> str:
+    """The note "(ended N unused codes)" when the new code replaced any, else nothing."""
+    n = doc.get("replaced_unused_codes", 0)
+    return f" (ended {n} unused code{'s' if n != 1 else ''})" if n else ""
+
+
 def _code_lines(doc: dict[str, Any]) -> str:
     return (
         f"Enrollment code: {doc['enrollment_code']}\n"
@@ -673,9 +679,7 @@ def ra_new_code(
     first (eport revoke). Recorded in the audit log.
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
-    n = doc["replaced_unused_codes"]
-    ended = f" (ended {n} unused code{'s' if n != 1 else ''})" if n else ""
-    emit(as_json, doc, f"New code for {app_id}{ended}.\n" + _code_lines(doc))
+    emit(as_json, doc, f"New code for {app_id}{_ended(doc)}.\n" + _code_lines(doc))
 
 
 @ra.command("reject")
@@ -737,6 +741,11 @@ def operator_add(
 
     \b
       eport enroll --code CODE --profile operator --out DIR
+
+    Run it again for the same --id when the code was lost or expired: the
+    earlier unused code stops working. Refused while a certificate of that
+    operator id is in force: the operator renews it (eport renew), or you
+    revoke it first (eport revoke --serial SERIAL).
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
@@ -745,7 +754,7 @@ def operator_add(
     emit(
         as_json,
         doc,
-        f"Operator {name} ({operator_id}) authorized.\n"
+        f"Operator {name} ({operator_id}) authorized{_ended(doc)}.\n"
         f"Enrollment code: {doc['enrollment_code']}\n"
         f"  expires: {doc['expires_at']}\n"
         f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ca import hierarchy
 from ca.app import build_authority
-from ca.authority import JointCA, parse_csr
+from ca.authority import Caller, JointCA, parse_csr
 from ca.ceremony import issue_officers
 from ca.config import CAConfig
 from ca.db import make_engine, upgrade
@@ -303,3 +303,42 @@ def test_new_code_refusals_change_nothing(env: tuple, tmp_path: Path) -> None:  
     assert counts(sessions) == before
     # The refusals left the approved application's code live.
     assert ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate())).record.serial
+
+
+def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+
+    def enterprise(uscc: str, name: str) -> Caller:
+        grant = ca.approve(
+            officer_caller, ca.apply("enterprise", {"uscc": uscc, "legal_name": name}).id
+        )
+        ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+        path = tmp_path / f"{ent.record.serial_hex}.pem"
+        path.write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
+        return ca.caller(signed_by(path))
+
+    ent = enterprise("91350100M000100Y43", "Again Co.")
+    other = enterprise("91350100MA31WDXY2A", "Other Co.")
+    lost = ca.authorize_operator(ent, "Li Wei", "E1")
+    assert lost.replaced == 0
+    assert ca.authorize_operator(other, "Li Wei", "E1").replaced == 0  # another enterprise
+    fresh = ca.authorize_operator(ent, "Li Wei", "E1")
+    assert fresh.replaced == 1
+    with sessions() as s:
+        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
+    assert ev is not None and ev.type == "operator.authorized"
+    assert json.loads(ev.details)["replaced_unused_codes"] == 1
+    with pytest.raises(InvalidCode, match="expired or was replaced"):
+        ca.enroll(lost.code, "operator", csr(KeyType.P256.generate()))
+    op = ca.enroll(fresh.code, "operator", csr(KeyType.P256.generate()))
+    assert ca.authorize_operator(ent, "Wang Fang", "E2").replaced == 0  # another operator
+    before = counts(sessions)
+    with pytest.raises(Conflict, match=rf"operator E1 has certificate {op.record.serial_hex}"):
+        ca.authorize_operator(ent, "Li Wei", "E1")
+    assert counts(sessions) == before
+    # The enterprise revokes its operator's certificate (a lost key): authorized again.
+    Revocation(ca).revoke(ent, op.record.serial, "keyCompromise")
+    again = ca.authorize_operator(ent, "Li Wei", "E1")
+    assert again.replaced == 0
+    assert ca.enroll(again.code, "operator", csr(KeyType.P256.generate())).record.serial

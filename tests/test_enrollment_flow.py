@@ -345,6 +345,28 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     assert "expired or was replaced" in old.stderr and "eport ra new-code" in old.stderr
     issued = jrun(server, *enroll, str(tmp_path / "new"), "--code", fresh["enrollment_code"])
     openssl_verify(server, tmp_path / "new" / "cert.pem", tmp_path / "new" / "chain.pem")
+    # The enterprise authorizes an operator again for a lost code: the same, one level down.
+    ent = ["--cert", str(tmp_path / "new" / "cert.pem"), "--key", str(tmp_path / "new" / "key.pem")]
+    add = ("operator", "add", "--name", "Lu Lan", "--id", "LC1", *ent)
+    first = jrun(server, *add)
+    second = server.eport(*add).stdout
+    assert second.startswith("Operator Lu Lan (LC1) authorized (ended 1 unused code).\n"), second
+    code = second.split("Enrollment code: ")[1].split()[0]
+    old_op = server.eport(
+        "enroll",
+        "--profile",
+        "operator",
+        "--out",
+        str(tmp_path / "o1"),
+        "--code",
+        first["enrollment_code"],
+        check=False,
+    )
+    assert old_op.returncode == 1 and "expired or was replaced" in old_op.stderr
+    jrun(server, "enroll", "--profile", "operator", "--out", str(tmp_path / "o2"), "--code", code)
+    third = server.eport(*add, check=False)
+    assert third.returncode == 1 and third.stderr.count("\n") == 1, third.stderr
+    assert "operator LC1 has certificate" in third.stderr and "in force" in third.stderr
     before = counts(server)
     refused = server.eport("ra", "new-code", app["id"], *server.officer(), check=False)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
