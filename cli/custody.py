@@ -23,7 +23,7 @@ from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
 from cli.client import CAClient, CLIError
 from cli.keyfiles import identity_options
-from cli.options import data_dir_option, json_option, policies_option
+from cli.options import data_dir_option, json_option, policies_option, secret_prompt
 
 MIN_PASSPHRASE = 12
 
@@ -49,13 +49,8 @@ def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -
         value = os.environ[f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"].encode()
     else:
         try:
-            value = str(
-                click.prompt(
-                    f"{custodian} ({member}): choose the passphrase of your share file",
-                    hide_input=True,
-                    confirmation_prompt=True,
-                    err=True,
-                )
+            value = secret_prompt(
+                f"{custodian} ({member}): choose the passphrase of your share file", confirm=True
             ).encode()
         except click.Abort:
             raise CLIError(
@@ -74,9 +69,7 @@ def _share_passphrase(file: Path | None) -> bytes:
     if os.environ.get("EPORT_SHARE_PASSPHRASE"):
         return os.environ["EPORT_SHARE_PASSPHRASE"].encode()
     try:
-        return str(
-            click.prompt("Passphrase of your share file", hide_input=True, err=True)
-        ).encode()
+        return secret_prompt("Passphrase of your share file").encode()
     except click.Abort:
         raise CLIError(
             "the share file's passphrase is needed: --passphrase-file or EPORT_SHARE_PASSPHRASE"
@@ -450,12 +443,8 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     if os.environ.get(f"EPORT_SHARE_PASSPHRASE_{member.upper()}"):
         return os.environ[f"EPORT_SHARE_PASSPHRASE_{member.upper()}"].encode()
     try:
-        return str(
-            click.prompt(
-                f"{custodian} ({member}): passphrase of your current share file",
-                hide_input=True,
-                err=True,
-            )
+        return secret_prompt(
+            f"{custodian} ({member}): passphrase of your current share file"
         ).encode()
     except click.Abort:
         raise CLIError(

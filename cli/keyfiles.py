@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from ca.keys import KeyType
 from ca.signer import write_private
 from cli.client import CLIError, Identity
+from cli.options import secret_prompt
 
 
 def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
@@ -36,15 +37,11 @@ def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
         value = os.environ["EPORT_PASSPHRASE"]
     else:
         try:
-            value = click.prompt(
-                f"Passphrase for the {what}",
-                hide_input=True,
-                confirmation_prompt=new,
-                err=True,
-            )
+            value = secret_prompt(f"Passphrase for the {what}", confirm=new)
         except click.Abort:
             raise CLIError(
-                "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE or a terminal"
+                "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, "
+                "a terminal or a pipe"
             ) from None
     if new and len(value) < 8:
         raise CLIError("the passphrase must have at least 8 characters")

@@ -7,12 +7,10 @@ Errors are one line on stderr and a non-zero exit; ``--verbose`` adds tracebacks
 from __future__ import annotations
 
 import datetime
-import getpass
 import json
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +29,7 @@ from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
 from cli.keyfiles import identity_options
-from cli.options import data_dir_option, json_option
+from cli.options import data_dir_option, json_option, secret_prompt
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
@@ -205,9 +203,7 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
             raise CLIError(f"{env} must have at least 12 characters")
         return value.encode()
     try:
-        value = click.prompt(
-            f"Passphrase for the {what}", hide_input=True, confirmation_prompt=True, err=True
-        )
+        value = secret_prompt(f"Passphrase for the {what}", confirm=True)
     except click.Abort:
         raise CLIError(
             f"the {what} passphrase is needed: --{what.replace(' ', '-')}-file or {env}"
@@ -1322,9 +1318,6 @@ custody_cli.install(ca_group)
 def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
-    # Without a terminal a passphrase prompt reads stdin; getpass's warning about that is
-    # noise before the one-line error (or the passphrase read from a pipe).
-    warnings.filterwarnings("ignore", category=getpass.GetPassWarning)
     try:
         cli.main(standalone_mode=False, prog_name="eport")
     except click.exceptions.Abort:

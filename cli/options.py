@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,15 @@ def policies_option(help: str) -> Decorator:
         default=None,
         help=help,
     )
+
+
+def secret_prompt(label: str, *, confirm: bool = False) -> str:
+    """A passphrase typed at the terminal (hidden; ``confirm`` asks twice), or the first
+    line of a pipe when stdin is not a terminal (read as is, with no prompt or warning:
+    ``printf '%s\\n' "$PASS" | eport …``). :class:`click.Abort` when there is none."""
+    if sys.stdin.isatty():
+        return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
+    line: str = sys.stdin.readline()
+    if not line.strip("\r\n"):
+        raise click.Abort
+    return line.rstrip("\r\n")

@@ -392,6 +392,44 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     assert len(mine) == 2, logged
 
 
+def test_passphrase_from_a_pipe(sqlite_server: Server, tmp_path: Path) -> None:
+    """Without a terminal the key's passphrase is the first line of stdin, read with no
+    prompt or warning; with nothing there, one line of error and nothing is issued."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    server = sqlite_server
+    app = jrun(server, "apply", "--uscc", USCC, "--name", "Pipe Co.")
+    code = jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"]
+    env = server.env()
+    del env["EPORT_PASSPHRASE"]
+    args = [EPORT, "enroll", "--code", code, "--profile", "enterprise", "--out"]
+    before = counts(server)
+    empty = subprocess.run(
+        [*args, str(tmp_path / "none")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert empty.returncode == 1 and empty.stdout == "", empty
+    assert empty.stderr == (
+        "eport: error: a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, "
+        "a terminal or a pipe\n"
+    )
+    assert counts(server) == before
+    piped = subprocess.run(
+        [*args, str(tmp_path / "ok")],
+        input="piped passphrase\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert piped.returncode == 0 and piped.stderr == "", piped
+    key = load_pem_private_key((tmp_path / "ok" / "key.pem").read_bytes(), b"piped passphrase")
+    cert = x509.load_pem_x509_certificate((tmp_path / "ok" / "cert.pem").read_bytes())
+    assert cert.public_key() == key.public_key()
+
+
 def test_openapi_and_problem(server: Server) -> None:
     import requests
 
