@@ -188,6 +188,25 @@ def apply() -> tuple[Response, int]:
     return jsonify(app_json(app)), 201
 
 
+@bp.get("/applications/<app_id>")
+def application_status(app_id: str) -> Response:
+    """What the applicant sees of its application: its state, and a rejection's reason;
+    not the vetted data (whoever learns an id learns no more than that)."""
+    app = svc().authority.application(app_id)
+    resp = jsonify(
+        {
+            "id": app.id,
+            "subject_class": app.subject_class,
+            "state": app.state.value,
+            "created_at": iso(app.created_at),
+            "decided_at": iso(app.decided_at),
+            "reason": app.reason,
+        }
+    )
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.get("/ra/applications")
 def list_applications() -> Response:
     caller = signed_caller()

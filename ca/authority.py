@@ -301,6 +301,15 @@ class JointCA:
             "operators are authorized by their enterprise)"
         )
 
+    def application(self, app_id: str) -> Application:
+        """An application, for its applicant: holding its id (80 random bits, given only
+        to the applicant and the RA) is what makes one the applicant."""
+        with self.store.reading() as tx:
+            app = tx.get_application(app_id) if len(app_id) <= 40 else None
+        if app is None:
+            raise NotFound(f"no application {app_id!r}")
+        return app
+
     def list_applications(
         self, caller: Caller, state: ApplicationState | None, limit: int = 100, offset: int = 0
     ) -> list[Application]:

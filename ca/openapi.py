@@ -79,6 +79,13 @@ def openapi_document() -> dict[str, Any]:
                     result="Application",
                 )
             },
+            "/ca/v1/applications/{app_id}": {
+                "get": _op(
+                    "An application's state and a rejection's reason (for its applicant)",
+                    result="ApplicationStatus",
+                    params=[_APP_ID],
+                )
+            },
             "/ca/v1/ra/applications": {
                 "get": _op(
                     "List applications (RA officer)",
@@ -355,6 +362,17 @@ def openapi_document() -> dict[str, Any]:
                         "subject": s(),
                         "state": {"enum": ["pending", "approved", "rejected"]},
                         "created_at": string,
+                    },
+                    required=["id", "state"],
+                ),
+                "ApplicationStatus": s(
+                    properties={
+                        "id": string,
+                        "subject_class": string,
+                        "state": {"enum": ["pending", "approved", "rejected"]},
+                        "created_at": string,
+                        "decided_at": {"type": ["string", "null"]},
+                        "reason": {"type": ["string", "null"]},
                     },
                     required=["id", "state"],
                 ),

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import click
 from cryptography import x509
@@ -267,8 +267,39 @@ def apply(
         as_json,
         app,
         f"Application {app['id']} submitted ({app['state']}).\n"
-        "An RA officer of a member agency will vet it.",
+        "An RA officer of a member agency will vet it; to see where it stands:\n"
+        f"  eport application show {app['id']}",
     )
+
+
+@cli.group("application")
+def application_group() -> None:
+    """Your application: where it stands (no credentials needed, only its id)."""
+
+
+@application_group.command("show")
+@click.argument("app_id")
+@json_option
+@pass_ctx
+def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
+    """Show whether APP_ID is pending, approved or rejected (and why).
+
+    \b
+    An approved application's one-time enrollment code comes from the RA
+    officer, over a separate channel; it is never shown here.
+    """
+    doc = ctx.client().call("GET", f"/ca/v1/applications/{quote(app_id, safe='')}")
+    state, since = doc["state"], doc["decided_at"] or doc["created_at"]
+    lines = [f"Application {doc['id']} ({doc['subject_class']}): {state} since {since}"]
+    if state == "rejected":
+        lines.append(f"  reason: {doc['reason']}")
+    elif state == "approved":
+        lines.append(
+            "  enroll with the code the RA officer gives you: eport enroll --code CODE ..."
+        )
+    else:
+        lines.append("  an RA officer of a member agency will vet it")
+    emit(as_json, doc, "\n".join(lines))
 
 
 def _write_outputs(
@@ -681,7 +712,11 @@ def ra_new_code(
 @ra.command("reject")
 @click.argument("app_id")
 @identity_options("RA officer")
-@click.option("--reason", required=True, help="Why; recorded and shown to the applicant.")
+@click.option(
+    "--reason",
+    required=True,
+    help="Why; recorded, and shown to the applicant (eport application show).",
+)
 @json_option
 @pass_ctx
 def ra_reject(

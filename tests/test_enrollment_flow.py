@@ -328,6 +328,33 @@ def test_reject(server: Server) -> None:
     assert app["id"] in {a["id"] for a in listed["applications"]}
 
 
+def test_the_applicant_sees_where_its_application_stands(server: Server) -> None:
+    """With nothing but the id: pending, approved (never the code), rejected with the
+    reason; none of the vetted data; an unknown id is one line of error."""
+    import requests
+
+    app = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Waiting Co.")
+    shown = server.eport("application", "show", app["id"]).stdout
+    assert shown.startswith(f"Application {app['id']} (enterprise): pending since "), shown
+    grant = jrun(server, "ra", "approve", app["id"], *server.officer())
+    doc = jrun(server, "application", "show", app["id"])
+    assert doc["state"] == "approved" and doc["decided_at"] and doc["reason"] is None
+    assert grant["enrollment_code"] not in json.dumps(doc)
+    other = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Refused Co.")
+    server.eport("ra", "reject", other["id"], "--reason", "seal missing", *server.officer())
+    shown = server.eport("application", "show", other["id"]).stdout
+    assert "rejected since" in shown and "  reason: seal missing" in shown, shown
+    r = requests.get(f"{server.url}/ca/v1/applications/{other['id']}", timeout=10)
+    assert r.headers["Cache-Control"] == "no-store"
+    assert set(r.json()) == {"id", "subject_class", "state", "created_at", "decided_at", "reason"}
+    assert "Refused Co." not in r.text and "91350100MA31WDXY2A" not in r.text
+    missing = server.eport("application", "show", "app_nosuch", check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "no application 'app_nosuch'" in missing.stderr and "HTTP 404" in missing.stderr
+    too_long = requests.get(f"{server.url}/ca/v1/applications/{'a' * 500}", timeout=10)
+    assert too_long.status_code == 404
+
+
 def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     """An officer gives an approved application a new code: the lost one stops working,
     the new one enrolls; none while the certificate is in force; after a revocation,
