@@ -27,7 +27,6 @@ from ca.errors import (
     BadRequest,
     Conflict,
     Forbidden,
-    InvalidCode,
     NotFound,
     ProfileNotAllowed,
     Unauthenticated,
@@ -46,6 +45,7 @@ from ca.records import (
     StatusState,
     Store,
     Transaction,
+    code_refusal,
 )
 from ca.signedreq import SignedRequest
 from ca.uscc import USCC
@@ -407,6 +407,10 @@ class JointCA:
         now = self.clock()
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
+            # The application's row, then the lock of issuances, then the codes: an
+            # issuance locks the log head and then its code, an approval the application
+            # and then the head.
+            tx.hold_issuance()
             if app.state is not ApplicationState.APPROVED:
                 raise Conflict(
                     f"application {app_id} is {app.state.value}; only an approved "
@@ -534,6 +538,7 @@ class JointCA:
             # The enterprise's row lock orders its authorizations (PostgreSQL), so two at
             # once for one operator cannot both leave a code live.
             tx.get_application(parent.id, for_update=True)
+            tx.hold_issuance()  # before the codes' rows, as in reissue_code
             earlier = [
                 a
                 for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
@@ -580,15 +585,10 @@ class JointCA:
         # redemption below, which commits with the certificate, decides again.
         spki = spki_sha256(public_key)
         rec, app, holder = self.store.enrollment_facts(code_hash, spki)
-        if rec is None:
-            raise InvalidCode("unknown enrollment code")
-        if rec.used_at is not None:
-            raise InvalidCode("this enrollment code was already used")
-        if rec.expires_at <= now:
-            raise InvalidCode(
-                "this enrollment code has expired or was replaced; an RA officer can give "
-                "the application a new one (eport ra new-code APP_ID)"
-            )
+        refusal = code_refusal(rec, now)
+        if refusal is not None:
+            raise refusal
+        assert rec is not None
         if profile.name not in rec.profiles:
             raise ProfileNotAllowed(
                 f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
@@ -697,7 +697,7 @@ def _end_codes_unless_in_force(
     The codes are ended before the certificates are read: an enrollment redeeming one of
     them either committed before (its certificate is seen here) or finds its code ended.
     """
-    replaced = sum(tx.expire_codes(a.id, now) for a in apps)
+    replaced = sum(tx.replace_codes(a.id, now) for a in apps)
     for app in apps:
         for rec in tx.certificates_of_application(app.id):
             status = tx.get_status(rec.serial)

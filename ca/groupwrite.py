@@ -56,7 +56,7 @@ from sqlalchemy import Engine
 from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
-from ca.records import Event, IssuanceWrite
+from ca.records import CODE_REPLACED, CODE_USED, Event, IssuanceWrite
 from ca.store import StoredEvent, ThreadConnections, sqlite_file
 
 T = TypeVar("T")
@@ -292,8 +292,9 @@ class _NoLogHead(Exception):
 
 _REDEEM = (
     "UPDATE enrollment_codes SET used_at = ?"
-    " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?"
+    " WHERE code_hash = ? AND used_at IS NULL AND replaced_at IS NULL AND expires_at > ?"
 )
+_CODE_REPLACED_AT = "SELECT replaced_at FROM enrollment_codes WHERE code_hash = ?"
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
@@ -341,6 +342,7 @@ class IssuanceWriter:
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
         # the statements in the driver's placeholders
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
+        self._replaced_sql = translog.driver_text(_CODE_REPLACED_AT, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._tuned = threading.local()  # the connection this thread set synchronous on
@@ -449,7 +451,11 @@ class IssuanceWriter:
             now = dt(item.now)
             cur.execute(self._redeem_sql, (now, item.code_hash, now))
             if cur.rowcount != 1:
-                raise InvalidCode("this enrollment code was already used")
+                # Checked before signing, so another redemption or a newer code came first.
+                cur.execute(self._replaced_sql, (item.code_hash,))
+                row = cur.fetchone()
+                replaced = row is not None and row[0] is not None
+                raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
         rec = item.record
         try:
             cur.execute(

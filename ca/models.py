@@ -69,6 +69,8 @@ class EnrollmentCodeRow(Base):
     profiles: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime.datetime]
     used_at: Mapped[datetime.datetime | None]
+    replaced_at: Mapped[datetime.datetime | None]
+    """When a newer code of the application ended this unused one (eport ra new-code)."""
 
 
 class CertificateRow(Base):

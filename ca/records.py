@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ca.errors import InvalidCode
+
 
 @enum.unique
 class ApplicationState(enum.Enum):
@@ -77,6 +79,28 @@ class EnrollmentCode:
     profiles: tuple[str, ...]
     expires_at: datetime.datetime
     used_at: datetime.datetime | None = None
+    replaced_at: datetime.datetime | None = None
+    """When a newer code of the application ended this one, unused."""
+
+
+CODE_USED = "this enrollment code was already used"
+CODE_REPLACED = "this enrollment code was replaced by a newer one: use the code given last"
+
+
+def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> InvalidCode | None:
+    """Why ``code`` cannot be redeemed at ``now``; None when it can."""
+    if code is None:
+        return InvalidCode("unknown enrollment code")
+    if code.used_at is not None:
+        return InvalidCode(CODE_USED)
+    if code.replaced_at is not None:
+        return InvalidCode(CODE_REPLACED)
+    if code.expires_at <= now:
+        return InvalidCode(
+            "this enrollment code has expired; an RA officer can give the application "
+            "a new one (eport ra new-code APP_ID)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -196,12 +220,20 @@ class Transaction(Protocol):
 
     def find_code(self, code_hash: str) -> EnrollmentCode | None: ...
 
+    def hold_issuance(self) -> None:
+        """Wait for, and hold to the end of this transaction, the lock each issuance takes
+        first, before changing codes or certificates an issuance in flight may write: the
+        change then orders itself wholly before or after that issuance (a row lock taken
+        the other way round deadlocks with it)."""
+        ...
+
     def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
         """Every code ever given to the application, the latest expiry first."""
         ...
 
-    def expire_codes(self, app_id: str, now: datetime.datetime) -> int:
-        """End the application's unused, unexpired codes at ``now``; how many there were."""
+    def replace_codes(self, app_id: str, now: datetime.datetime) -> int:
+        """Mark the application's live codes (unused, unexpired, not replaced) replaced at
+        ``now``: no redemption passes one afterwards. How many there were."""
         ...
 
     def certificates_of_application(self, app_id: str) -> list[CertificateRecord]: ...

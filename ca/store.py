@@ -29,6 +29,8 @@ from ca.models import (
     SeenJtiRow,
 )
 from ca.records import (
+    CODE_REPLACED,
+    CODE_USED,
     Application,
     ApplicationState,
     CertificateRecord,
@@ -143,13 +145,21 @@ class StoredEvent:
 # cost more than the statement itself); the column types still convert the values
 # (UTC datetimes), and the rows they write are the rows the ORM would write.
 _C, _A, _CERT, _E = EnrollmentCodeRow, ApplicationRow, CertificateRow, EventRow
-_CODE_COLUMNS = (_C.code_hash, _C.application_id, _C.profiles, _C.expires_at, _C.used_at)
+_CODE_COLUMNS = (
+    _C.code_hash,
+    _C.application_id,
+    _C.profiles,
+    _C.expires_at,
+    _C.used_at,
+    _C.replaced_at,
+)
 _FIND_CODE = select(*_CODE_COLUMNS).where(_C.code_hash == bindparam("code_hash"))
 _REDEEM_CODE = (
     update(_C)
     .where(
         _C.code_hash == bindparam("b_code_hash"),
         _C.used_at.is_(None),
+        _C.replaced_at.is_(None),
         _C.expires_at > bindparam("now"),
     )
     .values(used_at=bindparam("used"))
@@ -160,14 +170,15 @@ _CODES_OF_APP = (
     .where(_C.application_id == bindparam("app_id"))
     .order_by(_C.expires_at.desc(), _C.code_hash)
 )
-_EXPIRE_CODES = (
+_REPLACE_CODES = (
     update(_C)
     .where(
         _C.application_id == bindparam("app_id"),
         _C.used_at.is_(None),
+        _C.replaced_at.is_(None),
         _C.expires_at > bindparam("now"),
     )
-    .values(expires_at=bindparam("ended"))
+    .values(replaced_at=bindparam("replaced"))
 )
 _APP_COLUMNS = (
     _A.id,
@@ -223,6 +234,7 @@ def _code_of(row: Any) -> EnrollmentCode:
         profiles=tuple(row[2].split(",")),
         expires_at=_utc(row[3]),
         used_at=utc_from_db(row[4]),
+        replaced_at=utc_from_db(row[5]),
     )
 
 
@@ -445,7 +457,7 @@ def _utc(value: Any) -> datetime.datetime:
 # The enrollment's checks before signing, as DBAPI reads (``?`` placeholders, see
 # DbapiReads): the code with its application in one join, and one certificate of the key.
 _ENROLL_CODE_SQL = (
-    "SELECT c.code_hash, c.application_id, c.profiles, c.expires_at, c.used_at,"
+    "SELECT c.code_hash, c.application_id, c.profiles, c.expires_at, c.used_at, c.replaced_at,"
     " a.id, a.subject_class, a.uscc, a.vetted, a.state, a.created_at, a.applicant,"
     " a.decided_by, a.decided_at, a.reason"
     " FROM enrollment_codes c LEFT JOIN applications a ON a.id = c.application_id"
@@ -460,7 +472,7 @@ _KEY_HOLDER_SQL = (
 
 def _facts_code(row: tuple[Any, ...]) -> tuple[EnrollmentCode, Application | None]:
     """The code and its application from one row of ``_ENROLL_CODE_SQL`` (a LEFT JOIN)."""
-    return _code_of(row[:5]), (_app_of(row[5:]) if row[5] is not None else None)
+    return _code_of(row[:6]), (_app_of(row[6:]) if row[6] is not None else None)
 
 
 EventSink = Callable[[Session, StoredEvent], None]
@@ -554,12 +566,21 @@ class SqlTransaction:
         row = self._conn().execute(_FIND_CODE, {"code_hash": code_hash}).first()
         return _code_of(row) if row else None
 
+    def hold_issuance(self) -> None:
+        from ca import translog  # it imports this module
+
+        # The Merkle log's head row is what every issuance locks first (PostgreSQL: a row
+        # lock; SQLite: BEGIN IMMEDIATE already made this the only writer). Without the log
+        # an issuance takes no lock before the code's row, and there is nothing to wait for.
+        if translog.append_event in self.sinks:
+            translog.lock_head(self.s)
+
     def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
         return [_code_of(r) for r in self._conn().execute(_CODES_OF_APP, {"app_id": app_id})]
 
-    def expire_codes(self, app_id: str, now: datetime.datetime) -> int:
-        res = self._conn().execute(_EXPIRE_CODES, {"app_id": app_id, "now": now, "ended": now})
-        return int(res.rowcount)
+    def replace_codes(self, app_id: str, now: datetime.datetime) -> int:
+        values = {"app_id": app_id, "now": now, "replaced": now}
+        return int(self._conn().execute(_REPLACE_CODES, values).rowcount)
 
     def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
         """Mark the code used if it is unused and unexpired: one compare-and-set (the
@@ -845,10 +866,14 @@ class SqlStore:
     def commit_by_session(self, item: IssuanceWrite) -> int:
         """:meth:`commit_issuance` in one session transaction, through the event sinks."""
         with self.transaction() as tx:
+            tx.hold_issuance()  # the head before the code's row, as the group writer does
             if item.code_hash is not None:
                 assert item.now is not None
                 if tx.redeem_code(item.code_hash, item.now) is None:
-                    raise InvalidCode("this enrollment code was already used")
+                    # Checked before signing: another redemption or a newer code came first.
+                    found = tx.find_code(item.code_hash)
+                    replaced = found is not None and found.replaced_at is not None
+                    raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
             tx.add_certificate(item.record)
             return tx.append_event(item.event)
 

@@ -237,6 +237,15 @@ def tree_at(session: Session, size: int | None = None) -> MerkleTree:
     return MerkleTree(SqlTreeStore(session, size))
 
 
+def lock_head(session: Session) -> int:
+    """Lock the head row for the rest of this transaction (create it when absent); its size.
+
+    Every issuance takes this lock first (:class:`ca.groupwrite.IssuanceWriter`); a
+    transaction that then changes codes or certificates an issuance also writes takes it
+    before them too, so that the two never wait on each other's rows (a deadlock)."""
+    return _lock_head(session)[0]
+
+
 def _lock_head(session: Session) -> tuple[int, bool]:
     """Lock the head row for this transaction; create it when absent. ``(size, created)``."""
     conn = session.connection()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ca import hierarchy
 from ca.app import build_authority
-from ca.authority import Caller, JointCA, parse_csr
+from ca.authority import Caller, JointCA, hash_code, parse_csr
 from ca.ceremony import issue_officers
 from ca.config import CAConfig
 from ca.db import make_engine, upgrade
@@ -217,7 +217,11 @@ def test_a_new_code_ends_the_unused_one(env: tuple) -> None:  # type: ignore[typ
     assert ev is not None and ev.type == "application.code_reissued"
     assert ev.application_id == app.id and ev.actor == officer_caller.actor
     assert json.loads(ev.details)["replaced_unused_codes"] == 1
-    with pytest.raises(InvalidCode, match=r"expired or was replaced.*eport ra new-code"):
+    with sessions() as s:
+        row = s.get(EnrollmentCodeRow, hash_code(lost.code))
+    assert row is not None and row.replaced_at is not None and row.used_at is None
+    assert row.expires_at == lost.expires_at  # ended by its mark, its expiry kept
+    with pytest.raises(InvalidCode, match="replaced by a newer one"):
         ca.enroll(lost.code, "enterprise", csr(KeyType.P256.generate()))
     issued = ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate()))
     assert issued.record.application_id == app.id
@@ -230,7 +234,7 @@ def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type
     old = ca.approve(officer_caller, app.id)
     start = ca.clock()
     ca.clock = lambda: start + datetime.timedelta(days=8)
-    with pytest.raises(InvalidCode, match="expired"):
+    with pytest.raises(InvalidCode, match=r"has expired.*eport ra new-code"):
         ca.enroll(old.code, "enterprise", csr(KeyType.P256.generate()))
     fresh = ca.reissue_code(officer_caller, app.id)
     assert fresh.replaced == 0  # the expired one was no longer live
@@ -329,7 +333,7 @@ def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # t
         ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
     assert ev is not None and ev.type == "operator.authorized"
     assert json.loads(ev.details)["replaced_unused_codes"] == 1
-    with pytest.raises(InvalidCode, match="expired or was replaced"):
+    with pytest.raises(InvalidCode, match="replaced by a newer one"):
         ca.enroll(lost.code, "operator", csr(KeyType.P256.generate()))
     op = ca.enroll(fresh.code, "operator", csr(KeyType.P256.generate()))
     assert ca.authorize_operator(ent, "Wang Fang", "E2").replaced == 0  # another operator

@@ -1,0 +1,30 @@
+"""enrollment codes: when a newer code replaced an unused one
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-27 08:50:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import ca.models
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("enrollment_codes", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("replaced_at", ca.models.UTCDateTime(timezone=True), nullable=True)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("enrollment_codes", schema=None) as batch_op:
+        batch_op.drop_column("replaced_at")

@@ -1,0 +1,141 @@
+"""A new code (or an operator authorized again) and a redemption of the old code, at once.
+
+The real core on SQLite and on a real PostgreSQL server. Whichever commits first, the
+application never ends with a certificate in force *and* a live code, and each side
+fails, if at all, with its documented refusal: on PostgreSQL, locks taken in the wrong
+order would surface here as the database's deadlock error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import func, select
+
+from ca.ceremony import issue_officers
+from ca.errors import Conflict, InvalidCode
+from ca.keys import KeyType
+from ca.models import CertificateRow, EnrollmentCodeRow
+from ca.signedreq import SignedRequest
+from tests.conftest import Postgres
+from tests.helpers import in_process_ca
+
+ROUNDS = 10
+USCC = "91350100M000100Y43"
+
+
+def csr_pem() -> bytes:
+    key = KeyType.P256.generate()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def caller_of(ca: Any, pem: bytes) -> Any:
+    cert = x509.load_pem_x509_certificate(pem)
+    return ca.caller(SignedRequest(certificate=cert, chain=(cert,), claims={}))
+
+
+def at_once(*calls: Callable[[], object]) -> list[object]:
+    """Run ``calls`` in threads released together; each one's result or exception."""
+    start = threading.Barrier(len(calls))
+    out: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = calls[i]()
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def joint(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any, Any]]:
+    url = ""
+    if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        url = pg.createdb("races_" + request.node.name.split("[")[0][-30:])
+    with in_process_ca(tmp_path, database_url=url) as (ca, _store, sessions):
+        officers = issue_officers(ca, tmp_path / "officers", lambda _m: b"officer-pass", "t")
+        officer = caller_of(ca, (officers["customs"] / "officer.pem").read_bytes())
+        yield ca, sessions, officer
+
+
+def standing(sessions: Any, app_ids: list[str]) -> tuple[int, int]:
+    """Certificates issued on the applications, and their live codes (unused, not replaced,
+    unexpired)."""
+    now = datetime.datetime.now(datetime.UTC)
+    with sessions() as s:
+        certs = s.execute(
+            select(func.count()).where(CertificateRow.application_id.in_(app_ids))
+        ).scalar_one()
+        live = s.execute(
+            select(func.count()).where(
+                EnrollmentCodeRow.application_id.in_(app_ids),
+                EnrollmentCodeRow.used_at.is_(None),
+                EnrollmentCodeRow.replaced_at.is_(None),
+                EnrollmentCodeRow.expires_at > now,
+            )
+        ).scalar_one()
+    return certs, live
+
+
+def judge(enrolled: object, replaced: object, certs: int, live: int) -> str:
+    if isinstance(enrolled, InvalidCode):
+        # The new code came first: no certificate, and the new code is the only live one.
+        assert not isinstance(replaced, Exception), replaced
+        assert (certs, live) == (0, 1)
+        return "new code first"
+    # The redemption came first: its certificate is in force, so no new code.
+    assert not isinstance(enrolled, Exception), enrolled
+    assert isinstance(replaced, Conflict) and "in force" in str(replaced), replaced
+    assert (certs, live) == (1, 0)
+    return "redemption first"
+
+
+def test_a_new_code_and_a_redemption_at_once(joint: tuple[Any, Any, Any]) -> None:
+    ca, sessions, officer = joint
+    seen: list[str] = []
+    for n in range(ROUNDS):
+        app = ca.apply("enterprise", {"uscc": USCC, "legal_name": f"Race {n} Co."})
+        old, csr = ca.approve(officer, app.id), csr_pem()
+        enrolled, replaced = at_once(
+            lambda code=old.code, csr=csr: ca.enroll(code, "enterprise", csr),
+            lambda app_id=app.id: ca.reissue_code(officer, app_id),
+        )
+        seen.append(judge(enrolled, replaced, *standing(sessions, [app.id])))
+    assert len(seen) == ROUNDS
+
+
+def test_an_operator_authorized_again_and_a_redemption_at_once(
+    joint: tuple[Any, Any, Any],
+) -> None:
+    ca, sessions, officer = joint
+    grant = ca.approve(officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": "E"}).id)
+    ent_cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
+    ent = caller_of(ca, ent_cert.public_bytes(serialization.Encoding.PEM))
+    seen: list[str] = []
+    for n in range(ROUNDS):
+        old, csr = ca.authorize_operator(ent, "Li Wei", f"R{n}"), csr_pem()
+        enrolled, replaced = at_once(
+            lambda code=old.code, csr=csr: ca.enroll(code, "operator", csr),
+            lambda op_id=f"R{n}": ca.authorize_operator(ent, "Li Wei", op_id),
+        )
+        app_ids = [old.application.id]
+        if not isinstance(replaced, Exception):
+            app_ids.append(replaced.application.id)  # type: ignore[attr-defined]
+        seen.append(judge(enrolled, replaced, *standing(sessions, app_ids)))
+    assert len(seen) == ROUNDS
