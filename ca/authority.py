@@ -35,6 +35,7 @@ from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
 from ca.names import dn_string as dn_string  # re-exported for older callers
 from ca.policy import Policies, Profile, SubjectClass
 from ca.records import (
+    KEY_CERTIFIED,
     Application,
     ApplicationState,
     CertificateRecord,
@@ -662,7 +663,7 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
     for h in holders:
         if h.application_id != app_id:
             raise Conflict("this public key is already certified to another subject")
-        raise Conflict("this public key is already certified; generate a new key")
+        raise Conflict(KEY_CERTIFIED)
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

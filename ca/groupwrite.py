@@ -56,7 +56,7 @@ from sqlalchemy import Engine
 from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
-from ca.records import CODE_REPLACED, CODE_USED, Event, IssuanceWrite
+from ca.records import CODE_REPLACED, CODE_USED, KEY_CERTIFIED, Event, IssuanceWrite
 from ca.store import StoredEvent, ThreadConnections, sqlite_file
 
 T = TypeVar("T")
@@ -295,6 +295,7 @@ _REDEEM = (
     " WHERE code_hash = ? AND used_at IS NULL AND replaced_at IS NULL AND expires_at > ?"
 )
 _CODE_REPLACED_AT = "SELECT replaced_at FROM enrollment_codes WHERE code_hash = ?"
+_KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
@@ -343,6 +344,7 @@ class IssuanceWriter:
         # the statements in the driver's placeholders
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
         self._replaced_sql = translog.driver_text(_CODE_REPLACED_AT, self._qmark)
+        self._key_held_sql = translog.driver_text(_KEY_HELD, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._tuned = threading.local()  # the connection this thread set synchronous on
@@ -457,6 +459,11 @@ class IssuanceWriter:
                 replaced = row is not None and row[0] is not None
                 raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
         rec = item.record
+        # One key, one holder: checked before signing, when another issuance of the same
+        # key may still be in flight; decided here, where the groups are one at a time.
+        cur.execute(self._key_held_sql, (rec.spki_sha256,))
+        if cur.fetchone() is not None:
+            raise Conflict(KEY_CERTIFIED)
         try:
             cur.execute(
                 self._insert_cert_sql,

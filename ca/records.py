@@ -83,6 +83,8 @@ class EnrollmentCode:
     """When a newer code of the application ended this one, unused."""
 
 
+KEY_CERTIFIED = "this public key is already certified; generate a new key"
+"""The refusal of a key some certificate holds: one key, one holder."""
 CODE_USED = "this enrollment code was already used"
 CODE_REPLACED = "this enrollment code was replaced by a newer one: use the code given last"
 

@@ -31,6 +31,7 @@ from ca.models import (
 from ca.records import (
     CODE_REPLACED,
     CODE_USED,
+    KEY_CERTIFIED,
     Application,
     ApplicationState,
     CertificateRecord,
@@ -874,6 +875,8 @@ class SqlStore:
                     found = tx.find_code(item.code_hash)
                     replaced = found is not None and found.replaced_at is not None
                     raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
+            if tx.key_holders(item.record.spki_sha256):  # as the group writer decides it
+                raise Conflict(KEY_CERTIFIED)
             tx.add_certificate(item.record)
             return tx.append_event(item.event)
 

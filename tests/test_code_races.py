@@ -139,3 +139,29 @@ def test_an_operator_authorized_again_and_a_redemption_at_once(
             app_ids.append(replaced.application.id)  # type: ignore[attr-defined]
         seen.append(judge(enrolled, replaced, *standing(sessions, app_ids)))
     assert len(seen) == ROUNDS
+
+
+def test_one_key_one_holder_under_concurrent_enrollments(joint: tuple[Any, Any, Any]) -> None:
+    """Two applications enroll the same key at once: it is checked before signing, when
+    neither holds it yet, and again where the certificate is stored: one is refused."""
+    ca, sessions, officer = joint
+    for n in range(ROUNDS):
+        key = KeyType.P256.generate()
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        csr = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+        codes = [
+            ca.approve(officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": f"K{n}{i}"}).id)
+            for i in range(2)
+        ]
+        first, second = at_once(
+            *(lambda code=g.code, csr=csr: ca.enroll(code, "enterprise", csr) for g in codes)
+        )
+        refused = [r for r in (first, second) if isinstance(r, Exception)]
+        assert len(refused) == 1, (first, second)
+        assert isinstance(refused[0], Conflict) and "already certified" in str(refused[0])
+        with sessions() as s:
+            ids = [g.application.id for g in codes]
+            held = s.execute(
+                select(func.count()).where(CertificateRow.application_id.in_(ids))
+            ).scalar_one()
+        assert held == 1

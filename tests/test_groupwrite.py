@@ -508,11 +508,19 @@ def test_a_failed_group_commit_stores_nothing_of_any_member(
     log_matches_events(sessions)
 
 
+def first_key(rec: Any, serial: int) -> Any:
+    """``rec`` as a new certificate (serial, digest) of the same key."""
+    import dataclasses
+
+    return dataclasses.replace(rec, serial=serial, cert_sha256=f"{serial:064x}")
+
+
 def test_a_serial_collision_in_a_group_fails_that_issuance_alone(
     joint: tuple,  # type: ignore[type-arg]
 ) -> None:
-    """Three issuances written as one group, the second reusing a serial already stored:
-    it alone fails (Conflict), the others are stored with their events and log entries."""
+    """Four issuances written as one group, the second reusing a serial already stored and
+    the fourth a key already certified: they alone fail (Conflict), the others are stored
+    with their events and log entries."""
     import dataclasses
 
     from ca.records import Event, EventType, IssuanceWrite
@@ -522,14 +530,20 @@ def test_a_serial_collision_in_a_group_fails_that_issuance_alone(
     before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
 
     def item(serial: int) -> IssuanceWrite:
-        rec = dataclasses.replace(first, serial=serial, cert_sha256=f"{serial:064x}")
+        digest = f"{serial:064x}"  # a key of its own: only the serial may collide
+        rec = dataclasses.replace(first, serial=serial, cert_sha256=digest, spki_sha256=digest)
         ev = Event.about(EventType.CERTIFICATE_RENEWED, rec, actor="test", at=rec.not_before)
         return IssuanceWrite(rec, ev)
 
     writer = ca.store._writer
     assert isinstance(writer, groupwrite.IssuanceWriter)
-    outcomes, _ = writer._write_group([item(1 << 80), item(first.serial), item((1 << 80) + 1)])
-    assert isinstance(outcomes[1], Conflict)
+    # The fourth: a new serial for the key the first enrollment holds (one key, one holder).
+    same_key = dataclasses.replace(item((1 << 80) + 2), record=first_key(first, (1 << 80) + 2))
+    outcomes, _ = writer._write_group(
+        [item(1 << 80), item(first.serial), item((1 << 80) + 1), same_key]
+    )
+    assert isinstance(outcomes[1], Conflict) and "serial" in str(outcomes[1])
+    assert isinstance(outcomes[3], Conflict) and "already certified" in str(outcomes[3])
     assert isinstance(outcomes[0], int) and isinstance(outcomes[2], int)
     assert outcomes[2] > outcomes[0]
     assert {t: count(sessions, t) for t in before} == {t: n + 2 for t, n in before.items()}
@@ -623,7 +637,10 @@ def test_the_first_issuance_of_a_database_creates_the_log_head(
         der=b"\x30\x00",
     )
     for n in range(2):
-        rec = dataclasses.replace(base, serial=base.serial + n, cert_sha256=f"{n:064x}")
+        digest = f"{n:064x}"
+        rec = dataclasses.replace(
+            base, serial=base.serial + n, cert_sha256=digest, spki_sha256=digest
+        )
         ev = Event.about(EventType.CERTIFICATE_ISSUED, rec, actor="test", at=now)
         ca.store.commit_issuance(IssuanceWrite(rec, ev))
     assert transactions == [1, 1]  # tried twice; the first found no head and fell back
