@@ -159,7 +159,8 @@ class CodeGrant:
     expires_at: datetime.datetime
     profiles: tuple[str, ...]
     replaced: int = 0
-    """How many unused codes of the application this one ended (a reissued code)."""
+    """How many live codes this one replaced (a new code for the application, or an
+    operator id authorized again)."""
 
 
 class JointCA:
@@ -692,11 +693,11 @@ def _end_codes_unless_in_force(
     who: str,
     remedy: str,
 ) -> int:
-    """End the unused codes of ``apps`` (how many), then refuse while a certificate issued
-    on one of them is in force (not expired, not revoked; a suspended one may be resumed).
-
-    The codes are ended before the certificates are read: an enrollment redeeming one of
-    them either committed before (its certificate is seen here) or finds its code ended.
+    """Mark the live codes of ``apps`` replaced (how many), then refuse while a certificate
+    issued on one of them is in force (not expired, not revoked; a suspended one may be
+    resumed). Called holding the issuances' lock (:meth:`Transaction.hold_issuance`): an
+    enrollment redeeming one of these codes either committed before (its certificate is
+    seen here) or is refused as replaced after.
     """
     replaced = sum(tx.replace_codes(a.id, now) for a in apps)
     for app in apps:
