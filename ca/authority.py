@@ -47,6 +47,7 @@ from ca.records import (
     Store,
     Transaction,
     code_refusal,
+    signer_refusal,
 )
 from ca.signedreq import SignedRequest
 from ca.uscc import USCC
@@ -541,6 +542,11 @@ class JointCA:
             # once for one operator cannot both leave a code live.
             tx.get_application(parent.id, for_update=True)
             tx.hold_issuance()  # before the codes' rows, as in reissue_code
+            # Checked good when the request came; a revocation committed since refuses it,
+            # one committing later waits for this transaction (it appends to the log).
+            status = tx.get_status(caller.serial)
+            if status is not None:
+                raise signer_refusal(caller.serial, status.state.value)
             earlier = [
                 a
                 for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
@@ -628,7 +634,7 @@ class JointCA:
             at=now,
             details={"previous_serial": format(caller.serial, "x")},
         )
-        self.store.commit_issuance(IssuanceWrite(record, event))
+        self.store.commit_issuance(IssuanceWrite(record, event, signed_by=caller.serial))
         return Issued(record, cert, self._chain(issuer))
 
     def _check_key_free(

@@ -56,7 +56,14 @@ from sqlalchemy import Engine
 from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
-from ca.records import CODE_REPLACED, CODE_USED, KEY_CERTIFIED, Event, IssuanceWrite
+from ca.records import (
+    CODE_REPLACED,
+    CODE_USED,
+    KEY_CERTIFIED,
+    Event,
+    IssuanceWrite,
+    signer_refusal,
+)
 from ca.store import StoredEvent, ThreadConnections, sqlite_file
 
 T = TypeVar("T")
@@ -296,6 +303,7 @@ _REDEEM = (
 )
 _CODE_REPLACED_AT = "SELECT replaced_at FROM enrollment_codes WHERE code_hash = ?"
 _KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
+_STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
@@ -345,6 +353,7 @@ class IssuanceWriter:
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
         self._replaced_sql = translog.driver_text(_CODE_REPLACED_AT, self._qmark)
         self._key_held_sql = translog.driver_text(_KEY_HELD, self._qmark)
+        self._status_sql = translog.driver_text(_STATUS_OF, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._tuned = threading.local()  # the connection this thread set synchronous on
@@ -458,6 +467,13 @@ class IssuanceWriter:
                 row = cur.fetchone()
                 replaced = row is not None and row[0] is not None
                 raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
+        if item.signed_by is not None:
+            # A revocation or hold committed since the request was checked refuses it; one
+            # committing later waits for this group (it appends to the log after it).
+            cur.execute(self._status_sql, (format(item.signed_by, "x"),))
+            status = cur.fetchone()
+            if status is not None:
+                raise signer_refusal(item.signed_by, status[0])
         rec = item.record
         # One key, one holder: checked before signing, when another issuance of the same
         # key may still be in flight; decided here, where the groups are one at a time.

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ca.errors import InvalidCode
+from ca.errors import Forbidden, InvalidCode
 
 
 @enum.unique
@@ -276,6 +276,20 @@ class IssuanceWrite:
     event: Event
     code_hash: str | None = None
     now: datetime.datetime | None = None
+    signed_by: int | None = None
+    """The serial of the certificate whose signed request asked for this issuance (a
+    renewal): checked good when the request came, and again where it is stored, so that
+    a revocation or hold that commits first refuses it (:func:`signer_refusal`)."""
+
+
+def signer_refusal(serial: int, state: str) -> Forbidden:
+    """The refusal of an issuance whose signing certificate became ``state`` (a
+    :class:`StatusState` value) after its request was checked."""
+    became = "revoked" if state == StatusState.REVOKED.value else "put on hold"
+    return Forbidden(
+        f"the certificate {serial:x} that signed this request was {became} meanwhile; "
+        "nothing was issued"
+    )
 
 
 class Store(Protocol):

@@ -41,6 +41,7 @@ from ca.records import (
     IssuanceWrite,
     StatusRecord,
     StatusState,
+    signer_refusal,
 )
 
 if TYPE_CHECKING:
@@ -875,7 +876,11 @@ class SqlStore:
                     found = tx.find_code(item.code_hash)
                     replaced = found is not None and found.replaced_at is not None
                     raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
-            if tx.key_holders(item.record.spki_sha256):  # as the group writer decides it
+            if item.signed_by is not None:  # as the group writer decides it
+                status = tx.get_status(item.signed_by)
+                if status is not None:
+                    raise signer_refusal(item.signed_by, status.state.value)
+            if tx.key_holders(item.record.spki_sha256):
                 raise Conflict(KEY_CERTIFIED)
             tx.add_certificate(item.record)
             return tx.append_event(item.event)

@@ -165,3 +165,88 @@ def test_one_key_one_holder_under_concurrent_enrollments(joint: tuple[Any, Any, 
                 select(func.count()).where(CertificateRow.application_id.in_(ids))
             ).scalar_one()
         assert held == 1
+
+
+def log_index(sessions: Any, event_type: str, **match: str) -> int:
+    """Where the one event of ``event_type`` matching ``match`` (event columns) stands in
+    the Merkle log: the order of commits (on PostgreSQL event ids are drawn from a sequence
+    before the log's lock is taken)."""
+    from ca.models import EventRow, LogEntryRow
+
+    q = (
+        select(LogEntryRow.idx)
+        .join(EventRow, EventRow.id == LogEntryRow.event_id)
+        .where(EventRow.type == event_type)
+        .filter_by(**match)
+    )
+    with sessions() as s:
+        return int(s.scalars(q).one())
+
+
+def test_a_renewal_and_the_revocation_of_its_certificate_at_once(
+    joint: tuple[Any, Any, Any],
+) -> None:
+    """The holder renews while an officer revokes the certificate that signs the renewal
+    (a compromised key): the renewal is stored before the revocation, or refused."""
+    from ca.errors import Forbidden
+    from ca.revocation import Revocation
+
+    ca, sessions, officer = joint
+    revocation = Revocation(ca)
+    seen: list[str] = []
+    for n in range(ROUNDS):
+        grant = ca.approve(
+            officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": f"V{n}"}).id
+        )
+        cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
+        holder = caller_of(ca, cert.public_bytes(serialization.Encoding.PEM))  # still good
+        csr = csr_pem()
+        renewed, revoked = at_once(
+            lambda csr=csr, holder=holder: ca.renew(holder, csr),
+            lambda serial=cert.serial_number: revocation.revoke(officer, serial, "keyCompromise"),
+        )
+        assert not isinstance(revoked, Exception), revoked
+        revoked_at = log_index(
+            sessions, "certificate.revoked", serial=format(cert.serial_number, "x")
+        )
+        if isinstance(renewed, Exception):
+            assert isinstance(renewed, Forbidden) and "revoked" in str(renewed), renewed
+            seen.append("revocation first")
+        else:
+            serial = renewed.record.serial_hex  # type: ignore[attr-defined]
+            renewed_at = log_index(sessions, "certificate.renewed", serial=serial)
+            assert renewed_at < revoked_at, "a renewal stored after its signer was revoked"
+            seen.append("renewal first")
+    assert len(seen) == ROUNDS
+
+
+def test_an_operator_authorized_while_the_enterprise_certificate_is_revoked(
+    joint: tuple[Any, Any, Any],
+) -> None:
+    """A stolen enterprise key authorizes an operator while the enterprise's certificate
+    is revoked: the authorization is logged before the revocation, or refused."""
+    from ca.errors import Forbidden
+    from ca.revocation import Revocation
+
+    ca, sessions, officer = joint
+    revocation = Revocation(ca)
+    for n in range(ROUNDS):
+        grant = ca.approve(
+            officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": f"S{n}"}).id
+        )
+        cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
+        ent = caller_of(ca, cert.public_bytes(serialization.Encoding.PEM))
+        authorized, revoked = at_once(
+            lambda ent=ent, n=n: ca.authorize_operator(ent, "Rogue", f"X{n}"),
+            lambda serial=cert.serial_number: revocation.revoke(officer, serial, "keyCompromise"),
+        )
+        assert not isinstance(revoked, Exception), revoked
+        revoked_at = log_index(
+            sessions, "certificate.revoked", serial=format(cert.serial_number, "x")
+        )
+        if isinstance(authorized, Exception):
+            assert isinstance(authorized, Forbidden) and "revoked" in str(authorized), authorized
+            continue
+        app_id = authorized.application.id  # type: ignore[attr-defined]
+        authorized_at = log_index(sessions, "operator.authorized", application_id=app_id)
+        assert authorized_at < revoked_at, "an operator authorized after the revocation"
