@@ -70,7 +70,8 @@ class EnrollmentCodeRow(Base):
     expires_at: Mapped[datetime.datetime]
     used_at: Mapped[datetime.datetime | None]
     replaced_at: Mapped[datetime.datetime | None]
-    """When a newer code of the application ended this unused one (eport ra new-code)."""
+    """When this unused code was withdrawn: a newer code replaced it (eport ra new-code,
+    eport operator add again), or its enterprise ceased operation (an operator's code)."""
 
 
 class CertificateRow(Base):

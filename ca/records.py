@@ -80,13 +80,17 @@ class EnrollmentCode:
     expires_at: datetime.datetime
     used_at: datetime.datetime | None = None
     replaced_at: datetime.datetime | None = None
-    """When a newer code of the application ended this one, unused."""
+    """When this code was withdrawn unused: a newer code of the application replaced it,
+    or (an operator's) its enterprise's certificate was revoked for cessation."""
 
 
 KEY_CERTIFIED = "this public key is already certified; generate a new key"
 """The refusal of a key some certificate holds: one key, one holder."""
 CODE_USED = "this enrollment code was already used"
-CODE_REPLACED = "this enrollment code was replaced by a newer one: use the code given last"
+CODE_REPLACED = (
+    "this enrollment code was withdrawn: a newer code replaced it (use the one given last), "
+    "or its enterprise ceased operation"
+)
 
 
 def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> InvalidCode | None:

@@ -18,7 +18,7 @@ the background refresher signs a new one) and is an event of the transparency lo
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ca.authority import Caller, JointCA
@@ -117,11 +117,23 @@ class Revocation:
             current = tx.get_status(serial, for_update=True)
             if current is not None and current.state is StatusState.REVOKED:
                 raise Conflict(f"certificate {serial:x} is already revoked")
+            ceased = rec.profile == "enterprise" and reason is ReasonCode.CESSATION_OF_OPERATION
+            more: dict[str, str] = {}
+            if ceased:
+                assert rec.uscc is not None
+                # The enterprise ceases: its operators' unused codes are withdrawn with it,
+                # under the issuances' lock, so that an operator enrollment in flight either
+                # is stored first (and revoked below) or finds its code withdrawn.
+                tx.hold_issuance()
+                operator_apps = tx.applications_of(rec.uscc, SubjectClass.OPERATOR.value)
+                ended = sum(tx.replace_codes(a.id, now) for a in operator_apps)
+                if ended:
+                    more["operator_codes_withdrawn"] = str(ended)
             status = self._set(
-                tx, rec, StatusState.REVOKED, reason, invalidity_date, caller.actor, now
+                tx, rec, StatusState.REVOKED, reason, invalidity_date, caller.actor, now, more=more
             )
             cascaded: list[CertificateRecord] = []
-            if rec.profile == "enterprise" and reason is ReasonCode.CESSATION_OF_OPERATION:
+            if ceased:
                 assert rec.uscc is not None
                 for op in tx.certificates_of_class(rec.uscc, "operator"):
                     op_status = tx.get_status(op.serial, for_update=True)
@@ -190,6 +202,7 @@ class Revocation:
         actor: str,
         now: datetime.datetime,
         cause: int | None = None,
+        more: Mapping[str, str] | None = None,
     ) -> StatusRecord:
         status = StatusRecord(
             serial=rec.serial,
@@ -207,6 +220,7 @@ class Revocation:
             details["invalidity_date"] = invalidity_date.isoformat()
         if cause is not None:
             details["cascaded_from"] = format(cause, "x")
+        details.update(more or {})
         kind = (
             EventType.CERTIFICATE_REVOKED
             if state is StatusState.REVOKED

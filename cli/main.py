@@ -850,8 +850,9 @@ def revoke(
     \b
     An RA officer may revoke any certificate; an enterprise its own and its
     operators' (cessationOfOperation on the enterprise certificate revokes every
-    operator too); anyone holding a certificate's key may revoke it with
-    keyCompromise by signing with that very certificate:
+    operator too, and withdraws their unused codes); anyone holding a
+    certificate's key may revoke it with keyCompromise by signing with that very
+    certificate:
       eport revoke --cert lost.pem --key lost.key --reason keyCompromise
     OCSP answers "revoked" as soon as this returns; the CRL follows within seconds.
     """

@@ -221,7 +221,7 @@ def test_a_new_code_ends_the_unused_one(env: tuple) -> None:  # type: ignore[typ
         row = s.get(EnrollmentCodeRow, hash_code(lost.code))
     assert row is not None and row.replaced_at is not None and row.used_at is None
     assert row.expires_at == lost.expires_at  # ended by its mark, its expiry kept
-    with pytest.raises(InvalidCode, match="replaced by a newer one"):
+    with pytest.raises(InvalidCode, match="withdrawn: a newer code replaced it"):
         ca.enroll(lost.code, "enterprise", csr(KeyType.P256.generate()))
     issued = ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate()))
     assert issued.record.application_id == app.id
@@ -333,7 +333,7 @@ def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # t
         ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
     assert ev is not None and ev.type == "operator.authorized"
     assert json.loads(ev.details)["replaced_unused_codes"] == 1
-    with pytest.raises(InvalidCode, match="replaced by a newer one"):
+    with pytest.raises(InvalidCode, match="withdrawn: a newer code replaced it"):
         ca.enroll(lost.code, "operator", csr(KeyType.P256.generate()))
     op = ca.enroll(fresh.code, "operator", csr(KeyType.P256.generate()))
     assert ca.authorize_operator(ent, "Wang Fang", "E2").replaced == 0  # another operator
@@ -346,3 +346,32 @@ def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # t
     again = ca.authorize_operator(ent, "Li Wei", "E1")
     assert again.replaced == 0
     assert ca.enroll(again.code, "operator", csr(KeyType.P256.generate())).record.serial
+
+
+def test_cessation_withdraws_the_operators_unused_codes(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """The enterprise ceases (its certificate revoked for cessationOfOperation): its
+    operators' certificates are revoked with it, and their unused codes withdrawn."""
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    grant = ca.approve(
+        officer_caller,
+        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Ceasing Co."}).id,
+    )
+    ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    (tmp_path / "ent.pem").write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
+    ent_caller = ca.caller(signed_by(tmp_path / "ent.pem"))
+    enrolled = ca.authorize_operator(ent_caller, "Li Wei", "E1")
+    op = ca.enroll(enrolled.code, "operator", csr(KeyType.P256.generate()))
+    unused = [ca.authorize_operator(ent_caller, "Wang Fang", f"E{i}") for i in (2, 3)]
+    change = Revocation(ca).revoke(officer_caller, ent.record.serial, "cessationOfOperation")
+    assert [c.serial for c in change.cascaded] == [op.record.serial]
+    with sessions() as s:
+        ev = s.scalars(
+            select(EventRow).where(
+                EventRow.type == "certificate.revoked", EventRow.serial == ent.record.serial_hex
+            )
+        ).one()
+    assert json.loads(ev.details)["operator_codes_withdrawn"] == "2"
+    for g in unused:
+        with pytest.raises(InvalidCode, match="its enterprise ceased operation"):
+            ca.enroll(g.code, "operator", csr(KeyType.P256.generate()))

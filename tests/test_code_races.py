@@ -184,11 +184,14 @@ def log_index(sessions: Any, event_type: str, **match: str) -> int:
 
 
 def race_with_revocation(
-    joint: tuple[Any, Any, Any], name: str, act: Callable[[Any], object]
+    joint: tuple[Any, Any, Any],
+    name: str,
+    prepare: Callable[[Any], Callable[[], object]],
+    reason: str = "keyCompromise",
 ) -> tuple[object, int]:
-    """A new enterprise certificate: ``act`` (given the holder, checked good) at the same
-    moment as an officer's keyCompromise revocation of it. ``act``'s result or exception,
-    and the revocation's place in the Merkle log."""
+    """A new enterprise certificate; ``prepare`` (given its holder, checked good) returns
+    the act to run at the same moment as an officer's revocation of it (``reason``). The
+    act's result or exception, and the revocation's place in the Merkle log."""
     from ca.revocation import Revocation
 
     ca, sessions, officer = joint
@@ -196,9 +199,8 @@ def race_with_revocation(
     cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
     holder = caller_of(ca, cert.public_bytes(serialization.Encoding.PEM))
     serial = cert.serial_number
-    result, revoked = at_once(
-        lambda: act(holder), lambda: Revocation(ca).revoke(officer, serial, "keyCompromise")
-    )
+    act = prepare(holder)
+    result, revoked = at_once(act, lambda: Revocation(ca).revoke(officer, serial, reason))
     assert not isinstance(revoked, Exception), revoked
     return result, log_index(sessions, "certificate.revoked", serial=format(serial, "x"))
 
@@ -221,7 +223,7 @@ def test_a_renewal_and_the_revocation_of_its_certificate_at_once(
     for n in range(ROUNDS):
         csr = csr_pem()
         renewed, revoked_at = race_with_revocation(
-            joint, f"V{n}", lambda holder, csr=csr: ca.renew(holder, csr)
+            joint, f"V{n}", lambda holder, csr=csr: lambda: ca.renew(holder, csr)
         )
         if not refused_as_revoked(renewed):
             serial = renewed.record.serial_hex  # type: ignore[attr-defined]
@@ -237,9 +239,32 @@ def test_an_operator_authorized_while_the_enterprise_certificate_is_revoked(
     ca, sessions, _ = joint
     for n in range(ROUNDS):
         authorized, revoked_at = race_with_revocation(
-            joint, f"S{n}", lambda ent, n=n: ca.authorize_operator(ent, "Rogue", f"X{n}")
+            joint, f"S{n}", lambda ent, n=n: lambda: ca.authorize_operator(ent, "Rogue", f"X{n}")
         )
         if not refused_as_revoked(authorized):
             app_id = authorized.application.id  # type: ignore[attr-defined]
             authorized_at = log_index(sessions, "operator.authorized", application_id=app_id)
             assert authorized_at < revoked_at, "an operator authorized after the revocation"
+
+
+def test_an_operator_enrolls_while_the_enterprise_ceases(joint: tuple[Any, Any, Any]) -> None:
+    """An operator redeems its code while the enterprise's certificate is revoked for
+    cessationOfOperation: the operator's certificate is stored first and revoked with the
+    enterprise, or the code is found withdrawn; no operator certificate stays good."""
+    from ca.models import CertificateStatusRow
+
+    ca, sessions, _ = joint
+    for n in range(ROUNDS):
+
+        def prepare(ent: Any, n: int = n) -> Callable[[], object]:
+            code, csr = ca.authorize_operator(ent, "Op", f"C{n}").code, csr_pem()
+            return lambda: ca.enroll(code, "operator", csr)
+
+        enrolled, _ = race_with_revocation(joint, f"C{n}", prepare, "cessationOfOperation")
+        if isinstance(enrolled, Exception):
+            assert isinstance(enrolled, InvalidCode) and "ceased" in str(enrolled), enrolled
+            continue
+        serial = enrolled.record.serial_hex  # type: ignore[attr-defined]
+        with sessions() as s:
+            state = s.get(CertificateStatusRow, serial)
+        assert state is not None and state.state == "revoked", "an operator outlived cessation"

@@ -369,7 +369,7 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
         *enroll, str(tmp_path / "old"), "--code", lost["enrollment_code"], check=False
     )
     assert old.returncode == 1 and old.stderr.count("\n") == 1, old.stderr
-    assert "replaced by a newer one" in old.stderr, old.stderr
+    assert "a newer code replaced it" in old.stderr, old.stderr
     issued = jrun(server, *enroll, str(tmp_path / "new"), "--code", fresh["enrollment_code"])
     openssl_verify(server, tmp_path / "new" / "cert.pem", tmp_path / "new" / "chain.pem")
     # The enterprise authorizes an operator again for a lost code: the same, one level down.
@@ -389,7 +389,7 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
         first["enrollment_code"],
         check=False,
     )
-    assert old_op.returncode == 1 and "replaced by a newer one" in old_op.stderr
+    assert old_op.returncode == 1 and "a newer code replaced it" in old_op.stderr
     jrun(server, "enroll", "--profile", "operator", "--out", str(tmp_path / "o2"), "--code", code)
     third = server.eport(*add, check=False)
     assert third.returncode == 1 and third.stderr.count("\n") == 1, third.stderr
