@@ -342,6 +342,8 @@ class JointCA:
         now = self.clock()
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
+            if caller is not None:
+                _signer_still_good(tx, caller)
             allowed = self._profiles_for(app, profiles)
             if app.state is not ApplicationState.PENDING:
                 raise Conflict(f"application {app_id} is already {app.state.value}")
@@ -371,6 +373,7 @@ class JointCA:
         now = self.clock()
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
+            _signer_still_good(tx, caller)
             if app.state is not ApplicationState.PENDING:
                 raise Conflict(f"application {app_id} is already {app.state.value}")
             if not tx.set_application_state(
@@ -413,7 +416,7 @@ class JointCA:
             # The application's row, then the lock of issuances, then the codes: an
             # issuance locks the log head and then its code, an approval the application
             # and then the head.
-            tx.hold_issuance()
+            _signer_still_good(tx, caller)
             if app.state is not ApplicationState.APPROVED:
                 raise Conflict(
                     f"application {app_id} is {app.state.value}; only an approved "
@@ -541,12 +544,7 @@ class JointCA:
             # The enterprise's row lock orders its authorizations (PostgreSQL), so two at
             # once for one operator cannot both leave a code live.
             tx.get_application(parent.id, for_update=True)
-            tx.hold_issuance()  # before the codes' rows, as in reissue_code
-            # Checked good when the request came; a revocation committed since refuses it,
-            # one committing later waits for this transaction (it appends to the log).
-            status = tx.get_status(caller.serial)
-            if status is not None:
-                raise signer_refusal(caller.serial, status.state.value)
+            _signer_still_good(tx, caller)  # and the issuances' lock, before the codes' rows
             earlier = [
                 a
                 for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
@@ -690,6 +688,17 @@ def _display_name(vetted: Mapping[str, str]) -> str:
         if key in vetted:
             return vetted[key]
     return ""
+
+
+def _signer_still_good(tx: Transaction, caller: Caller) -> None:
+    """Take the issuances' lock, then refuse if the certificate that signed the request,
+    good when the request came, has been revoked or put on hold since. A revocation
+    appends to the log under that lock: one that committed first is seen here, one
+    committing later is ordered after this transaction."""
+    tx.hold_issuance()
+    status = tx.get_status(caller.serial)
+    if status is not None:
+        raise signer_refusal(caller.serial, status.state.value)
 
 
 def _end_codes_unless_in_force(

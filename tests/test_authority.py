@@ -375,3 +375,28 @@ def test_cessation_withdraws_the_operators_unused_codes(env: tuple, tmp_path: Pa
     for g in unused:
         with pytest.raises(InvalidCode, match="its enterprise ceased operation"):
             ca.enroll(g.code, "operator", csr(KeyType.P256.generate()))
+
+
+def test_a_request_whose_signer_is_revoked_in_flight_is_refused(env: tuple) -> None:  # type: ignore[type-arg]
+    """The signer was good when the request was checked and is revoked before its write:
+    approve, reject and a new code refuse it where they write, and change nothing."""
+    ca, sessions, officer = env
+    in_flight = ca.caller(signed_by(officer / "officer.pem"))  # checked good
+    other = ca.caller(signed_by(officer.parent / "tax" / "officer.pem"))
+    pending = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "In Flight"})
+    approved = ca.approve(
+        other, ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "A"}).id
+    )
+    Revocation(ca).revoke(other, in_flight.serial, "keyCompromise")
+    before = counts(sessions)
+    for act in (
+        lambda: ca.approve(in_flight, pending.id),
+        lambda: ca.reject(in_flight, pending.id, "no"),
+        lambda: ca.reissue_code(in_flight, approved.application.id),
+    ):
+        with pytest.raises(
+            Forbidden, match=f"{in_flight.serial:x} that signed this request was revoked"
+        ):
+            act()
+    assert counts(sessions) == before
+    assert ca.application(pending.id).state.value == "pending"
