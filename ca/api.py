@@ -258,6 +258,15 @@ def approve(app_id: str) -> Response:
     return jsonify(grant_json(grant))
 
 
+@bp.post("/ra/applications/<app_id>/withdraw")
+def withdraw(app_id: str) -> Response:
+    """Withdraw an approval before the applicant enrolled (its codes stop working)."""
+    caller = signed_caller()
+    data = json_body()
+    app = svc().authority.withdraw(caller, app_id, field(data, "reason"))
+    return jsonify(app_json(app))
+
+
 @bp.post("/ra/applications/<app_id>/code")
 def reissue_code(app_id: str) -> tuple[Response, int]:
     """A new enrollment code for an approved application (the last one lost or expired)."""

@@ -364,6 +364,19 @@ class JointCA:
         return grant
 
     def reject(self, caller: Caller, app_id: str, reason: str) -> Application:
+        """Reject a pending application, with a reason the applicant sees."""
+        return self._turn_down(caller, app_id, reason, ApplicationState.PENDING)
+
+    def withdraw(self, caller: Caller, app_id: str, reason: str) -> Application:
+        """Withdraw the approval of an application (a vetting error found before it
+        enrolled): its live codes are withdrawn and it reads as rejected, with the reason.
+        Refused while a certificate issued on it is in force: an officer revokes it first.
+        """
+        return self._turn_down(caller, app_id, reason, ApplicationState.APPROVED)
+
+    def _turn_down(
+        self, caller: Caller, app_id: str, reason: str, expected: ApplicationState
+    ) -> Application:
         self._require(caller, SubjectClass.AGENCY)
         reason = " ".join((reason or "").split())
         if not reason:
@@ -374,26 +387,30 @@ class JointCA:
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
             _signer_still_good(tx, caller)
-            if app.state is not ApplicationState.PENDING:
-                raise Conflict(f"application {app_id} is already {app.state.value}")
+            details: dict[str, object] = {"reason": reason, "officer": caller.subject}
+            if expected is ApplicationState.PENDING:
+                event_type = EventType.APPLICATION_REJECTED
+                if app.state is not expected:
+                    raise Conflict(f"application {app_id} is already {app.state.value}")
+            else:
+                event_type = EventType.APPLICATION_WITHDRAWN
+                if app.state is not expected:
+                    raise Conflict(
+                        f"application {app_id} is {app.state.value}; only an approved "
+                        "application can be withdrawn"
+                    )
+                details["withdrawn_codes"] = _end_codes_unless_in_force(
+                    tx,
+                    [app],
+                    now,
+                    f"application {app_id}",
+                    "an officer revokes it first (eport revoke)",
+                )
             if not tx.set_application_state(
-                app_id,
-                ApplicationState.PENDING,
-                ApplicationState.REJECTED,
-                caller.actor,
-                now,
-                reason,
+                app_id, expected, ApplicationState.REJECTED, caller.actor, now, reason
             ):
                 raise Conflict(f"application {app_id} was decided concurrently")
-            tx.append_event(
-                _application_event(
-                    EventType.APPLICATION_REJECTED,
-                    app,
-                    caller.actor,
-                    now,
-                    {"reason": reason, "officer": caller.subject},
-                )
-            )
+            tx.append_event(_application_event(event_type, app, caller.actor, now, details))
             updated = tx.get_application(app_id)
         assert updated is not None
         return updated

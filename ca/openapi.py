@@ -118,6 +118,16 @@ def openapi_document() -> dict[str, Any]:
                     params=[_APP_ID],
                 )
             },
+            "/ca/v1/ra/applications/{app_id}/withdraw": {
+                "post": _op(
+                    "Withdraw an approval before enrollment (its codes end; it reads as "
+                    "rejected); 409 while one of its certificates is in force",
+                    signed=True,
+                    body="RejectRequest",
+                    result="Application",
+                    params=[_APP_ID],
+                )
+            },
             "/ca/v1/ra/applications/{app_id}/reject": {
                 "post": _op(
                     "Reject with a reason",

@@ -32,6 +32,9 @@ class EventType(enum.Enum):
     APPLICATION_SUBMITTED = "application.submitted"
     APPLICATION_APPROVED = "application.approved"
     APPLICATION_REJECTED = "application.rejected"
+    APPLICATION_WITHDRAWN = "application.withdrawn"
+    """An RA officer withdrew an approval before the applicant enrolled: the application
+    reads as rejected, and its live codes were withdrawn in the same transaction."""
     CODE_REISSUED = "application.code_reissued"
     """An RA officer gave an approved application a new enrollment code (the last one was
     lost or expired); its unused codes stopped working in the same transaction."""
@@ -89,6 +92,7 @@ KEY_CERTIFIED = "this public key is already certified; generate a new key"
 CODE_USED = "this enrollment code was already used"
 CODE_REPLACED = (
     "this enrollment code was withdrawn: a newer code replaced it (use the one given last), "
+    "its approval was withdrawn (eport application show APP_ID says why), "
     "or its enterprise ceased operation"
 )
 

@@ -54,6 +54,7 @@ EVENT_TYPES = [
     "application.submitted",
     "application.approved",
     "application.rejected",
+    "application.withdrawn",
     "application.code_reissued",
     "operator.authorized",
     "certificate.issued",

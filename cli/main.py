@@ -709,14 +709,17 @@ def ra_new_code(
     emit(as_json, doc, f"New code for {app_id}{_ended(doc)}.\n" + _code_lines(doc))
 
 
-@ra.command("reject")
-@click.argument("app_id")
-@identity_options("RA officer")
-@click.option(
+reason_option = click.option(
     "--reason",
     required=True,
     help="Why; recorded, and shown to the applicant (eport application show).",
 )
+
+
+@ra.command("reject")
+@click.argument("app_id")
+@identity_options("RA officer")
+@reason_option
 @json_option
 @pass_ctx
 def ra_reject(
@@ -734,6 +737,35 @@ def ra_reject(
         "POST", f"/ca/v1/ra/applications/{app_id}/reject", {"reason": reason}, ident
     )
     emit(as_json, doc, f"Rejected {app_id}: {doc['reason']}")
+
+
+@ra.command("withdraw")
+@click.argument("app_id")
+@identity_options("RA officer")
+@reason_option
+@json_option
+@pass_ctx
+def ra_withdraw(
+    ctx: Ctx,
+    app_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Withdraw the approval of APP_ID before its applicant enrolled.
+
+    For an approval found wrong after the code went out: the application's
+    unused codes stop working at once and it reads as rejected, with the
+    reason. Refused while a certificate issued on it is in force: revoke that
+    first (eport revoke). Recorded in the audit log.
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", f"/ca/v1/ra/applications/{app_id}/withdraw", {"reason": reason}, ident
+    )
+    emit(as_json, doc, f"Withdrew the approval of {app_id}: {doc['reason']}")
 
 
 # -- operators --------------------------------------------------------------------------------

@@ -400,3 +400,36 @@ def test_a_request_whose_signer_is_revoked_in_flight_is_refused(env: tuple) -> N
             act()
     assert counts(sessions) == before
     assert ca.application(pending.id).state.value == "pending"
+
+
+def test_an_approval_is_withdrawn_before_enrollment(env: tuple) -> None:  # type: ignore[type-arg]
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Mistake Co."})
+    grant = ca.approve(officer_caller, app.id)
+    pending = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Wait Co."})
+    before = counts(sessions)
+    with pytest.raises(Conflict, match="only an approved application can be withdrawn"):
+        ca.withdraw(officer_caller, pending.id, "x")
+    with pytest.raises(BadRequest, match="needs a reason"):
+        ca.withdraw(officer_caller, app.id, "  ")
+    assert counts(sessions) == before
+    withdrawn = ca.withdraw(officer_caller, app.id, "seal does not match the licence")
+    assert withdrawn.state.value == "rejected" and withdrawn.reason.startswith("seal")
+    with sessions() as s:
+        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
+    assert ev is not None and ev.type == "application.withdrawn"
+    assert json.loads(ev.details)["withdrawn_codes"] == 1
+    with pytest.raises(InvalidCode, match="its approval was withdrawn"):
+        ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    with pytest.raises(Conflict, match="is rejected"):  # and no new code for it
+        ca.reissue_code(officer_caller, app.id)
+    # Once it enrolled, its certificate must be revoked first.
+    other = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Enrolled Co."})
+    issued = ca.enroll(
+        ca.approve(officer_caller, other.id).code, "enterprise", csr(KeyType.P256.generate())
+    )
+    before = counts(sessions)
+    with pytest.raises(Conflict, match=f"{issued.record.serial_hex} in force.*eport revoke"):
+        ca.withdraw(officer_caller, other.id, "too late")
+    assert counts(sessions) == before

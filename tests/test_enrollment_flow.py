@@ -348,6 +348,19 @@ def test_the_applicant_sees_where_its_application_stands(server: Server) -> None
     assert r.headers["Cache-Control"] == "no-store"
     assert set(r.json()) == {"id", "subject_class", "state", "created_at", "decided_at", "reason"}
     assert "Refused Co." not in r.text and "91350100MA31WDXY2A" not in r.text
+    # An approval found wrong before enrollment is withdrawn: its code stops working.
+    wrong = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Wrong Co.")
+    code = jrun(server, "ra", "approve", wrong["id"], *server.officer())["enrollment_code"]
+    said = server.eport(
+        "ra", "withdraw", wrong["id"], "--reason", "licence revoked", *server.officer()
+    ).stdout
+    assert said == f"Withdrew the approval of {wrong['id']}: licence revoked\n", said
+    shown = server.eport("application", "show", wrong["id"]).stdout
+    assert "rejected since" in shown and "  reason: licence revoked" in shown, shown
+    late = server.eport(
+        "enroll", "--code", code, "--profile", "enterprise", "--out", "/nonexistent/x", check=False
+    )
+    assert late.returncode == 1 and "its approval was withdrawn" in late.stderr, late.stderr
     missing = server.eport("application", "show", "app_nosuch", check=False)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
     assert "no application 'app_nosuch'" in missing.stderr and "HTTP 404" in missing.stderr
