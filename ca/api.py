@@ -19,7 +19,7 @@ from ca.authority import Caller, CodeGrant, Issued, JointCA
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
-from ca.records import Application, ApplicationState, CertificateRecord
+from ca.records import Application, ApplicationState, CertificateRecord, code_state
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
 
@@ -214,8 +214,21 @@ def list_applications() -> Response:
     state = None if state_arg == "all" else _state(state_arg)
     limit = int_arg("limit", 100, 1, 1000)
     offset = int_arg("offset", 0, 0, 10**9)
-    apps = svc().authority.list_applications(caller, state, limit, offset)
-    return jsonify({"applications": [app_json(a) for a in apps]})
+    listed = svc().authority.list_applications(caller, state, limit, offset)
+    now = svc().authority.clock()
+    return jsonify(
+        {
+            "applications": [
+                {
+                    **app_json(app),
+                    "code": None
+                    if code is None
+                    else {"state": code_state(code, now), "expires_at": iso(code.expires_at)},
+                }
+                for app, code in listed
+            ]
+        }
+    )
 
 
 def _state(value: str) -> ApplicationState:

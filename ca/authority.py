@@ -315,10 +315,14 @@ class JointCA:
 
     def list_applications(
         self, caller: Caller, state: ApplicationState | None, limit: int = 100, offset: int = 0
-    ) -> list[Application]:
+    ) -> list[tuple[Application, EnrollmentCode | None]]:
+        """Applications for an officer, each with its last code (None: never given one), so
+        that an approved one whose code expired unused can be told from the rest."""
         self._require(caller, SubjectClass.AGENCY)
         with self.store.reading() as tx:
-            return tx.list_applications(state, limit, offset)
+            apps = tx.list_applications(state, limit, offset)
+            last = tx.last_codes([a.id for a in apps])
+        return [(a, last.get(a.id)) for a in apps]
 
     def approve(
         self, caller: Caller, app_id: str, profiles: Sequence[str] | None = None

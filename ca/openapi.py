@@ -372,6 +372,14 @@ def openapi_document() -> dict[str, Any]:
                         "subject": s(),
                         "state": {"enum": ["pending", "approved", "rejected"]},
                         "created_at": string,
+                        "code": {
+                            "description": "RA listings only: the code given last, or null",
+                            "type": ["object", "null"],
+                            "properties": {
+                                "state": {"enum": ["live", "used", "expired", "withdrawn"]},
+                                "expires_at": string,
+                            },
+                        },
                     },
                     required=["id", "state"],
                 ),

@@ -97,6 +97,15 @@ CODE_REPLACED = (
 )
 
 
+def code_state(code: EnrollmentCode, now: datetime.datetime) -> str:
+    """``used``, ``withdrawn``, ``expired`` or ``live``: what redeeming ``code`` would meet."""
+    if code.used_at is not None:
+        return "used"
+    if code.replaced_at is not None:
+        return "withdrawn"
+    return "expired" if code.expires_at <= now else "live"
+
+
 def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> InvalidCode | None:
     """Why ``code`` cannot be redeemed at ``now``; None when it can."""
     if code is None:
@@ -239,6 +248,10 @@ class Transaction(Protocol):
 
     def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
         """Every code ever given to the application, the latest expiry first."""
+        ...
+
+    def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
+        """The code given last (latest expiry) to each of the applications that has one."""
         ...
 
     def replace_codes(self, app_id: str, now: datetime.datetime) -> int:

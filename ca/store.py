@@ -580,6 +580,14 @@ class SqlTransaction:
     def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
         return [_code_of(r) for r in self._conn().execute(_CODES_OF_APP, {"app_id": app_id})]
 
+    def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
+        last: dict[str, EnrollmentCode] = {}
+        if app_ids:
+            q = select(*_CODE_COLUMNS).where(_C.application_id.in_(app_ids))
+            for code in map(_code_of, self._conn().execute(q.order_by(_C.expires_at))):
+                last[code.application_id] = code  # the latest expiry wins
+        return last
+
     def replace_codes(self, app_id: str, now: datetime.datetime) -> int:
         values = {"app_id": app_id, "now": now, "replaced": now}
         return int(self._conn().execute(_REPLACE_CODES, values).rowcount)

@@ -602,17 +602,24 @@ def ra_list(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List applications (pending by default)."""
+    """List applications (pending by default).
+
+    The CODE column is the state of the code given last: live, used, expired,
+    withdrawn, or - (none yet). An approved application whose code expired or
+    was lost gets a new one with eport ra new-code APP_ID.
+    """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     path = "/ca/v1/ra/applications?" + urlencode({"state": state, "limit": limit})
     doc = ctx.client().call("GET", path, identity=ident)
     apps = doc["applications"]
-    lines = [f"{'ID':<24} {'STATE':<9} {'CLASS':<11} {'USCC':<19} NAME"]
+    lines = [f"{'ID':<24} {'STATE':<9} {'CODE':<10} {'CLASS':<11} {'USCC':<19} NAME"]
     for a in apps:
         subj = a["subject"]
         name = subj.get("legal_name") or subj.get("person_name") or subj.get("service_host") or ""
+        code = (a.get("code") or {}).get("state", "-")
         lines.append(
-            f"{a['id']:<24} {a['state']:<9} {a['subject_class']:<11} {a['uscc'] or '-':<19} {name}"
+            f"{a['id']:<24} {a['state']:<9} {code:<10} {a['subject_class']:<11} "
+            f"{a['uscc'] or '-':<19} {name}"
         )
     if not apps:
         lines = [f"No {state} applications."]

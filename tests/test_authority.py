@@ -35,6 +35,7 @@ from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from ca.policy import Members, load_policies
+from ca.records import code_state
 from ca.revocation import Revocation
 from ca.signedreq import SignedRequest
 from ca.store import SqlStore
@@ -236,6 +237,8 @@ def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type
     ca.clock = lambda: start + datetime.timedelta(days=8)
     with pytest.raises(InvalidCode, match=r"has expired.*eport ra new-code"):
         ca.enroll(old.code, "enterprise", csr(KeyType.P256.generate()))
+    last = {a.id: c for a, c in ca.list_applications(officer_caller, None, limit=1000)}
+    assert last[app.id] is not None and code_state(last[app.id], ca.clock()) == "expired"
     fresh = ca.reissue_code(officer_caller, app.id)
     assert fresh.replaced == 0  # the expired one was no longer live
     assert ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate())).record.serial

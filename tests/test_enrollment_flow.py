@@ -383,7 +383,16 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     )
     assert old.returncode == 1 and old.stderr.count("\n") == 1, old.stderr
     assert "a newer code replaced it" in old.stderr, old.stderr
+
+    def code_state() -> object:
+        listed = jrun(server, "ra", "list", "--state", "approved", *server.officer())
+        return next(a["code"]["state"] for a in listed["applications"] if a["id"] == app["id"])
+
+    assert code_state() == "live"  # the new one
     issued = jrun(server, *enroll, str(tmp_path / "new"), "--code", fresh["enrollment_code"])
+    assert code_state() == "used"
+    table = server.eport("ra", "list", "--state", "approved", *server.officer()).stdout
+    assert f"{app['id']}     approved  used       enterprise" in table, table
     openssl_verify(server, tmp_path / "new" / "cert.pem", tmp_path / "new" / "chain.pem")
     # The enterprise authorizes an operator again for a lost code: the same, one level down.
     ent = ["--cert", str(tmp_path / "new" / "cert.pem"), "--key", str(tmp_path / "new" / "key.pem")]
