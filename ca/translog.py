@@ -238,21 +238,25 @@ def tree_at(session: Session, size: int | None = None) -> MerkleTree:
 
 
 def lock_head(session: Session) -> int:
-    """Lock the head row for the rest of this transaction (create it when absent); its size.
+    """Lock the head row for the rest of this transaction; its size. Call it before this
+    transaction writes any event: a database whose log has no head yet gets one here, with
+    every event made before the log (as :func:`append_events` does).
 
     Every issuance takes this lock first (:class:`ca.groupwrite.IssuanceWriter`); a
     transaction that then changes codes or certificates an issuance also writes takes it
     before them too, so that the two never wait on each other's rows (a deadlock)."""
-    return _lock_head(session)[0]
+    return _lock_head(session, ())
 
 
-def _lock_head(session: Session) -> tuple[int, bool]:
-    """Lock the head row for this transaction; create it when absent. ``(size, created)``."""
+def _lock_head(session: Session, appending: Sequence[int]) -> int:
+    """Lock the head row for this transaction; its size. When there is none, create it
+    and log every event made before the log, in event order, except ``appending`` (the
+    caller's own, appended next)."""
     conn = session.connection()
     sql, for_update = ConnectionSql(conn), conn.dialect.name != "sqlite"
     size = lock_head_sql(sql, for_update)
     if size is not None:
-        return size, False
+        return size
     # The first append of a database: insert the head in a savepoint, so that a
     # concurrent first append that wins the primary key only costs us a retry.
     try:
@@ -262,7 +266,16 @@ def _lock_head(session: Session) -> tuple[int, bool]:
         pass
     size = lock_head_sql(sql, for_update)
     assert size is not None
-    return size, True
+    if size == 0:
+        logged = select(LogEntryRow.event_id)
+        earlier = session.scalars(
+            select(EventRow)
+            .where(EventRow.id.not_in(appending), EventRow.id.not_in(logged))
+            .order_by(EventRow.id)
+        ).all()
+        if earlier:
+            size = append_entries(ConnectionSql(session.connection()), 0, earlier).stop
+    return size
 
 
 def lock_head_sql(sql: DriverSql, for_update: bool) -> int | None:
@@ -302,17 +315,8 @@ def append_events(session: Session, rows: Sequence[EventRow | StoredEvent]) -> r
     earlier events (a database that predates the log) are appended first, in event
     order, so the log covers every event from the very first.
     """
-    size, created = _lock_head(session)
     rows = list(rows)
-    if created and size == 0:
-        ids = [r.id for r in rows]
-        logged = select(LogEntryRow.event_id)
-        earlier = session.scalars(
-            select(EventRow)
-            .where(EventRow.id.not_in(ids), EventRow.id.not_in(logged))
-            .order_by(EventRow.id)
-        ).all()
-        rows = [*earlier, *rows]
+    size = _lock_head(session, [r.id for r in rows])
     return append_entries(ConnectionSql(session.connection()), size, rows)
 
 

@@ -270,6 +270,20 @@ def test_first_append_backfills_events_that_predate_the_log(engine: Engine) -> N
         assert translog.read_head(s)[0] == 7
 
 
+def test_a_first_hold_of_the_issuance_lock_backfills_too(engine: Engine) -> None:
+    """The same database, whose first logged transaction takes the issuances' lock before
+    writing its event (a new code, an approval): the lock creates the head, and the
+    events made before the log are logged first, then its own."""
+    record(SqlStore(sessionmaker(engine, expire_on_commit=False)), 5)  # no sink: no log
+    with make_store(engine).transaction() as tx:
+        tx.hold_issuance()
+        tx.append_event(Event(type=EventType.APPLICATION_APPROVED, at=T0, actor="x"))
+    with Session(engine) as s:
+        ids = list(s.scalars(select(LogEntryRow.event_id).order_by(LogEntryRow.idx)))
+        assert ids == list(range(1, 7))
+        assert translog.read_head(s)[0] == 6
+
+
 def test_a_missed_lock_fails_instead_of_forking(engine: Engine) -> None:
     """Two appenders that both believe the head is at n collide on the primary keys."""
     store = make_store(engine)
