@@ -94,7 +94,7 @@ def grant_json(grant: CodeGrant) -> dict[str, Any]:
         "enrollment_code": grant.code,
         "expires_at": iso(grant.expires_at),
         "profiles": list(grant.profiles),
-        "replaced_unused_codes": grant.replaced,
+        "withdrawn_codes": grant.withdrawn,
     }
 
 

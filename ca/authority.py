@@ -159,9 +159,9 @@ class CodeGrant:
     code: str
     expires_at: datetime.datetime
     profiles: tuple[str, ...]
-    replaced: int = 0
-    """How many live codes this one replaced (a new code for the application, or an
-    operator id authorized again)."""
+    withdrawn: int = 0
+    """How many live codes were withdrawn for this one (a new code for the application,
+    or an operator id authorized again)."""
 
 
 class JointCA:
@@ -403,13 +403,14 @@ class JointCA:
                         f"application {app_id} is {app.state.value}; only an approved "
                         "application can be withdrawn"
                     )
-                details["withdrawn_codes"] = _end_codes_unless_in_force(
+                _refuse_in_force(
                     tx,
                     [app],
                     now,
                     f"application {app_id}",
                     "an officer revokes it first (eport revoke)",
                 )
+                details["withdrawn_codes"] = tx.withdraw_codes([app_id], now)
             if not tx.set_application_state(
                 app_id, expected, ApplicationState.REJECTED, caller.actor, now, reason
             ):
@@ -443,18 +444,19 @@ class JointCA:
                     f"application {app_id} is {app.state.value}; only an approved "
                     "application gets a new code"
                 )
-            earlier = tx.codes_of_application(app_id)  # the last one given comes first
-            replaced = _end_codes_unless_in_force(
+            _refuse_in_force(
                 tx,
                 [app],
                 now,
                 f"application {app_id}",
                 "its holder renews it (eport renew), or an officer revokes it first (eport revoke)",
             )
-            if profiles:
+            last = tx.last_codes([app_id]).get(app_id)
+            if profiles or last is None:
                 allowed = self._profiles_for(app, profiles)
             else:
-                allowed = earlier[0].profiles if earlier else self._profiles_for(app, None)
+                allowed = last.profiles
+            withdrawn = tx.withdraw_codes([app_id], now)
             grant = self._grant_code(tx, app, allowed, now)
             tx.append_event(
                 _application_event(
@@ -465,11 +467,11 @@ class JointCA:
                     {
                         "profiles": list(allowed),
                         "officer": caller.subject,
-                        "replaced_unused_codes": replaced,
+                        "withdrawn_codes": withdrawn,
                     },
                 )
             )
-        return dataclasses.replace(grant, replaced=replaced)
+        return dataclasses.replace(grant, withdrawn=withdrawn)
 
     def _locked_application(
         self, tx: Transaction, app_id: str, caller: Caller | None
@@ -571,7 +573,7 @@ class JointCA:
                 for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
                 if a.vetted.get("operator_id") == clean_id
             ]
-            replaced = _end_codes_unless_in_force(
+            _refuse_in_force(
                 tx,
                 earlier,
                 now,
@@ -579,23 +581,16 @@ class JointCA:
                 "the operator renews it (eport renew), or the enterprise revokes it first "
                 "(eport revoke --serial SERIAL)",
             )
+            withdrawn = tx.withdraw_codes([a.id for a in earlier], now)
             tx.add_application(app)
             grant = self._grant_code(tx, app, profiles, now)
             details: dict[str, object] = {"operator_id": clean_id, "profiles": list(profiles)}
-            if replaced:
-                details["replaced_unused_codes"] = replaced
+            if withdrawn:
+                details["withdrawn_codes"] = withdrawn
             tx.append_event(
-                Event(
-                    type=EventType.OPERATOR_AUTHORIZED,
-                    at=now,
-                    actor=caller.actor,
-                    uscc=parent.uscc,
-                    subject=clean_name,
-                    application_id=app.id,
-                    details=details,
-                )
+                _application_event(EventType.OPERATOR_AUTHORIZED, app, caller.actor, now, details)
             )
-        return dataclasses.replace(grant, replaced=replaced)
+        return dataclasses.replace(grant, withdrawn=withdrawn)
 
     # -- issuance ---------------------------------------------------------------------------
 
@@ -722,20 +717,18 @@ def _signer_still_good(tx: Transaction, caller: Caller) -> None:
         raise signer_refusal(caller.serial, status.state.value)
 
 
-def _end_codes_unless_in_force(
+def _refuse_in_force(
     tx: Transaction,
     apps: Sequence[Application],
     now: datetime.datetime,
     who: str,
     remedy: str,
-) -> int:
-    """Mark the live codes of ``apps`` replaced (how many), then refuse while a certificate
-    issued on one of them is in force (not expired, not revoked; a suspended one may be
-    resumed). Called holding the issuances' lock (:meth:`Transaction.hold_issuance`): an
-    enrollment redeeming one of these codes either committed before (its certificate is
-    seen here) or is refused as replaced after.
-    """
-    replaced = sum(tx.replace_codes(a.id, now) for a in apps)
+) -> None:
+    """Refuse (Conflict) while a certificate issued on one of ``apps`` is in force: not
+    expired, not revoked (a suspended one may be resumed). Call it holding the issuances'
+    lock (:meth:`Transaction.hold_issuance`), before withdrawing the apps' codes: an
+    enrollment redeeming one of them has then either committed (its certificate is seen
+    here) or will find its code withdrawn."""
     for app in apps:
         for rec in tx.certificates_of_application(app.id):
             status = tx.get_status(rec.serial)
@@ -744,7 +737,6 @@ def _end_codes_unless_in_force(
                     f"{who} has certificate {rec.serial_hex} in force until "
                     f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: {remedy}"
                 )
-    return replaced
 
 
 def _application_event(
@@ -754,7 +746,8 @@ def _application_event(
     at: datetime.datetime,
     details: Mapping[str, object],
 ) -> Event:
-    """The event of an RA decision on ``app`` (approval, rejection, a new code)."""
+    """The event of a decision on ``app``: an approval, a rejection or withdrawal, a new
+    code, an operator's authorization (its subject: the vetted display name)."""
     return Event(
         type=type,
         at=at,

@@ -57,14 +57,14 @@ from ca import translog
 from ca.errors import Conflict, InvalidCode
 from ca.models import CertificateRow
 from ca.records import (
-    CODE_REPLACED,
     CODE_USED,
     KEY_CERTIFIED,
     Event,
     IssuanceWrite,
+    code_refusal,
     signer_refusal,
 )
-from ca.store import StoredEvent, ThreadConnections, sqlite_file
+from ca.store import StoredEvent, ThreadConnections, code_of, sqlite_file
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -299,9 +299,12 @@ class _NoLogHead(Exception):
 
 _REDEEM = (
     "UPDATE enrollment_codes SET used_at = ?"
-    " WHERE code_hash = ? AND used_at IS NULL AND replaced_at IS NULL AND expires_at > ?"
+    " WHERE code_hash = ? AND used_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
 )
-_CODE_REPLACED_AT = "SELECT replaced_at FROM enrollment_codes WHERE code_hash = ?"
+_FIND_CODE = (
+    "SELECT code_hash, application_id, profiles, expires_at, used_at, withdrawn_at"
+    " FROM enrollment_codes WHERE code_hash = ?"
+)
 _KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
 _STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
 _INSERT_CERT = (
@@ -351,7 +354,7 @@ class IssuanceWriter:
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
         # the statements in the driver's placeholders
         self._redeem_sql = translog.driver_text(_REDEEM, self._qmark)
-        self._replaced_sql = translog.driver_text(_CODE_REPLACED_AT, self._qmark)
+        self._find_code_sql = translog.driver_text(_FIND_CODE, self._qmark)
         self._key_held_sql = translog.driver_text(_KEY_HELD, self._qmark)
         self._status_sql = translog.driver_text(_STATUS_OF, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
@@ -459,14 +462,15 @@ class IssuanceWriter:
     def _write_one(self, cur: Any, item: IssuanceWrite) -> StoredEvent:
         dt = self._dt
         if item.code_hash is not None:
+            assert item.now is not None, "a redemption carries its time"
             now = dt(item.now)
             cur.execute(self._redeem_sql, (now, item.code_hash, now))
             if cur.rowcount != 1:
-                # Checked before signing, so another redemption or a newer code came first.
-                cur.execute(self._replaced_sql, (item.code_hash,))
+                # Checked before signing, so another redemption or a withdrawal came first.
+                cur.execute(self._find_code_sql, (item.code_hash,))
                 row = cur.fetchone()
-                replaced = row is not None and row[0] is not None
-                raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
+                found = code_of(row) if row is not None else None
+                raise code_refusal(found, item.now) or InvalidCode(CODE_USED)
         if item.signed_by is not None:
             # A revocation or hold committed since the request was checked refuses it; one
             # committing later waits for this group (it appends to the log after it).

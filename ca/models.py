@@ -69,9 +69,10 @@ class EnrollmentCodeRow(Base):
     profiles: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime.datetime]
     used_at: Mapped[datetime.datetime | None]
-    replaced_at: Mapped[datetime.datetime | None]
+    withdrawn_at: Mapped[datetime.datetime | None]
     """When this unused code was withdrawn: a newer code replaced it (eport ra new-code,
-    eport operator add again), or its enterprise ceased operation (an operator's code)."""
+    eport operator add again), its approval was withdrawn (eport ra withdraw), or its
+    enterprise ceased operation (an operator's code)."""
 
 
 class CertificateRow(Base):

@@ -410,7 +410,7 @@ def openapi_document() -> dict[str, Any]:
                         "enrollment_code": string,
                         "expires_at": string,
                         "profiles": {"type": "array", "items": string},
-                        "replaced_unused_codes": {
+                        "withdrawn_codes": {
                             "type": "integer",
                             "description": "how many unused codes of the application (a new "
                             "code) or of the operator id (authorized again) this one ended",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,26 +82,34 @@ class EnrollmentCode:
     profiles: tuple[str, ...]
     expires_at: datetime.datetime
     used_at: datetime.datetime | None = None
-    replaced_at: datetime.datetime | None = None
+    withdrawn_at: datetime.datetime | None = None
     """When this code was withdrawn unused: a newer code of the application replaced it,
-    or (an operator's) its enterprise's certificate was revoked for cessation."""
+    its approval was withdrawn, or (an operator's) its enterprise ceased operation."""
 
 
 KEY_CERTIFIED = "this public key is already certified; generate a new key"
 """The refusal of a key some certificate holds: one key, one holder."""
 CODE_USED = "this enrollment code was already used"
-CODE_REPLACED = (
+CODE_WITHDRAWN = (
     "this enrollment code was withdrawn: a newer code replaced it (use the one given last), "
     "its approval was withdrawn (eport application show APP_ID says why), "
     "or its enterprise ceased operation"
 )
 
 
+CODE_REFUSALS = {
+    "used": CODE_USED,
+    "withdrawn": CODE_WITHDRAWN,
+    "expired": "this enrollment code has expired; an RA officer can give the application "
+    "a new one (eport ra new-code APP_ID)",
+}
+
+
 def code_state(code: EnrollmentCode, now: datetime.datetime) -> str:
     """``used``, ``withdrawn``, ``expired`` or ``live``: what redeeming ``code`` would meet."""
     if code.used_at is not None:
         return "used"
-    if code.replaced_at is not None:
+    if code.withdrawn_at is not None:
         return "withdrawn"
     return "expired" if code.expires_at <= now else "live"
 
@@ -110,16 +118,8 @@ def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> Invalid
     """Why ``code`` cannot be redeemed at ``now``; None when it can."""
     if code is None:
         return InvalidCode("unknown enrollment code")
-    if code.used_at is not None:
-        return InvalidCode(CODE_USED)
-    if code.replaced_at is not None:
-        return InvalidCode(CODE_REPLACED)
-    if code.expires_at <= now:
-        return InvalidCode(
-            "this enrollment code has expired; an RA officer can give the application "
-            "a new one (eport ra new-code APP_ID)"
-        )
-    return None
+    state = code_state(code, now)
+    return None if state == "live" else InvalidCode(CODE_REFUSALS[state])
 
 
 @dataclass(frozen=True)
@@ -246,16 +246,12 @@ class Transaction(Protocol):
         the other way round deadlocks with it)."""
         ...
 
-    def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
-        """Every code ever given to the application, the latest expiry first."""
-        ...
-
     def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
         """The code given last (latest expiry) to each of the applications that has one."""
         ...
 
-    def replace_codes(self, app_id: str, now: datetime.datetime) -> int:
-        """Mark the application's live codes (unused, unexpired, not replaced) replaced at
+    def withdraw_codes(self, app_ids: Sequence[str], now: datetime.datetime) -> int:
+        """Withdraw the live codes (unused, unexpired, not withdrawn) of the applications at
         ``now``: no redemption passes one afterwards. How many there were."""
         ...
 

@@ -126,9 +126,9 @@ class Revocation:
                 # is stored first (and revoked below) or finds its code withdrawn.
                 tx.hold_issuance()
                 operator_apps = tx.applications_of(rec.uscc, SubjectClass.OPERATOR.value)
-                ended = sum(tx.replace_codes(a.id, now) for a in operator_apps)
-                if ended:
-                    more["operator_codes_withdrawn"] = str(ended)
+                withdrawn = tx.withdraw_codes([a.id for a in operator_apps], now)
+                if withdrawn:
+                    more["operator_codes_withdrawn"] = str(withdrawn)
             status = self._set(
                 tx, rec, StatusState.REVOKED, reason, invalidity_date, caller.actor, now, more=more
             )

@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,6 @@ from ca.models import (
     SeenJtiRow,
 )
 from ca.records import (
-    CODE_REPLACED,
     CODE_USED,
     KEY_CERTIFIED,
     Application,
@@ -41,6 +40,7 @@ from ca.records import (
     IssuanceWrite,
     StatusRecord,
     StatusState,
+    code_refusal,
     signer_refusal,
 )
 
@@ -153,7 +153,7 @@ _CODE_COLUMNS = (
     _C.profiles,
     _C.expires_at,
     _C.used_at,
-    _C.replaced_at,
+    _C.withdrawn_at,
 )
 _FIND_CODE = select(*_CODE_COLUMNS).where(_C.code_hash == bindparam("code_hash"))
 _REDEEM_CODE = (
@@ -161,26 +161,21 @@ _REDEEM_CODE = (
     .where(
         _C.code_hash == bindparam("b_code_hash"),
         _C.used_at.is_(None),
-        _C.replaced_at.is_(None),
+        _C.withdrawn_at.is_(None),
         _C.expires_at > bindparam("now"),
     )
     .values(used_at=bindparam("used"))
     .returning(*_CODE_COLUMNS)
 )
-_CODES_OF_APP = (
-    select(*_CODE_COLUMNS)
-    .where(_C.application_id == bindparam("app_id"))
-    .order_by(_C.expires_at.desc(), _C.code_hash)
-)
-_REPLACE_CODES = (
+_WITHDRAW_CODES = (
     update(_C)
     .where(
-        _C.application_id == bindparam("app_id"),
+        _C.application_id.in_(bindparam("app_ids", expanding=True)),
         _C.used_at.is_(None),
-        _C.replaced_at.is_(None),
+        _C.withdrawn_at.is_(None),
         _C.expires_at > bindparam("now"),
     )
-    .values(replaced_at=bindparam("replaced"))
+    .values(withdrawn_at=bindparam("withdrawn"))
 )
 _APP_COLUMNS = (
     _A.id,
@@ -229,14 +224,15 @@ _INSERT_EVENT = insert(_E)
 # (psycopg2 gives memoryview).
 
 
-def _code_of(row: Any) -> EnrollmentCode:
+def code_of(row: Any) -> EnrollmentCode:
+    """An enrollment code from a row of its columns, in table order (Core or DBAPI)."""
     return EnrollmentCode(
         code_hash=row[0],
         application_id=row[1],
         profiles=tuple(row[2].split(",")),
         expires_at=_utc(row[3]),
         used_at=utc_from_db(row[4]),
-        replaced_at=utc_from_db(row[5]),
+        withdrawn_at=utc_from_db(row[5]),
     )
 
 
@@ -459,7 +455,7 @@ def _utc(value: Any) -> datetime.datetime:
 # The enrollment's checks before signing, as DBAPI reads (``?`` placeholders, see
 # DbapiReads): the code with its application in one join, and one certificate of the key.
 _ENROLL_CODE_SQL = (
-    "SELECT c.code_hash, c.application_id, c.profiles, c.expires_at, c.used_at, c.replaced_at,"
+    "SELECT c.code_hash, c.application_id, c.profiles, c.expires_at, c.used_at, c.withdrawn_at,"
     " a.id, a.subject_class, a.uscc, a.vetted, a.state, a.created_at, a.applicant,"
     " a.decided_by, a.decided_at, a.reason"
     " FROM enrollment_codes c LEFT JOIN applications a ON a.id = c.application_id"
@@ -474,7 +470,7 @@ _KEY_HOLDER_SQL = (
 
 def _facts_code(row: tuple[Any, ...]) -> tuple[EnrollmentCode, Application | None]:
     """The code and its application from one row of ``_ENROLL_CODE_SQL`` (a LEFT JOIN)."""
-    return _code_of(row[:6]), (_app_of(row[6:]) if row[6] is not None else None)
+    return code_of(row[:6]), (_app_of(row[6:]) if row[6] is not None else None)
 
 
 EventSink = Callable[[Session, StoredEvent], None]
@@ -566,7 +562,7 @@ class SqlTransaction:
 
     def find_code(self, code_hash: str) -> EnrollmentCode | None:
         row = self._conn().execute(_FIND_CODE, {"code_hash": code_hash}).first()
-        return _code_of(row) if row else None
+        return code_of(row) if row else None
 
     def hold_issuance(self) -> None:
         from ca import translog  # it imports this module
@@ -577,20 +573,19 @@ class SqlTransaction:
         if translog.append_event in self.sinks:
             translog.lock_head(self.s)
 
-    def codes_of_application(self, app_id: str) -> list[EnrollmentCode]:
-        return [_code_of(r) for r in self._conn().execute(_CODES_OF_APP, {"app_id": app_id})]
-
     def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
         last: dict[str, EnrollmentCode] = {}
         if app_ids:
             q = select(*_CODE_COLUMNS).where(_C.application_id.in_(app_ids))
-            for code in map(_code_of, self._conn().execute(q.order_by(_C.expires_at))):
+            for code in map(code_of, self._conn().execute(q.order_by(_C.expires_at))):
                 last[code.application_id] = code  # the latest expiry wins
         return last
 
-    def replace_codes(self, app_id: str, now: datetime.datetime) -> int:
-        values = {"app_id": app_id, "now": now, "replaced": now}
-        return int(self._conn().execute(_REPLACE_CODES, values).rowcount)
+    def withdraw_codes(self, app_ids: Sequence[str], now: datetime.datetime) -> int:
+        if not app_ids:
+            return 0
+        values = {"app_ids": list(app_ids), "now": now, "withdrawn": now}
+        return int(self._conn().execute(_WITHDRAW_CODES, values).rowcount)
 
     def redeem_code(self, code_hash: str, now: datetime.datetime) -> EnrollmentCode | None:
         """Mark the code used if it is unused and unexpired: one compare-and-set (the
@@ -600,7 +595,7 @@ class SqlTransaction:
             .execute(_REDEEM_CODE, {"b_code_hash": code_hash, "now": now, "used": now})
             .first()
         )
-        return _code_of(row) if row else None
+        return code_of(row) if row else None
 
     def add_certificate(self, rec: CertificateRecord) -> None:
         try:
@@ -880,10 +875,9 @@ class SqlStore:
             if item.code_hash is not None:
                 assert item.now is not None
                 if tx.redeem_code(item.code_hash, item.now) is None:
-                    # Checked before signing: another redemption or a newer code came first.
+                    # Checked before signing: another redemption or a withdrawal came first.
                     found = tx.find_code(item.code_hash)
-                    replaced = found is not None and found.replaced_at is not None
-                    raise InvalidCode(CODE_REPLACED if replaced else CODE_USED)
+                    raise code_refusal(found, item.now) or InvalidCode(CODE_USED)
             if item.signed_by is not None:  # as the group writer decides it
                 status = tx.get_status(item.signed_by)
                 if status is not None:

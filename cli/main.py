@@ -641,10 +641,10 @@ def _code_call(
     return doc
 
 
-def _ended(doc: dict[str, Any]) -> str:
-    """The note "(ended N unused codes)" when the new code replaced any, else nothing."""
-    n = doc.get("replaced_unused_codes", 0)
-    return f" (ended {n} unused code{'s' if n != 1 else ''})" if n else ""
+def _withdrew(doc: dict[str, Any]) -> str:
+    """The note "(withdrew N unused codes)" when any were withdrawn for the new one."""
+    n = doc.get("withdrawn_codes", 0)
+    return f" (withdrew {n} unused code{'s' if n != 1 else ''})" if n else ""
 
 
 def _code_lines(doc: dict[str, Any]) -> str:
@@ -713,7 +713,7 @@ def ra_new_code(
     first (eport revoke). Recorded in the audit log.
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
-    emit(as_json, doc, f"New code for {app_id}{_ended(doc)}.\n" + _code_lines(doc))
+    emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))
 
 
 reason_option = click.option(
@@ -824,7 +824,7 @@ def operator_add(
     emit(
         as_json,
         doc,
-        f"Operator {name} ({operator_id}) authorized{_ended(doc)}.\n"
+        f"Operator {name} ({operator_id}) authorized{_withdrew(doc)}.\n"
         f"Enrollment code: {doc['enrollment_code']}\n"
         f"  expires: {doc['expires_at']}\n"
         f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ca import hierarchy
 from ca.app import build_authority
-from ca.authority import Caller, JointCA, hash_code, parse_csr
+from ca.authority import Caller, Issued, JointCA, hash_code, parse_csr
 from ca.ceremony import issue_officers
 from ca.config import CAConfig
 from ca.db import make_engine, upgrade
@@ -85,6 +85,24 @@ def csr(key: object) -> bytes:
 def signed_by(cert_path: Path) -> SignedRequest:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return SignedRequest(certificate=cert, chain=(cert,), claims={})
+
+
+def last_event(sessions: sessionmaker) -> EventRow:  # type: ignore[type-arg]
+    with sessions() as s:
+        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
+    assert ev is not None
+    return ev
+
+
+def enrolled_enterprise(
+    ca: JointCA, officer: Caller, tmp_path: Path, name: str, uscc: str = "91350100M000100Y43"
+) -> tuple[Caller, Issued]:
+    """An enterprise approved and enrolled: its certificate as a signed request's caller."""
+    grant = ca.approve(officer, ca.apply("enterprise", {"uscc": uscc, "legal_name": name}).id)
+    issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    path = tmp_path / f"{issued.record.serial_hex}.pem"
+    path.write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
+    return ca.caller(signed_by(path)), issued
 
 
 def test_csr_signed_by_another_key_is_refused(env: tuple) -> None:  # type: ignore[type-arg]
@@ -209,18 +227,17 @@ def test_a_new_code_ends_the_unused_one(env: tuple) -> None:  # type: ignore[typ
     lost = ca.approve(officer_caller, app.id)
     before = counts(sessions)
     fresh = ca.reissue_code(officer_caller, app.id)
-    assert fresh.replaced == 1 and fresh.profiles == lost.profiles == ("enterprise",)
+    assert fresh.withdrawn == 1 and fresh.profiles == lost.profiles == ("enterprise",)
     assert fresh.code != lost.code and fresh.expires_at > ca.clock()
     # One code row and one event more, and nothing else.
     assert counts(sessions) == [before[0], before[1], before[2] + 1, before[3] + 1]
-    with sessions() as s:
-        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
-    assert ev is not None and ev.type == "application.code_reissued"
+    ev = last_event(sessions)
+    assert ev.type == "application.code_reissued"
     assert ev.application_id == app.id and ev.actor == officer_caller.actor
-    assert json.loads(ev.details)["replaced_unused_codes"] == 1
+    assert json.loads(ev.details)["withdrawn_codes"] == 1
     with sessions() as s:
         row = s.get(EnrollmentCodeRow, hash_code(lost.code))
-    assert row is not None and row.replaced_at is not None and row.used_at is None
+    assert row is not None and row.withdrawn_at is not None and row.used_at is None
     assert row.expires_at == lost.expires_at  # ended by its mark, its expiry kept
     with pytest.raises(InvalidCode, match="withdrawn: a newer code replaced it"):
         ca.enroll(lost.code, "enterprise", csr(KeyType.P256.generate()))
@@ -240,7 +257,7 @@ def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type
     last = {a.id: c for a, c in ca.list_applications(officer_caller, None, limit=1000)}
     assert last[app.id] is not None and code_state(last[app.id], ca.clock()) == "expired"
     fresh = ca.reissue_code(officer_caller, app.id)
-    assert fresh.replaced == 0  # the expired one was no longer live
+    assert fresh.withdrawn == 0  # the expired one was no longer live
     assert ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate())).record.serial
 
 
@@ -265,13 +282,13 @@ def test_no_new_code_while_a_certificate_is_in_force(env: tuple) -> None:  # typ
     # Revoked (a lost key): the application may enroll again with a new code.
     revocation.revoke(officer_caller, serial, "keyCompromise")
     fresh = ca.reissue_code(officer_caller, app.id)
-    assert fresh.replaced == 0
+    assert fresh.withdrawn == 0
     again = ca.enroll(fresh.code, "enterprise", csr(KeyType.P256.generate()))
     assert again.record.application_id == app.id and again.record.serial != serial
     # An expired certificate is no longer in force either.
     later = again.record.not_after + datetime.timedelta(seconds=1)
     ca.clock = lambda: later
-    assert ca.reissue_code(officer_caller, app.id).replaced == 0
+    assert ca.reissue_code(officer_caller, app.id).withdrawn == 0
 
 
 def test_new_code_refusals_change_nothing(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -315,31 +332,20 @@ def test_new_code_refusals_change_nothing(env: tuple, tmp_path: Path) -> None:  
 def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     ca, sessions, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
-
-    def enterprise(uscc: str, name: str) -> Caller:
-        grant = ca.approve(
-            officer_caller, ca.apply("enterprise", {"uscc": uscc, "legal_name": name}).id
-        )
-        ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
-        path = tmp_path / f"{ent.record.serial_hex}.pem"
-        path.write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
-        return ca.caller(signed_by(path))
-
-    ent = enterprise("91350100M000100Y43", "Again Co.")
-    other = enterprise("91350100MA31WDXY2A", "Other Co.")
+    ent, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Again Co.")
+    other, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Other Co.", "91350100MA31WDXY2A")
     lost = ca.authorize_operator(ent, "Li Wei", "E1")
-    assert lost.replaced == 0
-    assert ca.authorize_operator(other, "Li Wei", "E1").replaced == 0  # another enterprise
+    assert lost.withdrawn == 0
+    assert ca.authorize_operator(other, "Li Wei", "E1").withdrawn == 0  # another enterprise
     fresh = ca.authorize_operator(ent, "Li Wei", "E1")
-    assert fresh.replaced == 1
-    with sessions() as s:
-        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
-    assert ev is not None and ev.type == "operator.authorized"
-    assert json.loads(ev.details)["replaced_unused_codes"] == 1
+    assert fresh.withdrawn == 1
+    ev = last_event(sessions)
+    assert ev.type == "operator.authorized"
+    assert json.loads(ev.details)["withdrawn_codes"] == 1
     with pytest.raises(InvalidCode, match="withdrawn: a newer code replaced it"):
         ca.enroll(lost.code, "operator", csr(KeyType.P256.generate()))
     op = ca.enroll(fresh.code, "operator", csr(KeyType.P256.generate()))
-    assert ca.authorize_operator(ent, "Wang Fang", "E2").replaced == 0  # another operator
+    assert ca.authorize_operator(ent, "Wang Fang", "E2").withdrawn == 0  # another operator
     before = counts(sessions)
     with pytest.raises(Conflict, match=rf"operator E1 has certificate {op.record.serial_hex}"):
         ca.authorize_operator(ent, "Li Wei", "E1")
@@ -347,7 +353,7 @@ def test_authorizing_an_operator_again(env: tuple, tmp_path: Path) -> None:  # t
     # The enterprise revokes its operator's certificate (a lost key): authorized again.
     Revocation(ca).revoke(ent, op.record.serial, "keyCompromise")
     again = ca.authorize_operator(ent, "Li Wei", "E1")
-    assert again.replaced == 0
+    assert again.withdrawn == 0
     assert ca.enroll(again.code, "operator", csr(KeyType.P256.generate())).record.serial
 
 
@@ -356,13 +362,7 @@ def test_cessation_withdraws_the_operators_unused_codes(env: tuple, tmp_path: Pa
     operators' certificates are revoked with it, and their unused codes withdrawn."""
     ca, sessions, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
-    grant = ca.approve(
-        officer_caller,
-        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Ceasing Co."}).id,
-    )
-    ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
-    (tmp_path / "ent.pem").write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
-    ent_caller = ca.caller(signed_by(tmp_path / "ent.pem"))
+    ent_caller, ent = enrolled_enterprise(ca, officer_caller, tmp_path, "Ceasing Co.")
     enrolled = ca.authorize_operator(ent_caller, "Li Wei", "E1")
     op = ca.enroll(enrolled.code, "operator", csr(KeyType.P256.generate()))
     unused = [ca.authorize_operator(ent_caller, "Wang Fang", f"E{i}") for i in (2, 3)]
@@ -419,9 +419,8 @@ def test_an_approval_is_withdrawn_before_enrollment(env: tuple) -> None:  # type
     assert counts(sessions) == before
     withdrawn = ca.withdraw(officer_caller, app.id, "seal does not match the licence")
     assert withdrawn.state.value == "rejected" and withdrawn.reason.startswith("seal")
-    with sessions() as s:
-        ev = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
-    assert ev is not None and ev.type == "application.withdrawn"
+    ev = last_event(sessions)
+    assert ev.type == "application.withdrawn"
     assert json.loads(ev.details)["withdrawn_codes"] == 1
     with pytest.raises(InvalidCode, match="its approval was withdrawn"):
         ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))

@@ -375,7 +375,7 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     app = jrun(server, "apply", "--uscc", USCC, "--name", "Lost Code Trading Co.")
     lost = jrun(server, "ra", "approve", app["id"], *server.officer())
     fresh = jrun(server, "ra", "new-code", app["id"], *server.officer("tax"))
-    assert fresh["replaced_unused_codes"] == 1 and fresh["profiles"] == ["enterprise"]
+    assert fresh["withdrawn_codes"] == 1 and fresh["profiles"] == ["enterprise"]
     assert fresh["enrollment_code"] != lost["enrollment_code"]
     enroll = ("enroll", "--profile", "enterprise", "--out")
     old = server.eport(
@@ -399,7 +399,7 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     add = ("operator", "add", "--name", "Lu Lan", "--id", "LC1", *ent)
     first = jrun(server, *add)
     second = server.eport(*add).stdout
-    assert second.startswith("Operator Lu Lan (LC1) authorized (ended 1 unused code).\n"), second
+    assert second.startswith("Operator Lu Lan (LC1) authorized (withdrew 1 unused code).\n"), second
     code = second.split("Enrollment code: ")[1].split()[0]
     old_op = server.eport(
         "enroll",
