@@ -300,12 +300,13 @@ class IssuanceWrite:
 
 
 def signer_refusal(serial: int, state: str) -> Forbidden:
-    """The refusal of an issuance whose signing certificate became ``state`` (a
-    :class:`StatusState` value) after its request was checked."""
+    """The refusal of a signed request (a renewal, an RA decision, an operator's
+    authorization) whose signing certificate became ``state`` (a :class:`StatusState`
+    value) after the request was checked."""
     became = "revoked" if state == StatusState.REVOKED.value else "put on hold"
     return Forbidden(
         f"the certificate {serial:x} that signed this request was {became} meanwhile; "
-        "nothing was issued"
+        "nothing was changed"
     )
 
 
