@@ -351,6 +351,8 @@ def status_json(change: StatusChange) -> dict[str, Any]:
         out["invalidity_date"] = iso(st.invalidity_date)
     if change.cascaded:
         out["cascaded"] = [c.serial_hex for c in change.cascaded]
+    if change.kept_by:
+        out["enterprise_still_in_force"] = [c.serial_hex for c in change.kept_by]
     return out
 
 

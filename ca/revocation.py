@@ -9,8 +9,13 @@ Framework-free. Who may change a certificate's status:
   certificate): revoke with keyCompromise, or suspend. A holder cannot resume its
   own certificate: whoever found a lost key must not be able to lift the hold.
 
-Revoking an enterprise certificate with cessationOfOperation revokes every operator
-certificate of that enterprise in the same transaction, each with its own event.
+Revoking an enterprise certificate with cessationOfOperation ends the enterprise when it
+was its last certificate in force: every operator certificate of that enterprise is
+revoked in the same transaction, each with its own event, and the operators' unused codes
+are withdrawn. While another enterprise certificate of the same USCC is in force (a
+renewal's, or one on hold), only the certificate named is revoked, and the answer names
+the certificates that keep the enterprise going: an old certificate retired with that
+reason after a renewal must not take every operator down with it.
 Every change marks the issuer's CRL stale in the same transaction (the next fetch or
 the background refresher signs a new one) and is an event of the transparency log.
 """
@@ -55,6 +60,9 @@ class StatusChange:
     record: CertificateRecord
     status: StatusRecord | None
     cascaded: tuple[CertificateRecord, ...] = ()
+    kept_by: tuple[CertificateRecord, ...] = ()
+    """For cessationOfOperation on an enterprise certificate: the enterprise's other
+    certificates in force, because of which its operators were not revoked."""
 
 
 class Revocation:
@@ -119,12 +127,21 @@ class Revocation:
                 raise Conflict(f"certificate {serial:x} is already revoked")
             ceased = rec.profile == "enterprise" and reason is ReasonCode.CESSATION_OF_OPERATION
             more: dict[str, str] = {}
+            kept_by: list[CertificateRecord] = []
+            if ceased:
+                assert rec.uscc is not None
+                # Under the issuances' lock, which every revocation and renewal takes: two
+                # cessations of one enterprise's certificates at once see each other.
+                tx.hold_issuance()
+                kept_by = _others_in_force(tx, rec, now)
+                ceased = not kept_by
+                if kept_by:
+                    more["enterprise_still_in_force"] = ",".join(k.serial_hex for k in kept_by)
             if ceased:
                 assert rec.uscc is not None
                 # The enterprise ceases: its operators' unused codes are withdrawn with it,
                 # under the issuances' lock, so that an operator enrollment in flight either
                 # is stored first (and revoked below) or finds its code withdrawn.
-                tx.hold_issuance()
                 operator_apps = tx.applications_of(rec.uscc, SubjectClass.OPERATOR.value)
                 withdrawn = tx.withdraw_codes([a.id for a in operator_apps], now)
                 if withdrawn:
@@ -150,7 +167,7 @@ class Revocation:
                         cause=rec.serial,
                     )
                     cascaded.append(op)
-        return StatusChange(rec, status, tuple(cascaded))
+        return StatusChange(rec, status, tuple(cascaded), tuple(kept_by))
 
     def suspend(self, caller: Caller, serial: int) -> StatusChange:
         """Put a certificate on hold (certificateHold, reason code 6): a lost key."""
@@ -234,3 +251,19 @@ class Revocation:
     def status_of(self, serial: int) -> tuple[CertificateRecord | None, StatusRecord | None]:
         with self.ca.store.transaction() as tx:
             return tx.get_certificate(serial), tx.get_status(serial)
+
+
+def _others_in_force(
+    tx: Transaction, rec: CertificateRecord, now: datetime.datetime
+) -> list[CertificateRecord]:
+    """The enterprise certificates of ``rec``'s USCC, other than ``rec``, still in force:
+    not expired and not revoked (one on hold may be resumed, so it counts)."""
+    assert rec.uscc is not None
+    out = []
+    for other in tx.certificates_of_class(rec.uscc, "enterprise"):
+        if other.serial == rec.serial or other.not_after <= now:
+            continue
+        status = tx.get_status(other.serial)
+        if status is None or status.state is StatusState.HOLD:
+            out.append(other)
+    return out

@@ -851,6 +851,12 @@ def _status_text(doc: dict[str, Any]) -> str:
         line += f" ({doc['reason']})"
     if doc.get("cascaded"):
         line += f"\n  also revoked, the enterprise's operators: {', '.join(doc['cascaded'])}"
+    if doc.get("enterprise_still_in_force"):
+        kept = ", ".join(doc["enterprise_still_in_force"])
+        line += (
+            f"\n  the enterprise's operators were kept: it still holds {kept} in force."
+            "\n  If the enterprise has ceased, revoke that too with cessationOfOperation."
+        )
     return line
 
 
@@ -888,8 +894,10 @@ def revoke(
 
     \b
     An RA officer may revoke any certificate; an enterprise its own and its
-    operators' (cessationOfOperation on the enterprise certificate revokes every
-    operator too, and withdraws their unused codes); anyone holding a
+    operators' (cessationOfOperation on the enterprise's last certificate in
+    force revokes every operator too, and withdraws their unused codes; while
+    another one, say a renewal's, is in force, only this one is revoked and
+    the answer names the other); anyone holding a
     certificate's key may revoke it with keyCompromise by signing with that very
     certificate:
       eport revoke --cert lost.pem --key lost.key --reason keyCompromise

@@ -380,6 +380,50 @@ def test_cessation_withdraws_the_operators_unused_codes(env: tuple, tmp_path: Pa
             ca.enroll(g.code, "operator", csr(KeyType.P256.generate()))
 
 
+def test_cessation_of_a_certificate_a_renewal_replaced_keeps_the_operators(
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    """cessationOfOperation on an enterprise certificate while a renewal's is in force
+    revokes only that one: the operators' certificates and codes stay, the event and the
+    answer name the certificate in force. Revoking that one for cessation ends them."""
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    old_caller, old = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewing Co.")
+    op = ca.enroll(
+        ca.authorize_operator(old_caller, "Li Wei", "E1").code,
+        "operator",
+        csr(KeyType.P256.generate()),
+    )
+    unused = ca.authorize_operator(old_caller, "Wang Fang", "E2")
+    new = ca.renew(old_caller, csr(KeyType.P256.generate()))
+    revocation = Revocation(ca)
+    change = revocation.revoke(old_caller, old.record.serial, "cessationOfOperation")
+    assert change.cascaded == ()
+    assert [k.serial for k in change.kept_by] == [new.record.serial]
+    ev = last_event(sessions)
+    assert ev.type == "certificate.revoked" and ev.serial == old.record.serial_hex
+    details = json.loads(ev.details)
+    assert details["enterprise_still_in_force"] == new.record.serial_hex
+    assert "operator_codes_withdrawn" not in details
+    with ca.store.reading() as tx:
+        assert tx.get_status(op.record.serial) is None  # still good
+    # The unused operator code still enrolls (here, under the renewed certificate).
+    second = ca.enroll(unused.code, "operator", csr(KeyType.P256.generate()))
+    # A renewal's certificate on hold still keeps the enterprise going.
+    revocation.suspend(officer_caller, new.record.serial)
+    _, third = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewing Co.")
+    change = revocation.revoke(officer_caller, third.record.serial, "cessationOfOperation")
+    assert change.cascaded == () and [k.serial for k in change.kept_by] == [new.record.serial]
+    # The last certificate in force goes: the enterprise has ceased, its operators too.
+    revocation.resume(officer_caller, new.record.serial)
+    change = revocation.revoke(officer_caller, new.record.serial, "cessationOfOperation")
+    assert change.kept_by == ()
+    assert sorted(c.serial for c in change.cascaded) == sorted(
+        [op.record.serial, second.record.serial]
+    )
+
+
 def test_a_request_whose_signer_is_revoked_in_flight_is_refused(env: tuple) -> None:  # type: ignore[type-arg]
     """The signer was good when the request was checked and is revoked before its write:
     approve, reject and a new code refuse it where they write, and change nothing."""

@@ -221,6 +221,34 @@ def test_cessation_revokes_operators(server: Server, tmp_path: Path) -> None:
         assert st["status"] == "revoked" and st["reason"] == "cessationOfOperation"
 
 
+def test_cessation_of_a_replaced_certificate_keeps_the_operators(
+    server: Server, tmp_path: Path
+) -> None:
+    """The enterprise renews, then retires its old certificate with cessationOfOperation:
+    its operator stays good (OCSP), the CLI says why; the renewed one's cessation ends it."""
+    ent = enroll_enterprise(server, tmp_path, "Renewing Co.")
+    op = enroll_operator(server, ent, tmp_path, "R1")
+    renewed = tmp_path / "renewed"
+    jrun(server, "renew", *creds(ent), "--out", str(renewed))
+    res = server.eport(
+        "revoke", "--reason", "cessationOfOperation", "--serial", serial_of(ent), *creds(renewed)
+    )
+    assert f"it still holds {serial_of(renewed)} in force" in res.stdout
+    assert "revoke that too with cessationOfOperation" in res.stdout
+    assert f"{op / 'cert.pem'}: good" in openssl_ocsp(server, op, tmp_path)
+    done = jrun(
+        server,
+        "revoke",
+        "--serial",
+        serial_of(renewed),
+        "--reason",
+        "cessationOfOperation",
+        *server.officer(),
+    )
+    assert done["cascaded"] == [serial_of(op)] and "enterprise_still_in_force" not in done
+    assert f"{op / 'cert.pem'}: revoked" in openssl_ocsp(server, op, tmp_path)
+
+
 def test_key_holder_revokes_with_key_compromise_only(server: Server, tmp_path: Path) -> None:
     ent = enroll_enterprise(server, tmp_path, "Holder Co.")
     op = enroll_operator(server, ent, tmp_path, "H1")
