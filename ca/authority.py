@@ -30,6 +30,7 @@ from ca.errors import (
     NotFound,
     ProfileNotAllowed,
     Unauthenticated,
+    UnknownProfile,
 )
 from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
 from ca.names import dn_string as dn_string  # re-exported for older callers
@@ -213,9 +214,9 @@ class JointCA:
         with self.store.reading() as tx:
             status = tx.get_status(cert.serial_number)
         if status is not None:
+            state = "revoked" if status.state is StatusState.REVOKED else "on hold"
             raise Unauthenticated(
-                f"the certificate {cert.serial_number:x} is {status.state.value}; "
-                "it cannot sign requests"
+                f"the certificate {cert.serial_number:x} is {state}; it cannot sign requests"
             )
         is_agency = profile.subject_class in (SubjectClass.AGENCY, SubjectClass.AUDITOR)
         if is_agency and (agency is None or self.policies.members.get(agency) is None):
@@ -231,8 +232,8 @@ class JointCA:
 
     def _require(self, caller: Caller, *roles: SubjectClass) -> None:
         if caller.role not in roles:
-            need = " or ".join(r.value for r in roles)
-            raise Forbidden(f"this action needs a {need} certificate, not {caller.role.value}")
+            need = " or ".join(_with_article(r.value) for r in roles)
+            raise Forbidden(f"this action needs {need} certificate, not {caller.role.value}")
 
     # -- applications -----------------------------------------------------------------------
 
@@ -355,6 +356,9 @@ class JointCA:
                 app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None
             ):
                 raise Conflict(f"application {app_id} was decided concurrently")
+            app = dataclasses.replace(
+                app, state=ApplicationState.APPROVED, decided_by=actor, decided_at=now
+            )
             grant = self._grant_code(tx, app, allowed, now)
             tx.append_event(
                 _application_event(
@@ -600,7 +604,6 @@ class JointCA:
             raise BadRequest("an enrollment code is required")
         csr = parse_csr(csr_data)
         public_key = csr.public_key()
-        profile = self.policies.profile(profile_name)
         code_hash = hash_code(code)
         now = self.clock()
         # Checked before anything is linted or signed, outside any transaction; the
@@ -611,10 +614,14 @@ class JointCA:
         if refusal is not None:
             raise refusal
         assert rec is not None
-        if profile.name not in rec.profiles:
-            raise ProfileNotAllowed(
-                f"this code allows {', '.join(rec.profiles)}, not {profile.name!r}"
-            )
+        if profile_name not in rec.profiles:
+            allowed = ", ".join(rec.profiles)
+            if profile_name not in self.policies.profiles:  # a typo: name what would do
+                raise UnknownProfile(
+                    f"unknown profile {profile_name!r}; this code allows {allowed}"
+                )
+            raise ProfileNotAllowed(f"this code allows {allowed}, not {profile_name!r}")
+        profile = self.policies.profile(profile_name)
         assert app is not None
         _refuse_certified_key([holder] if holder else [], app.id)
         issuer = self._issuer_for(profile)
@@ -685,6 +692,10 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
         if h.application_id != app_id:
             raise Conflict("this public key is already certified to another subject")
         raise Conflict(KEY_CERTIFIED)
+
+
+def _with_article(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

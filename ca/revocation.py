@@ -188,8 +188,11 @@ class Revocation:
         now = self.ca.clock()
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
-            self._may_manage(caller, rec, resume=True)
             current = tx.get_status(serial, for_update=True)
+            if current is None and rec.serial == caller.serial:
+                # It signed this request, so it is good: say that, not who may lift a hold.
+                raise Conflict(f"certificate {serial:x} is not on hold")
+            self._may_manage(caller, rec, resume=True)
             if current is None:
                 raise Conflict(f"certificate {serial:x} is not on hold")
             if current.state is StatusState.REVOKED:

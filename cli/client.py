@@ -23,7 +23,14 @@ class RemoteError(CLIError):
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         self.status = status
         self.problem = problem
-        detail = problem.get("detail") or problem.get("title") or "request failed"
+        # RFC 9457 (the CA, the token service's APIs) or RFC 6749 §5.2 (its OAuth endpoints)
+        detail = (
+            problem.get("detail")
+            or problem.get("error_description")
+            or problem.get("title")
+            or problem.get("error")
+            or "request failed"
+        )
         super().__init__(f"{detail} (HTTP {status})")
 
 

@@ -9,6 +9,7 @@ an RFC 7512 URI, or a file holding one (``key.uri`` from ``eport enroll --pkcs11
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,23 +96,31 @@ def write_p12(
 def load_key(path: Path | str, pw_file: Path | None) -> CertificateIssuerPrivateKeyTypes:
     """A key file's private key, or the token key a ``pkcs11:`` URI (or a file with one)
     names: that one signs in the token (:mod:`ca.pkcs11`), with the URI's PIN source."""
+    return key_and_passphrase(path, pw_file)[0]
+
+
+def key_and_passphrase(
+    path: Path | str, pw_file: Path | None
+) -> tuple[CertificateIssuerPrivateKeyTypes, bytes | None]:
+    """:func:`load_key`, and the passphrase that opened the key file (None for a token
+    key or a key file in the clear)."""
     if isinstance(path, str) and path.startswith(PKCS11_SCHEME):
-        return token_key(path)
+        return token_key(path), None
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read key file {path}: {exc.strerror}") from None
     if data.startswith(PKCS11_SCHEME.encode()):
-        return token_key(data.decode().strip())
+        return token_key(data.decode().strip()), None
     encrypted = b"ENCRYPTED" in data
     pw = passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else None
     try:
         key = serialization.load_pem_private_key(data, pw)
-    except (ValueError, TypeError) as exc:
-        msg = "wrong passphrase or not a PEM private key" if encrypted else str(exc)
+    except (ValueError, TypeError):
+        msg = "wrong passphrase or not a PEM private key" if encrypted else "not a PEM private key"
         raise CLIError(f"cannot load key {path}: {msg}") from None
-    return key  # type: ignore[return-value]
+    return key, pw  # type: ignore[return-value]
 
 
 def load_certs(path: Path) -> list[x509.Certificate]:
@@ -119,12 +128,22 @@ def load_certs(path: Path) -> list[x509.Certificate]:
         data = path.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read certificate file {path}: {exc.strerror}") from None
+    labels = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)
+    if labels and b"CERTIFICATE" not in labels:
+        what = labels[0].decode().lower()
+        raise CLIError(f"{path} holds a PEM {what}, not a certificate")
     try:
-        if b"-----BEGIN" in data:
+        if labels:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise CLIError(f"{path} is not a PEM or DER certificate: {exc}") from None
+    except ValueError:
+        # cryptography's own text names its parser's internals; the user needs the file.
+        if labels:
+            raise CLIError(f"{path}: its PEM certificate is damaged and cannot be read") from None
+        raise CLIError(
+            f"{path} is not a certificate in PEM or DER (for a PKCS#12 bundle, "
+            "use the cert.pem written beside it)"
+        ) from None
 
 
 PKCS11_SCHEME = "pkcs11:"
@@ -149,16 +168,24 @@ class KeyRef(click.ParamType):  # type: ignore[type-arg]  # generic from click 8
 
 def load_identity(cert: Path, key: Path | str, pw_file: Path | None) -> Identity:
     """The certificate (with its chain: chain.pem beside it when present) and key."""
+    return identity_and_passphrase(cert, key, pw_file)[0]
+
+
+def identity_and_passphrase(
+    cert: Path, key: Path | str, pw_file: Path | None
+) -> tuple[Identity, bytes | None]:
+    """:func:`load_identity`, and the passphrase that opened its key file (None for a
+    token key or a key file in the clear): a renewal encrypts the new key with it."""
     certs = load_certs(cert)
     chain_file = cert.with_name("chain.pem")
     if len(certs) == 1 and chain_file.exists() and chain_file != cert:
         certs += load_certs(chain_file)
-    private = load_key(key, pw_file)
+    private, pw = key_and_passphrase(key, pw_file)
     if certs[0].public_key() != private.public_key():
         raise CLIError(f"the key {key} does not belong to the certificate {cert}")
     # The root is not sent: the server trusts its own root.
     chain = [c for c in certs if c.issuer != c.subject or c is certs[0]]
-    return Identity(chain, private)
+    return Identity(chain, private), pw
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -29,7 +29,7 @@ from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
 from cli.keyfiles import identity_options
-from cli.options import data_dir_option, json_option, secret_prompt
+from cli.options import data_dir_option, json_option, not_blank, secret_prompt
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
@@ -221,7 +221,10 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
     "--uscc", help="The enterprise's Unified Social Credit Code (18 characters, GB 32100-2015)."
 )
 @click.option(
-    "--name", help="Legal name (enterprise), officer name (agency), or DNS name (service)."
+    "--name",
+    required=True,
+    callback=not_blank,
+    help="Legal name (enterprise), officer name (agency), or DNS name (service).",
 )
 @click.option(
     "--class",
@@ -250,16 +253,14 @@ def apply(
     The check character of the USCC is verified here and again by the CA.
     Keep the application id: the officer approves it and gives you a one-time code.
     """
-    if not name:
-        raise CLIError("--name is required")
     body: dict[str, Any] = {"subject_class": subject_class}
     if subject_class == "enterprise":
         if not uscc:
-            raise CLIError("--uscc is required for an enterprise")
+            raise click.UsageError("Missing option '--uscc' (an enterprise applies with it).")
         body.update(uscc=str(USCC.parse(uscc)), legal_name=name)
     else:
         if not agency_id:
-            raise CLIError(f"--agency is required for --class {subject_class}")
+            raise click.UsageError(f"Missing option '--agency' (for --class {subject_class}).")
         body["agency_id"] = agency_id
         body["service_host" if subject_class == "service" else "person_name"] = name
     app = ctx.client().call("POST", "/ca/v1/applications", body)
@@ -494,12 +495,12 @@ def renew(
     """Get a new certificate for a new key, with the same vetted subject.
 
     The request is signed with the current key; the new key is generated here
-    and encrypted with the same passphrase. When the current key is in a PKCS#11
-    token (--key key.uri or a pkcs11: URI), or with --new-pkcs11-uri, the new key is
-    generated in the token instead and OUT/key.uri names it; a refused renewal
-    deletes it from the token again.
+    and encrypted with the same passphrase (asked once, for the current key).
+    When the current key is in a PKCS#11 token (--key key.uri or a pkcs11: URI),
+    or with --new-pkcs11-uri, the new key is generated in the token instead and
+    OUT/key.uri names it; a refused renewal deletes it from the token again.
     """
-    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    ident, current_pw = keyfiles.identity_and_passphrase(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")
     out = out or cert_file.parent / f"renewed-{serial}"
     _refuse_overwrite(out)
@@ -507,7 +508,9 @@ def renew(
     if token is not None:
         _renew_in_token(ctx, ident, serial, out, key_type, token, p12, as_json)
         return
-    pw = keyfiles.passphrase(passphrase_file, new=False, what="new key")
+    # The passphrase that opened the current key (typed once); a key file in the clear
+    # gets a new one, asked twice as for an enrollment.
+    pw = current_pw or keyfiles.passphrase(passphrase_file, new=True, what="new key")
     key = keyfiles.new_key(key_type)
     result = ctx.client().call(
         "POST", "/ca/v1/renew", {"csr": keyfiles.csr_for(key).decode()}, ident
@@ -719,6 +722,7 @@ def ra_new_code(
 reason_option = click.option(
     "--reason",
     required=True,
+    callback=not_blank,
     help="Why; recorded, and shown to the applicant (eport application show).",
 )
 
@@ -785,12 +789,16 @@ def operator() -> None:
 
 @operator.command("add")
 @click.option(
-    "--name", required=True, help="The operator's full name (goes into the certificate's CN)."
+    "--name",
+    required=True,
+    callback=not_blank,
+    help="The operator's full name (goes into the certificate's CN).",
 )
 @click.option(
     "--id",
     "operator_id",
     required=True,
+    callback=not_blank,
     help="The operator's id at the enterprise (the certificate's serialNumber).",
 )
 @identity_options("enterprise (legal person)")
@@ -869,9 +877,8 @@ def _target_serial(serial: str | None, ident: Identity) -> str:
 @click.option(
     "--reason",
     type=click.Choice(REASONS),
-    default="unspecified",
-    show_default=True,
-    help="RFC 5280 reason code.",
+    required=True,
+    help="RFC 5280 reason code, always named: revocation is final (unspecified if none fits).",
 )
 @click.option(
     "--invalidity-date",

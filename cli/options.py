@@ -14,6 +14,14 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
+def not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option's callback: text that is empty or only blanks is refused on the command
+    line (exit 2), in the option's own name, before anything is sent."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be blank", ctx, param)
+    return value
+
+
 def data_dir_option(help: str) -> Decorator:
     """``--data-dir`` (env ``EPORT_DATA_DIR``, default ``var``), described for this command."""
     return click.option(

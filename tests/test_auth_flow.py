@@ -44,6 +44,24 @@ def world(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"ent": ent, "op": op, "tmp": tmp}
 
 
+def test_a_refused_role_grant_says_why(sqlite_server: Server, world: dict[str, Any]) -> None:
+    """The token service's OAuth-style error (RFC 6749 §5.2: error_description) reaches
+    the user in one line, not only its HTTP status."""
+    res = sqlite_server.eport(
+        "roles",
+        "grant",
+        "--operator",
+        "T100",
+        "--role",
+        "declaratoin",
+        *creds(world["ent"]),
+        check=False,
+    )
+    assert res.returncode == 1
+    assert res.stderr.startswith("eport: error: unknown role 'declaratoin' (known: "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def cli(srv: Server, cfg: Path, *args: str, check: bool = True) -> Any:
     return srv.eport(*args, check=check, EPORT_CONFIG_DIR=str(cfg))
 

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from tests.conftest import EPORT, Server
+from tests.helpers import creds
 
 USCC = "91350100M000100Y43"
 NAME = "Xiamen Harbour Trading Co., Ltd."
@@ -96,6 +97,9 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     grant = jrun(server, "ra", "approve", app["id"], *server.officer("customs"))
     code = grant["enrollment_code"]
     assert len(code.replace("-", "")) == 32 and grant["profiles"] == ["enterprise"]
+    decided = grant["application"]
+    assert decided["state"] == "approved" and decided["decided_at"]
+    assert decided["decided_by"].startswith("agency:")
 
     out = tmp_path / "xiamen"
     issued = jrun(
@@ -186,6 +190,17 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
 
     shown = jrun(server, "cert", "show", str(out / "cert.pem"))
     assert shown["certificates"][0]["serial"] == issued["serial"]
+    # The files beside it are not certificates: said in the user's terms, one line.
+    damaged = tmp_path / "damaged.pem"
+    damaged.write_bytes((out / "cert.pem").read_bytes().replace(b"M", b"!", 3))
+    for path, expect in (
+        (out / "key.pem", "holds a PEM encrypted private key, not a certificate"),
+        (out / "bundle.p12", "is not a certificate in PEM or DER (for a PKCS#12 bundle"),
+        (damaged, ": its PEM certificate is damaged and cannot be read"),
+    ):
+        res = server.eport("cert", "show", str(path), check=False)
+        assert res.returncode == 1 and res.stderr.startswith(f"eport: error: {path}")
+        assert expect in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("key_type", ["p384", "rsa3072"])
@@ -214,6 +229,15 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
 
     refused("apply", "--uscc", "91350100M000100Y44", "--name", "X", expect="check character")
     refused("apply", "--uscc", "91350100M000100I43", "--name", "X", expect="alphabet")
+    # Command-line mistakes are said in the options' names, exit 2, nothing sent.
+    for args, expect in (
+        (("--uscc", USCC), "Missing option '--name'"),
+        (("--uscc", USCC, "--name", " "), "Invalid value for '--name': must not be blank"),
+        (("--name", "X"), "Missing option '--uscc'"),
+        (("--class", "agency", "--name", "X"), "Missing option '--agency'"),
+    ):
+        res = server.eport("apply", *args, check=False)
+        assert res.returncode == 2 and expect in res.stderr, res.stderr
     refused(
         "enroll",
         "--code",
@@ -222,7 +246,7 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         "nosuch",
         "--out",
         str(tmp_path / "a"),
-        expect="unknown profile",
+        expect="unknown profile 'nosuch'; this code allows enterprise",
     )
     refused(
         "enroll",
@@ -259,7 +283,7 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         str(ent / "cert.pem"),
         "--key",
         str(ent / "key.pem"),
-        expect="needs a agency certificate",
+        expect="needs an agency certificate",
     )
     # An enterprise may not list another enterprise's certificates.
     refused(
@@ -477,6 +501,33 @@ def test_passphrase_from_a_pipe(sqlite_server: Server, tmp_path: Path) -> None:
     key = load_pem_private_key((tmp_path / "ok" / "key.pem").read_bytes(), b"piped passphrase")
     cert = x509.load_pem_x509_certificate((tmp_path / "ok" / "cert.pem").read_bytes())
     assert cert.public_key() == key.public_key()
+
+
+def test_renewal_encrypts_the_new_key_with_the_passphrase_typed_once(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """Without EPORT_PASSPHRASE the passphrase is asked once, for the current key, and
+    the new key is written under it (as ``eport renew --help`` says): one line piped."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    server = sqlite_server
+    ent = enterprise(server, tmp_path, name="Renew Pipe Co.")
+    env = server.env()
+    del env["EPORT_PASSPHRASE"]
+    renewed = subprocess.run(
+        [EPORT, "renew", *creds(ent), "--out", str(tmp_path / "renewed"), "--json"],
+        input="test-passphrase-123\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert renewed.returncode == 0 and renewed.stderr == "", renewed
+    key = load_pem_private_key(
+        (tmp_path / "renewed" / "key.pem").read_bytes(), b"test-passphrase-123"
+    )
+    cert = x509.load_pem_x509_certificate((tmp_path / "renewed" / "cert.pem").read_bytes())
+    assert cert.public_key() == key.public_key()
+    assert json.loads(renewed.stdout)["serial"] == format(cert.serial_number, "x")
 
 
 def test_openapi_and_problem(server: Server) -> None:

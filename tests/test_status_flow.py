@@ -190,6 +190,7 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     # The holder cannot lift its own hold (a finder of the key must not be able to).
     res = server.eport("resume", "--serial", serial_of(op), *creds(op), check=False)
     assert res.returncode == 1
+    assert f"the certificate {serial_of(op)} is on hold; it cannot sign requests" in res.stderr
     # The enterprise lifts it: OCSP good at once, and the next CRL no longer lists it.
     back = jrun(server, "resume", "--serial", serial_of(op), *creds(ent))
     assert back["status"] == "good"
@@ -200,6 +201,9 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     before = counts(server)
     res = server.eport("resume", "--serial", serial_of(op), *server.officer(), check=False)
     assert res.returncode == 1 and "not on hold" in res.stderr
+    # Its holder is told the same (it signed the request, so it is good), not who may resume.
+    res = server.eport("resume", "--serial", serial_of(op), *creds(op), check=False)
+    assert res.returncode == 1 and f"certificate {serial_of(op)} is not on hold" in res.stderr
     assert counts(server) == before
 
 
@@ -290,11 +294,17 @@ def test_bad_status_requests_change_nothing(server: Server, tmp_path: Path) -> N
         assert res.returncode == 1, res.stdout
         assert expect in res.stderr, res.stderr
 
-    refused("revoke", "--serial", serial_of(a), *server.officer(), expect="already revoked")
+    why = ("--reason", "unspecified")
+    refused("revoke", "--serial", serial_of(a), *why, *server.officer(), expect="already revoked")
     refused(
-        "revoke", "--serial", "abcdef0123", *server.officer(), expect="no end-entity certificate"
+        "revoke",
+        "--serial",
+        "abcdef0123",
+        *why,
+        *server.officer(),
+        expect="no end-entity certificate",
     )
-    refused("revoke", "--serial", "zz", *server.officer(), expect="hexadecimal")
+    refused("revoke", "--serial", "zz", *why, *server.officer(), expect="hexadecimal")
     refused("resume", "--serial", serial_of(a), *server.officer(), expect="revocation is final")
     refused("suspend", "--serial", serial_of(a), *creds(b), expect="only of your own")
     root_serial = format(
@@ -304,8 +314,16 @@ def test_bad_status_requests_change_nothing(server: Server, tmp_path: Path) -> N
         "x",
     )
     refused(
-        "revoke", "--serial", root_serial, *server.officer(), expect="no end-entity certificate"
+        "revoke",
+        "--serial",
+        root_serial,
+        *why,
+        *server.officer(),
+        expect="no end-entity certificate",
     )
+    # Revocation is final: its reason is never taken by default.
+    res = server.eport("revoke", "--serial", serial_of(b), *server.officer(), check=False)
+    assert res.returncode == 2 and "Missing option '--reason'" in res.stderr
     assert counts(server) == before
 
 
