@@ -618,7 +618,9 @@ def ra_list(
     lines = [f"{'ID':<24} {'STATE':<9} {'CODE':<10} {'CLASS':<11} {'USCC':<19} NAME"]
     for a in apps:
         subj = a["subject"]
-        name = subj.get("legal_name") or subj.get("person_name") or subj.get("service_host") or ""
+        # whom the certificate will name: an operator's application also carries its
+        # enterprise's legal name, which the USCC column already stands for
+        name = next((subj[k] for k in _NAME_KEYS if subj.get(k)), "")
         code = (a.get("code") or {}).get("state", "-")
         lines.append(
             f"{a['id']:<24} {a['state']:<9} {code:<10} {a['subject_class']:<11} "
@@ -718,6 +720,8 @@ def ra_new_code(
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))
 
+
+_NAME_KEYS = ("operator_name", "person_name", "legal_name", "service_host")
 
 reason_option = click.option(
     "--reason",

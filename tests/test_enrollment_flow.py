@@ -135,6 +135,10 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     ent = ["--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
     op_grant = jrun(server, "operator", "add", "--name", "Li Wei", "--id", "E1024", *ent)
     assert op_grant["profiles"] == ["operator"]
+    # Officers see it, named as its certificate will be (the operator, not the enterprise).
+    listed = server.eport("ra", "list", "--state", "approved", *server.officer()).stdout
+    row = next(line for line in listed.splitlines() if op_grant["application"]["id"] in line)
+    assert row.split()[2:4] == ["live", "operator"] and row.endswith(f"{USCC}  Li Wei"), row
     op_out = tmp_path / "li-wei"
     jrun(
         server,
