@@ -310,6 +310,18 @@ def enroll() -> tuple[Response, int]:
     return jsonify(doc), status
 
 
+@bp.post("/enroll/check")
+def check_code() -> Response:
+    """Would this code enroll this profile now? The refusal ``/enroll`` would give, or the
+    code's profiles and expiry; nothing is redeemed (the code stays in the body, never in
+    a URL or a log)."""
+    data = json_body()
+    rec = svc().authority.check_code(field(data, "code"), field(data, "profile"))
+    resp = jsonify({"profiles": list(rec.profiles), "expires_at": iso(rec.expires_at)})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.post("/operators")
 def authorize_operator() -> tuple[Response, int]:
     caller = signed_caller()

@@ -600,8 +600,7 @@ class JointCA:
 
     def enroll(self, code: str, profile_name: str, csr_data: str | bytes) -> Issued:
         """Redeem a one-time code with a CSR: check, lint, sign, store with its event."""
-        if not isinstance(code, str) or not normalize_code(code):
-            raise BadRequest("an enrollment code is required")
+        _require_code(code)
         csr = parse_csr(csr_data)
         public_key = csr.public_key()
         code_hash = hash_code(code)
@@ -610,6 +609,32 @@ class JointCA:
         # redemption below, which commits with the certificate, decides again.
         spki = spki_sha256(public_key)
         rec, app, holder = self.store.enrollment_facts(code_hash, spki)
+        self._refuse_code(rec, profile_name, now)
+        profile = self.policies.profile(profile_name)
+        assert app is not None
+        _refuse_certified_key([holder] if holder else [], app.id)
+        issuer = self._issuer_for(profile)
+        cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
+        record = certificate_record(cert, issuer.id, profile.name, app, spki)
+        event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
+        self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
+        return Issued(record, cert, self._chain(issuer))
+
+    def check_code(self, code: str, profile_name: str) -> EnrollmentCode:
+        """Whether ``code`` would enroll a ``profile_name`` certificate now: the refusal
+        :meth:`enroll` would give (an unknown, used, expired or withdrawn code, a profile it
+        does not allow), or the live code. Redeems nothing and writes nothing: the CLI asks
+        before it makes a key and asks for the key's passphrase."""
+        _require_code(code)
+        rec, _, _ = self.store.enrollment_facts(hash_code(code), "")
+        self._refuse_code(rec, profile_name, self.clock())
+        assert rec is not None
+        return rec
+
+    def _refuse_code(
+        self, rec: EnrollmentCode | None, profile_name: str, now: datetime.datetime
+    ) -> None:
+        """Refuse a code that is not live now, or does not allow ``profile_name``."""
         refusal = code_refusal(rec, now)
         if refusal is not None:
             raise refusal
@@ -621,15 +646,6 @@ class JointCA:
                     f"unknown profile {profile_name!r}; this code allows {allowed}"
                 )
             raise ProfileNotAllowed(f"this code allows {allowed}, not {profile_name!r}")
-        profile = self.policies.profile(profile_name)
-        assert app is not None
-        _refuse_certified_key([holder] if holder else [], app.id)
-        issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
-        record = certificate_record(cert, issuer.id, profile.name, app, spki)
-        event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
-        self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
-        return Issued(record, cert, self._chain(issuer))
 
     def renew(self, caller: Caller, csr_data: str | bytes) -> Issued:
         """A new certificate for a new key, same vetted subject, by the current holder."""
@@ -692,6 +708,11 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
         if h.application_id != app_id:
             raise Conflict("this public key is already certified to another subject")
         raise Conflict(KEY_CERTIFIED)
+
+
+def _require_code(code: object) -> None:
+    if not isinstance(code, str) or not normalize_code(code):
+        raise BadRequest("an enrollment code is required")
 
 
 def _with_article(word: str) -> str:

@@ -145,6 +145,13 @@ def openapi_document() -> dict[str, Any]:
                     result="Issued",
                 )
             },
+            "/ca/v1/enroll/check": {
+                "post": _op(
+                    "Whether a code would enroll a profile now (redeems nothing)",
+                    body="CodeCheckRequest",
+                    result="CodeCheck",
+                )
+            },
             "/ca/v1/operators": {
                 "post": _op(
                     "Authorize an operator (enterprise)",
@@ -420,6 +427,16 @@ def openapi_document() -> dict[str, Any]:
                 "EnrollRequest": s(
                     properties={"code": string, "profile": string, "csr": string},
                     required=["code", "profile", "csr"],
+                ),
+                "CodeCheckRequest": s(
+                    properties={"code": string, "profile": string}, required=["code", "profile"]
+                ),
+                "CodeCheck": s(
+                    properties={
+                        "profiles": {"type": "array", "items": string},
+                        "expires_at": string,
+                    },
+                    required=["profiles", "expires_at"],
                 ),
                 "OperatorRequest": s(
                     properties={"name": string, "operator_id": string},

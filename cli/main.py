@@ -384,6 +384,9 @@ def enroll(
     pass it to --key (or --pkcs11-uri) of signed commands and `eport login`.
     """
     _refuse_overwrite(out)
+    # A used, expired or mistyped code (or profile) is said now, before a key is made
+    # and its passphrase asked for; the enrollment below decides again.
+    ctx.client().call("POST", "/ca/v1/enroll/check", {"code": code, "profile": profile})
     if pkcs11_uri is not None:
         _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
         return

@@ -469,6 +469,68 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     assert len(mine) == 2, logged
 
 
+def test_a_code_that_will_not_do_is_said_before_the_passphrase(
+    server: Server, tmp_path: Path
+) -> None:
+    """eport enroll asks the CA whether the code would enroll that profile before it makes
+    a key and asks for its passphrase: a used code, a profile typo, or a code that never
+    was are refused first, with no prompt and nothing written. The check itself
+    (POST /ca/v1/enroll/check) redeems nothing and logs nothing."""
+    import requests
+
+    app = jrun(server, "apply", "--uscc", USCC, "--name", "Check First Co.")
+    code = jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"]
+    before = counts(server)
+    r = requests.post(
+        server.url + "/ca/v1/enroll/check", json={"code": code, "profile": "enterprise"}, timeout=10
+    )
+    assert r.status_code == 200 and r.json()["profiles"] == ["enterprise"], r.text
+    assert r.json()["expires_at"] and r.headers["Cache-Control"] == "no-store"
+    assert counts(server) == before
+    jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(tmp_path / "e"))
+    env = server.env()
+    del env["EPORT_PASSPHRASE"]  # a prompt would be needed: none must come
+    before = counts(server)
+    for args, expect in (
+        ((code, "enterprise"), "this enrollment code was already used (HTTP 403)"),
+        ((code, "enterprize"), "this enrollment code was already used (HTTP 403)"),
+        ((code.replace(code[0], "Z" if code[0] != "Z" else "Y"), "enterprise"), "(HTTP 403)"),
+    ):
+        res = subprocess.run(
+            [
+                EPORT,
+                "enroll",
+                "--code",
+                args[0],
+                "--profile",
+                args[1],
+                "--out",
+                str(tmp_path / "x"),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert res.returncode == 1 and res.stderr.startswith("eport: error: "), res
+        assert expect in res.stderr and "passphrase" not in res.stderr, res.stderr
+        assert not (tmp_path / "x").exists()
+    assert counts(server) == before
+    other = jrun(server, "apply", "--uscc", USCC, "--name", "Typo Co.")
+    live = jrun(server, "ra", "approve", other["id"], *server.officer())["enrollment_code"]
+    res = subprocess.run(
+        [EPORT, "enroll", "--code", live, "--profile", "enterprize", "--out", str(tmp_path / "y")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 1, res
+    assert "unknown profile 'enterprize'; this code allows enterprise (HTTP 400)" in res.stderr
+    r = requests.post(server.url + "/ca/v1/enroll/check", json={"code": live}, timeout=10)
+    assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
+
+
 def test_passphrase_from_a_pipe(sqlite_server: Server, tmp_path: Path) -> None:
     """Without a terminal the key's passphrase is the first line of stdin, read with no
     prompt or warning; with nothing there, one line of error and nothing is issued."""
