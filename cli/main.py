@@ -858,8 +858,12 @@ REASONS = [
 ]
 
 
+def _utc(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _status_text(doc: dict[str, Any]) -> str:
-    line = f"Certificate {doc['serial']}: {doc['status']}"
+    line = f"Certificate {doc['serial']}: {doc['status'].replace('-', ' ')}"
     if doc.get("since"):
         line += f" since {doc['since']}"
     if doc.get("reason") and doc["status"] == "revoked":
@@ -1031,12 +1035,13 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         doc["status"] = "good"
         text = f"{serial}: good"
     elif isinstance(st, OnHold):
-        doc.update(status="on-hold", since=st.since.isoformat())
-        text = f"{serial}: on hold since {st.since.isoformat()} (certificateHold)"
+        # times as the CA's own answers write them (eport suspend, eport revoke)
+        doc.update(status="on-hold", since=_utc(st.since))
+        text = f"{serial}: on hold since {doc['since']} (certificateHold)"
     elif isinstance(st, Revoked):
         reason = st.reason.rfc_name if st.reason is not None else "unspecified"
-        doc.update(status="revoked", since=st.revoked_at.isoformat(), reason=reason)
-        text = f"{serial}: revoked at {st.revoked_at.isoformat()} ({reason})"
+        doc.update(status="revoked", since=_utc(st.revoked_at), reason=reason)
+        text = f"{serial}: revoked since {doc['since']} ({reason})"
     else:
         doc["status"] = "unknown"
         text = f"{serial}: unknown to the responder"

@@ -180,6 +180,11 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     out = openssl_ocsp(server, op, tmp_path)
     assert "revoked" in out and "Reason: certificateHold" in out
     assert jrun(server, "status", "--cert", str(op / "cert.pem"))["status"] == "on-hold"
+    # Said the same way by the CA's answer and by the responder's, times in UTC with Z.
+    since = held["since"]
+    assert since.endswith("Z")
+    shown = server.eport("status", "--cert", str(op / "cert.pem")).stdout
+    assert shown == f"{serial_of(op)}: on hold since {since} (certificateHold)\n"
     crl = x509.load_der_x509_crl(fetch_crl(server, "enterprise", tmp_path).read_bytes())
     entry = crl.get_revoked_certificate_by_serial_number(int(serial_of(op), 16))
     assert entry is not None
