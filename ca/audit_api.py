@@ -132,7 +132,8 @@ def reader_of(caller: Caller) -> Reader:
     if caller.role in (SubjectClass.ENTERPRISE, SubjectClass.OPERATOR) and caller.uscc:
         return Reader(caller.actor, caller.role.value, caller.uscc)
     raise Forbidden(
-        f"the audit log is read by auditors, RA officers and enterprises, not {caller.role.value}"
+        "the audit log is read by auditors, RA officers and enterprises, "
+        f"not by a {caller.role.value} certificate"
     )
 
 

@@ -13,7 +13,9 @@ host serving the view must share it); the link's id is remembered in the replay 
 shared by every process, so a link opens one session only. The session carries the
 reader's rights, the same as the API's: auditors and RA officers see everything, an
 enterprise or its operator only the events with its own USCC. Every page is a GET
-that changes nothing; the only other form is "sign out".
+that changes nothing; the only other form is "sign out", which ends the session on the
+server too (its id is remembered in the same shared store until it would have expired),
+so a copy of the cookie opens nothing afterwards.
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ def current_reader() -> WebReader:
     if not token:
         raise Unauthenticated("sign in with `eport audit web-login` to open the audit view")
     claims = read_token("session", token, _now())
+    sid = claims.get("sid")
+    if not isinstance(sid, str) or _signed_out(sid):
+        raise Unauthenticated("this session was signed out; sign in again")
     reader = Reader(str(claims["actor"]), str(claims["role"]), claims.get("uscc"))
     return WebReader(reader, datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC))
 
@@ -159,6 +164,18 @@ def _now() -> datetime.datetime:
     from ca.api import svc
 
     return svc().clock()
+
+
+def _signed_out(sid: str) -> bool:
+    from ca.api import svc
+
+    return svc().store.remembered(SIGNED_OUT + sid)
+
+
+SIGNED_OUT = "audit-web-out:"
+"""Prefix of a signed-out session's id in the replay store, which every process shares:
+signing out ends the session on the server, not only in the browser that asked (a copy
+of the cookie opens nothing afterwards)."""
 
 
 # -- sign-in ------------------------------------------------------------------------------
@@ -200,6 +217,7 @@ def login() -> BaseResponse:
         "role": claims["role"],
         "uscc": claims["uscc"],
         "exp": int(now.timestamp()) + SESSION_TTL,
+        "sid": secrets.token_urlsafe(18),
     }
     resp = redirect(url_for("audit_web.index"), code=303)
     resp.set_cookie(
@@ -216,6 +234,18 @@ def login() -> BaseResponse:
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
+    from ca.api import svc
+
+    token = request.cookies.get(COOKIE)
+    if token:
+        try:
+            claims = read_token("session", token, _now())
+        except Unauthenticated:
+            claims = {}  # expired or not ours: nothing to end
+        sid, exp = claims.get("sid"), claims.get("exp")
+        if isinstance(sid, str) and isinstance(exp, int):
+            until = datetime.datetime.fromtimestamp(exp, datetime.UTC)
+            svc().store.remember(SIGNED_OUT + sid, until)
     resp = redirect(url_for("audit_web.index"), code=303)
     resp.delete_cookie(COOKIE, path="/audit")
     return resp

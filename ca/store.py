@@ -887,6 +887,12 @@ class SqlStore:
             tx.add_certificate(item.record)
             return tx.append_event(item.event)
 
+    def remembered(self, jti: str) -> bool:
+        """Whether :meth:`remember` stored ``jti`` and it has not expired (read only)."""
+        (row,) = self.dbapi.fetch(("SELECT expires_at FROM seen_jti WHERE jti = ?", (jti,)))
+        expires = utc_from_db(row[0]) if row is not None else None
+        return expires is not None and expires >= datetime.datetime.now(datetime.UTC)
+
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
         session = self.session_factory()
         try:

@@ -709,12 +709,22 @@ def audit_log(
         if value:
             base.append((name, value))
     page_size = 1000 if fmt == "table" else 5000
-    stream = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    if out is None:
+        _write_events(client, base, fmt, limit, page_size, sys.stdout, False)
+        return
+    # Written beside OUT and renamed when complete: a failed export leaves no half file.
+    part = out.with_name(f".{out.name}.part")
     try:
-        _write_events(client, base, fmt, limit, page_size, stream, out is not None)
-    finally:
-        if out is not None:
-            stream.close()
+        stream = part.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise CLIError(f"cannot write {out}: {exc.strerror}") from None
+    try:
+        with stream:
+            _write_events(client, base, fmt, limit, page_size, stream, True)
+        part.replace(out)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _write_events(
@@ -946,7 +956,7 @@ def audit_prove(
             raise CLIError(f"SERIAL {serial} is not the serial of {cert_to_prove} ({from_file})")
         serial = from_file
     if not serial:
-        raise CLIError("give a SERIAL or --cert FILE")
+        raise click.UsageError("give a SERIAL or --cert FILE")
     serial = _norm_serial(serial)
     client = _client(obj, cert_file, key_file, passphrase_file)
     state_path = state_file or default_state_path(client.server)

@@ -290,6 +290,21 @@ def test_log_filters_and_exports(
     server.eport("audit", "log", *who, "--format", "csv", "--out", str(out))
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [int(r["log_index"]) for r in rows] == list(range(len(rows)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]  # no part left
+    # An export it cannot write, or one the server refuses, leaves nothing behind.
+    nowhere = tmp_path / "missing" / "events.csv"
+    res = server.eport("audit", "log", *who, "--out", str(nowhere), check=False)
+    assert res.returncode == 1
+    assert res.stderr == f"eport: error: cannot write {nowhere}: No such file or directory\n"
+    refused = tmp_path / "refused.csv"
+    res = server.eport(
+        "audit", "log", *who, "--since", "yesterday", "--out", str(refused), check=False
+    )
+    assert res.returncode == 1 and "(HTTP 400)" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
+    # Proving nothing is a command-line mistake.
+    res = server.eport("audit", "prove", check=False)
+    assert res.returncode == 2 and "give a SERIAL or --cert FILE" in res.stderr
     one = issued[5]
     by_serial = json.loads(
         server.eport("audit", "log", *who, "--serial", one["serial"], "--format", "json").stdout

@@ -181,10 +181,15 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
 
     assert all(u.startswith(server.url) for u in requested), "the view loads nothing from outside"
 
-    # Sign out: the session is gone.
+    # Sign out: the session is gone, on the server too (a copy of the cookie opens nothing).
     page.goto(server.url + "/audit/")
+    copied = next(c["value"] for c in context.cookies() if c["name"] == "eport_audit")
+    jar = {"eport_audit": copied}
+    assert requests.get(server.url + "/audit/", cookies=jar, timeout=10).status_code == 200
     page.click(".who button")
     assert page.goto(server.url + "/audit/").status == 401
+    after = requests.get(server.url + "/audit/", cookies=jar, timeout=10)
+    assert after.status_code == 401 and "signed out" in after.text
     context.close()
 
 
