@@ -53,6 +53,12 @@ def _denied() -> Answer:
     return Answer(401, [("WWW-Authenticate", 'Bearer error="invalid_token"'), NO_STORE])
 
 
+def _no_credentials() -> Answer:
+    """RFC 6750 §3.1: a request with no bearer token at all gets the challenge without an
+    error code (the client may not have known it needed one); a bad token gets one."""
+    return Answer(401, [("WWW-Authenticate", 'Bearer realm="eport"'), NO_STORE])
+
+
 def gateway_answer(
     tokens: TokenService,
     access: Any,
@@ -68,7 +74,9 @@ def gateway_answer(
     403 (``insufficient_scope``); never a body."""
     scheme, _, tok = (headers.get("Authorization") or "").partition(" ")
     service_id = headers.get("X-Eport-Service") or ""
-    if scheme.lower() != "bearer" or not tok or not service_id:
+    if scheme.lower() != "bearer" or not tok.strip():
+        return _no_credentials()
+    if not service_id:
         return _denied()
     try:
         service = access.service(service_id)

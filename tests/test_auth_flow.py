@@ -181,6 +181,11 @@ def test_gateway_fast_path_answers_as_the_flask_view(
         assert fast.content == b""
         for name in names:
             assert fast.headers.get(name) == view.headers.get(name), (name, headers)
+        # RFC 6750 §3.1: no bearer token at all is challenged without an error code.
+        if status == 401:
+            no_token = not headers.get("Authorization", "").startswith("Bearer ")
+            challenge = fast.headers["WWW-Authenticate"]
+            assert ('error="invalid_token"' in challenge) is not no_token, (challenge, headers)
     ok = requests.get(srv.url + "/auth/validate", headers=cases[0][0], timeout=10)
     assert ok.headers["X-Eport-Operator"] == "T100" and ok.headers["Cache-Control"] == "no-store"
 
