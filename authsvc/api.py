@@ -262,8 +262,11 @@ def introspect() -> Response:
         caller = caller_principal()
         result = svc().tokens.introspect(form("token") or "", caller)
     except (Unauthenticated, Forbidden) as exc:
-        # RFC 7662 §2.3 / RFC 6749 §5.2: a caller that is not a registered service.
-        raise OAuthError(exc.detail, error="invalid_client", status=401) from None
+        # RFC 7662 §2.3 / RFC 6749 §5.2: a caller that is not a registered service (401,
+        # with the scheme services authenticate with).
+        err = OAuthError(exc.detail, error="invalid_client", status=401)
+        err.challenge = Unauthenticated.challenge
+        raise err from None
     return no_store(jsonify(result))
 
 
@@ -274,7 +277,7 @@ def validate() -> Response:
     mount without the fast path come here for the same decision."""
     s = svc()
     answer = gateway_answer(s.tokens, s.access, request.headers, request.remote_addr, proxies())
-    resp = Response(status=answer.status)
+    resp = Response(status=answer.status, mimetype="text/plain")  # as the fast path's GET
     for name, value in answer.headers:
         resp.headers[name] = value
     return resp

@@ -185,6 +185,8 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     def _oauth(err: OAuthError) -> Response:
         resp = Response(json.dumps(err.oauth()), status=err.status, mimetype="application/json")
         resp.headers["Cache-Control"] = "no-store"
+        if err.challenge:
+            resp.headers["WWW-Authenticate"] = err.challenge
         return resp
 
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed")

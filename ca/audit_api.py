@@ -137,6 +137,10 @@ def reader_of(caller: Caller) -> Reader:
     )
 
 
+AUDIT_CHALLENGE = 'EPort-Signed realm="eport", Bearer realm="eport", scope="audit:read"'
+"""The audit API's 401 challenge: a signed request, or an access token (RFC 6750)."""
+
+
 def signed_reader() -> Reader:
     """The reader of this request: a signed request with the reader's certificate, or an
     access token of the token service for the audit API with the ``audit:read`` scope."""
@@ -145,7 +149,11 @@ def signed_reader() -> Reader:
         return token_reader(header[7:].strip())
     from ca.api import signed_caller
 
-    return reader_of(signed_caller())
+    try:
+        return reader_of(signed_caller())
+    except Unauthenticated as exc:
+        exc.challenge = AUDIT_CHALLENGE
+        raise
 
 
 def token_reader(token: str) -> Reader:
@@ -166,7 +174,10 @@ def token_reader(token: str) -> Reader:
     try:
         claims = verifier.verify(token, required_scopes=("audit:read",))
     except TokenError as exc:
-        raise Unauthenticated(f"the access token is not good for the audit API: {exc}") from None
+        raise Unauthenticated(
+            f"the access token is not good for the audit API: {exc}",
+            challenge=AUDIT_CHALLENGE,
+        ) from None
     cls = claims.subject_class or ""
     actor = f"token:{claims.subject}"
     if cls in (SubjectClass.AUDITOR.value, SubjectClass.AGENCY.value):

@@ -81,6 +81,14 @@ class Unauthenticated(EPortError):
     status = 401
     slug = "unauthenticated"
     title = "Authentication required"
+    challenge = 'EPort-Signed realm="eport"'
+    """The ``WWW-Authenticate`` of its 401 (RFC 9110 §11.6.1: a 401 carries one): how to
+    authenticate here. The audit API, which also takes access tokens, names both."""
+
+    def __init__(self, detail: str, *, challenge: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        if challenge is not None:
+            self.challenge = challenge
 
 
 class Replayed(Unauthenticated):

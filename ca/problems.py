@@ -26,7 +26,15 @@ def problem_body(err: EPortError, instance: str, dumps: Callable[[Any], str]) ->
 
 def problem_response(err: EPortError) -> Response:
     body = problem_body(err, request.path, json.dumps)
-    return Response(body, status=err.status, mimetype=PROBLEM_JSON)
+    return _with_challenge(Response(body, status=err.status, mimetype=PROBLEM_JSON), err)
+
+
+def _with_challenge(resp: Response, err: EPortError) -> Response:
+    """A 401 names how to authenticate (``WWW-Authenticate``, RFC 9110 §15.5.2)."""
+    challenge = getattr(err, "challenge", None)
+    if err.status == 401 and isinstance(challenge, str):
+        resp.headers["WWW-Authenticate"] = challenge
+    return resp
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
         status, body = answers.domain(err, request.path)
-        return Response(body, status=status, mimetype=PROBLEM_JSON)
+        return _with_challenge(Response(body, status=status, mimetype=PROBLEM_JSON), err)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

@@ -152,7 +152,7 @@ def test_gateway_fast_path_answers_as_the_flask_view(
     login(srv, world["op"], tmp_path)
     tok = token_for(srv, tmp_path)
     names = ("X-Eport-Subject", "X-Eport-Scope", "X-Eport-Client", "X-Eport-USCC")
-    names += ("X-Eport-Operator", "WWW-Authenticate", "Cache-Control")
+    names += ("X-Eport-Operator", "WWW-Authenticate", "Cache-Control", "Content-Type")
     cases = [
         ({"Authorization": f"Bearer {tok}", "X-Eport-Service": SERVICE}, 200),
         (

@@ -603,6 +603,21 @@ def test_openapi_and_problem(server: Server) -> None:
     assert doc["openapi"].startswith("3.1") and "/ca/v1/enroll" in doc["paths"]
     r = requests.get(server.url + "/ca/v1/nosuch", timeout=10)
     assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json"
+    # Every 401 says how to authenticate (RFC 9110 §15.5.2): a signed request, and for the
+    # audit API an access token too; the token service's introspection likewise.
+    for path, challenge in (
+        ("/ca/v1/ra/applications", 'EPort-Signed realm="eport"'),
+        ("/ca/v1/audit/events", 'EPort-Signed realm="eport", Bearer realm="eport"'),
+    ):
+        r = requests.get(server.url + path, timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith(challenge)
+    r = requests.get(
+        server.url + "/ca/v1/audit/events", headers={"Authorization": "Bearer x.y.z"}, timeout=10
+    )
+    assert r.status_code == 401 and "Bearer" in r.headers["WWW-Authenticate"]
+    r = requests.post(server.url + "/auth/introspect", data={"token": "x"}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert r.headers["WWW-Authenticate"] == 'EPort-Signed realm="eport"'
 
 
 def test_openapi_lists_every_route(sqlite_server: Server) -> None:

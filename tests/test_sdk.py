@@ -273,6 +273,15 @@ def test_sdk_verifies_a_cli_token(world: World, http: CountingSession) -> None:
     assert v.jwks_url() == issuer(world.server) + "/jwks.json"
 
 
+def test_a_mistyped_issuer_is_named(world: World, http: CountingSession) -> None:
+    """RFC 8414 §3.3 wants the issuer exactly: a trailing slash fails, and the error says
+    which issuer the server describes, so the typo can be seen."""
+    wrong = issuer(world.server) + "/"
+    with pytest.raises(KeySetUnavailable) as exc:
+        TokenVerifier(wrong, CUSTOMS, http=http).verify(world.token)
+    assert f"describes issuer {issuer(world.server)!r}, not {wrong!r}" in str(exc.value)
+
+
 def test_sdk_refuses_bad_tokens(world: World, http: CountingSession) -> None:
     server, token = world.server, world.token
     v = TokenVerifier(issuer(server), CUSTOMS, server.url + "/auth/jwks.json", http=http)
@@ -546,9 +555,10 @@ def test_introspection_with_the_service_certificate(world: World, tmp_path: Path
         Introspector(
             server.url, world.reader / "cert.pem", world.reader / "key.pem", passphrase=pw
         ) as wrong,
-        pytest.raises(IntrospectionFailed),
+        pytest.raises(IntrospectionFailed, match="credential was refused") as refused,
     ):
         wrong.introspect(world.token)
+    assert "HTTP 401" in str(refused.value) and "retrying will not help" in str(refused.value)
 
 
 # -- speed ---------------------------------------------------------------------------------

@@ -194,8 +194,18 @@ class Introspector:
             why = ""
             if isinstance(doc, dict):
                 why = str(doc.get("error_description") or doc.get("detail") or "")
+            # 401/403: this service's own credential was refused, a fault of its set-up
+            # that retrying will not mend (the token was not judged: still a 503 upstream)
+            setup = (
+                " (this service's credential was refused: check its certificate and "
+                "that it is a registered service; retrying will not help)"
+                if resp.status_code in (401, 403)
+                else ""
+            )
             raise IntrospectionFailed(
-                f"introspection answered HTTP {resp.status_code}" + (f": {why}" if why else "")
+                f"introspection answered HTTP {resp.status_code}"
+                + (f": {why}" if why else "")
+                + setup
             )
         if doc.get("active") is not True:
             return Introspection(False, None, doc)

@@ -83,7 +83,13 @@ def discover_jwks_uri(
             problems.append(str(exc))
             continue
         if not isinstance(doc, dict) or doc.get("issuer") != issuer:
-            problems.append(f"{url} describes another issuer")
+            # RFC 8414 §3.3: the issuer must match exactly; say what it is, for a typo
+            named = doc.get("issuer") if isinstance(doc, dict) else None
+            problems.append(
+                f"{url} describes issuer {named!r}, not {issuer!r}"
+                if isinstance(named, str)
+                else f"{url} names no issuer"
+            )
             continue
         value = doc.get(key)
         if not isinstance(value, str) or not value.startswith(("https://", "http://")):
