@@ -241,6 +241,26 @@ def verifier_from_public_key(name: str, public_key: Ed25519PublicKey) -> Verifie
     return VerifierKey.parse(text)
 
 
+def _utc_time(text: str) -> datetime.datetime:
+    value = datetime.datetime.fromisoformat(text.strip())
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+def iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option's callback: an ISO 8601 date or date and time, as the server reads it,
+    refused here (exit 2) in the option's name."""
+    if value is not None:
+        try:
+            _utc_time(value)
+        except ValueError:
+            raise click.BadParameter(
+                "not an ISO 8601 date or date and time (2026-11-20, 2026-11-20T08:00:00Z)",
+                ctx,
+                param,
+            ) from None
+    return value
+
+
 def load_log_key(value: str, origin: str) -> VerifierKey:
     """``--log-key``: a verifier key string, or a file holding one or the PEM ``log.pub``."""
     text = value
@@ -249,7 +269,10 @@ def load_log_key(value: str, origin: str) -> VerifierKey:
         try:
             text = path.read_text()
         except OSError as exc:
-            raise CLIError(f"cannot read log key file {value}: {exc.strerror}") from None
+            raise CLIError(
+                f"--log-key {value}: neither a verifier key (NAME+HASH+KEY, as "
+                f"GET /ca/v1/audit/log-key gives it) nor a readable file ({exc.strerror})"
+            ) from None
     if "-----BEGIN PUBLIC KEY-----" in text:
         try:
             key = serialization.load_pem_public_key(text.encode())
@@ -650,8 +673,12 @@ def audit() -> None:
 @click.option("--issuer", help="Only this issuing CA.")
 @click.option("--actor", help="Only this actor (e.g. agency:1f3a…, enrollment-code).")
 @click.option("--serial", help="Only this certificate serial (hex).")
-@click.option("--since", help="From this time on (ISO 8601, UTC unless it says).")
-@click.option("--until", help="Before this time (ISO 8601).")
+@click.option(
+    "--since",
+    callback=iso_time,
+    help="From this time on (ISO 8601: 2026-11-20 or 2026-11-20T08:00:00Z; UTC unless it says).",
+)
+@click.option("--until", callback=iso_time, help="Before this time (ISO 8601).")
 @click.option(
     "--format",
     "fmt",
@@ -690,6 +717,8 @@ def audit_log(
     out: Path | None,
 ) -> None:
     """List the CA's events (oldest first) with filters; export them as CSV or JSON."""
+    if since and until and _utc_time(since) >= _utc_time(until):
+        raise click.UsageError(f"--since {since} is not before --until {until}")
     client = _client(obj, cert_file, key_file, passphrase_file)
     if client.identity is None:
         raise CLIError("eport audit log needs --cert and --key (or EPORT_CERT and EPORT_KEY)")

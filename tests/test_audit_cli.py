@@ -175,6 +175,10 @@ def test_verify_full_then_only_grown(
         verify(server, tmp_path / "third.json", "--log-key", str(wrong_pub), check=False),
         "no signature by",
     )
+    failed(
+        verify(server, tmp_path / "fourth.json", "--log-key", "garbage", check=False),
+        "--log-key garbage: neither a verifier key (NAME+HASH+KEY",
+    )
 
 
 def test_prove_by_serial_and_by_certificate(
@@ -297,10 +301,15 @@ def test_log_filters_and_exports(
     assert res.returncode == 1
     assert res.stderr == f"eport: error: cannot write {nowhere}: No such file or directory\n"
     refused = tmp_path / "refused.csv"
-    res = server.eport(
-        "audit", "log", *who, "--since", "yesterday", "--out", str(refused), check=False
-    )
+    res = server.eport("audit", "log", *who, "--serial", "zz", "--out", str(refused), check=False)
     assert res.returncode == 1 and "(HTTP 400)" in res.stderr
+    # Times are checked here, in the options' names, before anything is asked.
+    for args, expect in (
+        (("--since", "yesterday"), "Invalid value for '--since': not an ISO 8601 date"),
+        (("--since", "2026-11-28", "--until", "2026-11-27"), "is not before --until"),
+    ):
+        res = server.eport("audit", "log", *who, *args, check=False)
+        assert res.returncode == 2 and expect in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
     # Proving nothing is a command-line mistake.
     res = server.eport("audit", "prove", check=False)
