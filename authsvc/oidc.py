@@ -436,6 +436,8 @@ class OpenIDProvider:
             raise fail("request_not_supported", "request objects are not supported")
         if one["request_uri"] is not None:
             raise fail("request_uri_not_supported", "request_uri is not supported")
+        if one["response_type"] is None:  # RFC 6749 §4.1.2.1: a required parameter missing
+            raise fail("invalid_request", "response_type is required (response_type=code)")
         if one["response_type"] != "code":
             raise fail(
                 "unsupported_response_type",

@@ -69,5 +69,14 @@ def forwarded_certificate(
                 raise ValueError("not an RFC 8941 byte sequence")
             return x509.load_der_x509_certificate(base64.b64decode(value[1:-1], validate=True))
         return x509.load_pem_x509_certificate(unquote(value).encode())
-    except ValueError as exc:
-        raise BadRequest(f"unreadable {present[0]} header: {exc}") from None
+    except ValueError:
+        # cryptography's text names its parser's internals; the proxy's operator needs
+        # to know which header and what it must hold
+        what = (
+            "an RFC 9440 byte sequence of the DER certificate"
+            if present[0] == "Client-Cert"
+            else "the URL-escaped PEM certificate"
+        )
+        raise BadRequest(
+            f"unreadable {present[0]} header from the proxy: it must hold {what}"
+        ) from None

@@ -164,6 +164,12 @@ def test_mtls_login_only_through_a_trusted_proxy(
         proxied.url + "/auth/login/mtls", headers={"Client-Cert": ":AAAA:"}, timeout=10
     )
     assert r.status_code == 400
+    assert "Client-Cert header from the proxy: it must hold an RFC 9440" in r.text
+    r = requests.post(
+        proxied.url + "/auth/login/mtls", headers={"X-SSL-Client-Cert": "garbage"}, timeout=10
+    )
+    assert r.status_code == 400 and "the URL-escaped PEM certificate" in r.text
+    assert "cryptography.io" not in r.text  # the parser's own words stay here
     # No header at all.
     r = requests.post(proxied.url + "/auth/login/mtls", timeout=10)
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"

@@ -544,7 +544,7 @@ def test_authorization_request_errors(world: World) -> None:
     for overrides, error in (
         ({"response_type": "token"}, "unsupported_response_type"),
         ({"response_type": "code id_token"}, "unsupported_response_type"),
-        ({"response_type": "-"}, "unsupported_response_type"),
+        ({"response_type": "-"}, "invalid_request"),  # missing (RFC 6749 §4.1.2.1)
         ({"response_mode": "fragment"}, "invalid_request"),
         ({"response_mode": "form_post"}, "invalid_request"),
         ({"scope": "profile"}, "invalid_scope"),
