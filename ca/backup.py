@@ -54,6 +54,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from ca import translog
+from ca.datalock import LOCK_NAME
 from ca.errors import EPortError
 from ca.merkle import EMPTY_ROOT
 
@@ -622,10 +623,31 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def target_log_size(url: str) -> int:
+    """How many entries the log of the CA database at ``url`` (about to be replaced)
+    holds: 0 when there is no database or no log yet. A restore that would shrink it
+    loses what it logged after the backup."""
+    if _kind(url) == "sqlite":
+        path = _sqlite_path(url)
+        if not path.exists():
+            return 0
+        engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    else:
+        engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(text("SELECT size FROM log_head WHERE id = 1")).first()
+        return int(head[0]) if head is not None else 0
+    except Exception:  # no log_head table (not a CA database yet) or nothing to read
+        return 0
+    finally:
+        engine.dispose()
+
+
 def non_empty_targets(archive: Archive, data_dir: Path, databases: Mapping[str, str]) -> list[str]:
     """What restoring into ``data_dir`` and ``databases`` would overwrite."""
     found: list[str] = []
-    if data_dir.is_dir() and any(data_dir.iterdir()):
+    if data_dir.is_dir() and any(p.name != LOCK_NAME for p in data_dir.iterdir()):
         found.append(str(data_dir))
     for name, db in archive.manifest["databases"].items():
         if "same_as" in db:

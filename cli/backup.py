@@ -72,8 +72,13 @@ def _short(digest: bytes | str) -> str:
     help="Also keep DATA_DIR/dev/: development credentials, passphrases in the clear. "
     "Left out by default.",
 )
+@click.option(
+    "--force", is_flag=True, help="Replace an archive already at --out (refused by default)."
+)
 @json_option
-def backup_command(data_dir: Path, out: Path, include_dev: bool, as_json: bool) -> None:
+def backup_command(
+    data_dir: Path, out: Path, include_dev: bool, force: bool, as_json: bool
+) -> None:
     """Back up a CA instance while it runs: databases, sealed keys, public files.
 
     \b
@@ -84,6 +89,9 @@ def backup_command(data_dir: Path, out: Path, include_dev: bool, as_json: bool) 
     """
     from ca.backup import create_backup
 
+    if out.exists() and not force:
+        # It may be the last good backup: never replaced by a typo or a rerun.
+        raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
     result = create_backup(
         data_dir, _databases(data_dir, for_backup=True), out, include_dev=include_dev
     )
@@ -297,7 +305,22 @@ def restore_command(
     larger than the backup means entries were lost: refused unless --accept-loss. Stop
     the server first; it starts sealed after a restore.
     """
-    from ca.backup import BackupError, open_archive, restore
+    from ca.datalock import held_for_restore
+
+    with held_for_restore(data_dir):
+        _restore(source, data_dir, checkpoint, log_key, accept_loss, force, as_json)
+
+
+def _restore(
+    source: Path,
+    data_dir: Path,
+    checkpoint: str | None,
+    log_key: str | None,
+    accept_loss: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    from ca.backup import BackupError, open_archive, restore, target_log_size
 
     started = time.perf_counter()
     databases = _databases(data_dir, for_backup=False)
@@ -332,6 +355,21 @@ def restore_command(
                     f"{backup_cp.origin!r}"
                 )
         lost = 0
+        # The database being replaced knows how far its log got, checkpoint or not.
+        current = target_log_size(databases["ca"]) if force else 0
+        if current > log.size and (published is None or published.size < current):
+            lost = current - log.size
+            message = (
+                f"the log in place has {current} entries, the backup's {log.size}: {lost} "
+                f"entries (indices {log.size} to {current - 1}) were logged after this "
+                "backup and would be lost"
+            )
+            if not accept_loss:
+                raise BackupError(
+                    message + "; restore a newer backup, or pass --accept-loss (auditors "
+                    "who saw a larger checkpoint will see the log shrink: tell them)"
+                )
+            click.secho(f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True)
         if published is not None and published.size > log.size:
             lost = published.size - log.size
             message = (
@@ -386,6 +424,8 @@ def restore_command(
         )
     elif published is not None:
         lines.append(f"  {lost} entries LOST since the published checkpoint (--accept-loss)")
+    elif lost:
+        lines.append(f"  {lost} entries LOST that the replaced log held (--accept-loss)")
     else:
         lines.append(
             "  no --checkpoint given: not compared with what auditors were shown "

@@ -134,8 +134,15 @@ def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
                 "refusing to send the share (wrong server, or a man in the middle)"
             )
         return
+    if not sys.stdin.isatty():
+        # Nobody to compare it: a share is never sent to a key no one checked.
+        raise CLIError(
+            "without a terminal to confirm the ceremony key's fingerprint, pass it with "
+            "--fingerprint (as the server's console or the ceremony's opener reads it out); "
+            "the share was not sent"
+        )
     click.echo(f"Ceremony key fingerprint: {fingerprint}", err=True)
-    if sys.stdin.isatty() and not click.confirm(
+    if not click.confirm(
         "Does it match the fingerprint the server (or the ceremony's opener) shows?", err=True
     ):
         raise CLIError("share not sent")
@@ -666,7 +673,8 @@ def ca_unseal(
     """Present your seal share to unseal the server (M custodians, Vault-style).
 
     The share is sealed to the server instance's unseal key: `eport serve` prints its
-    fingerprint at start; pass it with --fingerprint (or compare when asked). A share
+    fingerprint at start; pass it with --fingerprint (or compare when asked at the
+    terminal; without one, --fingerprint is required). A share
     file kept by your PKCS#11 token is opened there (PIN, not passphrase).
     """
     opened = _open_share(share_file, passphrase_file, token_uri)

@@ -133,10 +133,18 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     from authsvc.app import upgrade as auth_upgrade
     from authsvc.config import AuthConfig
     from ca.config import CAConfig
+    from ca.datalock import hold_for_serving
     from ca.db import upgrade
     from ca.devinit import PASSPHRASE_FILE, dev_dir, ensure_dev_ca
+    from ca.errors import Conflict
     from cli.serve import run
 
+    try:
+        # Shared by every server of the directory, for the server's life (workers inherit
+        # it); an `eport restore` takes it alone and refuses while a server holds it.
+        in_use = hold_for_serving(data_dir)
+    except Conflict as exc:
+        raise CLIError(exc.detail) from None
     base = f"http://{host}:{port}"
     overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
     if "EPORT_PUBLIC_BASE_URL" not in os.environ:
@@ -170,20 +178,24 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         from ca import hierarchy as h
         from ca.app import ca_passphrase
 
-        # Fail here, in one line, rather than in every gunicorn worker.
+        # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
+        # start announces its unseal fingerprint, for a server that would not start.
+        key_passphrase(auth_cfg)
         if custody_files.under_custody(data_dir):
             custody_cli.announce_sealed_start(data_dir)
         elif ca_passphrase(cfg) is None:
             raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
         else:
             h.load(data_dir, ca_passphrase(cfg))
-        key_passphrase(auth_cfg)
         upgrade(cfg.sqlalchemy_url)
     auth_upgrade(auth_cfg.sqlalchemy_url)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()
-    run(cfg, auth_cfg, host, port, workers, threads)
+    try:
+        run(cfg, auth_cfg, host, port, workers, threads)
+    finally:
+        os.close(in_use)
 
 
 # -- CA ceremonies ----------------------------------------------------------------------------

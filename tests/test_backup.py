@@ -308,6 +308,42 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
         stop(proc)
 
 
+def test_restore_never_runs_under_a_server_nor_shrinks_the_log_in_place(tmp_path: Path) -> None:
+    """A restore over a running server's directory is refused (its processes would go on
+    writing into the replaced files), and a server does not start during a restore. Over
+    a stopped one, a backup older than the log in place is refused without --accept-loss,
+    even with no --checkpoint: the database being replaced knows how far its log got."""
+    from ca.datalock import held_for_restore
+
+    data = tmp_path / "data"
+    srv, proc = start_server(data)
+    try:
+        enroll_enterprise(srv, tmp_path, "Before Backup Co., Ltd.")
+        archive = tmp_path / "eport.tar.gz"
+        backed = backup(data, archive)["manifest"]["log"]["size"]
+        enroll_enterprise(srv, tmp_path, "After Backup Co., Ltd.")
+        before = tree_digest(data)
+        refused(restore(archive, data, "--force", check=False), "a server is running on")
+        assert tree_digest(data) == before
+    finally:
+        stop(proc)
+    with sqlite3.connect(data / "eport.db") as conn:
+        (in_place,) = conn.execute("SELECT size FROM log_head").fetchone()
+    assert in_place > backed
+    with held_for_restore(data):
+        res = eport("serve", "--dev", "--data-dir", str(data), "--port", "1", check=False)
+        assert res.returncode == 1 and "a restore is running on" in res.stderr, res.stderr
+    before = tree_digest(data)
+    refused(
+        restore(archive, data, "--force", check=False),
+        f"the log in place has {in_place} entries, the backup's {backed}",
+        "--accept-loss",
+    )
+    assert tree_digest(data) == before
+    done = json.loads(restore(archive, data, "--force", "--accept-loss", "--json").stdout)
+    assert done["lost_entries"] == in_place - backed
+
+
 @pytest.fixture(scope="module")
 def offline_instance(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A development CA made without a server, and its backup (offline)."""
@@ -392,6 +428,12 @@ def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: 
     archive = tmp_path / "with-dev.tar.gz"
     res = eport("backup", "--data-dir", str(data), "--out", str(archive), "--include-dev")
     assert "WARNING" in res.stderr and "in the clear" in res.stderr
+    # An archive already there may be the last good backup: kept unless --force.
+    kept = archive.read_bytes()
+    again = eport("backup", "--data-dir", str(data), "--out", str(archive), check=False)
+    assert refused(again, f"{archive} exists", "--force") and archive.read_bytes() == kept
+    eport("backup", "--data-dir", str(data), "--out", str(archive), "--include-dev", "--force")
+    assert archive.read_bytes() != kept
     assert "files/dev/DEV-ONLY-passphrases.toml" in members(archive)
     target = tmp_path / "restored"
     out = restore(archive, target).stdout

@@ -163,6 +163,18 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             EPORT_SHARE_PASSPHRASE="not the passphrase",
         )
         assert bad.returncode == 1 and "wrong passphrase" in bad.stderr
+        # No terminal to confirm the fingerprint, and no --fingerprint: nothing is sent
+        # (the first real unseal below is the first share the server sees).
+        blind = srv.eport(
+            "ca",
+            "unseal",
+            "--share",
+            str(out / "shares" / "customs.share"),
+            check=False,
+            EPORT_SHARE_PASSPHRASE="share passphrase of customs",
+        )
+        assert blind.returncode == 1 and "pass it with --fingerprint" in blind.stderr
+        assert "the share was not sent" in blind.stderr
 
         first = json.loads(unseal(srv, out, "customs", fp).stdout)  # type: ignore[attr-defined]
         assert first["sealed"] is True and first["ceremony"]["progress"] == 1

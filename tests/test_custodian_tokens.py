@@ -25,7 +25,7 @@ from ca.custody import CustodyRecord, Purpose, Share, share_file_header
 from ca.pkcs11 import Pkcs11Uri
 from tests.conftest import EPORT, REPO, Server, need, stop
 from tests.test_ca_init import MEMBERS, custodian_env, start_sealed
-from tests.test_custody_ceremonies import root_crl, start
+from tests.test_custody_ceremonies import read_out, root_crl, start
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN = "so-pin-c1a0e2"
@@ -299,8 +299,10 @@ def root_crl_joined_with_a_token_share(tokens: Tokens, srv: Server, out: Path) -
     before = root_crl(srv).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     cid = str(start(srv, out, "ROOT-CRL")["id"])
     env = {**srv.env(), **tokens.env()}
+    fp = read_out(srv, cid)
     for m in ("customs", "tax", "inspection"):
         args = ["ca", "ceremony", "join", cid, "--share", str(share(out, m)), "--json"]
+        args += ["--fingerprint", fp]
         # tax's token is found by the label its share file records; the PIN comes from
         # EPORT_PKCS11_PIN, the module from SoftHSM2's default path.
         extra = (

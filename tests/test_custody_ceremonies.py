@@ -29,6 +29,12 @@ def officer_args(out: Path, member: str = "customs") -> list[str]:
     return ["--cert", str(d / "officer.pem"), "--key", str(d / "officer.key")]
 
 
+def read_out(srv: Server, ceremony: str) -> str:
+    """The ceremony key's fingerprint, as its opener reads it out to the custodians."""
+    doc = json.loads(srv.eport("ca", "ceremony", "status", ceremony, "--json").stdout)
+    return str(doc["key_fingerprint"])
+
+
 def join(
     srv: Server,
     out: Path,
@@ -38,7 +44,7 @@ def join(
     passphrase: str = "share passphrase of {}",
 ) -> subprocess.CompletedProcess[str]:
     """``member`` joins with its share file in ``out``/shares (``passphrase``: a format
-    string of the member's id)."""
+    string of the member's id), checking the fingerprint the opener reads out."""
     return srv.eport(
         "ca",
         "ceremony",
@@ -46,6 +52,8 @@ def join(
         ceremony,
         "--share",
         str(out / "shares" / f"{member}.share"),
+        "--fingerprint",
+        read_out(srv, ceremony),
         "--json",
         check=check,
         EPORT_SHARE_PASSPHRASE=passphrase.format(member),

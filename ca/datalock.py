@@ -1,0 +1,68 @@
+"""Who is using a data directory: running servers share it, a restore takes it alone.
+
+``eport serve`` holds a shared ``flock`` on ``<data_dir>/serve.lock`` for its whole life
+(its gunicorn workers inherit it); ``eport restore`` takes it exclusively, without
+waiting, and holds it until the restore is done. So a restore refuses to replace the
+files and databases under a running server (whose processes would go on writing into
+the replaced, unlinked files: lost entries, an undone re-share), and a server does not
+start in the middle of a restore. The lock covers this host's servers of a directory;
+servers elsewhere sharing a PostgreSQL database must be stopped by their operators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ca.errors import Conflict
+
+LOCK_NAME = "serve.lock"
+
+
+def _open(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def hold_for_serving(data_dir: Path) -> int:
+    """Take the shared lock for a server's life; the open descriptor (keep it open).
+    Raises :class:`Conflict` while a restore holds the directory."""
+    fd = _open(data_dir)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict(
+            f"a restore is running on {data_dir}: start the server when it has finished"
+        ) from None
+    return fd
+
+
+@contextmanager
+def held_for_restore(data_dir: Path) -> Iterator[None]:
+    """Hold the directory alone for a restore; :class:`Conflict` while a server runs on it.
+    A restore that fails into a directory that did not exist leaves none behind."""
+    existed = data_dir.exists()
+    fd = _open(data_dir)
+    done = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(
+                f"a server is running on {data_dir} (eport serve holds {data_dir / LOCK_NAME}):"
+                " stop it before restoring, or its processes go on writing into the files"
+                " the restore replaces"
+            ) from None
+        yield
+        done = True
+    finally:
+        if not done and not existed:
+            (data_dir / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()  # only if the failed restore left it empty
+        os.close(fd)
