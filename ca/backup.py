@@ -518,21 +518,35 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
     return doc
 
 
-def open_archive(path: Path, staging_parent: Path) -> Archive:
+def open_archive(path: Path, staging_parent: Path, tag: str = "") -> Archive:
     """Read ``path`` into a staging directory under ``staging_parent``, checking every member's
     SHA-256 and size against the manifest; any difference, missing or extra member, or a
-    damaged gzip/tar stream raises :class:`BackupError` and leaves nothing behind."""
+    damaged gzip/tar stream raises :class:`BackupError` and leaves nothing behind.
+
+    ``tag`` (the target data directory's name) goes into the staging directory's name:
+    a restore killed outright leaves its staging behind, and the next restore of the same
+    target, holding that target alone (:mod:`ca.datalock`), removes it
+    (:func:`remove_stale_staging`)."""
     path = Path(path)
     if not path.is_file():
         raise BackupError(f"no backup archive at {path}")
     staging_parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eport-restore-", dir=staging_parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".eport-restore-{tag}-", dir=staging_parent))
     try:
         manifest = _extract(path, staging)
         return Archive(path, manifest, staging, LogState.from_json(manifest["log"]))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_stale_staging(staging_parent: Path, tag: str) -> int:
+    """Remove what killed restores of the target ``tag`` left in ``staging_parent``; call
+    it holding that target alone. How many were removed."""
+    stale = [p for p in staging_parent.glob(f".eport-restore-{tag}-*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
 
 
 def _extract(path: Path, staging: Path) -> dict[str, Any]:

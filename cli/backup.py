@@ -320,12 +320,21 @@ def _restore(
     force: bool,
     as_json: bool,
 ) -> None:
-    from ca.backup import BackupError, open_archive, restore, target_log_size
+    from ca.backup import (
+        BackupError,
+        open_archive,
+        remove_stale_staging,
+        restore,
+        target_log_size,
+    )
 
     started = time.perf_counter()
     databases = _databases(data_dir, for_backup=False)
     staging_parent = data_dir.resolve().parent
-    with open_archive(source, staging_parent) as archive:
+    tag = data_dir.resolve().name
+    if remove_stale_staging(staging_parent, tag):
+        click.echo("Removed the staging left by an interrupted restore.", err=True)
+    with open_archive(source, staging_parent, tag) as archive:
         log = archive.log
         if "auth" not in archive.manifest["databases"]:
             databases.pop("auth", None)

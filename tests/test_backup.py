@@ -340,8 +340,15 @@ def test_restore_never_runs_under_a_server_nor_shrinks_the_log_in_place(tmp_path
         "--accept-loss",
     )
     assert tree_digest(data) == before
-    done = json.loads(restore(archive, data, "--force", "--accept-loss", "--json").stdout)
-    assert done["lost_entries"] == in_place - backed
+    # A restore killed outright left its staging beside the target: the next one removes it.
+    stale = tmp_path / f".eport-restore-{data.name}-killed"
+    (stale / "db").mkdir(parents=True)
+    other = tmp_path / ".eport-restore-another-target-x"  # not ours: left alone
+    other.mkdir()
+    res = restore(archive, data, "--force", "--accept-loss", "--json")
+    assert json.loads(res.stdout)["lost_entries"] == in_place - backed
+    assert "Removed the staging left by an interrupted restore" in res.stderr
+    assert not stale.exists() and other.exists()
 
 
 @pytest.fixture(scope="module")
