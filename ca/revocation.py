@@ -84,6 +84,13 @@ class Revocation:
             and rec.uscc == caller.uscc
             and rec.profile in ("enterprise", "operator")
         )
+        if own_enterprise and resume and rec.profile == "enterprise":
+            # Its operators' holds only: a key that can sign for the enterprise must not
+            # lift the hold put on one of the enterprise's certificates (a lost key).
+            raise Forbidden(
+                "an enterprise may lift the holds of its operators' certificates, not of its "
+                "own; ask an RA officer"
+            )
         if own_enterprise and not (resume and rec.serial == caller.serial):
             return "enterprise"
         if rec.serial == caller.serial:
@@ -177,7 +184,8 @@ class Revocation:
             self._may_manage(caller, rec)
             current = tx.get_status(serial, for_update=True)
             if current is not None:
-                raise Conflict(f"certificate {serial:x} is already {current.state.value}")
+                state = "on hold" if current.state is StatusState.HOLD else "revoked"
+                raise Conflict(f"certificate {serial:x} is already {state}")
             status = self._set(
                 tx, rec, StatusState.HOLD, ReasonCode.CERTIFICATE_HOLD, None, caller.actor, now
             )

@@ -892,11 +892,17 @@ def _status_text(doc: dict[str, Any]) -> str:
 
 
 def _target_serial(serial: str | None, ident: Identity) -> str:
-    return serial or format(ident.chain[0].serial_number, "x")
+    # Only a --serial left out means the signer's own certificate; an empty one (an unset
+    # shell variable) is refused by not_blank before this.
+    return serial if serial is not None else format(ident.chain[0].serial_number, "x")
 
 
 @cli.command()
-@click.option("--serial", help="Serial (hex) to revoke; default: the --cert certificate itself.")
+@click.option(
+    "--serial",
+    callback=not_blank,
+    help="Serial (hex) to revoke; default: the --cert certificate itself.",
+)
 @click.option(
     "--reason",
     type=click.Choice(REASONS),
@@ -943,7 +949,11 @@ def revoke(
 
 
 @cli.command()
-@click.option("--serial", help="Serial (hex) to suspend; default: the --cert certificate itself.")
+@click.option(
+    "--serial",
+    callback=not_blank,
+    help="Serial (hex) to suspend; default: the --cert certificate itself.",
+)
 @identity_options("RA officer, enterprise or certificate holder")
 @json_option
 @pass_ctx
@@ -968,7 +978,12 @@ def suspend(
 
 
 @cli.command()
-@click.option("--serial", required=True, help="Serial (hex) of the certificate on hold.")
+@click.option(
+    "--serial",
+    required=True,
+    callback=not_blank,
+    help="Serial (hex) of the certificate on hold.",
+)
 @identity_options("RA officer or enterprise")
 @json_option
 @pass_ctx

@@ -258,6 +258,32 @@ def test_cessation_of_a_replaced_certificate_keeps_the_operators(
     assert f"{op / 'cert.pem'}: revoked" in openssl_ocsp(server, op, tmp_path)
 
 
+def test_holds_of_the_enterprise_itself_are_lifted_by_officers_only(
+    server: Server, tmp_path: Path
+) -> None:
+    """An enterprise suspends its old certificate with its renewed one; it cannot lift
+    that hold itself (docs/status.md: its operators' holds only), an officer can. A hold
+    asked twice says so; an empty --serial is a command-line mistake, never 'myself'."""
+    ent = enroll_enterprise(server, tmp_path, "Own Hold Co.")
+    renewed = tmp_path / "renewed-own-hold"
+    jrun(server, "renew", *creds(ent), "--out", str(renewed))
+    jrun(server, "suspend", "--serial", serial_of(ent), *creds(renewed))
+    before = counts(server)
+    res = server.eport("resume", "--serial", serial_of(ent), *creds(renewed), check=False)
+    assert res.returncode == 1 and "not of its own; ask an RA officer" in res.stderr
+    res = server.eport("suspend", "--serial", serial_of(ent), *server.officer(), check=False)
+    assert res.returncode == 1 and f"{serial_of(ent)} is already on hold" in res.stderr
+    for cmd in ("suspend", "revoke", "resume"):
+        extra = ["--reason", "keyCompromise"] if cmd == "revoke" else []
+        res = server.eport(cmd, "--serial", "", *extra, *creds(renewed), check=False)
+        assert res.returncode == 2 and "'--serial': must not be blank" in res.stderr
+    assert counts(server) == before
+    assert jrun(server, "status", "--cert", str(renewed / "cert.pem"))["status"] == "good"
+    assert jrun(server, "resume", "--serial", serial_of(ent), *server.officer())["status"] == (
+        "good"
+    )
+
+
 def test_key_holder_revokes_with_key_compromise_only(server: Server, tmp_path: Path) -> None:
     ent = enroll_enterprise(server, tmp_path, "Holder Co.")
     op = enroll_operator(server, ent, tmp_path, "H1")
