@@ -1058,7 +1058,17 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         raise CLIError(exc.detail) from None
     serial = format(cert.serial_number, "x")
     doc: dict[str, Any] = {"serial": serial, "subject": dn_string(cert.subject)}
-    if isinstance(st, Good):
+    # The responder speaks for its issuing CA, not about it: a good answer stands only if
+    # the root's CRL does not revoke that CA (a quorum's REVOKE-INTERMEDIATE).
+    ca_revoked = _issuing_ca_revocation(cert, candidates) if isinstance(st, Good) else None
+    if ca_revoked is not None:
+        when, why = ca_revoked
+        doc.update(status="revoked", since=_utc(when), reason=why, issuing_ca_revoked=True)
+        text = (
+            f"{serial}: revoked: its issuing CA was revoked on the root CRL "
+            f"since {doc['since']} ({why})"
+        )
+    elif isinstance(st, Good):
         doc["status"] = "good"
         text = f"{serial}: good"
     elif isinstance(st, OnHold):
@@ -1073,6 +1083,89 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         doc["status"] = "unknown"
         text = f"{serial}: unknown to the responder"
     emit(as_json, doc, text)
+
+
+def _issuing_ca_revocation(
+    cert: x509.Certificate, candidates: list[x509.Certificate]
+) -> tuple[datetime.datetime, str] | None:
+    """When and why the root's CRL revokes the CA that issued ``cert``; None if it does
+    not. The issuing CA is the candidate that signed ``cert``, the root the candidate (or,
+    failing one, its caIssuers) that signed the issuing CA; the CRL comes from the issuing
+    CA's distribution point and must verify under the root and be current. Any doubt is
+    an error (CLIError), never a pass."""
+    import requests
+    from cryptography.exceptions import InvalidSignature
+
+    def signed(child: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certificate | None:
+        for c in pool:
+            try:
+                child.verify_directly_issued_by(c)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return c
+        return None
+
+    issuer = signed(cert, candidates)
+    if issuer is None or issuer.subject == issuer.issuer:
+        return None  # issued by the root itself: nothing above it to revoke
+    root = signed(issuer, candidates) or signed(issuer, [_fetch_ca_issuer(issuer)])
+    if root is None:
+        raise CLIError("cannot tell whether the issuing CA is revoked: its root is not known")
+    try:
+        points = issuer.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        url = next(
+            str(n.value)
+            for dp in points
+            for n in dp.full_name or []
+            if isinstance(n, x509.UniformResourceIdentifier)
+        )
+    except (x509.ExtensionNotFound, StopIteration):
+        raise CLIError("the issuing CA's certificate names no CRL of the root") from None
+    crl = None
+    # The CRL is trusted for its signature, not its location: where the certificate's own
+    # responder answers (its AIA) serves the same path, for a CA whose ceremony wrote
+    # another base URL into the issuing CA's certificate.
+    for where in dict.fromkeys([url, *_same_path_at_responder(cert, url)]):
+        try:
+            r = requests.get(where, timeout=15)
+            r.raise_for_status()
+            crl = x509.load_der_x509_crl(r.content)
+            break
+        except (requests.RequestException, ValueError) as exc:
+            failure = f"cannot fetch the root's CRL from {where}: {type(exc).__name__}"
+    if crl is None:
+        raise CLIError(failure)
+    now = datetime.datetime.now(datetime.UTC)
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
+        raise CLIError(f"the CRL at {url} is not signed by the root")
+    if crl.next_update_utc is not None and crl.next_update_utc < now:
+        raise CLIError(f"the root's CRL at {url} is out of date (next update was due)")
+    entry = crl.get_revoked_certificate_by_serial_number(issuer.serial_number)
+    if entry is None:
+        return None
+    try:
+        reason = str(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value)
+    except x509.ExtensionNotFound:
+        reason = "unspecified"
+    return entry.revocation_date_utc, reason  # ReasonFlags' values are RFC 5280's names
+
+
+def _same_path_at_responder(cert: x509.Certificate, url: str) -> list[str]:
+    """``url``'s path at the origin of ``cert``'s OCSP responder (its AIA), if it has one."""
+    from urllib.parse import urlsplit
+
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return []
+    out = []
+    for d in aia:
+        if d.access_method == AuthorityInformationAccessOID.OCSP:
+            ocsp = urlsplit(str(d.access_location.value))
+            out.append(urlsplit(url)._replace(scheme=ocsp.scheme, netloc=ocsp.netloc).geturl())
+    return out
 
 
 def _fetch_ca_issuer(cert: x509.Certificate) -> x509.Certificate:

@@ -288,6 +288,15 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     revoked = crl.get_revoked_certificate_by_serial_number(old_issuer.serial_number)
     assert revoked is not None
     assert crl.get_revoked_certificate_by_serial_number(new_issuer.serial_number) is None
+    # A relying party asking about a certificate of the revoked generation: its responder
+    # may still say good, the root's CRL says its CA is revoked, so eport status does too.
+    st = json.loads(srv.eport("status", "--cert", str(old / "cert.pem"), "--json").stdout)
+    assert st["status"] == "revoked" and st["issuing_ca_revoked"] is True
+    assert st["reason"] == "keyCompromise"
+    line = srv.eport("status", "--cert", str(old / "cert.pem")).stdout
+    assert "its issuing CA was revoked on the root CRL" in line
+    st = json.loads(srv.eport("status", "--cert", str(new[0] / "cert.pem"), "--json").stdout)
+    assert st["status"] == "good" and "issuing_ca_revoked" not in st
     # Issuance goes on from the new generation.
     after = enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N")
     cert_of(after).verify_directly_issued_by(new_issuer)
