@@ -159,7 +159,10 @@ class OCSPStatusSource:
                 except (ValueError, TypeError, InvalidSignature):
                     continue
                 return issuer
-        raise OCSPError("the certificate's issuer is not one of the joint CA's")
+        raise OCSPError(
+            "none of the issuing CA certificates at hand issued this certificate (it names "
+            f"{cert.issuer.rfc4514_string()} as its issuer)"
+        )
 
     def status(self, cert: x509.Certificate) -> CertStatus:
         issuer = self.issuer_of(cert)

@@ -27,7 +27,7 @@ from ca import bootkey, custody_files, hierarchy
 from ca.config import CAConfig
 from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
 from ca.custody_store import SqlCeremonyStore
-from ca.errors import BadRequest, Forbidden
+from ca.errors import BadRequest, Forbidden, NotFound
 from ca.generation import read_generation
 from ca.policy import Policies, SubjectClass
 from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
@@ -198,8 +198,21 @@ def custody_service() -> CustodyService:
 def install_custody(
     app: Flask, cfg: CAConfig, policies: Policies, h: hierarchy.Hierarchy, store: SqlStore
 ) -> None:
-    """Register the custody API when the hierarchy is under joint custody."""
+    """Register the custody API when the hierarchy is under joint custody; otherwise its
+    routes answer 404 saying why (a CA without custodians has no quorum ceremonies)."""
     if not custody_files.under_custody(cfg.data_dir):
+        absent = Blueprint("custody_absent", __name__, url_prefix="/ca/v1/custody")
+
+        @absent.route("", defaults={"rest": ""}, methods=["GET", "POST"])
+        @absent.route("/<path:rest>", methods=["GET", "POST"])
+        def _no_custody(rest: str) -> Any:
+            raise NotFound(
+                "this CA is not under joint custody (a development CA, or one whose keys "
+                "are in a PKCS#11 token without custodians): it has no unseal and no quorum "
+                "ceremonies; `eport ca init` makes a CA held by M of N custodians"
+            )
+
+        app.register_blueprint(absent)
         return
     from ca.custody_store import latest_reshare
     from ca.reshare import settle

@@ -202,6 +202,13 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     assert f"{op / 'cert.pem'}: good" in openssl_ocsp(server, op, tmp_path)
     crl = x509.load_der_x509_crl(fetch_crl(server, "enterprise", tmp_path).read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(int(serial_of(op), 16)) is None
+    # An issuer certificate that did not issue it: said so, naming the issuer it names.
+    other = server.data_dir / "ca" / "issuers" / "agency.crt"
+    res = server.eport(
+        "status", "--cert", str(op / "cert.pem"), "--issuer", str(other), check=False
+    )
+    assert res.returncode == 1 and "none of the issuing CA certificates at hand" in res.stderr
+    assert "Enterprise Issuing CA" in res.stderr
     # Resuming a good certificate is refused and logs nothing.
     before = counts(server)
     res = server.eport("resume", "--serial", serial_of(op), *server.officer(), check=False)
