@@ -179,6 +179,9 @@ class CustodyService:
             "joined": list(c.joined),
             "custody_id": c.custody_id,
             "boot_id": c.boot_id,
+            # False for one opened before this server instance started: its key is gone
+            # with that instance, so it can never complete (open a new one)
+            "this_instance": c.boot_id == self.quorum.boot.id,
             "public_key": base64.b64encode(self.quorum.public_key(c.id)).decode(),
             "key_fingerprint": self.quorum.fingerprint(c.id),
             "purpose": c.operation.purpose.value,

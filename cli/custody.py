@@ -149,6 +149,11 @@ def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
 
 
 def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None) -> dict[str, Any]:
+    if doc.get("state") == "open" and doc.get("this_instance") is False:
+        raise CLIError(
+            f"ceremony {doc['id']} was opened before the server restarted and cannot "
+            "complete: ask for a new one (eport ca ceremony start ...); the share was not sent"
+        )
     if doc["custody_id"] != share.custody_id:
         raise CLIError(
             f"this share belongs to custody set {share.custody_id}; the ceremony is for "
@@ -800,6 +805,12 @@ def ceremony_status(ceremony_id: str, as_json: bool) -> None:
         f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
         f"{doc['state']}, {_progress(doc)}; key fingerprint {doc['key_fingerprint']}"
     )
+    if doc["state"] == "open" and doc.get("this_instance") is False:
+        text = (
+            f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
+            f"opened before the server restarted, so it cannot complete ({_progress(doc)} "
+            "joined; their shares are of no use now): open a new one"
+        )
     if doc["result"]:
         text += f"\nResult: {json.dumps(doc['result'])}"
     _emit(as_json, doc, text)

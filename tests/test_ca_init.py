@@ -220,6 +220,11 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             "inspection",
         ]
         assert any(e["type"] == "custody.established" for e in log)
+        # A ceremony left open when the server stops (one custodian joined).
+        from tests.test_custody_ceremonies import join, start
+
+        left_open = str(start(srv, out, "ROOT-CRL")["id"])
+        join(srv, out, left_open, "customs")
     finally:
         stop(proc)
 
@@ -230,5 +235,21 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         assert requests.get(srv2.url + "/ca/v1/health", timeout=5).json()["sealed"] is True
         stale = unseal(srv2, out, "tax", fp, check=False)  # the old fingerprint
         assert stale.returncode == 1  # type: ignore[attr-defined]
+        # The ceremony left open died with the old instance (its key is gone): said so,
+        # and a custodian's share is not sent to it.
+        shown = srv2.eport("ca", "ceremony", "status", left_open).stdout
+        assert "opened before the server restarted, so it cannot complete" in shown, shown
+        late = srv2.eport(
+            "ca",
+            "ceremony",
+            "join",
+            left_open,
+            "--share",
+            str(out / "shares" / "tax.share"),
+            check=False,
+            EPORT_SHARE_PASSPHRASE="share passphrase of tax",
+        )
+        assert late.returncode == 1 and "opened before the server restarted" in late.stderr
+        assert "the share was not sent" in late.stderr
     finally:
         stop(proc2)
