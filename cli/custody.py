@@ -151,8 +151,9 @@ def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
 def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None) -> dict[str, Any]:
     if doc.get("state") == "open" and doc.get("this_instance") is False:
         raise CLIError(
-            f"ceremony {doc['id']} was opened before the server restarted and cannot "
-            "complete: ask for a new one (eport ca ceremony start ...); the share was not sent"
+            f"ceremony {doc['id']} was opened by another server instance (this one "
+            "restarted since, or runs on another host) and cannot complete here: join at the "
+            "instance that opened it, or ask for a new one; the share was not sent"
         )
     if doc["custody_id"] != share.custody_id:
         raise CLIError(
@@ -808,8 +809,9 @@ def ceremony_status(ceremony_id: str, as_json: bool) -> None:
     if doc["state"] == "open" and doc.get("this_instance") is False:
         text = (
             f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
-            f"opened before the server restarted, so it cannot complete ({_progress(doc)} "
-            "joined; their shares are of no use now): open a new one"
+            f"opened by another server instance (this one restarted since, or runs on "
+            f"another host), so it cannot complete here ({_progress(doc)} joined): join at "
+            "the instance that opened it, or open a new one"
         )
     if doc["result"]:
         text += f"\nResult: {json.dumps(doc['result'])}"

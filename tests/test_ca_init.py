@@ -238,7 +238,7 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         # The ceremony left open died with the old instance (its key is gone): said so,
         # and a custodian's share is not sent to it.
         shown = srv2.eport("ca", "ceremony", "status", left_open).stdout
-        assert "opened before the server restarted, so it cannot complete" in shown, shown
+        assert "opened by another server instance (this one restarted since" in shown, shown
         late = srv2.eport(
             "ca",
             "ceremony",
@@ -249,7 +249,7 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             check=False,
             EPORT_SHARE_PASSPHRASE="share passphrase of tax",
         )
-        assert late.returncode == 1 and "opened before the server restarted" in late.stderr
+        assert late.returncode == 1 and "cannot complete here" in late.stderr
         assert "the share was not sent" in late.stderr
     finally:
         stop(proc2)
