@@ -289,16 +289,24 @@ def userinfo() -> Response:
     """OIDC Core §5.3, the access token as a Bearer token (RFC 6750 §2.1)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        resp = Response(status=401)
+        resp = Response(status=401, mimetype="text/plain")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="eport"'
         return no_store(resp)
     try:
         claims = provider().userinfo(token.strip())
-    except (InvalidToken, EPortError):
-        resp = Response(status=401)
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="eport", error="invalid_token"'
+    except (InvalidToken, EPortError) as exc:
+        resp = Response(status=401, mimetype="text/plain")
+        resp.headers["WWW-Authenticate"] = (
+            f'Bearer realm="eport", error="invalid_token", '
+            f'error_description="{_challenge_text(exc.detail)}"'
+        )
         return no_store(resp)
     return no_store(jsonify(claims))
+
+
+def _challenge_text(text: str) -> str:
+    """``text`` as an RFC 6750 §3 ``error_description``: printable ASCII but ``"`` and ``\\``."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)[:200]
 
 
 # -- RP-Initiated Logout --------------------------------------------------------------

@@ -438,6 +438,10 @@ def test_code_replay_revokes_the_tokens_of_the_first_redemption(world: World) ->
         srv.url + "/auth/userinfo", headers={"Authorization": "Bearer " + token}, timeout=10
     )
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    # The challenge says why (RFC 6750 §3 error_description), in its allowed characters.
+    why = r.headers["WWW-Authenticate"].split('error_description="', 1)[1].rstrip('"')
+    assert why and all(" " <= c <= "~" and c not in '"\\' for c in why), why
+    assert r.headers["Content-Type"].startswith("text/plain")
     # Garbage and unknown codes.
     assert redeem(srv, f, code="not-a-code").json()["error"] == "invalid_grant"
 
