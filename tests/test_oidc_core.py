@@ -305,3 +305,19 @@ def test_clients_are_web_services_with_redirect_uris(rig: Rig) -> None:
     assert rig.poster.posts == []
     settings = OIDCSettings()
     assert settings.code_lifetime == datetime.timedelta(seconds=60)
+
+
+def test_the_sample_web_service_keeps_cookies_secure_off_the_loopback() -> None:
+    """examples/web_service: Secure session cookies wherever browsers come over HTTPS;
+    plain HTTP only on the loopback address, for trying the client out."""
+    from examples.web_service.app import create_app
+
+    def secure(public: str) -> bool:
+        app = create_app({"PUBLIC_URL": public, "EPORT_ISSUER": "http://127.0.0.1:9/auth"})
+        return bool(app.config["SESSION_COOKIE_SECURE"])
+
+    assert secure("https://sample-a.eport.example:8443")
+    assert secure("http://sample-a.eport.example")  # not loopback: still Secure
+    assert not secure("http://127.0.0.1:5191")
+    assert not secure("http://localhost:5191")
+    assert secure("http://localhost.evil.example")  # a name that only starts like it

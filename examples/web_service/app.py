@@ -36,6 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.flask_client import OAuth
@@ -146,12 +147,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     cfg = app.config
     app.secret_key = cfg.get("SECRET_KEY") or secrets.token_hex(32)
+    public = str(cfg["PUBLIC_URL"]).rstrip("/")
+    # Secure cookies wherever browsers come over HTTPS; plain HTTP only on the loopback
+    # address, for trying it out (OIDC allows http redirect URIs only there).
+    where = urlsplit(public)
+    loopback = where.scheme == "http" and where.hostname in ("127.0.0.1", "localhost", "::1")
     app.config.update(
-        SESSION_COOKIE_SECURE=True, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax"
+        SESSION_COOKIE_SECURE=not loopback,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
     )
     issuer = str(cfg["EPORT_ISSUER"]).rstrip("/")
     client_id = str(cfg["OIDC_CLIENT_ID"])
-    public = str(cfg["PUBLIC_URL"]).rstrip("/")
     client_kwargs: dict[str, Any] = {
         "scope": "openid profile eport",
         "code_challenge_method": "S256",
