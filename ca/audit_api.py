@@ -90,9 +90,12 @@ def install_audit(app: Flask, cfg: CAConfig, h: Hierarchy) -> None:
         data_dir=str(cfg.data_dir),
     )
     from ca.auditweb import bp as web_bp
+    from ca.auditweb import html_http_error
+    from ca.problems import HTML_ERRORS
 
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
+    app.extensions[HTML_ERRORS] = html_http_error
 
 
 def audit_service() -> AuditService:

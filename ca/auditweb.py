@@ -263,13 +263,30 @@ def _headers(resp: Response) -> Response:
 
 
 @bp.errorhandler(EPortError)
-def _error(err: EPortError) -> tuple[str, int]:
-    if request.path == "/audit/session":
+def _error(err: EPortError) -> Response:
+    if request.path == "/audit/session":  # the CLI's JSON endpoint: problem+json
         from ca.problems import problem_response
 
-        resp = problem_response(err)
-        return resp.get_data(as_text=True), err.status
-    return render_template("audit/message.html", error=err, web=None), err.status
+        return problem_response(err)
+    return _page(err.title, err.detail, err.status)
+
+
+def _page(title: str, detail: str, status: int) -> Response:
+    error = {"title": title, "detail": detail, "status": status}
+    resp = make_response(render_template("audit/message.html", error=error, web=None), status)
+    return resp
+
+
+def html_http_error(err: Any) -> Response | None:
+    """The view's page for an HTTP error on its paths (an unknown page, a malformed
+    entry index): HTML like its other answers, not the API's problem+json."""
+    path = request.path
+    if not path.startswith("/audit/") or path == "/audit/session":
+        return None
+    if path.startswith("/audit/static/"):
+        return None
+    # not routed to the blueprint, so its after_request does not run: its headers here
+    return _headers(_page(str(err.name), str(err.description), int(err.code or 500)))
 
 
 # -- pages --------------------------------------------------------------------------------

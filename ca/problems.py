@@ -61,6 +61,12 @@ class ErrorAnswers:
         return 500, self.dumps(server_error_problem(self.unexpected_detail)).encode()
 
 
+HTML_ERRORS = "eport.html_errors"
+"""``app.extensions`` key of an optional ``(HTTPException) -> Response | None``: a browser
+view (the audit view) answers HTTP errors on its own paths with a page; None falls
+through to problem+json."""
+
+
 def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail: str) -> None:
     """Every error as RFC 9457 problem+json: domain errors as they describe themselves,
     Werkzeug's HTTP errors (413 naming the limit), and anything unexpected as a logged
@@ -76,6 +82,11 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:
+        page = app.extensions.get(HTML_ERRORS)
+        if page is not None:  # a browser view's own page for its paths
+            answer: Response | None = page(err)
+            if answer is not None:
+                return answer
         status = err.code or 500
         if status == 413:
             return problem_response(

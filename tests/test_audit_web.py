@@ -114,6 +114,7 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
     url = login_url(server, *server.auditor())
     resp = page.goto(url)
     assert resp.ok and page.url == server.url + "/audit/"
+    copied_before = next(c["value"] for c in page.context.cookies() if c["name"] == "eport_audit")
     csp = resp.headers.get("content-security-policy", "")
     assert "default-src 'none'" in csp and "script-src" not in csp
     cookie = next(c for c in context.cookies() if c["name"] == "eport_audit")
@@ -181,6 +182,14 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
 
     assert all(u.startswith(server.url) for u in requested), "the view loads nothing from outside"
 
+    # An unknown page or a malformed entry index: the view's own HTML page, with its headers.
+    for bad in ("/audit/nonexistent", "/audit/entries/abc"):
+        r = requests.get(server.url + bad, cookies={"eport_audit": copied_before}, timeout=10)
+        assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+        assert "<h1>Not Found</h1>" in r.text
+    r = requests.post(server.url + "/audit/session", timeout=10)  # the CLI's JSON endpoint
+    assert r.status_code == 401 and r.headers["Content-Type"] == "application/problem+json"
     # Sign out: the session is gone, on the server too (a copy of the cookie opens nothing).
     page.goto(server.url + "/audit/")
     copied = next(c["value"] for c in context.cookies() if c["name"] == "eport_audit")
