@@ -289,6 +289,7 @@ class TokenService:
         keys = [addr_key] + ([cert_key] if cert_key else [])
         self._check_rate(keys)
         now = self.clock()
+        signed_by_holder = False
         try:
             verified = verify_certificate_jwt(
                 assertion,
@@ -301,6 +302,7 @@ class TokenService:
                 leeway=self.settings.leeway,
                 what="login assertion",
             )
+            signed_by_holder = True
             principal = identify(verified.certificate, self.policies)
             # RFC 7523 §3: sub names the principal; we accept its subject id or the
             # certificate's x5t#S256 thumbprint (what a client knows without policy data).
@@ -311,8 +313,11 @@ class TokenService:
                 raise InvalidGrant(f"assertion sub must be {principal.subject!r} or the x5t#S256")
             self.require_good(verified.certificate, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
+            # A certificate is public: anyone can name it in x5c. Only a failure after its
+            # key's signature verified counts against it; the rest count against the
+            # address alone, or a stranger could lock the holder out of login.
             self._fail(
-                keys,
+                keys if signed_by_holder else [addr_key],
                 AuthEvent("login.failed", now, client_addr=client_addr, detail={"why": exc.detail}),
             )
             if isinstance(exc, InvalidGrant):

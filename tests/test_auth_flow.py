@@ -549,7 +549,9 @@ def test_attack_revoked_and_held_certificates_cannot_log_in(
 
 
 def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, Any]) -> None:
-    """Per certificate: 10 failures in 5 minutes, then 429 even for a correct assertion."""
+    """Per certificate: 10 failures of its holder in 5 minutes, then 429 even for a correct
+    assertion. Forgeries naming the (public) certificate do not count against it: they
+    cannot lock its holder out (they count against their address)."""
     srv = sqlite_server
     grant = jrun(
         srv, "operator", "add", "--name", "Brute Force", "--id", "BF1", *creds(world["ent"])
@@ -570,7 +572,14 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
         srv.url + "/auth/revoke", data={"token": rt, "token_type_hint": "refresh_token"}, timeout=10
     )
     wrong = ec.generate_private_key(ec.SECP256R1())
-    statuses = [_login(srv, _assertion(srv, cert, wrong, chain)).status_code for _ in range(11)]
+    forged = [_login(srv, _assertion(srv, cert, wrong, chain)) for _ in range(11)]
+    assert [r.status_code for r in forged] == [400] * 11
+    assert _login(srv, _assertion(srv, cert, key, chain)).status_code == 200  # not locked out
+    # The holder's own failures (signed with its key, refused after: a wrong sub) count.
+    statuses = [
+        _login(srv, _assertion(srv, cert, key, chain, sub="op:nobody")).status_code
+        for _ in range(11)
+    ]
     assert statuses[:10] == [400] * 10 and statuses[10] == 429
     r = _login(srv, _assertion(srv, cert, key, chain))
     assert r.status_code == 429 and r.json()["error"] == "slow_down"
