@@ -290,7 +290,10 @@ def validate() -> Response:
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
     caller = caller_principal()
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser's stack: not a body we read
+        data = None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     op = data.get("operator_id")

@@ -26,6 +26,21 @@ from ca.signedreq import verify_http_request
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
 
+@bp.after_request
+def _private_answers(resp: Response) -> Response:
+    """Answers to authenticated or state-changing requests (enrollment codes, vetted data,
+    audit records) are never stored by a cache; none is sniffed as another type. Not the
+    enrollment's: it carries a public certificate, and its WSGI fast path
+    (:mod:`ca.enroll_http`) answers byte for byte as this view does."""
+    if request.path == "/ca/v1/enroll":
+        return resp
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    private = request.method != "GET" or "Authorization" in request.headers
+    if private and "Cache-Control" not in resp.headers:
+        resp.cache_control.no_store = True
+    return resp
+
+
 def svc() -> CAService:
     service: CAService = current_app.extensions[EXTENSION]
     return service
@@ -41,6 +56,8 @@ def json_body() -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the parser's stack (a few KB of '[')
+        raise BadRequest("the body is not JSON this API reads: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data

@@ -46,6 +46,19 @@ from ca.uscc import USCC
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
 bp = Blueprint("audit_v1", __name__, url_prefix="/ca/v1/audit")
+
+
+@bp.after_request
+def _private_answers(resp: Response) -> Response:
+    """Answers to authenticated or state-changing requests (enrollment codes, vetted data,
+    audit records) are never stored by a cache; none is sniffed as another type."""
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    private = request.method != "GET" or "Authorization" in request.headers
+    if private and "Cache-Control" not in resp.headers:
+        resp.cache_control.no_store = True
+    return resp
+
+
 EXTENSION = "eport.audit"
 
 MAX_BUNDLE = 65536

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -713,19 +714,35 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
 def _require_code(code: object) -> None:
     if not isinstance(code, str) or not normalize_code(code):
         raise BadRequest("an enrollment code is required")
+    if not code.isascii():  # codes are Crockford base32 and dashes
+        raise BadRequest("not an enrollment code: it has characters no code has")
 
 
 def _with_article(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories refused in names: controls (C0 and C1), format characters (bidi
+overrides, zero-width ones, BOM), surrogates, private-use and unassigned code points,
+line and paragraph separators. A certificate shows its names as they are, and an RA
+officer reads them in a terminal: none of these may make a name look like another."""
+
+
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
-    """Collapse blanks; refuse empty, control characters, or over ``limit`` UTF-8 bytes."""
+    """Collapse blanks (NFC); refuse empty, invisible or control characters, a name with
+    no letter or digit, or over ``limit`` UTF-8 bytes."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
-    value = " ".join(value.split())
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise BadRequest(f"{what} contains control characters")
+    value = unicodedata.normalize("NFC", " ".join(value.split()))
+    unseen = next((c for c in value if unicodedata.category(c) in _UNSEEN), None)
+    if unseen is not None:
+        raise BadRequest(
+            f"{what} contains an invisible or control character (U+{ord(unseen):04X}); "
+            "names are shown as they are, in certificates and to RA officers"
+        )
+    if not any(unicodedata.category(c)[0] in "LN" for c in value):
+        raise BadRequest(f"{what} has no letter or digit")
     if len(value.encode()) > limit:
         raise BadRequest(f"{what} is longer than {limit} bytes (UTF-8)")
     return value

@@ -55,7 +55,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     for what it refuses (Flask answers those)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # Flask's view answers these with a 400
         return None
     return data if isinstance(data, dict) else None
 

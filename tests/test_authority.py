@@ -200,6 +200,15 @@ def test_operator_cannot_authorize_operators(env: tuple, tmp_path: Path) -> None
         ({"uscc": "91350100M000100Y44", "legal_name": "X"}, InvalidUSCC),
         ({"uscc": "91350100M000100Y43", "legal_name": ""}, BadRequest),
         ({"uscc": "91350100M000100Y43", "legal_name": "A\x00B"}, BadRequest),
+        # C1 controls (a terminal's CSI), bidi overrides, zero-width and separator
+        # characters, a lone surrogate, a name of nothing visible: refused
+        ({"uscc": "91350100M000100Y43", "legal_name": "Evil\x9b2J Co"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "Trade\u202eoC"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "Xia\u200bmen"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "\ufeffXiamen"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "A\udc00B"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "\u200b\u200b"}, BadRequest),
+        ({"uscc": "91350100M000100Y43", "legal_name": "-- . --"}, BadRequest),
         (
             {"uscc": "91350100M000100Y43", "legal_name": "名" * 30},
             BadRequest,

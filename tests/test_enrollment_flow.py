@@ -700,3 +700,53 @@ def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("eport: error: ") and message in lines[0]
     assert "--help" in lines[0]
+
+
+def test_hostile_json_is_a_clear_400(sqlite_server: Server) -> None:
+    """JSON nested past the parser's stack, and a lone surrogate where a code or a name
+    goes, are answered 400 problem+json like any bad body (they were unhandled 500s),
+    through Flask and through the enrollment's fast path alike; nothing is stored."""
+    import requests
+
+    server = sqlite_server
+    before = counts(server)
+    logged = len(server.log.read_text())
+    deep = "[" * 3000 + "]" * 3000
+    for path in ("/ca/v1/applications", "/ca/v1/enroll", "/ca/v1/enroll/check"):
+        r = requests.post(
+            server.url + path, data=deep, headers={"Content-Type": "application/json"}, timeout=10
+        )
+        assert r.status_code == 400, (path, r.text)
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert "nested too deeply" in r.json()["detail"]
+    for path, body in (
+        ("/ca/v1/enroll/check", '{"code": "ABCD\\udc00", "profile": "enterprise"}'),
+        ("/ca/v1/applications", '{"uscc": "91350100M000100Y43", "legal_name": "A\\udc00B"}'),
+    ):
+        r = requests.post(
+            server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=10
+        )
+        assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
+    assert counts(server) == before
+    assert "Traceback" not in server.log.read_text()[logged:]
+
+
+def test_private_answers_are_not_cached(sqlite_server: Server) -> None:
+    """Answers to state-changing or authenticated requests (they carry enrollment codes,
+    vetted data, audit records) say no-store and nosniff; public reads stay cacheable."""
+    import requests
+
+    url = sqlite_server.url
+    r = requests.post(
+        url + "/ca/v1/applications",
+        json={"uscc": USCC, "legal_name": "Cache Test Co."},
+        timeout=10,
+    )
+    assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    bogus = {"Authorization": "EPort-Signed not.a.jws"}
+    for path in ("/ca/v1/ra/applications", "/ca/v1/audit/events"):
+        r = requests.get(url + path, headers=bogus, timeout=10)
+        assert r.status_code == 401 and r.headers["Cache-Control"] == "no-store", path
+    r = requests.get(url + "/ca/v1/issuers/enterprise.cer", timeout=10)
+    assert r.status_code == 200 and r.headers.get("Cache-Control") != "no-store"
