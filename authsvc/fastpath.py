@@ -40,7 +40,7 @@ _IDENTITY = (
     ("agency_id", "X-Eport-Agency"),
 )
 log = logging.getLogger(__name__)
-_STATUS = {200: "200 OK", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN"}
+_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN"}
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,25 @@ def gateway_answer(
     The audience is the service id in ``X-Eport-Service`` (set by the gateway's
     configuration); ``X-Eport-Scope`` optionally names a scope the request needs. 200
     with identity headers, 401 (``WWW-Authenticate: Bearer error="invalid_token"``) or
-    403 (``insufficient_scope``); never a body."""
+    403 (``insufficient_scope``); 400 when the gateway names no service this server
+    knows (its configuration's fault, not the client's); never a body."""
     scheme, _, tok = (headers.get("Authorization") or "").partition(" ")
     service_id = headers.get("X-Eport-Service") or ""
+    try:
+        service = access.service(service_id) if service_id else None
+    except EPortError:
+        service = None
+    if service is None:
+        # The gateway's configuration names the service, not the client: a missing or
+        # unknown one is the gateway's fault, told apart from a bad token (nginx turns a
+        # 400 from auth_request into a 500 for the client, and logs it).
+        log.warning("gateway sub-request for unknown service %r", service_id[:80])
+        return Answer(400, [NO_STORE])
     if scheme.lower() != "bearer" or not tok.strip():
         return _no_credentials()
-    if not service_id:
-        return _denied()
     try:
-        service = access.service(service_id)
         claims = tokens.check_access_token(tok.strip(), service.audience)
-    except (InvalidToken, EPortError):  # includes an unknown service id
+    except (InvalidToken, EPortError):
         return _denied()
     # RFC 8705 §3: when the gateway forwards the client's TLS certificate, the token must
     # be bound to it (a stolen token is useless without the certificate's key).

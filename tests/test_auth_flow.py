@@ -164,7 +164,9 @@ def test_gateway_fast_path_answers_as_the_flask_view(
             403,
         ),
         ({"Authorization": f"Bearer {tok}", "X-Eport-Service": "portal"}, 401),  # other aud
-        ({"Authorization": f"Bearer {tok}", "X-Eport-Service": "no-such-service"}, 401),
+        # the gateway's own mistakes (no service, or one the server does not know): 400
+        ({"Authorization": f"Bearer {tok}", "X-Eport-Service": "no-such-service"}, 400),
+        ({"Authorization": f"Bearer {tok}"}, 400),
         ({"Authorization": f"Bearer {tok}x", "X-Eport-Service": SERVICE}, 401),
         ({"Authorization": f"Basic {tok}", "X-Eport-Service": SERVICE}, 401),
         ({"X-Eport-Service": SERVICE}, 401),
