@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable
@@ -433,7 +434,10 @@ def _key_in_token(
     if (out / "key.uri").exists():
         raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    signer = pkcs11.generate(token, KeyType(key_type), f"eport {stamp}")
+    # The time tells keys apart for a person listing the token; the suffix for two made
+    # within one second (their URIs differ by id as well)
+    label = f"eport {stamp} {secrets.token_hex(3)}"
+    signer = pkcs11.generate(token, KeyType(key_type), label)
     try:
         result = submit(keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode())
     except BaseException:

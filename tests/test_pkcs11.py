@@ -387,6 +387,8 @@ def issue_status_login(hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
     assert not (ent / "key.pem").exists()
     key_uri = (ent / "key.uri").read_text().strip()
     assert key_uri.startswith("pkcs11:token=eport-ent;object=eport%20") and ";id=%" in key_uri
+    # labelled with the time and a random suffix: two keys made in one second differ
+    assert re.search(r";object=eport%20\d{8}T\d{6}Z%20[0-9a-f]{6};", key_uri), key_uri
     assert key_uri.endswith(f"?pin-source=file:{hsm.ent_pin}")  # where the PIN is, not the PIN
     cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
     signer = Pkcs11Signer(key_uri)
