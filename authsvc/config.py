@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ca.config import _REPO_POLICIES, build_settings, read_settings
+from ca.config import _REPO_POLICIES, build_settings, read_settings, with_driver
 from ca.errors import PolicyError
 
 
@@ -45,11 +45,15 @@ class AuthConfig:
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite:///{(Path(self.data_dir) / 'auth.db').resolve()}"
+        if self.database_url:
+            return with_driver(self.database_url)
+        return f"sqlite:///{(Path(self.data_dir) / 'auth.db').resolve()}"
 
     @property
     def ca_sqlalchemy_url(self) -> str:
-        return self.ca_database_url or f"sqlite:///{(Path(self.data_dir) / 'eport.db').resolve()}"
+        if self.ca_database_url:
+            return with_driver(self.ca_database_url)
+        return f"sqlite:///{(Path(self.data_dir) / 'eport.db').resolve()}"
 
     @classmethod
     def load(

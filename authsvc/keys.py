@@ -251,3 +251,21 @@ class KeyRing:
 
 def _b64d(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
+    """Refuse (EPortError, one line) a passphrase that does not open the stored active
+    signing key: a server started with a wrong EPORT_AUTH_KEY_PASSPHRASE would answer
+    every token request 500. Nothing stored yet: nothing to check."""
+    from ca.errors import EPortError
+
+    active = next((k for k in store.list_keys() if k.state == "active"), None)
+    if active is None:
+        return
+    try:
+        serialization.load_pem_private_key(active.private_pem, passphrase)
+    except (ValueError, TypeError):
+        raise EPortError(
+            "EPORT_AUTH_KEY_PASSPHRASE does not open the token service's signing keys "
+            "(the passphrase they were made with is needed)"
+        ) from None

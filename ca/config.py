@@ -20,6 +20,16 @@ _S = TypeVar("_S")
 _REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
+def with_driver(url: str) -> str:
+    """A database URL with the driver this project installs: ``postgresql://`` and
+    ``postgres://`` (libpq's forms, which SQLAlchemy would give to psycopg 3, not
+    installed) become ``postgresql+psycopg2://``; anything else is left as it is."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg2://" + url[len(plain) :]
+    return url
+
+
 @dataclass(frozen=True)
 class CAConfig:
     """Settings of the joint CA service."""
@@ -63,7 +73,7 @@ class CAConfig:
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return with_driver(self.database_url)
         return f"sqlite:///{(self.data_dir / 'eport.db').resolve()}"
 
     @classmethod

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from ca.store import configure_engine
 
@@ -32,3 +33,27 @@ def upgrade(url: str) -> None:
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
+
+
+def other_ca_records(url: str) -> str | None:
+    """If the CA database at ``url`` already holds events (another CA's: one database
+    holds one CA), a one-line refusal naming it (without its password); else None. For
+    a new CA (``eport ca init``, the development CA's first start): its log would be
+    woven into the other's, and an auditor's check would not tell them apart."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return None  # no database file yet: nothing in it
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("events"):
+                return None
+            if conn.execute(text("SELECT 1 FROM events LIMIT 1")).first() is None:
+                return None
+    finally:
+        engine.dispose()
+    where = parsed.render_as_string(hide_password=True)
+    return (
+        f"the database {where} already holds another CA's records: a new CA needs a database "
+        "of its own (an empty PostgreSQL database, or a new data directory's SQLite file)"
+    )

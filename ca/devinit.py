@@ -17,7 +17,7 @@ from pathlib import Path
 from ca import hierarchy
 from ca.ceremony import initialize
 from ca.config import CAConfig
-from ca.db import upgrade
+from ca.db import other_ca_records, upgrade
 from ca.errors import EPortError
 from ca.signer import write_private
 
@@ -78,6 +78,9 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
             f"{cfg.data_dir} holds an incomplete development CA (an earlier first start "
             "was interrupted); remove that directory and start again"
         )
+    refusal = other_ca_records(cfg.sqlalchemy_url)
+    if refusal is not None:
+        raise EPortError(refusal)
     policies = load_policies(cfg.policies_dir)
     passphrases = new_passphrases(cfg.data_dir, [m.id for m in policies.members.members])
     officer_dir = dev_dir(cfg.data_dir) / "officers"

@@ -295,6 +295,11 @@ def ca_init(
     cfg = CAConfig.load(overrides)
     if h.exists(data_dir):
         raise CLIError(f"{data_dir} already holds a CA; a second init would orphan it")
+    from ca.db import other_ca_records
+
+    refusal = other_ca_records(cfg.sqlalchemy_url)
+    if refusal is not None:
+        raise CLIError(refusal)
     if (out / "officers").exists() or (out / "shares").exists():
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)

@@ -181,7 +181,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
 
         # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
         # start announces its unseal fingerprint, for a server that would not start.
-        key_passphrase(auth_cfg)
+        _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
         if custody_files.under_custody(data_dir):
             custody_cli.announce_sealed_start(data_dir)
         elif ca_passphrase(cfg) is None:
@@ -197,6 +197,26 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
+    """The token service's stored signing key opens with ``passphrase`` (or none is
+    stored yet); else one line and no server."""
+    from sqlalchemy.orm import sessionmaker
+
+    from authsvc.app import upgrade as auth_upgrade
+    from authsvc.keys import check_passphrase
+    from authsvc.store import SqlAuthStore
+    from ca.db import make_engine
+
+    auth_upgrade(cfg.sqlalchemy_url)
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        check_passphrase(SqlAuthStore(sessionmaker(engine, expire_on_commit=False)), passphrase)
+    except EPortError as exc:
+        raise CLIError(exc.detail) from None
+    finally:
+        engine.dispose()
 
 
 # -- CA ceremonies ----------------------------------------------------------------------------
@@ -1567,8 +1587,31 @@ def main() -> None:
     except Exception as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"eport: unexpected error: {exc!r} (rerun with --verbose)", err=True)
+        database = _database_trouble(exc)
+        if database is not None:
+            click.echo(f"eport: error: {database}", err=True)
+        else:
+            hint = "" if verbose else " (rerun with --verbose)"
+            click.echo(f"eport: unexpected error: {exc!r}{hint}", err=True)
         sys.exit(1)
+
+
+def _database_trouble(exc: Exception) -> str | None:
+    """One line for a database the settings name but that cannot be used (unreachable,
+    refused, missing, an unknown URL scheme), naming the settings to check; None for any
+    other failure. The driver's first line says why; it never holds the password."""
+    from sqlalchemy import exc as sa
+
+    settings = "EPORT_DATABASE_URL / EPORT_AUTH_DATABASE_URL"
+    if isinstance(exc, sa.NoSuchModuleError | sa.ArgumentError):
+        return (
+            f"a database URL ({settings}) is not one this eport can use: write "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite"
+        )
+    if isinstance(exc, sa.OperationalError | sa.InterfaceError):
+        why = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return f"cannot use the database ({settings}): {why}"
+    return None
 
 
 _ = (datetime, serialization, Identity)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import EPORT, Server, start_server, stop
@@ -228,6 +230,20 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
     finally:
         stop(proc)
 
+    # A wrong token-service passphrase: one line, before any unseal fingerprint, no server.
+    wrong = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", "1"],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_AUTH_KEY_PASSPHRASE": "not the passphrase at all"},
+        timeout=60,
+    )
+    assert wrong.returncode == 1, wrong
+    assert wrong.stderr.strip() == (
+        "eport: error: EPORT_AUTH_KEY_PASSPHRASE does not open the token service's signing "
+        "keys (the passphrase they were made with is needed)"
+    )
+    assert "Unseal key fingerprint" not in wrong.stdout
     # A restarted server is sealed again, with a new unseal key.
     srv2, proc2, fp2 = start_sealed(tmp_path, data, workers=1)
     try:
@@ -253,3 +269,58 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         assert "the share was not sent" in late.stderr
     finally:
         stop(proc2)
+
+
+def test_one_database_holds_one_ca(tmp_path: Path) -> None:
+    """A second CA pointed at the database of a first (EPORT_DATABASE_URL) would weave
+    its root, issuers and events into the first one's log, and an auditor's check would
+    not tell them apart: ca init and the development CA's first start refuse it."""
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+    from ca.errors import EPortError
+
+    first = tmp_path / "first"
+    ensure_dev_ca(CAConfig(data_dir=first, dev=True))
+    shared = f"sqlite:///{(first / 'eport.db').resolve()}"
+    with sqlite3.connect(first / "eport.db") as conn:
+        (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    with pytest.raises(EPortError, match="already holds another CA's records"):
+        ensure_dev_ca(CAConfig(data_dir=tmp_path / "second", dev=True, database_url=shared))
+    res = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(tmp_path / "third"), "--out", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_DATABASE_URL": shared},
+        timeout=120,
+    )
+    assert res.returncode == 1 and "already holds another CA's records" in res.stderr
+    assert not (tmp_path / "third" / "ca").exists()
+    with sqlite3.connect(first / "eport.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (events,)
+
+
+def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    """libpq's postgresql:// form works (with the driver installed), and a database that
+    refuses, or a URL scheme nobody knows, is one line naming the setting, never the
+    password; nothing is created in the data directory's database."""
+    from ca.config import with_driver
+
+    assert with_driver("postgresql://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert with_driver("postgres://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert with_driver("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
+    for url, expect in (
+        ("postgresql://eport:s3cret-pw@127.0.0.1:1/eport", "cannot use the database"),
+        ("postgressql://eport:s3cret-pw@127.0.0.1/eport", "is not one this eport can use"),
+    ):
+        res = subprocess.run(
+            [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
+            capture_output=True,
+            text=True,
+            env={**custodian_env(), "EPORT_DATABASE_URL": url},
+            timeout=60,
+        )
+        lines = [line for line in res.stderr.splitlines() if not line.startswith("WARNING")]
+        assert res.returncode == 1 and len(lines) == 1, res.stderr
+        assert lines[0].startswith("eport: error: ") and expect in lines[0]
+        assert "EPORT_DATABASE_URL" in lines[0] and "s3cret-pw" not in res.stderr + res.stdout
