@@ -57,3 +57,31 @@ def other_ca_records(url: str) -> str | None:
         f"the database {where} already holds another CA's records: a new CA needs a database "
         "of its own (an empty PostgreSQL database, or a new data directory's SQLite file)"
     )
+
+
+def foreign_root(url: str, data_dir: Path) -> str | None:
+    """If the CA database at ``url`` records a root certificate and none of its roots is
+    the one in ``data_dir`` (this server's CA), a one-line refusal; else None. A server
+    must not serve one CA's keys over another CA's records and log."""
+    from cryptography import x509
+
+    root_file = Path(data_dir) / "ca" / "root.crt"
+    if not root_file.is_file():
+        return None
+    ours = format(x509.load_pem_x509_certificate(root_file.read_bytes()).serial_number, "x")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("certificates"):
+                return None
+            rows = conn.execute(text("SELECT serial FROM certificates WHERE profile = 'root'"))
+            roots = {str(r[0]) for r in rows}
+    finally:
+        engine.dispose()
+    if not roots or ours in roots:
+        return None
+    where = make_url(url).render_as_string(hide_password=True)
+    return (
+        f"the database {where} holds the records of another CA (its root is not the one in "
+        f"{root_file}): point EPORT_DATABASE_URL at this CA's own database"
+    )

@@ -189,6 +189,11 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         else:
             h.load(data_dir, ca_passphrase(cfg))
         upgrade(cfg.sqlalchemy_url)
+    from ca.db import foreign_root
+
+    refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
+    if refusal is not None:
+        raise CLIError(refusal)
     auth_upgrade(auth_cfg.sqlalchemy_url)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")

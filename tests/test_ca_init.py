@@ -295,6 +295,17 @@ def test_one_database_holds_one_ca(tmp_path: Path) -> None:
     )
     assert res.returncode == 1 and "already holds another CA's records" in res.stderr
     assert not (tmp_path / "third" / "ca").exists()
+    # An existing CA served over another CA's database: refused before serving.
+    own = tmp_path / "own"
+    ensure_dev_ca(CAConfig(data_dir=own, dev=True))
+    res = subprocess.run(
+        [EPORT, "serve", "--dev", "--data-dir", str(own), "--port", "1"],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_DATABASE_URL": shared},
+        timeout=60,
+    )
+    assert res.returncode == 1 and "holds the records of another CA" in res.stderr, res.stderr
     with sqlite3.connect(first / "eport.db") as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (events,)
 
