@@ -27,7 +27,7 @@ bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
 
 @bp.after_request
-def _private_answers(resp: Response) -> Response:
+def private_answers(resp: Response) -> Response:
     """Answers to authenticated or state-changing requests (enrollment codes, vetted data,
     audit records) are never stored by a cache; none is sniffed as another type. Not the
     enrollment's: it carries a public certificate, and its WSGI fast path

@@ -31,7 +31,7 @@ from sqlalchemy import CursorResult, Select, func, select
 from sqlalchemy.orm import Session
 
 from ca import translog
-from ca.api import int_arg
+from ca.api import int_arg, private_answers
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
@@ -47,16 +47,7 @@ _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
 bp = Blueprint("audit_v1", __name__, url_prefix="/ca/v1/audit")
 
-
-@bp.after_request
-def _private_answers(resp: Response) -> Response:
-    """Answers to authenticated or state-changing requests (enrollment codes, vetted data,
-    audit records) are never stored by a cache; none is sniffed as another type."""
-    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    private = request.method != "GET" or "Authorization" in request.headers
-    if private and "Cache-Control" not in resp.headers:
-        resp.cache_control.no_store = True
-    return resp
+bp.after_request(private_answers)  # the CA API's rule: ca.api.private_answers
 
 
 EXTENSION = "eport.audit"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -138,6 +138,20 @@ def check_response(
     return Revoked(resp.revocation_time_utc, code)
 
 
+def issuer_among(
+    cert: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """The candidate whose key signed ``cert`` (and whose subject it names), or None."""
+    for issuer in candidates:
+        if issuer.subject == cert.issuer:
+            try:
+                cert.verify_directly_issued_by(issuer)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return issuer
+    return None
+
+
 class OCSPStatusSource:
     """``status(cert)`` for a CA reached over HTTP: the token service's remote mode."""
 
@@ -152,13 +166,9 @@ class OCSPStatusSource:
         self.clock = clock
 
     def issuer_of(self, cert: x509.Certificate) -> x509.Certificate:
-        for issuer in self.issuers:
-            if issuer.subject == cert.issuer:
-                try:
-                    cert.verify_directly_issued_by(issuer)
-                except (ValueError, TypeError, InvalidSignature):
-                    continue
-                return issuer
+        issuer = issuer_among(cert, self.issuers)
+        if issuer is not None:
+            return issuer
         raise OCSPError(
             "none of the issuing CA certificates at hand issued this certificate (it names "
             f"{cert.issuer.rfc4514_string()} as its issuer)"

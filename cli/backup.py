@@ -305,21 +305,6 @@ def restore_command(
     larger than the backup means entries were lost: refused unless --accept-loss. Stop
     the server first; it starts sealed after a restore.
     """
-    from ca.datalock import held_for_restore
-
-    with held_for_restore(data_dir):
-        _restore(source, data_dir, checkpoint, log_key, accept_loss, force, as_json)
-
-
-def _restore(
-    source: Path,
-    data_dir: Path,
-    checkpoint: str | None,
-    log_key: str | None,
-    accept_loss: bool,
-    force: bool,
-    as_json: bool,
-) -> None:
     from ca.backup import (
         BackupError,
         open_archive,
@@ -327,129 +312,139 @@ def _restore(
         restore,
         target_log_size,
     )
+    from ca.datalock import held_for_restore
 
-    started = time.perf_counter()
-    databases = _databases(data_dir, for_backup=False)
-    staging_parent = data_dir.resolve().parent
-    tag = data_dir.resolve().name
-    if remove_stale_staging(staging_parent, tag):
-        click.echo("Removed the staging left by an interrupted restore.", err=True)
-    with open_archive(source, staging_parent, tag) as archive:
-        log = archive.log
-        if "auth" not in archive.manifest["databases"]:
-            databases.pop("auth", None)
-        origin = (log.checkpoint or b"").split(b"\n", 1)[0].decode("utf-8", "replace")
-        published_note, pinned = (None, None) if checkpoint is None else _read_published(checkpoint)
-        if published_note is not None and not origin:
-            origin = published_note.split(b"\n", 1)[0].decode("utf-8", "replace")
-        keys = _archive_log_keys(archive, origin) if origin else []
-        backup_cp = None
-        if log.checkpoint is not None:
-            backup_cp = _verify_with(log.checkpoint, keys, "the backup's checkpoint")
-        published = None
-        key_source = "the archive's log key"
-        if published_note is not None:
-            trusted = keys
-            if log_key:
-                trusted, key_source = [load_log_key(log_key, origin)], "--log-key"
-            elif pinned:
-                trusted, key_source = (
-                    [VerifierKey.parse(pinned)],
-                    "the key pinned in the state file",
-                )
-            published = _verify_with(published_note, trusted, "--checkpoint")
-            if backup_cp is not None and published.origin != backup_cp.origin:
-                raise BackupError(
-                    f"--checkpoint is of log {published.origin!r}, the backup of "
-                    f"{backup_cp.origin!r}"
-                )
-        lost = 0
-        # The database being replaced knows how far its log got, checkpoint or not.
-        current = target_log_size(databases["ca"]) if force else 0
-        if current > log.size and (published is None or published.size < current):
-            lost = current - log.size
-            message = (
-                f"the log in place has {current} entries, the backup's {log.size}: {lost} "
-                f"entries (indices {log.size} to {current - 1}) were logged after this "
-                "backup and would be lost"
+    # This host's servers share the directory's lock for their life; the restore holds
+    # it alone throughout, or not at all.
+    with held_for_restore(data_dir):
+        started = time.perf_counter()
+        databases = _databases(data_dir, for_backup=False)
+        staging_parent = data_dir.resolve().parent
+        tag = data_dir.resolve().name
+        if remove_stale_staging(staging_parent, tag):
+            click.echo("Removed the staging left by an interrupted restore.", err=True)
+        with open_archive(source, staging_parent, tag) as archive:
+            log = archive.log
+            if "auth" not in archive.manifest["databases"]:
+                databases.pop("auth", None)
+            origin = (log.checkpoint or b"").split(b"\n", 1)[0].decode("utf-8", "replace")
+            published_note, pinned = (
+                (None, None) if checkpoint is None else _read_published(checkpoint)
             )
-            if not accept_loss:
-                raise BackupError(
-                    message + "; restore a newer backup, or pass --accept-loss (auditors "
-                    "who saw a larger checkpoint will see the log shrink: tell them)"
+            if published_note is not None and not origin:
+                origin = published_note.split(b"\n", 1)[0].decode("utf-8", "replace")
+            keys = _archive_log_keys(archive, origin) if origin else []
+            backup_cp = None
+            if log.checkpoint is not None:
+                backup_cp = _verify_with(log.checkpoint, keys, "the backup's checkpoint")
+            published = None
+            key_source = "the archive's log key"
+            if published_note is not None:
+                trusted = keys
+                if log_key:
+                    trusted, key_source = [load_log_key(log_key, origin)], "--log-key"
+                elif pinned:
+                    trusted, key_source = (
+                        [VerifierKey.parse(pinned)],
+                        "the key pinned in the state file",
+                    )
+                published = _verify_with(published_note, trusted, "--checkpoint")
+                if backup_cp is not None and published.origin != backup_cp.origin:
+                    raise BackupError(
+                        f"--checkpoint is of log {published.origin!r}, the backup of "
+                        f"{backup_cp.origin!r}"
+                    )
+            lost = 0
+            # The database being replaced knows how far its log got, checkpoint or not.
+            current = target_log_size(databases["ca"]) if force else 0
+            if current > log.size and (published is None or published.size < current):
+                lost = current - log.size
+                message = (
+                    f"the log in place has {current} entries, the backup's {log.size}: {lost} "
+                    f"entries (indices {log.size} to {current - 1}) were logged after this "
+                    "backup and would be lost"
                 )
-            click.secho(f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True)
-        if published is not None and published.size > log.size:
-            lost = published.size - log.size
-            message = (
-                f"the published checkpoint has {published.size} entries, the backup's log "
-                f"{log.size}: {lost} entries (indices {log.size} to {published.size - 1}) "
-                "were logged after this backup and are not in it"
+                if not accept_loss:
+                    raise BackupError(
+                        message + "; restore a newer backup, or pass --accept-loss (auditors "
+                        "who saw a larger checkpoint will see the log shrink: tell them)"
+                    )
+                click.secho(
+                    f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True
+                )
+            if published is not None and published.size > log.size:
+                lost = published.size - log.size
+                message = (
+                    f"the published checkpoint has {published.size} entries, the backup's log "
+                    f"{log.size}: {lost} entries (indices {log.size} to {published.size - 1}) "
+                    "were logged after this backup and are not in it"
+                )
+                if not accept_loss:
+                    raise BackupError(
+                        message + "; restore a newer backup, or pass --accept-loss (auditors "
+                        "holding that checkpoint will see the log shrink: tell them)"
+                    )
+                click.secho(
+                    f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True
+                )
+            report: dict[str, Any] = {}
+            result = restore(
+                archive,
+                data_dir,
+                databases,
+                force=force,
+                check=make_log_check(archive, backup_cp, published, report),
             )
-            if not accept_loss:
-                raise BackupError(
-                    message + "; restore a newer backup, or pass --accept-loss (auditors "
-                    "holding that checkpoint will see the log shrink: tell them)"
-                )
-            click.secho(f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True)
-        report: dict[str, Any] = {}
-        result = restore(
-            archive,
-            data_dir,
-            databases,
-            force=force,
-            check=make_log_check(archive, backup_cp, published, report),
-        )
-        manifest = archive.manifest
-    elapsed = time.perf_counter() - started
-    data: dict[str, Any] = {
-        "ok": True,
-        "data_dir": str(result.data_dir),
-        "files": result.files,
-        "databases": result.databases,
-        "log_size": log.size,
-        "root_hash": log.root_hash.hex(),
-        "backup_checkpoint_size": backup_cp.size if backup_cp else None,
-        "published_checkpoint_size": published.size if published else None,
-        "lost_entries": lost,
-        "seconds": round(elapsed, 3),
-        **report,
-    }
-    lines = [
-        f"Restored {source} (made {manifest['created_at']}) into {result.data_dir} "
-        f"({elapsed:.2f} s)",
-        *[f"  {name} database: {where}" for name, where in result.databases.items()],
-        f"  {result.files} files; keys are still sealed",
-        f"  log: {log.size} entries rebuild the root {_short(log.root_hash)}; "
-        f"{report['certificates']} certificate records and {report['issuances']} logged "
-        "issuances agree",
-    ]
-    if backup_cp is not None:
-        lines.append(f"  the backup's own checkpoint (size {backup_cp.size}) is rebuilt")
-    if published is not None and not lost:
-        lines.append(
-            f"  the published checkpoint (size {published.size}, checked with {key_source}) is "
-            f"a prefix of the restored log: nothing it covered was lost or changed"
-        )
-    elif published is not None:
-        lines.append(f"  {lost} entries LOST since the published checkpoint (--accept-loss)")
-    elif lost:
-        lines.append(f"  {lost} entries LOST that the replaced log held (--accept-loss)")
-    else:
-        lines.append(
-            "  no --checkpoint given: not compared with what auditors were shown "
-            "(run `eport audit verify --full --since CHECKPOINT` once the server is up)"
-        )
-    lines.append("Next:")
-    if manifest.get("dev_instance") and not manifest.get("includes_dev_credentials"):
-        lines.append(
-            f"  a development instance: its credentials (dev/) are not in backups; copy them "
-            f"back to {result.data_dir}/dev/ before `eport serve --dev`"
-        )
-    if manifest.get("custody"):
-        lines.append(
-            "  `eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
-            "docs/emergency-plan.md runbook 1)"
-        )
-    lines.append("  `eport audit verify --full --since CHECKPOINT` against the restored server")
-    click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+            manifest = archive.manifest
+        elapsed = time.perf_counter() - started
+        data: dict[str, Any] = {
+            "ok": True,
+            "data_dir": str(result.data_dir),
+            "files": result.files,
+            "databases": result.databases,
+            "log_size": log.size,
+            "root_hash": log.root_hash.hex(),
+            "backup_checkpoint_size": backup_cp.size if backup_cp else None,
+            "published_checkpoint_size": published.size if published else None,
+            "lost_entries": lost,
+            "seconds": round(elapsed, 3),
+            **report,
+        }
+        lines = [
+            f"Restored {source} (made {manifest['created_at']}) into {result.data_dir} "
+            f"({elapsed:.2f} s)",
+            *[f"  {name} database: {where}" for name, where in result.databases.items()],
+            f"  {result.files} files; keys are still sealed",
+            f"  log: {log.size} entries rebuild the root {_short(log.root_hash)}; "
+            f"{report['certificates']} certificate records and {report['issuances']} logged "
+            "issuances agree",
+        ]
+        if backup_cp is not None:
+            lines.append(f"  the backup's own checkpoint (size {backup_cp.size}) is rebuilt")
+        if published is not None and not lost:
+            lines.append(
+                f"  the published checkpoint (size {published.size}, checked with {key_source}) is "
+                f"a prefix of the restored log: nothing it covered was lost or changed"
+            )
+        elif published is not None:
+            lines.append(f"  {lost} entries LOST since the published checkpoint (--accept-loss)")
+        elif lost:
+            lines.append(f"  {lost} entries LOST that the replaced log held (--accept-loss)")
+        else:
+            lines.append(
+                "  no --checkpoint given: not compared with what auditors were shown "
+                "(run `eport audit verify --full --since CHECKPOINT` once the server is up)"
+            )
+        lines.append("Next:")
+        if manifest.get("dev_instance") and not manifest.get("includes_dev_credentials"):
+            lines.append(
+                f"  a development instance: its credentials (dev/) are not in backups; copy them "
+                f"back to {result.data_dir}/dev/ before `eport serve --dev`"
+            )
+        if manifest.get("custody"):
+            lines.append(
+                "  `eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
+                "docs/emergency-plan.md runbook 1)"
+            )
+        lines.append("  `eport audit verify --full --since CHECKPOINT` against the restored server")
+        click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))

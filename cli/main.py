@@ -154,6 +154,9 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     auth_cfg = AuthConfig.load(
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
+    # The token service's schema first: its database may be the one that cannot be
+    # used, and the passphrase check below reads its keys.
+    auth_upgrade(auth_cfg.sqlalchemy_url)
     if dev:
         click.secho(
             "WARNING: development mode. The CA keys are unsealed with passphrases stored in "
@@ -194,7 +197,6 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
     if refusal is not None:
         raise CLIError(refusal)
-    auth_upgrade(auth_cfg.sqlalchemy_url)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()
@@ -209,13 +211,11 @@ def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
     stored yet); else one line and no server."""
     from sqlalchemy.orm import sessionmaker
 
-    from authsvc.app import upgrade as auth_upgrade
     from authsvc.keys import check_passphrase
     from authsvc.store import SqlAuthStore
     from ca.db import make_engine
 
-    auth_upgrade(cfg.sqlalchemy_url)
-    engine = make_engine(cfg.sqlalchemy_url)
+    engine = make_engine(cfg.sqlalchemy_url)  # its schema is up to date (serve did that)
     try:
         check_passphrase(SqlAuthStore(sessionmaker(engine, expire_on_commit=False)), passphrase)
     except EPortError as exc:
@@ -1123,21 +1123,13 @@ def _issuing_ca_revocation(
     CA's distribution point and must verify under the root and be current. Any doubt is
     an error (CLIError), never a pass."""
     import requests
-    from cryptography.exceptions import InvalidSignature
 
-    def signed(child: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certificate | None:
-        for c in pool:
-            try:
-                child.verify_directly_issued_by(c)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return c
-        return None
+    from ca.ocsp_client import issuer_among
 
-    issuer = signed(cert, candidates)
+    issuer = issuer_among(cert, candidates)
     if issuer is None or issuer.subject == issuer.issuer:
         return None  # issued by the root itself: nothing above it to revoke
-    root = signed(issuer, candidates) or signed(issuer, [_fetch_ca_issuer(issuer)])
+    root = issuer_among(issuer, candidates) or issuer_among(issuer, [_fetch_ca_issuer(issuer)])
     if root is None:
         raise CLIError("cannot tell whether the issuing CA is revoked: its root is not known")
     try:
