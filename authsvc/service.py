@@ -44,8 +44,6 @@ class OAuthError(EPortError):
 
     status = 400
     error = "invalid_request"
-    challenge: str | None = None
-    """``WWW-Authenticate`` for a 401 (RFC 6749 §5.2: the scheme the client used)."""
 
     def __init__(self, detail: str, *, error: str | None = None, status: int | None = None) -> None:
         super().__init__(detail)

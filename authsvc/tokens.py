@@ -30,7 +30,7 @@ class InvalidToken(EPortError):
     status = 401
     slug = "invalid-token"
     title = "Invalid token"
-    challenge = 'Bearer realm="eport", error="invalid_token"'
+    challenge: str | None = 'Bearer realm="eport", error="invalid_token"'
 
 
 def mint(claims: dict[str, Any], kid: str, key: ec.EllipticCurvePrivateKey) -> str:

@@ -17,6 +17,9 @@ class EPortError(Exception):
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal"
     title: ClassVar[str] = "Internal error"
+    challenge: str | None = None
+    """For a 401: the ``WWW-Authenticate`` it sends (RFC 9110 §11.6.1), how to
+    authenticate where it was raised."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -81,9 +84,8 @@ class Unauthenticated(EPortError):
     status = 401
     slug = "unauthenticated"
     title = "Authentication required"
-    challenge = 'EPort-Signed realm="eport"'
-    """The ``WWW-Authenticate`` of its 401 (RFC 9110 §11.6.1: a 401 carries one): how to
-    authenticate here. The audit API, which also takes access tokens, names both."""
+    challenge: str | None = 'EPort-Signed realm="eport"'
+    """A signed request; the audit API, which also takes access tokens, names both."""
 
     def __init__(self, detail: str, *, challenge: str | None = None, **extra: Any) -> None:
         super().__init__(detail, **extra)

@@ -31,9 +31,8 @@ def problem_response(err: EPortError) -> Response:
 
 def _with_challenge(resp: Response, err: EPortError) -> Response:
     """A 401 names how to authenticate (``WWW-Authenticate``, RFC 9110 §15.5.2)."""
-    challenge = getattr(err, "challenge", None)
-    if err.status == 401 and isinstance(challenge, str):
-        resp.headers["WWW-Authenticate"] = challenge
+    if err.status == 401 and err.challenge:
+        resp.headers["WWW-Authenticate"] = err.challenge
     return resp
 
 
