@@ -97,7 +97,11 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
             "status": status,
             "detail": err.description,
         }
-        return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+        answer = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+        for name, value in err.get_headers():  # e.g. a 405's Allow (RFC 9110 §15.5.6)
+            if name.lower() != "content-type":
+                answer.headers.add(name, value)
+        return answer
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

@@ -617,3 +617,10 @@ def test_token_service_errors_are_problems(sqlite_server: Server) -> None:
     assert "bytes" in r.json()["detail"] and r.json()["status"] == 413
     r = requests.get(sqlite_server.url + "/auth/no-such-thing", timeout=10)
     assert r.status_code == 404 and r.json()["status"] == 404
+    # A wrong method is a problem too, and says which methods the path takes (RFC 9110
+    # §15.5.6 requires Allow on a 405).
+    r = requests.get(sqlite_server.url + "/auth/token", timeout=10)
+    assert r.status_code == 405 and r.headers["Content-Type"] == "application/problem+json"
+    assert r.json()["status"] == 405
+    assert {m.strip() for m in r.headers["Allow"].split(",")} >= {"POST"}
+    assert "GET" not in {m.strip() for m in r.headers["Allow"].split(",")}

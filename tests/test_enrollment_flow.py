@@ -603,6 +603,9 @@ def test_openapi_and_problem(server: Server) -> None:
     assert doc["openapi"].startswith("3.1") and "/ca/v1/enroll" in doc["paths"]
     r = requests.get(server.url + "/ca/v1/nosuch", timeout=10)
     assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json"
+    r = requests.delete(server.url + "/ca/v1/enroll", timeout=10)
+    assert r.status_code == 405 and r.headers["Content-Type"] == "application/problem+json"
+    assert [m.strip() for m in r.headers["Allow"].split(",")].count("POST") == 1
     # Every 401 says how to authenticate (RFC 9110 §15.5.2): a signed request, and for the
     # audit API an access token too; the token service's introspection likewise.
     for path, challenge in (
