@@ -354,6 +354,9 @@ class TokenService:
         now = self.clock()
         sid = secrets.token_urlsafe(24)
         refresh = secrets.token_urlsafe(32)
+        # A session proves no more than its certificate does: it ends at the certificate's
+        # notAfter (RFC 5280 §4.1.2.5) if that comes before the session lifetime.
+        expires_at = min(now + self.settings.session_lifetime, cert.not_valid_after_utc)
         rec = SessionRecord(
             sid=sid,
             principal=principal,
@@ -362,7 +365,7 @@ class TokenService:
             cert_der=cert.public_bytes(serialization.Encoding.DER),
             client_addr=client_addr,
             created_at=now,
-            expires_at=now + self.settings.session_lifetime,
+            expires_at=expires_at,
         )
         self.store.add_session(rec, token_hash(refresh))
         self.store.add_event(
@@ -480,7 +483,9 @@ class TokenService:
                 status=403,
             )
         now = self.clock()
-        exp = now + self.settings.access_token_lifetime
+        # Never past its session's end (so never past the login certificate's notAfter):
+        # an offline validator (JWKS) cannot see the session.
+        exp = min(now + self.settings.access_token_lifetime, session.expires_at)
         claims: dict[str, Any] = {
             "iss": self.settings.issuer,
             "sub": p.subject,
@@ -507,7 +512,7 @@ class TokenService:
         token = mint(claims, kid, key)
         return Minted(
             token,
-            int(self.settings.access_token_lifetime.total_seconds()),
+            claims["exp"] - claims["iat"],
             claims["scope"],
             service.audience,
         )

@@ -1228,7 +1228,8 @@ def login(
     the token service checks the chain, the certificate's status and replay, and
     returns a session kept in your config directory with mode 0600. Afterwards
     `eport token --service ID` works for every service without the key, until
-    `eport logout`, 8 hours, or the certificate's revocation.
+    `eport logout`, 8 hours (at most until the certificate expires), or the
+    certificate's revocation.
     """
     from authsvc.principal import x5t_s256
     from cli import session
