@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import verification as xv
@@ -131,6 +132,16 @@ class TrustAnchors:
             self._verified[leaf] = entry
         return chain
 
+    def _why_refused(
+        self, leaf: x509.Certificate, now: datetime.datetime, exc: xv.VerificationError
+    ) -> str:
+        """Say "expired" (or "not yet valid") only of a leaf one of our issuing CAs signed:
+        a foreign certificate stays "not trusted" in the verifier's words."""
+        why = _out_of_validity(leaf, now)
+        if why is not None and any(_signed_by(leaf, ca) for ca in self.intermediates):
+            return why
+        return f"certificate is not trusted: {exc}"
+
     def _build_chain(
         self, leaf: x509.Certificate, now: datetime.datetime
     ) -> list[x509.Certificate]:
@@ -150,7 +161,7 @@ class TrustAnchors:
         try:
             verified = verifier.verify(leaf, list(self.intermediates))
         except xv.VerificationError as exc:
-            raise Unauthenticated(f"certificate is not trusted: {exc}") from exc
+            raise Unauthenticated(self._why_refused(leaf, now, exc)) from exc
         # The verifier accepts a leaf with no EKU at all (RFC 5280: any purpose); a
         # credential for signed requests must name clientAuth.
         try:
@@ -327,6 +338,35 @@ def verify_certificate_jwt(
     if not replay.remember(jti, expires):
         raise Replayed(f"this {what} was already used (jti replay)")
     return SignedRequest(certificate=leaf, chain=tuple(verified_chain), claims=claims)
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _out_of_validity(cert: x509.Certificate, now: datetime.datetime) -> str | None:
+    """The holder's words for a leaf refused only because ``now`` is outside its validity
+    period (RFC 5280 §4.1.2.5), or None. The verifier says "cert is not valid at
+    validation time" and names the certificate by its repr."""
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    at = f"server time {now.astimezone(datetime.UTC):{stamp}}"
+    if now > cert.not_valid_after_utc:
+        return (
+            f"certificate is not trusted: it expired at {cert.not_valid_after_utc:{stamp}} "
+            f"({at}); an expired certificate cannot be renewed: its holder enrolls again with "
+            "a new code (an RA officer's eport ra new-code APP_ID; for an operator, the "
+            "enterprise's eport operator add)"
+        )
+    if now < cert.not_valid_before_utc:
+        return (
+            f"certificate is not trusted: it is not valid before "
+            f"{cert.not_valid_before_utc:{stamp}} ({at}; is a clock wrong?)"
+        )
+    return None
 
 
 def _is_time(value: object) -> bool:

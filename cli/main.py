@@ -538,6 +538,11 @@ def renew(
 ) -> None:
     """Get a new certificate for a new key, with the same vetted subject.
 
+    Renew before the current certificate expires: an expired one signs nothing,
+    so its holder enrolls again with a new code instead (an RA officer's
+    `eport ra new-code APP_ID`; for an operator, the enterprise's
+    `eport operator add`).
+
     The request is signed with the current key; the new key is generated here
     and encrypted with the same passphrase (asked once, for the current key).
     When the current key is in a PKCS#11 token (--key key.uri or a pkcs11: URI),

@@ -1,14 +1,20 @@
-"""A certificate's validity period bounds what it can do, on a real server: a session
-(and every token from it) ends at the login certificate's notAfter."""
+"""A certificate's validity period bounds what it can do, on a real server: an expired or
+not yet valid certificate is refused in words its holder understands (renew, login), and
+a session (and every token from it) ends at the login certificate's notAfter."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import Server, start_server, stop
 from tests.helpers import cert_of, creds, enroll_enterprise
@@ -55,3 +61,57 @@ def test_session_and_tokens_end_with_the_certificate(long_sessions: Server, tmp_
     claims = _claims(doc["access_token"])
     assert claims["exp"] == int(not_after.timestamp())
     assert doc["expires_in"] == claims["exp"] - claims["iat"]  # type: ignore[operator]
+
+
+def _certificate_at(
+    srv: Server, ent: Path, out: Path, when: datetime.datetime
+) -> tuple[Path, x509.Certificate]:
+    """A certificate for a new key, issued by the server's enterprise CA as if at
+    ``when``; its key encrypted with the passphrase the CLI is given."""
+    from ca import hierarchy
+    from ca.devinit import read_passphrases
+    from ca.issuance import CertificateFactory
+    from ca.policy import load_policies
+
+    passphrase = read_passphrases(srv.data_dir)["ca_key_passphrase"].encode()
+    h = hierarchy.load(srv.data_dir, passphrase)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = CertificateFactory().issue(
+        load_policies(Path(__file__).resolve().parent.parent / "policies").profile("enterprise"),
+        h.issuers["enterprise"],
+        key.public_key(),
+        {"uscc": "91350100M000100Y43", "legal_name": "Validity Trading Co., Ltd."},
+        when,
+    )
+    out.mkdir()
+    (out / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(srv.env()["EPORT_PASSPHRASE"].encode()),
+        )
+    )
+    shutil.copy(ent / "chain.pem", out / "chain.pem")
+    return out, cert
+
+
+def test_expired_and_future_certificates_are_refused_by_name(
+    long_sessions: Server, tmp_path: Path
+) -> None:
+    srv = long_sessions
+    ent = enroll_enterprise(srv, tmp_path, "Validity Trading Co., Ltd.")
+    now = datetime.datetime.now(datetime.UTC)
+    old, expired = _certificate_at(srv, ent, tmp_path / "old", now - datetime.timedelta(days=800))
+    for args in (("renew", *creds(old)), ("login", *creds(old))):
+        res = srv.eport(*args, check=False, HOME=str(tmp_path))
+        assert res.returncode == 1 and res.stdout == "", res.stderr
+        line = res.stderr.strip()
+        assert len(line.splitlines()) == 1 and "<Certificate" not in line
+        assert f"it expired at {expired.not_valid_after_utc:{STAMP}} (server time 20" in line
+        assert "cannot be renewed" in line and "eport ra new-code APP_ID" in line
+    assert not (tmp_path / f"renewed-{expired.serial_number:x}").exists()
+    soon, future = _certificate_at(srv, ent, tmp_path / "soon", now + datetime.timedelta(days=1))
+    res = srv.eport("login", *creds(soon), check=False, HOME=str(tmp_path))
+    assert res.returncode == 1
+    assert f"it is not valid before {future.not_valid_before_utc:{STAMP}}" in res.stderr

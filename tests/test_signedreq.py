@@ -643,6 +643,15 @@ def test_expired_leaf_certificate(pki: PKI, replay: MemoryReplay) -> None:
     # Fresh token, valid in every claim; only the certificate is out of date.
     token = sign_request(key, [leaf], METHOD, PATH, BODY, later)
     assert_refused(token, pki, replay, "not trusted", now=later)
+    # Said in the holder's words: when it expired, the server's time, what to do.
+    with pytest.raises(Unauthenticated) as err:
+        verify(token, pki, replay, now=later)
+    assert err.value.detail == (
+        f"certificate is not trusted: it expired at {NOW + DAY:%Y-%m-%dT%H:%M:%SZ} "
+        f"(server time {later:%Y-%m-%dT%H:%M:%SZ}); an expired certificate cannot be "
+        "renewed: its holder enrolls again with a new code (an RA officer's eport ra "
+        "new-code APP_ID; for an operator, the enterprise's eport operator add)"
+    )
     # The same certificate works while it is valid.
     assert (
         verify(sign_request(key, [leaf], METHOD, PATH, BODY, NOW), pki, replay).certificate == leaf
@@ -654,6 +663,22 @@ def test_not_yet_valid_leaf_certificate(pki: PKI, replay: MemoryReplay) -> None:
     leaf = pki.issue(key, not_before=NOW + DAY)
     token = sign_request(key, [leaf], METHOD, PATH, BODY, NOW)
     assert_refused(token, pki, replay, "not trusted")
+    with pytest.raises(Unauthenticated, match=r"not valid before 2031-05-18T08:30:00Z \(server"):
+        verify(token, pki, replay)
+
+
+def test_expired_foreign_leaf_is_not_called_expired(
+    pki: PKI, replay: MemoryReplay, foreign: tuple[x509.Certificate, x509.Certificate, Key]
+) -> None:
+    # Only a certificate one of our issuing CAs signed is refused as "expired": any other
+    # keeps the verifier's words (it would not be trusted at any time).
+    _, issuing, issuing_key = foreign
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = make_leaf(key, (issuing, issuing_key), not_after=NOW - DAY)
+    token = sign_request(key, [leaf, issuing], METHOD, PATH, BODY, NOW)
+    with pytest.raises(Unauthenticated) as err:
+        verify(token, pki, replay)
+    assert "not trusted" in err.value.detail and "expired at" not in err.value.detail
 
 
 @pytest.mark.parametrize(
