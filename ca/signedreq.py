@@ -323,12 +323,21 @@ def verify_certificate_jwt(
         raise Unauthenticated("iat, exp and nbf must be numbers")
     if exp - iat > MAX_LIFETIME.total_seconds():
         raise Unauthenticated(f"{what} lives longer than 5 minutes (exp - iat)")
+    # A client whose clock is off by more than the leeway sees these: each names the
+    # claim's time and the server's, so the holder can tell a wrong clock from a bug.
+    skew = f"is the client's clock right? (leeway {leeway.total_seconds():g} s)"
     if iat > now.timestamp() + leeway.total_seconds():
-        raise Unauthenticated(f"{what} issued in the future (iat)")
+        raise Unauthenticated(
+            f"{what} issued in the future (iat {_stamp(iat)}, server time {_stamp(now)}): {skew}"
+        )
     if nbf > now.timestamp() + leeway.total_seconds():
-        raise Unauthenticated(f"{what} not yet valid (nbf)")
+        raise Unauthenticated(
+            f"{what} not yet valid (nbf {_stamp(nbf)}, server time {_stamp(now)}): {skew}"
+        )
     if exp <= now.timestamp() - leeway.total_seconds():
-        raise Unauthenticated(f"{what} expired (exp)")
+        raise Unauthenticated(
+            f"{what} expired (exp {_stamp(exp)}, server time {_stamp(now)}): {skew}"
+        )
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise Unauthenticated("jti must be a string of 8 to 128 characters")
@@ -367,6 +376,17 @@ def _out_of_validity(cert: x509.Certificate, now: datetime.datetime) -> str | No
             f"{cert.not_valid_before_utc:{stamp}} ({at}; is a clock wrong?)"
         )
     return None
+
+
+def _stamp(when: float | datetime.datetime) -> str:
+    """A NumericDate (RFC 7519 §2) or a time as UTC ISO 8601, whole seconds; a number no
+    datetime holds as itself."""
+    try:
+        if not isinstance(when, datetime.datetime):
+            when = datetime.datetime.fromtimestamp(when, datetime.UTC)
+        return f"{when.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+    except (OverflowError, ValueError, OSError):
+        return f"{when:g}" if isinstance(when, float) else str(when)
 
 
 def _is_time(value: object) -> bool:

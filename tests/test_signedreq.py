@@ -457,6 +457,39 @@ def test_expired(pki: PKI, replay: MemoryReplay) -> None:
     assert_refused(token, pki, replay, "expired", now=NOW + datetime.timedelta(minutes=10))
 
 
+@pytest.mark.parametrize("offset", [180, 600])
+def test_a_client_clock_off_by_minutes_is_told_so(
+    pki: PKI, replay: MemoryReplay, offset: int
+) -> None:
+    ahead = NOW + datetime.timedelta(seconds=offset)
+    token = good_token(pki, ahead)
+    with pytest.raises(Unauthenticated) as err:
+        verify(token, pki, replay)
+    assert err.value.detail == (
+        f"signed request issued in the future (iat {ahead:%Y-%m-%dT%H:%M:%SZ}, server time "
+        "2031-05-17T08:30:00Z): is the client's clock right? (leeway 30 s)"
+    )
+    behind = NOW - datetime.timedelta(seconds=offset)
+    with pytest.raises(Unauthenticated) as err:
+        verify(good_token(pki, behind), pki, replay)
+    exp = behind + datetime.timedelta(minutes=2)
+    assert err.value.detail == (
+        f"signed request expired (exp {exp:%Y-%m-%dT%H:%M:%SZ}, server time "
+        "2031-05-17T08:30:00Z): is the client's clock right? (leeway 30 s)"
+    )
+    assert replay.seen == set()
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_a_time_no_datetime_holds_is_refused_in_words(
+    pki: PKI, replay: MemoryReplay, claim: str
+) -> None:
+    far = 1e300
+    payload = claims(**{claim: far}) if claim == "nbf" else claims(iat=far, exp=far + 60)
+    token = encode(payload, pki.leaf_key, "ES256", header(pki.leaf))
+    assert_refused(token, pki, replay, rf"\({claim} 1e\+300, server time")
+
+
 def test_expired_with_zero_leeway(pki: PKI, replay: MemoryReplay) -> None:
     token = good_token(pki)
     late = NOW + datetime.timedelta(seconds=121)
