@@ -904,6 +904,30 @@ REASONS = [
 ]
 
 
+def _invalidity_date(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--invalidity-date``: a date and time with its offset (RFC 5280 §5.3.2 records an
+    instant; a bare local time would be read in some zone the user did not choose), sent
+    in UTC; refused on the command line (exit 2) before a key is read. Whether it is in
+    the future is the server's clock's to say."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        when = datetime.datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date and time (2026-11-20T08:00:00Z)", ctx, param
+        ) from None
+    if when.tzinfo is None:
+        raise click.BadParameter(
+            f"{value!r} needs a time and its offset (2026-11-20T08:00:00Z or "
+            "2026-11-20T16:00:00+08:00)",
+            ctx,
+            param,
+        )
+    return _utc(when)
+
+
 def _utc(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -945,7 +969,11 @@ def _target_serial(serial: str | None, ident: Identity) -> str:
 )
 @click.option(
     "--invalidity-date",
-    help="When the key was known or suspected compromised (ISO 8601, e.g. 2026-11-20T08:00:00Z).",
+    callback=_invalidity_date,
+    help=(
+        "When the key was known or suspected compromised (ISO 8601 with its offset: "
+        "2026-11-20T08:00:00Z or 2026-11-20T16:00:00+08:00; not in the future)."
+    ),
 )
 @identity_options("RA officer, enterprise or certificate holder")
 @json_option

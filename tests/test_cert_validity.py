@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -115,3 +116,36 @@ def test_expired_and_future_certificates_are_refused_by_name(
     res = srv.eport("login", *creds(soon), check=False, HOME=str(tmp_path))
     assert res.returncode == 1
     assert f"it is not valid before {future.not_valid_before_utc:{STAMP}}" in res.stderr
+
+
+def test_invalidity_dates_need_their_offset_and_are_read_in_utc(
+    long_sessions: Server, tmp_path: Path
+) -> None:
+    """RFC 5280 §5.3.2 records an instant: a bare date or local time is refused on the
+    command line (exit 2, nothing sent), an offset is honoured (TZ of the CLI does not
+    matter), and a future instant is refused by the server; none of these changes the
+    certificate's status."""
+    srv = long_sessions
+    ent = enroll_enterprise(srv, tmp_path, "Invalidity Trading Co., Ltd.")
+    revoke = ("revoke", *creds(ent), "--reason", "keyCompromise", "--json")
+    for bad in ("2026-11-20", "2026-11-20T08:00:00", "yesterday"):
+        res = srv.eport(*revoke, "--invalidity-date", bad, check=False, TZ="Asia/Shanghai")
+        assert res.returncode == 2 and "--invalidity-date" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=2)
+    ahead = future.astimezone(datetime.timezone(datetime.timedelta(hours=8)))
+    res = srv.eport(*revoke, "--invalidity-date", f"{ahead:%Y-%m-%dT%H:%M:%S%z}", check=False)
+    assert res.returncode == 1 and "cannot be in the future" in res.stderr
+    status = json.loads(srv.eport("status", "--cert", str(ent / "cert.pem"), "--json").stdout)
+    assert status["status"] == "good"
+    doc = json.loads(
+        srv.eport(
+            *revoke, "--invalidity-date", "2026-11-20T16:00:00+08:00", TZ="Asia/Shanghai"
+        ).stdout
+    )
+    assert doc["status"] == "revoked" and doc["invalidity_date"] == "2026-11-20T08:00:00Z"
+    crl = x509.load_der_x509_crl(requests.get(f"{srv.url}/crl/enterprise.crl", timeout=10).content)
+    entry = crl.get_revoked_certificate_by_serial_number(cert_of(ent).serial_number)
+    assert entry is not None
+    when = entry.extensions.get_extension_for_class(x509.InvalidityDate).value
+    assert when.invalidity_date_utc == datetime.datetime(2026, 11, 20, 8, tzinfo=datetime.UTC)
