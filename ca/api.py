@@ -14,6 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ca import hierarchy
 from ca.app import EXTENSION, CAService
 from ca.authority import Caller, CodeGrant, Issued, JointCA
 from ca.crl import ReasonCode
@@ -155,7 +156,13 @@ def openapi() -> Response:
 def health() -> Response:
     s = svc()
     sealed = any(getattr(i.signer, "sealed", False) for i in s.authority.issuers.values())
-    return jsonify({"status": "ok", "sealed": sealed})
+    out: dict[str, Any] = {"status": "ok", "sealed": sealed}
+    # Only a quorum ceremony signs the root CRL: monitoring sees its end coming.
+    out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
+    notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
+    if notice is not None:
+        out["warnings"] = [notice]
+    return jsonify(out)
 
 
 @bp.get("/ca")

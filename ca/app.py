@@ -118,6 +118,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
         event_sinks=(translog.append_event,),
     )
     app.extensions[EXTENSION] = service_for(cfg, policies, h, store)
+    warn_root_crl(app)
     if cfg.crl_refresh_seconds > 0:
         _start_refresher(app, cfg.crl_refresh_seconds)
 
@@ -165,6 +166,7 @@ def _start_refresher(app: Flask, every: float) -> None:
         stop = threading.Event()
         while not stop.wait(every):
             reload_hierarchy(app)
+            warn_root_crl(app)
             try:
                 with app.app_context():
                     app.extensions[EXTENSION].status.refresh()
@@ -175,6 +177,24 @@ def _start_refresher(app: Flask, every: float) -> None:
             _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
+
+
+ROOT_CRL_WARNED = "eport.ca.root_crl_warned"
+ROOT_CRL_WARN_EVERY = datetime.timedelta(hours=24)
+
+
+def warn_root_crl(app: Flask) -> None:
+    """Log a warning (at start, then at most once a day in a long-running server) while
+    the root CRL's nextUpdate is near or past: only a quorum ceremony renews it."""
+    s: CAService = app.extensions[EXTENSION]
+    now = s.clock()
+    last = app.extensions.get(ROOT_CRL_WARNED)
+    if last is not None and now - last < ROOT_CRL_WARN_EVERY:
+        return
+    notice = hierarchy.root_crl_notice(s.root_crl, now)
+    if notice is not None:
+        app.extensions[ROOT_CRL_WARNED] = now
+        log.warning("%s", notice[0].upper() + notice[1:])
 
 
 # -- reloading the hierarchy, renewing OCSP responders --------------------------------------

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 ROOT_NAME = "E-Port Joint Root CA"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
 ROOT_CRL_VALIDITY = datetime.timedelta(days=365)
+ROOT_CRL_NOTICE = datetime.timedelta(days=30)
+"""How long before the root CRL's nextUpdate the server starts warning: only a quorum
+ceremony (ROOT-CRL) can sign the next one, and custodians need time to meet."""
 ACTIVE_FILE = "active.json"
 ISSUING_NAMES = {
     "enterprise": "E-Port Enterprise Issuing CA",
@@ -250,4 +253,25 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
         responders=responders,
         log_signer=log_signer,
         active={str(k): str(v) for k, v in active.items()},
+    )
+
+
+def root_crl_next_update(root_crl: bytes) -> datetime.datetime | None:
+    """The nextUpdate of the root CRL (DER), None if it has none (RFC 5280 §5.1.2.5)."""
+    return x509.load_der_x509_crl(root_crl).next_update_utc
+
+
+def root_crl_notice(root_crl: bytes, now: datetime.datetime) -> str | None:
+    """What operators must hear when the root CRL's nextUpdate is within
+    :data:`ROOT_CRL_NOTICE` of ``now`` or past: the server keeps serving it (nothing
+    else can sign one), and relying parties that check the root CRL refuse every
+    certificate once it has expired. None while it is far off."""
+    due = root_crl_next_update(root_crl)
+    if due is None or now < due - ROOT_CRL_NOTICE:
+        return None
+    when = f"{due:%Y-%m-%dT%H:%M:%SZ}"
+    state = f"expired at {when}" if now >= due else f"expires at {when}"
+    return (
+        f"the root CRL {state} (nextUpdate); M custodians sign a new one with a ROOT-CRL "
+        "ceremony (eport ca ceremony start ROOT-CRL)"
     )

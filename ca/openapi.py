@@ -210,7 +210,9 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
-            "/ca/v1/health": {"get": _op("Liveness and seal state")},
+            "/ca/v1/health": {
+                "get": _op("Liveness, seal state, the root CRL's nextUpdate and warnings")
+            },
             "/ca/v1/openapi.json": {"get": _op("This document")},
             "/ca/v1/certificates/{serial}/revoke": {
                 "post": _op(
