@@ -1530,14 +1530,21 @@ def cert_show(file: Path, as_json: bool) -> None:
     certs = keyfiles.load_certs(file)
     infos = [describe(c) for c in certs]
     blocks = []
-    for i in infos:
+    now = datetime.datetime.now(datetime.UTC)
+    for c, i in zip(certs, infos, strict=True):
+        # UTC with Z, as every other time the CLI prints, whatever TZ says
+        valid = f"{_utc(c.not_valid_before_utc)} → {_utc(c.not_valid_after_utc)}"
+        if now > c.not_valid_after_utc:
+            valid += "  (expired)"
+        elif now < c.not_valid_before_utc:
+            valid += "  (not yet valid)"
         blocks.append(
             "\n".join(
                 [
                     f"Subject:     {i['subject']}",
                     f"Issuer:      {i['issuer']}",
                     f"Serial:      {i['serial']}",
-                    f"Valid:       {i['not_before']} → {i['not_after']}",
+                    f"Valid:       {valid}",
                     f"Key:         {i['key_type']}{'  (CA)' if i['ca'] else ''}",
                     f"Key usage:   {', '.join(i['key_usage'])}",
                     f"Ext. usage:  {', '.join(i['extended_key_usage']) or '-'}",
@@ -1578,9 +1585,7 @@ def cert_list(
     )
     rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
     for c in doc["certificates"]:
-        rows.append(
-            f"{c['serial']:<34} {c['profile']:<11} {c['not_after'][:19]:<21} {c['subject']}"
-        )
+        rows.append(f"{c['serial']:<34} {c['profile']:<11} {c['not_after']:<21} {c['subject']}")
     if not doc["certificates"]:
         rows = [f"No certificates issued to {code}."]
     emit(as_json, doc, "\n".join(rows))

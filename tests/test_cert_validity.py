@@ -149,3 +149,28 @@ def test_invalidity_dates_need_their_offset_and_are_read_in_utc(
     assert entry is not None
     when = entry.extensions.get_extension_for_class(x509.InvalidityDate).value
     assert when.invalidity_date_utc == datetime.datetime(2026, 11, 20, 8, tzinfo=datetime.UTC)
+
+
+def test_cert_show_and_list_print_utc_and_say_expired(
+    long_sessions: Server, tmp_path: Path
+) -> None:
+    """Times in UTC with Z whatever TZ says; cert show says when a file's certificate is
+    outside its validity period."""
+    srv = long_sessions
+    ent = enroll_enterprise(srv, tmp_path, "Clock Trading Co., Ltd.")
+    now = datetime.datetime.now(datetime.UTC)
+    _, old = _certificate_at(srv, ent, tmp_path / "old", now - datetime.timedelta(days=800))
+    _, soon = _certificate_at(srv, ent, tmp_path / "soon", now + datetime.timedelta(days=1))
+    shanghai = {"TZ": "Asia/Shanghai"}
+    for d, c, mark in (
+        (ent, cert_of(ent), ""),
+        (tmp_path / "old", old, "  (expired)"),
+        (tmp_path / "soon", soon, "  (not yet valid)"),
+    ):
+        out = srv.eport("cert", "show", str(d / "cert.pem"), **shanghai).stdout
+        valid = f"{c.not_valid_before_utc:{STAMP}} → {c.not_valid_after_utc:{STAMP}}{mark}"
+        assert f"Valid:       {valid}\n" in out
+    uscc = cert_of(ent).subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_IDENTIFIER)
+    code = str(uscc[0].value).removeprefix("NTRCN-")
+    listing = srv.eport("cert", "list", "--uscc", code, *creds(ent), **shanghai).stdout
+    assert f"{cert_of(ent).not_valid_after_utc:{STAMP}}  " in listing
