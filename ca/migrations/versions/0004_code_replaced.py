@@ -26,5 +26,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Releases before 0004 ended an unused code by moving its expiry to the moment it
+    # was replaced; do the same, so a code withdrawn (replaced, its approval withdrawn,
+    # its enterprise ceased) does not come back to life when the mark is dropped.
+    op.execute(
+        "UPDATE enrollment_codes SET expires_at = replaced_at "
+        "WHERE replaced_at IS NOT NULL AND replaced_at < expires_at"
+    )
     with op.batch_alter_table("enrollment_codes", schema=None) as batch_op:
         batch_op.drop_column("replaced_at")
