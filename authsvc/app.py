@@ -40,6 +40,10 @@ log = logging.getLogger("eport.auth")
 db = SQLAlchemy(metadata=AuthBase.metadata)
 EXTENSION = "eport.auth"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "authsvc_alembic_version"
+"""The token service's own Alembic version table (its history is apart from the CA's)."""
+MIGRATION_LOCK = 0x6570_6F72_7402
+"""PostgreSQL advisory lock key of the token service's migrations ("eport" and 2)."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,12 @@ def upgrade(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
+    from ca.db import refuse_unknown_revision
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    refuse_unknown_revision(cfg, url, VERSION_TABLE, "token service")
     command.upgrade(cfg, "head")
 
 

@@ -6,12 +6,18 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, inspect, text
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from ca.store import configure_engine
+from ca.errors import EPortError
+from ca.store import READ_ONLY, configure_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version"
+MIGRATION_LOCK = 0x6570_6F72_7401
+"""PostgreSQL advisory lock key of the CA's migrations ("eport" and 1)."""
 
 
 def engine_options(url: str) -> dict[str, object]:
@@ -32,7 +38,42 @@ def upgrade(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
+    refuse_unknown_revision(cfg, url, VERSION_TABLE, "CA")
     command.upgrade(cfg, "head")
+
+
+def lock_for_migrations(connection: Connection, key: int) -> None:
+    """Make the migrations of one schema run one process at a time, in the migrations'
+    transaction. Several hosts starting ``eport serve`` together on one PostgreSQL
+    database each run them: without this, the one that read the old revision second
+    failed on the first's work (a table that exists, a column already renamed).
+    PostgreSQL: a transaction-scoped advisory lock, after which Alembic reads the
+    revision the winner committed. SQLite needs nothing: every transaction there takes
+    the write lock first (``BEGIN IMMEDIATE``, :func:`ca.store.configure_engine`)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def refuse_unknown_revision(cfg: Config, url: str, version_table: str, what: str) -> None:
+    """Refuse, in one line, a database whose schema revision this release's migrations
+    do not know: a newer release upgraded it (a release rolled back after an upgrade).
+    Alembic would only say that it cannot locate the revision; nothing is changed."""
+    known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+    engine = make_engine(url)
+    try:
+        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            opts = {"version_table": version_table}
+            heads = MigrationContext.configure(conn, opts=opts).get_current_heads()
+    finally:
+        engine.dispose()
+    unknown = sorted(set(heads) - known)
+    if unknown:
+        where = make_url(url).render_as_string(hide_password=True)
+        raise EPortError(
+            f"the {what} database {where} is at schema revision {', '.join(unknown)}, which "
+            "this release does not know (a newer release upgraded it): run that release or a "
+            "newer one, or restore the backup taken before the upgrade"
+        )
 
 
 def other_ca_records(url: str) -> str | None:

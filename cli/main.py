@@ -122,6 +122,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     With --dev, the first start creates a development joint CA in DATA_DIR: a root,
     one issuing CA per subject class, and one RA officer credential per member
     agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
+    Every start first brings the CA's and the token service's database schemas up to
+    date (a database of a newer release is refused).
 
     Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
     key fingerprint: M custodians run `eport ca unseal`. The token service's keys are

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,14 @@ from sqlalchemy import create_engine, inspect, text
 import authsvc.oidc_models  # noqa: F401  (the token service's OpenID Connect tables)
 import ca.custody_models  # noqa: F401  (the CA's custody tables)
 from authsvc.app import MIGRATIONS as AUTH_MIGRATIONS
+from authsvc.app import VERSION_TABLE as AUTH_VERSION_TABLE
 from authsvc.app import upgrade as auth_upgrade
 from authsvc.models import AuthBase
 from ca.db import MIGRATIONS as CA_MIGRATIONS
 from ca.db import upgrade as ca_upgrade
 from ca.models import Base
 from tests import conftest
-from tests.conftest import Postgres, start_server, stop
+from tests.conftest import EPORT, Postgres, start_server, stop
 from tests.helpers import (
     cert_of,
     creds,
@@ -46,7 +50,6 @@ CA_REVISIONS = ["0001", "0002", "0003", "0004"]
 """Every CA revision before head (0005)."""
 AUTH_REVISIONS = ["a001"]
 SERVICE = "customs-declaration"
-AUTH_VERSION_TABLE = "authsvc_alembic_version"
 _databases = itertools.count()
 
 
@@ -232,3 +235,69 @@ def test_a_schema_made_by_an_old_release_upgrades_to_the_models(
     ca_upgrade(url)
     auth_upgrade(url)
     assert schema_drift(url) == []
+
+
+def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    """A release rolled back after an upgrade meets a revision it does not know: eport
+    serve says so in one line and changes nothing, for either service's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env["HOME"] = str(tmp_path)
+    cases = (("eport.db", "alembic_version", "0099"), ("auth.db", AUTH_VERSION_TABLE, "a099"))
+    for db, table, rev in cases:
+        data = tmp_path / db.split(".")[0]
+        data.mkdir()
+        url = f"sqlite:///{data / db}"
+        (ca_upgrade if db == "eport.db" else auth_upgrade)(url)
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f"UPDATE {table} SET version_num = :v"), {"v": rev})
+        engine.dispose()
+        before = (data / db).read_bytes()
+        res = subprocess.run(
+            [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert res.returncode == 1, res.stderr
+        line = res.stderr.splitlines()[-1]
+        assert line.startswith("eport: error: the ") and f"at schema revision {rev}, " in line
+        assert "newer release" in line, line
+        assert (data / db).read_bytes() == before
+        assert not (data / "ca").exists()
+
+
+def test_servers_starting_together_upgrade_once(postgres: Postgres) -> None:
+    """Several hosts start eport serve together on one PostgreSQL database (a new one,
+    or one of an older release): each runs the migrations, one after the other, and
+    every one starts; before, the second failed on the first's tables and columns."""
+    script = (
+        "import sys; from ca.db import upgrade; from authsvc.app import upgrade as au\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
+        "upgrade(sys.argv[1]); au(sys.argv[1]); print('done', flush=True)\n"
+    )
+    for start in ("", "0004", "0002"):
+        url = postgres.createdb(f"eport_together_{start or 'new'}")
+        if start:
+            command.upgrade(alembic_config(CA_MIGRATIONS, url), start)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [p.communicate(timeout=60) for p in procs]
+        for p, (out, err) in zip(procs, results, strict=True):
+            assert p.returncode == 0 and out == "done\n", (start, err[-600:])
+        assert schema_drift(url) == []

@@ -5,11 +5,11 @@ from __future__ import annotations
 from alembic import context
 
 import authsvc.oidc_models  # noqa: F401  (the OpenID Connect tables, revision a002)
+from authsvc.app import MIGRATION_LOCK, VERSION_TABLE
 from authsvc.models import AuthBase
-from ca.db import make_engine
+from ca.db import lock_for_migrations, make_engine
 
 config = context.config
-VERSION_TABLE = "authsvc_alembic_version"
 
 
 def run() -> None:
@@ -22,6 +22,7 @@ def run() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            lock_for_migrations(connection, MIGRATION_LOCK)
             context.run_migrations()
     engine.dispose()
 

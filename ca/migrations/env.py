@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from ca.db import make_engine
+from ca.db import MIGRATION_LOCK, lock_for_migrations, make_engine
 from ca.models import Base
 
 config = context.config
@@ -20,6 +20,7 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            lock_for_migrations(connection, MIGRATION_LOCK)
             context.run_migrations()
     engine.dispose()
 
