@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from ca.crl import build_crl
-from ca.errors import Sealed
+from ca.errors import EPortError, Sealed
 from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
 from ca.policy import EVERY_ISSUER, Policies
@@ -223,12 +223,27 @@ def _load_signer(
     return sealer_of(passphrase).unseal(key_file)
 
 
+def check_complete(data_dir: Path) -> None:
+    """Refuse, in one line, a hierarchy without the files every CA of this release has
+    (a development CA made before the transparency log and the root CRL, schema 0001,
+    or a damaged directory), instead of a missing-file error in each worker."""
+    d = ca_dir(data_dir)
+    missing = [name for name in ("root.crl", "log.pub", "log.key") if not (d / name).exists()]
+    if missing:
+        raise EPortError(
+            f"the CA hierarchy in {d} is incomplete ({', '.join(missing)} missing): one made "
+            "before the transparency log (schema 0001) cannot be served; a damaged one is "
+            "restored from its backup (eport restore)"
+        )
+
+
 def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
     """Read the hierarchy; without a passphrase (or the seal KEK's sealer) the keys stay
     sealed: :class:`~ca.signer.SealedSigner` objects that a later unseal opens in place."""
     d = ca_dir(data_dir)
     if not exists(data_dir):
         raise Sealed(f"no CA hierarchy in {d}; run `eport ca init` or `eport serve --dev`")
+    check_complete(data_dir)
     root = x509.load_pem_x509_certificate((d / "root.crt").read_bytes())
     issuers: dict[str, IssuingCA] = {}
     for crt in sorted((d / "issuers").glob("*.crt")):

@@ -135,6 +135,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     """
     from authsvc.app import upgrade as auth_upgrade
     from authsvc.config import AuthConfig
+    from ca import hierarchy
     from ca.config import CAConfig
     from ca.datalock import hold_for_serving
     from ca.db import upgrade
@@ -156,6 +157,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     auth_cfg = AuthConfig.load(
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
+    if hierarchy.exists(data_dir):
+        hierarchy.check_complete(data_dir)  # before any schema is upgraded
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     auth_upgrade(auth_cfg.sqlalchemy_url)

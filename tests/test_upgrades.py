@@ -7,6 +7,7 @@ database is compared with the models. On SQLite and a real PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -22,6 +23,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, inspect, text
 
@@ -301,3 +305,47 @@ def test_servers_starting_together_upgrade_once(postgres: Postgres) -> None:
         for p, (out, err) in zip(procs, results, strict=True):
             assert p.returncode == 0 and out == "done\n", (start, err[-600:])
         assert schema_drift(url) == []
+
+
+def test_a_ca_made_before_the_log_is_refused_unchanged(tmp_path: Path) -> None:
+    """A development CA of the 0001 prototype (no root CRL, no log key: made before the
+    transparency log) cannot be served by this release: eport serve says so in one line
+    before any schema is upgraded, instead of upgrading its database and then failing
+    in every gunicorn worker."""
+    data = tmp_path / "data"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "E-Port Joint Root CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    root = x509.CertificateBuilder(
+        name,
+        name,
+        key.public_key(),
+        x509.random_serial_number(),
+        now,
+        now + datetime.timedelta(days=1),
+    ).sign(key, hashes.SHA256())
+    for file in ("ca/root.crt", "ca/issuers/enterprise.crt"):
+        (data / file).parent.mkdir(parents=True, exist_ok=True)
+        (data / file).write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    (data / "dev").mkdir()
+    (data / "dev" / ".complete").write_text("development joint CA complete\n")
+    url = f"sqlite:///{data / 'eport.db'}"
+    command.upgrade(alembic_config(CA_MIGRATIONS, url), "0001")
+    before = (data / "eport.db").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env["HOME"] = str(tmp_path)
+    res = subprocess.run(
+        [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", str(conftest.free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.stderr.splitlines()[-1] == (
+        f"eport: error: the CA hierarchy in {data / 'ca'} is incomplete (root.crl, log.pub, "
+        "log.key missing): one made before the transparency log (schema 0001) cannot be "
+        "served; a damaged one is restored from its backup (eport restore)"
+    )
+    assert (data / "eport.db").read_bytes() == before
+    assert not (data / "auth.db").exists()
