@@ -122,16 +122,17 @@ def same_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
 
 def test_an_upgrade_keeps_every_row_and_the_ca_works(
-    database: str, tmp_path: Path, same_port: int
+    database: str, tmp_path: Path, same_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CA used at head (certificates good, revoked, on hold; a withdrawn code, and an
     approved application's unused one; an operator's session and token) is taken down to
-    every older revision and up again: every row is as it was (a code withdrawn since
+    0004, 0003 and 0002 and up again each time: every row is as it was (a code withdrawn since
     0004 stays unusable below it), and the server started again on it lists the
     certificates, answers their status by OCSP, passes a full audit, keeps the session
     and the token, refuses the withdrawn code and issues on the unused one."""
     home = tmp_path / "home"
     home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # every eport run's files (session, audit state)
     data = tmp_path / "data"
     env = {"HOME": str(home)}
     srv, proc = start_server(data, database, workers=1, extra_env=env)
