@@ -15,7 +15,8 @@ reader's rights, the same as the API's: auditors and RA officers see everything,
 enterprise or its operator only the events with its own USCC. Every page is a GET
 that changes nothing; the only other form is "sign out", which ends the session on the
 server too (its id is remembered in the same shared store until it would have expired),
-so a copy of the cookie opens nothing afterwards.
+so a copy of the cookie opens nothing afterwards. Every page, and the link, check the
+certificate that signed in: once it is revoked or on hold, the session is refused.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from ca.errors import BadRequest, EPortError, NotFound, Unauthenticated
 from ca.logentry import decode
 from ca.merkle import leaf_hash
 from ca.models import CertificateRow, EventRow
-from ca.records import EventType
+from ca.records import EventType, StatusState
 
 bp = Blueprint(
     "audit_web",
@@ -157,7 +158,33 @@ def current_reader() -> WebReader:
     if not isinstance(sid, str) or _signed_out(sid):
         raise Unauthenticated("this session was signed out; sign in again")
     reader = Reader(str(claims["actor"]), str(claims["role"]), claims.get("uscc"))
+    _refuse_unless_good(reader.actor)
     return WebReader(reader, datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC))
+
+
+def _refuse_unless_good(actor: str) -> None:
+    """Refuse a link or session whose reader signed in with a certificate that has been
+    revoked or put on hold since: a web session lasts 30 minutes, and a reader whose
+    certificate can no longer sign a request must not read on for that long. ``actor``
+    is ``<profile>:<serial hex>`` (a signed request's); a token's reader
+    (``token:<sub>``) was judged by its token when it signed in."""
+    from ca.api import svc
+
+    kind, _, serial_hex = actor.partition(":")
+    if kind == "token":
+        return
+    try:
+        serial = int(serial_hex, 16)
+    except ValueError:
+        raise Unauthenticated("this sign-in link or session is not valid") from None
+    with svc().store.reading() as tx:
+        status = tx.get_status(serial)
+    if status is not None:
+        state = "revoked" if status.state is StatusState.REVOKED else "on hold"
+        raise Unauthenticated(
+            f"the certificate {serial:x} this session was opened with is {state}; "
+            "the session has ended"
+        )
 
 
 def _now() -> datetime.datetime:
@@ -209,6 +236,7 @@ def login() -> BaseResponse:
 
     now = _now()
     claims = read_token("login", request.args.get("token", ""), now)
+    _refuse_unless_good(str(claims["actor"]))  # before the link's one use is spent
     expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
     if not svc().store.remember("audit-web:" + str(claims["jti"]), expires):
         raise Unauthenticated("this sign-in link was already used; ask for a new one")

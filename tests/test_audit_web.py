@@ -237,3 +237,34 @@ def test_enterprise_sees_only_its_own(sqlite_server: Server, browser: Any, tmp_p
     assert page.goto(f"{server.url}/audit/certificates/{others[0]['serial']}").status == 404
     assert page.goto(f"{server.url}/audit/events?uscc={others[0]['uscc']}").status == 403
     context.close()
+
+
+def test_session_ends_when_the_readers_certificate_is_held(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """A web session, and a link not yet opened, stop reading once the certificate that
+    signed in is put on hold (a lost key); lifting the hold lets the session read again.
+    No browser needed: the cookie is the session."""
+    from tests.helpers import creds, enroll_enterprise, serial_of
+
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Held Reader Co")
+    serial = serial_of(ent)
+    web = requests.Session()
+    assert web.get(login_url(server, *creds(ent)), timeout=10).ok
+    assert web.get(server.url + "/audit/", timeout=10).status_code == 200
+    unopened = login_url(server, *creds(ent))
+
+    server.eport("suspend", "--serial", serial, *creds(ent))  # the holder: a lost key
+    for page in ("/audit/", "/audit/events", f"/audit/certificates/{serial}"):
+        r = web.get(server.url + page, timeout=10)
+        assert r.status_code == 401, (page, r.status_code)
+        assert f"the certificate {serial} this session was opened with is on hold" in r.text
+    fresh = requests.Session()
+    r = fresh.get(unopened, timeout=10)
+    assert r.status_code == 401 and "on hold" in r.text
+    assert "eport_audit" not in fresh.cookies
+
+    server.eport("resume", "--serial", serial, *server.officer())
+    assert web.get(server.url + "/audit/events", timeout=10).status_code == 200
+    assert fresh.get(unopened, timeout=10).ok  # the refused link was not spent
