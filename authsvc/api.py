@@ -16,7 +16,7 @@ from authsvc.fastpath import gateway_answer, mtls_caller
 from authsvc.keys import JWKS_MAX_AGE
 from authsvc.oidc_api import authorization_code_grant, with_openid
 from authsvc.principal import Principal
-from authsvc.proxy import TrustedProxies, forwarded_certificate
+from authsvc.proxy import TrustedProxies, client_address, forwarded_certificate
 from authsvc.service import (
     ACCESS_TOKEN_TYPE,
     JWT_BEARER,
@@ -62,7 +62,8 @@ def form(name: str, *, required: bool = True) -> str | None:
 
 
 def client_addr() -> str | None:
-    return request.remote_addr
+    """The client's address (behind a trusted proxy, from its X-Forwarded-For)."""
+    return client_address(request.headers, request.remote_addr, proxies())
 
 
 def proxies() -> TrustedProxies:

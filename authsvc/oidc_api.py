@@ -46,7 +46,7 @@ from authsvc.oidc import (
     discovery,
 )
 from authsvc.oidc_store import SqlOIDCStore
-from authsvc.proxy import forwarded_certificate
+from authsvc.proxy import client_address, forwarded_certificate
 from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError, Unauthenticated
@@ -118,6 +118,11 @@ def presented_certificate() -> x509.Certificate | None:
     return forwarded_certificate(request.headers, request.remote_addr, auth().proxies)
 
 
+def client_addr() -> str | None:
+    """The browser's address (behind a trusted proxy, from its X-Forwarded-For)."""
+    return client_address(request.headers, request.remote_addr, auth().proxies)
+
+
 def current() -> SignedIn | None:
     """The browser's live session from its cookie only (never opens one)."""
     return provider().current(request.cookies.get(COOKIE), None)
@@ -131,7 +136,7 @@ def sign_in(req: AuthorizationRequest | None = None) -> SignedIn | None:
     not sign in, :class:`~ca.errors.Unauthenticated` if a certificate header came from an
     untrusted address."""
     return provider().authenticate(
-        request.cookies.get(COOKIE), presented_certificate(), request.remote_addr, req
+        request.cookies.get(COOKIE), presented_certificate(), client_addr(), req
     )
 
 
@@ -163,7 +168,7 @@ def check_form(signed: SignedIn) -> None:
 def log_out(signed: SignedIn, target: str | None) -> Response:
     """End the SSO session everywhere (back-channel logout included) and drop the cookie."""
     p = provider()
-    p.end_session(signed.session.sid, "logout", request.remote_addr)
+    p.end_session(signed.session.sid, "logout", client_addr())
     p.store.delete_browser_session(signed.browser.cookie_hash)
     resp = redirect(target or SIGNED_OUT, code=303)
     return clear_cookie(no_store(resp))
@@ -260,7 +265,7 @@ def authorization_code_grant() -> Response:
             client_id=form.get("client_id"),
             redirect_uri=form.get("redirect_uri"),
             code_verifier=form.get("code_verifier"),
-            client_addr=request.remote_addr,
+            client_addr=client_addr(),
         )
     except InvalidClient as exc:
         resp = jsonify(exc.oauth())

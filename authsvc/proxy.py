@@ -21,6 +21,7 @@ from cryptography import x509
 from ca.errors import BadRequest, Unauthenticated
 
 HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
+FORWARDED_FOR = "X-Forwarded-For"
 
 
 class TrustedProxies:
@@ -48,6 +49,34 @@ class TrustedProxies:
 
 class Headers(Protocol):
     def get(self, key: str) -> str | None: ...
+
+
+def client_address(
+    headers: Headers, remote_addr: str | None, proxies: TrustedProxies
+) -> str | None:
+    """The address of the client a request comes from, for failed-login counts and events.
+
+    From a peer that is not a trusted proxy: the peer's own address (an
+    ``X-Forwarded-For`` it sends is a claim anyone can make, and is ignored). From a
+    trusted proxy: the nearest address in its ``X-Forwarded-For`` that is not itself a
+    trusted proxy, read from the right (each proxy appends the address it got the request
+    from; whatever lies left of that may be the client's own invention). Without the
+    header, or with an entry that is not an IP address, the proxy's address: every client
+    behind it then shares one count, as before."""
+    if not proxies.trusts(remote_addr):
+        return remote_addr
+    value = headers.get(FORWARDED_FOR)
+    if not value:
+        return remote_addr
+    for entry in reversed(value.split(",")):
+        addr = entry.strip()
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            return remote_addr
+        if not proxies.trusts(addr):
+            return addr
+    return remote_addr
 
 
 def forwarded_certificate(

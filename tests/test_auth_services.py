@@ -249,3 +249,71 @@ def test_introspection_over_mtls_answers_as_the_signed_call(
         srv.url + "/auth/introspect", data={}, headers=cert_headers(svc)[0], timeout=10
     )
     assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+def _auth_events(srv: Server) -> list[dict[str, Any]]:
+    """The token service's events, as the development customs auditor reads them."""
+    from cli.client import CAClient
+    from cli.keyfiles import load_identity
+
+    d = srv.data_dir / "dev" / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    events: list[dict[str, Any]] = CAClient(srv.url).call(
+        "GET", "/auth/v1/events?limit=1000", identity=ident
+    )["events"]
+    return events
+
+
+def test_failed_logins_count_per_client_behind_a_trusted_proxy(
+    proxied: Server, sqlite_server: Server, tmp_path: Path
+) -> None:
+    """Behind the TLS proxy every request comes from the proxy's address: failed logins
+    counted per that address let one stranger with 50 junk assertions lock every user
+    out of login for five minutes. From a trusted proxy the client is the nearest
+    untrusted address of X-Forwarded-For; from anyone else that header is ignored."""
+    from tests.test_auth_flow import _assertion, _load
+
+    def login(assertion: str, forwarded_for: str) -> requests.Response:
+        return requests.post(
+            proxied.url + "/auth/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": assertion,
+            },
+            headers={"X-Forwarded-For": forwarded_for},
+            timeout=10,
+        )
+
+    # The stranger varies what it writes itself; the proxy appends its real address.
+    junk = [login("junk", f"10.0.{i}.1, 203.0.113.7").status_code for i in range(51)]
+    assert junk[:50] == [400] * 50 and junk[50] == 429
+    # Everyone else behind the same proxy still signs in: with an assertion, and with a
+    # certificate the proxy forwards.
+    ent = enroll_enterprise(proxied, tmp_path, "Behind Proxy Co.")
+    cert, key, chain = _load(ent)
+    r = login(_assertion(proxied, cert, key, chain), "198.51.100.9")
+    assert r.status_code == 200, r.text
+    der = cert.public_bytes(serialization.Encoding.DER)
+    r = requests.post(
+        proxied.url + "/auth/login/mtls",
+        headers={
+            "Client-Cert": ":" + base64.b64encode(der).decode() + ":",
+            "X-Forwarded-For": "198.51.100.10",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    failed = [e for e in _auth_events(proxied) if e["type"] == "login.failed"]
+    assert len([e for e in failed if e["client_addr"] == "203.0.113.7"]) == 50
+    logins = {e["client_addr"] for e in _auth_events(proxied) if e["type"] == "login"}
+    assert {"198.51.100.9", "198.51.100.10"} <= logins
+    # A server that trusts no proxy believes no X-Forwarded-For.
+    r = requests.post(
+        sqlite_server.url + "/auth/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "junk"},
+        headers={"X-Forwarded-For": "198.51.100.77"},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    addrs = {e["client_addr"] for e in _auth_events(sqlite_server) if e["type"] == "login.failed"}
+    assert "127.0.0.1" in addrs and "198.51.100.77" not in addrs
