@@ -126,6 +126,9 @@ class Reader:
     """The reader's subject class."""
     uscc: str | None
     """``None``: reads every entry; else only the entries that carry this USCC."""
+    until: int | None = None
+    """A token's reader: the token's ``exp`` (POSIX seconds). The web view's session of
+    this reader ends then (it cannot outlive the token it was opened with)."""
 
     @property
     def reads_all(self) -> bool:
@@ -187,10 +190,11 @@ def token_reader(token: str) -> Reader:
         ) from None
     cls = claims.subject_class or ""
     actor = f"token:{claims.subject}"
+    until = claims.expires_at
     if cls in (SubjectClass.AUDITOR.value, SubjectClass.AGENCY.value):
-        return Reader(actor, cls, None)
+        return Reader(actor, cls, None, until)
     if cls in (SubjectClass.ENTERPRISE.value, SubjectClass.OPERATOR.value) and claims.uscc:
-        return Reader(actor, cls, claims.uscc)
+        return Reader(actor, cls, claims.uscc, until)
     raise Forbidden(f"the audit log is not read by {cls or 'this subject'}")
 
 

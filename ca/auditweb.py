@@ -214,16 +214,16 @@ def new_session() -> Response:
     reader = signed_reader()
     now = _now()
     exp = int(now.timestamp()) + LOGIN_TTL
-    token = make_token(
-        "login",
-        {
-            "actor": reader.actor,
-            "role": reader.role,
-            "uscc": reader.uscc,
-            "exp": exp,
-            "jti": secrets.token_urlsafe(18),
-        },
-    )
+    link: dict[str, Any] = {
+        "actor": reader.actor,
+        "role": reader.role,
+        "uscc": reader.uscc,
+        "exp": exp if reader.until is None else min(exp, reader.until),
+        "jti": secrets.token_urlsafe(18),
+    }
+    if reader.until is not None:
+        link["until"] = reader.until  # an access token's reader: its session ends with it
+    token = make_token("login", link)
     url = request.url_root.rstrip("/") + url_for("audit_web.login", token=token)
     resp = make_response({"url": url, "expires_in": LOGIN_TTL, "reader": reader.actor})
     resp.cache_control.no_store = True
@@ -240,18 +240,22 @@ def login() -> BaseResponse:
     expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
     if not svc().store.remember("audit-web:" + str(claims["jti"]), expires):
         raise Unauthenticated("this sign-in link was already used; ask for a new one")
+    exp = int(now.timestamp()) + SESSION_TTL
+    until = claims.get("until")
+    if isinstance(until, int):
+        exp = min(exp, until)
     session_claims = {
         "actor": claims["actor"],
         "role": claims["role"],
         "uscc": claims["uscc"],
-        "exp": int(now.timestamp()) + SESSION_TTL,
+        "exp": exp,
         "sid": secrets.token_urlsafe(18),
     }
     resp = redirect(url_for("audit_web.index"), code=303)
     resp.set_cookie(
         COOKIE,
         make_token("session", session_claims),
-        max_age=SESSION_TTL,
+        max_age=exp - int(now.timestamp()),
         path="/audit",
         secure=request.is_secure,
         httponly=True,
