@@ -303,6 +303,13 @@ class OIDCStore(Protocol):
     def cleanup(self, now: datetime.datetime, keep_codes: datetime.timedelta) -> None: ...
 
 
+def same(a: str, b: str) -> bool:
+    """``a == b`` in constant time, for any text: :func:`hmac.compare_digest` raises
+    TypeError on a ``str`` with a non-ASCII character, which a request can carry in any
+    parameter; their UTF-8 bytes compare the same way."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -402,7 +409,7 @@ class OpenIDProvider:
         if redirect_uri is None:
             raise InvalidClientRequest("redirect_uri is required (OpenID Connect Core §3.1.2.1)")
         # Exact string comparison, no normalisation, no prefix or pattern matching.
-        if not any(hmac.compare_digest(redirect_uri, r) for r in client.redirect_uris):
+        if not any(same(redirect_uri, r) for r in client.redirect_uris):
             raise InvalidClientRequest(
                 f"redirect_uri is not registered for {client.id!r} (it must match exactly)"
             )
@@ -622,7 +629,7 @@ class OpenIDProvider:
     def check_csrf(current: SignedIn, token: str | None) -> None:
         """Verification raises: the form's token must be the session's, compared in
         constant time."""
-        if not token or not hmac.compare_digest(token, current.browser.csrf_token):
+        if not token or not same(token, current.browser.csrf_token):
             raise OAuthError("the form's CSRF token is missing or wrong", status=403)
 
     # -- the token endpoint -------------------------------------------------------------
@@ -654,11 +661,11 @@ class OpenIDProvider:
         # The code is bound to what the authorization request said (mix-up, injection).
         if rec.client_id != client.id:
             raise InvalidGrant("the authorization code was issued to another client")
-        if not hmac.compare_digest(rec.redirect_uri, redirect_uri):
+        if not same(rec.redirect_uri, redirect_uri):
             raise InvalidGrant("redirect_uri differs from the authorization request's")
         if not _VERIFIER.fullmatch(code_verifier):
             raise InvalidGrant("code_verifier is not 43-128 unreserved characters (RFC 7636)")
-        if not hmac.compare_digest(s256(code_verifier), rec.code_challenge):
+        if not same(s256(code_verifier), rec.code_challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge (PKCE)")
         try:
             session = self.tokens.live_session(rec.sid)
@@ -841,10 +848,7 @@ class OpenIDProvider:
             client = self.client(str(named))
         except InvalidClient as exc:
             raise LogoutRequestError(exc.detail) from None
-        if not any(
-            hmac.compare_digest(post_logout_redirect_uri, u)
-            for u in client.post_logout_redirect_uris
-        ):
+        if not any(same(post_logout_redirect_uri, u) for u in client.post_logout_redirect_uris):
             raise LogoutRequestError(
                 f"post_logout_redirect_uri is not registered for {client.id!r}"
             )

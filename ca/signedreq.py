@@ -208,7 +208,8 @@ def verify_request(
     """Verify a signed request and record its ``jti``; raise :class:`Unauthenticated`."""
 
     def body_matches(claims: dict[str, Any]) -> None:
-        if not hmac.compare_digest(str(claims["bsh"]), body_hash(body)):
+        # As bytes: compare_digest refuses a str with a non-ASCII character (TypeError).
+        if not hmac.compare_digest(str(claims["bsh"]).encode(), body_hash(body).encode()):
             raise Unauthenticated("the body does not match the signed body hash (bsh)")
 
     return verify_certificate_jwt(

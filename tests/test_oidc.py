@@ -485,6 +485,34 @@ def test_redirect_uri_tampering(world: World) -> None:
     assert redeem(world.server, f).status_code == 200  # the refusals did not burn it
 
 
+def test_non_ascii_parameters_are_refused_not_crashed(world: World) -> None:
+    """A parameter compared in constant time may carry any character: a non-ASCII one got
+    500 (hmac.compare_digest refuses such a str); it is an unregistered URI, a wrong
+    redirect_uri or CSRF token like any other, and refusing it changes nothing."""
+    srv = world.server
+    agent = world.agent()
+    good = redirect_uri("sample-a")
+    f = authorize(agent, redirect_uri=good + "\u00e9")
+    assert f.response.status_code == 400 and "not registered" in f.response.text
+    assert "Location" not in f.response.headers
+    f = authorize(agent)
+    r = redeem(srv, f, redirect_uri=good + "\u00e9")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    token = redeem(srv, f).json()["access_token"]  # the refusal did not burn the code
+    registered = f"https://sample-a.eport.example:{PUBLIC_PORT}/signed-out"
+    r = agent.get(
+        "/auth/end_session",
+        cert=False,
+        client_id="sample-a",
+        post_logout_redirect_uri=registered + "\u00e9",
+    )
+    assert r.status_code == 400 and "not registered" in r.text
+    assert agent.get("/portal/", cert=False).status_code == 200
+    r = agent.post("/portal/logout", {"csrf_token": "\u00e9" * 43}, cert=False)
+    assert r.status_code == 403
+    assert validate(srv, token) == 200  # still signed in
+
+
 def test_pkce_is_required_s256_only(world: World) -> None:
     srv = world.server
     agent = world.agent()

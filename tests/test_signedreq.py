@@ -441,6 +441,13 @@ def test_body_tampered(pki: PKI, replay: MemoryReplay, body: bytes) -> None:
     assert_refused(good_token(pki), pki, replay, "bsh", body=body)
 
 
+def test_body_hash_with_a_non_ascii_character(pki: PKI, replay: MemoryReplay) -> None:
+    """A signer's bsh may hold any text: refused as a mismatch (401), not a TypeError
+    from hmac.compare_digest (500)."""
+    token = encode(claims(bsh="\u00e9" * 43), pki.leaf_key, "ES256", header(pki.leaf))
+    assert_refused(token, pki, replay, "bsh")
+
+
 def test_refused_request_does_not_burn_its_jti(pki: PKI, replay: MemoryReplay) -> None:
     token = good_token(pki)
     assert_refused(token, pki, replay, "bsh", body=b"tampered")
