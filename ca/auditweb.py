@@ -434,6 +434,8 @@ def events() -> str:
         before_idx = int(before) if before else None
     except ValueError:
         raise BadRequest("before must be a log index") from None
+    if before_idx is not None and not 0 <= before_idx < 2**63:  # the database's integers
+        raise BadRequest("before must be a log index")
     s = session()
     rows = find_events(s, flt, before=before_idx, limit=PAGE, newest_first=True)
     s.rollback()
@@ -511,10 +513,12 @@ def entry(index: int) -> str:
     web = current_reader()
     s = session()
     head = _checkpoint(s)
+    if index >= head.size:  # asked first: an index past the database's integers is too
+        raise NotFound(f"no entry {index} in your view of the log")
     rows = find_events(
         s, EventFilter().for_reader(web.reader), after=index - 1, before=index + 1, limit=1
     )
-    if not rows or index >= head.size:
+    if not rows:
         raise NotFound(f"no entry {index} in your view of the log")
     from ca.models import LogEntryRow
 

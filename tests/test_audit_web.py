@@ -268,3 +268,18 @@ def test_session_ends_when_the_readers_certificate_is_held(
     server.eport("resume", "--serial", serial, *server.officer())
     assert web.get(server.url + "/audit/events", timeout=10).status_code == 200
     assert fresh.get(unopened, timeout=10).ok  # the refused link was not spent
+
+
+def test_indices_past_the_databases_integers(sqlite_server: Server) -> None:
+    """An entry index or a page's ``before`` beyond a 64-bit integer is a 404 / 400 page,
+    not a 500 from the database driver (OverflowError)."""
+    server = sqlite_server
+    web = requests.Session()
+    assert web.get(login_url(server, *server.auditor()), timeout=10).ok
+    for index in (2**63 - 1, 10**23):
+        r = web.get(f"{server.url}/audit/entries/{index}", timeout=10)
+        assert r.status_code == 404 and "no entry" in r.text, index
+    for before in (str(10**23), "-1"):
+        r = web.get(server.url + "/audit/events", params={"before": before}, timeout=10)
+        assert r.status_code == 400 and "before must be a log index" in r.text, before
+    assert web.get(server.url + "/audit/events", params={"before": "1"}, timeout=10).ok
