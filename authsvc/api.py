@@ -326,4 +326,6 @@ def events() -> Response:
         after = max(int(request.args.get("after", "0")), 0)
     except ValueError:
         raise BadRequest("limit and after are integers") from None
+    if after >= 2**63:  # past the database's integers: a driver error, not an empty page
+        raise BadRequest("after must be an event id, below 2**63")
     return jsonify({"events": svc().store.events(subject=subject, limit=limit, after_id=after)})

@@ -317,3 +317,18 @@ def test_failed_logins_count_per_client_behind_a_trusted_proxy(
     assert r.status_code == 400
     addrs = {e["client_addr"] for e in _auth_events(sqlite_server) if e["type"] == "login.failed"}
     assert "127.0.0.1" in addrs and "198.51.100.77" not in addrs
+
+
+def test_events_after_an_id_past_the_databases_integers(sqlite_server: Server) -> None:
+    """GET /auth/v1/events?after= beyond a 64-bit integer: a 400 problem, not a 500 from
+    the database driver (OverflowError)."""
+    from cli.client import CAClient, RemoteError
+    from cli.keyfiles import load_identity
+
+    d = sqlite_server.data_dir / "dev" / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    client = CAClient(sqlite_server.url)
+    with pytest.raises(RemoteError) as refused:
+        client.call("GET", f"/auth/v1/events?after={10**23}", identity=ident)
+    assert refused.value.status == 400 and "after must be an event id" in str(refused.value)
+    assert "events" in client.call("GET", f"/auth/v1/events?after={2**63 - 1}", identity=ident)
