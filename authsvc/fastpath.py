@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from authsvc.principal import Principal, x5t_s256
 from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificate
@@ -57,6 +57,18 @@ def _no_credentials() -> Answer:
     """RFC 6750 §3.1: a request with no bearer token at all gets the challenge without an
     error code (the client may not have known it needed one); a bad token gets one."""
     return Answer(401, [("WWW-Authenticate", 'Bearer realm="eport"'), NO_STORE])
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_text(value: str) -> str:
+    """``value`` as an HTTP header value: UTF-8 percent-encoded (RFC 3986 §2.1) where it
+    holds ``%`` or a character outside printable ASCII, unchanged elsewhere. A subject
+    holds a person's name (``agency:customs:王小明``), which a response header cannot
+    carry as it is (HTTP field values are ISO-8859-1 at most; the WSGI server refuses the
+    response). Consumers decode with ``urllib.parse.unquote``."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 def gateway_answer(
@@ -113,11 +125,13 @@ def gateway_answer(
             ],
         )
     out = [
-        ("X-Eport-Subject", str(claims["sub"])),
-        ("X-Eport-Scope", " ".join(scopes)),
-        ("X-Eport-Client", str(claims.get("client_id", ""))),
+        ("X-Eport-Subject", header_text(str(claims["sub"]))),
+        ("X-Eport-Scope", header_text(" ".join(scopes))),
+        ("X-Eport-Client", header_text(str(claims.get("client_id", "")))),
     ]
-    out += [(name, str(claims[claim])) for claim, name in _IDENTITY if claims.get(claim)]
+    out += [
+        (name, header_text(str(claims[claim]))) for claim, name in _IDENTITY if claims.get(claim)
+    ]
     out.append(NO_STORE)
     return Answer(200, out)
 

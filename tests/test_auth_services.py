@@ -332,3 +332,42 @@ def test_events_after_an_id_past_the_databases_integers(sqlite_server: Server) -
         client.call("GET", f"/auth/v1/events?after={10**23}", identity=ident)
     assert refused.value.status == 400 and "after must be an event id" in str(refused.value)
     assert "events" in client.call("GET", f"/auth/v1/events?after={2**63 - 1}", identity=ident)
+
+
+def test_gateway_names_a_subject_with_a_non_ascii_name(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """An officer's subject carries its name (agency:customs:王小明): /auth/validate
+    answered every token of such a subject 500 (a response header cannot hold it as it
+    is). The name arrives percent-encoded UTF-8, by the fast path (GET) and the view
+    (HEAD) alike; an ASCII subject is unchanged."""
+    from urllib.parse import unquote
+
+    srv = sqlite_server
+    app = jrun(srv, "apply", "--class", "agency", "--agency", "customs", "--name", "王小明")
+    grant = jrun(srv, "ra", "approve", app["id"], *srv.officer())
+    out = tmp_path / "officer-wang"
+    jrun(
+        srv,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "agency",
+        "--out",
+        str(out),
+    )
+    cfg = tmp_path / "cfg"
+    srv.eport("login", *creds(out), EPORT_CONFIG_DIR=str(cfg))
+    token = srv.eport(
+        "token", "--service", "customs-declaration", EPORT_CONFIG_DIR=str(cfg)
+    ).stdout.strip()
+    sub = jwt.decode(token, options={"verify_signature": False})["sub"]
+    assert sub == "agency:customs:王小明"
+    headers = {"Authorization": f"Bearer {token}", "X-Eport-Service": "customs-declaration"}
+    for method in ("GET", "HEAD"):
+        r = requests.request(method, srv.url + "/auth/validate", headers=headers, timeout=10)
+        assert r.status_code == 200, (method, r.status_code)
+        assert r.headers["X-Eport-Subject"] == "agency:customs:%E7%8E%8B%E5%B0%8F%E6%98%8E"
+        assert unquote(r.headers["X-Eport-Subject"]) == sub
+        assert r.headers["X-Eport-Agency"] == "customs"
