@@ -24,6 +24,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from flask import Flask, g, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -75,8 +76,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return jsonify(
             subject=claims.subject,
             uscc=claims.uscc,
-            # Set by the gateway (nginx auth_request) when the service runs behind one.
-            gateway_subject=request.headers.get("X-Eport-Subject"),
+            # Set by the gateway (nginx auth_request) when the service runs behind one;
+            # percent-encoded where it holds a non-ASCII name.
+            gateway_subject=_unquoted(request.headers.get("X-Eport-Subject")),
             declarations=mine,
         )
 
@@ -101,3 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return {"status": "ok"}
 
     return app
+
+
+def _unquoted(value: str | None) -> str | None:
+    return None if value is None else unquote(value)
