@@ -434,12 +434,22 @@ class JointCA:
         live. While a certificate issued on the application is in force (not expired, not
         revoked; a suspended one may be resumed), no code is given: its holder renews with
         it, or an officer revokes it first (a lost key). The new code allows the profiles of
-        the last one unless ``profiles`` names others of the application's class.
+        the last one unless ``profiles`` names others of the application's class. Not for an
+        operator's application: its enterprise authorizes the operator again instead.
         """
         self._require(caller, SubjectClass.AGENCY)
         now = self.clock()
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
+            if app.subject_class == SubjectClass.OPERATOR.value:
+                # The enterprise alone authorizes its operators: a code from an officer
+                # would bring back an operator it withdrew (revoked), or outlive the
+                # enterprise itself. Its own `eport operator add` gives a new code.
+                raise Forbidden(
+                    "an operator's enrollment code comes from its enterprise, not from an RA "
+                    "officer: the enterprise authorizes the operator id again "
+                    "(eport operator add)"
+                )
             # The application's row, then the lock of issuances, then the codes: an
             # issuance locks the log head and then its code, an approval the application
             # and then the head.

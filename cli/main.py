@@ -769,7 +769,8 @@ def ra_new_code(
     unused codes stop working at once, so only the new one is live. Refused
     while a certificate issued on the application is in force: its holder
     renews with it (eport renew), or, for a lost key, an officer revokes it
-    first (eport revoke). Recorded in the audit log.
+    first (eport revoke). Not for an operator: its enterprise authorizes it
+    again (eport operator add). Recorded in the audit log.
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))

@@ -469,6 +469,39 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     assert len(mine) == 2, logged
 
 
+def test_an_officer_gives_no_code_for_an_operator(sqlite_server: Server, tmp_path: Path) -> None:
+    """The enterprise alone authorizes its operators: an RA officer's new code for an
+    operator's application brought back an operator the enterprise had withdrawn (its
+    certificate revoked), with a fresh certificate. Refused (403), nothing written; the
+    enterprise's own re-authorization still works."""
+    server = sqlite_server
+    ent = enterprise(server, tmp_path, name="Withdrawn Operator Co.")
+    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    grant = jrun(server, "operator", "add", "--name", "Gone Staff", "--id", "GONE1", *creds)
+    op = jrun(
+        server,
+        "enroll",
+        "--code",
+        grant["enrollment_code"],
+        "--profile",
+        "operator",
+        "--out",
+        str(tmp_path / "op"),
+    )
+    server.eport(
+        "revoke", "--serial", op["serial"], "--reason", "affiliationChanged", *creds
+    )  # the enterprise withdraws its operator
+    app_id = grant["application"]["id"]
+    before = counts(server)
+    for officer in (server.officer(), server.officer("tax")):
+        refused = server.eport("ra", "new-code", app_id, *officer, check=False)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "comes from its enterprise" in refused.stderr and "HTTP 403" in refused.stderr
+    assert counts(server) == before
+    again = jrun(server, "operator", "add", "--name", "Gone Staff", "--id", "GONE1", *creds)
+    assert again["enrollment_code"]
+
+
 def test_a_code_that_will_not_do_is_said_before_the_passphrase(
     server: Server, tmp_path: Path
 ) -> None:
