@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from ca.errors import Forbidden
+from ca.names import member_agency_of
 from ca.policy import Policies, SubjectClass
 
 
@@ -77,9 +78,9 @@ def identify(cert: x509.Certificate, policies: Policies) -> Principal:
             raise Forbidden("the operator certificate lacks the operator id")
         return Principal(f"op:{uscc}:{op_id}", cls, cn, uscc=uscc, operator_id=op_id)
     if cls in (SubjectClass.AGENCY, SubjectClass.AUDITOR):
-        if not org_id.startswith("GOVCN-"):
+        agency = member_agency_of(org_id)
+        if agency is None:
             raise Forbidden("the certificate lacks the member agency")
-        agency = org_id[6:]
         if policies.members.get(agency) is None:
             raise Forbidden(f"agency {agency!r} is not a member of the joint CA")
         prefix = "agency" if cls is SubjectClass.AGENCY else "audit"

@@ -35,6 +35,7 @@ from ca.errors import (
 )
 from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
 from ca.names import dn_string as dn_string  # re-exported for older callers
+from ca.names import member_agency_of
 from ca.policy import Policies, Profile, SubjectClass
 from ca.records import (
     KEY_CERTIFIED,
@@ -211,7 +212,7 @@ class JointCA:
             raise Forbidden("the certificate was not issued by its profile's issuing CA")
         org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
         uscc = org_id[6:] if org_id.startswith("NTRCN-") else None
-        agency = org_id[6:] if org_id.startswith("GOVCN-") else None
+        agency = member_agency_of(org_id)
         with self.store.reading() as tx:
             status = tx.get_status(cert.serial_number)
         if status is not None:

@@ -1,4 +1,5 @@
-"""Distinguished names as people read them (RFC 4514, with readable attribute names)."""
+"""Distinguished names as people read them (RFC 4514, with readable attribute names),
+and the member agency an officer's or auditor's organizationIdentifier names."""
 
 from __future__ import annotations
 
@@ -14,3 +15,26 @@ _DN_NAMES = {
 def dn_string(name: x509.Name) -> str:
     """RFC 4514 string with readable names for organizationIdentifier and serialNumber."""
     return name.rfc4514_string(_DN_NAMES)
+
+
+AGENCY_ID_PREFIX = "GV:CN-"
+"""organizationIdentifier of a member agency's people: ``GV:CN-<member id>``.
+
+ETSI EN 319 412-1 §5.1.4 defines the legal-person schemes VAT, NTR, PSD and LEI, and
+for any other identifier two characters of a national scheme followed by ``:``, then
+the country and ``-`` and the reference; ``GV:`` is the joint CA's scheme for its
+member agencies' ids (``policies/members.toml``)."""
+
+LEGACY_AGENCY_ID_PREFIX = "GOVCN-"
+"""The form agency and auditor certificates carried before ``GV:CN-``. "GOV" is no
+ETSI scheme, and the CA/Browser Forum's S/MIME requirements define it without a
+reference; such certificates are honoured until they expire."""
+
+
+def member_agency_of(organization_identifier: str) -> str | None:
+    """The member id in an agency officer's or auditor's organizationIdentifier, or
+    None if it names no member agency."""
+    for prefix in (AGENCY_ID_PREFIX, LEGACY_AGENCY_ID_PREFIX):
+        if organization_identifier.startswith(prefix):
+            return organization_identifier[len(prefix) :] or None
+    return None
