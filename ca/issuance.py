@@ -50,6 +50,16 @@ class IssuingCA:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def last_second(not_before: datetime.datetime, validity: datetime.timedelta) -> datetime.datetime:
+    """The notAfter of a certificate valid for exactly ``validity`` from ``not_before``.
+
+    RFC 5280 §4.1.2.5: "The validity period for a certificate is the period of time from
+    notBefore through notAfter, inclusive", so notAfter is the period's last second, not
+    the first second after it (which would make a 397-day profile 397 days and 1 s).
+    """
+    return not_before + validity - datetime.timedelta(seconds=1)
+
+
 def random_serial() -> int:
     """A positive serial of 127 random bits (RFC 5280 §4.1.2.2: ≤ 20 octets; CA/B ≥ 64 bits)."""
     return secrets.randbits(127) | (1 << 126)
@@ -145,7 +155,9 @@ class CertificateFactory:
                 f"profile {profile.name}", "subject", f"vetted data lacks {exc.args[0]!r}"
             ) from None
         not_before = now.replace(microsecond=0)
-        not_after = min(not_before + profile.validity, issuer.certificate.not_valid_after_utc)
+        not_after = min(
+            last_second(not_before, profile.validity), issuer.certificate.not_valid_after_utc
+        )
         head, tail = self._fixed_extensions(profile, issuer)
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
         extensions = [*head, x509.Extension(ski.oid, False, ski), *tail]
@@ -362,7 +374,7 @@ def self_signed_root(
         .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(not_before)
-        .not_valid_after(not_before + validity)
+        .not_valid_after(last_second(not_before, validity))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
