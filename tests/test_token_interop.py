@@ -145,3 +145,41 @@ def test_sdk_verifies_tokens_joserfc_made() -> None:
         assert got.subject == claims["sub"] and got.token_id == "joserfc-made-1"
         with pytest.raises(InvalidToken):
             v.verify(plain_jwt)  # RFC 9068 §4: typ must be at+jwt
+
+
+def test_a_generic_oauth_client_reads_the_login_answer(
+    tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RFC 7523 login read by oauthlib's RFC 6749 §5.1 token-response parser (the one
+    requests-oauthlib uses): with ``audience=<service id>`` the answer is a token response
+    whose access token joserfc verifies; without it, it is the session-only login of
+    ``eport login`` (token_type N_A, no access_token), which such a client refuses, as
+    docs/token-service.md says."""
+    from oauthlib.oauth2.rfc6749.errors import MissingTokenError
+    from oauthlib.oauth2.rfc6749.parameters import parse_token_response
+
+    from authsvc.principal import x5t_s256
+    from cli import keyfiles, session
+
+    monkeypatch.setenv("EPORT_PASSPHRASE", "test-passphrase-123")
+    holder = keyfiles.load_identity(tokens.operator / "cert.pem", tokens.operator / "key.pem", None)
+    endpoint = tokens.issuer + "/token"
+
+    def log_in(**extra: str) -> requests.Response:
+        grant = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "assertion": session.assertion(holder, endpoint, x5t_s256(holder.chain[0])),
+        }
+        return requests.post(endpoint, data={**grant, **extra}, timeout=10)
+
+    answer = parse_token_response(log_in(audience="customs-declaration").text)
+    assert answer["token_type"] == "Bearer" and answer["refresh_token"]
+    key_set, _ = fetch_key_set(tokens.server)
+    token = jose_jwt.decode(answer["access_token"], key_set, algorithms=["ES256"])
+    registry(tokens.issuer, CUSTOMS).validate(token.claims)
+
+    session_only = log_in()
+    assert session_only.status_code == 200
+    assert session_only.json()["token_type"] == "N_A" and "access_token" not in session_only.json()
+    with pytest.raises(MissingTokenError):
+        parse_token_response(session_only.text)
