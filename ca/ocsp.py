@@ -124,16 +124,21 @@ class ResponseStatus(enum.IntEnum):
 class CertIDHash(enum.Enum):
     """A hash algorithm a CertID may use (RFC 6960 §4.1.1 ``hashAlgorithm``).
 
-    SHA-1 is what most clients send (and OpenSSL by default); SHA-256 is accepted
-    too. The value is asn1crypto's name of the algorithm.
+    SHA-1 is what most clients send (and OpenSSL by default); SHA-256, SHA-384 and
+    SHA-512 are accepted too (``openssl ocsp -sha256``, ``-sha384``, ``-sha512``): a
+    request hashed with one of them is as well formed as any, and answering it
+    malformedRequest would tell the client its request was broken. The value is
+    asn1crypto's name of the algorithm.
     """
 
     SHA1 = "sha1"
     SHA256 = "sha256"
+    SHA384 = "sha384"
+    SHA512 = "sha512"
 
     @property
     def digest_size(self) -> int:
-        return 20 if self is CertIDHash.SHA1 else 32
+        return _DIGEST_SIZES[self]
 
     def digest(self, data: bytes) -> bytes:
         # an identifier of the issuer, not a security function (RFC 6960 §4.1.1)
@@ -145,6 +150,14 @@ class CertIDHash(enum.Enum):
 _HASH_OID_DER = {
     CertIDHash.SHA1: bytes.fromhex("06052b0e03021a"),
     CertIDHash.SHA256: bytes.fromhex("0609608648016503040201"),
+    CertIDHash.SHA384: bytes.fromhex("0609608648016503040202"),
+    CertIDHash.SHA512: bytes.fromhex("0609608648016503040203"),
+}
+_DIGEST_SIZES = {
+    CertIDHash.SHA1: 20,
+    CertIDHash.SHA256: 32,
+    CertIDHash.SHA384: 48,
+    CertIDHash.SHA512: 64,
 }
 _NULL = b"\x05\x00"
 
@@ -682,7 +695,7 @@ def parse_request(der: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS) -> OC
 
     Raises :class:`MalformedRequest`, and nothing else, for any input that is not
     one well-formed OCSPRequest v1 (with no trailing data) asking about 1 to
-    ``max_requests`` certificates with CertIDs of SHA-1 or SHA-256, whose nonce
+    ``max_requests`` certificates with CertIDs of SHA-1, -256, -384 or -512, whose nonce
     (RFC 8954) is 1 to 32 octets, and with no critical extension this responder
     does not understand (§4.4). The values of other extensions are not decoded
     (§4.4: "Unrecognized extensions MUST be ignored"). requestorName and

@@ -40,7 +40,7 @@ def install_ocsp_fast_path(app: Flask) -> None:
     and our clients send) from their pre-signed response before Flask routes anything.
 
     The answer is the same bytes the blueprint below would send; everything else (GET,
-    nonces, SHA-256 CertIDs, unknown serials, responses due for re-signing, malformed
+    nonces, SHA-2 CertIDs, unknown serials, responses due for re-signing, malformed
     requests) falls through to it with the body intact. OCSP is the CA's hottest path,
     and Flask's per-request machinery costs more than the lookup itself."""
     inner = app.wsgi_app

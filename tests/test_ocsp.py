@@ -280,6 +280,8 @@ def verify_signature(response: x509_ocsp.OCSPResponse, public_key: Any) -> None:
 ABSENT_PARAMETERS = {
     CertIDHash.SHA1: bytes.fromhex("300706052b0e03021a"),
     CertIDHash.SHA256: bytes.fromhex("300b0609608648016503040201"),
+    CertIDHash.SHA384: bytes.fromhex("300b0609608648016503040202"),
+    CertIDHash.SHA512: bytes.fromhex("300b0609608648016503040203"),
 }
 
 
@@ -403,6 +405,8 @@ def test_cert_id_hashes_match_cryptography(pki: PKI) -> None:
     for algorithm, digest in (
         (CertIDHash.SHA1, hashes.SHA1()),
         (CertIDHash.SHA256, hashes.SHA256()),
+        (CertIDHash.SHA384, hashes.SHA384()),
+        (CertIDHash.SHA512, hashes.SHA512()),
     ):
         request = (
             x509_ocsp.OCSPRequestBuilder()
@@ -842,9 +846,9 @@ def malformed_cases() -> dict[str, tuple[bytes, str]]:
             raw_request([good], prefix=tlv(0xA0, b"\x02\x01\x01")),
             "unsupported OCSPRequest version",
         ),
-        "SHA-384 CertID": (
-            cryptography_request(pki, hashes.SHA384()),
-            "unsupported CertID hash algorithm sha384",
+        "SHA-224 CertID": (
+            cryptography_request(pki, hashes.SHA224()),
+            "unsupported CertID hash algorithm sha224",
         ),
         "MD5 CertID": (
             raw_request([raw_cert_id(MD5_OID + b"\x05\x00", names[:16], keys[:16], serial)]),

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as xocsp
 
 from tests.conftest import Server
-from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun, serial_of
+from tests.helpers import cert_of, creds, enroll_enterprise, enroll_operator, jrun, serial_of
 from tests.test_enrollment_flow import counts
 
 USCC = "91350100M000100Y43"
@@ -464,6 +464,52 @@ def test_pkilint_finds_no_error(sqlite_server: Server, tmp_path: Path, state: st
     assert _pkilint("ocsp", r.content, tmp_path).strip() == ""
     crl = fetch_crl(server, "enterprise", tmp_path).read_bytes()
     assert _pkilint("crl", crl, tmp_path).strip() == ""
+
+
+@pytest.mark.parametrize("digest", ["-sha384", "-sha512"])
+def test_openssl_asks_with_longer_hashes(
+    sqlite_server: Server, tmp_path: Path, digest: str
+) -> None:
+    """RFC 6960 §4.1.1 leaves the CertID's hash to the client: ``openssl ocsp -sha384`` or
+    ``-sha512`` gets a verified answer with the status and its own CertID (not
+    malformedRequest), in which pkilint finds nothing."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, f"Hash {digest} Co.")
+    resp = tmp_path / "resp.der"
+
+    def ask() -> str:
+        res = subprocess.run(
+            [
+                "openssl",
+                "ocsp",
+                digest,  # it applies to the -cert options after it
+                "-issuer",
+                str(issuer_pem(ent, tmp_path)),
+                "-cert",
+                str(ent / "cert.pem"),
+                "-url",
+                server.url + "/ocsp",
+                "-CAfile",
+                str(server.data_dir / "ca" / "root.crt"),
+                "-respout",
+                str(resp),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        out = res.stdout + res.stderr
+        assert res.returncode == 0 and "Response verify OK" in out, out
+        return out
+
+    assert f"{ent / 'cert.pem'}: good" in ask()
+    jrun(server, "suspend", *creds(ent))
+    out = ask()
+    assert f"{ent / 'cert.pem'}: revoked" in out and "certificateHold" in out, out
+    answer = xocsp.load_der_ocsp_response(resp.read_bytes())
+    assert answer.hash_algorithm.name == digest[1:]
+    assert answer.serial_number == cert_of(ent).serial_number
+    assert _pkilint("ocsp", resp.read_bytes(), tmp_path).strip() == ""
 
 
 def test_crl_numbers_never_reused_across_processes(sqlite_server: Server, tmp_path: Path) -> None:
