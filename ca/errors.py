@@ -167,6 +167,16 @@ class Sealed(EPortError):
     title = "The CA is sealed"
 
 
+class StorageFull(EPortError):
+    """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
+    ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can
+    be sent again once space is freed. 507 Insufficient Storage (RFC 4918 §11.5)."""
+
+    status = 507
+    slug = "storage-full"
+    title = "Insufficient storage"
+
+
 def server_error_problem(detail: str = "the server failed") -> dict[str, Any]:
     """The RFC 9457 body of an unexpected failure: nothing about its cause goes out."""
     return {

@@ -3,7 +3,10 @@ service): one set of handlers, so every error of either looks the same."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +14,34 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from ca.errors import EPortError, PayloadTooLarge, server_error_problem
+from ca.errors import EPortError, PayloadTooLarge, StorageFull, server_error_problem
 
 log = logging.getLogger("eport.http")
 PROBLEM_JSON = "application/problem+json"
 EXTENSION = "eport.problems"
+SQLITE_FULL = 13
+"""SQLite's result code for "database or disk is full" (sqlite3.h)."""
+PG_DISK_FULL = "53100"
+"""PostgreSQL's SQLSTATE ``disk_full`` (Appendix A, class 53: insufficient resources)."""
+STORAGE_FULL_DETAIL = "the server's storage is full: try again once its operator has freed space"
+
+
+def storage_full_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``)
+    that says the storage is full: ``ENOSPC``/``EDQUOT``, SQLite's ``SQLITE_FULL`` or
+    PostgreSQL's ``disk_full``; None when the failure is something else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+            return exc
+        if getattr(exc, "pgcode", None) == PG_DISK_FULL:
+            return exc
+        orig = getattr(exc, "orig", None)
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
+    return None
 
 
 def problem_body(err: EPortError, instance: str, dumps: Callable[[Any], str]) -> bytes:
@@ -53,9 +79,18 @@ class ErrorAnswers:
             log.error("%s: %s", type(err).__name__, err.detail)
         return err.status, problem_body(err, instance, self.dumps)
 
-    def unexpected(self, method: str, path: str) -> tuple[int, bytes]:
+    def unexpected(
+        self, method: str, path: str, exc: BaseException | None = None
+    ) -> tuple[int, bytes]:
         """The 500 for the exception being handled (call it in an ``except`` block): its
-        traceback is logged, the body says only ``unexpected_detail``."""
+        traceback is logged, the body says only ``unexpected_detail``. A full disk or
+        database is no bug: it is answered 507 (:class:`StorageFull`, which any client
+        may retry once space is freed) and logged in one line, without a traceback, so
+        a full disk does not also fill the log."""
+        full = storage_full_cause(exc or sys.exc_info()[1])
+        if full is not None:
+            log.error("storage full on %s %s: %s", method, path, full)
+            return 507, problem_body(StorageFull(STORAGE_FULL_DETAIL), path, self.dumps)
         log.exception("unexpected error on %s %s", method, path)
         return 500, self.dumps(server_error_problem(self.unexpected_detail)).encode()
 
@@ -105,5 +140,5 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
-        status, body = answers.unexpected(request.method, request.path)
+        status, body = answers.unexpected(request.method, request.path, err)
         return Response(body, status=status, mimetype=PROBLEM_JSON)
