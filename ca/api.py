@@ -325,7 +325,8 @@ def enrollment(authority: JointCA, data: dict[str, Any]) -> tuple[int, dict[str,
     Framework-free: the view below and the WSGI fast path (:mod:`ca.enroll_http`) both
     answer through it."""
     issued = authority.enroll(field(data, "code"), field(data, "profile"), field(data, "csr"))
-    return 201, issued_json(issued)
+    # 200: the certificate this code already got for this key, sent again (a lost answer)
+    return 200 if issued.replayed else 201, issued_json(issued)
 
 
 @bp.post("/enroll")

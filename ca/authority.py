@@ -145,6 +145,9 @@ class Issued:
     record: CertificateRecord
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    replayed: bool = False
+    """Issued earlier, by the same code for the same key: an enrollment whose answer was
+    lost is answered again (:meth:`JointCA.enroll`); nothing new was issued or written."""
 
     def chain_pem(self) -> str:
         return "".join(map(_pem, self.chain))
@@ -621,6 +624,9 @@ class JointCA:
         # redemption below, which commits with the certificate, decides again.
         spki = spki_sha256(public_key)
         rec, app, holder = self.store.enrollment_facts(code_hash, spki)
+        replay = self._issued_on(rec, holder, profile_name)
+        if replay is not None:
+            return replay
         self._refuse_code(rec, profile_name, now)
         profile = self.policies.profile(profile_name)
         assert app is not None
@@ -631,6 +637,25 @@ class JointCA:
         event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
         self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
         return Issued(record, cert, self._chain(issuer))
+
+    def _issued_on(
+        self, rec: EnrollmentCode | None, holder: CertificateRecord | None, profile_name: str
+    ) -> Issued | None:
+        """The certificate a used code already got for this very key and profile: the
+        answer to an enrollment whose answer was lost (the server was killed, or the
+        connection dropped, after the commit), asked again. The caller knows the code and
+        proved possession of the key (the CSR's signature, checked by ``parse_csr``); one
+        key has one holder, so this is the certificate that redeemed the code's
+        application with it. Nothing is written; a different key is refused as before."""
+        if rec is None or rec.used_at is None or holder is None:
+            return None
+        if holder.application_id != rec.application_id or holder.profile != profile_name:
+            return None
+        issuer = next((i for i in self.issuers.values() if i.id == holder.issuer_id), None)
+        if issuer is None:
+            return None
+        cert = x509.load_der_x509_certificate(holder.der)
+        return Issued(holder, cert, self._chain(issuer), replayed=True)
 
     def check_code(self, code: str, profile_name: str) -> EnrollmentCode:
         """Whether ``code`` would enroll a ``profile_name`` certificate now: the refusal

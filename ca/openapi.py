@@ -8,6 +8,15 @@ _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _SIGNED: list[dict[str, list[str]]] = [{"signedRequest": []}]
 
 
+def _with_response(op: dict[str, Any], status: str, why: str, result: str) -> dict[str, Any]:
+    """``op`` with one more success answer."""
+    op["responses"][status] = {
+        "description": why,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{result}"}}},
+    }
+    return op
+
+
 def _op(
     summary: str,
     *,
@@ -138,11 +147,17 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/ca/v1/enroll": {
-                "post": _op(
-                    "Redeem an enrollment code with a PKCS#10 CSR",
-                    body="EnrollRequest",
-                    ok="201",
-                    result="Issued",
+                "post": _with_response(
+                    _op(
+                        "Redeem an enrollment code with a PKCS#10 CSR",
+                        body="EnrollRequest",
+                        ok="201",
+                        result="Issued",
+                    ),
+                    "200",
+                    "the certificate this used code already got for the CSR's key, sent "
+                    "again (its first answer was lost); nothing is issued",
+                    "Issued",
                 )
             },
             "/ca/v1/enroll/check": {

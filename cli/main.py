@@ -6,6 +6,7 @@ Errors are one line on stderr and a non-zero exit; ``--verbose`` adds tracebacks
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -28,7 +29,7 @@ from cli import backup as backup_cli
 from cli import custody as custody_cli
 from cli import keyfiles
 from cli.audit import audit
-from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity
+from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError
 from cli.keyfiles import identity_options
 from cli.options import data_dir_option, json_option, not_blank, secret_prompt
 
@@ -347,11 +348,12 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
 
 
 def _write_outputs(
-    out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool
+    out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool, *, key_written: bool = False
 ) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"key": out / "key.pem", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    keyfiles.write_key(files["key"], key, pw)
+    if not key_written:
+        keyfiles.write_key(files["key"], key, pw)
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
     if p12:
@@ -360,6 +362,14 @@ def _write_outputs(
         files["p12"] = out / "bundle.p12"
         keyfiles.write_p12(files["p12"], key, cert, chain, pw, f"eport-{result['serial']}")
     return {k: str(v) for k, v in files.items()}
+
+
+def _answer_lost(err: CLIError, out: Path) -> CLIError:
+    return CLIError(
+        f"{err}; the CA may have issued the certificate before the answer was lost: the new "
+        f"key is kept in {out / 'key.pem'}; run the same command again to get the "
+        "certificate"
+    )
 
 
 def _refuse_overwrite(out: Path) -> None:
@@ -425,21 +435,51 @@ def enroll(
     With --pkcs11-uri the key is made in the token and never leaves it: the CSR is
     signed there, and OUT/key.uri (the key's URI, without any PIN) replaces key.pem;
     pass it to --key (or --pkcs11-uri) of signed commands and `eport login`.
+
+    \b
+    The key is written before the CSR is sent. If no answer comes (the server
+    stopped, the connection dropped, a 5xx), OUT/key.pem is kept, as the CA may
+    have issued the certificate: the same command again (same code, same OUT)
+    sends that key's CSR again and saves the certificate the CA issued for it,
+    or enrolls it if none was. A refusal (4xx) deletes the new key.
     """
-    _refuse_overwrite(out)
-    # A used, expired or mistyped code (or profile) is said now, before a key is made
-    # and its passphrase asked for; the enrollment below decides again.
-    ctx.client().call("POST", "/ca/v1/enroll/check", {"code": code, "profile": profile})
-    if pkcs11_uri is not None:
-        _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
-        return
-    pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
-    key = keyfiles.new_key(key_type)
+    kept = pkcs11_uri is None and (out / "key.pem").exists() and not (out / "cert.pem").exists()
+    if kept:
+        # An earlier attempt's key, whose answer was lost: its code may be used already
+        # (by this key), so it is not checked first; the CA answers with the certificate.
+        key, kept_pw = keyfiles.key_and_passphrase(out / "key.pem", passphrase_file)
+        pw, made_dir = kept_pw or b"", False
+        click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
+    else:
+        _refuse_overwrite(out)
+        # A used, expired or mistyped code (or profile) is said now, before a key is made
+        # and its passphrase asked for; the enrollment below decides again.
+        ctx.client().call("POST", "/ca/v1/enroll/check", {"code": code, "profile": profile})
+        if pkcs11_uri is not None:
+            _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
+            return
+        pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
+        key = keyfiles.new_key(key_type)
+        made_dir = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        keyfiles.write_key(out / "key.pem", key, pw)
     csr = keyfiles.csr_for(key).decode()
-    result = ctx.client().call(
-        "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
-    )
-    files = _write_outputs(out, key, pw, result, p12)
+    try:
+        result = ctx.client().call(
+            "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
+        )
+    except RemoteError as err:
+        if err.status >= 500:
+            raise _answer_lost(err, out) from None
+        if not kept:  # refused: nothing was issued for the new key
+            (out / "key.pem").unlink(missing_ok=True)
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+        raise
+    except CLIError as err:  # no answer at all
+        raise _answer_lost(err, out) from None
+    files = _write_outputs(out, key, pw, result, p12, key_written=True)
     emit(
         as_json,
         {**result, "files": files},

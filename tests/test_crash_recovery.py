@@ -11,15 +11,22 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine
 
+from ca.authority import hash_code
 from ca.keys import KeyType
 from cli import keyfiles
 from cli.client import CAClient
@@ -201,3 +208,199 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
     assert "storage full on POST /ca/v1/enroll" in log
     assert "Traceback" not in log
     assert len(serials) >= 2
+
+
+# -- a lost answer ----------------------------------------------------------------------------
+
+
+def _read_message(sock: socket.socket, buf: bytearray) -> bytes | None:
+    """One HTTP/1.1 message with a Content-Length body from ``sock`` (``buf`` holds what
+    was read beyond the last one); None when the peer closed first."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, _ = bytes(buf).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    end = len(head) + 4 + length
+    while len(buf) < end:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    message = bytes(buf[:end])
+    del buf[:end]
+    return message
+
+
+@contextlib.contextmanager
+def answer_dropping_proxy(upstream: str, drop: bytes) -> Iterator[str]:
+    """A proxy to ``upstream`` that sends every request on, and drops the connection
+    instead of returning the answer to a request whose first line starts with ``drop``:
+    the server did the work, the client never hears of it."""
+    host, port = upstream.removeprefix("http://").split(":")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve(client: socket.socket) -> None:
+        with client, socket.create_connection((host, int(port))) as server:
+            from_client, from_server = bytearray(), bytearray()
+            while (request := _read_message(client, from_client)) is not None:
+                server.sendall(request)
+                answer = _read_message(server, from_server)
+                if answer is None or request.startswith(drop):
+                    return
+                client.sendall(answer)
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """The CA issues, then the answer never reaches ``eport enroll`` (the server killed
+    after its commit, a dropped connection): the code is spent and the certificate
+    stored. The CLI keeps the new key (it wrote it before sending the CSR) and says so in
+    one line; the same command again gets that very certificate (200, nothing new
+    issued or logged). Another key with the spent code is still refused."""
+    server = sqlite_server
+    (code,) = approved_codes(server, 1)
+    out = tmp_path / "ent"
+    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
+    with answer_dropping_proxy(server.url, b"POST /ca/v1/enroll ") as proxy:
+        lost = server.eport("--server", proxy, *args, check=False)
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    lines = lost.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"kept in {out / 'key.pem'}" in lines[0], lost.stderr
+    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
+
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            used, app_id = conn.exec_driver_sql(
+                "SELECT used_at, application_id FROM enrollment_codes WHERE code_hash = ?",
+                (hash_code(code),),
+            ).one()
+            assert used is not None  # the CA did issue: the answer alone was lost
+            before = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
+    finally:
+        engine.dispose()
+
+    again = server.eport(*args)
+    assert "Using the key kept in" in again.stderr
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            serials = (
+                conn.exec_driver_sql(
+                    "SELECT serial FROM certificates WHERE application_id = ?", (app_id,)
+                )
+                .scalars()
+                .all()
+            )
+            after = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
+    finally:
+        engine.dispose()
+    assert serials == [format(cert.serial_number, "x")]  # one certificate, the one sent again
+    assert after == before
+    replay = requests.post(
+        server.url + "/ca/v1/enroll",
+        json={"code": code, "profile": "enterprise", "csr": keyfiles.csr_for(key).decode()},
+        timeout=30,
+    )
+    assert replay.status_code == 200 and replay.json()["serial"] == serials[0]
+    other = requests.post(server.url + "/ca/v1/enroll", json=enroll_body(code), timeout=30)
+    assert other.status_code == 403 and "already used" in other.json()["detail"]
+    assert_consistent(server)
+
+
+# -- kill -9 under load ------------------------------------------------------------------------
+
+
+def test_kill_9_under_enrollment_load_loses_nothing_and_restarts(tmp_path: Path) -> None:
+    """``kill -9`` of the whole server (its process group) while 6 clients enroll: every
+    201 is stored with its event and log entry, no code is redeemed without its
+    certificate; the server restarts on the same data directory (no stale lock, the WAL
+    recovered), ``eport audit verify --full`` passes, each request that got no answer
+    sent again gets its certificate (200 if the CA had issued it, else 201), and
+    issuance goes on."""
+    data = tmp_path / "data"
+    server, proc = start_server(data, workers=2)
+    try:
+        codes = approved_codes(server, 40)
+        bodies = {code: enroll_body(code) for code in codes}
+        pending = list(codes)
+        answers: dict[str, tuple[int, str | None]] = {}
+        lock = threading.Lock()
+
+        def client() -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    code = pending.pop()
+                try:
+                    resp = requests.post(
+                        server.url + "/ca/v1/enroll", json=bodies[code], timeout=30
+                    )
+                    got = resp.status_code, resp.json().get("serial")
+                except requests.RequestException:
+                    got = -1, None
+                with lock:
+                    answers[code] = got
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(1 for s, _ in answers.values() if s == 201) >= 8:
+                    break
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for t in threads:
+            t.join(60)
+    finally:
+        stop(proc)
+    answered = {code: serial for code, (status, serial) in answers.items() if status == 201}
+    assert answered and all(s in (201, -1) for s, _ in answers.values()), answers
+    assert set(answered.values()) <= assert_consistent(server)
+
+    server, proc = start_server(data, workers=2)
+    try:
+        audit_verify_full(server, tmp_path / "audit.json")
+        unanswered = [code for code, (status, _) in answers.items() if status != 201]
+        for code in unanswered + pending:
+            resp = requests.post(server.url + "/ca/v1/enroll", json=bodies[code], timeout=30)
+            assert resp.status_code in (200, 201), resp.text
+        assert len(assert_consistent(server)) >= len(answered) + len(unanswered) + len(pending)
+        audit_verify_full(server, tmp_path / "audit.json")
+    finally:
+        stop(proc)

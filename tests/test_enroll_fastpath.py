@@ -152,11 +152,16 @@ def test_enrollment_is_answered_as_the_view_would_and_only_once(ca: CA) -> None:
     assert format(cert.serial_number, "x") == doc["serial"].lstrip("0")
     assert doc["profile"] == "enterprise" and doc["application_id"] == app_id
 
-    # The code is spent: refused on either path, the same way, and nothing more stored.
+    # The code is spent: refused with any other key on either path, the same way, and
+    # nothing more stored; the same request again (a lost answer) gets its certificate.
     total = ca.certificates()
-    again, flask_again = both(ca, body)
+    other = json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode()
+    again, flask_again = both(ca, other)
     assert again == flask_again and again.status == "403 FORBIDDEN"
     assert json.loads(again.body)["detail"] == "this enrollment code was already used"
+    replay, flask_replay = both(ca, body)
+    assert replay == flask_replay and replay.status == "200 OK"
+    assert json.loads(replay.body)["serial"] == doc["serial"]
     assert ca.certificates(app_id) == 1 and ca.certificates() == total
 
 
@@ -320,7 +325,9 @@ def test_through_gunicorn(sqlite_server: Server) -> None:
     r = requests.post(url, json=doc, timeout=30)
     assert r.status_code == 201 and r.headers["Content-Type"] == "application/json"
     assert r.json()["application_id"] == app["id"]
-    body = json.dumps(doc).encode()
+    # The same key again gets its certificate again (a lost answer); another key is refused.
+    assert requests.post(url, json=doc, timeout=30).json()["serial"] == r.json()["serial"]
+    body = json.dumps({**doc, "csr": csr()}).encode()
     refusals = [
         requests.post(url, data=body, headers={"Content-Type": ct}, timeout=30)
         for ct in ("application/json", "text/plain")

@@ -709,7 +709,18 @@ def test_enrollment_checks_before_signing(server: Server) -> None:
     assert enroll(first).status_code == 201
     other = code_for("Checks Other Co.")
     before = counts(server)
-    used = enroll(first)
+    again = enroll(first)  # the same key: its certificate sent again (a lost answer)
+    assert again.status_code == 200 and again.json()["application_id"], again.text
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    other_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(fresh, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    body = {"code": first, "profile": "enterprise", "csr": other_csr}
+    used = requests.post(server.url + "/ca/v1/enroll", json=body, timeout=30)
     assert used.status_code == 403 and "already used" in used.json()["detail"], used.text
     held = enroll(other)
     assert held.status_code == 409 and "another subject" in held.json()["detail"], held.text
