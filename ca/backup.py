@@ -54,7 +54,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from ca import translog
-from ca.datalock import LOCK_NAME
+from ca.datalock import LOCK_NAME, RESTORE_MARKER
 from ca.errors import EPortError
 from ca.merkle import EMPTY_ROOT
 
@@ -706,6 +706,11 @@ def restore(
                 "supported)"
             )
     occupied = non_empty_targets(archive, data_dir, databases)
+    if occupied and not force and (data_dir / RESTORE_MARKER).exists():
+        raise BackupError(
+            f"an earlier restore into {data_dir} was interrupted halfway: run it again with "
+            "--force (it replaces the CA files and databases there)"
+        )
     if occupied and not force:
         raise BackupError(
             f"refusing to restore over {occupied[0]}: it is not empty (--force replaces the "
@@ -717,7 +722,14 @@ def restore(
     if ca_db["kind"] == "sqlite":
         with _read_sqlite(archive.staged(ca_db["member"])) as conn:
             check(conn)
-    # From here on the target changes.
+    # From here on the target changes: marked, so that a restore killed before the last
+    # file is placed leaves a directory no server starts on (ca.datalock).
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker = data_dir / RESTORE_MARKER
+    with open(marker, "wb") as fh:
+        fh.write(b"an eport restore began here and has not finished\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     placed: dict[str, str] = {}
     for name, db in dbs.items():
         if "same_as" in db:
@@ -771,4 +783,5 @@ def restore(
                 os.chmod(archive.staged(member), int(meta.get("mode", 0o600)) & 0o777)
                 files += 1
         shutil.move(source, dest)
+    marker.unlink()
     return RestoreResult(data_dir, files, placed)

@@ -21,6 +21,22 @@ from pathlib import Path
 from ca.errors import Conflict
 
 LOCK_NAME = "serve.lock"
+RESTORE_MARKER = "restore.incomplete"
+"""Written by a restore before it changes the first database or file of the target and
+removed after the last: found later, a restore was killed halfway (some databases or
+files placed, others not) and the directory must not be served until one finishes."""
+
+
+def interrupted_restore_refusal(data_dir: Path) -> str | None:
+    """Why ``data_dir`` must not be served: an unfinished restore's marker; None when
+    there is none."""
+    if not (data_dir / RESTORE_MARKER).exists():
+        return None
+    return (
+        f"a restore into {data_dir} did not finish (it was interrupted after it began to "
+        "replace the databases and files): run `eport restore --from ARCHIVE --data-dir "
+        f"{data_dir} --force` again before serving it"
+    )
 
 
 def _open(data_dir: Path) -> int:
@@ -30,7 +46,8 @@ def _open(data_dir: Path) -> int:
 
 def hold_for_serving(data_dir: Path) -> int:
     """Take the shared lock for a server's life; the open descriptor (keep it open).
-    Raises :class:`Conflict` while a restore holds the directory."""
+    Raises :class:`Conflict` while a restore holds the directory, or when one was
+    interrupted there (:data:`RESTORE_MARKER`)."""
     fd = _open(data_dir)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -39,6 +56,10 @@ def hold_for_serving(data_dir: Path) -> int:
         raise Conflict(
             f"a restore is running on {data_dir}: start the server when it has finished"
         ) from None
+    refusal = interrupted_restore_refusal(data_dir)
+    if refusal is not None:
+        os.close(fd)
+        raise Conflict(refusal)
     return fd
 
 

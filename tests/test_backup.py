@@ -430,6 +430,75 @@ def test_restore_refuses_and_changes_nothing(
     assert (target / "dev" / "keep.txt").exists()
 
 
+KILL_AFTER_FIRST_DATABASE = """
+import os, shutil, signal, sys
+move = shutil.move
+def move_then_die(src, dst, *args, **kwargs):
+    out = move(src, dst, *args, **kwargs)
+    if str(dst).endswith("eport.db"):  # the CA database is placed, ca/ not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+shutil.move = move_then_die
+from cli.main import main
+sys.argv = ["eport", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_restore_killed_halfway_is_never_served(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``eport restore`` killed (SIGKILL) after it placed the CA database and before it
+    placed ``ca/``: ``eport serve`` refuses the half-restored directory in one line and
+    creates nothing there; a restore without ``--force`` says the last one was
+    interrupted; with ``--force`` it completes, the server starts, ``eport audit verify
+    --full`` passes and issuance works."""
+    import sys
+
+    from tests.conftest import free_port
+
+    data, archive = offline_instance
+    target = tmp_path / "restored"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_AFTER_FIRST_DATABASE,
+            "restore",
+            "--from",
+            str(archive),
+            "--data-dir",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert (target / "eport.db").is_file() and not (target / "ca").exists()
+    shutil.copytree(data / "dev", target / "dev")  # a dev instance's runbook step
+
+    serve = eport(
+        "serve", "--dev", "--data-dir", str(target), "--port", str(free_port()), check=False
+    )
+    refused(serve, "did not finish", "--force")
+    assert not (target / "ca").exists()
+    again = restore(archive, target, check=False)
+    assert again.returncode == 1
+    # the killed restore's staging is removed first, and said so
+    assert again.stderr.splitlines()[0] == "Removed the staging left by an interrupted restore."
+    assert "was interrupted halfway: run it again with --force" in again.stderr.splitlines()[1]
+
+    restore(archive, target, "--force")
+    assert not (target / "restore.incomplete").exists()
+    srv, proc = start_server(target)
+    try:
+        srv.eport("audit", "verify", "--full", "--state", str(tmp_path / "a.json"), *srv.auditor())
+        enroll_enterprise(srv, tmp_path)
+    finally:
+        stop(proc)
+
+
 def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = offline_instance
     archive = tmp_path / "with-dev.tar.gz"
