@@ -330,6 +330,46 @@ class BackupResult:
     manifest: dict[str, Any]
     bytes: int
     seconds: float
+    stale_removed: int = 0
+    """Work files of killed backups to the same ``out`` removed first."""
+
+
+_TMP_SUFFIX = ".tmp"
+
+
+def _staging_prefix(out: Path, pid: int | None = None) -> str:
+    return f".eport-backup-{out.name}.{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_backup_work(out: Path) -> int:
+    """Remove what backups to ``out`` killed before their rename left beside it: the
+    unfinished archive ``.<name>.<pid>.tmp`` (never the final name, so never taken for a
+    backup, but as large as one) and the staging directory with its database copies.
+    Only those of processes no longer running; the number removed."""
+    removed = 0
+    name = out.name
+    for path in out.parent.glob(f".{glob.escape(name)}.*{_TMP_SUFFIX}"):
+        pid = path.name[len(name) + 2 : -len(_TMP_SUFFIX)]
+        if pid.isdigit() and not _alive(int(pid)) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    prefix = _staging_prefix(out, 0)[: -len("0-")]
+    for path in out.parent.glob(f"{glob.escape(prefix)}*-*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _add(tar: tarfile.TarFile, name: str, size: int, mode: int, mtime: int, fh: IO[bytes]) -> None:
@@ -370,7 +410,8 @@ def create_backup(
         raise BackupError("write the backup outside the data directory it backs up")
     out.parent.mkdir(parents=True, exist_ok=True)
     kinds = {name: _kind(url) for name, url in databases.items()}
-    with tempfile.TemporaryDirectory(prefix=".eport-backup-", dir=out.parent) as tmp:
+    removed = remove_stale_backup_work(out)
+    with tempfile.TemporaryDirectory(prefix=_staging_prefix(out), dir=out.parent) as tmp:
         staging = Path(tmp)
         for _attempt in range(_ATTEMPTS):
             before = _snapshot_files(data_dir, include_dev)
@@ -441,7 +482,7 @@ def create_backup(
             "excluded": excluded,
         }
         blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-        tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp_out = out.with_name(f".{out.name}.{os.getpid()}{_TMP_SUFFIX}")
         fd = os.open(tmp_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as raw:
@@ -462,7 +503,7 @@ def create_backup(
         except BaseException:
             tmp_out.unlink(missing_ok=True)
             raise
-    return BackupResult(out, manifest, out.stat().st_size, time.perf_counter() - started)
+    return BackupResult(out, manifest, out.stat().st_size, time.perf_counter() - started, removed)
 
 
 # -- reading an archive -----------------------------------------------------------------

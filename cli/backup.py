@@ -95,6 +95,12 @@ def backup_command(
     result = create_backup(
         data_dir, _databases(data_dir, for_backup=True), out, include_dev=include_dev
     )
+    if result.stale_removed:
+        click.echo(
+            f"Removed {result.stale_removed} work file(s) left beside {out.name} by an "
+            "interrupted backup.",
+            err=True,
+        )
     m = result.manifest
     log = m["log"]
     digest = hashlib.sha256(out.read_bytes()).hexdigest()

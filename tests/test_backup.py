@@ -499,6 +499,56 @@ def test_a_restore_killed_halfway_is_never_served(
         stop(proc)
 
 
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+def die(src, dst, *args, **kwargs):  # the archive is written, not yet renamed
+    os.kill(os.getpid(), signal.SIGKILL)
+os.replace = die
+from cli.main import main
+sys.argv = ["eport", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_killed_backup_leaves_no_archive_and_the_next_one_cleans_up(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``eport backup`` killed (SIGKILL) after writing its archive, before renaming it: no
+    file has the archive's name; its unfinished archive and staging (database copies)
+    are hidden beside it, and the next backup to the same name removes them, says so,
+    and writes an archive that restores."""
+    import sys
+
+    data, _ = offline_instance
+    out = tmp_path / "backups" / "eport.tar.gz"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_BEFORE_RENAME,
+            "backup",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert not out.exists() and len(left) == 2, left
+    assert left[0].startswith(".eport-backup-eport.tar.gz.") and left[1].endswith(".tmp")
+
+    again = eport("backup", "--data-dir", str(data), "--out", str(out))
+    assert "Removed 2 work file(s) left beside eport.tar.gz by an interrupted backup." in (
+        again.stderr
+    )
+    assert [p.name for p in out.parent.iterdir()] == ["eport.tar.gz"]
+    restore(out, tmp_path / "restored")
+
+
 def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = offline_instance
     archive = tmp_path / "with-dev.tar.gz"
