@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import glob
 import gzip
 import hashlib
@@ -629,6 +630,13 @@ def _extract(path: Path, staging: Path) -> dict[str, Any]:
                         "manifest; nothing was restored"
                     )
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Writing the staging copy failed: the archive may be perfectly good.
+            raise BackupError(
+                f"no space left to unpack the archive in {staging.parent} ({exc.strerror}): "
+                f"free space there and run the restore again; {path} was not found "
+                "damaged; nothing was restored"
+            ) from None
         if isinstance(exc, FileNotFoundError | PermissionError):
             raise BackupError(f"cannot read {path}: {exc.strerror}") from None
         raise BackupError(

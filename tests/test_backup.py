@@ -549,6 +549,26 @@ def test_a_killed_backup_leaves_no_archive_and_the_next_one_cleans_up(
     restore(out, tmp_path / "restored")
 
 
+def test_a_restore_onto_a_full_disk_blames_the_disk_not_the_archive(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A good archive restored onto a full file system: one line that names the lack of
+    space and says the archive was not found damaged (it said "corrupted or truncated"
+    before, which could make an operator throw away a good backup); nothing is left on
+    the disk; once space is freed the same restore succeeds."""
+    from tests.test_crash_recovery import fill, small_tmpfs
+
+    _, archive = offline_instance
+    with small_tmpfs(tmp_path / "small", "4m") as small:
+        fill(small / "filler")
+        res = restore(archive, small / "data", check=False)
+        refused(res, "no space left to unpack the archive", "was not found damaged")
+        assert "corrupted" not in res.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+        (small / "filler").unlink()
+        restore(archive, small / "data")
+
+
 def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = offline_instance
     archive = tmp_path / "with-dev.tar.gz"
