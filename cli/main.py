@@ -347,13 +347,54 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
     emit(as_json, doc, "\n".join(lines))
 
 
+def _issue_into(
+    out: Path, key: Any, pw: bytes, issue: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Write the new key (encrypted) to OUT/key.pem, then ``issue``: the CA's answer. An
+    --out that cannot be written is said before the code or the renewal is spent (else
+    the certificate would be issued for a key that is lost); a refused request removes
+    the key file and the directories made for it, leaving --out as it was."""
+    made = _write_new_key(out, key, pw)
+    try:
+        return issue()
+    except BaseException:
+        _undo(out / "key.pem", made)
+        raise
+
+
+def _write_new_key(out: Path, key: Any, pw: bytes) -> list[Path]:
+    """Write the new key (encrypted) to OUT/key.pem before any request spends a code or
+    a renewal: an --out that cannot be written is said first, in one line. Returns the
+    directories made for it (innermost first), for :func:`_undo`."""
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    key_file = out / "key.pem"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        keyfiles.write_key(key_file, key, pw)
+    except OSError as exc:
+        _undo(key_file, made)
+        raise CLIError(f"cannot write {key_file}: {exc.strerror or exc}") from None
+    return made
+
+
+def _undo(key_file: Path, made: list[Path]) -> None:
+    """Remove what :func:`_issue_into` wrote: the key file and the directories it made."""
+    for path in (key_file, key_file.with_name(key_file.name + ".tmp")):
+        with contextlib.suppress(OSError):  # never written: its directory was not made
+            path.unlink(missing_ok=True)
+    for d in made:  # innermost first; a directory something else wrote into stays
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def _write_outputs(
-    out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool, *, key_written: bool = False
+    out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool
 ) -> dict[str, str]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the certificate and chain (and bundle.p12) beside the key :func:`_issue_into`
+    wrote."""
     files = {"key": out / "key.pem", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    if not key_written:
-        keyfiles.write_key(files["key"], key, pw)
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
     if p12:
@@ -448,7 +489,7 @@ def enroll(
         # An earlier attempt's key, whose answer was lost: its code may be used already
         # (by this key), so it is not checked first; the CA answers with the certificate.
         key, kept_pw = keyfiles.key_and_passphrase(out / "key.pem", passphrase_file)
-        pw, made_dir = kept_pw or b"", False
+        pw, made = kept_pw or b"", []
         click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
     else:
         _refuse_overwrite(out)
@@ -460,9 +501,7 @@ def enroll(
             return
         pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
         key = keyfiles.new_key(key_type)
-        made_dir = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        keyfiles.write_key(out / "key.pem", key, pw)
+        made = _write_new_key(out, key, pw)
     csr = keyfiles.csr_for(key).decode()
     try:
         result = ctx.client().call(
@@ -472,14 +511,11 @@ def enroll(
         if err.status >= 500:
             raise _answer_lost(err, out) from None
         if not kept:  # refused: nothing was issued for the new key
-            (out / "key.pem").unlink(missing_ok=True)
-            if made_dir:
-                with contextlib.suppress(OSError):
-                    out.rmdir()
+            _undo(out / "key.pem", made)
         raise
     except CLIError as err:  # no answer at all
         raise _answer_lost(err, out) from None
-    files = _write_outputs(out, key, pw, result, p12, key_written=True)
+    files = _write_outputs(out, key, pw, result, p12)
     emit(
         as_json,
         {**result, "files": files},
@@ -606,8 +642,9 @@ def renew(
     # gets a new one, asked twice as for an enrollment.
     pw = current_pw or keyfiles.passphrase(passphrase_file, new=True, what="new key")
     key = keyfiles.new_key(key_type)
-    result = ctx.client().call(
-        "POST", "/ca/v1/renew", {"csr": keyfiles.csr_for(key).decode()}, ident
+    csr = keyfiles.csr_for(key).decode()
+    result = _issue_into(
+        out, key, pw, lambda: ctx.client().call("POST", "/ca/v1/renew", {"csr": csr}, ident)
     )
     files = _write_outputs(out, key, pw, result, p12)
     emit(
