@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ca.signedreq import SCHEME, sign_request
 from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
-from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError
+from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
 from cli.keyfiles import identity_options
 from cli.options import json_option
 
@@ -192,31 +192,27 @@ class AuditClient:
                 datetime.datetime.now(datetime.UTC),
             )
             headers["Authorization"] = f"{SCHEME} {token}"
-        try:
-            resp = self.http.request(
-                method, self.server + path, headers=headers, timeout=self.timeout
-            )
-        except requests.ConnectionError:
-            raise CLIError(
-                f"cannot reach the e-port server at {self.server} "
-                "(is it running? set EPORT_SERVER or --server)"
-            ) from None
-        except requests.Timeout:
-            raise CLIError(f"the server at {self.server} did not answer in time") from None
+        resp = send(
+            self.http,
+            method,
+            self.server,
+            self.server + path,
+            headers=headers,
+            timeout=self.timeout,
+        )
         if resp.status_code >= 400:
-            try:
-                doc = resp.json()
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict):
-                doc = {"detail": resp.text.strip()[:200] or resp.reason}
-            raise RemoteError(resp.status_code, doc)
+            foreign = not_ours(resp, self.server)
+            if foreign is not None:
+                raise foreign
+            raise RemoteError(resp.status_code, resp.json())
         return resp
 
     def json(self, path: str, *, signed: bool = False, method: str = "GET") -> dict[str, Any]:
-        doc = self.get(path, signed=signed, method=method).json()
-        if not isinstance(doc, dict):
-            raise CLIError(f"unexpected answer from {self.server}{path}")
+        resp = self.get(path, signed=signed, method=method)
+        foreign = not_ours(resp, self.server)
+        if foreign is not None:
+            raise foreign
+        doc: dict[str, Any] = resp.json()
         return doc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from cryptography import x509
@@ -32,6 +33,83 @@ class RemoteError(CLIError):
             or "request failed"
         )
         super().__init__(f"{detail} (HTTP {status})")
+
+
+def check_server(value: str) -> str | None:
+    """Why ``value`` cannot be the e-port server's base URL, or None when it can: an
+    ``http://`` or ``https://`` URL with a host (and, if any, a port that parses)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "names no host"
+    return None
+
+
+def send(
+    http: requests.Session, method: str, server: str, url: str, **kwargs: Any
+) -> requests.Response:
+    """One request to the e-port server at ``server``: a connection, TLS, name or time
+    failure is one line (:class:`CLIError`) naming the server, never a traceback."""
+    try:
+        return http.request(method, url, **kwargs)
+    except requests.exceptions.SSLError:
+        raise CLIError(
+            f"cannot make a TLS connection to {server} "
+            "(an http:// server given as https://? check EPORT_SERVER or --server)"
+        ) from None
+    except requests.Timeout:
+        raise CLIError(f"the server at {server} did not answer in time") from None
+    except requests.ConnectionError as exc:
+        if _unresolved(exc):
+            raise CLIError(
+                f"cannot find the host of {server} (check EPORT_SERVER or --server)"
+            ) from None
+        raise CLIError(
+            f"cannot reach the e-port server at {server} "
+            "(is it running? set EPORT_SERVER or --server)"
+        ) from None
+    except requests.RequestException as exc:
+        raise CLIError(f"cannot send a request to {server}: {type(exc).__name__}") from None
+
+
+def _unresolved(exc: requests.ConnectionError) -> bool:
+    """The connection failed because the host's name did not resolve."""
+    from urllib3.exceptions import NameResolutionError
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NameResolutionError)
+
+
+def not_ours(resp: requests.Response, server: str) -> CLIError | None:
+    """An answer that did not come from an e-port API (a web page, another server's
+    JSON, a route that does not exist there): the one line to say instead of its body."""
+    kind = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    if "json" not in kind:
+        return CLIError(
+            f"the server at {server} answered HTTP {resp.status_code} with {kind}, not the "
+            "e-port API's JSON (is EPORT_SERVER or --server the e-port server's base URL?)"
+        )
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return CLIError(
+            f"the server at {server} answered HTTP {resp.status_code} with JSON that is not "
+            "the e-port API's (is EPORT_SERVER or --server the e-port server's base URL?)"
+        )
+    # Flask's own 404 for a path no route serves: the base URL is not the server's
+    if resp.status_code == 404 and doc.get("type") == "about:blank":
+        return CLIError(
+            f"the server at {server} has no {urlsplit(resp.url).path} "
+            "(is EPORT_SERVER or --server the e-port server's base URL, with no path?)"
+        )
+    return None
 
 
 class Identity:
@@ -72,25 +150,19 @@ class CAClient:
                 datetime.datetime.now(datetime.UTC),
             )
             headers["Authorization"] = f"{SCHEME} {token}"
-        try:
-            resp = self.http.request(
-                method, self.server + path, data=data or None, headers=headers, timeout=self.timeout
-            )
-        except requests.ConnectionError:
-            raise CLIError(
-                f"cannot reach the e-port server at {self.server} "
-                "(is it running? set EPORT_SERVER or --server)"
-            ) from None
-        except requests.Timeout:
-            raise CLIError(f"the server at {self.server} did not answer in time") from None
-        try:
-            doc = resp.json()
-        except ValueError:
-            doc = None
+        resp = send(
+            self.http,
+            method,
+            self.server,
+            self.server + path,
+            data=data or None,
+            headers=headers,
+            timeout=self.timeout,
+        )
+        foreign = not_ours(resp, self.server)
+        if foreign is not None:
+            raise foreign
+        doc: dict[str, Any] = resp.json()
         if resp.status_code >= 400:
-            if not isinstance(doc, dict):
-                doc = {"detail": resp.text.strip()[:200] or resp.reason}
             raise RemoteError(resp.status_code, doc)
-        if not isinstance(doc, dict):
-            raise CLIError(f"unexpected answer from {self.server}{path}")
         return doc

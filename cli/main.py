@@ -29,7 +29,7 @@ from cli import backup as backup_cli
 from cli import custody as custody_cli
 from cli import keyfiles
 from cli.audit import audit
-from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError
+from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError, check_server
 from cli.keyfiles import identity_options
 from cli.options import data_dir_option, json_option, not_blank, secret_prompt
 
@@ -57,13 +57,30 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--server`` (or EPORT_SERVER) is an http(s) URL with a host, else a usage error
+    (exit 2) before any command runs, in the name the value came from."""
+    why = check_server(value)
+    if why is None:
+        return value
+    source = ctx.get_parameter_source("server")
+    name = "EPORT_SERVER" if source is click.core.ParameterSource.ENVIRONMENT else "--server"
+    raise click.BadParameter(
+        f"{value!r} {why}; give the e-port server's base URL, e.g. {DEFAULT_SERVER}",
+        ctx,
+        param,
+        param_hint=name,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--server",
     envvar="EPORT_SERVER",
     default=DEFAULT_SERVER,
     show_default=True,
-    help="Base URL of the e-port server (env EPORT_SERVER).",
+    callback=lambda ctx, param, value: _server_url(ctx, param, value),
+    help="Base URL of the e-port server, http:// or https:// (env EPORT_SERVER).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="eport-trust")
@@ -1354,7 +1371,8 @@ def login(
     endpoint = ctx.server.rstrip("/") + "/auth/token"
     jwt_assertion = session.assertion(ident, endpoint, x5t_s256(ident.chain[0]))
     doc = session.post_form(
-        endpoint,
+        ctx.server,
+        "/auth/token",
         {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt_assertion},
     )
     path = session.save(
@@ -1388,7 +1406,8 @@ def token(ctx: Ctx, service: str, as_json: bool) -> None:
 
     data = session.load(ctx.server)
     doc = session.post_form(
-        ctx.server.rstrip("/") + "/auth/token",
+        ctx.server,
+        "/auth/token",
         {
             "grant_type": "refresh_token",
             "refresh_token": data["refresh_token"],
@@ -1408,9 +1427,7 @@ def whoami(ctx: Ctx, as_json: bool) -> None:
     from cli import session
 
     data = session.load(ctx.server)
-    info = session.post_form(
-        ctx.server.rstrip("/") + "/auth/session", {"refresh_token": data["refresh_token"]}
-    )
+    info = session.post_form(ctx.server, "/auth/session", {"refresh_token": data["refresh_token"]})
     lines = [
         f"Subject:      {info['subject']} ({info['subject_class']})",
         f"Name:         {info['name']}",
@@ -1430,9 +1447,7 @@ def logout(ctx: Ctx, as_json: bool) -> None:
     from cli import session
 
     data = session.load(ctx.server)
-    doc = session.post_form(
-        ctx.server.rstrip("/") + "/auth/logout", {"refresh_token": data["refresh_token"]}
-    )
+    doc = session.post_form(ctx.server, "/auth/logout", {"refresh_token": data["refresh_token"]})
     session.forget(ctx.server)
     emit(
         as_json,

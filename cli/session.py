@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.keys import KeyType
 from ca.signer import write_private
-from cli.client import CLIError, Identity
+from cli.client import CLIError, Identity, not_ours, send
 
 
 def config_dir() -> Path:
@@ -82,17 +82,18 @@ def assertion(ident: Identity, token_endpoint: str, subject: str) -> str:
     return jwt.encode(claims, ident.key, algorithm=alg, headers=headers)  # type: ignore[arg-type]
 
 
-def post_form(url: str, data: dict[str, str], timeout: float = 30) -> dict[str, Any]:
-    try:
-        r = requests.post(url, data=data, timeout=timeout)
-    except requests.ConnectionError:
-        raise CLIError(f"cannot reach the token service at {url}") from None
-    try:
-        doc = r.json()
-    except ValueError:
-        doc = {}
+def post_form(server: str, path: str, data: dict[str, str], timeout: float = 30) -> dict[str, Any]:
+    """POST a form to the token service at ``server`` + ``path``: its JSON answer, or one
+    line (:class:`CLIError`) for an OAuth error (RFC 6749 §5.2), a problem document, or an
+    answer that is not the token service's."""
+    with requests.Session() as http:
+        r = send(http, "POST", server, server.rstrip("/") + path, data=data, timeout=timeout)
+    foreign = not_ours(r, server)
+    if foreign is not None:
+        raise foreign
+    doc: dict[str, Any] = r.json()
     if r.status_code >= 400:
         msg = doc.get("error_description") or doc.get("detail") or r.reason
         err = doc.get("error")
         raise CLIError(f"{msg} ({err})" if err else f"{msg} (HTTP {r.status_code})")
-    return doc if isinstance(doc, dict) else {}
+    return doc

@@ -4,10 +4,17 @@ command line), nothing on stdout, and nothing changed on the server."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import Server
+import pytest
+
+from tests.conftest import Server, free_port, stop
 from tests.helpers import fresh_uscc, jrun, serial_of
 from tests.test_enrollment_flow import counts
 
@@ -71,3 +78,80 @@ def test_an_out_that_cannot_be_written_spends_no_code(
     assert counts(server) == before
     renewed = jrun(server, "renew", "--cert", str(ok / "cert.pem"), "--key", str(ok / "key.pem"))
     assert renewed["previous_serial"] == serial_of(ok)
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m http.server``: a web server that is not the e-port server (HTML pages,
+    404 for every API path, 501 for a POST)."""
+    root = tmp_path_factory.mktemp("www")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def the_three(server: Server) -> list[list[str]]:
+    """A GET of the CA API, a POST to the token service, a signed read of the audit API."""
+    return [
+        ["application", "show", "app_x", "--json"],
+        ["login", *server.officer(), "--json"],
+        ["audit", "verify", *server.auditor(), "--json"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("127.0.0.1:8000", "is not an http:// or https:// URL"),
+        ("localhost", "is not an http:// or https:// URL"),
+        ("ftp://127.0.0.1:8000", "is not an http:// or https:// URL"),
+        ("http://127.0.0.1:99999", "is not a URL"),
+        ("http://[::1", "is not a URL"),
+        ("http://", "names no host"),
+    ],
+)
+def test_a_server_url_that_is_not_one_is_a_usage_error(
+    sqlite_server: Server, url: str, expect: str
+) -> None:
+    """EPORT_SERVER or --server without a scheme (the usual slip) or with a broken port
+    was an 'unexpected error: MissingSchema(...)'; it is a usage error in the name the
+    value came from, before anything is read or sent."""
+    for args in the_three(sqlite_server):
+        line = one_line(sqlite_server.eport(*args, check=False, EPORT_SERVER=url), 2, expect)
+        assert line.startswith("eport: error: Invalid value for EPORT_SERVER: ")
+        line = one_line(sqlite_server.eport("--server", url, *args, check=False), 2, expect)
+        assert line.startswith("eport: error: Invalid value for --server: ")
+
+
+def test_a_server_that_is_not_the_e_port_server(sqlite_server: Server, web_server: str) -> None:
+    """Every way EPORT_SERVER can point at the wrong place is one line naming it: the
+    body of a web server's error page was printed as the error (many lines of HTML), and
+    the token service's and audit client's answers that were not JSON were a KeyError or
+    a JSONDecodeError."""
+    server = sqlite_server
+    host, port = server.url.removeprefix("http://").split(":")
+    closed = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        (closed, "cannot reach the e-port server at " + closed),
+        (f"https://{host}:{port}", "cannot make a TLS connection"),
+        ("http://no-such-host.invalid", "cannot find the host of http://no-such-host.invalid"),
+        (server.url + "/some/path", "has no /some/path/"),
+        (web_server, "with text/html, not the e-port API's JSON"),
+    ]
+    for url, expect in cases:
+        for args in the_three(server):
+            one_line(server.eport(*args, check=False, EPORT_SERVER=url), 1, expect)
