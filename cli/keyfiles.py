@@ -31,9 +31,12 @@ def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
     """The passphrase of a key: file, then EPORT_PASSPHRASE, then an interactive prompt."""
     if file is not None:
         try:
-            value = file.read_text().rstrip("\r\n")
+            # bytes as they are: a passphrase need not be UTF-8 (nor its file)
+            value = file.read_bytes().decode("utf-8", "surrogateescape").rstrip("\r\n")
         except OSError as exc:
             raise CLIError(f"cannot read passphrase file {file}: {exc.strerror}") from None
+        if not value:
+            raise CLIError(f"the passphrase file {file} is empty")
     elif os.environ.get("EPORT_PASSPHRASE"):
         value = os.environ["EPORT_PASSPHRASE"]
     else:
@@ -46,7 +49,9 @@ def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
             ) from None
     if new and len(value) < 8:
         raise CLIError("the passphrase must have at least 8 characters")
-    return value.encode()
+    # bytes that are not UTF-8 (in the file, the environment or a pipe) are kept as they
+    # came, as the environment and stdin decode them (surrogateescape)
+    return value.encode("utf-8", "surrogateescape")
 
 
 def new_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:

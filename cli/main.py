@@ -262,7 +262,7 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
         value = os.environ[env]
         if len(value) < 12:
             raise CLIError(f"{env} must have at least 12 characters")
-        return value.encode()
+        return value.encode("utf-8", "surrogateescape")
     try:
         value = secret_prompt(f"Passphrase for the {what}", confirm=True)
     except click.Abort:
@@ -271,7 +271,7 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
         ) from None
     if len(value) < 12:
         raise CLIError("passphrases of CA keys must have at least 12 characters")
-    return str(value).encode()
+    return str(value).encode("utf-8", "surrogateescape")
 
 
 # -- apply / enroll ---------------------------------------------------------------------------

@@ -48,10 +48,24 @@ def policies_option(help: str) -> Decorator:
 def secret_prompt(label: str, *, confirm: bool = False) -> str:
     """A passphrase typed at the terminal (hidden; ``confirm`` asks twice), or the first
     line of a pipe when stdin is not a terminal (read as is, with no prompt or warning:
-    ``printf '%s\\n' "$PASS" | eport …``). :class:`click.Abort` when there is none."""
+    ``printf '%s\\n' "$PASS" | eport …``). :class:`click.Abort` when there is none;
+    :class:`KeyboardInterrupt` for Ctrl-C at the prompt."""
     if sys.stdin.isatty():
-        return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
-    line: str = sys.stdin.readline()
+        try:
+            return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
+        except click.Abort as exc:
+            # Ctrl-C is the person stopping the command ("Aborted."), not a missing
+            # passphrase; click.prompt says both with Abort, Ctrl-C as its context
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
+    # bytes as they are: a passphrase need not be UTF-8
+    stdin = getattr(sys.stdin, "buffer", None)
+    line: str = (
+        stdin.readline().decode("utf-8", "surrogateescape")
+        if stdin is not None
+        else sys.stdin.readline()
+    )
     if not line.strip("\r\n"):
         raise click.Abort
     return line.rstrip("\r\n")

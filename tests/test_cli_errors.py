@@ -5,6 +5,9 @@ command line), nothing on stdout, and nothing changed on the server."""
 from __future__ import annotations
 
 import contextlib
+import os
+import pty
+import select
 import socket
 import subprocess
 import sys
@@ -14,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, stop
-from tests.helpers import fresh_uscc, jrun, serial_of
-from tests.test_enrollment_flow import counts
+from tests.conftest import EPORT, Server, free_port, stop
+from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
+from tests.test_enrollment_flow import counts, jrun
 
 
 def one_line(res: subprocess.CompletedProcess[str], code: int, expect: str) -> str:
@@ -155,3 +158,74 @@ def test_a_server_that_is_not_the_e_port_server(sqlite_server: Server, web_serve
     for url, expect in cases:
         for args in the_three(server):
             one_line(server.eport(*args, check=False, EPORT_SERVER=url), 1, expect)
+
+
+def test_passphrases_from_files_and_the_environment(sqlite_server: Server, tmp_path: Path) -> None:
+    """An empty --passphrase-file is said as such (it read as 'wrong passphrase'); a
+    passphrase that is not UTF-8, in EPORT_PASSPHRASE or a file, is used as the bytes it
+    is (it was 'unexpected error: UnicodeEncodeError/UnicodeDecodeError')."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Passphrase Bytes Co.")
+    creds_ = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    res = server.eport("login", *creds_, "--passphrase-file", str(empty), check=False)
+    one_line(res, 1, f"the passphrase file {empty} is empty")
+    missing = tmp_path / "missing.txt"
+    res = server.eport("login", *creds_, "--passphrase-file", str(missing), check=False)
+    one_line(res, 1, f"cannot read passphrase file {missing}: No such file or directory")
+    res = server.eport("login", *creds_, check=False, EPORT_PASSPHRASE="not-the-passphrase")
+    one_line(res, 1, "wrong passphrase")
+
+    latin1 = "pässwörd-123".encode("latin-1")  # not UTF-8
+    code = approved_code(server, "Latin-1 Passphrase Co.")
+    out = tmp_path / "latin1"
+    as_env = latin1.decode("utf-8", "surrogateescape")  # how the OS hands such bytes on
+    args = ["--code", code, "--profile", "enterprise", "--out", str(out)]
+    jrun(server, "enroll", *args, EPORT_PASSPHRASE=as_env)
+    pw_file = tmp_path / "latin1.txt"
+    pw_file.write_bytes(latin1 + b"\n")
+    login = ["login", "--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
+    assert jrun(server, *login, "--passphrase-file", str(pw_file))["session"]["name"]
+    assert jrun(server, *login, EPORT_PASSPHRASE=as_env)["session"]["name"]
+
+
+def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path: Path) -> None:
+    """Ctrl-C at a terminal's passphrase prompt stops the command ('Aborted.', exit 1);
+    it said 'a passphrase is needed: use --passphrase-file, ...' as if none could be
+    typed."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Ctrl-C Co.")
+    env = server.env()
+    del env["EPORT_PASSPHRASE"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: eport at a terminal
+        os.execve(
+            EPORT,
+            [EPORT, "login", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")],
+            env,
+        )
+    seen = b""
+
+    def read_until(what: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while what not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child is gone
+                    return
+
+    try:
+        read_until(b"Passphrase for the key")
+        assert b"Passphrase for the key" in seen, seen
+        os.write(fd, b"\x03")
+        read_until(b"Aborted.")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    text = seen.decode()
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    assert "Aborted." in text and "passphrase is needed" not in text, text
+    assert "Traceback" not in text
