@@ -1698,8 +1698,10 @@ custody_cli.install(ca_group)
 def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
+    # https://no-color.org: any non-empty NO_COLOR turns colour off, even at a terminal
+    color = False if os.environ.get("NO_COLOR") else None
     try:
-        cli.main(standalone_mode=False, prog_name="eport")
+        cli.main(standalone_mode=False, prog_name="eport", color=color)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)

@@ -190,6 +190,41 @@ def test_passphrases_from_files_and_the_environment(sqlite_server: Server, tmp_p
     assert jrun(server, *login, EPORT_PASSPHRASE=as_env)["session"]["name"]
 
 
+def at_terminal(
+    args: list[str], env: dict[str, str], *, ctrl_c_after: bytes | None = None
+) -> tuple[str, int]:
+    """Run ``eport ARGS`` at a pseudo-terminal (stdin, stdout and stderr): what it wrote
+    and its exit code; with ``ctrl_c_after``, Ctrl-C is typed once that text shows."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: eport at a terminal
+        os.execve(EPORT, [EPORT, *args], env)
+    seen = b""
+
+    def read_until(what: bytes | None, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while (what is None or what not in seen) and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the child is gone
+                    return
+                if not chunk:
+                    return
+                seen += chunk
+
+    try:
+        if ctrl_c_after is not None:
+            read_until(ctrl_c_after)
+            assert ctrl_c_after in seen, seen
+            os.write(fd, b"\x03")
+        read_until(None)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
 def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path: Path) -> None:
     """Ctrl-C at a terminal's passphrase prompt stops the command ('Aborted.', exit 1);
     it said 'a passphrase is needed: use --passphrase-file, ...' as if none could be
@@ -198,34 +233,19 @@ def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path:
     ent = enroll_enterprise(server, tmp_path, "Ctrl-C Co.")
     env = server.env()
     del env["EPORT_PASSPHRASE"]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: eport at a terminal
-        os.execve(
-            EPORT,
-            [EPORT, "login", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")],
-            env,
-        )
-    seen = b""
-
-    def read_until(what: bytes, timeout: float = 30) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while what not in seen and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.2)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:  # the child is gone
-                    return
-
-    try:
-        read_until(b"Passphrase for the key")
-        assert b"Passphrase for the key" in seen, seen
-        os.write(fd, b"\x03")
-        read_until(b"Aborted.")
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-    text = seen.decode()
-    assert os.waitstatus_to_exitcode(status) == 1, text
+    args = ["login", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    text, code = at_terminal(args, env, ctrl_c_after=b"Passphrase for the key")
+    assert code == 1, text
     assert "Aborted." in text and "passphrase is needed" not in text, text
     assert "Traceback" not in text
+
+
+def test_no_color(sqlite_server: Server, tmp_path: Path) -> None:
+    """NO_COLOR (https://no-color.org) turns the coloured warnings off at a terminal too;
+    click, which colours them, does not read it."""
+    server = sqlite_server
+    args = ["backup", "--data-dir", str(server.data_dir), "--include-dev", "--out"]
+    text, code = at_terminal([*args, str(tmp_path / "a.tgz")], server.env())
+    assert code == 0 and "WARNING: this archive holds" in text and "\x1b[" in text, text
+    text, code = at_terminal([*args, str(tmp_path / "b.tgz")], server.env(NO_COLOR="1"))
+    assert code == 0 and "WARNING: this archive holds" in text and "\x1b[" not in text, text
