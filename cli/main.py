@@ -31,7 +31,14 @@ from cli import keyfiles
 from cli.audit import audit
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError, check_server
 from cli.keyfiles import identity_options
-from cli.options import data_dir_option, json_option, not_blank, secret_prompt
+from cli.options import (
+    application_id,
+    data_dir_option,
+    hex_serial,
+    json_option,
+    not_blank,
+    secret_prompt,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
@@ -340,7 +347,7 @@ def application_group() -> None:
 
 
 @application_group.command("show")
-@click.argument("app_id")
+@click.argument("app_id", callback=application_id)
 @json_option
 @pass_ctx
 def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
@@ -809,7 +816,7 @@ def _code_lines(doc: dict[str, Any]) -> str:
 
 
 @ra.command("approve")
-@click.argument("app_id")
+@click.argument("app_id", callback=application_id)
 @identity_options("RA officer")
 @click.option(
     "--profile",
@@ -838,7 +845,7 @@ def ra_approve(
 
 
 @ra.command("new-code")
-@click.argument("app_id")
+@click.argument("app_id", callback=application_id)
 @identity_options("RA officer")
 @click.option(
     "--profile",
@@ -881,7 +888,7 @@ reason_option = click.option(
 
 
 @ra.command("reject")
-@click.argument("app_id")
+@click.argument("app_id", callback=application_id)
 @identity_options("RA officer")
 @reason_option
 @json_option
@@ -904,7 +911,7 @@ def ra_reject(
 
 
 @ra.command("withdraw")
-@click.argument("app_id")
+@click.argument("app_id", callback=application_id)
 @identity_options("RA officer")
 @reason_option
 @json_option
@@ -1058,7 +1065,7 @@ def _target_serial(serial: str | None, ident: Identity) -> str:
 @cli.command()
 @click.option(
     "--serial",
-    callback=not_blank,
+    callback=hex_serial,
     help="Serial (hex) to revoke; default: the --cert certificate itself.",
 )
 @click.option(
@@ -1113,7 +1120,7 @@ def revoke(
 @cli.command()
 @click.option(
     "--serial",
-    callback=not_blank,
+    callback=hex_serial,
     help="Serial (hex) to suspend; default: the --cert certificate itself.",
 )
 @identity_options("RA officer, enterprise or certificate holder")
@@ -1143,7 +1150,7 @@ def suspend(
 @click.option(
     "--serial",
     required=True,
-    callback=not_blank,
+    callback=hex_serial,
     help="Serial (hex) of the certificate on hold.",
 )
 @identity_options("RA officer or enterprise")

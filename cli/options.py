@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,35 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     line (exit 2), in the option's own name, before anything is sent."""
     if value is not None and not value.strip():
         raise click.BadParameter("must not be blank", ctx, param)
+    return value
+
+
+# What goes into a URL path as one segment: anything else ('a/b', '../x', 'x?y', bytes
+# that are not UTF-8) would address another resource than the one named, or none
+_APP_ID = re.compile(r"[A-Za-z0-9_-]+")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
+def application_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An argument's callback: an application id (``app_`` and letters and digits, as
+    ``eport apply`` prints it), else a usage error (exit 2) before anything is sent."""
+    if not _APP_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not an application id (like app_6thyonihy3ild7iv)", ctx, param
+        )
+    return value
+
+
+def hex_serial(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option's callback: a certificate serial in hexadecimal, as ``eport cert show``
+    prints it, else a usage error (exit 2) before anything is sent."""
+    value = not_blank(ctx, param, value)
+    if value is not None and not _HEX.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a serial in hexadecimal (like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
+            ctx,
+            param,
+        )
     return value
 
 

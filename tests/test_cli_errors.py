@@ -249,3 +249,31 @@ def test_no_color(sqlite_server: Server, tmp_path: Path) -> None:
     assert code == 0 and "WARNING: this archive holds" in text and "\x1b[" in text, text
     text, code = at_terminal([*args, str(tmp_path / "b.tgz")], server.env(NO_COLOR="1"))
     assert code == 0 and "WARNING: this archive holds" in text and "\x1b[" not in text, text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["application", "show", "app_x/../../auth/v1/roles"],
+        ["ra", "approve", "a/b"],
+        ["ra", "new-code", "x?y"],
+        ["ra", "reject", "../x", "--reason", "r"],
+        ["ra", "withdraw", "app_\udcff", "--reason", "r"],
+        ["revoke", "--serial", "../x", "--reason", "superseded"],
+        ["suspend", "--serial", "7e23:f4"],
+        ["resume", "--serial", "\udcff"],
+    ],
+)
+def test_ids_that_would_change_the_url_are_usage_errors(
+    sqlite_server: Server, args: list[str]
+) -> None:
+    """An application id or a serial goes into the request's path: one with '/', '?',
+    '..' or bytes that are not UTF-8 addressed another path than the one named (the
+    server's 404 for a route, or 'unexpected error: UnicodeEncodeError'). It is a usage
+    error in the argument's name, and nothing is sent."""
+    server = sqlite_server
+    before = counts(server)
+    creds_ = [] if args[0] == "application" else server.officer()
+    line = one_line(server.eport(*args, *creds_, check=False), 2, "Invalid value for ")
+    assert "is not an application id" in line or "is not a serial in hexadecimal" in line
+    assert counts(server) == before

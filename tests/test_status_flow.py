@@ -342,7 +342,9 @@ def test_bad_status_requests_change_nothing(server: Server, tmp_path: Path) -> N
         *server.officer(),
         expect="no end-entity certificate",
     )
-    refused("revoke", "--serial", "zz", *why, *server.officer(), expect="hexadecimal")
+    # A serial that is not hexadecimal is a usage error, said before anything is sent.
+    res = server.eport("revoke", "--serial", "zz", *why, *server.officer(), check=False)
+    assert res.returncode == 2 and "'zz' is not a serial in hexadecimal" in res.stderr
     refused("resume", "--serial", serial_of(a), *server.officer(), expect="revocation is final")
     refused("suspend", "--serial", serial_of(a), *creds(b), expect="only of your own")
     root_serial = format(
