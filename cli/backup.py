@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +94,15 @@ def backup_command(
     if out.exists() and not force:
         # It may be the last good backup: never replaced by a typo or a rerun.
         raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
+    # Said before the databases are read, rather than as an OSError after
+    where = out.parent
+    if where.exists() and not where.is_dir():
+        raise CLIError(f"cannot write {out}: {where} is not a directory")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".eport-backup-", dir=where))  # as the backup will
+    except OSError as exc:
+        raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from None
     result = create_backup(
         data_dir, _databases(data_dir, for_backup=True), out, include_dev=include_dev
     )

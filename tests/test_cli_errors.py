@@ -277,3 +277,15 @@ def test_ids_that_would_change_the_url_are_usage_errors(
     line = one_line(server.eport(*args, *creds_, check=False), 2, "Invalid value for ")
     assert "is not an application id" in line or "is not a serial in hexadecimal" in line
     assert counts(server) == before
+
+
+def test_a_backup_out_that_cannot_be_written(sqlite_server: Server, tmp_path: Path) -> None:
+    """eport backup into a directory that cannot be made (under a file, or on /proc) was
+    'unexpected error: FileNotFoundError(2, ...)', naming no path; it is one line naming
+    --out."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    for out in (blocker / "b.tgz", blocker / "sub" / "b.tgz", Path("/proc/eport-b.tgz")):
+        args = ["backup", "--data-dir", str(sqlite_server.data_dir), "--out", str(out), "--json"]
+        one_line(sqlite_server.eport(*args, check=False), 1, f"cannot write {out}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
