@@ -269,6 +269,11 @@ def load_log_key(value: str, origin: str) -> VerifierKey:
                 f"--log-key {value}: neither a verifier key (NAME+HASH+KEY, as "
                 f"GET /ca/v1/audit/log-key gives it) nor a readable file ({exc.strerror})"
             ) from None
+        except UnicodeDecodeError:
+            raise CLIError(
+                f"--log-key {value}: the file is not text (a verifier key NAME+HASH+KEY, "
+                "or the PEM log.pub)"
+            ) from None
     if "-----BEGIN PUBLIC KEY-----" in text:
         try:
             key = serialization.load_pem_public_key(text.encode())

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, urlencode
 
 import click
@@ -1727,16 +1727,36 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:
+    except UnicodeEncodeError as exc:
+        if exc.reason != "surrogates not allowed":
+            raise_unexpected(exc, verbose)
+        # bytes that are not UTF-8 in an argument or setting (Python hands them on as
+        # surrogates), found only when they were to be sent; the value itself may be a
+        # secret, so only its first such byte is named
         if verbose:
             traceback.print_exc()
-        database = _database_trouble(exc)
-        if database is not None:
-            click.echo(f"eport: error: {database}", err=True)
-        else:
-            hint = "" if verbose else " (rerun with --verbose)"
-            click.echo(f"eport: unexpected error: {exc!r}{hint}", err=True)
-        sys.exit(1)
+        byte = ord(str(exc.object)[exc.start]) - 0xDC00
+        click.echo(
+            "eport: error: a value on the command line or in the environment is not UTF-8 "
+            f"text (it has the byte 0x{byte:02x}); give it in UTF-8",
+            err=True,
+        )
+        sys.exit(2)
+    except Exception as exc:
+        raise_unexpected(exc, verbose)
+
+
+def raise_unexpected(exc: Exception, verbose: bool) -> NoReturn:
+    """The one line (and exit 1) of a failure no command foresaw."""
+    if verbose:
+        traceback.print_exc()
+    database = _database_trouble(exc)
+    if database is not None:
+        click.echo(f"eport: error: {database}", err=True)
+    else:
+        hint = "" if verbose else " (rerun with --verbose)"
+        click.echo(f"eport: unexpected error: {exc!r}{hint}", err=True)
+    sys.exit(1)
 
 
 def _database_trouble(exc: Exception) -> str | None:

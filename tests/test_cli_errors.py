@@ -289,3 +289,21 @@ def test_a_backup_out_that_cannot_be_written(sqlite_server: Server, tmp_path: Pa
         args = ["backup", "--data-dir", str(sqlite_server.data_dir), "--out", str(out), "--json"]
         one_line(sqlite_server.eport(*args, check=False), 1, f"cannot write {out}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_text_that_is_not_utf8(sqlite_server: Server, tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in an argument bound for a query string, or a --log-key
+    file that is not text, were 'unexpected error: UnicodeEncodeError/UnicodeDecodeError';
+    each is one line (a usage error for the argument), and nothing is sent."""
+    server = sqlite_server
+    before = counts(server)
+    for option in ("--uscc", "--subject"):
+        res = server.eport("audit", "log", *server.auditor(), option, "\udcff", check=False)
+        one_line(res, 2, "is not UTF-8 text (it has the byte 0xff)")
+    binary = tmp_path / "log.pub"
+    binary.write_bytes(b"\xff\xfe\x00not a key")
+    res = server.eport(
+        "audit", "verify", *server.auditor(), "--log-key", str(binary), "--json", check=False
+    )
+    one_line(res, 1, f"--log-key {binary}: the file is not text")
+    assert counts(server) == before
