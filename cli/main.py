@@ -142,7 +142,7 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
     help="Threads per worker.",
 )
 def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads: int) -> None:
-    """Run the CA API (under gunicorn) on HOST:PORT with its data in DATA_DIR.
+    """Run the CA API and the token service (under gunicorn) on HOST:PORT, data in DATA_DIR.
 
     With --dev, the first start creates a development joint CA in DATA_DIR: a root,
     one issuing CA per subject class, and one RA officer credential per member
@@ -151,7 +151,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     date (a database of a newer release is refused).
 
     Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
-    key fingerprint: M custodians run `eport ca unseal`. The token service's keys are
+    key fingerprint: M custodians run `eport ca unseal` (a CA whose keys are not under
+    custody is unsealed with EPORT_CA_KEY_PASSPHRASE). The token service's keys are
     encrypted with EPORT_AUTH_KEY_PASSPHRASE (required). Examples:
 
     \b
@@ -1097,16 +1098,17 @@ def revoke(
 ) -> None:
     """Revoke a certificate for good (RFC 5280 §5.3.1).
 
-    \b
     An RA officer may revoke any certificate; an enterprise its own and its
     operators' (cessationOfOperation on the enterprise's last certificate in
     force revokes every operator too, and withdraws their unused codes; while
-    another one, say a renewal's, is in force, only this one is revoked and
-    the answer names the other); anyone holding a
-    certificate's key may revoke it with keyCompromise by signing with that very
-    certificate:
+    another one, say a renewal's, is in force, only this one is revoked and the
+    answer names the other); anyone holding a certificate's key may revoke it
+    with keyCompromise by signing with that very certificate. OCSP answers
+    "revoked" as soon as this returns; the CRL follows within seconds.
+
+    \b
       eport revoke --cert lost.pem --key lost.key --reason keyCompromise
-    OCSP answers "revoked" as soon as this returns; the CRL follows within seconds.
+      eport revoke --serial SERIAL --reason affiliationChanged --cert ent/cert.pem --key ent/key.pem
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     target = _target_serial(serial, ident)
@@ -1138,6 +1140,10 @@ def suspend(
 
     Relying parties see it as revoked (reason certificateHold) until an RA officer,
     or the enterprise for its operators, lifts the hold with `eport resume`.
+
+    \b
+      eport suspend --cert lost-card.pem --key lost-card.key       (its own)
+      eport suspend --serial SERIAL --cert ent/cert.pem --key ent/key.pem
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
@@ -1168,6 +1174,9 @@ def resume(
 
     The certificate leaves the next CRL (RFC 5280 §5.3.1 removeFromCRL semantics)
     and OCSP answers good at once. A held certificate cannot lift its own hold.
+
+    \b
+      eport resume --serial SERIAL --cert officer.pem --key officer.key
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call("POST", f"/ca/v1/certificates/{serial}/resume", {}, ident)
@@ -1194,6 +1203,11 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
 
     The response's signature, responder delegation, CertID, nonce and freshness are
     verified before anything is printed; any doubt is an error, never "good".
+    No credentials are needed.
+
+    \b
+      eport status --cert ./xiamen-harbour/cert.pem          (chain.pem beside it)
+      eport status --cert partner.pem --issuer partner-ca.pem --json
     """
     import requests
 
@@ -1369,7 +1383,11 @@ def login(
     returns a session kept in your config directory with mode 0600. Afterwards
     `eport token --service ID` works for every service without the key, until
     `eport logout`, 8 hours (at most until the certificate expires), or the
-    certificate's revocation.
+    certificate's revocation. One session is kept per server (--server /
+    EPORT_SERVER).
+
+    \b
+      eport login --cert ./xiamen-harbour/cert.pem --key ./xiamen-harbour/key.pem
     """
     from authsvc.principal import x5t_s256
     from cli import session
@@ -1404,10 +1422,14 @@ def login(
 @json_option
 @pass_ctx
 def token(ctx: Ctx, service: str, as_json: bool) -> None:
-    """Print an access token for SERVICE from your session (no key needed).
+    """Print an access token for the --service from your session (no key needed).
 
     The token is an RFC 9068 JWT for that service's audience, bound to your login
     certificate (cnf.x5t#S256), valid 10 minutes. Use it as `Authorization: Bearer`.
+    Needs a session: `eport login` first.
+
+    \b
+      curl -H "Authorization: Bearer $(eport token --service customs-declaration)" ...
     """
     from cli import session
 
@@ -1430,7 +1452,7 @@ def token(ctx: Ctx, service: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def whoami(ctx: Ctx, as_json: bool) -> None:
-    """Show the current single sign-on session."""
+    """Show the current single sign-on session (of `eport login`, for this server)."""
     from cli import session
 
     data = session.load(ctx.server)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import re
 import select
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from tests.conftest import EPORT, Server, free_port, stop
@@ -307,3 +309,41 @@ def test_text_that_is_not_utf8(sqlite_server: Server, tmp_path: Path) -> None:
     )
     one_line(res, 1, f"--log-key {binary}: the file is not text")
     assert counts(server) == before
+
+
+def _commands(cmd: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(click.Context(cmd)):
+            sub = cmd.get_command(click.Context(cmd), name)
+            assert sub is not None
+            yield from _commands(sub, [*path, name])
+
+
+def test_help_names_only_commands_and_options_that_exist() -> None:
+    """Every command's --help says what it does, and every `eport ...` it shows (an
+    example, a next step) names a command that exists with options that command takes:
+    no stale references after an option or command is renamed."""
+    from cli.main import cli
+
+    root_options = {o for p in cli.params for o in p.opts}
+    shown = re.compile(r"(?:^|[\s`(])eport ([a-z][a-z-]*(?: [^`)]*)?)")
+    for path, cmd in _commands(cli, []):
+        text = cmd.get_help(click.Context(cmd, info_name="eport"))
+        assert (cmd.help or "").strip(), f"eport {' '.join(path)} has no help"
+        for line in text.splitlines():
+            for m in shown.finditer(line):
+                words, target, used = m.group(1).split(), cli, 0
+                while (
+                    isinstance(target, click.Group)
+                    and used < len(words)
+                    and re.fullmatch(r"[a-z][a-z-]*", words[used])
+                ):
+                    sub = target.get_command(click.Context(target), words[used])
+                    assert sub is not None, f"eport {' '.join(path)} --help: {line.strip()}"
+                    target, used = sub, used + 1
+                options = {o for p in target.params for o in p.opts} | root_options
+                for w in words[used:]:
+                    opt = w.strip(",.;").split("=")[0]
+                    if re.fullmatch(r"--[a-z][a-z0-9-]*", opt):
+                        assert opt in options, f"eport {' '.join(path)} --help: {line.strip()}"
