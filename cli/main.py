@@ -169,12 +169,15 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     from ca.errors import Conflict
     from cli.serve import run
 
+    _check_listen(host, port)
     try:
         # Shared by every server of the directory, for the server's life (workers inherit
         # it); an `eport restore` takes it alone and refuses while a server holds it.
         in_use = hold_for_serving(data_dir)
     except Conflict as exc:
         raise CLIError(exc.detail) from None
+    except OSError as exc:
+        raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
     base = f"http://{host}:{port}"
     overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
     if "EPORT_PUBLIC_BASE_URL" not in os.environ:
@@ -235,6 +238,29 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """HOST:PORT can be listened on, else one line before anything is made or announced
+    (gunicorn would print "Serving" and then retry the bind in a page of log lines)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CLIError(
+                    f"port {port} on {host} is in use (another eport serve?): choose --port"
+                ) from None
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
@@ -1393,6 +1419,7 @@ def login(
     from cli import session
 
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    session.check_writable(ctx.server)
     endpoint = ctx.server.rstrip("/") + "/auth/token"
     jwt_assertion = session.assertion(ident, endpoint, x5t_s256(ident.chain[0]))
     doc = session.post_form(
@@ -1434,6 +1461,7 @@ def token(ctx: Ctx, service: str, as_json: bool) -> None:
     from cli import session
 
     data = session.load(ctx.server)
+    session.check_writable(ctx.server)  # the refresh token rotates: its successor is kept
     doc = session.post_form(
         ctx.server,
         "/auth/token",

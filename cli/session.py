@@ -37,8 +37,31 @@ def session_file(server: str) -> Path:
 
 def save(server: str, data: dict[str, Any]) -> Path:
     path = session_file(server)
-    write_private(path, json.dumps(data, indent=2).encode())
+    try:
+        write_private(path, json.dumps(data, indent=2).encode())
+    except OSError as exc:
+        raise CLIError(_unwritable(path, exc)) from None
     return path
+
+
+def check_writable(server: str) -> None:
+    """The session file can be written: said before a session is opened or its refresh
+    token rotated, which a file that cannot be saved would leave orphaned."""
+    path = session_file(server)
+    probe = path.with_name(path.name + ".tmp")  # the name write_private uses
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(_unwritable(path, exc)) from None
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    return (
+        f"cannot save the session in {path}: {exc.strerror or exc} "
+        "(set EPORT_CONFIG_DIR to a directory you can write)"
+    )
 
 
 def load(server: str) -> dict[str, Any]:

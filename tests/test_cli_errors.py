@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.conftest import EPORT, Server, free_port, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
@@ -347,3 +348,77 @@ def test_help_names_only_commands_and_options_that_exist() -> None:
                     opt = w.strip(",.;").split("=")[0]
                     if re.fullmatch(r"--[a-z][a-z0-9-]*", opt):
                         assert opt in options, f"eport {' '.join(path)} --help: {line.strip()}"
+
+
+def _sessions(server: Server) -> int:
+    engine = create_engine(f"sqlite:///{server.data_dir / 'auth.db'}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM auth_sessions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_a_session_that_cannot_be_saved_is_not_opened(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """eport login with a config directory it cannot write opened a session on the server
+    and then failed with 'unexpected error: FileNotFoundError', its refresh token lost;
+    eport token rotated the refresh token it then could not keep. Both now say so in one
+    line, naming the file and EPORT_CONFIG_DIR, before the request."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Session File Co.")
+    login = ["login", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    before = _sessions(server)
+    for where in (blocker, blocker / "eport", Path("/proc/eport-config")):
+        res = server.eport(*login, "--json", check=False, EPORT_CONFIG_DIR=str(where))
+        line = one_line(res, 1, f"cannot save the session in {where}/session-")
+        assert "EPORT_CONFIG_DIR" in line
+    assert _sessions(server) == before
+
+    config = tmp_path / "config"
+    jrun(server, *login, EPORT_CONFIG_DIR=str(config))
+    saved = next(config.iterdir())
+    config.chmod(0o500)  # the session file can be read, not replaced
+    try:
+        if not os.access(config, os.W_OK):  # root writes anyway: nothing to refuse
+            res = server.eport(
+                "token",
+                "--service",
+                "customs-declaration",
+                check=False,
+                EPORT_CONFIG_DIR=str(config),
+            )
+            one_line(res, 1, f"cannot save the session in {saved}")
+    finally:
+        config.chmod(0o700)
+    # The refresh token was not spent: the session still gives tokens.
+    assert jrun(server, "token", "--service", "customs-declaration", EPORT_CONFIG_DIR=str(config))
+
+
+def test_serve_says_why_it_cannot_start(sqlite_server: Server, tmp_path: Path) -> None:
+    """eport serve on a port in use printed 'Serving the joint CA on ...', then a page of
+    gunicorn's bind retries; on a data directory it cannot make, 'unexpected error:
+    FileNotFoundError'. Each is one line, before any development CA is made."""
+    port = sqlite_server.url.rsplit(":", 1)[1]
+    data = tmp_path / "data"
+    cases = [
+        (["--data-dir", str(data), "--port", port], f"port {port} on 127.0.0.1 is in use"),
+        (
+            ["--data-dir", "/proc/eport-data", "--port", str(free_port())],
+            "cannot use the data directory /proc/eport-data",
+        ),
+    ]
+    for args, expect in cases:
+        res = subprocess.run(
+            [EPORT, "serve", "--dev", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=sqlite_server.env(),
+            stdin=subprocess.DEVNULL,
+        )
+        one_line(res, 1, expect)
+    assert not data.exists()
