@@ -288,6 +288,13 @@ def load_log_key(value: str, origin: str) -> VerifierKey:
         raise CLIError(f"--log-key: {exc}") from None
 
 
+def _unsaved(path: Path, exc: OSError) -> str:
+    return (
+        f"the log verified, but its checkpoint cannot be kept in {path}: "
+        f"{exc.strerror or exc} (choose the state file with --state or EPORT_AUDIT_STATE)"
+    )
+
+
 def default_state_path(server: str) -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     netloc = urlsplit(server).netloc or server
@@ -315,7 +322,10 @@ class State:
             raise CLIError(f"{path} is not an eport audit state file") from None
 
     def save(self, path: Path, checkpoint: VerifiedCheckpoint, server: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CLIError(_unsaved(path, exc)) from None
         doc = {
             "server": server,
             "origin": checkpoint.origin,
@@ -326,8 +336,11 @@ class State:
             "verified_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise CLIError(_unsaved(path, exc)) from None
 
 
 def resolve_key(

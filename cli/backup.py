@@ -331,6 +331,15 @@ def restore_command(
     )
     from ca.datalock import held_for_restore
 
+    # Said in one line before anything is read: a directory that cannot be made here
+    # (under a file, on /proc) was an OSError from deep inside the restore
+    made_in = next(d for d in (data_dir, *data_dir.absolute().parents) if d.exists())
+    if not made_in.is_dir():
+        raise CLIError(f"cannot restore into {data_dir}: {made_in} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".eport-restore-", dir=made_in))
+    except OSError as exc:
+        raise CLIError(f"cannot restore into {data_dir}: {exc.strerror or exc}") from None
     # This host's servers share the directory's lock for their life; the restore holds
     # it alone throughout, or not at all.
     with held_for_restore(data_dir):

@@ -422,3 +422,30 @@ def test_serve_says_why_it_cannot_start(sqlite_server: Server, tmp_path: Path) -
         )
         one_line(res, 1, expect)
     assert not data.exists()
+
+
+def test_state_and_restore_directories_that_cannot_be_written(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """eport audit verify with a state file it cannot write, and eport restore into a data
+    directory it cannot make, were 'unexpected error: FileNotFoundError/NotADirectoryError';
+    each is one line naming the path (and, for the state, how to choose another)."""
+    server = sqlite_server
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    # (a state under a file is already refused when it is read)
+    for state in (Path("/proc/eport-state.json"), blocker / "s.json"):
+        res = server.eport(
+            "audit", "verify", *server.auditor(), "--state", str(state), "--json", check=False
+        )
+        assert res.returncode == 1 and res.stdout == "", res.stderr
+        last = res.stderr.strip().splitlines()[-1]  # after the trust-on-first-use notice
+        assert last.startswith("eport: error: ") and str(state) in last, res.stderr
+        assert "--state or EPORT_AUDIT_STATE" in last or "cannot read" in last, last
+    archive = tmp_path / "b.tgz"
+    jrun(server, "backup", "--data-dir", str(server.data_dir), "--out", str(archive))
+    for target in (Path("/proc/eport-restore"), blocker / "data"):
+        res = server.eport(
+            "restore", "--from", str(archive), "--data-dir", str(target), check=False
+        )
+        one_line(res, 1, f"cannot restore into {target}: ")
