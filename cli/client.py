@@ -89,10 +89,16 @@ def not_ours(resp: requests.Response, server: str) -> CLIError | None:
     """An answer that did not come from an e-port API (a web page, another server's
     JSON, a route that does not exist there): the one line to say instead of its body."""
     kind = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    status = f"HTTP {resp.status_code} {resp.reason}".strip()
+    # a proxy's 502, 503 or 504 page is the server's trouble, not a wrong URL
+    hint = (
+        ""
+        if resp.status_code in (502, 503, 504)
+        else " (is EPORT_SERVER or --server the e-port server's base URL?)"
+    )
     if "json" not in kind:
         return CLIError(
-            f"the server at {server} answered HTTP {resp.status_code} with {kind}, not the "
-            "e-port API's JSON (is EPORT_SERVER or --server the e-port server's base URL?)"
+            f"the server at {server} answered {status} with {kind}, not the e-port API's JSON{hint}"
         )
     try:
         doc = resp.json()
@@ -100,8 +106,7 @@ def not_ours(resp: requests.Response, server: str) -> CLIError | None:
         doc = None
     if not isinstance(doc, dict):
         return CLIError(
-            f"the server at {server} answered HTTP {resp.status_code} with JSON that is not "
-            "the e-port API's (is EPORT_SERVER or --server the e-port server's base URL?)"
+            f"the server at {server} answered {status} with JSON that is not the e-port API's{hint}"
         )
     # Flask's own 404 for a path no route serves: the base URL is not the server's
     if resp.status_code == 404 and doc.get("type") == "about:blank":

@@ -156,7 +156,10 @@ def test_a_server_that_is_not_the_e_port_server(sqlite_server: Server, web_serve
         (f"https://{host}:{port}", "cannot make a TLS connection"),
         ("http://no-such-host.invalid", "cannot find the host of http://no-such-host.invalid"),
         (server.url + "/some/path", "has no /some/path/"),
-        (web_server, "with text/html, not the e-port API's JSON"),
+        (
+            web_server,
+            "with text/html, not the e-port API's JSON (is EPORT_SERVER",
+        ),
     ]
     for url, expect in cases:
         for args in the_three(server):
