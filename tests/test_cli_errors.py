@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -452,3 +453,28 @@ def test_state_and_restore_directories_that_cannot_be_written(
             "restore", "--from", str(archive), "--data-dir", str(target), check=False
         )
         one_line(res, 1, f"cannot restore into {target}: ")
+
+
+def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
+    """SIGINT while waiting on a server that does not answer: 'Aborted.' and exit 1 at
+    once, no traceback, nothing on stdout."""
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [EPORT, "application", "show", "app_x", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "EPORT_SERVER": url, "HOME": str(tmp_path)},
+        )
+        conn, _ = silent.accept()  # the request has been sent
+        try:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            conn.close()
+    assert proc.returncode == 1 and out == "", (out, err)
+    assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
