@@ -594,14 +594,25 @@ def _key_in_token(
     # The time tells keys apart for a person listing the token; the suffix for two made
     # within one second (their URIs differ by id as well)
     label = f"eport {stamp} {secrets.token_hex(3)}"
-    signer = pkcs11.generate(token, KeyType(key_type), label)
+    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
+    # --out is made before the key and the request, as for a key file (_issue_into)
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _undo(files["key"], made)
+        raise CLIError(f"cannot write {files['key']}: {exc.strerror or exc}") from None
+    try:
+        signer = pkcs11.generate(token, KeyType(key_type), label)
+    except BaseException:
+        _undo(files["key"], made)
+        raise
     try:
         result = submit(keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode())
     except BaseException:
         pkcs11.destroy(signer.uri)  # refused: leave the token as it was
+        _undo(files["key"], made)
         raise
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
     uri = str(signer.uri.without_pin())
     files["key"].write_text(uri + "\n")
     files["certificate"].write_text(result["certificate"])

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import EPORT, Server, free_port, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
 from tests.test_enrollment_flow import counts, jrun
+from tests.test_pkcs11 import HSM, hsm  # noqa: F401  (a fixture)
 
 
 def one_line(res: subprocess.CompletedProcess[str], code: int, expect: str) -> str:
@@ -478,3 +479,26 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
             conn.close()
     assert proc.returncode == 1 and out == "", (out, err)
     assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
+
+
+def test_a_token_enrollment_into_an_out_that_cannot_be_made(
+    sqlite_server: Server,
+    hsm: HSM,  # noqa: F811  (the fixture imported from test_pkcs11)
+    tmp_path: Path,
+) -> None:
+    """eport enroll --pkcs11-uri made --out only after the CA had issued: an --out that
+    could not be made left a certificate issued, the code used and a key in the token with
+    no key.uri naming it. It is now one line before a key is made or the code spent."""
+    server = sqlite_server
+    code = approved_code(server, "Token Out Co.")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    before = counts(server)
+    out = blocker / "ent"
+    args = ["--code", code, "--profile", "enterprise", "--pkcs11-uri", hsm.ent_uri]
+    res = server.eport("enroll", *args, "--out", str(out), check=False, **hsm.env())
+    one_line(res, 1, f"cannot write {out}/key.uri")
+    assert counts(server) == before
+    ok = tmp_path / "ok"
+    jrun(server, "enroll", *args, "--out", str(ok), **hsm.env())
+    assert (ok / "key.uri").exists()
