@@ -1562,8 +1562,23 @@ def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> N
     from authsvc.keys import KeyRing
     from authsvc.store import SqlAuthStore
     from ca.db import make_engine
+    from ca.devinit import PASSPHRASE_FILE, dev_dir
 
     cfg = AuthConfig.load({"data_dir": data_dir, "dev": dev})
+    # Said before an SQLite database is opened where no server keeps its data (a token
+    # service on PostgreSQL needs no data directory here)
+    if cfg.sqlalchemy_url.startswith("sqlite") and not data_dir.is_dir():
+        raise CLIError(
+            f"no data directory {data_dir}: give the one eport serve uses "
+            "(--data-dir or EPORT_DATA_DIR)"
+        )
+    passphrases = dev_dir(data_dir) / PASSPHRASE_FILE
+    if dev and not cfg.key_passphrase and not passphrases.is_file():
+        raise CLIError(
+            f"--dev reads the key passphrase from {passphrases}, which is missing: is "
+            f"{data_dir} a data directory of eport serve --dev? (else set "
+            "EPORT_AUTH_KEY_PASSPHRASE)"
+        )
     upgrade(cfg.sqlalchemy_url)
     engine = make_engine(cfg.sqlalchemy_url)
     try:

@@ -502,3 +502,31 @@ def test_a_token_enrollment_into_an_out_that_cannot_be_made(
     ok = tmp_path / "ok"
     jrun(server, "enroll", *args, "--out", str(ok), **hsm.env())
     assert (ok / "key.uri").exists()
+
+
+def test_rotate_keys_names_the_data_directory(tmp_path: Path) -> None:
+    """eport auth rotate-keys run where no data directory is (the default 'var' from the
+    wrong directory) blamed EPORT_DATABASE_URL; with --dev on a directory without dev/ it
+    was 'unexpected error: FileNotFoundError'. Each is one line naming the directory, and
+    no database is made there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ([], "no data directory var: give the one eport serve uses"),
+        (["--data-dir", str(tmp_path / "none")], f"no data directory {tmp_path / 'none'}"),
+        (["--data-dir", str(empty), "--dev"], f"--dev reads the key passphrase from {empty}"),
+    ]
+    for args, expect in cases:
+        res = subprocess.run(
+            [EPORT, "auth", "rotate-keys", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
+        one_line(res, 1, expect)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert list(empty.iterdir()) == []
