@@ -1778,6 +1778,9 @@ cli.add_command(backup_cli.restore_command)
 custody_cli.install(ca_group)
 
 
+GLOBAL_OPTIONS = ("--server", "--verbose", "-v")
+
+
 def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
@@ -1790,6 +1793,13 @@ def main() -> None:
         sys.exit(1)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "eport"
+        if isinstance(exc, click.NoSuchOption) and exc.option_name in GLOBAL_OPTIONS:
+            # eport's own options go before the command: the usual slip of a script
+            value = " URL" if exc.option_name == "--server" else ""
+            command = where.removeprefix("eport").strip()
+            hint = f"(an option of eport itself: eport {exc.option_name}{value} {command} ...)"
+            click.echo(f"eport: error: {exc.format_message()} {hint}", err=True)
+            sys.exit(exc.exit_code)
         click.echo(f"eport: error: {exc.format_message()} (see '{where} --help')", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

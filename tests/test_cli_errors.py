@@ -530,3 +530,23 @@ def test_rotate_keys_names_the_data_directory(tmp_path: Path) -> None:
         one_line(res, 1, expect)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (
+            ["application", "show", "app_x", "--server", "http://127.0.0.1:8000"],
+            "(an option of eport itself: eport --server URL application show ...)",
+        ),
+        (["ra", "list", "--verbose"], "(an option of eport itself: eport --verbose ra list ...)"),
+    ],
+)
+def test_eport_options_after_the_command(args: list[str], expect: str) -> None:
+    """--server or --verbose written after the command (as a script author adds it at the
+    end) was only 'No such option'; the line now says where it goes. Exit 2, no request."""
+    res = subprocess.run(
+        [EPORT, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    line = one_line(res, 2, "No such option")
+    assert line.endswith(expect), line
