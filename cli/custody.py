@@ -311,7 +311,12 @@ def ca_init(
             raise CLIError(f"--custodian-passphrase {item!r}: expected MEMBER=FILE of a member")
         files[member] = Path(file_name)
     protectors = _share_protectors(members, files, custodian_tokens)
-    officer_pw = _secret(officer_passphrase_file, "EPORT_OFFICER_PASSPHRASE", "officer keys")
+    officer_pw = _secret(
+        officer_passphrase_file,
+        "EPORT_OFFICER_PASSPHRASE",
+        "officer keys",
+        "--officer-passphrase-file",
+    )
     token = None
     if pkcs11_root and not pkcs11_uri:
         raise CLIError("--pkcs11-root needs --pkcs11-uri")

@@ -289,7 +289,9 @@ def ca_group() -> None:
     """Ceremonies of the joint CA: init on the CA host; unseal and quorum ceremonies."""
 
 
-def _secret(file: Path | None, env: str, what: str) -> bytes:
+def _secret(file: Path | None, env: str, what: str, option: str) -> bytes:
+    """A new passphrase of at least 12 characters for ``what``: from ``file`` (given with
+    ``option``), else the environment variable ``env``, else typed twice at a terminal."""
     if file is not None:
         return keyfiles.passphrase(file, new=True, what=what)
     if os.environ.get(env):
@@ -300,11 +302,9 @@ def _secret(file: Path | None, env: str, what: str) -> bytes:
     try:
         value = secret_prompt(f"Passphrase for the {what}", confirm=True)
     except click.Abort:
-        raise CLIError(
-            f"the {what} passphrase is needed: --{what.replace(' ', '-')}-file or {env}"
-        ) from None
+        raise CLIError(f"the passphrase of the {what} is needed: {option} FILE or {env}") from None
     if len(value) < 12:
-        raise CLIError("passphrases of CA keys must have at least 12 characters")
+        raise CLIError(f"the passphrase of the {what} must have at least 12 characters")
     return str(value).encode("utf-8", "surrogateescape")
 
 

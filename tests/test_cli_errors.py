@@ -550,3 +550,25 @@ def test_eport_options_after_the_command(args: list[str], expect: str) -> None:
     )
     line = one_line(res, 2, "No such option")
     assert line.endswith(expect), line
+
+
+def test_ca_init_without_a_terminal_names_the_option_it_needs(tmp_path: Path) -> None:
+    """eport ca init with no terminal and no officer passphrase told the user to use
+    '--officer-keys-file', an option that does not exist; it names
+    --officer-passphrase-file (and EPORT_OFFICER_PASSPHRASE), and nothing is made."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    for member in ("customs", "commerce", "tax", "forex", "inspection"):
+        env[f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"] = f"passphrase of {member} 123"
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    res = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    one_line(res, 1, "--officer-passphrase-file FILE or EPORT_OFFICER_PASSPHRASE")
+    helped = subprocess.run([EPORT, "ca", "init", "--help"], capture_output=True, text=True)
+    assert "--officer-passphrase-file" in helped.stdout
+    assert not data.exists() and not out.exists()
