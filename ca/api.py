@@ -362,7 +362,8 @@ def renew() -> tuple[Response, int]:
     caller = signed_caller()
     data = json_body()
     issued = svc().authority.renew(caller, field(data, "csr"))
-    return jsonify(issued_json(issued)), 201
+    # 200: the certificate this signer's renewal already got for this key (a lost answer)
+    return jsonify(issued_json(issued)), 200 if issued.replayed else 201
 
 
 def _serial(text: str) -> int:

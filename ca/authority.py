@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from ca.errors import (
@@ -146,8 +145,9 @@ class Issued:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     replayed: bool = False
-    """Issued earlier, by the same code for the same key: an enrollment whose answer was
-    lost is answered again (:meth:`JointCA.enroll`); nothing new was issued or written."""
+    """Issued earlier, by the same code (or the same signer's renewal) for the same key:
+    an enrollment or renewal whose answer was lost is answered again
+    (:meth:`JointCA.enroll`, :meth:`JointCA.renew`); nothing new was issued or written."""
 
     def chain_pem(self) -> str:
         return "".join(map(_pem, self.chain))
@@ -685,7 +685,9 @@ class JointCA:
             raise ProfileNotAllowed(f"this code allows {allowed}, not {profile_name!r}")
 
     def renew(self, caller: Caller, csr_data: str | bytes) -> Issued:
-        """A new certificate for a new key, same vetted subject, by the current holder."""
+        """A new certificate for a new key, same vetted subject, by the current holder; or,
+        for a key this holder's renewal already got certified, that certificate again
+        (``replayed``: its first answer was lost)."""
         csr = parse_csr(csr_data)
         now = self.clock()
         with self.store.reading() as tx:
@@ -696,7 +698,11 @@ class JointCA:
             assert app is not None
             if spki_sha256(csr.public_key()) == current.spki_sha256:
                 raise Conflict("renewal needs a new key; the request reuses the current one")
-            self._check_key_free(tx, csr.public_key(), app.id)
+            holders = tx.key_holders(spki_sha256(csr.public_key()))
+            replay = self._renewed_on(tx, holders, current)
+            if replay is not None:
+                return replay
+            _refuse_certified_key(holders, app.id)
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
@@ -711,10 +717,31 @@ class JointCA:
         self.store.commit_issuance(IssuanceWrite(record, event, signed_by=caller.serial))
         return Issued(record, cert, self._chain(issuer))
 
-    def _check_key_free(
-        self, tx: Transaction, public_key: CertificatePublicKeyTypes, app_id: str
-    ) -> None:
-        _refuse_certified_key(tx.key_holders(spki_sha256(public_key)), app_id)
+    def _renewed_on(
+        self,
+        tx: Transaction,
+        holders: Sequence[CertificateRecord],
+        current: CertificateRecord,
+    ) -> Issued | None:
+        """The certificate this very signer's renewal already got for the CSR's key: the
+        answer to a renewal whose answer was lost (the server was killed, or the
+        connection dropped, after the commit), asked again with a new signed request. The
+        caller signed with ``current`` and proved possession of the new key (the CSR's
+        signature); one key has one holder, so this is the certificate that renewed
+        ``current`` with it (same application, its ``certificate.renewed`` event's
+        ``previous_serial`` is ``current``). Nothing is written; any other certified key
+        is refused as before."""
+        for holder in holders:
+            if holder.application_id != current.application_id:
+                continue
+            if tx.renewed_from(holder.serial) != current.serial:
+                continue
+            issuer = next((i for i in self.issuers.values() if i.id == holder.issuer_id), None)
+            if issuer is None:
+                return None
+            cert = x509.load_der_x509_certificate(holder.der)
+            return Issued(holder, cert, self._chain(issuer), replayed=True)
+        return None
 
     def _issuer_for(self, profile: Profile) -> IssuingCA:
         try:

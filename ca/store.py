@@ -635,6 +635,17 @@ class SqlTransaction:
     def key_holders(self, spki_sha256: str) -> list[CertificateRecord]:
         return [_cert_of(r) for r in self._conn().execute(_KEY_HOLDERS, {"spki": spki_sha256})]
 
+    def renewed_from(self, serial: int) -> int | None:
+        q = select(EventRow.details).where(
+            EventRow.serial == format(serial, "x"),
+            EventRow.type == EventType.CERTIFICATE_RENEWED.value,
+        )
+        for details in self.s.scalars(q):
+            previous = json.loads(details).get("previous_serial")
+            if isinstance(previous, str):
+                return int(previous, 16)
+        return None
+
     def append_event(self, ev: Event) -> int:
         values: dict[str, Any] = {
             "at": ev.at,

@@ -398,21 +398,6 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
     emit(as_json, doc, "\n".join(lines))
 
 
-def _issue_into(
-    out: Path, key: Any, pw: bytes, issue: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
-    """Write the new key (encrypted) to OUT/key.pem, then ``issue``: the CA's answer. An
-    --out that cannot be written is said before the code or the renewal is spent (else
-    the certificate would be issued for a key that is lost); a refused request removes
-    the key file and the directories made for it, leaving --out as it was."""
-    made = _write_new_key(out, key, pw)
-    try:
-        return issue()
-    except BaseException:
-        _undo(out / "key.pem", made)
-        raise
-
-
 def _write_new_key(out: Path, key: Any, pw: bytes) -> list[Path]:
     """Write the new key (encrypted) to OUT/key.pem before any request spends a code or
     a renewal: an --out that cannot be written is said first, in one line. Returns the
@@ -429,7 +414,7 @@ def _write_new_key(out: Path, key: Any, pw: bytes) -> list[Path]:
 
 
 def _undo(key_file: Path, made: list[Path]) -> None:
-    """Remove what :func:`_issue_into` wrote: the key file and the directories it made."""
+    """Remove what :func:`_write_new_key` wrote: the key file and the directories it made."""
     for path in (key_file, key_file.with_name(key_file.name + ".tmp")):
         with contextlib.suppress(OSError):  # never written: its directory was not made
             path.unlink(missing_ok=True)
@@ -443,8 +428,8 @@ def _undo(key_file: Path, made: list[Path]) -> None:
 def _write_outputs(
     out: Path, key: Any, pw: bytes, result: dict[str, Any], p12: bool
 ) -> dict[str, str]:
-    """Write the certificate and chain (and bundle.p12) beside the key :func:`_issue_into`
-    wrote."""
+    """Write the certificate and chain (and bundle.p12) beside the key
+    :func:`_write_new_key` wrote."""
     files = {"key": out / "key.pem", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
@@ -462,6 +447,35 @@ def _answer_lost(err: CLIError, out: Path) -> CLIError:
         f"key is kept in {out / 'key.pem'}; run the same command again to get the "
         "certificate"
     )
+
+
+def _submit_keeping_key(
+    submit: Callable[[], dict[str, Any]], out: Path, kept: bool, made: list[Path]
+) -> dict[str, Any]:
+    """``submit()`` the CSR of the key written in OUT/key.pem: the CA's answer. No answer
+    (connection error, timeout, 5xx) keeps the key, as the CA may have issued; a refusal
+    (4xx) deletes a new key (and the directory made for it): nothing was issued for it."""
+    try:
+        return submit()
+    except RemoteError as err:
+        if err.status >= 500:
+            raise _answer_lost(err, out) from None
+        if not kept:
+            _undo(out / "key.pem", made)
+        raise
+    except CLIError as err:  # no answer at all
+        raise _answer_lost(err, out) from None
+
+
+def _kept_key(
+    path: Path, pw: bytes | None, passphrase_file: Path | None
+) -> tuple[Any, bytes | None]:
+    """The key an earlier renewal kept in ``path`` and its passphrase: ``pw`` (the
+    current key's, which a renewal encrypts the new key with) if it opens it, else asked."""
+    if pw is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return serialization.load_pem_private_key(path.read_bytes(), pw), pw
+    return keyfiles.key_and_passphrase(path, passphrase_file)
 
 
 def _refuse_overwrite(out: Path) -> None:
@@ -554,18 +568,14 @@ def enroll(
         key = keyfiles.new_key(key_type)
         made = _write_new_key(out, key, pw)
     csr = keyfiles.csr_for(key).decode()
-    try:
-        result = ctx.client().call(
+    result = _submit_keeping_key(
+        lambda: ctx.client().call(
             "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
-        )
-    except RemoteError as err:
-        if err.status >= 500:
-            raise _answer_lost(err, out) from None
-        if not kept:  # refused: nothing was issued for the new key
-            _undo(out / "key.pem", made)
-        raise
-    except CLIError as err:  # no answer at all
-        raise _answer_lost(err, out) from None
+        ),
+        out,
+        kept,
+        made,
+    )
     files = _write_outputs(out, key, pw, result, p12)
     emit(
         as_json,
@@ -595,7 +605,7 @@ def _key_in_token(
     # within one second (their URIs differ by id as well)
     label = f"eport {stamp} {secrets.token_hex(3)}"
     files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    # --out is made before the key and the request, as for a key file (_issue_into)
+    # --out is made before the key and the request, as for a key file (_write_new_key)
     made = [d for d in (out, *out.parents) if not d.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -691,22 +701,45 @@ def renew(
     When the current key is in a PKCS#11 token (--key key.uri or a pkcs11: URI),
     or with --new-pkcs11-uri, the new key is generated in the token instead and
     OUT/key.uri names it; a refused renewal deletes it from the token again.
+
+    \b
+    The new key is written before the request is sent. If no answer comes (the
+    server stopped, the connection dropped, a 5xx), OUT/key.pem is kept, as the
+    CA may have issued the certificate: the same command again (same --cert,
+    same OUT) sends that key's CSR again, signed anew, and saves the certificate
+    the CA issued for it, or renews with it if none was. A refusal (4xx)
+    deletes the new key.
     """
     ident, current_pw = keyfiles.identity_and_passphrase(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")
     out = out or cert_file.parent / f"renewed-{serial}"
-    _refuse_overwrite(out)
     token = _token_for_new_key(ident.key, new_pkcs11_uri)
+    kept = token is None and (out / "key.pem").exists() and not (out / "cert.pem").exists()
+    if not kept:
+        _refuse_overwrite(out)
     if token is not None:
         _renew_in_token(ctx, ident, serial, out, key_type, token, p12, as_json)
         return
-    # The passphrase that opened the current key (typed once); a key file in the clear
-    # gets a new one, asked twice as for an enrollment.
-    pw = current_pw or keyfiles.passphrase(passphrase_file, new=True, what="new key")
-    key = keyfiles.new_key(key_type)
-    csr = keyfiles.csr_for(key).decode()
-    result = _issue_into(
-        out, key, pw, lambda: ctx.client().call("POST", "/ca/v1/renew", {"csr": csr}, ident)
+    if kept:
+        # An earlier attempt's key, whose answer was lost: the CA answers with the
+        # certificate it issued for it, if it did. Encrypted like the current key, it
+        # opens with the passphrase typed for that one.
+        key, kept_pw = _kept_key(out / "key.pem", current_pw, passphrase_file)
+        pw, made = kept_pw or b"", []
+        click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
+    else:
+        # The passphrase that opened the current key (typed once); a key file in the
+        # clear gets a new one, asked twice as for an enrollment.
+        pw = current_pw or keyfiles.passphrase(passphrase_file, new=True, what="new key")
+        key = keyfiles.new_key(key_type)
+        made = _write_new_key(out, key, pw)
+    result = _submit_keeping_key(
+        lambda: ctx.client().call(
+            "POST", "/ca/v1/renew", {"csr": keyfiles.csr_for(key).decode()}, ident
+        ),
+        out,
+        kept,
+        made,
     )
     files = _write_outputs(out, key, pw, result, p12)
     emit(

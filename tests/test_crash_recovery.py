@@ -8,7 +8,9 @@ no code is redeemed without its certificate, and ``eport audit verify --full`` p
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
+import json
 import os
 import shutil
 import signal
@@ -28,10 +30,11 @@ from sqlalchemy import create_engine
 
 from ca.authority import hash_code
 from ca.keys import KeyType
+from ca.signedreq import SCHEME, sign_request
 from cli import keyfiles
-from cli.client import CAClient
+from cli.client import CAClient, Identity
 from tests.conftest import Server, start_server, stop
-from tests.helpers import fresh_uscc
+from tests.helpers import enroll_enterprise, fresh_uscc
 from tests.test_audit_cli import officer_identity
 
 
@@ -69,7 +72,7 @@ def consistency(server: Server) -> dict[str, Any]:
             events = dict(
                 q(
                     "SELECT serial, id FROM events WHERE serial IS NOT NULL"
-                    " AND type IN ('certificate.issued', 'ca.initialized')"
+                    " AND type IN ('certificate.issued', 'certificate.renewed', 'ca.initialized')"
                 ).all()
             )
             logged = set(q("SELECT event_id FROM log_entries").scalars())
@@ -238,11 +241,21 @@ def _read_message(sock: socket.socket, buf: bytearray) -> bytes | None:
     return message
 
 
+BAD_GATEWAY = (
+    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 27\r\n"
+    b"Connection: close\r\n\r\nupstream connection reset\r\n"
+)
+"""What a gateway says when its upstream's answer was lost (a reset after the work)."""
+
+
 @contextlib.contextmanager
-def answer_dropping_proxy(upstream: str, drop: bytes) -> Iterator[str]:
+def answer_dropping_proxy(
+    upstream: str, drop: bytes, instead: bytes | None = None
+) -> Iterator[str]:
     """A proxy to ``upstream`` that sends every request on, and drops the connection
-    instead of returning the answer to a request whose first line starts with ``drop``:
-    the server did the work, the client never hears of it."""
+    instead of returning the answer to a request whose first line starts with ``drop``
+    (or sends ``instead``, e.g. :data:`BAD_GATEWAY`): the server did the work, the
+    client never hears of it."""
     host, port = upstream.removeprefix("http://").split(":")
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
@@ -255,6 +268,8 @@ def answer_dropping_proxy(upstream: str, drop: bytes) -> Iterator[str]:
                 server.sendall(request)
                 answer = _read_message(server, from_server)
                 if answer is None or request.startswith(drop):
+                    if answer is not None and instead is not None:
+                        client.sendall(instead)
                     return
                 client.sendall(answer)
 
@@ -336,6 +351,87 @@ def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     assert replay.status_code == 200 and replay.json()["serial"] == serials[0]
     other = requests.post(server.url + "/ca/v1/enroll", json=enroll_body(code), timeout=30)
     assert other.status_code == 403 and "already used" in other.json()["detail"]
+    assert_consistent(server)
+
+
+NAMES = ("cert.pem", "key.pem")
+
+
+def signed_post(server: Server, path: str, body: dict[str, Any], ident: Identity) -> Any:
+    """``POST path`` signed with ``ident``, as the CLI signs it: the raw answer."""
+    data = json.dumps(body).encode()
+    token = sign_request(
+        ident.key, ident.chain, "POST", path, data, datetime.datetime.now(datetime.UTC)
+    )
+    headers = {"Content-Type": "application/json", "Authorization": f"{SCHEME} {token}"}
+    return requests.post(server.url + path, data=data, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("instead", [None, BAD_GATEWAY], ids=["dropped", "502"])
+def test_a_renewal_whose_answer_is_lost_is_got_by_running_it_again(
+    sqlite_server: Server, tmp_path: Path, instead: bytes | None
+) -> None:
+    """The CA renews, then the answer never reaches ``eport renew`` (a dropped
+    connection, or a gateway's 502): the new certificate is stored. The CLI keeps the new
+    key (written before the request) and says so in one line; the same command again
+    signs a new request (a new jti) and gets that very certificate (200, nothing new
+    issued or logged). The key is refused to any other signer, even another renewal of
+    the same certificate."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Lost Renewal Co.")
+    pw = tmp_path / "passphrase"
+    pw.write_text("test-passphrase-123\n")
+    old = keyfiles.load_identity(ent / "cert.pem", ent / "key.pem", pw)
+    old_serial = format(old.chain[0].serial_number, "x")
+    out = tmp_path / "renewed"
+    args = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    args += ["--out", str(out)]
+    with answer_dropping_proxy(server.url, b"POST /ca/v1/renew ", instead) as proxy:
+        lost = server.eport("--server", proxy, *args, check=False)
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    lines = lost.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"kept in {out / 'key.pem'}" in lines[0], lost.stderr
+    assert "run the same command again" in lines[0]
+    assert ("HTTP 502" in lines[0]) == (instead is not None), lines[0]
+    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
+
+    def renewals() -> tuple[list[tuple[str, str]], int]:
+        engine = create_engine(server.database_url)
+        try:
+            with engine.connect() as conn:
+                q = conn.exec_driver_sql
+                found = q(
+                    "SELECT serial, details FROM events WHERE type = 'certificate.renewed'"
+                ).all()
+                count = q("SELECT count(*) FROM events").scalar_one()
+        finally:
+            engine.dispose()
+        return [(s, json.loads(d)["previous_serial"]) for s, d in found], count
+
+    found, before = renewals()
+    (new_serial,) = [s for s, prev in found if prev == old_serial]  # the CA did renew
+
+    again = server.eport(*args)
+    assert "Using the key kept in" in again.stderr
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    assert format(cert.serial_number, "x") == new_serial
+    assert renewals() == (found, before)  # nothing new issued or logged
+
+    csr = {"csr": keyfiles.csr_for(key).decode()}
+    replay = signed_post(server, "/ca/v1/renew", csr, old)
+    assert replay.status_code == 200 and replay.json()["serial"] == new_serial, replay.text
+    # A second renewal of the same certificate: same subject, another signer.
+    server.eport(*args[:-1], str(tmp_path / "sibling"))
+    sibling = keyfiles.load_identity(*(tmp_path / "sibling" / n for n in NAMES), pw)
+    elsewhere = enroll_enterprise(server, tmp_path, "Other Renewal Co.")
+    other = keyfiles.load_identity(*(elsewhere / n for n in NAMES), pw)
+    for signer, says in ((sibling, "already certified"), (other, "another subject")):
+        refused = signed_post(server, "/ca/v1/renew", csr, signer)
+        assert refused.status_code == 409 and says in refused.json()["detail"], refused.text
+    assert [r for r in renewals()[0] if r[0] == new_serial] == [(new_serial, old_serial)]
     assert_consistent(server)
 
 
