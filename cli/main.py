@@ -543,13 +543,18 @@ def enroll(
     pass it to --key (or --pkcs11-uri) of signed commands and `eport login`.
 
     \b
-    The key is written before the CSR is sent. If no answer comes (the server
-    stopped, the connection dropped, a 5xx), OUT/key.pem is kept, as the CA may
-    have issued the certificate: the same command again (same code, same OUT)
-    sends that key's CSR again and saves the certificate the CA issued for it,
-    or enrolls it if none was. A refusal (4xx) deletes the new key.
+    The key (or OUT/key.uri) is written before the CSR is sent. If no answer
+    comes (the server stopped, the connection dropped, a 5xx), the key is kept
+    (OUT/key.pem, or the token key OUT/key.uri names), as the CA may have
+    issued the certificate: the same command again (same code, same OUT) sends
+    that key's CSR again and saves the certificate the CA issued for it, or
+    enrolls it if none was. A refusal (4xx) deletes the new key.
     """
-    kept = pkcs11_uri is None and (out / "key.pem").exists() and not (out / "cert.pem").exists()
+    kept_file = out / ("key.pem" if pkcs11_uri is None else "key.uri")
+    kept = kept_file.exists() and not (out / "cert.pem").exists()
+    if kept and pkcs11_uri is not None:  # the code is not checked first, as below
+        _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
+        return
     if kept:
         # An earlier attempt's key, whose answer was lost: its code may be used already
         # (by this key), so it is not checked first; the CA answers with the certificate.
@@ -590,44 +595,89 @@ def enroll(
 def _key_in_token(
     token: Any, key_type: str, out: Path, p12: bool, submit: Callable[[str], dict[str, Any]]
 ) -> tuple[dict[str, Any], dict[str, Path], str]:
-    """Make a key pair in the PKCS#11 token, send ``submit`` its CSR (signed in the token)
-    and write ``key.uri``, ``cert.pem`` and ``chain.pem`` in ``out``: (the CA's answer, the
-    files, the key's URI). A refused request deletes the key it made."""
+    """Make a key pair in the PKCS#11 token, write ``key.uri`` naming it, send ``submit``
+    its CSR (signed in the token) and write ``cert.pem`` and ``chain.pem`` in ``out``:
+    (the CA's answer, the files, the key's URI). A refused request (4xx) deletes the key
+    it made; with no answer (connection error, timeout, 5xx) the key is kept, as the CA
+    may have issued, and the same command again (OUT/key.uri and no cert.pem) uses it."""
     from ca import pkcs11
     from ca.keys import KeyType
 
     if p12:
         raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
-    if (out / "key.uri").exists():
-        raise CLIError(f"{out / 'key.uri'} exists; choose another --out directory")
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    # The time tells keys apart for a person listing the token; the suffix for two made
-    # within one second (their URIs differ by id as well)
-    label = f"eport {stamp} {secrets.token_hex(3)}"
-    files = {"key": out / "key.uri", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    # --out is made before the key and the request, as for a key file (_write_new_key)
-    made = [d for d in (out, *out.parents) if not d.exists()]
+    key_file = out / "key.uri"
+    kept = key_file.exists() and not (out / "cert.pem").exists()
+    made: list[Path] = []
+    if kept:
+        uri = _kept_token_key(key_file, token)
+        click.echo(f"Using the token key kept by an earlier attempt: {uri.without_pin()}", err=True)
+    else:
+        if key_file.exists():
+            raise CLIError(f"{key_file} exists; choose another --out directory")
+        # --out is made before the key and the request, as for a key file (_write_new_key)
+        made = [d for d in (out, *out.parents) if not d.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _undo(key_file, made)
+            raise CLIError(f"cannot write {key_file}: {exc.strerror or exc}") from None
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        # The time tells keys apart for a person listing the token; the suffix for two
+        # made within one second (their URIs differ by id as well)
+        label = f"eport {stamp} {secrets.token_hex(3)}"
+        try:
+            uri = pkcs11.generate(token, KeyType(key_type), label).uri
+        except BaseException:
+            _undo(key_file, made)
+            raise
+    shown = str(uri.without_pin())
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _undo(files["key"], made)
-        raise CLIError(f"cannot write {files['key']}: {exc.strerror or exc}") from None
-    try:
-        signer = pkcs11.generate(token, KeyType(key_type), label)
+        csr = keyfiles.csr_for(keyfiles.token_key(str(uri))).decode()
+        if not kept:
+            key_file.write_text(shown + "\n")
     except BaseException:
-        _undo(files["key"], made)
+        if not kept:
+            pkcs11.destroy(uri)  # nothing was sent: leave the token as it was
+            _undo(key_file, made)
         raise
     try:
-        result = submit(keyfiles.csr_for(keyfiles.token_key(str(signer.uri))).decode())
-    except BaseException:
-        pkcs11.destroy(signer.uri)  # refused: leave the token as it was
-        _undo(files["key"], made)
+        result = submit(csr)
+    except RemoteError as err:
+        if err.status >= 500:
+            raise _answer_lost_in_token(err, shown, key_file) from None
+        if not kept:  # refused: nothing was issued for the new key
+            pkcs11.destroy(uri)
+            _undo(key_file, made)
         raise
-    uri = str(signer.uri.without_pin())
-    files["key"].write_text(uri + "\n")
+    except CLIError as err:  # no answer at all
+        raise _answer_lost_in_token(err, shown, key_file) from None
+    files = {"key": key_file, "certificate": out / "cert.pem", "chain": out / "chain.pem"}
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
-    return result, files, uri
+    return result, files, shown
+
+
+def _kept_token_key(key_file: Path, token: Any) -> Any:
+    """The token key OUT/key.uri names (kept by an attempt whose answer was lost), reached
+    through ``token``: its module and PIN, as given to this command (key.uri holds no
+    PIN value)."""
+    from ca import pkcs11
+
+    try:
+        kept = pkcs11.Pkcs11Uri.parse(key_file.read_text())
+    except OSError as exc:
+        raise CLIError(f"cannot read {key_file}: {exc.strerror}") from None
+    if kept.id is None or kept.object is None:
+        raise CLIError(f"{key_file} names no key (object= and id=); choose another --out")
+    return token.with_key(kept.object, kept.id)
+
+
+def _answer_lost_in_token(err: CLIError, uri: str, key_file: Path) -> CLIError:
+    return CLIError(
+        f"{err}; the CA may have issued the certificate before the answer was lost: the new "
+        f"key is kept in the token as {uri} (named in {key_file}); run the same command "
+        "again to get the certificate for it"
+    )
 
 
 def _enroll_in_token(
@@ -703,12 +753,12 @@ def renew(
     OUT/key.uri names it; a refused renewal deletes it from the token again.
 
     \b
-    The new key is written before the request is sent. If no answer comes (the
-    server stopped, the connection dropped, a 5xx), OUT/key.pem is kept, as the
-    CA may have issued the certificate: the same command again (same --cert,
-    same OUT) sends that key's CSR again, signed anew, and saves the certificate
-    the CA issued for it, or renews with it if none was. A refusal (4xx)
-    deletes the new key.
+    The new key (or OUT/key.uri) is written before the request is sent. If no
+    answer comes (the server stopped, the connection dropped, a 5xx), it is kept,
+    as the CA may have issued the certificate: the same command again (same
+    --cert, same OUT) sends that key's CSR again, signed anew, and saves the
+    certificate the CA issued for it, or renews with it if none was. A refusal
+    (4xx) deletes the new key.
     """
     ident, current_pw = keyfiles.identity_and_passphrase(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")

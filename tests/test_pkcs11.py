@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 
 from ca import hierarchy
 from ca.crl import build_crl
@@ -546,6 +547,89 @@ def errors_are_one_line_and_change_nothing(
     )
     assert res.returncode == 1
     assert res.stderr.strip() == "eport: error: wrong PIN for PKCS#11 token 'eport-ca'"
+
+
+def test_a_token_key_whose_answer_is_lost_is_kept_and_used_again(
+    hsm: HSM, sqlite_server: Server, tmp_path: Path
+) -> None:
+    """`eport enroll --pkcs11-uri` and `eport renew --key key.uri` whose answer is lost (a
+    dropped connection, a gateway's 502) after the CA issued: the key stays in the token,
+    OUT/key.uri names it, and one line says so and to run the same command again, which
+    gets the certificate the CA issued for that key (no new key, no new certificate). A
+    refusal (4xx) still deletes the key it made."""
+    from tests.test_crash_recovery import BAD_GATEWAY, answer_dropping_proxy, approved_codes
+
+    server = sqlite_server
+    (code,) = approved_codes(server, 1)
+    before = _objects(hsm, "eport-ent")
+    ent = tmp_path / "ent"
+    # The PIN in the URI itself: key.uri never holds it, the same command gives it again.
+    enroll = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(ent)]
+    enroll += ["--pkcs11-uri", f"pkcs11:token=eport-ent?pin-value={ENT_PIN}"]
+
+    def lost(args: list[str], drop: bytes, instead: bytes | None, **env: str) -> str:
+        with answer_dropping_proxy(server.url, drop, instead) as proxy:
+            res = server.eport("--server", proxy, *args, check=False, **env)
+        assert res.returncode == 1, res.stdout + res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "run the same command again" in lines[0], res.stderr
+        assert ENT_PIN not in res.stderr + res.stdout
+        return lines[0]
+
+    line = lost(enroll, b"POST /ca/v1/enroll ", None)
+    key_uri = (ent / "key.uri").read_text().strip()
+    assert f"kept in the token as {key_uri} (named in {ent / 'key.uri'})" in line, line
+    assert not (ent / "cert.pem").exists()
+    assert _objects(hsm, "eport-ent") == before + 2  # the key pair is kept
+    again = server.eport(*enroll)
+    assert f"Using the token key kept by an earlier attempt: {key_uri}" in again.stderr
+    assert "for a key in the token" in again.stdout and ENT_PIN not in again.stderr
+    assert (ent / "key.uri").read_text().strip() == key_uri
+    cert = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes())
+    pin = {"EPORT_PKCS11_PIN": ENT_PIN}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EPORT_PKCS11_PIN", ENT_PIN)
+        assert cert.public_key() == Pkcs11Signer(key_uri).public_key()
+    assert _objects(hsm, "eport-ent") == before + 2  # no second key
+
+    renewed = tmp_path / "renewed"
+    renew = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.uri")]
+    renew += ["--out", str(renewed)]
+    line = lost(renew, b"POST /ca/v1/renew ", BAD_GATEWAY, **pin)
+    new_uri = (renewed / "key.uri").read_text().strip()
+    assert "(HTTP 502)" in line and f"kept in the token as {new_uri}" in line, line
+    assert _objects(hsm, "eport-ent") == before + 4
+    doc = json.loads(server.eport(*renew, "--json", **pin).stdout)
+    assert doc["key_uri"] == new_uri and doc["previous_serial"] == format(cert.serial_number, "x")
+    new_cert = x509.load_pem_x509_certificate((renewed / "cert.pem").read_bytes())
+    assert format(new_cert.serial_number, "x") == doc["serial"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EPORT_PKCS11_PIN", ENT_PIN)
+        assert new_cert.public_key() == Pkcs11Signer(new_uri).public_key()
+    assert _objects(hsm, "eport-ent") == before + 4
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            renewals = conn.exec_driver_sql(
+                "SELECT serial FROM events WHERE type = 'certificate.renewed' AND details LIKE ?",
+                (f'%"previous_serial": "{doc["previous_serial"]}"%',),
+            ).all()
+    finally:
+        engine.dispose()
+    assert [r[0] for r in renewals] == [doc["serial"]]  # renewed once, sent twice
+
+    # Refused (4xx): the signing certificate is on hold; the key made is deleted again.
+    server.eport(
+        "suspend", "--cert", str(renewed / "cert.pem"), "--key", str(renewed / "key.uri"), **pin
+    )
+    refused_out = tmp_path / "refused"
+    res = server.eport(
+        "renew", "--cert", str(renewed / "cert.pem"), "--key", str(renewed / "key.uri"),
+        "--out", str(refused_out), check=False, **pin,
+    )  # fmt: skip
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "(HTTP 4" in res.stderr and not refused_out.exists()
+    assert _objects(hsm, "eport-ent") == before + 4
 
 
 def _objects(hsm: HSM, label: str, pin: str = ENT_PIN) -> int:
