@@ -26,6 +26,7 @@ from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.pkcs11 import TokenKeys
 from ca.policy import Policies, SubjectClass
+from ca.privatefiles import make_data_dir
 from ca.records import Event, EventType
 from ca.sealing import KeySealer
 from ca.signer import write_private
@@ -137,7 +138,7 @@ def initialize(
     if custody_set is not None:  # before the hierarchy: root.crt marks a complete init
         custody_files.write_record(cfg.data_dir, custody_set.record)
 
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    make_data_dir(Path(cfg.data_dir))
     upgrade(cfg.sqlalchemy_url)
     engine = make_engine(cfg.sqlalchemy_url)
     try:

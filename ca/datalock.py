@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ca.errors import Conflict
+from ca.privatefiles import make_data_dir
 
 LOCK_NAME = "serve.lock"
 RESTORE_MARKER = "restore.incomplete"
@@ -40,7 +41,7 @@ def interrupted_restore_refusal(data_dir: Path) -> str | None:
 
 
 def _open(data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(data_dir)  # 0700 when new: it holds keys and databases
     return os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
 
 

@@ -19,6 +19,7 @@ from ca.ceremony import initialize
 from ca.config import CAConfig
 from ca.db import other_ca_records, upgrade
 from ca.errors import EPortError
+from ca.privatefiles import make_data_dir
 from ca.signer import write_private
 
 PASSPHRASE_FILE = "DEV-ONLY-passphrases.toml"
@@ -68,7 +69,7 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     """Create the development joint CA on first start; return its files if it was made now."""
     from ca.policy import load_policies
 
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    make_data_dir(Path(cfg.data_dir))
     upgrade(cfg.sqlalchemy_url)
     marker = dev_dir(cfg.data_dir) / COMPLETE_MARKER
     if marker.exists():

@@ -28,6 +28,7 @@ from ca.models import (
     OCSPResponseRow,
     SeenJtiRow,
 )
+from ca.privatefiles import create_sqlite_file
 from ca.records import (
     CODE_USED,
     KEY_CERTIFIED,
@@ -56,6 +57,7 @@ def configure_engine(engine: Engine) -> None:
     from several processes queue for the lock instead of failing an upgrade."""
     if engine.dialect.name != "sqlite":
         return
+    create_sqlite_file(engine.url)  # 0600 before SQLite first opens it (ca.privatefiles)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -186,6 +186,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     auth_cfg = AuthConfig.load(
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
+    _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
     if hierarchy.exists(data_dir):
         hierarchy.check_complete(data_dir)  # before any schema is upgraded
     # The token service's schema first: its database may be the one that cannot be
@@ -261,6 +262,25 @@ def _check_listen(host: str, port: int) -> None:
                     f"port {port} on {host} is in use (another eport serve?): choose --port"
                 ) from None
             raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _tighten_databases(*urls: str) -> None:
+    """SQLite databases made by an earlier release under umask 0022 (0644) become 0600,
+    as new ones are made (:mod:`ca.privatefiles`), with one line on stderr."""
+    from ca.privatefiles import tighten_sqlite
+
+    changed: list[str] = []
+    for url in dict.fromkeys(urls):
+        try:
+            changed += [str(p) for p in tighten_sqlite(url)]
+        except OSError as exc:  # not ours to change: say so, and serve as before
+            click.echo(f"eport: could not make the database private: {exc}", err=True)
+    if changed:
+        click.echo(
+            f"eport: {', '.join(changed)} could be read by other users; now mode 0600 "
+            "(the databases hold enterprise data and session and token hashes)",
+            err=True,
+        )
 
 
 def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
