@@ -167,6 +167,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         policies=policies,
         access=access,
         clock=utcnow,
+        issuing_cas=lambda: live.current().issuers,
     )
     app.extensions[EXTENSION] = AuthService(
         cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies)

@@ -12,6 +12,7 @@ the subject id is stable across renewals and re-keys:
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -51,8 +52,31 @@ def x5t_s256(cert: x509.Certificate) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def identify(cert: x509.Certificate, policies: Policies) -> Principal:
-    """The principal of a certificate already validated to the joint CA."""
+def issued_by_profile_issuer(
+    cert: x509.Certificate, issuer: str, issuing_cas: Mapping[str, x509.Certificate]
+) -> bool:
+    """Whether ``cert`` names as its issuer (RFC 5280 §4.1.2.4) the issuing CA ``issuer``
+    that its profile is issued by, in any of its generations (``issuer``, and
+    ``issuer-2``… after a rollover, which keep the name). ``issuing_cas``: every issuing
+    CA generation by its id, as the CA publishes them (``<data_dir>/ca/issuers/``)."""
+    for ca_id, ca_cert in issuing_cas.items():
+        base, _, generation = ca_id.rpartition("-")
+        same = ca_id == issuer or (base == issuer and generation.isdigit())
+        if same and cert.issuer == ca_cert.subject:
+            return True
+    return False
+
+
+def identify(
+    cert: x509.Certificate, policies: Policies, issuing_cas: Mapping[str, x509.Certificate]
+) -> Principal:
+    """The principal of a certificate already validated to the joint CA.
+
+    Raises :class:`~ca.errors.Forbidden` for a certificate whose profile cannot sign in,
+    whose subject lacks what its profile puts there, or that an issuing CA other than its
+    profile's issued (a valid chain to the joint CA is not enough: an agency issuing CA
+    must not make enterprise credentials, as the CA's own ``JointCA.caller`` refuses).
+    ``issuing_cas``: see :func:`issued_by_profile_issuer`."""
     try:
         pols = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
     except x509.ExtensionNotFound:
@@ -64,6 +88,8 @@ def identify(cert: x509.Certificate, policies: Policies) -> Principal:
             break
     if profile is None or profile.ca or profile.subject_class is SubjectClass.RESPONDER:
         raise Forbidden("the certificate's profile cannot sign in")
+    if not issued_by_profile_issuer(cert, profile.issuer, issuing_cas):
+        raise Forbidden("the certificate was not issued by its profile's issuing CA")
     cls = profile.subject_class
     cn = _attr(cert.subject, NameOID.COMMON_NAME) or ""
     org_id = _attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""

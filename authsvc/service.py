@@ -19,7 +19,7 @@ import datetime
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -225,7 +225,10 @@ class TokenService:
         policies: Policies,
         access: PolicyView,
         clock: Callable[[], datetime.datetime],
+        issuing_cas: Callable[[], Mapping[str, x509.Certificate]],
     ) -> None:
+        """``issuing_cas``: every issuing CA generation of the joint CA by its id, as now
+        published (a rollover adds one); a certificate must come from its profile's."""
         self.settings = settings
         self.store = store
         self.keys = keys
@@ -234,6 +237,7 @@ class TokenService:
         self.policies = policies
         self.access = access
         self.clock = clock
+        self.issuing_cas = issuing_cas
         self._status_cache: dict[str, tuple[datetime.datetime, CertStatus]] = {}
         self._verified = VerifiedTokens()
         self._principals: dict[x509.Certificate, Principal] = {}
@@ -301,7 +305,7 @@ class TokenService:
                 what="login assertion",
             )
             signed_by_holder = True
-            principal = identify(verified.certificate, self.policies)
+            principal = identify(verified.certificate, self.policies, self.issuing_cas())
             # RFC 7523 §3: sub names the principal; we accept its subject id or the
             # certificate's x5t#S256 thumbprint (what a client knows without policy data).
             if verified.claims.get("sub") not in (
@@ -333,7 +337,7 @@ class TokenService:
         now = self.clock()
         try:
             self.trust.verify_chain(cert, now)
-            principal = identify(cert, self.policies)
+            principal = identify(cert, self.policies, self.issuing_cas())
             self.require_good(cert, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
             self._fail(
@@ -747,7 +751,7 @@ class TokenService:
         policies it reads are fixed for the life of the process)."""
         known = self._principals.get(cert)
         if known is None:
-            known = identify(cert, self.policies)
+            known = identify(cert, self.policies, self.issuing_cas())
             if len(self._principals) >= 4096:
                 self._principals.clear()
             self._principals[cert] = known

@@ -79,6 +79,10 @@ class TrustMaterial:
     ones are refused by name, :mod:`ca.trust`)."""
     status: StatusSource
     """Answers for the same issuing CAs."""
+    issuers: Mapping[str, x509.Certificate]
+    """Every issuing CA generation by its id, revoked ones included (their certificates
+    fail the chain check): which one issued a certificate is checked against its
+    profile's issuer (:func:`authsvc.principal.identify`)."""
 
     @property
     def revoked(self) -> tuple[RevokedIssuer, ...]:
@@ -104,7 +108,9 @@ def build_material(data_dir: Path, status_for: StatusFactory, generation: str) -
     anchors = anchors_for(public.root, public.issuers, public.root_crl)
     revoked = {i for i, _, _ in anchors.revoked}
     good = {i: c for i, c in public.issuers.items() if i not in revoked}
-    return TrustMaterial(generation=generation, anchors=anchors, status=status_for(good))
+    return TrustMaterial(
+        generation=generation, anchors=anchors, status=status_for(good), issuers=public.issuers
+    )
 
 
 class LiveTrust:

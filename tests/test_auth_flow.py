@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, select
 from authsvc.models import SigningKeyRow
 from authsvc.principal import x5t_s256
 from tests.conftest import Server
-from tests.helpers import creds, enroll_enterprise, jrun, serial_of
+from tests.helpers import creds, enroll_enterprise, fresh_uscc, jrun, serial_of
 
 SERVICE = "customs-declaration"
 
@@ -522,6 +522,65 @@ def test_attack_assertions(sqlite_server: Server, world: dict[str, Any], tmp_pat
     )
     assert expired.not_valid_after_utc < datetime.datetime.now(datetime.UTC)
     assert _login(srv, _assertion(srv, expired, old_key, chain)).status_code == 400
+
+
+def test_a_certificate_from_another_profiles_issuing_ca_cannot_log_in(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """An enterprise credential made by the agency issuing CA (the dev hierarchy's own,
+    so its chain is valid) and on the CA's records as good, is refused at login, as the
+    CA's own signed requests refuse it. Without the check it signed in as ``ent:<USCC>``."""
+    from sqlalchemy.orm import sessionmaker
+
+    from ca import hierarchy
+    from ca.authority import certificate_record
+    from ca.db import make_engine
+    from ca.devinit import read_passphrases
+    from ca.issuance import CertificateFactory
+    from ca.policy import load_policies
+    from ca.store import SqlStore
+
+    srv = sqlite_server
+    passphrase = read_passphrases(srv.data_dir)["ca_key_passphrase"].encode()
+    h = hierarchy.load(srv.data_dir, passphrase)
+    profile = load_policies(Path(__file__).parent.parent / "policies").profile("enterprise")
+    assert profile.issuer == "enterprise"
+    key = ec.generate_private_key(ec.SECP256R1())
+    uscc = fresh_uscc()
+    wrong = h.issuers["agency"]
+    cert = CertificateFactory().issue(
+        profile,
+        wrong,
+        key.public_key(),
+        {"uscc": uscc, "legal_name": "Misissued Trading Co."},
+        datetime.datetime.now(datetime.UTC),
+    )
+    engine = make_engine(srv.database_url)
+    try:
+        store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+        with store.transaction() as tx:  # as a misconfigured or misused CA would have
+            tx.add_certificate(certificate_record(cert, "agency", "enterprise", None))
+    finally:
+        engine.dispose()
+    d = tmp_path / "misissued"
+    d.mkdir()
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "chain.pem").write_bytes(wrong.certificate.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"test-passphrase-123"),
+        )
+    )
+    why = "the certificate was not issued by its profile's issuing CA"
+    res = cli(srv, tmp_path / "cfg", "login", *creds(d), check=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == f"eport: error: {why} (invalid_grant)\n", res.stderr
+    # The same answer on the wire, without the CLI (RFC 7523 assertion).
+    r = _login(srv, _assertion(srv, cert, key, [wrong.certificate]))
+    assert r.status_code == 400
+    assert r.json() == {"error": "invalid_grant", "error_description": why}
 
 
 def test_attack_revoked_and_held_certificates_cannot_log_in(

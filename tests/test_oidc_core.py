@@ -176,6 +176,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         policies=load_policies(policies_dir),
         access=load_access_policy(policies_dir),
         clock=clock,
+        issuing_cas=dict,
     )
     store = SqlOIDCStore(sessions)
     poster = Poster()
