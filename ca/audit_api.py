@@ -73,6 +73,10 @@ class AuditService:
     """The log's Ed25519 public key (``<data_dir>/ca/log.pub``)."""
     data_dir: str
     """Where the web view keeps its session secret."""
+    public_base_url: str = "http://127.0.0.1:8000"
+    """The CA's configured public base URL (``EPORT_PUBLIC_BASE_URL``): the web view's
+    sign-in links are built on it, never on a request's ``Host`` or ``X-Forwarded-*``
+    headers, and its session cookie is ``Secure`` when it is ``https``."""
 
     def origin(self, s: Session) -> str:
         """The checkpoint origin line, also the note key name."""
@@ -92,6 +96,7 @@ def install_audit(app: Flask, cfg: CAConfig, h: Hierarchy) -> None:
         signer=translog.CheckpointSigner(origin, h.log_signer),
         public_key=public_key,
         data_dir=str(cfg.data_dir),
+        public_base_url=cfg.public_base_url,
     )
     from ca.auditweb import bp as web_bp
     from ca.auditweb import html_http_error

@@ -5,8 +5,10 @@ may have no internet): one stylesheet from this server, the chart an inline SVG.
 
 Browser sign-in, without passwords: ``eport audit web-login`` sends a signed request
 (:mod:`ca.signedreq`, the auditor's certificate key) to ``POST /audit/session`` and
-gets a one-time link, valid 60 seconds; opening it sets a session cookie for 30
-minutes (``HttpOnly``, ``SameSite=Strict``, ``Path=/audit``, ``Secure`` over HTTPS).
+gets a one-time link, valid 60 seconds, on the configured public base URL (never on the
+request's ``Host``: behind a TLS proxy that would be the proxy's upstream, over
+``http``); opening it sets a session cookie for 30 minutes (``HttpOnly``,
+``SameSite=Strict``, ``Path=/audit``, ``Secure`` when that base URL is https).
 Link and cookie are HMAC-SHA256 tokens under a random key kept in
 ``<data_dir>/ca/audit-web.secret`` (made on first use, mode 0600; every process and
 host serving the view must share it); the link's id is remembered in the replay store
@@ -224,7 +226,7 @@ def new_session() -> Response:
     if reader.until is not None:
         link["until"] = reader.until  # an access token's reader: its session ends with it
     token = make_token("login", link)
-    url = request.url_root.rstrip("/") + url_for("audit_web.login", token=token)
+    url = audit_service().public_base_url.rstrip("/") + url_for("audit_web.login", token=token)
     resp = make_response({"url": url, "expires_in": LOGIN_TTL, "reader": reader.actor})
     resp.cache_control.no_store = True
     return resp
@@ -257,7 +259,7 @@ def login() -> BaseResponse:
         make_token("session", session_claims),
         max_age=exp - int(now.timestamp()),
         path="/audit",
-        secure=request.is_secure,
+        secure=_secure_cookie(),
         httponly=True,
         samesite="Strict",
     )
@@ -279,8 +281,19 @@ def logout() -> BaseResponse:
             until = datetime.datetime.fromtimestamp(exp, datetime.UTC)
             svc().store.remember(SIGNED_OUT + sid, until)
     resp = redirect(url_for("audit_web.index"), code=303)
-    resp.delete_cookie(COOKIE, path="/audit")
+    resp.delete_cookie(
+        COOKIE, path="/audit", secure=_secure_cookie(), httponly=True, samesite="Strict"
+    )
     return resp
+
+
+def _secure_cookie() -> bool:
+    """``Secure`` whenever the view's public base URL is https: behind a TLS-terminating
+    proxy the request reaching this server is plain HTTP, and its ``X-Forwarded-Proto``
+    is a header anyone could send. A development server over plain HTTP (the default
+    base URL, ``http://127.0.0.1:8000``) sets none, as before."""
+    base = audit_service().public_base_url
+    return base.lower().startswith("https://") or request.is_secure
 
 
 @bp.after_request

@@ -1083,6 +1083,8 @@ def audit_web_login(
 
     The link is made from a request signed with your certificate; opening it sets a
     short session cookie (30 minutes) in that browser. Treat the link as a password.
+    It points at the server's public base URL (EPORT_PUBLIC_BASE_URL, e.g. the TLS
+    proxy's https address), whichever address this command reached the server by.
     """
     client = _client(obj, cert_file, key_file, passphrase_file)
     doc = client.json("/audit/session", signed=True, method="POST")

@@ -4,21 +4,30 @@ token service ``GET /auth/validate`` for every request (``auth_request``).
 The gateway configuration is ``examples/customs_declaration/nginx.conf`` itself, with
 free ports put in; the test measures how long a logout and a certificate revocation
 take to turn a good token into a 401 at the gateway (the documented bound: 5 s).
+
+Last, nginx in front of the e-port server itself, forwarding to it as a TLS-terminating
+proxy does (``X-Forwarded-Proto: https``, the ``Host`` it was asked for): the audit
+view's sign-in link and the portal's and OpenID provider's links and cookies follow the
+configured https public base URL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 
-from tests.conftest import REPO, Server, free_port
+from tests.conftest import REPO, Server, free_port, start_server, stop
 from tests.helpers import (
+    cert_of,
     creds,
     enroll_enterprise,
     enroll_operator,
@@ -172,3 +181,76 @@ def test_revocation_reaches_the_gateway(gateway: Gateway, tmp_path: Path) -> Non
         "token", "--service", "customs-declaration", check=False, **session.cli_env
     )
     assert res.returncode != 0
+
+
+def proxy_site(port: int, upstream: str) -> str:
+    """What a TLS-terminating nginx sends upstream (examples/web_service/nginx.conf),
+    without the TLS: the e-port server sees the same plain HTTP request either way."""
+    return f"""
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://{upstream};
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-Proto https;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+}}
+"""
+
+
+def cookie_attributes(set_cookie: str) -> set[str]:
+    return {part.strip().lower() for part in set_cookie.split(";")[1:]}
+
+
+def test_links_and_cookies_behind_a_tls_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    public = f"https://eport.example:{port}"
+    env = {"EPORT_PUBLIC_BASE_URL": public, "EPORT_TRUSTED_PROXIES": "127.0.0.1"}
+    # nginx stands in for a proxy on another host: gunicorn itself believes
+    # X-Forwarded-Proto only from its forwarded_allow_ips, loopback by default.
+    env["FORWARDED_ALLOW_IPS"] = "192.0.2.10"
+    srv, proc = start_server(tmp_path / "data", extra_env=env)
+    try:
+        ent = enroll_enterprise(srv, tmp_path, "Proxy Trading Co., Ltd.")
+        op = enroll_operator(srv, ent, tmp_path, "px-1", "data-entry")
+        (tmp_path / "nginx").mkdir()
+        with nginx(tmp_path / "nginx", proxy_site(port, srv.url.removeprefix("http://")), port):
+            proxy = f"http://127.0.0.1:{port}"
+            via = dataclasses.replace(srv, url=proxy)
+            # The audit view: the link is on the public base URL, not on the Host nginx
+            # forwarded over http; the session cookie it opens is Secure.
+            doc = json.loads(via.eport("audit", "web-login", *srv.auditor(), "--json").stdout)
+            assert doc["url"].startswith(public + "/audit/login?token="), doc["url"]
+            opened = requests.get(
+                proxy + doc["url"].removeprefix(public), allow_redirects=False, timeout=10
+            )
+            assert opened.status_code == 303 and opened.headers["Location"] == "/audit/"
+            raw = opened.headers["Set-Cookie"]
+            assert raw.startswith("eport_audit=")
+            attrs = cookie_attributes(raw)
+            assert {"secure", "httponly", "samesite=strict", "path=/audit"} <= attrs, raw
+            session = {"Cookie": raw.split(";")[0]}
+            page = requests.get(proxy + "/audit/", headers=session, timeout=10)
+            assert page.status_code == 200 and "Checkpoint" in page.text
+            out = requests.post(
+                proxy + "/audit/logout", headers=session, allow_redirects=False, timeout=10
+            )
+            assert "secure" in cookie_attributes(out.headers["Set-Cookie"])
+            # The token service: its metadata names the public URLs, and the portal's SSO
+            # cookie (the operator's certificate forwarded by the trusted proxy) is Secure.
+            meta = requests.get(proxy + "/.well-known/openid-configuration", timeout=10).json()
+            assert meta["issuer"] == public + "/auth"
+            assert meta["authorization_endpoint"] == public + "/auth/authorize"
+            assert meta["token_endpoint"] == public + "/auth/token"
+            pem = (op / "cert.pem").read_text()
+            portal = requests.get(
+                proxy + "/portal/", headers={"X-SSL-Client-Cert": quote(pem)}, timeout=10
+            )
+            assert portal.status_code == 200, portal.text
+            assert format(cert_of(op).serial_number, "x") in portal.text
+            raw = portal.headers["Set-Cookie"]
+            assert raw.startswith("__Host-eport-sso=")
+            assert {"secure", "httponly", "samesite=lax", "path=/"} <= cookie_attributes(raw)
+    finally:
+        stop(proc)
