@@ -120,12 +120,14 @@ def start_server(
     dev: bool = True,
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
+    port: int | None = None,
 ) -> tuple[Server, subprocess.Popen[bytes]]:
     """``eport serve`` (``--dev`` unless ``dev`` is False) on a free port, started in its
     own session, once it answers /ca/v1/health. ``env`` replaces the environment (default:
     this one without EPORT_* settings); ``extra_env`` is added to it. The log is
-    ``serve-<port>.log`` in ``log_dir`` (default: beside the data directory)."""
-    port = free_port()
+    ``serve-<port>.log`` in ``log_dir`` (default: beside the data directory). ``port``:
+    one chosen earlier (a CA made by ``eport ca init`` names its URLs before it serves)."""
+    port = port or free_port()
     log = (log_dir or data_dir.parent) / f"serve-{port}.log"
     if env is None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
