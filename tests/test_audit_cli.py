@@ -87,8 +87,8 @@ def officer_identity(server: Server) -> Any:
     )
 
 
-def enroll_concurrently(server: Server, n: int) -> list[dict[str, Any]]:
-    """n enterprises applied and approved, then all enrolled at once across both workers."""
+def approved_codes(server: Server, n: int, name: str = "Audit Co") -> list[str]:
+    """``n`` enterprise applications approved by the development customs officer."""
     officer = officer_identity(server)
     client = CAClient(server.url)
     codes = []
@@ -96,10 +96,16 @@ def enroll_concurrently(server: Server, n: int) -> list[dict[str, Any]]:
         app = client.call(
             "POST",
             "/ca/v1/applications",
-            {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": f"Audit Co {i}"},
+            {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": f"{name} {i}"},
         )
         grant = client.call("POST", f"/ca/v1/ra/applications/{app['id']}/approve", {}, officer)
         codes.append(grant["enrollment_code"])
+    return codes
+
+
+def enroll_concurrently(server: Server, n: int) -> list[dict[str, Any]]:
+    """n enterprises applied and approved, then all enrolled at once across both workers."""
+    codes = approved_codes(server, n)
     csrs = [keyfiles.csr_for(KeyType.P256.generate()).decode() for _ in codes]
 
     def enroll(job: tuple[str, str]) -> dict[str, Any]:

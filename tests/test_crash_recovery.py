@@ -32,26 +32,15 @@ from ca.authority import hash_code
 from ca.keys import KeyType
 from ca.signedreq import SCHEME, sign_request
 from cli import keyfiles
-from cli.client import CAClient, Identity
+from cli.client import Identity
+from tests import test_audit_cli as audit_cli
 from tests.conftest import Server, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc
-from tests.test_audit_cli import officer_identity
 
 
 def approved_codes(server: Server, n: int) -> list[str]:
     """``n`` enterprise applications approved by the development customs officer."""
-    officer = officer_identity(server)
-    client = CAClient(server.url)
-    codes = []
-    for i in range(n):
-        app = client.call(
-            "POST",
-            "/ca/v1/applications",
-            {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": f"Fault Co {i}"},
-        )
-        grant = client.call("POST", f"/ca/v1/ra/applications/{app['id']}/approve", {}, officer)
-        codes.append(grant["enrollment_code"])
-    return codes
+    return audit_cli.approved_codes(server, n, name="Fault Co")
 
 
 def enroll_body(code: str) -> dict[str, str]:
