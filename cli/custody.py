@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
+from cli import options
 from cli.client import CAClient, CLIError
 from cli.keyfiles import identity_options
 from cli.options import data_dir_option, json_option, policies_option, secret_prompt
@@ -777,7 +778,7 @@ def ceremony_start(
 
 
 @ceremony_group.command("join")
-@click.argument("ceremony_id")
+@click.argument("ceremony_id", callback=options.ceremony_id)
 @share_option
 @passphrase_file_option
 @share_token_option
@@ -807,7 +808,7 @@ def ceremony_join(
 
 
 @ceremony_group.command("status")
-@click.argument("ceremony_id")
+@click.argument("ceremony_id", callback=options.ceremony_id)
 @json_option
 def ceremony_status(ceremony_id: str, as_json: bool) -> None:
     """Show a ceremony: operation, state, custodians who joined, result."""

@@ -39,6 +39,16 @@ def application_id(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
+def ceremony_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An argument's callback: a ceremony id (``cer-`` and hexadecimal, as ``eport ca
+    ceremony start`` prints it), else a usage error (exit 2) before anything is sent."""
+    if not _APP_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a ceremony id (like cer-3f9a0c2e7b1d4e56)", ctx, param
+        )
+    return value
+
+
 def hex_serial(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An option's callback: a certificate serial in hexadecimal, as ``eport cert show``
     prints it, else a usage error (exit 2) before anything is sent."""

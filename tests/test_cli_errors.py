@@ -270,20 +270,25 @@ def test_no_color(sqlite_server: Server, tmp_path: Path) -> None:
         ["revoke", "--serial", "../x", "--reason", "superseded"],
         ["suspend", "--serial", "7e23:f4"],
         ["resume", "--serial", "\udcff"],
+        ["ca", "ceremony", "status", "cer-1/../../../ra/applications"],
+        ["ca", "ceremony", "status", "cer-1?x=y"],
     ],
 )
 def test_ids_that_would_change_the_url_are_usage_errors(
     sqlite_server: Server, args: list[str]
 ) -> None:
-    """An application id or a serial goes into the request's path: one with '/', '?',
+    """An application id, a serial or a ceremony id goes into the request's path: one with '/', '?',
     '..' or bytes that are not UTF-8 addressed another path than the one named (the
     server's 404 for a route, or 'unexpected error: UnicodeEncodeError'). It is a usage
     error in the argument's name, and nothing is sent."""
     server = sqlite_server
     before = counts(server)
-    creds_ = [] if args[0] == "application" else server.officer()
+    creds_ = [] if args[0] in ("application", "ca") else server.officer()
     line = one_line(server.eport(*args, *creds_, check=False), 2, "Invalid value for ")
-    assert "is not an application id" in line or "is not a serial in hexadecimal" in line
+    assert any(
+        f"is not {what}" in line
+        for what in ("an application id", "a serial in hexadecimal", "a ceremony id")
+    ), line
     assert counts(server) == before
 
 
