@@ -238,7 +238,9 @@ def list_applications() -> Response:
     state = None if state_arg == "all" else _state(state_arg)
     limit = int_arg("limit", 100, 1, 1000)
     offset = int_arg("offset", 0, 0, 10**9)
-    listed = svc().authority.list_applications(caller, state, limit, offset)
+    # One row more than asked tells whether a next page exists, so that the officer is
+    # told where it starts instead of taking a full page for the whole list.
+    listed = svc().authority.list_applications(caller, state, limit + 1, offset)
     now = svc().authority.clock()
     return jsonify(
         {
@@ -249,8 +251,9 @@ def list_applications() -> Response:
                     if code is None
                     else {"state": code_state(code, now), "expires_at": iso(code.expires_at)},
                 }
-                for app, code in listed
-            ]
+                for app, code in listed[:limit]
+            ],
+            "next_offset": offset + limit if len(listed) > limit else None,
         }
     )
 
@@ -429,8 +432,13 @@ def certificates() -> Response:
     uscc = request.args.get("uscc")
     limit = int_arg("limit", 100, 1, 1000)
     offset = int_arg("offset", 0, 0, 10**9)
-    recs = svc().authority.certificates(caller, uscc, limit, offset)
-    return jsonify({"certificates": [cert_json(r, with_pem=True) for r in recs]})
+    recs = svc().authority.certificates(caller, uscc, limit + 1, offset)  # +1: a next page?
+    return jsonify(
+        {
+            "certificates": [cert_json(r, with_pem=True) for r in recs[:limit]],
+            "next_offset": offset + limit if len(recs) > limit else None,
+        }
+    )
 
 
 @bp.post("/responders/renew")

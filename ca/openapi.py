@@ -103,7 +103,7 @@ def openapi_document() -> dict[str, Any]:
                     params=[
                         _q("state", "pending (default), approved, rejected or all"),
                         _q("limit", "page size (1-1000)", "integer"),
-                        _q("offset", "rows to skip", "integer"),
+                        _q("offset", "rows to skip (next_offset of the last page)", "integer"),
                     ],
                 )
             },
@@ -199,8 +199,8 @@ def openapi_document() -> dict[str, Any]:
                     result="CertificateList",
                     params=[
                         _q("uscc", "the enterprise's USCC"),
-                        _q("limit", "page size", "integer"),
-                        _q("offset", "rows to skip", "integer"),
+                        _q("limit", "page size (1-1000)", "integer"),
+                        _q("offset", "rows to skip (next_offset of the last page)", "integer"),
                     ],
                 )
             },
@@ -430,7 +430,11 @@ def openapi_document() -> dict[str, Any]:
                         "applications": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Application"},
-                        }
+                        },
+                        "next_offset": {
+                            "type": ["integer", "null"],
+                            "description": "the offset of the next page; null on the last",
+                        },
                     }
                 ),
                 "ApproveRequest": s(properties={"profiles": {"type": "array", "items": string}}),
@@ -492,7 +496,11 @@ def openapi_document() -> dict[str, Any]:
                         "certificates": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Certificate"},
-                        }
+                        },
+                        "next_offset": {
+                            "type": ["integer", "null"],
+                            "description": "the offset of the next page; null on the last",
+                        },
                     }
                 ),
             },

@@ -64,6 +64,25 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def offset_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--offset``: where a page of a listing starts (the API's ``offset``)."""
+    return click.option(
+        "--offset",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0, 10**9),
+        help=f"Skip this many {what} first: the next page starts where the last one said.",
+    )
+
+
+def more_hint(as_json: bool, doc: dict[str, Any], what: str) -> None:
+    """Say on standard error how to list the next page, when the server says one follows
+    (a full page alone does not tell whether it was the last)."""
+    nxt = doc.get("next_offset")
+    if not as_json and isinstance(nxt, int):
+        click.echo(f"More {what} follow: run the command again with --offset {nxt}.", err=True)
+
+
 def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``--server`` (or EPORT_SERVER) is an http(s) URL with a host, else a usage error
     (exit 2) before any command runs, in the name the value came from."""
@@ -888,8 +907,9 @@ def ra() -> None:
     default=100,
     show_default=True,
     type=click.IntRange(1, 1000),
-    help="At most this many applications.",
+    help="At most this many applications (one page).",
 )
+@offset_option("applications")
 @json_option
 @pass_ctx
 def ra_list(
@@ -899,16 +919,20 @@ def ra_list(
     passphrase_file: Path | None,
     state: str,
     limit: int,
+    offset: int,
     as_json: bool,
 ) -> None:
-    """List applications (pending by default).
+    """List applications (pending by default), oldest first, one page at a time.
 
     The CODE column is the state of the code given last: live, used, expired,
     withdrawn, or - (none yet). An approved application whose code expired or
-    was lost gets a new one with eport ra new-code APP_ID.
+    was lost gets a new one with eport ra new-code APP_ID. When more applications
+    follow the page, the --offset that lists them is said on standard error
+    (next_offset with --json).
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    path = "/ca/v1/ra/applications?" + urlencode({"state": state, "limit": limit})
+    query = {"state": state, "limit": limit, "offset": offset}
+    path = "/ca/v1/ra/applications?" + urlencode(query)
     doc = ctx.client().call("GET", path, identity=ident)
     apps = doc["applications"]
     lines = [f"{'ID':<24} {'STATE':<9} {'CODE':<10} {'CLASS':<11} {'USCC':<19} NAME"]
@@ -923,8 +947,9 @@ def ra_list(
             f"{a['uscc'] or '-':<19} {name}"
         )
     if not apps:
-        lines = [f"No {state} applications."]
+        lines = [f"No {state} applications" + (f" from offset {offset}." if offset else ".")]
     emit(as_json, doc, "\n".join(lines))
+    more_hint(as_json, doc, "applications")
 
 
 def _code_call(
@@ -1848,8 +1873,9 @@ def cert_show(file: Path, as_json: bool) -> None:
     default=100,
     show_default=True,
     type=click.IntRange(1, 1000),
-    help="At most this many certificates.",
+    help="At most this many certificates (one page).",
 )
+@offset_option("certificates")
 @json_option
 @pass_ctx
 def cert_list(
@@ -1859,20 +1885,25 @@ def cert_list(
     key_file: Path,
     passphrase_file: Path | None,
     limit: int,
+    offset: int,
     as_json: bool,
 ) -> None:
-    """List what the CA issued to an enterprise (its own, or any for an RA officer)."""
+    """List what the CA issued to an enterprise (its own, or any for an RA officer),
+    oldest first, one page at a time: when more follow the page, the --offset that
+    lists them is said on standard error (next_offset with --json)."""
     code = str(USCC.parse(uscc))
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    doc = ctx.client().call(
-        "GET", "/ca/v1/certificates?" + urlencode({"uscc": code, "limit": limit}), identity=ident
-    )
+    query = {"uscc": code, "limit": limit, "offset": offset}
+    doc = ctx.client().call("GET", "/ca/v1/certificates?" + urlencode(query), identity=ident)
     rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
     for c in doc["certificates"]:
         rows.append(f"{c['serial']:<34} {c['profile']:<11} {c['not_after']:<21} {c['subject']}")
     if not doc["certificates"]:
-        rows = [f"No certificates issued to {code}."]
+        rows = [
+            f"No certificates issued to {code}" + (f" from offset {offset}." if offset else ".")
+        ]
     emit(as_json, doc, "\n".join(rows))
+    more_hint(as_json, doc, "certificates")
 
 
 cli.add_command(audit)
