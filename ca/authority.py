@@ -587,11 +587,7 @@ class JointCA:
             # once for one operator cannot both leave a code live.
             tx.get_application(parent.id, for_update=True)
             _signer_still_good(tx, caller)  # and the issuances' lock, before the codes' rows
-            earlier = [
-                a
-                for a in tx.applications_of(parent.uscc, SubjectClass.OPERATOR.value)
-                if a.vetted.get("operator_id") == clean_id
-            ]
+            earlier = tx.operator_applications(parent.uscc, clean_id)
             _refuse_in_force(
                 tx,
                 earlier,

@@ -51,14 +51,26 @@ class ApplicationRow(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     subject_class: Mapped[str] = mapped_column(String(20))
-    uscc: Mapped[str | None] = mapped_column(String(18), index=True)
+    uscc: Mapped[str | None] = mapped_column(String(18))
     vetted: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(12), index=True)
+    state: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[datetime.datetime]
     applicant: Mapped[str] = mapped_column(String(120))
     decided_by: Mapped[str | None] = mapped_column(String(120))
     decided_at: Mapped[datetime.datetime | None]
     reason: Mapped[str | None] = mapped_column(Text)
+    operator_id: Mapped[str | None] = mapped_column(String(64))
+    """An operator's application: the operator id it authorizes (as in ``vetted``), so
+    that an enterprise's earlier authorizations of one operator are found by index, not
+    by reading every operator application of the enterprise."""
+
+    # Listings page in (created_at, id) order, per state or all (eport ra list): read in
+    # index order, not sorted whole for every page. (uscc, ...) serves the USCC lookups.
+    __table_args__ = (
+        Index("ix_applications_uscc_operator", "uscc", "operator_id"),
+        Index("ix_applications_state_created", "state", "created_at", "id"),
+        Index("ix_applications_created", "created_at", "id"),
+    )
 
 
 class EnrollmentCodeRow(Base):

@@ -227,6 +227,10 @@ class Transaction(Protocol):
         """The enterprise's applications of one subject class, oldest first."""
         ...
 
+    def operator_applications(self, uscc: str, operator_id: str) -> list[Application]:
+        """The enterprise's authorizations of one operator id, oldest first."""
+        ...
+
     def list_applications(
         self, state: ApplicationState | None, limit: int, offset: int
     ) -> list[Application]: ...

@@ -197,6 +197,15 @@ _APPS_OF = (
     .where(_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
     .order_by(_A.created_at, _A.id)
 )
+_OPERATOR_APPS = (
+    select(*_APP_COLUMNS)
+    .where(
+        _A.uscc == bindparam("uscc"),
+        _A.operator_id == bindparam("operator_id"),
+        _A.subject_class == "operator",
+    )
+    .order_by(_A.created_at, _A.id)
+)
 _CERT_COLUMNS = (
     _CERT.serial,
     _CERT.issuer_id,
@@ -508,6 +517,9 @@ class SqlTransaction:
                 decided_by=app.decided_by,
                 decided_at=app.decided_at,
                 reason=app.reason,
+                operator_id=app.vetted.get("operator_id")
+                if app.subject_class == "operator"
+                else None,
             )
         )
         self.s.flush()
@@ -540,6 +552,10 @@ class SqlTransaction:
 
     def applications_of(self, uscc: str, subject_class: str) -> list[Application]:
         rows = self._conn().execute(_APPS_OF, {"uscc": uscc, "cls": subject_class})
+        return [_app_of(r) for r in rows]
+
+    def operator_applications(self, uscc: str, operator_id: str) -> list[Application]:
+        rows = self._conn().execute(_OPERATOR_APPS, {"uscc": uscc, "operator_id": operator_id})
         return [_app_of(r) for r in rows]
 
     def list_applications(

@@ -7,6 +7,7 @@ import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import csr as acsr
@@ -488,3 +489,53 @@ def test_an_approval_is_withdrawn_before_enrollment(env: tuple) -> None:  # type
     with pytest.raises(Conflict, match=f"{issued.record.serial_hex} in force.*eport revoke"):
         ca.withdraw(officer_caller, other.id, "too late")
     assert counts(sessions) == before
+
+
+def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """At scale (thousands of operators per enterprise, of applications per state) the
+    statements of ``authorize_operator`` and of the RA listing read an index in the order
+    they need: the earlier authorizations of one operator id by (uscc, operator_id), not
+    every operator application of the enterprise; a page of applications by (state,
+    created_at, id) or (created_at, id), not a sort of them all (SQLite's query plan)."""
+    from sqlalchemy import event
+
+    from ca.records import ApplicationState
+
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ent, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Plan Co.")
+    for i in range(3):
+        ca.authorize_operator(ent, f"Operator {i}", f"E{i}")
+    engine = sessions.kw["bind"]
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+        if "FROM applications" in statement and statement.lstrip().startswith("SELECT"):
+            seen.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        again = ca.authorize_operator(ent, "Operator 1", "E1")
+        lookups = list(seen)
+        seen.clear()
+        for state in (ApplicationState.APPROVED, None):
+            ca.list_applications(officer_caller, state, 2, 1)
+        listings = list(seen)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert again.withdrawn == 1  # E1's earlier code, found through the index
+
+    def plan(statement: str, params: Any) -> str:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+        return " | ".join(str(r[-1]) for r in rows)
+
+    lookup_plans = [plan(*s) for s in lookups]
+    assert any(
+        "ix_applications_uscc_operator (uscc=? AND operator_id=?)" in p for p in lookup_plans
+    ), lookup_plans
+    listing_plans = [plan(*s) for s in listings]
+    assert len(listing_plans) == 2, listing_plans
+    assert "ix_applications_state_created (state=?)" in listing_plans[0], listing_plans
+    assert "ix_applications_created" in listing_plans[1], listing_plans
+    assert not any("TEMP B-TREE" in p for p in listing_plans), listing_plans

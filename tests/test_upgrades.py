@@ -50,8 +50,8 @@ from tests.helpers import (
     serial_of,
 )
 
-CA_REVISIONS = ["0001", "0002", "0003", "0004"]
-"""Every CA revision before head (0005)."""
+CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
+"""Every CA revision before head (0006)."""
 AUTH_REVISIONS = ["a001"]
 SERVICE = "customs-declaration"
 _databases = itertools.count()
@@ -126,7 +126,7 @@ def test_an_upgrade_keeps_every_row_and_the_ca_works(
 ) -> None:
     """A CA used at head (certificates good, revoked, on hold; a withdrawn code, and an
     approved application's unused one; an operator's session and token) is taken down to
-    0004, 0003 and 0002 and up again each time: every row is as it was (a code withdrawn since
+    0005, 0004, 0003 and 0002 and up again each time: every row is as it was (a code withdrawn since
     0004 stays unusable below it), and the server started again on it lists the
     certificates, answers their status by OCSP, passes a full audit, keeps the session
     and the token, refuses the withdrawn code and issues on the unused one."""
