@@ -1205,14 +1205,26 @@ def _utc(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+CASCADE_SHOWN = 10
+"""Operator certificates a cessation's answer names by serial (the count says the rest)."""
+
+
 def _status_text(doc: dict[str, Any]) -> str:
     line = f"Certificate {doc['serial']}: {doc['status'].replace('-', ' ')}"
     if doc.get("since"):
         line += f" since {doc['since']}"
     if doc.get("reason") and doc["status"] == "revoked":
         line += f" ({doc['reason']})"
-    if doc.get("cascaded"):
-        line += f"\n  also revoked, the enterprise's operators: {', '.join(doc['cascaded'])}"
+    cascaded = doc.get("cascaded") or []
+    if cascaded:
+        # An enterprise may have thousands of operators: name the first few, count the rest.
+        shown = ", ".join(cascaded[:CASCADE_SHOWN])
+        rest = len(cascaded) - CASCADE_SHOWN
+        more = f" and {rest} more (--json lists them all)" if rest > 0 else ""
+        line += (
+            f"\n  also revoked, the enterprise's {len(cascaded)} operator certificate"
+            f"{'s' if len(cascaded) != 1 else ''}: {shown}{more}"
+        )
     if doc.get("enterprise_still_in_force"):
         kept = ", ".join(doc["enterprise_still_in_force"])
         line += (

@@ -237,6 +237,23 @@ def test_cessation_revokes_operators(server: Server, tmp_path: Path) -> None:
         assert st["status"] == "revoked" and st["reason"] == "cessationOfOperation"
 
 
+def test_a_cessation_names_a_few_operators_and_counts_the_rest() -> None:
+    """An enterprise with 5,000 operators ceases: the CLI's answer was one 160 KB line of
+    every serial; it names the first ten and counts the rest (--json keeps them all)."""
+    from cli.main import CASCADE_SHOWN, _status_text
+
+    ops = [format(0x7A << 112 | i, "x") for i in range(5000)]
+    doc = {"serial": "54b4", "status": "revoked", "since": "2026-11-27T13:59:28Z"}
+    text = _status_text({**doc, "reason": "cessationOfOperation", "cascaded": ops})
+    assert len(text) < 1000, len(text)
+    assert f"the enterprise's 5000 operator certificates: {', '.join(ops[:CASCADE_SHOWN])}" in text
+    assert text.endswith(f"and {5000 - CASCADE_SHOWN} more (--json lists them all)")
+    few = _status_text({**doc, "reason": "cessationOfOperation", "cascaded": ops[:2]})
+    assert few.endswith(f"the enterprise's 2 operator certificates: {ops[0]}, {ops[1]}")
+    one = _status_text({**doc, "reason": "cessationOfOperation", "cascaded": ops[:1]})
+    assert one.endswith(f"the enterprise's 1 operator certificate: {ops[0]}")
+
+
 def test_cessation_of_a_replaced_certificate_keeps_the_operators(
     server: Server, tmp_path: Path
 ) -> None:
