@@ -496,7 +496,8 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     statements of ``authorize_operator`` and of the RA listing read an index in the order
     they need: the earlier authorizations of one operator id by (uscc, operator_id), not
     every operator application of the enterprise; a page of applications by (state,
-    created_at, id) or (created_at, id), not a sort of them all (SQLite's query plan)."""
+    created_at, id) or (created_at, id), and of all certificates by (created_at, serial),
+    not a sort of them all (SQLite's query plan)."""
     from sqlalchemy import event
 
     from ca.records import ApplicationState
@@ -510,7 +511,8 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
-        if "FROM applications" in statement and statement.lstrip().startswith("SELECT"):
+        tables = ("FROM applications", "FROM certificates")
+        if any(t in statement for t in tables) and statement.lstrip().startswith("SELECT"):
             seen.append((statement, params))
 
     event.listen(engine, "before_cursor_execute", record)
@@ -521,6 +523,9 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
         for state in (ApplicationState.APPROVED, None):
             ca.list_applications(officer_caller, state, 2, 1)
         listings = list(seen)
+        seen.clear()
+        ca.certificates(officer_caller, None, 2, 1)  # every certificate, an officer's page
+        cert_pages = list(seen)
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert again.withdrawn == 1  # E1's earlier code, found through the index
@@ -539,3 +544,6 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     assert "ix_applications_state_created (state=?)" in listing_plans[0], listing_plans
     assert "ix_applications_created" in listing_plans[1], listing_plans
     assert not any("TEMP B-TREE" in p for p in listing_plans), listing_plans
+    cert_plans = [plan(*s) for s in cert_pages]
+    assert len(cert_plans) == 1 and "ix_certificates_created" in cert_plans[0], cert_plans
+    assert "TEMP B-TREE" not in cert_plans[0], cert_plans

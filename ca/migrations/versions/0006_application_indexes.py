@@ -1,12 +1,13 @@
-"""applications: operator_id, and indexes in listing order
+"""applications: operator_id; applications and certificates: indexes in listing order
 
 At scale (an enterprise with thousands of operators, tens of thousands of applications)
 ``eport operator add`` read and parsed every operator application of the enterprise, in
 its write transaction, to find the earlier authorizations of one operator id; and every
 page of ``eport ra list`` sorted all applications of its state. The operator id becomes a
 column (filled from ``vetted`` here), indexed with the USCC; the listings read
-``(state, created_at, id)`` or ``(created_at, id)`` in index order. The two single-column
-indexes are the prefixes of the new ones and go.
+``(state, created_at, id)`` or ``(created_at, id)`` in index order, and an officer's
+listing of all certificates ``(created_at, serial)``. The two single-column indexes of
+applications are the prefixes of the new ones and go.
 
 Revision ID: 0006
 Revises: 0005
@@ -61,9 +62,13 @@ def upgrade() -> None:
             "ix_applications_state_created", ["state", "created_at", "id"], unique=False
         )
         batch_op.create_index("ix_applications_created", ["created_at", "id"], unique=False)
+    with op.batch_alter_table("certificates", schema=None) as batch_op:
+        batch_op.create_index("ix_certificates_created", ["created_at", "serial"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("certificates", schema=None) as batch_op:
+        batch_op.drop_index("ix_certificates_created")
     with op.batch_alter_table("applications", schema=None) as batch_op:
         batch_op.drop_index("ix_applications_created")
         batch_op.drop_index("ix_applications_state_created")
