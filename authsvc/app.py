@@ -30,6 +30,7 @@ from authsvc.store import SqlAuthStore
 from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError
+from ca.names import accept_names_up_to_64_characters
 from ca.policy import load_policies
 from ca.problems import EXTENSION as PROBLEMS
 from ca.problems import install_problem_handlers
@@ -126,6 +127,7 @@ def status_factory(cfg: AuthConfig) -> StatusFactory:
 def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     """The token service's Flask app; ``config`` is an :class:`AuthConfig` or overrides."""
     cfg = config if isinstance(config, AuthConfig) else AuthConfig.load(config)
+    accept_names_up_to_64_characters()
     app = Flask("authsvc")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)

@@ -28,6 +28,7 @@ from ca.generation import GenerationWatch
 from ca.issuance import CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
+from ca.names import accept_names_up_to_64_characters
 from ca.policy import EVERY_ISSUER, Policies, load_policies
 from ca.problems import install_problem_handlers
 from ca.records import Store
@@ -101,6 +102,7 @@ def build_authority(
 def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     """The CA's Flask app; ``config`` is a :class:`CAConfig` or a dict of overrides."""
     cfg = config if isinstance(config, CAConfig) else CAConfig.load(config)
+    accept_names_up_to_64_characters()
     app = Flask("ca")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)

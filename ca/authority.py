@@ -60,8 +60,8 @@ RandomBytes = Callable[[int], bytes]
 _CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 MAX_NAME = 200
 UB_NAME = 64
-"""X.520 upper bound of organizationName and commonName; counted in UTF-8 bytes here,
-as ``cryptography`` counts it, so a name that fits is never refused at signing."""
+"""X.520 upper bound of organizationName and commonName, in characters (X.680 counts a
+UTF8String's size in characters, not UTF-8 bytes): a Chinese company name may have 64."""
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
 )
@@ -790,7 +790,7 @@ officer reads them in a terminal: none of these may make a name look like anothe
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
     """Collapse blanks (NFC); refuse empty, invisible or control characters, a name with
-    no letter or digit, or over ``limit`` UTF-8 bytes."""
+    no letter or digit, or over ``limit`` characters (Unicode code points)."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
     value = unicodedata.normalize("NFC", " ".join(value.split()))
@@ -802,8 +802,8 @@ def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
         )
     if not any(unicodedata.category(c)[0] in "LN" for c in value):
         raise BadRequest(f"{what} has no letter or digit")
-    if len(value.encode()) > limit:
-        raise BadRequest(f"{what} is longer than {limit} bytes (UTF-8)")
+    if len(value) > limit:
+        raise BadRequest(f"{what} has {len(value)} characters, more than the {limit} allowed")
     return value
 
 

@@ -3,6 +3,8 @@ and the member agency an officer's or auditor's organizationIdentifier names."""
 
 from __future__ import annotations
 
+import warnings
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -15,6 +17,19 @@ _DN_NAMES = {
 def dn_string(name: x509.Name) -> str:
     """RFC 4514 string with readable names for organizationIdentifier and serialNumber."""
     return name.rfc4514_string(_DN_NAMES)
+
+
+BYTE_COUNTED_NAME_WARNING = r"Attribute's length must be >= 1 and <= 64, but it was \d+"
+"""The warning ``cryptography`` gives on reading a commonName of more than 64 UTF-8
+bytes. X.520's ub-common-name (RFC 5280 Appendix A) counts characters, as pkilint and
+zlint do: a CN of 22 to 64 Chinese characters (66 to 192 bytes) is well formed."""
+
+
+def accept_names_up_to_64_characters() -> None:
+    """Silence :data:`BYTE_COUNTED_NAME_WARNING` in this process (the CLI and both
+    services call it first): each certificate of a long Chinese name read would otherwise
+    print a warning on stderr. The CA bounds names in characters itself (``ca.policy``)."""
+    warnings.filterwarnings("ignore", message=BYTE_COUNTED_NAME_WARNING, category=UserWarning)
 
 
 AGENCY_ID_PREFIX = "GV:CN-"

@@ -135,7 +135,12 @@ class Profile:
             value = tmpl.format_map(_Strict(vetted))
             if not value.strip():
                 raise PolicyError(self.name, str(oid.dotted_string), "empty subject attribute")
-            attrs.append(x509.NameAttribute(oid, value))
+            bound = UPPER_BOUNDS.get(oid)
+            if bound is not None and len(value) > bound:
+                raise PolicyError(
+                    self.name, str(oid.dotted_string), f"longer than {bound} characters (X.520)"
+                )
+            attrs.append(_name_attribute(oid, value))
         return x509.Name(attrs)
 
     def build_dns_names(self, vetted: Mapping[str, str]) -> list[str]:
@@ -145,6 +150,24 @@ class Profile:
 class _Strict(dict[str, str]):
     def __missing__(self, key: str) -> str:
         raise KeyError(key)
+
+
+UPPER_BOUNDS = {NameOID.COMMON_NAME: 64, NameOID.ORGANIZATION_NAME: 64}
+"""X.520 upper bounds (RFC 5280 Appendix A: ub-common-name, ub-organization-name) of
+the subject attributes filled from an applicant's name. X.680 counts a UTF8String's size
+in characters, not octets: 64 Chinese characters fit (192 bytes of UTF-8)."""
+
+
+def _name_attribute(oid: ObjectIdentifier, value: str) -> x509.NameAttribute[str]:
+    """The UTF8String attribute ``value``, within its upper bound in characters.
+
+    cryptography counts commonName's bound of 64 in UTF-8 bytes and refuses a longer
+    value, so a CN of 22 Chinese characters (66 bytes) would be refused though X.520
+    allows 64 characters; such a value is made with that check off (its warning is
+    silenced by :func:`ca.names.accept_names_up_to_64_characters`)."""
+    if oid in UPPER_BOUNDS and len(value.encode()) > 64:
+        return x509.NameAttribute(oid, value, _validate=False)
+    return x509.NameAttribute(oid, value)
 
 
 def _placeholders(tmpl: str) -> set[str]:

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from ca.errors import EPortError
-from ca.names import dn_string
+from ca.names import accept_names_up_to_64_characters, dn_string
 from ca.uscc import USCC
 from cli import backup as backup_cli
 from cli import custody as custody_cli
@@ -358,7 +358,8 @@ def _secret(file: Path | None, env: str, what: str, option: str) -> bytes:
     "--name",
     required=True,
     callback=not_blank,
-    help="Legal name (enterprise), officer name (agency), or DNS name (service).",
+    help="Legal name (enterprise), officer name (agency), at most 64 characters, or DNS "
+    "name (service).",
 )
 @click.option(
     "--class",
@@ -1118,7 +1119,7 @@ def operator() -> None:
     "--name",
     required=True,
     callback=not_blank,
-    help="The operator's full name (goes into the certificate's CN).",
+    help="The operator's full name, at most 64 characters (the certificate's CN).",
 )
 @click.option(
     "--id",
@@ -1930,6 +1931,7 @@ GLOBAL_OPTIONS = ("--server", "--verbose", "-v")
 def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
+    accept_names_up_to_64_characters()
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even at a terminal
     color = False if os.environ.get("NO_COLOR") else None
     try:

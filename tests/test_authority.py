@@ -211,9 +211,9 @@ def test_operator_cannot_authorize_operators(env: tuple, tmp_path: Path) -> None
         ({"uscc": "91350100M000100Y43", "legal_name": "\u200b\u200b"}, BadRequest),
         ({"uscc": "91350100M000100Y43", "legal_name": "-- . --"}, BadRequest),
         (
-            {"uscc": "91350100M000100Y43", "legal_name": "名" * 30},
+            {"uscc": "91350100M000100Y43", "legal_name": "名" * 65},
             BadRequest,
-        ),  # 90 UTF-8 bytes > 64
+        ),  # 65 characters > ub-organization-name (64)
     ],
 )
 def test_bad_applications_change_nothing(env: tuple, data: dict, err: type) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,88 @@
+"""Chinese names end to end against a real ``eport serve --dev``: an enterprise, its
+operators and the certificates made for them, with names as Chinese enterprises write
+them (full-width parentheses and letters, U+3000 spaces, long registered names)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import Server
+from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun
+
+# 36 characters, 108 bytes of UTF-8: a registered name of this length is common.
+LONG_NAME = "厦门象屿保税区（ＡＢＣ）国际物流供应链管理服务集团股份有限公司厦门分公司"
+# X.520 ub-organization-name and ub-common-name are 64 characters (RFC 5280 App. A).
+AT_BOUND = "厦" * 62 + "公司"
+
+
+def _subject_attr(path: Path, oid: object) -> str:
+    values = cert_of(path).subject.get_attributes_for_oid(oid)  # type: ignore[arg-type]
+    assert len(values) == 1
+    return str(values[0].value)
+
+
+@pytest.mark.parametrize("name", [LONG_NAME, AT_BOUND])
+def test_a_long_chinese_name_is_certified_as_registered(
+    sqlite_server: Server, tmp_path: Path, name: str
+) -> None:
+    """X.520 bounds O and CN at 64 characters, not 64 bytes: a name of 36 or 64 Chinese
+    characters (108 or 192 bytes) was refused with 'longer than 64 bytes (UTF-8)'."""
+    assert len(name) <= 64 < len(name.encode())
+    ent = enroll_enterprise(sqlite_server, tmp_path, f"\u3000{name}\u3000")
+    assert _subject_attr(ent, NameOID.ORGANIZATION_NAME) == name  # U+3000 trimmed
+    assert _subject_attr(ent, NameOID.COMMON_NAME) == name
+
+    operator = name[:40] + "（李伟）"
+    grant = jrun(sqlite_server, "operator", "add", "--name", operator, "--id", "E1", *creds(ent))
+    out = tmp_path / "op"
+    jrun(sqlite_server, "enroll", "--code", grant["enrollment_code"], "--profile", "operator",
+         "--out", str(out))  # fmt: skip
+    assert _subject_attr(out, NameOID.COMMON_NAME) == operator
+    assert _subject_attr(out, NameOID.ORGANIZATION_NAME) == name
+    # read back by the CLI and the token service with no warning on stderr
+    shown = sqlite_server.eport("cert", "show", str(out / "cert.pem"))
+    assert f"CN={operator}," in shown.stdout and shown.stderr == ""
+    cfg = str(tmp_path / "cfg")
+    login = sqlite_server.eport("login", *creds(out), "--json", EPORT_CONFIG_DIR=cfg)
+    assert login.stderr == ""
+    who = sqlite_server.eport("whoami", "--json", EPORT_CONFIG_DIR=cfg)
+    assert json.loads(who.stdout)["name"] == operator
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl CLI is not installed (make sysdeps installs it)")
+    shown = subprocess.run(
+        [openssl, "x509", "-in", str(ent / "cert.pem"), "-noout", "-subject", "-nameopt", "utf8"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"O={name}, " in shown and shown.rstrip().endswith(f"CN={name}")
+    parsed = subprocess.run(
+        [openssl, "asn1parse", "-in", str(ent / "cert.pem")],
+        capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert parsed.count(f"UTF8STRING        :{name}") == 2
+
+
+def test_a_name_over_64_characters_is_refused_and_changes_nothing(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    ent = enroll_enterprise(sqlite_server, tmp_path, "厦门港务贸易有限公司")
+    before = jrun(sqlite_server, "ra", "list", *sqlite_server.officer())["applications"]
+    res = sqlite_server.eport("apply", "--uscc", fresh_uscc(), "--name", "厦" * 65, check=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        "eport: error: legal_name has 65 characters, more than the 64 allowed (HTTP 400)"
+    ]
+    res = sqlite_server.eport(
+        "operator", "add", "--name", "李" * 65, "--id", "E2", *creds(ent), check=False
+    )
+    assert res.returncode == 1
+    assert "operator name has 65 characters, more than the 64 allowed" in res.stderr
+    after = jrun(sqlite_server, "ra", "list", *sqlite_server.officer())["applications"]
+    assert after == before
