@@ -699,7 +699,13 @@ def audit() -> None:
     type=click.Choice(["table", "csv", "json"]),
     default="table",
     show_default=True,
-    help="A readable table, or CSV / a JSON array for export.",
+    help="A readable table, or CSV / a JSON array for export (UTF-8; see --bom).",
+)
+@click.option(
+    "--bom",
+    is_flag=True,
+    help="Start the CSV with a UTF-8 byte order mark: Excel needs it to read Chinese names "
+    "(without one it takes the file for the system's code page, GBK in China).",
 )
 @click.option(
     "--limit",
@@ -727,10 +733,13 @@ def audit_log(
     since: str | None,
     until: str | None,
     fmt: str,
+    bom: bool,
     limit: int | None,
     out: Path | None,
 ) -> None:
     """List the CA's events (oldest first) with filters; export them as CSV or JSON."""
+    if bom and fmt != "csv":
+        raise click.UsageError("--bom goes with --format csv only")
     if since and until and _utc_time(since) >= _utc_time(until):
         raise click.UsageError(f"--since {since} is not before --until {until}")
     client = _client(obj, cert_file, key_file, passphrase_file)
@@ -753,7 +762,7 @@ def audit_log(
             base.append((name, value))
     page_size = 1000 if fmt == "table" else 5000
     if out is None:
-        _write_events(client, base, fmt, limit, page_size, sys.stdout, False)
+        _write_events(client, base, fmt, limit, page_size, sys.stdout, False, bom)
         return
     # Written beside OUT and renamed when complete: a failed export leaves no half file.
     part = out.with_name(f".{out.name}.part")
@@ -763,7 +772,7 @@ def audit_log(
         raise CLIError(f"cannot write {out}: {exc.strerror}") from None
     try:
         with stream:
-            _write_events(client, base, fmt, limit, page_size, stream, True)
+            _write_events(client, base, fmt, limit, page_size, stream, True, bom)
         part.replace(out)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -778,6 +787,7 @@ def _write_events(
     page_size: int,
     stream: Any,
     to_file: bool,
+    bom: bool = False,
 ) -> None:
     after: int | None = None
     written = 0
@@ -786,6 +796,8 @@ def _write_events(
     writer = csv.writer(stream) if fmt == "csv" else None
     rows_for_table: list[dict[str, Any]] = []
     if writer is not None:
+        if bom:
+            stream.write("\ufeff")
         writer.writerow(COLUMNS)
     if fmt == "json":
         stream.write("[")

@@ -4,6 +4,8 @@ them (full-width parentheses and letters, U+3000 spaces, long registered names).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import subprocess
@@ -86,3 +88,29 @@ def test_a_name_over_64_characters_is_refused_and_changes_nothing(
     assert "operator name has 65 characters, more than the 64 allowed" in res.stderr
     after = jrun(sqlite_server, "ra", "list", *sqlite_server.officer())["applications"]
     assert after == before
+
+
+def test_an_audit_export_for_excel_carries_a_bom(sqlite_server: Server, tmp_path: Path) -> None:
+    """Excel opens a CSV without a byte order mark in the system's code page (GBK on a
+    Chinese Windows) and shows UTF-8 names as mojibake; --bom writes the mark it needs.
+    Without --bom the CSV is plain UTF-8, as before, for programs."""
+    name = "厦门（ＡＢＣ）报关行有限公司"
+    enroll_enterprise(sqlite_server, tmp_path, name)
+    who = sqlite_server.auditor()
+    query = ["audit", "log", *who, "--subject", "报关行", "--format", "csv"]
+
+    excel = tmp_path / "events.csv"
+    sqlite_server.eport(*query, "--bom", "--out", str(excel))
+    raw = excel.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbflog_index,")
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert {r["subject"] for r in rows if r["type"] == "application.submitted"} == {name}
+
+    piped = sqlite_server.eport(*query, "--bom").stdout
+    assert piped.startswith("\ufefflog_index,") and name in piped
+    plain = sqlite_server.eport(*query).stdout
+    assert plain.startswith("log_index,") and name in plain
+
+    res = sqlite_server.eport("audit", "log", *who, "--format", "json", "--bom", check=False)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("eport: error: --bom goes with --format csv only")
