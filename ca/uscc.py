@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from ca.errors import InvalidUSCC
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+"""Full-width ASCII forms (and the ideographic space) to ASCII: what GB 32100-2015's
+characters become when typed with a Chinese input method in full-width mode."""
+
 _VALUE = {ch: i for i, ch in enumerate(ALPHABET)}
 _WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 
@@ -63,8 +67,10 @@ class USCC:
 
     @classmethod
     def parse(cls, text: str) -> USCC:
-        """Parse user input: surrounding blanks are dropped and letters upper-cased."""
-        return cls(text.strip().upper())
+        """Parse user input: surrounding blanks are dropped, full-width forms (a Chinese
+        input method's ９１３５…, U+FF01-FF5E) read as their ASCII letters and digits, and
+        letters upper-cased."""
+        return cls(text.translate(_FULL_WIDTH).strip().upper())
 
     def __str__(self) -> str:
         return self.value

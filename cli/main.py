@@ -385,7 +385,8 @@ def apply(
     \b
     An enterprise applies with its USCC and legal name:
       eport apply --uscc 91350100M000100Y43 --name "Xiamen Harbour Trading Co., Ltd."
-    The check character of the USCC is verified here and again by the CA.
+    The check character of the USCC is verified here and again by the CA (a code
+    typed in full width, ９１３５…, is read as the same code).
     Keep the application id: the officer approves it and gives you a one-time code.
     """
     body: dict[str, Any] = {"subject_class": subject_class}

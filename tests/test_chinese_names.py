@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,24 @@ def test_an_audit_export_for_excel_carries_a_bom(sqlite_server: Server, tmp_path
     res = sqlite_server.eport("audit", "log", *who, "--format", "json", "--bom", check=False)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("eport: error: --bom goes with --format csv only")
+
+
+def test_a_uscc_typed_in_full_width_is_the_same_code(sqlite_server: Server) -> None:
+    """A Chinese input method in full-width mode types ９１３５…ＭＡ…; that was refused
+    ('character '９' at position 1 ... is not in the USCC alphabet')."""
+    uscc = fresh_uscc()
+    typed = "".join(chr(ord(c) + 0xFEE0) for c in uscc)
+    app = jrun(sqlite_server, "apply", "--uscc", typed, "--name", "全角代码贸易有限公司")
+    shown = jrun(sqlite_server, "ra", "list", *sqlite_server.officer())["applications"]
+    assert [a["uscc"] for a in shown if a["id"] == app["id"]] == [uscc]
+    # the CA reads it so too (a client that sends it as typed)
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{sqlite_server.url}/ca/v1/applications",
+            data=json.dumps(
+                {"subject_class": "enterprise", "uscc": typed, "legal_name": "全角直达有限公司"}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+    ) as resp:
+        assert json.load(resp)["uscc"] == uscc

@@ -64,6 +64,17 @@ def test_parse_strips_and_upper_cases() -> None:
     assert USCC.parse(KNOWN_VALID) == USCC(KNOWN_VALID)
 
 
+def test_parse_reads_full_width_forms_as_ascii() -> None:
+    """A Chinese input method in full-width mode types ９１３５…; such a code is the
+    same code. Other look-alikes (superscripts, circled digits) stay refused."""
+    full = "".join(chr(ord(c) + 0xFEE0) for c in KNOWN_VALID)
+    assert USCC.parse(f"\u3000{full}\u3000").value == KNOWN_VALID
+    assert USCC.parse(full.lower()).value == KNOWN_VALID
+    assert USCC.parse("９１３５０１００ｍ０００１００ｙ４３").value == KNOWN_VALID
+    with pytest.raises(InvalidUSCC):
+        USCC.parse("\u2460" + KNOWN_VALID[1:])
+
+
 def test_uscc_is_frozen() -> None:
     code = USCC(KNOWN_VALID)
     with pytest.raises(AttributeError):
