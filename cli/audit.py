@@ -44,7 +44,7 @@ from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
 from cli.keyfiles import identity_options
-from cli.options import json_option
+from cli.options import json_option, json_text, takes_utf8
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/ca/v1/audit"
@@ -653,7 +653,7 @@ def _client(
 
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+        click.echo(json_text(data))
     else:
         click.echo(text)
 
@@ -794,6 +794,7 @@ def _write_events(
     total: int | None = None
     bar: Any = _NoBar()
     writer = csv.writer(stream) if fmt == "csv" else None
+    utf8 = takes_utf8(stream)  # else JSON in \u escapes: still JSON, in any encoding
     rows_for_table: list[dict[str, Any]] = []
     if writer is not None:
         if bom:
@@ -826,7 +827,7 @@ def _write_events(
                     )
                 elif fmt == "json":
                     stream.write(("," if written else "") + "\n")
-                    stream.write(json.dumps(ev, ensure_ascii=False, sort_keys=True))
+                    stream.write(json.dumps(ev, ensure_ascii=not utf8, sort_keys=True))
                 else:
                     rows_for_table.append(ev)
                 written += 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import secrets
 import sys
@@ -36,7 +35,9 @@ from cli.options import (
     data_dir_option,
     hex_serial,
     json_option,
+    json_text,
     not_blank,
+    print_any_text,
     secret_prompt,
 )
 
@@ -56,7 +57,7 @@ class Ctx:
 def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     """Print ``data`` as one JSON object (``--json``) or ``text`` for people."""
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+        click.echo(json_text(data))
     else:
         click.echo(text)
 
@@ -1933,6 +1934,7 @@ def main() -> None:
     """Entry point: one clear line and a non-zero exit on error."""
     verbose = "--verbose" in sys.argv or "-v" in sys.argv[1:2]
     accept_names_up_to_64_characters()
+    print_any_text()
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even at a terminal
     color = False if os.environ.get("NO_COLOR") else None
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -13,6 +15,31 @@ import click
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def takes_utf8(stream: Any) -> bool:
+    """Whether ``stream`` encodes text as UTF-8 (a Windows code page, or a locale such as
+    en_US.ISO-8859-1, cannot hold every Chinese name)."""
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
+
+
+def json_text(data: Any) -> str:
+    """One JSON object for standard output: names as they are on a UTF-8 stream, else
+    as ``\\u`` escapes, so that it is still JSON (RFC 8259 §8.1: UTF-8; ASCII is) and no
+    name makes printing fail."""
+    return json.dumps(data, ensure_ascii=not takes_utf8(sys.stdout), sort_keys=True)
+
+
+def print_any_text() -> None:
+    """Let standard output and error print text their encoding cannot hold as ``\\u``
+    escapes (``\\u53a6``) instead of failing after the work was done, as a Chinese name
+    did when output went to a file on a Windows or Latin-1 system."""
+    for stream in (sys.stdout, sys.stderr):
+        if not takes_utf8(stream) and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -136,3 +136,33 @@ def test_a_uscc_typed_in_full_width_is_the_same_code(sqlite_server: Server) -> N
         )
     ) as resp:
         assert json.load(resp)["uscc"] == uscc
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
+def test_output_that_cannot_hold_chinese_still_prints(
+    sqlite_server: Server, tmp_path: Path, encoding: str
+) -> None:
+    """Output to a file on a Windows (cp1252) or Latin-1 system: a Chinese name made
+    eport fail after the work was done ('unexpected error: UnicodeEncodeError(...)',
+    the whole output escaped in one line). Text now shows \\u escapes; --json is
+    ASCII JSON that reads back as the name."""
+    name = "厦门港务贸易有限公司"
+    ent = enroll_enterprise(sqlite_server, tmp_path, name)
+    env = {"PYTHONIOENCODING": encoding}
+    shown = sqlite_server.eport("cert", "show", str(ent / "cert.pem"), **env)
+    assert shown.stdout.startswith("Subject:     CN=\\u53a6\\u95e8") and shown.stderr == ""
+    cert = json.loads(
+        sqlite_server.eport("cert", "show", str(ent / "cert.pem"), "--json", **env).stdout
+    )
+    assert f"O={name}," in json.dumps(cert, ensure_ascii=False)
+    grant = sqlite_server.eport(
+        "operator", "add", "--name", "李伟", "--id", "E3", *creds(ent), "--json", **env
+    )
+    assert (
+        grant.stdout.isascii()
+        and json.loads(grant.stdout)["application"]["subject"]["operator_name"] == "李伟"
+    )
+    exported = sqlite_server.eport(
+        "audit", "log", *sqlite_server.auditor(), "--subject", "李伟", "--format", "json", **env
+    ).stdout
+    assert exported.isascii() and "李伟" in {e["subject"] for e in json.loads(exported)}
