@@ -66,11 +66,12 @@ def upgrade(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from ca.db import refuse_unknown_revision
+    from ca.db import refuse_other_encoding, refuse_unknown_revision
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    refuse_other_encoding(url, "token service")
     refuse_unknown_revision(cfg, url, VERSION_TABLE, "token service")
     command.upgrade(cfg, "head")
 

@@ -38,6 +38,7 @@ def upgrade(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
+    refuse_other_encoding(url, "CA")
     refuse_unknown_revision(cfg, url, VERSION_TABLE, "CA")
     command.upgrade(cfg, "head")
 
@@ -52,6 +53,29 @@ def lock_for_migrations(connection: Connection, key: int) -> None:
     the write lock first (``BEGIN IMMEDIATE``, :func:`ca.store.configure_engine`)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def refuse_other_encoding(url: str, what: str) -> None:
+    """Refuse, in one line, a PostgreSQL database whose encoding is not UTF8, before any
+    migration: it cannot store the names the CA certifies (厦门港务贸易有限公司), and
+    every application or login with one would fail with a 500 (psycopg2 encodes for
+    SQL_ASCII, which a cluster made under the C locale has, as ASCII; LATIN1 holds no
+    Chinese). SQLite stores text as UTF-8 always."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            encoding = conn.exec_driver_sql("SHOW server_encoding").scalar()
+    finally:
+        engine.dispose()
+    if str(encoding).upper() not in ("UTF8", "UTF-8"):
+        where = make_url(url).render_as_string(hide_password=True)
+        raise EPortError(
+            f"the {what} database {where} is in the encoding {encoding}, which cannot hold "
+            "Chinese names: use a database created with ENCODING 'UTF8' "
+            "(createdb -E UTF8 -T template0 NAME)"
+        )
 
 
 def refuse_unknown_revision(cfg: Config, url: str, version_table: str, what: str) -> None:

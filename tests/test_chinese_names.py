@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, inspect
 
-from tests.conftest import Server
+from tests.conftest import EPORT, PG_BIN, Postgres, Server, free_port
 from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun
 
 # 36 characters, 108 bytes of UTF-8: a registered name of this length is common.
@@ -166,3 +168,46 @@ def test_output_that_cannot_hold_chinese_still_prints(
         "audit", "log", *sqlite_server.auditor(), "--subject", "李伟", "--format", "json", **env
     ).stdout
     assert exported.isascii() and "李伟" in {e["subject"] for e in json.loads(exported)}
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_that_cannot_hold_chinese_is_refused_at_start(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """A cluster made under the C locale is SQL_ASCII (Debian's pg_createcluster does so
+    on a server with LANG=C): eport serve started on it, and every application with a
+    Chinese name was 'the server failed; nothing was changed (HTTP 500)'. It now refuses
+    to start in one line, for the CA's and for the token service's database, before any
+    table is made."""
+    urls = {}
+    for enc in ("SQL_ASCII", "LATIN1"):
+        name = f"eport_{enc.lower()}_{free_port()}"
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "createdb"), "-h", "127.0.0.1",
+             "-p", str(postgres.port), "-E", enc, "-T", "template0", "--locale=C", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        urls[enc] = postgres.url(name)
+    for setting, enc, what in (
+        ("EPORT_DATABASE_URL", "SQL_ASCII", "CA"),
+        ("EPORT_AUTH_DATABASE_URL", "LATIN1", "token service"),
+    ):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+        env[setting] = urls[enc]
+        res = subprocess.run(
+            [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / enc), "--port",
+             str(free_port())],
+            capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert res.returncode == 1, res.stderr
+        lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("WARNING")]
+        assert lines == [
+            f"eport: error: the {what} database {urls[enc]} is in the encoding {enc}, which "
+            "cannot hold Chinese names: use a database created with ENCODING 'UTF8' "
+            "(createdb -E UTF8 -T template0 NAME)"
+        ]
+        engine = create_engine(urls[enc])
+        try:
+            assert inspect(engine).get_table_names() == []
+        finally:
+            engine.dispose()
