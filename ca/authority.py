@@ -52,7 +52,7 @@ from ca.records import (
     signer_refusal,
 )
 from ca.signedreq import SignedRequest
-from ca.uscc import USCC
+from ca.uscc import FULL_WIDTH_TO_ASCII, USCC
 
 Clock = Callable[[], datetime.datetime]
 RandomBytes = Callable[[int], bytes]
@@ -567,7 +567,13 @@ class JointCA:
         clean_id = _clean(operator_id, "operator id", 64)
         if not _PRINTABLE.fullmatch(clean_id):
             # It becomes the subject's serialNumber, a PrintableString (X.520).
-            raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?")
+            ascii_form = clean_id.translate(FULL_WIDTH_TO_ASCII)
+            hint = (
+                f" ({clean_id!r} is typed in full width: type it as {ascii_form!r})"
+                if ascii_form != clean_id and _PRINTABLE.fullmatch(ascii_form)
+                else ""
+            )
+            raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?" + hint)
         vetted.update({"operator_name": clean_name, "operator_id": clean_id})
         now = self.clock()
         app = Application(

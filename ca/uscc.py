@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ca.errors import InvalidUSCC
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
-_FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+FULL_WIDTH_TO_ASCII = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 """Full-width ASCII forms (and the ideographic space) to ASCII: what GB 32100-2015's
 characters become when typed with a Chinese input method in full-width mode."""
 
@@ -70,7 +70,7 @@ class USCC:
         """Parse user input: surrounding blanks are dropped, full-width forms (a Chinese
         input method's ９１３５…, U+FF01-FF5E) read as their ASCII letters and digits, and
         letters upper-cased."""
-        return cls(text.translate(_FULL_WIDTH).strip().upper())
+        return cls(text.translate(FULL_WIDTH_TO_ASCII).strip().upper())
 
     def __str__(self) -> str:
         return self.value

@@ -89,6 +89,15 @@ def test_a_name_over_64_characters_is_refused_and_changes_nothing(
     )
     assert res.returncode == 1
     assert "operator name has 65 characters, more than the 64 allowed" in res.stderr
+    # an operator id typed in full width (a serialNumber, PrintableString) is refused,
+    # saying what to type instead
+    res = sqlite_server.eport(
+        "operator", "add", "--name", "李伟", "--id", "Ｅ１０２４", *creds(ent), check=False
+    )
+    assert res.returncode == 1
+    assert res.stderr.rstrip().endswith(
+        "('Ｅ１０２４' is typed in full width: type it as 'E1024') (HTTP 400)"
+    )
     after = jrun(sqlite_server, "ra", "list", *sqlite_server.officer())["applications"]
     assert after == before
 
