@@ -81,5 +81,17 @@ def run(
             "loglevel": "warning",
             "timeout": 60,
             "graceful_timeout": 5,
+            # gunicorn believes X-Forwarded-Proto (the request's scheme) from loopback
+            # unless told otherwise; here only from the configured proxies, as every other
+            # forwarded header (none configured: from no one)
+            "forwarded_allow_ips": ",".join(forwarded_from(cfg, auth_cfg)),
         },
     ).run()
+
+
+def forwarded_from(cfg: CAConfig, auth_cfg: AuthConfig | None) -> list[str]:
+    """The proxies (addresses or networks) whose forwarded scheme gunicorn may believe:
+    those either service trusts (``EPORT_TRUSTED_PROXIES``, ``EPORT_AUTH_TRUSTED_PROXIES``);
+    one front proxy serves both."""
+    both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
+    return list(dict.fromkeys(both))

@@ -317,6 +317,16 @@ def test_failed_logins_count_per_client_behind_a_trusted_proxy(
     assert r.status_code == 400
     addrs = {e["client_addr"] for e in _auth_events(sqlite_server) if e["type"] == "login.failed"}
     assert "127.0.0.1" in addrs and "198.51.100.77" not in addrs
+    # Nor the scheme a proxy would forward (gunicorn believes X-Forwarded-Proto from
+    # loopback by default): a redirect keeps the scheme the request came in on.
+    for path in ("/audit", "/portal"):
+        r = requests.get(
+            sqlite_server.url + path,
+            headers={"X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 308 and r.headers["Location"].startswith("http://"), r.headers
 
 
 def test_events_after_an_id_past_the_databases_integers(sqlite_server: Server) -> None:

@@ -207,9 +207,6 @@ def test_links_and_cookies_behind_a_tls_proxy(tmp_path: Path) -> None:
     port = free_port()
     public = f"https://eport.example:{port}"
     env = {"EPORT_PUBLIC_BASE_URL": public, "EPORT_TRUSTED_PROXIES": "127.0.0.1"}
-    # nginx stands in for a proxy on another host: gunicorn itself believes
-    # X-Forwarded-Proto only from its forwarded_allow_ips, loopback by default.
-    env["FORWARDED_ALLOW_IPS"] = "192.0.2.10"
     srv, proc = start_server(tmp_path / "data", extra_env=env)
     try:
         ent = enroll_enterprise(srv, tmp_path, "Proxy Trading Co., Ltd.")
@@ -222,6 +219,9 @@ def test_links_and_cookies_behind_a_tls_proxy(tmp_path: Path) -> None:
             # forwarded over http; the session cookie it opens is Secure.
             doc = json.loads(via.eport("audit", "web-login", *srv.auditor(), "--json").stdout)
             assert doc["url"].startswith(public + "/audit/login?token="), doc["url"]
+            # The scheme nginx forwards is believed from it, a configured proxy.
+            r = requests.get(proxy + "/audit", allow_redirects=False, timeout=10)
+            assert r.headers["Location"].startswith("https://"), r.headers
             opened = requests.get(
                 proxy + doc["url"].removeprefix(public), allow_redirects=False, timeout=10
             )
