@@ -21,7 +21,8 @@ from ca import hierarchy, translog
 from ca.authority import JointCA, certificate_record
 from ca.config import CAConfig
 from ca.custody import Established, Purpose
-from ca.db import make_engine, upgrade
+from ca.db import ANOTHER_CA, make_engine, upgrade
+from ca.errors import Conflict
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.pkcs11 import TokenKeys
@@ -40,10 +41,25 @@ class Initialized:
     """Member id → directory with officer.pem, officer.key (encrypted), chain.pem."""
 
 
-def record_hierarchy(ca: JointCA, h: hierarchy.Hierarchy, actor: str) -> None:
-    """Store the CA certificates and log the ceremony (one transaction)."""
+def record_hierarchy(
+    ca: JointCA, h: hierarchy.Hierarchy, actor: str, data_dir: Path | None = None
+) -> None:
+    """Store the CA certificates and log the ceremony (one transaction).
+
+    Refused (:class:`Conflict`, nothing stored) when the database holds events already:
+    one database holds one CA. :func:`ca.db.other_ca_records` said so before the keys
+    were made, but two first starts on one empty database at once (two hosts started
+    together) both pass that check; here, under the lock every log append takes first,
+    the later of the two sees the events of the one that committed."""
     now = ca.clock()
     with ca.store.transaction() as tx:
+        tx.hold_issuance()
+        if tx.holds_events():
+            raise Conflict(
+                f"the database {ANOTHER_CA}; another CA was recorded in it while this one's "
+                f"keys were made, so the new hierarchy in {hierarchy.ca_dir(data_dir or Path('.'))}"
+                " is recorded nowhere: remove it"
+            )
         entries = [(h.root, "root", "root", {"role": "root"})]
         entries += [
             (i.certificate, "root", "issuing-ca", {"role": "issuing", "issuer_id": iid})
@@ -155,7 +171,7 @@ def initialize(
             token=token,
         )
         authority = build_authority(cfg, policies, h, store)
-        record_hierarchy(authority, h, actor)
+        record_hierarchy(authority, h, actor, Path(cfg.data_dir))
         if custody_set is not None:
             custody_files.record_custody(authority, custody_set.record, h.root, actor)
         officers = issue_officers(authority, officer_dir, officer_passphrase, actor, officer_label)

@@ -117,11 +117,14 @@ def other_ca_records(url: str) -> str | None:
                 return None
     finally:
         engine.dispose()
-    where = parsed.render_as_string(hide_password=True)
-    return (
-        f"the database {where} already holds another CA's records: a new CA needs a database "
-        "of its own (an empty PostgreSQL database, or a new data directory's SQLite file)"
-    )
+    return f"the database {parsed.render_as_string(hide_password=True)} {ANOTHER_CA}"
+
+
+ANOTHER_CA = (
+    "already holds another CA's records: a new CA needs a database of its own (an empty "
+    "PostgreSQL database, or a new data directory's SQLite file)"
+)
+"""Why a new CA refuses a database that holds events (after "the database ...")."""
 
 
 def foreign_root(url: str, data_dir: Path) -> str | None:

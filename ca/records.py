@@ -250,6 +250,10 @@ class Transaction(Protocol):
         the other way round deadlocks with it)."""
         ...
 
+    def holds_events(self) -> bool:
+        """Whether the database holds any event (of this CA, or of another one)."""
+        ...
+
     def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
         """The code given last (latest expiry) to each of the applications that has one."""
         ...

@@ -591,6 +591,9 @@ class SqlTransaction:
         if translog.append_event in self.sinks:
             translog.lock_head(self.s)
 
+    def holds_events(self) -> bool:
+        return self._conn().execute(select(EventRow.id).limit(1)).first() is not None
+
     def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
         last: dict[str, EnrollmentCode] = {}
         if app_ids:

@@ -1,0 +1,402 @@
+"""Two hosts, one PostgreSQL database: two ``eport serve`` processes, each with its own
+copy of the data directory (made by the development CA's first start, then copied, as a
+second host gets it), both serving at once under concurrent load (docs/ca.md, "Several
+hosts").
+
+What must hold across the hosts: every enrollment stored once with its event and log
+entry, the Merkle log without gap or double index and both hosts' checkpoints consistent;
+CRL numbers that only grow whichever host signs, each host's CRL listing the other's
+revocations and their OCSP answers agreeing; a signed request accepted once in all; a
+session of the token service usable, ended and its refresh token rotated across hosts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, text
+
+from ca.signedreq import SCHEME, sign_request
+from cli.keyfiles import Identity, load_identity
+from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop, wait_http
+from tests.helpers import fresh_uscc
+
+PUBLIC = "https://eport.example"
+"""The public base URL both hosts serve under (a load balancer's name)."""
+
+
+@dataclass
+class Hosts:
+    a: Server
+    b: Server
+    database_url: str
+    officer: Identity
+
+    def both(self) -> tuple[Server, Server]:
+        return self.a, self.b
+
+
+@pytest.fixture(scope="module")
+def hosts(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    ca_db = postgres.createdb("eport_two_hosts")
+    auth_db = postgres.createdb("eport_two_hosts_auth")
+    port_a, port_b = free_port(), free_port()
+    # One public name for both, as behind a load balancer: it is the token issuer and the
+    # base of the certificates' CRL and OCSP URLs.
+    env = {"EPORT_AUTH_DATABASE_URL": auth_db, "EPORT_PUBLIC_BASE_URL": PUBLIC}
+    root = tmp_path_factory.mktemp("two-hosts")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    # Host A's first start makes the development CA in its data directory and the database.
+    _srv, proc = start_server(root / "a" / "data", ca_db, extra_env=env, port=port_a)
+    stop(proc)
+    # Host B gets a copy of that data directory (not its lock file).
+    shutil.copytree(
+        root / "a" / "data", root / "b" / "data", ignore=shutil.ignore_patterns("serve.lock")
+    )
+    procs = []
+    try:
+        a, pa = start_server(root / "a" / "data", ca_db, extra_env=env, port=port_a)
+        procs.append(pa)
+        b, pb = start_server(root / "b" / "data", ca_db, extra_env=env, port=port_b)
+        procs.append(pb)
+        d = a.dev / "officers" / "customs"
+        officer = load_identity(d / "officer.pem", d / "officer.key", d / "DEV-ONLY-passphrase.txt")
+        yield Hosts(a, b, ca_db, officer)
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def signed_post(
+    srv: Server, path: str, body: dict[str, Any], ident: Identity, token: str | None = None
+) -> requests.Response:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if token is None:
+        token = sign_request(
+            ident.key, ident.chain, "POST", path, data, datetime.datetime.now(datetime.UTC)
+        )
+    headers = {"Content-Type": "application/json", "Authorization": f"{SCHEME} {token}"}
+    return requests.post(srv.url + path, data=data, headers=headers, timeout=60)
+
+
+def csr_pem(name: str) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def approved_code(hosts: Hosts, srv: Server) -> str:
+    """An enterprise applies on ``srv`` and the customs officer approves it there."""
+    app = requests.post(
+        srv.url + "/ca/v1/applications",
+        json={"uscc": fresh_uscc(), "legal_name": "Two Hosts Trading Co."},
+        timeout=60,
+    )
+    assert app.status_code == 201, app.text
+    app_id = app.json()["id"]
+    grant = signed_post(srv, f"/ca/v1/ra/applications/{app_id}/approve", {}, hosts.officer)
+    assert grant.status_code == 200, grant.text
+    return str(grant.json()["enrollment_code"])
+
+
+def enroll(srv: Server, code: str) -> requests.Response:
+    _key, csr = csr_pem("two hosts")
+    return requests.post(
+        srv.url + "/ca/v1/enroll",
+        json={"code": code, "profile": "enterprise", "csr": csr},
+        timeout=60,
+    )
+
+
+def enterprise(hosts: Hosts) -> Identity:
+    """An enterprise approved on host A and enrolled on host B: its key and chain."""
+    key, csr = csr_pem("two hosts enterprise")
+    r = requests.post(
+        hosts.b.url + "/ca/v1/enroll",
+        json={"code": approved_code(hosts, hosts.a), "profile": "enterprise", "csr": csr},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    chain = x509.load_pem_x509_certificates((doc["certificate"] + doc["chain"]).encode())
+    return Identity(chain, key)
+
+
+def at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda f: f(), calls))
+
+
+def rows(url: str, sql: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)))
+    finally:
+        engine.dispose()
+
+
+def enrolled(hosts: Hosts, per_host: int) -> list[x509.Certificate]:
+    """``per_host`` codes approved on each host, all enrolled at once, each on the host
+    that did not approve it; their certificates."""
+    pairs = [(hosts.a, hosts.b), (hosts.b, hosts.a)] * per_host
+    codes = at_once([lambda p=p: (approved_code(hosts, p[0]), p[1]) for p in pairs])
+    answers = at_once([lambda c=c: enroll(c[1], c[0]) for c in codes])
+    assert [r.status_code for r in answers] == [201] * len(answers), [
+        r.text for r in answers if r.status_code != 201
+    ]
+    return [x509.load_pem_x509_certificate(r.json()["certificate"].encode()) for r in answers]
+
+
+def test_enrollments_on_both_hosts_are_each_stored_and_logged_once(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    certs = enrolled(hosts, 12)
+    serials = {format(c.serial_number, "x") for c in certs}
+    assert len(serials) == len(certs)
+    url = hosts.database_url
+    stored = rows(url, "SELECT serial FROM certificates")
+    assert serials <= {r[0] for r in stored}
+    # every certificate has one issuance event, every event one log entry
+    unlogged = rows(
+        url,
+        "SELECT c.serial FROM certificates c LEFT JOIN events e ON e.serial = c.serial"
+        " AND e.type = 'certificate.issued' LEFT JOIN log_entries l ON l.event_id = e.id"
+        " WHERE l.idx IS NULL",
+    )
+    assert serials.isdisjoint({r[0] for r in unlogged})
+    twice = rows(
+        url,
+        "SELECT serial FROM events WHERE type = 'certificate.issued'"
+        " GROUP BY serial HAVING count(*) > 1",
+    )
+    assert twice == []
+    (events,) = rows(url, "SELECT count(*) FROM events")[0:1]
+    (entries, lo, hi, distinct_events) = rows(
+        url, "SELECT count(*), min(idx), max(idx), count(DISTINCT event_id) FROM log_entries"
+    )[0]
+    (size,) = rows(url, "SELECT size FROM log_head")[0]
+    assert (entries, lo, hi, distinct_events) == (size, 0, size - 1, size)
+    assert events[0] == size
+    # an auditor verifies the whole log on each host, one state file: host B's checkpoint
+    # must be consistent with the one host A gave
+    state = tmp_path / "auditor.json"
+    for srv in hosts.both():
+        srv.eport("audit", "verify", "--full", "--state", str(state), *srv.auditor())
+    enrolled(hosts, 2)
+    for srv in (hosts.b, hosts.a):
+        srv.eport("audit", "verify", "--state", str(state), *srv.auditor())
+
+
+def crl_of(srv: Server, issuer: str) -> x509.CertificateRevocationList:
+    r = requests.get(f"{srv.url}/crl/{issuer}.crl", timeout=60)
+    assert r.status_code == 200, r.text
+    return x509.load_der_x509_crl(r.content)
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
+def ocsp_status(srv: Server, cert: x509.Certificate, issuer: x509.Certificate) -> str:
+    req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+    r = requests.post(
+        srv.url + "/ocsp",
+        data=req.public_bytes(serialization.Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    resp = ocsp.load_der_ocsp_response(r.content)
+    status = resp.certificate_status.name
+    if status == "REVOKED" and resp.revocation_reason == x509.ReasonFlags.certificate_hold:
+        return "HOLD"
+    return status
+
+
+def test_revocations_on_both_hosts_reach_both_crls_and_ocsp(hosts: Hosts) -> None:
+    certs = enrolled(hosts, 4)
+    issuer = x509.load_pem_x509_certificate(
+        (hosts.a.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
+    )
+    before = max(crl_number(crl_of(srv, "enterprise")) for srv in hosts.both())
+    numbers: list[tuple[str, int]] = []
+
+    def change(i: int, cert: x509.Certificate) -> requests.Response:
+        srv = hosts.both()[i % 2]
+        serial = format(cert.serial_number, "x")
+        if i % 4 < 2:
+            path = f"/ca/v1/certificates/{serial}/revoke"
+            return signed_post(srv, path, {"reason": "superseded"}, hosts.officer)
+        return signed_post(srv, f"/ca/v1/certificates/{serial}/suspend", {}, hosts.officer)
+
+    def fetch(i: int) -> None:
+        srv = hosts.both()[i % 2]
+        numbers.append((srv.url, crl_number(crl_of(srv, "enterprise"))))
+
+    calls: list[Callable[[], Any]] = [lambda i=i, c=c: change(i, c) for i, c in enumerate(certs)]
+    calls += [lambda i=i: fetch(i) for i in range(8)]
+    done = at_once(calls)
+    assert [r.status_code for r in done[: len(certs)]] == [200] * len(certs), [
+        r.text for r in done[: len(certs)]
+    ]
+    # after the changes, each host's CRL lists every change made on either host, and the
+    # numbers only grow, whichever host signed
+    revoked = {format(c.serial_number, "x") for i, c in enumerate(certs) if i % 4 < 2}
+    held = {format(c.serial_number, "x") for i, c in enumerate(certs) if i % 4 >= 2}
+    last = before
+    for srv in (hosts.a, hosts.b, hosts.a):
+        crl = crl_of(srv, "enterprise")
+        number = crl_number(crl)
+        assert number >= last, (srv.url, number, last)
+        last = number
+        listed = {format(e.serial_number, "x") for e in crl}
+        assert revoked | held <= listed, srv.url
+        assert crl.is_signature_valid(issuer.public_key())
+    assert all(n >= before for _url, n in numbers)
+    for i, cert in enumerate(certs):
+        got = {ocsp_status(srv, cert, issuer) for srv in hosts.both()}
+        assert got == {"REVOKED" if i % 4 < 2 else "HOLD"}, (i, got)
+
+
+def test_a_signed_request_is_accepted_by_one_host_only(hosts: Hosts) -> None:
+    app = requests.post(
+        hosts.a.url + "/ca/v1/applications",
+        json={"uscc": fresh_uscc(), "legal_name": "Replay Trading Co."},
+        timeout=60,
+    )
+    app_id = app.json()["id"]
+    assert signed_post(hosts.a, f"/ca/v1/ra/applications/{app_id}/approve", {}, hosts.officer)
+    # A new code may be asked for again and again: only the jti's single use refuses a copy.
+    path = f"/ca/v1/ra/applications/{app_id}/code"
+    for _ in range(3):
+        data = b"{}"
+        token = sign_request(
+            hosts.officer.key,
+            hosts.officer.chain,
+            "POST",
+            path,
+            data,
+            datetime.datetime.now(datetime.UTC),
+        )
+        answers = at_once(
+            [lambda s=s, t=token: signed_post(s, path, {}, hosts.officer, t) for s in hosts.both()]
+        )
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [201, 401], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 401)
+        assert "replay" in refused.json()["type"], refused.text
+
+
+def token_request(srv: Server, **form: str) -> requests.Response:
+    return requests.post(srv.url + "/auth/token", data=form, timeout=60)
+
+
+def login(srv: Server, ident: Identity) -> dict[str, Any]:
+    from authsvc.principal import x5t_s256
+    from cli.session import assertion
+
+    jwt = assertion(ident, PUBLIC + "/auth/token", x5t_s256(ident.chain[0]))
+    r = token_request(srv, grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer", assertion=jwt)
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def refresh(srv: Server, rt: str) -> requests.Response:
+    return token_request(
+        srv, grant_type="refresh_token", refresh_token=rt, audience="customs-declaration"
+    )
+
+
+def validate(srv: Server, token: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}", "X-Eport-Service": "customs-declaration"}
+    return requests.get(srv.url + "/auth/validate", headers=headers, timeout=60)
+
+
+def test_a_session_opened_on_one_host_is_used_and_ended_on_the_other(hosts: Hosts) -> None:
+    ident = enterprise(hosts)
+    doc = login(hosts.a, ident)
+    r = refresh(hosts.b, doc["refresh_token"])
+    assert r.status_code == 200, r.text
+    rt = r.json()["refresh_token"]
+    access = r.json()["access_token"]
+    for srv in hosts.both():
+        assert validate(srv, access).status_code == 200, srv.url
+    shown = requests.post(hosts.b.url + "/auth/session", data={"refresh_token": rt}, timeout=60)
+    assert shown.status_code == 200 and shown.json()["sid"] == doc["session"]["sid"]
+    out = requests.post(hosts.a.url + "/auth/logout", data={"refresh_token": rt}, timeout=60)
+    assert out.status_code == 200 and out.json()["ended"], out.text
+    after = refresh(hosts.b, rt)
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant", after.text
+    for srv in hosts.both():
+        assert validate(srv, access).status_code == 401, srv.url
+
+
+def test_one_refresh_token_used_on_both_hosts_at_once_succeeds_once(hosts: Hosts) -> None:
+    ident = enterprise(hosts)
+    for _ in range(4):
+        rt = login(hosts.a, ident)["refresh_token"]
+        answers = at_once([lambda s=s, t=rt: refresh(s, t) for s in hosts.both()])
+        assert sorted(r.status_code for r in answers) == [200, 400], [r.text for r in answers]
+
+
+def test_two_first_starts_at_once_on_one_empty_database_make_one_ca(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Two hosts started together, each with an empty data directory, on one empty
+    database: one makes the development CA; the other is refused in one line and records
+    nothing (before, both made a CA in the one database, their logs woven together)."""
+    db = postgres.createdb("eport_two_first_starts")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(EPORT_DATABASE_URL=db, HOME=str(tmp_path))
+    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
+    try:
+        for name in ("x", "y"):
+            port = free_port()
+            log = tmp_path / f"{name}.log"
+            cmd = [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / name)]
+            with open(log, "wb") as fh:
+                proc = subprocess.Popen(
+                    [*cmd, "--port", str(port), "--workers", "1"],
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            procs.append((proc, log, f"http://127.0.0.1:{port}"))
+        outcomes = []
+        for proc, log, url in procs:
+            try:
+                wait_http(url + "/ca/v1/health", proc, log)
+                outcomes.append("serving")
+            except RuntimeError:
+                outcomes.append(log.read_text())
+    finally:
+        for proc, _log, _url in procs:
+            stop(proc)
+    assert outcomes.count("serving") == 1, outcomes
+    (refused,) = [o for o in outcomes if o != "serving"]
+    errors = [line for line in refused.splitlines() if line.startswith("eport: error:")]
+    assert len(errors) == 1 and "already holds another CA's records" in errors[0], refused
+    assert "Traceback" not in refused
+    assert len(rows(db, "SELECT serial FROM certificates WHERE profile = 'root'")) == 1
+    assert rows(db, "SELECT count(*) FROM events WHERE type = 'ca.initialized'") == [(4,)]
