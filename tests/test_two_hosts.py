@@ -17,12 +17,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from cryptography import x509
@@ -46,6 +48,7 @@ class Hosts:
     a: Server
     b: Server
     database_url: str
+    auth_database_url: str
     officer: Identity
 
     def both(self) -> tuple[Server, Server]:
@@ -78,7 +81,7 @@ def hosts(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
         procs.append(pb)
         d = a.dev / "officers" / "customs"
         officer = load_identity(d / "officer.pem", d / "officer.key", d / "DEV-ONLY-passphrase.txt")
-        yield Hosts(a, b, ca_db, officer)
+        yield Hosts(a, b, ca_db, auth_db, officer)
     finally:
         for p in procs:
             stop(p)
@@ -206,10 +209,16 @@ def test_enrollments_on_both_hosts_are_each_stored_and_logged_once(
         srv.eport("audit", "verify", "--state", str(state), *srv.auditor())
 
 
+SIGNED_CRLS: dict[int, set[bytes]] = {}
+"""CRL number → the CRLs (DER) either host served with it: one each, RFC 5280 §5.2.3."""
+
+
 def crl_of(srv: Server, issuer: str) -> x509.CertificateRevocationList:
     r = requests.get(f"{srv.url}/crl/{issuer}.crl", timeout=60)
     assert r.status_code == 200, r.text
-    return x509.load_der_x509_crl(r.content)
+    crl = x509.load_der_x509_crl(r.content)
+    SIGNED_CRLS.setdefault(crl_number(crl), set()).add(r.content)
+    return crl
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int:
@@ -275,6 +284,19 @@ def test_revocations_on_both_hosts_reach_both_crls_and_ocsp(hosts: Hosts) -> Non
     for i, cert in enumerate(certs):
         got = {ocsp_status(srv, cert, issuer) for srv in hosts.both()}
         assert got == {"REVOKED" if i % 4 < 2 else "HOLD"}, (i, got)
+    # a hold made on host B (index 3) lifted on host A: it leaves both CRLs, both say good
+    lifted = format(certs[3].serial_number, "x")
+    r = signed_post(hosts.a, f"/ca/v1/certificates/{lifted}/resume", {}, hosts.officer)
+    assert r.status_code == 200, r.text
+    for srv in (hosts.b, hosts.a):
+        crl = crl_of(srv, "enterprise")
+        assert crl_number(crl) > last
+        assert lifted not in {format(e.serial_number, "x") for e in crl}, srv.url
+        assert ocsp_status(srv, certs[3], issuer) == "GOOD", srv.url
+    # no CRL number was ever given to two different CRLs, whichever host signed them
+    assert all(len(ders) == 1 for ders in SIGNED_CRLS.values()), {
+        n: len(d) for n, d in SIGNED_CRLS.items()
+    }
 
 
 def test_a_signed_request_is_accepted_by_one_host_only(hosts: Hosts) -> None:
@@ -400,3 +422,29 @@ def test_two_first_starts_at_once_on_one_empty_database_make_one_ca(
     assert "Traceback" not in refused
     assert len(rows(db, "SELECT serial FROM certificates WHERE profile = 'root'")) == 1
     assert rows(db, "SELECT count(*) FROM events WHERE type = 'ca.initialized'") == [(4,)]
+
+
+def test_a_key_rotation_on_one_host_is_followed_by_the_other(hosts: Hosts) -> None:
+    """`eport auth rotate-keys` run on host A (its data directory, the shared database):
+    host B signs with the new key within seconds, and both publish it."""
+    ident = enterprise(hosts)
+    rt = login(hosts.a, ident)["refresh_token"]
+    env = {"EPORT_AUTH_DATABASE_URL": hosts.auth_database_url}
+    args = ["auth", "rotate-keys", "--data-dir", str(hosts.a.data_dir), "--dev", "--force"]
+    active = json.loads(hosts.a.eport(*args, "--json", **env).stdout)["active"]
+    deadline = time.monotonic() + 20
+    while True:
+        r = refresh(hosts.b, rt)
+        assert r.status_code == 200, r.text
+        rt = r.json()["refresh_token"]
+        token = r.json()["access_token"]
+        if jwt.get_unverified_header(token)["kid"] == active:
+            break
+        assert time.monotonic() < deadline, "host B did not sign with the rotated key"
+        time.sleep(0.5)
+    for srv in hosts.both():
+        kids = {
+            k["kid"] for k in requests.get(srv.url + "/auth/jwks.json", timeout=60).json()["keys"]
+        }
+        assert active in kids, srv.url
+        assert validate(srv, token).status_code == 200, srv.url
