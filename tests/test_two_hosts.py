@@ -40,6 +40,7 @@ from tests.conftest import EPORT, Postgres, Server, free_port, start_server, sto
 from tests.helpers import fresh_uscc
 
 PUBLIC = "https://eport.example"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 """The public base URL both hosts serve under (a load balancer's name)."""
 
 
@@ -332,12 +333,20 @@ def token_request(srv: Server, **form: str) -> requests.Response:
     return requests.post(srv.url + "/auth/token", data=form, timeout=60)
 
 
-def login(srv: Server, ident: Identity) -> dict[str, Any]:
+def login_assertion(ident: Identity) -> str:
+    """The RFC 7523 assertion `eport login` signs, for the hosts' common token endpoint."""
     from authsvc.principal import x5t_s256
     from cli.session import assertion
 
-    jwt = assertion(ident, PUBLIC + "/auth/token", x5t_s256(ident.chain[0]))
-    r = token_request(srv, grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer", assertion=jwt)
+    return assertion(ident, PUBLIC + "/auth/token", x5t_s256(ident.chain[0]))
+
+
+def login_with(srv: Server, assertion: str) -> requests.Response:
+    return token_request(srv, grant_type=JWT_BEARER, assertion=assertion)
+
+
+def login(srv: Server, ident: Identity) -> dict[str, Any]:
+    r = login_with(srv, login_assertion(ident))
     assert r.status_code == 200, r.text
     doc: dict[str, Any] = r.json()
     return doc
@@ -371,6 +380,18 @@ def test_a_session_opened_on_one_host_is_used_and_ended_on_the_other(hosts: Host
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant", after.text
     for srv in hosts.both():
         assert validate(srv, access).status_code == 401, srv.url
+
+
+def test_one_login_assertion_sent_to_both_hosts_at_once_opens_one_session(
+    hosts: Hosts,
+) -> None:
+    ident = enterprise(hosts)
+    for _ in range(3):
+        assertion = login_assertion(ident)
+        answers = at_once([lambda s=s, a=assertion: login_with(s, a) for s in hosts.both()])
+        assert sorted(r.status_code for r in answers) == [200, 400], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 400)
+        assert refused.json()["error"] == "invalid_grant", refused.text
 
 
 def test_one_refresh_token_used_on_both_hosts_at_once_succeeds_once(hosts: Hosts) -> None:
