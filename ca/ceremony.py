@@ -57,8 +57,8 @@ def record_hierarchy(
         if tx.holds_events():
             raise Conflict(
                 f"the database {ANOTHER_CA}; another CA was recorded in it while this one's "
-                f"keys were made, so the new hierarchy in {hierarchy.ca_dir(data_dir or Path('.'))}"
-                " is recorded nowhere: remove it"
+                f"keys were made, so the new hierarchy in {hierarchy.ca_dir(data_dir or Path())}"
+                " is recorded nowhere: remove it (and dev/ beside it, for a development CA)"
             )
         entries = [(h.root, "root", "root", {"role": "root"})]
         entries += [
