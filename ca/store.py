@@ -767,7 +767,11 @@ class SqlTransaction:
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> CRLStateRow | None:
         q = select(CRLStateRow).where(CRLStateRow.issuer_id == issuer_id)
         if for_update:
-            q = q.with_for_update()
+            # The row as it is once locked, not as this session loaded it before (the
+            # identity map keeps an object's loaded values, and ensure_crl_state loads it
+            # before the lock): another process may have signed the next CRL meanwhile,
+            # and a stale number would be signed a second time (RFC 5280 §5.2.3).
+            q = q.with_for_update().execution_options(populate_existing=True)
         return self.s.scalars(q).first()
 
     def ensure_crl_state(self, issuer_id: str) -> None:

@@ -300,6 +300,32 @@ def test_revocations_on_both_hosts_reach_both_crls_and_ocsp(hosts: Hosts) -> Non
     }
 
 
+def test_a_crl_number_is_signed_once_when_both_hosts_re_sign_at_once(hosts: Hosts) -> None:
+    """After each revocation, both hosts' workers are asked for the stale CRL at once:
+    one signs the next number and the others serve that same CRL. Before, a worker that
+    had read the CRL's row before the signer committed kept that read under its row lock
+    (the session's identity map), signed the same number again with other content, and
+    overwrote it: two different CRLs with one number (RFC 5280 §5.2.3)."""
+    certs = enrolled(hosts, 4)
+    served: dict[int, set[bytes]] = {}
+
+    def fetch(srv: Server) -> None:
+        r = requests.get(f"{srv.url}/crl/enterprise.crl", timeout=60)
+        assert r.status_code == 200, r.text
+        served.setdefault(crl_number(x509.load_der_x509_crl(r.content)), set()).add(r.content)
+
+    for i, cert in enumerate(certs):
+        srv = hosts.both()[i % 2]
+        path = f"/ca/v1/certificates/{format(cert.serial_number, 'x')}/revoke"
+        r = signed_post(srv, path, {"reason": "superseded"}, hosts.officer)
+        assert r.status_code == 200, r.text
+        at_once([lambda s=s: fetch(s) for s in hosts.both() for _ in range(6)])
+    twice = {n: len(ders) for n, ders in served.items() if len(ders) > 1}
+    assert not twice, f"CRL numbers served with more than one CRL: {twice}"
+    numbers = sorted(served)
+    assert len(numbers) >= len(certs), numbers  # a new number after each revocation
+
+
 def test_a_signed_request_is_accepted_by_one_host_only(hosts: Hosts) -> None:
     app = requests.post(
         hosts.a.url + "/ca/v1/applications",
@@ -380,6 +406,28 @@ def test_a_session_opened_on_one_host_is_used_and_ended_on_the_other(hosts: Host
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant", after.text
     for srv in hosts.both():
         assert validate(srv, access).status_code == 401, srv.url
+
+
+def test_a_hold_placed_on_one_host_ends_the_session_on_the_other(hosts: Hosts) -> None:
+    """The token service reads status through the CA's database: a hold placed on host B
+    ends, within the status cache's bound (5 s documented), the session opened on host A
+    and its tokens on both hosts."""
+    ident = enterprise(hosts)
+    doc = login(hosts.a, ident)
+    r = refresh(hosts.a, doc["refresh_token"])
+    assert r.status_code == 200, r.text
+    access, rt = r.json()["access_token"], r.json()["refresh_token"]
+    for srv in hosts.both():
+        assert validate(srv, access).status_code == 200, srv.url
+    serial = format(ident.chain[0].serial_number, "x")
+    held = signed_post(hosts.b, f"/ca/v1/certificates/{serial}/suspend", {}, hosts.officer)
+    assert held.status_code == 200, held.text
+    deadline = time.monotonic() + 5
+    while any(validate(srv, access).status_code != 401 for srv in hosts.both()):
+        assert time.monotonic() < deadline, "a token of a held certificate still validates"
+        time.sleep(0.2)
+    after = refresh(hosts.a, rt)
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant", after.text
 
 
 def test_one_login_assertion_sent_to_both_hosts_at_once_opens_one_session(
