@@ -129,6 +129,12 @@ class Revocation:
             ground = self._may_manage(caller, rec)
             if ground == "holder" and reason is not ReasonCode.KEY_COMPROMISE:
                 raise Forbidden("the key holder may revoke only with reason keyCompromise")
+            # Under the issuances' lock, which every status change takes first: a good
+            # certificate has no status row to lock, so two changes of it at once (two
+            # hosts, two workers) would both find it good and the later would overwrite
+            # the earlier, a hold over a revocation. Taken first, the later one waits and
+            # then sees the earlier; two cessations of one enterprise see each other too.
+            tx.hold_issuance()
             current = tx.get_status(serial, for_update=True)
             if current is not None and current.state is StatusState.REVOKED:
                 raise Conflict(f"certificate {serial:x} is already revoked")
@@ -137,9 +143,6 @@ class Revocation:
             kept_by: list[CertificateRecord] = []
             if ceased:
                 assert rec.uscc is not None
-                # Under the issuances' lock, which every revocation and renewal takes: two
-                # cessations of one enterprise's certificates at once see each other.
-                tx.hold_issuance()
                 kept_by = _others_in_force(tx, rec, now)
                 ceased = not kept_by
                 if kept_by:
@@ -182,6 +185,7 @@ class Revocation:
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
             self._may_manage(caller, rec)
+            tx.hold_issuance()  # before the status: see revoke
             current = tx.get_status(serial, for_update=True)
             if current is not None:
                 state = "on hold" if current.state is StatusState.HOLD else "revoked"
@@ -196,6 +200,10 @@ class Revocation:
         now = self.ca.clock()
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
+            # The issuances' lock before the status row, as revoke and suspend take them
+            # (the other way round, a revocation of this held certificate at the same
+            # moment would deadlock with it).
+            tx.hold_issuance()
             current = tx.get_status(serial, for_update=True)
             if current is None and rec.serial == caller.serial:
                 # It signed this request, so it is good: say that, not who may lift a hold.

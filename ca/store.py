@@ -690,8 +690,8 @@ class SqlTransaction:
 
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
         q = select(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
-        if for_update:
-            q = q.with_for_update()
+        if for_update:  # the row as locked, not as this session may have loaded it before
+            q = q.with_for_update().execution_options(populate_existing=True)
         row = self.s.scalars(q).first()
         if row is None:
             return None

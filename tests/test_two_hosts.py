@@ -517,3 +517,58 @@ def test_a_key_rotation_on_one_host_is_followed_by_the_other(hosts: Hosts) -> No
         }
         assert active in kids, srv.url
         assert validate(srv, token).status_code == 200, srv.url
+
+
+def test_a_revocation_and_a_hold_of_one_certificate_on_both_hosts_at_once(hosts: Hosts) -> None:
+    """A good certificate revoked on host A and put on hold on host B at the same moment:
+    the changes are made one after the other. The revocation always succeeds (a held
+    certificate may be revoked); the hold succeeds only if it came first, and the
+    certificate ends revoked, with its events in the log in that order. Before, the hold
+    could overwrite the revocation (both answered 200, the certificate read as on hold,
+    and a resume would have made it good again) or fail with HTTP 500."""
+    certs = enrolled(hosts, 4)
+    for cert in certs:
+        serial = format(cert.serial_number, "x")
+        revoke = f"/ca/v1/certificates/{serial}/revoke"
+        hold = f"/ca/v1/certificates/{serial}/suspend"
+        revoked, held = at_once(
+            [
+                lambda p=revoke: signed_post(hosts.a, p, {"reason": "superseded"}, hosts.officer),
+                lambda p=hold: signed_post(hosts.b, p, {}, hosts.officer),
+            ]
+        )
+        assert revoked.status_code == 200, revoked.text
+        assert held.status_code in (200, 409), held.text
+        (state,) = rows(
+            hosts.database_url, f"SELECT state FROM certificate_status WHERE serial = '{serial}'"
+        )[0]
+        assert state == "revoked", (state, held.status_code)
+        logged = rows(
+            hosts.database_url,
+            "SELECT e.type FROM events e JOIN log_entries l ON l.event_id = e.id"
+            f" WHERE e.serial = '{serial}' AND e.type IN"
+            " ('certificate.revoked', 'certificate.suspended') ORDER BY l.idx",
+        )
+        expected = ["certificate.revoked"]
+        if held.status_code == 200:
+            expected.insert(0, "certificate.suspended")
+        assert [t for (t,) in logged] == expected, (logged, held.status_code)
+    # a held certificate resumed on one host and revoked on the other at once: no deadlock
+    for cert in enrolled(hosts, 2):
+        serial = format(cert.serial_number, "x")
+        r = signed_post(hosts.a, f"/ca/v1/certificates/{serial}/suspend", {}, hosts.officer)
+        assert r.status_code == 200, r.text
+        answers = at_once(
+            [
+                lambda s=serial: signed_post(
+                    hosts.a, f"/ca/v1/certificates/{s}/resume", {}, hosts.officer
+                ),
+                lambda s=serial: signed_post(
+                    hosts.b,
+                    f"/ca/v1/certificates/{s}/revoke",
+                    {"reason": "superseded"},
+                    hosts.officer,
+                ),
+            ]
+        )
+        assert all(r.status_code in (200, 409) for r in answers), [r.text for r in answers]
