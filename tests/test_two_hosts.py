@@ -523,9 +523,10 @@ def test_a_revocation_and_a_hold_of_one_certificate_on_both_hosts_at_once(hosts:
     """A good certificate revoked on host A and put on hold on host B at the same moment:
     the changes are made one after the other. The revocation always succeeds (a held
     certificate may be revoked); the hold succeeds only if it came first, and the
-    certificate ends revoked, with its events in the log in that order. Before, the hold
-    could overwrite the revocation (both answered 200, the certificate read as on hold,
-    and a resume would have made it good again) or fail with HTTP 500."""
+    certificate ends revoked, with its events in the log in that order. Before, neither
+    locked anything (a good certificate has no status row), and the later one often
+    failed with HTTP 500, the revocation included (and could have overwritten the
+    earlier change)."""
     certs = enrolled(hosts, 4)
     for cert in certs:
         serial = format(cert.serial_number, "x")
