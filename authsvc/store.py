@@ -184,15 +184,23 @@ class SqlAuthStore:
             return row.count
 
     def record_failure(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> None:
-        with self._tx() as s:
-            row = s.get(LoginFailureRow, key, with_for_update=True)
-            if row is None:
-                s.add(LoginFailureRow(key=key, window_start=now, count=1))
-            elif now - row.window_start > window:
-                row.window_start = now
-                row.count = 1
-            else:
-                row.count += 1
+        for attempt in (1, 2):
+            try:
+                with self._tx() as s:
+                    row = s.get(LoginFailureRow, key, with_for_update=True, populate_existing=True)
+                    if row is None:
+                        s.add(LoginFailureRow(key=key, window_start=now, count=1))
+                    elif now - row.window_start > window:
+                        row.window_start = now
+                        row.count = 1
+                    else:
+                        row.count += 1
+                return
+            except IntegrityError:
+                # A key's first failure has no row to lock: another process (another
+                # host) inserted it meanwhile. It exists now; lock it and count this one.
+                if attempt == 2:
+                    raise
 
     # -- events ---------------------------------------------------------------------------
 

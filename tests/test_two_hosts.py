@@ -12,7 +12,9 @@ session of the token service usable, ended and its refresh token rotated across 
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -440,6 +442,36 @@ def test_one_login_assertion_sent_to_both_hosts_at_once_opens_one_session(
         assert sorted(r.status_code for r in answers) == [200, 400], [r.text for r in answers]
         refused = next(r for r in answers if r.status_code == 400)
         assert refused.json()["error"] == "invalid_grant", refused.text
+
+
+def test_a_certificate_s_first_failed_logins_on_both_hosts_at_once_are_both_counted(
+    hosts: Hosts,
+) -> None:
+    """Two signed assertions with a wrong ``sub`` (failures that count against the
+    certificate) sent to both hosts at once, the certificate's first failures: both are
+    refused as invalid_grant, both counted and both logged. Before, the certificate's
+    failure counter had no row yet, both hosts inserted one, and the later answered
+    HTTP 500 with neither its count nor its login.failed event stored."""
+    from cli.session import assertion
+
+    url = hosts.auth_database_url
+    failed = "SELECT count(*) FROM auth_events WHERE type = 'login.failed'"
+    for _ in range(8):
+        ident = enterprise(hosts)
+        der = ident.chain[0].public_bytes(serialization.Encoding.DER)
+        key = "cert:" + base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode()
+        bad = [assertion(ident, PUBLIC + "/auth/token", "not-the-subject") for _ in range(2)]
+        (before,) = rows(url, failed)[0]
+        answers = at_once(
+            [lambda s=s, a=a: login_with(s, a) for s, a in zip(hosts.both(), bad, strict=True)]
+        )
+        assert [r.status_code for r in answers] == [400, 400], [r.text for r in answers]
+        assert {r.json()["error"] for r in answers} == {"invalid_grant"}
+        counted = rows(
+            url, f"SELECT count FROM auth_login_failures WHERE key = '{key.rstrip('=')}'"
+        )
+        assert counted == [(2,)]
+        assert rows(url, failed) == [(before + 2,)]
 
 
 def test_one_refresh_token_used_on_both_hosts_at_once_succeeds_once(hosts: Hosts) -> None:
