@@ -656,6 +656,8 @@ class JointCA:
         issuer = next((i for i in self.issuers.values() if i.id == holder.issuer_id), None)
         if issuer is None:
             return None
+        with self.store.reading() as tx:  # a replay only: the enrollment path reads nothing more
+            _refuse_replay_of_bad(tx, holder)
         cert = x509.load_der_x509_certificate(holder.der)
         return Issued(holder, cert, self._chain(issuer), replayed=True)
 
@@ -741,6 +743,7 @@ class JointCA:
             issuer = next((i for i in self.issuers.values() if i.id == holder.issuer_id), None)
             if issuer is None:
                 return None
+            _refuse_replay_of_bad(tx, holder)
             cert = x509.load_der_x509_certificate(holder.der)
             return Issued(holder, cert, self._chain(issuer), replayed=True)
         return None
@@ -774,6 +777,24 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
         if h.application_id != app_id:
             raise Conflict("this public key is already certified to another subject")
         raise Conflict(KEY_CERTIFIED)
+
+
+def _refuse_replay_of_bad(tx: Transaction, holder: CertificateRecord) -> None:
+    """Refuse to send again a certificate that has since been revoked or put on hold: its
+    first answer was lost, and a 200 would let the CLI save it and say it was issued, as
+    if it were good. The key stays certified to it (one key, one holder)."""
+    status = tx.get_status(holder.serial)
+    if status is None:
+        return
+    if status.state is StatusState.HOLD:
+        raise Conflict(
+            f"the certificate {holder.serial_hex} issued for this key is on hold (suspended); "
+            "it is sent again once resumed (eport resume)"
+        )
+    raise Conflict(
+        f"the certificate {holder.serial_hex} issued for this key has been revoked; it is not "
+        "sent again: the key is spent"
+    )
 
 
 def _require_code(code: object) -> None:

@@ -35,7 +35,7 @@ from cli import keyfiles
 from cli.client import Identity
 from tests import test_audit_cli as audit_cli
 from tests.conftest import Server, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc
+from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
 
 
 def approved_codes(server: Server, n: int) -> list[str]:
@@ -343,6 +343,53 @@ def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     assert_consistent(server)
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [(("revoke", "--reason", "keyCompromise"), "has been revoked"), (("suspend",), "on hold")],
+    ids=["revoked", "held"],
+)
+def test_a_lost_enrollment_answer_is_not_sent_again_once_revoked_or_held(
+    sqlite_server: Server, tmp_path: Path, change: tuple[str, ...], says: str
+) -> None:
+    """The answer is lost, then the certificate is revoked (or put on hold) before the
+    rerun: the CA does not send it again as if it were good (no 200, no cert.pem, no
+    'Issued'); the CLI says so in one line and keeps the key."""
+    server = sqlite_server
+    (code,) = approved_codes(server, 1)
+    out = tmp_path / "ent"
+    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
+    with answer_dropping_proxy(server.url, b"POST /ca/v1/enroll ") as proxy:
+        lost = server.eport("--server", proxy, *args, check=False)
+    assert lost.returncode == 1 and not (out / "cert.pem").exists(), lost.stderr
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            (serial,) = conn.exec_driver_sql(
+                "SELECT c.serial FROM certificates c JOIN enrollment_codes e"
+                " ON e.application_id = c.application_id WHERE e.code_hash = ?",
+                (hash_code(code),),
+            ).one()
+    finally:
+        engine.dispose()
+    server.eport(change[0], "--serial", serial, *change[1:], *server.officer())
+
+    again = server.eport(*args, check=False)
+    assert again.returncode == 1 and again.stdout == "", again.stdout + again.stderr
+    last = again.stderr.strip().splitlines()[-1]
+    assert f"certificate {serial} issued for this key" in last and says in last, again.stderr
+    assert "(HTTP 409)" in last, last
+    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
+    replay = requests.post(
+        server.url + "/ca/v1/enroll",
+        json={"code": code, "profile": "enterprise", "csr": keyfiles.csr_for(key).decode()},
+        timeout=30,
+    )
+    assert replay.status_code == 409 and says in replay.json()["detail"], replay.text
+    assert replay.headers["Content-Type"].startswith("application/problem+json")
+    assert_consistent(server)
+
+
 NAMES = ("cert.pem", "key.pem")
 
 
@@ -421,6 +468,41 @@ def test_a_renewal_whose_answer_is_lost_is_got_by_running_it_again(
         refused = signed_post(server, "/ca/v1/renew", csr, signer)
         assert refused.status_code == 409 and says in refused.json()["detail"], refused.text
     assert [r for r in renewals()[0] if r[0] == new_serial] == [(new_serial, old_serial)]
+    assert_consistent(server)
+
+
+def test_a_lost_renewal_answer_is_not_sent_again_once_revoked(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """The renewal's answer is lost, then its new certificate is revoked: the rerun of
+    ``eport renew`` is refused in one line (409), not answered with the revoked
+    certificate as a renewal; the new key stays."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Revoked Renewal Co.")
+    out = tmp_path / "renewed"
+    args = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    args += ["--out", str(out)]
+    with answer_dropping_proxy(server.url, b"POST /ca/v1/renew ") as proxy:
+        lost = server.eport("--server", proxy, *args, check=False)
+    assert lost.returncode == 1 and not (out / "cert.pem").exists(), lost.stderr
+    old_serial = serial_of(ent)
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT serial, details FROM events WHERE type = 'certificate.renewed'"
+            ).all()
+    finally:
+        engine.dispose()
+    # the server is the module's: other tests renew too
+    (serial,) = [s for s, d in found if json.loads(d)["previous_serial"] == old_serial]
+    server.eport("revoke", "--serial", serial, "--reason", "superseded", *server.officer())
+
+    again = server.eport(*args, check=False)
+    assert again.returncode == 1 and again.stdout == "", again.stdout + again.stderr
+    last = again.stderr.strip().splitlines()[-1]
+    assert f"certificate {serial} issued for this key has been revoked" in last, last
+    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
     assert_consistent(server)
 
 
