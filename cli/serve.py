@@ -9,6 +9,7 @@ Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_ap
 from __future__ import annotations
 
 import gc
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -94,4 +95,14 @@ def forwarded_from(cfg: CAConfig, auth_cfg: AuthConfig | None) -> list[str]:
     those either service trusts (``EPORT_TRUSTED_PROXIES``, ``EPORT_AUTH_TRUSTED_PROXIES``);
     one front proxy serves both."""
     both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
-    return list(dict.fromkeys(both))
+    return list(dict.fromkeys(_as_network(e) for e in both if e.strip()))
+
+
+def _as_network(entry: str) -> str:
+    """``entry`` as the network the services trust (``authsvc.proxy.TrustedProxies``
+    reads it with host bits allowed: 10.1.2.3/8 is 10.0.0.0/8); gunicorn refuses such an
+    entry outright. One that is no address is left as written, for gunicorn to refuse."""
+    try:
+        return str(ipaddress.ip_network(entry.strip(), strict=False))
+    except ValueError:
+        return entry

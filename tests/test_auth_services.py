@@ -329,6 +329,26 @@ def test_failed_logins_count_per_client_behind_a_trusted_proxy(
         assert r.status_code == 308 and r.headers["Location"].startswith("http://"), r.headers
 
 
+def test_a_trusted_proxy_network_written_with_host_bits_still_serves(tmp_path: Path) -> None:
+    """EPORT_TRUSTED_PROXIES=127.0.0.1/8 (a network written with its host bits, which
+    the services read as 127.0.0.0/8): eport serve starts, and the scheme forwarded from
+    that network is believed, as its client certificates and addresses are. gunicorn's
+    own check of forwarded_allow_ips refuses such a network."""
+    srv, proc = start_server(
+        tmp_path / "data", workers=1, extra_env={"EPORT_TRUSTED_PROXIES": "127.0.0.1/8"}
+    )
+    try:
+        r = requests.get(
+            srv.url + "/audit",
+            headers={"X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 308 and r.headers["Location"].startswith("https://"), r.headers
+    finally:
+        stop(proc)
+
+
 def test_events_after_an_id_past_the_databases_integers(sqlite_server: Server) -> None:
     """GET /auth/v1/events?after= beyond a 64-bit integer: a 400 problem, not a 500 from
     the database driver (OverflowError)."""
