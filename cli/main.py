@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import secrets
 import sys
@@ -483,30 +484,31 @@ def _write_outputs(
     return {k: str(v) for k, v in files.items()}
 
 
-def _answer_lost(err: CLIError, out: Path) -> CLIError:
-    return CLIError(
-        f"{err}; the CA may have issued the certificate before the answer was lost: the new "
-        f"key is kept in {out / 'key.pem'}; run the same command again to get the "
-        "certificate"
-    )
-
-
 def _submit_keeping_key(
-    submit: Callable[[], dict[str, Any]], out: Path, kept: bool, made: list[Path]
+    submit: Callable[[], dict[str, Any]], where: str, forget: Callable[[], None] | None
 ) -> dict[str, Any]:
-    """``submit()`` the CSR of the key written in OUT/key.pem: the CA's answer. No answer
-    (connection error, timeout, 5xx) keeps the key, as the CA may have issued; a refusal
-    (4xx) deletes a new key (and the directory made for it): nothing was issued for it."""
+    """``submit()`` the CSR of a key already written (``where`` it is kept, for the
+    message): the CA's answer. No answer (connection error, timeout, 5xx) keeps the key,
+    as the CA may have issued; a refusal (4xx) calls ``forget`` to delete a new key (and
+    what was made for it; None for a key kept by an earlier attempt): nothing was issued
+    for it."""
     try:
         return submit()
     except RemoteError as err:
         if err.status >= 500:
-            raise _answer_lost(err, out) from None
-        if not kept:
-            _undo(out / "key.pem", made)
+            raise _answer_lost(err, where) from None
+        if forget is not None:
+            forget()
         raise
     except CLIError as err:  # no answer at all
-        raise _answer_lost(err, out) from None
+        raise _answer_lost(err, where) from None
+
+
+def _answer_lost(err: CLIError, where: str) -> CLIError:
+    return CLIError(
+        f"{err}; the CA may have issued the certificate before the answer was lost: the new "
+        f"key is kept {where}; run the same command again to get the certificate"
+    )
 
 
 def _kept_key(
@@ -619,9 +621,8 @@ def enroll(
         lambda: ctx.client().call(
             "POST", "/ca/v1/enroll", {"code": code, "profile": profile, "csr": csr}
         ),
-        out,
-        kept,
-        made,
+        f"in {out / 'key.pem'}",
+        None if kept else functools.partial(_undo, out / "key.pem", made),
     )
     files = _write_outputs(out, key, pw, result, p12)
     emit(
@@ -682,17 +683,16 @@ def _key_in_token(
             pkcs11.destroy(uri)  # nothing was sent: leave the token as it was
             _undo(key_file, made)
         raise
-    try:
-        result = submit(csr)
-    except RemoteError as err:
-        if err.status >= 500:
-            raise _answer_lost_in_token(err, shown, key_file) from None
-        if not kept:  # refused: nothing was issued for the new key
-            pkcs11.destroy(uri)
-            _undo(key_file, made)
-        raise
-    except CLIError as err:  # no answer at all
-        raise _answer_lost_in_token(err, shown, key_file) from None
+
+    def forget() -> None:
+        pkcs11.destroy(uri)
+        _undo(key_file, made)
+
+    result = _submit_keeping_key(
+        lambda: submit(csr),
+        f"in the token as {shown} (named in {key_file})",
+        None if kept else forget,
+    )
     files = {"key": key_file, "certificate": out / "cert.pem", "chain": out / "chain.pem"}
     files["certificate"].write_text(result["certificate"])
     files["chain"].write_text(result["chain"])
@@ -712,14 +712,6 @@ def _kept_token_key(key_file: Path, token: Any) -> Any:
     if kept.id is None or kept.object is None:
         raise CLIError(f"{key_file} names no key (object= and id=); choose another --out")
     return token.with_key(kept.object, kept.id)
-
-
-def _answer_lost_in_token(err: CLIError, uri: str, key_file: Path) -> CLIError:
-    return CLIError(
-        f"{err}; the CA may have issued the certificate before the answer was lost: the new "
-        f"key is kept in the token as {uri} (named in {key_file}); run the same command "
-        "again to get the certificate for it"
-    )
 
 
 def _enroll_in_token(
@@ -829,9 +821,8 @@ def renew(
         lambda: ctx.client().call(
             "POST", "/ca/v1/renew", {"csr": keyfiles.csr_for(key).decode()}, ident
         ),
-        out,
-        kept,
-        made,
+        f"in {out / 'key.pem'}",
+        None if kept else functools.partial(_undo, out / "key.pem", made),
     )
     files = _write_outputs(out, key, pw, result, p12)
     emit(

@@ -506,6 +506,22 @@ def test_a_lost_renewal_answer_is_not_sent_again_once_revoked(
     assert_consistent(server)
 
 
+def test_a_refused_renewal_leaves_no_new_key(sqlite_server: Server, tmp_path: Path) -> None:
+    """A renewal the CA refuses (4xx: the signing certificate is revoked) issued nothing:
+    the new key written before the request is deleted, and the directories made for it,
+    so the same --out is free again."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Refused Renewal Co.")
+    server.eport("revoke", "--serial", serial_of(ent), "--reason", "superseded", *server.officer())
+    out = tmp_path / "made" / "renewed"
+    args = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    refused = server.eport(*args, "--out", str(out), check=False)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(HTTP 4" in lines[0] and "kept" not in lines[0], lines
+    assert not (tmp_path / "made").exists()
+
+
 # -- kill -9 under load ------------------------------------------------------------------------
 
 
