@@ -280,6 +280,34 @@ def answer_dropping_proxy(
         listener.close()
 
 
+def enrollment_with_its_answer_lost(server: Server, tmp: Path) -> tuple[str, Path, list[str]]:
+    """``eport enroll`` whose answer the proxy drops after the CA committed: one line
+    saying the key is kept, OUT/key.pem and no cert.pem. The code, OUT and the command."""
+    (code,) = approved_codes(server, 1)
+    out = tmp / "ent"
+    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
+    with answer_dropping_proxy(server.url, b"POST /ca/v1/enroll ") as proxy:
+        lost = server.eport("--server", proxy, *args, check=False)
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    lines = lost.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"kept in {out / 'key.pem'}" in lines[0], lost.stderr
+    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
+    return code, out, args
+
+
+def rerun_with_the_kept_key(
+    server: Server, args: list[str], out: Path
+) -> tuple[x509.Certificate, Any]:
+    """The same command again: it uses OUT/key.pem and saves a certificate of that key."""
+    again = server.eport(*args)
+    assert "Using the key kept in" in again.stderr
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    return cert, key
+
+
 def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     sqlite_server: Server, tmp_path: Path
 ) -> None:
@@ -289,15 +317,7 @@ def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     one line; the same command again gets that very certificate (200, nothing new
     issued or logged). Another key with the spent code is still refused."""
     server = sqlite_server
-    (code,) = approved_codes(server, 1)
-    out = tmp_path / "ent"
-    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
-    with answer_dropping_proxy(server.url, b"POST /ca/v1/enroll ") as proxy:
-        lost = server.eport("--server", proxy, *args, check=False)
-    assert lost.returncode == 1, lost.stdout + lost.stderr
-    lines = lost.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"kept in {out / 'key.pem'}" in lines[0], lost.stderr
-    assert (out / "key.pem").is_file() and not (out / "cert.pem").exists()
+    code, out, args = enrollment_with_its_answer_lost(server, tmp_path)
 
     engine = create_engine(server.database_url)
     try:
@@ -311,12 +331,7 @@ def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     finally:
         engine.dispose()
 
-    again = server.eport(*args)
-    assert "Using the key kept in" in again.stderr
-    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
-    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    cert, key = rerun_with_the_kept_key(server, args, out)
     engine = create_engine(server.database_url)
     try:
         with engine.connect() as conn:
@@ -355,12 +370,7 @@ def test_a_lost_enrollment_answer_is_not_sent_again_once_revoked_or_held(
     rerun: the CA does not send it again as if it were good (no 200, no cert.pem, no
     'Issued'); the CLI says so in one line and keeps the key."""
     server = sqlite_server
-    (code,) = approved_codes(server, 1)
-    out = tmp_path / "ent"
-    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
-    with answer_dropping_proxy(server.url, b"POST /ca/v1/enroll ") as proxy:
-        lost = server.eport("--server", proxy, *args, check=False)
-    assert lost.returncode == 1 and not (out / "cert.pem").exists(), lost.stderr
+    code, out, args = enrollment_with_its_answer_lost(server, tmp_path)
     engine = create_engine(server.database_url)
     try:
         with engine.connect() as conn:
@@ -447,12 +457,7 @@ def test_a_renewal_whose_answer_is_lost_is_got_by_running_it_again(
     found, before = renewals()
     (new_serial,) = [s for s, prev in found if prev == old_serial]  # the CA did renew
 
-    again = server.eport(*args)
-    assert "Using the key kept in" in again.stderr
-    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
-    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    cert, key = rerun_with_the_kept_key(server, args, out)
     assert format(cert.serial_number, "x") == new_serial
     assert renewals() == (found, before)  # nothing new issued or logged
 
