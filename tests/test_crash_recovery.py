@@ -397,6 +397,10 @@ def test_a_lost_enrollment_answer_is_not_sent_again_once_revoked_or_held(
     )
     assert replay.status_code == 409 and says in replay.json()["detail"], replay.text
     assert replay.headers["Content-Type"].startswith("application/problem+json")
+    if change[0] == "suspend":  # a hold is lifted: then the certificate is sent again
+        server.eport("resume", "--serial", serial, *server.officer())
+        cert, _ = rerun_with_the_kept_key(server, args, out)
+        assert format(cert.serial_number, "x") == serial
     assert_consistent(server)
 
 
