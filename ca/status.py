@@ -53,6 +53,8 @@ class StatusTables(Protocol):
         der: bytes,
         this_update: datetime.datetime,
         next_update: datetime.datetime,
+        *,
+        replace: bool = True,
     ) -> None: ...
 
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> Any: ...
@@ -229,12 +231,11 @@ class StatusService:
         """The pre-signed response for a SHA-1 CertID without nonce (the common request)."""
         rec = tx.get_certificate(serial)
         known = rec is not None and rec.issuer_id == issuer_id
-        if known:
-            cached = tx.cached_ocsp(serial)
-            if cached is not None:
-                der, this_update, _ = cached
-                if now < this_update + self.policy.ocsp_validity / 2:
-                    return der
+        cached = tx.cached_ocsp(serial) if known else None
+        if cached is not None:
+            der, this_update, _ = cached
+            if now < this_update + self.policy.ocsp_validity / 2:
+                return der
         status = to_cert_status(rec, tx.get_status(serial) if known else None, issuer_id)
         der = ocsp.build_response(
             responder,
@@ -245,7 +246,14 @@ class StatusService:
             now,
         )
         if known:
-            tx.store_ocsp(serial, issuer_id, der, now, now + self.policy.ocsp_validity)
+            tx.store_ocsp(
+                serial,
+                issuer_id,
+                der,
+                now,
+                now + self.policy.ocsp_validity,
+                replace=cached is not None,
+            )
         return der
 
     def on_status_change(

@@ -279,6 +279,34 @@ def _cert_of(row: Any) -> CertificateRecord:
     )
 
 
+def upsert(session: Session, table: Any, values: dict[str, Any], key: Sequence[str]) -> Any:
+    """An ``INSERT … ON CONFLICT (key)`` statement for ``table`` in ``session``'s dialect
+    (SQLite and PostgreSQL, and the engines that speak its dialect): add ``.on_conflict_do_
+    nothing()`` or ``.on_conflict_do_update(set_=…)``. A row's first write by two hosts at
+    once then waits for the other's and takes its conflict branch, where a read of the row
+    and an insert when missing made the later one fail on the primary key (HTTP 500)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    stmt = dialect.insert(table).values(**values)
+    return _Upsert(stmt, list(key))
+
+
+@dataclass(frozen=True)
+class _Upsert:
+    stmt: Any
+    key: list[str]
+
+    def do_nothing(self) -> Any:
+        return self.stmt.on_conflict_do_nothing(index_elements=self.key)
+
+    def do_update(self, columns: Sequence[str], where: Any = None) -> Any:
+        excluded = self.stmt.excluded
+        return self.stmt.on_conflict_do_update(
+            index_elements=self.key, set_={c: excluded[c] for c in columns}, where=where
+        )
+
+
 @contextmanager
 def writing(session_factory: Callable[[], Session]) -> Iterator[Session]:
     """One transaction that may write (SQLite: ``BEGIN IMMEDIATE``); commit or roll back."""
@@ -724,15 +752,13 @@ class SqlTransaction:
         )
 
     def mark_crl_stale(self, issuer_id: str) -> None:
-        res = self.s.execute(
-            update(CRLStateRow)
-            .where(CRLStateRow.issuer_id == issuer_id)
-            .values(stale=True)
-            .execution_options(synchronize_session=False)
+        # One upsert: the issuer's first status change may meet its first CRL on another
+        # host, both making the row (crl() reads it with populate_existing once locked).
+        first = {"issuer_id": issuer_id, "crl_number": 0, "stale": True}
+        self.s.execute(
+            upsert(self.s, CRLStateRow, first, ["issuer_id"]).do_update(["stale"]),
+            execution_options={"synchronize_session": False},
         )
-        if res.rowcount == 0:  # type: ignore[attr-defined]
-            self.s.add(CRLStateRow(issuer_id=issuer_id, crl_number=0, stale=True))
-            self.s.flush()
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]:
         q = select(CertificateRow).where(
@@ -753,16 +779,26 @@ class SqlTransaction:
         der: bytes,
         this_update: datetime.datetime,
         next_update: datetime.datetime,
+        *,
+        replace: bool = True,
     ) -> None:
-        row = self.s.get(OCSPResponseRow, format(serial, "x"))
-        if row is None:
-            row = OCSPResponseRow(serial=format(serial, "x"))
-            self.s.add(row)
-        row.issuer_id = issuer_id
-        row.der = der
-        row.this_update = this_update
-        row.next_update = next_update
-        self.s.flush()
+        """Store the pre-signed response; with ``replace=False`` only if the certificate
+        has none yet (a first answer signed on two hosts at once: the first stored stays,
+        and neither overwrites the response of a status change made meanwhile)."""
+        values = {
+            "serial": format(serial, "x"),
+            "issuer_id": issuer_id,
+            "der": der,
+            "this_update": this_update,
+            "next_update": next_update,
+        }
+        stmt = upsert(self.s, OCSPResponseRow, values, ["serial"])
+        self.s.execute(
+            stmt.do_update(["issuer_id", "der", "this_update", "next_update"])
+            if replace
+            else stmt.do_nothing(),
+            execution_options={"synchronize_session": False},
+        )
 
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> CRLStateRow | None:
         q = select(CRLStateRow).where(CRLStateRow.issuer_id == issuer_id)
@@ -775,9 +811,10 @@ class SqlTransaction:
         return self.s.scalars(q).first()
 
     def ensure_crl_state(self, issuer_id: str) -> None:
-        if self.s.get(CRLStateRow, issuer_id) is None:
-            self.s.add(CRLStateRow(issuer_id=issuer_id, crl_number=0, stale=True))
-            self.s.flush()
+        # An issuer's first CRL asked of two hosts at once: the later insert waits for the
+        # other's row and leaves it (it then locks and reads that row).
+        first = {"issuer_id": issuer_id, "crl_number": 0, "stale": True}
+        self.s.execute(upsert(self.s, CRLStateRow, first, ["issuer_id"]).do_nothing())
 
     def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]:
         """Every revoked or held certificate of ``issuer_id``, streamed in serial order."""

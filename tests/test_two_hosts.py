@@ -13,6 +13,7 @@ session of the token service usable, ended and its refresh token rotated across 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -58,15 +59,16 @@ class Hosts:
         return self.a, self.b
 
 
-@pytest.fixture(scope="module")
-def hosts(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    ca_db = postgres.createdb("eport_two_hosts")
-    auth_db = postgres.createdb("eport_two_hosts_auth")
+@contextlib.contextmanager
+def two_hosts(postgres: Postgres, root: Path, name: str) -> Iterator[Hosts]:
+    """Two hosts on new databases ``name`` (the CA's) and ``name``_auth: host A's first
+    start makes the development CA, host B gets a copy of its data directory."""
+    ca_db = postgres.createdb(name)
+    auth_db = postgres.createdb(name + "_auth")
     port_a, port_b = free_port(), free_port()
     # One public name for both, as behind a load balancer: it is the token issuer and the
     # base of the certificates' CRL and OCSP URLs.
     env = {"EPORT_AUTH_DATABASE_URL": auth_db, "EPORT_PUBLIC_BASE_URL": PUBLIC}
-    root = tmp_path_factory.mktemp("two-hosts")
     (root / "a").mkdir()
     (root / "b").mkdir()
     # Host A's first start makes the development CA in its data directory and the database.
@@ -88,6 +90,12 @@ def hosts(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         for p in procs:
             stop(p)
+
+
+@pytest.fixture(scope="module")
+def hosts(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    with two_hosts(postgres, tmp_path_factory.mktemp("two-hosts"), "eport_two_hosts") as h:
+        yield h
 
 
 def signed_post(
@@ -605,3 +613,66 @@ def test_a_revocation_and_a_hold_of_one_certificate_on_both_hosts_at_once(hosts:
             ]
         )
         assert all(r.status_code in (200, 409) for r in answers), [r.text for r in answers]
+
+
+def test_first_crls_and_ocsp_answers_on_both_hosts_at_once(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Two hosts on a new database, where no issuer has a CRL yet and no certificate a
+    pre-signed OCSP response: each issuer's first CRL asked of both hosts at once (with a
+    revocation and a hold on each host at the same moment), and each certificate's first
+    OCSP answer asked of both at once. Every answer is 200 (not 500 for the host whose
+    first row came second), one CRL per number, and both hosts' CRLs list both changes."""
+    with two_hosts(postgres, tmp_path, "eport_first_writes") as fresh:
+        assert rows(fresh.database_url, "SELECT issuer_id FROM crl_state") == []
+        certs = enrolled(fresh, 4)
+        assert rows(fresh.database_url, "SELECT serial FROM ocsp_responses") == []
+        issuer = x509.load_pem_x509_certificate(
+            (fresh.a.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
+        )
+        served: dict[tuple[str, int], set[bytes]] = {}
+
+        def fetch(srv: Server, issuer_id: str) -> int:
+            r = requests.get(f"{srv.url}/crl/{issuer_id}.crl", timeout=60)
+            if r.status_code == 200:
+                crl = x509.load_der_x509_crl(r.content)
+                served.setdefault((issuer_id, crl_number(crl)), set()).add(r.content)
+            return r.status_code
+
+        def ocsp_answer(srv: Server, cert: x509.Certificate) -> int:
+            req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+            r = requests.post(
+                srv.url + "/ocsp",
+                data=req.public_bytes(serialization.Encoding.DER),
+                headers={"Content-Type": "application/ocsp-request"},
+                timeout=60,
+            )
+            return r.status_code
+
+        def change(srv: Server, cert: x509.Certificate, action: str) -> int:
+            path = f"/ca/v1/certificates/{format(cert.serial_number, 'x')}/{action}"
+            body = {"reason": "superseded"} if action == "revoke" else {}
+            return signed_post(srv, path, body, fresh.officer).status_code
+
+        calls: list[Callable[[], Any]] = [
+            lambda s=s, i=i: fetch(s, i)
+            for i in ("enterprise", "agency", "service")
+            for s in fresh.both()
+            for _ in range(3)
+        ]
+        calls += [lambda: change(fresh.a, certs[0], "revoke")]
+        calls += [lambda: change(fresh.b, certs[1], "suspend")]
+        calls += [lambda s=s, c=c: ocsp_answer(s, c) for c in certs[2:] for s in fresh.both()]
+        codes = at_once(calls)
+        assert codes == [200] * len(calls), codes
+        twice = {k: len(d) for k, d in served.items() if len(d) > 1}
+        assert not twice, f"CRL numbers served with more than one CRL: {twice}"
+        states = rows(fresh.database_url, "SELECT issuer_id FROM crl_state ORDER BY issuer_id")
+        assert [i for (i,) in states] == ["agency", "enterprise", "service"]
+        changed = {format(c.serial_number, "x") for c in certs[:2]}
+        for srv in fresh.both():
+            listed = {format(e.serial_number, "x") for e in crl_of(srv, "enterprise")}
+            assert changed <= listed, srv.url
+            assert ocsp_status(srv, certs[0], issuer) == "REVOKED"
+            assert ocsp_status(srv, certs[1], issuer) == "HOLD"
+            assert ocsp_status(srv, certs[2], issuer) == "GOOD"
