@@ -150,15 +150,26 @@ class AuthStore(ReplayStore, Protocol):
         """Mark ``old_hash`` used and add ``new_hash``, if ``old_hash`` was unused."""
         ...
 
-    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> None: ...
+    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> bool:
+        """Revoke ``jti`` until ``expires_at``; True if this call revoked it (not before)."""
+        ...
 
     def is_revoked(self, jti: str) -> bool: ...
 
     def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]: ...
 
     def set_roles(
-        self, uscc: str, operator_id: str, roles: frozenset[str], by: str, at: datetime.datetime
-    ) -> None: ...
+        self,
+        uscc: str,
+        operator_id: str,
+        roles: frozenset[str],
+        by: str,
+        at: datetime.datetime,
+        event: AuthEvent | None = None,
+    ) -> None:
+        """Replace the operator's roles and add ``event`` in one transaction: of grants at
+        once, the last one's event is logged last (the last writer wins)."""
+        ...
 
     def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int: ...
 
@@ -630,9 +641,9 @@ class TokenService:
                 )
             except InvalidToken:
                 return
-            self.store.revoke_jti(
-                str(claims["jti"]), datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
-            )
+            exp = datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
+            if not self.store.revoke_jti(str(claims["jti"]), exp):
+                return  # already revoked (here or on another host): logged then
             self.store.add_event(
                 AuthEvent(
                     "token.revoked",
@@ -732,15 +743,13 @@ class TokenService:
                 f"unknown role {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
             )
         now = self.clock()
-        self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now)
-        self.store.add_event(
-            AuthEvent(
-                "roles.granted",
-                now,
-                caller.subject,
-                detail={"operator_id": operator_id, "roles": sorted(roles)},
-            )
+        event = AuthEvent(
+            "roles.granted",
+            now,
+            caller.subject,
+            detail={"operator_id": operator_id, "roles": sorted(roles)},
         )
+        self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now, event)
 
     def signed_principal(self, req: SignedRequest) -> Principal:
         self.require_good(req.certificate, fresh=False)

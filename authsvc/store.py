@@ -27,7 +27,7 @@ from authsvc.models import (
 from authsvc.principal import Principal
 from authsvc.service import AuthEvent, RefreshRecord, SessionRecord
 from ca.policy import SubjectClass
-from ca.store import DbapiReads, reading, utc_from_db, writing
+from ca.store import DbapiReads, reading, upsert, utc_from_db, writing
 
 
 class SqlAuthStore:
@@ -146,10 +146,13 @@ class SqlAuthStore:
 
     # -- access token revocation ----------------------------------------------------------
 
-    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> None:
+    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> bool:
         with self._tx() as s:
-            if s.get(RevokedTokenRow, jti) is None:
-                s.add(RevokedTokenRow(jti=jti, expires_at=expires_at))
+            # ON CONFLICT DO NOTHING: one token revoked on two hosts at once is stored
+            # once, and only the request that stored it says so (its event is logged once).
+            values = {"jti": jti, "expires_at": expires_at}
+            res = s.execute(upsert(s, RevokedTokenRow, values, ["jti"]).do_nothing())
+            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
     def is_revoked(self, jti: str) -> bool:
         with self._read() as s:
@@ -163,16 +166,30 @@ class SqlAuthStore:
             return frozenset(json.loads(row.roles)) if row else frozenset()
 
     def set_roles(
-        self, uscc: str, operator_id: str, roles: frozenset[str], by: str, at: datetime.datetime
+        self,
+        uscc: str,
+        operator_id: str,
+        roles: frozenset[str],
+        by: str,
+        at: datetime.datetime,
+        event: AuthEvent | None = None,
     ) -> None:
+        values = {
+            "uscc": uscc,
+            "operator_id": operator_id,
+            "roles": json.dumps(sorted(roles)),
+            "granted_by": by,
+            "granted_at": at,
+        }
         with self._tx() as s:
-            row = s.get(OperatorRolesRow, (uscc, operator_id))
-            if row is None:
-                row = OperatorRolesRow(uscc=uscc, operator_id=operator_id)
-                s.add(row)
-            row.roles = json.dumps(sorted(roles))
-            row.granted_by = by
-            row.granted_at = at
+            # One upsert, then the event in the same transaction: an operator's first
+            # grants on two hosts at once do not collide on the primary key (HTTP 500),
+            # and the upsert's row lock orders the grants, so the last roles.granted
+            # event (by id) is the grant the operator holds: the last writer wins.
+            stmt = upsert(s, OperatorRolesRow, values, ["uscc", "operator_id"])
+            s.execute(stmt.do_update(["roles", "granted_by", "granted_at"]))
+            if event is not None:
+                s.add(event_row(event))
 
     # -- failed logins --------------------------------------------------------------------
 

@@ -615,6 +615,73 @@ def test_a_revocation_and_a_hold_of_one_certificate_on_both_hosts_at_once(hosts:
         assert all(r.status_code in (200, 409) for r in answers), [r.text for r in answers]
 
 
+def test_an_operator_s_first_role_grants_on_both_hosts_at_once(hosts: Hosts) -> None:
+    """An enterprise grants one operator, who has no roles yet, different roles on both
+    hosts at once, three requests on each: every grant is answered 200 and logged once,
+    and the last one logged is what the operator holds (the last writer wins, in the
+    order of the ``roles.granted`` events)."""
+    ident = enterprise(hosts)
+    choices = [["data-entry"], ["declaration"], ["data-entry", "declaration"]]
+    for round_ in range(4):
+        op = f"op-{os.urandom(6).hex()}-{round_}"
+        calls: list[Callable[[], Any]] = [
+            lambda s=s, r=r, o=op: signed_post(
+                s, "/auth/v1/roles", {"operator_id": o, "roles": r}, ident
+            )
+            for r in choices
+            for s in hosts.both()
+        ]
+        answers = at_once(calls)
+        assert [r.status_code for r in answers] == [200] * len(calls), [r.text for r in answers]
+        granted = [
+            json.loads(detail)["roles"]
+            for (detail,) in rows(
+                hosts.auth_database_url,
+                "SELECT detail FROM auth_events WHERE type = 'roles.granted' ORDER BY id",
+            )
+            if json.loads(detail)["operator_id"] == op
+        ]
+        assert len(granted) == len(calls), granted
+        held = rows(
+            hosts.auth_database_url,
+            f"SELECT roles FROM auth_operator_roles WHERE operator_id = '{op}'",
+        )
+        assert [json.loads(r) for (r,) in held] == [granted[-1]], (held, granted)
+
+
+def test_one_access_token_revoked_on_both_hosts_at_once_is_revoked_once(hosts: Hosts) -> None:
+    """RFC 7009 revocation of one access token sent to both hosts at once, three times
+    each: every answer is 200, the token is refused on both hosts, and one
+    ``token.revoked`` event is logged."""
+    ident = enterprise(hosts)
+    for _ in range(4):
+        r = refresh(hosts.a, login(hosts.a, ident)["refresh_token"])
+        assert r.status_code == 200, r.text
+        access = r.json()["access_token"]
+        jti = jwt.decode(access, options={"verify_signature": False})["jti"]
+        answers = at_once(
+            [
+                lambda s=s, t=access: requests.post(
+                    s.url + "/auth/revoke", data={"token": t}, timeout=60
+                )
+                for s in hosts.both()
+                for _ in range(3)
+            ]
+        )
+        assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+        for srv in hosts.both():
+            assert validate(srv, access).status_code == 401, srv.url
+        logged = [
+            d
+            for (d,) in rows(
+                hosts.auth_database_url,
+                "SELECT detail FROM auth_events WHERE type = 'token.revoked'",
+            )
+            if json.loads(d)["jti"] == jti
+        ]
+        assert len(logged) == 1, logged
+
+
 def test_first_crls_and_ocsp_answers_on_both_hosts_at_once(
     postgres: Postgres, tmp_path: Path
 ) -> None:
