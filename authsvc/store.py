@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, scoped_session
 
 from authsvc.keys import StoredKey
 from authsvc.models import (
@@ -260,30 +260,44 @@ class SqlAuthStore:
             ]
 
     def rotate_locked(self, mutate: Callable[[list[StoredKey]], list[StoredKey]]) -> None:
-        with self._tx() as s:
-            rows = list(s.scalars(select(SigningKeyRow).with_for_update()))
-            before = {r.kid: r for r in rows}
-            after = mutate([_key(r) for r in rows])
-            keep = {k.kid for k in after}
-            for kid, row in before.items():
-                if kid not in keep:
-                    s.delete(row)
-            for k in after:
-                existing = before.get(k.kid)
-                if existing is not None:
-                    row = existing
-                else:
-                    row = SigningKeyRow(
-                        kid=k.kid,
-                        public_jwk=json.dumps(k.public_jwk),
-                        private_pem=k.private_pem,
-                        created_at=k.created_at,
-                    )
-                    s.add(row)
-                row.state = k.state
-                row.activated_at = k.activated_at
-                row.retired_at = k.retired_at
-                row.unpublish_at = k.unpublish_at
+        """Change the signing keys under a lock: the rows' locks, and when there are none
+        yet (the first start) SERIALIZABLE isolation on PostgreSQL, so that two hosts
+        first started at once on an empty database do not both add a first active key;
+        the one refused (SQLSTATE 40001) runs again and finds the other's keys."""
+        for attempt in range(1, 6):
+            try:
+                with self._tx() as s:
+                    real = s() if isinstance(s, scoped_session) else s
+                    if not real.in_transaction() and real.get_bind().dialect.name != "sqlite":
+                        # SQLite's BEGIN IMMEDIATE already makes this the only writer.
+                        real.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+                    rows = list(s.scalars(select(SigningKeyRow).with_for_update()))
+                    before = {r.kid: r for r in rows}
+                    after = mutate([_key(r) for r in rows])
+                    keep = {k.kid for k in after}
+                    for kid, row in before.items():
+                        if kid not in keep:
+                            s.delete(row)
+                    for k in after:
+                        existing = before.get(k.kid)
+                        if existing is not None:
+                            row = existing
+                        else:
+                            row = SigningKeyRow(
+                                kid=k.kid,
+                                public_jwk=json.dumps(k.public_jwk),
+                                private_pem=k.private_pem,
+                                created_at=k.created_at,
+                            )
+                            s.add(row)
+                        row.state = k.state
+                        row.activated_at = k.activated_at
+                        row.retired_at = k.retired_at
+                        row.unpublish_at = k.unpublish_at
+                return
+            except OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) != "40001" or attempt == 5:
+                    raise
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

@@ -743,3 +743,50 @@ def test_first_crls_and_ocsp_answers_on_both_hosts_at_once(
             assert ocsp_status(srv, certs[0], issuer) == "REVOKED"
             assert ocsp_status(srv, certs[1], issuer) == "HOLD"
             assert ocsp_status(srv, certs[2], issuer) == "GOOD"
+
+
+def test_two_hosts_first_started_at_once_on_an_empty_token_database_make_one_key(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Both hosts of one CA started at the same moment on a new, empty database of the
+    token service (three times, each a new one): one active and one next signing key are
+    made between them. Before, both found no key and each added its own pair (measured:
+    two active and two next keys)."""
+    ca_db = postgres.createdb("eport_first_keys")
+    made = tmp_path / "made" / "data"
+    made.parent.mkdir()
+    _srv, proc = start_server(made, ca_db, extra_env={"EPORT_PUBLIC_BASE_URL": PUBLIC})
+    stop(proc)
+    for n in range(3):
+        auth_db = postgres.createdb(f"eport_first_keys_auth{n}")
+        env = {"EPORT_AUTH_DATABASE_URL": auth_db, "EPORT_PUBLIC_BASE_URL": PUBLIC}
+        dirs = [tmp_path / f"{n}{h}" / "data" for h in "ab"]
+        for d in dirs:
+            shutil.copytree(made, d, ignore=shutil.ignore_patterns("serve.lock"))
+
+        def start(d: Path, env: dict[str, str] = env) -> Any:
+            try:
+                return start_server(d, ca_db, extra_env=env, port=free_port())
+            except Exception as exc:  # the other host's server is stopped all the same
+                return exc
+
+        started = at_once([lambda d=d: start(d) for d in dirs])
+        try:
+            failed = [r for r in started if isinstance(r, Exception)]
+            assert not failed, failed
+            kids = [
+                {
+                    k["kid"]
+                    for k in requests.get(srv.url + "/auth/jwks.json", timeout=60).json()["keys"]
+                }
+                for srv, _p in started
+            ]
+        finally:
+            for r in started:
+                if not isinstance(r, Exception):
+                    stop(r[1])
+        keys = rows(
+            auth_db, "SELECT state, count(*) FROM auth_signing_keys GROUP BY state ORDER BY state"
+        )
+        assert keys == [("active", 1), ("next", 1)], (n, keys)
+        assert kids[0] == kids[1], kids
