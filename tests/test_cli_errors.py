@@ -467,6 +467,7 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
+        silent.settimeout(60)  # an eport that never connects fails the test, never hangs it
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         proc = subprocess.Popen(
             [EPORT, "application", "show", "app_x", "--json"],
@@ -476,7 +477,11 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
             text=True,
             env={**os.environ, "EPORT_SERVER": url, "HOME": str(tmp_path)},
         )
-        conn, _ = silent.accept()  # the request has been sent
+        try:
+            conn, _ = silent.accept()  # the request has been sent
+        except TimeoutError:
+            proc.kill()
+            raise
         try:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
