@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import EPORT, Server, start_server, stop
+from tests.conftest import EPORT, Server, free_port, start_server, stop
 
 MEMBERS = ("customs", "commerce", "tax", "forex", "inspection")
 
@@ -30,25 +30,38 @@ def custodian_env() -> dict[str, str]:
     return env
 
 
+def _port_file(data: Path) -> Path:
+    """Where :func:`init_ca` notes the port its CA's URLs name, beside the data directory."""
+    return data.parent / f"{data.name}.port"
+
+
 def init_ca(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
+    """``eport ca init`` of a CA whose certificates name their CRL and OCSP URLs on a port
+    chosen now, which :func:`start_sealed` serves on (the default, 127.0.0.1:8000, may be
+    another server's: its CRL would then be the one a relying party fetches)."""
     data, out = tmp_path / "data", tmp_path / "ceremony"
+    port = free_port()
     res = subprocess.run(
         [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out), "--json"],
         capture_output=True,
         text=True,
-        env=custodian_env(),
+        env={**custodian_env(), "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"},
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
+    _port_file(data).write_text(str(port))
     return data, out, json.loads(res.stdout)
 
 
 def start_sealed(
     tmp_path: Path, data: Path, workers: int = 2
 ) -> tuple[Server, subprocess.Popen[bytes], str]:
-    srv, proc = start_server(
-        data, workers=workers, dev=False, env=custodian_env(), log_dir=tmp_path
-    )
+    env = custodian_env()
+    noted = _port_file(data)
+    port = int(noted.read_text()) if noted.exists() else None
+    if port is not None:
+        env["EPORT_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+    srv, proc = start_server(data, workers=workers, dev=False, env=env, log_dir=tmp_path, port=port)
     log = srv.log
     found = re.search(r"Unseal key fingerprint: ([0-9a-f:]+)", log.read_text())
     assert found, log.read_text()
