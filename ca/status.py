@@ -55,6 +55,7 @@ class StatusTables(Protocol):
         next_update: datetime.datetime,
         *,
         replace: bool = True,
+        superseding: datetime.datetime | None = None,
     ) -> None: ...
 
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> Any: ...
@@ -246,6 +247,8 @@ class StatusService:
             now,
         )
         if known:
+            # A refresh replaces only the response it read: a status change committed
+            # meanwhile (another process, another host) stored the answer that must stay.
             tx.store_ocsp(
                 serial,
                 issuer_id,
@@ -253,6 +256,7 @@ class StatusService:
                 now,
                 now + self.policy.ocsp_validity,
                 replace=cached is not None,
+                superseding=cached[1] if cached is not None else None,
             )
         return der
 

@@ -781,10 +781,15 @@ class SqlTransaction:
         next_update: datetime.datetime,
         *,
         replace: bool = True,
+        superseding: datetime.datetime | None = None,
     ) -> None:
         """Store the pre-signed response; with ``replace=False`` only if the certificate
         has none yet (a first answer signed on two hosts at once: the first stored stays,
-        and neither overwrites the response of a status change made meanwhile)."""
+        and neither overwrites the response of a status change made meanwhile). With
+        ``superseding`` (the thisUpdate of the response a refresh read), replace only that
+        response: a revocation or hold committed since stored its own, which a refresh
+        signed from the status read before it must not overwrite (PostgreSQL's read
+        committed lets the two interleave; the conflict clause sees the committed row)."""
         values = {
             "serial": format(serial, "x"),
             "issuer_id": issuer_id,
@@ -793,8 +798,9 @@ class SqlTransaction:
             "next_update": next_update,
         }
         stmt = upsert(self.s, OCSPResponseRow, values, ["serial"])
+        unchanged = None if superseding is None else OCSPResponseRow.this_update == superseding
         self.s.execute(
-            stmt.do_update(["issuer_id", "der", "this_update", "next_update"])
+            stmt.do_update(["issuer_id", "der", "this_update", "next_update"], where=unchanged)
             if replace
             else stmt.do_nothing(),
             execution_options={"synchronize_session": False},
