@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import verification as xv
@@ -39,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.errors import Replayed, Unauthenticated, WeakKey
 from ca.keys import KeyType
+from ca.ocsp_client import issuer_among
 
 SCHEME = "EPort-Signed"
 TYP = "eport-req+jwt"
@@ -138,7 +138,7 @@ class TrustAnchors:
         """Say "expired" (or "not yet valid") only of a leaf one of our issuing CAs signed:
         a foreign certificate stays "not trusted" in the verifier's words."""
         why = _out_of_validity(leaf, now)
-        if why is not None and any(_signed_by(leaf, ca) for ca in self.intermediates):
+        if why is not None and issuer_among(leaf, self.intermediates) is not None:
             return why
         return f"certificate is not trusted: {exc}"
 
@@ -350,23 +350,14 @@ def verify_certificate_jwt(
     return SignedRequest(certificate=leaf, chain=tuple(verified_chain), claims=claims)
 
 
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _out_of_validity(cert: x509.Certificate, now: datetime.datetime) -> str | None:
     """The holder's words for a leaf refused only because ``now`` is outside its validity
     period (RFC 5280 §4.1.2.5), or None. The verifier says "cert is not valid at
     validation time" and names the certificate by its repr."""
-    stamp = "%Y-%m-%dT%H:%M:%SZ"
-    at = f"server time {now.astimezone(datetime.UTC):{stamp}}"
+    at = f"server time {_stamp(now)}"
     if now > cert.not_valid_after_utc:
         return (
-            f"certificate is not trusted: it expired at {cert.not_valid_after_utc:{stamp}} "
+            f"certificate is not trusted: it expired at {_stamp(cert.not_valid_after_utc)} "
             f"({at}); an expired certificate cannot be renewed: its holder enrolls again with "
             "a new code (an RA officer's eport ra new-code APP_ID; for an operator, the "
             "enterprise's eport operator add)"
@@ -374,7 +365,7 @@ def _out_of_validity(cert: x509.Certificate, now: datetime.datetime) -> str | No
     if now < cert.not_valid_before_utc:
         return (
             f"certificate is not trusted: it is not valid before "
-            f"{cert.not_valid_before_utc:{stamp}} ({at}; is a clock wrong?)"
+            f"{_stamp(cert.not_valid_before_utc)} ({at}; is a clock wrong?)"
         )
     return None
 
