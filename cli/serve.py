@@ -9,14 +9,15 @@ Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_ap
 from __future__ import annotations
 
 import gc
-import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from authsvc.config import AuthConfig
+from authsvc.proxy import TrustedProxies
 from ca.config import CAConfig
+from cli.client import CLIError
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 AUTH_PREFIXES = ("/auth/", "/.well-known/", "/portal")
@@ -91,18 +92,13 @@ def run(
 
 
 def forwarded_from(cfg: CAConfig, auth_cfg: AuthConfig | None) -> list[str]:
-    """The proxies (addresses or networks) whose forwarded scheme gunicorn may believe:
-    those either service trusts (``EPORT_TRUSTED_PROXIES``, ``EPORT_AUTH_TRUSTED_PROXIES``);
-    one front proxy serves both."""
+    """The networks whose forwarded scheme gunicorn may believe: those either service
+    trusts (``EPORT_TRUSTED_PROXIES``, ``EPORT_AUTH_TRUSTED_PROXIES``), read as the token
+    service reads them (:class:`authsvc.proxy.TrustedProxies`: 10.1.2.3/8 is 10.0.0.0/8,
+    which gunicorn would refuse as written); one front proxy serves both."""
     both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
-    return list(dict.fromkeys(_as_network(e) for e in both if e.strip()))
-
-
-def _as_network(entry: str) -> str:
-    """``entry`` as the network the services trust (``authsvc.proxy.TrustedProxies``
-    reads it with host bits allowed: 10.1.2.3/8 is 10.0.0.0/8); gunicorn refuses such an
-    entry outright. One that is no address is left as written, for gunicorn to refuse."""
     try:
-        return str(ipaddress.ip_network(entry.strip(), strict=False))
-    except ValueError:
-        return entry
+        networks = TrustedProxies(both).networks
+    except ValueError as exc:
+        raise CLIError(f"a trusted proxy is not an address or a network: {exc}") from None
+    return list(dict.fromkeys(str(n) for n in networks))
