@@ -21,6 +21,7 @@ PKCS#11 tokens replace the software signers without touching issuance.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -271,8 +272,11 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def root_crl_next_update(root_crl: bytes) -> datetime.datetime | None:
-    """The nextUpdate of the root CRL (DER), None if it has none (RFC 5280 §5.1.2.5)."""
+    """The nextUpdate of the root CRL (DER), None if it has none (RFC 5280 §5.1.2.5).
+    Cached: ``/ca/v1/health`` (asked by every load balancer's probe) reads it twice per
+    call, and the root CRL changes only at a ceremony."""
     return x509.load_der_x509_crl(root_crl).next_update_utc
 
 
