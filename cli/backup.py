@@ -390,14 +390,7 @@ def restore_command(
                     f"entries (indices {log.size} to {current - 1}) were logged after this "
                     "backup and would be lost"
                 )
-                if not accept_loss:
-                    raise BackupError(
-                        message + "; restore a newer backup, or pass --accept-loss (auditors "
-                        "who saw a larger checkpoint will see the log shrink: tell them)"
-                    )
-                click.secho(
-                    f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True
-                )
+                _losing(message, "who saw a larger checkpoint", accept_loss)
             if published is not None and published.size > log.size:
                 lost = published.size - log.size
                 message = (
@@ -405,14 +398,7 @@ def restore_command(
                     f"{log.size}: {lost} entries (indices {log.size} to {published.size - 1}) "
                     "were logged after this backup and are not in it"
                 )
-                if not accept_loss:
-                    raise BackupError(
-                        message + "; restore a newer backup, or pass --accept-loss (auditors "
-                        "holding that checkpoint will see the log shrink: tell them)"
-                    )
-                click.secho(
-                    f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True
-                )
+                _losing(message, "holding that checkpoint", accept_loss)
             report: dict[str, Any] = {}
             result = restore(
                 archive,
@@ -474,3 +460,16 @@ def restore_command(
             )
         lines.append("  `eport audit verify --full --since CHECKPOINT` against the restored server")
         click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+
+
+def _losing(message: str, auditors: str, accept_loss: bool) -> None:
+    """A restore that would lose logged entries (``message`` says which): refused, or with
+    --accept-loss done with a warning. ``auditors`` says which auditors see the log shrink."""
+    from ca.backup import BackupError
+
+    if not accept_loss:
+        raise BackupError(
+            f"{message}; restore a newer backup, or pass --accept-loss (auditors {auditors} "
+            "will see the log shrink: tell them)"
+        )
+    click.secho(f"WARNING: {message}; restoring anyway (--accept-loss)", fg="red", err=True)
