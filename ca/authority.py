@@ -657,7 +657,7 @@ class JointCA:
         if issuer is None:
             return None
         with self.store.reading() as tx:  # a replay only: the enrollment path reads nothing more
-            _refuse_replay_of_bad(tx, holder)
+            _refuse_replay_of_bad(tx, holder, self.clock())
         cert = x509.load_der_x509_certificate(holder.der)
         return Issued(holder, cert, self._chain(issuer), replayed=True)
 
@@ -743,7 +743,7 @@ class JointCA:
             issuer = next((i for i in self.issuers.values() if i.id == holder.issuer_id), None)
             if issuer is None:
                 return None
-            _refuse_replay_of_bad(tx, holder)
+            _refuse_replay_of_bad(tx, holder, self.clock())
             cert = x509.load_der_x509_certificate(holder.der)
             return Issued(holder, cert, self._chain(issuer), replayed=True)
         return None
@@ -779,10 +779,18 @@ def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> 
         raise Conflict(KEY_CERTIFIED)
 
 
-def _refuse_replay_of_bad(tx: Transaction, holder: CertificateRecord) -> None:
-    """Refuse to send again a certificate that has since been revoked or put on hold: its
-    first answer was lost, and a 200 would let the CLI save it and say it was issued, as
-    if it were good. The key stays certified to it (one key, one holder)."""
+def _refuse_replay_of_bad(
+    tx: Transaction, holder: CertificateRecord, now: datetime.datetime
+) -> None:
+    """Refuse to send again a certificate that has since been revoked, put on hold or
+    expired: its first answer was lost, and a 200 would let the CLI save it and say it was
+    issued, as if it were good. The key stays certified to it (one key, one holder)."""
+    if holder.not_after < now:
+        raise Conflict(
+            f"the certificate {holder.serial_hex} issued for this key expired on "
+            f"{holder.not_after:%Y-%m-%dT%H:%M:%SZ}; it is not sent again: the key is spent "
+            "(ask for a new enrollment code)"
+        )
     status = tx.get_status(holder.serial)
     if status is None:
         return

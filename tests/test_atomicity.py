@@ -137,6 +137,33 @@ def test_code_is_single_use_and_expires(joint: tuple) -> None:  # type: ignore[t
         ca.enroll(grant2.code, "enterprise", csr_pem(KeyType.P256.generate()))
 
 
+def test_a_lost_answer_is_not_sent_again_once_the_certificate_expired(joint: tuple) -> None:  # type: ignore[type-arg]
+    """The replay of an enrollment whose answer was lost hands back the certificate while
+    it is valid, and refuses (409, naming the expiry) once it has expired: a 200 would
+    let the CLI save a dead certificate as if it had just been issued. Nothing is
+    written either way."""
+    ca, _, sessions = joint
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Late Reply Co."})
+    grant = ca.approve_at_ceremony(app.id, "test")
+    key = KeyType.P256.generate()
+    issued = ca.enroll(grant.code, "enterprise", csr_pem(key))
+    again = ca.enroll(grant.code, "enterprise", csr_pem(key))
+    assert again.replayed and again.record.serial == issued.record.serial
+    before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
+    not_after = issued.record.not_after
+    real_clock = ca.clock
+    ca.clock = lambda: not_after + datetime.timedelta(seconds=1)
+    try:
+        with pytest.raises(Conflict, match=f"{issued.record.serial_hex} .* expired on") as exc:
+            ca.enroll(grant.code, "enterprise", csr_pem(key))
+        assert f"{not_after:%Y-%m-%dT%H:%M:%SZ}" in str(exc.value)
+        ca.clock = lambda: not_after  # notAfter is inclusive (RFC 5280 §4.1.2.5)
+        assert ca.enroll(grant.code, "enterprise", csr_pem(key)).replayed
+    finally:
+        ca.clock = real_clock
+    assert {t: count(sessions, t) for t in before} == before
+
+
 def test_key_certified_to_another_subject_is_refused(joint: tuple) -> None:  # type: ignore[type-arg]
     ca, _, sessions = joint
     key = KeyType.P256.generate()
