@@ -314,7 +314,8 @@ def grant_roles() -> Response:
 @bp.get("/v1/events")
 def events() -> Response:
     """Logins, failures, exchanges, revocations and logouts: auditors and RA officers see
-    all; anyone else only their own."""
+    all; anyone else only their own. Paged by ``after`` (the id of the last event of the
+    previous page): no committed event is skipped (:meth:`SqlAuthStore.events`)."""
     from ca.policy import SubjectClass
 
     caller = caller_principal()

@@ -19,6 +19,7 @@ from typing import Any
 from cryptography import x509
 from flask import Flask, Response, json
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.config import AuthConfig
@@ -26,7 +27,7 @@ from authsvc.keys import KeyRing
 from authsvc.models import AuthBase
 from authsvc.proxy import TrustedProxies
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
-from authsvc.store import SqlAuthStore
+from authsvc.store import SqlAuthStore, settle_copied_events
 from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError
@@ -74,6 +75,19 @@ def upgrade(url: str) -> None:
     refuse_other_encoding(url, "token service")
     refuse_unknown_revision(cfg, url, VERSION_TABLE, "token service")
     command.upgrade(cfg, "head")
+    if make_url(url).get_backend_name() != "postgresql":
+        return
+    engine = make_engine(url)
+    try:
+        settled = settle_copied_events(engine)
+    finally:
+        engine.dispose()
+    if settled:
+        log.warning(
+            "%d token service events written on another database server (restored?) "
+            "now page as events from before revision a003",
+            settled,
+        )
 
 
 def key_passphrase(cfg: AuthConfig) -> bytes:

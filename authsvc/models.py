@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, FetchedValue, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ca.models import UTCDateTime
@@ -120,5 +120,13 @@ class AuthEventRow(AuthBase):
     client_addr: Mapped[str | None] = mapped_column(String(64))
     service: Mapped[str | None] = mapped_column(String(80))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+    writer_xact: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    """The transaction that wrote the event, filled in by the database: on PostgreSQL
+    ``pg_current_xact_id()``, the column's default since revision a003; 0 on SQLite and
+    for events written before a003. Events are paged in (writer_xact, id) order: the
+    order in which they became visible (:meth:`authsvc.store.SqlAuthStore.events`)."""
 
-    __table_args__ = (Index("ix_auth_events_sid", "sid"),)
+    __table_args__ = (
+        Index("ix_auth_events_sid", "sid"),
+        Index("ix_auth_events_writer_xact_id", "writer_xact", "id"),
+    )

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, literal_column, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.sql.expression import ColumnClause
 
 from authsvc.keys import StoredKey
 from authsvc.models import (
@@ -226,11 +227,35 @@ class SqlAuthStore:
             s.add(event_row(ev))
 
     def events(self, *, subject: str | None, limit: int, after_id: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events that follow event ``after_id`` in (writing transaction,
+        id) order; on PostgreSQL only those whose writer, and every transaction that
+        began writing before it, have ended.
+
+        Why: on PostgreSQL ids come from a sequence at insert, not at commit, so paging
+        by id alone skips an event whose transaction commits after a later id's. A
+        transaction still writing when this page is read has a transaction id at or
+        above the snapshot's xmin, and so has every one that begins later: whatever
+        this page leaves out comes after its last event in this order, and a consumer
+        that asks ``after`` that event's id next misses nothing. SQLite writes one
+        transaction at a time and its ids follow commits: there every writer_xact is 0
+        and the order is the id's. ``after_id`` names an event by its id; an id that
+        is no event's (0, one past the last) stands after the event before it."""
         with self._read() as s:
-            q = select(AuthEventRow).where(AuthEventRow.id > after_id)
+            writer = s.scalar(
+                select(AuthEventRow.writer_xact)
+                .where(AuthEventRow.id <= after_id)
+                .order_by(AuthEventRow.id.desc())
+                .limit(1)
+            )
+            position = tuple_(AuthEventRow.writer_xact, AuthEventRow.id)
+            q = select(AuthEventRow).where(
+                position > tuple_(-1 if writer is None else writer, after_id)
+            )
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.where(AuthEventRow.writer_xact < _WRITING_HORIZON)
             if subject:
                 q = q.where(AuthEventRow.subject == subject)
-            rows = s.scalars(q.order_by(AuthEventRow.id).limit(limit))
+            rows = s.scalars(q.order_by(AuthEventRow.writer_xact, AuthEventRow.id).limit(limit))
             return [
                 {
                     "id": r.id,
@@ -300,7 +325,34 @@ class SqlAuthStore:
                     raise
 
 
+def settle_copied_events(engine: Engine) -> int:
+    """PostgreSQL: give writer_xact 0 to the events written by transactions of another
+    database server (a ``pg_restore`` into a new cluster, a logical copy), whose ids are at
+    or past this server's next one; how many. Left as they are, they would stay held back
+    until this server's ids passed theirs, and events written here would page before them.
+    Run at every start (:func:`authsvc.app.upgrade`): usually it finds none, by index."""
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(AuthEventRow)
+            .where(AuthEventRow.writer_xact >= _NEXT_WRITER)
+            .values(writer_xact=0)
+        )
+        return int(res.rowcount)
+
+
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_WRITING_HORIZON: ColumnClause[int] = literal_column(
+    "(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint"
+)
+"""PostgreSQL: the oldest transaction still running when the statement's snapshot was
+taken; every transaction below it has ended (committed or rolled back)."""
+_NEXT_WRITER: ColumnClause[int] = literal_column(
+    "(pg_snapshot_xmax(pg_current_snapshot())::text)::bigint"
+)
+"""PostgreSQL: the id the next transaction to write will take, or above; no transaction of
+this server wrote with an id at or past it."""
 
 
 def event_row(ev: AuthEvent) -> AuthEventRow:

@@ -52,7 +52,8 @@ from tests.helpers import (
 
 CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 """Every CA revision before head (0006)."""
-AUTH_REVISIONS = ["a001"]
+AUTH_REVISIONS = ["a001", "a002"]
+"""Every token service revision before head (a003)."""
 SERVICE = "customs-declaration"
 _databases = itertools.count()
 
@@ -228,7 +229,9 @@ def schema_drift(url: str) -> list[Any]:
     return drift
 
 
-@pytest.mark.parametrize("ca_rev,auth_rev", [(r, "a001") for r in CA_REVISIONS])
+@pytest.mark.parametrize(
+    "ca_rev,auth_rev", [(r, "a001") for r in CA_REVISIONS] + [(CA_REVISIONS[-1], "a002")]
+)
 def test_a_schema_made_by_an_old_release_upgrades_to_the_models(
     database: str, tmp_path: Path, ca_rev: str, auth_rev: str
 ) -> None:
