@@ -155,7 +155,6 @@ def metadata() -> dict[str, Any]:
         "tls_client_certificate_bound_access_tokens": True,
         "response_types_supported": [],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
         "scopes_supported": sorted({sc for s in svc().access.services for sc in s.scopes}),
     }
     return with_openid(meta)  # the OpenID Connect provider's endpoints and features

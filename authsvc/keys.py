@@ -1,4 +1,19 @@
-"""Token-signing keys (ES256, RFC 7518 §3.4) and their rotation without a validation gap.
+"""Token-signing keys and their rotation without a validation gap.
+
+Two families of keys, each rotated on its own and published in the same JWKS (RFC 7517)
+with its ``alg``:
+
+* **ES256** (RFC 7518 §3.4, P-256): access tokens (RFC 9068), and ID and logout tokens of
+  the OpenID Connect clients registered for ES256;
+* **RS256** (RFC 7518 §3.3, RSA 3072 bits): ID and logout tokens of the clients registered
+  for RS256 (OpenID Connect Core §15.1 makes RS256 mandatory to implement, Discovery 1.0
+  §3 requires it in ``id_token_signing_alg_values_supported``). Nothing else is ever
+  signed with it, and an RS256 key never verifies an access token.
+
+Which key verifies a token is decided by the key's family, never by the token: a lookup
+names the algorithm it expects (:meth:`KeyRing.public_key` answers only ES256 keys,
+:meth:`KeyRing.verification_key` only keys of the algorithm asked for), so an RS256 token
+is never checked with an EC key or the reverse (RFC 8725 §3.1).
 
 A key goes ``next`` → ``active`` → ``retired`` → gone:
 
@@ -8,6 +23,12 @@ A key goes ``next`` → ``active`` → ``retired`` → gone:
   creates a new ``next``;
 * a ``retired`` key stays published until every token it signed has expired
   (``unpublish_at`` = retirement + the longest token lifetime + leeway).
+
+Each family has its own ``next``, ``active`` and ``retired`` keys; the family of a stored
+key is the ``alg`` of its public JWK. A 3072-bit RSA key takes up to a second to make, so
+it is never made while a request waits: the first keys of a family are made when a server
+starts and finds none (:meth:`KeyRing.ensure`), and a rotation makes its new ``next`` keys
+before it takes the store's lock.
 
 Private keys are stored encrypted (PKCS#8 with the auth key passphrase). ``kid`` is
 the RFC 7638 JWK thumbprint. Rotation is a command (``eport auth rotate-keys``) and a
@@ -27,11 +48,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca.errors import EPortError
 
 ALG = "ES256"
+"""The algorithm of access tokens and of everything that is not an RS256 ID token."""
+RS256 = "RS256"
+ALGS = (ALG, RS256)
+"""The key families every token service holds."""
+RSA_BITS = 3072
+"""NIST SP 800-57 Part 1 §5.6.1: 3072-bit RSA for 128-bit security, as P-256."""
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 JWKS_MAX_AGE = datetime.timedelta(seconds=300)
 """How long relying parties may cache the JWKS (its Cache-Control max-age)."""
 
@@ -56,6 +86,12 @@ class StoredKey:
     retired_at: datetime.datetime | None = None
     unpublish_at: datetime.datetime | None = None
 
+    @property
+    def alg(self) -> str:
+        """The key's family: the ``alg`` of its JWK (keys stored before RS256 keys
+        existed are ES256 and say so)."""
+        return str(self.public_jwk.get("alg", ALG))
+
 
 class KeyStore(Protocol):
     def list_keys(self) -> list[StoredKey]: ...
@@ -65,21 +101,40 @@ class KeyStore(Protocol):
         ...
 
 
-def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
-    nums = key.public_numbers()
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    def b64(n: int) -> str:
-        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
 
-    jwk = {"crv": "P-256", "kty": "EC", "x": b64(nums.x), "y": b64(nums.y)}
+def _b64_uint(n: int, size: int | None = None) -> str:
+    """RFC 7518 §2 Base64urlUInt: big-endian, in the minimum number of octets (or
+    ``size`` octets, for EC coordinates, RFC 7518 §6.2.1.2)."""
+    return _b64(n.to_bytes(size or max(1, (n.bit_length() + 7) // 8), "big"))
+
+
+def public_jwk(key: PublicKey) -> dict[str, Any]:
+    if isinstance(key, rsa.RSAPublicKey):
+        rnums = key.public_numbers()
+        jwk = {"e": _b64_uint(rnums.e), "kty": "RSA", "n": _b64_uint(rnums.n)}
+        alg = RS256
+    else:
+        nums = key.public_numbers()
+        jwk = {"crv": "P-256", "kty": "EC", "x": _b64_uint(nums.x, 32), "y": _b64_uint(nums.y, 32)}
+        alg = ALG
     # RFC 7638 §3: the thumbprint hashes the required members in lexicographic order.
     canonical = json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()
-    kid = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
-    return {**jwk, "kid": kid, "use": "sig", "alg": ALG}
+    kid = _b64(hashlib.sha256(canonical).digest())
+    return {**jwk, "kid": kid, "use": "sig", "alg": alg}
 
 
-def new_key(passphrase: bytes, now: datetime.datetime) -> StoredKey:
-    private = ec.generate_private_key(ec.SECP256R1())
+def new_key(passphrase: bytes, now: datetime.datetime, alg: str = ALG) -> StoredKey:
+    """A ``next`` key of family ``alg`` (3072-bit RSA for RS256: up to a second's work)."""
+    private: PrivateKey
+    if alg == ALG:
+        private = ec.generate_private_key(ec.SECP256R1())
+    elif alg == RS256:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    else:
+        raise ValueError(f"no signing keys for {alg!r}")
     jwk = public_jwk(private.public_key())
     pem = private.private_bytes(
         serialization.Encoding.PEM,
@@ -89,8 +144,22 @@ def new_key(passphrase: bytes, now: datetime.datetime) -> StoredKey:
     return StoredKey(kid=jwk["kid"], state="next", public_jwk=jwk, private_pem=pem, created_at=now)
 
 
+def _activated(key: StoredKey, now: datetime.datetime) -> StoredKey:
+    return StoredKey(**{**key.__dict__, "state": "active", "activated_at": now})
+
+
+def _jwk_public_key(jwk: dict[str, Any]) -> PublicKey:
+    if jwk["kty"] == "RSA":
+        e = int.from_bytes(_b64d(jwk["e"]), "big")
+        n = int.from_bytes(_b64d(jwk["n"]), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    x = int.from_bytes(_b64d(jwk["x"]), "big")
+    y = int.from_bytes(_b64d(jwk["y"]), "big")
+    return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+
+
 class KeyRing:
-    """The signing key in use and the published JWKS, re-read every ``refresh`` seconds
+    """The signing keys in use and the published JWKS, re-read every ``refresh`` seconds
     so that a rotation made by another process is followed within that bound."""
 
     def __init__(
@@ -111,46 +180,66 @@ class KeyRing:
         self.refresh_every = refresh
         self._lock = threading.Lock()
         self._loaded_at: datetime.datetime | None = None
-        self._signer: tuple[str, ec.EllipticCurvePrivateKey] | None = None
+        self._signers: dict[str, tuple[str, PrivateKey]] = {}
         self._jwks: dict[str, Any] = {"keys": []}
-        self._public: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._public: dict[str, tuple[str, PublicKey]] = {}
 
     def ensure(self) -> None:
-        """Create the first active and next keys if there are none."""
+        """Create the first active and next keys of every family that has none: on a
+        new service both families, on one that had only ES256 keys the RS256 ones.
+
+        Made under the store's lock, so that processes started together make them once;
+        this happens at a server's start, before it answers requests."""
         now = self.clock()
 
         def mutate(keys: list[StoredKey]) -> list[StoredKey]:
-            if any(k.state == "active" for k in keys):
-                return keys
-            first = new_key(self.passphrase, now)
-            first = StoredKey(**{**first.__dict__, "state": "active", "activated_at": now})
-            return [*keys, first, new_key(self.passphrase, now)]
+            out = list(keys)
+            for alg in ALGS:
+                if any(k.state == "active" and k.alg == alg for k in keys):
+                    continue
+                first = _activated(new_key(self.passphrase, now, alg), now)
+                out += [first, new_key(self.passphrase, now, alg)]
+            return out
 
         self.store.rotate_locked(mutate)
         self._loaded_at = None
 
-    def rotate(self, *, force: bool = False) -> str:
-        """next → active, active → retired (published until its tokens expired), new next.
+    def rotate(self, *, force: bool = False, algs: tuple[str, ...] = ALGS) -> dict[str, str]:
+        """In each family of ``algs``: next → active, active → retired (published until
+        its tokens expired), new next. The newly active ``kid`` of each family.
 
-        Refused (unless ``force``) while the ``next`` key has been published for less than
+        Refused (unless ``force``) while a ``next`` key has been published for less than
         :data:`JWKS_MAX_AGE`: relying parties that cached the JWKS before it appeared
         would otherwise meet tokens of a key they have not seen."""
         now = self.clock()
-        promoted: list[str] = []
+        # Made before the lock is taken: an RSA key takes up to a second, and the lock
+        # (SQLite's write lock) would hold up every login meanwhile.
+        fresh = {alg: new_key(self.passphrase, now, alg) for alg in algs}
+        promoted: dict[str, str] = {}
 
         def mutate(keys: list[StoredKey]) -> list[StoredKey]:
-            nxt_keys = [k for k in keys if k.state == "next"]
-            if not force and nxt_keys and now - nxt_keys[0].created_at < JWKS_MAX_AGE:
-                age = int((now - nxt_keys[0].created_at).total_seconds())
-                raise KeyRotationTooSoon(
-                    f"the next key was published {age} s ago; relying parties may cache the "
-                    f"JWKS for {int(JWKS_MAX_AGE.total_seconds())} s (wait, or force it)"
-                )
+            promoted.clear()
+            for alg in algs:
+                nxt_keys = [k for k in keys if k.state == "next" and k.alg == alg]
+                if not force and nxt_keys and now - nxt_keys[0].created_at < JWKS_MAX_AGE:
+                    age = int((now - nxt_keys[0].created_at).total_seconds())
+                    raise KeyRotationTooSoon(
+                        f"the next {alg} key was published {age} s ago; relying parties may "
+                        f"cache the JWKS for {int(JWKS_MAX_AGE.total_seconds())} s (wait, or "
+                        "force it)"
+                    )
             out = []
             unpublish = now + self.max_token_lifetime + datetime.timedelta(minutes=5)
-            nxt = [k for k in keys if k.state == "next"]
+            nxt = {
+                alg: next((k for k in keys if k.state == "next" and k.alg == alg), None)
+                for alg in algs
+            }
             for k in keys:
-                if k.state == "active":
+                if k.state == "retired" and k.unpublish_at is not None and k.unpublish_at < now:
+                    continue  # every token it signed has expired
+                if k.alg not in algs:
+                    out.append(k)
+                elif k.state == "active":
                     out.append(
                         StoredKey(
                             **{
@@ -161,35 +250,37 @@ class KeyRing:
                             }
                         )
                     )
-                elif k.state == "next" and k is nxt[0]:
-                    out.append(StoredKey(**{**k.__dict__, "state": "active", "activated_at": now}))
-                    promoted.append(k.kid)
-                elif k.state == "retired" and k.unpublish_at is not None and k.unpublish_at < now:
-                    continue  # every token it signed has expired
+                elif k.state == "next" and k is nxt[k.alg]:
+                    out.append(_activated(k, now))
+                    promoted[k.alg] = k.kid
                 else:
                     out.append(k)
-            if not nxt:
-                first = new_key(self.passphrase, now)
-                out.append(StoredKey(**{**first.__dict__, "state": "active", "activated_at": now}))
-                promoted.append(first.kid)
-            out.append(new_key(self.passphrase, now))
+            for alg in algs:
+                if nxt[alg] is None:  # no next key published: sign with a new one at once
+                    first = _activated(new_key(self.passphrase, now, alg), now)
+                    out.append(first)
+                    promoted[alg] = first.kid
+                out.append(fresh[alg])
             return out
 
         self.store.rotate_locked(mutate)
         self._loaded_at = None
-        return promoted[0]
+        return dict(promoted)
 
     def maybe_rotate(self) -> bool:
-        """The schedule: rotate when the active key is older than the rotation period."""
+        """The schedule: rotate each family whose active key is older than the rotation
+        period (the families were made at different times, so they rotate apart)."""
         now = self.clock()
-        active = [k for k in self.store.list_keys() if k.state == "active"]
-        if (
-            active
-            and active[0].activated_at
-            and now - active[0].activated_at < self.rotation_period
-        ):
+        keys = self.store.list_keys()
+        due = []
+        for alg in ALGS:
+            active = next((k for k in keys if k.state == "active" and k.alg == alg), None)
+            since = active.activated_at if active is not None else None
+            if since is None or now - since >= self.rotation_period:
+                due.append(alg)
+        if not due:
             return False
-        self.rotate()
+        self.rotate(algs=tuple(due))
         return True
 
     def _load(self, *, fresh: bool = False) -> None:
@@ -207,27 +298,43 @@ class KeyRing:
             published = [
                 k for k in keys if k.state != "retired" or (k.unpublish_at and k.unpublish_at > now)
             ]
-            active = next((k for k in keys if k.state == "active"), None)
-            if active is not None and (self._signer is None or self._signer[0] != active.kid):
-                private = serialization.load_pem_private_key(active.private_pem, self.passphrase)
-                assert isinstance(private, ec.EllipticCurvePrivateKey)
-                self._signer = (active.kid, private)
-            public: dict[str, ec.EllipticCurvePublicKey] = {}
-            for k in published:
-                jwk = k.public_jwk
-                x = int.from_bytes(_b64d(jwk["x"]), "big")
-                y = int.from_bytes(_b64d(jwk["y"]), "big")
-                public[k.kid] = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+            signers = dict(self._signers)
+            for active in (k for k in keys if k.state == "active"):
+                held = signers.get(active.alg)
+                if held is None or held[0] != active.kid:
+                    private = serialization.load_pem_private_key(
+                        active.private_pem, self.passphrase
+                    )
+                    expected = (
+                        rsa.RSAPrivateKey if active.alg == RS256 else ec.EllipticCurvePrivateKey
+                    )
+                    assert isinstance(private, expected)
+                    signers[active.alg] = (active.kid, private)
+            public = {k.kid: (k.alg, _jwk_public_key(k.public_jwk)) for k in published}
             # Swapped in whole: readers on other threads never see a half-built set.
+            self._signers = signers
             self._jwks = {"keys": [k.public_jwk for k in published]}
             self._public = public
             self._loaded_at = now
 
-    def signer(self) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    def _signer(self, alg: str) -> tuple[str, PrivateKey]:
         self._load()
-        if self._signer is None:
-            raise RuntimeError("no active signing key; run the token service's set-up")
-        return self._signer
+        held = self._signers.get(alg)
+        if held is None:
+            raise RuntimeError(f"no active {alg} signing key; run the token service's set-up")
+        return held
+
+    def signer(self) -> tuple[str, ec.EllipticCurvePrivateKey]:
+        """The ES256 key that signs access tokens (and everything but RS256 ID tokens)."""
+        kid, key = self._signer(ALG)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return kid, key
+
+    def id_token_signer(self, alg: str) -> tuple[str, PrivateKey]:
+        """The active key of family ``alg`` (:data:`ALGS`), for ID and logout tokens."""
+        if alg not in ALGS:
+            raise ValueError(f"no signing keys for {alg!r}")
+        return self._signer(alg)
 
     def jwks(self) -> dict[str, Any]:
         """The published keys as stored now: a relying party that meets a new ``kid`` in a
@@ -236,17 +343,33 @@ class KeyRing:
         self._load(fresh=True)
         return self._jwks
 
-    def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+    def _lookup(self, kid: str) -> tuple[str, PublicKey] | None:
         self._load()
-        key = self._public.get(kid)
+        found = self._public.get(kid)
         now = self.clock()
         # An unknown kid may have just been published by another process: re-read, but at
         # most once a second, so random kids cannot turn into a database load.
-        if key is None and self._loaded_at is not None and now - self._loaded_at > _RELOAD_MIN:
+        if found is None and self._loaded_at is not None and now - self._loaded_at > _RELOAD_MIN:
             self._loaded_at = None
             self._load()
-            key = self._public.get(kid)
-        return key
+            found = self._public.get(kid)
+        return found
+
+    def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+        """The published ES256 key ``kid`` (access tokens); None for any other, an RS256
+        key included."""
+        found = self._lookup(kid)
+        if found is None or found[0] != ALG or not isinstance(found[1], ec.EllipticCurvePublicKey):
+            return None
+        return found[1]
+
+    def verification_key(self, kid: str, alg: str) -> PublicKey | None:
+        """The published key ``kid`` if it is of family ``alg``; None otherwise (a token
+        whose header names another algorithm than its key's family is never verified)."""
+        found = self._lookup(kid)
+        if found is None or found[0] != alg:
+            return None
+        return found[1]
 
 
 def _b64d(s: str) -> bytes:
@@ -263,6 +386,7 @@ def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
     if active is None:
         return
     try:
+        # Every family's keys are encrypted with the same passphrase: one opening tells.
         serialization.load_pem_private_key(active.private_pem, passphrase)
     except (ValueError, TypeError):
         raise EPortError(

@@ -19,9 +19,12 @@ What it implements, and where each rule comes from:
   ``redirect_uris``; the client id is the service id. They are public clients
   (``token_endpoint_auth_method=none``): PKCE, the exact redirect URI and single-use
   codes protect the code; the RP needs no secret to store.
-* **ID tokens** (Core §2) are ES256 JWS signed with the token service's rotating keys,
-  ``typ: JWT`` (distinct from access tokens' ``at+jwt``, RFC 8725 §3.11), with ``sid``,
-  ``auth_time``, ``nonce`` and ``at_hash`` (Core §3.1.3.6).
+* **ID tokens** (Core §2) are JWS signed with the token service's rotating keys, RS256
+  or ES256 as the client registered (``id_token_signed_response_alg`` in policy; ES256
+  when it says nothing, see :attr:`Client.id_token_signed_response_alg`), ``typ: JWT``
+  (distinct from access tokens' ``at+jwt``, RFC 8725 §3.11), with ``sid``,
+  ``auth_time``, ``nonce`` and ``at_hash`` (Core §3.1.3.6). Discovery 1.0 §3 lists both
+  algorithms, RS256 first ("The algorithm RS256 MUST be included").
 * **UserInfo** (Core §5.3) answers an access token issued by this flow.
 * **RP-Initiated Logout 1.0**: ``post_logout_redirect_uri`` must be registered for the
   client exactly; without a valid ``id_token_hint`` of the current session the user is
@@ -29,9 +32,10 @@ What it implements, and where each rule comes from:
 * **Back-Channel Logout 1.0**: when an SSO session ends, for whatever reason (logout,
   revoked or suspended certificate, refresh-token theft, expiry), every client that got a
   code in it and registers a ``backchannel_logout_uri`` is sent a logout token
-  (``typ: logout+jwt``, §2.4) naming the ``sid``. Deliveries are an outbox in the database
-  (claimed with a lease, so several processes never send one twice at once), retried with
-  backoff.
+  (``typ: logout+jwt``, §2.4) naming the ``sid``, signed as its ID tokens are ("The same
+  keys are used to sign ... Logout Tokens as are used for ID Tokens", §2.4). Deliveries
+  are an outbox in the database (claimed with a lease, so several processes never send one
+  twice at once), retried with backoff.
 
 The browser's SSO cookie is a separate random secret (stored hashed) mapped to the session
 id: the ``sid`` is handed to every relying party in tokens, so it must never be what
@@ -55,6 +59,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import jwt
 from cryptography import x509
 
+from authsvc.keys import ALG as ES256
+from authsvc.keys import RS256
+from authsvc.policy import ID_TOKEN_ALGS
 from authsvc.principal import x5t_s256
 from authsvc.service import (
     AuthEvent,
@@ -142,6 +149,11 @@ class Client:
     """Compared as exact strings (RFC 6749 §3.1.2.3, OAuth 2.0 Security BCP §4.1.3)."""
     post_logout_redirect_uris: tuple[str, ...] = ()
     backchannel_logout_uri: str | None = None
+    id_token_signed_response_alg: str = ES256
+    """``RS256`` or ``ES256``: how its ID and logout tokens are signed. A registration
+    that says nothing gets ES256, not the RS256 of OpenID Connect Core §3.1.3.7 (a
+    departure, documented in docs/oidc.md): the clients registered before RS256 keys
+    existed verify ES256, and a silent change of algorithm would lock their users out."""
 
 
 @dataclass(frozen=True)
@@ -321,7 +333,8 @@ def s256(verifier: str) -> str:
 
 
 def at_hash(access_token: str) -> str:
-    """OIDC Core §3.1.3.6: the left half of SHA-256 (ES256's hash) of the access token."""
+    """OIDC Core §3.1.3.6: the left half of the hash of the ID token's ``alg`` over the
+    access token: SHA-256 for both RS256 and ES256."""
     digest = hashlib.sha256(access_token.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
@@ -386,6 +399,7 @@ class OpenIDProvider:
             redirect_uris=uris,
             post_logout_redirect_uris=tuple(getattr(service, "post_logout_redirect_uris", ())),
             backchannel_logout_uri=getattr(service, "backchannel_logout_uri", None),
+            id_token_signed_response_alg=getattr(service, "id_token_signed_response_alg", ES256),
         )
 
     # -- the authorization endpoint -----------------------------------------------------
@@ -718,9 +732,11 @@ class OpenIDProvider:
 
     # -- tokens -------------------------------------------------------------------------
 
-    def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        kid, key = self.tokens.keys.signer()
-        return jwt.encode(claims, key, algorithm="ES256", headers={"typ": typ, "kid": kid})
+    def _sign(self, claims: dict[str, Any], typ: str, alg: str) -> str:
+        """Signed with the active key of family ``alg``; the header's ``alg`` is the
+        family's, never anything else."""
+        kid, key = self.tokens.keys.id_token_signer(alg)
+        return jwt.encode(claims, key, algorithm=alg, headers={"typ": typ, "kid": kid})
 
     def id_token(
         self,
@@ -745,7 +761,7 @@ class OpenIDProvider:
             claims["nonce"] = nonce
         if access_token is not None:
             claims["at_hash"] = at_hash(access_token)
-        return self._sign(claims, ID_TOKEN_TYP)
+        return self._sign(claims, ID_TOKEN_TYP, client.id_token_signed_response_alg)
 
     def userinfo(self, access_token: str) -> dict[str, Any]:
         """OIDC Core §5.3: the claims of the access token's scopes, for a token issued by
@@ -778,17 +794,20 @@ class OpenIDProvider:
             header = jwt.get_unverified_header(hint)
         except jwt.PyJWTError:
             raise LogoutRequestError("id_token_hint is not a JWT") from None
-        if header.get("alg") != "ES256" or header.get("typ") != ID_TOKEN_TYP:
+        alg = header.get("alg")
+        if alg not in ID_TOKEN_ALGS or header.get("typ") != ID_TOKEN_TYP:
             raise LogoutRequestError("id_token_hint is not an ID token of this provider")
         kid = header.get("kid")
-        key = self.tokens.keys.public_key(kid) if isinstance(kid, str) else None
+        # Only a key of the family the header names: an RS256 header never gets an EC key
+        # (nor the reverse), so the header cannot choose how its signature is checked.
+        key = self.tokens.keys.verification_key(kid, alg) if isinstance(kid, str) else None
         if key is None:
             raise LogoutRequestError("id_token_hint is signed by an unknown key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 hint,
                 key=key,
-                algorithms=["ES256"],
+                algorithms=[alg],
                 issuer=self.issuer,
                 options={
                     "require": ["iss", "sub", "aud", "sid"],
@@ -819,6 +838,7 @@ class OpenIDProvider:
                 "events": {BACKCHANNEL_EVENT: {}},
             },
             LOGOUT_TOKEN_TYP,
+            client.id_token_signed_response_alg,
         )
 
     # -- logout -------------------------------------------------------------------------
@@ -935,6 +955,9 @@ def discovery(issuer: str, service_scopes: Iterable[str]) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
         "prompt_values_supported": sorted(PROMPTS),
+        # Discovery 1.0 §3: "The algorithm RS256 MUST be included"; each client gets the
+        # one it registered (Client.id_token_signed_response_alg).
+        "id_token_signing_alg_values_supported": [RS256, ES256],
         "claims_supported": sorted(
             {"iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash"}
             | {c for cs in CLAIMS_BY_SCOPE.values() for c in cs}

@@ -40,6 +40,9 @@ RULE_CLASSES = (
 
 _ID_RE = re.compile(r"[a-z][a-z0-9-]{1,31}")
 _SCOPE_RE = re.compile(r"[a-z][a-z0-9-]*:[a-z][a-z0-9-]*")
+ID_TOKEN_ALGS = ("RS256", "ES256")
+"""The ID token signing algorithms a web client may register (the token service holds a
+key family for each, authsvc.keys)."""
 _DNS_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
@@ -89,6 +92,11 @@ class Service:
     post_logout_redirect_uris: tuple[str, ...] = ()
     """Where RP-initiated logout may send the browser back (OpenID Connect RP-Initiated
     Logout 1.0 §3), matched exactly; the end-session endpoint redirects nowhere else."""
+    id_token_signed_response_alg: str = "ES256"
+    """How a web client's ID tokens (and its back-channel logout tokens, Back-Channel
+    Logout 1.0 §2.4) are signed: ``RS256`` or ``ES256`` (OpenID Connect Dynamic Client
+    Registration 1.0 §2). Left out it is ES256, not Core §3.1.3.7's RS256: the clients
+    registered before RS256 existed verify ES256 and keep getting it."""
 
 
 @dataclass(frozen=True)
@@ -634,6 +642,17 @@ def load_services(path: Path) -> tuple[Service, ...]:
         post_logout = t.unique_strings("post_logout_redirect_uris", [])
         for i in range(len(post_logout)):
             _url(t, "post_logout_redirect_uris", item=i)
+        id_token_alg = t.get("id_token_signed_response_alg", str, "ES256")
+        if id_token_alg not in ID_TOKEN_ALGS:
+            raise t.fail(
+                "id_token_signed_response_alg",
+                f"{id_token_alg!r} is not one of {', '.join(ID_TOKEN_ALGS)}",
+            )
+        if t.has("id_token_signed_response_alg") and not redirect_uris:
+            raise t.fail(
+                "id_token_signed_response_alg",
+                "only a web client (one with redirect_uris) gets ID tokens",
+            )
         services[sid] = Service(
             id=sid,
             name=name,
@@ -646,6 +665,7 @@ def load_services(path: Path) -> tuple[Service, ...]:
             redirect_uris=tuple(redirect_uris),
             backchannel_logout_uri=logout,
             post_logout_redirect_uris=tuple(post_logout),
+            id_token_signed_response_alg=id_token_alg,
         )
         audiences[audience] = sid
         identities[identity] = sid

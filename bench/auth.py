@@ -260,11 +260,16 @@ def fresh_tokens(data_dir: Path, templates: list[str], n: int) -> list[str]:
     pw = read_passphrases(data_dir)["auth_key_passphrase"].encode()
     engine = create_engine(f"sqlite:///{data_dir / 'auth.db'}")
     with engine.connect() as conn:
-        row = conn.execute(
-            select(SigningKeyRow.kid, SigningKeyRow.private_pem).where(
-                SigningKeyRow.state == "active"
+        # The access tokens' (ES256) key; the RS256 family signs only ID tokens.
+        (row,) = [
+            r
+            for r in conn.execute(
+                select(
+                    SigningKeyRow.kid, SigningKeyRow.private_pem, SigningKeyRow.public_jwk
+                ).where(SigningKeyRow.state == "active")
             )
-        ).one()
+            if json.loads(r.public_jwk)["alg"] == "ES256"
+        ]
     engine.dispose()
     key = serialization.load_pem_private_key(row.private_pem, pw)
     assert isinstance(key, ec.EllipticCurvePrivateKey)

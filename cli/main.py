@@ -1673,15 +1673,18 @@ def auth_group() -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Rotate even if the next key was published less than 5 minutes ago.",
+    help="Rotate even if a next key was published less than 5 minutes ago.",
 )
 @json_option
 def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> None:
     """Rotate the token-signing keys without a validation gap.
 
-    The published `next` key starts signing; the old key stays in the JWKS until
-    every token it signed has expired; a new `next` key is published. Every server
-    process follows within seconds. Also runs on a schedule (30 days by default).
+    Both key families rotate: ES256 (access tokens, and ID tokens of clients
+    registered for ES256) and RS256 (ID tokens of clients registered for RS256).
+    In each, the published `next` key starts signing; the old key stays in the
+    JWKS until every token it signed has expired; a new `next` key is published.
+    Every server process follows within seconds. Also runs on a schedule (30 days
+    by default).
     Needs EPORT_AUTH_KEY_PASSPHRASE (the server's), or --dev for `eport serve --dev`:
 
     \b
@@ -1727,16 +1730,20 @@ def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> N
         from authsvc.keys import KeyRotationTooSoon
 
         try:
-            kid = ring.rotate(force=force)
+            promoted = ring.rotate(force=force)
         except KeyRotationTooSoon as exc:
             raise CLIError(exc.detail.replace("force it", "use --force")) from None
-        keys = [{"kid": k.kid, "state": k.state} for k in store.list_keys()]
+        keys = [{"kid": k.kid, "state": k.state, "alg": k.alg} for k in store.list_keys()]
     finally:
         engine.dispose()
+    # "active" stays the access tokens' (ES256) key; "active_by_alg" names both.
     emit(
         as_json,
-        {"active": kid, "keys": keys},
-        f"Signing with {kid} now.\n" + "\n".join(f"  {k['state']:<8} {k['kid']}" for k in keys),
+        {"active": promoted["ES256"], "active_by_alg": promoted, "keys": keys},
+        "Signing with "
+        + " and ".join(f"{kid} ({alg})" for alg, kid in promoted.items())
+        + " now.\n"
+        + "\n".join(f"  {k['state']:<8} {k['alg']:<6} {k['kid']}" for k in keys),
     )
 
 

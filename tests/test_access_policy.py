@@ -534,6 +534,39 @@ def test_bad_backchannel_logout_uri(policy_dir: Path) -> None:
     refused(policy_dir, path, f"line {at}: service[0].backchannel_logout_uri", "https")
 
 
+def test_id_token_signing_alg_is_registered_per_client(policy_dir: Path) -> None:
+    """OpenID Connect Registration §2 ``id_token_signed_response_alg``: RS256 or ES256; a
+    client that says nothing keeps ES256 (docs/oidc.md explains the departure from Core
+    §3.1.3.7's RS256 default)."""
+    assert load_access_policy(policy_dir).service("sample-a").id_token_signed_response_alg == (
+        "ES256"
+    )
+    path = policy_dir / "services.toml"
+    block = 'redirect_uris = ["https://sample-b.eport.example:8443/callback"]'
+    replace(path, block, block + '\nid_token_signed_response_alg = "RS256"')
+    p = load_access_policy(policy_dir)
+    assert p.service("sample-b").id_token_signed_response_alg == "RS256"
+    assert p.service("sample-a").id_token_signed_response_alg == "ES256"
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none", "rs256", "PS256"])
+def test_bad_id_token_signing_alg(policy_dir: Path, alg: str) -> None:
+    path = policy_dir / "services.toml"
+    block = 'redirect_uris = ["https://sample-b.eport.example:8443/callback"]'
+    at = replace(path, block, block + f'\nid_token_signed_response_alg = "{alg}"')
+    i = EPORT_SERVICES.index("sample-b")
+    key = f"line {at + 1}: service[{i}].id_token_signed_response_alg"
+    refused(policy_dir, path, key, f"{alg!r} is not one of RS256, ES256")
+
+
+def test_id_token_signing_alg_needs_a_web_client(policy_dir: Path) -> None:
+    path, at = add_service(
+        policy_dir, "exchange_to = [", 'id_token_signed_response_alg = "RS256"\nexchange_to = ['
+    )
+    key = f"line {at + 9}: service[{SERVICE_INDEX}].id_token_signed_response_alg"
+    refused(policy_dir, path, key, "only a web client")
+
+
 def test_unknown_top_level_key(policy_dir: Path) -> None:
     path = policy_dir / "services.toml"
     at = replace(path, '\n[[service]]\nid = "portal"', '\nversion = 2\n[[service]]\nid = "portal"')

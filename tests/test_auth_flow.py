@@ -139,7 +139,11 @@ def test_discovery_and_jwks(sqlite_server: Server) -> None:
         assert doc["jwks_uri"] == srv.url + "/auth/jwks.json"
         assert "urn:ietf:params:oauth:grant-type:jwt-bearer" in doc["grant_types_supported"]
     keys = requests.get(srv.url + "/auth/jwks.json", timeout=10).json()["keys"]
-    assert len(keys) >= 2 and all(k["alg"] == "ES256" and k["kty"] == "EC" for k in keys)
+    # The ES256 keys of access tokens, and the RS256 keys of ID tokens for the OpenID
+    # Connect clients registered for RS256 (test_oidc_rs256.py); each says its alg.
+    kinds = {(k["alg"], k["kty"]) for k in keys}
+    assert kinds == {("ES256", "EC"), ("RS256", "RSA")}
+    assert sum(k["alg"] == "ES256" for k in keys) >= 2
     assert all("d" not in k for k in keys)
 
 
@@ -284,11 +288,16 @@ def _signing_key(srv: Server) -> tuple[str, ec.EllipticCurvePrivateKey]:
     pw = read_passphrases(srv.data_dir)["auth_key_passphrase"].encode()
     engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
     with engine.connect() as conn:
-        row = conn.execute(
-            select(SigningKeyRow.kid, SigningKeyRow.private_pem).where(
-                SigningKeyRow.state == "active"
+        # The access tokens' (ES256) key; the RS256 family signs only ID tokens.
+        (row,) = [
+            r
+            for r in conn.execute(
+                select(
+                    SigningKeyRow.kid, SigningKeyRow.private_pem, SigningKeyRow.public_jwk
+                ).where(SigningKeyRow.state == "active")
             )
-        ).one()
+            if json.loads(r.public_jwk)["alg"] == "ES256"
+        ]
     engine.dispose()
     key = serialization.load_pem_private_key(row.private_pem, pw)
     assert isinstance(key, ec.EllipticCurvePrivateKey)

@@ -9,8 +9,12 @@ a status source the test sets.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime
 import hashlib
+import hmac
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from authsvc.keys import KeyRing
 from authsvc.oidc import (
     CodeRecord,
     InvalidClient,
+    LogoutRequestError,
     OIDCSettings,
     OpenIDProvider,
     SignedIn,
@@ -39,6 +44,7 @@ from authsvc.policy import load_access_policy
 from authsvc.principal import Principal, x5t_s256
 from authsvc.service import InvalidGrant, SessionRecord, Settings, TokenService
 from authsvc.store import SqlAuthStore
+from authsvc.tokens import InvalidToken
 from ca.db import make_engine
 from ca.ocsp import CertStatus, Good, OnHold
 from ca.policy import SubjectClass, load_policies
@@ -306,6 +312,76 @@ def test_clients_are_web_services_with_redirect_uris(rig: Rig) -> None:
     assert rig.poster.posts == []
     settings = OIDCSettings()
     assert settings.code_lifetime == datetime.timedelta(seconds=60)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _reheaded(token: str, **header: Any) -> str:
+    """``token`` with header members changed, its payload and signature kept."""
+    h, payload, sig = token.split(".")
+    old = json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+    return ".".join([_b64(json.dumps({**old, **header}).encode()), payload, sig])
+
+
+def test_id_and_logout_tokens_are_signed_as_the_client_registered(rig: Rig) -> None:
+    signed = rig.session()
+    keys = rig.tokens.keys
+    es = rig.provider.client("sample-a")
+    assert es.id_token_signed_response_alg == "ES256"  # registered without one: ES256
+    rs = dataclasses.replace(es, id_token_signed_response_alg="RS256")
+    for client, alg in ((es, "ES256"), (rs, "RS256")):
+        tok = rig.provider.id_token(signed.session, client, nonce="n", access_token="at")
+        header = jwt.get_unverified_header(tok)
+        assert header == {"alg": alg, "typ": "JWT", "kid": keys.id_token_signer(alg)[0]}
+        claims = rig.provider.verify_id_token_hint(tok)
+        assert claims["sid"] == signed.session.sid and claims["aud"] == "sample-a"
+        # Back-Channel Logout 1.0 §2.4: the same keys as the client's ID tokens.
+        logout = rig.provider.logout_token(client, "sid-1", "op:x")
+        assert jwt.get_unverified_header(logout)["alg"] == alg
+    # The access token of the flow stays ES256 whatever the client's ID tokens are.
+    code, verifier = rig.code(signed)
+    assert jwt.get_unverified_header(rig.redeem(code, verifier).access_token)["alg"] == "ES256"
+
+
+def test_id_token_hints_cannot_choose_how_they_are_verified(rig: Rig) -> None:
+    """RFC 8725 §3.1: the key's family decides the algorithm; an RS256 token is never
+    checked with an EC key or the reverse, ``none`` and HMAC are refused."""
+    signed = rig.session()
+    keys = rig.tokens.keys
+    rs = dataclasses.replace(rig.provider.client("sample-a"), id_token_signed_response_alg="RS256")
+    es = rig.provider.client("sample-a")
+    rs_tok = rig.provider.id_token(signed.session, rs, nonce=None, access_token=None)
+    es_tok = rig.provider.id_token(signed.session, es, nonce=None, access_token=None)
+    rsa_kid, rsa_key = keys.id_token_signer("RS256")
+    rsa_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    h, _, _ = rs_tok.split(".")
+    hs_input = _reheaded(rs_tok, alg="HS256").rsplit(".", 1)[0]
+    hs = hs_input + "." + _b64(hmac.new(rsa_pem, hs_input.encode(), "sha256").digest())
+    tampered_claims = {**jwt.decode(rs_tok, options={"verify_signature": False}), "sub": "x"}
+    forged = {
+        "RS256 token relabelled ES256": _reheaded(rs_tok, alg="ES256"),
+        "ES256 token relabelled RS256": _reheaded(es_tok, alg="RS256"),
+        "RS256 signature under the ES256 key's kid": _reheaded(rs_tok, kid=keys.signer()[0]),
+        "ES256 signature under the RS256 key's kid": _reheaded(es_tok, kid=rsa_kid),
+        "alg none": _reheaded(rs_tok, alg="none").rsplit(".", 1)[0] + ".",
+        "HS256 keyed with the RSA public key": hs,
+        "PS256": _reheaded(rs_tok, alg="PS256"),
+        "payload changed": ".".join(
+            [h, _b64(json.dumps(tampered_claims).encode()), rs_tok.split(".")[2]]
+        ),
+    }
+    for what, token in forged.items():
+        with pytest.raises(LogoutRequestError):
+            rig.provider.verify_id_token_hint(token)
+            pytest.fail(what)
+    # Neither is an access token (typ JWT, and the RS256 one not even ES256).
+    for tok in (rs_tok, es_tok):
+        with pytest.raises(InvalidToken):
+            rig.tokens.check_access_token(tok, None)
 
 
 def test_the_sample_web_service_keeps_cookies_secure_off_the_loopback() -> None:

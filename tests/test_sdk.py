@@ -126,7 +126,8 @@ def signing_key(server: Server) -> tuple[str, ec.EllipticCurvePrivateKey]:
         keys = SqlAuthStore(sessionmaker(engine, expire_on_commit=False)).list_keys()
     finally:
         engine.dispose()
-    active = next(k for k in keys if k.state == "active")
+    # The access tokens' (ES256) key; the RS256 family signs only ID tokens.
+    active = next(k for k in keys if k.state == "active" and k.alg == "ES256")
     key = serialization.load_pem_private_key(active.private_pem, key_passphrase(cfg))
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return active.kid, key

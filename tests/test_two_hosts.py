@@ -749,9 +749,9 @@ def test_two_hosts_first_started_at_once_on_an_empty_token_database_make_one_key
     postgres: Postgres, tmp_path: Path
 ) -> None:
     """Both hosts of one CA started at the same moment on a new, empty database of the
-    token service (three times, each a new one): one active and one next signing key are
-    made between them. Before, both found no key and each added its own pair (measured:
-    two active and two next keys)."""
+    token service (three times, each a new one): one active and one next signing key of
+    each family (ES256, RS256) are made between them. Before, both found no key and each
+    added its own pair (measured: two active and two next keys)."""
     ca_db = postgres.createdb("eport_first_keys")
     made = tmp_path / "made" / "data"
     made.parent.mkdir()
@@ -786,7 +786,10 @@ def test_two_hosts_first_started_at_once_on_an_empty_token_database_make_one_key
                 if not isinstance(r, Exception):
                     stop(r[1])
         keys = rows(
-            auth_db, "SELECT state, count(*) FROM auth_signing_keys GROUP BY state ORDER BY state"
+            auth_db,
+            "SELECT state, public_jwk::json->>'alg' AS alg, count(*) FROM auth_signing_keys "
+            "GROUP BY state, alg ORDER BY state, alg",
         )
-        assert keys == [("active", 1), ("next", 1)], (n, keys)
+        expected = [("active", "ES256", 1), ("active", "RS256", 1)]
+        assert keys == [*expected, ("next", "ES256", 1), ("next", "RS256", 1)], (n, keys)
         assert kids[0] == kids[1], kids
