@@ -160,8 +160,17 @@ def health() -> Response:
     # Only a quorum ceremony signs the root CRL: monitoring sees its end coming.
     out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
     notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
-    if notice is not None:
-        out["warnings"] = [notice]
+    warnings = [notice] if notice is not None else []
+    # Another host of the database changed the CA files (ca.crosshost): "stale" while
+    # this host serves older ones it cannot update by itself.
+    from ca.app import CROSSHOST, CrossHostState
+
+    crosshost: CrossHostState | None = current_app.extensions.get(CROSSHOST)
+    out["hierarchy"] = "stale" if crosshost is not None and crosshost.stale else "current"
+    if crosshost is not None:
+        warnings += crosshost.warnings()
+    if warnings:
+        out["warnings"] = warnings
     return jsonify(out)
 
 

@@ -19,7 +19,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from ca import devinit, hierarchy, responders, translog
+from ca import crosshost, devinit, hierarchy, responders, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
@@ -139,6 +139,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     install_audit(app, cfg, h)
     install_custody(app, cfg, policies, h, store)
     _install_reload(app, cfg, policies, store, watch)
+    check_hierarchy_record(app)  # other hosts' ceremonies and forced responder renewals
     if ca_passphrase(cfg) is not None:  # outside joint custody the keys are open now
         _renew_due_responders(app)
 
@@ -167,6 +168,7 @@ def _start_refresher(app: Flask, every: float) -> None:
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(every):
+            check_hierarchy_record(app)
             reload_hierarchy(app)
             warn_root_crl(app)
             try:
@@ -262,7 +264,22 @@ def renew_responders(
     app: Flask, *, force: bool = False, actor: str = responders.ACTOR
 ) -> responders.Outcome:
     """Renew the OCSP responder certificates that are due (all with ``force``); this
-    worker reloads at once, the others at their next check. Raises Sealed (503)."""
+    worker reloads at once, the others at their next check. Raises Sealed (503).
+
+    A forced renewal is also recorded in the database, and every other host of it
+    renews its own responders at its next check (:func:`check_hierarchy_record`)."""
+    if not force:
+        return _renew_responders(app, force=False, actor=actor)
+    data_dir = app.extensions[EXTENSION].config.data_dir
+    with crosshost.host_lock(data_dir):  # this host's checks wait: none follows it again
+        outcome = _renew_responders(app, force=True, actor=actor)
+        if outcome.renewed:
+            with app.app_context():
+                _hierarchy_sync(app).force_responders()
+    return outcome
+
+
+def _renew_responders(app: Flask, *, force: bool, actor: str) -> responders.Outcome:
     s: CAService = app.extensions[EXTENSION]
     outcome = responders.ResponderRenewal(
         data_dir=s.config.data_dir,
@@ -300,6 +317,92 @@ def _renew_due_responders(app: Flask) -> None:
         pass
     except Exception:
         log.exception("OCSP responder renewal failed; will retry")
+
+
+# -- other hosts of the same database (ca.crosshost) ---------------------------------------
+
+CROSSHOST = "eport.ca.crosshost"
+FOLLOWER = "system:responder-follow"
+"""The actor of a responder renewal that follows another host's forced one."""
+
+
+@dataclass
+class CrossHostState:
+    """This worker's last comparison with the database's hierarchy record."""
+
+    stale: str | None = None
+    """Why this host serves older CA files than the record (None: it does not)."""
+    responders_pending: bool = False
+    """Another host forced a responder renewal this one could not follow yet (sealed)."""
+
+    def warnings(self) -> list[str]:
+        out = [self.stale] if self.stale else []
+        if self.responders_pending:
+            out.append(
+                "another host forced an OCSP responder renewal: this host renews its own "
+                "responders once unsealed, and signs with the previous ones until then"
+            )
+        return out
+
+
+def _hierarchy_sync(app: Flask) -> crosshost.HierarchySync:
+    import socket
+
+    from ca.crosshost_sql import SqlHierarchyRecord
+
+    s: CAService = app.extensions[EXTENSION]
+    return crosshost.HierarchySync(
+        s.config.data_dir,
+        SqlHierarchyRecord(db.engine),
+        host=f"{socket.gethostname()} {s.config.data_dir}",
+        clock=s.clock,
+    )
+
+
+def check_hierarchy_record(app: Flask) -> None:
+    """Compare this host's CA files with the database's record (:mod:`ca.crosshost`):
+    publish a change made here, take the public files another host's ceremony changed,
+    follow a forced responder renewal, and say (health, one log line) what cannot be
+    taken. At worker start, after a ceremony here, and on each refresher cycle."""
+    state: CrossHostState = app.extensions.setdefault(CROSSHOST, CrossHostState())
+    data_dir = app.extensions[EXTENSION].config.data_dir
+    try:
+        with app.app_context(), crosshost.host_lock(data_dir):
+            sync = _hierarchy_sync(app)
+            outcome = sync.check()
+            if outcome.responders_due and outcome.responders_token is not None:
+                try:
+                    renewed = _renew_responders(app, force=True, actor=FOLLOWER)
+                except Sealed:
+                    state.responders_pending = True
+                else:
+                    sync.responders_followed(outcome.responders_token)
+                    state.responders_pending = False
+                    log.warning(
+                        "Followed another host's forced OCSP responder renewal: renewed %s",
+                        ", ".join(r.issuer_id for r in renewed.renewed) or "none",
+                    )
+            else:
+                state.responders_pending = False
+    except Exception:
+        log.exception("comparing the CA files with the database's record failed; will retry")
+        return
+    if outcome.published:
+        log.info("CA files published to the database (generation %s)", outcome.generation)
+    if outcome.picked_up:
+        log.warning(
+            "Took %s from the database's record (generation %s): another host's ceremony "
+            "changed them",
+            ", ".join(outcome.picked_up),
+            outcome.generation,
+        )
+        reload_hierarchy(app, immediately=True)
+    warning = outcome.warning()
+    if warning is not None and warning != state.stale:
+        log.warning("%s", warning[0].upper() + warning[1:])
+    elif warning is None and state.stale is not None:
+        log.warning("This host's CA files match the database's record again")
+    state.stale = warning
 
 
 def session_of() -> Session:

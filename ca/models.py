@@ -228,3 +228,32 @@ class CheckpointRow(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary)
     note: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime.datetime]
+
+
+# -- the hierarchy's files as every host of one database should have them -------------------
+
+
+class HierarchyHeadRow(Base):
+    """The single row (id = 1) of the hierarchy record (:mod:`ca.crosshost`): its
+    generation, raised by each host that publishes a change of its ``ca/`` files, and the
+    token of the last forced OCSP responder renewal, which every host follows."""
+
+    __tablename__ = "hierarchy_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[datetime.datetime]
+    published_by: Mapped[str] = mapped_column(String(120))
+    responders_token: Mapped[str | None] = mapped_column(String(32))
+    responders_forced_at: Mapped[datetime.datetime | None]
+
+
+class HierarchyFileRow(Base):
+    """One file of ``ca/`` as the last publishing host had it: its SHA-256, and its bytes
+    when it is public (certificates, CRL, records); a key file's bytes are never stored."""
+
+    __tablename__ = "hierarchy_files"
+
+    path: Mapped[str] = mapped_column(String(200), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -233,7 +233,11 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/ca/v1/health": {
-                "get": _op("Liveness, seal state, the root CRL's nextUpdate and warnings")
+                "get": _op(
+                    "Liveness, seal state, the root CRL's nextUpdate, whether this host's CA "
+                    "files match the database's record (hierarchy: current or stale) and "
+                    "warnings"
+                )
             },
             "/ca/v1/openapi.json": {"get": _op("This document")},
             "/ca/v1/certificates/{serial}/revoke": {

@@ -299,4 +299,7 @@ def join(ceremony_id: str) -> Response:
     c = svc.quorum.join(ceremony_id, _sealed_share())
     if c.state is CeremonyState.DONE:
         svc.refresh()
+        from ca.app import check_hierarchy_record
+
+        check_hierarchy_record(current_app._get_current_object())  # type: ignore[attr-defined]
     return jsonify(svc.ceremony_json(c))

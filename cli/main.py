@@ -169,7 +169,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     one issuing CA per subject class, and one RA officer credential per member
     agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
     Every start first brings the CA's and the token service's database schemas up to
-    date (a database of a newer release is refused).
+    date (a database of a newer release is refused). On a database shared by several
+    hosts it takes the public CA files another host's ceremony changed (the root CRL,
+    issuers/active.json) and refuses, naming the manual step, a host whose CA files
+    need keys only another host has (copy that host's ca/ directory first).
 
     Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
     key fingerprint: M custodians run `eport ca unseal` (a CA whose keys are not under
@@ -253,6 +256,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
     if refusal is not None:
         raise CLIError(refusal)
+    _check_hierarchy_record(cfg.sqlalchemy_url, data_dir)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()
@@ -260,6 +264,29 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _check_hierarchy_record(url: str, data_dir: Path) -> None:
+    """Several hosts of one database (ca.crosshost): take the public CA files another
+    host's ceremony changed, and refuse, in one line naming the manual step, a host whose
+    files need keys only that host has (it would issue from a superseded issuing CA or
+    sign checkpoints with a retired log key)."""
+    from ca.crosshost_sql import check_at_start
+
+    outcome = check_at_start(url, data_dir)
+    if outcome.picked_up:
+        click.echo(
+            f"Took {', '.join(outcome.picked_up)} from the database's record of the CA files "
+            f"(generation {outcome.generation}): another host's ceremony changed them"
+        )
+    warning = outcome.warning()
+    if warning is not None:
+        raise CLIError(warning)
+    if outcome.responders_due:
+        click.echo(
+            "Another host forced an OCSP responder renewal: this host renews its own "
+            "responders as it starts (once unsealed)"
+        )
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -60,15 +60,19 @@ class Hosts:
 
 
 @contextlib.contextmanager
-def two_hosts(postgres: Postgres, root: Path, name: str) -> Iterator[Hosts]:
+def two_hosts(
+    postgres: Postgres, root: Path, name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[Hosts]:
     """Two hosts on new databases ``name`` (the CA's) and ``name``_auth: host A's first
-    start makes the development CA, host B gets a copy of its data directory."""
+    start makes the development CA, host B gets a copy of its data directory
+    (``extra_env``: more settings of both)."""
     ca_db = postgres.createdb(name)
     auth_db = postgres.createdb(name + "_auth")
     port_a, port_b = free_port(), free_port()
     # One public name for both, as behind a load balancer: it is the token issuer and the
     # base of the certificates' CRL and OCSP URLs.
     env = {"EPORT_AUTH_DATABASE_URL": auth_db, "EPORT_PUBLIC_BASE_URL": PUBLIC}
+    env.update(extra_env or {})
     (root / "a").mkdir()
     (root / "b").mkdir()
     # Host A's first start makes the development CA in its data directory and the database.

@@ -50,8 +50,8 @@ from tests.helpers import (
     serial_of,
 )
 
-CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
-"""Every CA revision before head (0006)."""
+CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+"""Every CA revision before head (0007)."""
 AUTH_REVISIONS = ["a001", "a002"]
 """Every token service revision before head (a003)."""
 SERVICE = "customs-declaration"
@@ -127,8 +127,10 @@ def test_an_upgrade_keeps_every_row_and_the_ca_works(
 ) -> None:
     """A CA used at head (certificates good, revoked, on hold; a withdrawn code, and an
     approved application's unused one; an operator's session and token) is taken down to
-    0005, 0004, 0003 and 0002 and up again each time: every row is as it was (a code withdrawn since
-    0004 stays unusable below it), and the server started again on it lists the
+    0006, 0005, 0004, 0003 and 0002 and up again each time: every row is as it was (a code
+    withdrawn since 0004 stays unusable below it; the record of the CA files, new in 0007,
+    goes with its tables and is made again by the next start), and the server started
+    again on it lists the
     certificates, answers their status by OCSP, passes a full audit, keeps the session
     and the token, refuses the withdrawn code and issues on the unused one."""
     home = tmp_path / "home"
@@ -159,12 +161,16 @@ def test_an_upgrade_keeps_every_row_and_the_ca_works(
     assert any('"withdrawn_at": null' not in r for r in ca_before["enrollment_codes"])
     assert auth_before["auth_sessions"] and auth_before["auth_signing_keys"]
 
+    record = ("hierarchy_head", "hierarchy_files")  # 0007: the CA files every host shares
+    assert all(ca_before[t] for t in record)
+    ca_before = {t: r for t, r in ca_before.items() if t not in record}
     ca_cfg = alembic_config(CA_MIGRATIONS, ca_url)
     # 0001 has no certificate status and no log: a CA cannot run on what it keeps.
     for rev in reversed(CA_REVISIONS[1:]):
         command.downgrade(ca_cfg, rev)
         ca_upgrade(ca_url)
         after = rows(ca_url)
+        assert all(after.pop(t) == [] for t in record), rev
         if rev >= "0004":
             assert after == ca_before, rev
         else:  # the withdrawn mark is new in 0004: below it, a withdrawn code expires
@@ -181,6 +187,7 @@ def test_an_upgrade_keeps_every_row_and_the_ca_works(
 
     srv, proc = start_server(data, database, workers=1, extra_env=env)
     try:
+        assert all(rows(ca_url)[t] for t in record)  # made again from the data directory
         listed = srv.eport("cert", "list", "--uscc", app_uscc(ent), *creds(ent)).stdout
         assert serial_of(ent) in listed and serial_of(op) in listed, listed
         assert srv.eport("status", "--cert", str(ent / "cert.pem")).stdout.endswith(": good\n")

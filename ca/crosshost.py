@@ -1,0 +1,356 @@
+"""Several hosts of one database: the ``ca/`` files each should have, and what a host does
+when its own differ (docs/ca.md, "Several hosts on one PostgreSQL database").
+
+Each host signs with the keys and certificates of its own data directory. A quorum
+ceremony (a rollover, a revoked issuing CA, a root CRL, a new log key) or a re-share
+changes them on the host that ran it, and a forced OCSP responder renewal renews that
+host's responders only. The database carries the signal:
+
+* the **hierarchy record** (``hierarchy_head``, ``hierarchy_files``): the SHA-256 of every
+  file of the hierarchy (:func:`local_files`) as the last host that changed them had
+  them, and the bytes of the public ones. A generation number orders the publications;
+  each host notes the one its files match in ``ca/crosshost.json``.
+* the **responder token**: a forced responder renewal sets a new random token; a host
+  whose note holds another renews its own responders (a new key of its own: no key ever
+  travels) and notes it.
+
+What a host does with a record newer than its note (:meth:`HierarchySync.check`):
+
+* public files it can verify on its own (the root CRL, signed by its root and numbered
+  higher; ``issuers/active.json``; ``custody.json``; the old log keys ``log-<n>.pub``)
+  are written into its ``ca/`` and its workers reload them (:mod:`ca.generation`);
+* files that need a private key it does not have (a new issuing CA generation, a new log
+  key) cannot come through the database: the host reports itself **stale**, naming
+  them and the manual step (copy the ceremony host's ``ca/``). ``eport serve`` refuses to
+  start so, ``GET /ca/v1/health`` says so, and the server logs it once.
+
+A host whose note matches the record but whose files differ changed them itself (a
+ceremony, a re-share): it publishes them, raising the generation by a conditional
+update, so that two hosts changing theirs at once end with one published and the other
+stale. A database without a record (before migration 0007) gets the first host's.
+
+Framework-free: the record's storage is passed in (:class:`Record`), the clock too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+
+from ca import hierarchy
+
+log = logging.getLogger("eport.ca")
+
+NOTE_FILE = "crosshost.json"
+LOCK_FILE = ".crosshost.lock"
+MANUAL_STEP = (
+    "stop this host and copy the ceremony host's ca/ directory over this host's "
+    '(docs/ca.md, "Several hosts on one PostgreSQL database"), then start it again'
+)
+
+_PUBLIC = re.compile(
+    r"^(root\.crt|root\.crl|custody\.json|log(-[0-9]+)?\.pub|issuers/[^/]+\.crt"
+    r"|issuers/active\.json)$"
+)
+_PICKED_UP = re.compile(r"^(root\.crl|custody\.json|log-[0-9]+\.pub|issuers/active\.json)$")
+"""Public files a host takes from the record: nothing it signs with depends on a key it
+lacks (the root CRL is checked against its own root first)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """One file of the hierarchy: its SHA-256, and its bytes when it is public."""
+
+    sha256: str
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    generation: int
+    responders_token: str | None
+
+
+class Record(Protocol):
+    """Where the hierarchy record is kept (:mod:`ca.crosshost_sql`)."""
+
+    def head(self) -> Head | None: ...
+
+    def files(self) -> dict[str, Published]: ...
+
+    def publish(
+        self, after: int | None, files: Mapping[str, Published], by: str, at: datetime.datetime
+    ) -> int | None:
+        """Replace the record by ``files`` as generation ``after + 1`` (the first, 1,
+        when ``after`` is None), only if it is still at ``after``: the new generation, or
+        None when another host published first."""
+        ...
+
+    def force_responders(self, token: str, at: datetime.datetime) -> None: ...
+
+
+def local_files(data_dir: Path) -> dict[str, Published]:
+    """The hierarchy's files in ``data_dir`` that every host of one database shares: the
+    root, its CRL, the custody record, the log keys, the issuing CAs and which of them
+    issue. Not the OCSP responders (each host renews its own), nor work or note files."""
+    d = hierarchy.ca_dir(data_dir)
+    paths = [d / n for n in ("root.crt", "root.crl", "root.key", "custody.json", "log.pub")]
+    paths += [d / "log.key", *sorted(d.glob("log-*.pub"))]
+    paths += sorted((d / "issuers").glob("*.crt")) + sorted((d / "issuers").glob("*.key"))
+    paths.append(d / "issuers" / hierarchy.ACTIVE_FILE)
+    out: dict[str, Published] = {}
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            continue
+        name = p.relative_to(d).as_posix()
+        public = _PUBLIC.match(name) is not None
+        out[name] = Published(hashlib.sha256(data).hexdigest(), data if public else None)
+    return out
+
+
+@dataclass(frozen=True)
+class Note:
+    """What this host's files match: a generation of the record, a responder token."""
+
+    generation: int = 0
+    responders_token: str | None = None
+
+
+def read_note(data_dir: Path) -> Note:
+    try:
+        doc = json.loads((hierarchy.ca_dir(data_dir) / NOTE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return Note()
+    return Note(int(doc.get("generation", 0)), doc.get("responders_token"))
+
+
+def write_note(data_dir: Path, note: Note) -> None:
+    path = hierarchy.ca_dir(data_dir) / NOTE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    doc = {"generation": note.generation, "responders_token": note.responders_token}
+    tmp.write_text(json.dumps(doc) + "\n")
+    tmp.replace(path)
+
+
+@contextmanager
+def host_lock(data_dir: Path) -> Iterator[None]:
+    """One process of this host at a time compares, publishes, picks up or renews."""
+    with open(hierarchy.ca_dir(data_dir) / LOCK_FILE, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one check found and did."""
+
+    generation: int
+    picked_up: tuple[str, ...] = ()
+    """Public files written from the record."""
+    published: bool = False
+    missing: tuple[str, ...] = ()
+    """Files whose record this host cannot take: it is stale while this is not empty."""
+    responders_due: bool = False
+    """Another host forced a responder renewal this host has not followed yet."""
+    responders_token: str | None = None
+    """The record's token of the last forced responder renewal."""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.missing)
+
+    def warning(self) -> str | None:
+        """The one line an operator reads (health, log, ``eport serve``)."""
+        if not self.missing:
+            return None
+        refused = f" (refused: {'; '.join(self.notes)})" if self.notes else ""
+        return (
+            f"this host's CA files are behind the database's record (generation "
+            f"{self.generation}, published by the host that ran the last ceremony): "
+            f"{', '.join(self.missing)} differ or are missing here and cannot be taken "
+            f"from the database (new keys stay on the host that made them{refused}); "
+            f"{MANUAL_STEP}"
+        )
+
+
+def _root_crl_ok(data_dir: Path, new: bytes) -> str | None:
+    """Why the root CRL of the record may not replace this host's (None: it may)."""
+    d = hierarchy.ca_dir(data_dir)
+    root = x509.load_pem_x509_certificate((d / "root.crt").read_bytes())
+    try:
+        crl = x509.load_der_x509_crl(new)
+    except ValueError:
+        return "not a CRL"
+    if not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
+        return "not signed by this host's root"
+    ours = x509.load_der_x509_crl((d / "root.crl").read_bytes())
+
+    def number(c: x509.CertificateRevocationList) -> int:
+        return int(c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+    if number(crl) <= number(ours):
+        return "not newer than this host's"
+    return None
+
+
+def _checked(data_dir: Path, name: str, data: bytes) -> str | None:
+    if name == "root.crl":
+        return _root_crl_ok(data_dir, data)
+    if name in ("custody.json", "issuers/active.json"):
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return "not JSON"
+        if not isinstance(doc, dict):
+            return "not a JSON object"
+        if name == "custody.json":
+            from ca.custody import CustodyRecord
+
+            try:
+                CustodyRecord.from_json(doc)
+            except Exception:
+                return "not a custody record"
+    return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+class HierarchySync:
+    """One host's comparison of its ``ca/`` with the record (call under :func:`host_lock`)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        record: Record,
+        *,
+        host: str,
+        clock: Callable[[], datetime.datetime],
+        bump: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.record = record
+        self.host = host
+        self.clock = clock
+        if bump is None:
+            from ca.generation import bump_generation
+
+            bump = bump_generation
+        self.bump = bump
+
+    def check(self) -> Outcome:
+        head = self.record.head()
+        note = read_note(self.data_dir)
+        local = local_files(self.data_dir)
+        if head is None:  # a database without a record: this host's files are it
+            gen = self.record.publish(None, local, self.host, self.clock())
+            if gen is not None:
+                write_note(self.data_dir, Note(gen, note.responders_token))
+                return Outcome(gen, published=True)
+            head = self.record.head()
+            assert head is not None
+        published = self.record.files()
+        token = head.responders_token
+        due = token is not None and token != note.responders_token
+        if _same(local, published):
+            if note.generation != head.generation:
+                write_note(self.data_dir, Note(head.generation, note.responders_token))
+            return Outcome(head.generation, responders_due=due, responders_token=token)
+        if note.generation == head.generation:
+            # This host changed its files since it matched the record: a ceremony or a
+            # re-share ran here. Publish them (unless another host just did).
+            gen = self.record.publish(head.generation, local, self.host, self.clock())
+            if gen is not None:
+                write_note(self.data_dir, Note(gen, note.responders_token))
+                return Outcome(gen, published=True, responders_due=due, responders_token=token)
+            head = self.record.head()
+            assert head is not None
+            published = self.record.files()
+        # A host that never matched a record (its first start on a database a newer
+        # release filled from another host's files) cannot tell which files are newer:
+        # it takes nothing and says so.
+        return self._follow(head, local, published, due, take=note.generation > 0)
+
+    def _follow(
+        self,
+        head: Head,
+        local: dict[str, Published],
+        published: dict[str, Published],
+        due: bool,
+        *,
+        take: bool,
+    ) -> Outcome:
+        """Take what can be taken from a newer record; name what cannot."""
+        d = hierarchy.ca_dir(self.data_dir)
+        picked: list[str] = []
+        missing: list[str] = []
+        notes: list[str] = []
+        for name in sorted(set(local) | set(published)):
+            theirs = published.get(name)
+            ours = local.get(name)
+            if (theirs and theirs.sha256) == (ours and ours.sha256):
+                continue
+            if (
+                take
+                and theirs is not None
+                and theirs.data is not None
+                and _PICKED_UP.match(name)
+                and hashlib.sha256(theirs.data).hexdigest() == theirs.sha256
+            ):
+                why = _checked(self.data_dir, name, theirs.data)
+                if why is None:
+                    _write(d / name, theirs.data)
+                    picked.append(name)
+                    continue
+                notes.append(f"{name}: {why}")
+            missing.append(name)
+        if picked:
+            self.bump(self.data_dir)  # every worker of this host reloads
+        if not missing:
+            write_note(
+                self.data_dir,
+                Note(head.generation, read_note(self.data_dir).responders_token),
+            )
+        return Outcome(
+            head.generation,
+            picked_up=tuple(picked),
+            missing=tuple(missing),
+            responders_due=due,
+            responders_token=head.responders_token,
+            notes=tuple(notes),
+        )
+
+    def responders_followed(self, token: str) -> None:
+        """This host renewed its responders after the forced renewal ``token``."""
+        note = read_note(self.data_dir)
+        write_note(self.data_dir, Note(note.generation, token))
+
+    def force_responders(self) -> str:
+        """A forced renewal ran here: every other host follows it."""
+        token = os.urandom(16).hex()
+        self.record.force_responders(token, self.clock())
+        self.responders_followed(token)
+        return token
+
+
+def _same(local: Mapping[str, Published], published: Mapping[str, Published]) -> bool:
+    return {k: v.sha256 for k, v in local.items()} == {k: v.sha256 for k, v in published.items()}

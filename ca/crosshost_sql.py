@@ -1,0 +1,96 @@
+"""The hierarchy record of :mod:`ca.crosshost` in the CA's database (migration 0007).
+
+Portable SQL: the head row (id = 1) is made by an insert that the primary key lets only
+one host win, and raised by an ``UPDATE ... WHERE generation = <read>`` that only one
+host's publication passes; the file rows are replaced in that same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ca.crosshost import Head, HierarchySync, Outcome, Published, host_lock
+from ca.models import HierarchyFileRow, HierarchyHeadRow
+from ca.store import READ_ONLY
+
+_H: Table = HierarchyHeadRow.__table__  # type: ignore[assignment]
+_F: Table = HierarchyFileRow.__table__  # type: ignore[assignment]
+
+
+class SqlHierarchyRecord:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def head(self) -> Head | None:
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            row = conn.execute(
+                select(_H.c.generation, _H.c.responders_token).where(_H.c.id == 1)
+            ).first()
+        return None if row is None else Head(int(row[0]), row[1])
+
+    def files(self) -> dict[str, Published]:
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            rows = conn.execute(select(_F.c.path, _F.c.sha256, _F.c.data)).all()
+        return {str(p): Published(str(s), bytes(d) if d is not None else None) for p, s, d in rows}
+
+    def publish(
+        self, after: int | None, files: Mapping[str, Published], by: str, at: datetime.datetime
+    ) -> int | None:
+        gen = 1 if after is None else after + 1
+        try:
+            with self.engine.begin() as conn:
+                if after is None:
+                    conn.execute(
+                        insert(_H).values(
+                            id=1, generation=gen, published_at=at, published_by=by[:120]
+                        )
+                    )
+                else:
+                    done = conn.execute(
+                        update(_H)
+                        .where(_H.c.id == 1, _H.c.generation == after)
+                        .values(generation=gen, published_at=at, published_by=by[:120])
+                    )
+                    if done.rowcount != 1:
+                        return None
+                conn.execute(delete(_F))
+                if files:
+                    conn.execute(
+                        insert(_F),
+                        [{"path": k, "sha256": v.sha256, "data": v.data} for k, v in files.items()],
+                    )
+        except IntegrityError:  # another host made the head row first
+            return None
+        return gen
+
+    def force_responders(self, token: str, at: datetime.datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_H)
+                .where(_H.c.id == 1)
+                .values(responders_token=token, responders_forced_at=at)
+            )
+
+
+def check_at_start(url: str, data_dir: Path) -> Outcome:
+    """``eport serve``'s comparison before any worker starts (:mod:`ca.crosshost`)."""
+    import socket
+
+    from ca.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with host_lock(data_dir):
+            return HierarchySync(
+                data_dir,
+                SqlHierarchyRecord(engine),
+                host=f"{socket.gethostname()} {data_dir}",
+                clock=lambda: datetime.datetime.now(datetime.UTC),
+            ).check()
+    finally:
+        engine.dispose()

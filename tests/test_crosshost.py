@@ -1,0 +1,103 @@
+"""The hierarchy record of several hosts (ca/crosshost.py) on a real SQLite database:
+a host behind the record takes only a root CRL it can check itself, and says which
+files it could not take."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca import hierarchy
+from ca.crosshost import HierarchySync, read_note
+from ca.crosshost_sql import SqlHierarchyRecord
+from ca.db import make_engine, upgrade
+from ca.issuance import CertificateFactory
+from ca.policy import load_policies
+from tests.conftest import REPO
+
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def _hosts(tmp: Path) -> tuple[Path, Path]:
+    a = tmp / "a"
+    hierarchy.create(
+        load_policies(REPO / "policies"),
+        a,
+        root_passphrase=b"root-pass",
+        ca_passphrase=b"ca-pass",
+        factory=CertificateFactory(),
+        now=NOW,
+    )
+    b = tmp / "b"
+    shutil.copytree(a, b)
+    return a, b
+
+
+def _foreign_root_crl(data: Path, number: int) -> bytes:
+    """A root CRL naming this root as its issuer, signed by another key."""
+    root = x509.load_pem_x509_certificate((data / "ca" / "root.crt").read_bytes())
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root.subject)
+        .last_update(NOW)
+        .next_update(NOW + datetime.timedelta(days=30))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
+    )
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_root_crl_the_host_cannot_check_is_not_taken(tmp_path: Path) -> None:
+    a, b = _hosts(tmp_path)
+    url = f"sqlite:///{tmp_path / 'eport.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        record = SqlHierarchyRecord(engine)
+        bumped: list[Path] = []
+
+        def sync(d: Path) -> HierarchySync:
+            return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+        assert sync(a).check().published  # the first host's files are the record
+        assert not sync(b).check().stale and read_note(b).generation == 1
+        # host A's root CRL replaced by one its root did not sign (a tampered record)
+        before = (b / "ca" / "root.crl").read_bytes()
+        (a / "ca" / "root.crl").write_bytes(_foreign_root_crl(a, 7))
+        assert sync(a).check().published
+        got = sync(b).check()
+        assert got.missing == ("root.crl",) and got.picked_up == ()
+        warning = got.warning()
+        assert warning is not None and "not signed by this host's root" in warning
+        assert (b / "ca" / "root.crl").read_bytes() == before and bumped == []
+        assert read_note(b).generation == 1  # still behind: it says so at every check
+        # a new issuing CA's key (written by a ceremony on A) never comes through
+        (a / "ca" / "root.crl").write_bytes(before)
+        key = (a / "ca" / "issuers" / "enterprise.key").read_bytes()
+        (a / "ca" / "issuers" / "enterprise-2.key").write_bytes(key)
+        assert sync(a).check().published
+        got = sync(b).check()
+        assert got.missing == ("issuers/enterprise-2.key",)
+        assert not (b / "ca" / "issuers" / "enterprise-2.key").exists()
+        files = record.files()
+        assert files["issuers/enterprise-2.key"].data is None  # only its digest is stored
+        assert files["root.crt"].data is not None
+        # a host that never matched a record takes nothing from it, even a public file
+        c = tmp_path / "c"
+        shutil.copytree(b, c, ignore=shutil.ignore_patterns("crosshost.json"))
+        (a / "ca" / "issuers" / "enterprise-2.key").unlink()
+        (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+        assert sync(a).check().published
+        got = sync(c).check()
+        assert got.missing == ("issuers/active.json",) and got.picked_up == ()
+        assert not (c / "ca" / "issuers" / "active.json").exists()
+        got = sync(b).check()  # which one that matched before does take it
+        assert got.picked_up == ("issuers/active.json",) and not got.stale
+        assert bumped == [b]
+    finally:
+        engine.dispose()

@@ -1,0 +1,231 @@
+"""Two hosts, one PostgreSQL database: a change of one host's ``ca/`` files reaches the
+other, or the other says that it cannot (docs/ca.md, "Several hosts"; ca/crosshost.py).
+
+* A forced OCSP responder renewal sent to host A: host B renews its own responders
+  within seconds, once, and A does not renew again. Before, B signed with the old
+  responder key until its own expiry-driven renewal (about 60 days), and the responses
+  it signed were stored and served by A too.
+* Quorum ceremonies on host A of a CA under joint custody: a revoked issuing CA (public:
+  the root CRL, ``issuers/active.json``) is taken by host B within seconds; a rollover,
+  whose new key only A has, makes B say it is stale (health, one log line), refuse to
+  start in one line naming the manual step, and start again once A's ``ca/`` is copied.
+  Before, B kept issuing from the revoked issuing CA, served the old root CRL, accepted
+  signed requests under the revoked CA, and reported nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+from cryptography import x509
+
+from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
+from tests.test_ca_init import custodian_env, unseal
+from tests.test_custody_ceremonies import join, rotate, start
+from tests.test_two_hosts import enterprise, ocsp_status, rows, signed_post, two_hosts
+
+FAST = {"EPORT_CRL_REFRESH_SECONDS": "0.5"}
+"""Each worker compares its files with the database's record on every refresher cycle."""
+
+
+def eventually(what: str, probe: Callable[[], Any], timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def responder_serials(data_dir: Path) -> dict[str, int]:
+    d = data_dir / "ca" / "responders"
+    return {
+        p.stem: x509.load_pem_x509_certificate(p.read_bytes()).serial_number
+        for p in sorted(d.glob("*.crt"))
+    }
+
+
+def health(srv: Server) -> dict[str, Any]:
+    r = requests.get(srv.url + "/ca/v1/health", timeout=10)
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def test_a_forced_responder_renewal_on_one_host_is_followed_by_the_other(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    with two_hosts(postgres, tmp_path, "eport_follow_responders", extra_env=FAST) as hosts:
+        ident = enterprise(hosts)
+        issuer = x509.load_pem_x509_certificate(
+            (hosts.a.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
+        )
+        old = responder_serials(hosts.b.data_dir)
+        assert old == responder_serials(hosts.a.data_dir)  # copies of one data directory
+        hosts.a.eport("ca", "renew-responders", "--force", *hosts.a.officer(), "--json")
+        renewed_a = responder_serials(hosts.a.data_dir)
+        assert set(renewed_a.values()).isdisjoint(old.values())
+
+        def followed() -> dict[str, int] | None:
+            now = responder_serials(hosts.b.data_dir)
+            return now if set(now.values()).isdisjoint(old.values()) else None
+
+        renewed_b = eventually("host B kept the old responders", followed)
+        time.sleep(1.1)  # B's other worker reloads at its next check of the generation file
+        # its own new keys and certificates: nothing travelled from host A
+        assert set(renewed_b.values()).isdisjoint(renewed_a.values())
+        # a status change made on host B is answered with its new responder, on both
+        serial = format(ident.chain[0].serial_number, "x")
+        r = signed_post(hosts.b, f"/ca/v1/certificates/{serial}/suspend", {}, hosts.officer)
+        assert r.status_code == 200, r.text
+        signer = eventually(
+            "host B's workers did not reload their responders",
+            lambda: _answered_by(hosts.b, ident.chain[0], issuer, renewed_b["enterprise"]),
+        )
+        assert signer
+        assert ocsp_status(hosts.a, ident.chain[0], issuer) == "HOLD"
+        # once each: neither host renews again after the other (no ping-pong)
+        time.sleep(2)
+        assert responder_serials(hosts.a.data_dir) == renewed_a
+        assert responder_serials(hosts.b.data_dir) == renewed_b
+        follows = rows(
+            hosts.database_url,
+            "SELECT count(*) FROM events WHERE type = 'certificate.issued'"
+            " AND profile = 'ocsp-responder' AND actor = 'system:responder-follow'",
+        )
+        assert follows == [(len(old),)]
+        for srv in hosts.both():
+            doc = health(srv)
+            assert doc["hierarchy"] == "current" and "warnings" not in doc, doc
+        assert "Followed another host's forced OCSP responder renewal" in hosts.b.log.read_text()
+
+
+def _answered_by(
+    srv: Server, cert: x509.Certificate, issuer: x509.Certificate, responder: int
+) -> bool:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+    r = requests.post(
+        srv.url + "/ocsp",
+        data=req.public_bytes(serialization.Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"},
+        timeout=10,
+    )
+    resp = ocsp.load_der_ocsp_response(r.content)
+    return bool(resp.certificates) and resp.certificates[0].serial_number == responder
+
+
+def _start_custody_host(
+    data: Path, db: str, env: dict[str, str], port: int, out: Path
+) -> tuple[Server, subprocess.Popen[bytes]]:
+    srv, proc = start_server(data, db, dev=False, env=env, port=port, log_dir=data.parent)
+    found = re.search(r"Unseal key fingerprint: ([0-9a-f:]+)", srv.log.read_text())
+    assert found, srv.log.read_text()
+    for m in ("commerce", "tax", "forex"):
+        unseal(srv, out, m, found.group(1))
+    return srv, proc
+
+
+def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    db = postgres.createdb("eport_ceremony_hosts")
+    auth = postgres.createdb("eport_ceremony_hosts_auth")
+    port_a, port_b = free_port(), free_port()
+    env = {
+        **custodian_env(),
+        **FAST,
+        "EPORT_DATABASE_URL": db,
+        "EPORT_AUTH_DATABASE_URL": auth,
+        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port_a}",
+    }
+    a_data, b_data, out = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "out"
+    a_data.parent.mkdir()
+    b_data.parent.mkdir()
+    made = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(a_data), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    shutil.copytree(a_data, b_data, ignore=shutil.ignore_patterns("serve.lock"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        a, procs["a"] = _start_custody_host(a_data, db, env, port_a, out)
+        b, procs["b"] = _start_custody_host(b_data, db, env, port_b, out)
+        service = x509.load_pem_x509_certificate(
+            (a_data / "ca" / "issuers" / "service.crt").read_bytes()
+        )
+
+        # 1. REVOKE-INTERMEDIATE on A: public files only; host B takes them by itself.
+        doc = start(a, out, "REVOKE-INTERMEDIATE", "issuer=service", "reason=keyCompromise")
+        for m in ("inspection", "tax", "customs"):
+            join(a, out, str(doc["id"]), m)
+
+        def b_lists_the_revoked_ca() -> bool:
+            der = requests.get(b.url + "/crl/root.crl", timeout=10).content
+            crl = x509.load_der_x509_crl(der)
+            return crl.get_revoked_certificate_by_serial_number(service.serial_number) is not None
+
+        eventually("host B serves the old root CRL", b_lists_the_revoked_ca)
+        eventually(
+            "host B still issues from the revoked issuing CA",
+            lambda: (
+                "service" not in requests.get(b.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+            ),
+        )
+        assert health(b)["hierarchy"] == "current"
+        assert "Took issuers/active.json, root.crl from the database" in b.log.read_text()
+
+        # 2. ROTATE-ISSUER on A: the new issuing CA's key is only on A. B says so.
+        cid = rotate(a, out)
+        for m in ("forex", "customs", "commerce"):
+            join(a, out, cid, m)
+        stale = eventually("host B does not say it is stale", lambda: _stale(b))
+        warning = " ".join(stale["warnings"])
+        assert "issuers/enterprise-2.crt" in warning and "issuers/enterprise-2.key" in warning
+        assert "copy the ceremony host's ca/ directory" in warning
+        assert health(a)["hierarchy"] == "current"
+        logged = [ln for ln in b.log.read_text().splitlines() if "are behind the database" in ln]
+        assert len({ln.split("eport.ca", 1)[-1] for ln in logged}) == 1, logged
+        # B no longer issues from the superseded generation (it took active.json)
+        assert "enterprise" not in requests.get(b.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+        # restarted as it is, B is refused in one line naming the manual step
+        stop(procs.pop("b"))
+        refused = subprocess.run(
+            [EPORT, "serve", "--data-dir", str(b_data), "--port", str(port_b)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("eport: error:")]
+        assert len(errors) == 1 and "issuers/enterprise-2.key" in errors[0], refused.stderr
+        assert "copy the ceremony host's ca/ directory" in errors[0]
+        # the manual step: A's ca/ copied over B's; B starts and is current
+        shutil.rmtree(b_data / "ca")
+        shutil.copytree(a_data / "ca", b_data / "ca")
+        b, procs["b"] = _start_custody_host(b_data, db, env, port_b, out)
+        assert health(b)["hierarchy"] == "current"
+        assert "enterprise-2" in requests.get(b.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+    finally:
+        for p in procs.values():
+            stop(p)
+
+
+def _stale(srv: Server) -> dict[str, Any] | None:
+    doc = health(srv)
+    return doc if doc["hierarchy"] == "stale" else None
