@@ -263,6 +263,11 @@ class Transaction(Protocol):
         ``now``: no redemption passes one afterwards. How many there were."""
         ...
 
+    def withdraw_codes_of(self, uscc: str, subject_class: str, now: datetime.datetime) -> int:
+        """:meth:`withdraw_codes` of every application of the enterprise ``uscc`` of one
+        subject class (by one statement, however many there are)."""
+        ...
+
     def certificates_of_application(self, app_id: str) -> list[CertificateRecord]: ...
 
     def add_certificate(self, rec: CertificateRecord) -> None: ...
@@ -283,10 +288,25 @@ class Transaction(Protocol):
 
     def append_event(self, event: Event) -> int: ...
 
+    def append_events(self, events: Sequence[Event]) -> list[int]:
+        """Append ``events`` in order, as :meth:`append_event` would one by one (each its
+        own row and log entry), in fewer statements; their ids."""
+        ...
+
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None: ...
+
+    def get_statuses(
+        self, serials: Sequence[int], *, for_update: bool = False
+    ) -> dict[int, StatusRecord]:
+        """The status rows of those of ``serials`` that have one, by serial."""
+        ...
 
     def put_status(self, rec: StatusRecord) -> None:
         """Insert or replace the status row of ``rec.serial``."""
+        ...
+
+    def put_statuses(self, recs: Sequence[StatusRecord]) -> None:
+        """Insert or replace the status rows of ``recs``."""
         ...
 
     def delete_status(self, serial: int) -> None: ...

@@ -11,8 +11,9 @@ Framework-free. Who may change a certificate's status:
 
 Revoking an enterprise certificate with cessationOfOperation ends the enterprise when it
 was its last certificate in force: every operator certificate of that enterprise is
-revoked in the same transaction, each with its own event, and the operators' unused codes
-are withdrawn. While another enterprise certificate of the same USCC is in force (a
+revoked in the same transaction, each with its own event and log entry (all written by a
+few statements: the transaction holds the issuances' lock), and the operators' unused
+codes are withdrawn. While another enterprise certificate of the same USCC is in force (a
 renewal's, or one on hold), only the certificate named is revoked, and the answer names
 the certificates that keep the enterprise going: an old certificate retired with that
 reason after a renewal must not take every operator down with it.
@@ -23,7 +24,7 @@ the background refresher signs a new one) and is an event of the transparency lo
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ca.authority import Caller, JointCA
@@ -49,10 +50,18 @@ REVOCATION_REASONS: dict[str, ReasonCode] = {
 }
 """The reasons ``eport revoke`` accepts (certificateHold is ``eport suspend``)."""
 
-StatusListener = Callable[[Transaction, CertificateRecord, StatusRecord | None], None]
-"""Called in the transaction of every status change with the new status (None: good).
+AfterCommit = Callable[[], None]
+"""Work a listener leaves for after the commit, outside every lock (it must not fail the
+change, which is done: it handles its own errors)."""
 
-The OCSP layer uses it to replace the certificate's pre-signed response at once."""
+StatusListener = Callable[
+    [Transaction, Sequence[tuple[CertificateRecord, StatusRecord | None]]], AfterCommit | None
+]
+"""Called in the transaction of status changes with each certificate's new status (None:
+good): once for the certificate named, once for all the operators a cessation revokes.
+
+The OCSP layer uses it to replace the certificates' pre-signed responses at once; for a
+cessation's operators it returns their re-signing, which runs after the commit."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class Revocation:
         now = self.ca.clock()
         if invalidity_date is not None and invalidity_date > now:
             raise BadRequest("the invalidity date cannot be in the future")
+        after: list[AfterCommit] = []
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
             ground = self._may_manage(caller, rec)
@@ -152,8 +162,7 @@ class Revocation:
                 # The enterprise ceases: its operators' unused codes are withdrawn with it,
                 # under the issuances' lock, so that an operator enrollment in flight either
                 # is stored first (and revoked below) or finds its code withdrawn.
-                operator_apps = tx.applications_of(rec.uscc, SubjectClass.OPERATOR.value)
-                withdrawn = tx.withdraw_codes([a.id for a in operator_apps], now)
+                withdrawn = tx.withdraw_codes_of(rec.uscc, SubjectClass.OPERATOR.value, now)
                 if withdrawn:
                     more["operator_codes_withdrawn"] = str(withdrawn)
             status = self._set(
@@ -162,21 +171,27 @@ class Revocation:
             cascaded: list[CertificateRecord] = []
             if ceased:
                 assert rec.uscc is not None
-                for op in tx.certificates_of_class(rec.uscc, "operator"):
-                    op_status = tx.get_status(op.serial, for_update=True)
-                    if op_status is not None and op_status.state is StatusState.REVOKED:
-                        continue
-                    self._set(
-                        tx,
-                        op,
-                        StatusState.REVOKED,
-                        reason,
-                        None,
-                        caller.actor,
-                        now,
-                        cause=rec.serial,
-                    )
-                    cascaded.append(op)
+                # Every operator at once (status rows, events and log entries each by one
+                # statement): thousands one by one held the issuances' lock for seconds.
+                operators = tx.certificates_of_class(rec.uscc, "operator")
+                current_ops = tx.get_statuses([op.serial for op in operators], for_update=True)
+                for op in operators:
+                    op_status = current_ops.get(op.serial)
+                    if op_status is None or op_status.state is not StatusState.REVOKED:
+                        cascaded.append(op)
+                self._set_many(
+                    tx,
+                    cascaded,
+                    StatusState.REVOKED,
+                    reason,
+                    None,
+                    caller.actor,
+                    now,
+                    cause=rec.serial,
+                    after=after,
+                )
+        for work in after:
+            work()
         return StatusChange(rec, status, tuple(cascaded), tuple(kept_by))
 
     def suspend(self, caller: Caller, serial: int) -> StatusChange:
@@ -225,7 +240,7 @@ class Revocation:
                 )
             )
             for listener in self.listeners:
-                listener(tx, rec, None)
+                listener(tx, [(rec, None)])  # one certificate: nothing is left for later
         return StatusChange(rec, None)
 
     def _set(
@@ -237,20 +252,44 @@ class Revocation:
         invalidity_date: datetime.datetime | None,
         actor: str,
         now: datetime.datetime,
-        cause: int | None = None,
         more: Mapping[str, str] | None = None,
     ) -> StatusRecord:
-        status = StatusRecord(
-            serial=rec.serial,
-            issuer_id=rec.issuer_id,
-            state=state,
-            revoked_at=now,
-            reason=int(reason),
-            invalidity_date=invalidity_date,
-            changed_at=now,
-        )
-        tx.put_status(status)
-        tx.mark_crl_stale(rec.issuer_id)
+        (status,) = self._set_many(tx, [rec], state, reason, invalidity_date, actor, now, more=more)
+        return status
+
+    def _set_many(
+        self,
+        tx: Transaction,
+        recs: Sequence[CertificateRecord],
+        state: StatusState,
+        reason: ReasonCode,
+        invalidity_date: datetime.datetime | None,
+        actor: str,
+        now: datetime.datetime,
+        cause: int | None = None,
+        more: Mapping[str, str] | None = None,
+        after: list[AfterCommit] | None = None,
+    ) -> list[StatusRecord]:
+        """Give each of ``recs`` the status, with its own event (and log entry), its
+        issuer's CRL marked stale and its OCSP response replaced, in ``tx``; what the
+        listeners leave for after the commit is added to ``after``."""
+        if not recs:
+            return []
+        statuses = [
+            StatusRecord(
+                serial=rec.serial,
+                issuer_id=rec.issuer_id,
+                state=state,
+                revoked_at=now,
+                reason=int(reason),
+                invalidity_date=invalidity_date,
+                changed_at=now,
+            )
+            for rec in recs
+        ]
+        tx.put_statuses(statuses)
+        for issuer_id in dict.fromkeys(rec.issuer_id for rec in recs):
+            tx.mark_crl_stale(issuer_id)
         details: dict[str, str] = {"reason": reason.rfc_name}
         if invalidity_date is not None:
             details["invalidity_date"] = invalidity_date.isoformat()
@@ -262,10 +301,15 @@ class Revocation:
             if state is StatusState.REVOKED
             else EventType.CERTIFICATE_SUSPENDED
         )
-        tx.append_event(Event.about(kind, rec, actor=actor, at=now, details=details))
+        tx.append_events(
+            [Event.about(kind, rec, actor=actor, at=now, details=details) for rec in recs]
+        )
         for listener in self.listeners:
-            listener(tx, rec, status)
-        return status
+            work = listener(tx, list(zip(recs, statuses, strict=True)))
+            if work is not None:
+                assert after is not None, "a change of many certificates takes an after list"
+                after.append(work)
+        return statuses
 
     def status_of(self, serial: int) -> tuple[CertificateRecord | None, StatusRecord | None]:
         with self.ca.store.transaction() as tx:

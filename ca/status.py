@@ -6,7 +6,9 @@ database, never from process memory:
 
 * a status change replaces the certificate's pre-signed OCSP response **in the same
   transaction** (a :data:`~ca.revocation.StatusListener`), so every process serves
-  the new answer from the moment the change commits;
+  the new answer from the moment the change commits; a cessation's operators get a
+  placeholder that is always due (:data:`RESIGN`) there, so every answer is signed from
+  the status row until their responses, signed after the commit, replace it;
 * OCSP answers are read from the ``ocsp_responses`` table (one primary-key read);
   a response older than half its validity is re-signed and stored on demand;
 * CRL numbers come from a row-locked counter per issuer (``crl_state``): two
@@ -19,8 +21,10 @@ database, never from process memory:
 from __future__ import annotations
 
 import datetime
+import functools
+import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +37,18 @@ from ca.errors import Sealed
 from ca.issuance import IssuingCA
 from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
 from ca.records import CertificateRecord, StatusRecord, StatusState
+
+log = logging.getLogger("eport.ca")
+
+RESIGN = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+"""thisUpdate (and nextUpdate) of a stored placeholder response (no DER): the status
+changed and the response is yet to be signed. It is always due for re-signing, so the fast
+path never serves it and the canonical path signs from the status row; and a refresh that
+read the response before the change (``superseding`` its thisUpdate) replaces neither it
+nor the response that replaces it."""
+
+RESIGN_BATCH = 500
+"""Responses signed and stored per transaction after a change of many certificates."""
 
 
 class StatusTables(Protocol):
@@ -55,6 +71,13 @@ class StatusTables(Protocol):
         next_update: datetime.datetime,
         *,
         replace: bool = True,
+        superseding: datetime.datetime | None = None,
+    ) -> None: ...
+
+    def store_ocsp_many(
+        self,
+        responses: Sequence[tuple[int, str, bytes, datetime.datetime, datetime.datetime]],
+        *,
         superseding: datetime.datetime | None = None,
     ) -> None: ...
 
@@ -261,22 +284,65 @@ class StatusService:
         return der
 
     def on_status_change(
-        self, tx: Any, rec: CertificateRecord, status: StatusRecord | None
-    ) -> None:
-        """Replace the pre-signed OCSP response in the transaction of the change."""
-        responder = self.responders.get(rec.issuer_id)
-        if responder is None:
-            return
+        self, tx: Any, changes: Sequence[tuple[CertificateRecord, StatusRecord | None]]
+    ) -> Callable[[], None] | None:
+        """Replace the pre-signed OCSP responses of the changed certificates in the
+        transaction of the change (a :data:`~ca.revocation.StatusListener`).
+
+        One certificate: its new response is signed and stored here. Many (a cessation's
+        operators): each stored response is replaced by a placeholder that is always due
+        (:data:`RESIGN`), by one statement, and the returned work signs their new
+        responses after the commit, outside the write lock. From the commit on, every
+        process answers for them from the status row (the full path signs on demand), never
+        from the response stored before."""
         now = self.clock().replace(microsecond=0)
-        der = ocsp.build_response(
-            responder,
-            responder.cert_id(rec.serial),
-            to_cert_status(rec, status, rec.issuer_id),
-            now,
-            now + self.policy.ocsp_validity,
-            now,
-        )
-        tx.store_ocsp(rec.serial, rec.issuer_id, der, now, now + self.policy.ocsp_validity)
+        if len(changes) == 1:
+            rec, status = changes[0]
+            responder = self.responders.get(rec.issuer_id)
+            if responder is not None:
+                der = ocsp.build_response(
+                    responder,
+                    responder.cert_id(rec.serial),
+                    to_cert_status(rec, status, rec.issuer_id),
+                    now,
+                    now + self.policy.ocsp_validity,
+                    now,
+                )
+                tx.store_ocsp(rec.serial, rec.issuer_id, der, now, now + self.policy.ocsp_validity)
+            return None
+        mine = [(rec, status) for rec, status in changes if rec.issuer_id in self.responders]
+        tx.store_ocsp_many([(rec.serial, rec.issuer_id, b"", RESIGN, RESIGN) for rec, _ in mine])
+        return functools.partial(self._resign, mine) if mine else None
+
+    def _resign(self, changes: Sequence[tuple[CertificateRecord, StatusRecord | None]]) -> None:
+        """Sign and store the responses :meth:`on_status_change` left due, a batch per short
+        transaction; each replaces only its placeholder (one signed on demand meanwhile, or
+        a later change's, stays). A failure leaves the rest due: answered on demand."""
+        try:
+            for i in range(0, len(changes), RESIGN_BATCH):
+                now = self.clock().replace(microsecond=0)
+                until = now + self.policy.ocsp_validity
+                signed = []
+                for rec, status in changes[i : i + RESIGN_BATCH]:
+                    responder = self.responders[rec.issuer_id]
+                    der = ocsp.build_response(
+                        responder,
+                        responder.cert_id(rec.serial),
+                        to_cert_status(rec, status, rec.issuer_id),
+                        now,
+                        until,
+                        now,
+                    )
+                    signed.append((rec.serial, rec.issuer_id, der, now, until))
+                with self.store.transaction() as tx:
+                    tx.store_ocsp_many(signed, superseding=RESIGN)
+        except Exception:
+            log.warning(
+                "pre-signing the OCSP responses of %d changed certificates stopped; those "
+                "left are signed when asked for",
+                len(changes),
+                exc_info=True,
+            )
 
     # -- CRLs ---------------------------------------------------------------------------------
 

@@ -179,6 +179,18 @@ _WITHDRAW_CODES = (
     )
     .values(withdrawn_at=bindparam("withdrawn"))
 )
+_WITHDRAW_CODES_OF = (
+    update(_C)
+    .where(
+        _C.application_id.in_(
+            select(_A.id).where(_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
+        ),
+        _C.used_at.is_(None),
+        _C.withdrawn_at.is_(None),
+        _C.expires_at > bindparam("now"),
+    )
+    .values(withdrawn_at=bindparam("withdrawn"))
+)
 _APP_COLUMNS = (
     _A.id,
     _A.subject_class,
@@ -226,8 +238,16 @@ _CERTS_OF_APP = (
     .where(_CERT.application_id == bindparam("app_id"))
     .order_by(_CERT.not_after, _CERT.serial)
 )
+_CERTS_OF_CLASS = (
+    select(*_CERT_COLUMNS)
+    .where(_CERT.uscc == bindparam("uscc"), _CERT.profile == bindparam("profile"))
+    .order_by(_CERT.serial)
+)
 _INSERT_CERT = insert(_CERT)
 _INSERT_EVENT = insert(_E)
+_INSERT_EVENTS = insert(_E).returning(_E.id, sort_by_parameter_order=True)
+_STATUS_BATCH = 500
+"""Serials per ``IN`` list of a batch read (well under every database's parameter limit)."""
 
 
 # Row readers for Core results and raw DBAPI rows alike (the hot paths read through the
@@ -305,6 +325,19 @@ class _Upsert:
         return self.stmt.on_conflict_do_update(
             index_elements=self.key, set_={c: excluded[c] for c in columns}, where=where
         )
+
+
+def upsert_rows(session: Session, table: Any, key: Sequence[str]) -> Any:
+    """:func:`upsert` for many rows: the statement without values, executed with a list of
+    them, whose keys must differ. On PostgreSQL it returns the key of each row written:
+    with RETURNING, SQLAlchemy sends the rows in a few multi-row statements; without, an
+    upsert goes row by row, one round trip each (SQLite's driver runs them in process)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if session.get_bind().dialect.name == "sqlite":
+        return _Upsert(sqlite.insert(table), list(key))
+    returning = [getattr(table, column) for column in key]
+    return _Upsert(postgresql.insert(table).returning(*returning), list(key))
 
 
 @contextmanager
@@ -512,6 +545,47 @@ def _facts_code(row: tuple[Any, ...]) -> tuple[EnrollmentCode, Application | Non
     return code_of(row[:6]), (_app_of(row[6:]) if row[6] is not None else None)
 
 
+def _event_values(ev: Event) -> dict[str, Any]:
+    """The columns of ``ev``'s row (its id aside), as the event sinks get them."""
+    return {
+        "at": ev.at,
+        "type": ev.type.value,
+        "actor": ev.actor,
+        "uscc": ev.uscc,
+        "subject": ev.subject,
+        "profile": ev.profile,
+        "issuer": ev.issuer,
+        "serial": format(ev.serial, "x") if ev.serial is not None else None,
+        "cert_sha256": ev.cert_sha256,
+        "application_id": ev.application_id,
+        "details": json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False),
+    }
+
+
+_S = CertificateStatusRow
+_STATUS_COLUMNS = (
+    _S.serial,
+    _S.issuer_id,
+    _S.state,
+    _S.revoked_at,
+    _S.reason,
+    _S.invalidity_date,
+    _S.changed_at,
+)
+
+
+def _status_of(row: Any) -> StatusRecord:
+    return StatusRecord(
+        serial=int(row[0], 16),
+        issuer_id=row[1],
+        state=StatusState(row[2]),
+        revoked_at=_utc(row[3]),
+        reason=row[4],
+        invalidity_date=utc_from_db(row[5]),
+        changed_at=_utc(row[6]),
+    )
+
+
 EventSink = Callable[[Session, StoredEvent], None]
 """Called inside the transaction after an event row is written (e.g. the Merkle log append)."""
 
@@ -678,6 +752,10 @@ class SqlTransaction:
             q = q.where(CertificateRow.uscc == uscc)
         return [_cert(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
 
+    def withdraw_codes_of(self, uscc: str, subject_class: str, now: datetime.datetime) -> int:
+        values = {"uscc": uscc, "cls": subject_class, "now": now, "withdrawn": now}
+        return int(self._conn().execute(_WITHDRAW_CODES_OF, values).rowcount)
+
     def certificates_of_application(self, app_id: str) -> list[CertificateRecord]:
         return [_cert_of(r) for r in self._conn().execute(_CERTS_OF_APP, {"app_id": app_id})]
 
@@ -696,25 +774,32 @@ class SqlTransaction:
         return None
 
     def append_event(self, ev: Event) -> int:
-        values: dict[str, Any] = {
-            "at": ev.at,
-            "type": ev.type.value,
-            "actor": ev.actor,
-            "uscc": ev.uscc,
-            "subject": ev.subject,
-            "profile": ev.profile,
-            "issuer": ev.issuer,
-            "serial": format(ev.serial, "x") if ev.serial is not None else None,
-            "cert_sha256": ev.cert_sha256,
-            "application_id": ev.application_id,
-            "details": json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False),
-        }
+        values = _event_values(ev)
         key = self._conn().execute(_INSERT_EVENT, values).inserted_primary_key
         assert key is not None
         stored = StoredEvent(id=int(key[0]), **values)
         for sink in self.sinks:
             sink(self.s, stored)
         return stored.id
+
+    def append_events(self, events: Sequence[Event]) -> list[int]:
+        """:meth:`append_event` for many events, in order: one multi-row insert, and the
+        Merkle log's sink appends them all at once (one head move, each tree node written
+        once); any other sink sees them one by one. Their ids, in order."""
+        from ca import translog  # it imports this module
+
+        if not events:
+            return []
+        values = [_event_values(ev) for ev in events]
+        ids = self._conn().execute(_INSERT_EVENTS, values).scalars().all()
+        stored = [StoredEvent(id=int(i), **v) for i, v in zip(ids, values, strict=True)]
+        for sink in self.sinks:
+            if sink is translog.append_event:
+                translog.append_events(self.s, stored)
+            else:
+                for one in stored:
+                    sink(self.s, one)
+        return [e.id for e in stored]
 
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
         q = select(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
@@ -746,6 +831,42 @@ class SqlTransaction:
         row.changed_at = rec.changed_at
         self.s.flush()
 
+    def get_statuses(
+        self, serials: Sequence[int], *, for_update: bool = False
+    ) -> dict[int, StatusRecord]:
+        """The status rows of those of ``serials`` that have one (a few ``IN`` reads), locked
+        like :meth:`get_status` with ``for_update``."""
+        out: dict[int, StatusRecord] = {}
+        keys = [format(n, "x") for n in serials]
+        for i in range(0, len(keys), _STATUS_BATCH):
+            q = select(*_STATUS_COLUMNS).where(_S.serial.in_(keys[i : i + _STATUS_BATCH]))
+            if for_update:
+                q = q.with_for_update()
+            for row in self._conn().execute(q):
+                out[int(row[0], 16)] = _status_of(row)
+        return out
+
+    def put_statuses(self, recs: Sequence[StatusRecord]) -> None:
+        """:meth:`put_status` for many certificates: one statement executed for all."""
+        if not recs:
+            return
+        rows = [
+            {
+                "serial": format(r.serial, "x"),
+                "issuer_id": r.issuer_id,
+                "state": r.state.value,
+                "revoked_at": r.revoked_at,
+                "reason": r.reason,
+                "invalidity_date": r.invalidity_date,
+                "changed_at": r.changed_at,
+            }
+            for r in recs
+        ]
+        stmt = upsert_rows(self.s, CertificateStatusRow, ["serial"]).do_update(
+            ["issuer_id", "state", "revoked_at", "reason", "invalidity_date", "changed_at"]
+        )
+        self._conn().execute(stmt, rows)
+
     def delete_status(self, serial: int) -> None:
         self.s.execute(
             delete(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
@@ -761,10 +882,9 @@ class SqlTransaction:
         )
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]:
-        q = select(CertificateRow).where(
-            CertificateRow.uscc == uscc, CertificateRow.profile == profile
-        )
-        return [_cert(r) for r in self.s.scalars(q.order_by(CertificateRow.serial))]
+        # Core rows, not ORM objects: a cessation reads every operator of the enterprise.
+        rows = self._conn().execute(_CERTS_OF_CLASS, {"uscc": uscc, "profile": profile})
+        return [_cert_of(r) for r in rows]
 
     # -- status artifacts (ca/status.py) ---------------------------------------------------
 
@@ -805,6 +925,33 @@ class SqlTransaction:
             else stmt.do_nothing(),
             execution_options={"synchronize_session": False},
         )
+
+    def store_ocsp_many(
+        self,
+        responses: Sequence[tuple[int, str, bytes, datetime.datetime, datetime.datetime]],
+        *,
+        superseding: datetime.datetime | None = None,
+    ) -> None:
+        """:meth:`store_ocsp` (replacing; with ``superseding``, only a response of that
+        thisUpdate) for many certificates at once: ``(serial, issuer_id, der, this_update,
+        next_update)`` each, one statement executed for all."""
+        if not responses:
+            return
+        rows = [
+            {
+                "serial": format(serial, "x"),
+                "issuer_id": issuer_id,
+                "der": der,
+                "this_update": this_update,
+                "next_update": next_update,
+            }
+            for serial, issuer_id, der, this_update, next_update in responses
+        ]
+        unchanged = None if superseding is None else OCSPResponseRow.this_update == superseding
+        stmt = upsert_rows(self.s, OCSPResponseRow, ["serial"]).do_update(
+            ["issuer_id", "der", "this_update", "next_update"], where=unchanged
+        )
+        self._conn().execute(stmt, rows)
 
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> CRLStateRow | None:
         q = select(CRLStateRow).where(CRLStateRow.issuer_id == issuer_id)

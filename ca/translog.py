@@ -187,7 +187,7 @@ class SqlTreeStore:
     def put_many(self, items: Sequence[tuple[int, int, bytes]], /) -> None:
         if not items:
             return
-        self._sql.run(driver_text(_INSERT_NODES, self._sql.qmark), list(items))
+        _insert_rows(self._sql, _INSERT_NODES, list(items))
         size = self.size()
         for level, idx, digest in items:
             self._known[(level, idx)] = digest
@@ -203,6 +203,32 @@ _READ_HEAD = f"SELECT size, root_hash FROM log_head WHERE id = {HEAD_ID}"  # noq
 _SELECT_SIZE = f"SELECT size FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
 _SELECT_SIZE_FOR_UPDATE = _SELECT_SIZE + " FOR UPDATE"
 _CREATE_HEAD = insert(LogHeadRow).values(id=HEAD_ID, size=0, root_hash=EMPTY_ROOT)
+
+
+_MANY_ROWS = 64
+"""From this many rows on, :func:`_insert_rows` writes multi-row statements (PostgreSQL)."""
+_ROWS_PER_STATEMENT = 500
+"""Rows per multi-row ``INSERT`` (1,500 parameters: far below every driver's limit)."""
+
+
+def _insert_rows(sql: DriverSql, insert: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run ``insert`` (``INSERT … VALUES (?, …)``, ``?`` placeholders) for each of ``rows``.
+
+    A few rows (an issuance group's) go by ``executemany``, as do any number on SQLite,
+    whose driver runs them in process. Many on PostgreSQL (a cessation's thousands of log
+    entries and nodes) go as multi-row ``VALUES`` lists: psycopg2's ``executemany`` makes
+    one round trip per row."""
+    if not rows:
+        return
+    if sql.qmark or len(rows) < _MANY_ROWS:
+        sql.run(driver_text(insert, sql.qmark), rows if len(rows) > 1 else rows[0])
+        return
+    head, _, one = insert.rpartition(" VALUES ")
+    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[i : i + _ROWS_PER_STATEMENT]
+        statement = head + " VALUES " + ", ".join([one] * len(chunk))
+        # Only placeholders go into the text; the values are bound parameters.
+        sql.run(statement.replace("?", "%s"), tuple(v for row in chunk for v in row))
 
 
 @functools.cache
@@ -329,7 +355,7 @@ def append_entries(sql: DriverSql, size: int, rows: Sequence[EventRow | StoredEv
     tree = MerkleTree(SqlTreeStore(sql, size))
     span = tree.append_many(entries)
     values = [(idx, row.id, entry) for idx, row, entry in zip(span, rows, entries, strict=True)]
-    sql.run(driver_text(_INSERT_ENTRIES, sql.qmark), values if len(values) > 1 else values[0])
+    _insert_rows(sql, _INSERT_ENTRIES, values)
     # The new root folds the right edge the append just read and wrote: no query.
     sql.run(driver_text(_MOVE_HEAD, sql.qmark), (span.stop, tree.root(span.stop)))
     return span

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.orm import sessionmaker
 
 from ca.db import make_engine, upgrade
+from ca.status import RESIGN
 from ca.store import SqlStore
 from tests.conftest import Postgres
 
@@ -98,3 +99,48 @@ def refresh_racing_a_revocation(store: SqlStore) -> None:
             superseding=cached[1],
         )
     assert stored(store) == (b"revoked", T0 + HOUR)
+
+
+def cease(store: SqlStore) -> None:
+    """What a cessation's transaction stores for each operator: the placeholder response."""
+    with store.transaction() as tx:
+        tx.store_ocsp_many([(SERIAL, "enterprise", b"", RESIGN, RESIGN)])
+
+
+def test_a_cessations_placeholder_is_replaced_only_by_a_new_signature(store: SqlStore) -> None:
+    """A cessation stores placeholders (no response, always due) for its operators and signs
+    their responses after the commit. A refresh based on the response read before, or a
+    first answer, leaves the placeholder; the signing after the commit (or one on demand)
+    replaces it once, and a later batch based on the placeholder changes nothing."""
+    put(store, b"good, signed at T0", T0)
+    cease(store)
+    assert stored(store) == (b"", RESIGN)
+    put(store, b"stale refresh", T0 + 13 * HOUR, superseding=T0)
+    put(store, b"first answer", T0 + 13 * HOUR, replace=False)
+    assert stored(store) == (b"", RESIGN)
+    put(store, b"revoked, signed on demand", T0 + 14 * HOUR, superseding=RESIGN)
+    assert stored(store) == (b"revoked, signed on demand", T0 + 14 * HOUR)
+    with store.transaction() as tx:  # the batch after the commit, late: it leaves that one
+        batch = [(SERIAL, "enterprise", b"late batch", T0 + 15 * HOUR, T0 + 39 * HOUR)]
+        tx.store_ocsp_many(batch, superseding=RESIGN)
+    assert stored(store) == (b"revoked, signed on demand", T0 + 14 * HOUR)
+
+
+def test_a_cessation_committed_during_a_refresh_keeps_its_placeholder(
+    postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with _store(_pg_url(postgres, tmp_path_factory)) as store:
+        put(store, b"good, signed at T0", T0)
+        with store.transaction() as refresh:  # reads the old response, then signs
+            cached = refresh.cached_ocsp(SERIAL)
+            assert cached is not None and cached[1] == T0
+            cease(store)  # the cessation commits meanwhile
+            refresh.store_ocsp(
+                SERIAL,
+                "enterprise",
+                b"good, signed from the status read before the cessation",
+                T0 + 2 * HOUR,
+                T0 + 26 * HOUR,
+                superseding=cached[1],
+            )
+        assert stored(store) == (b"", RESIGN)
