@@ -342,23 +342,26 @@ def find_events(
     limit: int = 100,
     newest_first: bool = False,
 ) -> list[tuple[int, EventRow]]:
-    """Events with their log indices, ordered by log index, keyset-paged."""
-    query = select(LogEntryRow.idx, EventRow).join(EventRow, EventRow.id == LogEntryRow.event_id)
-    query = flt.apply(query)
+    """Logged events with their log indices, ordered by log index, keyset-paged.
+
+    Read from ``events`` alone, in the order of an index that ends in ``log_index``
+    (``(type, log_index)``, ``(uscc, log_index)``, ``(serial, log_index)`` or
+    ``log_index``): a page reads about ``limit`` rows, however many events match.
+    """
+    query = flt.apply(select(EventRow).where(EventRow.log_index.is_not(None)))
     if after is not None:
-        query = query.where(LogEntryRow.idx > after)
+        query = query.where(EventRow.log_index > after)
     if before is not None:
-        query = query.where(LogEntryRow.idx < before)
-    order = LogEntryRow.idx.desc() if newest_first else LogEntryRow.idx
-    rows = s.execute(query.order_by(order).limit(limit)).all()
-    return [(int(r[0]), r[1]) for r in rows]
+        query = query.where(EventRow.log_index < before)
+    order = EventRow.log_index.desc() if newest_first else EventRow.log_index
+    rows = s.scalars(query.order_by(order).limit(limit)).all()
+    return [(int(r.log_index or 0), r) for r in rows]
 
 
 def count_events(s: Session, flt: EventFilter) -> int:
+    """How many logged events match (counted on the filter's index where it has one)."""
     query = flt.apply(
-        select(func.count())
-        .select_from(LogEntryRow)
-        .join(EventRow, EventRow.id == LogEntryRow.event_id)
+        select(func.count()).select_from(EventRow).where(EventRow.log_index.is_not(None))
     )
     return int(s.execute(query).scalar_one())
 

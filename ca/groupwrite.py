@@ -314,8 +314,8 @@ _INSERT_CERT = (
 )
 _INSERT_EVENT = (
     "INSERT INTO events (at, type, actor, uscc, subject, profile, issuer, serial,"
-    " cert_sha256, application_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " RETURNING id"
+    " cert_sha256, application_id, details, log_index)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
 
 
@@ -432,14 +432,16 @@ class IssuanceWriter:
             raise _NoLogHead
         out: list[int | BaseException] = []
         events: list[StoredEvent] = []
+        # Each event row is written with the leaf its entry gets: the locked head's size
+        # plus the events of this group stored before it (a failed item stores none).
         if len(items) == 1:  # alone: its failure is the transaction's
-            events.append(self._write_one(cur, items[0]))
+            events.append(self._write_one(cur, items[0], size if self._log else None))
             out.append(events[0].id)
         else:
             for item in items:
                 cur.execute("SAVEPOINT eport_issue")
                 try:
-                    stored = self._write_one(cur, item)
+                    stored = self._write_one(cur, item, size + len(events) if self._log else None)
                 except Exception as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT eport_issue")
                     out.append(exc)
@@ -459,7 +461,7 @@ class IssuanceWriter:
         else:
             raw.commit()
 
-    def _write_one(self, cur: Any, item: IssuanceWrite) -> StoredEvent:
+    def _write_one(self, cur: Any, item: IssuanceWrite, log_index: int | None) -> StoredEvent:
         dt = self._dt
         if item.code_hash is not None:
             assert item.now is not None, "a redemption carries its time"
@@ -504,9 +506,9 @@ class IssuanceWriter:
             )
         except self._integrity as exc:
             raise Conflict("serial number collision; nothing was issued") from exc
-        return self._insert_event(cur, item.event)
+        return self._insert_event(cur, item.event, log_index)
 
-    def _insert_event(self, cur: Any, ev: Event) -> StoredEvent:
+    def _insert_event(self, cur: Any, ev: Event, log_index: int | None) -> StoredEvent:
         serial = format(ev.serial, "x") if ev.serial is not None else None
         details = json.dumps(dict(ev.details), sort_keys=True, ensure_ascii=False)
         values = (
@@ -521,6 +523,7 @@ class IssuanceWriter:
             ev.cert_sha256,
             ev.application_id,
             details,
+            log_index,
         )
         cur.execute(self._insert_event_sql, (self._dt(ev.at), *values[1:]))
         (event_id,) = cur.fetchone()

@@ -113,22 +113,38 @@ class CertificateRow(Base):
 
 
 class EventRow(Base):
-    """Append-only: the code never updates or deletes a row (retention: ESL Art. 24)."""
+    """Append-only: the code never updates or deletes a row (retention: ESL Art. 24).
+
+    ``log_index`` is the leaf index of the event's entry in the transparency log
+    (``log_entries.idx``), written with the row (the writer holds the log head's lock, so
+    it knows the index before the insert). The auditor's listings filter and order on
+    this table alone: ``(type, log_index)``, ``(uscc, log_index)`` and
+    ``(serial, log_index)`` serve a filtered page in index order, ``log_index`` an
+    unfiltered one, with no sort of every matching event."""
 
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime.datetime]
-    type: Mapped[str] = mapped_column(String(40), index=True)
+    type: Mapped[str] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(120))
-    uscc: Mapped[str | None] = mapped_column(String(18), index=True)
+    uscc: Mapped[str | None] = mapped_column(String(18))
     subject: Mapped[str | None] = mapped_column(Text)
     profile: Mapped[str | None] = mapped_column(String(40))
     issuer: Mapped[str | None] = mapped_column(String(40))
-    serial: Mapped[str | None] = mapped_column(String(40), index=True)
+    serial: Mapped[str | None] = mapped_column(String(40))
     cert_sha256: Mapped[str | None] = mapped_column(String(64))
     application_id: Mapped[str | None] = mapped_column(String(40))
     details: Mapped[str] = mapped_column(Text, default="{}")
+    log_index: Mapped[int | None] = mapped_column(BigInteger)
+    """The leaf index of this event's log entry; None only for an event not logged (yet)."""
+
+    __table_args__ = (
+        Index("ix_events_log_index", "log_index", unique=True),
+        Index("ix_events_type_log_index", "type", "log_index"),
+        Index("ix_events_uscc_log_index", "uscc", "log_index"),
+        Index("ix_events_serial_log_index", "serial", "log_index"),
+    )
 
 
 class SeenJtiRow(Base):

@@ -142,6 +142,9 @@ class StoredEvent:
     cert_sha256: str | None
     application_id: str | None
     details: str
+    log_index: int | None = None
+    """The leaf index its log entry gets, written with the row by a writer that holds the
+    log head's lock; None when the row was written without one (the log sink fills it)."""
 
 
 # Core statements of the issuance path, built once. Executed on the transaction's
@@ -774,7 +777,13 @@ class SqlTransaction:
         return None
 
     def append_event(self, ev: Event) -> int:
+        from ca import translog  # it imports this module
+
         values = _event_values(ev)
+        if translog.append_event in self.sinks:
+            # The leaf this event's entry gets: the head's size, locked now (as the sink
+            # would lock it right after the insert), so the row is written with its index.
+            values["log_index"] = translog.lock_head(self.s)
         key = self._conn().execute(_INSERT_EVENT, values).inserted_primary_key
         assert key is not None
         stored = StoredEvent(id=int(key[0]), **values)
@@ -791,6 +800,10 @@ class SqlTransaction:
         if not events:
             return []
         values = [_event_values(ev) for ev in events]
+        if translog.append_event in self.sinks:  # each row written with its leaf, as above
+            size = translog.lock_head(self.s)
+            for i, v in enumerate(values):
+                v["log_index"] = size + i
         ids = self._conn().execute(_INSERT_EVENTS, values).scalars().all()
         stored = [StoredEvent(id=int(i), **v) for i, v in zip(ids, values, strict=True)]
         for sink in self.sinks:

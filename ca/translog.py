@@ -198,6 +198,7 @@ class SqlTreeStore:
 
 _INSERT_NODES = "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_ENTRIES = "INSERT INTO log_entries (idx, event_id, entry) VALUES (?, ?, ?)"
+_SET_LOG_INDEX = "UPDATE events SET log_index = ? WHERE id = ?"
 _MOVE_HEAD = f"UPDATE log_head SET size = ?, root_hash = ? WHERE id = {HEAD_ID}"  # noqa: S608
 _READ_HEAD = f"SELECT size, root_hash FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
 _SELECT_SIZE = f"SELECT size FROM log_head WHERE id = {HEAD_ID}"  # noqa: S608
@@ -348,14 +349,30 @@ def append_events(session: Session, rows: Sequence[EventRow | StoredEvent]) -> r
 
 def append_entries(sql: DriverSql, size: int, rows: Sequence[EventRow | StoredEvent]) -> range:
     """Append the entries of ``rows`` to a log whose head (of ``size``) this transaction
-    has locked; move the head. Returns the leaf indices they received."""
+    has locked; move the head. Returns the leaf indices they received.
+
+    A row written with its leaf index (``log_index``, known under the head's lock) must
+    get that leaf; a row written without one (an event older than the log, or one made
+    outside the issuance paths) has it set here."""
     if not rows:
         return range(size, size)
     entries = [entry_of(r) for r in rows]
     tree = MerkleTree(SqlTreeStore(sql, size))
+    span = range(size, size + len(rows))
+    unset: list[tuple[int, int]] = []
+    for idx, row in zip(span, rows, strict=True):
+        if row.log_index is None:
+            unset.append((idx, row.id))
+        elif row.log_index != idx:
+            raise LogCorrupted(
+                f"event {row.id} was written as leaf {row.log_index}, but the log's next "
+                f"leaf for it is {idx}: nothing was appended"
+            )
     span = tree.append_many(entries)
     values = [(idx, row.id, entry) for idx, row, entry in zip(span, rows, entries, strict=True)]
     _insert_rows(sql, _INSERT_ENTRIES, values)
+    if unset:
+        sql.run(driver_text(_SET_LOG_INDEX, sql.qmark), unset if len(unset) > 1 else unset[0])
     # The new root folds the right edge the append just read and wrote: no query.
     sql.run(driver_text(_MOVE_HEAD, sql.qmark), (span.stop, tree.root(span.stop)))
     return span

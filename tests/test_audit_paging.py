@@ -1,0 +1,242 @@
+"""The auditor's filtered listings read the events in index order (revision 0007).
+
+``eport audit log --type …`` (``GET /ca/v1/audit/events``) and the web view's pages used
+to join ``log_entries`` to ``events`` and order by the leaf index: a page of one type
+(every ``certificate.revoked``) sorted every event of that type first (100,000 events:
+130-250 ms a page, 4.4 s to export one type as CSV). Each event row now carries its
+leaf index (``events.log_index``), written with the row, and the pages read
+``(type, log_index)``, ``(uscc, log_index)``, ``(serial, log_index)`` or ``log_index``.
+
+Here a real server on SQLite and on PostgreSQL logs events, its database is taken down
+to 0006 and up again (the index is filled from ``log_entries``), more events are logged
+by the upgraded server (issuances by group commit, revocations in a session), and every
+filtered listing, paged both ways with ``after`` and ``before``, must match what the log
+itself says (``log_entries`` joined to ``events``); a full audit still passes. SQLite's
+query plans must read an index in page order, with no sort of the matching events.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ca import translog
+from ca.audit_api import EventFilter, count_events, find_events
+from ca.db import MIGRATIONS as CA_MIGRATIONS
+from ca.db import make_engine, upgrade
+from ca.models import EventRow, LogEntryRow
+from ca.records import Event, EventType
+from ca.store import SqlStore
+from cli.client import CAClient
+from cli.keyfiles import load_identity
+from tests.conftest import Postgres, Server, start_server, stop
+from tests.test_audit_cli import enroll_concurrently
+from tests.test_upgrades import alembic_config
+
+_databases = itertools.count()
+ISSUED = EventType.CERTIFICATE_ISSUED.value
+REVOKED = EventType.CERTIFICATE_REVOKED.value
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> str:
+    """A new empty CA database: a PostgreSQL one, or "" for the data directory's SQLite."""
+    if request.param == "sqlite":
+        return ""
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.createdb(f"eport_audit_paging_{next(_databases)}")
+
+
+def logged(url: str, **match: str) -> list[tuple[int, int]]:
+    """``(leaf index, event id)`` of the logged events matching ``match``, as the log
+    itself orders them (``log_entries`` joined to ``events``): what a listing must say."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as s:
+            q = select(LogEntryRow.idx, EventRow.id).join(
+                EventRow, EventRow.id == LogEntryRow.event_id
+            )
+            for column, value in match.items():
+                q = q.where(getattr(EventRow, column) == value)
+            return [(int(i), int(e)) for i, e in s.execute(q.order_by(LogEntryRow.idx))]
+    finally:
+        engine.dispose()
+
+
+def api_pages(srv: Server, query: str, limit: int) -> tuple[list[tuple[int, int]], int]:
+    """Every page of ``GET /ca/v1/audit/events?<query>`` read as the development auditor,
+    ``after`` the last index of each page; the events and the first page's total."""
+    d = srv.dev / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    client = CAClient(srv.url)
+    got: list[tuple[int, int]] = []
+    doc = client.call("GET", f"/ca/v1/audit/events?{query}&limit={limit}", identity=ident)
+    total = int(doc["total"])
+    while True:
+        got += [(e["log_index"], e["event_id"]) for e in doc["events"]]
+        if doc["next"] is None:
+            return got, total
+        doc = client.call(
+            "GET",
+            f"/ca/v1/audit/events?{query}&limit={limit}&after={doc['next']}",
+            identity=ident,
+        )
+        assert "total" not in doc  # the first page carries it
+
+
+def pages_both_ways(url: str, flt: EventFilter, limit: int) -> tuple[list[Any], list[Any]]:
+    """Every event of ``flt`` paged oldest first (``after``) and newest first (``before``,
+    as the web view pages), by :func:`find_events` on the server's database."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as s:
+            forward: list[tuple[int, int]] = []
+            after = None
+            while page := find_events(s, flt, after=after, limit=limit):
+                forward += [(i, r.id) for i, r in page]
+                after = page[-1][0]
+            backward: list[tuple[int, int]] = []
+            before = None
+            while page := find_events(s, flt, before=before, limit=limit, newest_first=True):
+                backward += [(i, r.id) for i, r in page]
+                before = page[-1][0]
+            assert count_events(s, flt) == len(forward)
+            return forward, backward
+    finally:
+        engine.dispose()
+
+
+def test_filtered_pages_over_events_logged_before_and_after_the_upgrade(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    data = tmp_path / "data"
+    env = {"HOME": str(home)}
+    srv, proc = start_server(data, database, workers=1, extra_env=env)
+    try:
+        before = enroll_concurrently(srv, 4)
+        srv.eport(
+            "revoke", "--serial", before[0]["serial"], "--reason", "superseded", *srv.officer()
+        )
+    finally:
+        stop(proc)
+    url = srv.database_url
+    # Down to 0006 (no log_index) and up again by the next start: every index backfilled.
+    command.downgrade(alembic_config(CA_MIGRATIONS, url), "0006")
+    srv, proc = start_server(data, database, workers=1, extra_env=env)
+    try:
+        after = enroll_concurrently(srv, 5)  # by group commit, with their indices
+        for cert in (after[1], after[3], before[2]):  # in sessions
+            srv.eport(
+                "revoke", "--serial", cert["serial"], "--reason", "superseded", *srv.officer()
+            )
+        uscc = after[3]["uscc"]
+        cases: list[tuple[str, dict[str, str], EventFilter]] = [
+            (f"type={ISSUED}", {"type": ISSUED}, EventFilter(types=(ISSUED,))),
+            (f"type={REVOKED}", {"type": REVOKED}, EventFilter(types=(REVOKED,))),
+            (f"uscc={uscc}", {"uscc": uscc}, EventFilter(uscc=uscc)),
+            (
+                f"serial={before[2]['serial']}",
+                {"serial": before[2]["serial"]},
+                EventFilter(serial=before[2]["serial"]),
+            ),
+            ("", {}, EventFilter()),
+        ]
+        for query, match, flt in cases:
+            expected = logged(url, **match)
+            assert expected, query
+            got, total = api_pages(srv, query, 2)
+            assert (got, total) == (expected, len(expected)), query
+            forward, backward = pages_both_ways(url, flt, 2)
+            assert forward == expected and backward == expected[::-1], query
+        revoked = [(i, e) for i, e in logged(url, type=REVOKED)]
+        assert len(revoked) == 4  # one before the downgrade, three after the upgrade
+        # The CLI's export of one type: the same events, in log order.
+        out = tmp_path / "revoked.json"
+        who = srv.auditor()
+        srv.eport("audit", "log", *who, "--type", REVOKED, "--format", "json", "--out", str(out))
+        exported = json.loads(out.read_text())
+        assert [(e["log_index"], e["event_id"]) for e in exported] == revoked
+        table = srv.eport("audit", "log", *who, "--type", ISSUED, "--limit", "3").stdout
+        assert f"(3 of {len(logged(url, type=ISSUED))} events;" in table
+        srv.eport("audit", "verify", "--full", *who, **env)
+    finally:
+        stop(proc)
+
+
+# -- the query plans ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_log(tmp_path: Path) -> Iterator[tuple[Engine, sessionmaker[Session]]]:
+    """A CA database (head revision) whose log holds a few events of several kinds."""
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    store = SqlStore(sessions, event_sinks=(translog.append_event,))
+    now = datetime.datetime(2026, 11, 27, 8, 0, tzinfo=datetime.UTC)
+    with store.transaction() as tx:
+        for n, kind in enumerate([EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_REVOKED] * 3):
+            tx.append_event(
+                Event(type=kind, at=now, actor="test:plan", uscc="91310000MA1FL4CT3U", serial=n + 1)
+            )
+    try:
+        yield engine, sessions
+    finally:
+        engine.dispose()
+
+
+def test_filtered_pages_read_an_index_in_page_order(
+    sqlite_log: tuple[Engine, sessionmaker[Session]],
+) -> None:
+    """SQLite's plan of each page (either direction, with ``after`` and ``before``) and
+    of the total reads an index of ``events`` that ends in ``log_index``, with no
+    ``USE TEMP B-TREE FOR ORDER BY`` (a sort of every matching event)."""
+    engine, sessions = sqlite_log
+    filters = {
+        "ix_events_type_log_index": EventFilter(types=(REVOKED,)),
+        "ix_events_uscc_log_index": EventFilter(uscc="91310000MA1FL4CT3U"),
+        "ix_events_serial_log_index": EventFilter(serial="3"),
+        "ix_events_log_index": EventFilter(),
+    }
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+        if " events" in statement and statement.lstrip().startswith("SELECT"):
+            seen.append((statement, params))
+
+    def plan(statement: str, params: Any) -> str:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+        return " | ".join(str(r[-1]) for r in rows)
+
+    for index, flt in filters.items():
+        with sessions() as s:
+            assert len(find_events(s, flt, limit=1)) == 1
+            event.listen(engine, "before_cursor_execute", record)
+            try:
+                find_events(s, flt, limit=2)
+                find_events(s, flt, after=1, limit=2)
+                find_events(s, flt, limit=2, newest_first=True)
+                find_events(s, flt, before=5, limit=2, newest_first=True)
+                find_events(s, flt, after=1, before=5, limit=2)
+                count_events(s, flt)
+            finally:
+                event.remove(engine, "before_cursor_execute", record)
+        plans = [plan(*q) for q in seen]
+        seen.clear()
+        assert len(plans) == 6, plans
+        for p in plans:
+            assert index in p and "TEMP B-TREE" not in p, (index, p)
