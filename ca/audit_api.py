@@ -18,7 +18,10 @@ up to 65,536 entries a request, so a million entries take sixteen requests.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
+import heapq
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,9 @@ EXTENSION = "eport.audit"
 MAX_BUNDLE = 65536
 """Entries per entry-bundle response."""
 MAX_EVENTS_PAGE = 10000
+MERGED_TYPES = 4
+"""Up to this many types a page is read type by type and merged (at most this many pages
+read); more are read in one statement, sorted."""
 CERTIFICATES_CHUNK = 20000
 ISSUANCE_TYPES = (
     EventType.CA_INITIALIZED.value,
@@ -346,8 +352,25 @@ def find_events(
 
     Read from ``events`` alone, in the order of an index that ends in ``log_index``
     (``(type, log_index)``, ``(uscc, log_index)``, ``(serial, log_index)`` or
-    ``log_index``): a page reads about ``limit`` rows, however many events match.
+    ``log_index``): a page reads about ``limit`` rows, however many events match. A few
+    types at once are read type by type (a page of each) and merged, as no index gives
+    ``type IN (…)`` in log order.
     """
+    types = tuple(dict.fromkeys(flt.types))
+    if 1 < len(types) <= MERGED_TYPES:
+        pages = [
+            find_events(
+                s,
+                dataclasses.replace(flt, types=(t,)),
+                after=after,
+                before=before,
+                limit=limit,
+                newest_first=newest_first,
+            )
+            for t in types
+        ]
+        merged = heapq.merge(*pages, key=lambda found: found[0], reverse=newest_first)
+        return list(itertools.islice(merged, limit))
     query = flt.apply(select(EventRow).where(EventRow.log_index.is_not(None)))
     if after is not None:
         query = query.where(EventRow.log_index > after)

@@ -113,13 +113,15 @@ class CertificateRow(Base):
 
 
 class EventRow(Base):
-    """Append-only: the code never updates or deletes a row (retention: ESL Art. 24).
+    """Append-only: the code never updates or deletes a row (retention: ESL Art. 24), but
+    to set a missing ``log_index`` once.
 
     ``log_index`` is the leaf index of the event's entry in the transparency log
     (``log_entries.idx``), written with the row (the writer holds the log head's lock, so
-    it knows the index before the insert). The auditor's listings filter and order on
-    this table alone: ``(type, log_index)``, ``(uscc, log_index)`` and
-    ``(serial, log_index)`` serve a filtered page in index order, ``log_index`` an
+    it knows the index before the insert); set afterwards, from the log, only for an event
+    older than the log or written by a release before 0008. The auditor's listings
+    filter and order on this table alone: ``(type, log_index)``, ``(uscc, log_index)``
+    and ``(serial, log_index)`` serve a filtered page in index order, ``log_index`` an
     unfiltered one, with no sort of every matching event."""
 
     __tablename__ = "events"

@@ -1,4 +1,4 @@
-"""The auditor's filtered listings read the events in index order (revision 0007).
+"""The auditor's filtered listings read the events in index order (revision 0008).
 
 ``eport audit log --type …`` (``GET /ca/v1/audit/events``) and the web view's pages used
 to join ``log_entries`` to ``events`` and order by the leaf index: a page of one type
@@ -8,7 +8,7 @@ leaf index (``events.log_index``), written with the row, and the pages read
 ``(type, log_index)``, ``(uscc, log_index)``, ``(serial, log_index)`` or ``log_index``.
 
 Here a real server on SQLite and on PostgreSQL logs events, its database is taken down
-to 0006 and up again (the index is filled from ``log_entries``), more events are logged
+to 0007 and up again (the index is filled from ``log_entries``), more events are logged
 by the upgraded server (issuances by group commit, revocations in a session), and every
 filtered listing, paged both ways with ``after`` and ``before``, must match what the log
 itself says (``log_entries`` joined to ``events``); a full audit still passes. SQLite's
@@ -132,8 +132,8 @@ def test_filtered_pages_over_events_logged_before_and_after_the_upgrade(
     finally:
         stop(proc)
     url = srv.database_url
-    # Down to 0006 (no log_index) and up again by the next start: every index backfilled.
-    command.downgrade(alembic_config(CA_MIGRATIONS, url), "0006")
+    # Down to 0007 (no log_index) and up again by the next start: every index backfilled.
+    command.downgrade(alembic_config(CA_MIGRATIONS, url), "0007")
     srv, proc = start_server(data, database, workers=1, extra_env=env)
     try:
         after = enroll_concurrently(srv, 5)  # by group commit, with their indices
@@ -160,6 +160,12 @@ def test_filtered_pages_over_events_logged_before_and_after_the_upgrade(
             assert (got, total) == (expected, len(expected)), query
             forward, backward = pages_both_ways(url, flt, 2)
             assert forward == expected and backward == expected[::-1], query
+        # Two types: read type by type and merged in log order.
+        both = sorted(logged(url, type=ISSUED) + logged(url, type=REVOKED))
+        got, total = api_pages(srv, f"type={ISSUED}&type={REVOKED}", 3)
+        assert (got, total) == (both, len(both))
+        forward, backward = pages_both_ways(url, EventFilter(types=(REVOKED, ISSUED)), 3)
+        assert forward == both and backward == both[::-1]
         revoked = [(i, e) for i, e in logged(url, type=REVOKED)]
         assert len(revoked) == 4  # one before the downgrade, three after the upgrade
         # The CLI's export of one type: the same events, in log order.
@@ -203,10 +209,12 @@ def test_filtered_pages_read_an_index_in_page_order(
 ) -> None:
     """SQLite's plan of each page (either direction, with ``after`` and ``before``) and
     of the total reads an index of ``events`` that ends in ``log_index``, with no
-    ``USE TEMP B-TREE FOR ORDER BY`` (a sort of every matching event)."""
+    ``USE TEMP B-TREE FOR ORDER BY`` (a sort of every matching event); two types are
+    read type by type."""
     engine, sessions = sqlite_log
     filters = {
         "ix_events_type_log_index": EventFilter(types=(REVOKED,)),
+        "ix_events_type_log_index (type=? AND": EventFilter(types=(REVOKED, ISSUED)),
         "ix_events_uscc_log_index": EventFilter(uscc="91310000MA1FL4CT3U"),
         "ix_events_serial_log_index": EventFilter(serial="3"),
         "ix_events_log_index": EventFilter(),
@@ -237,6 +245,33 @@ def test_filtered_pages_read_an_index_in_page_order(
                 event.remove(engine, "before_cursor_execute", record)
         plans = [plan(*q) for q in seen]
         seen.clear()
-        assert len(plans) == 6, plans
+        assert len(plans) == 1 + 5 * len(flt.types or [None]), plans  # a page per type
         for p in plans:
             assert index in p and "TEMP B-TREE" not in p, (index, p)
+
+
+def test_an_event_logged_without_its_index_is_listed_after_a_start(
+    sqlite_log: tuple[Engine, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server of the release before 0008 still running after the upgrade writes events
+    (and their log entries) without ``log_index``: the listings would never show them.
+    The upgrade that every start runs sets them from the log, reading only the index's
+    NULL range."""
+    from ca.db import _FILL_LOG_INDEX
+
+    engine, sessions = sqlite_log
+    with sessions() as s:
+        listed = [(i, r.id) for i, r in find_events(s, EventFilter(), limit=100)]
+    with engine.begin() as conn:  # as a 0007 server wrote the last two
+        conn.exec_driver_sql("UPDATE events SET log_index = NULL WHERE log_index >= 4")
+    with sessions() as s:
+        assert len(find_events(s, EventFilter(), limit=100)) == len(listed) - 2
+    upgrade(engine.url.render_as_string(hide_password=False))
+    assert "2 logged events had no log index" in caplog.text
+    with sessions() as s:
+        assert [(i, r.id) for i, r in find_events(s, EventFilter(), limit=100)] == listed
+    with engine.connect() as conn:
+        plan = " | ".join(
+            str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + _FILL_LOG_INDEX)
+        )
+    assert "ix_events_log_index (log_index=?)" in plan and "SCAN events" not in plan, plan
