@@ -52,7 +52,7 @@ def upgrade(url: str) -> None:
     if filled:
         log.warning(
             "%d logged events had no log index (written by a server of a release before "
-            "0007 after the upgrade?); set from the log, the audit listings show them now",
+            "0008 after the upgrade?); set from the log, the audit listings show them now",
             filled,
         )
 
