@@ -1013,6 +1013,7 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
                     digest,
                     app_id,
                     "{}",
+                    size,  # the event's leaf index, written with it (migration 0008)
                 ),
             ).fetchone()
             entry = b'{"event_id":%d,"serial":"%s"}' % (event_id, serial.encode())
