@@ -128,6 +128,10 @@ class Note:
 
     generation: int = 0
     responders_token: str | None = None
+    record: str | None = None
+    """The digest of that generation's record (:func:`record_digest`): a database restored
+    from a backup uses generation numbers again for other files, and a note of the same
+    number must not pass for a match. None in a note written before it was kept."""
 
 
 def read_note(data_dir: Path) -> Note:
@@ -135,13 +139,17 @@ def read_note(data_dir: Path) -> Note:
         doc = json.loads((hierarchy.ca_dir(data_dir) / NOTE_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return Note()
-    return Note(int(doc.get("generation", 0)), doc.get("responders_token"))
+    return Note(int(doc.get("generation", 0)), doc.get("responders_token"), doc.get("record"))
 
 
 def write_note(data_dir: Path, note: Note) -> None:
     path = hierarchy.ca_dir(data_dir) / NOTE_FILE
     tmp = path.with_name(path.name + ".tmp")
-    doc = {"generation": note.generation, "responders_token": note.responders_token}
+    doc = {
+        "generation": note.generation,
+        "responders_token": note.responders_token,
+        "record": note.record,
+    }
     tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)
 
@@ -169,6 +177,9 @@ class Outcome:
     responders_token: str | None = None
     """The record's token of the last forced responder renewal."""
     notes: tuple[str, ...] = field(default=())
+    restored: int | None = None
+    """The generation this host last matched, when the record is not that one nor newer
+    (the database was restored from a backup): nothing was taken from it."""
 
     @property
     def stale(self) -> bool:
@@ -178,6 +189,14 @@ class Outcome:
         """The one line an operator reads (health, log, ``eport serve``)."""
         if not self.missing:
             return None
+        if self.restored is not None:
+            return (
+                f"this host's CA files do not follow the database's record: its generation "
+                f"{self.generation} is not the record this host last matched (its generation "
+                f"{self.restored}); was the database restored from a backup? "
+                f"{', '.join(self.missing)} differ here and nothing is taken from it; "
+                + MANUAL_STEP.replace("the ceremony host's", "the restored host's")
+            )
         refused = f" (refused: {'; '.join(self.notes)})" if self.notes else ""
         return (
             f"this host's CA files are behind the database's record (generation "
@@ -264,30 +283,38 @@ class HierarchySync:
         if head is None:  # a database without a record: this host's files are it
             gen = self.record.publish(None, local, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token))
+                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(local)))
                 return Outcome(gen, published=True)
             head = self.record.head()
             assert head is not None
         published = self.record.files()
         token = head.responders_token
         due = token is not None and token != note.responders_token
+        digest = record_digest(published)
         if _same(local, published):
-            if note.generation != head.generation:
-                write_note(self.data_dir, Note(head.generation, note.responders_token))
+            if (note.generation, note.record) != (head.generation, digest):
+                write_note(self.data_dir, Note(head.generation, note.responders_token, digest))
             return Outcome(head.generation, responders_due=due, responders_token=token)
-        if note.generation == head.generation:
+        if note.generation == head.generation and note.record in (None, digest):
             # This host changed its files since it matched the record: a ceremony or a
             # re-share ran here. Publish them (unless another host just did).
             gen = self.record.publish(head.generation, local, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token))
+                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(local)))
                 return Outcome(gen, published=True, responders_due=due, responders_token=token)
             head = self.record.head()
             assert head is not None
             published = self.record.files()
         # A host that never matched a record (its first start on a database a newer
         # release filled from another host's files) cannot tell which files are newer:
-        # it takes nothing and says so.
+        # it takes nothing and says so. Nor can one whose note is of a generation the
+        # record has not reached, or of the same number with other files: the database
+        # was restored from a backup (or its record dropped), and what it holds is not
+        # newer than what this host has; the restored host's ca/ is to be copied.
+        if note.generation > head.generation or (
+            note.generation == head.generation and note.record != digest
+        ):
+            return self._follow(head, local, published, due, take=False, restored=note.generation)
         return self._follow(head, local, published, due, take=note.generation > 0)
 
     def _follow(
@@ -298,8 +325,10 @@ class HierarchySync:
         due: bool,
         *,
         take: bool,
+        restored: int | None = None,
     ) -> Outcome:
-        """Take what can be taken from a newer record; name what cannot."""
+        """Take what can be taken from a newer record; name what cannot (``restored``: the
+        note's generation, when the record is not newer and nothing is taken)."""
         d = hierarchy.ca_dir(self.data_dir)
         picked: list[str] = []
         missing: list[str] = []
@@ -328,7 +357,11 @@ class HierarchySync:
         if not missing:
             write_note(
                 self.data_dir,
-                Note(head.generation, read_note(self.data_dir).responders_token),
+                Note(
+                    head.generation,
+                    read_note(self.data_dir).responders_token,
+                    record_digest(published),
+                ),
             )
         return Outcome(
             head.generation,
@@ -337,12 +370,13 @@ class HierarchySync:
             responders_due=due,
             responders_token=head.responders_token,
             notes=tuple(notes),
+            restored=restored,
         )
 
     def responders_followed(self, token: str) -> None:
         """This host renewed its responders after the forced renewal ``token``."""
         note = read_note(self.data_dir)
-        write_note(self.data_dir, Note(note.generation, token))
+        write_note(self.data_dir, Note(note.generation, token, note.record))
 
     def force_responders(self) -> str:
         """A forced renewal ran here: every other host follows it."""
@@ -350,6 +384,12 @@ class HierarchySync:
         self.record.force_responders(token, self.clock())
         self.responders_followed(token)
         return token
+
+
+def record_digest(files: Mapping[str, Published]) -> str:
+    """SHA-256 of a record's file names and digests: which files a generation holds."""
+    doc = json.dumps({k: v.sha256 for k, v in files.items()}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def _same(local: Mapping[str, Published], published: Mapping[str, Published]) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine
 
 from ca import hierarchy
 from ca.crosshost import HierarchySync, read_note
@@ -99,5 +100,84 @@ def test_a_root_crl_the_host_cannot_check_is_not_taken(tmp_path: Path) -> None:
         got = sync(b).check()  # which one that matched before does take it
         assert got.picked_up == ("issuers/active.json",) and not got.stale
         assert bumped == [b]
+    finally:
+        engine.dispose()
+
+
+def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host(
+    tmp_path: Path,
+) -> None:
+    """The shared database restored from a backup (``eport restore``) brings back an older
+    record, and its generation numbers are used again. A host that matched a later record
+    before the restore took the older public files from it (its newer ``active.json``
+    rolled back), and one that had been down found its note's generation equal to the
+    record's after the restored host published again, took its own older files for a
+    change of its own and published them over the newer record. Now both take nothing,
+    publish nothing and say they are stale (copy the restored host's ``ca/``)."""
+    a, b = _hosts(tmp_path)
+    for d in (a, b):
+        (d / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    db = tmp_path / "eport.db"
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    bumped: list[Path] = []
+
+    def sync(engine: Engine, d: Path) -> HierarchySync:
+        record = SqlHierarchyRecord(engine)
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+    engine = make_engine(url)
+    try:
+        assert sync(engine, a).check().published  # generation 1
+        assert not sync(engine, b).check().stale
+    finally:
+        engine.dispose()
+    # the backup: the database and host A's data directory, as they are now
+    shutil.copy(db, tmp_path / "backup.db")
+    shutil.copytree(a, tmp_path / "a-backup")
+    engine = make_engine(url)
+    try:
+        (a / "ca" / "issuers" / "active.json").write_text('{"service": ""}\n')
+        assert sync(engine, a).check().generation == 2
+        assert sync(engine, b).check().picked_up == ("issuers/active.json",)
+        assert read_note(b).generation == 2
+    finally:
+        engine.dispose()
+    c = tmp_path / "c"  # a host like B that is down from now on
+    shutil.copytree(b, c)
+    # the restore: the database and host A's data directory from the backup
+    shutil.copy(tmp_path / "backup.db", db)
+    shutil.rmtree(a)
+    shutil.copytree(tmp_path / "a-backup", a)
+    engine = make_engine(url)
+    try:
+        record = SqlHierarchyRecord(engine)
+        head = record.head()
+        assert head is not None and head.generation == 1
+        # B, up during the restore: nothing older taken, stale, and it says why
+        got = sync(engine, b).check()
+        assert got.picked_up == () and got.missing == ("issuers/active.json",), got
+        warning = got.warning()
+        assert warning is not None and "restored" in warning, warning
+        assert (b / "ca" / "issuers" / "active.json").read_text() == '{"service": ""}\n'
+        assert read_note(b).generation == 2
+        # A changes its files again: generation 2 once more, with other files
+        (a / "ca" / "issuers" / "active.json").write_text('{"agency": ""}\n')
+        assert sync(engine, a).check().generation == 2
+        # C, back up: its note says 2 as the record does, but not this record
+        got = sync(engine, c).check()
+        assert not got.published and got.missing == ("issuers/active.json",), got
+        warning = got.warning()
+        assert warning is not None and "restored" in warning, warning
+        assert "copy the restored host's ca/ directory" in warning, warning
+        head = record.head()
+        assert head is not None and head.generation == 2
+        assert record.files()["issuers/active.json"].data == b'{"agency": ""}\n'
+        assert (c / "ca" / "issuers" / "active.json").read_text() == '{"service": ""}\n'
+        assert bumped == [b]  # only B's pick-up before the restore
+        # the manual step: A's ca/ copied over C's; C is current again
+        shutil.rmtree(c / "ca")
+        shutil.copytree(a / "ca", c / "ca")
+        assert not sync(engine, c).check().stale
     finally:
         engine.dispose()
