@@ -50,6 +50,7 @@ from typing import Protocol
 from cryptography import x509
 
 from ca import hierarchy
+from ca.custody_files import write_durably
 
 log = logging.getLogger("eport.ca")
 
@@ -143,15 +144,12 @@ def read_note(data_dir: Path) -> Note:
 
 
 def write_note(data_dir: Path, note: Note) -> None:
-    path = hierarchy.ca_dir(data_dir) / NOTE_FILE
-    tmp = path.with_name(path.name + ".tmp")
     doc = {
         "generation": note.generation,
         "responders_token": note.responders_token,
         "record": note.record,
     }
-    tmp.write_text(json.dumps(doc) + "\n")
-    tmp.replace(path)
+    write_durably(hierarchy.ca_dir(data_dir) / NOTE_FILE, (json.dumps(doc) + "\n").encode())
 
 
 @contextmanager
@@ -247,13 +245,6 @@ def _checked(data_dir: Path, name: str, data: bytes) -> str | None:
     return None
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 class HierarchySync:
     """One host's comparison of its ``ca/`` with the record (call under :func:`host_lock`)."""
 
@@ -347,7 +338,8 @@ class HierarchySync:
             ):
                 why = _checked(self.data_dir, name, theirs.data)
                 if why is None:
-                    _write(d / name, theirs.data)
+                    # as a re-share writes custody.json: a crash leaves the old file or the new
+                    write_durably(d / name, theirs.data)
                     picked.append(name)
                     continue
                 notes.append(f"{name}: {why}")

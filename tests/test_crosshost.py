@@ -8,6 +8,7 @@ import datetime
 import shutil
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -179,5 +180,49 @@ def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host
         shutil.rmtree(c / "ca")
         shutil.copytree(a / "ca", c / "ca")
         assert not sync(engine, c).check().stale
+    finally:
+        engine.dispose()
+
+
+def test_files_taken_from_the_record_and_the_note_are_written_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A picked-up ``custody.json``, ``issuers/active.json`` or root CRL, and the note, are
+    written as a re-share writes ``custody.json`` (``write_durably``: the new bytes synced
+    before the rename, the directory after it), so that a crash or power loss right after
+    leaves the old file or the new one, never an empty or torn one the host cannot start
+    (or unseal) with. Before, they were renamed into place unsynced."""
+    import os
+
+    a, b = _hosts(tmp_path)
+    url = f"sqlite:///{tmp_path / 'eport.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        record = SqlHierarchyRecord(engine)
+
+        def sync(d: Path) -> HierarchySync:
+            return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+
+        assert sync(a).check().published
+        assert not sync(b).check().stale
+        (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+        assert sync(a).check().published
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        got = sync(b).check()
+        assert got.picked_up == ("issuers/active.json",) and not got.stale
+        issuers, ca = b / "ca" / "issuers", b / "ca"
+        # each file's bytes before its rename (a temporary name), its directory after it
+        assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
+        assert str(issuers) in synced, synced
+        assert any(s.startswith(str(ca / "crosshost.json.tmp")) for s in synced), synced
+        assert str(ca) in synced, synced
     finally:
         engine.dispose()
