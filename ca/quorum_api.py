@@ -296,7 +296,14 @@ def ceremony(ceremony_id: str) -> Response:
 @bp.post("/ceremonies/<ceremony_id>/join")
 def join(ceremony_id: str) -> Response:
     svc = custody_service()
-    c = svc.quorum.join(ceremony_id, _sealed_share())
+    from ca.crosshost import host_lock
+
+    # The M-th join runs the operation, which writes several ca/ files one after the
+    # other (REVOKE-INTERMEDIATE: issuers/active.json, then the root CRL it signs): this
+    # host's checks (ca.crosshost) wait, so that none publishes half a ceremony to the
+    # other hosts of the database.
+    with host_lock(svc.cfg.data_dir):
+        c = svc.quorum.join(ceremony_id, _sealed_share())
     if c.state is CeremonyState.DONE:
         svc.refresh()
         from ca.app import check_hierarchy_record

@@ -229,3 +229,81 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
 def _stale(srv: Server) -> dict[str, Any] | None:
     doc = health(srv)
     return doc if doc["hierarchy"] == "stale" else None
+
+
+def test_a_ceremony_writes_its_files_while_no_check_can_publish_half_of_them(
+    tmp_path: Path,
+) -> None:
+    """REVOKE-INTERMEDIATE writes ``issuers/active.json``, then signs and writes the root
+    CRL. The host's check (every refresher cycle, on every worker) took no part in that:
+    run in between, it published the ceremony's first file alone as a generation of the
+    record, and the other hosts took half a ceremony (seen as two pick-ups, generations 2
+    and 3, in this file's two-host test). The M-th join now runs the operation under the
+    host's crosshost lock: while anything else holds it (here the test, as a check would),
+    the ceremony's files stay as they were; released, the ceremony completes and its
+    files are published as one generation."""
+    import fcntl
+    import hashlib
+    import sqlite3
+    import threading
+
+    port = free_port()
+    env = {
+        **custodian_env(),
+        **FAST,
+        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    data, out = tmp_path / "a" / "data", tmp_path / "out"
+    data.parent.mkdir()
+    made = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    srv, proc = _start_custody_host(data, "", env, port, out)
+    db = data / "eport.db"
+    try:
+
+        def head() -> int:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute("SELECT generation FROM hierarchy_head").fetchone()[0])
+
+        gen = head()
+        doc = start(srv, out, "REVOKE-INTERMEDIATE", "issuer=service", "reason=keyCompromise")
+        for m in ("inspection", "tax"):
+            join(srv, out, str(doc["id"]), m)
+        active = data / "ca" / "issuers" / "active.json"
+        crl = (data / "ca" / "root.crl").read_bytes()
+        before = active.read_bytes() if active.exists() else None
+        joined: list[subprocess.CompletedProcess[str]] = []
+        with open(data / "ca" / ".crosshost.lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            last = threading.Thread(
+                target=lambda: joined.append(join(srv, out, str(doc["id"]), "customs"))
+            )
+            last.start()
+            time.sleep(4)
+            # the operation waits for the lock: not one of its files is written yet
+            assert (active.read_bytes() if active.exists() else None) == before
+            assert (data / "ca" / "root.crl").read_bytes() == crl
+            assert last.is_alive() and not joined
+        last.join(60)
+        assert joined and joined[0].returncode == 0, joined
+        assert active.read_bytes() != before and (data / "ca" / "root.crl").read_bytes() != crl
+        # published once, whole: the record's newest generation holds both files
+        eventually("the ceremony's files were not published", lambda: head() > gen)
+        time.sleep(1.5)  # a few more refresher cycles: nothing more to publish
+        assert head() == gen + 1
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT path, sha256 FROM hierarchy_files").fetchall()
+        digests = {path: sha for path, sha in rows}
+        assert digests["issuers/active.json"] == hashlib.sha256(active.read_bytes()).hexdigest()
+        assert (
+            digests["root.crl"]
+            == hashlib.sha256((data / "ca" / "root.crl").read_bytes()).hexdigest()
+        )
+    finally:
+        stop(proc)
