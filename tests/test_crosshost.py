@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -224,5 +225,53 @@ def test_files_taken_from_the_record_and_the_note_are_written_durably(
         assert str(issuers) in synced, synced
         assert any(s.startswith(str(ca / "crosshost.json.tmp")) for s in synced), synced
         assert str(ca) in synced, synced
+    finally:
+        engine.dispose()
+
+
+def test_a_publication_between_the_head_and_the_files_read_is_no_restore(
+    tmp_path: Path,
+) -> None:
+    """A check reads the record's head, then its files (two reads): another host that
+    publishes in between must not make the files look like a restored record's (which
+    would refuse the host's start with a false "restored" warning); the check reads the
+    head again and follows the newer generation as usual."""
+    a, b = _hosts(tmp_path)
+    url = f"sqlite:///{tmp_path / 'eport.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        record = SqlHierarchyRecord(engine)
+
+        def sync(d: Path, rec: Any = record) -> HierarchySync:
+            return HierarchySync(d, rec, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+
+        assert sync(a).check().published
+        assert not sync(b).check().stale
+
+        class Racing:
+            """The record as B reads it: host A publishes just before B's first files()."""
+
+            raced = False
+
+            def head(self) -> Any:
+                return record.head()
+
+            def files(self) -> Any:
+                if not self.raced:
+                    self.raced = True
+                    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+                    assert sync(a).check().published
+                return record.files()
+
+            def publish(self, *args: Any) -> Any:
+                return record.publish(*args)
+
+            def force_responders(self, *args: Any) -> Any:
+                return record.force_responders(*args)
+
+        got = sync(b, Racing()).check()
+        assert got.restored is None and not got.stale, got.warning()
+        assert got.picked_up == ("issuers/active.json",) and got.generation == 2
     finally:
         engine.dispose()
