@@ -1702,20 +1702,30 @@ def auth_group() -> None:
     is_flag=True,
     help="Rotate even if a next key was published less than 5 minutes ago.",
 )
+@click.option(
+    "--alg",
+    "algs",
+    multiple=True,
+    type=click.Choice(["ES256", "RS256"]),
+    help="Rotate only this key family (repeatable) [default: both].",
+)
 @json_option
-def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> None:
+def auth_rotate_keys(
+    data_dir: Path, dev: bool, force: bool, algs: tuple[str, ...], as_json: bool
+) -> None:
     """Rotate the token-signing keys without a validation gap.
 
-    Both key families rotate: ES256 (access tokens, and ID tokens of clients
-    registered for ES256) and RS256 (ID tokens of clients registered for RS256).
-    In each, the published `next` key starts signing; the old key stays in the
-    JWKS until every token it signed has expired; a new `next` key is published.
-    Every server process follows within seconds. Also runs on a schedule (30 days
-    by default).
+    Both key families rotate unless --alg names one: ES256 (access tokens, and ID
+    tokens of clients registered for ES256) and RS256 (ID tokens of clients
+    registered for RS256). In each, the published `next` key starts signing; the
+    old key stays in the JWKS until every token it signed has expired; a new `next`
+    key is published. Every server process follows within seconds. Also runs on a
+    schedule (30 days by default).
     Needs EPORT_AUTH_KEY_PASSPHRASE (the server's), or --dev for `eport serve --dev`:
 
     \b
       eport auth rotate-keys --data-dir var --dev
+      eport auth rotate-keys --data-dir var --dev --alg ES256   (access tokens' key only)
     """
     import datetime as dt
 
@@ -1754,19 +1764,28 @@ def auth_rotate_keys(data_dir: Path, dev: bool, force: bool, as_json: bool) -> N
             max_token_lifetime=dt.timedelta(seconds=cfg.access_token_seconds),
         )
         ring.ensure()
-        from authsvc.keys import KeyRotationTooSoon
+        from authsvc.keys import ALGS, KeyRotationTooSoon
 
+        chosen = tuple(a for a in ALGS if a in algs) or ALGS
         try:
-            promoted = ring.rotate(force=force)
+            promoted = ring.rotate(force=force, algs=chosen)
         except KeyRotationTooSoon as exc:
-            raise CLIError(exc.detail.replace("force it", "use --force")) from None
+            way = "use --force" if len(chosen) == 1 else "use --force, or --alg for one family"
+            raise CLIError(exc.detail.replace("force it", way)) from None
         keys = [{"kid": k.kid, "state": k.state, "alg": k.alg} for k in store.list_keys()]
     finally:
         engine.dispose()
-    # "active" stays the access tokens' (ES256) key; "active_by_alg" names both.
+    # "active" stays the access tokens' (ES256) key, rotated or not; "active_by_alg"
+    # names the active key of each family.
+    active = {k["alg"]: k["kid"] for k in keys if k["state"] == "active"}
     emit(
         as_json,
-        {"active": promoted["ES256"], "active_by_alg": promoted, "keys": keys},
+        {
+            "active": active["ES256"],
+            "active_by_alg": active,
+            "rotated": sorted(promoted),
+            "keys": keys,
+        },
         "Signing with "
         + " and ".join(f"{kid} ({alg})" for alg, kid in promoted.items())
         + " now.\n"

@@ -361,3 +361,20 @@ def test_key_rotation_covers_the_rsa_key(world: World) -> None:
         new["access_token"], KeySet.import_key_set(jwks(world)), algorithms=["ES256"]
     ).header["kid"]
     assert published[at_kid] == "ES256"
+
+
+def test_one_key_family_rotates_alone(world: World) -> None:
+    """``--alg`` rotates one family and leaves the other's keys as they were (an emergency
+    rotation of the access tokens' key need not touch the RSA keys, nor wait for them)."""
+    srv = world.server
+    args = ("auth", "rotate-keys", "--data-dir", str(srv.data_dir), "--dev")
+    before = {k["kid"]: k["state"] for k in jrun(srv, *args, "--alg", "RS256", "--force")["keys"]}
+    early = srv.eport(*args, check=False)  # both next keys younger than the JWKS max-age
+    assert early.returncode == 1 and "--alg for one family" in early.stderr, early.stderr
+    out = jrun(srv, *args, "--alg", "ES256", "--force")
+    assert out["rotated"] == ["ES256"]
+    after = {k["kid"]: (k["state"], k["alg"]) for k in out["keys"]}
+    rsa = {kid: st for kid, (st, alg) in after.items() if alg == "RS256"}
+    assert rsa == {kid: before[kid] for kid in rsa}  # no RSA key made, moved or dropped
+    assert before[out["active"]] == "next"  # the ES256 key published as next now signs
+    assert out["active_by_alg"]["RS256"] in rsa and rsa[out["active_by_alg"]["RS256"]] == "active"
