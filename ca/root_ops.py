@@ -104,15 +104,16 @@ def read_active(data_dir: Path) -> dict[str, str]:
 
 def _write_active(data_dir: Path, active: dict[str, str]) -> None:
     path = hierarchy.ca_dir(data_dir) / "issuers" / ACTIVE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(active, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    _write(path, (json.dumps(active, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """A ceremony's file, durably (:func:`ca.custody_files.write_durably`): a power loss
+    right after the ceremony leaves the old file or the new one, never an empty
+    ``active.json`` or ``root.crl`` the CA could not start with."""
+    from ca.custody_files import write_durably  # it imports ca.custody's users
+
+    write_durably(path, data)
 
 
 def _sql(tx: CeremonyTx) -> Any:

@@ -275,3 +275,32 @@ def test_a_publication_between_the_head_and_the_files_read_is_no_restore(
         assert got.picked_up == ("issuers/active.json",) and got.generation == 2
     finally:
         engine.dispose()
+
+
+def test_a_ceremony_s_files_are_written_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files a quorum ceremony writes (``issuers/active.json``, ``root.crl``, new
+    issuer and log key files) are fsynced before their rename and their directory after
+    it, as the files taken from the record are: before, a power loss right after a
+    ceremony could leave an empty one, which the CA cannot start with."""
+    import os
+
+    from ca import root_ops
+
+    (tmp_path / "ca" / "issuers").mkdir(parents=True)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root_ops._write_active(tmp_path, {"enterprise": "enterprise-2"})
+    root_ops._write(tmp_path / "ca" / "root.crl", b"der")
+    issuers, ca = tmp_path / "ca" / "issuers", tmp_path / "ca"
+    assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
+    assert any(s.startswith(str(ca / "root.crl.tmp")) for s in synced), synced
+    assert str(issuers) in synced and str(ca) in synced, synced
+    assert root_ops.read_active(tmp_path) == {"enterprise": "enterprise-2"}
