@@ -85,8 +85,9 @@ EXCLUDED_CA_FILES = {
 }
 """Files of ``<data_dir>/ca/`` left out of every backup, and why."""
 
-_SKIPPED = re.compile(r"(\.tmp|\.new|\.lock)$")
-"""Work files of an operation in progress (atomic writes, responder renewal)."""
+_SKIPPED = re.compile(r"(\.tmp|\.tmp-[0-9]+|\.new|\.lock)$")
+"""Work files of an operation in progress (atomic writes, ``write_durably``'s
+``<name>.tmp-<pid>``, responder renewal)."""
 
 _MEMBER = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _ATTEMPTS = 3

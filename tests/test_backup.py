@@ -695,3 +695,18 @@ def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
         assert doc["ok"] and doc["tree_size"] >= made["manifest"]["log"]["size"]
     finally:
         stop(proc)
+
+
+def test_a_crash_s_leftover_temporary_files_are_not_backed_up(tmp_path: Path) -> None:
+    """A crash in the middle of a durable write (custody record, a ceremony's files)
+    leaves ``<name>.tmp-<pid>`` beside the file: a work file, left out of the archive
+    like ``<name>.tmp``, so a restore never brings back half-written bytes."""
+    data = tmp_path / "data"
+    ensure_dev_ca(CAConfig(data_dir=data, dev=True))
+    (data / "ca" / "custody.json.tmp-4242").write_bytes(b"{")
+    (data / "ca" / "issuers" / "active.json.tmp-77").write_bytes(b"")
+    archive = tmp_path / "eport.tar.gz"
+    eport("backup", "--data-dir", str(data), "--out", str(archive))
+    names = members(archive)
+    assert not [n for n in names if ".tmp" in n], names
+    assert "files/ca/root.crt" in names
