@@ -210,3 +210,35 @@ def test_rsa_keys_are_made_before_the_lock_is_taken(
     monkeypatch.setattr(authsvc.keys.rsa, "generate_private_key", generate)
     ring.rotate()
     assert made_while_locked == [False]
+
+
+def test_two_processes_due_at_once_rotate_once_without_an_error(rig: Rig) -> None:
+    """Every process runs the schedule: two that both read the keys as due before either
+    rotated must rotate once between them, and the second must not fail (it logged a
+    KeyRotationTooSoon traceback and skipped its sweep's cleanup)."""
+    first, second = rig.ring(), rig.ring()
+    first.ensure()
+    rig.clock.advance(days=31)
+    seen_due = rig.store.list_keys()  # what the second process read before the first won
+
+    class Stale:
+        """The store as the second process saw it: its first read predates the rotation."""
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def list_keys(self) -> list[StoredKey]:
+            self.reads += 1
+            return seen_due if self.reads == 1 else rig.store.list_keys()
+
+        def rotate_locked(self, mutate: Callable[[list[StoredKey]], list[StoredKey]]) -> None:
+            rig.store.rotate_locked(mutate)
+
+    assert first.maybe_rotate()
+    rotated = {k.kid: k.state for k in rig.store.list_keys()}
+    late = KeyRing(
+        Stale(), PASSPHRASE, rig.clock, max_token_lifetime=datetime.timedelta(minutes=10)
+    )
+    assert late.maybe_rotate() is False
+    assert {k.kid: k.state for k in rig.store.list_keys()} == rotated  # rotated once
+    assert second.maybe_rotate() is False  # and a fresh read finds nothing due
