@@ -720,7 +720,7 @@ def test_portal_logout_needs_its_csrf_token(world: World) -> None:
 
 
 @contextlib.contextmanager
-def sample_service(world: World, client: str = "sample-a") -> Iterator[Any]:
+def sample_service(world: World, client: str = "sample-a", **settings: str) -> Iterator[Any]:
     """The sample web service (Authlib) on the port the policy names for its back channel."""
     from examples.web_service.app import create_app
 
@@ -731,6 +731,7 @@ def sample_service(world: World, client: str = "sample-a") -> Iterator[Any]:
             "PUBLIC_URL": f"https://{client}.eport.example:{PUBLIC_PORT}",
             "SERVICE_NAME": client,
             "SECRET_KEY": "test-" + client,
+            **settings,
         }
     )
     http = make_server("127.0.0.1", world.example_port, app, threaded=True)

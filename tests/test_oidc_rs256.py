@@ -224,9 +224,10 @@ def test_an_rs256_id_token_is_no_access_token(world: World) -> None:
 def test_the_authlib_sample_service_signs_in_with_rs256(world: World) -> None:
     """The sample web service (Authlib's Flask client, no E-Port code) registered for RS256,
     told to accept RS256 ID tokens only: Authlib validates the ID token against the JWKS
-    and signs the user in."""
+    and signs the user in. Its back channel (``ID_TOKEN_ALG=RS256``) then takes the RS256
+    logout token the provider sends when the user signs out, and ends the local session."""
     agent = world.agent()
-    with sample_service(world, RS_CLIENT) as app:
+    with sample_service(world, RS_CLIENT, ID_TOKEN_ALG="RS256") as app:
         client = app.extensions["authlib.integrations.flask_client"].create_client("eport")
         with app.app_context():
             metadata = client.load_server_metadata()  # fetched once, then kept
@@ -245,6 +246,33 @@ def test_the_authlib_sample_service_signs_in_with_rs256(world: World) -> None:
         (login,) = app.extensions["sample.logins"]._by_id.values()
         header = json.loads(base64.urlsafe_b64decode(login.id_token.split(".")[0] + "==="))
         assert header["alg"] == "RS256"
+
+        sid = json.loads(base64.urlsafe_b64decode(login.id_token.split(".")[1] + "==="))["sid"]
+        before = len(world.receiver.posts)
+        registered = f"https://{RS_CLIENT}.eport.example:{PUBLIC_PORT}/signed-out"
+        out = agent.get(
+            "/auth/end_session",
+            cert=False,
+            id_token_hint=login.id_token,
+            post_logout_redirect_uri=registered,
+        )
+        assert out.status_code == 303
+        deadline = time.monotonic() + 10
+        while True:  # the policy sends sample-b's logout token to the test's receiver
+            sent = [
+                form["logout_token"][0]
+                for path, form in world.receiver.posts[before:]
+                if path.endswith(RS_CLIENT)
+            ]
+            if sent:
+                break
+            assert time.monotonic() < deadline, world.receiver.posts
+            time.sleep(0.2)
+        (token,) = sent
+        assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))["alg"] == "RS256"
+        ended = web.post("/backchannel-logout", data={"logout_token": token}, base_url=base)
+        assert ended.status_code == 200, ended.data
+        assert not app.extensions["sample.logins"]._by_id, sid
 
 
 # -- forgeries where the provider verifies an ID token -----------------------------------

@@ -22,6 +22,10 @@ Configuration (environment, or a mapping passed to ``create_app``):
 ``CA_BUNDLE``           PEM file of the CA that issued the provider's TLS certificate
 ``SECRET_KEY``          signs the Flask session cookie (random per start if unset)
 ``SESSION_COOKIE_NAME`` one per service when several share a host name
+``ID_TOKEN_ALG``        the ``id_token_signed_response_alg`` policies/services.toml registers
+                        for this client (``ES256``, the default, or ``RS256``): the one
+                        algorithm its logout tokens are accepted in (Back-Channel Logout
+                        §2.4: they are signed as the client's ID tokens are)
 
 Run: ``flask --app 'examples.web_service.app:create_app()' run --port 5101``.
 """
@@ -54,6 +58,7 @@ SETTINGS = (
     "CA_BUNDLE",
     "SECRET_KEY",
     "SESSION_COOKIE_NAME",
+    "ID_TOKEN_ALG",
 )
 
 PAGE = """<!doctype html>
@@ -159,6 +164,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     issuer = str(cfg["EPORT_ISSUER"]).rstrip("/")
     client_id = str(cfg["OIDC_CLIENT_ID"])
+    id_token_alg = str(cfg.get("ID_TOKEN_ALG") or "ES256")
+    if id_token_alg not in ("ES256", "RS256"):
+        raise ValueError(f"ID_TOKEN_ALG is ES256 or RS256, not {id_token_alg!r}")
     client_kwargs: dict[str, Any] = {
         "scope": "openid profile eport",
         "code_challenge_method": "S256",
@@ -270,11 +278,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise ValueError("logout_token is required")
         try:
             keys = KeySet.import_key_set(client.fetch_jwk_set())
-            token = jwt.decode(raw, keys, algorithms=["ES256"])
+            token = jwt.decode(raw, keys, algorithms=[id_token_alg])
         except JoseError:
             # The provider rotates its keys: fetch the JWKS again once.
             keys = KeySet.import_key_set(client.fetch_jwk_set(force=True))
-            token = jwt.decode(raw, keys, algorithms=["ES256"])
+            token = jwt.decode(raw, keys, algorithms=[id_token_alg])
         if token.header.get("typ") != "logout+jwt":
             raise ValueError("not a logout token (typ)")
         registry = jwt.JWTClaimsRegistry(
