@@ -216,6 +216,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     auth_upgrade(auth_cfg.sqlalchemy_url)
+    sealed_start = False
     if dev:
         click.secho(
             "WARNING: development mode. The CA keys are unsealed with passphrases stored in "
@@ -245,7 +246,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         # start announces its unseal fingerprint, for a server that would not start.
         _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
         if custody_files.under_custody(data_dir):
-            custody_cli.announce_sealed_start(data_dir)
+            custody_files.load_record(data_dir)  # a damaged record: before any upgrade
+            sealed_start = True
         elif ca_passphrase(cfg) is None:
             raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
         else:
@@ -257,6 +259,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     if refusal is not None:
         raise CLIError(refusal)
     _check_hierarchy_record(cfg.sqlalchemy_url, data_dir)
+    if sealed_start:
+        # Last of the checks: a host refused (another CA's database, CA files behind the
+        # database's record) must not print a fingerprint custodians would unseal for.
+        custody_cli.announce_sealed_start(data_dir)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()

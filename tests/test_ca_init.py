@@ -323,6 +323,41 @@ def test_one_database_holds_one_ca(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (events,)
 
 
+def test_a_sealed_ca_refused_at_start_prints_no_unseal_fingerprint(tmp_path: Path) -> None:
+    """`eport serve` of a CA under custody whose start is refused (here: the database
+    holds another CA's records; a host whose CA files are behind the database's record is
+    refused at the same place) says so in one line and announces no unseal fingerprint:
+    before, it printed "The CA starts SEALED" and a fingerprint, for a server that never
+    started, which custodians could be read out to unseal."""
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    other = tmp_path / "other"
+    ensure_dev_ca(CAConfig(data_dir=other, dev=True))
+    shared = f"sqlite:///{(other / 'eport.db').resolve()}"
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    made = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=custodian_env(),
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    res = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_DATABASE_URL": shared},
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "holds the records of another CA" in res.stderr, res.stderr
+    assert "Unseal key fingerprint" not in res.stdout + res.stderr
+    assert "starts SEALED" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     """libpq's postgresql:// form works (with the driver installed), and a database that
     refuses, or a URL scheme nobody knows, is one line naming the setting, never the

@@ -215,6 +215,9 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("eport: error:")]
         assert len(errors) == 1 and "issuers/enterprise-2.key" in errors[0], refused.stderr
         assert "copy the ceremony host's ca/ directory" in errors[0]
+        # refused before a sealed start announces a fingerprint to unseal it with
+        assert "Unseal key fingerprint" not in refused.stdout, refused.stdout
+        assert refused.stderr.strip().splitlines() == errors, refused.stderr
         # the manual step: A's ca/ copied over B's; B starts and is current
         shutil.rmtree(b_data / "ca")
         shutil.copytree(a_data / "ca", b_data / "ca")
