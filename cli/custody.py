@@ -851,7 +851,12 @@ def ca_renew_responders(
     force: bool, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
 ) -> None:
     """Renew the OCSP responder certificates that expire soon (an RA officer's request;
-    the server must be unsealed). The server also does this by itself."""
+    the server must be unsealed). The server also does this by itself.
+
+    The responders are the host's own: with several hosts on one PostgreSQL database,
+    --force sent to one host is recorded in the database, and every other host renews
+    its own responders at its next check (within a refresher cycle, 30 s by default;
+    a sealed host once unsealed): sending it to one host is enough."""
     from cli import keyfiles
 
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
