@@ -1771,13 +1771,24 @@ def auth_rotate_keys(
             max_token_lifetime=dt.timedelta(seconds=cfg.access_token_seconds),
         )
         ring.ensure()
-        from authsvc.keys import ALGS, KeyRotationTooSoon
+        from authsvc.keys import ALGS, JWKS_MAX_AGE, KeyRotationTooSoon
 
         chosen = tuple(a for a in ALGS if a in algs) or ALGS
         try:
             promoted = ring.rotate(force=force, algs=chosen)
         except KeyRotationTooSoon as exc:
-            way = "use --force" if len(chosen) == 1 else "use --force, or --alg for one family"
+            # Name --alg only for a family that would rotate now: when every next key
+            # is new, it would be refused the same way.
+            now = dt.datetime.now(dt.UTC)
+            young = {
+                k.alg
+                for k in store.list_keys()
+                if k.state == "next" and now - k.created_at < JWKS_MAX_AGE
+            }
+            ready = [a for a in chosen if a not in young]
+            way = "use --force"
+            if len(chosen) > 1 and ready:
+                way += f", or --alg {ready[0]} to rotate that family alone"
             raise CLIError(exc.detail.replace("force it", way)) from None
         keys = [{"kid": k.kid, "state": k.state, "alg": k.alg} for k in store.list_keys()]
     finally:

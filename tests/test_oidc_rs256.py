@@ -13,11 +13,14 @@ that take access tokens. Rotation: ``eport auth rotate-keys`` rotates the RSA ke
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -398,11 +401,32 @@ def test_one_key_family_rotates_alone(world: World) -> None:
     args = ("auth", "rotate-keys", "--data-dir", str(srv.data_dir), "--dev")
     before = {k["kid"]: k["state"] for k in jrun(srv, *args, "--alg", "RS256", "--force")["keys"]}
     early = srv.eport(*args, check=False)  # both next keys younger than the JWKS max-age
-    assert early.returncode == 1 and "--alg for one family" in early.stderr, early.stderr
-    out = jrun(srv, *args, "--alg", "ES256", "--force")
+    assert early.returncode == 1 and "use --force)" in early.stderr, early.stderr
+    assert "--alg" not in early.stderr  # it would be refused the same way
+    _age_next_key(srv.data_dir / "auth.db", "ES256")
+    early = srv.eport(*args, check=False)  # only the RS256 next key is new
+    assert early.returncode == 1, early.stderr
+    assert "--alg ES256 to rotate that family alone" in early.stderr, early.stderr
+    out = jrun(srv, *args, "--alg", "ES256")  # not forced: its next key is old enough
     assert out["rotated"] == ["ES256"]
     after = {k["kid"]: (k["state"], k["alg"]) for k in out["keys"]}
     rsa = {kid: st for kid, (st, alg) in after.items() if alg == "RS256"}
     assert rsa == {kid: before[kid] for kid in rsa}  # no RSA key made, moved or dropped
     assert before[out["active"]] == "next"  # the ES256 key published as next now signs
     assert out["active_by_alg"]["RS256"] in rsa and rsa[out["active_by_alg"]["RS256"]] == "active"
+
+
+def _age_next_key(auth_db: Path, alg: str) -> None:
+    """Date the ``next`` key of ``alg`` 10 minutes back, past the JWKS max-age (the
+    server's clock is not the test's to move)."""
+    with sqlite3.connect(auth_db) as conn:
+        rows = conn.execute(
+            "SELECT kid, public_jwk, created_at FROM auth_signing_keys WHERE state = 'next'"
+        ).fetchall()
+        (kid, created), *more = [(k, c) for k, j, c in rows if json.loads(j).get("alg") == alg]
+        assert not more, rows
+        old = datetime.datetime.fromisoformat(created) - datetime.timedelta(minutes=10)
+        conn.execute(
+            "UPDATE auth_signing_keys SET created_at = ? WHERE kid = ?",
+            (old.strftime("%Y-%m-%d %H:%M:%S.%f"), kid),
+        )
