@@ -447,18 +447,26 @@ def restore_command(
                 "  no --checkpoint given: not compared with what auditors were shown "
                 "(run `eport audit verify --full --since CHECKPOINT` once the server is up)"
             )
-        lines.append("Next:")
+        steps = []
         if manifest.get("dev_instance") and not manifest.get("includes_dev_credentials"):
-            lines.append(
-                f"  a development instance: its credentials (dev/) are not in backups; copy them "
+            steps.append(
+                f"a development instance: its credentials (dev/) are not in backups; copy them "
                 f"back to {result.data_dir}/dev/ before `eport serve --dev`"
             )
+        if any(where.startswith("postgresql") for where in result.databases.values()):
+            steps.append(
+                "other hosts of this PostgreSQL database: with their servers stopped, copy "
+                f"{result.data_dir}/ca/ over each one's ca/ before it starts again "
+                "(docs/backup.md)"
+            )
         if manifest.get("custody"):
-            lines.append(
-                "  `eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
+            steps.append(
+                "`eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
                 "docs/emergency-plan.md runbook 1)"
             )
-        lines.append("  `eport audit verify --full --since CHECKPOINT` against the restored server")
+        steps.append("`eport audit verify --full --since CHECKPOINT` against the restored server")
+        data["next"] = steps
+        lines += ["Next:", *(f"  {step}" for step in steps)]
         click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
 
 
