@@ -26,6 +26,21 @@ from tests.conftest import REPO
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the path of every file and directory ``os.fsync`` is called on."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
 def _hosts(tmp: Path) -> tuple[Path, Path]:
     a = tmp / "a"
     hierarchy.create(
@@ -193,7 +208,6 @@ def test_files_taken_from_the_record_and_the_note_are_written_durably(
     before the rename, the directory after it), so that a crash or power loss right after
     leaves the old file or the new one, never an empty or torn one the host cannot start
     (or unseal) with. Before, they were renamed into place unsynced."""
-    import os
 
     a, b = _hosts(tmp_path)
     url = f"sqlite:///{tmp_path / 'eport.db'}"
@@ -209,14 +223,7 @@ def test_files_taken_from_the_record_and_the_note_are_written_durably(
         assert not sync(b).check().stale
         (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
         assert sync(a).check().published
-        synced: list[str] = []
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", fsync)
+        synced = record_fsyncs(monkeypatch)
         got = sync(b).check()
         assert got.picked_up == ("issuers/active.json",) and not got.stale
         issuers, ca = b / "ca" / "issuers", b / "ca"
@@ -284,19 +291,11 @@ def test_a_ceremony_s_files_are_written_durably(
     issuer and log key files) are fsynced before their rename and their directory after
     it, as the files taken from the record are: before, a power loss right after a
     ceremony could leave an empty one, which the CA cannot start with."""
-    import os
 
     from ca import root_ops
 
     (tmp_path / "ca" / "issuers").mkdir(parents=True)
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     root_ops._write_active(tmp_path, {"enterprise": "enterprise-2"})
     root_ops._write(tmp_path / "ca" / "root.crl", b"der")
     issuers, ca = tmp_path / "ca" / "issuers", tmp_path / "ca"
