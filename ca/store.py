@@ -247,7 +247,6 @@ _CERTS_OF_CLASS = (
     .order_by(_CERT.serial)
 )
 _INSERT_CERT = insert(_CERT)
-_INSERT_EVENT = insert(_E)
 _INSERT_EVENTS = insert(_E).returning(_E.id, sort_by_parameter_order=True)
 _STATUS_BATCH = 500
 """Serials per ``IN`` list of a batch read (well under every database's parameter limit)."""
@@ -688,13 +687,17 @@ class SqlTransaction:
         return code_of(row) if row else None
 
     def hold_issuance(self) -> None:
-        from ca import translog  # it imports this module
-
         # The Merkle log's head row is what every issuance locks first (PostgreSQL: a row
         # lock; SQLite: BEGIN IMMEDIATE already made this the only writer). Without the log
         # an issuance takes no lock before the code's row, and there is nothing to wait for.
-        if translog.append_event in self.sinks:
-            translog.lock_head(self.s)
+        self._next_leaf()
+
+    def _next_leaf(self) -> int | None:
+        """With the Merkle log as a sink: lock its head for this transaction and return
+        its size, the leaf index the next event gets. None without the log."""
+        from ca import translog  # it imports this module
+
+        return translog.lock_head(self.s) if translog.append_event in self.sinks else None
 
     def holds_events(self) -> bool:
         return self._conn().execute(select(EventRow.id).limit(1)).first() is not None
@@ -777,31 +780,21 @@ class SqlTransaction:
         return None
 
     def append_event(self, ev: Event) -> int:
-        from ca import translog  # it imports this module
-
-        values = _event_values(ev)
-        if translog.append_event in self.sinks:
-            # The leaf this event's entry gets: the head's size, locked now (as the sink
-            # would lock it right after the insert), so the row is written with its index.
-            values["log_index"] = translog.lock_head(self.s)
-        key = self._conn().execute(_INSERT_EVENT, values).inserted_primary_key
-        assert key is not None
-        stored = StoredEvent(id=int(key[0]), **values)
-        for sink in self.sinks:
-            sink(self.s, stored)
-        return stored.id
+        (event_id,) = self.append_events([ev])
+        return event_id
 
     def append_events(self, events: Sequence[Event]) -> list[int]:
-        """:meth:`append_event` for many events, in order: one multi-row insert, and the
-        Merkle log's sink appends them all at once (one head move, each tree node written
-        once); any other sink sees them one by one. Their ids, in order."""
+        """Write the events' rows in order, each with the leaf index its log entry gets
+        (the log head is locked first, as its sink would lock it right after), and hand
+        them to the sinks: the Merkle log appends them all at once (one head move, each
+        tree node written once); any other sink sees them one by one. Their ids, in order."""
         from ca import translog  # it imports this module
 
         if not events:
             return []
         values = [_event_values(ev) for ev in events]
-        if translog.append_event in self.sinks:  # each row written with its leaf, as above
-            size = translog.lock_head(self.s)
+        size = self._next_leaf()
+        if size is not None:
             for i, v in enumerate(values):
                 v["log_index"] = size + i
         ids = self._conn().execute(_INSERT_EVENTS, values).scalars().all()
