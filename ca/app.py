@@ -346,17 +346,10 @@ class CrossHostState:
 
 
 def _hierarchy_sync(app: Flask) -> crosshost.HierarchySync:
-    import socket
-
-    from ca.crosshost_sql import SqlHierarchyRecord
+    from ca.crosshost_sql import hierarchy_sync
 
     s: CAService = app.extensions[EXTENSION]
-    return crosshost.HierarchySync(
-        s.config.data_dir,
-        SqlHierarchyRecord(db.engine),
-        host=f"{socket.gethostname()} {s.config.data_dir}",
-        clock=s.clock,
-    )
+    return hierarchy_sync(db.engine, s.config.data_dir, s.clock)
 
 
 def check_hierarchy_record(app: Flask) -> None:

@@ -8,7 +8,7 @@ host's publication passes; the file rows are replaced in that same transaction.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine, Table, delete, insert, select, update
@@ -77,20 +77,27 @@ class SqlHierarchyRecord:
             )
 
 
-def check_at_start(url: str, data_dir: Path) -> Outcome:
-    """``eport serve``'s comparison before any worker starts (:mod:`ca.crosshost`)."""
+def hierarchy_sync(
+    engine: Engine, data_dir: Path, clock: Callable[[], datetime.datetime]
+) -> HierarchySync:
+    """This host's comparison with the record in ``engine``'s database; the host is named
+    in the record by its host name and data directory."""
     import socket
 
+    return HierarchySync(
+        data_dir, SqlHierarchyRecord(engine), host=f"{socket.gethostname()} {data_dir}", clock=clock
+    )
+
+
+def check_at_start(url: str, data_dir: Path) -> Outcome:
+    """``eport serve``'s comparison before any worker starts (:mod:`ca.crosshost`)."""
     from ca.db import make_engine
 
     engine = make_engine(url)
     try:
         with host_lock(data_dir):
-            return HierarchySync(
-                data_dir,
-                SqlHierarchyRecord(engine),
-                host=f"{socket.gethostname()} {data_dir}",
-                clock=lambda: datetime.datetime.now(datetime.UTC),
+            return hierarchy_sync(
+                engine, data_dir, lambda: datetime.datetime.now(datetime.UTC)
             ).check()
     finally:
         engine.dispose()
