@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return synced
 
 
+@pytest.fixture
+def record(tmp_path: Path) -> Iterator[SqlHierarchyRecord]:
+    """The hierarchy record in a fresh CA database (SQLite, at head), as hosts share it."""
+    url = f"sqlite:///{tmp_path / 'eport.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield SqlHierarchyRecord(engine)
+    finally:
+        engine.dispose()
+
+
 def _hosts(tmp: Path) -> tuple[Path, Path]:
     a = tmp / "a"
     hierarchy.create(
@@ -70,55 +83,50 @@ def _foreign_root_crl(data: Path, number: int) -> bytes:
     return crl.public_bytes(serialization.Encoding.DER)
 
 
-def test_a_root_crl_the_host_cannot_check_is_not_taken(tmp_path: Path) -> None:
+def test_a_root_crl_the_host_cannot_check_is_not_taken(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
     a, b = _hosts(tmp_path)
-    url = f"sqlite:///{tmp_path / 'eport.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        record = SqlHierarchyRecord(engine)
-        bumped: list[Path] = []
+    bumped: list[Path] = []
 
-        def sync(d: Path) -> HierarchySync:
-            return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
 
-        assert sync(a).check().published  # the first host's files are the record
-        assert not sync(b).check().stale and read_note(b).generation == 1
-        # host A's root CRL replaced by one its root did not sign (a tampered record)
-        before = (b / "ca" / "root.crl").read_bytes()
-        (a / "ca" / "root.crl").write_bytes(_foreign_root_crl(a, 7))
-        assert sync(a).check().published
-        got = sync(b).check()
-        assert got.missing == ("root.crl",) and got.picked_up == ()
-        warning = got.warning()
-        assert warning is not None and "not signed by this host's root" in warning
-        assert (b / "ca" / "root.crl").read_bytes() == before and bumped == []
-        assert read_note(b).generation == 1  # still behind: it says so at every check
-        # a new issuing CA's key (written by a ceremony on A) never comes through
-        (a / "ca" / "root.crl").write_bytes(before)
-        key = (a / "ca" / "issuers" / "enterprise.key").read_bytes()
-        (a / "ca" / "issuers" / "enterprise-2.key").write_bytes(key)
-        assert sync(a).check().published
-        got = sync(b).check()
-        assert got.missing == ("issuers/enterprise-2.key",)
-        assert not (b / "ca" / "issuers" / "enterprise-2.key").exists()
-        files = record.files()
-        assert files["issuers/enterprise-2.key"].data is None  # only its digest is stored
-        assert files["root.crt"].data is not None
-        # a host that never matched a record takes nothing from it, even a public file
-        c = tmp_path / "c"
-        shutil.copytree(b, c, ignore=shutil.ignore_patterns("crosshost.json"))
-        (a / "ca" / "issuers" / "enterprise-2.key").unlink()
-        (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
-        assert sync(a).check().published
-        got = sync(c).check()
-        assert got.missing == ("issuers/active.json",) and got.picked_up == ()
-        assert not (c / "ca" / "issuers" / "active.json").exists()
-        got = sync(b).check()  # which one that matched before does take it
-        assert got.picked_up == ("issuers/active.json",) and not got.stale
-        assert bumped == [b]
-    finally:
-        engine.dispose()
+    assert sync(a).check().published  # the first host's files are the record
+    assert not sync(b).check().stale and read_note(b).generation == 1
+    # host A's root CRL replaced by one its root did not sign (a tampered record)
+    before = (b / "ca" / "root.crl").read_bytes()
+    (a / "ca" / "root.crl").write_bytes(_foreign_root_crl(a, 7))
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.missing == ("root.crl",) and got.picked_up == ()
+    warning = got.warning()
+    assert warning is not None and "not signed by this host's root" in warning
+    assert (b / "ca" / "root.crl").read_bytes() == before and bumped == []
+    assert read_note(b).generation == 1  # still behind: it says so at every check
+    # a new issuing CA's key (written by a ceremony on A) never comes through
+    (a / "ca" / "root.crl").write_bytes(before)
+    key = (a / "ca" / "issuers" / "enterprise.key").read_bytes()
+    (a / "ca" / "issuers" / "enterprise-2.key").write_bytes(key)
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.missing == ("issuers/enterprise-2.key",)
+    assert not (b / "ca" / "issuers" / "enterprise-2.key").exists()
+    files = record.files()
+    assert files["issuers/enterprise-2.key"].data is None  # only its digest is stored
+    assert files["root.crt"].data is not None
+    # a host that never matched a record takes nothing from it, even a public file
+    c = tmp_path / "c"
+    shutil.copytree(b, c, ignore=shutil.ignore_patterns("crosshost.json"))
+    (a / "ca" / "issuers" / "enterprise-2.key").unlink()
+    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    assert sync(a).check().published
+    got = sync(c).check()
+    assert got.missing == ("issuers/active.json",) and got.picked_up == ()
+    assert not (c / "ca" / "issuers" / "active.json").exists()
+    got = sync(b).check()  # which one that matched before does take it
+    assert got.picked_up == ("issuers/active.json",) and not got.stale
+    assert bumped == [b]
 
 
 def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host(
@@ -201,7 +209,7 @@ def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host
 
 
 def test_files_taken_from_the_record_and_the_note_are_written_durably(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, record: SqlHierarchyRecord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A picked-up ``custody.json``, ``issuers/active.json`` or root CRL, and the note, are
     written as a re-share writes ``custody.json`` (``write_durably``: the new bytes synced
@@ -210,78 +218,65 @@ def test_files_taken_from_the_record_and_the_note_are_written_durably(
     (or unseal) with. Before, they were renamed into place unsynced."""
 
     a, b = _hosts(tmp_path)
-    url = f"sqlite:///{tmp_path / 'eport.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        record = SqlHierarchyRecord(engine)
 
-        def sync(d: Path) -> HierarchySync:
-            return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
 
-        assert sync(a).check().published
-        assert not sync(b).check().stale
-        (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
-        assert sync(a).check().published
-        synced = record_fsyncs(monkeypatch)
-        got = sync(b).check()
-        assert got.picked_up == ("issuers/active.json",) and not got.stale
-        issuers, ca = b / "ca" / "issuers", b / "ca"
-        # each file's bytes before its rename (a temporary name), its directory after it
-        assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
-        assert str(issuers) in synced, synced
-        assert any(s.startswith(str(ca / "crosshost.json.tmp")) for s in synced), synced
-        assert str(ca) in synced, synced
-    finally:
-        engine.dispose()
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    assert sync(a).check().published
+    synced = record_fsyncs(monkeypatch)
+    got = sync(b).check()
+    assert got.picked_up == ("issuers/active.json",) and not got.stale
+    issuers, ca = b / "ca" / "issuers", b / "ca"
+    # each file's bytes before its rename (a temporary name), its directory after it
+    assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
+    assert str(issuers) in synced, synced
+    assert any(s.startswith(str(ca / "crosshost.json.tmp")) for s in synced), synced
+    assert str(ca) in synced, synced
 
 
 def test_a_publication_between_the_head_and_the_files_read_is_no_restore(
     tmp_path: Path,
+    record: SqlHierarchyRecord,
 ) -> None:
     """A check reads the record's head, then its files (two reads): another host that
     publishes in between must not make the files look like a restored record's (which
     would refuse the host's start with a false "restored" warning); the check reads the
     head again and follows the newer generation as usual."""
     a, b = _hosts(tmp_path)
-    url = f"sqlite:///{tmp_path / 'eport.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        record = SqlHierarchyRecord(engine)
 
-        def sync(d: Path, rec: Any = record) -> HierarchySync:
-            return HierarchySync(d, rec, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+    def sync(d: Path, rec: Any = record) -> HierarchySync:
+        return HierarchySync(d, rec, host=d.name, clock=lambda: NOW, bump=lambda _: None)
 
-        assert sync(a).check().published
-        assert not sync(b).check().stale
+    assert sync(a).check().published
+    assert not sync(b).check().stale
 
-        class Racing:
-            """The record as B reads it: host A publishes just before B's first files()."""
+    class Racing:
+        """The record as B reads it: host A publishes just before B's first files()."""
 
-            raced = False
+        raced = False
 
-            def head(self) -> Any:
-                return record.head()
+        def head(self) -> Any:
+            return record.head()
 
-            def files(self) -> Any:
-                if not self.raced:
-                    self.raced = True
-                    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
-                    assert sync(a).check().published
-                return record.files()
+        def files(self) -> Any:
+            if not self.raced:
+                self.raced = True
+                (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+                assert sync(a).check().published
+            return record.files()
 
-            def publish(self, *args: Any) -> Any:
-                return record.publish(*args)
+        def publish(self, *args: Any) -> Any:
+            return record.publish(*args)
 
-            def force_responders(self, *args: Any) -> Any:
-                return record.force_responders(*args)
+        def force_responders(self, *args: Any) -> Any:
+            return record.force_responders(*args)
 
-        got = sync(b, Racing()).check()
-        assert got.restored is None and not got.stale, got.warning()
-        assert got.picked_up == ("issuers/active.json",) and got.generation == 2
-    finally:
-        engine.dispose()
+    got = sync(b, Racing()).check()
+    assert got.restored is None and not got.stale, got.warning()
+    assert got.picked_up == ("issuers/active.json",) and got.generation == 2
 
 
 def test_a_ceremony_s_files_are_written_durably(
