@@ -315,8 +315,6 @@ class Transaction(Protocol):
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
-    def events(self, after_id: int, limit: int) -> list[Event]: ...
-
 
 @dataclass(frozen=True, slots=True)
 class IssuanceWrite:

@@ -108,23 +108,6 @@ def _cert(row: CertificateRow) -> CertificateRecord:
     )
 
 
-def _event(row: EventRow) -> Event:
-    return Event(
-        id=row.id,
-        type=EventType(row.type),
-        at=row.at,
-        actor=row.actor,
-        uscc=row.uscc,
-        subject=row.subject,
-        profile=row.profile,
-        issuer=row.issuer,
-        serial=int(row.serial, 16) if row.serial else None,
-        cert_sha256=row.cert_sha256,
-        application_id=row.application_id,
-        details=json.loads(row.details),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as its row was written (the columns of :class:`~ca.models.EventRow`, ``id``
@@ -808,34 +791,10 @@ class SqlTransaction:
         return [e.id for e in stored]
 
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
-        q = select(CertificateStatusRow).where(CertificateStatusRow.serial == format(serial, "x"))
-        if for_update:  # the row as locked, not as this session may have loaded it before
-            q = q.with_for_update().execution_options(populate_existing=True)
-        row = self.s.scalars(q).first()
-        if row is None:
-            return None
-        return StatusRecord(
-            serial=serial,
-            issuer_id=row.issuer_id,
-            state=StatusState(row.state),
-            revoked_at=row.revoked_at,
-            reason=row.reason,
-            invalidity_date=row.invalidity_date,
-            changed_at=row.changed_at,
-        )
+        return self.get_statuses([serial], for_update=for_update).get(serial)
 
     def put_status(self, rec: StatusRecord) -> None:
-        row = self.s.get(CertificateStatusRow, format(rec.serial, "x"))
-        if row is None:
-            row = CertificateStatusRow(serial=format(rec.serial, "x"))
-            self.s.add(row)
-        row.issuer_id = rec.issuer_id
-        row.state = rec.state.value
-        row.revoked_at = rec.revoked_at
-        row.reason = rec.reason
-        row.invalidity_date = rec.invalidity_date
-        row.changed_at = rec.changed_at
-        self.s.flush()
+        self.put_statuses([rec])
 
     def get_statuses(
         self, serials: Sequence[int], *, for_update: bool = False
@@ -978,25 +937,13 @@ class SqlTransaction:
     def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]:
         """Every revoked or held certificate of ``issuer_id``, streamed in serial order."""
         q = (
-            select(CertificateStatusRow)
-            .where(CertificateStatusRow.issuer_id == issuer_id)
-            .order_by(CertificateStatusRow.serial)
+            select(*_STATUS_COLUMNS)
+            .where(_S.issuer_id == issuer_id)
+            .order_by(_S.serial)
             .execution_options(yield_per=5000)
         )
-        for row in self.s.scalars(q):
-            yield StatusRecord(
-                serial=int(row.serial, 16),
-                issuer_id=row.issuer_id,
-                state=StatusState(row.state),
-                revoked_at=row.revoked_at,
-                reason=row.reason,
-                invalidity_date=row.invalidity_date,
-                changed_at=row.changed_at,
-            )
-
-    def events(self, after_id: int, limit: int) -> list[Event]:
-        q = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
-        return [_event(r) for r in self.s.scalars(q)]
+        for row in self._conn().execute(q):
+            yield _status_of(row)
 
 
 class SqlStore:
