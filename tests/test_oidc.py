@@ -248,6 +248,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "sample-b": receiver.url + "/bc/sample-b",
         },
     )
+    with serving(tmp, policies, receiver, example_port, "OIDC Trading Co.", "W1") as w:
+        yield w
+
+
+@contextlib.contextmanager
+def serving(
+    tmp: Path,
+    policies: Path,
+    receiver: Receiver,
+    example_port: int,
+    enterprise: str,
+    operator: str,
+) -> Iterator[World]:
+    """A server with these policies behind a trusted TLS proxy (127.0.0.1), an enterprise
+    and its operator (role data-entry) enrolled: the world the OIDC tests sign in to."""
     srv, proc = start_server(
         tmp / "data",
         extra_env={
@@ -256,9 +271,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         },
     )
     try:
-        ent = enroll_enterprise(srv, tmp, "OIDC Trading Co.")
-        op = enroll_operator(srv, ent, tmp, "W1")
-        jrun(srv, "roles", "grant", "--operator", "W1", "--role", "data-entry", *creds(ent))
+        ent = enroll_enterprise(srv, tmp, enterprise)
+        op = enroll_operator(srv, ent, tmp, operator)
+        jrun(srv, "roles", "grant", "--operator", operator, "--role", "data-entry", *creds(ent))
         yield World(srv, tmp, ent, op, receiver, example_port)
     finally:
         stop(proc)

@@ -30,8 +30,8 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 
-from tests.conftest import free_port, start_server, stop
-from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun
+from tests.conftest import free_port
+from tests.helpers import jrun
 from tests.test_oidc import (
     PUBLIC_PORT,
     Agent,
@@ -41,6 +41,7 @@ from tests.test_oidc import (
     redeem,
     redirect_uri,
     sample_service,
+    serving,
     validate,
     write_policies,
 )
@@ -66,21 +67,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     text = services.read_text()
     assert text.count(line) == 1
     services.write_text(text.replace(line, line + '\nid_token_signed_response_alg = "RS256"'))
-    srv, proc = start_server(
-        tmp / "data",
-        extra_env={
-            "EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32",
-            "EPORT_POLICIES_DIR": str(policies),
-        },
-    )
-    try:
-        ent = enroll_enterprise(srv, tmp, "RS256 Trading Co.")
-        op = enroll_operator(srv, ent, tmp, "R1")
-        jrun(srv, "roles", "grant", "--operator", "R1", "--role", "data-entry", *creds(ent))
-        yield World(srv, tmp, ent, op, receiver, example_port)
-    finally:
-        stop(proc)
-        receiver.close()
+    with serving(tmp, policies, receiver, example_port, "RS256 Trading Co.", "R1") as w:
+        yield w
 
 
 def discovery(world: World) -> dict[str, Any]:
