@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
@@ -36,7 +39,7 @@ from ca import logentry
 from ca.checkpoint import Checkpoint, NoteKey, sign_note
 from ca.errors import Conflict, EPortError, Sealed
 from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
-from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow
+from ca.models import CheckpointRow, EventRow, HierarchyFileRow, LogEntryRow, LogHeadRow
 from ca.store import StoredEvent
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "DriverSql",
     "ForkRefused",
     "LogCorrupted",
+    "LogKeyRetired",
     "SignedHead",
     "SqlTreeStore",
     "append_entries",
@@ -71,6 +75,15 @@ class ForkRefused(Conflict):
 
     slug = "checkpoint-fork-refused"
     title = "Refused to sign two roots for one tree size"
+
+
+class LogKeyRetired(EPortError):
+    """This host's log key is not the one the database's hierarchy record names: another
+    host rotated it (``ROTATE-LOG-KEY``) and this host has not been given the new one."""
+
+    status = 503
+    slug = "log-key-retired"
+    title = "This host's log key was rotated elsewhere"
 
 
 class LogCorrupted(EPortError):
@@ -431,6 +444,7 @@ class CheckpointSigner:
         if stored is not None:
             self._same_root(stored, root_hash)
             return stored.note
+        self._check_key(session)
         origin = self.origin(session)
         note = sign_note(Checkpoint(origin, size, root_hash).body(), origin, self.key)
         try:
@@ -448,6 +462,31 @@ class CheckpointSigner:
             self._same_root(stored, root_hash)
             return stored.note
         return note
+
+    def _check_key(self, session: Session) -> None:
+        """Refuse to sign with a key the database's hierarchy record (:mod:`ca.crosshost`)
+        no longer names as the log's: after ``ROTATE-LOG-KEY`` on another host, this one
+        would otherwise store checkpoints under the retired key, one per size and for
+        good. No record (a database before migration 0007, or not yet published): no
+        check. The record is read in the signing transaction, not from the host's last
+        comparison, so no refresher interval is left open."""
+        recorded = session.execute(
+            select(HierarchyFileRow.sha256).where(HierarchyFileRow.path == "log.pub")
+        ).scalar()
+        if recorded is None:
+            return
+        public = self.key.public_key()
+        pem = (
+            public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+            if isinstance(public, Ed25519PublicKey)
+            else b""
+        )
+        if hashlib.sha256(pem).hexdigest() != recorded:
+            raise LogKeyRetired(
+                "this host's transparency-log key is not the one the database's hierarchy "
+                "record names (ROTATE-LOG-KEY ran on another host): it signs no checkpoint "
+                "until the ceremony host's ca/ is copied here"
+            )
 
     @staticmethod
     def _same_root(stored: SignedHead, root_hash: bytes) -> None:
@@ -476,7 +515,8 @@ class CheckpointSigner:
 
         The head's root is first recomputed from the stored subtrees (``O(log n)``),
         so a head that disagrees with its nodes is never signed. With the log key
-        sealed, the newest stored checkpoint is returned instead.
+        sealed, or rotated on another host and not yet here, the newest stored
+        checkpoint is returned instead.
         """
         size, root = read_head(session)
         recomputed = tree_at(session, size).root(size)
@@ -487,7 +527,7 @@ class CheckpointSigner:
             )
         try:
             return SignedHead(size, root, self.sign(session, size, root))
-        except Sealed:
+        except (Sealed, LogKeyRetired):
             newest = self.newest_stored(session)
             if newest is None:
                 raise

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, func, select
@@ -28,7 +29,14 @@ from ca.db import make_engine, upgrade
 from ca.errors import Sealed
 from ca.logentry import EntryFormatError, LogEntry
 from ca.merkle import EMPTY_ROOT, MemoryTreeStore, MerkleTree, leaf_hash
-from ca.models import CheckpointRow, EventRow, LogEntryRow, LogHeadRow, LogNodeRow
+from ca.models import (
+    CheckpointRow,
+    EventRow,
+    HierarchyFileRow,
+    LogEntryRow,
+    LogHeadRow,
+    LogNodeRow,
+)
 from ca.records import Event, EventType
 from ca.signer import SealedSigner
 from ca.store import SqlStore
@@ -349,6 +357,34 @@ def test_sealed_log_key_serves_the_newest_stored_checkpoint(engine: Engine) -> N
         s.execute(CheckpointRow.__table__.delete())
         with pytest.raises(Sealed):
             sealed.latest(s)
+
+
+def test_a_log_key_the_hierarchy_record_no_longer_names_signs_nothing(engine: Engine) -> None:
+    """After ROTATE-LOG-KEY on another host the record names the new ``log.pub``: the
+    retired key serves the newest stored checkpoint and signs no new size (two hosts
+    over HTTP: tests/test_two_hosts_ca_files.py)."""
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+    def publish(key: Ed25519PrivateKey) -> None:
+        pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        with Session(engine) as s:
+            s.merge(HierarchyFileRow(path="log.pub", sha256=hashlib.sha256(pem).hexdigest()))
+            s.commit()
+
+    record(make_store(engine), 2)
+    publish(old)
+    with Session(engine) as s:
+        signed = translog.CheckpointSigner("eport.test/log", old).latest(s)
+        s.commit()
+    assert signed.size == 2
+    record(make_store(engine), 1, start=2)
+    publish(new)
+    with Session(engine) as s:
+        assert translog.CheckpointSigner("eport.test/log", old).latest(s) == signed
+        assert translog.CheckpointSigner("eport.test/log", new).latest(s).size == 3
+        s.execute(CheckpointRow.__table__.delete())
+        with pytest.raises(translog.LogKeyRetired):
+            translog.CheckpointSigner("eport.test/log", old).latest(s)
 
 
 def test_empty_log_checkpoint(engine: Engine) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import requests
 from cryptography import x509
 
+from ca.checkpoint import Checkpoint, parse_verifier_key, verify_note
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
 from tests.test_ca_init import custodian_env, unseal
 from tests.test_custody_ceremonies import join, rotate, start
@@ -224,9 +225,41 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         b, procs["b"] = _start_custody_host(b_data, db, env, port_b, out)
         assert health(b)["hierarchy"] == "current"
         assert "enterprise-2" in requests.get(b.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+
+        # 3. ROTATE-LOG-KEY on A: the new log key is only on A. B, its key retired, signs
+        # no checkpoint: it serves the newest one stored. Before, B signed the next tree
+        # size with the old key, and that note (one per size, for good) was what A served
+        # too, failing every auditor who had taken A's new key.
+        old_key = log_key(a)
+        signed = checkpoint(a, old_key)
+        cid = str(start(a, out, "ROTATE-LOG-KEY")["id"])
+        for m in ("commerce", "inspection", "forex"):
+            join(a, out, cid, m)
+        eventually("A still names its old log key", lambda: log_key(a) != old_key)
+        new_key = log_key(a)
+        stale = eventually("host B does not say it is stale", lambda: _stale(b))
+        assert "log.key" in " ".join(stale["warnings"]), stale
+        assert checkpoint(b, old_key) == signed  # the newest stored, not a new size
+        on_a = checkpoint(a, new_key)
+        assert on_a.size > signed.size  # the ceremony's events are in the log
+        assert checkpoint(b, new_key) == on_a  # A's, stored: B serves it
     finally:
         for p in procs.values():
             stop(p)
+
+
+def log_key(srv: Server) -> str:
+    r = requests.get(srv.url + "/ca/v1/audit/log-key", timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["verifier_key"])
+
+
+def checkpoint(srv: Server, key: str) -> Checkpoint:
+    """The host's latest checkpoint, verified with ``key`` (a verifier key string)."""
+    r = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10)
+    assert r.status_code == 200, r.text
+    name, public = parse_verifier_key(key)
+    return verify_note(r.content, name, public)
 
 
 def _stale(srv: Server) -> dict[str, Any] | None:
