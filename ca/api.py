@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -240,16 +241,71 @@ def application_status(app_id: str) -> Response:
     return resp
 
 
+_CURSOR_PREFIX = "v1:"
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def listing_cursor(key: int) -> str:
+    """The opaque ``next`` of a listing page: where the next one starts (after the row of
+    listing key ``key``, ``ca/models.py`` "Listing keys"). Clients only send it back."""
+    raw = f"{_CURSOR_PREFIX}{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _after_arg() -> int:
+    """The listing key the ``after`` cursor names (-1: none given, the first page)."""
+    text = request.args.get("after")
+    if text is None or text == "":
+        return -1
+    bad = BadRequest(
+        "'after' is not a cursor this listing gave: send back the 'next' of the last page "
+        "as it came (eport: --after), or leave it out for the first page"
+    )
+    if not _CURSOR.fullmatch(text):
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    digits = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 18:
+        raise bad
+    return int(digits)
+
+
+def _page_args() -> tuple[int, int, int | None]:
+    """``limit``, ``after`` (a listing key) and ``offset`` of a listing; ``offset`` is None
+    unless the client sent one. Paging by offset is kept for clients of a release before
+    cursors (which send it, read ``next_offset``, and may skip or repeat rows changed
+    between pages); it goes over the same order, and never with a cursor."""
+    limit = int_arg("limit", 100, 1, 1000)
+    after = _after_arg()
+    offset = None
+    if request.args.get("offset") not in (None, ""):
+        if after >= 0:
+            raise BadRequest("give 'after' (a cursor) or 'offset', not both")
+        offset = int_arg("offset", 0, 0, 10**9)
+    return limit, after, offset
+
+
+def _page_links(keys: list[int], limit: int, offset: int | None) -> dict[str, Any]:
+    """``next`` (a cursor, or None on the last page) of a page read with ``limit + 1``
+    rows asked (the extra one tells a next page exists without taking a whole page); with
+    ``offset`` also the older clients' ``next_offset``."""
+    more = len(keys) > limit
+    out: dict[str, Any] = {"next": listing_cursor(keys[limit - 1]) if more else None}
+    if offset is not None:
+        out["next_offset"] = offset + limit if more else None
+    return out
+
+
 @bp.get("/ra/applications")
 def list_applications() -> Response:
     caller = signed_caller()
     state_arg = request.args.get("state", "pending")
     state = None if state_arg == "all" else _state(state_arg)
-    limit = int_arg("limit", 100, 1, 1000)
-    offset = int_arg("offset", 0, 0, 10**9)
-    # One row more than asked tells whether a next page exists, so that the officer is
-    # told where it starts instead of taking a full page for the whole list.
-    listed = svc().authority.list_applications(caller, state, limit + 1, offset)
+    limit, after, offset = _page_args()
+    listed = svc().authority.list_applications(caller, state, limit + 1, after, offset or 0)
     now = svc().authority.clock()
     return jsonify(
         {
@@ -260,9 +316,9 @@ def list_applications() -> Response:
                     if code is None
                     else {"state": code_state(code, now), "expires_at": iso(code.expires_at)},
                 }
-                for app, code in listed[:limit]
+                for _, app, code in listed[:limit]
             ],
-            "next_offset": offset + limit if len(listed) > limit else None,
+            **_page_links([key for key, _, _ in listed], limit, offset),
         }
     )
 
@@ -439,13 +495,12 @@ def resume(serial: str) -> Response:
 def certificates() -> Response:
     caller = signed_caller()
     uscc = request.args.get("uscc")
-    limit = int_arg("limit", 100, 1, 1000)
-    offset = int_arg("offset", 0, 0, 10**9)
-    recs = svc().authority.certificates(caller, uscc, limit + 1, offset)  # +1: a next page?
+    limit, after, offset = _page_args()
+    recs = svc().authority.certificates(caller, uscc, limit + 1, after, offset or 0)
     return jsonify(
         {
-            "certificates": [cert_json(r, with_pem=True) for r in recs[:limit]],
-            "next_offset": offset + limit if len(recs) > limit else None,
+            "certificates": [cert_json(r, with_pem=True) for _, r in recs[:limit]],
+            **_page_links([key for key, _ in recs], limit, offset),
         }
     )
 

@@ -320,15 +320,22 @@ class JointCA:
         return app
 
     def list_applications(
-        self, caller: Caller, state: ApplicationState | None, limit: int = 100, offset: int = 0
-    ) -> list[tuple[Application, EnrollmentCode | None]]:
-        """Applications for an officer, each with its last code (None: never given one), so
-        that an approved one whose code expired unused can be told from the rest."""
+        self,
+        caller: Caller,
+        state: ApplicationState | None,
+        limit: int = 100,
+        after: int = -1,
+        offset: int = 0,
+    ) -> list[tuple[int, Application, EnrollmentCode | None]]:
+        """A page of applications for an officer, after the listing key ``after`` (see
+        :meth:`Transaction.list_applications`): each with its key and its last code (None:
+        never given one), so that an approved one whose code expired unused can be told
+        from the rest."""
         self._require(caller, SubjectClass.AGENCY)
         with self.store.reading() as tx:
-            apps = tx.list_applications(state, limit, offset)
-            last = tx.last_codes([a.id for a in apps])
-        return [(a, last.get(a.id)) for a in apps]
+            apps = tx.list_applications(state, limit, after, offset)
+            last = tx.last_codes([a.id for _, a in apps])
+        return [(key, a, last.get(a.id)) for key, a in apps]
 
     def approve(
         self, caller: Caller, app_id: str, profiles: Sequence[str] | None = None
@@ -760,15 +767,22 @@ class JointCA:
     # -- listings ---------------------------------------------------------------------------
 
     def certificates(
-        self, caller: Caller, uscc: str | None, limit: int = 100, offset: int = 0
-    ) -> list[CertificateRecord]:
+        self,
+        caller: Caller,
+        uscc: str | None,
+        limit: int = 100,
+        after: int = -1,
+        offset: int = 0,
+    ) -> list[tuple[int, CertificateRecord]]:
+        """A page of certificates (an enterprise's own, or any for an RA officer) after the
+        listing key ``after``, each with its key."""
         if uscc is not None:
             uscc = str(USCC.parse(uscc))
         own = caller.uscc is not None and uscc == caller.uscc
         if caller.role is not SubjectClass.AGENCY and not own:
             raise Forbidden("an enterprise may list only its own certificates (--uscc)")
         with self.store.reading() as tx:
-            return tx.certificates(uscc=uscc, limit=limit, offset=offset)
+            return tx.certificates(uscc=uscc, limit=limit, after=after, offset=offset)
 
 
 def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> None:

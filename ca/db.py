@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from ca.errors import EPortError
-from ca.store import READ_ONLY, configure_engine
+from ca.store import READ_ONLY, configure_engine, fill_listing_keys
 
 log = logging.getLogger("eport.ca")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -47,6 +47,7 @@ def upgrade(url: str) -> None:
     try:
         with engine.begin() as conn:
             filled = conn.execute(text(_FILL_LOG_INDEX)).rowcount
+            keyed = fill_listing_keys(conn)
     finally:
         engine.dispose()
     if filled:
@@ -54,6 +55,13 @@ def upgrade(url: str) -> None:
             "%d logged events had no log index (written by a server of a release before "
             "0008 after the upgrade?); set from the log, the audit listings show them now",
             filled,
+        )
+    if keyed:
+        log.warning(
+            "%d applications or certificates had no listing key (written by a server of a "
+            "release before 0009 after the upgrade?); set from the log, eport ra list and "
+            "eport cert list show them now",
+            keyed,
         )
 
 

@@ -309,8 +309,8 @@ _KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
 _STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
-    " spki_sha256, cert_sha256, not_before, not_after, der, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " spki_sha256, cert_sha256, not_before, not_after, der, created_at, log_index)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (at, type, actor, uscc, subject, profile, issuer, serial,"
@@ -502,6 +502,7 @@ class IssuanceWriter:
                     dt(rec.not_after),
                     rec.der,
                     dt(rec.created_at or rec.not_before),
+                    log_index,  # its listing key: its event's leaf (ca/models.py)
                 ),
             )
         except self._integrity as exc:

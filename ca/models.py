@@ -46,6 +46,20 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime.datetime: UTCDateTime}
 
 
+# Listing keys. Why applications and certificates are listed by ``log_index``.
+#
+# The RA's and the enterprises' listings page by a cursor: the key of the last row seen.
+# A row's key is the leaf index of the first event that names it, the event recorded in
+# the transaction that made the row. Indices are handed out under the log head's row lock
+# (:func:`ca.translog.lock_head`), held to the commit: a row can only get a higher index
+# than another after that other committed, so a reader that saw index N has seen every
+# row below it, on PostgreSQL too (``created_at`` or an id from a sequence is taken at
+# insert, and an earlier one may commit after a reader passed it). A row that leaves the
+# listed state (a pending application decided) moves no other row, as it did an offset.
+# A row written without its key (by a server of a release before 0009, still running
+# after the upgrade) gets it at the next start (:func:`ca.store.fill_listing_keys`).
+
+
 class ApplicationRow(Base):
     __tablename__ = "applications"
 
@@ -63,13 +77,17 @@ class ApplicationRow(Base):
     """An operator's application: the operator id it authorizes (as in ``vetted``), so
     that an enterprise's earlier authorizations of one operator are found by index, not
     by reading every operator application of the enterprise."""
+    log_index: Mapped[int | None] = mapped_column(BigInteger)
+    """The leaf index of the first event naming this application (its submission or
+    authorization), written in the transaction that made it: its listing key (see
+    "Listing keys" above)."""
 
-    # Listings page in (created_at, id) order, per state or all (eport ra list): read in
-    # index order, not sorted whole for every page. (uscc, ...) serves the USCC lookups.
+    # Listings page by log_index, per state or all (eport ra list): read in index order
+    # from a cursor, not sorted whole for every page. (uscc, ...) serves the USCC lookups.
     __table_args__ = (
         Index("ix_applications_uscc_operator", "uscc", "operator_id"),
-        Index("ix_applications_state_created", "state", "created_at", "id"),
-        Index("ix_applications_created", "created_at", "id"),
+        Index("ix_applications_state_log_index", "state", "log_index"),
+        Index("ix_applications_log_index", "log_index", unique=True),
     )
 
 
@@ -103,12 +121,15 @@ class CertificateRow(Base):
     not_after: Mapped[datetime.datetime]
     der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime.datetime]
+    log_index: Mapped[int | None] = mapped_column(BigInteger)
+    """The leaf index of the event that recorded this certificate's issuance, written in
+    the same transaction: its listing key (see "Listing keys" above)."""
 
-    # An officer's listing of every certificate (GET /ca/v1/certificates without uscc)
-    # pages in (created_at, serial) order: read from an index, not a sort of them all.
+    # An enterprise's listing (uscc, log_index) and an officer's of every certificate
+    # (log_index) page from a cursor in index order, not a sort of them all.
     __table_args__ = (
-        Index("ix_certificates_uscc_created", "uscc", "created_at"),
-        Index("ix_certificates_created", "created_at", "serial"),
+        Index("ix_certificates_uscc_log_index", "uscc", "log_index"),
+        Index("ix_certificates_log_index", "log_index", unique=True),
     )
 
 

@@ -61,6 +61,31 @@ def _q(name: str, desc: str, typ: str = "string") -> dict[str, Any]:
 
 
 _SERIAL = {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}
+_PAGE_PARAMS = [
+    _q(
+        "after",
+        "the cursor of the last page ('next'); absent: the first page. Invalid: 400",
+    ),
+    _q(
+        "offset",
+        "deprecated, for clients of a release before cursors: rows to skip (answered with "
+        "next_offset); may skip or repeat rows changed between pages. Not with 'after'",
+        "integer",
+    ),
+]
+_PAGE_LINKS: dict[str, Any] = {
+    "next": {
+        "type": ["string", "null"],
+        "description": "an opaque cursor: send it back as 'after' for the next page; null "
+        "on the last. Rows are in log order (oldest first): none is skipped or repeated "
+        "when rows are decided or added between pages",
+    },
+    "next_offset": {
+        "type": ["integer", "null"],
+        "description": "only when the request gave 'offset' (deprecated): the offset of "
+        "the next page; null on the last",
+    },
+}
 _APP_ID = {"name": "app_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -103,7 +128,7 @@ def openapi_document() -> dict[str, Any]:
                     params=[
                         _q("state", "pending (default), approved, rejected or all"),
                         _q("limit", "page size (1-1000)", "integer"),
-                        _q("offset", "rows to skip (next_offset of the last page)", "integer"),
+                        *_PAGE_PARAMS,
                     ],
                 )
             },
@@ -200,7 +225,7 @@ def openapi_document() -> dict[str, Any]:
                     params=[
                         _q("uscc", "the enterprise's USCC"),
                         _q("limit", "page size (1-1000)", "integer"),
-                        _q("offset", "rows to skip (next_offset of the last page)", "integer"),
+                        *_PAGE_PARAMS,
                     ],
                 )
             },
@@ -435,10 +460,7 @@ def openapi_document() -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Application"},
                         },
-                        "next_offset": {
-                            "type": ["integer", "null"],
-                            "description": "the offset of the next page; null on the last",
-                        },
+                        **_PAGE_LINKS,
                     }
                 ),
                 "ApproveRequest": s(properties={"profiles": {"type": "array", "items": string}}),
@@ -501,10 +523,7 @@ def openapi_document() -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Certificate"},
                         },
-                        "next_offset": {
-                            "type": ["integer", "null"],
-                            "description": "the offset of the next page; null on the last",
-                        },
+                        **_PAGE_LINKS,
                     }
                 ),
             },

@@ -232,8 +232,12 @@ class Transaction(Protocol):
         ...
 
     def list_applications(
-        self, state: ApplicationState | None, limit: int, offset: int
-    ) -> list[Application]: ...
+        self, state: ApplicationState | None, limit: int, after: int = -1, offset: int = 0
+    ) -> list[tuple[int, Application]]:
+        """Applications (of ``state``, or all) whose listing key is above ``after``, in key
+        order, each with its key; ``offset`` rows skipped first (older clients' paging).
+        The key only grows in commit order, so paging by it skips and repeats nothing."""
+        ...
 
     def add_code(self, code: EnrollmentCode) -> None: ...
 
@@ -275,8 +279,10 @@ class Transaction(Protocol):
     def get_certificate(self, serial: int) -> CertificateRecord | None: ...
 
     def certificates(
-        self, *, uscc: str | None, limit: int, offset: int
-    ) -> list[CertificateRecord]: ...
+        self, *, uscc: str | None, limit: int, after: int = -1, offset: int = 0
+    ) -> list[tuple[int, CertificateRecord]]:
+        """Certificates (of the enterprise ``uscc``, or all) as :meth:`list_applications`."""
+        ...
 
     def key_holders(self, spki_sha256: str) -> list[CertificateRecord]: ...
 

@@ -13,7 +13,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
@@ -230,6 +240,16 @@ _CERTS_OF_CLASS = (
     .order_by(_CERT.serial)
 )
 _INSERT_CERT = insert(_CERT)
+_KEY_APP = (
+    update(_A)
+    .where(_A.id == bindparam("k_id"), _A.log_index.is_(None))
+    .values(log_index=bindparam("k_idx"))
+)
+_KEY_CERT = (
+    update(_CERT)
+    .where(_CERT.serial == bindparam("k_id"), _CERT.log_index.is_(None))
+    .values(log_index=bindparam("k_idx"))
+)
 _INSERT_EVENTS = insert(_E).returning(_E.id, sort_by_parameter_order=True)
 _STATUS_BATCH = 500
 """Serials per ``IN`` list of a batch read (well under every database's parameter limit)."""
@@ -493,6 +513,37 @@ class DbapiReads:
         return rows
 
 
+_FILL_CERT_KEYS = text(
+    "UPDATE certificates SET log_index ="
+    " (SELECT MIN(events.log_index) FROM events WHERE events.serial = certificates.serial)"
+    " WHERE certificates.log_index IS NULL AND EXISTS (SELECT 1 FROM events"
+    " WHERE events.serial = certificates.serial AND events.log_index IS NOT NULL)"
+)
+_UNKEYED_APPS = text("SELECT id FROM applications WHERE log_index IS NULL")
+_FIRST_EVENTS_OF_APPS = text(
+    "SELECT application_id, MIN(log_index) FROM events"
+    " WHERE application_id IN :ids AND log_index IS NOT NULL GROUP BY application_id"
+).bindparams(bindparam("ids", expanding=True))
+
+
+def fill_listing_keys(conn: Connection) -> int:
+    """Set the listing key (``ca/models.py``, "Listing keys") of every logged application
+    and certificate that lacks it, from the first logged event naming it; how many.
+
+    Only a server of a release before 0009, still writing after the upgrade, leaves such
+    rows (every start runs this: :func:`ca.db.upgrade`); the listings do not show them
+    until then. Nothing to do costs a probe of the NULL range of each ``log_index`` index.
+    """
+    filled = int(conn.execute(_FILL_CERT_KEYS).rowcount)
+    ids = [r[0] for r in conn.execute(_UNKEYED_APPS)]
+    for i in range(0, len(ids), _STATUS_BATCH):
+        firsts = conn.execute(_FIRST_EVENTS_OF_APPS, {"ids": ids[i : i + _STATUS_BATCH]}).all()
+        if firsts:
+            keys = [{"k_id": app_id, "k_idx": int(idx)} for app_id, idx in firsts]
+            filled += int(conn.execute(_KEY_APP, keys).rowcount)
+    return filled
+
+
 def utc_from_db(value: Any) -> datetime.datetime | None:
     """A timestamp as a DBAPI returns it (SQLite: ISO text), timezone-aware UTC."""
     if value is None:
@@ -580,6 +631,10 @@ class SqlTransaction:
         self.s = session
         self.sinks = sinks
         self._connection: Connection | None = None
+        # Rows made in this transaction whose listing key (the log index of the first
+        # event naming them) is not written yet: set by append_events.
+        self._unkeyed_apps: set[str] = set()
+        self._unkeyed_certs: set[str] = set()
 
     def _conn(self) -> Connection:
         """The connection of this transaction, for the Core statements of the hot paths.
@@ -610,6 +665,7 @@ class SqlTransaction:
             )
         )
         self.s.flush()
+        self._unkeyed_apps.add(app.id)
 
     def get_application(self, app_id: str, *, for_update: bool = False) -> Application | None:
         if not for_update:
@@ -646,12 +702,16 @@ class SqlTransaction:
         return [_app_of(r) for r in rows]
 
     def list_applications(
-        self, state: ApplicationState | None, limit: int, offset: int
-    ) -> list[Application]:
-        q = select(ApplicationRow).order_by(ApplicationRow.created_at, ApplicationRow.id)
+        self, state: ApplicationState | None, limit: int, after: int = -1, offset: int = 0
+    ) -> list[tuple[int, Application]]:
+        """A page of applications in listing-key order (``ca/models.py``, "Listing keys"),
+        those after the key ``after``, each with its key: a range of ``(state, log_index)``
+        or ``log_index``. ``offset`` (older clients' paging) skips rows first."""
+        q = select(*_APP_COLUMNS, _A.log_index).where(_A.log_index > after)
         if state is not None:
-            q = q.where(ApplicationRow.state == state.value)
-        return [_app(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
+            q = q.where(_A.state == state.value)
+        q = q.order_by(_A.log_index).limit(limit).offset(offset)
+        return [(int(r.log_index), _app_of(r)) for r in self._conn().execute(q)]
 
     def add_code(self, code: EnrollmentCode) -> None:
         self.s.add(
@@ -730,16 +790,22 @@ class SqlTransaction:
             )
         except IntegrityError as exc:
             raise Conflict("serial number collision; nothing was issued") from exc
+        self._unkeyed_certs.add(rec.serial_hex)
 
     def get_certificate(self, serial: int) -> CertificateRecord | None:
         row = self.s.get(CertificateRow, format(serial, "x"))
         return _cert(row) if row else None
 
-    def certificates(self, *, uscc: str | None, limit: int, offset: int) -> list[CertificateRecord]:
-        q = select(CertificateRow).order_by(CertificateRow.created_at, CertificateRow.serial)
+    def certificates(
+        self, *, uscc: str | None, limit: int, after: int = -1, offset: int = 0
+    ) -> list[tuple[int, CertificateRecord]]:
+        """A page of certificates in listing-key order, as :meth:`list_applications`: a
+        range of ``(uscc, log_index)`` or ``log_index``."""
+        q = select(*_CERT_COLUMNS, _CERT.log_index).where(_CERT.log_index > after)
         if uscc is not None:
-            q = q.where(CertificateRow.uscc == uscc)
-        return [_cert(r) for r in self.s.scalars(q.limit(limit).offset(offset))]
+            q = q.where(_CERT.uscc == uscc)
+        q = q.order_by(_CERT.log_index).limit(limit).offset(offset)
+        return [(int(r.log_index), _cert_of(r)) for r in self._conn().execute(q)]
 
     def withdraw_codes_of(self, uscc: str, subject_class: str, now: datetime.datetime) -> int:
         values = {"uscc": uscc, "cls": subject_class, "now": now, "withdrawn": now}
@@ -782,6 +848,8 @@ class SqlTransaction:
                 v["log_index"] = size + i
         ids = self._conn().execute(_INSERT_EVENTS, values).scalars().all()
         stored = [StoredEvent(id=int(i), **v) for i, v in zip(ids, values, strict=True)]
+        if size is not None:
+            self._key_new_rows(stored)
         for sink in self.sinks:
             if sink is translog.append_event:
                 translog.append_events(self.s, stored)
@@ -789,6 +857,26 @@ class SqlTransaction:
                 for one in stored:
                     sink(self.s, one)
         return [e.id for e in stored]
+
+    def _key_new_rows(self, stored: Sequence[StoredEvent]) -> None:
+        """Give the applications and certificates made in this transaction the log index
+        of the first of ``stored`` that names them: their listing key, under the head's
+        lock (``ca/models.py``, "Listing keys")."""
+        if not (self._unkeyed_apps or self._unkeyed_certs):
+            return
+        apps: list[dict[str, Any]] = []
+        certs: list[dict[str, Any]] = []
+        for ev in stored:
+            if ev.application_id in self._unkeyed_apps:
+                self._unkeyed_apps.discard(ev.application_id)
+                apps.append({"k_id": ev.application_id, "k_idx": ev.log_index})
+            if ev.serial in self._unkeyed_certs:
+                self._unkeyed_certs.discard(ev.serial)
+                certs.append({"k_id": ev.serial, "k_idx": ev.log_index})
+        if apps:
+            self._conn().execute(_KEY_APP, apps)
+        if certs:
+            self._conn().execute(_KEY_CERT, certs)
 
     def get_status(self, serial: int, *, for_update: bool = False) -> StatusRecord | None:
         return self.get_statuses([serial], for_update=for_update).get(serial)

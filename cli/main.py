@@ -66,23 +66,43 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def offset_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--offset``: where a page of a listing starts (the API's ``offset``)."""
-    return click.option(
-        "--offset",
-        default=0,
-        show_default=True,
-        type=click.IntRange(0, 10**9),
-        help=f"Skip this many {what} first: the next page starts where the last one said.",
-    )
+def _no_offset(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.BadParameter(
+            "pages follow a cursor now: give --after with the cursor the last page named "
+            "(an offset skipped rows decided or added between pages)",
+            ctx,
+            param,
+        )
+
+
+def after_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--after CURSOR``: where a page of a listing starts (the API's ``after``, the
+    ``next`` of the page before); and the ``--offset`` of earlier releases, hidden, which
+    says to use it instead."""
+
+    def options(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--offset", hidden=True, expose_value=False, callback=_no_offset, is_eager=True
+        )(f)
+        return click.option(
+            "--after",
+            metavar="CURSOR",
+            default="",
+            help=f"List the {what} after those of the page that named CURSOR (its 'More "
+            f"{what} follow' line, or 'next' with --json); the first page without it. "
+            f"Nothing is skipped or repeated when {what} change between pages.",
+        )(f)
+
+    return options
 
 
 def more_hint(as_json: bool, doc: dict[str, Any], what: str) -> None:
     """Say on standard error how to list the next page, when the server says one follows
     (a full page alone does not tell whether it was the last)."""
-    nxt = doc.get("next_offset")
-    if not as_json and isinstance(nxt, int):
-        click.echo(f"More {what} follow: run the command again with --offset {nxt}.", err=True)
+    nxt = doc.get("next")
+    if not as_json and isinstance(nxt, str):
+        click.echo(f"More {what} follow: run the command again with --after {nxt}", err=True)
 
 
 def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -937,7 +957,7 @@ def ra() -> None:
     type=click.IntRange(1, 1000),
     help="At most this many applications (one page).",
 )
-@offset_option("applications")
+@after_option("applications")
 @json_option
 @pass_ctx
 def ra_list(
@@ -947,7 +967,7 @@ def ra_list(
     passphrase_file: Path | None,
     state: str,
     limit: int,
-    offset: int,
+    after: str,
     as_json: bool,
 ) -> None:
     """List applications (pending by default), oldest first, one page at a time.
@@ -955,11 +975,14 @@ def ra_list(
     The CODE column is the state of the code given last: live, used, expired,
     withdrawn, or - (none yet). An approved application whose code expired or
     was lost gets a new one with eport ra new-code APP_ID. When more applications
-    follow the page, the --offset that lists them is said on standard error
-    (next_offset with --json).
+    follow the page, the --after CURSOR that lists them is said on standard error
+    (next with --json). Applications decided meanwhile by another officer leave
+    the list without moving the next page: none is skipped or shown twice.
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    query = {"state": state, "limit": limit, "offset": offset}
+    query: dict[str, str | int] = {"state": state, "limit": limit}
+    if after:
+        query["after"] = after
     path = "/ca/v1/ra/applications?" + urlencode(query)
     doc = ctx.client().call("GET", path, identity=ident)
     apps = doc["applications"]
@@ -975,7 +998,7 @@ def ra_list(
             f"{a['uscc'] or '-':<19} {name}"
         )
     if not apps:
-        lines = [f"No {state} applications" + (f" from offset {offset}." if offset else ".")]
+        lines = [f"No {state} applications" + (" after that page." if after else ".")]
     emit(as_json, doc, "\n".join(lines))
     more_hint(as_json, doc, "applications")
 
@@ -1952,7 +1975,7 @@ def cert_show(file: Path, as_json: bool) -> None:
     type=click.IntRange(1, 1000),
     help="At most this many certificates (one page).",
 )
-@offset_option("certificates")
+@after_option("certificates")
 @json_option
 @pass_ctx
 def cert_list(
@@ -1962,23 +1985,23 @@ def cert_list(
     key_file: Path,
     passphrase_file: Path | None,
     limit: int,
-    offset: int,
+    after: str,
     as_json: bool,
 ) -> None:
     """List what the CA issued to an enterprise (its own, or any for an RA officer),
-    oldest first, one page at a time: when more follow the page, the --offset that
-    lists them is said on standard error (next_offset with --json)."""
+    oldest first, one page at a time: when more follow the page, the --after CURSOR
+    that lists them is said on standard error (next with --json)."""
     code = str(USCC.parse(uscc))
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    query = {"uscc": code, "limit": limit, "offset": offset}
+    query: dict[str, str | int] = {"uscc": code, "limit": limit}
+    if after:
+        query["after"] = after
     doc = ctx.client().call("GET", "/ca/v1/certificates?" + urlencode(query), identity=ident)
     rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
     for c in doc["certificates"]:
         rows.append(f"{c['serial']:<34} {c['profile']:<11} {c['not_after']:<21} {c['subject']}")
     if not doc["certificates"]:
-        rows = [
-            f"No certificates issued to {code}" + (f" from offset {offset}." if offset else ".")
-        ]
+        rows = [f"No certificates issued to {code}" + (" after that page." if after else ".")]
     emit(as_json, doc, "\n".join(rows))
     more_hint(as_json, doc, "certificates")
 

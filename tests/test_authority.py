@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from ca import hierarchy
+from ca import hierarchy, translog
 from ca.app import build_authority
 from ca.authority import Caller, Issued, JointCA, hash_code, parse_csr
 from ca.ceremony import issue_officers
@@ -60,7 +60,8 @@ def env(tmp_path: Path) -> Iterator[tuple[JointCA, sessionmaker, Path]]:  # type
     )
     engine = make_engine(cfg.sqlalchemy_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
-    ca = build_authority(cfg, policies, h, SqlStore(sessions))
+    # with the Merkle log, as the server's: its leaf indices are the listings' keys
+    ca = build_authority(cfg, policies, h, SqlStore(sessions, (translog.append_event,)))
     officers = issue_officers(ca, tmp_path / "officers", lambda _m: b"officer-pass", "test")
     yield ca, sessions, officers["customs"]
     engine.dispose()
@@ -264,7 +265,7 @@ def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type
     ca.clock = lambda: start + datetime.timedelta(days=8)
     with pytest.raises(InvalidCode, match=r"has expired.*eport ra new-code"):
         ca.enroll(old.code, "enterprise", csr(KeyType.P256.generate()))
-    last = {a.id: c for a, c in ca.list_applications(officer_caller, None, limit=1000)}
+    last = {a.id: c for _, a, c in ca.list_applications(officer_caller, None, limit=1000)}
     assert last[app.id] is not None and code_state(last[app.id], ca.clock()) == "expired"
     fresh = ca.reissue_code(officer_caller, app.id)
     assert fresh.withdrawn == 0  # the expired one was no longer live
@@ -495,9 +496,9 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     """At scale (thousands of operators per enterprise, of applications per state) the
     statements of ``authorize_operator`` and of the RA listing read an index in the order
     they need: the earlier authorizations of one operator id by (uscc, operator_id), not
-    every operator application of the enterprise; a page of applications by (state,
-    created_at, id) or (created_at, id), and of all certificates by (created_at, serial),
-    not a sort of them all (SQLite's query plan)."""
+    every operator application of the enterprise; a page of applications after a cursor
+    by (state, log_index) or log_index, and of all certificates or an enterprise's by
+    log_index or (uscc, log_index), not a sort of them all (SQLite's query plan)."""
     from sqlalchemy import event
 
     from ca.records import ApplicationState
@@ -521,10 +522,11 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
         lookups = list(seen)
         seen.clear()
         for state in (ApplicationState.APPROVED, None):
-            ca.list_applications(officer_caller, state, 2, 1)
+            ca.list_applications(officer_caller, state, 2, after=1)
         listings = list(seen)
         seen.clear()
-        ca.certificates(officer_caller, None, 2, 1)  # every certificate, an officer's page
+        ca.certificates(officer_caller, None, 2, after=1)  # every certificate, an officer's
+        ca.certificates(officer_caller, ent.uscc, 2, after=1)  # an enterprise's
         cert_pages = list(seen)
     finally:
         event.remove(engine, "before_cursor_execute", record)
@@ -541,9 +543,13 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     ), lookup_plans
     listing_plans = [plan(*s) for s in listings]
     assert len(listing_plans) == 2, listing_plans
-    assert "ix_applications_state_created (state=?)" in listing_plans[0], listing_plans
-    assert "ix_applications_created" in listing_plans[1], listing_plans
+    assert "ix_applications_state_log_index (state=? AND log_index>?)" in listing_plans[0], (
+        listing_plans
+    )
+    assert "ix_applications_log_index (log_index>?)" in listing_plans[1], listing_plans
     assert not any("TEMP B-TREE" in p for p in listing_plans), listing_plans
     cert_plans = [plan(*s) for s in cert_pages]
-    assert len(cert_plans) == 1 and "ix_certificates_created" in cert_plans[0], cert_plans
-    assert "TEMP B-TREE" not in cert_plans[0], cert_plans
+    assert len(cert_plans) == 2, cert_plans
+    assert "ix_certificates_log_index (log_index>?)" in cert_plans[0], cert_plans
+    assert "ix_certificates_uscc_log_index (uscc=? AND log_index>?)" in cert_plans[1], cert_plans
+    assert not any("TEMP B-TREE" in p for p in cert_plans), cert_plans

@@ -26,26 +26,33 @@ def test_an_officer_reaches_every_pending_application_page_by_page(
         a["id"] for a in jrun(srv, "ra", "list", "--limit", "1000", *srv.officer())["applications"]
     ]
     assert pending[-3:] == ids  # oldest first; earlier tests of the module may add more
-    first = len(pending) - 3
+    # the cursor after the application just before ours: the last of a page of the rest
+    before = len(pending) - 3
+    cursor = []
+    if before:
+        doc = jrun(srv, "ra", "list", "--limit", str(before), *srv.officer())
+        cursor = ["--after", doc["next"]]
 
-    page = jrun(srv, "ra", "list", "--limit", "2", "--offset", str(first), *srv.officer())
+    page = jrun(srv, "ra", "list", "--limit", "2", *cursor, *srv.officer())
     assert [a["id"] for a in page["applications"]] == ids[:2]
-    assert page["next_offset"] == first + 2
-    res = srv.eport("ra", "list", "--limit", "2", "--offset", str(first), *srv.officer())
+    assert isinstance(page["next"], str) and "next_offset" not in page
+    res = srv.eport("ra", "list", "--limit", "2", *cursor, *srv.officer())
     assert ids[0] in res.stdout and ids[2] not in res.stdout
-    assert f"run the command again with --offset {first + 2}" in res.stderr
+    assert f"run the command again with --after {page['next']}" in res.stderr
 
-    last = srv.eport("ra", "list", "--limit", "2", "--offset", str(first + 2), *srv.officer())
+    last = srv.eport("ra", "list", "--limit", "2", "--after", page["next"], *srv.officer())
     assert ids[2] in last.stdout and ids[0] not in last.stdout
-    assert "--offset" not in last.stderr  # the last page says no more
-    doc = jrun(srv, "ra", "list", "--limit", "2", "--offset", str(first + 2), *srv.officer())
-    assert doc["next_offset"] is None
+    assert "--after" not in last.stderr  # the last page says no more
+    doc = jrun(srv, "ra", "list", "--limit", "2", "--after", page["next"], *srv.officer())
+    assert doc["next"] is None
 
-    past = srv.eport("ra", "list", "--offset", str(first + 3), *srv.officer())
-    assert past.stdout.strip() == f"No pending applications from offset {first + 3}."
+    # the last one decided: the page after the cursor is empty, and says so
+    srv.eport("ra", "reject", ids[2], "--reason", "test", *srv.officer())
+    past = srv.eport("ra", "list", "--after", page["next"], *srv.officer())
+    assert past.stdout.strip() == "No pending applications after that page."
 
-    bad = srv.eport("ra", "list", "--offset", "-1", *srv.officer(), check=False)
-    assert bad.returncode == 2 and "--offset" in bad.stderr
+    bad = srv.eport("ra", "list", "--offset", "2", *srv.officer(), check=False)
+    assert bad.returncode == 2 and "--after" in bad.stderr
 
 
 def test_an_enterprise_lists_all_its_certificates_page_by_page(
@@ -58,34 +65,26 @@ def test_an_enterprise_lists_all_its_certificates_page_by_page(
     serials = [serial_of(d) for d in (ent, *ops)]
 
     seen: list[str] = []
-    offset = 0
+    after: list[str] = []
     while True:
         doc = json.loads(
             srv.eport(
-                "cert",
-                "list",
-                "--uscc",
-                uscc,
-                "--limit",
-                "2",
-                "--offset",
-                str(offset),
-                "--json",
-                *creds(ent),
+                "cert", "list", "--uscc", uscc, "--limit", "2", *after, "--json", *creds(ent)
             ).stdout
         )
         seen += [c["serial"] for c in doc["certificates"]]
-        if doc["next_offset"] is None:
+        if doc["next"] is None:
             break
-        offset = doc["next_offset"]
-    # Every certificate once. Their order is by issuance time (whole seconds), then
-    # serial: certificates issued within one second may come in any order.
-    assert sorted(seen) == sorted(serials) and len(seen) == len(set(seen))
+        after = ["--after", doc["next"]]
+    # Every certificate once, in the order they were issued (their log order).
+    assert seen == serials
 
     res = srv.eport("cert", "list", "--uscc", uscc, "--limit", "2", *creds(ent))
     first = [s for s in serials if s in res.stdout]
-    assert len(first) == 2
-    assert "More certificates follow: run the command again with --offset 2." in res.stderr
-    rest = srv.eport("cert", "list", "--uscc", uscc, "--limit", "2", "--offset", "2", *creds(ent))
+    assert first == serials[:2]
+    hint = "More certificates follow: run the command again with --after "
+    assert res.stderr.startswith(hint), res.stderr
+    cursor = res.stderr.strip().rsplit(" ", 1)[1]
+    rest = srv.eport("cert", "list", "--uscc", uscc, "--limit", "2", "--after", cursor, *creds(ent))
     last = [s for s in serials if s in rest.stdout]
-    assert len(last) == 1 and last[0] not in first and not rest.stderr
+    assert last == serials[2:] and not rest.stderr
