@@ -95,9 +95,9 @@ def _cli_pages(srv: Server, *args: str) -> list[list[dict[str, Any]]]:
         after = ["--after", hint.rsplit(" ", 1)[1]]
 
 
-def _postgres_only(srv: Server) -> None:
-    if srv.database_url.startswith("sqlite"):
-        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE): no commit is late")
+LATE_COMMITS = pytest.mark.parametrize("server", ["postgres"], indirect=True)
+"""Only PostgreSQL lets a commit be late: SQLite runs one writer at a time (BEGIN
+IMMEDIATE)."""
 
 
 @pytest.fixture
@@ -176,6 +176,7 @@ def test_the_cli_names_the_next_page_and_follows_it(server: Server) -> None:
     assert all(len(page) == 2 for page in pages[:-1])
 
 
+@LATE_COMMITS
 def test_an_application_committed_after_a_reader_passed_its_time_is_listed(
     server: Server, held: tuple[SqlStore, list[Any]]
 ) -> None:
@@ -184,7 +185,6 @@ def test_an_application_committed_after_a_reader_passed_its_time_is_listed(
     pending applications past B2, then A commits. The officer's next page holds B3 and A:
     A's key (its log index) is taken under the log head's lock, after B3's commit."""
     srv = server
-    _postgres_only(srv)
     store, opened = held
     now = datetime.datetime.now(datetime.UTC)
     cm = store.transaction()
@@ -224,6 +224,7 @@ def test_an_application_committed_after_a_reader_passed_its_time_is_listed(
     assert seen[-2:] == [bs[2], a.id]
 
 
+@LATE_COMMITS
 def test_a_certificate_committed_after_a_reader_passed_its_time_is_listed(
     server: Server, held: tuple[SqlStore, list[Any]], tmp_path: Path
 ) -> None:
@@ -231,7 +232,6 @@ def test_a_certificate_committed_after_a_reader_passed_its_time_is_listed(
     a transaction that began first (issued an hour before the others) and commits after
     two operators enrolled and an officer paged past them."""
     srv = server
-    _postgres_only(srv)
     store, opened = held
     uscc = fresh_uscc()
     ent = enroll_enterprise(srv, tmp_path, "Late Certificate Co.", uscc=uscc)
