@@ -49,6 +49,8 @@ from ca.records import (
     Store,
     Transaction,
     code_refusal,
+    code_state,
+    credential_refusal,
     signer_refusal,
 )
 from ca.signedreq import SignedRequest
@@ -361,9 +363,12 @@ class JointCA:
             app = self._locked_application(tx, app_id, caller)
             if caller is not None:
                 _signer_still_good(tx, caller)
+            else:
+                tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
             allowed = self._profiles_for(app, profiles)
             if app.state is not ApplicationState.PENDING:
                 raise Conflict(f"application {app_id} is already {app.state.value}")
+            self._refuse_second_credential(tx, app, now)
             if not tx.set_application_state(
                 app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None
             ):
@@ -477,6 +482,7 @@ class JointCA:
                 f"application {app_id}",
                 "its holder renews it (eport renew), or an officer revokes it first (eport revoke)",
             )
+            self._refuse_second_credential(tx, app, now)
             last = tx.last_codes([app_id]).get(app_id)
             if profiles or last is None:
                 allowed = self._profiles_for(app, profiles)
@@ -498,6 +504,54 @@ class JointCA:
                 )
             )
         return dataclasses.replace(grant, withdrawn=withdrawn)
+
+    def _legal_person_profiles(self) -> tuple[str, ...]:
+        """The profiles of an enterprise's legal-person credential (its class's profiles)."""
+        return tuple(sorted(p.name for p in self.policies.profiles_of(SubjectClass.ENTERPRISE)))
+
+    def _refuse_second_credential(
+        self, tx: Transaction, app: Application, now: datetime.datetime
+    ) -> None:
+        """An enterprise holds one legal-person credential (DESIGN.md, Domain notes), so
+        an enterprise application gets no code (approval, new code) while its USCC holds
+        one in force (not expired, not revoked; one on hold counts: a hold is lifted, or
+        the certificate revoked, first), or while another of its enterprise applications
+        holds a live code (that one enrolls, or is withdrawn, first). Call it holding the
+        issuances' lock (:meth:`Transaction.hold_issuance`): approvals and new codes are
+        then decided one at a time, and an enrollment in flight has either stored its
+        certificate (seen here) or will meet the check where it is stored
+        (:attr:`IssuanceWrite.sole_credential`), which decides in the end."""
+        if app.subject_class != SubjectClass.ENTERPRISE.value or app.uscc is None:
+            return  # operators, agencies, auditors and services are not legal persons
+        self._refuse_credential_held(tx, app, now)
+        others = [
+            a.id
+            for a in tx.applications_of(app.uscc, SubjectClass.ENTERPRISE.value)
+            if a.id != app.id and a.state is ApplicationState.APPROVED
+        ]
+        for other_id, code in tx.last_codes(others).items():
+            if code_state(code, now) == "live":
+                raise Conflict(
+                    f"enterprise {app.uscc} has application {other_id} approved, its "
+                    f"enrollment code live until {code.expires_at:%Y-%m-%dT%H:%M:%SZ}; an "
+                    "enterprise holds one legal-person credential: that application enrolls, "
+                    f"or an officer withdraws it first (eport ra withdraw {other_id} --reason …)",
+                    application=other_id,
+                )
+
+    def _refuse_credential_held(
+        self, tx: Transaction, app: Application, now: datetime.datetime
+    ) -> None:
+        """Refuse (Conflict naming its serial) while ``app``'s USCC holds a legal-person
+        credential in force."""
+        if app.uscc is None:
+            return
+        held = tx.credentials_in_force(app.uscc, self._legal_person_profiles(), now)
+        if held:
+            status = tx.get_status(held[0].serial)
+            raise credential_refusal(
+                app.uscc, held[0].serial_hex, held[0].not_after, on_hold=status is not None
+            )
 
     def _locked_application(
         self, tx: Transaction, app_id: str, caller: Caller | None
@@ -644,7 +698,17 @@ class JointCA:
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
         event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
-        self.store.commit_issuance(IssuanceWrite(record, event, code_hash, now))
+        # A legal-person credential is refused where it is stored if the enterprise holds
+        # one in force by then (an approval checked this, but two approvals made before
+        # that check, or an enrollment racing another, are decided only there).
+        sole = (
+            self._legal_person_profiles()
+            if profile.subject_class is SubjectClass.ENTERPRISE
+            else ()
+        )
+        self.store.commit_issuance(
+            IssuanceWrite(record, event, code_hash, now, sole_credential=sole)
+        )
         return Issued(record, cert, self._chain(issuer))
 
     def _issued_on(
@@ -674,9 +738,15 @@ class JointCA:
         does not allow), or the live code. Redeems nothing and writes nothing: the CLI asks
         before it makes a key and asks for the key's passphrase."""
         _require_code(code)
-        rec, _, _ = self.store.enrollment_facts(hash_code(code), "")
-        self._refuse_code(rec, profile_name, self.clock())
+        rec, app, _ = self.store.enrollment_facts(hash_code(code), "")
+        now = self.clock()
+        self._refuse_code(rec, profile_name, now)
         assert rec is not None
+        if app is not None and self.policies.profile(profile_name).subject_class is (
+            SubjectClass.ENTERPRISE
+        ):
+            with self.store.reading() as tx:  # what the issuance would meet now
+                self._refuse_credential_held(tx, app, now)
         return rec
 
     def _refuse_code(

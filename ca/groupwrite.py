@@ -61,10 +61,12 @@ from ca.records import (
     KEY_CERTIFIED,
     Event,
     IssuanceWrite,
+    StatusState,
     code_refusal,
+    credential_refusal,
     signer_refusal,
 )
-from ca.store import StoredEvent, ThreadConnections, code_of, sqlite_file
+from ca.store import StoredEvent, ThreadConnections, code_of, sqlite_file, utc_from_db
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -307,6 +309,13 @@ _FIND_CODE = (
 )
 _KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
 _STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
+_CREDENTIAL_IN_FORCE = (
+    "SELECT c.serial, c.not_after, s.state FROM certificates c"
+    " LEFT JOIN certificate_status s ON s.serial = c.serial"
+    " WHERE c.uscc = ? AND c.profile = ? AND c.not_after > ?"
+    " AND (s.state IS NULL OR s.state <> ?)"
+    " ORDER BY c.not_after DESC LIMIT 1"
+)
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at, log_index)"
@@ -357,6 +366,7 @@ class IssuanceWriter:
         self._find_code_sql = translog.driver_text(_FIND_CODE, self._qmark)
         self._key_held_sql = translog.driver_text(_KEY_HELD, self._qmark)
         self._status_sql = translog.driver_text(_STATUS_OF, self._qmark)
+        self._credential_sql = translog.driver_text(_CREDENTIAL_IN_FORCE, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._tuned = threading.local()  # the connection this thread set synchronous on
@@ -486,6 +496,8 @@ class IssuanceWriter:
         cur.execute(self._key_held_sql, (rec.spki_sha256,))
         if cur.fetchone() is not None:
             raise Conflict(KEY_CERTIFIED)
+        if item.sole_credential and rec.uscc is not None:
+            self._refuse_second_credential(cur, item, rec.uscc)
         try:
             cur.execute(
                 self._insert_cert_sql,
@@ -508,6 +520,21 @@ class IssuanceWriter:
         except self._integrity as exc:
             raise Conflict("serial number collision; nothing was issued") from exc
         return self._insert_event(cur, item.event, log_index)
+
+    def _refuse_second_credential(self, cur: Any, item: IssuanceWrite, uscc: str) -> None:
+        """One legal-person credential per enterprise (:attr:`IssuanceWrite.sole_credential`):
+        decided here, as the key's holder is, where groups are written one at a time (the
+        host's lock and ``BEGIN IMMEDIATE`` on SQLite, the log head's row lock on
+        PostgreSQL) and each item of a group sees the ones stored before it."""
+        assert item.now is not None, "an enrollment carries its time"
+        now = self._dt(item.now)
+        for profile in item.sole_credential:
+            cur.execute(self._credential_sql, (uscc, profile, now, StatusState.REVOKED.value))
+            row = cur.fetchone()
+            if row is not None:
+                not_after = utc_from_db(row[1])
+                assert not_after is not None
+                raise credential_refusal(uscc, row[0], not_after, on_hold=row[2] is not None)
 
     def _insert_event(self, cur: Any, ev: Event, log_index: int | None) -> StoredEvent:
         serial = format(ev.serial, "x") if ev.serial is not None else None

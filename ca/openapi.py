@@ -134,7 +134,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/ra/applications/{app_id}/approve": {
                 "post": _op(
-                    "Approve; returns a one-time enrollment code",
+                    "Approve; returns a one-time enrollment code. 409 for an enterprise "
+                    "application while its USCC holds a legal-person certificate in force "
+                    "(problem member serial) or another of its applications a live code "
+                    "(problem member application)",
                     signed=True,
                     body="ApproveRequest",
                     result="CodeGrant",
@@ -144,7 +147,9 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/ra/applications/{app_id}/code": {
                 "post": _op(
                     "New enrollment code for an approved application (the last one lost or "
-                    "expired; its unused codes end); 409 while one of its certificates is in force",
+                    "expired; its unused codes end); 409 while one of its certificates is in "
+                    "force or, for an enterprise, its USCC holds a legal-person certificate in "
+                    "force (problem member serial)",
                     signed=True,
                     body="ApproveRequest",
                     ok="201",
@@ -174,7 +179,9 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/enroll": {
                 "post": _with_response(
                     _op(
-                        "Redeem an enrollment code with a PKCS#10 CSR",
+                        "Redeem an enrollment code with a PKCS#10 CSR; 409 for an enterprise "
+                        "profile while its USCC holds a legal-person certificate in force "
+                        "(problem member serial; nothing is stored, the code stays unused)",
                         body="EnrollRequest",
                         ok="201",
                         result="Issued",

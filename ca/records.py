@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ca.errors import Forbidden, InvalidCode
+from ca.errors import Conflict, Forbidden, InvalidCode
 
 
 @enum.unique
@@ -321,6 +321,14 @@ class Transaction(Protocol):
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
+    def credentials_in_force(
+        self, uscc: str, profiles: Sequence[str], now: datetime.datetime
+    ) -> list[CertificateRecord]:
+        """The certificates of ``profiles`` of the enterprise ``uscc`` in force at ``now``:
+        not expired, not revoked (one on hold counts: it may be resumed); latest expiry
+        first."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class IssuanceWrite:
@@ -335,6 +343,13 @@ class IssuanceWrite:
     """The serial of the certificate whose signed request asked for this issuance (a
     renewal): checked good when the request came, and again where it is stored, so that
     a revocation or hold that commits first refuses it (:func:`signer_refusal`)."""
+    sole_credential: tuple[str, ...] = ()
+    """For an enrollment of an enterprise's legal-person credential: the profiles of that
+    credential. The record's USCC may hold one such certificate in force (not expired at
+    ``now``, not revoked; one on hold counts), so the issuance is refused where it is
+    stored, with nothing of it stored, if one is there (:func:`credential_refusal`);
+    concurrent enrollments are decided there one at a time. A renewal leaves it empty:
+    it replaces the credential that signed it."""
 
 
 def signer_refusal(serial: int, state: str) -> Forbidden:
@@ -345,6 +360,24 @@ def signer_refusal(serial: int, state: str) -> Forbidden:
     return Forbidden(
         f"the certificate {serial:x} that signed this request was {became} meanwhile; "
         "nothing was changed"
+    )
+
+
+def credential_refusal(
+    uscc: str, serial_hex: str, not_after: datetime.datetime, *, on_hold: bool = False
+) -> Conflict:
+    """The refusal of a second legal-person credential for the enterprise ``uscc``: its
+    certificate ``serial_hex`` is in force until ``not_after`` (``on_hold``: suspended,
+    which may be lifted). DESIGN.md, Domain notes: an enterprise holds one. The detail
+    says what to do instead; the problem document carries the serial as ``serial``."""
+    held = " (on hold)" if on_hold else ""
+    return Conflict(
+        f"enterprise {uscc} already holds legal-person certificate {serial_hex}{held}, in "
+        f"force until {not_after:%Y-%m-%dT%H:%M:%SZ} (an enterprise holds one): its holder "
+        f"renews it for a new key (eport renew), or it is revoked first (eport revoke "
+        f"--serial {serial_hex}; a lost key: an RA officer revokes it, --reason "
+        "keyCompromise)",
+        serial=serial_hex,
     )
 
 

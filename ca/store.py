@@ -52,6 +52,7 @@ from ca.records import (
     StatusRecord,
     StatusState,
     code_refusal,
+    credential_refusal,
     signer_refusal,
 )
 
@@ -939,6 +940,23 @@ class SqlTransaction:
         rows = self._conn().execute(_CERTS_OF_CLASS, {"uscc": uscc, "profile": profile})
         return [_cert_of(r) for r in rows]
 
+    def credentials_in_force(
+        self, uscc: str, profiles: Sequence[str], now: datetime.datetime
+    ) -> list[CertificateRecord]:
+        if not profiles:
+            return []
+        q = select(*_CERT_COLUMNS).where(
+            _CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now
+        )
+        unexpired = [_cert_of(r) for r in self._conn().execute(q)]
+        statuses = self.get_statuses([c.serial for c in unexpired])
+        out = [
+            c
+            for c in unexpired
+            if (st := statuses.get(c.serial)) is None or st.state is StatusState.HOLD
+        ]
+        return sorted(out, key=lambda c: (c.not_after, c.serial), reverse=True)
+
     # -- status artifacts (ca/status.py) ---------------------------------------------------
 
     def cached_ocsp(self, serial: int) -> tuple[bytes, datetime.datetime, datetime.datetime] | None:
@@ -1151,6 +1169,17 @@ class SqlStore:
                     raise signer_refusal(item.signed_by, status.state.value)
             if tx.key_holders(item.record.spki_sha256):
                 raise Conflict(KEY_CERTIFIED)
+            if item.sole_credential and item.record.uscc is not None:
+                assert item.now is not None
+                held = tx.credentials_in_force(item.record.uscc, item.sole_credential, item.now)
+                if held:  # as the group writer decides it
+                    status = tx.get_status(held[0].serial)
+                    raise credential_refusal(
+                        item.record.uscc,
+                        held[0].serial_hex,
+                        held[0].not_after,
+                        on_hold=status is not None,
+                    )
             tx.add_certificate(item.record)
             return tx.append_event(item.event)
 

@@ -444,6 +444,9 @@ def apply(
     The check character of the USCC is verified here and again by the CA (a code
     typed in full width, ９１３５…, is read as the same code).
     Keep the application id: the officer approves it and gives you a one-time code.
+    An enterprise holds one legal-person certificate: while one is in force (not
+    expired or revoked; on hold counts), renew it (eport renew) rather than apply,
+    or have it revoked first (a lost key: an RA officer, --reason keyCompromise).
     """
     body: dict[str, Any] = {"subject_class": subject_class}
     if subject_class == "enterprise":
@@ -646,7 +649,9 @@ def enroll(
     (OUT/key.pem, or the token key OUT/key.uri names), as the CA may have
     issued the certificate: the same command again (same code, same OUT) sends
     that key's CSR again and saves the certificate the CA issued for it, or
-    enrolls it if none was. A refusal (4xx) deletes the new key.
+    enrolls it if none was. A refusal (4xx) deletes the new key. An enterprise
+    code is refused (409, the code stays unused) while the enterprise holds an
+    enterprise certificate in force: it holds one at a time.
     """
     kept_file = out / ("key.pem" if pkcs11_uri is None else "key.uri")
     kept = kept_file.exists() and not (out / "cert.pem").exists()
@@ -1055,7 +1060,10 @@ def ra_approve(
     """Approve APP_ID and print its one-time enrollment code.
 
     Hand the code to the applicant over a separate channel; it is shown once,
-    stored only as a hash, and expires (7 days by default).
+    stored only as a hash, and expires (7 days by default). An enterprise
+    application is refused while its USCC holds an enterprise certificate in
+    force (on hold counts; revoke it first, or its holder renews it), or while
+    another of its applications holds a live code (withdraw that one first).
     """
     doc = _code_call(ctx, f"{app_id}/approve", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"Approved {app_id}.\n" + _code_lines(doc))
@@ -1087,8 +1095,9 @@ def ra_new_code(
     unused codes stop working at once, so only the new one is live. Refused
     while a certificate issued on the application is in force: its holder
     renews with it (eport renew), or, for a lost key, an officer revokes it
-    first (eport revoke). Not for an operator: its enterprise authorizes it
-    again (eport operator add). Recorded in the audit log.
+    first (eport revoke); for an enterprise, also while its USCC holds another
+    enterprise certificate in force. Not for an operator: its enterprise
+    authorizes it again (eport operator add). Recorded in the audit log.
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))

@@ -28,7 +28,7 @@ from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow
 from ca.records import Event
 from ca.store import SqlStore, SqlTransaction
 from tests.conftest import Server
-from tests.helpers import in_process_ca
+from tests.helpers import fresh_uscc, in_process_ca
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_crash_between_signed_and_stored_loses_nothing(
     append, or at the COMMIT: the code's redemption, the certificate, its event and its
     log entry are all rolled back, and the same code and key then enroll normally."""
     ca, _, sessions = joint
-    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Crash Test Co."})
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Crash Test Co."})
     grant = ca.approve_at_ceremony(app.id, "test")
     before = {t: count(sessions, t) for t in (CertificateRow, EventRow, LogEntryRow)}
     key = KeyType.P256.generate()
@@ -123,13 +123,13 @@ def test_crash_between_signed_and_stored_loses_nothing(
 
 def test_code_is_single_use_and_expires(joint: tuple) -> None:  # type: ignore[type-arg]
     ca, _, _ = joint
-    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Once Co."})
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Once Co."})
     grant = ca.approve_at_ceremony(app.id, "test")
     ca.enroll(grant.code, "enterprise", csr_pem(KeyType.P256.generate()))
     with pytest.raises(InvalidCode, match="already used"):
         ca.enroll(grant.code, "enterprise", csr_pem(KeyType.P256.generate()))
 
-    app2 = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Late Co."})
+    app2 = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Late Co."})
     grant2 = ca.approve_at_ceremony(app2.id, "test")
     real_clock = ca.clock
     ca.clock = lambda: real_clock() + datetime.timedelta(days=7, seconds=1)
@@ -143,7 +143,7 @@ def test_a_lost_answer_is_not_sent_again_once_the_certificate_expired(joint: tup
     let the CLI save a dead certificate as if it had just been issued. Nothing is
     written either way."""
     ca, _, sessions = joint
-    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Late Reply Co."})
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Late Reply Co."})
     grant = ca.approve_at_ceremony(app.id, "test")
     key = KeyType.P256.generate()
     issued = ca.enroll(grant.code, "enterprise", csr_pem(key))
@@ -168,10 +168,10 @@ def test_key_certified_to_another_subject_is_refused(joint: tuple) -> None:  # t
     ca, _, sessions = joint
     key = KeyType.P256.generate()
     a = ca.approve_at_ceremony(
-        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "A Co."}).id, "t"
+        ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "A Co."}).id, "t"
     )
     b = ca.approve_at_ceremony(
-        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "B Co."}).id, "t"
+        ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "B Co."}).id, "t"
     )
     ca.enroll(a.code, "enterprise", csr_pem(key))
     before = count(sessions, CertificateRow)
@@ -183,7 +183,7 @@ def test_key_certified_to_another_subject_is_refused(joint: tuple) -> None:  # t
 def test_codes_are_stored_only_as_hashes(joint: tuple) -> None:  # type: ignore[type-arg]
     ca, _, sessions = joint
     grant = ca.approve_at_ceremony(
-        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Hash Co."}).id, "t"
+        ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Hash Co."}).id, "t"
     )
     raw = grant.code.replace("-", "")
     with sessions() as s:
@@ -195,7 +195,7 @@ def test_codes_are_stored_only_as_hashes(joint: tuple) -> None:  # type: ignore[
 def test_concurrent_redemption_issues_once(sqlite_server: Server) -> None:
     """Eight clients race one code against two server processes: exactly one certificate."""
     srv = sqlite_server
-    app = srv.eport("apply", "--uscc", "91350100M000100Y43", "--name", "Race Co.", "--json").stdout
+    app = srv.eport("apply", "--uscc", fresh_uscc(), "--name", "Race Co.", "--json").stdout
     import json
 
     app_id = json.loads(app)["id"]

@@ -40,6 +40,7 @@ from ca.records import code_state
 from ca.revocation import Revocation
 from ca.signedreq import SignedRequest
 from ca.store import SqlStore
+from tests.helpers import fresh_uscc
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
@@ -97,10 +98,12 @@ def last_event(sessions: sessionmaker) -> EventRow:  # type: ignore[type-arg]
 
 
 def enrolled_enterprise(
-    ca: JointCA, officer: Caller, tmp_path: Path, name: str, uscc: str = "91350100M000100Y43"
+    ca: JointCA, officer: Caller, tmp_path: Path, name: str, uscc: str | None = None
 ) -> tuple[Caller, Issued]:
-    """An enterprise approved and enrolled: its certificate as a signed request's caller."""
-    grant = ca.approve(officer, ca.apply("enterprise", {"uscc": uscc, "legal_name": name}).id)
+    """An enterprise approved and enrolled: its certificate as a signed request's caller.
+    ``uscc``: a fresh one by default (an enterprise holds one legal-person credential)."""
+    data = {"uscc": uscc or fresh_uscc(), "legal_name": name}
+    grant = ca.approve(officer, ca.apply("enterprise", data).id)
     issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
     path = tmp_path / f"{issued.record.serial_hex}.pem"
     path.write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
@@ -190,7 +193,7 @@ def test_operator_cannot_authorize_operators(env: tuple, tmp_path: Path) -> None
     # An enterprise code cannot be used for another class's profile.
     g2 = ca.approve(
         officer_caller,
-        ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Roles Co."}).id,
+        ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Roles Two Co."}).id,
     )
     with pytest.raises(ProfileNotAllowed):
         ca.enroll(g2.code, "agency", csr(KeyType.P256.generate()))
@@ -305,17 +308,17 @@ def test_no_new_code_while_a_certificate_is_in_force(env: tuple) -> None:  # typ
 def test_new_code_refusals_change_nothing(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     ca, sessions, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
-    pending = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Wait Co."})
-    approved = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Ok Co."})
+    pending = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Wait Co."})
+    approved = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Ok Co."})
     grant = ca.approve(officer_caller, approved.id)
-    rejected = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "No Co."})
+    rejected = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "No Co."})
     ca.reject(officer_caller, rejected.id, "documents incomplete")
     staff = ca.apply("agency", {"agency_id": "tax", "person_name": "Zhang Min"})
     ca.approve_at_ceremony(staff.id, "test")
     ent = ca.enroll(
         ca.approve(
             officer_caller,
-            ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "E Co."}).id,
+            ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "E Co."}).id,
         ).code,
         "enterprise",
         csr(KeyType.P256.generate()),
@@ -421,9 +424,12 @@ def test_cessation_of_a_certificate_a_renewal_replaced_keeps_the_operators(
         assert tx.get_status(op.record.serial) is None  # still good
     # The unused operator code still enrolls (here, under the renewed certificate).
     second = ca.enroll(unused.code, "operator", csr(KeyType.P256.generate()))
-    # A renewal's certificate on hold still keeps the enterprise going.
+    # A renewal's certificate on hold still keeps the enterprise going. (The third comes
+    # by renewing the second: an enterprise holds one legal-person credential, so a new
+    # enrollment is refused while one is in force.)
+    (tmp_path / "new.pem").write_bytes(new.certificate.public_bytes(serialization.Encoding.PEM))
+    third = ca.renew(ca.caller(signed_by(tmp_path / "new.pem")), csr(KeyType.P256.generate()))
     revocation.suspend(officer_caller, new.record.serial)
-    _, third = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewing Co.")
     change = revocation.revoke(officer_caller, third.record.serial, "cessationOfOperation")
     assert change.cascaded == () and [k.serial for k in change.kept_by] == [new.record.serial]
     # The last certificate in force goes: the enterprise has ceased, its operators too.

@@ -25,10 +25,9 @@ from ca.keys import KeyType
 from ca.models import CertificateRow, EnrollmentCodeRow
 from ca.signedreq import SignedRequest
 from tests.conftest import Postgres
-from tests.helpers import in_process_ca
+from tests.helpers import fresh_uscc, in_process_ca
 
 ROUNDS = 10
-USCC = "91350100M000100Y43"
 
 
 def csr_pem() -> bytes:
@@ -109,7 +108,7 @@ def judge(enrolled: object, new_code: object, certs: int, live: int) -> None:
 def test_a_new_code_and_a_redemption_at_once(joint: tuple[Any, Any, Any]) -> None:
     ca, sessions, officer = joint
     for n in range(ROUNDS):
-        app = ca.apply("enterprise", {"uscc": USCC, "legal_name": f"Race {n} Co."})
+        app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": f"Race {n} Co."})
         old, csr = ca.approve(officer, app.id), csr_pem()
         enrolled, new_code = at_once(
             lambda code=old.code, csr=csr: ca.enroll(code, "enterprise", csr),
@@ -122,7 +121,9 @@ def test_an_operator_authorized_again_and_a_redemption_at_once(
     joint: tuple[Any, Any, Any],
 ) -> None:
     ca, sessions, officer = joint
-    grant = ca.approve(officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": "E"}).id)
+    grant = ca.approve(
+        officer, ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "E"}).id
+    )
     ent_cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
     ent = caller_of(ca, ent_cert.public_bytes(serialization.Encoding.PEM))
     for n in range(ROUNDS):
@@ -146,7 +147,9 @@ def test_one_key_one_holder_under_concurrent_enrollments(joint: tuple[Any, Any, 
         builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
         csr = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
         codes = [
-            ca.approve(officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": f"K{n}{i}"}).id)
+            ca.approve(
+                officer, ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": f"K{n}{i}"}).id
+            )
             for i in range(2)
         ]
         first, second = at_once(
@@ -161,6 +164,42 @@ def test_one_key_one_holder_under_concurrent_enrollments(joint: tuple[Any, Any, 
                 select(func.count()).where(CertificateRow.application_id.in_(ids))
             ).scalar_one()
         assert held == 1
+
+
+def test_one_legal_person_credential_under_concurrent_enrollments(
+    joint: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four approved applications of one USCC (approved before approvals checked for
+    another) enroll at once: in one process their issuances share group commits, where
+    each is checked after the ones stored before it in the same transaction. One
+    certificate; the others are refused, naming it, with nothing of them stored."""
+    ca, sessions, _ = joint
+    for n in range(ROUNDS):
+        uscc = fresh_uscc()
+        with monkeypatch.context() as m:
+            m.setattr(ca, "_refuse_second_credential", lambda *_args: None)
+            codes = [
+                ca.approve_at_ceremony(
+                    ca.apply("enterprise", {"uscc": uscc, "legal_name": f"L{n}{i}"}).id, "t"
+                )
+                for i in range(4)
+            ]
+        csrs = [csr_pem() for _ in codes]
+        results = at_once(
+            *(
+                lambda code=g.code, csr=csr: ca.enroll(code, "enterprise", csr)
+                for g, csr in zip(codes, csrs, strict=True)
+            )
+        )
+        issued = [r for r in results if not isinstance(r, Exception)]
+        assert len(issued) == 1, results
+        serial = issued[0].record.serial_hex  # type: ignore[attr-defined]
+        for r in results:
+            if isinstance(r, Exception):
+                assert isinstance(r, Conflict), r
+                assert f"already holds legal-person certificate {serial}" in str(r), r
+        ids = [g.application.id for g in codes]
+        assert standing(sessions, ids) == (1, 3)  # the refused codes stay unused
 
 
 def log_index(sessions: Any, event_type: str, **match: str) -> int:
@@ -191,7 +230,9 @@ def race_with_revocation(
     from ca.revocation import Revocation
 
     ca, sessions, officer = joint
-    grant = ca.approve(officer, ca.apply("enterprise", {"uscc": USCC, "legal_name": name}).id)
+    grant = ca.approve(
+        officer, ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": name}).id
+    )
     cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
     holder = caller_of(ca, cert.public_bytes(serialization.Encoding.PEM))
     serial = cert.serial_number

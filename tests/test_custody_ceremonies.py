@@ -246,7 +246,7 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
-    old = enroll(srv, out, tmp, "Old Generation Co", "91350100M000100Y43")
+    old = enroll(srv, out, tmp, "Old Generation Co")
     old_cert = cert_of(old)
     old_issuer = x509.load_pem_x509_certificate(
         (srv.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
@@ -262,7 +262,7 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     )
     assert new_issuer.public_key() != old_issuer.public_key()
     # New certificates come from the new generation at once, in every worker.
-    new = [enroll(srv, out, tmp, f"New Generation Co {i}", "91350100MA1016617N") for i in range(3)]
+    new = [enroll(srv, out, tmp, f"New Generation Co {i}") for i in range(3)]
     for d in new:
         cert = cert_of(d)
         cert.verify_directly_issued_by(new_issuer)
@@ -298,7 +298,7 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     st = json.loads(srv.eport("status", "--cert", str(new[0] / "cert.pem"), "--json").stdout)
     assert st["status"] == "good" and "issuing_ca_revoked" not in st
     # Issuance goes on from the new generation.
-    after = enroll(srv, out, tmp, "After Revocation Co", "91350100MA1016617N")
+    after = enroll(srv, out, tmp, "After Revocation Co")
     cert_of(after).verify_directly_issued_by(new_issuer)
     # The CA no longer takes signed requests from certificates under the revoked
     # generation (in any worker), and still does from the new one.

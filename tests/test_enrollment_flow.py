@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from tests.conftest import EPORT, Server
-from tests.helpers import creds
+from tests.helpers import creds, fresh_uscc
 
 USCC = "91350100M000100Y43"
 NAME = "Xiamen Harbour Trading Co., Ltd."
@@ -44,9 +44,9 @@ def jrun(server: Server, *args: str, **env: str) -> dict:
 
 
 def enterprise(
-    server: Server, tmp: Path, uscc: str = USCC, name: str = NAME, key_type: str = "p256"
+    server: Server, tmp: Path, uscc: str | None = None, name: str = NAME, key_type: str = "p256"
 ) -> Path:
-    app = jrun(server, "apply", "--uscc", uscc, "--name", name)
+    app = jrun(server, "apply", "--uscc", uscc or fresh_uscc(), "--name", name)
     grant = jrun(server, "ra", "approve", app["id"], *server.officer())
     out = tmp / f"ent-{app['id']}"
     jrun(
@@ -86,7 +86,8 @@ def openssl_verify(server: Server, cert: Path, chain: Path) -> None:
 
 def test_walkthrough(server: Server, tmp_path: Path) -> None:
     """apply → ra list → approve → enroll (--p12) → operator add → enroll → renew → list."""
-    app = jrun(server, "apply", "--uscc", USCC, "--name", NAME)
+    uscc = fresh_uscc()  # an enterprise holds one legal-person credential
+    app = jrun(server, "apply", "--uscc", uscc, "--name", NAME)
     assert app["state"] == "pending" and app["id"].startswith("app_")
 
     pending = jrun(server, "ra", "list", *server.officer("tax"))
@@ -128,7 +129,7 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
     assert format(cert.serial_number, "x") == issued["serial"]
     org_id = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)[0].value
-    assert org_id == f"NTRCN-{USCC}"
+    assert org_id == f"NTRCN-{uscc}"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == NAME
 
     # The enterprise authorizes an operator; the operator enrolls with an Ed25519 key.
@@ -138,7 +139,7 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     # Officers see it, named as its certificate will be (the operator, not the enterprise).
     listed = server.eport("ra", "list", "--state", "approved", *server.officer()).stdout
     row = next(line for line in listed.splitlines() if op_grant["application"]["id"] in line)
-    assert row.split()[2:4] == ["live", "operator"] and row.endswith(f"{USCC}  Li Wei"), row
+    assert row.split()[2:4] == ["live", "operator"] and row.endswith(f"{uscc}  Li Wei"), row
     op_out = tmp_path / "li-wei"
     jrun(
         server,
@@ -166,7 +167,7 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout
-    assert "CN=Li Wei" in subj and "serialNumber=E1024" in subj and f"NTRCN-{USCC}" in subj
+    assert "CN=Li Wei" in subj and "serialNumber=E1024" in subj and f"NTRCN-{uscc}" in subj
     openssl_verify(server, op_out / "cert.pem", op_out / "chain.pem")
 
     # Renewal: a new key, the same vetted subject.
@@ -188,7 +189,7 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     assert event.actor == f"enterprise:{issued['serial']}"  # the holder who asked
     assert json.loads(event.details) == {"previous_serial": issued["serial"]}
 
-    listing = jrun(server, "cert", "list", "--uscc", USCC, *ent)
+    listing = jrun(server, "cert", "list", "--uscc", uscc, *ent)
     serials = {c["serial"] for c in listing["certificates"]}
     assert {issued["serial"], renewed["serial"]} <= serials and len(serials) >= 3
 
@@ -377,7 +378,7 @@ def test_the_applicant_sees_where_its_application_stands(server: Server) -> None
     assert set(r.json()) == {"id", "subject_class", "state", "created_at", "decided_at", "reason"}
     assert "Refused Co." not in r.text and "91350100MA31WDXY2A" not in r.text
     # An approval found wrong before enrollment is withdrawn: its code stops working.
-    wrong = jrun(server, "apply", "--uscc", "91350100MA31WDXY2A", "--name", "Wrong Co.")
+    wrong = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Wrong Co.")
     code = jrun(server, "ra", "approve", wrong["id"], *server.officer())["enrollment_code"]
     said = server.eport(
         "ra", "withdraw", wrong["id"], "--reason", "licence revoked", *server.officer()
@@ -400,7 +401,8 @@ def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
     """An officer gives an approved application a new code: the lost one stops working,
     the new one enrolls; none while the certificate is in force; after a revocation,
     one again; every new code is in the audit log."""
-    app = jrun(server, "apply", "--uscc", USCC, "--name", "Lost Code Trading Co.")
+    uscc = fresh_uscc()  # an enterprise holds one legal-person credential
+    app = jrun(server, "apply", "--uscc", uscc, "--name", "Lost Code Trading Co.")
     lost = jrun(server, "ra", "approve", app["id"], *server.officer())
     fresh = jrun(server, "ra", "new-code", app["id"], *server.officer("tax"))
     assert fresh["withdrawn_codes"] == 1 and fresh["profiles"] == ["enterprise"]
@@ -511,7 +513,7 @@ def test_a_code_that_will_not_do_is_said_before_the_passphrase(
     (POST /ca/v1/enroll/check) redeems nothing and logs nothing."""
     import requests
 
-    app = jrun(server, "apply", "--uscc", USCC, "--name", "Check First Co.")
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Check First Co.")
     code = jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"]
     before = counts(server)
     r = requests.post(
@@ -549,7 +551,7 @@ def test_a_code_that_will_not_do_is_said_before_the_passphrase(
         assert expect in res.stderr and "passphrase" not in res.stderr, res.stderr
         assert not (tmp_path / "x").exists()
     assert counts(server) == before
-    other = jrun(server, "apply", "--uscc", USCC, "--name", "Typo Co.")
+    other = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Typo Co.")
     live = jrun(server, "ra", "approve", other["id"], *server.officer())["enrollment_code"]
     res = subprocess.run(
         [EPORT, "enroll", "--code", live, "--profile", "enterprize", "--out", str(tmp_path / "y")],
@@ -570,7 +572,8 @@ def test_passphrase_from_a_pipe(sqlite_server: Server, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     server = sqlite_server
-    app = jrun(server, "apply", "--uscc", USCC, "--name", "Pipe Co.")
+    uscc = fresh_uscc()  # an enterprise holds one legal-person credential
+    app = jrun(server, "apply", "--uscc", uscc, "--name", "Pipe Co.")
     code = jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"]
     env = server.env()
     del env["EPORT_PASSPHRASE"]
@@ -689,7 +692,7 @@ def test_enrollment_checks_before_signing(server: Server) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     def code_for(name: str) -> str:
-        app = jrun(server, "apply", "--uscc", "91310000MA1FL0W17C", "--name", name)
+        app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", name)
         return str(jrun(server, "ra", "approve", app["id"], *server.officer())["enrollment_code"])
 
     key = ec.generate_private_key(ec.SECP256R1())

@@ -30,7 +30,7 @@ from ca.keys import KeyType
 from ca.models import CertificateRow, EnrollmentCodeRow, EventRow, LogEntryRow, LogHeadRow
 from cli import auditproof
 from tests.conftest import Postgres
-from tests.helpers import in_process_ca
+from tests.helpers import fresh_uscc, in_process_ca
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -343,7 +343,7 @@ def count(sessions: sessionmaker, table: type) -> int:  # type: ignore[type-arg]
 def codes(ca: JointCA, n: int) -> list[str]:
     out = []
     for i in range(n):
-        app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": f"Group {i} Co."})
+        app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": f"Group {i} Co."})
         out.append(ca.approve_at_ceremony(app.id, "test").code)
     return out
 
