@@ -979,6 +979,10 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
             db.execute("BEGIN IMMEDIATE")
             (size,) = db.execute(translog._SELECT_SIZE).fetchone()
             db.execute(groupwrite._REDEEM, (at, code_hash, at))
+            # one legal-person credential per enterprise, decided where it is stored
+            db.execute(
+                groupwrite._CREDENTIAL_IN_FORCE, (uscc, "enterprise", at, "revoked")
+            ).fetchone()
             serial = format(cert.serial_number, "x")
             digest = sha256(der).hexdigest()
             subject = f"CN=Bench Trading Co. {i}"
@@ -997,6 +1001,7 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
                     at,
                     der,
                     at,
+                    size,  # its listing key, its event's leaf (migration 0009)
                 ),
             )
             (event_id,) = db.execute(
