@@ -24,6 +24,7 @@ import csv
 import datetime
 import hashlib
 import json
+import operator
 import os
 import re
 import sys
@@ -209,10 +210,17 @@ class AuditClient:
 
     def json(self, path: str, *, signed: bool = False, method: str = "GET") -> dict[str, Any]:
         resp = self.get(path, signed=signed, method=method)
-        foreign = not_ours(resp, self.server)
-        if foreign is not None:
-            raise foreign
-        doc: dict[str, Any] = resp.json()
+        # Parsed once (a page of an export is megabytes); not_ours parses it again only
+        # to say what is wrong with an answer that is not the API's.
+        doc: Any = None
+        if "json" in resp.headers.get("Content-Type", "").split(";")[0]:
+            try:
+                doc = json.loads(resp.content)
+            except ValueError:
+                doc = None
+        if not isinstance(doc, dict):
+            foreign = not_ours(resp, self.server)
+            raise foreign or CLIError(f"the server at {self.server} answered no JSON object")
         return doc
 
 
@@ -760,7 +768,7 @@ def audit_log(
     ):
         if value:
             base.append((name, value))
-    page_size = 1000 if fmt == "table" else 5000
+    page_size = 1000 if fmt == "table" else EXPORT_PAGE
     if out is None:
         _write_events(client, base, fmt, limit, page_size, sys.stdout, False, bom)
         return
@@ -779,6 +787,42 @@ def audit_log(
         raise
 
 
+EXPORT_PAGE = 10000
+"""Events an export asks for a request: the API's largest page."""
+_CSV_PLAIN = operator.itemgetter(*COLUMNS[:-1])
+"""A CSV row's columns but the last, ``details``, which is written as JSON (the csv
+module writes ``None`` as an empty field)."""
+_DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
+
+
+def _event_pages(
+    client: AuditClient, base: list[tuple[str, str]], limit: int | None, page_size: int
+) -> Iterator[dict[str, Any]]:
+    """The pages of ``GET /events`` with ``base``'s filters, keyset-paged, until ``limit``
+    events. The next page is asked for while the caller writes this one: the server reads
+    and the CLI writes at the same time, with at most two pages in memory."""
+
+    def get(after: int | None, want: int) -> dict[str, Any]:
+        query = [*base, ("limit", str(want))]
+        if after is not None:
+            query.append(("after", str(after)))
+        return client.json(f"{API}/events?" + urlencode(query), signed=True)
+
+    seen = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending: concurrent.futures.Future[dict[str, Any]] | None = pool.submit(
+            get, None, page_size if limit is None else min(page_size, limit)
+        )
+        while pending is not None:
+            doc = pending.result()
+            seen += len(doc["events"])
+            pending = None
+            if doc.get("next") is not None and (limit is None or seen < limit):
+                want = page_size if limit is None else min(page_size, limit - seen)
+                pending = pool.submit(get, int(doc["next"]), want)
+            yield doc
+
+
 def _write_events(
     client: AuditClient,
     base: list[tuple[str, str]],
@@ -789,12 +833,12 @@ def _write_events(
     to_file: bool,
     bom: bool = False,
 ) -> None:
-    after: int | None = None
     written = 0
     total: int | None = None
     bar: Any = _NoBar()
     writer = csv.writer(stream) if fmt == "csv" else None
     utf8 = takes_utf8(stream)  # else JSON in \u escapes: still JSON, in any encoding
+    event_json = json.JSONEncoder(ensure_ascii=not utf8, sort_keys=True).encode
     rows_for_table: list[dict[str, Any]] = []
     if writer is not None:
         if bom:
@@ -803,38 +847,26 @@ def _write_events(
     if fmt == "json":
         stream.write("[")
     try:
-        while limit is None or written < limit:
-            want = page_size if limit is None else min(page_size, limit - written)
-            query = [*base, ("limit", str(want))]
-            if after is not None:
-                query.append(("after", str(after)))
-            doc = client.json(f"{API}/events?" + urlencode(query), signed=True)
+        for doc in _event_pages(client, base, limit, page_size):
             if total is None:
                 total = int(doc.get("total") or 0)
                 shown = total if limit is None else min(total, limit)
                 if fmt != "table" and shown > page_size and (to_file or not stream.isatty()):
                     bar = click.progressbar(length=shown, label="Exporting events", file=sys.stderr)
                     bar.__enter__()
-            for ev in doc["events"]:
-                if fmt == "csv" and writer is not None:
-                    writer.writerow(
-                        [
-                            json.dumps(ev[c], ensure_ascii=False, sort_keys=True)
-                            if c == "details"
-                            else ("" if ev[c] is None else ev[c])
-                            for c in COLUMNS
-                        ]
+            events = doc["events"]
+            # A page at a time: the csv module's loop, and one write of a page's JSON.
+            if fmt == "csv" and writer is not None:
+                writer.writerows((*_CSV_PLAIN(ev), _DETAILS_JSON(ev["details"])) for ev in events)
+            elif fmt == "json":
+                if events:
+                    stream.write(
+                        ("," if written else "") + "\n" + ",\n".join(map(event_json, events))
                     )
-                elif fmt == "json":
-                    stream.write(("," if written else "") + "\n")
-                    stream.write(json.dumps(ev, ensure_ascii=not utf8, sort_keys=True))
-                else:
-                    rows_for_table.append(ev)
-                written += 1
-            bar.update(len(doc["events"]))
-            if doc.get("next") is None:
-                break
-            after = int(doc["next"])
+            else:
+                rows_for_table.extend(events)
+            written += len(events)
+            bar.update(len(events))
     finally:
         bar.__exit__(None, None, None)
     if fmt == "json":

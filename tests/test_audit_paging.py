@@ -263,6 +263,16 @@ def test_filtered_pages_read_an_index_in_page_order(
             assert index in p and "TEMP B-TREE" not in p, (index, p)
 
 
+def test_a_page_is_read_as_plain_rows(sqlite_log: tuple[Engine, sessionmaker[Session]]) -> None:
+    """A page of an export is 10,000 events: read as plain rows, with no ORM object (and
+    its identity-map entry, expired again at the rollback) per event, in every shape."""
+    _, sessions = sqlite_log
+    with sessions() as s:
+        for flt in PLAN_FILTERS.values():
+            pages = [find_events(s, flt, limit=100, newest_first=back) for back in (False, True)]
+            assert all(pages) and len(s.identity_map) == 0, flt
+
+
 def test_filtered_pages_need_no_sort_on_postgresql(postgres: Postgres) -> None:
     """PostgreSQL can serve each page shape from an index in page order: with sorts and
     sequential scans priced out (a table this small would rather be sorted), no plan of
