@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import functools
 import os
 import secrets
@@ -1420,6 +1421,22 @@ def resume(
     emit(as_json, doc, _status_text(doc))
 
 
+@enum.unique
+class StatusExit(enum.IntEnum):
+    """``eport status``'s exit status for each answer, so that a script or a monitoring
+    check (``eport status --cert C && deploy``) tells them apart without ``--json``: 0
+    only for good, as ``openssl verify`` and ``systemctl is-active`` do. 1 (an error: no
+    verified answer) and 2 (a usage error) are every command's; the statuses start at 3."""
+
+    GOOD = 0
+    REVOKED = 3
+    """Revoked, or its issuing CA revoked on the root's CRL."""
+    ON_HOLD = 4
+    """certificateHold: suspended, and may be resumed."""
+    UNKNOWN = 5
+    """The responder knows no such certificate of its CA (RFC 6960 §2.2 "unknown")."""
+
+
 @cli.command()
 @click.option(
     "--cert",
@@ -1440,11 +1457,23 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
 
     The response's signature, responder delegation, CertID, nonce and freshness are
     verified before anything is printed; any doubt is an error, never "good".
-    No credentials are needed.
+    No credentials are needed. The status is printed (or the --json document) in every
+    case; the exit status says it too.
 
     \b
       eport status --cert ./xiamen-harbour/cert.pem          (chain.pem beside it)
       eport status --cert partner.pem --issuer partner-ca.pem --json
+      eport status --cert cert.pem && deploy                 (only if good)
+
+    \b
+    Exit status:
+      0  good
+      1  error: no verified answer (the responder unreachable or refusing, a bad
+         signature or nonce, a file that cannot be read): the status is not known
+      2  usage error (a mistyped command line)
+      3  revoked (or its issuing CA is revoked on the root's CRL)
+      4  on hold (certificateHold: suspended, may be resumed)
+      5  unknown: the responder knows no such certificate of its CA
     """
     import requests
 
@@ -1503,6 +1532,14 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         doc["status"] = "unknown"
         text = f"{serial}: unknown to the responder"
     emit(as_json, doc, text)
+    code = {
+        "good": StatusExit.GOOD,
+        "revoked": StatusExit.REVOKED,
+        "on-hold": StatusExit.ON_HOLD,
+        "unknown": StatusExit.UNKNOWN,
+    }[doc["status"]]
+    if code is not StatusExit.GOOD:
+        sys.exit(code)  # main() passes SystemExit on; what is printed stands
 
 
 def _issuing_ca_revocation(

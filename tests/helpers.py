@@ -287,7 +287,12 @@ def server_authority(server: Server) -> Iterator[Any]:
     from ca.policy import load_policies
     from ca.store import SqlStore
 
-    overrides = {"data_dir": server.data_dir, "dev": True, "database_url": server.database_url}
+    overrides = {
+        "data_dir": server.data_dir,
+        "dev": True,
+        "database_url": server.database_url,
+        "public_base_url": server.url,  # the status URLs its certificates name
+    }
     cfg = CAConfig.load(overrides, environ={})
     h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
     engine = make_engine(cfg.sqlalchemy_url)

@@ -440,8 +440,9 @@ def issue_status_login(hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
         str(ent / "key.uri"),
         env={**env, "EPORT_PKCS11_PIN": ENT_PIN},
     )
-    status = json.loads(run("status", "--cert", str(ent / "cert.pem"), "--json", env=env).stdout)
-    assert status["status"] == "on-hold"
+    held = run("status", "--cert", str(ent / "cert.pem"), "--json", env=env, check=False)
+    assert held.returncode == 4  # eport status's exit status for on hold
+    assert json.loads(held.stdout)["status"] == "on-hold"
     # The log's checkpoints are signed by the token's Ed25519 key.
     from ca.checkpoint import parse_verifier_key, verify_note
 

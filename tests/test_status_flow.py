@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -24,11 +25,22 @@ from cryptography.x509 import ocsp as xocsp
 from sqlalchemy import create_engine, text
 
 from ca.crl import ReasonCode
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop
 from tests.helpers import cert_of, creds, enroll_enterprise, enroll_operator, jrun, serial_of
 from tests.test_enrollment_flow import counts
 
 USCC = "91350100M000100Y43"
+REVOKED, ON_HOLD, UNKNOWN = 3, 4, 5
+"""eport status's exit status for these answers (0 for good, 1 for an error)."""
+
+
+def status_of(server: Server, d: Path, code: int, *extra: str) -> dict[str, Any]:
+    """``eport status --json`` of ``d``'s certificate, which must exit with ``code``."""
+    res = server.eport("status", "--cert", str(d / "cert.pem"), *extra, "--json", check=False)
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert res.stderr == ""
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
 
 
 def issuer_pem(d: Path, tmp: Path) -> Path:
@@ -91,7 +103,7 @@ def test_revoke_reaches_ocsp_and_crl(server: Server, tmp_path: Path) -> None:
     assert done["status"] == "revoked" and done["reason"] == "superseded"
     out = openssl_ocsp(server, ent, tmp_path)
     assert f"{ent / 'cert.pem'}: revoked" in out and "Reason: superseded" in out
-    st = jrun(server, "status", "--cert", str(ent / "cert.pem"))
+    st = status_of(server, ent, REVOKED)
     assert st["status"] == "revoked" and st["reason"] == "superseded"
 
     crl = fetch_crl(server, "enterprise", tmp_path)
@@ -183,11 +195,13 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     assert held["status"] == "on-hold"
     out = openssl_ocsp(server, op, tmp_path)
     assert "revoked" in out and "Reason: certificateHold" in out
-    assert jrun(server, "status", "--cert", str(op / "cert.pem"))["status"] == "on-hold"
+    assert status_of(server, op, ON_HOLD)["status"] == "on-hold"
     # Said the same way by the CA's answer and by the responder's, times in UTC with Z.
     since = held["since"]
     assert since.endswith("Z")
-    shown = server.eport("status", "--cert", str(op / "cert.pem")).stdout
+    res = server.eport("status", "--cert", str(op / "cert.pem"), check=False)
+    assert res.returncode == ON_HOLD
+    shown = res.stdout
     assert shown == f"{serial_of(op)}: on hold since {since} (certificateHold)\n"
     crl = x509.load_der_x509_crl(fetch_crl(server, "enterprise", tmp_path).read_bytes())
     entry = crl.get_revoked_certificate_by_serial_number(int(serial_of(op), 16))
@@ -223,6 +237,73 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     assert counts(server) == before
 
 
+def test_status_exit_codes_tell_the_answers_apart(tmp_path: Path) -> None:
+    """eport status exited 0 whatever the answer: a script (``eport status --cert C &&
+    deploy``) or a monitoring check could not tell a revoked certificate from a good one
+    without parsing --json. Now good is 0, revoked 3, on hold 4, unknown 5, and no
+    verified answer (the server down) stays an error, 1; the line or the --json
+    document is printed in every case. Its own server: this test stops it."""
+    srv, proc = start_server(tmp_path / "data", workers=1)
+    try:
+        ent = enroll_enterprise(srv, tmp_path, "Exit Status Co.")
+        held = enroll_operator(srv, ent, tmp_path, "E1")
+        gone = enroll_operator(srv, ent, tmp_path, "E2")
+        jrun(srv, "suspend", *creds(held))
+        jrun(srv, "revoke", "--reason", "keyCompromise", *creds(gone))
+        # A certificate of the enterprise issuing CA that the CA has no record of (signed
+        # with its key outside the CA's records): the responder says "unknown".
+        from ca.keys import KeyType
+        from tests.helpers import server_authority
+
+        with server_authority(srv) as ca:
+            profile = ca.policies.profile("enterprise")
+            issuer = ca.issuers[profile.issuer]
+            vetted = {"uscc": "91350200MA2Y0XQK4D", "legal_name": "Unrecorded Co."}
+            stray = ca.factory.issue(
+                profile, issuer, KeyType.P256.generate().public_key(), vetted, ca.clock()
+            )
+        unknown = tmp_path / "unknown"
+        unknown.mkdir()
+        (unknown / "cert.pem").write_bytes(stray.public_bytes(serialization.Encoding.PEM))
+        (unknown / "chain.pem").write_bytes((ent / "chain.pem").read_bytes())
+
+        assert status_of(srv, ent, 0)["status"] == "good"
+        assert status_of(srv, gone, REVOKED)["reason"] == "keyCompromise"
+        assert status_of(srv, held, ON_HOLD)["status"] == "on-hold"
+        assert status_of(srv, unknown, UNKNOWN)["status"] == "unknown"
+        for d, code, line in (
+            (ent, 0, ": good\n"),
+            (gone, REVOKED, "(keyCompromise)\n"),
+            (held, ON_HOLD, "(certificateHold)\n"),
+            (unknown, UNKNOWN, ": unknown to the responder\n"),
+        ):
+            res = srv.eport("status", "--cert", str(d / "cert.pem"), check=False)
+            assert (res.returncode, res.stderr) == (code, ""), res.stderr
+            assert res.stdout.startswith(serial_of(d)) and res.stdout.endswith(line)
+        # As a script uses it: the next step runs for a good certificate only.
+        for d, ran in ((ent, "deployed\n"), (gone, "")):
+            script = f'"$EPORT" status --cert "{d / "cert.pem"}" >/dev/null && echo deployed'
+            res = subprocess.run(
+                ["sh", "-c", script],
+                capture_output=True,
+                text=True,
+                env=srv.env(EPORT=str(Path(sys.executable).parent / "eport")),
+                timeout=60,
+            )
+            assert res.stdout == ran, res.stderr
+        # A command-line mistake is 2; a missing file is 1.
+        res = srv.eport("status", check=False)
+        assert res.returncode == 2 and "--cert" in res.stderr
+        res = srv.eport("status", "--cert", str(tmp_path / "missing.pem"), check=False)
+        assert res.returncode == 1 and res.stdout == ""
+    finally:
+        stop(proc)
+    # No server: no verified answer, an error (1), neither good nor a status.
+    res = srv.eport("status", "--cert", str(ent / "cert.pem"), "--json", check=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("eport: error: cannot reach the OCSP responder ")
+
+
 def test_cessation_revokes_operators(server: Server, tmp_path: Path) -> None:
     ent = enroll_enterprise(server, tmp_path, "Closing Co.")
     ops = [enroll_operator(server, ent, tmp_path, f"C{i}") for i in range(2)]
@@ -237,7 +318,7 @@ def test_cessation_revokes_operators(server: Server, tmp_path: Path) -> None:
     )
     assert sorted(done["cascaded"]) == sorted(serial_of(o) for o in ops)
     for o in ops:
-        st = jrun(server, "status", "--cert", str(o / "cert.pem"))
+        st = status_of(server, o, REVOKED)
         assert st["status"] == "revoked" and st["reason"] == "cessationOfOperation"
 
 
