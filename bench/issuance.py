@@ -981,7 +981,7 @@ def floor_cpu(mint: CodeMint, n: int) -> Floor:
             db.execute(groupwrite._REDEEM, (at, code_hash, at))
             # one legal-person credential per enterprise, decided where it is stored
             db.execute(
-                groupwrite._CREDENTIAL_IN_FORCE, (uscc, "enterprise", at, "revoked")
+                groupwrite._CREDENTIAL_IN_FORCE, (uscc, "enterprise", at, "", "revoked")
             ).fetchone()
             serial = format(cert.serial_number, "x")
             digest = sha256(der).hexdigest()

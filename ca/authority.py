@@ -795,7 +795,17 @@ class JointCA:
             at=now,
             details={"previous_serial": format(caller.serial, "x")},
         )
-        self.store.commit_issuance(IssuanceWrite(record, event, signed_by=caller.serial))
+        # A legal-person credential renews while it is its enterprise's only one in force:
+        # decided where it is stored, so two renewals of one certificate (or of the old one
+        # and of its renewal) at once give one.
+        sole = (
+            self._legal_person_profiles()
+            if profile.subject_class is SubjectClass.ENTERPRISE
+            else ()
+        )
+        self.store.commit_issuance(
+            IssuanceWrite(record, event, now=now, signed_by=caller.serial, sole_credential=sole)
+        )
         return Issued(record, cert, self._chain(issuer))
 
     def _renewed_on(

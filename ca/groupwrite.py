@@ -312,7 +312,7 @@ _STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
 _CREDENTIAL_IN_FORCE = (
     "SELECT c.serial, c.not_after, s.state FROM certificates c"
     " LEFT JOIN certificate_status s ON s.serial = c.serial"
-    " WHERE c.uscc = ? AND c.profile = ? AND c.not_after > ?"
+    " WHERE c.uscc = ? AND c.profile = ? AND c.not_after > ? AND c.serial <> ?"
     " AND (s.state IS NULL OR s.state <> ?)"
     " ORDER BY c.not_after DESC LIMIT 1"
 )
@@ -526,15 +526,20 @@ class IssuanceWriter:
         decided here, as the key's holder is, where groups are written one at a time (the
         host's lock and ``BEGIN IMMEDIATE`` on SQLite, the log head's row lock on
         PostgreSQL) and each item of a group sees the ones stored before it."""
-        assert item.now is not None, "an enrollment carries its time"
+        assert item.now is not None, "an enrollment or renewal carries its time"
         now = self._dt(item.now)
+        signer = "" if item.signed_by is None else format(item.signed_by, "x")
         for profile in item.sole_credential:
-            cur.execute(self._credential_sql, (uscc, profile, now, StatusState.REVOKED.value))
+            cur.execute(
+                self._credential_sql, (uscc, profile, now, signer, StatusState.REVOKED.value)
+            )
             row = cur.fetchone()
             if row is not None:
                 not_after = utc_from_db(row[1])
                 assert not_after is not None
-                raise credential_refusal(uscc, row[0], not_after, on_hold=row[2] is not None)
+                raise credential_refusal(
+                    uscc, row[0], not_after, on_hold=row[2] is not None, renewing=item.signed_by
+                )
 
     def _insert_event(self, cur: Any, ev: Event, log_index: int | None) -> StoredEvent:
         serial = format(ev.serial, "x") if ev.serial is not None else None

@@ -344,12 +344,12 @@ class IssuanceWrite:
     renewal): checked good when the request came, and again where it is stored, so that
     a revocation or hold that commits first refuses it (:func:`signer_refusal`)."""
     sole_credential: tuple[str, ...] = ()
-    """For an enrollment of an enterprise's legal-person credential: the profiles of that
-    credential. The record's USCC may hold one such certificate in force (not expired at
-    ``now``, not revoked; one on hold counts), so the issuance is refused where it is
+    """For an enrollment or renewal of an enterprise's legal-person credential: the
+    profiles of that credential. The record's USCC may hold one such certificate in force
+    (not expired at ``now``, not revoked; one on hold counts), besides a renewal's signer
+    (``signed_by``: the credential it replaces), so the issuance is refused where it is
     stored, with nothing of it stored, if one is there (:func:`credential_refusal`);
-    concurrent enrollments are decided there one at a time. A renewal leaves it empty:
-    it replaces the credential that signed it."""
+    concurrent enrollments and renewals are decided there one at a time."""
 
 
 def signer_refusal(serial: int, state: str) -> Forbidden:
@@ -364,13 +364,31 @@ def signer_refusal(serial: int, state: str) -> Forbidden:
 
 
 def credential_refusal(
-    uscc: str, serial_hex: str, not_after: datetime.datetime, *, on_hold: bool = False
+    uscc: str,
+    serial_hex: str,
+    not_after: datetime.datetime,
+    *,
+    on_hold: bool = False,
+    renewing: int | None = None,
 ) -> Conflict:
     """The refusal of a second legal-person credential for the enterprise ``uscc``: its
     certificate ``serial_hex`` is in force until ``not_after`` (``on_hold``: suspended,
     which may be lifted). DESIGN.md, Domain notes: an enterprise holds one. The detail
-    says what to do instead; the problem document carries the serial as ``serial``."""
+    says what to do instead; the problem document carries the serial as ``serial``.
+    ``renewing``: the serial of the credential whose renewal is refused, as the other
+    one is in force beside it."""
     held = " (on hold)" if on_hold else ""
+    if renewing is not None:
+        signer = format(renewing, "x")
+        return Conflict(
+            f"enterprise {uscc} holds legal-person certificate {serial_hex}{held} beside "
+            f"{signer}, in force until {not_after:%Y-%m-%dT%H:%M:%SZ}: a renewal replaces an "
+            "enterprise's one credential, so only a certificate that is the only one in "
+            f"force renews; if {serial_hex} is {signer}'s renewal, renew with it (eport renew "
+            f"--cert ITS_CERT), else revoke it first (eport revoke --serial {serial_hex} "
+            "--reason superseded)",
+            serial=serial_hex,
+        )
     return Conflict(
         f"enterprise {uscc} already holds legal-person certificate {serial_hex}{held}, in "
         f"force until {not_after:%Y-%m-%dT%H:%M:%SZ} (an enterprise holds one): its holder "

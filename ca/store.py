@@ -1171,7 +1171,13 @@ class SqlStore:
                 raise Conflict(KEY_CERTIFIED)
             if item.sole_credential and item.record.uscc is not None:
                 assert item.now is not None
-                held = tx.credentials_in_force(item.record.uscc, item.sole_credential, item.now)
+                held = [
+                    c
+                    for c in tx.credentials_in_force(
+                        item.record.uscc, item.sole_credential, item.now
+                    )
+                    if c.serial != item.signed_by
+                ]
                 if held:  # as the group writer decides it
                     status = tx.get_status(held[0].serial)
                     raise credential_refusal(
@@ -1179,6 +1185,7 @@ class SqlStore:
                         held[0].serial_hex,
                         held[0].not_after,
                         on_hold=status is not None,
+                        renewing=item.signed_by,
                     )
             tx.add_certificate(item.record)
             return tx.append_event(item.event)

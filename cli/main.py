@@ -840,6 +840,12 @@ def renew(
     `eport ra new-code APP_ID`; for an operator, the enterprise's
     `eport operator add`).
 
+    The current certificate stays valid until it expires or is revoked, so
+    services move to the new one without a gap. An enterprise holds one
+    legal-person certificate: it renews only while no other one is in force, so
+    the old one does not renew a second time, and the new one renews once the
+    old one is revoked (eport revoke --serial OLD --reason superseded).
+
     The request is signed with the current key; the new key is generated here
     and encrypted with the same passphrase (asked once, for the current key).
     When the current key is in a PKCS#11 token (--key key.uri or a pkcs11: URI),

@@ -249,3 +249,56 @@ def test_two_codes_enrolling_at_once_issue_one_credential(server: Server, tmp_pa
     line = refused(server, "ra", "new-code", app_b, *server.officer())
     assert f"already holds legal-person certificate {issued['serial']}" in line, line
     assert counts(server) == before
+
+
+def test_a_credential_renews_while_it_is_the_only_one_in_force(
+    server: Server, tmp_path: Path
+) -> None:
+    """A renewal replaces the enterprise's one credential: the old and the renewed
+    certificate overlap (services move without a gap), but neither renews again while
+    the other is in force, so the USCC never holds three. Before, one certificate
+    renewed twice left three legal-person certificates in force. Two renewals of one
+    certificate sent at once: one is issued, the other a 409 that stores nothing."""
+    ent = enroll_enterprise(server, tmp_path, "Renews Once Co.")
+    first = serial_of(ent)
+    renewed = jrun(server, "renew", *creds(ent), "--out", str(tmp_path / "r1"))
+    new = renewed["serial"]
+    before = counts(server)
+    line = refused(server, "renew", *creds(ent), "--out", str(tmp_path / "r2"))
+    assert f"holds legal-person certificate {new} beside {first}" in line, line
+    assert f"if {new} is {first}'s renewal, renew with it" in line and "(HTTP 409)" in line
+    # the renewed one neither, while the old one is in force: revoke it first
+    line = refused(server, "renew", *creds(tmp_path / "r1"), "--out", str(tmp_path / "r3"))
+    assert f"holds legal-person certificate {first} beside {new}" in line, line
+    assert f"eport revoke --serial {first} --reason superseded" in line
+    assert counts(server) == before
+    jrun(server, "revoke", "--serial", first, "--reason", "superseded", *server.officer())
+    third = jrun(server, "renew", *creds(tmp_path / "r1"), "--out", str(tmp_path / "r4"))
+    assert third["serial"] not in (first, new)
+
+    # Two renewals of the newest at once (two keys), the one before it revoked: one
+    # certificate.
+    jrun(server, "revoke", "--serial", new, "--reason", "superseded", *server.officer())
+    before = counts(server)
+    start = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def renew(i: int) -> None:
+        start.wait()
+        results[i] = server.eport(
+            "renew", *creds(tmp_path / "r4"), "--out", str(tmp_path / f"race{i}"), "--json",
+            check=False,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=renew, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 1], [(r.stdout, r.stderr) for r in results]
+    lost = next(r for r in results if r.returncode == 1)
+    assert "beside " + third["serial"] in lost.stderr, lost.stderr
+    after = counts(server)
+    one_more = {"certificates", "events", "log_entries"}
+    assert after == {t: n + (t in one_more) for t, n in before.items()}, (before, after)
