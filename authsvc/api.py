@@ -26,8 +26,9 @@ from authsvc.service import (
     OAuthError,
     SessionRecord,
 )
-from ca.errors import BadRequest, Forbidden, Unauthenticated
+from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.signedreq import verify_http_request
+from ca.wellformed import json_object
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -59,6 +60,20 @@ def form(name: str, *, required: bool = True) -> str | None:
     if required and not value:
         raise OAuthError(f"{name} is required")
     return value
+
+
+OAUTH_ENDPOINTS = frozenset(
+    {"auth.token", "auth.session_info", "auth.logout", "auth.revoke", "auth.introspect"}
+)
+"""The views that read :func:`form` and answer errors as RFC 6749 §5.2 documents."""
+
+
+def refusal(detail: str) -> EPortError:
+    """The error for input refused at the edge (:func:`ca.wellformed.install_text_check`):
+    an OAuth ``invalid_request`` at an OAuth endpoint, else a 400 problem."""
+    if request.endpoint in OAUTH_ENDPOINTS:
+        return OAuthError(detail)
+    return BadRequest(detail)
 
 
 def client_addr() -> str | None:
@@ -290,12 +305,7 @@ def validate() -> Response:
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
     caller = caller_principal()
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:  # nested deeper than the parser's stack: not a body we read
-        data = None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
+    data = json_object(request.get_data(cache=True))
     op = data.get("operator_id")
     roles = data.get("roles")
     if (

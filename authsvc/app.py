@@ -198,8 +198,10 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     def _unpin_trust(_exc: BaseException | None) -> None:
         live.unpin()
 
-    from authsvc.api import bp, well_known
+    from authsvc.api import bp, refusal, well_known
+    from ca.wellformed import install_text_check
 
+    install_text_check(app, refusal)  # NUL in a path, query or form: 400 before any view
     app.register_blueprint(bp)
     app.register_blueprint(well_known)
     from authsvc.oidc_api import init_app as init_oidc

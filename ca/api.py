@@ -24,6 +24,7 @@ from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord, code_state
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
+from ca.wellformed import iso_time, json_object
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -49,20 +50,9 @@ def svc() -> CAService:
 
 
 def json_body() -> dict[str, Any]:
-    raw = request.get_data(cache=True)
-    if not raw:
-        return {}
-    try:
-        import json
-
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
-    except RecursionError:  # nested deeper than the parser's stack (a few KB of '[')
-        raise BadRequest("the body is not JSON this API reads: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    return data
+    """The request's body as a JSON object, refused at the edge as :mod:`ca.wellformed`
+    says (not I-JSON, NUL, a lone surrogate): whatever the media type says."""
+    return json_object(request.get_data(cache=True))
 
 
 def field(data: dict[str, Any], name: str, *, required: bool = True) -> Any:
@@ -467,14 +457,7 @@ def revoke(serial: str) -> Response:
     caller = signed_caller()
     data = json_body()
     invalidity = field(data, "invalidity_date", required=False)
-    when = None
-    if invalidity:
-        try:
-            when = datetime.datetime.fromisoformat(invalidity.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest("invalidity_date must be an ISO 8601 date and time") from None
-        if when.tzinfo is None:
-            raise BadRequest("invalidity_date needs a time zone (e.g. Z)")
+    when = iso_time("invalidity_date", invalidity) if invalidity else None
     change = svc().revocation.revoke(caller, _serial(serial), field(data, "reason"), when)
     return jsonify(status_json(change))
 

@@ -143,6 +143,9 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     if ca_passphrase(cfg) is not None:  # outside joint custody the keys are open now
         _renew_due_responders(app)
 
+    from ca.wellformed import install_text_check
+
+    install_text_check(app)  # NUL in a path, query or form: 400 before any view
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed; nothing was changed")
     return app
 

@@ -45,6 +45,7 @@ from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
 from ca.policy import SubjectClass
 from ca.records import EventType
 from ca.uscc import USCC
+from ca.wellformed import iso_time
 
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
@@ -230,13 +231,8 @@ def normalize_serial(text: str) -> str:
 
 
 def parse_time(name: str, text: str) -> datetime.datetime:
-    try:
-        value = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 date or date and time") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.UTC)
-    return value
+    """An ISO 8601 date or date and time, UTC when it names no offset."""
+    return iso_time(name, text, naive=datetime.UTC)
 
 
 @dataclass(frozen=True)

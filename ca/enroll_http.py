@@ -8,15 +8,16 @@ read, parsed and answered here. The decision is the one the Flask view makes
 
 Whatever this path is not certain about goes on to Flask with the body intact: another
 media type, no or a chunked body, one over the app's limit (Flask answers 413), a body
-that is not a JSON object (Flask's 400 says why). Once the enrollment has been tried,
-nothing is handed on: an unexpected failure is logged and answered 500 as Flask's handler
-would, never tried a second time (the code may have been redeemed).
+that is not a JSON object or that :mod:`ca.wellformed` refuses (Flask's 400 says why), a
+query string (none is read here; Flask's edge check refuses NUL in one). Once the
+enrollment has been tried, nothing is handed on: an unexpected failure is logged and
+answered 500 as Flask's handler would, never tried a second time (the code may have been
+redeemed).
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -25,9 +26,10 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from ca.api import enrollment
 from ca.app import EXTENSION, CAService, reload_hierarchy
-from ca.errors import EPortError
+from ca.errors import BadRequest, EPortError
 from ca.problems import EXTENSION as PROBLEMS
 from ca.problems import PROBLEM_JSON, ErrorAnswers
+from ca.wellformed import json_object
 
 ENROLL_PATH = "/ca/v1/enroll"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -51,13 +53,12 @@ def _content_length(environ: dict[str, Any]) -> int | None:
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as :func:`ca.api.json_body` reads it, when that is a JSON object; None
-    for what it refuses (Flask answers those)."""
+    """The body as :func:`ca.api.json_body` reads it (:func:`ca.wellformed.json_object`),
+    when that is a JSON object; None for what it refuses (Flask answers those)."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # Flask's view answers these with a 400
+        return json_object(body)
+    except BadRequest:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _status(code: int) -> str:
@@ -75,6 +76,8 @@ def install_enroll_fast_path(app: Flask) -> None:
         if environ.get("PATH_INFO") != ENROLL_PATH or environ.get("REQUEST_METHOD") != "POST":
             return inner(environ, start_response)
         if not _is_json(environ.get("CONTENT_TYPE", "")):
+            return inner(environ, start_response)
+        if environ.get("QUERY_STRING"):  # none is read; Flask's edge checks it (NUL: 400)
             return inner(environ, start_response)
         length = _content_length(environ)
         limit = app.config["MAX_CONTENT_LENGTH"]

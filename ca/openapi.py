@@ -102,7 +102,9 @@ def openapi_document() -> dict[str, Any]:
             "title": "E-Port joint CA",
             "version": "1",
             "description": "Applications, RA vetting, enrollment and renewal. Errors are "
-            "RFC 9457 problem documents. Signed calls carry `Authorization: EPort-Signed <JWS>`.",
+            "RFC 9457 problem documents. Signed calls carry `Authorization: EPort-Signed <JWS>`. "
+            "Bodies are I-JSON (RFC 7493: UTF-8, no lone surrogate, finite numbers, unique "
+            "member names); U+0000 in a body, path or query is refused (400).",
         },
         "paths": {
             "/ca/v1/applications": {

@@ -28,6 +28,7 @@ from ca.app import EXTENSION, RELOAD, create_app
 from ca.config import CAConfig
 from ca.devinit import ensure_dev_ca
 from ca.errors import Sealed
+from ca.wellformed import TEXT_CHECK
 from cli.serve import combined
 from tests.conftest import Server
 from tests.helpers import fresh_uscc, jrun
@@ -111,9 +112,12 @@ def both(ca: CA, body: bytes) -> tuple[Answer, Answer]:
 
 
 def test_the_app_runs_no_hook_the_fast_path_skips(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CA app's only before-request hook is the hierarchy poll, which the fast path
-    runs too (ca.app.reload_hierarchy); a new hook must be weighed against it."""
-    assert dict(ca.app.before_request_funcs) == {None: [ca.app.extensions[RELOAD]]}
+    """The CA app's before-request hooks are the hierarchy poll, which the fast path runs
+    too (ca.app.reload_hierarchy), and the edge's text check (ca.wellformed), which it
+    needs not: its path is fixed, a query string goes on to Flask, and the body is read
+    by the same ca.wellformed.json_object. A new hook must be weighed against it."""
+    hooks = [ca.app.extensions[RELOAD], ca.app.extensions[TEXT_CHECK]]
+    assert dict(ca.app.before_request_funcs) == {None: hooks}
     polls: list[bool] = []
     poll = ca.app.extensions[RELOAD]
     monkeypatch.setitem(

@@ -1,0 +1,153 @@
+"""What both services refuse at the edge, before a request's input goes any further.
+
+JSON bodies are read as I-JSON (RFC 7493 §2): UTF-8 (RFC 8259 §8.1), no lone surrogate
+(§2.1: a string must be Unicode text), finite numbers (§2.2: ``NaN``, ``Infinity`` and
+``1e400`` are no IEEE 754 double), unique member names (§2.3). Beyond I-JSON, no string
+anywhere in a request (body, URL path, query, form) may hold U+0000: PostgreSQL refuses
+NUL in text, so it would fail the request deep inside a transaction (a 500) where SQLite
+stored it. Such input is refused as a 400 problem naming where it was found; none of it
+is stored, logged or echoed (the problem names the character by its code point).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, request
+
+from ca.errors import BadRequest, EPortError
+
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What no text of a request may hold: NUL, and a UTF-16 surrogate (Python's JSON reader
+makes one of ``"\\ud800"``; no UTF-8 writer or database driver takes it)."""
+
+
+def _character(ch: str) -> str:
+    if ch == "\x00":
+        return "a NUL character (U+0000)"
+    return f"a lone surrogate (U+{ord(ch):04X}), which is not a Unicode character"
+
+
+def check_text(value: str, where: str) -> None:
+    """Raise :class:`BadRequest` if ``value`` holds NUL or a lone surrogate; ``where``
+    names it for the client (e.g. ``"'reason'"``)."""
+    found = UNSTORABLE.search(value)
+    if found is not None:
+        raise BadRequest(f"{where} holds {_character(found.group())}")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            check_text(name, "a member name")
+            raise BadRequest(f"member {name!r} appears twice in one object (RFC 7493 §2.3)")
+        doc[name] = value
+    return doc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"the number {text[:20]} is out of range (RFC 7493 §2.2)")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise BadRequest(f"{name} is not a JSON number (RFC 8259 §6)")
+
+
+def _check_strings(doc: Any) -> None:
+    """Every member name and string of ``doc``, walked without recursion (a body may be
+    nested as deep as the parser allowed), through :func:`check_text`."""
+    todo: list[tuple[Any, str]] = [(doc, "the body")]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, str):
+            check_text(value, where)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                check_text(k, f"a member name in {where}")
+                todo.append((v, repr(k) if where == "the body" else f"{where}[{k!r}]"))
+        elif isinstance(value, list):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The request body ``raw`` as a JSON object (I-JSON, no NUL); :class:`BadRequest`
+    saying why it is not one. An empty body is an empty object."""
+    if not raw:
+        return {}
+    try:
+        text = raw.decode("utf-8-sig")  # RFC 8259 §8.1: a parser MAY ignore a BOM
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the body is not UTF-8 (RFC 8259 §8.1): byte {exc.start} is not valid"
+        ) from None
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=_unique_members,
+            parse_float=_finite,
+            parse_constant=_no_constant,
+        )
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the parser's stack (a few KB of '[')
+        raise BadRequest("the body is not JSON this API reads: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    _check_strings(data)
+    return data
+
+
+def iso_time(name: str, text: str, *, naive: datetime.tzinfo | None = None) -> datetime.datetime:
+    """``text`` as an ISO 8601 date or date and time, in UTC. A time without an offset is
+    taken in ``naive`` (None: refused). Refused too: a time whose UTC value no
+    ``datetime`` holds (``0001-01-01T00:00+23:59`` is in year 0)."""
+    try:
+        value = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 date or date and time") from None
+    if value.tzinfo is None:
+        if naive is None:
+            raise BadRequest(f"{name} needs a time zone (e.g. Z)")
+        value = value.replace(tzinfo=naive)
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise BadRequest(f"{name} is out of range (years 1 to 9999 in UTC)") from None
+
+
+TEXT_CHECK = "eport.text_check"
+"""``app.extensions`` key of the hook :func:`install_text_check` installs."""
+
+
+def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadRequest) -> None:
+    """Refuse, before any view runs, a request whose URL path, query parameters or form
+    fields hold NUL (Werkzeug decodes invalid UTF-8 there as U+FFFD, so no surrogate
+    reaches them). ``refusal`` makes the error from its detail (the token service's
+    OAuth endpoints answer in their RFC's format)."""
+
+    def check_request_text() -> None:
+        try:
+            check_text(request.path, "the URL path")
+            for key, value in request.args.items(multi=True):
+                check_text(key, "a query parameter name")
+                check_text(value, f"the query parameter {key!r}")
+            if request.mimetype == "application/x-www-form-urlencoded":
+                # Cached first: a signed request's body hash covers the exact bytes.
+                request.get_data(cache=True, parse_form_data=False)
+                for key, value in request.form.items(multi=True):
+                    check_text(key, "a form field name")
+                    check_text(value, f"the form field {key!r}")
+        except BadRequest as exc:
+            raise refusal(exc.detail) from None
+
+    app.extensions[TEXT_CHECK] = check_request_text
+    app.before_request(check_request_text)

@@ -1,0 +1,338 @@
+"""Bad input over real HTTP, on SQLite and PostgreSQL: a 4xx that says what is wrong, and
+nothing changed. Never a 500.
+
+The cases of the tests on unstorable strings, NUL and times were 500s before
+:mod:`ca.wellformed` refused them at the edge: a lone surrogate (``"\\ud800"``, which
+Python's JSON reader accepts and no UTF-8 writer or database driver takes), NUL (which
+PostgreSQL refuses in text; SQLite stored it), or a time whose UTC value no ``datetime``
+holds. The I-JSON cases (RFC 7493) pin what else the edge refuses."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+import requests
+from sqlalchemy import create_engine, func, select
+
+from authsvc.models import AuthBase
+from authsvc.oidc_models import AuthorizationCodeRow
+from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
+from ca.signedreq import SCHEME, sign_request
+from cli.client import Identity
+from cli.keyfiles import load_identity
+from tests.conftest import Postgres, Server, start_server, stop
+from tests.helpers import enroll_enterprise, fresh_uscc, jrun
+
+PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
+
+
+@dataclass
+class World:
+    server: Server
+    auth_db: str
+    ent: Path
+    officer: Identity
+    auditor: Identity
+    enterprise: Identity
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """One server (both services on the database under test, behind a trusted TLS proxy
+    for the browser sign-in) and an enrolled enterprise."""
+    root = tmp_path_factory.mktemp(f"bad-{request.param}")
+    db = auth_db = ""
+    extra = {"EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32"}
+    if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        db = pg.createdb("eport_bad_input")
+        auth_db = pg.createdb("eport_bad_input_auth")
+        extra["EPORT_AUTH_DATABASE_URL"] = auth_db
+    srv, proc = start_server(root / "data", db, workers=1, extra_env=extra)
+    try:
+        ent = enroll_enterprise(srv, root, "Bad Input Trading Co.")
+        dev = srv.dev
+
+        def dev_identity(role: str) -> Identity:
+            d = dev / f"{role}s" / "customs"
+            return load_identity(
+                d / f"{role}.pem", d / f"{role}.key", d / "DEV-ONLY-passphrase.txt"
+            )
+
+        pw = root / "pw.txt"
+        pw.write_text("test-passphrase-123")
+        yield World(
+            srv,
+            auth_db or f"sqlite:///{srv.data_dir / 'auth.db'}",
+            ent,
+            dev_identity("officer"),
+            dev_identity("auditor"),
+            load_identity(ent / "cert.pem", ent / "key.pem", pw),
+        )
+    finally:
+        stop(proc)
+
+
+def counts(world: World) -> dict[str, int]:
+    """Rows of every table that a request could change: the CA's applications,
+    certificates, codes and events (the audit log's source), and every token-service table."""
+    out: dict[str, int] = {}
+    for url, tables in (
+        (
+            world.server.database_url,
+            [t.__table__ for t in (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)],
+        ),
+        # every token-service table (AuthorizationCodeRow's among them) but its replay store
+        (world.auth_db, [t for t in AuthBase.metadata.sorted_tables if t.name != "auth_seen_jti"]),
+    ):
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                for t in tables:
+                    out[t.name] = conn.execute(select(func.count()).select_from(t)).scalar_one()
+        finally:
+            engine.dispose()
+    assert AuthorizationCodeRow.__tablename__ in out
+    return out
+
+
+def send(
+    world: World,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    signer: Identity | None = None,
+    content_type: str | None = "application/json",
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
+    """One request as a client sends it; ``signer`` signs it (``EPort-Signed``) over
+    these exact bytes, so the bad body is what the server reads after authentication."""
+    h = dict(headers or {})
+    if content_type:
+        h["Content-Type"] = content_type
+    if signer is not None:
+        now = datetime.datetime.now(datetime.UTC)
+        jws = sign_request(signer.key, signer.chain, method, path, body, now)
+        h["Authorization"] = f"{SCHEME} {jws}"
+    return requests.request(
+        method, world.server.url + path, data=body, headers=h, timeout=30, allow_redirects=False
+    )
+
+
+def pending_application(world: World) -> str:
+    app = jrun(world.server, "apply", "--uscc", fresh_uscc(), "--name", "Pending Co.")
+    return str(app["id"])
+
+
+def assert_problem(r: requests.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, (r.request.method, r.request.url, r.status_code, r.text)
+    assert r.headers["Content-Type"] == "application/problem+json", r.headers
+    detail = r.json()["detail"]
+    for w in words:
+        assert w in detail, (detail, w)
+
+
+SURROGATE = b'"\\ud800"'
+NUL = b'"a\\u0000b"'
+
+
+def test_json_bodies_with_unstorable_strings_are_400(world: World) -> None:
+    """A lone surrogate or NUL in any field of a JSON body: 400 naming the field, whether
+    the CA's enrollment fast path, a Flask view or the token service reads it."""
+    serial = format(world.enterprise.chain[0].serial_number, "x")
+    app_id = pending_application(world)
+    before = counts(world)
+    cases: list[tuple[str, str, bytes, Identity | None, str]] = []
+    for bad in (SURROGATE, NUL):
+        cases += [
+            # the enrollment's WSGI fast path (application/json) ...
+            (
+                "POST",
+                "/ca/v1/enroll",
+                b'{"code": "ABCD-EFGH", "profile": "enterprise", "csr": ' + bad + b"}",
+                None,
+                "'csr'",
+            ),
+            ("POST", "/ca/v1/renew", b'{"csr": ' + bad + b"}", world.enterprise, "'csr'"),
+            (
+                "POST",
+                f"/ca/v1/ra/applications/{app_id}/reject",
+                b'{"reason": ' + bad + b"}",
+                world.officer,
+                "'reason'",
+            ),
+            (
+                "POST",
+                f"/ca/v1/ra/applications/{app_id}/withdraw",
+                b'{"reason": ' + bad + b"}",
+                world.officer,
+                "'reason'",
+            ),
+            (
+                "POST",
+                f"/ca/v1/ra/applications/{app_id}/approve",
+                b'{"profiles": [' + bad + b"]}",
+                world.officer,
+                "'profiles'[0]",
+            ),
+            (
+                "POST",
+                f"/ca/v1/certificates/{serial}/revoke",
+                b'{"reason": "keyCompromise", "invalidity_date": ' + bad + b"}",
+                world.officer,
+                "'invalidity_date'",
+            ),
+            (
+                "POST",
+                "/auth/v1/roles",
+                b'{"operator_id": ' + bad + b', "roles": ["data-entry"]}',
+                world.enterprise,
+                "'operator_id'",
+            ),
+            ("POST", "/ca/v1/applications", b'{"legal_name": "X", ' + bad + b": 1}", None, "name"),
+        ]
+    for method, path, body, signer, where in cases:
+        r = send(world, method, path, body, signer=signer)
+        assert_problem(r, 400, where)
+        assert "U+0000" in r.json()["detail"] or "lone surrogate" in r.json()["detail"]
+    # ... and Flask's view of the enrollment (another media type: no fast path)
+    body = b'{"code": "ABCD-EFGH", "profile": "enterprise", "csr": "\\udfff"}'
+    assert_problem(
+        send(world, "POST", "/ca/v1/enroll", body, content_type="text/plain"), 400, "'csr'"
+    )
+    assert counts(world) == before
+    status = requests.get(world.server.url + f"/ca/v1/applications/{app_id}", timeout=10)
+    assert status.json()["state"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"\xff\xfe{}", ["not UTF-8"]),
+        (b'{"uscc": "\xed\xa0\x80"}', ["not UTF-8"]),  # a surrogate encoded (CESU-8)
+        (b'{"uscc": NaN}', ["NaN"]),
+        (b'{"uscc": -Infinity}', ["-Infinity"]),
+        (b'{"uscc": 1e400}', ["out of range"]),
+        (b'{"uscc": "a", "uscc": "b"}', ["twice"]),
+        (b"[" * 10000 + b"]" * 10000, ["nested too deeply"]),
+        (b"[]", ["JSON object"]),
+        (b"\xef\xbb\xbf[]", ["JSON object"]),  # a BOM is ignored (RFC 8259 §8.1)
+        (b"not json", ["not JSON"]),
+    ],
+)
+def test_bodies_that_are_not_i_json_are_400(world: World, body: bytes, words: list[str]) -> None:
+    """RFC 7493 (I-JSON): UTF-8, finite numbers, unique member names; refused alike by
+    the CA and the token service."""
+    before = counts(world)
+    assert_problem(send(world, "POST", "/ca/v1/applications", body), 400, *words)
+    assert_problem(send(world, "POST", "/auth/v1/roles", body, signer=world.enterprise), 400)
+    assert counts(world) == before
+
+
+def test_nul_in_paths_queries_and_forms_is_400(world: World) -> None:
+    """NUL in a URL path, a query parameter or a form field is refused before any view
+    reads it (PostgreSQL refuses it in text: these were 500s there); the OAuth token
+    endpoint says so in RFC 6749 §5.2's words."""
+    before = counts(world)
+    for path, signer in (
+        ("/ca/v1/applications/app_%00", None),
+        ("/ca/v1/audit/events?subject=%00", world.auditor),
+        ("/ca/v1/audit/events?profile=a%00", world.auditor),
+        ("/ca/v1/audit/events?issuer=%00&actor=x", world.auditor),
+        ("/ca/v1/certificates?uscc=%00", world.officer),
+        ("/auth/v1/events?subject=%00", world.auditor),
+    ):
+        r = send(world, "GET", path, signer=signer, content_type=None)
+        assert_problem(r, 400, "U+0000")
+    r = send(
+        world,
+        "POST",
+        "/auth/token",
+        b"grant_type=refresh_token&refresh_token=%00",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+    assert "refresh_token" in r.json()["error_description"]
+    assert counts(world) == before
+
+
+def test_times_out_of_range_are_400(world: World) -> None:
+    """An ISO 8601 time whose UTC value falls outside the years 1 to 9999: the revocation
+    is not made, the audit filter not run (both were OverflowError 500s)."""
+    serial = format(world.enterprise.chain[0].serial_number, "x")
+    before = counts(world)
+    body = json.dumps({"reason": "keyCompromise", "invalidity_date": "0001-01-01T00:00:00+23:59"})
+    r = send(
+        world,
+        "POST",
+        f"/ca/v1/certificates/{serial}/revoke",
+        body.encode(),
+        signer=world.officer,
+    )
+    assert_problem(r, 400, "invalidity_date", "out of range")
+    for q in ("since=9999-12-31T23:59:59-23:59", "until=0001-01-01T00:00:00%2B23:59"):
+        r = send(world, "GET", "/ca/v1/audit/events?" + q, signer=world.auditor, content_type=None)
+        assert_problem(r, 400, "out of range")
+    assert counts(world) == before
+
+
+def test_authorization_request_with_nul_is_400(world: World) -> None:
+    """A browser signed in with its certificate asks for a code with a NUL in its nonce:
+    400, no code stored (PostgreSQL refused the nonce: a 500)."""
+    pem = (world.ent / "cert.pem").read_text()
+    verifier = "v" * 43
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    params = {
+        "response_type": "code",
+        "client_id": "portal",
+        "redirect_uri": PORTAL_CALLBACK,
+        "scope": "openid",
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+        "state": "s1",
+    }
+    headers = {"X-SSL-Client-Cert": quote(pem)}
+    before = counts(world)
+    for method in ("GET", "POST"):
+        query = urlencode({**params, "nonce": "n\x00"})
+        if method == "GET":
+            r = send(world, "GET", "/auth/authorize?" + query, content_type=None, headers=headers)
+        else:
+            ctype = "application/x-www-form-urlencoded"
+            r = send(
+                world,
+                "POST",
+                "/auth/authorize",
+                query.encode(),
+                content_type=ctype,
+                headers=headers,
+            )
+        assert_problem(r, 400, "'nonce'", "U+0000")
+    assert counts(world) == before
+    good = send(
+        world, "GET", "/auth/authorize?" + urlencode(params), content_type=None, headers=headers
+    )
+    assert good.status_code == 302 and "code=" in good.headers["Location"]
+
+
+def test_audit_web_filter_with_nul_is_400(world: World, tmp_path: Path) -> None:
+    """The audit web view's filters go through the same edge (its page says why)."""
+    srv = world.server
+    doc = json.loads(srv.eport("audit", "web-login", *srv.auditor(), "--json").stdout)
+    browser = requests.Session()
+    assert browser.get(doc["url"], timeout=10).status_code == 200
+    r = browser.get(srv.url + "/audit/events?q=%00", timeout=10)
+    assert r.status_code == 400 and "U+0000" in r.text
+    r = browser.get(srv.url + "/audit/events?since=0001-01-01T00:00:00%2B23:59", timeout=10)
+    assert r.status_code == 400 and "out of range" in r.text
