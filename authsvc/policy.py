@@ -436,6 +436,8 @@ class _Source:
             text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise PolicyError(str(path), "-", "file not found") from None
+        except IsADirectoryError:
+            raise PolicyError(str(path), "-", "is a directory, not a TOML file") from None
         except UnicodeDecodeError as exc:
             raise PolicyError(str(path), "-", f"not UTF-8: {exc}") from None
         try:

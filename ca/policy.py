@@ -281,6 +281,10 @@ def _load_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(str(path), "-", f"not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")
+        raise PolicyError(str(path), "-", f"not UTF-8: byte {exc.start} is not valid") from None
+    except IsADirectoryError:
+        raise PolicyError(str(path), "-", "is a directory, not a TOML file") from None
 
 
 def load_profile(path: Path) -> Profile:

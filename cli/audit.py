@@ -246,8 +246,12 @@ def verifier_from_public_key(name: str, public_key: Ed25519PublicKey) -> Verifie
 
 
 def _utc_time(text: str) -> datetime.datetime:
+    """``text`` in UTC (UTC when it names no offset); OverflowError when that is outside
+    the years 1 to 9999 (``0001-01-01T00:00+08:00``), which the server refuses too."""
     value = datetime.datetime.fromisoformat(text.strip())
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+    return (value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)).astimezone(
+        datetime.UTC
+    )
 
 
 def iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -259,6 +263,12 @@ def iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> s
         except ValueError:
             raise click.BadParameter(
                 "not an ISO 8601 date or date and time (2026-11-20, 2026-11-20T08:00:00Z)",
+                ctx,
+                param,
+            ) from None
+        except OverflowError:
+            raise click.BadParameter(
+                f"{value!r} is out of range: in UTC it is not within the years 1 to 9999",
                 ctx,
                 param,
             ) from None

@@ -233,6 +233,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
     _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
+    _check_policies(cfg, auth_cfg)
     if hierarchy.exists(data_dir):
         hierarchy.check_complete(data_dir)  # before any schema is upgraded
     # The token service's schema first: its database may be the one that cannot be
@@ -357,6 +358,16 @@ def _tighten_databases(*urls: str) -> None:
             "(the databases hold enterprise data and session and token hashes)",
             err=True,
         )
+
+
+def _check_policies(cfg: Any, auth_cfg: Any) -> None:
+    """Both services' policy files load (a PolicyError names the file and the key): one
+    line and no server, rather than a traceback from every gunicorn worker."""
+    from authsvc.policy import load_access_policy
+    from ca.policy import load_policies
+
+    members = load_policies(cfg.policies_dir).members.members
+    load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
 
 
 def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
@@ -1265,7 +1276,12 @@ def _invalidity_date(ctx: click.Context, param: click.Parameter, value: str | No
             ctx,
             param,
         )
-    return _utc(when)
+    try:
+        return _utc(when)
+    except OverflowError:
+        raise click.BadParameter(
+            f"{value!r} is out of range: in UTC it is not within the years 1 to 9999", ctx, param
+        ) from None
 
 
 def _utc(when: datetime.datetime) -> str:

@@ -5,7 +5,8 @@ The cases of the tests on unstorable strings, NUL and times were 500s before
 :mod:`ca.wellformed` refused them at the edge: a lone surrogate (``"\\ud800"``, which
 Python's JSON reader accepts and no UTF-8 writer or database driver takes), NUL (which
 PostgreSQL refuses in text; SQLite stored it), or a time whose UTC value no ``datetime``
-holds. The I-JSON cases (RFC 7493) pin what else the edge refuses."""
+holds. The I-JSON cases (RFC 7493) pin what else the edge refuses. The CLI part drives
+``eport`` with times out of range and damaged policy files."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import base64
 import datetime
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +28,12 @@ from sqlalchemy import create_engine, func, select
 
 from authsvc.models import AuthBase
 from authsvc.oidc_models import AuthorizationCodeRow
+from ca.config import CAConfig
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from ca.signedreq import SCHEME, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
-from tests.conftest import Postgres, Server, start_server, stop
+from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, jrun
 
 PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
@@ -336,3 +341,72 @@ def test_audit_web_filter_with_nul_is_400(world: World, tmp_path: Path) -> None:
     assert r.status_code == 400 and "U+0000" in r.text
     r = browser.get(srv.url + "/audit/events?since=0001-01-01T00:00:00%2B23:59", timeout=10)
     assert r.status_code == 400 and "out of range" in r.text
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
+    """Times out of range are usage errors (exit 2) before a file is read or anything is
+    sent; a policy directory with a file that is not UTF-8, or a directory where a file
+    goes, is one line naming the file (``eport ca init`` and ``eport serve``, which read
+    them in every gunicorn worker), never a traceback. No server is needed to say so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(HOME=str(tmp_path), EPORT_SERVER="http://127.0.0.1:9")
+
+    def eport(args: tuple[str, ...], **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EPORT, *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    (tmp_path / "cert.pem").write_text("not read\n")
+    files = ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "cert.pem")]
+    results: list[tuple[tuple[str, ...], subprocess.CompletedProcess[str], int]] = []
+    for args in (
+        ("revoke", "--reason", "keyCompromise", "--invalidity-date", "0001-01-01T00:00:00+23:59"),
+        ("audit", "log", "--since", "9999-12-31T23:59:59-23:59"),
+        ("audit", "log", "--until", "0001-01-01T00:00:00+00:01"),
+    ):
+        res = eport((*args, *files))
+        results.append((args, res, 2))
+        assert "is out of range: in UTC" in res.stderr, (args, res.stderr)
+    policies = CAConfig.load({}).policies_dir
+    port = str(free_port())
+    for name, damage in (
+        ("members.toml", "not-utf8"),
+        ("profiles/enterprise.toml", "not-utf8"),
+        ("services.toml", "not-utf8"),
+        ("members.toml", "dir"),
+        ("access.toml", "dir"),
+    ):
+        pol = tmp_path / f"pol-{name.replace('/', '-')}-{damage}"
+        shutil.copytree(policies, pol)
+        target = pol / name
+        target.unlink()
+        if damage == "dir":
+            target.mkdir()
+        else:
+            target.write_bytes(b"\xff\xfe[x]\n")
+        commands = [("serve", "--dev", "--data-dir", str(tmp_path / f"srv-{pol.name}"))]
+        commands[0] += ("--port", port)
+        if name not in ("services.toml", "access.toml"):  # the token service's files
+            out = tmp_path / f"out-{pol.name}"
+            commands.append(
+                ("ca", "init", "--data-dir", str(tmp_path / f"ca-{pol.name}"), "--out", str(out))
+            )
+            commands[-1] += ("--policies", str(pol))
+        for args in commands:
+            res = eport(args, EPORT_POLICIES_DIR=str(pol))
+            results.append((args, res, 1))
+            assert str(target) in res.stderr, (args, res.stderr)
+    for args, res, code in results:
+        assert "Traceback" not in res.stderr, (args, res.stderr)
+        assert "unexpected error" not in res.stderr, (args, res.stderr)
+        assert res.returncode == code, (args, res.returncode, res.stderr)
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("eport: error: "), (args, res.stderr)
