@@ -39,6 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ca.errors import Replayed, Unauthenticated, WeakKey
 from ca.keys import KeyType
 from ca.ocsp_client import issuer_among
+from ca.wellformed import UNSTORABLE
 
 SCHEME = "EPort-Signed"
 TYP = "eport-req+jwt"
@@ -342,6 +343,8 @@ def verify_certificate_jwt(
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise Unauthenticated("jti must be a string of 8 to 128 characters")
+    if UNSTORABLE.search(jti):  # it is stored (replay): no database takes these
+        raise Unauthenticated("jti must not hold NUL or a lone surrogate")
     if check is not None:
         check(claims)  # before the jti is recorded: a refused token burns nothing
     expires = datetime.datetime.fromtimestamp(exp, datetime.UTC) + leeway

@@ -16,11 +16,12 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any
-
-from flask import Flask, request
+from typing import TYPE_CHECKING, Any
 
 from ca.errors import BadRequest, EPortError
+
+if TYPE_CHECKING:  # the checks themselves are framework-free (ca.signedreq uses them)
+    from flask import Flask
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """What no text of a request may hold: NUL, and a UTF-16 surrogate (Python's JSON reader
@@ -133,6 +134,8 @@ def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadReq
     fields hold NUL (Werkzeug decodes invalid UTF-8 there as U+FFFD, so no surrogate
     reaches them). ``refusal`` makes the error from its detail (the token service's
     OAuth endpoints answer in their RFC's format)."""
+
+    from flask import request
 
     def check_request_text() -> None:
         try:

@@ -20,19 +20,26 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote, urlencode
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, func, select
 
 from authsvc.models import AuthBase
 from authsvc.oidc_models import AuthorizationCodeRow
+from authsvc.service import JWT_BEARER
 from ca.config import CAConfig
+from ca.keys import KeyType
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
-from ca.signedreq import SCHEME, sign_request
+from ca.signedreq import SCHEME, TYP, audience, body_hash, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
+from cli.session import assertion
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, jrun
 
@@ -341,6 +348,52 @@ def test_audit_web_filter_with_nul_is_400(world: World, tmp_path: Path) -> None:
     assert r.status_code == 400 and "U+0000" in r.text
     r = browser.get(srv.url + "/audit/events?since=0001-01-01T00:00:00%2B23:59", timeout=10)
     assert r.status_code == 400 and "out of range" in r.text
+
+
+def signed_with_jti(signer: Identity, method: str, path: str, jti: str) -> str:
+    """A signed request (empty body) as :func:`ca.signedreq.sign_request` makes it, but
+    with this ``jti``: what a certificate holder's own client could send."""
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    claims = {"aud": audience(method, path), "iat": now, "exp": now + 60, "jti": jti}
+    claims["bsh"] = body_hash(b"")
+    x5c = [
+        base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in signer.chain
+    ]
+    alg = KeyType.of(signer.key).jws_alg
+    return jwt.encode(claims, signer.key, algorithm=alg, headers={"typ": TYP, "x5c": x5c})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("jti", ["\ud800" * 10, "abcd\x00efgh"])
+def test_a_jti_no_database_stores_is_refused(world: World, jti: str) -> None:
+    """A correctly signed request or login assertion whose jti holds a lone surrogate or
+    NUL: the replay store was asked to keep it (a 500 on every signed endpoint; NUL on
+    PostgreSQL); now 401 (invalid_grant at the token endpoint), nothing stored but the
+    refused login's record."""
+    before = counts(world)
+    for path, signer in (
+        ("/ca/v1/ra/applications", world.officer),
+        ("/ca/v1/audit/events", world.auditor),
+        ("/auth/v1/events", world.auditor),
+    ):
+        jws = signed_with_jti(signer, "GET", path, jti)
+        r = send(
+            world, "GET", path, content_type=None, headers={"Authorization": f"{SCHEME} {jws}"}
+        )
+        assert_problem(r, 401, "jti")
+    uscc = world.enterprise.chain[0].subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    subject = "ent:" + str(uscc[0].value).removeprefix("NTRCN-")
+    token_endpoint = world.server.url + "/auth/token"
+    with mock.patch("secrets.token_urlsafe", return_value=jti):
+        grant = assertion(world.enterprise, token_endpoint, subject)
+    form = urlencode({"grant_type": JWT_BEARER, "assertion": grant}).encode()
+    r = send(world, "POST", "/auth/token", form, content_type="application/x-www-form-urlencoded")
+    assert r.status_code in (400, 401) and "jti" in r.json()["error_description"], r.text
+    after = counts(world)
+    # A refused login is recorded as any other is: its event, and the client's failure
+    # counter (one row per client address, made by its first failure)
+    assert after.pop("auth_events") == before.pop("auth_events") + 1
+    assert after.pop("auth_login_failures") <= before.pop("auth_login_failures") + 1
+    assert after == before
 
 
 # -- the CLI ------------------------------------------------------------------------------
