@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from ca.errors import EPortError, PayloadTooLarge, StorageFull, server_error_problem
+from ca.errors import BadRequest, EPortError, PayloadTooLarge, StorageFull, server_error_problem
 
 log = logging.getLogger("eport.http")
 PROBLEM_JSON = "application/problem+json"
@@ -42,6 +42,18 @@ def storage_full_cause(exc: BaseException | None) -> BaseException | None:
         orig = getattr(exc, "orig", None)
         exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
     return None
+
+
+def unreadable_body(exc: BaseException) -> bool:
+    """Whether ``exc`` is the WSGI server refusing the request body's framing as a view
+    reads it: gunicorn raises its ParseException (a chunk size that is not hex, a chunk
+    without its CRLF) or NoMoreData (the client closed mid-body) from ``wsgi.input``.
+    That is the client's malformed request, not a failure of ours."""
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:  # another WSGI server
+        return False
+    return isinstance(exc, ParseException | NoMoreData)
 
 
 def problem_body(err: EPortError, instance: str, dumps: Callable[[Any], str]) -> bytes:
@@ -140,5 +152,11 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
+        if unreadable_body(err):  # one line, no traceback, none of the client's bytes
+            what = type(err).__name__
+            log.warning("unreadable request body on %s %s: %s", request.method, request.path, what)
+            return problem_response(
+                BadRequest(f"the request body cannot be read as it is framed ({what})")
+            )
         status, body = answers.unexpected(request.method, request.path, err)
         return Response(body, status=status, mimetype=PROBLEM_JSON)

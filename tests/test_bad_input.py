@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -394,6 +395,46 @@ def test_a_jti_no_database_stores_is_refused(world: World, jti: str) -> None:
     assert after.pop("auth_events") == before.pop("auth_events") + 1
     assert after.pop("auth_login_failures") <= before.pop("auth_login_failures") + 1
     assert after == before
+
+
+def raw_http(world: World, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as written (what requests would not send) and read the answer."""
+    host, port = world.server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_body_whose_chunked_framing_is_broken_is_400(world: World) -> None:
+    """A chunked body whose chunk size is not hex (gunicorn's InvalidChunkSize, raised
+    from wsgi.input as the view reads it) was a 500 with a traceback in the log, on every
+    endpoint that reads a body; now 400 problem+json and one log line."""
+    before = counts(world)
+    logged = len(world.server.log.read_bytes())
+    for path, ctype in (
+        ("/ca/v1/applications", "application/json"),
+        ("/ca/v1/enroll", "application/json"),
+        ("/auth/v1/roles", "application/json"),
+        ("/auth/token", "application/x-www-form-urlencoded"),
+    ):
+        status, headers, body = raw_http(
+            world,
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + b'5\r\n{"a":\r\nZZ\r\n1}\r\n0\r\n\r\n',
+        )
+        assert status == 400, (path, status, body)
+        assert headers["Content-Type"] == "application/problem+json", (path, headers)
+        assert "framed" in json.loads(body)["detail"], body
+    assert counts(world) == before
+    assert b"Traceback" not in world.server.log.read_bytes()[logged:]
 
 
 # -- the CLI ------------------------------------------------------------------------------
