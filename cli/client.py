@@ -141,7 +141,13 @@ class CAClient:
         identity: Identity | None = None,
     ) -> dict[str, Any]:
         """Send one request; ``path`` includes any query string, exactly as signed."""
-        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        # UTF-8 (RFC 8259 §8.1); an argument whose bytes were not UTF-8 (Python hands them on
+        # as lone surrogates) fails here, before anything is sent: main() says which byte
+        data = (
+            json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            if body is not None
+            else b""
+        )
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -469,6 +469,13 @@ def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
         res = eport((*args, *files))
         results.append((args, res, 2))
         assert "is out of range: in UTC" in res.stderr, (args, res.stderr)
+    # Bytes that are not UTF-8 in an argument bound for a JSON body (Python hands them on
+    # as lone surrogates): the server refused them (a 500 before, 400 now); now they are
+    # not sent at all
+    args = ("apply", "--uscc", "91350100M000100Y43", "--name", "N\udcffame")
+    res = eport(args)
+    results.append((args, res, 2))
+    assert "is not UTF-8 text (it has the byte 0xff)" in res.stderr, res.stderr
     policies = CAConfig.load({}).policies_dir
     port = str(free_port())
     for name, damage in (
