@@ -406,6 +406,12 @@ class JointCA:
         reason = " ".join((reason or "").split())
         if not reason:
             raise BadRequest("a rejection needs a reason")
+        control = next((c for c in reason if unicodedata.category(c) in _CONTROLS), None)
+        if control is not None:
+            raise BadRequest(
+                f"the reason contains a control or format character (U+{ord(control):04X}); "
+                "it is shown as it is to the applicant, in a terminal"
+            )
         if len(reason) > 500:
             raise BadRequest("the reason is longer than 500 characters")
         now = self.clock()
@@ -915,6 +921,12 @@ _UNSEEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 overrides, zero-width ones, BOM), surrogates, private-use and unassigned code points,
 line and paragraph separators. A certificate shows its names as they are, and an RA
 officer reads them in a terminal: none of these may make a name look like another."""
+
+
+_CONTROLS = frozenset({"Cc", "Cf", "Cs"})
+"""Unicode categories refused in a rejection's reason (free text, unlike a name): C0 and
+C1 controls (a terminal's escape sequences, BEL), format characters (bidi overrides) and
+surrogates."""
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

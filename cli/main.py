@@ -1127,7 +1127,8 @@ reason_option = click.option(
     "--reason",
     required=True,
     callback=not_blank,
-    help="Why; recorded, and shown to the applicant (eport application show).",
+    help="Why (up to 500 characters, no control characters); recorded, and shown to the "
+    "applicant as written (eport application show).",
 )
 
 

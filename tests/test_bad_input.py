@@ -353,6 +353,21 @@ def test_audit_web_filter_with_nul_is_400(world: World, tmp_path: Path) -> None:
     assert r.status_code == 400 and "out of range" in r.text
 
 
+def test_a_reason_with_terminal_controls_is_400(world: World) -> None:
+    """A rejection's reason is shown as it is to the applicant (``eport application show``
+    at a terminal): an escape sequence or BEL in it was stored and sent on; now 400, the
+    application stays pending."""
+    app_id = pending_application(world)
+    before = counts(world)
+    for reason in ("bad \u001b[2J\u001b[31mRED", "ring \u0007", "flip \u202e", "c1 \u009b2J"):
+        body = json.dumps({"reason": reason}).encode()
+        path = f"/ca/v1/ra/applications/{app_id}/reject"
+        assert_problem(send(world, "POST", path, body, signer=world.officer), 400, "U+")
+    assert counts(world) == before
+    status = requests.get(world.server.url + f"/ca/v1/applications/{app_id}", timeout=10)
+    assert status.json()["state"] == "pending" and status.json()["reason"] is None
+
+
 def signed_with_jti(signer: Identity, method: str, path: str, jti: str) -> str:
     """A signed request (empty body) as :func:`ca.signedreq.sign_request` makes it, but
     with this ``jti``: what a certificate holder's own client could send."""
