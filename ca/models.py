@@ -126,9 +126,13 @@ class CertificateRow(Base):
     the same transaction: its listing key (see "Listing keys" above)."""
 
     # An enterprise's listing (uscc, log_index) and an officer's of every certificate
-    # (log_index) page from a cursor in index order, not a sort of them all.
+    # (log_index) page from a cursor in index order, not a sort of them all. The check of
+    # an enterprise's one legal-person credential, made under the issuances' lock, reads
+    # (uscc, profile, not_after): its enterprise certificates not expired, not every
+    # operator certificate of the USCC (migration 0010).
     __table_args__ = (
         Index("ix_certificates_uscc_log_index", "uscc", "log_index"),
+        Index("ix_certificates_uscc_profile_not_after", "uscc", "profile", "not_after"),
         Index("ix_certificates_log_index", "log_index", unique=True),
     )
 

@@ -50,8 +50,8 @@ from tests.helpers import (
     serial_of,
 )
 
-CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
-"""Every CA revision before head (0009)."""
+CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
+"""Every CA revision before head (0010)."""
 AUTH_REVISIONS = ["a001", "a002"]
 """Every token service revision before head (a003)."""
 SERVICE = "customs-declaration"
@@ -127,7 +127,7 @@ def test_an_upgrade_keeps_every_row_and_the_ca_works(
 ) -> None:
     """A CA used at head (certificates good, revoked, on hold; a withdrawn code, and an
     approved application's unused one; an operator's session and token) is taken down to
-    0008, 0007, 0006, 0005, 0004, 0003 and 0002 and up again each time: every row is as it
+    0009, 0008, 0007, 0006, 0005, 0004, 0003 and 0002 and up again each time: every row is as it
     was (a code withdrawn since 0004 stays unusable below it; the record of the CA files,
     new in 0007, goes with its tables and is made again by the next start; each event's log
     index, dropped below 0008, is filled again from the log, and each application's and
