@@ -66,12 +66,16 @@ _PAGE_PARAMS = [
         "after",
         "the cursor of the last page ('next'); absent: the first page. Invalid: 400",
     ),
-    _q(
-        "offset",
-        "deprecated, for clients of a release before cursors: rows to skip (answered with "
-        "next_offset); may skip or repeat rows changed between pages. Not with 'after'",
-        "integer",
-    ),
+    {
+        **_q(
+            "offset",
+            "deprecated, for clients of a release before cursors: rows to skip (answered "
+            "with next_offset); may skip or repeat rows changed between pages. Not with "
+            "'after'",
+            "integer",
+        ),
+        "deprecated": True,
+    },
 ]
 _PAGE_LINKS: dict[str, Any] = {
     "next": {

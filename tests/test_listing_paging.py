@@ -411,3 +411,9 @@ def test_older_clients_offset_is_still_answered(server: Server) -> None:
     with pytest.raises(RemoteError) as refused:
         _get(srv, "/ca/v1/ra/applications", after=first["next"], offset=2)
     assert refused.value.status == 400 and "not both" in str(refused.value)
+    # The API's description says so to client generators too (OpenAPI's 'deprecated').
+    doc = requests.get(srv.url + "/ca/v1/openapi.json", timeout=10).json()
+    for path in ("/ca/v1/ra/applications", "/ca/v1/certificates"):
+        params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
+        assert params["offset"].get("deprecated") is True, params["offset"]
+        assert not params["after"].get("deprecated"), params["after"]
