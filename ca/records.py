@@ -379,14 +379,17 @@ def credential_refusal(
     one is in force beside it."""
     held = " (on hold)" if on_hold else ""
     if renewing is not None:
+        # Either of the two renews only once the other is revoked, so the hint names the
+        # revocation in both cases: "renew with it" alone was refused the same way.
         signer = format(renewing, "x")
         return Conflict(
             f"enterprise {uscc} holds legal-person certificate {serial_hex}{held} beside "
             f"{signer}, in force until {not_after:%Y-%m-%dT%H:%M:%SZ}: a renewal replaces an "
             "enterprise's one credential, so only a certificate that is the only one in "
-            f"force renews; if {serial_hex} is {signer}'s renewal, renew with it (eport renew "
-            f"--cert ITS_CERT), else revoke it first (eport revoke --serial {serial_hex} "
-            "--reason superseded)",
+            f"force renews; if {serial_hex} is {signer}'s renewal, use it: it renews once "
+            f"{signer} is revoked (eport revoke --serial {signer} --reason superseded, then "
+            f"eport renew --cert ITS_CERT), else revoke it first (eport revoke --serial "
+            f"{serial_hex} --reason superseded)",
             serial=serial_hex,
         )
     return Conflict(

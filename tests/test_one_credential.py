@@ -266,7 +266,14 @@ def test_a_credential_renews_while_it_is_the_only_one_in_force(
     before = counts(server)
     line = refused(server, "renew", *creds(ent), "--out", str(tmp_path / "r2"))
     assert f"holds legal-person certificate {new} beside {first}" in line, line
-    assert f"if {new} is {first}'s renewal, renew with it" in line and "(HTTP 409)" in line
+    # The hint names what lets a renewal through: the renewal ``new`` is the one to use,
+    # and it renews once ``first`` is revoked. Before, it said "renew with it" alone,
+    # which the next lines show is refused while ``first`` is in force.
+    assert (
+        f"if {new} is {first}'s renewal, use it: it renews once {first} is revoked "
+        f"(eport revoke --serial {first} --reason superseded, then eport renew --cert "
+        "ITS_CERT)"
+    ) in line and "(HTTP 409)" in line, line
     # the renewed one neither, while the old one is in force: revoke it first
     line = refused(server, "renew", *creds(tmp_path / "r1"), "--out", str(tmp_path / "r3"))
     assert f"holds legal-person certificate {first} beside {new}" in line, line
