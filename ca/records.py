@@ -392,12 +392,19 @@ def credential_refusal(
             f"{serial_hex} --reason superseded)",
             serial=serial_hex,
         )
+    # A certificate on hold signs nothing, so its holder cannot renew it until an RA
+    # officer lifts the hold (docs/status.md: an enterprise never resumes its own).
+    renews = (
+        f"an RA officer lifts its hold (eport resume --serial {serial_hex}) and its holder "
+        "renews it for a new key (eport renew)"
+        if on_hold
+        else "its holder renews it for a new key (eport renew)"
+    )
     return Conflict(
         f"enterprise {uscc} already holds legal-person certificate {serial_hex}{held}, in "
-        f"force until {not_after:%Y-%m-%dT%H:%M:%SZ} (an enterprise holds one): its holder "
-        f"renews it for a new key (eport renew), or it is revoked first (eport revoke "
-        f"--serial {serial_hex}; a lost key: an RA officer revokes it, --reason "
-        "keyCompromise)",
+        f"force until {not_after:%Y-%m-%dT%H:%M:%SZ} (an enterprise holds one): {renews}, "
+        f"or it is revoked first (eport revoke --serial {serial_hex}; a lost key: an RA "
+        "officer revokes it, --reason keyCompromise)",
         serial=serial_hex,
     )
 

@@ -1080,7 +1080,8 @@ def ra_approve(
     Hand the code to the applicant over a separate channel; it is shown once,
     stored only as a hash, and expires (7 days by default). An enterprise
     application is refused while its USCC holds an enterprise certificate in
-    force (on hold counts; revoke it first, or its holder renews it), or while
+    force (on hold counts; revoke it first, or its holder renews it, once an
+    officer resumes it if it is on hold), or while
     another of its applications holds a live code (withdraw that one first).
     """
     doc = _code_call(ctx, f"{app_id}/approve", cert_file, key_file, passphrase_file, profiles)

@@ -113,6 +113,36 @@ def test_a_second_credential_waits_for_the_first_to_end(server: Server, tmp_path
     assert f"legal-person certificate {issued['serial']}," in line, line
 
 
+def test_a_credential_on_hold_renews_once_an_officer_lifts_the_hold(
+    server: Server, tmp_path: Path
+) -> None:
+    """An enterprise's certificate on hold blocks a second application, and the refusal
+    says how to go on: a held certificate signs nothing, so its holder renews only after
+    an RA officer resumes it. Before, the refusal said "its holder renews it for a new
+    key (eport renew)" alone, which the holder could not do."""
+    uscc = fresh_uscc()
+    ent = enroll_enterprise(server, tmp_path, "Held Credential Co.", uscc=uscc)
+    serial = serial_of(ent)
+    second = apply(server, uscc, "Held Credential Co.")
+    jrun(server, "suspend", *creds(ent))  # the holder reports its key lost
+    before = counts(server)
+    line = refused(server, "ra", "approve", second, *server.officer())
+    assert f"legal-person certificate {serial} (on hold)" in line, line
+    assert (
+        f"an RA officer lifts its hold (eport resume --serial {serial}) and its holder "
+        "renews it for a new key (eport renew)"
+    ) in line, line
+    assert f"eport revoke --serial {serial}" in line and "keyCompromise" in line, line
+    # Renewing straight away, as the hint said before, is refused: the key is on hold.
+    line = refused(server, "renew", *creds(ent), "--out", str(tmp_path / "held"))
+    assert "on hold" in line, line
+    assert counts(server) == before
+    # The key was found again: an officer lifts the hold, and the holder renews.
+    jrun(server, "resume", "--serial", serial, *server.officer())
+    renewed = jrun(server, "renew", *creds(ent), "--out", str(tmp_path / "renewed"))
+    assert renewed["serial"] != serial
+
+
 def test_a_live_code_of_another_application_blocks_approval(server: Server, tmp_path: Path) -> None:
     """Two applications of one USCC: while the first holds a live code the second gets
     none (the answer names the first and how to withdraw it); withdrawn, it does. Other
