@@ -41,7 +41,7 @@ from ca.config import CAConfig
 from ca.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
-from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
+from ca.models import CertificateRow, EventRow, HierarchyFileRow, LogEntryRow, LogNodeRow
 from ca.policy import SubjectClass
 from ca.records import EventType
 from ca.uscc import USCC
@@ -89,8 +89,27 @@ class AuditService:
         """The checkpoint origin line, also the note key name."""
         return self.signer.origin(s)
 
+    def log_public_key(self, s: Session) -> Ed25519PublicKey:
+        """The log's public key as the database's hierarchy record (:mod:`ca.crosshost`)
+        names it, else this host's. After ``ROTATE-LOG-KEY`` on another host, this host's
+        ``log.pub`` is the retired key, while every checkpoint it serves from then on was
+        signed with the recorded one (:class:`ca.translog.LogKeyRetired`): an auditor
+        given this host's key failed to verify them. The record keeps ``log.pub``'s bytes
+        (a public file), so the key the checkpoints are signed with is served."""
+        recorded = s.execute(
+            select(HierarchyFileRow.data).where(HierarchyFileRow.path == "log.pub")
+        ).scalar()
+        if recorded is not None:
+            try:
+                key = serialization.load_pem_public_key(recorded)
+            except ValueError:
+                key = None
+            if isinstance(key, Ed25519PublicKey):
+                return key
+        return self.public_key
+
     def verifier_key(self, s: Session) -> str:
-        return verifier_key(self.origin(s), self.public_key)
+        return verifier_key(self.origin(s), self.log_public_key(s))
 
 
 def install_audit(app: Flask, cfg: CAConfig, h: Hierarchy) -> None:
@@ -480,10 +499,12 @@ def checkpoint() -> Response:
 def log_key() -> Response:
     """The log's verifier key (C2SP signed-note) and origin. Pin it out of band."""
     svc = audit_service()
-    pem = svc.public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
     s = session()
+    pem = (
+        svc.log_public_key(s)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     origin, key = svc.origin(s), svc.verifier_key(s)
     s.rollback()
     return jsonify({"origin": origin, "verifier_key": key, "public_key": pem})

@@ -243,6 +243,12 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         on_a = checkpoint(a, new_key)
         assert on_a.size > signed.size  # the ceremony's events are in the log
         assert checkpoint(b, new_key) == on_a  # A's, stored: B serves it
+        # B's log-key names the key its checkpoints verify with, A's new one, not its own
+        # retired log.pub: before, an auditor verifying through B (`eport audit verify`,
+        # its key trusted on first use) failed with "signed note has no signature by"
+        # the old key, and the web view showed the old key beside A's checkpoint.
+        assert log_key(b) == new_key
+        assert checkpoint(b, log_key(b)) == on_a
     finally:
         for p in procs.values():
             stop(p)
