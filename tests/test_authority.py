@@ -603,5 +603,5 @@ def test_the_legal_person_credential_checks_read_an_index(env: tuple, tmp_path: 
     checks = [plan(*s) for s in seen if "not_after >" in s[0]]
     assert checks and all(index in p for p in checks), [plan(*s) for s in seen]
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None).isoformat(sep=" ")
-    stored = plan(groupwrite._CREDENTIAL_IN_FORCE, (ent.uscc, "enterprise", now, "revoked"))
+    stored = plan(groupwrite._CREDENTIAL_IN_FORCE, (ent.uscc, "enterprise", now, "", "revoked"))
     assert index in stored, stored
