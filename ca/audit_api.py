@@ -41,7 +41,7 @@ from ca.config import CAConfig
 from ca.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
-from ca.models import CertificateRow, EventRow, HierarchyFileRow, LogEntryRow, LogNodeRow
+from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
 from ca.policy import SubjectClass
 from ca.records import EventType
 from ca.uscc import USCC
@@ -90,22 +90,14 @@ class AuditService:
         return self.signer.origin(s)
 
     def log_public_key(self, s: Session) -> Ed25519PublicKey:
-        """The log's public key as the database's hierarchy record (:mod:`ca.crosshost`)
-        names it, else this host's. After ``ROTATE-LOG-KEY`` on another host, this host's
-        ``log.pub`` is the retired key, while every checkpoint it serves from then on was
-        signed with the recorded one (:class:`ca.translog.LogKeyRetired`): an auditor
-        given this host's key failed to verify them. The record keeps ``log.pub``'s bytes
-        (a public file), so the key the checkpoints are signed with is served."""
-        recorded = s.execute(
-            select(HierarchyFileRow.data).where(HierarchyFileRow.path == "log.pub")
-        ).scalar()
-        if recorded is not None:
-            try:
-                key = serialization.load_pem_public_key(recorded)
-            except ValueError:
-                key = None
-            if isinstance(key, Ed25519PublicKey):
-                return key
+        """This host's log key, unless the database's hierarchy record names another
+        (``ROTATE-LOG-KEY`` ran on another host): then :class:`ca.translog.LogKeyRetired`
+        (503), as for signing. Naming the retired key made an auditor's verification
+        through this host fail on the checkpoints it serves (signed with the new key);
+        naming the record's key would make the database, which anyone who can write it
+        can change, the authority for the key auditors trust. The host names no key
+        until the ceremony host's ``ca/`` is copied to it."""
+        translog.check_log_key(s, self.public_key, "it names no log key")
         return self.public_key
 
     def verifier_key(self, s: Session) -> str:

@@ -421,7 +421,11 @@ def index() -> str:
     head = _checkpoint(s)
     recent = find_events(s, EventFilter().for_reader(web.reader), limit=10, newest_first=True)
     graph = chart(s, web.reader, _now().date())
-    origin, key = audit_service().origin(s), audit_service().verifier_key(s)
+    origin = audit_service().origin(s)
+    try:
+        key = audit_service().verifier_key(s)
+    except translog.LogKeyRetired as exc:
+        key = f"(none named here: {exc.detail})"
     s.rollback()
     return render_template(
         "audit/index.html",

@@ -56,6 +56,7 @@ __all__ = [
     "append_entries",
     "append_event",
     "append_events",
+    "check_log_key",
     "driver_text",
     "entry_of",
     "lock_head_sql",
@@ -405,6 +406,30 @@ class SignedHead:
     note: bytes
 
 
+def check_log_key(session: Session, public: object, what: str) -> None:
+    """Raise :class:`LogKeyRetired` if the database's hierarchy record (:mod:`ca.crosshost`)
+    names a log key (``log.pub``) other than ``public``, this host's: ``ROTATE-LOG-KEY``
+    ran on another host. No record (a database before migration 0007, or not yet
+    published): no check. The record is no authority for the key: a host never signs
+    with, nor names, a key it was not given in its own files; it refuses instead."""
+    recorded = session.execute(
+        select(HierarchyFileRow.sha256).where(HierarchyFileRow.path == "log.pub")
+    ).scalar()
+    if recorded is None:
+        return
+    pem = (
+        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        if isinstance(public, Ed25519PublicKey)
+        else b""
+    )
+    if hashlib.sha256(pem).hexdigest() != recorded:
+        raise LogKeyRetired(
+            "this host's transparency-log key is not the one the database's hierarchy "
+            f"record names (ROTATE-LOG-KEY ran on another host): {what} until the ceremony "
+            "host's ca/ is copied here; ask a current host for the log's key"
+        )
+
+
 class CheckpointSigner:
     """Signs checkpoints of the log with its Ed25519 key (C2SP signed-note), one per size.
 
@@ -464,29 +489,12 @@ class CheckpointSigner:
         return note
 
     def _check_key(self, session: Session) -> None:
-        """Refuse to sign with a key the database's hierarchy record (:mod:`ca.crosshost`)
-        no longer names as the log's: after ``ROTATE-LOG-KEY`` on another host, this one
-        would otherwise store checkpoints under the retired key, one per size and for
-        good. No record (a database before migration 0007, or not yet published): no
-        check. The record is read in the signing transaction, not from the host's last
+        """Refuse to sign with a key the database's hierarchy record no longer names as
+        the log's (:func:`check_log_key`): after ``ROTATE-LOG-KEY`` on another host, this
+        one would otherwise store checkpoints under the retired key, one per size and for
+        good. The record is read in the signing transaction, not from the host's last
         comparison, so no refresher interval is left open."""
-        recorded = session.execute(
-            select(HierarchyFileRow.sha256).where(HierarchyFileRow.path == "log.pub")
-        ).scalar()
-        if recorded is None:
-            return
-        public = self.key.public_key()
-        pem = (
-            public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-            if isinstance(public, Ed25519PublicKey)
-            else b""
-        )
-        if hashlib.sha256(pem).hexdigest() != recorded:
-            raise LogKeyRetired(
-                "this host's transparency-log key is not the one the database's hierarchy "
-                "record names (ROTATE-LOG-KEY ran on another host): it signs no checkpoint "
-                "until the ceremony host's ca/ is copied here"
-            )
+        check_log_key(session, self.key.public_key(), "it signs no checkpoint")
 
     @staticmethod
     def _same_root(stored: SignedHead, root_hash: bytes) -> None:
