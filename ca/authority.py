@@ -487,6 +487,9 @@ class JointCA:
                 now,
                 f"application {app_id}",
                 "its holder renews it (eport renew), or an officer revokes it first (eport revoke)",
+                held_remedy="a certificate on hold signs nothing, so an officer lifts its hold "
+                "first (eport resume --serial SERIAL) and its holder renews it (eport renew), or "
+                "an officer revokes it (eport revoke --serial SERIAL)",
             )
             self._refuse_second_credential(tx, app, now)
             last = tx.last_codes([app_id]).get(app_id)
@@ -972,20 +975,34 @@ def _refuse_in_force(
     now: datetime.datetime,
     who: str,
     remedy: str,
+    held_remedy: str | None = None,
 ) -> None:
     """Refuse (Conflict) while a certificate issued on one of ``apps`` is in force: not
-    expired, not revoked (a suspended one may be resumed). Call it holding the issuances'
-    lock (:meth:`Transaction.hold_issuance`), before withdrawing the apps' codes: an
+    expired, not revoked (a suspended one may be resumed; ``held_remedy``, with SERIAL for
+    its serial, is then said instead of ``remedy`` where that asks it to sign). Call it
+    holding the issuances' lock (:meth:`Transaction.hold_issuance`), before withdrawing
+    the apps' codes: an
     enrollment redeeming one of them has then either committed (its certificate is seen
     here) or will find its code withdrawn."""
     for app in apps:
         for rec in tx.certificates_of_application(app.id):
             status = tx.get_status(rec.serial)
-            if rec.not_after > now and (status is None or status.state is StatusState.HOLD):
+            if rec.not_after <= now or (
+                status is not None and status.state is not StatusState.HOLD
+            ):
+                continue
+            if status is not None and held_remedy is not None:
+                # A certificate on hold signs nothing: "its holder renews it" cannot be
+                # followed until the hold is lifted.
                 raise Conflict(
-                    f"{who} has certificate {rec.serial_hex} in force until "
-                    f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: {remedy}"
+                    f"{who} has certificate {rec.serial_hex} on hold, in force until "
+                    f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: "
+                    + held_remedy.replace("SERIAL", rec.serial_hex)
                 )
+            raise Conflict(
+                f"{who} has certificate {rec.serial_hex} in force until "
+                f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: {remedy}"
+            )
 
 
 def _application_event(

@@ -133,6 +133,19 @@ def test_a_credential_on_hold_renews_once_an_officer_lifts_the_hold(
         "renews it for a new key (eport renew)"
     ) in line, line
     assert f"eport revoke --serial {serial}" in line and "keyCompromise" in line, line
+    # A new code for its own application is refused the same way: before, the refusal
+    # said "its holder renews it (eport renew)" alone.
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(
+                select(CertificateRow.application_id).where(CertificateRow.serial == serial)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    line = refused(server, "ra", "new-code", first, *server.officer())
+    assert f"application {first} has certificate {serial} on hold" in line, line
+    assert f"an officer lifts its hold first (eport resume --serial {serial})" in line, line
     # Renewing straight away, as the hint said before, is refused: the key is on hold.
     line = refused(server, "renew", *creds(ent), "--out", str(tmp_path / "held"))
     assert "on hold" in line, line
