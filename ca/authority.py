@@ -981,9 +981,8 @@ def _refuse_in_force(
     expired, not revoked (a suspended one may be resumed; ``held_remedy``, with SERIAL for
     its serial, is then said instead of ``remedy`` where that asks it to sign). Call it
     holding the issuances' lock (:meth:`Transaction.hold_issuance`), before withdrawing
-    the apps' codes: an
-    enrollment redeeming one of them has then either committed (its certificate is seen
-    here) or will find its code withdrawn."""
+    the apps' codes: an enrollment redeeming one of them has then either committed (its
+    certificate is seen here) or will find its code withdrawn."""
     for app in apps:
         for rec in tx.certificates_of_application(app.id):
             status = tx.get_status(rec.serial)

@@ -321,3 +321,17 @@ def test_an_event_logged_without_its_index_is_listed_after_a_start(
             str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + _FILL_LOG_INDEX)
         )
     assert "ix_events_log_index (log_index=?)" in plan and "SCAN events" not in plan, plan
+
+
+def test_the_openapi_document_names_every_event_filter() -> None:
+    """``GET /ca/v1/audit/events`` reads one query parameter per field of EventFilter
+    (``types`` as ``type``); the OpenAPI document lists each, so a client generated
+    from it can filter as ``eport audit log`` does. Before, six were missing."""
+    import dataclasses
+
+    from ca.openapi import openapi_document
+
+    op = openapi_document()["paths"]["/ca/v1/audit/events"]["get"]
+    listed = {p["name"] for p in op["parameters"] if p["in"] == "query"}
+    wanted = {"type" if f.name == "types" else f.name for f in dataclasses.fields(EventFilter)}
+    assert wanted <= listed, sorted(wanted - listed)
