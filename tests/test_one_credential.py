@@ -31,6 +31,7 @@ from tests.conftest import Server
 from tests.helpers import (
     creds,
     enroll_enterprise,
+    enroll_operator,
     fresh_uscc,
     jrun,
     serial_of,
@@ -178,18 +179,7 @@ def test_a_live_code_of_another_application_blocks_approval(server: Server, tmp_
     enroll(server, code_b, ent)
     # Its operators are not legal persons: two enroll under the one credential.
     for op_id in ("E1", "E2"):
-        grant = jrun(server, "operator", "add", "--name", op_id, "--id", op_id, *creds(ent))
-        out = tmp_path / op_id
-        jrun(
-            server,
-            "enroll",
-            "--code",
-            grant["enrollment_code"],
-            "--profile",
-            "operator",
-            "--out",
-            str(out),
-        )
+        enroll_operator(server, ent, tmp_path, op_id)
 
 
 def test_an_expired_credential_does_not_count(server: Server, tmp_path: Path) -> None:
