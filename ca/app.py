@@ -13,13 +13,14 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from ca import crosshost, devinit, hierarchy, responders, translog
+from ca import ceremony_files, crosshost, devinit, hierarchy, responders, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
@@ -114,11 +115,12 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     policies = load_policies(cfg.policies_dir)
     watch = GenerationWatch(cfg.data_dir)  # before loading: a later change is noticed
     responders.settle(cfg.data_dir)
-    h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
     store = SqlStore(
         lambda: db.session,  # type: ignore[arg-type,return-value]
         event_sinks=(translog.append_event,),
     )
+    settle_ceremonies(app, cfg.data_dir, store)
+    h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
     app.extensions[EXTENSION] = service_for(cfg, policies, h, store)
     warn_root_crl(app)
     if cfg.crl_refresh_seconds > 0:
@@ -148,6 +150,23 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     install_text_check(app)  # NUL in a path, query or form: 400 before any view
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed; nothing was changed")
     return app
+
+
+def settle_ceremonies(app: Flask, data_dir: Path, store: SqlStore) -> None:
+    """Restore the files of a root ceremony a crash cut short between its file writes and
+    its COMMIT (:func:`ca.ceremony_files.settle`), before the hierarchy is loaded or
+    published to other hosts; every running worker then reloads."""
+    d = hierarchy.ca_dir(data_dir)
+    if not any(d.glob(ceremony_files.JOURNAL_GLOB)):
+        return
+    from ca.custody_store import ceremony_done
+    from ca.generation import bump_generation
+
+    # A completing ceremony holds the host lock until its journal is gone.
+    with app.app_context(), crosshost.host_lock(data_dir):
+        restored = ceremony_files.settle(d, lambda cid: ceremony_done(store, cid))
+    if restored:
+        bump_generation(data_dir)
 
 
 def service_for(

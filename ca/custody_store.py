@@ -152,3 +152,10 @@ def latest_reshare(store: SqlStore) -> dict[str, Any] | None:
         return None
     doc = json.loads(details)
     return doc if isinstance(doc, dict) else None
+
+
+def ceremony_done(store: SqlStore, ceremony_id: str) -> bool:
+    """Whether the database records the ceremony completed (its transaction committed)."""
+    with store.reading() as tx:
+        state = tx.s.scalars(select(CeremonyRow.state).where(CeremonyRow.id == ceremony_id)).first()
+    return state == CeremonyState.DONE.value

@@ -11,6 +11,8 @@ share arrives, in the same database transaction: every stored share is opened ag
 the KEK is rebuilt and checked, the operation runs, the ceremony is marked done with
 a compare-and-set (so it runs exactly once), the stored shares are deleted, and the
 completion is logged with the custodians' identities; the KEK is wiped in any case.
+The operation writes its files through a :class:`~ca.ceremony_files.FileChanges`: if the
+transaction does not commit, they are put back as they were before the error is raised.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -25,12 +28,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ca.bootkey import BootKey
+from ca.ceremony_files import FileChanges
 from ca.custody import CustodyRecord, Purpose, RepeatedCustodian, ShareRejected, wipe
 from ca.errors import BadRequest, Conflict, NotFound
 from ca.records import Event, EventType
 from ca.share_transport import key_fingerprint, open_share, raw_public
 
 Clock = Callable[[], datetime.datetime]
+log = logging.getLogger("eport.ca")
 
 
 @enum.unique
@@ -121,8 +126,9 @@ class CeremonyStore(Protocol):
     def transaction(self) -> AbstractContextManager[CeremonyTx]: ...
 
 
-Runner = Callable[[Ceremony, bytearray, CeremonyTx], Outcome]
-"""Runs an operation with the rebuilt KEK inside the completing transaction."""
+Runner = Callable[[Ceremony, bytearray, CeremonyTx, FileChanges], Outcome]
+"""Runs an operation with the rebuilt KEK inside the completing transaction; it writes
+its files through the :class:`~ca.ceremony_files.FileChanges` (undone on rollback)."""
 
 
 class Quorum:
@@ -138,6 +144,7 @@ class Quorum:
         clock: Clock,
         ttl: datetime.timedelta = datetime.timedelta(hours=4),
         random_bytes: Callable[[int], bytes] = os.urandom,
+        file_changes: Callable[[str], FileChanges] = lambda ceremony_id: FileChanges(),
     ) -> None:
         self.record = record
         self.boot = boot
@@ -146,6 +153,7 @@ class Quorum:
         self.clock = clock
         self.ttl = ttl
         self.random_bytes = random_bytes
+        self.file_changes = file_changes
 
     def public_key(self, ceremony_id: str) -> bytes:
         return raw_public(self.boot.ceremony_key(ceremony_id).public_key())
@@ -223,7 +231,30 @@ class Quorum:
         return c
 
     def join(self, ceremony_id: str, sealed: Any) -> Ceremony:
-        """Take one custodian's sealed share; run the operation when it is the M-th."""
+        """Take one custodian's sealed share; run the operation when it is the M-th.
+
+        The operation's files are undone when the transaction does not commit (the
+        operation, the ceremony's events or the COMMIT failed): the database and the
+        files stay as they were, and the ceremony stays open for the M-th share again."""
+        changes = self.file_changes(ceremony_id)
+        try:
+            c = self._join(ceremony_id, sealed, changes)
+        except BaseException:
+            try:
+                changes.undo()
+            except Exception:
+                log.exception("a failed ceremony's files were not all restored")
+            raise
+        try:
+            changes.committed()
+        except OSError:  # committed all the same: the next start drops the journal
+            log.exception(
+                "ceremony %s committed; its journal or the generation file was not written",
+                ceremony_id,
+            )
+        return c
+
+    def _join(self, ceremony_id: str, sealed: Any, changes: FileChanges) -> Ceremony:
         with self.store.transaction() as tx:
             c = tx.get_ceremony(ceremony_id, for_update=True)
             if c is None:
@@ -272,13 +303,20 @@ class Quorum:
             c = replace(c, joined=(*c.joined, share.member))
             if len(c.joined) < c.threshold:
                 return c
-            return self._complete(tx, c, key, now)
+            return self._complete(tx, c, key, now, changes)
 
-    def _complete(self, tx: CeremonyTx, c: Ceremony, key: Any, now: datetime.datetime) -> Ceremony:
+    def _complete(
+        self,
+        tx: CeremonyTx,
+        c: Ceremony,
+        key: Any,
+        now: datetime.datetime,
+        changes: FileChanges,
+    ) -> Ceremony:
         shares = [open_share(json.loads(blob), c.id, key) for _, blob in tx.sealed_shares(c.id)]
         kek = self.record.combine(shares, c.operation.purpose)
         try:
-            outcome = self.runners[c.operation](c, kek, tx)
+            outcome = self.runners[c.operation](c, kek, tx, changes)
         finally:
             wipe(kek)
         done = replace(

@@ -24,11 +24,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ca import bootkey, custody_files, hierarchy
+from ca.ceremony_files import FileChanges, journal_path
 from ca.config import CAConfig
 from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
 from ca.custody_store import SqlCeremonyStore
 from ca.errors import BadRequest, Forbidden, NotFound
-from ca.generation import read_generation
+from ca.generation import bump_generation, read_generation
 from ca.policy import Policies, SubjectClass
 from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
 from ca.sealing import KekSealer
@@ -73,6 +74,11 @@ class CustodyService:
             store=SqlCeremonyStore(store),
             runners={Operation.UNSEAL: self._run_unseal, **runners(self)},
             clock=lambda: current_app.extensions["eport.ca"].clock(),
+            # every worker reloads a ceremony's files once committed (or put back)
+            file_changes=lambda cid: FileChanges(
+                changed=lambda: bump_generation(cfg.data_dir),
+                journal=journal_path(hierarchy.ca_dir(cfg.data_dir), cid),
+            ),
         )
 
     # -- keys ---------------------------------------------------------------------------
@@ -152,7 +158,9 @@ class CustodyService:
             )
         self.h = h
 
-    def _run_unseal(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+    def _run_unseal(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
         # Prove the KEK opens the keys before anyone relies on it.
         KekSealer(kek, self.record.keys_id, Purpose.SEAL).unseal(
             hierarchy.ca_dir(self.cfg.data_dir) / "log.key"

@@ -3,8 +3,10 @@
 Each runner is called by :class:`ca.quorum.Quorum` inside the completing transaction,
 with the root KEK rebuilt from M shares; it opens the root key only for the operation
 and drops it (the KEK is wiped by the caller). Files are written before the
-transaction commits; the hierarchy's generation file then tells every worker to
-reload (:mod:`ca.quorum_api`).
+transaction commits, through the ceremony's :class:`~ca.ceremony_files.FileChanges`,
+which puts them back if it does not commit; once it has committed (or the files are
+back) the hierarchy's generation file tells every worker to reload
+(:mod:`ca.quorum_api`), never before.
 
 * ``ROOT-CRL``: sign a new root CRL listing every revoked issuing CA.
 * ``REVOKE-INTERMEDIATE issuer=ID [reason=…]``: revoke an issuing CA (by generation
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from ca import hierarchy
 from ca.authority import certificate_record
+from ca.ceremony_files import FileChanges
 from ca.crl import ReasonCode, RevokedEntry, build_crl
 from ca.custody import Purpose
 from ca.errors import BadRequest, Conflict
@@ -102,18 +105,9 @@ def read_active(data_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in doc.items()}
 
 
-def _write_active(data_dir: Path, active: dict[str, str]) -> None:
+def _write_active(changes: FileChanges, data_dir: Path, active: dict[str, str]) -> None:
     path = hierarchy.ca_dir(data_dir) / "issuers" / ACTIVE_FILE
-    _write(path, (json.dumps(active, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _write(path: Path, data: bytes) -> None:
-    """A ceremony's file, durably (:func:`ca.custody_files.write_durably`): a power loss
-    right after the ceremony leaves the old file or the new one, never an empty
-    ``active.json`` or ``root.crl`` the CA could not start with."""
-    from ca.custody_files import write_durably  # it imports ca.custody's users
-
-    write_durably(path, data)
+    changes.write(path, (json.dumps(active, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _sql(tx: CeremonyTx) -> Any:
@@ -143,14 +137,11 @@ class RootOperations:
     def _now(self) -> datetime.datetime:
         return self.svc.quorum.clock()
 
-    def _done(self) -> None:
-        from ca.generation import bump_generation
-
-        bump_generation(self.data_dir)
-
     # -- the root CRL ----------------------------------------------------------------------
 
-    def _sign_root_crl(self, root: IssuingCA, tx: CeremonyTx) -> dict[str, Any]:
+    def _sign_root_crl(
+        self, root: IssuingCA, tx: CeremonyTx, changes: FileChanges
+    ) -> dict[str, Any]:
         sql = _sql(tx)
         d = hierarchy.ca_dir(self.data_dir)
         current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
@@ -176,21 +167,23 @@ class RootOperations:
         state.next_update = now + hierarchy.ROOT_CRL_VALIDITY
         state.der = der
         state.stale = False
-        _write(d / "root.crl", der)
+        changes.write(d / "root.crl", der)
         return {
             "root_crl_number": number,
             "revoked": [format(e.serial, "x") for e in entries],
             "root_crl_sha256": hashlib.sha256(der).hexdigest(),
         }
 
-    def root_crl(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
-        result = self._sign_root_crl(self._root(kek), tx)
-        self._done()
-        return Outcome(result)
+    def root_crl(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
+        return Outcome(self._sign_root_crl(self._root(kek), tx, changes))
 
     # -- revoking an issuing CA ------------------------------------------------------------
 
-    def revoke_intermediate(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+    def revoke_intermediate(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
         target = c.params.get("issuer", "")
         active = read_active(self.data_dir)
         gen = target  # a generation id, exactly: never resolved through active.json
@@ -223,16 +216,17 @@ class RootOperations:
         for alias in stopped:
             active[alias] = ""
         if stopped:
-            _write_active(self.data_dir, active)
-        result = self._sign_root_crl(root, tx)
+            _write_active(changes, self.data_dir, active)
+        result = self._sign_root_crl(root, tx, changes)
         result.update(issuer=gen, serial=format(serial, "x"), reason=reason.rfc_name)
         result["stopped_issuing"] = stopped
-        self._done()
         return Outcome(result)
 
     # -- a new issuing CA generation -------------------------------------------------------
 
-    def issue_intermediate(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+    def issue_intermediate(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
         base = _issuer_id(c.params.get("issuer", ""))
         h = self.svc.h
         d = hierarchy.ca_dir(self.data_dir)
@@ -259,25 +253,17 @@ class RootOperations:
             name = hierarchy.ISSUING_NAMES.get(base, f"E-Port {base.title()} Issuing CA")
         now = self._now()
         key_file, rkey_file = d / "issuers" / f"{gen}.key", d / "responders" / f"{gen}.key"
-        made_keys: list[NewKey] = []
-        try:
-            key = home.new(KeyType.P256, key_file)
-            made_keys.append(key)
-            rkey = home.new(KeyType.P256, rkey_file)
-            made_keys.append(rkey)
-            result = self._issue_generation(
-                c, tx, home, gen, name, previous, root, (key, rkey), now
-            )
-        except BaseException:
-            for made in made_keys:
-                made.discard()
-            key_file.unlink(missing_ok=True)
-            rkey_file.unlink(missing_ok=True)
-            raise
+        # Discarded (a token key destroyed) and their files removed if the ceremony fails.
+        key = home.new(KeyType.P256, key_file)
+        changes.made(key)
+        rkey = home.new(KeyType.P256, rkey_file)
+        changes.made(rkey)
+        result = self._issue_generation(
+            c, tx, changes, home, gen, name, previous, root, (key, rkey), now
+        )
         if gen != base:
             active[base] = gen
-            _write_active(self.data_dir, active)
-        self._done()
+            _write_active(changes, self.data_dir, active)
         result.update(issuer=base)
         return Outcome(result)
 
@@ -285,6 +271,7 @@ class RootOperations:
         self,
         c: Ceremony,
         tx: CeremonyTx,
+        changes: FileChanges,
         home: KeyHome,
         gen: str,
         name: str,
@@ -321,10 +308,11 @@ class RootOperations:
                     details={**details, "replaces": previous} if previous else details,
                 )
             )
-        key.store(d / "issuers" / f"{gen}.key")
-        rkey.store(d / "responders" / f"{gen}.key")
-        _write(d / "responders" / f"{gen}.crt", rcert.public_bytes(serialization.Encoding.PEM))
-        _write(d / "issuers" / f"{gen}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        changes.store(key, d / "issuers" / f"{gen}.key")
+        changes.store(rkey, d / "responders" / f"{gen}.key")
+        pem = serialization.Encoding.PEM
+        changes.write(d / "responders" / f"{gen}.crt", rcert.public_bytes(pem))
+        changes.write(d / "issuers" / f"{gen}.crt", cert.public_bytes(pem))
         return {
             "generation": gen,
             "replaces": previous,
@@ -336,7 +324,9 @@ class RootOperations:
 
     # -- the log key -----------------------------------------------------------------------
 
-    def rotate_log_key(self, c: Ceremony, kek: bytearray, tx: CeremonyTx) -> Outcome:
+    def rotate_log_key(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
         d = hierarchy.ca_dir(self.data_dir)
         home = self._home(c.operation, d / "log.key")
         self._root(kek)  # a root operation: the quorum proved it can open the root key
@@ -345,23 +335,19 @@ class RootOperations:
         while (d / f"log-{n}.pub").exists():
             n += 1
         key = home.new(KeyType.ED25519, d / "log.key")
-        try:
-            new = key.public_key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            _write(d / f"log-{n}.pub", old)
-            key.store(d / "log.key")
-        except BaseException:
-            key.discard()
-            raise
-        _write(d / "log.pub", new)
+        changes.made(key)  # destroyed in its token if the ceremony fails
+        new = key.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        changes.write(d / f"log-{n}.pub", old)
+        changes.store(key, d / "log.key")  # the old log.key comes back on failure
+        changes.write(d / "log.pub", new)
         result = {
             "previous_key_sha256": hashlib.sha256(old).hexdigest(),
             "key_sha256": hashlib.sha256(new).hexdigest(),
             "previous_key_file": f"log-{n}.pub",
             "key": "pkcs11" if home.token is not None else "sealed",
         }
-        self._done()
         return Outcome(result)
 
 

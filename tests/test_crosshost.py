@@ -288,11 +288,13 @@ def test_a_ceremony_s_files_are_written_durably(
     ceremony could leave an empty one, which the CA cannot start with."""
 
     from ca import root_ops
+    from ca.ceremony_files import FileChanges
 
     (tmp_path / "ca" / "issuers").mkdir(parents=True)
     synced = record_fsyncs(monkeypatch)
-    root_ops._write_active(tmp_path, {"enterprise": "enterprise-2"})
-    root_ops._write(tmp_path / "ca" / "root.crl", b"der")
+    changes = FileChanges()
+    root_ops._write_active(changes, tmp_path, {"enterprise": "enterprise-2"})
+    changes.write(tmp_path / "ca" / "root.crl", b"der")
     issuers, ca = tmp_path / "ca" / "issuers", tmp_path / "ca"
     assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
     assert any(s.startswith(str(ca / "root.crl.tmp")) for s in synced), synced
