@@ -36,6 +36,7 @@ from cli.keyfiles import csr_for
 from tests.conftest import EPORT, REPO, Server, free_port, need, start_server, stop
 from tests.helpers import assert_no_secret_in_tree, fresh_uscc
 from tests.test_ca_init import custodian_env
+from tests.test_ceremony_rollback import ca_files, fail_completions
 from tests.test_custody_ceremonies import join, officer_args, start
 from tests.test_responder_renewal import ask
 
@@ -717,6 +718,24 @@ def rotations_make_keys_in_the_token(
     srv, out = hsm_server
     d = srv.data_dir / "ca"
     objects = _objects(hsm, "eport-ca", CA_PIN)
+    # A rotation whose transaction does not commit leaves neither a file nor a key in the
+    # token: the two key pairs it made there are destroyed (ca.ceremony_files).
+    files = ca_files(srv.data_dir)
+    fail_completions(srv, True)
+    try:
+        res = srv.eport(
+            "ca", "rotate", "enterprise", *officer_args(out), "--json",
+            EPORT_PASSPHRASE="officer passphrase",
+        )  # fmt: skip
+        cid = json.loads(res.stdout)["id"]
+        for m in ("customs", "tax"):
+            join(srv, out, cid, m)
+        failed = join(srv, out, cid, "forex", check=False)
+        assert failed.returncode == 1 and "HTTP 500" in failed.stderr, failed.stderr
+    finally:
+        fail_completions(srv, False)
+    assert ca_files(srv.data_dir) == files
+    assert _objects(hsm, "eport-ca", CA_PIN) == objects
     res = srv.eport(
         "ca", "rotate", "enterprise", *officer_args(out), "--json",
         EPORT_PASSPHRASE="officer passphrase",
