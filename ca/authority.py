@@ -514,8 +514,10 @@ class JointCA:
             )
         return dataclasses.replace(grant, withdrawn=withdrawn)
 
+    @functools.cached_property
     def _legal_person_profiles(self) -> tuple[str, ...]:
-        """The profiles of an enterprise's legal-person credential (its class's profiles)."""
+        """The profiles of an enterprise's legal-person credential (its class's profiles),
+        read once from the policies this CA was made with."""
         return tuple(sorted(p.name for p in self.policies.profiles_of(SubjectClass.ENTERPRISE)))
 
     def _refuse_second_credential(
@@ -555,12 +557,10 @@ class JointCA:
         credential in force."""
         if app.uscc is None:
             return
-        held = tx.credentials_in_force(app.uscc, self._legal_person_profiles(), now)
-        if held:
-            status = tx.get_status(held[0].serial)
-            raise credential_refusal(
-                app.uscc, held[0].serial_hex, held[0].not_after, on_hold=status is not None
-            )
+        found = tx.credential_in_force(app.uscc, self._legal_person_profiles, now)
+        if found is not None:
+            held, on_hold = found
+            raise credential_refusal(app.uscc, held.serial_hex, held.not_after, on_hold=on_hold)
 
     def _locked_application(
         self, tx: Transaction, app_id: str, caller: Caller | None
@@ -711,9 +711,7 @@ class JointCA:
         # one in force by then (an approval checked this, but two approvals made before
         # that check, or an enrollment racing another, are decided only there).
         sole = (
-            self._legal_person_profiles()
-            if profile.subject_class is SubjectClass.ENTERPRISE
-            else ()
+            self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
         self.store.commit_issuance(
             IssuanceWrite(record, event, code_hash, now, sole_credential=sole)
@@ -808,9 +806,7 @@ class JointCA:
         # decided where it is stored, so two renewals of one certificate (or of the old one
         # and of its renewal) at once give one.
         sole = (
-            self._legal_person_profiles()
-            if profile.subject_class is SubjectClass.ENTERPRISE
-            else ()
+            self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
         self.store.commit_issuance(
             IssuanceWrite(record, event, now=now, signed_by=caller.serial, sole_credential=sole)

@@ -321,12 +321,17 @@ class Transaction(Protocol):
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
-    def credentials_in_force(
-        self, uscc: str, profiles: Sequence[str], now: datetime.datetime
-    ) -> list[CertificateRecord]:
-        """The certificates of ``profiles`` of the enterprise ``uscc`` in force at ``now``:
-        not expired, not revoked (one on hold counts: it may be resumed); latest expiry
-        first."""
+    def credential_in_force(
+        self,
+        uscc: str,
+        profiles: Sequence[str],
+        now: datetime.datetime,
+        besides: int | None = None,
+    ) -> tuple[CertificateRecord, bool] | None:
+        """The certificate of ``profiles`` of the enterprise ``uscc`` in force at ``now``
+        that lasts longest, other than serial ``besides`` (a renewal's signer), and
+        whether it is on hold (it counts: a hold may be lifted); None if there is none.
+        In force: not expired, not revoked."""
         ...
 
 

@@ -940,22 +940,26 @@ class SqlTransaction:
         rows = self._conn().execute(_CERTS_OF_CLASS, {"uscc": uscc, "profile": profile})
         return [_cert_of(r) for r in rows]
 
-    def credentials_in_force(
-        self, uscc: str, profiles: Sequence[str], now: datetime.datetime
-    ) -> list[CertificateRecord]:
+    def credential_in_force(
+        self,
+        uscc: str,
+        profiles: Sequence[str],
+        now: datetime.datetime,
+        besides: int | None = None,
+    ) -> tuple[CertificateRecord, bool] | None:
         if not profiles:
-            return []
+            return None
         q = select(*_CERT_COLUMNS).where(
             _CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now
         )
-        unexpired = [_cert_of(r) for r in self._conn().execute(q)]
+        unexpired = [c for c in map(_cert_of, self._conn().execute(q)) if c.serial != besides]
         statuses = self.get_statuses([c.serial for c in unexpired])
-        out = [
-            c
+        in_force = [
+            (c, st is not None)
             for c in unexpired
             if (st := statuses.get(c.serial)) is None or st.state is StatusState.HOLD
         ]
-        return sorted(out, key=lambda c: (c.not_after, c.serial), reverse=True)
+        return max(in_force, key=lambda f: (f[0].not_after, f[0].serial), default=None)
 
     # -- status artifacts (ca/status.py) ---------------------------------------------------
 
@@ -1171,20 +1175,16 @@ class SqlStore:
                 raise Conflict(KEY_CERTIFIED)
             if item.sole_credential and item.record.uscc is not None:
                 assert item.now is not None
-                held = [
-                    c
-                    for c in tx.credentials_in_force(
-                        item.record.uscc, item.sole_credential, item.now
-                    )
-                    if c.serial != item.signed_by
-                ]
-                if held:  # as the group writer decides it
-                    status = tx.get_status(held[0].serial)
+                other = tx.credential_in_force(
+                    item.record.uscc, item.sole_credential, item.now, besides=item.signed_by
+                )
+                if other is not None:  # as the group writer decides it
+                    held, on_hold = other
                     raise credential_refusal(
                         item.record.uscc,
-                        held[0].serial_hex,
-                        held[0].not_after,
-                        on_hold=status is not None,
+                        held.serial_hex,
+                        held.not_after,
+                        on_hold=on_hold,
                         renewing=item.signed_by,
                     )
             tx.add_certificate(item.record)
