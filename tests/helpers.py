@@ -353,3 +353,21 @@ def add_operators(ca: Any, uscc: str, legal_name: str, n: int) -> list[x509.Cert
     finally:
         ca.factory.lint_sampler = sampler
     return certs
+
+
+def row_counts(url: str, tables: Iterable[Any]) -> dict[str, int]:
+    """The number of rows of each of ``tables`` (models or tables) in the database at
+    ``url``, by table name: what a refused request must leave unchanged."""
+    from sqlalchemy import create_engine, func, select
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                getattr(t, "__table__", t).name: conn.execute(
+                    select(func.count()).select_from(getattr(t, "__table__", t))
+                ).scalar_one()
+                for t in tables
+            }
+    finally:
+        engine.dispose()

@@ -31,7 +31,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, func, select
 
 from authsvc.models import AuthBase
 from authsvc.oidc_models import AuthorizationCodeRow
@@ -44,7 +43,7 @@ from cli.client import Identity
 from cli.keyfiles import load_identity
 from cli.session import assertion
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc, jrun
+from tests.helpers import enroll_enterprise, fresh_uscc, jrun, row_counts
 
 PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
 
@@ -100,23 +99,14 @@ def world(
 
 def counts(world: World) -> dict[str, int]:
     """Rows of every table that a request could change: the CA's applications,
-    certificates, codes and events (the audit log's source), and every token-service table."""
-    out: dict[str, int] = {}
-    for url, tables in (
-        (
-            world.server.database_url,
-            [t.__table__ for t in (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)],
-        ),
-        # every token-service table (AuthorizationCodeRow's among them) but its replay store
-        (world.auth_db, [t for t in AuthBase.metadata.sorted_tables if t.name != "auth_seen_jti"]),
-    ):
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                for t in tables:
-                    out[t.name] = conn.execute(select(func.count()).select_from(t)).scalar_one()
-        finally:
-            engine.dispose()
+    certificates, codes and events (the audit log's source), and every token-service table
+    (AuthorizationCodeRow's among them) but its replay store."""
+    out = row_counts(
+        world.server.database_url, (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
+    )
+    out |= row_counts(
+        world.auth_db, [t for t in AuthBase.metadata.sorted_tables if t.name != "auth_seen_jti"]
+    )
     assert AuthorizationCodeRow.__tablename__ in out
     return out
 

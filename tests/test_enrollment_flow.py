@@ -14,26 +14,20 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from tests.conftest import EPORT, Server
-from tests.helpers import creds, fresh_uscc
+from tests.helpers import creds, fresh_uscc, row_counts
 
 USCC = "91350100M000100Y43"
 NAME = "Xiamen Harbour Trading Co., Ltd."
 
 
 def counts(server: Server) -> dict[str, int]:
-    engine = create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            return {
-                t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
-            }
-    finally:
-        engine.dispose()
+    return row_counts(
+        server.database_url, (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow)
+    )
 
 
 def jrun(server: Server, *args: str, **env: str) -> dict:

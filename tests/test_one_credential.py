@@ -34,6 +34,7 @@ from tests.helpers import (
     enroll_operator,
     fresh_uscc,
     jrun,
+    row_counts,
     serial_of,
     server_authority,
 )
@@ -43,15 +44,7 @@ TABLES = (ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow, LogEntryR
 
 def counts(server: Server) -> dict[str, int]:
     """Rows of the tables an application, approval or issuance writes (the log's too)."""
-    engine = create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            return {
-                t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in TABLES
-            }
-    finally:
-        engine.dispose()
+    return row_counts(server.database_url, TABLES)
 
 
 def refused(server: Server, *args: str) -> str:

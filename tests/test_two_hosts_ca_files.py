@@ -126,6 +126,18 @@ def _answered_by(
     return bool(resp.certificates) and resp.certificates[0].serial_number == responder
 
 
+def ca_init(data: Path, out: Path, env: dict[str, str]) -> None:
+    """``eport ca init`` of a CA under joint custody into ``data``, its shares in ``out``."""
+    made = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+
+
 def _start_custody_host(
     data: Path, db: str, env: dict[str, str], port: int, out: Path
 ) -> tuple[Server, subprocess.Popen[bytes]]:
@@ -153,14 +165,7 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
     a_data, b_data, out = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "out"
     a_data.parent.mkdir()
     b_data.parent.mkdir()
-    made = subprocess.run(
-        [EPORT, "ca", "init", "--data-dir", str(a_data), "--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
+    ca_init(a_data, out, env)
     shutil.copytree(a_data, b_data, ignore=shutil.ignore_patterns("serve.lock"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -300,14 +305,7 @@ def test_a_ceremony_writes_its_files_while_no_check_can_publish_half_of_them(
     }
     data, out = tmp_path / "a" / "data", tmp_path / "out"
     data.parent.mkdir()
-    made = subprocess.run(
-        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
+    ca_init(data, out, env)
     srv, proc = _start_custody_host(data, "", env, port, out)
     db = data / "eport.db"
     try:
