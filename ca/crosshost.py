@@ -370,6 +370,31 @@ class HierarchySync:
             restored=restored,
         )
 
+    def publish_in_ceremony(self) -> int | None:
+        """Publish this host's files as the record's next generation from inside a root
+        ceremony's completing transaction (``self.record`` bound to it, its head row
+        locked), so that the ceremony and the record it leaves commit together: no other
+        host ever reads the record of before a ceremony beside the ceremony's own events
+        (a stale host read the old ``log.pub`` there and signed a size after
+        ``ROTATE-LOG-KEY`` with the retired key). Only when this host matched the record
+        before (as :meth:`check` would publish); None otherwise, and nothing is written:
+        the check after the commit then says what this host is. The note is written by
+        that check, once the transaction has committed."""
+        head = self.record.head()
+        if head is None:
+            return None
+        note = read_note(self.data_dir)
+        published = self.record.files()
+        if note.generation != head.generation or note.record not in (
+            None,
+            record_digest(published),
+        ):
+            return None
+        local = local_files(self.data_dir)
+        if _same(local, published):
+            return None
+        return self.record.publish(head.generation, local, self.host, self.clock())
+
     def responders_followed(self, token: str) -> None:
         """This host renewed its responders after the forced renewal ``token``."""
         note = read_note(self.data_dir)

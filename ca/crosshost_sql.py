@@ -11,7 +11,7 @@ import datetime
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca.crosshost import Head, HierarchySync, Outcome, Published, host_lock
@@ -77,15 +77,63 @@ class SqlHierarchyRecord:
             )
 
 
+class TxHierarchyRecord:
+    """The record read and published inside a transaction someone else commits (a root
+    ceremony's, :meth:`ca.crosshost.HierarchySync.publish_in_ceremony`): the head row is
+    read with a row lock (PostgreSQL; SQLite's writer holds the database), so no other
+    host publishes between the read and the conditional update."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def head(self) -> Head | None:
+        row = self.conn.execute(
+            select(_H.c.generation, _H.c.responders_token).where(_H.c.id == 1).with_for_update()
+        ).first()
+        return None if row is None else Head(int(row[0]), row[1])
+
+    def files(self) -> dict[str, Published]:
+        rows = self.conn.execute(select(_F.c.path, _F.c.sha256, _F.c.data)).all()
+        return {str(p): Published(str(s), bytes(d) if d is not None else None) for p, s, d in rows}
+
+    def publish(
+        self, after: int | None, files: Mapping[str, Published], by: str, at: datetime.datetime
+    ) -> int | None:
+        if after is None:  # never asked: a database without a record is published at start
+            return None
+        done = self.conn.execute(
+            update(_H)
+            .where(_H.c.id == 1, _H.c.generation == after)
+            .values(generation=after + 1, published_at=at, published_by=by[:120])
+        )
+        if done.rowcount != 1:
+            return None
+        self.conn.execute(delete(_F))
+        if files:
+            self.conn.execute(
+                insert(_F),
+                [{"path": k, "sha256": v.sha256, "data": v.data} for k, v in files.items()],
+            )
+        return after + 1
+
+    def force_responders(self, token: str, at: datetime.datetime) -> None:
+        raise NotImplementedError("a forced responder renewal is not part of a ceremony")
+
+
+def host_name(data_dir: Path) -> str:
+    """How the record names a host: its host name and data directory."""
+    import socket
+
+    return f"{socket.gethostname()} {data_dir}"
+
+
 def hierarchy_sync(
     engine: Engine, data_dir: Path, clock: Callable[[], datetime.datetime]
 ) -> HierarchySync:
     """This host's comparison with the record in ``engine``'s database; the host is named
     in the record by its host name and data directory."""
-    import socket
-
     return HierarchySync(
-        data_dir, SqlHierarchyRecord(engine), host=f"{socket.gethostname()} {data_dir}", clock=clock
+        data_dir, SqlHierarchyRecord(engine), host=host_name(data_dir), clock=clock
     )
 
 

@@ -145,6 +145,7 @@ class Quorum:
         ttl: datetime.timedelta = datetime.timedelta(hours=4),
         random_bytes: Callable[[int], bytes] = os.urandom,
         file_changes: Callable[[str], FileChanges] = lambda ceremony_id: FileChanges(),
+        before_commit: Callable[[CeremonyTx, Ceremony], None] | None = None,
     ) -> None:
         self.record = record
         self.boot = boot
@@ -154,6 +155,9 @@ class Quorum:
         self.ttl = ttl
         self.random_bytes = random_bytes
         self.file_changes = file_changes
+        self.before_commit = before_commit
+        """Called last in a root operation's completing transaction, after its files are
+        written (the CA publishes them to the database's hierarchy record there)."""
 
     def public_key(self, ceremony_id: str) -> bytes:
         return raw_public(self.boot.ceremony_key(ceremony_id).public_key())
@@ -346,4 +350,6 @@ class Quorum:
                 },
             )
         )
+        if self.before_commit is not None and c.operation is not Operation.UNSEAL:
+            self.before_commit(tx, done)
         return done

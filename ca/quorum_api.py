@@ -17,6 +17,7 @@ generation file change reloads the hierarchy (a root ceremony made or revoked a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ca import bootkey, custody_files, hierarchy
 from ca.ceremony_files import FileChanges, journal_path
 from ca.config import CAConfig
 from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
-from ca.custody_store import SqlCeremonyStore
+from ca.custody_store import SqlCeremonyStore, SqlCeremonyTx
 from ca.errors import BadRequest, Forbidden, NotFound
 from ca.generation import bump_generation, read_generation
 from ca.policy import Policies, SubjectClass
@@ -37,6 +38,7 @@ from ca.signer import Signer
 from ca.store import SqlStore
 
 bp = Blueprint("custody", __name__, url_prefix="/ca/v1/custody")
+log = logging.getLogger("eport.ca")
 EXTENSION = "eport.custody"
 
 
@@ -79,7 +81,27 @@ class CustodyService:
                 changed=lambda: bump_generation(cfg.data_dir),
                 journal=journal_path(hierarchy.ca_dir(cfg.data_dir), cid),
             ),
+            before_commit=self._publish_record,
         )
+
+    def _publish_record(self, tx: CeremonyTx, c: Ceremony) -> None:
+        """The ceremony's files go into the database's hierarchy record in its own
+        transaction (:meth:`ca.crosshost.HierarchySync.publish_in_ceremony`)."""
+        from ca.crosshost import HierarchySync
+        from ca.crosshost_sql import TxHierarchyRecord, host_name
+
+        assert isinstance(tx, SqlCeremonyTx)
+        sync = HierarchySync(
+            self.cfg.data_dir,
+            TxHierarchyRecord(tx.s.connection()),
+            host=host_name(self.cfg.data_dir),
+            clock=current_app.extensions["eport.ca"].clock,
+        )
+        gen = sync.publish_in_ceremony()
+        if gen is not None:
+            log.info(
+                "CA files published to the database (generation %s) with ceremony %s", gen, c.id
+            )
 
     # -- keys ---------------------------------------------------------------------------
 

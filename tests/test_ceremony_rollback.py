@@ -15,6 +15,7 @@ restores them from the ceremony's journal before loading the hierarchy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -105,6 +106,46 @@ def test_a_ceremony_that_does_not_commit_leaves_the_files_as_they_were(tmp_path:
             (srv.data_dir / "ca" / "issuers" / "enterprise-2.crt").read_bytes()
         )
         cert_of(enroll(srv, out, tmp, "New Generation Co")).verify_directly_issued_by(new_issuer)
+
+        # The ceremony and the hierarchy record it leaves commit together: a record that
+        # cannot be written fails the ceremony (before, it committed and the record named
+        # the retired log key until the host's check after it, which a stale host read).
+        before = ca_files(srv.data_dir)
+        fail_publications(srv, True)
+        failed = join(srv, out, ceremonies["ROTATE-LOG-KEY"], "forex", check=False)
+        assert failed.returncode == 1 and "HTTP 500" in failed.stderr, failed.stderr
+        assert ca_files(srv.data_dir) == before
+        fail_publications(srv, False)
+        done = json.loads(join(srv, out, ceremonies["ROTATE-LOG-KEY"], "forex").stdout)
+        assert done["state"] == "done", done
+        new_key = (srv.data_dir / "ca" / "log.pub").read_bytes()
+        assert new_key != before["log.pub"]
+        assert recorded_sha256(srv, "log.pub") == hashlib.sha256(new_key).hexdigest()
+
+
+def fail_publications(srv: Server, on: bool) -> None:
+    """Make (or stop making) every publication of the hierarchy record fail."""
+    db = sqlite3.connect(srv.data_dir / "eport.db")
+    try:
+        if on:
+            db.execute(
+                "CREATE TRIGGER fail_publication BEFORE UPDATE ON hierarchy_head "
+                "BEGIN SELECT RAISE(ABORT, 'injected: the record cannot be written'); END"
+            )
+        else:
+            db.execute("DROP TRIGGER fail_publication")
+        db.commit()
+    finally:
+        db.close()
+
+
+def recorded_sha256(srv: Server, name: str) -> str:
+    db = sqlite3.connect(srv.data_dir / "eport.db")
+    try:
+        row = db.execute("SELECT sha256 FROM hierarchy_files WHERE path = ?", (name,)).fetchone()
+    finally:
+        db.close()
+    return str(row[0])
 
 
 def test_a_server_killed_before_the_commit_restores_the_files_at_start(tmp_path: Path) -> None:
