@@ -98,12 +98,34 @@ def after_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     return options
 
 
+OLDER_SERVER = "this server is of an older release, which pages by offset and ignores --after"
+
+
+def check_page(doc: dict[str, Any], after: str) -> None:
+    """Refuse a page asked with ``--after`` from a server that does not page by cursor (a
+    release before cursors answers no ``next``): it ignored the cursor and answered the
+    first page again, which would pass for the page asked."""
+    if after and "next" not in doc:
+        raise CLIError(
+            f"{OLDER_SERVER}: it answered the first page again, not the page after "
+            "that cursor; upgrade the server to list the next pages"
+        )
+
+
 def more_hint(as_json: bool, doc: dict[str, Any], what: str) -> None:
     """Say on standard error how to list the next page, when the server says one follows
-    (a full page alone does not tell whether it was the last)."""
+    (a full page alone does not tell whether it was the last); from a server of an older
+    release, which names no cursor, that more follow all the same."""
     nxt = doc.get("next")
-    if not as_json and isinstance(nxt, str):
+    if as_json:
+        return
+    if isinstance(nxt, str):
         click.echo(f"More {what} follow: run the command again with --after {nxt}", err=True)
+    elif "next" not in doc and doc.get("next_offset") is not None:
+        click.echo(
+            f"More {what} follow, but {OLDER_SERVER}: upgrade the server to list them",
+            err=True,
+        )
 
 
 def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -1008,6 +1030,7 @@ def ra_list(
         query["after"] = after
     path = "/ca/v1/ra/applications?" + urlencode(query)
     doc = ctx.client().call("GET", path, identity=ident)
+    check_page(doc, after)
     apps = doc["applications"]
     lines = [f"{'ID':<24} {'STATE':<9} {'CODE':<10} {'CLASS':<11} {'USCC':<19} NAME"]
     for a in apps:
@@ -2067,6 +2090,7 @@ def cert_list(
     if after:
         query["after"] = after
     doc = ctx.client().call("GET", "/ca/v1/certificates?" + urlencode(query), identity=ident)
+    check_page(doc, after)
     rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
     for c in doc["certificates"]:
         rows.append(f"{c['serial']:<34} {c['profile']:<11} {c['not_after']:<21} {c['subject']}")

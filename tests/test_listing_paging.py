@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
@@ -417,3 +418,78 @@ def test_older_clients_offset_is_still_answered(server: Server) -> None:
         params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
         assert params["offset"].get("deprecated") is True, params["offset"]
         assert not params["after"].get("deprecated"), params["after"]
+
+
+@pytest.fixture
+def older_release() -> Iterator[str]:
+    """A server answering the listings as releases before cursors did (ca/api.py before
+    3b36c47): no ``next``, ``next_offset`` when more follow; ``after`` ignored (the first
+    page again). Only the answer's shape is of interest: the signed request is not read."""
+    from flask import Flask, jsonify, request
+    from werkzeug.serving import make_server
+
+    app = Flask("older-release")
+    rows = [{"id": f"app_old{i}"} for i in range(3)]
+
+    def page(key: str, row: Any) -> Any:
+        limit, offset = int(request.args["limit"]), int(request.args.get("offset", 0))
+        more = offset + limit < len(rows)
+        return jsonify(
+            {
+                key: [row(r) for r in rows[offset : offset + limit]],
+                "next_offset": offset + limit if more else None,
+            }
+        )
+
+    app.add_url_rule(
+        "/ca/v1/ra/applications",
+        "apps",
+        lambda: page(
+            "applications",
+            lambda r: {
+                **r,
+                "state": "pending",
+                "subject_class": "enterprise",
+                "uscc": None,
+                "subject": {"legal_name": "Old Release Co."},
+                "code": None,
+            },
+        ),
+    )
+    app.add_url_rule(
+        "/ca/v1/certificates",
+        "certs",
+        lambda: page(
+            "certificates",
+            lambda r: {"serial": r["id"], "profile": "operator", "not_after": "-", "subject": "-"},
+        ),
+    )
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        t.join(10)
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_the_cli_says_when_an_older_server_cannot_page_by_cursor(
+    server: Server, older_release: str
+) -> None:
+    """A new CLI against a server of an older release (rolling upgrades): the first page
+    is shown and says that more follow; a page asked with ``--after`` is refused rather
+    than shown, since that server answers the first page again (before: the first page,
+    silently, as if it were the last or the one asked)."""
+    uscc = fresh_uscc()
+    for args, what in (
+        (("ra", "list", "--limit", "2", *server.officer()), "applications"),
+        (("cert", "list", "--uscc", uscc, "--limit", "2", *server.officer()), "certificates"),
+    ):
+        first = server.eport("--server", older_release, *args)
+        assert "app_old0" in first.stdout and "app_old2" not in first.stdout, first.stdout
+        assert f"More {what} follow, but this server is of an older release" in first.stderr
+        again = server.eport("--server", older_release, *args, "--after", "c1", check=False)
+        assert again.returncode == 1 and again.stdout == "", again.stdout
+        assert again.stderr.count("\n") == 1 and "answered the first page again" in again.stderr
