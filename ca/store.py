@@ -203,7 +203,13 @@ _APP_COLUMNS = (
 _GET_APP = select(*_APP_COLUMNS).where(_A.id == bindparam("app_id"))
 _APPS_OF = (
     select(*_APP_COLUMNS)
-    .where(_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
+    .where(
+        _A.uscc == bindparam("uscc"),
+        # only operators' rows carry an operator id: the (uscc, operator_id) index then
+        # reads the enterprise's own applications, not its thousands of operators'
+        _A.operator_id.is_(None),
+        _A.subject_class == bindparam("cls"),
+    )
     .order_by(_A.created_at, _A.id)
 )
 _OPERATOR_APPS = (
@@ -695,6 +701,10 @@ class SqlTransaction:
         return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     def applications_of(self, uscc: str, subject_class: str) -> list[Application]:
+        """The applications of a USCC in a class other than operator (those have their
+        own lookup, :meth:`operator_applications`)."""
+        if subject_class == "operator":
+            raise ValueError("operator applications are looked up by operator id")
         rows = self._conn().execute(_APPS_OF, {"uscc": uscc, "cls": subject_class})
         return [_app_of(r) for r in rows]
 
