@@ -205,6 +205,10 @@ def at_terminal(
     and its exit code; with ``ctrl_c_after``, Ctrl-C is typed once that text shows."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: eport at a terminal
+        # as a shell starts a command at a terminal: Ctrl-C interrupts it even when this
+        # test runs where SIGINT is ignored (a non-interactive shell's background job),
+        # which the command would inherit through exec and then ignore the Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(EPORT, [EPORT, *args], env)
     seen = b""
 
@@ -227,7 +231,14 @@ def at_terminal(
             assert ctrl_c_after in seen, seen
             os.write(fd, b"\x03")
         read_until(None)
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 30
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while done == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:  # hung (it ignored the Ctrl-C): fail, not wait for ever
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
     finally:
         os.close(fd)
     return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
