@@ -198,6 +198,14 @@ def test_passphrases_from_files_and_the_environment(sqlite_server: Server, tmp_p
     assert jrun(server, *login, EPORT_PASSPHRASE=as_env)["session"]["name"]
 
 
+def default_sigint() -> None:
+    """In a child about to exec the command: SIGINT as a shell leaves it for a command at
+    a terminal. When the tests run where SIGINT is ignored (a non-interactive shell's
+    background job), the command would inherit the ignored SIGINT through exec and never
+    see the Ctrl-C these tests type or send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def at_terminal(
     args: list[str], env: dict[str, str], *, ctrl_c_after: bytes | None = None
 ) -> tuple[str, int]:
@@ -205,10 +213,7 @@ def at_terminal(
     and its exit code; with ``ctrl_c_after``, Ctrl-C is typed once that text shows."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: eport at a terminal
-        # as a shell starts a command at a terminal: Ctrl-C interrupts it even when this
-        # test runs where SIGINT is ignored (a non-interactive shell's background job),
-        # which the command would inherit through exec and then ignore the Ctrl-C
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        default_sigint()
         os.execve(EPORT, [EPORT, *args], env)
     seen = b""
 
@@ -487,6 +492,7 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL,
             text=True,
             env={**os.environ, "EPORT_SERVER": url, "HOME": str(tmp_path)},
+            preexec_fn=default_sigint,
         )
         try:
             conn, _ = silent.accept()  # the request has been sent
