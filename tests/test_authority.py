@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -498,6 +499,34 @@ def test_an_approval_is_withdrawn_before_enrollment(env: tuple) -> None:  # type
     assert counts(sessions) == before
 
 
+@contextlib.contextmanager
+def selects_from(engine: Any, *tables: str) -> Iterator[list[tuple[str, Any]]]:
+    """The SELECT statements (with their parameters) run on ``engine`` from any of
+    ``tables`` while the block runs."""
+    from sqlalchemy import event
+
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and any(
+            f"FROM {t}" in statement for t in tables
+        ):
+            seen.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def query_plan(engine: Any, statement: str, params: Any) -> str:
+    """SQLite's plan of one statement, its steps joined by ' | '."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+    return " | ".join(str(r[-1]) for r in rows)
+
+
 def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     """At scale (thousands of operators per enterprise, of applications per state) the
     statements of ``authorize_operator`` and of the RA listing read an index in the order
@@ -505,8 +534,6 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     every operator application of the enterprise; a page of applications after a cursor
     by (state, log_index) or log_index, and of all certificates or an enterprise's by
     log_index or (uscc, log_index), not a sort of them all (SQLite's query plan)."""
-    from sqlalchemy import event
-
     from ca.records import ApplicationState
 
     ca, sessions, officer = env
@@ -515,33 +542,18 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     for i in range(3):
         ca.authorize_operator(ent, f"Operator {i}", f"E{i}")
     engine = sessions.kw["bind"]
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
-        tables = ("FROM applications", "FROM certificates")
-        if any(t in statement for t in tables) and statement.lstrip().startswith("SELECT"):
-            seen.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with selects_from(engine, "applications", "certificates") as lookups:
         again = ca.authorize_operator(ent, "Operator 1", "E1")
-        lookups = list(seen)
-        seen.clear()
+    with selects_from(engine, "applications", "certificates") as listings:
         for state in (ApplicationState.APPROVED, None):
             ca.list_applications(officer_caller, state, 2, after=1)
-        listings = list(seen)
-        seen.clear()
+    with selects_from(engine, "applications", "certificates") as cert_pages:
         ca.certificates(officer_caller, None, 2, after=1)  # every certificate, an officer's
         ca.certificates(officer_caller, ent.uscc, 2, after=1)  # an enterprise's
-        cert_pages = list(seen)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert again.withdrawn == 1  # E1's earlier code, found through the index
 
     def plan(statement: str, params: Any) -> str:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
-        return " | ".join(str(r[-1]) for r in rows)
+        return query_plan(engine, statement, params)
 
     lookup_plans = [plan(*s) for s in lookups]
     assert any(
@@ -566,8 +578,6 @@ def test_an_enterprise_s_other_applications_are_read_by_index(env: tuple, tmp_pa
     applications (one with a live code refuses it): by (uscc, operator_id IS NULL), not
     by reading every application of the USCC, its operators' too (an enterprise with
     5,000 operators: about 1.5 ms per approval, under the issuances' lock)."""
-    from sqlalchemy import event
-
     ca, sessions, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
     ent, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Lookup Co.")
@@ -576,24 +586,12 @@ def test_an_enterprise_s_other_applications_are_read_by_index(env: tuple, tmp_pa
         ca.authorize_operator(ent, f"Operator {i}", f"L{i}")
     second = ca.apply("enterprise", {"uscc": ent.uscc, "legal_name": "Lookup Co."})
     engine = sessions.kw["bind"]
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
-        if "FROM applications" in statement and statement.lstrip().startswith("SELECT"):
-            seen.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with ca.store.reading() as tx:
-            found = tx.applications_of(ent.uscc, "enterprise")
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with selects_from(engine, "applications") as seen, ca.store.reading() as tx:
+        found = tx.applications_of(ent.uscc, "enterprise")
     assert {a.subject_class for a in found} == {"enterprise"}
     assert second.id in {a.id for a in found} and len(found) == 2
     assert len(seen) == 1, seen
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + seen[0][0], seen[0][1]).all()
-    plan = " | ".join(str(r[-1]) for r in rows)
+    plan = query_plan(engine, *seen[0])
     assert "ix_applications_uscc_operator (uscc=? AND operator_id=?)" in plan, plan
 
 
@@ -605,8 +603,6 @@ def test_the_legal_person_credential_checks_read_an_index(env: tuple, tmp_path: 
     gave it: 1.7-6.8 ms a check at 5,000 on SQLite, 20-28 ms at 25,000, all other
     issuances waiting). Both statements: the store's (an approval, refused here) and the
     group writer's, where the enrollment is stored (SQLite's query plan)."""
-    from sqlalchemy import event
-
     from ca import groupwrite
 
     ca, sessions, officer = env
@@ -617,23 +613,12 @@ def test_the_legal_person_credential_checks_read_an_index(env: tuple, tmp_path: 
         ca.authorize_operator(ent, f"Operator {i}", f"P{i}")
     second = ca.apply("enterprise", {"uscc": ent.uscc, "legal_name": "Plan Co."})
     engine = sessions.kw["bind"]
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
-        if "FROM certificates" in statement and statement.lstrip().startswith("SELECT"):
-            seen.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with pytest.raises(Conflict, match=f"legal-person certificate {issued.record.serial_hex}"):
-            ca.approve(officer_caller, second.id)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    held = f"legal-person certificate {issued.record.serial_hex}"
+    with selects_from(engine, "certificates") as seen, pytest.raises(Conflict, match=held):
+        ca.approve(officer_caller, second.id)
 
     def plan(statement: str, params: Any) -> str:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
-        return " | ".join(str(r[-1]) for r in rows)
+        return query_plan(engine, statement, params)
 
     index = "ix_certificates_uscc_profile_not_after (uscc=? AND profile=? AND not_after>?)"
     checks = [plan(*s) for s in seen if "not_after >" in s[0]]
