@@ -52,21 +52,32 @@ def ca_files(data: Path) -> dict[str, bytes]:
     }
 
 
-def fail_completions(srv: Server, on: bool) -> None:
-    """Make (or stop making) the completing transaction of every ceremony fail."""
+def _fault(srv: Server, name: str, trigger: str | None) -> None:
+    """Install the SQLite trigger ``name`` (``trigger``: its event and condition), which
+    aborts the statement as a full disk would; or drop it (None)."""
     db = sqlite3.connect(srv.data_dir / "eport.db")
     try:
-        if on:
+        if trigger is None:
+            db.execute(f"DROP TRIGGER {name}")
+        else:
             db.execute(
-                "CREATE TRIGGER fail_completion BEFORE INSERT ON events "
-                "WHEN NEW.type = 'ceremony.completed' "
+                f"CREATE TRIGGER {name} {trigger} "
                 "BEGIN SELECT RAISE(ABORT, 'injected: database or disk is full'); END"
             )
-        else:
-            db.execute("DROP TRIGGER fail_completion")
         db.commit()
     finally:
         db.close()
+
+
+def fail_completions(srv: Server, on: bool) -> None:
+    """Make (or stop making) the completing transaction of every ceremony fail."""
+    when = "BEFORE INSERT ON events WHEN NEW.type = 'ceremony.completed'"
+    _fault(srv, "fail_completion", when if on else None)
+
+
+def fail_publications(srv: Server, on: bool) -> None:
+    """Make (or stop making) every publication of the hierarchy record fail."""
+    _fault(srv, "fail_publication", "BEFORE UPDATE ON hierarchy_head" if on else None)
 
 
 def test_a_ceremony_that_does_not_commit_leaves_the_files_as_they_were(tmp_path: Path) -> None:
@@ -121,22 +132,6 @@ def test_a_ceremony_that_does_not_commit_leaves_the_files_as_they_were(tmp_path:
         new_key = (srv.data_dir / "ca" / "log.pub").read_bytes()
         assert new_key != before["log.pub"]
         assert recorded_sha256(srv, "log.pub") == hashlib.sha256(new_key).hexdigest()
-
-
-def fail_publications(srv: Server, on: bool) -> None:
-    """Make (or stop making) every publication of the hierarchy record fail."""
-    db = sqlite3.connect(srv.data_dir / "eport.db")
-    try:
-        if on:
-            db.execute(
-                "CREATE TRIGGER fail_publication BEFORE UPDATE ON hierarchy_head "
-                "BEGIN SELECT RAISE(ABORT, 'injected: the record cannot be written'); END"
-            )
-        else:
-            db.execute("DROP TRIGGER fail_publication")
-        db.commit()
-    finally:
-        db.close()
 
 
 def recorded_sha256(srv: Server, name: str) -> str:
