@@ -37,7 +37,7 @@ from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.models import ApplicationRow, CertificateRow, EnrollmentCodeRow, EventRow
 from ca.policy import Members, load_policies
-from ca.records import code_state
+from ca.records import Application, code_state
 from ca.revocation import Revocation
 from ca.signedreq import SignedRequest
 from ca.store import SqlStore
@@ -573,18 +573,28 @@ def test_operator_lookups_and_listings_read_indexes(env: tuple, tmp_path: Path) 
     assert not any("TEMP B-TREE" in p for p in cert_plans), cert_plans
 
 
+def applying_again(
+    ca: JointCA, officer: Path, tmp_path: Path, name: str
+) -> tuple[Caller, Issued, Application]:
+    """An enrolled enterprise with three operators, and a second enterprise application of
+    its USCC (pending): the enterprise's caller, its certificate, that application."""
+    ent, issued = enrolled_enterprise(
+        ca, ca.caller(signed_by(officer / "officer.pem")), tmp_path, name
+    )
+    assert ent.uscc is not None
+    for i in range(3):
+        ca.authorize_operator(ent, f"Operator {i}", f"{name[0]}{i}")
+    return ent, issued, ca.apply("enterprise", {"uscc": ent.uscc, "legal_name": name})
+
+
 def test_an_enterprise_s_other_applications_are_read_by_index(env: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     """An enterprise approval or new code looks for the USCC's other enterprise
     applications (one with a live code refuses it): by (uscc, operator_id IS NULL), not
     by reading every application of the USCC, its operators' too (an enterprise with
     5,000 operators: about 1.5 ms per approval, under the issuances' lock)."""
     ca, sessions, officer = env
-    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
-    ent, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Lookup Co.")
+    ent, _, second = applying_again(ca, officer, tmp_path, "Lookup Co.")
     assert ent.uscc is not None
-    for i in range(3):
-        ca.authorize_operator(ent, f"Operator {i}", f"L{i}")
-    second = ca.apply("enterprise", {"uscc": ent.uscc, "legal_name": "Lookup Co."})
     engine = sessions.kw["bind"]
     with selects_from(engine, "applications") as seen, ca.store.reading() as tx:
         found = tx.applications_of(ent.uscc, "enterprise")
@@ -607,11 +617,8 @@ def test_the_legal_person_credential_checks_read_an_index(env: tuple, tmp_path: 
 
     ca, sessions, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
-    ent, issued = enrolled_enterprise(ca, officer_caller, tmp_path, "Plan Co.")
+    ent, issued, second = applying_again(ca, officer, tmp_path, "Plan Co.")
     assert ent.uscc is not None
-    for i in range(2):
-        ca.authorize_operator(ent, f"Operator {i}", f"P{i}")
-    second = ca.apply("enterprise", {"uscc": ent.uscc, "legal_name": "Plan Co."})
     engine = sessions.kw["bind"]
     held = f"legal-person certificate {issued.record.serial_hex}"
     with selects_from(engine, "certificates") as seen, pytest.raises(Conflict, match=held):
