@@ -89,15 +89,44 @@ def build_authority(
             issuer = h.issuers.get(profile.issuer)
         if issuer is not None and not profile.ca:
             factory.lint_template(profile, issuer, now)
+    revoked = _revoked_issuers(h, policies)
     return JointCA(
         policies=policies,
         issuers=h.issuing(),
+        revoked_issuers=revoked,
         root=h.root,
         store=store,
         factory=factory,
         clock=clock,
         code_ttl=datetime.timedelta(seconds=cfg.code_ttl_seconds),
     )
+
+
+def _revoked_issuers(h: hierarchy.Hierarchy, policies: Policies) -> dict[str, str]:
+    """The issuing CAs the root's CRL revokes (id → the revocation, in words), with a
+    warning for each the profiles would issue from (``issuers/active.json`` names it)."""
+    from ca.trust import revoked_on_root_crl
+
+    found = revoked_on_root_crl(
+        h.root, {i: ca.certificate for i, ca in h.issuers.items()}, h.root_crl
+    )
+    out = {
+        i: f"revoked {r.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+        + (f", {r.reason.rfc_name}" if r.reason is not None else "")
+        for i, r in found.items()
+    }
+    issuing = h.issuing()
+    for name in hierarchy.issuing_ids(policies):
+        ca = issuing.get(name)
+        if ca is not None and ca.id in out:
+            log.warning(
+                "issuing CA %s would issue from %s, which the root's CRL revokes (%s): "
+                "its profiles' enrollments and renewals are refused",
+                name,
+                ca.id,
+                out[ca.id],
+            )
+    return out
 
 
 def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:

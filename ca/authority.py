@@ -27,6 +27,7 @@ from ca.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    IssuerRevoked,
     NotFound,
     ProfileNotAllowed,
     Unauthenticated,
@@ -186,9 +187,14 @@ class JointCA:
         clock: Clock = utcnow,
         random_bytes: RandomBytes = os.urandom,
         code_ttl: datetime.timedelta = datetime.timedelta(days=7),
+        revoked_issuers: Mapping[str, str] | None = None,
     ) -> None:
         self.policies = policies
         self.issuers = dict(issuers)
+        self.revoked_issuers = dict(revoked_issuers or {})
+        """Issuing CA id → why the root's CRL revokes it: nothing is issued from one, even
+        if ``issuers/active.json`` names it (edited by hand, or taken from a database
+        someone changed)."""
         self.root = root
         self.store = store
         self.factory = factory
@@ -842,9 +848,17 @@ class JointCA:
 
     def _issuer_for(self, profile: Profile) -> IssuingCA:
         try:
-            return self.issuers[profile.issuer]
+            issuer = self.issuers[profile.issuer]
         except KeyError:
             raise NotFound(f"issuing CA {profile.issuer!r} is not configured") from None
+        why = self.revoked_issuers.get(issuer.id)
+        if why is not None:
+            raise IssuerRevoked(
+                f"issuing CA {profile.issuer!r} would issue from {issuer.id}, which the root's "
+                f"CRL revokes ({why}): nothing is issued from it. ca/issuers/active.json names "
+                "a revoked generation; a rollover ceremony (eport ca rotate) makes a new one"
+            )
+        return issuer
 
     def _chain(self, issuer: IssuingCA) -> tuple[x509.Certificate, ...]:
         return (issuer.certificate, self.root)

@@ -167,6 +167,14 @@ class Sealed(EPortError):
     title = "The CA is sealed"
 
 
+class IssuerRevoked(EPortError):
+    """The issuing CA a profile issues from is revoked on the root's CRL."""
+
+    status = 503
+    slug = "issuer-revoked"
+    title = "The issuing CA is revoked"
+
+
 class StorageFull(EPortError):
     """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
     ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can

@@ -18,6 +18,7 @@ import requests
 from cryptography import x509
 
 from ca.custody import CustodyRecord, Purpose, open_share_file
+from ca.generation import bump_generation
 from ca.signedreq import TrustAnchors
 from tests.conftest import Server, stop
 from tests.helpers import assert_no_secret_in_tree, cert_of, creds, enroll_enterprise
@@ -312,6 +313,19 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
         )
         assert "\n" not in refused.stderr.strip()
         assert add_operator(srv, new[0], f"NEW{n}").returncode == 0
+    # issuers/active.json naming the revoked generation again (edited by hand, or taken
+    # from a database someone changed): nothing is issued from it, in any worker.
+    active = srv.data_dir / "ca" / "issuers" / "active.json"
+    kept = active.read_bytes()
+    active.write_text(json.dumps({"enterprise": "enterprise"}))
+    bump_generation(srv.data_dir)
+    for n in range(2):
+        with pytest.raises(AssertionError, match="which the root's CRL revokes") as failed:
+            enroll(srv, out, tmp, f"Planted Active Co {n}")
+        assert "HTTP 503" in str(failed.value), failed.value
+    active.write_bytes(kept)
+    bump_generation(srv.data_dir)
+    cert_of(enroll(srv, out, tmp, "Active Again Co")).verify_directly_issued_by(new_issuer)
 
 
 def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
