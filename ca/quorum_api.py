@@ -212,6 +212,9 @@ class CustodyService:
             # False for one opened before this server instance started: its key is gone
             # with that instance, so it can never complete (open a new one)
             "this_instance": c.boot_id == self.quorum.boot.id,
+            # False for one opened under a custody set re-shared since: no share of the
+            # set in force is accepted for it (open a new one)
+            "custody_current": c.custody_id == self.quorum.record.custody_id,
             "public_key": base64.b64encode(self.quorum.public_key(c.id)).decode(),
             "key_fingerprint": self.quorum.fingerprint(c.id),
             "purpose": c.operation.purpose.value,

@@ -156,6 +156,12 @@ def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None)
             "restarted since, or runs on another host) and cannot complete here: join at the "
             "instance that opened it, or ask for a new one; the share was not sent"
         )
+    if doc.get("state") == "open" and doc.get("custody_current") is False:
+        raise CLIError(
+            f"ceremony {doc['id']} was opened for custody set {doc['custody_id']}, which has "
+            "been re-shared since, so it cannot complete: open a new one (an RA officer's "
+            "`eport ca ceremony start`); the share was not sent"
+        )
     if doc["custody_id"] != share.custody_id:
         raise CLIError(
             f"this share belongs to custody set {share.custody_id}; the ceremony is for "
@@ -823,6 +829,12 @@ def ceremony_status(ceremony_id: str, as_json: bool) -> None:
             f"opened by another server instance (this one restarted since, or runs on "
             f"another host), so it cannot complete here ({_progress(doc)} joined): join at "
             "the instance that opened it, or open a new one"
+        )
+    elif doc["state"] == "open" and doc.get("custody_current") is False:
+        text = (
+            f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
+            f"opened for custody set {doc['custody_id']}, which has been re-shared since, "
+            f"so it cannot complete ({_progress(doc)} joined): open a new one"
         )
     if doc["result"]:
         text += f"\nResult: {json.dumps(doc['result'])}"

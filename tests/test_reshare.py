@@ -320,3 +320,38 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
             core.rebuild(data, installed, opened)
     finally:
         engine.dispose()
+
+
+def test_a_ceremony_opened_before_a_reshare_says_it_cannot_complete(tmp_path: Path) -> None:
+    """docs/custody.md: a ceremony opened under the old custody set is closed by a
+    re-share. Its status says so, and a custodian who joins it with a new share file is
+    told to ask for a new ceremony (before: the CLI called the new share "a share of an
+    earlier custody set", and told them that only the new share files count)."""
+    data, out, _ = init_ca(tmp_path)
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        for m in ("commerce", "tax", "forex"):
+            unseal(srv, out, m, fp)
+        started = start(srv, out, "ROOT-CRL")
+        cid = str(started["id"])
+        join(srv, out, cid, "tax")
+        new_out = tmp_path / "reshare"
+        res = reshare(data, new_out, [out / "shares" / f"{m}.share" for m in PRESENT], tmp_path)
+        assert res.returncode == 0, res.stderr
+        old_id, new_id = started["custody_id"], json.loads(res.stdout)["custody_id"]
+        status = srv.eport("ca", "ceremony", "status", cid)
+        assert f"opened for custody set {old_id}, which has been re-shared since" in status.stdout
+        assert "cannot complete" in status.stdout
+        doc = json.loads(srv.eport("ca", "ceremony", "status", cid, "--json").stdout)
+        assert doc["state"] == "open" and doc["custody_current"] is False
+        late = join(srv, new_out, cid, "customs", check=False, passphrase=NEW)
+        refused(late, f"ceremony {cid} was opened for custody set {old_id}")
+        assert "open a new one" in late.stderr and "earlier custody set" not in late.stderr
+        assert json.loads(srv.eport("ca", "ceremony", "status", cid, "--json").stdout)[
+            "joined"
+        ] == ["tax"]
+        # A ceremony opened now is of the new set, and its status says nothing of the kind.
+        fresh = start(srv, out, "ROOT-CRL")
+        assert fresh["custody_id"] == new_id and fresh["custody_current"] is True
+    finally:
+        stop(proc)
