@@ -271,9 +271,16 @@ class Quorum:
             if c.state is not CeremonyState.OPEN:
                 raise CeremonyClosed(f"ceremony {c.id} is {c.state.value}")
             if c.custody_id != self.record.custody_id:
+                # An unseal ceremony is opened once per server instance: no one can open
+                # another, a restart does (docs/emergency-plan.md, runbook 3).
+                then = (
+                    "restart the server and unseal it with the new share files"
+                    if c.operation is Operation.UNSEAL
+                    else "open a new one"
+                )
                 raise CeremonyClosed(
                     f"ceremony {c.id} was opened for custody set {c.custody_id}, which was "
-                    f"re-shared as {self.record.custody_id}; open a new one"
+                    f"re-shared as {self.record.custody_id}; {then}"
                 )
             now = self.clock()
             if now >= c.expires_at:

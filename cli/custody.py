@@ -157,10 +157,15 @@ def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None)
             "instance that opened it, or ask for a new one; the share was not sent"
         )
     if doc.get("state") == "open" and doc.get("custody_current") is False:
+        then = (
+            "the server must be restarted and unsealed with the new share files "
+            "(docs/emergency-plan.md, runbook 3)"
+            if doc.get("operation") == "UNSEAL"
+            else "open a new one (an RA officer's `eport ca ceremony start`)"
+        )
         raise CLIError(
             f"ceremony {doc['id']} was opened for custody set {doc['custody_id']}, which has "
-            "been re-shared since, so it cannot complete: open a new one (an RA officer's "
-            "`eport ca ceremony start`); the share was not sent"
+            f"been re-shared since, so it cannot complete: {then}; the share was not sent"
         )
     if doc["custody_id"] != share.custody_id:
         raise CLIError(

@@ -355,3 +355,53 @@ def test_a_ceremony_opened_before_a_reshare_says_it_cannot_complete(tmp_path: Pa
         assert fresh["custody_id"] == new_id and fresh["custody_current"] is True
     finally:
         stop(proc)
+
+
+def test_a_sealed_server_unsealing_during_a_reshare_says_to_restart(tmp_path: Path) -> None:
+    """docs/custody.md: a sealed server that was unsealing under the old set cannot
+    finish; restart it and unseal with new shares (runbook 3). Both the CLI (a new share)
+    and the server (an old share) say so (before: the CLI called the new share "a share
+    of an earlier custody set", and the server said "open a new one", which no one can do
+    for an unseal ceremony)."""
+    data, out, _ = init_ca(tmp_path)
+    srv, proc, fp = start_sealed(tmp_path, data)
+    try:
+        unseal(srv, out, "commerce", fp)
+        new_out = tmp_path / "reshare"
+        res = reshare(data, new_out, [out / "shares" / f"{m}.share" for m in PRESENT], tmp_path)
+        assert res.returncode == 0, res.stderr
+        state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
+        ceremony = state["unseal"]
+        assert state["sealed"] is True and ceremony["custody_current"] is False
+        late = srv.eport(
+            "ca",
+            "unseal",
+            "--share",
+            str(new_out / "shares" / "tax.share"),
+            "--fingerprint",
+            fp,
+            check=False,
+            EPORT_SHARE_PASSPHRASE=NEW.format("tax"),
+        )
+        refused(late, f"ceremony {ceremony['id']} was opened for custody set")
+        assert "restarted and unsealed with the new share files" in late.stderr
+        assert "earlier custody set" not in late.stderr
+        # An old share, sent past the CLI: the server refuses it with the same advice.
+        share = open_share_file(
+            (out / "shares" / "tax.share").read_bytes(), OLD.format("tax").encode()
+        ).share(Purpose.SEAL)
+        r = requests.post(
+            srv.url + "/ca/v1/custody/unseal",
+            json={
+                "share": seal_share(share, ceremony["id"], base64.b64decode(ceremony["public_key"]))
+            },
+            timeout=5,
+        )
+        assert r.status_code == 409 and r.headers["Content-Type"] == "application/problem+json"
+        detail = r.json()["detail"]
+        assert "restart the server and unseal it with the new share files" in detail
+        assert "open a new one" not in detail
+        after = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
+        assert after["sealed"] is True and after["unseal"]["progress"] == 1
+    finally:
+        stop(proc)
