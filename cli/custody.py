@@ -170,8 +170,9 @@ def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None)
     if doc["custody_id"] != share.custody_id:
         raise CLIError(
             f"this share belongs to custody set {share.custody_id}; the ceremony is for "
-            f"{doc['custody_id']}: a share of an earlier custody set (after a re-share only "
-            "the new share files count) or of another CA"
+            f"{doc['custody_id']}: a share file of another custody set (after a re-share "
+            "only the new share files count; a server restored from a backup made before a "
+            "re-share takes the share files of that time) or of another CA"
         )
     public = base64.b64decode(doc["public_key"])
     fp = key_fingerprint(public)

@@ -405,3 +405,47 @@ def test_a_sealed_server_unsealing_during_a_reshare_says_to_restart(tmp_path: Pa
         assert after["sealed"] is True and after["unseal"]["progress"] == 1
     finally:
         stop(proc)
+
+
+def test_a_new_share_at_a_server_of_before_the_reshare_is_not_called_earlier(
+    tmp_path: Path,
+) -> None:
+    """docs/backup.md: an instance restored from a backup made before a re-share needs
+    the share files of that time. A custodian who brings a new share file to it is told
+    so (before: "a share of an earlier custody set (after a re-share only the new share
+    files count)", the opposite of the case and of what to do)."""
+    import shutil
+
+    data, out, _ = init_ca(tmp_path)
+    # The data directory as a backup taken before the re-share holds it (server stopped).
+    before = tmp_path / "before"
+    shutil.copytree(data, before)
+    (tmp_path / "before.port").write_text((tmp_path / "data.port").read_text())
+    new_out = tmp_path / "reshare"
+    res = reshare(data, new_out, [out / "shares" / f"{m}.share" for m in PRESENT], tmp_path)
+    assert res.returncode == 0, res.stderr
+    new_id = json.loads(res.stdout)["custody_id"]
+    srv, proc, fp = start_sealed(tmp_path, before)
+    try:
+        state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
+        old_id = state["custody"]["custody_id"]
+        assert old_id != new_id and state["unseal"]["custody_current"] is True
+        res = srv.eport(
+            "ca",
+            "unseal",
+            "--share",
+            str(new_out / "shares" / "tax.share"),
+            "--fingerprint",
+            fp,
+            check=False,
+            EPORT_SHARE_PASSPHRASE=NEW.format("tax"),
+        )
+        refused(res, f"this share belongs to custody set {new_id}; the ceremony is for {old_id}")
+        assert "earlier custody set" not in res.stderr
+        assert "restored from a backup made before a re-share" in res.stderr
+        # The share files of that time unseal it.
+        for m in ("commerce", "tax", "forex"):
+            unseal(srv, out, m, fp)
+        assert requests.get(srv.url + "/ca/v1/health", timeout=5).json()["sealed"] is False
+    finally:
+        stop(proc)
