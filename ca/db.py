@@ -161,6 +161,53 @@ ANOTHER_CA = (
 """Why a new CA refuses a database that holds events (after "the database ...")."""
 
 
+def _root_serials(url: str) -> set[str]:
+    """The serials of the root certificates the CA database at ``url`` records (none
+    before its schema exists, nor when its SQLite file does not exist: none is made)."""
+    parsed = make_url(url)
+    sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if sqlite_file and not Path(sqlite_file).is_file():
+        return set()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("certificates"):
+                return set()
+            rows = conn.execute(text("SELECT serial FROM certificates WHERE profile = 'root'"))
+            return {str(r[0]) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def made_elsewhere(url: str, data_dir: Path) -> str | None:
+    """If the CA in ``data_dir`` was made with its records in the data directory's own
+    SQLite database (``eport ca init`` or a development CA without
+    ``EPORT_DATABASE_URL``) while ``url``, another database, records no root: a one-line
+    refusal; else None. Served there, the CA's first certificates and events (its root,
+    issuing CAs, officers) would be missing from the database's log, and the certificates
+    name the URLs init was given."""
+    from cryptography import x509
+
+    root_file = Path(data_dir) / "ca" / "root.crt"
+    own_db = Path(data_dir) / "eport.db"
+    if not root_file.is_file() or not own_db.is_file():
+        return None
+    own_url = f"sqlite:///{own_db.resolve()}"
+    if make_url(url) == make_url(own_url):
+        return None
+    ours = format(x509.load_pem_x509_certificate(root_file.read_bytes()).serial_number, "x")
+    if ours not in _root_serials(own_url) or _root_serials(url):
+        return None
+    where = make_url(url).render_as_string(hide_password=True)
+    return (
+        f"the CA in {data_dir} was made with its records in {own_db} (eport ca init without "
+        f"EPORT_DATABASE_URL), not in {where}, which holds none of them: served there, its "
+        "root, issuing CAs and officers would be missing from the log. Make the CA with "
+        "EPORT_DATABASE_URL (and EPORT_PUBLIC_BASE_URL) set for eport ca init, or unset "
+        "EPORT_DATABASE_URL to serve it from its own database"
+    )
+
+
 def foreign_root(url: str, data_dir: Path) -> str | None:
     """If the CA database at ``url`` records a root certificate and none of its roots is
     the one in ``data_dir`` (this server's CA), a one-line refusal; else None. A server
@@ -171,15 +218,7 @@ def foreign_root(url: str, data_dir: Path) -> str | None:
     if not root_file.is_file():
         return None
     ours = format(x509.load_pem_x509_certificate(root_file.read_bytes()).serial_number, "x")
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table("certificates"):
-                return None
-            rows = conn.execute(text("SELECT serial FROM certificates WHERE profile = 'root'"))
-            roots = {str(r[0]) for r in rows}
-    finally:
-        engine.dispose()
+    roots = _root_serials(url)
     if not roots or ours in roots:
         return None
     where = make_url(url).render_as_string(hide_password=True)

@@ -258,6 +258,11 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     _check_policies(cfg, auth_cfg)
     if hierarchy.exists(data_dir):
         hierarchy.check_complete(data_dir)  # before any schema is upgraded
+        from ca.db import made_elsewhere
+
+        refused = made_elsewhere(cfg.sqlalchemy_url, data_dir)
+        if refused is not None:
+            raise CLIError(refused)
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     auth_upgrade(auth_cfg.sqlalchemy_url)

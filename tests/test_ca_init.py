@@ -323,6 +323,31 @@ def test_one_database_holds_one_ca(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (events,)
 
 
+def test_a_ca_made_in_its_own_database_is_not_served_from_an_empty_one(tmp_path: Path) -> None:
+    """A CA made without EPORT_DATABASE_URL keeps its first records (root, issuing CAs,
+    officers, their events) in the data directory's eport.db. Served with
+    EPORT_DATABASE_URL set to another, empty database (the several-hosts set-up with the
+    settings given to serve but not to init), it started without a word and its log
+    lacked them. Refused in one line, before the empty database is touched."""
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    own = tmp_path / "own"
+    ensure_dev_ca(CAConfig(data_dir=own, dev=True))
+    empty = tmp_path / "shared.db"
+    res = subprocess.run(
+        [EPORT, "serve", "--dev", "--data-dir", str(own), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_DATABASE_URL": f"sqlite:///{empty}"},
+        timeout=60,
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert res.stderr.count("\n") == 1 and "was made with its records in" in res.stderr
+    assert "eport ca init" in res.stderr and "Serving" not in res.stdout
+    assert not empty.exists()
+
+
 def test_a_sealed_ca_refused_at_start_prints_no_unseal_fingerprint(tmp_path: Path) -> None:
     """`eport serve` of a CA under custody whose start is refused (here: the database
     holds another CA's records; a host whose CA files are behind the database's record is
