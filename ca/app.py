@@ -94,6 +94,7 @@ def build_authority(
         policies=policies,
         issuers=h.issuing(),
         revoked_issuers=revoked,
+        unavailable_issuers=h.unavailable(),
         root=h.root,
         store=store,
         factory=factory,

@@ -28,6 +28,7 @@ from ca.errors import (
     Conflict,
     Forbidden,
     IssuerRevoked,
+    IssuerUnavailable,
     NotFound,
     ProfileNotAllowed,
     Unauthenticated,
@@ -188,6 +189,7 @@ class JointCA:
         random_bytes: RandomBytes = os.urandom,
         code_ttl: datetime.timedelta = datetime.timedelta(days=7),
         revoked_issuers: Mapping[str, str] | None = None,
+        unavailable_issuers: Mapping[str, str] | None = None,
     ) -> None:
         self.policies = policies
         self.issuers = dict(issuers)
@@ -195,6 +197,8 @@ class JointCA:
         """Issuing CA id → why the root's CRL revokes it: nothing is issued from one, even
         if ``issuers/active.json`` names it (edited by hand, or taken from a database
         someone changed)."""
+        self.unavailable_issuers = dict(unavailable_issuers or {})
+        """Issuer id → the generation it issues from, which this host does not have."""
         self.root = root
         self.store = store
         self.factory = factory
@@ -850,6 +854,14 @@ class JointCA:
         try:
             issuer = self.issuers[profile.issuer]
         except KeyError:
+            gen = self.unavailable_issuers.get(profile.issuer)
+            if gen is not None:
+                raise IssuerUnavailable(
+                    f"issuing CA {profile.issuer!r} issues from {gen}, whose certificate and "
+                    "key this host does not have (a rollover ran on another host, and this "
+                    "host's CA files are behind): send the request to a host that has them; "
+                    "nothing was used here"
+                ) from None
             raise NotFound(f"issuing CA {profile.issuer!r} is not configured") from None
         why = self.revoked_issuers.get(issuer.id)
         if why is not None:

@@ -175,6 +175,14 @@ class IssuerRevoked(EPortError):
     title = "The issuing CA is revoked"
 
 
+class IssuerUnavailable(EPortError):
+    """The issuing CA generation a profile issues from is on another host only."""
+
+    status = 503
+    slug = "issuer-unavailable"
+    title = "The issuing CA is not on this host"
+
+
 class StorageFull(EPortError):
     """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
     ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can

@@ -82,6 +82,11 @@ class Hierarchy:
                 out.pop(alias, None)
         return out
 
+    def unavailable(self) -> dict[str, str]:
+        """Issuer id → the generation ``active`` names for it that this host does not
+        have (a rollover ran on another host and its new key is there alone)."""
+        return {a: g for a, g in self.active.items() if g and g not in self.issuers}
+
     @property
     def sealed(self) -> bool:
         return any(getattr(i.signer, "sealed", False) for i in self.issuers.values())

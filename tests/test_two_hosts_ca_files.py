@@ -15,6 +15,7 @@ other, or the other says that it cannot (docs/ca.md, "Several hosts"; ca/crossho
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -28,8 +29,9 @@ from cryptography import x509
 
 from ca.checkpoint import Checkpoint, parse_verifier_key, verify_note
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
+from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env, unseal
-from tests.test_custody_ceremonies import join, rotate, start
+from tests.test_custody_ceremonies import join, officer_args, rotate, start
 from tests.test_two_hosts import enterprise, ocsp_status, rows, signed_post, two_hosts
 
 FAST = {"EPORT_CRL_REFRESH_SECONDS": "0.5"}
@@ -206,8 +208,31 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         assert health(a)["hierarchy"] == "current"
         logged = [ln for ln in b.log.read_text().splitlines() if "are behind the database" in ln]
         assert len({ln.split("eport.ca", 1)[-1] for ln in logged}) == 1, logged
-        # B no longer issues from the superseded generation (it took active.json)
+        # B no longer issues from the superseded generation (it took active.json), and
+        # says where to enroll: a host that has the new one (it said "issuing CA
+        # 'enterprise' is not configured", 404); the code is not spent, and A takes it.
         assert "enterprise" not in requests.get(b.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+        app = json.loads(
+            b.eport("apply", "--uscc", fresh_uscc(), "--name", "Stale Host Co", "--json").stdout
+        )
+        grant = json.loads(
+            b.eport(
+                "ra",
+                "approve",
+                app["id"],
+                *officer_args(out, "tax"),
+                "--json",
+                EPORT_PASSPHRASE="officer passphrase",
+            ).stdout
+        )
+        code = ["--code", grant["enrollment_code"], "--profile", "enterprise", "--json"]
+        on_b = b.eport("enroll", *code, "--out", str(tmp_path / "on-b"), check=False)
+        assert on_b.returncode == 1 and "(HTTP 503)" in on_b.stderr, on_b.stderr
+        assert "issues from enterprise-2, whose certificate and key this host does not have" in (
+            on_b.stderr
+        )
+        on_a = json.loads(a.eport("enroll", *code, "--out", str(tmp_path / "on-a")).stdout)
+        assert on_a["issuer"] == "enterprise-2", on_a
         # restarted as it is, B is refused in one line naming the manual step
         stop(procs.pop("b"))
         refused = subprocess.run(
