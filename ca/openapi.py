@@ -187,7 +187,9 @@ def openapi_document() -> dict[str, Any]:
                     _op(
                         "Redeem an enrollment code with a PKCS#10 CSR; 409 for an enterprise "
                         "profile while its USCC holds a legal-person certificate in force "
-                        "(problem member serial; nothing is stored, the code stays unused)",
+                        "(problem member serial; nothing is stored, the code stays unused); "
+                        "503 while sealed, or when the profile's issuing CA is revoked on the "
+                        "root CRL (issuer-revoked) or on another host only (issuer-unavailable)",
                         body="EnrollRequest",
                         ok="201",
                         result="Issued",
