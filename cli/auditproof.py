@@ -349,6 +349,7 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
     text_bytes = text.encode("utf-8")
     public_key = Ed25519PublicKey.from_public_bytes(key.public_key)
     verified = False
+    others: list[str] = []
     for line in lines:
         if not line.startswith(_SIGNATURE_PREFIX):
             raise CheckpointError(f"malformed signature line {line[:60]!r}")
@@ -359,6 +360,7 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
         if len(blob) < 5:
             raise CheckpointError(f"signature by {name} is too short")
         if name != key.name or blob[:4] != key.key_id:
+            others.append(f"{name}+{blob[:4].hex()}")
             continue
         try:
             public_key.verify(blob[4:], text_bytes)
@@ -368,7 +370,16 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
             ) from None
         verified = True
     if not verified:
-        raise CheckpointError(f"signed note has no signature by {key.name}+{key.key_id.hex()}")
+        by = f"signed note has no signature by {key.name}+{key.key_id.hex()}"
+        if not others:
+            raise CheckpointError(by)
+        # Say whose it is: after ROTATE-LOG-KEY a state file (or --log-key) still holds
+        # the retired key, and the checkpoints are the new key's.
+        raise CheckpointError(
+            f"{by}; it is signed by {', '.join(others)} only: another key than the one "
+            "trusted, as after the log's key was rotated (ROTATE-LOG-KEY: start a new "
+            "--state with the new key, docs/audit.md), or another log"
+        )
     return text_bytes
 
 

@@ -177,9 +177,14 @@ def test_verify_full_then_only_grown(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+    # The checkpoint's own signer is named, and the rotation that explains it.
+    log_key = requests.get(server.url + "/ca/v1/audit/log-key", timeout=10).json()
+    signer = str(log_key["verifier_key"]).split("+")
     failed(
         verify(server, tmp_path / "third.json", "--log-key", str(wrong_pub), check=False),
-        "no signature by",
+        f"no signature by {signer[0]}+",
+        f"; it is signed by {signer[0]}+{signer[1]} only: another key than the one trusted",
+        "ROTATE-LOG-KEY: start a new --state with the new key",
     )
     failed(
         verify(server, tmp_path / "fourth.json", "--log-key", "garbage", check=False),
