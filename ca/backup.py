@@ -85,11 +85,11 @@ EXCLUDED_CA_FILES = {
 }
 """Files of ``<data_dir>/ca/`` left out of every backup, and why."""
 
-_SKIPPED = re.compile(r"(\.tmp|\.tmp-[0-9]+|\.undo-[0-9]+|\.new|\.lock)$")
+_SKIPPED = re.compile(r"(\.tmp|\.tmp-[0-9]+|\.new|\.lock)$")
 """Work files of an operation in progress (atomic writes, ``write_durably``'s
-``<name>.tmp-<pid>``, a failed ceremony's restore's ``<name>.undo-<pid>``
-(:mod:`ca.ceremony_files`), responder renewal). A ceremony's journal is kept: restored
-with the database, it makes the files agree with it at the next start."""
+``<name>.tmp-<pid>``, also a failed ceremony's restore's (:mod:`ca.ceremony_files`),
+responder renewal). A ceremony's journal is kept: restored with the database, it makes
+the files agree with it at the next start."""
 
 _MEMBER = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _ATTEMPTS = 3

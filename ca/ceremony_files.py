@@ -62,34 +62,24 @@ class _Before:
 
 
 def _put(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` with ``mode`` to a temporary file, fsync, rename over ``path``, fsync
-    the directory (as :func:`ca.custody_files.write_durably`, keeping a key file's 0600)."""
-    tmp = path.with_name(f"{path.name}.undo-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _sync_dir(path.parent)
+    """Restore or keep a file durably, with its mode (a key file keeps its 0600)."""
+    from ca.custody_files import write_durably  # it imports ca.custody's users
+
+    write_durably(path, data, mode)
 
 
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _remove(path: Path) -> None:
+    from ca.custody_files import sync_dir
+
+    path.unlink(missing_ok=True)
+    sync_dir(path.parent)
 
 
 class FileChanges:
-    """The journal of one ceremony's file writes: every write goes through it (or is
-    announced to it with :meth:`replacing` first), and :meth:`undo` restores them all in
-    reverse order. ``changed`` is called once the files written are in force: after the
-    commit, or after an undo that restored any (the files stay as they were, but the
-    caller may have reloaded them meanwhile).
+    """The journal of one ceremony's file writes: every write goes through it, and
+    :meth:`undo` restores them all in reverse order. ``changed`` is called once the files
+    written are in force: after the commit, or after an undo that restored any (the files
+    stay as they were, but the caller may have reloaded them meanwhile).
     ``journal``: the file that keeps it across a crash (none: in memory only)."""
 
     def __init__(
@@ -119,8 +109,7 @@ class FileChanges:
 
     def _drop_journal(self) -> None:
         if self._journal is not None and self._journal.exists():
-            self._journal.unlink()
-            _sync_dir(self._journal.parent)
+            _remove(self._journal)
 
     def committed(self) -> None:
         """The transaction committed: the files written are the ones in force."""
@@ -130,7 +119,7 @@ class FileChanges:
         if wrote and self._changed is not None:
             self._changed()
 
-    def replacing(self, path: Path) -> None:
+    def _replacing(self, path: Path) -> None:
         """``path`` is about to be written: keep what it holds now (only the first time)."""
         path = Path(path)
         if path in self._seen:
@@ -147,24 +136,19 @@ class FileChanges:
     def write(self, path: Path, data: bytes) -> None:
         """Write a ceremony's file durably (:func:`ca.custody_files.write_durably`): a power
         loss right after it leaves the old file or the new one, never a torn one."""
-        from ca.custody_files import write_durably  # it imports ca.custody's users
+        from ca.custody_files import write_durably
 
-        self.replacing(path)
+        self._replacing(path)
         write_durably(path, data)
 
     def store(self, key: MadeKey, path: Path) -> None:
         """Write ``key``'s key file (sealed, or its token reference) at ``path``."""
-        self.replacing(path)
+        self._replacing(path)
         key.store(path)
 
     def made(self, key: MadeKey) -> None:
         """A key the operation made: discarded (a token key destroyed) on undo."""
         self._keys.append(key)
-
-    @property
-    def paths(self) -> list[Path]:
-        """The files written (or about to be), in order."""
-        return [b.path for b in self._before]
 
     def undo(self) -> None:
         """Put every file back as it was, newest first, and discard the keys made. A file
@@ -174,8 +158,7 @@ class FileChanges:
         for before in reversed(self._before):
             try:
                 if before.data is None:
-                    before.path.unlink(missing_ok=True)
-                    _sync_dir(before.path.parent)
+                    _remove(before.path)
                 else:
                     _put(before.path, before.data, before.mode)
             except Exception as exc:
@@ -225,8 +208,7 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
                 before = None if entry["before"] is None else base64.b64decode(entry["before"])
                 _destroy_token_key(path, before)
                 if before is None:
-                    path.unlink(missing_ok=True)
-                    _sync_dir(path.parent)
+                    _remove(path)
                 else:
                     _put(path, before, int(entry["mode"]))
             names = ", ".join(str(e["path"]) for e in doc["files"])
@@ -237,6 +219,5 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
                 names,
             )
             restored.append(cid)
-        journal.unlink()
-        _sync_dir(journal.parent)
+        _remove(journal)
     return restored

@@ -45,17 +45,26 @@ def record_bytes(record: CustodyRecord) -> bytes:
     return (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to a temporary file, fsync it, rename it over ``path``, fsync the
-    directory: a crash leaves the old file or the new one, never a torn one."""
+    directory: a crash leaves the old file or the new one, never a torn one. ``mode``:
+    the file's permissions (default: the umask's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    with open(fd, "wb") as fh:
+        if mode is not None:
+            os.fchmod(fh.fileno(), mode)  # a leftover temporary file keeps its own mode
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory: a rename or unlink in it survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
