@@ -22,51 +22,71 @@ _H: Table = HierarchyHeadRow.__table__  # type: ignore[assignment]
 _F: Table = HierarchyFileRow.__table__  # type: ignore[assignment]
 
 
+def _head(conn: Connection, *, lock: bool = False) -> Head | None:
+    q = select(_H.c.generation, _H.c.responders_token).where(_H.c.id == 1)
+    row = conn.execute(q.with_for_update() if lock else q).first()
+    return None if row is None else Head(int(row[0]), row[1])
+
+
+def _files(conn: Connection) -> dict[str, Published]:
+    rows = conn.execute(select(_F.c.path, _F.c.sha256, _F.c.data)).all()
+    return {str(p): Published(str(s), bytes(d) if d is not None else None) for p, s, d in rows}
+
+
+def _publish(
+    conn: Connection,
+    after: int | None,
+    files: Mapping[str, Published],
+    by: str,
+    at: datetime.datetime,
+) -> int | None:
+    """In ``conn``'s transaction: the record replaced by ``files`` as the generation after
+    ``after`` (the head row made when ``after`` is None), or None if it is no longer at
+    ``after``. A head row another host made first raises ``IntegrityError``."""
+    gen = 1 if after is None else after + 1
+    if after is None:
+        conn.execute(
+            insert(_H).values(id=1, generation=gen, published_at=at, published_by=by[:120])
+        )
+    else:
+        done = conn.execute(
+            update(_H)
+            .where(_H.c.id == 1, _H.c.generation == after)
+            .values(generation=gen, published_at=at, published_by=by[:120])
+        )
+        if done.rowcount != 1:
+            return None
+    conn.execute(delete(_F))
+    if files:
+        conn.execute(
+            insert(_F),
+            [{"path": k, "sha256": v.sha256, "data": v.data} for k, v in files.items()],
+        )
+    return gen
+
+
 class SqlHierarchyRecord:
+    """The record, each call in a transaction of its own."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def head(self) -> Head | None:
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            row = conn.execute(
-                select(_H.c.generation, _H.c.responders_token).where(_H.c.id == 1)
-            ).first()
-        return None if row is None else Head(int(row[0]), row[1])
+            return _head(conn)
 
     def files(self) -> dict[str, Published]:
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            rows = conn.execute(select(_F.c.path, _F.c.sha256, _F.c.data)).all()
-        return {str(p): Published(str(s), bytes(d) if d is not None else None) for p, s, d in rows}
+            return _files(conn)
 
     def publish(
         self, after: int | None, files: Mapping[str, Published], by: str, at: datetime.datetime
     ) -> int | None:
-        gen = 1 if after is None else after + 1
         try:
             with self.engine.begin() as conn:
-                if after is None:
-                    conn.execute(
-                        insert(_H).values(
-                            id=1, generation=gen, published_at=at, published_by=by[:120]
-                        )
-                    )
-                else:
-                    done = conn.execute(
-                        update(_H)
-                        .where(_H.c.id == 1, _H.c.generation == after)
-                        .values(generation=gen, published_at=at, published_by=by[:120])
-                    )
-                    if done.rowcount != 1:
-                        return None
-                conn.execute(delete(_F))
-                if files:
-                    conn.execute(
-                        insert(_F),
-                        [{"path": k, "sha256": v.sha256, "data": v.data} for k, v in files.items()],
-                    )
+                return _publish(conn, after, files, by, at)
         except IntegrityError:  # another host made the head row first
             return None
-        return gen
 
     def force_responders(self, token: str, at: datetime.datetime) -> None:
         with self.engine.begin() as conn:
@@ -87,34 +107,17 @@ class TxHierarchyRecord:
         self.conn = conn
 
     def head(self) -> Head | None:
-        row = self.conn.execute(
-            select(_H.c.generation, _H.c.responders_token).where(_H.c.id == 1).with_for_update()
-        ).first()
-        return None if row is None else Head(int(row[0]), row[1])
+        return _head(self.conn, lock=True)
 
     def files(self) -> dict[str, Published]:
-        rows = self.conn.execute(select(_F.c.path, _F.c.sha256, _F.c.data)).all()
-        return {str(p): Published(str(s), bytes(d) if d is not None else None) for p, s, d in rows}
+        return _files(self.conn)
 
     def publish(
         self, after: int | None, files: Mapping[str, Published], by: str, at: datetime.datetime
     ) -> int | None:
         if after is None:  # never asked: a database without a record is published at start
             return None
-        done = self.conn.execute(
-            update(_H)
-            .where(_H.c.id == 1, _H.c.generation == after)
-            .values(generation=after + 1, published_at=at, published_by=by[:120])
-        )
-        if done.rowcount != 1:
-            return None
-        self.conn.execute(delete(_F))
-        if files:
-            self.conn.execute(
-                insert(_F),
-                [{"path": k, "sha256": v.sha256, "data": v.data} for k, v in files.items()],
-            )
-        return after + 1
+        return _publish(self.conn, after, files, by, at)
 
     def force_responders(self, token: str, at: datetime.datetime) -> None:
         raise NotImplementedError("a forced responder renewal is not part of a ceremony")

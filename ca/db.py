@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from ca.errors import EPortError
+from ca.privatefiles import sqlite_file
 from ca.store import READ_ONLY, configure_engine, fill_listing_keys
 
 log = logging.getLogger("eport.ca")
@@ -164,9 +165,8 @@ ANOTHER_CA = (
 def _root_serials(url: str) -> set[str]:
     """The serials of the root certificates the CA database at ``url`` records (none
     before its schema exists, nor when its SQLite file does not exist: none is made)."""
-    parsed = make_url(url)
-    sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if sqlite_file and not Path(sqlite_file).is_file():
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
         return set()
     engine = make_engine(url)
     try:
@@ -192,11 +192,11 @@ def made_elsewhere(url: str, data_dir: Path) -> str | None:
     own_db = Path(data_dir) / "eport.db"
     if not root_file.is_file() or not own_db.is_file():
         return None
-    own_url = f"sqlite:///{own_db.resolve()}"
-    if make_url(url) == make_url(own_url):
+    target = sqlite_file(url)
+    if target is not None and target.resolve() == own_db.resolve():
         return None
     ours = format(x509.load_pem_x509_certificate(root_file.read_bytes()).serial_number, "x")
-    if ours not in _root_serials(own_url) or _root_serials(url):
+    if ours not in _root_serials(f"sqlite:///{own_db.resolve()}") or _root_serials(url):
         return None
     where = make_url(url).render_as_string(hide_password=True)
     return (
