@@ -14,7 +14,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
@@ -38,7 +38,10 @@ from ca.sealing import KeySealer, PassphraseSealer
 from ca.signedreq import TrustAnchors
 from ca.status import StatusService
 from ca.store import SqlStore, configure_engine
-from ca.trust import anchors_for
+from ca.trust import RootCheckedAnchors, anchors_for
+
+if TYPE_CHECKING:
+    from ca.ocsp import Revoked
 
 log = logging.getLogger("eport.ca")
 db = SQLAlchemy(metadata=Base.metadata)
@@ -73,7 +76,10 @@ def build_authority(
     h: hierarchy.Hierarchy,
     store: Store,
     clock: Clock = utcnow,
+    trust: RootCheckedAnchors | None = None,
 ) -> JointCA:
+    """The authority on hierarchy ``h``; ``trust``: its anchors, when the caller has read
+    the root CRL already (:func:`anchors_for`)."""
     import datetime
 
     rate = cfg.lint_sample_rate
@@ -89,7 +95,10 @@ def build_authority(
             issuer = h.issuers.get(profile.issuer)
         if issuer is not None and not profile.ca:
             factory.lint_template(profile, issuer, now)
-    revoked = _revoked_issuers(h, policies)
+    if trust is None:
+        trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
+    revoked = {issuer_id: revocation for issuer_id, _, revocation in trust.revoked}
+    _warn_revoked_issuing(h, policies, revoked)
     return JointCA(
         policies=policies,
         issuers=h.issuing(),
@@ -103,31 +112,21 @@ def build_authority(
     )
 
 
-def _revoked_issuers(h: hierarchy.Hierarchy, policies: Policies) -> dict[str, str]:
-    """The issuing CAs the root's CRL revokes (id → the revocation, in words), with a
-    warning for each the profiles would issue from (``issuers/active.json`` names it)."""
-    from ca.trust import revoked_on_root_crl
-
-    found = revoked_on_root_crl(
-        h.root, {i: ca.certificate for i, ca in h.issuers.items()}, h.root_crl
-    )
-    out = {
-        i: f"revoked {r.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
-        + (f", {r.reason.rfc_name}" if r.reason is not None else "")
-        for i, r in found.items()
-    }
+def _warn_revoked_issuing(
+    h: hierarchy.Hierarchy, policies: Policies, revoked: Mapping[str, Revoked]
+) -> None:
+    """Log the issuing CAs the profiles would issue from (``issuers/active.json`` names
+    them) that the root's CRL revokes: their enrollments and renewals are refused."""
     issuing = h.issuing()
     for name in hierarchy.issuing_ids(policies):
         ca = issuing.get(name)
-        if ca is not None and ca.id in out:
+        if ca is not None and ca.id in revoked:
             log.warning(
-                "issuing CA %s would issue from %s, which the root's CRL revokes (%s): "
-                "its profiles' enrollments and renewals are refused",
+                "issuing CA %s would issue from %s, which the root's CRL revokes: its "
+                "profiles' enrollments and renewals are refused",
                 name,
                 ca.id,
-                out[ca.id],
             )
-    return out
 
 
 def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -203,10 +202,11 @@ def service_for(
     cfg: CAConfig, policies: Policies, h: hierarchy.Hierarchy, store: SqlStore
 ) -> CAService:
     """Everything built on the hierarchy; rebuilt when a quorum ceremony changes it."""
-    authority = build_authority(cfg, policies, h, store)
     # Signed requests trust the issuing CAs the root CRL does not list: a certificate
-    # under a generation revoked by REVOKE-INTERMEDIATE is refused (401) by name.
+    # under a generation revoked by REVOKE-INTERMEDIATE is refused (401) by name; and
+    # nothing is issued from one (the authority).
     trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
+    authority = build_authority(cfg, policies, h, store, trust=trust)
     status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
     revocation = Revocation(authority, listeners=(status.on_status_change,))
     return CAService(cfg, authority, trust, store, utcnow, status, revocation, h.root_crl)

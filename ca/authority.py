@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -57,6 +58,9 @@ from ca.records import (
 )
 from ca.signedreq import SignedRequest
 from ca.uscc import FULL_WIDTH_TO_ASCII, USCC
+
+if TYPE_CHECKING:
+    from ca.ocsp import Revoked
 
 Clock = Callable[[], datetime.datetime]
 RandomBytes = Callable[[int], bytes]
@@ -188,13 +192,13 @@ class JointCA:
         clock: Clock = utcnow,
         random_bytes: RandomBytes = os.urandom,
         code_ttl: datetime.timedelta = datetime.timedelta(days=7),
-        revoked_issuers: Mapping[str, str] | None = None,
+        revoked_issuers: Mapping[str, Revoked] | None = None,
         unavailable_issuers: Mapping[str, str] | None = None,
     ) -> None:
         self.policies = policies
         self.issuers = dict(issuers)
         self.revoked_issuers = dict(revoked_issuers or {})
-        """Issuing CA id → why the root's CRL revokes it: nothing is issued from one, even
+        """Issuing CA id → its revocation on the root's CRL: nothing is issued from one, even
         if ``issuers/active.json`` names it (edited by hand, or taken from a database
         someone changed)."""
         self.unavailable_issuers = dict(unavailable_issuers or {})
@@ -863,12 +867,14 @@ class JointCA:
                     "nothing was used here"
                 ) from None
             raise NotFound(f"issuing CA {profile.issuer!r} is not configured") from None
-        why = self.revoked_issuers.get(issuer.id)
-        if why is not None:
+        revoked = self.revoked_issuers.get(issuer.id)
+        if revoked is not None:
+            reason = f", {revoked.reason.rfc_name}" if revoked.reason is not None else ""
             raise IssuerRevoked(
                 f"issuing CA {profile.issuer!r} would issue from {issuer.id}, which the root's "
-                f"CRL revokes ({why}): nothing is issued from it. ca/issuers/active.json names "
-                "a revoked generation; a rollover ceremony (eport ca rotate) makes a new one"
+                f"CRL revokes (revoked {revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}{reason}): "
+                "nothing is issued from it. ca/issuers/active.json names a revoked "
+                "generation; a rollover ceremony (eport ca rotate) makes a new one"
             )
         return issuer
 
