@@ -68,7 +68,16 @@ def start_sealed(
     return srv, proc, found.group(1)
 
 
-def unseal(srv: Server, out: Path, member: str, fp: str, check: bool = True) -> object:
+def unseal(
+    srv: Server,
+    out: Path,
+    member: str,
+    fp: str,
+    check: bool = True,
+    passphrase: str = "share passphrase of {}",
+) -> subprocess.CompletedProcess[str]:
+    """``member`` sends its share file in ``out``/shares (``passphrase``: a format string
+    of the member's id) to the server's unseal ceremony of fingerprint ``fp``."""
     return srv.eport(
         "ca",
         "unseal",
@@ -78,7 +87,7 @@ def unseal(srv: Server, out: Path, member: str, fp: str, check: bool = True) -> 
         fp,
         "--json",
         check=check,
-        EPORT_SHARE_PASSPHRASE=f"share passphrase of {member}",
+        EPORT_SHARE_PASSPHRASE=passphrase.format(member),
     )
 
 
@@ -191,14 +200,14 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         assert blind.returncode == 1 and "pass it with --fingerprint" in blind.stderr
         assert "the share was not sent" in blind.stderr
 
-        first = json.loads(unseal(srv, out, "customs", fp).stdout)  # type: ignore[attr-defined]
+        first = json.loads(unseal(srv, out, "customs", fp).stdout)
         assert first["sealed"] is True and first["ceremony"]["progress"] == 1
         repeated = unseal(srv, out, "customs", fp, check=False)
         assert repeated.returncode == 1 and "already joined" in repeated.stderr  # type: ignore[attr-defined]
-        second = json.loads(unseal(srv, out, "forex", fp).stdout)  # type: ignore[attr-defined]
+        second = json.loads(unseal(srv, out, "forex", fp).stdout)
         assert second["sealed"] is True and second["ceremony"]["progress"] == 2
         assert requests.get(url + "/ca/v1/health", timeout=5).json()["sealed"] is True
-        third = json.loads(unseal(srv, out, "inspection", fp).stdout)  # type: ignore[attr-defined]
+        third = json.loads(unseal(srv, out, "inspection", fp).stdout)
         assert third["sealed"] is False and third["ceremony"]["joined"] == [
             "customs",
             "forex",

@@ -71,6 +71,16 @@ def refused(res: subprocess.CompletedProcess[str], needle: str) -> None:
     assert needle in lines[0], lines[0]
 
 
+def send_old_seal_share(srv: Server, out: Path, ceremony: dict[str, Any]) -> requests.Response:
+    """The tax custodian's seal share of the first custody set (in ``out``), sealed to the
+    unseal ``ceremony`` and posted past the CLI, which would refuse it first."""
+    share = open_share_file(
+        (out / "shares" / "tax.share").read_bytes(), OLD.format("tax").encode()
+    ).share(Purpose.SEAL)
+    sealed = seal_share(share, ceremony["id"], base64.b64decode(ceremony["public_key"]))
+    return requests.post(srv.url + "/ca/v1/custody/unseal", json={"share": sealed}, timeout=5)
+
+
 def reshare_events(data: Path) -> list[dict[str, object]]:
     with sqlite3.connect(data / "eport.db") as db:
         rows = db.execute("SELECT details FROM events WHERE type = 'custody.reshared'").fetchall()
@@ -172,17 +182,7 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         # An old share: the CLI refuses to send it, and the server refuses it if sent.
         old = unseal(srv, out, "customs", fp, check=False)
         refused(old, f"this share belongs to custody set {old_record.custody_id}")  # type: ignore[arg-type]
-        share = open_share_file(
-            (out / "shares" / "tax.share").read_bytes(), OLD.format("tax").encode()
-        ).share(Purpose.SEAL)
-        ceremony = state["unseal"]
-        r = requests.post(
-            srv.url + "/ca/v1/custody/unseal",
-            json={
-                "share": seal_share(share, ceremony["id"], base64.b64decode(ceremony["public_key"]))
-            },
-            timeout=5,
-        )
+        r = send_old_seal_share(srv, out, state["unseal"])
         assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
         assert f"custody set {old_record.custody_id}, not {new_id}" in r.json()["detail"]
         # Three new shares unseal it, the lost custodian's new share among them.
@@ -373,30 +373,12 @@ def test_a_sealed_server_unsealing_during_a_reshare_says_to_restart(tmp_path: Pa
         state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
         ceremony = state["unseal"]
         assert state["sealed"] is True and ceremony["custody_current"] is False
-        late = srv.eport(
-            "ca",
-            "unseal",
-            "--share",
-            str(new_out / "shares" / "tax.share"),
-            "--fingerprint",
-            fp,
-            check=False,
-            EPORT_SHARE_PASSPHRASE=NEW.format("tax"),
-        )
+        late = unseal(srv, new_out, "tax", fp, check=False, passphrase=NEW)
         refused(late, f"ceremony {ceremony['id']} was opened for custody set")
         assert "restarted and unsealed with the new share files" in late.stderr
         assert "earlier custody set" not in late.stderr
         # An old share, sent past the CLI: the server refuses it with the same advice.
-        share = open_share_file(
-            (out / "shares" / "tax.share").read_bytes(), OLD.format("tax").encode()
-        ).share(Purpose.SEAL)
-        r = requests.post(
-            srv.url + "/ca/v1/custody/unseal",
-            json={
-                "share": seal_share(share, ceremony["id"], base64.b64decode(ceremony["public_key"]))
-            },
-            timeout=5,
-        )
+        r = send_old_seal_share(srv, out, ceremony)
         assert r.status_code == 409 and r.headers["Content-Type"] == "application/problem+json"
         detail = r.json()["detail"]
         assert "restart the server and unseal it with the new share files" in detail
@@ -430,16 +412,7 @@ def test_a_new_share_at_a_server_of_before_the_reshare_is_not_called_earlier(
         state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
         old_id = state["custody"]["custody_id"]
         assert old_id != new_id and state["unseal"]["custody_current"] is True
-        res = srv.eport(
-            "ca",
-            "unseal",
-            "--share",
-            str(new_out / "shares" / "tax.share"),
-            "--fingerprint",
-            fp,
-            check=False,
-            EPORT_SHARE_PASSPHRASE=NEW.format("tax"),
-        )
+        res = unseal(srv, new_out, "tax", fp, check=False, passphrase=NEW)
         refused(res, f"this share belongs to custody set {new_id}; the ceremony is for {old_id}")
         assert "earlier custody set" not in res.stderr
         assert "restored from a backup made before a re-share" in res.stderr
