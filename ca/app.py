@@ -41,6 +41,7 @@ from ca.store import SqlStore, configure_engine
 from ca.trust import RootCheckedAnchors, anchors_for
 
 if TYPE_CHECKING:
+    from ca.issuance import IssuingCA
     from ca.ocsp import Revoked
 
 log = logging.getLogger("eport.ca")
@@ -98,10 +99,11 @@ def build_authority(
     if trust is None:
         trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
     revoked = {issuer_id: revocation for issuer_id, _, revocation in trust.revoked}
-    _warn_revoked_issuing(h, policies, revoked)
+    issuing = h.issuing()
+    _warn_revoked_issuing(issuing, policies, revoked)
     return JointCA(
         policies=policies,
-        issuers=h.issuing(),
+        issuers=issuing,
         revoked_issuers=revoked,
         unavailable_issuers=h.unavailable(),
         root=h.root,
@@ -113,11 +115,10 @@ def build_authority(
 
 
 def _warn_revoked_issuing(
-    h: hierarchy.Hierarchy, policies: Policies, revoked: Mapping[str, Revoked]
+    issuing: Mapping[str, IssuingCA], policies: Policies, revoked: Mapping[str, Revoked]
 ) -> None:
     """Log the issuing CAs the profiles would issue from (``issuers/active.json`` names
     them) that the root's CRL revokes: their enrollments and renewals are refused."""
-    issuing = h.issuing()
     for name in hierarchy.issuing_ids(policies):
         ca = issuing.get(name)
         if ca is not None and ca.id in revoked:
