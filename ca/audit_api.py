@@ -510,6 +510,21 @@ def log_key() -> Response:
     return jsonify({"origin": origin, "verifier_key": key, "public_key": pem})
 
 
+@bp.get("/log-key/handovers")
+def log_key_handovers() -> Response:
+    """The log's hand-over checkpoints, oldest first: each ``ROTATE-LOG-KEY`` signed the
+    log's head with the retiring key and its successor, naming the successor
+    (:meth:`ca.translog.CheckpointSigner.hand_over`). An auditor whose state pins an
+    older key follows them to the current one (``eport audit verify``). Public, as
+    checkpoints are; served by every host, a stale one included (it signs nothing here)."""
+    s = session()
+    found = translog.handovers(s)
+    s.rollback()
+    return jsonify(
+        {"handovers": [{"tree_size": h.size, "checkpoint": h.note.decode()} for h in found]}
+    )
+
+
 def _tree_size(s: Session, name: str = "size") -> int:
     head = translog.read_head(s)[0]
     return int_arg(name, head, 0, head) if request.args.get(name) else head

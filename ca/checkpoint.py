@@ -220,27 +220,32 @@ def _check_note_text(text: bytes) -> str:
     return decoded
 
 
-def sign_note(text: bytes, name: str, key: NoteKey) -> bytes:
-    """The C2SP signed note of ``text`` with one Ed25519 signature by ``key`` as ``name``.
+def sign_note(text: bytes, name: str, key: NoteKey, *more: NoteKey) -> bytes:
+    """The C2SP signed note of ``text`` with one Ed25519 signature by ``key`` as ``name``,
+    and one by each of ``more`` under the same name (their key IDs tell them apart: a
+    log's hand-over checkpoint is signed by its retiring key and its successor).
 
     ``text`` must be valid UTF-8, end in a newline and hold no other ASCII control
-    character. The signature is checked against the key's public key before the note
+    character. Each signature is checked against its key's public key before the note
     is returned, so a faulty token cannot publish a checkpoint nobody can verify.
     """
     decoded = _check_note_text(text)
     if not decoded.endswith("\n"):
         raise CheckpointError("note text must end with a newline")
-    public_key = key.public_key()
-    if not isinstance(public_key, Ed25519PublicKey):
-        raise CheckpointError("signed notes of this log are signed with an Ed25519 key")
-    ident = key_id(name, public_key)
-    signature = key.sign(text)
-    try:
-        public_key.verify(signature, text)
-    except InvalidSignature:
-        raise CheckpointError("the log key produced a signature that does not verify") from None
-    encoded = base64.b64encode(ident + signature).decode("ascii")
-    return text + f"\n{_SIGNATURE_PREFIX}{name} {encoded}\n".encode()
+    lines = []
+    for signer in (key, *more):
+        public_key = signer.public_key()
+        if not isinstance(public_key, Ed25519PublicKey):
+            raise CheckpointError("signed notes of this log are signed with an Ed25519 key")
+        ident = key_id(name, public_key)
+        signature = signer.sign(text)
+        try:
+            public_key.verify(signature, text)
+        except InvalidSignature:
+            raise CheckpointError("the log key produced a signature that does not verify") from None
+        encoded = base64.b64encode(ident + signature).decode("ascii")
+        lines.append(f"{_SIGNATURE_PREFIX}{name} {encoded}\n")
+    return text + ("\n" + "".join(lines)).encode()
 
 
 def open_note(note: bytes, name: str, public_key: Ed25519PublicKey) -> bytes:

@@ -306,6 +306,12 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/ca/v1/audit/log-key": {"get": _op("The log's verifier key and origin")},
+            "/ca/v1/audit/log-key/handovers": {
+                "get": _op(
+                    "The log's hand-over checkpoints, oldest first: each signed by a retired "
+                    "log key and its successor, which its extension line names"
+                )
+            },
             "/ca/v1/audit/proof/inclusion": {
                 "get": _op(
                     "Inclusion proof by leaf index (public) or by serial (signed or audit:read)",

@@ -100,6 +100,10 @@ class Outcome:
 
     result: Mapping[str, Any]
     secret: bytes | None = field(default=None, repr=False)
+    after_event: Callable[[CeremonyTx], object] | None = field(default=None, repr=False)
+    """Run in the completing transaction once the ``ceremony.completed`` event is
+    appended (``ROTATE-LOG-KEY`` signs the log's hand-over checkpoint there, which must
+    include that event); a failure fails the ceremony like any other."""
 
 
 class CeremonyTx(Protocol):
@@ -357,6 +361,8 @@ class Quorum:
                 },
             )
         )
+        if outcome.after_event is not None:
+            outcome.after_event(tx)
         if self.before_commit is not None and c.operation is not Operation.UNSEAL:
             self.before_commit(tx, done)
         return done

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ca import hierarchy
+from ca import hierarchy, translog
 from ca.authority import certificate_record
 from ca.ceremony_files import FileChanges
 from ca.crl import ReasonCode, RevokedEntry, build_crl
@@ -331,6 +332,7 @@ class RootOperations:
         home = self._home(c.operation, d / "log.key")
         self._root(kek)  # a root operation: the quorum proved it can open the root key
         old = (d / "log.pub").read_bytes()
+        signer = self._log_checkpoints(old)
         n = 1
         while (d / f"log-{n}.pub").exists():
             n += 1
@@ -348,7 +350,33 @@ class RootOperations:
             "previous_key_file": f"log-{n}.pub",
             "key": "pkcs11" if home.token is not None else "sealed",
         }
-        return Outcome(result)
+
+        def hand_over(done: CeremonyTx) -> object:
+            return signer.hand_over(_sql(done).s, key.signer)
+
+        return Outcome(result, after_event=hand_over)
+
+    def _log_checkpoints(self, retiring: bytes) -> translog.CheckpointSigner:
+        """This worker's checkpoint signer, which must hold the key ``retiring`` (the PEM
+        of ``log.pub`` as the ceremony found it) to sign the hand-over with it."""
+        from ca.audit_api import audit_service
+
+        signer = audit_service().signer
+        held = signer.key.public_key()
+        pem = (
+            held.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            if isinstance(held, Ed25519PublicKey)
+            else b""
+        )
+        if pem != retiring:
+            raise Conflict(
+                "this worker's log key is not the one ca/log.pub names (the CA files changed "
+                "under it): it cannot sign the log's hand-over to the new key; nothing was "
+                "changed, join again"
+            )
+        return signer
 
 
 def runners(svc: CustodyService) -> dict[Operation, Runner]:

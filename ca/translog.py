@@ -36,13 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
 from ca import logentry
-from ca.checkpoint import Checkpoint, NoteKey, sign_note
+from ca.checkpoint import Checkpoint, NoteKey, sign_note, verifier_key
 from ca.errors import Conflict, EPortError, Sealed
 from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
 from ca.models import CheckpointRow, EventRow, HierarchyFileRow, LogEntryRow, LogHeadRow
 from ca.store import StoredEvent
 
 __all__ = [
+    "HANDOVER",
     "HEAD_ID",
     "CheckpointSigner",
     "ConnectionSql",
@@ -59,6 +60,7 @@ __all__ = [
     "check_log_key",
     "driver_text",
     "entry_of",
+    "handovers",
     "lock_head_sql",
     "origin_for",
     "read_head",
@@ -67,6 +69,10 @@ __all__ = [
 
 HEAD_ID = 1
 """The key of the single ``log_head`` row."""
+
+HANDOVER = "log-key-successor "
+"""A hand-over checkpoint's extension line (C2SP tlog-checkpoint) starts with this, then
+the verifier key of the log's next key: :meth:`CheckpointSigner.hand_over`."""
 
 Clock = Callable[[], datetime.datetime]
 
@@ -526,13 +532,7 @@ class CheckpointSigner:
         sealed, or rotated on another host and not yet here, the newest stored
         checkpoint is returned instead.
         """
-        size, root = read_head(session)
-        recomputed = tree_at(session, size).root(size)
-        if recomputed != root:
-            raise LogCorrupted(
-                f"the log head says root {root.hex()} for size {size}, but its stored "
-                f"subtrees give {recomputed.hex()}"
-            )
+        size, root = _checked_head(session)
         try:
             return SignedHead(size, root, self.sign(session, size, root))
         except (Sealed, LogKeyRetired):
@@ -540,3 +540,67 @@ class CheckpointSigner:
             if newest is None:
                 raise
             return newest
+
+    def hand_over(self, session: Session, successor: NoteKey) -> SignedHead:
+        """Sign the log's head, in the transaction of ``ROTATE-LOG-KEY`` and after its
+        ``ceremony.completed`` event, as the **hand-over checkpoint**: its one extension
+        line names the successor's verifier key (:data:`HANDOVER`), and it is signed by
+        this signer's key, which retires with the ceremony, and by ``successor``.
+
+        An auditor who trusts the retiring key verifies the hand-over with it (the
+        successor is then named by the key it already trusts), checks the successor's
+        signature on it (its holder signs for the log), and from then on trusts the
+        successor alone: every checkpoint of a larger size is the successor's, every
+        smaller one the retiring key's, and this size both. The caller's transaction
+        holds the log head, so no other checkpoint of this size can exist; if one did,
+        the insert fails and so does the ceremony.
+        """
+        size, root = _checked_head(session)
+        origin = self.origin(session)
+        public_key = successor.public_key()
+        if not isinstance(public_key, Ed25519PublicKey):
+            raise TypeError("the log key must be Ed25519 (C2SP signed-note type 0x01)")
+        body = Checkpoint(origin, size, root, (HANDOVER + verifier_key(origin, public_key),))
+        note = sign_note(body.body(), origin, self.key, successor)
+        session.execute(
+            insert(CheckpointRow).values(
+                size=size, root_hash=root, note=note, created_at=self.clock()
+            )
+        )
+        return SignedHead(size, root, note)
+
+
+def _checked_head(session: Session) -> tuple[int, bytes]:
+    """The log head, once its root is recomputed from the stored subtrees (``O(log n)``):
+    a head that disagrees with its nodes is never signed."""
+    size, root = read_head(session)
+    recomputed = tree_at(session, size).root(size)
+    if recomputed != root:
+        raise LogCorrupted(
+            f"the log head says root {root.hex()} for size {size}, but its stored "
+            f"subtrees give {recomputed.hex()}"
+        )
+    return size, root
+
+
+def handovers(session: Session) -> list[SignedHead]:
+    """The log's hand-over checkpoints (:meth:`CheckpointSigner.hand_over`), oldest first:
+    each signed at the size that ends with a ``ROTATE-LOG-KEY`` ceremony's
+    ``ceremony.completed`` entry. A rotation made before hand-overs were signed has
+    none and is left out: its auditors start anew with the next key (docs/audit.md)."""
+    rows = session.execute(
+        select(EventRow.log_index, EventRow.details)
+        .where(EventRow.type == "ceremony.completed", EventRow.log_index.is_not(None))
+        .order_by(EventRow.log_index)
+    ).all()
+    out: list[SignedHead] = []
+    for index, details in rows:
+        if index is None or json.loads(details).get("operation") != "ROTATE-LOG-KEY":
+            continue
+        stored = CheckpointSigner.stored(session, index + 1)
+        if stored is None:
+            continue
+        extensions = Checkpoint.parse(stored.note[: stored.note.rindex(b"\n\n") + 1]).extensions
+        if any(line.startswith(HANDOVER) for line in extensions):
+            out.append(stored)
+    return out

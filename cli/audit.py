@@ -363,20 +363,19 @@ class State:
 
 def resolve_key(
     client: AuditClient, log_key: str | None, state: State | None, origin: str
-) -> tuple[VerifierKey, bool]:
-    """The log key: ``--log-key``, else the one pinned in the state file, else trust on first
-    use of what the server says (reported on stderr). Returns the key and whether it was
-    newly trusted."""
+) -> tuple[VerifierKey, VerifierKey | None, bool]:
+    """The log key to start from: ``--log-key``, else the one pinned in the state file,
+    else trust on first use of what the server says (reported on stderr). Returns that
+    key, the key the log must be handed over to (``--log-key`` when it differs from the
+    state's: the pinned key is started from, and the log's hand-overs must lead to the
+    one given), and whether the key was newly trusted."""
     if log_key:
         key = load_log_key(log_key, origin)
         if state is not None and str(key) != state.verifier_key:
-            raise CLIError(
-                f"--log-key {key} differs from the key pinned in the state file "
-                f"({state.verifier_key}); use another --state to start over"
-            )
-        return key, False
+            return VerifierKey.parse(state.verifier_key), key, False
+        return key, None, False
     if state is not None:
-        return VerifierKey.parse(state.verifier_key), False
+        return VerifierKey.parse(state.verifier_key), None, False
     doc = client.json(f"{API}/log-key")
     key = VerifierKey.parse(str(doc["verifier_key"]))
     click.echo(
@@ -384,7 +383,7 @@ def resolve_key(
         "record, and pin it with --log-key",
         err=True,
     )
-    return key, True
+    return key, None, True
 
 
 def verify_note(note: bytes, key: VerifierKey, what: str) -> VerifiedCheckpoint:
@@ -430,6 +429,117 @@ def check_consistent(
             f"{what} (size {old.size}) is not a prefix of the log's checkpoint of size "
             f"{new.size}: the log was rewritten or forked ({exc})"
         ) from None
+
+
+HANDOVER = "log-key-successor "
+"""The extension line of a hand-over checkpoint starts with this, then the verifier key
+of the log's next key (docs/log-format.md, "Hand-over checkpoints")."""
+
+
+@dataclass(frozen=True)
+class Handover:
+    """One hand-over followed: at ``size`` the log's key went from ``retired`` to
+    ``successor``."""
+
+    size: int
+    retired: VerifierKey
+    successor: VerifierKey
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tree_size": self.size, "from": str(self.retired), "to": str(self.successor)}
+
+
+def follow_handovers(
+    client: AuditClient, key: VerifierKey, previous: VerifiedCheckpoint | None, what: str
+) -> tuple[VerifierKey, VerifiedCheckpoint | None, str, list[Handover]]:
+    """Follow the log's hand-over checkpoints from ``key``, the one trusted: each one
+    ``key`` signed names its successor, which must have signed it too, and must extend
+    ``previous`` (the last checkpoint trusted, called ``what``); the successor is then
+    trusted, and the hand-over is the checkpoint the next one is checked against. Returns
+    the key reached, the last checkpoint trusted, what to call it, and the hand-overs
+    followed (none from a server of a release without them)."""
+    try:
+        doc = client.json(f"{API}/log-key/handovers")
+    except RemoteError:
+        return key, previous, what, []
+    hops: list[Handover] = []
+    for item in doc.get("handovers") or []:
+        note = str(item.get("checkpoint", "")).encode()
+        try:
+            cp = auditproof.verify_checkpoint(note, key)
+        except AuditError:
+            continue  # not signed by the key trusted: another key's hand-over
+        where = f"the hand-over checkpoint of size {cp.size}"
+        named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
+        if len(named) != 1:
+            raise VerificationFailed(
+                f"{where}, signed by {key}, names {len(named)} successor keys, not one"
+            )
+        try:
+            successor = VerifierKey.parse(named[0])
+        except AuditError as exc:
+            raise VerificationFailed(f"{where} names no valid successor key: {exc}") from None
+        if str(successor) == str(key):
+            continue  # the hand-over to the key trusted (it co-signed it): behind us
+        if successor.name != key.name:
+            raise VerificationFailed(
+                f"{where} names a key of another log ({successor.name!r}, not {key.name!r})"
+            )
+        verify_note(note, successor, f"{where}, by its successor {successor}")
+        if previous is not None:
+            if previous.size > cp.size:
+                raise VerificationFailed(
+                    f"{what} (size {previous.size}) is signed by {key}, which handed the "
+                    f"log over to {successor} at size {cp.size}: the retired key signed on"
+                )
+            check_consistent(client, previous, cp, what)
+        hops.append(Handover(cp.size, key, successor))
+        key, previous, what = successor, cp, where
+    return key, previous, what, hops
+
+
+def _handover_lines(hops: list[Handover]) -> list[str]:
+    return [
+        f"  log key handed over at size {h.size}: {h.retired} -> {h.successor} "
+        "(the hand-over checkpoint is signed by both; the state now pins the new key)"
+        for h in hops
+    ]
+
+
+def trusted_checkpoint(
+    client: AuditClient,
+    note: bytes,
+    key: VerifierKey,
+    previous: VerifiedCheckpoint | None,
+    what: str,
+    target: VerifierKey | None = None,
+) -> tuple[VerifiedCheckpoint, VerifierKey, list[Handover]]:
+    """The log's latest checkpoint ``note``, verified with ``key`` or, when the log's key
+    was rotated since, with the key the log's hand-overs lead to from ``key``
+    (:func:`follow_handovers`), and checked to extend ``previous`` (called ``what``).
+    ``target``: the key those hand-overs must end at (``--log-key``). Returns the
+    checkpoint, the key that signed it, and the hand-overs followed."""
+    pinned = key
+    hops: list[Handover] = []
+    cp: VerifiedCheckpoint | None
+    try:
+        cp = auditproof.verify_checkpoint(note, key)
+    except AuditError as exc:
+        key, previous, what, hops = follow_handovers(client, key, previous, what)
+        if not hops:
+            raise VerificationFailed(f"the log's checkpoint: {exc}") from None
+        cp = None
+    if target is not None and str(key) != str(target):
+        raise CLIError(
+            f"--log-key {target} differs from the key pinned in the state file ({pinned}), "
+            "and the log's hand-overs do not lead from that key to it; use another --state "
+            "to start over"
+        )
+    if cp is None:
+        cp = verify_note(note, key, f"the log's checkpoint (after the hand-over to {key})")
+    if previous is not None:
+        check_consistent(client, previous, cp, what)
+    return cp, key, hops
 
 
 # -- downloading the log ----------------------------------------------------------------
@@ -938,7 +1048,9 @@ def audit_verify(
 
     Exits non-zero, naming the first entry or checkpoint that breaks, when the log was
     changed, truncated, reordered or forked. The checkpoint verified is kept in the state
-    file for next time only when every check passed.
+    file for next time only when every check passed. After the log's key was rotated
+    (ROTATE-LOG-KEY), the key the state pins is followed to the new one through the log's
+    hand-over checkpoint, which both keys signed.
     """
     started = time.perf_counter()
     client = _client(obj, cert_file, key_file, passphrase_file)
@@ -946,15 +1058,16 @@ def audit_verify(
     state = State.load(state_path)
     note = client.get(f"{API}/checkpoint").content
     origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
-    key, new_key = resolve_key(client, log_key, state, origin)
-    cp = verify_note(note, key, "the log's checkpoint")
+    key, target, new_key = resolve_key(client, log_key, state, origin)
     previous: VerifiedCheckpoint | None = None
+    what = ""
     if since_file is not None:
         previous = verify_note(since_file.read_bytes(), key, f"--since {since_file}")
-        check_consistent(client, previous, cp, f"the checkpoint in {since_file}")
+        what = f"the checkpoint in {since_file}"
     elif state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
-        check_consistent(client, previous, cp, "the checkpoint verified last time")
+        what = "the checkpoint verified last time"
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target)
     result: FullResult | None = None
     if full:
         progress = not as_json
@@ -970,6 +1083,7 @@ def audit_verify(
         "root_hash": cp.root_hash.hex(),
         "log_key": str(key),
         "log_key_trusted_on_first_use": new_key,
+        "handovers": [h.to_json() for h in hops],
         "previous_size": previous.size if previous else None,
         "state": str(state_path),
         "seconds": round(elapsed, 3),
@@ -977,6 +1091,7 @@ def audit_verify(
     lines = [
         f"Checkpoint of {cp.origin}: {cp.size} entries, root {cp.root_hash.hex()}",
         f"  signature: verified with {key}",
+        *_handover_lines(hops),
     ]
     if previous is not None:
         lines.append(f"  consistent with the checkpoint of size {previous.size} (only grown)")
@@ -1061,11 +1176,12 @@ def audit_prove(
     state = State.load(state_path)
     note = client.get(f"{API}/checkpoint").content
     origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
-    key, _ = resolve_key(client, log_key, state, origin)
-    cp = verify_note(note, key, "the log's checkpoint")
+    key, target, _ = resolve_key(client, log_key, state, origin)
+    previous = None
     if state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
-        check_consistent(client, previous, cp, "the checkpoint verified last time")
+    what = "the checkpoint verified last time"
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target)
     doc = client.json(
         f"{API}/proof/inclusion?" + urlencode({"serial": serial, "size": cp.size}), signed=True
     )
@@ -1098,6 +1214,7 @@ def audit_prove(
         "proof": [n.hex() for n in proof],
         "entry": fields,
         "checkpoint": note.decode(),
+        "handovers": [h.to_json() for h in hops],
     }
     lines = [
         f"Certificate {serial}: {fields['type']} at {fields['time']}",
@@ -1111,6 +1228,7 @@ def audit_prove(
         *[f"  {n.hex()}" for n in proof],
         f"Verified against the checkpoint of size {cp.size}, root {cp.root_hash.hex()}, "
         f"signed by {key.name}+{key.key_id.hex()}.",
+        *_handover_lines(hops),
     ]
     _emit(as_json, data, "\n".join(lines))
 

@@ -28,11 +28,12 @@ from typing import Any
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, create_engine, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ca import devinit, translog
-from ca.checkpoint import Checkpoint, sign_note
+from ca.checkpoint import Checkpoint, sign_note, verifier_key
 from ca.keys import KeyType
 from ca.models import (
     CertificateRow,
@@ -519,7 +520,7 @@ def test_tamper_truncated_log(server: Server, issued: list[dict[str, Any]], tmp_
 class ForkingProxy:
     """Forwards to the real server but serves ``note`` as the latest checkpoint."""
 
-    def __init__(self, upstream: str, note: bytes) -> None:
+    def __init__(self, upstream: str, note: bytes, handovers: list[bytes] | None = None) -> None:
         self.note = note
         proxy = self
 
@@ -527,6 +528,13 @@ class ForkingProxy:
             def do_GET(self) -> None:
                 if self.path == "/ca/v1/audit/checkpoint":
                     body, status, ctype = proxy.note, 200, "text/plain; charset=utf-8"
+                elif self.path == "/ca/v1/audit/log-key/handovers" and handovers is not None:
+                    listed = [
+                        {"tree_size": int(n.split(b"\n")[1]), "checkpoint": n.decode()}
+                        for n in handovers
+                    ]
+                    body = json.dumps({"handovers": listed}).encode()
+                    status, ctype = 200, "application/json"
                 else:
                     headers = {
                         k: v
@@ -558,13 +566,19 @@ class ForkingProxy:
         self.httpd.server_close()
 
 
-def forked_note(server: Server, size: int) -> bytes:
-    """A checkpoint for ``size`` with a root the log never had, signed with the real log key."""
+def log_key_of(server: Server) -> tuple[str, Any]:
+    """The log's origin and its real (unsealed) key."""
     passphrase = devinit.read_passphrases(server.data_dir)["ca_key_passphrase"].encode()
     key = unseal_key(server.data_dir / "ca" / "log.key", passphrase)
     origin = requests.get(server.url + "/ca/v1/audit/log-key", timeout=10).json()["origin"]
+    return str(origin), key
+
+
+def forked_note(server: Server, size: int) -> bytes:
+    """A checkpoint for ``size`` with a root the log never had, signed with the real log key."""
+    origin, key = log_key_of(server)
     root = hashlib.sha256(b"a different history").digest()
-    return sign_note(Checkpoint(origin, size, root).body(), origin, key)  # type: ignore[arg-type]
+    return sign_note(Checkpoint(origin, size, root).body(), origin, key)
 
 
 def test_tamper_forked_checkpoint(
@@ -598,6 +612,77 @@ def test_tamper_forked_checkpoint(
         ).scalar_one()
         assert base64.b64encode(bytes(stored)).decode() not in fork.read_text()
     verify(server, state)
+
+
+def test_a_state_follows_the_log_s_hand_over_and_no_forged_one(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """After ROTATE-LOG-KEY the log serves a hand-over checkpoint, signed by the retired
+    key and its successor, naming the successor (tests/test_custody_ceremonies.py runs the
+    real ceremony). Here a server that shows the auditor hand-overs is stood in for, with
+    the log's real key as the retiring one: the state follows a sound hand-over to the
+    new key, and refuses one its successor did not sign, one the pinned key did not sign,
+    one of another history, and one older than the checkpoint the old key last signed."""
+    state = tmp_path / "state.json"
+    first = json.loads(verify(server, state, "--json").stdout)
+    size, root = first["tree_size"], bytes.fromhex(first["root_hash"])
+    kept = state.read_text()
+    enroll_concurrently(server, 2)
+    latest = requests.get(server.url + "/ca/v1/audit/checkpoint", timeout=10).content
+    grown = Checkpoint.parse(latest[: latest.rindex(b"\n\n") + 1])
+    origin, old = log_key_of(server)
+    new, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    new_key = verifier_key(origin, new.public_key())
+    newest = sign_note(Checkpoint(origin, grown.size, grown.root_hash).body(), origin, new)
+
+    def hand_over(at: int, at_root: bytes, *signers: Any) -> bytes:
+        line = f"log-key-successor {new_key}"
+        return sign_note(Checkpoint(origin, at, at_root, (line,)).body(), origin, *signers)
+
+    def attempt(handovers: list[bytes], *extra: str) -> Any:
+        state.write_text(kept)
+        with ForkingProxy(server.url, newest, handovers) as proxy:
+            return verify(server, state, "--json", *extra, check=False, EPORT_SERVER=proxy.url)
+
+    res = attempt([hand_over(size, root, old, new)])
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["log_key"] == new_key and doc["tree_size"] == grown.size
+    assert doc["handovers"] == [{"tree_size": size, "from": first["log_key"], "to": new_key}]
+    assert json.loads(state.read_text())["verifier_key"] == new_key
+    res = attempt([hand_over(size, root, old, new)], "--log-key", new_key)
+    assert res.returncode == 0 and json.loads(res.stdout)["log_key"] == new_key, res.stderr
+
+    old_id = first["log_key"].split("+")[1]
+    refusals = {
+        "not signed by its successor": (
+            [hand_over(size, root, old)],
+            f"the hand-over checkpoint of size {size}, by its successor {new_key}",
+        ),
+        "not signed by the pinned key": (
+            [hand_over(size, root, stranger, new)],
+            f"the log's checkpoint: signed note has no signature by {origin}+{old_id}",
+        ),
+        "of another history": (
+            [hand_over(size, hashlib.sha256(b"another").digest(), old, new)],
+            f"two different signed roots for tree size {size}",
+        ),
+        "older than the pinned key's last checkpoint": (
+            [hand_over(size - 1, root, old, new)],
+            "the retired key signed on",
+        ),
+    }
+    for what, (handovers, needle) in refusals.items():
+        failed(attempt(handovers), needle)
+        assert state.read_text() == kept, what
+    # --log-key with a key the hand-overs do not lead to.
+    other = verifier_key(origin, stranger.public_key())
+    failed(
+        attempt([hand_over(size, root, old, new)], "--log-key", other),
+        f"--log-key {other} differs from the key pinned in the state file",
+        "the log's hand-overs do not lead from that key to it",
+    )
+    assert state.read_text() == kept
 
 
 def test_tamper_changed_event_record(

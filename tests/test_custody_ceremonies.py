@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -20,6 +22,7 @@ from cryptography import x509
 from ca.custody import CustodyRecord, Purpose, open_share_file
 from ca.generation import bump_generation
 from ca.signedreq import TrustAnchors
+from cli import auditproof
 from tests.conftest import Server, stop
 from tests.helpers import assert_no_secret_in_tree, cert_of, creds, enroll_enterprise
 from tests.test_ca_init import MEMBERS, init_ca, start_sealed, unseal
@@ -326,6 +329,66 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     active.write_bytes(kept)
     bump_generation(srv.data_dir)
     cert_of(enroll(srv, out, tmp, "Active Again Co")).verify_directly_issued_by(new_issuer)
+
+
+def audit_verify(srv: Server, state: Path, *extra: str) -> dict[str, Any]:
+    res = srv.eport("audit", "verify", "--state", str(state), "--json", *extra)
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-untyped-def]
+    ceremony_ca, tmp_path: Path
+) -> None:
+    """ROTATE-LOG-KEY signs the log's hand-over to the new key with the old one and the
+    new one (in its own transaction); an auditor's state file pinning the old key then
+    follows it to the new key: no new state, no --full."""
+    srv, out, tmp = ceremony_ca
+    state = tmp_path / "audit.json"
+    first = audit_verify(srv, state)
+    old_key = first["log_key"]
+    cid = str(start(srv, out, "ROTATE-LOG-KEY")["id"])
+    for m in ("customs", "tax", "forex"):
+        done = json.loads(join(srv, out, cid, m).stdout)
+    assert done["state"] == "done", done
+    new_key = requests.get(srv.url + "/ca/v1/audit/log-key", timeout=10).json()["verifier_key"]
+    assert new_key != old_key
+    handovers = requests.get(srv.url + "/ca/v1/audit/log-key/handovers", timeout=10).json()
+    [handover] = handovers["handovers"]
+    # Signed by both keys (each verified by the independent verifier), naming the new one.
+    note = handover["checkpoint"].encode()
+    for key in (old_key, new_key):
+        cp = auditproof.verify_checkpoint(note, auditproof.VerifierKey.parse(key))
+    assert cp.size == handover["tree_size"] > first["tree_size"]
+    assert cp.extensions == (f"log-key-successor {new_key}",)
+    # Its size ends with the ceremony's own entry, which names the new key's log.pub.
+    events = srv.eport(
+        "audit",
+        "log",
+        "--type",
+        "ceremony.completed",
+        "--format",
+        "json",
+        *officer_args(out),
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    event = json.loads(events.stdout)[-1]
+    assert event["log_index"] == cp.size - 1
+    assert event["details"]["operation"] == "ROTATE-LOG-KEY"
+    pub = (srv.data_dir / "ca" / "log.pub").read_bytes()
+    assert event["details"]["result"]["key_sha256"] == hashlib.sha256(pub).hexdigest()
+
+    enroll(srv, out, tmp, "After The Rotation Co")  # the log grows under the new key
+    kept = state.read_text()
+    after = audit_verify(srv, state)
+    assert after["log_key"] == new_key and after["tree_size"] > cp.size
+    assert after["handovers"] == [{"tree_size": cp.size, "from": old_key, "to": new_key}]
+    assert after["previous_size"] == first["tree_size"]
+    assert json.loads(state.read_text())["verifier_key"] == new_key
+    assert audit_verify(srv, state)["handovers"] == []  # the state pins the new key now
+    # The old state with the new key pinned out of band (--log-key): followed to it too.
+    state.write_text(kept)
+    assert audit_verify(srv, state, "--log-key", new_key)["log_key"] == new_key
 
 
 def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[no-untyped-def]

@@ -787,6 +787,14 @@ def rotations_make_keys_in_the_token(
     assert pub == serialization.load_pem_public_key((d / "log.pub").read_bytes())
     note = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=5).content
     assert verify_note(note, name, pub).size > 0
+    # The hand-over to it is signed in the token by the retired key and by the new one.
+    [handover] = requests.get(srv.url + "/ca/v1/audit/log-key/handovers", timeout=5).json()[
+        "handovers"
+    ]
+    retired = serialization.load_pem_public_key((d / "log-1.pub").read_bytes())
+    for key in (retired, pub):
+        cp = verify_note(handover["checkpoint"].encode(), name, key)  # type: ignore[arg-type]
+        assert cp.size == handover["tree_size"]
 
 
 def renewals_make_keys_in_the_token(
