@@ -238,6 +238,7 @@ def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
     child = (
         "import fcntl, os, sys, time\n"
         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "print('ready', flush=True)\n"
         "t = time.monotonic(); fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "print(round(time.monotonic() - t, 3))\n"
     )
@@ -247,6 +248,9 @@ def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert proc.stdout is not None
+        # Timed from the child's own start, however long a busy machine takes to start it.
+        assert proc.stdout.readline() == "ready\n"
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting for our lock
     out, _ = proc.communicate(timeout=10)
