@@ -262,6 +262,8 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         # too, failing every auditor who had taken A's new key.
         old_key = log_key(a)
         signed = checkpoint(a, old_key)
+        state = tmp_path / "auditor-state.json"
+        a.eport("audit", "verify", "--state", str(state), "--log-key", old_key)
         cid = str(start(a, out, "ROTATE-LOG-KEY")["id"])
         for m in ("commerce", "inspection", "forex"):
             join(a, out, cid, m)
@@ -288,6 +290,15 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         assert r.headers["Content-Type"] == "application/problem+json"
         assert "ask a current host for the log's key" in r.json()["detail"], r.json()
         assert log_key(a) == new_key
+        # An auditor whose state pins the old key follows the hand-over to the new one
+        # through B, which serves the hand-overs from the database and the newest
+        # checkpoint A signed (the log grew after the rotation).
+        a.eport("apply", "--uscc", fresh_uscc(), "--name", "After The Rotation Co")
+        grown = checkpoint(a, new_key)
+        assert grown.size > via_b.size
+        doc = json.loads(b.eport("audit", "verify", "--state", str(state), "--json").stdout)
+        assert doc["tree_size"] == grown.size and doc["log_key"] == new_key
+        assert doc["handovers"] == [{"tree_size": via_b.size, "from": old_key, "to": new_key}]
     finally:
         for p in procs.values():
             stop(p)
