@@ -462,9 +462,17 @@ def follow_handovers(
         doc = client.json(f"{API}/log-key/handovers")
     except RemoteError:
         return key, previous, what, []
+    listed = doc.get("handovers") if isinstance(doc, dict) else None
+    if not isinstance(listed, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("checkpoint"), str) for item in listed
+    ):
+        raise VerificationFailed(
+            "the server's list of the log's hand-over checkpoints is not one "
+            "({handovers: [{checkpoint}]} expected)"
+        )
     hops: list[Handover] = []
-    for item in doc.get("handovers") or []:
-        note = str(item.get("checkpoint", "")).encode()
+    for item in listed:
+        note = item["checkpoint"].encode()
         try:
             cp = auditproof.verify_checkpoint(note, key)
         except AuditError:

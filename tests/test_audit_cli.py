@@ -520,7 +520,9 @@ def test_tamper_truncated_log(server: Server, issued: list[dict[str, Any]], tmp_
 class ForkingProxy:
     """Forwards to the real server but serves ``note`` as the latest checkpoint."""
 
-    def __init__(self, upstream: str, note: bytes, handovers: list[bytes] | None = None) -> None:
+    def __init__(
+        self, upstream: str, note: bytes, handovers: list[bytes] | bytes | None = None
+    ) -> None:
         self.note = note
         proxy = self
 
@@ -529,11 +531,18 @@ class ForkingProxy:
                 if self.path == "/ca/v1/audit/checkpoint":
                     body, status, ctype = proxy.note, 200, "text/plain; charset=utf-8"
                 elif self.path == "/ca/v1/audit/log-key/handovers" and handovers is not None:
-                    listed = [
-                        {"tree_size": int(n.split(b"\n")[1]), "checkpoint": n.decode()}
-                        for n in handovers
-                    ]
-                    body = json.dumps({"handovers": listed}).encode()
+                    body = (
+                        handovers
+                        if isinstance(handovers, bytes)  # as is, for a malformed answer
+                        else json.dumps(
+                            {
+                                "handovers": [
+                                    {"tree_size": int(n.split(b"\n")[1]), "checkpoint": n.decode()}
+                                    for n in handovers
+                                ]
+                            }
+                        ).encode()
+                    )
                     status, ctype = 200, "application/json"
                 else:
                     headers = {
@@ -639,7 +648,7 @@ def test_a_state_follows_the_log_s_hand_over_and_no_forged_one(
         line = f"log-key-successor {new_key}"
         return sign_note(Checkpoint(origin, at, at_root, (line,)).body(), origin, *signers)
 
-    def attempt(handovers: list[bytes], *extra: str) -> Any:
+    def attempt(handovers: list[bytes] | bytes, *extra: str) -> Any:
         state.write_text(kept)
         with ForkingProxy(server.url, newest, handovers) as proxy:
             return verify(server, state, "--json", *extra, check=False, EPORT_SERVER=proxy.url)
@@ -670,6 +679,10 @@ def test_a_state_follows_the_log_s_hand_over_and_no_forged_one(
         "older than the pinned key's last checkpoint": (
             [hand_over(size - 1, root, old, new)],
             "the retired key signed on",
+        ),
+        "a list that is not one": (
+            b'{"handovers": ["not an object"]}',
+            "the server's list of the log's hand-over checkpoints is not one",
         ),
     }
     for what, (handovers, needle) in refusals.items():
