@@ -23,7 +23,7 @@ from ca.config import CAConfig
 from ca.custody import Established, Purpose
 from ca.db import ANOTHER_CA, make_engine, upgrade
 from ca.errors import Conflict
-from ca.issuance import CertificateFactory
+from ca.issuance import CertificateFactory, IssuingCA
 from ca.keys import KeyType
 from ca.pkcs11 import TokenKeys
 from ca.policy import Policies, SubjectClass
@@ -120,6 +120,21 @@ def issue_officers(
     return out
 
 
+def custody_signer(data_dir: Path) -> Callable[[IssuingCA], None]:
+    """What the init ceremony does with the new root before ``root.crt`` marks the
+    hierarchy complete: sign the custody record written first, durably."""
+    from ca import custody_files, custody_signature
+
+    def sign(root: IssuingCA) -> None:
+        record = custody_files.record_path(data_dir).read_bytes()
+        custody_files.write_durably(
+            custody_signature.signature_path(data_dir),
+            custody_signature.sign_record(root.signer, root.certificate, record),
+        )
+
+    return sign
+
+
 def initialize(
     cfg: CAConfig,
     policies: Policies,
@@ -137,9 +152,10 @@ def initialize(
     """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers.
 
     With ``custody_set`` the root key is wrapped by its root KEK and the other CA keys
-    by its seal KEK, the public custody record is written beside the hierarchy and
-    logged; the caller writes the share files and wipes the KEKs. With ``token`` the
-    keys it holds are made in that PKCS#11 token instead (:mod:`ca.pkcs11`).
+    by its seal KEK, the public custody record is written beside the hierarchy, signed
+    by the root (:mod:`ca.custody_signature`) and logged; the caller writes the share
+    files and wipes the KEKs. With ``token`` the keys it holds are made in that PKCS#11
+    token instead (:mod:`ca.pkcs11`).
     """
     from ca import custody_files
     from ca.app import build_authority
@@ -169,6 +185,7 @@ def initialize(
             factory=CertificateFactory(public_base_url=cfg.public_base_url),
             now=datetime.datetime.now(datetime.UTC),
             token=token,
+            root_signs=None if custody_set is None else custody_signer(cfg.data_dir),
         )
         authority = build_authority(cfg, policies, h, store)
         record_hierarchy(authority, h, actor, Path(cfg.data_dir))

@@ -6,6 +6,7 @@ Layout under ``<data_dir>/ca/``::
     root.key              the root key, wrapped by the custody root KEK (only a quorum
                           ceremony opens it), or encrypted PKCS#8 (development CA)
     custody.json          the public custody record: share fingerprints, threshold, checks
+    custody.json.sig      the root's signature of it (:mod:`ca.custody_signature`)
     issuers/<id>.crt      issuing CA certificates (pathLen 0), one per subject class
     issuers/<id>.key      their keys, sealed at rest (seal KEK, or a passphrase in dev)
     responders/<id>.crt   each issuing CA's delegated OCSP responder (RFC 6960 §4.2.2.2)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,7 @@ def create(
     factory: CertificateFactory,
     now: datetime.datetime,
     token: TokenKeys | None = None,
+    root_signs: Callable[[IssuingCA], None] | None = None,
 ) -> Hierarchy:
     """The ceremony's key generation: root, then each issuing CA signed by the root.
 
@@ -133,7 +135,9 @@ def create(
     KEK's sealer) and dropped from memory when this returns; the issuing keys are
     sealed to ``ca_passphrase`` (a passphrase, or the seal KEK's sealer). With
     ``token``, the keys it holds are made in that PKCS#11 token instead and their key
-    files only name them (:mod:`ca.pkcs11`).
+    files only name them (:mod:`ca.pkcs11`). ``root_signs`` is called with the root
+    (certificate and signer) before ``root.crt`` is written, for anything else the
+    ceremony signs with the root key (the custody record's signature).
     """
     root_sealer, ca_sealer = sealer_of(root_passphrase), sealer_of(ca_passphrase)
     d = ca_dir(data_dir)
@@ -196,6 +200,8 @@ def create(
             root_cert, root_signer, [], 1, now.replace(microsecond=0), now + ROOT_CRL_VALIDITY
         )
     )
+    if root_signs is not None:
+        root_signs(root)
     if root_key is not None:
         root_sealer.seal(root_key, d / "root.key")
     _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init

@@ -276,8 +276,14 @@ def _sealed_share() -> Any:
 @bp.get("")
 def custody_status() -> Response:
     svc = custody_service()
+    from ca.custody_signature import check_local
+
+    # Whether the record on disk is signed by the root (ca/custody_signature.py): an
+    # unsigned one (made before records were signed) still works on its own host.
+    unsigned = check_local(svc.cfg.data_dir)
     doc: dict[str, Any] = {
         "custody": svc.record.to_json(),
+        "record_signature": {"verified": unsigned is None, "detail": unsigned},
         "sealed": svc.sealed,
         "boot_id": svc.boot.id,
     }

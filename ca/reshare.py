@@ -14,20 +14,27 @@ custody id they were wrapped under (:attr:`ca.custody.CustodyRecord.keys_id`), s
 change in force is one file (``ca/custody.json``) and a running, unsealed server
 carries on with the KEK it holds. ``docs/custody.md`` says what this costs.
 
+The new record is signed by the root key (opened by the rebuilt root KEK) before
+anything is written: ``ca/custody.json.sig`` (:mod:`ca.custody_signature`), which the
+other hosts of a shared database require before they take the record from it.
+
 Order, so that a crash at any point loses nothing:
 
 1. the new share files are written (the caller's ``write_shares``);
-2. the current record is kept as ``ca/custody-<old id>.json`` and the new one written
-   as ``ca/custody-<new id>.json`` (both public);
+2. the current record and its signature (if it has one) are kept as
+   ``ca/custody-<old id>.json`` and ``.json.sig``, and the new ones written as
+   ``ca/custody-<new id>.json`` and ``.json.sig`` (all public);
 3. one database transaction logs ``custody.reshared``: the commit point;
-4. ``ca/custody.json`` is replaced by the new record (temporary file, fsync, rename) and
-   the generation file tells running workers to reload it.
+4. ``ca/custody.json.sig`` then ``ca/custody.json`` are replaced by the new ones
+   (temporary file, fsync, rename) and the generation file tells running workers to
+   reload them.
 
 A crash before 3 leaves the old custody set in force (the new share files open nothing:
-their record was never installed). A crash between 3 and 4 is finished by
+their record was never installed). A crash between 3 and the end of 4 is finished by
 :func:`settle`, which the server runs at start and ``eport ca reshare`` before anything
-else: it installs the record the log's last re-share names, if ``custody.json`` is the
-one that re-share replaced.
+else: it installs the record the log's last re-share names and its signature, if
+``custody.json`` is the one that re-share replaced (as it still is when only the new
+signature was written).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from ca import custody_files, hierarchy
+from ca import custody_files, custody_signature, hierarchy
 from ca.authority import dn_string
 from ca.custody import (
     CustodyError,
@@ -141,17 +148,29 @@ def reshare(
     old_bytes = path.read_bytes()
     if CustodyRecord.from_json(json.loads(old_bytes)).custody_id != old.custody_id:
         raise Conflict("the custody record changed during the ceremony; start again")
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
     made = establish(custodians, threshold, keks=rebuilt.keks)
     try:
         new = replace(made.record, keys_custody_id=old.keys_id)
+        new_bytes = custody_files.record_bytes(new)
+        # Signed before anything is written: a root key that cannot sign changes nothing.
+        signature = sign_with_root(data_dir, rebuilt, root, new_bytes)
         write_shares(new, made.shares)
     finally:
         made.wipe()
     custody_files.write_durably(custody_files.archived_path(data_dir, old.custody_id), old_bytes)
+    try:  # a record of before signed custody records has none to keep
+        old_signature = custody_signature.signature_path(data_dir).read_bytes()
+    except FileNotFoundError:
+        pass
+    else:
+        custody_files.write_durably(
+            custody_signature.archived_signature_path(data_dir, old.custody_id), old_signature
+        )
     custody_files.write_durably(
-        custody_files.archived_path(data_dir, new.custody_id), custody_files.record_bytes(new)
+        custody_signature.archived_signature_path(data_dir, new.custody_id), signature
     )
-    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    custody_files.write_durably(custody_files.archived_path(data_dir, new.custody_id), new_bytes)
     with store.transaction() as tx:
         tx.append_event(
             Event(
@@ -165,8 +184,19 @@ def reshare(
                 details=reshare_details(old, new, rebuilt.participants),
             )
         )
-    install(data_dir, new)
+    install(data_dir, new, signature)
     return new
+
+
+def sign_with_root(
+    data_dir: Path, rebuilt: Rebuilt, root: x509.Certificate, record: bytes
+) -> bytes:
+    """The root's signature file of ``record`` (:mod:`ca.custody_signature`): the rebuilt
+    root KEK opens ``root.key`` (a key in a PKCS#11 token signs there) for this one
+    signature."""
+    sealer = KekSealer(rebuilt.keks[Purpose.ROOT], rebuilt.record.keys_id, Purpose.ROOT)
+    signer = sealer.unseal(hierarchy.ca_dir(data_dir) / "root.key")
+    return custody_signature.sign_record(signer, root, record)
 
 
 def reshare_details(
@@ -193,11 +223,24 @@ def reshare_details(
     return details
 
 
-def install(data_dir: Path, record: CustodyRecord) -> None:
-    """Put ``record`` in force and tell running workers to reload it."""
+def install(data_dir: Path, record: CustodyRecord, signature: bytes | None) -> None:
+    """Put ``record`` in force with its root ``signature`` and tell running workers to
+    reload it. The signature is written first, so a crash between the two leaves the
+    record the log's re-share replaced, which :func:`settle` installs again (never the
+    new record beside the old signature); both under the host lock, so no check of this
+    host publishes one without the other (:mod:`ca.crosshost`). ``signature`` None: a
+    re-share logged before records were signed; a signature left from before is removed."""
+    from ca.crosshost import host_lock
     from ca.generation import bump_generation
 
-    custody_files.write_record(data_dir, record)
+    path = custody_signature.signature_path(data_dir)
+    with host_lock(data_dir):
+        if signature is not None:
+            custody_files.write_durably(path, signature)
+        elif path.exists():
+            path.unlink()
+            custody_files.sync_dir(path.parent)
+        custody_files.write_record(data_dir, record)
     bump_generation(data_dir)
 
 
@@ -223,6 +266,12 @@ def settle(data_dir: Path, last_reshare: Mapping[str, Any] | None) -> str | None
         ) from None
     if record.custody_id != new_id:
         raise CustodyError(f"{path} does not hold custody set {new_id}")
-    install(data_dir, record)
+    try:
+        signature: bytes | None = custody_signature.archived_signature_path(
+            data_dir, new_id
+        ).read_bytes()
+    except FileNotFoundError:
+        signature = None
+    install(data_dir, record, signature)
     log.warning("finished the re-share to custody set %s (its record was not installed)", new_id)
     return new_id

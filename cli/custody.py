@@ -285,7 +285,9 @@ def ca_init(
     OUT/shares/<member>.share encrypted to that custodian's passphrase. Neither key is
     stored anywhere else: M custodians unseal the server (eport ca unseal) and approve
     every root operation (eport ca ceremony). Every certificate made here is logged,
-    and so is the custody record (share fingerprints, threshold).
+    and so is the custody record (share fingerprints, threshold), which the root key
+    signs (ca/custody.json.sig: other hosts of a shared database take the record only
+    with it).
 
     With --pkcs11-uri the online keys (and with --pkcs11-root the root key) are made
     in the token instead, never extractable; the server signs with them from the
@@ -370,6 +372,7 @@ def ca_init(
     (out / "custody.json").write_text(
         json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
     )
+    _copy_signature(custody_signature_path(data_dir, None), out)
     record: dict[str, Any] = {
         "root": describe(done.hierarchy.root),
         "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
@@ -396,11 +399,28 @@ def ca_init(
     lines += [_share_line(mid, d) for mid, d in share_files.items()]
     lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
     lines.append(
-        f"Public record: {out}/ceremony.json, {out}/custody.json. Hand each share file and "
+        f"Public record: {out}/ceremony.json, {out}/custody.json (signed by the root: "
+        f"{out}/custody.json.sig). Hand each share file and "
         "officer directory to its agency; the server starts sealed until "
         f"{m} custodians run `eport ca unseal`."
     )
     _emit(as_json, record, "\n".join(lines))
+
+
+def custody_signature_path(data_dir: Path, custody_id: str | None) -> Path:
+    """The root's signature of the custody record in force (``custody_id`` None), or of
+    the one kept by its id."""
+    from ca import custody_signature
+
+    if custody_id is None:
+        return custody_signature.signature_path(data_dir)
+    return custody_signature.archived_signature_path(data_dir, custody_id)
+
+
+def _copy_signature(signature: Path, out: Path) -> None:
+    """The root's signature of the custody record beside the ceremony's public copy of
+    it (``OUT/custody.json.sig``): anyone with the root certificate can check the two."""
+    (out / "custody.json.sig").write_bytes(signature.read_bytes())
 
 
 def _share_protectors(
@@ -555,8 +575,9 @@ def ca_reshare(
     share file (--share, passphrase typed at the prompt). Their shares rebuild the root
     and seal KEKs, which are split anew (threshold M of the members policies/members.toml
     names now) into OUT/shares/<member>.share, each encrypted to a passphrase its
-    custodian chooses. The new custody record replaces ca/custody.json (the old one is
-    kept as ca/custody-<old id>.json) and the re-share is logged (custody.reshared).
+    custodian chooses. The new custody record, signed by the root key the shares open
+    (ca/custody.json.sig), replaces ca/custody.json (the old one is kept as
+    ca/custody-<old id>.json) and the re-share is logged (custody.reshared).
     Every old share file is refused from then on; the wrapped CA keys do not change.
     """
     import time
@@ -669,6 +690,7 @@ def ca_reshare(
         "archived_record": str(custody_files.archived_path(data_dir, record.custody_id)),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    _copy_signature(custody_signature_path(data_dir, new.custody_id), out)
     (out / "reshare.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     m, n = new.threshold, len(new.custodians)
     lines = [
@@ -677,7 +699,8 @@ def ca_reshare(
     ]
     lines += [_share_line(mid, d) for mid, d in written.items()]
     lines.append(
-        f"Public record: {out}/custody.json, {out}/reshare.json; the replaced record is kept "
+        f"Public record: {out}/custody.json (signed by the root: {out}/custody.json.sig), "
+        f"{out}/reshare.json; the replaced record is kept "
         f"as {doc['archived_record']}. Hand each new share file to its custodian; every "
         "old share file is now refused (destroy them)."
     )

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine
 
 from ca import hierarchy
 from ca.crl import build_crl
+from ca.custody_signature import verify_record
 from ca.issuance import CertificateFactory, IssuingCA
 from ca.keys import KeyType
 from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate, private_key
@@ -336,6 +337,11 @@ def hsm_server(hsm: HSM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         env=env,
     )
     assert "Token:   root, issuing CA, OCSP and log keys in pkcs11:token=eport-ca" in res.stdout
+    # the token's root key signed the custody record (ca/custody_signature.py)
+    root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+    verify_record(
+        root, (out / "custody.json").read_bytes(), (out / "custody.json.sig").read_bytes()
+    )
     srv, proc = start_server(data, dev=False, env=env, log_dir=tmp, port=port)
     try:
         yield srv, out

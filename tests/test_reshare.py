@@ -34,6 +34,12 @@ from ca.custody import (
     open_share_file,
     seal_share_file,
 )
+from ca.custody_signature import (
+    RecordSignatureRefused,
+    archived_signature_path,
+    signature_path,
+    verify_record,
+)
 from ca.custody_store import latest_reshare
 from ca.db import make_engine
 from ca.share_transport import seal_share
@@ -167,11 +173,17 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         assert new_record["keys_custody_id"] == old_record.custody_id
         kept = data / "ca" / f"custody-{old_record.custody_id}.json"
         assert CustodyRecord.from_json(json.loads(kept.read_text())) == old_record
+        # the new record is signed by the root, and OUT has the signature beside it
+        root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+        sig = signature_path(data).read_bytes()
+        assert (new_out / "custody.json.sig").read_bytes() == sig
+        verify_record(root, (new_out / "custody.json").read_bytes(), sig)
         # Every worker of the running server takes the new record and stays unsealed
         # (the KEKs were kept).
         for _ in range(6):
             state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
             assert state["custody"]["custody_id"] == new_id and state["sealed"] is False
+            assert state["record_signature"] == {"verified": True, "detail": None}, state
     finally:
         stop(proc)
 
@@ -262,11 +274,17 @@ def assert_no_secret_in_clear(roots: list[Path], share_dirs: dict[Path, str]) ->
 
 def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The two crash points of a re-share, in process against the real database: before
-    the commit the old set stays in force; after it, `settle` (run by the server at
-    start and by the next `eport ca reshare`) installs the logged record."""
+    the commit the old set stays in force; after it (here once the new root signature is
+    written but not the record), `settle` (run by the server at start and by the next
+    `eport ca reshare`) installs the logged record and its signature, never one without
+    the other. Both records are signed by the root (init signed the first)."""
     data, out, _ = init_ca(tmp_path)
     record = custody_files.load_record(data)
     old_bytes = custody_files.record_path(data).read_bytes()
+    root = x509.load_pem_x509_certificate((data / "ca" / "root.crt").read_bytes())
+    old_sig = signature_path(data).read_bytes()
+    verify_record(root, old_bytes, old_sig)  # eport ca init signed it
+    assert (out / "custody.json.sig").read_bytes() == old_sig
     engine = make_engine(f"sqlite:///{data / 'eport.db'}")
     store = SqlStore(sessionmaker(engine), event_sinks=(translog.append_event,))
     opened = [
@@ -299,17 +317,27 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         def dies(*_: object) -> None:
             raise RuntimeError("power cut")
 
-        monkeypatch.setattr("ca.reshare.install", dies)
+        monkeypatch.setattr("ca.custody_files.write_record", dies)
         with pytest.raises(RuntimeError):
             core.reshare(data, store, rebuilt, members, 3, write_shares, now=now)
         rebuilt.wipe()
         monkeypatch.undo()
         assert custody_files.record_path(data).read_bytes() == old_bytes
+        assert signature_path(data).read_bytes() != old_sig  # the new one, written first
         (logged,) = reshare_events(data)
         assert core.settle(data, latest_reshare(store)) == logged["custody_id"]
         installed = custody_files.load_record(data)
         assert installed.custody_id == logged["custody_id"] != record.custody_id
         assert core.settle(data, latest_reshare(store)) is None  # done once
+        # the pair in force, and the replaced pair kept by its id, verify under root.crt
+        verify_record(
+            root, custody_files.record_path(data).read_bytes(), signature_path(data).read_bytes()
+        )
+        kept = custody_files.archived_path(data, record.custody_id).read_bytes()
+        assert kept == old_bytes
+        verify_record(root, kept, archived_signature_path(data, record.custody_id).read_bytes())
+        with pytest.raises(RecordSignatureRefused, match="of another custody record"):
+            verify_record(root, old_bytes, signature_path(data).read_bytes())
         # The new share files of the logged re-share rebuild the (kept) KEKs; old ones are
         # refused.
         new_files = [
