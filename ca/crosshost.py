@@ -17,8 +17,10 @@ host's responders only. The database carries the signal:
 What a host does with a record newer than its note (:meth:`HierarchySync.check`):
 
 * public files it can verify on its own (the root CRL, signed by its root and numbered
-  higher; ``issuers/active.json``; ``custody.json``; the old log keys ``log-<n>.pub``)
-  are written into its ``ca/`` and its workers reload them (:mod:`ca.generation`);
+  higher; ``issuers/active.json``; ``custody.json`` with ``custody.json.sig``, only
+  together and only when the signature verifies over those very bytes under its own
+  ``root.crt`` (:mod:`ca.custody_signature`); the old log keys ``log-<n>.pub``) are
+  written into its ``ca/`` and its workers reload them (:mod:`ca.generation`);
 * files that need a private key it does not have (a new issuing CA generation, a new log
   key) cannot come through the database: the host reports itself **stale**, naming
   them and the manual step (copy the ceremony host's ``ca/``). ``eport serve`` refuses to
@@ -62,12 +64,16 @@ MANUAL_STEP = (
 )
 
 _PUBLIC = re.compile(
-    r"^(root\.crt|root\.crl|custody\.json|log(-[0-9]+)?\.pub|issuers/[^/]+\.crt"
+    r"^(root\.crt|root\.crl|custody\.json(\.sig)?|log(-[0-9]+)?\.pub|issuers/[^/]+\.crt"
     r"|issuers/active\.json)$"
 )
-_PICKED_UP = re.compile(r"^(root\.crl|custody\.json|log-[0-9]+\.pub|issuers/active\.json)$")
-"""Public files a host takes from the record: nothing it signs with depends on a key it
-lacks (the root CRL is checked against its own root first)."""
+_PICKED_UP = re.compile(r"^(root\.crl|log-[0-9]+\.pub|issuers/active\.json)$")
+"""Public files a host takes from the record one by one: nothing it signs with depends on
+a key it lacks (the root CRL is checked against its own root first). The custody record
+and its signature are taken as a pair (:data:`CUSTODY_PAIR`)."""
+CUSTODY_PAIR = ("custody.json.sig", "custody.json")
+"""Taken together or not at all, when the signature verifies under this host's root;
+written in this order (the signature first), as a re-share installs them."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,11 @@ class Record(Protocol):
 
 def local_files(data_dir: Path) -> dict[str, Published]:
     """The hierarchy's files in ``data_dir`` that every host of one database shares: the
-    root, its CRL, the custody record, the log keys, the issuing CAs and which of them
-    issue. Not the OCSP responders (each host renews its own), nor work or note files."""
+    root, its CRL, the custody record and its signature, the log keys, the issuing CAs
+    and which of them issue. Not the OCSP responders (each host renews its own), nor work
+    or note files."""
     d = hierarchy.ca_dir(data_dir)
-    paths = [d / n for n in ("root.crt", "root.crl", "root.key", "custody.json", "log.pub")]
+    paths = [d / n for n in ("root.crt", "root.crl", "root.key", *CUSTODY_PAIR, "log.pub")]
     paths += [d / "log.key", *sorted(d.glob("log-*.pub"))]
     paths += sorted((d / "issuers").glob("*.crt")) + sorted((d / "issuers").glob("*.key"))
     paths.append(d / "issuers" / hierarchy.ACTIVE_FILE)
@@ -245,6 +252,38 @@ def _checked(data_dir: Path, name: str, data: bytes) -> str | None:
     return None
 
 
+def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str | None:
+    """Why the record's custody record and signature may not replace this host's (None:
+    they may): the pair must be whole and the signature must verify over the record's
+    very bytes under this host's own ``root.crt``. The database is no authority for who
+    the custodians are: whoever can write it could otherwise plant a record that makes
+    this host refuse the real custodians' shares."""
+    from ca.custody_signature import RecordSignatureRefused, verify_record
+
+    record, signature = published.get("custody.json"), published.get("custody.json.sig")
+    if record is None or record.data is None:
+        return "the database's record holds no custody record"
+    if hashlib.sha256(record.data).hexdigest() != record.sha256:
+        return "the database's custody record does not match its digest"
+    why = _checked(data_dir, "custody.json", record.data)
+    if why is not None:
+        return f"the database's custody.json is {why}"
+    refused = "the database's custody record is not signed by this host's root"
+    if signature is None or signature.data is None:
+        return (
+            f"{refused}: it has no signature (a record written before custody records were "
+            "signed, or its signature was removed; a re-share on the ceremony host signs it)"
+        )
+    if hashlib.sha256(signature.data).hexdigest() != signature.sha256:
+        return f"{refused}: its signature does not match its digest"
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    try:
+        verify_record(root, record.data, signature.data)
+    except RecordSignatureRefused as exc:
+        return f"{refused}: {exc.detail}"
+    return None
+
+
 class HierarchySync:
     """One host's comparison of its ``ca/`` with the record (call under :func:`host_lock`)."""
 
@@ -329,11 +368,28 @@ class HierarchySync:
         picked: list[str] = []
         missing: list[str] = []
         notes: list[str] = []
+
+        def differs(name: str) -> bool:
+            theirs, ours = published.get(name), local.get(name)
+            return (theirs and theirs.sha256) != (ours and ours.sha256)
+
+        pair = [n for n in CUSTODY_PAIR if differs(n)]
+        if pair:
+            why = _custody_refused(self.data_dir, published) if take else None
+            if take and why is None:
+                for name in pair:  # the signature first, as a re-share installs them
+                    data = published[name].data
+                    assert data is not None
+                    write_durably(d / name, data)
+                    picked.append(name)
+            else:
+                if why is not None:
+                    notes.append(why)
+                missing += pair
         for name in sorted(set(local) | set(published)):
-            theirs = published.get(name)
-            ours = local.get(name)
-            if (theirs and theirs.sha256) == (ours and ours.sha256):
+            if name in CUSTODY_PAIR or not differs(name):
                 continue
+            theirs = published.get(name)
             if (
                 take
                 and theirs is not None
@@ -349,6 +405,8 @@ class HierarchySync:
                     continue
                 notes.append(f"{name}: {why}")
             missing.append(name)
+        picked.sort()
+        missing.sort()
         if picked:
             self.bump(self.data_dir)  # every worker of this host reloads
         if not missing:

@@ -5,6 +5,7 @@ files it could not take."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from ca.crosshost import HierarchySync, read_note
 from ca.crosshost_sql import SqlHierarchyRecord
 from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
+from ca.keys import KeyType
 from ca.policy import load_policies
 from tests.conftest import REPO
 
@@ -300,3 +302,88 @@ def test_a_ceremony_s_files_are_written_durably(
     assert any(s.startswith(str(ca / "root.crl.tmp")) for s in synced), synced
     assert str(issuers) in synced and str(ca) in synced, synced
     assert root_ops.read_active(tmp_path) == {"enterprise": "enterprise-2"}
+
+
+def test_a_custody_record_is_taken_only_with_its_root_signature(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """``custody.json`` decides which share files open the KEKs. It was taken from the
+    record after a syntax check alone, so whoever could write the database could plant
+    one on every host (it opens nothing, but the hosts then refuse the real custodians).
+    Now the record and its root signature (``custody.json.sig``) are taken together, and
+    only when the signature verifies over those very bytes under the host's own root;
+    otherwise the host keeps both and is stale, saying why."""
+    from ca.crosshost import Published
+    from ca.custody import establish
+    from ca.custody_files import record_bytes
+    from ca.custody_signature import sign_record, verify_record
+    from ca.sealing import PassphraseSealer
+    from tests.test_custody_signature import root_of
+
+    a, b = _hosts(tmp_path)
+    bumped: list[Path] = []
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+    def custody(threshold: int) -> bytes:
+        made = establish([(m, m) for m in ("customs", "tax", "forex")], threshold)
+        made.wipe()
+        return record_bytes(made.record)
+
+    root = x509.load_pem_x509_certificate((a / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    # a re-share on A: a new record and the root's signature of it; B takes the pair
+    signed = custody(2)
+    (a / "ca" / "custody.json").write_bytes(signed)
+    (a / "ca" / "custody.json.sig").write_bytes(sign_record(signer, root, signed))
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.picked_up == ("custody.json", "custody.json.sig") and not got.stale, got
+    assert (b / "ca" / "custody.json").read_bytes() == signed
+    verify_record(root, signed, (b / "ca" / "custody.json.sig").read_bytes())
+    assert bumped == [b]
+    genuine = (b / "ca" / "custody.json.sig").read_bytes()
+    published = record.files()
+
+    # The record as someone who can write the database plants it.
+    foreign_signer, foreign_root = root_of(KeyType.P384)
+    changed = signed.replace(b'"threshold": 2', b'"threshold": 3')
+    planted = custody(3)
+    cases = [
+        ({"custody.json": changed}, "its signature is of another custody record"),
+        (
+            {"custody.json": planted, "custody.json.sig": None},
+            "it has no signature (a record written before custody records were signed",
+        ),
+        (
+            {
+                "custody.json": planted,
+                "custody.json.sig": sign_record(foreign_signer, foreign_root, planted),
+            },
+            "its signature names another root",
+        ),
+        ({"custody.json.sig": b"{}"}, "its signature file is not of format"),
+    ]
+    for edits, needle in cases:
+        files = dict(published)
+        for name, data in edits.items():
+            if data is None:
+                del files[name]
+            else:
+                files[name] = Published(hashlib.sha256(data).hexdigest(), data)
+        head = record.head()
+        assert head is not None
+        assert record.publish(head.generation, files, "attacker", NOW) is not None
+        got = sync(b).check()
+        assert got.picked_up == () and got.missing == tuple(sorted(edits)), (needle, got)
+        warning = got.warning()
+        assert warning is not None, needle
+        assert "the database's custody record is not signed by this host's root: " in warning
+        assert needle in warning, warning
+        # neither file of the pair was written: B keeps the record and signature it had
+        assert (b / "ca" / "custody.json").read_bytes() == signed
+        assert (b / "ca" / "custody.json.sig").read_bytes() == genuine
+        assert bumped == [b]

@@ -15,6 +15,8 @@ other, or the other says that it cannot (docs/ca.md, "Several hosts"; ca/crossho
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import shutil
@@ -26,12 +28,15 @@ from typing import Any
 
 import requests
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.checkpoint import Checkpoint, parse_verifier_key, verify_note
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
 from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env, unseal
 from tests.test_custody_ceremonies import join, officer_args, rotate, start
+from tests.test_reshare import PRESENT, reshare
 from tests.test_two_hosts import enterprise, ocsp_status, rows, signed_post, two_hosts
 
 FAST = {"EPORT_CRL_REFRESH_SECONDS": "0.5"}
@@ -262,8 +267,8 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         # too, failing every auditor who had taken A's new key.
         old_key = log_key(a)
         signed = checkpoint(a, old_key)
-        state = tmp_path / "auditor-state.json"
-        a.eport("audit", "verify", "--state", str(state), "--log-key", old_key)
+        audit_state = tmp_path / "auditor-state.json"
+        a.eport("audit", "verify", "--state", str(audit_state), "--log-key", old_key)
         cid = str(start(a, out, "ROTATE-LOG-KEY")["id"])
         for m in ("commerce", "inspection", "forex"):
             join(a, out, cid, m)
@@ -296,9 +301,57 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         a.eport("apply", "--uscc", fresh_uscc(), "--name", "After The Rotation Co")
         grown = checkpoint(a, new_key)
         assert grown.size > via_b.size
-        doc = json.loads(b.eport("audit", "verify", "--state", str(state), "--json").stdout)
+        verified = b.eport("audit", "verify", "--state", str(audit_state), "--json")
+        doc = json.loads(verified.stdout)
         assert doc["tree_size"] == grown.size and doc["log_key"] == new_key
         assert doc["handovers"] == [{"tree_size": via_b.size, "from": old_key, "to": new_key}]
+
+        # 4. A re-share on A (its server running): the new custody record and the root's
+        # signature of it reach B together (B, stale for the log key, still takes the
+        # public files it can check). Then custody records planted in the database by
+        # SQL, as anyone who can write it could: neither host takes one, and both say
+        # why. Before, a host took custody.json from the record after a syntax check.
+        shares = [out / "shares" / f"{m}.share" for m in PRESENT]
+        res = reshare(a_data, tmp_path / "reshare", shares, tmp_path, EPORT_DATABASE_URL=db)
+        assert res.returncode == 0, res.stderr
+        new_id = json.loads(res.stdout)["custody_id"]
+        genuine = (a_data / "ca" / "custody.json").read_bytes()
+
+        def b_custody() -> dict[str, Any] | None:
+            doc: dict[str, Any] = requests.get(b.url + "/ca/v1/custody", timeout=10).json()
+            return doc if doc["custody"]["custody_id"] == new_id else None
+
+        state = eventually("host B did not take the re-shared record", b_custody)
+        assert state["record_signature"] == {"verified": True, "detail": None}, state
+        assert (b_data / "ca" / "custody.json").read_bytes() == genuine
+        assert "Took custody.json, custody.json.sig from the database" in b.log.read_text()
+        planted = genuine.replace(b'"threshold": 3', b'"threshold": 2')
+        assert planted != genuine
+        # forged as well as it can be without the root key: this root's name, the
+        # planted record's digest, a signature by another P-384 key
+        forged = json.loads((a_data / "ca" / "custody.json.sig").read_bytes())
+        forged["record_sha256"] = hashlib.sha256(planted).hexdigest()
+        forged["signature"] = base64.b64encode(
+            ec.generate_private_key(ec.SECP384R1()).sign(planted, ec.ECDSA(hashes.SHA384()))
+        ).decode()
+        refusal = "the database's custody record is not signed by this host's root: "
+        for files, why in (
+            (
+                {"custody.json": planted, "custody.json.sig": json.dumps(forged).encode()},
+                "its signature does not verify under this host's root.crt",
+            ),
+            ({"custody.json": planted, "custody.json.sig": None}, "it has no signature"),
+        ):
+            plant(db, files)
+            for srv in (b, a):  # the ceremony host is behind the planted record too
+                stale = eventually(
+                    f"{srv.url} does not refuse the planted record ({why})",
+                    lambda srv=srv, why=why: _refusing(srv, refusal + why),
+                )
+                assert "custody.json" in " ".join(stale["warnings"]), stale
+            for d in (a_data, b_data):
+                assert (d / "ca" / "custody.json").read_bytes() == genuine
+            assert b_custody() is not None
     finally:
         for p in procs.values():
             stop(p)
@@ -321,6 +374,33 @@ def checkpoint(srv: Server, key: str) -> Checkpoint:
 def _stale(srv: Server) -> dict[str, Any] | None:
     doc = health(srv)
     return doc if doc["hierarchy"] == "stale" else None
+
+
+def _refusing(srv: Server, words: str) -> dict[str, Any] | None:
+    doc = _stale(srv)
+    return doc if doc is not None and words in " ".join(doc["warnings"]) else None
+
+
+def plant(url: str, files: dict[str, bytes | None]) -> None:
+    """Edit the database's hierarchy record as an attacker who can write it would: the
+    given files' bytes and digests replaced (None: the row deleted), as a new generation."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for path, data in files.items():
+                conn.execute(text("DELETE FROM hierarchy_files WHERE path = :p"), {"p": path})
+                if data is not None:
+                    conn.execute(
+                        text(
+                            "INSERT INTO hierarchy_files (path, sha256, data) VALUES (:p, :s, :d)"
+                        ),
+                        {"p": path, "s": hashlib.sha256(data).hexdigest(), "d": data},
+                    )
+            conn.execute(text("UPDATE hierarchy_head SET generation = generation + 1"))
+    finally:
+        engine.dispose()
 
 
 def test_a_ceremony_writes_its_files_while_no_check_can_publish_half_of_them(
