@@ -19,7 +19,8 @@ What a host does with a record newer than its note (:meth:`HierarchySync.check`)
 * public files it can verify on its own (the root CRL, signed by its root and numbered
   higher; ``issuers/active.json``; ``custody.json`` with ``custody.json.sig``, only
   together and only when the signature verifies over those very bytes under its own
-  ``root.crt`` (:mod:`ca.custody_signature`); the old log keys ``log-<n>.pub``) are
+  ``root.crt`` (:mod:`ca.custody_signature`) and it is not a record this host saw a
+  re-share replace; the old log keys ``log-<n>.pub``) are
   written into its ``ca/`` and its workers reload them (:mod:`ca.generation`);
 * files that need a private key it does not have (a new issuing CA generation, a new log
   key) cannot come through the database: the host reports itself **stale**, naming
@@ -51,8 +52,9 @@ from typing import Protocol
 
 from cryptography import x509
 
-from ca import hierarchy
+from ca import custody_files, hierarchy
 from ca.custody_files import write_durably
+from ca.custody_signature import RecordSignatureRefused, archived_signature_path, verify_record
 
 log = logging.getLogger("eport.ca")
 
@@ -258,8 +260,6 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     very bytes under this host's own ``root.crt``. The database is no authority for who
     the custodians are: whoever can write it could otherwise plant a record that makes
     this host refuse the real custodians' shares."""
-    from ca.custody_signature import RecordSignatureRefused, verify_record
-
     record, signature = published.get("custody.json"), published.get("custody.json.sig")
     if record is None or record.data is None:
         return "the database's record holds no custody record"
@@ -268,6 +268,15 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     why = _checked(data_dir, "custody.json", record.data)
     if why is not None:
         return f"the database's custody.json is {why}"
+    theirs, ours = _custody_id(record.data), _custody_id(_read(data_dir, "custody.json"))
+    if theirs and theirs != ours and custody_files.archived_path(data_dir, theirs).exists():
+        # Signed by this root, but a re-share replaced it: the record carries no order,
+        # so the replaced records this host keeps are what tells an old one put back.
+        return (
+            f"the database's custody record is custody set {theirs}, which a re-share "
+            f"replaced (this host keeps it as ca/custody-{theirs}.json): an older record "
+            "put back into the database is not taken"
+        )
     refused = "the database's custody record is not signed by this host's root"
     if signature is None or signature.data is None:
         return (
@@ -282,6 +291,40 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     except RecordSignatureRefused as exc:
         return f"{refused}: {exc.detail}"
     return None
+
+
+def _read(data_dir: Path, name: str) -> bytes | None:
+    try:
+        return (hierarchy.ca_dir(data_dir) / name).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _custody_id(data: bytes | None) -> str | None:
+    """The custody id a custody record names (None: no record, or no id that can name a
+    file: a record from the database names a path here only through it)."""
+    try:
+        doc = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    custody_id = doc.get("custody_id") if isinstance(doc, dict) else None
+    if isinstance(custody_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", custody_id):
+        return custody_id
+    return None
+
+
+def _keep_replaced_custody(data_dir: Path) -> None:
+    """Before a custody record taken from the record replaces this host's: keep this
+    host's as ``ca/custody-<id>.json`` (with its signature), as a re-share keeps the one it
+    replaces, so that it is never taken back from the database (:func:`_custody_refused`)."""
+    record = _read(data_dir, "custody.json")
+    custody_id = _custody_id(record)
+    if record is None or custody_id is None:
+        return
+    signature = _read(data_dir, "custody.json.sig")
+    if signature is not None:
+        write_durably(archived_signature_path(data_dir, custody_id), signature)
+    write_durably(custody_files.archived_path(data_dir, custody_id), record)
 
 
 class HierarchySync:
@@ -377,6 +420,8 @@ class HierarchySync:
         if pair:
             why = _custody_refused(self.data_dir, published) if take else None
             if take and why is None:
+                if "custody.json" in pair:
+                    _keep_replaced_custody(self.data_dir)
                 for name in pair:  # the signature first, as a re-share installs them
                     data = published[name].data
                     assert data is not None

@@ -387,3 +387,61 @@ def test_a_custody_record_is_taken_only_with_its_root_signature(
         assert (b / "ca" / "custody.json").read_bytes() == signed
         assert (b / "ca" / "custody.json.sig").read_bytes() == genuine
         assert bumped == [b]
+
+
+def test_a_custody_record_a_reshare_replaced_is_not_taken_back(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """A record a re-share replaced is signed by the same root, and the record carries no
+    order: put back into the database, it verified and was taken, and the custodians'
+    old share files (which they were asked to destroy) counted there again. A host now
+    keeps the record it replaces as ``ca/custody-<id>.json`` (as the re-share host does)
+    and takes none of those back."""
+    from ca.custody import establish
+    from ca.custody_files import archived_path, record_bytes
+    from ca.custody_signature import archived_signature_path, sign_record
+    from ca.sealing import PassphraseSealer
+
+    a, b = _hosts(tmp_path)
+    bumped: list[Path] = []
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+    root = x509.load_pem_x509_certificate((a / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
+
+    def reshare_on_a() -> tuple[str, bytes, bytes]:
+        made = establish([(m, m) for m in ("customs", "tax", "forex")], 2)
+        made.wipe()
+        data = record_bytes(made.record)
+        sig = sign_record(signer, root, data)
+        (a / "ca" / "custody.json.sig").write_bytes(sig)
+        (a / "ca" / "custody.json").write_bytes(data)
+        assert sync(a).check().published
+        return made.record.custody_id, data, sig
+
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    first_id, first, first_sig = reshare_on_a()
+    assert sync(b).check().picked_up == ("custody.json", "custody.json.sig")
+    old_files = record.files()
+    second_id, second, second_sig = reshare_on_a()
+    assert sync(b).check().picked_up == ("custody.json", "custody.json.sig")
+    # B keeps what it replaced, as the re-share host keeps it
+    assert archived_path(b, first_id).read_bytes() == first
+    assert archived_signature_path(b, first_id).read_bytes() == first_sig
+    assert not archived_path(b, second_id).exists()  # the one in force is not "replaced"
+    # the first record, genuinely signed, put back into the database
+    head = record.head()
+    assert head is not None
+    assert record.publish(head.generation, old_files, "attacker", NOW) is not None
+    got = sync(b).check()
+    assert got.picked_up == () and got.missing == ("custody.json", "custody.json.sig"), got
+    warning = got.warning()
+    assert warning is not None and f"custody set {first_id}, which a re-share replaced" in (
+        warning
+    ), warning
+    assert (b / "ca" / "custody.json").read_bytes() == second
+    assert (b / "ca" / "custody.json.sig").read_bytes() == second_sig
+    assert len(bumped) == 2

@@ -309,7 +309,8 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         # 4. A re-share on A (its server running): the new custody record and the root's
         # signature of it reach B together (B, stale for the log key, still takes the
         # public files it can check). Then custody records planted in the database by
-        # SQL, as anyone who can write it could: neither host takes one, and both say
+        # SQL, as anyone who can write it could (a changed one, forged or unsigned, and
+        # the genuine one the re-share replaced): neither host takes one, and both say
         # why. Before, a host took custody.json from the record after a syntax check.
         shares = [out / "shares" / f"{m}.share" for m in PRESENT]
         res = reshare(a_data, tmp_path / "reshare", shares, tmp_path, EPORT_DATABASE_URL=db)
@@ -335,18 +336,26 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
             ec.generate_private_key(ec.SECP384R1()).sign(planted, ec.ECDSA(hashes.SHA384()))
         ).decode()
         refusal = "the database's custody record is not signed by this host's root: "
+        replaced = json.loads((out / "custody.json").read_text())["custody_id"]
         for files, why in (
             (
                 {"custody.json": planted, "custody.json.sig": json.dumps(forged).encode()},
-                "its signature does not verify under this host's root.crt",
+                refusal + "its signature does not verify under this host's root.crt",
             ),
-            ({"custody.json": planted, "custody.json.sig": None}, "it has no signature"),
+            ({"custody.json": planted, "custody.json.sig": None}, refusal + "it has no signature"),
+            (  # init's record, genuinely signed, which the re-share replaced, put back
+                {
+                    "custody.json": (out / "custody.json").read_bytes(),
+                    "custody.json.sig": (out / "custody.json.sig").read_bytes(),
+                },
+                f"custody set {replaced}, which a re-share replaced",
+            ),
         ):
             plant(db, files)
             for srv in (b, a):  # the ceremony host is behind the planted record too
                 stale = eventually(
                     f"{srv.url} does not refuse the planted record ({why})",
-                    lambda srv=srv, why=why: _refusing(srv, refusal + why),
+                    lambda srv=srv, why=why: _refusing(srv, why),
                 )
                 assert "custody.json" in " ".join(stale["warnings"]), stale
             for d in (a_data, b_data):
