@@ -39,6 +39,7 @@ from tests.helpers import assert_no_secret_in_tree, fresh_uscc
 from tests.test_ca_init import custodian_env
 from tests.test_ceremony_rollback import ca_files, fail_completions
 from tests.test_custody_ceremonies import join, officer_args, start
+from tests.test_reshare import PRESENT, reshare
 from tests.test_responder_renewal import ask
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -359,6 +360,7 @@ def test_server_with_keys_in_the_token(
     new_responder_keys_in_the_token(hsm, hsm_server, tmp_path / "renewal")
     rotations_make_keys_in_the_token(hsm, hsm_server, tmp_path / "rotation")
     renewals_make_keys_in_the_token(hsm, hsm_server, tmp_path)
+    a_reshare_signs_in_the_token(hsm, hsm_server, tmp_path / "reshare")
     no_pin_in_logs_or_data(hsm_server)
 
 
@@ -657,6 +659,23 @@ def _objects(hsm: HSM, label: str, pin: str = ENT_PIN) -> int:
         check=True,
     )
     return int(res.stdout)
+
+
+def a_reshare_signs_in_the_token(hsm: HSM, hsm_server: tuple[Server, Path], tmp: Path) -> None:
+    """``eport ca reshare`` of the CA whose root key is in the token: the token signs the
+    new custody record (its PIN from the key file's pin-source), and the signature
+    verifies under root.crt (ca/custody_signature.py)."""
+    srv, out = hsm_server
+    tmp.mkdir()
+    shares = [out / "shares" / f"{m}.share" for m in PRESENT]
+    res = reshare(srv.data_dir, tmp / "out", shares, tmp, **hsm.env())
+    assert res.returncode == 0, res.stderr
+    record = (srv.data_dir / "ca" / "custody.json").read_bytes()
+    assert (
+        record == (tmp / "out" / "custody.json").read_bytes() != (out / "custody.json").read_bytes()
+    )
+    root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+    verify_record(root, record, (tmp / "out" / "custody.json.sig").read_bytes())
 
 
 def no_pin_in_logs_or_data(hsm_server: tuple[Server, Path]) -> None:
