@@ -465,14 +465,6 @@ def _committed(fn: Any) -> Any:
     return result
 
 
-def sign_checkpoint_now() -> None:
-    """Sign (and store) the checkpoint of the log as it is, with this worker's log key:
-    right after ``ROTATE-LOG-KEY``, so that the newest checkpoint stored, which a host whose
-    key was retired serves, is the new key's at once rather than once someone asks this
-    host for one."""
-    _committed(audit_service().signer.latest)
-
-
 # -- public: checkpoint, key, proofs ------------------------------------------------------
 
 

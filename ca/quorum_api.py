@@ -348,11 +348,4 @@ def join(ceremony_id: str) -> Response:
         from ca.app import check_hierarchy_record
 
         check_hierarchy_record(current_app._get_current_object())  # type: ignore[attr-defined]
-        if c.operation is Operation.ROTATE_LOG_KEY:
-            from ca.audit_api import sign_checkpoint_now
-
-            try:
-                sign_checkpoint_now()  # the new key's note is the newest stored at once
-            except Exception:  # the ceremony is done; the next checkpoint asked signs it
-                log.exception("the first checkpoint under the new log key was not signed")
     return jsonify(svc.ceremony_json(c))

@@ -276,10 +276,10 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         new_key = log_key(a)
         stale = eventually("host B does not say it is stale", lambda: _stale(b))
         assert "log.key" in " ".join(stale["warnings"]), stale
-        # A signed the log as the ceremony left it with its new key before answering the
-        # last join, so B, which signs nothing, serves that note at once: before anyone
-        # asked A for a checkpoint (B served the retired key's until then, and an auditor
-        # verifying through B with A's key failed).
+        # The ceremony's transaction stored the log's hand-over checkpoint, signed by the
+        # old key and the new one, so B, which signs nothing, serves a note of the new key
+        # at once: before anyone asked A for a checkpoint (B served the retired key's until
+        # then, and an auditor verifying through B with A's key failed).
         via_b = checkpoint(b, new_key)
         assert via_b.size > signed.size  # the ceremony's events are in the log
         assert checkpoint(a, new_key) == via_b
