@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ca import hierarchy, translog
 from ca.authority import certificate_record
@@ -362,15 +361,7 @@ class RootOperations:
         from ca.audit_api import audit_service
 
         signer = audit_service().signer
-        held = signer.key.public_key()
-        pem = (
-            held.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            if isinstance(held, Ed25519PublicKey)
-            else b""
-        )
-        if pem != retiring:
+        if translog.log_key_pem(signer.key.public_key()) != retiring:
             raise Conflict(
                 "this worker's log key is not the one ca/log.pub names (the CA files changed "
                 "under it): it cannot sign the log's hand-over to the new key; nothing was "

@@ -62,6 +62,7 @@ __all__ = [
     "entry_of",
     "handovers",
     "lock_head_sql",
+    "log_key_pem",
     "origin_for",
     "read_head",
     "tree_at",
@@ -412,6 +413,14 @@ class SignedHead:
     note: bytes
 
 
+def log_key_pem(public: object) -> bytes:
+    """``public`` as ``log.pub`` holds it (PEM SubjectPublicKeyInfo); empty for anything
+    but an Ed25519 key, which no ``log.pub`` can be."""
+    if not isinstance(public, Ed25519PublicKey):
+        return b""
+    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
 def check_log_key(session: Session, public: object, what: str) -> None:
     """Raise :class:`LogKeyRetired` if the database's hierarchy record (:mod:`ca.crosshost`)
     names a log key (``log.pub``) other than ``public``, this host's: ``ROTATE-LOG-KEY``
@@ -423,12 +432,7 @@ def check_log_key(session: Session, public: object, what: str) -> None:
     ).scalar()
     if recorded is None:
         return
-    pem = (
-        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-        if isinstance(public, Ed25519PublicKey)
-        else b""
-    )
-    if hashlib.sha256(pem).hexdigest() != recorded:
+    if hashlib.sha256(log_key_pem(public)).hexdigest() != recorded:
         raise LogKeyRetired(
             "this host's transparency-log key is not the one the database's hierarchy "
             f"record names (ROTATE-LOG-KEY ran on another host): {what} until the ceremony "
