@@ -69,10 +69,9 @@ def _put(path: Path, data: bytes, mode: int) -> None:
 
 
 def _remove(path: Path) -> None:
-    from ca.custody_files import sync_dir
+    from ca.custody_files import remove_durably
 
-    path.unlink(missing_ok=True)
-    sync_dir(path.parent)
+    remove_durably(path)
 
 
 class FileChanges:

@@ -62,6 +62,13 @@ def write_durably(path: Path, data: bytes, mode: int | None = None) -> None:
     sync_dir(path.parent)
 
 
+def remove_durably(path: Path) -> None:
+    """Remove ``path`` if it exists, and fsync its directory: the removal survives a
+    power loss."""
+    path.unlink(missing_ok=True)
+    sync_dir(path.parent)
+
+
 def sync_dir(directory: Path) -> None:
     """fsync a directory: a rename or unlink in it survives a power loss."""
     fd = os.open(directory, os.O_RDONLY)

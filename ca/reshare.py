@@ -237,9 +237,8 @@ def install(data_dir: Path, record: CustodyRecord, signature: bytes | None) -> N
     with host_lock(data_dir):
         if signature is not None:
             custody_files.write_durably(path, signature)
-        elif path.exists():
-            path.unlink()
-            custody_files.sync_dir(path.parent)
+        else:
+            custody_files.remove_durably(path)
         custody_files.write_record(data_dir, record)
     bump_generation(data_dir)
 
