@@ -529,22 +529,19 @@ def trusted_checkpoint(
     checkpoint, the key that signed it, and the hand-overs followed."""
     pinned = key
     hops: list[Handover] = []
-    cp: VerifiedCheckpoint | None
     try:
         cp = auditproof.verify_checkpoint(note, key)
     except AuditError as exc:
         key, previous, what, hops = follow_handovers(client, key, previous, what)
         if not hops:
             raise VerificationFailed(f"the log's checkpoint: {exc}") from None
-        cp = None
+        cp = verify_note(note, key, f"the log's checkpoint (after the hand-over to {key})")
     if target is not None and str(key) != str(target):
         raise CLIError(
             f"--log-key {target} differs from the key pinned in the state file ({pinned}), "
             "and the log's hand-overs do not lead from that key to it; use another --state "
             "to start over"
         )
-    if cp is None:
-        cp = verify_note(note, key, f"the log's checkpoint (after the hand-over to {key})")
     if previous is not None:
         check_consistent(client, previous, cp, what)
     return cp, key, hops

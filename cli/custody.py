@@ -297,6 +297,7 @@ def ca_init(
       eport ca init --data-dir /srv/eport --out ceremony/ \\
           --custodian-passphrase customs=customs.pass ...   (one per member, else prompts)
     """
+    from ca import custody_signature
     from ca import hierarchy as h
     from ca.ceremony import initialize
     from ca.config import CAConfig
@@ -372,7 +373,7 @@ def ca_init(
     (out / "custody.json").write_text(
         json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
     )
-    _copy_signature(custody_signature_path(data_dir, None), out)
+    _copy_signature(custody_signature.signature_path(data_dir), out)
     record: dict[str, Any] = {
         "root": describe(done.hierarchy.root),
         "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
@@ -405,16 +406,6 @@ def ca_init(
         f"{m} custodians run `eport ca unseal`."
     )
     _emit(as_json, record, "\n".join(lines))
-
-
-def custody_signature_path(data_dir: Path, custody_id: str | None) -> Path:
-    """The root's signature of the custody record in force (``custody_id`` None), or of
-    the one kept by its id."""
-    from ca import custody_signature
-
-    if custody_id is None:
-        return custody_signature.signature_path(data_dir)
-    return custody_signature.archived_signature_path(data_dir, custody_id)
 
 
 def _copy_signature(signature: Path, out: Path) -> None:
@@ -584,7 +575,7 @@ def ca_reshare(
 
     from sqlalchemy.orm import sessionmaker
 
-    from ca import custody_files, translog
+    from ca import custody_files, custody_signature, translog
     from ca import hierarchy as h
     from ca.config import CAConfig
     from ca.custody_store import latest_reshare
@@ -690,7 +681,7 @@ def ca_reshare(
         "archived_record": str(custody_files.archived_path(data_dir, record.custody_id)),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _copy_signature(custody_signature_path(data_dir, new.custody_id), out)
+    _copy_signature(custody_signature.archived_signature_path(data_dir, new.custody_id), out)
     (out / "reshare.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     m, n = new.threshold, len(new.custodians)
     lines = [
