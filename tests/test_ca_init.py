@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -68,19 +69,20 @@ def start_sealed(
     return srv, proc, found.group(1)
 
 
-def unseal(
+def present_share(
     srv: Server,
+    command: Sequence[str],
     out: Path,
     member: str,
     fp: str,
     check: bool = True,
     passphrase: str = "share passphrase of {}",
 ) -> subprocess.CompletedProcess[str]:
-    """``member`` sends its share file in ``out``/shares (``passphrase``: a format string
-    of the member's id) to the server's unseal ceremony of fingerprint ``fp``."""
+    """``member``'s custodian runs ``eport COMMAND`` with its share file in ``out``/shares
+    (``passphrase``: a format string of the member's id), checking the ceremony key's
+    fingerprint ``fp``."""
     return srv.eport(
-        "ca",
-        "unseal",
+        *command,
         "--share",
         str(out / "shares" / f"{member}.share"),
         "--fingerprint",
@@ -89,6 +91,18 @@ def unseal(
         check=check,
         EPORT_SHARE_PASSPHRASE=passphrase.format(member),
     )
+
+
+def unseal(
+    srv: Server,
+    out: Path,
+    member: str,
+    fp: str,
+    check: bool = True,
+    passphrase: str = "share passphrase of {}",
+) -> subprocess.CompletedProcess[str]:
+    """``member`` sends its share to the server's unseal ceremony of fingerprint ``fp``."""
+    return present_share(srv, ("ca", "unseal"), out, member, fp, check, passphrase)
 
 
 def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from ca.signedreq import TrustAnchors
 from cli import auditproof
 from tests.conftest import Server, stop
 from tests.helpers import assert_no_secret_in_tree, cert_of, creds, enroll_enterprise
-from tests.test_ca_init import MEMBERS, init_ca, start_sealed, unseal
+from tests.test_ca_init import MEMBERS, init_ca, present_share, start_sealed, unseal
 
 
 def officer_args(out: Path, member: str = "customs") -> list[str]:
@@ -47,21 +47,9 @@ def join(
     check: bool = True,
     passphrase: str = "share passphrase of {}",
 ) -> subprocess.CompletedProcess[str]:
-    """``member`` joins with its share file in ``out``/shares (``passphrase``: a format
-    string of the member's id), checking the fingerprint the opener reads out."""
-    return srv.eport(
-        "ca",
-        "ceremony",
-        "join",
-        ceremony,
-        "--share",
-        str(out / "shares" / f"{member}.share"),
-        "--fingerprint",
-        read_out(srv, ceremony),
-        "--json",
-        check=check,
-        EPORT_SHARE_PASSPHRASE=passphrase.format(member),
-    )
+    """``member`` joins ``ceremony``, checking the fingerprint the opener reads out."""
+    command = ("ca", "ceremony", "join", ceremony)
+    return present_share(srv, command, out, member, read_out(srv, ceremony), check, passphrase)
 
 
 def rotate(srv: Server, out: Path, issuer: str = "enterprise") -> str:
