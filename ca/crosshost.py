@@ -19,9 +19,10 @@ What a host does with a record newer than its note (:meth:`HierarchySync.check`)
 * public files it can verify on its own (the root CRL, signed by its root and numbered
   higher; ``issuers/active.json``; ``custody.json`` with ``custody.json.sig``, only
   together and only when the signature verifies over those very bytes under its own
-  ``root.crt`` (:mod:`ca.custody_signature`) and it is not a record this host saw a
-  re-share replace; the old log keys ``log-<n>.pub``) are
-  written into its ``ca/`` and its workers reload them (:mod:`ca.generation`);
+  ``root.crt`` (:mod:`ca.custody_signature`), the record is ordered after this host's
+  own (its signed ``sequence``) and it is not a record this host saw a re-share replace;
+  the old log keys ``log-<n>.pub``) are written into its ``ca/`` and its workers reload
+  them (:mod:`ca.generation`);
 * files that need a private key it does not have (a new issuing CA generation, a new log
   key) cannot come through the database: the host reports itself **stale**, naming
   them and the manual step (copy the ceremony host's ``ca/``). ``eport serve`` refuses to
@@ -268,10 +269,12 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     why = _checked(data_dir, "custody.json", record.data)
     if why is not None:
         return f"the database's custody.json is {why}"
-    theirs, ours = _custody_id(record.data), _custody_id(_read(data_dir, "custody.json"))
+    local = _read(data_dir, "custody.json")
+    theirs, ours = _custody_id(record.data), _custody_id(local)
     if theirs and theirs != ours and custody_files.archived_path(data_dir, theirs).exists():
-        # Signed by this root, but a re-share replaced it: the record carries no order,
-        # so the replaced records this host keeps are what tells an old one put back.
+        # Signed by this root, but a re-share replaced it. For records of before the
+        # signed sequence (below), the replaced records this host keeps are what tells
+        # an old one put back.
         return (
             f"the database's custody record is custody set {theirs}, which a re-share "
             f"replaced (this host keeps it as ca/custody-{theirs}.json): an older record "
@@ -290,6 +293,21 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
         verify_record(root, record.data, signature.data)
     except RecordSignatureRefused as exc:
         return f"{refused}: {exc.detail}"
+    # Only now is its sequence the root's word. A record of before sequences reads as 0:
+    # two such records cannot be told apart by it (the archive check above stays for them).
+    theirs_seq, ours_seq = _sequence(record.data), _sequence(local)
+    if (
+        record.data != local
+        and theirs_seq is not None
+        and ours_seq is not None
+        and (theirs_seq or ours_seq)
+        and theirs_seq <= ours_seq
+    ):
+        return (
+            f"the database's custody record (custody set {theirs}, sequence {theirs_seq}) is "
+            f"not ordered after this host's (custody set {ours}, sequence {ours_seq}): a "
+            "record a re-share replaced, put back into the database, is not taken"
+        )
     return None
 
 
@@ -297,6 +315,19 @@ def _read(data_dir: Path, name: str) -> bytes | None:
     try:
         return (hierarchy.ca_dir(data_dir) / name).read_bytes()
     except FileNotFoundError:
+        return None
+
+
+def _sequence(data: bytes | None) -> int | None:
+    """The order a custody record carries (:attr:`ca.custody.CustodyRecord.sequence`, 0
+    for a record without one); None: no record, or not one that reads."""
+    from ca.custody import CustodyRecord
+
+    if data is None:
+        return None
+    try:
+        return CustodyRecord.from_json(json.loads(data)).sequence
+    except Exception:
         return None
 
 

@@ -216,10 +216,17 @@ class CustodyRecord:
     keys_custody_id: str | None = None
     """The custody id the CA keys are wrapped under, when it is not ``custody_id``: a
     re-share keeps the KEKs and this binding, so no wrapped key is rewritten."""
+    sequence: int = 0
+    """The record's order among this CA's custody records: 1 from ``eport ca init``, one
+    more at each re-share. Inside the bytes the root signs, so a host of a shared
+    database can refuse an older record put back into it (:mod:`ca.crosshost`). 0: a
+    record written before records were ordered (it has no ``sequence`` member)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.threshold <= len(self.custodians):
             raise CustodyError("the threshold must be between 1 and the number of custodians")
+        if type(self.sequence) is not int or self.sequence < 0:
+            raise CustodyError("a custody record's sequence is a whole number, 0 or more")
 
     @property
     def keys_id(self) -> str:
@@ -318,6 +325,8 @@ class CustodyRecord:
         }
         if self.keys_id != self.custody_id:
             doc["keys_custody_id"] = self.keys_id
+        if self.sequence:  # absent from a record of before: its bytes, as signed, stay
+            doc["sequence"] = self.sequence
         return doc
 
     @classmethod
@@ -339,6 +348,7 @@ class CustodyRecord:
                 ),
                 checks={Purpose(p): _unb64(v, "check") for p, v in doc["checks"].items()},
                 keys_custody_id=str(doc["keys_custody_id"]) if "keys_custody_id" in doc else None,
+                sequence=_sequence(doc.get("sequence", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CustodyError(f"malformed custody record: {exc}") from None
@@ -346,6 +356,13 @@ class CustodyRecord:
     @property
     def members(self) -> tuple[str, ...]:
         return tuple(c.member for c in self.custodians)
+
+
+def _sequence(value: Any) -> int:
+    # JSON true would pass int(); a string or a fraction is no order either
+    if type(value) is not int or value < 0:
+        raise CustodyError(f"malformed custody record: sequence {value!r} is not a whole number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -373,11 +390,13 @@ def establish(
     *,
     custody_id: str | None = None,
     keks: Mapping[Purpose, bytes | bytearray] | None = None,
+    sequence: int = 1,
     random_bytes: RandomBytes = os.urandom,
 ) -> Established:
     """New KEKs (or the given ones, to re-share) split ``threshold``-of-N among ``custodians``.
 
-    ``custodians`` is ``[(member id, custodian name), …]`` in share-index order.
+    ``custodians`` is ``[(member id, custodian name), …]`` in share-index order;
+    ``sequence`` the record's order (:attr:`CustodyRecord.sequence`: 1 for a new CA).
     """
     if len({m for m, _ in custodians}) != len(custodians):
         raise CustodyError("each member holds exactly one share")
@@ -410,6 +429,7 @@ def establish(
             for i, (member, name) in enumerate(custodians)
         ),
         checks=checks,
+        sequence=sequence,
     )
     return Established(record, shares, made)
 

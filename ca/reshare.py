@@ -16,7 +16,10 @@ carries on with the KEK it holds. ``docs/custody.md`` says what this costs.
 
 The new record is signed by the root key (opened by the rebuilt root KEK) before
 anything is written: ``ca/custody.json.sig`` (:mod:`ca.custody_signature`), which the
-other hosts of a shared database require before they take the record from it.
+other hosts of a shared database require before they take the record from it. Its
+``sequence`` is one more than the replaced record's
+(:attr:`ca.custody.CustodyRecord.sequence`): those hosts take no record that is not
+ordered after their own.
 
 Order, so that a crash at any point loses nothing:
 
@@ -149,7 +152,9 @@ def reshare(
     if CustodyRecord.from_json(json.loads(old_bytes)).custody_id != old.custody_id:
         raise Conflict("the custody record changed during the ceremony; start again")
     root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
-    made = establish(custodians, threshold, keks=rebuilt.keks)
+    # One more than the record it replaces, inside the signed bytes: a host of a shared
+    # database takes no record ordered at or below its own (ca/crosshost.py).
+    made = establish(custodians, threshold, keks=rebuilt.keks, sequence=old.sequence + 1)
     try:
         new = replace(made.record, keys_custody_id=old.keys_id)
         new_bytes = custody_files.record_bytes(new)

@@ -381,12 +381,14 @@ def ca_init(
         "members": [m for m, _ in members],
         "threshold": policies.members.threshold,
         "custody_id": made.record.custody_id,
+        "sequence": made.record.sequence,
         "shares": share_files,
     }
     (out / "ceremony.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     m, n = policies.members.threshold, len(members)
     lines = [
-        f"Joint CA created in {data_dir}/ca/ under {m}-of-{n} custody ({made.record.custody_id}).",
+        f"Joint CA created in {data_dir}/ca/ under {m}-of-{n} custody "
+        f"({made.record.custody_id}, sequence {made.record.sequence}).",
         f"Root:    {record['root']['subject']}  SHA-256 {record['root']['sha256']}",
     ]
     lines += [f"Issuer:  {iid:<11} {d['subject']}" for iid, d in record["issuers"].items()]
@@ -672,6 +674,7 @@ def ca_reshare(
         engine.dispose()
     doc: dict[str, Any] = {
         "custody_id": new.custody_id,
+        "sequence": new.sequence,
         "previous_custody_id": record.custody_id,
         "keys_custody_id": new.keys_id,
         "threshold": new.threshold,
@@ -685,7 +688,8 @@ def ca_reshare(
     (out / "reshare.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     m, n = new.threshold, len(new.custodians)
     lines = [
-        f"Custody set {record.custody_id} re-shared as {new.custody_id} ({m}-of-{n}) by "
+        f"Custody set {record.custody_id} re-shared as {new.custody_id} ({m}-of-{n}, "
+        f"sequence {new.sequence}) by "
         f"{', '.join(rebuilt.participants)}; the wrapped CA keys are unchanged.",
     ]
     lines += [_share_line(mid, d) for mid, d in written.items()]

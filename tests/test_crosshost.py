@@ -392,11 +392,12 @@ def test_a_custody_record_is_taken_only_with_its_root_signature(
 def test_a_custody_record_a_reshare_replaced_is_not_taken_back(
     tmp_path: Path, record: SqlHierarchyRecord
 ) -> None:
-    """A record a re-share replaced is signed by the same root, and the record carries no
-    order: put back into the database, it verified and was taken, and the custodians'
-    old share files (which they were asked to destroy) counted there again. A host now
-    keeps the record it replaces as ``ca/custody-<id>.json`` (as the re-share host does)
-    and takes none of those back."""
+    """A record a re-share replaced is signed by the same root, and a record of before
+    ordered records carries no order: put back into the database, it verified and was
+    taken, and the custodians' old share files (which they were asked to destroy) counted
+    there again. A host now keeps the record it replaces as ``ca/custody-<id>.json`` (as
+    the re-share host does) and takes none of those back. (Records with a ``sequence``:
+    :func:`test_a_custody_record_is_taken_only_when_ordered_after_the_host_s`.)"""
     from ca.custody import establish
     from ca.custody_files import archived_path, record_bytes
     from ca.custody_signature import archived_signature_path, sign_record
@@ -412,7 +413,8 @@ def test_a_custody_record_a_reshare_replaced_is_not_taken_back(
     signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
 
     def reshare_on_a() -> tuple[str, bytes, bytes]:
-        made = establish([(m, m) for m in ("customs", "tax", "forex")], 2)
+        # records of before the sequence: only the kept records tell an old one
+        made = establish([(m, m) for m in ("customs", "tax", "forex")], 2, sequence=0)
         made.wipe()
         data = record_bytes(made.record)
         sig = sign_record(signer, root, data)
@@ -445,3 +447,95 @@ def test_a_custody_record_a_reshare_replaced_is_not_taken_back(
     assert (b / "ca" / "custody.json").read_bytes() == second
     assert (b / "ca" / "custody.json.sig").read_bytes() == second_sig
     assert len(bumped) == 2
+
+
+def test_a_custody_record_is_taken_only_when_ordered_after_the_host_s(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """A host that was down through two re-shares never had the middle record, so it
+    kept no copy of it and took it when someone with write access to the database put it
+    back (genuinely signed, but replaced: its custodians' old share files counted again).
+    A record now carries its order inside the signed bytes (``sequence``: 1 at init, one
+    more at each re-share), and a host takes only one ordered after its own; a record of
+    before the order reads as 0."""
+    from ca.crosshost import Published
+    from ca.custody import establish
+    from ca.custody_files import archived_path, record_bytes
+    from ca.custody_signature import sign_record
+    from ca.sealing import PassphraseSealer
+
+    a, b = _hosts(tmp_path)
+    bumped: list[Path] = []
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+    root = x509.load_pem_x509_certificate((a / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
+
+    def signed(sequence: int) -> tuple[str, bytes, bytes]:
+        made = establish([(m, m) for m in ("customs", "tax", "forex")], 2, sequence=sequence)
+        made.wipe()
+        data = record_bytes(made.record)
+        assert (b'"sequence": ' in data) is (sequence > 0)  # a record of before has none
+        return made.record.custody_id, data, sign_record(signer, root, data)
+
+    def reshare_on_a(sequence: int) -> tuple[str, bytes, bytes]:
+        custody_id, data, sig = signed(sequence)
+        (a / "ca" / "custody.json.sig").write_bytes(sig)
+        (a / "ca" / "custody.json").write_bytes(data)
+        assert sync(a).check().published
+        return custody_id, data, sig
+
+    def put_back(files: dict[str, Published]) -> None:
+        head = record.head()
+        assert head is not None
+        assert record.publish(head.generation, files, "attacker", NOW) is not None
+
+    def with_pair(data: bytes, sig: bytes) -> dict[str, Published]:
+        files = record.files()
+        for name, content in (("custody.json", data), ("custody.json.sig", sig)):
+            files[name] = Published(hashlib.sha256(content).hexdigest(), content)
+        return files
+
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    # a record of before the order, then the first ordered one: each taken in turn
+    for sequence in (0, 1):
+        _, data, _ = reshare_on_a(sequence)
+        assert sync(b).check().picked_up == ("custody.json", "custody.json.sig")
+        assert (b / "ca" / "custody.json").read_bytes() == data
+    # B is down through two re-shares on A: it never has the second record
+    second_id, _, _ = reshare_on_a(2)
+    middle = record.files()
+    third_id, third, third_sig = reshare_on_a(3)
+    assert sync(b).check().picked_up == ("custody.json", "custody.json.sig")
+    assert (b / "ca" / "custody.json").read_bytes() == third
+    assert not archived_path(b, second_id).exists()  # nothing kept tells it is old
+    taken = len(bumped)
+
+    _, fork, fork_sig = signed(3)
+    _, legacy, legacy_sig = signed(0)
+    cases = [
+        (middle, f"(custody set {second_id}, sequence 2) is not ordered after this host's"),
+        (with_pair(fork, fork_sig), "sequence 3) is not ordered after this host's"),
+        (with_pair(legacy, legacy_sig), "sequence 0) is not ordered after this host's"),
+    ]
+    for files, needle in cases:
+        put_back(files)
+        got = sync(b).check()
+        assert got.picked_up == () and got.missing == ("custody.json", "custody.json.sig"), got
+        warning = got.warning()
+        assert warning is not None and needle in warning, warning
+        assert f"(custody set {third_id}, sequence 3)" in warning, warning
+        assert "put back into the database, is not taken" in warning, warning
+        assert (b / "ca" / "custody.json").read_bytes() == third
+        assert (b / "ca" / "custody.json.sig").read_bytes() == third_sig
+        assert len(bumped) == taken
+    # the next genuine re-share is taken again
+    _, fourth, fourth_sig = signed(4)
+    put_back(with_pair(fourth, fourth_sig))
+    got = sync(b).check()
+    assert got.picked_up == ("custody.json", "custody.json.sig") and not got.stale, got
+    assert (b / "ca" / "custody.json").read_bytes() == fourth
+    assert archived_path(b, third_id).read_bytes() == third

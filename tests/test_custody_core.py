@@ -148,6 +148,27 @@ def test_record_round_trip_has_no_secret() -> None:
     assert "value" not in repr(made.shares["tax"][Purpose.ROOT]).lower().replace("values", "")
 
 
+def test_record_sequence_round_trips_and_a_record_of_before_reads_as_0() -> None:
+    """The record's order (``sequence``) is in its JSON, so in the bytes the root signs;
+    a record written before it has none, reads as 0, and is written back byte for byte
+    (its signature must still verify after a re-share's ``settle`` rewrites it)."""
+    from ca.custody_files import record_bytes
+
+    made = custody.establish(MEMBERS, 3)
+    made.wipe()
+    assert made.record.sequence == 1 and made.record.to_json()["sequence"] == 1
+    legacy = made.record.to_json()
+    del legacy["sequence"]
+    before = (json.dumps(legacy, indent=2, sort_keys=True) + "\n").encode()
+    record = custody.CustodyRecord.from_json(json.loads(before))
+    assert record.sequence == 0 and record_bytes(record) == before
+    ordered = dict(legacy, sequence=7)
+    assert custody.CustodyRecord.from_json(ordered).sequence == 7
+    for bad in (-1, True, "2", 1.5, None):
+        with pytest.raises(CustodyError, match="sequence"):
+            custody.CustodyRecord.from_json(dict(legacy, sequence=bad))
+
+
 def test_reshare_keeps_the_kek_and_changes_every_share() -> None:
     made = custody.establish(MEMBERS, 3)
     again = custody.establish(MEMBERS[:4], 2, keks=made.keks)

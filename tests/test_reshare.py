@@ -150,8 +150,10 @@ def unseal_new(srv: Server, out: Path, member: str, fp: str) -> dict[str, object
 
 
 def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
-    data, out, _ = init_ca(tmp_path)
+    data, out, ceremony = init_ca(tmp_path)
     old_record = CustodyRecord.from_json(json.loads((out / "custody.json").read_text()))
+    # the records' order, inside the signed bytes: 1 at init, one more at each re-share
+    assert old_record.sequence == 1 and ceremony["sequence"] == 1
     srv, proc, fp = start_sealed(tmp_path, data)
     try:
         for m in ("commerce", "tax", "forex"):
@@ -170,6 +172,7 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         new_record = json.loads((data / "ca" / "custody.json").read_text())
         assert new_record == json.loads((new_out / "custody.json").read_text())
         assert new_record["custody_id"] == new_id and new_record["threshold"] == 3
+        assert new_record["sequence"] == doc["sequence"] == 2
         assert new_record["keys_custody_id"] == old_record.custody_id
         kept = data / "ca" / f"custody-{old_record.custody_id}.json"
         assert CustodyRecord.from_json(json.loads(kept.read_text())) == old_record
@@ -183,6 +186,7 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         for _ in range(6):
             state = requests.get(srv.url + "/ca/v1/custody", timeout=5).json()
             assert state["custody"]["custody_id"] == new_id and state["sealed"] is False
+            assert state["custody"]["sequence"] == 2
             assert state["record_signature"] == {"verified": True, "detail": None}, state
     finally:
         stop(proc)
@@ -328,6 +332,7 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         assert core.settle(data, latest_reshare(store)) == logged["custody_id"]
         installed = custody_files.load_record(data)
         assert installed.custody_id == logged["custody_id"] != record.custody_id
+        assert installed.sequence == record.sequence + 1 == 2
         assert core.settle(data, latest_reshare(store)) is None  # done once
         # the pair in force, and the replaced pair kept by its id, verify under root.crt
         verify_record(
