@@ -387,9 +387,14 @@ class CrossHostState:
     """Why this host serves older CA files than the record (None: it does not)."""
     responders_pending: bool = False
     """Another host forced a responder renewal this one could not follow yet (sealed)."""
+    held_back: str | None = None
+    """Why this host's custody record and signature are not published (None: they are, or
+    need not be): :attr:`ca.crosshost.Outcome.held_back`."""
 
     def warnings(self) -> list[str]:
         out = [self.stale] if self.stale else []
+        if self.held_back:
+            out.append(self.held_back)
         if self.responders_pending:
             out.append(
                 "another host forced an OCSP responder renewal: this host renews its own "
@@ -449,6 +454,12 @@ def check_hierarchy_record(app: Flask) -> None:
     elif warning is None and state.stale is not None:
         log.warning("This host's CA files match the database's record again")
     state.stale = warning
+    held = outcome.held_back_warning()
+    if held is not None and held != state.held_back:
+        log.warning("%s", held[0].upper() + held[1:])
+    elif held is None and state.held_back is not None:
+        log.warning("This host's custody record and signature verify together again")
+    state.held_back = held
 
 
 def session_of() -> Session:

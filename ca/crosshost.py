@@ -31,7 +31,10 @@ What a host does with a record newer than its note (:meth:`HierarchySync.check`)
 A host whose note matches the record but whose files differ changed them itself (a
 ceremony, a re-share): it publishes them, raising the generation by a conditional
 update, so that two hosts changing theirs at once end with one published and the other
-stale. A database without a record (before migration 0007) gets the first host's.
+stale. A database without a record (before migration 0007) gets the first host's. A
+custody record and signature that do not verify together (a re-share cut short between
+writing the two) are not published: the record keeps the last pair that did
+(:func:`custody_held_back`), and the other hosts with it.
 
 Framework-free: the record's storage is passed in (:class:`Record`), the clock too.
 """
@@ -188,10 +191,24 @@ class Outcome:
     restored: int | None = None
     """The generation this host last matched, when the record is not that one nor newer
     (the database was restored from a backup): nothing was taken from it."""
+    held_back: str | None = None
+    """Why this host's own custody record and signature were not published (they do not
+    verify together: :func:`custody_held_back`); the record keeps the pair it had."""
 
     @property
     def stale(self) -> bool:
         return bool(self.missing)
+
+    def held_back_warning(self) -> str | None:
+        """The line that says this host's custody pair was not published, and why."""
+        if self.held_back is None:
+            return None
+        return (
+            f"this host's custody record and signature are not published to the database's "
+            f"record ({self.held_back}); the other hosts keep the last pair published. A "
+            "re-share cut short between the two files is finished when this server starts "
+            "again (or by the next eport ca reshare)"
+        )
 
     def warning(self) -> str | None:
         """The one line an operator reads (health, log, ``eport serve``)."""
@@ -311,6 +328,42 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     return None
 
 
+def custody_held_back(data_dir: Path, local: Mapping[str, Published]) -> str | None:
+    """Why this host's own ``custody.json`` and ``custody.json.sig`` (of
+    :func:`local_files`) may not be published (None: they may). A pair whose signature
+    does not verify over the record under this host's ``root.crt`` (a re-share that died
+    between writing its new signature and its new record, which :func:`ca.reshare.settle`
+    finishes at the next start) would make every other host refuse it and stay stale
+    for it; held back, the record keeps the last pair that verified. A record without a
+    signature (written before records were signed) is published as before: no host
+    takes it, but hosts whose ``ca/`` is a copy of this one match it."""
+    signature, record = local.get("custody.json.sig"), local.get("custody.json")
+    if signature is None or signature.data is None:
+        return None
+    if record is None or record.data is None:
+        return "ca/custody.json.sig has no ca/custody.json beside it"
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    try:
+        verify_record(root, record.data, signature.data)
+    except RecordSignatureRefused as exc:
+        return f"ca/custody.json.sig does not verify over ca/custody.json: {exc.detail}"
+    return None
+
+
+def _publishable(
+    data_dir: Path, local: Mapping[str, Published], published: Mapping[str, Published]
+) -> tuple[dict[str, Published], str | None]:
+    """What this host publishes of its files: all of them, but the custody pair when it is
+    held back (:func:`custody_held_back`), whose place the record's own pair keeps (none,
+    when the record has none). Returns the files and why the pair was held back."""
+    why = custody_held_back(data_dir, local)
+    if why is None:
+        return dict(local), None
+    files = {k: v for k, v in local.items() if k not in CUSTODY_PAIR}
+    files.update({k: v for k, v in published.items() if k in CUSTODY_PAIR})
+    return files, why
+
+
 def _read(data_dir: Path, name: str) -> bytes | None:
     try:
         return (hierarchy.ca_dir(data_dir) / name).read_bytes()
@@ -385,10 +438,11 @@ class HierarchySync:
         note = read_note(self.data_dir)
         local = local_files(self.data_dir)
         if head is None:  # a database without a record: this host's files are it
-            gen = self.record.publish(None, local, self.host, self.clock())
+            files, held = _publishable(self.data_dir, local, {})
+            gen = self.record.publish(None, files, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(local)))
-                return Outcome(gen, published=True)
+                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(files)))
+                return Outcome(gen, published=True, held_back=held)
             head = self.record.head()
             assert head is not None
         published = self.record.files()
@@ -406,11 +460,23 @@ class HierarchySync:
             return Outcome(head.generation, responders_due=due, responders_token=token)
         if note.generation == head.generation and note.record in (None, digest):
             # This host changed its files since it matched the record: a ceremony or a
-            # re-share ran here. Publish them (unless another host just did).
-            gen = self.record.publish(head.generation, local, self.host, self.clock())
+            # re-share ran here. Publish them (unless another host just did), but a custody
+            # pair that does not verify.
+            files, held = _publishable(self.data_dir, local, published)
+            if _same(files, published):  # only the held-back pair differs
+                return Outcome(
+                    head.generation, responders_due=due, responders_token=token, held_back=held
+                )
+            gen = self.record.publish(head.generation, files, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(local)))
-                return Outcome(gen, published=True, responders_due=due, responders_token=token)
+                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(files)))
+                return Outcome(
+                    gen,
+                    published=True,
+                    responders_due=due,
+                    responders_token=token,
+                    held_back=held,
+                )
             head = self.record.head()
             assert head is not None
             published = self.record.files()
@@ -524,10 +590,10 @@ class HierarchySync:
             record_digest(published),
         ):
             return None
-        local = local_files(self.data_dir)
-        if _same(local, published):
+        files, _ = _publishable(self.data_dir, local_files(self.data_dir), published)
+        if _same(files, published):
             return None
-        return self.record.publish(head.generation, local, self.host, self.clock())
+        return self.record.publish(head.generation, files, self.host, self.clock())
 
     def responders_followed(self, token: str) -> None:
         """This host renewed its responders after the forced renewal ``token``."""

@@ -55,9 +55,9 @@ def init_ca(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
 
 
 def start_sealed(
-    tmp_path: Path, data: Path, workers: int = 2
+    tmp_path: Path, data: Path, workers: int = 2, extra_env: dict[str, str] | None = None
 ) -> tuple[Server, subprocess.Popen[bytes], str]:
-    env = custodian_env()
+    env = {**custodian_env(), **(extra_env or {})}
     noted = _port_file(data)
     port = int(noted.read_text()) if noted.exists() else None
     if port is not None:

@@ -539,3 +539,78 @@ def test_a_custody_record_is_taken_only_when_ordered_after_the_host_s(
     assert got.picked_up == ("custody.json", "custody.json.sig") and not got.stale, got
     assert (b / "ca" / "custody.json").read_bytes() == fourth
     assert archived_path(b, third_id).read_bytes() == third
+
+
+def test_a_custody_pair_that_does_not_verify_is_not_published(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """``eport ca reshare`` writes the new signature, then the new record. Cut between
+    the two while the server ran, the host published the new signature beside the old
+    record; every other host refused that pair and stayed stale until the next start or
+    re-share settled it. Now a host publishes its custody pair only when its signature
+    verifies over its record; its other files are published, the record keeping the last
+    good pair, and the host says why."""
+    from ca.custody import establish
+    from ca.custody_files import record_bytes
+    from ca.custody_signature import sign_record, verify_record
+    from ca.sealing import PassphraseSealer
+
+    a, b = _hosts(tmp_path)
+    root = x509.load_pem_x509_certificate((a / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+
+    def signed(sequence: int) -> tuple[bytes, bytes]:
+        made = establish([(m, m) for m in ("customs", "tax", "forex")], 2, sequence=sequence)
+        made.wipe()
+        data = record_bytes(made.record)
+        return data, sign_record(signer, root, data)
+
+    first, first_sig = signed(1)
+    for d in (a, b):
+        (d / "ca" / "custody.json").write_bytes(first)
+        (d / "ca" / "custody.json.sig").write_bytes(first_sig)
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    good = record.files()
+
+    # the re-share on A dies between the new signature and the new record
+    second, second_sig = signed(2)
+    (a / "ca" / "custody.json.sig").write_bytes(second_sig)
+    got = sync(a).check()
+    assert not got.published and not got.stale, got
+    line = got.held_back_warning()
+    assert line is not None and line.startswith(
+        "this host's custody record and signature are not published to the database's record "
+        "(ca/custody.json.sig does not verify over ca/custody.json: its signature is of "
+        "another custody record"
+    ), line
+    assert "the other hosts keep the last pair published" in line, line
+    assert record.files() == good
+    assert sync(a).check().held_back == got.held_back  # and nothing published later either
+    assert record.files() == good
+    # A's other changes are published, with the last good pair
+    (a / "ca" / "log-1.pub").write_bytes((a / "ca" / "log.pub").read_bytes())
+    got = sync(a).check()
+    assert got.published and got.held_back is not None, got
+    published = record.files()
+    assert "log-1.pub" in published
+    assert {k: published[k] for k in ("custody.json", "custody.json.sig")} == {
+        k: good[k] for k in ("custody.json", "custody.json.sig")
+    }
+    got = sync(b).check()
+    assert got.picked_up == ("log-1.pub",) and not got.stale, got
+    assert (b / "ca" / "custody.json").read_bytes() == first
+    # the re-share finished (as settle does at the next start): the pair is published
+    (a / "ca" / "custody.json").write_bytes(second)
+    got = sync(a).check()
+    assert got.published and got.held_back is None, got
+    published = record.files()
+    verify_record(
+        root, published["custody.json"].data or b"", published["custody.json.sig"].data or b""
+    )
+    got = sync(b).check()
+    assert got.picked_up == ("custody.json", "custody.json.sig") and not got.stale, got
+    assert (b / "ca" / "custody.json").read_bytes() == second

@@ -281,7 +281,13 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     the commit the old set stays in force; after it (here once the new root signature is
     written but not the record), `settle` (run by the server at start and by the next
     `eport ca reshare`) installs the logged record and its signature, never one without
-    the other. Both records are signed by the root (init signed the first)."""
+    the other. Both records are signed by the root (init signed the first). Meanwhile
+    this host publishes no pair that does not verify to the database's hierarchy record
+    (it published the new signature beside the old record, which every other host
+    refused until the re-share was settled): the record keeps the last good pair."""
+    from ca.crosshost import HierarchySync
+    from ca.crosshost_sql import SqlHierarchyRecord
+
     data, out, _ = init_ca(tmp_path)
     record = custody_files.load_record(data)
     old_bytes = custody_files.record_path(data).read_bytes()
@@ -297,6 +303,19 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     ]
     members = [(m, m) for m in MEMBERS]
     written: dict[str, bytes] = {}
+    hierarchy_record = SqlHierarchyRecord(engine)
+    sync = HierarchySync(
+        data,
+        hierarchy_record,
+        host="this host",
+        clock=lambda: datetime.datetime.now(datetime.UTC),
+        bump=lambda _: None,
+    )
+    assert sync.check().published
+
+    def published_pair() -> tuple[bytes | None, bytes | None]:
+        files = hierarchy_record.files()
+        return files["custody.json"].data, files["custody.json.sig"].data
 
     def write_shares(new: CustodyRecord, shares: Any) -> None:
         for m in MEMBERS:
@@ -328,11 +347,21 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.undo()
         assert custody_files.record_path(data).read_bytes() == old_bytes
         assert signature_path(data).read_bytes() != old_sig  # the new one, written first
+        got = sync.check()  # as the running server's refresher would, before it is settled
+        assert not got.published and not got.stale and got.held_back is not None, got
+        assert "its signature is of another custody record" in got.held_back, got
+        assert published_pair() == (old_bytes, old_sig)
         (logged,) = reshare_events(data)
         assert core.settle(data, latest_reshare(store)) == logged["custody_id"]
         installed = custody_files.load_record(data)
         assert installed.custody_id == logged["custody_id"] != record.custody_id
         assert installed.sequence == record.sequence + 1 == 2
+        got = sync.check()
+        assert got.published and got.held_back is None, got
+        assert published_pair() == (
+            custody_files.record_path(data).read_bytes(),
+            signature_path(data).read_bytes(),
+        )
         assert core.settle(data, latest_reshare(store)) is None  # done once
         # the pair in force, and the replaced pair kept by its id, verify under root.crt
         verify_record(
@@ -455,3 +484,103 @@ def test_a_new_share_at_a_server_of_before_the_reshare_is_not_called_earlier(
         assert requests.get(srv.url + "/ca/v1/health", timeout=5).json()["sealed"] is False
     finally:
         stop(proc)
+
+
+def test_a_running_server_publishes_no_custody_pair_a_crash_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/ca.md, "Several hosts on one PostgreSQL database": ``eport ca reshare`` dies
+    between writing the new signature and the new record while the server runs. The
+    server's next check published that pair (the new signature beside the old record),
+    which every other host of the database refused, staying stale until the next start.
+    Now it keeps the last good pair in the database's record, says why once in each
+    worker's log and in its health, and publishes the settled pair once restarted."""
+    from ca.crosshost_sql import SqlHierarchyRecord
+
+    data, out, _ = init_ca(tmp_path)
+    old_bytes = custody_files.record_path(data).read_bytes()
+    old_sig = signature_path(data).read_bytes()
+    root = x509.load_pem_x509_certificate((data / "ca" / "root.crt").read_bytes())
+    engine = make_engine(f"sqlite:///{data / 'eport.db'}")
+    hierarchy_record = SqlHierarchyRecord(engine)
+    line = "custody record and signature are not published to the database's record"
+
+    def published_pair() -> tuple[bytes | None, bytes | None]:
+        files = hierarchy_record.files()
+        return files["custody.json"].data, files["custody.json.sig"].data
+
+    fast = {"EPORT_CRL_REFRESH_SECONDS": "0.3"}  # the check runs on each refresher cycle
+    try:
+        srv, proc, _ = start_sealed(tmp_path, data, extra_env=fast)
+        try:
+            assert published_pair() == (old_bytes, old_sig)
+            store = SqlStore(sessionmaker(engine), event_sinks=(translog.append_event,))
+            record = custody_files.load_record(data)
+            opened = [
+                open_share_file(
+                    (out / "shares" / f"{m}.share").read_bytes(), OLD.format(m).encode()
+                )
+                for m in PRESENT
+            ]
+
+            def write_shares(new: CustodyRecord, shares: Any) -> None:
+                for m in MEMBERS:
+                    seal_share_file(new, shares[m], NEW.format(m).encode(), work_factor=2**14)
+
+            def dies(*_: object) -> None:
+                raise RuntimeError("power cut")
+
+            rebuilt = core.rebuild(data, record, opened)
+            monkeypatch.setattr("ca.custody_files.write_record", dies)
+            try:
+                with pytest.raises(RuntimeError):
+                    core.reshare(
+                        data,
+                        store,
+                        rebuilt,
+                        [(m, m) for m in MEMBERS],
+                        3,
+                        write_shares,
+                        now=datetime.datetime.now(datetime.UTC),
+                    )
+            finally:
+                rebuilt.wipe()
+                monkeypatch.undo()
+            assert custody_files.record_path(data).read_bytes() == old_bytes
+            new_sig = signature_path(data).read_bytes()
+            assert new_sig != old_sig
+            time.sleep(1.5)  # several checks of each worker
+            assert published_pair() == (old_bytes, old_sig)
+            warned: list[str] = []
+            for _ in range(100):
+                health = requests.get(srv.url + "/ca/v1/health", timeout=5).json()
+                warned = [w for w in health.get("warnings", []) if line in w]
+                if warned:
+                    break
+                time.sleep(0.1)
+            assert warned and "its signature is of another custody record" in warned[0], health
+            assert health["hierarchy"] == "current", health
+            time.sleep(1.5)
+            assert published_pair() == (old_bytes, old_sig)
+            logged = [ln for ln in srv.log.read_text().splitlines() if line in ln]
+            assert 1 <= len(logged) <= 2, logged  # once per worker (two), not per check
+        finally:
+            stop(proc)
+        # A restart settles the re-share and publishes the pair, which verifies.
+        srv, proc, _ = start_sealed(tmp_path, data, extra_env=fast)
+        try:
+            for _ in range(100):
+                if published_pair()[1] == new_sig:
+                    break
+                time.sleep(0.1)
+            record_bytes, signature = published_pair()
+            assert (
+                signature == new_sig
+                and record_bytes == custody_files.record_path(data).read_bytes()
+            )
+            verify_record(root, record_bytes or b"", signature)
+            assert custody_files.load_record(data).sequence == 2
+        finally:
+            stop(proc)
+    finally:
+        engine.dispose()
