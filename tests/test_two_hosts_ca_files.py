@@ -36,7 +36,7 @@ from tests.conftest import EPORT, Postgres, Server, free_port, start_server, sto
 from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env, unseal
 from tests.test_custody_ceremonies import join, officer_args, rotate, start
-from tests.test_reshare import PRESENT, reshare
+from tests.test_reshare import NEW, PRESENT, reshare
 from tests.test_two_hosts import enterprise, ocsp_status, rows, signed_post, two_hosts
 
 FAST = {"EPORT_CRL_REFRESH_SECONDS": "0.5"}
@@ -361,6 +361,96 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
             for d in (a_data, b_data):
                 assert (d / "ca" / "custody.json").read_bytes() == genuine
             assert b_custody() is not None
+    finally:
+        for p in procs.values():
+            stop(p)
+
+
+def test_a_host_down_through_two_reshares_takes_no_middle_record_put_back(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Host B is down while host A re-shares twice (custody records of sequence 2, then
+    3). B never had the middle record, so it kept no copy that would tell it is old;
+    when someone who can write the database put that record back (genuinely signed by
+    the root), B took it, and the middle custody set's share files counted there again.
+    B now takes the newest record at its start and refuses the middle one by its signed
+    order; A refuses it too (it kept it when it replaced it)."""
+    db = postgres.createdb("eport_custody_order")
+    auth = postgres.createdb("eport_custody_order_auth")
+    port_a, port_b = free_port(), free_port()
+    env = {
+        **custodian_env(),
+        **FAST,
+        "EPORT_DATABASE_URL": db,
+        "EPORT_AUTH_DATABASE_URL": auth,
+        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port_a}",
+    }
+    a_data, b_data, out = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "out"
+    a_data.parent.mkdir()
+    b_data.parent.mkdir()
+    ca_init(a_data, out, env)
+    shutil.copytree(a_data, b_data, ignore=shutil.ignore_patterns("serve.lock"))
+
+    def serve(data: Path, port: int) -> tuple[Server, subprocess.Popen[bytes]]:
+        # sealed: comparing with the record and the health need no unseal
+        return start_server(data, db, dev=False, env=env, port=port, log_dir=data.parent)
+
+    def published(name: str) -> bytes:
+        (data,) = rows(db, f"SELECT data FROM hierarchy_files WHERE path = '{name}'")
+        return bytes(data[0])
+
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        a, procs["a"] = serve(a_data, port_a)
+        b, procs["b"] = serve(b_data, port_b)
+        assert health(b)["hierarchy"] == "current"
+        stop(procs.pop("b"))  # B is down through both re-shares
+        # two re-shares on A, the second by the share files of the first
+        first = tmp_path / "reshare-1"
+        shares = [out / "shares" / f"{m}.share" for m in PRESENT]
+        res = reshare(a_data, first, shares, tmp_path, EPORT_DATABASE_URL=db)
+        assert res.returncode == 0 and json.loads(res.stdout)["sequence"] == 2, res.stderr
+        middle_record = (a_data / "ca" / "custody.json").read_bytes()
+        middle_id = json.loads(middle_record)["custody_id"]
+        eventually(
+            "host A did not publish its re-share",
+            lambda: published("custody.json") == middle_record,
+        )
+        middle = {name: published(name) for name in ("custody.json", "custody.json.sig")}
+        res = reshare(
+            a_data,
+            tmp_path / "reshare-2",
+            [first / "shares" / f"{m}.share" for m in PRESENT],
+            tmp_path,
+            EPORT_DATABASE_URL=db,
+            **{f"EPORT_SHARE_PASSPHRASE_{m.upper()}": NEW.format(m) for m in PRESENT},
+        )
+        assert res.returncode == 0 and json.loads(res.stdout)["sequence"] == 3, res.stderr
+        newest = (a_data / "ca" / "custody.json").read_bytes()
+        eventually(
+            "host A did not publish its re-share", lambda: published("custody.json") == newest
+        )
+        newest_id = json.loads(newest)["custody_id"]
+        b, procs["b"] = serve(b_data, port_b)  # takes the newest record as it starts
+        assert (b_data / "ca" / "custody.json").read_bytes() == newest
+        assert health(b)["hierarchy"] == "current"
+        assert not (b_data / "ca" / f"custody-{middle_id}.json").exists()
+        plant(db, middle)  # the middle record, put back
+        stale = eventually(
+            "host B does not refuse the middle record",
+            lambda: _refusing(
+                b,
+                f"(custody set {middle_id}, sequence 2) is not ordered after this host's "
+                f"(custody set {newest_id}, sequence 3)",
+            ),
+        )
+        assert "custody.json" in " ".join(stale["warnings"]), stale
+        eventually(
+            "host A does not refuse the middle record",
+            lambda: _refusing(a, f"custody set {middle_id}, which a re-share replaced"),
+        )
+        for d in (a_data, b_data):
+            assert (d / "ca" / "custody.json").read_bytes() == newest
     finally:
         for p in procs.values():
             stop(p)
