@@ -7,7 +7,9 @@ database could plant a record that makes every host refuse the real custodians).
 the ceremonies that hold the root key (``eport ca init`` with custodians and ``eport ca
 reshare``, both of which open ``root.key``) sign the **exact bytes** of the record with
 the root key, and a host takes a record from the database only with a signature that
-verifies under its **own** ``ca/root.crt``.
+verifies under its **own** ``ca/root.crt``. The record's order
+(:attr:`ca.custody.CustodyRecord.sequence`) is among those bytes, so an older record,
+genuinely signed, cannot pass for a newer one.
 
 The format is a small JSON document beside the record, not a CMS (RFC 5652) detached
 signature: ``cryptography``'s PKCS#7 builder wants the private key object, and the
