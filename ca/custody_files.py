@@ -104,8 +104,11 @@ def record_custody(ca: JointCA, record: CustodyRecord, root: x509.Certificate, a
 
 
 def public_details(record: CustodyRecord) -> dict[str, Any]:
+    """The logged facts of a custody set (``custody.established``, ``custody.reshared``):
+    its order too, so the log says which record is the newest."""
     return {
         "custody_id": record.custody_id,
+        "sequence": record.sequence,
         "threshold": record.threshold,
         "custodians": [
             {

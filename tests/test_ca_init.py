@@ -257,7 +257,8 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             "forex",
             "inspection",
         ]
-        assert any(e["type"] == "custody.established" for e in log)
+        (established,) = [e for e in log if e["type"] == "custody.established"]
+        assert established["details"]["sequence"] == 1  # the first custody record's order
         # A ceremony left open when the server stops (one custodian joined).
         from tests.test_custody_ceremonies import join, start
 

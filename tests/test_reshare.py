@@ -241,6 +241,7 @@ def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
         assert details["custody_id"] == new_id
         assert details["previous_custody_id"] == old_record.custody_id
         assert details["threshold"] == 3 and details["keks"] == "kept"
+        assert details["sequence"] == 2  # the log says which record is the newest
         assert [p["member"] for p in details["participants"]] == list(PRESENT)
         assert [c["member"] for c in details["custodians"]] == list(MEMBERS)
         assert details["custodians"] == new_record["custodians"]
