@@ -328,6 +328,30 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
     return None
 
 
+def custody_behind(data_dir: Path, published: Mapping[str, Published]) -> str | None:
+    """Why a re-share may not run on this host (None: it may): the database's record
+    holds a custody record its root signed that is ordered after this host's own. This
+    host missed a re-share (it was down, or its ``ca/`` is an old copy); a re-share here
+    would sign a record of a sequence another record already has, which every other host
+    refuses, and the old shares this host still takes are the ones that re-share retired.
+    """
+    local = _read(data_dir, "custody.json")
+    record = published.get("custody.json")
+    if local is None or record is None or record.data is None or record.data == local:
+        return None
+    if _custody_refused(data_dir, published) is not None:
+        return None  # not a record this host would take: nothing newer is known
+    theirs_seq, ours_seq = _sequence(record.data), _sequence(local)
+    if theirs_seq is None or ours_seq is None:
+        return None
+    return (
+        f"this host's custody record (custody set {_custody_id(local)}, sequence {ours_seq}) "
+        f"is behind the database's (custody set {_custody_id(record.data)}, sequence "
+        f"{theirs_seq}): a re-share replaced it on another host. Start eport serve here once "
+        "so that this host takes the newer record, or re-share on an up-to-date host"
+    )
+
+
 def custody_held_back(data_dir: Path, local: Mapping[str, Published]) -> str | None:
     """Why this host's own ``custody.json`` and ``custody.json.sig`` (of
     :func:`local_files`) may not be published (None: they may). A pair whose signature

@@ -580,6 +580,8 @@ def ca_reshare(
     from ca import custody_files, custody_signature, translog
     from ca import hierarchy as h
     from ca.config import CAConfig
+    from ca.crosshost import custody_behind
+    from ca.crosshost_sql import SqlHierarchyRecord
     from ca.custody_store import latest_reshare
     from ca.db import make_engine
     from ca.policy import load_policies
@@ -604,6 +606,9 @@ def ca_reshare(
             sessionmaker(engine, expire_on_commit=False), event_sinks=(translog.append_event,)
         )
         settle(data_dir, latest_reshare(store))
+        behind = custody_behind(data_dir, SqlHierarchyRecord(engine).files())
+        if behind is not None:
+            raise CLIError(behind)
         record = custody_files.load_record(data_dir)
         current = {c.member: c.custodian for c in record.custodians}
         old_files = _member_files(share_passphrases, "--share-passphrase", set(current))

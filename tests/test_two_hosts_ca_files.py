@@ -36,7 +36,7 @@ from tests.conftest import EPORT, Postgres, Server, free_port, start_server, sto
 from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env, unseal
 from tests.test_custody_ceremonies import join, officer_args, rotate, start
-from tests.test_reshare import NEW, PRESENT, reshare
+from tests.test_reshare import NEW, PRESENT, refused, reshare
 from tests.test_two_hosts import enterprise, ocsp_status, rows, signed_post, two_hosts
 
 FAST = {"EPORT_CRL_REFRESH_SECONDS": "0.5"}
@@ -431,6 +431,13 @@ def test_a_host_down_through_two_reshares_takes_no_middle_record_put_back(
             "host A did not publish its re-share", lambda: published("custody.json") == newest
         )
         newest_id = json.loads(newest)["custody_id"]
+        # A re-share on B while it is behind: B's record still takes the first share
+        # files, which would sign a second record of sequence 2 that every host refuses
+        before = (b_data / "ca" / "custody.json").read_bytes()
+        res = reshare(b_data, tmp_path / "reshare-on-b", shares, tmp_path, EPORT_DATABASE_URL=db)
+        refused(res, f"sequence 1) is behind the database's (custody set {newest_id}, sequence 3)")
+        assert (b_data / "ca" / "custody.json").read_bytes() == before
+        assert not (tmp_path / "reshare-on-b" / "shares").exists()
         b, procs["b"] = serve(b_data, port_b)  # takes the newest record as it starts
         assert (b_data / "ca" / "custody.json").read_bytes() == newest
         assert health(b)["hierarchy"] == "current"
