@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_PACKAGES := openssl nginx softhsm2 chromium golang-cfssl postgresql
 
-.PHONY: run test lint typecheck pytest bench sysdeps clean
+.PHONY: run test test-quick lint typecheck pytest pytest-quick bench sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,14 @@ pytest: $(STAMP) sysdeps
 	$(BIN)/pytest -q -n 3 --dist loadfile tests
 
 test: lint typecheck pytest
+
+# Locally, between changes: every check but the tests marked slow (multi-host, ceremony,
+# upgrade, backup and load tests of ten seconds or more); CI runs them all (make test).
+pytest-quick: $(STAMP) sysdeps
+	$(BIN)/python -m compileall -q -j 0 ca authsvc cli > /dev/null
+	$(BIN)/pytest -q -n 3 --dist loadfile -m "not slow" tests
+
+test-quick: lint typecheck pytest-quick
 
 bench: $(STAMP) sysdeps
 	$(BIN)/python bench/issuance.py

@@ -115,6 +115,7 @@ def pages_both_ways(url: str, flt: EventFilter, limit: int) -> tuple[list[Any], 
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_filtered_pages_over_events_logged_before_and_after_the_upgrade(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import Server, start_server, stop
@@ -49,6 +50,7 @@ def test_audit_read_token(sqlite_server: Server, tmp_path: Path) -> None:
     assert res.returncode == 1 and "no access to audit" in res.stderr
 
 
+@pytest.mark.slow
 def test_web_session_from_a_token_ends_with_the_token(tmp_path: Path) -> None:
     """A web view session opened with an access token (POST /audit/session, Bearer) ends
     when that token expires, not 30 minutes later: the API itself stops taking the token

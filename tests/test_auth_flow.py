@@ -196,6 +196,7 @@ def test_gateway_fast_path_answers_as_the_flask_view(
     assert ok.headers["X-Eport-Operator"] == "T100" and ok.headers["Cache-Control"] == "no-store"
 
 
+@pytest.mark.slow
 def test_refresh_token_reuse_ends_the_session(
     sqlite_server: Server, world: dict[str, Any], tmp_path: Path
 ) -> None:

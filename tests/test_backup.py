@@ -221,6 +221,7 @@ def verify_full(url: str, dev: Path, state: Path, since: Path) -> dict[str, Any]
     return doc
 
 
+@pytest.mark.slow
 def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> None:
     data = tmp_path / "data"
     srv, proc = start_server(data)
@@ -309,6 +310,7 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
         stop(proc)
 
 
+@pytest.mark.slow
 def test_restore_never_runs_under_a_server_nor_shrinks_the_log_in_place(tmp_path: Path) -> None:
     """A restore over a running server's directory is refused (its processes would go on
     writing into the replaced files), and a server does not start during a restore. Over
@@ -363,6 +365,7 @@ def offline_instance(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     return data, archive
 
 
+@pytest.mark.slow
 def test_restore_refuses_and_changes_nothing(
     offline_instance: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -446,6 +449,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_restore_killed_halfway_is_never_served(
     offline_instance: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -591,6 +595,7 @@ def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: 
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
     source_db = postgres.createdb("eport_backup_source")
     data = tmp_path / "data"
@@ -644,6 +649,7 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         stop(proc)
 
 
+@pytest.mark.slow
 def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
     """A production (joint custody) instance: the backup holds only wrapped keys; the
     restored server starts sealed, M custodians unseal it, the log verifies."""

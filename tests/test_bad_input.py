@@ -447,6 +447,7 @@ def test_a_body_whose_chunked_framing_is_broken_is_400(world: World) -> None:
 # -- the CLI ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
     """Times out of range, and argument bytes that are not UTF-8, are usage errors (exit
     2) before a file is read or anything is sent; a policy directory with a file that is

@@ -105,6 +105,7 @@ def unseal(
     return present_share(srv, ("ca", "unseal"), out, member, fp, check, passphrase)
 
 
+@pytest.mark.slow
 def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
     data, out, record = init_ca(tmp_path)
     assert set(record["officers"]) == set(MEMBERS)  # type: ignore[arg-type]

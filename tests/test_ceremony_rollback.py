@@ -24,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from ca.generation import read_generation
@@ -80,6 +81,7 @@ def fail_publications(srv: Server, on: bool) -> None:
     _fault(srv, "fail_publication", "BEFORE UPDATE ON hierarchy_head" if on else None)
 
 
+@pytest.mark.slow
 def test_a_ceremony_that_does_not_commit_leaves_the_files_as_they_were(tmp_path: Path) -> None:
     with unsealed_custody_server(tmp_path) as (srv, out, tmp):
         before = ca_files(srv.data_dir)
@@ -143,6 +145,7 @@ def recorded_sha256(srv: Server, name: str) -> str:
     return str(row[0])
 
 
+@pytest.mark.slow
 def test_a_server_killed_before_the_commit_restores_the_files_at_start(tmp_path: Path) -> None:
     data, out, _ = init_ca(tmp_path)
     srv, proc, fp = start_sealed(tmp_path, data)

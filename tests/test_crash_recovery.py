@@ -537,6 +537,7 @@ def test_a_refused_renewal_leaves_no_new_key(sqlite_server: Server, tmp_path: Pa
 # -- kill -9 under load ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_under_enrollment_load_loses_nothing_and_restarts(tmp_path: Path) -> None:
     """``kill -9`` of the whole server (its process group) while 6 clients enroll: every
     201 is stored with its event and log entry, no code is redeemed without its

@@ -199,6 +199,7 @@ def unseal_state(srv: Server) -> dict[str, object]:
     return doc
 
 
+@pytest.mark.slow
 def test_token_shares_unseal_join_and_reshare(
     tokens: Tokens, token_ca: tuple[Server, Path, str, Path]
 ) -> None:

@@ -144,6 +144,7 @@ def ceremony_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         yield world
 
 
+@pytest.mark.slow
 def test_root_crl_needs_m_distinct_custodians(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     before = root_crl(srv)
@@ -235,6 +236,7 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
     assert stored() == before
 
 
+@pytest.mark.slow
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
@@ -325,6 +327,7 @@ def audit_verify(srv: Server, state: Path, *extra: str) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.slow
 def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-untyped-def]
     ceremony_ca, tmp_path: Path
 ) -> None:

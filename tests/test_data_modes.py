@@ -53,6 +53,7 @@ def test_a_new_data_directory_is_private(tmp_path: Path, umask_022: None) -> Non
         stop(proc)
 
 
+@pytest.mark.slow
 def test_serve_tightens_the_databases_of_an_earlier_release(
     tmp_path: Path, umask_022: None
 ) -> None:

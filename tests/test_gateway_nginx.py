@@ -203,6 +203,7 @@ def cookie_attributes(set_cookie: str) -> set[str]:
     return {part.strip().lower() for part in set_cookie.split(";")[1:]}
 
 
+@pytest.mark.slow
 def test_links_and_cookies_behind_a_tls_proxy(tmp_path: Path) -> None:
     port = free_port()
     public = f"https://eport.example:{port}"

@@ -93,6 +93,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_service_introspects_over_mutual_tls(proxy: Proxy, tmp_path: Path) -> None:
     srv = proxy.server
     op = operator_with_token(srv, tmp_path)

@@ -129,6 +129,7 @@ def _application(uscc: str, name: str, created_at: datetime.datetime) -> Applica
     )
 
 
+@pytest.mark.slow
 def test_deciding_pending_applications_between_pages_skips_none(server: Server) -> None:
     """Seven applications, pages of three through ``eport ra list``: the applications of
     each page are decided (approved or rejected) by another officer before the next page
@@ -276,6 +277,7 @@ def test_a_certificate_committed_after_a_reader_passed_its_time_is_listed(
     assert seen == [serial_of(ent), ops[0], ops[1], rec.serial_hex], seen
 
 
+@pytest.mark.slow
 def test_an_enterprise_pages_only_its_own_certificates(server: Server, tmp_path: Path) -> None:
     """``eport cert list --uscc`` in pages of two: the enterprise's three certificates
     once each, in issuance order, none of another enterprise issued between them; an

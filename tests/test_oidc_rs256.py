@@ -382,6 +382,7 @@ def test_key_rotation_covers_the_rsa_key(world: World) -> None:
     assert published[at_kid] == "ES256"
 
 
+@pytest.mark.slow
 def test_one_key_family_rotates_alone(world: World) -> None:
     """``--alg`` rotates one family and leaves the other's keys as they were (an emergency
     rotation of the access tokens' key need not touch the RSA keys, nor wait for them)."""

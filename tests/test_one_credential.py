@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
@@ -63,6 +64,7 @@ def enroll(server: Server, code: str, out: Path) -> dict[str, Any]:
     return jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out))
 
 
+@pytest.mark.slow
 def test_a_second_credential_waits_for_the_first_to_end(server: Server, tmp_path: Path) -> None:
     """Refused while the certificate is in force, also after a renewal and while on hold;
     the holder renews meanwhile; once revoked, the waiting application is approved and
@@ -150,6 +152,7 @@ def test_a_credential_on_hold_renews_once_an_officer_lifts_the_hold(
     assert renewed["serial"] != serial
 
 
+@pytest.mark.slow
 def test_a_live_code_of_another_application_blocks_approval(server: Server, tmp_path: Path) -> None:
     """Two applications of one USCC: while the first holds a live code the second gets
     none (the answer names the first and how to withdraw it); withdrawn, it does. Other

@@ -350,6 +350,7 @@ def hsm_server(hsm: HSM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         stop(proc)
 
 
+@pytest.mark.slow
 def test_server_with_keys_in_the_token(
     hsm: HSM, hsm_server: tuple[Server, Path], tmp_path: Path
 ) -> None:

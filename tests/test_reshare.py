@@ -93,6 +93,7 @@ def reshare_events(data: Path) -> list[dict[str, object]]:
     return [json.loads(r[0]) for r in rows]
 
 
+@pytest.mark.slow
 def test_refusals_change_nothing(tmp_path: Path) -> None:
     data, out, _ = init_ca(tmp_path)
     shares = out / "shares"
@@ -149,6 +150,7 @@ def unseal_new(srv: Server, out: Path, member: str, fp: str) -> dict[str, object
     return doc
 
 
+@pytest.mark.slow
 def test_reshare_then_restart_unseal_and_root_ceremony(tmp_path: Path) -> None:
     data, out, ceremony = init_ca(tmp_path)
     old_record = CustodyRecord.from_json(json.loads((out / "custody.json").read_text()))
@@ -385,6 +387,7 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_ceremony_opened_before_a_reshare_says_it_cannot_complete(tmp_path: Path) -> None:
     """docs/custody.md: a ceremony opened under the old custody set is closed by a
     re-share. Its status says so, and a custodian who joins it with a new share file is
@@ -420,6 +423,7 @@ def test_a_ceremony_opened_before_a_reshare_says_it_cannot_complete(tmp_path: Pa
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_sealed_server_unsealing_during_a_reshare_says_to_restart(tmp_path: Path) -> None:
     """docs/custody.md: a sealed server that was unsealing under the old set cannot
     finish; restart it and unseal with new shares (runbook 3). Both the CLI (a new share)
@@ -452,6 +456,7 @@ def test_a_sealed_server_unsealing_during_a_reshare_says_to_restart(tmp_path: Pa
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_new_share_at_a_server_of_before_the_reshare_is_not_called_earlier(
     tmp_path: Path,
 ) -> None:
@@ -487,6 +492,7 @@ def test_a_new_share_at_a_server_of_before_the_reshare_is_not_called_earlier(
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_running_server_publishes_no_custody_pair_a_crash_cut_short(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp as xocsp
 from sqlalchemy import select
@@ -79,6 +80,7 @@ def renew(srv: Server, out: Path, *extra: str, check: bool = True) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_forced_renewal_on_an_unsealed_custody_server(tmp_path: Path) -> None:
     data, out, _ = init_ca(tmp_path)
     srv, proc, fp = start_sealed(tmp_path, data)

@@ -58,6 +58,7 @@ def custody_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
         yield world
 
 
+@pytest.mark.slow
 def test_rollover_and_revocation_reach_the_token_service_without_restart(custody_server) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = custody_server
     issuers = srv.data_dir / "ca" / "issuers"

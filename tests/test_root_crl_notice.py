@@ -36,6 +36,7 @@ def _resign_root_crl(data_dir: Path, next_update: datetime.datetime) -> None:
 
 
 @pytest.mark.parametrize("days_left", [10, -3])
+@pytest.mark.slow
 def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     tmp_path: Path, days_left: int
 ) -> None:

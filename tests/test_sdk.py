@@ -407,6 +407,7 @@ def test_unknown_kids_refetch_at_most_once_per_interval(
     v.verify(world.token)  # the good key is still there
 
 
+@pytest.mark.slow
 def test_key_rotation_has_no_gap(world: World, http: CountingSession) -> None:
     server = world.server
     v = TokenVerifier(issuer(server), CUSTOMS, http=http, cache_ttl=3600, min_refetch_interval=0.5)

@@ -237,6 +237,7 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     assert counts(server) == before
 
 
+@pytest.mark.slow
 def test_status_exit_codes_tell_the_answers_apart(tmp_path: Path) -> None:
     """eport status exited 0 whatever the answer: a script (``eport status --cert C &&
     deploy``) or a monitoring check could not tell a revoked certificate from a good one
@@ -339,6 +340,7 @@ def ocsp_answer(server: Server, cert: x509.Certificate, issuer: x509.Certificate
     return check_response(r.content, cert, issuer, nonce=None, now=now)
 
 
+@pytest.mark.slow
 def test_a_cessation_of_hundreds_of_operators(server: Server, tmp_path: Path) -> None:
     """An enterprise with 300 operators (made in the server's database: the CLI takes a
     second each), one on hold, one revoked before, one code unused, ceases. Every operator
@@ -525,6 +527,7 @@ def test_key_holder_revokes_with_key_compromise_only(server: Server, tmp_path: P
     assert done["status"] == "revoked" and done["invalidity_date"] == "2026-01-02T03:04:05Z"
 
 
+@pytest.mark.slow
 def test_bad_status_requests_change_nothing(server: Server, tmp_path: Path) -> None:
     a = enroll_enterprise(server, tmp_path, "A Co.")
     other_uscc = "91350200MA2Y0XQK4D"
@@ -731,6 +734,7 @@ def test_openssl_asks_with_longer_hashes(
     assert _pkilint("ocsp", resp.read_bytes(), tmp_path).strip() == ""
 
 
+@pytest.mark.slow
 def test_crl_numbers_never_reused_across_processes(sqlite_server: Server, tmp_path: Path) -> None:
     """Concurrent revocations and CRL fetches against two server processes: every CRL
     number names exactly one CRL, and a later number never lists fewer revocations."""

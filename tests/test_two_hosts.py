@@ -686,6 +686,7 @@ def test_one_access_token_revoked_on_both_hosts_at_once_is_revoked_once(hosts: H
         assert len(logged) == 1, logged
 
 
+@pytest.mark.slow
 def test_first_crls_and_ocsp_answers_on_both_hosts_at_once(
     postgres: Postgres, tmp_path: Path
 ) -> None:
@@ -749,6 +750,7 @@ def test_first_crls_and_ocsp_answers_on_both_hosts_at_once(
             assert ocsp_status(srv, certs[2], issuer) == "GOOD"
 
 
+@pytest.mark.slow
 def test_two_hosts_first_started_at_once_on_an_empty_token_database_make_one_key(
     postgres: Postgres, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -68,6 +69,7 @@ def health(srv: Server) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.slow
 def test_a_forced_responder_renewal_on_one_host_is_followed_by_the_other(
     postgres: Postgres, tmp_path: Path
 ) -> None:
@@ -156,6 +158,7 @@ def _start_custody_host(
     return srv, proc
 
 
+@pytest.mark.slow
 def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
     postgres: Postgres, tmp_path: Path
 ) -> None:
@@ -366,6 +369,7 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
             stop(p)
 
 
+@pytest.mark.slow
 def test_a_host_down_through_two_reshares_takes_no_middle_record_put_back(
     postgres: Postgres, tmp_path: Path
 ) -> None:
@@ -509,6 +513,7 @@ def plant(url: str, files: dict[str, bytes | None]) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_ceremony_writes_its_files_while_no_check_can_publish_half_of_them(
     tmp_path: Path,
 ) -> None:

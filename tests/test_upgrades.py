@@ -122,6 +122,7 @@ def same_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     yield port
 
 
+@pytest.mark.slow
 def test_an_upgrade_keeps_every_row_and_the_ca_works(
     database: str, tmp_path: Path, same_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +291,7 @@ def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
         assert not (data / "ca").exists()
 
 
+@pytest.mark.slow
 def test_servers_starting_together_upgrade_once(postgres: Postgres) -> None:
     """Several hosts start eport serve together on one PostgreSQL database (a new one,
     or one of an older release): each runs the migrations, one after the other, and
