@@ -111,14 +111,29 @@ def read_settings(
     values: dict[str, Any] = {}
     path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
     if path is not None:
-        with open(path, "rb") as fh:
-            values.update(tomllib.load(fh).get(section, {}))
+        values.update(_read_toml(path).get(section, {}))
     for f in dataclasses.fields(cls):
         for name in env_names(f.name):
             if name in env:
                 values[f.name] = env[name]
                 break
     return values, str(path or "configuration")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The configuration file's tables; a file that cannot be read or is not TOML is a
+    :class:`PolicyError` naming it (``eport serve`` prints that one line; it was an
+    "unexpected error: FileNotFoundError" that named no file)."""
+    where = "configuration file (EPORT_CONFIG)"
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise PolicyError(str(path), where, f"cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(str(path), where, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")
+        raise PolicyError(str(path), where, f"not UTF-8: byte {exc.start} is not valid") from None
 
 
 def build_settings(cls: type[_S], values: Mapping[str, Any], source: str) -> _S:

@@ -238,6 +238,16 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     from cli.serve import run
 
     _check_listen(host, port)
+    base = f"http://{host}:{port}"
+    overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
+    if "EPORT_PUBLIC_BASE_URL" not in os.environ:
+        overrides["public_base_url"] = base
+    # The settings first: a bad EPORT_CONFIG or EPORT_* value is said before the data
+    # directory is made for the lock below
+    cfg = CAConfig.load(overrides)
+    auth_cfg = AuthConfig.load(
+        {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
+    )
     try:
         # Shared by every server of the directory, for the server's life (workers inherit
         # it); an `eport restore` takes it alone and refuses while a server holds it.
@@ -246,14 +256,6 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         raise CLIError(exc.detail) from None
     except OSError as exc:
         raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
-    base = f"http://{host}:{port}"
-    overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
-    if "EPORT_PUBLIC_BASE_URL" not in os.environ:
-        overrides["public_base_url"] = base
-    cfg = CAConfig.load(overrides)
-    auth_cfg = AuthConfig.load(
-        {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
-    )
     _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
     _check_policies(cfg, auth_cfg)
     if hierarchy.exists(data_dir):

@@ -599,3 +599,37 @@ def test_ca_init_without_a_terminal_names_the_option_it_needs(tmp_path: Path) ->
     helped = subprocess.run([EPORT, "ca", "init", "--help"], capture_output=True, text=True)
     assert "--officer-passphrase-file" in helped.stdout
     assert not data.exists() and not out.exists()
+
+
+def _offline_env() -> dict[str, str]:
+    """No EPORT_* settings, and EPORT_SERVER at a port nobody listens on: a command that
+    sent anything would fail with 'cannot reach', not with the usage error expected."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env["EPORT_SERVER"] = f"http://127.0.0.1:{free_port()}"
+    return env
+
+
+def test_serve_with_a_config_file_it_cannot_read(tmp_path: Path) -> None:
+    """eport serve with EPORT_CONFIG naming a missing file, or one that is not TOML, was
+    'unexpected error: FileNotFoundError(2, ...)' (no file named) or 'TOMLDecodeError(...)',
+    after it had made the data directory. One line names the file; nothing is made."""
+    data = tmp_path / "data"
+    missing, bad = tmp_path / "none.toml", tmp_path / "bad.toml"
+    bad.write_text("[ca\n")
+    cases = [
+        (missing, f"{missing}: configuration file (EPORT_CONFIG): cannot be read: No such file"),
+        (bad, f"{bad}: configuration file (EPORT_CONFIG): not valid TOML"),
+    ]
+    for config, expect in cases:
+        env = _offline_env()
+        env["EPORT_CONFIG"] = str(config)
+        res = subprocess.run(
+            [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        one_line(res, 1, expect)
+    assert not data.exists()

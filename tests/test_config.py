@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,27 @@ def test_a_bad_file_setting_names_the_file(tmp_path: Path) -> None:
     toml.write_text('[ca]\nclock_skew_seconds = "soon"\n')
     with pytest.raises(PolicyError, match=f"{toml}: clock_skew_seconds: expected int"):
         CAConfig.load(environ={"EPORT_CONFIG": str(toml)})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot be read: No such file or directory"),
+        (b"[ca\n", "not valid TOML"),
+        (b"\xff\xfe[ca]\n", "not UTF-8: byte 0"),
+    ],
+)
+def test_a_config_file_that_cannot_be_read_names_it(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    """EPORT_CONFIG naming a missing file, or one that is not TOML, was a bare
+    FileNotFoundError or TOMLDecodeError ('unexpected error' in eport serve, no file
+    named); it is a PolicyError naming the file, as a bad setting in it is."""
+    toml = tmp_path / "eport.toml"
+    if content is not None:
+        toml.write_bytes(content)
+    for load in (CAConfig.load, AuthConfig.load):
+        with pytest.raises(
+            PolicyError, match=f"{re.escape(str(toml))}: configuration file .*{message}"
+        ):
+            load(environ={"EPORT_CONFIG": str(toml)})
