@@ -2128,6 +2128,11 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `eport` or `eport ca` alone: the group's help, as it is (not a page of help
+        # behind "eport: error:"); exit 2, as for a command line that runs nothing
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "eport"
         if isinstance(exc, click.NoSuchOption) and exc.option_name in GLOBAL_OPTIONS:
@@ -2137,7 +2142,9 @@ def main() -> None:
             hint = f"(an option of eport itself: eport {exc.option_name}{value} {command} ...)"
             click.echo(f"eport: error: {exc.format_message()} {hint}", err=True)
             sys.exit(exc.exit_code)
-        click.echo(f"eport: error: {exc.format_message()} (see '{where} --help')", err=True)
+        click.echo(
+            f"eport: error: {one_line(exc.format_message())} (see '{where} --help')", err=True
+        )
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"eport: error: {exc.format_message()}", err=True)
@@ -2167,6 +2174,12 @@ def main() -> None:
         sys.exit(2)
     except Exception as exc:
         raise_unexpected(exc, verbose)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: click lists the choices of a missing option one per line
+    ("Choose from:\\n\\tkeyCompromise,\\n\\t..."), which would split the error."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def raise_unexpected(exc: Exception, verbose: bool) -> NoReturn:

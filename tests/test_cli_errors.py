@@ -633,3 +633,37 @@ def test_serve_with_a_config_file_it_cannot_read(tmp_path: Path) -> None:
         )
         one_line(res, 1, expect)
     assert not data.exists()
+
+
+def test_a_missing_choice_is_one_line() -> None:
+    """eport revoke without --reason printed click's list of the reasons one to a line
+    ('Choose from:', then a tab and a reason on each of six lines): seven lines on
+    stderr where every error is one. The reasons are listed on the one line."""
+    res = subprocess.run(
+        [EPORT, "revoke", "--serial", "7e23"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    line = one_line(res, 2, "Missing option '--reason'. Choose from: keyCompromise, cessation")
+    assert line.endswith("privilegeWithdrawn, unspecified (see 'eport revoke --help')"), line
+
+
+@pytest.mark.parametrize("args", [[], ["cert"], ["ca", "ceremony"]])
+def test_a_group_alone_shows_its_help(args: list[str]) -> None:
+    """`eport` or `eport cert` alone printed its whole help behind "eport: error: Usage:"
+    and with "(see 'eport cert --help')" stuck to its last line; the help is shown as it
+    is (on stderr, exit 2: the command line ran nothing), its commands listed."""
+    res = subprocess.run(
+        [EPORT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr.startswith(f"Usage: {' '.join(['eport', *args])} [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in res.stderr and "eport: error" not in res.stderr, res.stderr
