@@ -630,11 +630,13 @@ def _refuse_overwrite(out: Path) -> None:
 @click.option(
     "--code",
     required=True,
+    callback=not_blank,
     help="The one-time enrollment code from the RA officer or your enterprise.",
 )
 @click.option(
     "--profile",
     required=True,
+    callback=not_blank,
     help="Certificate profile: enterprise, operator, agency, service-tls.",
 )
 @click.option(
@@ -1746,6 +1748,7 @@ def login(
 @click.option(
     "--service",
     required=True,
+    callback=not_blank,
     help="The e-port service id (see policies/services.toml), e.g. customs-declaration.",
 )
 @json_option
@@ -1944,6 +1947,7 @@ def roles_group() -> None:
     "--operator",
     "operator_id",
     required=True,
+    callback=not_blank,
     help="The operator id (the serialNumber in the operator's certificate).",
 )
 @click.option(

@@ -667,3 +667,33 @@ def test_a_group_alone_shows_its_help(args: list[str]) -> None:
     assert res.returncode == 2 and res.stdout == "", res
     assert res.stderr.startswith(f"Usage: {' '.join(['eport', *args])} [OPTIONS] COMMAND")
     assert "\nCommands:\n" in res.stderr and "eport: error" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["token", "--service", " "], "--service"),
+        (["enroll", "--code", "", "--profile", "enterprise", "--out", "new"], "--code"),
+        (["enroll", "--profile", "", "--code", "0AWT-8B9X", "--out", "new"], "--profile"),
+        (
+            ["roles", "grant", "--operator", "", "--role", "declaration", "--cert", "c.pem"],
+            "--operator",
+        ),
+    ],
+)
+def test_blank_values_are_usage_errors(args: list[str], option: str, tmp_path: Path) -> None:
+    """An empty --service, --code, --profile or --operator was sent, and the server's
+    refusal named its own fields ('code' is required; operator_id (string) and roles ...
+    are required; audience (the service id) is required), exit 1. It is a usage error
+    naming the option (exit 2), and nothing is sent or written."""
+    res = subprocess.run(
+        [EPORT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    one_line(res, 2, f"Invalid value for '{option}': must not be blank")
+    assert list(tmp_path.iterdir()) == []
