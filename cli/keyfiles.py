@@ -118,6 +118,12 @@ def key_and_passphrase(
         raise CLIError(f"cannot read key file {path}: {exc.strerror}") from None
     if data.startswith(PKCS11_SCHEME.encode()):
         return token_key(data.decode().strip()), None
+    labels = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)
+    if labels and not any(label.endswith(b"PRIVATE KEY") for label in labels):
+        # cert.pem given for --key (the two options side by side): said as load_certs
+        # says the reverse, not as a key that "cannot be loaded"
+        what = labels[0].decode().lower()
+        raise CLIError(f"{path} holds a PEM {what}, not a private key")
     encrypted = b"ENCRYPTED" in data
     pw = passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else None
     try:

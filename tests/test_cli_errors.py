@@ -697,3 +697,16 @@ def test_blank_values_are_usage_errors(args: list[str], option: str, tmp_path: P
     )
     one_line(res, 2, f"Invalid value for '{option}': must not be blank")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_certificate_given_as_the_key(sqlite_server: Server) -> None:
+    """--key naming the certificate (or chain.pem), the file beside the key, said 'cannot
+    load key ...: not a PEM private key', as if the key were damaged; it says what the
+    file holds, as --cert given a key file does. No session is opened."""
+    server = sqlite_server
+    cert = Path(server.officer()[1])
+    before = _sessions(server)
+    for wrong in (cert, cert.with_name("chain.pem")):
+        res = server.eport("login", "--cert", str(cert), "--key", str(wrong), check=False)
+        one_line(res, 1, f"{wrong} holds a PEM certificate, not a private key")
+    assert _sessions(server) == before
