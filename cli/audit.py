@@ -819,7 +819,11 @@ def audit() -> None:
 @click.option("--profile", help="Only this certificate profile.")
 @click.option("--issuer", help="Only this issuing CA.")
 @click.option("--actor", help="Only this actor (e.g. agency:1f3a…, enrollment-code).")
-@click.option("--serial", help="Only this certificate serial (hex).")
+@click.option(
+    "--serial",
+    callback=lambda ctx, param, value: _serial_option(ctx, param, value),
+    help="Only this certificate serial (hex).",
+)
 @click.option(
     "--since",
     callback=iso_time,
@@ -1118,7 +1122,9 @@ def audit_verify(
 
 
 @audit.command("prove")
-@click.argument("serial", required=False)
+@click.argument(
+    "serial", required=False, callback=lambda ctx, param, value: _serial_option(ctx, param, value)
+)
 @click.option(
     "--cert",
     "cert_to_prove",
@@ -1239,11 +1245,29 @@ def audit_prove(
 
 
 def _norm_serial(text: str) -> str:
+    """A serial as the log writes it: lower-case hexadecimal without leading zeros, from
+    the forms people copy (``7E:23:F4…`` of openssl's text, ``0x7e23…``)."""
     cleaned = text.strip().lower().replace(":", "").removeprefix("0x")
     try:
         return format(int(cleaned, 16), "x")
     except ValueError:
         raise CLIError(f"{text!r} is not a hexadecimal serial") from None
+
+
+def _serial_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A SERIAL argument or --serial: one that cannot be a serial is a usage error (exit
+    2, as for eport revoke --serial) before anything is signed or sent."""
+    if value is not None:
+        try:
+            _norm_serial(value)
+        except CLIError:
+            raise click.BadParameter(
+                f"{value!r} is not a serial in hexadecimal (like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
+                ctx,
+                param,
+                param_hint=param.human_readable_name if isinstance(param, click.Argument) else None,
+            ) from None
+    return value
 
 
 @audit.command("web-login")

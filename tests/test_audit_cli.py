@@ -313,12 +313,13 @@ def test_log_filters_and_exports(
     assert res.returncode == 1
     assert res.stderr == f"eport: error: cannot write {nowhere}: No such file or directory\n"
     refused = tmp_path / "refused.csv"
-    res = server.eport("audit", "log", *who, "--serial", "zz", "--out", str(refused), check=False)
+    res = server.eport("audit", "log", *who, "--type", "nope", "--out", str(refused), check=False)
     assert res.returncode == 1 and "(HTTP 400)" in res.stderr
-    # Times are checked here, in the options' names, before anything is asked.
+    # Times and serials are checked here, in the options' names, before anything is asked.
     for args, expect in (
         (("--since", "yesterday"), "Invalid value for '--since': not an ISO 8601 date"),
         (("--since", "2026-11-28", "--until", "2026-11-27"), "is not before --until"),
+        (("--serial", "zz", "--out", str(refused)), "Invalid value for '--serial'"),
     ):
         res = server.eport("audit", "log", *who, *args, check=False)
         assert res.returncode == 2 and expect in res.stderr, res.stderr

@@ -710,3 +710,36 @@ def test_a_certificate_given_as_the_key(sqlite_server: Server) -> None:
         res = server.eport("login", "--cert", str(cert), "--key", str(wrong), check=False)
         one_line(res, 1, f"{wrong} holds a PEM certificate, not a private key")
     assert _sessions(server) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["audit", "prove", "zz"], "SERIAL"),
+        (["audit", "log", "--serial", "xyz"], "'--serial'"),
+    ],
+)
+def test_audit_serials_that_cannot_be_one(args: list[str], hint: str) -> None:
+    """A serial that is not hexadecimal was sent by eport audit log (HTTP 400, exit 1) and
+    refused by eport audit prove with exit 1; as for eport revoke --serial, it is a usage
+    error (exit 2) before any key is read. The forms people copy (colons, 0x) still pass."""
+    res = subprocess.run(
+        [EPORT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_offline_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    one_line(res, 2, f"Invalid value for {hint}: ")
+    for serial in ("7E:23:F4:E0", "0x7e23f4e0"):
+        copied = [serial if a in ("zz", "xyz") else a for a in args]
+        res = subprocess.run(
+            [EPORT, *copied],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_offline_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        assert res.returncode == 1 and "Invalid value" not in res.stderr, res.stderr
