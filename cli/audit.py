@@ -874,7 +874,12 @@ def audit_log(
     limit: int | None,
     out: Path | None,
 ) -> None:
-    """List the CA's events (oldest first) with filters; export them as CSV or JSON."""
+    """List the CA's events (oldest first) with filters; export them as CSV or JSON.
+
+    \b
+      eport audit log --uscc 91350100M000100Y43                  (a table, 100 events)
+      eport audit log --type certificate.issued --since 2026-01-01 --format csv --bom --out x.csv
+    """
     if bom and fmt != "csv":
         raise click.UsageError("--bom goes with --format csv only")
     if since and until and _utc_time(since) >= _utc_time(until):
@@ -1060,6 +1065,10 @@ def audit_verify(
     file for next time only when every check passed. After the log's key was rotated
     (ROTATE-LOG-KEY), the key the state pins is followed to the new one through the log's
     hand-over checkpoint, which both keys signed.
+
+    \b
+      eport audit verify --log-key log.pub      (the first time: pin the ceremony's key)
+      eport audit verify --full
     """
     started = time.perf_counter()
     client = _client(obj, cert_file, key_file, passphrase_file)
@@ -1169,6 +1178,10 @@ def audit_prove(
 
     The proof (RFC 9162 §2.1.3) is checked against the log's latest signed checkpoint,
     which is itself checked against the checkpoint verified last time (state file).
+
+    \b
+      eport audit prove 424c0a9c6479f602c14a98659dae2a16
+      eport audit prove --cert ./ent/cert.pem       (its serial, and its SHA-256 checked)
     """
     der_sha256: str | None = None
     if cert_to_prove is not None:
@@ -1287,6 +1300,9 @@ def audit_web_login(
     short session cookie (30 minutes) in that browser. Treat the link as a password.
     It points at the server's public base URL (EPORT_PUBLIC_BASE_URL, e.g. the TLS
     proxy's https address), whichever address this command reached the server by.
+
+    \b
+      eport audit web-login --cert auditor.pem --key auditor.key
     """
     client = _client(obj, cert_file, key_file, passphrase_file)
     doc = client.json("/audit/session", signed=True, method="POST")

@@ -88,6 +88,9 @@ def backup_command(
     snapshot; keys stay sealed (their bytes are copied, nothing is unwrapped). The
     manifest records the SHA-256 of every member and the log's size, root and latest
     signed checkpoint. Restore with `eport restore --from FILE`.
+
+    \b
+      eport backup --data-dir /srv/eport --out /backups/eport-2026-11-28.tar.gz
     """
     from ca.backup import create_backup
 
@@ -321,6 +324,10 @@ def restore_command(
     --checkpoint, of the checkpoint last published to auditors; a published checkpoint
     larger than the backup means entries were lost: refused unless --accept-loss. Stop
     the server first; it starts sealed after a restore.
+
+    \b
+      eport restore --from /backups/eport-2026-11-28.tar.gz --data-dir /srv/eport \\
+          --checkpoint https://eport.example/ca/v1/audit/checkpoint
     """
     from ca.backup import (
         BackupError,

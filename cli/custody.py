@@ -572,6 +572,10 @@ def ca_reshare(
     (ca/custody.json.sig), replaces ca/custody.json (the old one is kept as
     ca/custody-<old id>.json) and the re-share is logged (custody.reshared).
     Every old share file is refused from then on; the wrapped CA keys do not change.
+
+    \b
+      eport ca reshare --data-dir /srv/eport --out reshare/ \\
+          --share customs.share --share tax.share --share forex.share
     """
     import time
 
@@ -729,6 +733,9 @@ def ca_unseal(
     fingerprint at start; pass it with --fingerprint (or compare when asked at the
     terminal; without one, --fingerprint is required). A share
     file kept by your PKCS#11 token is opened there (PIN, not passphrase).
+
+    \b
+      eport ca unseal --share ceremony/shares/customs.share --fingerprint FINGERPRINT
     """
     opened = _open_share(share_file, passphrase_file, token_uri)
     client = _client()
@@ -827,7 +834,12 @@ def ceremony_join(
     fingerprint: str | None,
     as_json: bool,
 ) -> None:
-    """Join a ceremony with your root share; the M-th custodian's join runs it."""
+    """Join a ceremony with your root share; the M-th custodian's join runs it.
+
+    \b
+      eport ca ceremony join CEREMONY_ID --share ceremony/shares/customs.share \\
+          --fingerprint FINGERPRINT
+    """
     opened = _open_share(share_file, passphrase_file, token_uri)
     client = _client()
     doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
@@ -846,7 +858,11 @@ def ceremony_join(
 @click.argument("ceremony_id", callback=options.ceremony_id)
 @json_option
 def ceremony_status(ceremony_id: str, as_json: bool) -> None:
-    """Show a ceremony: operation, state, custodians who joined, result."""
+    """Show a ceremony: operation, state, custodians who joined, result.
+
+    \b
+      eport ca ceremony status CEREMONY_ID
+    """
     doc = _client().call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
     text = (
         f"Ceremony {doc['id']}: {doc['operation']} {json.dumps(doc['params'])} — "
@@ -877,7 +893,12 @@ def ceremony_status(ceremony_id: str, as_json: bool) -> None:
 def ca_rotate(
     issuer: str, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
 ) -> None:
-    """Open a quorum ceremony that rolls ISSUER over to a new issuing CA."""
+    """Open a quorum ceremony that rolls ISSUER over to a new issuing CA.
+
+    \b
+      eport ca rotate enterprise --cert officer.pem --key officer.key
+        (ISSUER: enterprise, agency or service; M custodians then join the ceremony)
+    """
     doc = _start("ROTATE-ISSUER", {"issuer": issuer}, cert_file, key_file, passphrase_file)
     _emit(as_json, doc, _started_text(doc))
 
@@ -897,7 +918,12 @@ def ca_renew_responders(
     The responders are the host's own: with several hosts on one PostgreSQL database,
     --force sent to one host is recorded in the database, and every other host renews
     its own responders at its next check (within a refresher cycle, 30 s by default;
-    a sealed host once unsealed): sending it to one host is enough."""
+    a sealed host once unsealed): sending it to one host is enough.
+
+    \b
+      eport ca renew-responders --cert officer.pem --key officer.key
+      eport ca renew-responders --force --cert officer.pem --key officer.key
+    """
     from cli import keyfiles
 
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)

@@ -524,6 +524,9 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
     \b
     An approved application's one-time enrollment code comes from the RA
     officer, over a separate channel; it is never shown here.
+
+    \b
+      eport application show app_bibk3oqb5wcrvrjo
     """
     doc = ctx.client().call("GET", f"/ca/v1/applications/{quote(app_id, safe='')}")
     state, since = doc["state"], doc["decided_at"] or doc["created_at"]
@@ -695,6 +698,10 @@ def enroll(
     enrolls it if none was. A refusal (4xx) deletes the new key. An enterprise
     code is refused (409, the code stays unused) while the enterprise holds an
     enterprise certificate in force: it holds one at a time.
+
+    \b
+      eport enroll --code 0AWT-8B9X-355M-QP7T-YBHB-Y1EN-EVK1-4Y77 --profile enterprise --out ./ent
+      eport enroll --code CODE --profile operator --out ./li-wei --key-type ed25519 --p12
     """
     kept_file = out / ("key.pem" if pkcs11_uri is None else "key.uri")
     kept = kept_file.exists() and not (out / "cert.pem").exists()
@@ -901,6 +908,10 @@ def renew(
     --cert, same OUT) sends that key's CSR again, signed anew, and saves the
     certificate the CA issued for it, or renews with it if none was. A refusal
     (4xx) deletes the new key.
+
+    \b
+      eport renew --cert ./ent/cert.pem --key ./ent/key.pem      (new files: ./ent/renewed-SERIAL/)
+      eport renew --cert ./ent/cert.pem --key ./ent/key.pem --out ./ent-2027
     """
     ident, current_pw = keyfiles.identity_and_passphrase(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")
@@ -1032,6 +1043,10 @@ def ra_list(
     follow the page, the --after CURSOR that lists them is said on standard error
     (next with --json). Applications decided meanwhile by another officer leave
     the list without moving the next page: none is skipped or shown twice.
+
+    \b
+      eport ra list --cert officer.pem --key officer.key
+      eport ra list --state approved --limit 1000 --cert officer.pem --key officer.key
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     query: dict[str, str | int] = {"state": state, "limit": limit}
@@ -1115,6 +1130,10 @@ def ra_approve(
     force (on hold counts; revoke it first, or its holder renews it, once an
     officer resumes it if it is on hold), or while
     another of its applications holds a live code (withdraw that one first).
+
+    \b
+      eport ra approve app_bibk3oqb5wcrvrjo --cert officer.pem --key officer.key
+      eport ra approve APP_ID --profile enterprise --cert officer.pem --key officer.key
     """
     doc = _code_call(ctx, f"{app_id}/approve", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"Approved {app_id}.\n" + _code_lines(doc))
@@ -1149,6 +1168,9 @@ def ra_new_code(
     first (eport revoke); for an enterprise, also while its USCC holds another
     enterprise certificate in force. Not for an operator: its enterprise
     authorizes it again (eport operator add). Recorded in the audit log.
+
+    \b
+      eport ra new-code app_bibk3oqb5wcrvrjo --cert officer.pem --key officer.key
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
     emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))
@@ -1180,7 +1202,12 @@ def ra_reject(
     reason: str,
     as_json: bool,
 ) -> None:
-    """Reject APP_ID with a reason."""
+    """Reject APP_ID with a reason.
+
+    \b
+      eport ra reject APP_ID --reason "the name differs from the business licence" \\
+          --cert officer.pem --key officer.key
+    """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
         "POST", f"/ca/v1/ra/applications/{app_id}/reject", {"reason": reason}, ident
@@ -1209,6 +1236,10 @@ def ra_withdraw(
     unused codes stop working at once and it reads as rejected, with the
     reason. Refused while a certificate issued on it is in force: revoke that
     first (eport revoke). Recorded in the audit log.
+
+    \b
+      eport ra withdraw APP_ID --reason "approved under the wrong USCC" \\
+          --cert officer.pem --key officer.key
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
@@ -1262,6 +1293,9 @@ def operator_add(
     earlier unused code stops working. Refused while a certificate of that
     operator id is in force: the operator renews it (eport renew), or you
     revoke it first (eport revoke --serial SERIAL).
+
+    \b
+      eport operator add --name "Li Wei" --id E1024 --cert ent/cert.pem --key ent/key.pem
     """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
@@ -1785,7 +1819,12 @@ def token(ctx: Ctx, service: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def whoami(ctx: Ctx, as_json: bool) -> None:
-    """Show the current single sign-on session (of `eport login`, for this server)."""
+    """Show the current single sign-on session (of `eport login`, for this server).
+
+    \b
+      eport whoami
+      eport whoami --json
+    """
     from cli import session
 
     data = session.load(ctx.server)
@@ -1805,7 +1844,11 @@ def whoami(ctx: Ctx, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def logout(ctx: Ctx, as_json: bool) -> None:
-    """End the session everywhere: every token from it stops validating at once."""
+    """End the session everywhere: every token from it stops validating at once.
+
+    \b
+      eport logout
+    """
     from cli import session
 
     data = session.load(ctx.server)
@@ -1969,7 +2012,12 @@ def roles_grant(
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Grant ROLEs to an operator; their next access tokens carry the matching scopes."""
+    """Grant ROLEs to an operator; their next access tokens carry the matching scopes.
+
+    \b
+      eport roles grant --operator E1024 --role declaration --cert ent/cert.pem --key ent/key.pem
+        (repeat --role for several roles; the operator then has exactly those given)
+    """
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     doc = ctx.client().call(
         "POST", "/auth/v1/roles", {"operator_id": operator_id, "roles": list(roles)}, ident
@@ -2039,7 +2087,12 @@ def describe(c: x509.Certificate) -> dict[str, Any]:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @json_option
 def cert_show(file: Path, as_json: bool) -> None:
-    """Print the certificate(s) in FILE (PEM or DER) readably."""
+    """Print the certificate(s) in FILE (PEM or DER) readably.
+
+    \b
+      eport cert show ./ent/cert.pem
+      eport cert show ./ent/chain.pem          (the issuing CA, then the root)
+    """
     certs = keyfiles.load_certs(file)
     infos = [describe(c) for c in certs]
     blocks = []
@@ -2094,7 +2147,11 @@ def cert_list(
 ) -> None:
     """List what the CA issued to an enterprise (its own, or any for an RA officer),
     oldest first, one page at a time: when more follow the page, the --after CURSOR
-    that lists them is said on standard error (next with --json)."""
+    that lists them is said on standard error (next with --json).
+
+    \b
+      eport cert list --uscc 91350100M000100Y43 --cert ent/cert.pem --key ent/key.pem
+    """
     code = str(USCC.parse(uscc))
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     query: dict[str, str | int] = {"uscc": code, "limit": limit}

@@ -376,6 +376,25 @@ def test_help_names_only_commands_and_options_that_exist() -> None:
                         assert opt in options, f"eport {' '.join(path)} --help: {line.strip()}"
 
 
+def test_every_command_shows_an_example() -> None:
+    """Every command's --help shows how it is run: an example line (indented, as click
+    keeps a \\b block) that runs that very command. Half of them had none (eport
+    enroll, renew, the ra commands, roles grant, cert list, audit log, backup, ...),
+    and a new user had to assemble the options from their list."""
+    from cli.main import cli
+
+    missing = []
+    for path, cmd in _commands(cli, []):
+        if isinstance(cmd, click.Group):
+            continue
+        text = cmd.get_help(click.Context(cmd, info_name="eport"))
+        name = " ".join(["eport", *path])
+        example = re.compile(rf"^ {{4,}}.*(?<![\w-]){re.escape(name)}(?= |\)|$)")
+        if not any(example.match(line) for line in text.splitlines()[1:]):
+            missing.append(name)
+    assert missing == [], missing
+
+
 def _sessions(server: Server) -> int:
     engine = create_engine(f"sqlite:///{server.data_dir / 'auth.db'}")
     try:
