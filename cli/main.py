@@ -2112,7 +2112,7 @@ def cert_show(file: Path, as_json: bool) -> None:
                     f"Serial:      {i['serial']}",
                     f"Valid:       {valid}",
                     f"Key:         {i['key_type']}{'  (CA)' if i['ca'] else ''}",
-                    f"Key usage:   {', '.join(i['key_usage'])}",
+                    f"Key usage:   {', '.join(i['key_usage']) or '-'}",
                     f"Ext. usage:  {', '.join(i['extended_key_usage']) or '-'}",
                     f"Policies:    {', '.join(i['policies']) or '-'}",
                     f"SHA-256:     {i['sha256']}",

@@ -8,16 +8,17 @@ import base64
 import datetime
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import Server, start_server, stop
+from tests.conftest import EPORT, Server, start_server, stop
 from tests.helpers import cert_of, creds, enroll_enterprise
 
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
@@ -174,3 +175,21 @@ def test_cert_show_and_list_print_utc_and_say_expired(
     code = str(uscc[0].value).removeprefix("NTRCN-")
     listing = srv.eport("cert", "list", "--uscc", code, *creds(ent), **shanghai).stdout
     assert f"{cert_of(ent).not_valid_after_utc:{STAMP}}  " in listing
+
+
+def test_cert_show_marks_what_a_certificate_lacks(tmp_path: Path) -> None:
+    """A certificate with no key usage extension (a partner's, say) showed 'Key usage:'
+    followed by nothing, where the lines below it say '-' for an extension it lacks."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "No Extensions")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = x509.CertificateBuilder(
+        name, name, key.public_key(), 1, now, now + datetime.timedelta(days=1)
+    ).sign(key, hashes.SHA256())
+    path = tmp_path / "bare.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    res = subprocess.run([EPORT, "cert", "show", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    shown = dict(line.split(":", 1) for line in res.stdout.splitlines())
+    for field in ("Key usage", "Ext. usage", "Policies"):
+        assert shown[field].strip() == "-", res.stdout
