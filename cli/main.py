@@ -231,7 +231,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     from authsvc.config import AuthConfig
     from ca import hierarchy
     from ca.config import CAConfig
-    from ca.datalock import hold_for_serving
+    from ca.datalock import LOCK_NAME, hold_for_serving
     from ca.db import upgrade
     from ca.devinit import PASSPHRASE_FILE, dev_dir, ensure_dev_ca
     from ca.errors import Conflict
@@ -248,6 +248,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     auth_cfg = AuthConfig.load(
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
+    existed = data_dir.exists()
     try:
         # Shared by every server of the directory, for the server's life (workers inherit
         # it); an `eport restore` takes it alone and refuses while a server holds it.
@@ -256,6 +257,20 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         raise CLIError(exc.detail) from None
     except OSError as exc:
         raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    if not dev and not hierarchy.exists(data_dir):
+        # Said first (after a restore's refusals, above): asking for
+        # EPORT_AUTH_KEY_PASSPHRASE, then EPORT_CA_KEY_PASSPHRASE, for a CA that is not
+        # there (--dev forgotten, or the wrong --data-dir) sent a new user setting
+        # passphrases, and left an auth.db behind; a directory made for the lock goes too
+        os.close(in_use)
+        if not existed:
+            (data_dir / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise CLIError(
+            f"no CA in {data_dir} (no ca/root.crt): make one with `eport ca init --data-dir "
+            f"{data_dir} --out CEREMONY_DIR`, or start a development CA with --dev"
+        )
     _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
     _check_policies(cfg, auth_cfg)
     if hierarchy.exists(data_dir):

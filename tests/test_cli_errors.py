@@ -654,6 +654,26 @@ def test_serve_with_a_config_file_it_cannot_read(tmp_path: Path) -> None:
     assert not data.exists()
 
 
+def test_serve_without_dev_where_no_ca_is(tmp_path: Path) -> None:
+    """eport serve without --dev on a directory holding no CA (--dev forgotten, or the
+    wrong --data-dir) asked for EPORT_AUTH_KEY_PASSPHRASE, and once given it for
+    EPORT_CA_KEY_PASSPHRASE, leaving an auth.db each time; only with both did it say
+    there was no CA. It says so first, naming eport ca init and --dev; nothing is made."""
+    data = tmp_path / "data"
+    for extra in ({}, {"EPORT_AUTH_KEY_PASSPHRASE": "auth key passphrase"}):
+        res = subprocess.run(
+            [EPORT, "serve", "--data-dir", str(data), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**_offline_env(), **extra},
+            stdin=subprocess.DEVNULL,
+        )
+        line = one_line(res, 1, f"no CA in {data} (no ca/root.crt): make one with `eport ca init")
+        assert line.endswith("or start a development CA with --dev"), line
+    assert not data.exists()
+
+
 def test_a_missing_choice_is_one_line() -> None:
     """eport revoke without --reason printed click's list of the reasons one to a line
     ('Choose from:', then a tab and a reason on each of six lines): seven lines on
