@@ -72,8 +72,12 @@ def load(server: str) -> dict[str, Any]:
         raise CLIError(
             f"not logged in to {server}; run `eport login --cert ... --key ...`"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot read the session file {path}: {exc}") from None
+    except ValueError:  # not JSON (or not UTF-8): cut short, or written over
+        raise CLIError(
+            f"the session file {path} is damaged (not JSON); run `eport login` again"
+        ) from None
+    except OSError as exc:
+        raise CLIError(f"cannot read the session file {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or "refresh_token" not in data:
         raise CLIError(f"the session file {path} is damaged; run `eport login` again")
     return data

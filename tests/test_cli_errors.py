@@ -674,6 +674,31 @@ def test_serve_without_dev_where_no_ca_is(tmp_path: Path) -> None:
     assert not data.exists()
 
 
+def test_a_session_file_that_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session file cut short or written over (not JSON) said "cannot read the session
+    file ...: Expecting value: line 1 column 1 (char 0)", the parser's words, where one
+    that is JSON but not a session says it is damaged and to log in again. Both say that."""
+    from cli.session import session_file
+
+    env = _offline_env()
+    env["EPORT_CONFIG_DIR"] = str(tmp_path)
+    monkeypatch.setenv("EPORT_CONFIG_DIR", str(tmp_path))
+    path = session_file(env["EPORT_SERVER"])
+    for damaged in (b"garbage\n", b'{"refresh_tok', b"\xff\xfe{}", b"{}"):
+        path.write_bytes(damaged)
+        for args in (["whoami"], ["token", "--service", "customs-declaration"], ["logout"]):
+            res = subprocess.run(
+                [EPORT, *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            line = one_line(res, 1, f"the session file {path} is damaged")
+            assert line.endswith("run `eport login` again"), line
+
+
 def test_a_missing_choice_is_one_line() -> None:
     """eport revoke without --reason printed click's list of the reasons one to a line
     ('Choose from:', then a tab and a reason on each of six lines): seven lines on
