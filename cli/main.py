@@ -1759,7 +1759,8 @@ def login(
 
     Signs an RFC 7523 JWT assertion with the certificate's key (the chain in x5c);
     the token service checks the chain, the certificate's status and replay, and
-    returns a session kept in your config directory with mode 0600. Afterwards
+    returns a session kept with mode 0600 in ~/.config/eport/ ($XDG_CONFIG_HOME/eport/
+    when that is set; EPORT_CONFIG_DIR names another directory). Afterwards
     `eport token --service ID` works for every service without the key, until
     `eport logout`, 8 hours (at most until the certificate expires), or the
     certificate's revocation. One session is kept per server (--server /

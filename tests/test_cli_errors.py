@@ -395,6 +395,26 @@ def test_every_command_shows_an_example() -> None:
     assert missing == [], missing
 
 
+def test_every_environment_variable_the_cli_reads_is_in_its_help() -> None:
+    """Each EPORT_* variable the eport command reads from the environment is named in the
+    --help of a command that uses it. EPORT_CONFIG_DIR (where eport login keeps the
+    session) was named nowhere but in an error message: not in any help, the README or
+    docs/."""
+    from cli.main import cli
+
+    cli_dir = Path(__file__).resolve().parent.parent / "cli"
+    read = re.compile(
+        r"""(?:environ(?:\.get)?[\[(]|envvar=|getenv\()"(EPORT_[A-Z0-9_]+)"|"""
+        r""""(EPORT_[A-Z0-9_]+)" (?:not )?in os\.environ"""
+    )
+    names = {a or b for f in cli_dir.glob("*.py") for a, b in read.findall(f.read_text())}
+    assert "EPORT_SERVER" in names and "EPORT_CONFIG_DIR" in names  # the scan finds them
+    helps = "\n".join(
+        cmd.get_help(click.Context(cmd, info_name="eport")) for _, cmd in _commands(cli, [])
+    )
+    assert sorted(n for n in names if n not in helps) == []
+
+
 def _sessions(server: Server) -> int:
     engine = create_engine(f"sqlite:///{server.data_dir / 'auth.db'}")
     try:
