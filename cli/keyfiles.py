@@ -130,6 +130,8 @@ def key_and_passphrase(
         key = serialization.load_pem_private_key(data, pw)
     except (ValueError, TypeError):
         msg = "wrong passphrase or not a PEM private key" if encrypted else "not a PEM private key"
+        if not labels:  # binary: a DER key, or the bundle.p12 an enrollment wrote beside it
+            msg += " (for a PKCS#12 bundle, use the key.pem written beside it)"
         raise CLIError(f"cannot load key {path}: {msg}") from None
     return key, pw  # type: ignore[return-value]
 

@@ -783,7 +783,7 @@ def test_blank_values_are_usage_errors(args: list[str], option: str, tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_certificate_given_as_the_key(sqlite_server: Server) -> None:
+def test_a_certificate_given_as_the_key(sqlite_server: Server, tmp_path: Path) -> None:
     """--key naming the certificate (or chain.pem), the file beside the key, said 'cannot
     load key ...: not a PEM private key', as if the key were damaged; it says what the
     file holds, as --cert given a key file does. No session is opened."""
@@ -793,6 +793,12 @@ def test_a_certificate_given_as_the_key(sqlite_server: Server) -> None:
     for wrong in (cert, cert.with_name("chain.pem")):
         res = server.eport("login", "--cert", str(cert), "--key", str(wrong), check=False)
         one_line(res, 1, f"{wrong} holds a PEM certificate, not a private key")
+    # A PKCS#12 bundle (the --p12 of eport enroll) or any binary file: where the key is.
+    bundle = tmp_path / "bundle.p12"
+    bundle.write_bytes(b"\x30\x82\x0b\xfe\x02\x01\x03")
+    res = server.eport("login", "--cert", str(cert), "--key", str(bundle), check=False)
+    line = one_line(res, 1, f"cannot load key {bundle}: not a PEM private key")
+    assert line.endswith("(for a PKCS#12 bundle, use the key.pem written beside it)"), line
     assert _sessions(server) == before
 
 
