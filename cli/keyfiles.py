@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,13 +41,19 @@ def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
     elif os.environ.get("EPORT_PASSPHRASE"):
         value = os.environ["EPORT_PASSPHRASE"]
     else:
-        try:
-            value = secret_prompt(f"Passphrase for the {what}", confirm=new)
-        except click.Abort:
-            raise CLIError(
-                "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, "
-                "a terminal or a pipe"
-            ) from None
+        while True:
+            try:
+                value = secret_prompt(f"Passphrase for the {what}", confirm=new)
+            except click.Abort:
+                raise CLIError(
+                    "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, "
+                    "a terminal or a pipe"
+                ) from None
+            if not (new and len(value) < 8 and sys.stdin.isatty()):
+                break
+            # typed twice at a terminal: ask again rather than end the command (an
+            # enrollment would be run anew from its start)
+            click.echo("The passphrase must have at least 8 characters; type another.", err=True)
     if new and len(value) < 8:
         raise CLIError("the passphrase must have at least 8 characters")
     # bytes that are not UTF-8 (in the file, the environment or a pipe) are kept as they

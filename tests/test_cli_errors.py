@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -207,20 +207,26 @@ def default_sigint() -> None:
 
 
 def at_terminal(
-    args: list[str], env: dict[str, str], *, ctrl_c_after: bytes | None = None
+    args: list[str],
+    env: dict[str, str],
+    *,
+    ctrl_c_after: bytes | None = None,
+    typed: Sequence[tuple[bytes, bytes]] = (),
 ) -> tuple[str, int]:
     """Run ``eport ARGS`` at a pseudo-terminal (stdin, stdout and stderr): what it wrote
-    and its exit code; with ``ctrl_c_after``, Ctrl-C is typed once that text shows."""
+    and its exit code; each ``(prompt, line)`` of ``typed`` types ``line`` (and Enter)
+    once ``prompt`` shows after the last one; with ``ctrl_c_after``, Ctrl-C is typed once
+    that text shows."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: eport at a terminal
         default_sigint()
         os.execve(EPORT, [EPORT, *args], env)
     seen = b""
 
-    def read_until(what: bytes | None, timeout: float = 60) -> None:
+    def read_until(what: bytes | None, timeout: float = 60, start: int = 0) -> None:
         nonlocal seen
         deadline = time.monotonic() + timeout
-        while (what is None or what not in seen) and time.monotonic() < deadline:
+        while (what is None or what not in seen[start:]) and time.monotonic() < deadline:
             if select.select([fd], [], [], 0.2)[0]:
                 try:
                     chunk = os.read(fd, 4096)
@@ -231,6 +237,12 @@ def at_terminal(
                 seen += chunk
 
     try:
+        shown = 0  # each prompt is looked for in what came after the last one
+        for prompt, line in typed:
+            read_until(prompt, start=shown)
+            assert prompt in seen[shown:], seen
+            shown = len(seen)
+            os.write(fd, line + b"\r")
         if ctrl_c_after is not None:
             read_until(ctrl_c_after)
             assert ctrl_c_after in seen, seen
@@ -262,6 +274,28 @@ def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path:
     assert code == 1, text
     assert "Aborted." in text and "passphrase is needed" not in text, text
     assert "Traceback" not in text
+
+
+def test_a_short_passphrase_typed_at_the_terminal_is_asked_again(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """A new key's passphrase under 8 characters, typed twice at the prompt, ended eport
+    enroll ("the passphrase must have at least 8 characters"), to be run again from the
+    start; at a terminal it is asked again, and the enrollment goes on."""
+    server = sqlite_server
+    code = approved_code(server, "Short Passphrase Co.")
+    env = server.env()
+    del env["EPORT_PASSPHRASE"]
+    out = tmp_path / "ent"
+    args = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(out)]
+    first, again = b"Passphrase for the new key", b"Repeat for confirmation"
+    typed = [(first, b"short"), (again, b"short")]
+    typed += [(first, b"long enough 1"), (again, b"long enough 1")]
+    text, code_ = at_terminal(args, env, typed=typed)
+    assert code_ == 0, text
+    assert "at least 8 characters; type another" in text and "Issued enterprise" in text, text
+    login = ["login", "--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
+    assert jrun(server, *login, EPORT_PASSPHRASE="long enough 1")["session"]["name"]
 
 
 def test_no_color(sqlite_server: Server, tmp_path: Path) -> None:
