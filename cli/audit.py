@@ -1012,10 +1012,13 @@ def _write_events(
 def _table(events: list[dict[str, Any]], total: int) -> str:
     if not events:
         return "No events match."
-    lines = [f"{'IDX':>6} {'TIME (UTC)':<19} {'TYPE':<21} {'USCC':<18} {'SERIAL':<12} SUBJECT"]
+    # as wide as the page's longest type (application.code_reissued is 25 characters):
+    # a fixed 21 pushed that row's USCC, serial and subject out of their columns
+    wide = max(21, *(len(ev["type"]) for ev in events))
+    lines = [f"{'IDX':>6} {'TIME (UTC)':<19} {'TYPE':<{wide}} {'USCC':<18} {'SERIAL':<12} SUBJECT"]
     for ev in events:
         lines.append(
-            f"{ev['log_index']:>6} {ev['time'][:19].replace('T', ' '):<19} {ev['type']:<21} "
+            f"{ev['log_index']:>6} {ev['time'][:19].replace('T', ' '):<19} {ev['type']:<{wide}} "
             f"{ev['uscc'] or '-':<18} {(ev['serial'] or '-')[:12]:<12} {ev['subject'] or ''}"
         )
     if total > len(events):

@@ -778,3 +778,24 @@ def test_tamper_certificate_missing_from_the_log(
                 s.execute(insert(CertificateRow), [row])
                 s.commit()
     verify(server, state, "--full")
+
+
+def test_log_table_columns_hold_the_longest_type(server: Server) -> None:
+    """An application.code_reissued row (25 characters, the TYPE column 21) pushed its
+    USCC, serial and subject out of their columns in eport audit log's table; the column
+    is as wide as the page's longest type."""
+    uscc = fresh_uscc()
+    app = json.loads(
+        server.eport("apply", "--uscc", uscc, "--name", "Wide Type Co", "--json").stdout
+    )
+    server.eport("ra", "approve", app["id"], *server.officer())
+    server.eport("ra", "new-code", app["id"], *server.officer())
+    table = server.eport("audit", "log", *server.auditor(), "--uscc", uscc).stdout
+    header, *rows = table.splitlines()
+    assert [r.split()[3] for r in rows] == [
+        "application.submitted",
+        "application.approved",
+        "application.code_reissued",
+    ], table
+    for row in rows:  # each row's USCC starts under the header's
+        assert row.index(uscc) == header.index("USCC"), table
