@@ -93,7 +93,15 @@ class CAConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "configuration") -> CAConfig:
-        return build_settings(cls, values, source)
+        cfg = build_settings(cls, values, source)
+        # a share: 2 would lint every certificate and -1 none, neither said anywhere
+        if not 0.0 <= cfg.lint_sample_rate <= 1.0:
+            raise PolicyError(
+                source,
+                "lint_sample_rate",
+                f"a share from 0 to 1 (EPORT_LINT_SAMPLE_RATE), not {cfg.lint_sample_rate}",
+            )
+        return cfg
 
 
 def read_settings(

@@ -69,3 +69,12 @@ def test_a_config_file_that_cannot_be_read_names_it(
             PolicyError, match=f"{re.escape(str(toml))}: configuration file .*{message}"
         ):
             load(environ={"EPORT_CONFIG": str(toml)})
+
+
+@pytest.mark.parametrize("rate", ["2", "-1", "nan"])
+def test_a_lint_sample_rate_outside_0_to_1_is_refused(rate: str) -> None:
+    """EPORT_LINT_SAMPLE_RATE=2 linted every certificate and -1 none, without a word (the
+    CA compared rate >= 1.0); a share outside 0..1 is refused, naming the variable."""
+    with pytest.raises(PolicyError, match="lint_sample_rate: a share from 0 to 1"):
+        CAConfig.load(environ={"EPORT_LINT_SAMPLE_RATE": rate})
+    assert CAConfig.load(environ={"EPORT_LINT_SAMPLE_RATE": "0.01"}).lint_sample_rate == 0.01
