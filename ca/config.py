@@ -123,6 +123,9 @@ def read_settings(
     for f in dataclasses.fields(cls):
         for name in env_names(f.name):
             if name in env:
+                # a value that cannot be one is said in the variable's name, not as the
+                # file's (or "configuration"), where nobody would look for it
+                _coerce(name, f.name, f.type, env[name])
                 values[f.name] = env[name]
                 break
     return values, str(path or "configuration")

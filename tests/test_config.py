@@ -78,3 +78,17 @@ def test_a_lint_sample_rate_outside_0_to_1_is_refused(rate: str) -> None:
     with pytest.raises(PolicyError, match="lint_sample_rate: a share from 0 to 1"):
         CAConfig.load(environ={"EPORT_LINT_SAMPLE_RATE": rate})
     assert CAConfig.load(environ={"EPORT_LINT_SAMPLE_RATE": "0.01"}).lint_sample_rate == 0.01
+
+
+def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    """EPORT_CODE_TTL_SECONDS=abc was refused as "configuration: code_ttl_seconds:
+    expected int" (or under the EPORT_CONFIG file's name when one was set, though the
+    value was not in it); the line names the variable."""
+    toml = tmp_path / "eport.toml"
+    toml.write_text("[ca]\n[auth]\n")
+    for env in ({}, {"EPORT_CONFIG": str(toml)}):
+        bad = {**env, "EPORT_CODE_TTL_SECONDS": "abc", "EPORT_AUTH_SESSION_SECONDS": "x"}
+        with pytest.raises(PolicyError, match=r"^EPORT_CODE_TTL_SECONDS: code_ttl_seconds: "):
+            CAConfig.load(environ=bad)
+        with pytest.raises(PolicyError, match=r"^EPORT_AUTH_SESSION_SECONDS: session_seconds: "):
+            AuthConfig.load(environ=bad)
