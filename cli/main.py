@@ -1583,10 +1583,16 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
     import requests
 
     from ca.ocsp import Good, OnHold, Revoked
-    from ca.ocsp_client import OCSPError, OCSPStatusSource
+    from ca.ocsp_client import OCSPError, OCSPStatusSource, ocsp_url
 
     certs = keyfiles.load_certs(cert_file)
     cert = certs[0]
+    try:
+        # a certificate that names no responder has no status to ask: said first, not
+        # after the user was sent to find its issuer ("give --issuer or ...")
+        ocsp_url(cert)
+    except OCSPError as exc:
+        raise CLIError(exc.detail) from None
     candidates = certs[1:]
     if issuer_file is not None:
         candidates = keyfiles.load_certs(issuer_file)

@@ -5,6 +5,7 @@ command line), nothing on stdout, and nothing changed on the server."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import pty
 import re
@@ -751,6 +752,40 @@ def test_a_session_file_that_is_not_json(tmp_path: Path, monkeypatch: pytest.Mon
             )
             line = one_line(res, 1, f"the session file {path} is damaged")
             assert line.endswith("run `eport login` again"), line
+
+
+def test_status_of_a_certificate_naming_no_responder(tmp_path: Path) -> None:
+    """eport status of a certificate with no AIA (a self-signed one, a partner's) and no
+    chain.pem beside it said "no issuer certificate: give --issuer or keep chain.pem
+    beside --cert"; given --issuer, it then said the certificate names no OCSP responder,
+    which no issuer mends. That is said first."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "No AIA")])
+    now = time.time()
+    cert = x509.CertificateBuilder(
+        name,
+        name,
+        key.public_key(),
+        1,
+        datetime.datetime.fromtimestamp(now - 60, datetime.UTC),
+        datetime.datetime.fromtimestamp(now + 86400, datetime.UTC),
+    ).sign(key, hashes.SHA256())
+    path = tmp_path / "no-aia.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for extra in ([], ["--issuer", str(path)]):
+        res = subprocess.run(
+            [EPORT, "status", "--cert", str(path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_offline_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        one_line(res, 1, "the certificate names no OCSP responder (no AIA extension)")
 
 
 def test_a_missing_choice_is_one_line() -> None:
