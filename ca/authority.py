@@ -601,6 +601,13 @@ class JointCA:
         if not requested:
             return tuple(sorted(fitting))
         for name in requested:
+            if name not in self.policies.profiles:
+                # the profiles this application can take, not every profile of the CA
+                # (issuing-ca, ocsp-responder: no officer grants a code for those)
+                raise UnknownProfile(
+                    f"unknown profile {name!r} (for this {cls.value} application: "
+                    f"{', '.join(sorted(fitting))})"
+                )
             profile = self.policies.profile(name)
             if profile.subject_class is not cls:
                 raise ProfileNotAllowed(

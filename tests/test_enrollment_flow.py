@@ -217,6 +217,7 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
     app = jrun(server, "apply", "--uscc", "91440300MA5DC1XJ1G", "--name", "Shenzhen Bad Input Co.")
     grant = jrun(server, "ra", "approve", app["id"], *server.officer())
     code = grant["enrollment_code"]
+    pending = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Pending Bad Input Co.")
     before = counts(server)
 
     def refused(*args: str, expect: str) -> None:
@@ -227,6 +228,17 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         assert expect in lines[0], lines[0]
 
     refused("apply", "--uscc", "91350100M000100Y44", "--name", "X", expect="check character")
+    # An officer's unknown profile is answered with the profiles this application takes,
+    # not every profile of the CA (issuing-ca, ocsp-responder: never an officer's to give)
+    refused(
+        "ra",
+        "approve",
+        pending["id"],
+        "--profile",
+        "enterprize",
+        *server.officer(),
+        expect="unknown profile 'enterprize' (for this enterprise application: enterprise)",
+    )
     refused("apply", "--uscc", "91350100M000100I43", "--name", "X", expect="alphabet")
     # Command-line mistakes are said in the options' names, exit 2, nothing sent.
     for args, expect in (
