@@ -505,13 +505,19 @@ def apply(
     or have it revoked first (a lost key: an RA officer, --reason keyCompromise).
     """
     body: dict[str, Any] = {"subject_class": subject_class}
+    # an option the class does not take was dropped without a word: an agency's
+    # application "with" a USCC was sent without it
     if subject_class == "enterprise":
         if not uscc:
             raise click.UsageError("Missing option '--uscc' (an enterprise applies with it).")
+        if agency_id:
+            raise click.UsageError("--agency goes with --class agency, auditor or service")
         body.update(uscc=str(USCC.parse(uscc)), legal_name=name)
     else:
         if not agency_id:
             raise click.UsageError(f"Missing option '--agency' (for --class {subject_class}).")
+        if uscc:
+            raise click.UsageError("--uscc goes with --class enterprise (the default) only")
         body["agency_id"] = agency_id
         body["service_host" if subject_class == "service" else "person_name"] = name
     app = ctx.client().call("POST", "/ca/v1/applications", body)

@@ -246,6 +246,11 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         (("--uscc", USCC, "--name", " "), "Invalid value for '--name': must not be blank"),
         (("--name", "X"), "Missing option '--uscc'"),
         (("--class", "agency", "--name", "X"), "Missing option '--agency'"),
+        (
+            ("--class", "agency", "--agency", "customs", "--uscc", USCC, "--name", "X"),
+            "--uscc goes with --class enterprise (the default) only",
+        ),
+        (("--uscc", USCC, "--agency", "customs", "--name", "X"), "--agency goes with --class"),
     ):
         res = server.eport("apply", *args, check=False)
         assert res.returncode == 2 and expect in res.stderr, res.stderr
