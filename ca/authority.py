@@ -103,13 +103,16 @@ def new_code(random_bytes: RandomBytes) -> str:
 def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
     """A PKCS#10 request from PEM or DER whose self-signature verifies (proof of possession)."""
     raw = data.encode() if isinstance(data, str) else data
+    pem = raw.lstrip().startswith(b"-----BEGIN")
     try:
-        if raw.lstrip().startswith(b"-----BEGIN"):
-            csr = x509.load_pem_x509_csr(raw)
-        else:
-            csr = x509.load_der_x509_csr(raw)
-    except ValueError as exc:
-        raise BadCSR(f"not a PKCS#10 certificate request: {exc}") from None
+        csr = x509.load_pem_x509_csr(raw) if pem else x509.load_der_x509_csr(raw)
+    except ValueError:
+        # cryptography's text names its parser's internals ("ParseError { kind: ShortData
+        # { needed: 92 } }"); the client needs to know what was expected
+        form = "PEM 'CERTIFICATE REQUEST'" if pem else "DER, or PEM"
+        raise BadCSR(
+            f"not a PKCS#10 certificate request (RFC 2986; {form}): it cannot be read"
+        ) from None
     try:
         valid = csr.is_signature_valid
     except Exception as exc:  # unsupported key or algorithm inside the CSR
