@@ -119,7 +119,10 @@ def _open_share(
         blob = file.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read share file {file}: {exc.strerror}") from None
-    header = custody.share_file_header(blob)
+    try:
+        header = custody.share_file_header(blob)
+    except custody.ShareRejected as exc:  # "not a share file": say which file is not one
+        raise CLIError(f"{file}: {exc.detail}") from None
     if custody.share_file_protection(header) == "token":
         return custody.open_share_file(blob, _token_opener(header, token_uri))
     if token_uri is not None:

@@ -788,6 +788,24 @@ def test_status_of_a_certificate_naming_no_responder(tmp_path: Path) -> None:
         one_line(res, 1, "the certificate names no OCSP responder (no AIA extension)")
 
 
+def test_a_share_file_that_is_not_one_is_named(tmp_path: Path) -> None:
+    """eport ca unseal (and ceremony join) given a file that is not a share file said
+    "not a share file (not JSON)", not which file, to a custodian holding several."""
+    for content in (b"", b"-----BEGIN CERTIFICATE-----\n", b'{"format": "other"}'):
+        share = tmp_path / "customs.share"
+        share.write_bytes(content)
+        for args in (["ca", "unseal"], ["ca", "ceremony", "join", "cer-3f9a0c2e7b1d4e56"]):
+            res = subprocess.run(
+                [EPORT, *args, "--share", str(share), "--fingerprint", "00"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=_offline_env(),
+                stdin=subprocess.DEVNULL,
+            )
+            one_line(res, 1, f"{share}: not a share file (")
+
+
 def test_a_missing_choice_is_one_line() -> None:
     """eport revoke without --reason printed click's list of the reasons one to a line
     ('Choose from:', then a tab and a reason on each of six lines): seven lines on
