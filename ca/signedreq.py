@@ -90,6 +90,10 @@ class ReplayStore(Protocol):
         ...
 
 
+_ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(.*\)>\)$", re.DOTALL)
+"""The tail of a cryptography VerificationError's text: the certificate's repr."""
+
+
 @dataclass(frozen=True)
 class TrustAnchors:
     """The joint CA's roots and the issuing CAs under them.
@@ -142,7 +146,11 @@ class TrustAnchors:
 
         if why is not None and issuer_among(leaf, self.intermediates) is not None:
             return why
-        return f"certificate is not trusted: {exc}"
+        # The verifier's reason, without the Python repr it ends with ("(encountered
+        # processing <Certificate(subject=<Name(CN=...)>, ...)>)"), which tells a client
+        # nothing the reason does not
+        reason = _ENCOUNTERED.sub("", str(exc))
+        return f"certificate is not trusted: {reason}"
 
     def _build_chain(
         self, leaf: x509.Certificate, now: datetime.datetime

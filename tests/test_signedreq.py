@@ -674,6 +674,14 @@ def test_ca_certificate_as_leaf(pki: PKI, replay: MemoryReplay) -> None:
     # The issuing CA's own key and certificate are not a client credential.
     token = sign_request(pki.issuing_key, [pki.issuing], METHOD, PATH, BODY, NOW)
     assert_refused(token, pki, replay, "not trusted")
+    # In the verifier's words, without the Python repr of the certificate they ended with
+    # ("... EE certificate (encountered processing <Certificate(subject=<Name(CN=...)>, ...)>)")
+    with pytest.raises(Unauthenticated) as err:
+        verify(token, pki, replay)
+    assert err.value.detail == (
+        "certificate is not trusted: validation failed: basicConstraints.cA must not be "
+        "asserted in an EE certificate"
+    )
 
 
 def test_expired_leaf_certificate(pki: PKI, replay: MemoryReplay) -> None:
