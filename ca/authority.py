@@ -295,10 +295,11 @@ class JointCA:
         self, subject_class: str, data: Mapping[str, str]
     ) -> tuple[dict[str, str], str | None]:
         def text(key: str, limit: int = MAX_NAME) -> str:
+            what = _FIELD_WORDS.get(key, key)
             value = data.get(key)
             if not isinstance(value, str) or not value.strip():
-                raise BadRequest(f"{key} is required")
-            return _clean(value, key, limit)
+                raise BadRequest(f"{what} is required")
+            return _clean(value, what, limit)
 
         if subject_class == SubjectClass.ENTERPRISE.value:
             uscc = str(USCC.parse(str(data.get("uscc") or "")))
@@ -968,6 +969,17 @@ _CONTROLS = frozenset({"Cc", "Cf", "Cs"})
 """Unicode categories refused in a rejection's reason (free text, unlike a name): C0 and
 C1 controls (a terminal's escape sequences, BEL), format characters (bidi overrides) and
 surrogates."""
+
+
+_FIELD_WORDS = {
+    "legal_name": "the legal name (legal_name)",
+    "person_name": "the name (person_name)",
+    "service_host": "the service's host name (service_host)",
+    "agency_id": "the agency (agency_id)",
+}
+"""An application's fields in words, with the API's name: `eport apply --name` of 65
+characters was refused as "legal_name has 65 characters", a name the CLI user never
+typed (operator names already read "operator name")."""
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

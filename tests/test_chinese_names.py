@@ -82,7 +82,8 @@ def test_a_name_over_64_characters_is_refused_and_changes_nothing(
     res = sqlite_server.eport("apply", "--uscc", fresh_uscc(), "--name", "厦" * 65, check=False)
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.splitlines() == [
-        "eport: error: legal_name has 65 characters, more than the 64 allowed (HTTP 400)"
+        "eport: error: the legal name (legal_name) has 65 characters, more than the 64 "
+        "allowed (HTTP 400)"
     ]
     res = sqlite_server.eport(
         "operator", "add", "--name", "李" * 65, "--id", "E2", *creds(ent), check=False
