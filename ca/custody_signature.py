@@ -28,8 +28,9 @@ file (the file's ``algorithm`` must agree). ``record_sha256`` and ``root_sha256`
 refusal say *why* in words (another record, another root) and are not trusted.
 
 No domain separation is needed: the root otherwise signs DER (certificates, CRLs),
-which starts with a SEQUENCE tag (``0x30``), and a custody record is a JSON object
-(``{``).
+which starts with a SEQUENCE tag (``0x30``), and the message of ``issuers/active.json``'s
+signature (:mod:`ca.active_signature`, which shares this module's checks), which starts
+with its format tag (``e``); a custody record is a JSON object (``{``).
 
 A record written before this file existed has none: it keeps working on its own host,
 is never taken from the database, and the next re-share signs its successor.
@@ -49,6 +50,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from ca.custody import CustodyError
+from ca.errors import EPortError
 from ca.hierarchy import ca_dir
 from ca.keys import KeyType
 from ca.signer import Signer
@@ -92,14 +94,10 @@ def sign_record(signer: Signer, root: x509.Certificate, record: bytes) -> bytes:
     """The signature file of ``record`` (the exact bytes of ``custody.json``), made with
     the root key behind ``signer``; raises unless that key is ``root``'s and the
     signature verifies (a token that signed with another key is caught here)."""
-    if signer.public_key() != root.public_key():
-        raise RecordSignatureRefused("the key that would sign the custody record is not the root's")
     doc = {
         "format": FORMAT,
-        "algorithm": _ALGORITHMS[KeyType.of(root.public_key())],
         "record_sha256": hashlib.sha256(record).hexdigest(),
-        "root_sha256": _sha256(root),
-        "signature": base64.b64encode(signer.sign(record)).decode(),
+        **root_signature(signer, root, record, RecordSignatureRefused, "the custody record"),
     }
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     verify_record(root, record, data)
@@ -109,39 +107,93 @@ def sign_record(signer: Signer, root: x509.Certificate, record: bytes) -> bytes:
 def verify_record(root: x509.Certificate, record: bytes, signature_file: bytes) -> None:
     """Raise :class:`RecordSignatureRefused`, saying why, unless ``signature_file`` holds
     a signature of exactly ``record`` by ``root``'s key."""
+    doc = signature_document(signature_file, FORMAT, RecordSignatureRefused)
+    verify_root_signature(
+        root,
+        record,
+        doc,
+        RecordSignatureRefused,
+        changed=str(doc.get("record_sha256", "")) != hashlib.sha256(record).hexdigest(),
+        other="its signature is of another custody record (the record was changed after it)",
+    )
+
+
+# -- what every signature file of the root has in common (``issuers/active.json.sig``
+# too: :mod:`ca.active_signature`) ------------------------------------------------------
+
+
+def root_signature(
+    signer: Signer,
+    root: x509.Certificate,
+    message: bytes,
+    refused: type[EPortError],
+    what: str,
+) -> dict[str, str]:
+    """The members ``algorithm``, ``root_sha256`` and ``signature`` of a signature file:
+    ``message`` signed by the root key behind ``signer``; raises ``refused`` unless that
+    key is ``root``'s (``what``: the signed thing, in words)."""
+    if signer.public_key() != root.public_key():
+        raise refused(f"the key that would sign {what} is not the root's")
+    return {
+        "algorithm": _ALGORITHMS[KeyType.of(root.public_key())],
+        "root_sha256": _sha256(root),
+        "signature": base64.b64encode(signer.sign(message)).decode(),
+    }
+
+
+def signature_document(
+    signature_file: bytes, fmt: str, refused: type[EPortError]
+) -> dict[str, object]:
+    """The JSON object of a signature file of format ``fmt``; raises ``refused`` otherwise."""
     try:
         doc = json.loads(signature_file)
     except ValueError:
-        raise RecordSignatureRefused("its signature file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RecordSignatureRefused(f"its signature file is not of format {FORMAT}")
+        raise refused("its signature file is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise refused(f"its signature file is not of format {fmt}")
+    return doc
+
+
+def verify_root_signature(
+    root: x509.Certificate,
+    message: bytes,
+    doc: dict[str, object],
+    refused: type[EPortError],
+    *,
+    changed: bool,
+    other: str,
+) -> None:
+    """Raise ``refused``, saying why, unless ``doc``'s ``signature`` is ``root``'s key's
+    over ``message``. ``changed``: whether the file's (untrusted) digest names other bytes
+    than the ones checked, and ``other`` the words for it, chosen only once the signature
+    failed."""
     public = root.public_key()
     expected = _ALGORITHMS[KeyType.of(public)]
     if doc.get("algorithm") != expected:
-        raise RecordSignatureRefused(
+        raise refused(
             f"its signature is {doc.get('algorithm')!r}, but this root's key signs "
             f"{expected!r}: it was made by another key"
         )
     try:
         sig = base64.b64decode(str(doc.get("signature", "")), validate=True)
     except (binascii.Error, ValueError):
-        raise RecordSignatureRefused("its signature is not base64") from None
+        raise refused("its signature is not base64") from None
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
             h = KeyType.of(public).hash_algorithm
             assert h is not None
-            public.verify(sig, record, ec.ECDSA(h))
+            public.verify(sig, message, ec.ECDSA(h))
         elif isinstance(public, rsa.RSAPublicKey):
-            public.verify(sig, record, padding.PKCS1v15(), hashes.SHA256())
+            public.verify(sig, message, padding.PKCS1v15(), hashes.SHA256())
         elif isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(sig, record)
+            public.verify(sig, message)
         else:  # KeyType.of refused any other type above
-            raise RecordSignatureRefused(f"a root key of type {type(public).__name__}")
+            raise refused(f"a root key of type {type(public).__name__}")
     except InvalidSignature:
-        raise RecordSignatureRefused(_why_not(root, record, doc)) from None
+        raise refused(_why_not(root, doc, changed, other)) from None
 
 
-def _why_not(root: x509.Certificate, record: bytes, doc: dict[str, object]) -> str:
+def _why_not(root: x509.Certificate, doc: dict[str, object], changed: bool, other: str) -> str:
     """Words for a signature that does not verify (the file's hints are not trusted:
     they only choose the words)."""
     ours = _sha256(root)
@@ -151,8 +203,8 @@ def _why_not(root: x509.Certificate, record: bytes, doc: dict[str, object]) -> s
             f"its signature names another root (certificate SHA-256 {theirs[:16]}…, this "
             f"host's is {ours[:16]}…) and does not verify under this host's root.crt"
         )
-    if str(doc.get("record_sha256", "")) != hashlib.sha256(record).hexdigest():
-        return "its signature is of another custody record (the record was changed after it)"
+    if changed:
+        return other
     return "its signature does not verify under this host's root.crt"
 
 
