@@ -388,8 +388,9 @@ class CrossHostState:
     responders_pending: bool = False
     """Another host forced a responder renewal this one could not follow yet (sealed)."""
     held_back: str | None = None
-    """Why this host's custody record and signature are not published (None: they are, or
-    need not be): :attr:`ca.crosshost.Outcome.held_back`."""
+    """Why this host's custody record and signature, or its ``issuers/active.json`` and
+    signature, are not published (None: they are, or need not be):
+    :meth:`ca.crosshost.Outcome.held_back_warning`."""
 
     def warnings(self) -> list[str]:
         out = [self.stale] if self.stale else []
@@ -458,7 +459,7 @@ def check_hierarchy_record(app: Flask) -> None:
     if held is not None and held != state.held_back:
         log.warning("%s", held[0].upper() + held[1:])
     elif held is None and state.held_back is not None:
-        log.warning("This host's custody record and signature verify together again")
+        log.warning("This host's signed CA files verify together again (nothing is held back)")
     state.held_back = held
 
 

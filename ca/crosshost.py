@@ -17,12 +17,14 @@ host's responders only. The database carries the signal:
 What a host does with a record newer than its note (:meth:`HierarchySync.check`):
 
 * public files it can verify on its own (the root CRL, signed by its root and numbered
-  higher; ``issuers/active.json``; ``custody.json`` with ``custody.json.sig``, only
-  together and only when the signature verifies over those very bytes under its own
-  ``root.crt`` (:mod:`ca.custody_signature`), the record is ordered after this host's
-  own (its signed ``sequence``) and it is not a record this host saw a re-share replace;
-  the old log keys ``log-<n>.pub``) are written into its ``ca/`` and its workers reload
-  them (:mod:`ca.generation`);
+  higher; ``custody.json`` with ``custody.json.sig``, only together and only when the
+  signature verifies over those very bytes under its own ``root.crt``
+  (:mod:`ca.custody_signature`), the record is ordered after this host's own (its signed
+  ``sequence``) and it is not a record this host saw a re-share replace;
+  ``issuers/active.json`` with ``issuers/active.json.sig``, likewise together, verified
+  under its own root and ordered after its own by the signature's ``sequence``
+  (:mod:`ca.active_signature`); the old log keys ``log-<n>.pub``) are written into its
+  ``ca/`` and its workers reload them (:mod:`ca.generation`);
 * files that need a private key it does not have (a new issuing CA generation, a new log
   key) cannot come through the database: the host reports itself **stale**, naming
   them and the manual step (copy the ceremony host's ``ca/``). ``eport serve`` refuses to
@@ -34,7 +36,9 @@ update, so that two hosts changing theirs at once end with one published and the
 stale. A database without a record (before migration 0007) gets the first host's. A
 custody record and signature that do not verify together (a re-share cut short between
 writing the two) are not published: the record keeps the last pair that did
-(:func:`custody_held_back`), and the other hosts with it.
+(:func:`custody_held_back`), and the other hosts with it. Nor is an ``issuers/active.json``
+its signature does not verify (edited by hand: it serves this host alone,
+:func:`active_held_back`).
 
 Framework-free: the record's storage is passed in (:class:`Record`), the clock too.
 """
@@ -57,6 +61,7 @@ from typing import Protocol
 from cryptography import x509
 
 from ca import custody_files, hierarchy
+from ca.active_signature import ActiveSignatureRefused, sequence_of, verify_active
 from ca.custody_files import write_durably
 from ca.custody_signature import RecordSignatureRefused, archived_signature_path, verify_record
 
@@ -71,15 +76,21 @@ MANUAL_STEP = (
 
 _PUBLIC = re.compile(
     r"^(root\.crt|root\.crl|custody\.json(\.sig)?|log(-[0-9]+)?\.pub|issuers/[^/]+\.crt"
-    r"|issuers/active\.json)$"
+    r"|issuers/active\.json(\.sig)?)$"
 )
-_PICKED_UP = re.compile(r"^(root\.crl|log-[0-9]+\.pub|issuers/active\.json)$")
+_PICKED_UP = re.compile(r"^(root\.crl|log-[0-9]+\.pub)$")
 """Public files a host takes from the record one by one: nothing it signs with depends on
 a key it lacks (the root CRL is checked against its own root first). The custody record
-and its signature are taken as a pair (:data:`CUSTODY_PAIR`)."""
+and ``issuers/active.json`` are each taken as a pair with their root signature
+(:data:`CUSTODY_PAIR`, :data:`ACTIVE_PAIR`)."""
 CUSTODY_PAIR = ("custody.json.sig", "custody.json")
 """Taken together or not at all, when the signature verifies under this host's root;
 written in this order (the signature first), as a re-share installs them."""
+ACTIVE_PAIR = ("issuers/active.json", "issuers/active.json.sig")
+"""Taken together or not at all, when the signature verifies under this host's root and
+is ordered after this host's own (:mod:`ca.active_signature`); written in this order
+(the file first): the order is the signature's, so a pick-up cut between the two leaves
+this host's order as it was, and the next check takes the pair again."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def local_files(data_dir: Path) -> dict[str, Published]:
     paths = [d / n for n in ("root.crt", "root.crl", "root.key", *CUSTODY_PAIR, "log.pub")]
     paths += [d / "log.key", *sorted(d.glob("log-*.pub"))]
     paths += sorted((d / "issuers").glob("*.crt")) + sorted((d / "issuers").glob("*.key"))
-    paths.append(d / "issuers" / hierarchy.ACTIVE_FILE)
+    paths += [d / name for name in ACTIVE_PAIR]
     out: dict[str, Published] = {}
     for p in paths:
         try:
@@ -194,21 +205,34 @@ class Outcome:
     held_back: str | None = None
     """Why this host's own custody record and signature were not published (they do not
     verify together: :func:`custody_held_back`); the record keeps the pair it had."""
+    active_held_back: str | None = None
+    """Why this host's own ``issuers/active.json`` and its signature were not published
+    (:func:`active_held_back`: edited by hand here, say); the record keeps the pair it had."""
 
     @property
     def stale(self) -> bool:
         return bool(self.missing)
 
     def held_back_warning(self) -> str | None:
-        """The line that says this host's custody pair was not published, and why."""
-        if self.held_back is None:
-            return None
-        return (
-            f"this host's custody record and signature are not published to the database's "
-            f"record ({self.held_back}); the other hosts keep the last pair published. A "
-            "re-share cut short between the two files is finished when this server starts "
-            "again (or by the next eport ca reshare)"
-        )
+        """The line that says which of this host's signed pairs were not published, and
+        why."""
+        lines = []
+        if self.held_back is not None:
+            lines.append(
+                f"this host's custody record and signature are not published to the "
+                f"database's record ({self.held_back}); the other hosts keep the last pair "
+                "published. A re-share cut short between the two files is finished when "
+                "this server starts again (or by the next eport ca reshare)"
+            )
+        if self.active_held_back is not None:
+            lines.append(
+                f"this host's issuers/active.json is not published to the database's record "
+                f"({self.active_held_back}); this host issues from the generations it names, "
+                "the other hosts keep the last one published. The next ceremony run here "
+                "that writes it (ROTATE-ISSUER, ISSUE-INTERMEDIATE, REVOKE-INTERMEDIATE) "
+                "signs it"
+            )
+        return "; ".join(lines) or None
 
     def warning(self) -> str | None:
         """The one line an operator reads (health, log, ``eport serve``)."""
@@ -374,18 +398,123 @@ def custody_held_back(data_dir: Path, local: Mapping[str, Published]) -> str | N
     return None
 
 
+def _active_refused(data_dir: Path, published: Mapping[str, Published]) -> str | None:
+    """Why the record's ``issuers/active.json`` and its signature may not replace this
+    host's (None: they may): the pair must be whole, the signature must verify over the
+    file's very bytes under this host's own ``root.crt`` (:mod:`ca.active_signature`),
+    and its sequence must be higher than this host's own signature's (0 without one).
+    The database is no authority for which generation issues: whoever can write it could
+    otherwise switch every host back to an older generation, or stop issuance."""
+    active, signature = (published.get(n) for n in ACTIVE_PAIR)
+    if active is None or active.data is None:
+        return "the database's record holds no issuers/active.json"
+    if hashlib.sha256(active.data).hexdigest() != active.sha256:
+        return "the database's issuers/active.json does not match its digest"
+    why = _checked(data_dir, ACTIVE_PAIR[0], active.data)
+    if why is not None:
+        return f"the database's issuers/active.json is {why}"
+    refused = "the database's issuers/active.json is not signed by this host's root"
+    if signature is None or signature.data is None:
+        return (
+            f"{refused}: it has no signature (written before active.json was signed, or "
+            "edited by hand on the host that published it; the next ceremony that writes "
+            "it signs it)"
+        )
+    if hashlib.sha256(signature.data).hexdigest() != signature.sha256:
+        return f"{refused}: its signature does not match its digest"
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    try:
+        theirs = verify_active(root, active.data, signature.data)
+    except ActiveSignatureRefused as exc:
+        return f"{refused}: {exc.detail}"
+    ours = sequence_of(_read(data_dir, ACTIVE_PAIR[1]))
+    if theirs <= ours:
+        return (
+            f"the database's issuers/active.json (sequence {theirs}) is not ordered after "
+            f"this host's (sequence {ours}): an older one, put back into the database, is "
+            "not taken"
+        )
+    return None
+
+
+def _active_edited_here(
+    data_dir: Path, local: Mapping[str, Published], published: Mapping[str, Published]
+) -> bool:
+    """Whether this host's ``issuers/active.json`` departs from the record's only by an
+    edit made here (by hand): the record holds the very signature this host has, with the
+    file it was made over; or neither holds a signature and the record no file. Such a
+    file serves this host alone (:func:`active_held_back`) and is not a reason to be stale
+    when another host publishes something else."""
+    ours_sig = local.get(ACTIVE_PAIR[1])
+    theirs, theirs_sig = (published.get(n) for n in ACTIVE_PAIR)
+    if ours_sig is None and theirs_sig is None:
+        return theirs is None
+    if ours_sig is None or theirs_sig is None or ours_sig.sha256 != theirs_sig.sha256:
+        return False
+    if theirs is None or theirs.data is None or theirs_sig.data is None:
+        return False
+    if hashlib.sha256(theirs.data).hexdigest() != theirs.sha256:
+        return False
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    try:
+        verify_active(root, theirs.data, theirs_sig.data)
+    except ActiveSignatureRefused:
+        return False  # the record's file was changed under this host's signature
+    return True
+
+
+def active_held_back(data_dir: Path, local: Mapping[str, Published]) -> str | None:
+    """Why this host's own ``issuers/active.json`` and its signature (of
+    :func:`local_files`) may not be published (None: they may, or there are none): the
+    signature must verify over the file under this host's ``root.crt``. A file edited by
+    hand here (allowed: it serves this host) is not signed, and would make every other
+    host refuse it and stay stale for it; held back, the record keeps the last pair that
+    verified."""
+    active, signature = (local.get(n) for n in ACTIVE_PAIR)
+    if active is None and signature is None:
+        return None
+    if active is None or active.data is None:
+        return "ca/issuers/active.json.sig has no ca/issuers/active.json beside it"
+    if signature is None or signature.data is None:
+        return "it has no signature by the root: edited by hand here?"
+    root = x509.load_pem_x509_certificate((hierarchy.ca_dir(data_dir) / "root.crt").read_bytes())
+    try:
+        verify_active(root, active.data, signature.data)
+    except ActiveSignatureRefused as exc:
+        return f"ca/issuers/active.json.sig does not verify over it: {exc.detail}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Publishable:
+    files: dict[str, Published]
+    custody: str | None = None
+    """Why the custody pair was held back (:func:`custody_held_back`)."""
+    active: str | None = None
+    """Why the active.json pair was held back (:func:`active_held_back`)."""
+
+
 def _publishable(
     data_dir: Path, local: Mapping[str, Published], published: Mapping[str, Published]
-) -> tuple[dict[str, Published], str | None]:
-    """What this host publishes of its files: all of them, but the custody pair when it is
-    held back (:func:`custody_held_back`), whose place the record's own pair keeps (none,
-    when the record has none). Returns the files and why the pair was held back."""
-    why = custody_held_back(data_dir, local)
-    if why is None:
-        return dict(local), None
-    files = {k: v for k, v in local.items() if k not in CUSTODY_PAIR}
-    files.update({k: v for k, v in published.items() if k in CUSTODY_PAIR})
-    return files, why
+) -> _Publishable:
+    """What this host publishes of its files: all of them, but a signed pair (the custody
+    record, ``issuers/active.json``) that is held back (:func:`custody_held_back`,
+    :func:`active_held_back`), whose place the record's own pair keeps (none, when the
+    record has none). A pair the record already holds as this host has it is not held
+    back: it is published as it is."""
+    files = dict(local)
+    why: dict[tuple[str, str], str] = {}
+    for pair, held_back in ((CUSTODY_PAIR, custody_held_back), (ACTIVE_PAIR, active_held_back)):
+        reason = held_back(data_dir, local)
+        if reason is None or all(
+            (local.get(n) and local[n].sha256) == (published.get(n) and published[n].sha256)
+            for n in pair
+        ):
+            continue
+        why[pair] = reason
+        files = {k: v for k, v in files.items() if k not in pair}
+        files.update({k: v for k, v in published.items() if k in pair})
+    return _Publishable(files, why.get(CUSTODY_PAIR), why.get(ACTIVE_PAIR))
 
 
 def _read(data_dir: Path, name: str) -> bytes | None:
@@ -462,11 +591,14 @@ class HierarchySync:
         note = read_note(self.data_dir)
         local = local_files(self.data_dir)
         if head is None:  # a database without a record: this host's files are it
-            files, held = _publishable(self.data_dir, local, {})
-            gen = self.record.publish(None, files, self.host, self.clock())
+            ours = _publishable(self.data_dir, local, {})
+            gen = self.record.publish(None, ours.files, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(files)))
-                return Outcome(gen, published=True, held_back=held)
+                digest = record_digest(ours.files)
+                write_note(self.data_dir, Note(gen, note.responders_token, digest))
+                return Outcome(
+                    gen, published=True, held_back=ours.custody, active_held_back=ours.active
+                )
             head = self.record.head()
             assert head is not None
         published = self.record.files()
@@ -486,20 +618,26 @@ class HierarchySync:
             # This host changed its files since it matched the record: a ceremony or a
             # re-share ran here. Publish them (unless another host just did), but a custody
             # pair that does not verify.
-            files, held = _publishable(self.data_dir, local, published)
-            if _same(files, published):  # only the held-back pair differs
+            ours = _publishable(self.data_dir, local, published)
+            if _same(ours.files, published):  # only a held-back pair differs
                 return Outcome(
-                    head.generation, responders_due=due, responders_token=token, held_back=held
+                    head.generation,
+                    responders_due=due,
+                    responders_token=token,
+                    held_back=ours.custody,
+                    active_held_back=ours.active,
                 )
-            gen = self.record.publish(head.generation, files, self.host, self.clock())
+            gen = self.record.publish(head.generation, ours.files, self.host, self.clock())
             if gen is not None:
-                write_note(self.data_dir, Note(gen, note.responders_token, record_digest(files)))
+                digest = record_digest(ours.files)
+                write_note(self.data_dir, Note(gen, note.responders_token, digest))
                 return Outcome(
                     gen,
                     published=True,
                     responders_due=due,
                     responders_token=token,
-                    held_back=held,
+                    held_back=ours.custody,
+                    active_held_back=ours.active,
                 )
             head = self.record.head()
             assert head is not None
@@ -552,8 +690,21 @@ class HierarchySync:
                 if why is not None:
                     notes.append(why)
                 missing += pair
+        pair = [n for n in ACTIVE_PAIR if differs(n)]
+        if pair and not (take and _active_edited_here(self.data_dir, local, published)):
+            why = _active_refused(self.data_dir, published) if take else None
+            if take and why is None:
+                for name in pair:  # the file first: this host's order is the signature's
+                    data = published[name].data
+                    assert data is not None
+                    write_durably(d / name, data)
+                    picked.append(name)
+            else:
+                if why is not None:
+                    notes.append(why)
+                missing += pair
         for name in sorted(set(local) | set(published)):
-            if name in CUSTODY_PAIR or not differs(name):
+            if name in CUSTODY_PAIR or name in ACTIVE_PAIR or not differs(name):
                 continue
             theirs = published.get(name)
             if (
@@ -614,7 +765,7 @@ class HierarchySync:
             record_digest(published),
         ):
             return None
-        files, _ = _publishable(self.data_dir, local_files(self.data_dir), published)
+        files = _publishable(self.data_dir, local_files(self.data_dir), published).files
         if _same(files, published):
             return None
         return self.record.publish(head.generation, files, self.host, self.clock())

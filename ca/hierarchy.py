@@ -13,6 +13,7 @@ Layout under ``<data_dir>/ca/``::
     responders/<id>.key   its key, sealed
     log.pub, log.key      the Ed25519 key of the transparency log's checkpoints (sealed)
     issuers/active.json   after a rollover: issuer id → the generation that issues now
+    issuers/active.json.sig  the root's signature of it, in order (:mod:`ca.active_signature`)
     root.crl              the root's CRL (DER), signed at ceremonies
 
 Every key access goes through :class:`~ca.signer.Signer`, so M-of-N custody and

@@ -19,6 +19,11 @@ back) the hierarchy's generation file tells every worker to reload
 * ``ROTATE-LOG-KEY``: a new Ed25519 checkpoint key for the transparency log; the old
   public key is kept beside it (``log-<n>.pub``) for verifying older checkpoints.
 
+``REVOKE-INTERMEDIATE``, ``ISSUE-INTERMEDIATE`` and ``ROTATE-ISSUER`` write
+``issuers/active.json`` with the root's signature of it (``issuers/active.json.sig``,
+ordered after this host's previous one: :mod:`ca.active_signature`), without which the
+other hosts of a shared database do not take it.
+
 New keys go where the keys they succeed are (:mod:`ca.keyhome`): generated in the
 PKCS#11 token that holds them, else sealed by the seal KEK the unsealed worker holds.
 """
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from ca import hierarchy, translog
+from ca import active_signature, hierarchy, translog
 from ca.authority import certificate_record
 from ca.ceremony_files import FileChanges
 from ca.crl import ReasonCode, RevokedEntry, build_crl
@@ -105,9 +110,20 @@ def read_active(data_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in doc.items()}
 
 
-def _write_active(changes: FileChanges, data_dir: Path, active: dict[str, str]) -> None:
+def _write_active(
+    changes: FileChanges, data_dir: Path, active: dict[str, str], root: IssuingCA
+) -> None:
+    """Write ``issuers/active.json`` and the root's signature of it, ordered after this
+    host's previous one (:mod:`ca.active_signature`): the other hosts of the database take
+    the file only with it. The file first, then the signature: this host's order is the
+    signature's, so a pick-up from the record cut between the two (:mod:`ca.crosshost`)
+    leaves this host's order as it was and the next check takes the pair again; here
+    both are in the ceremony's journal and put back together if it does not commit."""
     path = hierarchy.ca_dir(data_dir) / "issuers" / ACTIVE_FILE
-    changes.write(path, (json.dumps(active, indent=2, sort_keys=True) + "\n").encode())
+    data = (json.dumps(active, indent=2, sort_keys=True) + "\n").encode()
+    signature = active_signature.next_signature(data_dir, root.signer, root.certificate, data)
+    changes.write(path, data)
+    changes.write(active_signature.signature_path(data_dir), signature)
 
 
 def _sql(tx: CeremonyTx) -> Any:
@@ -216,7 +232,7 @@ class RootOperations:
         for alias in stopped:
             active[alias] = ""
         if stopped:
-            _write_active(changes, self.data_dir, active)
+            _write_active(changes, self.data_dir, active, root)
         result = self._sign_root_crl(root, tx, changes)
         result.update(issuer=gen, serial=format(serial, "x"), reason=reason.rfc_name)
         result["stopped_issuing"] = stopped
@@ -263,7 +279,7 @@ class RootOperations:
         )
         if gen != base:
             active[base] = gen
-            _write_active(changes, self.data_dir, active)
+            _write_active(changes, self.data_dir, active, root)
         result.update(issuer=base)
         return Outcome(result)
 

@@ -24,6 +24,7 @@ from ca.db import make_engine, upgrade
 from ca.issuance import CertificateFactory
 from ca.keys import KeyType
 from ca.policy import load_policies
+from ca.sealing import PassphraseSealer
 from tests.conftest import REPO
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -69,6 +70,26 @@ def _hosts(tmp: Path) -> tuple[Path, Path]:
     b = tmp / "b"
     shutil.copytree(a, b)
     return a, b
+
+
+ACTIVE = ("issuers/active.json", "issuers/active.json.sig")
+"""``issuers/active.json`` and the root's signature of it, taken together or not at all."""
+
+
+def write_active(d: Path, text: str) -> tuple[bytes, bytes]:
+    """``issuers/active.json`` written on host ``d`` as a ceremony there writes it: with the
+    root's signature, ordered after the host's own (the file first, then the signature).
+    Returns the pair's bytes."""
+    from ca.active_signature import next_signature
+    from ca.sealing import PassphraseSealer
+
+    root = x509.load_pem_x509_certificate((d / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(d / "ca" / "root.key")
+    data = text.encode()
+    sig = next_signature(d, signer, root, data)
+    (d / "ca" / "issuers" / "active.json").write_bytes(data)
+    (d / "ca" / "issuers" / "active.json.sig").write_bytes(sig)
+    return data, sig
 
 
 def _foreign_root_crl(data: Path, number: int) -> bytes:
@@ -121,13 +142,13 @@ def test_a_root_crl_the_host_cannot_check_is_not_taken(
     c = tmp_path / "c"
     shutil.copytree(b, c, ignore=shutil.ignore_patterns("crosshost.json"))
     (a / "ca" / "issuers" / "enterprise-2.key").unlink()
-    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    write_active(a, '{"enterprise": ""}\n')
     assert sync(a).check().published
     got = sync(c).check()
-    assert got.missing == ("issuers/active.json",) and got.picked_up == ()
+    assert got.missing == ACTIVE and got.picked_up == ()
     assert not (c / "ca" / "issuers" / "active.json").exists()
     got = sync(b).check()  # which one that matched before does take it
-    assert got.picked_up == ("issuers/active.json",) and not got.stale
+    assert got.picked_up == ACTIVE and not got.stale
     assert bumped == [b]
 
 
@@ -142,8 +163,9 @@ def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host
     change of its own and published them over the newer record. Now both take nothing,
     publish nothing and say they are stale (copy the restored host's ``ca/``)."""
     a, b = _hosts(tmp_path)
-    for d in (a, b):
-        (d / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    first = write_active(a, '{"enterprise": ""}\n')
+    for name, data in zip(ACTIVE, first, strict=True):
+        (b / "ca" / name).write_bytes(data)
     db = tmp_path / "eport.db"
     url = f"sqlite:///{db}"
     upgrade(url)
@@ -164,9 +186,9 @@ def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host
     shutil.copytree(a, tmp_path / "a-backup")
     engine = make_engine(url)
     try:
-        (a / "ca" / "issuers" / "active.json").write_text('{"service": ""}\n')
+        write_active(a, '{"service": ""}\n')
         assert sync(engine, a).check().generation == 2
-        assert sync(engine, b).check().picked_up == ("issuers/active.json",)
+        assert sync(engine, b).check().picked_up == ACTIVE
         assert read_note(b).generation == 2
     finally:
         engine.dispose()
@@ -183,17 +205,17 @@ def test_a_restored_record_is_neither_rolled_back_into_nor_overwritten_by_a_host
         assert head is not None and head.generation == 1
         # B, up during the restore: nothing older taken, stale, and it says why
         got = sync(engine, b).check()
-        assert got.picked_up == () and got.missing == ("issuers/active.json",), got
+        assert got.picked_up == () and got.missing == ACTIVE, got
         warning = got.warning()
         assert warning is not None and "restored" in warning, warning
         assert (b / "ca" / "issuers" / "active.json").read_text() == '{"service": ""}\n'
         assert read_note(b).generation == 2
         # A changes its files again: generation 2 once more, with other files
-        (a / "ca" / "issuers" / "active.json").write_text('{"agency": ""}\n')
+        write_active(a, '{"agency": ""}\n')
         assert sync(engine, a).check().generation == 2
         # C, back up: its note says 2 as the record does, but not this record
         got = sync(engine, c).check()
-        assert not got.published and got.missing == ("issuers/active.json",), got
+        assert not got.published and got.missing == ACTIVE, got
         warning = got.warning()
         assert warning is not None and "restored" in warning, warning
         assert "copy the restored host's ca/ directory" in warning, warning
@@ -226,14 +248,15 @@ def test_files_taken_from_the_record_and_the_note_are_written_durably(
 
     assert sync(a).check().published
     assert not sync(b).check().stale
-    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    write_active(a, '{"enterprise": ""}\n')
     assert sync(a).check().published
     synced = record_fsyncs(monkeypatch)
     got = sync(b).check()
-    assert got.picked_up == ("issuers/active.json",) and not got.stale
+    assert got.picked_up == ACTIVE and not got.stale
     issuers, ca = b / "ca" / "issuers", b / "ca"
     # each file's bytes before its rename (a temporary name), its directory after it
     assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
+    assert any(s.startswith(str(issuers / "active.json.sig.tmp")) for s in synced), synced
     assert str(issuers) in synced, synced
     assert any(s.startswith(str(ca / "crosshost.json.tmp")) for s in synced), synced
     assert str(ca) in synced, synced
@@ -266,7 +289,7 @@ def test_a_publication_between_the_head_and_the_files_read_is_no_restore(
         def files(self) -> Any:
             if not self.raced:
                 self.raced = True
-                (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+                write_active(a, '{"enterprise": ""}\n')
                 assert sync(a).check().published
             return record.files()
 
@@ -278,7 +301,7 @@ def test_a_publication_between_the_head_and_the_files_read_is_no_restore(
 
     got = sync(b, Racing()).check()
     assert got.restored is None and not got.stale, got.warning()
-    assert got.picked_up == ("issuers/active.json",) and got.generation == 2
+    assert got.picked_up == ACTIVE and got.generation == 2
 
 
 def test_a_ceremony_s_files_are_written_durably(
@@ -290,18 +313,31 @@ def test_a_ceremony_s_files_are_written_durably(
     ceremony could leave an empty one, which the CA cannot start with."""
 
     from ca import root_ops
+    from ca.active_signature import verify_active
     from ca.ceremony_files import FileChanges
+    from ca.issuance import IssuingCA
+    from tests.test_custody_signature import root_of
 
     (tmp_path / "ca" / "issuers").mkdir(parents=True)
+    signer, cert = root_of(KeyType.P384)
     synced = record_fsyncs(monkeypatch)
     changes = FileChanges()
-    root_ops._write_active(changes, tmp_path, {"enterprise": "enterprise-2"})
+    root = IssuingCA("root", cert, signer)
+    root_ops._write_active(changes, tmp_path, {"enterprise": "enterprise-2"}, root)
     changes.write(tmp_path / "ca" / "root.crl", b"der")
     issuers, ca = tmp_path / "ca" / "issuers", tmp_path / "ca"
     assert any(s.startswith(str(issuers / "active.json.tmp")) for s in synced), synced
+    assert any(s.startswith(str(issuers / "active.json.sig.tmp")) for s in synced), synced
     assert any(s.startswith(str(ca / "root.crl.tmp")) for s in synced), synced
     assert str(issuers) in synced and str(ca) in synced, synced
     assert root_ops.read_active(tmp_path) == {"enterprise": "enterprise-2"}
+    # signed by the root, the first in order; the next ceremony's is the second
+    active, sig = (issuers / "active.json").read_bytes(), (issuers / "active.json.sig").read_bytes()
+    assert verify_active(cert, active, sig) == 1
+    changes.committed()
+    root_ops._write_active(changes, tmp_path, {"enterprise": "enterprise-3"}, root)
+    active, sig = (issuers / "active.json").read_bytes(), (issuers / "active.json.sig").read_bytes()
+    assert verify_active(cert, active, sig) == 2
 
 
 def test_a_custody_record_is_taken_only_with_its_root_signature(
@@ -614,3 +650,173 @@ def test_a_custody_pair_that_does_not_verify_is_not_published(
     got = sync(b).check()
     assert got.picked_up == ("custody.json", "custody.json.sig") and not got.stale, got
     assert (b / "ca" / "custody.json").read_bytes() == second
+
+
+def test_active_json_is_taken_only_with_its_root_signature_in_order(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """``issuers/active.json`` says which generation of each issuing CA issues. It was
+    taken from the record after a JSON syntax check alone, so whoever could write the
+    database could switch every host back to an older generation it still holds (one the
+    root never revoked) or stop issuance (``""``). Now the file and the root's signature
+    of it (``issuers/active.json.sig``, over its bytes and a sequence) are taken together,
+    and only when the signature verifies under the host's own root and is ordered after
+    the host's own; otherwise the host keeps both and is stale, saying why."""
+    import json
+
+    from ca.active_signature import sign_active, verify_active
+    from ca.crosshost import Published
+    from tests.test_custody_signature import root_of
+
+    a, b = _hosts(tmp_path)
+    bumped: list[Path] = []
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=bumped.append)
+
+    def plant(edits: dict[str, bytes | None]) -> None:
+        files = record.files()
+        for name, data in edits.items():
+            if data is None:
+                files.pop(name, None)
+            else:
+                files[name] = Published(hashlib.sha256(data).hexdigest(), data)
+        head = record.head()
+        assert head is not None
+        assert record.publish(head.generation, files, "attacker", NOW) is not None
+
+    root = x509.load_pem_x509_certificate((a / "ca" / "root.crt").read_bytes())
+    signer = PassphraseSealer(b"root-pass").unseal(a / "ca" / "root.key")
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    # two ceremonies on A (a rollover, then a rollover of another issuing CA): B takes each
+    first = write_active(a, '{"enterprise": "enterprise-2"}\n')
+    assert sync(a).check().published
+    assert sync(b).check().picked_up == ACTIVE
+    second = write_active(a, '{"agency": "agency-2", "enterprise": "enterprise-2"}\n')
+    assert verify_active(root, *second) == 2
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.picked_up == ACTIVE and not got.stale, got
+    assert [(b / "ca" / n).read_bytes() for n in ACTIVE] == list(second)
+    assert bumped == [b, b]
+
+    # The pair as someone who can write the database plants it.
+    foreign_signer, foreign_root = root_of(KeyType.P384)
+    stopped = b'{"agency": "", "enterprise": ""}\n'
+    fork = sign_active(signer, root, b'{"enterprise": "enterprise"}\n', 2)
+    cases: list[tuple[dict[str, bytes | None], tuple[str, ...], str]] = [
+        (  # the file changed under its genuine signature
+            {"issuers/active.json": stopped},
+            ("issuers/active.json",),
+            "is not signed by this host's root: its signature is of another active.json",
+        ),
+        (
+            {"issuers/active.json": stopped, "issuers/active.json.sig": None},
+            ACTIVE,
+            "is not signed by this host's root: it has no signature",
+        ),
+        (
+            {
+                "issuers/active.json": stopped,
+                "issuers/active.json.sig": sign_active(foreign_signer, foreign_root, stopped, 9),
+            },
+            ACTIVE,
+            "is not signed by this host's root: its signature names another root",
+        ),
+        (  # a higher sequence claimed in the genuine signature
+            {
+                "issuers/active.json.sig": json.dumps(
+                    {**json.loads(second[1]), "sequence": 3}
+                ).encode()
+            },
+            ("issuers/active.json.sig",),
+            "its signature does not verify under this host's root.crt",
+        ),
+        (  # the first rollover's pair, genuinely signed, put back
+            dict(zip(ACTIVE, first, strict=True)),
+            ACTIVE,
+            "(sequence 1) is not ordered after this host's (sequence 2)",
+        ),
+        (  # another file the root signed as the second (hosts that raced)
+            {"issuers/active.json": b'{"enterprise": "enterprise"}\n', ACTIVE[1]: fork},
+            ACTIVE,
+            "(sequence 2) is not ordered after this host's (sequence 2)",
+        ),
+    ]
+    for edits, missing, needle in cases:
+        plant(edits)
+        got = sync(b).check()
+        assert got.picked_up == () and got.missing == missing, (needle, got)
+        warning = got.warning()
+        assert warning is not None and needle in warning, (needle, warning)
+        assert "the database's issuers/active.json" in warning, warning
+        assert [(b / "ca" / n).read_bytes() for n in ACTIVE] == list(second)
+        assert bumped == [b, b]
+        plant(dict(zip(ACTIVE, second, strict=True)))  # the genuine pair back
+        assert not sync(b).check().stale
+    # the next genuine ceremony's pair is taken again
+    assert not sync(a).check().stale  # A follows the record's generations (the same pair)
+    third = write_active(a, '{"agency": "", "enterprise": "enterprise-2"}\n')
+    assert verify_active(root, *third) == 3
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.picked_up == ACTIVE and not got.stale, got
+    assert [(b / "ca" / n).read_bytes() for n in ACTIVE] == list(third)
+
+
+def test_an_active_json_edited_by_hand_serves_its_own_host_alone(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """``issuers/active.json`` may be edited by hand (emergency-plan.md): the host issues
+    from what it names. Unsigned, every other host would refuse it and stay stale for it,
+    and refuse to start; so the editing host does not publish it (the record keeps the
+    last signed pair, and the host says so), while its other changes are published; and
+    a host whose own edit is all that differs from the record is not stale for it."""
+    a, b = _hosts(tmp_path)
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+
+    # a host of before signed active.json, its file edited by hand: not published
+    assert sync(a).check().published
+    assert not sync(b).check().stale
+    (a / "ca" / "issuers" / "active.json").write_text('{"service": ""}\n')
+    got = sync(a).check()
+    assert not got.published and not got.stale, got
+    line = got.held_back_warning()
+    assert line is not None and line.startswith(
+        "this host's issuers/active.json is not published to the database's record (it has "
+        "no signature by the root: edited by hand here?)"
+    ), line
+    assert "issuers/active.json" not in record.files()
+    assert not sync(b).check().stale
+    # a ceremony on A signs its next one: published, and B takes it
+    signed = write_active(a, '{"enterprise": "enterprise-2"}\n')
+    got = sync(a).check()
+    assert got.published and got.active_held_back is None and got.held_back_warning() is None
+    assert sync(b).check().picked_up == ACTIVE
+    good = record.files()
+    # edited by hand again (its signature beside it): held back, the record keeps the
+    # signed pair, and A's other changes are published with it
+    (a / "ca" / "issuers" / "active.json").write_text('{"enterprise": ""}\n')
+    (a / "ca" / "log-1.pub").write_bytes((a / "ca" / "log.pub").read_bytes())
+    got = sync(a).check()
+    assert got.published and not got.stale, got
+    assert got.active_held_back is not None
+    assert "its signature is of another active.json" in got.active_held_back
+    published = record.files()
+    assert "log-1.pub" in published
+    assert {n: published[n] for n in ACTIVE} == {n: good[n] for n in ACTIVE}
+    got = sync(b).check()
+    assert got.picked_up == ("log-1.pub",) and not got.stale, got
+    assert [(b / "ca" / n).read_bytes() for n in ACTIVE] == list(signed)
+    # B edits its own by hand; A publishes something else: B takes that, keeps its edit
+    (b / "ca" / "issuers" / "active.json").write_text('{"agency": ""}\n')
+    (a / "ca" / "log-2.pub").write_bytes((a / "ca" / "log.pub").read_bytes())
+    assert sync(a).check().published
+    got = sync(b).check()
+    assert got.picked_up == ("log-2.pub",) and not got.stale, got
+    assert (b / "ca" / "issuers" / "active.json").read_text() == '{"agency": ""}\n'
+    got = sync(b).check()
+    assert not got.published and got.active_held_back is not None and not got.stale, got

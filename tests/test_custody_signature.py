@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 from pathlib import Path
 
@@ -104,3 +105,41 @@ def test_a_host_s_own_record_says_whether_it_is_signed(tmp_path: Path) -> None:
     assert check_local(tmp_path) == (
         "its signature is of another custody record (the record was changed after it)"
     )
+
+
+@pytest.mark.parametrize("kt", [KeyType.P256, KeyType.RSA2048, KeyType.ED25519])
+def test_the_root_signs_active_json_with_its_order(kt: KeyType) -> None:
+    """``issuers/active.json.sig`` (ca/active_signature.py) shares these checks: the root
+    signs the file's bytes and a sequence, and neither can change without the signature
+    failing; nor does a custody record's signature pass for one."""
+    from ca.active_signature import ActiveSignatureRefused, sign_active, verify_active
+
+    signer, root = root_of(kt)
+    active = b'{"enterprise": "enterprise-2"}\n'
+    sig = sign_active(signer, root, active, 4)
+    assert verify_active(root, active, sig) == 4
+    with pytest.raises(ActiveSignatureRefused, match=r"of another active\.json"):
+        verify_active(root, b'{"enterprise": ""}\n', sig)
+    for sequence in (5, 3):
+        moved = json.dumps({**json.loads(sig), "sequence": sequence}).encode()
+        with pytest.raises(ActiveSignatureRefused, match="does not verify under this host's"):
+            verify_active(root, active, moved)
+    for bad in (0, -1, "4", True, None):
+        with pytest.raises(ActiveSignatureRefused, match="names no sequence"):
+            verify_active(root, active, json.dumps({**json.loads(sig), "sequence": bad}).encode())
+    other_signer, other_root = root_of(kt)
+    with pytest.raises(ActiveSignatureRefused, match="names another root"):
+        verify_active(root, active, sign_active(other_signer, other_root, active, 4))
+    with pytest.raises(ActiveSignatureRefused, match="is not the root's"):
+        sign_active(other_signer, root, active, 1)
+    custody = json.loads(sign_record(signer, root, active))
+    with pytest.raises(ActiveSignatureRefused, match="not of format"):
+        verify_active(root, active, json.dumps(custody).encode())
+    forged = {
+        **custody,
+        "format": "eport-active-signature/v1",
+        "sequence": 1,
+        "active_sha256": hashlib.sha256(active).hexdigest(),
+    }
+    with pytest.raises(ActiveSignatureRefused, match="does not verify"):
+        verify_active(root, active, json.dumps(forged).encode())
