@@ -202,8 +202,8 @@ class JointCA:
         self.issuers = dict(issuers)
         self.revoked_issuers = dict(revoked_issuers or {})
         """Issuing CA id → its revocation on the root's CRL: nothing is issued from one, even
-        if ``issuers/active.json`` names it (edited by hand, or taken from a database
-        someone changed)."""
+        if ``issuers/active.json`` names it (edited by hand; from a database someone
+        changed, a host takes it only signed by the root: :mod:`ca.active_signature`)."""
         self.unavailable_issuers = dict(unavailable_issuers or {})
         """Issuer id → the generation it issues from, which this host does not have."""
         self.root = root

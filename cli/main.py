@@ -214,9 +214,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     Every start first brings the CA's and the token service's database schemas up to
     date (a database of a newer release is refused). On a database shared by several
     hosts it takes the public CA files another host's ceremony changed (the root CRL,
-    issuers/active.json, custody.json, old log keys) and refuses, naming the manual step,
-    a host whose CA files need keys only another host has, or do not follow a database
-    restored from a backup (copy the ceremony or restored host's ca/ directory first).
+    issuers/active.json and custody.json each with the root's signature, old log keys)
+    and refuses, naming the manual step, a host whose CA files need keys only another
+    host has, or do not follow a database restored from a backup (copy the ceremony or
+    restored host's ca/ directory first).
 
     Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
     key fingerprint: M custodians run `eport ca unseal` (a CA whose keys are not under
