@@ -495,17 +495,26 @@ class _Publishable:
 
 
 def _publishable(
-    data_dir: Path, local: Mapping[str, Published], published: Mapping[str, Published]
+    data_dir: Path,
+    local: Mapping[str, Published],
+    published: Mapping[str, Published],
+    *,
+    first: bool = False,
 ) -> _Publishable:
     """What this host publishes of its files: all of them, but a signed pair (the custody
     record, ``issuers/active.json``) that is held back (:func:`custody_held_back`,
     :func:`active_held_back`), whose place the record's own pair keeps (none, when the
     record has none). A pair the record already holds as this host has it is not held
-    back: it is published as it is."""
+    back: it is published as it is. ``first``: the database has no record yet, and an
+    ``issuers/active.json`` of before signatures (none beside it) is published as it is,
+    as the custody record of before signatures is: no host takes it, but hosts whose
+    ``ca/`` is a copy of this one (upgraded together) match it."""
     files = dict(local)
     why: dict[tuple[str, str], str] = {}
     for pair, held_back in ((CUSTODY_PAIR, custody_held_back), (ACTIVE_PAIR, active_held_back)):
         reason = held_back(data_dir, local)
+        if first and pair is ACTIVE_PAIR and local.get(ACTIVE_PAIR[1]) is None:
+            reason = None
         if reason is None or all(
             (local.get(n) and local[n].sha256) == (published.get(n) and published[n].sha256)
             for n in pair
@@ -591,7 +600,7 @@ class HierarchySync:
         note = read_note(self.data_dir)
         local = local_files(self.data_dir)
         if head is None:  # a database without a record: this host's files are it
-            ours = _publishable(self.data_dir, local, {})
+            ours = _publishable(self.data_dir, local, {}, first=True)
             gen = self.record.publish(None, ours.files, self.host, self.clock())
             if gen is not None:
                 digest = record_digest(ours.files)

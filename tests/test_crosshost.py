@@ -820,3 +820,25 @@ def test_an_active_json_edited_by_hand_serves_its_own_host_alone(
     assert (b / "ca" / "issuers" / "active.json").read_text() == '{"agency": ""}\n'
     got = sync(b).check()
     assert not got.published and got.active_held_back is not None and not got.stale, got
+
+
+def test_a_first_record_holds_an_unsigned_active_json_its_copies_match(
+    tmp_path: Path, record: SqlHierarchyRecord
+) -> None:
+    """A database of before the record (migration 0007) gets the first host's files; an
+    ``issuers/active.json`` of a rollover before signatures is among them (published as
+    it is: no host takes it, but the other hosts, copies of the first, match it). Held
+    back like a file edited by hand, the record would lack it, and every other host
+    would be stale for it and refuse to start."""
+    a, b = _hosts(tmp_path)
+    for d in (a, b):
+        (d / "ca" / "issuers" / "active.json").write_text('{"enterprise": "enterprise"}\n')
+
+    def sync(d: Path) -> HierarchySync:
+        return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
+
+    got = sync(a).check()
+    assert got.published and got.active_held_back is None, got
+    assert record.files()["issuers/active.json"].data == b'{"enterprise": "enterprise"}\n'
+    got = sync(b).check()
+    assert not got.stale and got.held_back_warning() is None, got
