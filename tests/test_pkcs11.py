@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
 from ca import hierarchy
+from ca.active_signature import verify_active
 from ca.crl import build_crl
 from ca.custody_signature import verify_record
 from ca.issuance import CertificateFactory, IssuingCA
@@ -772,6 +773,11 @@ def rotations_make_keys_in_the_token(
     assert done["state"] == "done", done
     gen = done["result"]["generation"]
     assert gen == "enterprise-2" and done["result"]["key"] == "pkcs11"
+    # the token's root key signed the active.json that names it (ca/active_signature.py)
+    root = x509.load_pem_x509_certificate((d / "root.crt").read_bytes())
+    active = (d / "issuers" / "active.json").read_bytes()
+    assert json.loads(active)["enterprise"] == gen
+    assert verify_active(root, active, (d / "issuers" / "active.json.sig").read_bytes()) == 1
     _in_token(d / "issuers" / f"{gen}.key", f"issuers/{gen}")
     _in_token(d / "responders" / f"{gen}.key", f"responders/{gen}")
     log_before = _in_token(d / "log.key", "ca/log")

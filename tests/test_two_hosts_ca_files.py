@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.active_signature import verify_active
 from ca.checkpoint import Checkpoint, parse_verifier_key, verify_note
 from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
 from tests.helpers import fresh_uscc
@@ -203,7 +204,15 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
             ),
         )
         assert health(b)["hierarchy"] == "current"
-        assert "Took issuers/active.json, root.crl from the database" in b.log.read_text()
+        took = "Took issuers/active.json, issuers/active.json.sig, root.crl from the database"
+        assert took in b.log.read_text()
+        # the file that stops issuing from it came with the root's signature, the first
+        # in order, published by A and taken by B as a pair
+        root = x509.load_pem_x509_certificate((a_data / "ca" / "root.crt").read_bytes())
+        revoked_pair = active_pair(a_data)
+        assert verify_active(root, *revoked_pair) == 1
+        assert active_pair(b_data) == revoked_pair
+        assert [published(db, n) for n in ACTIVE] == revoked_pair
 
         # 2. ROTATE-ISSUER on A: the new issuing CA's key is only on A. B says so.
         cid = rotate(a, out)
@@ -213,6 +222,10 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         warning = " ".join(stale["warnings"])
         assert "issuers/enterprise-2.crt" in warning and "issuers/enterprise-2.key" in warning
         assert "copy the ceremony host's ca/ directory" in warning
+        # active.json, signed as the second, was taken: B is stale for the keys alone
+        assert "active.json" not in warning, warning
+        assert verify_active(root, *active_pair(a_data)) == 2
+        assert active_pair(b_data) == active_pair(a_data)
         assert health(a)["hierarchy"] == "current"
         logged = [ln for ln in b.log.read_text().splitlines() if "are behind the database" in ln]
         assert len({ln.split("eport.ca", 1)[-1] for ln in logged}) == 1, logged
@@ -364,6 +377,38 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
             for d in (a_data, b_data):
                 assert (d / "ca" / "custody.json").read_bytes() == genuine
             assert b_custody() is not None
+
+        # 5. issuers/active.json planted by SQL: switched back to the generations the
+        # ceremonies replaced (unsigned), and the REVOKE-INTERMEDIATE's genuine pair put
+        # back (signed, but first in order). Neither host takes one; both say why. Before,
+        # every host took active.json from the record after a JSON syntax check.
+        current = active_pair(a_data)
+        refusal = "the database's issuers/active.json "
+        for files, why in (
+            (
+                {
+                    "issuers/active.json": b'{"enterprise": "enterprise", "service": "service"}\n',
+                    "issuers/active.json.sig": None,
+                },
+                refusal + "is not signed by this host's root: it has no signature",
+            ),
+            (
+                dict(zip(ACTIVE, revoked_pair, strict=True)),
+                refusal + "(sequence 1) is not ordered after this host's (sequence 2)",
+            ),
+        ):
+            plant(db, files)
+            for srv in (b, a):
+                stale = eventually(
+                    f"{srv.url} does not refuse the planted active.json ({why})",
+                    lambda srv=srv, why=why: _refusing(srv, why),
+                )
+                assert "issuers/active.json" in " ".join(stale["warnings"]), stale
+            for d in (a_data, b_data):
+                assert active_pair(d) == current
+            for srv in (a, b):
+                issuers = requests.get(srv.url + "/ca/v1/ca", timeout=10).json()["issuers"]
+                assert "enterprise-2" in issuers and "service" not in issuers, issuers
     finally:
         for p in procs.values():
             stop(p)
@@ -489,6 +534,20 @@ def _stale(srv: Server) -> dict[str, Any] | None:
 def _refusing(srv: Server, words: str) -> dict[str, Any] | None:
     doc = _stale(srv)
     return doc if doc is not None and words in " ".join(doc["warnings"]) else None
+
+
+ACTIVE = ("issuers/active.json", "issuers/active.json.sig")
+"""``issuers/active.json`` and the root's signature of it (ca/active_signature.py)."""
+
+
+def active_pair(data: Path) -> list[bytes]:
+    return [(data / "ca" / name).read_bytes() for name in ACTIVE]
+
+
+def published(url: str, name: str) -> bytes:
+    """The bytes of ``name`` in the database's hierarchy record."""
+    (data,) = rows(url, f"SELECT data FROM hierarchy_files WHERE path = '{name}'")
+    return bytes(data[0])
 
 
 def plant(url: str, files: dict[str, bytes | None]) -> None:
