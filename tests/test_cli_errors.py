@@ -683,6 +683,19 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
+def offline(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``eport ARGS`` with :func:`_offline_env` (plus ``extra``), nothing on stdin."""
+    return subprocess.run(
+        [EPORT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_offline_env(), **extra},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_serve_with_a_config_file_it_cannot_read(tmp_path: Path) -> None:
     """eport serve with EPORT_CONFIG naming a missing file, or one that is not TOML, was
     'unexpected error: FileNotFoundError(2, ...)' (no file named) or 'TOMLDecodeError(...)',
@@ -716,14 +729,7 @@ def test_serve_without_dev_where_no_ca_is(tmp_path: Path) -> None:
     there was no CA. It says so first, naming eport ca init and --dev; nothing is made."""
     data = tmp_path / "data"
     for extra in ({}, {"EPORT_AUTH_KEY_PASSPHRASE": "auth key passphrase"}):
-        res = subprocess.run(
-            [EPORT, "serve", "--data-dir", str(data), "--port", str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**_offline_env(), **extra},
-            stdin=subprocess.DEVNULL,
-        )
+        res = offline("serve", "--data-dir", str(data), "--port", str(free_port()), **extra)
         line = one_line(res, 1, f"no CA in {data} (no ca/root.crt): make one with `eport ca init")
         assert line.endswith("or start a development CA with --dev"), line
     assert not data.exists()
@@ -777,14 +783,7 @@ def test_status_of_a_certificate_naming_no_responder(tmp_path: Path) -> None:
     path = tmp_path / "no-aia.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     for extra in ([], ["--issuer", str(path)]):
-        res = subprocess.run(
-            [EPORT, "status", "--cert", str(path), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_offline_env(),
-            stdin=subprocess.DEVNULL,
-        )
+        res = offline("status", "--cert", str(path), *extra)
         one_line(res, 1, "the certificate names no OCSP responder (no AIA extension)")
 
 
@@ -795,14 +794,7 @@ def test_a_share_file_that_is_not_one_is_named(tmp_path: Path) -> None:
         share = tmp_path / "customs.share"
         share.write_bytes(content)
         for args in (["ca", "unseal"], ["ca", "ceremony", "join", "cer-3f9a0c2e7b1d4e56"]):
-            res = subprocess.run(
-                [EPORT, *args, "--share", str(share), "--fingerprint", "00"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=_offline_env(),
-                stdin=subprocess.DEVNULL,
-            )
+            res = offline(*args, "--share", str(share), "--fingerprint", "00")
             one_line(res, 1, f"{share}: not a share file (")
 
 
@@ -810,14 +802,7 @@ def test_a_missing_choice_is_one_line() -> None:
     """eport revoke without --reason printed click's list of the reasons one to a line
     ('Choose from:', then a tab and a reason on each of six lines): seven lines on
     stderr where every error is one. The reasons are listed on the one line."""
-    res = subprocess.run(
-        [EPORT, "revoke", "--serial", "7e23"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_offline_env(),
-        stdin=subprocess.DEVNULL,
-    )
+    res = offline("revoke", "--serial", "7e23")
     line = one_line(res, 2, "Missing option '--reason'. Choose from: keyCompromise, cessation")
     assert line.endswith("privilegeWithdrawn, unspecified (see 'eport revoke --help')"), line
 
@@ -827,14 +812,7 @@ def test_a_group_alone_shows_its_help(args: list[str]) -> None:
     """`eport` or `eport cert` alone printed its whole help behind "eport: error: Usage:"
     and with "(see 'eport cert --help')" stuck to its last line; the help is shown as it
     is (on stderr, exit 2: the command line ran nothing), its commands listed."""
-    res = subprocess.run(
-        [EPORT, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_offline_env(),
-        stdin=subprocess.DEVNULL,
-    )
+    res = offline(*args)
     assert res.returncode == 2 and res.stdout == "", res
     assert res.stderr.startswith(f"Usage: {' '.join(['eport', *args])} [OPTIONS] COMMAND")
     assert "\nCommands:\n" in res.stderr and "eport: error" not in res.stderr, res.stderr
@@ -857,15 +835,7 @@ def test_blank_values_are_usage_errors(args: list[str], option: str, tmp_path: P
     refusal named its own fields ('code' is required; operator_id (string) and roles ...
     are required; audience (the service id) is required), exit 1. It is a usage error
     naming the option (exit 2), and nothing is sent or written."""
-    res = subprocess.run(
-        [EPORT, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_offline_env(),
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-    )
+    res = offline(*args, cwd=tmp_path)
     one_line(res, 2, f"Invalid value for '{option}': must not be blank")
     assert list(tmp_path.iterdir()) == []
 
@@ -900,23 +870,9 @@ def test_audit_serials_that_cannot_be_one(args: list[str], hint: str) -> None:
     """A serial that is not hexadecimal was sent by eport audit log (HTTP 400, exit 1) and
     refused by eport audit prove with exit 1; as for eport revoke --serial, it is a usage
     error (exit 2) before any key is read. The forms people copy (colons, 0x) still pass."""
-    res = subprocess.run(
-        [EPORT, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_offline_env(),
-        stdin=subprocess.DEVNULL,
-    )
+    res = offline(*args)
     one_line(res, 2, f"Invalid value for {hint}: ")
     for serial in ("7E:23:F4:E0", "0x7e23f4e0"):
         copied = [serial if a in ("zz", "xyz") else a for a in args]
-        res = subprocess.run(
-            [EPORT, *copied],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_offline_env(),
-            stdin=subprocess.DEVNULL,
-        )
+        res = offline(*copied)
         assert res.returncode == 1 and "Invalid value" not in res.stderr, res.stderr
