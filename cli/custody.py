@@ -627,8 +627,14 @@ def ca_reshare(
             old_tokens[member] = uri
         opened: list[custody.ShareFile] = []
         for path in share_files:
-            blob = path.read_bytes()
-            header = custody.share_file_header(blob)
+            try:
+                blob = path.read_bytes()
+            except OSError as exc:
+                raise CLIError(f"cannot read share file {path}: {exc.strerror}") from None
+            try:
+                header = custody.share_file_header(blob)
+            except custody.ShareRejected as exc:  # say which of the files is not one
+                raise CLIError(f"{path}: {exc.detail}") from None
             member = str(header.get("member", ""))
             if member in (f.member for f in opened):
                 raise custody.RepeatedCustodian(

@@ -106,6 +106,8 @@ def test_refusals_change_nothing(tmp_path: Path) -> None:
         seal_share_file(other.record, other.shares["forex"], OLD.format("forex").encode())
     )
     other.wipe()
+    not_a_share = tmp_path / "notes.txt"  # a custodian's other file, given by mistake
+    not_a_share.write_text("the share is in the safe\n")
     cases = [
         ([shares / "customs.share", shares / "tax.share"], {}, "re-sharing needs 3 custodians"),
         (
@@ -122,6 +124,11 @@ def test_refusals_change_nothing(tmp_path: Path) -> None:
             [shares / "customs.share", shares / "tax.share", foreign],
             {},
             f"belongs to custody set {other.record.custody_id}, not to the one in force",
+        ),
+        (
+            [shares / "customs.share", not_a_share, shares / "tax.share"],
+            {},
+            f"{not_a_share}: not a share file",
         ),
     ]
     for i, (files, env, needle) in enumerate(cases):
