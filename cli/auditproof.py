@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "SIGNATURE_PREFIX",
     "AuditError",
     "CheckpointError",
     "ProofError",
@@ -55,7 +56,7 @@ ED25519_TYPE = 0x01
 MAX_SIGNATURES = 100
 """Signature lines read per note; C2SP signed-note requires accepting at least 16."""
 
-_SIGNATURE_PREFIX = "\u2014 "  # em dash, space
+SIGNATURE_PREFIX = "\u2014 "  # em dash, space
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")
 _DECIMAL = re.compile("0|[1-9][0-9]*")
 _UINT64_MAX = (1 << 64) - 1
@@ -351,9 +352,9 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
     verified = False
     others: list[str] = []
     for line in lines:
-        if not line.startswith(_SIGNATURE_PREFIX):
+        if not line.startswith(SIGNATURE_PREFIX):
             raise CheckpointError(f"malformed signature line {line[:60]!r}")
-        name, _, b64 = line[len(_SIGNATURE_PREFIX) :].partition(" ")
+        name, _, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
         if not _valid_key_name(name) or not b64:
             raise CheckpointError(f"malformed signature line {line[:60]!r}")
         blob = _strict_b64decode(b64)

@@ -607,7 +607,15 @@ def test_tamper_forked_checkpoint(
         "forked",
     )
 
-    # ... or served by a server that shows this auditor another history.
+    # A file that is not a checkpoint at all is an input slip, not a failed verification.
+    for content in (b"", b"not a checkpoint\n", fork.read_bytes().split(b"\n\n")[0]):
+        other = tmp_path / "other.note"
+        other.write_bytes(content)
+        res = verify(server, tmp_path / "x.json", "--since", str(other), check=False)
+        assert res.returncode == 2 and "FAILED" not in res.stderr, res.stderr
+        assert f"{other} is not a signed checkpoint" in res.stderr, res.stderr
+
+    # The forked checkpoint served by a server that shows this auditor another history.
     with ForkingProxy(server.url, forked_note(server, size)) as proxy:
         res = verify(server, state, check=False, EPORT_SERVER=proxy.url)
         failed(res, f"two different signed roots for tree size {size}", "forked")
