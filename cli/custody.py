@@ -112,17 +112,24 @@ def _token_opener(header: dict[str, Any], given: str | None) -> custody.ShareCip
     return pkcs11.TokenShareKey(_with_pin(key.uri, who))
 
 
-def _open_share(
-    file: Path, passphrase_file: Path | None, token_uri: str | None = None
-) -> custody.ShareFile:
+def _read_share_file(file: Path) -> tuple[bytes, dict[str, Any]]:
+    """A share file's bytes and its clear header (member, protection); one line naming
+    the file when it cannot be read or is not a share file (a custodian holding several
+    files gave the wrong one)."""
     try:
         blob = file.read_bytes()
     except OSError as exc:
         raise CLIError(f"cannot read share file {file}: {exc.strerror}") from None
     try:
-        header = custody.share_file_header(blob)
-    except custody.ShareRejected as exc:  # "not a share file": say which file is not one
+        return blob, custody.share_file_header(blob)
+    except custody.ShareRejected as exc:
         raise CLIError(f"{file}: {exc.detail}") from None
+
+
+def _open_share(
+    file: Path, passphrase_file: Path | None, token_uri: str | None = None
+) -> custody.ShareFile:
+    blob, header = _read_share_file(file)
     if custody.share_file_protection(header) == "token":
         return custody.open_share_file(blob, _token_opener(header, token_uri))
     if token_uri is not None:
@@ -627,14 +634,7 @@ def ca_reshare(
             old_tokens[member] = uri
         opened: list[custody.ShareFile] = []
         for path in share_files:
-            try:
-                blob = path.read_bytes()
-            except OSError as exc:
-                raise CLIError(f"cannot read share file {path}: {exc.strerror}") from None
-            try:
-                header = custody.share_file_header(blob)
-            except custody.ShareRejected as exc:  # say which of the files is not one
-                raise CLIError(f"{path}: {exc.detail}") from None
+            blob, header = _read_share_file(path)
             member = str(header.get("member", ""))
             if member in (f.member for f in opened):
                 raise custody.RepeatedCustodian(
