@@ -159,25 +159,38 @@ def _start_custody_host(
     return srv, proc
 
 
-@pytest.mark.slow
-def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
-    postgres: Postgres, tmp_path: Path
-) -> None:
-    db = postgres.createdb("eport_ceremony_hosts")
-    auth = postgres.createdb("eport_ceremony_hosts_auth")
-    port_a, port_b = free_port(), free_port()
+def two_custody_hosts(
+    postgres: Postgres, tmp_path: Path, name: str
+) -> tuple[str, dict[str, str], tuple[int, int], tuple[Path, Path], Path]:
+    """A CA under joint custody made on host A (``eport ca init``, ceremony files in
+    ``out``) and host B's data directory a copy of A's, on one new PostgreSQL database
+    ``name``: the database's URL, the hosts' environment, their ports, their data
+    directories and ``out``. Neither host is started."""
+    db = postgres.createdb(name)
+    auth = postgres.createdb(f"{name}_auth")
+    ports = free_port(), free_port()
     env = {
         **custodian_env(),
         **FAST,
         "EPORT_DATABASE_URL": db,
         "EPORT_AUTH_DATABASE_URL": auth,
-        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port_a}",
+        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{ports[0]}",
     }
     a_data, b_data, out = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "out"
     a_data.parent.mkdir()
     b_data.parent.mkdir()
     ca_init(a_data, out, env)
     shutil.copytree(a_data, b_data, ignore=shutil.ignore_patterns("serve.lock"))
+    return db, env, ports, (a_data, b_data), out
+
+
+@pytest.mark.slow
+def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    db, env, (port_a, port_b), (a_data, b_data), out = two_custody_hosts(
+        postgres, tmp_path, "eport_ceremony_hosts"
+    )
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         a, procs["a"] = _start_custody_host(a_data, db, env, port_a, out)
@@ -424,21 +437,9 @@ def test_a_host_down_through_two_reshares_takes_no_middle_record_put_back(
     the root), B took it, and the middle custody set's share files counted there again.
     B now takes the newest record at its start and refuses the middle one by its signed
     order; A refuses it too (it kept it when it replaced it)."""
-    db = postgres.createdb("eport_custody_order")
-    auth = postgres.createdb("eport_custody_order_auth")
-    port_a, port_b = free_port(), free_port()
-    env = {
-        **custodian_env(),
-        **FAST,
-        "EPORT_DATABASE_URL": db,
-        "EPORT_AUTH_DATABASE_URL": auth,
-        "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port_a}",
-    }
-    a_data, b_data, out = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "out"
-    a_data.parent.mkdir()
-    b_data.parent.mkdir()
-    ca_init(a_data, out, env)
-    shutil.copytree(a_data, b_data, ignore=shutil.ignore_patterns("serve.lock"))
+    db, env, (port_a, port_b), (a_data, b_data), out = two_custody_hosts(
+        postgres, tmp_path, "eport_custody_order"
+    )
 
     def serve(data: Path, port: int) -> tuple[Server, subprocess.Popen[bytes]]:
         # sealed: comparing with the record and the health need no unseal
