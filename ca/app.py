@@ -449,18 +449,24 @@ def check_hierarchy_record(app: Flask) -> None:
             outcome.generation,
         )
         reload_hierarchy(app, immediately=True)
-    warning = outcome.warning()
-    if warning is not None and warning != state.stale:
-        log.warning("%s", warning[0].upper() + warning[1:])
-    elif warning is None and state.stale is not None:
-        log.warning("This host's CA files match the database's record again")
-    state.stale = warning
-    held = outcome.held_back_warning()
-    if held is not None and held != state.held_back:
-        log.warning("%s", held[0].upper() + held[1:])
-    elif held is None and state.held_back is not None:
-        log.warning("This host's signed CA files verify together again (nothing is held back)")
-    state.held_back = held
+    state.stale = _log_change(
+        state.stale, outcome.warning(), "This host's CA files match the database's record again"
+    )
+    state.held_back = _log_change(
+        state.held_back,
+        outcome.held_back_warning(),
+        "This host's signed CA files verify together again (nothing is held back)",
+    )
+
+
+def _log_change(before: str | None, now: str | None, cleared: str) -> str | None:
+    """Log a warning once, when it appears or changes, and ``cleared`` once it is gone
+    (every worker checks every cycle; the log says each change once per worker)."""
+    if now is not None and now != before:
+        log.warning("%s", now[0].upper() + now[1:])
+    elif now is None and before is not None:
+        log.warning("%s", cleared)
+    return now
 
 
 def session_of() -> Session:
