@@ -202,10 +202,10 @@ class Outcome:
     restored: int | None = None
     """The generation this host last matched, when the record is not that one nor newer
     (the database was restored from a backup): nothing was taken from it."""
-    held_back: str | None = None
+    custody_held: str | None = None
     """Why this host's own custody record and signature were not published (they do not
     verify together: :func:`custody_held_back`); the record keeps the pair it had."""
-    active_held_back: str | None = None
+    active_held: str | None = None
     """Why this host's own ``issuers/active.json`` and its signature were not published
     (:func:`active_held_back`: edited by hand here, say); the record keeps the pair it had."""
 
@@ -217,17 +217,17 @@ class Outcome:
         """The line that says which of this host's signed pairs were not published, and
         why."""
         lines = []
-        if self.held_back is not None:
+        if self.custody_held is not None:
             lines.append(
                 f"this host's custody record and signature are not published to the "
-                f"database's record ({self.held_back}); the other hosts keep the last pair "
+                f"database's record ({self.custody_held}); the other hosts keep the last pair "
                 "published. A re-share cut short between the two files is finished when "
                 "this server starts again (or by the next eport ca reshare)"
             )
-        if self.active_held_back is not None:
+        if self.active_held is not None:
             lines.append(
                 f"this host's issuers/active.json is not published to the database's record "
-                f"({self.active_held_back}); this host issues from the generations it names, "
+                f"({self.active_held}); this host issues from the generations it names, "
                 "the other hosts keep the last one published. The next ceremony run here "
                 "that writes it (ROTATE-ISSUER, ISSUE-INTERMEDIATE, REVOKE-INTERMEDIATE) "
                 "signs it"
@@ -336,7 +336,7 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
         return f"{refused}: {exc.detail}"
     # Only now is its sequence the root's word. A record of before sequences reads as 0:
     # two such records cannot be told apart by it (the archive check above stays for them).
-    theirs_seq, ours_seq = _sequence(record.data), _sequence(local)
+    theirs_seq, ours_seq = _custody_sequence(record.data), _custody_sequence(local)
     if (
         record.data != local
         and theirs_seq is not None
@@ -354,10 +354,12 @@ def _custody_refused(data_dir: Path, published: Mapping[str, Published]) -> str 
 
 def custody_behind(data_dir: Path, published: Mapping[str, Published]) -> str | None:
     """Why a re-share may not run on this host (None: it may): the database's record
-    holds a custody record its root signed that is ordered after this host's own. This
-    host missed a re-share (it was down, or its ``ca/`` is an old copy); a re-share here
-    would sign a record of a sequence another record already has, which every other host
-    refuses, and the old shares this host still takes are the ones that re-share retired.
+    holds a custody record this host would take in place of its own (signed by its root,
+    and ordered after its own; between records of before the sequence, one it never
+    replaced: :func:`_custody_refused`). This host missed a re-share (it was down, or its
+    ``ca/`` is an old copy); a re-share here would sign a record of a sequence another
+    record already has, which every other host refuses, and the old shares this host
+    still takes are the ones that re-share retired.
     """
     local = _read(data_dir, "custody.json")
     record = published.get("custody.json")
@@ -365,15 +367,19 @@ def custody_behind(data_dir: Path, published: Mapping[str, Published]) -> str | 
         return None
     if _custody_refused(data_dir, published) is not None:
         return None  # not a record this host would take: nothing newer is known
-    theirs_seq, ours_seq = _sequence(record.data), _sequence(local)
-    if theirs_seq is None or ours_seq is None:
-        return None
     return (
-        f"this host's custody record (custody set {_custody_id(local)}, sequence {ours_seq}) "
-        f"is behind the database's (custody set {_custody_id(record.data)}, sequence "
-        f"{theirs_seq}): a re-share replaced it on another host. Start eport serve here once "
-        "so that this host takes the newer record, or re-share on an up-to-date host"
+        f"this host's custody record ({_custody_named(local)}) is behind the database's "
+        f"({_custody_named(record.data)}): a re-share replaced it on another host. Start "
+        "eport serve here once so that this host takes the newer record, or re-share on an "
+        "up-to-date host"
     )
+
+
+def _custody_named(data: bytes) -> str:
+    """A custody record as a refusal names it: its set, and its sequence when it has one."""
+    sequence = _custody_sequence(data)
+    named = f"custody set {_custody_id(data)}"
+    return f"{named}, sequence {sequence}" if sequence else named
 
 
 def custody_held_back(data_dir: Path, local: Mapping[str, Published]) -> str | None:
@@ -533,7 +539,7 @@ def _read(data_dir: Path, name: str) -> bytes | None:
         return None
 
 
-def _sequence(data: bytes | None) -> int | None:
+def _custody_sequence(data: bytes | None) -> int | None:
     """The order a custody record carries (:attr:`ca.custody.CustodyRecord.sequence`, 0
     for a record without one); None: no record, or not one that reads."""
     from ca.custody import CustodyRecord
@@ -606,7 +612,7 @@ class HierarchySync:
                 digest = record_digest(ours.files)
                 write_note(self.data_dir, Note(gen, note.responders_token, digest))
                 return Outcome(
-                    gen, published=True, held_back=ours.custody, active_held_back=ours.active
+                    gen, published=True, custody_held=ours.custody, active_held=ours.active
                 )
             head = self.record.head()
             assert head is not None
@@ -633,8 +639,8 @@ class HierarchySync:
                     head.generation,
                     responders_due=due,
                     responders_token=token,
-                    held_back=ours.custody,
-                    active_held_back=ours.active,
+                    custody_held=ours.custody,
+                    active_held=ours.active,
                 )
             gen = self.record.publish(head.generation, ours.files, self.host, self.clock())
             if gen is not None:
@@ -645,8 +651,8 @@ class HierarchySync:
                     published=True,
                     responders_due=due,
                     responders_token=token,
-                    held_back=ours.custody,
-                    active_held_back=ours.active,
+                    custody_held=ours.custody,
+                    active_held=ours.active,
                 )
             head = self.record.head()
             assert head is not None

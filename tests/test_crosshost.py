@@ -625,12 +625,12 @@ def test_a_custody_pair_that_does_not_verify_is_not_published(
     ), line
     assert "the other hosts keep the last pair published" in line, line
     assert record.files() == good
-    assert sync(a).check().held_back == got.held_back  # and nothing published later either
+    assert sync(a).check().custody_held == got.custody_held  # and nothing published later either
     assert record.files() == good
     # A's other changes are published, with the last good pair
     (a / "ca" / "log-1.pub").write_bytes((a / "ca" / "log.pub").read_bytes())
     got = sync(a).check()
-    assert got.published and got.held_back is not None, got
+    assert got.published and got.custody_held is not None, got
     published = record.files()
     assert "log-1.pub" in published
     assert {k: published[k] for k in ("custody.json", "custody.json.sig")} == {
@@ -642,7 +642,7 @@ def test_a_custody_pair_that_does_not_verify_is_not_published(
     # the re-share finished (as settle does at the next start): the pair is published
     (a / "ca" / "custody.json").write_bytes(second)
     got = sync(a).check()
-    assert got.published and got.held_back is None, got
+    assert got.published and got.custody_held is None, got
     published = record.files()
     verify_record(
         root, published["custody.json"].data or b"", published["custody.json.sig"].data or b""
@@ -794,7 +794,7 @@ def test_an_active_json_edited_by_hand_serves_its_own_host_alone(
     # a ceremony on A signs its next one: published, and B takes it
     signed = write_active(a, '{"enterprise": "enterprise-2"}\n')
     got = sync(a).check()
-    assert got.published and got.active_held_back is None and got.held_back_warning() is None
+    assert got.published and got.active_held is None and got.held_back_warning() is None
     assert sync(b).check().picked_up == ACTIVE
     good = record.files()
     # edited by hand again (its signature beside it): held back, the record keeps the
@@ -803,8 +803,8 @@ def test_an_active_json_edited_by_hand_serves_its_own_host_alone(
     (a / "ca" / "log-1.pub").write_bytes((a / "ca" / "log.pub").read_bytes())
     got = sync(a).check()
     assert got.published and not got.stale, got
-    assert got.active_held_back is not None
-    assert "its signature is of another active.json" in got.active_held_back
+    assert got.active_held is not None
+    assert "its signature is of another active.json" in got.active_held
     published = record.files()
     assert "log-1.pub" in published
     assert {n: published[n] for n in ACTIVE} == {n: good[n] for n in ACTIVE}
@@ -819,7 +819,7 @@ def test_an_active_json_edited_by_hand_serves_its_own_host_alone(
     assert got.picked_up == ("log-2.pub",) and not got.stale, got
     assert (b / "ca" / "issuers" / "active.json").read_text() == '{"agency": ""}\n'
     got = sync(b).check()
-    assert not got.published and got.active_held_back is not None and not got.stale, got
+    assert not got.published and got.active_held is not None and not got.stale, got
 
 
 def test_a_first_record_holds_an_unsigned_active_json_its_copies_match(
@@ -838,7 +838,7 @@ def test_a_first_record_holds_an_unsigned_active_json_its_copies_match(
         return HierarchySync(d, record, host=d.name, clock=lambda: NOW, bump=lambda _: None)
 
     got = sync(a).check()
-    assert got.published and got.active_held_back is None, got
+    assert got.published and got.active_held is None, got
     assert record.files()["issuers/active.json"].data == b'{"enterprise": "enterprise"}\n'
     got = sync(b).check()
     assert not got.stale and got.held_back_warning() is None, got

@@ -358,8 +358,8 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         assert custody_files.record_path(data).read_bytes() == old_bytes
         assert signature_path(data).read_bytes() != old_sig  # the new one, written first
         got = sync.check()  # as the running server's refresher would, before it is settled
-        assert not got.published and not got.stale and got.held_back is not None, got
-        assert "its signature is of another custody record" in got.held_back, got
+        assert not got.published and not got.stale and got.custody_held is not None, got
+        assert "its signature is of another custody record" in got.custody_held, got
         assert published_pair() == (old_bytes, old_sig)
         (logged,) = reshare_events(data)
         assert core.settle(data, latest_reshare(store)) == logged["custody_id"]
@@ -367,7 +367,7 @@ def test_a_crash_midway_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         assert installed.custody_id == logged["custody_id"] != record.custody_id
         assert installed.sequence == record.sequence + 1 == 2
         got = sync.check()
-        assert got.published and got.held_back is None, got
+        assert got.published and got.custody_held is None, got
         assert published_pair() == (
             custody_files.record_path(data).read_bytes(),
             signature_path(data).read_bytes(),
