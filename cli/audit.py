@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ca.signedreq import SCHEME, sign_request
 from cli import auditproof, keyfiles
-from cli.auditproof import SIGNATURE_PREFIX, AuditError, VerifiedCheckpoint, VerifierKey
+from cli.auditproof import AuditError, NotANoteError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
 from cli.keyfiles import identity_options
 from cli.options import json_option, json_text, takes_utf8
@@ -384,18 +384,6 @@ def resolve_key(
         err=True,
     )
     return key, None, True
-
-
-def _shaped_as_note(data: bytes) -> bool:
-    """Whether ``data`` has the outline of a C2SP signed note (UTF-8 text, a blank line,
-    then a signature line that ends the file). Only the outline: whatever else is wrong
-    with one is a failed verification (:func:`verify_note`), as it may be tampering."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    _, blank, block = text.rpartition("\n\n")
-    return bool(blank) and block.startswith(SIGNATURE_PREFIX) and block.endswith("\n")
 
 
 def verify_note(note: bytes, key: VerifierKey, what: str) -> VerifiedCheckpoint:
@@ -1095,15 +1083,17 @@ def audit_verify(
     previous: VerifiedCheckpoint | None = None
     what = ""
     if since_file is not None:
-        raw = since_file.read_bytes()
-        if not _shaped_as_note(raw):
+        try:
+            previous = auditproof.verify_checkpoint(since_file.read_bytes(), key)
+        except NotANoteError as exc:
             # an input slip (another file, an empty one), not a log that failed to verify
             raise click.BadParameter(
-                f"{since_file} is not a signed checkpoint (the text of GET "
-                f"{API}/checkpoint: its lines, a blank line, its signature lines)",
+                f"{since_file} is not a signed checkpoint ({exc}; one is the text of GET "
+                f"{API}/checkpoint)",
                 param_hint="'--since'",
-            )
-        previous = verify_note(raw, key, f"--since {since_file}")
+            ) from None
+        except AuditError as exc:
+            raise VerificationFailed(f"--since {since_file}: {exc}") from None
         what = f"the checkpoint in {since_file}"
     elif state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
-    "SIGNATURE_PREFIX",
     "AuditError",
     "CheckpointError",
+    "NotANoteError",
     "ProofError",
     "VerifiedCheckpoint",
     "VerifierKey",
@@ -56,7 +56,7 @@ ED25519_TYPE = 0x01
 MAX_SIGNATURES = 100
 """Signature lines read per note; C2SP signed-note requires accepting at least 16."""
 
-SIGNATURE_PREFIX = "\u2014 "  # em dash, space
+_SIGNATURE_PREFIX = "\u2014 "  # em dash, space
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")
 _DECIMAL = re.compile("0|[1-9][0-9]*")
 _UINT64_MAX = (1 << 64) - 1
@@ -72,6 +72,12 @@ class ProofError(AuditError):
 
 class CheckpointError(AuditError):
     """A signed checkpoint is malformed, unsigned by the expected key, or has a bad signature."""
+
+
+class NotANoteError(CheckpointError):
+    """The bytes do not even have a signed note's outline (UTF-8 text, a blank line, lines
+    after it to the end): another file given where a checkpoint goes, not a checkpoint
+    that failed to verify."""
 
 
 # -- RFC 9162 §2.1.1 hashing -------------------------------------------------------------
@@ -335,15 +341,15 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
     try:
         decoded = note.decode("utf-8")
     except UnicodeDecodeError:
-        raise CheckpointError("signed note is not valid UTF-8") from None
-    if _CONTROL.search(decoded):
-        raise CheckpointError("signed note contains control characters other than newline")
+        raise NotANoteError("signed note is not valid UTF-8") from None
     split = decoded.rfind("\n\n")
     if split < 0:
-        raise CheckpointError("signed note has no blank line before its signatures")
+        raise NotANoteError("signed note has no blank line before its signatures")
     text, block = decoded[: split + 1], decoded[split + 2 :]
     if not block.endswith("\n"):
-        raise CheckpointError("signed note does not end with a signature line")
+        raise NotANoteError("signed note does not end with a signature line")
+    if _CONTROL.search(decoded):
+        raise CheckpointError("signed note contains control characters other than newline")
     lines = block[:-1].split("\n")
     if len(lines) > MAX_SIGNATURES:
         raise CheckpointError(f"signed note has more than {MAX_SIGNATURES} signatures")
@@ -352,9 +358,9 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
     verified = False
     others: list[str] = []
     for line in lines:
-        if not line.startswith(SIGNATURE_PREFIX):
+        if not line.startswith(_SIGNATURE_PREFIX):
             raise CheckpointError(f"malformed signature line {line[:60]!r}")
-        name, _, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
+        name, _, b64 = line[len(_SIGNATURE_PREFIX) :].partition(" ")
         if not _valid_key_name(name) or not b64:
             raise CheckpointError(f"malformed signature line {line[:60]!r}")
         blob = _strict_b64decode(b64)
