@@ -24,9 +24,9 @@ from ca import ceremony_files, crosshost, devinit, hierarchy, responders, transl
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
-from ca.errors import Sealed
+from ca.errors import LintFailed, Sealed
 from ca.generation import GenerationWatch
-from ca.issuance import CertificateFactory
+from ca.issuance import TEMPLATES_LINTED, CertificateFactory
 from ca.lint import CertificateLinter
 from ca.models import Base
 from ca.names import accept_names_up_to_64_characters
@@ -86,16 +86,12 @@ def build_authority(
     rate = cfg.lint_sample_rate
     sampler = (lambda: True) if rate >= 1.0 else (lambda: random.random() < rate)
     factory = CertificateFactory(
-        CertificateLinter(), lint_sampler=sampler, public_base_url=cfg.public_base_url
+        CertificateLinter(),
+        lint_sampler=sampler,
+        public_base_url=cfg.public_base_url,
+        template_memo=TEMPLATES_LINTED,
     )
-    now = clock()
-    for profile in policies.profiles.values():
-        if profile.issuer == EVERY_ISSUER:
-            issuer = next(iter(h.issuers.values()), None)
-        else:
-            issuer = h.issuers.get(profile.issuer)
-        if issuer is not None and not profile.ca:
-            factory.lint_template(profile, issuer, now)
+    lint_templates(factory, policies, h.issuers, clock())
     if trust is None:
         trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
     revoked = {issuer_id: revocation for issuer_id, _, revocation in trust.revoked}
@@ -112,6 +108,45 @@ def build_authority(
         clock=clock,
         code_ttl=datetime.timedelta(seconds=cfg.code_ttl_seconds),
     )
+
+
+def lint_templates(
+    factory: CertificateFactory,
+    policies: Policies,
+    issuers: Mapping[str, IssuingCA],
+    now: datetime.datetime,
+) -> None:
+    """Lint every end-entity profile's template under the issuer it names (any issuer for
+    a profile of every issuer): :class:`~ca.errors.LintFailed` on an error."""
+    for profile in policies.profiles.values():
+        if profile.issuer == EVERY_ISSUER:
+            issuer = next(iter(issuers.values()), None)
+        else:
+            issuer = issuers.get(profile.issuer)
+        if issuer is not None and not profile.ca:
+            try:
+                factory.lint_template(profile, issuer, now)
+            except LintFailed as exc:
+                found = "; ".join(exc.extra.get("findings", ())) or exc.detail
+                raise LintFailed(
+                    f"profile {profile.name!r}: its certificate template does not lint "
+                    f"(nothing can be issued from it): {found}",
+                    **exc.extra,
+                ) from None
+
+
+def prelint_templates(cfg: CAConfig) -> None:
+    """Lint the templates once in ``eport serve``'s master process, before the workers
+    fork: they inherit :data:`~ca.issuance.TEMPLATES_LINTED` and find them passed. Only
+    the public certificates are read (no key is unsealed, no token opened).
+    :class:`~ca.errors.LintFailed` or :class:`~ca.errors.PolicyError` if one fails."""
+    factory = CertificateFactory(
+        CertificateLinter(),
+        public_base_url=cfg.public_base_url,
+        template_memo=TEMPLATES_LINTED,
+    )
+    policies = load_policies(cfg.policies_dir)
+    lint_templates(factory, policies, hierarchy.public_issuers(cfg.data_dir), utcnow())
 
 
 def _warn_revoked_issuing(

@@ -212,7 +212,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     one issuing CA per subject class, and one RA officer credential per member
     agency in policies/members.toml, under DATA_DIR/dev/. Later starts reuse them.
     Every start first brings the CA's and the token service's database schemas up to
-    date (a database of a newer release is refused). On a database shared by several
+    date (a database of a newer release is refused) and lints every profile's certificate
+    template (pkilint; one with an error is refused). On a database shared by several
     hosts it takes the public CA files another host's ceremony changed (the root CRL,
     issuers/active.json and custody.json each with the root's signature, old log keys)
     and refuses, naming the manual step, a host whose CA files need keys only another
@@ -331,6 +332,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         # Last of the checks: a host refused (another CA's database, CA files behind the
         # database's record) must not print a fingerprint custodians would unseal for.
         custody_cli.announce_sealed_start(data_dir)
+    _prelint_templates(cfg)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()
@@ -338,6 +340,19 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _prelint_templates(cfg: Any) -> None:
+    """Every profile's template linted here, once, rather than in each worker as it
+    starts (they inherit the result); a template pkilint refuses is one line and no
+    server, rather than a traceback from every worker."""
+    from ca.app import prelint_templates
+    from ca.errors import LintFailed
+
+    try:
+        prelint_templates(cfg)
+    except LintFailed as exc:
+        raise CLIError(exc.detail) from None
 
 
 def _check_hierarchy_record(url: str, data_dir: Path) -> None:

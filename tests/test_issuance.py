@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from ca import hierarchy
 from ca.errors import LintFailed, WeakKey
-from ca.issuance import CertificateFactory, IssuingCA
+from ca.issuance import CertificateFactory, IssuingCA, TemplateMemo
 from ca.keys import KeyType
 from ca.lint import CertificateLinter
 from ca.policy import Policies, load_policies
@@ -308,6 +308,55 @@ def test_every_template_is_linted_at_load(policies: Policies, pki: hierarchy.Hie
     )
     with pytest.raises(LintFailed, match="domain_name"):
         factory.lint_template(broken, pki.issuers["service"], NOW)
+
+
+def test_a_template_memo_skips_templates_already_passed(
+    policies: Policies, pki: hierarchy.Hierarchy
+) -> None:
+    """``eport serve``'s master lints the templates and its forked workers find them passed
+    (a fresh factory and linter of their own, the same memo); anything that changes the
+    template (the hour it is dated from, the profile) is linted again, and a template
+    that fails is never taken as passed."""
+    memo = TemplateMemo()
+    calls: list[bytes] = []
+
+    def counting_factory() -> CertificateFactory:
+        factory = CertificateFactory(template_memo=memo)
+        real = factory.linter.check
+
+        def check(der: bytes) -> list:  # type: ignore[type-arg]
+            calls.append(der)
+            return real(der)
+
+        factory.linter.check = check  # type: ignore[method-assign]
+        return factory
+
+    enterprise = policies.profile("enterprise")
+    issuer = pki.issuers[enterprise.issuer]
+    master = counting_factory()
+    first = master.lint_template(enterprise, issuer, NOW)
+    linted = len(calls)
+    assert linted == 4  # one per kind of subject key (p256, p384, ed25519, rsa)
+    worker = counting_factory()
+    assert worker.lint_template(enterprise, issuer, NOW + datetime.timedelta(minutes=59)) == first
+    assert len(calls) == linted  # the same bytes: pkilint not run again
+    worker.lint_template(enterprise, issuer, NOW + datetime.timedelta(hours=1))
+    assert len(calls) == 2 * linted  # dated from another hour: linted
+    operator = policies.profile("operator")
+    worker.lint_template(operator, pki.issuers[operator.issuer], NOW)
+    assert len(calls) == 3 * linted  # another profile (its four kinds of key): linted
+    # Without a memo every call lints, as before.
+    plain = CertificateFactory()
+    plain.lint_template(enterprise, issuer, NOW)
+    plain.lint_template(enterprise, issuer, NOW)
+    import dataclasses
+
+    broken = dataclasses.replace(
+        policies.profile("service-tls"), san_dns=("bad host {service_host}",)
+    )
+    for _ in range(2):  # refused each time: a failure is not remembered as a pass
+        with pytest.raises(LintFailed, match="domain_name"):
+            worker.lint_template(broken, pki.issuers["service"], NOW)
 
 
 def test_unlinted_certificates_are_signed_and_checked_the_same_way(
