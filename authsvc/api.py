@@ -28,7 +28,7 @@ from authsvc.service import (
 )
 from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.signedreq import verify_http_request
-from ca.wellformed import json_object
+from ca.wellformed import json_request_body
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -305,7 +305,7 @@ def validate() -> Response:
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
     caller = caller_principal()
-    data = json_object(request.get_data(cache=True))
+    data = json_request_body(request.mimetype, request.get_data(cache=True))  # 415, 400
     op = data.get("operator_id")
     roles = data.get("roles")
     if (

@@ -24,7 +24,7 @@ from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord, code_state
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
-from ca.wellformed import iso_time, json_object
+from ca.wellformed import iso_time, json_request_body
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -51,8 +51,12 @@ def svc() -> CAService:
 
 def json_body() -> dict[str, Any]:
     """The request's body as a JSON object, refused at the edge as :mod:`ca.wellformed`
-    says (not I-JSON, NUL, a lone surrogate): whatever the media type says."""
-    return json_object(request.get_data(cache=True))
+    says: 415 when a body is sent as anything but ``application/json`` (a cross-site
+    form's ``text/plain``), 400 when it is not I-JSON or holds NUL or a lone surrogate.
+    Every view that reads a body reads it here. The body is read first, so one over the
+    limit is a 413 whatever its type. A signed request's ``jti`` is spent by then
+    (:func:`signed_caller` runs first), as for any body refused after authentication."""
+    return json_request_body(request.mimetype, request.get_data(cache=True))
 
 
 def field(data: dict[str, Any], name: str, *, required: bool = True) -> Any:

@@ -7,12 +7,12 @@ read, parsed and answered here. The decision is the one the Flask view makes
 :class:`ca.problems.ErrorAnswers`, so both send the same status, headers and bytes.
 
 Whatever this path is not certain about goes on to Flask with the body intact: another
-media type, no or a chunked body, one over the app's limit (Flask answers 413), a body
-that is not a JSON object or that :mod:`ca.wellformed` refuses (Flask's 400 says why), a
-query string (none is read here; Flask's edge check refuses NUL in one). Once the
-enrollment has been tried, nothing is handed on: an unexpected failure is logged and
-answered 500 as Flask's handler would, never tried a second time (the code may have been
-redeemed).
+media type (Flask's 415, :func:`ca.wellformed.json_request_body`), no or a chunked body,
+one over the app's limit (Flask answers 413), a body that is not a JSON object or that
+:mod:`ca.wellformed` refuses (Flask's 400 says why), a query string (none is read here;
+Flask's edge check refuses NUL in one). Once the enrollment has been tried, nothing is
+handed on: an unexpected failure is logged and answered 500 as Flask's handler would,
+never tried a second time (the code may have been redeemed).
 """
 
 from __future__ import annotations
@@ -22,23 +22,24 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from flask import Flask, Response
-from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 
 from ca.api import enrollment
 from ca.app import EXTENSION, CAService, reload_hierarchy
 from ca.errors import BadRequest, EPortError
 from ca.problems import EXTENSION as PROBLEMS
 from ca.problems import PROBLEM_JSON, ErrorAnswers
-from ca.wellformed import json_object
+from ca.wellformed import JSON_MEDIA_TYPE, json_object
 
 ENROLL_PATH = "/ca/v1/enroll"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _is_json(content_type: str) -> bool:
-    """``application/json`` with any parameters (the view reads the body whatever the
-    type says, and JSON names its own encoding: RFC 8259 §8.1)."""
-    return content_type.partition(";")[0].strip().lower() == "application/json"
+    """``application/json`` with any parameters, parsed as Werkzeug parses it for the
+    view (``request.mimetype``): this path takes only what the view would read as JSON;
+    the rest Flask refuses (415)."""
+    return parse_options_header(content_type)[0].lower() == JSON_MEDIA_TYPE
 
 
 def _content_length(environ: dict[str, Any]) -> int | None:

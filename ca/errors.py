@@ -139,6 +139,15 @@ class PayloadTooLarge(EPortError):
     title = "Request body too large"
 
 
+class UnsupportedMediaType(EPortError):
+    """A body sent with a media type the endpoint does not read (RFC 9110 §15.5.16): a
+    JSON endpoint is sent ``text/plain`` or a form. The detail names what to send."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
 class LintFailed(EPortError):
     """Pre-issuance linting found an error in the to-be-signed certificate; nothing was signed."""
 

@@ -7,6 +7,15 @@ anywhere in a request (body, URL path, query, form) may hold U+0000: PostgreSQL 
 NUL in text, so it would fail the request deep inside a transaction (a 500) where SQLite
 stored it. Such input is refused as a 400 problem naming where it was found; none of it
 is stored, logged or echoed (the problem names the character by its code point).
+
+A JSON body must also say it is JSON: a non-empty body whose media type is not
+``application/json`` is refused with 415 before it is parsed. Otherwise a form on any
+web site could make a visitor's browser post JSON text to the CA as ``text/plain`` or a
+form (a "simple" request, sent without a CORS preflight: Fetch §2.2.2, the
+CORS-safelisted request headers). Parameters are ignored (JSON text is UTF-8 and
+``application/json`` defines none: RFC 8259 §8.1, §11). ``application/*+json`` types
+(RFC 6839 §3.1) are refused too: no client of these APIs sends one, and each names a
+format of its own, not these endpoints' objects.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ca.errors import BadRequest, EPortError
+from ca.errors import BadRequest, EPortError, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the checks themselves are framework-free (ca.signedreq uses them)
     from flask import Flask
@@ -106,6 +115,33 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if "\\u" in text:  # else no string holds NUL or a surrogate: the UTF-8 decoder refuses
         _check_strings(data)  # surrogates and the parser raw control characters
     return data
+
+
+JSON_MEDIA_TYPE = "application/json"
+"""The only media type a JSON body is read with (RFC 8259 §11)."""
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")
+"""A media type's essence that a refusal may name back (RFC 9110 §8.3.1 tokens,
+lowercased); anything else is not echoed."""
+
+
+def json_request_body(media_type: str, raw: bytes) -> dict[str, Any]:
+    """:func:`json_object` of a request body ``raw`` sent as ``media_type`` (the
+    Content-Type's type/subtype, lowercased, without parameters: Werkzeug's
+    ``request.mimetype``). A non-empty body of any other type is
+    :class:`UnsupportedMediaType` (415), refused before it is parsed; an empty one is an
+    empty object whatever its type says."""
+    if raw and media_type != JSON_MEDIA_TYPE:
+        if not media_type:
+            sent = "with no Content-Type"
+        elif _MEDIA_TYPE.fullmatch(media_type):
+            sent = f"as {media_type}"
+        else:
+            sent = "with a Content-Type that is not a media type"
+        raise UnsupportedMediaType(
+            f"this endpoint reads a JSON object: send the body as {JSON_MEDIA_TYPE} "
+            f"(Content-Type: {JSON_MEDIA_TYPE}), not {sent}"
+        )
+    return json_object(raw)
 
 
 def iso_time(name: str, text: str, *, naive: datetime.tzinfo | None = None) -> datetime.datetime:

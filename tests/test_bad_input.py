@@ -211,11 +211,9 @@ def test_json_bodies_with_unstorable_strings_are_400(world: World) -> None:
         r = send(world, method, path, body, signer=signer)
         assert_problem(r, 400, where)
         assert "U+0000" in r.json()["detail"] or "lone surrogate" in r.json()["detail"]
-    # ... and Flask's view of the enrollment (another media type: no fast path)
+    # ... and Flask's view of the enrollment (a query string: the fast path hands it on)
     body = b'{"code": "ABCD-EFGH", "profile": "enterprise", "csr": "\\udfff"}'
-    assert_problem(
-        send(world, "POST", "/ca/v1/enroll", body, content_type="text/plain"), 400, "'csr'"
-    )
+    assert_problem(send(world, "POST", "/ca/v1/enroll?via=flask", body), 400, "'csr'")
     assert counts(world) == before
     status = requests.get(world.server.url + f"/ca/v1/applications/{app_id}", timeout=10)
     assert status.json()["state"] == "pending"
@@ -243,6 +241,58 @@ def test_bodies_that_are_not_i_json_are_400(world: World, body: bytes, words: li
     assert_problem(send(world, "POST", "/ca/v1/applications", body), 400, *words)
     assert_problem(send(world, "POST", "/auth/v1/roles", body, signer=world.enterprise), 400)
     assert counts(world) == before
+
+
+def test_bodies_not_sent_as_json_are_415(world: World) -> None:
+    """A JSON endpoint reads a body only when it is sent as application/json. As
+    text/plain or a form (what another web site's form or fetch() makes a visitor's
+    browser send, without a CORS preflight) it is 415 problem+json naming what to send,
+    whether the enrollment's fast path, a Flask view, a signed view or the token service
+    would read it; nothing is stored, and the code stays good. With a charset parameter
+    it is JSON, and each of the same requests goes through."""
+    srv = world.server
+    app_id = pending_application(world)
+    approved = jrun(srv, "apply", "--uscc", fresh_uscc(), "--name", "Cross-Site Co.")
+    code = jrun(srv, "ra", "approve", approved["id"], *srv.officer())["enrollment_code"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    uscc = fresh_uscc()
+    cases: list[tuple[str, dict[str, object], Identity | None, int]] = [
+        ("/ca/v1/applications", {"uscc": uscc, "legal_name": "Cross-Site Co."}, None, 201),
+        ("/ca/v1/enroll", {"code": code, "profile": "enterprise", "csr": pem}, None, 201),
+        (f"/ca/v1/ra/applications/{app_id}/reject", {"reason": "x"}, world.officer, 200),
+        (
+            "/auth/v1/roles",
+            {"operator_id": "op-415", "roles": ["data-entry"]},
+            world.enterprise,
+            200,
+        ),
+    ]
+    before = counts(world)
+    for path, doc, signer, _ in cases:
+        body = json.dumps(doc).encode()
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+            r = send(world, "POST", path, body, signer=signer, content_type=ctype)
+            assert_problem(r, 415, "send the body as application/json")
+            assert r.json()["type"] == "urn:eport:problem:unsupported-media-type"
+        # the enrollment again, by Flask's view (a query string takes it off the fast path)
+        if path == "/ca/v1/enroll":
+            r = send(world, "POST", path + "?via=flask", body, content_type="text/plain")
+            assert_problem(r, 415, "send the body as application/json")
+    assert counts(world) == before
+    assert (
+        requests.get(srv.url + f"/ca/v1/applications/{app_id}", timeout=10).json()["state"]
+        == "pending"
+    )
+    for path, doc, signer, status in cases:
+        body = json.dumps(doc).encode()
+        r = send(
+            world, "POST", path, body, signer=signer, content_type="application/json; charset=utf-8"
+        )
+        assert r.status_code == status, (path, r.text)
+    assert counts(world) != before
 
 
 def test_nul_in_paths_queries_and_forms_is_400(world: World) -> None:

@@ -2,8 +2,9 @@
 Flask view, byte for byte, without Flask's request machinery; whatever it is not sure of
 goes to Flask with the body intact; an unexpected failure is a 500, never a second try.
 
-The Flask view reads the body whatever its media type says, so the same request sent as
-``text/plain`` is the Flask view's answer to compare with."""
+The fast path reads no query string, so the same request sent with one (``?via=flask``,
+which the view ignores) is the Flask view's answer to compare with; a body not sent as
+``application/json`` is Flask's 415, never the fast path's."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from tests.conftest import Server
 from tests.helpers import fresh_uscc, jrun
 
 PATH = "/ca/v1/enroll"
+VIA_FLASK = {"QUERY_STRING": "via=flask"}
+"""What sends a request down Flask's path (the fast path hands on any query string)."""
 
 
 def csr() -> str:
@@ -90,7 +93,9 @@ class Answer:
     body: bytes
 
 
-def call(wsgi: Any, body: bytes, content_type: str = "application/json", **environ: Any) -> Answer:
+def call(
+    wsgi: Any, body: bytes, content_type: str | None = "application/json", **environ: Any
+) -> Answer:
     env = EnvironBuilder(path=PATH, method="POST", data=body, content_type=content_type)
     e = env.get_environ()
     e.update(environ)
@@ -101,12 +106,12 @@ def call(wsgi: Any, body: bytes, content_type: str = "application/json", **envir
 
 
 def both(ca: CA, body: bytes) -> tuple[Answer, Answer]:
-    """The fast path's answer (application/json) and Flask's (text/plain) to ``body``;
-    asserts which of them Flask dispatched."""
+    """The fast path's answer and Flask's (:data:`VIA_FLASK`) to ``body``, both sent as
+    application/json; asserts which of them Flask dispatched."""
     before = len(ca.flask_requests)
     fast = call(ca.app, body)
     assert len(ca.flask_requests) == before, "the fast path let Flask answer"
-    slow = call(ca.app, body, "text/plain")
+    slow = call(ca.app, body, **VIA_FLASK)
     assert len(ca.flask_requests) == before + 1
     return fast, slow
 
@@ -129,12 +134,12 @@ def test_the_app_runs_no_hook_the_fast_path_skips(ca: CA, monkeypatch: pytest.Mo
 
 def test_enrollment_is_answered_as_the_view_would_and_only_once(ca: CA) -> None:
     answers = []
-    for content_type in ("application/json", "text/plain"):  # fast path, then Flask
+    for environ in ({}, VIA_FLASK):  # fast path, then Flask
         code, app_id = ca.code()
         body = json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode()
         before = len(ca.flask_requests)
-        a = call(ca.app, body, content_type)
-        assert len(ca.flask_requests) == before + (content_type == "text/plain")
+        a = call(ca.app, body, **environ)
+        assert len(ca.flask_requests) == before + bool(environ)
         assert a.status == "201 CREATED", a.body
         assert ca.certificates(app_id) == 1
         answers.append((a, code, app_id, body))
@@ -262,6 +267,62 @@ def test_flask_gets_the_body_intact(ca: CA) -> None:
     assert ca.flask_requests[before:] == [PATH] and short.status.startswith("400 ")
 
 
+NOT_JSON = [
+    "text/plain",
+    "text/plain;charset=UTF-8",  # what a browser's fetch() sends a string as
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    None,  # fetch() of a Blob: no Content-Type at all, still no preflight
+    "application/json, text/plain",
+    "application/jsonp",
+    "application/merge-patch+json",
+    "application/json\x0b",  # str.strip() takes \x0b for a space; Werkzeug does not
+]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "fast"),
+    [
+        ("application/json", True),
+        ("Application/JSON ; charset=utf-8", True),
+        ("application/json;", True),
+        *((ct, False) for ct in NOT_JSON),
+    ],
+)
+def test_every_media_type_is_answered_as_flask_answers_it(
+    ca: CA, content_type: str | None, fast: bool
+) -> None:
+    """The fast path takes exactly what the view reads as JSON (Werkzeug's parse of the
+    Content-Type); any other type is Flask's 415, byte for byte the same either way."""
+    body = json.dumps({"code": "ZZZZ-ZZZZ-ZZZZ", "profile": "enterprise", "csr": csr()})
+    before = len(ca.flask_requests)
+    a = call(ca.app, body.encode(), content_type)
+    assert len(ca.flask_requests) == before + (not fast)
+    slow = call(ca.app, body.encode(), content_type, **VIA_FLASK)
+    assert a == slow
+    problem = json.loads(a.body)
+    if fast:
+        assert a.status == "403 FORBIDDEN", problem
+        return
+    assert a.status == "415 UNSUPPORTED MEDIA TYPE", problem
+    assert a.headers["Content-Type"] == "application/problem+json"
+    assert problem["type"] == "urn:eport:problem:unsupported-media-type"
+    assert "send the body as application/json" in problem["detail"]
+
+
+@pytest.mark.parametrize("content_type", NOT_JSON[:5])
+def test_a_code_posted_as_a_form_or_text_is_not_spent(ca: CA, content_type: str | None) -> None:
+    """A cross-site form or fetch() posts a good enrollment as text or a form: 415,
+    nothing issued, and the code still enrolls when sent as JSON."""
+    code, app_id = ca.code()
+    body = json.dumps({"code": code, "profile": "enterprise", "csr": csr()}).encode()
+    refused = call(ca.app, body, content_type)
+    assert refused.status.startswith("415 "), refused.body
+    assert ca.certificates(app_id) == 0
+    assert call(ca.app, body).status == "201 CREATED"
+    assert ca.certificates(app_id) == 1
+
+
 @pytest.mark.parametrize("failure", [RuntimeError("database gone"), Sealed("keys sealed")])
 def test_a_failure_is_answered_as_flask_would_and_not_retried(
     ca: CA,
@@ -286,7 +347,7 @@ def test_a_failure_is_answered_as_flask_would_and_not_retried(
         fast_log = [r.getMessage() for r in caplog.records]
         logged = caplog.text
         caplog.clear()
-        slow = call(ca.app, body, "text/plain")
+        slow = call(ca.app, body, **VIA_FLASK)
         assert calls == [secret, secret] and len(ca.flask_requests) == before + 1
         slow_log = [r.getMessage() for r in caplog.records]
         logged += caplog.text
@@ -319,8 +380,8 @@ def test_the_combined_server_routes_enrollment_to_the_fast_path(ca: CA) -> None:
 
 
 def test_through_gunicorn(sqlite_server: Server) -> None:
-    """Over HTTP: issued once; the used code refused alike on both paths, including a
-    chunked body (which only Flask reads)."""
+    """Over HTTP: issued once; the used code refused alike on both paths (Flask's taken
+    by a query string, and by a chunked body, which only Flask reads)."""
     srv = sqlite_server
     app = jrun(srv, "apply", "--uscc", fresh_uscc(), "--name", "Gunicorn Co.")
     code = jrun(srv, "ra", "approve", app["id"], *srv.officer())["enrollment_code"]
@@ -333,8 +394,8 @@ def test_through_gunicorn(sqlite_server: Server) -> None:
     assert requests.post(url, json=doc, timeout=30).json()["serial"] == r.json()["serial"]
     body = json.dumps({**doc, "csr": csr()}).encode()
     refusals = [
-        requests.post(url, data=body, headers={"Content-Type": ct}, timeout=30)
-        for ct in ("application/json", "text/plain")
+        requests.post(u, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        for u in (url, url + "?via=flask")
     ]
     refusals.append(
         requests.post(
