@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
+_NOT_JSON = {"$ref": "#/components/responses/UnsupportedMediaType"}
 _SIGNED: list[dict[str, list[str]]] = [{"signedRequest": []}]
 
 
@@ -21,6 +22,7 @@ def _op(
     summary: str,
     *,
     body: str | None = None,
+    body_required: bool = True,
     ok: str = "200",
     result: str = "Object",
     signed: bool = False,
@@ -39,8 +41,10 @@ def _op(
         },
     }
     if body:
+        # json_body (ca/api.py): a body sent as any other type is a 415
+        op["responses"]["415"] = _NOT_JSON
         op["requestBody"] = {
-            "required": True,
+            "required": body_required,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
         }
     if signed:
@@ -107,8 +111,10 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": "Applications, RA vetting, enrollment and renewal. Errors are "
             "RFC 9457 problem documents. Signed calls carry `Authorization: EPort-Signed <JWS>`. "
-            "Bodies are I-JSON (RFC 7493: UTF-8, no lone surrogate, finite numbers, unique "
-            "member names); U+0000 in a body, path or query is refused (400).",
+            "Bodies are sent as application/json (parameters such as charset are ignored; any "
+            "other type, application/*+json included, is refused: 415) and are I-JSON "
+            "(RFC 7493: UTF-8, no lone surrogate, finite numbers, unique member names); "
+            "U+0000 in a body, path or query is refused (400).",
         },
         "paths": {
             "/ca/v1/applications": {
@@ -249,6 +255,8 @@ def openapi_document() -> dict[str, Any]:
                     "Renew the OCSP responder certificates that are due ({force: true}: all;"
                     " RA officer; 503 while sealed)",
                     signed=True,
+                    body="RespondersRenewRequest",
+                    body_required=False,
                 )
             },
             "/ca/v1/ca": {"get": _op("Root and issuing CA certificates (PEM)")},
@@ -378,10 +386,15 @@ def openapi_document() -> dict[str, Any]:
             # Joint custody (docs/custody.md)
             "/ca/v1/custody": {"get": _op("Seal state and custody record")},
             "/ca/v1/custody/unseal": {
-                "post": _op("Submit one custodian's share, sealed to the server's boot key")
+                "post": _op(
+                    "Submit one custodian's share, sealed to the server's boot key",
+                    body="SealedShareRequest",
+                )
             },
             "/ca/v1/custody/ceremonies": {
-                "post": _op("Open a quorum ceremony (RA officer)", signed=True)
+                "post": _op(
+                    "Open a quorum ceremony (RA officer)", signed=True, body="CeremonyRequest"
+                )
             },
             "/ca/v1/custody/ceremonies/{ceremony_id}": {
                 "get": _op(
@@ -399,6 +412,7 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/custody/ceremonies/{ceremony_id}/join": {
                 "post": _op(
                     "Join with a share sealed to the ceremony's key",
+                    body="SealedShareRequest",
                     params=[
                         {
                             "name": "ceremony_id",
@@ -427,7 +441,17 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"$ref": "#/components/schemas/Problem"}
                         }
                     },
-                }
+                },
+                "UnsupportedMediaType": {
+                    "description": "the body was not sent as application/json (RFC 9110 "
+                    "§15.5.16): nothing was read or changed; the problem's detail names what "
+                    "to send",
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
+                },
             },
             "schemas": {
                 "Object": s(),
@@ -527,6 +551,20 @@ def openapi_document() -> dict[str, Any]:
                     properties={"reason": string, "invalidity_date": string}, required=["reason"]
                 ),
                 "RenewRequest": s(properties={"csr": string}, required=["csr"]),
+                "RespondersRenewRequest": s(properties={"force": {"type": "boolean"}}),
+                "SealedShareRequest": s(
+                    properties={
+                        "share": s(description="a custodian's share sealed by eport ca unseal/join")
+                    },
+                    required=["share"],
+                ),
+                "CeremonyRequest": s(
+                    properties={
+                        "operation": string,
+                        "params": s(additionalProperties=string),
+                    },
+                    required=["operation"],
+                ),
                 "Certificate": s(
                     properties={
                         "serial": string,

@@ -694,6 +694,29 @@ def test_openapi_lists_every_route(sqlite_server: Server) -> None:
     assert routes <= set(doc["paths"]), sorted(routes - set(doc["paths"]))
 
 
+def test_openapi_lists_415_where_a_json_body_is_read(sqlite_server: Server) -> None:
+    """Every operation that takes a JSON body lists the 415 a body of another type gets,
+    and the public ones answer it (signed ones check the signature first: a 401)."""
+    import requests
+
+    url = sqlite_server.url
+    doc = requests.get(url + "/ca/v1/openapi.json", timeout=10).json()
+    posts = {path: ops["post"] for path, ops in doc["paths"].items() if "post" in ops}
+    bodies = {path for path, op in posts.items() if "requestBody" in op}
+    # all but the status changes that read no body (suspend, resume)
+    assert {path for path in posts if not path.endswith(("/suspend", "/resume"))} == bodies
+    for path in bodies:
+        assert list(posts[path]["requestBody"]["content"]) == ["application/json"], path
+        ref = posts[path]["responses"]["415"]["$ref"]
+        assert doc["components"]["responses"][ref.rsplit("/", 1)[1]]["content"], path
+    for path in ("/ca/v1/applications", "/ca/v1/enroll", "/ca/v1/enroll/check"):
+        assert "security" not in posts[path]
+        r = requests.post(
+            url + path, data=b"{}", headers={"Content-Type": "text/plain"}, timeout=10
+        )
+        assert r.status_code == 415 and r.headers["Content-Type"] == "application/problem+json"
+
+
 def test_enrollment_checks_before_signing(server: Server) -> None:
     """The checks read before anything is signed (code with its application, a certificate
     already holding the key), on both databases: a used code and a certified key are
