@@ -139,6 +139,13 @@ class Revocation:
             ground = self._may_manage(caller, rec)
             if ground == "holder" and reason is not ReasonCode.KEY_COMPROMISE:
                 raise Forbidden("the key holder may revoke only with reason keyCompromise")
+            if invalidity_date is not None and invalidity_date < rec.not_before:
+                # §5.3.2: when the key was compromised or the certificate became invalid;
+                # before the certificate existed, it is a slip (a wrong year), not a fact.
+                raise BadRequest(
+                    f"the invalidity date {_stamp(invalidity_date)} cannot be before the "
+                    f"certificate's notBefore, {_stamp(rec.not_before)}"
+                )
             # Under the issuances' lock, which every status change takes first: a good
             # certificate has no status row to lock, so two changes of it at once (two
             # hosts, two workers) would both find it good and the later would overwrite
@@ -314,6 +321,10 @@ class Revocation:
     def status_of(self, serial: int) -> tuple[CertificateRecord | None, StatusRecord | None]:
         with self.ca.store.transaction() as tx:
             return tx.get_certificate(serial), tx.get_status(serial)
+
+
+def _stamp(when: datetime.datetime) -> str:
+    return f"{when.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _others_in_force(

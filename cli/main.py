@@ -1364,7 +1364,7 @@ def _invalidity_date(ctx: click.Context, param: click.Parameter, value: str | No
     """``--invalidity-date``: a date and time with its offset (RFC 5280 §5.3.2 records an
     instant; a bare local time would be read in some zone the user did not choose), sent
     in UTC; refused on the command line (exit 2) before a key is read. Whether it is in
-    the future is the server's clock's to say."""
+    the future, or before the certificate's notBefore, is the server's to say."""
     if value is None:
         return None
     text = value.strip()
@@ -1445,7 +1445,8 @@ def _target_serial(serial: str | None, ident: Identity) -> str:
     callback=_invalidity_date,
     help=(
         "When the key was known or suspected compromised (ISO 8601 with its offset: "
-        "2026-11-20T08:00:00Z or 2026-11-20T16:00:00+08:00; not in the future)."
+        "2026-11-20T08:00:00Z or 2026-11-20T16:00:00+08:00; not in the future, not "
+        "before the certificate's notBefore)."
     ),
 )
 @identity_options("RA officer, enterprise or certificate holder")

@@ -342,6 +342,25 @@ def test_times_out_of_range_are_400(world: World) -> None:
     assert counts(world) == before
 
 
+def test_an_invalidity_date_before_the_certificate_is_400(world: World) -> None:
+    """RFC 5280 §5.3.2: an invalidity date before the certificate's notBefore (a wrong
+    year) is refused naming that notBefore; the certificate stays good, nothing written."""
+    cert = world.enterprise.chain[0]
+    serial = format(cert.serial_number, "x")
+    not_before = cert.not_valid_before_utc
+    earlier = not_before - datetime.timedelta(seconds=1)
+    before = counts(world)
+    body = json.dumps({"reason": "keyCompromise", "invalidity_date": earlier.isoformat()})
+    r = send(
+        world, "POST", f"/ca/v1/certificates/{serial}/revoke", body.encode(), signer=world.officer
+    )
+    assert_problem(
+        r, 400, f"cannot be before the certificate's notBefore, {not_before:%Y-%m-%dT%H:%M:%SZ}"
+    )
+    assert counts(world) == before
+    assert jrun(world.server, "status", "--cert", str(world.ent / "cert.pem"))["status"] == "good"
+
+
 def test_authorization_request_with_nul_is_400(world: World) -> None:
     """A browser signed in with its certificate asks for a code with a NUL in its nonce:
     400, no code stored (PostgreSQL refused the nonce: a 500)."""

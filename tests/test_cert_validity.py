@@ -124,10 +124,11 @@ def test_invalidity_dates_need_their_offset_and_are_read_in_utc(
 ) -> None:
     """RFC 5280 §5.3.2 records an instant: a bare date or local time is refused on the
     command line (exit 2, nothing sent), an offset is honoured (TZ of the CLI does not
-    matter), and a future instant is refused by the server; none of these changes the
-    certificate's status."""
+    matter), and a future instant, or one before the certificate's notBefore (a wrong
+    year), is refused by the server; none of these changes the certificate's status."""
     srv = long_sessions
     ent = enroll_enterprise(srv, tmp_path, "Invalidity Trading Co., Ltd.")
+    not_before = cert_of(ent).not_valid_before_utc
     revoke = ("revoke", *creds(ent), "--reason", "keyCompromise", "--json")
     for bad in ("2026-11-20", "2026-11-20T08:00:00", "yesterday"):
         res = srv.eport(*revoke, "--invalidity-date", bad, check=False, TZ="Asia/Shanghai")
@@ -137,19 +138,29 @@ def test_invalidity_dates_need_their_offset_and_are_read_in_utc(
     ahead = future.astimezone(datetime.timezone(datetime.timedelta(hours=8)))
     res = srv.eport(*revoke, "--invalidity-date", f"{ahead:%Y-%m-%dT%H:%M:%S%z}", check=False)
     assert res.returncode == 1 and "cannot be in the future" in res.stderr
+    typo = not_before - datetime.timedelta(days=365)  # a wrong year
+    res = srv.eport(*revoke, "--invalidity-date", f"{typo:{STAMP}}", check=False)
+    assert res.returncode == 1 and res.stdout == "", res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert (
+        f"the invalidity date {typo:{STAMP}} cannot be before the certificate's notBefore, "
+        f"{not_before:{STAMP}}"
+    ) in res.stderr
     status = json.loads(srv.eport("status", "--cert", str(ent / "cert.pem"), "--json").stdout)
     assert status["status"] == "good"
+    # The certificate's first second is a valid invalidity date, given in +08:00.
+    east = not_before.astimezone(datetime.timezone(datetime.timedelta(hours=8)))
     doc = json.loads(
         srv.eport(
-            *revoke, "--invalidity-date", "2026-11-20T16:00:00+08:00", TZ="Asia/Shanghai"
+            *revoke, "--invalidity-date", f"{east:%Y-%m-%dT%H:%M:%S%z}", TZ="Asia/Shanghai"
         ).stdout
     )
-    assert doc["status"] == "revoked" and doc["invalidity_date"] == "2026-11-20T08:00:00Z"
+    assert doc["status"] == "revoked" and doc["invalidity_date"] == f"{not_before:{STAMP}}"
     crl = x509.load_der_x509_crl(requests.get(f"{srv.url}/crl/enterprise.crl", timeout=10).content)
     entry = crl.get_revoked_certificate_by_serial_number(cert_of(ent).serial_number)
     assert entry is not None
     when = entry.extensions.get_extension_for_class(x509.InvalidityDate).value
-    assert when.invalidity_date_utc == datetime.datetime(2026, 11, 20, 8, tzinfo=datetime.UTC)
+    assert when.invalidity_date_utc == not_before
 
 
 def test_cert_show_and_list_print_utc_and_say_expired(
