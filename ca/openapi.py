@@ -461,7 +461,8 @@ def openapi_document() -> dict[str, Any]:
                         "title": string,
                         "status": {"type": "integer"},
                         "detail": string,
-                        "instance": string,
+                        # the request's path, percent-encoded as sent (RFC 9457 §3.1.5)
+                        "instance": {"type": "string", "format": "uri-reference"},
                     },
                     required=["type", "title", "status"],
                 ),

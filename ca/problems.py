@@ -7,9 +7,10 @@ import errno
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
@@ -56,14 +57,33 @@ def unreadable_body(exc: BaseException) -> bool:
     return isinstance(exc, ParseException | NoMoreData)
 
 
+PATH_SAFE = "/:@!$&'()*+,;="
+"""What a URI path keeps as it is besides the unreserved characters (RFC 3986 §3.3:
+pchar's sub-delims, ":" and "@", and the segments' "/"); the rest is percent-encoded."""
+
+
+def request_instance(environ: Mapping[str, Any]) -> str:
+    """The request's path as a problem's ``instance``, a URI reference (RFC 9457 §3.1.5):
+    its octets as the client sent them (WSGI carries them as latin-1, PEP 3333),
+    percent-encoded (RFC 3986 §2.1), so a NUL, another control character or a byte that
+    is not UTF-8 is never written into the document as a character."""
+    path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}" or "/"
+    try:
+        octets = path.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded the path itself
+        octets = path.encode("utf-8", "surrogateescape")
+    return quote(octets, safe=PATH_SAFE)
+
+
 def problem_body(err: EPortError, instance: str, dumps: Callable[[Any], str]) -> bytes:
-    """The problem document of ``err`` at ``instance`` as ``dumps`` (the app's JSON
-    provider) writes it; the answer's status is ``err.status``."""
+    """The problem document of ``err`` at ``instance`` (a URI reference: a request's
+    through :func:`request_instance`) as ``dumps`` (the app's JSON provider) writes it;
+    the answer's status is ``err.status``."""
     return dumps(err.problem(instance=instance)).encode()
 
 
 def problem_response(err: EPortError) -> Response:
-    body = problem_body(err, request.path, json.dumps)
+    body = problem_body(err, request_instance(request.environ), json.dumps)
     return _with_challenge(Response(body, status=err.status, mimetype=PROBLEM_JSON), err)
 
 
@@ -98,7 +118,8 @@ class ErrorAnswers:
         traceback is logged, the body says only ``unexpected_detail``. A full disk or
         database is no bug: it is answered 507 (:class:`StorageFull`, which any client
         may retry once space is freed) and logged in one line, without a traceback, so
-        a full disk does not also fill the log."""
+        a full disk does not also fill the log. ``path`` is a URI reference, as
+        ``domain``'s ``instance``."""
         full = storage_full_cause(exc or sys.exc_info()[1])
         if full is not None:
             log.error("storage full on %s %s: %s", method, path, full)
@@ -123,7 +144,7 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
-        status, body = answers.domain(err, request.path)
+        status, body = answers.domain(err, request_instance(request.environ))
         return _with_challenge(Response(body, status=status, mimetype=PROBLEM_JSON), err)
 
     @app.errorhandler(HTTPException)
@@ -152,11 +173,12 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
+        path = request_instance(request.environ)  # logged too: no control characters
         if unreadable_body(err):  # one line, no traceback, none of the client's bytes
             what = type(err).__name__
-            log.warning("unreadable request body on %s %s: %s", request.method, request.path, what)
+            log.warning("unreadable request body on %s %s: %s", request.method, path, what)
             return problem_response(
                 BadRequest(f"the request body cannot be read as it is framed ({what})")
             )
-        status, body = answers.unexpected(request.method, request.path, err)
+        status, body = answers.unexpected(request.method, path, err)
         return Response(body, status=status, mimetype=PROBLEM_JSON)

@@ -513,6 +513,25 @@ def test_a_body_whose_chunked_framing_is_broken_is_400(world: World) -> None:
     assert b"Traceback" not in world.server.log.read_bytes()[logged:]
 
 
+def test_a_problem_names_its_path_percent_encoded(world: World) -> None:
+    """A problem's ``instance`` is a URI reference (RFC 9457 §3.1.5): the path as it was
+    sent, percent-encoded, from either service; a NUL, another control character, a
+    byte that is not UTF-8 or a literal "%" in it was written decoded (``\u0000``)."""
+    for path, status in (
+        ("/ca/v1/applications/app_%00", 400),  # refused at the edge (NUL)
+        ("/ca/v1/applications/app_%07%7F%C2%85%E4%B8%AD%25", 404),  # refused by the view
+        ("/ca/v1/applications/app_%FF", 404),
+        ("/auth/v1/roles%00", 400),
+        ("/auth/v1/%1B%5B31m%E4%B8%AD%FF%25%00", 400),
+    ):
+        code, headers, body = raw_http(
+            world, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert code == status, (path, code, body)
+        assert headers["Content-Type"] == "application/problem+json", (path, headers)
+        assert json.loads(body)["instance"] == path, (path, body)
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 
