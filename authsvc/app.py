@@ -147,6 +147,9 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    # JSON over HTTP is UTF-8 (RFC 8259 §8.1): names as written, not \u escapes; the
+    # fast path's json_body writes the same bytes.
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)

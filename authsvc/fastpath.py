@@ -155,8 +155,11 @@ def mtls_caller(
 
 
 def json_body(doc: dict[str, Any]) -> bytes:
-    """JSON as Flask's ``jsonify`` writes it outside debug mode (sorted, compact, newline)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    """JSON as the app's ``jsonify`` writes it outside debug mode (sorted, compact, UTF-8
+    without ``\\u`` escapes, newline)."""
+    return (
+        json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    )
 
 
 INTROSPECT_HEADERS = [

@@ -174,6 +174,8 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # JSON over HTTP is UTF-8 (RFC 8259 §8.1): names as written, not \u escapes.
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)

@@ -46,10 +46,10 @@ def operator(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) ->
     return operator_with_token(sqlite_server, tmp_path_factory.mktemp("svc"))
 
 
-def operator_with_token(srv: Server, tmp: Path) -> dict[str, Any]:
+def operator_with_token(srv: Server, tmp: Path, name: str = "Sun Li") -> dict[str, Any]:
     """An operator with roles, logged in, and its access token for customs-declaration."""
     ent = enroll_enterprise(srv, tmp, "Exchange Co.")
-    grant = jrun(srv, "operator", "add", "--name", "Sun Li", "--id", "S1", *creds(ent))
+    grant = jrun(srv, "operator", "add", "--name", name, "--id", "S1", *creds(ent))
     op = tmp / "op"
     jrun(
         srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator", "--out", str(op)
@@ -202,9 +202,10 @@ def test_introspection_over_mtls_answers_as_the_signed_call(
 ) -> None:
     """A service behind the TLS proxy introspects with its client certificate (RFC 8705
     tls_client_auth; answered by the WSGI fast path, authsvc.fastpath); the answers are the
-    ones the signed call (the Flask view) gives, and every refusal is the Flask view's."""
+    ones the signed call (the Flask view) gives, byte for byte (the operator's Chinese name
+    in UTF-8, not \\u escapes), and every refusal is the Flask view's."""
     srv = proxied
-    op = operator_with_token(srv, tmp_path)
+    op = operator_with_token(srv, tmp_path, "孙立")
     svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
     other = enroll_service(srv, tmp_path, "manifest.eport.example")
 
@@ -231,10 +232,11 @@ def test_introspection_over_mtls_answers_as_the_signed_call(
         assert signed.status_code == 200
         for headers in cert_headers(svc):
             r = mtls(srv, headers, token)
-            assert r.status_code == 200 and r.json() == signed.json(), token
+            assert r.status_code == 200 and r.content == signed.content, token
             assert r.headers["Cache-Control"] == "no-store" and r.headers["Pragma"] == "no-cache"
             assert r.headers["Content-Type"] == signed.headers["Content-Type"]
-    assert mtls(srv, cert_headers(svc)[0], op["token"]).json()["active"] is True
+    active = mtls(srv, cert_headers(svc)[0], op["token"])
+    assert active.json()["active"] is True and '"name":"孙立"'.encode() in active.content
     # Another service's certificate: that token is not of its audience.
     assert mtls(srv, cert_headers(other)[0], op["token"]).json() == {"active": False}
     # Not a service: invalid_client, as from the signed call.

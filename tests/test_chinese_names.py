@@ -5,6 +5,7 @@ them (full-width parentheses and letters, U+3000 spaces, long registered names).
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -14,9 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, inspect
 
+from ca.signedreq import SCHEME, sign_request
+from cli.keyfiles import load_identity
 from tests.conftest import EPORT, PG_BIN, Postgres, Server, free_port
 from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun
 
@@ -72,6 +76,59 @@ def test_a_long_chinese_name_is_certified_as_registered(
         capture_output=True, check=True,
     ).stdout.decode()  # fmt: skip
     assert parsed.count(f"UTF8STRING        :{name}") == 2
+
+
+def test_json_over_http_carries_chinese_as_utf8(sqlite_server: Server, tmp_path: Path) -> None:
+    """JSON over HTTP is UTF-8 (RFC 8259 §8.1): the CA's answers, its problem documents
+    and the token service's answers carry the names as written, not as \\u escapes
+    (Flask's default), so that curl shows them; the media types stay Flask's."""
+    srv = sqlite_server
+    name = "厦门报关服务有限公司"
+    ent = enroll_enterprise(srv, tmp_path, name)
+
+    def utf8(r: requests.Response, media_type: str, *texts: str) -> None:
+        assert r.headers["Content-Type"] == media_type, r.headers
+        for text in texts:
+            assert text.encode() in r.content, (text, r.content)
+        assert b"\\u" not in r.content, r.content
+
+    pw = tmp_path / "pw.txt"
+    pw.write_text("test-passphrase-123")
+    signer = load_identity(ent / "cert.pem", ent / "key.pem", pw)
+    body = json.dumps({"name": "陈静", "operator_id": "U8"}).encode()
+    jws = sign_request(
+        signer.key,
+        signer.chain,
+        "POST",
+        "/ca/v1/operators",
+        body,
+        datetime.datetime.now(datetime.UTC),
+    )
+    added = requests.post(
+        f"{srv.url}/ca/v1/operators",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"{SCHEME} {jws}"},
+        timeout=10,
+    )
+    assert added.status_code == 201, added.text
+    utf8(added, "application/json", '"operator_name":"陈静"', name)
+    grant = added.json()
+    missing = requests.get(f"{srv.url}/ca/v1/issuers/{name}.cer", timeout=10)
+    assert missing.status_code == 404
+    utf8(missing, "application/problem+json", f"'{name}'")
+    out = tmp_path / "op"
+    jrun(srv, "enroll", "--code", grant["enrollment_code"], "--profile", "operator",
+         "--out", str(out))  # fmt: skip
+    cfg = tmp_path / "cfg"
+    srv.eport("login", *creds(out), EPORT_CONFIG_DIR=str(cfg))
+    (saved,) = cfg.glob("session-*.json")
+    refresh = json.loads(saved.read_text())["refresh_token"]
+    session = requests.post(f"{srv.url}/auth/session", data={"refresh_token": refresh}, timeout=10)
+    assert session.status_code == 200, session.text
+    utf8(session, "application/json", '"name":"陈静"')
+    # the CLI decodes the JSON: what it prints is as before
+    who = srv.eport("whoami", EPORT_CONFIG_DIR=str(cfg)).stdout
+    assert "Name:         陈静\n" in who
 
 
 def test_a_name_over_64_characters_is_refused_and_changes_nothing(

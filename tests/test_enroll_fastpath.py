@@ -37,6 +37,8 @@ from tests.helpers import fresh_uscc, jrun
 PATH = "/ca/v1/enroll"
 VIA_FLASK = {"QUERY_STRING": "via=flask"}
 """What sends a request down Flask's path (the fast path hands on any query string)."""
+NAME = "快速通道贸易有限公司"
+"""The enterprises' legal name: the answers carry it as UTF-8 (RFC 8259 §8.1)."""
 
 
 def csr() -> str:
@@ -57,9 +59,7 @@ class CA:
         """A fresh enterprise enrollment code and its application id."""
         with self.app.app_context():
             authority = self.app.extensions[EXTENSION].authority
-            a = authority.apply(
-                "enterprise", {"uscc": fresh_uscc(), "legal_name": "Fast Path Co."}, "test"
-            )
+            a = authority.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": NAME}, "test")
             return authority.approve_at_ceremony(a.id, "ceremony:test").code, a.id
 
     def certificates(self, app_id: str | None = None) -> int:
@@ -157,6 +157,7 @@ def test_enrollment_is_answered_as_the_view_would_and_only_once(ca: CA) -> None:
     assert {k: type(v) for k, v in doc.items()} == {k: type(v) for k, v in slow_doc.items()}
     with ca.app.app_context():
         assert fast.body == jsonify(doc).get_data()  # jsonify's bytes for its document
+    assert f"CN={NAME}".encode() in fast.body and b"\\u" not in fast.body  # not escaped
     cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
     assert format(cert.serial_number, "x") == doc["serial"].lstrip("0")
     assert doc["profile"] == "enterprise" and doc["application_id"] == app_id
