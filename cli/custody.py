@@ -946,12 +946,6 @@ def ca_renew_responders(
     _emit(as_json, doc, "\n".join(lines) or "No OCSP responder to renew.")
 
 
-def install(ca_group: click.Group) -> None:
-    """Add the custody commands to ``eport ca``."""
-    for command in (ca_init, ca_reshare, ca_unseal, ceremony_group, ca_rotate, ca_renew_responders):
-        ca_group.add_command(command)
-
-
 def _keys_in_token(data_dir: Path) -> bool:
     """Whether every online CA key is a PKCS#11 token key; if so, each is opened and
     checked now, so a wrong PIN or a missing key fails in one line before the fork."""

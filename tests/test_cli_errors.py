@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import pty
 import re
@@ -409,6 +410,30 @@ def test_help_names_only_commands_and_options_that_exist() -> None:
                     opt = w.strip(",.;").split("=")[0]
                     if re.fullmatch(r"--[a-z][a-z0-9-]*", opt):
                         assert opt in options, f"eport {' '.join(path)} --help: {line.strip()}"
+
+
+def test_commands_load_only_the_modules_they_need() -> None:
+    """The audit, backup and custody commands live in modules that ``eport apply`` and
+    the like no longer import (about a fifth of every run's start): they load when one
+    of their commands is run or listed, under the name that command gives itself."""
+    probe = """
+import json, sys, click
+from cli.main import cli
+heavy = ("cli.audit", "cli.backup", "cli.custody")
+before = [m for m in heavy if m in sys.modules]
+ca = cli.commands["ca"]
+lazy = [(g, n) for g in (cli, ca) for n in sorted(g.lazy)]
+names = {f"{g.name} {n}": g.get_command(click.Context(g), n).name for g, n in lazy}
+print(json.dumps({"before": before, "after": [m for m in heavy if m in sys.modules],
+                  "names": names}))
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["before"] == [] and out["after"] == ["cli.audit", "cli.backup", "cli.custody"]
+    for where, name in out["names"].items():
+        assert where.split()[-1] == name, out["names"]
+    assert {"cli audit", "cli backup", "cli restore", "ca init", "ca ceremony"} <= set(out["names"])
 
 
 def test_every_command_shows_an_example() -> None:
