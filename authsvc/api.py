@@ -28,7 +28,7 @@ from authsvc.service import (
 )
 from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.signedreq import verify_http_request
-from ca.wellformed import json_request_body
+from ca.wellformed import json_request_body, refuse_non_json
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -304,8 +304,10 @@ def validate() -> Response:
 @bp.post("/v1/roles")
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
+    raw = request.get_data(cache=True)
+    refuse_non_json(request.mimetype, raw)  # 415 before the signature: its jti unspent
     caller = caller_principal()
-    data = json_request_body(request.mimetype, request.get_data(cache=True))  # 415, 400
+    data = json_request_body(request.mimetype, raw)  # 400
     op = data.get("operator_id")
     roles = data.get("roles")
     if (

@@ -24,7 +24,7 @@ from ca.openapi import openapi_document
 from ca.records import Application, ApplicationState, CertificateRecord, code_state
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
-from ca.wellformed import iso_time, json_request_body
+from ca.wellformed import iso_time, json_request_body, refuse_non_json
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -54,8 +54,8 @@ def json_body() -> dict[str, Any]:
     says: 415 when a body is sent as anything but ``application/json`` (a cross-site
     form's ``text/plain``), 400 when it is not I-JSON or holds NUL or a lone surrogate.
     Every view that reads a body reads it here. The body is read first, so one over the
-    limit is a 413 whatever its type. A signed request's ``jti`` is spent by then
-    (:func:`signed_caller` runs first), as for any body refused after authentication."""
+    limit is a 413 whatever its type. A signed request's body type is checked before its
+    signature (:func:`signed_caller`), so a 415 does not spend its ``jti``."""
     return json_request_body(request.mimetype, request.get_data(cache=True))
 
 
@@ -69,7 +69,10 @@ def field(data: dict[str, Any], name: str, *, required: bool = True) -> Any:
 
 
 def signed_caller() -> Caller:
+    """The caller of a signed request. Every signed CA endpoint reads JSON or no body: one
+    sent as anything else is refused (415) first, before its ``jti`` is spent."""
     s = svc()
+    refuse_non_json(request.mimetype, request.get_data(cache=True))
     req = verify_http_request(
         request,
         trust=s.trust,

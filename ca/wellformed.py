@@ -130,6 +130,15 @@ def json_request_body(media_type: str, raw: bytes) -> dict[str, Any]:
     ``request.mimetype``). A non-empty body of any other type is
     :class:`UnsupportedMediaType` (415), refused before it is parsed; an empty one is an
     empty object whatever its type says."""
+    refuse_non_json(media_type, raw)
+    return json_object(raw)
+
+
+def refuse_non_json(media_type: str, raw: bytes) -> None:
+    """:class:`UnsupportedMediaType` (415) for a non-empty body ``raw`` not sent as
+    ``application/json`` (see :func:`json_request_body`). A signed request to a JSON
+    endpoint is checked so before its signature: a refused one does not spend its
+    ``jti``, and the same request sent as JSON goes through."""
     if raw and media_type != JSON_MEDIA_TYPE:
         if not media_type:
             sent = "with no Content-Type"
@@ -141,7 +150,6 @@ def json_request_body(media_type: str, raw: bytes) -> dict[str, Any]:
             f"this endpoint reads a JSON object: send the body as {JSON_MEDIA_TYPE} "
             f"(Content-Type: {JSON_MEDIA_TYPE}), not {sent}"
         )
-    return json_object(raw)
 
 
 def iso_time(name: str, text: str, *, naive: datetime.tzinfo | None = None) -> datetime.datetime:
