@@ -28,7 +28,7 @@ from authsvc.service import (
 )
 from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.signedreq import verify_http_request
-from ca.wellformed import json_request_body, refuse_non_json
+from ca.wellformed import json_object, refuse_non_json
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -307,7 +307,7 @@ def grant_roles() -> Response:
     raw = request.get_data(cache=True)
     refuse_non_json(request.mimetype, raw)  # 415 before the signature: its jti unspent
     caller = caller_principal()
-    data = json_request_body(request.mimetype, raw)  # 400
+    data = json_object(raw)  # 400: not I-JSON, NUL, a lone surrogate
     op = data.get("operator_id")
     roles = data.get("roles")
     if (

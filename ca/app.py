@@ -137,8 +137,8 @@ def lint_templates(
 
 def prelint_templates(cfg: CAConfig) -> None:
     """Lint the templates once in ``eport serve``'s master process, before the workers
-    fork: they inherit :data:`~ca.issuance.TEMPLATES_LINTED` and find them passed. Only
-    the public certificates are read (no key is unsealed, no token opened).
+    fork: they inherit :data:`~ca.issuance.TEMPLATES_LINTED` and find them passed. The
+    hierarchy is read without a passphrase: no key is unsealed, no token opened.
     :class:`~ca.errors.LintFailed` or :class:`~ca.errors.PolicyError` if one fails."""
     factory = CertificateFactory(
         CertificateLinter(),
@@ -146,7 +146,8 @@ def prelint_templates(cfg: CAConfig) -> None:
         template_memo=TEMPLATES_LINTED,
     )
     policies = load_policies(cfg.policies_dir)
-    lint_templates(factory, policies, hierarchy.public_issuers(cfg.data_dir), utcnow())
+    issuers = hierarchy.load(cfg.data_dir, None).issuers  # no passphrase: keys stay sealed
+    lint_templates(factory, policies, issuers, utcnow())
 
 
 def _warn_revoked_issuing(

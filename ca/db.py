@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eport.ca")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
-HEAD = "0010"
+SCHEMA_HEAD = "0010"
 """The newest revision of the CA's migrations (``tests/test_upgrades.py`` checks that it
 is Alembic's head). A database recorded at it is not handed to Alembic: importing Alembic
 and reading the migration scripts took about 0.3 s of CPU from every ``eport serve``."""
@@ -42,7 +42,7 @@ def make_engine(url: str) -> Engine:
 def upgrade(url: str) -> None:
     """Bring the schema at ``url`` to the latest Alembic revision."""
     refuse_other_encoding(url, "CA")
-    if recorded_revisions(url, VERSION_TABLE) != {HEAD}:
+    if recorded_revisions(url, VERSION_TABLE) != {SCHEMA_HEAD}:
         migrate(url, MIGRATIONS, VERSION_TABLE, "CA")
     engine = make_engine(url)
     try:

@@ -284,16 +284,6 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
     )
 
 
-def public_issuers(data_dir: Path) -> dict[str, IssuingCA]:
-    """The issuing CAs' certificates by id, each with a sealed signer of its public key:
-    what is needed to build (not sign) their certificates, without a key or a token."""
-    issuers: dict[str, IssuingCA] = {}
-    for crt in sorted((ca_dir(data_dir) / "issuers").glob("*.crt")):
-        cert = x509.load_pem_x509_certificate(crt.read_bytes())
-        issuers[crt.stem] = IssuingCA(crt.stem, cert, SealedSigner(cert.public_key()))
-    return issuers
-
-
 @functools.lru_cache(maxsize=4)
 def root_crl_next_update(root_crl: bytes) -> datetime.datetime | None:
     """The nextUpdate of the root CRL (DER), None if it has none (RFC 5280 §5.1.2.5).

@@ -111,8 +111,8 @@ class TemplateMemo:
 
     ``eport serve`` lints every profile's template once in its master process before
     gunicorn forks the workers (:func:`ca.app.prelint_templates`); the workers inherit this
-    memo and the throwaway keys, build the same TBS bytes, and skip pkilint for them (it
-    took about 0.57 s of each worker's start). A template that differs in anything
+    memo and the throwaway keys, build the same TBS bytes, and skip pkilint for them (a
+    worker's start fell from 0.87-0.95 s of CPU to 0.35 s). A template that differs in anything
     (profile, issuer, base URL, key, the hour it is dated from) is linted again.
     """
 

@@ -143,8 +143,8 @@ class Revocation:
                 # §5.3.2: when the key was compromised or the certificate became invalid;
                 # before the certificate existed, it is a slip (a wrong year), not a fact.
                 raise BadRequest(
-                    f"the invalidity date {_stamp(invalidity_date)} cannot be before the "
-                    f"certificate's notBefore, {_stamp(rec.not_before)}"
+                    f"the invalidity date {invalidity_date:%Y-%m-%dT%H:%M:%SZ} cannot be "
+                    f"before the certificate's notBefore, {rec.not_before:%Y-%m-%dT%H:%M:%SZ}"
                 )
             # Under the issuances' lock, which every status change takes first: a good
             # certificate has no status row to lock, so two changes of it at once (two
@@ -321,10 +321,6 @@ class Revocation:
     def status_of(self, serial: int) -> tuple[CertificateRecord | None, StatusRecord | None]:
         with self.ca.store.transaction() as tx:
             return tx.get_certificate(serial), tx.get_status(serial)
-
-
-def _stamp(when: datetime.datetime) -> str:
-    return f"{when.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _others_in_force(

@@ -372,14 +372,14 @@ def test_a_ca_made_before_the_log_is_refused_unchanged(tmp_path: Path) -> None:
 
 
 def test_a_database_at_head_is_not_handed_to_alembic(tmp_path: Path) -> None:
-    """Each schema's HEAD constant is Alembic's head (a new migration without it would
+    """Each schema's SCHEMA_HEAD constant is Alembic's head (a new migration without it would
     leave databases a revision behind: this fails first). A database recorded at head is
     upgraded without importing Alembic (about 0.3 s of every start); one behind is
     migrated, and one of a newer release still refused by name."""
     from alembic.script import ScriptDirectory
 
     from authsvc.app import SCHEMA_HEAD as AUTH_HEAD
-    from ca.db import HEAD as CA_HEAD
+    from ca.db import SCHEMA_HEAD as CA_HEAD
 
     for migrations, head, url_of in (
         (CA_MIGRATIONS, CA_HEAD, "ca"),
