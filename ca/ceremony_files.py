@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ from typing import Any, Protocol
 log = logging.getLogger("eport.ca")
 
 JOURNAL_GLOB = "ceremony-*.journal"
+JOURNAL_TEMP_GLOB = "ceremony-*.journal.tmp-*"
+"""A journal's temporary file (:func:`ca.custody_files.write_durably`) left by a server
+killed while it wrote the journal: the file write it was to guard had not begun."""
 
 
 def journal_path(ca_dir: Path, ceremony_id: str) -> Path:
@@ -195,8 +199,9 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
     """Finish what a crash between a ceremony's file writes and its COMMIT left (at start,
     before the hierarchy is loaded, under :func:`ca.crosshost.host_lock`, which a
     completing ceremony holds). ``committed(id)``: whether the database records the
-    ceremony done. Restores the files of every journal whose ceremony did not commit,
-    drops every journal; returns the ids of the ceremonies whose files it restored."""
+    ceremony done. Restores the files of every journal whose ceremony did not commit, and
+    drops every journal and the temporary files of the writes the crash cut short; returns
+    the ids of the ceremonies whose files it restored."""
     restored: list[str] = []
     for journal in sorted(Path(ca_dir).glob(JOURNAL_GLOB)):
         doc: dict[str, Any] = json.loads(journal.read_text())
@@ -218,5 +223,17 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
                 names,
             )
             restored.append(cid)
+        for entry in doc["files"]:  # a write the crash cut short left its temporary file
+            _remove_temporaries(Path(ca_dir) / entry["path"])
         _remove(journal)
+    for temporary in sorted(Path(ca_dir).glob(JOURNAL_TEMP_GLOB)):
+        _remove(temporary)
     return restored
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Remove what :func:`ca.custody_files.write_durably` left of a write to ``path`` when
+    its process was killed before the rename (``<name>.tmp-<pid>``)."""
+    for temporary in path.parent.glob(glob.escape(path.name) + ".tmp-*"):
+        if temporary.name.removeprefix(path.name + ".tmp-").isdigit():
+            _remove(temporary)

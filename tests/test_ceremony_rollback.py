@@ -227,3 +227,52 @@ def test_a_server_killed_before_the_commit_restores_the_files_at_start(tmp_path:
         cert_of(enroll(srv, out, tmp_path, "After Crash Co")).verify_directly_issued_by(new_issuer)
     finally:
         stop(proc)
+
+
+def _crash_during(changes_dir: Path, cid: str) -> dict[str, bytes]:
+    """A ceremony's journal after two writes, and what a SIGKILL during the next writes
+    leaves: the journal's own temporary file (killed while it was kept) and a file's
+    (killed before its rename). Returns the ``ca/`` files as they were before."""
+    from ca.ceremony_files import FileChanges, journal_path
+
+    (changes_dir / "issuers").mkdir(parents=True)
+    (changes_dir / "issuers" / "active.json").write_bytes(b'{"enterprise": "enterprise"}\n')
+    before = ca_files(changes_dir.parent)
+    changes = FileChanges(journal=journal_path(changes_dir, cid))
+    changes.write(changes_dir / "issuers" / "enterprise-2.crt", b"new issuing CA\n")
+    changes.write(changes_dir / "issuers" / "active.json", b'{"enterprise": "enterprise-2"}\n')
+    journal = journal_path(changes_dir, cid)
+    journal.with_name(journal.name + ".tmp-4242").write_bytes(journal.read_bytes()[:40])
+    (changes_dir / "issuers" / "active.json.tmp-4243").write_bytes(b'{"enter')
+    return before
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_settle_leaves_no_temporary_file_of_a_killed_write(tmp_path: Path, committed: bool) -> None:
+    from ca.ceremony_files import settle
+
+    d = tmp_path / "ca"
+    before = _crash_during(d, "cer-1")
+    unrelated = d / "issuers" / "notes.tmp-draft"  # not a temporary file of ours
+    unrelated.write_bytes(b"kept\n")
+    restored = settle(d, lambda cid: committed)
+    unrelated.unlink()
+    after = ca_files(tmp_path)
+    if committed:
+        assert restored == []
+        assert sorted(after) == ["issuers/active.json", "issuers/enterprise-2.crt"]
+        assert after["issuers/active.json"] == b'{"enterprise": "enterprise-2"}\n'
+    else:
+        assert restored == ["cer-1"]
+        assert after == before
+
+
+def test_settle_drops_a_journal_killed_before_its_first_rename(tmp_path: Path) -> None:
+    """Killed while the first journal was written: no file of the ceremony changed yet."""
+    from ca.ceremony_files import settle
+
+    d = tmp_path / "ca"
+    d.mkdir()
+    (d / "ceremony-cer-2.journal.tmp-77").write_bytes(b'{"ceremony": "cer-2", "fi')
+    assert settle(d, lambda cid: False) == []
+    assert list(d.iterdir()) == []
