@@ -21,6 +21,16 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EPORT = str(BIN / "eport")
+"""The real console script: what ``eport serve`` and the tests of the script itself run."""
+_ZYGOTE_SOCKET = os.path.join(tempfile.gettempdir(), f"eport-zygote-{os.getpid()}.sock")
+EPORT_CMD = (
+    [EPORT]
+    if os.environ.get("EPORT_TEST_EXEC") == "1"
+    else [sys.executable, "-S", str(REPO / "tests" / "eport_launch.py"), _ZYGOTE_SOCKET, EPORT]
+)
+"""How the tests run an ``eport`` command to completion: the real command in a child of
+this session's CLI zygote (tests/zygote.py), which imported the CLI once; the real
+script when the zygote is not there. ``EPORT_TEST_EXEC=1``: always the real script."""
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 IN_CI = os.environ.get("CI") == "true"
 
@@ -104,7 +114,7 @@ class Server:
     def eport(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the real ``eport`` command against this server."""
         res = subprocess.run(
-            [EPORT, *args], capture_output=True, text=True, env=self.env(**env), timeout=60
+            [*EPORT_CMD, *args], capture_output=True, text=True, env=self.env(**env), timeout=60
         )
         if check and res.returncode != 0:
             raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
@@ -176,6 +186,37 @@ class Postgres:
             capture_output=True,
         )
         return self.url(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_zygote() -> Iterator[None]:
+    """This test process's CLI zygote (see :data:`EPORT_CMD`), stopped at the end."""
+    if EPORT_CMD == [EPORT]:
+        yield
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_ZYGOTE_SOCKET)
+    log = open(f"{_ZYGOTE_SOCKET}.log", "wb")  # noqa: SIM115 (kept open while it runs)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "zygote.py"), _ZYGOTE_SOCKET],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.exists(_ZYGOTE_SOCKET) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        stop(proc)
+        log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_ZYGOTE_SOCKET)
+            os.unlink(f"{_ZYGOTE_SOCKET}.log")
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from ca.devinit import ensure_dev_ca
 from ca.keys import KeyType
 from cli import keyfiles
 from cli.client import CAClient
-from tests.conftest import EPORT, Postgres, Server, dev_credentials, start_server, stop
+from tests.conftest import EPORT_CMD, Postgres, Server, dev_credentials, start_server, stop
 from tests.helpers import assert_no_secret, enroll_enterprise, fresh_uscc
 
 ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
@@ -44,7 +44,7 @@ def eport(*args: str, check: bool = True, **env: str) -> subprocess.CompletedPro
     """The real ``eport`` command, without a server."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
     full.update(env)
-    res = subprocess.run([EPORT, *args], capture_output=True, text=True, env=full, timeout=120)
+    res = subprocess.run([*EPORT_CMD, *args], capture_output=True, text=True, env=full, timeout=120)
     if check and res.returncode != 0:
         raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
     return res

@@ -42,7 +42,7 @@ from ca.signedreq import SCHEME, TYP, audience, body_hash, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
 from cli.session import assertion
-from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop
+from tests.conftest import EPORT_CMD, Postgres, Server, free_port, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, jrun, row_counts
 
 PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
@@ -553,7 +553,7 @@ def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
 
     def eport(args: tuple[str, ...], **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [EPORT, *args],
+            [*EPORT_CMD, *args],
             capture_output=True,
             text=True,
             env={**env, **extra},

@@ -23,7 +23,7 @@ import click
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import EPORT, Server, free_port, stop
+from tests.conftest import EPORT, EPORT_CMD, Server, free_port, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
 from tests.test_enrollment_flow import counts, jrun
 from tests.test_pkcs11 import HSM, hsm  # noqa: F401  (a fixture)
@@ -711,7 +711,7 @@ def _offline_env() -> dict[str, str]:
 def offline(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
     """``eport ARGS`` with :func:`_offline_env` (plus ``extra``), nothing on stdin."""
     return subprocess.run(
-        [EPORT, *args],
+        [*EPORT_CMD, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -774,7 +774,7 @@ def test_a_session_file_that_is_not_json(tmp_path: Path, monkeypatch: pytest.Mon
         path.write_bytes(damaged)
         for args in (["whoami"], ["token", "--service", "customs-declaration"], ["logout"]):
             res = subprocess.run(
-                [EPORT, *args],
+                [*EPORT_CMD, *args],
                 capture_output=True,
                 text=True,
                 timeout=60,

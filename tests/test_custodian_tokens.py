@@ -23,7 +23,7 @@ from cryptography import x509
 
 from ca.custody import CustodyRecord, Purpose, Share, share_file_header
 from ca.pkcs11 import Pkcs11Uri
-from tests.conftest import EPORT, REPO, Server, need, stop
+from tests.conftest import EPORT_CMD, REPO, Server, need, stop
 from tests.test_ca_init import MEMBERS, custodian_env, start_sealed
 from tests.test_custody_ceremonies import read_out, root_crl, start
 
@@ -154,7 +154,7 @@ def open_shares(tokens: Tokens, files: list[tuple[Path, str]]) -> dict[str, dict
 
 def eport(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(
-        [EPORT, *args],
+        [*EPORT_CMD, *args],
         capture_output=True,
         text=True,
         env=env,

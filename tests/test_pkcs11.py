@@ -35,7 +35,7 @@ from ca.keys import KeyType
 from ca.pkcs11 import Pkcs11Error, Pkcs11Signer, Pkcs11Uri, TokenKeys, generate, private_key
 from ca.policy import load_policies
 from cli.keyfiles import csr_for
-from tests.conftest import EPORT, REPO, Server, free_port, need, start_server, stop
+from tests.conftest import EPORT, EPORT_CMD, REPO, Server, free_port, need, start_server, stop
 from tests.helpers import assert_no_secret_in_tree, fresh_uscc
 from tests.test_ca_init import custodian_env
 from tests.test_ceremony_rollback import ca_files, fail_completions
@@ -311,7 +311,7 @@ def _sign_with(builder: x509.CertificateBuilder, issuer: IssuingCA) -> x509.Cert
 
 
 def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([EPORT, *args], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([*EPORT_CMD, *args], capture_output=True, text=True, env=env, timeout=120)
     if check and res.returncode != 0:
         raise AssertionError(f"eport {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
     return res
