@@ -1,9 +1,9 @@
 """Run one ``eport`` command in a child of the test session's CLI zygote (tests/zygote.py).
 
 ``python -S tests/eport_launch.py SOCKET EPORT ARGS...``: hands this process's argv,
-environment, working directory, umask and standard streams to the zygote, which forks a
-child that has already imported the CLI and runs ``eport ARGS...`` in it; this process
-then exits as that child did (by the same signal, if one killed it). Signals sent to
+environment, working directory, umask, SIGINT disposition and standard streams to the
+zygote, which forks a child that has already imported the CLI and runs ``eport ARGS...``
+in it; this process then exits as that child did (by the same signal, if one killed it). Signals sent to
 this process are passed on to the child, and a SIGKILL of this process kills the child.
 When the zygote is not there, or the command cannot run in it faithfully (an interpreter
 setting in the environment differs), it runs the real ``EPORT`` script instead.
@@ -39,6 +39,8 @@ def main() -> None:
         "env": dict(os.environ),
         "cwd": os.getcwd(),
         "umask": mask,
+        # as inherited (a shell's background job ignores SIGINT), before any forwarding
+        "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
     }
     socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
     reply = sock.recv(64).decode()

@@ -94,6 +94,8 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     time.tzset()
+    ignored = request.get("sigint_ignored")
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
     tempfile.tempdir = None
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(sys.argv[0])  # as for the console script

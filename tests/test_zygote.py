@@ -1,0 +1,144 @@
+"""The tests' way of running ``eport`` (a child of the CLI zygote, tests/zygote.py) gives
+what the installed script gives: the same stdout, stderr and exit status for the same
+command line, stdin, working directory and environment; it dies by the signal
+that killed the command; SIGINT and SIGTERM reach the command; and killing the launcher
+(as a test's timeout does) kills the command."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import EPORT, EPORT_CMD, free_port
+
+pytestmark = pytest.mark.skipif(EPORT_CMD == [EPORT], reason="EPORT_TEST_EXEC=1")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(HOME=str(tmp_path), EPORT_SERVER=f"http://127.0.0.1:{free_port()}")
+    env.update(extra)
+    return env
+
+
+def _credential(d: Path) -> None:
+    """A self-signed certificate and its key, encrypted under another passphrase than
+    the one on stdin."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zygote test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    encryption = serialization.BestAvailableEncryption(b"not what stdin says")
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+
+
+def _both(
+    args: list[str], tmp_path: Path, stdin: str = "", **extra: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    env = _env(tmp_path, **extra)
+    run = [
+        subprocess.run(
+            [*cmd, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        for cmd in (EPORT_CMD, [EPORT])
+    ]
+    return run[0], run[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["cert", "--help"],
+        ["apply", "--uscc", "91350100M000100Y44", "--name", "Check Character Co"],
+        ["apply", "--uscc", "91350100M000100Y43"],  # no --name: usage error, exit 2
+        ["no-such-command"],
+        ["cert", "show", "relative.pem"],  # read from the working directory
+        ["cert", "show", "-"],  # read from stdin
+        ["application", "show", "app_x", "--json"],  # a server nobody listens on
+        # the key's passphrase prompted for, read from stdin (a wrong one)
+        ["renew", "--cert", "cert.pem", "--key", "key.pem", "--out", "renewed"],
+    ],
+)
+def test_the_same_output_and_status_as_the_installed_script(
+    tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "relative.pem").write_text("not a certificate\n")
+    _credential(tmp_path)
+    forked, real = _both(args, tmp_path, stdin="garbage on stdin\n")
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        real.returncode,
+        real.stdout,
+        real.stderr,
+    )
+    assert real.returncode != 0 or real.stdout  # each case says something
+
+
+def _hanging(tmp_path: Path, silent: socket.socket) -> subprocess.Popen[str]:
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    return subprocess.Popen(
+        [*EPORT_CMD, "application", "show", "app_x", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=_env(tmp_path, EPORT_SERVER=url),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler) and None,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signals_reach_the_command(tmp_path: Path, signum: signal.Signals) -> None:
+    """While the command waits on a server that never answers: SIGINT is 'Aborted.' and
+    exit 1 (the CLI's own handling); SIGTERM kills it, and the launcher dies by SIGTERM
+    too; SIGKILL of the launcher kills the command (its connection closes)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        proc = _hanging(tmp_path, silent)
+        try:
+            conn, _ = silent.accept()  # the request has been sent
+        except TimeoutError:
+            proc.kill()
+            raise
+        with conn:
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+            conn.settimeout(30)
+            assert conn.recv(65536, socket.MSG_PEEK) is not None
+            while conn.recv(65536):  # EOF: the command is gone
+                pass
+    if signum == signal.SIGINT:
+        assert proc.returncode == 1 and out == "", (out, err)
+        assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
+    else:
+        assert proc.returncode == -signum, (proc.returncode, err)
