@@ -70,8 +70,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            kill_hard(proc)
+
+
+def kill_hard(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a command started in its own session (a server: its master and workers at
+    once, as a crash would), and reap it. Through the zygote's launcher
+    (tests/eport_launch.py), that is its KILL_ALL signal: the launcher kills the
+    command's group before it dies itself."""
+    with contextlib.suppress(ProcessLookupError):
+        try:  # still the launcher? (it runs the real script itself when it cannot fork one)
+            launcher = b"eport_launch.py" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            launcher = False
+        if launcher:
+            os.kill(proc.pid, signal.SIGRTMIN + 1)
+        else:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc.wait()
 
 
 def dev_credentials(dev: Path, role: str, agency: str = "customs") -> list[str]:
@@ -145,7 +161,7 @@ def start_server(
     if database_url:
         env["EPORT_DATABASE_URL"] = database_url
     env.update(extra_env or {})
-    cmd = [EPORT, "serve", *(["--dev"] if dev else []), "--data-dir", str(data_dir)]
+    cmd = [*EPORT_CMD, "serve", *(["--dev"] if dev else []), "--data-dir", str(data_dir)]
     cmd += ["--port", str(port), "--workers", str(workers)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(

@@ -3,8 +3,9 @@
 ``python -S tests/eport_launch.py SOCKET EPORT ARGS...``: hands this process's argv,
 environment, working directory, umask, SIGINT disposition and standard streams to the
 zygote, which forks a child that has already imported the CLI and runs ``eport ARGS...``
-in it; this process then exits as that child did (by the same signal, if one killed it). Signals sent to
-this process are passed on to the child, and a SIGKILL of this process kills the child.
+in it; this process then exits as that child did (by the same signal, if one killed
+it). Signals sent to this process are passed on to the child's process group, and a
+SIGKILL of this process kills the child.
 When the zygote is not there, or the command cannot run in it faithfully (an interpreter
 setting in the environment differs), it runs the real ``EPORT`` script instead.
 
@@ -17,6 +18,11 @@ import os
 import signal
 import socket
 import sys
+
+KILL_ALL = signal.SIGRTMIN + 1
+"""Sent to this process: SIGKILL the command's whole process group (a server and its
+workers at once, as a crash would); this process then dies by SIGKILL too. A SIGKILL
+of this process alone kills them as well, but a moment later (the zygote sees it)."""
 
 
 def _run_real(eport: str, args: list[str]) -> None:
@@ -50,10 +56,12 @@ def main() -> None:
     child = int(reply.split()[1])
 
     def forward(signum: int, _frame: object) -> None:
+        # the child leads its own process group (a server's workers are in it), as
+        # this process leads the one a test signals
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
+            os.killpg(child, signal.SIGKILL if signum == KILL_ALL else signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, KILL_ALL):
         signal.signal(signum, forward)
     status = sock.recv(64).decode()
     if not status.startswith("exit "):

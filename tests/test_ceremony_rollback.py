@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import time
@@ -28,7 +26,7 @@ import pytest
 from cryptography import x509
 
 from ca.generation import read_generation
-from tests.conftest import EPORT, Server, stop
+from tests.conftest import EPORT, Server, kill_hard, stop
 from tests.helpers import cert_of
 from tests.test_ca_init import init_ca, start_sealed, unseal
 from tests.test_custody_ceremonies import (
@@ -194,8 +192,7 @@ def test_a_server_killed_before_the_commit_restores_the_files_at_start(tmp_path:
             time.sleep(0.05)
         # The workers are not told to reload files whose transaction may still roll back.
         assert read_generation(data) == generation
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_hard(proc)
         last.wait(timeout=60)
         # The files are ahead of the database: a new issuing CA nobody logged.
         assert (data / "ca" / "issuers" / "enterprise-2.crt").exists()

@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -34,7 +33,7 @@ from ca.signedreq import SCHEME, sign_request
 from cli import keyfiles
 from cli.client import Identity
 from tests import test_audit_cli as audit_cli
-from tests.conftest import Server, start_server, stop
+from tests.conftest import Server, kill_hard, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
 
 
@@ -579,8 +578,7 @@ def test_kill_9_under_enrollment_load_loses_nothing_and_restarts(tmp_path: Path)
                 if sum(1 for s, _ in answers.values() if s == 201) >= 8:
                     break
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_hard(proc)
         for t in threads:
             t.join(60)
     finally:
