@@ -329,9 +329,10 @@ class Transaction(Protocol):
         besides: int | None = None,
     ) -> tuple[CertificateRecord, bool] | None:
         """The certificate of ``profiles`` of the enterprise ``uscc`` in force at ``now``
-        that lasts longest, other than serial ``besides`` (a renewal's signer), and
-        whether it is on hold (it counts: a hold may be lifted); None if there is none.
-        In force: not expired, not revoked."""
+        that lasts longest (of two ending in the same second, the later issued), other
+        than serial ``besides`` (a renewal's signer), and whether it is on hold (it
+        counts: a hold may be lifted); None if there is none. In force: not expired, not
+        revoked."""
         ...
 
 

@@ -969,7 +969,13 @@ class SqlTransaction:
             for c in unexpired
             if (st := statuses.get(c.serial)) is None or st.state is StatusState.HOLD
         ]
-        return max(in_force, key=lambda f: (f[0].not_after, f[0].serial), default=None)
+        # of two ending in the same second (a renewal soon after the issuance), the later
+        # issued: the one its holder keeps
+        return max(
+            in_force,
+            key=lambda f: (f[0].not_after, f[0].created_at or f[0].not_before, f[0].serial),
+            default=None,
+        )
 
     # -- status artifacts (ca/status.py) ---------------------------------------------------
 

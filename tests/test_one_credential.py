@@ -338,3 +338,74 @@ def test_a_credential_renews_while_it_is_the_only_one_in_force(
     after = counts(server)
     one_more = {"certificates", "events", "log_entries"}
     assert after == {t: n + (t in one_more) for t, n in before.items()}, (before, after)
+
+
+def test_of_two_ending_in_the_same_second_the_later_issued_is_named(tmp_path: Path) -> None:
+    """A renewal within the second of its certificate's issuance ends in the same second
+    (notAfter has whole seconds): the approval's refusal (the store's query) and the
+    issuance's (the group writer's) both name the renewal, whatever the order of the
+    serials and of the rows."""
+    from sqlalchemy import delete
+    from sqlalchemy.orm import sessionmaker
+
+    from ca.db import make_engine, upgrade
+    from ca.errors import Conflict
+    from ca.groupwrite import IssuanceWriter
+    from ca.records import CertificateRecord, Event, EventType, IssuanceWrite
+    from ca.store import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'ca.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+    writer = IssuanceWriter(engine, fallback=lambda item: 0, log=False)
+    uscc = fresh_uscc()
+    issued = datetime.datetime(2026, 11, 28, 8, 20, 5, 120000, tzinfo=datetime.UTC)
+
+    def record(serial: int, created: datetime.datetime) -> CertificateRecord:
+        return CertificateRecord(
+            serial=serial,
+            issuer_id="enterprise",
+            profile="enterprise",
+            application_id=None,
+            uscc=uscc,
+            subject=f"CN=one credential {serial:x}",
+            spki_sha256=f"{serial:064x}",
+            cert_sha256=f"{serial + 1:064x}",
+            not_before=issued.replace(microsecond=0),
+            not_after=issued.replace(year=2028, microsecond=0),
+            der=b"\x30\x00",
+            created_at=created,
+        )
+
+    try:
+        later = issued + datetime.timedelta(milliseconds=300)
+        cases = [
+            (0x7000, 0x1000, 1),
+            (0x1000, 0x7000, 1),
+            (0x7000, 0x1000, -1),
+            (0x1000, 0x7000, -1),
+        ]
+        for first, renewal, stored in cases:
+            with store.transaction() as tx:  # in either order: PostgreSQL keeps none
+                for rec in [record(first, issued), record(renewal, later)][::stored]:
+                    tx.add_certificate(rec)
+            with store.transaction() as tx:
+                held = tx.credential_in_force(uscc, ["enterprise"], issued)
+            assert held is not None and held[0].serial == renewal
+            item = IssuanceWrite(
+                record=record(0x9000, issued + datetime.timedelta(seconds=1)),
+                event=Event(type=EventType.CERTIFICATE_ISSUED, at=issued, actor="test"),
+                now=issued,
+                sole_credential=("enterprise",),
+            )
+            raw = engine.raw_connection()
+            try:
+                with pytest.raises(Conflict, match=f"legal-person certificate {renewal:x},"):
+                    writer._refuse_second_credential(raw.cursor(), item, uscc)
+            finally:
+                raw.close()
+            with store.transaction() as tx:
+                tx.s.execute(delete(CertificateRow))
+    finally:
+        engine.dispose()
