@@ -314,7 +314,7 @@ _CREDENTIAL_IN_FORCE = (
     " LEFT JOIN certificate_status s ON s.serial = c.serial"
     " WHERE c.uscc = ? AND c.profile = ? AND c.not_after > ? AND c.serial <> ?"
     " AND (s.state IS NULL OR s.state <> ?)"
-    " ORDER BY c.not_after DESC, c.created_at DESC, c.serial DESC LIMIT 1"
+    " ORDER BY c.not_after DESC, COALESCE(c.log_index, -1) DESC LIMIT 1"
 )
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"

@@ -959,23 +959,24 @@ class SqlTransaction:
     ) -> tuple[CertificateRecord, bool] | None:
         if not profiles:
             return None
-        q = select(*_CERT_COLUMNS).where(
+        q = select(*_CERT_COLUMNS, _CERT.log_index).where(
             _CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now
         )
-        unexpired = [c for c in map(_cert_of, self._conn().execute(q)) if c.serial != besides]
+        # of two ending in the same second (notAfter has whole seconds: a renewal soon
+        # after the issuance), the later issued, which its holder keeps: the log's order
+        rows = sorted(
+            self._conn().execute(q),
+            key=lambda r: (r.not_after, -1 if r.log_index is None else r.log_index),
+            reverse=True,
+        )
+        unexpired = [c for c in map(_cert_of, rows) if c.serial != besides]
         statuses = self.get_statuses([c.serial for c in unexpired])
         in_force = [
             (c, st is not None)
             for c in unexpired
             if (st := statuses.get(c.serial)) is None or st.state is StatusState.HOLD
         ]
-        # of two ending in the same second (a renewal soon after the issuance), the later
-        # issued: the one its holder keeps
-        return max(
-            in_force,
-            key=lambda f: (f[0].not_after, f[0].created_at or f[0].not_before, f[0].serial),
-            default=None,
-        )
+        return in_force[0] if in_force else None
 
     # -- status artifacts (ca/status.py) ---------------------------------------------------
 

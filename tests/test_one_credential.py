@@ -342,10 +342,10 @@ def test_a_credential_renews_while_it_is_the_only_one_in_force(
 
 def test_of_two_ending_in_the_same_second_the_later_issued_is_named(tmp_path: Path) -> None:
     """A renewal within the second of its certificate's issuance ends in the same second
-    (notAfter has whole seconds): the approval's refusal (the store's query) and the
-    issuance's (the group writer's) both name the renewal, whatever the order of the
-    serials and of the rows."""
-    from sqlalchemy import delete
+    (notAfter and notBefore have whole seconds): the approval's refusal (the store's
+    query) and the issuance's (the group writer's) both name the later issued, by the
+    log's order, whatever the order of the serials and of the rows."""
+    from sqlalchemy import delete, update
     from sqlalchemy.orm import sessionmaker
 
     from ca.db import make_engine, upgrade
@@ -362,7 +362,7 @@ def test_of_two_ending_in_the_same_second_the_later_issued_is_named(tmp_path: Pa
     uscc = fresh_uscc()
     issued = datetime.datetime(2026, 11, 28, 8, 20, 5, 120000, tzinfo=datetime.UTC)
 
-    def record(serial: int, created: datetime.datetime) -> CertificateRecord:
+    def record(serial: int) -> CertificateRecord:  # as an issuance makes it
         return CertificateRecord(
             serial=serial,
             issuer_id="enterprise",
@@ -375,11 +375,9 @@ def test_of_two_ending_in_the_same_second_the_later_issued_is_named(tmp_path: Pa
             not_before=issued.replace(microsecond=0),
             not_after=issued.replace(year=2028, microsecond=0),
             der=b"\x30\x00",
-            created_at=created,
         )
 
     try:
-        later = issued + datetime.timedelta(milliseconds=300)
         cases = [
             (0x7000, 0x1000, 1),
             (0x1000, 0x7000, 1),
@@ -388,13 +386,19 @@ def test_of_two_ending_in_the_same_second_the_later_issued_is_named(tmp_path: Pa
         ]
         for first, renewal, stored in cases:
             with store.transaction() as tx:  # in either order: PostgreSQL keeps none
-                for rec in [record(first, issued), record(renewal, later)][::stored]:
+                for rec in [record(first), record(renewal)][::stored]:
                     tx.add_certificate(rec)
+                for serial, index in ((first, 10), (renewal, 11)):  # the log's order
+                    tx.s.execute(
+                        update(CertificateRow)
+                        .where(CertificateRow.serial == format(serial, "x"))
+                        .values(log_index=index)
+                    )
             with store.transaction() as tx:
                 held = tx.credential_in_force(uscc, ["enterprise"], issued)
             assert held is not None and held[0].serial == renewal
             item = IssuanceWrite(
-                record=record(0x9000, issued + datetime.timedelta(seconds=1)),
+                record=record(0x9000),
                 event=Event(type=EventType.CERTIFICATE_ISSUED, at=issued, actor="test"),
                 now=issued,
                 sole_credential=("enterprise",),
