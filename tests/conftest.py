@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EPORT = str(BIN / "eport")
 """The real console script: what ``eport serve`` and the tests of the script itself run."""
-_ZYGOTE_SOCKET = os.path.join(tempfile.gettempdir(), f"eport-zygote-{os.getpid()}.sock")
+ZYGOTE_SOCKET = os.path.join(tempfile.gettempdir(), f"eport-zygote-{os.getpid()}.sock")
 EPORT_CMD = (
     [EPORT]
     if os.environ.get("EPORT_TEST_EXEC") == "1"
-    else [sys.executable, "-S", str(REPO / "tests" / "eport_launch.py"), _ZYGOTE_SOCKET, EPORT]
+    else [sys.executable, "-S", str(REPO / "tests" / "eport_launch.py"), ZYGOTE_SOCKET, EPORT]
 )
 """How the tests run an ``eport`` command to completion: the real command in a child of
 this session's CLI zygote (tests/zygote.py), which imported the CLI once; the real
@@ -211,17 +211,17 @@ def cli_zygote() -> Iterator[None]:
         yield
         return
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_ZYGOTE_SOCKET)
-    log = open(f"{_ZYGOTE_SOCKET}.log", "wb")  # noqa: SIM115 (kept open while it runs)
+        os.unlink(ZYGOTE_SOCKET)
+    log = open(f"{ZYGOTE_SOCKET}.log", "wb")  # noqa: SIM115 (kept open while it runs)
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "zygote.py"), _ZYGOTE_SOCKET],
+        [sys.executable, str(REPO / "tests" / "zygote.py"), ZYGOTE_SOCKET],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + 30
-    while not os.path.exists(_ZYGOTE_SOCKET) and proc.poll() is None:
+    while not os.path.exists(ZYGOTE_SOCKET) and proc.poll() is None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.02)
@@ -231,8 +231,8 @@ def cli_zygote() -> Iterator[None]:
         stop(proc)
         log.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(_ZYGOTE_SOCKET)
-            os.unlink(f"{_ZYGOTE_SOCKET}.log")
+            os.unlink(ZYGOTE_SOCKET)
+            os.unlink(f"{ZYGOTE_SOCKET}.log")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ that killed the command; SIGINT and SIGTERM reach the command; and killing the l
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import EPORT, EPORT_CMD, free_port
+from tests.conftest import EPORT, EPORT_CMD, ZYGOTE_SOCKET, free_port
 
 pytestmark = pytest.mark.skipif(EPORT_CMD == [EPORT], reason="EPORT_TEST_EXEC=1")
 
@@ -142,3 +143,30 @@ def test_signals_reach_the_command(tmp_path: Path, signum: signal.Signals) -> No
         assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
     else:
         assert proc.returncode == -signum, (proc.returncode, err)
+
+
+def test_the_runs_are_forked_by_the_zygote(tmp_path: Path) -> None:
+    """The zygote is up and answers the launcher's protocol (were it not, every run would
+    fall back to the installed script: the same results, only slower, and unnoticed)."""
+    read_out, write_out = os.pipe()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(ZYGOTE_SOCKET)
+        request = {
+            "argv": [EPORT, "--version"],
+            "env": _env(tmp_path),
+            "cwd": str(tmp_path),
+            "umask": 0o022,
+            "sigint_ignored": False,
+        }
+        with open(os.devnull, "rb") as devnull:
+            fds = [devnull.fileno(), write_out, write_out]
+            socket.send_fds(sock, [json.dumps(request).encode()], fds)
+        os.close(write_out)
+        reply = sock.recv(64).decode()
+        assert reply.startswith("pid "), reply
+        status = sock.recv(64).decode()
+    with os.fdopen(read_out, "rb") as out:
+        printed = out.read().decode()
+    assert status == "exit 0", (status, printed)
+    real = subprocess.run([EPORT, "--version"], capture_output=True, text=True, timeout=60)
+    assert printed == real.stdout + real.stderr and real.returncode == 0
