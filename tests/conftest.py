@@ -215,7 +215,7 @@ def cli_zygote() -> Iterator[None]:
     log = open(f"{ZYGOTE_SOCKET}.log", "wb")  # noqa: SIM115 (kept open while it runs)
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "zygote.py"), ZYGOTE_SOCKET],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # its end tells the zygote this process is gone
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -228,11 +228,16 @@ def cli_zygote() -> Iterator[None]:
     try:
         yield
     finally:
-        stop(proc)
+        assert proc.stdin is not None
+        proc.stdin.close()  # the zygote ends (a killed test process closes it as well)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop(proc)
         log.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ZYGOTE_SOCKET)
-            os.unlink(f"{ZYGOTE_SOCKET}.log")
+        for leftover in (ZYGOTE_SOCKET, f"{ZYGOTE_SOCKET}.log"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import EPORT, EPORT_CMD, ZYGOTE_SOCKET, free_port
+from tests.conftest import EPORT, EPORT_CMD, REPO, ZYGOTE_SOCKET, free_port
 
 pytestmark = pytest.mark.skipif(EPORT_CMD == [EPORT], reason="EPORT_TEST_EXEC=1")
 
@@ -170,3 +172,29 @@ def test_the_runs_are_forked_by_the_zygote(tmp_path: Path) -> None:
     assert status == "exit 0", (status, printed)
     real = subprocess.run([EPORT, "--version"], capture_output=True, text=True, timeout=60)
     assert printed == real.stdout + real.stderr and real.returncode == 0
+
+
+def test_the_zygote_ends_with_the_test_process(tmp_path: Path) -> None:
+    """A test process killed by SIGKILL runs no teardown: its zygote sees its stdin pipe
+    close and ends (removing its socket) rather than linger."""
+    path = tmp_path / "z.sock"
+    zygote = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "zygote.py"), str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert zygote.poll() is None and time.monotonic() < deadline, "no zygote"
+            time.sleep(0.02)
+        assert zygote.stdin is not None
+        zygote.stdin.close()  # as the kernel does for a killed test process
+        assert zygote.wait(timeout=10) == 0
+        assert not path.exists()
+    finally:
+        if zygote.poll() is None:
+            zygote.kill()
+            zygote.wait()

@@ -14,7 +14,9 @@ environment changes how the interpreter itself starts (``PYTHON*``, ``LANG``, ``
 
 Single-threaded on purpose (forking a process with threads is unsafe): one selector
 loop over the listening socket, each launcher's connection (EOF: the launcher was
-killed, so its child is killed too) and each child's pidfd (readable: it exited).
+killed, so its child is killed too), each child's pidfd (readable: it exited) and
+stdin, a pipe from the test process (EOF: the test process ended, so the zygote ends;
+the commands it forked run on to their own end).
 ``EPORT_TEST_EXEC=1`` in the test session's environment bypasses all this.
 """
 
@@ -162,6 +164,9 @@ def serve(path: str) -> None:
     startup = _startup_settings(dict(os.environ))
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, ("accept",))
+    # stdin is a pipe from the test process: EOF when it ends, even killed (SIGKILL
+    # runs no teardown), and the zygote then ends too instead of lingering
+    sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent",))
     zygote = os.getpid()
     watched: set[socket.socket] = set()  # launchers whose child runs and who are alive
     sys.stdout.flush()
@@ -203,6 +208,11 @@ def serve(path: str) -> None:
                 sel.register(pidfd, selectors.EVENT_READ, ("exit", conn, pid))
                 sel.register(conn, selectors.EVENT_READ, ("conn", pid))
                 watched.add(conn)
+            elif kind == "parent":
+                if not os.read(key.fd, 4096):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    return
             elif kind == "exit":
                 _, conn, pid = key.data
                 sel.unregister(key.fd)
