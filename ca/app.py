@@ -225,9 +225,7 @@ def settle_ceremonies(app: Flask, data_dir: Path, store: SqlStore) -> None:
     its COMMIT (:func:`ca.ceremony_files.settle`), before the hierarchy is loaded or
     published to other hosts; every running worker then reloads."""
     d = hierarchy.ca_dir(data_dir)
-    if not any(d.glob(ceremony_files.JOURNAL_GLOB)) and not any(
-        d.glob(ceremony_files.JOURNAL_TEMP_GLOB)
-    ):
+    if not ceremony_files.unsettled(d):
         return
     from ca.custody_store import ceremony_done
     from ca.generation import bump_generation

@@ -39,9 +39,16 @@ from typing import Any, Protocol
 log = logging.getLogger("eport.ca")
 
 JOURNAL_GLOB = "ceremony-*.journal"
-JOURNAL_TEMP_GLOB = "ceremony-*.journal.tmp-*"
-"""A journal's temporary file (:func:`ca.custody_files.write_durably`) left by a server
-killed while it wrote the journal: the file write it was to guard had not begun."""
+
+
+def unsettled(ca_dir: Path) -> bool:
+    """Whether a crash left anything for :func:`settle`: a journal, or a journal's
+    temporary file (killed while writing the first journal: no file had changed yet)."""
+    from ca.custody_files import leftover_temporaries
+
+    return any(Path(ca_dir).glob(JOURNAL_GLOB)) or bool(
+        leftover_temporaries(Path(ca_dir), JOURNAL_GLOB)
+    )
 
 
 def journal_path(ca_dir: Path, ceremony_id: str) -> Path:
@@ -202,6 +209,8 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
     ceremony done. Restores the files of every journal whose ceremony did not commit, and
     drops every journal and the temporary files of the writes the crash cut short; returns
     the ids of the ceremonies whose files it restored."""
+    from ca.custody_files import leftover_temporaries
+
     restored: list[str] = []
     for journal in sorted(Path(ca_dir).glob(JOURNAL_GLOB)):
         doc: dict[str, Any] = json.loads(journal.read_text())
@@ -224,16 +233,10 @@ def settle(ca_dir: Path, committed: Callable[[str], bool]) -> list[str]:
             )
             restored.append(cid)
         for entry in doc["files"]:  # a write the crash cut short left its temporary file
-            _remove_temporaries(Path(ca_dir) / entry["path"])
+            path = Path(ca_dir) / entry["path"]
+            for temporary in leftover_temporaries(path.parent, glob.escape(path.name)):
+                _remove(temporary)
         _remove(journal)
-    for temporary in sorted(Path(ca_dir).glob(JOURNAL_TEMP_GLOB)):
-        _remove(temporary)
+    for temporary in leftover_temporaries(Path(ca_dir), JOURNAL_GLOB):
+        _remove(temporary)  # a journal being written when the crash came
     return restored
-
-
-def _remove_temporaries(path: Path) -> None:
-    """Remove what :func:`ca.custody_files.write_durably` left of a write to ``path`` when
-    its process was killed before the rename (``<name>.tmp-<pid>``)."""
-    for temporary in path.parent.glob(glob.escape(path.name) + ".tmp-*"):
-        if temporary.name.removeprefix(path.name + ".tmp-").isdigit():
-            _remove(temporary)

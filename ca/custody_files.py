@@ -50,7 +50,7 @@ def write_durably(path: Path, data: bytes, mode: int | None = None) -> None:
     directory: a crash leaves the old file or the new one, never a torn one. ``mode``:
     the file's permissions (default: the umask's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}{_TEMPORARY}{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
     with open(fd, "wb") as fh:
         if mode is not None:
@@ -60,6 +60,20 @@ def write_durably(path: Path, data: bytes, mode: int | None = None) -> None:
         os.fsync(fh.fileno())
     tmp.replace(path)
     sync_dir(path.parent)
+
+
+_TEMPORARY = ".tmp-"
+""":func:`write_durably`'s temporary file is ``<name>.tmp-<pid>``."""
+
+
+def leftover_temporaries(directory: Path, names: str) -> list[Path]:
+    """The temporary files :func:`write_durably` left in ``directory`` when its process
+    was killed before the rename, for the files whose names match the glob ``names``."""
+    return sorted(
+        p
+        for p in Path(directory).glob(names + _TEMPORARY + "*")
+        if p.name.rpartition(_TEMPORARY)[2].isdigit()
+    )
 
 
 def remove_durably(path: Path) -> None:

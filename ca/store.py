@@ -19,6 +19,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     event,
+    func,
     insert,
     select,
     text,
@@ -959,17 +960,15 @@ class SqlTransaction:
     ) -> tuple[CertificateRecord, bool] | None:
         if not profiles:
             return None
-        q = select(*_CERT_COLUMNS, _CERT.log_index).where(
-            _CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now
+        # the longest-lasting first; of two ending in the same second (notAfter has whole
+        # seconds: a renewal soon after the issuance), the later issued, which its holder
+        # keeps: the log's order (as the group writer's _CREDENTIAL_IN_FORCE)
+        q = (
+            select(*_CERT_COLUMNS)
+            .where(_CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now)
+            .order_by(_CERT.not_after.desc(), func.coalesce(_CERT.log_index, -1).desc())
         )
-        # of two ending in the same second (notAfter has whole seconds: a renewal soon
-        # after the issuance), the later issued, which its holder keeps: the log's order
-        rows = sorted(
-            self._conn().execute(q),
-            key=lambda r: (r.not_after, -1 if r.log_index is None else r.log_index),
-            reverse=True,
-        )
-        unexpired = [c for c in map(_cert_of, rows) if c.serial != besides]
+        unexpired = [c for c in map(_cert_of, self._conn().execute(q)) if c.serial != besides]
         statuses = self.get_statuses([c.serial for c in unexpired])
         in_force = [
             (c, st is not None)

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.eport_launch import KILL_ALL
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EPORT = str(BIN / "eport")
@@ -75,16 +77,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def kill_hard(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a command started in its own session (a server: its master and workers at
-    once, as a crash would), and reap it. Through the zygote's launcher
-    (tests/eport_launch.py), that is its KILL_ALL signal: the launcher kills the
-    command's group before it dies itself."""
+    once, as a crash would), and reap it. Through the zygote's launcher, that is its
+    :data:`~tests.eport_launch.KILL_ALL` signal: the launcher kills the command's group
+    before it dies itself."""
     with contextlib.suppress(ProcessLookupError):
         try:  # still the launcher? (it runs the real script itself when it cannot fork one)
             launcher = b"eport_launch.py" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         except FileNotFoundError:
             launcher = False
         if launcher:
-            os.kill(proc.pid, signal.SIGRTMIN + 1)
+            os.kill(proc.pid, KILL_ALL)
         else:
             os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

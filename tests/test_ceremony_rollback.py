@@ -266,10 +266,11 @@ def test_settle_leaves_no_temporary_file_of_a_killed_write(tmp_path: Path, commi
 
 def test_settle_drops_a_journal_killed_before_its_first_rename(tmp_path: Path) -> None:
     """Killed while the first journal was written: no file of the ceremony changed yet."""
-    from ca.ceremony_files import settle
+    from ca.ceremony_files import settle, unsettled
 
     d = tmp_path / "ca"
     d.mkdir()
     (d / "ceremony-cer-2.journal.tmp-77").write_bytes(b'{"ceremony": "cer-2", "fi')
+    assert unsettled(d)  # so the start settles it
     assert settle(d, lambda cid: False) == []
-    assert list(d.iterdir()) == []
+    assert list(d.iterdir()) == [] and not unsettled(d)

@@ -6,7 +6,6 @@ that killed the command; SIGINT and SIGTERM reach the command; and killing the l
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -17,12 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import EPORT, EPORT_CMD, REPO, ZYGOTE_SOCKET, free_port
+from tests.test_introspection_mtls import proxy_certificate
 
 pytestmark = pytest.mark.skipif(EPORT_CMD == [EPORT], reason="EPORT_TEST_EXEC=1")
 
@@ -35,22 +32,10 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _credential(d: Path) -> None:
-    """A self-signed certificate and its key, encrypted under another passphrase than
-    the one on stdin."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zygote test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    """A certificate (``proxy.crt``) and its key (``key.pem``), encrypted under another
+    passphrase than the one on stdin."""
+    _, plain = proxy_certificate(d)
+    key = serialization.load_pem_private_key(plain.read_bytes(), None)
     encryption = serialization.BestAvailableEncryption(b"not what stdin says")
     (d / "key.pem").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
@@ -88,7 +73,7 @@ def _both(
         ["cert", "show", "-"],  # read from stdin
         ["application", "show", "app_x", "--json"],  # a server nobody listens on
         # the key's passphrase prompted for, read from stdin (a wrong one)
-        ["renew", "--cert", "cert.pem", "--key", "key.pem", "--out", "renewed"],
+        ["renew", "--cert", "proxy.crt", "--key", "key.pem", "--out", "renewed"],
     ],
 )
 def test_the_same_output_and_status_as_the_installed_script(

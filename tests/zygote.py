@@ -46,7 +46,7 @@ def _startup_settings(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(_STARTUP_ENV)}
 
 
-_SERVER = (
+_SERVER_IMPORTS = (
     # what `eport serve` imports beyond the project's own modules (from a start's
     # -X importtime): the WSGI server, migrations, the second database's driver
     "gunicorn.arbiter",
@@ -79,7 +79,7 @@ def preload() -> None:
         for info in pkgutil.iter_modules(package.__path__):
             if info.name != "migrations":
                 importlib.import_module(f"{package.__name__}.{info.name}")
-    for name in _SERVER:
+    for name in _SERVER_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
 
@@ -128,7 +128,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     time.tzset()
-    ignored = request.get("sigint_ignored")
+    ignored = request["sigint_ignored"]
     signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
     tempfile.tempdir = None
     sys.argv = list(request["argv"])
@@ -167,7 +167,6 @@ def serve(path: str) -> None:
     # stdin is a pipe from the test process: EOF when it ends, even killed (SIGKILL
     # runs no teardown), and the zygote then ends too instead of lingering
     sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent",))
-    zygote = os.getpid()
     watched: set[socket.socket] = set()  # launchers whose child runs and who are alive
     sys.stdout.flush()
     sys.stderr.flush()
@@ -230,7 +229,6 @@ def serve(path: str) -> None:
                 watched.discard(key.fileobj)  # type: ignore[arg-type]
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-        assert os.getpid() == zygote
 
 
 if __name__ == "__main__":
