@@ -219,6 +219,9 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed")
 
     _install_fast_paths(app)
+    from ca.framing import install_body_framing
+
+    install_body_framing(app)  # outermost: a body is whole before any path reads it
     if cfg.sweep_seconds > 0:
         _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds)
     return app

@@ -1,0 +1,137 @@
+"""A request body as its framing declares it, or no request at all (RFC 9112 §6).
+
+Both apps read a body only once it is whole: a ``Content-Length`` body all of whose
+octets arrived, or a chunked one that ended within the app's limit. The WSGI server does
+not check this for them. Gunicorn marks its input as terminated
+(``wsgi.input_terminated``), so neither Werkzeug nor a view's own ``read(length)``
+notices a client that declared more octets than it sent and then closed its side: the
+view would store what it got (an application, an enrollment that uses up its code). And a
+chunked body has no declared length, so Werkzeug's limit stops reading at
+``MAX_CONTENT_LENGTH`` without saying so, and the view parses a cut body.
+
+:func:`install_body_framing` wraps an app's WSGI callable, outside its fast paths, so that:
+
+- a body shorter than its ``Content-Length`` is a 400 problem, and no view runs;
+- a chunked body over the limit is a 413 problem, as one declared over it is;
+- a chunked body within the limit reaches the app as a ``Content-Length`` body, so the
+  fast paths and the views read both framings the same way;
+- framing the server refuses while the body is read (a chunk size that is not hex, the
+  connection closed mid-chunk) is a 400 problem, as Flask's handler answers it.
+
+A body declared over the limit is left to the app, which refuses it (413; OCSP answers
+``malformedRequest``) without reading it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+from werkzeug.http import HTTP_STATUS_CODES
+
+from ca.errors import BadRequest, EPortError, PayloadTooLarge
+from ca.problems import EXTENSION as PROBLEMS
+from ca.problems import PROBLEM_JSON, ErrorAnswers, request_instance, unreadable_body
+
+log = logging.getLogger("eport.http")
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def read_whole(stream: Any, wanted: int) -> bytes:
+    """Up to ``wanted`` octets of ``stream``, fewer only at its end (a ``read`` may return
+    less than asked without being at the end)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < wanted:
+        part = stream.read(wanted - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _declared_length(environ: dict[str, Any]) -> int | None:
+    value = str(environ.get("CONTENT_LENGTH") or "").strip()
+    if value.isascii() and value.isdigit():
+        return int(value)
+    return None  # absent (a WSGI server refuses a malformed one before any app)
+
+
+def _body(environ: dict[str, Any], limit: int | None) -> bytes | None:
+    """The whole body, or None when the app is to see the request as it came (no body, or
+    one declared over the limit). Raises :class:`ca.errors.EPortError` for a body that
+    cannot be the request the client meant."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return None
+    if "HTTP_TRANSFER_ENCODING" in environ:  # chunked: the server decodes it; ends at EOF
+        if limit is None:
+            return bytes(stream.read())
+        body = read_whole(stream, limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request bodies are limited to {limit} bytes")
+        return body
+    declared = _declared_length(environ)
+    if not declared or (limit is not None and declared > limit):
+        return None
+    body = read_whole(stream, declared)
+    if len(body) < declared:
+        raise BadRequest(
+            f"the request body ended after {len(body)} of the {declared} bytes its "
+            "Content-Length declares: nothing was done"
+        )
+    return body
+
+
+def body_framing(inner: WSGIApp, limit: int | None, answers: ErrorAnswers) -> WSGIApp:
+    """``inner`` behind the framing check (see the module's notes); ``limit`` is the app's
+    ``MAX_CONTENT_LENGTH``, ``answers`` its problem writer."""
+
+    def framed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            body = _body(environ, limit)
+        except EPortError as err:
+            return _refuse(start_response, answers, err, environ)
+        except Exception as exc:
+            if not unreadable_body(exc):
+                raise
+            what = type(exc).__name__
+            path = request_instance(environ)
+            log.warning(
+                "unreadable request body on %s %s: %s", environ["REQUEST_METHOD"], path, what
+            )
+            unreadable = BadRequest(f"the request body cannot be read as it is framed ({what})")
+            return _refuse(start_response, answers, unreadable, environ)
+        if body is not None:
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)  # now framed by its length
+        return inner(environ, start_response)
+
+    return framed
+
+
+def _refuse(
+    start_response: Callable[..., Any],
+    answers: ErrorAnswers,
+    err: EPortError,
+    environ: dict[str, Any],
+) -> Iterable[bytes]:
+    status, out = answers.domain(err, request_instance(environ))
+    start_response(
+        f"{status} {HTTP_STATUS_CODES[status].upper()}",
+        [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(out)))],
+    )
+    return [out]
+
+
+def install_body_framing(app: Flask) -> None:
+    """Put the framing check in front of ``app``'s WSGI callable, fast paths included
+    (install it last). Needs the app's problem handlers (:mod:`ca.problems`)."""
+    app.wsgi_app = body_framing(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.extensions[PROBLEMS]
+    )
