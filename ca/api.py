@@ -469,15 +469,27 @@ def revoke(serial: str) -> Response:
     return jsonify(status_json(change))
 
 
+def no_parameters(action: str) -> None:
+    """An action that takes no parameters reads its body all the same: none, or an empty
+    JSON object. Anything else (not JSON, a member the client meant to say something with)
+    is a 400 before the action, as every other endpoint refuses such a body."""
+    extra = sorted(json_body())
+    if extra:
+        named = ", ".join(repr(name[:40]) for name in extra[:5])
+        raise BadRequest(f"{action} takes no parameters; the body is {{}} or none, not {named}")
+
+
 @bp.post("/certificates/<serial>/suspend")
 def suspend(serial: str) -> Response:
     caller = signed_caller()
+    no_parameters("a suspension")
     return jsonify(status_json(svc().revocation.suspend(caller, _serial(serial))))
 
 
 @bp.post("/certificates/<serial>/resume")
 def resume(serial: str) -> Response:
     caller = signed_caller()
+    no_parameters("a resumption")
     return jsonify(status_json(svc().revocation.resume(caller, _serial(serial))))
 
 

@@ -43,7 +43,7 @@ from cli.client import Identity
 from cli.keyfiles import load_identity
 from cli.session import assertion
 from tests.conftest import EPORT_CMD, Postgres, Server, free_port, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc, jrun, row_counts
+from tests.helpers import enroll_enterprise, fresh_uscc, jrun, row_counts, serial_of
 
 PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
 
@@ -517,6 +517,32 @@ def test_a_body_whose_chunked_framing_is_broken_is_400(world: World) -> None:
         assert "framed" in json.loads(body)["detail"], body
     assert counts(world) == before
     assert b"Traceback" not in world.server.log.read_bytes()[logged:]
+
+
+def test_a_suspension_or_resumption_with_a_body_it_cannot_mean_is_400(world: World) -> None:
+    """Suspend and resume take no parameters, and read no body: one that was not JSON,
+    not UTF-8, an array, or held a member changed the certificate's status all the same,
+    where every other endpoint answers 400. Now they read it as the others do: none, or
+    ``{}``; anything else is a 400 and the status stays as it was."""
+    serial = serial_of(world.ent)
+    before = counts(world)
+    for action in ("suspend", "resume"):
+        path = f"/ca/v1/certificates/{serial}/{action}"
+        for body, words in (
+            (b"garbage", "not JSON"),
+            (b"[1, 2]", "JSON object"),
+            (b"\xff\xfe", "not UTF-8"),
+            (b'{"x": "\\ud800"}', "surrogate"),
+            (b'{"reason": "keyCompromise"}', "takes no parameters"),
+        ):
+            r = send(world, "POST", path, body, signer=world.officer)
+            assert_problem(r, 400, words)
+    assert counts(world) == before
+    path = f"/ca/v1/certificates/{serial}"
+    r = send(world, "POST", path + "/suspend", b"{}", signer=world.officer)
+    assert r.status_code == 200 and r.json()["status"] == "on-hold", r.text
+    r = send(world, "POST", path + "/resume", b"", signer=world.officer)
+    assert r.status_code == 200 and r.json()["status"] == "good", r.text
 
 
 def a_csr() -> str:
