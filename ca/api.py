@@ -210,7 +210,10 @@ def issuer_certificate(issuer_id: str) -> Response:
 @bp.post("/applications")
 def apply() -> tuple[Response, int]:
     data = json_body()
-    subject_class = field(data, "subject_class", required=False) or "enterprise"
+    # Only a missing member means the default: "" or null is a class nobody can apply for.
+    subject_class = data.get("subject_class", "enterprise")
+    if not isinstance(subject_class, str):
+        raise BadRequest("'subject_class' must be a string: enterprise, agency, auditor or service")
     fields = {k: v for k, v in data.items() if k != "subject_class"}
     for k, v in fields.items():
         if not isinstance(v, str):

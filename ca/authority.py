@@ -294,6 +294,23 @@ class JointCA:
     def _vet_input(
         self, subject_class: str, data: Mapping[str, str]
     ) -> tuple[dict[str, str], str | None]:
+        """The vetted fields of an application of ``subject_class``. A member the class does
+        not take is refused, not dropped: an agency's application "with" a USCC, or a
+        mistyped field name, would otherwise be stored as if it said nothing."""
+        taken = _APPLICATION_FIELDS.get(subject_class)
+        if taken is not None:
+            unknown = sorted(set(data) - taken)
+            if unknown:
+                named = ", ".join(repr(k[:40]) for k in unknown[:5])
+                raise BadRequest(
+                    f"an application of class {subject_class} takes "
+                    f"{', '.join(sorted(taken))}; not {named}"
+                )
+        return self._vetted(subject_class, data)
+
+    def _vetted(
+        self, subject_class: str, data: Mapping[str, str]
+    ) -> tuple[dict[str, str], str | None]:
         def text(key: str, limit: int = MAX_NAME) -> str:
             what = _FIELD_WORDS.get(key, key)
             value = data.get(key)
@@ -911,6 +928,15 @@ class JointCA:
             raise Forbidden("an enterprise may list only its own certificates (--uscc)")
         with self.store.reading() as tx:
             return tx.certificates(uscc=uscc, limit=limit, after=after, offset=offset)
+
+
+_APPLICATION_FIELDS: dict[str, frozenset[str]] = {
+    SubjectClass.ENTERPRISE.value: frozenset({"uscc", "legal_name"}),
+    SubjectClass.AGENCY.value: frozenset({"agency_id", "person_name"}),
+    SubjectClass.AUDITOR.value: frozenset({"agency_id", "person_name"}),
+    SubjectClass.SERVICE.value: frozenset({"agency_id", "service_host"}),
+}
+"""The members an application of each class is made of (besides ``subject_class``)."""
 
 
 def _refuse_certified_key(holders: Sequence[CertificateRecord], app_id: str) -> None:

@@ -474,7 +474,9 @@ def openapi_document() -> dict[str, Any]:
                         "agency_id": string,
                         "person_name": string,
                         "service_host": string,
-                    }
+                    },
+                    # each class takes its own fields; another member is a 400
+                    additionalProperties=False,
                 ),
                 "Application": s(
                     properties={

@@ -545,6 +545,31 @@ def test_a_suspension_or_resumption_with_a_body_it_cannot_mean_is_400(world: Wor
     assert r.status_code == 200 and r.json()["status"] == "good", r.text
 
 
+def test_an_application_says_its_class_and_only_the_fields_of_it(world: World) -> None:
+    """``subject_class`` of "" or null was taken as the default (enterprise) and stored,
+    and a member the class does not take was dropped without a word (an enterprise
+    application "with" a ``person_name``, a mistyped ``legal_nam`` refused only as a
+    missing name). Now only a missing class means enterprise, and an unknown member is
+    named in the 400; nothing is stored."""
+    uscc = fresh_uscc()
+    base = {"uscc": uscc, "legal_name": "Class Test Co."}
+    before = counts(world)
+    for doc, words in (
+        ({"subject_class": "", **base}, "cannot apply for class ''"),
+        ({"subject_class": None, **base}, "'subject_class' must be a string"),
+        ({**base, "person_name": "Li Wei"}, "takes legal_name, uscc; not 'person_name'"),
+        (
+            {"subject_class": "agency", "agency_id": "customs", "person_name": "X", "uscc": uscc},
+            "not 'uscc'",
+        ),
+    ):
+        r = send(world, "POST", "/ca/v1/applications", json.dumps(doc).encode())
+        assert_problem(r, 400, words)
+    assert counts(world) == before
+    r = send(world, "POST", "/ca/v1/applications", json.dumps(base).encode())
+    assert r.status_code == 201 and r.json()["subject_class"] == "enterprise", r.text
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
