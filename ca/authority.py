@@ -104,6 +104,15 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
     """A PKCS#10 request from PEM or DER whose self-signature verifies (proof of possession)."""
     raw = data.encode() if isinstance(data, str) else data
     pem = raw.lstrip().startswith(b"-----BEGIN")
+    if pem:
+        # The PEM reader takes the first block and ignores what follows it (a second
+        # request, a certificate, text), as DER's does not: one request, alone.
+        end = raw.find(b"-----END ")
+        close = raw.find(b"-----", end + 9) if end >= 0 else -1
+        if close >= 0 and raw[close + 5 :].strip():
+            raise BadCSR(
+                "the request has more after its PEM block: send one CERTIFICATE REQUEST alone"
+            )
     try:
         csr = x509.load_pem_x509_csr(raw) if pem else x509.load_der_x509_csr(raw)
     except ValueError:

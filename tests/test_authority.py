@@ -154,6 +154,16 @@ def test_unparseable_csr(data: bytes) -> None:
     assert "ParseError" not in e.value.detail and "asn1" not in e.value.detail, e.value.detail
 
 
+def test_a_pem_request_with_more_after_it_is_refused() -> None:
+    """The PEM reader certified the first of two requests, or one followed by text, where
+    DER with trailing bytes is refused: one request alone, blanks around it allowed."""
+    one, two = csr(KeyType.P256.generate()), csr(KeyType.P256.generate())
+    for data in (one + two, one + b"trailing text\n", one.rstrip() + b"x"):
+        with pytest.raises(BadCSR, match="more after its PEM block"):
+            parse_csr(data)
+    assert parse_csr(b"\n  " + one + b"\n\n").public_key() is not None
+
+
 def test_certificate_instead_of_csr(env: tuple) -> None:  # type: ignore[type-arg]
     _, _, officer = env
     with pytest.raises(BadCSR):
