@@ -318,8 +318,8 @@ def grant_roles() -> Response:
     ):
         raise BadRequest("operator_id (string) and roles (list of strings) are required")
     known = frozenset(r.id for r in svc().access.roles)
-    svc().tokens.grant_roles(caller, op, frozenset(roles), known)
-    return jsonify({"uscc": caller.uscc, "operator_id": op, "roles": sorted(set(roles))})
+    stored = svc().tokens.grant_roles(caller, op, frozenset(roles), known)
+    return jsonify({"uscc": caller.uscc, "operator_id": stored, "roles": sorted(set(roles))})
 
 
 @bp.get("/v1/events")

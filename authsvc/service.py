@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from authsvc.keys import KeyRing
 from authsvc.principal import Principal, identify, x5t_s256
 from authsvc.tokens import InvalidToken, VerifiedTokens, mint, verify
-from ca.errors import EPortError, Forbidden, Unauthenticated
+from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.ocsp import CertStatus, Good
 from ca.policy import Policies, SubjectClass
 from ca.signedreq import ReplayStore, SignedRequest, TrustAnchors, verify_certificate_jwt
@@ -734,9 +734,13 @@ class TokenService:
 
     def grant_roles(
         self, caller: Principal, operator_id: str, roles: frozenset[str], known: frozenset[str]
-    ) -> None:
+    ) -> str:
+        """Replace the roles of the caller's operator ``operator_id``; returns the id as
+        stored (:func:`operator_id_of`). The id need not be enrolled yet: an enterprise
+        may grant roles before its operator's certificate is issued."""
         if caller.subject_class is not SubjectClass.ENTERPRISE or caller.uscc is None:
             raise Forbidden("only the enterprise's legal-person certificate grants operator roles")
+        operator_id = operator_id_of(operator_id)
         unknown = roles - known
         if unknown:
             raise OAuthError(
@@ -750,6 +754,7 @@ class TokenService:
             detail={"operator_id": operator_id, "roles": sorted(roles)},
         )
         self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now, event)
+        return operator_id
 
     def signed_principal(self, req: SignedRequest) -> Principal:
         self.require_good(req.certificate, fresh=False)
@@ -765,6 +770,22 @@ class TokenService:
                 self._principals.clear()
             self._principals[cert] = known
         return known
+
+
+def operator_id_of(value: str) -> str:
+    """``value`` as the joint CA takes an operator id at ``eport operator add``
+    (:meth:`ca.authority.JointCA.authorize_operator`): blanks collapsed, no invisible or
+    control character, 1 to 64 characters, and only PrintableString's, since it becomes
+    the operator certificate's subject serialNumber (X.520). Roles are looked up by that
+    serialNumber, so an id the CA would refuse could never match a certificate; and it is
+    stored in a 64-character column. Raises :class:`ca.errors.BadRequest` naming the rule.
+    """
+    from ca.authority import _PRINTABLE, _clean
+
+    clean = _clean(value, "operator id", 64)
+    if not _PRINTABLE.fullmatch(clean):
+        raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?")
+    return clean
 
 
 def _assertion_cert_key(assertion: str) -> str | None:
