@@ -213,9 +213,11 @@ def verify_request(
     replay: ReplayStore,
     now: datetime.datetime,
     leeway: datetime.timedelta = datetime.timedelta(seconds=30),
-    expected_aud: str | None = None,
+    expected_aud: str | Sequence[str] | None = None,
 ) -> SignedRequest:
-    """Verify a signed request and record its ``jti``; raise :class:`Unauthenticated`."""
+    """Verify a signed request and record its ``jti``; raise :class:`Unauthenticated`.
+    ``expected_aud``: the audience (or any of the audiences) that stand for this request,
+    ``audience(method, path)`` by default."""
 
     def body_matches(claims: dict[str, Any]) -> None:
         # As bytes: compare_digest refuses a str with a non-ASCII character (TypeError).
@@ -256,6 +258,9 @@ class HttpRequest(Protocol):
 
     def get_data(self, cache: bool = True) -> bytes: ...
 
+    @property
+    def environ(self) -> Any: ...
+
 
 def verify_http_request(
     request: HttpRequest,
@@ -266,14 +271,26 @@ def verify_http_request(
     leeway: datetime.timedelta,
 ) -> SignedRequest:
     """:func:`verify_request` of an HTTP request: its ``Authorization`` header, method,
-    exact body, and the path as the client signed it (mount point, path and query)."""
+    exact body, and the path as the client signed it (mount point, path and query).
+
+    A client signs the path it sends. One that escapes only what a URL must (our CLI,
+    whose HTTP library escapes a non-ASCII character after signing it as written) matches
+    the decoded path; one that signs its escapes (``app_%E5%8E%A6``, ``%2e%2e``) matches
+    the path as sent (``RAW_URI``), which the WSGI server keeps. Both name the resource
+    the server routes to, so either is the request's audience: a signature over an
+    escaped path met "Audience doesn't match" (401) instead of the answer for that path."""
     path = request.script_root + request.path
     if request.query_string:
         path += "?" + request.query_string.decode("ascii", "replace")
+    auds = [audience(request.method, path)]
+    sent = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if isinstance(sent, str) and sent.startswith("/") and sent != path:
+        auds.append(audience(request.method, sent))
     return verify_request(
         parse_authorization(request.headers.get("Authorization")),
         method=request.method,
         path=path,
+        expected_aud=auds,
         body=request.get_data(cache=True),
         trust=trust,
         replay=replay,
@@ -286,7 +303,7 @@ def verify_certificate_jwt(
     token: str,
     *,
     typ: str,
-    audience: str,
+    audience: str | Sequence[str],
     required: tuple[str, ...],
     trust: TrustAnchors,
     replay: ReplayStore,

@@ -570,6 +570,29 @@ def test_an_application_says_its_class_and_only_the_fields_of_it(world: World) -
     assert r.status_code == 201 and r.json()["subject_class"] == "enterprise", r.text
 
 
+def test_a_request_signed_over_its_escaped_path_gets_that_paths_answer(world: World) -> None:
+    """A client that signs the path as it sends it, escapes and all, was refused 401
+    "Audience doesn't match" (the server compared the decoded path) instead of getting
+    the answer for that path (``app_%E5%8E%A6``, ``a%20b``); one that signs the decoded form (as the CLI does for a
+    character its HTTP library escapes) still matches."""
+    for path, status, words in (
+        ("/ca/v1/ra/applications/app_%E5%8E%A6/approve", 404, "no application"),
+        ("/ca/v1/certificates/a%20b/revoke", 400, "serial"),
+    ):
+        r = send(world, "POST", path, b"{}", signer=world.officer)
+        assert_problem(r, status, words)
+    decoded = "/ca/v1/ra/applications/app_厦/approve"
+    now = datetime.datetime.now(datetime.UTC)
+    jws = sign_request(world.officer.key, world.officer.chain, "POST", decoded, b"{}", now)
+    r = requests.post(
+        world.server.url + quote(decoded),
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Authorization": f"{SCHEME} {jws}"},
+        timeout=30,
+    )
+    assert_problem(r, 404, "no application")
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
