@@ -208,11 +208,11 @@ def token() -> Response:
     grant = form("grant_type")
     s = svc()
     if grant == JWT_BEARER:
-        login = s.tokens.login_assertion(form("assertion") or "", client_addr())
+        service = form("audience", required=False) or None
+        login = s.tokens.login_assertion(form("assertion") or "", client_addr(), service)
         out = login_json(login)
-        service = form("audience", required=False)
-        if service:
-            out.update(minted_json(s.tokens.mint_for(login.session, service)))
+        if login.minted is not None:
+            out.update(minted_json(login.minted))
         return no_store(jsonify(out))
     if grant == "refresh_token":
         service = form("audience", required=False) or form("resource", required=False)

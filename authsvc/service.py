@@ -15,6 +15,7 @@ certificate ends the session, so no new token is minted either. A background swe
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import secrets
@@ -210,18 +211,20 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Login:
-    session: SessionRecord
-    refresh_token: str
-
-
-@dataclass(frozen=True)
 class Minted:
     access_token: str
     expires_in: int
     scope: str
     audience: str
     refresh_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Login:
+    session: SessionRecord
+    refresh_token: str
+    minted: Minted | None = None
+    """The access token for the service a login named (RFC 8693 ``audience``), if any."""
 
 
 class TokenService:
@@ -295,14 +298,40 @@ class TokenService:
             self.store.record_failure(k, now, self.settings.failure_window)
         self.store.add_event(event)
 
-    def login_assertion(self, assertion: str, client_addr: str | None) -> Login:
-        """RFC 7523 §2.1: a JWT signed with the certificate's key, the chain in ``x5c``."""
+    def login_assertion(
+        self, assertion: str, client_addr: str | None, service_id: str | None = None
+    ) -> Login:
+        """RFC 7523 §2.1: a JWT signed with the certificate's key, the chain in ``x5c``.
+
+        With ``service_id`` (RFC 8693 ``audience``), also an access token for that
+        service. Everything that can refuse the login, the service and the subject's
+        access to it included, is decided before the assertion's ``jti`` is spent: a
+        refused login opens no session, logs no ``login`` and may be sent again."""
         addr_key = f"addr:{client_addr}"
         cert_key = _assertion_cert_key(assertion)
         keys = [addr_key] + ([cert_key] if cert_key else [])
         self._check_rate(keys)
         now = self.clock()
         signed_by_holder = False
+        decided: dict[str, Any] = {}
+
+        def before_spending(claims: dict[str, Any]) -> None:
+            # Called once the signature by x5c[0]'s key, the chain and the times are
+            # verified, before the jti is recorded (ca.signedreq.verify_certificate_jwt).
+            nonlocal signed_by_holder
+            signed_by_holder = True
+            cert = _assertion_leaf(assertion)
+            principal = identify(cert, self.policies, self.issuing_cas())
+            # RFC 7523 §3: sub names the principal; we accept its subject id or the
+            # certificate's x5t#S256 thumbprint (what a client knows without policy data).
+            if claims.get("sub") not in (principal.subject, x5t_s256(cert)):
+                raise InvalidGrant(f"assertion sub must be {principal.subject!r} or the x5t#S256")
+            self.require_good(cert, fresh=True)
+            decided["principal"] = principal
+            if service_id is not None:
+                # invalid_target or invalid_scope: not a failed login (nothing counted)
+                decided["access"] = self._access(principal, service_id)
+
         try:
             verified = verify_certificate_jwt(
                 assertion,
@@ -314,17 +343,8 @@ class TokenService:
                 now=now,
                 leeway=self.settings.leeway,
                 what="login assertion",
+                check=before_spending,
             )
-            signed_by_holder = True
-            principal = identify(verified.certificate, self.policies, self.issuing_cas())
-            # RFC 7523 §3: sub names the principal; we accept its subject id or the
-            # certificate's x5t#S256 thumbprint (what a client knows without policy data).
-            if verified.claims.get("sub") not in (
-                principal.subject,
-                x5t_s256(verified.certificate),
-            ):
-                raise InvalidGrant(f"assertion sub must be {principal.subject!r} or the x5t#S256")
-            self.require_good(verified.certificate, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
             # A certificate is public: anyone can name it in x5c. Only a failure after its
             # key's signature verified counts against it; the rest count against the
@@ -336,7 +356,13 @@ class TokenService:
             if isinstance(exc, InvalidGrant):
                 raise
             raise InvalidGrant(exc.detail) from None
-        return self._open_session(verified.certificate, principal, client_addr, "assertion")
+        login = self._open_session(
+            verified.certificate, decided["principal"], client_addr, "assertion"
+        )
+        if service_id is None:
+            return login
+        service, scopes = decided["access"]
+        return dataclasses.replace(login, minted=self._mint(login.session, service, scopes))
 
     def login_certificate(
         self, cert: x509.Certificate, client_addr: str | None, via: str = "mtls"
@@ -480,11 +506,16 @@ class TokenService:
         *,
         client_id: str = "eport-cli",
     ) -> Minted:
+        service, scopes = self._access(session.principal, service_id)
+        return self._mint(session, service, scopes, act, client_id=client_id)
+
+    def _access(self, p: Principal, service_id: str) -> tuple[Any, tuple[str, ...]]:
+        """The service ``service_id`` and the scopes ``p`` has there; raises the OAuth
+        error (``invalid_target``, ``invalid_scope``) if there are none."""
         try:
             service = self.access.service(service_id)
         except EPortError:
             raise OAuthError(f"unknown service {service_id!r}", error="invalid_target") from None
-        p = session.principal
         roles: frozenset[str] = frozenset()
         if p.subject_class is SubjectClass.OPERATOR and p.uscc and p.operator_id:
             roles = self.store.get_roles(p.uscc, p.operator_id)
@@ -497,6 +528,18 @@ class TokenService:
                 error="invalid_scope",
                 status=403,
             )
+        return service, tuple(scopes)
+
+    def _mint(
+        self,
+        session: SessionRecord,
+        service: Any,
+        scopes: tuple[str, ...],
+        act: dict[str, Any] | None = None,
+        *,
+        client_id: str = "eport-cli",
+    ) -> Minted:
+        p = session.principal
         now = self.clock()
         # Never past its session's end (so never past the login certificate's notAfter):
         # an offline validator (JWKS) cannot see the session.
@@ -786,6 +829,17 @@ def operator_id_of(value: str) -> str:
     if not _PRINTABLE.fullmatch(clean):
         raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?")
     return clean
+
+
+def _assertion_leaf(assertion: str) -> x509.Certificate:
+    """The certificate in the assertion's ``x5c[0]``; call it once the assertion's
+    signature by that certificate's key has been verified."""
+    import base64
+
+    from ca.signedreq import unverified_header
+
+    x5c = unverified_header(assertion)["x5c"]
+    return x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
 
 
 def _assertion_cert_key(assertion: str) -> str | None:

@@ -16,10 +16,20 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from authsvc.models import OperatorRolesRow
+from authsvc.models import (
+    AuthEventRow,
+    LoginFailureRow,
+    OperatorRolesRow,
+    RefreshTokenRow,
+    SeenAssertionRow,
+    SessionRow,
+)
+from authsvc.principal import x5t_s256
+from authsvc.service import JWT_BEARER
 from ca.signedreq import SCHEME, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
+from cli.session import assertion
 from tests.conftest import Postgres, Server, start_server, stop
 from tests.helpers import enroll_enterprise, row_counts
 
@@ -162,3 +172,48 @@ def test_a_role_grant_to_an_operator_id_the_ca_would_refuse_is_400(on_each_db: W
     after = row_counts(w.auth_db, [OperatorRolesRow])
     assert after[OperatorRolesRow.__tablename__] == before[OperatorRolesRow.__tablename__] + 2
     assert "Traceback" not in w.server.log.read_text()
+
+
+# -- login -----------------------------------------------------------------------------------
+
+LOGIN_TABLES = [SessionRow, RefreshTokenRow, AuthEventRow, SeenAssertionRow, LoginFailureRow]
+"""What a login writes: its session and refresh token, its event, its spent jti, and a
+failure's count."""
+
+
+def login(w: World, jws: str, **extra: str) -> requests.Response:
+    data = {"grant_type": JWT_BEARER, "assertion": jws, **extra}
+    return requests.post(w.server.url + "/auth/token", data=data, timeout=30)
+
+
+def test_a_login_refused_for_its_audience_leaves_nothing_behind(world: World) -> None:
+    """An RFC 7523 login naming a service the subject may not use, or none this server
+    knows, opened an 8-hour session, logged ``login`` and spent the jti before the
+    service was checked. Refused now before anything is written: the same assertion
+    then logs in."""
+    w = world
+    leaf = w.enterprise.chain[0]
+    jws = assertion(w.enterprise, w.server.url + "/auth/token", x5t_s256(leaf))
+    before = row_counts(w.auth_db, LOGIN_TABLES)
+    r = login(w, jws, audience="audit")  # the auditors' service: no enterprise access
+    assert r.status_code == 403 and r.json()["error"] == "invalid_scope", r.text
+    assert "no access to audit" in r.json()["error_description"]
+    r = login(w, jws, audience="no-such-service")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_target", r.text
+    assert row_counts(w.auth_db, LOGIN_TABLES) == before
+    # The same assertion, for a service the enterprise may use: one session, one login
+    # event, one spent jti, and the access token with it.
+    r = login(w, jws, audience="portal")
+    assert r.status_code == 200, r.text
+    assert r.json()["token_type"] == "Bearer" and r.json()["access_token"]
+    after = row_counts(w.auth_db, LOGIN_TABLES)
+    grown = {name: after[name] - before[name] for name in after}
+    assert grown == {
+        SessionRow.__tablename__: 1,
+        RefreshTokenRow.__tablename__: 1,
+        AuthEventRow.__tablename__: 1,
+        SeenAssertionRow.__tablename__: 1,
+        LoginFailureRow.__tablename__: 0,
+    }
+    r = login(w, jws, audience="portal")
+    assert r.status_code == 400 and "already used" in r.json()["error_description"]
