@@ -9,9 +9,11 @@ Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_ap
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from authsvc.config import AuthConfig
@@ -67,6 +69,34 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
         return app
 
 
+def write_problem(sock: Any, status: int, reason: str, mesg: str) -> None:
+    """What gunicorn sends for a request it refuses before any app sees it (a request line
+    or header over its limits, framing it cannot read), as RFC 9457 problem+json like
+    every other error of both services, in place of its HTML page (``gunicorn.util.
+    write_error``, whose arguments these are). ``mesg`` is gunicorn's own account, which
+    may quote the client's bytes: it goes out as JSON-escaped ASCII, shortened."""
+    if status == 431:
+        detail = "the request's header fields are larger than this server reads"
+    elif status >= 500:
+        detail = "the server failed" if status == 500 else mesg[:200]
+    else:
+        said = mesg if len(mesg) <= 200 else mesg[:200] + "..."
+        detail = f"the request is not HTTP/1.1 this server reads: {said}"
+    body = json.dumps(
+        {"type": "about:blank", "title": reason, "status": status, "detail": detail}
+    ).encode("ascii")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _problem_errors(_worker: Any) -> None:
+    """gunicorn's ``post_worker_init`` hook: its refusals as problem+json, in this worker."""
+    gunicorn_util.write_error = write_problem
+
+
 def run(
     cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
 ) -> None:
@@ -83,6 +113,7 @@ def run(
             "loglevel": "warning",
             "timeout": 60,
             "graceful_timeout": 5,
+            "post_worker_init": _problem_errors,
             # gunicorn believes X-Forwarded-Proto (the request's scheme) from loopback
             # unless told otherwise; here only from the configured proxies, as every other
             # forwarded header (none configured: from no one)

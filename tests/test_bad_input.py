@@ -571,10 +571,10 @@ def test_an_application_says_its_class_and_only_the_fields_of_it(world: World) -
 
 
 def test_a_request_signed_over_its_escaped_path_gets_that_paths_answer(world: World) -> None:
-    """A client that signs the path as it sends it, escapes and all, was refused 401
-    "Audience doesn't match" (the server compared the decoded path) instead of getting
-    the answer for that path (``app_%E5%8E%A6``, ``a%20b``); one that signs the decoded form (as the CLI does for a
-    character its HTTP library escapes) still matches."""
+    """A client that signs the path as it sends it, escapes and all (``app_%E5%8E%A6``,
+    ``a%20b``), was refused 401 "Audience doesn't match" (the server compared the decoded
+    path) instead of getting the answer for that path; one that signs the decoded form
+    (as the CLI does for a character its HTTP library escapes) still matches."""
     for path, status, words in (
         ("/ca/v1/ra/applications/app_%E5%8E%A6/approve", 404, "no application"),
         ("/ca/v1/certificates/a%20b/revoke", 400, "serial"),
@@ -591,6 +591,24 @@ def test_a_request_signed_over_its_escaped_path_gets_that_paths_answer(world: Wo
         timeout=30,
     )
     assert_problem(r, 404, "no application")
+
+
+def test_what_the_http_server_refuses_is_problem_json_too(world: World) -> None:
+    """A request line or header over gunicorn's limits, or framing it cannot read, was
+    answered with gunicorn's own HTML page; now problem+json like every other error."""
+    long_path = "/ca/v1/applications/app_" + "a" * 5000
+    for request, status in (
+        (f"GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 414),
+        (b"GET /ca/v1/health HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"POST /ca/v1/applications HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"GET /ca/v1/health HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ):
+        code, headers, body = raw_http(world, request)
+        assert code == status, (request[:40], code, body[:200])
+        assert headers["Content-Type"] == "application/problem+json", (request[:40], headers)
+        doc = json.loads(body)
+        assert doc["status"] == status and doc["detail"], doc
+        assert "<" not in doc["detail"], doc
 
 
 def a_csr() -> str:
