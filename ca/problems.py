@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Flask, Response, json, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ca.errors import BadRequest, EPortError, PayloadTooLarge, StorageFull, server_error_problem
 
@@ -134,6 +134,20 @@ view (the audit view) answers HTTP errors on its own paths with a page; None fal
 through to problem+json."""
 
 
+def _http_detail(err: HTTPException) -> str:
+    """Werkzeug's error in the API's words: its stock texts speak to someone who typed a
+    URL ("If you entered the URL manually please check your spelling"). A view's own
+    description is kept."""
+    if err.description != type(err).description:
+        return str(err.description)
+    if isinstance(err, NotFound):
+        return f"nothing is at {request.path[:200]!r}: see the service's API description"
+    if isinstance(err, MethodNotAllowed):
+        allowed = ", ".join(sorted(err.valid_methods or ()))
+        return f"{request.method[:20]} is not allowed here (allowed: {allowed})"
+    return str(err.description)
+
+
 def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail: str) -> None:
     """Every error as RFC 9457 problem+json: domain errors as they describe themselves,
     Werkzeug's HTTP errors (413 naming the limit), and anything unexpected as a logged
@@ -163,7 +177,8 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
             "type": "about:blank",
             "title": err.name,
             "status": status,
-            "detail": err.description,
+            "detail": _http_detail(err),
+            "instance": request_instance(request.environ),
         }
         answer = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
         for name, value in err.get_headers():  # e.g. a 405's Allow (RFC 9110 §15.5.6)

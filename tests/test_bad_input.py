@@ -611,6 +611,19 @@ def test_what_the_http_server_refuses_is_problem_json_too(world: World) -> None:
         assert "<" not in doc["detail"], doc
 
 
+def test_an_unknown_path_or_method_is_a_problem_in_the_apis_words(world: World) -> None:
+    """Werkzeug's 404 and 405 went out with its stock texts (for someone who typed a URL)
+    and no ``instance``; now they say what was asked, the 405 the methods allowed."""
+    r = send(world, "GET", "/ca/v1/nope-x")
+    assert_problem(r, 404, "nothing is at '/ca/v1/nope-x'")
+    assert r.json()["instance"] == "/ca/v1/nope-x"
+    r = send(world, "PUT", "/ca/v1/enroll", b"{}")
+    assert_problem(r, 405, "PUT is not allowed here (allowed: OPTIONS, POST)")
+    assert r.json()["instance"] == "/ca/v1/enroll"
+    r = send(world, "DELETE", "/auth/token")
+    assert_problem(r, 405, "DELETE is not allowed here")
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
