@@ -635,7 +635,7 @@ class JointCA:
                 # the profiles this application can take, not every profile of the CA
                 # (issuing-ca, ocsp-responder: no officer grants a code for those)
                 raise UnknownProfile(
-                    f"unknown profile {name!r} (for this {cls.value} application: "
+                    f"unknown profile {name[:60]!r} (for this {cls.value} application: "
                     f"{', '.join(sorted(fitting))})"
                 )
             profile = self.policies.profile(name)
@@ -819,9 +819,9 @@ class JointCA:
             allowed = ", ".join(rec.profiles)
             if profile_name not in self.policies.profiles:  # a typo: name what would do
                 raise UnknownProfile(
-                    f"unknown profile {profile_name!r}; this code allows {allowed}"
+                    f"unknown profile {profile_name[:60]!r}; this code allows {allowed}"
                 )
-            raise ProfileNotAllowed(f"this code allows {allowed}, not {profile_name!r}")
+            raise ProfileNotAllowed(f"this code allows {allowed}, not {profile_name[:60]!r}")
 
     def renew(self, caller: Caller, csr_data: str | bytes) -> Issued:
         """A new certificate for a new key, same vetted subject, by the current holder; or,

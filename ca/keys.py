@@ -50,7 +50,11 @@ class KeyType(enum.Enum):
             if size in (2048, 3072, 4096):
                 return cls(f"rsa{size}")
             raise WeakKey(f"RSA key of {size} bits is not accepted (2048, 3072 or 4096)")
-        raise WeakKey(f"key algorithm {type(key).__name__} is not accepted")
+        kind = type(key).__name__.removeprefix("_").removesuffix("PublicKey")
+        kind = kind.removesuffix("PrivateKey")
+        raise WeakKey(
+            f"{kind} keys are not accepted (P-256, P-384, Ed25519, or RSA of 2048 to 4096 bits)"
+        )
 
     def generate(self) -> CertificateIssuerPrivateKeyTypes:
         """A fresh private key of this type."""

@@ -225,7 +225,7 @@ class Policies:
             return self.profiles[name]
         except KeyError:
             known = ", ".join(sorted(self.profiles))
-            raise UnknownProfile(f"unknown profile {name!r} (known: {known})") from None
+            raise UnknownProfile(f"unknown profile {name[:60]!r} (known: {known})") from None
 
     def profile_for_oid(self, oid: ObjectIdentifier) -> Profile | None:
         for p in self.profiles.values():

@@ -452,9 +452,13 @@ def _leaf_from_header(
     if len(x5c) > 4:
         raise Unauthenticated("x5c chain too long")
     certs = []
-    for item in x5c:
+    for i, item in enumerate(x5c):
         try:
-            certs.append(x509.load_der_x509_certificate(base64.b64decode(item, validate=True)))
-        except ValueError as exc:
-            raise Unauthenticated(f"x5c holds an unreadable certificate: {exc}") from exc
+            der = base64.b64decode(item, validate=True)
+        except ValueError:
+            raise Unauthenticated(f"x5c[{i}] is not base64 (RFC 7515 §4.1.6)") from None
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError:  # the parser's text names its internals ("ParseError { kind: …")
+            raise Unauthenticated(f"x5c[{i}] is not a DER X.509 certificate") from None
     return certs[0], certs[1:]

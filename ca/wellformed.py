@@ -24,6 +24,7 @@ import datetime
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,11 @@ def json_object(raw: bytes) -> dict[str, Any]:
             parse_constant=_no_constant,
         )
     except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's cap, not a JSON error
+            raise BadRequest(
+                f"the body is not JSON this API reads: a number of more than "
+                f"{sys.get_int_max_str_digits()} digits"
+            ) from None
         raise BadRequest(f"the body is not JSON: {exc}") from None
     except RecursionError:  # nested deeper than the parser's stack (a few KB of '[')
         raise BadRequest("the body is not JSON this API reads: nested too deeply") from None

@@ -232,7 +232,7 @@ def test_wrong_ca_key_is_caught(policies: Policies, pki: hierarchy.Hierarchy) ->
 
 
 def test_profile_refuses_key_types(policies: Policies, pki: hierarchy.Hierarchy) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 
     factory = CertificateFactory()
     issuer = pki.issuers["enterprise"]
@@ -241,6 +241,14 @@ def test_profile_refuses_key_types(policies: Policies, pki: hierarchy.Hierarchy)
             policies.profile("enterprise"),
             issuer,
             rsa.generate_private_key(65537, 1024).public_key(),
+            VETTED,
+            NOW,
+        )
+    with pytest.raises(WeakKey, match=r"^Ed448 keys are not accepted \(P-256, P-384, Ed25519"):
+        factory.issue(
+            policies.profile("enterprise"),
+            issuer,
+            ed448.Ed448PrivateKey.generate().public_key(),
             VETTED,
             NOW,
         )

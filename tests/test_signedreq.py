@@ -780,6 +780,27 @@ def test_bad_x5c(pki: PKI, replay: MemoryReplay, x5c: Any) -> None:
     assert_refused(token, pki, replay, "x5c")
 
 
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ("!!! not base64 !!!", "x5c[1] is not base64"),
+        (base64.b64encode(b"not a certificate").decode(), "x5c[1] is not a DER X.509"),
+    ],
+)
+def test_an_unreadable_x5c_is_said_in_the_headers_terms(
+    pki: PKI, replay: MemoryReplay, item: str, words: str
+) -> None:
+    """The detail quoted the parsers ("Only base64 data is allowed", "ParseError { kind:
+    ShortData … }"); now it names the entry and what it is not."""
+    h = header(pki.leaf)
+    h["x5c"].append(item)
+    token = encode(claims(), pki.leaf_key, "ES256", h)
+    with pytest.raises(Unauthenticated) as e:
+        verify(token, pki, replay)
+    assert words in e.value.detail, e.value.detail
+    assert "ParseError" not in e.value.detail and "Only base64" not in e.value.detail
+
+
 def test_x5c_too_long(pki: PKI, replay: MemoryReplay) -> None:
     token = encode(claims(), pki.leaf_key, "ES256", header(*[pki.leaf] * 5))
     assert_refused(token, pki, replay, "too long")
