@@ -7,6 +7,8 @@ OAuth endpoints answer errors as RFC 6749 §5.2 ``{error, error_description}`` w
 from __future__ import annotations
 
 import datetime
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -21,12 +23,14 @@ from authsvc.service import (
     ACCESS_TOKEN_TYPE,
     JWT_BEARER,
     TOKEN_EXCHANGE,
+    InvalidGrant,
     Login,
     Minted,
     OAuthError,
     SessionRecord,
 )
-from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
+from authsvc.tokens import InvalidToken
+from ca.errors import BadRequest, EPortError, Forbidden, PayloadTooLarge, Unauthenticated
 from ca.signedreq import verify_http_request
 from ca.wellformed import json_object, refuse_non_json
 
@@ -63,9 +67,61 @@ def form(name: str, *, required: bool = True) -> str | None:
 
 
 OAUTH_ENDPOINTS = frozenset(
-    {"auth.token", "auth.session_info", "auth.logout", "auth.revoke", "auth.introspect"}
+    {
+        "auth.token",
+        "auth.login_mtls",
+        "auth.session_info",
+        "auth.logout",
+        "auth.revoke",
+        "auth.introspect",
+    }
 )
-"""The views that read :func:`form` and answer errors as RFC 6749 §5.2 documents."""
+"""The views that answer every client error as an RFC 6749 §5.2 document (their own
+:class:`OAuthError`, the rest through :func:`as_oauth`), with ``Cache-Control:
+no-store``; a body over the limit too (``authsvc.app``)."""
+
+
+def as_oauth(err: EPortError) -> EPortError:
+    """``err`` as an OAuth endpoint answers it (RFC 6749 §5.2): a caller whose
+    authentication failed (a missing, bad or untrusted signed request or forwarded
+    certificate) is 401 ``invalid_client``, with the same ``WWW-Authenticate``; an
+    authenticated caller that may not use this grant (not a registered service) is
+    ``unauthorized_client``; a request that cannot be read is ``invalid_request`` (413
+    for a body over the limit); a token that went bad meanwhile is ``invalid_grant``.
+    Anything else (a server-side failure) stays as it is."""
+    out: OAuthError
+    if isinstance(err, OAuthError):
+        return err
+    if isinstance(err, Unauthenticated):
+        out = OAuthError(err.detail, error="invalid_client", status=401)
+        out.challenge = err.challenge
+    elif isinstance(err, Forbidden):
+        out = OAuthError(err.detail, error="unauthorized_client")
+    elif isinstance(err, PayloadTooLarge):
+        out = OAuthError(err.detail, status=413)
+    elif isinstance(err, BadRequest):
+        out = OAuthError(err.detail)
+    elif isinstance(err, InvalidToken):
+        out = InvalidGrant(err.detail)
+    else:
+        return err
+    return out
+
+
+def oauth_endpoint(view: Callable[[], Response]) -> Callable[[], Response]:
+    """A view of :data:`OAUTH_ENDPOINTS`: its errors go out through :func:`as_oauth`."""
+
+    @functools.wraps(view)
+    def answer() -> Response:
+        try:
+            return view()
+        except EPortError as err:
+            mapped = as_oauth(err)
+            if mapped is err:
+                raise
+            raise mapped from None
+
+    return answer
 
 
 def refusal(detail: str) -> EPortError:
@@ -204,6 +260,7 @@ def jwks() -> Response:
 
 
 @bp.post("/token")
+@oauth_endpoint
 def token() -> Response:
     grant = form("grant_type")
     s = svc()
@@ -233,6 +290,7 @@ def token() -> Response:
 
 
 @bp.post("/login/mtls")
+@oauth_endpoint
 def login_mtls() -> Response:
     """Sign in with the client certificate a trusted TLS proxy verified and forwarded."""
     cert = forwarded_certificate(request.headers, request.remote_addr, proxies())
@@ -247,6 +305,7 @@ def login_mtls() -> Response:
 
 
 @bp.post("/session")
+@oauth_endpoint
 def session_info() -> Response:
     """The session a refresh token belongs to (``eport whoami``); nothing is rotated."""
     rec = svc().tokens.session_of_refresh(form("refresh_token") or "")
@@ -254,6 +313,7 @@ def session_info() -> Response:
 
 
 @bp.post("/logout")
+@oauth_endpoint
 def logout() -> Response:
     """End the SSO session everywhere: its tokens stop validating at once."""
     ended = svc().tokens.logout(form("refresh_token") or "", client_addr())
@@ -261,6 +321,7 @@ def logout() -> Response:
 
 
 @bp.post("/revoke")
+@oauth_endpoint
 def revoke() -> Response:
     """RFC 7009 §2.1; §2.2: the answer is 200 whether or not the token was known."""
     svc().tokens.revoke(form("token") or "", form("token_type_hint", required=False))
@@ -271,6 +332,7 @@ def revoke() -> Response:
 
 
 @bp.post("/introspect")
+@oauth_endpoint
 def introspect() -> Response:
     """RFC 7662, for a registered service authenticated by its own certificate."""
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
@@ -30,11 +30,11 @@ from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore, settle_copied_events
 from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
 from ca.db import engine_options, make_engine
-from ca.errors import EPortError
+from ca.errors import EPortError, PayloadTooLarge
 from ca.names import accept_names_up_to_64_characters
 from ca.policy import load_policies
 from ca.problems import EXTENSION as PROBLEMS
-from ca.problems import install_problem_handlers
+from ca.problems import install_problem_handlers, problem_response
 from ca.signedreq import TrustAnchors
 from ca.store import configure_engine
 
@@ -217,6 +217,19 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         return resp
 
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed")
+
+    @app.errorhandler(413)
+    def _too_large(_err: Exception) -> Response:
+        # Werkzeug's 413 for a body declared over MAX_CONTENT_LENGTH, raised as the body
+        # is first read (before any view): OAuth-shaped at an OAuth endpoint, else the
+        # problem ca.problems answers. A chunked body over the limit is refused earlier,
+        # by ca.framing, as a problem.
+        from authsvc.api import OAUTH_ENDPOINTS
+
+        detail = f"request bodies are limited to {cfg.max_body_bytes} bytes"
+        if request.endpoint in OAUTH_ENDPOINTS:
+            return _oauth(OAuthError(detail, status=413))
+        return problem_response(PayloadTooLarge(detail))
 
     _install_fast_paths(app)
     from ca.framing import install_body_framing

@@ -678,9 +678,13 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
 
 
 def test_token_service_errors_are_problems(sqlite_server: Server) -> None:
-    """The token service renders errors as the CA does (one set of handlers)."""
+    """The token service renders errors as the CA does (one set of handlers), but at
+    its OAuth endpoints (RFC 6749 §5.2, tests/test_auth_refusals.py)."""
     r = requests.post(
-        sqlite_server.url + "/auth/token", data={"assertion": "x" * 100_000}, timeout=10
+        sqlite_server.url + "/auth/v1/roles",
+        data=b"x" * 100_000,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
     )
     assert r.status_code == 413 and r.headers["Content-Type"] == "application/problem+json"
     assert "bytes" in r.json()["detail"] and r.json()["status"] == 413

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
 from authsvc.models import (
@@ -25,7 +27,7 @@ from authsvc.models import (
     SessionRow,
 )
 from authsvc.principal import x5t_s256
-from authsvc.service import JWT_BEARER
+from authsvc.service import ACCESS_TOKEN_TYPE, JWT_BEARER, TOKEN_EXCHANGE
 from ca.signedreq import SCHEME, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
@@ -127,6 +129,17 @@ def assert_problem(r: requests.Response, status: int, *words: str) -> None:
         assert word in detail, (detail, word)
 
 
+def assert_oauth(r: requests.Response, status: int, error: str, *words: str) -> None:
+    """An RFC 6749 §5.2 error: ``{error, error_description}``, not to be cached."""
+    assert r.status_code == status, (r.request.url, r.status_code, r.text)
+    assert r.headers["Content-Type"] == "application/json", (r.headers, r.text)
+    assert r.headers["Cache-Control"] == "no-store", r.headers
+    doc = r.json()
+    assert set(doc) == {"error", "error_description"} and doc["error"] == error, doc
+    for word in words:
+        assert word in doc["error_description"], (doc, word)
+
+
 class _FromAddress(HTTPAdapter):
     """Connections from a chosen local address (the trusted proxy's)."""
 
@@ -217,3 +230,74 @@ def test_a_login_refused_for_its_audience_leaves_nothing_behind(world: World) ->
     }
     r = login(w, jws, audience="portal")
     assert r.status_code == 400 and "already used" in r.json()["error_description"]
+
+
+# -- OAuth endpoints answer in their RFC's format --------------------------------------------
+
+EXCHANGE = {
+    "grant_type": TOKEN_EXCHANGE,
+    "subject_token": "not-a-token",
+    "subject_token_type": ACCESS_TOKEN_TYPE,
+    "audience": "manifest",
+}
+
+
+def test_oauth_endpoints_refuse_callers_as_rfc_6749_errors(world: World) -> None:
+    """Token exchange, mTLS login and introspection answered a caller they could not
+    authenticate, or one that is not a service, as RFC 9457 problems."""
+    w = world
+    url = w.server.url
+    # Token exchange by nobody, by a bearer token, by a signed request that is junk.
+    for headers in ({}, {"Authorization": "Bearer abc"}, {"Authorization": f"{SCHEME} x.y.z"}):
+        r = requests.post(url + "/auth/token", data=EXCHANGE, headers=headers, timeout=30)
+        assert_oauth(r, 401, "invalid_client")
+        assert r.headers["WWW-Authenticate"].startswith(SCHEME), r.headers
+    # Signed, by a certificate that is not a registered service's: authenticated, but
+    # not allowed this grant.
+    body = "&".join(f"{k}={v}" for k, v in EXCHANGE.items()).encode()
+    r = signed(w, "/auth/token", body, "application/x-www-form-urlencoded")
+    assert_oauth(r, 400, "unauthorized_client", "registered e-port service")
+    # A forwarded client certificate from an address that is not a trusted proxy.
+    pem = w.enterprise.chain[0].public_bytes(serialization.Encoding.PEM).decode()
+    forwarded = {"X-SSL-Client-Cert": quote(pem)}
+    r = requests.post(url + "/auth/login/mtls", headers=forwarded, timeout=30)
+    assert_oauth(r, 401, "invalid_client", "not a trusted proxy")
+    assert "WWW-Authenticate" in r.headers
+    r = requests.post(url + "/auth/token", data=EXCHANGE, headers=forwarded, timeout=30)
+    assert_oauth(r, 401, "invalid_client", "not a trusted proxy")
+    # From the trusted proxy, a certificate header that cannot be read.
+    proxy = from_proxy()
+    for junk in ({"X-SSL-Client-Cert": "garbage"}, {"Client-Cert": ":AAAA:"}):
+        r = proxy.post(url + "/auth/login/mtls", headers=junk, timeout=30)
+        assert_oauth(r, 400, "invalid_request", "unreadable")
+        r = proxy.post(url + "/auth/introspect", data={"token": "x"}, headers=junk, timeout=30)
+        assert_oauth(r, 400, "invalid_request", "unreadable")
+        r = proxy.post(url + "/auth/token", data=EXCHANGE, headers=junk, timeout=30)
+        assert_oauth(r, 400, "invalid_request", "unreadable")
+    # The control: the same certificate, forwarded by the proxy, logs in.
+    r = proxy.post(url + "/auth/login/mtls", headers=forwarded, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_a_body_over_the_limit_at_an_oauth_endpoint_is_an_rfc_6749_error(world: World) -> None:
+    """413 at an OAuth endpoint is ``invalid_request`` (it was a problem); elsewhere it
+    stays a problem."""
+    w = world
+    big = "a" * 70_000
+    for path, data in (
+        ("/auth/token", {"grant_type": "refresh_token", "refresh_token": big}),
+        ("/auth/introspect", {"token": big}),
+        ("/auth/revoke", {"token": big}),
+        ("/auth/session", {"refresh_token": big}),
+        ("/auth/logout", {"refresh_token": big}),
+        ("/auth/login/mtls", {"x": big}),
+    ):
+        r = requests.post(w.server.url + path, data=data, timeout=30)
+        assert_oauth(r, 413, "invalid_request", "bytes")
+    r = requests.post(
+        w.server.url + "/auth/v1/roles",
+        data=json.dumps({"operator_id": big, "roles": []}),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert_problem(r, 413, "bytes")
