@@ -785,8 +785,8 @@ class TokenService:
             raise Forbidden("only the enterprise's legal-person certificate grants operator roles")
         operator_id = operator_id_of(operator_id)
         unknown = roles - known
-        if unknown:
-            raise OAuthError(
+        if unknown:  # /auth/v1/roles is no OAuth endpoint: a problem (RFC 9457)
+            raise BadRequest(
                 f"unknown role {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
             )
         now = self.clock()

@@ -187,6 +187,16 @@ def test_a_role_grant_to_an_operator_id_the_ca_would_refuse_is_400(on_each_db: W
     assert "Traceback" not in w.server.log.read_text()
 
 
+def test_a_role_grant_naming_an_unknown_role_is_a_problem(world: World) -> None:
+    """/auth/v1/roles answers every refusal as RFC 9457 problem+json; an unknown role
+    was an OAuth error (it is no OAuth endpoint)."""
+    before = row_counts(world.auth_db, [OperatorRolesRow, AuthEventRow])
+    r = grant(world, "E1024", ["declaration", "admin"])
+    assert_problem(r, 400, "unknown role 'admin' (known: ", "declaration")
+    assert r.json()["type"] == "urn:eport:problem:bad-request"
+    assert row_counts(world.auth_db, [OperatorRolesRow, AuthEventRow]) == before
+
+
 # -- login -----------------------------------------------------------------------------------
 
 LOGIN_TABLES = [SessionRow, RefreshTokenRow, AuthEventRow, SeenAssertionRow, LoginFailureRow]
