@@ -34,7 +34,7 @@ from sqlalchemy import CursorResult, Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from ca import translog
-from ca.api import int_arg, private_answers
+from ca.api import int_arg, parse_serial, private_answers
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
@@ -233,12 +233,7 @@ def _require_all(reader: Reader, what: str) -> None:
 
 def normalize_serial(text: str) -> str:
     """Lower-case hex without leading zeros (``0x`` and colons allowed on input)."""
-    cleaned = text.strip().lower().replace(":", "")
-    cleaned = cleaned.removeprefix("0x")
-    try:
-        return format(int(cleaned, 16), "x")
-    except ValueError:
-        raise BadRequest(f"serial {text[:60]!r} is not hexadecimal") from None
+    return format(parse_serial(text), "x")
 
 
 def parse_time(name: str, text: str) -> datetime.datetime:

@@ -628,6 +628,25 @@ def test_an_unknown_path_or_method_is_a_problem_in_the_apis_words(world: World) 
     assert_problem(r, 405, "DELETE is not allowed here")
 
 
+def test_numbers_in_a_query_or_path_are_read_one_way_everywhere(world: World) -> None:
+    """``limit`` took what Python's int() takes (a full-width "１", " 1", "+5", "1_0"),
+    and a serial of -5 was a 404 from the log's proof ("no logged issuance of certificate
+    -5") but a 400 from revoke. Now ASCII digits only, and one reading of a serial."""
+    for raw in ("%EF%BC%91", "%201", "+5", "1_0"):
+        r = send(world, "GET", f"/ca/v1/ra/applications?limit={raw}", signer=world.officer)
+        assert_problem(r, 400, "limit must be an integer (ASCII digits)")
+    for raw, words in (("-5", "not a hexadecimal serial"), ("0", "positive integer")):
+        for path in (
+            f"/ca/v1/audit/proof/inclusion?serial={raw}",
+            f"/ca/v1/audit/events?serial={raw}",
+        ):
+            assert_problem(send(world, "GET", path, signer=world.auditor), 400, words)
+        r = send(world, "POST", f"/ca/v1/certificates/{raw}/revoke", b"{}", signer=world.officer)
+        assert_problem(r, 400, words)
+    r = send(world, "GET", "/ca/v1/ra/applications?limit=2", signer=world.officer)
+    assert r.status_code == 200, r.text
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
