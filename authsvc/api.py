@@ -58,9 +58,15 @@ def no_store(resp: Response) -> Response:
 
 
 def form(name: str, *, required: bool = True) -> str | None:
+    """The form parameter ``name``; RFC 6749 §3.1: parameters "MUST NOT be included more
+    than once" (refused as the authorization_code grant refuses them: two parsers that
+    disagree on which of two values counts make parameter pollution possible)."""
     if request.mimetype != "application/x-www-form-urlencoded":
         raise OAuthError("use application/x-www-form-urlencoded (RFC 6749 §4.1.3)")
-    value = request.form.get(name)
+    values = request.form.getlist(name)
+    if len(values) > 1:
+        raise OAuthError(f"{name} is given more than once")
+    value = values[0] if values else None
     if required and not value:
         raise OAuthError(f"{name} is required")
     return value
@@ -272,7 +278,8 @@ def token() -> Response:
             out.update(minted_json(login.minted))
         return no_store(jsonify(out))
     if grant == "refresh_token":
-        service = form("audience", required=False) or form("resource", required=False)
+        audience, resource = form("audience", required=False), form("resource", required=False)
+        service = audience or resource
         if not service:
             raise OAuthError("audience (the service id) is required", error="invalid_target")
         minted = s.tokens.refresh(form("refresh_token") or "", service, client_addr())

@@ -237,7 +237,10 @@ def fast_path(
         method = environ.get("REQUEST_METHOD")
         if path == INTROSPECT_PATH and method == "POST":
             body = _forwarded_form(environ)
-            tokens = parse_qs(body.decode("latin-1")).get("token", []) if body else []
+            # Blank values counted too: ``token=&token=x`` is two, as Werkzeug reads it,
+            # and Flask refuses a repeated parameter (RFC 6749 §3.1).
+            form = parse_qs(body.decode("latin-1"), keep_blank_values=True) if body else {}
+            tokens = form.get("token", [])
             if len(tokens) != 1 or not tokens[0]:
                 return inner(environ, start_response)
             try:

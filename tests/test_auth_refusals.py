@@ -33,7 +33,7 @@ from cli.client import Identity
 from cli.keyfiles import load_identity
 from cli.session import assertion
 from tests.conftest import Postgres, Server, start_server, stop
-from tests.helpers import enroll_enterprise, row_counts
+from tests.helpers import enroll_enterprise, enroll_service, row_counts
 
 PROXY = "127.0.0.2"
 """The address the test server trusts as its TLS proxy; requests from 127.0.0.1 come
@@ -311,3 +311,71 @@ def test_a_body_over_the_limit_at_an_oauth_endpoint_is_an_rfc_6749_error(world: 
         timeout=30,
     )
     assert_problem(r, 413, "bytes")
+
+
+# -- a parameter given twice -----------------------------------------------------------------
+
+
+def session_of(w: World) -> dict[str, Any]:
+    """A fresh login of the enterprise, with an access token for customs-declaration."""
+    leaf = w.enterprise.chain[0]
+    jws = assertion(w.enterprise, w.server.url + "/auth/token", x5t_s256(leaf))
+    r = login(w, jws, audience="customs-declaration")
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def test_a_parameter_given_twice_is_refused_at_every_oauth_endpoint(world: World) -> None:
+    """RFC 6749 §3.1: "MUST NOT be included more than once". Only the
+    authorization_code grant refused repeats; elsewhere the first value won silently, so
+    a proxy reading the last one and this server disagreed on what was asked."""
+    w = world
+    url = w.server.url
+    svc_dir = enroll_service(w.server, w.tmp)
+    pw = w.tmp / "pw.txt"
+    service = load_identity(svc_dir / "cert.pem", svc_dir / "key.pem", pw)
+    s = session_of(w)
+    rt, at = s["refresh_token"], s["access_token"]
+    other = session_of(w)["access_token"]
+
+    def post(path: str, fields: list[tuple[str, str]]) -> requests.Response:
+        return requests.post(url + path, data=fields, timeout=30)
+
+    refresh = [("grant_type", "refresh_token"), ("refresh_token", rt)]
+    cases: list[tuple[str, list[tuple[str, str]], str]] = [
+        ("/auth/token", [("grant_type", "password"), *refresh], "grant_type"),
+        (
+            "/auth/token",
+            [*refresh, ("refresh_token", rt), ("audience", "portal")],
+            "refresh_token",
+        ),
+        (
+            "/auth/token",
+            [*refresh, ("audience", "customs-declaration"), ("audience", "manifest")],
+            "audience",
+        ),
+        ("/auth/token", [*refresh, ("resource", "portal"), ("resource", "manifest")], "resource"),
+        ("/auth/revoke", [("token", "junk"), ("token", at)], "token"),
+        ("/auth/logout", [("refresh_token", "junk"), ("refresh_token", rt)], "refresh_token"),
+        ("/auth/session", [("refresh_token", rt), ("refresh_token", rt)], "refresh_token"),
+    ]
+    for path, fields, name in cases:
+        assert_oauth(post(path, fields), 400, "invalid_request", f"{name} is given more than once")
+    # Introspection, signed by a registered service, and by its certificate forwarded by
+    # the trusted proxy (the WSGI fast path, which hands repeats to the Flask view).
+    body = f"token={at}&token={other}".encode()
+    form = "application/x-www-form-urlencoded"
+    r = signed(w, "/auth/introspect", body, form, signer=service)
+    assert_oauth(r, 400, "invalid_request", "token is given more than once")
+    pem = service.chain[0].public_bytes(serialization.Encoding.PEM).decode()
+    forwarded = {"X-SSL-Client-Cert": quote(pem), "Content-Type": form}
+    proxy = from_proxy()
+    for twice in (body, f"token=&token={at}".encode()):
+        r = proxy.post(url + "/auth/introspect", data=twice, headers=forwarded, timeout=30)
+        assert_oauth(r, 400, "invalid_request", "token is given more than once")
+    # None of those did anything: the token is active, the refresh token unused.
+    r = proxy.post(url + "/auth/introspect", data={"token": at}, headers=forwarded, timeout=30)
+    assert r.status_code == 200 and r.json()["active"] is True, r.text
+    r = post("/auth/token", [*refresh, ("audience", "portal")])
+    assert r.status_code == 200 and r.json()["aud"] == "https://portal.eport.example", r.text
