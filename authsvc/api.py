@@ -315,7 +315,7 @@ def login_mtls() -> Response:
 @oauth_endpoint
 def session_info() -> Response:
     """The session a refresh token belongs to (``eport whoami``); nothing is rotated."""
-    rec = svc().tokens.session_of_refresh(form("refresh_token") or "")
+    rec = svc().tokens.session_of_refresh(form("refresh_token") or "", client_addr())
     return no_store(jsonify(session_json(rec)))
 
 

@@ -22,7 +22,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -457,24 +457,7 @@ class TokenService:
         if rt is None:
             raise InvalidGrant("unknown refresh token")
         if rt.used_at is not None:
-            session = self.store.get_session(rt.sid)
-            if now - rt.used_at <= self.settings.refresh_grace:
-                raise InvalidGrant(
-                    "refresh token already used (concurrent refresh); use its successor"
-                )
-            if self.store.end_session(rt.sid, "refresh token reuse", now):
-                subject = session.principal.subject if session else None
-                self.store.add_event(
-                    AuthEvent(
-                        "session.ended",
-                        now,
-                        subject,
-                        rt.sid,
-                        client_addr=client_addr,
-                        detail={"reason": "refresh token reuse"},
-                    )
-                )
-            raise InvalidGrant("refresh token reused: the session is ended")
+            self._refuse_reuse(rt, rt.used_at, now, client_addr)
         try:
             session = self.live_session(rt.sid)
         except InvalidToken as exc:
@@ -497,6 +480,33 @@ class TokenService:
             )
         )
         return Minted(minted.access_token, minted.expires_in, minted.scope, minted.audience, new)
+
+    def _refuse_reuse(
+        self,
+        rt: RefreshRecord,
+        used_at: datetime.datetime,
+        now: datetime.datetime,
+        client_addr: str | None,
+    ) -> NoReturn:
+        """Refuse a refresh token that was used already. Within ``refresh_grace`` of its
+        first use (two concurrent refreshes of one client) nothing else happens; later it
+        is theft (OAuth 2.0 Security BCP §4.14.2): the whole session ends."""
+        if now - used_at <= self.settings.refresh_grace:
+            raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
+        session = self.store.get_session(rt.sid)
+        if self.store.end_session(rt.sid, "refresh token reuse", now):
+            subject = session.principal.subject if session else None
+            self.store.add_event(
+                AuthEvent(
+                    "session.ended",
+                    now,
+                    subject,
+                    rt.sid,
+                    client_addr=client_addr,
+                    detail={"reason": "refresh token reuse"},
+                )
+            )
+        raise InvalidGrant("refresh token reused: the session is ended")
 
     def mint_for(
         self,
@@ -724,10 +734,17 @@ class TokenService:
             )
         return ended
 
-    def session_of_refresh(self, refresh_token: str) -> SessionRecord:
+    def session_of_refresh(
+        self, refresh_token: str, client_addr: str | None = None
+    ) -> SessionRecord:
+        """The session of a refresh token that is still the session's current one; a
+        used one is refused as :meth:`refresh` refuses it (a reuse after the grace ends
+        the session)."""
         rt = self.store.get_refresh(token_hash(refresh_token))
         if rt is None:
             raise InvalidGrant("unknown session")
+        if rt.used_at is not None:
+            self._refuse_reuse(rt, rt.used_at, self.clock(), client_addr)
         try:
             return self.live_session(rt.sid)
         except InvalidToken as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,3 +380,52 @@ def test_a_parameter_given_twice_is_refused_at_every_oauth_endpoint(world: World
     assert r.status_code == 200 and r.json()["active"] is True, r.text
     r = post("/auth/token", [*refresh, ("audience", "portal")])
     assert r.status_code == 200 and r.json()["aud"] == "https://portal.eport.example", r.text
+
+
+# -- a used refresh token ----------------------------------------------------------------------
+
+
+def whoami(w: World, rt: str) -> requests.Response:
+    return requests.post(w.server.url + "/auth/session", data={"refresh_token": rt}, timeout=30)
+
+
+def rotate(w: World, rt: str) -> str:
+    fields = {"grant_type": "refresh_token", "refresh_token": rt, "audience": "portal"}
+    r = requests.post(w.server.url + "/auth/token", data=fields, timeout=30)
+    assert r.status_code == 200, r.text
+    successor: str = r.json()["refresh_token"]
+    return successor
+
+
+def test_a_used_refresh_token_does_not_name_its_session(world: World) -> None:
+    """/auth/session (``eport whoami``) answered a rotated refresh token with the
+    session's identity for as long as the session lived."""
+    s = session_of(world)
+    first = s["refresh_token"]
+    second = rotate(world, first)
+    r = whoami(world, first)
+    assert_oauth(r, 400, "invalid_grant", "already used", "successor")
+    # Within the grace of a concurrent refresh: nothing else happens.
+    r = whoami(world, second)
+    assert r.status_code == 200 and r.json()["sid"] == s["session"]["sid"], r.text
+
+
+@pytest.mark.slow
+def test_a_used_refresh_token_after_the_grace_ends_the_session(world: World) -> None:
+    """Presented again later than the 10 s grace, at /auth/session as at the token
+    endpoint, a used refresh token is theft: the session ends, its tokens stop."""
+    s = session_of(world)
+    first = s["refresh_token"]
+    second = rotate(world, first)
+    time.sleep(10.5)
+    assert_oauth(whoami(world, first), 400, "invalid_grant", "the session is ended")
+    assert_oauth(whoami(world, second), 400, "invalid_grant", "ended")
+    r = requests.get(
+        world.server.url + "/auth/validate",
+        headers={
+            "Authorization": "Bearer " + s["access_token"],
+            "X-Eport-Service": "customs-declaration",
+        },
+        timeout=30,
+    )
+    assert r.status_code == 401
