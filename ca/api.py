@@ -363,7 +363,8 @@ def profiles_arg(data: dict[str, Any]) -> list[str] | None:
 @bp.post("/ra/applications/<app_id>/approve")
 def approve(app_id: str) -> Response:
     caller = signed_caller()
-    grant = svc().authority.approve(caller, app_id, profiles_arg(json_body()))
+    data = only(json_body(), "an approval", "profiles")
+    grant = svc().authority.approve(caller, app_id, profiles_arg(data))
     return jsonify(grant_json(grant))
 
 
@@ -371,7 +372,7 @@ def approve(app_id: str) -> Response:
 def withdraw(app_id: str) -> Response:
     """Withdraw an approval before the applicant enrolled (its codes stop working)."""
     caller = signed_caller()
-    data = json_body()
+    data = only(json_body(), "a withdrawal", "reason")
     app = svc().authority.withdraw(caller, app_id, field(data, "reason"))
     return jsonify(app_json(app))
 
@@ -380,14 +381,15 @@ def withdraw(app_id: str) -> Response:
 def reissue_code(app_id: str) -> tuple[Response, int]:
     """A new enrollment code for an approved application (the last one lost or expired)."""
     caller = signed_caller()
-    grant = svc().authority.reissue_code(caller, app_id, profiles_arg(json_body()))
+    data = only(json_body(), "a new code", "profiles")
+    grant = svc().authority.reissue_code(caller, app_id, profiles_arg(data))
     return jsonify(grant_json(grant)), 201
 
 
 @bp.post("/ra/applications/<app_id>/reject")
 def reject(app_id: str) -> Response:
     caller = signed_caller()
-    data = json_body()
+    data = only(json_body(), "a rejection", "reason")
     app = svc().authority.reject(caller, app_id, field(data, "reason"))
     return jsonify(app_json(app))
 
@@ -396,6 +398,7 @@ def enrollment(authority: JointCA, data: dict[str, Any]) -> tuple[int, dict[str,
     """``POST /enroll`` from its JSON body: status and JSON document, or an EPortError.
     Framework-free: the view below and the WSGI fast path (:mod:`ca.enroll_http`) both
     answer through it."""
+    only(data, "an enrollment", "code", "profile", "csr")
     issued = authority.enroll(field(data, "code"), field(data, "profile"), field(data, "csr"))
     # 200: the certificate this code already got for this key, sent again (a lost answer)
     return 200 if issued.replayed else 201, issued_json(issued)
@@ -412,7 +415,7 @@ def check_code() -> Response:
     """Would this code enroll this profile now? The refusal ``/enroll`` would give, or the
     code's profiles and expiry; nothing is redeemed (the code stays in the body, never in
     a URL or a log)."""
-    data = json_body()
+    data = only(json_body(), "a code check", "code", "profile")
     rec = svc().authority.check_code(field(data, "code"), field(data, "profile"))
     resp = jsonify({"profiles": list(rec.profiles), "expires_at": iso(rec.expires_at)})
     resp.headers["Cache-Control"] = "no-store"
@@ -422,7 +425,7 @@ def check_code() -> Response:
 @bp.post("/operators")
 def authorize_operator() -> tuple[Response, int]:
     caller = signed_caller()
-    data = json_body()
+    data = only(json_body(), "an operator's authorization", "name", "operator_id")
     grant = svc().authority.authorize_operator(
         caller, field(data, "name"), field(data, "operator_id")
     )
@@ -432,7 +435,7 @@ def authorize_operator() -> tuple[Response, int]:
 @bp.post("/renew")
 def renew() -> tuple[Response, int]:
     caller = signed_caller()
-    data = json_body()
+    data = only(json_body(), "a renewal", "csr")
     issued = svc().authority.renew(caller, field(data, "csr"))
     # 200: the certificate this signer's renewal already got for this key (a lost answer)
     return jsonify(issued_json(issued)), 200 if issued.replayed else 201
@@ -476,21 +479,31 @@ def status_json(change: StatusChange) -> dict[str, Any]:
 @bp.post("/certificates/<serial>/revoke")
 def revoke(serial: str) -> Response:
     caller = signed_caller()
-    data = json_body()
+    data = only(json_body(), "a revocation", "reason", "invalidity_date")
     invalidity = field(data, "invalidity_date", required=False)
     when = iso_time("invalidity_date", invalidity) if invalidity else None
     change = svc().revocation.revoke(caller, parse_serial(serial), field(data, "reason"), when)
     return jsonify(status_json(change))
 
 
+def only(data: dict[str, Any], action: str, *names: str) -> dict[str, Any]:
+    """``data`` when it has no member but ``names``; else a 400 naming the others. A
+    member the endpoint does not read was dropped without a word: an officer's
+    ``{"profile": ...}`` (for ``profiles``) approved with the default profiles."""
+    extra = sorted(set(data).difference(names))
+    if extra:
+        named = ", ".join(repr(name[:40]) for name in extra[:5])
+        if not names:
+            raise BadRequest(f"{action} takes no parameters; the body is {{}} or none, not {named}")
+        raise BadRequest(f"{action} takes {', '.join(names)}; not {named}")
+    return data
+
+
 def no_parameters(action: str) -> None:
     """An action that takes no parameters reads its body all the same: none, or an empty
     JSON object. Anything else (not JSON, a member the client meant to say something with)
     is a 400 before the action, as every other endpoint refuses such a body."""
-    extra = sorted(json_body())
-    if extra:
-        named = ", ".join(repr(name[:40]) for name in extra[:5])
-        raise BadRequest(f"{action} takes no parameters; the body is {{}} or none, not {named}")
+    only(json_body(), action)
 
 
 @bp.post("/certificates/<serial>/suspend")
@@ -532,7 +545,7 @@ def renew_responders() -> Response:
     caller = signed_caller()
     if caller.role is not SubjectClass.AGENCY:
         raise Forbidden("OCSP responders are renewed at a member agency RA officer's request")
-    force = json_body().get("force", False)
+    force = only(json_body(), "a responder renewal", "force").get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false")
     return jsonify(renew(current_app, force=force, actor=caller.actor).to_json())

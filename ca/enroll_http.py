@@ -7,8 +7,8 @@ read, parsed and answered here. The decision is the one the Flask view makes
 :class:`ca.problems.ErrorAnswers`, so both send the same status, headers and bytes.
 
 Whatever this path is not certain about goes on to Flask with the body intact: another
-media type (Flask's 415, :func:`ca.wellformed.json_request_body`), no or a chunked body,
-one over the app's limit (Flask answers 413), a body that is not a JSON object or that
+media type (Flask's 415, :func:`ca.wellformed.json_request_body`), no body, one over the
+app's limit (Flask answers 413), a body that is not a JSON object or that
 :mod:`ca.wellformed` refuses (Flask's 400 says why), a query string (none is read here;
 Flask's edge check refuses NUL in one). Once the enrollment has been tried, nothing is
 handed on: an unexpected failure is logged and answered 500 as Flask's handler would,
@@ -69,8 +69,10 @@ def _status(code: int) -> str:
 def install_enroll_fast_path(app: Flask) -> None:
     """Wrap ``app.wsgi_app`` so that ``POST /ca/v1/enroll`` with a JSON body of a
     declared length within ``MAX_CONTENT_LENGTH`` is answered without Flask's request
-    machinery. What the app's before-request hook does (:func:`ca.app.reload_hierarchy`:
-    notice a changed hierarchy, unseal under joint custody) is done here too."""
+    machinery (a chunked body comes framed by its length, and a short one never comes:
+    :mod:`ca.framing` sits outside this path). What the app's before-request hook does
+    (:func:`ca.app.reload_hierarchy`: notice a changed hierarchy, unseal under joint
+    custody) is done here too."""
     inner: WSGIApp = app.wsgi_app
 
     def enroll_first(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -265,9 +265,9 @@ def install_custody(
 
 
 def _sealed_share() -> Any:
-    from ca.api import json_body
+    from ca.api import json_body, only
 
-    share = json_body().get("share")
+    share = only(json_body(), "a custodian's share", "share").get("share")
     if not isinstance(share, dict):
         raise BadRequest("'share' must be a sealed share object (eport ca unseal/join)")
     return share
@@ -306,12 +306,12 @@ def unseal() -> Response:
 
 @bp.post("/ceremonies")
 def start_ceremony() -> tuple[Response, int]:
-    from ca.api import field, json_body, signed_caller
+    from ca.api import field, json_body, only, signed_caller
 
     caller = signed_caller()
     if caller.role is not SubjectClass.AGENCY:
         raise Forbidden("a quorum ceremony is opened by a member agency's RA officer")
-    data = json_body()
+    data = only(json_body(), "a ceremony", "operation", "params")
     op = Operation.parse(field(data, "operation"))
     params = data.get("params") or {}
     if not isinstance(params, dict) or not all(

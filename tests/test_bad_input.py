@@ -647,6 +647,51 @@ def test_numbers_in_a_query_or_path_are_read_one_way_everywhere(world: World) ->
     assert r.status_code == 200, r.text
 
 
+def test_a_member_an_endpoint_does_not_read_is_named_not_dropped(world: World) -> None:
+    """A member an endpoint does not read was dropped without a word: an officer's
+    ``{"profile": "operator"}`` (for ``profiles``) approved with the default profiles, an
+    enrollment with a misspelt member went ahead. Now a 400 naming it; nothing changes."""
+    app_id = pending_application(world)
+    serial = serial_of(world.ent)
+    before = counts(world)
+    for method, path, doc, signer, words in (
+        (
+            "POST",
+            f"/ca/v1/ra/applications/{app_id}/approve",
+            {"profile": "operator"},
+            world.officer,
+            "an approval takes profiles; not 'profile'",
+        ),
+        (
+            "POST",
+            f"/ca/v1/ra/applications/{app_id}/reject",
+            {"reason": "r", "note": "n"},
+            world.officer,
+            "not 'note'",
+        ),
+        (
+            "POST",
+            "/ca/v1/enroll",
+            {"code": "ABCD", "profile": "enterprise", "csr": "x", "key": "k"},
+            None,
+            "an enrollment takes code, profile, csr; not 'key'",
+        ),
+        (
+            "POST",
+            f"/ca/v1/certificates/{serial}/revoke",
+            {"reason": "superseded", "when": "now"},
+            world.officer,
+            "not 'when'",
+        ),
+        ("POST", "/ca/v1/operators", {"name": "A", "id": "E1"}, world.enterprise, "not 'id'"),
+    ):
+        r = send(world, method, path, json.dumps(doc).encode(), signer=signer)
+        assert_problem(r, 400, words)
+    assert counts(world) == before
+    r = send(world, "GET", f"/ca/v1/applications/{app_id}")
+    assert r.json()["state"] == "pending", r.text
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
