@@ -597,6 +597,7 @@ class TokenService:
             now=self.clock(),
             leeway=self.settings.leeway,
             cache=self._verified,
+            max_lifetime=self.settings.access_token_lifetime,
         )
         sid = claims.get("sid")
         if not isinstance(sid, str):
@@ -691,6 +692,7 @@ class TokenService:
                     audience=None,
                     now=now,
                     leeway=self.settings.leeway,
+                    max_lifetime=self.settings.access_token_lifetime,
                 )
             except InvalidToken:
                 return

@@ -9,6 +9,7 @@ claims ``iss``, ``sub``, ``aud``, ``exp``, ``iat`` and ``jti``, finds the key by
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -69,14 +70,28 @@ class VerifiedTokens:
         return len(self._items)
 
 
+def _is_time(value: object) -> bool:
+    """A NumericDate (RFC 7519 §2): a finite number. Python's JSON reader takes ``NaN``
+    and ``Infinity``, and every comparison with NaN is false."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_times(
-    claims: dict[str, Any], now: datetime.datetime, leeway: datetime.timedelta
+    claims: dict[str, Any],
+    now: datetime.datetime,
+    leeway: datetime.timedelta,
+    max_lifetime: datetime.timedelta | None,
 ) -> None:
     ts = now.timestamp()
     slack = leeway.total_seconds()
     exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
-    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (exp, iat, nbf)):
-        raise InvalidToken("token times must be numbers")
+    if not all(_is_time(t) for t in (exp, iat, nbf)):
+        raise InvalidToken("token times must be finite numbers")
+    if max_lifetime is not None and exp - iat > max_lifetime.total_seconds():
+        raise InvalidToken(
+            f"token lives longer than {max_lifetime.total_seconds():g} s (exp - iat), "
+            "more than this service issues"
+        )
     if exp <= ts - slack:
         raise InvalidToken("token expired")
     if nbf > ts + slack or iat > ts + slack:
@@ -92,10 +107,13 @@ def verify(
     now: datetime.datetime,
     leeway: datetime.timedelta,
     cache: VerifiedTokens | None = None,
+    max_lifetime: datetime.timedelta | None = None,
 ) -> dict[str, Any]:
     """The claims of a valid access token; :class:`InvalidToken` otherwise.
 
     ``audience`` None skips the audience check (introspection reports ``aud`` instead).
+    ``exp``, ``iat`` and ``nbf`` must be finite numbers; with ``max_lifetime`` (the
+    lifetime this service gives its tokens), ``exp`` no later than ``iat`` plus it.
     With ``cache``, a token verified before skips the signature check (see
     :class:`VerifiedTokens`); everything else is checked as for a new token.
     """
@@ -112,7 +130,7 @@ def verify(
             aud = seen["aud"]
             if audience != aud and not (isinstance(aud, list) and audience in aud):
                 raise InvalidToken("token rejected: Audience doesn't match")
-        _check_times(seen, now, leeway)
+        _check_times(seen, now, leeway, max_lifetime)
         return dict(seen)
     try:
         header = compact_header(token)
@@ -146,7 +164,7 @@ def verify(
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"token rejected: {exc}") from None
-    _check_times(claims, now, leeway)
+    _check_times(claims, now, leeway, max_lifetime)
     if cache is not None:
         cache.put(token, kid, claims)
         return dict(claims)

@@ -405,6 +405,27 @@ def test_attack_validly_signed_but_wrong(sqlite_server: Server, good: dict[str, 
     assert validate(srv, signed(sid="no-such-session")).status_code == 401
     untyped = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
     assert validate(srv, untyped).status_code == 401  # typ at+jwt required (RFC 9068 §4)
+    # Times that are no NumericDate, or past the lifetime this service gives (10 min):
+    # Python's JSON reader takes NaN and Infinity, and comparisons with NaN are false.
+    odd: list[dict[str, Any]] = [
+        {"nbf": float("nan")},
+        {"exp": float("nan")},
+        {"iat": float("nan")},
+        {"exp": float("inf")},
+        {"iat": float("-inf")},
+        {"exp": 1e308},
+        {"exp": 1e20},
+        {"exp": now + 3600, "iat": now},
+        {"exp": now + 601, "iat": now},
+    ]
+    for changes in odd:
+        tok = signed(**changes)
+        assert validate(srv, tok).status_code == 401, changes
+        # RFC 7009: answered 200 whatever the token, and such a token is not revoked
+        # (its exp was turned into a date: a 500 for an infinite one)
+        r = requests.post(srv.url + "/auth/revoke", data={"token": tok}, timeout=10)
+        assert r.status_code == 200, (changes, r.text)
+    assert validate(srv, signed(exp=now + 600, iat=now)).status_code == 200  # the bound itself
 
 
 # -- attacks on login -----------------------------------------------------------------------
