@@ -332,7 +332,9 @@ def logout() -> Response:
 def revoke() -> Response:
     """RFC 7009 §2.1; §2.2: the answer is 200 whether or not the token was known."""
     svc().tokens.revoke(form("token") or "", form("token_type_hint", required=False))
-    return no_store(Response(status=200))
+    resp = Response(status=200)
+    del resp.headers["Content-Type"]  # no body, so no type (Werkzeug's default is HTML)
+    return no_store(resp)
 
 
 # -- validation for services --------------------------------------------------------------

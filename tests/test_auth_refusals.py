@@ -429,3 +429,18 @@ def test_a_used_refresh_token_after_the_grace_ends_the_session(world: World) -> 
         timeout=30,
     )
     assert r.status_code == 401
+
+
+# -- small answers -----------------------------------------------------------------------------
+
+
+def test_revocation_answers_200_with_no_body_and_no_type(world: World) -> None:
+    """RFC 7009 §2.2: 200 whether or not the token was known. It was answered
+    ``text/html`` with an empty body, the only such answer of the JSON endpoints."""
+    s = session_of(world)
+    for token in ("abc", s["access_token"], s["refresh_token"]):
+        r = requests.post(world.server.url + "/auth/revoke", data={"token": token}, timeout=30)
+        assert r.status_code == 200 and r.content == b"", r.text
+        assert "Content-Type" not in r.headers, r.headers
+        assert r.headers["Cache-Control"] == "no-store"
+    assert_oauth(whoami(world, s["refresh_token"]), 400, "invalid_grant")  # it did revoke
