@@ -129,15 +129,39 @@ def unseal_key(path: Path, passphrase: bytes) -> SoftwareSigner:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 before any byte is written, atomically replaced."""
+    """Create ``path`` as a new regular file with mode 0600 before any byte is written,
+    atomically replaced.
+
+    The bytes go to a temporary file of a unique name in the same directory, made with
+    ``O_CREAT|O_EXCL|O_NOFOLLOW`` (:func:`tempfile.mkstemp`), fsynced, then renamed over
+    ``path``. A fixed ``<name>.tmp`` was opened with ``O_TRUNC`` and no ``O_EXCL``: one
+    left behind kept its own mode (a key written 0644), and a symlink there was followed
+    (the key written wherever it pointed). The temporary file ends in ``.tmp``, so that
+    a backup of the data directory leaves it out if a crash leaves it behind.
+    """
+    import contextlib
     import os
+    import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, 0o600)  # mkstemp's mode, whatever a platform's default
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    with contextlib.suppress(OSError):  # the rename survives a power loss, where it can
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

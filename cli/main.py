@@ -653,9 +653,9 @@ def _write_new_key(out: Path, key: Any, pw: bytes) -> list[Path]:
 
 def _undo(key_file: Path, made: list[Path]) -> None:
     """Remove what :func:`_write_new_key` wrote: the key file and the directories it made."""
-    for path in (key_file, key_file.with_name(key_file.name + ".tmp")):
-        with contextlib.suppress(OSError):  # never written: its directory was not made
-            path.unlink(missing_ok=True)
+    # (write_private removes its own temporary file when it fails)
+    with contextlib.suppress(OSError):  # never written: its directory was not made
+        key_file.unlink(missing_ok=True)
     for d in made:  # innermost first; a directory something else wrote into stays
         try:
             d.rmdir()

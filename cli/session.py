@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,13 @@ def check_writable(server: str) -> None:
     """The session file can be written: said before a session is opened or its refresh
     token rotated, which a file that cannot be saved would leave orphaned."""
     path = session_file(server)
-    probe = path.with_name(path.name + ".tmp")  # the name write_private uses
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
-        probe.unlink()
+        # a new file of a unique name beside it, as write_private makes: a fixed name
+        # would follow a symlink left there
+        fd, probe = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise CLIError(_unwritable(path, exc)) from None
 
