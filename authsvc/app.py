@@ -214,6 +214,8 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         resp.headers["Cache-Control"] = "no-store"
         if err.challenge:
             resp.headers["WWW-Authenticate"] = err.challenge
+        if err.retry_after is not None:
+            resp.headers["Retry-After"] = str(err.retry_after)
         return resp
 
     install_problem_handlers(app, cfg.max_body_bytes, "the server failed")

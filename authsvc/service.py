@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import math
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -45,6 +46,9 @@ class OAuthError(EPortError):
 
     status = 400
     error = "invalid_request"
+    retry_after: int | None = None
+    """Seconds after which the same request may succeed (``Retry-After``, RFC 9110
+    §10.2.3), when the refusal is for a while."""
 
     def __init__(self, detail: str, *, error: str | None = None, status: int | None = None) -> None:
         super().__init__(detail)
@@ -64,8 +68,14 @@ class InvalidGrant(OAuthError):
 
 
 class TooManyFailures(OAuthError):
+    """Too many failed logins in the window (RFC 6585 §4 429, with ``Retry-After``)."""
+
     status = 429
     error = "slow_down"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class StatusSource(Protocol):
@@ -172,7 +182,12 @@ class AuthStore(ReplayStore, Protocol):
         once, the last one's event is logged last (the last writer wins)."""
         ...
 
-    def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int: ...
+    def failures(
+        self, key: str, now: datetime.datetime, window: datetime.timedelta
+    ) -> tuple[int, datetime.datetime]:
+        """The failures counted for ``key`` in its window, and when that window ends
+        (``now`` when none is counted)."""
+        ...
 
     def record_failure(
         self, key: str, now: datetime.datetime, window: datetime.timedelta
@@ -283,14 +298,20 @@ class TokenService:
 
     def _check_rate(self, keys: list[str]) -> None:
         now = self.clock()
+        until: datetime.datetime | None = None
         for k in keys:
             limit = (
                 self.settings.max_failures_per_address
                 if k.startswith("addr:")
                 else self.settings.max_failures
             )
-            if self.store.failures(k, now, self.settings.failure_window) >= limit:
-                raise TooManyFailures("too many failed logins; wait a few minutes")
+            count, ends = self.store.failures(k, now, self.settings.failure_window)
+            if count >= limit:
+                until = ends if until is None else max(until, ends)
+        if until is not None:
+            # Every key over its limit stays refused until its window ends: the latest.
+            left = max(math.ceil((until - now).total_seconds()), 1)
+            raise TooManyFailures(f"too many failed logins; try again in {left} s", left)
 
     def _fail(self, keys: list[str], event: AuthEvent) -> None:
         now = self.clock()

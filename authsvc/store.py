@@ -194,12 +194,14 @@ class SqlAuthStore:
 
     # -- failed logins --------------------------------------------------------------------
 
-    def failures(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> int:
+    def failures(
+        self, key: str, now: datetime.datetime, window: datetime.timedelta
+    ) -> tuple[int, datetime.datetime]:
         with self._read() as s:
             row = s.get(LoginFailureRow, key)
             if row is None or now - row.window_start > window:
-                return 0
-            return row.count
+                return 0, now
+            return row.count, row.window_start + window
 
     def record_failure(self, key: str, now: datetime.datetime, window: datetime.timedelta) -> None:
         for attempt in (1, 2):

@@ -444,3 +444,23 @@ def test_revocation_answers_200_with_no_body_and_no_type(world: World) -> None:
         assert "Content-Type" not in r.headers, r.headers
         assert r.headers["Cache-Control"] == "no-store"
     assert_oauth(whoami(world, s["refresh_token"]), 400, "invalid_grant")  # it did revoke
+
+
+def test_slow_down_says_when_to_try_again(world: World) -> None:
+    """429 ``slow_down`` names the seconds left in the failure window (``Retry-After``);
+    it had none, and the client could not tell when the 5 minutes end."""
+    w = world
+    ent = enroll_enterprise(w.server, w.tmp, "Locked Out Co.")
+    ident = load_identity(ent / "cert.pem", ent / "key.pem", w.tmp / "pw.txt")
+    endpoint = w.server.url + "/auth/token"
+    # Failures its holder signed (a wrong sub) count against the certificate: 10 in 5 min.
+    started = time.monotonic()
+    for _ in range(10):
+        r = login(w, assertion(ident, endpoint, "ent:not-this-one"))
+        assert_oauth(r, 400, "invalid_grant", "sub")
+    r = login(w, assertion(ident, endpoint, x5t_s256(ident.chain[0])))
+    assert_oauth(r, 429, "slow_down")
+    window = 300 - (time.monotonic() - started)
+    retry_after = int(r.headers["Retry-After"])
+    assert window - 5 <= retry_after <= 300, (retry_after, window)
+    assert f"in {retry_after} s" in r.json()["error_description"]
