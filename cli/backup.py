@@ -94,12 +94,16 @@ def backup_command(
     """
     from ca.backup import create_backup
 
-    if out.exists() and not force:
+    where = out.parent
+    try:
+        exists, where_exists = out.exists(), where.exists()
+    except OSError as exc:  # a directory that may not be searched, a name too long
+        raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if exists and not force:
         # It may be the last good backup: never replaced by a typo or a rerun.
         raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
     # Said before the databases are read, rather than as an OSError after
-    where = out.parent
-    if where.exists() and not where.is_dir():
+    if where_exists and not where.is_dir():
         raise CLIError(f"cannot write {out}: {where} is not a directory")
     try:
         where.mkdir(parents=True, exist_ok=True)

@@ -640,9 +640,10 @@ def _write_new_key(out: Path, key: Any, pw: bytes) -> list[Path]:
     """Write the new key (encrypted) to OUT/key.pem before any request spends a code or
     a renewal: an --out that cannot be written is said first, in one line. Returns the
     directories made for it (innermost first), for :func:`_undo`."""
-    made = [d for d in (out, *out.parents) if not d.exists()]
     key_file = out / "key.pem"
+    made: list[Path] = []
     try:
+        made = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
         keyfiles.write_key(key_file, key, pw)
     except OSError as exc:
@@ -719,8 +720,19 @@ def _kept_key(
 
 def _refuse_overwrite(out: Path) -> None:
     for name in ("key.pem", "cert.pem"):
-        if (out / name).exists():
+        if _exists(out / name):
             raise CLIError(f"{out / name} exists; choose another --out directory")
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path``, a file a command is to write, exists already; a path that cannot
+    be looked at (a directory that may not be searched, a name too long) cannot be
+    written either: one line naming it, before anything is made or sent (Path.exists
+    raised PermissionError and OSError(ENAMETOOLONG), an 'unexpected error')."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @cli.command()
@@ -798,7 +810,7 @@ def enroll(
       eport enroll --code CODE --profile operator --out ./li-wei --key-type ed25519 --p12
     """
     kept_file = out / ("key.pem" if pkcs11_uri is None else "key.uri")
-    kept = kept_file.exists() and not (out / "cert.pem").exists()
+    kept = _exists(kept_file) and not _exists(out / "cert.pem")
     if kept and pkcs11_uri is not None:  # the code is not checked first, as below
         _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
         return
@@ -852,7 +864,7 @@ def _key_in_token(
     if p12:
         raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
     key_file = out / "key.uri"
-    kept = key_file.exists() and not (out / "cert.pem").exists()
+    kept = _exists(key_file) and not _exists(out / "cert.pem")
     made: list[Path] = []
     if kept:
         uri = _kept_token_key(key_file, token)
@@ -1011,7 +1023,7 @@ def renew(
     serial = format(ident.chain[0].serial_number, "x")
     out = out or cert_file.parent / f"renewed-{serial}"
     token = _token_for_new_key(ident.key, new_pkcs11_uri)
-    kept = token is None and (out / "key.pem").exists() and not (out / "cert.pem").exists()
+    kept = token is None and _exists(out / "key.pem") and not _exists(out / "cert.pem")
     if not kept:
         _refuse_overwrite(out)
     if token is not None:

@@ -5,12 +5,17 @@ it left on disk or on the server."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
-from tests.conftest import Server
-from tests.test_cli_errors import approved_code
-from tests.test_enrollment_flow import jrun
+import pytest
+
+from tests.conftest import EPORT, Server
+from tests.helpers import enroll_enterprise
+from tests.test_cli_errors import approved_code, one_line
+from tests.test_enrollment_flow import counts, jrun
 
 
 def _private_regular(path: Path) -> None:
@@ -68,3 +73,58 @@ def test_a_stale_temporary_file_does_not_make_the_key_readable(
         "key.pem",
         "key.pem.tmp",
     ]
+
+
+def test_an_out_that_cannot_be_looked_at_is_one_line(sqlite_server: Server, tmp_path: Path) -> None:
+    """--out with a name over NAME_MAX (or under a directory that may not be searched)
+    made Path.exists() raise: 'eport: unexpected error: OSError(36, ...)' for enroll,
+    renew and backup. It is 'cannot write OUT/key.pem: File name too long', exit 1,
+    before a key is made or anything is sent: the code stays good."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Long Out Co.")
+    code = approved_code(server, "Long Out Applicant Co.")
+    long = tmp_path / ("a" * 300)
+    before = counts(server)
+    args = ["--code", code, "--profile", "enterprise", "--out", str(long / "x")]
+    one_line(server.eport("enroll", *args, check=False), 1, f"cannot write {long}/x/key.pem: ")
+    assert one_line(server.eport("enroll", *args, check=False), 1, "").endswith(
+        ": File name too long"
+    )
+    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    res = server.eport("renew", *creds, "--out", str(long), check=False)
+    one_line(res, 1, f"cannot write {long}/key.pem: File name too long")
+    res = server.eport(
+        "backup", "--data-dir", str(server.data_dir), "--out", f"{long}.tgz", check=False
+    )
+    one_line(res, 1, f"cannot write {long}.tgz: File name too long")
+    assert counts(server) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ent.name]
+    # the code was not spent
+    jrun(server, "enroll", "--code", code, "--profile", "enterprise", "--out", str(tmp_path / "ok"))
+
+
+def test_an_out_under_a_directory_that_may_not_be_searched(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """The same for EACCES: run as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    (as the probe did), a directory of another user with mode 0700 cannot be searched."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to run the command without DAC override")
+    server = sqlite_server
+    code = approved_code(server, "Locked Out Co.")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    os.chown(locked, 65534, 65534)
+    os.chmod(tmp_path, 0o755)
+    before = counts(server)
+    no_override = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    enroll = ["enroll", "--code", code, "--profile", "enterprise", "--out", str(locked / "x")]
+    res = subprocess.run(
+        [*no_override, EPORT, *enroll],
+        capture_output=True,
+        text=True,
+        env=server.env(),
+        timeout=60,
+    )
+    one_line(res, 1, f"cannot write {locked}/x/key.pem: Permission denied")
+    assert counts(server) == before
