@@ -29,9 +29,9 @@ from authsvc.service import (
     OAuthError,
     SessionRecord,
 )
-from authsvc.tokens import InvalidToken
+from authsvc.tokens import InvalidToken, jose_header
 from ca.errors import BadRequest, EPortError, Forbidden, PayloadTooLarge, Unauthenticated
-from ca.signedreq import verify_http_request
+from ca.signedreq import SCHEME, verify_http_request
 from ca.wellformed import json_object, refuse_non_json
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -153,6 +153,12 @@ def caller_principal() -> Principal:
     mtls = mtls_caller(s.tokens, s.trust, request.headers, request.remote_addr, proxies(), utcnow())
     if mtls is not None:
         return mtls
+    scheme, _, signed = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme == SCHEME and signed.strip():
+        try:
+            jose_header(signed.strip())  # refused in plain words before the parsers speak
+        except ValueError as exc:
+            raise Unauthenticated(f"malformed signed request: {exc}") from None
     req = verify_http_request(
         request,
         trust=s.trust,

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authsvc.keys import KeyRing
 from authsvc.principal import Principal, identify, x5t_s256
-from authsvc.tokens import InvalidToken, VerifiedTokens, mint, verify
+from authsvc.tokens import InvalidToken, VerifiedTokens, jose_header, mint, verify
 from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
 from ca.ocsp import CertStatus, Good
 from ca.policy import Policies, SubjectClass
@@ -354,6 +354,10 @@ class TokenService:
                 decided["access"] = self._access(principal, service_id)
 
         try:
+            try:
+                jose_header(assertion)  # refused in plain words before the parsers speak
+            except ValueError as exc:
+                raise Unauthenticated(f"malformed login assertion: {exc}") from None
             verified = verify_certificate_jwt(
                 assertion,
                 typ="JWT",

@@ -34,6 +34,29 @@ class InvalidToken(EPortError):
     challenge: str | None = 'Bearer realm="eport", error="invalid_token"'
 
 
+def jose_header(token: str) -> dict[str, Any]:
+    """The protected header of a compact JWS (:func:`ca.signedreq.compact_header`), its
+    refusal (ValueError) in plain words rather than the base64 or JSON parser's own
+    ("Invalid base64-encoded string: number of data characters…", "Expecting property
+    name enclosed in double quotes…")."""
+    header: dict[str, Any] | None
+    try:
+        header = compact_header(token)
+    except ValueError as exc:
+        if str(exc) == "not a compact JWS":  # its shape or its characters
+            raise ValueError(
+                "not a compact JWS (three base64url parts separated by dots)"
+            ) from None
+        header = None
+    # Past compact_header's pattern every character is base64url's: a part decodes unless
+    # its length is one more than a multiple of 4 (RFC 4648 §5, unpadded).
+    if any(len(part) % 4 == 1 for part in token.split(".")):
+        raise ValueError("not a compact JWS: its parts are not base64url")
+    if header is None:
+        raise ValueError("the JOSE header is not a JSON object")
+    return header
+
+
 def mint(claims: dict[str, Any], kid: str, key: ec.EllipticCurvePrivateKey) -> str:
     return jwt.encode(claims, key, algorithm="ES256", headers={"typ": ACCESS_TOKEN_TYP, "kid": kid})
 
@@ -133,7 +156,7 @@ def verify(
         _check_times(seen, now, leeway, max_lifetime)
         return dict(seen)
     try:
-        header = compact_header(token)
+        header = jose_header(token)
     except ValueError as exc:
         raise InvalidToken(f"malformed token: {exc}") from None
     if header.get("alg") != "ES256":

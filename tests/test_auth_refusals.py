@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 import requests
@@ -327,15 +327,21 @@ def session_of(w: World) -> dict[str, Any]:
     return out
 
 
-def test_a_parameter_given_twice_is_refused_at_every_oauth_endpoint(world: World) -> None:
+@pytest.fixture(scope="module")
+def service(world: World) -> Identity:
+    """The customs-declaration service's certificate (a registered service)."""
+    d = enroll_service(world.server, world.tmp)
+    return load_identity(d / "cert.pem", d / "key.pem", world.tmp / "pw.txt")
+
+
+def test_a_parameter_given_twice_is_refused_at_every_oauth_endpoint(
+    world: World, service: Identity
+) -> None:
     """RFC 6749 §3.1: "MUST NOT be included more than once". Only the
     authorization_code grant refused repeats; elsewhere the first value won silently, so
     a proxy reading the last one and this server disagreed on what was asked."""
     w = world
     url = w.server.url
-    svc_dir = enroll_service(w.server, w.tmp)
-    pw = w.tmp / "pw.txt"
-    service = load_identity(svc_dir / "cert.pem", svc_dir / "key.pem", pw)
     s = session_of(w)
     rt, at = s["refresh_token"], s["access_token"]
     other = session_of(w)["access_token"]
@@ -464,3 +470,52 @@ def test_slow_down_says_when_to_try_again(world: World) -> None:
     retry_after = int(r.headers["Retry-After"])
     assert window - 5 <= retry_after <= 300, (retry_after, window)
     assert f"in {retry_after} s" in r.json()["error_description"]
+
+
+# -- plain words -------------------------------------------------------------------------------
+
+PARSER_WORDS = ("Invalid base64", "multiple of 4", "Expecting", "line 1 column", "(char ")
+"""What Python's base64 and JSON parsers say, which a client cannot act on."""
+
+
+def test_a_malformed_jws_is_refused_in_plain_words(world: World, service: Identity) -> None:
+    """A login assertion, a signed request or a subject token that is no compact JWS was
+    refused with the base64 or JSON parser's own message."""
+    w = world
+    url = w.server.url
+    form = "application/x-www-form-urlencoded"
+    cases = [
+        ("a.b.c", "not a compact JWS: its parts are not base64url"),
+        ("e1.e30.AA", "the JOSE header is not a JSON object"),
+        ("W10.e30.AA", "the JOSE header is not a JSON object"),
+        ("abc", "not a compact JWS (three base64url parts separated by dots)"),
+    ]
+    for jws, words in cases:
+        answers = [
+            (login(w, jws), 400, "invalid_grant"),
+            (
+                requests.post(
+                    url + "/auth/token",
+                    data=EXCHANGE,
+                    headers={"Authorization": f"{SCHEME} {jws}"},
+                    timeout=30,
+                ),
+                401,
+                "invalid_client",
+            ),
+            (
+                signed(
+                    w,
+                    "/auth/token",
+                    urlencode({**EXCHANGE, "subject_token": jws}).encode(),
+                    form,
+                    signer=service,
+                ),
+                400,
+                "invalid_grant",
+            ),
+        ]
+        for r, status, error in answers:
+            assert_oauth(r, status, error, words)
+            said = r.json()["error_description"]
+            assert not any(p in said for p in PARSER_WORDS), said
