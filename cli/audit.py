@@ -22,6 +22,7 @@ import base64
 import concurrent.futures
 import csv
 import datetime
+import errno
 import hashlib
 import json
 import operator
@@ -45,7 +46,7 @@ from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, NotANoteError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
 from cli.keyfiles import identity_options
-from cli.options import json_option, json_text, takes_utf8
+from cli.options import json_option, json_text, print_result, takes_utf8
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/ca/v1/audit"
@@ -785,10 +786,7 @@ def _client(
 
 
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    if as_json:
-        click.echo(json_text(data))
-    else:
-        click.echo(text)
+    print_result(json_text(data) if as_json else text)
 
 
 @click.group("audit")
@@ -904,7 +902,17 @@ def audit_log(
             base.append((name, value))
     page_size = 1000 if fmt == "table" else EXPORT_PAGE
     if out is None:
-        _write_events(client, base, fmt, limit, page_size, sys.stdout, False, bom)
+        if sys.stdout is None:  # closed (>&-): the export would go nowhere
+            print_result("")
+        try:
+            _write_events(client, base, fmt, limit, page_size, sys.stdout, False, bom)
+            sys.stdout.flush()
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # a reader that stopped reading: click ends quietly
+            raise CLIError(
+                f"cannot write the result to standard output: {exc.strerror or exc}"
+            ) from None
         return
     # Written beside OUT and renamed when complete: a failed export leaves no half file.
     part = out.with_name(f".{out.name}.part")

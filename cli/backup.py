@@ -29,7 +29,7 @@ from cli import auditproof, options
 from cli.audit import issuance_of, load_log_key, verifier_from_public_key
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import CLIError
-from cli.options import json_option
+from cli.options import json_option, print_result
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by the commands that use it
     from sqlalchemy import Connection
@@ -157,7 +157,7 @@ def backup_command(
             fg="yellow",
             err=True,
         )
-    click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+    print_result(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def restore_command(
         steps.append("`eport audit verify --full --since CHECKPOINT` against the restored server")
         data["next"] = steps
         lines += ["Next:", *(f"  {step}" for step in steps)]
-        click.echo(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+        print_result(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
 
 
 def _losing(message: str, auditors: str, accept_loss: bool) -> None:

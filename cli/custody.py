@@ -24,16 +24,20 @@ from ca.share_transport import key_fingerprint, seal_share
 from cli import options
 from cli.client import CAClient, CLIError
 from cli.keyfiles import identity_options
-from cli.options import data_dir_option, json_option, json_text, policies_option, secret_prompt
+from cli.options import (
+    data_dir_option,
+    json_option,
+    json_text,
+    policies_option,
+    print_result,
+    secret_prompt,
+)
 
 MIN_PASSPHRASE = 12
 
 
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    if as_json:
-        click.echo(json_text(data))
-    else:
-        click.echo(text)
+    print_result(json_text(data) if as_json else text)
 
 
 def _read_secret_file(path: Path) -> bytes:

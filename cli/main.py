@@ -37,6 +37,7 @@ from cli.options import (
     json_text,
     not_blank,
     print_any_text,
+    print_result,
     secret_prompt,
 )
 
@@ -53,12 +54,10 @@ class Ctx:
         return CAClient(self.server)
 
 
-def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    """Print ``data`` as one JSON object (``--json``) or ``text`` for people."""
-    if as_json:
-        click.echo(json_text(data))
-    else:
-        click.echo(text)
+def emit(as_json: bool, data: dict[str, Any], text: str, lost: str = "") -> None:
+    """Print ``data`` as one JSON object (``--json``) or ``text`` for people; a result that
+    cannot be written is an error (:func:`cli.options.print_result`), with ``lost``."""
+    print_result(json_text(data) if as_json else text, lost)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -1242,7 +1241,7 @@ def ra_approve(
       eport ra approve APP_ID --profile enterprise --cert officer.pem --key officer.key
     """
     doc = _code_call(ctx, f"{app_id}/approve", cert_file, key_file, passphrase_file, profiles)
-    emit(as_json, doc, f"Approved {app_id}.\n" + _code_lines(doc))
+    emit(as_json, doc, f"Approved {app_id}.\n" + _code_lines(doc), _code_lost(app_id))
 
 
 @ra.command("new-code")
@@ -1279,7 +1278,20 @@ def ra_new_code(
       eport ra new-code app_bibk3oqb5wcrvrjo --cert officer.pem --key officer.key
     """
     doc = _code_call(ctx, f"{app_id}/code", cert_file, key_file, passphrase_file, profiles)
-    emit(as_json, doc, f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc))
+    emit(
+        as_json,
+        doc,
+        f"New code for {app_id}{_withdrew(doc)}.\n" + _code_lines(doc),
+        _code_lost(app_id),
+    )
+
+
+def _code_lost(app_id: str) -> str:
+    """What an officer does about an enrollment code that could not be shown."""
+    return (
+        f"; the enrollment code made for {app_id} is shown nowhere: an RA officer gets "
+        f"a new one with eport ra new-code {app_id} (the lost one then stops working)"
+    )
 
 
 _NAME_KEYS = ("operator_name", "person_name", "legal_name", "service_host")
@@ -1414,6 +1426,8 @@ def operator_add(
         f"Enrollment code: {doc['enrollment_code']}\n"
         f"  expires: {doc['expires_at']}\n"
         f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
+        f"; the operator's enrollment code is shown nowhere: run eport operator add again "
+        f"with --id {operator_id} for a new one (the lost one then stops working)",
     )
 
 

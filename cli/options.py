@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import re
 import sys
@@ -31,6 +32,27 @@ def json_text(data: Any) -> str:
     as ``\\u`` escapes, so that it is still JSON (RFC 8259 §8.1: UTF-8; ASCII is) and no
     name makes printing fail."""
     return json.dumps(data, ensure_ascii=not takes_utf8(sys.stdout), sort_keys=True)
+
+
+def print_result(text: str, lost: str = "") -> None:
+    """Print a command's result on standard output, flushed: a closed standard output
+    (``>&-``) or one that cannot be written (``> /dev/full``, an I/O error) is an error
+    (exit 1) saying so, and ``lost`` what to do about a result shown nowhere else (a
+    one-time code). click.echo drops text when there is no standard output at all, and
+    the command exited 0 having made a code nobody saw. A reader that stopped reading (a
+    broken pipe: ``| head -1``) is click's to end quietly, as before."""
+    from cli.client import CLIError
+
+    stream = sys.stdout
+    if stream is None:
+        raise CLIError(f"cannot write the result to standard output: it is closed{lost}")
+    try:
+        click.echo(text, file=stream)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise
+        why = exc.strerror or str(exc)
+        raise CLIError(f"cannot write the result to standard output: {why}{lost}") from None
 
 
 def print_any_text() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EPORT, Server
-from tests.helpers import enroll_enterprise
+from tests.helpers import enroll_enterprise, fresh_uscc
 from tests.test_cli_errors import approved_code, one_line
 from tests.test_enrollment_flow import counts, jrun
 
@@ -128,3 +128,63 @@ def test_an_out_under_a_directory_that_may_not_be_searched(
     )
     one_line(res, 1, f"cannot write {locked}/x/key.pem: Permission denied")
     assert counts(server) == before
+
+
+def _run_to(server: Server, stdout: int | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``eport`` script with standard output closed (``None``, as ``>&-``) or
+    sent to the file descriptor ``stdout``; standard output is then reported empty."""
+
+    def close_stdout() -> None:
+        os.close(1)
+
+    res = subprocess.run(
+        [EPORT, *args],
+        stdout=subprocess.DEVNULL if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server.env(),
+        timeout=60,
+        preexec_fn=close_stdout if stdout is None else None,
+    )
+    return subprocess.CompletedProcess(res.args, res.returncode, "", res.stderr)
+
+
+def test_a_result_that_cannot_be_written_is_an_error(sqlite_server: Server, tmp_path: Path) -> None:
+    """With standard output closed (``>&-``), eport ra approve made a one-time code, showed
+    it nowhere and exited 0; a full standard output (``> /dev/full``) was 'unexpected
+    error: OSError(28, ...)'. Both are now one line and exit 1, and where the result was
+    a one-time code, the line says how to get a new one."""
+    server = sqlite_server
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Closed Stdout Co.")["id"]
+    res = _run_to(server, None, "ra", "approve", app, *server.officer())
+    line = one_line(res, 1, "cannot write the result to standard output: it is closed; ")
+    assert line.endswith(
+        f"the enrollment code made for {app} is shown nowhere: an RA officer gets a new one "
+        f"with eport ra new-code {app} (the lost one then stops working)"
+    ), line
+    # the code it made is the one a new code replaces
+    assert "withdrew 1 unused code" in server.eport("ra", "new-code", app, *server.officer()).stdout
+
+    ent = enroll_enterprise(server, tmp_path, "Full Stdout Co.")
+    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        res = _run_to(server, full, "ra", "new-code", app, *server.officer(), "--json")
+        one_line(res, 1, "standard output: No space left on device; the enrollment code made")
+        res = _run_to(server, full, "operator", "add", "--name", "Li", "--id", "E1", *creds)
+        line = one_line(res, 1, "cannot write the result to standard output: No space left")
+        assert line.endswith(
+            "the operator's enrollment code is shown nowhere: run eport operator add again "
+            "with --id E1 for a new one (the lost one then stops working)"
+        ), line
+        res = _run_to(server, full, "cert", "show", str(ent / "cert.pem"))
+        line = one_line(res, 1, "")
+        assert (
+            line
+            == "eport: error: cannot write the result to standard output: No space left on device"
+        )
+        audit = ["audit", "log", *server.auditor(), "--format", "csv"]
+        one_line(_run_to(server, full, *audit), 1, "standard output: No space left on device")
+    finally:
+        os.close(full)
+    one_line(_run_to(server, None, "cert", "show", str(ent / "cert.pem")), 1, "it is closed")
