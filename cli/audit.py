@@ -168,23 +168,38 @@ def split_bundle(data: bytes) -> list[bytes]:
 # -- HTTP -------------------------------------------------------------------------------
 
 
+AUDITOR_CREDENTIALS = (
+    "an auditor's (or RA officer's) certificate: --cert and --key (or EPORT_CERT and EPORT_KEY)"
+)
+PROVER_CREDENTIALS = (
+    "the certificate of who asks, an auditor's, an RA officer's or the enterprise's own: "
+    "--as-cert and --key (or EPORT_CERT and EPORT_KEY); --cert names the certificate to prove"
+)
+
+
 class AuditClient:
     """GETs against the audit API, signed with ``identity`` when one is given."""
 
-    def __init__(self, server: str, identity: Identity | None, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        identity: Identity | None,
+        timeout: float = 120.0,
+        *,
+        credentials: str = AUDITOR_CREDENTIALS,
+    ) -> None:
         self.server = server.rstrip("/")
         self.identity = identity
         self.timeout = timeout
         self.http = requests.Session()
+        self.credentials = credentials
+        """What a signed request without an identity needs, in the command's options."""
 
     def get(self, path: str, *, signed: bool = False, method: str = "GET") -> requests.Response:
         headers = {}
         if signed:
             if self.identity is None:
-                raise CLIError(
-                    "this needs an auditor's (or RA officer's) certificate: --cert and --key "
-                    "(or EPORT_CERT and EPORT_KEY)"
-                )
+                raise CLIError(f"this needs {self.credentials}")
             token = sign_request(
                 self.identity.key,
                 self.identity.chain,
@@ -774,14 +789,23 @@ def state_options(f: F) -> F:
 
 
 def _client(
-    obj: Any, cert_file: Path | None, key_file: Path | None, pw: Path | None
+    obj: Any,
+    cert_file: Path | None,
+    key_file: Path | None,
+    pw: Path | None,
+    *,
+    cert_option: str = "--cert",
 ) -> AuditClient:
+    """The audit API's client, signing as ``cert_file`` and ``key_file`` when given (the
+    command's ``cert_option`` and --key)."""
     server = getattr(obj, "server", None) or DEFAULT_SERVER
     identity = None
     if cert_file is not None or key_file is not None:
         if cert_file is None or key_file is None:
-            raise CLIError("--cert and --key go together")
+            raise CLIError(f"{cert_option} and --key go together")
         identity = keyfiles.load_identity(cert_file, key_file, pw)
+    if cert_option == "--as-cert":
+        return AuditClient(server, identity, credentials=PROVER_CREDENTIALS)
     return AuditClient(server, identity)
 
 
@@ -1216,7 +1240,7 @@ def audit_prove(
     if not serial:
         raise click.UsageError("give a SERIAL or --cert FILE")
     serial = _norm_serial(serial)
-    client = _client(obj, cert_file, key_file, passphrase_file)
+    client = _client(obj, cert_file, key_file, passphrase_file, cert_option="--as-cert")
     state_path = state_file or default_state_path(client.server)
     state = State.load(state_path)
     note = client.get(f"{API}/checkpoint").content

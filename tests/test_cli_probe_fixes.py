@@ -188,3 +188,25 @@ def test_a_result_that_cannot_be_written_is_an_error(sqlite_server: Server, tmp_
     finally:
         os.close(full)
     one_line(_run_to(server, None, "cert", "show", str(ent / "cert.pem")), 1, "it is closed")
+
+
+def test_audit_prove_names_its_own_signer_options(sqlite_server: Server, tmp_path: Path) -> None:
+    """eport audit prove without credentials said to pass '--cert and --key', but there
+    --cert is the certificate to prove and the signer is --as-cert: following the advice
+    could not work. It names --as-cert, and who may ask (an enterprise proves its own)."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Prove Own Co.")
+    state = str(tmp_path / "audit-state.json")
+    prove = ["audit", "prove", "--cert", str(ent / "cert.pem"), "--state", state]
+    res = server.eport(*prove, check=False)
+    assert res.returncode == 1 and res.stdout == "", res
+    assert res.stderr.splitlines()[-1] == (
+        "eport: error: this needs the certificate of who asks, an auditor's, an RA "
+        "officer's or the enterprise's own: --as-cert and --key (or EPORT_CERT and "
+        "EPORT_KEY); --cert names the certificate to prove"
+    ), res.stderr
+    res = server.eport(*prove, "--key", str(ent / "key.pem"), check=False)
+    one_line(res, 1, "--as-cert and --key go together")
+    # the advice works
+    as_ent = ["--as-cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    server.eport(*prove, *as_ent)
