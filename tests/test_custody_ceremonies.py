@@ -206,7 +206,13 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
     before = stored()
     refusals = {
         ("ROTATE-ISSUER", "issuer=enterprisee"): "no issuing CA 'enterprisee' to rotate",
-        ("ISSUE-INTERMEDIATE", "name=enterprise"): "issuer=ID names the issuing CA",
+        # a key the operation does not read was stored and ignored ("reson=": the
+        # ceremony revoked with the default reason)
+        ("ISSUE-INTERMEDIATE", "name=enterprise"): "ISSUE-INTERMEDIATE takes issuer; not 'name'",
+        ("REVOKE-INTERMEDIATE", "issuer=service", "reson=superseded"): (
+            "REVOKE-INTERMEDIATE takes issuer, reason; not 'reson'"
+        ),
+        ("ROOT-CRL", "foo=bar"): "ROOT-CRL takes no parameters; not 'foo'",
         ("REVOKE-INTERMEDIATE", "issuer=nosuch"): "no issuing CA 'nosuch'",
         ("REVOKE-INTERMEDIATE", "issuer=agency", "reason=affiliationChanged"): (
             "reason 'affiliationChanged' does not apply to a CA certificate"
