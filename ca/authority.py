@@ -685,16 +685,7 @@ class JointCA:
             {"uscc": parent.uscc, "legal_name": parent.vetted["legal_name"]},
         )
         clean_name = _clean(name, "operator name", UB_NAME)
-        clean_id = _clean(operator_id, "operator id", 64)
-        if not _PRINTABLE.fullmatch(clean_id):
-            # It becomes the subject's serialNumber, a PrintableString (X.520).
-            ascii_form = clean_id.translate(FULL_WIDTH_TO_ASCII)
-            hint = (
-                f" ({clean_id!r} is typed in full width: type it as {ascii_form!r})"
-                if ascii_form != clean_id and _PRINTABLE.fullmatch(ascii_form)
-                else ""
-            )
-            raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?" + hint)
+        clean_id = operator_id_of(operator_id)
         vetted.update({"operator_name": clean_name, "operator_id": clean_id})
         now = self.clock()
         app = Application(
@@ -1015,6 +1006,24 @@ _FIELD_WORDS = {
 """An application's fields in words, with the API's name: `eport apply --name` of 65
 characters was refused as "legal_name has 65 characters", a name the CLI user never
 typed (operator names already read "operator name")."""
+
+
+def operator_id_of(value: str) -> str:
+    """``value`` as an operator id (``eport operator add --id``): blanks collapsed, no
+    invisible or control character, 1 to 64 characters, PrintableString's only, since it
+    becomes the operator certificate's subject serialNumber (X.520). The token service
+    grants roles by it with the same rule. :class:`BadRequest` naming the rule (and the
+    ASCII form of an id typed in full width)."""
+    clean_id = _clean(value, "operator id", 64)
+    if not _PRINTABLE.fullmatch(clean_id):
+        ascii_form = clean_id.translate(FULL_WIDTH_TO_ASCII)
+        hint = (
+            f" ({clean_id!r} is typed in full width: type it as {ascii_form!r})"
+            if ascii_form != clean_id and _PRINTABLE.fullmatch(ascii_form)
+            else ""
+        )
+        raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?" + hint)
+    return clean_id
 
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:

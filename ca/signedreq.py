@@ -424,9 +424,13 @@ def compact_header(token: str) -> dict[str, Any]:
         raise ValueError("not a compact JWS")
     segment = token[: token.index(".")]
     try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise ValueError(str(exc)) from None
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (ValueError, binascii.Error):  # the decoder's words count characters
+        raise ValueError("its header is not base64url (RFC 7515 §2)") from None
+    try:
+        header = json.loads(raw)
+    except ValueError:  # the parser's words ("Expecting property name …") say no more
+        raise ValueError("its header is not a JSON object (RFC 7515 §4)") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     return header

@@ -37,6 +37,7 @@ from ca.signedreq import (
     body_hash,
     parse_authorization,
     sign_request,
+    unverified_header,
     verify_request,
 )
 
@@ -799,6 +800,20 @@ def test_an_unreadable_x5c_is_said_in_the_headers_terms(
         verify(token, pki, replay)
     assert words in e.value.detail, e.value.detail
     assert "ParseError" not in e.value.detail and "Only base64" not in e.value.detail
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [("a.b.c", "its header is not base64url"), ("e1.e30.AA", "its header is not a JSON object")],
+)
+def test_a_malformed_header_is_said_in_the_jws_terms(token: str, words: str) -> None:
+    """The base64 and JSON parsers' own messages went out ("number of data characters
+    (1) cannot be 1 more than a multiple of 4", "Expecting property name …")."""
+    with pytest.raises(Unauthenticated) as e:
+        unverified_header(token)
+    assert e.value.detail == f"malformed signed request: {words} (RFC 7515 §" + (
+        "2)" if "base64" in words else "4)"
+    )
 
 
 def test_x5c_too_long(pki: PKI, replay: MemoryReplay) -> None:
