@@ -324,6 +324,11 @@ def test_sdk_refuses_bad_tokens(world: World, http: CountingSession) -> None:
         "no jti": resign(server, token, jti=None),
         "nbf in the future": resign(server, token, nbf=int(time.time()) + 3600),
         "iat in the future": resign(server, token, iat=int(time.time()) + 3600),
+        # NaN compares false with every time (was accepted); int() of NaN or Infinity
+        # raised ValueError / OverflowError out of verify()
+        "nbf NaN": resign(server, token, nbf=float("nan")),
+        "exp NaN": resign(server, token, exp=float("nan")),
+        "exp Infinity": resign(server, token, exp=float("inf")),
         "another service's token": world.session.token("manifest"),
     }
     for what, tok in bad.items():

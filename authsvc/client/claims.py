@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -108,11 +109,18 @@ def _req_str(payload: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _time(payload: Mapping[str, Any], name: str) -> int:
-    value = payload.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken(f"claim {name} must be a number (RFC 7519 §2 NumericDate)")
+def numeric_date(value: Any, name: str) -> int:
+    """``value`` as claim ``name``, a NumericDate (RFC 7519 §2): a finite number. NaN
+    (which Python's JSON reader takes) compares false with every time, so a ``nbf`` of
+    NaN was never in the future; int() of NaN or Infinity raised ValueError or
+    OverflowError instead of :class:`InvalidToken`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken(f"claim {name} must be a finite number (RFC 7519 §2 NumericDate)")
     return int(value)
+
+
+def _time(payload: Mapping[str, Any], name: str) -> int:
+    return numeric_date(payload.get(name), name)
 
 
 def claims_from(payload: Mapping[str, Any]) -> Claims:

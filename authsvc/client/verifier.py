@@ -33,7 +33,7 @@ import jwt
 import requests
 from cryptography import x509
 
-from authsvc.client.claims import Claims, claims_from
+from authsvc.client.claims import Claims, claims_from, numeric_date
 from authsvc.client.errors import ExpiredToken, InvalidToken
 from authsvc.client.keyset import KeySet, discover_jwks_uri
 
@@ -181,9 +181,7 @@ class TokenVerifier:
             raise InvalidToken(f"the token is malformed: {exc}") from None
         claims = claims_from(payload)
         now = self._clock()
-        nbf = payload.get("nbf", claims.issued_at)
-        if isinstance(nbf, bool) or not isinstance(nbf, int | float):
-            raise InvalidToken("claim nbf must be a number")
+        nbf = numeric_date(payload.get("nbf", claims.issued_at), "nbf")
         if claims.expires_at <= now - self.leeway:
             raise ExpiredToken("the token has expired")
         if claims.issued_at > now + self.leeway or nbf > now + self.leeway:
