@@ -225,6 +225,7 @@ custodian_token_option = click.option(
     "custodian_tokens",
     multiple=True,
     metavar="MEMBER=URI",
+    callback=options.member_pairs,
     help="Keep MEMBER's share file encrypted by a new AES key in that custodian's own "
     "PKCS#11 token (RFC 7512 URI) instead of a passphrase.",
 )
@@ -257,6 +258,7 @@ def _client() -> CAClient:
     "custodian_passphrases",
     multiple=True,
     metavar="MEMBER=FILE",
+    callback=options.member_pairs,
     help="A custodian's share-file passphrase from FILE (else "
     "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
@@ -338,7 +340,10 @@ def ca_init(
     for item in custodian_passphrases:
         member, sep, file_name = item.partition("=")
         if not sep or policies.members.get(member) is None:
-            raise CLIError(f"--custodian-passphrase {item!r}: expected MEMBER=FILE of a member")
+            raise click.BadParameter(
+                f"{options.clip(item)}: expected MEMBER=FILE of a member",
+                param_hint="--custodian-passphrase",
+            )
         files[member] = Path(file_name)
     protectors = _share_protectors(members, files, custodian_tokens)
     officer_pw = _secret(
@@ -442,7 +447,10 @@ def _share_protectors(
     for item in tokens:
         member, sep, uri = item.partition("=")
         if not sep or member not in names:
-            raise CLIError(f"--custodian-token {member!r}: expected MEMBER=URI of a member")
+            raise click.BadParameter(
+                f"{options.clip(item)}: expected MEMBER=URI of a member",
+                param_hint="--custodian-token",
+            )
         if member in files:
             raise CLIError(f"{member}: give a passphrase file or a token, not both")
         token_uris[member] = _with_pin(pkcs11.Pkcs11Uri.parse(uri), names[member])
@@ -496,7 +504,9 @@ def _member_files(items: tuple[str, ...], option: str, known: set[str]) -> dict[
     for item in items:
         member, sep, file_name = item.partition("=")
         if not sep or member not in known:
-            raise CLIError(f"{option} {item!r}: expected MEMBER=FILE of a member")
+            raise click.BadParameter(
+                f"{options.clip(item)}: expected MEMBER=FILE of a member", param_hint=option
+            )
         files[member] = Path(file_name)
     return files
 
@@ -542,6 +552,7 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     "share_passphrases",
     multiple=True,
     metavar="MEMBER=FILE",
+    callback=options.member_pairs,
     help="The passphrase of MEMBER's current share file from FILE (else "
     "EPORT_SHARE_PASSPHRASE_<MEMBER>, else a prompt).",
 )
@@ -550,6 +561,7 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     "share_tokens",
     multiple=True,
     metavar="MEMBER=URI",
+    callback=options.member_pairs,
     help="How to reach the PKCS#11 token that keeps MEMBER's current share file (module, "
     "pin-source); the share file names the key. Else EPORT_PKCS11_MODULE/EPORT_PKCS11_PIN.",
 )
@@ -558,6 +570,7 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     "custodian_passphrases",
     multiple=True,
     metavar="MEMBER=FILE",
+    callback=options.member_pairs,
     help="The passphrase of MEMBER's new share file from FILE (else "
     "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
@@ -634,7 +647,10 @@ def ca_reshare(
         for item in share_tokens:
             member, sep, uri = item.partition("=")
             if not sep or member not in current:
-                raise CLIError(f"--share-token {member!r}: expected MEMBER=URI of a member")
+                raise click.BadParameter(
+                    f"{options.clip(item)}: expected MEMBER=URI of a member",
+                    param_hint="--share-token",
+                )
             old_tokens[member] = uri
         opened: list[custody.ShareFile] = []
         for path in share_files:
@@ -826,7 +842,9 @@ def ceremony_start(
     for p in params:
         k, sep, v = p.partition("=")
         if not sep or not k:
-            raise CLIError(f"parameter {p!r}: expected KEY=VALUE")
+            raise click.BadParameter(
+                f"{options.clip(p)}: expected KEY=VALUE", param_hint="KEY=VALUE"
+            )
         values[k] = v
     doc = _start(operation, values, cert_file, key_file, passphrase_file)
     _emit(as_json, doc, _started_text(doc))

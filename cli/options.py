@@ -72,20 +72,39 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+QUOTED = 60
+"""How many characters of a value a one-line error repeats (:func:`clip`)."""
+
+
+def clip(value: object, limit: int = QUOTED) -> str:
+    """``value`` quoted as ``repr`` does, cut to about ``limit`` characters with "…": an
+    error line repeated a 100,000-character argument in full."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 2] + "…" + text[-1]
+
+
 # What goes into a URL path as one segment: anything else ('a/b', '../x', 'x?y', bytes
 # that are not UTF-8) would address another resource than the one named, or none
 _APP_ID = re.compile(r"[A-Za-z0-9_-]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
+# The CA makes an application id as "app_" and the lower-case RFC 4648 base32 of 10
+# random bytes (ca.authority): 16 characters of a-z and 2-7, the same in every release.
+# Up to 16 are taken, so a shorter made-up id still reaches the server's 404.
+_REAL_APP_ID = re.compile(r"app_[a-z2-7]{1,16}", re.IGNORECASE)
+MAX_SERIAL_DIGITS = 40
+"""RFC 5280 §4.1.2.2: a serial has at most 20 octets, 40 hexadecimal digits (the CA
+takes 0 < serial < 2**160)."""
 
 
 def application_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """An argument's callback: an application id (``app_`` and letters and digits, as
-    ``eport apply`` prints it), else a usage error (exit 2) before anything is sent."""
-    if not _APP_ID.fullmatch(value):
+    """An argument's callback: an application id (``app_`` and 16 base32 letters and
+    digits, as ``eport apply`` prints it), else a usage error (exit 2) before anything
+    is sent. Given in capitals, it is read in lower case, as the CA writes it."""
+    if not _REAL_APP_ID.fullmatch(value):
         raise click.BadParameter(
-            f"{value!r} is not an application id (like app_6thyonihy3ild7iv)", ctx, param
+            f"{clip(value)} is not an application id (like app_6thyonihy3ild7iv)", ctx, param
         )
-    return value
+    return value.lower()
 
 
 def ceremony_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -102,12 +121,35 @@ def hex_serial(ctx: click.Context, param: click.Parameter, value: str | None) ->
     """An option's callback: a certificate serial in hexadecimal, as ``eport cert show``
     prints it, else a usage error (exit 2) before anything is sent."""
     value = not_blank(ctx, param, value)
-    if value is not None and not _HEX.fullmatch(value):
+    if value is None:
+        return None
+    if not _HEX.fullmatch(value):
         raise click.BadParameter(
-            f"{value!r} is not a serial in hexadecimal (like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
+            f"{clip(value)} is not a serial in hexadecimal (like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
             ctx,
             param,
         )
+    if not value.strip("0"):
+        raise click.BadParameter(f"{clip(value)} is not a serial: a serial is positive", ctx, param)
+    if len(value.lstrip("0")) > MAX_SERIAL_DIGITS:
+        raise click.BadParameter(
+            f"{clip(value)} is not a serial: a serial has at most 20 octets "
+            f"({MAX_SERIAL_DIGITS} hexadecimal digits)",
+            ctx,
+            param,
+        )
+    return value
+
+
+def member_pairs(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """A repeatable option's callback: each value is MEMBER=FILE (or MEMBER=URI, as the
+    option's metavar says), else a usage error (exit 2) before anything is read or made.
+    Whether MEMBER is a member is for the command, which reads the policies."""
+    form = param.metavar or "MEMBER=VALUE"
+    for item in value:
+        member, sep, _ = item.partition("=")
+        if not sep or not member:
+            raise click.BadParameter(f"{clip(item)}: expected {form}", ctx, param)
     return value
 
 

@@ -210,3 +210,54 @@ def test_audit_prove_names_its_own_signer_options(sqlite_server: Server, tmp_pat
     # the advice works
     as_ent = ["--as-cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
     server.eport(*prove, *as_ent)
+
+
+def test_ids_serials_and_pairs_that_cannot_be_right_are_usage_errors(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """README: exit 2 'for a usage error: a mistyped command line, an application id or
+    serial that cannot be one'. An application id without the app_ form, serial 0, a
+    serial over 20 octets were sent (signed) and refused by the server with exit 1;
+    MEMBER=FILE and KEY=VALUE without '=' were exit 1. All are usage errors now, and
+    nothing is sent; the ids and serials the CA makes still go through."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Usage Errors Co.")
+    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    init = ["ca", "init", "--data-dir", str(tmp_path / "c3"), "--out", str(tmp_path / "c3o")]
+    before = counts(server)
+    cases = [
+        (["ra", "approve", "bogus", *server.officer()], "'bogus' is not an application id"),
+        (["application", "show", "app_" + "a" * 17], "is not an application id"),
+        (["application", "show", "app_0189"], "is not an application id"),
+        (["revoke", "--serial", "00", "--reason", "superseded", *creds], "a serial is positive"),
+        (
+            ["revoke", "--serial", "1" * 41, "--reason", "superseded", *creds],
+            "a serial has at most 20 octets (40 hexadecimal digits)",
+        ),
+        (["suspend", "--serial", "f" * 100_000, *creds], "'ffffffff"),
+        (
+            ["ca", "ceremony", "start", "ROTATE-ISSUER", "noequals", *server.officer()],
+            "Invalid value for KEY=VALUE: 'noequals': expected KEY=VALUE",
+        ),
+        (
+            [*init, "--custodian-passphrase", "customsnoequals"],
+            "Invalid value for '--custodian-passphrase': 'customsnoequals': expected MEMBER=FILE",
+        ),
+        (
+            [*init, "--custodian-passphrase", "bogus=pp.txt"],
+            "Invalid value for --custodian-passphrase: 'bogus=pp.txt': expected MEMBER=FILE "
+            "of a member",
+        ),
+    ]
+    for args, expect in cases:
+        line = one_line(server.eport(*args, check=False), 2, expect)
+        assert len(line) < 300, line  # a 100,000-character value is not repeated
+    assert counts(server) == before
+    assert not (tmp_path / "c3").exists() and not (tmp_path / "c3o").exists()
+    # what the CA makes passes: a real id (also in capitals), the serial 40 digits allow
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Real Id Co.")["id"]
+    assert jrun(server, "application", "show", app.upper())["id"] == app
+    res = server.eport(
+        "revoke", "--serial", "8" + "0" * 39, "--reason", "superseded", *creds, check=False
+    )
+    one_line(res, 1, "HTTP 404")
