@@ -203,7 +203,13 @@ class CustodyService:
             "id": c.id,
             "operation": c.operation.value,
             "params": dict(c.params),
-            "state": c.state.value,
+            # an open ceremony past its expiry takes no share: say so before a custodian
+            # opens one (eport ca ceremony join refuses any state but open)
+            "state": (
+                "expired"
+                if c.state is CeremonyState.OPEN and self.quorum.clock() >= c.expires_at
+                else c.state.value
+            ),
             "threshold": c.threshold,
             "progress": len(c.joined),
             "joined": list(c.joined),

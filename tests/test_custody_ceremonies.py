@@ -242,6 +242,29 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
     assert stored() == before
 
 
+def test_an_expired_ceremony_says_so_and_takes_no_share(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
+    """An open ceremony past its expiry was shown as "open": a custodian opened their
+    share (passphrase and all) and sent it before the server refused it (409). Its state
+    reads "expired" now, and join refuses before the share is sent."""
+    import sqlite3
+
+    srv, out, _ = ceremony_ca
+    cid = str(start(srv, out, "ROOT-CRL")["id"])
+    assert json.loads(join(srv, out, cid, "customs").stdout)["progress"] == 1
+    with contextlib.closing(sqlite3.connect(srv.data_dir / "eport.db")) as conn, conn:
+        conn.execute(
+            "UPDATE custody_ceremonies SET expires_at = '2001-01-01 00:00:00.000000' WHERE id = ?",
+            (cid,),
+        )
+    doc = json.loads(srv.eport("ca", "ceremony", "status", cid, "--json").stdout)
+    assert doc["state"] == "expired" and doc["progress"] == 1, doc
+    text = srv.eport("ca", "ceremony", "status", cid).stdout
+    assert "expired" in text and " open" not in text, text
+    res = join(srv, out, cid, "tax", check=False)
+    # refused on the state the server shows, before the share is sealed and sent
+    assert res.returncode == 1 and f"ceremony {cid} is expired" in res.stderr, res.stderr
+
+
 @pytest.mark.slow
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
