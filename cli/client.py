@@ -56,7 +56,7 @@ def send(
     """One request to the e-port server at ``server``: a connection, TLS, name or time
     failure is one line (:class:`CLIError`) naming the server, never a traceback."""
     try:
-        return http.request(method, url, **kwargs)
+        resp = http.request(method, url, **kwargs)
     except requests.exceptions.SSLError:
         raise CLIError(
             f"cannot make a TLS connection to {server} "
@@ -75,6 +75,34 @@ def send(
         ) from None
     except requests.RequestException as exc:
         raise CLIError(f"cannot send a request to {server}: {type(exc).__name__}") from None
+    if resp.status_code == 414:
+        # The server's HTTP layer refused the request line before any API read it: a value
+        # that went into the URL (a path segment, a query parameter) is too long. Said so,
+        # not as a server that is not the e-port API's.
+        raise CLIError(
+            f"the request is too long for the server at {server} (HTTP 414 URI Too Long): "
+            f"{_longest_value()} is too long"
+        )
+    return resp
+
+
+def _longest_value() -> str:
+    """The command-line value that made a request too long, named by its option (the
+    longest argument of the command line), else "a value given" (one from the
+    environment). Read from the command line itself: a request may be sent from a
+    thread, where click's context is not at hand."""
+    import sys
+
+    args = sys.argv[1:]
+    if not args or max(map(len, args)) <= 1000:  # the URLs the CLI makes are short
+        return "a value given"
+    i = max(range(len(args)), key=lambda k: len(args[k]))
+    name, sep, value = args[i].partition("=")
+    if not (args[i].startswith("--") and sep):
+        name, value = "an argument", args[i]
+        if i > 0 and args[i - 1].startswith("-"):
+            name = args[i - 1]
+    return f"{name} ({len(value)} characters)"
 
 
 def _unresolved(exc: requests.ConnectionError) -> bool:

@@ -11,6 +11,7 @@ import datetime
 import enum
 import functools
 import os
+import re
 import secrets
 import sys
 import traceback
@@ -30,7 +31,9 @@ from cli import keyfiles
 from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError, check_server
 from cli.keyfiles import identity_options
 from cli.options import (
+    QUOTED,
     application_id,
+    clip,
     data_dir_option,
     hex_serial,
     json_option,
@@ -2326,17 +2329,18 @@ def main() -> None:
             click.echo(f"eport: error: {exc.format_message()} {hint}", err=True)
             sys.exit(exc.exit_code)
         click.echo(
-            f"eport: error: {one_line(exc.format_message())} (see '{where} --help')", err=True
+            f"eport: error: {shortened(one_line(exc.format_message()))} (see '{where} --help')",
+            err=True,
         )
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"eport: error: {exc.format_message()}", err=True)
+        click.echo(f"eport: error: {shortened(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except (CLIError, EPortError) as exc:
         if verbose:
             traceback.print_exc()
         msg = exc.detail if isinstance(exc, EPortError) else str(exc)
-        click.echo(f"eport: error: {msg}", err=True)
+        click.echo(f"eport: error: {shortened(msg)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -2363,6 +2367,21 @@ def one_line(message: str) -> str:
     """``message`` on one line: click lists the choices of a missing option one per line
     ("Choose from:\\n\\tkeyCompromise,\\n\\t..."), which would split the error."""
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+# A value quoted as repr quotes it ('…' not within a word, as an apostrophe is: "log's"),
+# over 100 characters: a name the CA takes has at most 64, and is repeated in full
+_LONG_QUOTE = re.compile(r"(?<!\w)'[^'\n]{100,}'(?!\w)")
+_LONG_WORD = re.compile(r"(\S{1000,}?)(:?)(?=\s|$)")
+
+
+def shortened(message: str) -> str:
+    """``message`` with every quoted value over 100 characters, and every unquoted word
+    over a thousand (a path), cut to :data:`~cli.options.QUOTED` with "…": an error line
+    repeated a 100,000-character argument in full (``a USCC has 18 characters,
+    'AAAA…'``), whichever part of the program made the message."""
+    message = _LONG_QUOTE.sub(lambda m: clip(m.group(0)[1:-1]), message)
+    return _LONG_WORD.sub(lambda m: m.group(1)[: QUOTED - 1] + "…" + m.group(2), message)
 
 
 def raise_unexpected(exc: Exception, verbose: bool) -> NoReturn:

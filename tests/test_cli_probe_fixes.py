@@ -261,3 +261,27 @@ def test_ids_serials_and_pairs_that_cannot_be_right_are_usage_errors(
         "revoke", "--serial", "8" + "0" * 39, "--reason", "superseded", *creds, check=False
     )
     one_line(res, 1, "HTTP 404")
+
+
+def test_an_over_long_value_is_said_to_be_too_long(sqlite_server: Server) -> None:
+    """A 100,000-character value that goes into the URL got the server's 414 reported as
+    'is EPORT_SERVER the e-port server's base URL?' (and later as 'the request is not
+    HTTP/1.1 this server reads'); it is said to be too long, naming the option. Errors
+    that repeat such a value (a USCC, a file name) cut it at about 60 characters."""
+    server = sqlite_server
+    long = "A" * 100_000
+    before = counts(server)
+    expect = f"the request is too long for the server at {server.url} (HTTP 414 URI Too Long): "
+    line = one_line(
+        server.eport("ra", "list", *server.officer(), "--after", long, check=False), 1, ""
+    )
+    assert line == f"eport: error: {expect}--after (100000 characters) is too long", line
+    audit = ["audit", "log", *server.auditor(), f"--subject={long}"]
+    line = one_line(server.eport(*audit, check=False), 1, "")
+    assert line == f"eport: error: {expect}--subject (100000 characters) is too long", line
+    line = one_line(server.eport("apply", "--uscc", long, "--name", "X", check=False), 1, "")
+    assert line.startswith("eport: error: a USCC has 18 characters, 'AAAA") and len(line) < 200
+    assert "A" * 60 not in line and "…" in line, line
+    line = one_line(server.eport("cert", "show", long, check=False), 1, "")
+    assert line == f"eport: error: cannot read certificate file {'A' * 59}…: File name too long"
+    assert counts(server) == before
