@@ -37,7 +37,15 @@ class RemoteError(CLIError):
 
 def check_server(value: str) -> str | None:
     """Why ``value`` cannot be the e-port server's base URL, or None when it can: an
-    ``http://`` or ``https://`` URL with a host (and, if any, a port that parses)."""
+    ``http://`` or ``https://`` URL with a host (and, if any, a port that parses), with
+    no query or fragment (a path is joined after them: ``…?x=1/ca/v1/…``), in UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes of the environment that are not UTF-8
+        byte = ord(value[exc.start]) - 0xDC00
+        if not 0x80 <= byte <= 0xFF:
+            return "is not UTF-8 text"
+        return f"is not UTF-8 text (it has the byte 0x{byte:02x})"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (raises ValueError for a port that is not one)
@@ -47,6 +55,8 @@ def check_server(value: str) -> str | None:
         return "is not an http:// or https:// URL"
     if not parts.hostname:
         return "names no host"
+    if "?" in value or "#" in value:
+        return "has a query or a fragment ('?…' or '#…'), which a base URL has not"
     return None
 
 

@@ -285,3 +285,28 @@ def test_an_over_long_value_is_said_to_be_too_long(sqlite_server: Server) -> Non
     line = one_line(server.eport("cert", "show", long, check=False), 1, "")
     assert line == f"eport: error: cannot read certificate file {'A' * 59}…: File name too long"
     assert counts(server) == before
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("{url}?x=1", "has a query or a fragment ('?…' or '#…'), which a base URL has not"),
+        ("{url}#frag", "has a query or a fragment"),
+        ("{url}/?", "has a query or a fragment"),
+        ("{url}/\udcff", "is not UTF-8 text (it has the byte 0xff)"),
+        ("http://127.0.\udcfe0.1:8000", "is not UTF-8 text (it has the byte 0xfe)"),
+    ],
+)
+def test_a_server_url_with_a_query_fragment_or_bytes_is_a_usage_error(
+    sqlite_server: Server, url: str, expect: str
+) -> None:
+    """EPORT_SERVER with ?query or #fragment was taken, and the request path was joined
+    after it ('the server has no /'); one with bytes that are not UTF-8 was sent
+    percent-encoded, or failed as 'InvalidURL'. All are usage errors naming
+    EPORT_SERVER, before anything is sent."""
+    value = url.format(url=sqlite_server.url)
+    res = sqlite_server.eport(
+        "application", "show", "app_kltqt5qot2kccdps", check=False, EPORT_SERVER=value
+    )
+    line = one_line(res, 2, expect)
+    assert line.startswith("eport: error: Invalid value for EPORT_SERVER: "), line
