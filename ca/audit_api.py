@@ -278,6 +278,11 @@ class EventFilter:
         serial = text("serial")
         since = text("since")
         until = text("until")
+        start = parse_time("since", since) if since else None
+        end = parse_time("until", until) if until else None
+        if start is not None and end is not None and start >= end:
+            # no event can match: a swapped pair, said rather than answered "no events"
+            raise BadRequest(f"since ({start.isoformat()}) is not before until ({end.isoformat()})")
         return cls(
             types=tuple(types),
             uscc=str(USCC.parse(uscc)) if uscc else None,
@@ -286,8 +291,8 @@ class EventFilter:
             issuer=text("issuer"),
             actor=text("actor"),
             serial=normalize_serial(serial) if serial else None,
-            since=parse_time("since", since) if since else None,
-            until=parse_time("until", until) if until else None,
+            since=start,
+            until=end,
         )
 
     def for_reader(self, reader: Reader) -> EventFilter:
@@ -611,6 +616,13 @@ def events() -> Response:
     The first page (no ``after``) also carries ``total``, the number of matching events.
     """
     reader = signed_reader()
+    unknown = sorted(set(request.args) - EVENT_QUERY)
+    if unknown:
+        # a misspelt filter ("usc=") answered every event: an export silently unfiltered
+        named = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise BadRequest(
+            f"unknown query parameter {named} (takes {', '.join(sorted(EVENT_QUERY))})"
+        )
     flt = EventFilter.from_args(request.args).for_reader(reader)
     limit = int_arg("limit", 1000, 1, MAX_EVENTS_PAGE)
     after = request.args.get("after")
@@ -625,6 +637,13 @@ def events() -> Response:
         out["total"] = count_events(s, flt)
     s.rollback()
     return jsonify(out)
+
+
+EVENT_QUERY = frozenset(
+    {"type", "uscc", "subject", "profile", "issuer", "actor", "serial", "since", "until"}
+    | {"limit", "after"}
+)
+"""The query parameters of ``GET /audit/events``: the filters and the paging."""
 
 
 @bp.get("/event-digests")

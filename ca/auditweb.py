@@ -330,8 +330,10 @@ def html_http_error(err: Any) -> Response | None:
         return None
     if path.startswith("/audit/static/"):
         return None
-    # not routed to the blueprint, so its after_request does not run: its headers here
-    return _headers(_page(str(err.name), str(err.description), int(err.code or 500)))
+    # not routed to the blueprint, so its after_request does not run: its headers here.
+    # Titled in sentence case, as the view's own errors are ("Not found").
+    title = str(err.name).capitalize()
+    return _headers(_page(title, str(err.description), int(err.code or 500)))
 
 
 # -- pages --------------------------------------------------------------------------------
@@ -447,10 +449,9 @@ def events() -> str:
     args = request.args
     flt = _web_filter().for_reader(web.reader)
     before = args.get("before")
-    try:
-        before_idx = int(before) if before else None
-    except ValueError:
-        raise BadRequest("before must be a log index") from None
+    if before and not (before.isascii() and before.isdigit()):
+        raise BadRequest("before must be a log index")
+    before_idx = int(before) if before else None
     if before_idx is not None and not 0 <= before_idx < 2**63:  # the database's integers
         raise BadRequest("before must be a log index")
     s = session()
@@ -525,8 +526,13 @@ def certificate(serial: str) -> str:
     )
 
 
-@bp.get("/entries/<int:index>")
-def entry(index: int) -> str:
+@bp.get("/entries/<number>")
+def entry(number: str) -> str:
+    # ASCII digits as the API reads them, not the route converter's: it took other
+    # scripts' digits ("٣" showed entry 3) and leading zeros ("05")
+    if not (number.isascii() and number.isdigit()) or (number != "0" and number[0] == "0"):
+        raise NotFound(f"no entry {number[:40]!r}: an entry is named by its log index")
+    index = int(number)
     web = current_reader()
     s = session()
     head = _checkpoint(s)

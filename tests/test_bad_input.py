@@ -692,6 +692,21 @@ def test_a_member_an_endpoint_does_not_read_is_named_not_dropped(world: World) -
     assert r.json()["state"] == "pending", r.text
 
 
+def test_an_event_query_that_cannot_mean_what_it_says_is_400(world: World) -> None:
+    """A misspelt filter (``usc=``) was ignored and every event answered: an export
+    silently unfiltered. A ``since`` not before ``until`` answered "no events", where the
+    CLI refuses it. Both are 400s now."""
+    for query, words in (
+        ("usc=91350100M000100Y43", "unknown query parameter 'usc'"),
+        ("type=ca.initialized&limt=5", "unknown query parameter 'limt'"),
+        ("since=2026-11-28T11:00:00Z&until=2026-11-28T10:00:00Z", "is not before until"),
+    ):
+        r = send(world, "GET", f"/ca/v1/audit/events?{query}", signer=world.auditor)
+        assert_problem(r, 400, words)
+    r = send(world, "GET", "/ca/v1/audit/events?type=ca.initialized&limit=5", signer=world.auditor)
+    assert r.status_code == 200 and r.json()["events"], r.text
+
+
 def a_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
