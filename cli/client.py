@@ -20,6 +20,11 @@ class CLIError(Exception):
     """An error the CLI reports as one line and a non-zero exit."""
 
 
+class NotSent(CLIError):
+    """No request reached the server: the connection was refused or not made, or its host
+    name did not resolve. Whatever the request was to do, it did not happen."""
+
+
 class RemoteError(CLIError):
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         self.status = status
@@ -68,20 +73,28 @@ def send(
     try:
         resp = http.request(method, url, **kwargs)
     except requests.exceptions.SSLError:
-        raise CLIError(
+        raise NotSent(
             f"cannot make a TLS connection to {server} "
             "(an http:// server given as https://? check EPORT_SERVER or --server)"
         ) from None
+    except requests.ConnectTimeout:
+        raise NotSent(f"the server at {server} did not accept a connection in time") from None
     except requests.Timeout:
         raise CLIError(f"the server at {server} did not answer in time") from None
     except requests.ConnectionError as exc:
         if _unresolved(exc):
-            raise CLIError(
+            raise NotSent(
                 f"cannot find the host of {server} (check EPORT_SERVER or --server)"
             ) from None
+        if _not_connected(exc):
+            raise NotSent(
+                f"cannot reach the e-port server at {server} "
+                "(is it running? set EPORT_SERVER or --server)"
+            ) from None
+        # connected, and the connection closed before an answer: the request may have
+        # been sent (and done)
         raise CLIError(
-            f"cannot reach the e-port server at {server} "
-            "(is it running? set EPORT_SERVER or --server)"
+            f"the connection to the e-port server at {server} was lost before it answered"
         ) from None
     except requests.RequestException as exc:
         raise CLIError(f"cannot send a request to {server}: {type(exc).__name__}") from None
@@ -113,6 +126,14 @@ def _longest_value() -> str:
         if i > 0 and args[i - 1].startswith("-"):
             name = args[i - 1]
     return f"{name} ({len(value)} characters)"
+
+
+def _not_connected(exc: requests.ConnectionError) -> bool:
+    """The connection was never made (refused, no route): nothing was sent."""
+    from urllib3.exceptions import NewConnectionError
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 def _unresolved(exc: requests.ConnectionError) -> bool:

@@ -28,7 +28,15 @@ from ca.errors import EPortError
 from ca.names import accept_names_up_to_64_characters, dn_string
 from ca.uscc import USCC
 from cli import keyfiles
-from cli.client import DEFAULT_SERVER, CAClient, CLIError, Identity, RemoteError, check_server
+from cli.client import (
+    DEFAULT_SERVER,
+    CAClient,
+    CLIError,
+    Identity,
+    NotSent,
+    RemoteError,
+    check_server,
+)
 from cli.keyfiles import identity_options
 from cli.options import (
     QUOTED,
@@ -698,6 +706,12 @@ def _submit_keeping_key(
         if forget is not None:
             forget()
         raise
+    except NotSent as err:
+        # No connection was made: the CA has not seen the request, so it issued nothing
+        if forget is not None:
+            forget()
+            raise CLIError(f"{err}; nothing was sent, so nothing was issued") from None
+        raise CLIError(f"{err}; nothing was sent: the key stays {where} for the next run") from None
     except CLIError as err:  # no answer at all
         raise _answer_lost(err, where) from None
 
@@ -803,7 +817,8 @@ def enroll(
     (OUT/key.pem, or the token key OUT/key.uri names), as the CA may have
     issued the certificate: the same command again (same code, same OUT) sends
     that key's CSR again and saves the certificate the CA issued for it, or
-    enrolls it if none was. A refusal (4xx) deletes the new key. An enterprise
+    enrolls it if none was. A refusal (4xx), or a server that could not be reached
+    at all (nothing was sent), deletes the new key. An enterprise
     code is refused (409, the code stays unused) while the enterprise holds an
     enterprise certificate in force: it holds one at a time.
 
@@ -1015,7 +1030,8 @@ def renew(
     as the CA may have issued the certificate: the same command again (same
     --cert, same OUT) sends that key's CSR again, signed anew, and saves the
     certificate the CA issued for it, or renews with it if none was. A refusal
-    (4xx) deletes the new key.
+    (4xx), or a server that could not be reached at all (nothing was sent), deletes
+    the new key.
 
     \b
       eport renew --cert ./ent/cert.pem --key ./ent/key.pem      (new files: ./ent/renewed-SERIAL/)

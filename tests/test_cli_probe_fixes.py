@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EPORT, Server
+from tests.conftest import EPORT, Server, free_port
 from tests.helpers import enroll_enterprise, fresh_uscc
 from tests.test_cli_errors import approved_code, one_line
 from tests.test_enrollment_flow import counts, jrun
@@ -310,3 +310,26 @@ def test_a_server_url_with_a_query_fragment_or_bytes_is_a_usage_error(
     )
     line = one_line(res, 2, expect)
     assert line.startswith("eport: error: Invalid value for EPORT_SERVER: "), line
+
+
+def test_a_renewal_that_reached_no_server_keeps_no_key(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """eport renew with the server down (connection refused: nothing was sent) kept
+    OUT/key.pem and said 'the CA may have issued the certificate before the answer was
+    lost'. It says nothing was sent, and removes the new key and the directory made for
+    it: the same command later renews from the start."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Server Down Co.")
+    down = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "renewed" / "deeper"
+    renew = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    renew += ["--out", str(out)]
+    res = server.eport("--server", down, *renew, check=False)
+    line = one_line(res, 1, "")
+    assert line == (
+        f"eport: error: cannot reach the e-port server at {down} (is it running? set "
+        "EPORT_SERVER or --server); nothing was sent, so nothing was issued"
+    ), line
+    assert not (tmp_path / "renewed").exists()
+    assert jrun(server, *renew)["previous_serial"]
