@@ -74,6 +74,14 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     marker = dev_dir(cfg.data_dir) / COMPLETE_MARKER
     if marker.exists():
         return None
+    if hierarchy.exists(cfg.data_dir) and not dev_dir(cfg.data_dir).exists():
+        # what a restore leaves (a backup leaves dev/ out): deleting it loses the CA
+        raise EPortError(
+            f"{cfg.data_dir} holds a CA without its development credentials "
+            f"({dev_dir(cfg.data_dir)} is missing): if it was restored from a backup, copy "
+            "the instance's dev/ back there first (docs/backup.md); only if a first start "
+            "was interrupted before it wrote them, remove the directory and start again"
+        )
     if hierarchy.exists(cfg.data_dir) or (dev_dir(cfg.data_dir) / PASSPHRASE_FILE).exists():
         raise EPortError(
             f"{cfg.data_dir} holds an incomplete development CA (an earlier first start "

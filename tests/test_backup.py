@@ -594,6 +594,26 @@ def test_include_dev_is_explicit(offline_instance: tuple[Path, Path], tmp_path: 
     assert "copy them back" not in out
 
 
+def test_a_restored_dev_instance_is_not_called_a_failed_first_start(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A backup leaves dev/ out, so ``eport serve --dev`` on the restored instance found a
+    CA without its development credentials and called it an interrupted first start:
+    "remove that directory and start again", which would delete the restored CA. It now
+    says to copy dev/ back first."""
+    data, _ = offline_instance
+    archive = tmp_path / "no-dev.tar.gz"
+    eport("backup", "--data-dir", str(data), "--out", str(archive))
+    target = tmp_path / "restored"
+    restore(archive, target)
+    res = eport("serve", "--dev", "--data-dir", str(target), "--port", "1", check=False)
+    *warning, line = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(warning) == 1 and "development mode" in warning[0]
+    assert line.startswith("eport: error: ") and "without its development credentials" in line
+    assert line.index("copy the instance's dev/ back") < line.index("remove the directory")
+    assert (target / "ca" / "root.crt").exists()
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
