@@ -959,6 +959,21 @@ _CSV_PLAIN = operator.itemgetter(*COLUMNS[:-1])
 """A CSV row's columns but the last, ``details``, which is written as JSON (the csv
 module writes ``None`` as an empty field)."""
 _DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
+_FORMULA_START = frozenset("=+-@\t\r")
+"""What a spreadsheet takes a cell for a formula by (OWASP, "CSV Injection")."""
+
+
+def _csv_row(ev: dict[str, Any]) -> list[Any]:
+    """An event as a CSV row. A text cell that would start a formula gets a leading
+    apostrophe, so a spreadsheet shows it as text: anyone may apply under a legal name
+    such as ``=HYPERLINK("https://…?"&A1)``, and the export is made for Excel (``--bom``).
+    ``--format json`` carries every value unchanged."""
+    row: list[Any] = [
+        "'" + v if isinstance(v, str) and v and v[0] in _FORMULA_START else v
+        for v in _CSV_PLAIN(ev)
+    ]
+    row.append(_DETAILS_JSON(ev["details"]))  # a JSON object: starts with "{"
+    return row
 
 
 def _event_pages(
@@ -1023,7 +1038,7 @@ def _write_events(
             events = doc["events"]
             # A page at a time: the csv module's loop, and one write of a page's JSON.
             if fmt == "csv" and writer is not None:
-                writer.writerows((*_CSV_PLAIN(ev), _DETAILS_JSON(ev["details"])) for ev in events)
+                writer.writerows(map(_csv_row, events))
             elif fmt == "json":
                 if events:
                     stream.write(
@@ -1203,7 +1218,8 @@ def audit_verify(
     "--passphrase-file",
     envvar="EPORT_PASSPHRASE_FILE",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE).",
+    help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE; else "
+    "EPORT_PASSPHRASE, else a prompt).",
 )
 @state_options
 @json_option

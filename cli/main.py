@@ -553,8 +553,8 @@ def _secret(file: Path | None, env: str, what: str, option: str) -> bytes:
     "--name",
     required=True,
     callback=not_blank,
-    help="Legal name (enterprise), officer name (agency), at most 64 characters, or DNS "
-    "name (service).",
+    help="Legal name (enterprise), officer name (agency), auditor name (auditor), at most "
+    "64 characters, or DNS name (service).",
 )
 @click.option(
     "--class",
@@ -638,8 +638,10 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
     if state == "rejected":
         lines.append(f"  reason: {doc['reason']}")
     elif state == "approved":
+        # The answer does not say whether its code was used: both cases are named
         lines.append(
-            "  enroll with the code the RA officer gives you: eport enroll --code CODE ..."
+            "  enroll with the code the RA officer gives you (eport enroll --code CODE ...), "
+            "unless a certificate was issued on it already"
         )
     else:
         lines.append("  an RA officer of a member agency will vet it")
@@ -762,7 +764,7 @@ def _exists(path: Path) -> bool:
     "--profile",
     required=True,
     callback=not_blank,
-    help="Certificate profile: enterprise, operator, agency, service-tls.",
+    help="Certificate profile: enterprise, operator, agency, auditor, service-tls.",
 )
 @click.option(
     "--out",
@@ -1233,7 +1235,8 @@ def _code_lines(doc: dict[str, Any]) -> str:
     "--profile",
     "profiles",
     multiple=True,
-    help="Limit the code to these profiles (default: every profile of the application's class).",
+    help="Limit the code to this profile (repeatable; default: every profile of the "
+    "application's class).",
 )
 @json_option
 @pass_ctx
@@ -1270,7 +1273,8 @@ def ra_approve(
     "--profile",
     "profiles",
     multiple=True,
-    help="Limit the code to these profiles (default: those of the application's last code).",
+    help="Limit the code to this profile (repeatable; default: those of the application's "
+    "last code).",
 )
 @json_option
 @pass_ctx
@@ -1687,8 +1691,9 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
 
     The response's signature, responder delegation, CertID, nonce and freshness are
     verified before anything is printed; any doubt is an error, never "good".
-    No credentials are needed. The status is printed (or the --json document) in every
-    case; the exit status says it too.
+    No credentials are needed. The status is printed (or the --json document) whenever
+    a verified answer came, and the exit status says it too; without one, nothing is
+    printed on standard output, only the error on standard error (exit 1).
 
     \b
       eport status --cert ./xiamen-harbour/cert.pem          (chain.pem beside it)
@@ -2044,7 +2049,9 @@ def auth_rotate_keys(
     old key stays in the JWKS until every token it signed has expired; a new `next`
     key is published. Every server process follows within seconds. Also runs on a
     schedule (30 days by default).
-    Needs EPORT_AUTH_KEY_PASSPHRASE (the server's), or --dev for `eport serve --dev`:
+    Needs EPORT_AUTH_KEY_PASSPHRASE (the server's), or --dev for `eport serve --dev`.
+    A `next` key published less than 5 minutes ago (by the last rotation, or by a
+    server start) is refused, as caches may not hold it yet: wait, or add --force.
 
     \b
       eport auth rotate-keys --data-dir var --dev
@@ -2343,6 +2350,18 @@ def main() -> None:
             command = where.removeprefix("eport").strip()
             hint = f"(an option of eport itself: eport {exc.option_name}{value} {command} ...)"
             click.echo(f"eport: error: {exc.format_message()} {hint}", err=True)
+            sys.exit(exc.exit_code)
+        if (
+            isinstance(exc, click.NoSuchOption)
+            and exc.option_name == "--json"
+            and exc.ctx is not None
+            and any("--format" in getattr(p, "opts", ()) for p in exc.ctx.command.params)
+        ):
+            # an export (eport audit log) takes --format json: the one command without --json
+            click.echo(
+                f"eport: error: No such option: --json ({where} exports with --format json)",
+                err=True,
+            )
             sys.exit(exc.exit_code)
         click.echo(
             f"eport: error: {shortened(one_line(exc.format_message()))} (see '{where} --help')",

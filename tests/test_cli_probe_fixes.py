@@ -333,3 +333,46 @@ def test_a_renewal_that_reached_no_server_keeps_no_key(
     ), line
     assert not (tmp_path / "renewed").exists()
     assert jrun(server, *renew)["previous_serial"]
+
+
+def _help(*command: str) -> str:
+    """``eport COMMAND --help`` on one line (click wraps it to the terminal's width)."""
+    res = subprocess.run(
+        [EPORT, *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+    )
+    assert res.returncode == 0, res.stderr
+    return " ".join(res.stdout.split())
+
+
+def test_help_and_show_say_what_is_so(sqlite_server: Server, tmp_path: Path) -> None:
+    """Help texts the probe found wrong: enroll --profile and apply --name left out the
+    auditor; ra approve/new-code --profile did not say it repeats; audit prove's
+    --passphrase-file did not name EPORT_PASSPHRASE; status said it prints in every case
+    (not without a verified answer); auth rotate-keys' example fails within 5 minutes of
+    a rotation without saying so; 'audit log --json' was 'Did you mean --since?'. And
+    eport application show told an applicant whose certificate was issued to enroll."""
+    assert "enterprise, operator, agency, auditor, service-tls" in _help("enroll")
+    assert "auditor name (auditor)" in _help("apply")
+    for command in ("approve", "new-code"):
+        assert "Limit the code to this profile (repeatable;" in _help("ra", command)
+    assert "EPORT_PASSPHRASE_FILE; else EPORT_PASSPHRASE, else a prompt" in _help("audit", "prove")
+    status = _help("status")
+    assert "in every case" not in status and "whenever a verified answer came" in status
+    assert "less than 5 minutes ago" in _help("auth", "rotate-keys")
+    res = sqlite_server.eport("audit", "log", "--json", check=False)
+    line = one_line(res, 2, "")
+    assert (
+        line == "eport: error: No such option: --json (eport audit log exports with --format json)"
+    )
+
+    ent = enroll_enterprise(sqlite_server, tmp_path, "Issued Already Co.")
+    app = ent.name.removeprefix("ent-")
+    shown = sqlite_server.eport("application", "show", app).stdout
+    assert shown.splitlines()[1] == (
+        "  enroll with the code the RA officer gives you (eport enroll --code CODE ...), "
+        "unless a certificate was issued on it already"
+    ), shown
