@@ -71,8 +71,11 @@ __all__ = [
     "iter_certificates",
     "iter_log_entries",
     "open_archive",
+    "read_handovers",
     "read_log_state",
     "restore",
+    "root_records",
+    "target_roots",
 ]
 
 FORMAT = "eport-backup"
@@ -171,6 +174,23 @@ def iter_log_entries(conn: Connection, chunk: int = 20000) -> Iterator[tuple[int
         for idx, entry in rows:
             yield int(idx), bytes(entry)
         after = int(rows[-1][0])
+
+
+def read_handovers(conn: Connection) -> list[bytes]:
+    """The log's hand-over checkpoints (signed notes) the database holds, oldest first:
+    each ``ROTATE-LOG-KEY`` signed one with the retiring key and its successor
+    (:func:`ca.translog.handovers`). Verified by the caller, with the auditor's code."""
+    with Session(bind=conn) as session:
+        return [bytes(head.note) for head in translog.handovers(session)]
+
+
+def root_records(conn: Connection) -> dict[str, str]:
+    """``serial hex → SHA-256 hex`` of the root certificates the CA database records
+    (what ``eport serve`` compares with ``ca/root.crt``, :func:`ca.db.foreign_root`)."""
+    rows = conn.execute(
+        text("SELECT serial, cert_sha256 FROM certificates WHERE profile = 'root'")
+    ).all()
+    return {str(serial).lower(): str(digest).lower() for serial, digest in rows}
 
 
 def iter_certificates(conn: Connection) -> Iterator[tuple[str, str]]:
@@ -529,6 +549,17 @@ class Archive:
     def database_kinds(self) -> dict[str, str]:
         return {name: str(db["kind"]) for name, db in self.manifest["databases"].items()}
 
+    @contextlib.contextmanager
+    def sqlite_ca_database(self) -> Iterator[Connection | None]:
+        """A read-only connection to the staged CA database when it is SQLite (read before
+        anything is written); None for PostgreSQL (readable only once restored)."""
+        db = self.manifest["databases"]["ca"]
+        if db.get("kind") != "sqlite":
+            yield None
+            return
+        with _read_sqlite(self.staged(db["member"])) as conn:
+            yield conn
+
     def close(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -689,25 +720,53 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def target_log_size(url: str) -> int:
-    """How many entries the log of the CA database at ``url`` (about to be replaced)
-    holds: 0 when there is no database or no log yet. A restore that would shrink it
-    loses what it logged after the backup."""
+@contextlib.contextmanager
+def _read_target(url: str) -> Iterator[Connection | None]:
+    """A connection to the database about to be replaced, to read it only; None when
+    there is no SQLite file. A read-only SQLite connection to a WAL database creates its
+    ``-wal`` and ``-shm`` files: those it made are removed after, so that a refused
+    restore leaves the target as it was."""
+    made: list[Path] = []
     if _kind(url) == "sqlite":
         path = _sqlite_path(url)
         if not path.exists():
-            return 0
+            yield None
+            return
+        made = [p for p in _sqlite_leftovers(path)[1:] if not p.exists()]
         engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
     else:
         engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            head = conn.execute(text("SELECT size FROM log_head WHERE id = 1")).first()
-        return int(head[0]) if head is not None else 0
-    except Exception:  # no log_head table (not a CA database yet) or nothing to read
-        return 0
+            yield conn
     finally:
         engine.dispose()
+        for side in made:
+            side.unlink(missing_ok=True)
+
+
+def target_roots(url: str) -> dict[str, str]:
+    """The root certificates the CA database at ``url`` (about to be replaced) records,
+    as :func:`root_records`: empty when there is no database or nothing to read."""
+    try:
+        with _read_target(url) as conn:
+            return {} if conn is None else root_records(conn)
+    except Exception:  # no certificates table (not a CA database yet) or nothing to read
+        return {}
+
+
+def target_log_size(url: str) -> int:
+    """How many entries the log of the CA database at ``url`` (about to be replaced)
+    holds: 0 when there is no database or no log yet. A restore that would shrink it
+    loses what it logged after the backup."""
+    try:
+        with _read_target(url) as conn:
+            if conn is None:
+                return 0
+            head = conn.execute(text("SELECT size FROM log_head WHERE id = 1")).first()
+            return int(head[0]) if head is not None else 0
+    except Exception:  # no log_head table (not a CA database yet) or nothing to read
+        return 0
 
 
 def non_empty_targets(archive: Archive, data_dir: Path, databases: Mapping[str, str]) -> list[str]:

@@ -11,22 +11,26 @@ that many entries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import requests
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cli import auditproof, options
-from cli.audit import issuance_of, load_log_key, verifier_from_public_key
+from cli.audit import HANDOVER, issuance_of, load_log_key, verifier_from_public_key
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import CLIError
 from cli.options import json_option, print_result
@@ -163,6 +167,28 @@ def backup_command(
 # -- restore ----------------------------------------------------------------------------
 
 
+def _archive_log_key(archive: Archive, name: str) -> VerifierKey | None:
+    """The archive's current log key, ``files/ca/log.pub``."""
+    return _pem_log_key(archive.staging / "files" / "ca" / "log.pub", name)
+
+
+def _read_handovers(
+    conn: Connection | None, read: Callable[[Connection], list[bytes]]
+) -> list[bytes] | None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ca.backup import BackupError
+
+    if conn is None:
+        return None
+    try:
+        return read(conn)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise BackupError(
+            f"the archive's CA database cannot be read ({type(exc).__name__}); nothing was restored"
+        ) from None
+
+
 def _archive_log_keys(archive: Archive, origin: str) -> list[VerifierKey]:
     """The log's public keys in the archive: ``log.pub`` and the rotated ``log-N.pub``."""
     keys: list[VerifierKey] = []
@@ -172,6 +198,137 @@ def _archive_log_keys(archive: Archive, origin: str) -> list[VerifierKey]:
         if isinstance(key, Ed25519PublicKey):
             keys.append(verifier_from_public_key(origin, key))
     return keys
+
+
+def _pem_log_key(path: Path, name: str) -> VerifierKey | None:
+    """The Ed25519 log key in the PEM file ``path`` as a verifier key named ``name``; None
+    when there is none there."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return verifier_from_public_key(name, key) if isinstance(key, Ed25519PublicKey) else None
+
+
+def _same_key(a: VerifierKey, b: VerifierKey) -> bool:
+    return hmac.compare_digest(a.public_key, b.public_key)
+
+
+def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> bool:
+    """Whether the log's hand-over checkpoints ``handovers`` (oldest first) lead from the
+    key ``start`` to ``goal``, followed as `eport audit verify` follows them
+    (:func:`cli.audit.follow_handovers`): each signed by the key trusted so far, naming one
+    successor of the same log, which signed it too."""
+    key = start
+    for note in handovers:
+        if _same_key(key, goal):
+            break
+        try:
+            cp = auditproof.verify_checkpoint(note, key)
+            named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
+            if len(named) != 1:
+                continue
+            successor = VerifierKey.parse(named[0])
+            if successor.name != key.name or _same_key(successor, key):
+                continue
+            auditproof.verify_checkpoint(note, successor)
+        except AuditError:
+            continue  # another key's hand-over, or not one at all: not followed
+        key = successor
+    return _same_key(key, goal)
+
+
+@dataclass(frozen=True)
+class _Pin:
+    """A log key the archive's must be, or hand the log over to: ``--log-key``, the key
+    an auditor's state file pins, the key of the instance being replaced."""
+
+    key: VerifierKey
+    source: str
+    also: tuple[VerifierKey, ...] = ()
+    """Older keys of the same log (the instance's rotated ``log-N.pub``)."""
+
+
+def check_log_key(
+    pins: list[_Pin], archive_key: VerifierKey | None, handovers: list[bytes]
+) -> None:
+    """Refuse an archive of another log: its key (``files/ca/log.pub``) must be each pinned
+    key, one of its older keys, or reached from it by the hand-overs the archive's log
+    holds. Whatever --accept-loss says: it accepts a shorter prefix of the same log only."""
+    from ca.backup import BackupError
+
+    for pin in pins:
+        if archive_key is None:
+            raise BackupError(
+                f"this archive is of another log, or damaged: it holds no Ed25519 log key "
+                f"(files/ca/log.pub) to compare with {pin.source}; nothing was restored"
+            )
+        if any(_same_key(k, archive_key) for k in (pin.key, *pin.also)):
+            continue
+        if _leads_to(pin.key, archive_key, handovers):
+            continue
+        raise BackupError(
+            f"this archive is of another CA/log: its log key (files/ca/log.pub, "
+            f"{_short(archive_key.public_key)}) is not {pin.source} "
+            f"({_short(pin.key.public_key)}), and no hand-over in its log leads from that key "
+            "to it; nothing was restored (--accept-loss accepts a shorter backup of the same "
+            "log only)"
+        )
+
+
+def _root_of_archive(archive: Archive) -> x509.Certificate:
+    from ca.backup import BackupError
+
+    try:
+        return x509.load_pem_x509_certificate((archive.staged("files/ca/root.crt")).read_bytes())
+    except (OSError, ValueError):
+        raise BackupError(
+            f"{archive.path} holds no readable root certificate (files/ca/root.crt); nothing "
+            "was restored"
+        ) from None
+
+
+def check_same_instance(
+    archive: Archive, data_dir: Path, ca_url: str, archive_root: x509.Certificate
+) -> None:
+    """Restoring over an existing instance (--force): the archive's root must be the
+    instance's (its ``ca/root.crt``, and the roots its CA database records)."""
+    from ca.backup import BackupError, target_roots
+
+    der = archive_root.public_bytes(serialization.Encoding.DER)
+    serial = format(archive_root.serial_number, "x")
+    here = data_dir / "ca" / "root.crt"
+    theirs: x509.Certificate | None = None
+    with contextlib.suppress(OSError, ValueError):
+        theirs = x509.load_pem_x509_certificate(here.read_bytes())
+    if theirs is not None and theirs.public_bytes(serialization.Encoding.DER) != der:
+        raise BackupError(
+            f"this archive is of another CA: its root certificate (serial {serial[:16]}…) is "
+            f"not the root of the instance in {data_dir} (serial "
+            f"{format(theirs.serial_number, 'x')[:16]}…, {here}); nothing was restored, "
+            "whatever --accept-loss says (restore it into an empty directory)"
+        )
+    roots = target_roots(ca_url)
+    if roots and serial not in roots:
+        raise BackupError(
+            f"this archive is of another CA: its root certificate (serial {serial[:16]}…) is "
+            f"not among the roots the database being replaced records; nothing was "
+            "restored, whatever --accept-loss says (restore it into an empty database)"
+        )
+
+
+def _instance_pin(data_dir: Path, name: str) -> _Pin | None:
+    """The log key of the instance being replaced, and its older keys."""
+    ca_files = data_dir / "ca"
+    current = _pem_log_key(ca_files / "log.pub", name)
+    if current is None:
+        return None
+    older = [_pem_log_key(p, name) for p in sorted(ca_files.glob("log-*.pub"))]
+    return _Pin(
+        current,
+        f"the log key of the instance in {data_dir}",
+        tuple(k for k in older if k is not None),
+    )
 
 
 def _verify_with(note: bytes, keys: list[VerifierKey], what: str) -> VerifiedCheckpoint:
@@ -222,13 +379,25 @@ def make_log_check(
     backup_cp: VerifiedCheckpoint | None,
     published: VerifiedCheckpoint | None,
     report: dict[str, Any],
+    key_check: Callable[[list[bytes]], None] | None = None,
 ) -> Callable[[Connection], None]:
-    """The check :func:`ca.backup.restore` runs on the CA database before it is put in place."""
-    from ca.backup import BackupError, iter_certificates, iter_log_entries, read_log_state
+    """The check :func:`ca.backup.restore` runs on the CA database before it is put in place.
+
+    ``key_check``: the log key check (:func:`check_log_key`) that needs the archive's
+    hand-over checkpoints, when they could not be read before (PostgreSQL)."""
+    from ca.backup import (
+        BackupError,
+        iter_certificates,
+        iter_log_entries,
+        read_handovers,
+        read_log_state,
+    )
 
     expected = archive.log
 
     def check(conn: Connection) -> None:
+        if key_check is not None:
+            key_check(read_handovers(conn))
         state = read_log_state(conn)
         if (state.size, state.root_hash) != (expected.size, expected.root_hash):
             raise BackupError(
@@ -336,6 +505,7 @@ def restore_command(
     from ca.backup import (
         BackupError,
         open_archive,
+        read_handovers,
         remove_stale_staging,
         restore,
         target_log_size,
@@ -374,17 +544,49 @@ def restore_command(
             backup_cp = None
             if log.checkpoint is not None:
                 backup_cp = _verify_with(log.checkpoint, keys, "the backup's checkpoint")
+            # The keys the archive's log key must be (or be handed over to): given with
+            # --log-key, pinned by an auditor's state file, or the replaced instance's.
+            name = origin or "eport-log"
+            pins: list[_Pin] = []
+            if log_key:
+                pins.append(_Pin(load_log_key(log_key, name), "--log-key"))
+            if pinned:
+                try:
+                    pins.append(_Pin(VerifierKey.parse(pinned), "the key pinned in the state file"))
+                except AuditError as exc:
+                    raise CLIError(
+                        f"{checkpoint}: the pinned verifier key is malformed: {exc}"
+                    ) from None
+            archive_root = _root_of_archive(archive)
+            if force:
+                check_same_instance(archive, data_dir, databases["ca"], archive_root)
+                here = _instance_pin(data_dir, name)
+                if here is not None:
+                    pins.append(here)
+            archive_key = _archive_log_key(archive, name)
+            deferred: Callable[[list[bytes]], None] | None = None
+            same = archive_key is not None and all(
+                any(_same_key(k, archive_key) for k in (p.key, *p.also)) for p in pins
+            )
+            if pins and not same:  # a hand-over to follow, or another log's archive
+                with archive.sqlite_ca_database() as conn:
+                    handovers = _read_handovers(conn, read_handovers)
+                if handovers is not None:
+                    check_log_key(pins, archive_key, handovers)
+                else:  # PostgreSQL: checked on the restored database, before any file
+                    pins_now = list(pins)
+
+                    def deferred(found: list[bytes]) -> None:
+                        check_log_key(pins_now, archive_key, found)
+
             published = None
             key_source = "the archive's log key"
             if published_note is not None:
                 trusted = keys
                 if log_key:
-                    trusted, key_source = [load_log_key(log_key, origin)], "--log-key"
+                    trusted, key_source = [pins[0].key], "--log-key"
                 elif pinned:
-                    trusted, key_source = (
-                        [VerifierKey.parse(pinned)],
-                        "the key pinned in the state file",
-                    )
+                    trusted, key_source = [pins[0].key], "the key pinned in the state file"
                 published = _verify_with(published_note, trusted, "--checkpoint")
                 if backup_cp is not None and published.origin != backup_cp.origin:
                     raise BackupError(
@@ -416,7 +618,7 @@ def restore_command(
                 data_dir,
                 databases,
                 force=force,
-                check=make_log_check(archive, backup_cp, published, report),
+                check=make_log_check(archive, backup_cp, published, report, deferred),
             )
             manifest = archive.manifest
         elapsed = time.perf_counter() - started

@@ -1,0 +1,144 @@
+"""What ``eport restore`` must refuse before it writes anything, found by probing backup
+and restore: an archive of another CA or log (even with ``--accept-loss``), an archive
+whose database and ``ca/`` files belong to different CAs, a malformed manifest; and
+what ``eport backup`` must refuse: a data directory whose restore never finished.
+
+Each archive is forged here from a real backup, its manifest re-hashed as a forger
+would; each refusal is one ``eport: error:`` line, exit 1, the target unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ca.config import CAConfig
+from ca.devinit import ensure_dev_ca
+from tests.conftest import start_server, stop
+from tests.helpers import enroll_enterprise
+from tests.test_backup import eport, members, refused, restore, tree_digest
+
+
+def forge(
+    archive: Path,
+    out: Path,
+    changed: dict[str, bytes] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    modes: dict[str, int] | None = None,
+) -> Path:
+    """``archive`` with members replaced or added (``changed``), its manifest re-hashed to
+    match, then edited by ``edit``: what someone doctoring a backup would do."""
+    items = members(archive)
+    items.update(changed or {})
+    manifest = json.loads(items.pop("manifest.json"))
+    for name, data in items.items():
+        meta = manifest["members"].setdefault(name, {"mode": 0o600})
+        meta.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    if edit is not None:
+        edit(manifest)
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode()), *items.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = (modes or {}).get(name, 0o600)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_cas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two unrelated development CAs (other roots, other log keys), a backup of each, and
+    an auditor's state file of the first (it pins the first CA's log key), made by
+    ``eport audit verify`` against its running server."""
+    root = tmp_path_factory.mktemp("two-cas")
+    out: dict[str, Path] = {}
+    for name in ("a", "b"):
+        data = root / name
+        ensure_dev_ca(CAConfig(data_dir=data, dev=True))
+        out[name] = data
+    srv, proc = start_server(out["a"], workers=1)
+    try:
+        enroll_enterprise(srv, root, "Restore Checks Co., Ltd.")  # a's log is the longer
+        state = root / "auditor-a.json"
+        srv.eport("audit", "verify", "--state", str(state), *srv.auditor())
+    finally:
+        stop(proc)
+    out["state"] = state
+    for name in ("a", "b"):
+        archive = root / f"{name}.tar.gz"
+        eport("backup", "--data-dir", str(out[name]), "--out", str(archive))
+        out[f"{name}.tar.gz"] = archive
+    return out
+
+
+def test_an_archive_of_another_log_is_refused_whatever_accept_loss_says(
+    two_cas: dict[str, Path], tmp_path: Path
+) -> None:
+    """The auditor's state file pins CA a's log key; CA b's archive (no checkpoint in its
+    manifest: b never served one) was restored and called "N entries lost" with
+    --accept-loss. Now it is refused in one line, with --checkpoint or --log-key, and so
+    is a's own archive whose log key was swapped for another (a forger's)."""
+    state, a_archive, b_archive = two_cas["state"], two_cas["a.tar.gz"], two_cas["b.tar.gz"]
+    b_log = json.loads(members(b_archive)["manifest.json"])["log"]
+    assert b_log["checkpoint"] is None
+    assert json.loads(state.read_text())["tree_size"] > b_log["size"]  # "entries lost"
+    target = tmp_path / "restored"
+    for args in (
+        ("--checkpoint", str(state), "--accept-loss"),
+        ("--checkpoint", str(state)),
+        ("--log-key", str(two_cas["a"] / "ca" / "log.pub"), "--accept-loss"),
+    ):
+        refused(restore(b_archive, target, *args, check=False), "this archive is of another CA/log")
+        assert not target.exists(), args
+
+    # a's archive with its log key replaced and its checkpoint dropped, re-hashed.
+    swapped = forge(
+        a_archive,
+        tmp_path / "swapped.tar.gz",
+        {"files/ca/log.pub": (two_cas["b"] / "ca" / "log.pub").read_bytes()},
+        lambda m: m["log"].update(checkpoint=None),
+    )
+    refused(
+        restore(swapped, target, "--checkpoint", str(state), "--accept-loss", check=False),
+        "this archive is of another CA/log",
+        "the key pinned in the state file",
+    )
+    assert not target.exists()
+    # The CA's own archive still restores against the auditor's state.
+    done = json.loads(restore(a_archive, target, "--checkpoint", str(state), "--json").stdout)
+    assert done["ok"] and done["lost_entries"] == 0
+
+
+def test_force_never_replaces_an_instance_with_another_ca(
+    two_cas: dict[str, Path], tmp_path: Path
+) -> None:
+    """--force --accept-loss over a's instance with b's archive replaced a by b ("N entries
+    would be lost"); now refused in one line, the instance byte for byte unchanged."""
+    instance = tmp_path / "a"
+    shutil.copytree(two_cas["a"], instance)
+    before = tree_digest(instance)
+    refused(
+        restore(two_cas["b.tar.gz"], instance, "--force", "--accept-loss", check=False),
+        "this archive is of another CA",
+        "is not the root of the instance",
+    )
+    assert tree_digest(instance) == before
+    # Without its ca/ (lost), the database being replaced still names its root.
+    shutil.rmtree(instance / "ca")
+    before = tree_digest(instance)
+    refused(
+        restore(two_cas["b.tar.gz"], instance, "--force", "--accept-loss", check=False),
+        "this archive is of another CA",
+        "not among the roots the database being replaced records",
+    )
+    assert tree_digest(instance) == before
+    # Its own archive replaces it.
+    restore(two_cas["a.tar.gz"], instance, "--force", "--accept-loss")
