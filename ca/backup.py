@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -67,6 +67,7 @@ __all__ = [
     "BackupResult",
     "LogState",
     "RestoreResult",
+    "check_same_ca",
     "create_backup",
     "iter_certificates",
     "iter_log_entries",
@@ -191,6 +192,37 @@ def root_records(conn: Connection) -> dict[str, str]:
         text("SELECT serial, cert_sha256 FROM certificates WHERE profile = 'root'")
     ).all()
     return {str(serial).lower(): str(digest).lower() for serial, digest in rows}
+
+
+def check_same_ca(conn: Connection, root_pem: bytes) -> None:
+    """The CA database in ``conn`` must hold the records of the CA whose root is
+    ``root_pem`` (the archive's ``files/ca/root.crt``): the check ``eport serve`` makes
+    (:func:`ca.db.foreign_root`: the root is among the roots the database records), and
+    its record of the hierarchy's files (:mod:`ca.crosshost`), when it has one, names
+    that same ``root.crt``. Raises :class:`BackupError`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        root = x509.load_pem_x509_certificate(root_pem)
+    except ValueError:
+        raise BackupError("the archive's files/ca/root.crt is not a certificate") from None
+    serial = format(root.serial_number, "x")
+    digest = hashlib.sha256(root.public_bytes(Encoding.DER)).hexdigest()
+    roots = root_records(conn)
+    recorded = None
+    if inspect(conn).has_table("hierarchy_files"):
+        recorded = conn.execute(
+            text("SELECT sha256 FROM hierarchy_files WHERE path = 'root.crt'")
+        ).scalar()
+    if (roots and roots.get(serial) != digest) or (
+        recorded is not None and str(recorded) != hashlib.sha256(root_pem).hexdigest()
+    ):
+        raise BackupError(
+            "the archive's database holds the records of another CA (its root is not the "
+            "one in files/ca/root.crt): its database and ca/ files come from different "
+            "CAs; nothing was restored"
+        )
 
 
 def iter_certificates(conn: Connection) -> Iterator[tuple[str, str]]:

@@ -387,6 +387,7 @@ def make_log_check(
     hand-over checkpoints, when they could not be read before (PostgreSQL)."""
     from ca.backup import (
         BackupError,
+        check_same_ca,
         iter_certificates,
         iter_log_entries,
         read_handovers,
@@ -396,6 +397,8 @@ def make_log_check(
     expected = archive.log
 
     def check(conn: Connection) -> None:
+        # What `eport serve` would refuse afterwards: records and files of two CAs.
+        check_same_ca(conn, archive.staged("files/ca/root.crt").read_bytes())
         if key_check is not None:
             key_check(read_handovers(conn))
         state = read_log_state(conn)

@@ -142,3 +142,32 @@ def test_force_never_replaces_an_instance_with_another_ca(
     assert tree_digest(instance) == before
     # Its own archive replaces it.
     restore(two_cas["a.tar.gz"], instance, "--force", "--accept-loss")
+
+
+def test_an_archive_mixing_two_cas_is_refused_before_anything_is_written(
+    two_cas: dict[str, Path], tmp_path: Path
+) -> None:
+    """a's databases with b's ca/ files, the manifest re-hashed (and its checkpoint, which
+    b's log key does not verify, dropped): restore said "Restored ..." and only `eport
+    serve` refused the result ("holds the records of another CA"). Now the restore makes
+    that check first: one line, nothing written, even with --force over an instance."""
+    b_files = {n: d for n, d in members(two_cas["b.tar.gz"]).items() if n.startswith("files/")}
+    mixed = forge(
+        two_cas["a.tar.gz"],
+        tmp_path / "mixed.tar.gz",
+        b_files,
+        lambda m: m["log"].update(checkpoint=None),
+    )
+    target = tmp_path / "restored"
+    refused(restore(mixed, target, check=False), "holds the records of another CA")
+    assert not target.exists()
+    instance = tmp_path / "b"
+    shutil.copytree(two_cas["b"], instance)
+    (instance / "serve.lock").touch()  # the directory's lock, which any restore takes
+    before = tree_digest(instance)
+    refused(
+        restore(mixed, instance, "--force", "--accept-loss", check=False),
+        "holds the records of another CA",
+        "files/ca/root.crt",
+    )
+    assert tree_digest(instance) == before
