@@ -52,6 +52,7 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ca import translog
@@ -602,7 +603,34 @@ class Archive:
         self.close()
 
 
+_DATABASE_MEMBERS = {"sqlite": "sqlite", "postgresql": "pgdump"}
+"""A database's kind, and the extension of its member ``db/<name>.<ext>``."""
+
+_DATABASE_MAGIC = {"sqlite": b"SQLite format 3\x00", "postgresql": b"PGDMP"}
+"""How a SQLite database file and a ``pg_dump --format=custom`` archive begin."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mode_ok(mode: Any) -> bool:
+    """A member's mode as :func:`create_backup` records it (``st_mode & 0o777``, files
+    written 0o600 or by the umask): the owner reads and writes, nobody executes, others
+    do not write; never setuid, setgid or sticky bits."""
+    return (
+        _is_int(mode)
+        and 0 <= mode <= 0o777
+        and mode & 0o600 == 0o600
+        and not mode & 0o111
+        and not mode & 0o002
+    )
+
+
 def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
+    """The whole manifest's structure, checked before any member is read or anything
+    written: every member of the kind and place a restore puts in place, every field
+    of the type it is used as. Raises :class:`BackupError` (one line)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BackupError(f"{path} is not an eport backup (no eport manifest)")
     if doc.get("version") != VERSION:
@@ -610,9 +638,20 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
             f"{path} is an eport backup of format version {doc.get('version')}; this eport "
             f"reads version {VERSION}"
         )
+
+    def bad(what: str) -> BackupError:
+        return BackupError(f"{path}: malformed manifest: {what}; nothing was restored")
+
     members = doc.get("members")
-    if not isinstance(members, dict) or not isinstance(doc.get("databases"), dict):
+    databases = doc.get("databases")
+    if not isinstance(members, dict) or not isinstance(databases, dict):
         raise BackupError(f"{path}: the manifest lists no members")
+    for key in ("custody", "dev_instance", "includes_dev_credentials"):
+        if key in doc and not isinstance(doc[key], bool):
+            raise bad(f"{key} is not true or false")
+    if not isinstance(doc.get("created_at"), str):
+        raise bad("created_at is not a date")
+    with_dev = doc.get("includes_dev_credentials") is True
     for name, meta in members.items():
         if (
             not isinstance(name, str)
@@ -623,6 +662,70 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
             or not re.fullmatch("[0-9a-f]{64}", str(meta.get("sha256")))
         ):
             raise BackupError(f"{path}: the manifest names an invalid member {str(name)[:60]!r}")
+        shown = name[:60]
+        if not _is_int(meta.get("size")) or meta["size"] < 0:
+            raise bad(f"the size of {shown} is not a number of bytes")
+        if not _mode_ok(meta.get("mode")):
+            mode = meta.get("mode")
+            said = oct(mode) if isinstance(mode, int) and not isinstance(mode, bool) else repr(mode)
+            raise bad(
+                f"the mode of {shown} is {said}: a backup records modes such as 0o600 and "
+                "0o644 (owner read-write, no execute, not writable by others)"
+            )
+        if name.startswith("files/"):
+            rel = name[len("files/") :]
+            placed = rel.startswith("ca/") or (with_dev and rel.startswith("dev/"))
+            if (
+                not placed
+                or rel[len("ca/") :] in EXCLUDED_CA_FILES
+                or _SKIPPED.search(PurePosixPath(name).name)
+            ):
+                raise bad(f"{shown} is not a member a restore puts in place")
+    # The databases: the CA's and the token service's, each of a known kind, in its own
+    # member db/<name>.<ext>, or the same database as another entry ("same_as").
+    if "ca" not in databases:
+        raise bad("no CA database (databases.ca)")
+    used: set[str] = set()
+    for name, db in databases.items():
+        if name not in ("ca", "auth"):
+            raise bad(f"unknown database {str(name)[:30]!r} (ca and auth only)")
+        if not isinstance(db, dict) or db.get("kind") not in _DATABASE_MEMBERS:
+            raise bad(f"databases.{name} is not a database of a known kind (sqlite, postgresql)")
+        if "same_as" in db:
+            other = databases.get(db["same_as"]) if isinstance(db["same_as"], str) else None
+            if (
+                name == "ca"
+                or "member" in db
+                or db["same_as"] == name
+                or not isinstance(other, dict)
+                or "same_as" in other
+                or other.get("kind") != db["kind"]
+            ):
+                raise bad(f"databases.{name}.same_as does not name another database entry")
+            continue
+        member = f"db/{name}.{_DATABASE_MEMBERS[db['kind']]}"
+        if db.get("member") != member or member not in members:
+            raise bad(f"databases.{name} does not name its own member {member}")
+        used.add(member)
+    for name in members:
+        if name.startswith("db/") and name not in used:
+            raise bad(f"{name[:60]} is not a member a restore puts in place")
+    if "files/ca/root.crt" not in members:
+        raise bad("no root certificate (files/ca/root.crt)")
+    log = doc.get("log")
+    if (
+        not isinstance(log, dict)
+        or not _is_int(log.get("size"))
+        or log["size"] < 0
+        or not _is_int(log.get("certificates"))
+        or log["certificates"] < 0
+        or not re.fullmatch("[0-9a-f]{64}", str(log.get("root_hash")))
+        or not isinstance(log.get("checkpoint"), str | None)
+    ):
+        raise bad(
+            "the log is not {size, root_hash, checkpoint, certificates} (a number, 64 hex "
+            "digits, a signed note or null, a number)"
+        )
     return doc
 
 
@@ -713,6 +816,15 @@ def _extract(path: Path, staging: Path) -> dict[str, Any]:
     missing = sorted(set(manifest["members"]) - seen)
     if missing:
         raise BackupError(f"{path} is truncated: {missing[0]} is missing; nothing was restored")
+    for name, db in manifest["databases"].items():
+        if "member" in db:
+            with open(staging / db["member"], "rb") as fh:
+                magic = _DATABASE_MAGIC[db["kind"]]
+                if fh.read(len(magic)) != magic:
+                    raise BackupError(
+                        f"{path}: {db['member']} (the {name} database) is not a {db['kind']} "
+                        "database; nothing was restored"
+                    )
     return manifest
 
 
@@ -819,6 +931,14 @@ def non_empty_targets(archive: Archive, data_dir: Path, databases: Mapping[str, 
     return found
 
 
+def _unreadable(exc: SQLAlchemyError) -> BackupError:
+    cause = str(getattr(exc, "orig", exc)).splitlines()[0][:120]
+    return BackupError(
+        f"the archive's CA database cannot be read as an eport CA database ({cause}); "
+        "nothing was restored"
+    )
+
+
 def restore(
     archive: Archive,
     data_dir: Path,
@@ -863,8 +983,11 @@ def restore(
     dbs = dict(sorted(archive.manifest["databases"].items(), key=lambda item: item[0] != "ca"))
     ca_db = dbs["ca"]
     if ca_db["kind"] == "sqlite":
-        with _read_sqlite(archive.staged(ca_db["member"])) as conn:
-            check(conn)
+        try:
+            with _read_sqlite(archive.staged(ca_db["member"])) as conn:
+                check(conn)
+        except SQLAlchemyError as exc:
+            raise _unreadable(exc) from None
     # From here on the target changes: marked, so that a restore killed before the last
     # file is placed leaves a directory no server starts on (ca.datalock).
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -893,8 +1016,11 @@ def restore(
             if name == "ca":
                 engine = create_engine(url)
                 try:
-                    with engine.connect() as conn:
-                        check(conn)
+                    try:
+                        with engine.connect() as conn:
+                            check(conn)
+                    except SQLAlchemyError as exc:
+                        raise _unreadable(exc) from None
                 except BackupError as exc:
                     raise BackupError(
                         f"{exc.detail} (the database {_safe_url(url)} was restored and fails "
@@ -923,7 +1049,7 @@ def restore(
             shutil.rmtree(dest)
         for member, meta in archive.manifest["members"].items():
             if member.startswith(f"files/{top}/"):
-                os.chmod(archive.staged(member), int(meta.get("mode", 0o600)) & 0o777)
+                os.chmod(archive.staged(member), meta["mode"])  # checked: _mode_ok
                 files += 1
         shutil.move(source, dest)
     marker.unlink()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import shutil
+import sqlite3
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -171,3 +172,111 @@ def test_an_archive_mixing_two_cas_is_refused_before_anything_is_written(
         "files/ca/root.crt",
     )
     assert tree_digest(instance) == before
+
+
+def _set(*keys: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """An edit of the manifest: ``value`` at ``manifest[keys[0]][keys[1]]...``."""
+
+    def edit(manifest: dict[str, Any]) -> None:
+        node = manifest
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return edit
+
+
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("no-databases", _set("databases", value={}), "no CA database"),
+    ("ca-a-string", _set("databases", "ca", value="sqlite"), "databases.ca is not a database"),
+    ("kind-unknown", _set("databases", "ca", "kind", value="mysql"), "known kind"),
+    (
+        "ca-member-elsewhere",
+        _set("databases", "ca", "member", value="files/ca/root.crt"),
+        "databases.ca",
+    ),
+    (
+        "same-as-nowhere",
+        _set("databases", "auth", value={"kind": "sqlite", "same_as": "zzz"}),
+        "same_as",
+    ),
+    (
+        "auth-in-ca-member",
+        _set("databases", "auth", value={"kind": "sqlite", "member": "db/ca.sqlite"}),
+        "databases.auth does not name its own member db/auth.sqlite",
+    ),
+    ("log-empty", _set("log", value={}), "the log is not"),
+    ("log-null", _set("log", value=None), "the log is not"),
+    ("log-size-text", _set("log", "size", value="x"), "the log is not"),
+    ("checkpoint-number", _set("log", "checkpoint", value=7), "the log is not"),
+    (
+        "mode-text",
+        _set("members", "files/ca/root.crt", "mode", value="abc"),
+        "the mode of files/ca/root.crt",
+    ),
+    ("mode-7777", _set("members", "files/ca/root.key", "mode", value=0o7777), "0o7777"),
+    ("mode-777", _set("members", "files/ca/root.key", "mode", value=0o777), "0o777"),
+    (
+        "size-null",
+        _set("members", "files/ca/root.crt", "size", value=None),
+        "size of files/ca/root.crt",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"), [(e, n) for _, e, n in MALFORMED], ids=[i for i, _, _ in MALFORMED]
+)
+def test_a_malformed_manifest_is_one_line_and_writes_nothing(
+    two_cas: dict[str, Path], tmp_path: Path, edit: Callable[[dict[str, Any]], None], needle: str
+) -> None:
+    """Each of these gave "eport: unexpected error: KeyError/TypeError/..." (one left a
+    half-restored directory after writing restore.incomplete; mode 0o7777 restored
+    root.key as 0777). Now one line naming what is wrong, exit 1, nothing written: into
+    an empty target, nor over an instance with --force."""
+    bad = forge(two_cas["a.tar.gz"], tmp_path / "bad.tar.gz", edit=edit)
+    target = tmp_path / "restored"
+    res = restore(bad, target, check=False)
+    assert res.returncode == 1
+    refused(res, needle)
+    assert not target.exists()
+    instance = tmp_path / "a"
+    shutil.copytree(two_cas["a"], instance)
+    before = tree_digest(instance)
+    refused(restore(bad, instance, "--force", check=False), needle)
+    assert tree_digest(instance) == before
+    assert not list(tmp_path.glob(".eport-restore-*"))
+
+
+@pytest.mark.parametrize("extra", ["files/dev/x", "files/zzz/x", "db/x", "files/ca/x.tmp"])
+def test_a_member_the_restore_does_not_place_is_refused(
+    two_cas: dict[str, Path], tmp_path: Path, extra: str
+) -> None:
+    """Extra members (re-hashed into the manifest) were placed (dev/x into a custody
+    instance) or silently ignored; now refused, nothing written."""
+    bad = forge(two_cas["a.tar.gz"], tmp_path / "extra.tar.gz", {extra: b"x\n"})
+    target = tmp_path / "restored"
+    refused(
+        restore(bad, target, check=False),
+        "malformed manifest",
+        f"{extra} is not a member a restore puts in place",
+    )
+    assert not target.exists()
+
+
+def test_database_members_must_be_databases(two_cas: dict[str, Path], tmp_path: Path) -> None:
+    """A CA database member that is not SQLite, or SQLite without the CA's tables, gave
+    "unexpected error: DatabaseError"; now one line, nothing written."""
+    target = tmp_path / "restored"
+    text_db = forge(two_cas["a.tar.gz"], tmp_path / "t.tar.gz", {"db/ca.sqlite": b"no\n"})
+    refused(restore(text_db, target, check=False), "db/ca.sqlite (the ca database) is not a")
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
+    empty_db = forge(
+        two_cas["a.tar.gz"],
+        tmp_path / "e.tar.gz",
+        {"db/ca.sqlite": empty.read_bytes()},
+        lambda m: m["log"].update(checkpoint=None),
+    )
+    refused(restore(empty_db, target, check=False), "cannot be read as an eport CA database")
+    assert not target.exists()
