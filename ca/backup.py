@@ -75,6 +75,7 @@ __all__ = [
     "open_archive",
     "read_handovers",
     "read_log_state",
+    "refuse_unfinished_restore",
     "restore",
     "root_records",
     "target_roots",
@@ -445,6 +446,19 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def refuse_unfinished_restore(data_dir: Path) -> None:
+    """A data directory whose restore did not finish (``restore.incomplete``) may hold a
+    new database beside old ``ca/`` files: ``eport serve`` refuses it, and so does a
+    backup (it would become "the last good backup")."""
+    marker = Path(data_dir) / RESTORE_MARKER
+    if marker.exists():
+        raise BackupError(
+            f"a restore into {data_dir} did not finish ({marker} is there): its files and "
+            "databases may be of two backups; finish it with `eport restore --from ARCHIVE "
+            f"--data-dir {data_dir} --force` before backing it up; nothing was written"
+        )
+
+
 def create_backup(
     data_dir: Path,
     databases: Mapping[str, str],
@@ -460,6 +474,7 @@ def create_backup(
     started = time.perf_counter()
     now = (clock or (lambda: datetime.datetime.now(datetime.UTC)))()
     data_dir = Path(data_dir)
+    refuse_unfinished_restore(data_dir)
     if not (data_dir / "ca" / "root.crt").is_file():
         raise BackupError(f"{data_dir} holds no CA (no ca/root.crt)")
     out = Path(out).resolve()

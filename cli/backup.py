@@ -96,8 +96,9 @@ def backup_command(
     \b
       eport backup --data-dir /srv/eport --out /backups/eport-2026-11-28.tar.gz
     """
-    from ca.backup import create_backup
+    from ca.backup import create_backup, refuse_unfinished_restore
 
+    refuse_unfinished_restore(data_dir)  # before --out is looked at or made
     where = out.parent
     try:
         exists, where_exists = out.exists(), where.exists()

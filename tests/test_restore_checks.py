@@ -280,3 +280,24 @@ def test_database_members_must_be_databases(two_cas: dict[str, Path], tmp_path: 
     )
     refused(restore(empty_db, target, check=False), "cannot be read as an eport CA database")
     assert not target.exists()
+
+
+def test_backup_refuses_a_directory_whose_restore_did_not_finish(
+    two_cas: dict[str, Path], tmp_path: Path
+) -> None:
+    """A restore killed halfway leaves restore.incomplete, and `eport serve` refuses the
+    directory; `eport backup` archived it without a word ("Backed up ..."), making a
+    possibly mixed snapshot the last good backup. Now refused in one line naming the
+    file and the way out; no archive, not even --out's directory, is made. Once the
+    restore is finished with --force, the backup is made."""
+    data = tmp_path / "data"
+    restore(two_cas["a.tar.gz"], data)
+    (data / "restore.incomplete").write_text("an eport restore began here\n")
+    out = tmp_path / "backups" / "eport.tar.gz"
+    res = eport("backup", "--data-dir", str(data), "--out", str(out), check=False)
+    assert res.returncode == 1
+    refused(res, f"{data / 'restore.incomplete'}", "did not finish", "--force")
+    assert not out.parent.exists()
+    restore(two_cas["a.tar.gz"], data, "--force")
+    eport("backup", "--data-dir", str(data), "--out", str(out))
+    assert out.is_file()
