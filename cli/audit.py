@@ -46,7 +46,14 @@ from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, NotANoteError, VerifiedCheckpoint, VerifierKey
 from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
 from cli.keyfiles import identity_options
-from cli.options import json_option, json_text, print_result, takes_utf8
+from cli.options import (
+    MAX_SERIAL_DIGITS,
+    clip,
+    json_option,
+    json_text,
+    print_result,
+    takes_utf8,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/ca/v1/audit"
@@ -1332,15 +1339,30 @@ def _serial_option(ctx: click.Context, param: click.Parameter, value: str | None
     """A SERIAL argument or --serial: one that cannot be a serial is a usage error (exit
     2, as for eport revoke --serial) before anything is signed or sent."""
     if value is not None:
+        hint = param.human_readable_name if isinstance(param, click.Argument) else None
         try:
-            _norm_serial(value)
+            digits = _norm_serial(value)
         except CLIError:
             raise click.BadParameter(
-                f"{value!r} is not a serial in hexadecimal (like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
+                f"{clip(value)} is not a serial in hexadecimal "
+                "(like 7e23f4e0bfc6ce42c66b4a4c40acbd99)",
                 ctx,
                 param,
-                param_hint=param.human_readable_name if isinstance(param, click.Argument) else None,
+                param_hint=hint,
             ) from None
+        # as eport revoke --serial (cli.options.hex_serial): positive, at most 20 octets
+        if digits == "0":
+            raise click.BadParameter(
+                f"{clip(value)} is not a serial: a serial is positive", ctx, param, hint
+            )
+        if len(digits) > MAX_SERIAL_DIGITS:
+            raise click.BadParameter(
+                f"{clip(value)} is not a serial: a serial has at most 20 octets "
+                f"({MAX_SERIAL_DIGITS} hexadecimal digits)",
+                ctx,
+                param,
+                hint,
+            )
     return value
 
 

@@ -97,9 +97,9 @@ takes 0 < serial < 2**160)."""
 
 
 def application_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """An argument's callback: an application id (``app_`` and 16 base32 letters and
-    digits, as ``eport apply`` prints it), else a usage error (exit 2) before anything
-    is sent. Given in capitals, it is read in lower case, as the CA writes it."""
+    """An argument's callback: an application id (``app_`` and base32 letters and digits,
+    16 as ``eport apply`` prints it), else a usage error (exit 2) before anything is
+    sent. Given in capitals, it is read in lower case, as the CA writes it."""
     if not _REAL_APP_ID.fullmatch(value):
         raise click.BadParameter(
             f"{clip(value)} is not an application id (like app_6thyonihy3ild7iv)", ctx, param

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import EPORT, Server, free_port
 from tests.helpers import enroll_enterprise, fresh_uscc
-from tests.test_cli_errors import approved_code, one_line
+from tests.test_cli_errors import approved_code, offline, one_line
 from tests.test_enrollment_flow import counts, jrun
 
 
@@ -376,3 +376,20 @@ def test_help_and_show_say_what_is_so(sqlite_server: Server, tmp_path: Path) -> 
         "  enroll with the code the RA officer gives you (eport enroll --code CODE ...), "
         "unless a certificate was issued on it already"
     ), shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["audit", "prove", "00"],
+        ["audit", "prove", "0x" + "1" * 41],
+        ["audit", "log", "--serial", "0:0"],
+        ["audit", "log", "--serial", "f" * 41],
+    ],
+)
+def test_audit_serials_out_of_range_are_usage_errors(args: list[str]) -> None:
+    """eport audit prove and audit log --serial took serial 0 and serials over 20 octets
+    (sent, and answered 'not in the log' or 400, exit 1), unlike eport revoke --serial:
+    the same usage error (exit 2), before any key is read or anything sent."""
+    line = one_line(offline(*args), 2, "is not a serial: a serial ")
+    assert "is positive" in line or "has at most 20 octets (40 hexadecimal digits)" in line
