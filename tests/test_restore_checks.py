@@ -301,3 +301,45 @@ def test_backup_refuses_a_directory_whose_restore_did_not_finish(
     restore(two_cas["a.tar.gz"], data, "--force")
     eport("backup", "--data-dir", str(data), "--out", str(out))
     assert out.is_file()
+
+
+@pytest.mark.slow
+def test_a_key_pinned_before_the_log_key_s_rotation_is_followed_by_its_hand_over(
+    tmp_path: Path,
+) -> None:
+    """A real ROTATE-LOG-KEY after an auditor pinned the old key: a backup made after it
+    holds the new log.pub, and the restore follows the log's hand-over checkpoint (signed
+    by both keys, in the archive's database) from the pinned key to it. The same archive
+    with another log.pub (its own checkpoint dropped) is refused: the hand-over leads
+    elsewhere."""
+    from tests.test_custody_ceremonies import audit_verify, join, start, unsealed_custody_server
+
+    with unsealed_custody_server(tmp_path / "custody") as (srv, out, _):
+        state = tmp_path / "audit.json"
+        old_key = audit_verify(srv, state)["log_key"]
+        cid = str(start(srv, out, "ROTATE-LOG-KEY")["id"])
+        for member in ("customs", "tax", "forex"):
+            join(srv, out, cid, member)
+        archive = tmp_path / "rotated.tar.gz"
+        eport("backup", "--data-dir", str(srv.data_dir), "--out", str(archive))
+    assert json.loads(state.read_text())["verifier_key"] == old_key
+    assert any(n.startswith("files/ca/log-") for n in members(archive)), "a rotated key"
+
+    done = restore(archive, tmp_path / "restored", "--checkpoint", str(state), "--json")
+    assert json.loads(done.stdout)["lost_entries"] == 0
+
+    stranger = tmp_path / "stranger"
+    ensure_dev_ca(CAConfig(data_dir=stranger, dev=True))
+    swapped = forge(
+        archive,
+        tmp_path / "swapped.tar.gz",
+        {"files/ca/log.pub": (stranger / "ca" / "log.pub").read_bytes()},
+        lambda m: m["log"].update(checkpoint=None),
+    )
+    target = tmp_path / "swapped-target"
+    refused(
+        restore(swapped, target, "--checkpoint", str(state), "--accept-loss", check=False),
+        "this archive is of another CA/log",
+        "no hand-over in its log leads from that key to it",
+    )
+    assert not target.exists()
