@@ -645,11 +645,19 @@ def open_share_file(blob: bytes, passphrase: bytes | ShareCipher) -> ShareFile:
             if kind == "token"
             else "this share file is opened with a passphrase, not a PKCS#11 token"
         )
+    # The refusal names the part of the file that is wrong: the parsers' own words
+    # ("string indices must be integers") do not.
+    field = "nonce"
     try:
         nonce = _unb64(doc["nonce"], "nonce")
+        if len(nonce) != 12:  # as every share file is written; AES-GCM would raise
+            raise ValueError("not 12 bytes")
+        field = "ciphertext"
         ct = _unb64(doc["ciphertext"], "ciphertext")
+        field = "custody_id and member"
         custody_id, member = str(header["custody_id"]), str(header["member"])
         if isinstance(passphrase, bytes):
+            field = "kdf"
             kdf = header["kdf"]
             n = int(kdf["n"])
             if kdf.get("name") != "scrypt" or kdf.get("r") != 8 or kdf.get("p") != 1:
@@ -657,8 +665,10 @@ def open_share_file(blob: bytes, passphrase: bytes | ShareCipher) -> ShareFile:
             if not _SCRYPT_LIMITS[0] <= n <= _SCRYPT_LIMITS[1] or n & (n - 1):
                 raise ShareRejected("share file scrypt cost out of range")
             salt = _unb64(kdf["salt"], "salt")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShareRejected(f"malformed share file: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ShareRejected(
+            f"malformed share file: its {field} is not as eport writes it"
+        ) from None
     if isinstance(passphrase, bytes):
         key = bytearray(_scrypt(passphrase, salt, n))
         try:

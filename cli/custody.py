@@ -845,6 +845,11 @@ def ceremony_start(
             raise click.BadParameter(
                 f"{options.clip(p)}: expected KEY=VALUE", param_hint="KEY=VALUE"
             )
+        if k in values:  # the last one won without a word: issuer=enterprise issuer=agency
+            raise click.BadParameter(
+                f"{options.clip(k)} is given twice ({options.clip(values[k])}, {options.clip(v)})",
+                param_hint="KEY=VALUE",
+            )
         values[k] = v
     doc = _start(operation, values, cert_file, key_file, passphrase_file)
     _emit(as_json, doc, _started_text(doc))
@@ -871,11 +876,11 @@ def ceremony_join(
       eport ca ceremony join CEREMONY_ID --share ceremony/shares/customs.share \\
           --fingerprint FINGERPRINT
     """
-    opened = _open_share(share_file, passphrase_file, token_uri)
     client = _client()
     doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
-    if doc["state"] != "open":
+    if doc["state"] != "open":  # said before the custodian opens their share for nothing
         raise CLIError(f"ceremony {ceremony_id} is {doc['state']}")
+    opened = _open_share(share_file, passphrase_file, token_uri)
     sealed = _sealed_for(doc, opened.share(custody.Purpose.ROOT), fingerprint)
     doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})
     if doc["state"] == "done":

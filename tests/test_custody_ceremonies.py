@@ -239,13 +239,26 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
         EPORT_PASSPHRASE="officer passphrase",
     )
     assert res.returncode == 1 and "one of: agency, enterprise, service" in res.stderr
+    # a key given twice: the last one won (a rotation of agency, not enterprise)
+    res = srv.eport(
+        "ca",
+        "ceremony",
+        "start",
+        "ROTATE-ISSUER",
+        "issuer=enterprise",
+        "issuer=agency",
+        *officer_args(out),
+        check=False,
+        EPORT_PASSPHRASE="officer passphrase",
+    )
+    assert res.returncode == 2 and "'issuer' is given twice" in res.stderr, res.stderr
     assert stored() == before
 
 
 def test_an_expired_ceremony_says_so_and_takes_no_share(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     """An open ceremony past its expiry was shown as "open": a custodian opened their
     share (passphrase and all) and sent it before the server refused it (409). Its state
-    reads "expired" now, and join refuses before the share is sent."""
+    reads "expired" now, and join refuses before the share is opened."""
     import sqlite3
 
     srv, out, _ = ceremony_ca
@@ -260,8 +273,8 @@ def test_an_expired_ceremony_says_so_and_takes_no_share(ceremony_ca) -> None:  #
     assert doc["state"] == "expired" and doc["progress"] == 1, doc
     text = srv.eport("ca", "ceremony", "status", cid).stdout
     assert "expired" in text and " open" not in text, text
-    res = join(srv, out, cid, "tax", check=False)
-    # refused on the state the server shows, before the share is sealed and sent
+    res = join(srv, out, cid, "tax", check=False, passphrase="not the passphrase of {}")
+    # refused on the state, before the share file is opened: the passphrase goes unread
     assert res.returncode == 1 and f"ceremony {cid} is expired" in res.stderr, res.stderr
 
 

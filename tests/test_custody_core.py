@@ -231,6 +231,17 @@ def test_share_file_round_trip_and_refusals() -> None:
         custody.open_share_file(json.dumps(doc).encode(), b"forex passphrase 1")
     with pytest.raises(ShareRejected):
         custody.open_share_file(b"not json", b"x")
+    # A malformed field is named (it was AES-GCM's ValueError "Nonce must be between 8 and
+    # 128 bytes" out of the CLI, or "string indices must be integers" for a kdf string).
+    for key, value, field in (
+        ("nonce", "AAAA", "nonce"),
+        ("kdf", "scrypt", "kdf"),
+        ("kdf", {"name": "scrypt", "n": "x"}, "kdf"),
+    ):
+        doc = {**json.loads(blob), key: value}
+        with pytest.raises(ShareRejected) as e:
+            custody.open_share_file(json.dumps(doc).encode(), b"forex passphrase 1")
+        assert e.value.detail == f"malformed share file: its {field} is not as eport writes it"
 
 
 def test_sealed_share_opens_only_for_its_ceremony() -> None:
