@@ -225,6 +225,12 @@ def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> 
         if _same_key(key, goal):
             break
         try:
+            # A key read from a PEM file (log.pub, --log-key) carries no name of its own:
+            # it is named after the log whose note it checks; its bytes are what is trusted.
+            origin = note.split(b"\n", 1)[0].decode("utf-8")
+            key = verifier_from_public_key(
+                origin, Ed25519PublicKey.from_public_bytes(key.public_key)
+            )
             cp = auditproof.verify_checkpoint(note, key)
             named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
             if len(named) != 1:
@@ -233,7 +239,7 @@ def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> 
             if successor.name != key.name or _same_key(successor, key):
                 continue
             auditproof.verify_checkpoint(note, successor)
-        except AuditError:
+        except ValueError:  # AuditError, or a first line that is not UTF-8
             continue  # another key's hand-over, or not one at all: not followed
         key = successor
     return _same_key(key, goal)

@@ -327,6 +327,15 @@ def test_a_key_pinned_before_the_log_key_s_rotation_is_followed_by_its_hand_over
 
     done = restore(archive, tmp_path / "restored", "--checkpoint", str(state), "--json")
     assert json.loads(done.stdout)["lost_entries"] == 0
+    # The old key as a PEM file (--log-key), with nothing in the archive naming the log
+    # (its checkpoint dropped): the key is followed by its bytes all the same.
+    [rotated] = [n for n in members(archive) if n.startswith("files/ca/log-")]
+    old_pem = tmp_path / "old-log.pub"
+    old_pem.write_bytes(members(archive)[rotated])
+    unnamed = forge(
+        archive, tmp_path / "unnamed.tar.gz", edit=lambda m: m["log"].update(checkpoint=None)
+    )
+    restore(unnamed, tmp_path / "restored-2", "--log-key", str(old_pem))
 
     stranger = tmp_path / "stranger"
     ensure_dev_ca(CAConfig(data_dir=stranger, dev=True))
