@@ -486,7 +486,8 @@ def make_log_check(
     "--accept-loss",
     is_flag=True,
     help="Restore even when --checkpoint is larger than the backup's log (entries logged "
-    "after the backup are lost; auditors will see the log shrink).",
+    "after the backup are lost; auditors will see the log shrink). Only a backup of the "
+    "same log: another CA's or log's archive is refused all the same.",
 )
 @click.option("--force", is_flag=True, help="Replace the CA files and databases already there.")
 @json_option
