@@ -131,9 +131,14 @@ def _read_share_file(file: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def _open_share(
-    file: Path, passphrase_file: Path | None, token_uri: str | None = None
+    file: Path,
+    passphrase_file: Path | None,
+    token_uri: str | None = None,
+    read: tuple[bytes, dict[str, Any]] | None = None,
 ) -> custody.ShareFile:
-    blob, header = _read_share_file(file)
+    """The share file opened (its passphrase asked, or its token used); ``read``: the
+    file as :func:`_read_share_file` read it already."""
+    blob, header = read or _read_share_file(file)
     if custody.share_file_protection(header) == "token":
         return custody.open_share_file(blob, _token_opener(header, token_uri))
     if token_uri is not None:
@@ -876,11 +881,12 @@ def ceremony_join(
       eport ca ceremony join CEREMONY_ID --share ceremony/shares/customs.share \\
           --fingerprint FINGERPRINT
     """
+    read = _read_share_file(share_file)  # a file that is no share file: said at once
     client = _client()
     doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
     if doc["state"] != "open":  # said before the custodian opens their share for nothing
         raise CLIError(f"ceremony {ceremony_id} is {doc['state']}")
-    opened = _open_share(share_file, passphrase_file, token_uri)
+    opened = _open_share(share_file, passphrase_file, token_uri, read)
     sealed = _sealed_for(doc, opened.share(custody.Purpose.ROOT), fingerprint)
     doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})
     if doc["state"] == "done":

@@ -90,7 +90,7 @@ _HEX = re.compile(r"[0-9A-Fa-f]+")
 # The CA makes an application id as "app_" and the lower-case RFC 4648 base32 of 10
 # random bytes (ca.authority): 16 characters of a-z and 2-7, the same in every release.
 # Up to 16 are taken, so a shorter made-up id still reaches the server's 404.
-_REAL_APP_ID = re.compile(r"app_[a-z2-7]{1,16}", re.IGNORECASE)
+_REAL_APP_ID = re.compile(r"app_[a-z2-7]{16}", re.IGNORECASE)
 MAX_SERIAL_DIGITS = 40
 """RFC 5280 §4.1.2.2: a serial has at most 20 octets, 40 hexadecimal digits (the CA
 takes 0 < serial < 2**160)."""

@@ -117,7 +117,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def the_three(server: Server) -> list[list[str]]:
     """A GET of the CA API, a POST to the token service, a signed read of the audit API."""
     return [
-        ["application", "show", "app_x", "--json"],
+        ["application", "show", "app_aaaaaaaaaaaaaaaa", "--json"],
         ["login", *server.officer(), "--json"],
         ["audit", "verify", *server.auditor(), "--json"],
     ]
@@ -585,7 +585,7 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
         silent.settimeout(60)  # an eport that never connects fails the test, never hangs it
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         proc = subprocess.Popen(
-            [EPORT, "application", "show", "app_x", "--json"],
+            [EPORT, "application", "show", "app_aaaaaaaaaaaaaaaa", "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -662,7 +662,7 @@ def test_rotate_keys_names_the_data_directory(tmp_path: Path) -> None:
     ("args", "expect"),
     [
         (
-            ["application", "show", "app_x", "--server", "http://127.0.0.1:8000"],
+            ["application", "show", "app_aaaaaaaaaaaaaaaa", "--server", "http://127.0.0.1:8000"],
             "(an option of eport itself: eport --server URL application show ...)",
         ),
         (["ra", "list", "--verbose"], "(an option of eport itself: eport --verbose ra list ...)"),

@@ -229,6 +229,7 @@ def test_ids_serials_and_pairs_that_cannot_be_right_are_usage_errors(
         (["ra", "approve", "bogus", *server.officer()], "'bogus' is not an application id"),
         (["application", "show", "app_" + "a" * 17], "is not an application id"),
         (["application", "show", "app_0189"], "is not an application id"),
+        (["application", "show", "app_zz"], "is not an application id"),  # too short
         (["revoke", "--serial", "00", "--reason", "superseded", *creds], "a serial is positive"),
         (
             ["revoke", "--serial", "1" * 41, "--reason", "superseded", *creds],

@@ -285,7 +285,7 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         expect="unknown enrollment code",
     )
     refused("ra", "approve", app["id"], *server.officer(), expect="already approved")
-    refused("ra", "approve", "app_nosuch", *server.officer(), expect="no application")
+    refused("ra", "approve", "app_nosuchnosuchnosu", *server.officer(), expect="no application")
     refused(
         "ra", "reject", app["id"], "--reason", "late", *server.officer(), expect="already approved"
     )
@@ -401,9 +401,11 @@ def test_the_applicant_sees_where_its_application_stands(server: Server) -> None
         "enroll", "--code", code, "--profile", "enterprise", "--out", "/nonexistent/x", check=False
     )
     assert late.returncode == 1 and "its approval was withdrawn" in late.stderr, late.stderr
-    missing = server.eport("application", "show", "app_nosuch", check=False)
+    missing = server.eport("application", "show", "app_nosuchnosuchnosu", check=False)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
-    assert "no application 'app_nosuch'" in missing.stderr and "HTTP 404" in missing.stderr
+    assert (
+        "no application 'app_nosuchnosuchnosu'" in missing.stderr and "HTTP 404" in missing.stderr
+    )
     too_long = requests.get(f"{server.url}/ca/v1/applications/{'a' * 500}", timeout=10)
     assert too_long.status_code == 404
 

@@ -71,7 +71,7 @@ def _both(
         ["no-such-command"],
         ["cert", "show", "relative.pem"],  # read from the working directory
         ["cert", "show", "-"],  # read from stdin
-        ["application", "show", "app_x", "--json"],  # a server nobody listens on
+        ["application", "show", "app_aaaaaaaaaaaaaaaa", "--json"],  # a server nobody listens on
         # the key's passphrase prompted for, read from stdin (a wrong one)
         ["renew", "--cert", "proxy.crt", "--key", "key.pem", "--out", "renewed"],
     ],
@@ -93,7 +93,7 @@ def test_the_same_output_and_status_as_the_installed_script(
 def _hanging(tmp_path: Path, silent: socket.socket) -> subprocess.Popen[str]:
     url = f"http://127.0.0.1:{silent.getsockname()[1]}"
     return subprocess.Popen(
-        [*EPORT_CMD, "application", "show", "app_x", "--json"],
+        [*EPORT_CMD, "application", "show", "app_aaaaaaaaaaaaaaaa", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
