@@ -499,7 +499,10 @@ class OpenIDProvider:
             raise fail("invalid_request", "prompt=none cannot be combined with other values")
         max_age = None
         if one["max_age"] is not None:
-            if not one["max_age"].isdigit() or len(one["max_age"]) > 9:
+            # ASCII digits: str.isdigit() also takes "²" (int() then raised: a 500) and
+            # other scripts' digits
+            text = one["max_age"]
+            if not (text.isascii() and text.isdigit()) or len(text) > 9:
                 raise fail("invalid_request", "max_age must be a non-negative integer")
             max_age = int(one["max_age"])
         return AuthorizationRequest(

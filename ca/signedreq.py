@@ -429,7 +429,8 @@ def compact_header(token: str) -> dict[str, Any]:
         raise ValueError("its header is not base64url (RFC 7515 §2)") from None
     try:
         header = json.loads(raw)
-    except ValueError:  # the parser's words ("Expecting property name …") say no more
+    except (ValueError, RecursionError):  # the parser's words say no more; "[[[…" nested
+        # past the parser's stack raised RecursionError, a 500 wherever a token is read
         raise ValueError("its header is not a JSON object (RFC 7515 §4)") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")

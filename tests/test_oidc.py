@@ -621,6 +621,9 @@ def test_authorization_request_errors(world: World) -> None:
         ({"prompt": "consent"}, "consent_required"),
         ({"prompt": "none login"}, "invalid_request"),
         ({"max_age": "soon"}, "invalid_request"),
+        # str.isdigit() took "²" (then int() raised: a 500) and other scripts' digits
+        ({"max_age": "²"}, "invalid_request"),
+        ({"max_age": "١٢"}, "invalid_request"),
     ):
         f = authorize(agent, **overrides)
         assert f.response.status_code == 302, overrides

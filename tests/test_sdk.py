@@ -326,6 +326,8 @@ def test_sdk_refuses_bad_tokens(world: World, http: CountingSession) -> None:
         "iat in the future": resign(server, token, iat=int(time.time()) + 3600),
         # NaN compares false with every time (was accepted); int() of NaN or Infinity
         # raised ValueError / OverflowError out of verify()
+        # nested past the JSON parser's stack: RecursionError, not InvalidToken
+        "nested header": base64.urlsafe_b64encode(b"[" * 5_000).rstrip(b"=").decode() + ".e30.AA",
         "nbf NaN": resign(server, token, nbf=float("nan")),
         "exp NaN": resign(server, token, exp=float("nan")),
         "exp Infinity": resign(server, token, exp=float("inf")),
@@ -585,6 +587,10 @@ def test_jwks_outage_keeps_cached_keys_and_answers_503() -> None:
     def serve_jwks() -> Any:
         return (jwks, 200) if up.is_set() else ("down", 503)
 
+    @app.get("/nested.json")  # nested past the JSON parser's stack: was a RecursionError
+    def serve_nested() -> Any:
+        return "[" * 100_000, 200, {"Content-Type": "application/json"}
+
     now = int(time.time())
     iss = "https://eport.example/auth"
     claims: dict[str, Any] = {
@@ -611,6 +617,9 @@ def test_jwks_outage_keeps_cached_keys_and_answers_503() -> None:
                 with pytest.raises(KeySetUnavailable) as exc:
                     cold.verify(token)
                 assert exc.value.status == 503
+            nested = TokenVerifier(iss, CUSTOMS, url + "/nested.json")
+            with nested, pytest.raises(KeySetUnavailable, match="did not answer JSON"):
+                nested.verify(token)
         flask_app = Flask("svc")
         init_app(flask_app, TokenVerifier(iss, CUSTOMS, url + "/jwks.json"))
         flask_app.get("/r")(require_token("declaration:read")(lambda: "ok"))

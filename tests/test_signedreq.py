@@ -816,6 +816,15 @@ def test_a_malformed_header_is_said_in_the_jws_terms(token: str, words: str) -> 
     )
 
 
+def test_a_header_nested_past_the_parsers_stack_is_refused() -> None:
+    """``[[[…`` nested deeper than the JSON parser's stack raised RecursionError out of
+    the header's parse: a 500 wherever a token or a signed request is read, with no
+    credential needed. Now the header is "not a JSON object"."""
+    segment = base64.urlsafe_b64encode(b"[" * 100_000).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated, match="its header is not a JSON object"):
+        unverified_header(segment + ".e30.AA")
+
+
 def test_x5c_too_long(pki: PKI, replay: MemoryReplay) -> None:
     token = encode(claims(), pki.leaf_key, "ES256", header(*[pki.leaf] * 5))
     assert_refused(token, pki, replay, "too long")

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -184,11 +185,11 @@ class Introspector:
             headers["Authorization"] = f"{SCHEME} {signed}"
         try:
             resp = self.http.post(self.endpoint, data=body, headers=headers, timeout=self.timeout)
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise IntrospectionFailed(f"cannot reach {self.endpoint}: {exc}") from None
         try:
             doc = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack
             doc = None
         if resp.status_code != 200 or not isinstance(doc, dict):
             why = ""

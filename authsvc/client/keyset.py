@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import requests
+import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authsvc.client.errors import KeySetUnavailable, UnknownKey
@@ -67,7 +68,7 @@ def _get_json(http: requests.Session, url: str, timeout: float) -> Any:
         raise KeySetUnavailable(f"{url} answered a document larger than {MAX_DOCUMENT_BYTES}")
     try:
         return resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's stack: not a key set
         raise KeySetUnavailable(f"{url} did not answer JSON") from None
 
 
@@ -79,7 +80,7 @@ def discover_jwks_uri(
     for url in metadata_urls(issuer):
         try:
             doc = _get_json(http, url, timeout)
-        except (KeySetUnavailable, requests.RequestException) as exc:
+        except (KeySetUnavailable, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             problems.append(str(exc))
             continue
         if not isinstance(doc, dict) or doc.get("issuer") != issuer:
@@ -209,7 +210,9 @@ class KeySet:
         try:
             url = self._jwks_url()
             keys = parse_jwks(_get_json(self._http, url, self.timeout))
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            # urllib3's own errors (LocationParseError: a host name it cannot parse) are
+            # not wrapped by requests on every path
             self._fresh_until = self._last_attempt + self.min_refetch_interval
             raise KeySetUnavailable(f"cannot fetch the issuer's JWKS: {exc}") from None
         except KeySetUnavailable:

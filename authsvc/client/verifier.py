@@ -60,7 +60,7 @@ def _header(token: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         header = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # "[[[…": past the parser's stack
         raise InvalidToken("the token header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise InvalidToken("the token header is not a JSON object")
