@@ -15,6 +15,7 @@ only and path ``/`` (the ``__Host-`` prefix makes browsers enforce all that).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -268,9 +269,14 @@ def authorization_code_grant() -> Response:
             client_addr=client_addr(),
         )
     except InvalidClient as exc:
-        resp = jsonify(exc.oauth())
-        resp.status_code = 401
-        if request.authorization is not None:
+        # RFC 6749 §5.2: a 401 only for a client that tried the Authorization header, with
+        # the challenge RFC 9110 §15.5.2 requires; a public client that did not is a 400.
+        # The body as every other OAuth error writes it (authsvc.app's handler).
+        tried = request.authorization is not None
+        resp = Response(
+            json.dumps(exc.oauth()), status=401 if tried else 400, mimetype="application/json"
+        )
+        if tried:
             resp.headers["WWW-Authenticate"] = 'Basic realm="eport"'
         return no_store(resp)
     return no_store(

@@ -581,10 +581,12 @@ def test_mix_up_of_clients(world: World) -> None:
     r = redeem(srv, f, client_id="sample-b")
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     # A client that is no web client, or no client at all.
+    # RFC 6749 §5.2: no Authorization header tried, so 400 (a 401 must carry a challenge)
     r = redeem(srv, f, client_id="manifest")
-    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert r.status_code == 400 and r.json()["error"] == "invalid_client"
     r = redeem(srv, f, client_id="-")
-    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert r.status_code == 400 and r.json()["error"] == "invalid_client"
+    assert "WWW-Authenticate" not in r.headers and r.headers["Cache-Control"] == "no-store"
     # Secrets are not a way in: every client is public.
     r = requests.post(
         srv.url + "/auth/token",
