@@ -883,6 +883,25 @@ def _read_tlv(buf: bytes, pos: int) -> tuple[int, int, int] | None:
     return (tag, start, end) if end <= len(buf) else None
 
 
+def names_cert_id(response_der: bytes, responder: Responder, serial: int) -> bool:
+    """Whether the stored response ``response_der`` is about ``serial`` of ``responder``'s
+    issuer: its SHA-1 CertID's issuer hashes and serial are in it, as a response built for
+    that CertID holds them (RFC 6960 §4.2.1). Responses are stored by serial alone, and
+    two issuing CAs (or two generations of one) may each issue the same serial: a request
+    naming one must never get the other's answer."""
+    name_hash, key_hash = responder._issuer_hashes[CertIDHash.SHA1]
+    value = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # minimal, non-negative
+    integer = b"\x02" + _der_length(len(value)) + value
+    return b"\x04\x14" + name_hash + b"\x04\x14" + key_hash + integer in response_der
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
 def canonical_request(der: bytes, responders: Iterable[Responder]) -> tuple[Responder, int] | None:
     """The responder and serial of the most common OCSPRequest, or None.
 

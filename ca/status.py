@@ -242,6 +242,8 @@ class StatusService:
         der, this_update = cached
         if self.clock() >= this_update + self.policy.ocsp_validity / 2:
             return None  # due for re-signing: the full path stores a fresh one
+        if not ocsp.names_cert_id(der, *hit):
+            return None  # stored for the same serial of another issuer: the full path
         return bytes(der)
 
     def _canonical(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import itertools
 import json
 import subprocess
@@ -637,6 +638,28 @@ def test_ocsp_protocol_details(sqlite_server: Server, tmp_path: Path) -> None:
     root = x509.load_pem_x509_certificate((server.data_dir / "ca" / "root.crt").read_bytes())
     resp = xocsp.load_der_ocsp_response(post(_request(cert, root)).content)
     assert resp.response_status is xocsp.OCSPResponseStatus.UNAUTHORIZED
+    # The same serial asked of another of our issuing CAs: that CA's answer (unknown),
+    # never the stored response of the enterprise CA's certificate, which the pre-signed
+    # path served by serial alone (its CertID and responder the other CA's).
+    assert post(_request(cert, issuer)).ok  # the enterprise CA's answer is stored now
+    agency = x509.load_pem_x509_certificate(
+        (server.data_dir / "ca" / "issuers" / "agency.crt").read_bytes()
+    )
+    # the agency CA's CertID hashes (RFC 6960 §4.1.1: its name's DER, its key's bits)
+    name_hash = hashlib.sha1(agency.subject.public_bytes()).digest()
+    key_hash = x509.SubjectKeyIdentifier.from_public_key(agency.public_key()).digest
+    asked = (
+        xocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(name_hash, key_hash, cert.serial_number, hashes.SHA1())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    resp = xocsp.load_der_ocsp_response(post(asked).content)
+    assert resp.response_status is xocsp.OCSPResponseStatus.SUCCESSFUL, resp.response_status
+    assert resp.certificate_status is xocsp.OCSPCertStatus.UNKNOWN
+    assert resp.issuer_key_hash == key_hash and resp.issuer_name_hash == name_hash
+    mine = xocsp.load_der_ocsp_response(post(_request(cert, issuer)).content)
+    assert mine.certificate_status is xocsp.OCSPCertStatus.GOOD  # its own answer unharmed
     # Malformed: garbage, empty, oversized, bad base64 — malformedRequest, never a 500.
     for body in (b"garbage", b"", b"\x30\x03\x02\x01\x01", b"\x30" * 5000):
         r = post(body)
