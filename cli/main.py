@@ -1748,9 +1748,11 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         raise CLIError(exc.detail) from None
     serial = format(cert.serial_number, "x")
     doc: dict[str, Any] = {"serial": serial, "subject": dn_string(cert.subject)}
-    # The responder speaks for its issuing CA, not about it: a good answer stands only if
-    # the root's CRL does not revoke that CA (a quorum's REVOKE-INTERMEDIATE).
-    ca_revoked = _issuing_ca_revocation(cert, candidates) if isinstance(st, Good) else None
+    # The responder speaks for its issuing CA, not about it: a good answer, or a hold (which
+    # could be lifted), stands only if the root's CRL does not revoke that CA (a quorum's
+    # REVOKE-INTERMEDIATE); a certificate of a revoked CA is revoked for good.
+    held_or_good = isinstance(st, Good | OnHold)
+    ca_revoked = _issuing_ca_revocation(cert, candidates) if held_or_good else None
     if ca_revoked is not None:
         when, why = ca_revoked
         doc.update(status="revoked", since=_utc(when), reason=why, issuing_ca_revoked=True)

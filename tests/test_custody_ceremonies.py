@@ -283,6 +283,14 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
     old = enroll(srv, out, tmp, "Old Generation Co")
+    held = enroll(srv, out, tmp, "Held Old Generation Co")
+    srv.eport(
+        "suspend",
+        "--serial",
+        format(cert_of(held).serial_number, "x"),
+        *officer_args(out, "tax"),
+        EPORT_PASSPHRASE="officer passphrase",
+    )
     old_cert = cert_of(old)
     old_issuer = x509.load_pem_x509_certificate(
         (srv.data_dir / "ca" / "issuers" / "enterprise.crt").read_bytes()
@@ -333,6 +341,11 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     assert st["reason"] == "keyCompromise"
     res = srv.eport("status", "--cert", str(old / "cert.pem"), check=False)
     assert res.returncode == 3 and "its issuing CA was revoked on the root CRL" in res.stdout
+    # One on hold is revoked too: a hold is reversible, a revoked CA's certificate is not.
+    # (Its responder still says on hold; the root CRL was read only for a good answer.)
+    res = srv.eport("status", "--cert", str(held / "cert.pem"), "--json", check=False)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert json.loads(res.stdout)["issuing_ca_revoked"] is True
     st = json.loads(srv.eport("status", "--cert", str(new[0] / "cert.pem"), "--json").stdout)
     assert st["status"] == "good" and "issuing_ca_revoked" not in st
     # Issuance goes on from the new generation.
