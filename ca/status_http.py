@@ -5,6 +5,7 @@ type ``application/pkix-crl``)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +27,26 @@ def _svc() -> CAService:
     return service
 
 
+OCSP_CACHE_CONTROL = "public, max-age=60, no-transform, must-revalidate"
+"""RFC 5019 §6.2: caching proxies may keep a response until its nextUpdate; a status change
+replaces it at the origin at once, so the shared-cache lifetime is kept short. A proxy must
+not alter the signed bytes (no-transform) nor serve them stale (must-revalidate)."""
+
+
+def ocsp_headers(der: bytes) -> list[tuple[str, str]]:
+    """The headers of an OCSP answer (RFC 5019 §6.2): its type, length, caching, and an
+    entity tag (the SHA-1 of the response, as §6.2 suggests) that a cache revalidates by.
+    Both paths send them, so the pre-signed and the full answer look alike."""
+    return [
+        ("Content-Type", "application/ocsp-response"),
+        ("Content-Length", str(len(der))),
+        ("Cache-Control", OCSP_CACHE_CONTROL),
+        ("ETag", '"' + hashlib.sha1(der).hexdigest() + '"'),  # noqa: S324 (an entity tag)
+    ]
+
+
 def _ocsp_response(der: bytes) -> Response:
-    resp = Response(der, mimetype="application/ocsp-response")
-    # RFC 5019 §6: caching proxies may keep a response until its nextUpdate; a status
-    # change replaces it at the origin at once, so keep the shared-cache lifetime short.
-    resp.cache_control.public = True
-    resp.cache_control.max_age = 60
-    return resp
+    return Response(der, headers=ocsp_headers(der))
 
 
 def install_ocsp_fast_path(app: Flask) -> None:
@@ -56,14 +70,7 @@ def install_ocsp_fast_path(app: Flask) -> None:
                 service: CAService = app.extensions[EXTENSION]
                 der = service.status.pre_signed(body)
                 if der is not None:
-                    start_response(
-                        "200 OK",
-                        [
-                            ("Content-Type", "application/ocsp-response"),
-                            ("Content-Length", str(len(der))),
-                            ("Cache-Control", "public, max-age=60"),
-                        ],
-                    )
+                    start_response("200 OK", ocsp_headers(der))
                     return [der]
                 environ["wsgi.input"] = io.BytesIO(body)
         return inner(environ, start_response)

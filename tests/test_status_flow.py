@@ -615,6 +615,12 @@ def test_ocsp_protocol_details(sqlite_server: Server, tmp_path: Path) -> None:
         server.url + "/ocsp/" + base64.b64encode(der).decode().replace("/", "%2F"), timeout=10
     )
     assert got.status_code == 200 and got.headers["Content-Type"] == "application/ocsp-response"
+    # RFC 5019 §6.2 caching headers, alike from the full path (GET, a nonce) and the
+    # pre-signed one (a canonical POST): the proxy keeps the bytes as they are
+    for r in (got, post(der), post(_request(cert, issuer, b"m" * 16))):
+        assert r.headers["Cache-Control"] == "public, max-age=60, no-transform, must-revalidate"
+        assert r.headers["ETag"] == '"' + hashlib.sha1(r.content).hexdigest() + '"'
+        assert r.headers["Content-Length"] == str(len(r.content))
     assert xocsp.load_der_ocsp_response(got.content).certificate_status is xocsp.OCSPCertStatus.GOOD
     # A nonce is echoed (RFC 8954); SHA-256 CertIDs are answered.
     resp = xocsp.load_der_ocsp_response(
