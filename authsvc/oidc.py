@@ -429,12 +429,19 @@ class OpenIDProvider:
             )
         state_values = params.get("state") or []
         state = state_values[0] if len(state_values) == 1 else None
+        # Capped as every other parameter: it comes back in the Location (a 60 kB state
+        # POSTed made a 60 kB header, which a front proxy answers 502). Not reflected.
+        state_too_long = state is not None and len(state) > _MAX_PARAM
+        if state_too_long:
+            state = None
 
         def fail(error: str, detail: str) -> AuthorizationError:
             return AuthorizationError(detail, error=error, redirect_uri=redirect_uri, state=state)
 
         if len(state_values) > 1:
             raise fail("invalid_request", "state is given more than once")
+        if state_too_long:
+            raise fail("invalid_request", f"state is too long (at most {_MAX_PARAM} characters)")
         try:
             one = {
                 name: _single(params, name)

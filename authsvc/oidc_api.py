@@ -217,7 +217,21 @@ def authorize() -> Response:
         try:
             signed = sign_in(req)
         except Unauthenticated as exc:
-            raise req.error("login_required", exc.detail) from None
+            # A certificate header this server does not believe (from an address that is
+            # not a trusted proxy): the reason stays in its log, never in the relying
+            # party's redirect (it named the proxy's address); without prompt=none, the
+            # user gets the sign-in page, as with no certificate at all.
+            log.warning("authorization request: certificate not accepted: %s", exc.detail)
+            if "none" in req.prompt:
+                raise req.error(
+                    "login_required", "the e-port certificate was not accepted"
+                ) from None
+            return message(
+                401,
+                "Sign in with your e-port certificate",
+                f"{req.client.name} asks you to sign in. Present your e-port certificate "
+                "(smart card or key file) to this site and try again.",
+            )
         except OAuthError as exc:  # the certificate may not sign in (revoked, held…)
             if "none" in req.prompt:
                 raise req.error("login_required", exc.detail) from None

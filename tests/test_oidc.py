@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -426,6 +427,44 @@ def test_code_flow_single_sign_on_and_tokens(world: World) -> None:
     assert authorize(Agent(srv, None), "sample-a").response.status_code == 401
 
 
+def test_a_certificate_header_from_an_untrusted_address_is_no_sign_in(world: World) -> None:
+    """A certificate header from an address that is no trusted proxy went to the relying
+    party as login_required, prompt=none or not, with the server's reason in it ("…from
+    127.0.0.2, which is not a trusted proxy"). Now the user gets the sign-in page, and
+    prompt=none a login_required that names no address (the reason is in the log)."""
+    _, challenge = pkce()
+    params = {
+        "response_type": "code",
+        "client_id": "sample-a",
+        "redirect_uri": redirect_uri("sample-a"),
+        "scope": "openid",
+        "state": "st",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    header = world.agent().headers()["X-SSL-Client-Cert"]  # a real operator's certificate
+    host, port = world.server.url.removeprefix("http://").split(":")
+
+    def from_127_0_0_2(query: dict[str, str]) -> tuple[int, str]:
+        target = "/auth/authorize?" + urlencode(query)
+        with socket.create_connection((host, int(port)), 10, ("127.0.0.2", 0)) as sock:
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: {host}\r\nX-SSL-Client-Cert: {header}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head = data.partition(b"\r\n\r\n")[0].decode("latin-1")
+        return int(head.split()[1]), head
+
+    status, head = from_127_0_0_2(params)
+    assert status == 401 and "127.0.0.2" not in head, head
+    status, head = from_127_0_0_2({**params, "prompt": "none"})
+    assert status == 302 and "error=login_required" in head, head
+    assert "127.0.0.2" not in head and "proxy" not in head, head
+
+
 def test_codes_are_stored_hashed_and_expire(world: World) -> None:
     from authsvc.oidc_models import AuthorizationCodeRow
 
@@ -626,6 +665,7 @@ def test_authorization_request_errors(world: World) -> None:
         # str.isdigit() took "²" (then int() raised: a 500) and other scripts' digits
         ({"max_age": "²"}, "invalid_request"),
         ({"max_age": "١٢"}, "invalid_request"),
+        ({"state": "s" * 2049}, "invalid_request"),  # was sent back whole in the Location
     ):
         f = authorize(agent, **overrides)
         assert f.response.status_code == 302, overrides
