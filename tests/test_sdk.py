@@ -262,8 +262,18 @@ def test_sdk_verifies_a_cli_token(world: World, http: CountingSession) -> None:
     reader_cert = cert_of(world.reader)
     assert claims.certificate_thumbprint == certificate_thumbprint(reader_cert)
     v.verify(world.token, client_certificate=reader_cert)
+    # as a TLS front forwards it: PEM text (was AttributeError) or PEM bytes
+    pem = reader_cert.public_bytes(serialization.Encoding.PEM)
+    v.verify(world.token, client_certificate=pem.decode())
+    v.verify(world.token, client_certificate=pem)
+    with pytest.raises(CertificateMismatch):
+        v.verify(world.token, client_certificate="-----BEGIN CERTIFICATE-----\nnot\n")
     with pytest.raises(CertificateMismatch):
         v.verify(world.token, client_certificate=cert_of(world.ent))
+    # one scope as a string is that scope (it was checked a character at a time)
+    v.verify(world.token, required_scopes="declaration:read")
+    with pytest.raises(InsufficientScope):
+        v.verify(world.token, required_scopes="declaration:submit")
     with pytest.raises(InsufficientScope) as exc:
         v.verify(world.token, required_scopes=["declaration:read", "declaration:submit"])
     assert exc.value.status == 403 and exc.value.error == "insufficient_scope"

@@ -66,14 +66,15 @@ class Claims:
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
-    def require_scopes(self, required: Iterable[str]) -> None:
-        """Raise :class:`InsufficientScope` unless every scope in ``required`` is granted."""
-        needed = tuple(required)
+    def require_scopes(self, required: Iterable[str] | str) -> None:
+        """Raise :class:`InsufficientScope` unless every scope in ``required`` is granted;
+        a single string is one scope (it was read a character at a time)."""
+        needed = (required,) if isinstance(required, str) else tuple(required)
         missing = [s for s in needed if s not in self.scopes]
         if missing:
             raise InsufficientScope(f"the token lacks the scope {missing[0]}", needed)
 
-    def require_certificate(self, certificate: x509.Certificate | bytes) -> None:
+    def require_certificate(self, certificate: x509.Certificate | bytes | str) -> None:
         """RFC 8705 §3: the token must be bound to ``certificate`` (a certificate or its
         DER), the client certificate of the mutual-TLS connection the token came on."""
         if self.certificate_thumbprint is None:
@@ -83,13 +84,25 @@ class Claims:
             raise CertificateMismatch("the token is bound to another certificate")
 
 
-def certificate_thumbprint(certificate: x509.Certificate | bytes) -> str:
-    """``x5t#S256`` of a certificate (RFC 8705 §3.1): base64url SHA-256 of its DER."""
-    der = (
-        certificate
-        if isinstance(certificate, bytes)
-        else certificate.public_bytes(serialization.Encoding.DER)
-    )
+def certificate_thumbprint(certificate: x509.Certificate | bytes | str) -> str:
+    """``x5t#S256`` of a certificate (RFC 8705 §3.1): base64url SHA-256 of its DER. The
+    certificate, its DER, or its PEM (as a TLS front forwards it; a PEM string raised
+    AttributeError); a PEM that is not a certificate is :class:`CertificateMismatch`."""
+    pem: bytes | None = None
+    if isinstance(certificate, str):
+        pem = certificate.encode()
+    elif isinstance(certificate, bytes) and certificate.startswith(b"-----BEGIN"):
+        pem = certificate
+    if pem is not None:
+        try:
+            der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        except ValueError:
+            raise CertificateMismatch("the client certificate is not a PEM certificate") from None
+    elif isinstance(certificate, bytes):
+        der = certificate
+    else:
+        assert not isinstance(certificate, str)
+        der = certificate.public_bytes(serialization.Encoding.DER)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 

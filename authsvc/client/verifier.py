@@ -133,8 +133,8 @@ class TokenVerifier:
         self,
         token: str,
         *,
-        required_scopes: Iterable[str] = (),
-        client_certificate: x509.Certificate | bytes | None = None,
+        required_scopes: Iterable[str] | str = (),
+        client_certificate: x509.Certificate | bytes | str | None = None,
     ) -> Claims:
         """The claims of a valid token for this service; a :class:`TokenError` otherwise.
 
