@@ -472,6 +472,37 @@ class Handover:
         return {"tree_size": self.size, "from": str(self.retired), "to": str(self.successor)}
 
 
+def handover_step(note: bytes, key: VerifierKey) -> tuple[VerifiedCheckpoint, VerifierKey] | None:
+    """The hand-over ``note`` makes from ``key``, the key trusted: the checkpoint ``key``
+    signed and the successor it names, which co-signed it. None when ``key`` did not sign
+    it (another key's hand-over) or it hands the log over to ``key`` itself (behind us);
+    :class:`VerificationFailed` for one ``key`` signed that names not exactly one valid
+    successor key of the same log, or that the successor did not sign. The one rule of
+    `eport audit verify` and of `eport restore`'s check of an archive's log key."""
+    try:
+        cp = auditproof.verify_checkpoint(note, key)
+    except AuditError:
+        return None
+    where = f"the hand-over checkpoint of size {cp.size}"
+    named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
+    if len(named) != 1:
+        raise VerificationFailed(
+            f"{where}, signed by {key}, names {len(named)} successor keys, not one"
+        )
+    try:
+        successor = VerifierKey.parse(named[0])
+    except AuditError as exc:
+        raise VerificationFailed(f"{where} names no valid successor key: {exc}") from None
+    if str(successor) == str(key):
+        return None
+    if successor.name != key.name:
+        raise VerificationFailed(
+            f"{where} names a key of another log ({successor.name!r}, not {key.name!r})"
+        )
+    verify_note(note, successor, f"{where}, by its successor {successor}")
+    return cp, successor
+
+
 def follow_handovers(
     client: AuditClient, key: VerifierKey, previous: VerifiedCheckpoint | None, what: str
 ) -> tuple[VerifierKey, VerifiedCheckpoint | None, str, list[Handover]]:
@@ -495,28 +526,11 @@ def follow_handovers(
         )
     hops: list[Handover] = []
     for item in listed:
-        note = item["checkpoint"].encode()
-        try:
-            cp = auditproof.verify_checkpoint(note, key)
-        except AuditError:
-            continue  # not signed by the key trusted: another key's hand-over
+        step = handover_step(item["checkpoint"].encode(), key)
+        if step is None:
+            continue  # another key's hand-over, or the one to the key trusted: behind us
+        cp, successor = step
         where = f"the hand-over checkpoint of size {cp.size}"
-        named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
-        if len(named) != 1:
-            raise VerificationFailed(
-                f"{where}, signed by {key}, names {len(named)} successor keys, not one"
-            )
-        try:
-            successor = VerifierKey.parse(named[0])
-        except AuditError as exc:
-            raise VerificationFailed(f"{where} names no valid successor key: {exc}") from None
-        if str(successor) == str(key):
-            continue  # the hand-over to the key trusted (it co-signed it): behind us
-        if successor.name != key.name:
-            raise VerificationFailed(
-                f"{where} names a key of another log ({successor.name!r}, not {key.name!r})"
-            )
-        verify_note(note, successor, f"{where}, by its successor {successor}")
         if previous is not None:
             if previous.size > cp.size:
                 raise VerificationFailed(

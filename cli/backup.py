@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cli import auditproof, options
-from cli.audit import HANDOVER, issuance_of, load_log_key, verifier_from_public_key
+from cli.audit import handover_step, issuance_of, load_log_key, verifier_from_public_key
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
 from cli.client import CLIError
 from cli.options import json_option, print_result
@@ -218,8 +218,9 @@ def _same_key(a: VerifierKey, b: VerifierKey) -> bool:
 def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> bool:
     """Whether the log's hand-over checkpoints ``handovers`` (oldest first) lead from the
     key ``start`` to ``goal``, followed as `eport audit verify` follows them
-    (:func:`cli.audit.follow_handovers`): each signed by the key trusted so far, naming one
-    successor of the same log, which signed it too."""
+    (:func:`cli.audit.handover_step`): each signed by the key trusted so far, naming one
+    successor of the same log, which signed it too. A hand-over that step refuses is not
+    followed here: the archive is then refused as of another log, which is the safe side."""
     key = start
     for note in handovers:
         if _same_key(key, goal):
@@ -231,17 +232,11 @@ def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> 
             key = verifier_from_public_key(
                 origin, Ed25519PublicKey.from_public_bytes(key.public_key)
             )
-            cp = auditproof.verify_checkpoint(note, key)
-            named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
-            if len(named) != 1:
-                continue
-            successor = VerifierKey.parse(named[0])
-            if successor.name != key.name or _same_key(successor, key):
-                continue
-            auditproof.verify_checkpoint(note, successor)
-        except ValueError:  # AuditError, or a first line that is not UTF-8
-            continue  # another key's hand-over, or not one at all: not followed
-        key = successor
+            step = handover_step(note, key)
+        except (ValueError, CLIError):  # a first line that is not UTF-8, a malformed hand-over
+            continue  # not one followed
+        if step is not None:
+            key = step[1]
     return _same_key(key, goal)
 
 
