@@ -823,10 +823,13 @@ class TokenService:
         self, caller: Principal, operator_id: str, roles: frozenset[str], known: frozenset[str]
     ) -> str:
         """Replace the roles of the caller's operator ``operator_id``; returns the id as
-        stored (:func:`operator_id_of`). The id need not be enrolled yet: an enterprise
-        may grant roles before its operator's certificate is issued."""
+        stored (:func:`ca.authority.operator_id_of`, the CA's rule for the id). The id
+        need not be enrolled yet: an enterprise may grant roles before its operator's
+        certificate is issued."""
         if caller.subject_class is not SubjectClass.ENTERPRISE or caller.uscc is None:
             raise Forbidden("only the enterprise's legal-person certificate grants operator roles")
+        from ca.authority import operator_id_of
+
         operator_id = operator_id_of(operator_id)
         unknown = roles - known
         if unknown:  # /auth/v1/roles is no OAuth endpoint: a problem (RFC 9457)
@@ -857,19 +860,6 @@ class TokenService:
                 self._principals.clear()
             self._principals[cert] = known
         return known
-
-
-def operator_id_of(value: str) -> str:
-    """``value`` as the joint CA takes an operator id at ``eport operator add``
-    (:meth:`ca.authority.JointCA.authorize_operator`): blanks collapsed, no invisible or
-    control character, 1 to 64 characters, and only PrintableString's, since it becomes
-    the operator certificate's subject serialNumber (X.520). Roles are looked up by that
-    serialNumber, so an id the CA would refuse could never match a certificate; and it is
-    stored in a 64-character column. Raises :class:`ca.errors.BadRequest` naming the rule.
-    """
-    from ca.authority import operator_id_of as the_cas_rule
-
-    return the_cas_rule(value)
 
 
 def _assertion_leaf(assertion: str) -> x509.Certificate:
