@@ -245,11 +245,17 @@ def service_for(
 ) -> CAService:
     """Everything built on the hierarchy; rebuilt when a quorum ceremony changes it."""
     # Signed requests trust the issuing CAs the root CRL does not list: a certificate
-    # under a generation revoked by REVOKE-INTERMEDIATE is refused (401) by name; and
-    # nothing is issued from one (the authority).
+    # under a generation revoked by REVOKE-INTERMEDIATE is refused (401) by name;
+    # nothing is issued from one (the authority); and its responder answers revoked.
     trust = anchors_for(h.root, {i: c.certificate for i, c in h.issuers.items()}, h.root_crl)
     authority = build_authority(cfg, policies, h, store, trust=trust)
-    status = StatusService(issuers=h.issuers, responders=h.responders, store=store, clock=utcnow)
+    status = StatusService(
+        issuers=h.issuers,
+        responders=h.responders,
+        store=store,
+        clock=utcnow,
+        revoked_issuers={issuer_id: revocation for issuer_id, _, revocation in trust.revoked},
+    )
     revocation = Revocation(authority, listeners=(status.on_status_change,))
     return CAService(cfg, authority, trust, store, utcnow, status, revocation, h.root_crl)
 

@@ -235,6 +235,13 @@ class Revocation:
                 raise Conflict(f"certificate {serial:x} is not on hold")
             if current.state is StatusState.REVOKED:
                 raise Conflict(f"certificate {serial:x} is revoked; revocation is final")
+            issuer = self.ca.revoked_issuers.get(rec.issuer_id)
+            if issuer is not None:
+                raise Conflict(
+                    f"certificate {serial:x} stays revoked: its issuing CA {rec.issuer_id} was "
+                    f"revoked on the root CRL at {issuer.revoked_at:%Y-%m-%dT%H:%M:%SZ}; "
+                    "a hold on it can no longer be lifted"
+                )
             tx.delete_status(serial)
             tx.mark_crl_stale(rec.issuer_id)
             tx.append_event(

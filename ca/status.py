@@ -105,6 +105,23 @@ def to_cert_status(
     return Revoked(st.revoked_at, reason)
 
 
+_COMPROMISE = frozenset(
+    {ReasonCode.KEY_COMPROMISE, ReasonCode.CA_COMPROMISE, ReasonCode.AA_COMPROMISE}
+)
+
+
+def under_revoked_issuer(status: CertStatus, issuer: Revoked | None) -> CertStatus:
+    """``status`` of a certificate whose issuing CA ``issuer`` revoked on the root CRL
+    (None: it is not): a good or held certificate is revoked from the CA's revocation on
+    (RFC 6960 §2.7; a hold can no longer be lifted to good), with reason cACompromise when
+    the CA's key was compromised, else the CA's own reason. Its own earlier revocation,
+    and unknown, stand."""
+    if issuer is None or not isinstance(status, Good | OnHold):
+        return status
+    reason = ReasonCode.CA_COMPROMISE if issuer.reason in _COMPROMISE else issuer.reason
+    return Revoked(issuer.revoked_at, reason)
+
+
 @dataclass(frozen=True)
 class StatusPolicy:
     ocsp_validity: datetime.timedelta = datetime.timedelta(hours=24)
@@ -124,8 +141,12 @@ class StatusService:
         store: StatusStore,
         clock: Callable[[], datetime.datetime],
         policy: StatusPolicy = StatusPolicy(),
+        revoked_issuers: Mapping[str, Revoked] | None = None,
     ) -> None:
         self.issuers = dict(issuers)
+        self.revoked_issuers = dict(revoked_issuers or {})
+        """Issuing CAs revoked on the root CRL (``REVOKE-INTERMEDIATE``): their responders
+        answer revoked for every certificate they issued, signed on each request."""
         self.store = store
         self.clock = clock
         self.policy = policy
@@ -171,7 +192,14 @@ class StatusService:
 
     def status_by_serial(self, issuer_id: str, serial: int) -> CertStatus:
         with self.store.transaction() as tx:
-            return to_cert_status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
+            return self._status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
+
+    def _status(
+        self, rec: CertificateRecord | None, st: StatusRecord | None, issuer_id: str
+    ) -> CertStatus:
+        return under_revoked_issuer(
+            to_cert_status(rec, st, issuer_id), self.revoked_issuers.get(issuer_id)
+        )
 
     # -- OCSP ---------------------------------------------------------------------------------
 
@@ -209,9 +237,7 @@ class StatusService:
             answers = []
             for cert_id in info.cert_ids:
                 serial = cert_id.serial_number
-                status = to_cert_status(
-                    tx.get_certificate(serial), tx.get_status(serial), issuer_id
-                )
+                status = self._status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
                 answers.append((cert_id, status))
         try:
             return ocsp.build_response_multi(
@@ -236,6 +262,8 @@ class StatusService:
         hit = ocsp.canonical_request(request_der, self.responders.values())
         if hit is None:
             return None
+        if self._by_responder[id(hit[0])] in self.revoked_issuers:
+            return None  # its stored answers predate the CA's revocation: signed anew
         cached = read(hit[1])
         if cached is None:
             return None
@@ -257,12 +285,16 @@ class StatusService:
         """The pre-signed response for a SHA-1 CertID without nonce (the common request)."""
         rec = tx.get_certificate(serial)
         known = rec is not None and rec.issuer_id == issuer_id
+        if issuer_id in self.revoked_issuers:
+            # Signed on each request, never stored: a process that has not yet reloaded
+            # the hierarchy may still store a good answer for it.
+            known = False
         cached = tx.cached_ocsp(serial) if known else None
         if cached is not None:
             der, this_update, _ = cached
             if now < this_update + self.policy.ocsp_validity / 2:
                 return der
-        status = to_cert_status(rec, tx.get_status(serial) if known else None, issuer_id)
+        status = self._status(rec, tx.get_status(serial), issuer_id)
         der = ocsp.build_response(
             responder,
             responder.cert_id(serial),
@@ -305,7 +337,7 @@ class StatusService:
                 der = ocsp.build_response(
                     responder,
                     responder.cert_id(rec.serial),
-                    to_cert_status(rec, status, rec.issuer_id),
+                    self._status(rec, status, rec.issuer_id),
                     now,
                     now + self.policy.ocsp_validity,
                     now,
@@ -330,7 +362,7 @@ class StatusService:
                     der = ocsp.build_response(
                         responder,
                         responder.cert_id(rec.serial),
-                        to_cert_status(rec, status, rec.issuer_id),
+                        self._status(rec, status, rec.issuer_id),
                         now,
                         until,
                         now,

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp as xocsp
 
 from ca.custody import CustodyRecord, Purpose, open_share_file
 from ca.generation import bump_generation
@@ -116,6 +118,38 @@ def validates(
         cert, datetime.datetime.now(datetime.UTC)
     )
     return chain[1]
+
+
+def ask_ocsp(
+    srv: Server,
+    tmp: Path,
+    issuer: x509.Certificate,
+    cert: x509.Certificate,
+    root: Path,
+    nonce: bool,
+) -> tuple[subprocess.CompletedProcess[str], xocsp.OCSPResponse]:
+    """``openssl ocsp`` for ``cert`` against the server's responder: ``root`` trusted, the
+    responder certified by ``issuer``."""
+    files = tmp / "ocsp"
+    files.mkdir(exist_ok=True)
+    (files / "issuer.pem").write_bytes(issuer.public_bytes(serialization.Encoding.PEM))
+    (files / "trust.pem").write_bytes(root.read_bytes() + (files / "issuer.pem").read_bytes())
+    serial = format(cert.serial_number, "x")
+    target = files / f"{serial}.pem"
+    target.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    args = ["openssl", "ocsp", "-issuer", str(files / "issuer.pem"), "-cert", str(target)]
+    args += [
+        "-url",
+        srv.url + "/ocsp",
+        "-CAfile",
+        str(files / "trust.pem"),
+        "-respout",
+        str(files / "r.der"),
+    ]
+    res = subprocess.run(
+        args + ([] if nonce else ["-no_nonce"]), capture_output=True, text=True, timeout=30
+    )
+    return res, xocsp.load_der_ocsp_response((files / "r.der").read_bytes())
 
 
 def root_crl(srv: Server) -> x509.CertificateRevocationList:
@@ -332,8 +366,33 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     revoked = crl.get_revoked_certificate_by_serial_number(old_issuer.serial_number)
     assert revoked is not None
     assert crl.get_revoked_certificate_by_serial_number(new_issuer.serial_number) is None
-    # A relying party asking about a certificate of the revoked generation: its responder
-    # may still say good, the root's CRL says its CA is revoked, so eport status does too.
+    # The revoked generation's responder now answers revoked (cACompromise, from the
+    # CA's revocation on) for its certificates, the held one too, in every worker and
+    # with or without a nonce (RFC 6960 §2.7); openssl checks the signed answers.
+    ca_revoked_at = revoked.revocation_date_utc
+    for _ in range(2):  # two workers answer
+        for d in (old, held):
+            for nonce in (True, False):
+                res, resp = ask_ocsp(srv, tmp, old_issuer, cert_of(d), out / "root.crt", nonce)
+                assert res.returncode == 0 and "Response verify OK" in res.stderr, res.stderr
+                assert ": revoked\n" in res.stdout, res.stdout
+                assert "Reason: cACompromise" in res.stdout, res.stdout
+                assert resp.certificate_status is xocsp.OCSPCertStatus.REVOKED
+                assert resp.revocation_time_utc == ca_revoked_at
+    res, _ = ask_ocsp(srv, tmp, new_issuer, cert_of(new[0]), out / "root.crt", True)
+    assert ": good\n" in res.stdout, res.stdout + res.stderr
+    # A hold on a certificate of the revoked generation can no longer be lifted.
+    lifted = srv.eport(
+        "resume",
+        "--serial",
+        format(cert_of(held).serial_number, "x"),
+        *officer_args(out, "tax"),
+        EPORT_PASSPHRASE="officer passphrase",
+        check=False,
+    )
+    assert lifted.returncode == 1 and "(HTTP 409)" in lifted.stderr, lifted.stderr
+    assert "its issuing CA enterprise was revoked on the root CRL" in lifted.stderr
+    # A relying party asking eport status: the root's CRL says its CA is revoked.
     res = srv.eport("status", "--cert", str(old / "cert.pem"), "--json", check=False)
     assert res.returncode == 3  # eport status's exit status for revoked
     st = json.loads(res.stdout)
@@ -342,7 +401,6 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     res = srv.eport("status", "--cert", str(old / "cert.pem"), check=False)
     assert res.returncode == 3 and "its issuing CA was revoked on the root CRL" in res.stdout
     # One on hold is revoked too: a hold is reversible, a revoked CA's certificate is not.
-    # (Its responder still says on hold; the root CRL was read only for a good answer.)
     res = srv.eport("status", "--cert", str(held / "cert.pem"), "--json", check=False)
     assert res.returncode == 3, res.stdout + res.stderr
     assert json.loads(res.stdout)["issuing_ca_revoked"] is True
