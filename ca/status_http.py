@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from cryptography.x509 import ocsp as x509_ocsp
 from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.http import http_date
 
 from ca import ocsp
 from ca.app import EXTENSION, CAService
@@ -34,15 +36,26 @@ not alter the signed bytes (no-transform) nor serve them stale (must-revalidate)
 
 
 def ocsp_headers(der: bytes) -> list[tuple[str, str]]:
-    """The headers of an OCSP answer (RFC 5019 §6.2): its type, length, caching, and an
-    entity tag (the SHA-1 of the response, as §6.2 suggests) that a cache revalidates by.
-    Both paths send them, so the pre-signed and the full answer look alike."""
-    return [
+    """The headers of an OCSP answer (RFC 5019 §6.2): its type, length, caching, an entity
+    tag (the SHA-1 of the response, as §6.2 suggests) that a cache revalidates by, and for
+    an answer about one certificate ``Last-Modified`` (its thisUpdate) and ``Expires`` (its
+    nextUpdate; ``max-age`` rules where both are read). Both paths send them, so the
+    pre-signed and the full answer look alike."""
+    headers = [
         ("Content-Type", "application/ocsp-response"),
         ("Content-Length", str(len(der))),
         ("Cache-Control", OCSP_CACHE_CONTROL),
         ("ETag", '"' + hashlib.sha1(der).hexdigest() + '"'),  # noqa: S324 (an entity tag)
     ]
+    try:  # a few microseconds; an error answer or one about several has no single time
+        parsed = x509_ocsp.load_der_ocsp_response(der)
+        this_update, next_update = parsed.this_update_utc, parsed.next_update_utc
+    except ValueError:
+        return headers
+    headers.append(("Last-Modified", http_date(this_update)))
+    if next_update is not None:
+        headers.append(("Expires", http_date(next_update)))
+    return headers
 
 
 def _ocsp_response(der: bytes) -> Response:

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -621,6 +622,16 @@ def test_ocsp_protocol_details(sqlite_server: Server, tmp_path: Path) -> None:
         assert r.headers["Cache-Control"] == "public, max-age=60, no-transform, must-revalidate"
         assert r.headers["ETag"] == '"' + hashlib.sha1(r.content).hexdigest() + '"'
         assert r.headers["Content-Length"] == str(len(r.content))
+        answer = xocsp.load_der_ocsp_response(r.content)
+        assert parsedate_to_datetime(r.headers["Last-Modified"]) == answer.this_update_utc
+        assert answer.next_update_utc is not None
+        assert parsedate_to_datetime(r.headers["Expires"]) == answer.next_update_utc
+    # An error answer has no times to give.
+    bad = post(b"\x30\x03\x02\x01\x00")
+    assert bad.status_code == 200 and "Last-Modified" not in bad.headers
+    assert xocsp.load_der_ocsp_response(bad.content).response_status is not (
+        xocsp.OCSPResponseStatus.SUCCESSFUL
+    )
     assert xocsp.load_der_ocsp_response(got.content).certificate_status is xocsp.OCSPCertStatus.GOOD
     # A nonce is echoed (RFC 8954); SHA-256 CertIDs are answered.
     resp = xocsp.load_der_ocsp_response(
