@@ -52,6 +52,9 @@ class SessionRow(AuthBase):
     expires_at: Mapped[datetime.datetime] = mapped_column(index=True)
     ended_at: Mapped[datetime.datetime | None] = mapped_column(index=True)
     end_reason: Mapped[str | None] = mapped_column(String(60))
+    authenticated_at: Mapped[datetime.datetime | None]
+    """When its holder last proved the key again (``prompt=login``, ``max_age``); NULL
+    reads as ``created_at`` (revision a004)."""
 
 
 class RefreshTokenRow(AuthBase):

@@ -530,7 +530,7 @@ class OpenIDProvider:
             return True
         if req.max_age is None:
             return False
-        age = self.clock() - current.session.created_at
+        age = self.clock() - current.session.auth_time
         return age.total_seconds() > req.max_age
 
     def issue_code(self, req: AuthorizationRequest, current: SignedIn) -> str:
@@ -619,9 +619,13 @@ class OpenIDProvider:
         """The browser's live session, or a new one from the certificate the proxy
         forwarded; None when there is neither.
 
-        A request that asks for a fresh login (:meth:`needs_login`) replaces the session
-        by a new certificate login, ending the old one; without a certificate it gets None.
-        Raises :class:`~authsvc.service.InvalidGrant` if the certificate may not sign in.
+        A request that asks for a fresh login (:meth:`needs_login`) is answered by the
+        certificate again: the session it opened is re-authenticated in place (checked as
+        a login, its auth time now) and kept, so no other relying party is logged out; the
+        browser gets a new cookie for it. Without a certificate it gets None.
+        :meth:`current` has already ended the session if the browser presents another
+        certificate. Raises :class:`~authsvc.service.InvalidGrant` if the certificate may
+        not sign in (the session is kept).
         """
         signed = self.current(cookie, presented)
         if signed is not None and (request is None or not self.needs_login(request, signed)):
@@ -629,8 +633,10 @@ class OpenIDProvider:
         if presented is None:
             return None
         if signed is not None:
-            self.end_session(signed.session.sid, "signed in again", client_addr)
+            again = self.tokens.reauthenticate(signed.session, presented, client_addr, "browser")
             self.store.delete_browser_session(signed.browser.cookie_hash)
+            if again is not None:
+                return self._hold(again)
         return self.sign_in(presented, client_addr)
 
     def sign_in(self, cert: x509.Certificate, client_addr: str | None) -> SignedIn:
@@ -639,15 +645,19 @@ class OpenIDProvider:
         Raises :class:`~authsvc.service.InvalidGrant` for a certificate that is not
         good (untrusted, revoked, held, not a subject that signs in)."""
         login = self.tokens.login_certificate(cert, client_addr, via="browser")
+        return self._hold(login.session)
+
+    def _hold(self, session: SessionRecord) -> SignedIn:
+        """A new browser cookie (and CSRF token) holding ``session``."""
         cookie = secrets.token_urlsafe(32)
         browser = BrowserSession(
             cookie_hash=sha256_hex(cookie),
-            sid=login.session.sid,
+            sid=session.sid,
             csrf_token=secrets.token_urlsafe(32),
             created_at=self.clock(),
         )
         self.store.add_browser_session(browser)
-        return SignedIn(browser, login.session, cookie)
+        return SignedIn(browser, session, cookie)
 
     @staticmethod
     def check_csrf(current: SignedIn, token: str | None) -> None:
@@ -764,7 +774,7 @@ class OpenIDProvider:
             "aud": client.id,
             "exp": int((now + self.settings.id_token_lifetime).timestamp()),
             "iat": int(now.timestamp()),
-            "auth_time": int(session.created_at.timestamp()),
+            "auth_time": int(session.auth_time.timestamp()),
             "sid": session.sid,
         }
         if nonce is not None:

@@ -115,6 +115,15 @@ class SessionRecord:
     expires_at: datetime.datetime
     ended_at: datetime.datetime | None = None
     end_reason: str | None = None
+    authenticated_at: datetime.datetime | None = None
+    """When the holder last proved its key again in this session (None: never since it
+    opened); see :attr:`auth_time`."""
+
+    @property
+    def auth_time(self) -> datetime.datetime:
+        """When the holder last authenticated: OIDC's ``auth_time``, what ``max_age``
+        counts from."""
+        return self.authenticated_at or self.created_at
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -149,6 +158,11 @@ class AuthStore(ReplayStore, Protocol):
 
     def end_session(self, sid: str, reason: str, at: datetime.datetime) -> bool:
         """End it if still open (one conditional UPDATE); False if it was already ended."""
+        ...
+
+    def reauthenticated(self, sid: str, at: datetime.datetime) -> bool:
+        """Record that the session's holder authenticated again at ``at``, if it is still
+        open (one conditional UPDATE); False if it had ended."""
         ...
 
     def open_session_serials(self, now: datetime.datetime) -> list[tuple[str, str]]:
@@ -413,6 +427,49 @@ class TokenService:
             )
             raise InvalidGrant(exc.detail) from None
         return self._open_session(cert, principal, client_addr, via)
+
+    def reauthenticate(
+        self, session: SessionRecord, cert: x509.Certificate, client_addr: str | None, via: str
+    ) -> SessionRecord | None:
+        """The holder of ``session`` authenticates again with the certificate the session
+        was opened with (a relying party's ``prompt=login`` or ``max_age``): checked as a
+        login is (chain, status asked fresh, rate limits), then the session's auth time
+        moves to now and it stays open, so no other service is logged out. None if the
+        session ended meanwhile (the caller opens a new one). Raises
+        :class:`InvalidGrant` as :meth:`login_certificate` does; the session is kept."""
+        if x5t_s256(cert) != session.cert_sha256:
+            raise ValueError("re-authentication is with the session's own certificate")
+        keys = [f"addr:{client_addr}", f"cert:{session.cert_sha256}"]
+        self._check_rate(keys)
+        now = self.clock()
+        try:
+            self.trust.verify_chain(cert, now)
+            self.require_good(cert, fresh=True)
+        except (Unauthenticated, Forbidden, InvalidGrant) as exc:
+            self._fail(
+                keys,
+                AuthEvent(
+                    "login.failed",
+                    now,
+                    client_addr=client_addr,
+                    detail={"why": exc.detail, "via": via},
+                ),
+            )
+            raise InvalidGrant(exc.detail) from None
+        if not self.store.reauthenticated(session.sid, now):
+            return None
+        self.store.add_event(
+            AuthEvent(
+                "login",
+                now,
+                session.principal.subject,
+                session.sid,
+                session.cert_serial,
+                client_addr,
+                detail={"via": via, "session": "kept"},
+            )
+        )
+        return dataclasses.replace(session, authenticated_at=now)
 
     def _open_session(
         self, cert: x509.Certificate, principal: Principal, client_addr: str | None, via: str

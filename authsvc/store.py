@@ -98,6 +98,16 @@ class SqlAuthStore:
             )
             return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
+    def reauthenticated(self, sid: str, at: datetime.datetime) -> bool:
+        with self._tx() as s:
+            res = s.execute(
+                update(SessionRow)
+                .where(SessionRow.sid == sid, SessionRow.ended_at.is_(None))
+                .values(authenticated_at=at)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
     def open_session_serials(self, now: datetime.datetime) -> list[tuple[str, str]]:
         """(sid, certificate serial) of every open session: two short columns, no blobs."""
         with self._read() as s:
@@ -405,4 +415,5 @@ def _session(row: SessionRow) -> SessionRecord:
         expires_at=row.expires_at,
         ended_at=row.ended_at,
         end_reason=row.end_reason,
+        authenticated_at=row.authenticated_at,
     )

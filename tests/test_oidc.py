@@ -427,6 +427,56 @@ def test_code_flow_single_sign_on_and_tokens(world: World) -> None:
     assert authorize(Agent(srv, None), "sample-a").response.status_code == 401
 
 
+def test_prompt_login_and_max_age_authenticate_again_and_keep_the_session(
+    world: World,
+) -> None:
+    """A relying party's prompt=login or max_age (OIDC Core §3.1.2.1) has the holder
+    present its certificate again: the same SSO session is re-authenticated (a later
+    auth_time, a new cookie), so the other services it signed in to stay signed in: no
+    back-channel logout, their tokens still valid."""
+    srv = world.server
+    op = enroll_operator(srv, world.ent, world.tmp, "W5")
+    jrun(srv, "roles", "grant", "--operator", "W5", "--role", "data-entry", *creds(world.ent))
+    agent = world.agent(op)
+    first = redeem(srv, authorize(agent, "sample-b")).json()
+    _, claims = verify_jwt(srv, first["id_token"])
+    sid, auth_time = claims["sid"], claims["auth_time"]
+    time.sleep(1.1)  # auth_time is in whole seconds
+
+    def logouts() -> int:
+        return sum(verify_jwt(srv, t)[1]["sid"] == sid for t in world.receiver.tokens())
+
+    # max_age without the certificate: the sign-in page, or login_required; nothing ends.
+    assert authorize(agent, "sample-a", cert=False, max_age="0").response.status_code == 401
+    quiet = authorize(agent, "sample-a", cert=False, max_age="0", prompt="none")
+    assert quiet.query["error"] == ["login_required"]
+    for asks in ({"prompt": "login"}, {"max_age": "0"}):
+        old_cookie = agent.cookie
+        again = authorize(agent, "sample-a", **asks)
+        assert again.response.status_code == 302 and "code" in again.query, again.response.text
+        assert agent.cookie and agent.cookie != old_cookie  # a new cookie for the session
+        _, renewed = verify_jwt(srv, redeem(srv, again).json()["id_token"])
+        assert renewed["sid"] == sid and renewed["auth_time"] > auth_time, renewed
+        auth_time = renewed["auth_time"]
+        # The old cookie no longer holds the session.
+        stale = Agent(srv, None)
+        stale.cookie = old_cookie
+        assert authorize(stale, "sample-b", prompt="none").query["error"] == ["login_required"]
+        time.sleep(1.1)
+    # max_age counts from the re-authentication: a fresh one needs no certificate.
+    kept = authorize(agent, "sample-b", cert=False, max_age="3600")
+    assert "code" in kept.query, kept.response.text
+    assert verify_jwt(srv, redeem(srv, kept).json()["id_token"])[1]["auth_time"] == auth_time
+    # Service B was never logged out, and its first access token is still good.
+    assert validate(srv, first["access_token"], "sample-b") == 200
+    time.sleep(1.0)  # the back channel would have been tried by now
+    assert logouts() == 0
+    # A certificate that may no longer sign in: refused, and the session is not re-opened.
+    jrun(srv, "suspend", "--serial", serial_of(op), *creds(world.ent))
+    held = authorize(agent, "sample-a", prompt="login")
+    assert held.response.status_code == 403 and "hold" in held.response.text
+
+
 def test_a_certificate_header_from_an_untrusted_address_is_no_sign_in(world: World) -> None:
     """A certificate header from an address that is no trusted proxy went to the relying
     party as login_required, prompt=none or not, with the server's reason in it ("…from

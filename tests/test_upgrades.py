@@ -52,8 +52,8 @@ from tests.helpers import (
 
 CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
 """Every CA revision before head (0010)."""
-AUTH_REVISIONS = ["a001", "a002"]
-"""Every token service revision before head (a003)."""
+AUTH_REVISIONS = ["a001", "a002", "a003"]
+"""Every token service revision before head (a004)."""
 SERVICE = "customs-declaration"
 _databases = itertools.count()
 
