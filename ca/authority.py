@@ -210,6 +210,8 @@ class JointCA:
         self.policies = policies
         self.issuers = dict(issuers)
         self.revoked_issuers = dict(revoked_issuers or {})
+        self._void = tuple(sorted(self.revoked_issuers))
+        """Their certificates are in force for nobody (the one-credential rule)."""
         """Issuing CA id → its revocation on the root's CRL: nothing is issued from one, even
         if ``issuers/active.json`` names it (edited by hand; from a database someone
         changed, a host takes it only signed by the root: :mod:`ca.active_signature`)."""
@@ -601,7 +603,9 @@ class JointCA:
         credential in force."""
         if app.uscc is None:
             return
-        found = tx.credential_in_force(app.uscc, self._legal_person_profiles, now)
+        found = tx.credential_in_force(
+            app.uscc, self._legal_person_profiles, now, void_issuers=self._void
+        )
         if found is not None:
             held, on_hold = found
             raise credential_refusal(app.uscc, held.serial_hex, held.not_after, on_hold=on_hold)
@@ -756,7 +760,9 @@ class JointCA:
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
         self.store.commit_issuance(
-            IssuanceWrite(record, event, code_hash, now, sole_credential=sole)
+            IssuanceWrite(
+                record, event, code_hash, now, sole_credential=sole, void_issuers=self._void
+            )
         )
         return Issued(record, cert, self._chain(issuer))
 
@@ -851,7 +857,14 @@ class JointCA:
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
         self.store.commit_issuance(
-            IssuanceWrite(record, event, now=now, signed_by=caller.serial, sole_credential=sole)
+            IssuanceWrite(
+                record,
+                event,
+                now=now,
+                signed_by=caller.serial,
+                sole_credential=sole,
+                void_issuers=self._void,
+            )
         )
         return Issued(record, cert, self._chain(issuer))
 

@@ -310,12 +310,14 @@ _FIND_CODE = (
 _KEY_HELD = "SELECT 1 FROM certificates WHERE spki_sha256 = ? LIMIT 1"
 _STATUS_OF = "SELECT state FROM certificate_status WHERE serial = ?"
 _CREDENTIAL_IN_FORCE = (
-    "SELECT c.serial, c.not_after, s.state FROM certificates c"
+    "SELECT c.serial, c.not_after, s.state, c.issuer_id FROM certificates c"
     " LEFT JOIN certificate_status s ON s.serial = c.serial"
     " WHERE c.uscc = ? AND c.profile = ? AND c.not_after > ? AND c.serial <> ?"
     " AND (s.state IS NULL OR s.state <> ?)"
-    " ORDER BY c.not_after DESC, COALESCE(c.log_index, -1) DESC LIMIT 1"
+    " ORDER BY c.not_after DESC, COALESCE(c.log_index, -1) DESC"
 )
+"""An enterprise's legal-person certificates in force (a few rows at most), the
+longest-lasting first; those of generations revoked on the root CRL are passed over."""
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at, log_index)"
@@ -533,7 +535,7 @@ class IssuanceWriter:
             cur.execute(
                 self._credential_sql, (uscc, profile, now, signer, StatusState.REVOKED.value)
             )
-            row = cur.fetchone()
+            row = next((r for r in cur.fetchall() if r[3] not in item.void_issuers), None)
             if row is not None:
                 not_after = utc_from_db(row[1])
                 assert not_after is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -327,12 +327,13 @@ class Transaction(Protocol):
         profiles: Sequence[str],
         now: datetime.datetime,
         besides: int | None = None,
+        void_issuers: Collection[str] = (),
     ) -> tuple[CertificateRecord, bool] | None:
         """The certificate of ``profiles`` of the enterprise ``uscc`` in force at ``now``
         that lasts longest (of two ending in the same second, the later issued), other
         than serial ``besides`` (a renewal's signer), and whether it is on hold (it
         counts: a hold may be lifted); None if there is none. In force: not expired, not
-        revoked."""
+        revoked, not issued by one of ``void_issuers`` (revoked on the root CRL)."""
         ...
 
 
@@ -349,6 +350,9 @@ class IssuanceWrite:
     """The serial of the certificate whose signed request asked for this issuance (a
     renewal): checked good when the request came, and again where it is stored, so that
     a revocation or hold that commits first refuses it (:func:`signer_refusal`)."""
+    void_issuers: tuple[str, ...] = ()
+    """Issuing CA generations revoked on the root CRL: a certificate of theirs is not in
+    force for :attr:`sole_credential` (its enterprise is vetted and enrolled anew)."""
     sole_credential: tuple[str, ...] = ()
     """For an enrollment or renewal of an enterprise's legal-person credential: the
     profiles of that credential. The record's USCC may hold one such certificate in force

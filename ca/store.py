@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -957,6 +957,7 @@ class SqlTransaction:
         profiles: Sequence[str],
         now: datetime.datetime,
         besides: int | None = None,
+        void_issuers: Collection[str] = (),
     ) -> tuple[CertificateRecord, bool] | None:
         if not profiles:
             return None
@@ -968,7 +969,11 @@ class SqlTransaction:
             .where(_CERT.uscc == uscc, _CERT.profile.in_(list(profiles)), _CERT.not_after > now)
             .order_by(_CERT.not_after.desc(), func.coalesce(_CERT.log_index, -1).desc())
         )
-        unexpired = [c for c in map(_cert_of, self._conn().execute(q)) if c.serial != besides]
+        unexpired = [
+            c
+            for c in map(_cert_of, self._conn().execute(q))
+            if c.serial != besides and c.issuer_id not in void_issuers
+        ]
         statuses = self.get_statuses([c.serial for c in unexpired])
         in_force = [
             (c, st is not None)
@@ -1192,7 +1197,11 @@ class SqlStore:
             if item.sole_credential and item.record.uscc is not None:
                 assert item.now is not None
                 other = tx.credential_in_force(
-                    item.record.uscc, item.sole_credential, item.now, besides=item.signed_by
+                    item.record.uscc,
+                    item.sole_credential,
+                    item.now,
+                    besides=item.signed_by,
+                    void_issuers=item.void_issuers,
                 )
                 if other is not None:  # as the group writer decides it
                     held, on_hold = other

@@ -26,7 +26,13 @@ from ca.generation import bump_generation
 from ca.signedreq import TrustAnchors
 from cli import auditproof
 from tests.conftest import Server, stop
-from tests.helpers import assert_no_secret_in_tree, cert_of, creds, enroll_enterprise
+from tests.helpers import (
+    assert_no_secret_in_tree,
+    cert_of,
+    creds,
+    enroll_enterprise,
+    fresh_uscc,
+)
 from tests.test_ca_init import MEMBERS, init_ca, present_share, start_sealed, unseal
 
 
@@ -316,7 +322,8 @@ def test_an_expired_ceremony_says_so_and_takes_no_share(ceremony_ca) -> None:  #
 def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
     srv, out, tmp = ceremony_ca
     root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
-    old = enroll(srv, out, tmp, "Old Generation Co")
+    old_uscc = fresh_uscc()
+    old = enroll(srv, out, tmp, "Old Generation Co", uscc=old_uscc)
     held = enroll(srv, out, tmp, "Held Old Generation Co")
     srv.eport(
         "suspend",
@@ -409,6 +416,10 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     # Issuance goes on from the new generation.
     after = enroll(srv, out, tmp, "After Revocation Co")
     cert_of(after).verify_directly_issued_by(new_issuer)
+    # The runbook's step 4: the enterprise of the revoked generation is vetted and
+    # enrolled again; its certificate under the revoked CA is in force for nobody.
+    again = enroll(srv, out, tmp, "Old Generation Co", uscc=old_uscc)
+    cert_of(again).verify_directly_issued_by(new_issuer)
     # The CA no longer takes signed requests from certificates under the revoked
     # generation (in any worker), and still does from the new one.
     for n in range(2):
