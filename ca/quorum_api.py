@@ -348,6 +348,10 @@ def join(ceremony_id: str) -> Response:
     # host's checks (ca.crosshost) wait, so that none publishes half a ceremony to the
     # other hosts of the database.
     with host_lock(svc.cfg.data_dir):
+        # Another worker's ceremony may have changed the hierarchy since this one loaded
+        # it (two rotations completing at once): the operation runs on the files as
+        # they are now.
+        svc.refresh()
         c = svc.quorum.join(ceremony_id, _sealed_share())
     if c.state is CeremonyState.DONE:
         svc.refresh()

@@ -108,13 +108,28 @@ def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> 
     if op in (Operation.ISSUE_INTERMEDIATE, Operation.ROTATE_ISSUER):
         _issuer_id(issuer)
         active = read_active(Path(svc.cfg.data_dir))
-        if op is Operation.ROTATE_ISSUER and _current_generation(svc.h, active, issuer) is None:
+        if _current_generation(svc.h, active, issuer) is None:
             known = sorted(set(svc.h.issuers) - set(active.values()) | set(active))
-            raise BadRequest(f"no issuing CA {issuer!r} to rotate (one of: {', '.join(known)})")
+            if op is Operation.ROTATE_ISSUER:
+                raise BadRequest(f"no issuing CA {issuer!r} to rotate (one of: {', '.join(known)})")
+            # A first generation of a new issuing CA only for an issuer a profile names:
+            # a misspelt one would make a CA certificate nothing issues from.
+            issued_from = _issuers_named(svc.policies)
+            if issuer not in issued_from:
+                raise BadRequest(
+                    f"no issuing CA {issuer!r}, and no profile in the policies issues from "
+                    f"it (issuing CAs: {', '.join(known)}; profiles name: "
+                    f"{', '.join(sorted(issued_from))})"
+                )
     elif op is Operation.REVOKE_INTERMEDIATE:
         if issuer not in svc.h.issuers:
             raise BadRequest(f"no issuing CA {issuer!r} (name a generation, e.g. enterprise-2)")
         _ca_reason(params.get("reason", "keyCompromise"))
+
+
+def _issuers_named(policies: Any) -> set[str]:
+    """The issuing CA ids the profiles issue from (not the root, not any issuer)."""
+    return {p.issuer for p in policies.profiles.values() if p.issuer not in ("root", "*")}
 
 
 def read_active(data_dir: Path) -> dict[str, str]:
@@ -276,6 +291,13 @@ class RootOperations:
         while (d / "issuers" / f"{gen}.crt").exists():
             n += 1
             gen = f"{base}-{n}"
+        if previous and previous not in h.issuers:
+            # This worker's hierarchy predates another ceremony's new generation (the
+            # join reloads it first; a host's files changed by hand would do it too).
+            raise Conflict(
+                f"the hierarchy changed while this ceremony ran ({base} is now {previous}); "
+                "join again"
+            )
         if previous:
             name = hierarchy.issuer_ca_name(h.issuers[previous])
         elif base in h.issuers:

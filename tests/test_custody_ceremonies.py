@@ -246,6 +246,10 @@ def test_start_refuses_what_the_operation_would_refuse(ceremony_ca) -> None:  # 
     before = stored()
     refusals = {
         ("ROTATE-ISSUER", "issuer=enterprisee"): "no issuing CA 'enterprisee' to rotate",
+        # a new issuing CA only for an issuer the profiles name
+        ("ISSUE-INTERMEDIATE", "issuer=newone"): (
+            "no issuing CA 'newone', and no profile in the policies issues from it"
+        ),
         # a key the operation does not read was stored and ignored ("reson=": the
         # ceremony revoked with the default reason)
         ("ISSUE-INTERMEDIATE", "name=enterprise"): "ISSUE-INTERMEDIATE takes issuer; not 'name'",
@@ -504,6 +508,42 @@ def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-u
     # The old state with the new key pinned out of band (--log-key): followed to it too.
     state.write_text(kept)
     assert audit_verify(srv, state, "--log-key", new_key)["log_key"] == new_key
+
+
+@pytest.mark.slow
+def test_two_rotations_completing_at_once_both_complete(  # type: ignore[no-untyped-def]
+    ceremony_ca,
+) -> None:
+    """Two rotations of one issuing CA whose last custodians join at the same moment (on
+    two workers): each completes, one generation after the other; neither answers 500
+    because the other's new generation appeared while it ran."""
+    import threading
+
+    srv, out, _ = ceremony_ca
+    issuers = srv.data_dir / "ca" / "issuers"
+    for _ in range(3):
+        ids = [rotate(srv, out, "service") for _ in range(2)]
+        for cid in ids:
+            for m in ("customs", "tax"):
+                join(srv, out, cid, m)
+        before = {p.name for p in issuers.glob("service*.crt")}
+        prints = {cid: read_out(srv, cid) for cid in ids}
+        results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+        def last(cid: str) -> None:
+            command = ("ca", "ceremony", "join", cid)
+            results[cid] = present_share(srv, command, out, "forex", prints[cid], False)
+
+        threads = [threading.Thread(target=last, args=(cid,)) for cid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for cid in ids:
+            assert results[cid].returncode == 0, results[cid].stderr
+        gens = {json.loads(results[cid].stdout)["result"]["generation"] for cid in ids}
+        made = {p.name for p in issuers.glob("service*.crt")} - before
+        assert len(gens) == 2 and made == {f"{g}.crt" for g in gens}, (gens, made)
 
 
 def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
