@@ -128,6 +128,18 @@ class SqlCeremonyTx:
     def append_event(self, event: Event) -> int:
         return self.tx.append_event(event)
 
+    def wipe_expired_shares(self, now: datetime.datetime) -> int:
+        expired = select(CeremonyRow.id).where(
+            CeremonyRow.state == CeremonyState.OPEN.value, CeremonyRow.expires_at <= now
+        )
+        res = self.s.execute(
+            update(CeremonyShareRow)
+            .where(CeremonyShareRow.ceremony_id.in_(expired), CeremonyShareRow.sealed != b"")
+            .values(sealed=b"")
+            .execution_options(synchronize_session=False)
+        )
+        return int(res.rowcount)  # type: ignore[attr-defined]
+
 
 class SqlCeremonyStore:
     def __init__(self, store: SqlStore) -> None:

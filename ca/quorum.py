@@ -125,6 +125,11 @@ class CeremonyTx(Protocol):
 
     def append_event(self, event: Event) -> int: ...
 
+    def wipe_expired_shares(self, now: datetime.datetime) -> int:
+        """Blank the sealed shares of open ceremonies past their expiry (the rows stay:
+        who joined); how many were blanked."""
+        ...
+
 
 class CeremonyStore(Protocol):
     def transaction(self) -> AbstractContextManager[CeremonyTx]: ...
@@ -207,6 +212,7 @@ class Quorum:
             raise BadRequest(f"this server cannot run {op.value}")
         c = self._new("cer-" + self.random_bytes(8).hex(), op, params, actor)
         with self.store.transaction() as tx:
+            self._wipe_expired(tx)
             tx.insert_ceremony(c)
             tx.append_event(self._started(c))
         return c
@@ -227,6 +233,18 @@ class Quorum:
         assert found is not None
         return found
 
+    def wipe_expired(self) -> None:
+        """Blank the stored shares of every ceremony that has expired (its own transaction)."""
+        with self.store.transaction() as tx:
+            self._wipe_expired(tx)
+
+    def _wipe_expired(self, tx: CeremonyTx) -> None:
+        """Shares of a ceremony that expired are never combined: they are not kept (each
+        is a custodian's root or seal share, sealed only to this server's boot key)."""
+        wiped = tx.wipe_expired_shares(self.clock())
+        if wiped:
+            log.info("wiped %d stored shares of expired ceremonies", wiped)
+
     def get_or_none(self, ceremony_id: str) -> Ceremony | None:
         with self.store.transaction() as tx:
             return tx.get_ceremony(ceremony_id)
@@ -244,6 +262,7 @@ class Quorum:
         The operation's files are undone when the transaction does not commit (the
         operation, the ceremony's events or the COMMIT failed): the database and the
         files stay as they were, and the ceremony stays open for the M-th share again."""
+        self.wipe_expired()
         changes = self.file_changes(ceremony_id)
         try:
             c = self._join(ceremony_id, sealed, changes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ def _kek_label(custody_id: str) -> str:
     return f"eport-seal-kek/v1/{custody_id}"
 
 
+WIPE_EVERY = 60.0
+"""Seconds between a worker's wipes of expired ceremonies' shares (also done whenever a
+ceremony is opened or joined)."""
+
+
 class CustodyService:
     """One worker's view of custody: the sealed signers, the seal KEK once unsealed."""
 
@@ -68,6 +74,7 @@ class CustodyService:
         self.generation = read_generation(cfg.data_dir)
         self._kek: bytearray | None = None
         self._lock = threading.RLock()
+        self._wiped_at = -WIPE_EVERY  # the first request wipes
         from ca.root_ops import runners
 
         self.quorum = Quorum(
@@ -133,7 +140,14 @@ class CustodyService:
         self._kek = kek
 
     def refresh(self) -> None:
-        """Reload a changed hierarchy; unseal from this instance's unseal record if sealed."""
+        """Reload a changed hierarchy; unseal from this instance's unseal record if sealed;
+        now and then, blank the stored shares of ceremonies that expired."""
+        if time.monotonic() - self._wiped_at >= WIPE_EVERY:
+            self._wiped_at = time.monotonic()
+            try:
+                self.quorum.wipe_expired()
+            except Exception:  # a busy or unreachable database: the next period tries
+                log.warning("could not wipe the shares of expired ceremonies", exc_info=True)
         with self._lock:
             gen = read_generation(self.cfg.data_dir)
             if gen != self.generation:

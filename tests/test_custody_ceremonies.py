@@ -320,6 +320,18 @@ def test_an_expired_ceremony_says_so_and_takes_no_share(ceremony_ca) -> None:  #
     res = join(srv, out, cid, "tax", check=False, passphrase="not the passphrase of {}")
     # refused on the state, before the share file is opened: the passphrase goes unread
     assert res.returncode == 1 and f"ceremony {cid} is expired" in res.stderr, res.stderr
+    # The share customs sent is not kept once the ceremony expired (it would never be
+    # combined; wiped when any ceremony is opened or joined, and by each worker every
+    # minute); who joined is.
+    start(srv, out, "ROOT-CRL")
+    with contextlib.closing(sqlite3.connect(srv.data_dir / "eport.db")) as conn:
+        kept = conn.execute(
+            "SELECT member, length(sealed) FROM custody_ceremony_shares WHERE ceremony_id = ?",
+            (cid,),
+        ).fetchall()
+    assert kept == [("customs", 0)], kept
+    doc = json.loads(srv.eport("ca", "ceremony", "status", cid, "--json").stdout)
+    assert doc["state"] == "expired" and doc["progress"] == 1, doc
 
 
 @pytest.mark.slow
@@ -530,11 +542,11 @@ def test_two_rotations_completing_at_once_both_complete(  # type: ignore[no-unty
         prints = {cid: read_out(srv, cid) for cid in ids}
         results: dict[str, subprocess.CompletedProcess[str]] = {}
 
-        def last(cid: str) -> None:
+        def last(cid: str, fp: str, results: dict[str, subprocess.CompletedProcess[str]]) -> None:
             command = ("ca", "ceremony", "join", cid)
-            results[cid] = present_share(srv, command, out, "forex", prints[cid], False)
+            results[cid] = present_share(srv, command, out, "forex", fp, False)
 
-        threads = [threading.Thread(target=last, args=(cid,)) for cid in ids]
+        threads = [threading.Thread(target=last, args=(cid, prints[cid], results)) for cid in ids]
         for t in threads:
             t.start()
         for t in threads:
