@@ -19,13 +19,20 @@
 Sessions: one per token and process, opened on first use and logged in with the PIN
 from ``pin-source`` (a file), ``pin-value`` or ``EPORT_PKCS11_PIN``. A forked child
 (a gunicorn worker) re-initializes the library and opens its own session, as PKCS#11
-requires (v2.40 §6.6.1); a lock serializes operations on the shared session.
+requires (v2.40 §6.6.1); one lock per module serializes operations on its sessions and
+its re-initialization. A token that went away (or dropped the session or the objects
+found in it) is looked for again after ``C_Finalize``/``C_Initialize``, at most once
+every :data:`REINITIALIZE_INTERVAL` seconds per process, so that every worker signs
+again once it is back (SoftHSM2 reads its slots only at ``C_Initialize``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -82,15 +89,66 @@ _CURVES: dict[str, ec.EllipticCurve] = {
 _ED25519_OID = "1.3.101.112"  # RFC 8410 id-Ed25519, as PKCS#11 v3.0 names the curve
 
 
+PUBLIC_DETAIL = "the CA's key token is unavailable: try again later (the server's log says why)"
+"""The ``detail`` of a :class:`Pkcs11Error` over HTTP: the server's own detail names its
+module path, token and key labels, and is for its log (``ca.problems`` logs every 5xx)."""
+
+
 class Pkcs11Error(Sealed):
     """A token key cannot be reached: bad URI, module, token, PIN or object (503)."""
 
     slug = "key-unavailable"
     title = "A key in the PKCS#11 token is unavailable"
 
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem document a client gets: :data:`PUBLIC_DETAIL`, none of the server's
+        paths or labels (the CLI's one line, and the server's log, say :attr:`detail`)."""
+        doc = super().problem(instance)
+        doc["detail"] = PUBLIC_DETAIL
+        return doc
+
 
 class _NotOne(Pkcs11Error):
     """The URI matches no object, or several."""
+
+
+class _Unreachable(Pkcs11Error):
+    """The token cannot be found or reached through the module as this process sees it:
+    it may be gone, or back while this process's view of the slots is not."""
+
+
+_DROPPED = (
+    pkcs11.SessionClosed,
+    pkcs11.SessionHandleInvalid,
+    pkcs11.DeviceRemoved,
+    pkcs11.TokenNotPresent,
+    pkcs11.ObjectHandleInvalid,
+    pkcs11.KeyHandleInvalid,
+)
+"""What an operation raises when the token dropped this process's session, or the objects
+found through it (a token removed, or gone and back: SoftHSM2 invalidates the handles of
+objects whose files went away)."""
+
+_TOKEN_GONE = (
+    pkcs11.NoSuchToken,
+    pkcs11.TokenNotPresent,
+    pkcs11.TokenNotRecognised,
+    pkcs11.DeviceRemoved,
+    pkcs11.DeviceError,
+    pkcs11.SlotIDInvalid,
+    pkcs11.SessionHandleInvalid,
+    pkcs11.GeneralError,
+    pkcs11.UserAlreadyLoggedIn,
+)
+"""What finding the token or logging in to it raises when it is gone, or when this
+process's view of it is stale (SoftHSM2 answers ``CKR_GENERAL_ERROR`` for a token whose
+directory went away until it is re-initialized; a session the token dropped may still
+hold the login): worth another look after ``C_Finalize``/``C_Initialize``."""
+
+REINITIALIZE_INTERVAL = 1.0
+"""Seconds between two re-initializations of a module by one process because a token
+could not be found: a token that stays away costs each request one failed look-up, not
+a ``C_Finalize``/``C_Initialize`` (which also voids every session of the module)."""
 
 
 @dataclass(frozen=True)
@@ -251,28 +309,89 @@ def _shown(text: str) -> str:
 T = TypeVar("T")
 
 
+class _Module:
+    """One PKCS#11 module (library) as this process initialized it, and its tokens."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        """Held for every operation on a session of this module and for its
+        (re-)initialization, which voids them all (PKCS#11 v2.40 §5.4: C_Finalize)."""
+        self.tokens: list[_Token] = []
+        self._pid = -1
+        self._reinitialized_at = -math.inf
+
+    def load(self) -> Any:
+        """The library, initialized in this process (call with :attr:`lock` held)."""
+        try:
+            lib = pkcs11.lib(self.path)
+        except pkcs11.PKCS11Error as exc:
+            raise Pkcs11Error(
+                f"cannot load the PKCS#11 module {self.path}: {_load_failure(self.path, exc)}"
+            ) from None
+        if self._pid == -1:
+            self._pid = os.getpid()
+        elif self._pid != os.getpid():
+            # PKCS#11 v2.40 §6.6.1: a forked child must initialize the library again
+            # (every session inherited from the parent is void).
+            self._restart(lib)
+        return lib
+
+    def reinitialize(self, *, force: bool) -> bool:
+        """``C_Finalize`` and ``C_Initialize`` (call with :attr:`lock` held), as a restarted
+        process would: the module reads its slots and tokens again, and every session of
+        it in this process is closed first. Unless ``force``, at most once every
+        :data:`REINITIALIZE_INTERVAL` seconds; returns whether it ran."""
+        if not force and time.monotonic() - self._reinitialized_at < REINITIALIZE_INTERVAL:
+            return False
+        lib = self.load()
+        self._restart(lib)
+        return True
+
+    def _restart(self, lib: Any) -> None:
+        for token in list(self.tokens):
+            token.drop()
+        self._reinitialized_at = time.monotonic()
+        with contextlib.suppress(pkcs11.PKCS11Error):
+            lib.finalize()
+        try:
+            lib.initialize()
+        except pkcs11.PKCS11Error as exc:  # the next pkcs11.lib() tries again
+            raise Pkcs11Error(
+                f"cannot initialize the PKCS#11 module {self.path} again: "
+                f"{_load_failure(self.path, exc)}"
+            ) from None
+        self._pid = os.getpid()
+
+
 class _Token:
     """One process's session with one token, logged in; re-opened after a fork."""
 
-    def __init__(self, module: str, selector: tuple[str, str]) -> None:
+    def __init__(self, module: _Module, selector: tuple[str, str]) -> None:
         self.module = module
         self.selector = selector
-        self.lock = threading.RLock()
+        self.lock = module.lock
         self._pid = -1
         self._session: Any = None
         self._keys: dict[tuple[Any, ...], Any] = {}
 
     def _open(self, pin: str) -> Any:
+        """A new logged-in session. A token this process cannot find or reach is looked
+        for again once after re-initializing the module (rate-limited: see
+        :meth:`_Module.reinitialize`): it may be back while this process's view of the
+        module's slots is still the one from before it went away."""
         try:
-            lib = pkcs11.lib(self.module)
-        except pkcs11.PKCS11Error as exc:
-            raise Pkcs11Error(f"cannot load the PKCS#11 module {self.module}: {exc}") from None
-        with _tokens_lock:
-            if _initialized_in.setdefault(self.module, os.getpid()) != os.getpid():
-                # PKCS#11 v2.40 §6.6.1: a forked child must initialize the library again
-                # (once per module; every session inherited from the parent is void).
-                lib.reinitialize()
-                _initialized_in[self.module] = os.getpid()
+            return self._login(self.module.load(), pin)
+        except _Unreachable as exc:
+            detail = exc.detail
+        if self.module.reinitialize(force=False):
+            try:
+                return self._login(self.module.load(), pin)
+            except _Unreachable as exc:
+                detail = exc.detail
+        raise Pkcs11Error(detail)
+
+    def _login(self, lib: Any, pin: str) -> Any:
         name, value = self.selector
         try:
             if name == "slot-id":
@@ -285,8 +404,12 @@ class _Token:
             else:
                 token = lib.get_token(token_label=value)
         except (pkcs11.NoSuchToken, pkcs11.MultipleTokensReturned):
-            raise Pkcs11Error(
-                f"no single PKCS#11 token with {name} {value!r} in {self.module}"
+            raise _Unreachable(
+                f"no single PKCS#11 token with {name} {value!r} in {self.module.path}"
+            ) from None
+        except _TOKEN_GONE as exc:
+            raise _Unreachable(
+                f"cannot reach PKCS#11 token {value!r} in {self.module.path}: {_name(exc)}"
             ) from None
         try:
             return token.open(user_pin=pin, rw=True)
@@ -294,25 +417,49 @@ class _Token:
             raise Pkcs11Error(f"wrong PIN for PKCS#11 token {value!r}") from None
         except pkcs11.PinLocked:
             raise Pkcs11Error(f"the PIN of PKCS#11 token {value!r} is locked") from None
+        except _TOKEN_GONE as exc:
+            raise _Unreachable(
+                f"cannot log in to PKCS#11 token {value!r} in {self.module.path}: {_name(exc)}"
+            ) from None
         except pkcs11.PKCS11Error as exc:
             raise Pkcs11Error(f"cannot log in to PKCS#11 token {value!r}: {_name(exc)}") from None
 
     def session(self, uri: Pkcs11Uri) -> Any:
         """The logged-in session of this process (call with :attr:`lock` held)."""
         if self._session is None or self._pid != os.getpid():
-            self._keys.clear()
+            self.drop()
             self._session = self._open(uri.pin())
             self._pid = os.getpid()
         return self._session
 
+    def drop(self) -> None:
+        """Forget the session and the objects found through it (call with :attr:`lock`
+        held). One this process opened is closed (logging out, so that the next one can
+        log in); one inherited over a fork is the parent's and is left alone."""
+        session, self._session = self._session, None
+        self._keys.clear()
+        if session is not None and self._pid == os.getpid():
+            with contextlib.suppress(pkcs11.PKCS11Error):
+                session.close()
+
     def run(self, uri: Pkcs11Uri, op: Callable[[Any], T]) -> T:
-        """``op(session)`` under the lock; a session the token dropped is re-opened once."""
+        """``op(session)`` under the lock; a session the token dropped (or whose objects it
+        dropped) is re-opened once, the token looked for again if need be (:meth:`_open`).
+        ``op`` finds its objects through :meth:`key` (never keeps them from an earlier
+        session), so that the second try uses the new session's."""
         with self.lock:
             try:
                 return op(self.session(uri))
-            except (pkcs11.SessionClosed, pkcs11.SessionHandleInvalid, pkcs11.DeviceRemoved):
-                self._session = None
+            except _DROPPED:
+                self.drop()
+            try:
                 return op(self.session(uri))
+            except _DROPPED as exc:
+                self.drop()
+                raise Pkcs11Error(
+                    f"PKCS#11 token {self.selector[1]!r} in {self.module.path} dropped the "
+                    f"session again: {_name(exc)}"
+                ) from None
 
     def forget(self, uri: Pkcs11Uri) -> None:
         with self.lock:
@@ -350,20 +497,15 @@ class _Token:
             # A key another process made may stay invisible to this one's view of the token
             # (SoftHSM2 indexes its object files per process; softhsm/SoftHSMv2#358): look
             # again after re-initializing the module, as a restarted process would.
-            self._reinitialize()
-            return self.run(uri, find)
-
-    def _reinitialize(self) -> None:
-        with self.lock, _tokens_lock:
-            pkcs11.lib(self.module).reinitialize()  # every session of this module is void
-            _initialized_in[self.module] = os.getpid()
-            self._session = None
+            with self.lock:
+                self.module.reinitialize(force=True)
+                return self.run(uri, find)
 
 
+_modules: dict[str, _Module] = {}
 _tokens: dict[tuple[str, tuple[str, str]], _Token] = {}
-_initialized_in: dict[str, int] = {}
-"""Module path → the process that initialized it (a forked child must do it again)."""
 _tokens_lock = threading.Lock()
+"""Guards :data:`_modules` and :data:`_tokens`; a module's lock is never taken under it."""
 
 
 def _token(uri: Pkcs11Uri) -> _Token:
@@ -376,8 +518,24 @@ def _token(uri: Pkcs11Uri) -> _Token:
     key = (uri.module, selector)
     with _tokens_lock:
         if key not in _tokens:
-            _tokens[key] = _Token(uri.module, selector)
+            module = _modules.setdefault(uri.module, _Module(uri.module))
+            _tokens[key] = _Token(module, selector)
+            module.tokens.append(_tokens[key])
         return _tokens[key]
+
+
+def _load_failure(path: str, exc: BaseException) -> str:
+    """Why ``pkcs11.lib(path)`` failed: python-pkcs11's own message (the library could not
+    be loaded), else the return value of the module's ``C_Initialize`` (or
+    ``C_GetFunctionList``), which an exception carries as its class and no message."""
+    if str(exc):
+        return str(exc)
+    why = f"it loaded, but its initialization failed ({type(exc).__name__})"
+    if "softhsm" in Path(path).name.lower():
+        conf = os.environ.get("SOFTHSM2_CONF")
+        where = f"SOFTHSM2_CONF={conf}" if conf else "/etc/softhsm/softhsm2.conf"
+        why += f": check SoftHSM2's configuration ({where}) and the token directory it names"
+    return why
 
 
 def _name(exc: BaseException) -> str:
@@ -432,13 +590,15 @@ class Pkcs11Signer:
     def public_key(self) -> CertificatePublicKeyTypes:
         """The expected public key (from the reference file), else read from the token."""
         if self._public is None:
-            pub = self._token.key(self.uri, pkcs11.ObjectClass.PUBLIC_KEY)
-            self._public = self._token.run(self.uri, lambda _s: _public_from_object(pub))
+            self._public = self.token_public_key()
         return self._public
 
     def token_public_key(self) -> CertificatePublicKeyTypes:
-        pub = self._token.key(self.uri, pkcs11.ObjectClass.PUBLIC_KEY)
-        return self._token.run(self.uri, lambda _s: _public_from_object(pub))
+        def read(_session: Any) -> CertificatePublicKeyTypes:
+            pub = self._token.key(self.uri, pkcs11.ObjectClass.PUBLIC_KEY, self._name)
+            return _public_from_object(pub)
+
+        return self._token.run(self.uri, read)
 
     def check(self) -> None:
         """Open the session and prove the token holds the expected key (once a process)."""
@@ -456,8 +616,8 @@ class Pkcs11Signer:
             key = self._token.key(self.uri, pkcs11.ObjectClass.PRIVATE_KEY, self._name)
             try:
                 return bytes(key.sign(data, mechanism=mechanism))
-            except (pkcs11.SessionClosed, pkcs11.SessionHandleInvalid, pkcs11.DeviceRemoved):
-                raise
+            except _DROPPED:
+                raise  # the token dropped the session or the key: run() opens a new one
             except pkcs11.PKCS11Error as exc:
                 raise Pkcs11Error(
                     f"the token refused to sign with {self.uri.without_pin()}: {_name(exc)}"
@@ -851,16 +1011,20 @@ class TokenShareKey:
 
     def _run(self, op: Callable[[Any], T]) -> T:
         token = _token(self.uri)
-        try:
-            key = token.key(self.uri, pkcs11.ObjectClass.SECRET_KEY)
-        except Pkcs11Error as exc:
-            if "matching" not in exc.detail:
-                raise  # module, token or PIN: the message says which
-            raise Pkcs11Error(
-                f"token {self.label!r} does not hold the key of this share file "
-                f"({self.uri.object}): not this custodian's token"
-            ) from None
-        return token.run(self.uri, lambda _s: op(key))
+
+        def keyed(_session: Any) -> T:
+            try:
+                key = token.key(self.uri, pkcs11.ObjectClass.SECRET_KEY)
+            except Pkcs11Error as exc:
+                if "matching" not in exc.detail:
+                    raise  # module, token or PIN: the message says which
+                raise Pkcs11Error(
+                    f"token {self.label!r} does not hold the key of this share file "
+                    f"({self.uri.object}): not this custodian's token"
+                ) from None
+            return op(key)
+
+        return token.run(self.uri, keyed)
 
     def encrypt(self, nonce: bytes, plain: bytes, aad: bytes) -> bytes:
         """AES-256-GCM in the token: ciphertext ‖ 16-byte tag."""
@@ -894,7 +1058,7 @@ class TokenShareKey:
                         mechanism_param=pkcs11.GCMParams(nonce, aad),
                     )
                 )
-            except (pkcs11.SessionClosed, pkcs11.SessionHandleInvalid, pkcs11.DeviceRemoved):
+            except _DROPPED:
                 raise
             except pkcs11.PKCS11Error:
                 raise Pkcs11Error(
