@@ -92,7 +92,10 @@ class SealedSigner:
     def sign(self, data: bytes) -> bytes:
         inner = self._inner
         if inner is None:
-            raise Sealed("the CA keys are sealed; unseal the CA before issuing")
+            raise Sealed(
+                "the CA keys are sealed: nothing can be signed until M custodians unseal the "
+                "CA (eport ca unseal)"
+            )
         return inner.sign(data)
 
     def in_memory_key(self) -> CertificateIssuerPrivateKeyTypes | None:

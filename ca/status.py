@@ -328,20 +328,28 @@ class StatusService:
         (:data:`RESIGN`), by one statement, and the returned work signs their new
         responses after the commit, outside the write lock. From the commit on, every
         process answers for them from the status row (the full path signs on demand), never
-        from the response stored before."""
+        from the response stored before.
+
+        A sealed CA cannot sign: the change is recorded all the same (an RA officer
+        revokes a compromised key before the custodians have gathered), with the
+        placeholder; its responder answers ``tryLater`` for it until it is unsealed."""
         now = self.clock().replace(microsecond=0)
         if len(changes) == 1:
             rec, status = changes[0]
             responder = self.responders.get(rec.issuer_id)
             if responder is not None:
-                der = ocsp.build_response(
-                    responder,
-                    responder.cert_id(rec.serial),
-                    self._status(rec, status, rec.issuer_id),
-                    now,
-                    now + self.policy.ocsp_validity,
-                    now,
-                )
+                try:
+                    der = ocsp.build_response(
+                        responder,
+                        responder.cert_id(rec.serial),
+                        self._status(rec, status, rec.issuer_id),
+                        now,
+                        now + self.policy.ocsp_validity,
+                        now,
+                    )
+                except Sealed:
+                    tx.store_ocsp_many([(rec.serial, rec.issuer_id, b"", RESIGN, RESIGN)])
+                    return None
                 tx.store_ocsp(rec.serial, rec.issuer_id, der, now, now + self.policy.ocsp_validity)
             return None
         mine = [(rec, status) for rec, status in changes if rec.issuer_id in self.responders]

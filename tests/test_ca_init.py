@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as xocsp
 
 from tests.conftest import EPORT, Server, free_port, start_server, stop
 
@@ -179,6 +182,15 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         # (an unknown code is refused before the key is needed; the sealed refusal above
         # came from the issuing key)
         assert doc.status_code in (400, 403)
+        # A status change is recorded while sealed (a lost key is suspended before the
+        # custodians have gathered); its responder cannot sign yet: tryLater.
+        held = out / "officers" / "commerce"
+        held_serial = format(_cert(held / "officer.pem").serial_number, "x")
+        change = ("--serial", held_serial, *ident)
+        srv.eport("suspend", *change, EPORT_PASSPHRASE="officer passphrase")
+        for _ in range(4):  # every worker
+            answer = _ocsp(url, held)
+            assert answer.response_status is xocsp.OCSPResponseStatus.TRY_LATER
 
         # A wrong fingerprint: the share is not sent.
         wrong = srv.eport(
@@ -241,6 +253,10 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             str(enroll_dir),
         )
         assert (enroll_dir / "cert.pem").exists()
+        # Unsealed, the responder answers for the hold, and for its lifting.
+        assert _ocsp(url, held).certificate_status is xocsp.OCSPCertStatus.REVOKED
+        srv.eport("resume", *change, EPORT_PASSPHRASE="officer passphrase")
+        assert _ocsp(url, held).certificate_status is xocsp.OCSPCertStatus.GOOD
         # The unseal is in the log, with the custodians' identities.
         events = srv.eport(
             "audit",
@@ -307,6 +323,25 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
         assert "the share was not sent" in late.stderr
     finally:
         stop(proc2)
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _ocsp(url: str, officer: Path) -> xocsp.OCSPResponse:
+    """The server's OCSP answer for an officer's certificate (issuer: its chain's first)."""
+    cert = _cert(officer / "officer.pem")
+    issuer = x509.load_pem_x509_certificates((officer / "chain.pem").read_bytes())[0]
+    req = xocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+    r = requests.post(
+        url + "/ocsp",
+        data=req.public_bytes(serialization.Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return xocsp.load_der_ocsp_response(r.content)
 
 
 def test_one_database_holds_one_ca(tmp_path: Path) -> None:
