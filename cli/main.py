@@ -703,6 +703,11 @@ def _submit_keeping_key(
     try:
         return submit()
     except RemoteError as err:
+        if err.status >= 500 and err.problem.get("type") in _REFUSED_UNSIGNED:
+            raise CLIError(
+                f"{err}; nothing was issued: the new key is kept {where}; run the same "
+                "command again once the CA can sign"
+            ) from None
         if err.status >= 500:
             raise _answer_lost(err, where) from None
         if forget is not None:
@@ -716,6 +721,13 @@ def _submit_keeping_key(
         raise CLIError(f"{err}; nothing was sent: the key stays {where} for the next run") from None
     except CLIError as err:  # no answer at all
         raise _answer_lost(err, where) from None
+
+
+_REFUSED_UNSIGNED = frozenset(
+    f"urn:eport:problem:{slug}"
+    for slug in ("sealed", "key-unavailable", "issuer-revoked", "issuer-unavailable")
+)
+"""Problems the CA answers before it signs anything: no certificate can have been issued."""
 
 
 def _answer_lost(err: CLIError, where: str) -> CLIError:

@@ -174,6 +174,9 @@ def test_init_then_serve_sealed_then_unseal(tmp_path: Path) -> None:
             check=False,
         )
         assert sealed_try.returncode == 1 and "sealed" in sealed_try.stderr
+        # Sealed is said before anything is signed: no "may have issued" doubt.
+        assert "nothing was issued" in sealed_try.stderr, sealed_try.stderr
+        assert "may have issued" not in sealed_try.stderr
         doc = requests.post(
             url + "/ca/v1/enroll",
             json={"code": "x" * 20, "profile": "enterprise", "csr": "x"},
