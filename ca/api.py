@@ -215,9 +215,6 @@ def apply() -> tuple[Response, int]:
     if not isinstance(subject_class, str):
         raise BadRequest("'subject_class' must be a string: enterprise, agency, auditor or service")
     fields = {k: v for k, v in data.items() if k != "subject_class"}
-    for k, v in fields.items():
-        if not isinstance(v, str):
-            raise BadRequest(f"{k!r} must be a string")
     app = svc().authority.apply(subject_class, fields, applicant="anonymous")
     return jsonify(app_json(app)), 201
 

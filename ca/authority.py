@@ -273,7 +273,7 @@ class JointCA:
     # -- applications -----------------------------------------------------------------------
 
     def apply(
-        self, subject_class: str, data: Mapping[str, str], applicant: str = "anonymous"
+        self, subject_class: str, data: Mapping[str, object], applicant: str = "anonymous"
     ) -> Application:
         """Record an application; the RA vets it before any code is given."""
         vetted, uscc = self._vet_input(subject_class, data)
@@ -303,7 +303,7 @@ class JointCA:
         return app
 
     def _vet_input(
-        self, subject_class: str, data: Mapping[str, str]
+        self, subject_class: str, data: Mapping[str, object]
     ) -> tuple[dict[str, str], str | None]:
         """The vetted fields of an application of ``subject_class``. A member the class does
         not take is refused, not dropped: an agency's application "with" a USCC, or a
@@ -317,7 +317,12 @@ class JointCA:
                     f"an application of class {subject_class} takes "
                     f"{', '.join(sorted(taken))}; not {named}"
                 )
-        return self._vetted(subject_class, data)
+        strings: dict[str, str] = {}
+        for k, v in data.items():  # JSON: a number or an object is not a name
+            if not isinstance(v, str):
+                raise BadRequest(f"{k[:40]!r} must be a string")
+            strings[k] = v
+        return self._vetted(subject_class, strings)
 
     def _vetted(
         self, subject_class: str, data: Mapping[str, str]

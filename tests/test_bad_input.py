@@ -562,6 +562,9 @@ def test_an_application_says_its_class_and_only_the_fields_of_it(world: World) -
         ({"subject_class": "", **base}, "cannot apply for class ''"),
         ({"subject_class": None, **base}, "'subject_class' must be a string"),
         ({**base, "person_name": "Li Wei"}, "takes legal_name, uscc; not 'person_name'"),
+        # a member it does not take is named as such, whatever its JSON type
+        ({**base, "bogus": 1}, "takes legal_name, uscc; not 'bogus'"),
+        ({**base, "legal_name": 7}, "'legal_name' must be a string"),
         (
             {"subject_class": "agency", "agency_id": "customs", "person_name": "X", "uscc": uscc},
             "not 'uscc'",
