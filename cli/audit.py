@@ -1042,15 +1042,21 @@ def _write_events(
     utf8 = takes_utf8(stream)  # else JSON in \u escapes: still JSON, in any encoding
     event_json = json.JSONEncoder(ensure_ascii=not utf8, sort_keys=True).encode
     rows_for_table: list[dict[str, Any]] = []
-    if writer is not None:
-        if bom:
-            stream.write("\ufeff")
-        writer.writerow(COLUMNS)
-    if fmt == "json":
-        stream.write("[")
+
+    def prelude() -> None:
+        # Written once the first page came: a refusal of the query (a bad filter, a
+        # credential the server refuses) leaves standard output empty, not half an export.
+        if writer is not None:
+            if bom:
+                stream.write("\ufeff")
+            writer.writerow(COLUMNS)
+        if fmt == "json":
+            stream.write("[")
+
     try:
         for doc in _event_pages(client, base, limit, page_size):
             if total is None:
+                prelude()
                 total = int(doc.get("total") or 0)
                 shown = total if limit is None else min(total, limit)
                 if fmt != "table" and shown > page_size and (to_file or not stream.isatty()):

@@ -315,6 +315,11 @@ def test_log_filters_and_exports(
     refused = tmp_path / "refused.csv"
     res = server.eport("audit", "log", *who, "--type", "nope", "--out", str(refused), check=False)
     assert res.returncode == 1 and "(HTTP 400)" in res.stderr
+    # To standard output (a pipe into jq): no half an export before the refusal.
+    for fmt in ("json", "csv"):
+        res = server.eport("audit", "log", *who, "--type", "nope", "--format", fmt, check=False)
+        assert res.returncode == 1 and "(HTTP 400)" in res.stderr
+        assert res.stdout == "", res.stdout
     # Times and serials are checked here, in the options' names, before anything is asked.
     for args, expect in (
         (("--since", "yesterday"), "Invalid value for '--since': not an ISO 8601 date"),
