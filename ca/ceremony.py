@@ -8,8 +8,13 @@ factory and linter as any other, and every step is an event.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +126,8 @@ def issue_officers(
 
 
 def custody_signer(data_dir: Path) -> Callable[[IssuingCA], None]:
-    """What the init ceremony does with the new root before ``root.crt`` marks the
-    hierarchy complete: sign the custody record written first, durably."""
+    """What the init ceremony does with the new root before ``root.crt`` is written:
+    sign the custody record written first, durably."""
     from ca import custody_files, custody_signature
 
     def sign(root: IssuingCA) -> None:
@@ -148,8 +153,16 @@ def initialize(
     auditor_dir: Path | None = None,
     custody_set: Established | None = None,
     token: TokenKeys | None = None,
+    command: str = "eport ca init",
+    out: Path | None = None,
+    finish: bool = True,
 ) -> Initialized:
     """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers.
+
+    The init is marked unfinished (:func:`ca.hierarchy.begin_init`, naming ``command``
+    and the ceremony directory ``out``) before anything is made, and complete once all
+    of it is written and committed; with ``finish=False`` the caller marks it complete
+    (:func:`ca.hierarchy.finish_init`) after writing its own files.
 
     With ``custody_set`` the root key is wrapped by its root KEK and the other CA keys
     by its seal KEK, the public custody record is written beside the hierarchy, signed
@@ -167,7 +180,8 @@ def initialize(
         raise ValueError("initialize needs passphrases or a custody set")
     if hierarchy.exists(cfg.data_dir):
         raise FileExistsError(f"a CA hierarchy already exists in {cfg.data_dir}")
-    if custody_set is not None:  # before the hierarchy: root.crt marks a complete init
+    hierarchy.begin_init(cfg.data_dir, command, out)
+    if custody_set is not None:  # before the hierarchy, whose root signs it
         custody_files.write_record(cfg.data_dir, custody_set.record)
 
     make_data_dir(Path(cfg.data_dir))
@@ -212,4 +226,49 @@ def initialize(
             )
     finally:
         engine.dispose()
+    if finish:
+        hierarchy.finish_init(cfg.data_dir)
     return Initialized(h, officers)
+
+
+@dataclass(frozen=True)
+class Unwind:
+    """What a first init is about to make that does not exist yet, outermost first:
+    what it removes when it fails or is interrupted before it completes. Nothing that
+    existed before it started is removed, and nothing once it completed."""
+
+    new: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, *paths: Path) -> Unwind:
+        return cls(tuple(p for p in paths if not os.path.lexists(p)))
+
+    def remove(self) -> list[Path]:
+        """Remove what of ``new`` is there now (a directory with all in it); the paths
+        removed, each under none of the others. Ctrl-C does not cut it short."""
+        removed: list[Path] = []
+        with _uninterrupted():
+            for path in self.new:
+                if any(path.is_relative_to(r) for r in removed) or not os.path.lexists(path):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                if not os.path.lexists(path):
+                    removed.append(path)
+        return removed
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """SIGINT ignored for the block (in the main thread: the only one signals reach)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -241,7 +241,8 @@ def made_elsewhere(url: str, data_dir: Path) -> str | None:
 def foreign_root(url: str, data_dir: Path) -> str | None:
     """If the CA database at ``url`` records a root certificate and none of its roots is
     the one in ``data_dir`` (this server's CA), a one-line refusal; else None. A server
-    must not serve one CA's keys over another CA's records and log."""
+    must not serve one CA's keys over another CA's records and log. A database that
+    records no root at all: :func:`unrecorded_root`."""
     from cryptography import x509
 
     root_file = Path(data_dir) / "ca" / "root.crt"
@@ -249,10 +250,42 @@ def foreign_root(url: str, data_dir: Path) -> str | None:
         return None
     ours = format(x509.load_pem_x509_certificate(root_file.read_bytes()).serial_number, "x")
     roots = _root_serials(url)
-    if not roots or ours in roots:
+    if not roots:
+        return unrecorded_root(url, data_dir)
+    if ours in roots:
         return None
     where = make_url(url).render_as_string(hide_password=True)
     return (
         f"the database {where} holds the records of another CA (its root is not the one in "
         f"{root_file}): point EPORT_DATABASE_URL at this CA's own database"
+    )
+
+
+def unrecorded_root(url: str, data_dir: Path) -> str | None:
+    """If ``data_dir`` holds a CA under joint custody (made by ``eport ca init``) while
+    the CA database at ``url`` records no root certificate at all, a one-line refusal;
+    else None. ``eport ca init`` records its root in the run that writes
+    ``ca/custody.json``: such a directory is what an init of a release before
+    :data:`ca.hierarchy.UNFINISHED_FILE` left when it was cut short after the keys and
+    before the records (served, a CA with no root, issuing CA or custody record in its
+    log, and no RA officer), or a CA pointed at the wrong database."""
+    from ca import hierarchy
+
+    d = hierarchy.ca_dir(data_dir)
+    if not (d / "root.crt").is_file() or not (d / "custody.json").is_file():
+        return None
+    if _root_serials(url):
+        return None
+    where = make_url(url).render_as_string(hide_password=True)
+    unfinished = (
+        f"its `eport ca init` did not finish (remove {data_dir} and that init's --out "
+        "directory, and run it again)"
+    )
+    own = sqlite_file(url)
+    if own is not None and own.absolute().is_relative_to(Path(data_dir).absolute()):
+        return f"the database {where} records no root certificate: {unfinished}"
+    return (
+        f"the database {where} records no root certificate, so the CA in {d} was never "
+        f"recorded there: either {unfinished}, or EPORT_DATABASE_URL names another "
+        "database than the one init recorded it in"
     )

@@ -9,18 +9,21 @@ clear to ``<data_dir>/dev/DEV-ONLY-passphrases.toml``. Production uses
 from __future__ import annotations
 
 import datetime
+import logging
 import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ca import hierarchy
-from ca.ceremony import initialize
+from ca.ceremony import Unwind, initialize
 from ca.config import CAConfig
 from ca.db import other_ca_records, upgrade
 from ca.errors import EPortError
-from ca.privatefiles import make_data_dir
+from ca.privatefiles import SIDE_FILES, make_data_dir, sqlite_file
 from ca.signer import write_private
+
+log = logging.getLogger("eport.ca")
 
 PASSPHRASE_FILE = "DEV-ONLY-passphrases.toml"
 COMPLETE_MARKER = ".complete"
@@ -69,9 +72,16 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     """Create the development joint CA on first start; return its files if it was made now."""
     from ca.policy import load_policies
 
+    # Taken before anything is made: what a first start that fails or is interrupted
+    # before it completes removes (only what it made), so that the next start makes the
+    # CA afresh. kill -9 leaves ca/init.unfinished, which the next start names.
+    unwind = _first_start_unwind(cfg)
     make_data_dir(Path(cfg.data_dir))
     upgrade(cfg.sqlalchemy_url)
     marker = dev_dir(cfg.data_dir) / COMPLETE_MARKER
+    advice = hierarchy.unfinished_init_advice(cfg.data_dir)
+    if advice is not None:
+        raise EPortError(advice)
     if marker.exists():
         return None
     if hierarchy.exists(cfg.data_dir) and not dev_dir(cfg.data_dir).exists():
@@ -91,26 +101,64 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     if refusal is not None:
         raise EPortError(refusal)
     policies = load_policies(cfg.policies_dir)
-    passphrases = new_passphrases(cfg.data_dir, [m.id for m in policies.members.members])
-    officer_dir = dev_dir(cfg.data_dir) / "officers"
-    done = initialize(
-        cfg,
-        policies,
-        root_passphrase=passphrases["root_key_passphrase"].encode(),
-        ca_passphrase=passphrases["ca_key_passphrase"].encode(),
-        officer_passphrase=lambda mid: passphrases[f"officer_{mid}"].encode(),
-        officer_dir=officer_dir,
-        actor="ceremony:dev-init",
-        officer_label=" (development)",
-        auditor_dir=dev_dir(cfg.data_dir) / "auditors",
-    )
-    for mid, d in done.officers.items():
-        pw = (passphrases[f"officer_{mid}"] + "\n").encode()
-        write_private(d / "DEV-ONLY-passphrase.txt", pw)
-        write_private(dev_dir(cfg.data_dir) / "auditors" / mid / "DEV-ONLY-passphrase.txt", pw)
-    marker.write_text("development joint CA complete\n")
+    try:
+        hierarchy.begin_init(cfg.data_dir, "eport serve --dev")
+        passphrases = new_passphrases(cfg.data_dir, [m.id for m in policies.members.members])
+        officer_dir = dev_dir(cfg.data_dir) / "officers"
+        done = initialize(
+            cfg,
+            policies,
+            root_passphrase=passphrases["root_key_passphrase"].encode(),
+            ca_passphrase=passphrases["ca_key_passphrase"].encode(),
+            officer_passphrase=lambda mid: passphrases[f"officer_{mid}"].encode(),
+            officer_dir=officer_dir,
+            actor="ceremony:dev-init",
+            officer_label=" (development)",
+            auditor_dir=dev_dir(cfg.data_dir) / "auditors",
+            command="eport serve --dev",
+            finish=False,
+        )
+        for mid, d in done.officers.items():
+            pw = (passphrases[f"officer_{mid}"] + "\n").encode()
+            write_private(d / "DEV-ONLY-passphrase.txt", pw)
+            write_private(dev_dir(cfg.data_dir) / "auditors" / mid / "DEV-ONLY-passphrase.txt", pw)
+        write_private(marker, b"development joint CA complete\n")
+        hierarchy.finish_init(cfg.data_dir)  # the last step: from here on the CA is complete
+    except BaseException as exc:
+        said = _unwind_first_start(unwind, exc, cfg)
+        if said is not None and isinstance(exc, KeyboardInterrupt):
+            raise EPortError(said) from None  # the one line of a Ctrl-C
+        if said is not None:
+            log.warning("%s", said)  # the error itself follows
+        raise
     return DevFiles(
         dev_dir=dev_dir(cfg.data_dir),
         passphrases=dev_dir(cfg.data_dir) / PASSPHRASE_FILE,
         officers=done.officers,
     )
+
+
+def _first_start_unwind(cfg: CAConfig) -> Unwind:
+    """What a first start is about to make that is not there yet: ca/, dev/, and the
+    CA's SQLite database (the data directory itself is the server's: it holds its lock)."""
+    database = sqlite_file(cfg.sqlalchemy_url)
+    databases = [] if database is None else [database]
+    databases += [database.with_name(database.name + s) for s in SIDE_FILES] if database else []
+    return Unwind.of(hierarchy.ca_dir(cfg.data_dir), dev_dir(cfg.data_dir), *databases)
+
+
+def _unwind_first_start(unwind: Unwind, exc: BaseException, cfg: CAConfig) -> str | None:
+    """After a first start failed or was interrupted before its CA was complete: remove
+    what it made; what to say about it, in one line (and what is left to do, if any)."""
+    removed = unwind.remove()
+    what = "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    advice = hierarchy.unfinished_init_advice(cfg.data_dir)
+    if advice is None and other_ca_records(cfg.sqlalchemy_url) is not None:
+        advice = (
+            "its records stay in the database: start again with an empty one (EPORT_DATABASE_URL)"
+        )
+    if advice is None and not removed:
+        return None
+    gone = f"removed what it had made ({', '.join(str(p) for p in removed)})" if removed else ""
+    rest = advice or "the next start makes the development CA afresh"
+    return f"the development CA's first start {what}: {'; '.join(x for x in (gone, rest) if x)}"

@@ -15,6 +15,8 @@ Layout under ``<data_dir>/ca/``::
     issuers/active.json   after a rollover: issuer id → the generation that issues now
     issuers/active.json.sig  the root's signature of it, in order (:mod:`ca.active_signature`)
     root.crl              the root's CRL (DER), signed at ceremonies
+    init.unfinished       only while the init ceremony runs (:func:`begin_init`): a CA
+                          whose init was cut short keeps it and is never served
 
 Every key access goes through :class:`~ca.signer.Signer`, so M-of-N custody and
 PKCS#11 tokens replace the software signers without touching issuance.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +112,90 @@ def ca_dir(data_dir: Path) -> Path:
 
 
 def exists(data_dir: Path) -> bool:
+    """``root.crt`` is there: a CA, or what an init that did not finish left (for that,
+    :func:`unfinished_init`)."""
     return (ca_dir(data_dir) / "root.crt").exists()
+
+
+UNFINISHED_FILE = "init.unfinished"
+"""Written durably before the init ceremony makes anything in ``ca/``, removed durably
+once everything is written and committed (keys, database records, custody record, first
+officers and CRLs, the ceremony's own files): ``root.crt`` is written before the
+database records and the officers, so it cannot mark a complete init. A CA made by an
+earlier release has no such file and is complete (:func:`ca.db.unrecorded_root` tells
+one of those that was cut short)."""
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def begin_init(data_dir: Path, command: str, out: Path | None = None) -> None:
+    """Mark the init ceremony of ``data_dir`` as started (``command``: what runs it;
+    ``out``: where it writes its own files), durably, before it makes anything there."""
+    from ca.privatefiles import make_data_dir
+    from ca.signer import write_private
+
+    make_data_dir(Path(data_dir))
+    d = ca_dir(data_dir)
+    d.mkdir(mode=0o700, exist_ok=True)
+    note: dict[str, str] = {
+        "command": command,
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if out is not None:
+        note["out"] = str(Path(out).absolute())
+    write_private(d / UNFINISHED_FILE, (json.dumps(note) + "\n").encode())
+    _sync_dir(d)
+
+
+def finish_init(data_dir: Path) -> None:
+    """The init ceremony's last step: the CA is complete (durably)."""
+    d = ca_dir(data_dir)
+    (d / UNFINISHED_FILE).unlink(missing_ok=True)
+    _sync_dir(d)
+
+
+def unfinished_init(data_dir: Path) -> dict[str, str] | None:
+    """What :func:`begin_init` noted, if the init ceremony of ``data_dir`` started and
+    did not finish (interrupted, killed, or failed); None otherwise."""
+    path = ca_dir(data_dir) / UNFINISHED_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        note = json.loads(text)
+    except ValueError:  # torn: the note is only for the message
+        return {}
+    return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
+
+
+def unfinished_init_advice(data_dir: Path) -> str | None:
+    """One sentence on an init of ``data_dir`` that did not finish and what to do (None
+    if none): remove what it left, and run it again. Nothing of it was ever served."""
+    note = unfinished_init(data_dir)
+    if note is None:
+        return None
+    command = note.get("command", "eport ca init")
+    started = f" (started {note['started']})" if "started" in note else ""
+    out = note.get("out")
+    if command == "eport serve --dev":
+        return (
+            f"the first start of `eport serve --dev` in {data_dir}{started} did not finish "
+            f"making its development CA: remove {data_dir} and start again"
+        )
+    left = f"{data_dir}" + (f" (and share files in {out})" if out else "")
+    remove = f"{data_dir}" + (f" and {out}" if out else " and that init's --out directory")
+    return (
+        f"an earlier `{command}` of {data_dir}{started} did not finish (interrupted or "
+        f"failed): it left an incomplete CA in {left}, never served; remove {remove} and "
+        "run `eport ca init` again"
+    )
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
@@ -205,7 +291,9 @@ def create(
         root_signs(root)
     if root_key is not None:
         root_sealer.seal(root_key, d / "root.key")
-    _write_cert(d / "root.crt", root_cert)  # written last: its presence marks a complete init
+    # Last of the hierarchy's files, but no mark of a complete init: the database records
+    # and the officers come after it (ca.ceremony.initialize; UNFINISHED_FILE marks that)
+    _write_cert(d / "root.crt", root_cert)
     del root_key, root_signer, root
     return Hierarchy(
         root=root_cert,
@@ -237,9 +325,13 @@ def _load_signer(
 
 
 def check_complete(data_dir: Path) -> None:
-    """Refuse, in one line, a hierarchy without the files every CA of this release has
-    (a development CA made before the transparency log and the root CRL, schema 0001,
-    or a damaged directory), instead of a missing-file error in each worker."""
+    """Refuse, in one line, a hierarchy whose init did not finish
+    (:func:`unfinished_init`), or without the files every CA of this release has (a
+    development CA made before the transparency log and the root CRL, schema 0001, or a
+    damaged directory), instead of a missing-file error in each worker."""
+    advice = unfinished_init_advice(data_dir)
+    if advice is not None:
+        raise EPortError(f"the CA in {ca_dir(data_dir)} cannot be used: {advice}")
     d = ca_dir(data_dir)
     missing = [name for name in ("root.crl", "log.pub", "log.key") if not (d / name).exists()]
     if missing:

@@ -330,11 +330,17 @@ def ca_init(
     if policies_dir is not None:
         overrides["policies_dir"] = policies_dir
     cfg = CAConfig.load(overrides)
-    if h.exists(data_dir):
-        raise CLIError(f"{data_dir} already holds a CA; a second init would orphan it")
-    from ca.db import other_ca_records
+    from ca.db import other_ca_records, unrecorded_root
 
     refusal = other_ca_records(cfg.sqlalchemy_url)
+    unfinished = h.unfinished_init_advice(data_dir)
+    if unfinished is not None:
+        raise CLIError(unfinished + _records_kept(cfg.sqlalchemy_url, data_dir, refusal))
+    if h.exists(data_dir):
+        raise CLIError(
+            unrecorded_root(cfg.sqlalchemy_url, data_dir)
+            or f"{data_dir} already holds a CA; a second init would orphan it"
+        )
     if refusal is not None:
         raise CLIError(refusal)
     if (out / "officers").exists() or (out / "shares").exists():
@@ -367,48 +373,64 @@ def ca_init(
         pkcs11.login(token.uri)  # a wrong PIN or token fails here, before any key is made
     made = custody.establish(members, policies.members.threshold)
     token_keys: list[Any] = []
+    # Taken before anything is made: on an error or Ctrl-C before the init completes,
+    # what this run made goes (and only that); kill -9 leaves ca/init.unfinished, which
+    # the next init and `eport serve` name (h.unfinished_init_advice)
+    unwind = _init_unwind(data_dir, out, cfg.sqlalchemy_url)
     try:
-        shares_dir = out / "shares"
-        share_files: dict[str, dict[str, Any]] = {}
-        for member, _ in members:
-            cipher = _share_cipher(protectors[member], made.record.custody_id, member)
-            if not isinstance(cipher, bytes):
-                token_keys.append(cipher)
-            blob = custody.seal_share_file(made.record, made.shares[member], cipher)
-            path = shares_dir / f"{member}.share"
-            write_private(path, blob)
-            share_files[member] = _share_entry(path, made.shares[member], cipher)
-        done = initialize(
-            cfg,
-            policies,
-            officer_passphrase=lambda _mid: officer_pw,
-            officer_dir=out / "officers",
-            actor="ceremony:init",
-            custody_set=made,
-            token=token,
+        try:
+            h.begin_init(data_dir, "eport ca init", out)
+            shares_dir = out / "shares"
+            share_files: dict[str, dict[str, Any]] = {}
+            for member, _ in members:
+                cipher = _share_cipher(protectors[member], made.record.custody_id, member)
+                if not isinstance(cipher, bytes):
+                    token_keys.append(cipher)
+                blob = custody.seal_share_file(made.record, made.shares[member], cipher)
+                path = shares_dir / f"{member}.share"
+                write_private(path, blob)
+                share_files[member] = _share_entry(path, made.shares[member], cipher)
+            done = initialize(
+                cfg,
+                policies,
+                officer_passphrase=lambda _mid: officer_pw,
+                officer_dir=out / "officers",
+                actor="ceremony:init",
+                custody_set=made,
+                token=token,
+                out=out,
+                finish=False,
+            )
+        finally:
+            made.wipe()
+        out.mkdir(parents=True, exist_ok=True)
+        root_pem = done.hierarchy.root.public_bytes(serialization.Encoding.PEM)
+        (out / "root.crt").write_bytes(root_pem)
+        (out / "custody.json").write_text(
+            json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
         )
-    except BaseException:
+        _copy_signature(custody_signature.signature_path(data_dir), out)
+        record: dict[str, Any] = {
+            "root": describe(done.hierarchy.root),
+            "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
+            "officers": {k: str(v) for k, v in done.officers.items()},
+            "members": [m for m, _ in members],
+            "threshold": policies.members.threshold,
+            "custody_id": made.record.custody_id,
+            "sequence": made.record.sequence,
+            "shares": share_files,
+        }
+        ceremony_json = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        (out / "ceremony.json").write_text(ceremony_json)
+        h.finish_init(data_dir)  # the last step: from here on the CA is complete
+    except BaseException as exc:
         _forget_token_keys(token_keys)  # a failed ceremony leaves no key in a custodian's token
+        said = _unwind_init(unwind, exc, data_dir, cfg.sqlalchemy_url)
+        if said is not None and isinstance(exc, KeyboardInterrupt):
+            raise CLIError(said) from None  # the one line (not click's "Aborted.")
+        if said is not None:
+            click.echo(f"eport: {said}", err=True)  # the error itself follows
         raise
-    finally:
-        made.wipe()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "root.crt").write_bytes(done.hierarchy.root.public_bytes(serialization.Encoding.PEM))
-    (out / "custody.json").write_text(
-        json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
-    )
-    _copy_signature(custody_signature.signature_path(data_dir), out)
-    record: dict[str, Any] = {
-        "root": describe(done.hierarchy.root),
-        "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
-        "officers": {k: str(v) for k, v in done.officers.items()},
-        "members": [m for m, _ in members],
-        "threshold": policies.members.threshold,
-        "custody_id": made.record.custody_id,
-        "sequence": made.record.sequence,
-        "shares": share_files,
-    }
-    (out / "ceremony.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     m, n = policies.members.threshold, len(members)
     lines = [
         f"Joint CA created in {data_dir}/ca/ under {m}-of-{n} custody "
@@ -432,6 +454,66 @@ def ca_init(
         f"{m} custodians run `eport ca unseal`."
     )
     _emit(as_json, record, "\n".join(lines))
+
+
+_INIT_OUT_FILES = ("shares", "officers", "root.crt", "custody.json", "custody.json.sig")
+"""What ``eport ca init`` writes in its --out directory (``ceremony.json`` last)."""
+
+
+def _init_unwind(data_dir: Path, out: Path, url: str) -> Any:
+    """What ``eport ca init`` is about to make that is not there yet: the data
+    directory (or its ca/), its own SQLite database, the --out directory (or its files)."""
+    from ca.ceremony import Unwind
+    from ca.hierarchy import ca_dir
+    from ca.privatefiles import SIDE_FILES, sqlite_file
+
+    database = sqlite_file(url)
+    databases = [] if database is None else [database]
+    databases += [database.with_name(database.name + s) for s in SIDE_FILES] if database else []
+    return Unwind.of(
+        data_dir,
+        ca_dir(data_dir),
+        *databases,
+        out,
+        *(out / name for name in _INIT_OUT_FILES),
+        out / "ceremony.json",
+    )
+
+
+def _unwind_init(unwind: Any, exc: BaseException, data_dir: Path, url: str) -> str | None:
+    """After ``eport ca init`` failed or was interrupted before it completed: remove what
+    it made; what to say about it, in one line (and what is left to do, if anything)."""
+    from ca import hierarchy as h
+    from ca.db import other_ca_records
+
+    removed = unwind.remove()
+    what = "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    advice = h.unfinished_init_advice(data_dir)  # a ca/ there before it is not removed
+    if advice is not None:
+        return f"the init {what}: {advice}"
+    kept = _records_kept(url, data_dir, other_ca_records(url))
+    if not removed and not kept:
+        return None  # it failed before it made anything
+    gone = f"removed what it had made ({', '.join(str(p) for p in removed)})" if removed else ""
+    rest = kept.lstrip("; ") if kept else "nothing of it is left: run `eport ca init` again"
+    return f"the init {what}: {'; '.join(x for x in (gone, rest) if x)}"
+
+
+def _records_kept(url: str, data_dir: Path, refusal: str | None) -> str:
+    """``"; …"``: what to do about the records an unfinished init committed to a database
+    that removing its data directory does not remove (``refusal``: that it holds
+    records, :func:`ca.db.other_ca_records`); ``""`` if there is none."""
+    from sqlalchemy.engine import make_url
+
+    from ca.privatefiles import sqlite_file
+
+    if refusal is None:
+        return ""
+    database = sqlite_file(url)
+    if database is not None and database.absolute().is_relative_to(Path(data_dir).absolute()):
+        return ""
+    where = make_url(url).render_as_string(hide_password=True)
+    return f"; the database {where} keeps its records: the next init needs an empty database"
 
 
 def _copy_signature(signature: Path, out: Path) -> None:

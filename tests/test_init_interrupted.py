@@ -1,0 +1,194 @@
+"""An init cut short: `eport ca init` (and the development CA's first start under
+`eport serve --dev`) interrupted by Ctrl-C or killed with SIGKILL after the hierarchy's
+files (ca/root.crt among them) were written but before the database records, the custody
+record's event and the RA officers were.
+
+Ctrl-C: the run removes what it made and says so in one line, and the next init works.
+SIGKILL: nothing can be cleaned up; the next init says, in one line, that the earlier one
+did not finish and what to remove, and `eport serve` refuses the half CA (it used to
+start it, and custodians unsealed a CA with no root in its log and no officer)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import EPORT, free_port, start_server, stop
+from tests.test_ca_init import custodian_env
+
+pytestmark = pytest.mark.slow  # each runs `eport ca init` or a first start, ~5 s
+
+
+def _cut_short(cmd: list[str], data: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """Run ``eport CMD``, and send it ``sig`` as soon as ``data/ca/root.crt`` exists: after
+    the keys and before the records and officers (about a second later)."""
+    proc = subprocess.Popen(
+        [EPORT, *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=custodian_env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (data / "ca" / "root.crt").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no ca/root.crt"
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _eport(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EPORT, *args], capture_output=True, text=True, env=custodian_env(), timeout=120
+    )
+
+
+def _events(data: Path) -> int:
+    with sqlite3.connect(data / "eport.db") as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The one line of stderr (after --dev's warning), an error, and exit status 1."""
+    lines = [
+        line
+        for line in res.stderr.strip().splitlines()
+        if not line.startswith("WARNING: development mode")
+    ]
+    assert res.returncode == 1 and len(lines) == 1, res
+    assert lines[0].startswith("eport: error: "), lines
+    return lines[0]
+
+
+def test_init_killed_after_the_keys_is_named_by_the_next_init_and_refused_by_serve(
+    tmp_path: Path,
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    killed = _cut_short(
+        ["ca", "init", "--data-dir", str(data), "--out", str(out)], data, signal.SIGKILL
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (data / "ca" / "root.crt").exists() and not (out / "ceremony.json").exists()
+
+    again = _eport("ca", "init", "--data-dir", str(data), "--out", str(tmp_path / "o2"))
+    line = _one_error_line(again)
+    assert "did not finish" in line and "a second init would orphan it" not in line, line
+    assert f"remove {data} and {out}" in line and "run `eport ca init` again" in line, line
+    # Nothing was removed: the user does that, once told
+    assert (data / "ca" / "root.key").exists() and (out / "shares").is_dir()
+    assert not (tmp_path / "o2").exists()
+
+    port = free_port()
+    served = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        env=custodian_env(),
+        timeout=120,
+    )
+    line = _one_error_line(served)
+    assert "cannot be used" in line and "did not finish" in line, line
+    assert "Unseal key fingerprint" not in served.stdout + served.stderr
+
+
+def test_init_interrupted_by_ctrl_c_removes_what_it_made_and_the_next_init_works(
+    tmp_path: Path,
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    cmd = ["ca", "init", "--data-dir", str(data), "--out", str(out)]
+    stopped = _cut_short(cmd, data, signal.SIGINT)
+    line = _one_error_line(stopped)
+    assert "the init was interrupted: removed what it had made" in line, line
+    assert "run `eport ca init` again" in line, line
+    assert not data.exists() and not out.exists()
+
+    done = _eport(*cmd, "--json")
+    assert done.returncode == 0, done.stderr
+    assert not (data / "ca" / "init.unfinished").exists()
+    assert (out / "ceremony.json").exists() and _events(data) > 0
+
+
+def test_init_cut_short_by_an_earlier_release_is_told_apart_from_a_ca(tmp_path: Path) -> None:
+    """A release before the unfinished-init mark left no mark: a CA under custody whose
+    database records no root is what its init left when killed after the keys."""
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    _cut_short(["ca", "init", "--data-dir", str(data), "--out", str(out)], data, signal.SIGKILL)
+    (data / "ca" / "init.unfinished").unlink()  # what an earlier release left
+    assert _events(data) == 0
+
+    again = _eport("ca", "init", "--data-dir", str(data), "--out", str(tmp_path / "o2"))
+    line = _one_error_line(again)
+    assert "records no root certificate" in line and "did not finish" in line, line
+
+    served = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=custodian_env(),
+        timeout=120,
+    )
+    line = _one_error_line(served)
+    assert "records no root certificate" in line, line
+    assert "Unseal key fingerprint" not in served.stdout
+
+
+def _serve_dev(data: Path) -> list[str]:
+    return ["serve", "--dev", "--data-dir", str(data), "--port", str(free_port())]
+
+
+def test_dev_first_start_killed_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    killed = _cut_short(_serve_dev(data), data, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    again = subprocess.run(
+        [EPORT, *_serve_dev(data)], capture_output=True, text=True, env=custodian_env(), timeout=120
+    )
+    line = _one_error_line(again)
+    assert "`eport serve --dev`" in line and "did not finish" in line, line
+    assert f"remove {data} and start again" in line, line
+
+
+def test_dev_first_start_interrupted_by_ctrl_c_is_made_afresh_next_time(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    stopped = _cut_short(_serve_dev(data), data, signal.SIGINT)
+    line = _one_error_line(stopped)
+    assert "first start was interrupted: removed what it had made" in line, line
+    assert not (data / "ca").exists() and not (data / "dev").exists()
+    assert not (data / "eport.db").exists()
+
+    srv, proc = start_server(data, workers=1)
+    try:
+        assert requests.get(srv.url + "/ca/v1/health", timeout=5).json()["status"] == "ok"
+        assert (data / "dev" / ".complete").exists()
+        assert not (data / "ca" / "init.unfinished").exists()
+        assert _events(data) > 0
+    finally:
+        stop(proc)
+
+
+def test_a_complete_ca_has_no_unfinished_mark_and_a_rerun_removes_nothing(
+    tmp_path: Path,
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    assert _eport("ca", "init", "--data-dir", str(data), "--out", str(out)).returncode == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert not (data / "ca" / "init.unfinished").exists()
+    again = _eport("ca", "init", "--data-dir", str(data), "--out", str(tmp_path / "o2"))
+    line = _one_error_line(again)
+    assert "already holds a CA" in line, line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert os.path.exists(data / "ca" / "root.key")
