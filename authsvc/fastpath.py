@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -27,7 +28,7 @@ from authsvc.proxy import HEADERS, Headers, TrustedProxies, forwarded_certificat
 from authsvc.service import TokenService
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError
-from ca.problems import PROBLEM_JSON, ErrorAnswers
+from ca.problems import PROBLEM_JSON, ErrorAnswers, unexpected_headers
 from ca.signedreq import TrustAnchors
 
 VALIDATE_PATH = "/auth/validate"
@@ -211,11 +212,16 @@ def _forwarded_form(environ: dict[str, Any]) -> bytes | None:
 def _server_error(
     start_response: Callable[..., Any], errors: ErrorAnswers, method: str, path: str
 ) -> Iterable[bytes]:
-    """The 500 Flask's handler would send (logged, nothing of the cause in the body)."""
-    _, body = errors.unexpected(method, path)
+    """The answer Flask's handler would send: a 500 (logged, nothing of the cause in the
+    body), a 507 for full storage, a 503 for a database that cannot be used now."""
+    status, body = errors.unexpected(method, path)
     start_response(
-        "500 INTERNAL SERVER ERROR",
-        [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))],
+        f"{status} {HTTPStatus(status).phrase.upper()}",
+        [
+            ("Content-Type", PROBLEM_JSON),
+            ("Content-Length", str(len(body))),
+            *unexpected_headers(status),
+        ],
     )
     return [body]
 

@@ -28,7 +28,7 @@ from ca.api import enrollment
 from ca.app import EXTENSION, CAService, reload_hierarchy
 from ca.errors import BadRequest, EPortError
 from ca.problems import EXTENSION as PROBLEMS
-from ca.problems import PROBLEM_JSON, ErrorAnswers
+from ca.problems import PROBLEM_JSON, ErrorAnswers, unexpected_headers
 from ca.wellformed import JSON_MEDIA_TYPE, json_object
 
 ENROLL_PATH = "/ca/v1/enroll"
@@ -92,6 +92,7 @@ def install_enroll_fast_path(app: Flask) -> None:
             environ["wsgi.input"] = io.BytesIO(body)  # Flask answers, from the same bytes
             return inner(environ, start_response)
         answers: ErrorAnswers = app.extensions[PROBLEMS]
+        extra: list[tuple[str, str]] = []
         try:
             with app.app_context():
                 reload_hierarchy(app)
@@ -107,8 +108,10 @@ def install_enroll_fast_path(app: Flask) -> None:
         except Exception:
             status, out = answers.unexpected("POST", ENROLL_PATH)
             content_type = PROBLEM_JSON
+            extra = unexpected_headers(status)
         start_response(
-            _status(status), [("Content-Type", content_type), ("Content-Length", str(len(out)))]
+            _status(status),
+            [("Content-Type", content_type), ("Content-Length", str(len(out))), *extra],
         )
         return [out]
 

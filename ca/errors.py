@@ -202,6 +202,16 @@ class StorageFull(EPortError):
     title = "Insufficient storage"
 
 
+class DatabaseUnavailable(EPortError):
+    """The database cannot be reached or used now (a lost or refused connection, a lock
+    not granted in time, a file opened read-only): 503, to be retried. A change asked
+    for may or may not have committed (its acknowledgement can be what was lost)."""
+
+    status = 503
+    slug = "database-unavailable"
+    title = "Database unavailable"
+
+
 def server_error_problem(detail: str = "the server failed") -> dict[str, Any]:
     """The RFC 9457 body of an unexpected failure: nothing about its cause goes out."""
     return {

@@ -15,7 +15,14 @@ from urllib.parse import quote
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ca.errors import BadRequest, EPortError, PayloadTooLarge, StorageFull, server_error_problem
+from ca.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    EPortError,
+    PayloadTooLarge,
+    StorageFull,
+    server_error_problem,
+)
 
 log = logging.getLogger("eport.http")
 PROBLEM_JSON = "application/problem+json"
@@ -25,6 +32,17 @@ SQLITE_FULL = 13
 PG_DISK_FULL = "53100"
 """PostgreSQL's SQLSTATE ``disk_full`` (Appendix A, class 53: insufficient resources)."""
 STORAGE_FULL_DETAIL = "the server's storage is full: try again once its operator has freed space"
+SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 14: "cannot open"}
+"""SQLite's primary result codes (sqlite3.h) that say the database cannot be used now
+(``SQLITE_BUSY``, ``SQLITE_LOCKED``, ``SQLITE_READONLY``, ``SQLITE_IOERR``,
+``SQLITE_CANTOPEN``), not that the request or our code is wrong."""
+DATABASE_UNAVAILABLE_DETAIL = (
+    "the database is unavailable or busy: try again shortly. If the request changes "
+    "something, whether it took effect is not known: look before sending it again (an "
+    "enrollment or renewal sent again with the same key gets the certificate if it was "
+    "issued, and uses no second code)"
+)
+RETRY_AFTER_SECONDS = 5
 
 
 def storage_full_cause(exc: BaseException | None) -> BaseException | None:
@@ -43,6 +61,34 @@ def storage_full_cause(exc: BaseException | None) -> BaseException | None:
         orig = getattr(exc, "orig", None)
         exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
     return None
+
+
+def database_unavailable_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain that says the database cannot be reached or used now:
+    a connection lost or refused, a lock not granted in time, a statement cancelled, a
+    database opened read-only (PostgreSQL's driver's ``OperationalError`` and
+    ``InterfaceError``, SQLite's busy, locked, read-only, I/O and open errors); None when
+    the failure is something else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in SQLITE_UNAVAILABLE:
+                return exc
+        elif type(exc).__module__.startswith("psycopg2") and any(
+            c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__
+        ):
+            return exc
+        orig = getattr(exc, "orig", None)
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
+    return None
+
+
+def unexpected_headers(status: int) -> list[tuple[str, str]]:
+    """Headers beyond the type and length for :meth:`ErrorAnswers.unexpected`'s answer:
+    ``Retry-After`` on a 503 (RFC 9110 §10.2.3)."""
+    return [("Retry-After", str(RETRY_AFTER_SECONDS))] if status == 503 else []
 
 
 def unreadable_body(exc: BaseException) -> bool:
@@ -120,10 +166,19 @@ class ErrorAnswers:
         may retry once space is freed) and logged in one line, without a traceback, so
         a full disk does not also fill the log. ``path`` is a URI reference, as
         ``domain``'s ``instance``."""
-        full = storage_full_cause(exc or sys.exc_info()[1])
+        exc = exc or sys.exc_info()[1]
+        full = storage_full_cause(exc)
         if full is not None:
             log.error("storage full on %s %s: %s", method, path, full)
             return 507, problem_body(StorageFull(STORAGE_FULL_DETAIL), path, self.dumps)
+        down = database_unavailable_cause(exc)
+        if down is not None:  # one line, no traceback: an outage is not a bug, nor a log flood
+            why = " ".join(str(down).split())[:300]
+            log.error(
+                "database unavailable on %s %s: %s: %s", method, path, type(down).__name__, why
+            )
+            problem = DatabaseUnavailable(DATABASE_UNAVAILABLE_DETAIL)
+            return 503, problem_body(problem, path, self.dumps)
         log.exception("unexpected error on %s %s", method, path)
         return 500, self.dumps(server_error_problem(self.unexpected_detail)).encode()
 
@@ -196,4 +251,7 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
                 BadRequest(f"the request body cannot be read as it is framed ({what})")
             )
         status, body = answers.unexpected(request.method, path, err)
-        return Response(body, status=status, mimetype=PROBLEM_JSON)
+        answer = Response(body, status=status, mimetype=PROBLEM_JSON)
+        for name, value in unexpected_headers(status):
+            answer.headers[name] = value
+        return answer

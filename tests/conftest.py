@@ -182,6 +182,8 @@ def start_server(
 class Postgres:
     port: int
     data: Path
+    start_args: tuple[str, ...] = ()
+    """``pg_ctl``'s arguments that start it again after a stop (:func:`pg_ctl`)."""
 
     def url(self, db: str) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
@@ -245,6 +247,23 @@ def cli_zygote() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL 15 server in a temporary directory, on a free loopback port."""
+    with postgres_cluster() as pg:
+        yield pg
+
+
+def pg_ctl(pg: Postgres, *args: str) -> None:
+    """``pg_ctl`` on ``pg``'s cluster (as the postgres user), e.g. ``stop -m immediate``."""
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(pg.data), *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Postgres]:
+    """A PostgreSQL 15 cluster of one's own (the session's is shared by the tests of this
+    process: stop it, and theirs fail), removed at the end."""
     need("initdb", str(PG_BIN / "initdb"))
     need("runuser")
     base = Path(tempfile.mkdtemp(prefix="eport-pg-"))
@@ -285,7 +304,7 @@ def postgres() -> Iterator[Postgres]:
         capture_output=True,
     )
     try:
-        yield Postgres(port, data)
+        yield Postgres(port, data, ("-o", opts, "-l", str(base / "pg.log"), "-w", "start"))
     finally:
         subprocess.run(
             [*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

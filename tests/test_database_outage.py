@@ -1,0 +1,90 @@
+"""The database going away under a running server (PostgreSQL stopped at once): every
+request that needs it gets a 503 problem+json with ``Retry-After`` (a client retries an
+outage; it does not report a bug), said in one log line rather than a traceback per
+request, and the server serves again by itself once the database is back. Found by
+probing: each such request was a 500 "the server failed; nothing was changed", false
+when the lost answer was that of a COMMIT that had reached the database."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.conftest import pg_ctl, postgres_cluster, start_server, stop
+
+APPLICATION = {"uscc": "91350100M000100Y43", "legal_name": "Outage Trading Co."}
+
+
+def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
+    tmp_path: Path,
+) -> None:
+    with postgres_cluster() as pg:
+        ca_db, auth_db = pg.createdb("outage_ca"), pg.createdb("outage_auth")
+        # One worker, up before the database goes (health answers once it has booted).
+        srv, proc = start_server(
+            tmp_path / "data", ca_db, workers=1, extra_env={"EPORT_AUTH_DATABASE_URL": auth_db}
+        )
+        try:
+            url = srv.url
+            r = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
+            assert r.status_code == 201, r.text
+            pg_ctl(pg, "-m", "immediate", "stop")
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(x509.Name([]))
+                .sign(key, hashes.SHA256())
+                .public_bytes(serialization.Encoding.PEM)
+                .decode()
+            )
+            asks = [
+                ("POST", "/ca/v1/applications", {"json": APPLICATION}),
+                ("GET", f"/ca/v1/applications/{r.json()['id']}", {}),
+                # the enrollment's fast path, before Flask
+                (
+                    "POST",
+                    "/ca/v1/enroll",
+                    {"json": {"code": "A" * 32, "profile": "enterprise", "csr": csr}},
+                ),
+                # the token service's own database
+                (
+                    "POST",
+                    "/auth/token",
+                    {
+                        "data": {
+                            "grant_type": "refresh_token",
+                            "refresh_token": "x" * 43,
+                            "audience": "customs-declaration",
+                        }
+                    },
+                ),
+            ]
+            for method, path, kw in asks:
+                got = requests.request(method, url + path, timeout=60, **kw)  # type: ignore[arg-type]
+                assert got.status_code == 503, (path, got.status_code, got.text)
+                assert got.headers["Content-Type"] == "application/problem+json"
+                assert got.headers["Retry-After"] == "5"
+                doc = got.json()
+                assert doc["type"] == "urn:eport:problem:database-unavailable", doc
+                assert "whether it took effect is not known" in doc["detail"]
+                assert "nothing was changed" not in doc["detail"]
+            log = srv.log.read_text(errors="replace")
+            assert "database unavailable on POST /ca/v1/applications" in log
+            assert "Traceback" not in log, log[-3000:]
+            pg_ctl(pg, *pg.start_args)
+            deadline = time.monotonic() + 30
+            while True:  # the pool reconnects by itself: no restart
+                again = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
+                if again.status_code == 201 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert again.status_code == 201, again.text
+            assert json.loads(again.text)["state"] == "pending"
+        finally:
+            stop(proc)
