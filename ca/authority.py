@@ -537,10 +537,11 @@ class JointCA:
                 [app],
                 now,
                 f"application {app_id}",
-                "its holder renews it (eport renew), or an officer revokes it first (eport revoke)",
+                "its holder renews it (eport renew), or an officer revokes it first "
+                "(eport revoke --serial SERIAL --reason REASON)",
                 held_remedy="a certificate on hold signs nothing, so an officer lifts its hold "
                 "first (eport resume --serial SERIAL) and its holder renews it (eport renew), or "
-                "an officer revokes it (eport revoke --serial SERIAL)",
+                "an officer revokes it (eport revoke --serial SERIAL --reason REASON)",
             )
             self._refuse_second_credential(tx, app, now)
             last = tx.last_codes([app_id]).get(app_id)
@@ -721,7 +722,7 @@ class JointCA:
                 now,
                 f"operator {clean_id}",
                 "the operator renews it (eport renew), or the enterprise revokes it first "
-                "(eport revoke --serial SERIAL)",
+                "(eport revoke --serial SERIAL --reason REASON)",
             )
             withdrawn = tx.withdraw_codes([a.id for a in earlier], now)
             tx.add_application(app)

@@ -413,8 +413,8 @@ def credential_refusal(
     return Conflict(
         f"enterprise {uscc} already holds legal-person certificate {serial_hex}{held}, in "
         f"force until {not_after:%Y-%m-%dT%H:%M:%SZ} (an enterprise holds one): {renews}, "
-        f"or it is revoked first (eport revoke --serial {serial_hex}; a lost key: an RA "
-        "officer revokes it, --reason keyCompromise)",
+        f"or it is revoked first (eport revoke --serial {serial_hex} --reason superseded; "
+        "a lost key: an RA officer revokes it, --reason keyCompromise)",
         serial=serial_hex,
     )
 

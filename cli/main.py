@@ -794,7 +794,8 @@ def _exists(path: Path) -> bool:
 @click.option(
     "--passphrase-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Passphrase for the new key (else EPORT_PASSPHRASE, else a prompt).",
+    help="Passphrase for the new key, at least 8 characters (else EPORT_PASSPHRASE, "
+    "else a prompt).",
 )
 @click.option("--p12", is_flag=True, help="Also write bundle.p12 (PKCS#12, same passphrase).")
 @click.option(
@@ -1305,9 +1306,10 @@ def ra_new_code(
     unused codes stop working at once, so only the new one is live. Refused
     while a certificate issued on the application is in force: its holder
     renews with it (eport renew), or, for a lost key, an officer revokes it
-    first (eport revoke); for an enterprise, also while its USCC holds another
-    enterprise certificate in force. Not for an operator: its enterprise
-    authorizes it again (eport operator add). Recorded in the audit log.
+    first (eport revoke --serial SERIAL --reason keyCompromise); for an
+    enterprise, also while its USCC holds another enterprise certificate in
+    force. Not for an operator: its enterprise authorizes it again (eport
+    operator add). Recorded in the audit log.
 
     \b
       eport ra new-code app_bibk3oqb5wcrvrjo --cert officer.pem --key officer.key
@@ -1388,7 +1390,8 @@ def ra_withdraw(
     For an approval found wrong after the code went out: the application's
     unused codes stop working at once and it reads as rejected, with the
     reason. Refused while a certificate issued on it is in force: revoke that
-    first (eport revoke). Recorded in the audit log.
+    first (eport revoke --serial SERIAL --reason REASON). Recorded in the audit
+    log.
 
     \b
       eport ra withdraw APP_ID --reason "approved under the wrong USCC" \\
@@ -1445,7 +1448,7 @@ def operator_add(
     Run it again for the same --id when the code was lost or expired: the
     earlier unused code stops working. Refused while a certificate of that
     operator id is in force: the operator renews it (eport renew), or you
-    revoke it first (eport revoke --serial SERIAL).
+    revoke it first (eport revoke --serial SERIAL --reason REASON).
 
     \b
       eport operator add --name "Li Wei" --id E1024 --cert ent/cert.pem --key ent/key.pem
