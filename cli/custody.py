@@ -1089,7 +1089,8 @@ def announce_sealed_start(data_dir: Path) -> None:
     public = raw_public(boot.ceremony_key(boot.unseal_ceremony_id).public_key())
     click.secho(
         "The CA starts SEALED: issuance is refused until M custodians run "
-        "`eport ca unseal --share FILE`.",
+        "`eport ca unseal --share FILE --fingerprint FINGERPRINT` with the fingerprint "
+        "below.",
         fg="yellow",
         err=True,
     )
