@@ -47,11 +47,29 @@ def _read_secret_file(path: Path) -> bytes:
         raise CLIError(f"cannot read passphrase file {path}: {exc.strerror}") from None
 
 
+def member_env(prefix: str, member: str) -> str:
+    """The environment variable ``prefix`` + the member id, upper case, a ``-`` as ``_``
+    (``EPORT_SHARE_PASSPHRASE_FOREIGN_EXCHANGE`` for ``foreign-exchange``): a name a POSIX
+    shell can export."""
+    return prefix + member.upper().replace("-", "_")
+
+
+def _member_secret(prefix: str, member: str) -> str | None:
+    """The value of :func:`member_env`'s variable, or of the name with the ``-`` kept
+    (set by ``env``, as earlier releases documented it); None if neither is set."""
+    for name in dict.fromkeys((member_env(prefix, member), prefix + member.upper())):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
 def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
+    from_env = _member_secret("EPORT_CUSTODIAN_PASSPHRASE_", member)
     if member in files:
         value = _read_secret_file(files[member])
-    elif os.environ.get(f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"):
-        value = os.environ[f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"].encode()
+    elif from_env is not None:
+        value = from_env.encode()
     else:
         try:
             value = secret_prompt(
@@ -60,8 +78,8 @@ def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -
         except click.Abort:
             raise CLIError(
                 f"the custodian of {member} must choose a passphrase: "
-                f"--custodian-passphrase {member}=FILE or EPORT_CUSTODIAN_PASSPHRASE_"
-                f"{member.upper()}"
+                f"--custodian-passphrase {member}=FILE or "
+                f"{member_env('EPORT_CUSTODIAN_PASSPHRASE_', member)}"
             ) from None
     if len(value) < MIN_PASSPHRASE:
         raise CLIError(f"the passphrase of {member}'s share must have at least 12 characters")
@@ -601,8 +619,9 @@ def _member_files(items: tuple[str, ...], option: str, known: set[str]) -> dict[
 def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
     if member in files:
         return _read_secret_file(files[member])
-    if os.environ.get(f"EPORT_SHARE_PASSPHRASE_{member.upper()}"):
-        return os.environ[f"EPORT_SHARE_PASSPHRASE_{member.upper()}"].encode()
+    from_env = _member_secret("EPORT_SHARE_PASSPHRASE_", member)
+    if from_env is not None:
+        return from_env.encode()
     try:
         return secret_prompt(
             f"{custodian} ({member}): passphrase of your current share file"
@@ -610,7 +629,7 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     except click.Abort:
         raise CLIError(
             f"the passphrase of {member}'s share file is needed: --share-passphrase "
-            f"{member}=FILE or EPORT_SHARE_PASSPHRASE_{member.upper()}"
+            f"{member}=FILE or {member_env('EPORT_SHARE_PASSPHRASE_', member)}"
         ) from None
 
 
