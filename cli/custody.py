@@ -733,6 +733,7 @@ def ca_reshare(
     cfg = CAConfig.load(overrides)
     if not h.exists(data_dir) or not custody_files.under_custody(data_dir):
         raise CLIError(f"{data_dir} holds no CA under joint custody (eport ca init)")
+    h.check_complete(data_dir)  # an init cut short is no CA to re-share
     if (out / "shares").exists():
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)

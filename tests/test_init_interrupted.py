@@ -103,6 +103,14 @@ def test_init_killed_after_the_keys_is_named_by_the_next_init_and_refused_by_ser
     line = _one_error_line(served)
     assert "cannot be used" in line and "did not finish" in line, line
     assert "Unseal key fingerprint" not in served.stdout + served.stderr
+    # Nor is it a CA to re-share.
+    shares = [a for f in sorted((out / "shares").iterdir())[:3] for a in ("--share", str(f))]
+    reshared = _eport(
+        "ca", "reshare", "--data-dir", str(data), "--out", str(tmp_path / "o3"), *shares
+    )
+    line = _one_error_line(reshared)
+    assert "cannot be used" in line and "did not finish" in line, line
+    assert not (tmp_path / "o3").exists()
 
 
 def test_init_interrupted_by_ctrl_c_removes_what_it_made_and_the_next_init_works(
