@@ -27,10 +27,31 @@ MIGRATION_LOCK = 0x6570_6F72_7401
 """PostgreSQL advisory lock key of the CA's migrations ("eport" and 1)."""
 
 
+PG_CONNECT_DEFAULTS: dict[str, object] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq's bounds on a PostgreSQL server that does not answer: 10 s to connect; a silent
+peer (a network partition, a host gone) is found by TCP keepalives after about a minute,
+and data left unacknowledged for 30 s drops the connection. Without them a request, and
+the worker thread serving it, waited for ever; and ``eport serve`` started against such
+a server printed nothing. The database URL's own parameters win."""
+
+
 def engine_options(url: str) -> dict[str, object]:
     """Ping pooled connections before use only over a network: a SQLite file needs no
-    liveness check, and the ping is a query on every checkout (the OCSP hot path)."""
-    return {"pool_pre_ping": not url.startswith("sqlite")}
+    liveness check, and the ping is a query on every checkout (the OCSP hot path).
+    PostgreSQL connections get :data:`PG_CONNECT_DEFAULTS` unless the URL sets them."""
+    options: dict[str, object] = {"pool_pre_ping": not url.startswith("sqlite")}
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        given = set(parsed.query)
+        options["connect_args"] = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
+    return options
 
 
 def make_engine(url: str) -> Engine:

@@ -7,16 +7,22 @@ when the lost answer was that of a COMMIT that had reached the database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import pg_ctl, postgres_cluster, start_server, stop
+from tests.conftest import EPORT, pg_ctl, postgres_cluster, start_server, stop
 
 APPLICATION = {"uscc": "91350100M000100Y43", "legal_name": "Outage Trading Co."}
 
@@ -88,3 +94,45 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             assert json.loads(again.text)["state"] == "pending"
         finally:
             stop(proc)
+
+
+@pytest.mark.slow
+def test_a_database_server_that_never_answers_is_a_clear_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL address that takes the TCP connection and says nothing (a hung
+    server, a black hole): `eport serve` printed nothing and waited for ever. libpq's
+    connect timeout now ends it with the one-line database error."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])  # and never a byte back
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"postgresql+psycopg2://eport@127.0.0.1:{port}/eport"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(EPORT_DATABASE_URL=url, EPORT_AUTH_DATABASE_URL=url)
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(
+            [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
+        )
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    assert time.monotonic() - t0 < 60
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "timeout" in lines[0].lower(), done.stderr
+    assert "Traceback" not in done.stderr
