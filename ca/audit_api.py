@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
 from sqlalchemy import CursorResult, Row, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ca import translog
 from ca.api import int_arg, parse_serial, private_answers
@@ -134,6 +134,19 @@ def session() -> Session:
     from ca.app import session_of
 
     return session_of()
+
+
+def read_session() -> Session:
+    """The request's session for reading only: on SQLite a deferred ``BEGIN``, so that the
+    public log's reads never queue for the write lock a writer holds (an open transaction,
+    e.g. a signed request's replay check, is joined as it is)."""
+    from ca.store import READ_ONLY
+
+    s = session()
+    real = s() if isinstance(s, scoped_session) else s
+    if not real.in_transaction():
+        real.connection(execution_options={READ_ONLY: True})
+    return s
 
 
 # -- who reads ----------------------------------------------------------------------------
@@ -475,12 +488,19 @@ def checkpoint() -> Response:
     size = request.args.get("size")
     if size is not None:
         wanted = int_arg("size", None, 0, 2**63 - 1)
-        stored = _committed(lambda s: svc.signer.stored(s, wanted))
+        s = read_session()
+        stored = svc.signer.stored(s, wanted)
+        s.rollback()
         if stored is None:
             raise NotFound(f"no checkpoint was signed for tree size {wanted}")
         note = stored.note
     else:
-        note = _committed(svc.signer.latest).note
+        # The head's checkpoint, when one was signed, is read without the write lock;
+        # a head that grew since is signed (and stored) in a write transaction.
+        s = read_session()
+        signed = svc.signer.stored(s, translog.read_head(s)[0])
+        s.rollback()
+        note = signed.note if signed is not None else _committed(svc.signer.latest).note
     resp = Response(note, mimetype="text/plain")
     resp.headers["Content-Type"] = "text/plain; charset=utf-8"
     resp.cache_control.no_store = True
@@ -491,7 +511,7 @@ def checkpoint() -> Response:
 def log_key() -> Response:
     """The log's verifier key (C2SP signed-note) and origin. Pin it out of band."""
     svc = audit_service()
-    s = session()
+    s = read_session()
     pem = (
         svc.log_public_key(s)
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -509,7 +529,7 @@ def log_key_handovers() -> Response:
     (:meth:`ca.translog.CheckpointSigner.hand_over`). An auditor whose state pins an
     older key follows them to the current one (``eport audit verify``). Public, as
     checkpoints are; served by every host, a stale one included (it signs nothing here)."""
-    s = session()
+    s = read_session()
     found = translog.handovers(s)
     s.rollback()
     return jsonify(
@@ -529,7 +549,7 @@ def inclusion_proof() -> Response:
     By serial the answer also carries the entry, so it needs a reader allowed to see
     it: an enterprise proves only its own certificates.
     """
-    s = session()
+    s = read_session()
     size = _tree_size(s)
     serial = request.args.get("serial")
     out: dict[str, Any] = {"tree_size": size}
@@ -556,7 +576,7 @@ def inclusion_proof() -> Response:
 @bp.get("/proof/consistency")
 def consistency_proof() -> Response:
     """``PROOF(from, D[to])`` (RFC 9162 §2.1.4.1); empty for ``from`` 0 or ``from == to``."""
-    s = session()
+    s = read_session()
     to = _tree_size(s, "to")
     old = int_arg("from", None, 0, to)
     proof = translog.tree_at(s, to).consistency_proof(old, to)
@@ -575,7 +595,7 @@ def entries() -> Response:
     ``Eport-Log-Count`` says how many entries it holds.
     """
     _require_all(signed_reader(), "reading the whole log")
-    s = session()
+    s = read_session()
     head = translog.read_head(s)[0]
     start = int_arg("start", 0, 0, 2**63 - 1)
     count = int_arg("count", MAX_BUNDLE, 1, MAX_BUNDLE)
@@ -626,7 +646,7 @@ def events() -> Response:
     flt = EventFilter.from_args(request.args).for_reader(reader)
     limit = int_arg("limit", 1000, 1, MAX_EVENTS_PAGE)
     after = request.args.get("after")
-    s = session()
+    s = read_session()
     rows = find_events(
         s, flt, after=int_arg("after", 0, -1, 2**63 - 1) if after is not None else None, limit=limit
     )
@@ -657,7 +677,7 @@ def event_digests() -> Response:
     _require_all(signed_reader(), "reading the whole log")
     from ca.merkle import leaf_hash
 
-    s = session()
+    s = read_session()
     head = translog.read_head(s)[0]
     start = int_arg("start", 0, 0, 2**63 - 1)
     count = int_arg("count", MAX_BUNDLE, 1, MAX_BUNDLE)
@@ -687,7 +707,7 @@ def certificates() -> Response:
     issuances in the log. Streamed in serial order, in bounded memory.
     """
     _require_all(signed_reader(), "the list of every certificate")
-    s = session()
+    s = read_session()
 
     def lines() -> Iterator[bytes]:
         # Keyset chunks, each read in its own short transaction: a slow reader must
@@ -728,7 +748,7 @@ def leaf_hashes() -> Response:
     An auditor recomputes the signed root from them, and then compares them with the
     hashes of the entries it downloaded to name the first entry that differs.
     """
-    s = session()
+    s = read_session()
     head = translog.read_head(s)[0]
     size = int_arg("size", head, 0, head)
     start = int_arg("start", 0, 0, 2**63 - 1)

@@ -392,7 +392,10 @@ class StatusService:
         """The issuer's current full CRL (DER), signed anew when stale or near nextUpdate."""
         issuer = self.issuers[issuer_id]
         now = self.clock().replace(microsecond=0)
-        with self.store.transaction() as tx:
+        # The common case reads only (SQLite: no write lock, so a writer holding it does not
+        # hold up relying parties); signing anew takes the write transaction below.
+        read = getattr(self.store, "reading", None) or self.store.transaction
+        with read() as tx:
             state = tx.crl_state(issuer_id)
             if state is not None and self._fresh(state, now):
                 return bytes(state.der)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import EPORT, pg_ctl, postgres_cluster, start_server, stop
+from tests.conftest import EPORT, Server, pg_ctl, postgres_cluster, start_server, stop
 
 APPLICATION = {"uscc": "91350100M000100Y43", "legal_name": "Outage Trading Co."}
 
@@ -136,3 +137,34 @@ def test_a_database_server_that_never_answers_is_a_clear_error_not_a_hang(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "timeout" in lines[0].lower(), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_public_reads_do_not_wait_for_a_writer_holding_the_sqlite_lock(
+    sqlite_server: Server,
+) -> None:
+    """The CRL and the log's public reads took SQLite's write lock (``BEGIN IMMEDIATE``):
+    a writer holding it (a long CLI command, a maintenance script) held up relying
+    parties and auditors, and after the 30 s busy timeout they failed. They read in a
+    deferred transaction now, which WAL lets run beside a writer."""
+    url = sqlite_server.url
+    reads = [
+        "/crl/enterprise.crl",
+        "/ca/v1/audit/log-key",
+        "/ca/v1/audit/log-key/handovers",
+        "/ca/v1/audit/proof/consistency?from=1",
+        "/ca/v1/audit/leaf-hashes?start=0&count=1",
+        "/ca/v1/audit/checkpoint",
+    ]
+    for path in reads:  # the CRL signed, a checkpoint stored: what needs writing is done
+        assert requests.get(url + path, timeout=60).status_code == 200, path
+    holder = sqlite3.connect(sqlite_server.data_dir / "eport.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a writer holds the write lock
+    try:
+        for path in reads:
+            t0 = time.monotonic()
+            r = requests.get(url + path, timeout=60)
+            assert r.status_code == 200, (path, r.text)
+            assert time.monotonic() - t0 < 5, path
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
