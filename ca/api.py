@@ -21,7 +21,14 @@ from ca.authority import Caller, CodeGrant, Issued, JointCA
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, NotFound
 from ca.openapi import openapi_document
-from ca.records import Application, ApplicationState, CertificateRecord, code_state
+from ca.records import (
+    Application,
+    ApplicationState,
+    CertificateRecord,
+    StatusRecord,
+    StatusState,
+    code_state,
+)
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
 from ca.wellformed import iso_time, json_request_body, refuse_non_json
@@ -522,13 +529,37 @@ def certificates() -> Response:
     caller = signed_caller()
     uscc = request.args.get("uscc")
     limit, after, offset = _page_args()
-    recs = svc().authority.certificates(caller, uscc, limit + 1, after, offset or 0)
-    return jsonify(
-        {
-            "certificates": [cert_json(r, with_pem=True) for _, r in recs[:limit]],
-            **_page_links([key for key, _ in recs], limit, offset),
+    service = svc()
+    recs = service.authority.certificates(caller, uscc, limit + 1, after, offset or 0)
+    page = [r for _, r in recs[:limit]]
+    with service.store.reading() as tx:
+        statuses = tx.get_statuses([r.serial for r in page])
+    now = service.clock()
+    listed = []
+    for r in page:
+        doc = cert_json(r, with_pem=True)
+        doc.update(_listed_status(r, statuses.get(r.serial), now))
+        listed.append(doc)
+    return jsonify({"certificates": listed, **_page_links([key for key, _ in recs], limit, offset)})
+
+
+def _listed_status(
+    rec: CertificateRecord, st: StatusRecord | None, now: datetime.datetime
+) -> dict[str, Any]:
+    """A listed certificate's ``status`` (good, on-hold, revoked or expired) and, for the
+    first two changes, ``since``: which of an enterprise's certificates is in force."""
+    ca_revoked = svc().authority.revoked_issuers.get(rec.issuer_id)
+    if st is not None and st.state is StatusState.REVOKED:
+        return {"status": "revoked", "since": iso(st.revoked_at)}
+    if ca_revoked is not None:
+        return {
+            "status": "revoked",
+            "since": iso(ca_revoked.revoked_at),
+            "issuing_ca_revoked": True,
         }
-    )
+    if st is not None:
+        return {"status": "on-hold", "since": iso(st.revoked_at)}
+    return {"status": "expired" if rec.not_after <= now else "good"}
 
 
 @bp.post("/responders/renew")

@@ -579,6 +579,13 @@ def openapi_document() -> dict[str, Any]:
                         "not_after": string,
                         "sha256": string,
                         "certificate": string,
+                        "status": {
+                            "type": "string",
+                            "enum": ["good", "on-hold", "revoked", "expired"],
+                            "description": "in a listing: the certificate's status now",
+                        },
+                        "since": {"type": "string", "description": "when it was revoked or held"},
+                        "issuing_ca_revoked": {"type": "boolean"},
                     }
                 ),
                 "Issued": s(

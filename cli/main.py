@@ -2336,9 +2336,12 @@ def cert_list(
         query["after"] = after
     doc = ctx.client().call("GET", "/ca/v1/certificates?" + urlencode(query), identity=ident)
     check_page(doc, after)
-    rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'NOT AFTER':<21} SUBJECT"]
+    rows = [f"{'SERIAL':<34} {'PROFILE':<11} {'STATUS':<8} {'NOT AFTER':<21} SUBJECT"]
     for c in doc["certificates"]:
-        rows.append(f"{c['serial']:<34} {c['profile']:<11} {c['not_after']:<21} {c['subject']}")
+        status = c.get("status", "-")  # a server of an earlier release says none
+        rows.append(
+            f"{c['serial']:<34} {c['profile']:<11} {status:<8} {c['not_after']:<21} {c['subject']}"
+        )
     if not doc["certificates"]:
         rows = [f"No certificates issued to {code}" + (" after that page." if after else ".")]
     emit(as_json, doc, "\n".join(rows))

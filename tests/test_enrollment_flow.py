@@ -186,6 +186,19 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     listing = jrun(server, "cert", "list", "--uscc", uscc, *ent)
     serials = {c["serial"] for c in listing["certificates"]}
     assert {issued["serial"], renewed["serial"]} <= serials and len(serials) >= 3
+    assert {c["status"] for c in listing["certificates"]} == {"good"}
+    # The listing says which are in force: a held operator certificate reads on-hold.
+    op_serial = format(
+        x509.load_pem_x509_certificate((op_out / "cert.pem").read_bytes()).serial_number, "x"
+    )
+    jrun(server, "suspend", "--serial", op_serial, *server.officer())
+    table = server.eport("cert", "list", "--uscc", uscc, *ent).stdout
+    (line,) = [row for row in table.splitlines() if row.startswith(op_serial)]
+    assert line.split()[1:3] == ["operator", "on-hold"], table
+    held = jrun(server, "cert", "list", "--uscc", uscc, *ent)["certificates"]
+    (op_doc,) = [c for c in held if c["serial"] == op_serial]
+    assert op_doc["status"] == "on-hold" and op_doc["since"].endswith("Z")
+    jrun(server, "resume", "--serial", op_serial, *server.officer())
 
     shown = jrun(server, "cert", "show", str(out / "cert.pem"))
     assert shown["certificates"][0]["serial"] == issued["serial"]
