@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ca.config import _REPO_POLICIES, build_settings, read_settings, with_driver
+from ca.config import (
+    _REPO_POLICIES,
+    DAY,
+    bounded,
+    build_settings,
+    max_body,
+    merge_overrides,
+    read_settings,
+    url_field,
+    with_driver,
+)
 from ca.errors import PolicyError
 
 
@@ -18,9 +28,10 @@ class AuthConfig:
     """Holds ``auth.db`` (embedded default) and, in embedded mode, the CA's public files."""
     database_url: str = ""
     """SQLAlchemy URL of the token service's own database (default SQLite ``auth.db``)."""
-    public_base_url: str = "http://127.0.0.1:8000"
-    """The token service's public base URL; the issuer is ``<base>/auth``."""
-    policies_dir: Path = _REPO_POLICIES
+    public_base_url: str = url_field("http://127.0.0.1:8000")
+    """The token service's public base URL; the issuer is ``<base>/auth``. An absolute
+    http(s) URL with a host, no query or fragment."""
+    policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     status_mode: str = "local"
     """``local``: the embedded CA's status; ``ocsp``: the OCSP URL in each certificate."""
     ca_database_url: str = ""
@@ -28,16 +39,17 @@ class AuthConfig:
     key_passphrase: str = field(default="", repr=False)
     """Encrypts the token-signing keys at rest (development: ``<data_dir>/dev/``)."""
     dev: bool = False
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})
     """Addresses or networks (CIDR) whose client-certificate headers are believed."""
-    access_token_seconds: int = 600
-    session_seconds: int = 8 * 3600
-    leeway_seconds: int = 30
-    status_ttl_seconds: float = 2.0
-    sweep_seconds: float = 2.0
+    # Lifetimes up to ten years: a session never outlives its certificate anyway.
+    access_token_seconds: int = bounded(600, 1, 3660 * DAY, "seconds")
+    session_seconds: int = bounded(8 * 3600, 1, 3660 * DAY, "seconds")
+    leeway_seconds: int = bounded(30, 0, 600, "seconds")
+    status_ttl_seconds: float = bounded(2.0, 0, 3600, "seconds")
+    sweep_seconds: float = bounded(2.0, 0.1, DAY, "seconds", zero="never")
     """How often each process ends sessions of revoked or held certificates (0: never)."""
-    key_rotation_days: int = 30
-    max_body_bytes: int = 64 * 1024
+    key_rotation_days: int = bounded(30, 1, 3660, "days")
+    max_body_bytes: int = max_body()
 
     @property
     def issuer(self) -> str:
@@ -73,7 +85,7 @@ class AuthConfig:
         values, source = read_settings(cls, "auth", env_names, file=file, environ=env)
         if "EPORT_DATABASE_URL" in env and "ca_database_url" not in values:
             values["ca_database_url"] = env["EPORT_DATABASE_URL"]
-        values.update(overrides or {})
+        merge_overrides(values, overrides)
         cfg = build_settings(cls, values, source)
         if cfg.status_mode not in ("local", "ocsp"):
             raise PolicyError(source, "status_mode", "local or ocsp")

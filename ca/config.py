@@ -6,6 +6,8 @@ Tests pass a dict to ``create_app``; ``eport serve`` builds one from its flags.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -18,6 +20,68 @@ from ca.errors import PolicyError
 _S = TypeVar("_S")
 
 _REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+SECTIONS = ("auth", "ca")
+"""The tables of an ``EPORT_CONFIG`` file; any other is refused (a typo such as ``[cA]``
+was ignored, and its settings with it, without a word)."""
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+"""The spellings of a boolean setting (``EPORT_DEV``, ``EPORT_AUTH_DEV``); anything else
+is refused (``maybe`` was read as false)."""
+
+FALLBACK_KEYS = frozenset({"public_base_url"})
+"""Settings an override gives only as a default: a value from the file or the
+environment wins. ``eport serve`` passes ``http://HOST:PORT`` as the base URL it listens
+on; a configured public name (``EPORT_AUTH_PUBLIC_BASE_URL``, ``[ca] public_base_url``)
+was silently replaced by it."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric setting, checked wherever its value comes from."""
+
+    low: float
+    high: float
+    unit: str
+    zero: str = ""
+    """When set, 0 is allowed too and means this (``only on fetch``)."""
+
+    def check(self, value: float) -> str | None:
+        """Why ``value`` is refused, or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number: {self.said()}, not {value}"
+        if self.zero and value == 0:
+            return None
+        if not self.low <= value <= self.high:
+            return f"{self.said()}, not {value}"
+        return None
+
+    def said(self) -> str:
+        span = f"from {_num(self.low)} to {_num(self.high)} {self.unit}"
+        return f"0 ({self.zero}) or {span}" if self.zero else span
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def bounded(default: Any, low: float, high: float, unit: str, zero: str = "") -> Any:
+    """A numeric dataclass field whose value must lie in ``low..high``."""
+    return field(default=default, metadata={"bounds": Bounds(low, high, unit, zero)})
+
+
+def url_field(default: str, *, optional: bool = False) -> Any:
+    """A field holding an absolute http(s) URL (``optional``: or empty, the default)."""
+    return field(default=default, metadata={"url": "optional" if optional else "required"})
+
+
+DAY = 86400
+
+
+def max_body() -> Any:
+    """``max_body_bytes`` of either service: a CSR or a signed request fits in a few KiB."""
+    return bounded(64 * 1024, 1024, 64 * 1024 * 1024, "bytes")
 
 
 def with_driver(url: str) -> str:
@@ -38,36 +102,38 @@ class CAConfig:
     """Where the embedded database and the CA's sealed key files live."""
     database_url: str = ""
     """SQLAlchemy URL; empty means SQLite ``<data_dir>/eport.db`` (WAL)."""
-    policies_dir: Path = _REPO_POLICIES
+    policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     """Profiles, member agencies and rules (validated at load)."""
-    public_base_url: str = "http://127.0.0.1:8000"
-    """Public base URL of the CA: printed into certificates (AIA, CRL distribution points)."""
+    public_base_url: str = url_field("http://127.0.0.1:8000")
+    """Public base URL of the CA: printed into certificates (AIA, CRL distribution points).
+    An absolute http(s) URL with a host and no query or fragment: empty, certificates were
+    issued with no OCSP, caIssuers or CRL pointer at all."""
     ca_key_passphrase: str = field(default="", repr=False)
     """Unseals the issuing CA keys; in development read from ``<data_dir>/dev/``."""
     dev: bool = False
     """Embedded development default: a development joint CA is created on first start."""
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = max_body()
     """Request bodies above this size are refused with 413."""
-    code_ttl_seconds: int = 7 * 24 * 3600
+    code_ttl_seconds: int = bounded(7 * DAY, 60, 366 * DAY, "seconds")
     """Lifetime of a one-time enrollment code (default 7 days)."""
     lint_sample_rate: float = 1.0
     """Share of certificates linted by pkilint before signing (1.0 = every one).
 
     Every profile's template is always linted once at start; see ``ca/lint.py``."""
-    request_max_lifetime_seconds: int = 300
+    request_max_lifetime_seconds: int = bounded(300, 1, 3600, "seconds")
     """Upper bound on ``exp - iat`` of a signed request (RFC 7515 JWS)."""
-    clock_skew_seconds: int = 30
+    clock_skew_seconds: int = bounded(30, 0, 600, "seconds")
     """Leeway for ``iat``/``exp`` of signed requests."""
-    crl_refresh_seconds: float = 30.0
+    crl_refresh_seconds: float = bounded(30.0, 0.1, DAY, "seconds", zero="only on fetch")
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
-    responder_renew_days: int = 30
+    responder_renew_days: int = bounded(30, 1, 180, "days")
     """An unsealed server renews an OCSP responder certificate expiring within this many
     days (checked at start and by the refresher; ``eport ca renew-responders``)."""
-    token_issuer: str = ""
+    token_issuer: str = url_field("", optional=True)
     """The token service's issuer (default ``<public_base_url>/auth``), for audit:read tokens."""
-    audit_token_audience: str = "https://audit.eport.example"
+    audit_token_audience: str = url_field("https://audit.eport.example")
     """The audience of access tokens for the audit API (``policies/services.toml``)."""
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})
     """Addresses whose forwarded headers are believed; nobody else's are."""
 
     @property
@@ -88,7 +154,7 @@ class CAConfig:
         values, source = read_settings(
             cls, "ca", lambda name: ("EPORT_" + name.upper(),), file=file, environ=environ
         )
-        values.update(overrides or {})
+        merge_overrides(values, overrides)
         return cls.from_mapping(values, source=source)
 
     @classmethod
@@ -102,6 +168,15 @@ class CAConfig:
                 f"a share from 0 to 1 (EPORT_LINT_SAMPLE_RATE), not {cfg.lint_sample_rate}",
             )
         return cfg
+
+
+def merge_overrides(values: dict[str, Any], overrides: Mapping[str, Any] | None) -> None:
+    """``overrides`` over ``values`` (read from the file and the environment), except the
+    :data:`FALLBACK_KEYS` those already hold."""
+    for key, value in (overrides or {}).items():
+        if key in FALLBACK_KEYS and key in values:
+            continue
+        values[key] = value
 
 
 def read_settings(
@@ -119,16 +194,29 @@ def read_settings(
     values: dict[str, Any] = {}
     path = file or (Path(env["EPORT_CONFIG"]) if env.get("EPORT_CONFIG") else None)
     if path is not None:
-        values.update(_read_toml(path).get(section, {}))
+        values.update(_section(path, _read_toml(path), section))
     for f in dataclasses.fields(cls):
         for name in env_names(f.name):
             if name in env:
                 # a value that cannot be one is said in the variable's name, not as the
                 # file's (or "configuration"), where nobody would look for it
-                _coerce(name, f.name, f.type, env[name])
+                _check(name, f, _coerce(name, f.name, f.type, env[name]))
                 values[f.name] = env[name]
                 break
     return values, str(path or "configuration")
+
+
+def _section(path: Path, document: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The ``[section]`` table of the file; a key outside the known tables is refused,
+    naming it."""
+    where = "configuration file (EPORT_CONFIG)"
+    for name, table in document.items():
+        if name not in SECTIONS:
+            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise PolicyError(str(path), where, f"unknown section [{name}] (known: {known})")
+        if not isinstance(table, dict):
+            raise PolicyError(str(path), where, f"{name} must be a table ([{name}])")
+    return dict(document.get(section, {}))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -156,19 +244,94 @@ def build_settings(cls: type[_S], values: Mapping[str, Any], source: str) -> _S:
         if key not in known:
             raise PolicyError(source, key, "unknown setting")
         kwargs[key] = _coerce(source, key, known[key].type, raw)
+        _check(source, known[key], kwargs[key])
     return cls(**kwargs)
+
+
+def _check(source: str, f: dataclasses.Field[Any], value: Any) -> None:
+    """The checks a field's metadata asks for: its range, an http(s) URL, an existing
+    directory, networks of proxies; a PolicyError naming ``source`` and the key."""
+    bounds: Bounds | None = f.metadata.get("bounds")
+    if bounds is not None:
+        why = bounds.check(value)
+        if why is not None:
+            raise PolicyError(source, f.name, why)
+    url = f.metadata.get("url")
+    if url is not None and not (url == "optional" and value == ""):
+        why = url_problem(value)
+        if why is not None:
+            raise PolicyError(source, f.name, why)
+    if f.metadata.get("directory") and not Path(value).is_dir():
+        said = "does not exist" if not Path(value).exists() else "is not a directory"
+        raise PolicyError(source, f.name, f"{value} {said}")
+    if f.metadata.get("networks"):
+        for entry in value:
+            why = proxy_problem(entry)
+            if why is not None:
+                raise PolicyError(source, f.name, why)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not an absolute http(s) URL with a host and no query or fragment
+    (what certificates, the issuer and audiences are built from), or None."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return "empty: an absolute http(s) URL is required (unset: the default)"
+    if url != url.strip() or any(c.isspace() or ord(c) < 0x21 for c in url):
+        return f"{url!r} holds a blank or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"{url!r} is not an absolute http:// or https:// URL"
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    if parts.username is not None or parts.password is not None:
+        return f"{url!r} holds a user name or password"
+    if "?" in url or "#" in url:
+        return f"{url!r} has a query or a fragment"
+    return None
+
+
+def proxy_problem(entry: str) -> str | None:
+    """Why ``entry`` cannot be a trusted proxy (an address or a CIDR network, read as
+    :class:`authsvc.proxy.TrustedProxies` reads it), or None. A network holding every
+    address (``0.0.0.0/0``, ``::/0``) is refused: anyone could then forward a client
+    certificate header and be taken for its holder (certificates are public)."""
+    try:
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError as exc:
+        return f"a trusted proxy is not an address or a network: {exc}"
+    if network.prefixlen == 0:
+        return (
+            f"{entry!r} trusts every address: anyone could send a client-certificate "
+            "header and log in as its holder; name the proxies' own addresses"
+        )
+    return None
 
 
 def _coerce(source: str, key: str, typ: Any, raw: Any) -> Any:
     typ = str(typ)
     try:
         if typ == "Path":
+            if not str(raw).strip():
+                raise ValueError("empty path")
             return Path(raw)
         if typ == "bool":
             if isinstance(raw, bool):
                 return raw
-            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+            word = str(raw).strip().lower()
+            if word in TRUE_WORDS or word in FALSE_WORDS:
+                return word in TRUE_WORDS
+            raise ValueError(f"true or false (1/0, yes/no, on/off), not {str(raw)[:40]!r}")
+        if typ in ("int", "float") and isinstance(raw, bool):
+            raise ValueError(f"a number, not {raw}")
         if typ == "int":
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(f"a whole number, not {raw}")
             return int(raw)
         if typ == "float":
             return float(raw)

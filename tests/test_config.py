@@ -92,3 +92,98 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
             CAConfig.load(environ=bad)
         with pytest.raises(PolicyError, match=r"^EPORT_AUTH_SESSION_SECONDS: session_seconds: "):
             AuthConfig.load(environ=bad)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EPORT_PUBLIC_BASE_URL", "", "public_base_url: empty"),
+        ("EPORT_PUBLIC_BASE_URL", "ftp://eport.example", "not an absolute http"),
+        ("EPORT_PUBLIC_BASE_URL", "https://u:p@eport.example", "user name or password"),
+        ("EPORT_PUBLIC_BASE_URL", "https://eport.example:99999", "not a URL"),
+        ("EPORT_AUDIT_TOKEN_AUDIENCE", "audit", "not an absolute http"),
+        ("EPORT_CRL_REFRESH_SECONDS", "0.0001", "0 (only on fetch) or from 0.1 to 86400"),
+        ("EPORT_CRL_REFRESH_SECONDS", "nan", "finite"),
+        ("EPORT_REQUEST_MAX_LIFETIME_SECONDS", "-1", "from 1 to 3600 seconds"),
+        ("EPORT_MAX_BODY_BYTES", "0", "from 1024 to"),
+        ("EPORT_DEV", "maybe", "true or false"),
+        ("EPORT_TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0", "trusts every address"),
+    ],
+)
+def test_a_ca_setting_out_of_its_range_names_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    """An empty or non-http(s) base URL issued certificates without (or with useless)
+    status pointers; negative, zero, NaN, infinite or huge numbers were taken as they
+    were; ``maybe`` was false; 0.0.0.0/0 trusted everyone's forwarded certificate."""
+    with pytest.raises(PolicyError, match=f"^{variable}: .*{re.escape(message)}"):
+        CAConfig.load(environ={variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EPORT_AUTH_ACCESS_TOKEN_SECONDS", "0", "from 1 to"),
+        ("EPORT_AUTH_SESSION_SECONDS", "-1", "from 1 to"),
+        ("EPORT_AUTH_LEEWAY_SECONDS", "-30", "from 0 to 600 seconds"),
+        ("EPORT_AUTH_STATUS_TTL_SECONDS", "inf", "finite"),
+        ("EPORT_AUTH_SWEEP_SECONDS", "nan", "finite"),
+        ("EPORT_AUTH_KEY_ROTATION_DAYS", "-1", "from 1 to"),
+        ("EPORT_AUTH_MAX_BODY_BYTES", "-1", "bytes"),
+        ("EPORT_AUTH_DEV", "maybe", "true or false"),
+        ("EPORT_AUTH_PUBLIC_BASE_URL", "auth.example", "not an absolute http"),
+        ("EPORT_AUTH_TRUSTED_PROXIES", "::/0", "trusts every address"),
+        ("EPORT_AUTH_POLICIES_DIR", "/nonexistent", "does not exist"),
+    ],
+)
+def test_a_token_service_setting_out_of_its_range_names_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(PolicyError, match=f"^{variable}: .*{re.escape(message)}"):
+        AuthConfig.load(environ={variable: value})
+
+
+def test_ranges_hold_for_file_and_override_values_too(tmp_path: Path) -> None:
+    toml = tmp_path / "eport.toml"
+    toml.write_text("[ca]\ncode_ttl_seconds = -5\n")
+    with pytest.raises(PolicyError, match=f"^{re.escape(str(toml))}: code_ttl_seconds: from 60"):
+        CAConfig.load(environ={"EPORT_CONFIG": str(toml)})
+    toml.write_text("[ca]\nclock_skew_seconds = true\n")
+    with pytest.raises(PolicyError, match="clock_skew_seconds: expected int: a number"):
+        CAConfig.load(environ={"EPORT_CONFIG": str(toml)})
+    with pytest.raises(PolicyError, match=r"^configuration: session_seconds: from 1 to"):
+        AuthConfig.load({"session_seconds": 0}, environ={})
+    # the edges, and the documented zeros
+    assert CAConfig.load({"crl_refresh_seconds": 0}, environ={}).crl_refresh_seconds == 0
+    assert AuthConfig.load({"sweep_seconds": 0}, environ={}).sweep_seconds == 0
+    assert CAConfig.load(environ={"EPORT_CODE_TTL_SECONDS": "60"}).code_ttl_seconds == 60
+
+
+@pytest.mark.parametrize(("word", "value"), [("1", True), ("Yes", True), ("off", False)])
+def test_booleans_take_the_documented_spellings(word: str, value: bool) -> None:
+    assert CAConfig.load(environ={"EPORT_DEV": word}).dev is value
+    assert AuthConfig.load(environ={"EPORT_AUTH_DEV": word}).dev is value
+
+
+def test_an_unknown_config_section_is_refused(tmp_path: Path) -> None:
+    """A ``[cA]`` table was ignored, its settings with it."""
+    toml = tmp_path / "eport.toml"
+    toml.write_text('[cA]\npublic_base_url = "https://ca.example"\n')
+    for load in (CAConfig.load, AuthConfig.load):
+        with pytest.raises(
+            PolicyError, match=r"unknown section \[cA\] \(known: \[auth\], \[ca\]\)"
+        ):
+            load(environ={"EPORT_CONFIG": str(toml)})
+
+
+def test_a_configured_base_url_beats_the_servers_default(tmp_path: Path) -> None:
+    """``eport serve`` gives http://HOST:PORT as the base URL when EPORT_PUBLIC_BASE_URL
+    is unset; EPORT_AUTH_PUBLIC_BASE_URL (or the file's) was replaced by it."""
+    default = {"public_base_url": "http://127.0.0.1:8000"}
+    env = {"EPORT_AUTH_PUBLIC_BASE_URL": "https://auth.example.org"}
+    assert AuthConfig.load(default, environ=env).issuer == "https://auth.example.org/auth"
+    toml = tmp_path / "eport.toml"
+    toml.write_text('[ca]\npublic_base_url = "https://ca.example"\n')
+    cfg = CAConfig.load(default, environ={"EPORT_CONFIG": str(toml)})
+    assert cfg.public_base_url == "https://ca.example"
+    assert AuthConfig.load(default, environ={}).issuer == "http://127.0.0.1:8000/auth"
