@@ -2462,6 +2462,8 @@ def _database_trouble(exc: Exception) -> str | None:
     """One line for a database the settings name but that cannot be used (unreachable,
     refused, missing, an unknown URL scheme), naming the settings to check; None for any
     other failure. The driver's first line says why; it never holds the password."""
+    import sqlite3
+
     from sqlalchemy import exc as sa
 
     settings = "EPORT_DATABASE_URL / EPORT_AUTH_DATABASE_URL"
@@ -2470,8 +2472,18 @@ def _database_trouble(exc: Exception) -> str | None:
             f"a database URL ({settings}) is not one this eport can use: write "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite"
         )
-    if isinstance(exc, sa.OperationalError | sa.InterfaceError):
-        why = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    orig = getattr(exc, "orig", exc)
+    why = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if isinstance(orig, sqlite3.Error) and not any(
+        os.environ.get(name) for name in ("EPORT_DATABASE_URL", "EPORT_AUTH_DATABASE_URL")
+    ):
+        settings = "the SQLite files of the data directory, eport.db and auth.db"
+    if getattr(orig, "pgcode", None) == "42501":  # insufficient_privilege
+        return (
+            f"cannot use the database ({settings}): {why}: its role must be allowed to "
+            "create tables in the schema (the server brings it to the current revision)"
+        )
+    if isinstance(exc, sa.OperationalError | sa.InterfaceError | sqlite3.OperationalError):
         return f"cannot use the database ({settings}): {why}"
     return None
 

@@ -23,7 +23,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import EPORT, Server, pg_ctl, postgres_cluster, start_server, stop
+from tests.conftest import (
+    EPORT,
+    PG_BIN,
+    Postgres,
+    Server,
+    pg_ctl,
+    postgres_cluster,
+    start_server,
+    stop,
+)
 
 APPLICATION = {"uscc": "91350100M000100Y43", "legal_name": "Outage Trading Co."}
 
@@ -168,3 +177,45 @@ def test_public_reads_do_not_wait_for_a_writer_holding_the_sqlite_lock(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_role_that_cannot_create_tables_is_one_clear_line(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """A PostgreSQL role without CREATE on the schema (PostgreSQL 15's default for any
+    role but the database's owner) was an "unexpected error" with escaped SQL."""
+    url = postgres.createdb("eport_limited")
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(postgres.port),
+            "-d",
+            "eport_limited",
+            "-c",
+            "CREATE ROLE limited LOGIN",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    limited = url.replace("postgres@", "limited@")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(EPORT_DATABASE_URL=limited, EPORT_AUTH_DATABASE_URL=limited)
+    done = subprocess.run(
+        [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("eport: error: cannot use the database"), lines[0]
+    assert "permission denied" in lines[0] and "create tables" in lines[0], lines[0]
