@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ca.errors import BadRequest, NotFound, PolicyError
-from ca.policy import SubjectClass, load_members
+from ca.policy import SubjectClass, load_members, load_policies
 
 RULE_CLASSES = (
     SubjectClass.ENTERPRISE,
@@ -772,10 +772,19 @@ def load_access_policy(directory: Path, member_ids: set[str] | None = None) -> A
 
     ``member_ids`` are the member agencies rules may name; by default those of
     ``members.toml`` in the same directory.
+
+    With ``member_ids`` (the CA's members: ``eport serve``'s start check, and each
+    worker), the directory's own ``members.toml`` and ``profiles/`` are loaded and
+    checked too, as the token service loads them (:func:`ca.policy.load_policies`), and a
+    rule may name only an agency of both: a bad profile or members file under
+    ``EPORT_AUTH_POLICIES_DIR`` was found only by every worker, after "Serving".
     """
     directory = Path(directory)
     if member_ids is None:
         member_ids = {m.id for m in load_members(directory / "members.toml").members}
+    else:
+        own = {m.id for m in load_policies(directory).members.members}
+        member_ids = set(member_ids) & own
     services = load_services(directory / "services.toml")
     roles, rules = load_access(directory / "access.toml", services, member_ids)
     return AccessPolicy(services=services, roles=roles, rules=rules)

@@ -40,6 +40,24 @@ class SubjectClass(enum.Enum):
 EVERY_ISSUER = "*"
 """The ``issuer`` of a profile every issuing CA uses for itself (OCSP responders)."""
 
+REQUIRED_PROFILES: Mapping[str, SubjectClass] = {
+    "issuing-ca": SubjectClass.CA,
+    "ocsp-responder": SubjectClass.RESPONDER,
+}
+"""Profiles the CA looks up by name (a ceremony issues the issuing CAs and their OCSP
+responders with them)."""
+
+REQUIRED_CLASSES = (
+    SubjectClass.ENTERPRISE,
+    SubjectClass.OPERATOR,
+    SubjectClass.AGENCY,
+    SubjectClass.AUDITOR,
+    SubjectClass.SERVICE,
+)
+"""Classes applications are made for, each needing a profile: without one an approval
+handed out a code for no profile, and a development CA failed half-made (its RA officers
+and auditors are enrolled with the first profile of their class)."""
+
 
 NAME_ATTRIBUTES: Mapping[str, ObjectIdentifier] = {
     "C": NameOID.COUNTRY_NAME,
@@ -83,6 +101,14 @@ TEMPLATE_FIELDS = frozenset(
         "ca_name",
     }
 )
+
+_EXAMPLE_PROFILE = {
+    SubjectClass.ENTERPRISE: "enterprise",
+    SubjectClass.OPERATOR: "operator",
+    SubjectClass.AGENCY: "agency",
+    SubjectClass.AUDITOR: "auditor",
+    SubjectClass.SERVICE: "service-tls",
+}
 
 _OID_RE = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _ID_RE = re.compile(r"[a-z][a-z0-9-]{1,31}")
@@ -285,6 +311,11 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise PolicyError(str(path), "-", f"not UTF-8: byte {exc.start} is not valid") from None
     except IsADirectoryError:
         raise PolicyError(str(path), "-", "is a directory, not a TOML file") from None
+    except FileNotFoundError:
+        # a dangling symlink too: it was "unexpected error: FileNotFoundError", no path
+        raise PolicyError(str(path), "-", "file not found") from None
+    except OSError as exc:
+        raise PolicyError(str(path), "-", f"cannot be read: {exc.strerror or exc}") from None
 
 
 def load_profile(path: Path) -> Profile:
@@ -360,11 +391,21 @@ def load_profile(path: Path) -> Profile:
         raise r.fail("path_length", "only CA profiles have a path length")
     if path_length is not None and path_length < 0:
         raise r.fail("path_length", "must be 0 or more (RFC 5280 §4.2.1.9)")
+    issuer = r.get("issuer", str)
+    if not is_ca and issuer == "root":
+        # the root signs issuing CAs only, at a quorum ceremony, never an end entity
+        raise r.fail("issuer", "root signs CA profiles only: name an issuing CA id")
+    if issuer not in ("root", EVERY_ISSUER) and not _ID_RE.fullmatch(issuer):
+        raise r.fail(
+            "issuer", f"{issuer[:40]!r} is not an issuing CA id (lower-case letters, digits, '-')"
+        )
+    if issuer == EVERY_ISSUER and subject_class is not SubjectClass.RESPONDER:
+        raise r.fail("issuer", "'*' (every issuing CA) is for OCSP responder profiles only")
     profile = Profile(
         name=name,
         description=r.get("description", str, ""),
         subject_class=subject_class,
-        issuer=r.get("issuer", str),
+        issuer=issuer,
         validity=datetime.timedelta(days=days),
         key_types=frozenset(key_types),
         key_usage=frozenset(usages),
@@ -409,6 +450,9 @@ def load_members(path: Path) -> Members:
 def load_policies(directory: Path) -> Policies:
     """Load and validate ``members.toml`` and ``profiles/*.toml`` under ``directory``."""
     directory = Path(directory)
+    if not directory.is_dir():
+        said = "does not exist" if not directory.exists() else "is not a directory"
+        raise PolicyError(str(directory), "-", f"the policies directory {said}")
     members = load_members(directory / "members.toml")
     profiles: dict[str, Profile] = {}
     oids: dict[ObjectIdentifier, str] = {}
@@ -428,8 +472,23 @@ def load_policies(directory: Path) -> Policies:
             raise PolicyError(
                 f"{directory}/profiles/{p.name}.toml", "issuer", "CAs are signed by root"
             )
-    if "issuing-ca" not in profiles:
-        raise PolicyError(
-            str(directory / "profiles"), "issuing-ca", "the issuing-ca profile is required"
-        )
+    for name, cls in REQUIRED_PROFILES.items():
+        if name not in profiles:
+            raise PolicyError(
+                str(directory / "profiles"), name, f"the {name} profile is required ({name}.toml)"
+            )
+        if profiles[name].subject_class is not cls:
+            raise PolicyError(
+                f"{directory}/profiles/{name}.toml",
+                "subject_class",
+                f"the {name} profile is of class {cls.value!r}",
+            )
+    for cls in REQUIRED_CLASSES:
+        if not any(p.subject_class is cls for p in profiles.values()):
+            raise PolicyError(
+                str(directory / "profiles"),
+                cls.value,
+                f"no profile of subject class {cls.value!r}: one is required "
+                f"(the repository's is profiles/{_EXAMPLE_PROFILE[cls]}.toml)",
+            )
     return Policies(directory=directory, profiles=profiles, members=members)

@@ -471,3 +471,54 @@ def test_invalid_toml_members(policy_dir: Path) -> None:
     edit(path, lambda t: t.replace("threshold = 3", "threshold = = 3"))
     err = refused(policy_dir, path, "-")
     assert "not valid TOML" in str(err)
+
+
+# --- what the CA needs of a policy set ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("profile", "key"),
+    [
+        ("enterprise", "enterprise"),
+        ("operator", "operator"),
+        ("agency", "agency"),
+        ("auditor", "auditor"),
+        ("service-tls", "service"),
+        ("ocsp-responder", "ocsp-responder"),
+    ],
+)
+def test_required_profiles(policy_dir: Path, profile: str, key: str) -> None:
+    """A set without an enterprise (operator, service…) profile loaded, and an approval
+    handed out a code for no profile; without agency, auditor or ocsp-responder a
+    development CA failed half-made, naming no file."""
+    (policy_dir / "profiles" / f"{profile}.toml").unlink()
+    refused(policy_dir, policy_dir / "profiles", key)
+
+
+def test_an_end_entity_profile_is_not_issued_by_root(policy_dir: Path) -> None:
+    path = policy_dir / "profiles" / "enterprise.toml"
+    edit(path, sub(r'^issuer = "enterprise"$', 'issuer = "root"'))
+    assert "root signs CA profiles only" in str(refused(policy_dir, path, "issuer"))
+
+
+@pytest.mark.parametrize("issuer", ["Enterprise", "", "*"])
+def test_a_profile_issuer_is_an_issuing_ca_id(policy_dir: Path, issuer: str) -> None:
+    path = policy_dir / "profiles" / "enterprise.toml"
+    edit(path, sub(r'^issuer = "enterprise"$', f'issuer = "{issuer}"'))
+    refused(policy_dir, path, "issuer")
+
+
+def test_missing_members_file_and_dangling_profile_are_named(policy_dir: Path) -> None:
+    """Both were "unexpected error: FileNotFoundError", naming no file."""
+    link = policy_dir / "profiles" / "x.toml"
+    link.symlink_to("/nonexistent/x.toml")
+    assert "file not found" in str(refused(policy_dir, link, "-"))
+    link.unlink()
+    (policy_dir / "members.toml").unlink()
+    refused(policy_dir, policy_dir / "members.toml", "-")
+
+
+def test_a_missing_policies_directory_is_named(tmp_path: Path) -> None:
+    for where in (tmp_path / "nowhere", Path("/etc/hostname")):
+        with pytest.raises(PolicyError, match=f"^{where}: -: the policies directory"):
+            load_policies(where)
