@@ -242,6 +242,12 @@ def authorize() -> Response:
             )
         if signed is None:
             if "none" in req.prompt:
+                if p.current(request.cookies.get(COOKIE), None) is not None:
+                    raise req.error(
+                        "login_required",
+                        "the e-port session is older than max_age: a fresh certificate "
+                        "login is needed",
+                    )
                 raise req.error("login_required", "no e-port session and no certificate")
             return message(
                 401,

@@ -450,6 +450,7 @@ def test_prompt_login_and_max_age_authenticate_again_and_keep_the_session(
     assert authorize(agent, "sample-a", cert=False, max_age="0").response.status_code == 401
     quiet = authorize(agent, "sample-a", cert=False, max_age="0", prompt="none")
     assert quiet.query["error"] == ["login_required"]
+    assert "older than max_age" in quiet.query["error_description"][0], quiet.query
     for asks in ({"prompt": "login"}, {"max_age": "0"}):
         old_cookie = agent.cookie
         again = authorize(agent, "sample-a", **asks)
