@@ -636,3 +636,30 @@ def test_jwks_outage_keeps_cached_keys_and_answers_503() -> None:
         r = flask_app.test_client().get("/r", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 503 and r.headers["Retry-After"]
         flask_app.extensions["eport.token_verifier"].close()
+
+
+def test_an_issuer_at_a_bare_host_is_discovered_by_its_openid_configuration() -> None:
+    """An issuer without a path (``https://idp.example``) that publishes only OpenID
+    Connect Discovery's ``/.well-known/openid-configuration``: the SDK skipped that
+    location for a bare host and found no metadata."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    app = Flask("bare-issuer")
+    issuer: dict[str, str] = {}
+
+    @app.get("/.well-known/openid-configuration")
+    def openid() -> Any:
+        return {"issuer": issuer["url"], "jwks_uri": issuer["url"] + "/keys"}
+
+    @app.get("/keys")
+    def keys() -> Any:
+        return {"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}
+
+    with serve_wsgi(app) as url:
+        issuer["url"] = url
+        now = int(time.time())
+        claims = {"iss": url, "sub": "ent:x", "aud": CUSTOMS, "exp": now + 300, "iat": now}
+        claims |= {"jti": "t1", "scope": "declaration:read"}
+        token = jwt.encode(claims, key, algorithm="ES256", headers={"typ": "at+jwt", "kid": "k1"})
+        with TokenVerifier(url, CUSTOMS) as v:
+            assert v.verify(token).subject == "ent:x"

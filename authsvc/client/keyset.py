@@ -54,8 +54,8 @@ def metadata_urls(issuer: str) -> list[str]:
         return urlunsplit((parts.scheme, parts.netloc, p, "", ""))
 
     urls = [at("/.well-known/oauth-authorization-server" + path)]
+    urls.append(at(path + "/.well-known/openid-configuration"))  # also for a bare host
     if path:
-        urls.append(at(path + "/.well-known/openid-configuration"))
         urls.append(at("/.well-known/oauth-authorization-server"))
     return urls
 
