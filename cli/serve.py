@@ -9,12 +9,17 @@ Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_ap
 from __future__ import annotations
 
 import gc
+import ipaddress
 import json
+import socket
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import click
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from authsvc.config import AuthConfig
 from authsvc.proxy import TrustedProxies
@@ -34,6 +39,43 @@ def combined(ca_app: WSGIApp, auth_app: WSGIApp) -> WSGIApp:
     return app
 
 
+class EPortArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, which checks the policies before a reload (SIGHUP) replaces
+    the workers: new workers read ``policies/`` again as they build the apps, and one that
+    cannot load them failed to boot and took the whole server down (the master exits on
+    a worker's boot error). A set the start would refuse is refused here, in one log line
+    naming the file and the key; the running workers keep serving with what they loaded."""
+
+    def handle_hup(self) -> None:
+        try:
+            check_policies(self.app.cfg_ca, self.app.cfg_auth)
+        except Exception as exc:  # any failure at all: keep the workers that serve
+            said = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "eport: reload (SIGHUP) refused, the workers keep the policies they loaded: %s",
+                said,
+            )
+            return
+        for line in issuer_warnings(self.app.cfg_ca):
+            self.log.warning("eport: %s", line)
+        super().handle_hup()
+
+
+def check_policies(cfg: CAConfig, auth_cfg: AuthConfig | None) -> None:
+    """The checks ``eport serve`` makes of the policies before it serves: both services'
+    files load (:class:`~ca.errors.PolicyError` names the file and the key) and every
+    profile's template lints (:class:`~ca.errors.LintFailed`)."""
+    from ca.app import prelint_templates
+    from ca.policy import load_policies
+
+    members = load_policies(cfg.policies_dir).members.members
+    if auth_cfg is not None:
+        from authsvc.policy import load_access_policy
+
+        load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
+    prelint_templates(cfg)
+
+
 class EPortServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn with our app factories; each worker builds its own apps."""
 
@@ -42,6 +84,13 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
         self.cfg_auth = auth_cfg
         self.options = options
         super().__init__()
+
+    def run(self) -> None:
+        """:meth:`BaseApplication.run` with :class:`EPortArbiter`."""
+        try:
+            EPortArbiter(self).run()
+        except RuntimeError as exc:
+            raise CLIError(str(exc)) from None
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -100,6 +149,9 @@ def _problem_errors(_worker: Any) -> None:
 def run(
     cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
 ) -> None:
+    forwarded = forwarded_from(cfg, auth_cfg)
+    for line in start_warnings(cfg, auth_cfg, host):
+        click.secho(f"WARNING: {line}", fg="yellow", err=True)
     EPortServer(
         cfg,
         auth_cfg,
@@ -117,7 +169,7 @@ def run(
             # gunicorn believes X-Forwarded-Proto (the request's scheme) from loopback
             # unless told otherwise; here only from the configured proxies, as every other
             # forwarded header (none configured: from no one)
-            "forwarded_allow_ips": ",".join(forwarded_from(cfg, auth_cfg)),
+            "forwarded_allow_ips": ",".join(forwarded),
         },
     ).run()
 
@@ -133,3 +185,85 @@ def forwarded_from(cfg: CAConfig, auth_cfg: AuthConfig | None) -> list[str]:
     except ValueError as exc:
         raise CLIError(f"a trusted proxy is not an address or a network: {exc}") from None
     return list(dict.fromkeys(str(n) for n in networks))
+
+
+WIDE_PREFIX = {4: 8, 6: 32}
+"""A trusted proxy network shorter than this (more than a /8 of IPv4, a /32 of IPv6) is
+warned about at start: every address in it may forward a client certificate."""
+
+
+def start_warnings(cfg: CAConfig, auth_cfg: AuthConfig | None, host: str) -> list[str]:
+    """What ``eport serve`` warns about as it starts (one line each): a listening address
+    other than loopback (plain HTTP), very wide trusted proxy networks, profiles that name
+    an issuing CA the CA does not have."""
+    lines: list[str] = []
+    if not _loopback(host):
+        lines.append(
+            f"listening on {host}, not a loopback address, over plain HTTP: certificates, "
+            "tokens and session cookies cross the network in the clear; put a TLS proxy in "
+            "front (EPORT_TRUSTED_PROXIES) and listen on 127.0.0.1"
+            + (". With --dev, anyone who reaches it can use the development CA" if cfg.dev else "")
+        )
+    both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
+    for entry in dict.fromkeys(both):
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+        if network.prefixlen < WIDE_PREFIX[network.version]:
+            lines.append(
+                f"the trusted proxies (EPORT_TRUSTED_PROXIES, EPORT_AUTH_TRUSTED_PROXIES) "
+                f"include {network} ({network.num_addresses} addresses): each may forward a "
+                "client certificate header and log in as its holder"
+            )
+    lines += issuer_warnings(cfg)
+    return lines
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def issuer_warnings(cfg: CAConfig) -> list[str]:
+    """Profiles naming an issuing CA this CA does not have (their enrollments would be
+    refused with a 404: a typo, or an ISSUE-INTERMEDIATE ceremony still to run); and in
+    a development CA, issuing CAs made for an id that is not one of the usual ones, which
+    a typo in a profile's ``issuer`` makes without a word."""
+    from ca import hierarchy
+    from ca.policy import EVERY_ISSUER, load_policies
+
+    issuers_dir = hierarchy.ca_dir(cfg.data_dir) / "issuers"
+    if not issuers_dir.is_dir():
+        return []
+    known = {crt.stem for crt in issuers_dir.glob("*.crt")}
+    try:
+        active = json.loads((issuers_dir / hierarchy.ACTIVE_FILE).read_text())
+        known |= {str(alias) for alias in active}
+    except (OSError, ValueError, TypeError):
+        pass
+    named: dict[str, list[str]] = {}
+    for p in load_policies(cfg.policies_dir).profiles.values():
+        if not p.ca and p.issuer != EVERY_ISSUER:
+            named.setdefault(p.issuer, []).append(p.name)
+    where = Path(cfg.policies_dir) / "profiles"
+    lines: list[str] = []
+    for issuer, names in sorted(named.items()):
+        listed = ", ".join(f"{where}/{n}.toml" for n in sorted(names))
+        if issuer not in known:
+            lines.append(
+                f"{listed}: issuer: this CA has no issuing CA {issuer!r} (it has: "
+                f"{', '.join(sorted(known))}); enrollments for these profiles are refused "
+                "until an ISSUE-INTERMEDIATE ceremony makes it"
+            )
+        elif cfg.dev and issuer not in hierarchy.ISSUING_NAMES:
+            lines.append(
+                f"{listed}: issuer: the development CA has an issuing CA {issuer!r} for these "
+                f"profiles, not one of the usual {', '.join(sorted(hierarchy.ISSUING_NAMES))} "
+                "(a typo?)"
+            )
+    return lines
