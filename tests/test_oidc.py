@@ -989,3 +989,34 @@ def test_backchannel_logout_is_retried(world: World) -> None:
         time.sleep(0.1)
     time.sleep(1.5)
     assert sent() == 2  # delivered: not sent again
+
+
+def test_the_sample_service_does_not_fetch_the_jwks_for_garbage(world: World) -> None:
+    """Its back-channel endpoint fetched the provider's JWKS again (forced) for every
+    POST whose token did not verify, garbage included: anyone could make it hammer the
+    provider. Garbage is refused without a fetch; a token naming an unknown key forces
+    at most one fetch per interval."""
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with sample_service(world) as app:
+        client = app.extensions["authlib.integrations.flask_client"].create_client("eport")
+        forced: list[bool] = []
+        fetch = client.fetch_jwk_set
+
+        def counting(force: bool = False) -> Any:
+            forced.append(force)
+            return fetch(force=force)
+
+        client.fetch_jwk_set = counting
+        web = app.test_client()
+        for garbage in ("x", "a.b.c", "e30.e30.sig"):
+            r = web.post("/backchannel-logout", data={"logout_token": garbage})
+            assert r.status_code == 400 and r.json["error"] == "invalid_request"
+        assert True not in forced
+        stranger = ec.generate_private_key(ec.SECP256R1())
+        for n in range(3):
+            token = pyjwt.encode({"n": n}, stranger, "ES256", headers={"kid": "nobody"})
+            r = web.post("/backchannel-logout", data={"logout_token": token})
+            assert r.status_code == 400
+        assert forced.count(True) == 1, forced

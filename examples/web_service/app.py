@@ -48,8 +48,31 @@ from flask import Flask, Response, abort, redirect, render_template_string, requ
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+REFETCH_SECONDS = 10.0
+"""At most one forced JWKS fetch per this many seconds, for logout tokens naming an
+unknown key."""
+
+
+class _Every:
+    """``due()`` is true at most once every ``seconds`` (thread-safe)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = -seconds
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.seconds:
+                return False
+            self._last = now
+            return True
+
+
 SETTINGS = (
     "EPORT_ISSUER",
     "OIDC_CLIENT_ID",
@@ -256,6 +279,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return show(None, "Signed out here (the provider's answer carried no valid state).")
         return show(None, "You are signed out of the e-port.")
 
+    refetch = _Every(REFETCH_SECONDS)
+
     @app.post("/backchannel-logout")
     def backchannel_logout() -> Response:
         """Back-Channel Logout 1.0 §2.6: validate the logout token, end the sessions."""
@@ -276,13 +301,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def _logout_claims(raw: str, client: Any, iss: str, aud: str) -> dict[str, Any]:
         if not raw:
             raise ValueError("logout_token is required")
-        try:
-            keys = KeySet.import_key_set(client.fetch_jwk_set())
-            token = jwt.decode(raw, keys, algorithms=[id_token_alg])
-        except JoseError:
-            # The provider rotates its keys: fetch the JWKS again once.
+        # Its kid first (no signature checked yet): a POST of garbage, or of a token naming
+        # a key the provider never had, must not make this service fetch the JWKS each
+        # time. Only an unknown kid fetches it again (the provider rotated its keys), and
+        # at most once every REFETCH_SECONDS.
+        kid = extract_compact(raw.encode()).protected.get("kid")
+        keys = KeySet.import_key_set(client.fetch_jwk_set())
+        if not any(k.kid == kid for k in keys.keys) and refetch.due():
             keys = KeySet.import_key_set(client.fetch_jwk_set(force=True))
-            token = jwt.decode(raw, keys, algorithms=[id_token_alg])
+        token = jwt.decode(raw, keys, algorithms=[id_token_alg])
         if token.header.get("typ") != "logout+jwt":
             raise ValueError("not a logout token (typ)")
         registry = jwt.JWTClaimsRegistry(
