@@ -98,6 +98,34 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        """Each worker's apps. A database that cannot be used while a worker boots (a
+        worker restarted during an outage) is waited for, one log line each try: a worker
+        that failed to boot made gunicorn's master stop the whole server. The master's
+        timeout still replaces a worker that waits too long."""
+        import logging
+        import time
+
+        from ca.problems import database_unavailable_cause
+
+        wait = 0.5
+        while True:
+            try:
+                return self._load()
+            except Exception as exc:
+                cause = database_unavailable_cause(exc)
+                if cause is None:
+                    raise
+                why = " ".join(str(cause).split())[:200]
+                logging.getLogger("eport.serve").error(
+                    "worker booting: the database is unavailable (%s: %s); trying again in %.1f s",
+                    type(cause).__name__,
+                    why,
+                    wait,
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 8.0)
+
+    def _load(self) -> Any:
         from ca.app import create_app
 
         ca_app = create_app(self.cfg_ca)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -219,3 +220,56 @@ def test_a_role_that_cannot_create_tables_is_one_clear_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("eport: error: cannot use the database"), lines[0]
     assert "permission denied" in lines[0] and "create tables" in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_a_worker_restarted_during_an_outage_waits_for_the_database(tmp_path: Path) -> None:
+    """A worker that gunicorn restarted while PostgreSQL was down failed to boot, and
+    gunicorn's master then stopped the whole server ("Worker failed to boot"). It waits
+    for the database now, and the server serves again once it is back."""
+    with postgres_cluster() as pg:
+        ca_db, auth_db = pg.createdb("outage_ca"), pg.createdb("outage_auth")
+        srv, proc = start_server(
+            tmp_path / "data", ca_db, workers=2, extra_env={"EPORT_AUTH_DATABASE_URL": auth_db}
+        )
+        try:
+            url = srv.url
+            port = int(url.rsplit(":", 1)[1])
+            deadline = time.monotonic() + 30
+            while len(_workers(port)) < 2:  # both booted before the database goes
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            time.sleep(1.0)
+            pg_ctl(pg, "-m", "immediate", "stop")
+            victim = _workers(port)[0]
+            os.kill(victim, 9)
+            time.sleep(4)  # the master respawns it; it cannot reach the database
+            assert proc.poll() is None, srv.log.read_text(errors="replace")[-3000:]
+            assert "worker booting: the database is unavailable" in srv.log.read_text(
+                errors="replace"
+            )
+            pg_ctl(pg, *pg.start_args)
+            ok = 0
+            deadline = time.monotonic() + 60
+            while ok < 8 and time.monotonic() < deadline:
+                r = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
+                ok = ok + 1 if r.status_code == 201 else 0
+                time.sleep(0.1)
+            assert ok == 8, r.text
+            assert proc.poll() is None
+            assert victim not in _workers(port)
+        finally:
+            stop(proc)
+
+
+def _workers(port: int) -> list[int]:
+    """The gunicorn workers serving ``port``: of the processes holding its listening
+    socket, those whose parent holds it too (the master's children)."""
+    out = subprocess.run(
+        ["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+    parent = {
+        p: int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) for p in pids
+    }
+    return sorted(p for p in pids if parent[p] in pids)
