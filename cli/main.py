@@ -295,6 +295,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     auth_cfg = AuthConfig.load(
         {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
     )
+    # The policies too: a set refused leaves no data directory (nor lock) behind
+    _check_policies(cfg, auth_cfg)
     existed = data_dir.exists()
     try:
         # Shared by every server of the directory, for the server's life (workers inherit
@@ -319,7 +321,6 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             f"{data_dir} --out CEREMONY_DIR`, or start a development CA with --dev"
         )
     _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
-    _check_policies(cfg, auth_cfg)
     if hierarchy.exists(data_dir):
         hierarchy.check_complete(data_dir)  # before any schema is upgraded
         from ca.db import made_elsewhere
@@ -380,6 +381,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
 
         announce_sealed_start(data_dir)
     _prelint_templates(cfg)
+    from cli.serve import start_warnings
+
+    for line in start_warnings(cfg, auth_cfg, host):  # before "Serving", where it is read
+        click.secho(f"WARNING: {line}", fg="yellow", err=True)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
     click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
     sys.stdout.flush()

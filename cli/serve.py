@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import click
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -178,8 +177,6 @@ def run(
     cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
 ) -> None:
     forwarded = forwarded_from(cfg, auth_cfg)
-    for line in start_warnings(cfg, auth_cfg, host):
-        click.secho(f"WARNING: {line}", fg="yellow", err=True)
     EPortServer(
         cfg,
         auth_cfg,
