@@ -425,7 +425,7 @@ def load_profile(path: Path) -> Profile:
 def load_members(path: Path) -> Members:
     r = _Reader(path, _load_toml(path))
     threshold = r.get("threshold", int)
-    members = []
+    members: list[Member] = []
     seen: set[str] = set()
     for i, raw in enumerate(r.get("member", list)):
         if not isinstance(raw, dict):
@@ -437,11 +437,23 @@ def load_members(path: Path) -> Members:
         if mid in seen:
             raise m.fail("id", f"duplicate member id {mid!r}")
         seen.add(mid)
-        members.append(Member(id=mid, name=m.get("name", str), custodian=m.get("custodian", str)))
+        custodian = m.get("custodian", str)
+        if not custodian.strip():
+            raise m.fail("custodian", "names the person who holds this member's share")
+        held_by = next((o.id for o in members if o.custodian.strip() == custodian.strip()), None)
+        if held_by is not None:
+            raise m.fail(
+                "custodian",
+                f"{custodian!r} is also {held_by}'s custodian: one person would hold two "
+                "shares of the root key",
+            )
+        members.append(Member(id=mid, name=m.get("name", str), custodian=custodian))
         m.no_extra()
     r.no_extra()
     if not members:
         raise r.fail("member", "at least one member agency is required")
+    if len(members) > 255:
+        raise r.fail("member", "at most 255 member agencies (the root key's shares are 1..255)")
     if not 1 <= threshold <= len(members):
         raise r.fail("threshold", f"must be between 1 and the number of members ({len(members)})")
     return Members(threshold=threshold, members=tuple(members))

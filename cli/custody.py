@@ -47,6 +47,17 @@ def _read_secret_file(path: Path) -> bytes:
         raise CLIError(f"cannot read passphrase file {path}: {exc.strerror}") from None
 
 
+def _refuse_quorum_of_one(policies: Any, policies_dir: Path) -> None:
+    """Joint custody needs at least two custodians to act together: with a threshold of
+    1, any one custodian alone unseals the CA and signs as the root."""
+    if policies.members.threshold < 2:
+        raise CLIError(
+            f"{Path(policies_dir) / 'members.toml'}: threshold: {policies.members.threshold} "
+            "is no joint custody (one custodian alone would unseal the CA and sign as the "
+            "root); set it to 2 or more"
+        )
+
+
 def member_env(prefix: str, member: str) -> str:
     """The environment variable ``prefix`` + the member id, upper case, a ``-`` as ``_``
     (``EPORT_SHARE_PASSPHRASE_FOREIGN_EXCHANGE`` for ``foreign-exchange``): a name a POSIX
@@ -364,6 +375,7 @@ def ca_init(
     if (out / "officers").exists() or (out / "shares").exists():
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)
+    _refuse_quorum_of_one(policies, cfg.policies_dir)
     members = [(m.id, m.custodian) for m in policies.members.members]
     files: dict[str, Path] = {}
     for item in custodian_passphrases:
@@ -737,6 +749,7 @@ def ca_reshare(
     if (out / "shares").exists():
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)
+    _refuse_quorum_of_one(policies, cfg.policies_dir)
     members = [(m.id, m.custodian) for m in policies.members.members]
     engine = make_engine(cfg.sqlalchemy_url)
     try:

@@ -471,3 +471,28 @@ def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 1 and len(lines) == 1, res.stderr
         assert lines[0].startswith("eport: error: ") and expect in lines[0]
         assert "EPORT_DATABASE_URL" in lines[0] and "s3cret-pw" not in res.stderr + res.stdout
+
+
+def test_a_quorum_of_one_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    """members.toml with threshold 1 made a "1-of-5 custody" without a word: any one
+    custodian alone would unseal the CA and sign as the root."""
+    import shutil
+
+    policies = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "policies", policies)
+    members = policies / "members.toml"
+    members.write_text(re.sub(r"(?m)^threshold = \d+$", "threshold = 1", members.read_text()))
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    done = subprocess.run(
+        [EPORT, "ca", "init", "--data-dir", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_POLICIES_DIR": str(policies)},
+        timeout=120,
+    )
+    assert done.returncode == 1, done
+    assert done.stderr == (
+        f"eport: error: {members}: threshold: 1 is no joint custody (one custodian alone "
+        "would unseal the CA and sign as the root); set it to 2 or more\n"
+    )
+    assert not (data / "ca").exists() and not out.exists()

@@ -460,6 +460,33 @@ def test_member_missing_custodian(policy_dir: Path) -> None:
     refused(policy_dir, path, "member[2].custodian")
 
 
+def test_one_custodian_for_two_members_is_refused(policy_dir: Path) -> None:
+    """One person named custodian of two members would hold two shares of the root key:
+    a quorum of three would then be two people."""
+    path = policy_dir / "members.toml"
+    edit(path, sub(r'^custodian = "Tax key custodian"$', 'custodian = "Customs key custodian"'))
+    err = refused(policy_dir, path, "member[2].custodian")
+    assert "also customs's custodian" in str(err), err
+
+
+def test_a_blank_custodian_is_refused(policy_dir: Path) -> None:
+    path = policy_dir / "members.toml"
+    edit(path, sub(r'^custodian = "Tax key custodian"$', 'custodian = "  "'))
+    refused(policy_dir, path, "member[2].custodian")
+
+
+def test_more_than_255_members_is_refused(policy_dir: Path) -> None:
+    """The root key's shares are numbered 1..255: the refusal said only "between 1 and
+    the number of custodians" at ``eport ca init``."""
+    path = policy_dir / "members.toml"
+    members = "".join(
+        f'[[member]]\nid = "m{i}"\nname = "M{i}"\ncustodian = "C{i}"\n' for i in range(256)
+    )
+    path.write_text("threshold = 200\n" + members)
+    err = refused(policy_dir, path, "member")
+    assert "at most 255" in str(err), err
+
+
 def test_unknown_top_level_members_key(policy_dir: Path) -> None:
     path = policy_dir / "members.toml"
     edit(path, lambda t: "quorum = 3\n" + t)
