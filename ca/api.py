@@ -159,9 +159,23 @@ def openapi() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
+    """Liveness (200 while the process answers) with what a monitor needs to know:
+    sealed, the database's state, the root CRL's end, the CA files' state. With
+    ``?ready`` it is a readiness check: 503 while the database cannot be used."""
+    from sqlalchemy import text
+
+    from ca.problems import database_unavailable_cause
+
     s = svc()
     sealed = any(getattr(i.signer, "sealed", False) for i in s.authority.issuers.values())
-    out: dict[str, Any] = {"status": "ok", "sealed": sealed}
+    out: dict[str, Any] = {"status": "ok", "sealed": sealed, "database": "ok"}
+    try:
+        with s.store.reading() as tx:
+            tx.s.execute(text("SELECT 1"))
+    except Exception as exc:
+        if database_unavailable_cause(exc) is None:
+            raise
+        out.update(status="degraded", database="unavailable")
     # Only a quorum ceremony signs the root CRL: monitoring sees its end coming.
     out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
     notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
@@ -176,7 +190,11 @@ def health() -> Response:
         warnings += crosshost.warnings()
     if warnings:
         out["warnings"] = warnings
-    return jsonify(out)
+    resp = jsonify(out)
+    if "ready" in request.args and out["status"] != "ok":
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "5"
+    return resp
 
 
 @bp.get("/ca")

@@ -282,9 +282,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/health": {
                 "get": _op(
-                    "Liveness, seal state, the root CRL's nextUpdate, whether this host's CA "
-                    "files match the database's record (hierarchy: current or stale) and "
-                    "warnings"
+                    "Liveness, seal state, the database's state (ok or unavailable; with "
+                    "?ready, a readiness check: 503 while it is unavailable), the root CRL's "
+                    "nextUpdate, whether this host's CA files match the database's record "
+                    "(hierarchy: current or stale) and warnings"
                 )
             },
             "/ca/v1/openapi.json": {"get": _op("This document")},

@@ -91,6 +91,14 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                 assert doc["type"] == "urn:eport:problem:database-unavailable", doc
                 assert "whether it took effect is not known" in doc["detail"]
                 assert "nothing was changed" not in doc["detail"]
+            # Health: alive (200), and says the database is unavailable; as a readiness
+            # check (?ready), 503.
+            health = requests.get(url + "/ca/v1/health", timeout=30)
+            assert health.status_code == 200
+            assert health.json()["database"] == "unavailable"
+            assert health.json()["status"] == "degraded"
+            ready = requests.get(url + "/ca/v1/health?ready", timeout=30)
+            assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
             log = srv.log.read_text(errors="replace")
             assert "database unavailable on POST /ca/v1/applications" in log
             assert "Traceback" not in log, log[-3000:]
@@ -103,6 +111,8 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                 time.sleep(0.5)
             assert again.status_code == 201, again.text
             assert json.loads(again.text)["state"] == "pending"
+            ready = requests.get(url + "/ca/v1/health?ready", timeout=30)
+            assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text
         finally:
             stop(proc)
 
