@@ -9,7 +9,9 @@ clear to ``<data_dir>/dev/DEV-ONLY-passphrases.toml``. Production uses
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
+import os
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -69,7 +71,22 @@ def now_utc() -> datetime.datetime:
 
 
 def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
-    """Create the development joint CA on first start; return its files if it was made now."""
+    """Create the development joint CA on first start; return its files if it was made now.
+
+    One first start at a time per data directory (an ``flock`` on the directory): two
+    servers started at once on a fresh directory (two may serve one directory) had the
+    second take the first's CA in the making for one a start had left unfinished."""
+    data = Path(cfg.data_dir)
+    make_data_dir(data)
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another first start: wait for it, then use its CA
+        return _ensure_dev_ca(cfg)
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     from ca.policy import load_policies
 
     # Taken before anything is made: what a first start that fails or is interrupted

@@ -10,6 +10,7 @@ start it, and custodians unsealed a CA with no root in its log and no officer)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -200,3 +201,43 @@ def test_a_complete_ca_has_no_unfinished_mark_and_a_rerun_removes_nothing(
     assert "already holds a CA" in line, line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert os.path.exists(data / "ca" / "root.key")
+
+
+@pytest.mark.slow
+def test_two_first_starts_at_once_share_one_development_ca(tmp_path: Path) -> None:
+    """Two servers may serve one data directory; started at once on a fresh one, the
+    second took the first's CA in the making for an unfinished start ("remove that
+    directory") and quit. The second now waits for the first start, and uses its CA."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"serve-{p}.log" for p in ports]
+    procs = []
+    for port, log in zip(ports, logs, strict=True):
+        with open(log, "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", str(port)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+    try:
+        for port, proc, log in zip(ports, procs, logs, strict=True):
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, log.read_text(errors="replace")
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"http://127.0.0.1:{port}/ca/v1/health", timeout=2).ok:
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        roots = {
+            requests.get(f"http://127.0.0.1:{p}/ca/v1/ca", timeout=5).json()["root"] for p in ports
+        }
+        assert len(roots) == 1  # one CA, served by both
+    finally:
+        for proc in procs:
+            stop(proc)
