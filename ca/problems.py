@@ -10,10 +10,11 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from ca.errors import (
     BadRequest,
@@ -210,6 +211,19 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
 
     answers = ErrorAnswers(app.json.dumps, unexpected_detail)
     app.extensions[EXTENSION] = answers
+
+    @app.before_request
+    def _relative_slash_redirect() -> Response | None:
+        # Werkzeug's redirect of a path without its trailing slash (/portal → /portal/)
+        # named the request's Host header in Location: a Host the client (or a cache in
+        # front) sent came back as the redirect's target. Relative, it names none.
+        exc = request.routing_exception
+        if not isinstance(exc, RequestRedirect):
+            return None
+        parts = urlsplit(exc.new_url)
+        answer = Response(status=exc.code)
+        answer.headers["Location"] = urlunsplit(("", "", parts.path, parts.query, ""))
+        return answer
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:

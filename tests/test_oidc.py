@@ -1020,3 +1020,18 @@ def test_the_sample_service_does_not_fetch_the_jwks_for_garbage(world: World) ->
             r = web.post("/backchannel-logout", data={"logout_token": token})
             assert r.status_code == 400
         assert forced.count(True) == 1, forced
+
+
+def test_the_trailing_slash_redirect_names_no_host(world: World) -> None:
+    """/portal → /portal/ was Werkzeug's absolute redirect built from the request's Host
+    header: a Host the client sent came back as the target (a poisoned cache could send
+    users elsewhere). The Location is relative now."""
+    for path, query in (("/portal", ""), ("/portal", "?x=1"), ("/audit", "")):
+        r = requests.get(
+            world.server.url + path + query,
+            headers={"Host": "evil.example"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 308, (path, r.status_code)
+        assert r.headers["Location"] == path + "/" + query, r.headers["Location"]
