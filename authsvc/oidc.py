@@ -637,6 +637,8 @@ class OpenIDProvider:
             self.store.delete_browser_session(signed.browser.cookie_hash)
             if again is not None:
                 return self._hold(again)
+            # ended meanwhile, or the certificate signs in as someone else now: a new session
+            self.end_session(signed.session.sid, "signed in again", client_addr)
         return self.sign_in(presented, client_addr)
 
     def sign_in(self, cert: x509.Certificate, client_addr: str | None) -> SignedIn:

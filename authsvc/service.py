@@ -433,10 +433,12 @@ class TokenService:
     ) -> SessionRecord | None:
         """The holder of ``session`` authenticates again with the certificate the session
         was opened with (a relying party's ``prompt=login`` or ``max_age``): checked as a
-        login is (chain, status asked fresh, rate limits), then the session's auth time
-        moves to now and it stays open, so no other service is logged out. None if the
-        session ended meanwhile (the caller opens a new one). Raises
-        :class:`InvalidGrant` as :meth:`login_certificate` does; the session is kept."""
+        login is (chain, who it is under the policies now, status asked fresh, rate
+        limits), then the session's auth time moves to now and it stays open, so no other
+        service is logged out. None if the session ended meanwhile, or if the certificate
+        no longer signs in as the session's principal (a policy changed): the caller ends
+        it and opens a new one. Raises :class:`InvalidGrant` as :meth:`login_certificate`
+        does; the session is kept."""
         if x5t_s256(cert) != session.cert_sha256:
             raise ValueError("re-authentication is with the session's own certificate")
         keys = [f"addr:{client_addr}", f"cert:{session.cert_sha256}"]
@@ -444,6 +446,7 @@ class TokenService:
         now = self.clock()
         try:
             self.trust.verify_chain(cert, now)
+            principal = identify(cert, self.policies, self.issuing_cas())
             self.require_good(cert, fresh=True)
         except (Unauthenticated, Forbidden, InvalidGrant) as exc:
             self._fail(
@@ -456,6 +459,8 @@ class TokenService:
                 ),
             )
             raise InvalidGrant(exc.detail) from None
+        if principal != session.principal:
+            return None
         if not self.store.reauthenticated(session.sid, now):
             return None
         self.store.add_event(
