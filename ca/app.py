@@ -271,6 +271,7 @@ def _start_refresher(app: Flask, every: float) -> None:
             check_hierarchy_record(app)
             reload_hierarchy(app)
             warn_root_crl(app)
+            _wipe_expired_shares(app)
             try:
                 with app.app_context():
                     app.extensions[EXTENSION].status.refresh()
@@ -281,6 +282,16 @@ def _start_refresher(app: Flask, every: float) -> None:
             _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
+
+
+def _wipe_expired_shares(app: Flask) -> None:
+    """The stored shares of expired ceremonies blanked (joint custody only)."""
+    from ca.quorum_api import EXTENSION as CUSTODY
+
+    custody = app.extensions.get(CUSTODY)
+    if custody is not None:
+        with app.app_context():
+            custody.wipe_expired_shares()
 
 
 ROOT_CRL_WARNED = "eport.ca.root_crl_warned"

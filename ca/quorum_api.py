@@ -48,8 +48,8 @@ def _kek_label(custody_id: str) -> str:
 
 
 WIPE_EVERY = 60.0
-"""Seconds between a worker's wipes of expired ceremonies' shares (also done whenever a
-ceremony is opened or joined)."""
+"""Seconds between a worker's wipes of expired ceremonies' shares in the background (also
+done whenever a ceremony is opened or joined)."""
 
 
 class CustodyService:
@@ -139,15 +139,20 @@ class CustodyService:
             wipe(self._kek)
         self._kek = kek
 
+    def wipe_expired_shares(self) -> None:
+        """Blank the stored shares of ceremonies that expired, at most once a
+        :data:`WIPE_EVERY` (called by the background refresher, never on a request's
+        path: the wipe is a write, which on SQLite queues for the write lock)."""
+        if time.monotonic() - self._wiped_at < WIPE_EVERY:
+            return
+        self._wiped_at = time.monotonic()
+        try:
+            self.quorum.wipe_expired()
+        except Exception:  # a busy or unreachable database: the next period tries
+            log.warning("could not wipe the shares of expired ceremonies", exc_info=True)
+
     def refresh(self) -> None:
-        """Reload a changed hierarchy; unseal from this instance's unseal record if sealed;
-        now and then, blank the stored shares of ceremonies that expired."""
-        if time.monotonic() - self._wiped_at >= WIPE_EVERY:
-            self._wiped_at = time.monotonic()
-            try:
-                self.quorum.wipe_expired()
-            except Exception:  # a busy or unreachable database: the next period tries
-                log.warning("could not wipe the shares of expired ceremonies", exc_info=True)
+        """Reload a changed hierarchy; unseal from this instance's unseal record if sealed."""
         with self._lock:
             gen = read_generation(self.cfg.data_dir)
             if gen != self.generation:
