@@ -549,12 +549,15 @@ def inclusion_proof() -> Response:
     By serial the answer also carries the entry, so it needs a reader allowed to see
     it: an enterprise proves only its own certificates.
     """
+    serial = request.args.get("serial")
+    # The signed request's check first: it stores its jti, a write that a read-only
+    # transaction opened before it could not take (SQLite refuses to upgrade a stale one).
+    reader = signed_reader() if serial is not None else None
     s = read_session()
     size = _tree_size(s)
-    serial = request.args.get("serial")
     out: dict[str, Any] = {"tree_size": size}
     if serial is not None:
-        reader = signed_reader()
+        assert reader is not None
         found = issuance_entry(s, normalize_serial(serial))
         if found is None or (not reader.reads_all and found[2] != reader.uscc):
             raise NotFound(f"no logged issuance of certificate {normalize_serial(serial)}")
