@@ -75,6 +75,11 @@ def check_policies(cfg: CAConfig, auth_cfg: AuthConfig | None) -> None:
     prelint_templates(cfg)
 
 
+BOOT_RETRY_SECONDS = 2.0
+"""How long a worker that found the database unavailable as it booted waits before it
+exits for a fresh one (the master starts the next at once)."""
+
+
 class EPortServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn with our app factories; each worker builds its own apps."""
 
@@ -98,31 +103,32 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         """Each worker's apps. A database that cannot be used while a worker boots (a
-        worker restarted during an outage) is waited for, one log line each try: a worker
-        that failed to boot made gunicorn's master stop the whole server. The master's
-        timeout still replaces a worker that waits too long."""
+        worker restarted during an outage): one log line, a pause, and the worker exits
+        (code 1), for the master to start a fresh one. A worker that failed to boot made
+        gunicorn's master stop the whole server; retrying in this process would keep what
+        each attempt had started (the refresher thread, the connection pools)."""
         import logging
+        import sys
         import time
 
         from ca.problems import database_unavailable_cause
 
-        wait = 0.5
-        while True:
-            try:
-                return self._load()
-            except Exception as exc:
-                cause = database_unavailable_cause(exc)
-                if cause is None:
-                    raise
-                why = " ".join(str(cause).split())[:200]
-                logging.getLogger("eport.serve").error(
-                    "worker booting: the database is unavailable (%s: %s); trying again in %.1f s",
-                    type(cause).__name__,
-                    why,
-                    wait,
-                )
-                time.sleep(wait)
-                wait = min(wait * 2, 8.0)
+        try:
+            return self._load()
+        except Exception as exc:
+            cause = database_unavailable_cause(exc)
+            if cause is None:
+                raise
+            why = " ".join(str(cause).split())[:200]
+            logging.getLogger("eport.serve").error(
+                "worker booting: the database is unavailable (%s: %s); a new worker tries "
+                "again in %.0f s",
+                type(cause).__name__,
+                why,
+                BOOT_RETRY_SECONDS,
+            )
+            time.sleep(BOOT_RETRY_SECONDS)
+            sys.exit(1)  # not gunicorn's boot error (3), which stops the master
 
     def _load(self) -> Any:
         from ca.app import create_app
