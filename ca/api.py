@@ -575,9 +575,11 @@ def _listed_status(
             "since": iso(ca_revoked.revoked_at),
             "issuing_ca_revoked": True,
         }
+    if rec.not_after <= now:
+        return {"status": "expired"}  # a hold on it no longer matters
     if st is not None:
         return {"status": "on-hold", "since": iso(st.revoked_at)}
-    return {"status": "expired" if rec.not_after <= now else "good"}
+    return {"status": "good"}
 
 
 @bp.post("/responders/renew")

@@ -210,11 +210,11 @@ class JointCA:
         self.policies = policies
         self.issuers = dict(issuers)
         self.revoked_issuers = dict(revoked_issuers or {})
-        self._void = tuple(sorted(self.revoked_issuers))
-        """Their certificates are in force for nobody (the one-credential rule)."""
         """Issuing CA id → its revocation on the root's CRL: nothing is issued from one, even
         if ``issuers/active.json`` names it (edited by hand; from a database someone
         changed, a host takes it only signed by the root: :mod:`ca.active_signature`)."""
+        self._void = tuple(sorted(self.revoked_issuers))
+        """Their certificates are in force for nobody (the one-credential rule)."""
         self.unavailable_issuers = dict(unavailable_issuers or {})
         """Issuer id → the generation it issues from, which this host does not have."""
         self.root = root

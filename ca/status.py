@@ -226,7 +226,11 @@ class StatusService:
             return ocsp.error_response(ocsp.ResponseStatus.UNAUTHORIZED)
         issuer_id = self._by_responder[id(responder)]
         now = self.clock().replace(microsecond=0)
-        with self.store.transaction() as tx:
+        # A revoked generation's answers are never stored: they only read (no write lock).
+        begin = self.store.transaction
+        if issuer_id in self.revoked_issuers:
+            begin = getattr(self.store, "reading", None) or begin
+        with begin() as tx:
             if len(info.cert_ids) == 1 and info.nonce is None:
                 cert_id = info.cert_ids[0]
                 if cert_id == responder.cert_id(cert_id.serial_number) and cert_id.null_parameters:

@@ -1732,7 +1732,6 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
     """
     import requests
 
-    from ca.crl import ReasonCode
     from ca.ocsp import Good, OnHold, Revoked
     from ca.ocsp_client import OCSPError, OCSPStatusSource, ocsp_url
 
@@ -1774,9 +1773,10 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
     # REVOKE-INTERMEDIATE); a certificate of a revoked CA is revoked for good.
     held_or_good = isinstance(st, Good | OnHold)
     ca_revoked = _issuing_ca_revocation(cert, candidates) if held_or_good else None
-    if isinstance(st, Revoked) and st.reason is ReasonCode.CA_COMPROMISE:
-        # Its CA's own responder answers so once the root's CRL revokes that CA (RFC 6960
-        # §2.7): that CRL names the CA's revocation; if it cannot be read, revoked stands.
+    if isinstance(st, Revoked):
+        # Its CA's own responder answers revoked (cACompromise, or the CA's own reason)
+        # once the root's CRL revokes that CA (RFC 6960 §2.7): that CRL names the CA's
+        # revocation; if it cannot be read, the responder's revoked stands.
         with contextlib.suppress(CLIError):
             ca_revoked = _issuing_ca_revocation(cert, candidates)
     if ca_revoked is not None:
