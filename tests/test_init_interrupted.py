@@ -23,6 +23,7 @@ import requests
 
 from tests.conftest import EPORT, free_port, start_server, stop
 from tests.test_ca_init import custodian_env
+from tests.test_cli_errors import default_sigint
 
 pytestmark = pytest.mark.slow  # each runs `eport ca init` or a first start, ~5 s
 
@@ -36,6 +37,9 @@ def _cut_short(cmd: list[str], data: Path, sig: signal.Signals) -> subprocess.Co
         stderr=subprocess.PIPE,
         text=True,
         env=custodian_env(),
+        # a Ctrl-C reaches it even when the tests run with SIGINT ignored (a shell's
+        # background job), which the command would inherit and never see the signal
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
