@@ -187,7 +187,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         issuing_cas=lambda: live.current().issuers,
     )
     app.extensions[EXTENSION] = AuthService(
-        cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies)
+        cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies, cfg.proxy_secret)
     )
 
     @app.before_request

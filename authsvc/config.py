@@ -41,6 +41,10 @@ class AuthConfig:
     dev: bool = False
     trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})
     """Addresses or networks (CIDR) whose client-certificate headers are believed."""
+    proxy_secret: str = field(default="", repr=False)
+    """When set, a trusted proxy's forwarded headers are believed only with
+    ``X-Eport-Proxy-Secret`` equal to it: on a host where other processes reach the
+    service's loopback port too, they are not the proxy (:mod:`authsvc.proxy`)."""
     # Lifetimes up to ten years: a session never outlives its certificate anyway.
     access_token_seconds: int = bounded(600, 1, 3660 * DAY, "seconds")
     session_seconds: int = bounded(8 * 3600, 1, 3660 * DAY, "seconds")
@@ -89,4 +93,6 @@ class AuthConfig:
         cfg = build_settings(cls, values, source)
         if cfg.status_mode not in ("local", "ocsp"):
             raise PolicyError(source, "status_mode", "local or ocsp")
+        if cfg.proxy_secret and len(cfg.proxy_secret) < 32:
+            raise PolicyError(source, "proxy_secret", "at least 32 characters (a random secret)")
         return cfg

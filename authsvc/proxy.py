@@ -11,6 +11,7 @@ claim anyone can make, and silently ignoring it would hide a misconfiguration.
 from __future__ import annotations
 
 import base64
+import hmac
 import ipaddress
 from collections.abc import Iterable
 from typing import Protocol
@@ -22,14 +23,27 @@ from ca.errors import BadRequest, Unauthenticated
 
 HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
 FORWARDED_FOR = "X-Forwarded-For"
+PROXY_SECRET = "X-Eport-Proxy-Secret"
+"""The header a proxy proves itself with when ``EPORT_AUTH_PROXY_SECRET`` is set."""
 
 
 class TrustedProxies:
-    def __init__(self, entries: Iterable[str]) -> None:
+    def __init__(self, entries: Iterable[str], secret: str = "") -> None:
         self.networks = [
             ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()
         ]
         self._seen: dict[str, bool] = {}  # answers per address string (the fast paths)
+        self._secret = secret.encode()
+
+    def vouched(self, headers: Headers) -> bool:
+        """Whether the request carries the proxies' secret (always, when none is set):
+        from a trusted address, a process that is not the proxy (any process of the host,
+        when the proxy reaches the service over loopback) cannot forge a forwarded
+        certificate without it. Compared in constant time."""
+        if not self._secret:
+            return True
+        given = headers.get(PROXY_SECRET)
+        return given is not None and hmac.compare_digest(given.encode(), self._secret)
 
     def trusts(self, addr: str | None) -> bool:
         if not addr:
@@ -63,7 +77,7 @@ def client_address(
     from; whatever lies left of that may be the client's own invention). Without the
     header, or with an entry that is not an IP address, the proxy's address: every client
     behind it then shares one count, as before."""
-    if not proxies.trusts(remote_addr):
+    if not proxies.trusts(remote_addr) or not proxies.vouched(headers):
         return remote_addr
     value = headers.get(FORWARDED_FOR)
     if not value:
@@ -90,6 +104,11 @@ def forwarded_certificate(
     if not proxies.trusts(remote_addr):
         raise Unauthenticated(
             f"{present[0]} header from {remote_addr}, which is not a trusted proxy"
+        )
+    if not proxies.vouched(headers):
+        raise Unauthenticated(
+            f"{present[0]} header from {remote_addr} without the proxies' secret "
+            f"({PROXY_SECRET}, EPORT_AUTH_PROXY_SECRET)"
         )
     value = str(get(present[0])).strip()
     try:
