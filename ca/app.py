@@ -88,7 +88,7 @@ def build_authority(
     factory = CertificateFactory(
         CertificateLinter(),
         lint_sampler=sampler,
-        public_base_url=cfg.public_base_url,
+        public_base_url=cfg.certificate_base_url,
         template_memo=TEMPLATES_LINTED,
     )
     lint_templates(factory, policies, h.issuers, clock())
@@ -142,7 +142,7 @@ def prelint_templates(cfg: CAConfig) -> None:
     :class:`~ca.errors.LintFailed` or :class:`~ca.errors.PolicyError` if one fails."""
     factory = CertificateFactory(
         CertificateLinter(),
-        public_base_url=cfg.public_base_url,
+        public_base_url=cfg.certificate_base_url,
         template_memo=TEMPLATES_LINTED,
     )
     policies = load_policies(cfg.policies_dir)

@@ -196,7 +196,7 @@ def initialize(
             cfg.data_dir,
             root_passphrase=root_passphrase,
             ca_passphrase=ca_passphrase,
-            factory=CertificateFactory(public_base_url=cfg.public_base_url),
+            factory=CertificateFactory(public_base_url=cfg.certificate_base_url),
             now=datetime.datetime.now(datetime.UTC),
             token=token,
             root_signs=None if custody_set is None else custody_signer(cfg.data_dir),

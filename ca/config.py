@@ -108,6 +108,11 @@ class CAConfig:
     """Public base URL of the CA: printed into certificates (AIA, CRL distribution points).
     An absolute http(s) URL with a host and no query or fragment: empty, certificates were
     issued with no OCSP, caIssuers or CRL pointer at all."""
+    status_base_url: str = url_field("", optional=True)
+    """Where relying parties fetch status, printed into certificates instead of
+    ``public_base_url`` (OCSP, CRL distribution points, caIssuers): RFC 5280 §4.2.1.13 and
+    RFC 6960 use plain ``http://`` for them (fetching a CRL over TLS needs the status it
+    carries). Empty: ``public_base_url``."""
     ca_key_passphrase: str = field(default="", repr=False)
     """Unseals the issuing CA keys; in development read from ``<data_dir>/dev/``."""
     dev: bool = False
@@ -135,6 +140,11 @@ class CAConfig:
     """The audience of access tokens for the audit API (``policies/services.toml``)."""
     trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})
     """Addresses whose forwarded headers are believed; nobody else's are."""
+
+    @property
+    def certificate_base_url(self) -> str:
+        """The base of the status URLs printed into certificates."""
+        return self.status_base_url or self.public_base_url
 
     @property
     def sqlalchemy_url(self) -> str:

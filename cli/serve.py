@@ -245,7 +245,43 @@ def start_warnings(cfg: CAConfig, auth_cfg: AuthConfig | None, host: str) -> lis
                 "client certificate header and log in as its holder"
             )
     lines += issuer_warnings(cfg)
+    moved = status_base_moved(cfg)
+    if moved is not None:
+        lines.append(moved)
     return lines
+
+
+def status_base_moved(cfg: CAConfig) -> str | None:
+    """A warning when the issuing CA certificates name another status address (their CRL
+    distribution point) than the one new certificates would get: EPORT_PUBLIC_BASE_URL
+    (or EPORT_STATUS_BASE_URL) unset or changed since ``eport ca init``, so that leaf
+    certificates would point relying parties at an internal or stale address."""
+    from cryptography import x509
+
+    from ca import hierarchy
+
+    issuers = sorted((hierarchy.ca_dir(cfg.data_dir) / "issuers").glob("*.crt"))
+    if not issuers:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(issuers[0].read_bytes())
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        named = [
+            n.value
+            for p in points
+            for n in (p.full_name or ())
+            if isinstance(n, x509.UniformResourceIdentifier)
+        ]
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    ours = cfg.certificate_base_url.rstrip("/") + "/crl/"
+    if not named or any(url.startswith(ours) for url in named):
+        return None
+    return (
+        f"the CA's certificates name {named[0]} for status, but certificates issued now "
+        f"would name {ours}…: set EPORT_PUBLIC_BASE_URL (or EPORT_STATUS_BASE_URL) to the "
+        "address the CA was made with"
+    )
 
 
 def _loopback(host: str) -> bool:

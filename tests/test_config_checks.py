@@ -280,3 +280,39 @@ def test_issuers_and_wide_proxies_are_warned_about_at_start(tmp_path: Path, poli
     srv, proc = start_server(data, extra_env={"EPORT_POLICIES_DIR": str(policies)})
     stop(proc)
     assert f"WARNING: {profile}: issuer: this CA has no issuing CA 'other'" in srv.log.read_text()
+
+
+@pytest.mark.slow
+def test_status_urls_follow_their_own_base_and_a_moved_base_is_warned(tmp_path: Path) -> None:
+    """EPORT_STATUS_BASE_URL: the status URLs in certificates (OCSP, CRL, caIssuers) may
+    be plain http:// while the service's public base is https:// (RFC 5280, RFC 6960).
+    And a server started with another base than its CA was made with (EPORT_PUBLIC_BASE_URL
+    forgotten or changed) says so: new certificates would point elsewhere."""
+    from cryptography import x509
+
+    from tests.helpers import cert_of, enroll_enterprise
+
+    data = tmp_path / "data"
+    status = "http://status.eport.example"
+    srv, proc = start_server(data, workers=1, extra_env={"EPORT_STATUS_BASE_URL": status})
+    try:
+        cert = cert_of(enroll_enterprise(srv, tmp_path, "Status Base Co."))
+    finally:
+        stop(proc)
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    urls = {d.access_location.value for d in aia}
+    assert f"{status}/ocsp" in urls, urls
+    cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value.startswith(f"{status}/crl/")
+    # Started again without it: certificates would name this server's own address.
+    srv, proc = start_server(data, workers=1)
+    try:
+        log = srv.log.read_text(errors="replace")
+        assert f"the CA's certificates name {status}/crl/" in log, log
+    finally:
+        stop(proc)
+    srv, proc = start_server(data, workers=1, extra_env={"EPORT_STATUS_BASE_URL": status})
+    try:
+        assert "the CA's certificates name" not in srv.log.read_text(errors="replace")
+    finally:
+        stop(proc)
