@@ -65,6 +65,21 @@ def check_server(value: str) -> str | None:
     return None
 
 
+def _unverified(exc: BaseException) -> bool:
+    """Whether an SSL error's cause is a certificate that did not verify."""
+    import ssl
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return True
+        nested = cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None
+        cur = nested or getattr(cur, "reason", None) or cur.__cause__ or cur.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def send(
     http: requests.Session, method: str, server: str, url: str, **kwargs: Any
 ) -> requests.Response:
@@ -72,7 +87,12 @@ def send(
     failure is one line (:class:`CLIError`) naming the server, never a traceback."""
     try:
         resp = http.request(method, url, **kwargs)
-    except requests.exceptions.SSLError:
+    except requests.exceptions.SSLError as exc:
+        if _unverified(exc):
+            raise NotSent(
+                f"the TLS certificate of {server} is not trusted here: give the CA that "
+                "issued it in REQUESTS_CA_BUNDLE (a PEM file), or check EPORT_SERVER"
+            ) from None
         raise NotSent(
             f"cannot make a TLS connection to {server} "
             "(an http:// server given as https://? check EPORT_SERVER or --server)"

@@ -1,0 +1,108 @@
+"""The CLI against an https:// server whose certificate it does not trust: it said
+"cannot make a TLS connection (an http:// server given as https://?)", pointing at the
+wrong cause; the way to trust a private CA (REQUESTS_CA_BUNDLE) was said nowhere."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import os
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import EPORT
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = tmp / "tls.crt", tmp / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+@contextmanager
+def _https(tmp: Path) -> Iterator[tuple[str, Path]]:
+    crt, key = _self_signed(tmp)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"type": "about:blank", "title": "Not Found", "status": 404, "detail": "here"}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", crt
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _show(url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EPORT_", "REQUESTS_"))}
+    return subprocess.run(
+        [EPORT, "application", "show", "app_aaaaaaaaaaaaaaaa"],
+        capture_output=True,
+        text=True,
+        env={**clean, "EPORT_SERVER": url, **env},
+        timeout=60,
+    )
+
+
+def test_an_untrusted_server_certificate_is_named_with_its_remedy(tmp_path: Path) -> None:
+    with _https(tmp_path) as (url, crt):
+        refused = _show(url)
+        assert refused.returncode == 1, refused
+        assert refused.stderr.strip() == (
+            f"eport: error: the TLS certificate of {url} is not trusted here: give the CA "
+            "that issued it in REQUESTS_CA_BUNDLE (a PEM file), or check EPORT_SERVER"
+        ), refused.stderr
+        trusted = _show(url, REQUESTS_CA_BUNDLE=str(crt))
+        # trusted, the request reached the server (its 404 for this path)
+        assert "not trusted" not in trusted.stderr, trusted.stderr
+        assert "has no /ca/v1/applications/" in trusted.stderr, trusted.stderr
