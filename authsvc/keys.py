@@ -382,14 +382,27 @@ def _b64d(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
+MIN_NEW_PASSPHRASE = 12
+"""The shortest EPORT_AUTH_KEY_PASSPHRASE new signing keys are made with (a custodian's
+share passphrase has the same minimum)."""
+
+
 def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
     """Refuse (EPortError, one line) a passphrase that does not open the stored active
     signing key: a server started with a wrong EPORT_AUTH_KEY_PASSPHRASE would answer
-    every token request 500. Nothing stored yet: nothing to check."""
+    every token request 500. Nothing stored yet: the keys about to be made are encrypted
+    with it, so it must be at least :data:`MIN_NEW_PASSPHRASE` characters (the keys sit in
+    the database, and in every backup of it)."""
     from ca.errors import EPortError
 
     active = next((k for k in store.list_keys() if k.state == "active"), None)
     if active is None:
+        if len(passphrase) < MIN_NEW_PASSPHRASE:
+            raise EPortError(
+                f"EPORT_AUTH_KEY_PASSPHRASE must have at least {MIN_NEW_PASSPHRASE} "
+                "characters: it encrypts the token service's signing keys, kept in its "
+                "database and its backups"
+            )
         return
     try:
         # Every family's keys are encrypted with the same passphrase: one opening tells.

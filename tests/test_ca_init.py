@@ -496,3 +496,21 @@ def test_a_quorum_of_one_is_refused_before_anything_is_made(tmp_path: Path) -> N
         "would unseal the CA and sign as the root); set it to 2 or more\n"
     )
     assert not (data / "ca").exists() and not out.exists()
+
+
+def test_a_short_token_key_passphrase_makes_no_keys(tmp_path: Path) -> None:
+    """EPORT_AUTH_KEY_PASSPHRASE=a was taken to encrypt the token service's new signing
+    keys, which live in its database and in every backup of it."""
+    data, _, _ = init_ca(tmp_path)
+    res = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", "1"],
+        capture_output=True,
+        text=True,
+        env={**custodian_env(), "EPORT_AUTH_KEY_PASSPHRASE": "eleven char"},
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert res.stderr.strip() == (
+        "eport: error: EPORT_AUTH_KEY_PASSPHRASE must have at least 12 characters: it "
+        "encrypts the token service's signing keys, kept in its database and its backups"
+    ), res.stderr
