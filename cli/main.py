@@ -261,11 +261,20 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     Without --dev, a CA made by `eport ca init` starts SEALED and prints its unseal
     key fingerprint: M custodians run `eport ca unseal` (a CA whose keys are not under
     custody is unsealed with EPORT_CA_KEY_PASSPHRASE). The token service's keys are
-    encrypted with EPORT_AUTH_KEY_PASSPHRASE (required). Examples:
+    encrypted with EPORT_AUTH_KEY_PASSPHRASE (required; 12 characters or more).
 
     \b
+    Settings (environment, or an EPORT_CONFIG file; docs/ca.md "Checked settings"):
+      EPORT_PUBLIC_BASE_URL    the name clients use (as given to eport ca init)
+      EPORT_STATUS_BASE_URL    OCSP/CRL base printed into certificates (optional)
+      EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL   PostgreSQL (default: SQLite here)
+      EPORT_POLICIES_DIR       the policies (default: the repository's policies/)
+      EPORT_AUTH_TRUSTED_PROXIES, EPORT_AUTH_PROXY_SECRET   the TLS proxy in front
+
+    \b
+    Examples:
       eport serve --dev --port 8000
-      EPORT_AUTH_KEY_PASSPHRASE=... eport serve --data-dir /srv/eport --host 0.0.0.0
+      EPORT_AUTH_KEY_PASSPHRASE=... eport serve --data-dir /srv/eport --host 127.0.0.1
     """
     import gc
 
