@@ -246,6 +246,12 @@ class RootOperations:
         sql.put_status(
             StatusRecord(serial, "root", StatusState.REVOKED, now, int(reason), None, now)
         )
+        # Its responder's pre-signed answers (good, on hold) are no longer served from the
+        # moment this commits: a worker that has not reloaded the hierarchy yet would still
+        # hand them out on the pre-signed path; the full path reloads first.
+        from ca.status import RESIGN
+
+        sql.make_ocsp_due(gen, RESIGN)
         rec = certificate_record(issuer.certificate, "root", "issuing-ca", None)
         sql.append_event(
             Event.about(

@@ -115,8 +115,10 @@ def under_revoked_issuer(status: CertStatus, issuer: Revoked | None) -> CertStat
     (None: it is not): a good or held certificate is revoked from the CA's revocation on
     (RFC 6960 §2.7; a hold can no longer be lifted to good), with reason cACompromise when
     the CA's key was compromised, else the CA's own reason. Its own earlier revocation,
-    and unknown, stand."""
-    if issuer is None or not isinstance(status, Good | OnHold):
+    and unknown, stand; its own later one does not move the time back."""
+    if issuer is None or isinstance(status, Unknown):
+        return status
+    if isinstance(status, Revoked) and status.revoked_at <= issuer.revoked_at:
         return status
     reason = ReasonCode.CA_COMPROMISE if issuer.reason in _COMPROMISE else issuer.reason
     return Revoked(issuer.revoked_at, reason)

@@ -1049,6 +1049,17 @@ class SqlTransaction:
         )
         self._conn().execute(stmt, rows)
 
+    def make_ocsp_due(self, issuer_id: str, at: datetime.datetime) -> int:
+        """Every stored OCSP response of ``issuer_id`` made due (``this_update`` and
+        ``next_update`` set to ``at``, long past, its bytes dropped): no process serves one
+        from the pre-signed path again; each is answered anew. How many."""
+        res = self._conn().execute(
+            update(OCSPResponseRow)
+            .where(OCSPResponseRow.issuer_id == issuer_id)
+            .values(der=b"", this_update=at, next_update=at)
+        )
+        return int(res.rowcount)
+
     def crl_state(self, issuer_id: str, *, for_update: bool = False) -> CRLStateRow | None:
         q = select(CRLStateRow).where(CRLStateRow.issuer_id == issuer_id)
         if for_update:

@@ -379,12 +379,27 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
         st = srv.eport("status", "--cert", str(d / "cert.pem"), "--json")
         assert json.loads(st.stdout)["status"] == "good", st.stdout
 
+    # Their answers are pre-signed and stored (a canonical request, no nonce), in each
+    # worker's reach: the revocation must not leave them served.
+    for _ in range(4):
+        for d, expect in ((old, ": good\n"), (held, ": revoked\n")):
+            res, _ = ask_ocsp(srv, tmp, old_issuer, cert_of(d), out / "root.crt", False)
+            assert expect in res.stdout, res.stdout + res.stderr
     # The old generation's key is compromised: revoke it by a quorum root CRL.
     doc = start(srv, out, "REVOKE-INTERMEDIATE", "issuer=enterprise", "reason=keyCompromise")
     for m in ("inspection", "tax", "customs"):
         last = join(srv, out, str(doc["id"]), m)
     result = json.loads(last.stdout)["result"]
     assert result["serial"] == format(old_issuer.serial_number, "x")
+    # The ceremony dropped the generation's pre-signed answers as it committed: a worker
+    # that has not reloaded yet cannot serve one from the pre-signed path.
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(srv.data_dir / "eport.db")) as conn:
+        (kept,) = conn.execute(
+            "SELECT count(*) FROM ocsp_responses WHERE issuer_id = 'enterprise' AND length(der) > 0"
+        ).fetchone()
+    assert kept == 0, kept
     crl = root_crl(srv)
     revoked = crl.get_revoked_certificate_by_serial_number(old_issuer.serial_number)
     assert revoked is not None

@@ -1275,3 +1275,29 @@ def test_get_path_round_trip(data: bytes, urlsafe: bool, strip: bool, encode: bo
 def test_fuzz_get_path(text: str) -> None:
     with contextlib.suppress(MalformedRequest):
         request_from_get_path(text)
+
+
+def test_a_revoked_issuing_ca_revokes_what_it_issued_from_its_own_time() -> None:
+    """RFC 6960 §2.7, as the responder of a generation revoked on the root CRL answers:
+    good and on hold become revoked at the CA's time (cACompromise for a compromised key,
+    else the CA's reason); a certificate's own earlier revocation stands, a later one does
+    not move the time (a suspension or revocation after the CA's gave a later one)."""
+    from ca.crl import ReasonCode
+    from ca.ocsp import Good, OnHold, Revoked, Unknown
+    from ca.status import under_revoked_issuer
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    ca_time = t0 + timedelta(days=10)
+    compromised = Revoked(ca_time, ReasonCode.KEY_COMPROMISE)
+    superseded = Revoked(ca_time, ReasonCode.SUPERSEDED)
+    as_ca = Revoked(ca_time, ReasonCode.CA_COMPROMISE)
+    assert under_revoked_issuer(Good(), None) == Good()
+    assert under_revoked_issuer(Good(), compromised) == as_ca
+    assert under_revoked_issuer(OnHold(t0), compromised) == as_ca
+    assert under_revoked_issuer(Good(), superseded) == superseded
+    assert under_revoked_issuer(Good(), Revoked(ca_time)) == Revoked(ca_time)
+    own_earlier = Revoked(t0, ReasonCode.AFFILIATION_CHANGED)
+    assert under_revoked_issuer(own_earlier, compromised) == own_earlier
+    own_later = Revoked(ca_time + timedelta(days=1), ReasonCode.KEY_COMPROMISE)
+    assert under_revoked_issuer(own_later, compromised) == as_ca
+    assert under_revoked_issuer(Unknown(), compromised) == Unknown()
