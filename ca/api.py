@@ -164,7 +164,7 @@ def health() -> Response:
     ``?ready`` it is a readiness check: 503 while the database cannot be used."""
     from sqlalchemy import text
 
-    from ca.problems import database_unavailable_cause
+    from ca.errors import database_unavailable_cause
 
     s = svc()
     sealed = any(getattr(i.signer, "sealed", False) for i in s.authority.issuers.values())

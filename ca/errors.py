@@ -8,6 +8,7 @@ prints ``detail`` as its one line; the HTTP layer renders :meth:`EPortError.prob
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, ClassVar
 
 
@@ -220,3 +221,31 @@ def server_error_problem(detail: str = "the server failed") -> dict[str, Any]:
         "status": 500,
         "detail": detail,
     }
+
+
+SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 14: "cannot open"}
+"""SQLite's primary result codes (sqlite3.h) that say the database cannot be used now
+(``SQLITE_BUSY``, ``SQLITE_LOCKED``, ``SQLITE_READONLY``, ``SQLITE_IOERR``,
+``SQLITE_CANTOPEN``), not that the request or our code is wrong."""
+
+
+def database_unavailable_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain that says the database cannot be reached or used now:
+    a connection lost or refused, a lock not granted in time, a statement cancelled, a
+    database opened read-only (PostgreSQL's driver's ``OperationalError`` and
+    ``InterfaceError``, SQLite's busy, locked, read-only, I/O and open errors); None when
+    the failure is something else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in SQLITE_UNAVAILABLE:
+                return exc
+        elif type(exc).__module__.startswith("psycopg2") and any(
+            c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__
+        ):
+            return exc
+        orig = getattr(exc, "orig", None)
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
+    return None

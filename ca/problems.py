@@ -22,6 +22,7 @@ from ca.errors import (
     EPortError,
     PayloadTooLarge,
     StorageFull,
+    database_unavailable_cause,
     server_error_problem,
 )
 
@@ -33,10 +34,6 @@ SQLITE_FULL = 13
 PG_DISK_FULL = "53100"
 """PostgreSQL's SQLSTATE ``disk_full`` (Appendix A, class 53: insufficient resources)."""
 STORAGE_FULL_DETAIL = "the server's storage is full: try again once its operator has freed space"
-SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 14: "cannot open"}
-"""SQLite's primary result codes (sqlite3.h) that say the database cannot be used now
-(``SQLITE_BUSY``, ``SQLITE_LOCKED``, ``SQLITE_READONLY``, ``SQLITE_IOERR``,
-``SQLITE_CANTOPEN``), not that the request or our code is wrong."""
 DATABASE_UNAVAILABLE_DETAIL = (
     "the database is unavailable or busy: try again shortly. If the request changes "
     "something, whether it took effect is not known: look before sending it again (an "
@@ -58,28 +55,6 @@ def storage_full_cause(exc: BaseException | None) -> BaseException | None:
         if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
             return exc
         if getattr(exc, "pgcode", None) == PG_DISK_FULL:
-            return exc
-        orig = getattr(exc, "orig", None)
-        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
-    return None
-
-
-def database_unavailable_cause(exc: BaseException | None) -> BaseException | None:
-    """The error in ``exc``'s chain that says the database cannot be reached or used now:
-    a connection lost or refused, a lock not granted in time, a statement cancelled, a
-    database opened read-only (PostgreSQL's driver's ``OperationalError`` and
-    ``InterfaceError``, SQLite's busy, locked, read-only, I/O and open errors); None when
-    the failure is something else."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, sqlite3.Error):
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None and code & 0xFF in SQLITE_UNAVAILABLE:
-                return exc
-        elif type(exc).__module__.startswith("psycopg2") and any(
-            c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__
-        ):
             return exc
         orig = getattr(exc, "orig", None)
         exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__

@@ -33,7 +33,7 @@ from cryptography import x509
 
 from ca import ocsp
 from ca.crl import ReasonCode, RevokedEntry, build_crl
-from ca.errors import Sealed
+from ca.errors import Sealed, database_unavailable_cause
 from ca.issuance import IssuingCA
 from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
 from ca.records import CertificateRecord, StatusRecord, StatusState
@@ -213,6 +213,14 @@ class StatusService:
         try:
             return self._respond(request_der)
         except Sealed:
+            return ocsp.error_response(ocsp.ResponseStatus.TRY_LATER)
+        except Exception as exc:
+            # A database that cannot be used now: OCSP's own "try later" (RFC 6960 §2.3),
+            # which an OCSP client understands, not an HTTP error it does not.
+            cause = database_unavailable_cause(exc)
+            if cause is None:
+                raise
+            log.error("OCSP: the database is unavailable (%s); answered tryLater", cause)
             return ocsp.error_response(ocsp.ResponseStatus.TRY_LATER)
 
     def _respond(self, request_der: bytes) -> bytes:

@@ -111,10 +111,21 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
         import sys
         import time
 
-        from ca.problems import database_unavailable_cause
+        from ca.errors import PolicyError, database_unavailable_cause
 
         try:
             return self._load()
+        except PolicyError as exc:
+            # Only after a reload (SIGHUP) was refused for them: the start checks them
+            # before any worker. The other workers keep serving with what they loaded.
+            logging.getLogger("eport.serve").error(
+                "worker booting: the policies cannot be loaded (%s); fix them, a new worker "
+                "tries again in %.0f s",
+                exc.detail,
+                BOOT_RETRY_SECONDS,
+            )
+            time.sleep(BOOT_RETRY_SECONDS)
+            sys.exit(1)  # not gunicorn's boot error (3), which stops the master
         except Exception as exc:
             cause = database_unavailable_cause(exc)
             if cause is None:

@@ -241,9 +241,17 @@ def test_a_reload_with_a_bad_policy_keeps_serving(tmp_path: Path, policies: Path
         line = next(x for x in srv.log.read_text().splitlines() if "refused" in x)
         assert f"{profile}: key_types[3]: key type 'rsa1024' is not allowed" in line
         assert "Traceback" not in srv.log.read_text()
+        # A worker restarted while the bad file is there (a crash, the OOM killer) cannot
+        # load it: it says so and exits for another try; the master and the other worker
+        # keep serving (it was "Worker failed to boot" and the whole server stopped).
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: "worker booting: the policies cannot be loaded" in srv.log.read_text())
+        assert proc.poll() is None
+        _answers(srv.url)
         profile.write_text(good)
         os.kill(master, signal.SIGHUP)
-        _wait_for(lambda: len(_children(master) - workers) == 2)
+        _wait_for(lambda: len(_children(master) - workers) == 2 and len(_children(master)) == 2)
         _answers(srv.url)
         assert proc.poll() is None
     finally:

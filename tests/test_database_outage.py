@@ -23,6 +23,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 
 from tests.conftest import (
     EPORT,
@@ -91,6 +92,23 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                 assert doc["type"] == "urn:eport:problem:database-unavailable", doc
                 assert "whether it took effect is not known" in doc["detail"]
                 assert "nothing was changed" not in doc["detail"]
+            # OCSP answers in its own terms: tryLater (RFC 6960 §2.3), not an HTTP error.
+            officer = srv.dev / "officers" / "customs"
+            cert = x509.load_pem_x509_certificate((officer / "officer.pem").read_bytes())
+            issuer = x509.load_pem_x509_certificates((officer / "chain.pem").read_bytes())[0]
+            for nonce in (False, True):
+                builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
+                if nonce:
+                    builder = builder.add_extension(x509.OCSPNonce(b"n" * 16), critical=False)
+                r = requests.post(
+                    url + "/ocsp",
+                    data=builder.build().public_bytes(serialization.Encoding.DER),
+                    headers={"Content-Type": "application/ocsp-request"},
+                    timeout=30,
+                )
+                assert r.status_code == 200, r.text
+                answer = ocsp.load_der_ocsp_response(r.content)
+                assert answer.response_status is ocsp.OCSPResponseStatus.TRY_LATER
             # Health: alive (200), and says the database is unavailable; as a readiness
             # check (?ready), 503.
             health = requests.get(url + "/ca/v1/health", timeout=30)
