@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import logging
 import random
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,7 @@ def _start_refresher(app: Flask, every: float) -> None:
             except Sealed:
                 pass  # a sealed server serves what is signed; unsealing resumes signing
             except Exception:
-                log.exception("CRL refresh failed; will retry")
+                _log_retry("CRL refresh failed; will retry")
             _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
@@ -292,6 +293,19 @@ def _wipe_expired_shares(app: Flask) -> None:
     if custody is not None:
         with app.app_context():
             custody.wipe_expired_shares()
+
+
+def _log_retry(what: str) -> None:
+    """A background task's failure (call in its ``except``): a database that cannot be
+    used now is one line each time (an outage is no bug, and the task runs every few
+    seconds); anything else, the traceback."""
+    from ca.errors import database_unavailable_cause
+
+    cause = database_unavailable_cause(sys.exc_info()[1])
+    if cause is not None:
+        log.error("%s (the database is unavailable: %s)", what, " ".join(str(cause).split())[:200])
+    else:
+        log.exception("%s", what)
 
 
 ROOT_CRL_WARNED = "eport.ca.root_crl_warned"
@@ -427,7 +441,7 @@ def _renew_due_responders(app: Flask) -> None:
     except Sealed:
         pass
     except Exception:
-        log.exception("OCSP responder renewal failed; will retry")
+        _log_retry("OCSP responder renewal failed; will retry")
 
 
 # -- other hosts of the same database (ca.crosshost) ---------------------------------------
@@ -495,7 +509,7 @@ def check_hierarchy_record(app: Flask) -> None:
             else:
                 state.responders_pending = False
     except Exception:
-        log.exception("comparing the CA files with the database's record failed; will retry")
+        _log_retry("comparing the CA files with the database's record failed; will retry")
         return
     if outcome.published:
         log.info("CA files published to the database (generation %s)", outcome.generation)
