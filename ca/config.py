@@ -292,9 +292,11 @@ def url_problem(url: str) -> str | None:
         return f"{url!r} holds a blank or a control character"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
+        port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
         return f"{url!r} is not a URL: {exc}"
+    if port == 0:
+        return f"{url!r} names port 0, which no client can reach"
     if parts.scheme not in ("http", "https"):
         return f"{url!r} is not an absolute http:// or https:// URL"
     if not parts.hostname:
@@ -315,7 +317,10 @@ def proxy_problem(entry: str) -> str | None:
         network = ipaddress.ip_network(entry.strip(), strict=False)
     except ValueError as exc:
         return f"a trusted proxy is not an address or a network: {exc}"
-    if network.prefixlen == 0:
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")  # every IPv4 address, mapped
+    if network.prefixlen == 0 or (
+        isinstance(network, ipaddress.IPv6Network) and mapped.subnet_of(network)
+    ):
         return (
             f"{entry!r} trusts every address: anyone could send a client-certificate "
             "header and log in as its holder; name the proxies' own addresses"

@@ -108,6 +108,8 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
         ("EPORT_MAX_BODY_BYTES", "0", "from 1024 to"),
         ("EPORT_DEV", "maybe", "true or false"),
         ("EPORT_TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0", "trusts every address"),
+        ("EPORT_TRUSTED_PROXIES", "::ffff:0:0/96", "trusts every address"),
+        ("EPORT_PUBLIC_BASE_URL", "http://ca.example:0", "port 0"),
     ],
 )
 def test_a_ca_setting_out_of_its_range_names_the_variable(
