@@ -315,6 +315,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         raise CLIError(exc.detail) from None
     except OSError as exc:
         raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    unfinished = hierarchy.unfinished_init_advice(data_dir) if not dev else None
+    if unfinished is not None:  # an init cut short before it wrote ca/root.crt
+        os.close(in_use)
+        raise CLIError(f"the CA in {data_dir} cannot be used: {unfinished}")
     if not dev and not hierarchy.exists(data_dir):
         # Said first (after a restore's refusals, above): asking for
         # EPORT_AUTH_KEY_PASSPHRASE, then EPORT_CA_KEY_PASSPHRASE, for a CA that is not

@@ -245,3 +245,25 @@ def test_two_first_starts_at_once_share_one_development_ca(tmp_path: Path) -> No
     finally:
         for proc in procs:
             stop(proc)
+
+
+@pytest.mark.slow
+def test_serve_names_an_init_killed_before_the_root_certificate(tmp_path: Path) -> None:
+    """An init killed before it wrote ca/root.crt: `eport serve` said "no CA in DIR:
+    make one with eport ca init", and that init then refused ("did not finish")."""
+    data, out = tmp_path / "data", tmp_path / "ceremony"
+    killed = _cut_short(
+        ["ca", "init", "--data-dir", str(data), "--out", str(out)], data, signal.SIGKILL
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (data / "ca" / "root.crt").unlink()  # as if killed a moment earlier
+    served = subprocess.run(
+        [EPORT, "serve", "--data-dir", str(data), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=custodian_env(),
+        timeout=120,
+    )
+    line = _one_error_line(served)
+    assert "cannot be used" in line and "did not finish" in line, line
+    assert "make one with `eport ca init" not in line
