@@ -76,7 +76,10 @@ def _unverified(exc: BaseException) -> bool:
         if isinstance(cur, ssl.SSLCertVerificationError):
             return True
         nested = cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None
-        cur = nested or getattr(cur, "reason", None) or cur.__cause__ or cur.__context__
+        reason = getattr(cur, "reason", None)  # urllib3's; an ssl error's is a string
+        if not isinstance(reason, BaseException):
+            reason = None
+        cur = nested or reason or cur.__cause__ or cur.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,9 +49,18 @@ def need(tool: str, path: str | None = None) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, chosen below Linux's ephemeral range (32768-60999): a port the
+    kernel picked (a port-0 listener, an outgoing connection's source port) could be
+    taken by another test's socket before the server binds it, and that server's
+    health then answered for this one."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -172,10 +182,22 @@ def start_server(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/ca/v1/health", proc, log)
+        _check_ours(url, data_dir, proc, log)
     except Exception:
         stop(proc)
         raise
     return Server(url, data_dir, database_url or f"sqlite:///{data_dir / 'eport.db'}", log), proc
+
+
+def _check_ours(url: str, data_dir: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """The server that answered is this one: its root is the data directory's (another
+    test's server on the same port answered health too, and the test then talked to it)."""
+    root = data_dir / "ca" / "root.crt"
+    if not root.exists():
+        return
+    served = requests.get(url + "/ca/v1/ca", timeout=10).json()["root"]
+    if served.strip() != root.read_text().strip() or proc.poll() is not None:
+        raise RuntimeError(f"another server answers on {url}:\n{log.read_text()}")
 
 
 @dataclass

@@ -319,23 +319,24 @@ def test_failed_logins_count_per_client_behind_a_trusted_proxy(
     assert r.status_code == 400
     addrs = {e["client_addr"] for e in _auth_events(sqlite_server) if e["type"] == "login.failed"}
     assert "127.0.0.1" in addrs and "198.51.100.77" not in addrs
-    # Nor the scheme a proxy would forward (gunicorn believes X-Forwarded-Proto from
-    # loopback by default): a redirect keeps the scheme the request came in on.
+    # Nor the scheme (or host) a client forwards: the trailing-slash redirect is relative,
+    # on the scheme and host the request came in with.
     for path in ("/audit", "/portal"):
         r = requests.get(
             sqlite_server.url + path,
-            headers={"X-Forwarded-Proto": "https"},
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
             allow_redirects=False,
             timeout=10,
         )
-        assert r.status_code == 308 and r.headers["Location"].startswith("http://"), r.headers
+        assert r.status_code == 308 and r.headers["Location"] == path + "/", r.headers
 
 
 def test_a_trusted_proxy_network_written_with_host_bits_still_serves(tmp_path: Path) -> None:
     """EPORT_TRUSTED_PROXIES=127.0.0.1/8 (a network written with its host bits, which
     the services read as 127.0.0.0/8): eport serve starts, and the scheme forwarded from
     that network is believed, as its client certificates and addresses are. gunicorn's
-    own check of forwarded_allow_ips refuses such a network."""
+    own check of forwarded_allow_ips refuses such a network. (The trailing-slash redirect
+    that showed the scheme is relative now: it names no scheme or host.)"""
     srv, proc = start_server(
         tmp_path / "data", workers=1, extra_env={"EPORT_TRUSTED_PROXIES": "127.0.0.1/8"}
     )
@@ -346,7 +347,8 @@ def test_a_trusted_proxy_network_written_with_host_bits_still_serves(tmp_path: P
             allow_redirects=False,
             timeout=10,
         )
-        assert r.status_code == 308 and r.headers["Location"].startswith("https://"), r.headers
+        assert r.status_code == 308 and r.headers["Location"] == "/audit/", r.headers
+        assert requests.get(srv.url + "/ca/v1/health", timeout=10).json()["status"] == "ok"
     finally:
         stop(proc)
 
