@@ -775,6 +775,18 @@ def remove_stale_staging(staging_parent: Path, tag: str) -> int:
     return len(stale)
 
 
+def _private_dirs(top: Path, path: Path) -> None:
+    """``path`` and its missing parents below ``top``, each made 0700 (as ``eport ca
+    init`` makes the CA's directories): a restored ``ca/`` was 0755 (the keys in it 0600)."""
+    missing = []
+    while path != top and not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700)
+        os.chmod(d, 0o700)  # whatever the umask
+
+
 def _extract(path: Path, staging: Path) -> dict[str, Any]:
     manifest: dict[str, Any] | None = None
     seen: set[str] = set()
@@ -797,7 +809,7 @@ def _extract(path: Path, staging: Path) -> dict[str, Any]:
                     raise BackupError(f"{path}: unexpected member {info.name[:60]!r}")
                 seen.add(info.name)
                 target = staging / info.name
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _private_dirs(staging, target.parent)
                 src = tar.extractfile(info)
                 assert src is not None
                 h = hashlib.sha256()

@@ -295,6 +295,9 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
     assert done["published_checkpoint_size"] == int(before.read_text().split("\n")[1])
     assert not (data / "dev").exists() and not (data / "ca" / "audit-web.secret").exists()
     assert (data / "ca" / "issuers" / "enterprise.key").stat().st_mode & 0o777 == 0o600
+    # Its directories private, as init makes them (a restored ca/ was 0755).
+    for d in [data / "ca", *(p for p in (data / "ca").rglob("*") if p.is_dir())]:
+        assert d.stat().st_mode & 0o077 == 0, (d, oct(d.stat().st_mode))
 
     shutil.copytree(dev_copy, data / "dev")
     srv, proc = start_server(data)
