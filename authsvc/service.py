@@ -407,8 +407,16 @@ class TokenService:
         self, cert: x509.Certificate, client_addr: str | None, via: str = "mtls"
     ) -> Login:
         """A client certificate a trusted TLS proxy verified and forwarded (RFC 9440)."""
-        addr_key = f"addr:{client_addr}"
-        keys = [addr_key, f"cert:{x5t_s256(cert)}"]
+        principal, _ = self._check_certificate_login(cert, client_addr, via)
+        return self._open_session(cert, principal, client_addr, via)
+
+    def _check_certificate_login(
+        self, cert: x509.Certificate, client_addr: str | None, via: str
+    ) -> tuple[Principal, datetime.datetime]:
+        """A certificate login's checks (rate limits, chain, who it is under the policies,
+        status asked fresh): its principal and the time, or :class:`InvalidGrant` (counted
+        as a failed login)."""
+        keys = [f"addr:{client_addr}", f"cert:{x5t_s256(cert)}"]
         self._check_rate(keys)
         now = self.clock()
         try:
@@ -426,7 +434,7 @@ class TokenService:
                 ),
             )
             raise InvalidGrant(exc.detail) from None
-        return self._open_session(cert, principal, client_addr, via)
+        return principal, now
 
     def reauthenticate(
         self, session: SessionRecord, cert: x509.Certificate, client_addr: str | None, via: str
@@ -441,24 +449,7 @@ class TokenService:
         does; the session is kept."""
         if x5t_s256(cert) != session.cert_sha256:
             raise ValueError("re-authentication is with the session's own certificate")
-        keys = [f"addr:{client_addr}", f"cert:{session.cert_sha256}"]
-        self._check_rate(keys)
-        now = self.clock()
-        try:
-            self.trust.verify_chain(cert, now)
-            principal = identify(cert, self.policies, self.issuing_cas())
-            self.require_good(cert, fresh=True)
-        except (Unauthenticated, Forbidden, InvalidGrant) as exc:
-            self._fail(
-                keys,
-                AuthEvent(
-                    "login.failed",
-                    now,
-                    client_addr=client_addr,
-                    detail={"why": exc.detail, "via": via},
-                ),
-            )
-            raise InvalidGrant(exc.detail) from None
+        principal, now = self._check_certificate_login(cert, client_addr, via)
         if principal != session.principal:
             return None
         if not self.store.reauthenticated(session.sid, now):

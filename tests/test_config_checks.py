@@ -175,12 +175,12 @@ def test_a_bad_policy_set_is_refused_in_one_line(
     made_nothing(data)
 
 
-def _children(pid: int) -> set[int]:
+def child_pids(pid: int) -> set[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return {int(p) for p in out.stdout.split()}
 
 
-def _master(port: int) -> int:
+def gunicorn_master(port: int) -> int:
     """The gunicorn master listening on ``port``: the test's process may be the zygote's
     launcher (tests/eport_launch.py), which passes a signal to the whole process group,
     workers included; a reload is a SIGHUP to the master alone."""
@@ -226,8 +226,8 @@ def test_a_reload_with_a_bad_policy_keeps_serving(tmp_path: Path, policies: Path
     serving; a good set replaces them as before."""
     srv, proc = start_server(tmp_path / "data", extra_env={"EPORT_POLICIES_DIR": str(policies)})
     try:
-        master = _master(int(srv.url.rsplit(":", 1)[1]))
-        workers = _children(master)
+        master = gunicorn_master(int(srv.url.rsplit(":", 1)[1]))
+        workers = child_pids(master)
         assert len(workers) == 2, workers
         profile = policies / "profiles" / "enterprise.toml"
         good = profile.read_text()
@@ -237,7 +237,7 @@ def test_a_reload_with_a_bad_policy_keeps_serving(tmp_path: Path, policies: Path
         time.sleep(2)  # a reload would have replaced the workers by now
         assert proc.poll() is None
         _answers(srv.url)
-        assert _children(master) == workers
+        assert child_pids(master) == workers
         line = next(x for x in srv.log.read_text().splitlines() if "refused" in x)
         assert f"{profile}: key_types[3]: key type 'rsa1024' is not allowed" in line
         assert "Traceback" not in srv.log.read_text()
@@ -251,7 +251,7 @@ def test_a_reload_with_a_bad_policy_keeps_serving(tmp_path: Path, policies: Path
         _answers(srv.url)
         profile.write_text(good)
         os.kill(master, signal.SIGHUP)
-        _wait_for(lambda: len(_children(master) - workers) == 2 and len(_children(master)) == 2)
+        _wait_for(lambda: len(child_pids(master) - workers) == 2 and len(child_pids(master)) == 2)
         _answers(srv.url)
         assert proc.poll() is None
     finally:

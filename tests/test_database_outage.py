@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import sqlite3
 import subprocess
@@ -22,11 +21,9 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from tests.conftest import (
-    EPORT,
     PG_BIN,
     Postgres,
     Server,
@@ -35,6 +32,8 @@ from tests.conftest import (
     start_server,
     stop,
 )
+from tests.test_config_checks import child_pids, gunicorn_master, refused, serve
+from tests.test_enroll_fastpath import csr
 
 APPLICATION = {"uscc": "91350100M000100Y43", "legal_name": "Outage Trading Co."}
 
@@ -53,14 +52,6 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             r = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
             assert r.status_code == 201, r.text
             pg_ctl(pg, "-m", "immediate", "stop")
-            key = ec.generate_private_key(ec.SECP256R1())
-            csr = (
-                x509.CertificateSigningRequestBuilder()
-                .subject_name(x509.Name([]))
-                .sign(key, hashes.SHA256())
-                .public_bytes(serialization.Encoding.PEM)
-                .decode()
-            )
             asks = [
                 ("POST", "/ca/v1/applications", {"json": APPLICATION}),
                 ("GET", f"/ca/v1/applications/{r.json()['id']}", {}),
@@ -68,7 +59,7 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                 (
                     "POST",
                     "/ca/v1/enroll",
-                    {"json": {"code": "A" * 32, "profile": "enterprise", "csr": csr}},
+                    {"json": {"code": "A" * 32, "profile": "enterprise", "csr": csr()}},
                 ),
                 # the token service's own database
                 (
@@ -155,26 +146,13 @@ def test_a_database_server_that_never_answers_is_a_clear_error_not_a_hang(
 
     threading.Thread(target=accept, daemon=True).start()
     url = f"postgresql+psycopg2://eport@127.0.0.1:{port}/eport"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
-    env.update(EPORT_DATABASE_URL=url, EPORT_AUTH_DATABASE_URL=url)
-    t0 = time.monotonic()
-    try:
-        done = subprocess.run(
-            [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=90,
-        )
+    try:  # within serve()'s 60 s, or it hung
+        done = serve(tmp_path / "d", EPORT_DATABASE_URL=url, EPORT_AUTH_DATABASE_URL=url)
     finally:
         silent.close()
         for conn in accepted:
             conn.close()
-    assert time.monotonic() - t0 < 60
-    assert done.returncode == 1, done
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "timeout" in lines[0].lower(), done.stderr
-    assert "Traceback" not in done.stderr
+    assert "timeout" in refused(done, "cannot use the database").lower()
 
 
 def test_public_reads_do_not_wait_for_a_writer_holding_the_sqlite_lock(
@@ -234,27 +212,15 @@ def test_a_role_that_cannot_create_tables_is_one_clear_line(
         capture_output=True,
     )
     limited = url.replace("postgres@", "limited@")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
-    env.update(EPORT_DATABASE_URL=limited, EPORT_AUTH_DATABASE_URL=limited)
-    done = subprocess.run(
-        [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 1, done
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("eport: error: cannot use the database"), lines[0]
-    assert "permission denied" in lines[0] and "create tables" in lines[0], lines[0]
+    done = serve(tmp_path / "d", EPORT_DATABASE_URL=limited, EPORT_AUTH_DATABASE_URL=limited)
+    refused(done, "cannot use the database", "permission denied", "create tables")
 
 
 @pytest.mark.slow
 def test_a_worker_restarted_during_an_outage_waits_for_the_database(tmp_path: Path) -> None:
     """A worker that gunicorn restarted while PostgreSQL was down failed to boot, and
-    gunicorn's master then stopped the whole server ("Worker failed to boot"). It waits
-    for the database now, and the server serves again once it is back."""
+    gunicorn's master then stopped the whole server ("Worker failed to boot"). It exits
+    for a fresh one now, and the server serves again once the database is back."""
     with postgres_cluster() as pg:
         ca_db, auth_db = pg.createdb("outage_ca"), pg.createdb("outage_auth")
         srv, proc = start_server(
@@ -264,12 +230,14 @@ def test_a_worker_restarted_during_an_outage_waits_for_the_database(tmp_path: Pa
             url = srv.url
             port = int(url.rsplit(":", 1)[1])
             deadline = time.monotonic() + 30
-            while len(_workers(port)) < 2:  # both booted before the database goes
+            while (
+                len(child_pids(gunicorn_master(port))) < 2
+            ):  # both booted before the database goes
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             time.sleep(1.0)
             pg_ctl(pg, "-m", "immediate", "stop")
-            victim = _workers(port)[0]
+            victim = min(child_pids(gunicorn_master(port)))
             os.kill(victim, 9)
             time.sleep(4)  # the master respawns it; it cannot reach the database
             assert proc.poll() is None, srv.log.read_text(errors="replace")[-3000:]
@@ -285,19 +253,6 @@ def test_a_worker_restarted_during_an_outage_waits_for_the_database(tmp_path: Pa
                 time.sleep(0.1)
             assert ok == 8, r.text
             assert proc.poll() is None
-            assert victim not in _workers(port)
+            assert victim not in child_pids(gunicorn_master(port))
         finally:
             stop(proc)
-
-
-def _workers(port: int) -> list[int]:
-    """The gunicorn workers serving ``port``: of the processes holding its listening
-    socket, those whose parent holds it too (the master's children)."""
-    out = subprocess.run(
-        ["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True, check=True
-    ).stdout
-    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
-    parent = {
-        p: int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) for p in pids
-    }
-    return sorted(p for p in pids if parent[p] in pids)

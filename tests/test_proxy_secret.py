@@ -6,15 +6,14 @@ the secret set, a forwarded certificate is believed only with X-Eport-Proxy-Secr
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
 import requests
 
-from tests.conftest import EPORT, start_server, stop
+from tests.conftest import start_server, stop
 from tests.helpers import enroll_enterprise
+from tests.test_config_checks import refused, serve
 
 SECRET = "k3n1Zr8yq0VbQ4wX2sTfH7mJc9PdLa6e"  # 32 characters, as a proxy's config holds it
 
@@ -47,16 +46,10 @@ def test_a_forwarded_certificate_needs_the_proxy_secret(tmp_path: Path) -> None:
 
 
 def test_a_short_proxy_secret_is_refused_at_start(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
-    env["EPORT_AUTH_PROXY_SECRET"] = "short"
-    done = subprocess.run(
-        [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+    line = refused(
+        serve(tmp_path / "d", EPORT_AUTH_PROXY_SECRET="short"),
+        "proxy_secret",
+        "at least 32 characters",
     )
-    assert done.returncode == 1, done
-    assert "proxy_secret" in done.stderr and "at least 32 characters" in done.stderr
-    assert "short" not in done.stderr.replace("proxy_secret", "")
+    assert "short" not in line.replace("proxy_secret", "")
     assert not (tmp_path / "d").exists()
