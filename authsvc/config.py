@@ -13,9 +13,11 @@ from ca.config import (
     DAY,
     bounded,
     build_settings,
+    env_value,
     max_body,
     merge_overrides,
     read_settings,
+    secret_field,
     url_field,
     with_driver,
 )
@@ -26,7 +28,7 @@ from ca.errors import PolicyError
 class AuthConfig:
     data_dir: Path = Path("var")
     """Holds ``auth.db`` (embedded default) and, in embedded mode, the CA's public files."""
-    database_url: str = ""
+    database_url: str = secret_field()
     """SQLAlchemy URL of the token service's own database (default SQLite ``auth.db``)."""
     public_base_url: str = url_field("http://127.0.0.1:8000")
     """The token service's public base URL; the issuer is ``<base>/auth``. An absolute
@@ -34,14 +36,14 @@ class AuthConfig:
     policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     status_mode: str = "local"
     """``local``: the embedded CA's status; ``ocsp``: the OCSP URL in each certificate."""
-    ca_database_url: str = ""
+    ca_database_url: str = secret_field()
     """The embedded CA's database, read only through ``ca.status`` (local status mode)."""
-    key_passphrase: str = field(default="", repr=False)
+    key_passphrase: str = secret_field()
     """Encrypts the token-signing keys at rest (development: ``<data_dir>/dev/``)."""
     dev: bool = False
     trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})
     """Addresses or networks (CIDR) whose client-certificate headers are believed."""
-    proxy_secret: str = field(default="", repr=False)
+    proxy_secret: str = secret_field()
     """When set, a trusted proxy's forwarded headers are believed only with
     ``X-Eport-Proxy-Secret`` equal to it: on a host where other processes reach the
     service's loopback port too, they are not the proxy (:mod:`authsvc.proxy`)."""
@@ -87,8 +89,9 @@ class AuthConfig:
 
         env = os.environ if environ is None else environ
         values, source = read_settings(cls, "auth", env_names, file=file, environ=env)
-        if "EPORT_DATABASE_URL" in env and "ca_database_url" not in values:
-            values["ca_database_url"] = env["EPORT_DATABASE_URL"]
+        shared_url = env_value(env, "EPORT_DATABASE_URL", secret=True)
+        if shared_url is not None and "ca_database_url" not in values:
+            values["ca_database_url"] = shared_url
         merge_overrides(values, overrides)
         cfg = build_settings(cls, values, source)
         if cfg.status_mode not in ("local", "ocsp"):

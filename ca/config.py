@@ -76,6 +76,15 @@ def url_field(default: str, *, optional: bool = False) -> Any:
     return field(default=default, metadata={"url": "optional" if optional else "required"})
 
 
+def secret_field(doc_default: str = "") -> Any:
+    """A setting that is a secret (a passphrase, a database URL with its password): kept
+    out of ``repr`` (and so out of logs and tracebacks), and also read from a file named
+    by the variable with ``_FILE`` appended (``EPORT_CA_KEY_PASSPHRASE_FILE``), as Docker
+    secrets and systemd credentials hand them over, so it need not sit in the
+    environment of every process the server starts."""
+    return field(default=doc_default, repr=False, metadata={"secret": True})
+
+
 DAY = 86400
 
 
@@ -100,7 +109,7 @@ class CAConfig:
 
     data_dir: Path = Path("var")
     """Where the embedded database and the CA's sealed key files live."""
-    database_url: str = ""
+    database_url: str = secret_field()
     """SQLAlchemy URL; empty means SQLite ``<data_dir>/eport.db`` (WAL)."""
     policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     """Profiles, member agencies and rules (validated at load)."""
@@ -113,7 +122,7 @@ class CAConfig:
     ``public_base_url`` (OCSP, CRL distribution points, caIssuers): RFC 5280 §4.2.1.13 and
     RFC 6960 use plain ``http://`` for them (fetching a CRL over TLS needs the status it
     carries). Empty: ``public_base_url``."""
-    ca_key_passphrase: str = field(default="", repr=False)
+    ca_key_passphrase: str = secret_field()
     """Unseals the issuing CA keys; in development read from ``<data_dir>/dev/``."""
     dev: bool = False
     """Embedded development default: a development joint CA is created on first start."""
@@ -207,13 +216,36 @@ def read_settings(
         values.update(_section(path, _read_toml(path), section))
     for f in dataclasses.fields(cls):
         for name in env_names(f.name):
-            if name in env:
+            raw = env_value(env, name, secret=bool(f.metadata.get("secret")))
+            if raw is not None:
                 # a value that cannot be one is said in the variable's name, not as the
                 # file's (or "configuration"), where nobody would look for it
-                _check(name, f, _coerce(name, f.name, f.type, env[name]))
-                values[f.name] = env[name]
+                _check(name, f, _coerce(name, f.name, f.type, raw))
+                values[f.name] = raw
                 break
     return values, str(path or "configuration")
+
+
+def env_value(env: Mapping[str, str], name: str, *, secret: bool) -> str | None:
+    """The value of variable ``name``; for a secret, also the content of the file
+    ``name_FILE`` names (one trailing newline dropped, as ``echo`` and editors leave
+    one). Both set, an unreadable or empty file: a :class:`PolicyError` naming them."""
+    file_name = name + "_FILE"
+    if not secret or file_name not in env:
+        return env.get(name)
+    if name in env:
+        raise PolicyError(f"{name} and {file_name}", "both set", "unset one of them")
+    where = env[file_name]
+    try:
+        text = Path(where).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(file_name, where, f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(file_name, where, "is not UTF-8 text") from None
+    value = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not value:
+        raise PolicyError(file_name, where, "is empty")
+    return value
 
 
 def _section(path: Path, document: Mapping[str, Any], section: str) -> dict[str, Any]:

@@ -270,6 +270,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
       EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL   PostgreSQL (default: SQLite here)
       EPORT_POLICIES_DIR       the policies (default: the repository's policies/)
       EPORT_AUTH_TRUSTED_PROXIES, EPORT_AUTH_PROXY_SECRET   the TLS proxy in front
+    Secrets (passphrases, database URLs, the proxy secret) also from a file:
+    EPORT_CA_KEY_PASSPHRASE_FILE=/run/secrets/ca. Every setting: docs/settings.md.
 
     \b
     Examples:
@@ -2493,7 +2495,8 @@ def _database_trouble(exc: Exception) -> str | None:
     orig = getattr(exc, "orig", exc)
     why = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     if isinstance(orig, sqlite3.Error) and not any(
-        os.environ.get(name) for name in ("EPORT_DATABASE_URL", "EPORT_AUTH_DATABASE_URL")
+        os.environ.get(name) or os.environ.get(name + "_FILE")
+        for name in ("EPORT_DATABASE_URL", "EPORT_AUTH_DATABASE_URL")
     ):
         settings = "the SQLite files of the data directory, eport.db and auth.db"
     if getattr(orig, "pgcode", None) == "42501":  # insufficient_privilege

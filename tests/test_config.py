@@ -189,3 +189,63 @@ def test_a_configured_base_url_beats_the_servers_default(tmp_path: Path) -> None
     cfg = CAConfig.load(default, environ={"EPORT_CONFIG": str(toml)})
     assert cfg.public_base_url == "https://ca.example"
     assert AuthConfig.load(default, environ={}).issuer == "http://127.0.0.1:8000/auth"
+
+
+def test_secrets_come_from_files_named_by_FILE_variables(tmp_path: Path) -> None:
+    """Docker secrets and systemd credentials hand a secret over as a file: each secret
+    setting is also read from the file its variable with ``_FILE`` names (one trailing
+    newline dropped), so it need not sit in the environment of every process."""
+    (tmp_path / "ca-pass").write_text("ca passphrase from a file\n")
+    (tmp_path / "auth-pass").write_text("auth passphrase\r\n")
+    (tmp_path / "proxy").write_text("p" * 32)
+    (tmp_path / "db").write_text("postgresql://eport:s3cret@db.example:5432/eport\n")
+    env = {
+        "EPORT_CA_KEY_PASSPHRASE_FILE": str(tmp_path / "ca-pass"),
+        "EPORT_AUTH_KEY_PASSPHRASE_FILE": str(tmp_path / "auth-pass"),
+        "EPORT_AUTH_PROXY_SECRET_FILE": str(tmp_path / "proxy"),
+        "EPORT_DATABASE_URL_FILE": str(tmp_path / "db"),
+    }
+    ca = CAConfig.load(environ=env)
+    assert ca.ca_key_passphrase == "ca passphrase from a file"
+    assert ca.database_url == "postgresql://eport:s3cret@db.example:5432/eport"
+    auth = AuthConfig.load(environ=env)
+    assert auth.key_passphrase == "auth passphrase" and auth.proxy_secret == "p" * 32
+    # the shared URL is the CA's database, read for status; the token service's own is unset
+    assert auth.ca_database_url == ca.database_url and auth.database_url == ""
+    # no secret in the settings' repr, which a traceback or a log line may print
+    for cfg in (ca, auth):
+        assert "s3cret" not in repr(cfg) and "passphrase" not in repr(cfg).replace(
+            "_passphrase", ""
+        )
+    # a setting that is no secret has no _FILE form: it is not read from one
+    (tmp_path / "url").write_text("https://elsewhere.example\n")
+    env["EPORT_PUBLIC_BASE_URL_FILE"] = str(tmp_path / "url")
+    assert CAConfig.load(environ=env).public_base_url == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "said"),
+    [
+        (None, {}, "EPORT_CA_KEY_PASSPHRASE_FILE: {f}: cannot be read: No such file"),
+        ("", {}, "EPORT_CA_KEY_PASSPHRASE_FILE: {f}: is empty"),
+        ("\n", {}, "EPORT_CA_KEY_PASSPHRASE_FILE: {f}: is empty"),
+        (b"\xff\xfe", {}, "EPORT_CA_KEY_PASSPHRASE_FILE: {f}: is not UTF-8 text"),
+        (
+            "x",
+            {"EPORT_CA_KEY_PASSPHRASE": "y"},
+            "EPORT_CA_KEY_PASSPHRASE and EPORT_CA_KEY_PASSPHRASE_FILE: both set",
+        ),
+    ],
+)
+def test_a_secret_file_that_cannot_be_used_names_the_variable(
+    tmp_path: Path, content: str | bytes | None, extra: dict[str, str], said: str
+) -> None:
+    f = tmp_path / "secret"
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
+        f.write_text(content)
+    env = {"EPORT_CA_KEY_PASSPHRASE_FILE": str(f), **extra}
+    with pytest.raises(PolicyError) as caught:
+        CAConfig.load(environ=env)
+    assert str(caught.value).startswith(said.format(f=f)), str(caught.value)

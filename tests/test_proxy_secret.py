@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 import requests
 
 from tests.conftest import start_server, stop
@@ -18,8 +19,15 @@ from tests.test_config_checks import refused, serve
 SECRET = "k3n1Zr8yq0VbQ4wX2sTfH7mJc9PdLa6e"  # 32 characters, as a proxy's config holds it
 
 
-def test_a_forwarded_certificate_needs_the_proxy_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize("given", ["variable", "file"])
+def test_a_forwarded_certificate_needs_the_proxy_secret(tmp_path: Path, given: str) -> None:
+    """The secret set in the environment, or in a file ``EPORT_AUTH_PROXY_SECRET_FILE``
+    names (a Docker secret, a systemd credential)."""
     extra = {"EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32", "EPORT_AUTH_PROXY_SECRET": SECRET}
+    if given == "file":
+        (tmp_path / "proxy-secret").write_text(SECRET + "\n")
+        del extra["EPORT_AUTH_PROXY_SECRET"]
+        extra["EPORT_AUTH_PROXY_SECRET_FILE"] = str(tmp_path / "proxy-secret")
     srv, proc = start_server(tmp_path / "data", workers=1, extra_env=extra)
     try:
         ent = enroll_enterprise(srv, tmp_path, "Proxy Secret Trading Co.")
@@ -52,4 +60,13 @@ def test_a_short_proxy_secret_is_refused_at_start(tmp_path: Path) -> None:
         "at least 32 characters",
     )
     assert "short" not in line.replace("proxy_secret", "")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_secret_file_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-secret"
+    refused(
+        serve(tmp_path / "d", EPORT_AUTH_KEY_PASSPHRASE_FILE=str(missing)),
+        f"EPORT_AUTH_KEY_PASSPHRASE_FILE: {missing}: cannot be read",
+    )
     assert not (tmp_path / "d").exists()
