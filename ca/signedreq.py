@@ -342,6 +342,22 @@ def verify_certificate_jwt(
                 "verify_nbf": False,
             },
         )
+    except jwt.InvalidAudienceError as exc:
+        # the signature held (PyJWT checks it first): say what was signed for and what
+        # this server expects, so a client that reached it by another address than its
+        # public one can tell (it was "Audience doesn't match", naming neither)
+        sent = jwt.decode(token, options={"verify_signature": False}).get("aud")
+        wanted = [audience] if isinstance(audience, str) else list(audience)
+        hint = (
+            " (a URL under this server's public base URL, EPORT_PUBLIC_BASE_URL: reach "
+            "the server by that address)"
+            if all(w.startswith(("https://", "http://")) for w in wanted)
+            else " (the request's method and path)"
+        )
+        raise Unauthenticated(
+            f"{what} rejected: its audience (aud) is {str(sent)[:200]!r}, not "
+            f"{' or '.join(wanted)}{hint}"
+        ) from exc
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"{what} rejected: {exc}") from exc
     iat = claims["iat"]
