@@ -27,9 +27,13 @@ import datetime
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from ca.authority import Caller, JointCA
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca.names import member_agency_of
 from ca.policy import SubjectClass
 from ca.records import (
     CertificateRecord,
@@ -74,6 +78,10 @@ class StatusChange:
     certificates in force, because of which its operators were not revoked."""
 
 
+STAFF_CLASSES = frozenset({SubjectClass.AGENCY, SubjectClass.AUDITOR, SubjectClass.SERVICE})
+"""Subject classes of a member agency's own people and services."""
+
+
 class Revocation:
     """Status changes of the joint CA's certificates."""
 
@@ -83,9 +91,20 @@ class Revocation:
 
     # -- authorization --------------------------------------------------------------------
 
-    def _may_manage(self, caller: Caller, rec: CertificateRecord, *, resume: bool = False) -> str:
+    def _may_manage(
+        self, tx: Transaction, caller: Caller, rec: CertificateRecord, *, resume: bool = False
+    ) -> str:
         """On what ground ``caller`` may change ``rec``: officer, enterprise or holder."""
         if caller.role is SubjectClass.AGENCY:
+            staff_of = self._staff_agency(tx, rec)
+            if staff_of is not None and staff_of != caller.agency_id:
+                # As only its own officers vet a member's staff and services: an officer
+                # of one member could otherwise revoke every officer of another, whose
+                # successors nobody else may approve (authorization probe, F4).
+                raise Forbidden(
+                    f"only an officer of agency {staff_of!r} may change the status of its "
+                    "officers', auditors' and services' certificates"
+                )
             return "officer"
         own_enterprise = (
             caller.role is SubjectClass.ENTERPRISE
@@ -107,6 +126,21 @@ class Revocation:
                 raise Forbidden("a certificate cannot lift its own hold; ask an RA officer")
             return "holder"  # possession of the key is proven by signing this request
         raise Forbidden("you may change the status only of your own certificates")
+
+    def _staff_agency(self, tx: Transaction, rec: CertificateRecord) -> str | None:
+        """The member agency whose staff or service ``rec`` certifies (its application's
+        vetted agency), or None for an enterprise's and its operators' certificates, which
+        every member's officers vet for the whole joint CA."""
+        profile = self.ca.policies.profiles.get(rec.profile)
+        if profile is None or profile.subject_class not in STAFF_CLASSES:
+            return None
+        app = tx.get_application(rec.application_id) if rec.application_id else None
+        if app is not None and app.vetted.get("agency_id"):
+            return str(app.vetted["agency_id"])
+        cert = x509.load_der_x509_certificate(rec.der)
+        ids = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+        # staff of no agency on record: no officer's, as no officer vetted it
+        return (member_agency_of(str(ids[0].value)) if ids else None) or "?"
 
     def _load(self, tx: Transaction, serial: int) -> CertificateRecord:
         rec = tx.get_certificate(serial)
@@ -136,7 +170,7 @@ class Revocation:
         after: list[AfterCommit] = []
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
-            ground = self._may_manage(caller, rec)
+            ground = self._may_manage(tx, caller, rec)
             if ground == "holder" and reason is not ReasonCode.KEY_COMPROMISE:
                 raise Forbidden("the key holder may revoke only with reason keyCompromise")
             if invalidity_date is not None and invalidity_date < rec.not_before:
@@ -206,7 +240,7 @@ class Revocation:
         now = self.ca.clock()
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
-            self._may_manage(caller, rec)
+            self._may_manage(tx, caller, rec)
             tx.hold_issuance()  # before the status: see revoke
             current = tx.get_status(serial, for_update=True)
             if current is not None:
@@ -230,7 +264,7 @@ class Revocation:
             if current is None and rec.serial == caller.serial:
                 # It signed this request, so it is good: say that, not who may lift a hold.
                 raise Conflict(f"certificate {serial:x} is not on hold")
-            self._may_manage(caller, rec, resume=True)
+            self._may_manage(tx, caller, rec, resume=True)
             if current is None:
                 raise Conflict(f"certificate {serial:x} is not on hold")
             if current.state is StatusState.REVOKED:

@@ -1,0 +1,43 @@
+"""An RA officer changes the status of another member agency's officers, auditors and
+services no more than it vets them (authorization probe, F4): a customs officer could
+revoke every tax officer, and as only tax officers approve tax staff, tax could never
+have an officer again. Enterprises and operators stay every member's to manage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+
+from tests.conftest import Server
+from tests.helpers import enroll_enterprise, enroll_service, jrun, serial_of
+
+
+def _serial(server: Server, role: str, agency: str) -> str:
+    pem = (server.dev / f"{role}s" / agency / f"{role}.pem").read_bytes()
+    return format(x509.load_pem_x509_certificate(pem).serial_number, "x")
+
+
+def test_an_officer_manages_only_its_own_agencys_staff(server: Server, tmp_path: Path) -> None:
+    customs, tax = server.officer("customs"), server.officer("tax")
+    for target in (_serial(server, "officer", "tax"), _serial(server, "auditor", "tax")):
+        for action in (["revoke", "--reason", "privilegeWithdrawn"], ["suspend"]):
+            res = server.eport(*action, "--serial", target, *customs, check=False)
+            assert res.returncode == 1, res
+            assert "only an officer of agency 'tax' may change the status" in res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    # the tax officer still signs: nothing was changed
+    assert jrun(server, "ra", "list", *tax)["applications"] is not None
+    # a customs-vetted service: tax may not touch it, customs may
+    svc = serial_of(enroll_service(server, tmp_path, "scope.eport.example"))
+    res = server.eport("suspend", "--serial", svc, *tax, check=False)
+    assert res.returncode == 1 and "agency 'customs'" in res.stderr, res
+    assert jrun(server, "suspend", "--serial", svc, *customs)["status"] == "on-hold"
+    # an enterprise is the whole joint CA's: any member's officer may act on it
+    ent = serial_of(enroll_enterprise(server, tmp_path, "Scope Trading Co."))
+    assert jrun(server, "suspend", "--serial", ent, *tax)["status"] == "on-hold"
+    assert jrun(server, "resume", "--serial", ent, *customs)["status"] == "good"
+    # its own agency's auditor: the tax officer may
+    auditor = _serial(server, "auditor", "tax")
+    assert jrun(server, "suspend", "--serial", auditor, *tax)["status"] == "on-hold"
+    assert jrun(server, "resume", "--serial", auditor, *tax)["status"] == "good"
