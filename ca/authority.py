@@ -409,34 +409,61 @@ class JointCA:
         caller: Caller | None,
         details: Mapping[str, str],
     ) -> CodeGrant:
-        now = self.clock()
         with self.store.transaction() as tx:
-            app = self._locked_application(tx, app_id, caller)
-            if caller is not None:
-                _signer_still_good(tx, caller)
-            else:
-                tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
-            allowed = self._profiles_for(app, profiles)
-            if app.state is not ApplicationState.PENDING:
-                raise Conflict(f"application {app_id} is already {app.state.value}")
-            self._refuse_second_credential(tx, app, now)
-            if not tx.set_application_state(
-                app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None
-            ):
-                raise Conflict(f"application {app_id} was decided concurrently")
-            app = dataclasses.replace(
-                app, state=ApplicationState.APPROVED, decided_by=actor, decided_at=now
+            return self._approve_in(tx, app_id, profiles, actor, caller, details)
+
+    def approve_officer_by_quorum(self, tx: Transaction, app_id: str, ceremony: str) -> CodeGrant:
+        """Approve, in an APPROVE-OFFICER ceremony's transaction, a member agency's RA
+        officer: the way back for a member with no officer in force (all revoked, or
+        expired), as only its own officers approve its staff."""
+        app = tx.get_application(app_id)
+        if app is None:
+            raise NotFound(f"no application {app_id!r}")
+        if app.subject_class != SubjectClass.AGENCY.value:
+            raise BadRequest(
+                f"application {app_id} is for {_with_article(app.subject_class)} certificate; "
+                "APPROVE-OFFICER approves only an RA officer of a member agency (--class "
+                "agency); the agency's officer approves the rest"
             )
-            grant = self._grant_code(tx, app, allowed, now)
-            tx.append_event(
-                _application_event(
-                    EventType.APPLICATION_APPROVED,
-                    app,
-                    actor,
-                    now,
-                    {"profiles": list(allowed), **details},
-                )
+        actor = f"ceremony:{ceremony}"
+        return self._approve_in(tx, app_id, None, actor, None, {"ceremony": ceremony})
+
+    def _approve_in(
+        self,
+        tx: Transaction,
+        app_id: str,
+        profiles: Sequence[str] | None,
+        actor: str,
+        caller: Caller | None,
+        details: Mapping[str, str],
+    ) -> CodeGrant:
+        now = self.clock()
+        app = self._locked_application(tx, app_id, caller)
+        if caller is not None:
+            _signer_still_good(tx, caller)
+        else:
+            tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
+        allowed = self._profiles_for(app, profiles)
+        if app.state is not ApplicationState.PENDING:
+            raise Conflict(f"application {app_id} is already {app.state.value}")
+        self._refuse_second_credential(tx, app, now)
+        if not tx.set_application_state(
+            app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None
+        ):
+            raise Conflict(f"application {app_id} was decided concurrently")
+        app = dataclasses.replace(
+            app, state=ApplicationState.APPROVED, decided_by=actor, decided_at=now
+        )
+        grant = self._grant_code(tx, app, allowed, now)
+        tx.append_event(
+            _application_event(
+                EventType.APPLICATION_APPROVED,
+                app,
+                actor,
+                now,
+                {"profiles": list(allowed), **details},
             )
+        )
         return grant
 
     def reject(self, caller: Caller, app_id: str, reason: str) -> Application:

@@ -48,6 +48,9 @@ class Operation(enum.Enum):
     ROOT_CRL = "ROOT-CRL"
     ROTATE_LOG_KEY = "ROTATE-LOG-KEY"
     ROTATE_ISSUER = "ROTATE-ISSUER"
+    APPROVE_OFFICER = "APPROVE-OFFICER"
+    """A member agency left with no RA officer in force gets one: only its own officers
+    approve its staff, so no single other member may (docs/emergency-plan.md)."""
 
     @property
     def purpose(self) -> Purpose:
@@ -92,6 +95,9 @@ class Ceremony:
     result: Mapping[str, Any] = field(default_factory=dict)
     secret: bytes | None = field(default=None, repr=False)
     """UNSEAL only: the seal KEK wrapped by the boot key."""
+    handout: str | None = field(default=None, repr=False, compare=False)
+    """APPROVE-OFFICER only, in the answer to the completing join and never stored: the
+    new officer's one-time enrollment code (the database keeps its hash, as for any)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class Outcome:
 
     result: Mapping[str, Any]
     secret: bytes | None = field(default=None, repr=False)
+    handout: str | None = field(default=None, repr=False)
+    """Given once to the custodian whose join completed the ceremony, never stored."""
     after_event: Callable[[CeremonyTx], object] | None = field(default=None, repr=False)
     """Run in the completing transaction once the ``ceremony.completed`` event is
     appended (``ROTATE-LOG-KEY`` signs the log's hand-over checkpoint there, which must
@@ -384,4 +392,4 @@ class Quorum:
             outcome.after_event(tx)
         if self.before_commit is not None and c.operation is not Operation.UNSEAL:
             self.before_commit(tx, done)
-        return done
+        return replace(done, handout=outcome.handout)

@@ -248,6 +248,8 @@ class CustodyService:
             "expires_at": iso(c.expires_at),
             "completed_at": iso(c.completed_at),
             "result": dict(c.result),
+            # APPROVE-OFFICER: to the custodian whose join completed it, once; never stored
+            **({"enrollment_code": c.handout} if c.handout else {}),
         }
 
 

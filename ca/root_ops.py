@@ -44,7 +44,7 @@ from ca.authority import certificate_record
 from ca.ceremony_files import FileChanges
 from ca.crl import ReasonCode, RevokedEntry, build_crl
 from ca.custody import Purpose
-from ca.errors import BadRequest, Conflict
+from ca.errors import BadRequest, Conflict, NotFound
 from ca.issuance import IssuingCA
 from ca.keyhome import KeyHome, NewKey, key_home
 from ca.keys import KeyType
@@ -89,6 +89,7 @@ PARAMETERS: dict[Operation, tuple[str, ...]] = {
     Operation.ISSUE_INTERMEDIATE: ("issuer",),
     Operation.ROTATE_ISSUER: ("issuer",),
     Operation.REVOKE_INTERMEDIATE: ("issuer", "reason"),
+    Operation.APPROVE_OFFICER: ("application",),
 }
 """The parameters each operation reads (none for the others): any other is refused."""
 
@@ -121,10 +122,34 @@ def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> 
                     f"it (issuing CAs: {', '.join(known)}; profiles name: "
                     f"{', '.join(sorted(issued_from))})"
                 )
+    elif op is Operation.APPROVE_OFFICER:
+        _check_officer_application(svc, params.get("application", ""))
     elif op is Operation.REVOKE_INTERMEDIATE:
         if issuer not in svc.h.issuers:
             raise BadRequest(f"no issuing CA {issuer!r} (name a generation, e.g. enterprise-2)")
         _ca_reason(params.get("reason", "keyCompromise"))
+
+
+def _check_officer_application(svc: CustodyService, app_id: str) -> None:
+    """An APPROVE-OFFICER ceremony is opened only for a pending application of a member
+    agency's RA officer (what its M-th join would approve)."""
+    from ca.app import EXTENSION as CA_EXTENSION
+    from ca.records import ApplicationState
+
+    if not app_id:
+        raise BadRequest("APPROVE-OFFICER needs application=APP_ID (eport apply --class agency)")
+    ca = svc.app.extensions[CA_EXTENSION].authority
+    with ca.store.reading() as tx:
+        app = tx.get_application(app_id)
+    if app is None:
+        raise NotFound(f"no application {app_id!r}")
+    if app.subject_class != "agency":
+        raise BadRequest(
+            f"application {app_id} is for a {app.subject_class} certificate; APPROVE-OFFICER "
+            "approves only an RA officer of a member agency (eport apply --class agency)"
+        )
+    if app.state is not ApplicationState.PENDING:
+        raise Conflict(f"application {app_id} is already {app.state.value}")
 
 
 def _issuers_named(policies: Any) -> set[str]:
@@ -429,6 +454,28 @@ class RootOperations:
         return signer
 
 
+def _approve_officer(svc: CustodyService) -> Runner:
+    def run(c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges) -> Outcome:
+        from ca.api import iso
+        from ca.app import EXTENSION as CA_EXTENSION
+
+        ca = svc.app.extensions[CA_EXTENSION].authority
+        grant = ca.approve_officer_by_quorum(_sql(tx), c.params.get("application", ""), c.id)
+        vetted = grant.application.vetted
+        return Outcome(
+            {
+                "application": grant.application.id,
+                "agency_id": str(vetted.get("agency_id")),
+                "person_name": str(vetted.get("person_name")),
+                "profiles": list(grant.profiles),
+                "code_expires_at": iso(grant.expires_at),
+            },
+            handout=grant.code,
+        )
+
+    return run
+
+
 def runners(svc: CustodyService) -> dict[Operation, Runner]:
     ops = RootOperations(svc)
     return {
@@ -437,4 +484,5 @@ def runners(svc: CustodyService) -> dict[Operation, Runner]:
         Operation.ISSUE_INTERMEDIATE: ops.issue_intermediate,
         Operation.ROTATE_ISSUER: ops.issue_intermediate,
         Operation.ROTATE_LOG_KEY: ops.rotate_log_key,
+        Operation.APPROVE_OFFICER: _approve_officer(svc),
     }

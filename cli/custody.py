@@ -951,12 +951,18 @@ def ceremony_start(
     as_json: bool,
 ) -> None:
     """Open a ceremony: ROOT-CRL, ISSUE-INTERMEDIATE issuer=ID, ROTATE-ISSUER issuer=ID,
-    REVOKE-INTERMEDIATE issuer=GENERATION [reason=keyCompromise], ROTATE-LOG-KEY (an
-    RA officer's request). M custodians then run `eport ca ceremony join ID`.
+    REVOKE-INTERMEDIATE issuer=GENERATION [reason=keyCompromise], ROTATE-LOG-KEY,
+    APPROVE-OFFICER application=APP_ID (an RA officer's request). M custodians then run
+    `eport ca ceremony join ID`.
+
+    APPROVE-OFFICER gives a member agency left with no RA officer in force (all revoked
+    or expired: only its own officers approve its staff) a new one; the custodian whose
+    join completes it is shown the enrollment code, once.
 
     \b
       eport ca ceremony start ROOT-CRL --cert officer.pem --key officer.key
       eport ca ceremony start REVOKE-INTERMEDIATE issuer=enterprise-2 reason=keyCompromise ...
+      eport ca ceremony start APPROVE-OFFICER application=app_... --cert officer.pem ...
     """
     values: dict[str, str] = {}
     for p in params:
@@ -1006,6 +1012,13 @@ def ceremony_join(
     doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})
     if doc["state"] == "done":
         text = f"{doc['operation']} done with {_progress(doc)}: {json.dumps(doc['result'])}"
+        if doc.get("enrollment_code"):
+            text += (
+                f"\nEnrollment code of the new RA officer (shown once, here only; hand it to "
+                f"{doc['result'].get('person_name')} of {doc['result'].get('agency_id')} in "
+                f"person): {doc['enrollment_code']}\n"
+                f"They enroll with: eport enroll --code CODE --profile agency --out DIR"
+            )
     else:
         text = f"Share of {opened.member} accepted: {_progress(doc)}."
     _emit(as_json, doc, text)

@@ -592,3 +592,53 @@ def test_no_secret_in_clear_after_the_run(ceremony_ca) -> None:  # type: ignore[
     secrets += [b"share passphrase of", b"officer passphrase"]
     scanned = assert_no_secret_in_tree([srv.data_dir, *tmp.rglob("*.log"), out], secrets)
     assert scanned > 20
+
+
+@pytest.mark.slow
+def test_a_member_left_without_officers_gets_one_by_quorum(ceremony_ca) -> None:  # type: ignore[no-untyped-def]
+    """Only a member's own officers approve its staff, and no other member may change
+    their status: a member whose officers are all revoked or expired gets a new one by
+    an APPROVE-OFFICER ceremony of M custodians (authorization probe, F4)."""
+    srv, out, tmp = ceremony_ca
+    pw = {"EPORT_PASSPHRASE": "officer passphrase"}
+    forex = officer_args(out, "forex")
+    srv.eport("revoke", "--reason", "keyCompromise", *forex, **pw)  # its last officer
+    app = json.loads(
+        srv.eport(
+            "apply", "--class", "agency", "--agency", "forex", "--name", "Wang Fang", "--json"
+        ).stdout
+    )["id"]
+    other = srv.eport("ra", "approve", app, *officer_args(out, "customs"), check=False, **pw)
+    assert other.returncode == 1 and "only an officer of agency 'forex'" in other.stderr
+    # Opened only for a pending officer's application: an enterprise's is refused.
+    ent_app = json.loads(
+        srv.eport("apply", "--uscc", fresh_uscc(), "--name", "Quorum Check Co.", "--json").stdout
+    )["id"]
+    wrong = srv.eport(
+        "ca",
+        "ceremony",
+        "start",
+        "APPROVE-OFFICER",
+        f"application={ent_app}",
+        *officer_args(out),
+        check=False,
+        **pw,
+    )
+    assert wrong.returncode == 1 and "approves only an RA officer" in wrong.stderr, wrong
+    cid = str(start(srv, out, "APPROVE-OFFICER", f"application={app}")["id"])
+    for member in ("customs", "tax"):
+        doc = json.loads(join(srv, out, cid, member).stdout)
+        assert doc["state"] == "open" and "enrollment_code" not in doc
+    done = json.loads(join(srv, out, cid, "inspection").stdout)
+    assert done["state"] == "done" and done["result"]["agency_id"] == "forex"
+    code = done["enrollment_code"]
+    # Shown once: neither the ceremony's record nor the log holds it.
+    shown = srv.eport("ca", "ceremony", "status", cid, "--json").stdout
+    assert code not in shown and "enrollment_code" not in json.loads(shown)
+    assert assert_no_secret_in_tree([srv.data_dir], [code.encode()]) > 0
+    new = tmp / "new-forex-officer"
+    srv.eport("enroll", "--code", code, "--profile", "agency", "--out", str(new))
+    listed = srv.eport("ra", "list", *creds(new), "--json")
+    assert "applications" in json.loads(listed.stdout)
+    shown_app = json.loads(srv.eport("application", "show", app, "--json").stdout)
+    assert shown_app["state"] == "approved"
