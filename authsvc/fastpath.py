@@ -151,7 +151,7 @@ def mtls_caller(
     if cert is None:
         return None
     trust.verify_chain(cert, now)
-    tokens.require_good(cert, fresh=False)
+    tokens.require_good_caller(cert)
     return tokens.principal_of(cert)
 
 

@@ -303,10 +303,26 @@ class TokenService:
         return st
 
     def require_good(self, cert: x509.Certificate, *, fresh: bool) -> None:
+        """The certificate of a grant's subject (a login assertion, a certificate login)
+        must be good: :class:`InvalidGrant` otherwise (RFC 6749 §5.2, the grant is bad).
+        A *caller*'s certificate is :meth:`require_good_caller`'s."""
         st = self.cert_status(cert, fresh=fresh)
         if not isinstance(st, Good):
-            name = type(st).__name__.lower().replace("onhold", "on hold")
-            raise InvalidGrant(f"the certificate is {name}")
+            raise InvalidGrant(f"the certificate is {_status_name(st)}")
+
+    def require_good_caller(self, cert: x509.Certificate) -> None:
+        """The certificate a caller authenticates with (a signed request, or a client
+        certificate a trusted proxy forwarded) must be good: :class:`Unauthenticated`
+        otherwise. The caller failed to authenticate, so OAuth endpoints answer 401
+        ``invalid_client`` (RFC 6749 §5.2, RFC 7662 §2.3) and ``/auth/v1/…`` a 401
+        problem, as the CA answers the same signer. Before, it was ``invalid_grant``,
+        which an introspecting service reads as a verdict on the token it asked about."""
+        st = self.cert_status(cert, fresh=False)
+        if not isinstance(st, Good):
+            raise Unauthenticated(
+                f"the certificate {cert.serial_number:x} is {_status_name(st)}; "
+                "it cannot authenticate a call"
+            )
 
     # -- login ----------------------------------------------------------------------------
 
@@ -900,7 +916,7 @@ class TokenService:
         return operator_id
 
     def signed_principal(self, req: SignedRequest) -> Principal:
-        self.require_good(req.certificate, fresh=False)
+        self.require_good_caller(req.certificate)
         return self.principal_of(req.certificate)
 
     def principal_of(self, cert: x509.Certificate) -> Principal:
@@ -913,6 +929,11 @@ class TokenService:
                 self._principals.clear()
             self._principals[cert] = known
         return known
+
+
+def _status_name(st: CertStatus) -> str:
+    """A status that is not good, in words: ``revoked``, ``on hold``, ``unknown``."""
+    return type(st).__name__.lower().replace("onhold", "on hold")
 
 
 def _assertion_leaf(assertion: str) -> x509.Certificate:

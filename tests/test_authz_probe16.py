@@ -1,0 +1,206 @@
+"""Authorization and disclosure fixes from probe 16, against a real server.
+
+* F5: a revoked or held *caller* certificate (introspection, token exchange,
+  ``/auth/v1/roles``, ``/auth/v1/events``) failed to authenticate: 401 ``invalid_client``
+  at the OAuth endpoints, a 401 problem at ``/auth/v1/``; the *subject*'s certificate in a
+  login stays ``invalid_grant``.
+
+The server trusts 127.0.0.1 as its TLS-terminating proxy, as in ``test_oidc.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.signedreq import sign_request
+from tests.conftest import Server, start_server, stop
+from tests.helpers import (
+    cert_of,
+    creds,
+    enroll_enterprise,
+    enroll_operator,
+    enroll_service,
+    jrun,
+)
+
+PASSPHRASE = b"test-passphrase-123"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+GENERIC = "the user may not use this service"
+IDENTITY = ("subject_class", "name", "uscc", "operator_id", "agency_id")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("probe16")
+    server, proc = start_server(
+        root / "data", extra_env={"EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32"}
+    )
+    try:
+        yield server
+    finally:
+        stop(proc)
+
+
+def signed(
+    srv: Server,
+    d: Path,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> requests.Response:
+    """A request signed with the credential in ``d`` (cert.pem, key.pem)."""
+    key = serialization.load_pem_private_key((d / "key.pem").read_bytes(), PASSPHRASE)
+    chain = [x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())]
+    now = datetime.datetime.now(datetime.UTC)
+    jws = sign_request(key, chain, method, path, body, now)  # type: ignore[arg-type]
+    headers = {"Authorization": f"EPort-Signed {jws}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return requests.request(method, srv.url + path, data=body, headers=headers, timeout=10)
+
+
+def signed_form(srv: Server, d: Path, path: str, fields: dict[str, str]) -> requests.Response:
+    body = urlencode(fields).encode()
+    return signed(srv, d, "POST", path, body, "application/x-www-form-urlencoded")
+
+
+def forwarded(d: Path) -> dict[str, str]:
+    """The certificate in ``d`` as the trusted proxy forwards it (RFC 9440)."""
+    der = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    return {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+
+
+def serial(d: Path) -> str:
+    return format(cert_of(d).serial_number, "x")
+
+
+def cli_token(srv: Server, who: Path, cfg: Path, service: str) -> str:
+    srv.eport("login", *creds(who), EPORT_CONFIG_DIR=str(cfg))
+    return srv.eport("token", "--service", service, EPORT_CONFIG_DIR=str(cfg)).stdout.strip()
+
+
+def auth_events(srv: Server) -> list[dict[str, Any]]:
+    """The token service's events, as the development customs auditor reads them."""
+    from cli.client import CAClient
+    from cli.keyfiles import load_identity
+
+    d = srv.dev / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    events: list[dict[str, Any]] = CAClient(srv.url).call(
+        "GET", "/auth/v1/events?limit=1000", identity=ident
+    )["events"]
+    return events
+
+
+def settle() -> None:
+    """Wait out the token service's status cache (2 s per certificate, in each of the
+    server's processes): after it, every process has asked the CA afresh."""
+    time.sleep(2.5)
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    out: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return out
+
+
+# -- F5 ----------------------------------------------------------------------------------
+
+
+def test_a_revoked_or_held_caller_fails_to_authenticate(srv: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(srv, tmp_path, "Caller Co.")
+    op = enroll_operator(srv, ent, tmp_path, "C1", "declaration", "data-entry")
+    token = cli_token(srv, op, tmp_path / "cfg-op", "customs-declaration")
+    svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
+    introspect = {"token": token}
+    exchange = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": token,
+        "subject_token_type": ACCESS,
+        "audience": "manifest",
+    }
+    mtls = srv.url + "/auth/introspect"
+    # Controls: the good service introspects (signed and forwarded) and exchanges.
+    assert signed_form(srv, svc, "/auth/introspect", introspect).json()["active"] is True
+    r = requests.post(mtls, data=introspect, headers=forwarded(svc), timeout=10)
+    assert r.json()["active"] is True
+    assert signed_form(srv, svc, "/auth/token", exchange).status_code == 200
+
+    def invalid_client(r: requests.Response) -> bool:
+        return r.status_code == 401 and r.json()["error"] == "invalid_client"
+
+    jrun(srv, "suspend", "--serial", serial(svc), *srv.officer())
+    settle()
+    r = signed_form(srv, svc, "/auth/introspect", introspect)
+    assert invalid_client(r), r.text
+    assert r.json()["error_description"].endswith("is on hold; it cannot authenticate a call")
+    assert r.headers["WWW-Authenticate"].startswith("EPort-Signed")
+    assert r.headers["Cache-Control"] == "no-store"
+    r = requests.post(mtls, data=introspect, headers=forwarded(svc), timeout=10)
+    assert invalid_client(r), r.text  # the fast path leaves it to the view: the same answer
+    r = signed_form(srv, svc, "/auth/token", exchange)
+    assert invalid_client(r), r.text
+    assert "on hold" in r.json()["error_description"]
+    jrun(srv, "resume", "--serial", serial(svc), *srv.officer())
+    settle()
+    assert signed_form(srv, svc, "/auth/introspect", introspect).status_code == 200
+    jrun(srv, "revoke", "--serial", serial(svc), "--reason", "keyCompromise", *srv.officer())
+    settle()
+    r = signed_form(srv, svc, "/auth/token", exchange)
+    assert invalid_client(r), r.text
+    assert "is revoked" in r.json()["error_description"]
+
+    # /auth/v1/: a 401 problem, not an OAuth error.
+    held = enroll_enterprise(srv, tmp_path, "Held Co.")
+    gone = enroll_enterprise(srv, tmp_path, "Gone Co.")
+    roles = json.dumps({"operator_id": "A1", "roles": ["declaration"]}).encode()
+
+    def grant_roles() -> requests.Response:
+        return signed(srv, held, "POST", "/auth/v1/roles", roles, "application/json")
+
+    def read_events() -> requests.Response:
+        return signed(srv, gone, "GET", "/auth/v1/events?limit=5")
+
+    assert grant_roles().status_code == 200 and read_events().status_code == 200
+    jrun(srv, "suspend", "--serial", serial(held), *srv.officer())
+    jrun(srv, "revoke", "--serial", serial(gone), "--reason", "keyCompromise", *srv.officer())
+    settle()
+    for call, who, state in ((grant_roles, held, "on hold"), (read_events, gone, "revoked")):
+        r = call()
+        assert r.status_code == 401, r.text
+        assert r.headers["Content-Type"] == "application/problem+json", r.text
+        problem = r.json()
+        assert problem["status"] == 401 and "error" not in problem
+        assert problem["detail"] == (
+            f"the certificate {serial(who)} is {state}; it cannot authenticate a call"
+        )
+        assert r.headers["WWW-Authenticate"].startswith("EPort-Signed")
+
+
+def test_the_subjects_own_certificate_in_a_login_stays_invalid_grant(
+    srv: Server, tmp_path: Path
+) -> None:
+    """RFC 6749 §5.2: the grant (the user's certificate login) is what is bad."""
+    ent = enroll_enterprise(srv, tmp_path, "Held Login Co.")
+    jrun(srv, "suspend", "--serial", serial(ent), *srv.officer())
+    r = requests.post(srv.url + "/auth/login/mtls", headers=forwarded(ent), timeout=10)
+    assert r.status_code == 400 and r.json() == {
+        "error": "invalid_grant",
+        "error_description": "the certificate is on hold",
+    }, r.text
