@@ -7,6 +7,13 @@ from typing import Any
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _NOT_JSON = {"$ref": "#/components/responses/UnsupportedMediaType"}
 _SIGNED: list[dict[str, list[str]]] = [{"signedRequest": []}]
+_AUDIT_READER: list[dict[str, list[str]]] = [
+    {"signedRequest": []},
+    {"auditToken": ["audit:read"]},
+]
+"""The audit API's readers (``ca/audit_api.py`` ``signed_reader``): a signed request, or
+instead an access token for the ``audit`` service with the ``audit:read`` scope
+(docs/audit.md). Alternatives: either one is enough."""
 
 
 def _with_response(op: dict[str, Any], status: str, why: str, result: str) -> dict[str, Any]:
@@ -26,8 +33,11 @@ def _op(
     ok: str = "200",
     result: str = "Object",
     signed: bool = False,
+    security: list[dict[str, list[str]]] | None = None,
     params: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """One operation; ``signed``: a signed request is required, ``security``: these
+    requirements instead (OpenAPI 3.1 §4.8.30, alternatives; ``{}`` is none at all)."""
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
@@ -49,6 +59,8 @@ def _op(
         }
     if signed:
         op["security"] = _SIGNED
+    if security is not None:
+        op["security"] = security
     if params:
         op["parameters"] = params
     return op
@@ -324,6 +336,7 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/audit/proof/inclusion": {
                 "get": _op(
                     "Inclusion proof by leaf index (public) or by serial (signed or audit:read)",
+                    security=[{}, *_AUDIT_READER],
                     params=[
                         _q("index", "leaf index", "integer"),
                         _q("serial", "certificate serial (hex)"),
@@ -340,7 +353,7 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/audit/entries": {
                 "get": {
                     "summary": "Entries [start, start+count), uint16 length + entry",
-                    "security": _SIGNED,
+                    "security": _AUDIT_READER,
                     "parameters": [
                         _q("start", "first leaf", "integer"),
                         _q("count", "number of leaves", "integer"),
@@ -357,7 +370,7 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/audit/events": {
                 "get": _op(
                     "Events in log order, filtered, keyset-paged by `after` (signed or audit:read)",
-                    signed=True,
+                    security=_AUDIT_READER,
                     params=[
                         _q("after", "last log index seen", "integer"),
                         _q("limit", "page size", "integer"),
@@ -374,11 +387,15 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/ca/v1/audit/event-digests": {
-                "get": _op("Leaf hashes re-derived from the event records (signed)", signed=True)
+                "get": _op(
+                    "Leaf hashes re-derived from the event records (signed or audit:read)",
+                    security=_AUDIT_READER,
+                )
             },
             "/ca/v1/audit/certificates": {
                 "get": _op(
-                    "Every certificate on record: '<serial> <sha256>' lines (signed)", signed=True
+                    "Every certificate on record: '<serial> <sha256>' lines (signed or audit:read)",
+                    security=_AUDIT_READER,
                 )
             },
             "/ca/v1/audit/leaf-hashes": {
@@ -432,7 +449,16 @@ def openapi_document() -> dict[str, Any]:
                     "scheme": "EPort-Signed",
                     "description": "Compact JWS (RFC 7515) with x5c, aud = 'METHOD path', "
                     "iat/exp (<= 5 min), unique jti, bsh = base64url SHA-256 of the body.",
-                }
+                },
+                "auditToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "The audit API only: an RFC 9068 access token of the token "
+                    "service for the 'audit' service (eport login, then eport token --service "
+                    "audit), with the audit:read scope; RFC 6750 Authorization: Bearer. "
+                    "Verified offline against the token service's JWKS (docs/audit.md).",
+                },
             },
             "responses": {
                 "Problem": {

@@ -4,6 +4,7 @@
   ``/auth/v1/roles``, ``/auth/v1/events``) failed to authenticate: 401 ``invalid_client``
   at the OAuth endpoints, a 401 problem at ``/auth/v1/``; the *subject*'s certificate in a
   login stays ``invalid_grant``.
+* The OpenAPI document describes the audit API's ``audit:read`` Bearer token.
 
 The server trusts 127.0.0.1 as its TLS-terminating proxy, as in ``test_oidc.py``.
 """
@@ -204,3 +205,52 @@ def test_the_subjects_own_certificate_in_a_login_stays_invalid_grant(
         "error": "invalid_grant",
         "error_description": "the certificate is on hold",
     }, r.text
+
+
+# -- the OpenAPI document ---------------------------------------------------------------
+
+
+def test_openapi_describes_the_audit_bearer_token(srv: Server, tmp_path: Path) -> None:
+    doc = requests.get(srv.url + "/ca/v1/openapi.json", timeout=10).json()
+    scheme = doc["components"]["securitySchemes"]["auditToken"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    either = [{"signedRequest": []}, {"auditToken": ["audit:read"]}]
+    paths = {
+        "/ca/v1/audit/entries": "?start=0&count=1",
+        "/ca/v1/audit/events": "?limit=1",
+        "/ca/v1/audit/event-digests": "",
+        "/ca/v1/audit/certificates": "",
+    }
+    for path in paths:
+        assert doc["paths"][path]["get"]["security"] == either, path
+    inclusion = doc["paths"]["/ca/v1/audit/proof/inclusion"]["get"]["security"]
+    assert inclusion == [{}, *either]  # by index: public
+    named = {
+        n
+        for ops in doc["paths"].values()
+        for o in ops.values()
+        for r in o.get("security", [])
+        for n in r
+    }
+    assert named == set(doc["components"]["securitySchemes"])
+    # And what it says holds: an auditor's audit:read token reads each of them.
+    auditor = srv.dev / "auditors" / "customs"
+    cfg = tmp_path / "cfg"
+    pw = (auditor / "DEV-ONLY-passphrase.txt").read_text().strip()
+    srv.eport(
+        "login",
+        "--cert",
+        str(auditor / "auditor.pem"),
+        "--key",
+        str(auditor / "auditor.key"),
+        EPORT_CONFIG_DIR=str(cfg),
+        EPORT_PASSPHRASE=pw,
+    )
+    token = srv.eport("token", "--service", "audit", EPORT_CONFIG_DIR=str(cfg)).stdout.strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    ent = enroll_enterprise(srv, tmp_path, "Logged Co.")
+    paths["/ca/v1/audit/proof/inclusion"] = f"?serial={serial(ent)}"
+    for path, query in paths.items():
+        r = requests.get(srv.url + path + query, headers=bearer, timeout=10)
+        assert r.status_code == 200, (path, r.text)
+        assert requests.get(srv.url + path + query, timeout=10).status_code == 401, path
