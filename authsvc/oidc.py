@@ -87,6 +87,13 @@ CLAIMS_BY_SCOPE: Mapping[str, tuple[str, ...]] = {
     "eport": ("subject_class", "uscc", "operator_id", "agency_id"),
 }
 PROMPTS = frozenset({"none", "login"})
+ACCESS_DENIED = "the user may not use this service"
+"""The ``error_description`` a relying party gets with ``access_denied`` (and at the
+token endpoint when the user lost access meanwhile): nothing of who the user is. A
+relying party the policy does not let this user use has been released nothing, so it
+must not learn the USCC, operator id or officer's name from the refusal (it, and its
+access log, proxies and the browser's history, see the redirect URL); the details are
+in the token service's ``oidc.denied`` event and log (:meth:`OpenIDProvider.denied`)."""
 
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 """BASE64URL(SHA-256(verifier)) without padding: always 43 characters (RFC 7636 §4.2)."""
@@ -313,6 +320,12 @@ class OIDCStore(Protocol):
     def logout_retry(self, sid: str, client_id: str, next_at: datetime.datetime) -> None: ...
 
     def cleanup(self, now: datetime.datetime, keep_codes: datetime.timedelta) -> None: ...
+
+
+def released_claims(scope: str) -> frozenset[str]:
+    """The identity claims the OpenID scopes in ``scope`` release (:data:`CLAIMS_BY_SCOPE`):
+    what UserInfo answers, and all the access token of the code flow may carry."""
+    return frozenset(c for sc in scope.split() for c in CLAIMS_BY_SCOPE.get(sc, ()))
 
 
 def same(a: str, b: str) -> bool:
@@ -545,10 +558,8 @@ class OpenIDProvider:
             p.subject_class.value, service_id=req.client.id, roles=roles, agency_id=p.agency_id
         )
         if not scopes:
-            raise req.error(
-                "access_denied",
-                f"{p.subject_class.value} {p.subject} may not use {req.client.name}",
-            )
+            self.denied(session, req.client.id, "authorize")
+            raise req.error("access_denied", ACCESS_DENIED)
         now = self.clock()
         code = secrets.token_urlsafe(32)
         self.store.add_code(
@@ -566,6 +577,26 @@ class OpenIDProvider:
         )
         self.store.add_session_client(session.sid, req.client.id, now)
         return code
+
+    def denied(self, session: SessionRecord, client_id: str, at: str) -> None:
+        """Record that the policy gives ``session``'s subject nothing at ``client_id``:
+        who, and which client, go to the token service's events (readable by the user
+        and by auditors), never to the relying party, which is told only
+        :data:`ACCESS_DENIED`."""
+        p = session.principal
+        why = f"{p.subject_class.value} {p.subject} has no scope at {client_id}"
+        log.info("OpenID Connect %s refused: %s", at, why)
+        self.tokens.store.add_event(
+            AuthEvent(
+                "oidc.denied",
+                self.clock(),
+                p.subject,
+                session.sid,
+                session.cert_serial,
+                service=client_id,
+                detail={"why": why, "at": at},
+            )
+        )
 
     def success_redirect(self, req: AuthorizationRequest, code: str) -> str:
         """RFC 6749 §4.1.2 with RFC 9207 ``iss``."""
@@ -710,7 +741,17 @@ class OpenIDProvider:
         # Mint, then redeem and record the token in one conditional UPDATE: of concurrent
         # redemptions exactly one wins, and its token is on the code before anyone can
         # replay it; a loser's token is never handed out.
-        minted = self.tokens.mint_for(session, client.id, client_id=client.id)
+        try:
+            minted = self.tokens.mint_for(
+                session, client.id, client_id=client.id, release=released_claims(rec.scope)
+            )
+        except OAuthError as exc:
+            if exc.error != "invalid_scope":
+                raise
+            # The user's access went away between the code and its redemption (roles
+            # revoked): refused as at /authorize, without naming the user to the client.
+            self.denied(session, client.id, "token")
+            raise OAuthError(ACCESS_DENIED, error="invalid_scope", status=exc.status) from None
         claims = jwt.decode(minted.access_token, options={"verify_signature": False})
         jti = str(claims["jti"])
         exp = datetime.datetime.fromtimestamp(int(claims["exp"]), datetime.UTC)

@@ -234,7 +234,9 @@ def authorize() -> Response:
             )
         except OAuthError as exc:  # the certificate may not sign in (revoked, held…)
             if "none" in req.prompt:
-                raise req.error("login_required", exc.detail) from None
+                # Why (the certificate's status, its agency…) is the user's, and in the
+                # login.failed event; the relying party learns only that no login happened.
+                raise req.error("login_required", "the e-port certificate cannot sign in") from None
             return message(
                 exc.status if exc.status != 400 else 403,
                 "Your certificate cannot sign in",

@@ -609,9 +609,12 @@ class TokenService:
         act: dict[str, Any] | None = None,
         *,
         client_id: str = "eport-cli",
+        release: frozenset[str] | None = None,
     ) -> Minted:
+        """An access token of ``session`` for ``service_id``; ``release``: see
+        :meth:`_mint`."""
         service, scopes = self._access(session.principal, service_id)
-        return self._mint(session, service, scopes, act, client_id=client_id)
+        return self._mint(session, service, scopes, act, client_id=client_id, release=release)
 
     def _access(self, p: Principal, service_id: str) -> tuple[Any, tuple[str, ...]]:
         """The service ``service_id`` and the scopes ``p`` has there; raises the OAuth
@@ -642,7 +645,14 @@ class TokenService:
         act: dict[str, Any] | None = None,
         *,
         client_id: str = "eport-cli",
+        release: frozenset[str] | None = None,
     ) -> Minted:
+        """An RFC 9068 access token. ``release``: which of the claims that describe the
+        subject beyond ``sub`` (``subject_class``, ``name``, ``uscc``, ``operator_id``,
+        ``agency_id``) it may carry; None, all that apply. An OpenID Connect
+        client reads the token of its code flow (it is its own service's), so that token
+        carries only what the scopes it was granted release (``profile``: ``name``;
+        ``eport``: the class and ids), as UserInfo does; ``sub`` is always there."""
         p = session.principal
         now = self.clock()
         # Never past its session's end (so never past the login certificate's notAfter):
@@ -658,16 +668,18 @@ class TokenService:
             "client_id": client_id if act is None else act["sub"],
             "scope": " ".join(scopes),
             "sid": session.sid,
-            "subject_class": p.subject_class.value,
-            "name": p.name,
             "cnf": {"x5t#S256": session.cert_sha256},
         }
-        if p.uscc:
-            claims["uscc"] = p.uscc
-        if p.operator_id:
-            claims["operator_id"] = p.operator_id
-        if p.agency_id:
-            claims["agency_id"] = p.agency_id
+        identity = {
+            "subject_class": p.subject_class.value,
+            "name": p.name,
+            "uscc": p.uscc or None,
+            "operator_id": p.operator_id or None,
+            "agency_id": p.agency_id or None,
+        }
+        for claim, value in identity.items():
+            if value is not None and (release is None or claim in release):
+                claims[claim] = value
         if act is not None:
             claims["act"] = act
         kid, key = self.keys.signer()

@@ -1,12 +1,19 @@
 """Authorization and disclosure fixes from probe 16, against a real server.
 
+* F2: a relying party the user may not use gets ``access_denied`` with a generic
+  description: not the USCC, operator id or officer's name (nor, with ``prompt=none``,
+  why the certificate could not sign in; nor, at the token endpoint, who lost access).
+  The details are in the token service's events.
 * F5: a revoked or held *caller* certificate (introspection, token exchange,
   ``/auth/v1/roles``, ``/auth/v1/events``) failed to authenticate: 401 ``invalid_client``
   at the OAuth endpoints, a 401 problem at ``/auth/v1/``; the *subject*'s certificate in a
   login stays ``invalid_grant``.
+* F6: the access token of the code flow, which the client can read, carries only the
+  identity claims the granted OpenID scopes release (as UserInfo does).
 * The OpenAPI document describes the audit API's ``audit:read`` Bearer token.
 
-The server trusts 127.0.0.1 as its TLS-terminating proxy, as in ``test_oidc.py``.
+The server trusts 127.0.0.1 as its TLS-terminating proxy, as in ``test_oidc.py``, whose
+browserless agent this reuses.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from ca.signedreq import sign_request
 from tests.conftest import Server, start_server, stop
@@ -36,6 +44,8 @@ from tests.helpers import (
     enroll_service,
     jrun,
 )
+from tests.helpers import grant_roles as grant
+from tests.test_oidc import Agent, authorize, redeem
 
 PASSPHRASE = b"test-passphrase-123"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -119,6 +129,59 @@ def settle() -> None:
 def claims_of(token: str) -> dict[str, Any]:
     out: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return out
+
+
+# -- F2 ----------------------------------------------------------------------------------
+
+
+def test_access_denied_names_nobody_to_the_relying_party(srv: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(srv, tmp_path, "Denied Trading Co.")
+    org_id = cert_of(ent).subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    uscc_text = str(org_id[0].value).removeprefix("NTRCN-")
+    op = enroll_operator(srv, ent, tmp_path, "Q7")  # no role: nothing at sample-a
+    officer = srv.dev / "officers" / "customs"
+    officer_pem = (officer / "officer.pem").read_text()
+    officer_cert = x509.load_pem_x509_certificate(officer_pem.encode())
+    officer_cn = str(officer_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    for agent, secrets_ in (
+        (Agent(srv, (op / "cert.pem").read_text()), [uscc_text, "Q7", "Operator Q7", "op:"]),
+        (Agent(srv, officer_pem), [officer_cn, "customs", "agency:"]),
+    ):
+        f = authorize(agent, "sample-a")
+        assert f.response.status_code == 302, f.response.text
+        assert f.query["error"] == ["access_denied"] and "code" not in f.query
+        assert f.query["error_description"] == [GENERIC], f.query
+        location = f.response.headers["Location"]
+        for secret in secrets_:
+            assert secret not in location and secret.replace(" ", "+") not in location, secret
+    # Who was refused, and where, is in the token service's events (the user's own and
+    # the auditors'), not in the redirect.
+    denied = [e for e in auth_events(srv) if e["type"] == "oidc.denied"]
+    subjects = {e["subject"] for e in denied}
+    assert f"op:{uscc_text}:Q7" in subjects and f"agency:customs:{officer_cn}" in subjects
+    assert all(e["service"] == "sample-a" for e in denied)
+
+
+def test_prompt_none_and_late_refusals_name_nobody_either(srv: Server, tmp_path: Path) -> None:
+    ent = enroll_enterprise(srv, tmp_path, "Quiet Trading Co.")
+    op = enroll_operator(srv, ent, tmp_path, "Z9", "data-entry")
+    # prompt=none with a held certificate: login_required, without the why.
+    held = enroll_operator(srv, ent, tmp_path, "H1", "data-entry")
+    jrun(srv, "suspend", "--serial", serial(held), *srv.officer())
+    f = authorize(Agent(srv, (held / "cert.pem").read_text()), "sample-a", prompt="none")
+    assert f.query["error"] == ["login_required"], f.query
+    assert f.query["error_description"] == ["the e-port certificate cannot sign in"], f.query
+    # The user lost access between the code and its redemption: refused at the token
+    # endpoint (to the client) without naming the user.
+    f = authorize(Agent(srv, (op / "cert.pem").read_text()), "sample-a")
+    assert "code" in f.query, f.query
+    grant(srv, ent, "Z9", "finance")  # data-entry taken away: nothing at sample-a
+    r = redeem(srv, f)
+    assert r.status_code == 403 and r.json() == {
+        "error": "invalid_scope",
+        "error_description": GENERIC,
+    }, r.text
+    assert "Z9" not in r.text
 
 
 # -- F5 ----------------------------------------------------------------------------------
@@ -205,6 +268,55 @@ def test_the_subjects_own_certificate_in_a_login_stays_invalid_grant(
         "error": "invalid_grant",
         "error_description": "the certificate is on hold",
     }, r.text
+
+
+# -- F6 ----------------------------------------------------------------------------------
+
+
+def test_the_code_flows_access_token_carries_only_what_the_scopes_release(
+    srv: Server, tmp_path: Path
+) -> None:
+    ent = enroll_enterprise(srv, tmp_path, "Scoped Trading Co.")
+    op = enroll_operator(srv, ent, tmp_path, "S5", "data-entry")
+    cli = claims_of(cli_token(srv, op, tmp_path / "cfg", "sample-a"))
+    assert {c: cli.get(c) for c in IDENTITY} == {
+        "subject_class": "operator",
+        "name": "Operator S5",
+        "uscc": cli["uscc"],
+        "operator_id": "S5",
+        "agency_id": None,
+    } and cli["uscc"]
+    for scope, released in (
+        ("openid", set()),
+        ("openid profile", {"name"}),
+        ("openid eport", {"subject_class", "uscc", "operator_id"}),
+        ("openid profile eport", {"subject_class", "name", "uscc", "operator_id"}),
+    ):
+        agent = Agent(srv, (op / "cert.pem").read_text())
+        f = authorize(agent, "sample-a", scope=scope)
+        r = redeem(srv, f)
+        assert r.status_code == 200, r.text
+        at = r.json()["access_token"]
+        claims = claims_of(at)
+        assert {c for c in IDENTITY if c in claims} == released, (scope, claims)
+        for c in released:
+            assert claims[c] == cli[c], (scope, c)
+        # What the token is for is unchanged: its subject, scopes, binding, session.
+        assert claims["sub"] == cli["sub"] and claims["scope"] == "sample:use"
+        assert claims["cnf"] == cli["cnf"] and claims["client_id"] == "sample-a"
+        # UserInfo tells the client the same claims.
+        info = requests.get(
+            srv.url + "/auth/userinfo", headers={"Authorization": f"Bearer {at}"}, timeout=10
+        ).json()
+        assert set(info) - {"sub"} == released, (scope, info)
+        # The token still validates at its service's gateway.
+        v = requests.get(
+            srv.url + "/auth/validate",
+            headers={"Authorization": f"Bearer {at}", "X-Eport-Service": "sample-a"},
+            timeout=10,
+        )
+        assert v.status_code == 200 and v.headers["X-Eport-Subject"] == cli["sub"]
+        assert ("X-Eport-USCC" in v.headers) == ("uscc" in released)
 
 
 # -- the OpenAPI document ---------------------------------------------------------------
