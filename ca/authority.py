@@ -611,8 +611,11 @@ class JointCA:
         then decided one at a time, and an enrollment in flight has either stored its
         certificate (seen here) or will meet the check where it is stored
         (:attr:`IssuanceWrite.sole_credential`), which decides in the end."""
+        if app.subject_class in (SubjectClass.AGENCY.value, SubjectClass.AUDITOR.value):
+            self._refuse_same_name(tx, app, now)
+            return
         if app.subject_class != SubjectClass.ENTERPRISE.value or app.uscc is None:
-            return  # operators, agencies, auditors and services are not legal persons
+            return  # operators and services are not legal persons
         self._refuse_credential_held(tx, app, now)
         others = [
             a.id
@@ -627,6 +630,27 @@ class JointCA:
                     "enterprise holds one legal-person credential: that application enrolls, "
                     f"or an officer withdraws it first (eport ra withdraw {other_id} --reason …)",
                     application=other_id,
+                )
+
+    def _refuse_same_name(self, tx: Transaction, app: Application, now: datetime.datetime) -> None:
+        """A member agency's officers and auditors are known to every e-port service by
+        their agency and name (``agency:customs:<name>``): a second person of one agency
+        with the same name in force would be the same user at every service, each seeing
+        the other's records (authorization probe, F3). Refuse (Conflict naming the
+        certificate) while a certificate of the same subject is in force: the same person
+        renews it, or it is revoked first; another person applies under a name that tells
+        them apart."""
+        for profile in self.policies.profiles_of(SubjectClass(app.subject_class)):
+            subject = dn_string(profile.build_subject(app.vetted))
+            held = tx.named_in_force(subject, [profile.name], now)
+            if held is not None:
+                raise Conflict(
+                    f"{held.subject} already holds certificate {held.serial_hex} ({profile.name}"
+                    f", in force until {held.not_after:%Y-%m-%dT%H:%M:%SZ}): every e-port "
+                    "service would take a second one of that name for the same person. The "
+                    "same person renews it (eport renew), or it is revoked first; another "
+                    "person applies under a name that tells them apart",
+                    certificate=held.serial_hex,
                 )
 
     def _refuse_credential_held(

@@ -321,6 +321,14 @@ class Transaction(Protocol):
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
+    def named_in_force(
+        self, subject: str, profiles: Sequence[str], now: datetime.datetime
+    ) -> CertificateRecord | None:
+        """A certificate of ``profiles`` with no USCC (a member agency's staff) whose
+        subject is ``subject`` (:func:`ca.names.dn_string`), not expired and not revoked
+        (one on hold counts), or None."""
+        ...
+
     def credential_in_force(
         self,
         uscc: str,

@@ -951,6 +951,25 @@ class SqlTransaction:
         rows = self._conn().execute(_CERTS_OF_CLASS, {"uscc": uscc, "profile": profile})
         return [_cert_of(r) for r in rows]
 
+    def named_in_force(
+        self, subject: str, profiles: Sequence[str], now: datetime.datetime
+    ) -> CertificateRecord | None:
+        if not profiles:
+            return None
+        q = select(*_CERT_COLUMNS).where(
+            _CERT.uscc.is_(None),
+            _CERT.profile.in_(list(profiles)),
+            _CERT.not_after > now,
+            _CERT.subject == subject,
+        )
+        found = list(map(_cert_of, self._conn().execute(q)))
+        statuses = self.get_statuses([c.serial for c in found])
+        for c in found:
+            st = statuses.get(c.serial)
+            if st is None or st.state is StatusState.HOLD:
+                return c
+        return None
+
     def credential_in_force(
         self,
         uscc: str,

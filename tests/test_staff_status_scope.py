@@ -41,3 +41,45 @@ def test_an_officer_manages_only_its_own_agencys_staff(server: Server, tmp_path:
     auditor = _serial(server, "auditor", "tax")
     assert jrun(server, "suspend", "--serial", auditor, *tax)["status"] == "on-hold"
     assert jrun(server, "resume", "--serial", auditor, *tax)["status"] == "good"
+
+
+def _cn(server: Server, role: str, agency: str) -> str:
+    pem = (server.dev / f"{role}s" / agency / f"{role}.pem").read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    return str(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+
+
+def test_a_second_person_of_one_name_in_an_agency_is_refused(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """Officers and auditors are ``agency:<member>:<name>`` at every service: a second
+    certificate of the same agency and name in force would merge two people there
+    (authorization probe, F3). The approval is refused, naming the certificate."""
+    server = sqlite_server
+    customs = server.officer("customs")
+    for cls, role in (("agency", "officer"), ("auditor", "auditor")):
+        name = _cn(server, role, "customs")
+        app = jrun(server, "apply", "--class", cls, "--agency", "customs", "--name", name)["id"]
+        res = server.eport("ra", "approve", app, *customs, check=False)
+        assert res.returncode == 1, res
+        line = res.stderr.strip()
+        assert (
+            "\n" not in line
+            and f"already holds certificate {_serial(server, role, 'customs')}" in line
+        )
+        assert jrun(server, "application", "show", app)["state"] == "pending"
+        # the same name in another agency is another person: approved
+        other = jrun(server, "apply", "--class", cls, "--agency", "tax", "--name", name)["id"]
+        assert jrun(server, "ra", "approve", other, *server.officer("tax"))["enrollment_code"]
+    # a name that tells them apart is approved
+    app = jrun(
+        server,
+        "apply",
+        "--class",
+        "agency",
+        "--agency",
+        "customs",
+        "--name",
+        _cn(server, "officer", "customs") + " (Xiamen)",
+    )["id"]
+    assert jrun(server, "ra", "approve", app, *customs)["enrollment_code"]
