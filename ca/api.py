@@ -180,6 +180,7 @@ def health() -> Response:
     out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
     notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
     warnings = [notice] if notice is not None else []
+    warnings += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, s.clock())
     # Another host of the database changed the CA files (ca.crosshost): "stale" while
     # this host serves older ones it cannot update by itself.
     from ca.app import CROSSHOST, CrossHostState

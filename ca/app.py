@@ -25,7 +25,7 @@ from ca import ceremony_files, crosshost, devinit, hierarchy, responders, transl
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig
 from ca.db import engine_options
-from ca.errors import LintFailed, Sealed
+from ca.errors import IssuerExpired, LintFailed, Sealed
 from ca.generation import GenerationWatch
 from ca.issuance import TEMPLATES_LINTED, CertificateFactory
 from ca.lint import CertificateLinter
@@ -127,6 +127,13 @@ def lint_templates(
         if issuer is not None and not profile.ca:
             try:
                 factory.lint_template(profile, issuer, now)
+            except IssuerExpired as exc:
+                # Nothing is issued from it (the authority refuses), but the server starts:
+                # status (OCSP, CRLs) of every generation, the token service, and the
+                # rollover ceremony that replaces it need it running.
+                log.warning(
+                    "profile %r: %s; its enrollments and renewals are refused", profile.name, exc
+                )
             except LintFailed as exc:
                 found = "; ".join(exc.extra.get("findings", ())) or exc.detail
                 raise LintFailed(
@@ -320,8 +327,9 @@ def warn_root_crl(app: Flask) -> None:
     last = app.extensions.get(ROOT_CRL_WARNED)
     if last is not None and now - last < ROOT_CRL_WARN_EVERY:
         return
-    notice = hierarchy.root_crl_notice(s.root_crl, now)
-    if notice is not None:
+    notices = [hierarchy.root_crl_notice(s.root_crl, now)]
+    notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
+    for notice in filter(None, notices):
         app.extensions[ROOT_CRL_WARNED] = now
         log.warning("%s", notice[0].upper() + notice[1:])
 

@@ -28,6 +28,7 @@ from ca.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    IssuerExpired,
     IssuerRevoked,
     IssuerUnavailable,
     NotFound,
@@ -177,6 +178,11 @@ class Issued:
 def _pem(cert: x509.Certificate) -> str:
     """The PEM of a CA certificate (a chain's members repeat in every answer)."""
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+MIN_ISSUED_VALIDITY = datetime.timedelta(days=1)
+"""Nothing is issued from an issuing CA with less than this left: a certificate is cut
+to its issuer's end, and one of minutes or hours is not worth the code it uses."""
 
 
 @dataclass(frozen=True)
@@ -973,6 +979,17 @@ class JointCA:
                 f"CRL revokes (revoked {revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}{reason}): "
                 "nothing is issued from it. ca/issuers/active.json names a revoked "
                 "generation; a rollover ceremony (eport ca rotate) makes a new one"
+            )
+        ends = issuer.certificate.not_valid_after_utc
+        if ends - self.clock() < MIN_ISSUED_VALIDITY:
+            # A leaf never outlives its issuer (RFC 5280 §6.1.3: it would not validate), so
+            # its notAfter is cut to the issuer's: past it, the certificate would end before
+            # it began (signed by an expired CA, its code used up, logged as issued).
+            raise IssuerExpired(
+                f"issuing CA {issuer.id} {'expired' if ends <= self.clock() else 'ends'} at "
+                f"{ends:%Y-%m-%dT%H:%M:%SZ}: nothing is issued from it less than a day "
+                f"before its end. A rollover ceremony (eport ca rotate {profile.issuer}) "
+                "makes a new generation; nothing was used here"
             )
         return issuer
 

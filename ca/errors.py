@@ -185,6 +185,15 @@ class IssuerRevoked(EPortError):
     title = "The issuing CA is revoked"
 
 
+class IssuerExpired(EPortError):
+    """The issuing CA a profile issues from has expired, or ends too soon to issue a
+    certificate worth having: nothing is signed, no code is used."""
+
+    status = 503
+    slug = "issuer-expired"
+    title = "The issuing CA has expired"
+
+
 class IssuerUnavailable(EPortError):
     """The issuing CA generation a profile issues from is on another host only."""
 

@@ -384,6 +384,39 @@ def root_crl_next_update(root_crl: bytes) -> datetime.datetime | None:
     return x509.load_der_x509_crl(root_crl).next_update_utc
 
 
+def issuer_notices(
+    issuers: Mapping[str, IssuingCA], policies: Policies, now: datetime.datetime
+) -> list[str]:
+    """What operators must hear about the issuing CAs the profiles issue from: one that
+    has ended (or ends within :data:`ca.authority.MIN_ISSUED_VALIDITY`), from which
+    nothing is issued; one that can no longer cover a whole certificate of its longest
+    profile, whose certificates are cut to its end. Each names the rollover."""
+    from ca.authority import MIN_ISSUED_VALIDITY
+
+    notices: list[str] = []
+    for name in issuing_ids(policies):
+        ca = issuers.get(name)
+        if ca is None:
+            continue
+        ends = ca.certificate.not_valid_after_utc
+        when = f"{ends:%Y-%m-%dT%H:%M:%SZ}"
+        rotate = f"a rollover ceremony (eport ca rotate {name}) makes a new generation"
+        profiles = [p for p in policies.profiles.values() if p.issuer == name and not p.ca]
+        longest = max(profiles, key=lambda p: p.validity, default=None)
+        if ends - now < MIN_ISSUED_VALIDITY:
+            state = f"expired at {when}" if now >= ends else f"ends at {when}"
+            notices.append(
+                f"issuing CA {ca.id} {state}: its enrollments and renewals are refused; {rotate}"
+            )
+        elif longest is not None and ends - now < longest.validity:
+            notices.append(
+                f"issuing CA {ca.id} ends at {when}: certificates of profile "
+                f"{longest.name!r} ({longest.validity.days} days) are cut short to its end; "
+                f"{rotate}"
+            )
+    return notices
+
+
 def root_crl_notice(root_crl: bytes, now: datetime.datetime) -> str | None:
     """What operators must hear when the root CRL's nextUpdate is within
     :data:`ROOT_CRL_NOTICE` of ``now`` or past: the server keeps serving it (nothing

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
-from ca.errors import LintFailed, PolicyError, WeakKey
+from ca.errors import IssuerExpired, LintFailed, PolicyError, WeakKey
 from ca.keys import KeyType
 from ca.lint import CertificateLinter, Finding
 from ca.policy import Profile
@@ -186,6 +186,11 @@ class CertificateFactory:
         not_after = min(
             last_second(not_before, profile.validity), issuer.certificate.not_valid_after_utc
         )
+        if not_after <= not_before:  # the authority refuses a day before; never sign this
+            raise IssuerExpired(
+                f"issuing CA {issuer.id} expired at {not_after:%Y-%m-%dT%H:%M:%SZ}: nothing "
+                "is issued from it"
+            )
         head, tail = self._fixed_extensions(profile, issuer)
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
         extensions = [*head, x509.Extension(ski.oid, False, ski), *tail]

@@ -745,7 +745,13 @@ def _submit_keeping_key(
 
 _REFUSED_UNSIGNED = frozenset(
     f"urn:eport:problem:{slug}"
-    for slug in ("sealed", "key-unavailable", "issuer-revoked", "issuer-unavailable")
+    for slug in (
+        "sealed",
+        "key-unavailable",
+        "issuer-revoked",
+        "issuer-unavailable",
+        "issuer-expired",
+    )
 )
 """Problems the CA answers before it signs anything: no certificate can have been issued."""
 

@@ -649,3 +649,41 @@ def test_the_legal_person_credential_checks_read_an_index(env: tuple, tmp_path: 
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None).isoformat(sep=" ")
     stored = plan(groupwrite._CREDENTIAL_IN_FORCE, (ent.uscc, "enterprise", now, "", "revoked"))
     assert index in stored, stored
+
+
+def test_nothing_is_issued_from_an_issuing_ca_at_or_near_its_end(env: tuple) -> None:  # type: ignore[type-arg]
+    """A leaf is cut to its issuer's end: past it, the CA signed a certificate that ended
+    before it began, with an expired CA key, used the code and logged it (time probe,
+    finding 1). Less than a day before the end, and after it, the enrollment is refused
+    before anything is signed or used; the code enrolls from the next generation."""
+    from ca.app import lint_templates
+    from ca.errors import IssuerExpired
+
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ends = ca.issuers["enterprise"].certificate.not_valid_after_utc
+    real = ca.clock
+    ca.clock = lambda: ends - datetime.timedelta(days=3)
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Tide Co."})
+    grant = ca.approve(officer_caller, app.id)
+    before = counts(sessions)
+    for at, said in (
+        (ends - datetime.timedelta(hours=12), "ends at"),
+        (ends + datetime.timedelta(seconds=1), "expired at"),
+    ):
+        ca.clock = lambda at=at: at  # type: ignore[misc]
+        with pytest.raises(IssuerExpired, match=f"issuing CA enterprise {said} .*eport ca rotate"):
+            ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+        assert counts(sessions) == before  # nothing signed, stored or used
+        notices = hierarchy.issuer_notices(ca.issuers, ca.policies, at)
+        assert any(f"issuing CA enterprise {said}" in n and "refused" in n for n in notices)
+        # the server still starts (status, the token service, the rollover need it)
+        lint_templates(CertificateFactory(), ca.policies, ca.issuers, at)
+    # within the longest profile's validity of the end: certificates are cut short, said
+    soon = ends - datetime.timedelta(days=100)
+    notices = hierarchy.issuer_notices(ca.issuers, ca.policies, soon)
+    assert any("enterprise" in n and "cut short" in n for n in notices), notices
+    assert hierarchy.issuer_notices(ca.issuers, ca.policies, real()) == []
+    ca.clock = lambda: ends - datetime.timedelta(days=2)
+    issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    assert issued.certificate.not_valid_after_utc == ends  # cut to the issuer's end
