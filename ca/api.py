@@ -86,6 +86,7 @@ def signed_caller() -> Caller:
         replay=s.store,
         now=s.clock(),
         leeway=datetime.timedelta(seconds=s.config.clock_skew_seconds),
+        max_lifetime=datetime.timedelta(seconds=s.config.request_max_lifetime_seconds),
     )
     return s.authority.caller(req)
 

@@ -134,8 +134,9 @@ class CAConfig:
     """Share of certificates linted by pkilint before signing (1.0 = every one).
 
     Every profile's template is always linted once at start; see ``ca/lint.py``."""
-    request_max_lifetime_seconds: int = bounded(300, 1, 3600, "seconds")
-    """Upper bound on ``exp - iat`` of a signed request (RFC 7515 JWS)."""
+    request_max_lifetime_seconds: int = bounded(300, 1, 300, "seconds")
+    """Upper bound on ``exp - iat`` of a signed request (RFC 7515 JWS): at most the five
+    minutes the CA allows any (it was range-checked up to an hour and read by nothing)."""
     clock_skew_seconds: int = bounded(30, 0, 600, "seconds")
     """Leeway for ``iat``/``exp`` of signed requests."""
     crl_refresh_seconds: float = bounded(30.0, 0.1, DAY, "seconds", zero="only on fetch")
