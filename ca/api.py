@@ -182,6 +182,8 @@ def health() -> Response:
     notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
     warnings = [notice] if notice is not None else []
     warnings += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, s.clock())
+    if out["database"] == "ok":
+        warnings += s.authority.officer_notices(s.clock())
     # Another host of the database changed the CA files (ca.crosshost): "stale" while
     # this host serves older ones it cannot update by itself.
     from ca.app import CROSSHOST, CrossHostState

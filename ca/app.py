@@ -329,6 +329,14 @@ def warn_root_crl(app: Flask) -> None:
         return
     notices = [hierarchy.root_crl_notice(s.root_crl, now)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
+    try:
+        with app.app_context():  # its store's sessions are the app's
+            notices += s.authority.officer_notices(now)
+    except Exception as exc:  # the database away: said by the tasks that need it
+        from ca.errors import database_unavailable_cause
+
+        if database_unavailable_cause(exc) is None:
+            raise
     for notice in filter(None, notices):
         app.extensions[ROOT_CRL_WARNED] = now
         log.warning("%s", notice[0].upper() + notice[1:])

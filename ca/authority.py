@@ -180,6 +180,9 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+OFFICER_NOTICE = datetime.timedelta(days=30)
+"""How long before a member's last RA officer certificate ends the server warns."""
+
 MIN_ISSUED_VALIDITY = datetime.timedelta(days=1)
 """Nothing is issued from an issuing CA with less than this left: a certificate is cut
 to its issuer's end, and one of minutes or hours is not worth the code it uses."""
@@ -992,6 +995,37 @@ class JointCA:
                 "makes a new generation; nothing was used here"
             )
         return issuer
+
+    def officer_notices(self, now: datetime.datetime) -> list[str]:
+        """What operators must hear about the member agencies' RA officers: a member with
+        none in force (nobody may approve its staff: a quorum's APPROVE-OFFICER is the way
+        back), or whose last one ends within :data:`OFFICER_NOTICE` (renew it first: the
+        officers made by ``eport ca init`` all end on the same day)."""
+        profiles = [p.name for p in self.policies.profiles_of(SubjectClass.AGENCY)]
+        with self.store.reading() as tx:
+            in_force = tx.staff_in_force(profiles, now)
+        last: dict[str, datetime.datetime] = {}
+        for rec in in_force:
+            cert = x509.load_der_x509_certificate(rec.der)
+            member = member_agency_of(_attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or "")
+            if member is not None and (member not in last or rec.not_after > last[member]):
+                last[member] = rec.not_after
+        notices: list[str] = []
+        for m in self.policies.members.members:
+            ends = last.get(m.id)
+            if ends is None:
+                notices.append(
+                    f"member agency {m.id} has no RA officer certificate in force: nobody may "
+                    "approve its staff; a quorum's APPROVE-OFFICER ceremony gives it one "
+                    "(docs/emergency-plan.md, runbook 8)"
+                )
+            elif ends - now < OFFICER_NOTICE:
+                notices.append(
+                    f"the last RA officer certificate of member agency {m.id} ends at "
+                    f"{ends:%Y-%m-%dT%H:%M:%SZ}: its holder renews it (eport renew), or an "
+                    f"officer of {m.id} approves another, before then"
+                )
+        return notices
 
     def _chain(self, issuer: IssuingCA) -> tuple[x509.Certificate, ...]:
         return (issuer.certificate, self.root)

@@ -321,6 +321,13 @@ class Transaction(Protocol):
 
     def certificates_of_class(self, uscc: str, profile: str) -> list[CertificateRecord]: ...
 
+    def staff_in_force(
+        self, profiles: Sequence[str], now: datetime.datetime
+    ) -> list[CertificateRecord]:
+        """The certificates of ``profiles`` with no USCC (a member agency's staff) that can
+        sign at ``now``: not expired, not revoked, not on hold."""
+        ...
+
     def named_in_force(
         self, subject: str, profiles: Sequence[str], now: datetime.datetime
     ) -> CertificateRecord | None:

@@ -951,6 +951,18 @@ class SqlTransaction:
         rows = self._conn().execute(_CERTS_OF_CLASS, {"uscc": uscc, "profile": profile})
         return [_cert_of(r) for r in rows]
 
+    def staff_in_force(
+        self, profiles: Sequence[str], now: datetime.datetime
+    ) -> list[CertificateRecord]:
+        if not profiles:
+            return []
+        q = select(*_CERT_COLUMNS).where(
+            _CERT.uscc.is_(None), _CERT.profile.in_(list(profiles)), _CERT.not_after > now
+        )
+        found = list(map(_cert_of, self._conn().execute(q)))
+        statuses = self.get_statuses([c.serial for c in found])
+        return [c for c in found if statuses.get(c.serial) is None]
+
     def named_in_force(
         self, subject: str, profiles: Sequence[str], now: datetime.datetime
     ) -> CertificateRecord | None:

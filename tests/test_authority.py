@@ -687,3 +687,26 @@ def test_nothing_is_issued_from_an_issuing_ca_at_or_near_its_end(env: tuple) -> 
     ca.clock = lambda: ends - datetime.timedelta(days=2)
     issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
     assert issued.certificate.not_valid_after_utc == ends  # cut to the issuer's end
+
+
+def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # type: ignore[type-arg]
+    """Only a member's own officers approve its staff, and the first officers all end on
+    one day: the server warns a month before a member's last officer certificate ends,
+    and names the way back once it has none (time probe, finding 4)."""
+    ca, _, officer = env
+    assert ca.officer_notices(ca.clock()) == []
+    ends = ca.caller(signed_by(officer / "officer.pem")).certificate.not_valid_after_utc
+    soon = ca.officer_notices(ends - datetime.timedelta(days=10))
+    assert any(
+        n.startswith("the last RA officer certificate of member agency customs ends at")
+        for n in soon
+    ), soon
+    assert not ca.officer_notices(ends - datetime.timedelta(days=40))
+    tax = ca.caller(signed_by(officer.parent / "tax" / "officer.pem"))
+    Revocation(ca).revoke(tax, tax.serial, "keyCompromise")
+    gone = ca.officer_notices(ca.clock())
+    assert gone == [
+        "member agency tax has no RA officer certificate in force: nobody may approve its "
+        "staff; a quorum's APPROVE-OFFICER ceremony gives it one (docs/emergency-plan.md, "
+        "runbook 8)"
+    ]

@@ -83,3 +83,19 @@ def test_a_second_person_of_one_name_in_an_agency_is_refused(
         _cn(server, "officer", "customs") + " (Xiamen)",
     )["id"]
     assert jrun(server, "ra", "approve", app, *customs)["enrollment_code"]
+
+
+def test_health_names_a_member_left_without_officers(tmp_path: Path) -> None:
+    import requests
+
+    from tests.conftest import start_server, stop
+
+    srv, proc = start_server(tmp_path / "d", workers=1)
+    try:
+        assert "warnings" not in requests.get(srv.url + "/ca/v1/health", timeout=10).json()
+        srv.eport("revoke", "--reason", "keyCompromise", *srv.officer("tax"))
+        health = requests.get(srv.url + "/ca/v1/health", timeout=10).json()
+        assert any("member agency tax has no RA officer" in w for w in health["warnings"])
+        assert health["status"] == "ok"
+    finally:
+        stop(proc)
