@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
@@ -112,18 +112,34 @@ def recorded_revisions(url: str, version_table: str) -> set[str]:
         engine.dispose()
 
 
-def migrate(url: str, migrations: Path, version_table: str, what: str) -> None:
-    """Alembic's upgrade to the head of ``migrations``, after refusing a revision it does
-    not know (:func:`refuse_unknown_revision`)."""
-    from alembic import command
+def _alembic_config(url: str, migrations: Path) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def migrate(url: str, migrations: Path, version_table: str, what: str) -> None:
+    """Alembic's upgrade to the head of ``migrations``, after refusing a revision it does
+    not know (:func:`refuse_unknown_revision`)."""
+    from alembic import command
+
+    cfg = _alembic_config(url, migrations)
     refuse_unknown_revision(cfg, url, version_table, what)
     command.upgrade(cfg, "head")
+
+
+def check_known_revision(url: str, migrations: Path, version_table: str, what: str) -> None:
+    """:func:`refuse_unknown_revision` alone, changing nothing: ``eport serve`` asks it of
+    both databases before it upgrades either (a CA database of a newer release was
+    refused only after the token service's had been upgraded). No SQLite file yet: fine."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        return
+    refuse_unknown_revision(_alembic_config(url, migrations), url, version_table, what)
 
 
 def lock_for_migrations(connection: Connection, key: int) -> None:

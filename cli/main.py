@@ -343,6 +343,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         refused = made_elsewhere(cfg.sqlalchemy_url, data_dir)
         if refused is not None:
             raise CLIError(refused)
+        # Before either schema is upgraded (the start is refused, nothing is changed):
+        # another CA's database, and a database of a newer release, were refused only
+        # after both had been brought up to this release's schema
+        _refuse_before_upgrade(cfg, auth_cfg, data_dir)
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     auth_upgrade(auth_cfg.sqlalchemy_url)
@@ -413,6 +417,23 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _refuse_before_upgrade(cfg: Any, auth_cfg: Any, data_dir: Path) -> None:
+    from authsvc.app import MIGRATIONS as AUTH_MIGRATIONS
+    from authsvc.app import VERSION_TABLE as AUTH_VERSIONS
+    from ca.db import MIGRATIONS, VERSION_TABLE, check_known_revision, foreign_root
+
+    refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
+    if refusal is not None:
+        raise CLIError(refusal)
+    try:
+        check_known_revision(cfg.sqlalchemy_url, MIGRATIONS, VERSION_TABLE, "CA")
+        check_known_revision(
+            auth_cfg.sqlalchemy_url, AUTH_MIGRATIONS, AUTH_VERSIONS, "token service"
+        )
+    except EPortError as exc:
+        raise CLIError(exc.detail) from None
 
 
 def _prelint_templates(cfg: Any) -> None:

@@ -1,0 +1,40 @@
+"""A start that is refused changes nothing: another CA's database, or a database of a
+newer release, was refused only after ``eport serve`` had upgraded both schemas
+(upgrade probe, finding 2). Each schema's recorded revision is left as it was."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import start_server, stop
+from tests.test_config_checks import refused, serve
+
+
+def _version(db: Path, table: str) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute(f"SELECT version_num FROM {table}").fetchone()[0])
+
+
+def _set_version(db: Path, table: str, version: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE {table} SET version_num = ?", (version,))
+
+
+def test_nothing_is_upgraded_before_a_refusal(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for d in (ours, theirs):  # two development CAs, each made and stopped
+        _, proc = start_server(d, workers=1)
+        stop(proc)
+    # Another CA's database, of an older schema revision (as an older release left it):
+    # refused, and left at its revision.
+    _set_version(theirs / "eport.db", "alembic_version", "0009")
+    res = serve(ours, EPORT_DATABASE_URL=f"sqlite:///{theirs / 'eport.db'}")
+    refused(res, "holds the records of another CA")
+    assert _version(theirs / "eport.db", "alembic_version") == "0009"
+    # Our own CA database from a newer release, our token service's from an older one:
+    # refused for the newer one before the older is touched.
+    _set_version(ours / "eport.db", "alembic_version", "9999")
+    _set_version(ours / "auth.db", "authsvc_alembic_version", "a003")
+    refused(serve(ours), "schema revision 9999, which this release does not know")
+    assert _version(ours / "auth.db", "authsvc_alembic_version") == "a003"
