@@ -347,6 +347,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         # another CA's database, and a database of a newer release, were refused only
         # after both had been brought up to this release's schema
         _refuse_before_upgrade(cfg, auth_cfg, data_dir)
+    _say_upgrades(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     auth_upgrade(auth_cfg.sqlalchemy_url)
@@ -417,6 +418,31 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         run(cfg, auth_cfg, host, port, workers, threads)
     finally:
         os.close(in_use)
+
+
+def _say_upgrades(ca_url: str, auth_url: str) -> None:
+    """One line for each existing schema this start upgrades, before it does: an upgrade
+    of a large database takes a while, during which nothing is served (it looked hung)."""
+    from authsvc.app import SCHEMA_HEAD as AUTH_HEAD
+    from authsvc.app import VERSION_TABLE as AUTH_VERSIONS
+    from ca.db import SCHEMA_HEAD, VERSION_TABLE, recorded_revisions
+    from ca.privatefiles import sqlite_file
+
+    for url, table, head, what in (
+        (auth_url, AUTH_VERSIONS, AUTH_HEAD, "token service"),
+        (ca_url, VERSION_TABLE, SCHEMA_HEAD, "CA"),
+    ):
+        path = sqlite_file(url)
+        if path is not None and not path.is_file():
+            continue
+        try:
+            found = recorded_revisions(url, table)
+        except Exception:  # said by the upgrade itself, in one line
+            return
+        if found and found != {head}:
+            was = ", ".join(sorted(found))
+            click.echo(f"Upgrading the {what} database schema from {was} to {head} …")
+            sys.stdout.flush()
 
 
 def _refuse_before_upgrade(cfg: Any, auth_cfg: Any, data_dir: Path) -> None:

@@ -38,3 +38,25 @@ def test_nothing_is_upgraded_before_a_refusal(tmp_path: Path) -> None:
     _set_version(ours / "auth.db", "authsvc_alembic_version", "a003")
     refused(serve(ours), "schema revision 9999, which this release does not know")
     assert _version(ours / "auth.db", "authsvc_alembic_version") == "a003"
+
+
+def test_a_start_that_upgrades_says_so_first(tmp_path: Path) -> None:
+    """An upgrade of a large database takes a while with nothing served: the start
+    says which schema it upgrades, from what, before it does (upgrade probe, finding 3)."""
+    data = tmp_path / "d"
+    _, proc = start_server(data, workers=1)
+    stop(proc)
+    import sqlite3 as db
+
+    with db.connect(data / "auth.db") as conn:  # as a release before a004 left it
+        conn.execute("ALTER TABLE auth_sessions DROP COLUMN authenticated_at")
+        conn.execute("UPDATE authsvc_alembic_version SET version_num = 'a003'")
+    srv, proc = start_server(data, workers=1)
+    try:
+        out = srv.log.read_text()
+        said = "Upgrading the token service database schema from a003 to a004"
+        assert said in out and out.index(said) < out.index("Serving the joint CA"), out
+        assert "Upgrading the CA database" not in out
+        assert _version(data / "auth.db", "authsvc_alembic_version") == "a004"
+    finally:
+        stop(proc)
