@@ -275,8 +275,10 @@ def _start_sweeper(
     every: float,
 ) -> None:
     """End sessions of revoked or held certificates even when nobody asks; rotate keys on
-    schedule; forget expired replay and revocation rows; notice a changed CA hierarchy
-    even when no request comes."""
+    schedule; every 30 beats (a minute by default) delete the rows nothing needs any more
+    (expired replay and revocation rows, sessions and their refresh tokens a day after
+    they ended, failed-login counts whose window ended: :meth:`SqlAuthStore.cleanup`);
+    notice a changed CA hierarchy even when no request comes."""
 
     def loop() -> None:
         stop = threading.Event()
@@ -289,7 +291,7 @@ def _start_sweeper(
                     tokens.sweep()
                     if ticks % 30 == 0:
                         keys.maybe_rotate()
-                        store.cleanup(utcnow())
+                        store.cleanup(utcnow(), failure_window=tokens.settings.failure_window)
             except Exception:
                 log.exception("token service sweep failed; will retry")
 
