@@ -713,6 +713,18 @@ class SqlTransaction:
         rows = self._conn().execute(_OPERATOR_APPS, {"uscc": uscc, "operator_id": operator_id})
         return [_app_of(r) for r in rows]
 
+    def count_pending(self, subject_class: str, uscc: str | None) -> int:
+        q = (
+            select(func.count())
+            .select_from(ApplicationRow)
+            .where(
+                ApplicationRow.subject_class == subject_class,
+                ApplicationRow.state == ApplicationState.PENDING.value,
+                ApplicationRow.uscc.is_(None) if uscc is None else ApplicationRow.uscc == uscc,
+            )
+        )
+        return int(self._conn().execute(q).scalar_one())
+
     def list_applications(
         self, state: ApplicationState | None, limit: int, after: int = -1, offset: int = 0
     ) -> list[tuple[int, Application]]:
