@@ -1757,6 +1757,8 @@ class StatusExit(enum.IntEnum):
     """certificateHold: suspended, and may be resumed."""
     UNKNOWN = 5
     """The responder knows no such certificate of its CA (RFC 6960 §2.2 "unknown")."""
+    EXPIRED = 6
+    """Not revoked (OCSP "good" says only that) but past its notAfter: it works nowhere."""
 
 
 @cli.command()
@@ -1797,6 +1799,7 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
       3  revoked (or its issuing CA is revoked on the root's CRL)
       4  on hold (certificateHold: suspended, may be resumed)
       5  unknown: the responder knows no such certificate of its CA
+      6  expired: not revoked, but past its notAfter (it works nowhere)
     """
     import requests
 
@@ -1854,6 +1857,11 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
             f"{serial}: revoked: its issuing CA was revoked on the root CRL "
             f"since {doc['since']} ({why})"
         )
+    elif isinstance(st, Good) and cert.not_valid_after_utc < _certificate_clock():
+        # OCSP "good" means not revoked (RFC 6960 §2.2); this command answers "does my
+        # certificate work", and an expired one works nowhere (it said good, exit 0)
+        doc.update(status="expired", not_after=_utc(cert.not_valid_after_utc))
+        text = f"{serial}: expired at {doc['not_after']} (not revoked)"
     elif isinstance(st, Good):
         doc["status"] = "good"
         text = f"{serial}: good"
@@ -1874,9 +1882,15 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
         "revoked": StatusExit.REVOKED,
         "on-hold": StatusExit.ON_HOLD,
         "unknown": StatusExit.UNKNOWN,
+        "expired": StatusExit.EXPIRED,
     }[doc["status"]]
     if code is not StatusExit.GOOD:
         sys.exit(code)  # main() passes SystemExit on; what is printed stands
+
+
+def _certificate_clock() -> datetime.datetime:
+    """The time ``eport status`` judges a certificate's own validity at (now)."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _issuing_ca_revocation(

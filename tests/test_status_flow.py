@@ -803,3 +803,27 @@ def test_crl_numbers_never_reused_across_processes(sqlite_server: Server, tmp_pa
     for (_, earlier), (_, later) in itertools.pairwise(by_number):
         assert earlier <= later
     assert {int(serial_of(d), 16) for d in ents} <= by_number[-1][1]
+
+
+def test_status_says_expired_for_a_good_but_expired_certificate(
+    sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OCSP "good" says only "not revoked": eport status called an expired certificate
+    good, exit 0, while login refused it (time probe, finding 9). The command's own clock
+    is moved past the certificate's notAfter (the responder's answer stays current)."""
+    from click.testing import CliRunner
+
+    import cli.main as main
+
+    ent = enroll_enterprise(sqlite_server, tmp_path, "Expired Status Co.")
+    ends = cert_of(ent).not_valid_after_utc
+    monkeypatch.setattr(main, "_certificate_clock", lambda: ends + datetime.timedelta(days=1))
+    monkeypatch.setenv("EPORT_SERVER", sqlite_server.url)
+    res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem"), "--json"])
+    assert res.exit_code == 6, res.output
+    doc = json.loads(res.output)
+    assert doc["status"] == "expired" and doc["not_after"] == f"{ends:%Y-%m-%dT%H:%M:%SZ}"
+    monkeypatch.undo()
+    monkeypatch.setenv("EPORT_SERVER", sqlite_server.url)
+    res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem")])
+    assert res.exit_code == 0 and res.output.strip().endswith(": good"), res.output
