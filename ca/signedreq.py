@@ -43,6 +43,11 @@ from ca.wellformed import UNSTORABLE
 SCHEME = "EPort-Signed"
 TYP = "eport-req+jwt"
 MAX_LIFETIME = datetime.timedelta(minutes=5)
+
+NOT_BEFORE_LEEWAY = datetime.timedelta(seconds=30)
+"""How far ahead of this server's clock a certificate's notBefore may be and the
+certificate still be taken (:meth:`TrustAnchors.verify_chain`): as ``iat``'s default
+leeway (``EPORT_CLOCK_SKEW_SECONDS``)."""
 CHAIN_CACHE_SECONDS = 10.0
 """How long a validated chain is reused for the same leaf (status is checked apart)."""
 _COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -118,7 +123,15 @@ class TrustAnchors:
     def verify_chain(
         self, leaf: x509.Certificate, now: datetime.datetime
     ) -> list[x509.Certificate]:
-        """Validate ``leaf`` for client authentication; the chain, leaf first."""
+        """Validate ``leaf`` for client authentication; the chain, leaf first.
+
+        A leaf whose notBefore is at most :data:`NOT_BEFORE_LEEWAY` ahead of ``now`` is
+        judged at its notBefore: a certificate just issued by a host whose clock is a few
+        seconds ahead of this one's was refused for its first seconds ("not valid before"),
+        while the requests it signs get that leeway on ``iat``."""
+        ahead = leaf.not_valid_before_utc - now
+        if datetime.timedelta(0) < ahead <= NOT_BEFORE_LEEWAY:
+            now = leaf.not_valid_before_utc
         hit = self._verified.get(leaf)
         mono = time.monotonic()
         if hit is not None and mono < hit[0] and hit[1] <= now < hit[2]:

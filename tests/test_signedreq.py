@@ -912,3 +912,16 @@ def test_a_validated_chain_is_reused_only_within_validity(pki: PKI) -> None:
     # A trust set without that issuing CA starts from nothing.
     with pytest.raises(Unauthenticated, match="not trusted"):
         TrustAnchors(roots=(pki.root,), intermediates=()).verify_chain(pki.leaf, NOW)
+
+
+def test_a_certificate_issued_a_few_seconds_ahead_is_taken(pki: PKI) -> None:
+    """A host whose clock is a little behind the issuing host's refused a new certificate
+    for its first seconds ("not valid before"), though it grants iat that leeway (time
+    probe, finding 10): a notBefore up to 30 s ahead is judged at the notBefore."""
+    trust = TrustAnchors(roots=(pki.root,), intermediates=(pki.issuing,))
+    seconds = datetime.timedelta(seconds=1)
+    fresh = pki.issue(ec.generate_private_key(ec.SECP256R1()), not_before=NOW + 20 * seconds)
+    assert trust.verify_chain(fresh, NOW)[0] == fresh
+    later = pki.issue(ec.generate_private_key(ec.SECP256R1()), not_before=NOW + 31 * seconds)
+    with pytest.raises(Unauthenticated, match="not valid before"):
+        trust.verify_chain(later, NOW)
