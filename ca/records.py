@@ -105,6 +105,12 @@ CODE_REFUSALS = {
 }
 
 
+OPERATOR_CODE_EXPIRED = (
+    "this enrollment code has expired; the enterprise's legal person authorizes the "
+    "operator id again for a new one (eport operator add)"
+)
+
+
 def code_state(code: EnrollmentCode, now: datetime.datetime) -> str:
     """``used``, ``withdrawn``, ``expired`` or ``live``: what redeeming ``code`` would meet."""
     if code.used_at is not None:
@@ -119,6 +125,10 @@ def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> Invalid
     if code is None:
         return InvalidCode("unknown enrollment code")
     state = code_state(code, now)
+    if state == "expired" and "operator" in code.profiles:
+        # an operator's code comes from its enterprise, not from an RA officer (who is
+        # refused: eport ra new-code of an operator application is a 403)
+        return InvalidCode(OPERATOR_CODE_EXPIRED)
     return None if state == "live" else InvalidCode(CODE_REFUSALS[state])
 
 

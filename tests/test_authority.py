@@ -710,3 +710,25 @@ def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # t
         "staff; a quorum's APPROVE-OFFICER ceremony gives it one (docs/emergency-plan.md, "
         "runbook 8)"
     ]
+
+
+def test_an_expired_operator_code_names_the_enterprise_not_an_officer(  # type: ignore[no-untyped-def]
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    """An operator's code comes from its enterprise: the expired-code refusal sent the
+    operator to an RA officer's eport ra new-code, which refuses (time probe, finding 5)."""
+    ca, _, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Late Operator Co."})
+    ent = ca.enroll(
+        ca.approve(officer_caller, app.id).code, "enterprise", csr(KeyType.P256.generate())
+    )
+    (tmp_path / "ent.pem").write_bytes(ent.certificate.public_bytes(serialization.Encoding.PEM))
+    grant = ca.authorize_operator(ca.caller(signed_by(tmp_path / "ent.pem")), "Li Wei", "E7")
+    start = ca.clock()
+    ca.clock = lambda: start + datetime.timedelta(days=8)
+    with pytest.raises(
+        InvalidCode, match=r"has expired; the enterprise's legal person .*eport operator add"
+    ):
+        ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
