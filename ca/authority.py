@@ -1077,6 +1077,12 @@ class JointCA:
             uscc = str(USCC.parse(uscc))
         own = caller.uscc is not None and uscc == caller.uscc
         if caller.role is not SubjectClass.AGENCY and not own:
+            if caller.uscc is None:  # an auditor, a service: the audit API is theirs
+                raise Forbidden(
+                    f"{_with_article(caller.role.value)} certificate lists no certificates "
+                    "here: RA officers list any, an enterprise and its operators their own "
+                    "(--uscc); auditors read /ca/v1/audit/certificates"
+                )
             raise Forbidden("an enterprise may list only its own certificates (--uscc)")
         with self.store.reading() as tx:
             return tx.certificates(uscc=uscc, limit=limit, after=after, offset=offset)

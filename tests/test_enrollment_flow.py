@@ -187,6 +187,9 @@ def test_walkthrough(server: Server, tmp_path: Path) -> None:
     serials = {c["serial"] for c in listing["certificates"]}
     assert {issued["serial"], renewed["serial"]} <= serials and len(serials) >= 3
     assert {c["status"] for c in listing["certificates"]} == {"good"}
+    # an auditor is told where its listing is, not that it is "an enterprise"
+    res = server.eport("cert", "list", "--uscc", uscc, *server.auditor(), check=False)
+    assert res.returncode == 1 and "an auditor certificate lists no certificates" in res.stderr
     # The listing says which are in force: a held operator certificate reads on-hold.
     op_serial = format(
         x509.load_pem_x509_certificate((op_out / "cert.pem").read_bytes()).serial_number, "x"
