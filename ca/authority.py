@@ -180,13 +180,6 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-MAX_PENDING_PER_USCC = 5
-"""Pending applications an enterprise (a USCC) may have: a lost key, a retry, a typo
-fixed; more is someone else's noise (anyone may apply, with no credential)."""
-
-MAX_PENDING_STAFF = 200
-"""Pending applications of each member-agency class (agency, auditor, service) in all."""
-
 OFFICER_NOTICE = datetime.timedelta(days=30)
 """How long before a member's last RA officer certificate ends the server warns."""
 
@@ -304,7 +297,6 @@ class JointCA:
             applicant=applicant,
         )
         with self.store.transaction() as tx:
-            self._refuse_too_many_pending(tx, subject_class, uscc)
             tx.add_application(app)
             tx.append_event(
                 Event(
@@ -318,29 +310,6 @@ class JointCA:
                 )
             )
         return app
-
-    def _refuse_too_many_pending(
-        self,
-        tx: Transaction,
-        subject_class: str,
-        uscc: str | None,
-    ) -> None:
-        """Anyone may apply, with no credential, and each application is an entry of the
-        transparency log for good: 5,000 applications for one USCC in 40 s buried the RA's
-        list (exhaustion probe, F1). An enterprise has at most
-        :data:`MAX_PENDING_PER_USCC` applications pending, and the member agencies' staff
-        and services :data:`MAX_PENDING_STAFF` of each class, until an RA officer decides
-        them (a rate limit per client address belongs to the TLS proxy in front:
-        docs/ca.md)."""
-        if uscc is not None:
-            most, whose = MAX_PENDING_PER_USCC, f"enterprise {uscc}"
-        else:
-            most, whose = MAX_PENDING_STAFF, f"the member agencies' {subject_class} class"
-        if tx.count_pending(subject_class, uscc) >= most:
-            raise Conflict(
-                f"{whose} has {most} applications pending already: an RA officer decides "
-                "(or rejects) them before another is taken"
-            )
 
     def _vet_input(
         self, subject_class: str, data: Mapping[str, object]

@@ -202,6 +202,16 @@ class IssuerUnavailable(EPortError):
     title = "The issuing CA is not on this host"
 
 
+class SchemaMoved(EPortError):
+    """The database's schema is no longer this release's: a newer release upgraded it
+    while this server ran. Its rules are not the schema's any more, so it writes nothing
+    (reads go on) until it is stopped and the new release started."""
+
+    status = 503
+    slug = "schema-upgraded"
+    title = "The database was upgraded by another release"
+
+
 class StorageFull(EPortError):
     """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
     ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can

@@ -241,11 +241,6 @@ class Transaction(Protocol):
         """The enterprise's authorizations of one operator id, oldest first."""
         ...
 
-    def count_pending(self, subject_class: str, uscc: str | None) -> int:
-        """How many applications of ``subject_class`` for ``uscc`` (None: with no USCC,
-        a member agency's staff and services) are pending."""
-        ...
-
     def list_applications(
         self, state: ApplicationState | None, limit: int, after: int = -1, offset: int = 0
     ) -> list[tuple[int, Application]]:

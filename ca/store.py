@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,10 +26,11 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
-from ca.errors import Conflict, InvalidCode
+from ca.errors import Conflict, InvalidCode, SchemaMoved
 from ca.models import (
     ApplicationRow,
     CertificateRow,
@@ -713,18 +715,6 @@ class SqlTransaction:
         rows = self._conn().execute(_OPERATOR_APPS, {"uscc": uscc, "operator_id": operator_id})
         return [_app_of(r) for r in rows]
 
-    def count_pending(self, subject_class: str, uscc: str | None) -> int:
-        q = (
-            select(func.count())
-            .select_from(ApplicationRow)
-            .where(
-                ApplicationRow.subject_class == subject_class,
-                ApplicationRow.state == ApplicationState.PENDING.value,
-                ApplicationRow.uscc.is_(None) if uscc is None else ApplicationRow.uscc == uscc,
-            )
-        )
-        return int(self._conn().execute(q).scalar_one())
-
     def list_applications(
         self, state: ApplicationState | None, limit: int, after: int = -1, offset: int = 0
     ) -> list[tuple[int, Application]]:
@@ -1131,6 +1121,10 @@ class SqlTransaction:
             yield _status_of(row)
 
 
+SCHEMA_CHECK_SECONDS = 2.0
+"""How often a server re-reads its database's schema revision (:meth:`SqlStore.check_schema`)."""
+
+
 class SqlStore:
     """Transactions over sessions from ``session_factory`` (Flask: ``db.session``)."""
 
@@ -1143,6 +1137,39 @@ class SqlStore:
         self._writer: IssuanceWriter | None = None
         self._writer_lock = threading.Lock()
         self._grouped = True
+        self._schema_next = 0.0
+        self._schema_fenced = True
+        """False for a database with no Alembic version table (tests' create_all)."""
+
+    def check_schema(self) -> None:
+        """Refuse to write (:class:`~ca.errors.SchemaMoved`) once the database's recorded
+        schema revision is not this release's: an old server left running while a newer
+        release upgraded the database went on writing by its own rules (it enrolled a code
+        the new release had withdrawn, issued a second legal-person certificate: upgrade
+        probe). Read at most every :data:`SCHEMA_CHECK_SECONDS`, so a server goes on
+        writing for that long at most; reads are never refused."""
+        now = time.monotonic()
+        if not self._schema_fenced or now < self._schema_next:
+            return
+        from ca.db import SCHEMA_HEAD, VERSION_TABLE
+
+        try:
+            with self.dbapi.engine().connect().execution_options(**{READ_ONLY: True}) as conn:
+                query = text(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
+                found = {str(r[0]) for r in conn.execute(query)}
+                conn.rollback()
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                self._schema_fenced = False  # no migrations here: nothing to follow
+                return
+            raise
+        if found and found != {SCHEMA_HEAD}:
+            raise SchemaMoved(
+                f"the database is at schema revision {', '.join(sorted(found))}, not this "
+                f"server's {SCHEMA_HEAD}: another release upgraded it while this server ran, "
+                "so this server writes nothing more; stop it and start that release"
+            )
+        self._schema_next = now + SCHEMA_CHECK_SECONDS
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""
@@ -1202,6 +1229,7 @@ class SqlStore:
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
+        self.check_schema()
         with writing(self.session_factory) as session:
             yield SqlTransaction(session, self.event_sinks)
 
@@ -1209,6 +1237,7 @@ class SqlStore:
         """Group commit on raw DBAPI connections (:mod:`ca.groupwrite`) when the only event
         sink is the Merkle log (or there is none); else one session transaction, so that
         every other sink still sees each event."""
+        self.check_schema()
         if self._grouped:
             writer = self._writer or self._make_writer()
             if writer is not None:

@@ -798,6 +798,7 @@ _REFUSED_UNSIGNED = frozenset(
         "issuer-revoked",
         "issuer-unavailable",
         "issuer-expired",
+        "schema-upgraded",
     )
 )
 """Problems the CA answers before it signs anything: no certificate can have been issued."""

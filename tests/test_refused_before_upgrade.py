@@ -60,3 +60,43 @@ def test_a_start_that_upgrades_says_so_first(tmp_path: Path) -> None:
         assert _version(data / "auth.db", "authsvc_alembic_version") == "a004"
     finally:
         stop(proc)
+
+
+def test_a_server_whose_database_another_release_upgraded_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """An old server left running while a newer release upgraded the database went on
+    writing by its old rules (upgrade probe, finding 1). A server now re-reads the schema
+    revision every two seconds and, once it is not its own, refuses every write with a
+    503 (reads go on); it writes again once the revision is its own."""
+    import time
+
+    import requests
+
+    from ca.db import SCHEMA_HEAD
+    from tests.helpers import fresh_uscc, jrun
+
+    data = tmp_path / "d"
+    srv, proc = start_server(data, workers=1)
+    try:
+        app = jrun(srv, "apply", "--uscc", fresh_uscc(), "--name", "Before Co.")["id"]
+        code = jrun(srv, "ra", "approve", app, *srv.officer())["enrollment_code"]
+        _set_version(data / "eport.db", "alembic_version", "9999")  # a newer release's
+        time.sleep(2.5)
+        res = srv.eport("apply", "--uscc", fresh_uscc(), "--name", "After Co.", check=False)
+        assert (
+            res.returncode == 1
+            and f"schema revision 9999, not this server's {SCHEMA_HEAD}" in res.stderr
+        )
+        out = tmp_path / "late"
+        res = srv.eport(
+            "enroll", "--code", code, "--profile", "enterprise", "--out", str(out), check=False
+        )
+        assert res.returncode == 1 and "nothing was issued" in res.stderr, res.stderr
+        assert requests.get(srv.url + "/ca/v1/health", timeout=10).status_code == 200
+        assert jrun(srv, "application", "show", app)["state"] == "approved"
+        _set_version(data / "eport.db", "alembic_version", SCHEMA_HEAD)
+        time.sleep(2.5)
+        jrun(srv, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out))
+    finally:
+        stop(proc)
