@@ -97,5 +97,13 @@ class AuthConfig:
         if cfg.status_mode not in ("local", "ocsp"):
             raise PolicyError(source, "status_mode", "local or ocsp")
         if cfg.proxy_secret and len(cfg.proxy_secret) < 32:
-            raise PolicyError(source, "proxy_secret", "at least 32 characters (a random secret)")
+            given = next(
+                (
+                    n
+                    for n in ("EPORT_AUTH_PROXY_SECRET", "EPORT_AUTH_PROXY_SECRET_FILE")
+                    if n in env
+                ),
+                source,
+            )
+            raise PolicyError(given, "proxy_secret", "at least 32 characters (a random secret)")
         return cfg

@@ -428,14 +428,33 @@ class JointCA:
         app = tx.get_application(app_id)
         if app is None:
             raise NotFound(f"no application {app_id!r}")
-        if app.subject_class != SubjectClass.AGENCY.value:
-            raise BadRequest(
-                f"application {app_id} is for {_with_article(app.subject_class)} certificate; "
-                "APPROVE-OFFICER approves only an RA officer of a member agency (--class "
-                "agency); the agency's officer approves the rest"
-            )
+        self.check_officer_application(tx, app)
         actor = f"ceremony:{ceremony}"
         return self._approve_in(tx, app_id, None, actor, None, {"ceremony": ceremony})
+
+    def check_officer_application(self, tx: Transaction, app: Application) -> None:
+        """What an APPROVE-OFFICER ceremony must hold, checked when it is opened and again
+        at its completing join: the application is a pending officer's of a member with no
+        RA officer in force (one that has any approves its own staff), and no officer of
+        that member and name is in force (the one-name rule, said before custodians gather)."""
+        if app.subject_class != SubjectClass.AGENCY.value:
+            raise BadRequest(
+                f"application {app.id} is for {_with_article(app.subject_class)} "
+                "certificate; APPROVE-OFFICER approves only an RA officer of a member agency "
+                "(eport apply --class agency)"
+            )
+        if app.state is not ApplicationState.PENDING:
+            raise Conflict(f"application {app.id} is already {app.state.value}")
+        member = str(app.vetted.get("agency_id"))
+        now = self.clock()
+        ends = self._officers_last_end(tx, now).get(member)
+        if ends is not None:
+            raise Conflict(
+                f"member agency {member} has an RA officer certificate in force (until "
+                f"{ends:%Y-%m-%dT%H:%M:%SZ}): its own officers approve its staff "
+                "(eport ra approve); APPROVE-OFFICER is for a member with none"
+            )
+        self._refuse_same_name(tx, app, now)
 
     def _approve_in(
         self,
@@ -996,20 +1015,31 @@ class JointCA:
             )
         return issuer
 
+    def _officers_last_end(
+        self, tx: Transaction, now: datetime.datetime
+    ) -> dict[str, datetime.datetime]:
+        """Each member agency with an RA officer certificate in force at ``now`` (not
+        expired, revoked or on hold), and when its last one ends."""
+        profiles = [p.name for p in self.policies.profiles_of(SubjectClass.AGENCY)]
+        last: dict[str, datetime.datetime] = {}
+        for rec in tx.staff_in_force(profiles, now):
+            cert = x509.load_der_x509_certificate(rec.der)
+            member = member_agency_of(_attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or "")
+            if member is not None and (member not in last or rec.not_after > last[member]):
+                last[member] = rec.not_after
+        return last
+
     def officer_notices(self, now: datetime.datetime) -> list[str]:
         """What operators must hear about the member agencies' RA officers: a member with
         none in force (nobody may approve its staff: a quorum's APPROVE-OFFICER is the way
         back), or whose last one ends within :data:`OFFICER_NOTICE` (renew it first: the
         officers made by ``eport ca init`` all end on the same day)."""
-        profiles = [p.name for p in self.policies.profiles_of(SubjectClass.AGENCY)]
         with self.store.reading() as tx:
-            in_force = tx.staff_in_force(profiles, now)
-        last: dict[str, datetime.datetime] = {}
-        for rec in in_force:
-            cert = x509.load_der_x509_certificate(rec.der)
-            member = member_agency_of(_attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or "")
-            if member is not None and (member not in last or rec.not_after > last[member]):
-                last[member] = rec.not_after
+            last = self._officers_last_end(tx, now)
+        officer_profiles = self.policies.profiles_of(SubjectClass.AGENCY)
+        agency_issuer = officer_profiles[0].issuer if officer_profiles else ""
+        issuing = self.issuers.get(agency_issuer)
+        agency_end = issuing.certificate.not_valid_after_utc if issuing is not None else None
         notices: list[str] = []
         for m in self.policies.members.members:
             ends = last.get(m.id)
@@ -1020,11 +1050,21 @@ class JointCA:
                     "(docs/emergency-plan.md, runbook 8)"
                 )
             elif ends - now < OFFICER_NOTICE:
-                notices.append(
-                    f"the last RA officer certificate of member agency {m.id} ends at "
-                    f"{ends:%Y-%m-%dT%H:%M:%SZ}: its holder renews it (eport renew), or an "
-                    f"officer of {m.id} approves another, before then"
-                )
+                when = f"{ends:%Y-%m-%dT%H:%M:%SZ}"
+                if agency_end is not None and ends >= agency_end - datetime.timedelta(seconds=1):
+                    # cut to its issuing CA's end: a renewal would be cut (and near the end,
+                    # refused) the same way; only a rollover, which an officer opens, helps
+                    notices.append(
+                        f"the last RA officer certificate of member agency {m.id} ends at "
+                        f"{when}, with the issuing CA that issued it: an officer opens its "
+                        f"rollover now (eport ca rotate {agency_issuer}), then renews"
+                    )
+                else:
+                    notices.append(
+                        f"the last RA officer certificate of member agency {m.id} ends at "
+                        f"{when}: its holder renews it (eport renew), or an officer of "
+                        f"{m.id} approves another, before then"
+                    )
         return notices
 
     def _chain(self, issuer: IssuingCA) -> tuple[x509.Certificate, ...]:

@@ -250,6 +250,28 @@ class CustodyService:
             "result": dict(c.result),
             # APPROVE-OFFICER: to the custodian whose join completed it, once; never stored
             **({"enrollment_code": c.handout} if c.handout else {}),
+            **self._approving(c),
+        }
+
+    def _approving(self, c: Ceremony) -> dict[str, Any]:
+        """For APPROVE-OFFICER, whom it approves: custodians see the member and the
+        person, not only an application id, before they join."""
+        if c.operation is not Operation.APPROVE_OFFICER:
+            return {}
+        from ca.app import EXTENSION as CA_EXTENSION
+
+        ca = self.app.extensions[CA_EXTENSION].authority
+        with ca.store.reading() as tx:
+            app = tx.get_application(c.params.get("application", ""))
+        if app is None:
+            return {}
+        return {
+            "approving": {
+                "application": app.id,
+                "agency_id": app.vetted.get("agency_id"),
+                "person_name": app.vetted.get("person_name"),
+                "state": app.state.value,
+            }
         }
 
 

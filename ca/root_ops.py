@@ -131,25 +131,18 @@ def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> 
 
 
 def _check_officer_application(svc: CustodyService, app_id: str) -> None:
-    """An APPROVE-OFFICER ceremony is opened only for a pending application of a member
-    agency's RA officer (what its M-th join would approve)."""
+    """An APPROVE-OFFICER ceremony is opened only for what its M-th join would approve
+    (:meth:`ca.authority.JointCA.check_officer_application`)."""
     from ca.app import EXTENSION as CA_EXTENSION
-    from ca.records import ApplicationState
 
     if not app_id:
         raise BadRequest("APPROVE-OFFICER needs application=APP_ID (eport apply --class agency)")
     ca = svc.app.extensions[CA_EXTENSION].authority
     with ca.store.reading() as tx:
         app = tx.get_application(app_id)
-    if app is None:
-        raise NotFound(f"no application {app_id!r}")
-    if app.subject_class != "agency":
-        raise BadRequest(
-            f"application {app_id} is for a {app.subject_class} certificate; APPROVE-OFFICER "
-            "approves only an RA officer of a member agency (eport apply --class agency)"
-        )
-    if app.state is not ApplicationState.PENDING:
-        raise Conflict(f"application {app_id} is already {app.state.value}")
+        if app is None:
+            raise NotFound(f"no application {app_id!r}")
+        ca.check_officer_application(tx, app)
 
 
 def _issuers_named(policies: Any) -> set[str]:

@@ -1007,6 +1007,13 @@ def ceremony_join(
     doc = client.call("GET", f"/ca/v1/custody/ceremonies/{ceremony_id}")
     if doc["state"] != "open":  # said before the custodian opens their share for nothing
         raise CLIError(f"ceremony {ceremony_id} is {doc['state']}")
+    approving = doc.get("approving")
+    if approving:  # whom the custodian's share approves, before it is opened
+        click.echo(
+            f"Ceremony {ceremony_id} approves RA officer {approving['person_name']} of member "
+            f"agency {approving['agency_id']} (application {approving['application']}).",
+            err=True,
+        )
     opened = _open_share(share_file, passphrase_file, token_uri, read)
     sealed = _sealed_for(doc, opened.share(custody.Purpose.ROOT), fingerprint)
     doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})

@@ -1659,7 +1659,8 @@ def revoke(
 ) -> None:
     """Revoke a certificate for good (RFC 5280 §5.3.1).
 
-    An RA officer may revoke any certificate; an enterprise its own and its
+    An RA officer may revoke any enterprise's or operator's certificate, and its
+    own agency's officers', auditors' and services'; an enterprise its own and its
     operators' (cessationOfOperation on the enterprise's last certificate in
     force revokes every operator too, and withdraws their unused codes; while
     another one, say a renewal's, is in force, only this one is revoked and the

@@ -732,3 +732,19 @@ def test_an_expired_operator_code_names_the_enterprise_not_an_officer(  # type: 
         InvalidCode, match=r"has expired; the enterprise's legal person .*eport operator add"
     ):
         ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
+
+
+def test_officers_cut_to_the_agency_cas_end_are_told_to_roll_it_over(env: tuple) -> None:  # type: ignore[type-arg]
+    """An officer certificate issued near the agency issuing CA's end is cut to it, and a
+    renewal would be too: the notice names the rollover, not a renewal (verification
+    probe, F4)."""
+    ca, _, _ = env
+    agency_end = ca.issuers["agency"].certificate.not_valid_after_utc
+    ca.clock = lambda: agency_end - datetime.timedelta(days=20)
+    app = ca.apply("agency", {"agency_id": "customs", "person_name": "Late Officer"})
+    grant = ca.approve_at_ceremony(app.id, "ceremony:test")
+    issued = ca.enroll(grant.code, "agency", csr(KeyType.P256.generate()))
+    assert issued.certificate.not_valid_after_utc == agency_end
+    notices = ca.officer_notices(agency_end - datetime.timedelta(days=10))
+    (customs,) = [n for n in notices if "member agency customs" in n]
+    assert "with the issuing CA that issued it" in customs and "eport ca rotate agency" in customs

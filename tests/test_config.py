@@ -249,3 +249,10 @@ def test_a_secret_file_that_cannot_be_used_names_the_variable(
     with pytest.raises(PolicyError) as caught:
         CAConfig.load(environ=env)
     assert str(caught.value).startswith(said.format(f=f)), str(caught.value)
+
+
+def test_a_short_proxy_secret_from_a_file_names_the_file_variable(tmp_path: Path) -> None:
+    (tmp_path / "s").write_text("short\n")
+    with pytest.raises(PolicyError) as caught:
+        AuthConfig.load(environ={"EPORT_AUTH_PROXY_SECRET_FILE": str(tmp_path / "s")})
+    assert str(caught.value).startswith("EPORT_AUTH_PROXY_SECRET_FILE: proxy_secret: at least 32")

@@ -625,9 +625,40 @@ def test_a_member_left_without_officers_gets_one_by_quorum(ceremony_ca) -> None:
         **pw,
     )
     assert wrong.returncode == 1 and "approves only an RA officer" in wrong.stderr, wrong
-    cid = str(start(srv, out, "APPROVE-OFFICER", f"application={app}")["id"])
+    # Not for a member that has an officer in force: its own officers approve its staff.
+    customs_app = json.loads(
+        srv.eport(
+            "apply", "--class", "agency", "--agency", "customs", "--name", "Zhao Lei", "--json"
+        ).stdout
+    )["id"]
+    has_one = srv.eport(
+        "ca",
+        "ceremony",
+        "start",
+        "APPROVE-OFFICER",
+        f"application={customs_app}",
+        *officer_args(out),
+        check=False,
+        **pw,
+    )
+    assert has_one.returncode == 1 and "customs has an RA officer certificate in force" in (
+        has_one.stderr
+    ), has_one
+    opened = start(srv, out, "APPROVE-OFFICER", f"application={app}")
+    cid = str(opened["id"])
+    # custodians see whom they approve, not only an application id
+    assert opened["approving"] == {
+        "application": app,
+        "agency_id": "forex",
+        "person_name": "Wang Fang",
+        "state": "pending",
+    }
     for member in ("customs", "tax"):
-        doc = json.loads(join(srv, out, cid, member).stdout)
+        res = join(srv, out, cid, member)
+        assert f"approves RA officer Wang Fang of member agency forex (application {app})" in (
+            res.stderr
+        )
+        doc = json.loads(res.stdout)
         assert doc["state"] == "open" and "enrollment_code" not in doc
     done = json.loads(join(srv, out, cid, "inspection").stdout)
     assert done["state"] == "done" and done["result"]["agency_id"] == "forex"
