@@ -116,6 +116,11 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
             )
     try:
         csr = x509.load_pem_x509_csr(raw) if pem else x509.load_der_x509_csr(raw)
+    except x509.InvalidVersion as exc:  # a 500 with a traceback, for anyone (key-type probe)
+        raise BadCSR(
+            f"the request's version is {exc.parsed_version}: PKCS#10 knows only v1, 0 "
+            "(RFC 2986 §4.1)"
+        ) from None
     except ValueError:
         # cryptography's text names its parser's internals ("ParseError { kind: ShortData
         # { needed: 92 } }"); the client needs to know what was expected
@@ -123,6 +128,24 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
         raise BadCSR(
             f"not a PKCS#10 certificate request (RFC 2986; {form}): it cannot be read"
         ) from None
+    spki = csr.public_key_algorithm_oid.dotted_string  # type: ignore[attr-defined]
+    if spki not in _CERTIFIED_KEY_ALGORITHMS:
+        # cryptography reads an id-RSASSA-PSS key as an RSA key, and the certificate
+        # then said rsaEncryption: not the key the holder has (OpenSSL refuses to pair
+        # them), with its restriction to PSS dropped (key-type probe, F1)
+        raise BadCSR(
+            f"the request's key is of algorithm {spki}: the CA certifies rsaEncryption, "
+            "id-ecPublicKey (P-256, P-384) and Ed25519 keys (RFC 5280 §4.1.2.7)"
+        )
+    try:
+        hashed = csr.signature_hash_algorithm
+    except Exception:  # an algorithm cryptography does not know (MD5 with some builds)
+        hashed = None
+    if hashed is not None and hashed.name in ("sha1", "md5"):
+        raise BadCSR(
+            f"the request is signed with {hashed.name.upper()}, which is not accepted: "
+            "sign it with SHA-256 or stronger"
+        )
     try:
         valid = csr.is_signature_valid
     except Exception as exc:  # unsupported key or algorithm inside the CSR
@@ -130,6 +153,10 @@ def parse_csr(data: str | bytes) -> x509.CertificateSigningRequest:
     if not valid:
         raise BadCSR("the request's signature does not verify (no proof of possession)")
     return csr
+
+
+_CERTIFIED_KEY_ALGORITHMS = frozenset({"1.2.840.113549.1.1.1", "1.2.840.10045.2.1", "1.3.101.112"})
+"""rsaEncryption, id-ecPublicKey and id-Ed25519 (RFC 8017, 5480, 8410)."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:

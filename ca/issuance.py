@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 
 from ca.errors import IssuerExpired, LintFailed, PolicyError, WeakKey
-from ca.keys import KeyType
+from ca.keys import KeyType, refuse_weak_public_key
 from ca.lint import CertificateLinter, Finding
 from ca.policy import Profile
 from ca.signer import Signer, in_memory_key
@@ -159,6 +159,7 @@ class CertificateFactory:
 
     def check_key(self, profile: Profile, public_key: CertificatePublicKeyTypes) -> KeyType:
         kt = KeyType.of(public_key)
+        refuse_weak_public_key(public_key)
         if kt not in profile.key_types:
             allowed = ", ".join(sorted(k.value for k in profile.key_types))
             raise WeakKey(f"profile {profile.name!r} does not allow {kt.value} keys ({allowed})")
