@@ -24,6 +24,7 @@ PKCS#11 tokens replace the software signers without touching issuance.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -41,7 +42,7 @@ from ca.crl import build_crl
 from ca.errors import EPortError, Sealed
 from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
-from ca.policy import EVERY_ISSUER, Policies
+from ca.policy import EVERY_ISSUER, Policies, Profile
 from ca.sealing import KeySealer, sealer_of
 from ca.signer import SealedSigner, Signer, SoftwareSigner
 
@@ -99,6 +100,24 @@ class Hierarchy:
     @property
     def log_public_key(self) -> object:
         return self.log_signer.public_key()
+
+
+def issuing_profile(policies: Policies, issuer_id: str) -> Profile:
+    """The ``issuing-ca`` profile for the issuing CA ``issuer_id``, asserting the policy
+    OIDs of every profile it issues (those naming it, and those of every issuer: the OCSP
+    responder's), in file order. It asserted only its own OID, so policy-aware path
+    validation (RFC 5280 §6.1, ``openssl verify -policy P -explicit_policy``) found no
+    valid policy for any certificate (key-type probe, F9)."""
+    base = policies.profile("issuing-ca")
+    issued = [
+        oid
+        for p in policies.profiles.values()
+        if not p.ca and p.issuer in (issuer_id, EVERY_ISSUER)
+        for oid in p.policy_oids
+    ]
+    if not issued:
+        return base
+    return dataclasses.replace(base, policy_oids=tuple(dict.fromkeys(issued)))
 
 
 def issuing_ids(policies: Policies) -> list[str]:
@@ -254,11 +273,11 @@ def create(
     )
     root_cert = self_signed_root(root_signer, subject, now, ROOT_VALIDITY)
     root = IssuingCA("root", root_cert, root_signer)
-    profile = policies.profile("issuing-ca")
     issuers: dict[str, IssuingCA] = {}
     for issuer_id in issuing_ids(policies):
         signer = new_signer(KeyType.P256, d / "issuers" / f"{issuer_id}.key")
         name = ISSUING_NAMES.get(issuer_id, f"E-Port {issuer_id.title()} Issuing CA")
+        profile = issuing_profile(policies, issuer_id)
         cert = factory.issue(profile, root, signer.public_key(), {"ca_name": name}, now)
         _write_cert(d / "issuers" / f"{issuer_id}.crt", cert)
         issuers[issuer_id] = IssuingCA(issuer_id, cert, signer)

@@ -336,7 +336,7 @@ class RootOperations:
         rkey = home.new(KeyType.P256, rkey_file)
         changes.made(rkey)
         result = self._issue_generation(
-            c, tx, changes, home, gen, name, previous, root, (key, rkey), now
+            c, tx, changes, home, gen, name, previous, root, (key, rkey), now, base=base
         )
         if gen != base:
             active[base] = gen
@@ -356,6 +356,8 @@ class RootOperations:
         root: IssuingCA,
         keys: tuple[NewKey, NewKey],
         now: datetime.datetime,
+        *,
+        base: str,
     ) -> dict[str, Any]:
         """Certify the new generation's keys, record them, and write its files."""
         factory = self.svc.app.extensions["eport.ca"].authority.factory
@@ -363,7 +365,7 @@ class RootOperations:
         d = hierarchy.ca_dir(self.data_dir)
         key, rkey = keys
         cert = factory.issue(
-            policies.profile("issuing-ca"), root, key.public_key, {"ca_name": name}, now
+            hierarchy.issuing_profile(policies, base), root, key.public_key, {"ca_name": name}, now
         )
         new_ca = IssuingCA(gen, cert, key.signer)
         rcert = factory.issue(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -440,6 +441,10 @@ def ca_init(
             json.dumps(made.record.to_json(), indent=2, sort_keys=True) + "\n"
         )
         _copy_signature(custody_signature.signature_path(data_dir), out)
+        # the log's checkpoint key, which auditors pin out of band (docs/audit.md): it was
+        # only on the CA host (DATA_DIR/ca/log.pub)
+        log_pub = (h.ca_dir(data_dir) / "log.pub").read_bytes()
+        (out / "log.pub").write_bytes(log_pub)
         record: dict[str, Any] = {
             "root": describe(done.hierarchy.root),
             "issuers": {k: describe(v.certificate) for k, v in done.hierarchy.issuers.items()},
@@ -449,6 +454,7 @@ def ca_init(
             "custody_id": made.record.custody_id,
             "sequence": made.record.sequence,
             "shares": share_files,
+            "log_key_sha256": hashlib.sha256(log_pub).hexdigest(),
         }
         ceremony_json = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
         (out / "ceremony.json").write_text(ceremony_json)
@@ -479,14 +485,36 @@ def ca_init(
     lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
     lines.append(
         f"Public record: {out}/ceremony.json, {out}/custody.json (signed by the root: "
-        f"{out}/custody.json.sig). Hand each share file and "
-        "officer directory to its agency; the server starts sealed until "
+        f"{out}/custody.json.sig), {out}/log.pub (the log key auditors pin). Hand each "
+        "share file and officer directory to its agency; the server starts sealed until "
         f"{m} custodians run `eport ca unseal`."
     )
     _emit(as_json, record, "\n".join(lines))
+    testing = sorted(
+        {
+            p.name
+            for p in policies.profiles.values()
+            for o in p.policy_oids
+            if o.dotted_string.startswith(TEST_POLICY_ARC)
+        }
+    )
+    if testing:
+        # printed into every certificate of those profiles for their life (the first
+        # policy OID is the role): said, not refused (a rehearsal uses them on purpose)
+        click.secho(
+            f"WARNING: profiles {', '.join(testing)} carry RFC 7229 test policy OIDs "
+            f"({TEST_POLICY_ARC}*), the repository's development set: a production joint CA "
+            "registers its own arc and names it in policies/ before its init "
+            "(policies/README.md)",
+            fg="yellow",
+            err=True,
+        )
 
 
-_INIT_OUT_FILES = ("shares", "officers", "root.crt", "custody.json", "custody.json.sig")
+TEST_POLICY_ARC = "1.3.6.1.5.5.7.13."
+"""id-TEST (RFC 7229 §2): certificate policy OIDs for testing only."""
+
+_INIT_OUT_FILES = ("shares", "officers", "root.crt", "custody.json", "custody.json.sig", "log.pub")
 """What ``eport ca init`` writes in its --out directory (``ceremony.json`` last)."""
 
 

@@ -4,6 +4,7 @@ by M custodians (`eport ca unseal`) in every worker process."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -53,8 +54,15 @@ def init_ca(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    # the log key auditors pin is in the public record, not only on the CA host
+    log_pub = (out / "log.pub").read_bytes()
+    assert log_pub == (data / "ca" / "log.pub").read_bytes()
+    assert record["log_key_sha256"] == hashlib.sha256(log_pub).hexdigest()
+    # the repository's policies carry RFC 7229 test OIDs: said, as a production CA's must not
+    assert "carry RFC 7229 test policy OIDs" in res.stderr, res.stderr
     _port_file(data).write_text(str(port))
-    return data, out, json.loads(res.stdout)
+    return data, out, record
 
 
 def start_sealed(

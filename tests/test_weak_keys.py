@@ -226,3 +226,55 @@ def test_the_ca_refuses_them_over_http(sqlite_server: Server, tmp_path: Path) ->
         "csr": _pem(_csr(ec_key, hashes.SHA256())),
     }
     assert requests.post(server.url + "/ca/v1/enroll", json=good, timeout=30).status_code == 201
+
+
+def test_certificate_policies_chain_for_policy_aware_validation(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """The issuing CAs asserted only their own test OID, so path validation requiring a
+    leaf's policy (RFC 5280 §6.1, explicit policy) failed for every certificate (key-type
+    probe, F9). Each issuing CA now asserts the OIDs of the profiles it issues; checked
+    with openssl verify -policy -explicit_policy."""
+    from tests.helpers import enroll_enterprise, enroll_operator
+
+    ent = enroll_enterprise(sqlite_server, tmp_path, "Policy Chain Co.")
+    op = enroll_operator(sqlite_server, ent, tmp_path, "P1")
+    root = sqlite_server.data_dir / "ca" / "root.crt"
+    for d, oid in ((ent, "1.3.6.1.5.5.7.13.2"), (op, "1.3.6.1.5.5.7.13.3")):
+        res = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(root),
+                "-untrusted",
+                str(d / "chain.pem"),
+                "-policy",
+                oid,
+                "-explicit_policy",
+                "-policy_check",
+                str(d / "cert.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0 and "OK" in res.stdout, (oid, res.stdout, res.stderr)
+    res = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(ent / "chain.pem"),
+            "-policy",
+            "1.3.6.1.5.5.7.13.4",
+            "-explicit_policy",
+            str(ent / "cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode != 0  # the agency officers' policy is not the enterprise's
