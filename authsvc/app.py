@@ -291,7 +291,11 @@ def _start_sweeper(
                     tokens.sweep()
                     if ticks % 30 == 0:
                         keys.maybe_rotate()
-                        store.cleanup(utcnow(), failure_window=tokens.settings.failure_window)
+                        store.cleanup(
+                            utcnow(),
+                            failure_window=tokens.settings.failure_window,
+                            leeway=tokens.settings.leeway,
+                        )
             except Exception:
                 log.exception("token service sweep failed; will retry")
 

@@ -23,7 +23,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -151,13 +151,25 @@ class AuthEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+Rotation = Literal["rotated", "used", "ended"]
+"""What :meth:`AuthStore.rotate_refresh` did: rotated the token, or refused because it was
+used meanwhile, or because its session had ended."""
+
+
 class AuthStore(ReplayStore, Protocol):
-    def add_session(self, rec: SessionRecord, refresh_hash: str) -> None: ...
+    def add_session(
+        self, rec: SessionRecord, refresh_hash: str, event: AuthEvent | None = None
+    ) -> None:
+        """Store the session, its first refresh token and ``event`` in one transaction."""
+        ...
 
     def get_session(self, sid: str) -> SessionRecord | None: ...
 
-    def end_session(self, sid: str, reason: str, at: datetime.datetime) -> bool:
-        """End it if still open (one conditional UPDATE); False if it was already ended."""
+    def end_session(
+        self, sid: str, reason: str, at: datetime.datetime, event: AuthEvent | None = None
+    ) -> bool:
+        """End it if still open (one conditional UPDATE), with ``event`` in the same
+        transaction; False if it was already ended (and nothing is logged)."""
         ...
 
     def reauthenticated(self, sid: str, at: datetime.datetime) -> bool:
@@ -171,12 +183,26 @@ class AuthStore(ReplayStore, Protocol):
 
     def get_refresh(self, token_hash: str) -> RefreshRecord | None: ...
 
-    def rotate_refresh(self, old_hash: str, new_hash: str, sid: str, at: datetime.datetime) -> bool:
-        """Mark ``old_hash`` used and add ``new_hash``, if ``old_hash`` was unused."""
+    def rotate_refresh(
+        self,
+        old_hash: str,
+        new_hash: str,
+        sid: str,
+        at: datetime.datetime,
+        event: AuthEvent | None = None,
+    ) -> Rotation:
+        """Mark ``old_hash`` used, add ``new_hash`` and ``event``, if ``old_hash`` was unused
+        and session ``sid`` is still open, both decided in that one transaction with the
+        session's row locked: a session ended (logout, reuse) meanwhile gets no rotation."""
         ...
 
-    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> bool:
-        """Revoke ``jti`` until ``expires_at``; True if this call revoked it (not before)."""
+    def revoke_jti(
+        self, jti: str, expires_at: datetime.datetime, event: AuthEvent | None = None
+    ) -> bool:
+        """Revoke ``jti``, a token that expires at ``expires_at`` (its ``exp``); the
+        revocation is kept until that plus the clock leeway, as long as validation accepts
+        the token. True if this call revoked it (not before); ``event`` is then added in
+        the same transaction."""
         ...
 
     def is_revoked(self, jti: str) -> bool: ...
@@ -502,18 +528,11 @@ class TokenService:
             created_at=now,
             expires_at=expires_at,
         )
-        self.store.add_session(rec, token_hash(refresh))
-        self.store.add_event(
-            AuthEvent(
-                "login",
-                now,
-                principal.subject,
-                sid,
-                rec.cert_serial,
-                client_addr,
-                detail={"via": via},
-            )
+        # The login event in the session's own transaction (findings 19 F4).
+        login = AuthEvent(
+            "login", now, principal.subject, sid, rec.cert_serial, client_addr, detail={"via": via}
         )
+        self.store.add_session(rec, token_hash(refresh), login)
         return Login(rec, refresh)
 
     # -- sessions ---------------------------------------------------------------------------
@@ -529,17 +548,15 @@ class TokenService:
         st = self.cert_status(rec.certificate, fresh=fresh_status)
         if not isinstance(st, Good):
             reason = f"certificate {type(st).__name__.lower()}"
-            if self.store.end_session(sid, reason, now):
-                self.store.add_event(
-                    AuthEvent(
-                        "session.ended",
-                        now,
-                        rec.principal.subject,
-                        sid,
-                        rec.cert_serial,
-                        detail={"reason": reason},
-                    )
-                )
+            event = AuthEvent(
+                "session.ended",
+                now,
+                rec.principal.subject,
+                sid,
+                rec.cert_serial,
+                detail={"reason": reason},
+            )
+            self.store.end_session(sid, reason, now, event)
             raise InvalidToken(f"the session ended: {reason}")
         return rec
 
@@ -560,19 +577,23 @@ class TokenService:
         # usable; a token minted for a lost rotation race is simply never handed out.
         minted = self.mint_for(session, service_id)
         new = secrets.token_urlsafe(32)
-        if not self.store.rotate_refresh(h, token_hash(new), rt.sid, now):
-            raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
-        self.store.add_event(
-            AuthEvent(
-                "token.issued",
-                now,
-                session.principal.subject,
-                session.sid,
-                session.cert_serial,
-                client_addr,
-                service_id,
-            )
+        issued = AuthEvent(
+            "token.issued",
+            now,
+            session.principal.subject,
+            session.sid,
+            session.cert_serial,
+            client_addr,
+            service_id,
         )
+        # The session is checked again where the token rotates, under its row's lock: a
+        # logout or reuse detection that ended it since live_session() read it wins, and
+        # the token minted above is never handed out (findings 19 F1).
+        rotation = self.store.rotate_refresh(h, token_hash(new), rt.sid, now, issued)
+        if rotation == "ended":
+            raise InvalidGrant("the session has ended")
+        if rotation == "used":
+            raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
         return Minted(minted.access_token, minted.expires_in, minted.scope, minted.audience, new)
 
     def _refuse_reuse(
@@ -588,18 +609,15 @@ class TokenService:
         if now - used_at <= self.settings.refresh_grace:
             raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
         session = self.store.get_session(rt.sid)
-        if self.store.end_session(rt.sid, "refresh token reuse", now):
-            subject = session.principal.subject if session else None
-            self.store.add_event(
-                AuthEvent(
-                    "session.ended",
-                    now,
-                    subject,
-                    rt.sid,
-                    client_addr=client_addr,
-                    detail={"reason": "refresh token reuse"},
-                )
-            )
+        event = AuthEvent(
+            "session.ended",
+            now,
+            session.principal.subject if session else None,
+            rt.sid,
+            client_addr=client_addr,
+            detail={"reason": "refresh token reuse"},
+        )
+        self.store.end_session(rt.sid, "refresh token reuse", now, event)
         raise InvalidGrant("refresh token reused: the session is ended")
 
     def mint_for(
@@ -803,25 +821,23 @@ class TokenService:
             except InvalidToken:
                 return
             exp = datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
-            if not self.store.revoke_jti(str(claims["jti"]), exp):
-                return  # already revoked (here or on another host): logged then
-            self.store.add_event(
-                AuthEvent(
-                    "token.revoked",
-                    now,
-                    str(claims["sub"]),
-                    str(claims.get("sid")),
-                    detail={"jti": claims["jti"]},
-                )
+            event = AuthEvent(
+                "token.revoked",
+                now,
+                str(claims["sub"]),
+                str(claims.get("sid")),
+                detail={"jti": claims["jti"]},
             )
+            # Logged in the revocation's transaction, and only by the call that stored it
+            # (here or on another host at once).
+            self.store.revoke_jti(str(claims["jti"]), exp, event)
             return
         rt = self.store.get_refresh(token_hash(token))
-        if rt is not None and self.store.end_session(rt.sid, "refresh token revoked", now):
-            self.store.add_event(
-                AuthEvent(
-                    "session.ended", now, sid=rt.sid, detail={"reason": "refresh token revoked"}
-                )
+        if rt is not None:
+            ended = AuthEvent(
+                "session.ended", now, sid=rt.sid, detail={"reason": "refresh token revoked"}
             )
+            self.store.end_session(rt.sid, "refresh token revoked", now, ended)
 
     def logout(self, refresh_token: str, client_addr: str | None) -> bool:
         now = self.clock()
@@ -829,18 +845,15 @@ class TokenService:
         if rt is None:
             return False
         session = self.store.get_session(rt.sid)
-        ended = self.store.end_session(rt.sid, "logout", now)
-        if ended:
-            self.store.add_event(
-                AuthEvent(
-                    "logout",
-                    now,
-                    session.principal.subject if session else None,
-                    rt.sid,
-                    client_addr=client_addr,
-                )
-            )
-        return ended
+        event = AuthEvent(
+            "logout",
+            now,
+            session.principal.subject if session else None,
+            rt.sid,
+            client_addr=client_addr,
+        )
+        # The event in the end's own transaction (findings 19 F4), logged once.
+        return self.store.end_session(rt.sid, "logout", now, event)
 
     def session_of_refresh(
         self, refresh_token: str, client_addr: str | None = None

@@ -4,6 +4,7 @@ transaction per call; uniqueness and single use enforced by the database)."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -40,7 +42,7 @@ from authsvc.models import (
 )
 from authsvc.oidc_models import BrowserSessionRow, SessionClientRow
 from authsvc.principal import Principal
-from authsvc.service import AuthEvent, RefreshRecord, SessionRecord
+from authsvc.service import AuthEvent, RefreshRecord, Rotation, SessionRecord
 from ca.policy import SubjectClass
 from ca.store import DbapiReads, reading, upsert, utc_from_db, writing
 
@@ -58,6 +60,10 @@ client that comes back the next morning."""
 PURGE_BATCH = 500
 """Rows deleted per write transaction by :meth:`SqlAuthStore.cleanup`: the write lock
 (all of SQLite) is held for milliseconds, and logins queue behind no long delete."""
+REVOCATION_LEEWAY = datetime.timedelta(seconds=600)
+"""How long past its token's ``exp`` a revocation is kept when :meth:`SqlAuthStore.cleanup`
+is not told the clock leeway: the most ``EPORT_AUTH_LEEWAY_SECONDS`` allows, so no
+configured leeway outlasts it."""
 PURGE_BATCHES = 20
 """Batches per table per :meth:`SqlAuthStore.cleanup` call: a backlog (the first run after
 an upgrade) is worked off over several calls, and the sweeper that calls it keeps its
@@ -100,17 +106,31 @@ class SqlAuthStore:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def add_session(self, rec: SessionRecord, refresh_hash: str) -> None:
-        """Store a new session and its first refresh token. If its subject would then hold
-        more than ``max_sessions_per_subject`` open sessions, the oldest end ("too many
-        sessions", a ``session.ended`` event each) in the same transaction: a certificate
-        holder logging in in a loop opened sessions without limit (978 in 35 s, findings
-        15 F4). Ended, not refused: a refusal would lock out a holder whose sessions were
-        lost with a laptop until they expire. Their clients get back-channel logouts as
-        for any ended session. On PostgreSQL two logins of one subject at once may leave it
-        one over, until its next login."""
+    def add_session(
+        self, rec: SessionRecord, refresh_hash: str, event: AuthEvent | None = None
+    ) -> None:
+        """Store a new session and its first refresh token, and ``event`` (its ``login``)
+        in the same transaction: a process killed between two transactions left sessions
+        with no ``login`` in the audit record (findings 19 F4). If its subject would then
+        hold more than ``max_sessions_per_subject`` open sessions, the oldest end ("too
+        many sessions", a ``session.ended`` event each) in the same transaction: a
+        certificate holder logging in in a loop opened sessions without limit (978 in
+        35 s, findings 15 F4). Ended, not refused: a refusal would lock out a holder whose
+        sessions were lost with a laptop until they expire. Their clients get back-channel
+        logouts as for any ended session.
+
+        The logins of one subject count its open sessions one at a time: on PostgreSQL
+        under a transaction-scoped advisory lock on the subject (SQLite lets one
+        transaction write at a time already). Without it, each of N logins at once read
+        the same sessions under READ COMMITTED and ended the same oldest one, leaving the
+        subject up to N - 1 over (121 open after 240 parallel logins, findings 19 F3)."""
         p = rec.principal
         with self._tx() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(
+                    text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                    {"space": SUBJECT_LOCK_SPACE, "key": _lock_key(p.subject)},
+                )
             oldest = s.execute(
                 select(SessionRow.sid, SessionRow.cert_serial)
                 .where(
@@ -163,13 +183,20 @@ class SqlAuthStore:
                 )
             )
             s.add(RefreshTokenRow(token_hash=refresh_hash, sid=rec.sid, issued_at=rec.created_at))
+            if event is not None:
+                s.add(event_row(event))
 
     def get_session(self, sid: str) -> SessionRecord | None:
         with self._read() as s:
             row = s.get(SessionRow, sid)
             return _session(row) if row else None
 
-    def end_session(self, sid: str, reason: str, at: datetime.datetime) -> bool:
+    def end_session(
+        self, sid: str, reason: str, at: datetime.datetime, event: AuthEvent | None = None
+    ) -> bool:
+        """End the session if still open, and add ``event`` with the end in one transaction
+        (only when this call ended it): a crash between two transactions lost the event
+        (findings 19 F4)."""
         with self._tx() as s:
             res = s.execute(
                 update(SessionRow)
@@ -177,7 +204,10 @@ class SqlAuthStore:
                 .values(ended_at=at, end_reason=reason)
                 .execution_options(synchronize_session=False)
             )
-            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+            ended = bool(res.rowcount == 1)  # type: ignore[attr-defined]
+            if ended and event is not None:
+                s.add(event_row(event))
+            return ended
 
     def reauthenticated(self, sid: str, at: datetime.datetime) -> bool:
         with self._tx() as s:
@@ -223,8 +253,30 @@ class SqlAuthStore:
                 row.token_hash, row.sid, row.issued_at, row.used_at, row.successor_hash
             )
 
-    def rotate_refresh(self, old_hash: str, new_hash: str, sid: str, at: datetime.datetime) -> bool:
+    def rotate_refresh(
+        self,
+        old_hash: str,
+        new_hash: str,
+        sid: str,
+        at: datetime.datetime,
+        event: AuthEvent | None = None,
+    ) -> Rotation:
+        """Mark ``old_hash`` used, add ``new_hash`` and ``event`` (``token.issued``), in one
+        transaction that first locks session ``sid``'s row and finds it still open.
+
+        Why the lock: the caller read the session open before it minted; a logout (or a
+        reuse detection) that ended it in between let the rotation go on, and an access
+        token was handed out after ``/auth/logout`` had answered "ended" (findings 19 F1).
+        Under the row lock (PostgreSQL ``SELECT ... FOR UPDATE``, which reads the newest
+        committed row; SQLite's ``BEGIN IMMEDIATE`` makes this the only writer) an end
+        either committed before, and the rotation is refused, or waits for it to commit:
+        the refresh then came first."""
         with self._tx() as s:
+            ended_at = s.execute(
+                select(SessionRow.ended_at).where(SessionRow.sid == sid).with_for_update()
+            ).first()
+            if ended_at is None or ended_at[0] is not None:
+                return "ended"
             res = s.execute(
                 update(RefreshTokenRow)
                 .where(RefreshTokenRow.token_hash == old_hash, RefreshTokenRow.used_at.is_(None))
@@ -232,19 +284,27 @@ class SqlAuthStore:
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
-                return False
+                return "used"
             s.add(RefreshTokenRow(token_hash=new_hash, sid=sid, issued_at=at))
-            return True
+            if event is not None:
+                s.add(event_row(event))
+            return "rotated"
 
     # -- access token revocation ----------------------------------------------------------
 
-    def revoke_jti(self, jti: str, expires_at: datetime.datetime) -> bool:
+    def revoke_jti(
+        self, jti: str, expires_at: datetime.datetime, event: AuthEvent | None = None
+    ) -> bool:
         with self._tx() as s:
             # ON CONFLICT DO NOTHING: one token revoked on two hosts at once is stored
-            # once, and only the request that stored it says so (its event is logged once).
+            # once, and only the request that stored it says so (its event is logged once,
+            # in the revocation's transaction).
             values = {"jti": jti, "expires_at": expires_at}
             res = s.execute(upsert(s, RevokedTokenRow, values, ["jti"]).do_nothing())
-            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+            revoked = bool(res.rowcount == 1)  # type: ignore[attr-defined]
+            if revoked and event is not None:
+                s.add(event_row(event))
+            return revoked
 
     def is_revoked(self, jti: str) -> bool:
         with self._read() as s:
@@ -372,12 +432,18 @@ class SqlAuthStore:
         *,
         failure_window: datetime.timedelta | None = None,
         keep_sessions: datetime.timedelta = SESSION_RETENTION,
+        leeway: datetime.timedelta = REVOCATION_LEEWAY,
     ) -> dict[str, int]:
         """Delete the rows no check can need any more; how many of each table. Called by
         every process's sweeper (once a minute by default), in batches of
         :data:`PURGE_BATCH` rows, each its own short write transaction.
 
-        - spent login-assertion ``jti``s and revoked access tokens, once expired;
+        - spent login-assertion ``jti``s once expired (they are stored with ``exp`` +
+          leeway), and revoked access tokens once their ``exp`` + ``leeway`` (the
+          validation clock leeway) has passed: validation accepts a token until then, and a
+          revocation purged at ``exp`` let a revoked token validate again for the leeway's
+          30 s (findings 19 F5). Rows are stored with the token's ``exp``, so the leeway is
+          added here, and covers the rows stored before this rule too;
         - sessions ended or expired more than ``keep_sessions`` ago, with their refresh
           tokens (reuse detection guards a live session only) and the browser cookies
           that held them, unless a back-channel logout of theirs is still owed (its
@@ -388,6 +454,7 @@ class SqlAuthStore:
         ``auth_events`` is never deleted: it is the audit record, and names the session,
         subject, certificate and address itself. Before, nothing deleted sessions,
         refresh tokens or failure counts (findings 15 F4)."""
+        unrevoked = now - leeway  # a token whose exp is before this validates nowhere
         done = {
             "auth_seen_jti": self._purge(
                 select(SeenAssertionRow.jti).where(SeenAssertionRow.expires_at < now),
@@ -398,10 +465,10 @@ class SqlAuthStore:
                 ],
             ),
             "auth_revoked_tokens": self._purge(
-                select(RevokedTokenRow.jti).where(RevokedTokenRow.expires_at < now),
+                select(RevokedTokenRow.jti).where(RevokedTokenRow.expires_at < unrevoked),
                 lambda keys: [
                     delete(RevokedTokenRow).where(
-                        RevokedTokenRow.jti.in_(keys), RevokedTokenRow.expires_at < now
+                        RevokedTokenRow.jti.in_(keys), RevokedTokenRow.expires_at < unrevoked
                     )
                 ],
             ),
@@ -535,6 +602,18 @@ def settle_copied_events(engine: Engine) -> int:
             .values(writer_xact=0)
         )
         return int(res.rowcount)
+
+
+SUBJECT_LOCK_SPACE = 0x6570_6F72
+"""PostgreSQL: the first key ("epor") of the advisory locks that order one subject's logins
+(:meth:`SqlAuthStore.add_session`); the second is :func:`_lock_key` of the subject. Two-key
+advisory locks do not share a key space with the one-key migration locks."""
+
+
+def _lock_key(subject: str) -> int:
+    """A stable signed 32-bit key for ``subject`` (two subjects may share one: they then
+    only wait for each other's logins)."""
+    return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "big", signed=True)
 
 
 TOO_MANY_SESSIONS = "too many sessions"
