@@ -53,7 +53,7 @@ from cli.options import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-KEY_TYPES = ["p256", "p384", "ed25519", "rsa3072"]
+KEY_TYPES = ["p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096"]
 
 
 class Ctx:
@@ -1070,9 +1070,8 @@ def _enroll_in_token(
 @click.option(
     "--key-type",
     type=click.Choice(KEY_TYPES),
-    default="p256",
-    show_default=True,
-    help="Algorithm of the new key.",
+    default=None,
+    help="Algorithm of the new key (default: the current key's, as a renewal keeps it).",
 )
 @click.option("--p12", is_flag=True, help="Also write bundle.p12.")
 @click.option(
@@ -1089,7 +1088,7 @@ def renew(
     key_file: Path,
     passphrase_file: Path | None,
     out: Path | None,
-    key_type: str,
+    key_type: str | None,
     p12: bool,
     new_pkcs11_uri: str | None,
     as_json: bool,
@@ -1128,6 +1127,12 @@ def renew(
     """
     ident, current_pw = keyfiles.identity_and_passphrase(cert_file, key_file, passphrase_file)
     serial = format(ident.chain[0].serial_number, "x")
+    if key_type is None:
+        from ca.keys import KeyType
+
+        # the current key's type: an RSA service key, a P-384 or Ed25519 one came back
+        # P-256 without a word (key-type probe, F2)
+        key_type = KeyType.of(ident.chain[0].public_key()).value
     out = out or cert_file.parent / f"renewed-{serial}"
     token = _token_for_new_key(ident.key, new_pkcs11_uri)
     kept = token is None and _exists(out / "key.pem") and not _exists(out / "cert.pem")
@@ -1160,7 +1165,7 @@ def renew(
     emit(
         as_json,
         {**result, "files": files, "previous_serial": serial},
-        f"Renewed: new certificate {result['serial']} (was {serial})\n"
+        f"Renewed: new certificate {result['serial']} (was {serial}), {key_type} key\n"
         f"  valid until: {result['not_after']}\n"
         "  files: " + ", ".join(files.values()),
     )

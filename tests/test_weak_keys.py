@@ -278,3 +278,52 @@ def test_certificate_policies_chain_for_policy_aware_validation(
         timeout=30,
     )
     assert res.returncode != 0  # the agency officers' policy is not the enterprise's
+
+
+def test_a_renewal_keeps_the_key_type_and_rsa_sizes_can_be_chosen(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """eport renew made a P-256 key whatever the current one was, without a word
+    (key-type probe, F2); the CLI could not make the rsa2048 and rsa4096 keys profiles
+    allow. A renewal now keeps the current key's type unless --key-type says otherwise."""
+    server = sqlite_server
+    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "P384 Keeper Co.")["id"]
+    code = jrun(server, "ra", "approve", app, *server.officer())["enrollment_code"]
+    ent = tmp_path / "ent"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        code,
+        "--profile",
+        "enterprise",
+        "--key-type",
+        "p384",
+        "--out",
+        str(ent),
+    )
+    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    out = tmp_path / "renewed"
+    text = server.eport("renew", *creds, "--out", str(out)).stdout
+    assert "p384 key" in text, text
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert cert.public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
+    app = jrun(
+        server, "apply", "--class", "service", "--agency", "customs", "--name", "rsa.eport.example"
+    )["id"]
+    code = jrun(server, "ra", "approve", app, *server.officer())["enrollment_code"]
+    svc = tmp_path / "svc"
+    jrun(
+        server,
+        "enroll",
+        "--code",
+        code,
+        "--profile",
+        "service-tls",
+        "--key-type",
+        "rsa2048",
+        "--out",
+        str(svc),
+    )
+    cert = x509.load_pem_x509_certificate((svc / "cert.pem").read_bytes())
+    assert cert.public_key().key_size == 2048  # type: ignore[union-attr]
