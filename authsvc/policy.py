@@ -89,6 +89,11 @@ class Service:
     """OIDC web client redirect URIs (RFC 6749 §3.1.2), matched exactly."""
     backchannel_logout_uri: str | None = None
     """OpenID Connect Back-Channel Logout 1.0 endpoint."""
+    agency: str | None = None
+    """The member agency that operates it (``members.toml`` id): its service-tls
+    certificate counts only if that agency vetted it (the certificate's O is the
+    member's name). Unset, any member's service certificate for its identity counts:
+    any member's RA officer could then make one (authorization probe, F1)."""
     post_logout_redirect_uris: tuple[str, ...] = ()
     """Where RP-initiated logout may send the browser back (OpenID Connect RP-Initiated
     Logout 1.0 §3), matched exactly; the end-session endpoint redirects nowhere else."""
@@ -668,6 +673,7 @@ def load_services(path: Path) -> tuple[Service, ...]:
             backchannel_logout_uri=logout,
             post_logout_redirect_uris=tuple(post_logout),
             id_token_signed_response_alg=id_token_alg,
+            agency=t.get("agency", str, None),
         )
         audiences[audience] = sid
         identities[identity] = sid
@@ -786,5 +792,13 @@ def load_access_policy(directory: Path, member_ids: set[str] | None = None) -> A
         own = {m.id for m in load_policies(directory).members.members}
         member_ids = set(member_ids) & own
     services = load_services(directory / "services.toml")
+    for s in services:
+        if s.agency is not None and s.agency not in member_ids:
+            known = ", ".join(sorted(member_ids))
+            raise PolicyError(
+                str(directory / "services.toml"),
+                f"service {s.id!r}: agency",
+                f"unknown member agency {s.agency!r} (known: {known})",
+            )
     roles, rules = load_access(directory / "access.toml", services, member_ids)
     return AccessPolicy(services=services, roles=roles, rules=rules)

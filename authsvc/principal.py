@@ -33,6 +33,8 @@ class Principal:
     operator_id: str | None = None
     agency_id: str | None = None
     service_host: str | None = None
+    service_agency: str | None = None
+    """A service certificate's vetting member agency (its O, a member's name)."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
@@ -117,5 +119,8 @@ def identify(
             host = san.get_values_for_type(x509.DNSName)[0]
         except (x509.ExtensionNotFound, IndexError):
             raise Forbidden("the service certificate names no DNS name") from None
-        return Principal(f"svc:{host}", cls, cn, service_host=host)
+        # the member whose officers vetted it: its O is that member's name (service-tls)
+        org = _attr(cert.subject, NameOID.ORGANIZATION_NAME)
+        vetted_by = next((m.id for m in policies.members.members if m.name == org), None)
+        return Principal(f"svc:{host}", cls, cn, service_host=host, service_agency=vetted_by)
     raise Forbidden(f"{cls.value} certificates cannot sign in")

@@ -768,6 +768,15 @@ class TokenService:
         service = self.access.service_by_identity(caller.service_host)
         if service is None:
             raise Forbidden(f"{caller.service_host} is not a registered e-port service")
+        owner = getattr(service, "agency", None)
+        if owner is not None and caller.service_agency != owner:
+            # any member's RA officer can certify any host name: only the operating
+            # member's certificate speaks for the service (authorization probe, F1)
+            raise Forbidden(
+                f"{caller.service_host} is operated by member agency {owner}: its "
+                f"certificate must be one that agency vetted, not "
+                f"{caller.service_agency or 'another'}'s"
+            )
         return service
 
     def exchange(self, caller: Principal, subject_token: str, target_service_id: str) -> Minted:
