@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from authsvc.keys import KeyRing
 from authsvc.principal import Principal, identify, x5t_s256
 from authsvc.tokens import InvalidToken, VerifiedTokens, jose_header, mint, verify
-from ca.errors import BadRequest, EPortError, Forbidden, Unauthenticated
+from ca.errors import BadRequest, EPortError, Forbidden, Replayed, Unauthenticated
 from ca.ocsp import CertStatus, Good
 from ca.policy import Policies, SubjectClass
 from ca.signedreq import ReplayStore, SignedRequest, TrustAnchors, verify_certificate_jwt
@@ -430,8 +430,11 @@ class TokenService:
             # A certificate is public: anyone can name it in x5c. Only a failure after its
             # key's signature verified counts against it; the rest count against the
             # address alone, or a stranger could lock the holder out of login.
+            # A replay was signed by the holder once, but sent again by whoever saw it:
+            # counted against the certificate, ten replays locked its holder out.
+            holders = signed_by_holder and not isinstance(exc, Replayed)
             self._fail(
-                keys if signed_by_holder else [addr_key],
+                keys if holders else [addr_key],
                 AuthEvent("login.failed", now, client_addr=client_addr, detail={"why": exc.detail}),
             )
             if isinstance(exc, InvalidGrant):

@@ -519,3 +519,20 @@ def test_a_malformed_jws_is_refused_in_plain_words(world: World, service: Identi
             assert_oauth(r, status, error, words)
             said = r.json()["error_description"]
             assert not any(p in said for p in PARSER_WORDS), said
+
+
+def test_replays_of_a_used_assertion_do_not_lock_its_holder_out(world: World) -> None:
+    """Anyone who saw one used assertion (a log, a middlebox, the holder's own retry)
+    could replay it ten times and lock its holder out of login for five minutes: a
+    replay counted against the certificate as the holder's own failure (races probe,
+    F2). Replays now count against the address alone."""
+    w = world
+    ent = enroll_enterprise(w.server, w.tmp, "Replayed Assertion Co.")
+    ident = load_identity(ent / "cert.pem", ent / "key.pem", w.tmp / "pw.txt")
+    endpoint = w.server.url + "/auth/token"
+    used = assertion(ident, endpoint, x5t_s256(ident.chain[0]))
+    assert login(w, used).status_code == 200
+    for _ in range(12):
+        assert_oauth(login(w, used), 400, "invalid_grant", "already used")
+    fresh = login(w, assertion(ident, endpoint, x5t_s256(ident.chain[0])))
+    assert fresh.status_code == 200, fresh.text
