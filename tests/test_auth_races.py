@@ -245,6 +245,7 @@ def refresh_sid(w: World, rt: str) -> str:
     return sid
 
 
+@pytest.mark.parametrize("w", ["postgres"], indirect=True)  # row locks: SQLite has one writer
 def test_a_refresh_held_at_its_rotation_is_refused_once_a_logout_ended_the_session(
     w: World,
 ) -> None:
@@ -254,8 +255,7 @@ def test_a_refresh_held_at_its_rotation_is_refused_once_a_logout_ended_the_sessi
     and answered 200 with an access token. Now the rotation first locks the session row:
     the logout waits for the refresh, which completes first, and only then ends the
     session (``token.issued`` before ``logout``)."""
-    if w.dialect != "postgres":
-        pytest.skip("row locks: PostgreSQL (SQLite runs one writer at a time)")
+    assert w.dialect == "postgres"
     rt = login(w)["refresh_token"]
     sid = refresh_sid(w, rt)
     h = hashlib.sha256(rt.encode()).hexdigest()
