@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 # cache them), so they are compiled once first (compileall writes whatever that says).
 pytest: $(STAMP) sysdeps
 	$(BIN)/python -m compileall -q -j 0 ca authsvc cli > /dev/null
-	$(BIN)/pytest -q -n 4 --dist loadfile tests
+	$(BIN)/pytest -q -n 3 --dist loadfile tests
 
 test: lint typecheck pytest
 
