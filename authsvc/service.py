@@ -771,7 +771,7 @@ class TokenService:
         service = self.access.service_by_identity(caller.service_host)
         if service is None:
             raise Forbidden(f"{caller.service_host} is not a registered e-port service")
-        owner = getattr(service, "agency", None)
+        owner = service.agency
         if owner is not None and caller.service_agency != owner:
             # any member's RA officer can certify any host name: only the operating
             # member's certificate speaks for the service (authorization probe, F1)

@@ -198,7 +198,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     settle_ceremonies(app, cfg.data_dir, store)
     h = hierarchy.load(cfg.data_dir, ca_passphrase(cfg))
     app.extensions[EXTENSION] = service_for(cfg, policies, h, store)
-    warn_root_crl(app)
+    warn_operators(app)
     if cfg.crl_refresh_seconds > 0:
         _start_refresher(app, cfg.crl_refresh_seconds)
 
@@ -278,7 +278,7 @@ def _start_refresher(app: Flask, every: float) -> None:
         while not stop.wait(every):
             check_hierarchy_record(app)
             reload_hierarchy(app)
-            warn_root_crl(app)
+            warn_operators(app)
             _wipe_expired_shares(app)
             try:
                 with app.app_context():
@@ -315,17 +315,17 @@ def _log_retry(what: str) -> None:
         log.exception("%s", what)
 
 
-ROOT_CRL_WARNED = "eport.ca.root_crl_warned"
-ROOT_CRL_WARN_EVERY = datetime.timedelta(hours=24)
+NOTICES_WARNED = "eport.ca.root_crl_warned"
+NOTICES_EVERY = datetime.timedelta(hours=24)
 
 
-def warn_root_crl(app: Flask) -> None:
+def warn_operators(app: Flask) -> None:
     """Log a warning (at start, then at most once a day in a long-running server) while
     the root CRL's nextUpdate is near or past: only a quorum ceremony renews it."""
     s: CAService = app.extensions[EXTENSION]
     now = s.clock()
-    last = app.extensions.get(ROOT_CRL_WARNED)
-    if last is not None and now - last < ROOT_CRL_WARN_EVERY:
+    last = app.extensions.get(NOTICES_WARNED)
+    if last is not None and now - last < NOTICES_EVERY:
         return
     notices = [hierarchy.root_crl_notice(s.root_crl, now)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
@@ -338,7 +338,7 @@ def warn_root_crl(app: Flask) -> None:
         if database_unavailable_cause(exc) is None:
             raise
     for notice in filter(None, notices):
-        app.extensions[ROOT_CRL_WARNED] = now
+        app.extensions[NOTICES_WARNED] = now
         log.warning("%s", notice[0].upper() + notice[1:])
 
 

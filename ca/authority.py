@@ -36,7 +36,7 @@ from ca.errors import (
     Unauthenticated,
     UnknownProfile,
 )
-from ca.issuance import CertificateFactory, IssuingCA, spki_sha256
+from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, spki_sha256
 from ca.names import dn_string as dn_string  # re-exported for older callers
 from ca.names import member_agency_of
 from ca.policy import Policies, Profile, SubjectClass
@@ -209,10 +209,6 @@ def _pem(cert: x509.Certificate) -> str:
 
 OFFICER_NOTICE = datetime.timedelta(days=30)
 """How long before a member's last RA officer certificate ends the server warns."""
-
-MIN_ISSUED_VALIDITY = datetime.timedelta(days=1)
-"""Nothing is issued from an issuing CA with less than this left: a certificate is cut
-to its issuer's end, and one of minutes or hours is not worth the code it uses."""
 
 
 @dataclass(frozen=True)

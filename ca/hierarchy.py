@@ -40,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.crl import build_crl
 from ca.errors import EPortError, Sealed
-from ca.issuance import CertificateFactory, IssuingCA, self_signed_root
+from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, self_signed_root
 from ca.keys import KeyType
 from ca.policy import EVERY_ISSUER, Policies, Profile
 from ca.sealing import KeySealer, sealer_of
@@ -407,11 +407,9 @@ def issuer_notices(
     issuers: Mapping[str, IssuingCA], policies: Policies, now: datetime.datetime
 ) -> list[str]:
     """What operators must hear about the issuing CAs the profiles issue from: one that
-    has ended (or ends within :data:`ca.authority.MIN_ISSUED_VALIDITY`), from which
+    has ended (or ends within :data:`ca.issuance.MIN_ISSUED_VALIDITY`), from which
     nothing is issued; one that can no longer cover a whole certificate of its longest
     profile, whose certificates are cut to its end. Each names the rollover."""
-    from ca.authority import MIN_ISSUED_VALIDITY
-
     notices: list[str] = []
     for name in issuing_ids(policies):
         ca = issuers.get(name)

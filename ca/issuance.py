@@ -87,6 +87,11 @@ TEMPLATE_SAMPLE: Mapping[str, str] = {
 """Sample vetted data for linting a profile's template before any real issuance."""
 
 
+MIN_ISSUED_VALIDITY = datetime.timedelta(days=1)
+"""Nothing is issued from an issuing CA with less than this left: a certificate is cut
+to its issuer's end, and one of minutes or hours is not worth the code it uses."""
+
+
 class _ThrowawayKeys:
     """One throwaway private key per key type, made on first use."""
 
@@ -187,7 +192,7 @@ class CertificateFactory:
         not_after = min(
             last_second(not_before, profile.validity), issuer.certificate.not_valid_after_utc
         )
-        if not_after <= not_before:  # the authority refuses a day before; never sign this
+        if not_after <= not_before:  # the authority refuses MIN_ISSUED_VALIDITY before
             raise IssuerExpired(
                 f"issuing CA {issuer.id} expired at {not_after:%Y-%m-%dT%H:%M:%SZ}: nothing "
                 "is issued from it"

@@ -158,9 +158,11 @@ def refuse_weak_public_key(key: PublicKeyTypes) -> None:
     checks do): an RSA modulus with a small factor, two close primes (Fermat), or a
     prime modulus; an EC point that is a small multiple of the generator (a private value
     of 1 to 256). A certificate of such a key let anyone log in as its subject (key-type
-    probe, F6). Costs a few milliseconds for RSA, and is run only where a key is
-    certified."""
-    KeyType.of(key)
+    probe, F6). Run only where a key is certified, after :meth:`KeyType.of` (which
+    refuses the other weak keys, Ed25519's small-order points among them). Measured here:
+    27 ms for RSA-2048, 76 ms for 3072 and 185 ms for 4096 (the primality test's modular
+    power dominates); an EC key costs a set lookup (the set is made once per process and
+    curve, 13 ms for P-256)."""
     if isinstance(key, rsa.RSAPublicKey):
         n = key.public_numbers().n
         why = _rsa_weakness(n)
