@@ -139,11 +139,14 @@ _TOKEN_GONE = (
     pkcs11.SessionHandleInvalid,
     pkcs11.GeneralError,
     pkcs11.UserAlreadyLoggedIn,
+    pkcs11.UserPinNotInitialized,
 )
 """What finding the token or logging in to it raises when it is gone, or when this
 process's view of it is stale (SoftHSM2 answers ``CKR_GENERAL_ERROR`` for a token whose
-directory went away until it is re-initialized; a session the token dropped may still
-hold the login): worth another look after ``C_Finalize``/``C_Initialize``."""
+directory went away until it is re-initialized, and, seen under load in a worker whose
+token came back, ``CKR_USER_PIN_NOT_INITIALIZED``; a session the token dropped may still
+hold the login): worth another look after ``C_Finalize``/``C_Initialize``. A token whose
+user PIN really is not set still fails after that look, with the same name."""
 
 REINITIALIZE_INTERVAL = 1.0
 """Seconds between two re-initializations of a module by one process because a token
