@@ -8,8 +8,12 @@ refuses the issuance with :class:`~ca.errors.LintFailed` and nothing is signed.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 from pkilint import loader
 from pkilint.pkix import certificate, extension, name
@@ -54,7 +58,7 @@ class CertificateLinter:
 
     def findings(self, der: bytes) -> list[Finding]:
         """Every finding pkilint reports for the DER certificate ``der``."""
-        with self._lock:
+        with self._lock, _signals_held():
             doc = self._loader.load_der_document(der, "tbs")
             results = self._validator.validate(doc.root)
         out = []
@@ -80,3 +84,36 @@ class CertificateLinter:
                 findings=[str(f) for f in blocking],
             )
         return found
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back for the block and delivered right after it (in the main
+    thread, the only one Python runs signal handlers in). pkilint's native DER decoder
+    (pyasn1-fasder) calls back into Python and unwraps the result: an exception raised by
+    a handler inside such a callback (KeyboardInterrupt, or a worker's SystemExit) made it
+    panic, printing a Rust backtrace instead of the command's one line. A lint takes
+    milliseconds, so the delay is not felt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[tuple[int, FrameType | None]] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        arrived.append((signum, frame))
+
+    before = {s: signal.signal(s, note) for s in _HELD}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for signum, frame in arrived:
+            handler = before[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
