@@ -48,13 +48,29 @@ def need(tool: str, path: str | None = None) -> str:
     pytest.skip(f"{tool} is not installed")
 
 
+def _port_block() -> range:
+    """This test process's ports: one block of 2,000 of 20000-31999 per xdist worker, so
+    that two workers never hand out the same port (one picked twice at random went to
+    two servers starting at once, and one failed "Address already in use")."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 20000 + (int(worker) if worker.isdigit() else 0) % 6 * 2000
+    return range(start, start + 2000)
+
+
+_PORTS = _port_block()
+_next_port = random.randrange(len(_PORTS))
+
+
 def free_port() -> int:
     """A port free now, chosen below Linux's ephemeral range (32768-60999): a port the
     kernel picked (a port-0 listener, an outgoing connection's source port) could be
     taken by another test's socket before the server binds it, and that server's
-    health then answered for this one."""
+    health then answered for this one. Each call takes the next port of this process's
+    block (:func:`_port_block`), so none is handed out twice before 2,000 others."""
+    global _next_port
     while True:
-        port = random.randint(20000, 32000)
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
