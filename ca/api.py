@@ -177,9 +177,10 @@ def health() -> Response:
         if database_unavailable_cause(exc) is None:
             raise
         out.update(status="degraded", database="unavailable")
-    # Only a quorum ceremony signs the root CRL: monitoring sees its end coming.
+    # Only a quorum ceremony (or a development CA's start) signs the root CRL: monitoring
+    # sees its end coming.
     out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
-    notice = hierarchy.root_crl_notice(s.root_crl, s.clock())
+    notice = hierarchy.root_crl_notice(s.root_crl, s.clock(), dev=s.config.dev)
     warnings = [notice] if notice is not None else []
     warnings += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, s.clock())
     if out["database"] == "ok":

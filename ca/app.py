@@ -327,7 +327,7 @@ def warn_operators(app: Flask) -> None:
     last = app.extensions.get(NOTICES_WARNED)
     if last is not None and now - last < NOTICES_EVERY:
         return
-    notices = [hierarchy.root_crl_notice(s.root_crl, now)]
+    notices = [hierarchy.root_crl_notice(s.root_crl, now, dev=s.config.dev)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
     try:
         with app.app_context():  # its store's sessions are the app's

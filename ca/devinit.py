@@ -100,6 +100,7 @@ def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     if advice is not None:
         raise EPortError(advice)
     if marker.exists():
+        _renew_root_crl(cfg)
         return None
     if hierarchy.exists(cfg.data_dir) and not dev_dir(cfg.data_dir).exists():
         # what a restore leaves (a backup leaves dev/ out): deleting it loses the CA
@@ -152,6 +153,55 @@ def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
         dev_dir=dev_dir(cfg.data_dir),
         passphrases=dev_dir(cfg.data_dir) / PASSPHRASE_FILE,
         officers=done.officers,
+    )
+
+
+def _renew_root_crl(cfg: CAConfig) -> None:
+    """A development CA's root CRL, signed again at start once it is within
+    :data:`~ca.hierarchy.ROOT_CRL_NOTICE` of its nextUpdate or past it. A production CA's
+    is renewed by a quorum ROOT-CRL ceremony; a development CA has no custodians, and its
+    root key's passphrase is in the development file, so nothing else would ever renew it
+    and every chain check against the root CRL failed a year after the first start. Same
+    number rule and database record as the ceremony (:func:`ca.root_ops.next_root_crl`);
+    the file is written before the transaction commits (a crash between leaves a CRL the
+    next number goes past)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from sqlalchemy.orm import sessionmaker
+
+    from ca.custody_files import write_durably
+    from ca.db import make_engine
+    from ca.issuance import IssuingCA
+    from ca.root_ops import next_root_crl
+    from ca.signer import SoftwareSigner
+    from ca.store import SqlStore
+
+    d = hierarchy.ca_dir(cfg.data_dir)
+    now = now_utc()
+    if hierarchy.root_crl_notice((d / "root.crl").read_bytes(), now) is None:
+        return
+    ended = hierarchy.root_crl_next_update((d / "root.crl").read_bytes())
+    passphrase = read_passphrases(cfg.data_dir)["root_key_passphrase"].encode()
+    key = serialization.load_pem_private_key((d / "root.key").read_bytes(), passphrase)
+    root = IssuingCA(
+        "root",
+        x509.load_pem_x509_certificate((d / "root.crt").read_bytes()),
+        SoftwareSigner(key),  # type: ignore[arg-type]  # the root's P-384 key
+    )
+    engine = make_engine(cfg.sqlalchemy_url)
+    try:
+        store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+        with store.transaction() as tx:
+            der, number, _ = next_root_crl(tx, root, Path(cfg.data_dir), now)
+            write_durably(d / "root.crl", der, 0o644)
+    finally:
+        engine.dispose()
+    log.warning(
+        "Renewed the development CA's root CRL (it %s at %s): number %d, next update %s",
+        "ended" if ended is not None and ended <= now else "was to end",
+        f"{ended:%Y-%m-%dT%H:%M:%SZ}" if ended is not None else "?",
+        number,
+        f"{now + hierarchy.ROOT_CRL_VALIDITY:%Y-%m-%dT%H:%M:%SZ}",
     )
 
 

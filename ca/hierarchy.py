@@ -434,16 +434,22 @@ def issuer_notices(
     return notices
 
 
-def root_crl_notice(root_crl: bytes, now: datetime.datetime) -> str | None:
+def root_crl_notice(root_crl: bytes, now: datetime.datetime, *, dev: bool = False) -> str | None:
     """What operators must hear when the root CRL's nextUpdate is within
     :data:`ROOT_CRL_NOTICE` of ``now`` or past: the server keeps serving it (nothing
     else can sign one), and relying parties that check the root CRL refuse every
-    certificate once it has expired. None while it is far off."""
+    certificate once it has expired. None while it is far off. ``dev``: a development
+    CA, which signs a new one at its next start (:mod:`ca.devinit`), not at a ceremony."""
     due = root_crl_next_update(root_crl)
     if due is None or now < due - ROOT_CRL_NOTICE:
         return None
     when = f"{due:%Y-%m-%dT%H:%M:%SZ}"
     state = f"expired at {when}" if now >= due else f"expires at {when}"
+    if dev:
+        return (
+            f"the root CRL {state} (nextUpdate); the development CA signs a new one when "
+            "it next starts (restart eport serve --dev)"
+        )
     return (
         f"the root CRL {state} (nextUpdate); M custodians sign a new one with a ROOT-CRL "
         "ceremony (eport ca ceremony start ROOT-CRL)"

@@ -178,6 +178,40 @@ def _sql(tx: CeremonyTx) -> Any:
     return tx.tx  # type: ignore[attr-defined]  # the SQL transaction under the ceremony's
 
 
+def next_root_crl(
+    sql: Any, root: IssuingCA, data_dir: Path, now: datetime.datetime
+) -> tuple[bytes, int, list[RevokedEntry]]:
+    """The next root CRL (DER), signed by ``root`` inside the SQL transaction ``sql``: every
+    revoked issuing CA, numbered one above both the database's and ``ca/root.crl``'s
+    (RFC 5280 §5.2.3), valid :data:`~ca.hierarchy.ROOT_CRL_VALIDITY`; the database's CRL
+    state records it. The caller writes the file (before the transaction commits)."""
+    d = hierarchy.ca_dir(data_dir)
+    current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
+    on_disk = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    sql.ensure_crl_state("root")
+    state = sql.crl_state("root", for_update=True)
+    number = max(int(state.crl_number), int(on_disk)) + 1
+    now = now.replace(microsecond=0)
+    entries = [
+        RevokedEntry(
+            serial=st.serial,
+            revoked_at=st.revoked_at,
+            reason=ReasonCode(st.reason) if st.reason is not None else None,
+            invalidity_date=st.invalidity_date,
+        )
+        for st in sql.revoked_entries("root")
+    ]
+    der = build_crl(
+        root.certificate, root.signer, entries, number, now, now + hierarchy.ROOT_CRL_VALIDITY
+    )
+    state.crl_number = number
+    state.this_update = now
+    state.next_update = now + hierarchy.ROOT_CRL_VALIDITY
+    state.der = der
+    state.stale = False
+    return der, number, entries
+
+
 class RootOperations:
     """The runners, bound to one worker's custody service."""
 
@@ -206,32 +240,8 @@ class RootOperations:
     def _sign_root_crl(
         self, root: IssuingCA, tx: CeremonyTx, changes: FileChanges
     ) -> dict[str, Any]:
-        sql = _sql(tx)
-        d = hierarchy.ca_dir(self.data_dir)
-        current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
-        on_disk = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        sql.ensure_crl_state("root")
-        state = sql.crl_state("root", for_update=True)
-        number = max(int(state.crl_number), int(on_disk)) + 1
-        now = self._now().replace(microsecond=0)
-        entries = [
-            RevokedEntry(
-                serial=st.serial,
-                revoked_at=st.revoked_at,
-                reason=ReasonCode(st.reason) if st.reason is not None else None,
-                invalidity_date=st.invalidity_date,
-            )
-            for st in sql.revoked_entries("root")
-        ]
-        der = build_crl(
-            root.certificate, root.signer, entries, number, now, now + hierarchy.ROOT_CRL_VALIDITY
-        )
-        state.crl_number = number
-        state.this_update = now
-        state.next_update = now + hierarchy.ROOT_CRL_VALIDITY
-        state.der = der
-        state.stale = False
-        changes.write(d / "root.crl", der)
+        der, number, entries = next_root_crl(_sql(tx), root, self.data_dir, self._now())
+        changes.write(hierarchy.ca_dir(self.data_dir) / "root.crl", der)
         return {
             "root_crl_number": number,
             "revoked": [format(e.serial, "x") for e in entries],

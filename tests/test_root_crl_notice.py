@@ -1,16 +1,19 @@
 """The root CRL is signed only at quorum ceremonies and lives 365 days: a real server
 says when it ends, and warns (health, log) once that is 30 days away or past, instead
-of serving an expired root CRL in silence."""
+of serving an expired root CRL in silence. A development CA, which has no custodians,
+signs a new one itself when it starts within those 30 days (ca/devinit.py)."""
 
 from __future__ import annotations
 
 import datetime
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.conftest import start_server, stop
 
@@ -35,6 +38,21 @@ def _resign_root_crl(data_dir: Path, next_update: datetime.datetime) -> None:
     (d / "root.crl").write_bytes(der)
 
 
+def _unsealed_by_passphrase(data_dir: Path) -> dict[str, str]:
+    """The development CA served without --dev, as a CA not under custody is: its keys
+    unsealed with EPORT_CA_KEY_PASSPHRASE, and nothing renews its root CRL at start."""
+    pw = tomllib.loads((data_dir / "dev" / "DEV-ONLY-passphrases.toml").read_text())
+    return {
+        "EPORT_CA_KEY_PASSPHRASE": pw["ca_key_passphrase"],
+        "EPORT_AUTH_KEY_PASSPHRASE": pw["auth_key_passphrase"],
+    }
+
+
+def _health(url: str) -> dict[str, object]:
+    doc: dict[str, object] = requests.get(url + "/ca/v1/health", timeout=10).json()
+    return doc
+
+
 @pytest.mark.parametrize("days_left", [10, -3])
 @pytest.mark.slow
 def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
@@ -43,8 +61,8 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     data = tmp_path / "data"
     srv, proc = start_server(data, workers=1)
     try:
-        health = requests.get(srv.url + "/ca/v1/health", timeout=10).json()
-        due = datetime.datetime.strptime(health["root_crl_next_update"], STAMP).replace(
+        health = _health(srv.url)
+        due = datetime.datetime.strptime(str(health["root_crl_next_update"]), STAMP).replace(
             tzinfo=datetime.UTC
         )
         left = due - datetime.datetime.now(datetime.UTC)
@@ -55,9 +73,11 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     next_update = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     next_update += datetime.timedelta(days=days_left)
     _resign_root_crl(data, next_update)
-    srv, proc = start_server(data, workers=1)
+    srv, proc = start_server(
+        data, workers=1, dev=False, extra_env=_unsealed_by_passphrase(data)
+    )  # fmt: skip
     try:
-        health = requests.get(srv.url + "/ca/v1/health", timeout=10).json()
+        health = _health(srv.url)
         state = "expires" if days_left > 0 else "expired"
         notice = (
             f"the root CRL {state} at {next_update:{STAMP}} (nextUpdate); M custodians sign "
@@ -71,3 +91,82 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     finally:
         stop(proc)
     assert srv.log.read_text().count("The root CRL " + notice[len("the root CRL ") :]) == 1
+
+
+@pytest.mark.parametrize("days_left", [10, -3])
+@pytest.mark.slow
+def test_a_development_ca_renews_its_root_crl_when_it_starts_near_or_past_its_end(
+    tmp_path: Path, days_left: int
+) -> None:
+    """Nothing renewed a development CA's root CRL (it has no custodians): a year after
+    its first start every chain check against the root CRL failed. A start within 30 days
+    of its nextUpdate, or past it, signs the next one (number above the last), which
+    openssl verifies under the root; a start after that signs none."""
+    data = tmp_path / "data"
+    srv, proc = start_server(data, workers=1)
+    stop(proc)
+    next_update = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    next_update += datetime.timedelta(days=days_left)
+    _resign_root_crl(data, next_update)  # number 2
+    started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    srv, proc = start_server(data, workers=1)
+    try:
+        health = _health(srv.url)
+        assert "warnings" not in health, health
+        served = x509.load_der_x509_crl(requests.get(srv.url + "/crl/root.crl", timeout=10).content)
+    finally:
+        stop(proc)
+    assert served.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 3
+    assert served.last_update_utc >= started
+    assert served.next_update_utc == served.last_update_utc + datetime.timedelta(days=365)
+    assert health["root_crl_next_update"] == f"{served.next_update_utc:{STAMP}}"
+    root = data / "ca" / "root.crt"
+    assert (data / "ca" / "root.crl").read_bytes() == served.public_bytes(
+        serialization.Encoding.DER
+    )
+    checked = subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(data / "ca" / "root.crl"),
+         "-CAfile", str(root), "-noout"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0 and "verify OK" in checked.stderr + checked.stdout, checked
+    said = srv.log.read_text()
+    ended = "ended" if days_left < 0 else "was to end"
+    assert (
+        f"Renewed the development CA's root CRL (it {ended} at {next_update:{STAMP}}): "
+        f"number 3, next update {served.next_update_utc:{STAMP}}"
+    ) in said, said
+
+    again, proc = start_server(data, workers=1)
+    try:
+        assert _health(again.url)["root_crl_next_update"] == health["root_crl_next_update"]
+    finally:
+        stop(proc)
+    assert "Renewed" not in again.log.read_text()
+
+
+def test_a_development_server_running_into_the_notice_says_to_restart(tmp_path: Path) -> None:
+    """A development server that runs into the 30 days is told to restart (its start
+    renews the root CRL), never to hold a ceremony it has no custodians for."""
+    from ca import hierarchy
+    from ca.crl import build_crl
+    from ca.keys import KeyType
+    from ca.signer import SoftwareSigner
+
+    key = KeyType.P256.generate()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "root")])
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    root = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    crl = build_crl(root, SoftwareSigner(key), [], 2, now, now + datetime.timedelta(days=10))
+    when = f"{now + datetime.timedelta(days=10):{STAMP}}"
+    assert hierarchy.root_crl_notice(crl, now, dev=True) == (
+        f"the root CRL expires at {when} (nextUpdate); the development CA signs a new one "
+        "when it next starts (restart eport serve --dev)"
+    )
+    assert "M custodians" in str(hierarchy.root_crl_notice(crl, now))
+    assert hierarchy.root_crl_notice(crl, now - datetime.timedelta(days=30), dev=True) is None
