@@ -39,20 +39,29 @@ def upgrade() -> None:
         "UPDATE certificates SET log_index ="
         " (SELECT MIN(events.log_index) FROM events WHERE events.serial = certificates.serial)"
     )
-    # events has no index on application_id: one pass over them, grouped, then updates
-    # by primary key.
+    # events has no index on application_id: one pass over them, grouped. PostgreSQL
+    # joins it in one UPDATE; an executemany of one UPDATE per application (SQLite's
+    # way, in-process) made a round trip each there: about 90 s for 200,000.
     conn = op.get_bind()
-    firsts = conn.execute(
-        sa.text(
-            "SELECT application_id, MIN(log_index) FROM events"
+    firsts_sql = (
+        "SELECT application_id, MIN(log_index) AS idx FROM events"
+        " WHERE application_id IS NOT NULL AND log_index IS NOT NULL"
+        " GROUP BY application_id"
+    )
+    if conn.dialect.name == "postgresql":
+        op.execute(
+            "UPDATE applications SET log_index = firsts.idx FROM ("
+            "SELECT application_id, MIN(log_index) AS idx FROM events"
             " WHERE application_id IS NOT NULL AND log_index IS NOT NULL"
-            " GROUP BY application_id"
+            " GROUP BY application_id) AS firsts"
+            " WHERE applications.id = firsts.application_id"
         )
-    ).all()
-    update = sa.text("UPDATE applications SET log_index = :idx WHERE id = :app_id")
-    for i in range(0, len(firsts), _CHUNK):
-        chunk = firsts[i : i + _CHUNK]
-        conn.execute(update, [{"app_id": app_id, "idx": int(idx)} for app_id, idx in chunk])
+    else:
+        firsts = conn.execute(sa.text(firsts_sql)).all()
+        update = sa.text("UPDATE applications SET log_index = :idx WHERE id = :app_id")
+        for i in range(0, len(firsts), _CHUNK):
+            chunk = firsts[i : i + _CHUNK]
+            conn.execute(update, [{"app_id": app_id, "idx": int(idx)} for app_id, idx in chunk])
     with op.batch_alter_table("applications", schema=None) as batch_op:
         batch_op.drop_index("ix_applications_created")
         batch_op.drop_index("ix_applications_state_created")
