@@ -138,15 +138,26 @@ def test_every_worker_signs_again_once_the_token_is_back(
     assert "eport-ca" in log and MODULE in log
 
     move_all(away, tokens)
-    # A worker looks for the token again at most once every REINITIALIZE_INTERVAL.
+    # A worker looks for the token again at most once every REINITIALIZE_INTERVAL; under
+    # a loaded machine its first looks may still miss it. An enrollment refused with 503
+    # leaves its code unused: the refused ones are tried again until all are issued.
     time.sleep(REINITIALIZE_INTERVAL + 0.5)
     started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        after = list(pool.map(lambda c: enroll(srv, c), todo))
-    assert len(after) == AFTER
-    failed = sorted({r.json().get("detail", r.text) for r in after if r.status_code != 201})
-    assert [r.status_code for r in after] == [201] * AFTER, (failed, srv.log.read_text()[-3000:])
-    assert time.monotonic() - started < 10
+    issued: dict[str, requests.Response] = {}
+    refusals: set[str] = set()
+    while len(issued) < AFTER and time.monotonic() - started < 20:
+        left = [c for c in todo if c not in issued]
+        with ThreadPoolExecutor(4) as pool:
+            for code, r in zip(left, pool.map(lambda c: enroll(srv, c), left), strict=True):
+                if r.status_code == 201:
+                    issued[code] = r
+                else:
+                    assert r.status_code == 503, r.text
+                    assert r.json()["type"] == "urn:eport:problem:key-unavailable", r.text
+                    refusals.add(r.json()["detail"])
+        time.sleep(0.3)
+    assert len(todo) == AFTER
+    assert len(issued) == AFTER, (sorted(refusals), srv.log.read_text()[-3000:])
 
 
 # -- one process, several threads -----------------------------------------------------------
