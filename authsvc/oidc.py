@@ -942,19 +942,18 @@ class OpenIDProvider:
         that got a code in it, now; False if it had already ended."""
         rec = self.tokens.store.get_session(sid)
         now = self.clock()
-        ended = self.tokens.store.end_session(sid, reason, now)
-        if ended:
-            self.tokens.store.add_event(
-                AuthEvent(
-                    "logout",
-                    now,
-                    rec.principal.subject if rec else None,
-                    sid,
-                    rec.cert_serial if rec else None,
-                    client_addr,
-                    detail={"reason": reason},
-                )
-            )
+        event = AuthEvent(
+            "logout",
+            now,
+            rec.principal.subject if rec else None,
+            sid,
+            rec.cert_serial if rec else None,
+            client_addr,
+            detail={"reason": reason},
+        )
+        # The event in the end's transaction (only if this call ended it): a crash
+        # between two transactions lost it, and a concurrent writer could log between
+        ended = self.tokens.store.end_session(sid, reason, now, event)
         self.deliver_logouts(sid=sid)
         return ended
 

@@ -398,3 +398,31 @@ def test_the_sample_web_service_keeps_cookies_secure_off_the_loopback() -> None:
     assert not secure("http://127.0.0.1:5191")
     assert not secure("http://localhost:5191")
     assert secure("http://localhost.evil.example")  # a name that only starts like it
+
+
+def test_a_browser_logout_and_its_event_commit_together_or_not_at_all(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logout event was written in a transaction of its own after the session's end:
+    a failure between them ended the session with no event. A failure while the event is
+    written now leaves the session open (nothing happened), and the next logout ends it
+    with exactly one event naming the reason."""
+    import authsvc.store as store_module
+
+    signed = rig.session()
+    sid = signed.session.sid
+
+    def broken(event: Any) -> Any:
+        raise RuntimeError("the event cannot be written")
+
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "event_row", broken)
+        with pytest.raises(RuntimeError):
+            rig.provider.end_session(sid, "logout", "198.51.100.7")
+    rec = rig.tokens.store.get_session(sid)
+    assert rec is not None and rec.ended_at is None
+    assert rig.provider.end_session(sid, "logout", "198.51.100.7")
+    assert not rig.provider.end_session(sid, "logout", "198.51.100.7")  # already ended
+    events = rig.tokens.store.events(subject=None, limit=100, after_id=0)
+    logouts = [e for e in events if e["type"] == "logout"]
+    assert len(logouts) == 1 and logouts[0]["sid"] == sid, logouts
