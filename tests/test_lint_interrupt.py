@@ -72,7 +72,7 @@ CHILD = textwrap.dedent(
 
 def test_ctrl_c_during_lint_is_a_keyboard_interrupt_after_it_never_a_panic() -> None:
     res = subprocess.run(
-        [sys.executable, "-c", CHILD, "4"],
+        [sys.executable, "-c", CHILD, "2.5"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
