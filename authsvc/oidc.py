@@ -755,14 +755,13 @@ class OpenIDProvider:
         claims = jwt.decode(minted.access_token, options={"verify_signature": False})
         jti = str(claims["jti"])
         exp = datetime.datetime.fromtimestamp(int(claims["exp"]), datetime.UTC)
-        issued = AuthEvent(
+        issued = AuthEvent.of_session(
             "token.issued",
             now,
-            session.principal.subject,
             session.sid,
-            session.cert_serial,
-            client_addr,
-            client.id,
+            session,
+            client_addr=client_addr,
+            service=client.id,
             detail={"grant": "authorization_code"},
         )
         if not self.store.redeem_code(h, now, jti, exp, issued):
@@ -940,15 +939,13 @@ class OpenIDProvider:
     def end_session(self, sid: str, reason: str, client_addr: str | None) -> bool:
         """End the SSO session (its tokens stop validating at once) and tell every client
         that got a code in it, now; False if it had already ended."""
-        rec = self.tokens.store.get_session(sid)
         now = self.clock()
-        event = AuthEvent(
+        event = AuthEvent.of_session(
             "logout",
             now,
-            rec.principal.subject if rec else None,
             sid,
-            rec.cert_serial if rec else None,
-            client_addr,
+            self.tokens.store.get_session(sid),
+            client_addr=client_addr,
             detail={"reason": reason},
         )
         # The event in the end's transaction (only if this call ended it): a crash

@@ -150,6 +150,32 @@ class AuthEvent:
     service: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_session(
+        cls,
+        type: str,
+        at: datetime.datetime,
+        sid: str,
+        session: SessionRecord | None,
+        *,
+        client_addr: str | None = None,
+        service: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuthEvent:
+        """An event about session ``sid`` (a token issued in it, its end), naming its
+        subject and certificate when the session is on record (``session``, read by the
+        caller; None once it is gone)."""
+        return cls(
+            type,
+            at,
+            session.principal.subject if session else None,
+            sid,
+            session.cert_serial if session else None,
+            client_addr,
+            service,
+            detail or {},
+        )
+
 
 Rotation = Literal["rotated", "used", "ended"]
 """What :meth:`AuthStore.rotate_refresh` did: rotated the token, or refused because it was
@@ -551,14 +577,7 @@ class TokenService:
         st = self.cert_status(rec.certificate, fresh=fresh_status)
         if not isinstance(st, Good):
             reason = f"certificate {type(st).__name__.lower()}"
-            event = AuthEvent(
-                "session.ended",
-                now,
-                rec.principal.subject,
-                sid,
-                rec.cert_serial,
-                detail={"reason": reason},
-            )
+            event = AuthEvent.of_session("session.ended", now, sid, rec, detail={"reason": reason})
             self.store.end_session(sid, reason, now, event)
             raise InvalidToken(f"the session ended: {reason}")
         return rec
@@ -580,14 +599,8 @@ class TokenService:
         # usable; a token minted for a lost rotation race is simply never handed out.
         minted = self.mint_for(session, service_id)
         new = secrets.token_urlsafe(32)
-        issued = AuthEvent(
-            "token.issued",
-            now,
-            session.principal.subject,
-            session.sid,
-            session.cert_serial,
-            client_addr,
-            service_id,
+        issued = AuthEvent.of_session(
+            "token.issued", now, session.sid, session, client_addr=client_addr, service=service_id
         )
         # The session is checked again where the token rotates, under its row's lock: a
         # logout or reuse detection that ended it since live_session() read it wins, and
@@ -611,12 +624,11 @@ class TokenService:
         is theft (OAuth 2.0 Security BCP §4.14.2): the whole session ends."""
         if now - used_at <= self.settings.refresh_grace:
             raise InvalidGrant("refresh token already used (concurrent refresh); use its successor")
-        session = self.store.get_session(rt.sid)
-        event = AuthEvent(
+        event = AuthEvent.of_session(
             "session.ended",
             now,
-            session.principal.subject if session else None,
             rt.sid,
+            self.store.get_session(rt.sid),
             client_addr=client_addr,
             detail={"reason": "refresh token reuse"},
         )
@@ -856,13 +868,8 @@ class TokenService:
         rt = self.store.get_refresh(token_hash(refresh_token))
         if rt is None:
             return False
-        session = self.store.get_session(rt.sid)
-        event = AuthEvent(
-            "logout",
-            now,
-            session.principal.subject if session else None,
-            rt.sid,
-            client_addr=client_addr,
+        event = AuthEvent.of_session(
+            "logout", now, rt.sid, self.store.get_session(rt.sid), client_addr=client_addr
         )
         # The event in the end's own transaction (findings 19 F4), logged once.
         return self.store.end_session(rt.sid, "logout", now, event)

@@ -85,6 +85,7 @@ def instrument() -> None:
     sync = getattr(ca.groupwrite, "WalSync", None)
     if sync is not None:
         _timed(sync, "sync", "  flush of the WAL (after the write lock)")
+    _timed(ca.issuance.CertificateFactory, "check_key", "    the subject key's checks")
     _timed(ca.issuance.CertificateFactory, "tbs_builder", "    subject and extensions")
     _timed(ca.authority, "certificate_record", "  the certificate's record")
     import ca.api

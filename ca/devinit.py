@@ -177,10 +177,11 @@ def _renew_root_crl(cfg: CAConfig) -> None:
     from ca.store import SqlStore
 
     d = hierarchy.ca_dir(cfg.data_dir)
-    now = now_utc()
-    if hierarchy.root_crl_notice((d / "root.crl").read_bytes(), now) is None:
+    now = now_utc().replace(microsecond=0)
+    current = (d / "root.crl").read_bytes()
+    if hierarchy.root_crl_notice(current, now) is None:
         return
-    ended = hierarchy.root_crl_next_update((d / "root.crl").read_bytes())
+    ended = hierarchy.root_crl_next_update(current)
     passphrase = read_passphrases(cfg.data_dir)["root_key_passphrase"].encode()
     key = serialization.load_pem_private_key((d / "root.key").read_bytes(), passphrase)
     root = IssuingCA(

@@ -178,17 +178,9 @@ class CertificateFactory:
         vetted: Mapping[str, str],
         serial: int,
         now: datetime.datetime,
-        *,
-        own_key: bool = False,
     ) -> x509.CertificateBuilder:
         """The certificate builder for ``profile``; every extension appears once, none empty.
-
-        ``own_key``: ``public_key`` is one of this process's throwaway keys, of a type the
-        profile allows (a template's), whose weak-key checks are skipped: they cost about
-        0.36 s of CPU per process (the RSA modulus and EC multiples checks), paid again in
-        every gunicorn worker at every start, for keys ``cryptography`` just made."""
-        if not own_key:
-            self.check_key(profile, public_key)
+        The subject key is the caller's to check (:meth:`check_key`: :meth:`issue` does)."""
         try:
             subject = profile.build_subject(vetted)
             dns_names = profile.build_dns_names(vetted)
@@ -320,9 +312,10 @@ class CertificateFactory:
             kinds.setdefault("rsa" if kt.value.startswith("rsa") else kt.value, kt)
         for kt in kinds.values():
             public_key = _THROWAWAY.get(kt).public_key()
-            builder = self.tbs_builder(
-                profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now, own_key=True
-            )
+            # Not check_key: the key is one cryptography just made, of a type the profile
+            # allows, and the weak-key checks cost about 0.36 s of CPU per process, paid in
+            # every gunicorn worker at every start.
+            builder = self.tbs_builder(profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now)
             draft = builder.sign(_THROWAWAY.get(ikt), ikt.hash_algorithm)  # type: ignore[arg-type]
             tbs = draft.tbs_certificate_bytes
             memo = self.template_memo
@@ -350,6 +343,7 @@ class CertificateFactory:
         by the builder with the CA key directly when this process holds that key in
         memory; a key in a token still signs the TBS bytes of a throwaway draft.
         """
+        self.check_key(profile, public_key)
         serial = serial if serial is not None else random_serial()
         builder = self.tbs_builder(profile, issuer, public_key, vetted, serial, now)
         kt = issuer.signer.key_type

@@ -57,11 +57,13 @@ def enroll_enterprise(
     *,
     uscc: str | None = None,
     officer: list[str] | None = None,
+    key_type: str | None = None,
     **env: str,
 ) -> Path:
     """An enterprise applies, an RA officer approves (``officer``: its credential
     options, the development officer by default; ``env``: e.g. its key's passphrase) and
-    it enrolls: its directory (cert.pem, key.pem, chain.pem)."""
+    it enrolls (``key_type``: ``eport enroll --key-type``, else its default): its
+    directory (cert.pem, key.pem, chain.pem)."""
     app = jrun(server, "apply", "--uscc", uscc or fresh_uscc(), "--name", name)
     approver = server.officer() if officer is None else officer
     grant = json.loads(server.eport("ra", "approve", app["id"], *approver, "--json", **env).stdout)
@@ -75,6 +77,7 @@ def enroll_enterprise(
         "enterprise",
         "--out",
         str(out),
+        *(["--key-type", key_type] if key_type else []),
     )
     return out
 
@@ -104,8 +107,11 @@ def grant_roles(server: Server, ent: Path, op_id: str, *roles: str) -> None:
     jrun(server, "roles", "grant", "--operator", op_id, *args, *creds(ent))
 
 
-def enroll_service(server: Server, tmp: Path, host: str = SERVICE_HOST) -> Path:
-    """A service-tls certificate for ``host``, vetted by a customs RA officer."""
+def enroll_service(
+    server: Server, tmp: Path, host: str = SERVICE_HOST, *, key_type: str | None = None
+) -> Path:
+    """A service-tls certificate for ``host``, vetted by a customs RA officer (``key_type``:
+    ``eport enroll --key-type``, else its default)."""
     app = jrun(server, "apply", "--class", "service", "--agency", "customs", "--name", host)
     grant = jrun(server, "ra", "approve", app["id"], *server.officer())
     out = tmp / f"svc-{app['id']}"
@@ -118,6 +124,7 @@ def enroll_service(server: Server, tmp: Path, host: str = SERVICE_HOST) -> Path:
         "service-tls",
         "--out",
         str(out),
+        *(["--key-type", key_type] if key_type else []),
     )
     return out
 

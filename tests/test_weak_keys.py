@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from ca.errors import WeakKey
 from ca.keys import KeyType, ed25519_weakness, refuse_weak_public_key
 from tests.conftest import Server
-from tests.helpers import fresh_uscc, jrun
+from tests.helpers import creds, enroll_enterprise, enroll_service, fresh_uscc, jrun
 
 # The eight points of small order and two non-canonical encodings (y >= p) of them,
 # as libsodium's blocklist has them.
@@ -281,43 +281,12 @@ def test_a_renewal_keeps_the_key_type_and_rsa_sizes_can_be_chosen(
     (key-type probe, F2); the CLI could not make the rsa2048 and rsa4096 keys profiles
     allow. A renewal now keeps the current key's type unless --key-type says otherwise."""
     server = sqlite_server
-    app = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "P384 Keeper Co.")["id"]
-    code = jrun(server, "ra", "approve", app, *server.officer())["enrollment_code"]
-    ent = tmp_path / "ent"
-    jrun(
-        server,
-        "enroll",
-        "--code",
-        code,
-        "--profile",
-        "enterprise",
-        "--key-type",
-        "p384",
-        "--out",
-        str(ent),
-    )
-    creds = ["--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
+    ent = enroll_enterprise(server, tmp_path, "P384 Keeper Co.", key_type="p384")
     out = tmp_path / "renewed"
-    text = server.eport("renew", *creds, "--out", str(out)).stdout
+    text = server.eport("renew", *creds(ent), "--out", str(out)).stdout
     assert "p384 key" in text, text
     cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
     assert cert.public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
-    app = jrun(
-        server, "apply", "--class", "service", "--agency", "customs", "--name", "rsa.eport.example"
-    )["id"]
-    code = jrun(server, "ra", "approve", app, *server.officer())["enrollment_code"]
-    svc = tmp_path / "svc"
-    jrun(
-        server,
-        "enroll",
-        "--code",
-        code,
-        "--profile",
-        "service-tls",
-        "--key-type",
-        "rsa2048",
-        "--out",
-        str(svc),
-    )
+    svc = enroll_service(server, tmp_path, "rsa.eport.example", key_type="rsa2048")
     cert = x509.load_pem_x509_certificate((svc / "cert.pem").read_bytes())
     assert cert.public_key().key_size == 2048  # type: ignore[union-attr]
