@@ -50,6 +50,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ca import pkcs8
 from ca.errors import EPortError
 
 ALG = "ES256"
@@ -136,11 +137,7 @@ def new_key(passphrase: bytes, now: datetime.datetime, alg: str = ALG) -> Stored
     else:
         raise ValueError(f"no signing keys for {alg!r}")
     jwk = public_jwk(private.public_key())
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
+    pem = pkcs8.encrypt(private, passphrase)
     return StoredKey(kid=jwk["kid"], state="next", public_jwk=jwk, private_pem=pem, created_at=now)
 
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.orm import sessionmaker
 
-from ca import hierarchy, translog
+from ca import hierarchy, pkcs8, translog
 from ca.authority import JointCA, certificate_record
 from ca.config import CAConfig
 from ca.custody import Established, Purpose
@@ -111,11 +111,7 @@ def issue_officers(
         d.mkdir(parents=True, exist_ok=True)
         write_private(
             d / f"{file_stem}.key",
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.BestAvailableEncryption(passphrase_of(member.id)),
-            ),
+            pkcs8.encrypt(key, passphrase_of(member.id)),
         )
         (d / f"{file_stem}.pem").write_bytes(
             issued.certificate.public_bytes(serialization.Encoding.PEM)

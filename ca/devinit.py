@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ca import hierarchy
+from ca import hierarchy, pkcs8
 from ca.ceremony import Unwind, initialize
 from ca.config import CAConfig
 from ca.db import other_ca_records, upgrade
@@ -123,19 +123,20 @@ def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
         hierarchy.begin_init(cfg.data_dir, "eport serve --dev")
         passphrases = new_passphrases(cfg.data_dir, [m.id for m in policies.members.members])
         officer_dir = dev_dir(cfg.data_dir) / "officers"
-        done = initialize(
-            cfg,
-            policies,
-            root_passphrase=passphrases["root_key_passphrase"].encode(),
-            ca_passphrase=passphrases["ca_key_passphrase"].encode(),
-            officer_passphrase=lambda mid: passphrases[f"officer_{mid}"].encode(),
-            officer_dir=officer_dir,
-            actor="ceremony:dev-init",
-            officer_label=" (development)",
-            auditor_dir=dev_dir(cfg.data_dir) / "auditors",
-            command="eport serve --dev",
-            finish=False,
-        )
+        with pkcs8.passphrase_beside_key():
+            done = initialize(
+                cfg,
+                policies,
+                root_passphrase=passphrases["root_key_passphrase"].encode(),
+                ca_passphrase=passphrases["ca_key_passphrase"].encode(),
+                officer_passphrase=lambda mid: passphrases[f"officer_{mid}"].encode(),
+                officer_dir=officer_dir,
+                actor="ceremony:dev-init",
+                officer_label=" (development)",
+                auditor_dir=dev_dir(cfg.data_dir) / "auditors",
+                command="eport serve --dev",
+                finish=False,
+            )
         for mid, d in done.officers.items():
             pw = (passphrases[f"officer_{mid}"] + "\n").encode()
             write_private(d / "DEV-ONLY-passphrase.txt", pw)

@@ -112,12 +112,9 @@ def in_memory_key(signer: Signer) -> CertificateIssuerPrivateKeyTypes | None:
 
 def seal_key(key: CertificateIssuerPrivateKeyTypes, path: Path, passphrase: bytes) -> None:
     """Write ``key`` as encrypted PKCS#8 (RFC 5958, PBES2), readable by its owner only."""
-    data = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    write_private(path, data)
+    from ca import pkcs8
+
+    write_private(path, pkcs8.encrypt(key, passphrase))
 
 
 def unseal_key(path: Path, passphrase: bytes) -> SoftwareSigner:

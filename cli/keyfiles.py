@@ -22,14 +22,18 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from ca import pkcs8
 from ca.keys import KeyType
 from ca.signer import write_private
 from cli.client import CLIError, Identity
 from cli.options import secret_prompt
 
 
-def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
-    """The passphrase of a key: file, then EPORT_PASSPHRASE, then an interactive prompt."""
+def passphrase(
+    file: Path | None, *, new: bool, what: str = "key", env: str | None = "EPORT_PASSPHRASE"
+) -> bytes:
+    """The passphrase of a key: file, then the environment variable ``env`` (None: none),
+    then an interactive prompt."""
     if file is not None:
         try:
             # bytes as they are: a passphrase need not be UTF-8 (nor its file)
@@ -38,16 +42,16 @@ def passphrase(file: Path | None, *, new: bool, what: str = "key") -> bytes:
             raise CLIError(f"cannot read passphrase file {file}: {exc.strerror}") from None
         if not value:
             raise CLIError(f"the passphrase file {file} is empty")
-    elif os.environ.get("EPORT_PASSPHRASE"):
-        value = os.environ["EPORT_PASSPHRASE"]
+    elif env is not None and os.environ.get(env):
+        value = os.environ[env]
     else:
         while True:
             try:
                 value = secret_prompt(f"Passphrase for the {what}", confirm=new)
             except click.Abort:
+                ways = "--passphrase-file, EPORT_PASSPHRASE" if env else "a passphrase file"
                 raise CLIError(
-                    "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, "
-                    "a terminal or a pipe"
+                    f"a passphrase is needed: use {ways}, a terminal or a pipe"
                 ) from None
             if not (new and len(value) < 8 and sys.stdin.isatty()):
                 break
@@ -77,14 +81,7 @@ def csr_for(key: CertificateIssuerPrivateKeyTypes) -> bytes:
 
 
 def write_key(path: Path, key: CertificateIssuerPrivateKeyTypes, pw: bytes) -> None:
-    write_private(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(pw),
-        ),
-    )
+    write_private(path, pkcs8.encrypt(key, pw))
 
 
 def write_p12(

@@ -24,8 +24,10 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from ca import pkcs8
 from ca.errors import EPortError
 from ca.names import accept_names_up_to_64_characters, dn_string
+from ca.signer import write_private
 from ca.uscc import USCC
 from cli import keyfiles
 from cli.client import (
@@ -208,6 +210,10 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
 
     Start a development server first with `eport serve --dev` (or `make run`).
     """
+    try:
+        pkcs8.iterations()  # a bad setting stops any command before it makes a key
+    except pkcs8.KdfSettingError as exc:
+        raise CLIError(str(exc)) from None
     ctx.obj = Ctx(server, verbose)
 
 
@@ -871,7 +877,13 @@ def _exists(path: Path) -> bool:
     help="Passphrase for the new key, at least 8 characters (else EPORT_PASSPHRASE, "
     "else a prompt).",
 )
-@click.option("--p12", is_flag=True, help="Also write bundle.p12 (PKCS#12, same passphrase).")
+@click.option(
+    "--p12",
+    is_flag=True,
+    help="Also write bundle.p12 (PKCS#12, same passphrase), for import into a browser or "
+    "key store. Its integrity MAC takes 2,048 PBKDF iterations, so the passphrase holds out "
+    "less long against guessing than key.pem's: delete the bundle once imported.",
+)
 @click.option(
     "--pkcs11-uri",
     metavar="URI",
@@ -1073,7 +1085,11 @@ def _enroll_in_token(
     default=None,
     help="Algorithm of the new key (default: the current key's, as a renewal keeps it).",
 )
-@click.option("--p12", is_flag=True, help="Also write bundle.p12.")
+@click.option(
+    "--p12",
+    is_flag=True,
+    help="Also write bundle.p12 (as eport enroll --p12: delete it once imported).",
+)
 @click.option(
     "--new-pkcs11-uri",
     metavar="URI",
@@ -2296,6 +2312,65 @@ def roles_grant(
     emit(
         as_json, doc, f"Operator {operator_id} of {doc['uscc']} now has: {', '.join(doc['roles'])}"
     )
+
+
+# -- key files ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def key() -> None:
+    """Look after a private key file this machine holds."""
+
+
+@key.command("passwd")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The key's current passphrase (else EPORT_PASSPHRASE, else a prompt).",
+)
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The new passphrase, 8 characters or more (else a prompt, typed twice). The "
+    "current one again keeps it.",
+)
+@json_option
+def key_passwd(
+    file: Path, passphrase_file: Path | None, new_passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Encrypt the key in FILE again, under a new passphrase or the same one.
+
+    The key stays what it is (its certificates stay valid); only its encryption changes,
+    and it takes the current strength: PBKDF2-HMAC-SHA256 at 600,000 iterations
+    (EPORT_KEY_KDF_ITERATIONS). Key files written before that used 2,048. The file is
+    replaced whole, mode 0600; a bundle.p12 beside it keeps its old passphrase.
+
+    \b
+      eport key passwd ./xiamen-harbour/key.pem
+      eport key passwd key.pem --passphrase-file old.txt --new-passphrase-file new.txt
+    """
+    data = b""
+    with contextlib.suppress(OSError):
+        data = file.read_bytes()
+    if data.startswith(keyfiles.PKCS11_SCHEME.encode()):
+        raise CLIError(
+            f"{file} names a key in a PKCS#11 token, which has no passphrase here: its PIN "
+            "is the token's, changed with the token's own tools"
+        )
+    private, _ = keyfiles.key_and_passphrase(file, passphrase_file)
+    before = pkcs8.count_of(data)
+    new = keyfiles.passphrase(new_passphrase_file, new=True, what="key (new)", env=None)
+    write_private(file, pkcs8.encrypt(private, new))
+    after = pkcs8.count_of(file.read_bytes())
+    doc: dict[str, Any] = {"key": str(file), "iterations": after, "previous_iterations": before}
+    was = "in the clear" if b"ENCRYPTED" not in data else f"{before:,}" if before else "another way"
+    lines = [f"Encrypted {file} again: PBKDF2-HMAC-SHA256, {after:,} iterations (was {was})."]
+    p12 = file.parent / "bundle.p12"
+    if p12.exists():
+        doc["bundle_p12"] = str(p12)
+        lines.append(f"{p12} beside it still opens with the old passphrase.")
+    emit(as_json, doc, "\n".join(lines))
 
 
 # -- certificates -----------------------------------------------------------------------------

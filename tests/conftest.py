@@ -37,6 +37,19 @@ script when the zygote is not there. ``EPORT_TEST_EXEC=1``: always the real scri
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 IN_CI = os.environ.get("CI") == "true"
 
+TEST_SETTINGS = {"EPORT_KEY_KDF_ITERATIONS": "2048"}
+"""Settings of every ``eport`` the tests run, and of this process. Key files take the least
+PBKDF2 count (ca.pkcs8): the suite makes and opens thousands, which at the default of
+600,000 would cost it minutes. tests/test_key_files.py checks the default without it."""
+os.environ.update(TEST_SETTINGS)
+
+
+def base_env() -> dict[str, str]:
+    """This environment without the user's own EPORT_* settings, with :data:`TEST_SETTINGS`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env.update(TEST_SETTINGS)
+    return env
+
 
 def need(tool: str, path: str | None = None) -> str:
     """The path of a system tool; outside CI a missing one skips, in CI it fails."""
@@ -168,7 +181,7 @@ class Server:
         return dev_credentials(self.dev, "auditor", agency)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+        env = base_env()
         env.update(EPORT_SERVER=self.url, EPORT_PASSPHRASE="test-passphrase-123")
         env.update(extra)
         return env
@@ -202,7 +215,7 @@ def start_server(
     port = port or free_port()
     log = (log_dir or data_dir.parent) / f"serve-{port}.log"
     if env is None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+        env = base_env()
     env = dict(env)
     if database_url:
         env["EPORT_DATABASE_URL"] = database_url

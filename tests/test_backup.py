@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -34,7 +33,15 @@ from ca.devinit import ensure_dev_ca
 from ca.keys import KeyType
 from cli import keyfiles
 from cli.client import CAClient
-from tests.conftest import EPORT_CMD, Postgres, Server, dev_credentials, start_server, stop
+from tests.conftest import (
+    EPORT_CMD,
+    Postgres,
+    Server,
+    base_env,
+    dev_credentials,
+    start_server,
+    stop,
+)
 from tests.helpers import assert_no_secret, enroll_enterprise, fresh_uscc
 
 ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
@@ -42,7 +49,7 @@ ISSUANCE_TYPES = {"ca.initialized", "certificate.issued", "certificate.renewed"}
 
 def eport(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
     """The real ``eport`` command, without a server."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    full = base_env()
     full.update(env)
     res = subprocess.run([*EPORT_CMD, *args], capture_output=True, text=True, env=full, timeout=120)
     if check and res.returncode != 0:

@@ -14,7 +14,6 @@ import base64
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -42,7 +41,7 @@ from ca.signedreq import SCHEME, TYP, audience, body_hash, sign_request
 from cli.client import Identity
 from cli.keyfiles import load_identity
 from cli.session import assertion
-from tests.conftest import EPORT_CMD, Postgres, Server, free_port, start_server, stop
+from tests.conftest import EPORT_CMD, Postgres, Server, base_env, free_port, start_server, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, jrun, row_counts, serial_of
 
 PORTAL_CALLBACK = "https://portal.eport.example/oidc/callback"
@@ -822,7 +821,7 @@ def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
     not UTF-8, or a directory where a file goes, is one line naming the file (``eport ca
     init`` and ``eport serve``, which read them in every gunicorn worker); bad certificate,
     key and passphrase files are one line. Never a traceback; no server is needed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env.update(HOME=str(tmp_path), EPORT_SERVER="http://127.0.0.1:9")
 
     def eport(args: tuple[str, ...], **extra: str) -> subprocess.CompletedProcess[str]:

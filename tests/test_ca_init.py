@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -19,13 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as xocsp
 
-from tests.conftest import EPORT, Server, free_port, start_server, stop
+from tests.conftest import EPORT, Server, base_env, free_port, start_server, stop
 
 MEMBERS = ("customs", "commerce", "tax", "forex", "inspection")
 
 
 def custodian_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env.update(
         EPORT_OFFICER_PASSPHRASE="officer passphrase",
         EPORT_AUTH_KEY_PASSPHRASE="token signing keys passphrase",

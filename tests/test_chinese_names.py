@@ -8,7 +8,6 @@ import csv
 import datetime
 import io
 import json
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -21,7 +20,7 @@ from sqlalchemy import create_engine, inspect
 
 from ca.signedreq import SCHEME, sign_request
 from cli.keyfiles import load_identity
-from tests.conftest import EPORT, PG_BIN, Postgres, Server, free_port
+from tests.conftest import EPORT, PG_BIN, Postgres, Server, base_env, free_port
 from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun
 
 # 36 characters, 108 bytes of UTF-8: a registered name of this length is common.
@@ -259,7 +258,7 @@ def test_a_postgresql_database_that_cannot_hold_chinese_is_refused_at_start(
         ("EPORT_DATABASE_URL", "SQL_ASCII", "CA"),
         ("EPORT_AUTH_DATABASE_URL", "LATIN1", "token service"),
     ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+        env = base_env()
         env[setting] = urls[enc]
         res = subprocess.run(
             [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / enc), "--port",

@@ -23,7 +23,7 @@ import click
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import EPORT, EPORT_CMD, Server, free_port, stop
+from tests.conftest import EPORT, EPORT_CMD, Server, base_env, free_port, stop
 from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
 from tests.test_enrollment_flow import counts, jrun
 from tests.test_pkcs11 import HSM, hsm  # noqa: F401  (a fixture)
@@ -635,7 +635,7 @@ def test_rotate_keys_names_the_data_directory(tmp_path: Path) -> None:
     wrong directory) blamed EPORT_DATABASE_URL; with --dev on a directory without dev/ it
     was 'unexpected error: FileNotFoundError'. Each is one line naming the directory, and
     no database is made there."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
@@ -682,7 +682,7 @@ def test_ca_init_without_a_terminal_names_the_option_it_needs(tmp_path: Path) ->
     """eport ca init with no terminal and no officer passphrase told the user to use
     '--officer-keys-file', an option that does not exist; it names
     --officer-passphrase-file (and EPORT_OFFICER_PASSPHRASE), and nothing is made."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     for member in ("customs", "commerce", "tax", "forex", "inspection"):
         env[f"EPORT_CUSTODIAN_PASSPHRASE_{member.upper()}"] = f"passphrase of {member} 123"
     data, out = tmp_path / "data", tmp_path / "ceremony"
@@ -703,7 +703,7 @@ def test_ca_init_without_a_terminal_names_the_option_it_needs(tmp_path: Path) ->
 def _offline_env() -> dict[str, str]:
     """No EPORT_* settings, and EPORT_SERVER at a port nobody listens on: a command that
     sent anything would fail with 'cannot reach', not with the usage error expected."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env["EPORT_SERVER"] = f"http://127.0.0.1:{free_port()}"
     return env
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import EPORT
+from tests.conftest import EPORT, TEST_SETTINGS
 from tests.test_introspection_mtls import proxy_certificate
 
 
@@ -51,7 +51,7 @@ def _show(url: str, **env: str) -> subprocess.CompletedProcess[str]:
         [EPORT, "application", "show", "app_aaaaaaaaaaaaaaaa"],
         capture_output=True,
         text=True,
-        env={**clean, "EPORT_SERVER": url, **env},
+        env={**clean, **TEST_SETTINGS, "EPORT_SERVER": url, **env},
         timeout=60,
     )
 

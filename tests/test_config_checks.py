@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from ca.config import CAConfig
-from tests.conftest import EPORT_CMD, free_port, start_server, stop
+from tests.conftest import EPORT_CMD, base_env, free_port, start_server, stop
 
 REPO_POLICIES = CAConfig.load({}, environ={}).policies_dir
 
@@ -23,7 +23,7 @@ REPO_POLICIES = CAConfig.load({}, environ={}).policies_dir
 def serve(data_dir: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``eport serve --dev`` on a free port with ``env`` added to an environment without
     EPORT_* settings; a start that should fail (a timeout: it served)."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    full = base_env()
     full.update(env)
     cmd = [*EPORT_CMD, "serve", "--dev", "--data-dir", str(data_dir), "--port", str(free_port())]
     return subprocess.run(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import EPORT, free_port, start_server, stop
+from tests.conftest import EPORT, base_env, free_port, start_server, stop
 from tests.test_ca_init import custodian_env
 from tests.test_cli_errors import default_sigint
 
@@ -213,7 +213,7 @@ def test_two_first_starts_at_once_share_one_development_ca(tmp_path: Path) -> No
     second took the first's CA in the making for an unfinished start ("remove that
     directory") and quit. The second now waits for the first start, and uses its CA."""
     data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"serve-{p}.log" for p in ports]
     procs = []

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.pkcs11 import REINITIALIZE_INTERVAL
-from tests.conftest import REPO, Server, free_port, need, start_server, stop
+from tests.conftest import REPO, Server, base_env, free_port, need, start_server, stop
 from tests.helpers import fresh_uscc
 from tests.test_ca_init import custodian_env
 from tests.test_pkcs11 import CA_PIN, HSM, MODULE, SO_PIN, run
@@ -241,7 +241,7 @@ def test_a_module_that_fails_to_initialize_says_why() -> None:
     """SoftHSM2 without its configuration: C_Initialize fails with CKR_GENERAL_ERROR,
     an exception without a message; the refusal names it and where to look, never an
     empty cause after the colon."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     code = (
         "from ca.pkcs11 import Pkcs11Error, Pkcs11Uri, login\n"
         "try:\n login(Pkcs11Uri.parse('pkcs11:token=eport-ca?pin-value=1'))\n"

@@ -39,7 +39,16 @@ from sqlalchemy import create_engine, text
 
 from ca.signedreq import SCHEME, sign_request
 from cli.keyfiles import Identity, load_identity
-from tests.conftest import EPORT, Postgres, Server, free_port, start_server, stop, wait_http
+from tests.conftest import (
+    EPORT,
+    Postgres,
+    Server,
+    base_env,
+    free_port,
+    start_server,
+    stop,
+    wait_http,
+)
 from tests.helpers import fresh_uscc
 
 PUBLIC = "https://eport.example"
@@ -501,7 +510,7 @@ def test_two_first_starts_at_once_on_one_empty_database_make_one_ca(
     database: one makes the development CA; the other is refused in one line and records
     nothing (before, both made a CA in the one database, their logs woven together)."""
     db = postgres.createdb("eport_two_first_starts")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env.update(EPORT_DATABASE_URL=db, HOME=str(tmp_path))
     procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from ca.db import MIGRATIONS as CA_MIGRATIONS
 from ca.db import upgrade as ca_upgrade
 from ca.models import Base
 from tests import conftest
-from tests.conftest import EPORT, Postgres, start_server, stop
+from tests.conftest import EPORT, Postgres, base_env, start_server, stop
 from tests.helpers import (
     cert_of,
     creds,
@@ -263,7 +262,7 @@ def test_a_schema_made_by_an_old_release_upgrades_to_the_models(
 def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
     """A release rolled back after an upgrade meets a revision it does not know: eport
     serve says so in one line and changes nothing, for either service's database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env["HOME"] = str(tmp_path)
     cases = (("eport.db", "alembic_version", "0099"), ("auth.db", AUTH_VERSION_TABLE, "a099"))
     for db, table, rev in cases:
@@ -352,7 +351,7 @@ def test_a_ca_made_before_the_log_is_refused_unchanged(tmp_path: Path) -> None:
     url = f"sqlite:///{data / 'eport.db'}"
     command.upgrade(alembic_config(CA_MIGRATIONS, url), "0001")
     before = (data / "eport.db").read_bytes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env["HOME"] = str(tmp_path)
     res = subprocess.run(
         [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", str(conftest.free_port())],

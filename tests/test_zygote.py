@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import EPORT, EPORT_CMD, REPO, ZYGOTE_SOCKET, free_port
+from tests.conftest import EPORT, EPORT_CMD, REPO, ZYGOTE_SOCKET, base_env, free_port
 from tests.test_introspection_mtls import proxy_certificate
 
 pytestmark = pytest.mark.skipif(EPORT_CMD == [EPORT], reason="EPORT_TEST_EXEC=1")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPORT_")}
+    env = base_env()
     env.update(HOME=str(tmp_path), EPORT_SERVER=f"http://127.0.0.1:{free_port()}")
     env.update(extra)
     return env
