@@ -36,6 +36,7 @@ from ca.privatefiles import make_data_dir
 from ca.records import Event, EventType
 from ca.sealing import KeySealer
 from ca.signer import write_private
+from ca.stopping import STOPS
 from ca.store import SqlStore
 
 
@@ -259,12 +260,14 @@ class Unwind:
 
 @contextlib.contextmanager
 def _uninterrupted() -> Iterator[None]:
-    """SIGINT ignored for the block (in the main thread: the only one signals reach)."""
+    """SIGINT, SIGTERM and SIGHUP ignored for the block (in the main thread: the only one
+    signals reach), so that a second signal does not cut the removal short."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOPS)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)

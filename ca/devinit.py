@@ -24,6 +24,7 @@ from ca.db import other_ca_records, upgrade
 from ca.errors import EPortError
 from ca.privatefiles import SIDE_FILES, make_data_dir, sqlite_file
 from ca.signer import write_private
+from ca.stopping import how_it_ended, stops_unwind
 
 log = logging.getLogger("eport.ca")
 
@@ -81,7 +82,8 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     fd = os.open(data, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another first start: wait for it, then use its CA
-        return _ensure_dev_ca(cfg)
+        with stops_unwind():  # SIGTERM or SIGHUP then unwinds a first start, as Ctrl-C does
+            return _ensure_dev_ca(cfg)
     finally:
         os.close(fd)  # and the lock with it
 
@@ -220,7 +222,7 @@ def _unwind_first_start(unwind: Unwind, exc: BaseException, cfg: CAConfig) -> st
     """After a first start failed or was interrupted before its CA was complete: remove
     what it made; what to say about it, in one line (and what is left to do, if any)."""
     removed = unwind.remove()
-    what = "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    what = how_it_ended(exc)
     advice = hierarchy.unfinished_init_advice(cfg.data_dir)
     if advice is None and other_ca_records(cfg.sqlalchemy_url) is not None:
         advice = (

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
+from ca.stopping import how_it_ended, stops_unwind
 from cli import options
 from cli.client import CAClient, CLIError
 from cli.keyfiles import identity_options
@@ -316,6 +317,7 @@ def _client() -> CAClient:
     "guards it; root operations still need M custodians).",
 )
 @json_option
+@stops_unwind()  # SIGTERM or SIGHUP unwinds an init cut short, as Ctrl-C does
 def ca_init(
     policies_dir: Path | None,
     data_dir: Path,
@@ -545,7 +547,7 @@ def _unwind_init(unwind: Any, exc: BaseException, data_dir: Path, url: str) -> s
     from ca.db import other_ca_records
 
     removed = unwind.remove()
-    what = "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    what = how_it_ended(exc)
     advice = h.unfinished_init_advice(data_dir)  # a ca/ there before it is not removed
     if advice is not None:
         return f"the init {what}: {advice}"

@@ -118,16 +118,21 @@ def test_init_killed_after_the_keys_is_named_by_the_next_init_and_refused_by_ser
     assert not (tmp_path / "o3").exists()
 
 
-def test_init_interrupted_by_ctrl_c_removes_what_it_made_and_the_next_init_works(
-    tmp_path: Path,
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_init_interrupted_removes_what_it_made_and_the_next_init_works(
+    tmp_path: Path, sig: signal.Signals
 ) -> None:
+    """Ctrl-C, or SIGTERM (a service manager's stop), which used to end it at once."""
     data, out = tmp_path / "data", tmp_path / "ceremony"
     cmd = ["ca", "init", "--data-dir", str(data), "--out", str(out)]
-    stopped = _cut_short(cmd, data, signal.SIGINT)
+    stopped = _cut_short(cmd, data, sig)
     line = _one_error_line(stopped)
-    assert "the init was interrupted: removed what it had made" in line, line
+    how = "was interrupted" if sig == signal.SIGINT else "was stopped by SIGTERM"
+    assert f"the init {how}: removed what it had made" in line, line
     assert "run `eport ca init` again" in line, line
     assert not data.exists() and not out.exists()
+    if sig != signal.SIGINT:
+        return  # the next init is the same after either
 
     done = _eport(*cmd, "--json")
     assert done.returncode == 0, done.stderr
@@ -175,13 +180,20 @@ def test_dev_first_start_killed_is_refused_with_what_to_do(tmp_path: Path) -> No
     assert f"remove {data} and start again" in line, line
 
 
-def test_dev_first_start_interrupted_by_ctrl_c_is_made_afresh_next_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "sighup"])
+def test_dev_first_start_interrupted_is_made_afresh_next_time(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGHUP (the terminal closed), which used to end it at once."""
     data = tmp_path / "data"
-    stopped = _cut_short(_serve_dev(data), data, signal.SIGINT)
+    stopped = _cut_short(_serve_dev(data), data, sig)
     line = _one_error_line(stopped)
-    assert "first start was interrupted: removed what it had made" in line, line
+    how = "was interrupted" if sig == signal.SIGINT else "was stopped by SIGHUP"
+    assert f"first start {how}: removed what it had made" in line, line
     assert not (data / "ca").exists() and not (data / "dev").exists()
     assert not (data / "eport.db").exists()
+    if sig != signal.SIGINT:
+        return  # the next start is the same after either
 
     srv, proc = start_server(data, workers=1)
     try:
@@ -267,3 +279,18 @@ def test_serve_names_an_init_killed_before_the_root_certificate(tmp_path: Path) 
     line = _one_error_line(served)
     assert "cannot be used" in line and "did not finish" in line, line
     assert "make one with `eport ca init" not in line
+
+
+def test_stops_unwind_turns_sigterm_and_sighup_into_an_exception_for_its_block() -> None:
+    from ca.stopping import Stopped, how_it_ended, stops_unwind
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(Stopped) as caught, stops_unwind():
+            os.kill(os.getpid(), sig)
+            time.sleep(1)  # the handler runs at the next bytecode: never reached
+        assert how_it_ended(caught.value) == f"was stopped by {sig.name}"
+        assert isinstance(caught.value, KeyboardInterrupt)
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert how_it_ended(KeyboardInterrupt()) == "was interrupted"
+    assert how_it_ended(ValueError()) == "failed"
