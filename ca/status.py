@@ -282,7 +282,7 @@ class StatusService:
         if cached is None:
             return None
         der, this_update = cached
-        if self.clock() >= this_update + self.policy.ocsp_validity / 2:
+        if not _current(this_update, self.clock(), self.policy.ocsp_validity / 2):
             return None  # due for re-signing: the full path stores a fresh one
         if not ocsp.names_cert_id(der, *hit):
             return None  # stored for the same serial of another issuer: the full path
@@ -306,7 +306,7 @@ class StatusService:
         cached = tx.cached_ocsp(serial) if known else None
         if cached is not None:
             der, this_update, _ = cached
-            if now < this_update + self.policy.ocsp_validity / 2:
+            if _current(this_update, now, self.policy.ocsp_validity / 2):
                 return der
         status = self._status(rec, tx.get_status(serial), issuer_id)
         der = ocsp.build_response(
@@ -442,12 +442,25 @@ class StatusService:
     def _fresh(self, state: Any, now: datetime.datetime) -> bool:
         if state is None or state.der is None or state.stale or state.next_update is None:
             return False
+        if state.this_update is not None and state.this_update > now:
+            return False  # see _current: signed before the clock was stepped back
         return bool(now < state.next_update - self.policy.crl_validity / 4)
 
     def refresh(self) -> None:
         """Sign every stale or nearly expired CRL (the periodic refresher calls this)."""
         for issuer_id in self.issuers:
             self.crl(issuer_id)
+
+
+def _current(
+    this_update: datetime.datetime, now: datetime.datetime, keep: datetime.timedelta
+) -> bool:
+    """A stored response signed at ``this_update`` is still the answer at ``now``: less
+    than ``keep`` old, and not from this host's future. After the clock was stepped back
+    (a wrong time corrected, a host restored), a response or CRL signed before has a
+    thisUpdate that relying parties take as not yet valid (OpenSSL refuses such a CRL
+    outright); it was served until the clock caught up. Now it is signed again at once."""
+    return this_update <= now < this_update + keep
 
 
 def _entry(st: StatusRecord) -> RevokedEntry:

@@ -1,0 +1,133 @@
+"""The clock stepped back (a wrong time corrected, a host restored): a CRL or a pre-signed
+OCSP response signed before has a thisUpdate in this host's future, which relying parties
+take as not yet valid. They are signed again at once, not served until the clock catches
+up. ``openssl verify -attime`` is the relying party, at the corrected time."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp as xocsp
+
+from ca.app import EXTENSION, CAService, create_app, db
+from ca.config import CAConfig
+from ca.devinit import ensure_dev_ca
+from ca.keys import KeyType
+from tests.conftest import need
+from tests.test_cessation import csr, ocsp_request
+
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+T0 = NOW + datetime.timedelta(hours=3)
+"""The host's clock, three hours ahead when the CRL or response was signed."""
+BACK = NOW + datetime.timedelta(minutes=1)
+"""The same clock stepped back to the right time (after the certificates' notBefore)."""
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CAService, x509.Certificate]]:
+    """The development CA's service in this process and one enterprise certificate (one
+    for both tests: the one's CRL and the other's OCSP response do not meet)."""
+    data = tmp_path_factory.mktemp("step") / "data"
+    overrides: dict[str, Any] = {"data_dir": data, "dev": True}
+    overrides["crl_refresh_seconds"] = 0
+    cfg = CAConfig.load(overrides, environ={})
+    ensure_dev_ca(cfg)
+    app = create_app(cfg)
+    with app.app_context():
+        svc: CAService = app.extensions[EXTENSION]
+        ca = svc.authority
+        grant = ca.approve_at_ceremony(
+            ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Step Co."}).id,
+            "test",
+        )
+        issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+        db.session.remove()
+        yield svc, x509.load_der_x509_certificate(issued.record.der)
+        db.session.remove()
+        db.engine.dispose()
+
+
+def openssl_accepts_crl(tmp: Path, svc: CAService, cert: x509.Certificate, crl: bytes) -> str:
+    """``openssl verify -crl_check`` of ``cert`` with ``crl``, at the stepped-back time."""
+    issuer = svc.status.issuers["enterprise"].certificate
+    root = Path(svc.config.data_dir) / "ca" / "root.crt"
+    pem = serialization.Encoding.PEM
+    (tmp / "chain.pem").write_bytes(root.read_bytes() + issuer.public_bytes(pem))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (tmp / "crl.pem").write_bytes(x509.load_der_x509_crl(crl).public_bytes(pem))
+    res = subprocess.run(
+        [
+            need("openssl"),
+            "verify",
+            "-attime",
+            str(int(BACK.timestamp())),
+            "-crl_check",
+            "-CAfile",
+            str(tmp / "chain.pem"),
+            "-CRLfile",
+            str(tmp / "crl.pem"),
+            str(tmp / "cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return res.stdout + res.stderr
+
+
+def test_a_crl_from_the_future_is_signed_again(
+    service: tuple[CAService, x509.Certificate], tmp_path: Path
+) -> None:
+    svc, cert = service
+    svc.status.clock = lambda: T0
+    before = x509.load_der_x509_crl(svc.status.crl("enterprise"))
+    assert before.last_update_utc == T0
+    assert "CRL is not yet valid" in openssl_accepts_crl(
+        tmp_path, svc, cert, svc.status.crl("enterprise")
+    )
+    db.session.remove()
+
+    svc.status.clock = lambda: BACK
+    der = svc.status.crl("enterprise")
+    after = x509.load_der_x509_crl(der)
+    assert after.last_update_utc == BACK
+    assert after.next_update_utc is not None and after.next_update_utc > BACK
+    number = x509.CRLNumber
+    assert (
+        after.extensions.get_extension_for_class(number).value.crl_number
+        == before.extensions.get_extension_for_class(number).value.crl_number + 1
+    )
+    assert openssl_accepts_crl(tmp_path, svc, cert, der).strip().endswith("cert.pem: OK")
+    db.session.remove()
+    assert svc.status.crl("enterprise") == der  # and it is kept from then on
+
+
+def test_a_pre_signed_ocsp_response_from_the_future_is_signed_again(
+    service: tuple[CAService, x509.Certificate],
+) -> None:
+    svc, cert = service
+    issuer = svc.status.issuers["enterprise"].certificate
+    req = ocsp_request(cert, issuer)
+    svc.status.clock = lambda: T0
+    svc.status.respond(req)
+    db.session.remove()
+    stored = svc.status.pre_signed(req)
+    assert stored is not None
+    assert xocsp.load_der_ocsp_response(stored).this_update_utc == T0
+
+    svc.status.clock = lambda: BACK
+    assert svc.status.pre_signed(req) is None  # the fast path leaves it to the full one
+    answer = xocsp.load_der_ocsp_response(svc.status.respond(req))
+    assert answer.this_update_utc == BACK
+    assert answer.next_update_utc is not None and answer.next_update_utc > BACK
+    db.session.remove()
+    again = svc.status.pre_signed(req)
+    assert again is not None and xocsp.load_der_ocsp_response(again).this_update_utc == BACK
