@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +153,13 @@ def initialize(
     command: str = "eport ca init",
     out: Path | None = None,
     finish: bool = True,
+    made: Sequence[Path] = (),
 ) -> Initialized:
     """Create the hierarchy in ``cfg.data_dir``, log it, and issue the first officers.
 
-    The init is marked unfinished (:func:`ca.hierarchy.begin_init`, naming ``command``
-    and the ceremony directory ``out``) before anything is made, and complete once all
+    The init is marked unfinished (:func:`ca.hierarchy.begin_init`, naming ``command``,
+    the ceremony directory ``out`` and the paths the caller's run ``made``) before anything
+    is made, and complete once all
     of it is written and committed; with ``finish=False`` the caller marks it complete
     (:func:`ca.hierarchy.finish_init`) after writing its own files.
 
@@ -177,7 +179,7 @@ def initialize(
         raise ValueError("initialize needs passphrases or a custody set")
     if hierarchy.exists(cfg.data_dir):
         raise FileExistsError(f"a CA hierarchy already exists in {cfg.data_dir}")
-    hierarchy.begin_init(cfg.data_dir, command, out)
+    hierarchy.begin_init(cfg.data_dir, command, out, made)
     if custody_set is not None:  # before the hierarchy, whose root signs it
         custody_files.write_record(cfg.data_dir, custody_set.record)
 
@@ -239,6 +241,10 @@ class Unwind:
     @classmethod
     def of(cls, *paths: Path) -> Unwind:
         return cls(tuple(p for p in paths if not os.path.lexists(p)))
+
+    def outermost(self) -> list[Path]:
+        """``new`` without the paths inside another of it: what to name for removal."""
+        return [p for p in self.new if not any(p != q and p.is_relative_to(q) for q in self.new)]
 
     def remove(self) -> list[Path]:
         """Remove what of ``new`` is there now (a directory with all in it); the paths

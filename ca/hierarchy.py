@@ -29,10 +29,10 @@ import datetime
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -153,21 +153,28 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def begin_init(data_dir: Path, command: str, out: Path | None = None) -> None:
+def begin_init(
+    data_dir: Path, command: str, out: Path | None = None, made: Sequence[Path] = ()
+) -> None:
     """Mark the init ceremony of ``data_dir`` as started (``command``: what runs it;
-    ``out``: where it writes its own files), durably, before it makes anything there."""
+    ``out``: where it writes its own files; ``made``: the paths it is about to create,
+    none of which exists yet), durably, before it makes anything there."""
     from ca.privatefiles import make_data_dir
     from ca.signer import write_private
 
     make_data_dir(Path(data_dir))
     d = ca_dir(data_dir)
     d.mkdir(mode=0o700, exist_ok=True)
-    note: dict[str, str] = {
+    note: dict[str, Any] = {
         "command": command,
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if out is not None:
         note["out"] = str(Path(out).absolute())
+    if made:
+        # what a kill -9 leaves for the next run to name: only these, never the files
+        # that were there before (a data or --out directory of the user's own)
+        note["made"] = [str(Path(p).absolute()) for p in made]
     write_private(d / UNFINISHED_FILE, (json.dumps(note) + "\n").encode())
     _sync_dir(d)
 
@@ -179,7 +186,7 @@ def finish_init(data_dir: Path) -> None:
     _sync_dir(d)
 
 
-def unfinished_init(data_dir: Path) -> dict[str, str] | None:
+def unfinished_init(data_dir: Path) -> dict[str, Any] | None:
     """What :func:`begin_init` noted, if the init ceremony of ``data_dir`` started and
     did not finish (interrupted, killed, or failed); None otherwise."""
     path = ca_dir(data_dir) / UNFINISHED_FILE
@@ -191,7 +198,18 @@ def unfinished_init(data_dir: Path) -> dict[str, str] | None:
         note = json.loads(text)
     except ValueError:  # torn: the note is only for the message
         return {}
-    return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
+    if not isinstance(note, dict):
+        return {}
+    made = note.pop("made", None)
+    kept: dict[str, Any] = {str(k): str(v) for k, v in note.items()}
+    if isinstance(made, list) and all(isinstance(p, str) for p in made):
+        kept["made"] = [Path(p) for p in made]
+    return kept
+
+
+def _listed(paths: Sequence[Path]) -> str:
+    names = [str(p) for p in paths]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def unfinished_init_advice(data_dir: Path) -> str | None:
@@ -203,6 +221,17 @@ def unfinished_init_advice(data_dir: Path) -> str | None:
     command = note.get("command", "eport ca init")
     started = f" (started {note['started']})" if "started" in note else ""
     out = note.get("out")
+    made = [p for p in note.get("made", []) if os.path.lexists(p)]
+    if made:
+        # (`eport ca init` only) the paths it made that are still there, outermost only:
+        # what existed before it, a data or --out directory of the user's own, is not
+        # among them ("remove the --out directory" was "remove ." for `--out .`)
+        made = [p for p in made if not any(p != q and p.is_relative_to(q) for q in made)]
+        return (
+            f"an earlier `{command}` of {data_dir}{started} did not finish (interrupted or "
+            f"failed): what it made is an incomplete CA, never served; remove {_listed(made)} "
+            "and run `eport ca init` again (only those: none of them was there before it)"
+        )
     if command == "eport serve --dev":
         return (
             f"the first start of `eport serve --dev` in {data_dir}{started} did not finish "

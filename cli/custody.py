@@ -412,7 +412,7 @@ def ca_init(
     unwind = _init_unwind(data_dir, out, cfg.sqlalchemy_url)
     try:
         try:
-            h.begin_init(data_dir, "eport ca init", out)
+            h.begin_init(data_dir, "eport ca init", out, made=unwind.outermost())
             shares_dir = out / "shares"
             share_files: dict[str, dict[str, Any]] = {}
             for member, _ in members:
@@ -433,6 +433,7 @@ def ca_init(
                 token=token,
                 out=out,
                 finish=False,
+                made=unwind.outermost(),
             )
         finally:
             made.wipe()

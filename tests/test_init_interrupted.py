@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -138,6 +139,41 @@ def test_init_interrupted_removes_what_it_made_and_the_next_init_works(
     assert done.returncode == 0, done.stderr
     assert not (data / "ca" / "init.unfinished").exists()
     assert (out / "ceremony.json").exists() and _events(data) > 0
+
+
+def test_init_killed_in_directories_of_the_users_own_names_only_what_it_made(
+    tmp_path: Path,
+) -> None:
+    """A data directory and an --out directory that were there before (``--out .`` is
+    one): the next init names only what the killed one made in them, never the
+    directories themselves, which "remove DATA and OUT" did; once those are removed, the
+    init runs, and the user's files are still there."""
+    data, out = tmp_path / "data", tmp_path / "home"
+    data.mkdir()
+    out.mkdir()
+    (data / "README.ops").write_text("our runbook\n")
+    (out / "notes.txt").write_text("my own\n")
+    cmd = ["ca", "init", "--data-dir", str(data), "--out", str(out)]
+    assert _cut_short(cmd, data, signal.SIGKILL).returncode == -signal.SIGKILL
+
+    line = _one_error_line(_eport(*cmd))
+    assert "did not finish" in line and "only those: none of them was there before" in line
+    listed = line.split("; remove ", 1)[1].split(" and run `eport ca init` again", 1)[0]
+    named = {Path(p) for part in listed.split(", ") for p in part.split(" and ")}
+    assert {data / "ca", data / "eport.db", out / "shares"} <= named, line
+    assert all(p.is_relative_to(data) or p.is_relative_to(out) for p in named), line
+    assert data not in named and out not in named, line
+    for path in named:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+    done = _eport(*cmd, "--json")
+    assert done.returncode == 0, done.stderr
+    assert (out / "ceremony.json").exists() and _events(data) > 0
+    assert (data / "README.ops").read_text() == "our runbook\n"
+    assert (out / "notes.txt").read_text() == "my own\n"
 
 
 def test_init_cut_short_by_an_earlier_release_is_told_apart_from_a_ca(tmp_path: Path) -> None:
