@@ -248,6 +248,18 @@ SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 1
 ``SQLITE_CANTOPEN``), not that the request or our code is wrong."""
 
 
+SQLITE_READONLY = 8
+
+
+def opened_read_only(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error in its chain) is SQLite's ``SQLITE_READONLY``: its
+    connection opened the file read-only (it was not writable then), and stays so however
+    the file's permissions change after. Such a connection is to be closed, not kept."""
+    cause = database_unavailable_cause(exc)
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(cause, sqlite3.Error) and code is not None and code & 0xFF == SQLITE_READONLY
+
+
 def database_unavailable_cause(exc: BaseException | None) -> BaseException | None:
     """The error in ``exc``'s chain that says the database cannot be reached or used now:
     a connection lost or refused, a lock not granted in time, a statement cancelled, a

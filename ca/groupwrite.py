@@ -54,7 +54,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Engine
 
 from ca import translog
-from ca.errors import Conflict, InvalidCode
+from ca.errors import Conflict, InvalidCode, opened_read_only
 from ca.models import CertificateRow
 from ca.records import (
     CODE_USED,
@@ -412,17 +412,22 @@ class IssuanceWriter:
             conn = self._threads.get()
             try:
                 return self._write(conn, conn.cursor(), items)
-            except BaseException:
+            except BaseException as exc:
                 try:
                     conn.rollback()
                 except BaseException:
                     self._threads.drop()
+                else:
+                    if opened_read_only(exc):  # never writable again: the next one is
+                        self._threads.drop()
                 raise
         raw = self._engine.raw_connection()
         try:
             return self._write(raw, raw.cursor(), items)
-        except BaseException:
+        except BaseException as exc:
             raw.rollback()
+            if opened_read_only(exc):
+                raw.invalidate()  # closed, not back to the pool (see ca.store)
             raise
         finally:
             raw.close()  # back to the pool

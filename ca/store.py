@@ -30,7 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
-from ca.errors import Conflict, InvalidCode, SchemaMoved
+from ca.errors import Conflict, InvalidCode, SchemaMoved, opened_read_only
 from ca.models import (
     ApplicationRow,
     CertificateRow,
@@ -82,6 +82,15 @@ def configure_engine(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(ctx: Any) -> None:
+        # A connection SQLite opened read-only (the file was not writable when a worker
+        # opened it) stays read-only after the file is made writable again: taken as a
+        # disconnect, it and the pool's others of that time are closed, and the next
+        # request opens the file anew. The request itself still gets its 503.
+        if opened_read_only(ctx.original_exception):
+            ctx.is_disconnect = True
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
