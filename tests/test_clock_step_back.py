@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,22 @@ from ca.keys import KeyType
 from tests.conftest import need
 from tests.test_cessation import csr, ocsp_request
 
-NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-T0 = NOW + datetime.timedelta(hours=3)
-"""The host's clock, three hours ahead when the CRL or response was signed."""
-BACK = NOW + datetime.timedelta(minutes=1)
-"""The same clock stepped back to the right time (after the certificates' notBefore)."""
+AHEAD = datetime.timedelta(hours=3)
+"""How far ahead the host's clock was when the CRL or response was signed."""
+
+
+@dataclass(frozen=True)
+class Stepped:
+    svc: CAService
+    cert: x509.Certificate
+    t0: datetime.datetime
+    """The clock, ahead, when the CRL or the response was signed."""
+    back: datetime.datetime
+    """The same clock stepped back to the right time: after the certificates' notBefore."""
 
 
 @pytest.fixture(scope="module")
-def service(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[CAService, x509.Certificate]]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stepped]:
     """The development CA's service in this process and one enterprise certificate (one
     for both tests: the one's CRL and the other's OCSP response do not meet)."""
     data = tmp_path_factory.mktemp("step") / "data"
@@ -51,13 +57,18 @@ def service(
         )
         issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
         db.session.remove()
-        yield svc, x509.load_der_x509_certificate(issued.record.der)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        back = now + datetime.timedelta(minutes=1)
+        cert = x509.load_der_x509_certificate(issued.record.der)
+        yield Stepped(svc, cert, back + AHEAD, back)
         db.session.remove()
         db.engine.dispose()
 
 
-def openssl_accepts_crl(tmp: Path, svc: CAService, cert: x509.Certificate, crl: bytes) -> str:
-    """``openssl verify -crl_check`` of ``cert`` with ``crl``, at the stepped-back time."""
+def openssl_accepts_crl(tmp: Path, run: Stepped, crl: bytes) -> str:
+    """``openssl verify -crl_check`` of the certificate with ``crl``, at the stepped-back
+    time."""
+    svc, cert, back = run.svc, run.cert, run.back
     issuer = svc.status.issuers["enterprise"].certificate
     root = Path(svc.config.data_dir) / "ca" / "root.crt"
     pem = serialization.Encoding.PEM
@@ -69,7 +80,7 @@ def openssl_accepts_crl(tmp: Path, svc: CAService, cert: x509.Certificate, crl: 
             need("openssl"),
             "verify",
             "-attime",
-            str(int(BACK.timestamp())),
+            str(int(back.timestamp())),
             "-crl_check",
             "-CAfile",
             str(tmp / "chain.pem"),
@@ -83,51 +94,49 @@ def openssl_accepts_crl(tmp: Path, svc: CAService, cert: x509.Certificate, crl: 
     return res.stdout + res.stderr
 
 
-def test_a_crl_from_the_future_is_signed_again(
-    service: tuple[CAService, x509.Certificate], tmp_path: Path
-) -> None:
-    svc, cert = service
-    svc.status.clock = lambda: T0
+def test_a_crl_from_the_future_is_signed_again(service: Stepped, tmp_path: Path) -> None:
+    svc, t0, back = service.svc, service.t0, service.back
+    svc.status.clock = lambda: t0
     before = x509.load_der_x509_crl(svc.status.crl("enterprise"))
-    assert before.last_update_utc == T0
+    assert before.last_update_utc == t0
     assert "CRL is not yet valid" in openssl_accepts_crl(
-        tmp_path, svc, cert, svc.status.crl("enterprise")
+        tmp_path, service, svc.status.crl("enterprise")
     )
     db.session.remove()
 
-    svc.status.clock = lambda: BACK
+    svc.status.clock = lambda: back
     der = svc.status.crl("enterprise")
     after = x509.load_der_x509_crl(der)
-    assert after.last_update_utc == BACK
-    assert after.next_update_utc is not None and after.next_update_utc > BACK
+    assert after.last_update_utc == back
+    assert after.next_update_utc is not None and after.next_update_utc > back
     number = x509.CRLNumber
     assert (
         after.extensions.get_extension_for_class(number).value.crl_number
         == before.extensions.get_extension_for_class(number).value.crl_number + 1
     )
-    assert openssl_accepts_crl(tmp_path, svc, cert, der).strip().endswith("cert.pem: OK")
+    assert openssl_accepts_crl(tmp_path, service, der).strip().endswith("cert.pem: OK")
     db.session.remove()
     assert svc.status.crl("enterprise") == der  # and it is kept from then on
 
 
 def test_a_pre_signed_ocsp_response_from_the_future_is_signed_again(
-    service: tuple[CAService, x509.Certificate],
+    service: Stepped,
 ) -> None:
-    svc, cert = service
+    svc, cert, t0, back = service.svc, service.cert, service.t0, service.back
     issuer = svc.status.issuers["enterprise"].certificate
     req = ocsp_request(cert, issuer)
-    svc.status.clock = lambda: T0
+    svc.status.clock = lambda: t0
     svc.status.respond(req)
     db.session.remove()
     stored = svc.status.pre_signed(req)
     assert stored is not None
-    assert xocsp.load_der_ocsp_response(stored).this_update_utc == T0
+    assert xocsp.load_der_ocsp_response(stored).this_update_utc == t0
 
-    svc.status.clock = lambda: BACK
+    svc.status.clock = lambda: back
     assert svc.status.pre_signed(req) is None  # the fast path leaves it to the full one
     answer = xocsp.load_der_ocsp_response(svc.status.respond(req))
-    assert answer.this_update_utc == BACK
-    assert answer.next_update_utc is not None and answer.next_update_utc > BACK
+    assert answer.this_update_utc == back
+    assert answer.next_update_utc is not None and answer.next_update_utc > back
     db.session.remove()
     again = svc.status.pre_signed(req)
-    assert again is not None and xocsp.load_der_ocsp_response(again).this_update_utc == BACK
+    assert again is not None and xocsp.load_der_ocsp_response(again).this_update_utc == back
