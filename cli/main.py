@@ -905,8 +905,8 @@ def enroll(
 ) -> None:
     """Generate a key here, send a CSR with a one-time code, save the certificate.
 
-    The private key never leaves this machine: it is written encrypted (PKCS#8)
-    to OUT/key.pem with mode 0600; only the PKCS#10 request is sent. The CA
+    The private key never leaves this machine: it is written encrypted (PKCS#8,
+    PBKDF2-HMAC-SHA256 at 600,000 iterations) to OUT/key.pem with mode 0600; only the PKCS#10 request is sent. The CA
     builds the certificate's subject from the vetted application, not the CSR.
     With --pkcs11-uri the key is made in the token and never leaves it: the CSR is
     signed there, and OUT/key.uri (the key's URI, without any PIN) replaces key.pem;
