@@ -29,6 +29,7 @@ from ca.errors import IssuerExpired, LintFailed, PolicyError, WeakKey
 from ca.keys import KeyType, refuse_weak_public_key
 from ca.lint import CertificateLinter, Finding
 from ca.policy import Profile
+from ca.sample_keys import sample_rsa_key
 from ca.signer import Signer, in_memory_key
 
 
@@ -311,10 +312,12 @@ class CertificateFactory:
         for kt in sorted(profile.key_types, key=lambda k: (len(k.value), k.value)):
             kinds.setdefault("rsa" if kt.value.startswith("rsa") else kt.value, kt)
         for kt in kinds.values():
-            public_key = _THROWAWAY.get(kt).public_key()
-            # Not check_key: the key is one cryptography just made, of a type the profile
-            # allows, and the weak-key checks cost about 0.36 s of CPU per process, paid in
-            # every gunicorn worker at every start.
+            # RSA: a sample public key (ca.sample_keys), not a key pair made at each start.
+            # Not check_key: the key is a sample or one cryptography just made, of a type
+            # the profile allows, and the weak-key checks cost about 0.36 s of CPU per
+            # process, paid in every gunicorn worker at every start.
+            rsa = kt.value.startswith("rsa")
+            public_key = sample_rsa_key(kt) if rsa else _THROWAWAY.get(kt).public_key()
             builder = self.tbs_builder(profile, issuer, public_key, TEMPLATE_SAMPLE, 1 << 100, now)
             draft = builder.sign(_THROWAWAY.get(ikt), ikt.hash_algorithm)  # type: ignore[arg-type]
             tbs = draft.tbs_certificate_bytes

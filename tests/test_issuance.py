@@ -302,6 +302,13 @@ def test_every_template_is_linted_at_load(policies: Policies, pki: hierarchy.Hie
     factory.lint_template(operator, pki.issuers[operator.issuer], NOW)
     keys = sorted(KeyType.of(c.public_key()).value for c in linted)  # type: ignore[arg-type]
     assert keys == ["ed25519", "p256", "p384", "rsa2048"]
+    # the RSA subject is the sample public key, not a key pair made at each start
+    from ca.sample_keys import sample_rsa_key
+
+    (rsa_cert,) = [c for c in linted if KeyType.of(c.public_key()) is KeyType.RSA2048]  # type: ignore[arg-type]
+    assert rsa_cert.public_key() == sample_rsa_key(KeyType.RSA2048)
+    for kt in (KeyType.RSA2048, KeyType.RSA3072, KeyType.RSA4096):
+        assert sample_rsa_key(kt).key_size == int(kt.value[3:])
     factory.linter.check = real_check  # type: ignore[method-assign]
     for profile in policies.profiles.values():
         if not profile.ca:
