@@ -906,8 +906,9 @@ def enroll(
     """Generate a key here, send a CSR with a one-time code, save the certificate.
 
     The private key never leaves this machine: it is written encrypted (PKCS#8,
-    PBKDF2-HMAC-SHA256 at 600,000 iterations) to OUT/key.pem with mode 0600; only the PKCS#10 request is sent. The CA
-    builds the certificate's subject from the vetted application, not the CSR.
+    PBKDF2-HMAC-SHA256 at 600,000 iterations) to OUT/key.pem with mode 0600; only
+    the PKCS#10 request is sent. The CA builds the certificate's subject from the
+    vetted application, not the CSR.
     With --pkcs11-uri the key is made in the token and never leaves it: the CSR is
     signed there, and OUT/key.uri (the key's URI, without any PIN) replaces key.pem;
     pass it to --key (or --pkcs11-uri) of signed commands and `eport login`.
@@ -2361,7 +2362,10 @@ def key_passwd(
     private, _ = keyfiles.key_and_passphrase(file, passphrase_file)
     before = pkcs8.count_of(data)
     new = keyfiles.passphrase(new_passphrase_file, new=True, what="key (new)", env=None)
-    write_private(file, pkcs8.encrypt(private, new))
+    try:
+        write_private(file, pkcs8.encrypt(private, new))  # the old file stays if this fails
+    except OSError as exc:
+        raise CLIError(f"cannot write {file}: {exc.strerror or exc}; it is unchanged") from None
     after = pkcs8.count_of(file.read_bytes())
     doc: dict[str, Any] = {"key": str(file), "iterations": after, "previous_iterations": before}
     was = "in the clear" if b"ENCRYPTED" not in data else f"{before:,}" if before else "another way"

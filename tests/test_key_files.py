@@ -234,6 +234,18 @@ def test_key_passwd_encrypts_a_key_again_and_bad_input_changes_nothing(tmp_path:
         assert res.returncode == 1, res
         assert len(res.stderr.splitlines()) == 1 and says in res.stderr, res.stderr
         assert key.read_bytes() == before
+    subprocess.run([need("chattr"), "+i", str(tmp_path)], check=True)  # root ignores modes
+    try:
+        res = run_eport(
+            "key", "passwd", str(key), "--passphrase-file", str(old),
+            "--new-passphrase-file", str(new),
+        )  # fmt: skip
+    finally:
+        subprocess.run([need("chattr"), "-i", str(tmp_path)], check=True)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"eport: error: cannot write {key}: Operation not permitted; it is unchanged"
+    ], res.stderr
+    assert key.read_bytes() == before
     (tmp_path / "bundle.p12").write_bytes(b"not looked at")
     res = run_eport(
         "key", "passwd", str(key), "--passphrase-file", str(old), "--new-passphrase-file",
