@@ -29,6 +29,7 @@ from authsvc.proxy import TrustedProxies
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore, settle_copied_events
 from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
+from ca import pkcs8
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError, PayloadTooLarge
 from ca.names import accept_names_up_to_64_characters
@@ -172,6 +173,8 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         utcnow,
         max_token_lifetime=settings.access_token_lifetime,
         rotation_period=datetime.timedelta(days=cfg.key_rotation_days),
+        # the development passphrase is in the clear beside them (ca.pkcs8)
+        key_file_count=pkcs8.MIN_ITERATIONS if cfg.dev and not cfg.key_passphrase else None,
     )
     with app.app_context():
         keys.ensure()

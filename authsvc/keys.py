@@ -127,8 +127,11 @@ def public_jwk(key: PublicKey) -> dict[str, Any]:
     return {**jwk, "kid": kid, "use": "sig", "alg": alg}
 
 
-def new_key(passphrase: bytes, now: datetime.datetime, alg: str = ALG) -> StoredKey:
-    """A ``next`` key of family ``alg`` (3072-bit RSA for RS256: up to a second's work)."""
+def new_key(
+    passphrase: bytes, now: datetime.datetime, alg: str = ALG, *, count: int | None = None
+) -> StoredKey:
+    """A ``next`` key of family ``alg`` (3072-bit RSA for RS256: up to a second's work),
+    encrypted with ``count`` PBKDF2 iterations (None: :func:`ca.pkcs8.iterations`)."""
     private: PrivateKey
     if alg == ALG:
         private = ec.generate_private_key(ec.SECP256R1())
@@ -137,7 +140,7 @@ def new_key(passphrase: bytes, now: datetime.datetime, alg: str = ALG) -> Stored
     else:
         raise ValueError(f"no signing keys for {alg!r}")
     jwk = public_jwk(private.public_key())
-    pem = pkcs8.encrypt(private, passphrase)
+    pem = pkcs8.encrypt(private, passphrase, count=count)
     return StoredKey(kid=jwk["kid"], state="next", public_jwk=jwk, private_pem=pem, created_at=now)
 
 
@@ -168,9 +171,13 @@ class KeyRing:
         max_token_lifetime: datetime.timedelta,
         rotation_period: datetime.timedelta = datetime.timedelta(days=30),
         refresh: datetime.timedelta = datetime.timedelta(seconds=5),
+        key_file_count: int | None = None,
     ) -> None:
         self.store = store
         self.passphrase = passphrase
+        self.key_file_count = key_file_count
+        """PBKDF2 count of the keys it makes (None: :func:`ca.pkcs8.iterations`); the least
+        for a development service, whose passphrase is in the clear in ``dev/``."""
         self.clock = clock
         self.max_token_lifetime = max_token_lifetime
         self.rotation_period = rotation_period
@@ -180,6 +187,9 @@ class KeyRing:
         self._signers: dict[str, tuple[str, PrivateKey]] = {}
         self._jwks: dict[str, Any] = {"keys": []}
         self._public: dict[str, tuple[str, PublicKey]] = {}
+
+    def _new_key(self, now: datetime.datetime, alg: str) -> StoredKey:
+        return new_key(self.passphrase, now, alg, count=self.key_file_count)
 
     def ensure(self) -> None:
         """Create the first active and next keys of every family that has none: on a
@@ -194,8 +204,8 @@ class KeyRing:
             for alg in ALGS:
                 if any(k.state == "active" and k.alg == alg for k in keys):
                     continue
-                first = _activated(new_key(self.passphrase, now, alg), now)
-                out += [first, new_key(self.passphrase, now, alg)]
+                first = _activated(self._new_key(now, alg), now)
+                out += [first, self._new_key(now, alg)]
             return out
 
         self.store.rotate_locked(mutate)
@@ -211,7 +221,7 @@ class KeyRing:
         now = self.clock()
         # Made before the lock is taken: an RSA key takes up to a second, and the lock
         # (SQLite's write lock) would hold up every login meanwhile.
-        fresh = {alg: new_key(self.passphrase, now, alg) for alg in algs}
+        fresh = {alg: self._new_key(now, alg) for alg in algs}
         promoted: dict[str, str] = {}
 
         def mutate(keys: list[StoredKey]) -> list[StoredKey]:
@@ -254,7 +264,7 @@ class KeyRing:
                     out.append(k)
             for alg in algs:
                 if nxt[alg] is None:  # no next key published: sign with a new one at once
-                    first = _activated(new_key(self.passphrase, now, alg), now)
+                    first = _activated(self._new_key(now, alg), now)
                     out.append(first)
                     promoted[alg] = first.kid
                 out.append(fresh[alg])

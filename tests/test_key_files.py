@@ -7,6 +7,7 @@ The rest of the suite writes its keys with the least count (tests/conftest.py,
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -197,6 +198,16 @@ def test_the_development_ca_writes_its_keys_with_the_least_count(
     keys = [p for p in data.rglob("*.key") if b"ENCRYPTED PRIVATE KEY" in p.read_bytes()]
     assert {p.relative_to(data).parts[0] for p in keys} >= {"ca", "dev"}
     assert {pkcs8.count_of(p.read_bytes()) for p in keys} == {pkcs8.MIN_ITERATIONS}
+    # the token service's signing keys too, under the passphrase in dev/
+    from authsvc.app import create_app, upgrade
+    from authsvc.config import AuthConfig
+
+    auth = AuthConfig.load({"data_dir": data, "dev": True}, environ={})
+    upgrade(auth.sqlalchemy_url)
+    create_app(auth)
+    with sqlite3.connect(data / "auth.db") as db:
+        pems = [row[0] for row in db.execute("SELECT private_pem FROM auth_signing_keys")]
+    assert len(pems) == 4 and {pkcs8.count_of(p) for p in pems} == {pkcs8.MIN_ITERATIONS}
     # and outside that block the default holds again
     assert pkcs8.count_of(pkcs8.encrypt(P256, b"correct horse battery")) == 600_000
 
