@@ -13,7 +13,6 @@ import datetime
 import os
 import shutil
 import signal
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from ca.privatefiles import make_data_dir
 from ca.records import Event, EventType
 from ca.sealing import KeySealer
 from ca.signer import write_private
-from ca.stopping import STOPS
+from ca.stopping import STOPS, signal_handlers
 from ca.store import SqlStore
 
 
@@ -268,12 +267,5 @@ class Unwind:
 def _uninterrupted() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP ignored for the block (in the main thread: the only one
     signals reach), so that a second signal does not cut the removal short."""
-    if threading.current_thread() is not threading.main_thread():
+    with signal_handlers((signal.SIGINT, *STOPS), signal.SIG_IGN):
         yield
-        return
-    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOPS)}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)

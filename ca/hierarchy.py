@@ -221,12 +221,11 @@ def unfinished_init_advice(data_dir: Path) -> str | None:
     command = note.get("command", "eport ca init")
     started = f" (started {note['started']})" if "started" in note else ""
     out = note.get("out")
+    # (`eport ca init` only) the paths it made (outermost only, as noted) still there:
+    # what existed before it, a data or --out directory of the user's own, is not among
+    # them ("remove the --out directory" was "remove ." for `--out .`)
     made = [p for p in note.get("made", []) if os.path.lexists(p)]
     if made:
-        # (`eport ca init` only) the paths it made that are still there, outermost only:
-        # what existed before it, a data or --out directory of the user's own, is not
-        # among them ("remove the --out directory" was "remove ." for `--out .`)
-        made = [p for p in made if not any(p != q and p.is_relative_to(q) for q in made)]
         return (
             f"an earlier `{command}` of {data_dir}{started} did not finish (interrupted or "
             f"failed): what it made is an incomplete CA, never served; remove {_listed(made)} "

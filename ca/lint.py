@@ -20,6 +20,7 @@ from pkilint.pkix import certificate, extension, name
 from pkilint.validation import ValidationFindingSeverity
 
 from ca.errors import LintFailed
+from ca.stopping import Handler, signal_handlers
 
 _BLOCKING = {ValidationFindingSeverity.ERROR, ValidationFindingSeverity.FATAL}
 
@@ -97,20 +98,16 @@ def _signals_held() -> Iterator[None]:
     a handler inside such a callback (KeyboardInterrupt, or a worker's SystemExit) made it
     panic, printing a Rust backtrace instead of the command's one line. A lint takes
     milliseconds, so the delay is not felt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     arrived: list[tuple[int, FrameType | None]] = []
 
     def note(signum: int, frame: FrameType | None) -> None:
         arrived.append((signum, frame))
 
-    before = {s: signal.signal(s, note) for s in _HELD}
+    before: dict[signal.Signals, Handler] = {}
     try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        with signal_handlers(_HELD, note) as before:
+            yield
+    finally:  # the earlier handlers are back: what arrived goes to them
         for signum, frame in arrived:
             handler = before[signal.Signals(signum)]
             if callable(handler):

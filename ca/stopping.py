@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
+from typing import Any
 
 STOPS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -32,21 +34,35 @@ def how_it_ended(exc: BaseException) -> str:
     return "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 
 
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@contextlib.contextmanager
+def signal_handlers(
+    signals: Iterable[signal.Signals], handler: Handler
+) -> Iterator[dict[signal.Signals, Handler]]:
+    """``handler`` for each of ``signals`` within the block, and their earlier handlers back
+    after it; yields those earlier handlers. Only the main thread may set handlers (and
+    only it runs them): elsewhere nothing changes and it yields an empty mapping."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    before = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield before
+    finally:
+        for s, earlier in before.items():
+            signal.signal(s, earlier)
+
+
 @contextlib.contextmanager
 def stops_unwind() -> Iterator[None]:
     """Within the block (main thread only), SIGTERM and SIGHUP raise :class:`Stopped`; their
     earlier handlers come back after it. Without this they ended the process at once, and
     an init cut short so left its keys and files for the next run to refuse."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def stop(signum: int, frame: object) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise Stopped(signum)
 
-    before = {s: signal.signal(s, stop) for s in STOPS}
-    try:
+    with signal_handlers(STOPS, stop):
         yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)

@@ -2362,11 +2362,12 @@ def key_passwd(
     private, _ = keyfiles.key_and_passphrase(file, passphrase_file)
     before = pkcs8.count_of(data)
     new = keyfiles.passphrase(new_passphrase_file, new=True, what="key (new)", env=None)
+    pem = pkcs8.encrypt(private, new)
     try:
-        write_private(file, pkcs8.encrypt(private, new))  # the old file stays if this fails
+        write_private(file, pem)  # the old file stays if this fails
     except OSError as exc:
         raise CLIError(f"cannot write {file}: {exc.strerror or exc}; it is unchanged") from None
-    after = pkcs8.count_of(file.read_bytes())
+    after = pkcs8.count_of(pem)
     doc: dict[str, Any] = {"key": str(file), "iterations": after, "previous_iterations": before}
     was = "in the clear" if b"ENCRYPTED" not in data else f"{before:,}" if before else "another way"
     lines = [f"Encrypted {file} again: PBKDF2-HMAC-SHA256, {after:,} iterations (was {was})."]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from tests.conftest import Server, need
@@ -378,3 +379,54 @@ def row_counts(url: str, tables: Iterable[Any]) -> dict[str, int]:
             }
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def dev_ca_service(overrides: dict[str, Any]) -> Iterator[Any]:
+    """The development CA (made on first use) as ``create_app`` wires it, in this process
+    and within its app context: its ``CAService``. No server, no HTTP."""
+    from ca.app import EXTENSION, create_app, db
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    cfg = CAConfig.load({"dev": True, **overrides}, environ={})
+    ensure_dev_ca(cfg)
+    app = create_app(cfg)
+    with app.app_context():
+        yield app.extensions[EXTENSION]
+        db.session.remove()
+        db.engine.dispose()
+
+
+def enterprise_at_ceremony(ca: Any, uscc: str, name: str) -> Any:
+    """An enterprise applied, approved at a ceremony and enrolled (a P-256 key), through
+    the CA core (``ca``: a ``JointCA``): its ``Issued``."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from ca.keys import KeyType
+
+    grant = ca.approve_at_ceremony(
+        ca.apply("enterprise", {"uscc": uscc, "legal_name": name}).id, "test"
+    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    csr = builder.sign(KeyType.P256.generate(), hashes.SHA256())  # type: ignore[arg-type]
+    return ca.enroll(grant.code, "enterprise", csr.public_bytes(serialization.Encoding.PEM))
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``path`` (a file or a directory) made immutable (``chattr +i``) for the block: the
+    tests run as root, whom file modes do not stop."""
+    from tests.conftest import IN_CI
+
+    chattr = need("chattr")
+    made = subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True)
+    if made.returncode != 0:  # a file system without the attribute (tmpfs, overlayfs)
+        reason = f"chattr +i is not supported here: {made.stderr.strip()}"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)

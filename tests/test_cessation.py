@@ -25,17 +25,14 @@ from cryptography.x509 import ocsp as xocsp
 from sqlalchemy import event, text
 
 from ca import translog
-from ca.app import EXTENSION, CAService, create_app, db
-from ca.config import CAConfig
+from ca.app import CAService, db
 from ca.crl import ReasonCode
-from ca.devinit import ensure_dev_ca
-from ca.keys import KeyType
 from ca.ocsp import Good, Revoked
 from ca.ocsp_client import check_response
 from ca.signedreq import SignedRequest
 from ca.status import StatusService
 from tests.conftest import Postgres
-from tests.helpers import add_operators
+from tests.helpers import add_operators, dev_ca_service, enterprise_at_ceremony
 
 USCC = "91350100M000100Y43"
 NAME = "Wide Closing Co."
@@ -46,31 +43,16 @@ OPERATORS = 300
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[CAService, Any, int]]:
     """The development CA's service in this process, an enterprise with ``OPERATORS``
     operators, and the enterprise certificate's serial."""
-    overrides: dict[str, Any] = {"data_dir": tmp_path / "data", "dev": True}
+    overrides: dict[str, Any] = {"data_dir": tmp_path / "data"}
     overrides["crl_refresh_seconds"] = 0
     if request.param == "postgres":
         pg: Postgres = request.getfixturevalue("postgres")
         overrides["database_url"] = pg.createdb(f"eport_cessation_{tmp_path.name.lower()}")
-    cfg = CAConfig.load(overrides, environ={})
-    ensure_dev_ca(cfg)
-    app = create_app(cfg)
-    with app.app_context():
-        svc: CAService = app.extensions[EXTENSION]
-        ca = svc.authority
-        grant = ca.approve_at_ceremony(
-            ca.apply("enterprise", {"uscc": USCC, "legal_name": NAME}).id, "test"
-        )
-        ent = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
-        made = add_operators(ca, USCC, NAME, OPERATORS)
+    with dev_ca_service(overrides) as svc:
+        ent = enterprise_at_ceremony(svc.authority, USCC, NAME)
+        made = add_operators(svc.authority, USCC, NAME, OPERATORS)
         db.session.remove()
         yield svc, made, ent.record.serial
-        db.session.remove()
-        db.engine.dispose()
-
-
-def csr(key: Any) -> bytes:
-    req = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    return req.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def officer(svc: CAService) -> Any:

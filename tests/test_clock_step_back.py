@@ -10,19 +10,16 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp as xocsp
 
-from ca.app import EXTENSION, CAService, create_app, db
-from ca.config import CAConfig
-from ca.devinit import ensure_dev_ca
-from ca.keys import KeyType
+from ca.app import CAService, db
 from tests.conftest import need
-from tests.test_cessation import csr, ocsp_request
+from tests.helpers import dev_ca_service, enterprise_at_ceremony
+from tests.test_cessation import ocsp_request
 
 AHEAD = datetime.timedelta(hours=3)
 """How far ahead the host's clock was when the CRL or response was signed."""
@@ -43,26 +40,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stepped]:
     """The development CA's service in this process and one enterprise certificate (one
     for both tests: the one's CRL and the other's OCSP response do not meet)."""
     data = tmp_path_factory.mktemp("step") / "data"
-    overrides: dict[str, Any] = {"data_dir": data, "dev": True}
-    overrides["crl_refresh_seconds"] = 0
-    cfg = CAConfig.load(overrides, environ={})
-    ensure_dev_ca(cfg)
-    app = create_app(cfg)
-    with app.app_context():
-        svc: CAService = app.extensions[EXTENSION]
-        ca = svc.authority
-        grant = ca.approve_at_ceremony(
-            ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Step Co."}).id,
-            "test",
-        )
-        issued = ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+    with dev_ca_service({"data_dir": data, "crl_refresh_seconds": 0}) as svc:
+        issued = enterprise_at_ceremony(svc.authority, "91350100M000100Y43", "Step Co.")
         db.session.remove()
         now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         back = now + datetime.timedelta(minutes=1)
         cert = x509.load_der_x509_certificate(issued.record.der)
         yield Stepped(svc, cert, back + AHEAD, back)
-        db.session.remove()
-        db.engine.dispose()
 
 
 def openssl_accepts_crl(tmp: Path, run: Stepped, crl: bytes) -> str:

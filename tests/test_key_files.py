@@ -7,6 +7,7 @@ The rest of the suite writes its keys with the least count (tests/conftest.py,
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -21,7 +22,8 @@ from ca import pkcs8
 from ca.config import CAConfig
 from ca.devinit import ensure_dev_ca
 from cli import keyfiles
-from tests.conftest import base_env, need
+from tests.conftest import EPORT_CMD, base_env, need
+from tests.helpers import immutable
 
 P256 = ec.generate_private_key(ec.SECP256R1())
 KEYS = {
@@ -108,8 +110,6 @@ def test_the_setting_sets_the_count_and_a_bad_one_stops_eport(
         monkeypatch.setenv(pkcs8.ITERATIONS_ENV, bad)
         with pytest.raises(pkcs8.KdfSettingError, match="EPORT_KEY_KDF_ITERATIONS"):
             pkcs8.encrypt(P256, b"correct horse battery")
-    from tests.conftest import EPORT_CMD
-
     res = subprocess.run(
         [*EPORT_CMD, "cert", "show", str(path)],
         capture_output=True,
@@ -213,8 +213,6 @@ def test_the_development_ca_writes_its_keys_with_the_least_count(
 
 
 def run_eport(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    from tests.conftest import EPORT_CMD
-
     return subprocess.run(
         [*EPORT_CMD, *args],
         capture_output=True,
@@ -245,14 +243,11 @@ def test_key_passwd_encrypts_a_key_again_and_bad_input_changes_nothing(tmp_path:
         assert res.returncode == 1, res
         assert len(res.stderr.splitlines()) == 1 and says in res.stderr, res.stderr
         assert key.read_bytes() == before
-    subprocess.run([need("chattr"), "+i", str(tmp_path)], check=True)  # root ignores modes
-    try:
+    with immutable(tmp_path):
         res = run_eport(
             "key", "passwd", str(key), "--passphrase-file", str(old),
             "--new-passphrase-file", str(new),
         )  # fmt: skip
-    finally:
-        subprocess.run([need("chattr"), "-i", str(tmp_path)], check=True)
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         f"eport: error: cannot write {key}: Operation not permitted; it is unchanged"
     ], res.stderr
@@ -263,8 +258,6 @@ def test_key_passwd_encrypts_a_key_again_and_bad_input_changes_nothing(tmp_path:
         str(new), "--json", EPORT_KEY_KDF_ITERATIONS="5000",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    import json
-
     doc = json.loads(res.stdout)
     assert (doc["iterations"], doc["previous_iterations"]) == (5000, 2048)
     assert doc["bundle_p12"] == str(tmp_path / "bundle.p12")

@@ -11,33 +11,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import IN_CI, Server, need, start_server, stop
-from tests.helpers import fresh_uscc, jrun
+from tests.conftest import Server, start_server, stop
+from tests.helpers import fresh_uscc, immutable, jrun
 from tests.test_config_checks import child_pids, gunicorn_master
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    chattr = need("chattr")
-    made = subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True)
-    if made.returncode != 0:  # a file system without the attribute (tmpfs, overlayfs)
-        reason = f"chattr +i is not supported here: {made.stderr.strip()}"
-        pytest.fail(reason) if IN_CI else pytest.skip(reason)
-    try:
-        yield
-    finally:
-        subprocess.run([chattr, "-i", str(path)], check=True)
 
 
 def restart_worker(srv: Server) -> None:
