@@ -161,8 +161,9 @@ def openapi() -> Response:
 @bp.get("/health")
 def health() -> Response:
     """Liveness (200 while the process answers) with what a monitor needs to know:
-    sealed, the database's state, the root CRL's end, the CA files' state. With
-    ``?ready`` it is a readiness check: 503 while the database cannot be used."""
+    sealed, the database's state, the root CRL's end, the CA files' state, CA keys
+    missing from their token. With ``?ready`` it is a readiness check: 503 while the
+    database cannot be used (a missing key leaves the rest serving: still ready)."""
     from sqlalchemy import text
 
     from ca.errors import database_unavailable_cause
@@ -193,10 +194,20 @@ def health() -> Response:
     out["hierarchy"] = "stale" if crosshost is not None and crosshost.stale else "current"
     if crosshost is not None:
         warnings += crosshost.warnings()
+    # CA keys this worker found missing from their PKCS#11 token (at the start's check,
+    # which every worker inherits, or since): the rest serves, so readiness stays.
+    missing = hierarchy.missing_keys(
+        s.status.issuers,
+        {gen: r.signer for gen, r in s.status.responders.items()},
+        s.authority.issuers,
+    )
+    if missing:
+        out.update(status="degraded", missing_keys=sorted(missing))
+        warnings += missing.values()
     if warnings:
         out["warnings"] = warnings
     resp = jsonify(out)
-    if "ready" in request.args and out["status"] != "ok":
+    if "ready" in request.args and out["database"] != "ok":
         resp.status_code = 503
         resp.headers["Retry-After"] = "5"
     return resp

@@ -120,6 +120,59 @@ def issuing_profile(policies: Policies, issuer_id: str) -> Profile:
     return dataclasses.replace(base, policy_oids=tuple(dict.fromkeys(issued)))
 
 
+def generation_base(generation: str) -> str:
+    """The issuer id profiles name for an issuing CA generation: ``enterprise`` for
+    ``enterprise`` and ``enterprise-2`` (a base id has no hyphen: :mod:`ca.root_ops`)."""
+    base, sep, n = generation.rpartition("-")
+    return base if sep and n.isdigit() else generation
+
+
+EMERGENCY_PLAN = "docs/emergency-plan.md §7"
+
+
+def missing_keys(
+    issuers: Mapping[str, IssuingCA],
+    responders: Mapping[str, Signer],
+    issuing: Mapping[str, IssuingCA],
+) -> dict[str, str]:
+    """Key slot (``issuers/enterprise-2``) → what operators must hear, for each CA key this
+    process found missing from its PKCS#11 token (:class:`ca.pkcs11.KeyMissing`): what no
+    longer works and what replaces the key. ``issuers``: the generations by their own ids;
+    ``responders``: generation id → its OCSP responder's signer; ``issuing``: the ids
+    profiles name → the generation they issue from (:meth:`Hierarchy.issuing`). Answered
+    without asking the token."""
+    out: dict[str, str] = {}
+    for gen, ca in sorted(issuers.items()):
+        if not getattr(ca.signer, "missing", False):
+            continue
+        base = generation_base(gen)
+        if issuing.get(base) is ca:
+            out[f"issuers/{gen}"] = (
+                f"the key of issuing CA {gen} is missing from its PKCS#11 token: enrollments "
+                f"and renewals of its profiles are refused (503 key-missing) and its CRL is "
+                f"not signed again; put the key back from the token's backup and restart, or "
+                f"replace the generation by a rollover ceremony (eport ca rotate {base}); "
+                f"{EMERGENCY_PLAN}"
+            )
+        else:
+            out[f"issuers/{gen}"] = (
+                f"the key of issuing CA generation {gen}, which no longer issues, is missing "
+                f"from its PKCS#11 token: its CRL is not signed again and its OCSP responder "
+                f"cannot be renewed; put the key back from the token's backup and restart, or, "
+                f"once its certificates are renewed, revoke the generation (eport ca ceremony "
+                f"start REVOKE-INTERMEDIATE issuer={gen}); {EMERGENCY_PLAN}"
+            )
+    for gen, signer in sorted(responders.items()):
+        if getattr(signer, "missing", False):
+            out[f"responders/{gen}"] = (
+                f"the OCSP responder key of issuing CA {gen} is missing from its PKCS#11 "
+                f"token: OCSP requests that need a new signature get tryLater; "
+                f"`eport ca renew-responders --force` makes a new responder key; "
+                f"{EMERGENCY_PLAN}"
+            )
+    return out
+
+
 def issuing_ids(policies: Policies) -> list[str]:
     return sorted(
         {p.issuer for p in policies.profiles.values() if not p.ca and p.issuer != EVERY_ISSUER}

@@ -112,6 +112,26 @@ class _NotOne(Pkcs11Error):
     """The URI matches no object, or several."""
 
 
+MISSING_DETAIL = (
+    "a CA key this request needs is missing from the CA's key token: retrying will not help "
+    "until the CA's operators restore the key or replace it (the server's log says which)"
+)
+
+
+class KeyMissing(_NotOne):
+    """The token is there and the PIN works, but the key the URI names is not in it: deleted,
+    or lost with a token that was re-initialized (503 ``key-missing``; the CA's
+    emergency plan, §7). Unlike a token that went away, asking again soon will not help."""
+
+    slug = "key-missing"
+    title = "A CA key is missing from its PKCS#11 token"
+
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        doc = super().problem(instance)
+        doc["detail"] = MISSING_DETAIL
+        return doc
+
+
 class _Unreachable(Pkcs11Error):
     """The token cannot be found or reached through the module as this process sees it:
     it may be gone, or back while this process's view of the slots is not."""
@@ -147,6 +167,11 @@ directory went away until it is re-initialized, and, seen under load in a worker
 token came back, ``CKR_USER_PIN_NOT_INITIALIZED``; a session the token dropped may still
 hold the login): worth another look after ``C_Finalize``/``C_Initialize``. A token whose
 user PIN really is not set still fails after that look, with the same name."""
+
+MISSING_RECHECK = 5.0
+"""Seconds during which one process does not look again for a key it found missing: each
+look re-initializes the module (see :meth:`_Token.key`), which voids every session of it
+in the process, so a lost key asked for by every request must not cost one each time."""
 
 REINITIALIZE_INTERVAL = 1.0
 """Seconds between two re-initializations of a module by one process because a token
@@ -377,6 +402,10 @@ class _Token:
         self._pid = -1
         self._session: Any = None
         self._keys: dict[tuple[Any, ...], Any] = {}
+        self.missing: dict[tuple[Any, ...], float] = {}
+        """``(name, object class)`` of the keys found missing by this process's last look,
+        and when (``time.monotonic``): a forked worker inherits the entries of the checks
+        ``eport serve`` made before the fork."""
 
     def _open(self, pin: str) -> Any:
         """A new logged-in session. A token this process cannot find or reach is looked
@@ -487,22 +516,41 @@ class _Token:
                 raise Pkcs11Error("the PKCS#11 URI names no key: give object= and/or id=")
             found = list(session.get_objects(attrs))
             if len(found) != 1:
-                what = "no" if not found else f"{len(found)} keys, not one"
-                raise _NotOne(
-                    f"{what} {_class_name(object_class)} matching {uri.without_pin()} in the token"
-                )
+                kind, shown = _class_name(object_class), uri.without_pin()
+                if not found:
+                    raise KeyMissing(f"no {kind} matching {shown} in the token")
+                raise _NotOne(f"{len(found)} keys, not one {kind} matching {shown} in the token")
             self._keys[cache] = found[0]
             return found[0]
 
-        try:
-            return self.run(uri, find)
-        except _NotOne:
-            # A key another process made may stay invisible to this one's view of the token
-            # (SoftHSM2 indexes its object files per process; softhsm/SoftHSMv2#358): look
-            # again after re-initializing the module, as a restarted process would.
-            with self.lock:
-                self.module.reinitialize(force=True)
+        with self.lock:
+            age = time.monotonic() - self.missing.get(cache, -math.inf)
+            if age < MISSING_RECHECK:
+                raise KeyMissing(
+                    f"no {_class_name(object_class)} matching {uri.without_pin()} in the token "
+                    f"(looked for {age:.1f} s ago)"
+                )
+            try:
                 return self.run(uri, find)
+            except _NotOne:
+                # A key another process made may stay invisible to this one's view of the
+                # token (SoftHSM2 indexes its object files per process;
+                # softhsm/SoftHSMv2#358): look again after re-initializing the module, as a
+                # restarted process would.
+                self.module.reinitialize(force=True)
+                try:
+                    return self.run(uri, find)
+                except KeyMissing:
+                    self.missing[cache] = time.monotonic()
+                    raise
+            finally:
+                if cache in self._keys:
+                    self.missing.pop(cache, None)
+
+    def is_missing(self, name: str) -> bool:
+        """Whether this process's last look for a key named ``name`` found it missing (read
+        without the module's lock: a health check must not wait for a slow token)."""
+        return any(n == name for n, _ in list(self.missing))
 
 
 _modules: dict[str, _Module] = {}
@@ -602,6 +650,12 @@ class Pkcs11Signer:
             return _public_from_object(pub)
 
         return self._token.run(self.uri, read)
+
+    @property
+    def missing(self) -> bool:
+        """Whether this process's last look for this key found it missing from the token
+        (:class:`KeyMissing`); answered without asking the token."""
+        return self._token.is_missing(self._name)
 
     def check(self) -> None:
         """Open the session and prove the token holds the expected key (once a process)."""

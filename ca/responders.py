@@ -205,6 +205,8 @@ class ResponderRenewal:
             current, issuer.certificate, now, self.window, self.profile.validity
         ):
             return "not due"
+        if _key_missing(issuer):
+            return "the issuing CA's key is missing from its PKCS#11 token"
         key_new = self.dir / f"{issuer_id}.key.new"
         crt_new = self.dir / f"{issuer_id}.crt.new"
         # The new key goes where the current one is: its token, or sealed like it.
@@ -248,6 +250,21 @@ class ResponderRenewal:
         os.replace(crt_new, crt)
         renewed.append(Renewal(issuer_id, cert, current))
         return None
+
+
+def _key_missing(issuer: IssuingCA) -> bool:
+    """Whether ``issuer``'s key is a PKCS#11 token key the token no longer holds (looked
+    for again at most every :data:`ca.pkcs11.MISSING_RECHECK` seconds): a generation whose
+    key was lost cannot sign a responder certificate, and the others are renewed."""
+    from ca.pkcs11 import KeyMissing, Pkcs11Signer
+
+    if not isinstance(issuer.signer, Pkcs11Signer):
+        return False
+    try:
+        issuer.signer.check()
+    except KeyMissing:
+        return True
+    return False
 
 
 def settle(data_dir: Path) -> list[str]:

@@ -1147,15 +1147,46 @@ def ca_renew_responders(
 
 def _keys_in_token(data_dir: Path) -> bool:
     """Whether every online CA key is a PKCS#11 token key; if so, each is opened and
-    checked now, so a wrong PIN or a missing key fails in one line before the fork."""
+    checked now, so a wrong PIN fails in one line before the fork.
+
+    A key missing from a token that holds the others (deleted, or lost with a token that
+    was re-initialized) does not stop the start, unless it is the log key: the server
+    starts degraded, with one warning per missing key (what no longer works, and what
+    replaces it: the emergency plan, §7), so that the rollover ceremony that replaces an
+    issuing CA's lost key can run. The workers inherit what the checks found
+    (:attr:`ca.pkcs11.Pkcs11Signer.missing`): ``/ca/v1/health`` names the keys."""
     from ca import hierarchy, pkcs11
 
     d = hierarchy.ca_dir(data_dir)
     files = [d / "log.key", *(d / "issuers").glob("*.key"), *(d / "responders").glob("*.key")]
     if not all(pkcs11.is_reference(f) for f in files):
         return False
-    for f in files:
-        pkcs11.read_reference(f).check()
+    h = hierarchy.load(data_dir, None)
+    responders = {gen: r.signer for gen, r in h.responders.items()}
+    signers = [h.log_signer, *(i.signer for i in h.issuers.values()), *responders.values()]
+    first: pkcs11.KeyMissing | None = None
+    for signer in signers:
+        assert isinstance(signer, pkcs11.Pkcs11Signer)
+        try:
+            signer.check()
+        except pkcs11.KeyMissing as exc:
+            first = first or exc
+    if first is None:
+        return True
+    if all(s.missing for s in signers if isinstance(s, pkcs11.Pkcs11Signer)):
+        raise CLIError(
+            f"none of the CA's keys is in its PKCS#11 token ({first.detail}): is it the "
+            "right token (or SOFTHSM2_CONF)? A token that lost them all is restored from its "
+            f"backup ({hierarchy.EMERGENCY_PLAN})"
+        )
+    if getattr(h.log_signer, "missing", False):
+        raise CLIError(
+            "the transparency log's key is missing from the CA's PKCS#11 token "
+            f"({d / 'log.key'} names it): the server cannot start without it; put it back "
+            f"from the token's backup ({hierarchy.EMERGENCY_PLAN})"
+        )
+    for notice in hierarchy.missing_keys(h.issuers, responders, h.issuing()).values():
+        click.secho(f"WARNING: {notice}", fg="yellow", err=True)
     return True
 
 

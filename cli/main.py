@@ -801,6 +801,7 @@ _REFUSED_UNSIGNED = frozenset(
     for slug in (
         "sealed",
         "key-unavailable",
+        "key-missing",
         "issuer-revoked",
         "issuer-unavailable",
         "issuer-expired",
