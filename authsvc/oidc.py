@@ -290,8 +290,12 @@ class OIDCStore(Protocol):
         event) if another redemption came first."""
         ...
 
-    def mark_replayed(self, code_hash: str, at: datetime.datetime) -> CodeRecord | None:
-        """Record a second redemption; the code as it now stands."""
+    def mark_replayed(
+        self, code: CodeRecord, at: datetime.datetime, event: Callable[[CodeRecord], AuthEvent]
+    ) -> CodeRecord:
+        """Record a second redemption of ``code`` in one transaction: the code marked
+        replayed, the access token it produced revoked, and ``event(the code as it now
+        stands)`` (``code`` itself if its row is gone). The code as it now stands."""
         ...
 
     def code_by_access_jti(self, jti: str) -> CodeRecord | None: ...
@@ -777,11 +781,9 @@ class OpenIDProvider:
     def _replayed(self, rec: CodeRecord, client_addr: str | None) -> NoReturn:
         """A used code presented again: revoke what it produced, refuse (RFC 6749 §4.1.2)."""
         now = self.clock()
-        after = self.store.mark_replayed(rec.code_hash, now) or rec
-        if after.access_jti and after.access_expires_at:
-            self.tokens.store.revoke_jti(after.access_jti, after.access_expires_at)
-        self.tokens.store.add_event(
-            AuthEvent(
+
+        def replayed(after: CodeRecord) -> AuthEvent:
+            return AuthEvent(
                 "code.replayed",
                 now,
                 sid=rec.sid,
@@ -789,7 +791,8 @@ class OpenIDProvider:
                 service=rec.client_id,
                 detail={"revoked_jti": after.access_jti},
             )
-        )
+
+        self.store.mark_replayed(rec, now, replayed)
         raise InvalidGrant("the authorization code was already used; its tokens are revoked")
 
     # -- tokens -------------------------------------------------------------------------

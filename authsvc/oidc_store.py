@@ -1,6 +1,6 @@
 """SQLAlchemy implementation of :class:`authsvc.oidc.OIDCStore`: one short transaction per
 call; single use of codes and single delivery of logouts enforced by conditional UPDATEs
-(portable SQL: no row locks, no database-specific upserts)."""
+(portable SQL: no row locks; the one upsert is :func:`ca.store.upsert`, for either database)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from authsvc.models import SessionRow
+from authsvc.models import RevokedTokenRow, SessionRow
 from authsvc.oidc import BrowserSession, CodeRecord, PendingLogout
 from authsvc.oidc_models import AuthorizationCodeRow, BrowserSessionRow, SessionClientRow
 from authsvc.service import AuthEvent
 from authsvc.store import event_row
-from ca.store import reading, writing
+from ca.store import reading, upsert, writing
 
 
 class SqlOIDCStore:
@@ -101,18 +101,28 @@ class SqlOIDCStore:
             s.add(event_row(event))
             return True
 
-    def mark_replayed(self, code_hash: str, at: datetime.datetime) -> CodeRecord | None:
+    def mark_replayed(
+        self, code: CodeRecord, at: datetime.datetime, event: Callable[[CodeRecord], AuthEvent]
+    ) -> CodeRecord:
+        # One transaction: a crash between the mark, the revocation and the event lost
+        # the revocation or the event (the replay is refused all the same).
         with self._tx() as s:
             s.execute(
                 update(AuthorizationCodeRow)
                 .where(
-                    AuthorizationCodeRow.code_hash == code_hash,
+                    AuthorizationCodeRow.code_hash == code.code_hash,
                     AuthorizationCodeRow.replayed_at.is_(None),
                 )
                 .values(replayed_at=at)
                 .execution_options(synchronize_session=False)
             )
-        return self.get_code(code_hash)
+            row = s.get(AuthorizationCodeRow, code.code_hash)
+            after = _code(row) if row is not None else code
+            if after.access_jti and after.access_expires_at:
+                values = {"jti": after.access_jti, "expires_at": after.access_expires_at}
+                s.execute(upsert(s, RevokedTokenRow, values, ["jti"]).do_nothing())
+            s.add(event_row(event(after)))
+            return after
 
     def code_by_access_jti(self, jti: str) -> CodeRecord | None:
         with self._read() as s:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy.orm import sessionmaker
 
+import authsvc.oidc_store
+import authsvc.store
 from authsvc.app import upgrade
 from authsvc.keys import KeyRing
 from authsvc.oidc import (
@@ -231,6 +233,45 @@ def test_a_replay_racing_the_first_redemption_revokes_its_token(rig: Rig) -> Non
     events = [e for e in rig.tokens.store.events(subject=None, limit=100, after_id=0)]
     assert [e["type"] for e in events].count("token.issued") == 1
     assert [e["type"] for e in events].count("code.replayed") == 1
+
+
+def test_a_replay_that_fails_to_record_changes_nothing_and_a_later_one_records_it_all(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's mark, its revocation of the first token and its event are one
+    transaction: a fault writing the event leaves none of them, and the next replay
+    writes all three."""
+    signed = rig.session()
+    code, verifier = rig.code(signed)
+    h = hashlib.sha256(code.encode()).hexdigest()
+    jti = jwt.decode(rig.redeem(code, verifier).access_token, options={"verify_signature": False})[
+        "jti"
+    ]
+
+    def replayed_events() -> int:
+        events = rig.tokens.store.events(subject=None, limit=100, after_id=0)
+        return [e["type"] for e in events].count("code.replayed")
+
+    real = authsvc.store.event_row
+
+    def failing(ev: Any) -> Any:
+        if ev.type == "code.replayed":
+            raise RuntimeError("the disk went away")
+        return real(ev)
+
+    for module in (authsvc.store, authsvc.oidc_store):
+        monkeypatch.setattr(module, "event_row", failing)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        rig.redeem(code, verifier)
+    stored = rig.store.get_code(h)
+    assert stored is not None and stored.replayed_at is None
+    assert not rig.tokens.store.is_revoked(jti) and replayed_events() == 0
+    monkeypatch.undo()
+    with pytest.raises(InvalidGrant, match="already used"):
+        rig.redeem(code, verifier)
+    stored = rig.store.get_code(h)
+    assert stored is not None and stored.replayed_at is not None
+    assert rig.tokens.store.is_revoked(jti) and replayed_events() == 1
 
 
 def test_backchannel_retries_with_backoff_then_gives_up(rig: Rig) -> None:
