@@ -1052,6 +1052,18 @@ class JointCA:
                 last[member] = rec.not_after
         return last
 
+    def officers_in_force(self) -> bool:
+        """Whether any member agency has an RA officer certificate in force now. None: a
+        quorum ceremony that brings officers back may be opened unsigned
+        (:mod:`ca.quorum_api`), as nobody is left to sign its opening."""
+        with self.store.reading() as tx:
+            return bool(self._officers_last_end(tx, self.clock()))
+
+    def officer_issuer(self) -> str:
+        """The issuing CA id the RA officers' profile issues from ('' if none)."""
+        officer_profiles = self.policies.profiles_of(SubjectClass.AGENCY)
+        return officer_profiles[0].issuer if officer_profiles else ""
+
     def officer_notices(self, now: datetime.datetime) -> list[str]:
         """What operators must hear about the member agencies' RA officers: a member with
         none in force (nobody may approve its staff: a quorum's APPROVE-OFFICER is the way
@@ -1059,8 +1071,7 @@ class JointCA:
         officers made by ``eport ca init`` all end on the same day)."""
         with self.store.reading() as tx:
             last = self._officers_last_end(tx, now)
-        officer_profiles = self.policies.profiles_of(SubjectClass.AGENCY)
-        agency_issuer = officer_profiles[0].issuer if officer_profiles else ""
+        agency_issuer = self.officer_issuer()
         issuing = self.issuers.get(agency_issuer)
         agency_end = issuing.certificate.not_valid_after_utc if issuing is not None else None
         notices: list[str] = []

@@ -412,7 +412,11 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/custody/ceremonies": {
                 "post": _op(
-                    "Open a quorum ceremony (RA officer)", signed=True, body="CeremonyRequest"
+                    "Open a quorum ceremony (RA officer; unsigned only while no member agency "
+                    "has an RA officer in force, and only APPROVE-OFFICER, ROOT-CRL or "
+                    "ROTATE-ISSUER of the officers' issuing CA)",
+                    signed=True,
+                    body="CeremonyRequest",
                 )
             },
             "/ca/v1/custody/ceremonies/{ceremony_id}": {

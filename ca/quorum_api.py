@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from ca import bootkey, custody_files, hierarchy
 from ca.ceremony_files import FileChanges, journal_path
@@ -357,9 +357,11 @@ def unseal() -> Response:
 def start_ceremony() -> tuple[Response, int]:
     from ca.api import field, json_body, only, signed_caller
 
-    caller = signed_caller()
-    if caller.role is not SubjectClass.AGENCY:
-        raise Forbidden("a quorum ceremony is opened by a member agency's RA officer")
+    signed = request.headers.get("Authorization") is not None
+    if signed:
+        caller = signed_caller()
+        if caller.role is not SubjectClass.AGENCY:
+            raise Forbidden("a quorum ceremony is opened by a member agency's RA officer")
     data = only(json_body(), "a ceremony", "operation", "params")
     op = Operation.parse(field(data, "operation"))
     params = data.get("params") or {}
@@ -368,11 +370,46 @@ def start_ceremony() -> tuple[Response, int]:
     ):
         raise BadRequest("'params' must be an object of strings")
     svc = custody_service()
+    actor = caller.actor if signed else _unsigned_opener(op, params)
     from ca.root_ops import check_params
 
     check_params(svc, op, params)
-    c = svc.quorum.start(op, params, caller.actor)
+    c = svc.quorum.start(op, params, actor)
     return jsonify(svc.ceremony_json(c)), 201
+
+
+UNSIGNED_ACTOR = "unsigned:no-officer-in-force"
+"""The opener a ceremony's record and events name when no RA officer was left to sign."""
+
+
+def _unsigned_opener(op: Operation, params: dict[str, str]) -> str:
+    """Who opens a ceremony without a signed request: nobody may, unless no member agency
+    has an RA officer certificate in force (all revoked, or expired, with or without the
+    issuing CA that issued them); then only the ceremonies that bring officers back:
+    APPROVE-OFFICER, a rollover of the officers' issuing CA, and the root CRL. The
+    quorum's M custodians, each told what the ceremony does before giving a share,
+    authorize it; the opening only names it (docs/emergency-plan.md, runbook 8)."""
+    from ca.api import svc as ca_svc
+    from ca.errors import Unauthenticated
+
+    authority = ca_svc().authority
+    if authority.officers_in_force():
+        raise Unauthenticated(
+            "a quorum ceremony is opened by a member agency's RA officer's signed request "
+            "(--cert/--key); an unsigned opening is accepted only while no member agency "
+            "has an RA officer certificate in force"
+        )
+    issuer = authority.officer_issuer()
+    if not (
+        op in (Operation.APPROVE_OFFICER, Operation.ROOT_CRL)
+        or (op is Operation.ROTATE_ISSUER and params.get("issuer") == issuer)
+    ):
+        raise Forbidden(
+            "with no RA officer in force, a ceremony opened unsigned is one that brings "
+            f"officers back: APPROVE-OFFICER, ROTATE-ISSUER issuer={issuer} or ROOT-CRL; "
+            f"not {op.value}"
+        )
+    return UNSIGNED_ACTOR
 
 
 @bp.get("/ceremonies/<ceremony_id>")

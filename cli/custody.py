@@ -941,16 +941,45 @@ def ceremony_group() -> None:
     """Quorum ceremonies: root operations that run once M custodians have joined."""
 
 
-def _start(operation: str, params: dict[str, str], cert: Path, key: Path, pw: Path | None) -> Any:
+def _start(
+    operation: str,
+    params: dict[str, str],
+    cert: Path | None,
+    key: Path | None,
+    pw: Path | None,
+    no_officer: bool,
+) -> Any:
     from cli import keyfiles
 
-    ident = keyfiles.load_identity(cert, key, pw)
+    if no_officer and (cert is not None or key is not None):
+        raise click.UsageError(
+            "--no-officer opens the ceremony unsigned: give no --cert/--key "
+            "(nor EPORT_CERT/EPORT_KEY)"
+        )
+    if not no_officer and (cert is None or key is None):
+        raise click.UsageError(
+            "the RA officer who opens the ceremony signs it: give --cert and --key (or, while "
+            "no member agency has an RA officer in force, --no-officer)"
+        )
+    ident = None
+    if cert is not None and key is not None:
+        ident = keyfiles.load_identity(cert, key, pw)
     return _client().call(
         "POST",
         "/ca/v1/custody/ceremonies",
         {"operation": operation, "params": params},
         identity=ident,
     )
+
+
+no_officer_option = click.option(
+    "--no-officer",
+    is_flag=True,
+    help="Open it unsigned. Accepted only while no member agency has an RA officer "
+    "certificate in force (all revoked or expired), and only for APPROVE-OFFICER, ROOT-CRL "
+    "and ROTATE-ISSUER of the officers' issuing CA: the custodians' quorum authorizes it "
+    "(docs/emergency-plan.md, runbook 8).",
+)
 
 
 def _started_text(doc: dict[str, Any]) -> str:
@@ -964,21 +993,25 @@ def _started_text(doc: dict[str, Any]) -> str:
     )
 
 
-_officer_options = identity_options("RA officer")
-"""--cert/--key/--passphrase-file of the RA officer who opens a ceremony."""
+_officer_options = identity_options("RA officer", required=False)
+"""--cert/--key/--passphrase-file of the RA officer who opens a ceremony (none with
+--no-officer)."""
+_renewing_officer_options = identity_options("RA officer")
 
 
 @ceremony_group.command("start")
 @click.argument("operation")
 @click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
 @_officer_options
+@no_officer_option
 @json_option
 def ceremony_start(
     operation: str,
     params: tuple[str, ...],
-    cert_file: Path,
-    key_file: Path,
+    cert_file: Path | None,
+    key_file: Path | None,
     passphrase_file: Path | None,
+    no_officer: bool,
     as_json: bool,
 ) -> None:
     """Open a ceremony: ROOT-CRL, ISSUE-INTERMEDIATE issuer=ID, ROTATE-ISSUER issuer=ID,
@@ -988,12 +1021,15 @@ def ceremony_start(
 
     APPROVE-OFFICER gives a member agency left with no RA officer in force (all revoked
     or expired: only its own officers approve its staff) a new one; the custodian whose
-    join completes it is shown the enrollment code, once.
+    join completes it is shown the enrollment code, once. When no member agency has one
+    left, nobody can sign an opening: --no-officer opens APPROVE-OFFICER (and ROOT-CRL,
+    and ROTATE-ISSUER of the officers' issuing CA) unsigned.
 
     \b
       eport ca ceremony start ROOT-CRL --cert officer.pem --key officer.key
       eport ca ceremony start REVOKE-INTERMEDIATE issuer=enterprise-2 reason=keyCompromise ...
       eport ca ceremony start APPROVE-OFFICER application=app_... --cert officer.pem ...
+      eport ca ceremony start APPROVE-OFFICER application=app_... --no-officer
     """
     values: dict[str, str] = {}
     for p in params:
@@ -1008,7 +1044,7 @@ def ceremony_start(
                 param_hint="KEY=VALUE",
             )
         values[k] = v
-    doc = _start(operation, values, cert_file, key_file, passphrase_file)
+    doc = _start(operation, values, cert_file, key_file, passphrase_file, no_officer)
     _emit(as_json, doc, _started_text(doc))
 
 
@@ -1097,17 +1133,27 @@ def ceremony_status(ceremony_id: str, as_json: bool) -> None:
 @click.command("rotate")
 @click.argument("issuer")
 @_officer_options
+@no_officer_option
 @json_option
 def ca_rotate(
-    issuer: str, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
+    issuer: str,
+    cert_file: Path | None,
+    key_file: Path | None,
+    passphrase_file: Path | None,
+    no_officer: bool,
+    as_json: bool,
 ) -> None:
     """Open a quorum ceremony that rolls ISSUER over to a new issuing CA.
 
     \b
       eport ca rotate enterprise --cert officer.pem --key officer.key
         (ISSUER: enterprise, agency or service; M custodians then join the ceremony)
+      eport ca rotate agency --no-officer
+        (only while no RA officer is in force: the officers' issuing CA has ended)
     """
-    doc = _start("ROTATE-ISSUER", {"issuer": issuer}, cert_file, key_file, passphrase_file)
+    doc = _start(
+        "ROTATE-ISSUER", {"issuer": issuer}, cert_file, key_file, passphrase_file, no_officer
+    )
     _emit(as_json, doc, _started_text(doc))
 
 
@@ -1115,7 +1161,7 @@ def ca_rotate(
 @click.option(
     "--force", is_flag=True, help="Renew every responder, not only those about to expire."
 )
-@_officer_options
+@_renewing_officer_options
 @json_option
 def ca_renew_responders(
     force: bool, cert_file: Path, key_file: Path, passphrase_file: Path | None, as_json: bool
