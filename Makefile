@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ./var
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := openssl nginx softhsm2 chromium golang-cfssl postgresql
+APT_PACKAGES := openssl nginx softhsm2 chromium golang-cfssl postgresql openjdk-17-jre-headless
 
 .PHONY: run test test-quick lint typecheck pytest pytest-quick bench sysdeps clean
 

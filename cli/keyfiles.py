@@ -84,6 +84,18 @@ def write_key(path: Path, key: CertificateIssuerPrivateKeyTypes, pw: bytes) -> N
     write_private(path, pkcs8.encrypt(key, pw))
 
 
+P12_NOT_ASCII = (
+    "a PKCS#12 bundle whose passphrase is not ASCII does not open in Java (the JDK's "
+    'KeyStore and keytool refuse it: "Password is not ASCII")'
+)
+
+
+def p12_passphrase_ok(pw: bytes) -> bool:
+    """Whether a bundle.p12 encrypted with ``pw`` opens everywhere it is imported: the
+    JDK (17) derives its PBES2 keys only from ASCII passwords."""
+    return pw.isascii()
+
+
 def write_p12(
     path: Path,
     key: CertificateIssuerPrivateKeyTypes,

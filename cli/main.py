@@ -762,7 +762,21 @@ def _write_outputs(
         chain = x509.load_pem_x509_certificates(result["chain"].encode())
         files["p12"] = out / "bundle.p12"
         keyfiles.write_p12(files["p12"], key, cert, chain, pw, f"eport-{result['serial']}")
+        if not keyfiles.p12_passphrase_ok(pw):  # a kept key's passphrase: too late to refuse
+            click.secho(
+                f"WARNING: {files['p12']}: {keyfiles.P12_NOT_ASCII}; for Java, export one "
+                f"with an ASCII passphrase: openssl pkcs12 -export -inkey {files['key']} "
+                f"-in {files['certificate']} -certfile {files['chain']} -out bundle.p12",
+                fg="yellow",
+                err=True,
+            )
     return {k: str(v) for k, v in files.items()}
+
+
+def _refuse_p12_passphrase(p12: bool, pw: bytes, change: str) -> None:
+    """Before a key is made or a code used: --p12 with a passphrase Java cannot open."""
+    if p12 and not keyfiles.p12_passphrase_ok(pw):
+        raise CLIError(f"--p12: {keyfiles.P12_NOT_ASCII}: {change}, or leave out --p12")
 
 
 def _submit_keeping_key(
@@ -883,7 +897,8 @@ def _exists(path: Path) -> bool:
     is_flag=True,
     help="Also write bundle.p12 (PKCS#12, same passphrase), for import into a browser or "
     "key store. Its integrity MAC takes 2,048 PBKDF iterations, so the passphrase holds out "
-    "less long against guessing than key.pem's: delete the bundle once imported.",
+    "less long against guessing than key.pem's: delete the bundle once imported. The "
+    "passphrase must be ASCII: Java's key stores open no other bundle.",
 )
 @click.option(
     "--pkcs11-uri",
@@ -949,6 +964,7 @@ def enroll(
             _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
             return
         pw = keyfiles.passphrase(passphrase_file, new=True, what="new key")
+        _refuse_p12_passphrase(p12, pw, "choose an ASCII passphrase (the code is still unused)")
         key = keyfiles.new_key(key_type)
         made = _write_new_key(out, key, pw)
     csr = keyfiles.csr_for(key).decode()
@@ -1170,6 +1186,14 @@ def renew(
         # The passphrase that opened the current key (typed once); a key file in the
         # clear gets a new one, asked twice as for an enrollment.
         pw = current_pw or keyfiles.passphrase(passphrase_file, new=True, what="new key")
+        _refuse_p12_passphrase(
+            p12,
+            pw,
+            "the new key takes the current key's passphrase: change it first "
+            f"(eport key passwd {key_file})"
+            if current_pw
+            else "choose an ASCII passphrase",
+        )
         key = keyfiles.new_key(key_type)
         made = _write_new_key(out, key, pw)
     result = _submit_keeping_key(

@@ -11,8 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import EPORT, Server, free_port
+from cli import keyfiles
+from tests.conftest import EPORT, Server, free_port, need
 from tests.helpers import enroll_enterprise, fresh_uscc
 from tests.test_cli_errors import approved_code, offline, one_line
 from tests.test_enrollment_flow import counts, jrun
@@ -394,3 +397,63 @@ def test_audit_serials_out_of_range_are_usage_errors(args: list[str]) -> None:
     the same usage error (exit 2), before any key is read or anything sent."""
     line = one_line(offline(*args), 2, "is not a serial: a serial ")
     assert "is positive" in line or "has at most 20 octets (40 hexadecimal digits)" in line
+
+
+def test_a_p12_bundle_opens_in_java_and_one_it_could_not_is_refused_first(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """bundle.p12 is for import into key stores, Java's among them. The JDK derives the
+    PBES2 keys of a PKCS#12 from ASCII passwords only ("Password is not ASCII"), so a
+    bundle with a Chinese passphrase was written and then refused by keytool as "keystore
+    password was incorrect". --p12 with such a passphrase is refused before a key is made
+    or the code used (at renewal: before anything is sent); an ASCII one opens in keytool."""
+    keytool = need("keytool")
+    server = sqlite_server
+    cjk = "厦门港口的密码钥匙"
+
+    def java_opens(bundle: Path, passphrase: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [keytool, "-list", "-keystore", str(bundle), "-storetype", "PKCS12",
+             "-storepass", passphrase],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "LANG": "C.UTF-8"},
+        )  # fmt: skip
+
+    code = approved_code(server, "Java Import Co.")
+    before = counts(server)
+    cjk_out = tmp_path / "cjk"
+    args = ["enroll", "--code", code, "--profile", "enterprise", "--p12"]
+    res = server.eport(*args, "--out", str(cjk_out), check=False, EPORT_PASSPHRASE=cjk)
+    one_line(res, 1, "--p12: a PKCS#12 bundle whose passphrase is not ASCII does not open in Java")
+    assert "the code is still unused" in res.stderr
+    assert not (cjk_out / "key.pem").exists() and counts(server) == before
+
+    out = tmp_path / "ascii"
+    jrun(server, *args, "--out", str(out))  # the same code: it was not used
+    listed = java_opens(out / "bundle.p12", "test-passphrase-123")
+    assert listed.returncode == 0 and "PrivateKeyEntry" in listed.stdout, listed
+
+    # What the refusal spares: such a bundle, written anyway, does not open in Java.
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), b"test-passphrase-123")
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    keyfiles.write_p12(tmp_path / "cjk.p12", key, cert, [], cjk.encode(), "eport-cjk")  # type: ignore[arg-type]
+    refused = java_opens(tmp_path / "cjk.p12", cjk)
+    assert refused.returncode != 0 and "password was incorrect" in refused.stdout, refused
+
+    # A renewal takes the current key's passphrase: a non-ASCII one is refused for --p12
+    # before the request, and says how to change it.
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("test-passphrase-123\n")
+    new.write_text(cjk + "\n")
+    server.eport(
+        "key", "passwd", str(out / "key.pem"), "--passphrase-file", str(old),
+        "--new-passphrase-file", str(new),
+    )  # fmt: skip
+    before = counts(server)
+    creds = ["--cert", str(out / "cert.pem"), "--key", str(out / "key.pem")]
+    res = server.eport(
+        "renew", *creds, "--p12", "--out", str(tmp_path / "renewed"), check=False,
+        EPORT_PASSPHRASE=cjk,
+    )  # fmt: skip
+    line = one_line(res, 1, "change it first (eport key passwd")
+    assert str(out / "key.pem") in line
+    assert counts(server) == before and not (tmp_path / "renewed" / "key.pem").exists()
