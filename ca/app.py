@@ -321,7 +321,8 @@ NOTICES_EVERY = datetime.timedelta(hours=24)
 
 def warn_operators(app: Flask) -> None:
     """Log a warning (at start, then at most once a day in a long-running server) while
-    the root CRL's nextUpdate is near or past: only a quorum ceremony renews it."""
+    the root CRL's nextUpdate is near or past (only a quorum ceremony renews it), an
+    issuing CA ends, officers lapse, or a CA key is lost."""
     s: CAService = app.extensions[EXTENSION]
     now = s.clock()
     last = app.extensions.get(NOTICES_WARNED)
@@ -329,6 +330,8 @@ def warn_operators(app: Flask) -> None:
         return
     notices = [hierarchy.root_crl_notice(s.root_crl, now, dev=s.config.dev)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
+    responders = {gen: r.signer for gen, r in s.status.responders.items()}
+    notices += hierarchy.missing_keys(s.status.issuers, responders, s.authority.issuers).values()
     try:
         with app.app_context():  # its store's sessions are the app's
             notices += s.authority.officer_notices(now)

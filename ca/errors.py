@@ -177,6 +177,27 @@ class Sealed(EPortError):
     title = "The CA is sealed"
 
 
+KEY_LOST_DETAIL = (
+    "a CA key this request needs is missing or damaged: retrying will not help until the "
+    "CA's operators restore the key or replace it (the server's log says which)"
+)
+
+
+class KeyLost(Sealed):
+    """One CA key cannot be used while the others can: its key file missing, unreadable or
+    damaged, or (:class:`ca.pkcs11.KeyMissing`) the key gone from its PKCS#11 token. 503
+    ``key-missing``; unlike a sealed CA, asking again soon will not help (the CA's
+    emergency plan, section 7). ``detail`` names the key, for the server's log."""
+
+    slug = "key-missing"
+    title = "A CA key is missing"
+
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        doc = super().problem(instance)
+        doc["detail"] = KEY_LOST_DETAIL
+        return doc
+
+
 class IssuerRevoked(EPortError):
     """The issuing CA a profile issues from is revoked on the root's CRL."""
 

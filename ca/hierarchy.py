@@ -128,6 +128,17 @@ def generation_base(generation: str) -> str:
 
 
 EMERGENCY_PLAN = "docs/emergency-plan.md §7"
+RESTORE = f"restore the CA key files from the data directory's backup ({EMERGENCY_PLAN})"
+
+
+def _lost(signer: Signer) -> tuple[str, str] | None:
+    """For a key this process found lost: where it went missing, and how it comes back."""
+    why = getattr(signer, "lost", None)
+    if why:  # a key file (ca.signer.SealedSigner.lose)
+        return f"cannot be opened ({why})", "restore the key file from the data directory's backup"
+    if getattr(signer, "missing", False):  # ca.pkcs11.Pkcs11Signer
+        return "is missing from its PKCS#11 token", "put the key back from the token's backup"
+    return None
 
 
 def missing_keys(
@@ -136,39 +147,41 @@ def missing_keys(
     issuing: Mapping[str, IssuingCA],
 ) -> dict[str, str]:
     """Key slot (``issuers/enterprise-2``) → what operators must hear, for each CA key this
-    process found missing from its PKCS#11 token (:class:`ca.pkcs11.KeyMissing`): what no
-    longer works and what replaces the key. ``issuers``: the generations by their own ids;
-    ``responders``: generation id → its OCSP responder's signer; ``issuing``: the ids
-    profiles name → the generation they issue from (:meth:`Hierarchy.issuing`). Answered
-    without asking the token."""
+    process found lost: missing from its PKCS#11 token (:class:`ca.pkcs11.KeyMissing`), or
+    its key file missing, unreadable or damaged while the others opened
+    (:meth:`ca.signer.SealedSigner.lose`); what no longer works, and what replaces the
+    key. ``issuers``: the generations by their own ids; ``responders``: generation id →
+    its OCSP responder's signer; ``issuing``: the ids profiles name → the generation they
+    issue from (:meth:`Hierarchy.issuing`). Answered without asking a token."""
     out: dict[str, str] = {}
     for gen, ca in sorted(issuers.items()):
-        if not getattr(ca.signer, "missing", False):
+        lost = _lost(ca.signer)
+        if lost is None:
             continue
+        where, restore = lost
         base = generation_base(gen)
         if issuing.get(base) is ca:
             out[f"issuers/{gen}"] = (
-                f"the key of issuing CA {gen} is missing from its PKCS#11 token: enrollments "
-                f"and renewals of its profiles are refused (503 key-missing) and its CRL is "
-                f"not signed again; put the key back from the token's backup and restart, or "
-                f"replace the generation by a rollover ceremony (eport ca rotate {base}); "
-                f"{EMERGENCY_PLAN}"
+                f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
+                f"profiles are refused (503 key-missing) and its CRL is not signed again; "
+                f"{restore} and restart, or replace the generation by a rollover ceremony "
+                f"(eport ca rotate {base}); {EMERGENCY_PLAN}"
             )
         else:
             out[f"issuers/{gen}"] = (
-                f"the key of issuing CA generation {gen}, which no longer issues, is missing "
-                f"from its PKCS#11 token: its CRL is not signed again and its OCSP responder "
-                f"cannot be renewed; put the key back from the token's backup and restart, or, "
-                f"once its certificates are renewed, revoke the generation (eport ca ceremony "
-                f"start REVOKE-INTERMEDIATE issuer={gen}); {EMERGENCY_PLAN}"
+                f"the key of issuing CA generation {gen}, which no longer issues, {where}: "
+                f"its CRL is not signed again and its OCSP responder cannot be renewed; "
+                f"{restore} and restart, or, once its certificates are renewed, revoke the "
+                f"generation (eport ca ceremony start REVOKE-INTERMEDIATE issuer={gen}); "
+                f"{EMERGENCY_PLAN}"
             )
     for gen, signer in sorted(responders.items()):
-        if getattr(signer, "missing", False):
+        lost = _lost(signer)
+        if lost is not None:
             out[f"responders/{gen}"] = (
-                f"the OCSP responder key of issuing CA {gen} is missing from its PKCS#11 "
-                f"token: OCSP requests that need a new signature get tryLater; "
-                f"`eport ca renew-responders --force` makes a new responder key; "
-                f"{EMERGENCY_PLAN}"
+                f"the OCSP responder key of issuing CA {gen} {lost[0]}: OCSP requests that "
+                f"need a new signature get tryLater; `eport ca renew-responders --force` "
+                f"makes a new responder key; {EMERGENCY_PLAN}"
             )
     return out
 
@@ -416,12 +429,41 @@ def _load_signer(
 
     if pkcs11.is_reference(key_file):  # held in a token: nothing to unseal
         return pkcs11.read_reference(key_file)
+    public = cert_or_pub.public_key() if isinstance(cert_or_pub, x509.Certificate) else cert_or_pub
+    sealed = SealedSigner(public)  # type: ignore[arg-type]
     if passphrase is None:
-        public = (
-            cert_or_pub.public_key() if isinstance(cert_or_pub, x509.Certificate) else cert_or_pub
+        return sealed
+    return unseal_or_lose(sealer_of(passphrase), key_file, sealed)
+
+
+def unseal_or_lose(sealer: KeySealer, key_file: Path, sealed: SealedSigner) -> Signer:
+    """The key of ``key_file`` as ``sealer`` opens it; a file that is missing, unreadable
+    or damaged leaves ``sealed`` lost (:meth:`~ca.signer.SealedSigner.lose`) and returns
+    it: the other keys serve without it (:func:`load` refuses when they cannot)."""
+    from ca.sealing import slot_of
+
+    try:
+        return sealer.unseal(key_file)
+    except (OSError, Sealed) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else exc.detail
+        sealed.lose(f"{slot_of(key_file)}.key: {why}")
+        return sealed
+
+
+def _refuse_lost(h: Hierarchy) -> None:
+    """A hierarchy whose log key, or every issuing CA key, did not open: a wrong
+    passphrase or seal KEK, or a damaged directory, rather than one lost key."""
+    issuers = [getattr(i.signer, "lost", None) for i in h.issuers.values()]
+    if issuers and all(issuers):
+        raise Sealed(
+            f"no issuing CA key opens ({issuers[0]}): is the CA key passphrase right? A "
+            f"damaged directory is restored from its backup ({EMERGENCY_PLAN})"
         )
-        return SealedSigner(public)  # type: ignore[arg-type]
-    return sealer_of(passphrase).unseal(key_file)
+    lost = getattr(h.log_signer, "lost", None)
+    if lost:
+        raise Sealed(
+            f"the CA key file {lost}: the server cannot start without the log key; {RESTORE}"
+        )
 
 
 def check_complete(data_dir: Path) -> None:
@@ -466,7 +508,7 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
     log_signer = _load_signer(log_public, d / "log.key", ca_passphrase)
     active_file = d / "issuers" / ACTIVE_FILE
     active = json.loads(active_file.read_text()) if active_file.exists() else {}
-    return Hierarchy(
+    h = Hierarchy(
         root=root,
         root_crl=(d / "root.crl").read_bytes(),
         issuers=issuers,
@@ -474,6 +516,8 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
         log_signer=log_signer,
         active={str(k): str(v) for k, v in active.items()},
     )
+    _refuse_lost(h)
+    return h
 
 
 @functools.lru_cache(maxsize=4)

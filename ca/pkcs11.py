@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ca.errors import Sealed
+from ca.errors import KeyLost, Sealed
 from ca.keys import KeyType
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -118,7 +118,7 @@ MISSING_DETAIL = (
 )
 
 
-class KeyMissing(_NotOne):
+class KeyMissing(_NotOne, KeyLost):
     """The token is there and the PIN works, but the key the URI names is not in it: deleted,
     or lost with a token that was re-initialized (503 ``key-missing``; the CA's
     emergency plan, §7). Unlike a token that went away, asking again soon will not help."""

@@ -35,7 +35,7 @@ from ca.generation import bump_generation, read_generation
 from ca.policy import Policies, SubjectClass
 from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
 from ca.sealing import KekSealer
-from ca.signer import Signer
+from ca.signer import SealedSigner, Signer
 from ca.store import SqlStore
 
 bp = Blueprint("custody", __name__, url_prefix="/ca/v1/custody")
@@ -134,7 +134,17 @@ class CustodyService:
         sealer = KekSealer(kek, self.record.keys_id, Purpose.SEAL)
         for path, signer in self._slots(self.h):
             if getattr(signer, "sealed", False):
-                signer.unseal(sealer.unseal(path))  # type: ignore[attr-defined]
+                assert isinstance(signer, SealedSigner)
+                # A key file missing or damaged (the KEK opened the log key: the unseal
+                # ceremony proved it) is lost, not a reason to keep every key sealed
+                opened = hierarchy.unseal_or_lose(sealer, path, signer)
+                if opened is not signer:
+                    signer.unseal(opened)
+        lost = hierarchy.missing_keys(
+            self.h.issuers, {g: r.signer for g, r in self.h.responders.items()}, self.h.issuing()
+        )
+        for notice in lost.values():
+            log.warning("Unsealed without a key: %s", notice)
         if self._kek is not None and self._kek is not kek:
             wipe(self._kek)
         self._kek = kek

@@ -206,7 +206,7 @@ class ResponderRenewal:
         ):
             return "not due"
         if _key_missing(issuer):
-            return "the issuing CA's key is missing from its PKCS#11 token"
+            return "the issuing CA's key is missing (emergency plan, section 7)"
         key_new = self.dir / f"{issuer_id}.key.new"
         crt_new = self.dir / f"{issuer_id}.crt.new"
         # The new key goes where the current one is: its token, or sealed like it.
@@ -253,11 +253,14 @@ class ResponderRenewal:
 
 
 def _key_missing(issuer: IssuingCA) -> bool:
-    """Whether ``issuer``'s key is a PKCS#11 token key the token no longer holds (looked
-    for again at most every :data:`ca.pkcs11.MISSING_RECHECK` seconds): a generation whose
-    key was lost cannot sign a responder certificate, and the others are renewed."""
+    """Whether ``issuer``'s key is lost: a key file that did not open when the others did,
+    or a PKCS#11 token key the token no longer holds (looked for again at most every
+    :data:`ca.pkcs11.MISSING_RECHECK` seconds). A generation whose key was lost cannot
+    sign a responder certificate; the others are renewed."""
     from ca.pkcs11 import KeyMissing, Pkcs11Signer
 
+    if getattr(issuer.signer, "lost", None):  # a key file that did not open
+        return True
     if not isinstance(issuer.signer, Pkcs11Signer):
         return False
     try:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
-from ca.errors import Sealed
+from ca.errors import KeyLost, Sealed
 from ca.keys import KeyType, sign_bytes
 
 
@@ -71,10 +71,24 @@ class SealedSigner:
         self._public = public_key
         self._type = KeyType.of(public_key)
         self._inner: Signer | None = None
+        self.lost: str | None = None
+        """Why the key cannot be unsealed while the others could (:meth:`lose`): its slot's
+        file and the error, ``issuers/enterprise.key: No such file or directory``."""
 
     @property
     def sealed(self) -> bool:
-        return self._inner is None
+        return self._inner is None and self.lost is None
+
+    @property
+    def missing(self) -> bool:
+        """Whether the key was found missing or damaged when the others were unsealed."""
+        return self.lost is not None
+
+    def lose(self, why: str) -> None:
+        """The key cannot be unsealed (its file missing, unreadable or damaged) while the
+        others were: signing raises :class:`~ca.errors.KeyLost` (503 key-missing) rather
+        than :class:`~ca.errors.Sealed`, and the CA counts as unsealed without it."""
+        self.lost = why
 
     def unseal(self, inner: Signer) -> None:
         """Sign with ``inner`` from now on; it must hold this signer's key."""
@@ -91,6 +105,8 @@ class SealedSigner:
 
     def sign(self, data: bytes) -> bytes:
         inner = self._inner
+        if inner is None and self.lost is not None:
+            raise KeyLost(f"cannot sign: the CA key file {self.lost}")
         if inner is None:
             raise Sealed(
                 "the CA keys are sealed: nothing can be signed until M custodians unseal the "

@@ -10,7 +10,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +430,14 @@ def immutable(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def until(ok: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """Whether ``ok()`` holds within ``seconds``, asked every 0.2 s (the workers of a
+    server reload the CA files within about a second of a ceremony or a renewal)."""
+    deadline = time.monotonic() + seconds
+    while not ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
