@@ -30,7 +30,20 @@ from authsvc.service import (
     SessionRecord,
 )
 from authsvc.tokens import InvalidToken, jose_header
-from ca.errors import BadRequest, EPortError, Forbidden, PayloadTooLarge, Unauthenticated
+from ca.errors import (
+    BadRequest,
+    EPortError,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthenticated,
+    database_unavailable_cause,
+)
+from ca.problems import (
+    DATABASE_UNAVAILABLE_DETAIL,
+    RETRY_AFTER_SECONDS,
+    log_database_unavailable,
+    request_instance,
+)
 from ca.signedreq import SCHEME, verify_http_request
 from ca.wellformed import json_object, refuse_non_json
 
@@ -126,6 +139,17 @@ def oauth_endpoint(view: Callable[[], Response]) -> Callable[[], Response]:
             if mapped is err:
                 raise
             raise mapped from None
+        except Exception as exc:
+            down = database_unavailable_cause(exc)
+            if down is None:
+                raise
+            # RFC 6749 clients read {error, error_description}, not a problem document
+            log_database_unavailable(request.method, request_instance(request.environ), down)
+            unavailable = OAuthError(
+                DATABASE_UNAVAILABLE_DETAIL, error="temporarily_unavailable", status=503
+            )
+            unavailable.retry_after = RETRY_AFTER_SECONDS
+            raise unavailable from None
 
     return answer
 

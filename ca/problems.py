@@ -61,6 +61,12 @@ def storage_full_cause(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def log_database_unavailable(method: str, path: str, down: BaseException) -> None:
+    """One line, no traceback: an outage is not a bug, nor a reason to flood the log."""
+    why = " ".join(str(down).split())[:300]
+    log.error("database unavailable on %s %s: %s: %s", method, path, type(down).__name__, why)
+
+
 def unexpected_headers(status: int) -> list[tuple[str, str]]:
     """Headers beyond the type and length for :meth:`ErrorAnswers.unexpected`'s answer:
     ``Retry-After`` on a 503 (RFC 9110 §10.2.3)."""
@@ -148,11 +154,8 @@ class ErrorAnswers:
             log.error("storage full on %s %s: %s", method, path, full)
             return 507, problem_body(StorageFull(STORAGE_FULL_DETAIL), path, self.dumps)
         down = database_unavailable_cause(exc)
-        if down is not None:  # one line, no traceback: an outage is not a bug, nor a log flood
-            why = " ".join(str(down).split())[:300]
-            log.error(
-                "database unavailable on %s %s: %s: %s", method, path, type(down).__name__, why
-            )
+        if down is not None:
+            log_database_unavailable(method, path, down)
             problem = DatabaseUnavailable(DATABASE_UNAVAILABLE_DETAIL)
             return 503, problem_body(problem, path, self.dumps)
         log.exception("unexpected error on %s %s", method, path)

@@ -61,18 +61,6 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                     "/ca/v1/enroll",
                     {"json": {"code": "A" * 32, "profile": "enterprise", "csr": csr()}},
                 ),
-                # the token service's own database
-                (
-                    "POST",
-                    "/auth/token",
-                    {
-                        "data": {
-                            "grant_type": "refresh_token",
-                            "refresh_token": "x" * 43,
-                            "audience": "customs-declaration",
-                        }
-                    },
-                ),
             ]
             for method, path, kw in asks:
                 got = requests.request(method, url + path, timeout=60, **kw)  # type: ignore[arg-type]
@@ -83,6 +71,20 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
                 assert doc["type"] == "urn:eport:problem:database-unavailable", doc
                 assert "whether it took effect is not known" in doc["detail"]
                 assert "nothing was changed" not in doc["detail"]
+            # The token service's own database, at an OAuth endpoint: RFC 6749's error
+            # shape ({error, error_description}), which OAuth clients read.
+            refresh = {
+                "grant_type": "refresh_token",
+                "refresh_token": "x" * 43,
+                "audience": "customs-declaration",
+            }
+            got = requests.post(url + "/auth/token", data=refresh, timeout=60)
+            assert got.status_code == 503, got.text
+            assert got.headers["Content-Type"] == "application/json"
+            assert got.headers["Retry-After"] == "5" and got.headers["Cache-Control"] == "no-store"
+            oauth = got.json()
+            assert oauth["error"] == "temporarily_unavailable", oauth
+            assert "whether it took effect is not known" in oauth["error_description"]
             # OCSP answers in its own terms: tryLater (RFC 6960 §2.3), not an HTTP error.
             officer = srv.dev / "officers" / "customs"
             cert = x509.load_pem_x509_certificate((officer / "officer.pem").read_bytes())
@@ -110,6 +112,7 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
             log = srv.log.read_text(errors="replace")
             assert "database unavailable on POST /ca/v1/applications" in log
+            assert "database unavailable on POST /auth/token" in log
             assert "Traceback" not in log, log[-3000:]
             pg_ctl(pg, *pg.start_args)
             deadline = time.monotonic() + 30
