@@ -300,6 +300,8 @@ def _start_sweeper(
                             leeway=tokens.settings.leeway,
                         )
             except Exception:
-                log.exception("token service sweep failed; will retry")
+                from ca.app import log_retry
+
+                log_retry("token service sweep failed; will retry", log)
 
     threading.Thread(target=loop, name="auth-sweeper", daemon=True).start()

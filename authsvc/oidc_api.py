@@ -450,6 +450,8 @@ def _start_delivery(app: Flask, p: OpenIDProvider, every: float) -> None:
                     if ticks % 300 == 0:
                         p.cleanup()
             except Exception:
-                log.exception("back-channel logout delivery failed; will retry")
+                from ca.app import log_retry
+
+                log_retry("back-channel logout delivery failed; will retry", log)
 
     threading.Thread(target=loop, name="oidc-backchannel", daemon=True).start()

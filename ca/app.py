@@ -286,7 +286,7 @@ def _start_refresher(app: Flask, every: float) -> None:
             except Sealed:
                 pass  # a sealed server serves what is signed; unsealing resumes signing
             except Exception:
-                _log_retry("CRL refresh failed; will retry")
+                log_retry("CRL refresh failed; will retry")
             _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
@@ -302,17 +302,18 @@ def _wipe_expired_shares(app: Flask) -> None:
             custody.wipe_expired_shares()
 
 
-def _log_retry(what: str) -> None:
+def log_retry(what: str, logger: logging.Logger = log) -> None:
     """A background task's failure (call in its ``except``): a database that cannot be
     used now is one line each time (an outage is no bug, and the task runs every few
-    seconds); anything else, the traceback."""
+    seconds); anything else, the traceback. The token service's tasks use it too."""
     from ca.errors import database_unavailable_cause
 
     cause = database_unavailable_cause(sys.exc_info()[1])
     if cause is not None:
-        log.error("%s (the database is unavailable: %s)", what, " ".join(str(cause).split())[:200])
+        why = " ".join(str(cause).split())[:200]
+        logger.error("%s (the database is unavailable: %s)", what, why)
     else:
-        log.exception("%s", what)
+        logger.exception("%s", what)
 
 
 NOTICES_WARNED = "eport.ca.root_crl_warned"
@@ -460,7 +461,7 @@ def _renew_due_responders(app: Flask) -> None:
     except Sealed:
         pass
     except Exception:
-        _log_retry("OCSP responder renewal failed; will retry")
+        log_retry("OCSP responder renewal failed; will retry")
 
 
 # -- other hosts of the same database (ca.crosshost) ---------------------------------------
@@ -528,7 +529,7 @@ def check_hierarchy_record(app: Flask) -> None:
             else:
                 state.responders_pending = False
     except Exception:
-        _log_retry("comparing the CA files with the database's record failed; will retry")
+        log_retry("comparing the CA files with the database's record failed; will retry")
         return
     if outcome.published:
         log.info("CA files published to the database (generation %s)", outcome.generation)

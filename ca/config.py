@@ -139,6 +139,12 @@ class CAConfig:
     minutes the CA allows any (it was range-checked up to an hour and read by nothing)."""
     clock_skew_seconds: int = bounded(30, 0, 600, "seconds")
     """Leeway for ``iat``/``exp`` of signed requests."""
+    database_answer_seconds: float = bounded(30.0, 1.0, 3600.0, "seconds", zero="no limit")
+    """How long a server process waits for PostgreSQL to answer one statement (or to
+    finish a new connection: at most libpq's ``connect_timeout``) before it gives the
+    connection up and answers 503: a server that takes queries and says nothing (stopped,
+    its storage hung) held request threads for ever. Shorter than gunicorn's 60 s worker
+    timeout, which killed a sync worker waiting that long. Both services' connections."""
     crl_refresh_seconds: float = bounded(30.0, 0.1, DAY, "seconds", zero="only on fetch")
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
     responder_renew_days: int = bounded(30, 1, 180, "days")

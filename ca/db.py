@@ -42,6 +42,49 @@ the worker thread serving it, waited for ever; and ``eport serve`` started again
 a server printed nothing. The database URL's own parameters win."""
 
 
+def install_answer_deadline(answer_seconds: float) -> None:
+    """Make this process's psycopg2 connections wait through a callback (psycopg2's
+    "green" mode, ``set_wait_callback``) that gives up on a PostgreSQL server after
+    ``answer_seconds`` without an answer to one statement, or the connect timeout of
+    :data:`PG_CONNECT_DEFAULTS` for a new connection. libpq has no such bound of its
+    own: TCP keepalives and ``tcp_user_timeout`` end a silent peer, but not a server
+    whose host still acknowledges the bytes (a stopped postmaster, hung storage).
+
+    Giving up raises psycopg2's ``OperationalError`` and psycopg2 closes the
+    connection, which SQLAlchemy takes as a disconnect: the request answers 503
+    (``database-unavailable``) and the pool connects anew once the server answers.
+    Called in each ``eport serve`` worker that uses PostgreSQL; the start's migrations
+    and the CLI keep libpq's own waiting."""
+    import select
+    import time
+
+    import psycopg2
+    from psycopg2 import extensions
+
+    connect_seconds = min(float(PG_CONNECT_DEFAULTS["connect_timeout"]), answer_seconds)  # type: ignore[arg-type]
+
+    def wait(conn: Any) -> None:
+        limit = connect_seconds if conn.status == extensions.STATUS_SETUP else answer_seconds
+        deadline = time.monotonic() + limit
+        while True:
+            state = conn.poll()
+            if state == extensions.POLL_OK:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg2.OperationalError(
+                    f"the database did not answer within {limit:g} s (database_answer_seconds)"
+                )
+            if state == extensions.POLL_READ:
+                select.select([conn.fileno()], [], [], left)
+            elif state == extensions.POLL_WRITE:
+                select.select([], [conn.fileno()], [], left)
+            else:  # psycopg2 answers only these
+                raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+    extensions.set_wait_callback(wait)
+
+
 def engine_options(url: str) -> dict[str, object]:
     """Ping pooled connections before use only over a network: a SQLite file needs no
     liveness check, and the ping is a query on every checkout (the OCSP hot path).

@@ -144,6 +144,14 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
     def _load(self) -> Any:
         from ca.app import create_app
 
+        urls = [self.cfg_ca.sqlalchemy_url]
+        if self.cfg_auth is not None:
+            urls.append(self.cfg_auth.sqlalchemy_url)
+        seconds = self.cfg_ca.database_answer_seconds
+        if seconds > 0 and any(u.startswith("postgresql") for u in urls):
+            from ca.db import install_answer_deadline
+
+            install_answer_deadline(seconds)  # this worker's connections only
         ca_app = create_app(self.cfg_ca)
         app: WSGIApp
         if self.cfg_auth is None:

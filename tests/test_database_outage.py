@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -125,6 +126,59 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             assert json.loads(again.text)["state"] == "pending"
             ready = requests.get(url + "/ca/v1/health?ready", timeout=30)
             assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text
+        finally:
+            stop(proc)
+
+
+def _stop_signal(pg: Postgres, sig: signal.Signals) -> None:
+    """``sig`` to the cluster's postmaster and every process it started."""
+    pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    for p in [pid, *map(int, children.stdout.split())]:
+        os.kill(p, sig)
+
+
+@pytest.mark.slow
+def test_a_database_that_stops_answering_is_a_503_in_seconds_not_a_hang(tmp_path: Path) -> None:
+    """PostgreSQL stopped (SIGSTOP: its host still acknowledges every byte, so TCP
+    keepalives and tcp_user_timeout never end the wait): each request held its thread
+    for ever, health included. With database_answer_seconds (2 here), a request is a 503
+    within seconds, health says the database is unavailable, and once the server goes
+    on the pool connects anew by itself."""
+    with postgres_cluster() as pg:
+        ca_db, auth_db = pg.createdb("hung_ca"), pg.createdb("hung_auth")
+        env = {"EPORT_AUTH_DATABASE_URL": auth_db, "EPORT_DATABASE_ANSWER_SECONDS": "2"}
+        srv, proc = start_server(tmp_path / "data", ca_db, workers=1, extra_env=env)
+        try:
+            url = srv.url
+            r = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
+            assert r.status_code == 201, r.text
+            _stop_signal(pg, signal.SIGSTOP)
+            try:
+                for method, path, kw in (
+                    ("POST", "/ca/v1/applications", {"json": APPLICATION}),
+                    ("GET", f"/ca/v1/applications/{r.json()['id']}", {}),
+                ):
+                    t0 = time.monotonic()
+                    got = requests.request(method, url + path, timeout=60, **kw)  # type: ignore[arg-type]
+                    took = time.monotonic() - t0
+                    assert got.status_code == 503, (path, got.status_code, got.text)
+                    assert got.json()["type"] == "urn:eport:problem:database-unavailable"
+                    assert took < 15, (path, took)  # the answer deadline and a reconnect's
+                health = requests.get(url + "/ca/v1/health", timeout=60)
+                assert health.status_code == 200 and health.json()["database"] == "unavailable"
+            finally:
+                _stop_signal(pg, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while True:  # no restart: the pool connects anew
+                again = requests.post(url + "/ca/v1/applications", json=APPLICATION, timeout=30)
+                if again.status_code == 201 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert again.status_code == 201, again.text
+            log = srv.log.read_text(errors="replace")
+            assert "the database did not answer within 2 s" in log
+            assert "Traceback" not in log, log[-3000:]
         finally:
             stop(proc)
 
