@@ -406,7 +406,8 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/custody": {"get": _op("Seal state and custody record")},
             "/ca/v1/custody/unseal": {
                 "post": _op(
-                    "Submit one custodian's share, sealed to the server's boot key",
+                    "Submit one custodian's share, sealed to the server's boot key (the "
+                    "answer names CA keys the unseal went without: missing_keys, warnings)",
                     body="SealedShareRequest",
                 )
             },

@@ -123,6 +123,12 @@ class CustodyService:
     def sealed(self) -> bool:
         return any(getattr(s, "sealed", False) for _, s in self._slots(self.h))
 
+    def missing_keys(self) -> dict[str, str]:
+        """The CA keys this worker found lost (:func:`ca.hierarchy.missing_keys`)."""
+        h = self.h
+        responders = {g: r.signer for g, r in h.responders.items()}
+        return hierarchy.missing_keys(h.issuers, responders, h.issuing())
+
     def seal_sealer(self) -> KekSealer | None:
         """The seal KEK's sealer once unsealed (to wrap keys a ceremony makes)."""
         if self._kek is None:
@@ -140,10 +146,7 @@ class CustodyService:
                 opened = hierarchy.unseal_or_lose(sealer, path, signer)
                 if opened is not signer:
                     signer.unseal(opened)
-        lost = hierarchy.missing_keys(
-            self.h.issuers, {g: r.signer for g, r in self.h.responders.items()}, self.h.issuing()
-        )
-        for notice in lost.values():
+        for notice in self.missing_keys().values():
             log.warning("Unsealed without a key: %s", notice)
         if self._kek is not None and self._kek is not kek:
             wipe(self._kek)
@@ -360,7 +363,11 @@ def unseal() -> Response:
     c = svc.quorum.unseal_ceremony()
     c = svc.quorum.join(c.id, share)
     svc.refresh()
-    return jsonify({"sealed": svc.sealed, "ceremony": svc.ceremony_json(c)})
+    doc: dict[str, Any] = {"sealed": svc.sealed, "ceremony": svc.ceremony_json(c)}
+    missing = svc.missing_keys()
+    if missing:  # unsealed without them: the custodians hear it first (as health says it)
+        doc.update(missing_keys=sorted(missing), warnings=list(missing.values()))
+    return jsonify(doc)
 
 
 @bp.post("/ceremonies")

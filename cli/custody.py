@@ -930,6 +930,8 @@ def ca_unseal(
         text = f"Share of {opened.member} accepted: {_progress(c)}; the CA is still sealed."
     else:
         text = f"Share of {opened.member} accepted: {_progress(c)}. The CA is unsealed."
+    for notice in doc.get("warnings", []):  # unsealed without some keys
+        click.secho(f"WARNING: {notice}", fg="yellow", err=True)
     _emit(as_json, doc, text)
 
 

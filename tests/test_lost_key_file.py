@@ -50,7 +50,11 @@ def test_an_unseal_without_one_key_file_serves_the_rest_until_a_rollover(tmp_pat
         assert _health(srv)["sealed"] is True
         for m in ("commerce", "tax", "forex"):
             res = unseal(srv, out, m, fp)
-        assert json.loads(res.stdout)["sealed"] is False, res.stdout
+        done = json.loads(res.stdout)
+        assert done["sealed"] is False, res.stdout
+        # the custodian whose share unsealed it hears what is missing
+        assert done["missing_keys"] == ["issuers/enterprise", "responders/agency"], done
+        assert res.stderr.count("WARNING: the ") == 2, res.stderr
         health = _health(srv)
         assert health["status"] == "degraded" and health["sealed"] is False, health
         assert health["missing_keys"] == ["issuers/enterprise", "responders/agency"], health
