@@ -194,12 +194,14 @@ def health() -> Response:
     out["hierarchy"] = "stale" if crosshost is not None and crosshost.stale else "current"
     if crosshost is not None:
         warnings += crosshost.warnings()
-    # CA keys this worker found missing from their PKCS#11 token (at the start's check,
-    # which every worker inherits, or since): the rest serves, so readiness stays.
+    # CA keys this worker found lost (missing from their PKCS#11 token at the start's
+    # check, which every worker inherits, or since; a key file that did not open): the
+    # rest serves, so readiness stays.
     missing = hierarchy.missing_keys(
         s.status.issuers,
         {gen: r.signer for gen, r in s.status.responders.items()},
         s.authority.issuers,
+        dev=s.config.dev,
     )
     if missing:
         out.update(status="degraded", missing_keys=sorted(missing))

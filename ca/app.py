@@ -332,7 +332,10 @@ def warn_operators(app: Flask) -> None:
     notices = [hierarchy.root_crl_notice(s.root_crl, now, dev=s.config.dev)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
     responders = {gen: r.signer for gen, r in s.status.responders.items()}
-    notices += hierarchy.missing_keys(s.status.issuers, responders, s.authority.issuers).values()
+    lost = hierarchy.missing_keys(
+        s.status.issuers, responders, s.authority.issuers, dev=s.config.dev
+    )
+    notices += lost.values()
     try:
         with app.app_context():  # its store's sessions are the app's
             notices += s.authority.officer_notices(now)

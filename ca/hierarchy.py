@@ -145,6 +145,8 @@ def missing_keys(
     issuers: Mapping[str, IssuingCA],
     responders: Mapping[str, Signer],
     issuing: Mapping[str, IssuingCA],
+    *,
+    dev: bool = False,
 ) -> dict[str, str]:
     """Key slot (``issuers/enterprise-2``) → what operators must hear, for each CA key this
     process found lost: missing from its PKCS#11 token (:class:`ca.pkcs11.KeyMissing`), or
@@ -152,7 +154,8 @@ def missing_keys(
     (:meth:`ca.signer.SealedSigner.lose`); what no longer works, and what replaces the
     key. ``issuers``: the generations by their own ids; ``responders``: generation id →
     its OCSP responder's signer; ``issuing``: the ids profiles name → the generation they
-    issue from (:meth:`Hierarchy.issuing`). Answered without asking a token."""
+    issue from (:meth:`Hierarchy.issuing`); ``dev``: a development CA, which has no
+    custodians for a rollover. Answered without asking a token."""
     out: dict[str, str] = {}
     for gen, ca in sorted(issuers.items()):
         lost = _lost(ca.signer)
@@ -160,7 +163,14 @@ def missing_keys(
             continue
         where, restore = lost
         base = generation_base(gen)
-        if issuing.get(base) is ca:
+        if issuing.get(base) is ca and dev:
+            out[f"issuers/{gen}"] = (
+                f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
+                f"profiles are refused (503 key-missing); a development CA has no custodians "
+                f"for the rollover that would replace it: stop the server, remove its data "
+                f"directory and start again for a new development CA"
+            )
+        elif issuing.get(base) is ca:
             out[f"issuers/{gen}"] = (
                 f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
                 f"profiles are refused (503 key-missing) and its CRL is not signed again; "

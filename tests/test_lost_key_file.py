@@ -126,6 +126,16 @@ def test_a_ca_unsealed_by_passphrase_starts_without_a_lost_key_file(tmp_path: Pa
         enroll_enterprise(srv, tmp_path)  # from the enterprise issuing CA
     finally:
         stop(proc)
+    # Served as the development CA (--dev), which has no custodians for a rollover: the
+    # advice is a new development CA.
+    srv, proc = start_server(data, workers=1)
+    try:
+        warned = _health(srv)["warnings"]
+        assert isinstance(warned, list)
+        notice = next(w for w in warned if w.startswith("the key of issuing CA service"))
+        assert "remove its data directory" in notice and "eport ca rotate" not in notice
+    finally:
+        stop(proc)
     wrong = {**_unsealed_by_passphrase(data), "EPORT_CA_KEY_PASSPHRASE": "not the passphrase"}
     res = srv.eport("serve", "--data-dir", str(data), "--port", str(free_port()), check=False,
                     **wrong)  # fmt: skip
