@@ -256,3 +256,62 @@ def test_a_module_that_fails_to_initialize_says_why() -> None:
     line = res.stdout.strip()
     assert line.startswith(f"cannot load the PKCS#11 module {MODULE}: "), line
     assert "GeneralError" in line and "SOFTHSM2_CONF=/nonexistent" in line, line
+
+
+class _FakeToken:
+    """A token whose login answers ``CKR_USER_PIN_NOT_INITIALIZED`` until the module is
+    initialized again ``heals_after`` times (SoftHSM2's stale view of a token that came
+    back, as a worker saw it under load in session 18's CI failure)."""
+
+    def __init__(self, lib: _FakeLib) -> None:
+        self.lib = lib
+
+    def open(self, user_pin: str, rw: bool) -> object:
+        import pkcs11 as p11
+
+        if self.lib.initialized < self.lib.heals_after:
+            raise p11.UserPinNotInitialized()
+        return object()  # a session
+
+
+class _FakeLib:
+    def __init__(self, heals_after: int) -> None:
+        self.heals_after = heals_after
+        self.initialized = 0
+        self.finalized = 0
+
+    def get_token(self, token_label: str) -> _FakeToken:
+        return _FakeToken(self)
+
+    def finalize(self) -> None:
+        self.finalized += 1
+
+    def initialize(self) -> None:
+        self.initialized += 1
+
+
+@pytest.mark.parametrize("heals_after", [1, 99])
+def test_a_stale_pin_not_initialized_answer_makes_the_process_look_again_once(
+    monkeypatch: pytest.MonkeyPatch, heals_after: int
+) -> None:
+    """Deterministic, with a module stand-in: a login refused with UserPinNotInitialized
+    re-initializes the module (C_Finalize, C_Initialize) and logs in again; a token whose
+    PIN really is not set fails after that one look, naming the return code. Before the
+    fix (session 19) that code was not among those worth another look, and the worker
+    answered 503 until restarted."""
+    import ca.pkcs11 as mod
+
+    lib = _FakeLib(heals_after)
+    monkeypatch.setattr(mod.pkcs11, "lib", lambda path: lib)
+    module = mod._Module("/fake/module.so")
+    token = mod._Token(module, ("token", "eport-ca"))
+    module.tokens.append(token)
+    uri = mod.Pkcs11Uri.parse("pkcs11:token=eport-ca;object=k?pin-value=1234")
+    with module.lock:
+        if heals_after == 1:
+            assert token.session(uri) is not None
+            assert (lib.finalized, lib.initialized) == (1, 1)
+        else:
+            with pytest.raises(mod.Pkcs11Error, match="UserPinNotInitialized"):
+                token.session(uri)
+            assert lib.initialized == 1  # one more look, not a loop
