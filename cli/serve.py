@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import json
+import math
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -198,6 +199,13 @@ def _problem_errors(_worker: Any) -> None:
     gunicorn_util.write_error = write_problem
 
 
+def worker_timeout(cfg: CAConfig) -> int:
+    """gunicorn's worker timeout: 60 s, or longer than the database answer deadline when
+    that is set longer, so that a worker waiting on a silent PostgreSQL answers its 503
+    rather than being killed first (a sync worker sends no heartbeat while it waits)."""
+    return max(60, math.ceil(cfg.database_answer_seconds) + 15)
+
+
 def run(
     cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
 ) -> None:
@@ -213,7 +221,7 @@ def run(
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "warning",
-            "timeout": 60,
+            "timeout": worker_timeout(cfg),
             "graceful_timeout": 5,
             "post_worker_init": _problem_errors,
             # gunicorn believes X-Forwarded-Proto (the request's scheme) from loopback

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from ca.config import CAConfig
+from cli.serve import worker_timeout
 from tests.conftest import EPORT_CMD, base_env, free_port, start_server, stop
 
 REPO_POLICIES = CAConfig.load({}, environ={}).policies_dir
@@ -324,3 +325,12 @@ def test_status_urls_follow_their_own_base_and_a_moved_base_is_warned(tmp_path: 
         assert "the CA's certificates name" not in srv.log.read_text(errors="replace")
     finally:
         stop(proc)
+
+
+def test_a_database_answer_deadline_past_gunicorns_timeout_lengthens_it() -> None:
+    """gunicorn kills a sync worker that sends no heartbeat for its timeout (60 s): a
+    database answer deadline set longer would never answer its 503. The worker timeout
+    follows it; the default and 0 (no deadline) keep 60 s."""
+    assert worker_timeout(CAConfig.load({}, environ={})) == 60
+    assert worker_timeout(CAConfig.load({"database_answer_seconds": 0}, environ={})) == 60
+    assert worker_timeout(CAConfig.load({"database_answer_seconds": 120}, environ={})) == 135
