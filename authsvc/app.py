@@ -35,7 +35,7 @@ from ca.errors import EPortError, PayloadTooLarge
 from ca.names import accept_names_up_to_64_characters
 from ca.policy import load_policies
 from ca.problems import EXTENSION as PROBLEMS
-from ca.problems import install_problem_handlers, problem_response
+from ca.problems import install_problem_handlers, log_retry, problem_response
 from ca.signedreq import TrustAnchors
 from ca.store import configure_engine
 
@@ -300,8 +300,6 @@ def _start_sweeper(
                             leeway=tokens.settings.leeway,
                         )
             except Exception:
-                from ca.app import log_retry
-
                 log_retry("token service sweep failed; will retry", log)
 
     threading.Thread(target=loop, name="auth-sweeper", daemon=True).start()

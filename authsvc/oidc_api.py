@@ -51,6 +51,7 @@ from authsvc.proxy import client_address, forwarded_certificate
 from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError, Unauthenticated
+from ca.problems import log_retry
 
 log = logging.getLogger("eport.auth.oidc")
 
@@ -450,8 +451,6 @@ def _start_delivery(app: Flask, p: OpenIDProvider, every: float) -> None:
                     if ticks % 300 == 0:
                         p.cleanup()
             except Exception:
-                from ca.app import log_retry
-
                 log_retry("back-channel logout delivery failed; will retry", log)
 
     threading.Thread(target=loop, name="oidc-backchannel", daemon=True).start()

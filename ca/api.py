@@ -162,8 +162,9 @@ def openapi() -> Response:
 def health() -> Response:
     """Liveness (200 while the process answers) with what a monitor needs to know:
     sealed, the database's state, the root CRL's end, the CA files' state, CA keys
-    missing from their token. With ``?ready`` it is a readiness check: 503 while the
-    database cannot be used (a missing key leaves the rest serving: still ready)."""
+    lost (missing from their token, or their key files unreadable). With ``?ready`` it is
+    a readiness check: 503 while the database cannot be used (a lost key leaves the rest
+    serving: still ready)."""
     from sqlalchemy import text
 
     from ca.errors import database_unavailable_cause
@@ -197,12 +198,7 @@ def health() -> Response:
     # CA keys this worker found lost (missing from their PKCS#11 token at the start's
     # check, which every worker inherits, or since; a key file that did not open): the
     # rest serves, so readiness stays.
-    missing = hierarchy.missing_keys(
-        s.status.issuers,
-        {gen: r.signer for gen, r in s.status.responders.items()},
-        s.authority.issuers,
-        dev=s.config.dev,
-    )
+    missing = s.hierarchy.missing_keys(dev=s.config.dev)
     if missing:
         out.update(status="degraded", missing_keys=sorted(missing))
         warnings += missing.values()

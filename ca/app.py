@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import logging
 import random
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from ca.lint import CertificateLinter
 from ca.models import Base
 from ca.names import accept_names_up_to_64_characters
 from ca.policy import EVERY_ISSUER, Policies, load_policies
-from ca.problems import install_problem_handlers
+from ca.problems import install_problem_handlers, log_retry
 from ca.records import Store
 from ca.revocation import Revocation
 from ca.sealing import KeySealer, PassphraseSealer
@@ -61,7 +60,12 @@ class CAService:
     clock: Clock
     status: StatusService
     revocation: Revocation
-    root_crl: bytes
+    hierarchy: hierarchy.Hierarchy
+    """The CA files it was built from (its signers are the ones issuance and status use)."""
+
+    @property
+    def root_crl(self) -> bytes:
+        return self.hierarchy.root_crl
 
 
 def ca_passphrase(cfg: CAConfig) -> bytes | None:
@@ -265,7 +269,7 @@ def service_for(
         revoked_issuers={issuer_id: revocation for issuer_id, _, revocation in trust.revoked},
     )
     revocation = Revocation(authority, listeners=(status.on_status_change,))
-    return CAService(cfg, authority, trust, store, utcnow, status, revocation, h.root_crl)
+    return CAService(cfg, authority, trust, store, utcnow, status, revocation, h)
 
 
 def _start_refresher(app: Flask, every: float) -> None:
@@ -286,7 +290,7 @@ def _start_refresher(app: Flask, every: float) -> None:
             except Sealed:
                 pass  # a sealed server serves what is signed; unsealing resumes signing
             except Exception:
-                log_retry("CRL refresh failed; will retry")
+                log_retry("CRL refresh failed; will retry", log)
             _renew_due_responders(app)
 
     threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
@@ -300,20 +304,6 @@ def _wipe_expired_shares(app: Flask) -> None:
     if custody is not None:
         with app.app_context():
             custody.wipe_expired_shares()
-
-
-def log_retry(what: str, logger: logging.Logger = log) -> None:
-    """A background task's failure (call in its ``except``): a database that cannot be
-    used now is one line each time (an outage is no bug, and the task runs every few
-    seconds); anything else, the traceback. The token service's tasks use it too."""
-    from ca.errors import database_unavailable_cause
-
-    cause = database_unavailable_cause(sys.exc_info()[1])
-    if cause is not None:
-        why = " ".join(str(cause).split())[:200]
-        logger.error("%s (the database is unavailable: %s)", what, why)
-    else:
-        logger.exception("%s", what)
 
 
 NOTICES_WARNED = "eport.ca.root_crl_warned"
@@ -331,11 +321,7 @@ def warn_operators(app: Flask) -> None:
         return
     notices = [hierarchy.root_crl_notice(s.root_crl, now, dev=s.config.dev)]
     notices += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, now)
-    responders = {gen: r.signer for gen, r in s.status.responders.items()}
-    lost = hierarchy.missing_keys(
-        s.status.issuers, responders, s.authority.issuers, dev=s.config.dev
-    )
-    notices += lost.values()
+    notices += s.hierarchy.missing_keys(dev=s.config.dev).values()
     try:
         with app.app_context():  # its store's sessions are the app's
             notices += s.authority.officer_notices(now)
@@ -464,7 +450,7 @@ def _renew_due_responders(app: Flask) -> None:
     except Sealed:
         pass
     except Exception:
-        log_retry("OCSP responder renewal failed; will retry")
+        log_retry("OCSP responder renewal failed; will retry", log)
 
 
 # -- other hosts of the same database (ca.crosshost) ---------------------------------------
@@ -532,7 +518,7 @@ def check_hierarchy_record(app: Flask) -> None:
             else:
                 state.responders_pending = False
     except Exception:
-        log_retry("comparing the CA files with the database's record failed; will retry")
+        log_retry("comparing the CA files with the database's record failed; will retry", log)
         return
     if outcome.published:
         log.info("CA files published to the database (generation %s)", outcome.generation)

@@ -143,8 +143,8 @@ class CAConfig:
     """How long a server process waits for PostgreSQL to answer one statement (or to
     finish a new connection: at most libpq's ``connect_timeout``) before it gives the
     connection up and answers 503: a server that takes queries and says nothing (stopped,
-    its storage hung) held request threads for ever. Shorter than gunicorn's 60 s worker
-    timeout, which killed a sync worker waiting that long. Both services' connections."""
+    its storage hung) held request threads for ever. Both services' connections; gunicorn's
+    worker timeout is lengthened past it (:func:`cli.serve.worker_timeout`)."""
     crl_refresh_seconds: float = bounded(30.0, 0.1, DAY, "seconds", zero="only on fetch")
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
     responder_renew_days: int = bounded(30, 1, 180, "days")

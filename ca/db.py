@@ -27,8 +27,11 @@ MIGRATION_LOCK = 0x6570_6F72_7401
 """PostgreSQL advisory lock key of the CA's migrations ("eport" and 1)."""
 
 
+PG_CONNECT_TIMEOUT = 10
+"""Seconds libpq waits for a new connection to PostgreSQL."""
+
 PG_CONNECT_DEFAULTS: dict[str, object] = {
-    "connect_timeout": 10,
+    "connect_timeout": PG_CONNECT_TIMEOUT,
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -45,10 +48,11 @@ a server printed nothing. The database URL's own parameters win."""
 def install_answer_deadline(answer_seconds: float) -> None:
     """Make this process's psycopg2 connections wait through a callback (psycopg2's
     "green" mode, ``set_wait_callback``) that gives up on a PostgreSQL server after
-    ``answer_seconds`` without an answer to one statement, or the connect timeout of
-    :data:`PG_CONNECT_DEFAULTS` for a new connection. libpq has no such bound of its
-    own: TCP keepalives and ``tcp_user_timeout`` end a silent peer, but not a server
-    whose host still acknowledges the bytes (a stopped postmaster, hung storage).
+    ``answer_seconds`` without an answer to one statement, or :data:`PG_CONNECT_TIMEOUT`
+    for a new connection (libpq ignores its own ``connect_timeout`` in this mode). libpq
+    has no bound on an answer: TCP keepalives and ``tcp_user_timeout`` end a silent
+    peer, but not a server whose host still acknowledges the bytes (a stopped
+    postmaster, hung storage).
 
     Giving up raises psycopg2's ``OperationalError`` and psycopg2 closes the
     connection, which SQLAlchemy takes as a disconnect: the request answers 503
@@ -61,7 +65,7 @@ def install_answer_deadline(answer_seconds: float) -> None:
     import psycopg2
     from psycopg2 import extensions
 
-    connect_seconds = min(float(PG_CONNECT_DEFAULTS["connect_timeout"]), answer_seconds)  # type: ignore[arg-type]
+    connect_seconds = min(float(PG_CONNECT_TIMEOUT), answer_seconds)
 
     def wait(conn: Any) -> None:
         limit = connect_seconds if conn.status == extensions.STATUS_SETUP else answer_seconds

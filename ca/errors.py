@@ -21,6 +21,9 @@ class EPortError(Exception):
     challenge: str | None = None
     """For a 401: the ``WWW-Authenticate`` it sends (RFC 9110 §11.6.1), how to
     authenticate where it was raised."""
+    public_detail: ClassVar[str | None] = None
+    """The problem document's ``detail`` when :attr:`detail` is for the server's log only
+    (it names module paths, token labels, key files): clients get this instead."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -37,7 +40,7 @@ class EPortError(Exception):
             "type": self.type_uri,
             "title": self.title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": self.public_detail or self.detail,
         }
         if instance is not None:
             doc["instance"] = instance
@@ -191,11 +194,7 @@ class KeyLost(Sealed):
 
     slug = "key-missing"
     title = "A CA key is missing"
-
-    def problem(self, instance: str | None = None) -> dict[str, Any]:
-        doc = super().problem(instance)
-        doc["detail"] = KEY_LOST_DETAIL
-        return doc
+    public_detail = KEY_LOST_DETAIL
 
 
 class IssuerRevoked(EPortError):

@@ -97,6 +97,53 @@ class Hierarchy:
     def sealed(self) -> bool:
         return any(getattr(i.signer, "sealed", False) for i in self.issuers.values())
 
+    def missing_keys(self, *, dev: bool = False) -> dict[str, str]:
+        """Key slot (``issuers/enterprise-2``) → what operators must hear, for each CA key
+        this process found lost: missing from its PKCS#11 token
+        (:class:`ca.pkcs11.KeyMissing`), or its key file missing, unreadable or damaged
+        while the others opened (:meth:`ca.signer.SealedSigner.lose`); what no longer
+        works, and what replaces the key. ``dev``: a development CA, which has no
+        custodians for a rollover. Answered without asking a token."""
+        issuing = self.issuing()
+        out: dict[str, str] = {}
+        for gen, ca in sorted(self.issuers.items()):
+            lost = _how_lost(ca.signer)
+            if lost is None:
+                continue
+            where, restore = lost
+            base = generation_base(gen)
+            if issuing.get(base) is not ca:
+                out[f"issuers/{gen}"] = (
+                    f"the key of issuing CA generation {gen}, which no longer issues, {where}: "
+                    f"its CRL is not signed again and its OCSP responder cannot be renewed; "
+                    f"{restore} and restart, or, once its certificates are renewed, revoke the "
+                    f"generation (eport ca ceremony start REVOKE-INTERMEDIATE issuer={gen}); "
+                    f"{EMERGENCY_PLAN}"
+                )
+            elif dev:
+                out[f"issuers/{gen}"] = (
+                    f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
+                    f"profiles are refused (503 key-missing); a development CA has no "
+                    f"custodians for the rollover that would replace it: stop the server, "
+                    f"remove its data directory and start again for a new development CA"
+                )
+            else:
+                out[f"issuers/{gen}"] = (
+                    f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
+                    f"profiles are refused (503 key-missing) and its CRL is not signed again; "
+                    f"{restore} and restart, or replace the generation by a rollover ceremony "
+                    f"(eport ca rotate {base}); {EMERGENCY_PLAN}"
+                )
+        for gen, responder in sorted(self.responders.items()):
+            lost = _how_lost(responder.signer)
+            if lost is not None:
+                out[f"responders/{gen}"] = (
+                    f"the OCSP responder key of issuing CA {gen} {lost[0]}: OCSP requests "
+                    f"that need a new signature get tryLater; `eport ca renew-responders "
+                    f"--force` makes a new responder key; {EMERGENCY_PLAN}"
+                )
+        return out
+
     @property
     def log_public_key(self) -> object:
         return self.log_signer.public_key()
@@ -131,7 +178,7 @@ EMERGENCY_PLAN = "docs/emergency-plan.md §7"
 RESTORE = f"restore the CA key files from the data directory's backup ({EMERGENCY_PLAN})"
 
 
-def _lost(signer: Signer) -> tuple[str, str] | None:
+def _how_lost(signer: Signer) -> tuple[str, str] | None:
     """For a key this process found lost: where it went missing, and how it comes back."""
     why = getattr(signer, "lost", None)
     if why:  # a key file (ca.signer.SealedSigner.lose)
@@ -139,61 +186,6 @@ def _lost(signer: Signer) -> tuple[str, str] | None:
     if getattr(signer, "missing", False):  # ca.pkcs11.Pkcs11Signer
         return "is missing from its PKCS#11 token", "put the key back from the token's backup"
     return None
-
-
-def missing_keys(
-    issuers: Mapping[str, IssuingCA],
-    responders: Mapping[str, Signer],
-    issuing: Mapping[str, IssuingCA],
-    *,
-    dev: bool = False,
-) -> dict[str, str]:
-    """Key slot (``issuers/enterprise-2``) → what operators must hear, for each CA key this
-    process found lost: missing from its PKCS#11 token (:class:`ca.pkcs11.KeyMissing`), or
-    its key file missing, unreadable or damaged while the others opened
-    (:meth:`ca.signer.SealedSigner.lose`); what no longer works, and what replaces the
-    key. ``issuers``: the generations by their own ids; ``responders``: generation id →
-    its OCSP responder's signer; ``issuing``: the ids profiles name → the generation they
-    issue from (:meth:`Hierarchy.issuing`); ``dev``: a development CA, which has no
-    custodians for a rollover. Answered without asking a token."""
-    out: dict[str, str] = {}
-    for gen, ca in sorted(issuers.items()):
-        lost = _lost(ca.signer)
-        if lost is None:
-            continue
-        where, restore = lost
-        base = generation_base(gen)
-        if issuing.get(base) is ca and dev:
-            out[f"issuers/{gen}"] = (
-                f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
-                f"profiles are refused (503 key-missing); a development CA has no custodians "
-                f"for the rollover that would replace it: stop the server, remove its data "
-                f"directory and start again for a new development CA"
-            )
-        elif issuing.get(base) is ca:
-            out[f"issuers/{gen}"] = (
-                f"the key of issuing CA {gen} {where}: enrollments and renewals of its "
-                f"profiles are refused (503 key-missing) and its CRL is not signed again; "
-                f"{restore} and restart, or replace the generation by a rollover ceremony "
-                f"(eport ca rotate {base}); {EMERGENCY_PLAN}"
-            )
-        else:
-            out[f"issuers/{gen}"] = (
-                f"the key of issuing CA generation {gen}, which no longer issues, {where}: "
-                f"its CRL is not signed again and its OCSP responder cannot be renewed; "
-                f"{restore} and restart, or, once its certificates are renewed, revoke the "
-                f"generation (eport ca ceremony start REVOKE-INTERMEDIATE issuer={gen}); "
-                f"{EMERGENCY_PLAN}"
-            )
-    for gen, signer in sorted(responders.items()):
-        lost = _lost(signer)
-        if lost is not None:
-            out[f"responders/{gen}"] = (
-                f"the OCSP responder key of issuing CA {gen} {lost[0]}: OCSP requests that "
-                f"need a new signature get tryLater; `eport ca renew-responders --force` "
-                f"makes a new responder key; {EMERGENCY_PLAN}"
-            )
-    return out
 
 
 def issuing_ids(policies: Policies) -> list[str]:

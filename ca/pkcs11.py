@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ca.errors import KeyLost, Sealed
+from ca.errors import KEY_LOST_DETAIL, KeyLost, Sealed
 from ca.keys import KeyType
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -99,23 +99,12 @@ class Pkcs11Error(Sealed):
 
     slug = "key-unavailable"
     title = "A key in the PKCS#11 token is unavailable"
-
-    def problem(self, instance: str | None = None) -> dict[str, Any]:
-        """The problem document a client gets: :data:`PUBLIC_DETAIL`, none of the server's
-        paths or labels (the CLI's one line, and the server's log, say :attr:`detail`)."""
-        doc = super().problem(instance)
-        doc["detail"] = PUBLIC_DETAIL
-        return doc
+    public_detail = PUBLIC_DETAIL
+    """None of the server's paths or labels (the server's log says :attr:`detail`)."""
 
 
 class _NotOne(Pkcs11Error):
     """The URI matches no object, or several."""
-
-
-MISSING_DETAIL = (
-    "a CA key this request needs is missing from the CA's key token: retrying will not help "
-    "until the CA's operators restore the key or replace it (the server's log says which)"
-)
 
 
 class KeyMissing(_NotOne, KeyLost):
@@ -125,11 +114,7 @@ class KeyMissing(_NotOne, KeyLost):
 
     slug = "key-missing"
     title = "A CA key is missing from its PKCS#11 token"
-
-    def problem(self, instance: str | None = None) -> dict[str, Any]:
-        doc = super().problem(instance)
-        doc["detail"] = MISSING_DETAIL
-        return doc
+    public_detail = KEY_LOST_DETAIL
 
 
 class _Unreachable(Pkcs11Error):

@@ -67,6 +67,19 @@ def log_database_unavailable(method: str, path: str, down: BaseException) -> Non
     log.error("database unavailable on %s %s: %s: %s", method, path, type(down).__name__, why)
 
 
+def log_retry(what: str, logger: logging.Logger) -> None:
+    """A background task's failure, on ``logger`` (call it in the task's ``except``): a
+    database that cannot be used now is one line each time (an outage is no bug, and the
+    task runs every few seconds); anything else, the traceback. The CA's and the token
+    service's background tasks use it."""
+    cause = database_unavailable_cause(sys.exc_info()[1])
+    if cause is not None:
+        why = " ".join(str(cause).split())[:200]
+        logger.error("%s (the database is unavailable: %s)", what, why)
+    else:
+        logger.exception("%s", what)
+
+
 def unexpected_headers(status: int) -> list[tuple[str, str]]:
     """Headers beyond the type and length for :meth:`ErrorAnswers.unexpected`'s answer:
     ``Retry-After`` on a 503 (RFC 9110 §10.2.3)."""

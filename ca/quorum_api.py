@@ -123,12 +123,6 @@ class CustodyService:
     def sealed(self) -> bool:
         return any(getattr(s, "sealed", False) for _, s in self._slots(self.h))
 
-    def missing_keys(self) -> dict[str, str]:
-        """The CA keys this worker found lost (:func:`ca.hierarchy.missing_keys`)."""
-        h = self.h
-        responders = {g: r.signer for g, r in h.responders.items()}
-        return hierarchy.missing_keys(h.issuers, responders, h.issuing())
-
     def seal_sealer(self) -> KekSealer | None:
         """The seal KEK's sealer once unsealed (to wrap keys a ceremony makes)."""
         if self._kek is None:
@@ -146,7 +140,7 @@ class CustodyService:
                 opened = hierarchy.unseal_or_lose(sealer, path, signer)
                 if opened is not signer:
                     signer.unseal(opened)
-        for notice in self.missing_keys().values():
+        for notice in self.h.missing_keys().values():
             log.warning("Unsealed without a key: %s", notice)
         if self._kek is not None and self._kek is not kek:
             wipe(self._kek)
@@ -364,7 +358,7 @@ def unseal() -> Response:
     c = svc.quorum.join(c.id, share)
     svc.refresh()
     doc: dict[str, Any] = {"sealed": svc.sealed, "ceremony": svc.ceremony_json(c)}
-    missing = svc.missing_keys()
+    missing = svc.h.missing_keys()
     if missing:  # unsealed without them: the custodians hear it first (as health says it)
         doc.update(missing_keys=sorted(missing), warnings=list(missing.values()))
     return jsonify(doc)

@@ -1210,8 +1210,7 @@ def _keys_in_token(data_dir: Path) -> bool:
     if not all(pkcs11.is_reference(f) for f in files):
         return False
     h = hierarchy.load(data_dir, None)
-    responders = {gen: r.signer for gen, r in h.responders.items()}
-    signers = [h.log_signer, *(i.signer for i in h.issuers.values()), *responders.values()]
+    signers = [h.log_signer, *(c.signer for c in (*h.issuers.values(), *h.responders.values()))]
     first: pkcs11.KeyMissing | None = None
     for signer in signers:
         assert isinstance(signer, pkcs11.Pkcs11Signer)
@@ -1221,7 +1220,7 @@ def _keys_in_token(data_dir: Path) -> bool:
             first = first or exc
     if first is None:
         return True
-    if all(s.missing for s in signers if isinstance(s, pkcs11.Pkcs11Signer)):
+    if all(getattr(s, "missing", False) for s in signers):
         raise CLIError(
             f"none of the CA's keys is in its PKCS#11 token ({first.detail}): is it the "
             "right token (or SOFTHSM2_CONF)? A token that lost them all is restored from its "
@@ -1233,7 +1232,7 @@ def _keys_in_token(data_dir: Path) -> bool:
             f"({d / 'log.key'} names it): the server cannot start without it; put it back "
             f"from the token's backup ({hierarchy.EMERGENCY_PLAN})"
         )
-    for notice in hierarchy.missing_keys(h.issuers, responders, h.issuing()).values():
+    for notice in h.missing_keys().values():
         click.secho(f"WARNING: {notice}", fg="yellow", err=True)
     return True
 

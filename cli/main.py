@@ -393,8 +393,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
         else:
             loaded = h.load(data_dir, ca_passphrase(cfg))  # refuses a wrong passphrase
-            responders = {gen: r.signer for gen, r in loaded.responders.items()}
-            for notice in h.missing_keys(loaded.issuers, responders, loaded.issuing()).values():
+            for notice in loaded.missing_keys().values():
                 click.secho(f"WARNING: {notice}", fg="yellow", err=True)
         upgrade(cfg.sqlalchemy_url)
     from ca.db import foreign_root

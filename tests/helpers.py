@@ -10,11 +10,13 @@ import json
 import socket
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography import x509
 
 from tests.conftest import Server, need
@@ -441,3 +443,20 @@ def until(ok: Callable[[], bool], seconds: float = 15.0) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def health_of(url: str) -> dict[str, object]:
+    """``GET /ca/v1/health`` of the server at ``url``, as a monitor reads it."""
+    doc: dict[str, object] = requests.get(url + "/ca/v1/health", timeout=10).json()
+    return doc
+
+
+def unsealed_by_passphrase(data_dir: Path) -> dict[str, str]:
+    """The settings that serve the development CA in ``data_dir`` without --dev, as a CA
+    not under custody is served: its keys unsealed with EPORT_CA_KEY_PASSPHRASE (and
+    nothing renews its root CRL at start)."""
+    pw = tomllib.loads((data_dir / "dev" / "DEV-ONLY-passphrases.toml").read_text())
+    return {
+        "EPORT_CA_KEY_PASSPHRASE": pw["ca_key_passphrase"],
+        "EPORT_AUTH_KEY_PASSPHRASE": pw["auth_key_passphrase"],
+    }

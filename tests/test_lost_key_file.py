@@ -16,18 +16,12 @@ import requests
 
 from ca.errors import KEY_LOST_DETAIL
 from tests.conftest import Server, free_port, need, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc, until
+from tests.helpers import enroll_enterprise, fresh_uscc, health_of, unsealed_by_passphrase, until
 from tests.test_ca_init import init_ca, start_sealed, unseal
 from tests.test_custody_ceremonies import join, officer_args, rotate
 from tests.test_pkcs11_recovery import enroll
-from tests.test_root_crl_notice import _unsealed_by_passphrase
 
 PW = {"EPORT_PASSPHRASE": "officer passphrase"}
-
-
-def _health(srv: Server) -> dict[str, object]:
-    doc: dict[str, object] = requests.get(srv.url + "/ca/v1/health", timeout=10).json()
-    return doc
 
 
 def _code(srv: Server, out: Path) -> str:
@@ -47,7 +41,7 @@ def test_an_unseal_without_one_key_file_serves_the_rest_until_a_rollover(tmp_pat
     (d / "responders" / "agency.key").write_bytes(b"a bad disk block\n")
     srv, proc, fp = start_sealed(tmp_path, data)
     try:
-        assert _health(srv)["sealed"] is True
+        assert health_of(srv.url)["sealed"] is True
         for m in ("commerce", "tax", "forex"):
             res = unseal(srv, out, m, fp)
         done = json.loads(res.stdout)
@@ -55,7 +49,7 @@ def test_an_unseal_without_one_key_file_serves_the_rest_until_a_rollover(tmp_pat
         # the custodian whose share unsealed it hears what is missing
         assert done["missing_keys"] == ["issuers/enterprise", "responders/agency"], done
         assert res.stderr.count("WARNING: the ") == 2, res.stderr
-        health = _health(srv)
+        health = health_of(srv.url)
         assert health["status"] == "degraded" and health["sealed"] is False, health
         assert health["missing_keys"] == ["issuers/enterprise", "responders/agency"], health
         warned = health["warnings"]
@@ -83,7 +77,7 @@ def test_an_unseal_without_one_key_file_serves_the_rest_until_a_rollover(tmp_pat
         doc = json.loads(res.stdout)
         assert sorted(x["issuer"] for x in doc["renewed"]) == ["agency", "service"], doc
         assert list(doc["skipped"]) == ["enterprise"], doc
-        assert until(lambda: _health(srv).get("missing_keys") == ["issuers/enterprise"])
+        assert until(lambda: health_of(srv.url).get("missing_keys") == ["issuers/enterprise"])
 
         # The rollover replaces the lost key; the refused code enrolls from the new
         # generation, whose chain openssl verifies.
@@ -101,7 +95,7 @@ def test_an_unseal_without_one_key_file_serves_the_rest_until_a_rollover(tmp_pat
         assert ok.returncode == 0, ok.stderr
         notice = next(
             str(w)
-            for w in _health(srv)["warnings"]  # type: ignore[attr-defined]
+            for w in health_of(srv.url)["warnings"]  # type: ignore[attr-defined]
             if str(w).startswith("the key of issuing CA generation enterprise,")
         )
         assert "REVOKE-INTERMEDIATE issuer=enterprise" in notice
@@ -118,11 +112,11 @@ def test_a_ca_unsealed_by_passphrase_starts_without_a_lost_key_file(tmp_path: Pa
     srv, proc = start_server(data, workers=1)
     stop(proc)
     (data / "ca" / "issuers" / "service.key").unlink()
-    srv, proc = start_server(data, workers=1, dev=False, extra_env=_unsealed_by_passphrase(data))
+    srv, proc = start_server(data, workers=1, dev=False, extra_env=unsealed_by_passphrase(data))
     try:
         log = srv.log.read_text()
         assert "WARNING: the key of issuing CA service cannot be opened" in log, log
-        assert _health(srv)["missing_keys"] == ["issuers/service"]
+        assert health_of(srv.url)["missing_keys"] == ["issuers/service"]
         enroll_enterprise(srv, tmp_path)  # from the enterprise issuing CA
     finally:
         stop(proc)
@@ -130,13 +124,13 @@ def test_a_ca_unsealed_by_passphrase_starts_without_a_lost_key_file(tmp_path: Pa
     # advice is a new development CA.
     srv, proc = start_server(data, workers=1)
     try:
-        warned = _health(srv)["warnings"]
+        warned = health_of(srv.url)["warnings"]
         assert isinstance(warned, list)
         notice = next(w for w in warned if w.startswith("the key of issuing CA service"))
         assert "remove its data directory" in notice and "eport ca rotate" not in notice
     finally:
         stop(proc)
-    wrong = {**_unsealed_by_passphrase(data), "EPORT_CA_KEY_PASSPHRASE": "not the passphrase"}
+    wrong = {**unsealed_by_passphrase(data), "EPORT_CA_KEY_PASSPHRASE": "not the passphrase"}
     res = srv.eport("serve", "--data-dir", str(data), "--port", str(free_port()), check=False,
                     **wrong)  # fmt: skip
     assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr

@@ -19,12 +19,12 @@ import pytest
 import requests
 
 from ca import pkcs11
+from ca.errors import KEY_LOST_DETAIL
 from tests.conftest import REPO, free_port, need, start_server, stop
-from tests.helpers import until
-from tests.test_ca_init import custodian_env
+from tests.helpers import health_of, until
 from tests.test_custody_ceremonies import join, officer_args, rotate
 from tests.test_pkcs11 import MODULE, run
-from tests.test_pkcs11_recovery import codes, enroll, make_hsm
+from tests.test_pkcs11_recovery import codes, enroll, make_hsm, token_ca
 
 CHILD = textwrap.dedent(
     """
@@ -100,7 +100,7 @@ def test_a_lost_key_is_looked_for_again_at_most_every_few_seconds(tmp_path: Path
     assert doc["missing_before"] is False
     kind, problem_type, public, detail = doc["first"]
     assert kind == "KeyMissing" and problem_type == "urn:eport:problem:key-missing", doc
-    assert public == pkcs11.MISSING_DETAIL and "eport-ca" not in public and MODULE not in public
+    assert public == KEY_LOST_DETAIL and "eport-ca" not in public and MODULE not in public
     assert "eport%20lost-key-test" in detail and "in the token" in detail
     assert doc["first_restarts"] == 1 and doc["missing"] is True, doc
     assert doc["again_seconds"] < pkcs11.MISSING_RECHECK, doc  # else the window is moot
@@ -125,22 +125,11 @@ def _destroy(env: dict[str, str], *key_files: Path) -> None:
     )  # fmt: skip
 
 
-def _health(url: str) -> dict[str, object]:
-    doc: dict[str, object] = requests.get(url + "/ca/v1/health", timeout=10).json()
-    return doc
-
-
 @pytest.mark.slow
 def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces_it(
     tmp_path: Path,
 ) -> None:
-    hsm = make_hsm(tmp_path / "hsm")
-    env = {**custodian_env(), **hsm.env()}
-    data, out = tmp_path / "data", tmp_path / "ceremony"
-    port = free_port()
-    env["EPORT_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-    run("ca", "init", "--data-dir", str(data), "--out", str(out), "--pkcs11-uri", hsm.ca_uri,
-        env=env)  # fmt: skip
+    hsm, data, out, env, port = token_ca(tmp_path)
     d = data / "ca"
     _destroy(env, d / "issuers" / "enterprise.key", d / "responders" / "agency.key")
 
@@ -153,7 +142,7 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
         assert "eport ca rotate enterprise" in warnings[0]
         assert "OCSP responder key of issuing CA agency" in warnings[1]
         assert "renew-responders --force" in warnings[1]
-        health = _health(srv.url)
+        health = health_of(srv.url)
         assert health["status"] == "degraded", health
         assert health["missing_keys"] == ["issuers/enterprise", "responders/agency"], health
         assert health["database"] == "ok" and health["sealed"] is False
@@ -166,13 +155,13 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
         r = enroll(srv, code)
         assert r.status_code == 503, r.text
         assert r.json()["type"] == "urn:eport:problem:key-missing"
-        assert r.json()["detail"] == pkcs11.MISSING_DETAIL
+        assert r.json()["detail"] == KEY_LOST_DETAIL
         cli_env = {**srv.env(EPORT_PASSPHRASE="enterprise passphrase"), **hsm.env()}
         ent = tmp_path / "ent"
         res = run("enroll", "--code", second, "--profile", "enterprise", "--out", str(ent),
                   env=cli_env, check=False)  # fmt: skip
         assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
-        assert "missing from the CA's key token" in res.stderr
+        assert "a CA key this request needs is missing or damaged" in res.stderr
         assert "nothing was issued" in res.stderr and (ent / "key.pem").exists()
         assert "KeyMissing: no public key matching" in srv.log.read_text()
 
@@ -197,7 +186,7 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
             )  # fmt: skip
             assert ok.returncode == 0, ok.stderr
         wait_for = ["issuers/enterprise"]
-        assert until(lambda: _health(srv.url).get("missing_keys") == wait_for), _health(srv.url)
+        assert until(lambda: health_of(srv.url).get("missing_keys") == wait_for), health_of(srv.url)
 
         # The rollover ceremony replaces the lost generation; the refused codes enroll.
         cid = rotate(srv, out)
@@ -213,7 +202,7 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
             capture_output=True, text=True,
         )  # fmt: skip
         assert ok.returncode == 0, ok.stderr
-        health = _health(srv.url)
+        health = health_of(srv.url)
         assert health["missing_keys"] == ["issuers/enterprise"], health
         warned = health["warnings"]
         assert isinstance(warned, list)
@@ -228,7 +217,7 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
     try:
         log = srv.log.read_text()
         assert "WARNING: the key of issuing CA generation enterprise, which no longer issues" in log
-        assert _health(srv.url)["missing_keys"] == ["issuers/enterprise"]
+        assert health_of(srv.url)["missing_keys"] == ["issuers/enterprise"]
     finally:
         stop(proc)
 

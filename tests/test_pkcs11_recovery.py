@@ -64,17 +64,25 @@ def move_all(src: Path, dst: Path) -> None:
         shutil.move(src / entry, dst / entry)
 
 
-@pytest.fixture
-def token_server(tmp_path: Path) -> Iterator[tuple[HSM, Server, Path]]:
-    """A SoftHSM2 token holding the CA's online keys (``eport ca init --pkcs11-uri``),
-    and ``eport serve`` with two workers on it."""
-    hsm = make_hsm(tmp_path / "hsm")
+def token_ca(root: Path) -> tuple[HSM, Path, Path, dict[str, str], int]:
+    """``eport ca init --pkcs11-uri`` into a new SoftHSM2 token under ``root``: the token,
+    the data directory, the ceremony's output, the environment it was made with (the
+    custodians' passphrases, the token's configuration) and the port its URLs name."""
+    hsm = make_hsm(root / "hsm")
     env = {**custodian_env(), **hsm.env()}
-    data, out = tmp_path / "data", tmp_path / "ceremony"
+    data, out = root / "data", root / "ceremony"
     port = free_port()
     env["EPORT_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
     run("ca", "init", "--data-dir", str(data), "--out", str(out), "--pkcs11-uri", hsm.ca_uri,
         env=env)  # fmt: skip
+    return hsm, data, out, env, port
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[tuple[HSM, Server, Path]]:
+    """A SoftHSM2 token holding the CA's online keys (``eport ca init --pkcs11-uri``),
+    and ``eport serve`` with two workers on it."""
+    hsm, data, out, env, port = token_ca(tmp_path)
     srv, proc = start_server(data, workers=WORKERS, dev=False, env=env, log_dir=tmp_path, port=port)
     try:
         yield hsm, srv, out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.conftest import start_server, stop
+from tests.helpers import health_of, unsealed_by_passphrase
 
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -38,21 +38,6 @@ def _resign_root_crl(data_dir: Path, next_update: datetime.datetime) -> None:
     (d / "root.crl").write_bytes(der)
 
 
-def _unsealed_by_passphrase(data_dir: Path) -> dict[str, str]:
-    """The development CA served without --dev, as a CA not under custody is: its keys
-    unsealed with EPORT_CA_KEY_PASSPHRASE, and nothing renews its root CRL at start."""
-    pw = tomllib.loads((data_dir / "dev" / "DEV-ONLY-passphrases.toml").read_text())
-    return {
-        "EPORT_CA_KEY_PASSPHRASE": pw["ca_key_passphrase"],
-        "EPORT_AUTH_KEY_PASSPHRASE": pw["auth_key_passphrase"],
-    }
-
-
-def _health(url: str) -> dict[str, object]:
-    doc: dict[str, object] = requests.get(url + "/ca/v1/health", timeout=10).json()
-    return doc
-
-
 @pytest.mark.parametrize("days_left", [10, -3])
 @pytest.mark.slow
 def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
@@ -61,7 +46,7 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     data = tmp_path / "data"
     srv, proc = start_server(data, workers=1)
     try:
-        health = _health(srv.url)
+        health = health_of(srv.url)
         due = datetime.datetime.strptime(str(health["root_crl_next_update"]), STAMP).replace(
             tzinfo=datetime.UTC
         )
@@ -74,10 +59,10 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     next_update += datetime.timedelta(days=days_left)
     _resign_root_crl(data, next_update)
     srv, proc = start_server(
-        data, workers=1, dev=False, extra_env=_unsealed_by_passphrase(data)
+        data, workers=1, dev=False, extra_env=unsealed_by_passphrase(data)
     )  # fmt: skip
     try:
-        health = _health(srv.url)
+        health = health_of(srv.url)
         state = "expires" if days_left > 0 else "expired"
         notice = (
             f"the root CRL {state} at {next_update:{STAMP}} (nextUpdate); M custodians sign "
@@ -111,7 +96,7 @@ def test_a_development_ca_renews_its_root_crl_when_it_starts_near_or_past_its_en
     started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     srv, proc = start_server(data, workers=1)
     try:
-        health = _health(srv.url)
+        health = health_of(srv.url)
         assert "warnings" not in health, health
         served = x509.load_der_x509_crl(requests.get(srv.url + "/crl/root.crl", timeout=10).content)
     finally:
@@ -139,7 +124,7 @@ def test_a_development_ca_renews_its_root_crl_when_it_starts_near_or_past_its_en
 
     again, proc = start_server(data, workers=1)
     try:
-        assert _health(again.url)["root_crl_next_update"] == health["root_crl_next_update"]
+        assert health_of(again.url)["root_crl_next_update"] == health["root_crl_next_update"]
     finally:
         stop(proc)
     assert "Renewed" not in again.log.read_text()
