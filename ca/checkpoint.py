@@ -11,6 +11,14 @@ key string is ``<name>+<hex key ID>+<base64(0x01 || public key)>``.
 
 The log key never needs to be in this process: :func:`sign_note` takes any
 :class:`NoteKey` (a software key, a sealed CA signer, a PKCS#11 token).
+
+A log key lost (or compromised) is replaced by the root quorum (``REPLACE-LOG-KEY``): its
+replacement checkpoint also carries a line by the joint root CA's key
+(:func:`add_root_signature`), key name :data:`ROOT_KEY_NAME`, key ID the first four bytes
+of the SHA-256 of the root's DER SubjectPublicKeyInfo (C2SP signed-note's rule for keys
+other than Ed25519), signature as the root signs certificates (ECDSA as DER, RSA PKCS#1
+v1.5, with the hash of the root certificate's own signature; Ed25519). Verifiers that do
+not know the root key ignore that line, as the spec requires.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -32,9 +42,11 @@ from ca.errors import BadRequest
 __all__ = [
     "ED25519_SIGNATURE_TYPE",
     "MAX_SIGNATURES",
+    "ROOT_KEY_NAME",
     "Checkpoint",
     "CheckpointError",
     "NoteKey",
+    "add_root_signature",
     "key_id",
     "open_note",
     "parse_verifier_key",
@@ -45,6 +57,9 @@ __all__ = [
 
 ED25519_SIGNATURE_TYPE = 0x01
 """C2SP signed-note signature type identifier byte of Ed25519."""
+
+ROOT_KEY_NAME = "eport-root-ca"
+"""The key name of the joint root CA's signature line on a replacement checkpoint."""
 
 MAX_SIGNATURES = 100
 """Signature lines accepted in one note (C2SP signed-note: at least 16 MUST be accepted)."""
@@ -301,3 +316,39 @@ def verify_note(
             f"checkpoint is for log {checkpoint.origin!r}, not the expected {origin!r}"
         )
     return checkpoint
+
+
+# -- the root's signature (REPLACE-LOG-KEY) -----------------------------------------------
+
+
+def root_key_id(certificate: x509.Certificate) -> bytes:
+    """The root's note key ID: ``SHA-256(DER SubjectPublicKeyInfo)[:4]``."""
+    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()[:4]
+
+
+def _check_root_signature(certificate: x509.Certificate, signature: bytes, text: bytes) -> None:
+    public = certificate.public_key()
+    digest = certificate.signature_hash_algorithm
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey) and digest is not None:
+            public.verify(signature, text, ec.ECDSA(digest))
+        elif isinstance(public, rsa.RSAPublicKey) and digest is not None:
+            public.verify(signature, text, padding.PKCS1v15(), digest)
+        elif isinstance(public, Ed25519PublicKey):
+            public.verify(signature, text)
+        else:
+            raise CheckpointError(f"a root key of type {type(public).__name__} signs no note")
+    except InvalidSignature:
+        raise CheckpointError("the root key produced a signature that does not verify") from None
+
+
+def add_root_signature(note: bytes, root: NoteKey, certificate: x509.Certificate) -> bytes:
+    """``note`` with one more signature line, by the joint root CA's key ``root`` (whose
+    certificate is ``certificate``) over the same text: the root quorum vouches for the
+    checkpoint (a replacement of the log's key). Checked before it is returned."""
+    text = note[: note.rindex(b"\n\n") + 1]
+    signature = root.sign(text)
+    _check_root_signature(certificate, signature, text)
+    encoded = base64.b64encode(root_key_id(certificate) + signature).decode("ascii")
+    return note + f"{_SIGNATURE_PREFIX}{ROOT_KEY_NAME} {encoded}\n".encode()

@@ -142,6 +142,22 @@ class Hierarchy:
                     f"that need a new signature get tryLater; `eport ca renew-responders "
                     f"--force` makes a new responder key; {EMERGENCY_PLAN}"
                 )
+        lost = _how_lost(self.log_signer)
+        if lost is not None:
+            where, restore = lost
+            replace = (
+                "a development CA has no custodians for the ceremony that would replace it: "
+                "stop the server, remove its data directory and start again for a new "
+                "development CA"
+                if dev
+                else f"{restore} and restart, or replace the key by the ceremony the root "
+                "quorum vouches for (eport ca ceremony start REPLACE-LOG-KEY)"
+            )
+            out["log"] = (
+                f"the transparency log's key {where}: no checkpoint is signed anew (auditors "
+                f"get the newest one signed; issuance and its log entries go on); {replace}; "
+                f"{EMERGENCY_PLAN}"
+            )
         return out
 
     @property
@@ -175,7 +191,6 @@ def generation_base(generation: str) -> str:
 
 
 EMERGENCY_PLAN = "docs/emergency-plan.md §7"
-RESTORE = f"restore the CA key files from the data directory's backup ({EMERGENCY_PLAN})"
 
 
 def _how_lost(signer: Signer) -> tuple[str, str] | None:
@@ -186,6 +201,11 @@ def _how_lost(signer: Signer) -> tuple[str, str] | None:
     if getattr(signer, "missing", False):  # ca.pkcs11.Pkcs11Signer
         return "is missing from its PKCS#11 token", "put the key back from the token's backup"
     return None
+
+
+def log_key_lost(h: Hierarchy) -> bool:
+    """Whether this process found the log key lost (its file, or in its token)."""
+    return _how_lost(h.log_signer) is not None
 
 
 def issuing_ids(policies: Policies) -> list[str]:
@@ -453,18 +473,14 @@ def unseal_or_lose(sealer: KeySealer, key_file: Path, sealed: SealedSigner) -> S
 
 
 def _refuse_lost(h: Hierarchy) -> None:
-    """A hierarchy whose log key, or every issuing CA key, did not open: a wrong
-    passphrase or seal KEK, or a damaged directory, rather than one lost key."""
+    """A hierarchy whose every issuing CA key did not open: a wrong passphrase or seal
+    KEK, or a damaged directory, rather than one lost key. The log key alone lost is
+    served degraded (:meth:`Hierarchy.missing_keys`): ``REPLACE-LOG-KEY`` replaces it."""
     issuers = [getattr(i.signer, "lost", None) for i in h.issuers.values()]
     if issuers and all(issuers):
         raise Sealed(
             f"no issuing CA key opens ({issuers[0]}): is the CA key passphrase right? A "
             f"damaged directory is restored from its backup ({EMERGENCY_PLAN})"
-        )
-    lost = getattr(h.log_signer, "lost", None)
-    if lost:
-        raise Sealed(
-            f"the CA key file {lost}: the server cannot start without the log key; {RESTORE}"
         )
 
 
@@ -477,7 +493,9 @@ def check_complete(data_dir: Path) -> None:
     if advice is not None:
         raise EPortError(f"the CA in {ca_dir(data_dir)} cannot be used: {advice}")
     d = ca_dir(data_dir)
-    missing = [name for name in ("root.crl", "log.pub", "log.key") if not (d / name).exists()]
+    missing = [name for name in ("root.crl", "log.pub") if not (d / name).exists()]
+    if "log.pub" in missing and not (d / "log.key").exists():
+        missing.append("log.key")  # a log key file alone gone is a lost key (missing_keys)
     if missing:
         raise EPortError(
             f"the CA hierarchy in {d} is incomplete ({', '.join(missing)} missing): one made "

@@ -47,6 +47,9 @@ class Operation(enum.Enum):
     REVOKE_INTERMEDIATE = "REVOKE-INTERMEDIATE"
     ROOT_CRL = "ROOT-CRL"
     ROTATE_LOG_KEY = "ROTATE-LOG-KEY"
+    REPLACE_LOG_KEY = "REPLACE-LOG-KEY"
+    """The log key lost (or compromised): a new one, the hand-over vouched for by the root
+    key instead of signed by the key it retires (docs/emergency-plan.md §7)."""
     ROTATE_ISSUER = "ROTATE-ISSUER"
     APPROVE_OFFICER = "APPROVE-OFFICER"
     """A member agency left with no RA officer in force gets one: only its own officers

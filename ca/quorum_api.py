@@ -30,7 +30,7 @@ from ca.ceremony_files import FileChanges, journal_path
 from ca.config import CAConfig
 from ca.custody import CustodyRecord, Purpose, ReconstructionFailed, wipe
 from ca.custody_store import SqlCeremonyStore, SqlCeremonyTx
-from ca.errors import BadRequest, Forbidden, NotFound
+from ca.errors import BadRequest, Forbidden, NotFound, Sealed
 from ca.generation import bump_generation, read_generation
 from ca.policy import Policies, SubjectClass
 from ca.quorum import Ceremony, CeremonyState, CeremonyTx, Operation, Outcome, Quorum
@@ -209,10 +209,21 @@ class CustodyService:
     def _run_unseal(
         self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
     ) -> Outcome:
-        # Prove the KEK opens the keys before anyone relies on it.
-        KekSealer(kek, self.record.keys_id, Purpose.SEAL).unseal(
-            hierarchy.ca_dir(self.cfg.data_dir) / "log.key"
-        )
+        # Prove the KEK opens the keys before anyone relies on it: the log key, or, when
+        # its file is lost (emergency plan §7: REPLACE-LOG-KEY), an issuing CA's key.
+        sealer = KekSealer(kek, self.record.keys_id, Purpose.SEAL)
+        d = hierarchy.ca_dir(self.cfg.data_dir)
+        slots = [d / "log.key", *(d / "issuers" / f"{i}.key" for i in sorted(self.h.issuers))]
+        first: Exception | None = None
+        for path in slots:
+            try:
+                sealer.unseal(path)
+                break
+            except (OSError, Sealed) as exc:
+                first = first or exc
+        else:
+            assert first is not None
+            raise first
         return Outcome(
             {"unsealed": True, "boot_id": self.boot.id},
             secret=self.boot.wrap(kek, _kek_label(c.custody_id)),

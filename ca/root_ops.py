@@ -18,6 +18,9 @@ back) the hierarchy's generation file tells every worker to reload
   CA that exists (checked when the ceremony is opened: :func:`check_params`).
 * ``ROTATE-LOG-KEY``: a new Ed25519 checkpoint key for the transparency log; the old
   public key is kept beside it (``log-<n>.pub``) for verifying older checkpoints.
+* ``REPLACE-LOG-KEY``: the same when the log key is lost (or compromised): the hand-over
+  checkpoint is signed by the new key and by the root key the quorum opened, instead of
+  by the key it retires.
 
 ``REVOKE-INTERMEDIATE``, ``ISSUE-INTERMEDIATE`` and ``ROTATE-ISSUER`` write
 ``issuers/active.json`` with the root's signature of it (``issuers/active.json.sig``,
@@ -124,6 +127,13 @@ def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> 
                 )
     elif op is Operation.APPROVE_OFFICER:
         _check_officer_application(svc, params.get("application", ""))
+    elif op is Operation.ROTATE_LOG_KEY and hierarchy.log_key_lost(svc.h):
+        # its hand-over is signed by the key it retires: it would fail at the M-th join
+        raise BadRequest(
+            "the transparency log's key is lost, so it cannot sign the hand-over "
+            "ROTATE-LOG-KEY makes: open REPLACE-LOG-KEY, whose hand-over the root key "
+            f"vouches for ({hierarchy.EMERGENCY_PLAN})"
+        )
     elif op is Operation.REVOKE_INTERMEDIATE:
         if issuer not in svc.h.issuers:
             raise BadRequest(f"no issuing CA {issuer!r} (name a generation, e.g. enterprise-2)")
@@ -444,6 +454,47 @@ class RootOperations:
 
         return Outcome(result, after_event=hand_over)
 
+    def replace_log_key(
+        self, c: Ceremony, kek: bytearray, tx: CeremonyTx, changes: FileChanges
+    ) -> Outcome:
+        """A new log key when the current one is lost (or compromised): the hand-over
+        checkpoint is signed by the successor and by the root key the quorum opened, not
+        by the key it retires (:meth:`ca.translog.CheckpointSigner.replace`)."""
+        d = hierarchy.ca_dir(self.data_dir)
+        # the token of the log key's reference file, or of the issuing CAs' when it is gone
+        home = self._home(c.operation, d / "log.key", *sorted((d / "issuers").glob("*.key")))
+        root = self._root(kek)
+        old = (d / "log.pub").read_bytes()
+        retired = serialization.load_pem_public_key(old)
+        from ca.audit_api import audit_service
+
+        checkpoints = audit_service().signer  # for the log's origin, not its key
+        n = 1
+        while (d / f"log-{n}.pub").exists():
+            n += 1
+        key = home.new(KeyType.ED25519, d / "log.key")
+        changes.made(key)  # destroyed in its token if the ceremony fails
+        new = key.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        changes.write(d / f"log-{n}.pub", old)
+        changes.store(key, d / "log.key")  # the old log.key (if any) comes back on failure
+        changes.write(d / "log.pub", new)
+        result = {
+            "previous_key_sha256": hashlib.sha256(old).hexdigest(),
+            "key_sha256": hashlib.sha256(new).hexdigest(),
+            "previous_key_file": f"log-{n}.pub",
+            "vouched_by_root_sha256": root.certificate.fingerprint(hashes.SHA256()).hex(),
+            "key": "pkcs11" if home.token is not None else "sealed",
+        }
+
+        def replace(done: CeremonyTx) -> object:
+            return checkpoints.replace(
+                _sql(done).s, key.signer, retired, root.signer, root.certificate
+            )
+
+        return Outcome(result, after_event=replace)
+
     def _log_checkpoints(self, retiring: bytes) -> translog.CheckpointSigner:
         """This worker's checkpoint signer, which must hold the key ``retiring`` (the PEM
         of ``log.pub`` as the ceremony found it) to sign the hand-over with it."""
@@ -489,5 +540,6 @@ def runners(svc: CustodyService) -> dict[Operation, Runner]:
         Operation.ISSUE_INTERMEDIATE: ops.issue_intermediate,
         Operation.ROTATE_ISSUER: ops.issue_intermediate,
         Operation.ROTATE_LOG_KEY: ops.rotate_log_key,
+        Operation.REPLACE_LOG_KEY: ops.replace_log_key,
         Operation.APPROVE_OFFICER: _approve_officer(svc),
     }

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Connection, func, insert, select
@@ -36,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
 from ca import logentry
-from ca.checkpoint import Checkpoint, NoteKey, sign_note, verifier_key
+from ca.checkpoint import Checkpoint, NoteKey, add_root_signature, sign_note, verifier_key
 from ca.errors import Conflict, EPortError, Sealed
 from ca.merkle import EMPTY_ROOT, MerkleTree, NodeKey
 from ca.models import CheckpointRow, EventRow, HierarchyFileRow, LogEntryRow, LogHeadRow
@@ -45,6 +46,8 @@ from ca.store import StoredEvent
 __all__ = [
     "HANDOVER",
     "HEAD_ID",
+    "LOG_KEY_CEREMONIES",
+    "REPLACED",
     "CheckpointSigner",
     "ConnectionSql",
     "CursorSql",
@@ -74,6 +77,14 @@ HEAD_ID = 1
 HANDOVER = "log-key-successor "
 """A hand-over checkpoint's extension line (C2SP tlog-checkpoint) starts with this, then
 the verifier key of the log's next key: :meth:`CheckpointSigner.hand_over`."""
+
+REPLACED = "log-key-replaced "
+"""A replacement checkpoint's second extension line starts with this, then the verifier
+key of the log key it retires without that key's signature (lost or compromised): the
+joint root CA's key signs it instead (:meth:`CheckpointSigner.replace`)."""
+
+LOG_KEY_CEREMONIES = ("ROTATE-LOG-KEY", "REPLACE-LOG-KEY")
+"""The ceremonies that end with a hand-over checkpoint (:func:`handovers`)."""
 
 Clock = Callable[[], datetime.datetime]
 
@@ -561,17 +572,49 @@ class CheckpointSigner:
         """
         size, root = _checked_head(session)
         origin = self.origin(session)
-        public_key = successor.public_key()
-        if not isinstance(public_key, Ed25519PublicKey):
-            raise TypeError("the log key must be Ed25519 (C2SP signed-note type 0x01)")
-        body = Checkpoint(origin, size, root, (HANDOVER + verifier_key(origin, public_key),))
-        note = sign_note(body.body(), origin, self.key, successor)
+        body = Checkpoint(origin, size, root, (HANDOVER + _vkey(origin, successor.public_key()),))
+        return self._store(session, sign_note(body.body(), origin, self.key, successor), body)
+
+    def replace(
+        self,
+        session: Session,
+        successor: NoteKey,
+        retired: object,
+        root: NoteKey,
+        root_cert: x509.Certificate,
+    ) -> SignedHead:
+        """Sign the log's head, in the transaction of ``REPLACE-LOG-KEY`` and after its
+        ``ceremony.completed`` event, as a **replacement checkpoint**: the log key
+        ``retired`` (its public key) is lost or compromised, so it does not sign; the
+        joint root CA's key ``root`` (certificate ``root_cert``), which the ceremony's
+        quorum opened, vouches instead (:func:`ca.checkpoint.add_root_signature`).
+
+        Its extension lines name the successor (:data:`HANDOVER`) and the key retired
+        (:data:`REPLACED`); it is signed by the successor and by the root. An auditor who
+        trusts the retired key and the root certificate follows it to the successor."""
+        size, root_hash = _checked_head(session)
+        origin = self.origin(session)
+        lines = (
+            HANDOVER + _vkey(origin, successor.public_key()),
+            REPLACED + _vkey(origin, retired),
+        )
+        body = Checkpoint(origin, size, root_hash, lines)
+        note = add_root_signature(sign_note(body.body(), origin, successor), root, root_cert)
+        return self._store(session, note, body)
+
+    def _store(self, session: Session, note: bytes, body: Checkpoint) -> SignedHead:
         session.execute(
             insert(CheckpointRow).values(
-                size=size, root_hash=root, note=note, created_at=self.clock()
+                size=body.size, root_hash=body.root_hash, note=note, created_at=self.clock()
             )
         )
-        return SignedHead(size, root, note)
+        return SignedHead(body.size, body.root_hash, note)
+
+
+def _vkey(origin: str, public_key: object) -> str:
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise TypeError("the log key must be Ed25519 (C2SP signed-note type 0x01)")
+    return verifier_key(origin, public_key)
 
 
 def _checked_head(session: Session) -> tuple[int, bytes]:
@@ -589,8 +632,8 @@ def _checked_head(session: Session) -> tuple[int, bytes]:
 
 def handovers(session: Session) -> list[SignedHead]:
     """The log's hand-over checkpoints (:meth:`CheckpointSigner.hand_over`), oldest first:
-    each signed at the size that ends with a ``ROTATE-LOG-KEY`` ceremony's
-    ``ceremony.completed`` entry. A rotation made before hand-overs were signed has
+    each signed at the size that ends with a ``ROTATE-LOG-KEY`` or ``REPLACE-LOG-KEY``
+    ceremony's ``ceremony.completed`` entry. A rotation made before hand-overs were signed has
     none and is left out: its auditors start anew with the next key (docs/audit.md)."""
     rows = session.execute(
         select(EventRow.log_index, EventRow.details)
@@ -599,7 +642,7 @@ def handovers(session: Session) -> list[SignedHead]:
     ).all()
     out: list[SignedHead] = []
     for index, details in rows:
-        if index is None or json.loads(details).get("operation") != "ROTATE-LOG-KEY":
+        if index is None or json.loads(details).get("operation") not in LOG_KEY_CEREMONIES:
             continue
         stored = CheckpointSigner.stored(session, index + 1)
         if stored is None:

@@ -38,6 +38,7 @@ from urllib.parse import urlencode, urlsplit
 
 import click
 import requests
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -459,30 +460,79 @@ HANDOVER = "log-key-successor "
 of the log's next key (docs/log-format.md, "Hand-over checkpoints")."""
 
 
+REPLACED = "log-key-replaced "
+"""The extension line of a replacement checkpoint (the log key lost: REPLACE-LOG-KEY)
+that names the key it retires; the joint root CA's key signs it instead of that key."""
+
+
 @dataclass(frozen=True)
 class Handover:
     """One hand-over followed: at ``size`` the log's key went from ``retired`` to
-    ``successor``."""
+    ``successor``; ``by_root``: a replacement the root key vouched for, not signed by
+    ``retired``."""
 
     size: int
     retired: VerifierKey
     successor: VerifierKey
+    by_root: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"tree_size": self.size, "from": str(self.retired), "to": str(self.successor)}
+        return {
+            "tree_size": self.size,
+            "from": str(self.retired),
+            "to": str(self.successor),
+            "vouched_by_root": self.by_root,
+        }
 
 
-def handover_step(note: bytes, key: VerifierKey) -> tuple[VerifiedCheckpoint, VerifierKey] | None:
+def _unverified_text(note: bytes) -> str:
+    """A note's text, before any signature is checked (to read what it claims)."""
+    decoded = note.decode("utf-8", "replace")
+    return decoded[: max(decoded.rfind("\n\n"), 0) + 1]
+
+
+def _replacement_of(
+    note: bytes, key: VerifierKey, root: x509.Certificate | None
+) -> VerifiedCheckpoint | None:
+    """The checkpoint of ``note`` when it is a replacement of ``key`` (its
+    :data:`REPLACED` line names ``key``) and the root key of ``root`` signed it; None
+    when it replaces another key (or none); :class:`VerificationFailed` when it replaces
+    ``key`` but no root is given or the root's signature does not verify."""
+    lines = _unverified_text(note).split("\n")[3:]
+    if f"{REPLACED}{key}" not in lines:
+        return None
+    size = _unverified_text(note).split("\n")[1][:20]
+    if root is None:
+        raise VerificationFailed(
+            f"the log's key {key} was replaced at tree size {size} without its signature "
+            "(lost or compromised: REPLACE-LOG-KEY), by a hand-over the joint root CA's key "
+            "vouches for; give the root certificate you trust with --root FILE to follow it"
+        )
+    try:
+        return auditproof.verify_root_checkpoint(note, root)
+    except AuditError as exc:
+        raise VerificationFailed(
+            f"the replacement of the log's key {key} at tree size {size}: {exc}"
+        ) from None
+
+
+def handover_step(
+    note: bytes, key: VerifierKey, root: x509.Certificate | None = None
+) -> tuple[VerifiedCheckpoint, VerifierKey] | None:
     """The hand-over ``note`` makes from ``key``, the key trusted: the checkpoint ``key``
-    signed and the successor it names, which co-signed it. None when ``key`` did not sign
-    it (another key's hand-over) or it hands the log over to ``key`` itself (behind us);
-    :class:`VerificationFailed` for one ``key`` signed that names not exactly one valid
+    signed, or, for a replacement of ``key`` (REPLACE-LOG-KEY), the root key of ``root``
+    signed, and the successor it names, which co-signed it. None when neither signed it
+    (another key's hand-over) or it hands the log over to ``key`` itself (behind us);
+    :class:`VerificationFailed` for one signed so that names not exactly one valid
     successor key of the same log, or that the successor did not sign. The one rule of
     `eport audit verify` and of `eport restore`'s check of an archive's log key."""
     try:
         cp = auditproof.verify_checkpoint(note, key)
     except AuditError:
-        return None
+        replaced = _replacement_of(note, key, root)
+        if replaced is None:
+            return None
+        cp = replaced
     where = f"the hand-over checkpoint of size {cp.size}"
     named = [line[len(HANDOVER) :] for line in cp.extensions if line.startswith(HANDOVER)]
     if len(named) != 1:
@@ -504,14 +554,19 @@ def handover_step(note: bytes, key: VerifierKey) -> tuple[VerifiedCheckpoint, Ve
 
 
 def follow_handovers(
-    client: AuditClient, key: VerifierKey, previous: VerifiedCheckpoint | None, what: str
+    client: AuditClient,
+    key: VerifierKey,
+    previous: VerifiedCheckpoint | None,
+    what: str,
+    root: x509.Certificate | None = None,
 ) -> tuple[VerifierKey, VerifiedCheckpoint | None, str, list[Handover]]:
     """Follow the log's hand-over checkpoints from ``key``, the one trusted: each one
     ``key`` signed names its successor, which must have signed it too, and must extend
     ``previous`` (the last checkpoint trusted, called ``what``); the successor is then
     trusted, and the hand-over is the checkpoint the next one is checked against. Returns
     the key reached, the last checkpoint trusted, what to call it, and the hand-overs
-    followed (none from a server of a release without them)."""
+    followed (none from a server of a release without them). ``root``: the root
+    certificate the auditor trusts, to follow a replacement the root key vouched for."""
     try:
         doc = client.json(f"{API}/log-key/handovers")
     except RemoteError:
@@ -526,10 +581,12 @@ def follow_handovers(
         )
     hops: list[Handover] = []
     for item in listed:
-        step = handover_step(item["checkpoint"].encode(), key)
+        note = item["checkpoint"].encode()
+        step = handover_step(note, key, root)
         if step is None:
             continue  # another key's hand-over, or the one to the key trusted: behind us
         cp, successor = step
+        by_root = f"{REPLACED}{key}" in cp.extensions
         where = f"the hand-over checkpoint of size {cp.size}"
         if previous is not None:
             if previous.size > cp.size:
@@ -538,7 +595,7 @@ def follow_handovers(
                     f"log over to {successor} at size {cp.size}: the retired key signed on"
                 )
             check_consistent(client, previous, cp, what)
-        hops.append(Handover(cp.size, key, successor))
+        hops.append(Handover(cp.size, key, successor, by_root))
         key, previous, what = successor, cp, where
     return key, previous, what, hops
 
@@ -546,7 +603,12 @@ def follow_handovers(
 def _handover_lines(hops: list[Handover]) -> list[str]:
     return [
         f"  log key handed over at size {h.size}: {h.retired} -> {h.successor} "
-        "(the hand-over checkpoint is signed by both; the state now pins the new key)"
+        + (
+            "(the old key lost or compromised: the hand-over checkpoint is signed by the new "
+            "key and vouched for by the root key given; the state now pins the new key)"
+            if h.by_root
+            else "(the hand-over checkpoint is signed by both; the state now pins the new key)"
+        )
         for h in hops
     ]
 
@@ -558,18 +620,20 @@ def trusted_checkpoint(
     previous: VerifiedCheckpoint | None,
     what: str,
     target: VerifierKey | None = None,
+    root: x509.Certificate | None = None,
 ) -> tuple[VerifiedCheckpoint, VerifierKey, list[Handover]]:
     """The log's latest checkpoint ``note``, verified with ``key`` or, when the log's key
     was rotated since, with the key the log's hand-overs lead to from ``key``
     (:func:`follow_handovers`), and checked to extend ``previous`` (called ``what``).
-    ``target``: the key those hand-overs must end at (``--log-key``). Returns the
-    checkpoint, the key that signed it, and the hand-overs followed."""
+    ``target``: the key those hand-overs must end at (``--log-key``); ``root``: the root
+    certificate trusted (``--root``). Returns the checkpoint, the key that signed it, and
+    the hand-overs followed."""
     pinned = key
     hops: list[Handover] = []
     try:
         cp = auditproof.verify_checkpoint(note, key)
     except AuditError as exc:
-        key, previous, what, hops = follow_handovers(client, key, previous, what)
+        key, previous, what, hops = follow_handovers(client, key, previous, what, root)
         if not hops:
             raise VerificationFailed(f"the log's checkpoint: {exc}") from None
         cp = verify_note(note, key, f"the log's checkpoint (after the hand-over to {key})")
@@ -806,7 +870,31 @@ def state_options(f: F) -> F:
         help="Where the last verified checkpoint is kept "
         "(default ~/.local/state/eport/audit/<server>.json; env EPORT_AUDIT_STATE).",
     )(f)
+    f = click.option(
+        "--root",
+        "root_file",
+        envvar="EPORT_ROOT_CERT",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        callback=lambda ctx, param, value: _load_root(value),
+        help="The joint root CA certificate you trust (PEM or DER; env EPORT_ROOT_CERT), "
+        "to follow a replacement of a lost log key that the root key vouched for "
+        "(REPLACE-LOG-KEY). Not needed otherwise.",
+    )(f)
     return f
+
+
+def _load_root(path: Path | None) -> x509.Certificate | None:
+    if path is None:
+        return None
+    data = path.read_bytes()
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{path} is not a certificate ({exc})", param_hint="'--root'"
+        ) from None
 
 
 def _client(
@@ -1130,6 +1218,7 @@ def audit_verify(
     passphrase_file: Path | None,
     state_file: Path | None,
     log_key: str | None,
+    root_file: x509.Certificate | None,
     since_file: Path | None,
     full: bool,
     events: bool,
@@ -1172,7 +1261,7 @@ def audit_verify(
     elif state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
         what = "the checkpoint verified last time"
-    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target)
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_file)
     result: FullResult | None = None
     if full:
         progress = not as_json
@@ -1260,6 +1349,7 @@ def audit_prove(
     passphrase_file: Path | None,
     state_file: Path | None,
     log_key: str | None,
+    root_file: x509.Certificate | None,
     as_json: bool,
 ) -> None:
     """Print and verify the inclusion proof of certificate SERIAL's issuance entry.
@@ -1293,7 +1383,7 @@ def audit_prove(
     if state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
     what = "the checkpoint verified last time"
-    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target)
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_file)
     doc = client.json(
         f"{API}/proof/inclusion?" + urlencode({"serial": serial, "size": cp.size}), signed=True
     )

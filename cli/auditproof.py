@@ -9,7 +9,10 @@ code cannot hide itself by being trusted twice.
   root of a whole log from its leaf hashes in ``O(log n)`` memory;
 * RFC 9162 §2.1.3.2 inclusion and §2.1.4.2 consistency proof verification;
 * C2SP signed-note (Ed25519, signature type 0x01) and tlog-checkpoint parsing,
-  with verifier keys in the ``<name>+<hex key ID>+<base64(0x01 || key)>`` form.
+  with verifier keys in the ``<name>+<hex key ID>+<base64(0x01 || key)>`` form;
+* the joint root CA's signature line on a replacement checkpoint (the log key lost,
+  ``REPLACE-LOG-KEY``: :func:`verify_root_checkpoint`), checked with the root
+  certificate the auditor trusts (``cryptography``'s signature primitives).
 
 Every check raises an :class:`AuditError` (a :class:`ValueError`) with a message
 fit for one CLI line; none returns a bool.
@@ -25,8 +28,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "EMPTY_ROOT",
@@ -439,3 +445,70 @@ def verify_checkpoint(
             f"checkpoint is for log {checkpoint.origin!r}, not the expected {origin!r}"
         )
     return checkpoint
+
+
+ROOT_KEY_NAME = "eport-root-ca"
+"""The key name of the joint root CA's signature line (docs/log-format.md)."""
+
+
+def _split_note(note: bytes) -> tuple[bytes, list[str]]:
+    try:
+        decoded = note.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotANoteError("signed note is not valid UTF-8") from None
+    split = decoded.rfind("\n\n")
+    if split < 0 or not decoded.endswith("\n"):
+        raise NotANoteError("signed note has no blank line before its signature lines")
+    if _CONTROL.search(decoded):
+        raise CheckpointError("signed note contains control characters other than newline")
+    lines = decoded[split + 2 : -1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise CheckpointError(f"signed note has more than {MAX_SIGNATURES} signatures")
+    return decoded[: split + 1].encode("utf-8"), lines
+
+
+def _root_verify(root: x509.Certificate, signature: bytes, text: bytes) -> None:
+    """Raise InvalidSignature unless ``signature`` is the root key's over ``text``, made as
+    the root signs certificates (the hash of its own certificate's signature)."""
+    public = root.public_key()
+    digest = root.signature_hash_algorithm
+    if isinstance(public, ec.EllipticCurvePublicKey) and digest is not None:
+        public.verify(signature, text, ec.ECDSA(digest))
+    elif isinstance(public, rsa.RSAPublicKey) and digest is not None:
+        public.verify(signature, text, padding.PKCS1v15(), digest)
+    elif isinstance(public, Ed25519PublicKey):
+        public.verify(signature, text)
+    else:
+        raise CheckpointError(f"a root key of type {type(public).__name__} cannot vouch")
+
+
+def verify_root_checkpoint(note: bytes, root: x509.Certificate) -> VerifiedCheckpoint:
+    """The checkpoint of ``note`` once the signature line by the joint root CA's key
+    (name :data:`ROOT_KEY_NAME`, key ID ``SHA-256(DER SubjectPublicKeyInfo)[:4]`` of
+    ``root``) is verified: what a replacement of the log's key carries. A note without
+    such a line, or whose line does not verify, is refused."""
+    text, lines = _split_note(note)
+    spki = root.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    expected = hashlib.sha256(spki).digest()[:4]
+    verified = False
+    for line in lines:
+        if not line.startswith(_SIGNATURE_PREFIX):
+            raise CheckpointError(f"malformed signature line {line[:60]!r}")
+        name, _, b64 = line[len(_SIGNATURE_PREFIX) :].partition(" ")
+        if name != ROOT_KEY_NAME:
+            continue
+        blob = _strict_b64decode(b64)
+        if blob[:4] != expected:
+            continue  # another root's line
+        try:
+            _root_verify(root, blob[4:], text)
+        except InvalidSignature:
+            raise CheckpointError(
+                f"the signature by the root key ({ROOT_KEY_NAME}+{expected.hex()}) does not verify"
+            ) from None
+        verified = True
+    if not verified:
+        raise CheckpointError(
+            f"signed note has no signature by the root key given ({ROOT_KEY_NAME}+{expected.hex()})"
+        )
+    return _parse_checkpoint(text.decode("utf-8"))

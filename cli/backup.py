@@ -215,12 +215,19 @@ def _same_key(a: VerifierKey, b: VerifierKey) -> bool:
     return hmac.compare_digest(a.public_key, b.public_key)
 
 
-def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> bool:
+def _leads_to(
+    start: VerifierKey,
+    goal: VerifierKey,
+    handovers: list[bytes],
+    root: x509.Certificate | None = None,
+) -> bool:
     """Whether the log's hand-over checkpoints ``handovers`` (oldest first) lead from the
     key ``start`` to ``goal``, followed as `eport audit verify` follows them
     (:func:`cli.audit.handover_step`): each signed by the key trusted so far, naming one
     successor of the same log, which signed it too. A hand-over that step refuses is not
-    followed here: the archive is then refused as of another log, which is the safe side."""
+    followed here: the archive is then refused as of another log, which is the safe side.
+    ``root``: the root certificate trusted to vouch for a replacement of a lost log key
+    (REPLACE-LOG-KEY): the instance's own, never one read from the archive alone."""
     key = start
     for note in handovers:
         if _same_key(key, goal):
@@ -232,7 +239,7 @@ def _leads_to(start: VerifierKey, goal: VerifierKey, handovers: list[bytes]) -> 
             key = verifier_from_public_key(
                 origin, Ed25519PublicKey.from_public_bytes(key.public_key)
             )
-            step = handover_step(note, key)
+            step = handover_step(note, key, root)
         except (ValueError, CLIError):  # a first line that is not UTF-8, a malformed hand-over
             continue  # not one followed
         if step is not None:
@@ -252,7 +259,10 @@ class _Pin:
 
 
 def check_log_key(
-    pins: list[_Pin], archive_key: VerifierKey | None, handovers: list[bytes]
+    pins: list[_Pin],
+    archive_key: VerifierKey | None,
+    handovers: list[bytes],
+    root: x509.Certificate | None = None,
 ) -> None:
     """Refuse an archive of another log: its key (``files/ca/log.pub``) must be each pinned
     key, one of its older keys, or reached from it by the hand-overs the archive's log
@@ -267,7 +277,7 @@ def check_log_key(
             )
         if any(_same_key(k, archive_key) for k in (pin.key, *pin.also)):
             continue
-        if _leads_to(pin.key, archive_key, handovers):
+        if _leads_to(pin.key, archive_key, handovers, root):
             continue
         raise BackupError(
             f"this archive is of another CA/log: its log key (files/ca/log.pub, "
@@ -564,8 +574,10 @@ def restore_command(
                         f"{checkpoint}: the pinned verifier key is malformed: {exc}"
                     ) from None
             archive_root = _root_of_archive(archive)
+            vouching: x509.Certificate | None = None  # a root trusted to vouch (REPLACE-LOG-KEY)
             if force:
                 check_same_instance(archive, data_dir, databases["ca"], archive_root)
+                vouching = archive_root  # the instance's own root, checked just above
                 here = _instance_pin(data_dir, name)
                 if here is not None:
                     pins.append(here)
@@ -578,12 +590,12 @@ def restore_command(
                 with archive.sqlite_ca_database() as conn:
                     handovers = _read_handovers(conn, read_handovers)
                 if handovers is not None:
-                    check_log_key(pins, archive_key, handovers)
+                    check_log_key(pins, archive_key, handovers, vouching)
                 else:  # PostgreSQL: checked on the restored database, before any file
                     pins_now = list(pins)
 
                     def deferred(found: list[bytes]) -> None:
-                        check_log_key(pins_now, archive_key, found)
+                        check_log_key(pins_now, archive_key, found, vouching)
 
             published = None
             key_source = "the archive's log key"

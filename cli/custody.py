@@ -1018,8 +1018,12 @@ def ceremony_start(
 ) -> None:
     """Open a ceremony: ROOT-CRL, ISSUE-INTERMEDIATE issuer=ID, ROTATE-ISSUER issuer=ID,
     REVOKE-INTERMEDIATE issuer=GENERATION [reason=keyCompromise], ROTATE-LOG-KEY,
-    APPROVE-OFFICER application=APP_ID (an RA officer's request). M custodians then run
-    `eport ca ceremony join ID`.
+    REPLACE-LOG-KEY, APPROVE-OFFICER application=APP_ID (an RA officer's request). M
+    custodians then run `eport ca ceremony join ID`.
+
+    ROTATE-LOG-KEY hands the transparency log over to a new key with the old key's
+    signature; REPLACE-LOG-KEY does so when the old key is lost or compromised, with the
+    root key's signature instead (auditors follow it with `eport audit verify --root`).
 
     APPROVE-OFFICER gives a member agency left with no RA officer in force (all revoked
     or expired: only its own officers approve its staff) a new one; the custodian whose
@@ -1198,10 +1202,10 @@ def _keys_in_token(data_dir: Path) -> bool:
     checked now, so a wrong PIN fails in one line before the fork.
 
     A key missing from a token that holds the others (deleted, or lost with a token that
-    was re-initialized) does not stop the start, unless it is the log key: the server
-    starts degraded, with one warning per missing key (what no longer works, and what
-    replaces it: the emergency plan, §7), so that the rollover ceremony that replaces an
-    issuing CA's lost key can run. The workers inherit what the checks found
+    was re-initialized) does not stop the start: the server starts degraded, with one
+    warning per missing key (what no longer works, and what replaces it: the emergency
+    plan, §7), so that the ceremony that replaces the lost key (an issuing CA's rollover,
+    REPLACE-LOG-KEY for the log's) can run. The workers inherit what the checks found
     (:attr:`ca.pkcs11.Pkcs11Signer.missing`): ``/ca/v1/health`` names the keys."""
     from ca import hierarchy, pkcs11
 
@@ -1225,12 +1229,6 @@ def _keys_in_token(data_dir: Path) -> bool:
             f"none of the CA's keys is in its PKCS#11 token ({first.detail}): is it the "
             "right token (or SOFTHSM2_CONF)? A token that lost them all is restored from its "
             f"backup ({hierarchy.EMERGENCY_PLAN})"
-        )
-    if getattr(h.log_signer, "missing", False):
-        raise CLIError(
-            "the transparency log's key is missing from the CA's PKCS#11 token "
-            f"({d / 'log.key'} names it): the server cannot start without it; put it back "
-            f"from the token's backup ({hierarchy.EMERGENCY_PLAN})"
         )
     for notice in h.missing_keys().values():
         click.secho(f"WARNING: {notice}", fg="yellow", err=True)

@@ -671,7 +671,9 @@ def test_a_state_follows_the_log_s_hand_over_and_no_forged_one(
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["log_key"] == new_key and doc["tree_size"] == grown.size
-    assert doc["handovers"] == [{"tree_size": size, "from": first["log_key"], "to": new_key}]
+    assert doc["handovers"] == [
+        {"tree_size": size, "from": first["log_key"], "to": new_key, "vouched_by_root": False}
+    ]
     assert json.loads(state.read_text())["verifier_key"] == new_key
     res = attempt([hand_over(size, root, old, new)], "--log-key", new_key)
     assert res.returncode == 0 and json.loads(res.stdout)["log_key"] == new_key, res.stderr

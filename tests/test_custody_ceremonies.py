@@ -528,7 +528,9 @@ def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-u
     kept = state.read_text()
     after = audit_verify(srv, state)
     assert after["log_key"] == new_key and after["tree_size"] > cp.size
-    assert after["handovers"] == [{"tree_size": cp.size, "from": old_key, "to": new_key}]
+    assert after["handovers"] == [
+        {"tree_size": cp.size, "from": old_key, "to": new_key, "vouched_by_root": False}
+    ]
     assert after["previous_size"] == first["tree_size"]
     assert json.loads(state.read_text())["verifier_key"] == new_key
     assert audit_verify(srv, state)["handovers"] == []  # the state pins the new key now

@@ -20,9 +20,9 @@ import requests
 
 from ca import pkcs11
 from ca.errors import KEY_LOST_DETAIL
-from tests.conftest import REPO, free_port, need, start_server, stop
+from tests.conftest import REPO, need, start_server, stop
 from tests.helpers import health_of, until
-from tests.test_custody_ceremonies import join, officer_args, rotate
+from tests.test_custody_ceremonies import join, officer_args, rotate, start
 from tests.test_pkcs11 import MODULE, run
 from tests.test_pkcs11_recovery import codes, enroll, make_hsm, token_ca
 
@@ -221,9 +221,24 @@ def test_a_lost_issuing_ca_key_leaves_the_rest_serving_until_a_rollover_replaces
     finally:
         stop(proc)
 
-    # The log key lost: no start, one line that names the key and the plan.
+    # The log key lost too: the server starts, says so, and REPLACE-LOG-KEY makes the new
+    # log key in the token, the hand-over vouched for by the root (tests/test_lost_log_key).
     _destroy(env, d / "log.key")
-    res = run("serve", "--data-dir", str(data), "--port", str(free_port()), env=env, check=False)
-    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
-    assert "the transparency log's key is missing from the CA's PKCS#11 token" in res.stderr
-    assert "emergency-plan.md §7" in res.stderr
+    (tmp_path / "log").mkdir()
+    srv, proc = start_server(data, dev=False, env=env, log_dir=tmp_path / "log", port=port)
+    try:
+        assert "WARNING: the transparency log's key is missing from its PKCS#11 token" in (
+            srv.log.read_text()
+        )
+        assert health_of(srv.url)["missing_keys"] == ["issuers/enterprise", "log"]
+        cid = str(start(srv, out, "REPLACE-LOG-KEY")["id"])
+        for m in ("customs", "tax", "forex"):
+            done = json.loads(join(srv, out, cid, m).stdout)
+        assert done["state"] == "done" and done["result"]["key"] == "pkcs11", done
+        assert pkcs11.is_reference(d / "log.key")
+        assert until(lambda: health_of(srv.url)["missing_keys"] == ["issuers/enterprise"])
+        res = srv.eport("audit", "verify", "--state", str(tmp_path / "audit.json"),
+                        "--log-key", str(d / "log.pub"), "--json")  # fmt: skip
+        assert json.loads(res.stdout)["tree_size"] > 0  # a checkpoint the token key signed
+    finally:
+        stop(proc)

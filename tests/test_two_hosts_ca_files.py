@@ -333,7 +333,9 @@ def test_quorum_ceremonies_on_one_host_reach_the_other_or_it_says_so(
         verified = b.eport("audit", "verify", "--state", str(audit_state), "--json")
         doc = json.loads(verified.stdout)
         assert doc["tree_size"] == grown.size and doc["log_key"] == new_key
-        assert doc["handovers"] == [{"tree_size": via_b.size, "from": old_key, "to": new_key}]
+        assert doc["handovers"] == [
+            {"tree_size": via_b.size, "from": old_key, "to": new_key, "vouched_by_root": False}
+        ]
 
         # 4. A re-share on A (its server running): the new custody record and the root's
         # signature of it reach B together (B, stale for the log key, still takes the
