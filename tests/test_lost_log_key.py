@@ -27,8 +27,8 @@ from ca.checkpoint import Checkpoint, add_root_signature, sign_note, verifier_ke
 from ca.translog import HANDOVER, REPLACED
 from cli.audit import VerificationFailed, handover_step
 from cli.auditproof import VerifierKey
-from tests.conftest import need, stop
-from tests.helpers import health_of, until
+from tests.conftest import need, start_server, stop
+from tests.helpers import enroll_enterprise, health_of, until
 from tests.test_ca_init import init_ca, start_sealed, unseal
 from tests.test_custody_ceremonies import enroll, join, start
 
@@ -208,3 +208,33 @@ def _officer(out: Path) -> list[str]:
     from tests.test_custody_ceremonies import officer_args
 
     return officer_args(out)
+
+
+@pytest.mark.slow
+def test_a_development_ca_serves_without_its_log_key_file(tmp_path: Path) -> None:
+    """The development CA (keys under a passphrase) with its log key file gone: it starts
+    with one warning (a new development CA is the advice: it has no custodians), issues,
+    and serves the newest checkpoint signed before the loss."""
+    data = tmp_path / "data"
+    srv, proc = start_server(data, workers=1)
+    try:
+        enroll_enterprise(srv, tmp_path / "before")
+        signed = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10)
+        assert signed.status_code == 200
+    finally:
+        stop(proc)
+    (data / "ca" / "log.key").unlink()
+    srv, proc = start_server(data, workers=1)
+    try:
+        log = srv.log.read_text()
+        # the workers' periodic notice (a development start prints no WARNING: lines)
+        assert "The transparency log's key cannot be opened (ca/log.key: No such" in log, log
+        health = health_of(srv.url)
+        assert health["missing_keys"] == ["log"] and health["status"] == "degraded", health
+        assert "remove its data directory" in str(health["warnings"])
+        enroll_enterprise(srv, tmp_path / "after")
+        served = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10)
+        assert served.status_code == 200 and served.content == signed.content
+        assert "Traceback" not in srv.log.read_text()
+    finally:
+        stop(proc)
