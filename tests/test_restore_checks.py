@@ -352,3 +352,32 @@ def test_a_key_pinned_before_the_log_key_s_rotation_is_followed_by_its_hand_over
         "no hand-over in its log leads from that key to it",
     )
     assert not target.exists()
+
+
+@pytest.mark.slow
+def test_a_replacement_of_the_log_key_is_followed_only_over_its_own_instance(
+    tmp_path: Path,
+) -> None:
+    """REPLACE-LOG-KEY after an auditor pinned the old key: its hand-over is vouched for by
+    the root key, not signed by the old one. Restored over the instance (--force), whose
+    root is checked first, the replacement is followed from the pinned key; into a new
+    directory the archive's own root would vouch for its own log key, so it is refused."""
+    from tests.test_custody_ceremonies import audit_verify, join, start, unsealed_custody_server
+
+    with unsealed_custody_server(tmp_path / "custody") as (srv, out, _):
+        state = tmp_path / "audit.json"
+        audit_verify(srv, state)
+        cid = str(start(srv, out, "REPLACE-LOG-KEY")["id"])
+        for member in ("customs", "tax", "forex"):
+            join(srv, out, cid, member)
+        archive = tmp_path / "replaced.tar.gz"
+        eport("backup", "--data-dir", str(srv.data_dir), "--out", str(archive))
+        data = srv.data_dir
+    target = tmp_path / "elsewhere"
+    refused(
+        restore(archive, target, "--checkpoint", str(state), check=False),
+        "this archive is of another CA/log",
+    )
+    assert not target.exists()
+    done = restore(archive, data, "--force", "--checkpoint", str(state), "--json")
+    assert json.loads(done.stdout)["lost_entries"] == 0
