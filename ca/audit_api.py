@@ -526,7 +526,9 @@ def log_key() -> Response:
 def log_key_handovers() -> Response:
     """The log's hand-over checkpoints, oldest first: each ``ROTATE-LOG-KEY`` signed the
     log's head with the retiring key and its successor, naming the successor
-    (:meth:`ca.translog.CheckpointSigner.hand_over`). An auditor whose state pins an
+    (:meth:`ca.translog.CheckpointSigner.hand_over`); each ``REPLACE-LOG-KEY`` with the
+    successor and the root key instead of a lost retiring key
+    (:meth:`~ca.translog.CheckpointSigner.replace`). An auditor whose state pins an
     older key follows them to the current one (``eport audit verify``). Public, as
     checkpoints are; served by every host, a stale one included (it signs nothing here)."""
     s = read_session()

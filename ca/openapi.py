@@ -331,7 +331,8 @@ def openapi_document() -> dict[str, Any]:
             "/ca/v1/audit/log-key/handovers": {
                 "get": _op(
                     "The log's hand-over checkpoints, oldest first: each signed by a retired "
-                    "log key and its successor, which its extension line names"
+                    "log key and its successor, which its extension line names, or (the old "
+                    "key lost: REPLACE-LOG-KEY) by the successor and the joint root CA's key"
                 )
             },
             "/ca/v1/audit/proof/inclusion": {
