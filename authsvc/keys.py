@@ -148,6 +148,35 @@ def _activated(key: StoredKey, now: datetime.datetime) -> StoredKey:
     return StoredKey(**{**key.__dict__, "state": "active", "activated_at": now})
 
 
+def _withdrawn(
+    keys: list[StoredKey],
+    algs: tuple[str, ...],
+    now: datetime.datetime,
+    signing: dict[str, StoredKey],
+    fresh: dict[str, StoredKey],
+    promoted: dict[str, str],
+) -> list[StoredKey]:
+    """``keys`` with every key of the families ``algs`` withdrawn now (retired, no longer
+    published), ``signing``'s key of each family active and ``fresh``'s its next."""
+    out: list[StoredKey] = []
+    for k in keys:
+        if k.alg not in algs:
+            out.append(k)
+        elif k.state == "retired" and k.unpublish_at is not None and k.unpublish_at <= now:
+            continue  # withdrawn or expired before: nothing to keep
+        else:
+            out.append(
+                StoredKey(
+                    **{**k.__dict__, "state": "retired", "retired_at": now, "unpublish_at": now}
+                )
+            )
+    for alg in algs:
+        first = _activated(signing[alg], now)
+        out += [first, fresh[alg]]
+        promoted[alg] = first.kid
+    return out
+
+
 def _jwk_public_key(jwk: dict[str, Any]) -> PublicKey:
     if jwk["kty"] == "RSA":
         e = int.from_bytes(_b64d(jwk["e"]), "big")
@@ -211,21 +240,33 @@ class KeyRing:
         self.store.rotate_locked(mutate)
         self._loaded_at = None
 
-    def rotate(self, *, force: bool = False, algs: tuple[str, ...] = ALGS) -> dict[str, str]:
+    def rotate(
+        self, *, force: bool = False, algs: tuple[str, ...] = ALGS, compromised: bool = False
+    ) -> dict[str, str]:
         """In each family of ``algs``: next → active, active → retired (published until
         its tokens expired), new next. The newly active ``kid`` of each family.
 
         Refused (unless ``force``) while a ``next`` key has been published for less than
         :data:`JWKS_MAX_AGE`: relying parties that cached the JWKS before it appeared
-        would otherwise meet tokens of a key they have not seen."""
+        would otherwise meet tokens of a key they have not seen.
+
+        ``compromised``: the family's keys are withdrawn at once instead (active, next and
+        retired alike: they are stored together, so whoever took one may hold all), a
+        key made now signs, and a new next is published. Every process stops accepting
+        tokens of the withdrawn keys at its next reload (``refresh_every``); relying
+        parties with a cached JWKS meet the new key's tokens before they know it, and
+        fetch the JWKS again (the SDK does so for an unknown ``kid``)."""
         now = self.clock()
         # Made before the lock is taken: an RSA key takes up to a second, and the lock
         # (SQLite's write lock) would hold up every login meanwhile.
         fresh = {alg: self._new_key(now, alg) for alg in algs}
+        signing = {alg: self._new_key(now, alg) for alg in algs} if compromised else {}
         promoted: dict[str, str] = {}
 
         def mutate(keys: list[StoredKey]) -> list[StoredKey]:
             promoted.clear()
+            if compromised:
+                return _withdrawn(keys, algs, now, signing, fresh, promoted)
             for alg in algs:
                 nxt_keys = [k for k in keys if k.state == "next" and k.alg == alg]
                 if not force and nxt_keys and now - nxt_keys[0].created_at < JWKS_MAX_AGE:

@@ -103,6 +103,33 @@ class PolicyView(Protocol):
     def may_exchange(self, from_service_id: str, to_service_id: str) -> bool: ...
 
 
+IDENTITY_CLAIMS = ("sub", "subject_class", "name", "uscc", "operator_id", "agency_id")
+"""The claims of an access token that describe its subject: each must be its session's."""
+
+SessionState = tuple[datetime.datetime | None, datetime.datetime, str, dict[str, str | None]]
+"""(ended_at, expires_at, certificate x5t#S256, identity by :data:`IDENTITY_CLAIMS`) of a
+session, as the validation hot path reads it."""
+
+
+def identity_of(p: Principal) -> dict[str, str | None]:
+    """A principal's values of :data:`IDENTITY_CLAIMS`."""
+    values = (p.subject, p.subject_class.value, p.name, p.uscc, p.operator_id, p.agency_id)
+    return dict(zip(IDENTITY_CLAIMS, values, strict=True))
+
+
+def check_bound(claims: dict[str, Any], cert_sha256: str, identity: dict[str, str | None]) -> None:
+    """Refuse a token whose ``cnf`` or subject claims are not its session's: the service
+    mints none, so one is forged with a signing key taken from it (until that key is
+    withdrawn: ``eport auth rotate-keys --compromised``), naming another subject or
+    another enterprise in a live session of its own."""
+    cnf = claims.get("cnf")
+    if not isinstance(cnf, dict) or cnf.get("x5t#S256") != cert_sha256:
+        raise InvalidToken("the token is not bound to its session's certificate")
+    for claim, value in identity.items():
+        if (claim == "sub" or claim in claims) and claims.get(claim) != value:
+            raise InvalidToken(f"the token's {claim} is not its session's")
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     sid: str
@@ -753,6 +780,7 @@ class TokenService:
             now = self.clock()
             if state[1] <= now:
                 raise InvalidToken("the session has expired")
+            check_bound(claims, state[2], state[3])
             hit = self._status_cache.get(state[2])
             if (
                 hit is not None
@@ -762,7 +790,8 @@ class TokenService:
                 return claims
         elif self.store.is_revoked(str(claims["jti"])):
             raise InvalidToken("the token was revoked")
-        self.live_session(sid)
+        rec = self.live_session(sid)
+        check_bound(claims, rec.cert_sha256, identity_of(rec.principal))
         return claims
 
     def introspect(self, token: str, caller: Principal) -> dict[str, Any]:

@@ -42,7 +42,14 @@ from authsvc.models import (
 )
 from authsvc.oidc_models import BrowserSessionRow, SessionClientRow
 from authsvc.principal import Principal
-from authsvc.service import AuthEvent, RefreshRecord, Rotation, SessionRecord
+from authsvc.service import (
+    IDENTITY_CLAIMS,
+    AuthEvent,
+    RefreshRecord,
+    Rotation,
+    SessionRecord,
+    SessionState,
+)
 from ca.policy import SubjectClass
 from ca.store import DbapiReads, reading, upsert, utc_from_db, writing
 
@@ -227,20 +234,23 @@ class SqlAuthStore:
             )
             return [(r[0], r[1]) for r in s.execute(q)]
 
-    def token_state(
-        self, jti: str, sid: str
-    ) -> tuple[bool, tuple[datetime.datetime | None, datetime.datetime, str] | None]:
-        """(is ``jti`` revoked, (ended_at, expires_at, cert x5t#S256) of session ``sid``):
-        two primary-key reads on one pooled DBAPI connection, outside any write lock. The
-        validation hot path; SQLAlchemy's ORM costs far more than the reads."""
+    def token_state(self, jti: str, sid: str) -> tuple[bool, SessionState | None]:
+        """(is ``jti`` revoked, the state of session ``sid``): two primary-key reads on one
+        pooled DBAPI connection, outside any write lock. The validation hot path;
+        SQLAlchemy's ORM costs far more than the reads."""
         revoked_row, row = self.dbapi.fetch(
             ("SELECT 1 FROM auth_revoked_tokens WHERE jti = ?", (jti,)),
-            ("SELECT ended_at, expires_at, cert_sha256 FROM auth_sessions WHERE sid = ?", (sid,)),
+            (
+                "SELECT ended_at, expires_at, cert_sha256, subject, subject_class, name, uscc, "
+                "operator_id, agency_id FROM auth_sessions WHERE sid = ?",
+                (sid,),
+            ),
         )
         revoked = revoked_row is not None
         if row is None:
             return revoked, None
-        return revoked, (utc_from_db(row[0]), utc_from_db(row[1]) or _EPOCH, str(row[2]))
+        identity = dict(zip(IDENTITY_CLAIMS, row[3:], strict=True))
+        return revoked, (utc_from_db(row[0]), utc_from_db(row[1]) or _EPOCH, str(row[2]), identity)
 
     # -- refresh tokens -------------------------------------------------------------------
 

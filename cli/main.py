@@ -2192,6 +2192,12 @@ def auth_group() -> None:
     help="Rotate even if a next key was published less than 5 minutes ago.",
 )
 @click.option(
+    "--compromised",
+    is_flag=True,
+    help="The keys are compromised (or suspected): withdraw them at once instead of "
+    "keeping the old one published until its tokens expire; implies --force.",
+)
+@click.option(
     "--alg",
     "algs",
     multiple=True,
@@ -2200,7 +2206,12 @@ def auth_group() -> None:
 )
 @json_option
 def auth_rotate_keys(
-    data_dir: Path, dev: bool, force: bool, algs: tuple[str, ...], as_json: bool
+    data_dir: Path,
+    dev: bool,
+    force: bool,
+    compromised: bool,
+    algs: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Rotate the token-signing keys without a validation gap.
 
@@ -2214,9 +2225,16 @@ def auth_rotate_keys(
     A `next` key published less than 5 minutes ago (by the last rotation, or by a
     server start) is refused, as caches may not hold it yet: wait, or add --force.
 
+    A compromised key is not kept: --compromised withdraws every key of the family at
+    once (active, next and retired: they are stored together) and signs with a key
+    made now. Within 5 s no server accepts a token they signed (every session stays
+    open: users get new tokens by refreshing); offline verifiers drop them at their
+    next JWKS fetch (its max-age is 300 s).
+
     \b
       eport auth rotate-keys --data-dir var --dev
       eport auth rotate-keys --data-dir var --dev --alg ES256   (access tokens' key only)
+      eport auth rotate-keys --data-dir var --dev --compromised
     """
     import datetime as dt
 
@@ -2259,7 +2277,7 @@ def auth_rotate_keys(
 
         chosen = tuple(a for a in ALGS if a in algs) or ALGS
         try:
-            promoted = ring.rotate(force=force, algs=chosen)
+            promoted = ring.rotate(force=force or compromised, algs=chosen, compromised=compromised)
         except KeyRotationTooSoon as exc:
             # Name --alg only for a family that would rotate now: when every next key
             # is new, it would be refused the same way.
@@ -2286,11 +2304,17 @@ def auth_rotate_keys(
             "active": active["ES256"],
             "active_by_alg": active,
             "rotated": sorted(promoted),
+            "withdrawn": compromised,
             "keys": keys,
         },
         "Signing with "
         + " and ".join(f"{kid} ({alg})" for alg, kid in promoted.items())
-        + " now.\n"
+        + " now"
+        + (
+            "; the old keys are withdrawn: no server accepts their tokens within 5 s.\n"
+            if compromised
+            else ".\n"
+        )
         + "\n".join(f"  {k['state']:<8} {k['alg']:<6} {k['kid']}" for k in keys),
     )
 
