@@ -725,11 +725,10 @@ class OpenIDProvider:
         rec = self.store.get_code(h)
         if rec is None:
             raise InvalidGrant("unknown authorization code")
-        if rec.used_at is not None:
-            self._replayed(rec, client_addr)
-        if rec.expires_at <= now:
-            raise InvalidGrant("the authorization code has expired")
         # The code is bound to what the authorization request said (mix-up, injection).
+        # Checked before a replay is called one: a used code that fails its own bindings
+        # comes from someone who saw it (a log, a browser's history), not from its client,
+        # and must not revoke the rightful client's token (token service probe, F2).
         if rec.client_id != client.id:
             raise InvalidGrant("the authorization code was issued to another client")
         if not same(rec.redirect_uri, redirect_uri):
@@ -738,6 +737,10 @@ class OpenIDProvider:
             raise InvalidGrant("code_verifier is not 43-128 unreserved characters (RFC 7636)")
         if not same(s256(code_verifier), rec.code_challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge (PKCE)")
+        if rec.used_at is not None:
+            self._replayed(rec, client_addr)
+        if rec.expires_at <= now:
+            raise InvalidGrant("the authorization code has expired")
         try:
             session = self.tokens.live_session(rec.sid)
         except InvalidToken as exc:

@@ -827,10 +827,12 @@ class TokenService:
         """RFC 8693: a token for another service on the user's behalf, with ``act``."""
         service = self._service_of(caller)
         if not self.access.may_exchange(service.id, target_service_id):
+            # RFC 8693 §2.2.2: a target the server will not issue for is invalid_target,
+            # 400 as every RFC 6749 §5.2 error but invalid_client (was 403
+            # unauthorized_client: token service probe)
             raise OAuthError(
                 f"{service.id} may not act for users at {target_service_id}",
-                error="unauthorized_client",
-                status=403,
+                error="invalid_target",
             )
         try:
             claims = self.check_access_token(subject_token, service.audience)

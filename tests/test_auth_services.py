@@ -105,7 +105,7 @@ def test_token_exchange_with_act(sqlite_server: Server, operator: dict[str, Any]
     )
     # Delegation the policy does not allow.
     r = signed_form(srv, svc, "/auth/token", {**fields, "audience": "tax-refund"})
-    assert r.status_code == 403 and r.json()["error"] == "unauthorized_client"
+    assert r.status_code == 400 and r.json()["error"] == "invalid_target"
     # A service may only exchange tokens issued to itself.
     other = enroll_service(srv, operator["tmp"], "manifest.eport.example")
     r = signed_form(srv, other, "/auth/token", {**fields, "audience": "customs-declaration"})

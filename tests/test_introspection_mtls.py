@@ -125,6 +125,27 @@ def test_a_service_introspects_over_mutual_tls(proxy: Proxy, tmp_path: Path) -> 
         requests.post(srv.url + "/auth/revoke", data={"token": doomed}, timeout=10)
         with pytest.raises(InactiveToken):
             intro.verify(doomed)
+    # A NUL in a form field: the 400 that names it, as for a signed request (the fast
+    # path answered 200 before: token service probe, F3).
+    key = serialization.load_pem_private_key((svc / "key.pem").read_bytes(), PASSPHRASE)
+    plain = tmp_path / "svc-plain.key"
+    plain.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for body, field in ((f"token={op['token']}&x=%00", "x"), (f"token={op['token']}%00", "token")):
+        r = requests.post(
+            proxy.url + "/auth/introspect",
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            verify=proxy.ca_file,
+            cert=(str(svc / "cert.pem"), str(plain)),
+            timeout=10,
+        )
+        assert r.status_code == 400 and f"'{field}'" in r.json()["error_description"], r.text
     # Another registered service: that token is not of its audience.
     with introspector(other) as intro:
         assert intro.introspect(op["token"]).raw == {"active": False}

@@ -206,6 +206,28 @@ def test_code_lives_exactly_sixty_seconds(rig: Rig) -> None:
         rig.redeem(code, verifier)
 
 
+def test_a_used_code_that_fails_its_bindings_revokes_nothing(rig: Rig) -> None:
+    """Whoever saw a used code (a log, a browser's history) sends it as another client,
+    or without the PKCE verifier: refused, as any code failing its bindings is, without
+    calling it a replay: the rightful client's token stays valid. Before, any registered
+    client's request with the used code revoked it (token service probe, F2)."""
+    signed = rig.session()
+    code, verifier = rig.code(signed)
+    first = rig.redeem(code, verifier)
+    jti = jwt.decode(first.access_token, options={"verify_signature": False})["jti"]
+    with pytest.raises(InvalidGrant, match="another client"):
+        rig.redeem(code, verifier, client="sample-b")
+    with pytest.raises(InvalidGrant, match="PKCE"):
+        rig.redeem(code, "w" * 43)
+    assert not rig.tokens.store.is_revoked(jti)
+    events = [e["type"] for e in rig.tokens.store.events(subject=None, limit=100, after_id=0)]
+    assert "code.replayed" not in events
+    # Its own client sending it again is a replay: revoked.
+    with pytest.raises(InvalidGrant, match="already used"):
+        rig.redeem(code, verifier)
+    assert rig.tokens.store.is_revoked(jti)
+
+
 def test_a_replay_racing_the_first_redemption_revokes_its_token(rig: Rig) -> None:
     signed = rig.session()
     code, verifier = rig.code(signed)
