@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import hashlib
 import heapq
 import itertools
 import json
@@ -38,12 +39,14 @@ from ca.api import int_arg, parse_serial, private_answers
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
+from ca.crl import ReasonCode
 from ca.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
-from ca.models import CertificateRow, EventRow, LogEntryRow, LogNodeRow
+from ca.models import CertificateRow, CertificateStatusRow, EventRow, LogEntryRow, LogNodeRow
 from ca.policy import SubjectClass
 from ca.records import EventType
+from ca.store import utc_from_db
 from ca.uscc import USCC
 from ca.wellformed import iso_time
 
@@ -706,13 +709,30 @@ def event_digests() -> Response:
 
 @bp.get("/certificates")
 def certificates() -> Response:
-    """Every certificate in the CA's records, one ``<serial hex> <sha256 hex>`` line each.
+    """Every certificate in the CA's records, one ``<serial hex> <sha256 hex>`` line each;
+    with ``?detail=1``, one JSON object per line (JSON Lines) with what else the CA's
+    answers are made of (:func:`_detail`).
 
-    What the CA's certificate listings are served from; auditors compare it with the
-    issuances in the log. Streamed in serial order, in bounded memory.
+    What the CA's certificate listings, its OCSP and CRLs and its owners' rights are
+    served from; auditors compare it with the log (``eport audit verify --full``).
+    Streamed in serial order, in bounded memory.
     """
     _require_all(signed_reader(), "the list of every certificate")
+    detail = request.args.get("detail") == "1"
     s = read_session()
+    columns: tuple[Any, ...] = (CertificateRow.serial, CertificateRow.cert_sha256)
+    if detail:
+        columns += (
+            CertificateRow.der,
+            CertificateRow.uscc,
+            CertificateRow.subject,
+            CertificateRow.profile,
+            CertificateRow.issuer_id,
+            CertificateRow.log_index,
+            CertificateStatusRow.state,
+            CertificateStatusRow.reason,
+            CertificateStatusRow.revoked_at,
+        )
 
     def lines() -> Iterator[bytes]:
         # Keyset chunks, each read in its own short transaction: a slow reader must
@@ -720,23 +740,58 @@ def certificates() -> Response:
         after = ""
         try:
             while True:
-                batch = s.execute(
-                    select(CertificateRow.serial, CertificateRow.cert_sha256)
-                    .where(CertificateRow.serial > after)
-                    .order_by(CertificateRow.serial)
-                    .limit(CERTIFICATES_CHUNK)
-                ).all()
+                q = select(*columns).where(CertificateRow.serial > after)
+                if detail:
+                    q = q.outerjoin(
+                        CertificateStatusRow, CertificateStatusRow.serial == CertificateRow.serial
+                    )
+                batch = s.execute(q.order_by(CertificateRow.serial).limit(CERTIFICATES_CHUNK)).all()
                 s.rollback()
                 if not batch:
                     return
-                yield "".join(f"{serial} {digest}\n" for serial, digest in batch).encode()
+                if detail:
+                    yield "".join(_detail(row) for row in batch).encode()
+                else:
+                    yield "".join(f"{serial} {digest}\n" for serial, digest in batch).encode()
                 after = batch[-1][0]
         finally:
             s.rollback()
 
-    resp = Response(stream_with_context(lines()), mimetype="text/plain")
+    resp = Response(
+        stream_with_context(lines()), mimetype="application/jsonl" if detail else "text/plain"
+    )
     resp.cache_control.no_store = True
     return resp
+
+
+def _detail(row: Row[Any]) -> str:
+    """One certificate as ``?detail=1`` lists it: ``serial``; ``sha256``, the stored
+    SHA-256 column (what lookups by hash use) and ``der_sha256``, the hash of the stored
+    DER (what is served), which must be equal; ``uscc``, ``subject``, ``profile``,
+    ``issuer`` (what an owner's rights and listings go by) and ``log_index`` (its listing
+    key), which must be its logged issuance's; ``status``, null (good) or the state,
+    reason and time OCSP and CRLs give, which the log's status events must lead to."""
+    serial, digest, der, uscc, subject, profile, issuer, log_index, state, reason, at = tuple(row)
+    status = None
+    if state is not None:
+        when = utc_from_db(at)
+        status = {
+            "state": state,
+            "reason": None if reason is None else ReasonCode(reason).rfc_name,
+            "at": None if when is None else format_time(when),
+        }
+    doc = {
+        "serial": serial,
+        "sha256": digest,
+        "der_sha256": hashlib.sha256(bytes(der)).hexdigest(),
+        "uscc": uscc,
+        "subject": subject,
+        "profile": profile,
+        "issuer": issuer,
+        "log_index": log_index,
+        "status": status,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def _driver_sql(s: Session, sql: str, *params: int) -> CursorResult[*tuple[Any, ...]]:

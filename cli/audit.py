@@ -130,6 +130,16 @@ def read_entry(data: bytes, index: int) -> dict[str, Any]:
 
 
 _ISSUANCE_TYPES = tuple(b'"type":"%s"' % t.encode() for t in sorted(ISSUANCE))
+STATUS_EVENTS = {
+    "certificate.revoked": "revoked",
+    "certificate.suspended": "hold",
+    "certificate.resumed": None,
+}
+"""The log's status events and the state each leaves its certificate in (None: good)."""
+_FACT_TYPES = tuple(b'"type":"%s"' % t.encode() for t in sorted(ISSUANCE | STATUS_EVENTS.keys()))
+FACTS = ("uscc", "subject", "profile", "issuer")
+"""What an issuance entry says of its certificate beside its serial and hash, which the
+CA's records must still say (an owner's rights and listings go by them)."""
 
 
 def issuance_of(entry: bytes) -> tuple[str, str] | None:
@@ -718,6 +728,107 @@ class FullResult:
     entries: int
     issuances: int
     certificates: int
+    statuses: int = 0
+    """Certificates whose status (good, on hold, revoked) the log's events were checked to
+    lead to."""
+
+
+@dataclass
+class _Logged:
+    """What the log says of the certificates, as :func:`verify_full` reads it."""
+
+    hashes: dict[str, str]
+    """serial → SHA-256 of every logged issuance"""
+    position: dict[str, int]
+    """serial → its issuance entry's index"""
+    facts: dict[str, tuple[Any, ...]]
+    """serial → its issuance's :data:`FACTS`"""
+    status: dict[str, tuple[int, tuple[str, str | None, str] | None]]
+    """serial → (index of its last status entry, (state, reason, time) or None: good)"""
+
+    def read(self, index: int, entry: bytes) -> None:
+        issuance = issuance_of(entry)
+        if issuance is not None:
+            self.hashes[issuance[0]] = issuance[1]
+            self.position[issuance[0]] = index
+        if not entry.startswith(_FACT_TYPES, entry.rfind(b'"type":"')):
+            return
+        doc = read_entry(entry, index)
+        serial = doc["serial"]
+        if not isinstance(serial, str):
+            return
+        if doc["type"] in STATUS_EVENTS:
+            state = STATUS_EVENTS[doc["type"]]
+            details = doc["details"] if isinstance(doc["details"], dict) else {}
+            now = None if state is None else (state, details.get("reason"), doc["time"])
+            self.status[serial] = (index, now)
+        else:
+            self.facts[serial] = tuple(doc[f] for f in FACTS)
+
+
+def _listing(data: bytes) -> dict[str, dict[str, Any]]:
+    """The CA's certificate listing (``?detail=1``: JSON Lines; a server of an older release
+    answers ``<serial> <sha256>`` lines, then only the hashes are compared)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in data.decode("utf-8").splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            out[str(doc["serial"])] = doc
+        else:
+            serial, digest = line.split(" ", 1)
+            out[serial] = {"serial": serial, "sha256": digest}
+    return out
+
+
+def _status_text(status: tuple[str, str | None, str] | None) -> str:
+    if status is None:
+        return "good"
+    state, reason, at = status
+    return f"{'on hold' if state == 'hold' else state} ({reason}, since {at})"
+
+
+def _check_listed(serial: str, doc: dict[str, Any], logged: _Logged, final: bool) -> str | None:
+    """What the CA's record ``doc`` of ``serial`` (listed) says that the log does not;
+    None when it agrees. ``final``: the log was read past the listing (a status changed
+    while the listing was read is then in it)."""
+    where = f"entry {logged.position[serial]}: certificate {serial}"
+    recorded = logged.hashes[serial]
+    if doc["sha256"] != recorded:
+        return (
+            f"{where} is listed by the CA with SHA-256 {doc['sha256']}, but the log "
+            f"recorded {recorded}"
+        )
+    if "der_sha256" not in doc:
+        return None  # an older server's listing: hashes only
+    if doc["der_sha256"] != recorded:
+        return (
+            f"{where}: the CA's stored certificate (DER) hashes to {doc['der_sha256']}, but "
+            f"the log recorded {recorded}: it serves other bytes than it issued"
+        )
+    facts = logged.facts.get(serial)
+    if facts is not None:
+        for name, value in zip(FACTS, facts, strict=True):
+            if doc.get(name) != value:
+                return (
+                    f"{where} is listed by the CA with {name} {doc.get(name)!r}, but its "
+                    f"logged issuance says {value!r}"
+                )
+    if doc.get("log_index") is not None and doc["log_index"] != logged.position[serial]:
+        return f"{where} is listed by the CA at log index {doc['log_index']}, not its issuance's"
+    if not final:
+        return None
+    last = logged.status.get(serial)
+    expected = None if last is None else last[1]
+    listed = doc.get("status")
+    actual = None if listed is None else (listed["state"], listed["reason"], listed["at"])
+    if actual != expected:
+        said = "no status entry" if last is None else f"entry {last[0]}"
+        return (
+            f"certificate {serial} is {_status_text(actual)} in the CA's records (what OCSP "
+            f"and CRLs answer), but the log's status events ({said}) leave it "
+            f"{_status_text(expected)}"
+        )
+    return None
 
 
 def verify_full(
@@ -734,24 +845,20 @@ def verify_full(
     newer checkpoint verified on the way (and its note).
     """
     leaves: list[bytes] = []
-    logged: dict[str, str] = {}
-    """serial → SHA-256 of every logged issuance"""
-    position: dict[str, int] = {}
-    """serial → its entry's index"""
+    logged = _Logged({}, {}, {}, {})
     sha256 = hashlib.sha256
 
     def read(first: int, entries: list[bytes]) -> None:
         leaves.extend([sha256(b"\x00" + entry).digest() for entry in entries])
         for offset, entry in enumerate(entries):
-            issuance = issuance_of(entry)
-            if issuance is not None:
-                logged[issuance[0]] = issuance[1]
-                position[issuance[0]] = first + offset
+            logged.read(first + offset, entry)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # The CA's certificate records, fetched while the entries download. Asked for
         # after the checkpoint, so every certificate the checkpoint logged must be in it.
-        listing = pool.submit(lambda: client.get(f"{API}/certificates", signed=True).content)
+        listing = pool.submit(
+            lambda: client.get(f"{API}/certificates?detail=1", signed=True).content
+        )
         with _progress(cp.size, "Verifying entries", progress) as bar:
             for first, entries in fetch_entries(client, 0, cp.size, bar.update):
                 read(first, entries)
@@ -762,25 +869,20 @@ def verify_full(
             )
         if auditproof.root_from_leaf_hashes(leaves) != cp.root_hash:
             raise VerificationFailed(diagnose(client, cp, leaves))
-        listed: dict[str, str] = dict(
-            line.split(" ", 1) for line in listing.result().decode("ascii").splitlines()
-        )
+        listed = _listing(listing.result())
     if events:
         _check_event_records(client, cp, leaves, progress)
     newer, newer_note = cp, None
-    unexplained: dict[str, str] = {}
-    if listed != logged:
-        for serial, digest in listed.items():
-            known = logged.get(serial)
-            if known is None:
-                unexplained[serial] = digest
-            elif known != digest:
-                raise VerificationFailed(
-                    f"entry {position[serial]}: certificate {serial} is listed by the CA with "
-                    f"SHA-256 {digest}, but the log recorded {known}"
-                )
+    # Listed but not logged by cp, or whose status differs from what cp's log says: issued
+    # or changed while we verified, they must be explained by a newer checkpoint.
+    unexplained = [s for s in listed if s not in logged.hashes]
+    for serial in listed.keys() & logged.hashes.keys():
+        problem = _check_listed(serial, listed[serial], logged, final=False)
+        if problem is not None:
+            raise VerificationFailed(problem)
+        if _check_listed(serial, listed[serial], logged, final=True) is not None:
+            unexplained.append(serial)
     if unexplained:
-        # Certificates issued while we verified: they must be in a newer checkpoint.
         newer_note = client.get(f"{API}/checkpoint").content
         newer = verify_note(newer_note, key, "the newer checkpoint")
         check_consistent(client, cp, newer, "the checkpoint just verified")
@@ -788,25 +890,23 @@ def verify_full(
             read(first, entries)
         if auditproof.root_from_leaf_hashes(leaves) != newer.root_hash:
             raise VerificationFailed(diagnose(client, newer, leaves))
-        for serial, digest in sorted(unexplained.items()):
-            known = logged.get(serial)
-            if known is None:
+        for serial in sorted(unexplained):
+            if serial not in logged.hashes:
                 raise VerificationFailed(
-                    f"certificate {serial} (SHA-256 {digest}) is in the CA's listings but "
-                    "its issuance is not in the log"
+                    f"certificate {serial} (SHA-256 {listed[serial]['sha256']}) is in the "
+                    "CA's listings but its issuance is not in the log"
                 )
-            if known != digest:
-                raise VerificationFailed(
-                    f"entry {position[serial]}: certificate {serial} is listed by the CA with "
-                    f"SHA-256 {digest}, but the log recorded {known}"
-                )
-    for serial in sorted(logged.keys() - listed.keys(), key=position.__getitem__):
-        if position[serial] < cp.size:
+            problem = _check_listed(serial, listed[serial], logged, final=True)
+            if problem is not None:
+                raise VerificationFailed(problem)
+    for serial in sorted(logged.hashes.keys() - listed.keys(), key=logged.position.__getitem__):
+        if logged.position[serial] < cp.size:
             raise VerificationFailed(
-                f"entry {position[serial]}: the logged issuance of certificate {serial} is "
-                "missing from the CA's listings"
+                f"entry {logged.position[serial]}: the logged issuance of certificate {serial} "
+                "is missing from the CA's listings"
             )
-    return FullResult(len(leaves), len(logged), len(listed)), newer, newer_note
+    statuses = sum(1 for doc in listed.values() if "der_sha256" in doc)
+    return FullResult(len(leaves), len(logged.hashes), len(listed), statuses), newer, newer_note
 
 
 def _check_event_records(
@@ -1293,12 +1393,20 @@ def audit_verify(
         lines.append("  first verification: no earlier checkpoint to compare with")
     if result is not None:
         data.update(
-            entries=result.entries, issuances=result.issuances, certificates=result.certificates
+            entries=result.entries,
+            issuances=result.issuances,
+            certificates=result.certificates,
+            records_checked=result.statuses,
         )
         lines.append(f"  {result.entries} entries downloaded; their root matches the checkpoint")
         lines.append(
             f"  {result.certificates} certificates in the CA's listings, "
             f"{result.issuances} logged issuances: they agree"
+            + (
+                " (bytes, owner, profile and status too)"
+                if result.statuses == result.certificates
+                else ""
+            )
         )
         if events:
             lines.append("  every event record matches its log entry")

@@ -814,3 +814,93 @@ def test_log_table_columns_hold_the_longest_type(server: Server) -> None:
     ], table
     for row in rows:  # each row's USCC starts under the header's
         assert row.index(uscc) == header.index("USCC"), table
+
+
+def test_tamper_certificate_records_and_status(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The CA's records of a logged certificate changed behind its back: the status OCSP
+    and CRLs answer (a revoked certificate reinstated, a good one marked revoked), its
+    owner (which its owner's rights go by), and its stored bytes. Before, every one of
+    these passed `verify --full --events` (revocation probe, F1-F3)."""
+    from ca.models import CertificateStatusRow
+
+    state = tmp_path / "state.json"
+    officer = officer_identity(server)
+    revoked, good, other = issued[2]["serial"], issued[3]["serial"], issued[4]["serial"]
+    CAClient(server.url).call(
+        "POST", f"/ca/v1/certificates/{revoked}/revoke", {"reason": "keyCompromise"}, officer
+    )
+    res = verify(server, state, "--full", "--events", "--json")
+    doc = json.loads(res.stdout)
+    assert doc["records_checked"] == doc["certificates"] > 0, doc
+
+    def tampered(change: Any, undo: Any, *needles: str) -> None:
+        with database(server) as engine:
+            with Session(engine) as s:
+                change(s)
+                s.commit()
+            try:
+                failed(verify(server, state, "--full", check=False), *needles)
+            finally:
+                with Session(engine) as s:
+                    undo(s)
+                    s.commit()
+
+    with database(server) as engine, Session(engine) as s:
+        status_row = dict(
+            s.execute(
+                select(CertificateStatusRow.__table__).where(CertificateStatusRow.serial == revoked)
+            )
+            .mappings()
+            .one()
+        )
+        cert_row = dict(
+            s.execute(select(CertificateRow.__table__).where(CertificateRow.serial == good))
+            .mappings()
+            .one()
+        )
+        other_der = s.execute(
+            select(CertificateRow.der).where(CertificateRow.serial == other)
+        ).scalar_one()
+    by_serial = CertificateStatusRow.serial
+    # 1. The revoked certificate reinstated: its status row deleted.
+    tampered(
+        lambda s: s.execute(delete(CertificateStatusRow).where(by_serial == revoked)),
+        lambda s: s.execute(insert(CertificateStatusRow), [status_row]),
+        f"certificate {revoked} is good in the CA's records",
+        "revoked (keyCompromise",
+    )
+    # 2. Its reason changed (what relying parties weigh).
+    tampered(
+        lambda s: s.execute(
+            update(CertificateStatusRow).where(by_serial == revoked).values(reason=4)
+        ),
+        lambda s: s.execute(
+            update(CertificateStatusRow).where(by_serial == revoked).values(reason=1)
+        ),
+        f"certificate {revoked} is revoked (superseded",
+    )
+    # 3. A good certificate marked revoked without an event.
+    tampered(
+        lambda s: s.execute(insert(CertificateStatusRow), [{**status_row, "serial": good}]),
+        lambda s: s.execute(delete(CertificateStatusRow).where(by_serial == good)),
+        f"certificate {good} is revoked",
+        "leave it good",
+    )
+    # 4. Its owner changed (another enterprise could then revoke it, and list it).
+    by_cert = CertificateRow.serial == good
+    tampered(
+        lambda s: s.execute(
+            update(CertificateRow).where(by_cert).values(uscc="91350100M000300Y4J")
+        ),
+        lambda s: s.execute(update(CertificateRow).where(by_cert).values(uscc=cert_row["uscc"])),
+        f"certificate {good} is listed by the CA with uscc '91350100M000300Y4J'",
+    )
+    # 5. Its stored bytes swapped for another certificate's (its hash column kept).
+    tampered(
+        lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=other_der)),
+        lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=cert_row["der"])),
+        f"certificate {good}: the CA's stored certificate (DER) hashes to",
+    )
+    verify(server, state, "--full", "--events")
