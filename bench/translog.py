@@ -179,7 +179,10 @@ def build_big_log(data_dir: Path, entries: int) -> None:
             app = f"app_{secrets.token_hex(8)}"
             at = day0 + datetime.timedelta(seconds=k * 9)
             serial = format(random.getrandbits(127) | (1 << 126), "x")
-            sha = secrets.token_hex(32)
+            # Stand-in DER of a certificate's size, and its hash: verify --full compares
+            # the hash of the stored bytes with the logged one
+            der = secrets.token_bytes(640)
+            sha = hashlib.sha256(der).hexdigest()
             dn = f"CN={name.replace(',', chr(92) + ',')},organizationIdentifier=NTRCN-{uscc},C=CN"
             kinds = [
                 ("application.submitted", "anonymous", {"subject_class": "enterprise"}, None),
@@ -222,7 +225,7 @@ def build_big_log(data_dir: Path, entries: int) -> None:
                             "cert_sha256": sha,
                             "not_before": at,
                             "not_after": at + datetime.timedelta(days=730),
-                            "der": b"\x30\x03\x02\x01\x00",
+                            "der": der,
                             "created_at": at,
                         }
                     )

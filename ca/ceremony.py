@@ -70,6 +70,12 @@ def record_hierarchy(
             (i.certificate, "root", "issuing-ca", {"role": "issuing", "issuer_id": iid})
             for iid, i in sorted(h.issuers.items())
         ]
+        # The OCSP responders too (delegated, no-check signers): their renewals and a
+        # rotation's are logged, and these were not (revocation probe, F4).
+        entries += [
+            (r.certificate, iid, "ocsp-responder", {"role": "ocsp-responder"})
+            for iid, r in sorted(h.responders.items())
+        ]
         for cert, issuer, profile, details in entries:
             rec = certificate_record(cert, issuer, profile, None)
             tx.add_certificate(rec)

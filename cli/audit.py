@@ -136,7 +136,7 @@ STATUS_EVENTS = {
     "certificate.resumed": None,
 }
 """The log's status events and the state each leaves its certificate in (None: good)."""
-_FACT_TYPES = tuple(b'"type":"%s"' % t.encode() for t in sorted(ISSUANCE | STATUS_EVENTS.keys()))
+_STATUS_TYPES = tuple(b'"type":"%s"' % t.encode() for t in sorted(STATUS_EVENTS))
 FACTS = ("uscc", "subject", "profile", "issuer")
 """What an issuance entry says of its certificate beside its serial and hash, which the
 CA's records must still say (an owner's rights and listings go by them)."""
@@ -717,7 +717,8 @@ def diagnose(client: AuditClient, cp: VerifiedCheckpoint, computed: list[bytes])
                 f"entry {i} was changed: it hashes to {ours.hex()}, but the log's leaf {i} "
                 f"is {theirs.hex()}"
             )
-        if j == i + 1:
+        swapped = i + 1 < len(computed) and computed[i + 1] == theirs
+        if j == i + 1 and not swapped:
             return f"entry {i} is missing: the entry served at {i} is the log's entry {j}"
         return f"entries {i} and {j} are out of order: the entry served at {i} is the log's {j}"
     return f"entry {len(computed)} is missing"
@@ -741,42 +742,87 @@ class _Logged:
     """serial → SHA-256 of every logged issuance"""
     position: dict[str, int]
     """serial → its issuance entry's index"""
-    facts: dict[str, tuple[Any, ...]]
-    """serial → its issuance's :data:`FACTS`"""
+    facts: dict[str, bytes]
+    """serial → its issuance's :data:`FACTS` as the entry spells them (:func:`facts_of`)"""
     status: dict[str, tuple[int, tuple[str, str | None, str] | None]]
     """serial → (index of its last status entry, (state, reason, time) or None: good)"""
 
     def read(self, index: int, entry: bytes) -> None:
-        issuance = issuance_of(entry)
-        if issuance is not None:
-            self.hashes[issuance[0]] = issuance[1]
-            self.position[issuance[0]] = index
-        if not entry.startswith(_FACT_TYPES, entry.rfind(b'"type":"')):
-            return
-        doc = read_entry(entry, index)
-        serial = doc["serial"]
-        if not isinstance(serial, str):
-            return
-        if doc["type"] in STATUS_EVENTS:
-            state = STATUS_EVENTS[doc["type"]]
-            details = doc["details"] if isinstance(doc["details"], dict) else {}
-            now = None if state is None else (state, details.get("reason"), doc["time"])
-            self.status[serial] = (index, now)
-        else:
-            self.facts[serial] = tuple(doc[f] for f in FACTS)
+        kind_at = entry.rfind(b'"type":"')
+        if entry.startswith(_ISSUANCE_TYPES, kind_at):
+            issuance = issuance_of(entry)
+            if issuance is not None:
+                serial = issuance[0]
+                self.hashes[serial] = issuance[1]
+                self.position[serial] = index
+                self.facts[serial] = facts_of(entry)
+        elif entry.startswith(_STATUS_TYPES, kind_at):
+            doc = read_entry(entry, index)
+            serial = doc["serial"]
+            if isinstance(serial, str):
+                state = STATUS_EVENTS[doc["type"]]
+                details = doc["details"] if isinstance(doc["details"], dict) else {}
+                now = None if state is None else (state, details.get("reason"), doc["time"])
+                self.status[serial] = (index, now)
 
 
-def _listing(data: bytes) -> dict[str, dict[str, Any]]:
-    """The CA's certificate listing (``?detail=1``: JSON Lines; a server of an older release
-    answers ``<serial> <sha256>`` lines, then only the hashes are compared)."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in data.decode("utf-8").splitlines():
-        if line.startswith("{"):
-            doc = json.loads(line)
-            out[str(doc["serial"])] = doc
-        else:
-            serial, digest = line.split(" ", 1)
-            out[serial] = {"serial": serial, "sha256": digest}
+def facts_of(entry: bytes) -> bytes:
+    """The JSON spellings of an issuance entry's :data:`FACTS`, read straight off its
+    bytes as :func:`issuance_of` reads its serial: a canonical v1 entry's top-level
+    members follow ``details`` (the only one that nests) in key order, so the last
+    ``,"issuer":`` is the top-level one, and each value ends where the next member
+    begins (a string value holds no unescaped quote)."""
+    issuer = entry.rfind(b',"issuer":')
+    profile = entry.find(b',"profile":', issuer)
+    serial = entry.find(b',"serial":', profile)
+    subject = entry.find(b',"subject":', serial)
+    time_at = entry.find(b',"time":', subject)
+    uscc = entry.find(b',"uscc":', time_at)
+    end = entry.find(b',"v":', uscc)
+    return b"\x00".join(
+        (
+            entry[uscc + 8 : end],
+            entry[subject + 11 : time_at],
+            entry[profile + 11 : serial],
+            entry[issuer + 10 : profile],
+        )
+    )
+
+
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+
+
+def _spell(value: Any) -> str:
+    """``value`` as a canonical v1 entry spells it (JSON, non-ASCII as it is)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str) and not _NEEDS_ESCAPE.search(value):
+        return f'"{value}"'  # the usual case, without json.dumps's cost
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _spelled(values: Listed) -> bytes:
+    """A listed certificate's :data:`FACTS` as :func:`facts_of` gives an entry's."""
+    return "\x00".join(map(_spell, values)).encode()
+
+
+Listed = tuple[Any, ...]
+"""A certificate as the CA lists it (``?detail=1``): ``(serial, sha256, der_sha256 or None,
+uscc, subject, profile, issuer, log_index, state, reason, at)``; from a server of an
+older release ``(serial, sha256)`` only."""
+
+
+def _listing(data: bytes) -> dict[str, Listed]:
+    """The CA's certificate listing (``?detail=1``: a JSON array per line; a server of an
+    older release answers ``<serial> <sha256>`` lines, then only the hashes are compared)."""
+    if data.startswith(b"["):
+        # one parse of the lines as an array (no JSON string holds a raw newline)
+        rows = json.loads(b"[" + data.rstrip(b"\n").replace(b"\n", b",") + b"]")
+        return {str(row[0]): tuple(row) for row in rows}
+    out: dict[str, Listed] = {}
+    for line in data.decode("ascii").splitlines():
+        serial, digest = line.split(" ", 1)
+        out[serial] = (serial, digest)
     return out
 
 
@@ -787,48 +833,62 @@ def _status_text(status: tuple[str, str | None, str] | None) -> str:
     return f"{'on hold' if state == 'hold' else state} ({reason}, since {at})"
 
 
-def _check_listed(serial: str, doc: dict[str, Any], logged: _Logged, final: bool) -> str | None:
-    """What the CA's record ``doc`` of ``serial`` (listed) says that the log does not;
-    None when it agrees. ``final``: the log was read past the listing (a status changed
-    while the listing was read is then in it)."""
+def _check_listed(serial: str, row: Listed, logged: _Logged) -> tuple[str | None, bool]:
+    """What the CA's record ``row`` of ``serial`` (listed) says that the log does not: a
+    difference in what never changes after issuance (None: it agrees), and whether its
+    status is the one the log's status events lead to (one that differs may have changed
+    while the listing was read: :func:`status_problem` then names it)."""
     where = f"entry {logged.position[serial]}: certificate {serial}"
     recorded = logged.hashes[serial]
-    if doc["sha256"] != recorded:
+    if row[1] != recorded:
         return (
-            f"{where} is listed by the CA with SHA-256 {doc['sha256']}, but the log "
-            f"recorded {recorded}"
+            f"{where} is listed by the CA with SHA-256 {row[1]}, but the log recorded {recorded}",
+            True,
         )
-    if "der_sha256" not in doc:
-        return None  # an older server's listing: hashes only
-    if doc["der_sha256"] != recorded:
+    if len(row) == 2:
+        return None, True  # an older server's listing: hashes only
+    if row[2] is not None:
         return (
-            f"{where}: the CA's stored certificate (DER) hashes to {doc['der_sha256']}, but "
-            f"the log recorded {recorded}: it serves other bytes than it issued"
-        )
-    facts = logged.facts.get(serial)
-    if facts is not None:
-        for name, value in zip(FACTS, facts, strict=True):
-            if doc.get(name) != value:
+            f"{where}: the CA's stored certificate (DER) hashes to {row[2]}, but the log "
+            f"recorded {recorded}: it serves other bytes than it issued"
+        ), True
+    spelled = _spelled(row[3:7])
+    if spelled != logged.facts[serial]:
+        for name, value, raw in zip(
+            FACTS, row[3:7], logged.facts[serial].split(b"\x00"), strict=True
+        ):
+            if value != json.loads(raw):
                 return (
-                    f"{where} is listed by the CA with {name} {doc.get(name)!r}, but its "
-                    f"logged issuance says {value!r}"
-                )
-    if doc.get("log_index") is not None and doc["log_index"] != logged.position[serial]:
-        return f"{where} is listed by the CA at log index {doc['log_index']}, not its issuance's"
-    if not final:
+                    f"{where} is listed by the CA with {name} {value!r}, but its logged "
+                    f"issuance says {json.loads(raw)!r}"
+                ), True
+    if row[7] is not None and row[7] != logged.position[serial]:
+        return f"{where} is listed by the CA at log index {row[7]}, not its issuance's", True
+    return None, _listed_status(row) == _logged_status(serial, logged)
+
+
+def _listed_status(row: Listed) -> tuple[str, str | None, str] | None:
+    return None if len(row) == 2 or row[8] is None else (row[8], row[9], row[10])
+
+
+def _logged_status(serial: str, logged: _Logged) -> tuple[str, str | None, str] | None:
+    last = logged.status.get(serial)
+    return None if last is None else last[1]
+
+
+def status_problem(serial: str, row: Listed, logged: _Logged) -> str | None:
+    """The difference between the status the CA's record ``row`` gives and the one the
+    log's status events lead to, if any."""
+    actual, expected = _listed_status(row), _logged_status(serial, logged)
+    if actual == expected or len(row) == 2:
         return None
     last = logged.status.get(serial)
-    expected = None if last is None else last[1]
-    listed = doc.get("status")
-    actual = None if listed is None else (listed["state"], listed["reason"], listed["at"])
-    if actual != expected:
-        said = "no status entry" if last is None else f"entry {last[0]}"
-        return (
-            f"certificate {serial} is {_status_text(actual)} in the CA's records (what OCSP "
-            f"and CRLs answer), but the log's status events ({said}) leave it "
-            f"{_status_text(expected)}"
-        )
-    return None
+    said = "no status entry" if last is None else f"entry {last[0]}"
+    return (
+        f"certificate {serial} is {_status_text(actual)} in the CA's records (what OCSP "
+        f"and CRLs answer), but the log's status events ({said}) leave it "
+        f"{_status_text(expected)}"
+    )
 
 
 def verify_full(
@@ -863,10 +923,12 @@ def verify_full(
             for first, entries in fetch_entries(client, 0, cp.size, bar.update):
                 read(first, entries)
         if len(leaves) < cp.size:
-            raise VerificationFailed(
-                f"entry {len(leaves)} is missing: the server serves {len(leaves)} of the "
-                f"checkpoint's {cp.size} entries"
-            )
+            # Name where the served entries first part from the log's leaves (an entry
+            # deleted and the gap closed: probe F5), else the first one not served.
+            found = diagnose(client, cp, leaves)
+            if found == f"entry {len(leaves)} is missing":
+                found += f": the server serves {len(leaves)} of the checkpoint's {cp.size} entries"
+            raise VerificationFailed(found)
         if auditproof.root_from_leaf_hashes(leaves) != cp.root_hash:
             raise VerificationFailed(diagnose(client, cp, leaves))
         listed = _listing(listing.result())
@@ -877,10 +939,10 @@ def verify_full(
     # or changed while we verified, they must be explained by a newer checkpoint.
     unexplained = [s for s in listed if s not in logged.hashes]
     for serial in listed.keys() & logged.hashes.keys():
-        problem = _check_listed(serial, listed[serial], logged, final=False)
+        problem, same_status = _check_listed(serial, listed[serial], logged)
         if problem is not None:
             raise VerificationFailed(problem)
-        if _check_listed(serial, listed[serial], logged, final=True) is not None:
+        if not same_status:
             unexplained.append(serial)
     if unexplained:
         newer_note = client.get(f"{API}/checkpoint").content
@@ -893,10 +955,12 @@ def verify_full(
         for serial in sorted(unexplained):
             if serial not in logged.hashes:
                 raise VerificationFailed(
-                    f"certificate {serial} (SHA-256 {listed[serial]['sha256']}) is in the "
+                    f"certificate {serial} (SHA-256 {listed[serial][1]}) is in the "
                     "CA's listings but its issuance is not in the log"
                 )
-            problem = _check_listed(serial, listed[serial], logged, final=True)
+            problem = _check_listed(serial, listed[serial], logged)[0] or status_problem(
+                serial, listed[serial], logged
+            )
             if problem is not None:
                 raise VerificationFailed(problem)
     for serial in sorted(logged.hashes.keys() - listed.keys(), key=logged.position.__getitem__):
@@ -905,7 +969,7 @@ def verify_full(
                 f"entry {logged.position[serial]}: the logged issuance of certificate {serial} "
                 "is missing from the CA's listings"
             )
-    statuses = sum(1 for doc in listed.values() if "der_sha256" in doc)
+    statuses = sum(1 for row in listed.values() if len(row) > 2)
     return FullResult(len(leaves), len(logged.hashes), len(listed), statuses), newer, newer_note
 
 

@@ -223,6 +223,15 @@ def test_prove_by_serial_and_by_certificate(
         *asker(server),
     ).stdout
     assert "matches the file" in text and "Verified against the checkpoint" in text
+    # The CA's first OCSP responders are logged at its start, as its CA certificates are
+    # (they were not: revocation probe, F4).
+    responders = sorted((server.data_dir / "ca" / "responders").glob("*.crt"))
+    assert len(responders) == 3
+    for responder in responders:
+        text = server.eport(
+            "audit", "prove", "--cert", str(responder), "--state", str(state), *asker(server)
+        ).stdout
+        assert "matches the file" in text, text
     # A certificate the CA never issued is not in the log.
     other = tmp_path / "other.pem"
     other.write_bytes((server.data_dir / "ca" / "root.crt").read_bytes())
@@ -415,6 +424,18 @@ def test_tamper_changed_entry(server: Server, issued: list[dict[str, Any]], tmp_
             failed(verify(server, state, "--full", check=False), f"entry {idx} was changed")
         finally:
             set_entry(engine, idx, original)
+        if engine.dialect.name == "sqlite":
+            # SQLite's replace() stores TEXT: served as its bytes, not a 500 (probe F8).
+            with engine.begin() as conn:
+                conn.exec_driver_sql(
+                    'UPDATE log_entries SET entry = replace(entry, \'"actor":"\', '
+                    '\'"actor":"forged-\') WHERE idx = ?',
+                    (idx,),
+                )
+            try:
+                failed(verify(server, state, "--full", check=False), f"entry {idx} was changed")
+            finally:
+                set_entry(engine, idx, original)
     verify(server, state, "--full")
 
 
@@ -459,6 +480,56 @@ def test_tamper_reordered_entries(
         finally:
             set_entry(engine, i, a)
             set_entry(engine, j, b)
+        # Two neighbours swapped: out of order too, not "missing" (probe F6).
+        c = entry_at_engine(engine, i + 1)
+        set_entry(engine, i, c)
+        set_entry(engine, i + 1, a)
+        try:
+            failed(
+                verify(server, state, "--full", check=False),
+                f"entries {i} and {i + 1} are out of order",
+            )
+        finally:
+            set_entry(engine, i, a)
+            set_entry(engine, i + 1, c)
+    verify(server, state, "--full")
+
+
+def entry_at_engine(engine: Engine, idx: int) -> bytes:
+    with Session(engine) as s:
+        return entry_at(s, idx)
+
+
+def test_tamper_deleted_entry_with_the_gap_closed(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """An entry deleted and the later ones moved down: named where it went missing, not at
+    the end of the log (before: "entry <size-1> is missing", probe F5)."""
+    state = tmp_path / "state.json"
+    with database(server) as engine:
+        with Session(engine) as s:
+            idx = some_index(s)
+            rows = [
+                dict(r)
+                for r in s.execute(
+                    select(LogEntryRow.__table__)
+                    .where(LogEntryRow.idx >= idx)
+                    .order_by(LogEntryRow.idx)
+                ).mappings()
+            ]
+            s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= idx))
+            s.execute(insert(LogEntryRow), [{**r, "idx": r["idx"] - 1} for r in rows[1:]])
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", check=False),
+                f"entry {idx} is missing: the entry served at {idx} is the log's entry {idx + 1}",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= idx))
+                s.execute(insert(LogEntryRow), rows)
+                s.commit()
     verify(server, state, "--full")
 
 
@@ -741,6 +812,20 @@ def test_tamper_changed_event_record(
         finally:
             with Session(engine) as s:
                 s.execute(update(EventRow).where(EventRow.id == event_id).values(subject=subject))
+                s.commit()
+        # Its log index (what orders the listings and exports) moved past the log's end.
+        with Session(engine) as s:
+            s.execute(update(EventRow).where(EventRow.id == event_id).values(log_index=10**6))
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", "--events", check=False),
+                f"entry {idx}",
+                "event record",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(update(EventRow).where(EventRow.id == event_id).values(log_index=idx))
                 s.commit()
     verify(server, state, "--full", "--events")
 

@@ -543,7 +543,8 @@ def test_two_first_starts_at_once_on_one_empty_database_make_one_ca(
     assert len(errors) == 1 and "already holds another CA's records" in errors[0], refused
     assert "Traceback" not in refused
     assert len(rows(db, "SELECT serial FROM certificates WHERE profile = 'root'")) == 1
-    assert rows(db, "SELECT count(*) FROM events WHERE type = 'ca.initialized'") == [(4,)]
+    # one CA's: its root, its three issuing CAs and their three OCSP responders
+    assert rows(db, "SELECT count(*) FROM events WHERE type = 'ca.initialized'") == [(7,)]
 
 
 def test_a_key_rotation_on_one_host_is_followed_by_the_other(hosts: Hosts) -> None:
