@@ -77,6 +77,20 @@ _HOSTNAME = re.compile(
 _PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 
 
+def _a_label_ok(label: str) -> bool:
+    """A label is not an A-label (``xn--``), or its Punycode decodes to one that encodes
+    back to it (RFC 5890 §2.3.2.1): ``xn--zz`` is refused by certificate linters."""
+    if not label.startswith("xn--"):
+        return True
+    try:
+        decoded = label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return False
+    return (
+        bool(decoded) and not decoded.isascii() and decoded.encode("punycode").decode() == label[4:]
+    )
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -367,7 +381,9 @@ class JointCA:
             return _clean(value, what, limit)
 
         if subject_class == SubjectClass.ENTERPRISE.value:
-            uscc = str(USCC.parse(str(data.get("uscc") or "")))
+            if not str(data.get("uscc") or "").strip():
+                raise BadRequest("the enterprise's USCC (uscc) is required")
+            uscc = str(USCC.parse(str(data.get("uscc"))))
             return {"uscc": uscc, "legal_name": text("legal_name", UB_NAME)}, uscc
         if subject_class in (SubjectClass.AGENCY.value, SubjectClass.AUDITOR.value):
             member = self.policies.members.get(text("agency_id"))
@@ -385,6 +401,21 @@ class JointCA:
             host = text("service_host", 253).lower()
             if not _HOSTNAME.fullmatch(host):
                 raise BadRequest(f"{host!r} is not a DNS host name (RFC 1123 letters, digits, '-')")
+            if len(host) > UB_NAME:
+                # the service-tls profile names the host in the subject's CN too, whose
+                # X.520 bound is 64: a longer one passed here and failed every enrollment
+                # with a 500 (enrollment probe, F1)
+                raise BadRequest(
+                    f"a service host name has at most {UB_NAME} characters (it is also the "
+                    f"certificate's commonName, X.520 ub-common-name); {host[:40]!r}... has "
+                    f"{len(host)}"
+                )
+            bad = next((label for label in host.split(".") if not _a_label_ok(label)), None)
+            if bad is not None:
+                raise BadRequest(
+                    f"{bad!r} in {host!r} starts with 'xn--' but is not a valid IDNA A-label "
+                    "(RFC 5890: its Punycode must decode)"
+                )
             return {
                 "agency_id": member.id,
                 "agency_name": member.name,

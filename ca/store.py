@@ -22,6 +22,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -224,6 +225,7 @@ _APPS_OF = (
     )
     .order_by(_A.created_at, _A.id)
 )
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _OPERATOR_APPS = (
     select(*_APP_COLUMNS)
     .where(
@@ -983,7 +985,13 @@ class SqlTransaction:
             _CERT.uscc.is_(None),
             _CERT.profile.in_(list(profiles)),
             _CERT.not_after > now,
-            _CERT.subject == subject,
+            # caseIgnoreMatch (RFC 5280 §7.1): "wang fang" is "Wang Fang"'s DN to a relying
+            # party, so one in force refuses the other (enrollment probe, F2); ASCII case
+            # only, as SQLite's lower() folds
+            or_(
+                _CERT.subject == subject,
+                func.lower(_CERT.subject) == subject.translate(_ASCII_LOWER),
+            ),
         )
         found = list(map(_cert_of, self._conn().execute(q)))
         statuses = self.get_statuses([c.serial for c in found])

@@ -639,7 +639,9 @@ def _secret(file: Path | None, env: str, what: str, option: str) -> bytes:
     show_default=True,
     help="What is to be certified.",
 )
-@click.option("--agency", "agency_id", help="Member agency id (for --class agency or service).")
+@click.option(
+    "--agency", "agency_id", help="Member agency id (for --class agency, auditor or service)."
+)
 @json_option
 @pass_ctx
 def apply(
@@ -845,6 +847,27 @@ def _kept_key(
     return keyfiles.key_and_passphrase(path, passphrase_file)
 
 
+def _warn_kept_type(ctx: click.Context, key: Any, key_type: str | None) -> None:
+    """A --key-type given for a run that goes on with an earlier attempt's kept key (its
+    certificate may be issued already): say that the kept key's type is used, not the one
+    asked for (it was ignored without a word: enrollment probe, F4)."""
+    from click.core import ParameterSource
+
+    from ca.keys import KeyType
+
+    if key_type is None or ctx.get_parameter_source("key_type") is not ParameterSource.COMMANDLINE:
+        return
+    kept = KeyType.of(key).value
+    if kept != key_type:
+        click.secho(
+            f"WARNING: --key-type {key_type} is not used: the kept key is {kept} (the CA may "
+            "have certified it already); remove the directory's key.pem for a new key once "
+            "you know no certificate was issued for it",
+            fg="yellow",
+            err=True,
+        )
+
+
 def _refuse_overwrite(out: Path) -> None:
     for name in ("key.pem", "cert.pem"):
         if _exists(out / name):
@@ -957,6 +980,7 @@ def enroll(
         key, kept_pw = keyfiles.key_and_passphrase(out / "key.pem", passphrase_file)
         pw, made = kept_pw or b"", []
         click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
+        _warn_kept_type(click.get_current_context(), key, key_type)
     else:
         _refuse_overwrite(out)
         # A used, expired or mistyped code (or profile) is said now, before a key is made
@@ -1184,6 +1208,7 @@ def renew(
         key, kept_pw = _kept_key(out / "key.pem", current_pw, passphrase_file)
         pw, made = kept_pw or b"", []
         click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
+        _warn_kept_type(click.get_current_context(), key, key_type)
     else:
         # The passphrase that opened the current key (typed once); a key file in the
         # clear gets a new one, asked twice as for an enrollment.
@@ -1460,8 +1485,8 @@ reason_option = click.option(
     "--reason",
     required=True,
     callback=not_blank,
-    help="Why (up to 500 characters, no control characters); recorded, and shown to the "
-    "applicant as written (eport application show).",
+    help="Why (up to 500 characters, no control characters; line breaks and runs of blanks "
+    "become one space); recorded, and shown to the applicant (eport application show).",
 )
 
 
@@ -2472,8 +2497,8 @@ def describe(c: x509.Certificate) -> dict[str, Any]:
         "subject": dn_string(c.subject),
         "issuer": dn_string(c.issuer),
         "serial": format(c.serial_number, "x"),
-        "not_before": c.not_valid_before_utc.isoformat(),
-        "not_after": c.not_valid_after_utc.isoformat(),
+        "not_before": c.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_after": c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "key_type": key_type,
         "ca": bool(bc and bc.ca),
         "key_usage": usages,

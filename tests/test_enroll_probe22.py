@@ -1,0 +1,80 @@
+"""Findings of the enrollment and RA probe (session 22), each driven through the CLI as a
+user would: a service host longer than a commonName may hold, an invalid IDNA A-label,
+names that differ only in letter case, a --key-type that a rerun with
+a kept key cannot honour, and the JSON times of `eport cert show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography import x509
+
+from tests.conftest import Server
+from tests.helpers import jrun
+from tests.test_crash_recovery import enrollment_with_its_answer_lost
+
+PW = {"EPORT_PASSPHRASE": "test-passphrase-123"}
+
+
+def _one_line_refusal(server: Server, *args: str) -> str:
+    res = server.eport(*args, check=False)
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eport: error: "), res.stderr
+    return lines[0]
+
+
+def test_a_service_host_the_certificate_cannot_name_is_refused_at_apply(
+    sqlite_server: Server,
+) -> None:
+    """A host of 65-253 characters was taken, then every enrollment failed with a 500
+    ("Invalid policy file"): the service-tls profile names it in the CN too (64 at most).
+    An A-label whose Punycode does not decode (xn--zz) was certified."""
+    long_host = ".".join(["abcdefghij"] * 7) + ".example"  # 84 characters
+    line = _one_line_refusal(
+        sqlite_server, "apply", "--class", "service", "--agency", "customs", "--name", long_host
+    )
+    assert "at most 64 characters" in line and "commonName" in line, line
+    line = _one_line_refusal(
+        sqlite_server, "apply", "--class", "service", "--agency", "customs",
+        "--name", "xn--zz.example",
+    )  # fmt: skip
+    assert "not a valid IDNA A-label" in line, line
+    ok = jrun(
+        sqlite_server, "apply", "--class", "service", "--agency", "customs",
+        "--name", "xn--fiqs8s.example",
+    )  # fmt: skip
+    assert ok["id"].startswith("app_")
+
+
+def test_names_differing_only_in_case_are_one(sqlite_server: Server, tmp_path: Path) -> None:
+    """X.500 compares names ignoring case (RFC 5280 §7.1): "wang fang" is the DN of "Wang
+    Fang" to a relying party. A second credential of the same name in force is refused, as
+    one spelled the same is. (Operator ids are not folded yet: E1 and e1 are two operators,
+    named apart by their token service subjects.)"""
+    server = sqlite_server
+    officer = [*server.officer()]
+    first = jrun(server, "apply", "--class", "agency", "--agency", "customs",
+                 "--name", "Case Probe Officer")  # fmt: skip
+    code = jrun(server, "ra", "approve", first["id"], *officer)["enrollment_code"]
+    server.eport("enroll", "--code", code, "--profile", "agency",
+                 "--out", str(tmp_path / "officer"), **PW)  # fmt: skip
+    again = jrun(server, "apply", "--class", "agency", "--agency", "customs",
+                 "--name", "case probe officer")  # fmt: skip
+    line = _one_line_refusal(server, "ra", "approve", again["id"], *officer)
+    assert "already holds certificate" in line, line
+
+
+def test_a_rerun_with_a_kept_key_says_the_key_type_asked_for_is_not_used(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    _code, out, args = enrollment_with_its_answer_lost(sqlite_server, tmp_path)
+    again = sqlite_server.eport(*args, "--key-type", "rsa2048")
+    assert "WARNING: --key-type rsa2048 is not used: the kept key is p256" in again.stderr
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    doc = json.loads(sqlite_server.eport("cert", "show", str(out / "cert.pem"), "--json").stdout)
+    [shown] = doc["certificates"]
+    # the times as every other --json answer writes them
+    assert shown["not_after"] == cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert shown["not_before"].endswith("Z")
