@@ -429,25 +429,8 @@ class RootOperations:
         d = hierarchy.ca_dir(self.data_dir)
         home = self._home(c.operation, d / "log.key")
         self._root(kek)  # a root operation: the quorum proved it can open the root key
-        old = (d / "log.pub").read_bytes()
-        signer = self._log_checkpoints(old)
-        n = 1
-        while (d / f"log-{n}.pub").exists():
-            n += 1
-        key = home.new(KeyType.ED25519, d / "log.key")
-        changes.made(key)  # destroyed in its token if the ceremony fails
-        new = key.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        changes.write(d / f"log-{n}.pub", old)
-        changes.store(key, d / "log.key")  # the old log.key comes back on failure
-        changes.write(d / "log.pub", new)
-        result = {
-            "previous_key_sha256": hashlib.sha256(old).hexdigest(),
-            "key_sha256": hashlib.sha256(new).hexdigest(),
-            "previous_key_file": f"log-{n}.pub",
-            "key": "pkcs11" if home.token is not None else "sealed",
-        }
+        signer = self._log_checkpoints((d / "log.pub").read_bytes())
+        key, result = self._new_log_key(home, changes)
 
         def hand_over(done: CeremonyTx) -> object:
             return signer.hand_over(_sql(done).s, key.signer)
@@ -460,15 +443,30 @@ class RootOperations:
         """A new log key when the current one is lost (or compromised): the hand-over
         checkpoint is signed by the successor and by the root key the quorum opened, not
         by the key it retires (:meth:`ca.translog.CheckpointSigner.replace`)."""
+        from ca.audit_api import audit_service
+
         d = hierarchy.ca_dir(self.data_dir)
         # the token of the log key's reference file, or of the issuing CAs' when it is gone
         home = self._home(c.operation, d / "log.key", *sorted((d / "issuers").glob("*.key")))
         root = self._root(kek)
-        old = (d / "log.pub").read_bytes()
-        retired = serialization.load_pem_public_key(old)
-        from ca.audit_api import audit_service
-
+        retired = serialization.load_pem_public_key((d / "log.pub").read_bytes())
         checkpoints = audit_service().signer  # for the log's origin, not its key
+        key, result = self._new_log_key(home, changes)
+        result["vouched_by_root_sha256"] = root.certificate.fingerprint(hashes.SHA256()).hex()
+
+        def replace(done: CeremonyTx) -> object:
+            return checkpoints.replace(
+                _sql(done).s, key.signer, retired, root.signer, root.certificate
+            )
+
+        return Outcome(result, after_event=replace)
+
+    def _new_log_key(self, home: KeyHome, changes: FileChanges) -> tuple[NewKey, dict[str, Any]]:
+        """A new Ed25519 log key made where ``home`` says, written as ``log.key`` and
+        ``log.pub``, the old public key kept as ``log-<n>.pub`` (the old files come back
+        and the key is destroyed if the ceremony fails); the ceremony's result."""
+        d = hierarchy.ca_dir(self.data_dir)
+        old = (d / "log.pub").read_bytes()
         n = 1
         while (d / f"log-{n}.pub").exists():
             n += 1
@@ -480,20 +478,12 @@ class RootOperations:
         changes.write(d / f"log-{n}.pub", old)
         changes.store(key, d / "log.key")  # the old log.key (if any) comes back on failure
         changes.write(d / "log.pub", new)
-        result = {
+        return key, {
             "previous_key_sha256": hashlib.sha256(old).hexdigest(),
             "key_sha256": hashlib.sha256(new).hexdigest(),
             "previous_key_file": f"log-{n}.pub",
-            "vouched_by_root_sha256": root.certificate.fingerprint(hashes.SHA256()).hex(),
             "key": "pkcs11" if home.token is not None else "sealed",
         }
-
-        def replace(done: CeremonyTx) -> object:
-            return checkpoints.replace(
-                _sql(done).s, key.signer, retired, root.signer, root.certificate
-            )
-
-        return Outcome(result, after_event=replace)
 
     def _log_checkpoints(self, retiring: bytes) -> translog.CheckpointSigner:
         """This worker's checkpoint signer, which must hold the key ``retiring`` (the PEM

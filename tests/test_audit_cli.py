@@ -799,34 +799,25 @@ def test_tamper_changed_event_record(
             subject = s.execute(
                 select(EventRow.subject).where(EventRow.id == event_id)
             ).scalar_one()
-            s.execute(
-                update(EventRow).where(EventRow.id == event_id).values(subject="CN=Someone Else")
-            )
-            s.commit()
-        try:
-            failed(
-                verify(server, state, "--full", "--events", check=False),
-                f"entry {idx}",
-                "event record",
-            )
-        finally:
+        # Its subject changed; then its log index (what orders the listings and exports)
+        # moved past the log's end.
+        for changed, kept in (
+            ({"subject": "CN=Someone Else"}, {"subject": subject}),
+            ({"log_index": 10**6}, {"log_index": idx}),
+        ):
             with Session(engine) as s:
-                s.execute(update(EventRow).where(EventRow.id == event_id).values(subject=subject))
+                s.execute(update(EventRow).where(EventRow.id == event_id).values(**changed))
                 s.commit()
-        # Its log index (what orders the listings and exports) moved past the log's end.
-        with Session(engine) as s:
-            s.execute(update(EventRow).where(EventRow.id == event_id).values(log_index=10**6))
-            s.commit()
-        try:
-            failed(
-                verify(server, state, "--full", "--events", check=False),
-                f"entry {idx}",
-                "event record",
-            )
-        finally:
-            with Session(engine) as s:
-                s.execute(update(EventRow).where(EventRow.id == event_id).values(log_index=idx))
-                s.commit()
+            try:
+                failed(
+                    verify(server, state, "--full", "--events", check=False),
+                    f"entry {idx}",
+                    "event record",
+                )
+            finally:
+                with Session(engine) as s:
+                    s.execute(update(EventRow).where(EventRow.id == event_id).values(**kept))
+                    s.commit()
     verify(server, state, "--full", "--events")
 
 
