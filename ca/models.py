@@ -74,9 +74,10 @@ class ApplicationRow(Base):
     decided_at: Mapped[datetime.datetime | None]
     reason: Mapped[str | None] = mapped_column(Text)
     operator_id: Mapped[str | None] = mapped_column(String(64))
-    """An operator's application: the operator id it authorizes (as in ``vetted``), so
-    that an enterprise's earlier authorizations of one operator are found by index, not
-    by reading every operator application of the enterprise."""
+    """An operator's application: the operator id it authorizes, folded to lower case
+    (``vetted`` keeps it as typed; X.520 compares the serialNumber it becomes ignoring
+    case), so that an enterprise's earlier authorizations of one operator are found by
+    index, not by reading every operator application of the enterprise."""
     log_index: Mapped[int | None] = mapped_column(BigInteger)
     """The leaf index of the first event naming this application (its submission or
     authorization), written in the transaction that made it: its listing key (see

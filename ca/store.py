@@ -680,7 +680,8 @@ class SqlTransaction:
                 decided_by=app.decided_by,
                 decided_at=app.decided_at,
                 reason=app.reason,
-                operator_id=app.vetted.get("operator_id")
+                # the lookup key, folded (migration 0011): E1 and e1 are one operator
+                operator_id=str(app.vetted.get("operator_id", "")).lower()
                 if app.subject_class == "operator"
                 else None,
             )
@@ -723,7 +724,8 @@ class SqlTransaction:
         return [_app_of(r) for r in rows]
 
     def operator_applications(self, uscc: str, operator_id: str) -> list[Application]:
-        rows = self._conn().execute(_OPERATOR_APPS, {"uscc": uscc, "operator_id": operator_id})
+        folded = operator_id.lower()  # X.520 caseIgnoreMatch of the serialNumber it becomes
+        rows = self._conn().execute(_OPERATOR_APPS, {"uscc": uscc, "operator_id": folded})
         return [_app_of(r) for r in rows]
 
     def list_applications(

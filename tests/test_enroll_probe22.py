@@ -1,6 +1,6 @@
 """Findings of the enrollment and RA probe (session 22), each driven through the CLI as a
 user would: a service host longer than a commonName may hold, an invalid IDNA A-label,
-names that differ only in letter case, a --key-type that a rerun with
+names and operator ids that differ only in letter case, a --key-type that a rerun with
 a kept key cannot honour, and the JSON times of `eport cert show`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.conftest import Server
-from tests.helpers import jrun
+from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun
 from tests.test_crash_recovery import enrollment_with_its_answer_lost
 
 PW = {"EPORT_PASSPHRASE": "test-passphrase-123"}
@@ -48,11 +48,12 @@ def test_a_service_host_the_certificate_cannot_name_is_refused_at_apply(
     assert ok["id"].startswith("app_")
 
 
-def test_names_differing_only_in_case_are_one(sqlite_server: Server, tmp_path: Path) -> None:
+def test_names_and_operator_ids_differing_only_in_case_are_one(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
     """X.500 compares names ignoring case (RFC 5280 §7.1): "wang fang" is the DN of "Wang
-    Fang" to a relying party. A second credential of the same name in force is refused, as
-    one spelled the same is. (Operator ids are not folded yet: E1 and e1 are two operators,
-    named apart by their token service subjects.)"""
+    Fang" to a relying party, and e1 the serialNumber of E1. A second credential of the
+    same name or operator id in force is refused, as one spelled the same is."""
     server = sqlite_server
     officer = [*server.officer()]
     first = jrun(server, "apply", "--class", "agency", "--agency", "customs",
@@ -64,6 +65,14 @@ def test_names_differing_only_in_case_are_one(sqlite_server: Server, tmp_path: P
                  "--name", "case probe officer")  # fmt: skip
     line = _one_line_refusal(server, "ra", "approve", again["id"], *officer)
     assert "already holds certificate" in line, line
+
+    # An operator id: e1 is E1's serialNumber to a relying party (migration 0011).
+    ent = enroll_enterprise(server, tmp_path)
+    enroll_operator(server, ent, tmp_path, "CaseOp1")
+    line = _one_line_refusal(
+        server, "operator", "add", "--name", "Another Person", "--id", "caseop1", *creds(ent)
+    )
+    assert "operator caseop1" in line and "in force" in line, line
 
 
 def test_a_rerun_with_a_kept_key_says_the_key_type_asked_for_is_not_used(

@@ -49,8 +49,8 @@ from tests.helpers import (
     serial_of,
 )
 
-CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
-"""Every CA revision before head (0010)."""
+CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
+"""Every CA revision before head (0011)."""
 AUTH_REVISIONS = ["a001", "a002", "a003"]
 """Every token service revision before head (a004)."""
 SERVICE = "customs-declaration"
@@ -257,6 +257,40 @@ def test_a_schema_made_by_an_old_release_upgrades_to_the_models(
     ca_upgrade(url)
     auth_upgrade(url)
     assert schema_drift(url) == []
+
+
+def test_0011_folds_the_operator_id_lookup_key(database: str, tmp_path: Path) -> None:
+    """Operator applications stored at 0010 with their ids as typed are found folded after
+    the upgrade: ``e1`` finds ``E1``'s authorization (X.520 caseIgnoreMatch)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from ca.store import SqlStore
+
+    url = database or f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(CA_MIGRATIONS, url), "0010")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO applications (id, subject_class, uscc, vetted, state, "
+                    "created_at, applicant, operator_id) VALUES ('app_e1', 'operator', "
+                    "'91350100M000100Y43', '{\"operator_id\": \"E1\"}', 'approved', "
+                    ":at, 'enterprise:1', 'E1')"
+                ),
+                {"at": "2026-11-29 04:00:00"},
+            )
+        ca_upgrade(url)
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT operator_id FROM applications")).scalar_one()
+        assert stored == "e1"
+        store = SqlStore(sessionmaker(engine))
+        with store.transaction() as tx:
+            found = tx.operator_applications("91350100M000100Y43", "e1")
+            assert [a.id for a in found] == ["app_e1"]
+            assert found[0].vetted["operator_id"] == "E1"  # as typed
+    finally:
+        engine.dispose()
 
 
 def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
