@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from cryptography import x509
@@ -167,6 +167,41 @@ def check_form(signed: SignedIn) -> None:
     provider().check_csrf(signed, request.form.get("csrf_token"))
 
 
+def refused_sign_out(exc: OAuthError) -> Response:
+    """A sign-out form refused (its CSRF token or origin): the page says why and leads
+    back to the portal, whose fresh form signs out. The token changes when the session is
+    authenticated again (``prompt=login``, ``max_age``), so a form shown in another tab
+    before that is refused (browser probe, F3)."""
+    return message(
+        403,
+        "Sign-out refused",
+        f"{exc.detail}. If you signed in again in another tab since this page was shown, "
+        "open the portal and sign out from there.",
+        to_portal=True,
+    )
+
+
+def nothing_to_sign_out(target: str | None) -> Response:
+    """A sign-out that came with no session to end. With a sign-in cookie whose session
+    has ended, the cookie is dropped and the user is signed out. With none at all (a form
+    posted from another site carries none: SameSite=Lax), nothing is ended and nothing is
+    deleted: deleting the cookie left the session open, every service still signed in,
+    and the browser without the cookie that a real sign-out needs (browser probe, F2)."""
+    if COOKIE in request.cookies:
+        return clear_cookie(no_store(redirect(target or SIGNED_OUT, code=303)))
+    if target:
+        return no_store(redirect(target, code=303))
+    return no_store(
+        message(
+            400,
+            "Nothing to sign out",
+            "This request came without your e-port sign-in (a form sent from another site "
+            "comes without it), so nothing was ended. To sign out, use the portal.",
+            to_portal=True,
+        )
+    )
+
+
 def log_out(signed: SignedIn, target: str | None) -> Response:
     """End the SSO session everywhere (back-channel logout included) and drop the cookie."""
     p = provider()
@@ -208,6 +243,14 @@ def with_openid(meta: dict[str, Any]) -> dict[str, Any]:
 
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
+    if request.method == "POST" and COOKIE not in request.cookies:
+        # A POST from another site (a relying party's form) comes without the SSO
+        # cookie (SameSite=Lax): the certificate opened a second session whose cookie
+        # replaced the first's, and a later sign-out left the first open with its
+        # services signed in (browser probe, F1). The same request as a GET, a top-level
+        # navigation, carries the cookie.
+        query = urlencode(list(request.form.items(multi=True)))
+        return no_store(redirect(f"{request.path}?{query}", code=303))
     p = provider()
     signed: SignedIn | None = None
     try:
@@ -368,8 +411,7 @@ def end_session() -> Response:
         return message(400, "This sign-out request is not valid", exc.detail)
     signed = current()
     if signed is None:
-        resp = redirect(target or SIGNED_OUT, code=303)
-        return clear_cookie(no_store(resp))
+        return nothing_to_sign_out(target)
     if hint is not None and hint.get("sid") == signed.session.sid:
         return log_out(signed, target)
     return page(
@@ -387,11 +429,11 @@ def end_session_confirm() -> Response:
     p = provider()
     signed = current()
     if signed is None:
-        return clear_cookie(no_store(redirect(SIGNED_OUT, code=303)))
+        return nothing_to_sign_out(None)
     try:
         check_form(signed)
     except OAuthError as exc:
-        return message(403, "Sign-out refused", exc.detail)
+        return refused_sign_out(exc)
     values = params()
     try:
         target = p.logout_target(

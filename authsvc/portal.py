@@ -20,17 +20,16 @@ from flask import Blueprint, Response
 
 from authsvc.oidc import SignedIn
 from authsvc.oidc_api import (
-    SIGNED_OUT,
     auth,
     check_form,
     clear_cookie,
     current,
     log_out,
     message,
-    no_store,
+    nothing_to_sign_out,
     page,
     provider,
-    redirect,
+    refused_sign_out,
     set_cookie,
     sign_in,
 )
@@ -145,11 +144,11 @@ def index() -> Response:
 def logout() -> Response:
     signed = current()
     if signed is None:
-        return clear_cookie(no_store(redirect(SIGNED_OUT, code=303)))
+        return nothing_to_sign_out(None)
     try:
         check_form(signed)
     except OAuthError as exc:
-        return message(403, "Sign-out refused", exc.detail)
+        return refused_sign_out(exc)
     return log_out(signed, None)
 
 

@@ -254,6 +254,11 @@ def login() -> BaseResponse:
         "sid": secrets.token_urlsafe(18),
     }
     resp = redirect(url_for("audit_web.index"), code=303)
+    # Lax, not Strict: a link opened from another site (mail, chat, a ticket) redirects
+    # to the view in a cross-site chain, where a Strict cookie is not sent: the view
+    # answered 401 and the link was spent (browser probe, F4). The view is read-only
+    # (GET), and its one form (sign out) is a POST, which a Lax cookie does not join
+    # from another site.
     resp.set_cookie(
         COOKIE,
         make_token("session", session_claims),
@@ -261,7 +266,7 @@ def login() -> BaseResponse:
         path="/audit",
         secure=_secure_cookie(),
         httponly=True,
-        samesite="Strict",
+        samesite="Lax",
     )
     return resp
 
@@ -282,7 +287,7 @@ def logout() -> BaseResponse:
             svc().store.remember(SIGNED_OUT + sid, until)
     resp = redirect(url_for("audit_web.index"), code=303)
     resp.delete_cookie(
-        COOKIE, path="/audit", secure=_secure_cookie(), httponly=True, samesite="Strict"
+        COOKIE, path="/audit", secure=_secure_cookie(), httponly=True, samesite="Lax"
     )
     return resp
 

@@ -118,7 +118,7 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
     csp = resp.headers.get("content-security-policy", "")
     assert "default-src 'none'" in csp and "script-src" not in csp
     cookie = next(c for c in context.cookies() if c["name"] == "eport_audit")
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/audit"
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/audit"
 
     # The checkpoint shown is the log's signed one.
     note = requests.get(server.url + "/ca/v1/audit/checkpoint", timeout=10).content

@@ -827,6 +827,48 @@ def test_portal_logout_needs_its_csrf_token(world: World) -> None:
     assert agent.get("/portal/signed-out", cert=False).status_code == 200
 
 
+def test_cookieless_posts_neither_open_a_second_session_nor_drop_the_cookie(
+    world: World,
+) -> None:
+    """A form posted from another site comes without the SSO cookie (SameSite=Lax).
+    To /auth/authorize it opened a second session whose cookie replaced the first's, and a
+    later sign-out left the first open; to a sign-out endpoint it deleted the cookie and
+    left the session open, with every service still signed in (browser probe, F1, F2).
+    A refused sign-out form leads back to the portal (F3)."""
+    srv = world.server
+    agent = world.agent()
+    page = agent.get("/portal/")
+    token = redeem(srv, authorize(agent, cert=False)).json()["access_token"]
+    first = agent.cookie
+    # /auth/authorize by POST without the cookie: the same request as a GET, which a
+    # browser's top-level navigation sends with the cookie.
+    _, challenge = pkce()
+    form = {
+        "response_type": "code", "client_id": "sample-b", "redirect_uri": redirect_uri("sample-b"),
+        "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
+    }  # fmt: skip
+    stranger = world.agent()
+    r = stranger.post("/auth/authorize", form)
+    assert r.status_code == 303 and stranger.cookie is None, r.headers
+    location = urlsplit(r.headers["Location"])
+    assert location.path == "/auth/authorize"
+    assert {k: v[0] for k, v in parse_qs(location.query).items()} == form
+    r = agent.get(r.headers["Location"], cert=True)  # the browser follows with its cookie
+    assert r.status_code == 302 and "code=" in r.headers["Location"]
+    assert agent.cookie == first  # the session it had: no second one
+    # Sign-out endpoints posted without the cookie: nothing ended, nothing deleted.
+    for path in ("/portal/logout", "/auth/end_session/confirm"):
+        r = stranger.post(path, {}, cert=False)
+        assert r.status_code == 400 and "Nothing to sign out" in r.text, (path, r.text)
+        assert not any(c.startswith(f"{COOKIE}=") for c in r.raw.headers.getlist("Set-Cookie"))
+    assert validate(srv, token) == 200
+    # A sign-out form whose token is stale: refused, with the way back to the portal.
+    r = agent.post("/portal/logout", {"csrf_token": "stale" + _csrf(page.text)[5:]}, cert=False)
+    assert r.status_code == 403 and "open the portal and sign out from there" in r.text
+    assert 'href="/portal/"' in r.text
+    assert validate(srv, token) == 200
+
+
 # -- relying parties ---------------------------------------------------------------------
 
 
