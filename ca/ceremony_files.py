@@ -100,10 +100,14 @@ class FileChanges:
         self._keys: list[MadeKey] = []
         self._changed = changed
         self._journal = journal
+        self._kept = False
+        """Whether this object wrote the journal: only then is it this object's to drop
+        (a retry of a ceremony whose undo failed must not drop the journal it left)."""
 
     def _keep(self) -> None:
         if self._journal is None:
             return
+        self._kept = True
         doc = {
             "ceremony": self._journal.name.removeprefix("ceremony-").removesuffix(".journal"),
             "files": [
@@ -118,8 +122,9 @@ class FileChanges:
         _put(self._journal, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
 
     def _drop_journal(self) -> None:
-        if self._journal is not None and self._journal.exists():
+        if self._kept and self._journal is not None and self._journal.exists():
             _remove(self._journal)
+        self._kept = False
 
     def committed(self) -> None:
         """The transaction committed: the files written are the ones in force."""
@@ -181,11 +186,14 @@ class FileChanges:
                 log.error("could not discard a key made by a failed ceremony: %s", exc)
         restored = bool(self._before)
         if failed is not None:
-            raise failed  # the journal stays: the next start finishes the restore
+            raise failed  # the journal stays: the next join or start finishes the restore
         self._before, self._seen, self._keys = [], set(), []
         self._drop_journal()
         if restored and self._changed is not None:
-            self._changed()
+            try:
+                self._changed()
+            except OSError as exc:  # the files are back; the workers reload at the next change
+                log.error("a failed ceremony's files were put back, but %s", exc)
 
 
 def _destroy_token_key(path: Path, before: bytes | None) -> None:

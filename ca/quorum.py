@@ -280,8 +280,12 @@ class Quorum:
         except BaseException:
             try:
                 changes.undo()
-            except Exception:
-                log.exception("a failed ceremony's files were not all restored")
+            except Exception as exc:  # one line: a full disk is said once, not traced
+                log.error(
+                    "a failed ceremony's files were not all put back (%s): the next join "
+                    "or start puts them back from its journal",
+                    exc,
+                )
             raise
         try:
             changes.committed()

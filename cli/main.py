@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import enum
+import errno
 import functools
 import os
 import re
@@ -2700,12 +2701,36 @@ def raise_unexpected(exc: Exception, verbose: bool) -> NoReturn:
     if verbose:
         traceback.print_exc()
     database = _database_trouble(exc)
+    storage = _storage_trouble(exc)
     if database is not None:
         click.echo(f"eport: error: {database}", err=True)
+    elif storage is not None:
+        click.echo(f"eport: error: {storage}", err=True)
     else:
         hint = "" if verbose else " (rerun with --verbose)"
         click.echo(f"eport: unexpected error: {exc!r}{hint}", err=True)
     sys.exit(1)
+
+
+_STORAGE_ERRNOS = {
+    errno.EROFS: "is on a read-only file system",
+    errno.ENOSPC: "is on a full disk",
+    errno.EDQUOT: "is over its disk quota",
+    errno.EACCES: "may not be written (permission denied)",
+}
+
+
+def _storage_trouble(exc: Exception) -> str | None:
+    """One line for a file this command could not write because of its storage (read-only,
+    full, no permission): it said ``unexpected error: OSError(30, 'Read-only file
+    system')`` (custody probe, F3)."""
+    if not isinstance(exc, OSError) or exc.errno not in _STORAGE_ERRNOS:
+        return None
+    where = f"{exc.filename}" if exc.filename else "a file it writes"
+    return (
+        f"{where} {_STORAGE_ERRNOS[exc.errno]}: the command stopped there; free or fix the "
+        "storage and run it again"
+    )
 
 
 def _database_trouble(exc: Exception) -> str | None:

@@ -1,7 +1,8 @@
-"""Findings of the enrollment and RA probe (session 22), each driven through the CLI as a
-user would: a service host longer than a commonName may hold, an invalid IDNA A-label,
-names and operator ids that differ only in letter case, a --key-type that a rerun with
-a kept key cannot honour, and the JSON times of `eport cert show`."""
+"""Findings of the probes of session 22 (enrollment and RA; the custody probe's CLI
+line), each driven through the CLI as a user would: a service host longer than a
+commonName may hold, an invalid IDNA A-label, names and operator ids that differ only in
+letter case, a --key-type that a rerun with a kept key cannot honour, the JSON times of
+`eport cert show`, and a read-only or full disk said in one line."""
 
 from __future__ import annotations
 
@@ -87,3 +88,17 @@ def test_a_rerun_with_a_kept_key_says_the_key_type_asked_for_is_not_used(
     # the times as every other --json answer writes them
     assert shown["not_after"] == cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert shown["not_before"].endswith("Z")
+
+
+def test_a_read_only_or_full_disk_is_said_in_one_line() -> None:
+    """`eport ca init` on a read-only data directory said `unexpected error:
+    OSError(30, 'Read-only file system')` (custody probe, F3)."""
+    import errno
+
+    from cli.main import _storage_trouble
+
+    said = _storage_trouble(OSError(errno.EROFS, "Read-only file system", "/srv/eport"))
+    assert said is not None and said.startswith("/srv/eport is on a read-only file system")
+    assert "is on a full disk" in str(_storage_trouble(OSError(errno.ENOSPC, "No space")))
+    assert _storage_trouble(OSError(errno.ENOENT, "No such file", "/x")) is None
+    assert _storage_trouble(ValueError("not storage")) is None
