@@ -202,6 +202,17 @@ def health() -> Response:
     if missing:
         out.update(status="degraded", missing_keys=sorted(missing))
         warnings += missing.values()
+    # A ceremony that failed and could not put its files back (a full disk): they may be
+    # ahead of the database until the next join or start settles its journal.
+    from ca.ceremony_files import unsettled
+
+    if unsettled(hierarchy.ca_dir(s.config.data_dir)):
+        out.update(status="degraded", hierarchy="unsettled")
+        warnings.append(
+            "a failed ceremony's CA files were not all put back (a full disk?): free the "
+            "space, then the next ceremony join or a restart puts them back from its "
+            "journal (docs/emergency-plan.md §5)"
+        )
     if warnings:
         out["warnings"] = warnings
     resp = jsonify(out)

@@ -297,7 +297,8 @@ def openapi_document() -> dict[str, Any]:
                     "Liveness, seal state, the database's state (ok or unavailable; with "
                     "?ready, a readiness check: 503 while it is unavailable), the root CRL's "
                     "nextUpdate, whether this host's CA files match the database's record "
-                    "(hierarchy: current or stale), CA keys missing from their PKCS#11 token "
+                    "(hierarchy: current, stale or unsettled), CA keys missing from their "
+                    "PKCS#11 token "
                     "(missing_keys; status degraded) and warnings"
                 )
             },

@@ -18,6 +18,7 @@ import pytest
 
 from ca import ceremony_files
 from ca.ceremony_files import FileChanges, journal_path, settle
+from tests.helpers import health_of
 from tests.test_custody_ceremonies import enroll, join, rotate, unsealed_custody_server
 
 
@@ -76,9 +77,12 @@ def test_the_next_join_puts_back_what_a_failed_undo_left(tmp_path: Path) -> None
             )
         )
         active.write_text(json.dumps({"enterprise": "enterprise-9"}))
+        health = health_of(srv.url)
+        assert health["status"] == "degraded" and health["hierarchy"] == "unsettled", health
         done = json.loads(join(srv, out, cid, "forex").stdout)
         assert done["state"] == "done" and done["result"]["generation"] == "enterprise-2", done
         assert json.loads(active.read_text())["enterprise"] == "enterprise-2"
         assert not journal_path(d, cid).exists()
         assert "ceremony " + cid + " did not commit" in srv.log.read_text()
         enroll(srv, out, tmp, "After The Leftover Co")  # issues from enterprise-2
+        assert health_of(srv.url)["hierarchy"] == "current"
