@@ -335,6 +335,13 @@ def _backup_sqlite(source: Path, staged: Path) -> None:
         # The copy is a single self-contained file; the server sets WAL again on open.
         dst.execute("PRAGMA journal_mode=DELETE")
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            # the copy's side is full (the source only reads): name it, not the source
+            raise BackupError(
+                f"cannot copy the database {source}: the disk the backup is written to is "
+                "full (the source is only read); free space there, or give --out on another "
+                "disk, and run it again"
+            ) from None
         raise BackupError(f"cannot copy the database {source}: {exc}") from None
     finally:
         dst.close()
