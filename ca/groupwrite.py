@@ -66,7 +66,14 @@ from ca.records import (
     credential_refusal,
     signer_refusal,
 )
-from ca.store import StoredEvent, ThreadConnections, code_of, sqlite_file, utc_from_db
+from ca.store import (
+    StoredEvent,
+    ThreadConnections,
+    code_of,
+    release_broken,
+    sqlite_file,
+    utc_from_db,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -425,12 +432,10 @@ class IssuanceWriter:
         try:
             return self._write(raw, raw.cursor(), items)
         except BaseException as exc:
-            raw.rollback()
-            if opened_read_only(exc):
-                raw.invalidate()  # closed, not back to the pool (see ca.store)
+            release_broken(raw, exc)
             raise
         finally:
-            raw.close()  # back to the pool
+            raw.close()  # back to the pool (an invalidated one is discarded)
 
     def _write(
         self, raw: Any, cur: Any, items: Sequence[IssuanceWrite]

@@ -220,7 +220,8 @@ class StatusService:
             cause = database_unavailable_cause(exc)
             if cause is None:
                 raise
-            log.error("OCSP: the database is unavailable (%s); answered tryLater", cause)
+            why = " ".join(str(cause).split())[:300]  # one line: PostgreSQL's ends in \n
+            log.error("OCSP: the database is unavailable (%s); answered tryLater", why)
             return ocsp.error_response(ocsp.ResponseStatus.TRY_LATER)
 
     def _respond(self, request_der: bytes) -> bytes:

@@ -529,9 +529,32 @@ class DbapiReads:
                 cur.execute(sql if qmark else sql.replace("?", "%s"), params)
                 rows.append(cur.fetchone())
             cur.close()
+        except BaseException as exc:
+            release_broken(raw, exc)
+            raise
         finally:
             raw.close()  # back to the pool, which rolls back whatever was opened
         return rows
+
+
+def release_broken(raw: Any, exc: BaseException) -> None:
+    """After ``exc`` on the pooled DBAPI connection ``raw``: roll it back, or, when the
+    server closed it (PostgreSQL restarted or stopped) or the rollback fails, invalidate
+    it, so that the pool discards it instead of resetting it: the reset of a closed
+    connection logged SQLAlchemy's 'Exception during reset or similar' with three
+    tracebacks per request during an outage (PostgreSQL probe, session 22). A connection
+    to a database opened read-only is invalidated too (never writable again)."""
+    dbapi = getattr(raw, "dbapi_connection", raw)
+    if getattr(dbapi, "closed", 0):
+        raw.invalidate()
+        return
+    try:
+        raw.rollback()
+    except Exception:
+        raw.invalidate()
+        return
+    if opened_read_only(exc):
+        raw.invalidate()  # closed, not back to the pool
 
 
 _FILL_CERT_KEYS = text(

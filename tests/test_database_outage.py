@@ -313,3 +313,32 @@ def test_a_worker_restarted_during_an_outage_waits_for_the_database(tmp_path: Pa
             assert victim not in child_pids(gunicorn_master(port))
         finally:
             stop(proc)
+
+
+def test_a_connection_the_server_closed_is_discarded_not_reset() -> None:
+    """A pooled connection PostgreSQL closed under a request (a restart under load) is
+    invalidated, so that the pool discards it: resetting it logged SQLAlchemy's
+    'Exception during reset or similar' with three tracebacks per request (PostgreSQL
+    probe, session 22). One that rolls back goes back to the pool."""
+    from ca.store import release_broken
+
+    class Raw:
+        def __init__(self, closed: int, rollback_fails: bool = False) -> None:
+            self.dbapi_connection = type("C", (), {"closed": closed})()
+            self.rollback_fails = rollback_fails
+            self.calls: list[str] = []
+
+        def rollback(self) -> None:
+            self.calls.append("rollback")
+            if self.rollback_fails:
+                raise RuntimeError("connection already closed")
+
+        def invalidate(self) -> None:
+            self.calls.append("invalidate")
+
+    closed, failing, fine = Raw(2), Raw(0, rollback_fails=True), Raw(0)
+    for raw in (closed, failing, fine):
+        release_broken(raw, RuntimeError("terminating connection"))
+    assert closed.calls == ["invalidate"]
+    assert failing.calls == ["rollback", "invalidate"]
+    assert fine.calls == ["rollback"]
