@@ -304,15 +304,32 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
 
     _check_listen(host, port)
     base = f"http://{host}:{port}"
-    overrides: dict[str, Any] = {"data_dir": data_dir, "dev": dev}
+    # --data-dir and --dev override the settings only when given: the EPORT_CONFIG file's
+    # [ca] data_dir, EPORT_DEV and EPORT_AUTH_DATA_DIR were ignored, the option's default
+    # (var) always passed (settings probe, session 22)
+    given = click.get_current_context().get_parameter_source("data_dir")
+    overrides: dict[str, Any] = {}
+    if given is not click.core.ParameterSource.DEFAULT:
+        overrides["data_dir"] = data_dir
+    if dev:
+        overrides["dev"] = True
     if "EPORT_PUBLIC_BASE_URL" not in os.environ:
         overrides["public_base_url"] = base
     # The settings first: a bad EPORT_CONFIG or EPORT_* value is said before the data
     # directory is made for the lock below
     cfg = CAConfig.load(overrides)
-    auth_cfg = AuthConfig.load(
-        {k: v for k, v in overrides.items() if k in ("data_dir", "dev", "public_base_url")}
-    )
+    data_dir, dev = Path(cfg.data_dir), cfg.dev
+    own = os.environ.get("EPORT_AUTH_DATA_DIR")
+    if own and Path(own).resolve() != data_dir.resolve():
+        # it was ignored without a word: the token service reads the CA's certificates
+        # from the CA's data directory, so the two services of one `eport serve` share it
+        raise CLIError(
+            f"EPORT_AUTH_DATA_DIR ({own}) is not the CA's data directory ({data_dir}): the "
+            "token service of `eport serve` reads the CA's certificates there, so both use "
+            "it; unset it (EPORT_AUTH_DATABASE_URL gives the token service its own database)"
+        )
+    shared = {k: v for k, v in overrides.items() if k in ("dev", "public_base_url")}
+    auth_cfg = AuthConfig.load({**shared, "data_dir": data_dir})
     # The policies too: a set refused leaves no data directory (nor lock) behind
     _check_policies(cfg, auth_cfg)
     existed = data_dir.exists()

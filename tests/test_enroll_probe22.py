@@ -7,11 +7,13 @@ letter case, a --key-type that a rerun with a kept key cannot honour, the JSON t
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
-from tests.conftest import Server
+from tests.conftest import EPORT_CMD, Server, base_env, free_port, stop, wait_http
 from tests.helpers import creds, enroll_enterprise, enroll_operator, jrun
 from tests.test_crash_recovery import enrollment_with_its_answer_lost
 
@@ -102,3 +104,35 @@ def test_a_read_only_or_full_disk_is_said_in_one_line() -> None:
     assert "is on a full disk" in str(_storage_trouble(OSError(errno.ENOSPC, "No space")))
     assert _storage_trouble(OSError(errno.ENOENT, "No such file", "/x")) is None
     assert _storage_trouble(ValueError("not storage")) is None
+
+
+@pytest.mark.slow
+def test_serve_takes_the_data_dir_and_dev_from_the_settings(tmp_path: Path) -> None:
+    """`eport serve` always passed its --data-dir default (var) and --dev over the
+    settings: the EPORT_CONFIG file's [ca] data_dir and EPORT_DEV were ignored, and so,
+    silently, was an EPORT_AUTH_DATA_DIR elsewhere, which it now refuses in one line (the
+    token service reads the CA's certificates from the CA's data directory)."""
+    data, auth = tmp_path / "from-config", tmp_path / "auth-own"
+    config = tmp_path / "eport.toml"
+    config.write_text(f'[ca]\ndata_dir = "{data}"\n')
+    port = free_port()
+    env = {**base_env(), "EPORT_CONFIG": str(config), "EPORT_DEV": "true"}
+    refused = subprocess.run(
+        [*EPORT_CMD, "serve", "--port", str(port)], capture_output=True, text=True,
+        env={**env, "EPORT_AUTH_DATA_DIR": str(auth)}, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "EPORT_AUTH_DATA_DIR" in refused.stderr and not auth.exists()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*EPORT_CMD, "serve", "--port", str(port), "--workers", "1"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ca/v1/health", proc, log)
+        assert (data / "ca" / "root.crt").is_file(), log.read_text()
+        assert (data / "eport.db").is_file() and (data / "auth.db").is_file()
+        assert not (tmp_path / "var").exists()
+    finally:
+        stop(proc)
