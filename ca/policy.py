@@ -495,6 +495,15 @@ def load_policies(directory: Path) -> Policies:
                 "subject_class",
                 f"the {name} profile is of class {cls.value!r}",
             )
+        if KeyType.P256 not in profiles[name].key_types:
+            # said here, not by `eport ca init` or a development CA's start after they
+            # began making keys (settings probe, session 22)
+            raise PolicyError(
+                f"{directory}/profiles/{name}.toml",
+                "key_types",
+                "must allow p256: the CA makes its issuing CA and OCSP responder keys "
+                "P-256 (other key types for them are not supported)",
+            )
     for cls in REQUIRED_CLASSES:
         if not any(p.subject_class is cls for p in profiles.values()):
             raise PolicyError(

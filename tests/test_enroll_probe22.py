@@ -136,3 +136,25 @@ def test_serve_takes_the_data_dir_and_dev_from_the_settings(tmp_path: Path) -> N
         assert not (tmp_path / "var").exists()
     finally:
         stop(proc)
+
+
+def test_an_issuing_ca_profile_without_p256_is_refused_at_load(tmp_path: Path) -> None:
+    """The CA makes its issuing CA and responder keys P-256: a profile that did not allow
+    it passed the load, and `eport ca init` or a development CA's first start failed after
+    they had begun making keys (settings probe, session 22)."""
+    import re
+    import shutil
+
+    from ca.errors import PolicyError
+    from ca.policy import load_policies
+
+    repo = Path(__file__).resolve().parent.parent / "policies"
+    for name in ("issuing-ca", "ocsp-responder"):
+        policies = tmp_path / name
+        shutil.copytree(repo, policies)
+        profile = policies / "profiles" / f"{name}.toml"
+        text = re.sub(r"(?m)^key_types = .*$", 'key_types = ["p384"]', profile.read_text())
+        profile.write_text(text)
+        with pytest.raises(PolicyError, match="key_types: must allow p256") as refused:
+            load_policies(policies)
+        assert f"{name}.toml" in str(refused.value)
