@@ -95,7 +95,11 @@ class AuthConfig:
         merge_overrides(values, overrides)
         cfg = build_settings(cls, values, source)
         if cfg.status_mode not in ("local", "ocsp"):
-            raise PolicyError(source, "status_mode", "local or ocsp")
+            raise PolicyError(
+                source,
+                "status_mode",
+                f"EPORT_AUTH_STATUS_MODE is local or ocsp (lower case), not {cfg.status_mode!r}",
+            )
         if cfg.proxy_secret and len(cfg.proxy_secret) < 32:
             given = next(
                 (

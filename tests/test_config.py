@@ -31,7 +31,7 @@ def test_sources_and_precedence(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ({"nope": 1}, "nope: unknown setting"),
-        ({"status_mode": "push"}, "status_mode: local or ocsp"),
+        ({"status_mode": "push"}, "status_mode: EPORT_AUTH_STATUS_MODE is local or ocsp"),
         ({"session_seconds": "ten"}, "session_seconds: expected int"),
     ],
 )
