@@ -20,7 +20,7 @@ from pkilint.pkix import certificate, extension, name
 from pkilint.validation import ValidationFindingSeverity
 
 from ca.errors import LintFailed
-from ca.stopping import Handler, signal_handlers
+from ca.stopping import STOPS, Handler, signal_handlers
 
 _BLOCKING = {ValidationFindingSeverity.ERROR, ValidationFindingSeverity.FATAL}
 
@@ -87,12 +87,15 @@ class CertificateLinter:
         return found
 
 
-_HELD = (signal.SIGINT, signal.SIGTERM)
+_HELD = (signal.SIGINT, *STOPS)
+"""Ctrl-C, and what the commands that make things handle as it (SIGTERM, SIGHUP): SIGHUP
+was not held, and a terminal closed during a development CA's first start made the
+decoder panic (a Rust backtrace, not the one line)."""
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back for the block and delivered right after it (in the main
+    """SIGINT, SIGTERM and SIGHUP held back for the block and delivered right after it (in the main
     thread, the only one Python runs signal handlers in). pkilint's native DER decoder
     (pyasn1-fasder) calls back into Python and unwraps the result: an exception raised by
     a handler inside such a callback (KeyboardInterrupt, or a worker's SystemExit) made it

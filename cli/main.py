@@ -275,6 +275,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
       EPORT_PUBLIC_BASE_URL    the name clients use (as given to eport ca init)
       EPORT_STATUS_BASE_URL    OCSP/CRL base printed into certificates (optional)
       EPORT_DATABASE_URL, EPORT_AUTH_DATABASE_URL   PostgreSQL (default: SQLite here)
+      EPORT_DATA_DIR, EPORT_DEV  as --data-dir, --dev (EPORT_AUTH_DATA_DIR: the same or unset)
       EPORT_POLICIES_DIR       the policies (default: the repository's policies/)
       EPORT_AUTH_TRUSTED_PROXIES, EPORT_AUTH_PROXY_SECRET   the TLS proxy in front
     Secrets (passphrases, database URLs, the proxy secret) also from a file:
