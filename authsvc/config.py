@@ -13,6 +13,7 @@ from ca.config import (
     DAY,
     bounded,
     build_settings,
+    database_field,
     env_value,
     max_body,
     merge_overrides,
@@ -28,7 +29,7 @@ from ca.errors import PolicyError
 class AuthConfig:
     data_dir: Path = Path("var")
     """Holds ``auth.db`` (embedded default) and, in embedded mode, the CA's public files."""
-    database_url: str = secret_field()
+    database_url: str = database_field()
     """SQLAlchemy URL of the token service's own database (default SQLite ``auth.db``)."""
     public_base_url: str = url_field("http://127.0.0.1:8000")
     """The token service's public base URL; the issuer is ``<base>/auth``. An absolute
@@ -36,7 +37,7 @@ class AuthConfig:
     policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     status_mode: str = "local"
     """``local``: the embedded CA's status; ``ocsp``: the OCSP URL in each certificate."""
-    ca_database_url: str = secret_field()
+    ca_database_url: str = database_field()
     """The embedded CA's database, read only through ``ca.status`` (local status mode)."""
     key_passphrase: str = secret_field()
     """Encrypts the token-signing keys at rest (development: ``<data_dir>/dev/``)."""

@@ -85,6 +85,16 @@ def secret_field(doc_default: str = "") -> Any:
     return field(default=doc_default, repr=False, metadata={"secret": True})
 
 
+DATABASE_URL_FORMS = ("postgresql://", "postgres://", "postgresql+psycopg2://", "sqlite://")
+"""The database URLs eport can use: PostgreSQL through the driver it installs, SQLite."""
+
+
+def database_field() -> Any:
+    """A database URL setting: a secret (it holds the password), and one of
+    :data:`DATABASE_URL_FORMS` or empty (SQLite in the data directory)."""
+    return field(default="", repr=False, metadata={"secret": True, "database": True})
+
+
 DAY = 86400
 
 
@@ -109,7 +119,7 @@ class CAConfig:
 
     data_dir: Path = Path("var")
     """Where the embedded database and the CA's sealed key files live."""
-    database_url: str = secret_field()
+    database_url: str = database_field()
     """SQLAlchemy URL; empty means SQLite ``<data_dir>/eport.db`` (WAL)."""
     policies_dir: Path = field(default=_REPO_POLICIES, metadata={"directory": True})
     """Profiles, member agencies and rules (validated at load)."""
@@ -310,6 +320,16 @@ def _check(source: str, f: dataclasses.Field[Any], value: Any) -> None:
         why = url_problem(value)
         if why is not None:
             raise PolicyError(source, f.name, why)
+    if f.metadata.get("database") and value and not value.startswith(DATABASE_URL_FORMS):
+        # never the value: it may hold a password. Said before anything is made (a
+        # scheme SQLAlchemy knows without its driver, mysql://, was an unexpected error
+        # after the data directory was)
+        raise PolicyError(
+            source,
+            f.name,
+            "the URL is not one this eport can use: write "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite",
+        )
     if f.metadata.get("directory") and not Path(value).is_dir():
         said = "does not exist" if not Path(value).exists() else "is not a directory"
         raise PolicyError(source, f.name, f"{value} {said}")

@@ -2760,14 +2760,7 @@ def _database_trouble(exc: Exception) -> str | None:
     from sqlalchemy import exc as sa
 
     settings = "EPORT_DATABASE_URL / EPORT_AUTH_DATABASE_URL"
-    # a scheme SQLAlchemy knows but whose driver is not installed (mysql://: "No module
-    # named 'MySQLdb'", said as an unexpected error: settings probe, session 22)
-    foreign = isinstance(exc, ModuleNotFoundError) and any(
-        (os.environ.get(name) or "").partition(":")[0]
-        not in ("", "postgresql", "postgres", "postgresql+psycopg2", "sqlite")
-        for name in ("EPORT_DATABASE_URL", "EPORT_AUTH_DATABASE_URL", "EPORT_AUTH_CA_DATABASE_URL")
-    )
-    if foreign or isinstance(exc, sa.NoSuchModuleError | sa.ArgumentError):
+    if isinstance(exc, sa.NoSuchModuleError | sa.ArgumentError):
         return (
             f"a database URL ({settings}) is not one this eport can use: write "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite"

@@ -472,14 +472,17 @@ def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     assert with_driver("postgres://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
     assert with_driver("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
     assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
-    for url, expect in (
-        ("postgresql://eport:s3cret-pw@127.0.0.1:1/eport", "cannot use the database"),
-        ("postgressql://eport:s3cret-pw@127.0.0.1/eport", "is not one this eport can use"),
-        # a scheme SQLAlchemy knows, whose driver is not installed (was: unexpected error)
-        ("mysql://eport:s3cret-pw@127.0.0.1/eport", "is not one this eport can use"),
+    for i, (url, expect) in enumerate(
+        (
+            ("postgresql://eport:s3cret-pw@127.0.0.1:1/eport", "cannot use the database"),
+            ("postgressql://eport:s3cret-pw@127.0.0.1/eport", "is not one this eport can use"),
+            # a scheme SQLAlchemy knows, whose driver is not installed (was: unexpected error)
+            ("mysql://eport:s3cret-pw@127.0.0.1/eport", "is not one this eport can use"),
+        )
     ):
+        data = tmp_path / f"d{i}"
         res = subprocess.run(
-            [EPORT, "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--port", "1"],
+            [EPORT, "serve", "--dev", "--data-dir", str(data), "--port", "1"],
             capture_output=True,
             text=True,
             env={**custodian_env(), "EPORT_DATABASE_URL": url},
@@ -489,6 +492,8 @@ def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 1 and len(lines) == 1, res.stderr
         assert lines[0].startswith("eport: error: ") and expect in lines[0]
         assert "EPORT_DATABASE_URL" in lines[0] and "s3cret-pw" not in res.stderr + res.stdout
+        if "can use" in expect:  # a URL refused with the settings: nothing made yet
+            assert not data.exists()
 
 
 def test_a_quorum_of_one_is_refused_before_anything_is_made(tmp_path: Path) -> None:
