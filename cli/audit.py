@@ -508,10 +508,10 @@ def _replacement_of(
     :data:`REPLACED` line names ``key``) and the root key of ``root`` signed it; None
     when it replaces another key (or none); :class:`VerificationFailed` when it replaces
     ``key`` but no root is given or the root's signature does not verify."""
-    lines = _unverified_text(note).split("\n")[3:]
-    if f"{REPLACED}{key}" not in lines:
+    lines = _unverified_text(note).split("\n")
+    if f"{REPLACED}{key}" not in lines[3:]:
         return None
-    size = _unverified_text(note).split("\n")[1][:20]
+    size = lines[1][:20]
     if root is None:
         raise VerificationFailed(
             f"the log's key {key} was replaced at tree size {size} without its signature "
@@ -729,9 +729,9 @@ class FullResult:
     entries: int
     issuances: int
     certificates: int
-    statuses: int = 0
-    """Certificates whose status (good, on hold, revoked) the log's events were checked to
-    lead to."""
+    records_checked: int = 0
+    """Certificates whose records (bytes, owner, profile, status) were compared with the
+    log, not only their hashes (0 from a server of an older release)."""
 
 
 @dataclass
@@ -833,38 +833,34 @@ def _status_text(status: tuple[str, str | None, str] | None) -> str:
     return f"{'on hold' if state == 'hold' else state} ({reason}, since {at})"
 
 
-def _check_listed(serial: str, row: Listed, logged: _Logged) -> tuple[str | None, bool]:
-    """What the CA's record ``row`` of ``serial`` (listed) says that the log does not: a
-    difference in what never changes after issuance (None: it agrees), and whether its
-    status is the one the log's status events lead to (one that differs may have changed
-    while the listing was read: :func:`status_problem` then names it)."""
+def _check_listed(serial: str, row: Listed, logged: _Logged) -> str | None:
+    """What the CA's record ``row`` of ``serial`` (listed) says that the log does not, of
+    what never changes after issuance (its bytes, owner, profile, issuer, listing key);
+    None when it agrees. Its status, which may change while the listing is read, is
+    :func:`status_problem`'s."""
     where = f"entry {logged.position[serial]}: certificate {serial}"
     recorded = logged.hashes[serial]
     if row[1] != recorded:
-        return (
-            f"{where} is listed by the CA with SHA-256 {row[1]}, but the log recorded {recorded}",
-            True,
-        )
+        return f"{where} is listed by the CA with SHA-256 {row[1]}, but the log recorded {recorded}"
     if len(row) == 2:
-        return None, True  # an older server's listing: hashes only
+        return None  # an older server's listing: hashes only
     if row[2] is not None:
         return (
             f"{where}: the CA's stored certificate (DER) hashes to {row[2]}, but the log "
             f"recorded {recorded}: it serves other bytes than it issued"
-        ), True
-    spelled = _spelled(row[3:7])
-    if spelled != logged.facts[serial]:
-        for name, value, raw in zip(
-            FACTS, row[3:7], logged.facts[serial].split(b"\x00"), strict=True
-        ):
-            if value != json.loads(raw):
+        )
+    if _spelled(row[3:7]) != logged.facts[serial]:
+        raws = logged.facts[serial].split(b"\x00")
+        for name, value, raw in zip(FACTS, row[3:7], raws, strict=True):
+            said = json.loads(raw)
+            if value != said:
                 return (
                     f"{where} is listed by the CA with {name} {value!r}, but its logged "
-                    f"issuance says {json.loads(raw)!r}"
-                ), True
+                    f"issuance says {said!r}"
+                )
     if row[7] is not None and row[7] != logged.position[serial]:
-        return f"{where} is listed by the CA at log index {row[7]}, not its issuance's", True
-    return None, _listed_status(row) == _logged_status(serial, logged)
+        return f"{where} is listed by the CA at log index {row[7]}, not its issuance's"
+    return None
 
 
 def _listed_status(row: Listed) -> tuple[str, str | None, str] | None:
@@ -939,10 +935,10 @@ def verify_full(
     # or changed while we verified, they must be explained by a newer checkpoint.
     unexplained = [s for s in listed if s not in logged.hashes]
     for serial in listed.keys() & logged.hashes.keys():
-        problem, same_status = _check_listed(serial, listed[serial], logged)
+        problem = _check_listed(serial, listed[serial], logged)
         if problem is not None:
             raise VerificationFailed(problem)
-        if not same_status:
+        if status_problem(serial, listed[serial], logged) is not None:
             unexplained.append(serial)
     if unexplained:
         newer_note = client.get(f"{API}/checkpoint").content
@@ -958,7 +954,7 @@ def verify_full(
                     f"certificate {serial} (SHA-256 {listed[serial][1]}) is in the "
                     "CA's listings but its issuance is not in the log"
                 )
-            problem = _check_listed(serial, listed[serial], logged)[0] or status_problem(
+            problem = _check_listed(serial, listed[serial], logged) or status_problem(
                 serial, listed[serial], logged
             )
             if problem is not None:
@@ -969,8 +965,8 @@ def verify_full(
                 f"entry {logged.position[serial]}: the logged issuance of certificate {serial} "
                 "is missing from the CA's listings"
             )
-    statuses = sum(1 for row in listed.values() if len(row) > 2)
-    return FullResult(len(leaves), len(logged.hashes), len(listed), statuses), newer, newer_note
+    checked = sum(1 for row in listed.values() if len(row) > 2)
+    return FullResult(len(leaves), len(logged.hashes), len(listed), checked), newer, newer_note
 
 
 def _check_event_records(
@@ -1036,29 +1032,15 @@ def state_options(f: F) -> F:
     )(f)
     f = click.option(
         "--root",
-        "root_file",
+        "root_cert",
         envvar="EPORT_ROOT_CERT",
         type=click.Path(path_type=Path, dir_okay=False, exists=True),
-        callback=lambda ctx, param, value: _load_root(value),
+        callback=lambda ctx, param, value: keyfiles.load_certs(value)[0] if value else None,
         help="The joint root CA certificate you trust (PEM or DER; env EPORT_ROOT_CERT), "
         "to follow a replacement of a lost log key that the root key vouched for "
         "(REPLACE-LOG-KEY). Not needed otherwise.",
     )(f)
     return f
-
-
-def _load_root(path: Path | None) -> x509.Certificate | None:
-    if path is None:
-        return None
-    data = path.read_bytes()
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{path} is not a certificate ({exc})", param_hint="'--root'"
-        ) from None
 
 
 def _client(
@@ -1382,7 +1364,7 @@ def audit_verify(
     passphrase_file: Path | None,
     state_file: Path | None,
     log_key: str | None,
-    root_file: x509.Certificate | None,
+    root_cert: x509.Certificate | None,
     since_file: Path | None,
     full: bool,
     events: bool,
@@ -1425,7 +1407,7 @@ def audit_verify(
     elif state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
         what = "the checkpoint verified last time"
-    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_file)
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_cert)
     result: FullResult | None = None
     if full:
         progress = not as_json
@@ -1460,7 +1442,7 @@ def audit_verify(
             entries=result.entries,
             issuances=result.issuances,
             certificates=result.certificates,
-            records_checked=result.statuses,
+            records_checked=result.records_checked,
         )
         lines.append(f"  {result.entries} entries downloaded; their root matches the checkpoint")
         lines.append(
@@ -1468,7 +1450,7 @@ def audit_verify(
             f"{result.issuances} logged issuances: they agree"
             + (
                 " (bytes, owner, profile and status too)"
-                if result.statuses == result.certificates
+                if result.records_checked == result.certificates
                 else ""
             )
         )
@@ -1521,7 +1503,7 @@ def audit_prove(
     passphrase_file: Path | None,
     state_file: Path | None,
     log_key: str | None,
-    root_file: x509.Certificate | None,
+    root_cert: x509.Certificate | None,
     as_json: bool,
 ) -> None:
     """Print and verify the inclusion proof of certificate SERIAL's issuance entry.
@@ -1555,7 +1537,7 @@ def audit_prove(
     if state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
     what = "the checkpoint verified last time"
-    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_file)
+    cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_cert)
     doc = client.json(
         f"{API}/proof/inclusion?" + urlencode({"serial": serial, "size": cp.size}), signed=True
     )
