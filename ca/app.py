@@ -237,18 +237,28 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
 
 def settle_ceremonies(app: Flask, data_dir: Path, store: SqlStore) -> None:
     """Restore the files of a root ceremony a crash cut short between its file writes and
-    its COMMIT (:func:`ca.ceremony_files.settle`), before the hierarchy is loaded or
-    published to other hosts; every running worker then reloads."""
-    d = hierarchy.ca_dir(data_dir)
-    if not ceremony_files.unsettled(d):
+    its COMMIT, before the hierarchy is loaded or published to other hosts
+    (:func:`settle_journals`)."""
+    if not ceremony_files.unsettled(hierarchy.ca_dir(data_dir)):
         return
+    # A completing ceremony holds the host lock until its journal is gone.
+    with app.app_context(), crosshost.host_lock(data_dir):
+        settle_journals(data_dir, store)
+
+
+def settle_journals(data_dir: Path, store: SqlStore) -> None:
+    """Put back the files of every ceremony journal left in ``ca/`` whose ceremony the
+    database does not record done (a crash before its COMMIT, or an undo a full disk cut
+    short: :func:`ca.ceremony_files.settle`); every running worker then reloads. The
+    caller holds the host lock (a start, or a ceremony's join); raises, the journals
+    kept, when the files cannot be written (the disk still full)."""
     from ca.custody_store import ceremony_done
     from ca.generation import bump_generation
 
-    # A completing ceremony holds the host lock until its journal is gone.
-    with app.app_context(), crosshost.host_lock(data_dir):
-        restored = ceremony_files.settle(d, lambda cid: ceremony_done(store, cid))
-    if restored:
+    d = hierarchy.ca_dir(data_dir)
+    if ceremony_files.unsettled(d) and ceremony_files.settle(
+        d, lambda cid: ceremony_done(store, cid)
+    ):
         bump_generation(data_dir)
 
 

@@ -146,20 +146,6 @@ class CustodyService:
             wipe(self._kek)
         self._kek = kek
 
-    def settle_leftovers(self) -> None:
-        """Put back the files of a ceremony that did not commit and whose own undo could
-        not restore them all (its journal is still there), as the next start would
-        (:func:`ca.ceremony_files.settle`); every worker then reloads. The caller holds
-        the host lock. Raises (the disk still full) with the journal kept."""
-        from ca import ceremony_files
-        from ca.custody_store import ceremony_done
-
-        d = hierarchy.ca_dir(self.cfg.data_dir)
-        if not ceremony_files.unsettled(d):
-            return
-        if ceremony_files.settle(d, lambda cid: ceremony_done(self.store, cid)):
-            bump_generation(self.cfg.data_dir)
-
     def wipe_expired_shares(self) -> None:
         """Blank the stored shares of ceremonies that expired, at most once a
         :data:`WIPE_EVERY` (called by the background refresher, never on a request's
@@ -468,7 +454,9 @@ def join(ceremony_id: str) -> Response:
         # left its journal: the files go back now, before anything reads them. The
         # join that retried it deleted that journal, and the files stayed ahead of the
         # database for good (custody probe, F1).
-        svc.settle_leftovers()
+        from ca.app import settle_journals
+
+        settle_journals(svc.cfg.data_dir, svc.store)
         # Another worker's ceremony may have changed the hierarchy since this one loaded
         # it (two rotations completing at once): the operation runs on the files as
         # they are now.
