@@ -866,7 +866,7 @@ def _kept_key(
     return keyfiles.key_and_passphrase(path, passphrase_file)
 
 
-def _warn_kept_type(ctx: click.Context, key: Any, key_type: str | None) -> None:
+def _warn_kept_type(key: Any, key_type: str | None) -> None:
     """A --key-type given for a run that goes on with an earlier attempt's kept key (its
     certificate may be issued already): say that the kept key's type is used, not the one
     asked for (it was ignored without a word: enrollment probe, F4)."""
@@ -874,7 +874,8 @@ def _warn_kept_type(ctx: click.Context, key: Any, key_type: str | None) -> None:
 
     from ca.keys import KeyType
 
-    if key_type is None or ctx.get_parameter_source("key_type") is not ParameterSource.COMMANDLINE:
+    given = click.get_current_context().get_parameter_source("key_type")
+    if key_type is None or given is not ParameterSource.COMMANDLINE:
         return
     kept = KeyType.of(key).value
     if kept != key_type:
@@ -999,7 +1000,7 @@ def enroll(
         key, kept_pw = keyfiles.key_and_passphrase(out / "key.pem", passphrase_file)
         pw, made = kept_pw or b"", []
         click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
-        _warn_kept_type(click.get_current_context(), key, key_type)
+        _warn_kept_type(key, key_type)
     else:
         _refuse_overwrite(out)
         # A used, expired or mistyped code (or profile) is said now, before a key is made
@@ -1227,7 +1228,7 @@ def renew(
         key, kept_pw = _kept_key(out / "key.pem", current_pw, passphrase_file)
         pw, made = kept_pw or b"", []
         click.echo(f"Using the key kept in {out / 'key.pem'} by an earlier attempt", err=True)
-        _warn_kept_type(click.get_current_context(), key, key_type)
+        _warn_kept_type(key, key_type)
     else:
         # The passphrase that opened the current key (typed once); a key file in the
         # clear gets a new one, asked twice as for an enrollment.
@@ -2516,8 +2517,8 @@ def describe(c: x509.Certificate) -> dict[str, Any]:
         "subject": dn_string(c.subject),
         "issuer": dn_string(c.issuer),
         "serial": format(c.serial_number, "x"),
-        "not_before": c.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "not_after": c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_before": _utc(c.not_valid_before_utc),
+        "not_after": _utc(c.not_valid_after_utc),
         "key_type": key_type,
         "ca": bool(bc and bc.ca),
         "key_usage": usages,
