@@ -20,7 +20,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -506,31 +506,44 @@ def test_tamper_deleted_entry_with_the_gap_closed(
     """An entry deleted and the later ones moved down: named where it went missing, not at
     the end of the log (before: "entry <size-1> is missing", probe F5)."""
     state = tmp_path / "state.json"
+    with database(server) as engine, Session(engine) as s:
+        idx = some_index(s)
+        later = select(LogEntryRow.__table__).where(LogEntryRow.idx >= idx)
+        rows = [dict(r) for r in s.execute(later.order_by(LogEntryRow.idx)).mappings()]
+
+    def put(s: Session, kept: list[dict[str, Any]]) -> None:
+        s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= idx))
+        s.execute(insert(LogEntryRow), kept)
+
+    tampered(
+        server,
+        state,
+        lambda s: put(s, [{**r, "idx": r["idx"] - 1} for r in rows[1:]]),
+        lambda s: put(s, rows),
+        f"entry {idx} is missing: the entry served at {idx} is the log's entry {idx + 1}",
+    )
+    verify(server, state, "--full")
+
+
+def tampered(
+    server: Server,
+    state: Path,
+    change: Callable[[Session], object],
+    undo: Callable[[Session], object],
+    *needles: str,
+) -> None:
+    """``change`` the database (one transaction), check that ``verify --full`` fails with
+    every one of ``needles`` in its line, then ``undo`` it."""
     with database(server) as engine:
         with Session(engine) as s:
-            idx = some_index(s)
-            rows = [
-                dict(r)
-                for r in s.execute(
-                    select(LogEntryRow.__table__)
-                    .where(LogEntryRow.idx >= idx)
-                    .order_by(LogEntryRow.idx)
-                ).mappings()
-            ]
-            s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= idx))
-            s.execute(insert(LogEntryRow), [{**r, "idx": r["idx"] - 1} for r in rows[1:]])
+            change(s)
             s.commit()
         try:
-            failed(
-                verify(server, state, "--full", check=False),
-                f"entry {idx} is missing: the entry served at {idx} is the log's entry {idx + 1}",
-            )
+            failed(verify(server, state, "--full", check=False), *needles)
         finally:
             with Session(engine) as s:
-                s.execute(delete(LogEntryRow).where(LogEntryRow.idx >= idx))
-                s.execute(insert(LogEntryRow), rows)
+                undo(s)
                 s.commit()
-    verify(server, state, "--full")
 
 
 def test_tamper_truncated_log(server: Server, issued: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -911,18 +924,6 @@ def test_tamper_certificate_records_and_status(
     doc = json.loads(res.stdout)
     assert doc["records_checked"] == doc["certificates"] > 0, doc
 
-    def tampered(change: Any, undo: Any, *needles: str) -> None:
-        with database(server) as engine:
-            with Session(engine) as s:
-                change(s)
-                s.commit()
-            try:
-                failed(verify(server, state, "--full", check=False), *needles)
-            finally:
-                with Session(engine) as s:
-                    undo(s)
-                    s.commit()
-
     with database(server) as engine, Session(engine) as s:
         status_row = dict(
             s.execute(
@@ -942,6 +943,8 @@ def test_tamper_certificate_records_and_status(
     by_serial = CertificateStatusRow.serial
     # 1. The revoked certificate reinstated: its status row deleted.
     tampered(
+        server,
+        state,
         lambda s: s.execute(delete(CertificateStatusRow).where(by_serial == revoked)),
         lambda s: s.execute(insert(CertificateStatusRow), [status_row]),
         f"certificate {revoked} is good in the CA's records",
@@ -949,6 +952,8 @@ def test_tamper_certificate_records_and_status(
     )
     # 2. Its reason changed (what relying parties weigh).
     tampered(
+        server,
+        state,
         lambda s: s.execute(
             update(CertificateStatusRow).where(by_serial == revoked).values(reason=4)
         ),
@@ -959,6 +964,8 @@ def test_tamper_certificate_records_and_status(
     )
     # 3. A good certificate marked revoked without an event.
     tampered(
+        server,
+        state,
         lambda s: s.execute(insert(CertificateStatusRow), [{**status_row, "serial": good}]),
         lambda s: s.execute(delete(CertificateStatusRow).where(by_serial == good)),
         f"certificate {good} is revoked",
@@ -967,6 +974,8 @@ def test_tamper_certificate_records_and_status(
     # 4. Its owner changed (another enterprise could then revoke it, and list it).
     by_cert = CertificateRow.serial == good
     tampered(
+        server,
+        state,
         lambda s: s.execute(
             update(CertificateRow).where(by_cert).values(uscc="91350100M000300Y4J")
         ),
@@ -975,6 +984,8 @@ def test_tamper_certificate_records_and_status(
     )
     # 5. Its stored bytes swapped for another certificate's (its hash column kept).
     tampered(
+        server,
+        state,
         lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=other_der)),
         lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=cert_row["der"])),
         f"certificate {good}: the CA's stored certificate (DER) hashes to",
