@@ -719,7 +719,7 @@ def event_digests() -> Response:
 def certificates() -> Response:
     """Every certificate in the CA's records, one ``<serial hex> <sha256 hex>`` line each;
     with ``?detail=1``, one JSON array per line (JSON Lines) with what else the CA's
-    answers are made of (:func:`_detail`).
+    answers are made of (:func:`_record_line`).
 
     What the CA's certificate listings, its OCSP and CRLs and its owners' rights are
     served from; auditors compare it with the log (``eport audit verify --full``).
@@ -758,7 +758,7 @@ def certificates() -> Response:
                 if not batch:
                     return
                 if detail:
-                    yield "".join(_detail(row) for row in batch).encode()
+                    yield "".join(_record_line(row) for row in batch).encode()
                 else:
                     yield "".join(f"{serial} {digest}\n" for serial, digest in batch).encode()
                 after = batch[-1][0]
@@ -772,7 +772,7 @@ def certificates() -> Response:
     return resp
 
 
-def _detail(row: Row[Any]) -> str:
+def _record_line(row: Row[Any]) -> str:
     """One certificate as ``?detail=1`` lists it, a JSON array: ``[serial, sha256,
     der_sha256, uscc, subject, profile, issuer, log_index, state, reason, at]``.
     ``sha256`` is the stored hash column (what lookups by hash use); ``der_sha256`` is

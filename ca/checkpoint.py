@@ -346,7 +346,9 @@ def _check_root_signature(certificate: x509.Certificate, signature: bytes, text:
 def add_root_signature(note: bytes, root: NoteKey, certificate: x509.Certificate) -> bytes:
     """``note`` with one more signature line, by the joint root CA's key ``root`` (whose
     certificate is ``certificate``) over the same text: the root quorum vouches for the
-    checkpoint (a replacement of the log's key). Checked before it is returned."""
+    checkpoint (a replacement of the log's key). ``root`` is the root's
+    :class:`ca.signer.Signer` (ECDSA, RSA or Ed25519, not a note key: only its ``sign``
+    is used, signing as it signs certificates). Checked before it is returned."""
     text = note[: note.rindex(b"\n\n") + 1]
     signature = root.sign(text)
     _check_root_signature(certificate, signature, text)
