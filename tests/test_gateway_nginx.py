@@ -110,8 +110,23 @@ def test_gateway_passes_identity_to_the_service(gateway: Gateway, tmp_path: Path
     body = ok.json()
     assert body["gateway_subject"] == body["subject"] and body["subject"].endswith(":gw-reader")
     # A client cannot name itself: the gateway replaces the header.
-    spoofed = gateway.get(token, **{"X-Eport-Subject": "op:91350100M000100Y43:boss"})
-    assert spoofed.json()["gateway_subject"] == body["subject"]
+    forged = {
+        "X-Eport-Subject": "op:91350100M000100Y43:boss",
+        "X-Eport-USCC": "91350100M000100Y43X",
+        "X-Eport-Operator": "boss",
+        "X-Eport-Agency": "customs",
+        "X-Eport-Scope": "declaration:submit",
+        "X-Eport-Client": "svc:portal.eport.example",
+    }
+    spoofed = gateway.get(token, **forged).json()
+    assert spoofed["gateway_subject"] == body["subject"]
+    # Each of the six identity headers /auth/validate answers is the gateway's, or absent
+    # when the token has none (an operator has no agency): never the client's.
+    seen = {k.lower(): v for k, v in spoofed["gateway_headers"].items()}
+    assert seen == {k.lower(): v for k, v in body["gateway_headers"].items()}
+    assert seen["x-eport-operator"] == "gw-reader" and "x-eport-agency" not in seen
+    for name, value in forged.items():
+        assert seen.get(name.lower()) != value, name
     # The gateway asks for declaration:submit on POST: a reader gets 403 from the gateway.
     post = submit(gateway, token)
     assert post.status_code == 403  # (nginx forwards the challenge header on 401 only)

@@ -79,6 +79,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             # Set by the gateway (nginx auth_request) when the service runs behind one;
             # percent-encoded where it holds a non-ASCII name.
             gateway_subject=_unquoted(request.headers.get("X-Eport-Subject")),
+            # Every identity header the gateway passed on, as received.
+            gateway_headers={
+                k: v for k, v in request.headers.items() if k.lower().startswith("x-eport-")
+            },
             declarations=mine,
         )
 
