@@ -143,6 +143,16 @@ class PayloadTooLarge(EPortError):
     title = "Request body too large"
 
 
+class CodingNotImplemented(EPortError):
+    """A request framed with a transfer coding other than ``chunked`` (``gzip, chunked``):
+    the server takes off the chunks but decodes no other coding, so the body is not the
+    one the client sent; RFC 9112 §6.1 answers 501."""
+
+    status = 501
+    slug = "transfer-coding-not-implemented"
+    title = "Not implemented"
+
+
 class UnsupportedMediaType(EPortError):
     """A body sent with a media type the endpoint does not read (RFC 9110 §15.5.16): a
     JSON endpoint is sent ``text/plain`` or a form. The detail names what to send."""

@@ -16,7 +16,13 @@ chunked body has no declared length, so Werkzeug's limit stops reading at
 - a chunked body within the limit reaches the app as a ``Content-Length`` body, so the
   fast paths and the views read both framings the same way;
 - framing the server refuses while the body is read (a chunk size that is not hex, the
-  connection closed mid-chunk) is a 400 problem, as Flask's handler answers it.
+  connection closed mid-chunk) is a 400 problem, as Flask's handler answers it;
+- a body sent with a coding that nothing here decodes is refused before any view reads
+  it: a transfer coding other than ``chunked`` (``gzip, chunked``: the server takes off
+  the chunks, not the gzip) is a 501 problem (RFC 9112 §6.1), and a ``Content-Encoding``
+  other than ``identity`` a 415 with ``Accept-Encoding: identity`` (RFC 9110 §12.5.3,
+  RFC 7694 §3). Otherwise an app would act on octets that are not the representation
+  the client declared, and a proxy that decodes them would see another request.
 
 A body declared over the limit is left to the app, which refuses it (413; OCSP answers
 ``malformedRequest``) without reading it.
@@ -32,7 +38,13 @@ from typing import Any
 from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
-from ca.errors import BadRequest, EPortError, PayloadTooLarge
+from ca.errors import (
+    BadRequest,
+    CodingNotImplemented,
+    EPortError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from ca.problems import EXTENSION as PROBLEMS
 from ca.problems import PROBLEM_JSON, ErrorAnswers, request_instance, unreadable_body
 
@@ -68,7 +80,10 @@ def _body(environ: dict[str, Any], limit: int | None) -> bytes | None:
     stream = environ.get("wsgi.input")
     if stream is None:
         return None
-    if "HTTP_TRANSFER_ENCODING" in environ:  # chunked: the server decodes it; ends at EOF
+    transfer = environ.get("HTTP_TRANSFER_ENCODING")
+    if transfer is not None or _declared_length(environ):
+        _check_codings(str(transfer or ""), str(environ.get("HTTP_CONTENT_ENCODING") or ""))
+    if transfer is not None:  # chunked: the server decodes it; ends at EOF
         if limit is None:
             return bytes(stream.read())
         body = read_whole(stream, limit + 1)
@@ -85,6 +100,22 @@ def _body(environ: dict[str, Any], limit: int | None) -> bytes | None:
             "Content-Length declares: nothing was done"
         )
     return body
+
+
+def _check_codings(transfer: str, content: str) -> None:
+    """Refuse a body whose codings nothing here decodes (see the module's notes)."""
+    codings = [c.strip().lower() for c in transfer.split(",") if c.strip()]
+    if codings and codings != ["chunked"]:
+        raise CodingNotImplemented(
+            f"the transfer coding {transfer.strip()[:60]!r} is not implemented: send the body "
+            "chunked or with a Content-Length, and nothing else"
+        )
+    coded = [c.strip().lower() for c in content.split(",") if c.strip()]
+    if any(c != "identity" for c in coded):
+        raise UnsupportedMediaType(
+            f"the content coding {content.strip()[:60]!r} is not accepted: send the body "
+            "as it is, without Content-Encoding",
+        )
 
 
 def body_framing(inner: WSGIApp, limit: int | None, answers: ErrorAnswers) -> WSGIApp:
@@ -122,10 +153,10 @@ def _refuse(
     environ: dict[str, Any],
 ) -> Iterable[bytes]:
     status, out = answers.domain(err, request_instance(environ))
-    start_response(
-        f"{status} {HTTP_STATUS_CODES[status].upper()}",
-        [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(out)))],
-    )
+    headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(out)))]
+    if isinstance(err, UnsupportedMediaType):
+        headers.append(("Accept-Encoding", "identity"))  # RFC 7694 §3
+    start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
     return [out]
 
 

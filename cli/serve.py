@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from werkzeug.http import HTTP_STATUS_CODES
 
 from authsvc.config import AuthConfig
 from authsvc.proxy import TrustedProxies
@@ -177,6 +178,9 @@ def write_problem(sock: Any, status: int, reason: str, mesg: str) -> None:
     every other error of both services, in place of its HTML page (``gunicorn.util.
     write_error``, whose arguments these are). ``mesg`` is gunicorn's own account, which
     may quote the client's bytes: it goes out as JSON-escaped ASCII, shortened."""
+    # gunicorn passes "Bad Request" with its 501 for a transfer coding it does not know:
+    # the status line and title follow the status.
+    reason = HTTP_STATUS_CODES.get(status, reason)
     if status == 431:
         detail = "the request's header fields are larger than this server reads"
     elif status >= 500:

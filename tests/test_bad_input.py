@@ -919,3 +919,45 @@ def test_cli_bad_times_and_files_are_one_line(tmp_path: Path) -> None:
         assert res.returncode in ((code,) if code else (1, 2)), (args, res.returncode, res.stderr)
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("eport: error: "), (args, res.stderr)
+
+
+def test_a_body_in_a_coding_nothing_decodes_is_refused(world: World) -> None:
+    """``Transfer-Encoding: gzip, chunked`` and ``Content-Encoding: gzip`` bodies were read
+    as if neither coding were there: plain JSON so labelled was stored (201), and a body
+    really gzipped got a misleading "not UTF-8". Now a transfer coding other than chunked
+    is a 501 problem (RFC 9112 §6.1), a content coding a 415 with ``Accept-Encoding:
+    identity`` (RFC 7694 §3), on either service and on the enrollment's fast path; nothing
+    is stored. A coding gunicorn does not know at all is its own 501, titled as one."""
+    doc = json.dumps({"uscc": fresh_uscc(), "legal_name": "Coded Co."}).encode()
+    before = counts(world)
+    for path, ctype in (
+        ("/ca/v1/applications", "application/json"),
+        ("/ca/v1/enroll", "application/json"),
+        ("/auth/token", "application/x-www-form-urlencoded"),
+    ):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n".encode()
+        chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(doc), doc)
+        for framing, body, want in (
+            (b"Transfer-Encoding: gzip, chunked\r\n", chunk, 501),
+            (b"Content-Encoding: gzip\r\nContent-Length: %d\r\n" % len(doc), doc, 415),
+            (b"Transfer-Encoding: chunked\r\nContent-Encoding: br\r\n", chunk, 415),
+        ):
+            status, headers, answer = raw_http(
+                world, head + framing + b"Connection: close\r\n\r\n" + body
+            )
+            assert status == want, (path, framing, status, answer)
+            assert headers["Content-Type"] == "application/problem+json", headers
+            problem = json.loads(answer)
+            assert problem["status"] == want and "coding" in problem["detail"], problem
+            if want == 415:
+                assert headers["Accept-Encoding"] == "identity", headers
+    status, headers, answer = raw_http(
+        world,
+        b"POST /ca/v1/applications HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Transfer-Encoding: x-bogus, chunked\r\nConnection: close\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(doc), doc),
+    )
+    assert status == 501 and json.loads(answer)["title"] == "Not Implemented", answer
+    assert counts(world) == before
+    r = send(world, "POST", "/ca/v1/applications", doc)  # the same body, as it is
+    assert r.status_code == 201, r.text
