@@ -193,6 +193,17 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies, cfg.proxy_secret)
     )
 
+    @app.after_request
+    def _private_answers(resp: Response) -> Response:
+        # As the CA's (ca.api.private_answers): an answer to an authenticated or
+        # state-changing request (the events list names sessions, addresses and serials;
+        # a role grant) is never stored by a cache; no answer is sniffed as another type.
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        private = request.method not in ("GET", "HEAD") or "Authorization" in request.headers
+        if private and "Cache-Control" not in resp.headers:
+            resp.cache_control.no_store = True
+        return resp
+
     @app.before_request
     def _pin_trust() -> None:
         live.pin()  # one stat at most every second; a changed hierarchy is reloaded here

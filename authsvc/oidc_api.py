@@ -52,6 +52,7 @@ from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError, Unauthenticated
 from ca.problems import log_retry
+from ca.wellformed import install_safe_head
 
 log = logging.getLogger("eport.auth.oidc")
 
@@ -462,6 +463,10 @@ def _post(url: str, form: Mapping[str, str], timeout: float) -> int:
     return r.status_code
 
 
+ACTING_GETS = frozenset({"oidc.authorize", "oidc.end_session", "portal.index"})
+"""GET views that act (sign in, make a code, sign out): a HEAD on them does nothing."""
+
+
 def init_app(app: Flask) -> OpenIDProvider:
     """Create the provider on the app's token service, register its blueprints (and the
     portal's), and start the back-channel logout loop."""
@@ -473,6 +478,7 @@ def init_app(app: Flask) -> OpenIDProvider:
     app.extensions[EXTENSION] = p
     app.register_blueprint(bp)
     app.register_blueprint(portal_bp)
+    install_safe_head(app, ACTING_GETS)
     if s.config.sweep_seconds > 0:
         _start_delivery(app, p, min(s.config.sweep_seconds, 1.0))
     return p

@@ -45,7 +45,7 @@ def private_answers(resp: Response) -> Response:
     if request.path == "/ca/v1/enroll":
         return resp
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    private = request.method != "GET" or "Authorization" in request.headers
+    private = request.method not in ("GET", "HEAD") or "Authorization" in request.headers
     if private and "Cache-Control" not in resp.headers:
         resp.cache_control.no_store = True
     return resp

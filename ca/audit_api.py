@@ -122,9 +122,11 @@ def install_audit(app: Flask, cfg: CAConfig, h: Hierarchy) -> None:
     from ca.auditweb import bp as web_bp
     from ca.auditweb import html_http_error
     from ca.problems import HTML_ERRORS
+    from ca.wellformed import install_safe_head
 
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
+    install_safe_head(app, frozenset({"audit_web.login"}))  # a HEAD spends no sign-in link
     app.extensions[HTML_ERRORS] = html_http_error
 
 

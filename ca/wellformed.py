@@ -205,3 +205,22 @@ def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadReq
 
     app.extensions[TEXT_CHECK] = check_request_text
     app.before_request(check_request_text)
+
+
+def install_safe_head(app: Flask, endpoints: frozenset[str]) -> None:
+    """HEAD is safe (RFC 9110 §9.2.1): on the GET views in ``endpoints``, which act (spend
+    a one-time sign-in link, sign a browser in, make an authorization code, sign out),
+    a HEAD answers 200 with no body, ``no-store``, and does nothing. Flask runs a GET view
+    for HEAD, so a link checker in mail or chat, which sends HEAD before a person clicks,
+    spent an auditor's sign-in link, and a HEAD with the SSO cookie got a working code."""
+
+    from flask import Response, request
+
+    def safe_head() -> Response | None:
+        if request.method != "HEAD" or request.endpoint not in endpoints:
+            return None
+        resp = Response(status=200, content_type="text/html; charset=utf-8")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    app.before_request(safe_head)

@@ -112,6 +112,9 @@ def test_web_view(sqlite_server: Server, browser: Any, tmp_path: Path) -> None:
     assert "Seeded history" not in page.content()
 
     url = login_url(server, *server.auditor())
+    # A link checker's HEAD (mail, chat) neither signs in nor spends the link.
+    head = requests.head(url, timeout=10, allow_redirects=False)
+    assert head.status_code == 200 and "Set-Cookie" not in head.headers
     resp = page.goto(url)
     assert resp.ok and page.url == server.url + "/audit/"
     copied_before = next(c["value"] for c in page.context.cookies() if c["name"] == "eport_audit")

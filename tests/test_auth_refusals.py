@@ -181,6 +181,9 @@ def test_a_role_grant_to_an_operator_id_the_ca_would_refuse_is_400(on_each_db: W
     # would write the certificate's serialNumber.
     r = grant(w, "E" * 64, ["declaration"])
     assert r.status_code == 200 and r.json()["operator_id"] == "E" * 64, r.text
+    # An answer to a signed request is kept by no cache, and sniffed as nothing else.
+    assert r.headers["Cache-Control"] == "no-store", r.headers
+    assert r.headers["X-Content-Type-Options"] == "nosniff", r.headers
     r = grant(w, "  E  1024 ", ["declaration"])
     assert r.status_code == 200 and r.json()["operator_id"] == "E 1024", r.text
     after = row_counts(w.auth_db, [OperatorRolesRow])

@@ -402,6 +402,17 @@ def test_code_flow_single_sign_on_and_tokens(world: World) -> None:
     assert info.json()["sub"] == claims["sub"] and info.json()["name"] == "Operator W1"
     assert info.json()["subject_class"] == "operator" and info.json()["operator_id"] == "W1"
 
+    # HEAD is safe (a link checker's): with the cookie it makes no code, and with a
+    # certificate alone it opens no session, on the authorization endpoint or the portal.
+    _verifier, challenge = pkce()
+    params = dict(a.params, code_challenge=challenge, state="head")
+    for url, who in (
+        ("/auth/authorize", agent.headers(cert=False)),
+        ("/portal/", world.agent().headers()),
+    ):
+        head = requests.head(srv.url + url, params=params, headers=who, timeout=10)
+        assert head.status_code == 200 and head.headers["Cache-Control"] == "no-store"
+        assert "Location" not in head.headers and "Set-Cookie" not in head.headers, url
     # Service B: the cookie alone (no certificate this time) gets a code, no prompt, same sid.
     b = authorize(agent, "sample-b", cert=False)
     assert b.response.status_code == 302 and "code" in b.query
