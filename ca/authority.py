@@ -294,10 +294,20 @@ class JointCA:
         agency = member_agency_of(org_id)
         with self.store.reading() as tx:
             status = tx.get_status(cert.serial_number)
+            record = tx.get_certificate(cert.serial_number) if status is None else None
         if status is not None:
             state = "revoked" if status.state is StatusState.REVOKED else "on hold"
             raise Unauthenticated(
                 f"the certificate {cert.serial_number:x} is {state}; it cannot sign requests"
+            )
+        # Allow-list, as the token service's status interface: a certificate this CA has no
+        # record of (signed outside issuance, or lost with a database restored from before
+        # it) signs nothing here, even though it chains to a live issuing CA.
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if record is None or record.cert_sha256 != hashlib.sha256(der).hexdigest():
+            raise Unauthenticated(
+                f"the certificate {cert.serial_number:x} is not one this CA issued (it has "
+                "no record of it); it cannot sign requests"
             )
         is_agency = profile.subject_class in (SubjectClass.AGENCY, SubjectClass.AUDITOR)
         if is_agency and (agency is None or self.policies.members.get(agency) is None):

@@ -555,6 +555,41 @@ def test_attack_assertions(sqlite_server: Server, world: dict[str, Any], tmp_pat
     assert _login(srv, _assertion(srv, expired, old_key, chain)).status_code == 400
 
 
+def test_a_certificate_the_ca_never_recorded_signs_nothing(
+    sqlite_server: Server, world: dict[str, Any]
+) -> None:
+    """A certificate signed by the live issuing CA's key but never issued (no record: made
+    outside issuance, or lost with a database restored from before it) was taken by the CA
+    as good, being on no deny list: it could add operators, approve, revoke. The token
+    service already refused it as unknown. Now the CA refuses it too, and the enterprise's
+    own certificate still signs."""
+    from ca import hierarchy
+    from ca.devinit import read_passphrases
+    from ca.issuance import CertificateFactory
+    from ca.policy import load_policies
+    from cli.client import CAClient, CLIError, Identity
+
+    srv = sqlite_server
+    cert, key, chain = _load(world["ent"])
+    uscc = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_IDENTIFIER)[0].value
+    h = hierarchy.load(srv.data_dir, read_passphrases(srv.data_dir)["ca_key_passphrase"].encode())
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = CertificateFactory().issue(
+        load_policies(Path(__file__).parent.parent / "policies").profile("enterprise"),
+        h.issuers["enterprise"],
+        rogue_key.public_key(),
+        {"uscc": str(uscc).removeprefix("NTRCN-"), "legal_name": "Rogue Co."},
+        datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1),
+    )
+    client = CAClient(srv.url)
+    body = {"name": "Rogue Operator", "operator_id": "ROGUE1"}
+    with pytest.raises(CLIError, match="not one this CA issued"):
+        client.call("POST", "/ca/v1/operators", body, Identity([rogue, *chain], rogue_key))
+    # The rightful certificate still signs.
+    ok = client.call("POST", "/ca/v1/operators", body, Identity([cert, *chain], key))
+    assert ok["enrollment_code"], ok
+
+
 def test_a_certificate_from_another_profiles_issuing_ca_cannot_log_in(
     sqlite_server: Server, tmp_path: Path
 ) -> None:
