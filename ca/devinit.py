@@ -161,7 +161,8 @@ def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
 
 def _renew_root_crl(cfg: CAConfig) -> None:
     """A development CA's root CRL, signed again at start once it is within
-    :data:`~ca.hierarchy.ROOT_CRL_NOTICE` of its nextUpdate or past it. A production CA's
+    :data:`~ca.hierarchy.ROOT_CRL_NOTICE` of its nextUpdate or past it, or its thisUpdate
+    is in the future (the clock was ahead when it was signed). A production CA's
     is renewed by a quorum ROOT-CRL ceremony; a development CA has no custodians, and its
     root key's passphrase is in the development file, so nothing else would ever renew it
     and every chain check against the root CRL failed a year after the first start. Same
@@ -184,7 +185,7 @@ def _renew_root_crl(cfg: CAConfig) -> None:
     current = (d / "root.crl").read_bytes()
     if hierarchy.root_crl_notice(current, now) is None:
         return
-    ended = hierarchy.root_crl_next_update(current)
+    signed, ended = hierarchy.root_crl_times(current)
     passphrase = read_passphrases(cfg.data_dir)["root_key_passphrase"].encode()
     key = serialization.load_pem_private_key((d / "root.key").read_bytes(), passphrase)
     root = IssuingCA(
@@ -200,12 +201,18 @@ def _renew_root_crl(cfg: CAConfig) -> None:
             write_durably(d / "root.crl", der, 0o644)
     finally:
         engine.dispose()
+    if signed > now:
+        why = f"its thisUpdate {signed:%Y-%m-%dT%H:%M:%SZ} was in the future"
+    elif ended is not None and ended <= now:
+        why = f"it ended at {ended:%Y-%m-%dT%H:%M:%SZ}"
+    else:
+        why = f"it was to end at {ended:%Y-%m-%dT%H:%M:%SZ}" if ended else "it had no end"
+    until = hierarchy.root_crl_next_update(der)
     log.warning(
-        "Renewed the development CA's root CRL (it %s at %s): number %d, next update %s",
-        "ended" if ended is not None and ended <= now else "was to end",
-        f"{ended:%Y-%m-%dT%H:%M:%SZ}" if ended is not None else "?",
+        "Renewed the development CA's root CRL (%s): number %d, next update %s",
+        why,
         number,
-        f"{now + hierarchy.ROOT_CRL_VALIDITY:%Y-%m-%dT%H:%M:%SZ}",
+        f"{until:%Y-%m-%dT%H:%M:%SZ}" if until is not None else "none",
     )
 
 

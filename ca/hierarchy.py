@@ -541,11 +541,17 @@ def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:
 
 
 @functools.lru_cache(maxsize=4)
+def root_crl_times(root_crl: bytes) -> tuple[datetime.datetime, datetime.datetime | None]:
+    """The thisUpdate and nextUpdate of the root CRL (DER); nextUpdate None if it has none
+    (RFC 5280 §5.1.2.5). Cached: ``/ca/v1/health`` (asked by every load balancer's probe)
+    reads them on every call, and the root CRL changes only at a ceremony."""
+    crl = x509.load_der_x509_crl(root_crl)
+    return crl.last_update_utc, crl.next_update_utc
+
+
 def root_crl_next_update(root_crl: bytes) -> datetime.datetime | None:
-    """The nextUpdate of the root CRL (DER), None if it has none (RFC 5280 §5.1.2.5).
-    Cached: ``/ca/v1/health`` (asked by every load balancer's probe) reads it twice per
-    call, and the root CRL changes only at a ceremony."""
-    return x509.load_der_x509_crl(root_crl).next_update_utc
+    """The nextUpdate of the root CRL (DER), None if it has none."""
+    return root_crl_times(root_crl)[1]
 
 
 def issuer_notices(
@@ -584,18 +590,26 @@ def root_crl_notice(root_crl: bytes, now: datetime.datetime, *, dev: bool = Fals
     :data:`ROOT_CRL_NOTICE` of ``now`` or past: the server keeps serving it (nothing
     else can sign one), and relying parties that check the root CRL refuse every
     certificate once it has expired. None while it is far off. ``dev``: a development
-    CA, which signs a new one at its next start (:mod:`ca.devinit`), not at a ceremony."""
-    due = root_crl_next_update(root_crl)
-    if due is None or now < due - ROOT_CRL_NOTICE:
+    CA, which signs a new one at its next start (:mod:`ca.devinit`), not at a ceremony.
+
+    Also one whose thisUpdate is in ``now``'s future, signed while the clock ran ahead and
+    then corrected: relying parties refuse it as not yet valid ("CRL is not yet valid"),
+    so every chain checked against it fails until the clock catches up."""
+    signed, due = root_crl_times(root_crl)
+    if signed > now:
+        state = f"is not valid until {signed:%Y-%m-%dT%H:%M:%SZ} (thisUpdate, in the future)"
+    elif due is None or now < due - ROOT_CRL_NOTICE:
         return None
-    when = f"{due:%Y-%m-%dT%H:%M:%SZ}"
-    state = f"expired at {when}" if now >= due else f"expires at {when}"
+    else:
+        when = f"{due:%Y-%m-%dT%H:%M:%SZ}"
+        state = f"expired at {when}" if now >= due else f"expires at {when}"
+        state += " (nextUpdate)"
     if dev:
         return (
-            f"the root CRL {state} (nextUpdate); the development CA signs a new one when "
+            f"the root CRL {state}; the development CA signs a new one when "
             "it next starts (restart eport serve --dev)"
         )
     return (
-        f"the root CRL {state} (nextUpdate); M custodians sign a new one with a ROOT-CRL "
+        f"the root CRL {state}; M custodians sign a new one with a ROOT-CRL "
         "ceremony (eport ca ceremony start ROOT-CRL)"
     )

@@ -77,7 +77,11 @@ def renewal_due(
     validity: datetime.timedelta,
 ) -> bool:
     """Whether ``responder`` expires within ``window`` and a new certificate from
-    ``issuer`` (capped at the issuer's notAfter) would outlive it."""
+    ``issuer`` (capped at the issuer's notAfter) would outlive it, or is not valid yet: one
+    made while the clock ran ahead, then corrected, signs nothing until the clock catches
+    up (every OCSP answer was ``internalError``), where a new one from now signs at once."""
+    if responder.not_valid_before_utc > now:
+        return issuer.not_valid_after_utc > now
     if responder.not_valid_after_utc - now >= window:
         return False
     return min(now + validity, issuer.not_valid_after_utc) > responder.not_valid_after_utc
@@ -234,7 +238,11 @@ class ResponderRenewal:
                         details={
                             "role": "ocsp-responder",
                             "renews": _hex(current.serial_number),
-                            "trigger": "forced" if force else "expiring",
+                            "trigger": "forced"
+                            if force
+                            else "not-yet-valid"
+                            if current.not_valid_before_utc > now
+                            else "expiring",
                         },
                     )
                 )

@@ -193,7 +193,8 @@ def next_root_crl(
 ) -> tuple[bytes, int, list[RevokedEntry]]:
     """The next root CRL (DER), signed by ``root`` inside the SQL transaction ``sql``: every
     revoked issuing CA, numbered one above both the database's and ``ca/root.crl``'s
-    (RFC 5280 §5.2.3), valid :data:`~ca.hierarchy.ROOT_CRL_VALIDITY`; the database's CRL
+    (RFC 5280 §5.2.3), valid :data:`~ca.hierarchy.ROOT_CRL_VALIDITY` (or to the root's own
+    end, if that comes first); the database's CRL
     state records it. The caller writes the file (before the transaction commits)."""
     d = hierarchy.ca_dir(data_dir)
     current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
@@ -211,12 +212,13 @@ def next_root_crl(
         )
         for st in sql.revoked_entries("root")
     ]
-    der = build_crl(
-        root.certificate, root.signer, entries, number, now, now + hierarchy.ROOT_CRL_VALIDITY
-    )
+    until = now + hierarchy.ROOT_CRL_VALIDITY
+    if now < root.certificate.not_valid_after_utc < until:
+        until = root.certificate.not_valid_after_utc  # no promise past the root's own end
+    der = build_crl(root.certificate, root.signer, entries, number, now, until)
     state.crl_number = number
     state.this_update = now
-    state.next_update = now + hierarchy.ROOT_CRL_VALIDITY
+    state.next_update = until
     state.der = der
     state.stale = False
     return der, number, entries

@@ -23,7 +23,9 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -162,6 +164,7 @@ class StatusService:
                     signer=delegate.signer,
                 )
         self._by_responder = {id(r): i for i, r in self.responders.items()}
+        self._said_cannot_sign: dict[str, float] = {}
         self._crl_lock = threading.Lock()
 
     # -- the status interface ---------------------------------------------------------------
@@ -247,8 +250,8 @@ class StatusService:
                 if cert_id == responder.cert_id(cert_id.serial_number) and cert_id.null_parameters:
                     try:
                         return self._canonical(tx, responder, issuer_id, cert_id.serial_number, now)
-                    except ValueError:
-                        return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
+                    except ValueError as exc:
+                        return self._cannot_sign(issuer_id, exc)
             answers = []
             for cert_id in info.cert_ids:
                 serial = cert_id.serial_number
@@ -258,8 +261,30 @@ class StatusService:
             return ocsp.build_response_multi(
                 responder, answers, now, now + self.policy.ocsp_validity, now, info.nonce
             )
-        except ValueError:  # e.g. the responder certificate has expired: never a 500
-            return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
+        except ValueError as exc:  # e.g. the responder certificate has expired: never a 500
+            return self._cannot_sign(issuer_id, exc)
+
+    def _cannot_sign(self, issuer_id: str, exc: ValueError) -> bytes:
+        """``internalError`` for an answer the responder cannot sign (its certificate has
+        expired, or is not valid yet), said in the log at most once a minute per issuer:
+        the answer itself says nothing of why."""
+        tick = time.monotonic()
+        if tick - self._said_cannot_sign.get(issuer_id, -math.inf) >= 60:
+            self._said_cannot_sign[issuer_id] = tick
+            issuer = self.issuers.get(issuer_id)
+            ended = issuer.certificate.not_valid_after_utc if issuer is not None else None
+            if ended is not None and ended <= self.clock():
+                remedy = f"the issuing CA expired at {ended:%Y-%m-%dT%H:%M:%SZ}, and with it "
+                remedy += "every certificate it issued"
+            else:
+                remedy = "eport ca renew-responders --force makes new responder certificates"
+            log.error(
+                "OCSP: the responder of %s cannot sign (%s); answered internalError: %s",
+                issuer_id,
+                exc,
+                remedy,
+            )
+        return ocsp.error_response(ocsp.ResponseStatus.INTERNAL_ERROR)
 
     def pre_signed(self, request_der: bytes) -> bytes | None:
         """The stored answer to a canonical request, or None (then :meth:`respond`)."""

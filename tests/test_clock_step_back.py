@@ -5,6 +5,7 @@ up. ``openssl verify -attime`` is the relying party, at the corrected time."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as xocsp
 
 from ca.app import CAService, db
@@ -124,3 +125,55 @@ def test_a_pre_signed_ocsp_response_from_the_future_is_signed_again(
     db.session.remove()
     again = svc.status.pre_signed(req)
     assert again is not None and xocsp.load_der_ocsp_response(again).this_update_utc == back
+
+
+def test_a_responder_certificate_from_the_future_is_renewed(
+    service: Stepped, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Responder certificates renewed while the clock ran ahead have a notBefore in the
+    corrected clock's future: every OCSP answer was ``internalError`` until the clock
+    caught up, as the renewal looked only at notAfter. The periodic check (and a start)
+    now renews them, and OCSP answers at once."""
+    from flask import current_app
+
+    from ca.app import EXTENSION, _renew_due_responders, renew_responders
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    svc, cert, t0, back = service.svc, service.cert, service.t0, service.back
+    issuer = svc.status.issuers["enterprise"].certificate
+    req = ocsp_request(cert, issuer)
+    app.extensions[EXTENSION] = dataclasses.replace(svc, clock=lambda: t0)
+    renew_responders(app, force=True)  # made while the clock ran ahead
+    db.session.remove()
+    svc = app.extensions[EXTENSION]
+    ahead = svc.status.responders["enterprise"].certificate
+    assert ahead.not_valid_before_utc == t0
+    # Before the check: internalError, and the log says why (once a minute, not per answer).
+    svc.status.clock = lambda: back
+    fresh = (  # with a nonce: signed now, never a stored answer
+        xocsp.OCSPRequestBuilder()
+        .add_certificate(cert, issuer, hashes.SHA1())
+        .add_extension(x509.OCSPNonce(b"step-back-nonce!"), critical=False)
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    for _ in range(3):
+        failed = xocsp.load_der_ocsp_response(svc.status.respond(fresh))
+        assert failed.response_status is xocsp.OCSPResponseStatus.INTERNAL_ERROR
+    db.session.remove()
+    said = [r.getMessage() for r in caplog.records if "cannot sign" in r.getMessage()]
+    assert len(said) == 1 and "outside the responder certificate's validity" in said[0], said
+    assert "renew-responders --force" in said[0]
+
+    app.extensions[EXTENSION] = dataclasses.replace(svc, clock=lambda: back)
+    svc.status.clock = lambda: back
+    _renew_due_responders(app)
+    db.session.remove()
+    svc = app.extensions[EXTENSION]
+    svc.status.clock = lambda: back
+    now = svc.status.responders["enterprise"].certificate
+    assert now.serial_number != ahead.serial_number and now.not_valid_before_utc <= back
+    for request in (req, fresh):
+        answer = xocsp.load_der_ocsp_response(svc.status.respond(request))
+        assert answer.response_status is xocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer.certificate_status is xocsp.OCSPCertStatus.GOOD

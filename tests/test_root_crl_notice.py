@@ -38,7 +38,12 @@ def _resign_root_crl(data_dir: Path, next_update: datetime.datetime) -> None:
     (d / "root.crl").write_bytes(der)
 
 
-@pytest.mark.parametrize("days_left", [10, -3])
+AHEAD = 366
+"""A root CRL whose nextUpdate is this many days off was signed a day in the future (its
+thisUpdate is 365 days before): the clock ran ahead when it was signed, then corrected."""
+
+
+@pytest.mark.parametrize("days_left", [10, -3, AHEAD])
 @pytest.mark.slow
 def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     tmp_path: Path, days_left: int
@@ -64,8 +69,12 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     try:
         health = health_of(srv.url)
         state = "expires" if days_left > 0 else "expired"
+        state += f" at {next_update:{STAMP}} (nextUpdate)"
+        if days_left == AHEAD:
+            signed = next_update - datetime.timedelta(days=365)
+            state = f"is not valid until {signed:{STAMP}} (thisUpdate, in the future)"
         notice = (
-            f"the root CRL {state} at {next_update:{STAMP}} (nextUpdate); M custodians sign "
+            f"the root CRL {state}; M custodians sign "
             "a new one with a ROOT-CRL ceremony (eport ca ceremony start ROOT-CRL)"
         )
         assert health["root_crl_next_update"] == f"{next_update:{STAMP}}"
@@ -78,7 +87,7 @@ def test_a_root_crl_near_or_past_its_next_update_is_warned_of(
     assert srv.log.read_text().count("The root CRL " + notice[len("the root CRL ") :]) == 1
 
 
-@pytest.mark.parametrize("days_left", [10, -3])
+@pytest.mark.parametrize("days_left", [10, -3, AHEAD])
 @pytest.mark.slow
 def test_a_development_ca_renews_its_root_crl_when_it_starts_near_or_past_its_end(
     tmp_path: Path, days_left: int
@@ -116,9 +125,13 @@ def test_a_development_ca_renews_its_root_crl_when_it_starts_near_or_past_its_en
     )  # fmt: skip
     assert checked.returncode == 0 and "verify OK" in checked.stderr + checked.stdout, checked
     said = srv.log.read_text()
-    ended = "ended" if days_left < 0 else "was to end"
+    why = f"it {'ended' if days_left < 0 else 'was to end'} at {next_update:{STAMP}}"
+    if days_left == AHEAD:
+        why = (
+            f"its thisUpdate {next_update - datetime.timedelta(days=365):{STAMP}} was in the future"
+        )
     assert (
-        f"Renewed the development CA's root CRL (it {ended} at {next_update:{STAMP}}): "
+        f"Renewed the development CA's root CRL ({why}): "
         f"number 3, next update {served.next_update_utc:{STAMP}}"
     ) in said, said
 
@@ -147,7 +160,8 @@ def test_a_development_server_running_into_the_notice_says_to_restart(tmp_path: 
         .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
         .sign(key, hashes.SHA256())
     )  # fmt: skip
-    crl = build_crl(root, SoftwareSigner(key), [], 2, now, now + datetime.timedelta(days=10))
+    signed = now - datetime.timedelta(days=40)
+    crl = build_crl(root, SoftwareSigner(key), [], 2, signed, now + datetime.timedelta(days=10))
     when = f"{now + datetime.timedelta(days=10):{STAMP}}"
     assert hierarchy.root_crl_notice(crl, now, dev=True) == (
         f"the root CRL expires at {when} (nextUpdate); the development CA signs a new one "
@@ -155,3 +169,10 @@ def test_a_development_server_running_into_the_notice_says_to_restart(tmp_path: 
     )
     assert "M custodians" in str(hierarchy.root_crl_notice(crl, now))
     assert hierarchy.root_crl_notice(crl, now - datetime.timedelta(days=30), dev=True) is None
+    # Signed a day ahead of the clock: not valid yet, so said too, in dev as elsewhere.
+    ahead = build_crl(root, SoftwareSigner(key), [], 3, now + datetime.timedelta(days=1),
+                      now + datetime.timedelta(days=60))  # fmt: skip
+    said = str(hierarchy.root_crl_notice(ahead, now, dev=True))
+    assert said.startswith(
+        f"the root CRL is not valid until {now + datetime.timedelta(days=1):{STAMP}} (thisUpdate"
+    ) and said.endswith("(restart eport serve --dev)"), said
