@@ -95,8 +95,13 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+_CODE_LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
+"""Crockford base32 reads the letters it leaves out as the digits they look like: a code
+typed from paper with ``O`` for ``0`` is the same code."""
+
+
 def normalize_code(code: str) -> str:
-    return code.strip().upper().replace("-", "").replace(" ", "")
+    return code.strip().upper().replace("-", "").replace(" ", "").translate(_CODE_LOOKALIKES)
 
 
 def hash_code(code: str) -> str:

@@ -273,6 +273,21 @@ def test_a_new_code_ends_the_unused_one(env: tuple) -> None:  # type: ignore[typ
     assert issued.record.application_id == app.id
 
 
+def test_a_code_typed_with_look_alike_letters_is_the_same_code(env: tuple) -> None:  # type: ignore[type-arg]
+    """Codes are Crockford base32, which reads the letters it leaves out (O, I, L) as
+    the digits they look like; a code typed from paper with ``O`` for ``0`` was "unknown"."""
+    from ca.authority import normalize_code
+
+    assert normalize_code(" ol-Io 23 ") == "011023"
+    ca, _, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": "91350100M000100Y43", "legal_name": "Paper Co."})
+    code = ca.approve(officer_caller, app.id).code
+    typed = code.lower().replace("0", "O").replace("1", "l")
+    issued = ca.enroll(typed, "enterprise", csr(KeyType.P256.generate()))
+    assert issued.record.application_id == app.id
+
+
 def test_a_new_code_for_an_expired_one(env: tuple) -> None:  # type: ignore[type-arg]
     ca, _, officer = env
     officer_caller = ca.caller(signed_by(officer / "officer.pem"))
