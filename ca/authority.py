@@ -541,6 +541,12 @@ class JointCA:
         else:
             tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
         allowed = self._profiles_for(app, profiles)
+        if app.state is ApplicationState.APPROVED:
+            # The answer to the approval may have been lost with its code: say the way back.
+            raise Conflict(
+                f"application {app_id} is already approved; if its enrollment code was lost, "
+                f"an RA officer gives a new one (eport ra new-code {app_id})"
+            )
         if app.state is not ApplicationState.PENDING:
             raise Conflict(f"application {app_id} is already {app.state.value}")
         self._refuse_second_credential(tx, app, now)

@@ -1347,7 +1347,8 @@ def _table(events: list[dict[str, Any]], total: int) -> str:
     "--full",
     is_flag=True,
     help="Also download every entry, recompute the root, and cross-check the CA's "
-    "certificate listings with the logged issuances (needs an auditor's certificate).",
+    "certificate listings with the logged issuances (needs an auditor's or an RA "
+    "officer's certificate).",
 )
 @click.option(
     "--events",
@@ -1382,6 +1383,8 @@ def audit_verify(
       eport audit verify --log-key log.pub      (the first time: pin the ceremony's key)
       eport audit verify --full
     """
+    if events and not full:  # it checked nothing, and said nothing of it
+        raise click.UsageError("--events checks the event records during --full: give both")
     started = time.perf_counter()
     client = _client(obj, cert_file, key_file, passphrase_file)
     state_path = state_file or default_state_path(client.server)

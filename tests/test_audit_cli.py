@@ -338,9 +338,12 @@ def test_log_filters_and_exports(
         res = server.eport("audit", "log", *who, *args, check=False)
         assert res.returncode == 2 and expect in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
-    # Proving nothing is a command-line mistake.
+    # Proving nothing is a command-line mistake; so is --events without --full (it was
+    # ignored: exit 0, no event checked).
     res = server.eport("audit", "prove", check=False)
     assert res.returncode == 2 and "give a SERIAL or --cert FILE" in res.stderr
+    res = server.eport("audit", "verify", *who, "--events", check=False)
+    assert res.returncode == 2 and "during --full: give both" in res.stderr, res.stderr
     one = issued[5]
     by_serial = json.loads(
         server.eport("audit", "log", *who, "--serial", one["serial"], "--format", "json").stdout

@@ -300,7 +300,10 @@ def test_bad_input_changes_nothing(server: Server, tmp_path: Path) -> None:
         str(tmp_path / "c"),
         expect="unknown enrollment code",
     )
-    refused("ra", "approve", app["id"], *server.officer(), expect="already approved")
+    # A second approval (the first's answer lost with its code) says the way back.
+    again = "already approved; if its enrollment code was lost, an RA officer gives a new one "
+    again += f"(eport ra new-code {app['id']})"
+    refused("ra", "approve", app["id"], *server.officer(), expect=again)
     refused("ra", "approve", "app_nosuchnosuchnosu", *server.officer(), expect="no application")
     refused(
         "ra", "reject", app["id"], "--reason", "late", *server.officer(), expect="already approved"
