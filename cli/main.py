@@ -778,8 +778,7 @@ def _write_outputs(
     """Write the certificate and chain (and bundle.p12) beside the key
     :func:`_write_new_key` wrote."""
     files = {"key": out / "key.pem", "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    files["certificate"].write_text(result["certificate"])
-    files["chain"].write_text(result["chain"])
+    _write_answer(files, result)
     if p12:
         cert = x509.load_pem_x509_certificate(result["certificate"].encode())
         chain = x509.load_pem_x509_certificates(result["chain"].encode())
@@ -794,6 +793,32 @@ def _write_outputs(
                 err=True,
             )
     return {k: str(v) for k, v in files.items()}
+
+
+def _write_answer(files: dict[str, Path], result: dict[str, Any]) -> None:
+    """The chain, then the certificate, each whole or not at all (a temporary file,
+    fsync, rename): ``cert.pem``, written last, says the CA's answer arrived. Written in
+    place, a run killed (or a power cut) after the issuance left an empty ``cert.pem``,
+    and the same command again refused it as existing."""
+    from ca.custody_files import write_durably
+
+    write_durably(files["chain"], result["chain"].encode())
+    write_durably(files["certificate"], result["certificate"].encode())
+
+
+def _answer_received(cert_file: Path) -> bool:
+    """Whether OUT/cert.pem holds the CA's answer. One that is there but holds no
+    certificate (empty or cut short: a run of an earlier release killed while writing
+    it) is an answer not received: the same command again fetches it with the kept key."""
+    if not _exists(cert_file):
+        return False
+    try:
+        x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except ValueError:
+        return False
+    except OSError:
+        return True  # there, and not ours to overwrite: refused as existing
+    return True
 
 
 def _refuse_p12_passphrase(p12: bool, pw: bytes, change: str) -> None:
@@ -990,7 +1015,7 @@ def enroll(
       eport enroll --code CODE --profile operator --out ./li-wei --key-type ed25519 --p12
     """
     kept_file = out / ("key.pem" if pkcs11_uri is None else "key.uri")
-    kept = _exists(kept_file) and not _exists(out / "cert.pem")
+    kept = _exists(kept_file) and not _answer_received(out / "cert.pem")
     if kept and pkcs11_uri is not None:  # the code is not checked first, as below
         _enroll_in_token(ctx, code, profile, out, key_type, pkcs11_uri, p12, as_json)
         return
@@ -1046,7 +1071,7 @@ def _key_in_token(
     if p12:
         raise CLIError("--p12 needs the private key, which a PKCS#11 token never gives out")
     key_file = out / "key.uri"
-    kept = _exists(key_file) and not _exists(out / "cert.pem")
+    kept = _exists(key_file) and not _answer_received(out / "cert.pem")
     made: list[Path] = []
     if kept:
         uri = _kept_token_key(key_file, token)
@@ -1091,8 +1116,7 @@ def _key_in_token(
         None if kept else forget,
     )
     files = {"key": key_file, "certificate": out / "cert.pem", "chain": out / "chain.pem"}
-    files["certificate"].write_text(result["certificate"])
-    files["chain"].write_text(result["chain"])
+    _write_answer(files, result)
     return result, files, shown
 
 
@@ -1215,7 +1239,7 @@ def renew(
         key_type = KeyType.of(ident.chain[0].public_key()).value
     out = out or cert_file.parent / f"renewed-{serial}"
     token = _token_for_new_key(ident.key, new_pkcs11_uri)
-    kept = token is None and _exists(out / "key.pem") and not _exists(out / "cert.pem")
+    kept = token is None and _exists(out / "key.pem") and not _answer_received(out / "cert.pem")
     if not kept:
         _refuse_overwrite(out)
     if token is not None:

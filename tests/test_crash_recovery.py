@@ -357,6 +357,26 @@ def test_an_enrollment_whose_answer_is_lost_is_got_by_running_it_again(
     assert_consistent(server)
 
 
+@pytest.mark.parametrize("torn", [b"", b"-----BEGIN CERTIFICATE-----\nMIIC"], ids=["empty", "cut"])
+def test_a_cert_pem_torn_by_a_killed_run_is_an_answer_not_received(
+    sqlite_server: Server, tmp_path: Path, torn: bytes
+) -> None:
+    """A run killed (or a power cut) while writing cert.pem after the issuance left it
+    empty or cut short beside the kept key: the same command again said "cert.pem exists;
+    choose another --out directory", and another --out found the code spent. Now such a
+    file is an answer not received: the rerun fetches the certificate and writes it whole."""
+    server = sqlite_server
+    _, out, args = enrollment_with_its_answer_lost(server, tmp_path)
+    (out / "cert.pem").write_bytes(torn)
+    cert, _ = rerun_with_the_kept_key(server, args, out)
+    chain = x509.load_pem_x509_certificates((out / "chain.pem").read_bytes())
+    assert cert.issuer == chain[0].subject
+    # A whole certificate there is an answer received: nothing is sent or overwritten.
+    again = server.eport(*args, check=False)
+    assert again.returncode == 1 and "exists; choose another --out" in again.stderr, again.stderr
+    assert x509.load_pem_x509_certificate((out / "cert.pem").read_bytes()) == cert
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [(("revoke", "--reason", "keyCompromise"), "has been revoked"), (("suspend",), "on hold")],
