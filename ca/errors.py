@@ -8,6 +8,7 @@ prints ``detail`` as its one line; the HTTP layer renders :meth:`EPortError.prob
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from typing import Any, ClassVar
 
@@ -306,6 +307,30 @@ def database_unavailable_cause(exc: BaseException | None) -> BaseException | Non
         elif type(exc).__module__.startswith("psycopg2") and any(
             c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__
         ):
+            return exc
+        orig = getattr(exc, "orig", None)
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
+    return None
+
+
+SQLITE_FULL = 13
+"""SQLite's result code for "database or disk is full" (sqlite3.h)."""
+PG_DISK_FULL = "53100"
+"""PostgreSQL's SQLSTATE ``disk_full`` (Appendix A, class 53: insufficient resources)."""
+
+
+def storage_full_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``)
+    that says the storage is full: ``ENOSPC``/``EDQUOT``, SQLite's ``SQLITE_FULL`` or
+    PostgreSQL's ``disk_full``; None when the failure is something else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+            return exc
+        if getattr(exc, "pgcode", None) == PG_DISK_FULL:
             return exc
         orig = getattr(exc, "orig", None)
         exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__

@@ -3,9 +3,7 @@ service): one set of handlers, so every error of either looks the same."""
 
 from __future__ import annotations
 
-import errno
 import logging
-import sqlite3
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,15 +22,12 @@ from ca.errors import (
     StorageFull,
     database_unavailable_cause,
     server_error_problem,
+    storage_full_cause,
 )
 
 log = logging.getLogger("eport.http")
 PROBLEM_JSON = "application/problem+json"
 EXTENSION = "eport.problems"
-SQLITE_FULL = 13
-"""SQLite's result code for "database or disk is full" (sqlite3.h)."""
-PG_DISK_FULL = "53100"
-"""PostgreSQL's SQLSTATE ``disk_full`` (Appendix A, class 53: insufficient resources)."""
 STORAGE_FULL_DETAIL = "the server's storage is full: try again once its operator has freed space"
 DATABASE_UNAVAILABLE_DETAIL = (
     "the database is unavailable or busy: try again shortly. If the request changes "
@@ -41,24 +36,6 @@ DATABASE_UNAVAILABLE_DETAIL = (
     "issued, and uses no second code)"
 )
 RETRY_AFTER_SECONDS = 5
-
-
-def storage_full_cause(exc: BaseException | None) -> BaseException | None:
-    """The error in ``exc``'s chain (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``)
-    that says the storage is full: ``ENOSPC``/``EDQUOT``, SQLite's ``SQLITE_FULL`` or
-    PostgreSQL's ``disk_full``; None when the failure is something else."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return exc
-        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
-            return exc
-        if getattr(exc, "pgcode", None) == PG_DISK_FULL:
-            return exc
-        orig = getattr(exc, "orig", None)
-        exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
-    return None
 
 
 def log_database_unavailable(method: str, path: str, down: BaseException) -> None:

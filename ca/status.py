@@ -35,7 +35,7 @@ from cryptography import x509
 
 from ca import ocsp
 from ca.crl import ReasonCode, RevokedEntry, build_crl
-from ca.errors import Sealed, database_unavailable_cause
+from ca.errors import Sealed, database_unavailable_cause, storage_full_cause
 from ca.issuance import IssuingCA
 from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
 from ca.records import CertificateRecord, StatusRecord, StatusState
@@ -220,6 +220,10 @@ class StatusService:
         except Exception as exc:
             # A database that cannot be used now: OCSP's own "try later" (RFC 6960 §2.3),
             # which an OCSP client understands, not an HTTP error it does not.
+            full = storage_full_cause(exc)
+            if full is not None:  # a pending status change could not be signed and stored
+                log.error("OCSP: the storage is full (%s); answered tryLater", full)
+                return ocsp.error_response(ocsp.ResponseStatus.TRY_LATER)
             cause = database_unavailable_cause(exc)
             if cause is None:
                 raise
@@ -439,6 +443,22 @@ class StatusService:
             state = tx.crl_state(issuer_id)
             if state is not None and self._fresh(state, now):
                 return bytes(state.der)
+            last = (bytes(state.der), state.next_update) if state and state.der else None
+        try:
+            return self._sign_crl(issuer_id, issuer, now)
+        except Exception as exc:
+            # A full disk: the new CRL cannot be stored with its number, and one not stored
+            # would be signed again under the same number. The last one stored is still a
+            # valid CRL until its nextUpdate: served, and said in the log.
+            full = storage_full_cause(exc)
+            if full is None or last is None or last[1] is None or not now < last[1]:
+                raise
+            log.error(
+                "CRL of %s: the storage is full (%s); served the last one signed", issuer_id, full
+            )
+            return last[0]
+
+    def _sign_crl(self, issuer_id: str, issuer: IssuingCA, now: datetime.datetime) -> bytes:
         with self._crl_lock, self.store.transaction() as tx:
             tx.ensure_crl_state(issuer_id)
             state = tx.crl_state(issuer_id, for_update=True)

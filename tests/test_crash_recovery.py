@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as xocsp
 from sqlalchemy import create_engine
 
 from ca.authority import hash_code
@@ -138,6 +139,18 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
         server, proc = start_server(small / "data", log_dir=tmp_path)
         try:
             codes = approved_codes(server, 3)
+            # A certificate revoked before the disk fills: the CRL is to be signed anew.
+            revoked = enroll_enterprise(server, tmp_path, "Revoked Before Co.", uscc=fresh_uscc())
+            crl_url = server.url + "/crl/enterprise.crl"
+            last_crl = requests.get(crl_url, timeout=30).content
+            server.eport(
+                "revoke", "--serial", serial_of(revoked), "--reason", "superseded",
+                *server.officer(),
+            )  # fmt: skip
+            recent = requests.post(
+                server.url + "/ca/v1/enroll", json=enroll_body(codes[2]), timeout=30
+            )
+            assert recent.status_code == 201, recent.text
             fill(small / "filler")
             # Writes go on into the space SQLite's files already hold, then fail.
             refused = None
@@ -182,6 +195,29 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
             assert cli.returncode == 1, cli.stdout + cli.stderr
             lines = cli.stderr.strip().splitlines()
             assert len(lines) == 1 and "storage is full" in lines[0] and "HTTP 507" in lines[0]
+            # Relying parties: the last CRL signed (valid until its nextUpdate), not a 507
+            # problem a CRL client cannot read; OCSP answers in OCSP (tryLater) when it must
+            # sign and store, never with an HTTP problem.
+            crl = requests.get(crl_url, timeout=30)
+            assert crl.status_code == 200 and crl.content == last_crl, crl.text[:200]
+            issuer = x509.load_pem_x509_certificates((revoked / "chain.pem").read_bytes())[0]
+            recent_cert = x509.load_pem_x509_certificate(recent.json()["certificate"].encode())
+            revoked_cert = x509.load_pem_x509_certificate((revoked / "cert.pem").read_bytes())
+            for cert, want in (
+                (recent_cert, xocsp.OCSPResponseStatus.TRY_LATER),  # no answer stored yet
+                (revoked_cert, xocsp.OCSPResponseStatus.SUCCESSFUL),  # signed at revocation
+            ):
+                req = xocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
+                answer = requests.post(
+                    server.url + "/ocsp",
+                    data=req.build().public_bytes(serialization.Encoding.DER),
+                    headers={"Content-Type": "application/ocsp-request"},
+                    timeout=30,
+                )
+                assert answer.status_code == 200, answer.text[:300]
+                parsed = xocsp.load_der_ocsp_response(answer.content)
+                assert parsed.response_status is want
+            assert parsed.certificate_status is xocsp.OCSPCertStatus.REVOKED
             assert_consistent(server)
 
             (small / "filler").unlink()
