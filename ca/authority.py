@@ -957,6 +957,9 @@ class JointCA:
         now = self.clock()
         self._refuse_code(rec, profile_name, now)
         assert rec is not None
+        # An issuing CA that cannot issue now (in its last day, ended, revoked, not on this
+        # host): said before a key is made, not after, as a 503 the enrollment would give.
+        self._issuer_for(self.policies.profile(profile_name))
         if app is not None and self.policies.profile(profile_name).subject_class is (
             SubjectClass.ENTERPRISE
         ):

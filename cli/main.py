@@ -1953,12 +1953,22 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
             raise CLIError(f"the OCSP responder {url} answered HTTP {r.status_code}")
         return r.content
 
+    serial = format(cert.serial_number, "x")
+    doc: dict[str, Any]
     try:
         st = OCSPStatusSource(candidates, post).status(cert)
     except OCSPError as exc:
-        raise CLIError(exc.detail) from None
-    serial = format(cert.serial_number, "x")
-    doc: dict[str, Any] = {"serial": serial, "subject": dn_string(cert.subject)}
+        if cert.not_valid_after_utc >= _certificate_clock():
+            raise CLIError(exc.detail) from None
+        # An expired certificate works nowhere, whatever a responder says; the responder
+        # of an issuing CA that expired with it signs nothing (it said INTERNAL_ERROR, 1).
+        after = _utc(cert.not_valid_after_utc)
+        doc = {"serial": serial, "subject": dn_string(cert.subject)}
+        doc.update(status="expired", not_after=after, responder=exc.detail)
+        text = f"{serial}: expired at {after} (the responder gave no status: {exc.detail})"
+        emit(as_json, doc, text)
+        sys.exit(StatusExit.EXPIRED)
+    doc = {"serial": serial, "subject": dn_string(cert.subject)}
     # The responder speaks for its issuing CA, not about it: a good answer, or a hold (which
     # could be lifted), stands only if the root's CRL does not revoke that CA (a quorum's
     # REVOKE-INTERMEDIATE); a certificate of a revoked CA is revoked for good.

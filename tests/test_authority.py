@@ -689,6 +689,10 @@ def test_nothing_is_issued_from_an_issuing_ca_at_or_near_its_end(env: tuple) -> 
         ca.clock = lambda at=at: at  # type: ignore[misc]
         with pytest.raises(IssuerExpired, match=f"issuing CA enterprise {said} .*eport ca rotate"):
             ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate()))
+        # The check the CLI makes before it makes a key says so too (it passed, and the
+        # key was made for an enrollment sure to fail).
+        with pytest.raises(IssuerExpired, match=f"issuing CA enterprise {said} "):
+            ca.check_code(grant.code, "enterprise")
         assert counts(sessions) == before  # nothing signed, stored or used
         notices = hierarchy.issuer_notices(ca.issuers, ca.policies, at)
         assert any(f"issuing CA enterprise {said}" in n and "refused" in n for n in notices)

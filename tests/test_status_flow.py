@@ -823,6 +823,23 @@ def test_status_says_expired_for_a_good_but_expired_certificate(
     assert res.exit_code == 6, res.output
     doc = json.loads(res.output)
     assert doc["status"] == "expired" and doc["not_after"] == f"{ends:%Y-%m-%dT%H:%M:%SZ}"
+    # Once its issuing CA has expired with it, the responder signs nothing (internalError):
+    # still expired, exit 6, not an error (exit 1); for a certificate in force, the error.
+    from ca.ocsp_client import OCSPError, OCSPStatusSource
+
+    def silent(_self: Any, _cert: Any) -> Any:
+        raise OCSPError("the responder answered INTERNAL_ERROR")
+
+    monkeypatch.setattr(OCSPStatusSource, "status", silent)
+    res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem")])
+    assert res.exit_code == 6, res.output
+    assert res.output.strip().endswith(
+        f"expired at {ends:%Y-%m-%dT%H:%M:%SZ} (the responder gave no status: the responder "
+        "answered INTERNAL_ERROR)"
+    ), res.output
+    monkeypatch.setattr(main, "_certificate_clock", lambda: ends - datetime.timedelta(days=1))
+    res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem")])
+    assert res.exit_code == 1 and "INTERNAL_ERROR" in str(res.exception), res.output
     monkeypatch.undo()
     monkeypatch.setenv("EPORT_SERVER", sqlite_server.url)
     res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem")])
