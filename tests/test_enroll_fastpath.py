@@ -120,13 +120,14 @@ def test_the_app_runs_no_hook_the_fast_path_skips(ca: CA, monkeypatch: pytest.Mo
     """The CA app's before-request hooks are the hierarchy poll, which the fast path runs
     too (ca.app.reload_hierarchy), and the edge's text check (ca.wellformed), which it
     needs not: its path is fixed, a query string goes on to Flask, and the body is read
-    by the same ca.wellformed.json_object; and the trailing-slash redirect made relative
-    (ca.problems), which its path never meets (/ca/v1/enroll is no redirect). A new hook
-    must be weighed against it."""
+    by the same ca.wellformed.json_object; the trailing-slash redirect made relative
+    (ca.problems), which its path never meets (/ca/v1/enroll is no redirect); and the
+    safe HEAD of the audit view's sign-in link (ca.wellformed.install_safe_head), which a
+    POST never meets. A new hook must be weighed against it."""
     hooks = [ca.app.extensions[RELOAD], ca.app.extensions[TEXT_CHECK]]
     (funcs,) = dict(ca.app.before_request_funcs).values()
     others = [f for f in funcs if f not in hooks]
-    assert [f.__name__ for f in others] == ["_relative_slash_redirect"], funcs
+    assert sorted(f.__name__ for f in others) == ["_relative_slash_redirect", "safe_head"], funcs
     assert [f for f in funcs if f in hooks] == hooks
     polls: list[bool] = []
     poll = ca.app.extensions[RELOAD]
