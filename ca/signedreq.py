@@ -425,9 +425,9 @@ def _out_of_validity(cert: x509.Certificate, now: datetime.datetime) -> str | No
     if now > cert.not_valid_after_utc:
         return (
             f"certificate is not trusted: it expired at {_stamp(cert.not_valid_after_utc)} "
-            f"({at}); an expired certificate cannot be renewed: its holder enrolls again with "
-            "a new code (an RA officer's eport ra new-code APP_ID; for an operator, the "
-            "enterprise's eport operator add)"
+            f"({at}); an expired certificate signs nothing, and cannot be renewed: its "
+            "holder enrolls again with a new code (an RA officer's eport ra new-code APP_ID; "
+            "for an operator, the enterprise's eport operator add)"
         )
     if now < cert.not_valid_before_utc:
         return (

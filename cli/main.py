@@ -739,6 +739,11 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
             "  enroll with the code the RA officer gives you (eport enroll --code CODE ...), "
             "unless a certificate was issued on it already"
         )
+        # Nor does it say whether the code is still live: name the way back from a lapsed one
+        lines.append(
+            "  a code lapses (7 days after it is given, by default); for a lapsed or lost "
+            f"one, an RA officer gives a new one (eport ra new-code {doc['id']})"
+        )
     else:
         lines.append("  an RA officer of a member agency will vet it")
     emit(as_json, doc, "\n".join(lines))

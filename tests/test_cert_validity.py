@@ -111,7 +111,7 @@ def test_expired_and_future_certificates_are_refused_by_name(
         line = res.stderr.strip()
         assert len(line.splitlines()) == 1 and "<Certificate" not in line
         assert f"it expired at {expired.not_valid_after_utc:{STAMP}} (server time 20" in line
-        assert "cannot be renewed" in line and "eport ra new-code APP_ID" in line
+        assert "signs nothing, and cannot be renewed" in line and "ra new-code APP_ID" in line
     assert not (tmp_path / f"renewed-{expired.serial_number:x}").exists()
     soon, future = _certificate_at(srv, ent, tmp_path / "soon", now + datetime.timedelta(days=1))
     res = srv.eport("login", *creds(soon), check=False, HOME=str(tmp_path))

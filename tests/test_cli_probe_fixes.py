@@ -376,10 +376,12 @@ def test_help_and_show_say_what_is_so(sqlite_server: Server, tmp_path: Path) -> 
     ent = enroll_enterprise(sqlite_server, tmp_path, "Issued Already Co.")
     app = ent.name.removeprefix("ent-")
     shown = sqlite_server.eport("application", "show", app).stdout
-    assert shown.splitlines()[1] == (
+    assert shown.splitlines()[1:] == [
         "  enroll with the code the RA officer gives you (eport enroll --code CODE ...), "
-        "unless a certificate was issued on it already"
-    ), shown
+        "unless a certificate was issued on it already",
+        "  a code lapses (7 days after it is given, by default); for a lapsed or lost one, "
+        f"an RA officer gives a new one (eport ra new-code {app})",
+    ], shown
 
 
 @pytest.mark.parametrize(

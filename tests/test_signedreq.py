@@ -697,9 +697,9 @@ def test_expired_leaf_certificate(pki: PKI, replay: MemoryReplay) -> None:
         verify(token, pki, replay, now=later)
     assert err.value.detail == (
         f"certificate is not trusted: it expired at {NOW + DAY:%Y-%m-%dT%H:%M:%SZ} "
-        f"(server time {later:%Y-%m-%dT%H:%M:%SZ}); an expired certificate cannot be "
-        "renewed: its holder enrolls again with a new code (an RA officer's eport ra "
-        "new-code APP_ID; for an operator, the enterprise's eport operator add)"
+        f"(server time {later:%Y-%m-%dT%H:%M:%SZ}); an expired certificate signs nothing, "
+        "and cannot be renewed: its holder enrolls again with a new code (an RA officer's "
+        "eport ra new-code APP_ID; for an operator, the enterprise's eport operator add)"
     )
     # The same certificate works while it is valid.
     assert (
