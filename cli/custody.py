@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -346,7 +347,12 @@ def ca_init(
     in the token instead, never extractable; the server signs with them from the
     start, with the PIN from the URI's pin-source or EPORT_PKCS11_PIN.
 
+    The URLs printed into the issuing CAs' certificates (CRLs, issuer certificates) and
+    the leaves' OCSP come from EPORT_PUBLIC_BASE_URL (or EPORT_STATUS_BASE_URL): set it
+    to the name relying parties use first, as they keep it for their lifetime.
+
     \b
+      EPORT_PUBLIC_BASE_URL=https://ca.eport.example \\
       eport ca init --data-dir /srv/eport --out ceremony/ \\
           --custodian-passphrase customs=customs.pass ...   (one per member, else prompts)
     """
@@ -501,6 +507,18 @@ def ca_init(
             if o.dotted_string.startswith(TEST_POLICY_ARC)
         }
     )
+    base = cfg.certificate_base_url
+    if (urlsplit(base).hostname or "") in LOOPBACK_NAMES:
+        # printed into the issuing CAs' certificates (CRL distribution point, caIssuers)
+        # for their ten years: said, as the test OIDs are (a rehearsal on one host is fine)
+        click.secho(
+            f"WARNING: the issuing CA certificates name {base} for their CRLs and issuer "
+            "certificates, which no other host reaches: a production joint CA sets "
+            "EPORT_PUBLIC_BASE_URL (or EPORT_STATUS_BASE_URL) to the name relying parties "
+            "use before its init",
+            fg="yellow",
+            err=True,
+        )
     if testing:
         # printed into every certificate of those profiles for their life (the first
         # policy OID is the role): said, not refused (a rehearsal uses them on purpose)
@@ -513,6 +531,9 @@ def ca_init(
             err=True,
         )
 
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
+"""Host names of a base URL that only this host reaches."""
 
 TEST_POLICY_ARC = "1.3.6.1.5.5.7.13."
 """id-TEST (RFC 7229 §2): certificate policy OIDs for testing only."""

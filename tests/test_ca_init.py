@@ -60,6 +60,8 @@ def init_ca(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
     assert record["log_key_sha256"] == hashlib.sha256(log_pub).hexdigest()
     # the repository's policies carry RFC 7229 test OIDs: said, as a production CA's must not
     assert "carry RFC 7229 test policy OIDs" in res.stderr, res.stderr
+    # and a loopback base URL printed into the issuing CAs' certificates is said too
+    assert f"certificates name http://127.0.0.1:{port} for their CRLs" in res.stderr
     _port_file(data).write_text(str(port))
     return data, out, record
 
