@@ -2162,17 +2162,29 @@ def login(
         "/auth/token",
         {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt_assertion},
     )
+    previous = session.saved(ctx.server)
     path = session.save(
         ctx.server,
         {"server": ctx.server, "refresh_token": doc["refresh_token"], "session": doc["session"]},
     )
     info = doc["session"]
-    emit(
-        as_json,
-        {"session": info, "file": str(path)},
+    text = (
         f"Logged in as {info['name']} ({info['subject']}), session until {info['expires_at']}.\n"
-        f"Session saved in {path}",
+        f"Session saved in {path}"
     )
+    result: dict[str, Any] = {"session": info, "file": str(path)}
+    if previous is not None:
+        # The file held another session: it ends now, not 8 hours later with its tokens
+        # still validating (the file was written over and nothing could end it).
+        with contextlib.suppress(CLIError):
+            ended = session.post_form(
+                ctx.server, "/auth/logout", {"refresh_token": previous["refresh_token"]}
+            )
+            if ended.get("ended"):
+                sid = (previous.get("session") or {}).get("sid", "")
+                result["ended_previous_session"] = sid
+                text += f"\nThe previous session of this file ({sid}) is ended."
+    emit(as_json, result, text)
 
 
 @cli.command()

@@ -86,6 +86,14 @@ def load(server: str) -> dict[str, Any]:
     return data
 
 
+def saved(server: str) -> dict[str, Any] | None:
+    """The session kept for ``server``, or None when there is none that can be read."""
+    try:
+        return load(server)
+    except CLIError:
+        return None
+
+
 def forget(server: str) -> None:
     session_file(server).unlink(missing_ok=True)
 

@@ -119,6 +119,14 @@ def test_login_once_tokens_for_every_service(
         assert res.returncode == 1 and "no access to tax-refund" in res.stderr
     finally:
         hidden.rename(key)
+    # A second login over the kept session ends that one (it stayed open 8 hours, its
+    # tokens validating, with nothing left to end it).
+    again = login(srv, world["op"], tmp_path)
+    assert again["ended_previous_session"] == claims["sid"] != again["session"]["sid"]
+    assert validate(srv, tok).status_code == 401
+    tok = token_for(srv, tmp_path)
+    portal = token_for(srv, tmp_path, "portal")
+    assert validate(srv, tok).status_code == 200
     # Logout ends everything from the session at once.
     cli(srv, tmp_path, "logout")
     assert validate(srv, tok).status_code == 401
