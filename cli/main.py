@@ -2145,7 +2145,7 @@ def login(
     `eport token --service ID` works for every service without the key, until
     `eport logout`, 8 hours (at most until the certificate expires), or the
     certificate's revocation. One session is kept per server (--server /
-    EPORT_SERVER).
+    EPORT_SERVER): a new login there ends the session kept before it.
 
     \b
       eport login --cert ./xiamen-harbour/cert.pem --key ./xiamen-harbour/key.pem
