@@ -813,7 +813,14 @@ class TokenService:
         if service is None:
             raise Forbidden(f"{caller.service_host} is not a registered e-port service")
         owner = service.agency
-        if owner is not None and caller.service_agency != owner:
+        if owner is None:
+            # no member named as its operator: any member's officer could certify its host
+            # name, so no certificate speaks for it (fail closed, not open)
+            raise Forbidden(
+                f"{caller.service_host} names no operating member agency (agency in "
+                "services.toml): no certificate speaks for it here"
+            )
+        if caller.service_agency != owner:
             # any member's RA officer can certify any host name: only the operating
             # member's certificate speaks for the service (authorization probe, F1)
             raise Forbidden(

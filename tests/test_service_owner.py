@@ -62,3 +62,17 @@ def test_only_the_operating_agencys_certificate_speaks_for_a_service(
     own = _service(sqlite_server, tmp_path, host, "tax")
     r = _introspect(sqlite_server, own)
     assert r.status_code == 200 and r.json() == {"active": False}, r.text
+
+
+def test_a_service_naming_no_operating_agency_is_spoken_for_by_no_certificate(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """The audit API names no ``agency`` in policies/services.toml: a certificate for its
+    host vetted by any member's officer was taken as the service, and read any audit
+    token by introspection (token probe, F3). Fail closed: none speaks for it."""
+    host = "audit.eport.example"
+    for agency in ("commerce", "customs"):
+        svc = _service(sqlite_server, tmp_path, host, agency)
+        r = _introspect(sqlite_server, svc)
+        assert r.status_code in (401, 403), r.text
+        assert "names no operating member agency" in r.text, r.text
