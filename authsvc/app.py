@@ -232,7 +232,12 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
             resp.headers["Retry-After"] = str(err.retry_after)
         return resp
 
-    install_problem_handlers(app, cfg.max_body_bytes, "the server failed")
+    install_problem_handlers(
+        app,
+        cfg.max_body_bytes,
+        "the server failed",
+        "the token service's endpoints are listed at /auth/.well-known/openid-configuration",
+    )
 
     @app.errorhandler(413)
     def _too_large(_err: Exception) -> Response:

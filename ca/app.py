@@ -228,7 +228,12 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     from ca.wellformed import install_text_check
 
     install_text_check(app)  # NUL in a path, query or form: 400 before any view
-    install_problem_handlers(app, cfg.max_body_bytes, "the server failed; nothing was changed")
+    install_problem_handlers(
+        app,
+        cfg.max_body_bytes,
+        "the server failed; nothing was changed",
+        "the CA's API is described at /ca/v1/openapi.json",
+    )
     from ca.framing import install_body_framing
 
     install_body_framing(app)  # outermost: a body is whole before any path reads it

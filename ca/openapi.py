@@ -35,18 +35,16 @@ def _op(
     signed: bool = False,
     security: list[dict[str, list[str]]] | None = None,
     params: list[dict[str, Any]] | None = None,
+    media: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One operation; ``signed``: a signed request is required, ``security``: these
-    requirements instead (OpenAPI 3.1 §4.8.30, alternatives; ``{}`` is none at all)."""
+    requirements instead (OpenAPI 3.1 §4.8.30, alternatives; ``{}`` is none at all);
+    ``media``: the success answer's content when it is not a JSON ``result``."""
+    content = media or {"application/json": {"schema": {"$ref": f"#/components/schemas/{result}"}}}
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
-            ok: {
-                "description": "success",
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{result}"}}
-                },
-            },
+            ok: {"description": "success", "content": content},
             "default": _PROBLEM,
         },
     }
@@ -76,6 +74,14 @@ def _q(name: str, desc: str, typ: str = "string") -> dict[str, Any]:
     }
 
 
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_OCTETS: dict[str, Any] = {"application/octet-stream": {}}
+_RANGE = [_q("start", "first leaf", "integer"), _q("count", "number of leaves", "integer")]
+_EMPTY_BODY = {
+    "required": False,
+    "description": "none, or {} (anything else is a 400)",
+    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+}
 _SERIAL = {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}
 _PAGE_PARAMS = [
     _q(
@@ -299,7 +305,13 @@ def openapi_document() -> dict[str, Any]:
                     "nextUpdate, whether this host's CA files match the database's record "
                     "(hierarchy: current, stale or unsettled), CA keys missing from their "
                     "PKCS#11 token "
-                    "(missing_keys; status degraded) and warnings"
+                    "(missing_keys; status degraded) and warnings",
+                    params=[
+                        {
+                            **_q("ready", "present (any value): a readiness check"),
+                            "allowEmptyValue": True,
+                        }
+                    ],
                 )
             },
             "/ca/v1/openapi.json": {"get": _op("This document")},
@@ -312,20 +324,30 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/ca/v1/certificates/{serial}/suspend": {
-                "post": _op("Put on hold (certificateHold)", signed=True, params=[_SERIAL])
+                "post": {
+                    **_op("Put on hold (certificateHold)", signed=True, params=[_SERIAL]),
+                    "requestBody": _EMPTY_BODY,
+                    "responses": {**_op("")["responses"], "415": _NOT_JSON},
+                }
             },
             "/ca/v1/certificates/{serial}/resume": {
-                "post": _op(
-                    "Lift a hold (officer, or the enterprise for its operators)",
-                    signed=True,
-                    params=[_SERIAL],
-                )
+                "post": {
+                    **_op(
+                        "Lift a hold (officer, or the enterprise for its operators)",
+                        signed=True,
+                        params=[_SERIAL],
+                    ),
+                    "requestBody": _EMPTY_BODY,
+                    "responses": {**_op("")["responses"], "415": _NOT_JSON},
+                }
             },
             # The issuance transparency log (RFC 9162, C2SP tlog-checkpoint): see docs/audit.md.
             "/ca/v1/audit/checkpoint": {
                 "get": _op(
-                    "Latest signed checkpoint (?size=N: the one signed for size N)",
+                    "Latest signed checkpoint, a C2SP signed note (?size=N: the one signed "
+                    "for size N)",
                     params=[_q("size", "tree size", "integer")],
+                    media=_TEXT,
                 )
             },
             "/ca/v1/audit/log-key": {"get": _op("The log's verifier key and origin")},
@@ -391,18 +413,30 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/audit/event-digests": {
                 "get": _op(
-                    "Leaf hashes re-derived from the event records (signed or audit:read)",
+                    "Leaf hashes re-derived from the event records [start, start+count), "
+                    "32 bytes each (signed or audit:read)",
                     security=_AUDIT_READER,
+                    params=_RANGE,
+                    media=_OCTETS,
                 )
             },
             "/ca/v1/audit/certificates": {
                 "get": _op(
-                    "Every certificate on record: '<serial> <sha256>' lines (signed or audit:read)",
+                    "Every certificate on record: '<serial> <sha256>' lines; with ?detail=1, "
+                    "one JSON array per line (serial, sha256, der_sha256, uscc, subject, "
+                    "profile, issuer, log_index, state, reason, at) (signed or audit:read)",
                     security=_AUDIT_READER,
+                    params=[_q("detail", "1: the detailed lines (application/jsonl)")],
+                    media={**_TEXT, "application/jsonl": {"schema": {"type": "string"}}},
                 )
             },
             "/ca/v1/audit/leaf-hashes": {
-                "get": _op("Stored leaf hashes [start, start+count), 32 bytes each")
+                "get": _op(
+                    "Stored leaf hashes [start, start+count) of the tree of the given size, "
+                    "32 bytes each",
+                    params=[_q("size", "tree size", "integer"), *_RANGE],
+                    media=_OCTETS,
+                )
             },
             # Joint custody (docs/custody.md)
             "/ca/v1/custody": {"get": _op("Seal state and custody record")},
@@ -418,8 +452,9 @@ def openapi_document() -> dict[str, Any]:
                     "Open a quorum ceremony (RA officer; unsigned only while no member agency "
                     "has an RA officer in force, and only APPROVE-OFFICER, ROOT-CRL or "
                     "ROTATE-ISSUER of the officers' issuing CA)",
-                    signed=True,
+                    security=[*_SIGNED, {}],
                     body="CeremonyRequest",
+                    ok="201",
                 )
             },
             "/ca/v1/custody/ceremonies/{ceremony_id}": {

@@ -158,24 +158,27 @@ view (the audit view) answers HTTP errors on its own paths with a page; None fal
 through to problem+json."""
 
 
-def _http_detail(err: HTTPException) -> str:
+def _http_detail(err: HTTPException, described_at: str) -> str:
     """Werkzeug's error in the API's words: its stock texts speak to someone who typed a
     URL ("If you entered the URL manually please check your spelling"). A view's own
-    description is kept."""
+    description is kept; a 404 names where the service's paths are described."""
     if err.description != type(err).description:
         return str(err.description)
     if isinstance(err, NotFound):
-        return f"nothing is at {request.path[:200]!r}: see the service's API description"
+        return f"nothing is at {request.path[:200]!r}: {described_at}"
     if isinstance(err, MethodNotAllowed):
         allowed = ", ".join(sorted(err.valid_methods or ()))
         return f"{request.method[:20]} is not allowed here (allowed: {allowed})"
     return str(err.description)
 
 
-def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail: str) -> None:
+def install_problem_handlers(
+    app: Flask, max_body_bytes: int, unexpected_detail: str, described_at: str
+) -> None:
     """Every error as RFC 9457 problem+json: domain errors as they describe themselves,
-    Werkzeug's HTTP errors (413 naming the limit), and anything unexpected as a logged
-    500 whose body says ``unexpected_detail`` and nothing of the cause."""
+    Werkzeug's HTTP errors (413 naming the limit; 404 saying ``described_at``, where the
+    service's paths are described), and anything unexpected as a logged 500 whose body
+    says ``unexpected_detail`` and nothing of the cause."""
 
     answers = ErrorAnswers(app.json.dumps, unexpected_detail)
     app.extensions[EXTENSION] = answers
@@ -214,7 +217,7 @@ def install_problem_handlers(app: Flask, max_body_bytes: int, unexpected_detail:
             "type": "about:blank",
             "title": err.name,
             "status": status,
-            "detail": _http_detail(err),
+            "detail": _http_detail(err, described_at),
             "instance": request_instance(request.environ),
         }
         answer = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)

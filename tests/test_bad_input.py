@@ -621,8 +621,13 @@ def test_an_unknown_path_or_method_is_a_problem_in_the_apis_words(world: World) 
     """Werkzeug's 404 and 405 went out with its stock texts (for someone who typed a URL)
     and no ``instance``; now they say what was asked, the 405 the methods allowed."""
     r = send(world, "GET", "/ca/v1/nope-x")
-    assert_problem(r, 404, "nothing is at '/ca/v1/nope-x'")
+    assert_problem(r, 404, "nothing is at '/ca/v1/nope-x': the CA's API is described at ")
     assert r.json()["instance"] == "/ca/v1/nope-x"
+    # Each service names where its own paths are described, and that document is there.
+    r = send(world, "GET", "/auth/openapi.json")
+    assert_problem(r, 404, "endpoints are listed at /auth/.well-known/openid-configuration")
+    for where in ("/ca/v1/openapi.json", "/auth/.well-known/openid-configuration"):
+        assert send(world, "GET", where).status_code == 200, where
     r = send(world, "PUT", "/ca/v1/enroll", b"{}")
     assert_problem(r, 405, "PUT is not allowed here (allowed: OPTIONS, POST)")
     assert r.json()["instance"] == "/ca/v1/enroll"

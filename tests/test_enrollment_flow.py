@@ -715,6 +715,44 @@ def test_openapi_lists_every_route(sqlite_server: Server) -> None:
     assert routes <= set(doc["paths"]), sorted(routes - set(doc["paths"]))
 
 
+def test_openapi_says_the_media_types_served(sqlite_server: Server) -> None:
+    """The audit log's checkpoint, leaf hashes and certificate listing are text or
+    octets, not the JSON the document said (a generated client decoded them as JSON)."""
+    import requests
+
+    url = sqlite_server.url
+    doc = requests.get(url + "/ca/v1/openapi.json", timeout=10).json()
+    officer = sqlite_server.officer()
+    for path, query, signed in (
+        ("/ca/v1/audit/checkpoint", "", False),
+        ("/ca/v1/audit/leaf-hashes", "?start=0&count=1", False),
+        ("/ca/v1/audit/log-key", "", False),
+        ("/ca/v1/health", "?ready", False),
+        ("/ca/v1/audit/certificates", "", True),
+        ("/ca/v1/audit/certificates", "?detail=1", True),
+        ("/ca/v1/audit/event-digests", "?start=0&count=1", True),
+    ):
+        op = doc["paths"][path]["get"]
+        documented = set(op["responses"]["200"]["content"])
+        names = {p["name"] for p in op.get("parameters", [])}
+        assert {q.split("=")[0] for q in query.lstrip("?").split("&") if q} <= names, path
+        headers = {}
+        if signed:
+            import datetime
+
+            from ca.signedreq import SCHEME, sign_request
+            from cli.keyfiles import load_identity
+
+            who = load_identity(Path(officer[1]), Path(officer[3]), Path(officer[5]))
+            now = datetime.datetime.now(datetime.UTC)
+            jws = sign_request(who.key, who.chain, "GET", path + query, b"", now)  # type: ignore[arg-type]
+            headers["Authorization"] = f"{SCHEME} {jws}"
+        answer = requests.get(url + path + query, headers=headers, timeout=10)
+        assert answer.status_code == 200, (path, answer.text[:200])
+        served = answer.headers["Content-Type"].split(";")[0]
+        assert served in documented, (path, query, served, documented)
+
+
 def test_openapi_lists_415_where_a_json_body_is_read(sqlite_server: Server) -> None:
     """Every operation that takes a JSON body lists the 415 a body of another type gets,
     and the public ones answer it (signed ones check the signature first: a 401)."""
@@ -724,8 +762,8 @@ def test_openapi_lists_415_where_a_json_body_is_read(sqlite_server: Server) -> N
     doc = requests.get(url + "/ca/v1/openapi.json", timeout=10).json()
     posts = {path: ops["post"] for path, ops in doc["paths"].items() if "post" in ops}
     bodies = {path for path, op in posts.items() if "requestBody" in op}
-    # all but the status changes that read no body (suspend, resume)
-    assert {path for path in posts if not path.endswith(("/suspend", "/resume"))} == bodies
+    # every one: the status changes (suspend, resume) read none, or {}
+    assert set(posts) == bodies
     for path in bodies:
         assert list(posts[path]["requestBody"]["content"]) == ["application/json"], path
         ref = posts[path]["responses"]["415"]["$ref"]
