@@ -88,6 +88,22 @@ def ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
         os.close(fd)  # and the lock with it
 
 
+def _refuse_after_interrupted_restore(data: Path) -> None:
+    """A restore into a new directory killed before it placed anything leaves only its
+    staging beside the directory (``ca.backup.open_archive``): a first start there made a
+    new, different CA where the restored one was to be."""
+    if hierarchy.exists(data):
+        return
+    where = data.resolve()
+    left = sorted(p for p in where.parent.glob(f".eport-restore-{where.name}-*") if p.is_dir())
+    if left:
+        raise EPortError(
+            f"an interrupted restore into {data} left {left[0]}: run the same eport restore "
+            "again (it removes what was left); to make a new development CA here instead, "
+            "remove that directory first"
+        )
+
+
 def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     from ca.policy import load_policies
 
@@ -95,6 +111,7 @@ def _ensure_dev_ca(cfg: CAConfig) -> DevFiles | None:
     # before it completes removes (only what it made), so that the next start makes the
     # CA afresh. kill -9 leaves ca/init.unfinished, which the next start names.
     unwind = _first_start_unwind(cfg)
+    _refuse_after_interrupted_restore(Path(cfg.data_dir))
     make_data_dir(Path(cfg.data_dir))
     upgrade(cfg.sqlalchemy_url)
     marker = dev_dir(cfg.data_dir) / COMPLETE_MARKER

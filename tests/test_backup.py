@@ -514,6 +514,32 @@ def test_a_restore_killed_halfway_is_never_served(
         stop(proc)
 
 
+def test_a_first_start_beside_an_interrupted_restore_makes_no_new_ca(tmp_path: Path) -> None:
+    """A restore into a new directory killed before it placed anything leaves its staging
+    beside the directory (with the databases' copies): ``eport serve --dev`` there made a
+    brand-new, different CA where the restored one was to be. It refuses in one line and
+    makes nothing; once the staging is gone, the first start proceeds."""
+    from tests.conftest import free_port
+
+    target = tmp_path / "restored"
+    target.mkdir()
+    staging = tmp_path / ".eport-restore-restored-k1ll3d"
+    staging.mkdir()
+    serve = eport(
+        "serve", "--dev", "--data-dir", str(target), "--port", str(free_port()), check=False
+    )
+    assert serve.returncode == 1, serve.stdout + serve.stderr
+    line = serve.stderr.strip().splitlines()[-1]  # after the --dev warning
+    assert line.startswith(f"eport: error: an interrupted restore into {target} left {staging}")
+    assert "run the same eport restore again" in line, line
+    assert not (target / "ca").exists() and not (target / "eport.db").exists()
+    staging.rmdir()
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    assert ensure_dev_ca(CAConfig.load({"dev": True, "data_dir": target}, environ={})) is not None
+
+
 KILL_BEFORE_RENAME = """
 import os, signal, sys
 def die(src, dst, *args, **kwargs):  # the archive is written, not yet renamed
