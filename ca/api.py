@@ -168,6 +168,7 @@ def health() -> Response:
     from sqlalchemy import text
 
     from ca.errors import database_unavailable_cause
+    from ca.privatefiles import sqlite_file, sqlite_files_lost
 
     s = svc()
     sealed = any(getattr(i.signer, "sealed", False) for i in s.authority.issuers.values())
@@ -179,11 +180,22 @@ def health() -> Response:
         if database_unavailable_cause(exc) is None:
             raise
         out.update(status="degraded", database="unavailable")
+    warnings: list[str] = []
+    database_file = sqlite_file(s.config.sqlalchemy_url)
+    lost = sqlite_files_lost(database_file) if database_file is not None else None
+    if lost is not None:
+        # Commits since go with the deleted file at the next start: not ready, and said.
+        out.update(status="degraded", database="damaged")
+        warnings.append(
+            f"{lost}: what was written since is lost when the server stops; stop it, keep "
+            "the data directory as it is, and restore the database from a backup "
+            "(docs/backup.md)"
+        )
     # Only a quorum ceremony (or a development CA's start) signs the root CRL: monitoring
     # sees its end coming.
     out["root_crl_next_update"] = iso(hierarchy.root_crl_next_update(s.root_crl))
     notice = hierarchy.root_crl_notice(s.root_crl, s.clock(), dev=s.config.dev)
-    warnings = [notice] if notice is not None else []
+    warnings += [notice] if notice is not None else []
     warnings += hierarchy.issuer_notices(s.authority.issuers, s.authority.policies, s.clock())
     if out["database"] == "ok":
         warnings += s.authority.officer_notices(s.clock())

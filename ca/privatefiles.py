@@ -68,3 +68,31 @@ def tighten_sqlite(url: str | URL) -> list[Path]:
             os.chmod(candidate, PRIVATE_FILE)
             changed.append(candidate)
     return changed
+
+
+def sqlite_files_lost(database: Path) -> str | None:
+    """What of a SQLite database this process has open was deleted under it, or None.
+
+    A ``-wal`` file deleted while the server runs takes every commit since the last
+    checkpoint with it at the next start (answered 201 and 200, then gone), and a
+    connection opened after the deletion starts a new one beside the old: the database
+    is damaged. SQLite writes on into the deleted file without an error, so this is
+    looked for in the process's open files (``/proc/self/fd``, Linux; elsewhere only a
+    deleted database file is seen)."""
+    db = os.path.realpath(database)
+    if not os.path.exists(db):
+        return f"the database file {db} was deleted while the server had it open"
+    ours = {db + suffix for suffix in ("", "-wal", "-shm")}
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        name = target.removesuffix(" (deleted)")
+        if name != target and name in ours:
+            return f"{name} was deleted while the server had it open"
+    return None

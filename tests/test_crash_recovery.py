@@ -654,3 +654,27 @@ def test_kill_9_under_enrollment_load_loses_nothing_and_restarts(tmp_path: Path)
         audit_verify_full(server, tmp_path / "audit.json")
     finally:
         stop(proc)
+
+
+def test_a_deleted_wal_file_is_a_damaged_database_not_ok(tmp_path: Path) -> None:
+    """The SQLite ``-wal`` file deleted under a running server: SQLite writes on into the
+    deleted file, so every 201 since was lost at the next start while health said the
+    database was ok (crash probe, finding 1). Health now says ``damaged`` and what to do,
+    and the readiness check is 503."""
+    server, proc = start_server(tmp_path / "data", workers=1, log_dir=tmp_path)
+    try:
+        enroll_enterprise(server, tmp_path, "Before The Deletion Co.")
+        health = requests.get(server.url + "/ca/v1/health?ready", timeout=10)
+        assert health.status_code == 200 and health.json()["database"] == "ok", health.text
+        wal = server.data_dir / "eport.db-wal"
+        assert wal.exists()
+        wal.unlink()
+        health = requests.get(server.url + "/ca/v1/health?ready", timeout=10)
+        doc = health.json()
+        assert health.status_code == 503 and doc["database"] == "damaged", doc
+        assert doc["status"] == "degraded"
+        said = [w for w in doc["warnings"] if "was deleted while the server had it open" in w]
+        assert said and "restore the database from a backup" in said[0], doc
+        assert str(wal.resolve()) in said[0]
+    finally:
+        stop(proc)
