@@ -2831,7 +2831,18 @@ def _database_trouble(exc: Exception) -> str | None:
         )
     if isinstance(exc, sa.OperationalError | sa.InterfaceError | sqlite3.OperationalError):
         return f"cannot use the database ({settings}): {why}"
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(orig, sqlite3.DatabaseError) and code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        # a file damaged (its -wal deleted under a server, a disk fault): no retry mends it
+        return (
+            f"the database is damaged ({settings}): {why}; keep the data directory as it "
+            "is and restore the database from a backup (eport restore; docs/backup.md)"
+        )
     return None
 
+
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+"""SQLite's result codes for "database disk image is malformed" and "file is not a
+database" (sqlite3.h)."""
 
 _ = (datetime, serialization, Identity)

@@ -678,3 +678,23 @@ def test_a_deleted_wal_file_is_a_damaged_database_not_ok(tmp_path: Path) -> None
         assert str(wal.resolve()) in said[0]
     finally:
         stop(proc)
+
+
+def test_a_damaged_database_file_is_one_line_naming_the_restore(tmp_path: Path) -> None:
+    """A database file that is no longer one (the probe's: its -wal deleted under load,
+    then written on by a new connection) stopped ``eport serve`` with "unexpected error
+    ... (rerun with --verbose)"; it is one line that says to restore it."""
+    server, proc = start_server(tmp_path / "data", workers=1, log_dir=tmp_path)
+    stop(proc)
+    db = server.data_dir / "eport.db"
+    db.write_bytes(b"SQLite format 3\x00" + b"\x01" * 8192)  # the header, then garbage
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    res = server.eport(
+        "serve", "--dev", "--data-dir", str(server.data_dir), "--port", "1", check=False
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("eport: error: the database is damaged ("), res.stderr
+    assert "restore the database from a backup (eport restore" in line, line
+    assert "unexpected" not in res.stderr and "Traceback" not in res.stderr
