@@ -52,7 +52,7 @@ def check_text(value: str, where: str) -> None:
         raise BadRequest(f"{where} holds {_character(found.group())}")
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for name, value in pairs:
         if name in doc:
@@ -103,7 +103,7 @@ def json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(
             text,
-            object_pairs_hook=_unique_members,
+            object_pairs_hook=unique_members,
             parse_float=_finite,
             parse_constant=_no_constant,
         )

@@ -925,3 +925,26 @@ def test_a_certificate_issued_a_few_seconds_ahead_is_taken(pki: PKI) -> None:
     later = pki.issue(ec.generate_private_key(ec.SECP256R1()), not_before=NOW + 31 * seconds)
     with pytest.raises(Unauthenticated, match="not valid before"):
         trust.verify_chain(later, NOW)
+
+
+def test_a_member_named_twice_is_refused_in_the_header_or_the_claims(
+    pki: PKI, replay: MemoryReplay
+) -> None:
+    """A validly signed request naming ``aud`` twice was taken with the last value (PyJWT's
+    reading), where a log or a proxy reading the first sees another audience. Refused in
+    the claims and in the header (RFC 7515 §4), before the jti is spent."""
+    es256 = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256)
+    head = json.dumps(header(pki.leaf, pki.issuing, alg="ES256"), separators=(",", ":"))
+    body = json.dumps(claims(), separators=(",", ":"))
+
+    def signed(header_text: str, claims_text: str) -> str:
+        signing_input = f"{b64url(header_text.encode())}.{b64url(claims_text.encode())}"
+        signature = es256.sign(signing_input.encode(), pki.leaf_key)
+        return f"{signing_input}.{b64url(signature)}"
+
+    twice = '{"aud":"POST /elsewhere",' + body[1:]
+    assert verify(signed(head, body), pki, replay)  # the control: it verifies
+    replay.seen.clear()
+    assert_refused(signed(head, twice), pki, replay, "member 'aud' appears twice")
+    typ_twice = '{"typ":"JWT",' + head[1:]
+    assert_refused(signed(typ_twice, body), pki, replay, "member 'typ' appears twice")
