@@ -45,7 +45,7 @@ from ca.problems import (
     request_instance,
 )
 from ca.signedreq import SCHEME, verify_http_request
-from ca.wellformed import json_object, refuse_non_json
+from ca.wellformed import int_arg, json_object, refuse_non_json
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 well_known = Blueprint("well_known", __name__)
@@ -434,11 +434,9 @@ def events() -> Response:
     subject = request.args.get("subject")
     if caller.subject_class not in (SubjectClass.AUDITOR, SubjectClass.AGENCY):
         subject = caller.subject
-    try:
-        limit = min(max(int(request.args.get("limit", "100")), 1), 1000)
-        after = max(int(request.args.get("after", "0")), 0)
-    except ValueError:
-        raise BadRequest("limit and after are integers") from None
-    if after >= 2**63:  # past the database's integers: a driver error, not an empty page
-        raise BadRequest("after must be an event id, below 2**63")
+    # ASCII digits within range, as the CA's listings (a full-width "１" was taken as 1;
+    # a limit past 1000 was cut without a word); after: below 2**63, the database's
+    # integers (past them, a driver error, not an empty page)
+    limit = int_arg("limit", 100, 1, 1000)
+    after = int_arg("after", 0, 0, 2**63 - 1)
     return jsonify({"events": svc().store.events(subject=subject, limit=limit, after_id=after)})

@@ -31,7 +31,7 @@ from ca.records import (
 )
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
-from ca.wellformed import iso_time, json_request_body, refuse_non_json
+from ca.wellformed import int_arg, iso_time, json_request_body, refuse_non_json
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -387,27 +387,6 @@ def _state(value: str) -> ApplicationState:
         return ApplicationState(value)
     except ValueError:
         raise BadRequest(f"unknown state {value!r} (pending, approved, rejected, all)") from None
-
-
-_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
-
-
-def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
-    """The integer query parameter ``name`` within [lo, hi]; ``default`` when it is absent
-    or empty (None: it is required)."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise BadRequest(f"{name} is required")
-        return default
-    # ASCII digits as written: int() also takes blanks around them, "+5", "1_000" and
-    # other scripts' digits (a full-width "１"), which no client means to send
-    if not _INTEGER.fullmatch(raw):
-        raise BadRequest(f"{name} must be an integer (ASCII digits)")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return value
 
 
 def profiles_arg(data: dict[str, Any]) -> list[str] | None:

@@ -35,7 +35,7 @@ from sqlalchemy import CursorResult, Row, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, scoped_session
 
 from ca import translog
-from ca.api import int_arg, parse_serial, private_answers
+from ca.api import parse_serial, private_answers
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
@@ -48,7 +48,7 @@ from ca.policy import SubjectClass
 from ca.records import EventType
 from ca.store import utc_from_db
 from ca.uscc import USCC
-from ca.wellformed import iso_time
+from ca.wellformed import int_arg, iso_time
 
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
@@ -190,6 +190,10 @@ def reader_of(caller: Caller) -> Reader:
 
 AUDIT_CHALLENGE = 'EPort-Signed realm="eport", Bearer realm="eport", scope="audit:read"'
 """The audit API's 401 challenge: a signed request, or an access token (RFC 6750)."""
+TOKEN_REFUSED_CHALLENGE = (
+    'EPort-Signed realm="eport", Bearer realm="eport", error="invalid_token", scope="audit:read"'
+)
+"""The challenge to an access token that was sent and refused (RFC 6750 §3.1)."""
 
 
 def signed_reader() -> Reader:
@@ -227,7 +231,7 @@ def token_reader(token: str) -> Reader:
     except TokenError as exc:
         raise Unauthenticated(
             f"the access token is not good for the audit API: {exc}",
-            challenge=AUDIT_CHALLENGE,
+            challenge=TOKEN_REFUSED_CHALLENGE,
         ) from None
     cls = claims.subject_class or ""
     actor = f"token:{claims.subject}"

@@ -338,7 +338,11 @@ def html_http_error(err: Any) -> Response | None:
     # not routed to the blueprint, so its after_request does not run: its headers here.
     # Titled in sentence case, as the view's own errors are ("Not found").
     title = str(err.name).capitalize()
-    return _headers(_page(title, str(err.description), int(err.code or 500)))
+    answer = _headers(_page(title, str(err.description), int(err.code or 500)))
+    allowed = getattr(err, "valid_methods", None)
+    if err.code == 405 and allowed:  # RFC 9110 §15.5.6: a 405 says what is allowed
+        answer.headers["Allow"] = ", ".join(sorted(allowed))
+    return answer
 
 
 # -- pages --------------------------------------------------------------------------------

@@ -224,3 +224,26 @@ def install_safe_head(app: Flask, endpoints: frozenset[str]) -> None:
         return resp
 
     app.before_request(safe_head)
+
+
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+
+
+def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
+    """The integer query parameter ``name`` of the request (either service's) within
+    [lo, hi]; ``default`` when it is absent or empty (None: it is required)."""
+    from flask import request
+
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise BadRequest(f"{name} is required")
+        return default
+    # ASCII digits as written: int() also takes blanks around them, "+5", "1_000" and
+    # other scripts' digits (a full-width "１"), which no client means to send
+    if not _INTEGER.fullmatch(raw):
+        raise BadRequest(f"{name} must be an integer (ASCII digits)")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value

@@ -364,8 +364,18 @@ def test_events_after_an_id_past_the_databases_integers(sqlite_server: Server) -
     client = CAClient(sqlite_server.url)
     with pytest.raises(RemoteError) as refused:
         client.call("GET", f"/auth/v1/events?after={10**23}", identity=ident)
-    assert refused.value.status == 400 and "after must be an event id" in str(refused.value)
+    assert refused.value.status == 400
+    assert f"after must be between 0 and {2**63 - 1}" in str(refused.value)
     assert "events" in client.call("GET", f"/auth/v1/events?after={2**63 - 1}", identity=ident)
+    # ASCII digits only, within range, as the CA's listings (a full-width one was taken)
+    for query, said in (
+        ("limit=%EF%BC%91", "limit must be an integer (ASCII digits)"),
+        ("limit=5000", "limit must be between 1 and 1000"),
+        ("after=-1", "after must be between 0 and"),
+    ):
+        with pytest.raises(RemoteError) as refused:
+            client.call("GET", f"/auth/v1/events?{query}", identity=ident)
+        assert refused.value.status == 400 and said in str(refused.value), query
 
 
 def test_gateway_names_a_subject_with_a_non_ascii_name(

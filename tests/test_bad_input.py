@@ -628,6 +628,10 @@ def test_an_unknown_path_or_method_is_a_problem_in_the_apis_words(world: World) 
     assert_problem(r, 404, "endpoints are listed at /auth/.well-known/openid-configuration")
     for where in ("/ca/v1/openapi.json", "/auth/.well-known/openid-configuration"):
         assert send(world, "GET", where).status_code == 200, where
+    # The audit view's pages answer a 405 in HTML, and say what is allowed too.
+    r = send(world, "PUT", "/audit/login", b"")
+    assert r.status_code == 405 and r.headers["Content-Type"].startswith("text/html")
+    assert "GET" in [m.strip() for m in r.headers["Allow"].split(",")], r.headers
     r = send(world, "PUT", "/ca/v1/enroll", b"{}")
     assert_problem(r, 405, "PUT is not allowed here (allowed: OPTIONS, POST)")
     assert r.json()["instance"] == "/ca/v1/enroll"

@@ -686,6 +686,7 @@ def test_openapi_and_problem(server: Server) -> None:
         server.url + "/ca/v1/audit/events", headers={"Authorization": "Bearer x.y.z"}, timeout=10
     )
     assert r.status_code == 401 and "Bearer" in r.headers["WWW-Authenticate"]
+    assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]  # RFC 6750 §3.1
     # A development CA has no custodians: its custody routes say so, not only 'not found'.
     r = requests.get(server.url + "/ca/v1/custody/ceremonies/cer-x", timeout=10)
     assert r.status_code == 404 and "not under joint custody" in r.json()["detail"]
