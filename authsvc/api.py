@@ -434,9 +434,9 @@ def events() -> Response:
     subject = request.args.get("subject")
     if caller.subject_class not in (SubjectClass.AUDITOR, SubjectClass.AGENCY):
         subject = caller.subject
-    # ASCII digits within range, as the CA's listings (a full-width "１" was taken as 1;
-    # a limit past 1000 was cut without a word); after: below 2**63, the database's
-    # integers (past them, a driver error, not an empty page)
-    limit = int_arg("limit", 100, 1, 1000)
-    after = int_arg("after", 0, 0, 2**63 - 1)
+    # ASCII digits, as the CA's listings read them (a full-width "１" was taken as 1);
+    # a limit outside 1-1000 is taken as the nearer end (docs/token-service.md), and
+    # after stays below 2**63, the database's integers (past them, a driver error)
+    limit = min(max(int_arg("limit", 100, -(2**63), 2**63 - 1), 1), 1000)
+    after = max(int_arg("after", 0, -(2**63), 2**63 - 1), 0)
     return jsonify({"events": svc().store.events(subject=subject, limit=limit, after_id=after)})
