@@ -1437,7 +1437,9 @@ def audit_verify(
         *_handover_lines(hops),
     ]
     if previous is not None:
-        lines.append(f"  consistent with the checkpoint of size {previous.size} (only grown)")
+        grew = cp.size - previous.size
+        how = f"grown by {grew}" if grew else "the same tree: nothing added, nothing changed"
+        lines.append(f"  consistent with the checkpoint of size {previous.size} ({how})")
     else:
         lines.append("  first verification: no earlier checkpoint to compare with")
     if result is not None:

@@ -18,6 +18,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,6 +166,12 @@ def test_verify_full_then_only_grown(
     second = json.loads(verify(server, state, "--json").stdout)
     assert second["previous_size"] == first["tree_size"] < second["tree_size"]
     assert second["log_key_trusted_on_first_use"] is False
+    # Said in words: that it did not grow (it said "only grown"), or by how much it did.
+    same = verify(server, state).stdout
+    assert f"of size {second['tree_size']} (the same tree: nothing added" in same, same
+    enroll_concurrently(server, 1)
+    grown = verify(server, state).stdout
+    assert re.search(rf"of size {second['tree_size']} \(grown by [1-9][0-9]*\)", grown), grown
 
     # The log key from the ceremony's log.pub, pinned explicitly.
     pinned = verify(
