@@ -95,7 +95,12 @@ def key_passphrase(cfg: AuthConfig) -> bytes:
         from ca.devinit import read_passphrases
 
         return read_passphrases(cfg.data_dir)["auth_key_passphrase"].encode()
-    raise EPortError("the token service needs EPORT_AUTH_KEY_PASSPHRASE to encrypt its keys")
+    hint = ""
+    from ca.devinit import PASSPHRASE_FILE, dev_dir
+
+    if (dev_dir(cfg.data_dir) / PASSPHRASE_FILE).is_file():  # a development data directory
+        hint = f" ({cfg.data_dir} is a development one: add --dev)"
+    raise EPortError(f"the token service needs EPORT_AUTH_KEY_PASSPHRASE to encrypt its keys{hint}")
 
 
 def status_factory(cfg: AuthConfig) -> StatusFactory:

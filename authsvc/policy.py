@@ -180,7 +180,7 @@ class AccessPolicy:
             return self._by_id[service_id]
         except KeyError:
             known = ", ".join(sorted(self._by_id))
-            raise UnknownService(f"unknown service {service_id!r} (known: {known})") from None
+            raise UnknownService(f"unknown service {service_id[:60]!r} (known: {known})") from None
 
     def service_by_audience(self, audience: str) -> Service | None:
         """The service whose tokens carry this ``aud`` (exact string match, RFC 7519 §4.1.3)."""

@@ -681,8 +681,8 @@ class TokenService:
         error (``invalid_target``, ``invalid_scope``) if there are none."""
         try:
             service = self.access.service(service_id)
-        except EPortError:
-            raise OAuthError(f"unknown service {service_id!r}", error="invalid_target") from None
+        except EPortError as exc:  # its detail names the known services
+            raise OAuthError(exc.detail, error="invalid_target") from None
         roles: frozenset[str] = frozenset()
         if p.subject_class is SubjectClass.OPERATOR and p.uscc and p.operator_id:
             roles = self.store.get_roles(p.uscc, p.operator_id)

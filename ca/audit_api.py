@@ -46,6 +46,7 @@ from ca.logentry import format_time
 from ca.models import CertificateRow, CertificateStatusRow, EventRow, LogEntryRow, LogNodeRow
 from ca.policy import SubjectClass
 from ca.records import EventType
+from ca.signedreq import SCHEME
 from ca.store import utc_from_db
 from ca.uscc import USCC
 from ca.wellformed import int_arg, iso_time
@@ -208,6 +209,12 @@ def signed_reader() -> Reader:
         return reader_of(signed_caller())
     except Unauthenticated as exc:
         exc.challenge = AUDIT_CHALLENGE
+        if "Authorization" not in request.headers:  # said for the audit API's two ways
+            exc.detail = (
+                f"this call needs a signed request (Authorization: {SCHEME} ...) or an "
+                "access token for the audit service (Authorization: Bearer ..., "
+                "eport token --service audit)"
+            )
         raise
 
 

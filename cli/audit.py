@@ -326,6 +326,13 @@ def load_log_key(value: str, origin: str) -> VerifierKey:
                 f"--log-key {value}: the file is not text (a verifier key NAME+HASH+KEY, "
                 "or the PEM log.pub)"
             ) from None
+    if "-----BEGIN " in text and "-----BEGIN PUBLIC KEY-----" not in text:
+        # a certificate (root.crt), a private key: PEM, but not the log's key
+        kind = text.split("-----BEGIN ", 1)[1].split("-----", 1)[0].lower()
+        raise CLIError(
+            f"--log-key {value} holds a {kind[:40]}, not the log's key: give the log's "
+            "verifier key (log.pub from the ceremony, or GET /ca/v1/audit/log-key)"
+        )
     if "-----BEGIN PUBLIC KEY-----" in text:
         try:
             key = serialization.load_pem_public_key(text.encode())

@@ -234,7 +234,8 @@ def _sealed_for(doc: dict[str, Any], share: custody.Share, expected: str | None)
 
 
 def _progress(doc: dict[str, Any]) -> str:
-    return f"{doc['progress']} of {doc['threshold']} custodians ({', '.join(doc['joined'])})"
+    joined = ", ".join(doc["joined"]) or "none yet"
+    return f"{doc['progress']} of {doc['threshold']} custodians ({joined})"
 
 
 passphrase_file_option = click.option(

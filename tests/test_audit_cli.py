@@ -198,6 +198,11 @@ def test_verify_full_then_only_grown(
         verify(server, tmp_path / "fourth.json", "--log-key", "garbage", check=False),
         "--log-key garbage: neither a verifier key (NAME+HASH+KEY",
     )
+    root = server.data_dir / "ca" / "root.crt"  # the wrong PEM file, an easy slip
+    failed(
+        verify(server, tmp_path / "fifth.json", "--log-key", str(root), check=False),
+        f"--log-key {root} holds a certificate, not the log's key: give the log's verifier",
+    )
 
 
 def test_prove_by_serial_and_by_certificate(

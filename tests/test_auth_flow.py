@@ -117,6 +117,12 @@ def test_login_once_tokens_for_every_service(
         # No access where policy gives none: a clear one-line error.
         res = cli(srv, tmp_path, "token", "--service", "tax-refund", check=False)
         assert res.returncode == 1 and "no access to tax-refund" in res.stderr
+        # A mistyped service id is named with the ones there are.
+        res = cli(srv, tmp_path, "token", "--service", "customs-declaraton", check=False)
+        assert res.returncode == 1, res.stderr
+        assert "unknown service 'customs-declaraton' (known: audit, customs-declaration, " in (
+            res.stderr
+        )
     finally:
         hidden.rename(key)
     # A second login over the kept session ends that one (it stayed open 8 hours, its

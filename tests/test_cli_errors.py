@@ -656,6 +656,19 @@ def test_rotate_keys_names_the_data_directory(tmp_path: Path) -> None:
         one_line(res, 1, expect)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
     assert list(empty.iterdir()) == []
+    # A development data directory without --dev: said, with the flag to add.
+    dev = tmp_path / "devdata"
+    (dev / "dev").mkdir(parents=True)
+    (dev / "dev" / "DEV-ONLY-passphrases.toml").write_text('auth_key_passphrase = "x"\n')
+    res = subprocess.run(
+        [EPORT, "auth", "rotate-keys", "--data-dir", str(dev)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    one_line(res, 1, f"EPORT_AUTH_KEY_PASSPHRASE to encrypt its keys ({dev} is a development")
 
 
 @pytest.mark.parametrize(

@@ -261,3 +261,15 @@ def test_sealed_share_opens_only_for_its_ceremony() -> None:
     with pytest.raises(ShareRejected):
         open_share(dict(sealed, member="customs"), "cer-1", key)
     assert len(key_fingerprint(pub)) == 39
+
+
+def test_a_ceremony_nobody_joined_yet_says_so() -> None:
+    """``eport ca ceremony status`` of a new ceremony printed "0 of 3 custodians ()"."""
+    from cli.custody import _progress
+
+    assert _progress({"progress": 0, "threshold": 3, "joined": []}) == (
+        "0 of 3 custodians (none yet)"
+    )
+    assert _progress({"progress": 2, "threshold": 3, "joined": ["customs", "tax"]}) == (
+        "2 of 3 custodians (customs, tax)"
+    )

@@ -682,6 +682,8 @@ def test_openapi_and_problem(server: Server) -> None:
     ):
         r = requests.get(server.url + path, timeout=10)
         assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith(challenge)
+    # and the audit API's detail names its second way in too, as its challenge does
+    assert "or an access token for the audit service (Authorization: Bearer" in r.json()["detail"]
     r = requests.get(
         server.url + "/ca/v1/audit/events", headers={"Authorization": "Bearer x.y.z"}, timeout=10
     )
