@@ -1097,10 +1097,14 @@ class JointCA:
         self, tx: Transaction, now: datetime.datetime
     ) -> dict[str, datetime.datetime]:
         """Each member agency with an RA officer certificate in force at ``now`` (not
-        expired, revoked or on hold), and when its last one ends."""
+        expired, revoked or on hold, nor issued by a generation the root CRL revokes: such
+        an officer signs nothing, and counting it refused the unsigned opening that brings
+        officers back, for good), and when its last one ends."""
         profiles = [p.name for p in self.policies.profiles_of(SubjectClass.AGENCY)]
         last: dict[str, datetime.datetime] = {}
         for rec in tx.staff_in_force(profiles, now):
+            if rec.issuer_id in self.revoked_issuers:
+                continue
             cert = x509.load_der_x509_certificate(rec.der)
             member = member_agency_of(_attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or "")
             if member is not None and (member not in last or rec.not_after > last[member]):

@@ -708,6 +708,25 @@ def test_nothing_is_issued_from_an_issuing_ca_at_or_near_its_end(env: tuple) -> 
     assert issued.certificate.not_valid_after_utc == ends  # cut to the issuer's end
 
 
+def test_officers_under_a_revoked_issuing_ca_are_none_in_force(env: tuple) -> None:  # type: ignore[type-arg]
+    """The officers' issuing CA revoked on the root CRL (runbook 2 for the agency CA):
+    their certificates sign nothing (401), yet they counted as in force, so the unsigned
+    opening that brings officers back was refused too and no ceremony could ever be
+    opened again (custody probe, F1). They count for nothing now, and each member is
+    told it has no officer."""
+    from ca.crl import ReasonCode
+    from ca.ocsp import Revoked
+
+    ca, _, _ = env
+    assert ca.officers_in_force()
+    generation = ca.issuers[ca.officer_issuer()].id
+    ca.revoked_issuers = {generation: Revoked(ca.clock(), ReasonCode.KEY_COMPROMISE)}
+    assert not ca.officers_in_force()
+    notices = ca.officer_notices(ca.clock())
+    for member in ca.policies.members.members:
+        assert any(n.startswith(f"member agency {member.id} has no RA officer") for n in notices)
+
+
 def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # type: ignore[type-arg]
     """Only a member's own officers approve its staff, and the first officers all end on
     one day: the server warns a month before a member's last officer certificate ends,
