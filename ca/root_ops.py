@@ -138,6 +138,10 @@ def check_params(svc: CustodyService, op: Operation, params: dict[str, str]) -> 
         if issuer not in svc.h.issuers:
             raise BadRequest(f"no issuing CA {issuer!r} (name a generation, e.g. enterprise-2)")
         _ca_reason(params.get("reason", "keyCompromise"))
+        with svc.store.reading() as tx:  # as the M-th join would find it (a 409 there)
+            revoked = tx.get_status(svc.h.issuers[issuer].certificate.serial_number)
+        if revoked is not None:
+            raise Conflict(f"issuing CA {issuer} is already revoked on the root CRL")
 
 
 def _check_officer_application(svc: CustodyService, app_id: str) -> None:

@@ -403,6 +403,14 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     crl = root_crl(srv)
     revoked = crl.get_revoked_certificate_by_serial_number(old_issuer.serial_number)
     assert revoked is not None
+    # A second revocation of it is refused at the opening, as its M-th join would refuse
+    # it (custodians were called, shares stored, then a 409 at the last join).
+    again = srv.eport(
+        "ca", "ceremony", "start", "REVOKE-INTERMEDIATE", "issuer=enterprise",
+        *officer_args(out), check=False, EPORT_PASSPHRASE="officer passphrase",
+    )  # fmt: skip
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "issuing CA enterprise is already revoked on the root CRL" in again.stderr
     assert crl.get_revoked_certificate_by_serial_number(new_issuer.serial_number) is None
     # The revoked generation's responder now answers revoked (cACompromise, from the
     # CA's revocation on) for its certificates, the held one too, in every worker and
