@@ -36,6 +36,7 @@ from ca.errors import (
     Unauthenticated,
     UnknownProfile,
 )
+from ca.hierarchy import generation_base
 from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, spki_sha256
 from ca.names import dn_string as dn_string  # re-exported for older callers
 from ca.names import member_agency_of
@@ -1069,6 +1070,19 @@ class JointCA:
                     "key this host does not have (a rollover ran on another host, and this "
                     "host's CA files are behind): send the request to a host that has them; "
                     "nothing was used here"
+                ) from None
+            stopped = sorted(
+                (r.revoked_at, g)
+                for g, r in self.revoked_issuers.items()
+                if generation_base(g) == profile.issuer
+            )
+            if stopped:  # its current generation revoked with no successor (active.json "")
+                at, gen = stopped[-1]
+                raise IssuerRevoked(
+                    f"issuing CA {profile.issuer!r} issues from no generation: {gen} is "
+                    f"revoked on the root CRL (revoked {at:%Y-%m-%dT%H:%M:%SZ}) and none "
+                    f"replaced it. A rollover ceremony (eport ca rotate {profile.issuer}) "
+                    "makes a new one; nothing was used here"
                 ) from None
             raise NotFound(f"issuing CA {profile.issuer!r} is not configured") from None
         revoked = self.revoked_issuers.get(issuer.id)

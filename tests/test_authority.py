@@ -727,6 +727,33 @@ def test_officers_under_a_revoked_issuing_ca_are_none_in_force(env: tuple) -> No
         assert any(n.startswith(f"member agency {member.id} has no RA officer") for n in notices)
 
 
+def test_a_profile_whose_generation_is_revoked_without_successor_says_so(env: tuple) -> None:  # type: ignore[type-arg]
+    """REVOKE-INTERMEDIATE of the current generation, no rollover first: active.json names
+    none, and enrollments said "issuing CA 'enterprise' is not configured" (404), where
+    the emergency plan promises the 503 issuer-revoked naming the rollover (custody
+    probe, F3). Said at the code check too, before a key is made."""
+    from ca.crl import ReasonCode
+    from ca.errors import IssuerRevoked
+    from ca.ocsp import Revoked
+
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Stopped Co."})
+    grant = ca.approve(officer_caller, app.id)
+    gen = ca.issuers.pop("enterprise").id
+    ca.revoked_issuers = {gen: Revoked(ca.clock(), ReasonCode.KEY_COMPROMISE)}
+    before = counts(sessions)
+    said = f"issuing CA 'enterprise' issues from no generation: {gen} is revoked on the root"
+    for attempt in (
+        lambda: ca.check_code(grant.code, "enterprise"),
+        lambda: ca.enroll(grant.code, "enterprise", csr(KeyType.P256.generate())),
+    ):
+        with pytest.raises(IssuerRevoked, match=said) as err:
+            attempt()
+        assert "eport ca rotate enterprise" in err.value.detail
+    assert counts(sessions) == before
+
+
 def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # type: ignore[type-arg]
     """Only a member's own officers approve its staff, and the first officers all end on
     one day: the server warns a month before a member's last officer certificate ends,
