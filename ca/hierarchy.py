@@ -564,7 +564,12 @@ def issuer_notices(
     notices: list[str] = []
     for name in issuing_ids(policies):
         ca = issuers.get(name)
-        if ca is None:
+        if ca is None:  # its generation revoked with no successor, or not on this host
+            notices.append(
+                f"issuing CA {name} issues from no generation this host holds: the "
+                f"enrollments and renewals of its profiles are refused; a rollover ceremony "
+                f"(eport ca rotate {name}) makes one, or copy ca/ from the host that ran it"
+            )
             continue
         ends = ca.certificate.not_valid_after_utc
         when = f"{ends:%Y-%m-%dT%H:%M:%SZ}"

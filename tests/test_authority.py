@@ -752,6 +752,8 @@ def test_a_profile_whose_generation_is_revoked_without_successor_says_so(env: tu
             attempt()
         assert "eport ca rotate enterprise" in err.value.detail
     assert counts(sessions) == before
+    notices = hierarchy.issuer_notices(ca.issuers, ca.policies, ca.clock())
+    assert any(n.startswith("issuing CA enterprise issues from no generation") for n in notices)
 
 
 def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # type: ignore[type-arg]
