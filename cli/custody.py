@@ -25,7 +25,7 @@ from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
 from ca.stopping import how_it_ended, stops_unwind
 from cli import options
-from cli.client import CAClient, CLIError
+from cli.client import CAClient, CLIError, NotSent
 from cli.keyfiles import identity_options
 from cli.options import (
     data_dir_option,
@@ -1111,7 +1111,20 @@ def ceremony_join(
         )
     opened = _open_share(share_file, passphrase_file, token_uri, read)
     sealed = _sealed_for(doc, opened.share(custody.Purpose.ROOT), fingerprint)
-    doc = client.call("POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed})
+    try:
+        doc = client.call(
+            "POST", f"/ca/v1/custody/ceremonies/{ceremony_id}/join", {"share": sealed}
+        )
+    except NotSent:
+        raise
+    except CLIError as exc:
+        if "before it answered" not in str(exc):
+            raise
+        # the join may have been taken (the M-th: the ceremony done) or not
+        raise CLIError(
+            f"{exc}: the join may or may not have been taken; see where the ceremony stands "
+            f"(eport ca ceremony status {ceremony_id}) before joining again"
+        ) from None
     if doc["state"] == "done":
         text = f"{doc['operation']} done with {_progress(doc)}: {json.dumps(doc['result'])}"
         if doc.get("enrollment_code"):
