@@ -435,7 +435,9 @@ MIN_NEW_PASSPHRASE = 12
 share passphrase has the same minimum)."""
 
 
-def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
+def check_passphrase(
+    store: KeyStore, passphrase: bytes, states: tuple[str, ...] = ("active", "next")
+) -> None:
     """Refuse (EPortError, one line) a passphrase that does not open the stored active
     signing key: a server started with a wrong EPORT_AUTH_KEY_PASSPHRASE would answer
     every token request 500. Nothing stored yet: the keys about to be made are encrypted
@@ -443,8 +445,8 @@ def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
     the database, and in every backup of it)."""
     from ca.errors import EPortError
 
-    active = next((k for k in store.list_keys() if k.state == "active"), None)
-    if active is None:
+    signing = [k for k in store.list_keys() if k.state in states]
+    if not signing:
         if len(passphrase) < MIN_NEW_PASSPHRASE:
             raise EPortError(
                 f"EPORT_AUTH_KEY_PASSPHRASE must have at least {MIN_NEW_PASSPHRASE} "
@@ -452,11 +454,15 @@ def check_passphrase(store: KeyStore, passphrase: bytes) -> None:
                 "database and its backups"
             )
         return
-    try:
-        # Every family's keys are encrypted with the same passphrase: one opening tells.
-        serialization.load_pem_private_key(active.private_pem, passphrase)
-    except (ValueError, TypeError):
-        raise EPortError(
-            "EPORT_AUTH_KEY_PASSPHRASE does not open the token service's signing keys "
-            "(the passphrase they were made with is needed)"
-        ) from None
+    # Every key that signs or is to sign, of each family: a next key made by a host with
+    # another passphrase (hosts share the database) was promoted by a rotation, and every
+    # token request on every host then failed (PostgreSQL probe, F1).
+    for key in signing:
+        try:
+            serialization.load_pem_private_key(key.private_pem, passphrase)
+        except (ValueError, TypeError):
+            raise EPortError(
+                f"EPORT_AUTH_KEY_PASSPHRASE does not open the token service's {key.state} "
+                f"{key.alg} signing key {key.kid} (the passphrase the keys were made with is "
+                "needed; every host of the database uses the same one)"
+            ) from None

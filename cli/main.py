@@ -396,6 +396,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             f"  passphrases:  {d}/{PASSPHRASE_FILE}"
             f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
         )
+        from authsvc.app import key_passphrase
+
+        # as below: an EPORT_AUTH_KEY_PASSPHRASE that is not the development one's
+        _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
     else:
         from authsvc.app import key_passphrase
         from ca import custody_files
@@ -2338,7 +2342,7 @@ def auth_rotate_keys(
 
     from authsvc.app import key_passphrase, upgrade
     from authsvc.config import AuthConfig
-    from authsvc.keys import KeyRing
+    from authsvc.keys import KeyRing, check_passphrase
     from authsvc.store import SqlAuthStore
     from ca.db import make_engine
     from ca.devinit import PASSPHRASE_FILE, dev_dir
@@ -2362,6 +2366,12 @@ def auth_rotate_keys(
     engine = make_engine(cfg.sqlalchemy_url)
     try:
         store = SqlAuthStore(sessionmaker(engine, expire_on_commit=False))
+        # a passphrase that does not open the stored keys would make keys no other host
+        # opens, and a rotation would make them sign: refused, in one line
+        # (--compromised withdraws the next keys unopened: the active ones tell)
+        check_passphrase(
+            store, key_passphrase(cfg), ("active",) if compromised else ("active", "next")
+        )
         ring = KeyRing(
             store,
             key_passphrase(cfg),

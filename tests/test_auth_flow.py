@@ -767,3 +767,37 @@ def test_token_service_errors_are_problems(sqlite_server: Server) -> None:
     assert r.json()["status"] == 405
     assert {m.strip() for m in r.headers["Allow"].split(",")} >= {"POST"}
     assert "GET" not in {m.strip() for m in r.headers["Allow"].split(",")}
+
+
+def test_a_host_with_another_token_key_passphrase_is_refused(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """A host of the shared database started with another EPORT_AUTH_KEY_PASSPHRASE (a
+    ``_FILE`` naming the wrong file) served: health ok, every token request a 500; and its
+    rotate-keys stored next keys no other host could open, which a rotation elsewhere
+    then made active: every host's token requests failed (PostgreSQL probe, F1). Both
+    are refused in one line, the development start too, and no key is stored."""
+    srv = sqlite_server
+    engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
+    try:
+        with engine.connect() as conn:
+            before = conn.execute(select(SigningKeyRow.kid, SigningKeyRow.state)).all()
+    finally:
+        engine.dispose()
+    wrong = {"EPORT_AUTH_KEY_PASSPHRASE": "another host's passphrase, mistyped"}
+    for args in (
+        ("auth", "rotate-keys", "--data-dir", str(srv.data_dir), "--dev", "--force"),
+        ("serve", "--dev", "--data-dir", str(srv.data_dir), "--port", "1"),
+    ):
+        res = srv.eport(*args, check=False, **wrong)
+        assert res.returncode == 1, res.stdout + res.stderr
+        line = res.stderr.strip().splitlines()[-1]
+        assert line.startswith("eport: error: EPORT_AUTH_KEY_PASSPHRASE does not open the "), line
+        assert "every host of the database uses the same one" in line, line
+    engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
+    try:
+        with engine.connect() as conn:
+            after = conn.execute(select(SigningKeyRow.kid, SigningKeyRow.state)).all()
+    finally:
+        engine.dispose()
+    assert sorted(after) == sorted(before)
