@@ -550,6 +550,15 @@ def restore_command(
             log = archive.log
             if "auth" not in archive.manifest["databases"]:
                 databases.pop("auth", None)
+            shared = archive.manifest["databases"].get("auth", {}).get("same_as") == "ca"
+            if shared and databases.get("auth", databases["ca"]) != databases["ca"]:
+                # its tables went into the CA database, and the token service's stayed
+                # empty: sessions, refresh tokens, role grants and keys lost, said nowhere
+                raise CLIError(
+                    "the archive holds the token service's tables in the CA's database (one "
+                    "database served both when it was made): restore it with "
+                    "EPORT_AUTH_DATABASE_URL the same as EPORT_DATABASE_URL"
+                )
             origin = (log.checkpoint or b"").split(b"\n", 1)[0].decode("utf-8", "replace")
             published_note, pinned = (
                 (None, None) if checkpoint is None else _read_published(checkpoint)

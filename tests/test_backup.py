@@ -705,6 +705,47 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         stop(proc)
 
 
+def test_one_database_for_both_is_restored_into_one(postgres: Postgres, tmp_path: Path) -> None:
+    """One PostgreSQL database served both services when the archive was made: restored
+    with the token service's URL naming another database (or none: its SQLite file), its
+    tables went into the CA's database and its own stayed empty, so sessions, refresh
+    tokens, role grants and signing keys were lost without a word (PostgreSQL probe, F3).
+    Refused before anything is written; restored into one, the token service keeps them."""
+    shared = postgres.createdb("eport_shared_source")
+    both = {"EPORT_DATABASE_URL": shared, "EPORT_AUTH_DATABASE_URL": shared}
+    data = tmp_path / "data"
+    srv, proc = start_server(data, shared, extra_env={"EPORT_AUTH_DATABASE_URL": shared})
+    try:
+        enroll_enterprise(srv, tmp_path, "Shared Database Co., Ltd.")
+        archive = tmp_path / "shared.tar.gz"
+        made = backup(data, archive, **both)
+    finally:
+        stop(proc)
+    assert made["manifest"]["databases"]["auth"] == {"kind": "postgresql", "same_as": "ca"}
+    target = postgres.createdb("eport_shared_target")
+    apart = postgres.createdb("eport_shared_apart")
+    restored = tmp_path / "restored"
+    for auth in ({"EPORT_AUTH_DATABASE_URL": apart}, {}):
+        refused(
+            restore(archive, restored, check=False, EPORT_DATABASE_URL=target, **auth),
+            "holds the token service's tables in the CA's database",
+            "EPORT_AUTH_DATABASE_URL the same as EPORT_DATABASE_URL",
+        )
+        assert not restored.exists()
+    restore(archive, restored, EPORT_DATABASE_URL=target, EPORT_AUTH_DATABASE_URL=target)
+    from sqlalchemy import create_engine
+
+    from ca.config import with_driver
+
+    engine = create_engine(with_driver(target))
+    try:
+        with engine.connect() as conn:
+            keys = conn.exec_driver_sql("SELECT count(*) FROM auth_signing_keys").scalar_one()
+    finally:
+        engine.dispose()
+    assert keys > 0
+
+
 @pytest.mark.slow
 def test_lost_database_under_custody_restores_sealed(tmp_path: Path) -> None:
     """A production (joint custody) instance: the backup holds only wrapped keys; the
