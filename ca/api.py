@@ -167,7 +167,7 @@ def health() -> Response:
     serving: still ready)."""
     from sqlalchemy import text
 
-    from ca.errors import database_unavailable_cause
+    from ca.errors import SchemaMoved, database_unavailable_cause
     from ca.privatefiles import sqlite_file, sqlite_files_lost
 
     s = svc()
@@ -181,6 +181,14 @@ def health() -> Response:
             raise
         out.update(status="degraded", database="unavailable")
     warnings: list[str] = []
+    if out["database"] == "ok":
+        try:
+            s.store.check_schema()  # as every write checks it (at most every few seconds)
+        except SchemaMoved as exc:
+            # writes are refused (503 schema-upgraded): not ready, so a load balancer sends
+            # them to a host of the release that upgraded the database
+            out.update(status="degraded", database="upgraded")
+            warnings.append(exc.detail)
     database_file = sqlite_file(s.config.sqlalchemy_url)
     lost = sqlite_files_lost(database_file) if database_file is not None else None
     if lost is not None:

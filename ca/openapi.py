@@ -300,8 +300,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ca/v1/health": {
                 "get": _op(
-                    "Liveness, seal state, the database's state (ok, unavailable, or "
-                    "damaged: a SQLite file deleted under the server; with ?ready, a "
+                    "Liveness, seal state, the database's state (ok, unavailable, upgraded "
+                    "by another release (writes refused), or damaged: a SQLite file deleted "
+                    "under the server; with ?ready, a "
                     "readiness check: 503 unless ok), the root CRL's "
                     "nextUpdate, whether this host's CA files match the database's record "
                     "(hierarchy: current, stale or unsettled), CA keys missing from their "

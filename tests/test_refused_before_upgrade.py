@@ -93,10 +93,16 @@ def test_a_server_whose_database_another_release_upgraded_writes_nothing(
             "enroll", "--code", code, "--profile", "enterprise", "--out", str(out), check=False
         )
         assert res.returncode == 1 and "nothing was issued" in res.stderr, res.stderr
-        assert requests.get(srv.url + "/ca/v1/health", timeout=10).status_code == 200
+        health = requests.get(srv.url + "/ca/v1/health", timeout=10)
+        assert health.status_code == 200  # alive, and says why it is not ready
+        assert health.json()["database"] == "upgraded", health.text
+        assert any("schema revision 9999" in w for w in health.json()["warnings"])
+        # not ready: a load balancer sends writes to the hosts of the new release
+        assert requests.get(srv.url + "/ca/v1/health?ready", timeout=10).status_code == 503
         assert jrun(srv, "application", "show", app)["state"] == "approved"
         _set_version(data / "eport.db", "alembic_version", SCHEMA_HEAD)
         time.sleep(2.5)
         jrun(srv, "enroll", "--code", code, "--profile", "enterprise", "--out", str(out))
+        assert requests.get(srv.url + "/ca/v1/health?ready", timeout=10).status_code == 200
     finally:
         stop(proc)
