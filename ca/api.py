@@ -478,6 +478,43 @@ def authorize_operator() -> tuple[Response, int]:
     return jsonify(grant_json(grant)), 201
 
 
+@bp.get("/operators")
+def pending_operators() -> Response:
+    """The calling enterprise's operator authorizations not enrolled yet, by application
+    id (``after``: the last one of the previous page)."""
+    caller = signed_caller()
+    limit = int_arg("limit", 100, 1, 1000)
+    after = request.args.get("after", "")
+    if after and (
+        len(after) > 64
+        or not after.replace("_", "").isascii()
+        or not after.replace("_", "").isalnum()
+    ):
+        raise BadRequest("after must be an application id (the last of the previous page)")
+    apps = svc().authority.pending_operators(caller, after, limit)
+    rows = [
+        {
+            "application": a.id,
+            "operator_id": a.vetted.get("operator_id"),
+            "name": a.vetted.get("operator_name"),
+            "authorized_at": iso(a.decided_at or a.created_at),
+            "authorized_by": a.decided_by,
+        }
+        for a in apps
+    ]
+    return jsonify({"operators": rows, "next": apps[-1].id if len(apps) == limit else None})
+
+
+@bp.post("/operators/<app_id>/withdraw")
+def withdraw_operator(app_id: str) -> Response:
+    """The enterprise withdraws an operator authorization before the operator enrolled:
+    its code stops working, and the application reads as rejected with the reason."""
+    caller = signed_caller()
+    data = only(json_body(), "a withdrawal", "reason")
+    app = svc().authority.withdraw(caller, app_id, field(data, "reason"))
+    return jsonify(app_json(app))
+
+
 @bp.post("/renew")
 def renew() -> tuple[Response, int]:
     caller = signed_caller()

@@ -581,10 +581,25 @@ class JointCA:
         """
         return self._turn_down(caller, app_id, reason, ApplicationState.APPROVED)
 
+    def pending_operators(self, caller: Caller, after: str, limit: int) -> list[Application]:
+        """The calling enterprise's operator authorizations not enrolled yet (a code given,
+        no certificate issued on it), by application id after ``after``: what it may still
+        withdraw (:meth:`withdraw`)."""
+        self._require(caller, SubjectClass.ENTERPRISE)
+        assert caller.uscc is not None
+        with self.store.reading() as tx:
+            return tx.operators_not_enrolled(caller.uscc, after, limit)
+
     def _turn_down(
         self, caller: Caller, app_id: str, reason: str, expected: ApplicationState
     ) -> Application:
-        self._require(caller, SubjectClass.AGENCY)
+        # An enterprise withdraws its own operators' authorizations (its approvals); every
+        # other decision is an RA officer's.
+        by_enterprise = (
+            caller.role is SubjectClass.ENTERPRISE and expected is ApplicationState.APPROVED
+        )
+        if not by_enterprise:
+            self._require(caller, SubjectClass.AGENCY)
         reason = " ".join((reason or "").split())
         if not reason:
             raise BadRequest("a rejection needs a reason")
@@ -599,8 +614,16 @@ class JointCA:
         now = self.clock()
         with self.store.transaction() as tx:
             app = self._locked_application(tx, app_id, caller)
+            if by_enterprise and (
+                app.subject_class != SubjectClass.OPERATOR.value or app.uscc != caller.uscc
+            ):
+                raise Forbidden(
+                    f"application {app_id} is not an operator authorization of this "
+                    "enterprise: an enterprise withdraws only its own (eport operator list)"
+                )
             _signer_still_good(tx, caller)
-            details: dict[str, object] = {"reason": reason, "officer": caller.subject}
+            who = "enterprise" if by_enterprise else "officer"
+            details: dict[str, object] = {"reason": reason, who: caller.subject}
             if expected is ApplicationState.PENDING:
                 event_type = EventType.APPLICATION_REJECTED
                 if app.state is not expected:
@@ -617,7 +640,9 @@ class JointCA:
                     [app],
                     now,
                     f"application {app_id}",
-                    "an officer revokes it first (eport revoke)",
+                    "revoke it first (eport revoke)"
+                    if by_enterprise
+                    else "an officer revokes it first (eport revoke)",
                 )
                 details["withdrawn_codes"] = tx.withdraw_codes([app_id], now)
             if not tx.set_application_state(

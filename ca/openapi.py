@@ -238,6 +238,27 @@ def openapi_document() -> dict[str, Any]:
                     body="OperatorRequest",
                     ok="201",
                     result="CodeGrant",
+                ),
+                "get": _op(
+                    "The calling enterprise's operator authorizations not enrolled yet "
+                    "(operators: application, operator_id, name, authorized_at, "
+                    "authorized_by; next: the 'after' of the next page, or null)",
+                    signed=True,
+                    params=[
+                        _q("limit", "page size (1-1000, default 100)", "integer"),
+                        _q("after", "the last application id of the previous page"),
+                    ],
+                ),
+            },
+            "/ca/v1/operators/{app_id}/withdraw": {
+                "post": _op(
+                    "Withdraw an operator authorization before the operator enrolled "
+                    "(enterprise; its code ends, it reads as rejected); 409 once a "
+                    "certificate issued on it is in force",
+                    signed=True,
+                    body="RejectRequest",
+                    result="Application",
+                    params=[_APP_ID],
                 )
             },
             "/ca/v1/renew": {

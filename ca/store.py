@@ -861,6 +861,24 @@ class SqlTransaction:
         values = {"uscc": uscc, "cls": subject_class, "now": now, "withdrawn": now}
         return int(self._conn().execute(_WITHDRAW_CODES_OF, values).rowcount)
 
+    def operators_not_enrolled(self, uscc: str, after: str, limit: int) -> list[Application]:
+        """The enterprise's operator authorizations in force and not enrolled yet (approved,
+        no certificate issued on them), by application id after ``after``."""
+        enrolled = select(_CERT.serial).where(_CERT.application_id == _A.id).exists()
+        q = (
+            select(*_APP_COLUMNS)
+            .where(
+                _A.uscc == uscc,
+                _A.subject_class == "operator",
+                _A.state == ApplicationState.APPROVED.value,
+                _A.id > after,
+                ~enrolled,
+            )
+            .order_by(_A.id)
+            .limit(limit)
+        )
+        return [_app_of(r) for r in self._conn().execute(q)]
+
     def certificates_of_application(self, app_id: str) -> list[CertificateRecord]:
         return [_cert_of(r) for r in self._conn().execute(_CERTS_OF_APP, {"app_id": app_id})]
 

@@ -1610,7 +1610,8 @@ def ra_withdraw(
 
 @cli.group()
 def operator() -> None:
-    """An enterprise's legal person authorizes its operators."""
+    """An enterprise's legal person authorizes its operators (add), sees the
+    authorizations not enrolled yet (list) and withdraws one (withdraw)."""
 
 
 @operator.command("add")
@@ -1667,6 +1668,89 @@ def operator_add(
         f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
         f"; the operator's enrollment code is shown nowhere: run eport operator add again "
         f"with --id {operator_id} for a new one (the lost one then stops working)",
+    )
+
+
+@operator.command("list")
+@identity_options("enterprise (legal person)")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many per page.",
+)
+@click.option("--after", metavar="APP_ID", help="The last application id of the previous page.")
+@json_option
+@pass_ctx
+def operator_list(
+    ctx: Ctx,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """List your operator authorizations not enrolled yet (a code given, no
+    certificate issued on it): the ones `eport operator withdraw` takes back.
+    Enrolled operators are in `eport cert list --uscc CODE`.
+
+    \b
+      eport operator list --cert ent/cert.pem --key ent/key.pem
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    query = f"?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
+    doc = ctx.client().call("GET", f"/ca/v1/operators{query}", identity=ident)
+    rows = sorted(doc["operators"], key=lambda r: (r["authorized_at"], r["application"]))
+    if not rows:
+        text = "No operator authorization waits for its operator to enroll."
+    else:
+        lines = [f"{'APPLICATION':<22} {'OPERATOR':<16} {'AUTHORIZED':<21} NAME"]
+        lines += [
+            f"{r['application']:<22} {r['operator_id']:<16} {r['authorized_at']:<21} {r['name']}"
+            for r in rows
+        ]
+        if doc.get("next"):
+            lines.append(f"(more: --after {doc['next']})")
+        text = "\n".join(lines)
+    emit(as_json, doc, text)
+
+
+@operator.command("withdraw")
+@click.argument("app_id", callback=application_id)
+@identity_options("enterprise (legal person)")
+@reason_option
+@json_option
+@pass_ctx
+def operator_withdraw(
+    ctx: Ctx,
+    app_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Withdraw an operator authorization (APP_ID, from `eport operator list`)
+    before the operator enrolled: its code stops working at once, and it reads as
+    rejected with the reason. Refused once a certificate issued on it is in force:
+    revoke that instead (eport revoke --serial SERIAL --reason affiliationChanged).
+    Recorded in the audit log.
+
+    \b
+      eport operator withdraw APP_ID --reason "left the company before enrolling" \\
+          --cert ent/cert.pem --key ent/key.pem
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", f"/ca/v1/operators/{app_id}/withdraw", {"reason": reason}, ident
+    )
+    emit(
+        as_json,
+        doc,
+        f"Withdrew the authorization of operator {doc['subject'].get('operator_id')} "
+        f"({app_id}): {doc['reason']}",
     )
 
 
