@@ -26,8 +26,10 @@ import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
@@ -535,7 +537,30 @@ def log_key() -> Response:
     )
     origin, key = svc.origin(s), svc.verifier_key(s)
     s.rollback()
-    return jsonify({"origin": origin, "verifier_key": key, "public_key": pem})
+    doc: dict[str, object] = {"origin": origin, "verifier_key": key, "public_key": pem}
+    vouched = _root_signature_of(pem.encode())
+    if vouched is not None:
+        doc["root_signature"] = vouched
+    return jsonify(doc)
+
+
+def _root_signature_of(log_pub: bytes) -> dict[str, object] | None:
+    """The root's signature of ``log_pub`` (``ca/log.pub.sig``) when this host has one that
+    verifies for that key under its own root (a host whose files a rotation left behind
+    has one of the old key: it offers none, and the auditor is told so)."""
+    from ca.hierarchy import ca_dir
+    from ca.log_key_signature import LogKeySignatureRefused, signature_path, verify_log_key
+
+    svc = audit_service()
+    try:
+        signature = signature_path(Path(svc.data_dir)).read_bytes()
+        root_file = ca_dir(Path(svc.data_dir)) / "root.crt"
+        root = x509.load_pem_x509_certificate(root_file.read_bytes())
+        verify_log_key(root, log_pub, signature)
+    except (OSError, ValueError, LogKeySignatureRefused):
+        return None
+    found: dict[str, object] = json.loads(signature)
+    return found
 
 
 @bp.get("/log-key/handovers")

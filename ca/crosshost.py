@@ -75,7 +75,8 @@ MANUAL_STEP = (
 )
 
 _PUBLIC = re.compile(
-    r"^(root\.crt|root\.crl|custody\.json(\.sig)?|log(-[0-9]+)?\.pub|issuers/[^/]+\.crt"
+    r"^(root\.crt|root\.crl|custody\.json(\.sig)?|log(-[0-9]+)?\.pub|log\.pub\.sig"
+    r"|issuers/[^/]+\.crt"
     r"|issuers/active\.json(\.sig)?)$"
 )
 _PICKED_UP = re.compile(r"^(root\.crl|log-[0-9]+\.pub)$")
@@ -131,7 +132,9 @@ def local_files(data_dir: Path) -> dict[str, Published]:
     and which of them issue. Not the OCSP responders (each host renews its own), nor work
     or note files."""
     d = hierarchy.ca_dir(data_dir)
-    paths = [d / n for n in ("root.crt", "root.crl", "root.key", *CUSTODY_PAIR, "log.pub")]
+    paths = [
+        d / n for n in ("root.crt", "root.crl", "root.key", *CUSTODY_PAIR, "log.pub", "log.pub.sig")
+    ]
     paths += [d / "log.key", *sorted(d.glob("log-*.pub"))]
     paths += sorted((d / "issuers").glob("*.crt")) + sorted((d / "issuers").glob("*.key"))
     paths += [d / name for name in ACTIVE_PAIR]

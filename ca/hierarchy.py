@@ -411,11 +411,14 @@ def create(
         _write_cert(d / "responders" / f"{issuer_id}.crt", cert)
         responders[issuer_id] = IssuingCA(issuer_id, cert, signer)
     log_signer = new_signer(KeyType.ED25519, d / "log.key")
-    (d / "log.pub").write_bytes(
-        log_signer.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    log_pub = log_signer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    (d / "log.pub").write_bytes(log_pub)
+    from ca.log_key_signature import SIGNATURE_FILE, sign_log_key
+
+    # the root vouches for the log's key: auditors check it under the root they trust
+    (d / SIGNATURE_FILE).write_bytes(sign_log_key(root_signer, root_cert, log_pub))
     # The root's CRL is signed only at ceremonies; it lists revoked issuing CAs.
     (d / "root.crl").write_bytes(
         build_crl(

@@ -51,6 +51,8 @@ from ca.errors import BadRequest, Conflict, NotFound
 from ca.issuance import IssuingCA
 from ca.keyhome import KeyHome, NewKey, key_home
 from ca.keys import KeyType
+from ca.log_key_signature import SIGNATURE_FILE as LOG_KEY_SIGNATURE
+from ca.log_key_signature import sign_log_key
 from ca.quorum import Ceremony, CeremonyTx, Operation, Outcome, Runner
 from ca.records import Event, EventType, StatusRecord, StatusState
 from ca.sealing import KekSealer
@@ -434,9 +436,9 @@ class RootOperations:
     ) -> Outcome:
         d = hierarchy.ca_dir(self.data_dir)
         home = self._home(c.operation, d / "log.key")
-        self._root(kek)  # a root operation: the quorum proved it can open the root key
+        root = self._root(kek)  # a root operation: the quorum opened the root key
         signer = self._log_checkpoints((d / "log.pub").read_bytes())
-        key, result = self._new_log_key(home, changes)
+        key, result = self._new_log_key(home, changes, root)
 
         def hand_over(done: CeremonyTx) -> object:
             return signer.hand_over(_sql(done).s, key.signer)
@@ -457,7 +459,7 @@ class RootOperations:
         root = self._root(kek)
         retired = serialization.load_pem_public_key((d / "log.pub").read_bytes())
         checkpoints = audit_service().signer  # for the log's origin, not its key
-        key, result = self._new_log_key(home, changes)
+        key, result = self._new_log_key(home, changes, root)
         result["vouched_by_root_sha256"] = root.certificate.fingerprint(hashes.SHA256()).hex()
 
         def replace(done: CeremonyTx) -> object:
@@ -467,10 +469,13 @@ class RootOperations:
 
         return Outcome(result, after_event=replace)
 
-    def _new_log_key(self, home: KeyHome, changes: FileChanges) -> tuple[NewKey, dict[str, Any]]:
+    def _new_log_key(
+        self, home: KeyHome, changes: FileChanges, root: IssuingCA
+    ) -> tuple[NewKey, dict[str, Any]]:
         """A new Ed25519 log key made where ``home`` says, written as ``log.key`` and
-        ``log.pub``, the old public key kept as ``log-<n>.pub`` (the old files come back
-        and the key is destroyed if the ceremony fails); the ceremony's result."""
+        ``log.pub`` with the ``root``'s signature of it (``log.pub.sig``), the old public
+        key kept as ``log-<n>.pub`` (the old files come back and the key is destroyed if
+        the ceremony fails); the ceremony's result."""
         d = hierarchy.ca_dir(self.data_dir)
         old = (d / "log.pub").read_bytes()
         n = 1
@@ -484,6 +489,8 @@ class RootOperations:
         changes.write(d / f"log-{n}.pub", old)
         changes.store(key, d / "log.key")  # the old log.key (if any) comes back on failure
         changes.write(d / "log.pub", new)
+        signature = sign_log_key(root.signer, root.certificate, new)
+        changes.write(d / LOG_KEY_SIGNATURE, signature)
         return key, {
             "previous_key_sha256": hashlib.sha256(old).hexdigest(),
             "key_sha256": hashlib.sha256(new).hexdigest(),

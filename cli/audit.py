@@ -39,7 +39,7 @@ from urllib.parse import urlencode, urlsplit
 import click
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ca.signedreq import SCHEME, sign_request
@@ -403,13 +403,18 @@ class State:
 
 
 def resolve_key(
-    client: AuditClient, log_key: str | None, state: State | None, origin: str
+    client: AuditClient,
+    log_key: str | None,
+    state: State | None,
+    origin: str,
+    root: x509.Certificate | None = None,
 ) -> tuple[VerifierKey, VerifierKey | None, bool]:
     """The log key to start from: ``--log-key``, else the one pinned in the state file,
-    else trust on first use of what the server says (reported on stderr). Returns that
-    key, the key the log must be handed over to (``--log-key`` when it differs from the
-    state's: the pinned key is started from, and the log's hand-overs must lead to the
-    one given), and whether the key was newly trusted."""
+    else what the server says: checked under ``root`` (``--root``) when the root signed it
+    (``ca/log.pub.sig``: :mod:`ca.log_key_signature`), else trusted on first use (reported
+    on stderr). Returns that key, the key the log must be handed over to (``--log-key``
+    when it differs from the state's: the pinned key is started from, and the log's
+    hand-overs must lead to the one given), and whether the key was newly trusted."""
     if log_key:
         key = load_log_key(log_key, origin)
         if state is not None and str(key) != state.verifier_key:
@@ -419,12 +424,44 @@ def resolve_key(
         return VerifierKey.parse(state.verifier_key), None, False
     doc = client.json(f"{API}/log-key")
     key = VerifierKey.parse(str(doc["verifier_key"]))
+    vouched = doc.get("root_signature")
+    if root is not None and vouched is not None:
+        _check_root_vouches(root, key, vouched)
+        fingerprint = root.fingerprint(hashes.SHA256()).hex()
+        click.echo(
+            f"eport: the log key {key} is signed by the root {fingerprint[:16]}… (--root): pinned",
+            err=True,
+        )
+        return key, None, True
+    why = (
+        "the CA offers no root signature of it (made before it signed its log key)"
+        if root is not None
+        else "give the root certificate (--root ROOT.crt) to check it under the root"
+        if vouched is not None
+        else "compare it with the ceremony record"
+    )
     click.echo(
-        f"eport: trusting the log key {key} on first use; compare it with the ceremony "
-        "record, and pin it with --log-key",
+        f"eport: trusting the log key {key} on first use: {why}; pin it with --log-key",
         err=True,
     )
     return key, None, True
+
+
+def _check_root_vouches(root: x509.Certificate, key: VerifierKey, vouched: object) -> None:
+    """Raise :class:`VerificationFailed` unless ``vouched`` (the server's ``root_signature``)
+    is ``root``'s signature of ``key``."""
+    from ca.log_key_signature import LogKeySignatureRefused, verify_log_key
+
+    pem = Ed25519PublicKey.from_public_bytes(key.public_key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        verify_log_key(root, pem, json.dumps(vouched).encode())
+    except LogKeySignatureRefused as exc:
+        raise VerificationFailed(
+            f"the log key {key} the server names is not signed by the root given with "
+            f"--root: {exc.detail}"
+        ) from None
 
 
 def verify_note(note: bytes, key: VerifierKey, what: str) -> VerifiedCheckpoint:
@@ -1398,7 +1435,7 @@ def audit_verify(
     state = State.load(state_path)
     note = client.get(f"{API}/checkpoint").content
     origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
-    key, target, new_key = resolve_key(client, log_key, state, origin)
+    key, target, new_key = resolve_key(client, log_key, state, origin, root_cert)
     previous: VerifiedCheckpoint | None = None
     what = ""
     if since_file is not None:
@@ -1544,7 +1581,7 @@ def audit_prove(
     state = State.load(state_path)
     note = client.get(f"{API}/checkpoint").content
     origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
-    key, target, _ = resolve_key(client, log_key, state, origin)
+    key, target, _ = resolve_key(client, log_key, state, origin, root_cert)
     previous = None
     if state is not None:
         previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")

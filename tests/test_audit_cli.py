@@ -991,3 +991,41 @@ def test_tamper_certificate_records_and_status(
         f"certificate {good}: the CA's stored certificate (DER) hashes to",
     )
     verify(server, state, "--full", "--events")
+
+
+def test_a_first_verification_pins_the_log_key_the_root_signed(
+    server: Server, tmp_path: Path
+) -> None:
+    """The first verification trusted the server's log key on first use, its only check
+    the ceremony record (conformance probe: the root did not sign the log key). The CA's
+    root signs it now (ca/log.pub.sig) and --root pins it by that signature; a root that
+    did not sign it refuses, and no state is written; without --root the auditor is told
+    how to check it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes as h
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = server.data_dir / "ca" / "root.crt"
+    told = verify(server, tmp_path / "a.json")
+    assert "on first use: give the root certificate (--root ROOT.crt)" in told.stderr
+    pinned = verify(server, tmp_path / "b.json", "--root", str(root))
+    assert "is signed by the root" in pinned.stderr and "first use" not in pinned.stderr
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Another Root")])
+    now = datetime.datetime.now(datetime.UTC)
+    other = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, h.SHA384())
+    )  # fmt: skip
+    other_file = tmp_path / "other-root.crt"
+    other_file.write_bytes(other.public_bytes(serialization.Encoding.PEM))
+    failed(
+        verify(server, tmp_path / "c.json", "--root", str(other_file), check=False),
+        "the server names is not signed by the root given with --root",
+    )
+    assert not (tmp_path / "c.json").exists()

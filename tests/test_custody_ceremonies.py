@@ -5,6 +5,7 @@ quoted in docs/custody.md."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -501,6 +502,32 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     cert_of(enroll(srv, out, tmp, "Active Again Co")).verify_directly_issued_by(new_issuer)
 
 
+def assert_root_signs_log_key(srv: Server, out: Path) -> None:
+    """The log key the server names carries the root's signature (ca/log.pub.sig), which
+    ``openssl dgst`` verifies under the ceremony's root.crt over the documented message."""
+    doc = requests.get(srv.url + "/ca/v1/audit/log-key", timeout=10).json()
+    vouched = doc["root_signature"]
+    pem = doc["public_key"].encode()
+    assert vouched["log_key_sha256"] == hashlib.sha256(pem).hexdigest()
+    work = srv.data_dir.parent / "log-key-check"
+    work.mkdir(exist_ok=True)
+    root = x509.load_pem_x509_certificate((out / "root.crt").read_bytes())
+    (work / "root.pub").write_bytes(
+        root.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    message = f"eport-log-key-signature/v1\nsha256 {hashlib.sha256(pem).hexdigest()}\n"
+    (work / "message").write_text(message)
+    (work / "sig").write_bytes(base64.b64decode(vouched["signature"]))
+    checked = subprocess.run(
+        ["openssl", "dgst", "-sha384", "-verify", str(work / "root.pub"), "-signature",
+         str(work / "sig"), str(work / "message")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0 and "Verified OK" in checked.stdout, checked
+
+
 def audit_verify(srv: Server, state: Path, *extra: str) -> dict[str, Any]:
     res = srv.eport("audit", "verify", "--state", str(state), "--json", *extra)
     doc: dict[str, Any] = json.loads(res.stdout)
@@ -516,7 +543,13 @@ def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-u
     follows it to the new key: no new state, no --full."""
     srv, out, tmp = ceremony_ca
     state = tmp_path / "audit.json"
-    first = audit_verify(srv, state)
+    root = str(out / "root.crt")
+    # The init's root signed the log key: a first verification with --root pins it by
+    # that signature (no trust on first use); under another root it is refused.
+    first_use = srv.eport("audit", "verify", "--state", str(state), "--json", "--root", root)
+    assert "is signed by the root" in first_use.stderr and "on first use" not in first_use.stderr
+    first = json.loads(first_use.stdout)
+    assert_root_signs_log_key(srv, out)
     old_key = first["log_key"]
     cid = str(start(srv, out, "ROTATE-LOG-KEY")["id"])
     for m in ("customs", "tax", "forex"):
@@ -548,6 +581,12 @@ def test_an_auditor_s_state_follows_the_log_key_s_rotation(  # type: ignore[no-u
     assert event["details"]["operation"] == "ROTATE-LOG-KEY"
     pub = (srv.data_dir / "ca" / "log.pub").read_bytes()
     assert event["details"]["result"]["key_sha256"] == hashlib.sha256(pub).hexdigest()
+    # The ceremony's root signed the new key too: a new auditor pins it under the root.
+    assert_root_signs_log_key(srv, out)
+    fresh = srv.eport(
+        "audit", "verify", "--state", str(tmp_path / "fresh.json"), "--root", str(out / "root.crt")
+    )
+    assert "is signed by the root" in fresh.stderr, fresh.stderr
 
     enroll(srv, out, tmp, "After The Rotation Co")  # the log grows under the new key
     kept = state.read_text()
