@@ -1080,9 +1080,10 @@ def state_options(f: F) -> F:
         envvar="EPORT_ROOT_CERT",
         type=click.Path(path_type=Path, dir_okay=False, exists=True),
         callback=lambda ctx, param, value: keyfiles.load_certs(value)[0] if value else None,
-        help="The joint root CA certificate you trust (PEM or DER; env EPORT_ROOT_CERT), "
-        "to follow a replacement of a lost log key that the root key vouched for "
-        "(REPLACE-LOG-KEY). Not needed otherwise.",
+        help="The joint root CA certificate you trust (PEM or DER; env EPORT_ROOT_CERT): "
+        "a first verification pins the log key only if this root signed it (else it is "
+        "trusted on first use), and a replacement of a lost log key is followed only "
+        "if this root vouched for it (REPLACE-LOG-KEY).",
     )(f)
     return f
 
