@@ -778,12 +778,16 @@ def test_a_host_with_another_token_key_passphrase_is_refused(
     then made active: every host's token requests failed (PostgreSQL probe, F1). Both
     are refused in one line, the development start too, and no key is stored."""
     srv = sqlite_server
-    engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
-    try:
-        with engine.connect() as conn:
-            before = conn.execute(select(SigningKeyRow.kid, SigningKeyRow.state)).all()
-    finally:
-        engine.dispose()
+
+    def stored_keys() -> list[Any]:
+        engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
+        try:
+            with engine.connect() as conn:
+                return sorted(conn.execute(select(SigningKeyRow.kid, SigningKeyRow.state)))
+        finally:
+            engine.dispose()
+
+    before = stored_keys()
     wrong = {"EPORT_AUTH_KEY_PASSPHRASE": "another host's passphrase, mistyped"}
     for args in (
         ("auth", "rotate-keys", "--data-dir", str(srv.data_dir), "--dev", "--force"),
@@ -794,10 +798,4 @@ def test_a_host_with_another_token_key_passphrase_is_refused(
         line = res.stderr.strip().splitlines()[-1]
         assert line.startswith("eport: error: EPORT_AUTH_KEY_PASSPHRASE does not open the "), line
         assert "every host of the database uses the same one" in line, line
-    engine = create_engine(f"sqlite:///{srv.data_dir / 'auth.db'}")
-    try:
-        with engine.connect() as conn:
-            after = conn.execute(select(SigningKeyRow.kid, SigningKeyRow.state)).all()
-    finally:
-        engine.dispose()
-    assert sorted(after) == sorted(before)
+    assert stored_keys() == before
