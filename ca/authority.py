@@ -1133,13 +1133,14 @@ class JointCA:
         return issuer
 
     def _officers_last_end(
-        self, tx: Transaction, now: datetime.datetime
+        self, tx: Transaction, now: datetime.datetime, staff: SubjectClass = SubjectClass.AGENCY
     ) -> dict[str, datetime.datetime]:
-        """Each member agency with an RA officer certificate in force at ``now`` (not
-        expired, revoked or on hold, nor issued by a generation the root CRL revokes: such
-        an officer signs nothing, and counting it refused the unsigned opening that brings
-        officers back, for good), and when its last one ends."""
-        profiles = [p.name for p in self.policies.profiles_of(SubjectClass.AGENCY)]
+        """Each member agency with an RA officer certificate (``staff``: of that class, an
+        auditor's) in force at ``now`` (not expired, revoked or on hold, nor issued by a
+        generation the root CRL revokes: such an officer signs nothing, and counting it
+        refused the unsigned opening that brings officers back, for good), and when its
+        last one ends."""
+        profiles = [p.name for p in self.policies.profiles_of(staff)]
         last: dict[str, datetime.datetime] = {}
         for rec in tx.staff_in_force(profiles, now):
             if rec.issuer_id in self.revoked_issuers:
@@ -1169,6 +1170,7 @@ class JointCA:
         officers made by ``eport ca init`` all end on the same day)."""
         with self.store.reading() as tx:
             last = self._officers_last_end(tx, now)
+            auditors = self._officers_last_end(tx, now, SubjectClass.AUDITOR)
         agency_issuer = self.officer_issuer()
         issuing = self.issuers.get(agency_issuer)
         agency_end = issuing.certificate.not_valid_after_utc if issuing is not None else None
@@ -1197,6 +1199,14 @@ class JointCA:
                         f"{when}: its holder renews it (eport renew), or an officer of "
                         f"{m.id} approves another, before then"
                     )
+            # Auditors too (a member may have none): its review of the log stops with them.
+            audit_ends = auditors.get(m.id)
+            if audit_ends is not None and audit_ends - now < OFFICER_NOTICE:
+                notices.append(
+                    f"the last auditor certificate of member agency {m.id} ends at "
+                    f"{audit_ends:%Y-%m-%dT%H:%M:%SZ}: its holder renews it (eport renew), "
+                    f"or an officer of {m.id} approves another, before then"
+                )
         return notices
 
     def _chain(self, issuer: IssuingCA) -> tuple[x509.Certificate, ...]:

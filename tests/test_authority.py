@@ -779,6 +779,22 @@ def test_members_running_out_of_officers_are_warned_of(env: tuple) -> None:  # t
     ]
 
 
+def test_a_member_s_last_auditor_ending_is_warned_of(env: tuple) -> None:  # type: ignore[type-arg]
+    """Officers were warned of 30 days ahead; a member's auditors were not, and its review
+    of the log stopped with them (time probe)."""
+    ca, _, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    app = ca.apply("auditor", {"agency_id": "customs", "person_name": "Audrey Auditor"})
+    grant = ca.approve(officer_caller, app.id)
+    issued = ca.enroll(grant.code, grant.profiles[0], csr(KeyType.P256.generate()))
+    ends = issued.certificate.not_valid_after_utc
+    said = "the last auditor certificate of member agency customs ends at"
+    assert any(n.startswith(said) for n in ca.officer_notices(ends - datetime.timedelta(days=10)))
+    assert not any(
+        n.startswith(said) for n in ca.officer_notices(ends - datetime.timedelta(days=40))
+    )
+
+
 def test_an_expired_operator_code_names_the_enterprise_not_an_officer(  # type: ignore[no-untyped-def]
     env: tuple,  # type: ignore[type-arg]
     tmp_path: Path,
