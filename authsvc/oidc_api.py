@@ -473,7 +473,10 @@ def init_app(app: Flask) -> OpenIDProvider:
     from authsvc.portal import bp as portal_bp
 
     s: AuthService = app.extensions[AUTH_EXTENSION]
-    store = SqlOIDCStore(lambda: db.session)  # type: ignore[arg-type,return-value]
+    store = SqlOIDCStore(
+        lambda: db.session,  # type: ignore[arg-type,return-value]
+        getattr(s.store, "check_schema", lambda: None),  # the token service's schema fence
+    )
     p = OpenIDProvider(tokens=s.tokens, store=store, clock=utcnow, poster=_post)
     app.extensions[EXTENSION] = p
     app.register_blueprint(bp)

@@ -21,10 +21,18 @@ from ca.store import reading, upsert, writing
 
 
 class SqlOIDCStore:
-    def __init__(self, session_factory: Callable[[], Session]) -> None:
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        check_schema: Callable[[], None] = lambda: None,
+    ) -> None:
         self.session_factory = session_factory
+        self.check_schema = check_schema
+        """The token service store's schema fence (:meth:`SqlAuthStore.check_schema`):
+        checked before every write, as the token service's own."""
 
     def _tx(self) -> AbstractContextManager[Session]:
+        self.check_schema()
         return writing(self.session_factory)
 
     def _read(self) -> AbstractContextManager[Session]:
@@ -137,6 +145,7 @@ class SqlOIDCStore:
         with self._read() as r:
             if r.get(SessionClientRow, (sid, client_id)) is not None:
                 return  # the common case: a second code for the client in the session
+        self.check_schema()
         s = self.session_factory()
         try:
             if s.get(SessionClientRow, (sid, client_id)) is None:

@@ -51,7 +51,7 @@ from authsvc.service import (
     SessionState,
 )
 from ca.policy import SubjectClass
-from ca.store import DbapiReads, reading, upsert, utc_from_db, writing
+from ca.store import DbapiReads, SchemaFence, reading, upsert, utc_from_db, writing
 
 MAX_SESSIONS_PER_SUBJECT = 100
 """Open SSO sessions one subject may hold; a login beyond it ends the subject's oldest
@@ -87,16 +87,28 @@ class SqlAuthStore:
         self.session_factory = session_factory
         self.dbapi = DbapiReads(session_factory)
         self.max_sessions_per_subject = max_sessions_per_subject
+        self._fence = SchemaFence(self.dbapi)
+
+    def check_schema(self) -> None:
+        """Refuse to write (503 ``schema-upgraded``) once the token service's database is
+        at another release's schema revision, as the CA's store does: an old server left
+        running wrote sessions, refresh tokens and keys by its own rules (PostgreSQL
+        probe). Re-read at most every two seconds; reads are never refused."""
+        from authsvc.app import SCHEMA_HEAD, VERSION_TABLE
+
+        self._fence.check(VERSION_TABLE, SCHEMA_HEAD)
 
     def _read(self) -> AbstractContextManager[Session]:
         return reading(self.session_factory)
 
     def _tx(self) -> AbstractContextManager[Session]:
+        self.check_schema()
         return writing(self.session_factory)
 
     # -- replay ---------------------------------------------------------------------------
 
     def remember(self, jti: str, expires_at: datetime.datetime) -> bool:
+        self.check_schema()
         s = self.session_factory()
         try:
             # A Core INSERT: the primary key is the single-use check; the ORM's unit of

@@ -1185,6 +1185,42 @@ SCHEMA_CHECK_SECONDS = 2.0
 """How often a server re-reads its database's schema revision (:meth:`SqlStore.check_schema`)."""
 
 
+class SchemaFence:
+    """Whether a database's recorded schema revision is still this release's, re-read at
+    most every :data:`SCHEMA_CHECK_SECONDS` (each service's store checks its own before
+    it writes: :meth:`SqlStore.check_schema`, ``authsvc.store.SqlAuthStore``)."""
+
+    def __init__(self, dbapi: DbapiReads) -> None:
+        self.dbapi = dbapi
+        self._next = 0.0
+        self._fenced = True
+        """False for a database with no such version table (tests' create_all)."""
+
+    def check(self, version_table: str, head: str) -> None:
+        """Raise :class:`~ca.errors.SchemaMoved` once ``version_table`` names another
+        revision than ``head``."""
+        now = time.monotonic()
+        if not self._fenced or now < self._next:
+            return
+        try:
+            with self.dbapi.engine().connect().execution_options(**{READ_ONLY: True}) as conn:
+                query = text(f"SELECT version_num FROM {version_table}")  # noqa: S608
+                found = {str(r[0]) for r in conn.execute(query)}
+                conn.rollback()
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                self._fenced = False  # no migrations here: nothing to follow
+                return
+            raise
+        if found and found != {head}:
+            raise SchemaMoved(
+                f"the database is at schema revision {', '.join(sorted(found))}, not this "
+                f"server's {head}: another release upgraded it while this server ran, "
+                "so this server writes nothing more; stop it and start that release"
+            )
+        self._next = now + SCHEMA_CHECK_SECONDS
+
+
 class SqlStore:
     """Transactions over sessions from ``session_factory`` (Flask: ``db.session``)."""
 
@@ -1197,9 +1233,7 @@ class SqlStore:
         self._writer: IssuanceWriter | None = None
         self._writer_lock = threading.Lock()
         self._grouped = True
-        self._schema_next = 0.0
-        self._schema_fenced = True
-        """False for a database with no Alembic version table (tests' create_all)."""
+        self._fence = SchemaFence(self.dbapi)
 
     def check_schema(self) -> None:
         """Refuse to write (:class:`~ca.errors.SchemaMoved`) once the database's recorded
@@ -1208,28 +1242,9 @@ class SqlStore:
         the new release had withdrawn, issued a second legal-person certificate: upgrade
         probe). Read at most every :data:`SCHEMA_CHECK_SECONDS`, so a server goes on
         writing for that long at most; reads are never refused."""
-        now = time.monotonic()
-        if not self._schema_fenced or now < self._schema_next:
-            return
         from ca.db import SCHEMA_HEAD, VERSION_TABLE
 
-        try:
-            with self.dbapi.engine().connect().execution_options(**{READ_ONLY: True}) as conn:
-                query = text(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
-                found = {str(r[0]) for r in conn.execute(query)}
-                conn.rollback()
-        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-            if "no such table" in str(exc) or "does not exist" in str(exc):
-                self._schema_fenced = False  # no migrations here: nothing to follow
-                return
-            raise
-        if found and found != {SCHEMA_HEAD}:
-            raise SchemaMoved(
-                f"the database is at schema revision {', '.join(sorted(found))}, not this "
-                f"server's {SCHEMA_HEAD}: another release upgraded it while this server ran, "
-                "so this server writes nothing more; stop it and start that release"
-            )
-        self._schema_next = now + SCHEMA_CHECK_SECONDS
+        self._fence.check(VERSION_TABLE, SCHEMA_HEAD)
 
     def bind(self, engine: Engine) -> None:
         """The engine the DBAPI fast paths use (else taken from the first session)."""

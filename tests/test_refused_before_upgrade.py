@@ -106,3 +106,37 @@ def test_a_server_whose_database_another_release_upgraded_writes_nothing(
         assert requests.get(srv.url + "/ca/v1/health?ready", timeout=10).status_code == 200
     finally:
         stop(proc)
+
+
+def test_a_token_service_whose_database_another_release_upgraded_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The CA's store refused to write under another release's schema; the token
+    service's went on writing sessions, refresh tokens and logouts (PostgreSQL probe, F5).
+    It now re-reads its own schema revision as the CA's does and refuses every write (a
+    login: one line, nothing stored); it writes again once the revision is its own."""
+    import time
+
+    from authsvc.app import SCHEMA_HEAD as AUTH_HEAD
+    from authsvc.app import VERSION_TABLE as AUTH_TABLE
+    from tests.helpers import creds, enroll_enterprise
+
+    data = tmp_path / "d"
+    srv, proc = start_server(data, workers=1)
+    try:
+        ent = enroll_enterprise(srv, tmp_path, "Token Fence Co.")
+        cfg = tmp_path / "cfg"
+        srv.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))
+        _set_version(data / "auth.db", AUTH_TABLE, "a999")  # a newer release's
+        time.sleep(2.5)
+        res = srv.eport("login", *creds(ent), check=False, EPORT_CONFIG_DIR=str(cfg))
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert f"schema revision a999, not this server's {AUTH_HEAD}" in res.stderr, res.stderr
+        with sqlite3.connect(data / "auth.db") as conn:
+            (sessions,) = conn.execute("SELECT count(*) FROM auth_sessions").fetchone()
+        assert sessions == 1  # the first login's, and nothing more
+        _set_version(data / "auth.db", AUTH_TABLE, AUTH_HEAD)
+        time.sleep(2.5)
+        srv.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))
+    finally:
+        stop(proc)
