@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import re
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -19,8 +20,9 @@ from ca import hierarchy
 from ca.app import EXTENSION, CAService
 from ca.authority import Caller, CodeGrant, Issued, JointCA
 from ca.crl import ReasonCode
-from ca.errors import BadRequest, NotFound
+from ca.errors import BadRequest, Forbidden, NotFound
 from ca.openapi import openapi_document
+from ca.policy import SubjectClass
 from ca.records import (
     Application,
     ApplicationState,
@@ -189,8 +191,12 @@ def health() -> Response:
             # them to a host of the release that upgraded the database
             out.update(status="degraded", database="upgraded")
             warnings.append(exc.detail)
-    database_file = sqlite_file(s.config.sqlalchemy_url)
-    lost = sqlite_files_lost(database_file) if database_file is not None else None
+    # the CA's SQLite database, and the token service's beside it (its default)
+    files = [sqlite_file(s.config.sqlalchemy_url), Path(s.config.data_dir) / "auth.db"]
+    lost = next(
+        (said for f in files if f is not None and (said := sqlite_files_lost(f)) is not None),
+        None,
+    )
     if lost is not None:
         # Commits since go with the deleted file at the next start: not ready, and said.
         out.update(status="degraded", database="damaged")
@@ -224,8 +230,14 @@ def health() -> Response:
         warnings += missing.values()
     # A ceremony that failed and could not put its files back (a full disk): they may be
     # ahead of the database until the next join or start settles its journal.
+    from ca.audit_api import log_key_signature_notice
     from ca.ceremony_files import unsettled
 
+    log_pub = hierarchy.ca_dir(s.config.data_dir) / "log.pub"
+    if log_pub.exists():
+        said = log_key_signature_notice(Path(s.config.data_dir), log_pub.read_bytes())
+        if said is not None:
+            warnings.append(said)
     if unsettled(hierarchy.ca_dir(s.config.data_dir)):
         out.update(status="degraded", hierarchy="unsettled")
         warnings.append(
@@ -491,18 +503,34 @@ def pending_operators() -> Response:
         or not after.replace("_", "").isalnum()
     ):
         raise BadRequest("after must be an application id (the last of the previous page)")
-    apps = svc().authority.pending_operators(caller, after, limit)
-    rows = [
-        {
-            "application": a.id,
-            "operator_id": a.vetted.get("operator_id"),
-            "name": a.vetted.get("operator_name"),
-            "authorized_at": iso(a.decided_at or a.created_at),
-            "authorized_by": a.decided_by,
-        }
-        for a in apps
-    ]
-    return jsonify({"operators": rows, "next": apps[-1].id if len(apps) == limit else None})
+    # one more than asked: a full last page is not said to have more
+    found = svc().authority.pending_operators(caller, after, limit + 1)
+    apps, more = found[:limit], len(found) > limit
+    codes = svc().authority.last_codes([a.id for a in apps])
+    now = svc().clock()
+    rows = []
+    for a in apps:
+        code = codes.get(a.id)
+        state = (
+            "withdrawn"
+            if code is None or code.withdrawn_at is not None
+            else "used"
+            if code.used_at is not None
+            else "lapsed"
+            if code.expires_at <= now
+            else "live"
+        )
+        rows.append(
+            {
+                "application": a.id,
+                "operator_id": a.vetted.get("operator_id"),
+                "name": a.vetted.get("operator_name"),
+                "authorized_at": iso(a.decided_at or a.created_at),
+                "authorized_by": a.decided_by,
+                "code": {"state": state, "expires_at": iso(code.expires_at) if code else None},
+            }
+        )
+    return jsonify({"operators": rows, "next": apps[-1].id if more else None})
 
 
 @bp.post("/operators/<app_id>/withdraw")
@@ -511,6 +539,11 @@ def withdraw_operator(app_id: str) -> Response:
     its code stops working, and the application reads as rejected with the reason."""
     caller = signed_caller()
     data = only(json_body(), "a withdrawal", "reason")
+    if caller.role is not SubjectClass.ENTERPRISE:
+        raise Forbidden(
+            "this is an enterprise's withdrawal of its own operator's authorization; an "
+            "RA officer withdraws an approval with eport ra withdraw"
+        )
     app = svc().authority.withdraw(caller, app_id, field(data, "reason"))
     return jsonify(app_json(app))
 

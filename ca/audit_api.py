@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from ca.store import utc_from_db
 from ca.uscc import USCC
 from ca.wellformed import int_arg, iso_time
 
+log = logging.getLogger("eport.audit")
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
 bp = Blueprint("audit_v1", __name__, url_prefix="/ca/v1/audit")
@@ -557,10 +559,39 @@ def _root_signature_of(log_pub: bytes) -> dict[str, object] | None:
         root_file = ca_dir(Path(svc.data_dir)) / "root.crt"
         root = x509.load_pem_x509_certificate(root_file.read_bytes())
         verify_log_key(root, log_pub, signature)
-    except (OSError, ValueError, LogKeySignatureRefused):
+    except FileNotFoundError:
+        return None  # a CA made before its root signed its log key
+    except (OSError, ValueError, LogKeySignatureRefused) as exc:
+        # a damaged or changed file, or one of a key a rotation left behind: offered to
+        # nobody, and said (auditors with --root are refused, not misled)
+        why = exc.detail if isinstance(exc, LogKeySignatureRefused) else str(exc)
+        log.warning("ca/log.pub.sig is not the root's signature of the log key: %s", why)
         return None
     found: dict[str, object] = json.loads(signature)
     return found
+
+
+def log_key_signature_notice(data_dir: Path, log_pub: bytes) -> str | None:
+    """For health: a ``ca/log.pub.sig`` that does not verify for ``log_pub`` under this
+    host's root (changed, damaged, or of a key a rotation replaced), or None."""
+    from ca.hierarchy import ca_dir
+    from ca.log_key_signature import LogKeySignatureRefused, signature_path, verify_log_key
+
+    try:
+        signature = signature_path(data_dir).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        root = x509.load_pem_x509_certificate((ca_dir(data_dir) / "root.crt").read_bytes())
+        verify_log_key(root, log_pub, signature)
+    except (OSError, ValueError, LogKeySignatureRefused) as exc:
+        why = exc.detail if isinstance(exc, LogKeySignatureRefused) else str(exc)
+        return (
+            f"ca/log.pub.sig is not the root's signature of the log key ({why}): auditors "
+            "checking the log key under the root (audit verify --root) are refused; "
+            "restore the file from the data directory's backup"
+        )
+    return None
 
 
 @bp.get("/log-key/handovers")

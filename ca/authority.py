@@ -590,6 +590,11 @@ class JointCA:
         with self.store.reading() as tx:
             return tx.operators_not_enrolled(caller.uscc, after, limit)
 
+    def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
+        """The code given last to each of ``app_ids`` that has one."""
+        with self.store.reading() as tx:
+            return tx.last_codes(app_ids)
+
     def _turn_down(
         self, caller: Caller, app_id: str, reason: str, expected: ApplicationState
     ) -> Application:

@@ -242,7 +242,8 @@ def openapi_document() -> dict[str, Any]:
                 "get": _op(
                     "The calling enterprise's operator authorizations not enrolled yet "
                     "(operators: application, operator_id, name, authorized_at, "
-                    "authorized_by; next: the 'after' of the next page, or null)",
+                    "authorized_by, code {state: live or lapsed, expires_at}; next: the "
+                    "'after' of the next page, or null)",
                     signed=True,
                     params=[
                         _q("limit", "page size (1-1000, default 100)", "integer"),

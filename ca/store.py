@@ -863,8 +863,15 @@ class SqlTransaction:
 
     def operators_not_enrolled(self, uscc: str, after: str, limit: int) -> list[Application]:
         """The enterprise's operator authorizations in force and not enrolled yet (approved,
-        no certificate issued on them), by application id after ``after``."""
+        no certificate issued on them, a code not withdrawn: lapsed ones are listed, to be
+        given again), by application id after ``after``."""
         enrolled = select(_CERT.serial).where(_CERT.application_id == _A.id).exists()
+        # not one a newer authorization of the operator replaced (its codes withdrawn)
+        coded = (
+            select(_C.code_hash)
+            .where(_C.application_id == _A.id, _C.withdrawn_at.is_(None))
+            .exists()
+        )
         q = (
             select(*_APP_COLUMNS)
             .where(
@@ -873,6 +880,7 @@ class SqlTransaction:
                 _A.state == ApplicationState.APPROVED.value,
                 _A.id > after,
                 ~enrolled,
+                coded,
             )
             .order_by(_A.id)
             .limit(limit)

@@ -425,6 +425,15 @@ def resolve_key(
     doc = client.json(f"{API}/log-key")
     key = VerifierKey.parse(str(doc["verifier_key"]))
     vouched = doc.get("root_signature")
+    if root is not None and vouched is None:
+        # fail closed: whoever stands between (or a server that dropped the field) could
+        # otherwise make --root check nothing on first use
+        raise VerificationFailed(
+            f"the server offers no root signature of its log key {key}, so --root cannot "
+            "vouch for it (a CA made before its root signed its log key, or a signature "
+            "left out on the way): pin the key from the ceremony record instead "
+            "(--log-key log.pub)"
+        )
     if root is not None and vouched is not None:
         _check_root_vouches(root, key, vouched)
         fingerprint = root.fingerprint(hashes.SHA256()).hex()
@@ -434,9 +443,7 @@ def resolve_key(
         )
         return key, None, True
     why = (
-        "the CA offers no root signature of it (made before it signed its log key)"
-        if root is not None
-        else "give the root certificate (--root ROOT.crt) to check it under the root"
+        "give the root certificate (--root ROOT.crt) to check it under the root"
         if vouched is not None
         else "compare it with the ceremony record"
     )
@@ -458,9 +465,16 @@ def _check_root_vouches(root: x509.Certificate, key: VerifierKey, vouched: objec
     try:
         verify_log_key(root, pem, json.dumps(vouched).encode())
     except LogKeySignatureRefused as exc:
+        given = root.fingerprint(hashes.SHA256()).hex()
+        named = vouched.get("root_sha256") if isinstance(vouched, dict) else None
+        why = (
+            f"it names the root whose SHA-256 is {str(named)[:16]}…, not the one given "
+            f"({given[:16]}…)"
+            if isinstance(named, str) and named != given
+            else f"its signature does not verify under that root ({exc.detail})"
+        )
         raise VerificationFailed(
-            f"the log key {key} the server names is not signed by the root given with "
-            f"--root: {exc.detail}"
+            f"the log key {key} the server names is not signed by the root given with --root: {why}"
         ) from None
 
 

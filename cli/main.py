@@ -1680,7 +1680,12 @@ def operator_add(
     show_default=True,
     help="At most this many per page.",
 )
-@click.option("--after", metavar="APP_ID", help="The last application id of the previous page.")
+@click.option(
+    "--after",
+    metavar="APP_ID",
+    callback=lambda ctx, param, value: None if value is None else application_id(ctx, param, value),
+    help="The last application id of the previous page (the one the page names).",
+)
 @json_option
 @pass_ctx
 def operator_list(
@@ -1694,7 +1699,9 @@ def operator_list(
 ) -> None:
     """List your operator authorizations not enrolled yet (a code given, no
     certificate issued on it): the ones `eport operator withdraw` takes back.
-    Enrolled operators are in `eport cert list --uscc CODE`.
+    CODE says whether its code is live or lapsed (authorize again: eport operator
+    add with the same --id, which replaces it). Enrolled operators are in
+    `eport cert list --uscc CODE`.
 
     \b
       eport operator list --cert ent/cert.pem --key ent/key.pem
@@ -1702,19 +1709,19 @@ def operator_list(
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
     query = f"?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
     doc = ctx.client().call("GET", f"/ca/v1/operators{query}", identity=ident)
-    rows = sorted(doc["operators"], key=lambda r: (r["authorized_at"], r["application"]))
+    rows = doc["operators"]  # by application id, the pages' order
     if not rows:
         text = "No operator authorization waits for its operator to enroll."
     else:
-        lines = [f"{'APPLICATION':<22} {'OPERATOR':<16} {'AUTHORIZED':<21} NAME"]
+        lines = [f"{'APPLICATION':<22} {'OPERATOR':<16} {'CODE':<10} {'AUTHORIZED':<21} NAME"]
         lines += [
-            f"{r['application']:<22} {r['operator_id']:<16} {r['authorized_at']:<21} {r['name']}"
+            f"{r['application']:<22} {r['operator_id']:<16} {r['code']['state']:<10} "
+            f"{r['authorized_at']:<21} {r['name']}"
             for r in rows
         ]
-        if doc.get("next"):
-            lines.append(f"(more: --after {doc['next']})")
         text = "\n".join(lines)
     emit(as_json, doc, text)
+    more_hint(as_json, doc, "operator authorizations")
 
 
 @operator.command("withdraw")

@@ -1026,6 +1026,31 @@ def test_a_first_verification_pins_the_log_key_the_root_signed(
     other_file.write_bytes(other.public_bytes(serialization.Encoding.PEM))
     failed(
         verify(server, tmp_path / "c.json", "--root", str(other_file), check=False),
-        "the server names is not signed by the root given with --root",
+        "the server names is not signed by the root given with --root: it names the root "
+        "whose SHA-256 is",
     )
     assert not (tmp_path / "c.json").exists()
+    # --root fails closed: a log key offered without the root's signature (a CA of an
+    # earlier release, or the field left out on the way) is not trusted on first use.
+    signature = server.data_dir / "ca" / "log.pub.sig"
+    kept = signature.read_bytes()
+    try:
+        signature.unlink()
+        failed(
+            verify(server, tmp_path / "d.json", "--root", str(root), check=False),
+            "the server offers no root signature of its log key",
+            "(--log-key log.pub)",
+        )
+        assert not (tmp_path / "d.json").exists()
+        # A changed signature file is offered to nobody, and health says so.
+        doc = json.loads(kept)
+        doc["signature"] = base64.b64encode(b"\x30" + b"\x00" * 70).decode()
+        signature.write_text(json.dumps(doc))
+        offered = requests.get(server.url + "/ca/v1/audit/log-key", timeout=10).json()
+        assert "root_signature" not in offered
+        health = requests.get(server.url + "/ca/v1/health", timeout=10).json()
+        assert any(w.startswith("ca/log.pub.sig is not the root's") for w in health["warnings"])
+    finally:
+        signature.write_bytes(kept)
+    health = requests.get(server.url + "/ca/v1/health", timeout=10).json()
+    assert not any("log.pub.sig" in w for w in health.get("warnings", []))

@@ -35,7 +35,7 @@ from cli import keyfiles
 from cli.client import Identity
 from tests import test_audit_cli as audit_cli
 from tests.conftest import Server, kill_hard, start_server, stop
-from tests.helpers import enroll_enterprise, fresh_uscc, serial_of
+from tests.helpers import creds, enroll_enterprise, fresh_uscc, serial_of
 
 
 def approved_codes(server: Server, n: int) -> list[str]:
@@ -656,17 +656,20 @@ def test_kill_9_under_enrollment_load_loses_nothing_and_restarts(tmp_path: Path)
         stop(proc)
 
 
-def test_a_deleted_wal_file_is_a_damaged_database_not_ok(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["eport.db", "auth.db"])
+def test_a_deleted_wal_file_is_a_damaged_database_not_ok(tmp_path: Path, database: str) -> None:
     """The SQLite ``-wal`` file deleted under a running server: SQLite writes on into the
     deleted file, so every 201 since was lost at the next start while health said the
     database was ok (crash probe, finding 1). Health now says ``damaged`` and what to do,
-    and the readiness check is 503."""
+    and the readiness check is 503; the token service's database beside it too."""
     server, proc = start_server(tmp_path / "data", workers=1, log_dir=tmp_path)
     try:
-        enroll_enterprise(server, tmp_path, "Before The Deletion Co.")
+        ent = enroll_enterprise(server, tmp_path, "Before The Deletion Co.")
+        cfg = tmp_path / "cfg"
+        server.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))  # the token service writes
         health = requests.get(server.url + "/ca/v1/health?ready", timeout=10)
         assert health.status_code == 200 and health.json()["database"] == "ok", health.text
-        wal = server.data_dir / "eport.db-wal"
+        wal = server.data_dir / f"{database}-wal"
         assert wal.exists()
         wal.unlink()
         health = requests.get(server.url + "/ca/v1/health?ready", timeout=10)
