@@ -81,16 +81,18 @@ def _body(environ: dict[str, Any], limit: int | None) -> bytes | None:
     if stream is None:
         return None
     transfer = environ.get("HTTP_TRANSFER_ENCODING")
-    if transfer is not None or _declared_length(environ):
-        _check_codings(str(transfer or ""), str(environ.get("HTTP_CONTENT_ENCODING") or ""))
+    content = str(environ.get("HTTP_CONTENT_ENCODING") or "")
     if transfer is not None:  # chunked: the server decodes it; ends at EOF
-        if limit is None:
-            return bytes(stream.read())
-        body = read_whole(stream, limit + 1)
-        if len(body) > limit:
+        _check_transfer_coding(str(transfer))
+        body = bytes(stream.read()) if limit is None else read_whole(stream, limit + 1)
+        if limit is not None and len(body) > limit:
             raise PayloadTooLarge(f"request bodies are limited to {limit} bytes")
+        if body:  # an empty chunked body has nothing coded, as Content-Length: 0 has not
+            _check_content_coding(content)
         return body
     declared = _declared_length(environ)
+    if declared:
+        _check_content_coding(content)
     if not declared or (limit is not None and declared > limit):
         return None
     body = read_whole(stream, declared)
@@ -102,14 +104,18 @@ def _body(environ: dict[str, Any], limit: int | None) -> bytes | None:
     return body
 
 
-def _check_codings(transfer: str, content: str) -> None:
-    """Refuse a body whose codings nothing here decodes (see the module's notes)."""
+def _check_transfer_coding(transfer: str) -> None:
+    """Refuse a transfer coding other than chunked (see the module's notes)."""
     codings = [c.strip().lower() for c in transfer.split(",") if c.strip()]
     if codings and codings != ["chunked"]:
         raise CodingNotImplemented(
             f"the transfer coding {transfer.strip()[:60]!r} is not implemented: send the body "
             "chunked or with a Content-Length, and nothing else"
         )
+
+
+def _check_content_coding(content: str) -> None:
+    """Refuse a body's content coding other than identity (see the module's notes)."""
     coded = [c.strip().lower() for c in content.split(",") if c.strip()]
     if any(c != "identity" for c in coded):
         raise UnsupportedMediaType(

@@ -967,6 +967,16 @@ def test_a_body_in_a_coding_nothing_decodes_is_refused(world: World) -> None:
         + b"%x\r\n%s\r\n0\r\n\r\n" % (len(doc), doc),
     )
     assert status == 501 and json.loads(answer)["title"] == "Not Implemented", answer
+    # An empty body has nothing coded: chunked or Content-Length 0, the same answer.
+    for framing in (b"Transfer-Encoding: chunked\r\n", b"Content-Length: 0\r\n"):
+        status, _, answer = raw_http(
+            world,
+            b"GET /ca/v1/health HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+            + framing
+            + b"Connection: close\r\n\r\n"
+            + (b"0\r\n\r\n" if b"chunked" in framing else b""),
+        )
+        assert status == 200, (framing, status, answer)
     assert counts(world) == before
     r = send(world, "POST", "/ca/v1/applications", doc)  # the same body, as it is
     assert r.status_code == 201, r.text
