@@ -231,6 +231,19 @@ def health() -> Response:
     # A ceremony that failed and could not put its files back (a full disk): they may be
     # ahead of the database until the next join or start settles its journal.
     from ca.audit_api import log_key_signature_notice
+    from ca.custody import members_notice
+    from ca.quorum_api import EXTENSION as CUSTODY
+
+    custody = current_app.extensions.get(CUSTODY)
+    if custody is not None:  # a member added or taken out of the policies, not re-shared
+        members = s.authority.policies.members
+        said = members_notice(
+            custody.record,
+            [(m.id, m.custodian) for m in members.members],
+            members.threshold,
+        )
+        if said is not None:
+            warnings.append(said)
     from ca.ceremony_files import unsettled
 
     log_pub = hierarchy.ca_dir(s.config.data_dir) / "log.pub"

@@ -706,3 +706,30 @@ def open_share_file(blob: bytes, passphrase: bytes | ShareCipher) -> ShareFile:
         total=int(header["total"]),
         shares=shares,
     )
+
+
+def members_notice(
+    record: CustodyRecord, members: Sequence[tuple[str, str]], threshold: int
+) -> str | None:
+    """For health: the custody record's members or threshold differ from the policies'
+    (``members``: each member's id and custodian name, ``policies/members.toml``), or None.
+    Until a re-share, the record's shares open the root: a member taken out of the
+    policies keeps its share, and one put in has none."""
+    held = {(c.member, c.custodian) for c in record.custodians}
+    named = set(members)
+    if held == named and record.threshold == threshold:
+        return None
+    gone = sorted(m for m, _ in held - named)
+    new = sorted(m for m, _ in named - held)
+    parts = []
+    if gone:
+        parts.append(f"shares held by {', '.join(gone)}, whom the policies no longer name")
+    if new:
+        parts.append(f"none held by {', '.join(new)}, whom the policies name")
+    if record.threshold != threshold:
+        parts.append(f"a quorum of {record.threshold}, not the policies' {threshold}")
+    return (
+        "the custody record does not match policies/members.toml (" + "; ".join(parts) + "): "
+        "its shares open the root until a re-share (eport ca reshare) hands them out as the "
+        "policies say"
+    )

@@ -273,3 +273,15 @@ def test_a_ceremony_nobody_joined_yet_says_so() -> None:
     assert _progress({"progress": 2, "threshold": 3, "joined": ["customs", "tax"]}) == (
         "2 of 3 custodians (customs, tax)"
     )
+
+
+def test_a_custody_record_the_policies_no_longer_match_is_said() -> None:
+    """A member taken out of policies/members.toml kept its share and its officers' powers
+    on a running server, and health said nothing until a re-share (custody probe, F5)."""
+    made = custody.establish(MEMBERS[:5], 3)
+    assert custody.members_notice(made.record, MEMBERS[:5], 3) is None
+    said = custody.members_notice(made.record, MEMBERS[:4], 3)
+    assert said is not None and f"shares held by {MEMBERS[4][0]}, whom the policies no" in said
+    assert "eport ca reshare" in said
+    said = custody.members_notice(made.record, MEMBERS[:5], 2)
+    assert said is not None and "a quorum of 3, not the policies' 2" in said
