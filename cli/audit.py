@@ -456,25 +456,13 @@ def resolve_key(
 
 def _check_root_vouches(root: x509.Certificate, key: VerifierKey, vouched: object) -> None:
     """Raise :class:`VerificationFailed` unless ``vouched`` (the server's ``root_signature``)
-    is ``root``'s signature of ``key``."""
-    from ca.log_key_signature import LogKeySignatureRefused, verify_log_key
-
-    pem = Ed25519PublicKey.from_public_bytes(key.public_key).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    is ``root``'s signature of ``key``, checked by the auditor's own code
+    (:func:`cli.auditproof.verify_root_log_key`), as every other check of the log is."""
     try:
-        verify_log_key(root, pem, json.dumps(vouched).encode())
-    except LogKeySignatureRefused as exc:
-        given = root.fingerprint(hashes.SHA256()).hex()
-        named = vouched.get("root_sha256") if isinstance(vouched, dict) else None
-        why = (
-            f"it names the root whose SHA-256 is {str(named)[:16]}…, not the one given "
-            f"({given[:16]}…)"
-            if isinstance(named, str) and named != given
-            else f"its signature does not verify under that root ({exc.detail})"
-        )
+        auditproof.verify_root_log_key(key, root, vouched)
+    except AuditError as exc:
         raise VerificationFailed(
-            f"the log key {key} the server names is not signed by the root given with --root: {why}"
+            f"the log key {key} the server names is not signed by the root given with --root: {exc}"
         ) from None
 
 

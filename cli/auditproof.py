@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -480,6 +481,36 @@ def _root_verify(root: x509.Certificate, signature: bytes, text: bytes) -> None:
         public.verify(signature, text)
     else:
         raise CheckpointError(f"a root key of type {type(public).__name__} cannot vouch")
+
+
+LOG_KEY_SIGNATURE_FORMAT = "eport-log-key-signature/v1"
+"""The format of the root's signature of the log key (``GET /ca/v1/audit/log-key``'s
+``root_signature``; docs/audit.md)."""
+
+
+def verify_root_log_key(key: VerifierKey, root: x509.Certificate, signature: object) -> None:
+    """Raise :class:`CheckpointError` unless ``signature`` (the server's ``root_signature``
+    document) is ``root``'s signature of ``key``: over the message
+    ``eport-log-key-signature/v1\\nsha256 <hex of the key's PEM SubjectPublicKeyInfo>\\n``.
+    Only the signature is trusted; the document's ``root_sha256`` only words a refusal."""
+    if not isinstance(signature, dict) or signature.get("format") != LOG_KEY_SIGNATURE_FORMAT:
+        raise CheckpointError(f"the root's signature is not of format {LOG_KEY_SIGNATURE_FORMAT}")
+    pem = Ed25519PublicKey.from_public_bytes(key.public_key).public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashlib.sha256(pem).hexdigest()
+    message = f"{LOG_KEY_SIGNATURE_FORMAT}\nsha256 {digest}\n".encode()
+    try:
+        _root_verify(root, _strict_b64decode(str(signature.get("signature", ""))), message)
+    except InvalidSignature:
+        given = root.fingerprint(hashes.SHA256()).hex()
+        named = signature.get("root_sha256")
+        if isinstance(named, str) and named != given:
+            raise CheckpointError(
+                f"it names the root whose SHA-256 is {named[:16]}…, not the one given "
+                f"({given[:16]}…)"
+            ) from None
+        raise CheckpointError("its signature does not verify under that root") from None
 
 
 def verify_root_checkpoint(note: bytes, root: x509.Certificate) -> VerifiedCheckpoint:
