@@ -23,6 +23,7 @@ from ca.crl import ReasonCode
 from ca.errors import BadRequest, Forbidden, NotFound
 from ca.openapi import openapi_document
 from ca.policy import SubjectClass
+from ca.problems import no_cache_of_private
 from ca.records import (
     Application,
     ApplicationState,
@@ -46,11 +47,7 @@ def private_answers(resp: Response) -> Response:
     (:mod:`ca.enroll_http`) answers byte for byte as this view does."""
     if request.path == "/ca/v1/enroll":
         return resp
-    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    private = request.method not in ("GET", "HEAD") or "Authorization" in request.headers
-    if private and "Cache-Control" not in resp.headers:
-        resp.cache_control.no_store = True
-    return resp
+    return no_cache_of_private(resp)
 
 
 def svc() -> CAService:
@@ -230,7 +227,7 @@ def health() -> Response:
         warnings += missing.values()
     # A ceremony that failed and could not put its files back (a full disk): they may be
     # ahead of the database until the next join or start settles its journal.
-    from ca.audit_api import log_key_signature_notice
+    from ca import log_key_signature
     from ca.custody import members_notice
     from ca.quorum_api import EXTENSION as CUSTODY
 
@@ -248,9 +245,13 @@ def health() -> Response:
 
     log_pub = hierarchy.ca_dir(s.config.data_dir) / "log.pub"
     if log_pub.exists():
-        said = log_key_signature_notice(Path(s.config.data_dir), log_pub.read_bytes())
-        if said is not None:
-            warnings.append(said)
+        _, why = log_key_signature.state_of(Path(s.config.data_dir), log_pub.read_bytes())
+        if why is not None:
+            warnings.append(
+                f"ca/log.pub.sig is not the root's signature of the log key ({why}): "
+                "auditors checking the log key under the root (audit verify --root) are "
+                "refused; restore the file from the data directory's backup"
+            )
     if unsettled(hierarchy.ca_dir(s.config.data_dir)):
         out.update(status="degraded", hierarchy="unsettled")
         warnings.append(
@@ -552,12 +553,7 @@ def withdraw_operator(app_id: str) -> Response:
     its code stops working, and the application reads as rejected with the reason."""
     caller = signed_caller()
     data = only(json_body(), "a withdrawal", "reason")
-    if caller.role is not SubjectClass.ENTERPRISE:
-        raise Forbidden(
-            "this is an enterprise's withdrawal of its own operator's authorization; an "
-            "RA officer withdraws an approval with eport ra withdraw"
-        )
-    app = svc().authority.withdraw(caller, app_id, field(data, "reason"))
+    app = svc().authority.withdraw_operator(caller, app_id, field(data, "reason"))
     return jsonify(app_json(app))
 
 
@@ -694,8 +690,6 @@ def renew_responders() -> Response:
     """Renew the delegated OCSP responder certificates that are due, or all of them
     with ``{"force": true}`` (a member agency's RA officer; 503 while sealed)."""
     from ca.app import renew_responders as renew
-    from ca.errors import Forbidden
-    from ca.policy import SubjectClass
 
     caller = signed_caller()
     if caller.role is not SubjectClass.AGENCY:

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
 from sqlalchemy import CursorResult, Row, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, scoped_session
 
-from ca import translog
+from ca import log_key_signature, translog
 from ca.api import parse_serial, private_answers
 from ca.authority import Caller
 from ca.checkpoint import verifier_key
@@ -540,58 +539,14 @@ def log_key() -> Response:
     origin, key = svc.origin(s), svc.verifier_key(s)
     s.rollback()
     doc: dict[str, object] = {"origin": origin, "verifier_key": key, "public_key": pem}
-    vouched = _root_signature_of(pem.encode())
+    # offered only when it verifies for this key under this host's root; a changed or
+    # damaged file is offered to nobody, and said (auditors with --root are refused)
+    vouched, why = log_key_signature.state_of(Path(audit_service().data_dir), pem.encode())
     if vouched is not None:
         doc["root_signature"] = vouched
-    return jsonify(doc)
-
-
-def _root_signature_of(log_pub: bytes) -> dict[str, object] | None:
-    """The root's signature of ``log_pub`` (``ca/log.pub.sig``) when this host has one that
-    verifies for that key under its own root (a host whose files a rotation left behind
-    has one of the old key: it offers none, and the auditor is told so)."""
-    from ca.hierarchy import ca_dir
-    from ca.log_key_signature import LogKeySignatureRefused, signature_path, verify_log_key
-
-    svc = audit_service()
-    try:
-        signature = signature_path(Path(svc.data_dir)).read_bytes()
-        root_file = ca_dir(Path(svc.data_dir)) / "root.crt"
-        root = x509.load_pem_x509_certificate(root_file.read_bytes())
-        verify_log_key(root, log_pub, signature)
-    except FileNotFoundError:
-        return None  # a CA made before its root signed its log key
-    except (OSError, ValueError, LogKeySignatureRefused) as exc:
-        # a damaged or changed file, or one of a key a rotation left behind: offered to
-        # nobody, and said (auditors with --root are refused, not misled)
-        why = exc.detail if isinstance(exc, LogKeySignatureRefused) else str(exc)
+    elif why is not None:
         log.warning("ca/log.pub.sig is not the root's signature of the log key: %s", why)
-        return None
-    found: dict[str, object] = json.loads(signature)
-    return found
-
-
-def log_key_signature_notice(data_dir: Path, log_pub: bytes) -> str | None:
-    """For health: a ``ca/log.pub.sig`` that does not verify for ``log_pub`` under this
-    host's root (changed, damaged, or of a key a rotation replaced), or None."""
-    from ca.hierarchy import ca_dir
-    from ca.log_key_signature import LogKeySignatureRefused, signature_path, verify_log_key
-
-    try:
-        signature = signature_path(data_dir).read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        root = x509.load_pem_x509_certificate((ca_dir(data_dir) / "root.crt").read_bytes())
-        verify_log_key(root, log_pub, signature)
-    except (OSError, ValueError, LogKeySignatureRefused) as exc:
-        why = exc.detail if isinstance(exc, LogKeySignatureRefused) else str(exc)
-        return (
-            f"ca/log.pub.sig is not the root's signature of the log key ({why}): auditors "
-            "checking the log key under the root (audit verify --root) are refused; "
-            "restore the file from the data directory's backup"
-        )
-    return None
+    return jsonify(doc)
 
 
 @bp.get("/log-key/handovers")

@@ -28,6 +28,7 @@ A CA made before this file existed has none: its auditors trust its key on first
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -83,3 +84,35 @@ def verify_log_key(root: x509.Certificate, log_pub: bytes, signature_file: bytes
         changed=str(doc.get("log_key_sha256", "")) != hashlib.sha256(log_pub).hexdigest(),
         other="its signature is of another log key (the key was replaced after it)",
     )
+
+
+def state_of(data_dir: Path, log_pub: bytes) -> tuple[dict[str, object] | None, str | None]:
+    """This host's root signature of ``log_pub`` (the log key it serves): the signature
+    document and None when it verifies under this host's ``ca/root.crt``; None and why
+    when the file is there but does not (changed, damaged, or of a key a rotation
+    replaced); None and None when there is none (a CA made before its root signed its log
+    key). The verification is kept per file contents: health asks on every call."""
+    d = ca_dir(data_dir)
+    try:
+        signature = signature_path(data_dir).read_bytes()
+        root_pem = (d / "root.crt").read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{exc.strerror or exc}"
+    why = _verdict(root_pem, log_pub, signature)
+    if why is not None:
+        return None, why
+    doc: dict[str, object] = json.loads(signature)
+    return doc, None
+
+
+@functools.lru_cache(maxsize=8)
+def _verdict(root_pem: bytes, log_pub: bytes, signature: bytes) -> str | None:
+    try:
+        verify_log_key(x509.load_pem_x509_certificate(root_pem), log_pub, signature)
+    except LogKeySignatureRefused as exc:
+        return exc.detail
+    except ValueError as exc:  # root.crt not PEM
+        return str(exc)
+    return None
