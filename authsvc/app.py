@@ -35,7 +35,12 @@ from ca.errors import EPortError, PayloadTooLarge
 from ca.names import accept_names_up_to_64_characters
 from ca.policy import load_policies
 from ca.problems import EXTENSION as PROBLEMS
-from ca.problems import install_problem_handlers, log_retry, problem_response
+from ca.problems import (
+    install_problem_handlers,
+    log_retry,
+    no_cache_of_private,
+    problem_response,
+)
 from ca.signedreq import TrustAnchors
 from ca.store import configure_engine
 
@@ -198,16 +203,8 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies, cfg.proxy_secret)
     )
 
-    @app.after_request
-    def _private_answers(resp: Response) -> Response:
-        # As the CA's (ca.api.private_answers): an answer to an authenticated or
-        # state-changing request (the events list names sessions, addresses and serials;
-        # a role grant) is never stored by a cache; no answer is sniffed as another type.
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        private = request.method not in ("GET", "HEAD") or "Authorization" in request.headers
-        if private and "Cache-Control" not in resp.headers:
-            resp.cache_control.no_store = True
-        return resp
+    # as the CA's: the events list names sessions, addresses and serials
+    app.after_request(no_cache_of_private)
 
     @app.before_request
     def _pin_trust() -> None:

@@ -152,6 +152,17 @@ class ErrorAnswers:
         return 500, self.dumps(server_error_problem(self.unexpected_detail)).encode()
 
 
+def no_cache_of_private(resp: Response) -> Response:
+    """Either service's rule for its answers (an ``after_request`` hook): none is sniffed as
+    another type, and an answer to an authenticated or state-changing request (codes,
+    vetted data, audit records, sessions, role grants) is never stored by a cache."""
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    private = request.method not in ("GET", "HEAD") or "Authorization" in request.headers
+    if private and "Cache-Control" not in resp.headers:
+        resp.cache_control.no_store = True
+    return resp
+
+
 HTML_ERRORS = "eport.html_errors"
 """``app.extensions`` key of an optional ``(HTTPException) -> Response | None``: a browser
 view (the audit view) answers HTTP errors on its own paths with a page; None falls
