@@ -773,10 +773,15 @@ def open_archive(path: Path, staging_parent: Path, tag: str = "") -> Archive:
         raise
 
 
+def stale_staging(staging_parent: Path, tag: str) -> list[Path]:
+    """What killed restores of the target ``tag`` left in ``staging_parent``."""
+    return sorted(p for p in staging_parent.glob(f".eport-restore-{tag}-*") if p.is_dir())
+
+
 def remove_stale_staging(staging_parent: Path, tag: str) -> int:
     """Remove what killed restores of the target ``tag`` left in ``staging_parent``; call
     it holding that target alone. How many were removed."""
-    stale = [p for p in staging_parent.glob(f".eport-restore-{tag}-*") if p.is_dir()]
+    stale = stale_staging(staging_parent, tag)
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return len(stale)

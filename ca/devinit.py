@@ -94,8 +94,10 @@ def _refuse_after_interrupted_restore(data: Path) -> None:
     new, different CA where the restored one was to be."""
     if hierarchy.exists(data):
         return
+    from ca.backup import stale_staging
+
     where = data.resolve()
-    left = sorted(p for p in where.parent.glob(f".eport-restore-{where.name}-*") if p.is_dir())
+    left = stale_staging(where.parent, where.name)
     if left:
         raise EPortError(
             f"an interrupted restore into {data} left {left[0]}: run the same eport restore "
