@@ -581,6 +581,14 @@ class JointCA:
         """
         return self._turn_down(caller, app_id, reason, ApplicationState.APPROVED)
 
+    def withdraw_operator(self, caller: Caller, app_id: str, reason: str) -> Application:
+        """The enterprise withdraws its own operator's authorization (its approval, made
+        by :meth:`authorize_operator`) before the operator enrolled, as an officer withdraws
+        an approval (:meth:`withdraw`)."""
+        return self._turn_down(
+            caller, app_id, reason, ApplicationState.APPROVED, by_enterprise=True
+        )
+
     def pending_operators(self, caller: Caller, after: str, limit: int) -> list[Application]:
         """The calling enterprise's operator authorizations not enrolled yet (a code given,
         no certificate issued on it), by application id after ``after``: what it may still
@@ -596,15 +604,17 @@ class JointCA:
             return tx.last_codes(app_ids)
 
     def _turn_down(
-        self, caller: Caller, app_id: str, reason: str, expected: ApplicationState
+        self,
+        caller: Caller,
+        app_id: str,
+        reason: str,
+        expected: ApplicationState,
+        *,
+        by_enterprise: bool = False,
     ) -> Application:
-        # An enterprise withdraws its own operators' authorizations (its approvals); every
-        # other decision is an RA officer's.
-        by_enterprise = (
-            caller.role is SubjectClass.ENTERPRISE and expected is ApplicationState.APPROVED
-        )
-        if not by_enterprise:
-            self._require(caller, SubjectClass.AGENCY)
+        # ``by_enterprise``: an enterprise withdraws its own operator's authorization; every
+        # other decision is an RA officer's
+        self._require(caller, SubjectClass.ENTERPRISE if by_enterprise else SubjectClass.AGENCY)
         reason = " ".join((reason or "").split())
         if not reason:
             raise BadRequest("a rejection needs a reason")

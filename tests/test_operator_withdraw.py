@@ -45,11 +45,14 @@ def test_an_enterprise_lists_and_withdraws_its_operators_not_enrolled(
     assert text.splitlines()[0].startswith("APPLICATION") and w1 in text and w2 in text
 
     # Another enterprise cannot take back this one's operator, nor an officer here (it
-    # withdraws an approval with eport ra withdraw).
+    # withdraws an approval with eport ra withdraw), nor an enterprise at the officers' RA
+    # endpoint.
     res = srv.eport("operator", "withdraw", w1, "--reason", "not ours", *creds(other), check=False)
     assert res.returncode == 1 and "not an operator authorization of this enterprise" in res.stderr
     res = srv.eport("operator", "withdraw", w1, "--reason", "x", *srv.officer(), check=False)
-    assert res.returncode == 1 and "eport ra withdraw" in res.stderr, res.stderr
+    assert res.returncode == 1 and "needs an enterprise certificate" in res.stderr, res.stderr
+    res = srv.eport("ra", "withdraw", w1, "--reason", "x", *creds(ent), check=False)
+    assert res.returncode == 1 and "needs an agency certificate" in res.stderr, res.stderr
 
     done = jrun(srv, "operator", "withdraw", w1, "--reason", "left before enrolling", *creds(ent))
     assert done["state"] == "rejected" and done["reason"] == "left before enrolling"
