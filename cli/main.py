@@ -396,19 +396,11 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             f"  passphrases:  {d}/{PASSPHRASE_FILE}"
             f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
         )
-        from authsvc.app import key_passphrase
-
-        # as below: an EPORT_AUTH_KEY_PASSPHRASE that is not the development one's
-        _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
     else:
-        from authsvc.app import key_passphrase
         from ca import custody_files
         from ca import hierarchy as h
         from ca.app import ca_passphrase
 
-        # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
-        # start announces its unseal fingerprint, for a server that would not start.
-        _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
         if custody_files.under_custody(data_dir):
             custody_files.load_record(data_dir)  # a damaged record: before any upgrade
             sealed_start = True
@@ -419,6 +411,12 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             for notice in loaded.missing_keys().values():
                 click.secho(f"WARNING: {notice}", fg="yellow", err=True)
         upgrade(cfg.sqlalchemy_url)
+    from authsvc.app import key_passphrase
+
+    # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
+    # start announces its unseal fingerprint, for a server that would not start. A
+    # development start too: an EPORT_AUTH_KEY_PASSPHRASE that is not the development one.
+    _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
     from ca.db import foreign_root
 
     refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
