@@ -131,16 +131,30 @@ def current() -> SignedIn | None:
     return provider().current(request.cookies.get(COOKIE), None)
 
 
+def top_level_navigation() -> bool:
+    """Whether the browser says this request is a top-level page load (Fetch Metadata:
+    ``Sec-Fetch-Dest: document``), or says nothing (a client that sends no fetch
+    metadata). An image, script, fetch or frame that another site's page makes in the
+    user's name comes without the SSO cookie (SameSite=Lax) but with the client
+    certificate the browser already chose for this host: each one opened a session, and
+    a hundred of them ended the user's real one (session cap; browser probe 24, F2)."""
+    dest = request.headers.get("Sec-Fetch-Dest")
+    return dest is None or dest == "document"
+
+
 def sign_in(req: AuthorizationRequest | None = None) -> SignedIn | None:
     """The browser's live session, or a new one from the forwarded certificate
-    (:meth:`authsvc.oidc.OpenIDProvider.authenticate`).
+    (:meth:`authsvc.oidc.OpenIDProvider.authenticate`); the certificate counts only on a
+    top-level page load (:func:`top_level_navigation`), so nothing else opens, ends or
+    re-authenticates a session.
 
     Raises :class:`~authsvc.service.InvalidGrant` (and its kin) if the certificate may
     not sign in, :class:`~ca.errors.Unauthenticated` if a certificate header came from an
     untrusted address."""
-    return provider().authenticate(
-        request.cookies.get(COOKIE), presented_certificate(), client_addr(), req
-    )
+    presented = presented_certificate()
+    if not top_level_navigation():
+        presented = None
+    return provider().authenticate(request.cookies.get(COOKIE), presented, client_addr(), req)
 
 
 def set_cookie(resp: Response, signed: SignedIn | None) -> Response:
@@ -191,13 +205,17 @@ def nothing_to_sign_out(target: str | None) -> Response:
     if COOKIE in request.cookies:
         return clear_cookie(no_store(redirect(target or SIGNED_OUT, code=303)))
     if target:
+        # end_session's GET (a cookieless POST comes back as one): this browser holds no
+        # session, so it is signed out
         return no_store(redirect(target, code=303))
     return no_store(
         message(
             400,
             "Nothing to sign out",
-            "This request came without your e-port sign-in (a form sent from another site "
-            "comes without it), so nothing was ended. To sign out, use the portal.",
+            "This browser sent no e-port sign-in with this request, so nothing was ended. "
+            "If you signed out in another tab or window, you are signed out. A form sent "
+            "from another site also comes without it: to be sure, open the portal; it "
+            "shows whether you are signed in and signs you out.",
             to_portal=True,
         )
     )
@@ -242,16 +260,20 @@ def with_openid(meta: dict[str, Any]) -> dict[str, Any]:
 # -- the authorization endpoint -------------------------------------------------------
 
 
+def as_get() -> Response:
+    """A form posted from another site (a relying party's) comes without the SSO cookie
+    (SameSite=Lax); the same request as a GET, a top-level navigation, carries it."""
+    query = urlencode(list(request.form.items(multi=True)))
+    return no_store(redirect(f"{request.path}?{query}", code=303))
+
+
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
     if request.method == "POST" and COOKIE not in request.cookies:
-        # A POST from another site (a relying party's form) comes without the SSO
-        # cookie (SameSite=Lax): the certificate opened a second session whose cookie
+        # Without the cookie the certificate opened a second session whose cookie
         # replaced the first's, and a later sign-out left the first open with its
-        # services signed in (browser probe, F1). The same request as a GET, a top-level
-        # navigation, carries the cookie.
-        query = urlencode(list(request.form.items(multi=True)))
-        return no_store(redirect(f"{request.path}?{query}", code=303))
+        # services signed in (browser probe, F1).
+        return as_get()
     p = provider()
     signed: SignedIn | None = None
     try:
@@ -393,7 +415,14 @@ def _challenge_text(text: str) -> str:
 @bp.route("/end_session", methods=["GET", "POST"])
 def end_session() -> Response:
     """RP-Initiated Logout 1.0 §2. A valid ``id_token_hint`` of this browser's session
-    logs out at once; otherwise the user confirms with a form (logout CSRF)."""
+    logs out at once; otherwise the user confirms with a form (logout CSRF).
+
+    A POST without the SSO cookie (a relying party's form on another site: SameSite=Lax)
+    is sent again as a GET, which carries it: answered from the POST, the browser went to
+    the relying party's signed-out page while its session, and every other service, stayed
+    signed in (browser probe 24, F1)."""
+    if request.method == "POST" and COOKIE not in request.cookies:
+        return as_get()
     p = provider()
     values = params()
     try:

@@ -880,6 +880,76 @@ def test_cookieless_posts_neither_open_a_second_session_nor_drop_the_cookie(
     assert validate(srv, token) == 200
 
 
+def test_a_cookieless_end_session_post_comes_back_as_a_get_and_ends_the_session(
+    world: World,
+) -> None:
+    """A relying party on another site signs out by form POST: the browser sends it
+    without the SSO cookie (SameSite=Lax). It was sent on to the relying party's
+    signed-out page while the session, and every service, stayed signed in (browser
+    probe 24, F1). Now it comes back as a GET, which the browser sends with the cookie."""
+    srv = world.server
+    agent = world.agent()
+    id_token = redeem(srv, authorize(agent)).json()["id_token"]
+    token = redeem(srv, authorize(agent, cert=False)).json()["access_token"]
+    registered = f"https://sample-a.eport.example:{PUBLIC_PORT}/signed-out"
+    form = {"id_token_hint": id_token, "post_logout_redirect_uri": registered, "state": "x"}
+    stranger = world.agent()  # the same browser's cross-site POST: no cookie
+    r = stranger.post("/auth/end_session", form, cert=False)
+    assert r.status_code == 303 and stranger.cookie is None
+    location = urlsplit(r.headers["Location"])
+    assert location.path == "/auth/end_session"
+    assert {k: v[0] for k, v in parse_qs(location.query).items()} == form
+    assert validate(srv, token) == 200  # nothing ended yet, and no one told it was
+    r = agent.get(r.headers["Location"], cert=False)  # followed, with the cookie
+    assert r.status_code == 303 and r.headers["Location"] == registered + "?state=x"
+    assert validate(srv, token) == 401
+    assert agent.get("/portal/", cert=False).status_code == 401
+
+
+def test_only_a_top_level_page_load_signs_in_with_the_certificate(world: World) -> None:
+    """Another site's page that embeds images of the portal or of /auth/authorize sends
+    them without the SSO cookie but with the certificate the browser chose for this
+    host: each opened a session, and past the session cap the user's real one ended
+    (browser probe 24, F2). Fetch Metadata tells those loads apart."""
+    srv = world.server
+    agent = world.agent()
+    assert agent.get("/portal/").status_code == 200  # no fetch metadata: a client, not a page
+    token = redeem(srv, authorize(agent, cert=False)).json()["access_token"]
+    headers = {"X-SSL-Client-Cert": quote(agent.cert_pem or "")}
+    for dest in ("image", "iframe", "script", "empty"):
+        r = requests.get(
+            srv.url + "/portal/",
+            headers={**headers, "Sec-Fetch-Dest": dest, "Sec-Fetch-Site": "cross-site"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 401 and "Set-Cookie" not in r.headers, dest
+        _, challenge = pkce()
+        params = {
+            "response_type": "code", "client_id": "sample-a", "prompt": "none",
+            "redirect_uri": redirect_uri("sample-a"), "scope": "openid", "state": "s",
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        }  # fmt: skip
+        r = requests.get(
+            srv.url + "/auth/authorize",
+            params=params,
+            headers={**headers, "Sec-Fetch-Dest": dest, "Sec-Fetch-Site": "cross-site"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 302 and "Set-Cookie" not in r.headers, dest
+        assert "error=login_required" in r.headers["Location"], dest
+    # A page load from a relying party (a cross-site navigation) signs in as before.
+    r = requests.get(
+        srv.url + "/portal/",
+        headers={**headers, "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "cross-site"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert r.status_code == 200 and COOKIE in r.headers.get("Set-Cookie", "")
+    assert validate(srv, token) == 200  # the first session is still live
+
+
 # -- relying parties ---------------------------------------------------------------------
 
 
