@@ -9,7 +9,6 @@ claims ``iss``, ``sub``, ``aud``, ``exp``, ``iat`` and ``jti``, finds the key by
 from __future__ import annotations
 
 import datetime
-import math
 import re
 import threading
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.errors import EPortError
-from ca.signedreq import compact_header
+from ca.signedreq import LAST_TIME, compact_header
 
 ACCESS_TOKEN_TYP = "at+jwt"
 _KID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -94,9 +93,14 @@ class VerifiedTokens:
 
 
 def _is_time(value: object) -> bool:
-    """A NumericDate (RFC 7519 §2): a finite number. Python's JSON reader takes ``NaN``
-    and ``Infinity``, and every comparison with NaN is false."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A NumericDate (RFC 7519 §2) a ``datetime`` holds (:func:`ca.signedreq.LAST_TIME`):
+    not ``NaN`` or ``Infinity`` (Python's JSON reader takes them, and every comparison
+    with NaN is false), not an integer too large for ``math.isfinite``."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -LAST_TIME <= value <= LAST_TIME
+    )
 
 
 def _check_times(

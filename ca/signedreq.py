@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import hmac
 import json
-import math
 import re
 import secrets
 import threading
@@ -383,7 +382,10 @@ def verify_certificate_jwt(
     exp = claims["exp"]
     nbf = claims.get("nbf", iat)
     if not all(_is_time(t) for t in (iat, exp, nbf)):
-        raise Unauthenticated("iat, exp and nbf must be numbers")
+        raise Unauthenticated(
+            "iat, exp and nbf must be numbers of seconds since 1970 before the year 10000 "
+            "(RFC 7519 §2 NumericDate)"
+        )
     # at most five minutes (RFC 7515 requests of this CA are short-lived); a server may
     # allow less (EPORT_REQUEST_MAX_LIFETIME_SECONDS), never more
     longest = min(max_lifetime, MAX_LIFETIME).total_seconds()
@@ -449,8 +451,20 @@ def _stamp(when: float | datetime.datetime) -> str:
         return f"{when:g}" if isinstance(when, float) else str(when)
 
 
+LAST_TIME = 253402300799
+"""9999-12-31T23:59:59Z as a NumericDate: the last second a ``datetime`` holds."""
+
+
 def _is_time(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A NumericDate (RFC 7519 §2) a ``datetime`` holds: NaN and the infinities (which
+    Python's JSON reader takes) compare false; an integer of 400 digits is a number
+    ``math.isfinite`` cannot take (OverflowError: a 500 for any certificate holder,
+    fuzzing probe 24, F1)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -LAST_TIME <= value <= LAST_TIME
+    )
 
 
 def compact_header(token: str) -> dict[str, Any]:

@@ -341,6 +341,7 @@ def test_sdk_refuses_bad_tokens(world: World, http: CountingSession) -> None:
         "nbf NaN": resign(server, token, nbf=float("nan")),
         "exp NaN": resign(server, token, exp=float("nan")),
         "exp Infinity": resign(server, token, exp=float("inf")),
+        "exp of 400 digits": resign(server, token, exp=10**400),  # math.isfinite overflowed
         "another service's token": world.session.token("manifest"),
     }
     for what, tok in bad.items():

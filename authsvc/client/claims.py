@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -122,13 +121,23 @@ def _req_str(payload: Mapping[str, Any], name: str) -> str:
     return value
 
 
+_LAST_TIME = 253402300799  # 9999-12-31T23:59:59Z (the SDK imports nothing of the CA)
+
+
 def numeric_date(value: Any, name: str) -> int:
     """``value`` as claim ``name``, a NumericDate (RFC 7519 §2): a finite number. NaN
     (which Python's JSON reader takes) compares false with every time, so a ``nbf`` of
     NaN was never in the future; int() of NaN or Infinity raised ValueError or
-    OverflowError instead of :class:`InvalidToken`."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken(f"claim {name} must be a finite number (RFC 7519 §2 NumericDate)")
+    OverflowError instead of :class:`InvalidToken`, and so did ``math.isfinite`` of an
+    integer of hundreds of digits. Held to the years a ``datetime`` holds (1 to 9999)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not -_LAST_TIME <= value <= _LAST_TIME
+    ):
+        raise InvalidToken(
+            f"claim {name} must be a number of seconds before year 10000 (RFC 7519 §2 NumericDate)"
+        )
     return int(value)
 
 
