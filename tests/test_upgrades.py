@@ -289,6 +289,25 @@ def test_0011_folds_the_operator_id_lookup_key(database: str, tmp_path: Path) ->
             found = tx.operator_applications("91350100M000100Y43", "e1")
             assert [a.id for a in found] == ["app_e1"]
             assert found[0].vetted["operator_id"] == "E1"  # as typed
+        # A server of release 0010 still running after the upgrade writes an id as typed:
+        # the next start folds it too (before, eport operator add --id e2 missed E2's
+        # authorization while its certificate was in force: upgrade probe, session 24).
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO applications (id, subject_class, uscc, vetted, state, "
+                    "created_at, applicant, operator_id) VALUES ('app_e2', 'operator', "
+                    "'91350100M000100Y43', '{\"operator_id\": \"E2\"}', 'approved', "
+                    ":at, 'enterprise:1', 'E2')"
+                ),
+                {"at": "2026-11-29 05:00:00"},
+            )
+        with store.transaction() as tx:
+            assert tx.operator_applications("91350100M000100Y43", "e2") == []
+        ca_upgrade(url)
+        with store.transaction() as tx:
+            found = tx.operator_applications("91350100M000100Y43", "E2")
+            assert [a.id for a in found] == ["app_e2"]
     finally:
         engine.dispose()
 

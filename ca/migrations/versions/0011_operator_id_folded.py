@@ -24,6 +24,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # ca.db.FOLD_OPERATOR_IDS runs the same statement at every start, for what a server of
+    # an earlier release still writes after the upgrade; written out here, as a
+    # migration must not change with later code
     op.execute(
         "UPDATE applications SET operator_id = lower(operator_id) "
         "WHERE operator_id IS NOT NULL AND operator_id <> lower(operator_id)"
