@@ -538,7 +538,7 @@ class JointCA:
         now = self.clock()
         app = self._locked_application(tx, app_id, caller)
         if caller is not None:
-            _signer_still_good(tx, caller)
+            signer_still_good(tx, caller)
         else:
             tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
         allowed = self._profiles_for(app, profiles)
@@ -636,7 +636,7 @@ class JointCA:
                     f"application {app_id} is not an operator authorization of this "
                     "enterprise: an enterprise withdraws only its own (eport operator list)"
                 )
-            _signer_still_good(tx, caller)
+            signer_still_good(tx, caller)
             who = "enterprise" if by_enterprise else "officer"
             details: dict[str, object] = {"reason": reason, who: caller.subject}
             if expected is ApplicationState.PENDING:
@@ -697,7 +697,7 @@ class JointCA:
             # The application's row, then the lock of issuances, then the codes: an
             # issuance locks the log head and then its code, an approval the application
             # and then the head.
-            _signer_still_good(tx, caller)
+            signer_still_good(tx, caller)
             if app.state is not ApplicationState.APPROVED:
                 raise Conflict(
                     f"application {app_id} is {app.state.value}; only an approved "
@@ -909,7 +909,7 @@ class JointCA:
             # The enterprise's row lock orders its authorizations (PostgreSQL), so two at
             # once for one operator cannot both leave a code live.
             tx.get_application(parent.id, for_update=True)
-            _signer_still_good(tx, caller)  # and the issuances' lock, before the codes' rows
+            signer_still_good(tx, caller)  # and the issuances' lock, before the codes' rows
             earlier = tx.operator_applications(parent.uscc, clean_id)
             _refuse_in_force(
                 tx,
@@ -1376,7 +1376,7 @@ def _display_name(vetted: Mapping[str, str]) -> str:
     return ""
 
 
-def _signer_still_good(tx: Transaction, caller: Caller) -> None:
+def signer_still_good(tx: Transaction, caller: Caller) -> None:
     """Take the issuances' lock, then refuse if the certificate that signed the request,
     good when the request came, has been revoked or put on hold since. A revocation
     appends to the log under that lock: one that committed first is seen here, one

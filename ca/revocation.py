@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ca.authority import Caller, JointCA
+from ca.authority import Caller, JointCA, signer_still_good
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, Conflict, Forbidden, NotFound
 from ca.names import member_agency_of
@@ -185,7 +185,11 @@ class Revocation:
             # hosts, two workers) would both find it good and the later would overwrite
             # the earlier, a hold over a revocation. Taken first, the later one waits and
             # then sees the earlier; two cessations of one enterprise see each other too.
-            tx.hold_issuance()
+            # The lock is taken with a fresh look at the request's signer: revoked or held
+            # since its request was checked (an officer's keyCompromise of an enterprise
+            # committing while the enterprise revokes its operator), nothing is changed
+            # (race probe, session 24: both were carried out, the later by a revoked key).
+            signer_still_good(tx, caller)
             current = tx.get_status(serial, for_update=True)
             if current is not None and current.state is StatusState.REVOKED:
                 raise Conflict(f"certificate {serial:x} is already revoked")
@@ -241,7 +245,7 @@ class Revocation:
         with self.ca.store.transaction() as tx:
             rec = self._load(tx, serial)
             self._may_manage(tx, caller, rec)
-            tx.hold_issuance()  # before the status: see revoke
+            signer_still_good(tx, caller)  # the lock before the status: see revoke
             current = tx.get_status(serial, for_update=True)
             if current is not None:
                 state = "on hold" if current.state is StatusState.HOLD else "revoked"
@@ -258,8 +262,8 @@ class Revocation:
             rec = self._load(tx, serial)
             # The issuances' lock before the status row, as revoke and suspend take them
             # (the other way round, a revocation of this held certificate at the same
-            # moment would deadlock with it).
-            tx.hold_issuance()
+            # moment would deadlock with it), and the signer's status under it: see revoke.
+            signer_still_good(tx, caller)
             current = tx.get_status(serial, for_update=True)
             if current is None and rec.serial == caller.serial:
                 # It signed this request, so it is good: say that, not who may lift a hold.

@@ -311,3 +311,43 @@ def test_an_operator_enrolls_while_the_enterprise_ceases(joint: tuple[Any, Any, 
         with sessions() as s:
             state = s.get(CertificateStatusRow, serial)
         assert state is not None and state.state == "revoked", "an operator outlived cessation"
+
+
+def test_a_status_change_signed_by_a_certificate_revoked_meanwhile_changes_nothing(
+    joint: tuple[Any, Any, Any],
+) -> None:
+    """An enterprise holds, resumes or revokes its operator while an officer revokes the
+    enterprise (keyCompromise): a request checked before that revocation committed, and
+    carried out after it, acted with a revoked key (race probe, session 24). The caller
+    below was made before the revocation, as the HTTP layer makes it; the change it signs
+    comes after, and is refused with nothing written."""
+    from ca.errors import Forbidden
+    from ca.models import EventRow
+    from ca.revocation import Revocation
+
+    ca, sessions, officer = joint
+    revocation = Revocation(ca)
+    grant = ca.approve(
+        officer, ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "E"}).id
+    )
+    ent_cert = ca.enroll(grant.code, "enterprise", csr_pem()).certificate
+    ent = caller_of(ca, ent_cert.public_bytes(serialization.Encoding.PEM))
+    held = ca.enroll(ca.authorize_operator(ent, "Li Wei", "H1").code, "operator", csr_pem())
+    good = ca.enroll(ca.authorize_operator(ent, "Wang Fang", "G1").code, "operator", csr_pem())
+    revocation.suspend(ent, held.record.serial)
+    # keyCompromise, not cessationOfOperation: the operators are not revoked with it
+    revocation.revoke(officer, ent_cert.serial_number, "keyCompromise")
+    with sessions() as s:
+        events = s.execute(select(func.count()).select_from(EventRow)).scalar_one()
+    for change in (
+        lambda: revocation.resume(ent, held.record.serial),
+        lambda: revocation.suspend(ent, good.record.serial),
+        lambda: revocation.revoke(ent, good.record.serial, "superseded"),
+    ):
+        with pytest.raises(Forbidden, match="was revoked meanwhile; nothing was changed"):
+            change()
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(EventRow)).scalar_one() == events
+    assert revocation.status_of(good.record.serial)[1] is None  # still good
+    held_status = revocation.status_of(held.record.serial)[1]
+    assert held_status is not None and held_status.state.value == "hold"
