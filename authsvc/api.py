@@ -171,10 +171,13 @@ def proxies() -> TrustedProxies:
     return svc().proxies
 
 
-def caller_principal() -> Principal:
-    """A registered party identified by a signed request or a trusted proxy's client cert."""
+def caller_principal(*, fresh: bool = False) -> Principal:
+    """A registered party identified by a signed request or a trusted proxy's client cert;
+    ``fresh``: its certificate's status asked of the CA now (a write that lasts)."""
     s = svc()
-    mtls = mtls_caller(s.tokens, s.trust, request.headers, request.remote_addr, proxies(), utcnow())
+    mtls = mtls_caller(
+        s.tokens, s.trust, request.headers, request.remote_addr, proxies(), utcnow(), fresh=fresh
+    )
     if mtls is not None:
         return mtls
     scheme, _, signed = (request.headers.get("Authorization") or "").partition(" ")
@@ -190,7 +193,7 @@ def caller_principal() -> Principal:
         now=utcnow(),
         leeway=datetime.timedelta(seconds=s.config.leeway_seconds),
     )
-    return s.tokens.signed_principal(req)
+    return s.tokens.signed_principal(req, fresh=fresh)
 
 
 def session_json(rec: SessionRecord) -> dict[str, Any]:
@@ -407,7 +410,7 @@ def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
     raw = request.get_data(cache=True)
     refuse_non_json(request.mimetype, raw)  # 415 before the signature: its jti unspent
-    caller = caller_principal()
+    caller = caller_principal(fresh=True)
     data = json_object(raw)  # 400: not I-JSON, NUL, a lone surrogate
     op = data.get("operator_id")
     roles = data.get("roles")

@@ -173,14 +173,17 @@ def mtls_caller(
     remote_addr: str | None,
     proxies: TrustedProxies,
     now: datetime.datetime,
+    *,
+    fresh: bool = False,
 ) -> Principal | None:
     """The registered party whose client certificate a trusted proxy forwarded (chain
-    validated, status good); None without such a header; raises if it is not believable."""
+    validated, status good: asked now if ``fresh``); None without such a header; raises
+    if it is not believable."""
     cert = forwarded_certificate(headers, remote_addr, proxies)
     if cert is None:
         return None
     trust.verify_chain(cert, now)
-    tokens.require_good_caller(cert)
+    tokens.require_good_caller(cert, fresh=fresh)
     return tokens.principal_of(cert)
 
 

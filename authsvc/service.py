@@ -389,14 +389,20 @@ class TokenService:
         if not isinstance(st, Good):
             raise InvalidGrant(f"the certificate is {_status_name(st)}")
 
-    def require_good_caller(self, cert: x509.Certificate) -> None:
+    def require_good_caller(self, cert: x509.Certificate, *, fresh: bool = False) -> None:
         """The certificate a caller authenticates with (a signed request, or a client
         certificate a trusted proxy forwarded) must be good: :class:`Unauthenticated`
         otherwise. The caller failed to authenticate, so OAuth endpoints answer 401
         ``invalid_client`` (RFC 6749 §5.2, RFC 7662 §2.3) and ``/auth/v1/…`` a 401
         problem, as the CA answers the same signer. Before, it was ``invalid_grant``,
-        which an introspecting service reads as a verdict on the token it asked about."""
-        st = self.cert_status(cert, fresh=False)
+        which an introspecting service reads as a verdict on the token it asked about.
+
+        ``fresh``: a write that lasts (a role grant) asks the CA now, as a login does; the
+        status cached for ``status_ttl`` (2 s) let an enterprise whose revocation had been
+        answered grant roles for two more seconds (race probe, session 24). Introspection
+        and exchange, which make nothing that outlives the caller's status, keep the
+        cache."""
+        st = self.cert_status(cert, fresh=fresh)
         if not isinstance(st, Good):
             raise Unauthenticated(
                 f"the certificate {cert.serial_number:x} is {_status_name(st)}; "
@@ -997,8 +1003,8 @@ class TokenService:
         self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now, event)
         return operator_id
 
-    def signed_principal(self, req: SignedRequest) -> Principal:
-        self.require_good_caller(req.certificate)
+    def signed_principal(self, req: SignedRequest, *, fresh: bool = False) -> Principal:
+        self.require_good_caller(req.certificate, fresh=fresh)
         return self.principal_of(req.certificate)
 
     def principal_of(self, cert: x509.Certificate) -> Principal:

@@ -257,6 +257,26 @@ def test_a_revoked_or_held_caller_fails_to_authenticate(srv: Server, tmp_path: P
         assert r.headers["WWW-Authenticate"].startswith("EPort-Signed")
 
 
+def test_a_role_grant_asks_the_ca_now_not_the_status_cache(srv: Server, tmp_path: Path) -> None:
+    """A role grant lasts beyond the request: signed by a certificate whose revocation the
+    CA has answered, it is refused at once. With the status cached (2 s, per process) an
+    enterprise that had just granted kept granting for two seconds after its
+    keyCompromise (race probe, session 24)."""
+    ent = enroll_enterprise(srv, tmp_path, "Cached Co.")
+    roles = json.dumps({"operator_id": "C1", "roles": ["declaration"]}).encode()
+    for _ in range(6):  # every worker has the certificate's status (good) cached now
+        r = signed(srv, ent, "POST", "/auth/v1/roles", roles, "application/json")
+        assert r.status_code == 200, r.text
+    body = json.dumps({"reason": "keyCompromise"}).encode()
+    r = signed(
+        srv, ent, "POST", f"/ca/v1/certificates/{serial(ent)}/revoke", body, "application/json"
+    )
+    assert r.status_code == 200, r.text
+    for _ in range(6):  # well within the cache's two seconds
+        r = signed(srv, ent, "POST", "/auth/v1/roles", roles, "application/json")
+        assert r.status_code == 401 and "is revoked" in r.json()["detail"], r.text
+
+
 def test_the_subjects_own_certificate_in_a_login_stays_invalid_grant(
     srv: Server, tmp_path: Path
 ) -> None:
