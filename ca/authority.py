@@ -636,6 +636,14 @@ class JointCA:
                     f"application {app_id} is not an operator authorization of this "
                     "enterprise: an enterprise withdraws only its own (eport operator list)"
                 )
+            if not by_enterprise and app.subject_class == SubjectClass.OPERATOR.value:
+                # The enterprise alone authorizes and withdraws its operators (as for a new
+                # code, reissue_code): any member's officer withdrew one (probe 24).
+                raise Forbidden(
+                    f"application {app_id} is an enterprise's authorization of its operator: "
+                    "the enterprise withdraws it (eport operator withdraw); an officer "
+                    "revokes the enterprise's certificate if it must not act at all"
+                )
             signer_still_good(tx, caller)
             who = "enterprise" if by_enterprise else "officer"
             details: dict[str, object] = {"reason": reason, who: caller.subject}

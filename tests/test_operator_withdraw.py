@@ -53,6 +53,11 @@ def test_an_enterprise_lists_and_withdraws_its_operators_not_enrolled(
     assert res.returncode == 1 and "needs an enterprise certificate" in res.stderr, res.stderr
     res = srv.eport("ra", "withdraw", w1, "--reason", "x", *creds(ent), check=False)
     assert res.returncode == 1 and "needs an agency certificate" in res.stderr, res.stderr
+    # Nor an officer at its own RA endpoint: the enterprise alone withdraws its operators
+    # (any member's officer could; probe 24).
+    res = srv.eport("ra", "withdraw", w1, "--reason", "x", *srv.officer(), check=False)
+    assert res.returncode == 1 and "the enterprise withdraws it" in res.stderr, res.stderr
+    assert jrun(srv, "application", "show", w1)["state"] == "approved"
 
     done = jrun(srv, "operator", "withdraw", w1, "--reason", "left before enrolling", *creds(ent))
     assert done["state"] == "rejected" and done["reason"] == "left before enrolling"
