@@ -1363,8 +1363,13 @@ def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
     no letter or digit, or over ``limit`` characters (Unicode code points)."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
-    value = unicodedata.normalize("NFC", " ".join(value.split()))
+    # Looked for before blanks are collapsed: str.split() takes C0 separators (U+001C to
+    # U+001F), tabs, NEL and the line and paragraph separators for blanks, so those came
+    # through as spaces (fuzzing probe 24). Space characters (Zs, U+3000 too) collapse.
     unseen = next((c for c in value if unicodedata.category(c) in _UNSEEN), None)
+    if unseen is None:
+        value = unicodedata.normalize("NFC", " ".join(value.split()))
+        unseen = next((c for c in value if unicodedata.category(c) in _UNSEEN), None)
     if unseen is not None:
         raise BadRequest(
             f"{what} contains an invisible or control character (U+{ord(unseen):04X}); "

@@ -228,6 +228,12 @@ def test_operator_cannot_authorize_operators(env: tuple, tmp_path: Path) -> None
         ({"uscc": "91350100M000100Y43", "legal_name": "A\udc00B"}, BadRequest),
         ({"uscc": "91350100M000100Y43", "legal_name": "\u200b\u200b"}, BadRequest),
         ({"uscc": "91350100M000100Y43", "legal_name": "-- . --"}, BadRequest),
+        # controls and separators str.split() takes for blanks: refused, not made spaces
+        *(
+            ({"uscc": "91350100M000100Y43", "legal_name": f"Mut{c}Co"}, BadRequest)
+            for c in ("\u2028", "\u2029", "\x1c", "\x1f", "\x85", "\x0b", "\t", "\n")
+        ),
+        ({"uscc": "91350100M000100Y43", "legal_name": "Mut C\x1c"}, BadRequest),
         (
             {"uscc": "91350100M000100Y43", "legal_name": "名" * 65},
             BadRequest,
