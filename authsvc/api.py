@@ -303,26 +303,36 @@ def jwks() -> Response:
 def token() -> Response:
     grant = form("grant_type")
     s = svc()
+    scope = form("scope", required=False)  # fewer scopes than the user has (narrowed)
     if grant == JWT_BEARER:
         service = form("audience", required=False) or None
-        login = s.tokens.login_assertion(form("assertion") or "", client_addr(), service)
+        if scope is not None and service is None:
+            raise OAuthError("scope needs an audience: the service whose scopes they are")
+        login = s.tokens.login_assertion(form("assertion") or "", client_addr(), service, scope)
         out = login_json(login)
         if login.minted is not None:
             out.update(minted_json(login.minted))
         return no_store(jsonify(out))
     if grant == "refresh_token":
         audience, resource = form("audience", required=False), form("resource", required=False)
+        if audience and resource and audience != resource:
+            # one was taken and the other dropped without a word (fuzzing probe 24)
+            raise OAuthError(
+                f"audience {audience[:60]!r} and resource {resource[:60]!r} name two "
+                "services: give one",
+                error="invalid_target",
+            )
         service = audience or resource
         if not service:
             raise OAuthError("audience (the service id) is required", error="invalid_target")
-        minted = s.tokens.refresh(form("refresh_token") or "", service, client_addr())
+        minted = s.tokens.refresh(form("refresh_token") or "", service, client_addr(), scope)
         return no_store(jsonify(minted_json(minted)))
     if grant == TOKEN_EXCHANGE:
         caller = caller_principal()
         if form("subject_token_type") != ACCESS_TOKEN_TYPE:
             raise OAuthError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
         target = form("audience") or ""
-        minted = s.tokens.exchange(caller, form("subject_token") or "", target)
+        minted = s.tokens.exchange(caller, form("subject_token") or "", target, scope)
         return no_store(jsonify(minted_json(minted, ACCESS_TOKEN_TYPE)))
     if grant == "authorization_code":
         return authorization_code_grant()  # OpenID Connect (authsvc/oidc_api.py)

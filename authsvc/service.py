@@ -435,14 +435,19 @@ class TokenService:
         self.store.add_event(event)
 
     def login_assertion(
-        self, assertion: str, client_addr: str | None, service_id: str | None = None
+        self,
+        assertion: str,
+        client_addr: str | None,
+        service_id: str | None = None,
+        requested: str | None = None,
     ) -> Login:
         """RFC 7523 §2.1: a JWT signed with the certificate's key, the chain in ``x5c``.
 
         With ``service_id`` (RFC 8693 ``audience``), also an access token for that
-        service. Everything that can refuse the login, the service and the subject's
-        access to it included, is decided before the assertion's ``jti`` is spent: a
-        refused login opens no session, logs no ``login`` and may be sent again."""
+        service, of the ``requested`` scopes only if given (:func:`narrowed`). Everything
+        that can refuse the login, the service and the subject's access to it included, is
+        decided before the assertion's ``jti`` is spent: a refused login opens no session,
+        logs no ``login`` and may be sent again."""
         addr_key = f"addr:{client_addr}"
         cert_key = _assertion_cert_key(assertion)
         keys = [addr_key] + ([cert_key] if cert_key else [])
@@ -466,7 +471,7 @@ class TokenService:
             decided["principal"] = principal
             if service_id is not None:
                 # invalid_target or invalid_scope: not a failed login (nothing counted)
-                decided["access"] = self._access(principal, service_id)
+                decided["access"] = self._access(principal, service_id, requested)
 
         try:
             try:
@@ -615,8 +620,15 @@ class TokenService:
             raise InvalidToken(f"the session ended: {reason}")
         return rec
 
-    def refresh(self, refresh_token: str, service_id: str, client_addr: str | None) -> Minted:
-        """A new access token for ``service_id`` from the session, and a rotated refresh token."""
+    def refresh(
+        self,
+        refresh_token: str,
+        service_id: str,
+        client_addr: str | None,
+        requested: str | None = None,
+    ) -> Minted:
+        """A new access token for ``service_id`` from the session (of the ``requested``
+        scopes only, if given: RFC 6749 §6), and a rotated refresh token."""
         now = self.clock()
         h = token_hash(refresh_token)
         rt = self.store.get_refresh(h)
@@ -630,7 +642,7 @@ class TokenService:
             raise InvalidGrant(exc.detail) from None
         # Mint first: a refusal (unknown service, no access) must leave the refresh token
         # usable; a token minted for a lost rotation race is simply never handed out.
-        minted = self.mint_for(session, service_id)
+        minted = self.mint_for(session, service_id, requested=requested)
         new = secrets.token_urlsafe(32)
         issued = AuthEvent.of_session(
             "token.issued", now, session.sid, session, client_addr=client_addr, service=service_id
@@ -676,15 +688,19 @@ class TokenService:
         *,
         client_id: str = "eport-cli",
         release: frozenset[str] | None = None,
+        requested: str | None = None,
     ) -> Minted:
         """An access token of ``session`` for ``service_id``; ``release``: see
-        :meth:`_mint`."""
-        service, scopes = self._access(session.principal, service_id)
+        :meth:`_mint`; ``requested``: :func:`narrowed`."""
+        service, scopes = self._access(session.principal, service_id, requested)
         return self._mint(session, service, scopes, act, client_id=client_id, release=release)
 
-    def _access(self, p: Principal, service_id: str) -> tuple[Any, tuple[str, ...]]:
-        """The service ``service_id`` and the scopes ``p`` has there; raises the OAuth
-        error (``invalid_target``, ``invalid_scope``) if there are none."""
+    def _access(
+        self, p: Principal, service_id: str, requested: str | None = None
+    ) -> tuple[Any, tuple[str, ...]]:
+        """The service ``service_id`` and the scopes ``p`` has there (those ``requested``
+        of them, if given: :func:`narrowed`); raises the OAuth error (``invalid_target``,
+        ``invalid_scope``) if there are none, or one requested is not among them."""
         try:
             service = self.access.service(service_id)
         except EPortError as exc:  # its detail names the known services
@@ -701,7 +717,7 @@ class TokenService:
                 error="invalid_scope",
                 status=403,
             )
-        return service, tuple(scopes)
+        return service, narrowed(tuple(scopes), requested, f"{p.subject} at {service.id}")
 
     def _mint(
         self,
@@ -836,8 +852,15 @@ class TokenService:
             )
         return service
 
-    def exchange(self, caller: Principal, subject_token: str, target_service_id: str) -> Minted:
-        """RFC 8693: a token for another service on the user's behalf, with ``act``."""
+    def exchange(
+        self,
+        caller: Principal,
+        subject_token: str,
+        target_service_id: str,
+        requested: str | None = None,
+    ) -> Minted:
+        """RFC 8693: a token for another service on the user's behalf, with ``act``; of the
+        ``requested`` scopes only, if given (§2.1 ``scope``, :func:`narrowed`)."""
         service = self._service_of(caller)
         if not self.access.may_exchange(service.id, target_service_id):
             # RFC 8693 §2.2.2: a target the server will not issue for is invalid_target,
@@ -855,7 +878,7 @@ class TokenService:
         act = {"sub": caller.subject}
         if isinstance(claims.get("act"), dict):
             act["act"] = claims["act"]  # RFC 8693 §4.1: nested for a chain of delegation
-        minted = self.mint_for(session, target_service_id, act=act)
+        minted = self.mint_for(session, target_service_id, act=act, requested=requested)
         self.store.add_event(
             AuthEvent(
                 "token.exchanged",
@@ -1017,6 +1040,30 @@ class TokenService:
                 self._principals.clear()
             self._principals[cert] = known
         return known
+
+
+def narrowed(granted: tuple[str, ...], requested: str | None, where: str) -> tuple[str, ...]:
+    """The scopes a token gets: all ``granted`` (the policies' for the subject there), or,
+    when the client asks for fewer (the ``scope`` parameter: RFC 6749 §3.3 and §6, RFC 8693
+    §2.1), those, in the policies' order. A scope not granted is ``invalid_scope`` (400):
+    the parameter was ignored, so a client asking for less got every scope of the user,
+    and one asking for more learned nothing (probe 24)."""
+    if requested is None:
+        return granted
+    asked = requested.split(" ")
+    if not requested or "" in asked:
+        raise OAuthError(
+            "scope must be scope names separated by single spaces (RFC 6749 §3.3)",
+            error="invalid_scope",
+        )
+    missing = sorted(set(asked) - set(granted))
+    if missing:
+        raise OAuthError(
+            f"scope {missing[0][:60]!r} is not granted to {where} "
+            f"(granted: {' '.join(granted)})",
+            error="invalid_scope",
+        )
+    return tuple(g for g in granted if g in asked)
 
 
 def _status_name(st: CertStatus) -> str:

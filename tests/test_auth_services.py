@@ -412,3 +412,49 @@ def test_gateway_names_a_subject_with_a_non_ascii_name(
         assert r.headers["X-Eport-Subject"] == "agency:customs:%E7%8E%8B%E5%B0%8F%E6%98%8E"
         assert unquote(r.headers["X-Eport-Subject"]) == sub
         assert r.headers["X-Eport-Agency"] == "customs"
+
+
+def test_a_client_asks_for_fewer_scopes_never_more(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """RFC 6749 §3.3 and §6, RFC 8693 §2.1: ``scope`` narrows the token to what the client
+    asks, among what the user has there; a scope not granted is ``invalid_scope``. The
+    parameter was ignored: a client asking for less got every scope of the user (probe
+    24). And a refresh naming two services (audience and resource) is refused, not
+    answered for one of them."""
+    srv = sqlite_server
+    op = operator_with_token(srv, tmp_path, "Scope Li")
+    svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
+    base = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": op["token"],
+        "subject_token_type": ACCESS,
+        "audience": "manifest",
+    }
+
+    def scopes(r: requests.Response) -> list[str]:
+        assert r.status_code == 200, r.text
+        claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+        assert claims["scope"] == r.json()["scope"]
+        return str(claims["scope"]).split(" ")
+
+    every = scopes(signed_form(srv, svc, "/auth/token", base))
+    assert len(every) >= 2, every  # the policies give this operator several at manifest
+    assert scopes(signed_form(srv, svc, "/auth/token", {**base, "scope": every[-1]})) == [
+        every[-1]
+    ]
+    for bad in ("admin:all", f"{every[0]} admin:all", "", f"{every[0]}  {every[1]}"):
+        r = signed_form(srv, svc, "/auth/token", {**base, "scope": bad})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_scope", (bad, r.text)
+
+    rt = json.loads(next(op["cfg"].glob("session-*.json")).read_text())["refresh_token"]
+    refresh = {"grant_type": "refresh_token", "refresh_token": rt, "audience": "manifest"}
+    r = requests.post(srv.url + "/auth/token", data={**refresh, "scope": "admin:all"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope", r.text
+    r = requests.post(
+        srv.url + "/auth/token", data={**refresh, "resource": "tax-refund"}, timeout=10
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_target", r.text
+    # Refused requests left the refresh token usable (nothing rotated).
+    r = requests.post(srv.url + "/auth/token", data={**refresh, "scope": every[0]}, timeout=10)
+    assert scopes(r) == [every[0]]
