@@ -34,7 +34,7 @@ from ca.records import (
 )
 from ca.revocation import StatusChange
 from ca.signedreq import verify_http_request
-from ca.wellformed import int_arg, iso_time, json_request_body, refuse_non_json
+from ca.wellformed import int_arg, iso_time, json_request_body, only, refuse_non_json
 
 bp = Blueprint("ca_v1", __name__, url_prefix="/ca/v1")
 
@@ -609,19 +609,6 @@ def revoke(serial: str) -> Response:
     when = iso_time("invalidity_date", invalidity) if invalidity else None
     change = svc().revocation.revoke(caller, parse_serial(serial), field(data, "reason"), when)
     return jsonify(status_json(change))
-
-
-def only(data: dict[str, Any], action: str, *names: str) -> dict[str, Any]:
-    """``data`` when it has no member but ``names``; else a 400 naming the others. A
-    member the endpoint does not read was dropped without a word: an officer's
-    ``{"profile": ...}`` (for ``profiles``) approved with the default profiles."""
-    extra = sorted(set(data).difference(names))
-    if extra:
-        named = ", ".join(repr(name[:40]) for name in extra[:5])
-        if not names:
-            raise BadRequest(f"{action} takes no parameters; the body is {{}} or none, not {named}")
-        raise BadRequest(f"{action} takes {', '.join(names)}; not {named}")
-    return data
 
 
 def no_parameters(action: str) -> None:

@@ -247,3 +247,17 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise BadRequest(f"{name} must be between {lo} and {hi}")
     return value
+
+
+def only(data: dict[str, Any], action: str, *names: str) -> dict[str, Any]:
+    """``data`` when it has no member but ``names``; else a 400 naming the others. A
+    member the endpoint does not read was dropped without a word: an officer's
+    ``{"profile": ...}`` (for ``profiles``) approved with the default profiles; a
+    misspelt member of a role grant was ignored."""
+    extra = sorted(set(data).difference(names))
+    if extra:
+        named = ", ".join(repr(name[:40]) for name in extra[:5])
+        if not names:
+            raise BadRequest(f"{action} takes no parameters; the body is {{}} or none, not {named}")
+        raise BadRequest(f"{action} takes {', '.join(names)}; not {named}")
+    return data

@@ -267,6 +267,13 @@ def test_a_role_grant_asks_the_ca_now_not_the_status_cache(srv: Server, tmp_path
     for _ in range(6):  # every worker has the certificate's status (good) cached now
         r = signed(srv, ent, "POST", "/auth/v1/roles", roles, "application/json")
         assert r.status_code == 200, r.text
+    # A member it does not read is refused, not dropped (fuzzing probe 24).
+    r = signed(
+        srv, ent, "POST", "/auth/v1/roles",
+        json.dumps({"operator_id": "C1", "roles": [], "role": ["manifest"]}).encode(),
+        "application/json",
+    )  # fmt: skip
+    assert r.status_code == 400 and "takes operator_id, roles; not 'role'" in r.text, r.text
     body = json.dumps({"reason": "keyCompromise"}).encode()
     r = signed(
         srv, ent, "POST", f"/ca/v1/certificates/{serial(ent)}/revoke", body, "application/json"
