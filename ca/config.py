@@ -330,6 +330,21 @@ def _check(source: str, f: dataclasses.Field[Any], value: Any) -> None:
             "the URL is not one this eport can use: write "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite",
         )
+    if f.metadata.get("database") and value:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # a port that is no number was an unexpected error (ValueError) after the data
+            # directory was made (data probe 24); never the value: it holds a password
+            raise PolicyError(
+                source,
+                f.name,
+                "the URL cannot be read (is its port a number?): write "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset for SQLite",
+            ) from None
     if f.metadata.get("directory") and not Path(value).is_dir():
         said = "does not exist" if not Path(value).exists() else "is not a directory"
         raise PolicyError(source, f.name, f"{value} {said}")
