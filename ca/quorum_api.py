@@ -332,7 +332,8 @@ def install_custody(
 
 
 def _sealed_share() -> Any:
-    from ca.api import json_body, only
+    from ca.api import json_body
+    from ca.wellformed import only
 
     share = only(json_body(), "a custodian's share", "share").get("share")
     if not isinstance(share, dict):
@@ -377,7 +378,8 @@ def unseal() -> Response:
 
 @bp.post("/ceremonies")
 def start_ceremony() -> tuple[Response, int]:
-    from ca.api import field, json_body, only, signed_caller
+    from ca.api import field, json_body, signed_caller
+    from ca.wellformed import only
 
     signed = request.headers.get("Authorization") is not None
     if signed:
