@@ -134,10 +134,14 @@ def gateway_answer(
     except (InvalidToken, EPortError):
         return _denied()
     # RFC 8705 §3: when the gateway forwards the client's TLS certificate, the token must
-    # be bound to it (a stolen token is useless without the certificate's key).
+    # be bound to it: a stolen token is refused with another certificate. Without one, it
+    # is a bearer token, unless the service requires the certificate (services.toml
+    # require_certificate): then a thief who presents none is refused too (probe 24).
     try:
         presented = forwarded_certificate(headers, remote_addr, proxies)
     except EPortError:
+        return _denied()
+    if presented is None and service.require_certificate:
         return _denied()
     if presented is not None:
         cnf = claims.get("cnf")

@@ -97,6 +97,11 @@ class Service:
     post_logout_redirect_uris: tuple[str, ...] = ()
     """Where RP-initiated logout may send the browser back (OpenID Connect RP-Initiated
     Logout 1.0 §3), matched exactly; the end-session endpoint redirects nowhere else."""
+    require_certificate: bool = False
+    """Whether the gateway (``/auth/validate``) takes its tokens only with the client
+    certificate they are bound to (``cnf``, RFC 8705 §3): a token sent without any client
+    certificate is refused as a stolen one would be. Unset, such a token is checked as a
+    bearer token (a browser or client that presents no certificate to the service)."""
     id_token_signed_response_alg: str = "ES256"
     """How a web client's ID tokens (and its back-channel logout tokens, Back-Channel
     Logout 1.0 §2.4) are signed: ``RS256`` or ``ES256`` (OpenID Connect Dynamic Client
@@ -674,6 +679,7 @@ def load_services(path: Path) -> tuple[Service, ...]:
             post_logout_redirect_uris=tuple(post_logout),
             id_token_signed_response_alg=id_token_alg,
             agency=t.get("agency", str, None),
+            require_certificate=t.get("require_certificate", bool, False),
         )
         audiences[audience] = sid
         identities[identity] = sid

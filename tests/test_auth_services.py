@@ -197,6 +197,61 @@ def test_certificate_bound_tokens_at_the_gateway(proxied: Server, tmp_path: Path
     assert requests.get(url, headers={**base, **header(other)}, timeout=10).status_code == 401
 
 
+def test_a_service_that_requires_the_certificate_refuses_a_token_without_one(
+    tmp_path: Path,
+) -> None:
+    """services.toml ``require_certificate``: the gateway takes a token for that service
+    only with the client certificate it is bound to. Without it, a thief who sends no
+    certificate used the token as a bearer token (probe 24); GET (the fast path) and
+    HEAD (the Flask view) decide alike."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    services = policies / "services.toml"
+    text = services.read_text()
+    marker = 'id = "portal"\n'
+    assert marker in text
+    services.write_text(text.replace(marker, marker + "require_certificate = true\n", 1))
+    srv, proc = start_server(
+        tmp_path / "data",
+        extra_env={
+            "EPORT_AUTH_TRUSTED_PROXIES": "127.0.0.1/32",
+            "EPORT_POLICIES_DIR": str(policies),
+        },
+    )
+    try:
+        ent = enroll_enterprise(srv, tmp_path, "Required Co.")
+        cfg = tmp_path / "cfg"
+        srv.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))
+        token = srv.eport("token", "--service", "portal", EPORT_CONFIG_DIR=str(cfg)).stdout
+        der = x509.load_pem_x509_certificate((ent / "cert.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        bound = {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+        url = srv.url + "/auth/validate"
+        for service, needs in (("portal", True), ("customs-declaration", False)):
+            if service != "portal":
+                token = srv.eport("token", "--service", service, EPORT_CONFIG_DIR=str(cfg)).stdout
+            base = {"Authorization": f"Bearer {token.strip()}", "X-Eport-Service": service}
+            for method in ("GET", "HEAD"):
+                bare = requests.request(method, url, headers=base, timeout=10)
+                assert bare.status_code == (401 if needs else 200), (service, method)
+                with_cert = requests.request(method, url, headers={**base, **bound}, timeout=10)
+                assert with_cert.status_code == 200, (service, method)
+    finally:
+        stop(proc)
+    # A value that is no boolean: refused at load, naming the file and the key.
+    services.write_text(text.replace(marker, marker + 'require_certificate = "yes"\n', 1))
+    from authsvc.policy import load_services
+    from ca.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="require_certificate"):
+        load_services(services)
+
+
 def test_introspection_over_mtls_answers_as_the_signed_call(
     proxied: Server, sqlite_server: Server, tmp_path: Path
 ) -> None:
@@ -414,9 +469,7 @@ def test_gateway_names_a_subject_with_a_non_ascii_name(
         assert r.headers["X-Eport-Agency"] == "customs"
 
 
-def test_a_client_asks_for_fewer_scopes_never_more(
-    sqlite_server: Server, tmp_path: Path
-) -> None:
+def test_a_client_asks_for_fewer_scopes_never_more(sqlite_server: Server, tmp_path: Path) -> None:
     """RFC 6749 §3.3 and §6, RFC 8693 §2.1: ``scope`` narrows the token to what the client
     asks, among what the user has there; a scope not granted is ``invalid_scope``. The
     parameter was ignored: a client asking for less got every scope of the user (probe
@@ -440,9 +493,7 @@ def test_a_client_asks_for_fewer_scopes_never_more(
 
     every = scopes(signed_form(srv, svc, "/auth/token", base))
     assert len(every) >= 2, every  # the policies give this operator several at manifest
-    assert scopes(signed_form(srv, svc, "/auth/token", {**base, "scope": every[-1]})) == [
-        every[-1]
-    ]
+    assert scopes(signed_form(srv, svc, "/auth/token", {**base, "scope": every[-1]})) == [every[-1]]
     for bad in ("admin:all", f"{every[0]} admin:all", "", f"{every[0]}  {every[1]}"):
         r = signed_form(srv, svc, "/auth/token", {**base, "scope": bad})
         assert r.status_code == 400 and r.json()["error"] == "invalid_scope", (bad, r.text)
