@@ -239,8 +239,12 @@ def token_reader(token: str) -> Reader:
     try:
         claims = verifier.verify(token, required_scopes=("audit:read",))
     except TokenError as exc:
+        # the public words: a fault's detail names the token service's internal URL
+        # (SDK probe 24); the detail goes to this server's log
+        if exc.public_description != exc.description:
+            log.warning("an audit API token could not be checked: %s", exc.description)
         raise Unauthenticated(
-            f"the access token is not good for the audit API: {exc}",
+            f"the access token is not good for the audit API: {exc.public_description}",
             challenge=TOKEN_REFUSED_CHALLENGE,
         ) from None
     cls = claims.subject_class or ""

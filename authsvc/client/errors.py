@@ -35,6 +35,12 @@ class TokenError(Exception):
         super().__init__(description)
         self.description = description
 
+    @property
+    def public_description(self) -> str:
+        """What a service may tell its caller: the description, which the SDK words for
+        the token's holder (a fault overrides it, see :class:`ValidationUnavailable`)."""
+        return self.description
+
 
 class MissingToken(TokenError):
     """No bearer token in the request. RFC 6750 §3.1: "If the request lacks any
@@ -96,6 +102,13 @@ class ValidationUnavailable(TokenError):
 
     error = "temporarily_unavailable"
     status = 503
+
+    @property
+    def public_description(self) -> str:
+        """The description names the issuer's or the introspection endpoint's URL, host,
+        port and the transport's own words: internal addresses the service's callers must
+        not see, and nothing they could act on. They are told only to come back."""
+        return "the token could not be checked now; try again"
 
 
 class KeySetUnavailable(ValidationUnavailable):

@@ -10,13 +10,17 @@ the claims go on ``flask.g.eport_claims``. Refusals follow RFC 6750 §3:
 * a good token without the scope: 403 ``error="insufficient_scope", scope="..."``;
 * the token service unreachable: 503 with ``Retry-After`` (not a verdict on the token).
 
-The body is ``{"error", "error_description"}`` (RFC 6749 §5.2 style), never cached.
+The body is ``{"error", "error_description"}`` (RFC 6749 §5.2 style), never cached. The
+description is the error's :attr:`~TokenError.public_description`: a 503 says only
+"try again", and its detail (which names internal URLs) goes to the ``eport.client``
+log at warning level instead.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar, cast
@@ -35,6 +39,7 @@ from authsvc.client.errors import (
 )
 
 EXTENSION = "eport.token_verifier"
+log = logging.getLogger("eport.client")
 F = TypeVar("F", bound=Callable[..., Any])
 # RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash).
 _UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
@@ -43,7 +48,13 @@ _UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 class Verifier(Protocol):
     """What a view needs: :class:`TokenVerifier` or :class:`Introspector` both fit."""
 
-    def verify(self, token: str, *, required_scopes: Iterable[str] = ()) -> Claims: ...
+    def verify(
+        self,
+        token: str,
+        *,
+        required_scopes: Iterable[str] = (),
+        client_certificate: x509.Certificate | bytes | str | None = None,
+    ) -> Claims: ...
 
 
 def init_app(app: Flask, verifier: Verifier) -> None:
@@ -66,18 +77,20 @@ def bearer_token() -> str:
 
 
 def challenge(err: TokenError, realm: str | None, scope: Iterable[str] = ()) -> Response:
-    """The RFC 6750 §3 answer to a refused request."""
+    """The RFC 6750 §3 answer to a refused request, with the error's public description
+    (never a fault's detail: it names internal hosts)."""
+    description = err.public_description
     params = []
     if realm:
         params.append(f'realm="{_UNSAFE.sub("?", realm)}"')
     if err.error and not isinstance(err, ValidationUnavailable):
         params.append(f'error="{err.error}"')
-        params.append(f'error_description="{_UNSAFE.sub("?", err.description)}"')
+        params.append(f'error_description="{_UNSAFE.sub("?", description)}"')
     if isinstance(err, InsufficientScope) or scope:
         needed = err.required if isinstance(err, InsufficientScope) else tuple(scope)
         if needed:
             params.append(f'scope="{" ".join(needed)}"')
-    body: dict[str, str] = {"error_description": err.description}
+    body: dict[str, str] = {"error_description": description}
     if err.error:
         body = {"error": err.error, **body}
     resp = Response(json.dumps(body), status=err.status, mimetype="application/json")
@@ -100,7 +113,9 @@ def require_token(
 
     ``verifier`` defaults to the one given to :func:`init_app`. ``client_certificate``,
     if given, returns the client's mutual-TLS certificate for this request (e.g. from the
-    proxy's header); the token must then be bound to it (RFC 8705 §3).
+    proxy's header); the token must then be bound to it (RFC 8705 §3): the certificate is
+    passed to the verifier's ``verify(..., client_certificate=)``, offline or by
+    introspection alike.
     """
     scopes = (scope,) if isinstance(scope, str) else tuple(scope or ())
 
@@ -113,13 +128,17 @@ def require_token(
             realm = getattr(v, "audience", None)
             try:
                 token = bearer_token()
-                claims = v.verify(token, required_scopes=scopes)
-                if client_certificate is not None:
+                if client_certificate is None:
+                    claims = v.verify(token, required_scopes=scopes)
+                else:
                     cert = client_certificate()
-                    if cert is None:
+                    if cert is None:  # refused before an introspection is spent on it
                         raise CertificateMismatch("the token needs the client's certificate")
-                    claims.require_certificate(cert)
+                    claims = v.verify(token, required_scopes=scopes, client_certificate=cert)
             except TokenError as err:
+                if isinstance(err, ValidationUnavailable):
+                    # the caller is told only to retry; the operator needs the detail
+                    log.warning("a token could not be checked: %s", err.description)
                 return challenge(err, realm, scopes if isinstance(err, MissingToken) else ())
             g.eport_claims = claims
             return view(*args, **kwargs)

@@ -82,6 +82,18 @@ def _load_key(source: KeySource, passphrase: bytes | None) -> CertificateIssuerP
     return key
 
 
+def _conventional_audience(cert: x509.Certificate) -> str | None:
+    """``https://<DNS name>`` of a service-tls certificate: the audience the registry
+    (``policies/services.toml``) gives a service whose ``identity`` is that name; None
+    for a certificate that names no host."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    hosts = san.get_values_for_type(x509.DNSName)
+    return f"https://{hosts[0]}" if hosts else None
+
+
 class _ClientCertificateAdapter(HTTPAdapter):
     """Connections made with one SSL context: the service's client certificate."""
 
@@ -122,6 +134,13 @@ class Introspector:
     the e-port TLS proxy, and ``ca_file`` the CA bundle that proxy's certificate chains to
     (default: the system's roots). ``http``, if given, gets the client certificate mounted
     for ``https://``.
+
+    ``audience`` is this service's audience (its ``audience`` in ``policies/services.toml``):
+    the ``realm`` of ``require_token``'s challenges (RFC 6750 §3), as for a
+    :class:`TokenVerifier`. When given, an active answer whose ``aud`` does not hold it is
+    :class:`IntrospectionFailed` (the token service judged the token for another service:
+    this one runs with another's credential). When omitted, it is ``https://`` and the
+    certificate's DNS name, the registry's convention, used for the realm only.
     """
 
     def __init__(
@@ -137,6 +156,7 @@ class Introspector:
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
         tls_client_auth: bool = False,
         ca_file: str | Path | None = None,
+        audience: str | None = None,
     ) -> None:
         self.endpoint = endpoint or server.rstrip("/") + INTROSPECTION_PATH
         self.tls_client_auth = tls_client_auth
@@ -148,6 +168,9 @@ class Introspector:
         self._key = _load_key(service_key, passphrase)
         if self.chain[0].public_key() != self._key.public_key():
             raise ValueError("the service key does not belong to the service certificate")
+        self._checks_audience = bool(audience)
+        self.audience = audience if audience else _conventional_audience(self.chain[0])
+        """The audience this service validates tokens for (see the class's docstring)."""
         self._own_http = http is None
         self.http = http if http is not None else requests.Session()
         if tls_client_auth:
@@ -172,8 +195,14 @@ class Introspector:
         self.close()
 
     def introspect(self, token: str, token_type_hint: str = ACCESS_TOKEN_HINT) -> Introspection:
-        """The token service's answer for ``token`` (RFC 7662 §2.1 request, §2.2 answer)."""
-        body = urlencode({"token": token, "token_type_hint": token_type_hint}).encode()
+        """The token service's answer for ``token`` (RFC 7662 §2.1 request, §2.2 answer);
+        :class:`InvalidToken` for a string no token can be (it cannot even be sent)."""
+        try:
+            body = urlencode({"token": token, "token_type_hint": token_type_hint}).encode()
+        except UnicodeEncodeError:
+            # a lone surrogate ("\ud800" in a JSON body becomes one): not UTF-8, so no
+            # form can carry it, and no token holds one
+            raise InvalidToken("the token is not a compact JWS") from None
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
@@ -195,12 +224,16 @@ class Introspector:
             why = ""
             if isinstance(doc, dict):
                 why = str(doc.get("error_description") or doc.get("detail") or "")
-            # 401/403: this service's own credential was refused, a fault of its set-up
-            # that retrying will not mend (the token was not judged: still a 503 upstream)
+            # 401/403: this service's own credential was refused (the token was not
+            # judged: still a 503 upstream). The token service says why (a certificate
+            # not trusted, a clock that is off, a service not registered…) and its words
+            # are the ones to act on: a guess beside them misled (a wrong clock read as a
+            # wrong certificate). The guess is for a refusal that gives no reason (a TLS
+            # proxy's error page), where it is the likely cause.
             setup = (
                 " (this service's credential was refused: check its certificate and "
                 "that it is a registered service; retrying will not help)"
-                if resp.status_code in (401, 403)
+                if resp.status_code in (401, 403) and not why.strip()
                 else ""
             )
             raise IntrospectionFailed(
@@ -216,12 +249,39 @@ class Introspector:
             raise IntrospectionFailed(f"malformed introspection answer: {exc}") from None
         return Introspection(True, claims, doc)
 
-    def verify(self, token: str, *, required_scopes: Iterable[str] = ()) -> Claims:
+    def verify(
+        self,
+        token: str,
+        *,
+        required_scopes: Iterable[str] | str = (),
+        client_certificate: x509.Certificate | bytes | str | None = None,
+    ) -> Claims:
         """The claims of an active token; :class:`InactiveToken` (or another
-        :class:`TokenError`) otherwise."""
+        :class:`TokenError`) otherwise.
+
+        ``required_scopes``: every one must be in the token's ``scope``
+        (:class:`InsufficientScope`). ``client_certificate``: the certificate (or its DER
+        or PEM) the client presented over mutual TLS; the token must be bound to it
+        (RFC 8705 §3, :class:`CertificateMismatch`), as :meth:`TokenVerifier.verify`
+        checks: the answer carries the token's ``cnf``, but the token service cannot see
+        the connection the token came to this service on.
+        """
         result = self.introspect(token)
-        if result.claims is None:
+        claims = result.claims
+        if claims is None:
             raise InactiveToken("the token is not active")
+        if self._checks_audience and self.audience not in _audiences(claims.audience):
+            raise IntrospectionFailed(
+                f"the token service judged the token for {claims.audience!r}, not this "
+                f"service's audience {self.audience!r}: this service introspects with "
+                "another service's credential, or its audience is mistyped"
+            )
         if required_scopes:
-            result.claims.require_scopes(required_scopes)
-        return result.claims
+            claims.require_scopes(required_scopes)
+        if client_certificate is not None:
+            claims.require_certificate(client_certificate)
+        return claims
+
+
+def _audiences(aud: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (aud,) if isinstance(aud, str) else aud

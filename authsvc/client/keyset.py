@@ -17,6 +17,7 @@ are ignored, never trusted.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -61,13 +62,36 @@ def metadata_urls(issuer: str) -> list[str]:
 
 
 def _get_json(http: requests.Session, url: str, timeout: float) -> Any:
-    resp = http.get(url, timeout=timeout, headers={"Accept": "application/json"})
-    if resp.status_code != 200:
-        raise KeySetUnavailable(f"{url} answered HTTP {resp.status_code}")
-    if len(resp.content) > MAX_DOCUMENT_BYTES:
-        raise KeySetUnavailable(f"{url} answered a document larger than {MAX_DOCUMENT_BYTES}")
+    """The JSON document at ``url``, read to at most :data:`MAX_DOCUMENT_BYTES`.
+
+    Redirects are not followed: the keys that decide which tokens are good must come from
+    the address configured or named by the issuer's own metadata, not from wherever that
+    address points to (another origin). The body is streamed and counted, so a huge
+    answer costs at most the limit, not a download of all of it.
+    """
+    headers = {"Accept": "application/json"}
+    with http.get(
+        url, timeout=timeout, headers=headers, allow_redirects=False, stream=True
+    ) as resp:
+        if resp.is_redirect:
+            where = resp.headers.get("Location", "")
+            raise KeySetUnavailable(
+                f"{url} answered HTTP {resp.status_code}, a redirect to {where[:200]!r}: "
+                "redirects are not followed for keys; configure the final URL"
+            )
+        if resp.status_code != 200:
+            raise KeySetUnavailable(f"{url} answered HTTP {resp.status_code}")
+        too_large = f"{url} answered a document larger than {MAX_DOCUMENT_BYTES} bytes"
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
+            raise KeySetUnavailable(too_large)
+        body = bytearray()
+        for chunk in resp.iter_content(chunk_size=16 * 1024):
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:  # decoded bytes: a gzip bomb stops here too
+                raise KeySetUnavailable(too_large)
     try:
-        return resp.json()
+        return json.loads(bytes(body))
     except (ValueError, RecursionError):  # nested past the parser's stack: not a key set
         raise KeySetUnavailable(f"{url} did not answer JSON") from None
 

@@ -11,8 +11,9 @@ The rules (RFC 8725, the JWT BCP, and RFC 9068 §4):
   ``x5u`` and ``x5c`` headers are never followed, and a ``crit`` header is refused
   (RFC 7515 §4.1.11: we understand no extension);
 * ``iss`` must equal the configured issuer, ``aud`` must contain this service's audience;
-  ``iss``, ``sub``, ``aud``, ``exp``, ``iat`` and ``jti`` are required; ``exp``, ``nbf``
-  and ``iat`` are judged with a small leeway by the clock passed in.
+  ``iss``, ``sub``, ``aud``, ``exp``, ``iat``, ``jti`` and ``client_id`` are required
+  (RFC 9068 §2.2); ``exp``, ``nbf`` and ``iat`` are judged with a small leeway by the
+  clock passed in.
 
 Certificate-bound tokens (RFC 8705 §3): when the service sees the client's TLS
 certificate, ``verify(..., client_certificate=cert)`` also checks ``cnf.x5t#S256``.
@@ -39,7 +40,8 @@ from authsvc.client.keyset import KeySet, discover_jwks_uri
 
 ALGORITHMS = ["ES256"]
 TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-REQUIRED = ["iss", "sub", "aud", "exp", "iat", "jti"]
+# RFC 9068 §2.2: "iss", "exp", "aud", "sub", "client_id", "iat" and "jti" are REQUIRED.
+REQUIRED = ["iss", "sub", "aud", "exp", "iat", "jti", "client_id"]
 MAX_TOKEN_LENGTH = 8192
 _DECODE_OPTIONS: Any = {
     "require": REQUIRED,
@@ -145,6 +147,9 @@ class TokenVerifier:
         if (
             not isinstance(token, str)
             or len(token) > MAX_TOKEN_LENGTH
+            # base64url and dots only: a lone surrogate (which json.loads makes of
+            # "\ud800" in a request body) raised UnicodeEncodeError inside PyJWT
+            or not token.isascii()
             or token.count(".") != 2  # a JWE (5 parts) or anything else is not ours
         ):
             raise InvalidToken("the token is not a compact JWS")
@@ -178,8 +183,12 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken(f"the token lacks the claim {exc.claim}") from None
         except jwt.PyJWTError as exc:
-            raise InvalidToken(f"the token is malformed: {exc}") from None
+            # PyJWT's words ("Invalid crypto padding") say nothing to the token's holder
+            # and would reach the service's callers: they stay on the cause, for a debugger.
+            raise InvalidToken("the token is malformed") from exc
         claims = claims_from(payload)
+        if not claims.client_id:  # present (PyJWT's require) but ""
+            raise InvalidToken("claim client_id must be a non-empty string")
         now = self._clock()
         nbf = numeric_date(payload.get("nbf", claims.issued_at), "nbf")
         if claims.expires_at <= now - self.leeway:
