@@ -26,7 +26,7 @@ from ca.authority import JointCA, certificate_record
 from ca.config import CAConfig
 from ca.custody import Established, Purpose
 from ca.db import ANOTHER_CA, make_engine, upgrade
-from ca.errors import Conflict
+from ca.errors import Conflict, Sealed
 from ca.issuance import CertificateFactory, IssuingCA
 from ca.keys import KeyType
 from ca.pkcs11 import TokenKeys
@@ -228,6 +228,7 @@ def initialize(
                 role="Auditor",
                 file_stem="auditor",
             )
+        _name_the_log(cfg, h, store)
     finally:
         engine.dispose()
     if finish:
@@ -267,6 +268,29 @@ class Unwind:
                 if not os.path.lexists(path):
                     removed.append(path)
         return removed
+
+
+def _name_the_log(cfg: CAConfig, h: hierarchy.Hierarchy, store: SqlStore) -> None:
+    """Sign the log's first checkpoint now, with the origin of the base URL this CA is
+    made for (``EPORT_PUBLIC_BASE_URL``, as its certificates carry it). The log keeps the
+    origin of its first checkpoint for life (auditors pin it with the key), and that one
+    was signed lazily, by whichever host an auditor asked first: a second host started
+    without the setting named it ``127.0.0.1:9141/log`` for good (race probe, session 24).
+    Under custody with the log key out of reach, the first server to sign names it, as
+    before."""
+
+    signer = translog.CheckpointSigner(translog.origin_for(cfg.public_base_url), h.log_signer)
+    s = store.session_factory()
+    try:
+        signer.latest(s)
+        s.commit()
+    except Sealed:
+        s.rollback()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()
 
 
 @contextlib.contextmanager
