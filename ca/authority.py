@@ -27,6 +27,7 @@ from ca.errors import (
     BadCSR,
     BadRequest,
     Conflict,
+    EPortError,
     Forbidden,
     IssuerExpired,
     IssuerRevoked,
@@ -968,11 +969,23 @@ class JointCA:
         sole = (
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
-        self.store.commit_issuance(
-            IssuanceWrite(
-                record, event, code_hash, now, sole_credential=sole, void_issuers=self._void
+        try:
+            self.store.commit_issuance(
+                IssuanceWrite(
+                    record, event, code_hash, now, sole_credential=sole, void_issuers=self._void
+                )
             )
-        )
+        except EPortError:
+            # The same request sent again while the first was still waiting to be written
+            # (a client that timed out and retried): both passed the check above, the
+            # first redeemed the code, and this one was told its code was used, or to
+            # make a new key, for a certificate it got (race probe, session 24). Asked
+            # again now, that is the replay; any other refusal stands.
+            rec, _, holder = self.store.enrollment_facts(code_hash, spki)
+            replay = self._issued_on(rec, holder, profile_name)
+            if replay is not None:
+                return replay
+            raise
         return Issued(record, cert, self._chain(issuer))
 
     def _issued_on(
@@ -1068,16 +1081,25 @@ class JointCA:
         sole = (
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
-        self.store.commit_issuance(
-            IssuanceWrite(
-                record,
-                event,
-                now=now,
-                signed_by=caller.serial,
-                sole_credential=sole,
-                void_issuers=self._void,
+        try:
+            self.store.commit_issuance(
+                IssuanceWrite(
+                    record,
+                    event,
+                    now=now,
+                    signed_by=caller.serial,
+                    sole_credential=sole,
+                    void_issuers=self._void,
+                )
             )
-        )
+        except EPortError:
+            # A retry of this renewal overlapping the first: see enroll
+            with self.store.reading() as tx:
+                holders = tx.key_holders(spki_sha256(csr.public_key()))
+                replay = self._renewed_on(tx, holders, current)
+            if replay is not None:
+                return replay
+            raise
         return Issued(record, cert, self._chain(issuer))
 
     def _renewed_on(

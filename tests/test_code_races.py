@@ -351,3 +351,26 @@ def test_a_status_change_signed_by_a_certificate_revoked_meanwhile_changes_nothi
     assert revocation.status_of(good.record.serial)[1] is None  # still good
     held_status = revocation.status_of(held.record.serial)[1]
     assert held_status is not None and held_status.state.value == "hold"
+
+
+def test_a_retry_overlapping_its_first_send_gets_the_same_certificate(
+    joint: tuple[Any, Any, Any],
+) -> None:
+    """A client that timed out sends the same enrollment (one code, one CSR) or renewal
+    (one signer, one new key) again while the first is still waiting to be written: every
+    copy gets the one certificate, none is told its code was used or to make a new key
+    (race probe, session 24: 403 and 409 for a certificate the client got)."""
+    ca, sessions, officer = joint
+    for n in range(4):
+        app = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": f"Retry {n} Co."})
+        code, csr = ca.approve(officer, app.id).code, csr_pem()
+        results = at_once(*(lambda c=code, r=csr: ca.enroll(c, "enterprise", r) for _ in range(3)))
+        assert all(not isinstance(r, Exception) for r in results), results
+        serials = {r.record.serial for r in results}  # type: ignore[attr-defined]
+        assert len(serials) == 1 and standing(sessions, [app.id]) == (1, 0)
+        first = results[0].certificate  # type: ignore[attr-defined]
+        holder = caller_of(ca, first.public_bytes(serialization.Encoding.PEM))
+        new_key = csr_pem()
+        renewed = at_once(*(lambda h=holder, k=new_key: ca.renew(h, k) for _ in range(3)))
+        assert all(not isinstance(r, Exception) for r in renewed), renewed
+        assert len({r.record.serial for r in renewed}) == 1  # type: ignore[attr-defined]
