@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eport.ca")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 """The newest revision of the CA's migrations (``tests/test_upgrades.py`` checks that it
 is Alembic's head). A database recorded at it is not handed to Alembic: importing Alembic
 and reading the migration scripts took about 0.3 s of CPU from every ``eport serve``."""

@@ -460,3 +460,41 @@ def unsealed_by_passphrase(data_dir: Path) -> dict[str, str]:
         "EPORT_CA_KEY_PASSPHRASE": pw["ca_key_passphrase"],
         "EPORT_AUTH_KEY_PASSPHRASE": pw["auth_key_passphrase"],
     }
+
+
+def _record_guards(engine: Any, action: str) -> None:
+    """Run migration 0012's ``upgrade`` or ``downgrade`` (its triggers only) on ``engine``,
+    without Alembic: the schema revision a running server watches stays as it is."""
+    import importlib.util
+
+    from sqlalchemy import text
+
+    path = Path(__file__).resolve().parent.parent / "ca/migrations/versions/0012_records_kept.py"
+    spec = importlib.util.spec_from_file_location("eport_migration_0012", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with engine.begin() as conn:
+
+        class Op:
+            def get_bind(self) -> Any:
+                return conn
+
+            def execute(self, sql: str) -> None:
+                conn.execute(text(sql))
+
+        module.op = Op()
+        getattr(module, action)()
+
+
+@contextlib.contextmanager
+def records_unguarded(engine: Any) -> Iterator[Any]:
+    """``engine`` with the database's guards of the CA's records dropped (migration 0012),
+    as someone who may run DDL on it would do first; put back on leaving. The tamper tests
+    play that someone: what they check is that the Merkle log and ``eport audit verify``
+    detect what the guards no longer stop."""
+    _record_guards(engine, "downgrade")
+    try:
+        yield engine
+    finally:
+        _record_guards(engine, "upgrade")

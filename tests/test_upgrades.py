@@ -49,7 +49,19 @@ from tests.helpers import (
     serial_of,
 )
 
-CA_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
+CA_REVISIONS = [
+    "0001",
+    "0002",
+    "0003",
+    "0004",
+    "0005",
+    "0006",
+    "0007",
+    "0008",
+    "0009",
+    "0010",
+    "0011",
+]
 """Every CA revision before head (0011)."""
 AUTH_REVISIONS = ["a001", "a002", "a003"]
 """Every token service revision before head (a004)."""
@@ -461,3 +473,66 @@ def test_a_database_at_head_is_not_handed_to_alembic(tmp_path: Path) -> None:
     engine.dispose()
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert run.returncode != 0 and "schema revision 0099" in run.stderr, run.stderr
+
+
+def test_the_database_refuses_to_delete_or_rewrite_the_records(
+    database: str, tmp_path: Path
+) -> None:
+    """Migration 0012: a DELETE (or, on PostgreSQL, TRUNCATE) of events, log entries,
+    certificates, applications or checkpoints, or an UPDATE of what such a row records,
+    is refused by the database itself, whoever sends it; the listing keys eport fills in
+    after the fact (log_index) and an application's decision still change. Before, one
+    mistyped statement deleted certificate records the law keeps five years (upgrade
+    probe, session 24)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    url = database or f"sqlite:///{tmp_path / 'data' / 'eport.db'}"
+    ensure_dev_ca(CAConfig(data_dir=tmp_path / "data", dev=True, database_url=database))
+    engine = create_engine(url)
+    refused = (
+        "DELETE FROM events",
+        "DELETE FROM log_entries WHERE idx = 0",
+        "DELETE FROM certificates",
+        "DELETE FROM applications",
+        "DELETE FROM checkpoints",
+        "UPDATE events SET actor = 'forged'",
+        "UPDATE events SET details = '{}'",
+        "UPDATE log_entries SET event_id = event_id",
+        "UPDATE certificates SET der = der",
+        "UPDATE certificates SET not_after = not_after",
+        "UPDATE applications SET vetted = '{}'",
+        "UPDATE checkpoints SET note = note",
+        *(
+            ("TRUNCATE events", "TRUNCATE certificates CASCADE")
+            if engine.dialect.name == "postgresql"
+            else ()
+        ),
+    )
+    try:
+        with engine.connect() as conn:
+            before = {
+                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in ("events", "log_entries", "certificates", "applications", "checkpoints")
+            }
+        assert all(before.values()), before
+        for statement in refused:
+            with (
+                pytest.raises(IntegrityError, match="the CA keeps its records"),
+                engine.begin() as conn,
+            ):
+                conn.execute(text(statement))
+        with engine.begin() as conn:  # what eport itself changes after the fact
+            conn.execute(text("UPDATE events SET log_index = log_index"))
+            conn.execute(text("UPDATE certificates SET log_index = log_index"))
+            conn.execute(text("UPDATE applications SET reason = reason, log_index = log_index"))
+        with engine.connect() as conn:
+            after = {
+                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in before
+            }
+        assert after == before
+    finally:
+        engine.dispose()
