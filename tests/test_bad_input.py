@@ -328,6 +328,13 @@ def test_nul_in_paths_queries_and_forms_is_400(world: World) -> None:
     )
     assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
     assert "refresh_token" in r.json()["error_description"]
+    # A raw byte that is not UTF-8: said so, not "grant_type is required" (Werkzeug read
+    # such a form as empty; fuzzing probe 24).
+    for body in (b"grant_type=client_credentials&x=\xff", b"token=abc\xff"):
+        path = "/auth/token" if body.startswith(b"grant") else "/auth/revoke"
+        r = send(world, "POST", path, body, content_type="application/x-www-form-urlencoded")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        assert "the form is not UTF-8" in r.json()["error_description"], r.text
     assert counts(world) == before
 
 
