@@ -255,9 +255,11 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         return problem_response(PayloadTooLarge(detail))
 
     _install_fast_paths(app)
+    from authsvc.api import OAUTH_ENDPOINTS
     from ca.framing import install_body_framing
 
-    install_body_framing(app)  # outermost: a body is whole before any path reads it
+    # outermost: a body is whole before any path reads it
+    install_body_framing(app, OAUTH_ENDPOINTS)
     if cfg.sweep_seconds > 0:
         _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds)
     return app

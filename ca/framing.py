@@ -31,11 +31,13 @@ A body declared over the limit is left to the app, which refuses it (413; OCSP a
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ca.errors import (
@@ -124,14 +126,22 @@ def _check_content_coding(content: str) -> None:
         )
 
 
-def body_framing(inner: WSGIApp, limit: int | None, answers: ErrorAnswers) -> WSGIApp:
+def body_framing(
+    inner: WSGIApp,
+    limit: int | None,
+    answers: ErrorAnswers,
+    oauth: Callable[[dict[str, Any]], bool] | None = None,
+) -> WSGIApp:
     """``inner`` behind the framing check (see the module's notes); ``limit`` is the app's
-    ``MAX_CONTENT_LENGTH``, ``answers`` its problem writer."""
+    ``MAX_CONTENT_LENGTH``, ``answers`` its problem writer; ``oauth``, whether a request
+    goes to an OAuth endpoint, whose refusals are RFC 6749 §5.2 ``invalid_request``."""
 
     def framed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
             body = _body(environ, limit)
         except EPortError as err:
+            if oauth is not None and oauth(environ):
+                return _refuse_oauth(start_response, err)
             return _refuse(start_response, answers, err, environ)
         except Exception as exc:
             if not unreadable_body(exc):
@@ -142,6 +152,8 @@ def body_framing(inner: WSGIApp, limit: int | None, answers: ErrorAnswers) -> WS
                 "unreadable request body on %s %s: %s", environ["REQUEST_METHOD"], path, what
             )
             unreadable = BadRequest(f"the request body cannot be read as it is framed ({what})")
+            if oauth is not None and oauth(environ):
+                return _refuse_oauth(start_response, unreadable)
             return _refuse(start_response, answers, unreadable, environ)
         if body is not None:
             environ["wsgi.input"] = io.BytesIO(body)
@@ -166,9 +178,38 @@ def _refuse(
     return [out]
 
 
-def install_body_framing(app: Flask) -> None:
+def _refuse_oauth(start_response: Callable[..., Any], err: EPortError) -> Iterable[bytes]:
+    """The refusal at an OAuth endpoint, in its RFC's words (``{error,
+    error_description}``), as its views and its 413 answer: a problem there was read by
+    OAuth clients as a body they do not know (fuzzing probe 24)."""
+    out = json.dumps(
+        {"error": "invalid_request", "error_description": err.detail}, ensure_ascii=False
+    ).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(out))),
+        ("Cache-Control", "no-store"),
+    ]
+    if isinstance(err, UnsupportedMediaType):
+        headers.append(("Accept-Encoding", "identity"))
+    start_response(f"{err.status} {HTTP_STATUS_CODES[err.status].upper()}", headers)
+    return [out]
+
+
+def install_body_framing(app: Flask, oauth_endpoints: frozenset[str] | None = None) -> None:
     """Put the framing check in front of ``app``'s WSGI callable, fast paths included
-    (install it last). Needs the app's problem handlers (:mod:`ca.problems`)."""
+    (install it last). Needs the app's problem handlers (:mod:`ca.problems`). A request
+    for one of ``oauth_endpoints`` (Flask endpoint names) is refused in OAuth's words."""
+    oauth = None
+    if oauth_endpoints:
+
+        def oauth(environ: dict[str, Any]) -> bool:  # the refusal's path only
+            try:
+                endpoint, _ = app.url_map.bind_to_environ(environ).match()
+            except HTTPException:
+                return False
+            return endpoint in oauth_endpoints
+
     app.wsgi_app = body_framing(  # type: ignore[method-assign,assignment]
-        app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.extensions[PROBLEMS]
+        app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.extensions[PROBLEMS], oauth
     )

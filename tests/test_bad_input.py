@@ -523,8 +523,22 @@ def test_a_body_whose_chunked_framing_is_broken_is_400(world: World) -> None:
             + b'5\r\n{"a":\r\nZZ\r\n1}\r\n0\r\n\r\n',
         )
         assert status == 400, (path, status, body)
+        if path == "/auth/token":  # an OAuth endpoint: in RFC 6749 §5.2's words (probe 24)
+            assert headers["Content-Type"] == "application/json", (path, headers)
+            doc = json.loads(body)
+            assert doc["error"] == "invalid_request" and "framed" in doc["error_description"]
+            continue
         assert headers["Content-Type"] == "application/problem+json", (path, headers)
         assert "framed" in json.loads(body)["detail"], body
+    # A body shorter than its Content-Length, at an OAuth endpoint: the same.
+    status, headers, body = raw_http(
+        world,
+        b"POST /auth/introspect HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n"
+        b"Connection: close\r\n\r\ntoken=abc",
+    )
+    assert status == 400 and headers["Content-Type"] == "application/json", (status, body)
+    assert json.loads(body)["error"] == "invalid_request", body
     assert counts(world) == before
     assert b"Traceback" not in world.server.log.read_bytes()[logged:]
 
@@ -762,8 +776,10 @@ def test_a_body_shorter_than_its_content_length_is_400_and_changes_nothing(world
             + body,
         )
         assert status == 400, (path, status, answer)
-        assert headers["Content-Type"] == "application/problem+json", (path, headers)
-        detail = json.loads(answer)["detail"]
+        oauth = path == "/auth/token"  # RFC 6749 §5.2's words there (fuzzing probe 24)
+        kind = "application/json" if oauth else "application/problem+json"
+        assert headers["Content-Type"] == kind, (path, headers)
+        detail = json.loads(answer)["error_description" if oauth else "detail"]
         assert f"after {len(body)} of the {len(body) + 20} bytes" in detail, (path, detail)
     assert counts(world) == before
     r = send(world, "POST", "/ca/v1/enroll", enroll)
@@ -962,9 +978,15 @@ def test_a_body_in_a_coding_nothing_decodes_is_refused(world: World) -> None:
                 world, head + framing + b"Connection: close\r\n\r\n" + body
             )
             assert status == want, (path, framing, status, answer)
-            assert headers["Content-Type"] == "application/problem+json", headers
-            problem = json.loads(answer)
-            assert problem["status"] == want and "coding" in problem["detail"], problem
+            if path == "/auth/token":  # an OAuth endpoint: RFC 6749 §5.2's words
+                assert headers["Content-Type"] == "application/json", headers
+                oauth = json.loads(answer)
+                assert oauth["error"] == "invalid_request", oauth
+                assert "coding" in oauth["error_description"], oauth
+            else:
+                assert headers["Content-Type"] == "application/problem+json", headers
+                problem = json.loads(answer)
+                assert problem["status"] == want and "coding" in problem["detail"], problem
             if want == 415:
                 assert headers["Accept-Encoding"] == "identity", headers
     status, headers, answer = raw_http(
