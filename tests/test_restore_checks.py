@@ -83,13 +83,15 @@ def two_cas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_an_archive_of_another_log_is_refused_whatever_accept_loss_says(
     two_cas: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The auditor's state file pins CA a's log key; CA b's archive (no checkpoint in its
-    manifest: b never served one) was restored and called "N entries lost" with
+    """The auditor's state file pins CA a's log key; CA b's archive (its checkpoint signed
+    by b's own key) was restored and called "N entries lost" with
     --accept-loss. Now it is refused in one line, with --checkpoint or --log-key, and so
     is a's own archive whose log key was swapped for another (a forger's)."""
     state, a_archive, b_archive = two_cas["state"], two_cas["a.tar.gz"], two_cas["b.tar.gz"]
     b_log = json.loads(members(b_archive)["manifest.json"])["log"]
-    assert b_log["checkpoint"] is None
+    # b never served a checkpoint, but its first was signed as it was made (the log's
+    # name, tests/test_log_origin.py): by b's own key, which the state does not pin
+    assert b_log["checkpoint"] is not None and b_log["size"] > 0
     assert json.loads(state.read_text())["tree_size"] > b_log["size"]  # "entries lost"
     target = tmp_path / "restored"
     for args in (
