@@ -876,6 +876,21 @@ class RestoreResult:
     files: int
     databases: dict[str, str]
     """name → where it went (a file path, or the PostgreSQL URL without password)."""
+    set_aside: tuple[Path, ...] = ()
+    """What ``--force`` replaced, kept under ``data_dir`` (:func:`_set_aside`)."""
+
+
+def _set_aside(path: Path, stamp: str) -> Path | None:
+    """Move ``path`` (a file, or a directory: ``ca/``) to ``<name>.replaced-<stamp>``
+    beside it, if it exists; where it went. A restore with ``--force`` deleted what it
+    replaced, certificate records in force included when the backup was older (upgrade
+    probe, session 24), against the Electronic Signature Law's five years; the operator
+    deletes the copy once it is checked (docs/backup.md)."""
+    if not path.exists():
+        return None
+    kept = path.with_name(f"{path.name}.replaced-{stamp}")
+    path.rename(kept)
+    return kept
 
 
 def _sqlite_leftovers(path: Path) -> list[Path]:
@@ -1036,6 +1051,8 @@ def restore(
         fh.flush()
         os.fsync(fh.fileno())
     placed: dict[str, str] = {}
+    kept: list[Path] = []
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     for name, db in dbs.items():
         if "same_as" in db:
             placed[name] = placed[db["same_as"]]
@@ -1043,6 +1060,12 @@ def restore(
         url = databases[name]
         staged = archive.staged(db["member"])
         if db["kind"] == "postgresql":
+            if force and not _pg_is_empty(url):
+                # what --clean drops, kept first as a pg_dump (pg_restore brings it back)
+                aside = data_dir / f"{name}-database.replaced-{stamp}.dump"
+                _dump_postgres(url, aside, read_log=False)
+                os.chmod(aside, 0o600)
+                kept.append(aside)
             uri, env = _libpq(url)
             args = [pg_tool("pg_restore"), "--no-owner", "--no-privileges"]
             args += ["--single-transaction", "--exit-on-error"]
@@ -1073,8 +1096,18 @@ def restore(
             continue
         db_file = _sqlite_path(databases[name])
         db_file.parent.mkdir(parents=True, exist_ok=True)
+        # The database with its -wal and -shm, renamed alike (SQLite finds a database's
+        # WAL by its name), so the copy opens with every commit it had.
         for leftover in _sqlite_leftovers(db_file):
-            leftover.unlink(missing_ok=True)
+            if leftover.name.endswith("-journal"):
+                leftover.unlink(missing_ok=True)
+                continue
+            suffix = leftover.name[len(db_file.name) :]
+            if leftover.exists():
+                renamed = db_file.with_name(f"{db_file.name}.replaced-{stamp}{suffix}")
+                leftover.rename(renamed)
+                if not suffix:
+                    kept.append(renamed)
         shutil.move(archive.staged(db["member"]), db_file)
         placed[name] = str(db_file)
     files = 0
@@ -1084,12 +1117,13 @@ def restore(
         if not source.is_dir():
             continue
         dest = data_dir / top
-        if dest.exists():
-            shutil.rmtree(dest)
+        replaced = _set_aside(dest, stamp)
+        if replaced is not None:
+            kept.append(replaced)
         for member, meta in archive.manifest["members"].items():
             if member.startswith(f"files/{top}/"):
                 os.chmod(archive.staged(member), meta["mode"])  # checked: _mode_ok
                 files += 1
         shutil.move(source, dest)
     marker.unlink()
-    return RestoreResult(data_dir, files, placed)
+    return RestoreResult(data_dir, files, placed, tuple(kept))

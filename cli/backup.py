@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cli import auditproof, options
 from cli.audit import handover_step, issuance_of, load_log_key, verifier_from_public_key
 from cli.auditproof import AuditError, VerifiedCheckpoint, VerifierKey
-from cli.client import CLIError
-from cli.options import json_option, print_result
+from cli.client import CLIError, fetch
+from cli.options import json_option, json_text, print_result
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by the commands that use it
     from sqlalchemy import Connection
@@ -162,7 +162,7 @@ def backup_command(
             fg="yellow",
             err=True,
         )
-    print_result(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+    print_result(json_text(data) if as_json else "\n".join(lines))
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def _read_published(value: str) -> tuple[bytes, str | None]:
     log key an auditor pinned, when the state file has one."""
     if value.startswith(("http://", "https://")):
         try:
-            resp = requests.get(value, timeout=30)
+            resp = fetch("GET", value, timeout=30)
         except requests.RequestException as exc:
             raise CLIError(f"cannot fetch the checkpoint at {value}: {exc}") from None
         if resp.status_code != 200:
@@ -659,6 +659,7 @@ def restore_command(
             "backup_checkpoint_size": backup_cp.size if backup_cp else None,
             "published_checkpoint_size": published.size if published else None,
             "lost_entries": lost,
+            "set_aside": [str(p) for p in result.set_aside],
             "seconds": round(elapsed, 3),
             **report,
         }
@@ -688,6 +689,13 @@ def restore_command(
                 "(run `eport audit verify --full --since CHECKPOINT` once the server is up)"
             )
         steps = []
+        if result.set_aside:
+            lines.append("  what --force replaced is kept, not deleted:")
+            lines += [f"    {p}" for p in result.set_aside]
+            steps.append(
+                "move what --force replaced (above) to the archive kept for five years, "
+                "then delete it here (docs/backup.md)"
+            )
         if manifest.get("dev_instance") and not manifest.get("includes_dev_credentials"):
             steps.append(
                 f"a development instance: its credentials (dev/) are not in backups; copy them "
@@ -707,7 +715,7 @@ def restore_command(
         steps.append("`eport audit verify --full --since CHECKPOINT` against the restored server")
         data["next"] = steps
         lines += ["Next:", *(f"  {step}" for step in steps)]
-        print_result(json.dumps(data, sort_keys=True) if as_json else "\n".join(lines))
+        print_result(json_text(data) if as_json else "\n".join(lines))
 
 
 def _losing(message: str, auditors: str, accept_loss: bool) -> None:

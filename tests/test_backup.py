@@ -358,10 +358,25 @@ def test_restore_never_runs_under_a_server_nor_shrinks_the_log_in_place(tmp_path
     (stale / "db").mkdir(parents=True)
     other = tmp_path / ".eport-restore-another-target-x"  # not ours: left alone
     other.mkdir()
+    with sqlite3.connect(data / "eport.db") as conn:
+        certificates = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
     res = restore(archive, data, "--force", "--accept-loss", "--json")
     assert json.loads(res.stdout)["lost_entries"] == in_place - backed
     assert "Removed the staging left by an interrupted restore" in res.stderr
     assert not stale.exists() and other.exists()
+    # What --force replaced is kept beside it, its WAL's commits too, not deleted: the
+    # certificate issued after the backup is still on record there (upgrade probe 24).
+    kept = sorted(p.name for p in data.iterdir() if ".replaced-" in p.name)
+    assert [n for n in kept if n.startswith("eport.db.")], kept
+    assert [n for n in kept if n.startswith("ca.replaced-")], kept
+    copy = next(data.glob("eport.db.replaced-*[0-9]Z"))
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT count(*) FROM certificates").fetchone()[0] == certificates
+    with sqlite3.connect(data / "eport.db") as conn:
+        assert conn.execute("SELECT count(*) FROM certificates").fetchone()[0] < certificates
+    assert sorted(json.loads(res.stdout)["set_aside"]) == sorted(
+        str(data / n) for n in kept if not n.endswith(("-wal", "-shm"))
+    )
 
 
 @pytest.fixture(scope="module")
