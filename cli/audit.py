@@ -45,7 +45,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ca.signedreq import SCHEME, sign_request
 from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, NotANoteError, VerifiedCheckpoint, VerifierKey
-from cli.client import DEFAULT_SERVER, CLIError, Identity, RemoteError, not_ours, send
+from cli.client import (
+    DEFAULT_SERVER,
+    CLIError,
+    Identity,
+    RemoteError,
+    not_ours,
+    parse,
+    send,
+)
 from cli.keyfiles import identity_options
 from cli.options import (
     MAX_SERIAL_DIGITS,
@@ -239,7 +247,7 @@ class AuditClient:
             foreign = not_ours(resp, self.server)
             if foreign is not None:
                 raise foreign
-            raise RemoteError(resp.status_code, resp.json())
+            raise RemoteError(resp.status_code, parse(resp, self.server))
         return resp
 
     def json(self, path: str, *, signed: bool = False, method: str = "GET") -> dict[str, Any]:
@@ -249,7 +257,7 @@ class AuditClient:
         doc: Any = None
         if "json" in resp.headers.get("Content-Type", "").split(";")[0]:
             try:
-                doc = json.loads(resp.content)
+                doc = parse(resp, self.server)
             except ValueError:
                 doc = None
         if not isinstance(doc, dict):

@@ -13,7 +13,6 @@ import datetime
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,9 +30,11 @@ from cli.options import (
     data_dir_option,
     json_option,
     json_text,
+    no_line_reason,
     policies_option,
     print_result,
     secret_prompt,
+    stdin_is_terminal,
 )
 
 MIN_PASSPHRASE = 12
@@ -89,11 +90,11 @@ def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -
             value = secret_prompt(
                 f"{custodian} ({member}): choose the passphrase of your share file", confirm=True
             ).encode()
-        except click.Abort:
+        except click.Abort as exc:
             raise CLIError(
                 f"the custodian of {member} must choose a passphrase: "
                 f"--custodian-passphrase {member}=FILE or "
-                f"{member_env('EPORT_CUSTODIAN_PASSPHRASE_', member)}"
+                f"{member_env('EPORT_CUSTODIAN_PASSPHRASE_', member)}{no_line_reason(exc)}"
             ) from None
     if len(value) < MIN_PASSPHRASE:
         raise CLIError(f"the passphrase of {member}'s share must have at least 12 characters")
@@ -107,9 +108,10 @@ def _share_passphrase(file: Path | None) -> bytes:
         return os.environ["EPORT_SHARE_PASSPHRASE"].encode()
     try:
         return secret_prompt("Passphrase of your share file").encode()
-    except click.Abort:
+    except click.Abort as exc:
         raise CLIError(
             "the share file's passphrase is needed: --passphrase-file or EPORT_SHARE_PASSPHRASE"
+            f"{no_line_reason(exc)}"
         ) from None
 
 
@@ -122,7 +124,7 @@ def _with_pin(uri: Any, who: str) -> Any:
     if "pin-value" in uri.query or "pin-source" in uri.query or os.environ.get(pkcs11.PIN_ENV):
         return uri
     try:
-        if not sys.stdin.isatty():
+        if not stdin_is_terminal():
             raise click.Abort
         pin = str(click.prompt(f"PIN of {who}'s PKCS#11 token", hide_input=True, err=True))
     except click.Abort:
@@ -186,7 +188,7 @@ def _check_fingerprint(fingerprint: str, expected: str | None) -> None:
                 "refusing to send the share (wrong server, or a man in the middle)"
             )
         return
-    if not sys.stdin.isatty():
+    if not stdin_is_terminal():
         # Nobody to compare it: a share is never sent to a key no one checked.
         raise CLIError(
             "without a terminal to confirm the ceremony key's fingerprint, pass it with "
@@ -691,10 +693,11 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
         return secret_prompt(
             f"{custodian} ({member}): passphrase of your current share file"
         ).encode()
-    except click.Abort:
+    except click.Abort as exc:
         raise CLIError(
             f"the passphrase of {member}'s share file is needed: --share-passphrase "
             f"{member}=FILE or {member_env('EPORT_SHARE_PASSPHRASE_', member)}"
+            f"{no_line_reason(exc)}"
         ) from None
 
 

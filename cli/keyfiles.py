@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from ca import pkcs8
 from ca.keys import KeyType
 from ca.signer import write_private
 from cli.client import CLIError, Identity
-from cli.options import secret_prompt
+from cli.options import no_line_reason, secret_prompt, stdin_is_terminal
 
 
 def passphrase(
@@ -34,7 +33,17 @@ def passphrase(
 ) -> bytes:
     """The passphrase of a key: file, then the environment variable ``env`` (None: none),
     then an interactive prompt."""
+    return passphrase_and_source(file, new=new, what=what, env=env)[0]
+
+
+def passphrase_and_source(
+    file: Path | None, *, new: bool, what: str = "key", env: str | None = "EPORT_PASSPHRASE"
+) -> tuple[bytes, str]:
+    """:func:`passphrase`, and where it came from, for an error to name (never the
+    passphrase itself): "--passphrase-file FILE" (or the variable that named the file),
+    ``env``, "standard input", or "" when it was typed at the terminal."""
     if file is not None:
+        source = f"{_named_by(file)} {file}"
         try:
             # bytes as they are: a passphrase need not be UTF-8 (nor its file)
             value = file.read_bytes().decode("utf-8", "surrogateescape").rstrip("\r\n")
@@ -43,17 +52,18 @@ def passphrase(
         if not value:
             raise CLIError(f"the passphrase file {file} is empty")
     elif env is not None and os.environ.get(env):
-        value = os.environ[env]
+        value, source = os.environ[env], env
     else:
+        source = "" if stdin_is_terminal() else "standard input"
         while True:
             try:
                 value = secret_prompt(f"Passphrase for the {what}", confirm=new)
-            except click.Abort:
+            except click.Abort as exc:
                 ways = "--passphrase-file, EPORT_PASSPHRASE" if env else "a passphrase file"
                 raise CLIError(
-                    f"a passphrase is needed: use {ways}, a terminal or a pipe"
+                    f"a passphrase is needed: use {ways}, a terminal or a pipe{no_line_reason(exc)}"
                 ) from None
-            if not (new and len(value) < 8 and sys.stdin.isatty()):
+            if not (new and len(value) < 8 and stdin_is_terminal()):
                 break
             # typed twice at a terminal: ask again rather than end the command (an
             # enrollment would be run anew from its start)
@@ -62,7 +72,27 @@ def passphrase(
         raise CLIError("the passphrase must have at least 8 characters")
     # bytes that are not UTF-8 (in the file, the environment or a pipe) are kept as they
     # came, as the environment and stdin decode them (surrogateescape)
-    return value.encode("utf-8", "surrogateescape")
+    return value.encode("utf-8", "surrogateescape"), source
+
+
+def _named_by(file: Path) -> str:
+    """The option of the running command that gave ``file`` (``--passphrase-file``), or the
+    environment variable it came from (``EPORT_PASSPHRASE_FILE``)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        for param in ctx.command.params:
+            if not isinstance(param, click.Option) or param.name is None:
+                continue
+            if ctx.params.get(param.name) != file:
+                continue
+            envvar = param.envvar if isinstance(param.envvar, str) else None
+            if envvar and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+                return envvar
+            return max(param.opts, key=len)
+        ctx = ctx.parent
+    return "the passphrase file"
 
 
 def new_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:
@@ -141,11 +171,19 @@ def key_and_passphrase(
         what = labels[0].decode().lower()
         raise CLIError(f"{path} holds a PEM {what}, not a private key")
     encrypted = b"ENCRYPTED" in data
-    pw = passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else None
+    pw, source = (
+        passphrase_and_source(pw_file, new=False, what=f"key {path.name}")
+        if encrypted
+        else (None, "")
+    )
     try:
         key = serialization.load_pem_private_key(data, pw)
     except (ValueError, TypeError):
-        msg = "wrong passphrase or not a PEM private key" if encrypted else "not a PEM private key"
+        msg = "not a PEM private key"
+        if encrypted:
+            # where the passphrase came from: a stale EPORT_PASSPHRASE left in the
+            # environment, or the file of another key, is the usual cause
+            msg = f"wrong passphrase{f' (from {source})' if source else ''} or {msg}"
         if not labels:  # binary: a DER key, or the bundle.p12 an enrollment wrote beside it
             msg += " (for a PKCS#12 bundle, use the key.pem written beside it)"
         raise CLIError(f"cannot load key {path}: {msg}") from None

@@ -39,6 +39,7 @@ from cli.client import (
     NotSent,
     RemoteError,
     check_server,
+    fetch,
 )
 from cli.keyfiles import identity_options
 from cli.options import (
@@ -49,6 +50,7 @@ from cli.options import (
     hex_serial,
     json_option,
     json_text,
+    no_line_reason,
     not_blank,
     print_any_text,
     print_result,
@@ -140,14 +142,19 @@ def more_hint(as_json: bool, doc: dict[str, Any], what: str) -> None:
 
 def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``--server`` (or EPORT_SERVER) is an http(s) URL with a host, else a usage error
-    (exit 2) before any command runs, in the name the value came from."""
+    (exit 2) before any command runs, in the name the value came from. An EPORT_SERVER
+    set but empty is refused too (click takes it for unset: the command went to the
+    default server without a word)."""
+    source = ctx.get_parameter_source("server")
+    name = "EPORT_SERVER" if source is click.core.ParameterSource.ENVIRONMENT else "--server"
+    if source is click.core.ParameterSource.DEFAULT and os.environ.get("EPORT_SERVER") == "":
+        value, name = "", "EPORT_SERVER"
     why = check_server(value)
     if why is None:
         return value
-    source = ctx.get_parameter_source("server")
-    name = "EPORT_SERVER" if source is click.core.ParameterSource.ENVIRONMENT else "--server"
+    unset = " (or unset EPORT_SERVER for it)" if name == "EPORT_SERVER" and not value else ""
     raise click.BadParameter(
-        f"{value!r} {why}; give the e-port server's base URL, e.g. {DEFAULT_SERVER}",
+        f"{value!r} {why}; give the e-port server's base URL, e.g. {DEFAULT_SERVER}{unset}",
         ctx,
         param,
         param_hint=name,
@@ -192,7 +199,8 @@ class LazyGroup(click.Group):
     default=DEFAULT_SERVER,
     show_default=True,
     callback=lambda ctx, param, value: _server_url(ctx, param, value),
-    help="Base URL of the e-port server, http:// or https:// (env EPORT_SERVER).",
+    help="Base URL of the e-port server, http:// or https:// (env EPORT_SERVER; set, it "
+    "must not be empty: unset it for the default).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="eport-trust")
@@ -631,8 +639,10 @@ def _secret(file: Path | None, env: str, what: str, option: str) -> bytes:
         return value.encode("utf-8", "surrogateescape")
     try:
         value = secret_prompt(f"Passphrase for the {what}", confirm=True)
-    except click.Abort:
-        raise CLIError(f"the passphrase of the {what} is needed: {option} FILE or {env}") from None
+    except click.Abort as exc:
+        raise CLIError(
+            f"the passphrase of the {what} is needed: {option} FILE or {env}{no_line_reason(exc)}"
+        ) from None
     if len(value) < 12:
         raise CLIError(f"the passphrase of the {what} must have at least 12 characters")
     return str(value).encode("utf-8", "surrogateescape")
@@ -2042,8 +2052,12 @@ def status(cert_file: Path, issuer_file: Path | None, as_json: bool) -> None:
 
     def post(url: str, body: bytes) -> bytes:
         try:
-            r = requests.post(
-                url, data=body, headers={"Content-Type": "application/ocsp-request"}, timeout=15
+            r = fetch(
+                "POST",
+                url,
+                data=body,
+                headers={"Content-Type": "application/ocsp-request"},
+                timeout=15,
             )
         except requests.RequestException as exc:
             raise CLIError(f"cannot reach the OCSP responder {url}: {type(exc).__name__}") from None
@@ -2155,7 +2169,7 @@ def _issuing_ca_revocation(
     # another base URL into the issuing CA's certificate.
     for where in dict.fromkeys([url, *_same_path_at_responder(cert, url)]):
         try:
-            r = requests.get(where, timeout=15)
+            r = fetch("GET", where, timeout=15)
             r.raise_for_status()
             crl = x509.load_der_x509_crl(r.content)
             break
@@ -2212,7 +2226,7 @@ def _fetch_ca_issuer(cert: x509.Certificate) -> x509.Certificate:
             "no issuer certificate: give --issuer or keep chain.pem beside --cert"
         ) from None
     try:
-        r = requests.get(url, timeout=15)
+        r = fetch("GET", url, timeout=15)
         r.raise_for_status()
         return x509.load_der_x509_certificate(r.content)
     except (requests.RequestException, ValueError) as exc:

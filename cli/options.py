@@ -176,11 +176,43 @@ def policies_option(help: str) -> Decorator:
     )
 
 
+PIPE_WAIT = 30.0
+"""How long (seconds) a passphrase is waited for on standard input that is not a terminal:
+a pipe that stays open and sends nothing (``(sleep 600) | eport …``) held the command
+silently until it closed."""
+PIPE_NOTICE = 2.0
+"""After how long (seconds) of that wait standard error says what the command waits for."""
+
+
+class NoLine(click.Abort):
+    """No passphrase came from standard input, for a reason the one line of the error says
+    (:func:`no_line_reason`): it is closed, or it sent no line in time."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def no_line_reason(exc: click.Abort) -> str:
+    """What to add to the error line of a command that got no passphrase (``exc``):
+    " (standard input is closed)", or nothing for a pipe that sent an empty line or none."""
+    return f" ({exc.reason})" if isinstance(exc, NoLine) else ""
+
+
+def stdin_is_terminal() -> bool:
+    """Whether standard input is a terminal; False when it is closed (``<&-``: Python's
+    sys.stdin is then None, and ``sys.stdin.isatty()`` was an 'unexpected error')."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
 def secret_prompt(label: str, *, confirm: bool = False) -> str:
     """A passphrase typed at the terminal (hidden; ``confirm`` asks twice), or the first
-    line of a pipe when stdin is not a terminal (read as is, with no prompt or warning:
-    ``printf '%s\\n' "$PASS" | eport …``). :class:`click.Abort` when there is none;
-    :class:`KeyboardInterrupt` for Ctrl-C at the prompt."""
+    line of a pipe when stdin is not a terminal (read as is, with no prompt: ``printf
+    '%s\\n' "$PASS" | eport …``), waited for :data:`PIPE_WAIT` seconds at most.
+    :class:`click.Abort` when there is none (:class:`NoLine` when stdin is closed or sent
+    no line in time); :class:`KeyboardInterrupt` for Ctrl-C at the prompt."""
+    if sys.stdin is None:
+        raise NoLine("standard input is closed")
     if sys.stdin.isatty():
         try:
             return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
@@ -191,12 +223,50 @@ def secret_prompt(label: str, *, confirm: bool = False) -> str:
                 raise KeyboardInterrupt from None
             raise
     # bytes as they are: a passphrase need not be UTF-8
-    stdin = getattr(sys.stdin, "buffer", None)
-    line: str = (
-        stdin.readline().decode("utf-8", "surrogateescape")
-        if stdin is not None
-        else sys.stdin.readline()
-    )
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's stream)
+        raw = stdin.readline()
+        line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+    else:
+        line = _first_line(fd, label).decode("utf-8", "surrogateescape")
     if not line.strip("\r\n"):
         raise click.Abort
     return line.rstrip("\r\n")
+
+
+def _first_line(fd: int, label: str) -> bytes:
+    """The first line of ``fd`` (without its end), read a byte at a time, so that nothing
+    after it is taken from the next reader (``eport key passwd`` reads two lines), within
+    :data:`PIPE_WAIT` seconds; after :data:`PIPE_NOTICE` of them standard error says what
+    is waited for, once. :class:`NoLine` when none came in time."""
+    import os
+    import select
+    import time
+
+    start = time.monotonic()
+    told = False
+    line = bytearray()
+    while True:
+        waited = time.monotonic() - start
+        if waited >= PIPE_WAIT:
+            raise NoLine(f"standard input, not a terminal, sent no line in {PIPE_WAIT:g} s")
+        wait = PIPE_WAIT - waited if told else min(PIPE_WAIT, PIPE_NOTICE) - waited
+        try:
+            ready = select.select([fd], [], [], max(wait, 0))[0]
+        except (OSError, ValueError):  # an fd select cannot wait on: read as before
+            ready = [fd]
+        if not ready:
+            if not told and time.monotonic() - start >= PIPE_NOTICE:
+                click.echo(
+                    f"eport: waiting up to {PIPE_WAIT:g} s for a line on standard input "
+                    f"(not a terminal): {label}",
+                    err=True,
+                )
+                told = True
+            continue
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            return bytes(line)
+        line += byte

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.keys import KeyType
 from ca.signer import write_private
-from cli.client import CLIError, Identity, not_ours, send
+from cli.client import CLIError, Identity, not_ours, parse, send
 
 
 def config_dir() -> Path:
@@ -129,7 +129,7 @@ def post_form(server: str, path: str, data: dict[str, str], timeout: float = 30)
     foreign = not_ours(r, server)
     if foreign is not None:
         raise foreign
-    doc: dict[str, Any] = r.json()
+    doc: dict[str, Any] = parse(r, server)
     if r.status_code >= 400:
         msg = doc.get("error_description") or doc.get("detail") or r.reason
         err = doc.get("error")
