@@ -33,6 +33,7 @@ from flask import (
     render_template,
     request,
 )
+from werkzeug.exceptions import HTTPException
 
 from authsvc.app import EXTENSION as AUTH_EXTENSION
 from authsvc.app import AuthService, db, utcnow
@@ -51,7 +52,7 @@ from authsvc.proxy import client_address, forwarded_certificate
 from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
 from ca.errors import EPortError, Unauthenticated
-from ca.problems import log_retry
+from ca.problems import HTML_ERRORS, log_retry
 from ca.wellformed import install_safe_head
 
 log = logging.getLogger("eport.auth.oidc")
@@ -492,6 +493,45 @@ def _post(url: str, form: Mapping[str, str], timeout: float) -> int:
     return r.status_code
 
 
+BROWSER_PATHS = ("/auth/authorize", "/auth/end_session", "/auth/end_session/confirm")
+"""The token service's endpoints a person's browser is sent to (the portal's besides)."""
+
+
+def browser_error_page(err: Any) -> Response | None:
+    """A page, not problem+json, for an error on a path a person's browser opens (the
+    portal, sign-in, sign-out): an unknown page, a method the page does not take, a NUL in
+    a parameter, a certificate header the proxy sent unreadable. These showed raw JSON,
+    which told an operator where the token service's endpoints are listed (browser probe
+    24, F4). None elsewhere: API clients keep problem+json."""
+    path = request.path
+    if not (path == "/portal" or path.startswith("/portal/") or path in BROWSER_PATHS):
+        return None
+    if path.startswith("/portal/static/"):
+        return None
+    if isinstance(err, HTTPException):
+        status = int(err.code or 500)
+        if status == 404:
+            answer = message(
+                404,
+                "Page not found",
+                "There is no such page here. The portal lists the services you can use.",
+                to_portal=True,
+            )
+        elif status == 405:
+            answer = message(
+                405, "Not a page to open", "This address is not opened this way.", to_portal=True
+            )
+            allowed = getattr(err, "valid_methods", None)
+            if allowed:  # RFC 9110 §15.5.6
+                answer.headers["Allow"] = ", ".join(sorted(allowed))
+        else:
+            return None
+        return answer
+    if isinstance(err, EPortError) and err.status == 400:
+        return message(400, "This request is not valid", err.detail, to_portal=True)
+    return None
+
+
 ACTING_GETS = frozenset({"oidc.authorize", "oidc.end_session", "portal.index"})
 """GET views that act (sign in, make a code, sign out): a HEAD on them does nothing."""
 
@@ -511,6 +551,7 @@ def init_app(app: Flask) -> OpenIDProvider:
     app.register_blueprint(bp)
     app.register_blueprint(portal_bp)
     install_safe_head(app, ACTING_GETS)
+    app.extensions[HTML_ERRORS] = browser_error_page
     if s.config.sweep_seconds > 0:
         _start_delivery(app, p, min(s.config.sweep_seconds, 1.0))
     return p

@@ -45,6 +45,7 @@ from flask import (
 )
 from sqlalchemy import Date, cast, func, select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from ca import translog
@@ -331,6 +332,8 @@ def html_http_error(err: Any) -> Response | None:
     """The view's page for an HTTP error on its paths (an unknown page, a malformed
     entry index): HTML like its other answers, not the API's problem+json."""
     path = request.path
+    if not isinstance(err, HTTPException):
+        return None  # the view answers its own errors (EPortError) itself
     if not path.startswith("/audit/") or path == "/audit/session":
         return None
     if path.startswith("/audit/static/"):

@@ -164,9 +164,9 @@ def no_cache_of_private(resp: Response) -> Response:
 
 
 HTML_ERRORS = "eport.html_errors"
-"""``app.extensions`` key of an optional ``(HTTPException) -> Response | None``: a browser
-view (the audit view) answers HTTP errors on its own paths with a page; None falls
-through to problem+json."""
+"""``app.extensions`` key of an optional ``(HTTPException | EPortError) -> Response |
+None``: a browser view (the audit view, the portal) answers errors on its own paths with a
+page; None falls through to problem+json."""
 
 
 def _http_detail(err: HTTPException, described_at: str) -> str:
@@ -209,6 +209,11 @@ def install_problem_handlers(
 
     @app.errorhandler(EPortError)
     def _domain_error(err: EPortError) -> Response:
+        page = app.extensions.get(HTML_ERRORS)
+        if page is not None:  # a browser view's own page for its paths
+            shown: Response | None = page(err)
+            if shown is not None:
+                return shown
         status, body = answers.domain(err, request_instance(request.environ))
         return _with_challenge(Response(body, status=status, mimetype=PROBLEM_JSON), err)
 

@@ -950,6 +950,37 @@ def test_only_a_top_level_page_load_signs_in_with_the_certificate(world: World) 
     assert validate(srv, token) == 200  # the first session is still live
 
 
+def test_browser_paths_answer_errors_with_pages(world: World) -> None:
+    """An unknown portal page, a method a page does not take, a NUL in a sign-in parameter,
+    an unreadable certificate header from the proxy: each was raw problem+json in the
+    operator's browser, naming where the API's endpoints are listed (browser probe 24, F4).
+    API paths keep problem+json."""
+    url = world.server.url
+
+    def page(r: requests.Response, status: int, words: str) -> None:
+        assert r.status_code == status, (r.status_code, r.text)
+        assert r.headers["Content-Type"].startswith("text/html"), r.headers
+        assert words in r.text and "openid-configuration" not in r.text, r.text
+        assert r.headers["X-Frame-Options"] == "DENY"
+
+    page(requests.get(url + "/portal/nope", timeout=10), 404, "Page not found")
+    r = requests.get(url + "/portal/logout", timeout=10)
+    page(r, 405, "Not a page to open")
+    assert r.headers["Allow"] == "OPTIONS, POST", r.headers
+    page(
+        requests.get(url + "/auth/authorize", params={"client_id": "\x00"}, timeout=10),
+        400,
+        "U+0000",
+    )
+    page(
+        requests.get(url + "/portal/", headers={"X-SSL-Client-Cert": "garbage"}, timeout=10),
+        400,
+        "This request is not valid",
+    )
+    r = requests.get(url + "/auth/nope", timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json"
+
+
 # -- relying parties ---------------------------------------------------------------------
 
 
