@@ -1059,8 +1059,7 @@ def narrowed(granted: tuple[str, ...], requested: str | None, where: str) -> tup
     missing = sorted(set(asked) - set(granted))
     if missing:
         raise OAuthError(
-            f"scope {missing[0][:60]!r} is not granted to {where} "
-            f"(granted: {' '.join(granted)})",
+            f"scope {missing[0][:60]!r} is not granted to {where} (granted: {' '.join(granted)})",
             error="invalid_scope",
         )
     return tuple(g for g in granted if g in asked)

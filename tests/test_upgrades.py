@@ -530,8 +530,7 @@ def test_the_database_refuses_to_delete_or_rewrite_the_records(
             conn.execute(text("UPDATE applications SET reason = reason, log_index = log_index"))
         with engine.connect() as conn:
             after = {
-                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                for t in before
+                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in before
             }
         assert after == before
     finally:
