@@ -277,6 +277,10 @@ def fast_path(
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
         method = environ.get("REQUEST_METHOD")
+        if environ.get("QUERY_STRING"):
+            # none is read here: Flask's edge check refuses a NUL in one, as for HEAD (a GET
+            # with ?x=%00 was answered 200 here, its HEAD 400: fuzzing probe 24)
+            return inner(environ, start_response)
         if path == INTROSPECT_PATH and method == "POST":
             body = _forwarded_form(environ)
             if body and (b"%00" in body or b"\x00" in body):
