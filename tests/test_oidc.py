@@ -1035,8 +1035,12 @@ def test_authlib_client_state_mismatch_and_backchannel_logout(world: World) -> N
         # The real answer signs the user in (code redeemed, ID token checked, UserInfo).
         ok = web.get(callback.path + "?" + callback.query, base_url=base)
         assert ok.status_code == 302, ok.data
-        home = web.get("/", base_url=base).data.decode()
+        page = web.get("/", base_url=base)
+        home = page.data.decode()
         assert "Operator W1" in home
+        # no other site frames it (its sign-out button: browser probe 24, F7)
+        assert page.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
         sid = home.split('id="user-sid">')[1].split("<")[0]
         # An error from the provider is shown, not followed.
         err = web.get("/callback?error=access_denied&state=x", base_url=base)

@@ -211,6 +211,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logins = Logins()
     app.extensions["sample.logins"] = logins
 
+    @app.after_request
+    def _browser_headers(resp: Response) -> Response:
+        # No other site may frame these pages (its sign-out button could be clicked
+        # through an overlay: browser probe 24, F7), nor sniff their types.
+        resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
+
     def show(user: Login | None, note: str | None = None, status: int = 200) -> Response:
         csrf = session.setdefault("csrf", secrets.token_urlsafe(24)) if user else None
         html = render_template_string(
