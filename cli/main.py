@@ -2794,9 +2794,12 @@ def main() -> None:
     color = False if os.environ.get("NO_COLOR") else None
     try:
         cli.main(standalone_mode=False, prog_name="eport", color=color)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
         click.echo("Aborted.", err=True)
-        sys.exit(1)
+        # Ctrl-C: 130 (128 + SIGINT), as a shell reports a command SIGINT stopped, so a
+        # script tells it from a failure; click turns the KeyboardInterrupt into Abort
+        interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        sys.exit(130 if interrupted else 1)
     except click.exceptions.NoArgsIsHelpError as exc:
         # `eport` or `eport ca` alone: the group's help, as it is (not a page of help
         # behind "eport: error:"); exit 2, as for a command line that runs nothing

@@ -264,8 +264,8 @@ def at_terminal(
 
 
 def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path: Path) -> None:
-    """Ctrl-C at a terminal's passphrase prompt stops the command ('Aborted.', exit 1);
-    it said 'a passphrase is needed: use --passphrase-file, ...' as if none could be
+    """Ctrl-C at a terminal's passphrase prompt stops the command ('Aborted.', exit 130,
+    as a shell reports SIGINT; it was 1, a failure's); it said 'a passphrase is needed: use --passphrase-file, ...' as if none could be
     typed."""
     server = sqlite_server
     ent = enroll_enterprise(server, tmp_path, "Ctrl-C Co.")
@@ -273,7 +273,7 @@ def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path:
     del env["EPORT_PASSPHRASE"]
     args = ["login", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
     text, code = at_terminal(args, env, ctrl_c_after=b"Passphrase for the key")
-    assert code == 1, text
+    assert code == 130, text
     assert "Aborted." in text and "passphrase is needed" not in text, text
     assert "Traceback" not in text
 
@@ -577,8 +577,8 @@ def test_state_and_restore_directories_that_cannot_be_written(
 
 
 def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
-    """SIGINT while waiting on a server that does not answer: 'Aborted.' and exit 1 at
-    once, no traceback, nothing on stdout."""
+    """SIGINT while waiting on a server that does not answer: 'Aborted.' and exit 130 at
+    once (128 + SIGINT, as a shell reports it), no traceback, nothing on stdout."""
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -603,7 +603,7 @@ def test_ctrl_c_during_a_request(tmp_path: Path) -> None:
             out, err = proc.communicate(timeout=20)
         finally:
             conn.close()
-    assert proc.returncode == 1 and out == "", (out, err)
+    assert proc.returncode == 130 and out == "", (out, err)
     assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
 
 
