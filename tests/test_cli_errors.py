@@ -265,8 +265,8 @@ def at_terminal(
 
 def test_ctrl_c_at_the_passphrase_prompt_aborts(sqlite_server: Server, tmp_path: Path) -> None:
     """Ctrl-C at a terminal's passphrase prompt stops the command ('Aborted.', exit 130,
-    as a shell reports SIGINT; it was 1, a failure's); it said 'a passphrase is needed: use --passphrase-file, ...' as if none could be
-    typed."""
+    as a shell reports SIGINT; it was 1, a failure's); it said 'a passphrase is needed:
+    use --passphrase-file, ...' as if none could be typed."""
     server = sqlite_server
     ent = enroll_enterprise(server, tmp_path, "Ctrl-C Co.")
     env = server.env()
