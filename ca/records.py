@@ -93,7 +93,8 @@ CODE_USED = "this enrollment code was already used"
 CODE_WITHDRAWN = (
     "this enrollment code was withdrawn: a newer code replaced it (use the one given last), "
     "its approval was withdrawn (eport application show APP_ID says why), "
-    "or its enterprise ceased operation"
+    "or its enterprise ceased operation or lost its last certificate in force (it "
+    "authorizes the operator again, eport operator add, once it holds one)"
 )
 
 

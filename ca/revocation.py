@@ -196,17 +196,23 @@ class Revocation:
             ceased = rec.profile == "enterprise" and reason is ReasonCode.CESSATION_OF_OPERATION
             more: dict[str, str] = {}
             kept_by: list[CertificateRecord] = []
-            if ceased:
+            others: list[CertificateRecord] = []
+            if rec.profile == "enterprise":
                 assert rec.uscc is not None
-                kept_by = _others_in_force(tx, rec, now)
+                others = _others_in_force(tx, rec, now)
+            if ceased:
+                kept_by = others
                 ceased = not kept_by
                 if kept_by:
                     more["enterprise_still_in_force"] = ",".join(k.serial_hex for k in kept_by)
-            if ceased:
+            if rec.profile == "enterprise" and not others:
                 assert rec.uscc is not None
-                # The enterprise ceases: its operators' unused codes are withdrawn with it,
-                # under the issuances' lock, so that an operator enrollment in flight either
-                # is stored first (and revoked below) or finds its code withdrawn.
+                # The enterprise's last certificate in force goes, for whatever reason: its
+                # operators' unused codes are withdrawn with it (a keyCompromise left the
+                # codes its stolen key may have given enrolling operators of an enterprise
+                # with no certificate: docs probe 24), under the issuances' lock, so that an
+                # operator enrollment in flight either is stored first or finds its code
+                # withdrawn. Only a cessation revokes the operators' certificates (below).
                 withdrawn = tx.withdraw_codes_of(rec.uscc, SubjectClass.OPERATOR.value, now)
                 if withdrawn:
                     more["operator_codes_withdrawn"] = str(withdrawn)

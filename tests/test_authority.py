@@ -429,6 +429,41 @@ def test_cessation_withdraws_the_operators_unused_codes(env: tuple, tmp_path: Pa
             ca.enroll(g.code, "operator", csr(KeyType.P256.generate()))
 
 
+def test_any_revocation_of_the_last_enterprise_certificate_withdraws_operator_codes(
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    """An officer revokes an enterprise's only certificate for keyCompromise: the codes
+    its (stolen) key gave its operators are withdrawn with it. They enrolled operators of
+    an enterprise with no certificate in force (docs probe 24); only a cessation revokes
+    the operators' certificates, so an enrolled operator stays. While a renewal's
+    certificate is in force, the codes stay."""
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ent_caller, ent = enrolled_enterprise(ca, officer_caller, tmp_path, "Compromised Co.")
+    enrolled = ca.enroll(
+        ca.authorize_operator(ent_caller, "Li Wei", "K1").code,
+        "operator",
+        csr(KeyType.P256.generate()),
+    )
+    unused = ca.authorize_operator(ent_caller, "Wang Fang", "K2")
+    change = Revocation(ca).revoke(officer_caller, ent.record.serial, "keyCompromise")
+    assert change.cascaded == ()
+    details = json.loads(last_event(sessions).details)
+    assert details["operator_codes_withdrawn"] == "1", details
+    with pytest.raises(InvalidCode, match="lost its last certificate in force"):
+        ca.enroll(unused.code, "operator", csr(KeyType.P256.generate()))
+    with ca.store.reading() as tx:
+        assert tx.get_status(enrolled.record.serial) is None  # not a cessation: still good
+    # With a renewal in force, revoking the old certificate leaves the codes as they are.
+    renewing_caller, old = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewed Co.")
+    pending = ca.authorize_operator(renewing_caller, "Zhao Min", "K3")
+    ca.renew(renewing_caller, csr(KeyType.P256.generate()))
+    Revocation(ca).revoke(officer_caller, old.record.serial, "keyCompromise")
+    assert "operator_codes_withdrawn" not in json.loads(last_event(sessions).details)
+    assert ca.enroll(pending.code, "operator", csr(KeyType.P256.generate())).record.serial
+
+
 def test_cessation_of_a_certificate_a_renewal_replaced_keeps_the_operators(
     env: tuple,  # type: ignore[type-arg]
     tmp_path: Path,
