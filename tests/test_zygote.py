@@ -106,7 +106,7 @@ def _hanging(tmp_path: Path, silent: socket.socket) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_signals_reach_the_command(tmp_path: Path, signum: signal.Signals) -> None:
     """While the command waits on a server that never answers: SIGINT is 'Aborted.' and
-    exit 1 (the CLI's own handling); SIGTERM kills it, and the launcher dies by SIGTERM
+    exit 130 (the CLI's own handling, 128 + SIGINT as a shell reports it); SIGTERM kills it, and the launcher dies by SIGTERM
     too; SIGKILL of the launcher kills the command (its connection closes)."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -126,7 +126,7 @@ def test_signals_reach_the_command(tmp_path: Path, signum: signal.Signals) -> No
             while conn.recv(65536):  # EOF: the command is gone
                 pass
     if signum == signal.SIGINT:
-        assert proc.returncode == 1 and out == "", (out, err)
+        assert proc.returncode == 130 and out == "", (out, err)
         assert err.strip().splitlines()[-1] == "Aborted." and "Traceback" not in err, err
     else:
         assert proc.returncode == -signum, (proc.returncode, err)
