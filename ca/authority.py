@@ -642,8 +642,9 @@ class JointCA:
                 # code, reissue_code): any member's officer withdrew one (probe 24).
                 raise Forbidden(
                     f"application {app_id} is an enterprise's authorization of its operator: "
-                    "the enterprise withdraws it (eport operator withdraw); an officer "
-                    "revokes the enterprise's certificate if it must not act at all"
+                    "the enterprise withdraws it (eport operator withdraw); a compromised "
+                    "enterprise key's codes end when an officer revokes the certificate "
+                    "that gave them with reason keyCompromise"
                 )
             signer_still_good(tx, caller)
             who = "enterprise" if by_enterprise else "officer"

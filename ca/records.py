@@ -278,9 +278,16 @@ class Transaction(Protocol):
         ``now``: no redemption passes one afterwards. How many there were."""
         ...
 
-    def withdraw_codes_of(self, uscc: str, subject_class: str, now: datetime.datetime) -> int:
+    def withdraw_codes_of(
+        self,
+        uscc: str,
+        subject_class: str,
+        now: datetime.datetime,
+        applicant: str | None = None,
+    ) -> int:
         """:meth:`withdraw_codes` of every application of the enterprise ``uscc`` of one
-        subject class (by one statement, however many there are)."""
+        subject class (by one statement, however many there are); only those
+        ``applicant`` made (an actor: ``enterprise:<serial>``), if given."""
         ...
 
     def certificates_of_application(self, app_id: str) -> list[CertificateRecord]: ...

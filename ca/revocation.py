@@ -216,6 +216,18 @@ class Revocation:
                 withdrawn = tx.withdraw_codes_of(rec.uscc, SubjectClass.OPERATOR.value, now)
                 if withdrawn:
                     more["operator_codes_withdrawn"] = str(withdrawn)
+            elif rec.profile == "enterprise" and reason is ReasonCode.KEY_COMPROMISE:
+                assert rec.uscc is not None
+                # A renewal's certificate is still in force: the codes stay, but not those
+                # the compromised key itself authorized (their applications name it as the
+                # applicant), which a thief may have made; an officer may not withdraw an
+                # operator authorization, so this is the way to stop them (review probe 24)
+                actor = f"{rec.profile}:{rec.serial:x}"
+                withdrawn = tx.withdraw_codes_of(
+                    rec.uscc, SubjectClass.OPERATOR.value, now, applicant=actor
+                )
+                if withdrawn:
+                    more["operator_codes_withdrawn"] = str(withdrawn)
             status = self._set(
                 tx, rec, StatusState.REVOKED, reason, invalidity_date, caller.actor, now, more=more
             )

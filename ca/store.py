@@ -201,6 +201,22 @@ _WITHDRAW_CODES_OF = (
     )
     .values(withdrawn_at=bindparam("withdrawn"))
 )
+_WITHDRAW_CODES_BY = (
+    update(_C)
+    .where(
+        _C.application_id.in_(
+            select(_A.id).where(
+                _A.uscc == bindparam("uscc"),
+                _A.subject_class == bindparam("cls"),
+                _A.applicant == bindparam("applicant"),
+            )
+        ),
+        _C.used_at.is_(None),
+        _C.withdrawn_at.is_(None),
+        _C.expires_at > bindparam("now"),
+    )
+    .values(withdrawn_at=bindparam("withdrawn"))
+)
 _APP_COLUMNS = (
     _A.id,
     _A.subject_class,
@@ -857,9 +873,18 @@ class SqlTransaction:
         q = q.order_by(_CERT.log_index).limit(limit).offset(offset)
         return [(int(r.log_index), _cert_of(r)) for r in self._conn().execute(q)]
 
-    def withdraw_codes_of(self, uscc: str, subject_class: str, now: datetime.datetime) -> int:
+    def withdraw_codes_of(
+        self,
+        uscc: str,
+        subject_class: str,
+        now: datetime.datetime,
+        applicant: str | None = None,
+    ) -> int:
         values = {"uscc": uscc, "cls": subject_class, "now": now, "withdrawn": now}
-        return int(self._conn().execute(_WITHDRAW_CODES_OF, values).rowcount)
+        if applicant is None:
+            return int(self._conn().execute(_WITHDRAW_CODES_OF, values).rowcount)
+        values["applicant"] = applicant
+        return int(self._conn().execute(_WITHDRAW_CODES_BY, values).rowcount)
 
     def operators_not_enrolled(self, uscc: str, after: str, limit: int) -> list[Application]:
         """The enterprise's operator authorizations in force and not enrolled yet (approved,

@@ -455,13 +455,27 @@ def test_any_revocation_of_the_last_enterprise_certificate_withdraws_operator_co
         ca.enroll(unused.code, "operator", csr(KeyType.P256.generate()))
     with ca.store.reading() as tx:
         assert tx.get_status(enrolled.record.serial) is None  # not a cessation: still good
-    # With a renewal in force, revoking the old certificate leaves the codes as they are.
+    # With a renewal in force, a keyCompromise of the old certificate withdraws the codes
+    # that key authorized (a thief's, perhaps: review probe 24), not the renewal's; another
+    # reason (superseded) leaves every code as it is.
     renewing_caller, old = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewed Co.")
-    pending = ca.authorize_operator(renewing_caller, "Zhao Min", "K3")
-    ca.renew(renewing_caller, csr(KeyType.P256.generate()))
+    by_old = ca.authorize_operator(renewing_caller, "Zhao Min", "K3")
+    renewed = ca.renew(renewing_caller, csr(KeyType.P256.generate()))
+    (tmp_path / "renewed.pem").write_bytes(
+        renewed.certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    by_new = ca.authorize_operator(ca.caller(signed_by(tmp_path / "renewed.pem")), "Qian", "K4")
     Revocation(ca).revoke(officer_caller, old.record.serial, "keyCompromise")
+    assert json.loads(last_event(sessions).details)["operator_codes_withdrawn"] == "1"
+    with pytest.raises(InvalidCode, match="withdrawn"):
+        ca.enroll(by_old.code, "operator", csr(KeyType.P256.generate()))
+    assert ca.enroll(by_new.code, "operator", csr(KeyType.P256.generate())).record.serial
+    retiring_caller, retired = enrolled_enterprise(ca, officer_caller, tmp_path, "Retired Co.")
+    kept = ca.authorize_operator(retiring_caller, "Sun Li", "K5")
+    ca.renew(retiring_caller, csr(KeyType.P256.generate()))
+    Revocation(ca).revoke(officer_caller, retired.record.serial, "superseded")
     assert "operator_codes_withdrawn" not in json.loads(last_event(sessions).details)
-    assert ca.enroll(pending.code, "operator", csr(KeyType.P256.generate())).record.serial
+    assert ca.enroll(kept.code, "operator", csr(KeyType.P256.generate())).record.serial
 
 
 def test_cessation_of_a_certificate_a_renewal_replaced_keeps_the_operators(

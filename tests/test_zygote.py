@@ -106,8 +106,9 @@ def _hanging(tmp_path: Path, silent: socket.socket) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_signals_reach_the_command(tmp_path: Path, signum: signal.Signals) -> None:
     """While the command waits on a server that never answers: SIGINT is 'Aborted.' and
-    exit 130 (the CLI's own handling, 128 + SIGINT as a shell reports it); SIGTERM kills it, and the launcher dies by SIGTERM
-    too; SIGKILL of the launcher kills the command (its connection closes)."""
+    exit 130 (the CLI's own handling, 128 + SIGINT as a shell reports it); SIGTERM kills
+    it, and the launcher dies by SIGTERM too; SIGKILL of the launcher kills the command
+    (its connection closes)."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
