@@ -1042,17 +1042,37 @@ def restore(
                 check(conn)
         except SQLAlchemyError as exc:
             raise _unreadable(exc) from None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept: list[Path] = []
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if force:
+        # What --clean will drop, kept first as a pg_dump (pg_restore brings it back), and
+        # before the marker: a dump that fails (a full disk) leaves the instance as it was
+        # and servable, not marked as a restore interrupted halfway (review probe 24).
+        for name, db in dbs.items():
+            if db["kind"] == "postgresql" and "same_as" not in db:
+                url = databases[name]
+                if not _pg_is_empty(url):
+                    aside = data_dir / f"{name}-database.replaced-{stamp}.dump"
+                    try:
+                        _dump_postgres(url, aside, read_log=False)
+                    except BackupError as exc:
+                        aside.unlink(missing_ok=True)
+                        raise BackupError(
+                            f"{exc.detail}; nothing was restored or replaced: --force keeps "
+                            f"the {name} database it replaces as a dump in {data_dir} first, "
+                            "and that failed (is the disk full?)"
+                        ) from None
+                    os.chmod(aside, 0o600)
+                    kept.append(aside)
     # From here on the target changes: marked, so that a restore killed before the last
     # file is placed leaves a directory no server starts on (ca.datalock).
-    data_dir.mkdir(parents=True, exist_ok=True)
     marker = data_dir / RESTORE_MARKER
     with open(marker, "wb") as fh:
         fh.write(b"an eport restore began here and has not finished\n")
         fh.flush()
         os.fsync(fh.fileno())
     placed: dict[str, str] = {}
-    kept: list[Path] = []
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     for name, db in dbs.items():
         if "same_as" in db:
             placed[name] = placed[db["same_as"]]
@@ -1060,12 +1080,6 @@ def restore(
         url = databases[name]
         staged = archive.staged(db["member"])
         if db["kind"] == "postgresql":
-            if force and not _pg_is_empty(url):
-                # what --clean drops, kept first as a pg_dump (pg_restore brings it back)
-                aside = data_dir / f"{name}-database.replaced-{stamp}.dump"
-                _dump_postgres(url, aside, read_log=False)
-                os.chmod(aside, 0o600)
-                kept.append(aside)
             uri, env = _libpq(url)
             args = [pg_tool("pg_restore"), "--no-owner", "--no-privileges"]
             args += ["--single-transaction", "--exit-on-error"]
@@ -1086,7 +1100,9 @@ def restore(
                 except BackupError as exc:
                     raise BackupError(
                         f"{exc.detail} (the database {_safe_url(url)} was restored and fails "
-                        "this check; no file was placed: empty it before trying again)"
+                        "this check; no file was placed: restore into it again with --force, "
+                        "or drop its tables first (its records' triggers refuse DELETE and "
+                        "TRUNCATE))"
                     ) from None
                 finally:
                     engine.dispose()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import errno
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -177,9 +179,29 @@ def policies_option(help: str) -> Decorator:
 
 
 PIPE_WAIT = 30.0
-"""How long (seconds) a passphrase is waited for on standard input that is not a terminal:
-a pipe that stays open and sends nothing (``(sleep 600) | eport …``) held the command
-silently until it closed."""
+"""How long (seconds) a passphrase is waited for on standard input that is not a terminal,
+by default: a pipe that stays open and sends nothing (``(sleep 600) | eport …``) held the
+command silently until it closed. ``EPORT_PIPE_WAIT_SECONDS`` sets another (0: no limit),
+for a password tool that asks its own passphrase first (``gpg -d pass.gpg | eport …``)."""
+
+
+def pipe_wait() -> float:
+    """The wait for a piped passphrase: ``EPORT_PIPE_WAIT_SECONDS`` or :data:`PIPE_WAIT`;
+    0 waits for as long as the pipe stays open."""
+    raw = os.environ.get("EPORT_PIPE_WAIT_SECONDS", "").strip()
+    if not raw:
+        return PIPE_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise click.UsageError(
+            f"EPORT_PIPE_WAIT_SECONDS must be a number of seconds (0: no limit), not {raw[:20]!r}"
+        )
+    return value if value > 0 else math.inf
+
+
 PIPE_NOTICE = 2.0
 """After how long (seconds) of that wait standard error says what the command waits for."""
 
@@ -245,22 +267,27 @@ def _first_line(fd: int, label: str) -> bytes:
     import select
     import time
 
+    limit = pipe_wait()
     start = time.monotonic()
     told = False
     line = bytearray()
     while True:
         waited = time.monotonic() - start
-        if waited >= PIPE_WAIT:
-            raise NoLine(f"standard input, not a terminal, sent no line in {PIPE_WAIT:g} s")
-        wait = PIPE_WAIT - waited if told else min(PIPE_WAIT, PIPE_NOTICE) - waited
+        if waited >= limit:
+            raise NoLine(
+                f"standard input, not a terminal, sent no line in {limit:g} s "
+                "(EPORT_PIPE_WAIT_SECONDS sets the wait)"
+            )
+        wait = limit - waited if told else min(limit, PIPE_NOTICE) - waited
         try:
-            ready = select.select([fd], [], [], max(wait, 0))[0]
+            ready = select.select([fd], [], [], None if wait == math.inf else max(wait, 0))[0]
         except (OSError, ValueError):  # an fd select cannot wait on: read as before
             ready = [fd]
         if not ready:
             if not told and time.monotonic() - start >= PIPE_NOTICE:
+                how_long = "as long as it is open" if limit == math.inf else f"up to {limit:g} s"
                 click.echo(
-                    f"eport: waiting up to {PIPE_WAIT:g} s for a line on standard input "
+                    f"eport: waiting {how_long} for a line on standard input "
                     f"(not a terminal): {label}",
                     err=True,
                 )

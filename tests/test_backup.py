@@ -720,6 +720,37 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
     finally:
         stop(proc)
 
+    # --force over this instance keeps the database it replaces as a pg_dump, made before
+    # the restore marks the directory: a dump that fails (a full disk) leaves the instance
+    # as it was and servable, not "a restore interrupted halfway" (review probe 24).
+    from ca.backup import pg_tool
+    from ca.datalock import RESTORE_MARKER
+
+    tools = tmp_path / "pg-bin"
+    tools.mkdir()
+    (tools / "pg_dump").write_text(
+        "#!/bin/sh\necho 'pg_dump: error: could not write to output file: "
+        "No space left on device' >&2\nexit 1\n"
+    )
+    (tools / "pg_dump").chmod(0o755)
+    (tools / "pg_restore").symlink_to(pg_tool("pg_restore"))
+    before_force = tree_digest(data)
+    refused(
+        restore(
+            archive, data, "--force", check=False,
+            EPORT_DATABASE_URL=target_db, EPORT_PG_BIN=str(tools),
+        ),
+        "No space left on device",
+        "nothing was restored or replaced",
+    )  # fmt: skip
+    assert tree_digest(data) == before_force and not (data / RESTORE_MARKER).exists()
+    done = json.loads(
+        restore(archive, data, "--force", "--json", EPORT_DATABASE_URL=target_db).stdout
+    )
+    kept = [Path(p) for p in done["set_aside"]]
+    assert any(p.name.startswith("ca-database.replaced-") for p in kept), kept
+    assert all(p.exists() and p.stat().st_mode & 0o077 == 0 for p in kept), kept
+
 
 def test_one_database_for_both_is_restored_into_one(postgres: Postgres, tmp_path: Path) -> None:
     """One PostgreSQL database served both services when the archive was made: restored

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import requests
 from cryptography import x509
@@ -196,7 +197,8 @@ def test_a_pipe_that_sends_no_passphrase_is_waited_for_30_seconds(
         "eport: waiting up to 30 s for a line on standard input (not a terminal): "
         "Passphrase for the key key.pem",
         "eport: error: a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, a "
-        "terminal or a pipe (standard input, not a terminal, sent no line in 30 s)",
+        "terminal or a pipe (standard input, not a terminal, sent no line in 30 s "
+        "(EPORT_PIPE_WAIT_SECONDS sets the wait))",
     ], err
 
 
@@ -228,13 +230,46 @@ def test_a_passphrase_waited_for_on_a_pipe(monkeypatch: pytest.MonkeyPatch, caps
         stdin.close()
     assert str(caught.value) == (
         "a passphrase is needed: use --passphrase-file, EPORT_PASSPHRASE, a terminal or a "
-        "pipe (standard input, not a terminal, sent no line in 1.5 s)"
+        "pipe (standard input, not a terminal, sent no line in 1.5 s "
+        "(EPORT_PIPE_WAIT_SECONDS sets the wait))"
     )
     assert 1.4 < took < 3, took
     assert capsys.readouterr().err == (
         "eport: waiting up to 1.5 s for a line on standard input (not a terminal): "
         "Passphrase for the key k.pem\n"
     )
+
+
+def test_the_pipe_wait_is_a_setting(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """A password tool that asks its own passphrase first (``gpg -d pass.gpg | eport …``)
+    may take longer than the wait (review probe 24): EPORT_PIPE_WAIT_SECONDS sets it, 0
+    waits for as long as the pipe is open; a value that is no number is a usage error."""
+    monkeypatch.delenv("EPORT_PASSPHRASE", raising=False)
+    monkeypatch.setattr(options, "PIPE_NOTICE", 0.2)
+    read, write = os.pipe()
+    stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(read, "r")))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    try:
+        monkeypatch.setenv("EPORT_PIPE_WAIT_SECONDS", "0.5")
+        start = time.monotonic()
+        with pytest.raises(CLIError, match=r"sent no line in 0\.5 s"):
+            keyfiles.passphrase(None, new=False, what="key k.pem")
+        assert time.monotonic() - start < 2
+        capsys.readouterr()
+        monkeypatch.setenv("EPORT_PIPE_WAIT_SECONDS", "0")
+        # the line comes after the default wait would have ended, shortened here to 1 s
+        monkeypatch.setattr(options, "PIPE_WAIT", 1.0)
+        later = threading.Timer(1.5, os.write, (write, b"slow-passphrase\n"))
+        later.start()
+        assert keyfiles.passphrase(None, new=False) == b"slow-passphrase"
+        later.join()
+        assert "waiting as long as it is open" in capsys.readouterr().err
+        monkeypatch.setenv("EPORT_PIPE_WAIT_SECONDS", "soon")
+        with pytest.raises(click.UsageError, match="EPORT_PIPE_WAIT_SECONDS"):
+            keyfiles.passphrase(None, new=False)
+    finally:
+        stdin.close()
+        os.close(write)
 
 
 def test_a_passphrase_piped_promptly_still_opens_the_key(credential: list[str]) -> None:
