@@ -268,7 +268,8 @@ def identity_options(role: str, *, required: bool = True) -> Callable[[F], F]:
             envvar="EPORT_PASSPHRASE_FILE",
             type=click.Path(path_type=Path, dir_okay=False),
             help="File holding the key's passphrase (env EPORT_PASSPHRASE_FILE; "
-            "else EPORT_PASSPHRASE, else a prompt).",
+            "else EPORT_PASSPHRASE, else a prompt, or a pipe's first line, waited for "
+            "EPORT_PIPE_WAIT_SECONDS, 30).",
         )(f)
         f = click.option(
             "--key",

@@ -977,7 +977,7 @@ def _exists(path: Path) -> bool:
     "--passphrase-file",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Passphrase for the new key, at least 8 characters (else EPORT_PASSPHRASE, "
-    "else a prompt).",
+    "else a prompt, or a pipe's first line, waited for EPORT_PIPE_WAIT_SECONDS, 30).",
 )
 @click.option(
     "--p12",
