@@ -956,10 +956,19 @@ class JointCA:
         replay = self._issued_on(rec, holder, profile_name)
         if replay is not None:
             return replay
-        self._refuse_code(rec, profile_name, now)
+        try:
+            self._refuse_code(rec, profile_name, now)
+            assert app is not None
+            _refuse_certified_key([holder] if holder else [], app.id)
+        except EPortError:
+            # The code and the key's holder are two reads (enrollment_facts): a copy of
+            # this request committing between them reads as a code unused and a key held
+            # by someone else. Read again, that is the replay (see below).
+            replay = self._replay_of(code_hash, spki, profile_name)
+            if replay is not None:
+                return replay
+            raise
         profile = self.policies.profile(profile_name)
-        assert app is not None
-        _refuse_certified_key([holder] if holder else [], app.id)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
@@ -982,12 +991,17 @@ class JointCA:
             # first redeemed the code, and this one was told its code was used, or to
             # make a new key, for a certificate it got (race probe, session 24). Asked
             # again now, that is the replay; any other refusal stands.
-            rec, _, holder = self.store.enrollment_facts(code_hash, spki)
-            replay = self._issued_on(rec, holder, profile_name)
+            replay = self._replay_of(code_hash, spki, profile_name)
             if replay is not None:
                 return replay
             raise
         return Issued(record, cert, self._chain(issuer))
+
+    def _replay_of(self, code_hash: str, spki: str, profile_name: str) -> Issued | None:
+        """:meth:`_issued_on`, of the code and key read afresh: asked after a refusal, for a
+        copy of the same request that committed meanwhile."""
+        rec, _, holder = self.store.enrollment_facts(code_hash, spki)
+        return self._issued_on(rec, holder, profile_name)
 
     def _issued_on(
         self, rec: EnrollmentCode | None, holder: CertificateRecord | None, profile_name: str
