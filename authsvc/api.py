@@ -340,7 +340,21 @@ def token() -> Response:
         caller = caller_principal()
         if form("subject_token_type") != ACCESS_TOKEN_TYPE:
             raise OAuthError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+        if form("actor_token", required=False) or form("actor_token_type", required=False):
+            # RFC 8693 §2.1: the actor here is the calling service, named by its own
+            # certificate; an actor token was ignored without a word (token probe 24)
+            raise OAuthError(
+                "actor_token is not supported: the calling service's certificate names the "
+                "actor (act.sub)"
+            )
         target = form("audience") or ""
+        resource = form("resource", required=False)
+        if resource and resource != target:
+            raise OAuthError(
+                f"resource {resource[:60]!r} and audience {target[:60]!r} name two "
+                "services: give the service id as audience",
+                error="invalid_target",
+            )
         minted = s.tokens.exchange(caller, form("subject_token") or "", target, scope)
         return no_store(jsonify(minted_json(minted, ACCESS_TOKEN_TYPE)))
     if grant == "authorization_code":
@@ -383,7 +397,7 @@ def logout() -> Response:
 @oauth_endpoint
 def revoke() -> Response:
     """RFC 7009 §2.1; §2.2: the answer is 200 whether or not the token was known."""
-    svc().tokens.revoke(form("token") or "", form("token_type_hint", required=False))
+    svc().tokens.revoke(form("token") or "", form("token_type_hint", required=False), client_addr())
     resp = Response(status=200)
     del resp.headers["Content-Type"]  # no body, so no type (Werkzeug's default is HTML)
     return no_store(resp)

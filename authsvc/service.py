@@ -893,10 +893,13 @@ class TokenService:
 
     # -- ending things ------------------------------------------------------------------------
 
-    def revoke(self, token: str, hint: str | None) -> None:
+    def revoke(self, token: str, hint: str | None, client_addr: str | None = None) -> None:
         """RFC 7009: revoke an access token (until its exp) or a refresh token (its session).
 
-        Unknown or invalid tokens are not an error (§2.2)."""
+        Unknown or invalid tokens are not an error (§2.2). Anyone holding a token may revoke
+        it (no client authentication), so the event names the session's subject and the
+        address it came from, the only trace of who ended it (token probe 24: a session
+        ended by its refresh token was logged with neither)."""
         now = self.clock()
         if hint != "refresh_token" and token.count(".") == 2:
             try:
@@ -917,6 +920,7 @@ class TokenService:
                 now,
                 str(claims["sub"]),
                 str(claims.get("sid")),
+                client_addr=client_addr,
                 detail={"jti": claims["jti"]},
             )
             # Logged in the revocation's transaction, and only by the call that stored it
@@ -925,8 +929,13 @@ class TokenService:
             return
         rt = self.store.get_refresh(token_hash(token))
         if rt is not None:
-            ended = AuthEvent(
-                "session.ended", now, sid=rt.sid, detail={"reason": "refresh token revoked"}
+            ended = AuthEvent.of_session(
+                "session.ended",
+                now,
+                rt.sid,
+                self.store.get_session(rt.sid),
+                client_addr=client_addr,
+                detail={"reason": "refresh token revoked"},
             )
             self.store.end_session(rt.sid, "refresh token revoked", now, ended)
 

@@ -509,3 +509,42 @@ def test_a_client_asks_for_fewer_scopes_never_more(sqlite_server: Server, tmp_pa
     # Refused requests left the refresh token usable (nothing rotated).
     r = requests.post(srv.url + "/auth/token", data={**refresh, "scope": every[0]}, timeout=10)
     assert scopes(r) == [every[0]]
+
+
+def test_exchange_refuses_what_it_would_ignore_and_revocation_names_who(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """RFC 8693 §2.1: an actor_token, or a resource naming another service than the
+    audience, was ignored and a token issued anyway (token probe 24); refused now. And
+    a session ended by its refresh token at /auth/revoke (RFC 7009: anyone holding it
+    may) is logged with its subject and the address it came from, as a logout is."""
+    srv = sqlite_server
+    op = operator_with_token(srv, tmp_path, "Revoke Li")
+    svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
+    base = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": op["token"],
+        "subject_token_type": ACCESS,
+        "audience": "manifest",
+    }
+    for extra, error in (
+        ({"actor_token": "garbage", "actor_token_type": ACCESS}, "invalid_request"),
+        ({"resource": "tax-refund"}, "invalid_target"),
+    ):
+        r = signed_form(srv, svc, "/auth/token", {**base, **extra})
+        assert r.status_code == 400 and r.json()["error"] == error, (extra, r.text)
+    assert signed_form(srv, svc, "/auth/token", {**base, "resource": "manifest"}).ok
+
+    rt = json.loads(next(op["cfg"].glob("session-*.json")).read_text())["refresh_token"]
+    r = requests.post(
+        srv.url + "/auth/revoke",
+        data={"token": rt, "token_type_hint": "refresh_token"},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    ended = [e for e in _auth_events(srv) if e["type"] == "session.ended"][-1]
+    subject = ended["subject"] or ""
+    assert subject.startswith("op:") and subject.endswith(":S1"), ended
+    assert ended["client_addr"] == "127.0.0.1" and ended["detail"]["reason"] == (
+        "refresh token revoked"
+    ), ended
