@@ -266,8 +266,6 @@ class JointCA:
         """Issuing CA id → its revocation on the root's CRL: nothing is issued from one, even
         if ``issuers/active.json`` names it (edited by hand; from a database someone
         changed, a host takes it only signed by the root: :mod:`ca.active_signature`)."""
-        self._void = tuple(sorted(self.revoked_issuers))
-        """Their certificates are in force for nobody (the one-credential rule)."""
         self.unavailable_issuers = dict(unavailable_issuers or {})
         """Issuer id → the generation it issues from, which this host does not have."""
         self.root = root
@@ -451,6 +449,12 @@ class JointCA:
         if app is None:
             raise NotFound(f"no application {app_id!r}")
         return app
+
+    @property
+    def _void(self) -> tuple[str, ...]:
+        """The revoked generations (:attr:`revoked_issuers`): their certificates are in
+        force for nobody (the one-credential rule, an operator id authorized again)."""
+        return tuple(sorted(self.revoked_issuers))
 
     def list_applications(
         self,
@@ -668,6 +672,7 @@ class JointCA:
                     "revoke it first (eport revoke)"
                     if by_enterprise
                     else "an officer revokes it first (eport revoke)",
+                    void=self._void,
                 )
                 details["withdrawn_codes"] = tx.withdraw_codes([app_id], now)
             if not tx.set_application_state(
@@ -723,6 +728,7 @@ class JointCA:
                 held_remedy="a certificate on hold signs nothing, so an officer lifts its hold "
                 "first (eport resume --serial SERIAL) and its holder renews it (eport renew), or "
                 "an officer revokes it (eport revoke --serial SERIAL --reason REASON)",
+                void=self._void,
             )
             self._refuse_second_credential(tx, app, now)
             last = tx.last_codes([app_id]).get(app_id)
@@ -928,6 +934,7 @@ class JointCA:
                 f"operator {clean_id}",
                 "the operator renews it (eport renew), or the enterprise revokes it first "
                 "(eport revoke --serial SERIAL --reason REASON)",
+                void=self._void,
             )
             withdrawn = tx.withdraw_codes([a.id for a in earlier], now)
             tx.add_application(app)
@@ -1444,15 +1451,24 @@ def _refuse_in_force(
     who: str,
     remedy: str,
     held_remedy: str | None = None,
+    *,
+    void: Sequence[str] = (),
 ) -> None:
     """Refuse (Conflict) while a certificate issued on one of ``apps`` is in force: not
-    expired, not revoked (a suspended one may be resumed; ``held_remedy``, with SERIAL for
-    its serial, is then said instead of ``remedy`` where that asks it to sign). Call it
-    holding the issuances' lock (:meth:`Transaction.hold_issuance`), before withdrawing
-    the apps' codes: an enrollment redeeming one of them has then either committed (its
-    certificate is seen here) or will find its code withdrawn."""
+    expired, not revoked, not under an issuing CA generation in ``void`` (revoked on the
+    root CRL: it validates nowhere, and cannot renew); a suspended one may be resumed
+    (``held_remedy``, with SERIAL for its serial, is then said instead of ``remedy`` where
+    that asks it to sign). Call it holding the issuances' lock
+    (:meth:`Transaction.hold_issuance`), before withdrawing the apps' codes: an enrollment
+    redeeming one of them has then either committed (its certificate is seen here) or will
+    find its code withdrawn."""
     for app in apps:
         for rec in tx.certificates_of_application(app.id):
+            if rec.issuer_id in void:
+                # after REVOKE-INTERMEDIATE, runbook 2 re-enrolls the operators: the old
+                # operator certificate was "in force" and "renews" (which it cannot) was
+                # the remedy said (runbook probe 24)
+                continue
             status = tx.get_status(rec.serial)
             if rec.not_after <= now or (
                 status is not None and status.state is not StatusState.HOLD

@@ -782,6 +782,31 @@ def test_officers_under_a_revoked_issuing_ca_are_none_in_force(env: tuple) -> No
         assert any(n.startswith(f"member agency {member.id} has no RA officer") for n in notices)
 
 
+def test_an_operator_certificate_under_a_revoked_generation_is_in_force_for_nobody(
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    """Runbook 2 re-enrolls the operators after REVOKE-INTERMEDIATE: their old
+    certificates validate nowhere and cannot renew, yet `eport operator add` of the same
+    id was refused as "in force", naming `eport renew` (runbook probe 24)."""
+    from ca.crl import ReasonCode
+    from ca.ocsp import Revoked
+
+    ca, _, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ent_caller, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Rollover Co.")
+    ca.enroll(
+        ca.authorize_operator(ent_caller, "Li Wei", "R1").code,
+        "operator",
+        csr(KeyType.P256.generate()),
+    )
+    with pytest.raises(Conflict, match="operator R1 has certificate"):
+        ca.authorize_operator(ent_caller, "Li Wei", "R1")
+    generation = ca.issuers["enterprise"].id
+    ca.revoked_issuers = {generation: Revoked(ca.clock(), ReasonCode.KEY_COMPROMISE)}
+    assert ca.authorize_operator(ent_caller, "Li Wei", "R1").code
+
+
 def test_a_profile_whose_generation_is_revoked_without_successor_says_so(env: tuple) -> None:  # type: ignore[type-arg]
     """REVOKE-INTERMEDIATE of the current generation, no rollover first: active.json names
     none, and enrollments said "issuing CA 'enterprise' is not configured" (404), where
