@@ -391,8 +391,10 @@ def open_note(note: bytes, key: VerifierKey) -> bytes:
         # the retired key, and the checkpoints are the new key's.
         raise CheckpointError(
             f"{by}; it is signed by {', '.join(others)} only: another key than the one "
-            "trusted, as after the log's key was rotated (ROTATE-LOG-KEY: start a new "
-            "--state with the new key, docs/audit.md), or another log"
+            "trusted, as after the log's key was rotated or replaced (ROTATE-LOG-KEY: start "
+            "a new --state with the new key; a checkpoint signed before it is checked with "
+            "the key that signed it, --log-key of the old log.pub: docs/audit.md), or "
+            "another log"
         )
     return text_bytes
 

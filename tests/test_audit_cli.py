@@ -196,7 +196,8 @@ def test_verify_full_then_only_grown(
         verify(server, tmp_path / "third.json", "--log-key", str(wrong_pub), check=False),
         f"no signature by {signer[0]}+",
         f"; it is signed by {signer[0]}+{signer[1]} only: another key than the one trusted",
-        "ROTATE-LOG-KEY: start a new --state with the new key",
+        "ROTATE-LOG-KEY: start a new --state with the new key; a checkpoint signed before it "
+        "is checked with the key that signed it, --log-key of the old log.pub",
     )
     failed(
         verify(server, tmp_path / "fourth.json", "--log-key", "garbage", check=False),
