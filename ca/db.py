@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +201,40 @@ def migrate(url: str, migrations: Path, version_table: str, what: str) -> None:
 
     cfg = _alembic_config(url, migrations)
     refuse_unknown_revision(cfg, url, version_table, what)
-    command.upgrade(cfg, "head")
+    with _one_migration_at_a_time(url):
+        command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _one_migration_at_a_time(url: str) -> Iterator[None]:
+    """A SQLite database's migrations, one process at a time: an ``flock`` on a file beside
+    it. Alembic runs each SQLite migration in its own transaction and reads the revision
+    before the first (SQLite's DDL is not transactional to it), so two servers starting
+    together on a new data directory both read "none", and the second failed on the
+    first's tables ("table oidc_browser_sessions already exists": clean-clone CI, session
+    24). Under the lock the second reads the revision the first left. PostgreSQL has its
+    advisory lock in the migrations' transaction (:func:`lock_for_migrations`)."""
+    path = sqlite_file(url)
+    try:
+        fd = (
+            os.open(
+                path.with_name(path.name + ".migrating"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+            if path is not None
+            else -1
+        )
+    except FileNotFoundError:  # no directory yet: SQLite fails on it first, in its words
+        fd = -1
+    if fd < 0:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
 
 
 def check_known_revision(url: str, migrations: Path, version_table: str, what: str) -> None:
@@ -216,8 +253,9 @@ def lock_for_migrations(connection: Connection, key: int) -> None:
     database each run them: without this, the one that read the old revision second
     failed on the first's work (a table that exists, a column already renamed).
     PostgreSQL: a transaction-scoped advisory lock, after which Alembic reads the
-    revision the winner committed. SQLite needs nothing: every transaction there takes
-    the write lock first (``BEGIN IMMEDIATE``, :func:`ca.store.configure_engine`)."""
+    revision the winner committed. SQLite: a file lock around the whole upgrade
+    (:func:`_one_migration_at_a_time`), as Alembic reads its revision there outside the
+    migrations' transactions."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 

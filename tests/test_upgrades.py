@@ -12,6 +12,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -535,3 +536,35 @@ def test_the_database_refuses_to_delete_or_rewrite_the_records(
         assert after == before
     finally:
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_servers_starting_together_on_new_sqlite_files_migrate_once(tmp_path: Path) -> None:
+    """Two servers started at once on a new data directory both read "no revision" and
+    both ran the migrations: the second failed on the first's tables ("table
+    oidc_browser_sessions already exists", clean-clone CI, session 24). The migrations
+    of one SQLite file now run one process at a time, and the second finds them done."""
+    probe = (
+        "import sys, time; from ca.db import upgrade; from authsvc.app import upgrade as auth; "
+        "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); "
+        "auth(sys.argv[2]); upgrade(sys.argv[1])"  # eport serve's order
+    )
+    for n in range(3):
+        d = tmp_path / f"d{n}"
+        d.mkdir()
+        urls = [f"sqlite:///{d / 'eport.db'}", f"sqlite:///{d / 'auth.db'}"]
+        at = str(time.time() + 2.5)  # every process imported by then: they start together
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", probe, *urls, at], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        errors = [proc.communicate(timeout=120)[1] for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs), errors
+        from authsvc.app import SCHEMA_HEAD as AUTH_HEAD
+        from ca.db import SCHEMA_HEAD as CA_HEAD
+        from ca.db import recorded_revisions
+
+        assert recorded_revisions(urls[0], "alembic_version") == {CA_HEAD}
+        assert recorded_revisions(urls[1], AUTH_VERSION_TABLE) == {AUTH_HEAD}
