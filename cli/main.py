@@ -2367,6 +2367,15 @@ def logout(ctx: Ctx, as_json: bool) -> None:
     """
     from cli import session
 
+    if not session.session_file(ctx.server).exists():
+        # Nothing kept for this server (logged out already, or never in): nothing to end,
+        # which is what was asked; a second logout exited 1 as a failure (CLI probe 23)
+        emit(
+            as_json,
+            {"ended": False, "logged_in": False},
+            f"Not logged in to {ctx.server}: there is no session here to end.",
+        )
+        return
     data = session.load(ctx.server)
     doc = session.post_form(ctx.server, "/auth/logout", {"refresh_token": data["refresh_token"]})
     session.forget(ctx.server)

@@ -138,6 +138,9 @@ def test_login_once_tokens_for_every_service(
     assert validate(srv, tok).status_code == 401
     assert validate(srv, portal, "portal").status_code == 401
     assert cli(srv, tmp_path, "whoami", check=False).returncode == 1
+    # Logging out again is what was asked, not a failure: exit 0, saying so.
+    again = cli(srv, tmp_path, "logout", check=False)
+    assert again.returncode == 0 and "Not logged in to" in again.stdout, again
 
 
 def test_discovery_and_jwks(sqlite_server: Server) -> None:
