@@ -498,3 +498,29 @@ def records_unguarded(engine: Any) -> Iterator[Any]:
         yield engine
     finally:
         _record_guards(engine, "upgrade")
+
+
+def self_signed(common_name: str, *alt_names: x509.GeneralName) -> tuple[x509.Certificate, Any]:
+    """A self-signed P-256 certificate (a day long, ``alt_names`` as its SAN) and its key:
+    a stand-in nothing trusts, for calls checked before any chain is."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    return builder.sign(key, hashes.SHA256()), key

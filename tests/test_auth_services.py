@@ -469,6 +469,16 @@ def test_gateway_names_a_subject_with_a_non_ascii_name(
         assert r.headers["X-Eport-Agency"] == "customs"
 
 
+def exchange_for_manifest(subject_token: str) -> dict[str, str]:
+    """The form of an RFC 8693 exchange of ``subject_token`` for a manifest token."""
+    return {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": subject_token,
+        "subject_token_type": ACCESS,
+        "audience": "manifest",
+    }
+
+
 def test_a_client_asks_for_fewer_scopes_never_more(sqlite_server: Server, tmp_path: Path) -> None:
     """RFC 6749 §3.3 and §6, RFC 8693 §2.1: ``scope`` narrows the token to what the client
     asks, among what the user has there; a scope not granted is ``invalid_scope``. The
@@ -478,12 +488,7 @@ def test_a_client_asks_for_fewer_scopes_never_more(sqlite_server: Server, tmp_pa
     srv = sqlite_server
     op = operator_with_token(srv, tmp_path, "Scope Li")
     svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
-    base = {
-        "grant_type": TOKEN_EXCHANGE,
-        "subject_token": op["token"],
-        "subject_token_type": ACCESS,
-        "audience": "manifest",
-    }
+    base = exchange_for_manifest(op["token"])
 
     def scopes(r: requests.Response) -> list[str]:
         assert r.status_code == 200, r.text
@@ -521,12 +526,7 @@ def test_exchange_refuses_what_it_would_ignore_and_revocation_names_who(
     srv = sqlite_server
     op = operator_with_token(srv, tmp_path, "Revoke Li")
     svc = enroll_service(srv, tmp_path, "customs-declaration.eport.example")
-    base = {
-        "grant_type": TOKEN_EXCHANGE,
-        "subject_token": op["token"],
-        "subject_token_type": ACCESS,
-        "audience": "manifest",
-    }
+    base = exchange_for_manifest(op["token"])
     for extra, error in (
         ({"actor_token": "garbage", "actor_token_type": ACCESS}, "invalid_request"),
         ({"resource": "tax-refund"}, "invalid_target"),

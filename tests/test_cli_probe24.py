@@ -8,7 +8,6 @@ small fake servers on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
 import json
 import os
@@ -24,10 +23,7 @@ from typing import Any
 import click
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from ca.config import CAConfig
 from ca.devinit import ensure_dev_ca
@@ -36,6 +32,7 @@ from cli.audit import AuditClient
 from cli.client import CAClient, CLIError, NotTheAPI, fetch
 from cli.session import post_form
 from tests.conftest import EPORT_CMD, base_env, free_port
+from tests.helpers import self_signed
 from tests.test_cli_errors import one_line
 from tests.test_cli_tls import _https, _show
 
@@ -135,19 +132,7 @@ def run(
 def credential(tmp_path: Path) -> list[str]:
     """--cert and --key of a self-signed certificate and its key, encrypted with
     :data:`PASSPHRASE`: what a command loads before it sends anything."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe 24")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("probe 24")
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "key.pem").write_bytes(
         key.private_bytes(

@@ -31,9 +31,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flask import Flask, Response
 
 from authsvc.client import (
@@ -50,7 +48,7 @@ from authsvc.client import (
 )
 from authsvc.client.keyset import MAX_DOCUMENT_BYTES
 from tests.conftest import Server
-from tests.helpers import cert_of, enroll_enterprise, enroll_operator, enroll_service
+from tests.helpers import cert_of, enroll_enterprise, enroll_operator, enroll_service, self_signed
 from tests.test_sdk import (
     CUSTOMS,
     MANIFEST,
@@ -123,20 +121,7 @@ def service_credential(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed stand-in for a service-tls certificate (for calls that never reach
     a token service: nothing trusts it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed(host, x509.DNSName(host))
     return cert, key
 
 
