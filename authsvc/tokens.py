@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.errors import EPortError
-from ca.signedreq import LAST_TIME, compact_header
+from ca.signedreq import compact_header, is_numeric_date
 
 ACCESS_TOKEN_TYP = "at+jwt"
 _KID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -92,17 +92,6 @@ class VerifiedTokens:
         return len(self._items)
 
 
-def _is_time(value: object) -> bool:
-    """A NumericDate (RFC 7519 §2) a ``datetime`` holds (:func:`ca.signedreq.LAST_TIME`):
-    not ``NaN`` or ``Infinity`` (Python's JSON reader takes them, and every comparison
-    with NaN is false), not an integer too large for ``math.isfinite``."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and -LAST_TIME <= value <= LAST_TIME
-    )
-
-
 def _check_times(
     claims: dict[str, Any],
     now: datetime.datetime,
@@ -112,7 +101,7 @@ def _check_times(
     ts = now.timestamp()
     slack = leeway.total_seconds()
     exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
-    if not all(_is_time(t) for t in (exp, iat, nbf)):
+    if not all(is_numeric_date(t) for t in (exp, iat, nbf)):
         raise InvalidToken("token times must be finite numbers")
     if max_lifetime is not None and exp - iat > max_lifetime.total_seconds():
         raise InvalidToken(

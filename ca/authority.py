@@ -201,11 +201,17 @@ class Caller:
 
     @property
     def actor(self) -> str:
-        return f"{self.profile.name}:{self.serial:x}"
+        return actor_of(self.profile.name, self.serial)
 
     @property
     def role(self) -> SubjectClass:
         return self.profile.subject_class
+
+
+def actor_of(profile: str, serial: int) -> str:
+    """How events and applications name the holder of a certificate who acted (signed a
+    request): ``<profile>:<serial in hex>``, as :attr:`Caller.actor`."""
+    return f"{profile}:{serial:x}"
 
 
 @dataclass(frozen=True)

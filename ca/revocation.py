@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ca.authority import Caller, JointCA, signer_still_good
+from ca.authority import Caller, JointCA, actor_of, signer_still_good
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, Conflict, Forbidden, NotFound
 from ca.names import member_agency_of
@@ -222,9 +222,11 @@ class Revocation:
                 # the compromised key itself authorized (their applications name it as the
                 # applicant), which a thief may have made; an officer may not withdraw an
                 # operator authorization, so this is the way to stop them (review probe 24)
-                actor = f"{rec.profile}:{rec.serial:x}"
                 withdrawn = tx.withdraw_codes_of(
-                    rec.uscc, SubjectClass.OPERATOR.value, now, applicant=actor
+                    rec.uscc,
+                    SubjectClass.OPERATOR.value,
+                    now,
+                    applicant=actor_of(rec.profile, rec.serial),
                 )
                 if withdrawn:
                     more["operator_codes_withdrawn"] = str(withdrawn)

@@ -381,7 +381,7 @@ def verify_certificate_jwt(
     iat = claims["iat"]
     exp = claims["exp"]
     nbf = claims.get("nbf", iat)
-    if not all(_is_time(t) for t in (iat, exp, nbf)):
+    if not all(is_numeric_date(t) for t in (iat, exp, nbf)):
         raise Unauthenticated(
             "iat, exp and nbf must be numbers of seconds since 1970 before the year 10000 "
             "(RFC 7519 §2 NumericDate)"
@@ -455,7 +455,7 @@ LAST_TIME = 253402300799
 """9999-12-31T23:59:59Z as a NumericDate: the last second a ``datetime`` holds."""
 
 
-def _is_time(value: object) -> bool:
+def is_numeric_date(value: object) -> bool:
     """A NumericDate (RFC 7519 §2) a ``datetime`` holds: NaN and the infinities (which
     Python's JSON reader takes) compare false; an integer of 400 digits is a number
     ``math.isfinite`` cannot take (OverflowError: a 500 for any certificate holder,

@@ -189,34 +189,26 @@ _WITHDRAW_CODES = (
     )
     .values(withdrawn_at=bindparam("withdrawn"))
 )
-_WITHDRAW_CODES_OF = (
-    update(_C)
-    .where(
-        _C.application_id.in_(
-            select(_A.id).where(_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
-        ),
-        _C.used_at.is_(None),
-        _C.withdrawn_at.is_(None),
-        _C.expires_at > bindparam("now"),
+
+
+def _withdraw_codes_where(*apps: Any) -> Any:
+    """Withdraw the live codes (unused, not withdrawn, unexpired) of the applications
+    ``apps`` select, by one statement."""
+    return (
+        update(_C)
+        .where(
+            _C.application_id.in_(select(_A.id).where(*apps)),
+            _C.used_at.is_(None),
+            _C.withdrawn_at.is_(None),
+            _C.expires_at > bindparam("now"),
+        )
+        .values(withdrawn_at=bindparam("withdrawn"))
     )
-    .values(withdrawn_at=bindparam("withdrawn"))
-)
-_WITHDRAW_CODES_BY = (
-    update(_C)
-    .where(
-        _C.application_id.in_(
-            select(_A.id).where(
-                _A.uscc == bindparam("uscc"),
-                _A.subject_class == bindparam("cls"),
-                _A.applicant == bindparam("applicant"),
-            )
-        ),
-        _C.used_at.is_(None),
-        _C.withdrawn_at.is_(None),
-        _C.expires_at > bindparam("now"),
-    )
-    .values(withdrawn_at=bindparam("withdrawn"))
-)
+
+
+_OF_CLASS = (_A.uscc == bindparam("uscc"), _A.subject_class == bindparam("cls"))
+_WITHDRAW_CODES_OF = _withdraw_codes_where(*_OF_CLASS)
+_WITHDRAW_CODES_BY = _withdraw_codes_where(*_OF_CLASS, _A.applicant == bindparam("applicant"))
 _APP_COLUMNS = (
     _A.id,
     _A.subject_class,
