@@ -183,8 +183,9 @@ TEXT_CHECK = "eport.text_check"
 def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadRequest) -> None:
     """Refuse, before any view runs, a request whose URL path, query parameters or form
     fields hold NUL (Werkzeug decodes invalid UTF-8 there as U+FFFD, so no surrogate
-    reaches them). ``refusal`` makes the error from its detail (the token service's
-    OAuth endpoints answer in their RFC's format)."""
+    reaches them), or whose form body is not UTF-8 (read once, here). ``refusal`` makes
+    the error from its detail (the token service's OAuth endpoints answer in their RFC's
+    format)."""
 
     from flask import request
 
@@ -196,7 +197,16 @@ def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadReq
                 check_text(value, f"the query parameter {key!r}")
             if request.mimetype == "application/x-www-form-urlencoded":
                 # Cached first: a signed request's body hash covers the exact bytes.
-                request.get_data(cache=True, parse_form_data=False)
+                raw = request.get_data(cache=True, parse_form_data=False)
+                try:
+                    # Werkzeug reads a form with a byte that is not UTF-8 as an empty one:
+                    # "grant_type is required" answered a form that had it (fuzzing probe 24)
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(
+                        "the form is not UTF-8: percent-encode every byte outside ASCII of a "
+                        "UTF-8 value (RFC 6749 Appendix B)"
+                    ) from None
                 for key, value in request.form.items(multi=True):
                     check_text(key, "a form field name")
                     check_text(value, f"the form field {key!r}")
