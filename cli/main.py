@@ -258,7 +258,15 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
     type=click.IntRange(1, 64),
     help="Threads per worker.",
 )
-def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads: int) -> None:
+@click.option(
+    "--only",
+    type=click.Choice(["ca", "auth"]),
+    default=None,
+    help="Serve one service alone: the CA (ca) or the token service (auth). Default: both.",
+)
+def serve(
+    dev: bool, data_dir: Path, host: str, port: int, workers: int, threads: int, only: str | None
+) -> None:
     """Run the CA API and the token service (under gunicorn) on HOST:PORT, data in DATA_DIR.
 
     With --dev, the first start creates a development joint CA in DATA_DIR: a root,
@@ -278,6 +286,14 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     custody is unsealed with EPORT_CA_KEY_PASSPHRASE). The token service's keys are
     encrypted with EPORT_AUTH_KEY_PASSPHRASE (required; 12 characters or more).
 
+    Production may run the two apart, on two hosts behind a front proxy that sends
+    /auth/, /.well-known/ and /portal to the token service and the rest to the CA
+    (examples/front_proxy/nginx.conf): `--only ca` on the CA host, `--only auth` on the
+    other. The token service alone trusts the CA's public files copied into its own
+    DATA_DIR/ca/ (root.crt, root.crl, issuers/*.crt, then generation; again after each
+    ceremony) and asks certificate status by OCSP (EPORT_AUTH_STATUS_MODE=ocsp), or
+    reads the CA's PostgreSQL database (EPORT_AUTH_CA_DATABASE_URL).
+
     \b
     Settings (environment, or an EPORT_CONFIG file; docs/ca.md "Checked settings"):
       EPORT_PUBLIC_BASE_URL    the name clients use (as given to eport ca init)
@@ -293,6 +309,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     Examples:
       eport serve --dev --port 8000
       EPORT_AUTH_KEY_PASSPHRASE=... eport serve --data-dir /srv/eport --host 127.0.0.1
+      eport serve --only ca --data-dir /srv/eport
+      EPORT_AUTH_STATUS_MODE=ocsp eport serve --only auth --data-dir /srv/eport-auth
     """
     import gc
 
@@ -324,12 +342,15 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         overrides["dev"] = True
     if "EPORT_PUBLIC_BASE_URL" not in os.environ:
         overrides["public_base_url"] = base
+    if only == "auth":
+        _serve_token_service_alone(overrides, host, port, workers, threads, base)
+        return
     # The settings first: a bad EPORT_CONFIG or EPORT_* value is said before the data
     # directory is made for the lock below
     cfg = CAConfig.load(overrides)
     data_dir, dev = Path(cfg.data_dir), cfg.dev
     own = os.environ.get("EPORT_AUTH_DATA_DIR")
-    if own and Path(own).resolve() != data_dir.resolve():
+    if own and only is None and Path(own).resolve() != data_dir.resolve():
         # it was ignored without a word: the token service reads the CA's certificates
         # from the CA's data directory, so the two services of one `eport serve` share it
         raise CLIError(
@@ -338,7 +359,7 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             "it; unset it (EPORT_AUTH_DATABASE_URL gives the token service its own database)"
         )
     shared = {k: v for k, v in overrides.items() if k in ("dev", "public_base_url")}
-    auth_cfg = AuthConfig.load({**shared, "data_dir": data_dir})
+    auth_cfg = AuthConfig.load({**shared, "data_dir": data_dir}) if only is None else None
     # The policies too: a set refused leaves no data directory (nor lock) behind
     _check_policies(cfg, auth_cfg)
     existed = data_dir.exists()
@@ -368,7 +389,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
             f"no CA in {data_dir} (no ca/root.crt): make one with `eport ca init --data-dir "
             f"{data_dir} --out CEREMONY_DIR`, or start a development CA with --dev"
         )
-    _tighten_databases(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
+    auth_url = auth_cfg.sqlalchemy_url if auth_cfg is not None else None
+    _tighten_databases(cfg.sqlalchemy_url, *([auth_url] if auth_url else []))
     if hierarchy.exists(data_dir):
         hierarchy.check_complete(data_dir)  # before any schema is upgraded
         from ca.db import made_elsewhere
@@ -380,10 +402,11 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         # another CA's database, and a database of a newer release, were refused only
         # after both had been brought up to this release's schema
         _refuse_before_upgrade(cfg, auth_cfg, data_dir)
-    _say_upgrades(cfg.sqlalchemy_url, auth_cfg.sqlalchemy_url)
+    _say_upgrades(cfg.sqlalchemy_url, auth_url)
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
-    auth_upgrade(auth_cfg.sqlalchemy_url)
+    if auth_url is not None:
+        auth_upgrade(auth_url)
     sealed_start = False
     if dev:
         click.secho(
@@ -424,7 +447,8 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
     # start announces its unseal fingerprint, for a server that would not start. A
     # development start too: an EPORT_AUTH_KEY_PASSPHRASE that is not the development one.
-    _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
+    if auth_cfg is not None:
+        _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
     from ca.db import foreign_root
 
     refusal = foreign_root(cfg.sqlalchemy_url, data_dir)
@@ -443,7 +467,10 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
     for line in start_warnings(cfg, auth_cfg, host):  # before "Serving", where it is read
         click.secho(f"WARNING: {line}", fg="yellow", err=True)
     click.echo(f"Serving the joint CA on {base} (API under {base}/ca/v1/)")
-    click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
+    if auth_cfg is not None:
+        click.echo(f"Serving the token service on {base}/auth/ (issuer {auth_cfg.issuer})")
+    else:
+        click.echo("Not serving the token service (--only ca)")
     sys.stdout.flush()
     # What the start made is kept for the server's life: collected once here, then frozen
     # (moved out of the collector's sight) before gunicorn forks, so that no worker's
@@ -457,7 +484,137 @@ def serve(dev: bool, data_dir: Path, host: str, port: int, workers: int, threads
         os.close(in_use)
 
 
-def _say_upgrades(ca_url: str, auth_url: str) -> None:
+ALONE_FILES = ("root.crt", "root.crl", "issuers/*.crt")
+"""The CA's public files a token service run alone trusts, copied from the CA host's
+``DATA_DIR/ca/`` (then ``generation``, once a ceremony has made one: a change of it makes
+running workers reload them)."""
+
+
+def _serve_token_service_alone(
+    overrides: dict[str, Any], host: str, port: int, workers: int, threads: int, base: str
+) -> None:
+    """``eport serve --only auth``: the token service without the CA, on a host of its own
+    (or beside the CA, as a second process). It needs no CA key and opens no CA database
+    unless told to (EPORT_AUTH_CA_DATABASE_URL, or the embedded ``eport.db`` of a CA
+    sharing its data directory): what it trusts is the CA's public files in its
+    ``DATA_DIR/ca/``, and status comes by OCSP (EPORT_AUTH_STATUS_MODE=ocsp)."""
+    import gc
+
+    from authsvc.app import MIGRATIONS as AUTH_MIGRATIONS
+    from authsvc.app import VERSION_TABLE as AUTH_VERSIONS
+    from authsvc.app import key_passphrase
+    from authsvc.app import upgrade as auth_upgrade
+    from authsvc.config import AuthConfig
+    from ca import hierarchy
+    from ca.config import CAConfig
+    from ca.datalock import hold_for_serving
+    from ca.db import check_known_revision
+    from ca.errors import Conflict
+    from cli.serve import check_policies, run, start_warnings
+
+    auth_cfg = AuthConfig.load(overrides)
+    # The server's own settings (the database answer deadline); nothing of the CA is built
+    server_cfg = CAConfig.load({k: v for k, v in overrides.items() if k != "data_dir"})
+    data_dir = Path(auth_cfg.data_dir)
+    check_policies(server_cfg, auth_cfg, serve_ca=False)
+    ca_dir = hierarchy.ca_dir(data_dir)
+    missing = [name for name in ALONE_FILES if not any(ca_dir.glob(name))]
+    if missing:
+        raise CLIError(
+            f"the token service alone trusts the CA's public files in {ca_dir}/, which has no "
+            f"{', '.join(missing)}: copy {', '.join(ALONE_FILES)} from the CA host's "
+            "DATA_DIR/ca/ there (and again after each ceremony, ca/generation last)"
+        )
+    _check_public_files(data_dir)
+    embedded_ca = data_dir / "eport.db"
+    if auth_cfg.status_mode == "local" and not (auth_cfg.ca_database_url or embedded_ca.is_file()):
+        raise CLIError(
+            "the token service alone asks certificate status by OCSP: set "
+            "EPORT_AUTH_STATUS_MODE=ocsp (the local mode reads the CA's database: "
+            f"EPORT_AUTH_CA_DATABASE_URL, or {embedded_ca} of a CA sharing this directory)"
+        )
+    passphrase = _alone_key_passphrase(auth_cfg, key_passphrase)  # before a database is made
+    try:
+        in_use = hold_for_serving(data_dir)
+    except Conflict as exc:
+        raise CLIError(exc.detail) from None
+    except OSError as exc:
+        raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    try:
+        url = auth_cfg.sqlalchemy_url
+        _tighten_databases(url)
+        try:
+            check_known_revision(url, AUTH_MIGRATIONS, AUTH_VERSIONS, "token service")
+        except EPortError as exc:
+            raise CLIError(exc.detail) from None
+        _say_upgrades(None, url)
+        auth_upgrade(url)
+        if auth_cfg.dev:
+            click.secho(
+                "WARNING: development mode. The token service's keys are encrypted with a "
+                "passphrase stored in the clear under the data directory.",
+                fg="yellow",
+                err=True,
+            )
+        _check_auth_keys(auth_cfg, passphrase)
+        for line in start_warnings(server_cfg, auth_cfg, host, serve_ca=False):
+            click.secho(f"WARNING: {line}", fg="yellow", err=True)
+        status = (
+            "status by OCSP" if auth_cfg.status_mode == "ocsp" else "status from the CA's database"
+        )
+        click.echo(
+            f"Serving the token service alone on {base}/auth/ (issuer {auth_cfg.issuer}; "
+            f"trusting the CA files in {ca_dir}/, {status})"
+        )
+        sys.stdout.flush()
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+        run(server_cfg, auth_cfg, host, port, workers, threads, serve_ca=False)
+    finally:
+        os.close(in_use)
+
+
+def _check_public_files(data_dir: Path) -> None:
+    """The copied CA files read, and the root CRL is the root's: else one line here rather
+    than a traceback from each worker."""
+    from authsvc.trust import read_public
+    from ca import hierarchy
+    from ca.trust import anchors_for
+
+    try:
+        public = read_public(data_dir)
+        anchors_for(public.root, public.issuers, public.root_crl)
+    except (ValueError, OSError) as exc:
+        raise CLIError(
+            f"the CA's public files in {hierarchy.ca_dir(data_dir)}/ cannot be used ({exc}): "
+            "copy them again from the CA host"
+        ) from None
+
+
+def _alone_key_passphrase(cfg: Any, key_passphrase: Any) -> bytes:
+    """The token service's key passphrase; with --dev, from a development data directory
+    (one a CA's --dev start made), which a token service's own directory is not."""
+    from ca.devinit import PASSPHRASE_FILE, dev_dir
+
+    if (
+        cfg.dev
+        and not cfg.key_passphrase
+        and not (dev_dir(cfg.data_dir) / PASSPHRASE_FILE).is_file()
+    ):
+        raise CLIError(
+            f"--dev takes the token service's passphrase from {dev_dir(cfg.data_dir)}/"
+            f"{PASSPHRASE_FILE}, made by a CA's `eport serve --dev` there, and there is none: "
+            "set EPORT_AUTH_KEY_PASSPHRASE (12 characters or more)"
+        )
+    try:
+        value: bytes = key_passphrase(cfg)
+    except EPortError as exc:
+        raise CLIError(exc.detail) from None
+    return value
+
+
+def _say_upgrades(ca_url: str | None, auth_url: str | None) -> None:
     """One line for each existing schema this start upgrades, before it does: an upgrade
     of a large database takes a while, during which nothing is served (it looked hung)."""
     from authsvc.app import SCHEMA_HEAD as AUTH_HEAD
@@ -469,6 +626,8 @@ def _say_upgrades(ca_url: str, auth_url: str) -> None:
         (auth_url, AUTH_VERSIONS, AUTH_HEAD, "token service"),
         (ca_url, VERSION_TABLE, SCHEMA_HEAD, "CA"),
     ):
+        if url is None:  # a service not served here
+            continue
         path = sqlite_file(url)
         if path is not None and not path.is_file():
             continue
@@ -492,9 +651,10 @@ def _refuse_before_upgrade(cfg: Any, auth_cfg: Any, data_dir: Path) -> None:
         raise CLIError(refusal)
     try:
         check_known_revision(cfg.sqlalchemy_url, MIGRATIONS, VERSION_TABLE, "CA")
-        check_known_revision(
-            auth_cfg.sqlalchemy_url, AUTH_MIGRATIONS, AUTH_VERSIONS, "token service"
-        )
+        if auth_cfg is not None:
+            check_known_revision(
+                auth_cfg.sqlalchemy_url, AUTH_MIGRATIONS, AUTH_VERSIONS, "token service"
+            )
     except EPortError as exc:
         raise CLIError(exc.detail) from None
 
@@ -584,7 +744,8 @@ def _check_policies(cfg: Any, auth_cfg: Any) -> None:
     from ca.policy import load_policies
 
     members = load_policies(cfg.policies_dir).members.members
-    load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
+    if auth_cfg is not None:
+        load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
 
 
 def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:

@@ -2,8 +2,8 @@
 
 Each worker builds both Flask apps (no engine is shared across a fork) and routes by
 path: ``/auth/…``, ``/.well-known/…`` and the portal (``/portal/…``) to the token service,
-everything else to the CA.
-Production may run them apart (``ca.app:create_app`` and ``authsvc.app:create_app``).
+everything else to the CA. ``eport serve --only ca`` and ``--only auth`` run one of them
+alone, as production may (on two hosts, a front proxy routing the same paths).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class EPortArbiter(Arbiter):  # type: ignore[misc]
 
     def handle_hup(self) -> None:
         try:
-            check_policies(self.app.cfg_ca, self.app.cfg_auth)
+            check_policies(self.app.cfg_ca, self.app.cfg_auth, serve_ca=self.app.serve_ca)
         except Exception as exc:  # any failure at all: keep the workers that serve
             said = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
             self.log.error(
@@ -57,24 +57,30 @@ class EPortArbiter(Arbiter):  # type: ignore[misc]
                 said,
             )
             return
-        for line in issuer_warnings(self.app.cfg_ca):
+        for line in issuer_warnings(self.app.cfg_ca) if self.app.serve_ca else ():
             self.log.warning("eport: %s", line)
         super().handle_hup()
 
 
-def check_policies(cfg: CAConfig, auth_cfg: AuthConfig | None) -> None:
-    """The checks ``eport serve`` makes of the policies before it serves: both services'
-    files load (:class:`~ca.errors.PolicyError` names the file and the key) and every
-    profile's template lints (:class:`~ca.errors.LintFailed`)."""
+def check_policies(cfg: CAConfig, auth_cfg: AuthConfig | None, *, serve_ca: bool = True) -> None:
+    """The checks ``eport serve`` makes of the policies before it serves: the files of
+    the services it serves load (:class:`~ca.errors.PolicyError` names the file and the
+    key) and, with the CA, every profile's template lints (:class:`~ca.errors.LintFailed`)."""
     from ca.app import prelint_templates
     from ca.policy import load_policies
 
-    members = load_policies(cfg.policies_dir).members.members
+    if not serve_ca:  # the token service alone: its own members.toml names the agencies
+        assert auth_cfg is not None
+        cfg_dir = auth_cfg.policies_dir
+    else:
+        cfg_dir = cfg.policies_dir
+    members = load_policies(cfg_dir).members.members
     if auth_cfg is not None:
         from authsvc.policy import load_access_policy
 
         load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
-    prelint_templates(cfg)
+    if serve_ca:
+        prelint_templates(cfg)
 
 
 BOOT_RETRY_SECONDS = 2.0
@@ -83,11 +89,23 @@ exits for a fresh one (the master starts the next at once)."""
 
 
 class EPortServer(BaseApplication):  # type: ignore[misc]
-    """Gunicorn with our app factories; each worker builds its own apps."""
+    """Gunicorn with our app factories; each worker builds its own apps: both, the CA
+    alone (``auth_cfg`` None) or the token service alone (``serve_ca`` False; ``cfg``
+    then gives only the server's own settings, such as the database answer deadline)."""
 
-    def __init__(self, cfg: CAConfig, auth_cfg: AuthConfig | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfg: CAConfig,
+        auth_cfg: AuthConfig | None,
+        options: dict[str, Any],
+        *,
+        serve_ca: bool = True,
+    ) -> None:
+        if not serve_ca and auth_cfg is None:
+            raise ValueError("nothing to serve")
         self.cfg_ca = cfg
         self.cfg_auth = auth_cfg
+        self.serve_ca = serve_ca
         self.options = options
         super().__init__()
 
@@ -146,7 +164,7 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
     def _load(self) -> Any:
         from ca.app import create_app
 
-        urls = [self.cfg_ca.sqlalchemy_url]
+        urls = [self.cfg_ca.sqlalchemy_url] if self.serve_ca else []
         if self.cfg_auth is not None:
             urls.append(self.cfg_auth.sqlalchemy_url)
         seconds = self.cfg_ca.database_answer_seconds
@@ -154,14 +172,18 @@ class EPortServer(BaseApplication):  # type: ignore[misc]
             from ca.db import install_answer_deadline
 
             install_answer_deadline(seconds)  # this worker's connections only
-        ca_app = create_app(self.cfg_ca)
         app: WSGIApp
-        if self.cfg_auth is None:
-            app = ca_app
+        if not self.serve_ca:
+            from authsvc.app import create_app as create_auth
+
+            assert self.cfg_auth is not None
+            app = create_auth(self.cfg_auth)
+        elif self.cfg_auth is None:
+            app = create_app(self.cfg_ca)
         else:
             from authsvc.app import create_app as create_auth
 
-            app = combined(ca_app, create_auth(self.cfg_auth))
+            app = combined(create_app(self.cfg_ca), create_auth(self.cfg_auth))
         # The apps' long-lived objects (policies, pkilint's validator tree, key rings,
         # SQLAlchemy metadata) never become garbage: keep the cyclic collector from
         # walking them again and again under load (measured: 2-3% more enrollments/s).
@@ -211,9 +233,16 @@ def worker_timeout(cfg: CAConfig) -> int:
 
 
 def run(
-    cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, port: int, workers: int, threads: int
+    cfg: CAConfig,
+    auth_cfg: AuthConfig | None,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    *,
+    serve_ca: bool = True,
 ) -> None:
-    forwarded = forwarded_from(cfg, auth_cfg)
+    forwarded = forwarded_from(cfg if serve_ca else None, auth_cfg)
     EPortServer(
         cfg,
         auth_cfg,
@@ -233,15 +262,17 @@ def run(
             # forwarded header (none configured: from no one)
             "forwarded_allow_ips": ",".join(forwarded),
         },
+        serve_ca=serve_ca,
     ).run()
 
 
-def forwarded_from(cfg: CAConfig, auth_cfg: AuthConfig | None) -> list[str]:
+def forwarded_from(cfg: CAConfig | None, auth_cfg: AuthConfig | None) -> list[str]:
     """The networks whose forwarded scheme gunicorn may believe: those either service
     trusts (``EPORT_TRUSTED_PROXIES``, ``EPORT_AUTH_TRUSTED_PROXIES``), read as the token
     service reads them (:class:`authsvc.proxy.TrustedProxies`: 10.1.2.3/8 is 10.0.0.0/8,
-    which gunicorn would refuse as written); one front proxy serves both."""
-    both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
+    which gunicorn would refuse as written); one front proxy serves both. ``cfg`` None: the
+    token service alone."""
+    both = (*(cfg.trusted_proxies if cfg else ()), *(auth_cfg.trusted_proxies if auth_cfg else ()))
     try:
         networks = TrustedProxies(both).networks
     except ValueError as exc:
@@ -254,19 +285,29 @@ WIDE_PREFIX = {4: 8, 6: 32}
 warned about at start: every address in it may forward a client certificate."""
 
 
-def start_warnings(cfg: CAConfig, auth_cfg: AuthConfig | None, host: str) -> list[str]:
+def start_warnings(
+    cfg: CAConfig, auth_cfg: AuthConfig | None, host: str, *, serve_ca: bool = True
+) -> list[str]:
     """What ``eport serve`` warns about as it starts (one line each): a listening address
     other than loopback (plain HTTP), very wide trusted proxy networks, profiles that name
-    an issuing CA the CA does not have."""
+    an issuing CA the CA does not have (``serve_ca`` False: the token service alone, whose
+    host may have no CA files but the public ones)."""
     lines: list[str] = []
     if not _loopback(host):
         lines.append(
             f"listening on {host}, not a loopback address, over plain HTTP: certificates, "
             "tokens and session cookies cross the network in the clear; put a TLS proxy in "
             "front (EPORT_TRUSTED_PROXIES) and listen on 127.0.0.1"
-            + (". With --dev, anyone who reaches it can use the development CA" if cfg.dev else "")
+            + (
+                ". With --dev, anyone who reaches it can use the development CA"
+                if cfg.dev and serve_ca
+                else ""
+            )
         )
-    both = (*cfg.trusted_proxies, *(auth_cfg.trusted_proxies if auth_cfg else ()))
+    both = (
+        *(cfg.trusted_proxies if serve_ca else ()),
+        *(auth_cfg.trusted_proxies if auth_cfg else ()),
+    )
     for entry in dict.fromkeys(both):
         network = ipaddress.ip_network(entry.strip(), strict=False)
         if network.prefixlen < WIDE_PREFIX[network.version]:
@@ -275,6 +316,8 @@ def start_warnings(cfg: CAConfig, auth_cfg: AuthConfig | None, host: str) -> lis
                 f"include {network} ({network.num_addresses} addresses): each may forward a "
                 "client certificate header and log in as its holder"
             )
+    if not serve_ca:
+        return lines
     lines += issuer_warnings(cfg)
     moved = status_base_moved(cfg)
     if moved is not None:

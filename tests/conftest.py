@@ -206,12 +206,14 @@ def start_server(
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
     port: int | None = None,
+    args: tuple[str, ...] = (),
 ) -> tuple[Server, subprocess.Popen[bytes]]:
     """``eport serve`` (``--dev`` unless ``dev`` is False) on a free port, started in its
     own session, once it answers /ca/v1/health. ``env`` replaces the environment (default:
     this one without EPORT_* settings); ``extra_env`` is added to it. The log is
     ``serve-<port>.log`` in ``log_dir`` (default: beside the data directory). ``port``:
-    one chosen earlier (a CA made by ``eport ca init`` names its URLs before it serves)."""
+    one chosen earlier (a CA made by ``eport ca init`` names its URLs before it serves).
+    ``args``: more options of ``eport serve`` (``--only ca``)."""
     port = port or free_port()
     log = (log_dir or data_dir.parent) / f"serve-{port}.log"
     if env is None:
@@ -221,7 +223,7 @@ def start_server(
         env["EPORT_DATABASE_URL"] = database_url
     env.update(extra_env or {})
     cmd = [*EPORT_CMD, "serve", *(["--dev"] if dev else []), "--data-dir", str(data_dir)]
-    cmd += ["--port", str(port), "--workers", str(workers)]
+    cmd += ["--port", str(port), "--workers", str(workers), *args]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True

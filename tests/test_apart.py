@@ -1,0 +1,194 @@
+"""The CA and the token service run apart (DESIGN.md: "production runs them apart"):
+``eport serve --only ca`` on one data directory, ``eport serve --only auth`` on another
+that holds only the CA's public files, behind examples/front_proxy/nginx.conf routing the
+token service's paths to the second. Users drive them through the front with the CLI,
+as they would one server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import (
+    EPORT_CMD,
+    Server,
+    base_env,
+    free_port,
+    start_server,
+    stop,
+    wait_http,
+)
+from tests.helpers import creds, enroll_enterprise, nginx, serial_of
+from tests.test_introspection_mtls import proxy_certificate
+
+SITE = Path(__file__).resolve().parent.parent / "examples" / "front_proxy" / "nginx.conf"
+AUTH_PASSPHRASE = "token-service-alone-passphrase"
+
+
+def copy_public_files(ca_data: Path, auth_data: Path) -> None:
+    """What docs/token-service.md tells the token service's host to copy from the CA's."""
+    src, dst = ca_data / "ca", auth_data / "ca"
+    (dst / "issuers").mkdir(parents=True, exist_ok=True)
+    for name in ("root.crt", "root.crl"):
+        shutil.copy2(src / name, dst / name)
+    for crt in (src / "issuers").glob("*.crt"):
+        shutil.copy2(crt, dst / "issuers" / crt.name)
+
+
+def serve_auth(
+    auth_data: Path, port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [*EPORT_CMD, "serve", "--only", "auth", "--data-dir", str(auth_data)]
+    cmd += ["--port", str(port), "--workers", "1"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/.well-known/openid-configuration", proc, log)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def test_the_services_run_apart_behind_one_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front_port, ca_port, auth_port = free_port(), free_port(), free_port()
+    front = f"https://127.0.0.1:{front_port}"
+    crt, key = proxy_certificate(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(crt))  # the CLI, and both servers, trust the front
+    common = {"EPORT_PUBLIC_BASE_URL": front, "EPORT_TRUSTED_PROXIES": "127.0.0.1"}
+    ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
+    ca_srv, ca_proc = start_server(
+        ca_data,
+        workers=1,
+        port=ca_port,
+        args=("--only", "ca"),
+        # status straight from the CA, over plain HTTP as RFC 5019 expects
+        extra_env={**common, "EPORT_STATUS_BASE_URL": f"http://127.0.0.1:{ca_port}"},
+    )
+    auth_proc = None
+    try:
+        # The CA alone serves none of the token service's paths
+        r = requests.get(ca_srv.url + "/.well-known/openid-configuration", timeout=10)
+        assert r.status_code == 404, r.text
+        copy_public_files(ca_data, auth_data)
+        env = (
+            base_env()
+            | common
+            | {
+                "EPORT_AUTH_STATUS_MODE": "ocsp",
+                "EPORT_AUTH_KEY_PASSPHRASE": AUTH_PASSPHRASE,
+            }
+        )
+        auth_proc = serve_auth(auth_data, auth_port, env, tmp_path / "auth.log")
+        r = requests.get(f"http://127.0.0.1:{auth_port}/ca/v1/health", timeout=10)
+        assert r.status_code == 404, r.text  # and the token service none of the CA's
+        ca_bundle = tmp_path / "eport-cas.pem"
+        ca_bundle.write_bytes(
+            b"".join(
+                p.read_bytes()
+                for p in [ca_data / "ca" / "root.crt", *sorted(ca_data.glob("ca/issuers/*.crt"))]
+            )
+        )
+        site = (
+            SITE.read_text()
+            .replace("/etc/eport/tls/fullchain.pem", str(crt))
+            .replace("/etc/eport/tls/key.pem", str(key))
+            .replace("/etc/eport/eport-cas.pem", str(ca_bundle))
+            .replace("127.0.0.1:8000;  # the token service", f"127.0.0.1:{auth_port};")
+            .replace("127.0.0.1:8000;  # the CA", f"127.0.0.1:{ca_port};")
+            .replace("0.0.0.0:443", f"127.0.0.1:{front_port}")
+        )
+        assert "server 127.0.0.1:8000" not in site
+        with nginx(tmp_path, site, front_port):
+            meta = requests.get(front + "/.well-known/openid-configuration", timeout=10).json()
+            assert meta["issuer"] == front + "/auth"
+            users = Server(front, ca_data, ca_srv.database_url, ca_srv.log)
+            # An auditor logs in at the token service and reads the CA's audit API with
+            # its token: the CA verifies it by the token service's JWKS, through the front.
+            auditor = ca_data / "dev" / "auditors" / "tax"
+            audit_cfg = str(tmp_path / "auditor-cfg")
+            users.eport(
+                "login",
+                "--cert",
+                str(auditor / "auditor.pem"),
+                "--key",
+                str(auditor / "auditor.key"),
+                EPORT_CONFIG_DIR=audit_cfg,
+                EPORT_PASSPHRASE=(auditor / "DEV-ONLY-passphrase.txt").read_text().strip(),
+            )
+            token = users.eport("token", "--service", "audit", EPORT_CONFIG_DIR=audit_cfg)
+            r = requests.get(
+                front + "/ca/v1/audit/events?limit=5",
+                headers={"Authorization": f"Bearer {token.stdout.strip()}"},
+                timeout=10,
+            )
+            assert r.status_code == 200 and r.json()["events"], r.text
+            # An enterprise applies, is approved, enrolls (the CA) and logs in (the
+            # token service), all at the one address.
+            ent = enroll_enterprise(users, tmp_path, "Apart Trading Co.")
+            cfg = str(tmp_path / "ent-cfg")
+            users.eport("login", *creds(ent), EPORT_CONFIG_DIR=cfg)
+            users.eport("token", "--service", "portal", EPORT_CONFIG_DIR=cfg)
+            # It revokes its certificate at the CA; the token service learns it by OCSP:
+            # the session ends and the certificate logs in no more.
+            users.eport(
+                "revoke", *creds(ent), "--reason", "keyCompromise", "--serial", serial_of(ent)
+            )
+            again = users.eport("login", *creds(ent), EPORT_CONFIG_DIR=cfg, check=False)
+            assert again.returncode != 0 and "revoked" in again.stderr, again.stderr
+            after = users.eport("token", "--service", "portal", EPORT_CONFIG_DIR=cfg, check=False)
+            assert after.returncode != 0, after.stdout
+        # The token service's host holds no CA key and no CA database: only the public
+        # files copied to it, its own database and its own (encrypted) keys.
+        assert not (auth_data / "eport.db").exists()
+        assert sorted(p.name for p in (auth_data / "ca").rglob("*") if p.is_file()) == sorted(
+            ["root.crt", "root.crl", *(p.name for p in ca_data.glob("ca/issuers/*.crt"))]
+        )
+        assert "Traceback" not in (tmp_path / "auth.log").read_text()
+    finally:
+        if auth_proc is not None:
+            stop(auth_proc)
+        stop(ca_proc)
+
+
+def _serve_alone(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*EPORT_CMD, "serve", "--only", "auth", "--data-dir", str(data), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=base_env() | env, timeout=60, check=False
+    )
+
+
+def test_the_token_service_alone_says_what_it_lacks(tmp_path: Path) -> None:
+    """Each refusal is one line, exit 1, and no server; none makes a database."""
+    data = tmp_path / "auth-data"
+    res = _serve_alone(data, "--port", "1")
+    assert res.returncode == 1 and "has no root.crt, root.crl, issuers/*.crt" in res.stderr
+    assert not data.exists()
+    # The public files of a development CA, copied as told
+    ca = tmp_path / "ca-data"
+    from ca.config import CAConfig
+    from ca.devinit import ensure_dev_ca
+
+    ensure_dev_ca(CAConfig.load({"data_dir": ca, "dev": True}, environ={}))
+    copy_public_files(ca, data)
+    res = _serve_alone(data)
+    assert res.returncode == 1 and "set EPORT_AUTH_STATUS_MODE=ocsp" in res.stderr, res.stderr
+    res = _serve_alone(data, EPORT_AUTH_STATUS_MODE="ocsp")
+    assert res.returncode == 1 and "EPORT_AUTH_KEY_PASSPHRASE" in res.stderr, res.stderr
+    res = _serve_alone(data, "--dev", EPORT_AUTH_STATUS_MODE="ocsp")
+    assert res.returncode == 1 and "made by a CA's `eport serve --dev`" in res.stderr
+    # A root CRL the root did not sign (another CA's) is refused before anything starts
+    other = tmp_path / "other-ca"
+    ensure_dev_ca(CAConfig.load({"data_dir": other, "dev": True}, environ={}))
+    shutil.copy2(other / "ca" / "root.crl", data / "ca" / "root.crl")
+    res = _serve_alone(data, EPORT_AUTH_STATUS_MODE="ocsp", EPORT_AUTH_KEY_PASSPHRASE="x" * 16)
+    assert res.returncode == 1 and "cannot be used" in res.stderr, res.stderr
+    assert not (data / "auth.db").exists()
