@@ -28,6 +28,16 @@ class NotSent(CLIError):
     name did not resolve. Whatever the request was to do, it did not happen."""
 
 
+class ForeignAnswer(CLIError):
+    """An answer that did not come from an e-port API (:func:`not_ours`), with its HTTP
+    status: a 4xx of another server, or of a proxy that did not forward the request, means
+    the CA did nothing with it."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RemoteError(CLIError):
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         self.status = status
@@ -356,7 +366,7 @@ def _unresolved(exc: requests.ConnectionError) -> bool:
     return isinstance(reason, NameResolutionError)
 
 
-def not_ours(resp: requests.Response, server: str) -> CLIError | None:
+def not_ours(resp: requests.Response, server: str) -> ForeignAnswer | None:
     """An answer that did not come from an e-port API (a web page, another server's
     JSON, a route that does not exist there): the one line to say instead of its body."""
     kind = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
@@ -367,23 +377,29 @@ def not_ours(resp: requests.Response, server: str) -> CLIError | None:
         if resp.status_code in (502, 503, 504)
         else " (is EPORT_SERVER or --server the e-port server's base URL?)"
     )
+    code = resp.status_code
     if "json" not in kind:
-        return CLIError(
-            f"the server at {server} answered {status} with {kind}, not the e-port API's JSON{hint}"
+        return ForeignAnswer(
+            f"the server at {server} answered {status} with {kind}, not the e-port API's "
+            f"JSON{hint}",
+            code,
         )
     try:
         doc = parse(resp, server)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        return CLIError(
-            f"the server at {server} answered {status} with JSON that is not the e-port API's{hint}"
+        return ForeignAnswer(
+            f"the server at {server} answered {status} with JSON that is not the e-port "
+            f"API's{hint}",
+            code,
         )
     # Flask's own 404 for a path no route serves: the base URL is not the server's
     if resp.status_code == 404 and doc.get("type") == "about:blank":
-        return CLIError(
+        return ForeignAnswer(
             f"the server at {server} has no {urlsplit(resp.url).path} "
-            "(is EPORT_SERVER or --server the e-port server's base URL, with no path?)"
+            "(is EPORT_SERVER or --server the e-port server's base URL, with no path?)",
+            code,
         )
     return None
 

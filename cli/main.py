@@ -35,6 +35,7 @@ from cli.client import (
     DEFAULT_SERVER,
     CAClient,
     CLIError,
+    ForeignAnswer,
     Identity,
     NotSent,
     RemoteError,
@@ -1032,6 +1033,16 @@ def _submit_keeping_key(
             forget()
             raise CLIError(f"{err}; nothing was sent, so nothing was issued") from None
         raise CLIError(f"{err}; nothing was sent: the key stays {where} for the next run") from None
+    except ForeignAnswer as err:
+        if not 400 <= err.status < 500:  # a proxy's 502 page, say: the CA may have answered
+            raise _answer_lost(err, where) from None
+        # Refused by a server that is not the CA (or a proxy that did not forward it)
+        if forget is not None:
+            forget()
+            raise CLIError(f"{err}; the CA did not get it, so nothing was issued") from None
+        raise CLIError(
+            f"{err}; the CA did not get it: the key stays {where} for the next run"
+        ) from None
     except CLIError as err:  # no answer at all
         raise _answer_lost(err, where) from None
 
