@@ -136,7 +136,7 @@ def status_factory(cfg: AuthConfig) -> StatusFactory:
     from ca.status import StatusService
     from ca.store import SqlStore
 
-    engine = make_engine(cfg.ca_sqlalchemy_url)
+    engine = make_engine(cfg.ca_sqlalchemy_url, cfg.pool_bounds)
     store = SqlStore(sessionmaker(engine, expire_on_commit=False))
 
     def local(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
@@ -153,7 +153,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     accept_names_up_to_64_characters()
     app = Flask("authsvc")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url, cfg.pool_bounds)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     # JSON over HTTP is UTF-8 (RFC 8259 §8.1): names as written, not \u escapes; the
     # fast path's json_body writes the same bytes.

@@ -11,12 +11,16 @@ from typing import Any
 from ca.config import (
     _REPO_POLICIES,
     DAY,
+    PoolBounds,
     bounded,
     build_settings,
     database_field,
     env_value,
     max_body,
+    max_overflow,
     merge_overrides,
+    pool_size,
+    pool_timeout,
     read_settings,
     secret_field,
     url_field,
@@ -57,6 +61,15 @@ class AuthConfig:
     """How often each process ends sessions of revoked or held certificates (0: never)."""
     key_rotation_days: int = bounded(30, 1, 3660, "days")
     max_body_bytes: int = max_body()
+    db_pool_size: int = pool_size()
+    """PostgreSQL connections each server process keeps open to the token service's
+    database, and as many to the CA's in local status mode (SQLite's pool is not
+    changed)."""
+    db_max_overflow: int = max_overflow()
+    """Connections each of those pools may open beyond ``db_pool_size`` under load."""
+    db_pool_timeout_seconds: float = pool_timeout()
+    """How long a request waits for a connection of those pools before it is answered
+    503 (an OAuth endpoint: ``temporarily_unavailable``)."""
 
     @property
     def issuer(self) -> str:
@@ -67,6 +80,12 @@ class AuthConfig:
         if self.database_url:
             return with_driver(self.database_url)
         return f"sqlite:///{(Path(self.data_dir) / 'auth.db').resolve()}"
+
+    @property
+    def pool_bounds(self) -> PoolBounds:
+        """The bounds of each of the token service's PostgreSQL connection pools (its own
+        database's, and the CA's read for status) in each server process."""
+        return PoolBounds(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_seconds)
 
     @property
     def ca_sqlalchemy_url(self) -> str:
@@ -82,7 +101,17 @@ class AuthConfig:
         file: Path | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> AuthConfig:
-        shared = {"data_dir", "public_base_url", "policies_dir", "dev", "trusted_proxies"}
+        shared = {
+            "data_dir",
+            "public_base_url",
+            "policies_dir",
+            "dev",
+            "trusted_proxies",
+            # one bound for the whole server unless the token service is given its own
+            "db_pool_size",
+            "db_max_overflow",
+            "db_pool_timeout_seconds",
+        }
 
         def env_names(name: str) -> tuple[str, ...]:
             own = ("EPORT_AUTH_" + name.upper(),)

@@ -184,7 +184,7 @@ def create_app(config: CAConfig | Mapping[str, Any] | None = None) -> Flask:
     accept_names_up_to_64_characters()
     app = Flask("ca")
     app.config["SQLALCHEMY_DATABASE_URI"] = cfg.sqlalchemy_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(cfg.sqlalchemy_url, cfg.pool_bounds)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # JSON over HTTP is UTF-8 (RFC 8259 §8.1): names as written, not \u escapes.

@@ -103,6 +103,39 @@ def max_body() -> Any:
     return bounded(64 * 1024, 1024, 64 * 1024 * 1024, "bytes")
 
 
+@dataclass(frozen=True)
+class PoolBounds:
+    """How many PostgreSQL connections one engine of one server process holds at most
+    (SQLAlchemy's ``QueuePool``), and how long a request waits for one of them. Each
+    ``eport serve`` worker has three such engines: the CA's, the token service's, and the
+    token service's reader of the CA's database (local status mode)."""
+
+    size: int = 5
+    """Connections kept open once made (``pool_size``)."""
+    overflow: int = 10
+    """Connections opened beyond ``size`` under load, closed when given back
+    (``max_overflow``)."""
+    timeout: float = 30.0
+    """Seconds a request waits for a connection when all are in use (``pool_timeout``)
+    before it is answered 503 ``database-unavailable``."""
+
+
+def pool_size() -> Any:
+    """``db_pool_size`` of either service: SQLAlchemy's default, 5."""
+    return bounded(PoolBounds.size, 1, 1000, "connections")
+
+
+def max_overflow() -> Any:
+    """``db_max_overflow`` of either service: SQLAlchemy's default, 10. Never SQLAlchemy's
+    -1 (no bound): bounding is the point."""
+    return bounded(PoolBounds.overflow, 0, 1000, "connections")
+
+
+def pool_timeout() -> Any:
+    """``db_pool_timeout_seconds`` of either service: SQLAlchemy's default, 30 s."""
+    return bounded(PoolBounds.timeout, 0.1, 600.0, "seconds")
+
+
 def with_driver(url: str) -> str:
     """A database URL with the driver this project installs: ``postgresql://`` and
     ``postgres://`` (libpq's forms, which SQLAlchemy would give to psycopg 3, not
@@ -155,6 +188,16 @@ class CAConfig:
     connection up and answers 503: a server that takes queries and says nothing (stopped,
     its storage hung) held request threads for ever. Both services' connections; gunicorn's
     worker timeout is lengthened past it (:func:`cli.serve.worker_timeout`)."""
+    db_pool_size: int = pool_size()
+    """PostgreSQL connections each server process keeps open to the CA's database (for
+    PostgreSQL's ``max_connections``; SQLite's pool is not changed)."""
+    db_max_overflow: int = max_overflow()
+    """Connections each server process may open to the CA's database beyond
+    ``db_pool_size`` under load, closed again when given back."""
+    db_pool_timeout_seconds: float = pool_timeout()
+    """How long a request waits for one of those connections while all are in use before
+    it is answered 503 (``database-unavailable``): SQLAlchemy's ``TimeoutError`` was a
+    500 "the server failed" with a traceback."""
     crl_refresh_seconds: float = bounded(30.0, 0.1, DAY, "seconds", zero="only on fetch")
     """How often each server process re-signs stale or ageing CRLs (0: only on fetch)."""
     responder_renew_days: int = bounded(30, 1, 180, "days")
@@ -177,6 +220,11 @@ class CAConfig:
         if self.database_url:
             return with_driver(self.database_url)
         return f"sqlite:///{(self.data_dir / 'eport.db').resolve()}"
+
+    @property
+    def pool_bounds(self) -> PoolBounds:
+        """The bounds of the CA's PostgreSQL connection pool in each server process."""
+        return PoolBounds(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_seconds)
 
     @classmethod
     def load(

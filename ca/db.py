@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from ca.config import PoolBounds
 from ca.errors import EPortError
 from ca.privatefiles import sqlite_file
 from ca.store import READ_ONLY, configure_engine, fill_listing_keys
@@ -93,20 +94,29 @@ def install_answer_deadline(answer_seconds: float) -> None:
     extensions.set_wait_callback(wait)
 
 
-def engine_options(url: str) -> dict[str, object]:
+def engine_options(url: str, pool: PoolBounds | None = None) -> dict[str, object]:
     """Ping pooled connections before use only over a network: a SQLite file needs no
     liveness check, and the ping is a query on every checkout (the OCSP hot path).
-    PostgreSQL connections get :data:`PG_CONNECT_DEFAULTS` unless the URL sets them."""
+    PostgreSQL connections get :data:`PG_CONNECT_DEFAULTS` unless the URL sets them, and
+    the server's ``pool`` bounds (``EPORT_DB_POOL_SIZE``, ``EPORT_DB_MAX_OVERFLOW``,
+    ``EPORT_DB_POOL_TIMEOUT_SECONDS``; none: SQLAlchemy's 5, 10 and 30 s, for the CLI's
+    short-lived engines). A SQLite engine keeps SQLAlchemy's pool for a file (its
+    connections per thread are taken out of it: :class:`ca.store.ThreadConnections`) and
+    flask-sqlalchemy's for ``:memory:``."""
     options: dict[str, object] = {"pool_pre_ping": not url.startswith("sqlite")}
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         given = set(parsed.query)
         options["connect_args"] = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
+        if pool is not None:
+            options["pool_size"] = pool.size
+            options["max_overflow"] = pool.overflow
+            options["pool_timeout"] = pool.timeout
     return options
 
 
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, **engine_options(url))
+def make_engine(url: str, pool: PoolBounds | None = None) -> Engine:
+    engine = create_engine(url, **engine_options(url, pool))
     configure_engine(engine)
     return engine
 

@@ -295,11 +295,15 @@ def database_unavailable_cause(exc: BaseException | None) -> BaseException | Non
     """The error in ``exc``'s chain that says the database cannot be reached or used now:
     a connection lost or refused, a lock not granted in time, a statement cancelled, a
     database opened read-only (PostgreSQL's driver's ``OperationalError`` and
-    ``InterfaceError``, SQLite's busy, locked, read-only, I/O and open errors); None when
-    the failure is something else."""
+    ``InterfaceError``, SQLite's busy, locked, read-only, I/O and open errors), no pooled
+    connection free in time (SQLAlchemy's ``TimeoutError``: every one of
+    ``EPORT_DB_POOL_SIZE`` + ``EPORT_DB_MAX_OVERFLOW`` in use for
+    ``EPORT_DB_POOL_TIMEOUT_SECONDS``); None when the failure is something else."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if _pool_timeout(exc):
+            return exc
         if isinstance(exc, sqlite3.Error):
             code = getattr(exc, "sqlite_errorcode", None)
             if code is not None and code & 0xFF in SQLITE_UNAVAILABLE:
@@ -311,6 +315,15 @@ def database_unavailable_cause(exc: BaseException | None) -> BaseException | Non
         orig = getattr(exc, "orig", None)
         exc = orig if isinstance(orig, BaseException) else exc.__cause__ or exc.__context__
     return None
+
+
+def _pool_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLAlchemy's pool checkout timeout, told by name: this module
+    does not import SQLAlchemy (the pool's ``TimeoutError`` is no DBAPI error, so it was
+    a 500 "the server failed" with a traceback)."""
+    return any(
+        c.__module__ == "sqlalchemy.exc" and c.__name__ == "TimeoutError" for c in type(exc).__mro__
+    )
 
 
 SQLITE_FULL = 13

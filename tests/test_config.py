@@ -110,6 +110,11 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
         ("EPORT_TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0", "trusts every address"),
         ("EPORT_TRUSTED_PROXIES", "::ffff:0:0/96", "trusts every address"),
         ("EPORT_PUBLIC_BASE_URL", "http://ca.example:0", "port 0"),
+        ("EPORT_DB_POOL_SIZE", "0", "from 1 to 1000 connections, not 0"),
+        ("EPORT_DB_POOL_SIZE", "2.5", "expected int"),
+        ("EPORT_DB_MAX_OVERFLOW", "-1", "from 0 to 1000 connections, not -1"),
+        ("EPORT_DB_POOL_TIMEOUT_SECONDS", "0", "from 0.1 to 600 seconds, not 0"),
+        ("EPORT_DB_POOL_TIMEOUT_SECONDS", "inf", "finite"),
     ],
 )
 def test_a_ca_setting_out_of_its_range_names_the_variable(
@@ -136,6 +141,11 @@ def test_a_ca_setting_out_of_its_range_names_the_variable(
         ("EPORT_AUTH_PUBLIC_BASE_URL", "auth.example", "not an absolute http"),
         ("EPORT_AUTH_TRUSTED_PROXIES", "::/0", "trusts every address"),
         ("EPORT_AUTH_POLICIES_DIR", "/nonexistent", "does not exist"),
+        ("EPORT_AUTH_DB_POOL_SIZE", "0", "from 1 to 1000 connections"),
+        ("EPORT_AUTH_DB_MAX_OVERFLOW", "1001", "from 0 to 1000 connections"),
+        ("EPORT_AUTH_DB_POOL_TIMEOUT_SECONDS", "-1", "from 0.1 to 600 seconds"),
+        # the CA's variable, when the token service is given none of its own
+        ("EPORT_DB_MAX_OVERFLOW", "-1", "from 0 to 1000 connections"),
     ],
 )
 def test_a_token_service_setting_out_of_its_range_names_the_variable(
@@ -159,6 +169,42 @@ def test_ranges_hold_for_file_and_override_values_too(tmp_path: Path) -> None:
     assert CAConfig.load({"crl_refresh_seconds": 0}, environ={}).crl_refresh_seconds == 0
     assert AuthConfig.load({"sweep_seconds": 0}, environ={}).sweep_seconds == 0
     assert CAConfig.load(environ={"EPORT_CODE_TTL_SECONDS": "60"}).code_ttl_seconds == 60
+
+
+def test_pool_bounds_default_to_sqlalchemys_and_are_shared_unless_given(tmp_path: Path) -> None:
+    """EPORT_DB_POOL_SIZE, EPORT_DB_MAX_OVERFLOW and EPORT_DB_POOL_TIMEOUT_SECONDS bound
+    the CA's PostgreSQL pools and, unless EPORT_AUTH_DB_* say otherwise, the token
+    service's; unset, each pool is what it was (SQLAlchemy's QueuePool defaults)."""
+    import inspect
+
+    from sqlalchemy.pool import QueuePool
+
+    from ca.config import PoolBounds
+
+    given = inspect.signature(QueuePool.__init__).parameters
+    sqlalchemys = PoolBounds(
+        given["pool_size"].default, given["max_overflow"].default, given["timeout"].default
+    )
+    assert CAConfig.load(environ={}).pool_bounds == sqlalchemys == PoolBounds()
+    assert AuthConfig.load(environ={}).pool_bounds == sqlalchemys
+    env = {
+        "EPORT_DB_POOL_SIZE": "1",
+        "EPORT_DB_MAX_OVERFLOW": "0",
+        "EPORT_DB_POOL_TIMEOUT_SECONDS": "2.5",
+    }
+    assert CAConfig.load(environ=env).pool_bounds == PoolBounds(1, 0, 2.5)
+    assert AuthConfig.load(environ=env).pool_bounds == PoolBounds(1, 0, 2.5)
+    env["EPORT_AUTH_DB_POOL_SIZE"] = "3"
+    assert AuthConfig.load(environ=env).pool_bounds == PoolBounds(3, 0, 2.5)
+    assert CAConfig.load(environ=env).pool_bounds == PoolBounds(1, 0, 2.5)
+    toml = tmp_path / "eport.toml"
+    toml.write_text("[ca]\ndb_pool_size = 2\n[auth]\ndb_max_overflow = 4\n")
+    file_only = {"EPORT_CONFIG": str(toml)}
+    assert CAConfig.load(environ=file_only).pool_bounds == PoolBounds(2, 10, 30.0)
+    assert AuthConfig.load(environ=file_only).pool_bounds == PoolBounds(5, 4, 30.0)
+    toml.write_text("[ca]\ndb_max_overflow = -1\n")  # SQLAlchemy's "no bound": refused
+    with pytest.raises(PolicyError, match=f"^{re.escape(str(toml))}: db_max_overflow: from 0"):
+        CAConfig.load(environ=file_only)
 
 
 @pytest.mark.parametrize(("word", "value"), [("1", True), ("Yes", True), ("off", False)])
