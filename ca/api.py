@@ -96,7 +96,9 @@ def iso(dt: datetime.datetime | None) -> str | None:
     return dt.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def app_json(app: Application) -> dict[str, Any]:
+def app_json(app: Application, pending_until: datetime.datetime | None = None) -> dict[str, Any]:
+    """An application as officers and its applicant see it; ``pending_until``: when a
+    pending one can no longer be approved (:meth:`ca.authority.JointCA.pending_until`)."""
     return {
         "id": app.id,
         "subject_class": app.subject_class,
@@ -108,6 +110,7 @@ def app_json(app: Application) -> dict[str, Any]:
         "decided_by": app.decided_by,
         "decided_at": iso(app.decided_at),
         "reason": app.reason,
+        "pending_until": iso(pending_until),
     }
 
 
@@ -311,15 +314,17 @@ def apply() -> tuple[Response, int]:
     if not isinstance(subject_class, str):
         raise BadRequest("'subject_class' must be a string: enterprise, agency, auditor or service")
     fields = {k: v for k, v in data.items() if k != "subject_class"}
-    app = svc().authority.apply(subject_class, fields, applicant="anonymous")
-    return jsonify(app_json(app)), 201
+    authority = svc().authority
+    app = authority.apply(subject_class, fields, applicant="anonymous")
+    return jsonify(app_json(app, authority.pending_until(app))), 201
 
 
 @bp.get("/applications/<app_id>")
 def application_status(app_id: str) -> Response:
     """What the applicant sees of its application: its state, and a rejection's reason;
     not the vetted data (whoever learns an id learns no more than that)."""
-    app = svc().authority.application(app_id)
+    authority = svc().authority
+    app = authority.application(app_id)
     resp = jsonify(
         {
             "id": app.id,
@@ -328,6 +333,7 @@ def application_status(app_id: str) -> Response:
             "created_at": iso(app.created_at),
             "decided_at": iso(app.decided_at),
             "reason": app.reason,
+            "pending_until": iso(authority.pending_until(app)),
         }
     )
     resp.headers["Cache-Control"] = "no-store"
@@ -398,13 +404,14 @@ def list_applications() -> Response:
     state_arg = request.args.get("state", "pending")
     state = None if state_arg == "all" else _state(state_arg)
     limit, after, offset = _page_args()
-    listed = svc().authority.list_applications(caller, state, limit + 1, after, offset or 0)
-    now = svc().authority.clock()
+    authority = svc().authority
+    listed = authority.list_applications(caller, state, limit + 1, after, offset or 0)
+    now = authority.clock()
     return jsonify(
         {
             "applications": [
                 {
-                    **app_json(app),
+                    **app_json(app, authority.pending_until(app)),
                     "code": None
                     if code is None
                     else {"state": code_state(code, now), "expires_at": iso(code.expires_at)},

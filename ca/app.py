@@ -112,6 +112,7 @@ def build_authority(
         factory=factory,
         clock=clock,
         code_ttl=datetime.timedelta(seconds=cfg.code_ttl_seconds),
+        application_ttl=datetime.timedelta(days=cfg.application_days),
     )
 
 

@@ -263,6 +263,7 @@ class JointCA:
         clock: Clock = utcnow,
         random_bytes: RandomBytes = os.urandom,
         code_ttl: datetime.timedelta = datetime.timedelta(days=7),
+        application_ttl: datetime.timedelta = datetime.timedelta(days=90),
         revoked_issuers: Mapping[str, Revoked] | None = None,
         unavailable_issuers: Mapping[str, str] | None = None,
     ) -> None:
@@ -280,6 +281,8 @@ class JointCA:
         self.clock = clock
         self.random_bytes = random_bytes
         self.code_ttl = code_ttl
+        self.application_ttl = application_ttl
+        """How long a pending application may wait for its approval (EPORT_APPLICATION_DAYS)."""
 
     # -- who is calling ---------------------------------------------------------------------
 
@@ -480,6 +483,24 @@ class JointCA:
             last = tx.last_codes([a.id for _, a in apps])
         return [(key, a, last.get(a.id)) for key, a in apps]
 
+    def pending_until(self, app: Application) -> datetime.datetime | None:
+        """When a pending application can no longer be approved (None: it is decided)."""
+        if app.state is not ApplicationState.PENDING:
+            return None
+        return app.created_at + self.application_ttl
+
+    def _refuse_stale(self, app: Application, now: datetime.datetime) -> None:
+        """An application older than :attr:`application_ttl` is not approved: its vetting
+        would rest on evidence of then (a register's extract, an agency's letter)."""
+        until = self.pending_until(app)
+        if until is not None and now >= until:
+            days = self.application_ttl.days
+            raise Conflict(
+                f"application {app.id} was made on {app.created_at:%Y-%m-%d}, more than "
+                f"{days} days ago, and is no longer approved: the applicant applies again "
+                "(eport apply); an RA officer may still reject it"
+            )
+
     def approve(
         self, caller: Caller, app_id: str, profiles: Sequence[str] | None = None
     ) -> CodeGrant:
@@ -528,6 +549,7 @@ class JointCA:
             raise Conflict(f"application {app.id} is already {app.state.value}")
         member = str(app.vetted.get("agency_id"))
         now = self.clock()
+        self._refuse_stale(app, now)
         ends = self._officers_last_end(tx, now).get(member)
         if ends is not None:
             raise Conflict(
@@ -561,6 +583,7 @@ class JointCA:
             )
         if app.state is not ApplicationState.PENDING:
             raise Conflict(f"application {app_id} is already {app.state.value}")
+        self._refuse_stale(app, now)
         self._refuse_second_credential(tx, app, now)
         if not tx.set_application_state(
             app_id, ApplicationState.PENDING, ApplicationState.APPROVED, actor, now, None

@@ -173,6 +173,10 @@ class CAConfig:
     """Request bodies above this size are refused with 413."""
     code_ttl_seconds: int = bounded(7 * DAY, 60, 366 * DAY, "seconds")
     """Lifetime of a one-time enrollment code (default 7 days)."""
+    application_days: int = bounded(90, 1, 3660, "days")
+    """How long an application waits for an RA officer's decision (default 90 days): an
+    older one is no longer approved (its vetting would rest on stale evidence); the
+    applicant applies again. Rejecting it stays possible."""
     lint_sample_rate: float = 1.0
     """Share of certificates linted by pkilint before signing (1.0 = every one).
 

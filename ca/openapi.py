@@ -16,6 +16,14 @@ instead an access token for the ``audit`` service with the ``audit:read`` scope
 (docs/audit.md). Alternatives: either one is enough."""
 
 
+_PENDING_UNTIL = {
+    "description": "A pending application: when it can no longer be approved "
+    "(EPORT_APPLICATION_DAYS after it was made; the applicant then applies again). "
+    "null once decided.",
+    "type": ["string", "null"],
+}
+
+
 def _with_response(op: dict[str, Any], status: str, why: str, result: str) -> dict[str, Any]:
     """``op`` with one more success answer."""
     op["responses"][status] = {
@@ -580,6 +588,7 @@ def openapi_document() -> dict[str, Any]:
                         "subject": s(),
                         "state": {"enum": ["pending", "approved", "rejected"]},
                         "created_at": string,
+                        "pending_until": _PENDING_UNTIL,
                         "code": {
                             "description": "RA listings only: the code given last, or null",
                             "type": ["object", "null"],
@@ -599,6 +608,7 @@ def openapi_document() -> dict[str, Any]:
                         "created_at": string,
                         "decided_at": {"type": ["string", "null"]},
                         "reason": {"type": ["string", "null"]},
+                        "pending_until": _PENDING_UNTIL,
                     },
                     required=["id", "state"],
                 ),

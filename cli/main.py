@@ -919,7 +919,11 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
             f"one, an RA officer gives a new one (eport ra new-code {doc['id']})"
         )
     else:
-        lines.append("  an RA officer of a member agency will vet it")
+        until = doc.get("pending_until")  # absent from a server of an earlier release
+        lines.append(
+            "  an RA officer of a member agency will vet it"
+            + (f"; unless approved by {until}, apply again" if until else "")
+        )
     emit(as_json, doc, "\n".join(lines))
 
 

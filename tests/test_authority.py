@@ -911,3 +911,26 @@ def test_officers_cut_to_the_agency_cas_end_are_told_to_roll_it_over(env: tuple)
     notices = ca.officer_notices(agency_end - datetime.timedelta(days=10))
     (customs,) = [n for n in notices if "member agency customs" in n]
     assert "with the issuing CA that issued it" in customs and "eport ca rotate agency" in customs
+
+
+def test_a_stale_application_is_no_longer_approved(env: tuple) -> None:  # type: ignore[type-arg]
+    """EPORT_APPLICATION_DAYS (90 by default): an application that waited longer is not
+    approved (its vetting would rest on stale evidence) and nothing is written; it may
+    still be rejected, and the applicant applies again."""
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    timely = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Timely Co."})
+    stale = ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": "Stale Co."})
+    assert ca.pending_until(stale) == stale.created_at + datetime.timedelta(days=90)
+    start = ca.clock()
+    ca.clock = lambda: start + datetime.timedelta(days=89, hours=23)
+    assert ca.approve(officer_caller, timely.id).code
+    assert ca.pending_until(ca.application(timely.id)) is None  # decided
+    ca.clock = lambda: stale.created_at + datetime.timedelta(days=90)
+    before = counts(sessions)
+    with pytest.raises(Conflict, match=r"more than 90 days ago.*applies again \(eport apply\)"):
+        ca.approve(officer_caller, stale.id)
+    assert counts(sessions) == before
+    assert ca.reject(officer_caller, stale.id, "waited too long").state.value == "rejected"
+    again = ca.apply("enterprise", {"uscc": stale.uscc, "legal_name": "Stale Co."})
+    assert ca.approve(officer_caller, again.id).code

@@ -405,7 +405,15 @@ def test_the_applicant_sees_where_its_application_stands(server: Server) -> None
     assert "rejected since" in shown and "  reason: seal missing" in shown, shown
     r = requests.get(f"{server.url}/ca/v1/applications/{other['id']}", timeout=10)
     assert r.headers["Cache-Control"] == "no-store"
-    assert set(r.json()) == {"id", "subject_class", "state", "created_at", "decided_at", "reason"}
+    assert set(r.json()) == {
+        "id",
+        "subject_class",
+        "state",
+        "created_at",
+        "decided_at",
+        "reason",
+        "pending_until",
+    }
     assert "Refused Co." not in r.text and "91350100MA31WDXY2A" not in r.text
     # An approval found wrong before enrollment is withdrawn: its code stops working.
     wrong = jrun(server, "apply", "--uscc", fresh_uscc(), "--name", "Wrong Co.")
