@@ -51,6 +51,7 @@ from authsvc.oidc_store import SqlOIDCStore
 from authsvc.proxy import client_address, forwarded_certificate
 from authsvc.service import OAuthError
 from authsvc.tokens import InvalidToken
+from ca import i18n
 from ca.errors import EPortError, Unauthenticated
 from ca.problems import HTML_ERRORS, log_retry
 from ca.wellformed import install_safe_head
@@ -92,8 +93,18 @@ def no_store(resp: Response) -> Response:
 def page(
     template: str, status: int = 200, *, form_action: str | None = None, **context: Any
 ) -> Response:
-    """A server-rendered page with the browser-facing security headers."""
-    resp = Response(render_template(template, **context), status=status, mimetype="text/html")
+    """A server-rendered page with the browser-facing security headers, in the language
+    the browser asks for (:func:`page_language`)."""
+    language = page_language()
+    resp = Response(
+        render_template(template, **i18n.page_context(language), **context),
+        status=status,
+        mimetype="text/html",
+    )
+    # The same URL answers in English or Chinese: a cache must not give one reader's
+    # language to another (RFC 9110 §12.5.5).
+    resp.vary.add("Accept-Language")
+    resp.headers["Content-Language"] = language
     csp = CSP
     if form_action:
         # Chromium applies form-action to the redirect that answers a form post as well.
@@ -111,6 +122,18 @@ def redirect(location: str, code: int = 302) -> Response:
     resp = Response(status=code)
     resp.headers["Location"] = location
     return resp
+
+
+def page_language() -> str:
+    """The page's language from the request's ``Accept-Language`` (English by default)."""
+    return i18n.page_language(request.accept_languages.best_match(i18n.OFFERED))
+
+
+def translated(text: str, /, **fields: object) -> str:
+    """``text``, a fixed English text of a page (:mod:`ca.i18n`'s key), in the page's
+    language, fields filled in; a field that is data (a name, an error's detail) stays
+    as it is."""
+    return i18n.translate(page_language(), text, **fields)
 
 
 def message(status: int, title: str, detail: str, **context: Any) -> Response:
@@ -190,9 +213,12 @@ def refused_sign_out(exc: OAuthError) -> Response:
     before that is refused (browser probe, F3)."""
     return message(
         403,
-        "Sign-out refused",
-        f"{exc.detail}. If you signed in again in another tab since this page was shown, "
-        "open the portal and sign out from there.",
+        translated("Sign-out refused"),
+        translated(
+            "{reason}. If you signed in again in another tab since this page was shown, "
+            "open the portal and sign out from there.",
+            reason=exc.detail,
+        ),
         to_portal=True,
     )
 
@@ -212,11 +238,13 @@ def nothing_to_sign_out(target: str | None) -> Response:
     return no_store(
         message(
             400,
-            "Nothing to sign out",
-            "This browser sent no e-port sign-in with this request, so nothing was ended. "
-            "If you signed out in another tab or window, you are signed out. A form sent "
-            "from another site also comes without it: to be sure, open the portal; it "
-            "shows whether you are signed in and signs you out.",
+            translated("Nothing to sign out"),
+            translated(
+                "This browser sent no e-port sign-in with this request, so nothing was ended. "
+                "If you signed out in another tab or window, you are signed out. A form sent "
+                "from another site also comes without it: to be sure, open the portal; it "
+                "shows whether you are signed in and signs you out."
+            ),
             to_portal=True,
         )
     )
@@ -281,7 +309,7 @@ def authorize() -> Response:
         try:
             req = p.authorization_request(params())
         except InvalidClientRequest as exc:
-            return message(400, "This sign-in request is not valid", exc.detail)
+            return message(400, translated("This sign-in request is not valid"), exc.detail)
         try:
             signed = sign_in(req)
         except Unauthenticated as exc:
@@ -296,9 +324,12 @@ def authorize() -> Response:
                 ) from None
             return message(
                 401,
-                "Sign in with your e-port certificate",
-                f"{req.client.name} asks you to sign in. Present your e-port certificate "
-                "(smart card or key file) to this site and try again.",
+                translated("Sign in with your e-port certificate"),
+                translated(
+                    "{client} asks you to sign in. Present your e-port certificate "
+                    "(smart card or key file) to this site and try again.",
+                    client=req.client.name,
+                ),
             )
         except OAuthError as exc:  # the certificate may not sign in (revoked, held…)
             if "none" in req.prompt:
@@ -307,7 +338,7 @@ def authorize() -> Response:
                 raise req.error("login_required", "the e-port certificate cannot sign in") from None
             return message(
                 exc.status if exc.status != 400 else 403,
-                "Your certificate cannot sign in",
+                translated("Your certificate cannot sign in"),
                 exc.detail,
             )
         if signed is None:
@@ -321,9 +352,12 @@ def authorize() -> Response:
                 raise req.error("login_required", "no e-port session and no certificate")
             return message(
                 401,
-                "Sign in with your e-port certificate",
-                f"{req.client.name} asks you to sign in. Present your e-port certificate "
-                "(smart card or key file) to this site and try again.",
+                translated("Sign in with your e-port certificate"),
+                translated(
+                    "{client} asks you to sign in. Present your e-port certificate "
+                    "(smart card or key file) to this site and try again.",
+                    client=req.client.name,
+                ),
             )
         code = p.issue_code(req, signed)
         resp = redirect(p.success_redirect(req, code), code=302)
@@ -439,7 +473,7 @@ def end_session() -> Response:
             state=state,
         )
     except LogoutRequestError as exc:
-        return message(400, "This sign-out request is not valid", exc.detail)
+        return message(400, translated("This sign-out request is not valid"), exc.detail)
     signed = current()
     if signed is None:
         return nothing_to_sign_out(target)
@@ -474,7 +508,7 @@ def end_session_confirm() -> Response:
             state=_one(values, "state"),
         )
     except LogoutRequestError as exc:
-        return message(400, "This sign-out request is not valid", exc.detail)
+        return message(400, translated("This sign-out request is not valid"), exc.detail)
     return log_out(signed, target)
 
 
@@ -513,13 +547,18 @@ def browser_error_page(err: Any) -> Response | None:
         if status == 404:
             answer = message(
                 404,
-                "Page not found",
-                "There is no such page here. The portal lists the services you can use.",
+                translated("Page not found"),
+                translated(
+                    "There is no such page here. The portal lists the services you can use."
+                ),
                 to_portal=True,
             )
         elif status == 405:
             answer = message(
-                405, "Not a page to open", "This address is not opened this way.", to_portal=True
+                405,
+                translated("Not a page to open"),
+                translated("This address is not opened this way."),
+                to_portal=True,
             )
             allowed = getattr(err, "valid_methods", None)
             if allowed:  # RFC 9110 §15.5.6
@@ -528,7 +567,7 @@ def browser_error_page(err: Any) -> Response | None:
             return None
         return answer
     if isinstance(err, EPortError) and err.status == 400:
-        return message(400, "This request is not valid", err.detail, to_portal=True)
+        return message(400, translated("This request is not valid"), err.detail, to_portal=True)
     return None
 
 

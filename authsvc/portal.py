@@ -6,7 +6,9 @@ the registered services the subject may use under ``policies/access.toml`` (each
 name and link, and the scopes the subject has there). The browser signs in by presenting
 its certificate to the TLS proxy; the same SSO session then lets every e-port web service
 sign the user in through ``/auth/authorize`` without a prompt. Logout is a form with a
-CSRF token and ends the session everywhere (back-channel logout included).
+CSRF token and ends the session everywhere (back-channel logout included). Its texts
+are in Simplified Chinese or English, as the browser's ``Accept-Language`` asks
+(:mod:`ca.i18n`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from authsvc.oidc_api import (
     refused_sign_out,
     set_cookie,
     sign_in,
+    translated,
 )
 from authsvc.service import OAuthError
 from ca.errors import Unauthenticated
@@ -112,21 +115,23 @@ def index() -> Response:
     try:
         signed = sign_in()
     except Unauthenticated as exc:
-        return message(401, "Sign in with your e-port certificate", exc.detail)
+        return message(401, translated("Sign in with your e-port certificate"), exc.detail)
     except OAuthError as exc:  # a certificate that is revoked, on hold, untrusted…
         return clear_cookie(
             message(
                 exc.status if exc.status != 400 else 403,
-                "Your certificate cannot sign in",
+                translated("Your certificate cannot sign in"),
                 exc.detail,
             )
         )
     if signed is None:
         return message(
             401,
-            "Sign in with your e-port certificate",
-            "The portal signs you in with the certificate on your smart card or key file. "
-            "Present it to this site (your browser asks which one to use) and reload.",
+            translated("Sign in with your e-port certificate"),
+            translated(
+                "The portal signs you in with the certificate on your smart card or key file. "
+                "Present it to this site (your browser asks which one to use) and reload."
+            ),
         )
     resp = page(
         "portal/index.html",
@@ -157,7 +162,9 @@ def signed_out() -> Response:
     """Never signs in by itself: the certificate would open a new session at once."""
     return message(
         200,
-        "You are signed out",
-        "Your e-port session has ended, and every e-port service you used in it was told.",
+        translated("You are signed out"),
+        translated(
+            "Your e-port session has ended, and every e-port service you used in it was told."
+        ),
         signed_out=True,
     )

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from ca import translog
+from ca import i18n, translog
 from ca.audit_api import (
     EventFilter,
     Reader,
@@ -304,6 +304,11 @@ def _secure_cookie() -> bool:
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
+    if resp.mimetype == "text/html":
+        # A page answers in the reader's language: a cache must not give one reader's
+        # to another (RFC 9110 §12.5.5).
+        resp.vary.add("Accept-Language")
+        resp.headers["Content-Language"] = _language()
     resp.headers["Content-Security-Policy"] = CSP
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Referrer-Policy"] = "no-referrer"
@@ -323,9 +328,22 @@ def _error(err: EPortError) -> Response:
 
 
 def _page(title: str, detail: str, status: int) -> Response:
+    """An error page: its title (the error's kind) in the reader's language, its detail
+    as the API wrote it (the words the CLI prints and the logs hold)."""
+    title = i18n.translate(_language(), title)
     error = {"title": title, "detail": detail, "status": status}
-    resp = make_response(render_template("audit/message.html", error=error, web=None), status)
+    resp = make_response(_render("audit/message.html", error=error, web=None), status)
     return resp
+
+
+def _language() -> str:
+    """The page's language from the request's ``Accept-Language`` (English by default)."""
+    return i18n.page_language(request.accept_languages.best_match(i18n.OFFERED))
+
+
+def _render(template: str, **context: Any) -> str:
+    """A page of the view in the reader's language (:mod:`ca.i18n`)."""
+    return render_template(template, **i18n.page_context(_language()), **context)
 
 
 def html_http_error(err: Any) -> Response | None:
@@ -341,7 +359,10 @@ def html_http_error(err: Any) -> Response | None:
     # not routed to the blueprint, so its after_request does not run: its headers here.
     # Titled in sentence case, as the view's own errors are ("Not found").
     title = str(err.name).capitalize()
-    answer = _headers(_page(title, str(err.description), int(err.code or 500)))
+    detail = str(err.description)
+    if err.description == type(err).description:  # Werkzeug's own words, not an error's
+        detail = i18n.translate(_language(), detail)
+    answer = _headers(_page(title, detail, int(err.code or 500)))
     allowed = getattr(err, "valid_methods", None)
     if err.code == 405 and allowed:  # RFC 9110 §15.5.6: a 405 says what is allowed
         answer.headers["Allow"] = ", ".join(sorted(allowed))
@@ -365,7 +386,7 @@ def _day(s: Session) -> Any:
 
 def chart(s: Session, reader: Reader, today: datetime.date) -> dict[str, Any]:
     """Issuances and revocations per UTC day over the last :data:`CHART_DAYS` days, as SVG
-    geometry: ``bars`` (x, y, width, height, kind, label), axis ticks, and totals."""
+    geometry: ``bars`` (x, y, width, height, kind, day, n), axis ticks, and totals."""
     first = today - datetime.timedelta(days=CHART_DAYS - 1)
     day = _day(s)
     query = (
@@ -402,7 +423,7 @@ def chart(s: Session, reader: Reader, today: datetime.date) -> dict[str, Any]:
                     "w": round(bar_w, 1),
                     "h": round(h, 1),
                     "kind": kind,
-                    "label": f"{d.isoformat()}: {n} {kind}",
+                    "day": d.isoformat(),  # the page words its label (ca.i18n)
                     "n": n,
                 }
             )
@@ -439,9 +460,9 @@ def index() -> str:
     try:
         key = audit_service().verifier_key(s)
     except translog.LogKeyRetired as exc:
-        key = f"(none named here: {exc.detail})"
+        key = i18n.translate(_language(), "(none named here: {reason})", reason=exc.detail)
     s.rollback()
-    return render_template(
+    return _render(
         "audit/index.html",
         web=web,
         head=head,
@@ -471,7 +492,7 @@ def events() -> str:
     s.rollback()
     older = rows[-1][0] if len(rows) == PAGE else None
     query = {k: v for k, v in args.items() if k != "before" and v}
-    return render_template(
+    return _render(
         "audit/events.html",
         web=web,
         events=[event_json(i, r) for i, r in rows],
@@ -526,7 +547,7 @@ def certificate(serial: str) -> str:
         proof = _proof(s, index, head)
     history = find_events(s, EventFilter(serial=serial).for_reader(web.reader), limit=100)
     s.rollback()
-    return render_template(
+    return _render(
         "audit/certificate.html",
         web=web,
         cert=row,
@@ -560,7 +581,7 @@ def entry(number: str) -> str:
     data = bytes(s.execute(select(LogEntryRow.entry).where(LogEntryRow.idx == index)).scalar_one())
     proof = _proof(s, index, head)
     s.rollback()
-    return render_template(
+    return _render(
         "audit/entry.html",
         web=web,
         head=head,
