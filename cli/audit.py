@@ -28,6 +28,7 @@ import json
 import operator
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -1184,8 +1185,9 @@ def audit() -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write to this file instead of standard output.",
+    help="Write to this file instead of standard output (a new file: see --force).",
 )
+@click.option("--force", is_flag=True, help="Replace a file already at --out (refused by default).")
 @click.pass_obj
 def audit_log(
     obj: Any,
@@ -1205,6 +1207,7 @@ def audit_log(
     bom: bool,
     limit: int | None,
     out: Path | None,
+    force: bool,
 ) -> None:
     """List the CA's events (oldest first) with filters; export them as CSV or JSON.
 
@@ -1216,6 +1219,12 @@ def audit_log(
         raise click.UsageError("--bom goes with --format csv only")
     if since and until and _utc_time(since) >= _utc_time(until):
         raise click.UsageError(f"--since {since} is not before --until {until}")
+    if force and out is None:
+        raise click.UsageError("--force goes with --out only")
+    if out is not None and not force and os.path.lexists(out):
+        # Said before a passphrase is asked or anything is sent; an earlier export (the
+        # one handed to an inspector) is not replaced by a rerun or a typo.
+        raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
     client = _client(obj, cert_file, key_file, passphrase_file)
     if client.identity is None:
         raise CLIError("eport audit log needs --cert and --key (or EPORT_CERT and EPORT_KEY)")
@@ -1248,19 +1257,53 @@ def audit_log(
                 f"cannot write the result to standard output: {exc.strerror or exc}"
             ) from None
         return
-    # Written beside OUT and renamed when complete: a failed export leaves no half file.
-    part = out.with_name(f".{out.name}.part")
+    # Written beside OUT and moved there when complete: a failed or interrupted export
+    # leaves no half file, and OUT as it was.
+    part = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
     try:
-        stream = part.open("w", encoding="utf-8", newline="")
+        # a new file of a unique name (O_EXCL, no symlink followed), the umask's mode
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
     except OSError as exc:
         raise CLIError(f"cannot write {out}: {exc.strerror}") from None
     try:
-        with stream:
+        with open(fd, "w", encoding="utf-8", newline="") as stream:
             _write_events(client, base, fmt, limit, page_size, stream, True, bom)
-        part.replace(out)
+            stream.flush()
+            os.fsync(stream.fileno())  # the bytes are there before the name is
+        _move_into_place(part, out, force)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _move_into_place(part: Path, out: Path, force: bool) -> None:
+    """Give the complete export ``part`` its name ``out``. Without ``force`` a file made at
+    ``out`` while the export ran is not replaced: the name is linked, which fails where
+    one exists (a rename replaces it), then ``part`` removed."""
+    made_meanwhile = CLIError(
+        f"{out} exists (made while the export ran): choose another --out, "
+        "or pass --force to replace it"
+    )
+    try:
+        if force:
+            part.replace(out)
+            return
+        try:
+            os.link(part, out)
+        except FileExistsError:
+            raise made_meanwhile from None
+        except OSError:
+            # a file system without hard links (FAT, some shares): looked at, then renamed
+            if os.path.lexists(out):
+                raise made_meanwhile from None
+            part.replace(out)
+            return
+    except OSError as exc:
+        raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from None
+    part.unlink()
 
 
 EXPORT_PAGE = 10000

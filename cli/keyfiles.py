@@ -1,6 +1,7 @@
 """Local key handling for the CLI: keys are made here and never leave this machine.
 
-Private keys are written as encrypted PKCS#8 (RFC 5958 with PBES2) with mode 0600.
+Private keys are written as encrypted PKCS#8 (RFC 5958 with PBES2) with mode 0600; one
+read with a mode that lets its group or others at it is used with a warning (on POSIX).
 The passphrase comes from ``--passphrase-file``, ``EPORT_PASSPHRASE`` or a prompt.
 A key can also stay in a PKCS#11 token: ``--key`` (alias ``--pkcs11-uri``) then takes
 an RFC 7512 URI, or a file holding one (``key.uri`` from ``eport enroll --pkcs11-uri``).
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,11 +162,14 @@ def key_and_passphrase(
         return token_key(path), None
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data, exposed = read_private(path)
     except OSError as exc:
         raise CLIError(f"cannot read key file {path}: {exc.strerror}") from None
     if data.startswith(PKCS11_SCHEME.encode()):
-        return token_key(data.decode().strip()), None
+        token = token_key(data.decode().strip())
+        if exposed and b"pin-value=" in data:  # the token's PIN, in the clear
+            warn_exposed(path, exposed)
+        return token, None
     labels = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)
     if labels and not any(label.endswith(b"PRIVATE KEY") for label in labels):
         # cert.pem given for --key (the two options side by side): said as load_certs
@@ -187,7 +193,53 @@ def key_and_passphrase(
         if not labels:  # binary: a DER key, or the bundle.p12 an enrollment wrote beside it
             msg += " (for a PKCS#12 bundle, use the key.pem written beside it)"
         raise CLIError(f"cannot load key {path}: {msg}") from None
+    if exposed:
+        # Said once the key is known to be one (not for a certificate given as --key),
+        # not refused: the key is encrypted under its passphrase (a key in the clear is
+        # still read, so that `eport key passwd` can encrypt it, 0600).
+        warn_exposed(path, exposed)
     return key, pw  # type: ignore[return-value]
+
+
+def exposure(st: os.stat_result) -> str | None:
+    """What a private file's mode (``st``, POSIX) lets others than its owner do with it,
+    as "readable by others (mode 0644)"; None when it lets no one else at it, for what is
+    not a regular file (a pipe: ``--key <(pass show key)``), and where files have no
+    POSIX mode (Windows)."""
+    if os.name != "posix" or not stat.S_ISREG(st.st_mode):
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return None
+    how = (
+        "readable by others"
+        if mode & 0o004
+        else "readable by its group"
+        if mode & 0o040
+        else "writable by others"
+        if mode & 0o002
+        else "writable by its group"
+        if mode & 0o020
+        else "open to its group or others"
+    )
+    return f"{how} (mode {mode:04o})"
+
+
+def read_private(path: Path) -> tuple[bytes, str | None]:
+    """The bytes of a file that should be its owner's alone (a key, a session), and its
+    :func:`exposure`, both of the file opened (not of a name that may be swapped)."""
+    with path.open("rb") as fh:
+        exposed = exposure(os.fstat(fh.fileno()))
+        return fh.read(), exposed
+
+
+def warn_exposed(path: Path, exposed: str) -> None:
+    """One warning line on standard error: ``path``, a private key, is ``exposed``."""
+    click.secho(
+        f"WARNING: {path} is {exposed}; chmod 600 {shlex.quote(str(path))}",
+        fg="yellow",
+        err=True,
+    )
 
 
 def load_certs(path: Path) -> list[x509.Certificate]:

@@ -3,6 +3,11 @@
 ``eport login`` signs an RFC 7523 assertion with the certificate's key once; ``eport
 token`` then gets access tokens for any service from the refresh token alone, rotating
 it on every use, until the session ends (``eport logout``, 8 h, or revocation).
+
+The refresh token is a bearer secret kept in the clear: whoever reads the file can get
+tokens in the user's name. A session file its group or others may read or write (POSIX
+mode) is refused, as ssh refuses such a private key; ``eport login`` again ends that
+session and keeps the new one 0600.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import datetime
 import json
 import os
 import secrets
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from ca.keys import KeyType
 from ca.signer import write_private
 from cli.client import CLIError, Identity, not_ours, parse, send
+from cli.keyfiles import read_private
 
 
 def config_dir() -> Path:
@@ -67,10 +74,14 @@ def _unwritable(path: Path, exc: OSError) -> str:
     )
 
 
-def load(server: str) -> dict[str, Any]:
+def load(server: str, *, exposed_ok: bool = False) -> dict[str, Any]:
+    """The session kept for ``server``. One in a file others than the user may read or
+    write is refused (:class:`CLIError`) unless ``exposed_ok``: its refresh token may
+    have been copied (or the file replaced), and it is a password in the clear."""
     path = session_file(server)
     try:
-        data = json.loads(path.read_text())
+        raw, exposed = read_private(path)
+        data = json.loads(raw)
     except FileNotFoundError:
         raise CLIError(
             f"not logged in to {server}; run `eport login --cert ... --key ...`"
@@ -83,13 +94,21 @@ def load(server: str) -> dict[str, Any]:
         raise CLIError(f"cannot read the session file {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or "refresh_token" not in data:
         raise CLIError(f"the session file {path} is damaged; run `eport login` again")
+    if exposed and not exposed_ok:
+        raise CLIError(
+            f"the session file {path} is {exposed}, and its refresh token works for "
+            "anyone who copied it: run `eport login` again (it ends this session), or "
+            f"chmod 600 {shlex.quote(str(path))} if no one else can have read it"
+        )
     return data
 
 
 def saved(server: str) -> dict[str, Any] | None:
-    """The session kept for ``server``, or None when there is none that can be read."""
+    """The session kept for ``server``, or None when there is none that can be read; for
+    ``eport login`` to end it, so one in a file others may read is read too (ending it
+    is what its exposure calls for)."""
     try:
-        return load(server)
+        return load(server, exposed_ok=True)
     except CLIError:
         return None
 

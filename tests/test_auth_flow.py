@@ -658,6 +658,7 @@ def test_a_certificate_from_another_profiles_issuing_ca_cannot_log_in(
             serialization.BestAvailableEncryption(b"test-passphrase-123"),
         )
     )
+    (d / "key.pem").chmod(0o600)  # as eport writes a key: a looser one is warned of
     why = "the certificate was not issued by its profile's issuing CA"
     res = cli(srv, tmp_path / "cfg", "login", *creds(d), check=False)
     assert res.returncode == 1 and res.stdout == ""

@@ -94,6 +94,7 @@ def _certificate_at(
             serialization.BestAvailableEncryption(srv.env()["EPORT_PASSPHRASE"].encode()),
         )
     )
+    (out / "key.pem").chmod(0o600)  # as eport writes a key: a looser one is warned of
     shutil.copy(ent / "chain.pem", out / "chain.pem")
     return out, cert
 

@@ -141,6 +141,7 @@ def credential(tmp_path: Path) -> list[str]:
             serialization.BestAvailableEncryption(PASSPHRASE.encode()),
         )
     )
+    (tmp_path / "key.pem").chmod(0o600)  # as eport writes a key: a looser one is warned of
     return ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")]
 
 
