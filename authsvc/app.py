@@ -114,18 +114,10 @@ def status_factory(cfg: AuthConfig) -> StatusFactory:
     The connection (an HTTP session, or the embedded CA's database engine) is made once;
     each hierarchy reload only builds a new source over it."""
     if cfg.status_mode == "ocsp":
-        import requests
-
+        from authsvc.responders import Responders
         from ca.ocsp_client import OCSPStatusSource
 
-        http = requests.Session()
-
-        def post(url: str, body: bytes) -> bytes:
-            r = http.post(
-                url, data=body, headers={"Content-Type": "application/ocsp-request"}, timeout=5
-            )
-            r.raise_for_status()
-            return r.content
+        post = Responders()
 
         def remote(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
             return OCSPStatusSource(list(issuers.values()), post)

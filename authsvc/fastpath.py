@@ -70,7 +70,13 @@ class _OncePerInterval:
 
 
 _UNKNOWN_SERVICE = _OncePerInterval("gateway sub-request for unknown service %r")
-_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN"}
+_STATUS = {
+    200: "200 OK",
+    400: "400 BAD REQUEST",
+    401: "401 UNAUTHORIZED",
+    403: "403 FORBIDDEN",
+    503: "503 SERVICE UNAVAILABLE",
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class Answer:
 
 def _denied() -> Answer:
     return Answer(401, [("WWW-Authenticate", 'Bearer error="invalid_token"'), NO_STORE])
+
+
+def _unavailable() -> Answer:
+    return Answer(503, [*unexpected_headers(503), NO_STORE])
 
 
 def _no_credentials() -> Answer:
@@ -131,7 +141,14 @@ def gateway_answer(
         return _no_credentials()
     try:
         claims = tokens.check_access_token(tok.strip(), service.audience)
-    except (InvalidToken, EPortError):
+    except InvalidToken:
+        return _denied()
+    except EPortError as exc:
+        if exc.status >= 500:
+            # Not judged (the CA's status or the database unavailable): a fault, which
+            # the gateway must not take for a bad token (the client would drop it)
+            log.warning("gateway: a token could not be judged: %s", exc.detail)
+            return _unavailable()
         return _denied()
     # RFC 8705 §3: when the gateway forwards the client's TLS certificate, the token must
     # be bound to it: a stolen token is refused with another certificate. Without one, it

@@ -824,7 +824,11 @@ class TokenService:
             raise Forbidden(f"service {service.id} may not introspect tokens")
         try:
             claims = self.check_access_token(token, service.audience)
-        except (InvalidToken, EPortError):
+        except InvalidToken:
+            return {"active": False}
+        except EPortError as exc:
+            if exc.status >= 500:  # the token could not be judged: a fault, not "inactive"
+                raise
             return {"active": False}
         return {"active": True, "token_type": "Bearer", **claims}
 

@@ -38,6 +38,27 @@ class OCSPError(EPortError):
     title = "Certificate status could not be established"
 
 
+STATUS_UNAVAILABLE_DETAIL = (
+    "the certificate's status could not be had from the CA's OCSP responder just now; "
+    "try again shortly"
+)
+
+
+class StatusUnavailable(OCSPError):
+    """No answer to judge: the responder could not be reached, failed (an HTTP error), or
+    said to ask later (``tryLater``, ``internalError``; RFC 6960 §2.3). A fault, not a
+    verdict on the certificate: 503, to be retried. ``detail`` names the responder, for
+    the server's log; clients get :data:`STATUS_UNAVAILABLE_DETAIL`."""
+
+    status = 503
+    slug = "status-unavailable"
+    title = "Certificate status is unavailable"
+    public_detail = STATUS_UNAVAILABLE_DETAIL
+
+
+_ASK_LATER = (xocsp.OCSPResponseStatus.TRY_LATER, xocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+
 def ocsp_url(cert: x509.Certificate) -> str:
     try:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
@@ -78,6 +99,8 @@ def check_response(
         resp = xocsp.load_der_ocsp_response(der)
     except ValueError as exc:
         raise OCSPError(f"unreadable OCSP response: {exc}") from None
+    if resp.response_status in _ASK_LATER:
+        raise StatusUnavailable(f"the responder answered {resp.response_status.name}")
     if resp.response_status is not xocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OCSPError(f"the responder answered {resp.response_status.name}")
     signer = issuer

@@ -215,7 +215,9 @@ def install_problem_handlers(
             if shown is not None:
                 return shown
         status, body = answers.domain(err, request_instance(request.environ))
-        return _with_challenge(Response(body, status=status, mimetype=PROBLEM_JSON), err)
+        resp = _with_challenge(Response(body, status=status, mimetype=PROBLEM_JSON), err)
+        resp.headers.extend(unexpected_headers(status))  # a 503's Retry-After
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

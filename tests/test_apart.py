@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
+from cryptography.x509 import ocsp
 
+from authsvc.client import IntrospectionFailed, Introspector
 from tests.conftest import (
     EPORT_CMD,
     Server,
@@ -22,11 +27,21 @@ from tests.conftest import (
     stop,
     wait_http,
 )
-from tests.helpers import creds, enroll_enterprise, nginx, serial_of
+from tests.helpers import (
+    SERVICE_HOST,
+    creds,
+    enroll_enterprise,
+    enroll_service,
+    jrun,
+    nginx,
+    serial_of,
+)
 from tests.test_introspection_mtls import proxy_certificate
 
 SITE = Path(__file__).resolve().parent.parent / "examples" / "front_proxy" / "nginx.conf"
 AUTH_PASSPHRASE = "token-service-alone-passphrase"
+SERVICE = "customs-declaration"
+assert SERVICE_HOST.startswith(SERVICE + ".")
 
 
 def copy_public_files(ca_data: Path, auth_data: Path) -> None:
@@ -192,3 +207,125 @@ def test_the_token_service_alone_says_what_it_lacks(tmp_path: Path) -> None:
     res = _serve_alone(data, EPORT_AUTH_STATUS_MODE="ocsp", EPORT_AUTH_KEY_PASSPHRASE="x" * 16)
     assert res.returncode == 1 and "cannot be used" in res.stderr, res.stderr
     assert not (data / "auth.db").exists()
+
+
+class Relay:
+    """An HTTP relay between the token service and the CA's OCSP responder that can fail
+    as a network, a front proxy or a busy responder does: ``mode`` is "pass" (relay),
+    "down" (a proxy's 502 page) or a serial (hex) answered ``tryLater`` (RFC 6960 §2.3),
+    the others relayed."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.mode = "pass"
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if relay.mode == "down":
+                    return self._send(502, "text/html", b"<html>502 Bad Gateway</html>")
+                asked = format(ocsp.load_der_ocsp_request(body).serial_number, "x")
+                if relay.mode == asked:
+                    return self._send(200, "application/ocsp-response", b"\x30\x03\x0a\x01\x03")
+                r = requests.post(
+                    relay.target + self.path,
+                    data=body,
+                    headers={"Content-Type": "application/ocsp-request"},
+                    timeout=10,
+                )
+                return self._send(r.status_code, r.headers["Content-Type"], r.content)
+
+            def _send(self, status: int, kind: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
+    """The token service alone, its status by OCSP through a relay: when the CA's answer
+    cannot be had (the responder says tryLater for one certificate, or the way to it is
+    down), validation, introspection, refresh and login are 503 (retry), never a verdict
+    on the token (401, "active": false) nor a 500; what needs no status (the key set) is
+    served; and all works again once the responder answers."""
+    ca_port = free_port()
+    ca_url = f"http://127.0.0.1:{ca_port}"
+    relay = Relay(ca_url)
+    ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
+    ca_srv, ca_proc = start_server(
+        ca_data,
+        workers=1,
+        port=ca_port,
+        args=("--only", "ca"),
+        extra_env={"EPORT_STATUS_BASE_URL": relay.url},
+    )
+    auth_proc = None
+    try:
+        copy_public_files(ca_data, auth_data)
+        auth_port = free_port()
+        env = base_env() | {
+            "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{auth_port}",
+            "EPORT_AUTH_STATUS_MODE": "ocsp",
+            "EPORT_AUTH_STATUS_TTL_SECONDS": "0",  # every use asks the CA
+            "EPORT_AUTH_KEY_PASSPHRASE": AUTH_PASSPHRASE,
+        }
+        auth_proc = serve_auth(auth_data, auth_port, env, tmp_path / "auth.log")
+        auth = Server(f"http://127.0.0.1:{auth_port}", ca_data, ca_srv.database_url, ca_srv.log)
+        ent = enroll_enterprise(ca_srv, tmp_path, "Relay Trading Co.")
+        grant = jrun(ca_srv, "operator", "add", "--name", "Relay Op", "--id", "R1", *creds(ent))
+        op = tmp_path / "op"
+        code = grant["enrollment_code"]
+        jrun(ca_srv, "enroll", "--code", code, "--profile", "operator", "--out", str(op))
+        svc = enroll_service(ca_srv, tmp_path)
+        jrun(auth, "roles", "grant", "--operator", "R1", "--role", "declaration", *creds(ent))
+        cfg = str(tmp_path / "cfg")
+        auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg)
+        token = auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}", "X-Eport-Service": SERVICE}
+
+        def validate() -> requests.Response:
+            return requests.get(auth.url + "/auth/validate", headers=headers, timeout=30)
+
+        assert validate().status_code == 200
+        introspector = Introspector(
+            auth.url, svc / "cert.pem", svc / "key.pem", passphrase=b"test-passphrase-123"
+        )
+        with introspector as intro:
+            assert intro.introspect(token).active
+            relay.mode = serial_of(op)  # tryLater for the operator's certificate only
+            r = validate()
+            assert r.status_code == 503 and r.headers["Retry-After"], (r.status_code, r.headers)
+            with pytest.raises(IntrospectionFailed):
+                intro.introspect(token)
+        refresh = auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg, check=False)
+        assert refresh.returncode == 1 and "status could not be had" in refresh.stderr, refresh
+        relay.mode = "down"
+        assert validate().status_code == 503
+        again = auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg, check=False)
+        assert again.returncode == 1 and "status could not be had" in again.stderr, again
+        assert requests.get(auth.url + "/auth/jwks.json", timeout=10).status_code == 200
+        relay.mode = "pass"
+        deadline = time.monotonic() + 20  # the responder is asked again after a pause
+        while validate().status_code != 200:
+            assert time.monotonic() < deadline, validate().status_code
+            time.sleep(0.2)
+        auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg)
+        assert "Traceback" not in (tmp_path / "auth.log").read_text()
+    finally:
+        relay.close()
+        if auth_proc is not None:
+            stop(auth_proc)
+        stop(ca_proc)

@@ -1,0 +1,92 @@
+"""How the token service asks a remote CA's OCSP responders (``EPORT_AUTH_STATUS_MODE=ocsp``).
+
+:class:`Responders` is the transport :class:`ca.ocsp_client.OCSPStatusSource` posts its
+requests through: one HTTP session, a deadline per request, and every failure to get an
+answer (no connection, a timeout, an HTTP error such as a front proxy's 429 or 502)
+raised as :class:`ca.ocsp_client.StatusUnavailable`, which the token service answers 503:
+a fault, not a verdict on anyone's certificate.
+
+A responder that failed is not asked again for :attr:`Responders.pause` seconds, and then
+by one request at a time until it answers: while the CA is down or hangs, the token
+service's request threads fail fast instead of each waiting out the deadline, so that
+what does not need the CA (the key set, tokens already judged within the status cache)
+goes on being served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+
+from ca.ocsp_client import StatusUnavailable
+
+CONNECT_SECONDS = 2.0
+"""The deadline to connect to a responder."""
+ANSWER_SECONDS = 5.0
+"""The deadline between bytes of its answer."""
+PAUSE_SECONDS = 2.0
+"""How long a responder that failed is not asked again."""
+
+
+class Responders:
+    """``post(url, body) -> bytes`` for OCSP requests (RFC 6960 Appendix A.1, POST)."""
+
+    def __init__(
+        self,
+        http: requests.Session | None = None,
+        *,
+        pause: float = PAUSE_SECONDS,
+        timeout: tuple[float, float] = (CONNECT_SECONDS, ANSWER_SECONDS),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.http = http or requests.Session()
+        self.pause = pause
+        self.timeout = timeout
+        self.clock = clock
+        self._down: dict[str, float] = {}
+        """Responder URL → until when it is taken as down (while one request probes it,
+        until that request's deadline)."""
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str, body: bytes) -> bytes:
+        self._may_ask(url)
+        try:
+            r = self.http.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/ocsp-request"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            self._failed(url)
+            raise StatusUnavailable(
+                f"the OCSP responder at {url} could not be asked ({type(exc).__name__})"
+            ) from None
+        if r.status_code != 200:
+            self._failed(url)
+            raise StatusUnavailable(f"the OCSP responder at {url} answered HTTP {r.status_code}")
+        with self._lock:
+            self._down.pop(url, None)
+        return r.content
+
+    def _may_ask(self, url: str) -> None:
+        now = self.clock()
+        with self._lock:
+            until = self._down.get(url)
+            if until is None:
+                return
+            if now < until:
+                raise StatusUnavailable(
+                    f"the OCSP responder at {url} failed less than {self.pause:g} s ago "
+                    "(or is being asked again by another request): not asked"
+                )
+            # this request probes it; the others fail fast until it has its answer
+            self._down[url] = now + sum(self.timeout) + self.pause
+
+    def _failed(self, url: str) -> None:
+        with self._lock:
+            self._down[url] = self.clock() + self.pause
