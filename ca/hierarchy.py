@@ -499,12 +499,31 @@ def check_complete(data_dir: Path) -> None:
     missing = [name for name in ("root.crl", "log.pub") if not (d / name).exists()]
     if "log.pub" in missing and not (d / "log.key").exists():
         missing.append("log.key")  # a log key file alone gone is a lost key (missing_keys)
+    if missing and public_copy_only(data_dir):
+        raise EPortError(
+            f"{d} holds only copies of a CA's public files (root.crt, root.crl, issuers/*.crt), "
+            "as a token service run apart has them, and no CA: serve it with `eport serve "
+            "--only auth`, or give --data-dir the CA's own directory"
+        )
     if missing:
         raise EPortError(
             f"the CA hierarchy in {d} is incomplete ({', '.join(missing)} missing): one made "
             "before the transparency log (schema 0001) cannot be served; a damaged one is "
             "restored from its backup (eport restore)"
         )
+
+
+def public_copy_only(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds the CA's public files a token service run apart is given
+    (``eport serve --only auth``) and nothing of a CA: no key, no log, no database."""
+    d = ca_dir(data_dir)
+    made_by_a_ca = ("log.pub", "log.key", "custody.json", "root.key")
+    return (
+        (d / "root.crt").is_file()
+        and not any((d / name).exists() for name in made_by_a_ca)
+        and not any((d / "issuers").glob("*.key"))
+        and not (Path(data_dir) / "eport.db").exists()
+    )
 
 
 def load(data_dir: Path, ca_passphrase: bytes | KeySealer | None) -> Hierarchy:

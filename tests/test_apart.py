@@ -194,6 +194,11 @@ def test_the_token_service_alone_says_what_it_lacks(tmp_path: Path) -> None:
 
     ensure_dev_ca(CAConfig.load({"data_dir": ca, "dev": True}, environ={}))
     copy_public_files(ca, data)
+    # the CA started on it (a slip of --data-dir) is told what the directory is
+    for only in ((), ("--only", "ca")):
+        cmd = [*EPORT_CMD, "serve", *only, "--data-dir", str(data), "--port", "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=base_env(), timeout=60)
+        assert res.returncode == 1 and "serve it with `eport serve --only auth`" in res.stderr
     res = _serve_alone(data)
     assert res.returncode == 1 and "set EPORT_AUTH_STATUS_MODE=ocsp" in res.stderr, res.stderr
     res = _serve_alone(data, EPORT_AUTH_STATUS_MODE="ocsp")
