@@ -126,7 +126,7 @@ def redirect(location: str, code: int = 302) -> Response:
 
 def page_language() -> str:
     """The page's language from the request's ``Accept-Language`` (English by default)."""
-    return i18n.page_language(request.accept_languages.best_match(i18n.OFFERED))
+    return i18n.choose(request.accept_languages)
 
 
 def translated(text: str, /, **fields: object) -> str:

@@ -338,7 +338,7 @@ def _page(title: str, detail: str, status: int) -> Response:
 
 def _language() -> str:
     """The page's language from the request's ``Accept-Language`` (English by default)."""
-    return i18n.page_language(request.accept_languages.best_match(i18n.OFFERED))
+    return i18n.choose(request.accept_languages)
 
 
 def _render(template: str, **context: Any) -> str:

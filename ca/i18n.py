@@ -15,13 +15,13 @@ entry. Texts may have ``{name}`` fields, filled by :func:`translate`.
 What stays as it is, in every language: data (names, serials, DNs, USCCs, event types,
 roles, scopes, dates), the ``detail`` of an error the API raised (the same words the CLI
 prints and problem+json carries, which the support desk and the logs search for), and
-every JSON body. No Flask here: each view negotiates with Werkzeug's
-``request.accept_languages.best_match(OFFERED)`` and passes the result to
-:func:`page_language`.
+every JSON body. No Flask here: each view passes Werkzeug's parsed
+``request.accept_languages`` to :func:`choose`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
@@ -31,17 +31,35 @@ CHINESE = "zh-CN"
 LANGUAGES = (ENGLISH, CHINESE)
 """The values of ``<html lang>`` and ``Content-Language``."""
 
-OFFERED = (ENGLISH, CHINESE, "zh-Hans", "zh-Hans-CN", "zh-SG")
-"""What the views offer to ``best_match``: English first (a ``*`` gets English), then the
-tags of Simplified Chinese a browser may send. A bare ``zh`` matches ``zh-CN`` by
-Werkzeug's primary-tag fallback; Traditional Chinese (``zh-TW``, ``zh-HK``) is not offered
-and gets English."""
+TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
+"""Chinese tags of Traditional script, which is not offered: they are passed over."""
 
 
-def page_language(match: str | None) -> str:
-    """The page's language for what ``best_match(OFFERED)`` chose (None: nothing did)."""
-    if match is not None and match.lower().startswith("zh"):
-        return CHINESE
+def _offered(tag: str) -> str | None:
+    """The page language a language tag (RFC 4647 basic range) asks for, or None."""
+    tag = tag.strip().lower()
+    if tag == "*" or tag == "en" or tag.startswith("en-"):
+        return ENGLISH
+    if tag == "zh" or tag.startswith("zh-"):
+        if any(tag == t or tag.startswith(t + "-") for t in TRADITIONAL):
+            return None
+        return CHINESE  # zh, zh-CN, zh-Hans(-CN), zh-SG
+    return None
+
+
+def choose(accepted: Iterable[tuple[str, float]]) -> str:
+    """The page's language for an ``Accept-Language`` (RFC 9110 §12.5.4) parsed as
+    ``(tag, quality)`` pairs: the offered language of the highest quality, the first
+    listed among equals; English when the header asks for none of ours. (Werkzeug's
+    ``best_match`` prefers an exact match of any quality: ``en-US,zh-CN;q=0.9`` got
+    Chinese.)"""
+    ranked = sorted(
+        ((q, i, tag) for i, (tag, q) in enumerate(accepted) if q > 0), key=lambda x: (-x[0], x[1])
+    )
+    for _q, _i, tag in ranked:
+        language = _offered(tag)
+        if language is not None:
+            return language
     return ENGLISH
 
 

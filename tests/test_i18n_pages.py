@@ -149,11 +149,16 @@ def test_every_text_of_the_pages_has_its_chinese() -> None:
         ("fr", "en"),
         ("*", "en"),
         ("", "en"),
+        # the quality decides, not an exact match (probe: en-US first got Chinese)
+        ("en-US,zh-CN;q=0.9", "en"),
+        ("en-GB;q=0.8, zh-CN;q=0.9", "zh-CN"),
+        ("zh-TW, zh-CN;q=0.5, en;q=0.4", "zh-CN"),
+        ("zh-Hant-TW, en;q=0.3", "en"),
+        ("zh-CN;q=0, en;q=0.1", "en"),
     ],
 )
 def test_the_page_language_follows_accept_language(header: str, language: str) -> None:
-    accepted = parse_accept_header(header, LanguageAccept)
-    assert i18n.page_language(accepted.best_match(i18n.OFFERED)) == language
+    assert i18n.choose(parse_accept_header(header, LanguageAccept)) == language
 
 
 def test_translations_are_never_markup() -> None:
