@@ -42,7 +42,7 @@ from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
 from ca.crl import ReasonCode
-from ca.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from ca.errors import BadRequest, Forbidden, NotFound, TokenCheckUnavailable, Unauthenticated
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
 from ca.models import CertificateRow, CertificateStatusRow, EventRow, LogEntryRow, LogNodeRow
@@ -226,7 +226,7 @@ def token_reader(token: str) -> Reader:
     service's JWKS (algorithm pinned, ``iss``/``aud``/``exp`` required). Offline
     validation sees a revoked login only when the token expires (at most 10 minutes);
     read-only access makes that acceptable here."""
-    from authsvc.client import TokenError, TokenVerifier
+    from authsvc.client import TokenError, TokenVerifier, ValidationUnavailable
     from ca.app import EXTENSION
 
     service = current_app.extensions[EXTENSION]
@@ -234,10 +234,17 @@ def token_reader(token: str) -> Reader:
     verifier = current_app.extensions.get("eport.audit.verifier")
     if verifier is None:
         issuer = cfg.token_issuer or cfg.public_base_url.rstrip("/") + "/auth"
-        verifier = TokenVerifier(issuer, cfg.audit_token_audience, jwks_url=issuer + "/jwks.json")
+        jwks_url = cfg.token_jwks_url or issuer + "/jwks.json"
+        verifier = TokenVerifier(issuer, cfg.audit_token_audience, jwks_url=jwks_url)
         current_app.extensions["eport.audit.verifier"] = verifier
     try:
         claims = verifier.verify(token, required_scopes=("audit:read",))
+    except ValidationUnavailable as exc:
+        # the token service down or its keys unreadable: not the token's fault (a 401 made
+        # clients drop good tokens)
+        raise TokenCheckUnavailable(
+            f"an audit API token could not be checked: {exc.description}"
+        ) from None
     except TokenError as exc:
         # the public words: a fault's detail names the token service's internal URL
         # (SDK probe 24); the detail goes to this server's log

@@ -209,6 +209,10 @@ class CAConfig:
     days (checked at start and by the refresher; ``eport ca renew-responders``)."""
     token_issuer: str = url_field("", optional=True)
     """The token service's issuer (default ``<public_base_url>/auth``), for audit:read tokens."""
+    token_jwks_url: str = url_field("", optional=True)
+    """Where the CA fetches the token service's keys (default ``<token_issuer>/jwks.json``):
+    the token service's own address when it runs apart and the issuer's public one is not
+    reached from the CA's host."""
     audit_token_audience: str = url_field("https://audit.eport.example")
     """The audience of access tokens for the audit API (``policies/services.toml``)."""
     trusted_proxies: tuple[str, ...] = field(default=(), metadata={"networks": True})

@@ -253,6 +253,18 @@ class StorageFull(EPortError):
     title = "Insufficient storage"
 
 
+class TokenCheckUnavailable(EPortError):
+    """An access token could not be checked: the token service's keys could not be had (a
+    fault, not a verdict on the token): 503, to be retried."""
+
+    status = 503
+    slug = "token-check-unavailable"
+    title = "The access token could not be checked"
+    public_detail = (
+        "the token service's keys could not be fetched to check the access token; try again shortly"
+    )
+
+
 class DatabaseUnavailable(EPortError):
     """The database cannot be reached or used now (a lost or refused connection, a lock
     not granted in time, a file opened read-only): 503, to be retried. A change asked

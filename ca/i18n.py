@@ -313,6 +313,7 @@ ERROR_TITLES: dict[str, str] = {
     "The database was upgraded by another release": "数据库已被其他版本升级",
     "Insufficient storage": "存储空间不足",
     "Database unavailable": "数据库不可用",
+    "The access token could not be checked": "无法核验访问令牌",
     "Refused to sign two roots for one tree size": "拒绝为同一树大小签署两个根",
     "This host's log key was rotated elsewhere": "本主机的日志密钥已在别处轮换",
     "The stored transparency log is inconsistent": "已存储的透明日志不一致",
