@@ -14,6 +14,13 @@ A backup is one gzip-compressed tar archive (``eport backup``):
 * ``files/dev/…`` only when asked for: the development credentials of an
   ``eport serve --dev`` instance hold passphrases in the clear.
 
+A token service run apart (``eport serve --only auth``) has a data directory of its own
+with no CA in it (:func:`ca.hierarchy.public_copy_only`): its backup (``"instance":
+"token-service"`` in the manifest) holds its own database as ``db/auth.*`` (token-signing
+keys, encrypted; sessions; role grants; OpenID Connect clients), the copies of the CA's
+public files as ``files/ca/…``, and no log. Such an archive is restored only into a token
+service's directory, and a CA's archive never into one.
+
 Consistency while the server runs. SQLite is copied with its online backup API
 (``sqlite3_backup_step(-1)``: one read transaction, so one snapshot, while writers
 go on under WAL). PostgreSQL is dumped by ``pg_dump`` inside a snapshot this module
@@ -55,13 +62,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ca import translog
+from ca import hierarchy, translog
 from ca.datalock import LOCK_NAME, RESTORE_MARKER
 from ca.errors import EPortError
 from ca.merkle import EMPTY_ROOT
 
 __all__ = [
+    "CA",
     "FORMAT",
+    "TOKEN_SERVICE",
     "VERSION",
     "Archive",
     "BackupError",
@@ -69,7 +78,10 @@ __all__ = [
     "LogState",
     "RestoreResult",
     "check_same_ca",
+    "check_token_service_database",
     "create_backup",
+    "holds_ca",
+    "instance_of",
     "iter_certificates",
     "iter_log_entries",
     "open_archive",
@@ -84,6 +96,31 @@ __all__ = [
 FORMAT = "eport-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
+
+CA = "ca"
+"""The manifest's ``instance`` of a CA's data directory (an archive without one is a CA's:
+archives made before token services were backed up)."""
+TOKEN_SERVICE = "token-service"
+"""The manifest's ``instance`` of a token service's own data directory: its database and
+the copies of the CA's public files, no CA (:func:`ca.hierarchy.public_copy_only`)."""
+INSTANCES = (CA, TOKEN_SERVICE)
+
+
+def instance_of(data_dir: Path) -> str:
+    """What the data directory ``data_dir`` is: :data:`TOKEN_SERVICE` when it holds the
+    CA's public files and nothing of a CA (what ``eport serve --only auth`` serves on a
+    host of its own), else :data:`CA`."""
+    return TOKEN_SERVICE if hierarchy.public_copy_only(Path(data_dir)) else CA
+
+
+def holds_ca(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a CA (its files, or its embedded database): a token
+    service's archive is never restored there."""
+    data_dir = Path(data_dir)
+    return (hierarchy.exists(data_dir) and not hierarchy.public_copy_only(data_dir)) or (
+        data_dir / "eport.db"
+    ).exists()
+
 
 EXCLUDED_CA_FILES = {
     "audit-web.secret": "the web view's session key, in the clear; a new one is made on "
@@ -224,6 +261,18 @@ def check_same_ca(conn: Connection, root_pem: bytes) -> None:
             "the archive's database holds the records of another CA (its root is not the "
             "one in files/ca/root.crt): its database and ca/ files come from different "
             "CAs; nothing was restored"
+        )
+
+
+def check_token_service_database(conn: Connection) -> None:
+    """The database in ``conn`` (a token service's archive's, about to be put in place)
+    must be an eport token service's: it has the table of its token-signing keys. Raises
+    :class:`BackupError`."""
+    if not inspect(conn).has_table("auth_signing_keys"):
+        raise BackupError(
+            "the archive's token service database has no token-signing keys table "
+            "(auth_signing_keys): it is not an eport token service's database; nothing was "
+            "restored"
         )
 
 
@@ -475,7 +524,11 @@ def create_backup(
     clock: Callable[[], datetime.datetime] | None = None,
 ) -> BackupResult:
     """Back up the instance in ``data_dir`` whose databases are ``{"ca": url, "auth": url}``
-    into ``out`` (written to a temporary file, mode 0600, then renamed)."""
+    into ``out`` (written to a temporary file, mode 0600, then renamed).
+
+    A token service's own data directory (:func:`instance_of`) is backed up with its own
+    database only (``databases["auth"]``; the CA's, if given, is not read: there is none
+    on that host) and the copies of the CA's public files; its manifest holds no log."""
     import time
 
     started = time.perf_counter()
@@ -484,6 +537,11 @@ def create_backup(
     refuse_unfinished_restore(data_dir)
     if not (data_dir / "ca" / "root.crt").is_file():
         raise BackupError(f"{data_dir} holds no CA (no ca/root.crt)")
+    instance = instance_of(data_dir)
+    if instance == TOKEN_SERVICE:
+        if "auth" not in databases:
+            raise BackupError(f"{data_dir} is a token service's data directory: no database given")
+        databases = {"auth": databases["auth"]}
     out = Path(out).resolve()
     if out.is_relative_to(data_dir.resolve()):
         raise BackupError("write the backup outside the data directory it backs up")
@@ -526,7 +584,7 @@ def create_backup(
                 f"the key files in {data_dir} kept changing during {_ATTEMPTS} copies "
                 "(a ceremony in progress?); try again when it is done"
             )
-        if log is None:
+        if log is None and instance == CA:
             raise BackupError("no CA database to back up")
         members: dict[str, dict[str, Any]] = {}
         for member, path in staged.items():
@@ -541,7 +599,11 @@ def create_backup(
                 "size": len(f.data),
                 "mode": f.mode,
             }
-        excluded = [f"ca/{name}: {why}" for name, why in EXCLUDED_CA_FILES.items()]
+        excluded = (
+            [f"ca/{name}: {why}" for name, why in EXCLUDED_CA_FILES.items()]
+            if instance == CA
+            else []
+        )
         dev = (data_dir / "dev").is_dir()
         if dev and not include_dev:
             excluded.append(
@@ -550,13 +612,14 @@ def create_backup(
         manifest = {
             "format": FORMAT,
             "version": VERSION,
+            "instance": instance,
             "created_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "source": str(data_dir.resolve()),
             "custody": (data_dir / "ca" / "custody.json").is_file(),
             "dev_instance": (data_dir / "dev" / ".complete").is_file(),
             "includes_dev_credentials": include_dev and dev,
             "databases": dbs,
-            "log": log.to_json(),
+            "log": log.to_json() if log is not None else None,
             "members": members,
             "excluded": excluded,
         }
@@ -595,10 +658,23 @@ class Archive:
     path: Path
     manifest: dict[str, Any]
     staging: Path
-    log: LogState
+    log: LogState | None
+    """The CA's log as the backup holds it; None in a token service's archive."""
 
     def staged(self, member: str) -> Path:
         return self.staging / member
+
+    @property
+    def instance(self) -> str:
+        """:data:`CA` or :data:`TOKEN_SERVICE`: what kind of data directory was backed up."""
+        return str(self.manifest.get("instance", CA))
+
+    @property
+    def ca_log(self) -> LogState:
+        """The log of a CA's archive (:class:`BackupError` for a token service's)."""
+        if self.log is None:
+            raise BackupError(f"{self.path} is a token service's backup: it holds no CA log")
+        return self.log
 
     @property
     def database_kinds(self) -> dict[str, str]:
@@ -608,7 +684,7 @@ class Archive:
     def sqlite_ca_database(self) -> Iterator[Connection | None]:
         """A read-only connection to the staged CA database when it is SQLite (read before
         anything is written); None for PostgreSQL (readable only once restored)."""
-        db = self.manifest["databases"]["ca"]
+        db = self.manifest["databases"].get("ca", {})
         if db.get("kind") != "sqlite":
             yield None
             return
@@ -664,6 +740,10 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
     def bad(what: str) -> BackupError:
         return BackupError(f"{path}: malformed manifest: {what}; nothing was restored")
 
+    instance = doc.get("instance", CA)
+    if instance not in INSTANCES:
+        raise bad(f"instance is {str(instance)[:30]!r} (ca or token-service)")
+
     members = doc.get("members")
     databases = doc.get("databases")
     if not isinstance(members, dict) or not isinstance(databases, dict):
@@ -704,8 +784,13 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
             ):
                 raise bad(f"{shown} is not a member a restore puts in place")
     # The databases: the CA's and the token service's, each of a known kind, in its own
-    # member db/<name>.<ext>, or the same database as another entry ("same_as").
-    if "ca" not in databases:
+    # member db/<name>.<ext>, or the same database as another entry ("same_as"). A token
+    # service's own directory has its own database only.
+    if instance == TOKEN_SERVICE:
+        auth = databases.get("auth")
+        if set(databases) != {"auth"} or not isinstance(auth, dict) or "same_as" in auth:
+            raise bad("a token service's backup holds its own database only (databases.auth)")
+    elif "ca" not in databases:
         raise bad("no CA database (databases.ca)")
     used: set[str] = set()
     for name, db in databases.items():
@@ -735,6 +820,10 @@ def _check_manifest(doc: Any, path: Path) -> dict[str, Any]:
     if "files/ca/root.crt" not in members:
         raise bad("no root certificate (files/ca/root.crt)")
     log = doc.get("log")
+    if instance == TOKEN_SERVICE:
+        if log is not None:
+            raise bad("a token service's backup holds no CA log (log is not null)")
+        return doc
     if (
         not isinstance(log, dict)
         or not _is_int(log.get("size"))
@@ -767,7 +856,8 @@ def open_archive(path: Path, staging_parent: Path, tag: str = "") -> Archive:
     staging = Path(tempfile.mkdtemp(prefix=f".eport-restore-{tag}-", dir=staging_parent))
     try:
         manifest = _extract(path, staging)
-        return Archive(path, manifest, staging, LogState.from_json(manifest["log"]))
+        log = manifest["log"]
+        return Archive(path, manifest, staging, None if log is None else LogState.from_json(log))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -855,6 +945,15 @@ def _extract(path: Path, staging: Path) -> dict[str, Any]:
     missing = sorted(set(manifest["members"]) - seen)
     if missing:
         raise BackupError(f"{path} is truncated: {missing[0]} is missing; nothing was restored")
+    if manifest.get("instance") == TOKEN_SERVICE and not hierarchy.public_copy_only(
+        staging / "files"
+    ):
+        # Placed, a CA's key, log key or custody record would make the token service's
+        # directory look like a CA's (eport serve, the next backup and restore go by that)
+        raise BackupError(
+            f"{path} is a token service's backup holding files of a CA (keys, the log's key "
+            "or a custody record), not only the CA's public files; nothing was restored"
+        )
     for name, db in manifest["databases"].items():
         if "member" in db:
             with open(staging / db["member"], "rb") as fh:
@@ -985,10 +1084,10 @@ def non_empty_targets(archive: Archive, data_dir: Path, databases: Mapping[str, 
     return found
 
 
-def _unreadable(exc: SQLAlchemyError) -> BackupError:
+def _unreadable(exc: SQLAlchemyError, what: str = "CA") -> BackupError:
     cause = str(getattr(exc, "orig", exc)).splitlines()[0][:120]
     return BackupError(
-        f"the archive's CA database cannot be read as an eport CA database ({cause}); "
+        f"the archive's {what} database cannot be read as an eport {what} database ({cause}); "
         "nothing was restored"
     )
 
@@ -1003,12 +1102,19 @@ def restore(
 ) -> RestoreResult:
     """Restore ``archive`` into ``data_dir`` and the databases at ``databases``.
 
-    ``check`` is given a connection to the CA database about to be put in place and
-    raises to stop the restore: for SQLite it runs on the staged copy before anything
-    is written; for PostgreSQL on the restored database, before any file is placed.
+    ``check`` is given a connection to the CA database about to be put in place (a token
+    service's archive: its own database) and raises to stop the restore: for SQLite it
+    runs on the staged copy before anything is written; for PostgreSQL on the restored
+    database, before any file is placed.
     """
     data_dir = Path(data_dir)
     kinds = archive.database_kinds
+    # What is checked, and what --force replaces, by the kind of directory backed up
+    checked, what, replaces = (
+        ("ca", "CA", "the CA files and databases")
+        if archive.instance == CA
+        else ("auth", "token service", "the token service's database and the CA's public files")
+    )
     for name, kind in kinds.items():
         if name not in databases:
             raise BackupError(f"the archive holds a {name} database, and no target was given")
@@ -1026,22 +1132,22 @@ def restore(
     if occupied and not force and (data_dir / RESTORE_MARKER).exists():
         raise BackupError(
             f"an earlier restore into {data_dir} was interrupted halfway: run it again with "
-            "--force (it replaces the CA files and databases there)"
+            f"--force (it replaces {replaces} there)"
         )
     if occupied and not force:
         raise BackupError(
-            f"refusing to restore over {occupied[0]}: it is not empty (--force replaces the "
-            "CA files and databases there)"
+            f"refusing to restore over {occupied[0]}: it is not empty (--force replaces "
+            f"{replaces} there)"
         )
     # The CA database first: the others may be the same database ("same_as").
     dbs = dict(sorted(archive.manifest["databases"].items(), key=lambda item: item[0] != "ca"))
-    ca_db = dbs["ca"]
-    if ca_db["kind"] == "sqlite":
+    checked_db = dbs[checked]
+    if checked_db["kind"] == "sqlite":
         try:
-            with _read_sqlite(archive.staged(ca_db["member"])) as conn:
+            with _read_sqlite(archive.staged(checked_db["member"])) as conn:
                 check(conn)
         except SQLAlchemyError as exc:
-            raise _unreadable(exc) from None
+            raise _unreadable(exc, what) from None
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     kept: list[Path] = []
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -1089,20 +1195,24 @@ def restore(
                 [*args, f"--dbname={uri}", str(staged)], env, f"pg_restore of the {name} database"
             )
             placed[name] = _safe_url(url)
-            if name == "ca":
+            if name == checked:
                 engine = create_engine(url)
                 try:
                     try:
                         with engine.connect() as conn:
                             check(conn)
                     except SQLAlchemyError as exc:
-                        raise _unreadable(exc) from None
+                        raise _unreadable(exc, what) from None
                 except BackupError as exc:
+                    triggers = (
+                        " (its records' triggers refuse DELETE and TRUNCATE)"
+                        if name == "ca"
+                        else ""
+                    )
                     raise BackupError(
                         f"{exc.detail} (the database {_safe_url(url)} was restored and fails "
                         "this check; no file was placed: restore into it again with --force, "
-                        "or drop its tables first (its records' triggers refuse DELETE and "
-                        "TRUNCATE))"
+                        f"or drop its tables first{triggers})"
                     ) from None
                 finally:
                     engine.dispose()

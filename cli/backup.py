@@ -7,6 +7,11 @@ C2SP signed checkpoints) and :mod:`cli.audit`'s entry reader, not the server's t
 code: the restored entries must rebuild the root of the backup's own checkpoint, and
 of the checkpoint last published to auditors (``--checkpoint``) when the backup holds
 that many entries.
+
+A token service run apart has a data directory of its own (its database, copies of the
+CA's public files, no CA): ``eport backup`` of it makes a token service's archive, which
+``eport restore`` puts back only into a token service's directory, with the same safety
+rules and no log to prove.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from cli.options import json_option, json_text, print_result
 if TYPE_CHECKING:  # SQLAlchemy is imported only by the commands that use it
     from sqlalchemy import Connection
 
-    from ca.backup import Archive
+    from ca.backup import Archive, BackupResult
 
 data_dir_option = options.data_dir_option(
     "The instance's data directory (env EPORT_DATA_DIR); its databases come from the "
@@ -48,10 +53,14 @@ data_dir_option = options.data_dir_option(
 
 def _databases(data_dir: Path, *, for_backup: bool) -> dict[str, str]:
     from authsvc.config import AuthConfig
+    from ca.backup import TOKEN_SERVICE, instance_of
     from ca.config import CAConfig
 
     ca_url = CAConfig.load({"data_dir": data_dir}).sqlalchemy_url
     auth_url = AuthConfig.load({"data_dir": data_dir}).sqlalchemy_url
+    if for_backup and instance_of(data_dir) == TOKEN_SERVICE:
+        # A token service's own directory: no CA database there, its own one always
+        return {"auth": auth_url}
     out = {"ca": ca_url}
     # A CA served without the token service has no auth.db: nothing to back up there.
     if not for_backup or not auth_url.startswith("sqlite") or (data_dir / "auth.db").exists():
@@ -91,12 +100,15 @@ def backup_command(
     SQLite is copied with its online backup API, PostgreSQL with pg_dump in one
     snapshot; keys stay sealed (their bytes are copied, nothing is unwrapped). The
     manifest records the SHA-256 of every member and the log's size, root and latest
-    signed checkpoint. Restore with `eport restore --from FILE`.
+    signed checkpoint. Restore with `eport restore --from FILE`. On a token service's
+    own data directory (`eport serve --only auth`, no CA there): its database (its
+    encrypted token-signing keys, sessions, role grants, OpenID Connect clients) and
+    its copies of the CA's public files.
 
     \b
       eport backup --data-dir /srv/eport --out /backups/eport-2026-11-28.tar.gz
     """
-    from ca.backup import create_backup, refuse_unfinished_restore
+    from ca.backup import TOKEN_SERVICE, create_backup, refuse_unfinished_restore
 
     refuse_unfinished_restore(data_dir)  # before --out is looked at or made
     where = out.parent
@@ -137,6 +149,12 @@ def backup_command(
         "manifest": {k: v for k, v in m.items() if k != "members"},
         "members": len(m["members"]),
     }
+    if m["instance"] == TOKEN_SERVICE:
+        data["instance"] = TOKEN_SERVICE
+        lines = _token_service_backup_lines(data_dir, result.path, result, m, digest)
+        print_result(json_text(data) if as_json else "\n".join(lines))
+        return
+    data["instance"] = "ca"
     checkpoint = log["checkpoint"]
     cp_size = checkpoint.split("\n")[1] if checkpoint else None
     lines = [
@@ -163,6 +181,26 @@ def backup_command(
             err=True,
         )
     print_result(json_text(data) if as_json else "\n".join(lines))
+
+
+def _token_service_backup_lines(
+    data_dir: Path, path: Path, result: BackupResult, m: dict[str, Any], digest: str
+) -> list[str]:
+    """What ``eport backup`` says of a token service's own data directory."""
+    (kind,) = (db["kind"] for db in m["databases"].values())
+    files = [name for name in m["members"] if name.startswith("files/ca/")]
+    return [
+        f"Backed up the token service's data directory {data_dir} (a token service's "
+        f"backup: no CA there) to {path} ({result.bytes / 1e6:.2f} MB, "
+        f"{result.seconds:.2f} s)",
+        f"  auth database ({kind}): token-signing keys (encrypted with "
+        "EPORT_AUTH_KEY_PASSPHRASE: keep it apart), sessions, role grants, OpenID Connect "
+        "clients",
+        f"  {len(files)} public files of the CA copied to ca/ (no key: the CA is backed up "
+        "on its own host)",
+        *[f"  left out: {why}" for why in m["excluded"]],
+        f"SHA-256 of the archive: {digest}",
+    ]
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -301,10 +339,11 @@ def _root_of_archive(archive: Archive) -> x509.Certificate:
 
 
 def check_same_instance(
-    archive: Archive, data_dir: Path, ca_url: str, archive_root: x509.Certificate
+    archive: Archive, data_dir: Path, ca_url: str | None, archive_root: x509.Certificate
 ) -> None:
     """Restoring over an existing instance (--force): the archive's root must be the
-    instance's (its ``ca/root.crt``, and the roots its CA database records)."""
+    instance's (its ``ca/root.crt``, and the roots its CA database records; a token
+    service's directory, ``ca_url`` None, has no CA database)."""
     from ca.backup import BackupError, target_roots
 
     der = archive_root.public_bytes(serialization.Encoding.DER)
@@ -320,7 +359,7 @@ def check_same_instance(
             f"{format(theirs.serial_number, 'x')[:16]}…, {here}); nothing was restored, "
             "whatever --accept-loss says (restore it into an empty directory)"
         )
-    roots = target_roots(ca_url)
+    roots = target_roots(ca_url) if ca_url is not None else {}
     if roots and serial not in roots:
         raise BackupError(
             f"this archive is of another CA: its root certificate (serial {serial[:16]}…) is "
@@ -406,7 +445,7 @@ def make_log_check(
         read_log_state,
     )
 
-    expected = archive.log
+    expected = archive.ca_log
 
     def check(conn: Connection) -> None:
         # What `eport serve` would refuse afterwards: records and files of two CAs.
@@ -512,13 +551,16 @@ def restore_command(
     The restored log entries must rebuild the root of the backup's checkpoint and, with
     --checkpoint, of the checkpoint last published to auditors; a published checkpoint
     larger than the backup means entries were lost: refused unless --accept-loss. Stop
-    the server first; it starts sealed after a restore.
+    the server first; it starts sealed after a restore. A token service's backup (made
+    on its own data directory) goes back only into a token service's directory, a CA's
+    never into one.
 
     \b
       eport restore --from /backups/eport-2026-11-28.tar.gz --data-dir /srv/eport \\
           --checkpoint https://eport.example/ca/v1/audit/checkpoint
     """
     from ca.backup import (
+        TOKEN_SERVICE,
         BackupError,
         open_archive,
         read_handovers,
@@ -527,6 +569,7 @@ def restore_command(
         target_log_size,
     )
     from ca.datalock import held_for_restore
+    from ca.hierarchy import public_copy_only
 
     # Said in one line before anything is read: a directory that cannot be made here
     # (under a file, on /proc) was an OSError from deep inside the restore
@@ -547,7 +590,31 @@ def restore_command(
         if remove_stale_staging(staging_parent, tag):
             click.echo("Removed the staging left by an interrupted restore.", err=True)
         with open_archive(source, staging_parent, tag) as archive:
-            log = archive.log
+            if archive.instance == TOKEN_SERVICE:
+                given = [
+                    option
+                    for option, value in (
+                        ("--checkpoint", checkpoint),
+                        ("--log-key", log_key),
+                        ("--accept-loss", accept_loss),
+                    )
+                    if value
+                ]
+                if given:
+                    raise CLIError(
+                        f"{' and '.join(given)} prove a CA's log: {source} is a token service's "
+                        "backup, which holds none; restore it without them"
+                    )
+                text = _restore_token_service(archive, source, data_dir, databases, force, as_json)
+                print_result(text)
+                return
+            if public_copy_only(data_dir):
+                raise BackupError(
+                    f"{data_dir} is a token service's data directory (the CA's public files "
+                    f"only, no CA key or database) and {source} is a CA's backup: restore it "
+                    "into the CA's data directory; nothing was restored"
+                )
+            log = archive.ca_log
             if "auth" not in archive.manifest["databases"]:
                 databases.pop("auth", None)
             shared = archive.manifest["databases"].get("auth", {}).get("same_as") == "ca"
@@ -716,6 +783,75 @@ def restore_command(
         data["next"] = steps
         lines += ["Next:", *(f"  {step}" for step in steps)]
         print_result(json_text(data) if as_json else "\n".join(lines))
+
+
+def _restore_token_service(
+    archive: Archive,
+    source: Path,
+    data_dir: Path,
+    databases: dict[str, str],
+    force: bool,
+    as_json: bool,
+) -> str:
+    """Restore a token service's backup into ``data_dir`` (held for the restore) and its
+    own database; what to print. Never into a CA's directory or database."""
+    from ca.backup import BackupError, check_token_service_database, holds_ca, restore
+
+    started = time.perf_counter()
+    if holds_ca(data_dir):
+        raise BackupError(
+            f"{source} is a token service's backup and {data_dir} holds a CA: restore it into "
+            "the token service's own data directory (the one `eport serve --only auth` "
+            "serves), never a CA's; nothing was restored"
+        )
+    if databases["auth"] == databases["ca"]:
+        raise BackupError(
+            f"{source} is a token service's backup and EPORT_AUTH_DATABASE_URL names the CA's "
+            "database (EPORT_DATABASE_URL): restore it into the token service's own database; "
+            "nothing was restored"
+        )
+    if force:  # never over the token service of another CA
+        check_same_instance(archive, data_dir, None, _root_of_archive(archive))
+    result = restore(
+        archive,
+        data_dir,
+        {"auth": databases["auth"]},
+        force=force,
+        check=check_token_service_database,
+    )
+    elapsed = time.perf_counter() - started
+    manifest = archive.manifest
+    steps = []
+    lines = [
+        f"Restored the token service's backup {source} (made {manifest['created_at']}) into "
+        f"{result.data_dir} ({elapsed:.2f} s)",
+        *[f"  {name} database: {where}" for name, where in result.databases.items()],
+        f"  {result.files} files (the CA's public files in ca/); the token-signing keys are "
+        "still encrypted",
+    ]
+    if result.set_aside:
+        lines.append("  what --force replaced is kept, not deleted:")
+        lines += [f"    {p}" for p in result.set_aside]
+        steps.append("check what --force replaced (above), then delete it here")
+    steps += [
+        f"`eport serve --only auth --data-dir {result.data_dir}` with the settings it ran "
+        "with: EPORT_AUTH_KEY_PASSPHRASE (the keys are encrypted with it), "
+        "EPORT_PUBLIC_BASE_URL (the tokens' issuer), EPORT_AUTH_STATUS_MODE=ocsp",
+        "if a ceremony ran on the CA since this backup, copy its public files from the CA "
+        'host again (docs/token-service.md, "Running apart"; ca/generation last)',
+    ]
+    lines += ["Next:", *(f"  {step}" for step in steps)]
+    data: dict[str, Any] = {
+        "ok": True,
+        "instance": "token-service",
+        "data_dir": str(result.data_dir),
+        "files": result.files,
+        "databases": result.databases,
+        "set_aside": [str(p) for p in result.set_aside],
+        "seconds": round(elapsed, 3),
+        "next": steps,
+    }
+    return json_text(data) if as_json else "\n".join(lines)
 
 
 def _losing(message: str, auditors: str, accept_loss: bool) -> None:
