@@ -39,8 +39,8 @@ from ca.errors import (
 )
 from ca.hierarchy import generation_base
 from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, spki_sha256
+from ca.names import code_point, hidden_character, marked, member_agency_of, spelled_apart
 from ca.names import dn_string as dn_string  # re-exported for older callers
-from ca.names import member_agency_of
 from ca.policy import Policies, Profile, SubjectClass
 from ca.records import (
     KEY_CERTIFIED,
@@ -828,17 +828,29 @@ class JointCA:
         the other's records (authorization probe, F3). Refuse (Conflict naming the
         certificate) while a certificate of the same subject is in force: the same person
         renews it, or it is revoked first; another person applies under a name that tells
-        them apart."""
+        them apart.
+
+        "The same" as RFC 5280 §7.1 compares names (RFC 4518 string preparation,
+        :func:`ca.names.dn_key`): case, full width, compatibility forms (王⼯ with KANGXI
+        RADICAL WORK is 王工) and blanks set aside. Two such names read the same to a
+        person, so they are one user whatever a service compares; the refusal shows the
+        holder's name as certified, its look-alike characters by code point."""
         for profile in self.policies.profiles_of(SubjectClass(app.subject_class)):
             subject = dn_string(profile.build_subject(app.vetted))
             held = tx.named_in_force(subject, [profile.name], now)
             if held is not None:
+                apart = "".join(
+                    f"; {mine!r} is the same name as {marked(theirs, mine)!r}, as certified"
+                    for mine, theirs in spelled_apart(subject, held.subject)[:1]
+                )
                 raise Conflict(
                     f"{held.subject} already holds certificate {held.serial_hex} ({profile.name}"
-                    f", in force until {held.not_after:%Y-%m-%dT%H:%M:%SZ}): every e-port "
-                    "service would take a second one of that name for the same person. The "
-                    "same person renews it (eport renew), or it is revoked first; another "
-                    "person applies under a name that tells them apart",
+                    f", in force until {held.not_after:%Y-%m-%dT%H:%M:%SZ}){apart}: every "
+                    "e-port service would take a second one of that name for the same person "
+                    "(names are compared as RFC 5280 §7.1 says: case, width, compatibility "
+                    "forms and blanks set aside). The same person renews it (eport renew), or "
+                    "it is revoked first; another person applies under a name that tells them "
+                    "apart",
                     certificate=held.serial_hex,
                 )
 
@@ -1389,13 +1401,6 @@ def _with_article(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
-_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-"""Unicode categories refused in names: controls (C0 and C1), format characters (bidi
-overrides, zero-width ones, BOM), surrogates, private-use and unassigned code points,
-line and paragraph separators. A certificate shows its names as they are, and an RA
-officer reads them in a terminal: none of these may make a name look like another."""
-
-
 _CONTROLS = frozenset({"Cc", "Cf", "Cs"})
 """Unicode categories refused in a rejection's reason (free text, unlike a name): C0 and
 C1 controls (a terminal's escape sequences, BEL), format characters (bidi overrides) and
@@ -1433,19 +1438,31 @@ def operator_id_of(value: str) -> str:
 
 def _clean(value: str, what: str, limit: int = MAX_NAME) -> str:
     """Collapse blanks (NFC); refuse empty, invisible or control characters, a name with
-    no letter or digit, or over ``limit`` characters (Unicode code points)."""
+    no letter or digit, or over ``limit`` characters (Unicode code points).
+
+    Invisible: :func:`ca.names.hidden_character` (controls, format characters, private-use
+    and unassigned code points, line and paragraph separators, Unicode's default-ignorable
+    code points such as variation selectors and U+034F, and the blank-looking Hangul
+    fillers and U+2800). A certificate shows its names as they are, and an RA officer
+    reads them in a terminal: none of these may make a name look like another, or blank.
+    The name is kept as typed otherwise (no NFKC: full-width （） are the official form of
+    a Chinese company name); :func:`ca.names.name_key` compares names."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
     # Looked for before blanks are collapsed: str.split() takes C0 separators (U+001C to
     # U+001F), tabs, NEL and the line and paragraph separators for blanks, so those came
     # through as spaces (fuzzing probe 24). Space characters (Zs, U+3000 too) collapse.
-    unseen = next((c for c in value if unicodedata.category(c) in _UNSEEN), None)
+    unseen = hidden_character(value)
     if unseen is None:
         value = unicodedata.normalize("NFC", " ".join(value.split()))
-        unseen = next((c for c in value if unicodedata.category(c) in _UNSEEN), None)
+        unseen = hidden_character(value)
     if unseen is not None:
+        if all(c.isspace() or hidden_character(c) for c in value):
+            raise BadRequest(
+                f"{what} is empty: it has only blank or invisible characters ({code_point(unseen)})"
+            )
         raise BadRequest(
-            f"{what} contains an invisible or control character (U+{ord(unseen):04X}); "
+            f"{what} contains an invisible or control character ({code_point(unseen)}); "
             "names are shown as they are, in certificates and to RA officers"
         )
     if not any(unicodedata.category(c)[0] in "LN" for c in value):

@@ -352,8 +352,9 @@ class Transaction(Protocol):
         self, subject: str, profiles: Sequence[str], now: datetime.datetime
     ) -> CertificateRecord | None:
         """A certificate of ``profiles`` with no USCC (a member agency's staff) whose
-        subject is ``subject`` (:func:`ca.names.dn_string`), not expired and not revoked
-        (one on hold counts), or None."""
+        subject is ``subject`` (:func:`ca.names.dn_string`) as a relying party compares
+        names (:func:`ca.names.dn_key`: case, width, compatibility forms and blanks set
+        aside), not expired and not revoked (one on hold counts), or None."""
         ...
 
     def credential_in_force(

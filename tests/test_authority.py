@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -934,3 +935,62 @@ def test_a_stale_application_is_no_longer_approved(env: tuple) -> None:  # type:
     assert ca.reject(officer_caller, stale.id, "waited too long").state.value == "rejected"
     again = ca.apply("enterprise", {"uscc": stale.uscc, "legal_name": "Stale Co."})
     assert ca.approve(officer_caller, again.id).code
+
+
+def test_the_one_name_rule_compares_names_as_relying_parties_do(  # type: ignore[no-untyped-def]
+    env: tuple,  # type: ignore[type-arg]
+    monkeypatch,
+) -> None:
+    """RFC 5280 §7.1 (RFC 4518): 王⼯ (KANGXI RADICAL WORK) is 王工; a name certified
+    before invisible characters were refused ("Wang<U+FE0F>Gong") is "WangGong". Refused
+    at an officer's approval and at a ceremony's, naming the holder's name as certified;
+    nothing is written."""
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    staff = ca.apply("agency", {"agency_id": "customs", "person_name": "王⼯"})
+    ca.enroll(ca.approve(officer_caller, staff.id).code, "agency", csr(KeyType.P256.generate()))
+    vetted = ca._vet_input
+    legacy = {"agency_id": "customs", "agency_name": ca.policies.members.get("customs").name}
+    monkeypatch.setattr(
+        ca, "_vet_input", lambda _c, _d: ({**legacy, "person_name": "Wang\ufe0fGong"}, None)
+    )
+    old = ca.apply("agency", {})
+    monkeypatch.setattr(ca, "_vet_input", vetted)
+    ca.enroll(ca.approve_at_ceremony(old.id, "test").code, "agency", csr(KeyType.P256.generate()))
+    same = ca.apply("agency", {"agency_id": "customs", "person_name": "王工"})
+    later = ca.apply("agency", {"agency_id": "customs", "person_name": "WangGong"})
+    before = counts(sessions)
+    with pytest.raises(Conflict, match="'王工' is the same name as '王<U\\+2F2F KANGXI RADICAL"):
+        ca.approve(officer_caller, same.id)
+    with pytest.raises(Conflict, match="'WangGong' is the same name as 'Wang<U\\+FE0F VARIATION"):
+        ca.approve_at_ceremony(later.id, "test")
+    assert counts(sessions) == before
+    assert ca.application(same.id).state.value == "pending"
+
+
+@pytest.mark.parametrize("field", ["legal_name", "person_name", "operator_name", "operator_id"])
+def test_invisible_characters_are_refused_in_every_name_field(  # type: ignore[no-untyped-def]
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+    field: str,
+) -> None:
+    ca, sessions, officer = env
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ent, _ = enrolled_enterprise(ca, officer_caller, tmp_path, "Field Probe Co.")
+    before = counts(sessions)
+    for ch, said in (
+        ("\u3164", "U+3164 HANGUL FILLER"),
+        ("\U000e0100", "U+E0100 VARIATION SELECTOR-17"),
+    ):
+        with pytest.raises(
+            BadRequest, match=r"invisible or control character \(" + re.escape(said)
+        ):
+            if field == "legal_name":
+                ca.apply("enterprise", {"uscc": fresh_uscc(), "legal_name": f"A{ch}B Co."})
+            elif field == "person_name":
+                ca.apply("auditor", {"agency_id": "customs", "person_name": f"A{ch}B"})
+            elif field == "operator_name":
+                ca.authorize_operator(ent, f"Li{ch}Wei", "E1")
+            else:
+                ca.authorize_operator(ent, "Li Wei", f"E{ch}1")
+    assert counts(sessions) == before
