@@ -49,7 +49,7 @@ from ca.models import CertificateRow, CertificateStatusRow, EventRow, LogEntryRo
 from ca.policy import SubjectClass
 from ca.records import EventType
 from ca.signedreq import SCHEME
-from ca.store import utc_from_db
+from ca.store import folded, search_fold, utc_from_db
 from ca.uscc import USCC
 from ca.wellformed import int_arg, iso_time
 
@@ -356,8 +356,11 @@ class EventFilter:
         if self.uscc is not None:
             query = query.where(EventRow.uscc == self.uscc)
         if self.subject is not None:
+            # NFKC and lower case on both sides: 'Ｗｅｉ', 'wei' and 'WEI' find
+            # 'Ｌｉ Ｗｅｉ'; '李　伟' (an ideographic space, as typed) finds '李 伟'
+            # (Chinese data probe)
             query = query.where(
-                func.lower(EventRow.subject).contains(self.subject.lower(), autoescape=True)
+                folded(EventRow.subject).contains(search_fold(self.subject), autoescape=True)
             )
         if self.profile is not None:
             query = query.where(EventRow.profile == self.profile)

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Text,
     bindparam,
     delete,
     event,
@@ -28,7 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.sql.functions import FunctionElement
 
 from ca.errors import Conflict, InvalidCode, SchemaMoved, opened_read_only
 from ca.models import (
@@ -67,6 +71,39 @@ READ_ONLY = "eport_read_only"
 """Execution option of connections that only read (SQLite: a deferred transaction)."""
 
 
+FOLD_FUNCTION = "eport_fold"
+
+
+def search_fold(text: str) -> str:
+    """A text as searches compare it: NFKC (full-width letters and digits, the ideographic
+    space, compatibility forms become their plain ones), then lower case."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _fold_or_none(text: str | None) -> str | None:
+    return None if text is None else search_fold(text)
+
+
+class folded(FunctionElement[str]):
+    """``column`` as :func:`search_fold` folds it, in SQL: SQLite calls the Python function
+    each connection registers (:func:`configure_engine`); PostgreSQL has ``normalize`` and
+    a ``lower`` of its database's character type."""
+
+    type = Text()
+    name = FOLD_FUNCTION
+    inherit_cache = True
+
+
+@compiles(folded)
+def _folded_sqlite(element: folded, compiler: Any, **kw: Any) -> str:
+    return f"{FOLD_FUNCTION}({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(folded, "postgresql")
+def _folded_postgresql(element: folded, compiler: Any, **kw: Any) -> str:
+    return f"lower(normalize({compiler.process(element.clauses, **kw)}, NFKC))"
+
+
 def configure_engine(engine: Engine) -> None:
     """SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so that concurrent writers
     from several processes queue for the lock instead of failing an upgrade."""
@@ -83,6 +120,8 @@ def configure_engine(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        # folded() below, for SQLite, which has no Unicode normalization or case folding
+        dbapi_conn.create_function(FOLD_FUNCTION, 1, _fold_or_none, deterministic=True)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(ctx: Any) -> None:

@@ -1059,3 +1059,28 @@ def test_a_first_verification_pins_the_log_key_the_root_signed(
         signature.write_bytes(kept)
     health = requests.get(server.url + "/ca/v1/health", timeout=10).json()
     assert not any("log.pub.sig" in w for w in health.get("warnings", []))
+
+
+def test_a_subject_search_folds_width_case_and_the_ideographic_space(server: Server) -> None:
+    """--subject (and the web view's q) compare NFKC and lower case on both sides, on
+    SQLite and PostgreSQL alike: before, SQLite's ASCII-only lower() made 'Ｗｅｉ' miss
+    'Ｌｉ Ｗｅｉ', and '李　伟' as typed missed the stored '李 伟' (Chinese data probe)."""
+    who = server.auditor()
+    stamp = fresh_uscc()[-6:]
+    names = {f"Ｌｉ Ｗｅｉ Trading {stamp}": fresh_uscc(), f"李 伟{stamp}报关行": fresh_uscc()}
+    for name, uscc in names.items():
+        server.eport("apply", "--uscc", uscc, "--name", name)
+
+    def found(text: str) -> set[str]:
+        out = server.eport("audit", "log", *who, "--subject", text, "--format", "json").stdout
+        return {e["uscc"] for e in json.loads(out)}
+
+    latin, chinese = names.values()
+    for text in (
+        f"ｗｅｉ trading {stamp}",
+        f"WEI TRADING {stamp}",
+        f"Ｗｅｉ Ｔｒａｄｉｎｇ {stamp}",
+    ):
+        assert found(text) == {latin}, text
+    assert found(f"李　伟{stamp}") == {chinese}
+    assert found(f"李伟{stamp}") == set()  # a blank is still a character to a search
