@@ -87,7 +87,9 @@ class StatusTables(Protocol):
 
     def ensure_crl_state(self, issuer_id: str) -> None: ...
 
-    def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]: ...
+    def revoked_entries(
+        self, issuer_id: str, expired_before: datetime.datetime | None = None
+    ) -> Iterator[StatusRecord]: ...
 
 
 class StatusStore(Protocol):
@@ -469,7 +471,18 @@ class StatusService:
                 der = build_crl(
                     issuer.certificate,
                     issuer.signer,
-                    (_entry(st) for st in tx.revoked_entries(issuer_id)),
+                    # An entry stays until a CRL issued after its certificate expired
+                    # carried it (RFC 5280 §3.3): CRLs are re-signed at least every
+                    # three quarters of crl_validity (the refresher, every 30 s by
+                    # default), so those issued from notAfter + twice crl_validity on
+                    # leave it out, and a CRL stops growing with every revocation ever
+                    # made (probe of costly requests, F2). OCSP still answers for it.
+                    (
+                        _entry(st)
+                        for st in tx.revoked_entries(
+                            issuer_id, expired_before=now - 2 * self.policy.crl_validity
+                        )
+                    ),
                     number,
                     now,
                     now + self.policy.crl_validity,

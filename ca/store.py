@@ -1229,14 +1229,20 @@ class SqlTransaction:
         first = {"issuer_id": issuer_id, "crl_number": 0, "stale": True}
         self.s.execute(upsert(self.s, CRLStateRow, first, ["issuer_id"]).do_nothing())
 
-    def revoked_entries(self, issuer_id: str) -> Iterator[StatusRecord]:
-        """Every revoked or held certificate of ``issuer_id``, streamed in serial order."""
-        q = (
-            select(*_STATUS_COLUMNS)
-            .where(_S.issuer_id == issuer_id)
-            .order_by(_S.serial)
-            .execution_options(yield_per=5000)
-        )
+    def revoked_entries(
+        self, issuer_id: str, expired_before: datetime.datetime | None = None
+    ) -> Iterator[StatusRecord]:
+        """Every revoked or held certificate of ``issuer_id``, streamed in serial order;
+        with ``expired_before``, not those whose notAfter is earlier (a CRL leaves them out
+        once they were on one issued after they expired: RFC 5280 §3.3)."""
+        q = select(*_STATUS_COLUMNS).where(_S.issuer_id == issuer_id)
+        if expired_before is not None:
+            q = q.where(
+                ~select(_CERT.serial)
+                .where(_CERT.serial == _S.serial, _CERT.not_after < expired_before)
+                .exists()
+            )
+        q = q.order_by(_S.serial).execution_options(yield_per=5000)
         for row in self._conn().execute(q):
             yield _status_of(row)
 
