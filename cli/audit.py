@@ -1175,7 +1175,8 @@ def audit() -> None:
     "--bom",
     is_flag=True,
     help="Start the CSV with a UTF-8 byte order mark: Excel needs it to read Chinese names "
-    "(without one it takes the file for the system's code page, GBK in China).",
+    "(without one it takes the file for the system's code page, GBK in China). The CSV is "
+    "UTF-8 with it even on a terminal of another encoding.",
 )
 @click.option(
     "--limit",
@@ -1247,6 +1248,8 @@ def audit_log(
     if out is None:
         if sys.stdout is None:  # closed (>&-): the export would go nowhere
             print_result("")
+        if fmt == "csv":
+            _csv_in_utf8(sys.stdout, bom)
         try:
             _write_events(client, base, fmt, limit, page_size, sys.stdout, False, bom)
             sys.stdout.flush()
@@ -1277,6 +1280,17 @@ def audit_log(
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _csv_in_utf8(stdout: Any, bom: bool) -> None:
+    """Have standard output write a CSV export in UTF-8 (its rows ending CRLF, RFC 4180)
+    whatever the locale's encoding, when it goes to a file or a program (``> x.csv``,
+    ``| python …``) or ``bom`` asks for the byte order mark that tells Excel it is UTF-8:
+    under a GBK or Latin-1 locale it wrote the mark as the text ``\\ufeff`` and names in
+    GBK or as ``\\u`` escapes. On a terminal without ``bom``, the export is text shown
+    in the terminal's encoding (``print_any_text``)."""
+    if (bom or not stdout.isatty()) and hasattr(stdout, "reconfigure"):
+        stdout.reconfigure(encoding="utf-8", newline="")
 
 
 def _move_into_place(part: Path, out: Path, force: bool) -> None:

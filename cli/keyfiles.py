@@ -9,10 +9,12 @@ an RFC 7512 URI, or a file holding one (``key.uri`` from ``eport enroll --pkcs11
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +30,7 @@ from ca import pkcs8
 from ca.keys import KeyType
 from ca.signer import write_private
 from cli.client import CLIError, Identity
-from cli.options import no_line_reason, secret_prompt, stdin_is_terminal
+from cli.options import GivenSecret, no_line_reason, read_secret, stdin_is_terminal
 
 
 def passphrase(
@@ -45,37 +47,48 @@ def passphrase_and_source(
     """:func:`passphrase`, and where it came from, for an error to name (never the
     passphrase itself): "--passphrase-file FILE" (or the variable that named the file),
     ``env``, "standard input", or "" when it was typed at the terminal."""
+    given, source = given_passphrase(file, new=new, what=what, env=env)
+    return given.encoded, source
+
+
+def given_passphrase(
+    file: Path | None, *, new: bool, what: str = "key", env: str | None = "EPORT_PASSPHRASE"
+) -> tuple[GivenSecret, str]:
+    """:func:`passphrase_and_source`, as given: the same text is the same passphrase from
+    every source in any locale (a Chinese one typed in a GBK terminal, and the file Notepad
+    saved it in, as GBK or as UTF-8 with a byte order mark, :func:`~cli.options.secret_text`);
+    and the bytes earlier releases took for it, which a key they made opens with."""
     if file is not None:
         source = f"{_named_by(file)} {file}"
         try:
-            # bytes as they are: a passphrase need not be UTF-8 (nor its file)
-            value = file.read_bytes().decode("utf-8", "surrogateescape").rstrip("\r\n")
+            raw = file.read_bytes()
         except OSError as exc:
             raise CLIError(f"cannot read passphrase file {file}: {exc.strerror}") from None
-        if not value:
+        given = GivenSecret.from_bytes(raw.rstrip(b"\r\n"))
+        if not given.text:
             raise CLIError(f"the passphrase file {file} is empty")
     elif env is not None and os.environ.get(env):
-        value, source = os.environ[env], env
+        # Python decoded the variable's bytes with the file system's (the locale's) encoding
+        given = GivenSecret.from_text(os.environ[env], sys.getfilesystemencoding())
+        source = env
     else:
         source = "" if stdin_is_terminal() else "standard input"
         while True:
             try:
-                value = secret_prompt(f"Passphrase for the {what}", confirm=new)
+                given = read_secret(f"Passphrase for the {what}", confirm=new)
             except click.Abort as exc:
                 ways = "--passphrase-file, EPORT_PASSPHRASE" if env else "a passphrase file"
                 raise CLIError(
                     f"a passphrase is needed: use {ways}, a terminal or a pipe{no_line_reason(exc)}"
                 ) from None
-            if not (new and len(value) < 8 and stdin_is_terminal()):
+            if not (new and len(given.text) < 8 and stdin_is_terminal()):
                 break
             # typed twice at a terminal: ask again rather than end the command (an
             # enrollment would be run anew from its start)
             click.echo("The passphrase must have at least 8 characters; type another.", err=True)
-    if new and len(value) < 8:
+    if new and len(given.text) < 8:
         raise CLIError("the passphrase must have at least 8 characters")
-    # bytes that are not UTF-8 (in the file, the environment or a pipe) are kept as they
-    # came, as the environment and stdin decode them (surrogateescape)
-    return value.encode("utf-8", "surrogateescape"), source
+    return given, source
 
 
 def _named_by(file: Path) -> str:
@@ -157,7 +170,8 @@ def key_and_passphrase(
     path: Path | str, pw_file: Path | None
 ) -> tuple[CertificateIssuerPrivateKeyTypes, bytes | None]:
     """:func:`load_key`, and the passphrase that opened the key file (None for a token
-    key or a key file in the clear)."""
+    key or a key file in the clear), as a new key is made with it (its text in UTF-8),
+    even when the key, made by an earlier release, opened with the bytes it took."""
     if isinstance(path, str) and path.startswith(PKCS11_SCHEME):
         return token_key(path), None
     path = Path(path)
@@ -177,13 +191,11 @@ def key_and_passphrase(
         what = labels[0].decode().lower()
         raise CLIError(f"{path} holds a PEM {what}, not a private key")
     encrypted = b"ENCRYPTED" in data
-    pw, source = (
-        passphrase_and_source(pw_file, new=False, what=f"key {path.name}")
-        if encrypted
-        else (None, "")
+    given, source = (
+        given_passphrase(pw_file, new=False, what=f"key {path.name}") if encrypted else (None, "")
     )
     try:
-        key = serialization.load_pem_private_key(data, pw)
+        key = _open_key(data, given)
     except (ValueError, TypeError):
         msg = "not a PEM private key"
         if encrypted:
@@ -198,7 +210,21 @@ def key_and_passphrase(
         # not refused: the key is encrypted under its passphrase (a key in the clear is
         # still read, so that `eport key passwd` can encrypt it, 0600).
         warn_exposed(path, exposed)
-    return key, pw  # type: ignore[return-value]
+    return key, None if given is None else given.encoded
+
+
+def _open_key(data: bytes, given: GivenSecret | None) -> Any:
+    """The private key of the PEM ``data``, opened with ``given``'s bytes, then with the
+    bytes an earlier release took for the same passphrase if they differ (a key it made
+    from a GBK file or pipe, or a file with a byte order mark); ValueError when neither
+    opens it."""
+    if given is None:
+        return serialization.load_pem_private_key(data, None)
+    *before, last = given.candidates
+    for pw in before:
+        with contextlib.suppress(ValueError, TypeError):
+            return serialization.load_pem_private_key(data, pw)
+    return serialization.load_pem_private_key(data, last)
 
 
 def exposure(st: os.stat_result) -> str | None:

@@ -3030,18 +3030,24 @@ def main() -> None:
     except UnicodeEncodeError as exc:
         if exc.reason != "surrogates not allowed":
             raise_unexpected(exc, verbose)
-        # bytes that are not UTF-8 in an argument or setting (Python hands them on as
-        # surrogates), found only when they were to be sent; the value itself may be a
-        # secret, so only its first such byte is named
+        # bytes of an argument or setting that the locale's encoding did not decode
+        # (Python hands them on as surrogates), found only when they were to be sent:
+        # UTF-8 under a GBK or C locale, or bytes that are not UTF-8; the value itself
+        # may be a secret, so only its first such byte is named
+        from cli.options import not_utf8_text
+
         if verbose:
             traceback.print_exc()
-        byte = ord(str(exc.object)[exc.start]) - 0xDC00
-        click.echo(
-            "eport: error: a value on the command line or in the environment is not UTF-8 "
-            f"text (it has the byte 0x{byte:02x}); give it in UTF-8",
-            err=True,
-        )
+        click.echo(f"eport: error: {not_utf8_text(exc)}", err=True)
         sys.exit(2)
+    except UnicodeDecodeError as exc:
+        # its repr holds every byte it was decoding (a passphrase typed or read, a file):
+        # only its reason, which names one byte, is said
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (rerun with --verbose)"
+        click.echo(f"eport: unexpected error: UnicodeDecodeError: {exc}{hint}", err=True)
+        sys.exit(1)
     except Exception as exc:
         raise_unexpected(exc, verbose)
 

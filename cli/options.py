@@ -5,11 +5,13 @@ from __future__ import annotations
 import codecs
 import errno
 import json
+import locale
 import math
 import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,47 @@ def print_any_text() -> None:
     for stream in (sys.stdout, sys.stderr):
         if not takes_utf8(stream) and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+
+
+def not_utf8_text(exc: UnicodeEncodeError) -> str:
+    """The one line for a value of the command line or the environment that Python could
+    not decode (``exc``: it met the lone surrogates it decoded those bytes to). When its
+    bytes are UTF-8, the locale is what is wrong (``LC_ALL=zh_CN.GBK`` in a UTF-8
+    terminal, or ``LC_ALL=C``), and the line says which setting to change; else it names
+    the value's first byte that is not UTF-8 (the value may be a secret: nothing more)."""
+    text = str(exc.object)
+    byte = ord(text[exc.start]) - 0xDC00
+    start, end = exc.start, exc.end
+    while start > 0 and ord(text[start - 1]) > 0x7F:
+        start -= 1
+    while end < len(text) and ord(text[end]) > 0x7F:
+        end += 1
+    try:
+        # the bytes as they were given (Python decoded them with the file system's
+        # encoding, the locale's), read as UTF-8
+        os.fsencode(text[start:end]).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return (
+            "a value on the command line or in the environment is not UTF-8 text (it has "
+            f"the byte 0x{byte:02x}); give it in UTF-8"
+        )
+    encoding, name = _locale_in_effect()
+    value = os.environ.get(name, "")
+    language = value.partition(".")[0].partition("@")[0]
+    utf8 = f"{language}.UTF-8" if language not in ("", "C", "POSIX") else "C.UTF-8"
+    where = f"{name}={value}" if name else "no LANG set"
+    return (
+        "a value on the command line or in the environment is UTF-8 text, but the "
+        f"locale's encoding is {encoding} ({where}), so eport could not read it: set "
+        f"{name or 'LANG'}={utf8} (a UTF-8 locale, as the text is)"
+    )
+
+
+def _locale_in_effect() -> tuple[str, str]:
+    """The locale's encoding as Python reads text in it ("GBK", "ASCII" for C), and the
+    variable that chose the locale's (LC_ALL, LC_CTYPE or LANG; "" when none is set)."""
+    encoding = codecs.lookup(locale.getpreferredencoding(False)).name.upper()
+    return encoding, next((n for n in ("LC_ALL", "LC_CTYPE", "LANG") if os.environ.get(n)), "")
 
 
 def not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -227,35 +270,119 @@ def stdin_is_terminal() -> bool:
     return sys.stdin is not None and sys.stdin.isatty()
 
 
+@dataclass(frozen=True)
+class GivenSecret:
+    """A passphrase as it was given (a file, the environment, a pipe or the prompt): the
+    same text gives the same :attr:`encoded` bytes from every source, in any locale."""
+
+    text: str
+    """What it says (:func:`secret_text`); bytes that were text in no encoding at hand
+    are in it as lone surrogates (surrogateescape)."""
+    earlier: bytes
+    """The bytes earlier releases took for it: a file's or a pipe's as they were (a
+    leading byte order mark kept), the UTF-8 of what the locale decoded of a variable or
+    of what was typed. A key they made opens with these."""
+
+    @property
+    def encoded(self) -> bytes:
+        """The bytes a key is encrypted with: :attr:`text` in UTF-8."""
+        return self.text.encode("utf-8", "surrogateescape")
+
+    @property
+    def candidates(self) -> tuple[bytes, ...]:
+        """What opens a key: :attr:`encoded`, then :attr:`earlier` if it differs (for a key
+        made before); never used to make one."""
+        return tuple(dict.fromkeys((self.encoded, self.earlier)))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> GivenSecret:
+        """A passphrase given as the bytes ``raw`` (a file's or a pipe's line, its end
+        dropped)."""
+        return cls(secret_text(raw), raw)
+
+    @classmethod
+    def from_text(cls, value: str, encoding: str) -> GivenSecret:
+        """A passphrase Python decoded from ``encoding`` (typed at the terminal, or an
+        environment variable): its bytes are taken back, and read as any other source's."""
+        try:
+            raw = value.encode(encoding, "surrogateescape")
+        except (UnicodeEncodeError, LookupError):  # not decoded from it: text as it is
+            return cls(value, value.encode("utf-8", "surrogateescape"))
+        return cls(secret_text(raw), value.encode("utf-8", "surrogateescape"))
+
+
+def secret_text(raw: bytes) -> str:
+    """The text of a passphrase given as the bytes ``raw``, the same whatever the source
+    and the locale: bytes that are UTF-8 are read as UTF-8; others in the locale's
+    encoding (GBK in a zh_CN.GBK terminal, and in the file Notepad saved there) when they
+    are text in it; else kept as they are (surrogateescape). A leading UTF-8 byte order
+    mark (Windows Notepad writes one) is not part of it."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode(locale.getpreferredencoding(False))
+    except (UnicodeDecodeError, LookupError):
+        return raw.decode("utf-8", "surrogateescape")
+
+
 def secret_prompt(label: str, *, confirm: bool = False) -> str:
+    """The text of :func:`read_secret` (:attr:`GivenSecret.text`)."""
+    return read_secret(label, confirm=confirm).text
+
+
+def read_secret(label: str, *, confirm: bool = False) -> GivenSecret:
     """A passphrase typed at the terminal (hidden; ``confirm`` asks twice), or the first
-    line of a pipe when stdin is not a terminal (read as is, with no prompt: ``printf
-    '%s\\n' "$PASS" | eport …``), waited for :data:`PIPE_WAIT` seconds at most.
+    line of a pipe when stdin is not a terminal (no prompt: ``printf '%s\\n' "$PASS" |
+    eport …``), waited for :data:`PIPE_WAIT` seconds at most; either read as
+    :func:`secret_text` says.
     :class:`click.Abort` when there is none (:class:`NoLine` when stdin is closed or sent
     no line in time); :class:`KeyboardInterrupt` for Ctrl-C at the prompt."""
     if sys.stdin is None:
         raise NoLine("standard input is closed")
     if sys.stdin.isatty():
         try:
-            return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
+            typed = str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
         except click.Abort as exc:
             # Ctrl-C is the person stopping the command ("Aborted."), not a missing
             # passphrase; click.prompt says both with Abort, Ctrl-C as its context
             if isinstance(exc.__context__, KeyboardInterrupt):
                 raise KeyboardInterrupt from None
             raise
-    # bytes as they are: a passphrase need not be UTF-8
+        except UnicodeDecodeError:
+            # what the terminal sent is not text in the locale's encoding (a GBK terminal
+            # under a UTF-8 locale); the error's own text would repeat every byte typed
+            click.echo(err=True)  # the line getpass ends once it has read one
+            raise _not_typed_in_locale() from None
+        # decoded by getpass in the locale's encoding: the bytes the terminal sent
+        return GivenSecret.from_text(typed, locale.getpreferredencoding(False))
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     try:
         fd = stdin.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (a test's stream)
-        raw = stdin.readline()
-        line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+        line = stdin.readline()
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
     else:
-        line = _first_line(fd, label).decode("utf-8", "surrogateescape")
-    if not line.strip("\r\n"):
+        line = _first_line(fd, label)
+    line = line.rstrip(b"\r\n")
+    if not line:
         raise click.Abort
-    return line.rstrip("\r\n")
+    return GivenSecret.from_bytes(line)
+
+
+def _not_typed_in_locale() -> Exception:
+    """The error for a passphrase typed in another encoding than the locale's."""
+    from cli.client import CLIError
+
+    encoding, name = _locale_in_effect()
+    where = f" ({name}={os.environ[name]})" if name else ""
+    return CLIError(
+        f"the passphrase typed is not {encoding} text, the locale's encoding{where}: set the "
+        "locale to the terminal's encoding, or give the passphrase in a file"
+    )
 
 
 def _first_line(fd: int, label: str) -> bytes:
