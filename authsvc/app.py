@@ -28,7 +28,13 @@ from authsvc.models import AuthBase
 from authsvc.proxy import TrustedProxies
 from authsvc.service import OAuthError, Settings, StatusSource, TokenService
 from authsvc.store import SqlAuthStore, settle_copied_events
-from authsvc.trust import LiveAnchors, LiveBatchStatus, LiveStatus, LiveTrust, StatusFactory
+from authsvc.trust import (
+    LiveAnchors,
+    LiveBatchStatus,
+    LiveRemoteStatus,
+    LiveTrust,
+    StatusFactory,
+)
 from ca import pkcs8
 from ca.db import engine_options, make_engine
 from ca.errors import EPortError, PayloadTooLarge
@@ -115,12 +121,15 @@ def status_factory(cfg: AuthConfig) -> StatusFactory:
     each hierarchy reload only builds a new source over it."""
     if cfg.status_mode == "ocsp":
         from authsvc.responders import Responders
-        from ca.ocsp_client import OCSPStatusSource
+        from ca.ocsp_client import IssuingCRLs, OCSPStatusSource
 
         post = Responders()
+        # the session sweep's CRLs (one GET per issuing CA and sweep, not one OCSP request
+        # per session), kept across reloads
+        crls = IssuingCRLs(post.get, logger=log)
 
         def remote(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
-            return OCSPStatusSource(list(issuers.values()), post)
+            return OCSPStatusSource(list(issuers.values()), post, crls=crls)
 
         return remote
     from ca.issuance import IssuingCA
@@ -160,7 +169,7 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     # The CA's public files; reloaded in every worker when a ceremony changes them.
     live = LiveTrust(cfg.data_dir, status_factory(cfg))
     trust = LiveAnchors(live)
-    status = LiveStatus(live) if cfg.status_mode == "ocsp" else LiveBatchStatus(live)
+    status = LiveRemoteStatus(live) if cfg.status_mode == "ocsp" else LiveBatchStatus(live)
     store = SqlAuthStore(lambda: db.session)  # type: ignore[arg-type,return-value]
     settings = Settings(
         issuer=cfg.issuer,
@@ -289,7 +298,8 @@ def _start_sweeper(
     live: LiveTrust,
     every: float,
 ) -> None:
-    """End sessions of revoked or held certificates even when nobody asks; rotate keys on
+    """End sessions of revoked or held certificates even when nobody asks (by the embedded
+    CA's status table, or a remote CA's CRLs: :meth:`TokenService.sweep`); rotate keys on
     schedule; every 30 beats (a minute by default) delete the rows nothing needs any more
     (expired replay and revocation rows, sessions and their refresh tokens a day after
     they ended, failed-login counts whose window ended: :meth:`SqlAuthStore.cleanup`);

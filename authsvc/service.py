@@ -974,18 +974,32 @@ class TokenService:
         """End open sessions whose certificate is no longer good; returns how many.
 
         Cost grows with the number of distinct certificates, not sessions: sessions are
-        grouped by certificate, and a status source that can answer in batches (the
-        embedded CA: one read per 500 serials) is asked once for all of them; otherwise
-        each certificate's status comes through the per-certificate cache."""
+        grouped by certificate, and a status source that can answer in batches is asked
+        once for all of them: the embedded CA (``not_good``: one read per 500 serials),
+        or a remote CA by its issuing CAs' CRLs (``not_good_on_crls``: one GET per
+        issuing CA, RFC 5280 §6.3; each certificate is read from its session once, to
+        know its issuing CA and CRL). Only the suspects it names are asked one by one
+        (fresh), and their sessions ended; a CRL that cannot be had names none. A source
+        that cannot answer in batches is asked per certificate, through the cache."""
         now = self.clock()
         by_serial: dict[str, list[str]] = {}
         for sid, serial in self.store.open_session_serials(now):
             by_serial.setdefault(serial, []).append(sid)
         if not by_serial:
             return 0
+        on_crls = getattr(self.status_source, "not_good_on_crls", None)
         batch = getattr(self.status_source, "not_good", None)
         suspects: list[str]
-        if batch is not None:
+        if on_crls is not None:
+            numbers = {int(s, 16): s for s in by_serial}
+
+            def certificate_of(serial: int) -> x509.Certificate | None:
+                rec = self.store.get_session(by_serial[numbers[serial]][0])
+                return None if rec is None else rec.certificate
+
+            bad = on_crls(list(numbers), certificate_of)
+            suspects = [s for n, s in numbers.items() if n in bad]
+        elif batch is not None:
             bad = batch([int(s, 16) for s in by_serial])
             suspects = [s for s in by_serial if int(s, 16) in bad]
         else:

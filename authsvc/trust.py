@@ -9,9 +9,14 @@ the check is :mod:`ca.trust`'s, which the CA's own signed requests use too).
 
 A rollover (``eport ca rotate``) or a ``REVOKE-INTERMEDIATE`` ceremony rewrites these
 files and then the generation file (:mod:`ca.generation`); :class:`LiveTrust` notices
-(one ``stat`` at most every second) and builds the new material, which every request
-that starts afterwards uses as a whole: each request pins one snapshot, so its chain
-validation and its status checks never mix two generations.
+(a few ``stat`` calls at most every second) and builds the new material, which every
+request that starts afterwards uses as a whole: each request pins one snapshot, so its
+chain validation and its status checks never mix two generations. On a host of its own
+the files are copied, in whatever order: a change of the public files themselves is
+noticed as well, so an issuing CA certificate copied after the generation file is taken
+up a second later; a file not yet whole is one line in the log, the material loaded
+before is kept. A certificate whose issuing CA is not among the copied files is refused
+saying so.
 
 A certificate under a revoked issuing CA is refused at login (its chain is refused
 with the root CRL's reason), and its status reads ``Revoked`` with the CA's revocation
@@ -24,7 +29,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +37,11 @@ from cryptography import x509
 
 from authsvc.service import StatusSource
 from ca import hierarchy
-from ca.errors import Sealed
+from ca.errors import Sealed, Unauthenticated
 from ca.generation import GenerationWatch
 from ca.ocsp import CertStatus
 from ca.signedreq import TrustAnchors
-from ca.trust import RevokedIssuer, RootCheckedAnchors, anchors_for
+from ca.trust import RevokedIssuer, RootCheckedAnchors, anchors_for, issued_by
 
 log = logging.getLogger("eport.auth")
 
@@ -98,7 +103,20 @@ class TrustMaterial:
     def verify_chain(
         self, leaf: x509.Certificate, now: datetime.datetime
     ) -> list[x509.Certificate]:
-        return self.anchors.verify_chain(leaf, now)
+        try:
+            return self.anchors.verify_chain(leaf, now)
+        except Unauthenticated:
+            if leaf.issuer not in {r.subject for r in self.anchors.roots} and not any(
+                issued_by(leaf, ca) for ca in self.issuers.values()
+            ):
+                # the path builder's "candidates exhausted" says nothing of the cause: a
+                # rollover's new generation not copied here (yet), or another CA's
+                raise Unauthenticated(
+                    "certificate is not trusted: it is issued by an issuing CA this token "
+                    f"service does not have ({leaf.issuer.rfc4514_string()}): copy the CA's "
+                    "issuers/*.crt if it is one of the CA's"
+                ) from None
+            raise
 
 
 def build_material(data_dir: Path, status_for: StatusFactory, generation: str) -> TrustMaterial:
@@ -114,13 +132,15 @@ def build_material(data_dir: Path, status_for: StatusFactory, generation: str) -
 
 
 class LiveTrust:
-    """The current :class:`TrustMaterial`, rebuilt when ``<data_dir>/ca/generation``
-    changes; a request pins one snapshot (:meth:`pin`/:meth:`unpin`)."""
+    """The current :class:`TrustMaterial`, rebuilt when ``<data_dir>/ca/generation`` or
+    one of the public files changes; a request pins one snapshot
+    (:meth:`pin`/:meth:`unpin`)."""
 
     def __init__(self, data_dir: Path, status_for: StatusFactory, *, every: float = 1.0) -> None:
         self.data_dir = Path(data_dir)
         self.status_for = status_for
-        self.watch = GenerationWatch(self.data_dir, every=every)  # before reading the files
+        # before reading the files; the files too: on another host they are copied
+        self.watch = GenerationWatch(self.data_dir, every=every, files=True)
         self._material = build_material(self.data_dir, status_for, self.watch.token)
         self._local = threading.local()
 
@@ -136,7 +156,7 @@ class LiveTrust:
         )
 
     def refresh(self) -> TrustMaterial:
-        """The latest material, reloaded first if the generation changed."""
+        """The latest material, reloaded first if the generation or the files changed."""
         self.watch.poll(self._reload)
         return self._material
 
@@ -194,3 +214,16 @@ class LiveBatchStatus(LiveStatus):
         status = self._live.current().status  # StatusService; the protocol has no not_good
         batch: Callable[[list[int]], set[int]] = getattr(status, "not_good")  # noqa: B009
         return batch(serials)
+
+
+class LiveRemoteStatus(LiveStatus):
+    """The remote CA's status source: by OCSP for each use; the session sweep reads the
+    issuing CAs' CRLs instead (:meth:`ca.ocsp_client.OCSPStatusSource.not_good_on_crls`),
+    so that it asks nothing per session."""
+
+    def not_good_on_crls(
+        self, serials: Iterable[int], certificate_of: Callable[[int], x509.Certificate | None]
+    ) -> set[int]:
+        status = self._live.current().status  # OCSPStatusSource; the protocol has neither
+        on_crls: Callable[..., set[int]] = getattr(status, "not_good_on_crls")  # noqa: B009
+        return on_crls(serials, certificate_of)

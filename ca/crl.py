@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from asn1crypto import algos as asn1_algos
 from asn1crypto import core as asn1_core
@@ -47,7 +47,16 @@ from cryptography.hazmat.primitives import serialization
 from ca.keys import KeyType
 from ca.signer import Signer
 
-__all__ = ["MAX_CRL_NUMBER", "MAX_SERIAL", "ReasonCode", "RevokedEntry", "build_crl"]
+__all__ = [
+    "MAX_CRL_NUMBER",
+    "MAX_SERIAL",
+    "ReasonCode",
+    "RevokedEntry",
+    "UnusableCRL",
+    "VerifiedCRL",
+    "build_crl",
+    "verify_crl",
+]
 
 #: RFC 5280 §4.1.2.2: serial numbers are positive and "Conforming CAs MUST NOT use
 #: serialNumber values longer than 20 octets". A CRL must be able to list every
@@ -436,3 +445,90 @@ def build_crl(
     bit_string = der_header(0x03, len(signature) + 1) + b"\x00" + signature
     length = len(tbs) + len(algorithm) + len(bit_string)
     return b"".join((der_header(0x30, length), tbs, algorithm, bit_string))
+
+
+# -- a relying party's side: RFC 5280 §6.3.3 ------------------------------------------------
+
+
+class UnusableCRL(ValueError):
+    """A CRL that cannot be used to judge the certificates of ``issuer`` (a subject, as
+    RFC 4514): unreadable, not the issuer's, not complete, or not current."""
+
+    def __init__(self, issuer: str, why: str) -> None:
+        super().__init__(f"the CRL of {issuer} cannot be used: {why}")
+        self.issuer = issuer
+        self.why = why
+
+
+@dataclass(frozen=True)
+class VerifiedCRL:
+    """A complete CRL of one issuer whose signature verified under its key."""
+
+    number: int | None
+    """Its cRLNumber (§5.2.3), which only grows."""
+    this_update: datetime
+    next_update: datetime
+    listed: frozenset[int]
+    """The serials it lists: revoked, or on hold (reason certificateHold, §5.3.1)."""
+
+    def current(self, now: datetime, leeway: timedelta) -> bool:
+        """§6.3.3 (a)(2): "If the current time is after the value of the CRL next update
+        field, then ... obtain a current CRL"; one from the future is not one either."""
+        return self.this_update - leeway <= now <= self.next_update + leeway
+
+
+def verify_crl(
+    data: bytes, issuer: x509.Certificate, now: datetime, leeway: timedelta = timedelta(minutes=5)
+) -> VerifiedCRL:
+    """``data`` (DER, or PEM) as a complete, current CRL of ``issuer``, or
+    :class:`UnusableCRL`. RFC 5280 §6.3.3: the CRL's issuer is the certificate's (b)(1);
+    no scope narrowed by an issuingDistributionPoint to CA or attribute certificates,
+    some reasons, or an indirect CRL (b)(2); no delta CRL, which is not complete
+    (§5.2.4); no critical extension we do not process (§5.2); the signature verifies
+    under the issuer's key (f), (g); and it is current (a)(2)."""
+    who = issuer.subject.rfc4514_string()
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise UnusableCRL(who, f"not a CRL ({exc})") from None
+    if crl.issuer != issuer.subject:
+        raise UnusableCRL(who, f"it is issued by {crl.issuer.rfc4514_string()}")
+    number: int | None = None
+    for ext in crl.extensions:
+        value = ext.value
+        if isinstance(value, x509.CRLNumber):
+            number = value.crl_number
+        elif isinstance(value, x509.DeltaCRLIndicator):
+            raise UnusableCRL(who, "it is a delta CRL, not a complete one (§5.2.4)")
+        elif isinstance(value, x509.IssuingDistributionPoint):
+            if (
+                value.only_contains_ca_certs
+                or value.only_contains_attribute_certs
+                or value.only_some_reasons
+                or value.indirect_crl
+            ):
+                raise UnusableCRL(who, "its issuingDistributionPoint narrows it (§5.2.5)")
+        elif ext.critical and not isinstance(value, x509.AuthorityKeyIdentifier):
+            raise UnusableCRL(who, f"it has a critical extension {ext.oid.dotted_string}")
+    try:
+        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise UnusableCRL(who, "its signature does not verify under the issuer's key")
+    next_update = crl.next_update_utc
+    if next_update is None:
+        raise UnusableCRL(who, "it has no nextUpdate (§5.1.2.5)")
+    out = VerifiedCRL(
+        number=number,
+        this_update=crl.last_update_utc,
+        next_update=next_update,
+        listed=frozenset(entry.serial_number for entry in crl),
+    )
+    if not out.current(now, leeway):
+        span = f"{out.this_update.isoformat()} to {out.next_update.isoformat()}"
+        raise UnusableCRL(who, f"it is not current (valid {span}, now {now.isoformat()})")
+    return out
