@@ -124,4 +124,7 @@ def crl(issuer_id: str) -> Response:
     resp = Response(der, mimetype="application/pkix-crl")
     resp.cache_control.public = True
     resp.cache_control.max_age = 30
-    return resp
+    # A strong validator: a relying party that polls (the token service's session sweep,
+    # every 2 s per worker) gets 304 and no body until the CRL is signed anew
+    resp.set_etag(hashlib.sha256(der).hexdigest()[:32])
+    return resp.make_conditional(request)
