@@ -287,6 +287,51 @@ def openid_configuration() -> Response:
     return jsonify(metadata())
 
 
+@bp.get("/health")
+def health() -> Response:
+    """Liveness (200 while the process answers) with what a monitor of the token service
+    needs, above all when it runs apart from the CA: its database's state, how it asks
+    certificate status, the CA files it trusts as loaded (their generation, the issuing
+    CAs, the end of the copied root CRL, which nothing renews on this host but a copy
+    from the CA's). With ``?ready``: 503 while its database cannot be used."""
+    from ca import hierarchy
+
+    s = svc()
+    out: dict[str, Any] = {"status": "ok", "database": "ok"}
+    try:
+        s.store.ping()
+    except Exception as exc:
+        if database_unavailable_cause(exc) is None:
+            raise
+        out.update(status="degraded", database="unavailable")
+    out["status_mode"] = s.config.status_mode
+    warnings: list[str] = []
+    if s.live is not None:
+        material = s.live.current()
+        out["trust"] = {
+            "generation": material.generation or None,
+            "issuing_cas": len(material.anchors.intermediates),
+            "revoked_issuing_cas": len(material.revoked),
+        }
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            root_crl = (hierarchy.ca_dir(s.config.data_dir) / "root.crl").read_bytes()
+            ends = hierarchy.root_crl_next_update(root_crl)
+            out["trust"]["root_crl_next_update"] = f"{ends:%Y-%m-%dT%H:%M:%SZ}" if ends else None
+            notice = hierarchy.root_crl_notice(root_crl, now, dev=s.config.dev)
+        except (OSError, ValueError) as exc:
+            notice = f"the root CRL in the data directory cannot be read ({exc})"
+        if notice is not None:
+            warnings.append(notice)
+    if warnings:
+        out["warnings"] = warnings
+    resp = jsonify(out)
+    resp.headers["Cache-Control"] = "no-store"
+    if "ready" in request.args and out["database"] != "ok":
+        resp.status_code = 503
+    return resp
+
+
 @bp.get("/jwks.json")
 def jwks() -> Response:
     resp = jsonify(svc().tokens.keys.jwks())

@@ -72,6 +72,8 @@ class AuthService:
     access: Any
     proxies: TrustedProxies
     """The configured TLS proxies whose forwarded client certificates are believed."""
+    live: LiveTrust | None = None
+    """The CA files it trusts as loaded (``/auth/health`` reports them)."""
 
 
 def utcnow() -> datetime.datetime:
@@ -201,7 +203,13 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
         issuing_cas=lambda: live.current().issuers,
     )
     app.extensions[EXTENSION] = AuthService(
-        cfg, tokens, store, trust, access, TrustedProxies(cfg.trusted_proxies, cfg.proxy_secret)
+        cfg,
+        tokens,
+        store,
+        trust,
+        access,
+        TrustedProxies(cfg.trusted_proxies, cfg.proxy_secret),
+        live,
     )
 
     # as the CA's: the events list names sessions, addresses and serials

@@ -101,6 +101,11 @@ class SqlAuthStore:
     def _read(self) -> AbstractContextManager[Session]:
         return reading(self.session_factory)
 
+    def ping(self) -> None:
+        """One trivial read: raises what the database raises when it cannot be used."""
+        with self._read() as session:
+            session.execute(text("SELECT 1"))
+
     def _tx(self) -> AbstractContextManager[Session]:
         self.check_schema()
         return writing(self.session_factory)

@@ -105,6 +105,13 @@ def test_the_services_run_apart_behind_one_front(
         auth_proc = serve_auth(auth_data, auth_port, env, tmp_path / "auth.log")
         r = requests.get(f"http://127.0.0.1:{auth_port}/ca/v1/health", timeout=10)
         assert r.status_code == 404, r.text  # and the token service none of the CA's
+        # its own health says what it trusts, for a monitor of the host apart
+        health = requests.get(f"http://127.0.0.1:{auth_port}/auth/health?ready", timeout=10)
+        doc = health.json()
+        assert health.status_code == 200 and doc["database"] == "ok", doc
+        assert doc["status_mode"] == "ocsp"
+        assert doc["trust"]["issuing_cas"] == len(list(ca_data.glob("ca/issuers/*.crt")))
+        assert doc["trust"]["root_crl_next_update"].endswith("Z")
         ca_bundle = tmp_path / "eport-cas.pem"
         ca_bundle.write_bytes(
             b"".join(
