@@ -318,18 +318,29 @@ def _start_sweeper(
         ticks = 0
         while not stop.wait(every):
             ticks += 1
+            # three tasks, each on its own: one that fails (a CRL that cannot be used, a
+            # database that cannot) does not stop the others
             try:
                 live.refresh()
                 with app.app_context():
                     tokens.sweep()
-                    if ticks % 30 == 0:
-                        keys.maybe_rotate()
-                        store.cleanup(
-                            utcnow(),
-                            failure_window=tokens.settings.failure_window,
-                            leeway=tokens.settings.leeway,
-                        )
             except Exception:
                 log_retry("token service sweep failed; will retry", log)
+            if ticks % 30 != 0:
+                continue
+            try:
+                with app.app_context():
+                    keys.maybe_rotate()
+            except Exception:
+                log_retry("token service key rotation failed; will retry", log)
+            try:
+                with app.app_context():
+                    store.cleanup(
+                        utcnow(),
+                        failure_window=tokens.settings.failure_window,
+                        leeway=tokens.settings.leeway,
+                    )
+            except Exception:
+                log_retry("token service cleanup failed; will retry", log)
 
     threading.Thread(target=loop, name="auth-sweeper", daemon=True).start()

@@ -88,6 +88,8 @@ class TrustMaterial:
     """Every issuing CA generation by its id, revoked ones included (their certificates
     fail the chain check): which one issued a certificate is checked against its
     profile's issuer (:func:`authsvc.principal.identify`)."""
+    root_crl: bytes = b""
+    """The root CRL these anchors were checked against (DER), for ``/auth/health``."""
 
     @property
     def revoked(self) -> tuple[RevokedIssuer, ...]:
@@ -127,7 +129,11 @@ def build_material(data_dir: Path, status_for: StatusFactory, generation: str) -
     revoked = {i for i, _, _ in anchors.revoked}
     good = {i: c for i, c in public.issuers.items() if i not in revoked}
     return TrustMaterial(
-        generation=generation, anchors=anchors, status=status_for(good), issuers=public.issuers
+        generation=generation,
+        anchors=anchors,
+        status=status_for(good),
+        issuers=public.issuers,
+        root_crl=public.root_crl,
     )
 
 

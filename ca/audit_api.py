@@ -64,11 +64,11 @@ bp.after_request(private_answers)  # the CA API's rule: ca.api.private_answers
 EXTENSION = "eport.audit"
 
 MAX_BUNDLE = 65536
+"""Entries per entry-bundle response."""
 MAX_LEAF_HASHES = 16384
 """The most leaf hashes one answer of the public ``leaf-hashes`` carries (512 KiB): it
 was 262,144 (8 MiB and about 0.3 s of a worker's CPU at that size of log), which anyone
 could ask for again and again (probe of costly requests, F1)."""
-"""Entries per entry-bundle response."""
 MAX_EVENTS_PAGE = 10000
 MERGED_TYPES = 4
 """Up to this many types a page is read type by type and merged (at most this many pages

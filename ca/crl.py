@@ -494,8 +494,30 @@ def verify_crl(
             crl = x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise UnusableCRL(who, f"not a CRL ({exc})") from None
+    # cryptography parses the rest lazily: a part that does not parse (anyone who answers
+    # at the CRL's address can send one) is an unusable CRL, never an error that escapes
+    try:
+        return _verified(crl, issuer, who, now, leeway)
+    except (ValueError, TypeError) as exc:
+        raise UnusableCRL(who, f"a part of it does not parse ({exc})") from None
+
+
+def _verified(
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    who: str,
+    now: datetime,
+    leeway: timedelta,
+) -> VerifiedCRL:
     if crl.issuer != issuer.subject:
         raise UnusableCRL(who, f"it is issued by {crl.issuer.rfc4514_string()}")
+    # the signature before anything of what it signs is read further
+    try:
+        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise UnusableCRL(who, "its signature does not verify under the issuer's key")
     number: int | None = None
     for ext in crl.extensions:
         value = ext.value
@@ -513,12 +535,6 @@ def verify_crl(
                 raise UnusableCRL(who, "its issuingDistributionPoint narrows it (§5.2.5)")
         elif ext.critical and not isinstance(value, x509.AuthorityKeyIdentifier):
             raise UnusableCRL(who, f"it has a critical extension {ext.oid.dotted_string}")
-    try:
-        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise UnusableCRL(who, "its signature does not verify under the issuer's key")
     next_update = crl.next_update_utc
     if next_update is None:
         raise UnusableCRL(who, "it has no nextUpdate (§5.1.2.5)")

@@ -328,8 +328,9 @@ class IssuingCRLs:
     (:class:`~ca.crl.UnusableCRL`, e.g. a proxy's page, another issuer's CRL, one past
     its nextUpdate, or one older than the last one used) is said once in the log, and once
     again when it is had again; meanwhile the last one verified answers while it is
-    current, else nothing does (:meth:`listed` is None). The CA serves its CRLs without
-    validators (no ETag): a fetch whose bytes are those used before is not parsed again.
+    current, else nothing does (:meth:`listed` is None). The CA's CRLs carry an ETag, so a
+    poll is a 304 until a new one is signed; bytes that are those used before are not
+    parsed again.
     """
 
     def __init__(

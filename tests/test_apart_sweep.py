@@ -472,6 +472,26 @@ def test_a_crl_is_used_only_complete_current_and_signed_by_its_issuer() -> None:
     for data, issuer, why in cases:
         with pytest.raises(UnusableCRL, match=why):
             verify_crl(data, issuer, NOW)
+    # A CRL in the issuer's name whose cRLNumber does not parse, signed by anyone who
+    # answers at the CRL's address (or by the issuer itself): unusable, never a
+    # ValueError out of the sweep, which stopped it for good (review)
+    for signing_key in (other_key, key):
+        garbled = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.subject)
+            .last_update(NOW - HOUR)
+            .next_update(NOW + HOUR)
+            .add_extension(
+                x509.UnrecognizedExtension(x509.oid.ExtensionOID.CRL_NUMBER, b"\x04\x01\xff"),
+                False,
+            )
+            .sign(signing_key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER)
+        )
+        with pytest.raises(ValueError):
+            _ = x509.load_der_x509_crl(garbled).extensions  # what escaped before
+        with pytest.raises(UnusableCRL):
+            verify_crl(garbled, ca, NOW)
 
 
 class FakeCRLs:
