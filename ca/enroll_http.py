@@ -105,6 +105,7 @@ def install_enroll_fast_path(app: Flask) -> None:
         except EPortError as err:
             status, out = answers.domain(err, ENROLL_PATH)
             content_type = PROBLEM_JSON
+            extra = unexpected_headers(status)  # a 503's Retry-After, as Flask's handler
         except Exception:
             status, out = answers.unexpected("POST", ENROLL_PATH)
             content_type = PROBLEM_JSON
