@@ -270,7 +270,9 @@ def create_app(config: AuthConfig | Mapping[str, Any] | None = None) -> Flask:
     # outermost: a body is whole before any path reads it
     install_body_framing(app, OAUTH_ENDPOINTS)
     if cfg.sweep_seconds > 0:
-        _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds)
+        keep = cfg.event_retention_days
+        events = datetime.timedelta(days=keep) if keep else None
+        _start_sweeper(app, tokens, keys, store, live, cfg.sweep_seconds, events)
     return app
 
 
@@ -305,6 +307,7 @@ def _start_sweeper(
     store: SqlAuthStore,
     live: LiveTrust,
     every: float,
+    keep_events: datetime.timedelta | None = None,
 ) -> None:
     """End sessions of revoked or held certificates even when nobody asks (by the embedded
     CA's status table, or a remote CA's CRLs: :meth:`TokenService.sweep`); rotate keys on
@@ -339,6 +342,7 @@ def _start_sweeper(
                         utcnow(),
                         failure_window=tokens.settings.failure_window,
                         leeway=tokens.settings.leeway,
+                        keep_events=keep_events,
                     )
             except Exception:
                 log_retry("token service cleanup failed; will retry", log)

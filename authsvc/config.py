@@ -60,6 +60,10 @@ class AuthConfig:
     sweep_seconds: float = bounded(2.0, 0.1, DAY, "seconds", zero="never")
     """How often each process ends sessions of revoked or held certificates (0: never)."""
     key_rotation_days: int = bounded(30, 1, 3660, "days")
+    event_retention_days: int = bounded(0, 183, 36600, "days", zero="for ever")
+    """How long login, token and logout events (``auth_events``) are kept: 0 (the default)
+    for ever; else at least 183 days (six months, the least a network operator keeps its
+    logs under the Cybersecurity Law of the PRC, Art. 21)."""
     max_body_bytes: int = max_body()
     db_pool_size: int = pool_size()
     """PostgreSQL connections each server process keeps open to the token service's

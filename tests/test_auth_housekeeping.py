@@ -355,3 +355,40 @@ def test_failure_keys() -> None:
     assert failure_key("addr:192.0.2.7") == "addr:192.0.2.7"
     assert failure_key("addr:None") == "addr:None"
     assert failure_key("cert:abc") == "cert:abc"
+
+
+def test_events_older_than_the_retention_are_purged_and_kept_for_ever_by_default(
+    tmp_path: Path,
+) -> None:
+    """EPORT_AUTH_EVENT_RETENTION_DAYS: auth_events grew for good (soak probe: about 700
+    rows a minute under load). With a retention the sweeper's cleanup deletes the older
+    ones; without (the default, 0) none."""
+    from authsvc.config import AuthConfig
+    from authsvc.service import AuthEvent
+    from ca.errors import PolicyError
+
+    url = f"sqlite:///{tmp_path / 'auth.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        store = SqlAuthStore(sessionmaker(engine, expire_on_commit=False))
+        now = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+        for days in (400, 200, 100, 1):
+            store.add_event(AuthEvent("login", now - datetime.timedelta(days=days), f"ent:{days}"))
+
+        def subjects() -> set[str | None]:
+            with sessionmaker(engine)() as s:
+                return set(s.scalars(select(AuthEventRow.subject)))
+
+        assert "auth_events" not in store.cleanup(now)
+        assert subjects() == {"ent:400", "ent:200", "ent:100", "ent:1"}
+        half_year = datetime.timedelta(days=183)
+        assert store.cleanup(now, keep_events=half_year)["auth_events"] == 2
+        assert subjects() == {"ent:100", "ent:1"}
+    finally:
+        engine.dispose()
+    cfg = AuthConfig.load(environ={"EPORT_AUTH_EVENT_RETENTION_DAYS": "365"})
+    assert cfg.event_retention_days == 365
+    assert AuthConfig.load(environ={}).event_retention_days == 0
+    with pytest.raises(PolicyError, match="183"):
+        AuthConfig.load(environ={"EPORT_AUTH_EVENT_RETENTION_DAYS": "30"})

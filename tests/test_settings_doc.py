@@ -61,6 +61,8 @@ def _other(name: str, default: object, tmp_path: Path) -> str:
         return "192.0.2.1"
     if name == "request_max_lifetime_seconds":  # its default is its upper bound
         return "60"
+    if name == "event_retention_days":  # 0 (for ever), else six months at least
+        return "400"
     if isinstance(default, int | float):
         return "0.5" if name == "lint_sample_rate" else str(default + 1)
     if name.endswith("database_url"):
