@@ -273,14 +273,21 @@ def health() -> Response:
 
 @bp.get("/ca")
 def ca_certificates() -> Response:
-    """The root and the issuing CA certificates (PEM), for building chains."""
+    """The root and the issuing CA certificates (PEM), for building chains: ``issuers``
+    those that issue now, ``generations`` every generation by its id (revoked ones too:
+    their certificates are refused by name), which a token service run apart trusts
+    (``eport auth fetch-ca``)."""
     s = svc()
+    pem = serialization.Encoding.PEM
     return jsonify(
         {
-            "root": s.authority.root.public_bytes(serialization.Encoding.PEM).decode(),
+            "root": s.authority.root.public_bytes(pem).decode(),
             "issuers": {
-                i.id: i.certificate.public_bytes(serialization.Encoding.PEM).decode()
-                for i in s.authority.issuers.values()
+                i.id: i.certificate.public_bytes(pem).decode() for i in s.authority.issuers.values()
+            },
+            "generations": {
+                gen: issuer.certificate.public_bytes(pem).decode()
+                for gen, issuer in sorted(s.status.issuers.items())
             },
         }
     )

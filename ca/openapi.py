@@ -307,7 +307,12 @@ def openapi_document() -> dict[str, Any]:
                     body_required=False,
                 )
             },
-            "/ca/v1/ca": {"get": _op("Root and issuing CA certificates (PEM)")},
+            "/ca/v1/ca": {
+                "get": _op(
+                    "Root and issuing CA certificates (PEM): issuers (those that issue "
+                    "now) and generations (every issuing CA generation by its id)"
+                )
+            },
             "/ca/v1/issuers/{issuer_id}.cer": {
                 "get": {
                     "summary": "A CA certificate, DER (AIA caIssuers)",

@@ -2569,6 +2569,46 @@ def auth_group() -> None:
     """Administration of the token service (run on its host)."""
 
 
+@auth_group.command("fetch-ca")
+@data_dir_option("The token service's data directory (env EPORT_DATA_DIR).")
+@click.option(
+    "--root-sha256",
+    metavar="HEX",
+    default=None,
+    help="The root certificate's SHA-256 (from the CA's ceremony); needed the first time.",
+)
+@json_option
+@pass_ctx
+def auth_fetch_ca(ctx: Ctx, data_dir: Path, root_sha256: str | None, as_json: bool) -> None:
+    """Fetch the CA's public files for a token service run apart (eport serve --only auth).
+
+    Reads the root, every issuing CA generation and the root CRL from the CA at
+    --server (EPORT_SERVER), checks them (the root has the SHA-256 given, or is the
+    one DATA_DIR already has; every issuing CA and the root CRL are signed by it) and
+    writes them into DATA_DIR/ca/, each whole, then ca/generation, so that a running
+    token service reloads them once. Run it once before the first start, and again
+    after each CA ceremony (a cron job may run it: it changes nothing when nothing
+    changed). A refusal writes nothing.
+
+    \b
+      export EPORT_SERVER=http://ca.internal:8000
+      eport auth fetch-ca --data-dir /srv/eport-auth --root-sha256 3f1c...e9   (the first time)
+      eport auth fetch-ca --data-dir /srv/eport-auth                           (after a ceremony)
+    """
+    from cli.fetchca import fetch_ca, root_digest
+
+    digest = root_digest(root_sha256) if root_sha256 is not None else None
+    result = fetch_ca(ctx.server, data_dir, digest)
+    changed = result["changed"]
+    text = (
+        f"Fetched the CA's public files from {result['server']} into {result['ca_dir']}/ "
+        f"(root SHA-256 {result['root_sha256']}; issuing CAs: "
+        f"{', '.join(result['generations'])}): "
+        + (f"wrote {', '.join(changed)}, then generation" if changed else "nothing changed")
+    )
+    emit(as_json, result, text)
+
+
 @auth_group.command("rotate-keys")
 @data_dir_option("The server's data directory (env EPORT_DATA_DIR).")
 @click.option(

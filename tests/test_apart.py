@@ -6,6 +6,8 @@ as they would one server."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import threading
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from authsvc.client import IntrospectionFailed, Introspector
@@ -338,6 +342,55 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
         assert "Traceback" not in (tmp_path / "auth.log").read_text()
     finally:
         relay.close()
+        if auth_proc is not None:
+            stop(auth_proc)
+        stop(ca_proc)
+
+
+def test_fetch_ca_writes_what_the_token_service_trusts_and_checks_it(tmp_path: Path) -> None:
+    """eport auth fetch-ca takes the CA's public files from its API, pinned by the root's
+    SHA-256 (or, later, the root already there); a root with another digest is refused and
+    nothing is written; the token service alone serves from what it wrote; a second run
+    writes nothing when nothing changed."""
+    ca_srv, ca_proc = start_server(tmp_path / "ca-data", workers=1, args=("--only", "ca"))
+    auth_proc = None
+    try:
+        data = tmp_path / "auth-data"
+        root = x509.load_pem_x509_certificate((tmp_path / "ca-data/ca/root.crt").read_bytes())
+        digest = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+        fetch = ["auth", "fetch-ca", "--data-dir", str(data)]
+        no_pin = ca_srv.eport(*fetch, check=False)
+        assert no_pin.returncode == 1 and "give --root-sha256" in no_pin.stderr
+        wrong = ca_srv.eport(*fetch, "--root-sha256", "0" * 64, check=False)
+        assert wrong.returncode == 1 and "nothing was written" in wrong.stderr, wrong.stderr
+        assert not (data / "ca").exists()
+        colons = ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()
+        first = json.loads(ca_srv.eport(*fetch, "--root-sha256", colons, "--json").stdout)
+        issuers = sorted(p.stem for p in (tmp_path / "ca-data/ca/issuers").glob("*.crt"))
+        assert first["generations"] == issuers and "root.crt" in first["changed"]
+        for name in ("root.crt", "root.crl", *(f"issuers/{i}.crt" for i in issuers)):
+            ours, theirs = data / "ca" / name, tmp_path / "ca-data" / "ca" / name
+            if name.endswith(".crt"):
+                assert x509.load_pem_x509_certificate(ours.read_bytes()) == (
+                    x509.load_pem_x509_certificate(theirs.read_bytes())
+                ), name
+            else:
+                assert ours.read_bytes() == theirs.read_bytes(), name
+        token = (data / "ca" / "generation").read_text()
+        again = ca_srv.eport(*fetch)  # pinned by the root now there
+        assert "nothing changed" in again.stdout
+        assert (data / "ca" / "generation").read_text() == token
+        auth_port = free_port()
+        env = base_env() | {
+            "EPORT_PUBLIC_BASE_URL": f"http://127.0.0.1:{auth_port}",
+            "EPORT_AUTH_STATUS_MODE": "ocsp",
+            "EPORT_AUTH_KEY_PASSPHRASE": AUTH_PASSPHRASE,
+        }
+        auth_proc = serve_auth(data, auth_port, env, tmp_path / "auth.log")
+        ent = enroll_enterprise(ca_srv, tmp_path, "Fetched Trust Co.")
+        at_auth = Server(f"http://127.0.0.1:{auth_port}", data, "", tmp_path / "auth.log")
+        at_auth.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(tmp_path / "cfg"))
+    finally:
         if auth_proc is not None:
             stop(auth_proc)
         stop(ca_proc)
