@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.server
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +157,36 @@ def test_gateway_refuses_bad_tokens(gateway: Gateway, tmp_path: Path) -> None:
         r = gateway.get(tok)
         assert r.status_code == 401, what
     assert gateway.get(token).status_code == 200
+
+
+def test_a_token_service_that_cannot_judge_is_a_503_at_the_gateway(tmp_path: Path) -> None:
+    """The example maps auth_request's 500 for a validation that got no answer (502: the
+    token service down) or a 503 (it could not judge) to a 503 with Retry-After: a fault
+    the client retries, not a refused token; the service behind is not reached."""
+    hits: list[str] = []
+
+    class Service(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    down = f"127.0.0.1:{free_port()}"  # no token service listens there
+    try:
+        with gateway_nginx(tmp_path, down, f"127.0.0.1:{app.server_address[1]}") as url:
+            r = requests.get(
+                url + "/declarations", headers={"Authorization": "Bearer x.y.z"}, timeout=10
+            )
+            assert r.status_code == 503 and r.headers["Retry-After"] == "5", (r, r.headers)
+    finally:
+        app.shutdown()
+        app.server_close()
+    assert hits == []
 
 
 def test_logout_reaches_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
