@@ -602,8 +602,8 @@ def restore_command(
                 ]
                 if given:
                     raise CLIError(
-                        f"{' and '.join(given)} prove a CA's log: {source} is a token service's "
-                        "backup, which holds none; restore it without them"
+                        f"{' and '.join(given)}: for a CA's log, and {source} is a token "
+                        "service's backup, which holds none; restore it without them"
                     )
                 text = _restore_token_service(archive, source, data_dir, databases, force, as_json)
                 print_result(text)
@@ -837,8 +837,9 @@ def _restore_token_service(
         f"`eport serve --only auth --data-dir {result.data_dir}` with the settings it ran "
         "with: EPORT_AUTH_KEY_PASSPHRASE (the keys are encrypted with it), "
         "EPORT_PUBLIC_BASE_URL (the tokens' issuer), EPORT_AUTH_STATUS_MODE=ocsp",
-        "if a ceremony ran on the CA since this backup, copy its public files from the CA "
-        'host again (docs/token-service.md, "Running apart"; ca/generation last)',
+        "if a ceremony ran on the CA since this backup, fetch its public files again: "
+        f"`eport --server CA_URL auth fetch-ca --data-dir {result.data_dir}` "
+        '(docs/token-service.md, "Running apart")',
     ]
     lines += ["Next:", *(f"  {step}" for step in steps)]
     data: dict[str, Any] = {

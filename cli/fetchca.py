@@ -36,7 +36,8 @@ _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 def root_digest(text: str) -> str:
     """A SHA-256 as given: hex, any case, colons or blanks allowed (as ``openssl x509
     -fingerprint -sha256`` prints it)."""
-    digest = re.sub(r"[\s:]", "", text).lower().removeprefix("sha256=")
+    # openssl's whole line too: "sha256 Fingerprint=10:D5:..."
+    digest = re.sub(r"[\s:]", "", text.rsplit("=", 1)[-1]).lower()
     if not _HEX.fullmatch(digest):
         raise CLIError(f"--root-sha256 is not a SHA-256 in hex (64 digits): {text!r}")
     return digest

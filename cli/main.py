@@ -290,10 +290,11 @@ def serve(
     Production may run the two apart, on two hosts behind a front proxy that sends
     /auth/, /.well-known/ and /portal to the token service and the rest to the CA
     (examples/front_proxy/nginx.conf): `--only ca` on the CA host, `--only auth` on the
-    other. The token service alone trusts the CA's public files copied into its own
-    DATA_DIR/ca/ (root.crt, root.crl, issuers/*.crt, then generation; again after each
-    ceremony) and asks certificate status by OCSP (EPORT_AUTH_STATUS_MODE=ocsp), or
-    reads the CA's PostgreSQL database (EPORT_AUTH_CA_DATABASE_URL).
+    other. The token service alone trusts the CA's public files in its own DATA_DIR/ca/
+    (root.crt, root.crl, issuers/*.crt), fetched and checked by `eport auth fetch-ca`
+    (again after each ceremony), and asks certificate status by OCSP
+    (EPORT_AUTH_STATUS_MODE=ocsp), or reads the CA's PostgreSQL database
+    (EPORT_AUTH_CA_DATABASE_URL).
 
     \b
     Settings (environment, or an EPORT_CONFIG file; docs/ca.md "Checked settings"):
@@ -311,7 +312,8 @@ def serve(
       eport serve --dev --port 8000
       EPORT_AUTH_KEY_PASSPHRASE=... eport serve --data-dir /srv/eport --host 127.0.0.1
       eport serve --only ca --data-dir /srv/eport
-      EPORT_AUTH_STATUS_MODE=ocsp eport serve --only auth --data-dir /srv/eport-auth
+      export EPORT_AUTH_STATUS_MODE=ocsp EPORT_AUTH_KEY_PASSPHRASE=...
+      eport serve --only auth --data-dir /srv/eport-auth
     """
     import gc
 
@@ -523,8 +525,9 @@ def _serve_token_service_alone(
     if missing:
         raise CLIError(
             f"the token service alone trusts the CA's public files in {ca_dir}/, which has no "
-            f"{', '.join(missing)}: copy {', '.join(ALONE_FILES)} from the CA host's "
-            "DATA_DIR/ca/ there (and again after each ceremony, ca/generation last)"
+            f"{', '.join(missing)}: fetch them with `eport --server CA_URL auth fetch-ca "
+            f"--data-dir {data_dir} --root-sha256 HEX` (or copy {', '.join(ALONE_FILES)} "
+            "from the CA host's DATA_DIR/ca/), and again after each ceremony"
         )
     _check_public_files(data_dir)
     embedded_ca = data_dir / "eport.db"
@@ -2575,7 +2578,9 @@ def auth_group() -> None:
     "--root-sha256",
     metavar="HEX",
     default=None,
-    help="The root certificate's SHA-256 (from the CA's ceremony); needed the first time.",
+    help="The root certificate's SHA-256 (eport ca init's 'Root: ... SHA-256' line, or "
+    "openssl x509 -in CA_DATA_DIR/ca/root.crt -noout -fingerprint -sha256); needed the "
+    "first time.",
 )
 @json_option
 @pass_ctx

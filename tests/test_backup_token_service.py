@@ -208,7 +208,7 @@ def test_archives_of_a_ca_and_of_a_token_service_are_never_crossed(
     # A token service's archive has no log to prove: the log's options are refused
     for option in (("--checkpoint", str(tmp_path / "cp.txt")), ("--accept-loss",)):
         res = restore(instances["auth-archive"], empty, *option, check=False)
-        refused(res, f"{option[0]} prove a CA's log", "token service's backup")
+        refused(res, f"{option[0]}: for a CA's log", "token service's backup")
         assert not empty.exists()
 
 

@@ -76,5 +76,7 @@ def test_a_root_digest_is_read_as_openssl_prints_it() -> None:
     hexed = "ab" * 32
     assert root_digest(":".join(["AB"] * 32)) == hexed
     assert root_digest(f"sha256={hexed}") == hexed
+    openssl = "sha256 Fingerprint=" + ":".join(["AB"] * 32)  # its whole line, pasted
+    assert root_digest(openssl) == hexed
     with pytest.raises(CLIError, match="64 digits"):
         root_digest("abcd")
