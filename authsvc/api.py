@@ -321,6 +321,17 @@ def health() -> Response:
         notice = hierarchy.root_crl_notice(material.root_crl, now, dev=s.config.dev)
         if notice is not None:
             warnings.append(notice)
+        responders = getattr(s.live.status_for, "responders", None)
+        if responders is not None:  # status by OCSP: can the CA be asked now?
+            failing = responders.failing()
+            out["ca_status"] = "failing" if failing else "ok"
+            if failing:
+                out["status"] = "degraded"
+                warnings.append(
+                    "the CA's OCSP responder or CRL did not answer when last asked: logins, "
+                    "refreshes and validations that need a certificate's status answer 503 "
+                    "until it does"
+                )
     if warnings:
         out["warnings"] = warnings
     resp = jsonify(out)

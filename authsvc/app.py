@@ -130,10 +130,15 @@ def status_factory(cfg: AuthConfig) -> StatusFactory:
         # per session), kept across reloads
         crls = IssuingCRLs(post.get, logger=log)
 
-        def remote(issuers: Mapping[str, x509.Certificate]) -> StatusSource:
-            return OCSPStatusSource(list(issuers.values()), post, crls=crls)
+        class Remote:
+            """Status sources over one transport, which /auth/health reads."""
 
-        return remote
+            responders = post
+
+            def __call__(self, issuers: Mapping[str, x509.Certificate]) -> StatusSource:
+                return OCSPStatusSource(list(issuers.values()), post, crls=crls)
+
+        return Remote()
     from ca.issuance import IssuingCA
     from ca.signer import SealedSigner
     from ca.status import StatusService

@@ -124,6 +124,12 @@ class Responders:
             self._crls.pop(url, None)
         return bytes(body)
 
+    def failing(self) -> int:
+        """How many responder and CRL addresses failed when last asked and have not
+        answered since (``/auth/health``: the CA cannot be asked for status now)."""
+        with self._lock:
+            return len(self._down)
+
     def _may_ask(self, url: str) -> None:
         now = self.clock()
         with self._lock:

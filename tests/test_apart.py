@@ -252,6 +252,12 @@ class Relay:
                 )
                 return self._send(r.status_code, r.headers["Content-Type"], r.content)
 
+            def do_GET(self) -> None:  # the CRLs the session sweep reads
+                if relay.mode == "down":
+                    return self._send(502, "text/html", b"<html>502 Bad Gateway</html>")
+                r = requests.get(relay.target + self.path, timeout=10)
+                return self._send(r.status_code, r.headers["Content-Type"], r.content)
+
             def _send(self, status: int, kind: str, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
@@ -330,6 +336,9 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
         assert refresh.returncode == 1 and "status could not be had" in refresh.stderr, refresh
         relay.mode = "down"
         assert validate().status_code == 503
+        health = requests.get(auth.url + "/auth/health", timeout=10).json()
+        assert health["ca_status"] == "failing" and health["status"] == "degraded", health
+        assert relay.url not in json.dumps(health)  # public: no address
         again = auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg, check=False)
         assert again.returncode == 1 and "status could not be had" in again.stderr, again
         assert requests.get(auth.url + "/auth/jwks.json", timeout=10).status_code == 200
@@ -339,6 +348,13 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, validate().status_code
             time.sleep(0.2)
         auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg)
+        deadline = time.monotonic() + 20  # OCSP answered; the sweep's CRL within seconds
+        while (health := requests.get(auth.url + "/auth/health", timeout=10).json())[
+            "ca_status"
+        ] != "ok":
+            assert time.monotonic() < deadline, health
+            time.sleep(0.5)
+        assert health["status"] == "ok", health
         assert "Traceback" not in (tmp_path / "auth.log").read_text()
     finally:
         relay.close()
