@@ -326,10 +326,9 @@ def serve(
     from authsvc.config import AuthConfig
     from ca import hierarchy
     from ca.config import CAConfig
-    from ca.datalock import LOCK_NAME, hold_for_serving
+    from ca.datalock import LOCK_NAME
     from ca.db import upgrade
     from ca.devinit import PASSPHRASE_FILE, dev_dir, ensure_dev_ca
-    from ca.errors import Conflict
     from cli.serve import run
 
     _check_listen(host, port)
@@ -366,14 +365,7 @@ def serve(
     # The policies too: a set refused leaves no data directory (nor lock) behind
     _check_policies(cfg, auth_cfg)
     existed = data_dir.exists()
-    try:
-        # Shared by every server of the directory, for the server's life (workers inherit
-        # it); an `eport restore` takes it alone and refuses while a server holds it.
-        in_use = hold_for_serving(data_dir)
-    except Conflict as exc:
-        raise CLIError(exc.detail) from None
-    except OSError as exc:
-        raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    in_use = _hold_for_serving(data_dir)
     unfinished = hierarchy.unfinished_init_advice(data_dir) if not dev else None
     if unfinished is not None:  # an init cut short before it wrote ca/root.crt
         os.close(in_use)
@@ -505,14 +497,11 @@ def _serve_token_service_alone(
 
     from authsvc.app import MIGRATIONS as AUTH_MIGRATIONS
     from authsvc.app import VERSION_TABLE as AUTH_VERSIONS
-    from authsvc.app import key_passphrase
     from authsvc.app import upgrade as auth_upgrade
     from authsvc.config import AuthConfig
     from ca import hierarchy
     from ca.config import CAConfig
-    from ca.datalock import hold_for_serving
     from ca.db import check_known_revision
-    from ca.errors import Conflict
     from cli.serve import check_policies, run, start_warnings
 
     auth_cfg = AuthConfig.load(overrides)
@@ -537,13 +526,8 @@ def _serve_token_service_alone(
             "EPORT_AUTH_STATUS_MODE=ocsp (the local mode reads the CA's database: "
             f"EPORT_AUTH_CA_DATABASE_URL, or {embedded_ca} of a CA sharing this directory)"
         )
-    passphrase = _alone_key_passphrase(auth_cfg, key_passphrase)  # before a database is made
-    try:
-        in_use = hold_for_serving(data_dir)
-    except Conflict as exc:
-        raise CLIError(exc.detail) from None
-    except OSError as exc:
-        raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    passphrase = _alone_key_passphrase(auth_cfg)  # before a database is made
+    in_use = _hold_for_serving(data_dir)
     try:
         url = auth_cfg.sqlalchemy_url
         _tighten_databases(url)
@@ -596,9 +580,25 @@ def _check_public_files(data_dir: Path) -> None:
         ) from None
 
 
-def _alone_key_passphrase(cfg: Any, key_passphrase: Any) -> bytes:
+def _hold_for_serving(data_dir: Path) -> int:
+    """The data directory's lock, shared by every server of the directory for the server's
+    life (workers inherit it); an `eport restore` takes it alone and refuses while a
+    server holds it. Its file descriptor, or one line and no server."""
+    from ca.datalock import hold_for_serving
+    from ca.errors import Conflict
+
+    try:
+        return hold_for_serving(data_dir)
+    except Conflict as exc:
+        raise CLIError(exc.detail) from None
+    except OSError as exc:
+        raise CLIError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+
+
+def _alone_key_passphrase(cfg: Any) -> bytes:
     """The token service's key passphrase; with --dev, from a development data directory
     (one a CA's --dev start made), which a token service's own directory is not."""
+    from authsvc.app import key_passphrase
     from ca.devinit import PASSPHRASE_FILE, dev_dir
 
     if (
