@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import itertools
 import json
 import socket
 import subprocess
+import threading
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -320,6 +323,13 @@ def add_operators(ca: Any, uscc: str, legal_name: str, n: int) -> list[x509.Cert
     unlinted by the operators' issuing CA, and stored with its ``certificate.issued`` event
     and log entry, all in one transaction. A large enterprise in seconds, where enrolling
     each operator through the CLI takes about one."""
+    return [cert for cert, _ in add_operators_with_keys(ca, uscc, legal_name, n)]
+
+
+def add_operators_with_keys(
+    ca: Any, uscc: str, legal_name: str, n: int
+) -> list[tuple[x509.Certificate, Any]]:
+    """:func:`add_operators`, each certificate with its private key (to log in with)."""
     import os
 
     from ca.authority import certificate_record
@@ -330,7 +340,7 @@ def add_operators(ca: Any, uscc: str, legal_name: str, n: int) -> list[x509.Cert
     issuer = ca.issuers[profile.issuer]
     sampler, ca.factory.lint_sampler = ca.factory.lint_sampler, lambda: False
     now = ca.clock()
-    certs = []
+    made: list[tuple[x509.Certificate, Any]] = []
     try:
         with ca.store.transaction() as tx:
             for i in range(n):
@@ -352,17 +362,17 @@ def add_operators(ca: Any, uscc: str, legal_name: str, n: int) -> list[x509.Cert
                     decided_at=now,
                 )
                 tx.add_application(app)
-                key = KeyType.P256.generate().public_key()
-                cert = ca.factory.issue(profile, issuer, key, vetted, now)
+                key = KeyType.P256.generate()
+                cert = ca.factory.issue(profile, issuer, key.public_key(), vetted, now)
                 rec = certificate_record(cert, issuer.id, profile.name, app, None)
                 tx.add_certificate(rec)
                 tx.append_event(
                     Event.about(EventType.CERTIFICATE_ISSUED, rec, actor="test", at=now)
                 )
-                certs.append(cert)
+                made.append((cert, key))
     finally:
         ca.factory.lint_sampler = sampler
-    return certs
+    return made
 
 
 def row_counts(url: str, tables: Iterable[Any]) -> dict[str, int]:
@@ -524,3 +534,114 @@ def self_signed(common_name: str, *alt_names: x509.GeneralName) -> tuple[x509.Ce
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     return builder.sign(key, hashes.SHA256()), key
+
+
+# -- small HTTP servers: a stub, and a relay that fails as the network may -------------------
+
+
+class HttpStub:
+    """A plain HTTP server on 127.0.0.1, in a thread, whose every request is answered by
+    ``answer(method, path, body)`` -> ``(status, content type, body)``: a server that is
+    not the e-port one, or a relay in front of it. ``url`` is its base."""
+
+    def __init__(self, answer: Callable[[str, str, bytes], tuple[int, str, bytes]]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, kind, out = answer(self.command, self.path, body)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> HttpStub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+TRY_LATER = b"\x30\x03\x0a\x01\x03"
+"""An OCSPResponse of status tryLater (RFC 6960 §2.3), which carries no responseBytes."""
+
+
+class Relay:
+    """An HTTP relay to ``target`` (the CA's OCSP and CRLs, the token service's key set)
+    that counts what passes (``taken()``: "ocsp" for a POST, "crl" for ``/crl/…``,
+    "other") and fails as a network, a front proxy or a busy responder does: ``down``
+    answers every request with a proxy's 502 page, ``crl_down`` every CRL, and the OCSP
+    requests for the serial ``later`` (hex) get tryLater."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.down = False
+        self.crl_down = False
+        self.later: str | None = None
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stub = HttpStub(self._answer)
+        self.url = self._stub.url
+
+    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        from cryptography.x509 import ocsp
+
+        what = "ocsp" if method == "POST" else "crl" if path.startswith("/crl/") else "other"
+        with self._lock:
+            self._counts[what] += 1
+        if self.down or (what == "crl" and self.crl_down):
+            return 502, "text/html", b"<html>502 Bad Gateway</html>"
+        if (
+            what == "ocsp"
+            and self.later is not None
+            and format(ocsp.load_der_ocsp_request(body).serial_number, "x") == self.later
+        ):
+            return 200, "application/ocsp-response", TRY_LATER
+        headers = {"Content-Type": "application/ocsp-request"} if method == "POST" else {}
+        r = requests.request(
+            method, self.target + path, data=body or None, headers=headers, timeout=10
+        )
+        return r.status_code, r.headers.get("Content-Type", "application/octet-stream"), r.content
+
+    def taken(self) -> Counter[str]:
+        """The counts since the last call."""
+        with self._lock:
+            out, self._counts = self._counts, Counter()
+        return out
+
+    def close(self) -> None:
+        self._stub.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium, which Playwright drives (no ``playwright install``)."""
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A Playwright browser on :data:`CHROMIUM`, launched as it runs as root here; the
+    caller's environment (a CA for Node, a host-name shim) is taken as it is."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    need("chromium", CHROMIUM)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -10,16 +10,13 @@ import hashlib
 import json
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509 import ocsp
 
 from authsvc.client import IntrospectionFailed, Introspector
 from tests.conftest import (
@@ -33,6 +30,7 @@ from tests.conftest import (
 )
 from tests.helpers import (
     SERVICE_HOST,
+    Relay,
     creds,
     enroll_enterprise,
     enroll_service,
@@ -59,10 +57,11 @@ def copy_public_files(ca_data: Path, auth_data: Path) -> None:
 
 
 def serve_auth(
-    auth_data: Path, port: int, env: dict[str, str], log: Path
+    auth_data: Path, port: int, env: dict[str, str], log: Path, workers: int = 1
 ) -> subprocess.Popen[bytes]:
+    """``eport serve --only auth`` on ``auth_data``, once its discovery answers."""
     cmd = [*EPORT_CMD, "serve", "--only", "auth", "--data-dir", str(auth_data)]
-    cmd += ["--port", str(port), "--workers", "1"]
+    cmd += ["--port", str(port), "--workers", str(workers)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -225,58 +224,6 @@ def test_the_token_service_alone_says_what_it_lacks(tmp_path: Path) -> None:
     assert not (data / "auth.db").exists()
 
 
-class Relay:
-    """An HTTP relay between the token service and the CA's OCSP responder that can fail
-    as a network, a front proxy or a busy responder does: ``mode`` is "pass" (relay),
-    "down" (a proxy's 502 page) or a serial (hex) answered ``tryLater`` (RFC 6960 §2.3),
-    the others relayed."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.mode = "pass"
-        relay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if relay.mode == "down":
-                    return self._send(502, "text/html", b"<html>502 Bad Gateway</html>")
-                asked = format(ocsp.load_der_ocsp_request(body).serial_number, "x")
-                if relay.mode == asked:
-                    return self._send(200, "application/ocsp-response", b"\x30\x03\x0a\x01\x03")
-                r = requests.post(
-                    relay.target + self.path,
-                    data=body,
-                    headers={"Content-Type": "application/ocsp-request"},
-                    timeout=10,
-                )
-                return self._send(r.status_code, r.headers["Content-Type"], r.content)
-
-            def do_GET(self) -> None:  # the CRLs the session sweep reads
-                if relay.mode == "down":
-                    return self._send(502, "text/html", b"<html>502 Bad Gateway</html>")
-                r = requests.get(relay.target + self.path, timeout=10)
-                return self._send(r.status_code, r.headers["Content-Type"], r.content)
-
-            def _send(self, status: int, kind: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
     """The token service alone, its status by OCSP through a relay: when the CA's answer
     cannot be had (the responder says tryLater for one certificate, or the way to it is
@@ -327,14 +274,14 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
         )
         with introspector as intro:
             assert intro.introspect(token).active
-            relay.mode = serial_of(op)  # tryLater for the operator's certificate only
+            relay.later = serial_of(op)  # tryLater for the operator's certificate only
             r = validate()
             assert r.status_code == 503 and r.headers["Retry-After"], (r.status_code, r.headers)
             with pytest.raises(IntrospectionFailed):
                 intro.introspect(token)
         refresh = auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg, check=False)
         assert refresh.returncode == 1 and "status could not be had" in refresh.stderr, refresh
-        relay.mode = "down"
+        relay.later, relay.down = None, True
         assert validate().status_code == 503
         health = requests.get(auth.url + "/auth/health", timeout=10).json()
         assert health["ca_status"] == "failing" and health["status"] == "degraded", health
@@ -342,7 +289,7 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
         again = auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg, check=False)
         assert again.returncode == 1 and "status could not be had" in again.stderr, again
         assert requests.get(auth.url + "/auth/jwks.json", timeout=10).status_code == 200
-        relay.mode = "pass"
+        relay.down = False
         deadline = time.monotonic() + 20  # the responder is asked again after a pause
         while validate().status_code != 200:
             assert time.monotonic() < deadline, validate().status_code

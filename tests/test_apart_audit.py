@@ -5,54 +5,20 @@ fault, not a 401 that tells a client its good token is bad."""
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
 from tests.conftest import Server, base_env, free_port, start_server, stop
+from tests.helpers import Relay
 from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_auth
-
-
-class KeyRelay:
-    """GETs relayed to ``target``, counted; ``down`` answers a proxy's 502 page."""
-
-    def __init__(self, target: str) -> None:
-        self.target, self.down, self.hits = target, False, 0
-        relay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                relay.hits += 1
-                if relay.down:
-                    status, kind, body = 502, "text/html", b"<html>502</html>"
-                else:
-                    r = requests.get(relay.target + self.path, timeout=10)
-                    status, kind, body = r.status_code, r.headers["Content-Type"], r.content
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_the_ca_alone_checks_audit_tokens_by_the_key_set_it_is_told(tmp_path: Path) -> None:
     auth_port = free_port()
     auth_url = f"http://127.0.0.1:{auth_port}"
-    relay = KeyRelay(auth_url)
+    relay = Relay(auth_url)
     ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
     ca_srv, ca_proc = start_server(
         ca_data,
@@ -87,7 +53,7 @@ def test_the_ca_alone_checks_audit_tokens_by_the_key_set_it_is_told(tmp_path: Pa
         problem = r.json()
         assert problem["type"] == "urn:eport:problem:token-check-unavailable", problem
         assert relay.url not in r.text  # the CA's log has the address, not the client
-        assert relay.hits >= 1
+        assert relay.taken()["other"] >= 1  # the key set was asked for there
         relay.down = False
         deadline = time.monotonic() + 30  # the verifier asks again after its back-off
         while (r := requests.get(url, headers=bearer, timeout=30)).status_code != 200:

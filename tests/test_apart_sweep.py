@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime
 import logging
-import os
 import secrets
 import shutil
 import sqlite3
@@ -40,9 +39,10 @@ from ca.crl import RevokedEntry, UnusableCRL, build_crl, verify_crl
 from ca.errors import Unauthenticated
 from ca.ocsp_client import IssuingCRLs, OCSPStatusSource, StatusUnavailable
 from ca.signer import SoftwareSigner
-from tests.conftest import EPORT_CMD, Server, base_env, free_port, start_server, stop, wait_http
-from tests.helpers import jrun
+from tests.conftest import Server, base_env, free_port, start_server, stop
+from tests.helpers import Relay, add_operators_with_keys, jrun
 from tests.test_apart import AUTH_PASSPHRASE, copy_public_files
+from tests.test_apart import serve_auth as serve_apart
 
 WORKERS = 2
 SESSIONS = 24
@@ -50,95 +50,21 @@ IDLE = 8.0
 """Seconds the token service is left idle while the relay counts (four sweeps of 2 s)."""
 
 
-class CountingRelay:
-    """An HTTP relay in front of the CA's status endpoints (``POST /ocsp``, ``GET
-    /crl/<issuer>.crl``) that counts what passes; ``crl`` is "pass", or "down" (a proxy's
-    502 for every CRL)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.crl = "pass"
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        relay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                relay._count("ocsp")
-                r = requests.post(
-                    relay.target + self.path,
-                    data=body,
-                    headers={"Content-Type": "application/ocsp-request"},
-                    timeout=10,
-                )
-                self._send(r.status_code, r.headers["Content-Type"], r.content)
-
-            def do_GET(self) -> None:
-                relay._count("crl" if self.path.startswith("/crl/") else "other")
-                if relay.crl == "down":
-                    return self._send(502, "text/html", b"<html>502 Bad Gateway</html>")
-                r = requests.get(relay.target + self.path, timeout=10)
-                return self._send(r.status_code, r.headers["Content-Type"], r.content)
-
-            def _send(self, status: int, kind: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def _count(self, what: str) -> None:
-        with self._lock:
-            self.counts[what] += 1
-
-    def taken(self) -> Counter[str]:
-        """The counts since the last call."""
-        with self._lock:
-            out, self.counts = self.counts, Counter()
-        return out
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def serve_auth(data: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [*EPORT_CMD, "serve", "--only", "auth", "--data-dir", str(data)]
-    cmd += ["--port", str(port), "--workers", str(WORKERS)]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/.well-known/openid-configuration", proc, log)
-    except Exception:
-        stop(proc)
-        raise
-    return proc
+    return serve_apart(data, port, env, log, workers=WORKERS)
 
 
 def operators(srv: Server, status_base: str, n: int) -> list[tuple[x509.Certificate, Any]]:
     """``n`` operator certificates and their keys, made by the running CA's joint CA in
-    this process (as :func:`tests.helpers.add_operators`, keeping the keys), naming
+    this process (:func:`tests.helpers.add_operators_with_keys`), naming
     ``status_base`` as their OCSP responder and CRL distribution point."""
     from sqlalchemy.orm import sessionmaker
 
     from ca import hierarchy, translog
     from ca.app import build_authority, ca_passphrase
-    from ca.authority import certificate_record
     from ca.config import CAConfig
     from ca.db import make_engine
-    from ca.keys import KeyType
     from ca.policy import load_policies
-    from ca.records import Application, ApplicationState, Event, EventType
     from ca.store import SqlStore
 
     overrides = {
@@ -155,43 +81,10 @@ def operators(srv: Server, status_base: str, n: int) -> list[tuple[x509.Certific
         sessionmaker(engine, expire_on_commit=False), event_sinks=(translog.append_event,)
     )
     ca = build_authority(cfg, load_policies(cfg.policies_dir), h, store)
-    profile = ca.policies.profile("operator")
-    issuer = ca.issuers[profile.issuer]
-    ca.factory.lint_sampler = lambda: False
-    now = ca.clock()
-    out = []
     try:
-        with ca.store.transaction() as tx:
-            for i in range(n):
-                vetted = {
-                    "uscc": "91350200MA2XYZ0001",
-                    "legal_name": "Sweep Trading Co.",
-                    "operator_name": f"Sweep Operator {i}",
-                    "operator_id": f"SW{i}",
-                }
-                app = Application(
-                    id="app_" + base64.b32encode(os.urandom(10)).decode().lower(),
-                    subject_class="operator",
-                    uscc=vetted["uscc"],
-                    vetted=vetted,
-                    state=ApplicationState.APPROVED,
-                    created_at=now,
-                    applicant="test",
-                    decided_by="test",
-                    decided_at=now,
-                )
-                tx.add_application(app)
-                key = KeyType.P256.generate()
-                cert = ca.factory.issue(profile, issuer, key.public_key(), vetted, now)
-                rec = certificate_record(cert, issuer.id, profile.name, app, None)
-                tx.add_certificate(rec)
-                tx.append_event(
-                    Event.about(EventType.CERTIFICATE_ISSUED, rec, actor="test", at=now)
-                )
-                out.append((cert, key))
+        return add_operators_with_keys(ca, "91350200MA2XYZ0001", "Sweep Trading Co.", n)
     finally:
         engine.dispose()
-    return out
 
 
 def login(url: str, cert: x509.Certificate, key: Any) -> requests.Response:
@@ -227,7 +120,7 @@ class Apart:
     alone (``--only auth``, OCSP, WORKERS workers), started without the agency issuing
     CA's certificate among the files copied to it."""
 
-    relay: CountingRelay
+    relay: Relay
     ca: Server
     auth_url: str
     auth_data: Path
@@ -239,7 +132,7 @@ class Apart:
 def apart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apart]:
     tmp = tmp_path_factory.mktemp("apart-sweep")
     ca_port = free_port()
-    relay = CountingRelay(f"http://127.0.0.1:{ca_port}")
+    relay = Relay(f"http://127.0.0.1:{ca_port}")
     ca_data, auth_data = tmp / "ca-data", tmp / "auth-data"
     ca_srv, ca_proc = start_server(
         ca_data,
@@ -312,7 +205,7 @@ def test_idle_sweeps_read_crls_not_one_ocsp_request_per_session(apart: Apart) ->
 
     # The CRL cannot be had: nothing is ended for lack of it, and the log says so once
     # per worker (not a line, nor a traceback, a sweep)
-    relay.crl = "down"
+    relay.crl_down = True
     unseen = hexserial(certs[2][0])
     jrun(ca_srv, "revoke", "--serial", unseen, "--reason", "keyCompromise", *ca_srv.officer())
     time.sleep(IDLE)
@@ -324,7 +217,7 @@ def test_idle_sweeps_read_crls_not_one_ocsp_request_per_session(apart: Apart) ->
     assert relay.taken()["ocsp"] == 0
     down = lines_with(apart.log, "session sweep: the CRL at")
     assert 1 <= len(down) <= WORKERS and "HTTP 502" in down[0], down
-    relay.crl = "pass"
+    relay.crl_down = False
     t0 = time.monotonic()
     while unseen in open_serials(auth_data):
         assert time.monotonic() < t0 + 30

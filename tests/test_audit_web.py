@@ -31,11 +31,10 @@ from ca.db import make_engine
 from ca.records import Event, EventType
 from ca.store import SqlStore
 from cli import auditproof
-from tests.conftest import REPO, Server, need
+from tests.conftest import REPO, Server
+from tests.helpers import chromium
 from tests.test_audit_cli import enroll_concurrently
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
 # The picture in docs/ is refreshed only on request (EPORT_UPDATE_SCREENSHOTS=1), so a
 # test run never leaves the work tree changed; otherwise it goes to a temporary file.
 SCREENSHOT = (
@@ -73,16 +72,8 @@ def seed_history(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    need("chromium", CHROMIUM)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def login_url(server: Server, *identity: str) -> str:

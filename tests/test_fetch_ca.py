@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,39 +12,22 @@ from cryptography.hazmat.primitives import serialization
 
 from cli.client import CLIError
 from cli.fetchca import fetch_ca, root_digest
-from tests.helpers import self_signed
+from tests.helpers import HttpStub, self_signed
 
 PEM = serialization.Encoding.PEM
 
 
-@contextmanager
-def serving(doc: dict[str, object], crl: bytes) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/ca/v1/ca":
-                body, kind = json.dumps(doc).encode(), "application/json"
-            elif self.path == "/crl/root.crl":
-                body, kind = crl, "application/pkix-crl"
-            else:
-                body, kind = b"{}", "application/json"
-                self.send_response(404)
-            if self.path in ("/ca/v1/ca", "/crl/root.crl"):
-                self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def serving(doc: dict[str, object], crl: bytes) -> HttpStub:
+    """A server that says it is the CA: ``doc`` at /ca/v1/ca, ``crl`` at /crl/root.crl."""
 
-        def log_message(self, *args: object) -> None:
-            pass
+    def answer(_method: str, path: str, _body: bytes) -> tuple[int, str, bytes]:
+        if path == "/ca/v1/ca":
+            return 200, "application/json", json.dumps(doc).encode()
+        if path == "/crl/root.crl":
+            return 200, "application/pkix-crl", crl
+        return 404, "application/json", b"{}"
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return HttpStub(answer)
 
 
 def test_what_the_root_did_not_sign_is_refused(tmp_path: Path) -> None:
@@ -60,7 +39,8 @@ def test_what_the_root_did_not_sign_is_refused(tmp_path: Path) -> None:
         "generations": {"enterprise": stranger.public_bytes(PEM).decode()},
     }
     data = tmp_path / "auth-data"
-    with serving(doc, b"not a CRL") as url:
+    with serving(doc, b"not a CRL") as stub:
+        url = stub.url
         with pytest.raises(CLIError, match="enterprise's certificate is not signed by the root"):
             fetch_ca(url, data, digest)
         doc["generations"] = {"../../etc/x": root.public_bytes(PEM).decode()}

@@ -5,47 +5,19 @@ a proxy's 5xx page still keeps it (the CA may have answered behind it)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Server
-from tests.helpers import enroll_enterprise
+from tests.helpers import HttpStub, enroll_enterprise
 from tests.test_cli_errors import one_line
 
 
-@contextlib.contextmanager
-def answering(status: int) -> Iterator[str]:
+def answering(status: int) -> HttpStub:
     """A web server answering every request with ``status`` and an HTML page."""
-
-    class Page(BaseHTTPRequestHandler):
-        def _page(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            body = b"<html><body><h1>Not the e-port</h1></body></html>"
-            self.send_response(status)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _page
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    page = b"<html><body><h1>Not the e-port</h1></body></html>"
+    return HttpStub(lambda _method, _path, _body: (status, "text/html", page))
 
 
 @pytest.mark.parametrize("status", [404, 429])
@@ -55,7 +27,8 @@ def test_a_renewal_refused_by_another_server_keeps_no_key(
     ent = enroll_enterprise(sqlite_server, tmp_path, "Foreign Answer Co.")
     out = tmp_path / "renewed"
     renew = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
-    with answering(status) as url:
+    with answering(status) as stub:
+        url = stub.url
         res = sqlite_server.eport("--server", url, *renew, "--out", str(out), check=False)
     line = one_line(res, 1, f"the server at {url} answered HTTP {status}")
     assert line.endswith("the CA did not get it, so nothing was issued"), line
@@ -67,7 +40,8 @@ def test_a_proxy_error_page_still_keeps_the_key(sqlite_server: Server, tmp_path:
     ent = enroll_enterprise(sqlite_server, tmp_path, "Proxy Error Co.")
     out = tmp_path / "renewed"
     renew = ["renew", "--cert", str(ent / "cert.pem"), "--key", str(ent / "key.pem")]
-    with answering(502) as url:
+    with answering(502) as stub:
+        url = stub.url
         res = sqlite_server.eport("--server", url, *renew, "--out", str(out), check=False)
     line = one_line(res, 1, "the CA may have issued the certificate")
     assert (out / "key.pem").exists(), line

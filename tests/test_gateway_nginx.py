@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import requests
 
 from tests.conftest import REPO, Server, free_port, start_server, stop
 from tests.helpers import (
+    HttpStub,
     cert_of,
     creds,
     enroll_enterprise,
@@ -165,27 +164,20 @@ def test_a_token_service_that_cannot_judge_is_a_503_at_the_gateway(tmp_path: Pat
     the client retries, not a refused token; the service behind is not reached."""
     hits: list[str] = []
 
-    class Service(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
+    def service(_method: str, path: str, _body: bytes) -> tuple[int, str, bytes]:
+        hits.append(path)
+        return 200, "text/plain", b"served"
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Service)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    app = HttpStub(service)
     down = f"127.0.0.1:{free_port()}"  # no token service listens there
     try:
-        with gateway_nginx(tmp_path, down, f"127.0.0.1:{app.server_address[1]}") as url:
+        with gateway_nginx(tmp_path, down, app.url.removeprefix("http://")) as url:
             r = requests.get(
                 url + "/declarations", headers={"Authorization": "Bearer x.y.z"}, timeout=10
             )
             assert r.status_code == 503 and r.headers["Retry-After"] == "5", (r, r.headers)
     finally:
-        app.shutdown()
-        app.server_close()
+        app.close()
     assert hits == []
 
 

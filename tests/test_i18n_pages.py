@@ -30,8 +30,8 @@ from werkzeug.http import parse_accept_header
 
 from ca import errors, i18n, translog
 from ca.policy import SubjectClass
-from tests.conftest import REPO, Server, need
-from tests.helpers import serial_of
+from tests.conftest import REPO, Server
+from tests.helpers import chromium, serial_of
 from tests.test_oidc import COOKIE, World, authorize, world  # noqa: F401  (a fixture)
 
 TEMPLATES = (REPO / "authsvc" / "templates", REPO / "ca" / "templates")
@@ -43,7 +43,6 @@ VIEWS = (
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
-CHROMIUM = "/usr/bin/chromium"
 
 
 # -- the catalog -------------------------------------------------------------------------
@@ -351,19 +350,10 @@ def test_the_audit_view(world: World) -> None:  # noqa: F811
     assert zh.json() == en.json() and "Content-Language" not in zh.headers
 
 
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    need("chromium", CHROMIUM)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
+@pytest.fixture(name="chromium")
+def chromium_browser() -> Iterator[Any]:
+    with chromium() as browser:
+        yield browser
 
 
 def test_a_chinese_browser_reads_both_views(world: World, chromium: Any) -> None:  # noqa: F811
