@@ -338,6 +338,7 @@ def health() -> Response:
     resp.headers["Cache-Control"] = "no-store"
     if "ready" in request.args and out["database"] != "ok":
         resp.status_code = 503
+        resp.headers["Retry-After"] = "5"
     return resp
 
 

@@ -111,6 +111,12 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             assert health.json()["status"] == "degraded"
             ready = requests.get(url + "/ca/v1/health?ready", timeout=30)
             assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+            # the token service's, on its own database: alive, and not ready
+            health = requests.get(url + "/auth/health", timeout=30)
+            assert health.status_code == 200 and health.json()["database"] == "unavailable"
+            assert health.json()["status"] == "degraded"
+            ready = requests.get(url + "/auth/health?ready", timeout=30)
+            assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
             log = srv.log.read_text(errors="replace")
             assert "database unavailable on POST /ca/v1/applications" in log
             assert "database unavailable on POST /auth/token" in log
@@ -125,6 +131,8 @@ def test_a_stopped_database_is_a_503_with_retry_after_and_the_server_heals(
             assert again.status_code == 201, again.text
             assert json.loads(again.text)["state"] == "pending"
             ready = requests.get(url + "/ca/v1/health?ready", timeout=30)
+            assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text
+            ready = requests.get(url + "/auth/health?ready", timeout=30)
             assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text
         finally:
             stop(proc)
