@@ -39,7 +39,7 @@ from ca.errors import (
 )
 from ca.hierarchy import generation_base
 from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, spki_sha256
-from ca.names import code_point, hidden_character, marked, member_agency_of, spelled_apart
+from ca.names import code_point, hidden_character, member_agency_of
 from ca.names import dn_string as dn_string  # re-exported for older callers
 from ca.policy import Policies, Profile, SubjectClass
 from ca.records import (
@@ -57,6 +57,7 @@ from ca.records import (
     code_refusal,
     code_state,
     credential_refusal,
+    same_name_refusal,
     signer_refusal,
 )
 from ca.signedreq import SignedRequest
@@ -235,6 +236,8 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 OFFICER_NOTICE = datetime.timedelta(days=30)
+_ONE_NAME_CLASSES = frozenset({SubjectClass.AGENCY, SubjectClass.AUDITOR})
+"""A member agency's staff: one person per name in an agency (the one-name rule)."""
 """How long before a member's last RA officer certificate ends the server warns."""
 
 
@@ -800,7 +803,7 @@ class JointCA:
         then decided one at a time, and an enrollment in flight has either stored its
         certificate (seen here) or will meet the check where it is stored
         (:attr:`IssuanceWrite.sole_credential`), which decides in the end."""
-        if app.subject_class in (SubjectClass.AGENCY.value, SubjectClass.AUDITOR.value):
+        if SubjectClass(app.subject_class) in _ONE_NAME_CLASSES:
             self._refuse_same_name(tx, app, now)
             return
         if app.subject_class != SubjectClass.ENTERPRISE.value or app.uscc is None:
@@ -839,19 +842,8 @@ class JointCA:
             subject = dn_string(profile.build_subject(app.vetted))
             held = tx.named_in_force(subject, [profile.name], now)
             if held is not None:
-                apart = "".join(
-                    f"; {mine!r} is the same name as {marked(theirs, mine)!r}, as certified"
-                    for mine, theirs in spelled_apart(subject, held.subject)[:1]
-                )
-                raise Conflict(
-                    f"{held.subject} already holds certificate {held.serial_hex} ({profile.name}"
-                    f", in force until {held.not_after:%Y-%m-%dT%H:%M:%SZ}){apart}: every "
-                    "e-port service would take a second one of that name for the same person "
-                    "(names are compared as RFC 5280 §7.1 says: case, width, compatibility "
-                    "forms and blanks set aside). The same person renews it (eport renew), or "
-                    "it is revoked first; another person applies under a name that tells them "
-                    "apart",
-                    certificate=held.serial_hex,
+                raise same_name_refusal(
+                    subject, held.subject, held.serial_hex, profile.name, held.not_after
                 )
 
     def _refuse_credential_held(
@@ -1023,14 +1015,22 @@ class JointCA:
         event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
         # A legal-person credential is refused where it is stored if the enterprise holds
         # one in force by then (an approval checked this, but two approvals made before
-        # that check, or an enrollment racing another, are decided only there).
+        # that check, or an enrollment racing another, are decided only there); so is a
+        # member agency's staff certificate of a name in force (the one-name rule).
         sole = (
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
+        one_name = (profile.name,) if profile.subject_class in _ONE_NAME_CLASSES else ()
         try:
             self.store.commit_issuance(
                 IssuanceWrite(
-                    record, event, code_hash, now, sole_credential=sole, void_issuers=self._void
+                    record,
+                    event,
+                    code_hash,
+                    now,
+                    sole_credential=sole,
+                    void_issuers=self._void,
+                    sole_name=one_name,
                 )
             )
         except EPortError:
@@ -1085,11 +1085,13 @@ class JointCA:
         # An issuing CA that cannot issue now (in its last day, ended, revoked, not on this
         # host): said before a key is made, not after, as a 503 the enrollment would give.
         self._issuer_for(self.policies.profile(profile_name))
-        if app is not None and self.policies.profile(profile_name).subject_class is (
-            SubjectClass.ENTERPRISE
-        ):
+        subject_class = self.policies.profile(profile_name).subject_class
+        if app is not None and subject_class is SubjectClass.ENTERPRISE:
             with self.store.reading() as tx:  # what the issuance would meet now
                 self._refuse_credential_held(tx, app, now)
+        elif app is not None and subject_class in _ONE_NAME_CLASSES:
+            with self.store.reading() as tx:
+                self._refuse_same_name(tx, app, now)
         return rec
 
     def _refuse_code(

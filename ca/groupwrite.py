@@ -56,6 +56,7 @@ from sqlalchemy import Engine
 from ca import translog
 from ca.errors import Conflict, InvalidCode, opened_read_only
 from ca.models import CertificateRow
+from ca.names import dn_key
 from ca.records import (
     CODE_USED,
     KEY_CERTIFIED,
@@ -64,6 +65,7 @@ from ca.records import (
     StatusState,
     code_refusal,
     credential_refusal,
+    same_name_refusal,
     signer_refusal,
 )
 from ca.store import (
@@ -325,6 +327,15 @@ _CREDENTIAL_IN_FORCE = (
 )
 """An enterprise's legal-person certificates in force (a few rows at most), the
 longest-lasting first; those of generations revoked on the root CRL are passed over."""
+_NAMED_IN_FORCE = (
+    "SELECT c.serial, c.subject, c.not_after FROM certificates c"
+    " LEFT JOIN certificate_status s ON s.serial = c.serial"
+    " WHERE c.uscc IS NULL AND c.profile = ? AND c.not_after > ?"
+    " AND (s.state IS NULL OR s.state <> ?)"
+)
+"""A profile's staff certificates in force (every member agency's: some hundreds, read
+only for an enrollment of agency staff), compared by name in Python: SQL folds no
+look-alike forms (:meth:`ca.store.SqlTransaction.named_in_force`)."""
 _INSERT_CERT = (
     "INSERT INTO certificates (serial, issuer_id, profile, application_id, uscc, subject,"
     " spki_sha256, cert_sha256, not_before, not_after, der, created_at, log_index)"
@@ -376,6 +387,7 @@ class IssuanceWriter:
         self._key_held_sql = translog.driver_text(_KEY_HELD, self._qmark)
         self._status_sql = translog.driver_text(_STATUS_OF, self._qmark)
         self._credential_sql = translog.driver_text(_CREDENTIAL_IN_FORCE, self._qmark)
+        self._named_sql = translog.driver_text(_NAMED_IN_FORCE, self._qmark)
         self._insert_cert_sql = translog.driver_text(_INSERT_CERT, self._qmark)
         self._insert_event_sql = translog.driver_text(_INSERT_EVENT, self._qmark)
         self._tuned = threading.local()  # the connection this thread set synchronous on
@@ -510,6 +522,8 @@ class IssuanceWriter:
             raise Conflict(KEY_CERTIFIED)
         if item.sole_credential and rec.uscc is not None:
             self._refuse_second_credential(cur, item, rec.uscc)
+        if item.sole_name:
+            self._refuse_same_name(cur, item)
         try:
             cur.execute(
                 self._insert_cert_sql,
@@ -552,6 +566,19 @@ class IssuanceWriter:
                 raise credential_refusal(
                     uscc, row[0], not_after, on_hold=row[2] is not None, renewing=item.signed_by
                 )
+
+    def _refuse_same_name(self, cur: Any, item: IssuanceWrite) -> None:
+        """The one-name rule of a member agency's staff (:attr:`IssuanceWrite.sole_name`),
+        decided here as :meth:`_refuse_second_credential` decides an enterprise's."""
+        assert item.now is not None, "an enrollment carries its time"
+        wanted = dn_key(item.record.subject)
+        for profile in item.sole_name:
+            cur.execute(self._named_sql, (profile, self._dt(item.now), StatusState.REVOKED.value))
+            for serial, subject, not_after in cur.fetchall():
+                if dn_key(subject) == wanted:
+                    ends = utc_from_db(not_after)
+                    assert ends is not None
+                    raise same_name_refusal(item.record.subject, subject, serial, profile, ends)
 
     def _insert_event(self, cur: Any, ev: Event, log_index: int | None) -> StoredEvent:
         serial = format(ev.serial, "x") if ev.serial is not None else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ca.errors import Conflict, Forbidden, InvalidCode
+from ca.names import marked, spelled_apart
 
 
 @enum.unique
@@ -396,6 +397,14 @@ class IssuanceWrite:
     (``signed_by``: the credential it replaces), so the issuance is refused where it is
     stored, with nothing of it stored, if one is there (:func:`credential_refusal`);
     concurrent enrollments and renewals are decided there one at a time."""
+    sole_name: tuple[str, ...] = ()
+    """For an enrollment of a member agency's staff (an officer, an auditor): the profile
+    whose holders are one person per name in an agency (the one-name rule: a second holder
+    of the record's subject, compared as RFC 5280 §7.1 compares names, would be the same
+    user at every e-port service). A certificate of that name in force (not expired, not
+    revoked; one on hold counts) refuses the issuance where it is stored, with nothing of
+    it stored (:func:`same_name_refusal`): two approvals of one name made before either
+    enrolled are decided there, one at a time."""
 
 
 def signer_refusal(serial: int, state: str) -> Forbidden:
@@ -452,6 +461,29 @@ def credential_refusal(
         f"or it is revoked first (eport revoke --serial {serial_hex} --reason superseded; "
         "a lost key: an RA officer revokes it, --reason keyCompromise)",
         serial=serial_hex,
+    )
+
+
+def same_name_refusal(
+    subject: str, held_subject: str, serial_hex: str, profile: str, not_after: datetime.datetime
+) -> Conflict:
+    """The refusal of a member agency's second staff certificate of one name (the
+    one-name rule): ``held_subject`` holds ``serial_hex`` (``profile``), in force until
+    ``not_after``, and reads as ``subject``. The detail shows the holder's name as
+    certified, its look-alike characters by code point; the problem document carries the
+    serial as ``certificate``."""
+    apart = "".join(
+        f"; {mine!r} is the same name as {marked(theirs, mine)!r}, as certified"
+        for mine, theirs in spelled_apart(subject, held_subject)[:1]
+    )
+    return Conflict(
+        f"{held_subject} already holds certificate {serial_hex} ({profile}, in force until "
+        f"{not_after:%Y-%m-%dT%H:%M:%SZ}){apart}: every e-port service would take a second "
+        "one of that name for the same person (names are compared as RFC 5280 §7.1 says: "
+        "case, width, compatibility forms and blanks set aside). The same person renews it "
+        "(eport renew), or it is revoked first; another person applies under a name that "
+        "tells them apart",
+        certificate=serial_hex,
     )
 
 

@@ -61,6 +61,7 @@ from ca.records import (
     StatusState,
     code_refusal,
     credential_refusal,
+    same_name_refusal,
     signer_refusal,
 )
 
@@ -1435,6 +1436,14 @@ class SqlStore:
                         held.not_after,
                         on_hold=on_hold,
                         renewing=item.signed_by,
+                    )
+            if item.sole_name:  # the one-name rule, as the group writer decides it
+                assert item.now is not None
+                subject = item.record.subject
+                named = tx.named_in_force(subject, item.sole_name, item.now)
+                if named is not None:
+                    raise same_name_refusal(
+                        subject, named.subject, named.serial_hex, named.profile, named.not_after
                     )
             tx.add_certificate(item.record)
             return tx.append_event(item.event)

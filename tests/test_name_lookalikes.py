@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -95,6 +96,117 @@ def test_an_auditor_s_look_alike_name_is_refused_too(sqlite_server: Server, tmp_
                "--name", "ＱＩＡＮ ａｕｄｉｔ")  # fmt: skip
     line = _one_line_refusal(server, "ra", "approve", app["id"], *server.officer())
     assert "already holds certificate" in line and "'Qian Audit', as certified" in line
+
+
+def test_two_approvals_of_one_name_enroll_one(server: Server, tmp_path: Path) -> None:
+    """Two look-alike names of one agency, both approved before either enrolled (an
+    approval sees certificates, not codes): the first enrolls, and the second is refused
+    where the issuance is stored, with nothing of it stored and its code unused, so it
+    enrolls once the first is revoked. The CLI says so before it makes a key."""
+    apps = [
+        jrun(server, "apply", "--class", "agency", "--agency", "customs", "--name", name)
+        for name in ("Sun Hai", "ＳＵＮ　ＨＡＩ")
+    ]
+    codes = [
+        jrun(server, "ra", "approve", a["id"], *server.officer())["enrollment_code"] for a in apps
+    ]
+    first = jrun(server, "enroll", "--code", codes[0], "--profile", "agency",
+                 "--out", str(tmp_path / "a"))  # fmt: skip
+    before = row_counts(server.database_url, TABLES)
+    line = _one_line_refusal(
+        server, "enroll", "--code", codes[1], "--profile", "agency", "--out", str(tmp_path / "b")
+    )
+    assert f"already holds certificate {first['serial']}" in line, line
+    assert "'ＳＵＮ ＨＡＩ' is the same name as 'Sun Hai', as certified" in line, line
+    assert "(HTTP 409)" in line and not (tmp_path / "b").exists()
+    # the check the CLI asks before it makes a key says so
+    check = {"code": codes[1], "profile": "agency"}
+    got = requests.post(server.url + "/ca/v1/enroll/check", json=check, timeout=30)
+    assert got.status_code == 409 and got.json()["certificate"] == first["serial"], got.text
+    # straight to the API, past that check: refused where it is stored
+    from ca.keys import KeyType
+    from cli.keyfiles import csr_for
+
+    body = {"code": codes[1], "profile": "agency", "csr": csr_for(KeyType.P256.generate()).decode()}
+    got = requests.post(server.url + "/ca/v1/enroll", json=body, timeout=30)
+    assert got.status_code == 409, got.text
+    assert got.headers["Content-Type"] == "application/problem+json"
+    assert got.json()["certificate"] == first["serial"], got.json()
+    assert "is the same name as 'Sun Hai', as certified" in got.json()["detail"]
+    assert row_counts(server.database_url, TABLES) == before
+    # the code was not used: once the first is revoked, it enrolls
+    jrun(server, "revoke", "--serial", first["serial"], "--reason", "superseded",
+         *server.officer())  # fmt: skip
+    second = jrun(server, "enroll", "--code", codes[1], "--profile", "agency",
+                  "--out", str(tmp_path / "b"))  # fmt: skip
+    assert second["serial"] != first["serial"]
+
+
+def test_both_ways_of_storing_an_issuance_keep_the_one_name_rule(tmp_path: Path) -> None:
+    """The group writer and the session's way (used while the log has no head) refuse a
+    staff certificate whose name is in force, revoked ones and other profiles aside."""
+    import datetime
+
+    from sqlalchemy.orm import sessionmaker
+
+    from ca.db import make_engine, upgrade
+    from ca.errors import Conflict
+    from ca.groupwrite import IssuanceWriter
+    from ca.records import (
+        CertificateRecord,
+        Event,
+        EventType,
+        IssuanceWrite,
+        StatusRecord,
+        StatusState,
+    )
+    from ca.store import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'ca.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    store = SqlStore(sessionmaker(engine, expire_on_commit=False))
+    writer = IssuanceWriter(engine, fallback=lambda item: 0, log=False)
+    now = datetime.datetime(2026, 11, 29, 9, 0, tzinfo=datetime.UTC)
+
+    def record(serial: int, name: str, profile: str = "agency") -> CertificateRecord:
+        return CertificateRecord(
+            serial=serial,
+            issuer_id="agency",
+            profile=profile,
+            application_id=None,
+            uscc=None,
+            subject=f"CN={name},OU=customs,O=E-Port",
+            spki_sha256=f"{serial:064x}",
+            cert_sha256=f"{serial + 1:064x}",
+            not_before=now,
+            not_after=now.replace(year=2028),
+            der=b"\x30\x00",
+        )
+
+    def item(name: str) -> IssuanceWrite:
+        ev = Event(type=EventType.CERTIFICATE_ISSUED, at=now, actor="test")
+        return IssuanceWrite(record(0x9000, name), ev, now=now, sole_name=("agency",))
+
+    try:
+        with store.transaction() as tx:
+            tx.add_certificate(record(0x1000, "王工"))
+            tx.add_certificate(record(0x2000, "Gone Name"))
+            tx.add_certificate(record(0x3000, "Auditor Name", profile="auditor"))
+            tx.put_status(StatusRecord(0x2000, "agency", StatusState.REVOKED, now, 4, None, now))
+        raw = engine.raw_connection()
+        try:
+            with pytest.raises(Conflict, match=r"already holds certificate 1000 \(agency"):
+                writer._refuse_same_name(raw.cursor(), item("王⼯"))
+            for free in ("gone name", "Auditor Name", "王二"):
+                writer._refuse_same_name(raw.cursor(), item(free))
+        finally:
+            raw.close()
+        with pytest.raises(Conflict, match="is the same name as '王<U"):
+            store.commit_by_session(item("王⼯"))
+        assert store.commit_by_session(item("GONE NAME")) > 0
+    finally:
+        engine.dispose()
 
 
 def test_names_that_read_differently_are_different_names(
