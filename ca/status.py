@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import logging
 import math
 import threading
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca import ocsp
 from ca.crl import ReasonCode, RevokedEntry, build_crl
@@ -182,11 +184,23 @@ class StatusService:
         return None
 
     def status(self, cert: x509.Certificate) -> CertStatus:
-        """``Good | Revoked(time, reason) | OnHold | Unknown`` of ``cert`` (DESIGN.md flow 3)."""
+        """``Good | Revoked(time, reason) | OnHold | Unknown`` of ``cert`` (DESIGN.md flow 3).
+
+        Unknown unless ``cert`` is, byte for byte, the certificate the CA recorded under
+        its serial: a certificate made with an issuing CA's key outside issuance (a stolen
+        key, a mis-issuance) that copies a recorded serial is not that certificate
+        (security probe, session 26: such a clone, naming another enterprise, logged in
+        as it at the token service), as the CA refuses it as a signer (``JointCA.caller``).
+        OCSP, which names a certificate by its serial alone, answers the serial."""
         issuer_id = self.issuer_of(cert)
         if issuer_id is None:
             return Unknown()
-        return self.status_by_serial(issuer_id, cert.serial_number)
+        with self.store.transaction() as tx:
+            rec = tx.get_certificate(cert.serial_number)
+            der = cert.public_bytes(Encoding.DER)
+            if rec is not None and rec.cert_sha256 != hashlib.sha256(der).hexdigest():
+                return Unknown()
+            return self._status(rec, tx.get_status(cert.serial_number), issuer_id)
 
     def not_good(self, serials: list[int]) -> set[int]:
         """The serials among ``serials`` that are revoked or on hold (a batch status read)."""

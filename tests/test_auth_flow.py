@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, select
 from authsvc.models import SigningKeyRow
 from authsvc.principal import x5t_s256
 from tests.conftest import Server
-from tests.helpers import creds, enroll_enterprise, fresh_uscc, jrun, serial_of
+from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun, serial_of
 
 SERVICE = "customs-declaration"
 
@@ -607,6 +607,51 @@ def test_a_certificate_the_ca_never_recorded_signs_nothing(
     # The rightful certificate still signs.
     ok = client.call("POST", "/ca/v1/operators", body, Identity([cert, *chain], key))
     assert ok["enrollment_code"], ok
+
+
+def test_a_certificate_that_copies_a_recorded_serial_cannot_log_in(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Made with the issuing CA's key outside issuance (a stolen key, a mis-issuance), a
+    certificate copying an issued one's serial, with another enterprise's subject or with
+    only its key changed, logged in as that subject: the token service asked the status
+    of the serial. It is not the certificate the CA recorded, so it is unknown (security
+    probe, session 26); the CA refused it as a signer already."""
+    from ca.devinit import read_passphrases
+
+    srv = sqlite_server
+    cert, key, chain = _load(world["ent"])
+    other = cert_of(enroll_enterprise(srv, tmp_path, "Beta Clone Trading Co."))
+    passphrase = read_passphrases(srv.data_dir)["ca_key_passphrase"].encode()
+    ca_key = serialization.load_pem_private_key(
+        (srv.data_dir / "ca" / "issuers" / "enterprise.key").read_bytes(), passphrase
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    assert _login(srv, _assertion(srv, cert, key, chain)).status_code == 200  # control
+    for subject in (other.subject, cert.subject):
+        clone_key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(cert.issuer)
+            .public_key(clone_key.public_key())
+            .serial_number(cert.serial_number)
+            .not_valid_before(cert.not_valid_before_utc)
+            .not_valid_after(cert.not_valid_after_utc)
+        )
+        for ext in cert.extensions:
+            if ext.oid != x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER:
+                builder = builder.add_extension(ext.value, ext.critical)
+        clone = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(clone_key.public_key()), critical=False
+        ).sign(ca_key, hashes.SHA256())
+        clone.verify_directly_issued_by(chain[0])  # a chain the token service accepts
+        r = _login(srv, _assertion(srv, clone, clone_key, chain))
+        assert r.status_code == 400, r.text
+        assert r.json() == {
+            "error": "invalid_grant",
+            "error_description": "the certificate is unknown",
+        }, r.text
 
 
 def test_a_certificate_from_another_profiles_issuing_ca_cannot_log_in(
