@@ -20,6 +20,11 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
+# The issuance writer is made at the first issuance (ca.store imports it then, as it
+# imports ca.store): loaded with the app instead, so that a server serves the code it
+# started with, not a module installed on disk while it runs (security probe, session 26:
+# an upgrade of the files under a running server was a 500 at every enrollment).
+import ca.groupwrite  # noqa: F401
 from ca import ceremony_files, crosshost, devinit, hierarchy, responders, translog
 from ca.authority import Clock, JointCA, utcnow
 from ca.config import CAConfig

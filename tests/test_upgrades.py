@@ -568,3 +568,17 @@ def test_servers_starting_together_on_new_sqlite_files_migrate_once(tmp_path: Pa
 
         assert recorded_revisions(urls[0], "alembic_version") == {CA_HEAD}
         assert recorded_revisions(urls[1], AUTH_VERSION_TABLE) == {AUTH_HEAD}
+
+
+def test_the_ca_app_loads_the_issuance_writer_with_itself() -> None:
+    """The group writer was imported at the first issuance: a release installed over a
+    running server's files (an upgrade before the restart) mixed into it and made every
+    enrollment a 500 (security probe, session 26). The CA's app module loads it, so the
+    master that ``eport serve`` forks its workers from holds the code it started with."""
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys, ca.app; print('ca.groupwrite' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr[-2000:]
