@@ -30,7 +30,13 @@ The response profile (RFC 6960 §4.2.1, §4.2.2.3):
   (RFC 5758 §3.2, parameters absent), Ed25519 (RFC 8410 §3, parameters absent),
   sha256WithRSAEncryption (RFC 4055 §5, parameters NULL);
 * certs holding the responder certificate, so that a client can check the
-  delegation (§4.2.2.2).
+  delegation (§4.2.2.2);
+* for a certificate the CA recorded, the SingleResponse's singleExtensions carry
+  CertHash (Common PKI, ``1.3.36.8.3.13``, not critical): the SHA-256 of the whole
+  certificate whose status this is. A request names a certificate by issuer and serial
+  alone, so without it a certificate made with the issuing CA's key outside issuance
+  that copies a recorded serial would read as the original's status
+  (``ca.ocsp_client.check_response`` reads it back).
 
 Why the DER is written by hand: everything in a response except the CertIDs,
 the statuses, the times and the nonce is fixed per responder, so those
@@ -46,7 +52,7 @@ import binascii
 import enum
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -339,6 +345,9 @@ class OCSPRequestInfo:
 _ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # RFC 6960 §4.2.1
 _ID_PKIX_OCSP_NONCE = bytes.fromhex("06092b0601050507300102")  # RFC 6960 §4.4.1
 _SUCCESSFUL = b"\x0a\x01\x00"
+_ID_CERT_HASH = bytes.fromhex("06052b2408030d")  # id-commonpki-at-certHash 1.3.36.8.3.13
+_SHA256_ALGORITHM = bytes.fromhex("300b0609608648016503040201")  # parameters absent
+CERT_HASH_OID = "1.3.36.8.3.13"
 
 # signatureAlgorithm by key type (RFC 5758 §3.2, RFC 8410 §3, RFC 4055 §5)
 _SIGNATURE_ALGORITHM_DER = {
@@ -509,6 +518,7 @@ def build_response(
     next_update: datetime,
     produced_at: datetime,
     nonce: bytes | None = None,
+    cert_hash: bytes | None = None,
 ) -> bytes:
     """A signed OCSPResponse (successful, id-pkix-ocsp-basic) for one certificate, DER.
 
@@ -517,11 +527,13 @@ def build_response(
     (later) when newer information will be available, and ``produced_at`` when the
     response is signed (§4.2.2.1); all timezone-aware, encoded in whole seconds.
     ``nonce``, the value from :attr:`OCSPRequestInfo.nonce`, is echoed (RFC 8954).
+    ``cert_hash``: the SHA-256 of the certificate as the CA recorded it (CertHash).
     Raises :class:`ValueError` (or :class:`TypeError`) for arguments that would
     make a wrong response, e.g. a CertID of another issuer; nothing is signed then.
     """
+    hashes = {cert_id.serial_number: cert_hash} if cert_hash is not None else None
     return build_response_multi(
-        responder, [(cert_id, status)], this_update, next_update, produced_at, nonce
+        responder, [(cert_id, status)], this_update, next_update, produced_at, nonce, hashes
     )
 
 
@@ -532,12 +544,14 @@ def build_response_multi(
     next_update: datetime,
     produced_at: datetime,
     nonce: bytes | None = None,
+    cert_hashes: Mapping[int, bytes] | None = None,
 ) -> bytes:
     """Like :func:`build_response`, with one SingleResponse per ``(CertID, status)``.
 
     RFC 6960 §4.1.1 lets one request ask about several certificates; the
     ResponseData then lists a SingleResponse for each, in the order given
-    (§4.2.1). All of them must name ``responder``'s issuer.
+    (§4.2.1). All of them must name ``responder``'s issuer. ``cert_hashes``: the
+    SHA-256 of each recorded certificate by its serial, carried as CertHash.
     """
     if not isinstance(responder, Responder):
         raise TypeError("responder must be a Responder")
@@ -561,7 +575,18 @@ def build_response_multi(
             raise TypeError(f"expected a CertID, not {type(cert_id).__name__}")
         if not responder.answers_for(cert_id):
             raise ValueError(f"CertID of serial {cert_id.serial_number:#x} names another issuer")
-        singles.append(_tlv(0x30, cert_id.der, _status_der(status), times))
+        digest = (cert_hashes or {}).get(cert_id.serial_number)
+        if digest is None:
+            singles.append(_tlv(0x30, cert_id.der, _status_der(status), times))
+        else:
+            if type(digest) is not bytes or len(digest) != 32:
+                raise ValueError("a CertHash is the 32-byte SHA-256 of the certificate")
+            # singleExtensions [1] EXPLICIT Extensions { certHash, not critical:
+            #   CertHash ::= SEQUENCE { hashAlgorithm, certificateHash OCTET STRING } }
+            cert_hash = _tlv(0x30, _SHA256_ALGORITHM, _tlv(0x04, digest))
+            extension = _tlv(0x30, _ID_CERT_HASH, _tlv(0x04, cert_hash))
+            extensions = _tlv(0xA1, _tlv(0x30, extension))
+            singles.append(_tlv(0x30, cert_id.der, _status_der(status), times, extensions))
 
     parts = [responder._responder_id, _generalized_time(produced_at), _tlv(0x30, *singles)]
     if nonce is not None:

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from asn1crypto import algos as asn1_algos
+from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,7 +42,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from ca.crl import ReasonCode, UnusableCRL, VerifiedCRL, verify_crl
 from ca.errors import EPortError
-from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
+from ca.ocsp import CERT_HASH_OID, CertStatus, Good, OnHold, Revoked, Unknown
 
 Post = Callable[[str, bytes], bytes]
 Get = Callable[[str], bytes]
@@ -186,10 +188,14 @@ def check_response(
         raise OCSPError("the response's thisUpdate is in the future")
     if resp.next_update_utc is not None and resp.next_update_utc < now - leeway:
         raise OCSPError("the response is stale (nextUpdate passed)")
-    if resp.certificate_status is xocsp.OCSPCertStatus.GOOD:
-        return Good()
     if resp.certificate_status is xocsp.OCSPCertStatus.UNKNOWN:
         return Unknown()
+    if _names_another_certificate(resp, cert):
+        # The CA recorded another certificate under this serial: this one, made with the
+        # issuing CA's key outside issuance, is none it issued (security probe, session 26)
+        return Unknown()
+    if resp.certificate_status is xocsp.OCSPCertStatus.GOOD:
+        return Good()
     assert resp.revocation_time_utc is not None
     reason = resp.revocation_reason
     if reason is x509.ReasonFlags.certificate_hold:
@@ -198,6 +204,38 @@ def check_response(
     if reason is not None:
         code = next((r for r in ReasonCode if r.rfc_name == reason.value), None)
     return Revoked(resp.revocation_time_utc, code)
+
+
+class _CertHash(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """``CertHash ::= SEQUENCE { hashAlgorithm AlgorithmIdentifier, certificateHash OCTET
+    STRING }`` (Common PKI, a SingleResponse extension)."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declaration
+        ("hash_algorithm", asn1_algos.DigestAlgorithm),
+        ("certificate_hash", asn1_core.OctetString),
+    ]
+
+
+def _names_another_certificate(resp: xocsp.OCSPResponse, cert: x509.Certificate) -> bool:
+    """Whether the response's CertHash (if it has one: the CA's responders add it for
+    every certificate they recorded, ``ca.ocsp``) is the hash of another certificate than
+    ``cert``. An OCSP request names a certificate by its issuer and serial alone, so this
+    is the only way to tell a copy of a recorded serial from the certificate recorded."""
+    for ext in resp.single_extensions:
+        if ext.oid.dotted_string != CERT_HASH_OID:
+            continue
+        raw = getattr(ext.value, "value", None)
+        try:
+            if not isinstance(raw, bytes):
+                raise ValueError("not an unparsed extension value")
+            parsed = _CertHash.load(raw, strict=True)
+            algorithm = parsed["hash_algorithm"]["algorithm"].native
+            expected: bytes = parsed["certificate_hash"].native
+            digest = hashlib.new(algorithm, cert.public_bytes(serialization.Encoding.DER))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise OCSPError(f"the response's CertHash cannot be read ({exc})") from None
+        return digest.digest() != expected
+    return False
 
 
 def issuer_among(

@@ -111,6 +111,14 @@ def to_cert_status(
     return Revoked(st.revoked_at, reason)
 
 
+def _recorded_hash(rec: CertificateRecord | None, issuer_id: str) -> bytes | None:
+    """The SHA-256 of the certificate the CA recorded under a serial of ``issuer_id``, for
+    an OCSP answer's CertHash (:mod:`ca.ocsp`); None for a serial it has no record of."""
+    if rec is None or rec.issuer_id != issuer_id:
+        return None
+    return bytes.fromhex(rec.cert_sha256)
+
+
 _COMPROMISE = frozenset(
     {ReasonCode.KEY_COMPROMISE, ReasonCode.CA_COMPROMISE, ReasonCode.AA_COMPROMISE}
 )
@@ -273,13 +281,19 @@ class StatusService:
                     except ValueError as exc:
                         return self._cannot_sign(issuer_id, exc)
             answers = []
+            cert_hashes: dict[int, bytes] = {}
             for cert_id in info.cert_ids:
                 serial = cert_id.serial_number
-                status = self._status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
+                rec = tx.get_certificate(serial)
+                status = self._status(rec, tx.get_status(serial), issuer_id)
                 answers.append((cert_id, status))
+                digest = _recorded_hash(rec, issuer_id)
+                if digest is not None:
+                    cert_hashes[serial] = digest
         try:
+            until = now + self.policy.ocsp_validity
             return ocsp.build_response_multi(
-                responder, answers, now, now + self.policy.ocsp_validity, now, info.nonce
+                responder, answers, now, until, now, info.nonce, cert_hashes
             )
         except ValueError as exc:  # e.g. the responder certificate has expired: never a 500
             return self._cannot_sign(issuer_id, exc)
@@ -362,6 +376,7 @@ class StatusService:
             now,
             now + self.policy.ocsp_validity,
             now,
+            cert_hash=_recorded_hash(rec, issuer_id),
         )
         if known:
             # A refresh replaces only the response it read: a status change committed
@@ -406,6 +421,7 @@ class StatusService:
                         now,
                         now + self.policy.ocsp_validity,
                         now,
+                        cert_hash=_recorded_hash(rec, rec.issuer_id),
                     )
                 except Sealed:
                     tx.store_ocsp_many([(rec.serial, rec.issuer_id, b"", RESIGN, RESIGN)])
@@ -434,6 +450,7 @@ class StatusService:
                         now,
                         until,
                         now,
+                        cert_hash=_recorded_hash(rec, rec.issuer_id),
                     )
                     signed.append((rec.serial, rec.issuer_id, der, now, until))
                 with self.store.transaction() as tx:

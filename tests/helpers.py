@@ -56,6 +56,43 @@ def cert_of(d: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
 
 
+def serial_clone(
+    cert: x509.Certificate, issuer_key: Any, subject: x509.Name | None = None
+) -> tuple[x509.Certificate, Any]:
+    """A copy of ``cert`` made with its issuing CA's key outside issuance (a stolen key, a
+    mis-issuance): the same serial, extensions and validity, a new key, and ``subject``
+    (default: the same). Its chain verifies; it is not the certificate the CA recorded."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject or cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    for ext in cert.extensions:
+        if ext.oid != x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER:
+            builder = builder.add_extension(ext.value, ext.critical)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    return builder.add_extension(ski, critical=False).sign(issuer_key, hashes.SHA256()), key
+
+
+def dev_issuer_key(data_dir: Path, issuer: str) -> Any:
+    """A development CA's issuing CA key (``issuer``: its id), as a thief would use it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ca.devinit import read_passphrases
+
+    passphrase = read_passphrases(data_dir)["ca_key_passphrase"].encode()
+    pem = (data_dir / "ca" / "issuers" / f"{issuer}.key").read_bytes()
+    return serialization.load_pem_private_key(pem, passphrase)
+
+
 def enroll_enterprise(
     server: Server,
     tmp: Path,

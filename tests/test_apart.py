@@ -31,11 +31,14 @@ from tests.conftest import (
 from tests.helpers import (
     SERVICE_HOST,
     Relay,
+    cert_of,
     creds,
+    dev_issuer_key,
     enroll_enterprise,
     enroll_service,
     jrun,
     nginx,
+    serial_clone,
     serial_of,
 )
 from tests.test_introspection_mtls import proxy_certificate
@@ -162,6 +165,26 @@ def test_the_services_run_apart_behind_one_front(
             cfg = str(tmp_path / "ent-cfg")
             users.eport("login", *creds(ent), EPORT_CONFIG_DIR=cfg)
             users.eport("token", "--service", "portal", EPORT_CONFIG_DIR=cfg)
+            # A copy of its certificate made with the issuing CA's key (a new key, the
+            # same serial) is not it: the CA's OCSP answer carries the hash of the one
+            # it recorded (CertHash), so the token service apart finds it unknown.
+            clone, clone_key = serial_clone(cert_of(ent), dev_issuer_key(ca_data, "enterprise"))
+            thief = tmp_path / "thief"
+            thief.mkdir()
+            (thief / "cert.pem").write_bytes(clone.public_bytes(serialization.Encoding.PEM))
+            (thief / "key.pem").write_bytes(
+                clone_key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"test-passphrase-123"),
+                )
+            )
+            (thief / "key.pem").chmod(0o600)
+            shutil.copy(ent / "chain.pem", thief / "chain.pem")
+            stolen = users.eport(
+                "login", *creds(thief), EPORT_CONFIG_DIR=str(tmp_path / "thief-cfg"), check=False
+            )
+            assert stolen.returncode == 1 and "unknown" in stolen.stderr, stolen.stderr
             # It revokes its certificate at the CA; the token service learns it by OCSP:
             # the session ends and the certificate logs in no more.
             users.eport(

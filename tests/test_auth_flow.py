@@ -24,7 +24,16 @@ from sqlalchemy import create_engine, select
 from authsvc.models import SigningKeyRow
 from authsvc.principal import x5t_s256
 from tests.conftest import Server
-from tests.helpers import cert_of, creds, enroll_enterprise, fresh_uscc, jrun, serial_of
+from tests.helpers import (
+    cert_of,
+    creds,
+    dev_issuer_key,
+    enroll_enterprise,
+    fresh_uscc,
+    jrun,
+    serial_clone,
+    serial_of,
+)
 
 SERVICE = "customs-declaration"
 
@@ -617,34 +626,13 @@ def test_a_certificate_that_copies_a_recorded_serial_cannot_log_in(
     only its key changed, logged in as that subject: the token service asked the status
     of the serial. It is not the certificate the CA recorded, so it is unknown (security
     probe, session 26); the CA refused it as a signer already."""
-    from ca.devinit import read_passphrases
-
     srv = sqlite_server
     cert, key, chain = _load(world["ent"])
     other = cert_of(enroll_enterprise(srv, tmp_path, "Beta Clone Trading Co."))
-    passphrase = read_passphrases(srv.data_dir)["ca_key_passphrase"].encode()
-    ca_key = serialization.load_pem_private_key(
-        (srv.data_dir / "ca" / "issuers" / "enterprise.key").read_bytes(), passphrase
-    )
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_key = dev_issuer_key(srv.data_dir, "enterprise")
     assert _login(srv, _assertion(srv, cert, key, chain)).status_code == 200  # control
     for subject in (other.subject, cert.subject):
-        clone_key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(cert.issuer)
-            .public_key(clone_key.public_key())
-            .serial_number(cert.serial_number)
-            .not_valid_before(cert.not_valid_before_utc)
-            .not_valid_after(cert.not_valid_after_utc)
-        )
-        for ext in cert.extensions:
-            if ext.oid != x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER:
-                builder = builder.add_extension(ext.value, ext.critical)
-        clone = builder.add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(clone_key.public_key()), critical=False
-        ).sign(ca_key, hashes.SHA256())
+        clone, clone_key = serial_clone(cert, ca_key, subject)
         clone.verify_directly_issued_by(chain[0])  # a chain the token service accepts
         r = _login(srv, _assertion(srv, clone, clone_key, chain))
         assert r.status_code == 400, r.text

@@ -193,3 +193,53 @@ def test_status_source_sends_a_nonce(pki) -> None:  # type: ignore[no-untyped-de
     with pytest.raises(OCSPError, match="AIA"):
         src.status(leaf)
     assert seen == []
+
+
+def test_a_cert_hash_tells_a_copy_of_a_serial_from_the_certificate(pki) -> None:  # type: ignore[no-untyped-def]
+    """The CA's responders carry the SHA-256 of the certificate they recorded (CertHash,
+    Common PKI 1.3.36.8.3.13): a certificate that copies its serial (made with the issuing
+    CA's key outside issuance) is unknown, whatever the serial's status; the recorded one
+    reads as it is; an answer without CertHash (an older responder) is taken by serial."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    issuer, responder, leaf, ca_key = pki
+    copy = _cert(
+        "Someone Else",
+        "Issuing CA",
+        KeyType.P256.generate(),
+        ca_key,
+        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        serial=leaf.serial_number,
+    )
+    recorded = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+    for status in (ocsp.Good(), ocsp.Revoked(NOW, ReasonCode.KEY_COMPROMISE), ocsp.OnHold(NOW)):
+        der = ocsp.build_response(
+            responder,
+            responder.cert_id(leaf.serial_number),
+            status,
+            NOW,
+            NOW + datetime.timedelta(hours=1),
+            NOW,
+            cert_hash=recorded,
+        )
+        assert type(check_response(der, leaf, issuer, nonce=None, now=NOW)) is type(status)
+        assert check_response(der, copy, issuer, nonce=None, now=NOW) == ocsp.Unknown()
+        # the extension as a reader of RFC 6960 and Common PKI sees it: not critical, in
+        # the single response, SHA-256 with the recorded hash
+        ext = xocsp.load_der_ocsp_response(der).single_extensions[0]
+        assert (ext.oid.dotted_string, ext.critical) == ("1.3.36.8.3.13", False)
+        assert ext.value.value == bytes.fromhex("302f300b06096086480165030402010420") + recorded
+    plain = _answer(responder, leaf, ocsp.Good())
+    assert check_response(plain, copy, issuer, nonce=None, now=NOW) == ocsp.Good()
+    with pytest.raises(ValueError, match="32-byte"):
+        ocsp.build_response(
+            responder,
+            responder.cert_id(leaf.serial_number),
+            ocsp.Good(),
+            NOW,
+            NOW + datetime.timedelta(hours=1),
+            NOW,
+            cert_hash=b"short",
+        )
