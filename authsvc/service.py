@@ -715,8 +715,7 @@ class TokenService:
             raise OAuthError(
                 f"{p.subject_class.value} {p.subject} has no access to {service.id}",
                 error="invalid_scope",
-                status=403,
-            )
+            )  # 400: RFC 6749 §5.2 names no other status for it (standards probe, s26)
         return service, narrowed(tuple(scopes), requested, f"{p.subject} at {service.id}")
 
     def _mint(

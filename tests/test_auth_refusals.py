@@ -223,7 +223,8 @@ def test_a_login_refused_for_its_audience_leaves_nothing_behind(world: World) ->
     jws = assertion(w.enterprise, w.server.url + "/auth/token", x5t_s256(leaf))
     before = row_counts(w.auth_db, LOGIN_TABLES)
     r = login(w, jws, audience="audit")  # the auditors' service: no enterprise access
-    assert r.status_code == 403 and r.json()["error"] == "invalid_scope", r.text
+    # RFC 6749 §5.2: 400, as every token endpoint error but invalid_client (it was 403)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope", r.text
     assert "no access to audit" in r.json()["error_description"]
     r = login(w, jws, audience="no-such-service")
     assert r.status_code == 400 and r.json()["error"] == "invalid_target", r.text

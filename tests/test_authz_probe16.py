@@ -177,7 +177,7 @@ def test_prompt_none_and_late_refusals_name_nobody_either(srv: Server, tmp_path:
     assert "code" in f.query, f.query
     grant(srv, ent, "Z9", "finance")  # data-entry taken away: nothing at sample-a
     r = redeem(srv, f)
-    assert r.status_code == 403 and r.json() == {
+    assert r.status_code == 400 and r.json() == {
         "error": "invalid_scope",
         "error_description": GENERIC,
     }, r.text
