@@ -176,6 +176,9 @@ def iso_time(name: str, text: str, *, naive: datetime.tzinfo | None = None) -> d
         raise BadRequest(f"{name} is out of range (years 1 to 9999 in UTC)") from None
 
 
+_BINARY_BODIES = frozenset({"status.ocsp_post"})
+"""Endpoints whose body is not a form whatever its Content-Type says."""
+
 TEXT_CHECK = "eport.text_check"
 """``app.extensions`` key of the hook :func:`install_text_check` installs."""
 
@@ -195,7 +198,15 @@ def install_text_check(app: Flask, refusal: Callable[[str], EPortError] = BadReq
             for key, value in request.args.items(multi=True):
                 check_text(key, "a query parameter name")
                 check_text(value, f"the query parameter {key!r}")
-            if request.mimetype == "application/x-www-form-urlencoded":
+            # A form is read only where a view was found for it: the router's 404 or
+            # 405 comes first, and an OCSP request is DER whatever its Content-Type
+            # (RFC 6960 §A.1; curl --data-binary says form): the responder answers it,
+            # malformedRequest if need be, not a form error (standards probe, s26)
+            if (
+                request.mimetype == "application/x-www-form-urlencoded"
+                and request.routing_exception is None
+                and request.endpoint not in _BINARY_BODIES
+            ):
                 # Cached first: a signed request's body hash covers the exact bytes.
                 raw = request.get_data(cache=True, parse_form_data=False)
                 try:

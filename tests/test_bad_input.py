@@ -345,7 +345,44 @@ def test_nul_in_paths_queries_and_forms_is_400(world: World) -> None:
         r = send(world, "POST", path, body, content_type="application/x-www-form-urlencoded")
         assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
         assert "the form is not UTF-8" in r.json()["error_description"], r.text
+    # Where no view reads a form, the router answers first: a path that is not there is
+    # a 404, a method the path does not take a 405 with Allow (both were this 400)
+    bad_form = b"x=\xff"
+    form = "application/x-www-form-urlencoded"
+    r = send(world, "POST", "/ca/v1/nothing-here", bad_form, content_type=form)
+    assert r.status_code == 404, r.text
+    r = send(world, "PUT", "/ca/v1/health", bad_form, content_type=form)
+    assert r.status_code == 405 and "GET" in r.headers["Allow"], r.text
     assert counts(world) == before
+
+
+def test_an_ocsp_request_sent_as_a_form_is_answered(world: World) -> None:
+    """curl --data-binary sends a form's Content-Type: an OCSP request with a nonce (not
+    the pre-signed fast path) was a 400 problem+json about the form (standards probe,
+    session 26). RFC 6960 §A.1: it is DER; the responder answers it, and answers garbage
+    with its own malformedRequest, never an HTTP error."""
+    from cryptography.x509 import ocsp as xocsp
+
+    leaf, issuer = world.enterprise.chain[0], world.enterprise.chain[1]
+    req = (
+        xocsp.OCSPRequestBuilder()
+        .add_certificate(leaf, issuer, hashes.SHA256())
+        .add_extension(x509.OCSPNonce(b"n" * 16), critical=False)
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = requests.post(world.server.url + "/ocsp", data=req, headers=form, timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/ocsp-response"
+    answer = xocsp.load_der_ocsp_response(r.content)
+    assert answer.response_status is xocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.certificate_status is xocsp.OCSPCertStatus.GOOD
+    r = requests.post(world.server.url + "/ocsp", data=b"x=\xff", headers=form, timeout=10)
+    assert r.status_code == 200, r.text
+    assert (
+        xocsp.load_der_ocsp_response(r.content).response_status
+        is xocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    )
 
 
 def test_times_out_of_range_are_400(world: World) -> None:
