@@ -1453,7 +1453,8 @@ def _table(events: list[dict[str, Any]], total: int) -> str:
     "--since",
     "since_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="A signed checkpoint (a file) the log must have grown from, instead of the state's.",
+    help="A signed checkpoint (a file: another auditor's) the log must have grown from, "
+    "checked besides the state's.",
 )
 @click.option(
     "--full",
@@ -1505,6 +1506,7 @@ def audit_verify(
     origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
     key, target, new_key = resolve_key(client, log_key, state, origin, root_cert)
     previous: VerifiedCheckpoint | None = None
+    pinned: VerifiedCheckpoint | None = None
     what = ""
     if since_file is not None:
         try:
@@ -1519,9 +1521,18 @@ def audit_verify(
         except AuditError as exc:
             raise VerificationFailed(f"--since {since_file}: {exc}") from None
         what = f"the checkpoint in {since_file}"
-    elif state is not None:
-        previous = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
-        what = "the checkpoint verified last time"
+    if state is not None:
+        pinned = verify_note(state.note.encode(), key, f"the checkpoint in {state_path}")
+        if previous is None:
+            previous, pinned, what = pinned, None, "the checkpoint verified last time"
+    # --since is checked besides the state's checkpoint, never instead of it: a log
+    # rolled back and grown anew from before the state's checkpoint extends another
+    # auditor's older one, and was then saved over the state's, the fork's evidence
+    # lost (log tamper probe, session 26)
+    if pinned is not None:
+        trusted_checkpoint(
+            client, note, key, pinned, "the checkpoint verified last time", target, root_cert
+        )
     cp, key, hops = trusted_checkpoint(client, note, key, previous, what, target, root_cert)
     result: FullResult | None = None
     if full:

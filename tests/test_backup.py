@@ -258,6 +258,9 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
         # Published after more issuance: a checkpoint the backup cannot reach.
         after = tmp_path / "after.checkpoint"
         after.write_bytes(requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10).content)
+        # An auditor who verified that far (its state pins the entries the backup lacks)
+        saw_after = tmp_path / "auditor-saw-after.json"
+        srv.eport("audit", "verify", "--state", str(saw_after), *srv.auditor())
     finally:
         stop(proc)
 
@@ -316,6 +319,26 @@ def test_lost_database_sqlite_online_backup_restore_verify(tmp_path: Path) -> No
         enroll_enterprise(srv, tmp_path, "After Restore Co., Ltd.")
         again = verify_full(srv.url, data / "dev", tmp_path / "s1.json", before)
         assert again["certificates"] == certificates + 1
+        # The log grew anew from the backup: to the auditor who saw further it shrank (or
+        # forked), even when it names an older checkpoint (--since) the new one extends.
+        # Its state is checked besides --since, and kept (it was saved over, the fork's
+        # evidence lost: log tamper probe, session 26).
+        pinned = saw_after.read_text()
+        res = eport(
+            "--server",
+            srv.url,
+            "audit",
+            "verify",
+            "--since",
+            str(before),
+            "--state",
+            str(saw_after),
+            *dev_credentials(data / "dev", "auditor"),
+            check=False,
+        )
+        assert res.returncode == 1 and "FAILED" in res.stderr, (res.stdout, res.stderr)
+        assert "the log shrank from" in res.stderr, res.stderr
+        assert saw_after.read_text() == pinned
     finally:
         stop(proc)
 
