@@ -491,6 +491,7 @@ class CheckpointSigner:
             self._same_root(stored, root_hash)
             return stored.note
         self._check_key(session)
+        self._refuse_unextended(session, size, root_hash)
         origin = self.origin(session)
         note = sign_note(Checkpoint(origin, size, root_hash).body(), origin, self.key)
         try:
@@ -516,6 +517,30 @@ class CheckpointSigner:
         good. The record is read in the signing transaction, not from the host's last
         comparison, so no refresher interval is left open."""
         check_log_key(session, self.key.public_key(), "it signs no checkpoint")
+
+    def _refuse_unextended(self, session: Session, size: int, root_hash: bytes) -> None:
+        """Refuse (:class:`LogCorrupted`) to sign a log that does not extend the newest
+        checkpoint signed before: a smaller one, or one whose first entries no longer give
+        that checkpoint's root. Such a log was rolled back (a restore over newer entries),
+        truncated or rewritten with its nodes rebuilt: signed, it is a second history under
+        the log's key, which only auditors holding the older checkpoint would catch (log
+        tamper probe, session 26). ``O(log n)``: one root from the stored subtrees."""
+        newest = self.newest_stored(session)
+        if newest is None:
+            return
+        if newest.size > size:
+            raise LogCorrupted(
+                f"the log has {size} entries, but a checkpoint of {newest.size} was signed: "
+                "refusing to sign a log that shrank (a database restored over newer "
+                "entries, or entries deleted); docs/emergency-plan.md"
+            )
+        if newest.size < size and tree_at(session, size).root(newest.size) != newest.root_hash:
+            raise LogCorrupted(
+                f"the log's first {newest.size} entries no longer give the root signed for "
+                f"them ({newest.root_hash.hex()}): refusing to sign root {root_hash.hex()} "
+                f"for {size} entries, another history (an entry or node rewritten); "
+                "docs/emergency-plan.md"
+            )
 
     @staticmethod
     def _same_root(stored: SignedHead, root_hash: bytes) -> None:
@@ -603,6 +628,7 @@ class CheckpointSigner:
         return self._store(session, note, body)
 
     def _store(self, session: Session, note: bytes, body: Checkpoint) -> SignedHead:
+        self._refuse_unextended(session, body.size, body.root_hash)
         session.execute(
             insert(CheckpointRow).values(
                 size=body.size, root_hash=body.root_hash, note=note, created_at=self.clock()

@@ -345,6 +345,59 @@ def test_checkpoint_refuses_a_head_that_disagrees_with_its_nodes(engine: Engine)
             signer.latest(s)
 
 
+def test_checkpoints_are_signed_only_for_a_log_that_extends_the_last_one(
+    engine: Engine,
+) -> None:
+    """A log rewritten with its nodes rebuilt to match (entry 2 changed, its parents and
+    the head recomputed), or cut below the newest checkpoint, passed every check of its
+    own and was signed: a second history under the log's key (log tamper probe, session
+    26). Refused now: the first entries must still give the root signed for them."""
+    from ca.merkle import node_hash
+
+    key = Ed25519PrivateKey.generate()
+    signer = translog.CheckpointSigner("eport.test/log", key)
+    store = make_store(engine)
+    record(store, 5)
+    with Session(engine) as s:
+        signed = signer.latest(s)
+        s.commit()
+    assert signed.size == 5
+
+    def nodes(s: Session) -> dict[tuple[int, int], bytes]:
+        rows = s.execute(select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash))
+        return {(int(a), int(b)): bytes(h) for a, b, h in rows}
+
+    with records_unguarded(engine), Session(engine) as s:
+        n = nodes(s)
+        forged = leaf_hash(b"another entry 2")
+        pair = node_hash(forged, n[(0, 3)])
+        four = node_hash(n[(1, 0)], pair)
+        for (level, idx), value in {(0, 2): forged, (1, 1): pair, (2, 0): four}.items():
+            s.execute(
+                LogNodeRow.__table__.update()
+                .where(LogNodeRow.level == level, LogNodeRow.idx == idx)
+                .values(hash=value)
+            )
+        s.execute(LogHeadRow.__table__.update().values(root_hash=node_hash(four, n[(0, 4)])))
+        s.commit()
+    record(store, 1, start=5)  # appended on the rewritten nodes: a consistent tree of 6
+    with Session(engine) as s:
+        size, root = translog.read_head(s)
+        assert size == 6 and translog.tree_at(s, 6).root(6) == root
+        with pytest.raises(translog.LogCorrupted, match="first 5 entries no longer give"):
+            signer.latest(s)
+        assert signer.newest_stored(s) == signed  # nothing was stored
+    # cut below the checkpoint (entries 4 and 5 and their nodes gone, the head moved back)
+    with records_unguarded(engine), Session(engine) as s:
+        s.execute(LogNodeRow.__table__.delete().where(LogNodeRow.idx >= 2, LogNodeRow.level == 1))
+        s.execute(LogNodeRow.__table__.delete().where(LogNodeRow.idx >= 4, LogNodeRow.level == 0))
+        s.execute(LogEntryRow.__table__.delete().where(LogEntryRow.idx >= 4))
+        s.execute(LogHeadRow.__table__.update().values(size=4, root_hash=nodes(s)[(2, 0)]))
+        s.commit()
+    with Session(engine) as s, pytest.raises(translog.LogCorrupted, match="log that shrank"):
+        signer.latest(s)
+
+
 def test_sealed_log_key_serves_the_newest_stored_checkpoint(engine: Engine) -> None:
     key = Ed25519PrivateKey.generate()
     record(make_store(engine), 2)
