@@ -308,7 +308,10 @@ def _libpq(url: str) -> tuple[str, dict[str, str]]:
     env = dict(os.environ)
     if parsed.password:
         env["PGPASSWORD"] = str(parsed.password)
-    uri = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) leaves the password as it is (None means "unchanged"), which
+    # put it on pg_dump's and pg_restore's command lines, for ps to show (crash probe, s26)
+    bare = parsed._replace(drivername="postgresql", password=None)
+    uri = bare.render_as_string(hide_password=False)
     return uri, env
 
 

@@ -702,7 +702,35 @@ def test_lost_database_postgres(postgres: Postgres, tmp_path: Path) -> None:
         before = tmp_path / "before.checkpoint"
         before.write_text(json.loads(state.read_text())["checkpoint"])
         archive = tmp_path / "pg.tar.gz"
-        made = backup(data, archive, EPORT_DATABASE_URL=source_db)
+        # The database URL's password reaches pg_dump in PGPASSWORD, never on its
+        # command line, where ps shows it (it did: crash probe, session 26). The cluster
+        # trusts local connections, so the password is only carried, not checked.
+        from sqlalchemy.engine import make_url
+
+        from ca.backup import pg_tool
+
+        secret = "not-on-argv-7d1c"
+        with_password = make_url(source_db).set(password=secret)
+        seen = tmp_path / "pg_dump.seen"
+        recorder = tmp_path / "pg-recorder"
+        recorder.mkdir()
+        (recorder / "pg_dump").write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "$*" >> {seen}\n'
+            f'printf "PGPASSWORD=%s\\n" "$PGPASSWORD" >> {seen}\n'
+            f'exec {pg_tool("pg_dump")} "$@"\n'
+        )
+        (recorder / "pg_dump").chmod(0o755)
+        made = backup(
+            data,
+            archive,
+            EPORT_DATABASE_URL=with_password.render_as_string(hide_password=False),
+            EPORT_PG_BIN=str(recorder),
+        )
+        lines = seen.read_text().splitlines()
+        assert f"PGPASSWORD={secret}" in lines, lines
+        assert not any(secret in line for line in lines if not line.startswith("PGPASSWORD=")), (
+            lines
+        )
     finally:
         stop(proc)
     assert made["manifest"]["databases"]["ca"]["kind"] == "postgresql"
