@@ -19,7 +19,6 @@ imports the server's tree, checkpoint or entry code.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import csv
 import datetime
 import errno
@@ -30,11 +29,12 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 import click
@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ca.signedreq import SCHEME, sign_request
+from ca.stopping import stops_unwind
 from cli import auditproof, keyfiles
 from cli.auditproof import AuditError, NotANoteError, VerifiedCheckpoint, VerifierKey
 from cli.client import (
@@ -716,6 +717,37 @@ def trusted_checkpoint(
 # -- downloading the log ----------------------------------------------------------------
 
 
+R = TypeVar("R")
+
+
+class Ahead(Generic[R]):
+    """``fn(*args)`` run in a daemon thread, its result (or exception) at :meth:`result`:
+    the next page asked for while this one is written or checked. Not an executor's
+    worker: the interpreter joins those at exit, so an export or a verification stopped
+    by Ctrl-C, SIGTERM or SIGHUP waited out the request in flight, up to its timeout,
+    before it ended (crash probe, session 26)."""
+
+    def __init__(self, fn: Callable[..., R], *args: Any) -> None:
+        self._done = threading.Event()
+        self._value: R | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(fn, args), daemon=True).start()
+
+    def _run(self, fn: Callable[..., R], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # handed to the thread that asks for the result
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> R:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return cast(R, self._value)
+
+
 def fetch_entries(
     client: AuditClient, start: int, end: int, on_page: Callable[[int], None]
 ) -> Iterator[tuple[int, list[bytes]]]:
@@ -727,20 +759,17 @@ def fetch_entries(
         resp = client.get(f"{API}/entries?start={first}&count={count}", signed=True)
         return first, split_bundle(resp.content), count
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(get, p) for p in pages[:2]]
-        following = 2
-        while futures:
-            first, entries, asked = futures.pop(0).result()
-            if following < len(pages):
-                futures.append(pool.submit(get, pages[following]))
-                following += 1
-            yield first, entries
-            on_page(len(entries))
-            if len(entries) < asked:
-                for f in futures:
-                    f.cancel()
-                return
+    ahead = [Ahead(get, p) for p in pages[:2]]
+    following = 2
+    while ahead:
+        first, entries, asked = ahead.pop(0).result()
+        if following < len(pages):
+            ahead.append(Ahead(get, pages[following]))
+            following += 1
+        yield first, entries
+        on_page(len(entries))
+        if len(entries) < asked:
+            return  # what is still in flight is let go
 
 
 def fetch_leaf_hashes(client: AuditClient, size: int) -> list[bytes]:
@@ -964,25 +993,22 @@ def verify_full(
         for offset, entry in enumerate(entries):
             logged.read(first + offset, entry)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        # The CA's certificate records, fetched while the entries download. Asked for
-        # after the checkpoint, so every certificate the checkpoint logged must be in it.
-        listing = pool.submit(
-            lambda: client.get(f"{API}/certificates?detail=1", signed=True).content
-        )
-        with _progress(cp.size, "Verifying entries", progress) as bar:
-            for first, entries in fetch_entries(client, 0, cp.size, bar.update):
-                read(first, entries)
-        if len(leaves) < cp.size:
-            # Name where the served entries first part from the log's leaves (an entry
-            # deleted and the gap closed: probe F5), else the first one not served.
-            found = diagnose(client, cp, leaves)
-            if found == f"entry {len(leaves)} is missing":
-                found += f": the server serves {len(leaves)} of the checkpoint's {cp.size} entries"
-            raise VerificationFailed(found)
-        if auditproof.root_from_leaf_hashes(leaves) != cp.root_hash:
-            raise VerificationFailed(diagnose(client, cp, leaves))
-        listed = _listing(listing.result())
+    # The CA's certificate records, fetched while the entries download. Asked for
+    # after the checkpoint, so every certificate the checkpoint logged must be in it.
+    listing = Ahead(lambda: client.get(f"{API}/certificates?detail=1", signed=True).content)
+    with _progress(cp.size, "Verifying entries", progress) as bar:
+        for first, entries in fetch_entries(client, 0, cp.size, bar.update):
+            read(first, entries)
+    if len(leaves) < cp.size:
+        # Name where the served entries first part from the log's leaves (an entry
+        # deleted and the gap closed: probe F5), else the first one not served.
+        found = diagnose(client, cp, leaves)
+        if found == f"entry {len(leaves)} is missing":
+            found += f": the server serves {len(leaves)} of the checkpoint's {cp.size} entries"
+        raise VerificationFailed(found)
+    if auditproof.root_from_leaf_hashes(leaves) != cp.root_hash:
+        raise VerificationFailed(diagnose(client, cp, leaves))
+    listed = _listing(listing.result())
     if events:
         _check_event_records(client, cp, leaves, progress)
     newer, newer_note = cp, None
@@ -1269,7 +1295,9 @@ def audit_log(
     except OSError as exc:
         raise CLIError(f"cannot write {out}: {exc.strerror}") from None
     try:
-        with open(fd, "w", encoding="utf-8", newline="") as stream:
+        # SIGTERM and SIGHUP unwind as Ctrl-C does: they ended the process at once and
+        # left the part file, a whole copy of the events in the end (crash probe, s26)
+        with stops_unwind(), open(fd, "w", encoding="utf-8", newline="") as stream:
             _write_events(client, base, fmt, limit, page_size, stream, True, bom)
             stream.flush()
             os.fsync(stream.fileno())  # the bytes are there before the name is
@@ -1357,18 +1385,17 @@ def _event_pages(
         return client.json(f"{API}/events?" + urlencode(query), signed=True)
 
     seen = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending: concurrent.futures.Future[dict[str, Any]] | None = pool.submit(
-            get, None, page_size if limit is None else min(page_size, limit)
-        )
-        while pending is not None:
-            doc = pending.result()
-            seen += len(doc["events"])
-            pending = None
-            if doc.get("next") is not None and (limit is None or seen < limit):
-                want = page_size if limit is None else min(page_size, limit - seen)
-                pending = pool.submit(get, int(doc["next"]), want)
-            yield doc
+    pending: Ahead[dict[str, Any]] | None = Ahead(
+        get, None, page_size if limit is None else min(page_size, limit)
+    )
+    while pending is not None:
+        doc = pending.result()
+        seen += len(doc["events"])
+        pending = None
+        if doc.get("next") is not None and (limit is None or seen < limit):
+            want = page_size if limit is None else min(page_size, limit - seen)
+            pending = Ahead(get, int(doc["next"]), want)
+        yield doc
 
 
 def _write_events(

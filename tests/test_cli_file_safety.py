@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -91,6 +92,52 @@ def test_audit_log_force_replaces_a_file_only_with_a_complete_export(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]  # no part left
     res = srv.eport("audit", "log", *who, "--force", check=False)
     assert res.returncode == 2 and "--force goes with --out only" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_an_export_stopped_by_sigterm_or_sighup_leaves_no_part(
+    sqlite_server: Server, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A service manager's stop (SIGTERM) or a closed terminal (SIGHUP) during an export
+    ended it at once and left its part file, a whole copy of the events by then, for good
+    (crash probe, session 26). They unwind as Ctrl-C does: no part, no file, a non-zero
+    exit. The server here answers nothing, so the export is caught mid-way."""
+    import threading
+    import time
+
+    from tests.conftest import EPORT
+    from tests.helpers import HttpStub
+
+    released = threading.Event()
+
+    def never(method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        released.wait(60)
+        return 503, "text/plain", b""
+
+    out = tmp_path / "exports" / "events.csv"
+    out.parent.mkdir()
+    with HttpStub(never) as stub:
+        env = base_env() | {"EPORT_SERVER": stub.url}
+        who = sqlite_server.auditor()  # a real key and its passphrase file: the request is signed
+        proc = subprocess.Popen(
+            [EPORT, "audit", "log", *who, "--format", "csv", "--out", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not list(out.parent.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert next(p.name for p in out.parent.iterdir()).endswith(".part")
+            proc.send_signal(stop)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            released.set()
+    assert proc.returncode != 0, err
+    assert list(out.parent.iterdir()) == [], err
 
 
 def test_an_export_does_not_replace_a_file_made_while_it_ran(tmp_path: Path) -> None:
