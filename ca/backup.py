@@ -454,7 +454,7 @@ class BackupResult:
 _TMP_SUFFIX = ".tmp"
 
 
-def _staging_prefix(out: Path, pid: int | None = None) -> str:
+def staging_prefix(out: Path, pid: int | None = None) -> str:
     return f".eport-backup-{out.name}.{os.getpid() if pid is None else pid}-"
 
 
@@ -480,7 +480,7 @@ def remove_stale_backup_work(out: Path) -> int:
         if pid.isdigit() and not _alive(int(pid)) and path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
-    prefix = _staging_prefix(out, 0)[: -len("0-")]
+    prefix = staging_prefix(out, 0)[: -len("0-")]
     for path in out.parent.glob(f"{glob.escape(prefix)}*-*"):
         pid = path.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)) and path.is_dir():
@@ -551,7 +551,7 @@ def create_backup(
     out.parent.mkdir(parents=True, exist_ok=True)
     kinds = {name: _kind(url) for name, url in databases.items()}
     removed = remove_stale_backup_work(out)
-    with tempfile.TemporaryDirectory(prefix=_staging_prefix(out), dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=staging_prefix(out), dir=out.parent) as tmp:
         staging = Path(tmp)
         for _attempt in range(_ATTEMPTS):
             before = _snapshot_files(data_dir, include_dev)

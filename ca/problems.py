@@ -48,11 +48,17 @@ def log_retry(what: str, logger: logging.Logger) -> None:
     """A background task's failure, on ``logger`` (call it in the task's ``except``): a
     database that cannot be used now is one line each time (an outage is no bug, and the
     task runs every few seconds); anything else, the traceback. The CA's and the token
-    service's background tasks use it."""
-    cause = database_unavailable_cause(sys.exc_info()[1])
+    service's background tasks use it. A full disk is one line too (the emergency plan
+    §5: the refresher logged a traceback every 30 s while it lasted, crash probe s26)."""
+    exc = sys.exc_info()[1]
+    cause = database_unavailable_cause(exc)
+    full = storage_full_cause(exc) if cause is None else None
     if cause is not None:
         why = " ".join(str(cause).split())[:200]
         logger.error("%s (the database is unavailable: %s)", what, why)
+    elif full is not None:
+        why = " ".join(str(full).split())[:200]
+        logger.error("%s (the storage is full: %s)", what, why)
     else:
         logger.exception("%s", what)
 

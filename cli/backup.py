@@ -108,7 +108,12 @@ def backup_command(
     \b
       eport backup --data-dir /srv/eport --out /backups/eport-2026-11-28.tar.gz
     """
-    from ca.backup import TOKEN_SERVICE, create_backup, refuse_unfinished_restore
+    from ca.backup import (
+        TOKEN_SERVICE,
+        create_backup,
+        refuse_unfinished_restore,
+        staging_prefix,
+    )
 
     refuse_unfinished_restore(data_dir)  # before --out is looked at or made
     where = out.parent
@@ -124,7 +129,9 @@ def backup_command(
         raise CLIError(f"cannot write {out}: {where} is not a directory")
     try:
         where.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=".eport-backup-", dir=where))  # as the backup will
+        # as the backup will; named as its staging is, so that a backup killed between
+        # the two calls leaves what the next one removes (crash probe, session 26)
+        os.rmdir(tempfile.mkdtemp(prefix=staging_prefix(out), dir=where))
     except OSError as exc:
         raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from None
     result = create_backup(
@@ -577,7 +584,9 @@ def restore_command(
     if not made_in.is_dir():
         raise CLIError(f"cannot restore into {data_dir}: {made_in} is not a directory")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".eport-restore-", dir=made_in))
+        # named as a restore's staging, which the next restore of this target removes
+        tag = data_dir.resolve().name
+        os.rmdir(tempfile.mkdtemp(prefix=f".eport-restore-{tag}-", dir=made_in))
     except OSError as exc:
         raise CLIError(f"cannot restore into {data_dir}: {exc.strerror or exc}") from None
     # This host's servers share the directory's lock for their life; the restore holds

@@ -629,6 +629,40 @@ def test_a_killed_backup_leaves_no_archive_and_the_next_one_cleans_up(
     restore(out, tmp_path / "restored")
 
 
+KILL_AT_THE_WRITE_CHECK = """
+import os, signal, sys
+def die(path, *args, **kwargs):  # the directory made to see --out's is writable
+    os.kill(os.getpid(), signal.SIGKILL)
+os.rmdir = die
+from cli.main import main
+sys.argv = ["eport", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_backup_killed_at_its_write_check_leaves_what_the_next_one_removes(
+    offline_instance: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The empty directory made to see that --out's directory is writable, left by a
+    backup killed before it was removed, was named unlike a backup's work files and so
+    stayed for good (crash probe, session 26): named as its staging now, the next backup
+    removes it."""
+    import sys
+
+    data, _ = offline_instance
+    out = tmp_path / "backups" / "eport.tar.gz"
+    command = [sys.executable, "-c", KILL_AT_THE_WRITE_CHECK, "backup", "--data-dir", str(data)]
+    killed = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -9, killed.stderr
+    (left,) = out.parent.iterdir()
+    assert left.is_dir() and left.name.startswith(".eport-backup-eport.tar.gz."), left
+    again = eport("backup", "--data-dir", str(data), "--out", str(out))
+    assert "Removed 1 work file(s)" in again.stderr, again.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["eport.tar.gz"]
+
+
 def test_a_restore_onto_a_full_disk_blames_the_disk_not_the_archive(
     offline_instance: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -237,6 +237,36 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
     assert len(serials) >= 2
 
 
+def test_a_background_task_on_a_full_disk_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The CRL refresher, responder renewal and the token service's sweeps log a failure
+    by ``log_retry``: a full disk was a traceback every 30 s while it lasted (crash probe,
+    session 26), where the emergency plan (§5) says one line; anything unforeseen keeps
+    its traceback."""
+    import errno
+    import logging
+
+    from ca.problems import log_retry
+
+    logger = logging.getLogger("eport.test.retry")
+    for exc, words, traced in (
+        (OSError(errno.ENOSPC, "No space left on device"), "the storage is full", False),
+        (RuntimeError("a bug"), "", True),
+    ):
+        caplog.clear()
+        try:
+            try:
+                raise exc
+            except Exception as inner:
+                raise ValueError("wrapped") from inner
+        except ValueError:
+            with caplog.at_level(logging.ERROR, logger=logger.name):
+                log_retry("CRL refresh failed; will retry", logger)
+        (record,) = caplog.records
+        assert record.getMessage().startswith("CRL refresh failed; will retry")
+        assert words in record.getMessage()
+        assert (record.exc_info is not None) is traced
+
+
 # -- a lost answer ----------------------------------------------------------------------------
 
 
