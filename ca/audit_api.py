@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
-from sqlalchemy import CursorResult, Row, Select, and_, func, or_, select
+from sqlalchemy import CursorResult, Row, Select, String, and_, cast, func, select
 from sqlalchemy.orm import Session, scoped_session
 
 from ca import log_key_signature, translog
@@ -465,7 +465,10 @@ def find_events(
         ]
         merged = heapq.merge(*pages, key=lambda found: found[0], reverse=newest_first)
         return list(itertools.islice(merged, limit))
-    query = flt.apply(select(*EVENT_COLUMNS).where(EventRow.log_index.is_not(None)))
+    # Logged events: those whose leaf the log has (an event row with an index past the
+    # head was never appended: a forged row, listed as logged before, log tamper probe)
+    head = translog.read_head(s)[0]
+    query = flt.apply(select(*EVENT_COLUMNS).where(EventRow.log_index < head))
     if after is not None:
         query = query.where(EventRow.log_index > after)
     if before is not None:
@@ -477,9 +480,8 @@ def find_events(
 
 def count_events(s: Session, flt: EventFilter) -> int:
     """How many logged events match (counted on the filter's index where it has one)."""
-    query = flt.apply(
-        select(func.count()).select_from(EventRow).where(EventRow.log_index.is_not(None))
-    )
+    head = translog.read_head(s)[0]
+    query = flt.apply(select(func.count()).select_from(EventRow).where(EventRow.log_index < head))
     return int(s.execute(query).scalar_one())
 
 
@@ -740,14 +742,25 @@ def event_digests() -> Response:
     out = bytearray(32 * max(end - start, 0))
     if start < end:
         # The event must also say it is at this index (its log_index orders the CA's
-        # listings and exports): one moved elsewhere reads as gone (probe F7).
-        at_index = or_(EventRow.log_index == LogEntryRow.idx, EventRow.log_index.is_(None))
+        # listings and exports): one moved elsewhere (probe F7), or taken out of them
+        # (log_index cleared: log tamper probe, session 26), reads as gone. So does one
+        # whose stored time or serial is spelled otherwise than written: the entry
+        # reads the same, but the listings' filters compare the stored text (a time
+        # written with "T", a serial in capitals, was left out of --since or --serial).
+        text_times = s.get_bind().dialect.name == "sqlite"  # PostgreSQL's has no spelling
         rows = s.execute(
-            select(LogEntryRow.idx, EventRow)
-            .join(EventRow, and_(EventRow.id == LogEntryRow.event_id, at_index))
+            select(LogEntryRow.idx, EventRow, cast(EventRow.at, String).label("stored_at"))
+            .join(
+                EventRow,
+                and_(EventRow.id == LogEntryRow.event_id, EventRow.log_index == LogEntryRow.idx),
+            )
             .where(LogEntryRow.idx >= start, LogEntryRow.idx < end)
         )
-        for idx, row in rows:
+        for idx, row, stored_at in rows:
+            if text_times and stored_at not in _time_spellings(row.at):
+                continue  # the time is text, which the filters compare as text
+            if row.serial is not None and row.serial != _serial_spelling(row.serial):
+                continue
             pos = (int(idx) - start) * 32
             out[pos : pos + 32] = leaf_hash(translog.entry_of(row))
     s.rollback()
@@ -782,6 +795,8 @@ def certificates() -> Response:
             CertificateStatusRow.state,
             CertificateStatusRow.reason,
             CertificateStatusRow.revoked_at,
+            CertificateStatusRow.issuer_id,
+            CertificateStatusRow.invalidity_date,
         )
 
     def lines() -> Iterator[bytes]:
@@ -814,6 +829,22 @@ def certificates() -> Response:
     return resp
 
 
+def _time_spellings(at: datetime.datetime) -> tuple[str, str]:
+    """The ways the CA writes an event's time into SQLite: SQLAlchemy's (microseconds
+    always) and the sqlite3 module's, which the group writer's inserts use (none when
+    they are 0). Both sort as times; one with a "T", or an offset, does not."""
+    naive = at.astimezone(datetime.UTC).replace(tzinfo=None)
+    return naive.strftime("%Y-%m-%d %H:%M:%S.%f"), naive.isoformat(" ")
+
+
+def _serial_spelling(serial: str) -> str | None:
+    """``serial`` as the CA writes it (lower-case hex, no leading zeros), or None."""
+    try:
+        return format(int(serial, 16), "x")
+    except ValueError:
+        return None
+
+
 def _record_line(row: Row[Any]) -> str:
     """One certificate as ``?detail=1`` lists it, a JSON array: ``[serial, sha256,
     der_sha256, uscc, subject, profile, issuer, log_index, state, reason, at]``.
@@ -822,10 +853,18 @@ def _record_line(row: Row[Any]) -> str:
     ``issuer`` (what an owner's rights and listings go by) and ``log_index`` (its listing
     key) must be its logged issuance's; ``state`` (``revoked``, ``hold``; null: good),
     ``reason`` (RFC 5280 name) and ``at`` (the entries' time format) are what OCSP and
-    CRLs answer, which the log's status events must lead to."""
-    serial, digest, der, uscc, subject, profile, issuer, log_index, state, reason, at = tuple(row)
+    CRLs answer, which the log's status events must lead to. Then ``status_issuer``: the
+    issuing CA the status row names when it is not the certificate's (its CRL, read by
+    that id, leaves the certificate out while OCSP answers it revoked: log tamper probe,
+    session 26), else null; and ``invalidity_date`` as the status event's details spell
+    it (its CRL entry carries it), null when there is none."""
+    (serial, digest, der, uscc, subject, profile, issuer, log_index, state, reason, at) = tuple(
+        row
+    )[:11]
+    status_issuer, invalidity = tuple(row)[11:]
     der_digest = hashlib.sha256(bytes(der)).hexdigest()
     when = utc_from_db(at) if state is not None else None
+    invalid = utc_from_db(invalidity) if state is not None else None
     doc = [
         serial,
         digest,
@@ -838,6 +877,8 @@ def _record_line(row: Row[Any]) -> str:
         state,
         None if state is None or reason is None else ReasonCode(reason).rfc_name,
         None if when is None else format_time(when),
+        status_issuer if state is not None and status_issuer != issuer else None,
+        None if invalid is None else invalid.isoformat(),
     ]
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 

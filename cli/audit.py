@@ -828,8 +828,9 @@ class _Logged:
     """serial → its issuance entry's index"""
     facts: dict[str, bytes]
     """serial → its issuance's :data:`FACTS` as the entry spells them (:func:`facts_of`)"""
-    status: dict[str, tuple[int, tuple[str, str | None, str] | None]]
-    """serial → (index of its last status entry, (state, reason, time) or None: good)"""
+    status: dict[str, tuple[int, Status | None]]
+    """serial → (index of its last status entry, (state, reason, time, invalidity date)
+    or None: good)"""
 
     def read(self, index: int, entry: bytes) -> None:
         kind_at = entry.rfind(b'"type":"')
@@ -846,7 +847,10 @@ class _Logged:
             if isinstance(serial, str):
                 state = STATUS_EVENTS[doc["type"]]
                 details = doc["details"] if isinstance(doc["details"], dict) else {}
-                now = None if state is None else (state, details.get("reason"), doc["time"])
+                now = None
+                if state is not None:
+                    invalid = details.get("invalidity_date")
+                    now = (state, details.get("reason"), doc["time"], invalid)
                 self.status[serial] = (index, now)
 
 
@@ -892,8 +896,9 @@ def _spelled(values: Listed) -> bytes:
 
 Listed = tuple[Any, ...]
 """A certificate as the CA lists it (``?detail=1``): ``(serial, sha256, der_sha256 or None,
-uscc, subject, profile, issuer, log_index, state, reason, at)``; from a server of an
-older release ``(serial, sha256)`` only."""
+uscc, subject, profile, issuer, log_index, state, reason, at, status_issuer or None,
+invalidity_date or None)``; from a server of an older release without the last two, or
+``(serial, sha256)`` only."""
 
 
 def _listing(data: bytes) -> dict[str, Listed]:
@@ -910,11 +915,16 @@ def _listing(data: bytes) -> dict[str, Listed]:
     return out
 
 
-def _status_text(status: tuple[str, str | None, str] | None) -> str:
+Status = tuple[str, str | None, str, str | None]
+"""A certificate's status: state, reason, since, invalidity date (RFC 5280 §5.3.2)."""
+
+
+def _status_text(status: Status | None) -> str:
     if status is None:
         return "good"
-    state, reason, at = status
-    return f"{'on hold' if state == 'hold' else state} ({reason}, since {at})"
+    state, reason, at, invalid = status
+    invalidity = "" if invalid is None else f", invalid since {invalid}"
+    return f"{'on hold' if state == 'hold' else state} ({reason}, since {at}{invalidity})"
 
 
 def _check_listed(serial: str, row: Listed, logged: _Logged) -> str | None:
@@ -944,22 +954,33 @@ def _check_listed(serial: str, row: Listed, logged: _Logged) -> str | None:
                 )
     if row[7] is not None and row[7] != logged.position[serial]:
         return f"{where} is listed by the CA at log index {row[7]}, not its issuance's"
+    if len(row) > 11 and row[11] is not None:
+        return (
+            f"{where}: its status row in the CA's records names issuing CA {row[11]!r}, not "
+            f"{row[6]!r}: the CRL of {row[6]!r} leaves it out while OCSP answers its status"
+        )
     return None
 
 
-def _listed_status(row: Listed) -> tuple[str, str | None, str] | None:
-    return None if len(row) == 2 or row[8] is None else (row[8], row[9], row[10])
+def _listed_status(row: Listed) -> Status | None:
+    if len(row) == 2 or row[8] is None:
+        return None
+    return (row[8], row[9], row[10], row[12] if len(row) > 12 else None)
 
 
-def _logged_status(serial: str, logged: _Logged) -> tuple[str, str | None, str] | None:
+def _logged_status(serial: str, logged: _Logged, row: Listed) -> Status | None:
     last = logged.status.get(serial)
-    return None if last is None else last[1]
+    if last is None or last[1] is None:
+        return None
+    if len(row) <= 12:  # an older server lists no invalidity date: not compared
+        return (*last[1][:3], None)
+    return last[1]
 
 
 def status_problem(serial: str, row: Listed, logged: _Logged) -> str | None:
     """The difference between the status the CA's record ``row`` gives and the one the
     log's status events lead to, if any."""
-    actual, expected = _listed_status(row), _logged_status(serial, logged)
+    actual, expected = _listed_status(row), _logged_status(serial, logged, row)
     if actual == expected or len(row) == 2:
         return None
     last = logged.status.get(serial)

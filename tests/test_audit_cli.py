@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import csv
+import datetime
 import hashlib
 import http.server
 import io
@@ -817,11 +818,12 @@ def test_tamper_changed_event_record(
             subject = s.execute(
                 select(EventRow.subject).where(EventRow.id == event_id)
             ).scalar_one()
-        # Its subject changed; then its log index (what orders the listings and exports)
-        # moved past the log's end.
+        # Its subject changed; then its log index moved past the log's end, or cleared
+        # (which took it out of every listing and export: log tamper probe, session 26).
         for changed, kept in (
             ({"subject": "CN=Someone Else"}, {"subject": subject}),
             ({"log_index": 10**6}, {"log_index": idx}),
+            ({"log_index": None}, {"log_index": idx}),
         ):
             with Session(engine) as s:
                 s.execute(update(EventRow).where(EventRow.id == event_id).values(**changed))
@@ -837,6 +839,83 @@ def test_tamper_changed_event_record(
                     s.execute(update(EventRow).where(EventRow.id == event_id).values(**kept))
                     s.commit()
     verify(server, state, "--full", "--events")
+
+
+def test_tamper_respelled_event_record(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """An event's stored serial in capitals (and, on SQLite, where times are text, its
+    time written with a "T") reads as the same entry, so the digest check passed, while
+    `audit log --serial` and `--since/--until`, which compare the stored text, no longer
+    listed it (log tamper probe, session 26). A record not spelled as the CA writes it now
+    reads as changed."""
+    from sqlalchemy import text
+
+    state = tmp_path / "state.json"
+    serial = issued[2]["serial"]
+    with database(server) as engine:
+        with Session(engine) as s:
+            event_id, idx = s.execute(
+                select(EventRow.id, EventRow.log_index).where(
+                    EventRow.serial == serial, EventRow.type == "certificate.issued"
+                )
+            ).one()
+        changes = [("serial = upper(serial)", "serial = lower(serial)")]
+        if engine.dialect.name == "sqlite":
+            changes.append(("at = replace(at, ' ', 'T')", "at = replace(at, 'T', ' ')"))
+        for change, undo in changes:
+            with Session(engine) as s:
+                s.execute(text(f"UPDATE events SET {change} WHERE id = :id"), {"id": event_id})
+                s.commit()
+            try:
+                failed(
+                    verify(server, state, "--full", "--events", check=False),
+                    f"entry {idx}",
+                    "event record",
+                )
+            finally:
+                with Session(engine) as s:
+                    s.execute(text(f"UPDATE events SET {undo} WHERE id = :id"), {"id": event_id})
+                    s.commit()
+    verify(server, state, "--full", "--events")
+
+
+def test_a_forged_event_past_the_log_is_not_listed(
+    server: Server, issued: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """An event row written behind the CA's back with a log index past the log's end (no
+    entry, no leaf) was exported by `audit log` as a logged event (log tamper probe,
+    session 26): the listings take only events the log has."""
+    serial = issued[2]["serial"]
+    with database(server) as engine:
+        with Session(engine) as s:
+            real = (
+                s.execute(
+                    select(EventRow.__table__).where(
+                        EventRow.serial == serial, EventRow.type == "certificate.issued"
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            forged = {
+                **real, "id": 10**6, "type": "certificate.revoked",
+                "subject": "CN=Forged", "log_index": 10**6,
+            }  # fmt: skip
+            s.execute(insert(EventRow), [forged])
+            s.commit()
+        try:
+            out = server.eport(
+                "audit", "log", *server.auditor(), "--serial", serial, "--format", "json"
+            ).stdout
+            doc = json.loads(out)
+            listed = doc if isinstance(doc, list) else doc["events"]
+            assert listed and all(e["log_index"] < 10**6 for e in listed), listed
+            assert "CN=Forged" not in out
+        finally:
+            with Session(engine) as s:
+                s.execute(delete(EventRow).where(EventRow.id == 10**6))
+                s.commit()
 
 
 def test_tamper_certificate_missing_from_the_log(
@@ -994,6 +1073,37 @@ def test_tamper_certificate_records_and_status(
         lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=other_der)),
         lambda s: s.execute(update(CertificateRow).where(by_cert).values(der=cert_row["der"])),
         f"certificate {good}: the CA's stored certificate (DER) hashes to",
+    )
+    # 6. Its status row moved to another issuing CA: that CA's CRL, read by id, lists it
+    # and its own leaves it out, while OCSP still answers revoked (log tamper probe, s26).
+    tampered(
+        server,
+        state,
+        lambda s: s.execute(
+            update(CertificateStatusRow).where(by_serial == revoked).values(issuer_id="agency")
+        ),
+        lambda s: s.execute(
+            update(CertificateStatusRow)
+            .where(by_serial == revoked)
+            .values(issuer_id=status_row["issuer_id"])
+        ),
+        f"certificate {revoked}: its status row in the CA's records names issuing CA 'agency'",
+    )
+    # 7. An invalidity date the revocation never had (its CRL entry carries it).
+    backdated = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    tampered(
+        server,
+        state,
+        lambda s: s.execute(
+            update(CertificateStatusRow)
+            .where(by_serial == revoked)
+            .values(invalidity_date=backdated)
+        ),
+        lambda s: s.execute(
+            update(CertificateStatusRow).where(by_serial == revoked).values(invalidity_date=None)
+        ),
+        f"certificate {revoked} is revoked (keyCompromise, since",
+        "invalid since 2026-01-01T00:00:00+00:00",
     )
     verify(server, state, "--full", "--events")
 
