@@ -255,7 +255,10 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int:
     [lo, hi]; ``default`` when it is absent or empty (None: it is required)."""
     from flask import request
 
-    raw = request.args.get(name)
+    given = request.args.getlist(name)
+    if len(given) > 1:  # the first was taken, the others dropped without a word
+        raise BadRequest(f"{name} is given {len(given)} times: give it once")
+    raw = given[0] if given else None
     if raw is None or raw == "":
         if default is None:
             raise BadRequest(f"{name} is required")

@@ -716,6 +716,9 @@ def test_numbers_in_a_query_or_path_are_read_one_way_everywhere(world: World) ->
     for raw in ("%EF%BC%91", "%201", "+5", "1_0"):
         r = send(world, "GET", f"/ca/v1/ra/applications?limit={raw}", signer=world.officer)
         assert_problem(r, 400, "limit must be an integer (ASCII digits)")
+    # Given twice, the first was taken (log tamper probe, session 26): which one is meant?
+    r = send(world, "GET", "/ca/v1/audit/proof/inclusion?index=1&index=2")
+    assert_problem(r, 400, "index is given 2 times: give it once")
     for raw, words in (("-5", "not a hexadecimal serial"), ("0", "positive integer")):
         for path in (
             f"/ca/v1/audit/proof/inclusion?serial={raw}",
