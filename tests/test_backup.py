@@ -579,15 +579,21 @@ def test_a_first_start_beside_an_interrupted_restore_makes_no_new_ca(tmp_path: P
     assert ensure_dev_ca(CAConfig.load({"dev": True, "data_dir": target}, environ={})) is not None
 
 
-KILL_BEFORE_RENAME = """
+def killed_at(call: str) -> str:
+    """A Python script that runs ``eport`` (its arguments) and SIGKILLs itself at its
+    first ``os.<call>``."""
+    return f"""
 import os, signal, sys
-def die(src, dst, *args, **kwargs):  # the archive is written, not yet renamed
+def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
-os.replace = die
+os.{call} = die
 from cli.main import main
 sys.argv = ["eport", *sys.argv[1:]]
 main()
 """
+
+
+KILL_BEFORE_RENAME = killed_at("replace")  # the archive is written, not yet renamed
 
 
 def test_a_killed_backup_leaves_no_archive_and_the_next_one_cleans_up(
@@ -629,15 +635,7 @@ def test_a_killed_backup_leaves_no_archive_and_the_next_one_cleans_up(
     restore(out, tmp_path / "restored")
 
 
-KILL_AT_THE_WRITE_CHECK = """
-import os, signal, sys
-def die(path, *args, **kwargs):  # the directory made to see --out's is writable
-    os.kill(os.getpid(), signal.SIGKILL)
-os.rmdir = die
-from cli.main import main
-sys.argv = ["eport", *sys.argv[1:]]
-main()
-"""
+KILL_AT_THE_WRITE_CHECK = killed_at("rmdir")  # the directory made to see --out is writable
 
 
 def test_a_backup_killed_at_its_write_check_leaves_what_the_next_one_removes(
