@@ -2480,9 +2480,17 @@ def login(
     callback=not_blank,
     help="The e-port service id (see policies/services.toml), e.g. customs-declaration.",
 )
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(not_blank(ctx, param, v) or v for v in values),
+    help="Only this scope of the service (repeat for several; default: every scope you "
+    "have there): a token with less than you may do, to test a service's least privilege.",
+)
 @json_option
 @pass_ctx
-def token(ctx: Ctx, service: str, as_json: bool) -> None:
+def token(ctx: Ctx, service: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Print an access token for the --service from your session (no key needed).
 
     The token is an RFC 9068 JWT for that service's audience, bound to your login
@@ -2491,20 +2499,20 @@ def token(ctx: Ctx, service: str, as_json: bool) -> None:
 
     \b
       curl -H "Authorization: Bearer $(eport token --service customs-declaration)" ...
+      eport token --service customs-declaration --scope declaration:read --json
     """
     from cli import session
 
     data = session.load(ctx.server)
     session.check_writable(ctx.server)  # the refresh token rotates: its successor is kept
-    doc = session.post_form(
-        ctx.server,
-        "/auth/token",
-        {
-            "grant_type": "refresh_token",
-            "refresh_token": data["refresh_token"],
-            "audience": service,
-        },
-    )
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": data["refresh_token"],
+        "audience": service,
+    }
+    if scopes:  # RFC 6749 §6: fewer scopes than the grant's, space-separated
+        form["scope"] = " ".join(dict.fromkeys(" ".join(scopes).split()))
+    doc = session.post_form(ctx.server, "/auth/token", form)
     data["refresh_token"] = doc.pop("refresh_token")
     session.save(ctx.server, data)
     emit(as_json, doc, doc["access_token"])

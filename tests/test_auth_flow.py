@@ -118,6 +118,21 @@ def test_login_once_tokens_for_every_service(
         assert r.status_code == 200 and r.headers["X-Eport-Subject"] == claims["sub"]
         assert validate(srv, tok, scope="declaration:submit").status_code == 200
         assert validate(srv, tok, scope="manifest:read").status_code == 403
+        # Fewer scopes than the user has (a service's least privilege tested): --scope
+        narrow = cli(
+            srv, tmp_path, "token", "--service", SERVICE, "--scope", "declaration:read",
+            "--scope", "declaration:draft", "--json",
+        )  # fmt: skip
+        narrowed = jwt.decode(
+            json.loads(narrow.stdout)["access_token"], options={"verify_signature": False}
+        )
+        assert sorted(narrowed["scope"].split()) == ["declaration:draft", "declaration:read"]
+        least = json.loads(narrow.stdout)["access_token"]
+        assert validate(srv, least, scope="declaration:submit").status_code == 403
+        res = cli(srv, tmp_path, "token", "--service", SERVICE, "--scope", "admin", check=False)
+        assert res.returncode == 1 and "'admin'" in res.stderr, res.stderr
+        res = cli(srv, tmp_path, "token", "--service", SERVICE, "--scope", " ", check=False)
+        assert res.returncode == 2 and "must not be blank" in res.stderr, res.stderr
         # Another registered service, same session, no key.
         portal = token_for(srv, tmp_path, "portal")
         assert validate(srv, portal, "portal").status_code == 200
