@@ -100,6 +100,12 @@ class ShareRejected(CustodyError):
     title = "Share rejected"
 
 
+class WrongPassphrase(ShareRejected):
+    """A passphrase that does not open the share file (or a file changed since it was
+    written: its header is the cipher's associated data, so the two cannot be told
+    apart). At a terminal the custodian may type it again."""
+
+
 class RepeatedCustodian(Conflict):
     """A custodian presented a share twice: M shares must come from M custodians."""
 
@@ -674,7 +680,7 @@ def open_share_file(blob: bytes, passphrase: bytes | ShareCipher) -> ShareFile:
         try:
             plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, ct, _canonical(header)))
         except InvalidTag:
-            raise ShareRejected(
+            raise WrongPassphrase(
                 "cannot open the share file: wrong passphrase, or the file was changed"
             ) from None
         finally:

@@ -705,13 +705,22 @@ class Pkcs11Signer:
         return f"Pkcs11Signer({self.uri.without_pin()})"
 
 
-def generate(uri: Pkcs11Uri | str, key_type: KeyType, label: str) -> Pkcs11Signer:
+def generate(
+    uri: Pkcs11Uri | str,
+    key_type: KeyType,
+    label: str,
+    made: list[Pkcs11Uri] | None = None,
+) -> Pkcs11Signer:
     """A new key pair of ``key_type`` made in the token ``uri`` names: the private key
     is sensitive, never extractable, and can only sign. Returns its signer; the
-    signer's ``uri`` names the new key (``object=label;id=<8 random bytes>``)."""
+    signer's ``uri`` names the new key (``object=label;id=<8 random bytes>``).
+    ``made``: the new key's URI is appended to it before the token is asked, so that a
+    run stopped at any point (even inside this call) knows every key it may have made."""
     base = Pkcs11Uri.parse(uri) if isinstance(uri, str) else uri
     key_id = os.urandom(8)
     keyed = base.with_key(label, key_id)
+    if made is not None:
+        made.append(keyed)
     token = _token(base)
     common = {pkcs11.Attribute.TOKEN: True, pkcs11.Attribute.LABEL: label}
     private = {
@@ -813,6 +822,9 @@ class TokenKeys:
 
     uri: Pkcs11Uri
     root: bool = False
+    made: list[Pkcs11Uri] = field(default_factory=list, compare=False, repr=False)
+    """Every key :meth:`generate` made (or was making) in the token, in order: what an
+    init cut short destroys (:meth:`destroy_made`)."""
 
     def holds(self, path: Path) -> bool:
         """Whether the key of the CA key file ``path`` is made in the token."""
@@ -825,9 +837,26 @@ class TokenKeys:
         and write the reference to it at ``path``."""
         from ca.sealing import slot_of
 
-        signer = generate(self.uri, key_type, f"eport {slot_of(path)}")
+        signer = generate(self.uri, key_type, f"eport {slot_of(path)}", self.made)
         write_reference(path, signer)
         return signer
+
+    def destroy_made(self) -> tuple[list[Pkcs11Uri], list[Pkcs11Uri]]:
+        """Delete from the token every key :meth:`generate` made: an init cut short leaves
+        none behind (their labels are those of a live CA's keys). Returns the keys
+        destroyed and those that could not be (the token gone, the PIN refused), each
+        named by its label and ``CKA_ID`` (:func:`key_name`) for the user to delete."""
+        gone: list[Pkcs11Uri] = []
+        kept: list[Pkcs11Uri] = []
+        for uri in self.made:
+            try:
+                destroy(uri)
+            except Exception:  # each key on its own: one that fails leaves the others gone
+                kept.append(uri)
+            else:
+                gone.append(uri)
+        self.made.clear()
+        return gone, kept
 
 
 # -- a token key behind cryptography's private key interfaces ----------------------------------
@@ -953,6 +982,13 @@ def private_key(uri: Pkcs11Uri | str) -> TokenKey:
 def login(uri: Pkcs11Uri) -> None:
     """Open this process's session with the token ``uri`` names (module, token, PIN)."""
     _token(uri).run(uri, lambda _s: None)
+
+
+def key_name(uri: Pkcs11Uri) -> str:
+    """A token key as a person finds it with ``pkcs11-tool --list-objects``: its label and
+    ``CKA_ID`` in hex (``'eport issuers/agency' id 3f9a…``)."""
+    key_id = uri.id.hex() if uri.id is not None else "?"
+    return f"{uri.object!r} id {key_id}"
 
 
 def destroy(uri: Pkcs11Uri) -> None:

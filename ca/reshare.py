@@ -93,27 +93,37 @@ class Rebuilt:
             wipe(kek)
 
 
+def check_presented(record: CustodyRecord, presented: Sequence[tuple[str, str]]) -> list[str]:
+    """The members of ``presented`` (each share file's member and custody id), in order,
+    if they can rebuild ``record``'s KEKs: share files of that custody set, of distinct
+    custodians, at least ``threshold`` of them. Both are in a share file's clear header,
+    so ``eport ca reshare`` checks them before it asks any passphrase; :func:`rebuild`
+    checks them again once the files are opened (and authenticated)."""
+    members: list[str] = []
+    for member, custody_id in presented:
+        if custody_id != record.custody_id:
+            raise ShareRejected(
+                f"the share file of {member} belongs to custody set {custody_id}, not to "
+                f"the one in force ({record.custody_id})"
+            )
+        if member in members:
+            raise RepeatedCustodian(f"the custodian of {member} presented two share files")
+        members.append(member)
+    if len(members) < record.threshold:
+        raise NotEnoughShares(
+            f"{len(members)} share files; re-sharing needs {record.threshold} custodians of "
+            f"custody set {record.custody_id}"
+        )
+    return members
+
+
 def rebuild(data_dir: Path, record: CustodyRecord, files: Sequence[ShareFile]) -> Rebuilt:
     """Rebuild and prove both KEKs from ``threshold`` share files of distinct custodians.
 
     A share file of another custody set, a repeated custodian, fewer than ``threshold``
     files, a corrupted share or KEKs that do not open the keys raise; nothing is kept.
     """
-    members: list[str] = []
-    for f in files:
-        if f.custody_id != record.custody_id:
-            raise ShareRejected(
-                f"the share file of {f.member} belongs to custody set {f.custody_id}, not to "
-                f"the one in force ({record.custody_id})"
-            )
-        if f.member in members:
-            raise RepeatedCustodian(f"the custodian of {f.member} presented two share files")
-        members.append(f.member)
-    if len(members) < record.threshold:
-        raise NotEnoughShares(
-            f"{len(members)} share files; re-sharing needs {record.threshold} custodians of "
-            f"custody set {record.custody_id}"
-        )
+    members = check_presented(record, [(f.member, f.custody_id) for f in files])
     keks: dict[Purpose, bytearray] = {}
     try:
         for purpose in Purpose:

@@ -24,7 +24,7 @@ from ca import custody
 from ca.share_transport import key_fingerprint, seal_share
 from ca.stopping import how_it_ended, stops_unwind
 from cli import options
-from cli.client import CAClient, CLIError, NotSent
+from cli.client import CAClient, CLIError, NotSent, RemoteError
 from cli.keyfiles import identity_options
 from cli.options import (
     data_dir_option,
@@ -62,6 +62,38 @@ def _refuse_quorum_of_one(policies: Any, policies_dir: Path) -> None:
         )
 
 
+def _check_served_policies(data_dir: Path, policies_dir: Path | None, policies: Any) -> None:
+    """The policy directory loads whole, as ``eport serve`` loads it before it serves
+    (:func:`authsvc.policy.load_access_policy` against ``policies``' members: the token
+    service's ``services.toml`` and ``access.toml``, ``EPORT_AUTH_POLICIES_DIR`` if set,
+    else this directory). A member taken out of ``members.toml`` that a service or an
+    access rule still names made a custody set that ``eport serve`` then refused to start
+    on; a :class:`~ca.errors.PolicyError` names the file and the key, before any
+    passphrase is asked or anything written. A directory with neither file belongs to a
+    CA served alone (``eport serve --only ca``, its token service elsewhere): nothing to
+    check here."""
+    from authsvc.config import AuthConfig
+    from authsvc.policy import load_access_policy
+    from ca.errors import PolicyError
+
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    if policies_dir is not None:
+        overrides["policies_dir"] = policies_dir
+    auth_dir = Path(AuthConfig.load(overrides).policies_dir)
+    if not any((auth_dir / name).exists() for name in ("services.toml", "access.toml")):
+        return
+    try:
+        load_access_policy(auth_dir, {m.id for m in policies.members.members})
+    except PolicyError as exc:
+        why = (
+            " (a member taken out of members.toml is taken out of services.toml and "
+            "access.toml too: docs/emergency-plan.md, runbook 3)"
+            if "unknown member agency" in exc.detail
+            else ""
+        )
+        raise CLIError(f"{exc.detail}; eport serve would refuse these policies{why}") from None
+
+
 def member_env(prefix: str, member: str) -> str:
     """The environment variable ``prefix`` + the member id, upper case, a ``-`` as ``_``
     (``EPORT_SHARE_PASSPHRASE_FOREIGN_EXCHANGE`` for ``foreign-exchange``): a name a POSIX
@@ -80,24 +112,40 @@ def _member_secret(prefix: str, member: str) -> str | None:
 
 
 def _custodian_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
+    """The passphrase of ``member``'s new share file: from its file, the environment, or
+    chosen at the prompt. One too short is asked again at a terminal (a refusal there
+    lost every passphrase typed before it: the other custodians', and in a re-share the
+    M current ones); from a file, the environment or a pipe it is one line and exit 1."""
     from_env = _member_secret("EPORT_CUSTODIAN_PASSPHRASE_", member)
     if member in files:
         value = _read_secret_file(files[member])
     elif from_env is not None:
         value = from_env.encode()
     else:
-        try:
-            value = secret_prompt(
-                f"{custodian} ({member}): choose the passphrase of your share file", confirm=True
-            ).encode()
-        except click.Abort as exc:
-            raise CLIError(
-                f"the custodian of {member} must choose a passphrase: "
-                f"--custodian-passphrase {member}=FILE or "
-                f"{member_env('EPORT_CUSTODIAN_PASSPHRASE_', member)}{no_line_reason(exc)}"
-            ) from None
+        label = (
+            f"{custodian} ({member}): choose the passphrase of your share file "
+            f"(at least {MIN_PASSPHRASE} characters)"
+        )
+        while True:
+            try:
+                value = secret_prompt(label, confirm=True).encode()
+            except click.Abort as exc:
+                raise CLIError(
+                    f"the custodian of {member} must choose a passphrase: "
+                    f"--custodian-passphrase {member}=FILE or "
+                    f"{member_env('EPORT_CUSTODIAN_PASSPHRASE_', member)}{no_line_reason(exc)}"
+                ) from None
+            if len(value) >= MIN_PASSPHRASE or not stdin_is_terminal():
+                break
+            click.echo(
+                f"Too short: a share file's passphrase has at least {MIN_PASSPHRASE} "
+                "characters; choose another.",
+                err=True,
+            )
     if len(value) < MIN_PASSPHRASE:
-        raise CLIError(f"the passphrase of {member}'s share must have at least 12 characters")
+        raise CLIError(
+            f"the passphrase of {member}'s share must have at least {MIN_PASSPHRASE} characters"
+        )
     return value
 
 
@@ -115,10 +163,12 @@ def _share_passphrase(file: Path | None) -> bytes:
         ) from None
 
 
-def _with_pin(uri: Any, who: str) -> Any:
+def _with_pin(uri: Any, who: str, option: str) -> Any:
     """``uri`` (a :class:`ca.pkcs11.Pkcs11Uri`) with a PIN it can use: its own
     pin-source or pin-value, ``EPORT_PKCS11_PIN``, else one typed at a prompt (kept in
-    memory only: key files and share files record URIs without a pin-value)."""
+    memory only: key files and share files record URIs without a pin-value). ``option``:
+    how the user gives the token's URI (``--pkcs11-uri URI``), which the refusal names:
+    a share file names its key, so the user may have given no URI at all."""
     from ca import pkcs11
 
     if "pin-value" in uri.query or "pin-source" in uri.query or os.environ.get(pkcs11.PIN_ENV):
@@ -129,15 +179,18 @@ def _with_pin(uri: Any, who: str) -> Any:
         pin = str(click.prompt(f"PIN of {who}'s PKCS#11 token", hide_input=True, err=True))
     except click.Abort:
         raise CLIError(
-            f"the PIN of {who}'s PKCS#11 token is needed: add ?pin-source=file:PATH to the "
-            f"URI or set {pkcs11.PIN_ENV}"
+            f"the PIN of {who}'s PKCS#11 token is needed: set {pkcs11.PIN_ENV}, or give "
+            f"{option} with ?pin-source=file:PATH in the URI"
         ) from None
     return type(uri)(dict(uri.path), {**uri.query, "pin-value": pin})
 
 
-def _token_opener(header: dict[str, Any], given: str | None) -> custody.ShareCipher:
+def _token_opener(
+    header: dict[str, Any], given: str | None, option: str = "--pkcs11-uri URI"
+) -> custody.ShareCipher:
     """The token key that opens a share file whose header names one (``given``, the
-    custodian's ``--pkcs11-uri``, says how to reach the token)."""
+    custodian's ``--pkcs11-uri``, says how to reach the token; ``option``: how it is
+    given, for a refusal)."""
     from ca import pkcs11
 
     stored = header.get("token", {})
@@ -147,7 +200,7 @@ def _token_opener(header: dict[str, Any], given: str | None) -> custody.ShareCip
         str(stored.get("key", "")), pkcs11.Pkcs11Uri.parse(given) if given else None
     )
     who = str(header.get("custodian", header.get("member", "the custodian")))
-    return pkcs11.TokenShareKey(_with_pin(key.uri, who))
+    return pkcs11.TokenShareKey(_with_pin(key.uri, who, option))
 
 
 def _read_share_file(file: Path) -> tuple[bytes, dict[str, Any]]:
@@ -285,7 +338,10 @@ def _client() -> CAClient:
 
 
 @click.command("init")
-@policies_option("Policy directory (default: the repository's policies/).")
+@policies_option(
+    "Policy directory (default: EPORT_POLICIES_DIR, else the repository's policies/); its "
+    "services.toml and access.toml must load with its members, as eport serve loads them."
+)
 @data_dir_option("Where the CA keeps its database and sealed keys.")
 @click.option(
     "--out",
@@ -299,14 +355,15 @@ def _client() -> CAClient:
     multiple=True,
     metavar="MEMBER=FILE",
     callback=options.member_pairs,
-    help="A custodian's share-file passphrase from FILE (else "
+    help="A custodian's share-file passphrase (at least 12 characters) from FILE (else "
     "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
 @custodian_token_option
 @click.option(
     "--officer-passphrase-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Encrypts the first officers' keys (else EPORT_OFFICER_PASSPHRASE, else a prompt).",
+    help="Encrypts the first officers' keys, all with this one passphrase: each agency sets "
+    "its own on receipt (eport key passwd) (else EPORT_OFFICER_PASSPHRASE, else a prompt).",
 )
 @click.option(
     "--pkcs11-uri",
@@ -388,6 +445,7 @@ def ca_init(
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)
     _refuse_quorum_of_one(policies, cfg.policies_dir)
+    _check_served_policies(data_dir, policies_dir, policies)
     members = [(m.id, m.custodian) for m in policies.members.members]
     files: dict[str, Path] = {}
     for item in custodian_passphrases:
@@ -473,7 +531,9 @@ def ca_init(
         h.finish_init(data_dir)  # the last step: from here on the CA is complete
     except BaseException as exc:
         _forget_token_keys(token_keys)  # a failed ceremony leaves no key in a custodian's token
-        said = _unwind_init(unwind, exc, data_dir, cfg.sqlalchemy_url)
+        # nor in the CA's: the keys it made there carry a live CA's labels
+        in_token = token.destroy_made() if token is not None else None
+        said = _unwind_init(unwind, exc, data_dir, cfg.sqlalchemy_url, in_token)
         if said is not None and isinstance(exc, KeyboardInterrupt):
             raise CLIError(said) from None  # the one line (not click's "Aborted.")
         if said is not None:
@@ -495,11 +555,24 @@ def ca_init(
         lines.append(f"Token:   {held} in {token.uri.without_pin()}")
     lines += [_share_line(mid, d) for mid, d in share_files.items()]
     lines += [f"Officer: {mid:<11} {path}/" for mid, path in record["officers"].items()]
+    if token is None:
+        start = f"the server starts sealed until {m} custodians run `eport ca unseal`"
+    else:
+        # nothing to unseal: `eport serve` opens the token with its PIN and signs at once
+        start = (
+            "the server starts unsealed (its issuing CA, OCSP and log keys are in the token, "
+            "which `eport serve` opens with its PIN: there is nothing to `eport ca unseal`); "
+            f"root operations still need {m} custodians (`eport ca ceremony join`)"
+        )
     lines.append(
         f"Public record: {out}/ceremony.json, {out}/custody.json (signed by the root: "
         f"{out}/custody.json.sig), {out}/log.pub (the log key auditors pin). Hand each "
-        "share file and officer directory to its agency; the server starts sealed until "
-        f"{m} custodians run `eport ca unseal`."
+        f"share file and officer directory to its agency; {start}."
+    )
+    lines.append(
+        f"Officer keys: all {len(record['officers'])} are encrypted with this init's one "
+        "officer passphrase, which whoever ran it knows: each agency sets its own on receipt, "
+        f"before first use (eport key passwd {out}/officers/<member>/officer.key)."
     )
     _emit(as_json, record, "\n".join(lines))
     testing = sorted(
@@ -565,23 +638,48 @@ def _init_unwind(data_dir: Path, out: Path, url: str) -> Any:
     )
 
 
-def _unwind_init(unwind: Any, exc: BaseException, data_dir: Path, url: str) -> str | None:
+def _unwind_init(
+    unwind: Any,
+    exc: BaseException,
+    data_dir: Path,
+    url: str,
+    in_token: tuple[list[Any], list[Any]] | None = None,
+) -> str | None:
     """After ``eport ca init`` failed or was interrupted before it completed: remove what
-    it made; what to say about it, in one line (and what is left to do, if anything)."""
+    it made; what to say about it, in one line (and what is left to do, if anything).
+    ``in_token``: the keys it made in the CA's PKCS#11 token that were destroyed, and
+    those that could not be (:meth:`ca.pkcs11.TokenKeys.destroy_made`), which are named."""
     from ca import hierarchy as h
+    from ca import pkcs11
     from ca.db import other_ca_records
 
+    destroyed, left = in_token or ([], [])
+    token_left = (
+        f"the PKCS#11 token keeps {len(left)} keys it made, which could not be deleted "
+        f"({', '.join(pkcs11.key_name(u) for u in left)}): delete them (their private and "
+        "public objects) before another init, as they carry a CA's labels"
+        if left
+        else ""
+    )
     removed = unwind.remove()
     what = how_it_ended(exc)
     advice = h.unfinished_init_advice(data_dir)  # a ca/ there before it is not removed
     if advice is not None:
-        return f"the init {what}: {advice}"
+        return f"the init {what}: {'; '.join(x for x in (advice, token_left) if x)}"
     kept = _records_kept(url, data_dir, other_ca_records(url))
-    if not removed and not kept:
+    if not removed and not kept and not destroyed and not left:
         return None  # it failed before it made anything
-    gone = f"removed what it had made ({', '.join(str(p) for p in removed)})" if removed else ""
-    rest = kept.lstrip("; ") if kept else "nothing of it is left: run `eport ca init` again"
-    return f"the init {what}: {'; '.join(x for x in (gone, rest) if x)}"
+    made = [str(p) for p in removed]
+    if destroyed:
+        made.append(
+            f"its {len(destroyed)} keys in the PKCS#11 token "
+            f"({', '.join(str(u.object) for u in destroyed)})"
+        )
+    gone = f"removed what it had made ({', '.join(made)})" if made else ""
+    rest = kept.lstrip("; ") if kept else ""
+    if not rest and not left:
+        rest = "nothing of it is left: run `eport ca init` again"
+    return f"the init {what}: {'; '.join(x for x in (gone, token_left, rest) if x)}"
 
 
 def _records_kept(url: str, data_dir: Path, refusal: str | None) -> str:
@@ -625,7 +723,9 @@ def _share_protectors(
             )
         if member in files:
             raise CLIError(f"{member}: give a passphrase file or a token, not both")
-        token_uris[member] = _with_pin(pkcs11.Pkcs11Uri.parse(uri), names[member])
+        token_uris[member] = _with_pin(
+            pkcs11.Pkcs11Uri.parse(uri), names[member], f"--custodian-token {member}=URI"
+        )
     out: dict[str, bytes | Any] = {}
     for member, name in members:
         if member in token_uris:
@@ -683,6 +783,17 @@ def _member_files(items: tuple[str, ...], option: str, known: set[str]) -> dict[
     return files
 
 
+def _current_passphrase_given(member: str, files: dict[str, Path]) -> bool:
+    """Whether the passphrase of ``member``'s current share file comes from a file or the
+    environment (else it is typed, and a wrong one may be typed again)."""
+    return member in files or _member_secret("EPORT_SHARE_PASSPHRASE_", member) is not None
+
+
+WRONG_PASSPHRASE_TRIES = 3
+"""How many times a custodian may type the passphrase of their current share file at
+``eport ca reshare``'s prompt before the re-share stops."""
+
+
 def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path]) -> bytes:
     if member in files:
         return _read_secret_file(files[member])
@@ -701,10 +812,46 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
         ) from None
 
 
+def _open_current_share(
+    path: Path,
+    blob: bytes,
+    header: dict[str, Any],
+    custodian: str,
+    files: dict[str, Path],
+    token_uri: str | None,
+) -> custody.ShareFile:
+    """A current share file opened for ``eport ca reshare``: by its custodian's token, or
+    by its passphrase, which a custodian typing it at a terminal may type again when it
+    is wrong (:data:`WRONG_PASSPHRASE_TRIES` in all): stopping there lost the passphrases
+    the others had typed."""
+    member = str(header.get("member", ""))
+    if custody.share_file_protection(header) == "token":
+        option = f"--share-token {member}=URI"
+        try:
+            return custody.open_share_file(blob, _token_opener(header, token_uri, option))
+        except custody.ShareRejected as exc:
+            raise CLIError(f"{path}: {exc.detail}") from None
+    again = not _current_passphrase_given(member, files) and stdin_is_terminal()
+    tries = 1
+    while True:
+        try:
+            return custody.open_share_file(
+                blob, _current_share_passphrase(member, custodian, files)
+            )
+        except custody.WrongPassphrase as exc:
+            if not again or tries >= WRONG_PASSPHRASE_TRIES:
+                raise CLIError(f"{path}: {exc.detail}") from None
+            tries += 1
+            click.echo(f"{path}: {exc.detail}; type it again.", err=True)
+        except custody.ShareRejected as exc:
+            raise CLIError(f"{path}: {exc.detail}") from None
+
+
 @click.command("reshare")
 @policies_option(
-    "Policy directory: the members and threshold of the new custody set (default: the "
-    "repository's policies/)."
+    "Policy directory: the members and threshold of the new custody set (default: "
+    "EPORT_POLICIES_DIR, else the repository's policies/); its services.toml and "
+    "access.toml must load with those members, as eport serve loads them."
 )
 @data_dir_option("The CA's data directory (its ca/custody.json is replaced).")
 @click.option(
@@ -745,8 +892,8 @@ def _current_share_passphrase(member: str, custodian: str, files: dict[str, Path
     multiple=True,
     metavar="MEMBER=FILE",
     callback=options.member_pairs,
-    help="The passphrase of MEMBER's new share file from FILE (else "
-    "EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
+    help="The passphrase of MEMBER's new share file (at least 12 characters) from FILE "
+    "(else EPORT_CUSTODIAN_PASSPHRASE_<MEMBER>, else a prompt for each custodian).",
 )
 @custodian_token_option
 @json_option
@@ -774,6 +921,9 @@ def ca_reshare(
     ca/custody-<old id>.json) and the re-share is logged (custody.reshared).
     Every old share file is refused from then on; the wrapped CA keys do not change.
 
+    A member who leaves is taken out of services.toml and access.toml too: the policy
+    directory is loaded as eport serve loads it, and refused before any passphrase.
+
     \b
       eport ca reshare --data-dir /srv/eport --out reshare/ \\
           --share customs.share --share tax.share --share forex.share
@@ -790,7 +940,7 @@ def ca_reshare(
     from ca.custody_store import latest_reshare
     from ca.db import make_engine
     from ca.policy import load_policies
-    from ca.reshare import rebuild, reshare, settle
+    from ca.reshare import check_presented, rebuild, reshare, settle
     from ca.signer import write_private
     from ca.store import SqlStore
 
@@ -806,6 +956,7 @@ def ca_reshare(
         raise CLIError(f"{out} holds an earlier ceremony; choose an empty --out directory")
     policies = load_policies(cfg.policies_dir)
     _refuse_quorum_of_one(policies, cfg.policies_dir)
+    _check_served_policies(data_dir, policies_dir, policies)
     members = [(m.id, m.custodian) for m in policies.members.members]
     engine = make_engine(cfg.sqlalchemy_url)
     try:
@@ -828,23 +979,27 @@ def ca_reshare(
                     param_hint="--share-token",
                 )
             old_tokens[member] = uri
+        # Every file read, and the set checked, before anyone types a passphrase: the
+        # member and custody set of a share file are in its clear header (rebuild checks
+        # them again once the files are opened)
+        presented = [(path, *_read_share_file(path)) for path in share_files]
+        check_presented(
+            record,
+            [(str(hd.get("member", "")), str(hd.get("custody_id", ""))) for _, _, hd in presented],
+        )
         opened: list[custody.ShareFile] = []
-        for path in share_files:
-            blob, header = _read_share_file(path)
+        for path, blob, header in presented:
             member = str(header.get("member", ""))
-            if member in (f.member for f in opened):
-                raise custody.RepeatedCustodian(
-                    f"the custodian of {member} presented two share files"
+            opened.append(
+                _open_current_share(
+                    path,
+                    blob,
+                    header,
+                    current.get(member, member),
+                    old_files,
+                    old_tokens.get(member),
                 )
-            opener: bytes | custody.ShareCipher
-            if custody.share_file_protection(header) == "token":
-                opener = _token_opener(header, old_tokens.get(member))
-            else:
-                opener = _current_share_passphrase(member, current.get(member, member), old_files)
-            try:
-                opened.append(custody.open_share_file(blob, opener))
-            except custody.ShareRejected as exc:
-                raise CLIError(f"{path}: {exc.detail}") from None
+            )
         rebuilt = rebuild(data_dir, record, opened)
         try:
             new_files = _member_files(
@@ -942,12 +1097,20 @@ def ca_unseal(
     \b
       eport ca unseal --share ceremony/shares/customs.share --fingerprint FINGERPRINT
     """
-    opened = _open_share(share_file, passphrase_file, token_uri)
+    read = _read_share_file(share_file)  # a file that is no share file: said at once
     client = _client()
     state = client.call("GET", "/ca/v1/custody")
-    if not state["sealed"]:
-        _emit(as_json, {"sealed": False}, "The CA is already unsealed.")
+    if not state["sealed"]:  # said before the custodian opens their share for nothing
+        in_token = _keys_in_token_at(client, state)
+        text = (
+            "The CA's keys are held in a PKCS#11 token: the CA needs no unseal (it started "
+            "unsealed); your share is needed for root ceremonies only (eport ca ceremony join)."
+            if in_token
+            else "The CA is already unsealed."
+        )
+        _emit(as_json, {"sealed": False, "keys_in_token": in_token}, text)
         return
+    opened = _open_share(share_file, passphrase_file, token_uri, read)
     sealed = _sealed_for(state["unseal"], opened.share(custody.Purpose.SEAL), fingerprint)
     doc = client.call("POST", "/ca/v1/custody/unseal", {"share": sealed})
     c = doc["ceremony"]
@@ -958,6 +1121,24 @@ def ca_unseal(
     for notice in doc.get("warnings", []):  # unsealed without some keys
         click.secho(f"WARNING: {notice}", fg="yellow", err=True)
     _emit(as_json, doc, text)
+
+
+def _keys_in_token_at(client: CAClient, state: dict[str, Any]) -> bool:
+    """Whether the server that answered ``state`` (``GET /ca/v1/custody``, not sealed)
+    holds its keys in a PKCS#11 token. Such a server is never sealed, so its instance
+    never opened an unseal ceremony (one is opened, with an id its boot id gives, the
+    first time a sealed instance is asked; it stays, done, once unsealed): no such
+    ceremony, keys in a token."""
+    from ca.bootkey import UNSEAL_PREFIX
+
+    boot = state.get("boot_id")
+    if not isinstance(boot, str) or not boot:
+        return False
+    try:
+        client.call("GET", f"/ca/v1/custody/ceremonies/{UNSEAL_PREFIX}{boot}")
+    except RemoteError as exc:
+        return exc.status == 404
+    return False
 
 
 # -- quorum ceremonies ------------------------------------------------------------------------
