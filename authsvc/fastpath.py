@@ -85,8 +85,39 @@ class Answer:
     headers: list[tuple[str, str]]
 
 
-def _denied() -> Answer:
-    return Answer(401, [("WWW-Authenticate", 'Bearer error="invalid_token"'), NO_STORE])
+# What a 401 says in its error_description (RFC 6750 §3): fixed texts chosen by the
+# reason, never the reason's own words (they quote PyJWT, a session's end reason, claim
+# names) nor anything of the token. nginx passes this header on to the client. ASCII
+# without quote or backslash (RFC 6750 §3: %x20-21 / %x23-5B / %x5D-7E).
+EXPIRED = "the token has expired"
+NOT_YET_VALID = "the token is not valid yet"
+REVOKED = "the token was revoked"
+SESSION_ENDED = "the token's session has ended"
+OTHER_AUDIENCE = "the token is for another service"
+NOT_OURS = "the token is malformed or not signed by a key the token service publishes"
+OTHER_CERTIFICATE = "the token is bound to another certificate"
+NO_CERTIFICATE = "this service needs the client certificate the token is bound to"
+CERTIFICATE_REFUSED = "the forwarded client certificate is not accepted"
+_WHY = {
+    "token expired": EXPIRED,
+    "token not yet valid": NOT_YET_VALID,
+    "the token was revoked": REVOKED,
+    "the session has ended": SESSION_ENDED,
+    "the session has expired": SESSION_ENDED,
+    "token rejected: Audience doesn't match": OTHER_AUDIENCE,
+}
+
+
+def why_invalid(detail: str) -> str:
+    """The public ``error_description`` for an :class:`InvalidToken` of ``detail``."""
+    if detail.startswith("the session ended: "):
+        return SESSION_ENDED
+    return _WHY.get(detail, NOT_OURS)
+
+
+def _denied(why: str) -> Answer:
+    challenge = f'Bearer error="invalid_token", error_description="{why}"'
+    return Answer(401, [("WWW-Authenticate", challenge), NO_STORE])
 
 
 def _unavailable() -> Answer:
@@ -122,9 +153,10 @@ def gateway_answer(
 
     The audience is the service id in ``X-Eport-Service`` (set by the gateway's
     configuration); ``X-Eport-Scope`` optionally names a scope the request needs. 200
-    with identity headers, 401 (``WWW-Authenticate: Bearer error="invalid_token"``) or
-    403 (``insufficient_scope``); 400 when the gateway names no service this server
-    knows (its configuration's fault, not the client's); never a body."""
+    with identity headers, 401 (``WWW-Authenticate: Bearer error="invalid_token",
+    error_description="..."``, one of the fixed texts above) or 403
+    (``insufficient_scope``); 400 when the gateway names no service this server knows
+    (its configuration's fault, not the client's); never a body."""
     scheme, _, tok = (headers.get("Authorization") or "").partition(" ")
     service_id = headers.get("X-Eport-Service") or ""
     try:
@@ -141,15 +173,15 @@ def gateway_answer(
         return _no_credentials()
     try:
         claims = tokens.check_access_token(tok.strip(), service.audience)
-    except InvalidToken:
-        return _denied()
+    except InvalidToken as exc:
+        return _denied(why_invalid(exc.detail))
     except EPortError as exc:
         if exc.status >= 500:
             # Not judged (the CA's status or the database unavailable): a fault, which
             # the gateway must not take for a bad token (the client would drop it)
             log.warning("gateway: a token could not be judged: %s", exc.detail)
             return _unavailable()
-        return _denied()
+        return _denied(NOT_OURS)
     # RFC 8705 §3: when the gateway forwards the client's TLS certificate, the token must
     # be bound to it: a stolen token is refused with another certificate. Without one, it
     # is a bearer token, unless the service requires the certificate (services.toml
@@ -157,14 +189,14 @@ def gateway_answer(
     try:
         presented = forwarded_certificate(headers, remote_addr, proxies)
     except EPortError:
-        return _denied()
+        return _denied(CERTIFICATE_REFUSED)
     if presented is None and service.require_certificate:
-        return _denied()
+        return _denied(NO_CERTIFICATE)
     if presented is not None:
         cnf = claims.get("cnf")
         bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
         if bound != x5t_s256(presented):
-            return _denied()
+            return _denied(OTHER_CERTIFICATE)
     needed = headers.get("X-Eport-Scope")
     scopes = str(claims.get("scope", "")).split()
     if needed and needed not in scopes:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from authsvc.client.claims import Claims, certificate_thumbprint
 from authsvc.client.errors import (
     CertificateMismatch,
+    EnterpriseRequired,
     ExpiredToken,
     InactiveToken,
     InsufficientScope,
@@ -30,6 +31,7 @@ from authsvc.client.errors import (
     KeySetUnavailable,
     MalformedRequest,
     MissingToken,
+    ServiceKeyUnusable,
     TokenError,
     UnknownKey,
     ValidationUnavailable,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CertificateMismatch",
     "Claims",
+    "EnterpriseRequired",
     "ExpiredToken",
     "InactiveToken",
     "InsufficientScope",
@@ -55,6 +58,7 @@ __all__ = [
     "KeySetUnavailable",
     "MalformedRequest",
     "MissingToken",
+    "ServiceKeyUnusable",
     "TokenError",
     "TokenVerifier",
     "UnknownKey",

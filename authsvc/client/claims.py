@@ -17,7 +17,19 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from authsvc.client.errors import CertificateMismatch, InsufficientScope, InvalidToken
+from authsvc.client.errors import (
+    CertificateMismatch,
+    EnterpriseRequired,
+    InsufficientScope,
+    InvalidToken,
+)
+
+NO_ENTERPRISE = (
+    "the token names no enterprise (it has no uscc claim): this resource serves "
+    "enterprises and their operators; an OpenID Connect client gets uscc with the eport scope"
+)
+"""What :class:`EnterpriseRequired` says (ASCII, without quotes: it goes into a
+``WWW-Authenticate`` header, RFC 6750 §3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,19 @@ class Claims:
         missing = [s for s in needed if s not in self.scopes]
         if missing:
             raise InsufficientScope(f"the token lacks the scope {missing[0]}", needed)
+
+    def require_enterprise(self) -> str:
+        """The enterprise's USCC, for a resource that keeps its data per enterprise;
+        :class:`EnterpriseRequired` (403) when the token names none.
+
+        ``uscc`` is in the tokens of enterprises and their operators minted by ``eport
+        token`` (or an exchange), and in a code-flow access token only when its OpenID
+        Connect client was granted the ``eport`` scope; an agency officer's, an auditor's
+        or a service's token never has one. A service that used ``claims.uscc`` as its
+        tenant key put every caller without one in a single shared ``None`` tenant."""
+        if not self.uscc:
+            raise EnterpriseRequired(NO_ENTERPRISE, self.subject)
+        return self.uscc
 
     def require_certificate(self, certificate: x509.Certificate | bytes | str) -> None:
         """RFC 8705 §3: the token must be bound to ``certificate`` (a certificate or its
@@ -136,7 +161,8 @@ def numeric_date(value: Any, name: str) -> int:
         or not -_LAST_TIME <= value <= _LAST_TIME
     ):
         raise InvalidToken(
-            f"claim {name} must be a number of seconds before year 10000 (RFC 7519 §2 NumericDate)"
+            f"claim {name} must be a number of seconds before year 10000 "
+            "(RFC 7519 section 2 NumericDate)"
         )
     return int(value)
 
@@ -158,16 +184,16 @@ def claims_from(payload: Mapping[str, Any]) -> Claims:
         raise InvalidToken("claim aud must be a string or a list of strings")
     scope = payload.get("scope", "")
     if not isinstance(scope, str):
-        raise InvalidToken("claim scope must be a space-separated string (RFC 9068 §2.2.3)")
+        raise InvalidToken("claim scope must be a space-separated string (RFC 9068 section 2.2.3)")
     cnf = payload.get("cnf")
     thumb = None
     if cnf is not None:
         if not isinstance(cnf, dict):
-            raise InvalidToken("claim cnf must be an object (RFC 7800 §3.1)")
+            raise InvalidToken("claim cnf must be an object (RFC 7800 section 3.1)")
         thumb = _opt_str(cnf, "x5t#S256")
     act = payload.get("act")
     if act is not None and not isinstance(act, dict):
-        raise InvalidToken("claim act must be an object (RFC 8693 §4.1)")
+        raise InvalidToken("claim act must be an object (RFC 8693 section 4.1)")
     return Claims(
         subject=_req_str(payload, "sub"),
         issuer=_req_str(payload, "iss"),

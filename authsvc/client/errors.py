@@ -13,9 +13,11 @@ server answers with, so a framework adapter renders any of them the same way
     │   ├── CertificateMismatch     cnf.x5t#S256 is not the presented certificate (RFC 8705 §3)
     │   └── InactiveToken           introspection answered active=false (RFC 7662 §2.2)
     ├── InsufficientScope       403 insufficient_scope, with the scopes needed
+    │   └── EnterpriseRequired      the token names no enterprise (no uscc claim)
     └── ValidationUnavailable   503: the token could not be judged (a fault, not a verdict)
         ├── KeySetUnavailable       the JWKS or the issuer metadata could not be fetched
         └── IntrospectionFailed     the introspection endpoint refused or failed
+            └── ServiceKeyUnusable      the service's own key file cannot be used
 """
 
 from __future__ import annotations
@@ -94,6 +96,21 @@ class InsufficientScope(TokenError):
         self.required = required
 
 
+class EnterpriseRequired(InsufficientScope):
+    """The token is good but names no enterprise (it has no ``uscc`` claim), and the
+    resource keeps its data per enterprise: an agency officer's, an auditor's or a
+    service's token, or the access token of an OpenID Connect code flow whose client did
+    not ask for the ``eport`` scope. Keyed by a ``uscc`` of None, every such caller would
+    share one enterprise's data. RFC 6750 §3.1 ``insufficient_scope``, 403: "the request
+    requires higher privileges than provided by the access token"; no ``scope`` to name,
+    since for most of these subjects no scope gives one."""
+
+    def __init__(self, description: str, subject: str) -> None:
+        super().__init__(description, ())
+        self.subject = subject
+        """The token's ``sub``: who was refused (for the service's log)."""
+
+
 class ValidationUnavailable(TokenError):
     """The token could not be judged: the token service or its keys are unreachable.
 
@@ -117,3 +134,15 @@ class KeySetUnavailable(ValidationUnavailable):
 
 class IntrospectionFailed(ValidationUnavailable):
     """The introspection endpoint (RFC 7662) failed, or refused this service's credential."""
+
+
+class ServiceKeyUnusable(IntrospectionFailed):
+    """The service's own key file (an :class:`Introspector`'s ``service_key``) cannot be
+    read or decrypted: no passphrase for an encrypted key, a wrong one, one for a key that
+    is not encrypted, or a file that holds no PEM private key. A set-up mistake that
+    retrying does not mend; raised when the introspector is made, naming the file."""
+
+    def __init__(self, description: str, path: str) -> None:
+        super().__init__(description)
+        self.path = path
+        """The key file, as it was given."""

@@ -8,6 +8,8 @@ the claims go on ``flask.g.eport_claims``. Refusals follow RFC 6750 §3:
 * a malformed ``Authorization`` header: 400 ``error="invalid_request"``;
 * a bad token: 401 ``error="invalid_token"``;
 * a good token without the scope: 403 ``error="insufficient_scope", scope="..."``;
+* with ``enterprise=True``, a good token that names no enterprise (no ``uscc``): 403
+  ``error="insufficient_scope"`` (:class:`EnterpriseRequired`);
 * the token service unreachable: 503 with ``Retry-After`` (not a verdict on the token).
 
 The body is ``{"error", "error_description"}`` (RFC 6749 §5.2 style), never cached. The
@@ -43,6 +45,14 @@ log = logging.getLogger("eport.client")
 F = TypeVar("F", bound=Callable[..., Any])
 # RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash).
 _UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_SECTION = re.compile(r"§\s*")
+
+
+def header_text(text: str) -> str:
+    """``text`` as an RFC 6750 §3 quoted value: a section sign as the word (the SDK's
+    texts cite RFCs by section, and "RFC 9068 ?4" read as a fault), any other character
+    outside the allowed set as ``?``."""
+    return _UNSAFE.sub("?", _SECTION.sub("section ", text))
 
 
 class Verifier(Protocol):
@@ -82,10 +92,10 @@ def challenge(err: TokenError, realm: str | None, scope: Iterable[str] = ()) -> 
     description = err.public_description
     params = []
     if realm:
-        params.append(f'realm="{_UNSAFE.sub("?", realm)}"')
+        params.append(f'realm="{header_text(realm)}"')
     if err.error and not isinstance(err, ValidationUnavailable):
         params.append(f'error="{err.error}"')
-        params.append(f'error_description="{_UNSAFE.sub("?", description)}"')
+        params.append(f'error_description="{header_text(description)}"')
     if isinstance(err, InsufficientScope) or scope:
         needed = err.required if isinstance(err, InsufficientScope) else tuple(scope)
         if needed:
@@ -107,6 +117,7 @@ def require_token(
     *,
     verifier: Verifier | None = None,
     client_certificate: Callable[[], x509.Certificate | None] | None = None,
+    enterprise: bool = False,
 ) -> Callable[[F], F]:
     """Decorate a view so that it runs only for a valid token holding ``scope`` (one scope
     or several, all required); the claims are on ``flask.g.eport_claims``.
@@ -116,6 +127,12 @@ def require_token(
     proxy's header); the token must then be bound to it (RFC 8705 §3): the certificate is
     passed to the verifier's ``verify(..., client_certificate=)``, offline or by
     introspection alike.
+
+    ``enterprise=True`` is for a resource that keeps its data per enterprise: the token
+    must also name one (``uscc``, :meth:`Claims.require_enterprise`), or the request is
+    refused 403 :class:`EnterpriseRequired`. Without it, a good token that has no ``uscc``
+    (an agency officer's, a service's, an OpenID Connect token without the ``eport``
+    scope) passes, and ``claims.uscc`` is None.
     """
     scopes = (scope,) if isinstance(scope, str) else tuple(scope or ())
 
@@ -135,6 +152,8 @@ def require_token(
                     if cert is None:  # refused before an introspection is spent on it
                         raise CertificateMismatch("the token needs the client's certificate")
                     claims = v.verify(token, required_scopes=scopes, client_certificate=cert)
+                if enterprise:
+                    claims.require_enterprise()
             except TokenError as err:
                 if isinstance(err, ValidationUnavailable):
                     # the caller is told only to retry; the operator needs the detail

@@ -21,6 +21,7 @@ offline verification (:class:`TokenVerifier`) trusts a token until its ``exp``.
 from __future__ import annotations
 
 import datetime
+import logging
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,16 +32,23 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import urllib3
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from requests.adapters import HTTPAdapter
 
 from authsvc.client.claims import Claims, claims_from
-from authsvc.client.errors import InactiveToken, IntrospectionFailed, InvalidToken
+from authsvc.client.errors import (
+    InactiveToken,
+    IntrospectionFailed,
+    InvalidToken,
+    ServiceKeyUnusable,
+)
 from ca.signedreq import SCHEME, sign_request
 
 INTROSPECTION_PATH = "/auth/introspect"
+log = logging.getLogger("eport.client")
 ACCESS_TOKEN_HINT = "access_token"  # RFC 7662 §2.1 token_type_hint
 _SIGNING_KEYS = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
 
@@ -73,10 +81,54 @@ def _load_chain(source: CertificateSource) -> list[x509.Certificate]:
     return list(source)
 
 
+_ENCRYPTED_PEM = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
+"""What an encrypted PEM key holds: PKCS#8 (what ``eport enroll`` writes) or OpenSSL's
+traditional form."""
+
+
 def _load_key(source: KeySource, passphrase: bytes | None) -> CertificateIssuerPrivateKeyTypes:
+    """The key of a key object, or of a PEM file decrypted with ``passphrase``;
+    :class:`ServiceKeyUnusable` naming the file and what to change when the file cannot
+    be read or decrypted (cryptography's own ``TypeError``/``ValueError`` named neither)."""
     if not isinstance(source, str | Path):
         return source
-    key = serialization.load_pem_private_key(Path(source).read_bytes(), passphrase)
+    where = str(source)
+    try:
+        pem = Path(source).read_bytes()
+    except OSError as exc:
+        raise ServiceKeyUnusable(
+            f"cannot read the service key {where}: {exc.strerror or exc}", where
+        ) from None
+    encrypted = any(marker in pem for marker in _ENCRYPTED_PEM)
+    if encrypted and passphrase is None:
+        raise ServiceKeyUnusable(
+            f"the service key {where} is encrypted and no passphrase was given: pass its "
+            "passphrase as Introspector(..., passphrase=b'...')",
+            where,
+        )
+    try:
+        key = serialization.load_pem_private_key(pem, passphrase)
+    except TypeError:
+        if encrypted:  # not bytes: a caller's type error, not the file's
+            raise
+        raise ServiceKeyUnusable(
+            f"the service key {where} is not encrypted, but a passphrase was given: "
+            "pass passphrase=None",
+            where,
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        if encrypted:
+            raise ServiceKeyUnusable(
+                f"the passphrase does not decrypt the service key {where}: check "
+                "Introspector's passphrase= (the key's passphrase as bytes; a newline read "
+                "from a file with it is part of it)",
+                where,
+            ) from None
+        raise ServiceKeyUnusable(
+            f"{where} holds no PEM private key: give the service-tls certificate's key "
+            "(key.pem beside cert.pem) as the service key",
+            where,
+        ) from None
     if not isinstance(key, _SIGNING_KEYS):
         raise ValueError(f"{source} does not hold a key of a service-tls certificate")
     return key
@@ -140,7 +192,13 @@ class Introspector:
     :class:`TokenVerifier`. When given, an active answer whose ``aud`` does not hold it is
     :class:`IntrospectionFailed` (the token service judged the token for another service:
     this one runs with another's credential). When omitted, it is ``https://`` and the
-    certificate's DNS name, the registry's convention, used for the realm only.
+    certificate's DNS name, the registry's convention, used for the realm only, and the
+    constructor logs a warning (``eport.client``) saying that the answers' audience goes
+    unchecked.
+
+    A key file that cannot be used (encrypted and no ``passphrase``, a wrong one, one
+    given for a key that is not encrypted, no PEM key at all) is
+    :class:`ServiceKeyUnusable`, naming the file.
     """
 
     def __init__(
@@ -171,6 +229,17 @@ class Introspector:
         self._checks_audience = bool(audience)
         self.audience = audience if audience else _conventional_audience(self.chain[0])
         """The audience this service validates tokens for (see the class's docstring)."""
+        if not audience:
+            # Said once, when the service starts: every call would repeat it. The token
+            # service answers for the caller's credential's audience, so a service started
+            # with another's certificate would take that service's tokens unnoticed.
+            log.warning(
+                "Introspector for %s: no audience= given, so an active answer for another "
+                "service's audience is not refused (taking %s as the realm only); pass "
+                "audience= (this service's audience in policies/services.toml)",
+                self.endpoint,
+                self.audience,
+            )
         self._own_http = http is None
         self.http = http if http is not None else requests.Session()
         if tls_client_auth:

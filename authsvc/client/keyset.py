@@ -126,7 +126,9 @@ def discover_jwks_uri(
 def parse_jwks(doc: Any) -> dict[str, ec.EllipticCurvePublicKey]:
     """The ES256 verification keys of a JWK set, by ``kid``; other keys are skipped."""
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeySetUnavailable("the JWKS is not a JSON object with a keys array (RFC 7517 §5)")
+        raise KeySetUnavailable(
+            "the JWKS is not a JSON object with a keys array (RFC 7517 section 5)"
+        )
     keys: dict[str, ec.EllipticCurvePublicKey] = {}
     for jwk in doc["keys"]:
         if not isinstance(jwk, dict):

@@ -158,7 +158,7 @@ class TokenVerifier:
             raise InvalidToken("the token's algorithm must be ES256")
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
-            raise InvalidToken("the token's typ must be at+jwt (RFC 9068 §4)")
+            raise InvalidToken("the token's typ must be at+jwt (RFC 9068 section 4)")
         if "crit" in header:
             raise InvalidToken("the token names critical header extensions we do not know")
         kid = header.get("kid")

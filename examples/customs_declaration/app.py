@@ -3,7 +3,15 @@
 Reading declarations is checked offline (the SDK verifies the JWT against the JWKS);
 submitting one is checked online by token introspection when the service has its
 service-tls certificate configured, so that a logout or a revoked certificate stops a
-submission within seconds rather than at the token's expiry.
+submission within seconds rather than at the token's expiry. Without that certificate
+submissions are checked offline too, and ``create_app`` says so in a warning naming the
+routes and the settings that turn introspection on.
+
+Declarations are kept per enterprise (the token's ``uscc``): every route that reads or
+writes them requires a token that names one (``require_token(..., enterprise=True)``).
+An agency officer's or a service's token, or an OpenID Connect token whose client did not
+ask for the ``eport`` scope, has no ``uscc`` and is refused 403 ``insufficient_scope``,
+rather than sharing one ``None`` enterprise with every other such caller.
 
 Configuration (environment, or a mapping passed to ``create_app``):
 
@@ -19,6 +27,7 @@ Run: ``flask --app examples/customs_declaration/app.py run --port 5080``.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -40,6 +49,10 @@ SETTINGS = (
     "EPORT_SERVICE_KEY",
     "EPORT_SERVICE_KEY_PASSPHRASE_FILE",
 )
+INTROSPECTED = ("submit_declaration",)
+"""The views written ``require_token(..., verifier=online)``: introspected when the
+service has its certificate, checked offline (and warned about at start) when not."""
+log = logging.getLogger("customs_declaration")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -61,6 +74,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             cfg["EPORT_SERVICE_CERT"],
             cfg["EPORT_SERVICE_KEY"],
             passphrase=Path(pw_file).read_text().strip().encode() if pw_file else None,
+            # checked against every active answer: a service started with another
+            # service's certificate would otherwise take that service's tokens
+            audience=cfg["EPORT_AUDIENCE"],
         )
 
     declarations: list[dict[str, Any]] = []
@@ -68,7 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     lock = threading.Lock()
 
     @app.get("/declarations")
-    @require_token(scope="declaration:read")
+    @require_token(scope="declaration:read", enterprise=True)  # offline (JWKS); needs a uscc
     def list_declarations() -> ResponseReturnValue:
         claims = g.eport_claims
         with lock:
@@ -87,7 +103,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     @app.post("/declarations")
-    @require_token(scope="declaration:submit", verifier=online)
+    # Introspection when EPORT_SERVICE_CERT is set. Otherwise ``online`` is None and
+    # require_token falls back to the app's offline verifier: a token keeps submitting
+    # after a logout or a revocation until its exp (+ 30 s leeway). Warned about below.
+    @require_token(scope="declaration:submit", verifier=online, enterprise=True)
     def submit_declaration() -> ResponseReturnValue:
         claims = g.eport_claims
         body = request.get_json(silent=True) or {}
@@ -106,6 +125,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def healthz() -> ResponseReturnValue:
         return {"status": "ok"}
 
+    if online is None:
+        routes = [
+            f"{method} {rule.rule}"
+            for rule in app.url_map.iter_rules()
+            if rule.endpoint in INTROSPECTED
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
+        ]
+        log.warning(
+            "EPORT_SERVICE_CERT is not set: %s checked OFFLINE, not by introspection; a "
+            "token stays good there after a logout or a revocation until its exp (+ 30 s "
+            "leeway). Set EPORT_SERVER, EPORT_SERVICE_CERT, EPORT_SERVICE_KEY and "
+            "EPORT_SERVICE_KEY_PASSPHRASE_FILE to introspect them",
+            ", ".join(routes) + (" is" if len(routes) == 1 else " are"),
+        )
     return app
 
 
