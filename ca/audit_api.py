@@ -830,9 +830,11 @@ def certificates() -> Response:
 
 
 def _time_spellings(at: datetime.datetime) -> tuple[str, str]:
-    """The ways the CA writes an event's time into SQLite: SQLAlchemy's (microseconds
-    always) and the sqlite3 module's, which the group writer's inserts use (none when
-    they are 0). Both sort as times; one with a "T", or an offset, does not."""
+    """The ways an event's time may be written into SQLite: SQLAlchemy's (microseconds
+    always), which every insert of the CA's uses (the group writer's too, by the column
+    type's bind processor), and the sqlite3 module's default (none when they are 0), for
+    a row written by another tool. Both sort as times; one with a "T", or an offset,
+    does not."""
     naive = at.astimezone(datetime.UTC).replace(tzinfo=None)
     return naive.strftime("%Y-%m-%d %H:%M:%S.%f"), naive.isoformat(" ")
 

@@ -236,9 +236,9 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 OFFICER_NOTICE = datetime.timedelta(days=30)
+"""How long before a member's last RA officer certificate ends the server warns."""
 _ONE_NAME_CLASSES = frozenset({SubjectClass.AGENCY, SubjectClass.AUDITOR})
 """A member agency's staff: one person per name in an agency (the one-name rule)."""
-"""How long before a member's last RA officer certificate ends the server warns."""
 
 
 @dataclass(frozen=True)
@@ -840,7 +840,7 @@ class JointCA:
         holder's name as certified, its look-alike characters by code point."""
         for profile in self.policies.profiles_of(SubjectClass(app.subject_class)):
             subject = dn_string(profile.build_subject(app.vetted))
-            held = tx.named_in_force(subject, [profile.name], now)
+            held = tx.named_in_force(subject, [profile.name], now, self._void)
             if held is not None:
                 raise same_name_refusal(
                     subject, held.subject, held.serial_hex, profile.name, held.not_after

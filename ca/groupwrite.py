@@ -328,7 +328,7 @@ _CREDENTIAL_IN_FORCE = (
 """An enterprise's legal-person certificates in force (a few rows at most), the
 longest-lasting first; those of generations revoked on the root CRL are passed over."""
 _NAMED_IN_FORCE = (
-    "SELECT c.serial, c.subject, c.not_after FROM certificates c"
+    "SELECT c.serial, c.subject, c.not_after, c.issuer_id FROM certificates c"
     " LEFT JOIN certificate_status s ON s.serial = c.serial"
     " WHERE c.uscc IS NULL AND c.profile = ? AND c.not_after > ?"
     " AND (s.state IS NULL OR s.state <> ?)"
@@ -574,8 +574,8 @@ class IssuanceWriter:
         wanted = dn_key(item.record.subject)
         for profile in item.sole_name:
             cur.execute(self._named_sql, (profile, self._dt(item.now), StatusState.REVOKED.value))
-            for serial, subject, not_after in cur.fetchall():
-                if dn_key(subject) == wanted:
+            for serial, subject, not_after, issuer_id in cur.fetchall():
+                if dn_key(subject) == wanted and issuer_id not in item.void_issuers:
                     ends = utc_from_db(not_after)
                     assert ends is not None
                     raise same_name_refusal(item.record.subject, subject, serial, profile, ends)

@@ -350,12 +350,17 @@ class Transaction(Protocol):
         ...
 
     def named_in_force(
-        self, subject: str, profiles: Sequence[str], now: datetime.datetime
+        self,
+        subject: str,
+        profiles: Sequence[str],
+        now: datetime.datetime,
+        void_issuers: Collection[str] = (),
     ) -> CertificateRecord | None:
         """A certificate of ``profiles`` with no USCC (a member agency's staff) whose
         subject is ``subject`` (:func:`ca.names.dn_string`) as a relying party compares
         names (:func:`ca.names.dn_key`: case, width, compatibility forms and blanks set
-        aside), not expired and not revoked (one on hold counts), or None."""
+        aside), not expired and not revoked (one on hold counts), or None. Certificates
+        of ``void_issuers`` (generations revoked on the root CRL) are not in force."""
         ...
 
     def credential_in_force(

@@ -1084,7 +1084,11 @@ class SqlTransaction:
         return [c for c in found if statuses.get(c.serial) is None]
 
     def named_in_force(
-        self, subject: str, profiles: Sequence[str], now: datetime.datetime
+        self,
+        subject: str,
+        profiles: Sequence[str],
+        now: datetime.datetime,
+        void_issuers: Collection[str] = (),
     ) -> CertificateRecord | None:
         if not profiles:
             return None
@@ -1097,7 +1101,11 @@ class SqlTransaction:
         q = select(*_CERT_COLUMNS).where(
             _CERT.uscc.is_(None), _CERT.profile.in_(list(profiles)), _CERT.not_after > now
         )
-        found = [c for c in map(_cert_of, self._conn().execute(q)) if dn_key(c.subject) == wanted]
+        found = [
+            c
+            for c in map(_cert_of, self._conn().execute(q))
+            if dn_key(c.subject) == wanted and c.issuer_id not in void_issuers
+        ]
         statuses = self.get_statuses([c.serial for c in found])
         for c in found:
             st = statuses.get(c.serial)
@@ -1440,7 +1448,7 @@ class SqlStore:
             if item.sole_name:  # the one-name rule, as the group writer decides it
                 assert item.now is not None
                 subject = item.record.subject
-                named = tx.named_in_force(subject, item.sole_name, item.now)
+                named = tx.named_in_force(subject, item.sole_name, item.now, item.void_issuers)
                 if named is not None:
                     raise same_name_refusal(
                         subject, named.subject, named.serial_hex, named.profile, named.not_after

@@ -529,11 +529,26 @@ class CheckpointSigner:
         if newest is None:
             return
         if newest.size > size:
-            raise LogCorrupted(
-                f"the log has {size} entries, but a checkpoint of {newest.size} was signed: "
-                "refusing to sign a log that shrank (a database restored over newer "
-                "entries, or entries deleted); docs/emergency-plan.md"
-            )
+            # A head read before another process appended and signed (PostgreSQL's READ
+            # COMMITTED shows this statement the newer checkpoint; review of session 26):
+            # the log did not shrink if its head now reaches the newest checkpoint, and
+            # what was read is then a prefix of it, which may be signed.
+            now = read_head(session)[0]
+            if now < newest.size:
+                raise LogCorrupted(
+                    f"the log has {now} entries, but a checkpoint of {newest.size} was "
+                    "signed: refusing to sign a log that shrank (a database restored over "
+                    "newer entries, or entries deleted); docs/emergency-plan.md"
+                )
+            tree = tree_at(session, newest.size)
+            if tree.root(newest.size) != newest.root_hash or tree.root(size) != root_hash:
+                raise LogCorrupted(
+                    f"the log's first {newest.size} entries no longer give the root signed "
+                    f"for them ({newest.root_hash.hex()}), or its first {size} not the root "
+                    f"{root_hash.hex()} read for them: refusing to sign another history "
+                    "(an entry or node rewritten); docs/emergency-plan.md"
+                )
+            return
         if newest.size < size and tree_at(session, size).root(newest.size) != newest.root_hash:
             raise LogCorrupted(
                 f"the log's first {newest.size} entries no longer give the root signed for "

@@ -169,10 +169,12 @@ def test_both_ways_of_storing_an_issuance_keep_the_one_name_rule(tmp_path: Path)
     writer = IssuanceWriter(engine, fallback=lambda item: 0, log=False)
     now = datetime.datetime(2026, 11, 29, 9, 0, tzinfo=datetime.UTC)
 
-    def record(serial: int, name: str, profile: str = "agency") -> CertificateRecord:
+    def record(
+        serial: int, name: str, profile: str = "agency", issuer: str = "agency"
+    ) -> CertificateRecord:
         return CertificateRecord(
             serial=serial,
-            issuer_id="agency",
+            issuer_id=issuer,
             profile=profile,
             application_id=None,
             uscc=None,
@@ -186,25 +188,39 @@ def test_both_ways_of_storing_an_issuance_keep_the_one_name_rule(tmp_path: Path)
 
     def item(name: str) -> IssuanceWrite:
         ev = Event(type=EventType.CERTIFICATE_ISSUED, at=now, actor="test")
-        return IssuanceWrite(record(0x9000, name), ev, now=now, sole_name=("agency",))
+        return IssuanceWrite(
+            record(0x9000, name), ev, now=now, sole_name=("agency",), void_issuers=("agency-0",)
+        )
 
     try:
         with store.transaction() as tx:
             tx.add_certificate(record(0x1000, "王工"))
             tx.add_certificate(record(0x2000, "Gone Name"))
             tx.add_certificate(record(0x3000, "Auditor Name", profile="auditor"))
+            # of a generation revoked on the root CRL (REVOKE-INTERMEDIATE): not in force
+            tx.add_certificate(record(0x5000, "Void Name", issuer="agency-0"))
             tx.put_status(StatusRecord(0x2000, "agency", StatusState.REVOKED, now, 4, None, now))
         raw = engine.raw_connection()
         try:
             with pytest.raises(Conflict, match=r"already holds certificate 1000 \(agency"):
                 writer._refuse_same_name(raw.cursor(), item("王⼯"))
-            for free in ("gone name", "Auditor Name", "王二"):
+            for free in ("gone name", "Auditor Name", "王二", "void name"):
                 writer._refuse_same_name(raw.cursor(), item(free))
         finally:
             raw.close()
         with pytest.raises(Conflict, match="is the same name as '王<U"):
             store.commit_by_session(item("王⼯"))
         assert store.commit_by_session(item("GONE NAME")) > 0
+        with store.transaction() as tx:  # and the approval's query
+            assert (
+                tx.named_in_force("CN=Void Name,OU=customs,O=E-Port", ["agency"], now) is not None
+            )
+            assert (
+                tx.named_in_force(
+                    "CN=Void Name,OU=customs,O=E-Port", ["agency"], now, ("agency-0",)
+                )
+                is None
+            )
     finally:
         engine.dispose()
 

@@ -362,6 +362,16 @@ def test_checkpoints_are_signed_only_for_a_log_that_extends_the_last_one(
         signed = signer.latest(s)
         s.commit()
     assert signed.size == 5
+    # A head read before another process appended and signed a larger size (PostgreSQL's
+    # READ COMMITTED): the smaller size read is still signed, not taken for a cut log
+    # (review of session 26: a 500 log-corrupted at GET checkpoint under load)
+    with Session(engine) as s:
+        size4_root = translog.tree_at(s, 5).root(4)
+        note = signer.sign(s, 4, size4_root)
+        s.rollback()
+    assert note.split(b"\n")[1] == b"4"
+    with Session(engine) as s, pytest.raises(translog.LogCorrupted, match="read for them"):
+        signer.sign(s, 4, hashlib.sha256(b"not the log's").digest())
 
     def nodes(s: Session) -> dict[tuple[int, int], bytes]:
         rows = s.execute(select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash))
@@ -386,6 +396,10 @@ def test_checkpoints_are_signed_only_for_a_log_that_extends_the_last_one(
         assert size == 6 and translog.tree_at(s, 6).root(6) == root
         with pytest.raises(translog.LogCorrupted, match="first 5 entries no longer give"):
             signer.latest(s)
+        # nor, behind a head read early, a smaller size of the rewritten history
+        forged_four = translog.tree_at(s, 6).root(4)
+        with pytest.raises(translog.LogCorrupted, match="first 5 entries no longer give"):
+            signer.sign(s, 4, forged_four)
         assert signer.newest_stored(s) == signed  # nothing was stored
     # cut below the checkpoint (entries 4 and 5 and their nodes gone, the head moved back)
     with records_unguarded(engine), Session(engine) as s:
