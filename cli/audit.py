@@ -962,10 +962,23 @@ def _check_listed(serial: str, row: Listed, logged: _Logged) -> str | None:
     return None
 
 
+def _instant(text: Any) -> Any:
+    """An invalidity date as one spelling of its instant (UTC, ``+00:00``): an event
+    recorded it as given before times were kept in UTC (before 2026-11-27), with the
+    client's offset, and the CA's record holds the same instant in UTC."""
+    if not isinstance(text, str):
+        return text
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return when.astimezone(datetime.UTC).isoformat() if when.tzinfo else text
+
+
 def _listed_status(row: Listed) -> Status | None:
     if len(row) == 2 or row[8] is None:
         return None
-    return (row[8], row[9], row[10], row[12] if len(row) > 12 else None)
+    return (row[8], row[9], row[10], _instant(row[12]) if len(row) > 12 else None)
 
 
 def _logged_status(serial: str, logged: _Logged, row: Listed) -> Status | None:
@@ -974,7 +987,7 @@ def _logged_status(serial: str, logged: _Logged, row: Listed) -> Status | None:
         return None
     if len(row) <= 12:  # an older server lists no invalidity date: not compared
         return (*last[1][:3], None)
-    return last[1]
+    return (*last[1][:3], _instant(last[1][3]))
 
 
 def status_problem(serial: str, row: Listed, logged: _Logged) -> str | None:

@@ -1194,3 +1194,24 @@ def test_a_subject_search_folds_width_case_and_the_ideographic_space(server: Ser
         assert found(text) == {latin}, text
     assert found(f"李　伟{stamp}") == {chinese}
     assert found(f"李伟{stamp}") == set()  # a blank is still a character to a search
+
+
+def test_an_invalidity_date_is_compared_as_an_instant() -> None:
+    """An event of a revocation made before times were kept in UTC recorded its
+    invalidity date with the client's offset; the CA's record holds the same instant in
+    UTC. Compared as text they differed, and verify --full failed an honest log (review
+    of session 26); another instant still differs."""
+    from cli.audit import _Logged, status_problem
+
+    logged = _Logged({}, {}, {}, {})
+    since = "2026-11-20T09:00:00.000000Z"
+    logged.status["5e"] = (
+        7,
+        ("revoked", "keyCompromise", since, "2026-11-20T16:00:00.250000+08:00"),
+    )
+    row = ("5e", "aa", None, None, "CN=X", "operator", "enterprise", 3, "revoked")
+    same = (*row, "keyCompromise", since, None, "2026-11-20T08:00:00.250000+00:00")
+    assert status_problem("5e", same, logged) is None
+    other = (*row, "keyCompromise", since, None, "2026-11-20T08:00:01.250000+00:00")
+    problem = status_problem("5e", other, logged)
+    assert problem is not None and "invalid since 2026-11-20T08:00:01.250000+00:00" in problem
