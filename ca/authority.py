@@ -314,8 +314,14 @@ class JointCA:
             record = tx.get_certificate(cert.serial_number) if status is None else None
         if status is not None:
             state = "revoked" if status.state is StatusState.REVOKED else "on hold"
+            lift = (
+                f": its enterprise (for an operator's) or an RA officer lifts the hold, eport "
+                f"resume --serial {cert.serial_number:x}"
+                if status.state is StatusState.HOLD
+                else ""
+            )
             raise Unauthenticated(
-                f"the certificate {cert.serial_number:x} is {state}; it cannot sign requests"
+                f"the certificate {cert.serial_number:x} is {state}; it cannot sign requests{lift}"
             )
         # Allow-list, as the token service's status interface: a certificate this CA has no
         # record of (signed outside issuance, or lost with a database restored from before

@@ -90,7 +90,11 @@ class EnrollmentCode:
 
 KEY_CERTIFIED = "this public key is already certified; generate a new key"
 """The refusal of a key some certificate holds: one key, one holder."""
-CODE_USED = "this enrollment code was already used"
+CODE_USED = (
+    "this enrollment code was already used: running the same eport enroll again (its key "
+    "file kept) gets that certificate again; for another, renew it (eport renew) or apply "
+    "again"
+)
 CODE_WITHDRAWN = (
     "this enrollment code was withdrawn: a newer code replaced it (use the one given last), "
     "its approval was withdrawn (eport application show APP_ID says why), "
@@ -125,7 +129,10 @@ def code_state(code: EnrollmentCode, now: datetime.datetime) -> str:
 def code_refusal(code: EnrollmentCode | None, now: datetime.datetime) -> InvalidCode | None:
     """Why ``code`` cannot be redeemed at ``now``; None when it can."""
     if code is None:
-        return InvalidCode("unknown enrollment code")
+        return InvalidCode(
+            "unknown enrollment code: check it against the one the RA officer gave you "
+            "(or, for an operator, its enterprise)"
+        )
     state = code_state(code, now)
     if state == "expired" and "operator" in code.profiles:
         # an operator's code comes from its enterprise, not from an RA officer (who is

@@ -25,6 +25,16 @@ _VALUE = {ch: i for i, ch in enumerate(ALPHABET)}
 _WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 
 
+_LOOKALIKE = {"O": "0", "I": "1", "Z": "2", "S": "5", "V": "U"}
+"""The letters a USCC never has, by the character they are mistaken for."""
+
+
+def _meant(ch: str) -> str:
+    """`` (did you mean '0'?)`` for a letter a USCC never has that reads as one it has."""
+    meant = _LOOKALIKE.get(ch)
+    return f" (did you mean {meant!r}?)" if meant else ""
+
+
 def check_character(body: str) -> str:
     """The GB 32100-2015 check character of the first 17 characters ``body``."""
     if len(body) != 17:
@@ -36,7 +46,7 @@ def check_character(body: str) -> str:
         except KeyError:
             raise InvalidUSCC(
                 f"character {ch!r} at position {i + 1} is not in the USCC alphabet "
-                "0-9A-HJ-NP-RTUWXY"
+                "0-9A-HJ-NP-RTUWXY" + _meant(ch)
             ) from None
     return ALPHABET[(31 - total % 31) % 31]
 
@@ -55,7 +65,7 @@ class USCC:
             if ch not in _VALUE:
                 raise InvalidUSCC(
                     f"character {ch!r} at position {i + 1} of {v!r} is not in the USCC "
-                    "alphabet 0-9A-HJ-NP-RTUWXY"
+                    "alphabet 0-9A-HJ-NP-RTUWXY" + _meant(ch)
                 )
         if not v[2:8].isdigit():
             raise InvalidUSCC(f"the administrative division code {v[2:8]!r} must be 6 digits")

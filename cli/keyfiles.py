@@ -77,7 +77,9 @@ def given_passphrase(
             try:
                 given = read_secret(f"Passphrase for the {what}", confirm=new)
             except click.Abort as exc:
-                ways = "--passphrase-file, EPORT_PASSPHRASE" if env else "a passphrase file"
+                # without a variable: eport key passwd's new passphrase, which has a file
+                # option of its own (it said "a passphrase file", naming no option)
+                ways = "--passphrase-file, EPORT_PASSPHRASE" if env else "--new-passphrase-file"
                 raise CLIError(
                     f"a passphrase is needed: use {ways}, a terminal or a pipe{no_line_reason(exc)}"
                 ) from None

@@ -152,5 +152,8 @@ def post_form(server: str, path: str, data: dict[str, str], timeout: float = 30)
     if r.status_code >= 400:
         msg = doc.get("error_description") or doc.get("detail") or r.reason
         err = doc.get("error")
+        if err == "invalid_grant" and "refresh_token" in data:
+            # the session this file holds is over (logout, a hold, a revocation, its end)
+            msg = f"{msg}; log in again: eport login --cert CERT --key KEY"
         raise CLIError(f"{msg} ({err})" if err else f"{msg} (HTTP {r.status_code})")
     return doc

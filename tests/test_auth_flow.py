@@ -766,6 +766,9 @@ def test_failed_logins_are_rate_limited(sqlite_server: Server, world: dict[str, 
     requests.post(
         srv.url + "/auth/revoke", data={"token": rt, "token_type_hint": "refresh_token"}, timeout=10
     )
+    # the CLI, holding that session, says what to do (new user walk-through, session 26)
+    who = cli(srv, session_cfg, "whoami", check=False)
+    assert who.returncode == 1 and "; log in again: eport login" in who.stderr, who.stderr
     wrong = ec.generate_private_key(ec.SECP256R1())
     forged = [_login(srv, _assertion(srv, cert, wrong, chain)) for _ in range(11)]
     assert [r.status_code for r in forged] == [400] * 11

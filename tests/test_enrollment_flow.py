@@ -567,8 +567,8 @@ def test_a_code_that_will_not_do_is_said_before_the_passphrase(
     del env["EPORT_PASSPHRASE"]  # a prompt would be needed: none must come
     before = counts(server)
     for args, expect in (
-        ((code, "enterprise"), "this enrollment code was already used (HTTP 403)"),
-        ((code, "enterprize"), "this enrollment code was already used (HTTP 403)"),
+        ((code, "enterprise"), "or apply again (HTTP 403)"),
+        ((code, "enterprize"), "or apply again (HTTP 403)"),
         ((code.replace(code[0], "Z" if code[0] != "Z" else "Y"), "enterprise"), "(HTTP 403)"),
     ):
         res = subprocess.run(

@@ -237,7 +237,7 @@ def test_key_passwd_encrypts_a_key_again_and_bad_input_changes_nothing(tmp_path:
     for args, says in (
         (["--passphrase-file", str(new), "--new-passphrase-file", str(new)], "wrong passphrase"),
         (["--passphrase-file", str(old), "--new-passphrase-file", str(short)], "at least 8"),
-        (["--passphrase-file", str(old)], "a passphrase is needed: use a passphrase file"),
+        (["--passphrase-file", str(old)], "a passphrase is needed: use --new-passphrase-file,"),
     ):
         res = run_eport("key", "passwd", str(key), *args)
         assert res.returncode == 1, res

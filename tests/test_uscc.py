@@ -118,6 +118,11 @@ def test_lowercase_forbidden_letter_still_refused_after_parse() -> None:
     code = KNOWN_VALID[:8] + "o" + KNOWN_VALID[9:]
     with pytest.raises(InvalidUSCC, match="'O' at position 9"):
         USCC.parse(code)
+    # the letter taken for the digit it looks like is named (new user walk-through)
+    with pytest.raises(InvalidUSCC, match=r"\(did you mean '0'\?\)"):
+        USCC.parse(code)
+    with pytest.raises(InvalidUSCC, match=r"'I' at position 9 .*\(did you mean '1'\?\)"):
+        USCC.parse(KNOWN_VALID[:8] + "I" + KNOWN_VALID[9:])
 
 
 @pytest.mark.parametrize("bad", ["-", " ", "é", "０", "Ⅰ"])
