@@ -585,7 +585,15 @@ class JointCA:
             tx.hold_issuance()  # as an officer's approval: see _refuse_second_credential
         allowed = self._profiles_for(app, profiles)
         if app.state is ApplicationState.APPROVED:
-            # The answer to the approval may have been lost with its code: say the way back.
+            # The answer to the approval may have been lost with its code: say the way back,
+            # unless it enrolled already (a new code is then refused: new user walk-through)
+            issued = tx.certificates_of_application(app_id)
+            if issued:
+                raise Conflict(
+                    f"application {app_id} is already approved, and certificate "
+                    f"{issued[-1].serial_hex} was issued on it: it needs no new code (its "
+                    "holder renews it, eport renew)"
+                )
             raise Conflict(
                 f"application {app_id} is already approved; if its enrollment code was lost, "
                 f"an RA officer gives a new one (eport ra new-code {app_id})"
@@ -1538,7 +1546,7 @@ def _refuse_in_force(
                 )
             raise Conflict(
                 f"{who} has certificate {rec.serial_hex} in force until "
-                f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: {remedy}"
+                f"{rec.not_after:%Y-%m-%dT%H:%M:%SZ}: " + remedy.replace("SERIAL", rec.serial_hex)
             )
 
 

@@ -904,3 +904,30 @@ def test_private_answers_are_not_cached(sqlite_server: Server) -> None:
         assert r.status_code == 401 and r.headers["Cache-Control"] == "no-store", path
     r = requests.get(url + "/ca/v1/issuers/enterprise.cer", timeout=10)
     assert r.status_code == 200 and r.headers.get("Cache-Control") != "no-store"
+
+
+def test_approving_an_enrolled_application_names_its_certificate(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """Approved again once it enrolled, an application was told to get a new code (eport
+    ra new-code), which is then refused as its certificate is in force (new user
+    walk-through, session 26): the refusal names the certificate instead."""
+    server = sqlite_server
+    app = json.loads(
+        server.eport(
+            "apply", "--uscc", fresh_uscc(), "--name", "Enrolled Twice Co.", "--json"
+        ).stdout
+    )
+    grant = json.loads(server.eport("ra", "approve", app["id"], *server.officer(), "--json").stdout)
+    out = tmp_path / "ent"
+    issued = json.loads(
+        server.eport(
+            "enroll", "--code", grant["enrollment_code"], "--profile", "enterprise",
+            "--out", str(out), "--json",
+        ).stdout
+    )  # fmt: skip
+    res = server.eport("ra", "approve", app["id"], *server.officer(), check=False)
+    assert res.returncode == 1, res.stderr
+    assert f"certificate {issued['serial']} was issued on it: it needs no new code" in res.stderr
+    res = server.eport("ra", "new-code", app["id"], *server.officer(), check=False)
+    assert res.returncode == 1 and f"revoke --serial {issued['serial']} --reason" in res.stderr
