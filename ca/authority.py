@@ -1171,15 +1171,42 @@ class JointCA:
                     void_issuers=self._void,
                 )
             )
-        except EPortError:
+        except EPortError as exc:
             # A retry of this renewal overlapping the first: see enroll
             with self.store.reading() as tx:
                 holders = tx.key_holders(spki_sha256(csr.public_key()))
                 replay = self._renewed_on(tx, holders, current)
+                other = getattr(exc, "extra", {}).get("serial") if sole else None
+                if replay is None and isinstance(other, str):
+                    better = self._which_renewed(tx, exc, caller.serial, other, record.uscc)
+                    if better is not None:
+                        raise better from None
             if replay is not None:
                 return replay
             raise
         return Issued(record, cert, self._chain(issuer))
+
+    @staticmethod
+    def _which_renewed(
+        tx: Transaction, exc: EPortError, signer: int, other_hex: str, uscc: str | None
+    ) -> Conflict | None:
+        """The refusal of a legal-person renewal beside another credential in force, said
+        with which of the two renewed the other (:func:`credential_refusal`), when one did."""
+        other = int(other_hex, 16)
+        if tx.renewed_from(other) == signer:
+            held_renews = True
+        elif tx.renewed_from(signer) == other:
+            held_renews = False
+        else:
+            return None
+        rec = tx.get_certificate(other)
+        if rec is None or uscc is None:
+            return None
+        on_hold = "(on hold)" in exc.detail
+        return credential_refusal(
+            uscc, other_hex, rec.not_after, on_hold=on_hold, renewing=signer,
+            held_renews=held_renews,
+        )  # fmt: skip
 
     def _renewed_on(
         self,

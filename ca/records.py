@@ -437,6 +437,7 @@ def credential_refusal(
     *,
     on_hold: bool = False,
     renewing: int | None = None,
+    held_renews: bool | None = None,
 ) -> Conflict:
     """The refusal of a second legal-person credential for the enterprise ``uscc``: its
     certificate ``serial_hex`` is in force until ``not_after`` (``on_hold``: suspended,
@@ -445,6 +446,27 @@ def credential_refusal(
     ``renewing``: the serial of the credential whose renewal is refused, as the other
     one is in force beside it."""
     held = " (on hold)" if on_hold else ""
+    if renewing is not None and held_renews is not None:
+        # which of the two renewed the other is known (the log's certificate.renewed
+        # events): say what to do, not both cases (new user walk-through, session 26)
+        signer = format(renewing, "x")
+        until = f"{not_after:%Y-%m-%dT%H:%M:%SZ}"
+        if held_renews:
+            return Conflict(
+                f"certificate {signer} was renewed already: enterprise {uscc} holds its "
+                f"renewal {serial_hex}{held}, in force until {until}, and an enterprise holds "
+                f"one legal-person credential. Use {serial_hex} (eport renew --cert with its "
+                f"cert.pem once {signer} is revoked: eport revoke --serial {signer} --reason "
+                "superseded)",
+                serial=serial_hex,
+            )
+        return Conflict(
+            f"certificate {signer} is the renewal of {serial_hex}{held}, still in force until "
+            f"{until} beside it, and an enterprise holds one legal-person credential: revoke "
+            f"{serial_hex} first (eport revoke --serial {serial_hex} --reason superseded), "
+            f"then renew {signer}",
+            serial=serial_hex,
+        )
     if renewing is not None:
         # Either of the two renews only once the other is revoked, so the hint names the
         # revocation in both cases: "renew with it" alone was refused the same way.

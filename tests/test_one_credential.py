@@ -295,19 +295,22 @@ def test_a_credential_renews_while_it_is_the_only_one_in_force(
     new = renewed["serial"]
     before = counts(server)
     line = refused(server, "renew", *creds(ent), "--out", str(tmp_path / "r2"))
-    assert f"holds legal-person certificate {new} beside {first}" in line, line
-    # The hint names what lets a renewal through: the renewal ``new`` is the one to use,
-    # and it renews once ``first`` is revoked. Before, it said "renew with it" alone,
-    # which the next lines show is refused while ``first`` is in force.
+    # The hint names what lets a renewal through, knowing which renewed which (the log's
+    # certificate.renewed events): the renewal ``new`` is the one to use, and it renews
+    # once ``first`` is revoked. Before, it said both cases ("if NEW is FIRST's renewal,
+    # use it ... else revoke it first"), a riddle (new user walk-through, session 26).
+    assert f"certificate {first} was renewed already: enterprise" in line, line
     assert (
-        f"if {new} is {first}'s renewal, use it: it renews once {first} is revoked "
-        f"(eport revoke --serial {first} --reason superseded, then eport renew --cert "
-        "ITS_CERT)"
-    ) in line and "(HTTP 409)" in line, line
+        f"holds its renewal {new}, in force until" in line
+        and f"Use {new} (eport renew --cert with its cert.pem once {first} is revoked: "
+        f"eport revoke --serial {first} --reason superseded)"
+        in line
+        and "(HTTP 409)" in line
+    ), line
     # the renewed one neither, while the old one is in force: revoke it first
     line = refused(server, "renew", *creds(tmp_path / "r1"), "--out", str(tmp_path / "r3"))
-    assert f"holds legal-person certificate {first} beside {new}" in line, line
-    assert f"eport revoke --serial {first} --reason superseded" in line
+    assert f"certificate {new} is the renewal of {first}, still in force until" in line, line
+    assert f"revoke {first} first (eport revoke --serial {first} --reason superseded)" in line
     assert counts(server) == before
     jrun(server, "revoke", "--serial", first, "--reason", "superseded", *server.officer())
     third = jrun(server, "renew", *creds(tmp_path / "r1"), "--out", str(tmp_path / "r4"))
@@ -335,7 +338,7 @@ def test_a_credential_renews_while_it_is_the_only_one_in_force(
     codes = sorted(r.returncode for r in results)
     assert codes == [0, 1], [(r.stdout, r.stderr) for r in results]
     lost = next(r for r in results if r.returncode == 1)
-    assert "beside " + third["serial"] in lost.stderr, lost.stderr
+    assert f"certificate {third['serial']} was renewed already" in lost.stderr, lost.stderr
     after = counts(server)
     one_more = {"certificates", "events", "log_entries"}
     assert after == {t: n + (t in one_more) for t, n in before.items()}, (before, after)
