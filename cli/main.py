@@ -2813,6 +2813,40 @@ def roles_grant(
     )
 
 
+@roles_group.command("clear")
+@click.option(
+    "--operator",
+    "operator_id",
+    required=True,
+    callback=not_blank,
+    help="The operator id (the serialNumber in the operator's certificate).",
+)
+@identity_options("enterprise (legal person)")
+@json_option
+@pass_ctx
+def roles_clear(
+    ctx: Ctx,
+    operator_id: str,
+    cert_file: Path,
+    key_file: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Take every role from an operator (one who left, or changed duties); its next
+    access tokens carry no role's scopes. Roles belong to the operator id, not to a
+    certificate: revoking the operator's certificate keeps them, for its renewal or
+    the same person's new certificate.
+
+    \b
+      eport roles clear --operator E1024 --cert ent/cert.pem --key ent/key.pem
+    """
+    ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
+    doc = ctx.client().call(
+        "POST", "/auth/v1/roles", {"operator_id": operator_id, "roles": []}, ident
+    )
+    emit(as_json, doc, f"Operator {operator_id} of {doc['uscc']} now has no roles")
+
+
 # -- key files ---------------------------------------------------------------------------------
 
 

@@ -856,3 +856,27 @@ def test_a_host_with_another_token_key_passphrase_is_refused(
         assert line.startswith("eport: error: EPORT_AUTH_KEY_PASSPHRASE does not open the "), line
         assert "every host of the database uses the same one" in line, line
     assert stored_keys() == before
+
+
+def test_an_enterprise_takes_every_role_from_an_operator(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Grants replace earlier ones, but `roles grant` needs a --role: an operator who left
+    could not be left with none (business rules probe, session 26). `roles clear` takes
+    them all; the operator's next token carries none of their scopes."""
+    from tests.helpers import enroll_operator, grant_roles
+
+    srv = sqlite_server
+    op = enroll_operator(srv, world["ent"], tmp_path, "CLR1")
+    grant_roles(srv, world["ent"], "CLR1", "declaration")
+    login(srv, op, tmp_path)
+    assert (
+        "declaration:submit"
+        in jwt.decode(token_for(srv, tmp_path), options={"verify_signature": False})[
+            "scope"
+        ].split()
+    )
+    done = jrun(srv, "roles", "clear", "--operator", "CLR1", *creds(world["ent"]))
+    assert done["roles"] == [] and done["operator_id"] == "CLR1", done
+    res = cli(srv, tmp_path, "token", "--service", SERVICE, check=False)
+    assert res.returncode == 1 and "no access to customs-declaration" in res.stderr, res.stderr
