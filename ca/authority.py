@@ -314,9 +314,13 @@ class JointCA:
             record = tx.get_certificate(cert.serial_number) if status is None else None
         if status is not None:
             state = "revoked" if status.state is StatusState.REVOKED else "on hold"
+            who = {
+                SubjectClass.OPERATOR: "its enterprise or an RA officer",
+                SubjectClass.AGENCY: "another RA officer of its agency",
+                SubjectClass.AUDITOR: "an RA officer of its agency",
+            }.get(profile.subject_class, "an RA officer")
             lift = (
-                f": its enterprise (for an operator's) or an RA officer lifts the hold, eport "
-                f"resume --serial {cert.serial_number:x}"
+                f": {who} lifts the hold, eport resume --serial {cert.serial_number:x}"
                 if status.state is StatusState.HOLD
                 else ""
             )

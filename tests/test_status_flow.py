@@ -216,7 +216,10 @@ def test_suspend_and_resume(server: Server, tmp_path: Path) -> None:
     res = server.eport("resume", "--serial", serial_of(op), *creds(op), check=False)
     assert res.returncode == 1
     assert f"the certificate {serial_of(op)} is on hold; it cannot sign requests" in res.stderr
-    assert f"or an RA officer lifts the hold, eport resume --serial {serial_of(op)}" in res.stderr
+    assert (
+        f"its enterprise or an RA officer lifts the hold, eport resume --serial {serial_of(op)}"
+        in res.stderr
+    )
     # The enterprise lifts it: OCSP good at once, and the next CRL no longer lists it.
     back = jrun(server, "resume", "--serial", serial_of(op), *creds(ent))
     assert back["status"] == "good"
