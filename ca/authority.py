@@ -1027,6 +1027,9 @@ class JointCA:
                 return replay
             raise
         profile = self.policies.profile(profile_name)
+        if profile.subject_class is SubjectClass.OPERATOR and app.uscc is not None:
+            with self.store.reading() as tx:
+                self._refuse_held_enterprise(tx, app.uscc, now)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
@@ -1110,7 +1113,27 @@ class JointCA:
         elif app is not None and subject_class in _ONE_NAME_CLASSES:
             with self.store.reading() as tx:
                 self._refuse_same_name(tx, app, now)
+        elif app is not None and subject_class is SubjectClass.OPERATOR and app.uscc:
+            with self.store.reading() as tx:
+                self._refuse_held_enterprise(tx, app.uscc, now)
         return rec
+
+    def _refuse_held_enterprise(self, tx: Transaction, uscc: str, now: datetime.datetime) -> None:
+        """Refuse (Conflict) an operator's enrollment while its enterprise's legal-person
+        credential is on hold: a hold is the lost or stolen key's first answer, and codes
+        that key gave enrolled operators meanwhile (business rules probe, session 26). The
+        code stays unused: it enrolls once the hold is lifted (a revocation withdraws it)."""
+        found = tx.credential_in_force(
+            uscc, self._legal_person_profiles, now, void_issuers=self._void
+        )
+        if found is not None and found[1]:
+            serial = found[0].serial_hex
+            raise Conflict(
+                f"enterprise {uscc}'s legal-person certificate {serial} is on hold: its "
+                "operators' enrollment codes enroll once an RA officer lifts the hold "
+                f"(eport resume --serial {serial}); this code stays unused",
+                serial=serial,
+            )
 
     def _refuse_code(
         self, rec: EnrollmentCode | None, profile_name: str, now: datetime.datetime

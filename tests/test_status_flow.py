@@ -848,3 +848,39 @@ def test_status_says_expired_for_a_good_but_expired_certificate(
     monkeypatch.setenv("EPORT_SERVER", sqlite_server.url)
     res = CliRunner().invoke(main.cli, ["status", "--cert", str(ent / "cert.pem")])
     assert res.exit_code == 0 and res.output.strip().endswith(": good"), res.output
+
+
+def test_a_held_enterprise_s_operator_codes_wait_for_the_hold_to_be_lifted(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """A hold is the first answer to a lost or stolen enterprise key, yet the operator
+    codes that key gave enrolled operators while it was held (business rules probe,
+    session 26). Refused now, before a key is made and where the certificate would be
+    signed, with nothing stored and the code unused: it enrolls once the hold is lifted."""
+    server = sqlite_server
+    ent = enroll_enterprise(server, tmp_path, "Held Codes Co.")
+    grant = jrun(server, "operator", "add", "--name", "Held Op", "--id", "HOLD1", *creds(ent))
+    code = grant["enrollment_code"]
+    jrun(server, "suspend", *creds(ent))
+    before = counts(server)
+    res = server.eport(
+        "enroll", "--code", code, "--profile", "operator", "--out", str(tmp_path / "op"),
+        check=False,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"certificate {serial_of(ent)} is on hold: its operators' enrollment codes" in (
+        res.stderr
+    )
+    assert not (tmp_path / "op").exists()
+    from ca.keys import KeyType
+    from cli.keyfiles import csr_for
+
+    body = {"code": code, "profile": "operator", "csr": csr_for(KeyType.P256.generate()).decode()}
+    got = requests.post(server.url + "/ca/v1/enroll", json=body, timeout=30)
+    assert got.status_code == 409 and got.json()["serial"] == serial_of(ent), got.text
+    assert counts(server) == before
+    jrun(server, "resume", "--serial", serial_of(ent), *server.officer())
+    issued = jrun(
+        server, "enroll", "--code", code, "--profile", "operator", "--out", str(tmp_path / "op")
+    )
+    assert issued["serial"]
