@@ -2771,14 +2771,18 @@ def roles_group() -> None:
     """An enterprise grants roles to its operators (signed with its certificate)."""
 
 
-@roles_group.command("grant")
-@click.option(
+operator_id_option = click.option(
     "--operator",
     "operator_id",
     required=True,
     callback=not_blank,
     help="The operator id (the serialNumber in the operator's certificate).",
 )
+"""The operator a role command is about."""
+
+
+@roles_group.command("grant")
+@operator_id_option
 @click.option(
     "--role",
     "roles",
@@ -2814,13 +2818,7 @@ def roles_grant(
 
 
 @roles_group.command("clear")
-@click.option(
-    "--operator",
-    "operator_id",
-    required=True,
-    callback=not_blank,
-    help="The operator id (the serialNumber in the operator's certificate).",
-)
+@operator_id_option
 @identity_options("enterprise (legal person)")
 @json_option
 @pass_ctx
