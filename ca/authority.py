@@ -1205,7 +1205,7 @@ class JointCA:
                 replay = self._renewed_on(tx, holders, current)
                 other = getattr(exc, "extra", {}).get("serial") if sole else None
                 if replay is None and isinstance(other, str):
-                    better = self._which_renewed(tx, exc, caller.serial, other, record.uscc)
+                    better = self._which_renewed(tx, caller.serial, other, record.uscc)
                     if better is not None:
                         raise better from None
             if replay is not None:
@@ -1215,7 +1215,7 @@ class JointCA:
 
     @staticmethod
     def _which_renewed(
-        tx: Transaction, exc: EPortError, signer: int, other_hex: str, uscc: str | None
+        tx: Transaction, signer: int, other_hex: str, uscc: str | None
     ) -> Conflict | None:
         """The refusal of a legal-person renewal beside another credential in force, said
         with which of the two renewed the other (:func:`credential_refusal`), when one did."""
@@ -1229,7 +1229,8 @@ class JointCA:
         rec = tx.get_certificate(other)
         if rec is None or uscc is None:
             return None
-        on_hold = "(on hold)" in exc.detail
+        status = tx.get_status(other)
+        on_hold = status is not None and status.state is StatusState.HOLD
         return credential_refusal(
             uscc, other_hex, rec.not_after, on_hold=on_hold, renewing=signer,
             held_renews=held_renews,

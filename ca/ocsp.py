@@ -346,7 +346,7 @@ _ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # RFC 6960 §4.2.
 _ID_PKIX_OCSP_NONCE = bytes.fromhex("06092b0601050507300102")  # RFC 6960 §4.4.1
 _SUCCESSFUL = b"\x0a\x01\x00"
 _ID_CERT_HASH = bytes.fromhex("06052b2408030d")  # id-commonpki-at-certHash 1.3.36.8.3.13
-_SHA256_ALGORITHM = bytes.fromhex("300b0609608648016503040201")  # parameters absent
+_SHA256_ALGORITHM = _tlv(0x30, _HASH_OID_DER[CertIDHash.SHA256])  # parameters absent
 CERT_HASH_OID = "1.3.36.8.3.13"
 
 # signatureAlgorithm by key type (RFC 5758 §3.2, RFC 8410 §3, RFC 4055 §5)

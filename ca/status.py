@@ -203,12 +203,8 @@ class StatusService:
         issuer_id = self.issuer_of(cert)
         if issuer_id is None:
             return Unknown()
-        with self.store.transaction() as tx:
-            rec = tx.get_certificate(cert.serial_number)
-            der = cert.public_bytes(Encoding.DER)
-            if rec is not None and rec.cert_sha256 != hashlib.sha256(der).hexdigest():
-                return Unknown()
-            return self._status(rec, tx.get_status(cert.serial_number), issuer_id)
+        digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        return self.status_by_serial(issuer_id, cert.serial_number, digest)
 
     def not_good(self, serials: list[int]) -> set[int]:
         """The serials among ``serials`` that are revoked or on hold (a batch status read)."""
@@ -219,9 +215,16 @@ class StatusService:
         with self.store.transaction() as tx:
             return {n for n in serials if tx.get_status(n) is not None}
 
-    def status_by_serial(self, issuer_id: str, serial: int) -> CertStatus:
+    def status_by_serial(
+        self, issuer_id: str, serial: int, cert_sha256: str | None = None
+    ) -> CertStatus:
+        """The status of ``serial``; with ``cert_sha256`` (the presented certificate's),
+        a record of another certificate under that serial is none: Unknown."""
         with self.store.transaction() as tx:
-            return self._status(tx.get_certificate(serial), tx.get_status(serial), issuer_id)
+            rec = tx.get_certificate(serial)
+            if rec is not None and cert_sha256 is not None and rec.cert_sha256 != cert_sha256:
+                rec = None
+            return self._status(rec, tx.get_status(serial), issuer_id)
 
     def _status(
         self, rec: CertificateRecord | None, st: StatusRecord | None, issuer_id: str
