@@ -59,6 +59,14 @@ def copy_public_files(ca_data: Path, auth_data: Path) -> None:
         shutil.copy2(crt, dst / "issuers" / crt.name)
 
 
+def serve_ca_alone(
+    ca_data: Path, port: int | None = None, **env: str
+) -> tuple[Server, subprocess.Popen[bytes]]:
+    """``eport serve --only ca`` on ``ca_data``, one worker (on ``port``, else a free one),
+    with the settings ``env``."""
+    return start_server(ca_data, workers=1, port=port, args=("--only", "ca"), extra_env=env)
+
+
 def serve_auth(
     auth_data: Path, port: int, env: dict[str, str], log: Path, workers: int = 1
 ) -> subprocess.Popen[bytes]:
@@ -86,13 +94,9 @@ def test_the_services_run_apart_behind_one_front(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(crt))  # the CLI, and both servers, trust the front
     common = {"EPORT_PUBLIC_BASE_URL": front, "EPORT_TRUSTED_PROXIES": "127.0.0.1"}
     ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
-    ca_srv, ca_proc = start_server(
-        ca_data,
-        workers=1,
-        port=ca_port,
-        args=("--only", "ca"),
-        # status straight from the CA, over plain HTTP as RFC 5019 expects
-        extra_env={**common, "EPORT_STATUS_BASE_URL": f"http://127.0.0.1:{ca_port}"},
+    # status straight from the CA, over plain HTTP as RFC 5019 expects
+    ca_srv, ca_proc = serve_ca_alone(
+        ca_data, ca_port, **common, EPORT_STATUS_BASE_URL=f"http://127.0.0.1:{ca_port}"
     )
     auth_proc = None
     try:
@@ -257,13 +261,7 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
     ca_url = f"http://127.0.0.1:{ca_port}"
     relay = Relay(ca_url)
     ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
-    ca_srv, ca_proc = start_server(
-        ca_data,
-        workers=1,
-        port=ca_port,
-        args=("--only", "ca"),
-        extra_env={"EPORT_STATUS_BASE_URL": relay.url},
-    )
+    ca_srv, ca_proc = serve_ca_alone(ca_data, ca_port, EPORT_STATUS_BASE_URL=relay.url)
     auth_proc = None
     try:
         copy_public_files(ca_data, auth_data)
@@ -338,7 +336,7 @@ def test_fetch_ca_writes_what_the_token_service_trusts_and_checks_it(tmp_path: P
     SHA-256 (or, later, the root already there); a root with another digest is refused and
     nothing is written; the token service alone serves from what it wrote; a second run
     writes nothing when nothing changed."""
-    ca_srv, ca_proc = start_server(tmp_path / "ca-data", workers=1, args=("--only", "ca"))
+    ca_srv, ca_proc = serve_ca_alone(tmp_path / "ca-data")
     auth_proc = None
     try:
         data = tmp_path / "auth-data"

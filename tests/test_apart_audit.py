@@ -10,9 +10,9 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import Server, base_env, free_port, start_server, stop
+from tests.conftest import Server, base_env, free_port, stop
 from tests.helpers import Relay
-from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_auth
+from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_auth, serve_ca_alone
 
 
 def test_the_ca_alone_checks_audit_tokens_by_the_key_set_it_is_told(tmp_path: Path) -> None:
@@ -20,14 +20,10 @@ def test_the_ca_alone_checks_audit_tokens_by_the_key_set_it_is_told(tmp_path: Pa
     auth_url = f"http://127.0.0.1:{auth_port}"
     relay = Relay(auth_url)
     ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
-    ca_srv, ca_proc = start_server(
+    ca_srv, ca_proc = serve_ca_alone(
         ca_data,
-        workers=1,
-        args=("--only", "ca"),
-        extra_env={
-            "EPORT_TOKEN_ISSUER": auth_url + "/auth",
-            "EPORT_TOKEN_JWKS_URL": relay.url + "/auth/jwks.json",
-        },
+        EPORT_TOKEN_ISSUER=auth_url + "/auth",
+        EPORT_TOKEN_JWKS_URL=relay.url + "/auth/jwks.json",
     )
     auth_proc = None
     try:

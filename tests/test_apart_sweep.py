@@ -39,9 +39,9 @@ from ca.crl import RevokedEntry, UnusableCRL, build_crl, verify_crl
 from ca.errors import Unauthenticated
 from ca.ocsp_client import IssuingCRLs, OCSPStatusSource, StatusUnavailable
 from ca.signer import SoftwareSigner
-from tests.conftest import Server, base_env, free_port, start_server, stop
+from tests.conftest import Server, base_env, free_port, stop
 from tests.helpers import Relay, add_operators_with_keys, jrun
-from tests.test_apart import AUTH_PASSPHRASE, copy_public_files
+from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_ca_alone
 from tests.test_apart import serve_auth as serve_apart
 
 WORKERS = 2
@@ -134,13 +134,7 @@ def apart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apart]:
     ca_port = free_port()
     relay = Relay(f"http://127.0.0.1:{ca_port}")
     ca_data, auth_data = tmp / "ca-data", tmp / "auth-data"
-    ca_srv, ca_proc = start_server(
-        ca_data,
-        workers=1,
-        port=ca_port,
-        args=("--only", "ca"),
-        extra_env={"EPORT_STATUS_BASE_URL": relay.url},
-    )
+    ca_srv, ca_proc = serve_ca_alone(ca_data, ca_port, EPORT_STATUS_BASE_URL=relay.url)
     auth_proc = None
     try:
         copy_public_files(ca_data, auth_data)

@@ -820,25 +820,39 @@ def test_tamper_changed_event_record(
             ).scalar_one()
         # Its subject changed; then its log index moved past the log's end, or cleared
         # (which took it out of every listing and export: log tamper probe, session 26).
-        for changed, kept in (
+        changes: list[tuple[dict[str, Any], dict[str, Any]]] = [
             ({"subject": "CN=Someone Else"}, {"subject": subject}),
             ({"log_index": 10**6}, {"log_index": idx}),
             ({"log_index": None}, {"log_index": idx}),
-        ):
-            with Session(engine) as s:
-                s.execute(update(EventRow).where(EventRow.id == event_id).values(**changed))
-                s.commit()
-            try:
-                failed(
-                    verify(server, state, "--full", "--events", check=False),
-                    f"entry {idx}",
-                    "event record",
-                )
-            finally:
-                with Session(engine) as s:
-                    s.execute(update(EventRow).where(EventRow.id == event_id).values(**kept))
-                    s.commit()
+        ]
+        event_records_fail(server, state, engine, event_id, idx, changes)
     verify(server, state, "--full", "--events")
+
+
+def event_records_fail(
+    server: Server,
+    state: Path,
+    engine: Engine,
+    event_id: int,
+    idx: int,
+    changes: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Each change of the event row ``event_id`` (the values to set, the values that
+    undo it) makes ``verify --full --events`` fail naming entry ``idx``."""
+    for changed, kept in changes:
+        with Session(engine) as s:
+            s.execute(update(EventRow).where(EventRow.id == event_id).values(**changed))
+            s.commit()
+        try:
+            failed(
+                verify(server, state, "--full", "--events", check=False),
+                f"entry {idx}",
+                "event record",
+            )
+        finally:
+            with Session(engine) as s:
+                s.execute(update(EventRow).where(EventRow.id == event_id).values(**kept))
+                s.commit()
 
 
 def test_tamper_respelled_event_record(
@@ -849,7 +863,7 @@ def test_tamper_respelled_event_record(
     `audit log --serial` and `--since/--until`, which compare the stored text, no longer
     listed it (log tamper probe, session 26). A record not spelled as the CA writes it now
     reads as changed."""
-    from sqlalchemy import text
+    from sqlalchemy import func
 
     state = tmp_path / "state.json"
     serial = issued[2]["serial"]
@@ -860,23 +874,17 @@ def test_tamper_respelled_event_record(
                     EventRow.serial == serial, EventRow.type == "certificate.issued"
                 )
             ).one()
-        changes = [("serial = upper(serial)", "serial = lower(serial)")]
+        changes: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            ({"serial": func.upper(EventRow.serial)}, {"serial": func.lower(EventRow.serial)})
+        ]
         if engine.dialect.name == "sqlite":
-            changes.append(("at = replace(at, ' ', 'T')", "at = replace(at, 'T', ' ')"))
-        for change, undo in changes:
-            with Session(engine) as s:
-                s.execute(text(f"UPDATE events SET {change} WHERE id = :id"), {"id": event_id})
-                s.commit()
-            try:
-                failed(
-                    verify(server, state, "--full", "--events", check=False),
-                    f"entry {idx}",
-                    "event record",
+            changes.append(
+                (
+                    {"at": func.replace(EventRow.at, " ", "T")},
+                    {"at": func.replace(EventRow.at, "T", " ")},
                 )
-            finally:
-                with Session(engine) as s:
-                    s.execute(text(f"UPDATE events SET {undo} WHERE id = :id"), {"id": event_id})
-                    s.commit()
+            )
+        event_records_fail(server, state, engine, event_id, idx, changes)
     verify(server, state, "--full", "--events")
 
 

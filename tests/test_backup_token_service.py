@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Postgres, Server, base_env, free_port, start_server, stop
+from tests.conftest import Postgres, Server, base_env, free_port, stop
 from tests.helpers import SERVICE_HOST, assert_no_secret, creds, enroll_enterprise, jrun
-from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_auth
+from tests.test_apart import AUTH_PASSPHRASE, copy_public_files, serve_auth, serve_ca_alone
 from tests.test_backup import backup, eport, members, refused, repack, restore, tree_digest
 
 SERVICE = "customs-declaration"
@@ -61,12 +61,8 @@ def test_a_token_service_s_host_is_backed_up_and_restored(
         restored_env = {"EPORT_AUTH_DATABASE_URL": pg.createdb("eport_auth_apart_restored")}
     ca_port, auth_port = free_port(), free_port()
     ca_data, auth_data = tmp_path / "ca-data", tmp_path / "auth-data"
-    ca_srv, ca_proc = start_server(
-        ca_data,
-        workers=1,
-        port=ca_port,
-        args=("--only", "ca"),
-        extra_env={"EPORT_STATUS_BASE_URL": f"http://127.0.0.1:{ca_port}"},
+    ca_srv, ca_proc = serve_ca_alone(
+        ca_data, ca_port, EPORT_STATUS_BASE_URL=f"http://127.0.0.1:{ca_port}"
     )
     auth_proc = None
     try:

@@ -42,6 +42,7 @@ from werkzeug.serving import make_server
 
 from tests.conftest import REPO, Server, free_port, need, start_server, stop
 from tests.helpers import (
+    chromium,
     creds,
     enroll_enterprise,
     enroll_operator,
@@ -244,15 +245,8 @@ def browser(deployment: Deployment) -> Iterator[Any]:
         # resolve the test's host names.
         mp.setenv("NODE_EXTRA_CA_CERTS", str(deployment.root_ca))
         mp.setenv("NODE_OPTIONS", f"--require {shim}")
-        with playwright_api.sync_playwright() as p:
-            b = p.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            try:
-                yield b
-            finally:
-                b.close()
+        with chromium() as b:
+            yield b
 
 
 def new_context(browser: Any, d: Deployment) -> Any:

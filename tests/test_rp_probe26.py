@@ -20,11 +20,9 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,7 +32,6 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 
 from authsvc.client import (
@@ -67,60 +64,28 @@ from authsvc.proxy import TrustedProxies
 from authsvc.tokens import InvalidToken as ServiceInvalidToken
 from tests.conftest import Server
 from tests.helpers import self_signed
-from tests.test_sdk import CUSTOMS, MANIFEST, serve_wsgi, signing_key
+from tests.test_sdk import CUSTOMS, MANIFEST, signing_key
+from tests.test_sdk_probe24 import ISSUER, LocalIssuer, serving_local_issuer
 
-ISSUER = "https://eport.example/auth"
 USCC = "91350100M000100Y43"
 OTHER_USCC = "91350200M000200Y40"
 HOST = "customs-declaration.eport.example"
 
 
-# -- a local issuer: a JWKS served on loopback, tokens signed with its key ----------------
-
-
-@dataclass
-class LocalIssuer:
-    url: str
-    key: ec.EllipticCurvePrivateKey
-
-    def token(self, **changes: Any) -> str:
-        """A token as the token service mints it; a change of None drops the claim."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": ISSUER,
-            "sub": f"op:{USCC}:E1024",
-            "aud": CUSTOMS,
-            "exp": now + 300,
-            "iat": now,
-            "jti": f"t{time.monotonic_ns()}",
-            "client_id": "eport-cli",
-            "scope": "declaration:read declaration:submit",
-            "subject_class": "operator",
-            "uscc": USCC,
-            "operator_id": "E1024",
-        }
-        claims = {k: v for k, v in {**claims, **changes}.items() if v is not None}
-        return jwt.encode(
-            claims, self.key, algorithm="ES256", headers={"typ": "at+jwt", "kid": "k1"}
-        )
-
-    @property
-    def jwks_url(self) -> str:
-        return self.url + "/jwks.json"
+# -- a local issuer: a JWKS served on loopback, tokens of an operator signed with its key
 
 
 @pytest.fixture
 def local_issuer() -> Iterator[LocalIssuer]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    app = Flask("local-issuer")
-
-    @app.get("/jwks.json")
-    def jwks() -> Any:
-        return {"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}
-
-    with serve_wsgi(app) as url:
-        yield LocalIssuer(url, key)
+    operator = {
+        "sub": f"op:{USCC}:E1024",
+        "scope": "declaration:read declaration:submit",
+        "subject_class": "operator",
+        "uscc": USCC,
+        "operator_id": "E1024",
+    }
+    with serving_local_issuer(**operator) as issuer:
+        yield issuer
 
 
 def sample_service(local: LocalIssuer, **config: Any) -> Flask:

@@ -24,7 +24,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,15 @@ SETUP_HINT = "check its certificate and that it is a registered service"
 
 @dataclass
 class LocalIssuer:
-    """A JWKS served by a local WSGI server, and the key its tokens are signed with."""
+    """A JWKS served by a local WSGI server, the key its tokens are signed with, and the
+    claims its tokens carry unless a test changes them (``defaults``)."""
 
     url: str
     key: ec.EllipticCurvePrivateKey
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def token(self, **changes: Any) -> str:
+        """A token as the token service mints it; a change of None drops the claim."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": ISSUER,
@@ -81,21 +85,28 @@ class LocalIssuer:
             "aud": CUSTOMS,
             "exp": now + 300,
             "iat": now,
-            "jti": "t1",
+            "jti": f"t{time.monotonic_ns()}",
             "client_id": "eport-cli",
             "scope": "declaration:read",
+            **self.defaults,
         }
         claims = {k: v for k, v in {**claims, **changes}.items() if v is not None}
         return jwt.encode(
             claims, self.key, algorithm="ES256", headers={"typ": "at+jwt", "kid": "k1"}
         )
 
+    @property
+    def jwks_url(self) -> str:
+        return self.url + "/jwks.json"
+
     def verifier(self, **kw: Any) -> TokenVerifier:
-        return TokenVerifier(ISSUER, CUSTOMS, self.url + "/jwks.json", **kw)
+        return TokenVerifier(ISSUER, CUSTOMS, self.jwks_url, **kw)
 
 
-@pytest.fixture
-def local_issuer() -> Iterator[LocalIssuer]:
+@contextmanager
+def serving_local_issuer(**defaults: Any) -> Iterator[LocalIssuer]:
+    """A :class:`LocalIssuer` whose tokens carry ``defaults`` (claims), its JWKS served
+    on loopback while the block runs."""
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     app = Flask("local-issuer")
@@ -105,7 +116,13 @@ def local_issuer() -> Iterator[LocalIssuer]:
         return {"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}
 
     with serve_wsgi(app) as url:
-        yield LocalIssuer(url, key)
+        yield LocalIssuer(url, key, defaults)
+
+
+@pytest.fixture
+def local_issuer() -> Iterator[LocalIssuer]:
+    with serving_local_issuer() as issuer:
+        yield issuer
 
 
 def closed_port_url() -> str:
