@@ -56,7 +56,7 @@ EXTENSION = "eport.auth"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "authsvc_alembic_version"
 """The token service's own Alembic version table (its history is apart from the CA's)."""
-SCHEMA_HEAD = "a004"
+SCHEMA_HEAD = "a005"
 """The newest revision of these migrations (checked against Alembic's head by
 ``tests/test_upgrades.py``); a database at it is not handed to Alembic."""
 MIGRATION_LOCK = 0x6570_6F72_7402

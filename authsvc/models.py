@@ -97,6 +97,10 @@ class OperatorRolesRow(AuthBase):
     roles: Mapped[str] = mapped_column(Text)
     granted_by: Mapped[str] = mapped_column(String(120))
     granted_at: Mapped[datetime.datetime]
+    bound_authorization: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The operator authorization these roles are for (an operator certificate's
+    dnQualifier: :func:`ca.policy.authorization_of`), bound at the first login after the
+    grant; NULL until then (revision a005)."""
 
 
 class LoginFailureRow(AuthBase):

@@ -555,9 +555,7 @@ class OpenIDProvider:
         gives the subject nothing at the client's service."""
         session = current.session
         p = session.principal
-        roles: frozenset[str] = frozenset()
-        if p.uscc and p.operator_id:
-            roles = self.tokens.store.get_roles(p.uscc, p.operator_id)
+        roles = self.tokens.roles_of(p)
         scopes = self.tokens.access.scopes_for(
             p.subject_class.value, service_id=req.client.id, roles=roles, agency_id=p.agency_id
         )

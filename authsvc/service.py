@@ -260,7 +260,16 @@ class AuthStore(ReplayStore, Protocol):
 
     def is_revoked(self, jti: str) -> bool: ...
 
-    def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]: ...
+    def get_roles(
+        self,
+        uscc: str,
+        operator_id: str,
+        authorization: str | None = None,
+        event: AuthEvent | None = None,
+    ) -> frozenset[str]:
+        """The operator's roles under ``authorization``; a grant not bound yet is bound
+        to it, with ``event`` (see :meth:`authsvc.store.SqlAuthStore.get_roles`)."""
+        ...
 
     def set_roles(
         self,
@@ -705,9 +714,7 @@ class TokenService:
             service = self.access.service(service_id)
         except EPortError as exc:  # its detail names the known services
             raise OAuthError(exc.detail, error="invalid_target") from None
-        roles: frozenset[str] = frozenset()
-        if p.subject_class is SubjectClass.OPERATOR and p.uscc and p.operator_id:
-            roles = self.store.get_roles(p.uscc, p.operator_id)
+        roles = self.roles_of(p)
         scopes = self.access.scopes_for(
             p.subject_class.value, service_id=service.id, roles=roles, agency_id=p.agency_id
         )
@@ -1051,6 +1058,20 @@ class TokenService:
         )
         self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now, event)
         return operator_id
+
+    def roles_of(self, p: Principal) -> frozenset[str]:
+        """The roles the enterprise granted the operator ``p`` (none for any other class):
+        those of its grant, if not bound to another authorization of the operator id than
+        ``p``'s (a grant is bound to the first one it is used by after it is made; the
+        store logs ``roles.bound``). An enterprise that gives a departed operator's id to
+        someone else, or that ceased and applied again, grants roles again."""
+        if p.subject_class is not SubjectClass.OPERATOR or not p.uscc or not p.operator_id:
+            return frozenset()
+        event = None
+        if p.authorization is not None:
+            detail = {"operator_id": p.operator_id, "authorization": p.authorization}
+            event = AuthEvent("roles.bound", self.clock(), p.subject, detail=detail)
+        return self.store.get_roles(p.uscc, p.operator_id, p.authorization, event)
 
     def signed_principal(self, req: SignedRequest, *, fresh: bool = False) -> Principal:
         self.require_good_caller(req.certificate, fresh=fresh)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import (
     ColumnElement,
     Engine,
@@ -50,7 +51,7 @@ from authsvc.service import (
     SessionRecord,
     SessionState,
 )
-from ca.policy import SubjectClass
+from ca.policy import SubjectClass, authorization_of
 from ca.store import DbapiReads, SchemaFence, reading, upsert, utc_from_db, writing
 
 MAX_SESSIONS_PER_SUBJECT = 100
@@ -339,10 +340,46 @@ class SqlAuthStore:
 
     # -- roles ----------------------------------------------------------------------------
 
-    def get_roles(self, uscc: str, operator_id: str) -> frozenset[str]:
+    def get_roles(
+        self,
+        uscc: str,
+        operator_id: str,
+        authorization: str | None = None,
+        event: AuthEvent | None = None,
+    ) -> frozenset[str]:
+        """The roles of the operator ``operator_id`` of ``uscc`` under ``authorization``
+        (its certificate's: :func:`ca.policy.authorization_of`). A grant not bound yet
+        is bound to it here, with ``event`` in the same transaction; a grant bound to
+        another authorization gives none (an earlier holder of the id, or of the USCC's
+        operators before a cessation). A certificate naming none (issued before
+        authorizations were named) gets only a grant not bound yet."""
         with self._read() as s:
             row = s.get(OperatorRolesRow, (uscc, operator_id))
-            return frozenset(json.loads(row.roles)) if row else frozenset()
+            if row is None:
+                return frozenset()
+            roles, bound = row.roles, row.bound_authorization
+        if bound is None and authorization is not None:
+            with self._tx() as s:
+                # Bound once: of two first logins at once, the first bound wins and the
+                # other reads it; a grant replaced meanwhile is bound as it now is.
+                res = s.execute(
+                    update(OperatorRolesRow)
+                    .where(
+                        OperatorRolesRow.uscc == uscc,
+                        OperatorRolesRow.operator_id == operator_id,
+                        OperatorRolesRow.bound_authorization.is_(None),
+                    )
+                    .values(bound_authorization=authorization)
+                )
+                if res.rowcount == 1 and event is not None:  # type: ignore[attr-defined]
+                    s.add(event_row(event))
+                row = s.get(OperatorRolesRow, (uscc, operator_id))
+                if row is None:
+                    return frozenset()
+                roles, bound = row.roles, row.bound_authorization
+        if bound is not None and bound != authorization:
+            return frozenset()
+        return frozenset(json.loads(roles))
 
     def set_roles(
         self,
@@ -365,8 +402,11 @@ class SqlAuthStore:
             # grants on two hosts at once do not collide on the primary key (HTTP 500),
             # and the upsert's row lock orders the grants, so the last roles.granted
             # event (by id) is the grant the operator holds: the last writer wins.
+            # A grant (again) is for whoever holds the operator id when it is next used:
+            # bound at that login (get_roles).
+            values["bound_authorization"] = None
             stmt = upsert(s, OperatorRolesRow, values, ["uscc", "operator_id"])
-            s.execute(stmt.do_update(["roles", "granted_by", "granted_at"]))
+            s.execute(stmt.do_update(["roles", "granted_by", "granted_at", "bound_authorization"]))
             if event is not None:
                 s.add(event_row(event))
 
@@ -733,6 +773,11 @@ def _session(row: SessionRow) -> SessionRecord:
         operator_id=row.operator_id,
         agency_id=row.agency_id if cls is not SubjectClass.SERVICE else None,
         service_host=row.agency_id if cls is SubjectClass.SERVICE else None,
+        authorization=(
+            authorization_of(x509.load_der_x509_certificate(row.cert_der))
+            if cls is SubjectClass.OPERATOR
+            else None
+        ),
     )
     return SessionRecord(
         sid=row.sid,

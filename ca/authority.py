@@ -1031,7 +1031,9 @@ class JointCA:
             with self.store.reading() as tx:
                 self._refuse_held_enterprise(tx, app.uscc, now)
         issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, public_key, app.vetted, now)
+        cert = self.factory.issue(
+            profile, issuer, public_key, app.vetted, now, authorization=app.id
+        )
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
         event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
         # A legal-person credential is refused where it is stored if the enterprise holds
@@ -1172,7 +1174,9 @@ class JointCA:
             _refuse_certified_key(holders, app.id)
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
-        cert = self.factory.issue(profile, issuer, csr.public_key(), app.vetted, now)
+        cert = self.factory.issue(
+            profile, issuer, csr.public_key(), app.vetted, now, authorization=app.id
+        )
         record = certificate_record(cert, issuer.id, profile.name, app)
         event = Event.about(
             EventType.CERTIFICATE_RENEWED,

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from ca.errors import IssuerExpired, LintFailed, PolicyError, WeakKey
 from ca.keys import KeyType, refuse_weak_public_key
 from ca.lint import CertificateLinter, Finding
-from ca.policy import Profile
+from ca.policy import Profile, authorization_label
 from ca.sample_keys import sample_rsa_key
 from ca.signer import Signer, in_memory_key
 
@@ -84,6 +84,7 @@ TEMPLATE_SAMPLE: Mapping[str, str] = {
     "person_name": "Zhang Min",
     "service_host": "service.eport.example",
     "ca_name": "E-Port Template Check CA",
+    "authorization": "a" * 16,
 }
 """Sample vetted data for linting a profile's template before any real issuance."""
 
@@ -179,9 +180,14 @@ class CertificateFactory:
         vetted: Mapping[str, str],
         serial: int,
         now: datetime.datetime,
+        authorization: str | None = None,
     ) -> x509.CertificateBuilder:
         """The certificate builder for ``profile``; every extension appears once, none empty.
-        The subject key is the caller's to check (:meth:`check_key`: :meth:`issue` does)."""
+        The subject key is the caller's to check (:meth:`check_key`: :meth:`issue` does).
+        ``authorization``: the id of the application issued on, the template's
+        ``{authorization}`` (:func:`ca.policy.authorization_label`)."""
+        if authorization is not None:
+            vetted = {**vetted, "authorization": authorization_label(authorization)}
         try:
             subject = profile.build_subject(vetted)
             dns_names = profile.build_dns_names(vetted)
@@ -338,6 +344,7 @@ class CertificateFactory:
         vetted: Mapping[str, str],
         now: datetime.datetime,
         serial: int | None = None,
+        authorization: str | None = None,
     ) -> x509.Certificate:
         """Lint (when sampled) and sign a certificate; raises before anything is signed.
 
@@ -348,7 +355,7 @@ class CertificateFactory:
         """
         self.check_key(profile, public_key)
         serial = serial if serial is not None else random_serial()
-        builder = self.tbs_builder(profile, issuer, public_key, vetted, serial, now)
+        builder = self.tbs_builder(profile, issuer, public_key, vetted, serial, now, authorization)
         kt = issuer.signer.key_type
         linted = self.lint_sampler()
         if not linted:

@@ -13,11 +13,13 @@ from cryptography.x509.oid import NameOID
 _DN_NAMES = {
     NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
     NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.DN_QUALIFIER: "dnQualifier",
 }
 
 
 def dn_string(name: x509.Name) -> str:
-    """RFC 4514 string with readable names for organizationIdentifier and serialNumber."""
+    """RFC 4514 string with readable names for organizationIdentifier, serialNumber and
+    dnQualifier."""
     return name.rfc4514_string(_DN_NAMES)
 
 

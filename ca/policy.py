@@ -68,6 +68,7 @@ NAME_ATTRIBUTES: Mapping[str, ObjectIdentifier] = {
     "CN": NameOID.COMMON_NAME,
     "serialNumber": NameOID.SERIAL_NUMBER,
     "organizationIdentifier": NameOID.ORGANIZATION_IDENTIFIER,
+    "dnQualifier": NameOID.DN_QUALIFIER,
 }
 
 KEY_USAGES = (
@@ -99,6 +100,7 @@ TEMPLATE_FIELDS = frozenset(
         "person_name",
         "service_host",
         "ca_name",
+        "authorization",
     }
 )
 
@@ -109,6 +111,27 @@ _EXAMPLE_PROFILE = {
     SubjectClass.AUDITOR: "auditor",
     SubjectClass.SERVICE: "service-tls",
 }
+
+
+def authorization_label(application_id: str) -> str:
+    """The ``{authorization}`` template field of a certificate issued on the application
+    ``application_id``: the id without its ``app_`` prefix (a PrintableString, as
+    dnQualifier must be). The operator profile puts it in the subject's dnQualifier
+    (X.520: disambiguating information for names that would otherwise be the same): it
+    names the enterprise's authorization of that operator. Renewals keep it; authorizing
+    the operator id again (another person, or after a cessation) gives another, so the
+    token service binds an operator's roles to it, not to the bare operator id."""
+    return application_id.removeprefix("app_")
+
+
+def authorization_of(cert: x509.Certificate) -> str | None:
+    """The subject's dnQualifier (:func:`authorization_label`); None when it has none (a
+    profile without it, or a certificate issued before it existed)."""
+    values = cert.subject.get_attributes_for_oid(NameOID.DN_QUALIFIER)
+    if len(values) != 1 or not isinstance(values[0].value, str) or not values[0].value:
+        return None
+    return values[0].value
+
 
 _OID_RE = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _ID_RE = re.compile(r"[a-z][a-z0-9-]{1,31}")

@@ -880,3 +880,58 @@ def test_an_enterprise_takes_every_role_from_an_operator(
     assert done["roles"] == [] and done["operator_id"] == "CLR1", done
     res = cli(srv, tmp_path, "token", "--service", SERVICE, check=False)
     assert res.returncode == 1 and "no access to customs-declaration" in res.stderr, res.stderr
+
+
+def test_roles_stay_with_the_operator_they_were_granted_to(
+    sqlite_server: Server, world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Roles were kept per operator id alone, so the next person the enterprise gave a
+    departed operator's id got that operator's roles (business rules probe, session 26).
+    An operator certificate names its authorization (dnQualifier: the application id);
+    renewals keep it, the id authorized again gets another, and a grant is bound to the
+    first authorization that uses it: the successor has no roles until granted them."""
+    from cryptography.x509.oid import NameOID
+
+    from tests.helpers import grant_roles
+
+    srv, ent = sqlite_server, world["ent"]
+    first = jrun(srv, "operator", "add", "--name", "Wu Fang", "--id", "RE1", *creds(ent))
+    old = tmp_path / "old"
+    jrun(srv, "enroll", "--code", first["enrollment_code"], "--profile", "operator",
+         "--out", str(old))  # fmt: skip
+
+    def authorization(d: Path) -> str:
+        (value,) = cert_of(d).subject.get_attributes_for_oid(NameOID.DN_QUALIFIER)
+        return str(value.value)
+
+    def scopes(who: Path, cfg: Path) -> list[str] | None:
+        login(srv, who, cfg)
+        res = cli(srv, cfg, "token", "--service", SERVICE, check=False)
+        if res.returncode != 0:
+            assert "no access to customs-declaration" in res.stderr, res.stderr
+            return None
+        return list(
+            jwt.decode(res.stdout.strip(), options={"verify_signature": False})["scope"].split()
+        )
+
+    assert "app_" + authorization(old) == first["application"]["id"]
+    grant_roles(srv, ent, "RE1", "declaration")
+    assert "declaration:submit" in (scopes(old, tmp_path / "a") or [])
+    # A renewal is the same authorization: it keeps the roles.
+    new = tmp_path / "renewed"
+    jrun(srv, "renew", *creds(old), "--out", str(new))
+    assert authorization(new) == authorization(old)
+    assert "declaration:submit" in (scopes(new, tmp_path / "b") or [])
+    # The operator leaves; the id is given to someone else.
+    for d in (old, new):
+        jrun(srv, "revoke", "--serial", serial_of(d), "--reason", "affiliationChanged",
+             *creds(ent))  # fmt: skip
+    second = jrun(srv, "operator", "add", "--name", "Sun Li", "--id", "RE1", *creds(ent))
+    successor = tmp_path / "successor"
+    jrun(srv, "enroll", "--code", second["enrollment_code"], "--profile", "operator",
+         "--out", str(successor))  # fmt: skip
+    assert authorization(successor) != authorization(old)
+    assert scopes(successor, tmp_path / "c") is None  # the portal only, as any operator
+    # The enterprise grants them again: now the successor's.
+    grant_roles(srv, ent, "RE1", "declaration")
+    assert "declaration:submit" in (scopes(successor, tmp_path / "d") or [])

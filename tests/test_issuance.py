@@ -23,7 +23,7 @@ from ca.errors import LintFailed, WeakKey
 from ca.issuance import CertificateFactory, IssuingCA, TemplateMemo
 from ca.keys import KeyType
 from ca.lint import CertificateLinter
-from ca.policy import Policies, load_policies
+from ca.policy import Policies, authorization_of, load_policies
 from ca.signer import SoftwareSigner, in_memory_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +104,9 @@ def test_profile_output_conforms(
     profile = policies.profile(profile_name)
     issuer = pki.issuers[profile.issuer]
     key = key_type.generate()
-    cert = CertificateFactory().issue(profile, issuer, key.public_key(), VETTED, NOW)
+    cert = CertificateFactory().issue(
+        profile, issuer, key.public_key(), VETTED, NOW, authorization="app_" + "q" * 16
+    )
     der = cert.public_bytes(serialization.Encoding.DER)
 
     assert lint_cli(der, tmp_path).strip() == "", "pkilint reported findings at WARNING or above"
@@ -152,12 +154,15 @@ def test_profile_output_conforms(
     for rdn in tbs["subject"].chosen:
         for atv in rdn:
             kind = atv["value"].name
-            if atv["type"].native in ("country_name", "serial_number"):
+            if atv["type"].native in ("country_name", "serial_number", "dn_qualifier"):
                 assert kind == "printable_string"  # X.520: PrintableString only
             else:
                 assert kind == "utf8_string", (atv["type"].native, kind)
-    # The subject comes from the vetted data through the profile's template.
-    assert cert.subject == profile.build_subject(VETTED)
+    # The subject comes from the vetted data through the profile's template, and an
+    # operator's names its authorization: the application issued on, in dnQualifier
+    # (a PrintableString, checked above).
+    assert cert.subject == profile.build_subject({**VETTED, "authorization": "q" * 16})
+    assert authorization_of(cert) == ("q" * 16 if profile_name == "operator" else None)
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= profile.validity
 
 

@@ -163,9 +163,11 @@ def test_build_subject_from_vetted_data(policies: Policies) -> None:
 
 def test_build_subject_operator(policies: Policies) -> None:
     vetted = {**VETTED, "operator_id": "OP-0007", "operator_name": "Li Lei"}
-    name = policies.profile("operator").build_subject(vetted)
+    name = policies.profile("operator").build_subject({**vetted, "authorization": "b" * 16})
     assert name.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "OP-0007"
     assert name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Li Lei"
+    # the authorization (the application issued on, without "app_": ca.issuance fills it)
+    assert name.get_attributes_for_oid(NameOID.DN_QUALIFIER)[0].value == "b" * 16
 
 
 def test_build_subject_missing_field_raises_key_error(policies: Policies) -> None:

@@ -50,14 +50,15 @@ def test_a_start_that_upgrades_says_so_first(tmp_path: Path) -> None:
 
     with db.connect(data / "auth.db") as conn:  # as a release before a004 left it
         conn.execute("ALTER TABLE auth_sessions DROP COLUMN authenticated_at")
+        conn.execute("ALTER TABLE auth_operator_roles DROP COLUMN bound_authorization")
         conn.execute("UPDATE authsvc_alembic_version SET version_num = 'a003'")
     srv, proc = start_server(data, workers=1)
     try:
         out = srv.log.read_text()
-        said = "Upgrading the token service database schema from a003 to a004"
+        said = "Upgrading the token service database schema from a003 to a005"
         assert said in out and out.index(said) < out.index("Serving the joint CA"), out
         assert "Upgrading the CA database" not in out
-        assert _version(data / "auth.db", "authsvc_alembic_version") == "a004"
+        assert _version(data / "auth.db", "authsvc_alembic_version") == "a005"
     finally:
         stop(proc)
 
