@@ -397,12 +397,37 @@ def serve(
         # another CA's database, and a database of a newer release, were refused only
         # after both had been brought up to this release's schema
         _refuse_before_upgrade(cfg, auth_cfg, data_dir)
+    from authsvc.app import key_passphrase
+
+    # What can refuse the start and needs no schema of this release, before either is
+    # upgraded: a wrong passphrase, or a template pkilint refuses, refused the start only
+    # once both schemas were upgraded, and the release before could not run again (upgrade
+    # probe, session 27).
+    sealed_start = False
+    keys_checked = False
+    if not dev:
+        from ca import custody_files
+        from ca import hierarchy as h
+        from ca.app import ca_passphrase
+
+        if custody_files.under_custody(data_dir):
+            custody_files.load_record(data_dir)  # a damaged record: before any upgrade
+            sealed_start = True
+        elif ca_passphrase(cfg) is None:
+            raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
+        else:
+            loaded = h.load(data_dir, ca_passphrase(cfg))  # refuses a wrong passphrase
+            for notice in loaded.missing_keys().values():
+                click.secho(f"WARNING: {notice}", fg="yellow", err=True)
+    if hierarchy.exists(data_dir):
+        _prelint_templates(cfg)
+        if auth_cfg is not None:  # its keys' table is as the first release made it
+            keys_checked = _check_auth_keys(auth_cfg, key_passphrase(auth_cfg), early=True)
     _say_upgrades(cfg.sqlalchemy_url, auth_url)
     # The token service's schema first: its database may be the one that cannot be
     # used, and the passphrase check below reads its keys.
     if auth_url is not None:
         auth_upgrade(auth_url)
-    sealed_start = False
     if dev:
         click.secho(
             "WARNING: development mode. The CA keys are unsealed with passphrases stored in "
@@ -423,26 +448,12 @@ def serve(
             f" and {d}/officers/<agency>/DEV-ONLY-passphrase.txt"
         )
     else:
-        from ca import custody_files
-        from ca import hierarchy as h
-        from ca.app import ca_passphrase
-
-        if custody_files.under_custody(data_dir):
-            custody_files.load_record(data_dir)  # a damaged record: before any upgrade
-            sealed_start = True
-        elif ca_passphrase(cfg) is None:
-            raise CLIError("set EPORT_CA_KEY_PASSPHRASE to unseal the CA keys (or use --dev)")
-        else:
-            loaded = h.load(data_dir, ca_passphrase(cfg))  # refuses a wrong passphrase
-            for notice in loaded.missing_keys().values():
-                click.secho(f"WARNING: {notice}", fg="yellow", err=True)
         upgrade(cfg.sqlalchemy_url)
-    from authsvc.app import key_passphrase
 
     # Fail here, in one line, rather than in every gunicorn worker; and before a sealed
     # start announces its unseal fingerprint, for a server that would not start. A
     # development start too: an EPORT_AUTH_KEY_PASSPHRASE that is not the development one.
-    if auth_cfg is not None:
+    if auth_cfg is not None and not keys_checked:
         _check_auth_keys(auth_cfg, key_passphrase(auth_cfg))
     from ca.db import foreign_root
 
@@ -752,22 +763,32 @@ def _check_policies(cfg: Any, auth_cfg: Any) -> None:
         load_access_policy(auth_cfg.policies_dir, {m.id for m in members})
 
 
-def _check_auth_keys(cfg: Any, passphrase: bytes) -> None:
+def _check_auth_keys(cfg: Any, passphrase: bytes, *, early: bool = False) -> bool:
     """The token service's stored signing key opens with ``passphrase`` (or none is
-    stored yet); else one line and no server."""
+    stored yet); else one line and no server. ``early``: before its schema is upgraded,
+    when its database may not be made yet; False (not checked) if it holds no signing
+    keys' table yet (every revision has had it as the first made it)."""
+    import sqlalchemy
     from sqlalchemy.orm import sessionmaker
 
     from authsvc.keys import check_passphrase
     from authsvc.store import SqlAuthStore
     from ca.db import make_engine
 
-    engine = make_engine(cfg.sqlalchemy_url)  # its schema is up to date (serve did that)
+    engine = make_engine(cfg.sqlalchemy_url)
     try:
+        if early:
+            try:
+                if not sqlalchemy.inspect(engine).has_table("auth_signing_keys"):
+                    return False
+            except sqlalchemy.exc.SQLAlchemyError:
+                return False  # said in full by the upgrade, which meets it first
         check_passphrase(SqlAuthStore(sessionmaker(engine, expire_on_commit=False)), passphrase)
     except EPortError as exc:
         raise CLIError(exc.detail) from None
     finally:
         engine.dispose()
+    return True
 
 
 # -- CA ceremonies ----------------------------------------------------------------------------

@@ -141,3 +141,39 @@ def test_a_token_service_whose_database_another_release_upgraded_writes_nothing(
         srv.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg))
     finally:
         stop(proc)
+
+
+def test_a_start_refused_for_a_passphrase_or_a_template_upgrades_nothing(
+    tmp_path: Path,
+) -> None:
+    """A wrong EPORT_AUTH_KEY_PASSPHRASE, or a profile whose template pkilint refuses, was
+    refused only after both schemas were upgraded: the release before could not run
+    again (upgrade probe, session 27). Now each is refused with both left as they were."""
+    import shutil
+
+    data = tmp_path / "d"
+    _, proc = start_server(data, workers=1)
+    stop(proc)
+    with sqlite3.connect(data / "auth.db") as conn:  # as the release before a005 left it
+        conn.execute("ALTER TABLE auth_operator_roles DROP COLUMN bound_authorization")
+        conn.execute("UPDATE authsvc_alembic_version SET version_num = 'a004'")
+    res = serve(data, EPORT_AUTH_KEY_PASSPHRASE="not the passphrase of these keys")
+    refused(res, "EPORT_AUTH_KEY_PASSPHRASE does not open")
+    assert "Upgrading" not in res.stdout, res.stdout
+    assert _version(data / "auth.db", "authsvc_alembic_version") == "a004"
+    policies = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "policies", policies)
+    service = policies / "profiles" / "service-tls.toml"
+    text = service.read_text()
+    assert text.count('san_dns = ["{service_host}"]') == 1
+    service.write_text(
+        text.replace('san_dns = ["{service_host}"]', 'san_dns = ["bad host {service_host}"]')
+    )
+    res = serve(data, EPORT_POLICIES_DIR=str(policies))
+    refused(res, "profile 'service-tls': its certificate template does not lint")
+    assert "Upgrading" not in res.stdout, res.stdout
+    assert _version(data / "auth.db", "authsvc_alembic_version") == "a004"
+    # The same start with the right settings upgrades it.
+    _, proc = start_server(data, workers=1)
+    stop(proc)
+    assert _version(data / "auth.db", "authsvc_alembic_version") == "a005"
