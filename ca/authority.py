@@ -1172,10 +1172,11 @@ class JointCA:
             if replay is not None:
                 return replay
             _refuse_certified_key(holders, app.id)
+            vetted = self._named_as_now(tx, app, now)
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(
-            profile, issuer, csr.public_key(), app.vetted, now, authorization=app.id
+            profile, issuer, csr.public_key(), vetted, now, authorization=app.id
         )
         record = certificate_record(cert, issuer.id, profile.name, app)
         event = Event.about(
@@ -1216,6 +1217,27 @@ class JointCA:
                 return replay
             raise
         return Issued(record, cert, self._chain(issuer))
+
+    def _named_as_now(
+        self, tx: Transaction, app: Application, now: datetime.datetime
+    ) -> Mapping[str, str]:
+        """The vetted data a renewal on ``app`` names: an operator's, with its enterprise's
+        legal name as an officer vetted it for the legal-person certificate in force (or
+        on hold). An enterprise changes its name by applying again; its operators'
+        renewals kept the name of their authorization, so their certificates named the
+        old one for good (business rules probe, session 26). Anything else: as vetted."""
+        if app.subject_class != SubjectClass.OPERATOR.value or app.uscc is None:
+            return app.vetted
+        found = tx.credential_in_force(
+            app.uscc, self._legal_person_profiles, now, void_issuers=self._void
+        )
+        if found is None or found[0].application_id is None:
+            return app.vetted
+        parent = tx.get_application(found[0].application_id)
+        name = parent.vetted.get("legal_name") if parent is not None else None
+        if not name or name == app.vetted.get("legal_name"):
+            return app.vetted
+        return {**app.vetted, "legal_name": name}
 
     @staticmethod
     def _which_renewed(

@@ -931,3 +931,33 @@ def test_approving_an_enrolled_application_names_its_certificate(
     assert f"certificate {issued['serial']} was issued on it: it needs no new code" in res.stderr
     res = server.eport("ra", "new-code", app["id"], *server.officer(), check=False)
     assert res.returncode == 1 and f"revoke --serial {issued['serial']} --reason" in res.stderr
+
+
+def test_an_operators_renewal_names_the_enterprise_as_it_is_now(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """An enterprise changes its legal name by applying again (an officer vets the new
+    name); its operators' renewals kept the name of their authorization, so their
+    certificates named the old one for good (business rules probe, session 26). A
+    renewal now names the enterprise as its legal-person certificate in force does,
+    and keeps the operator's own authorization (dnQualifier)."""
+    from tests.helpers import enroll_enterprise, enroll_operator, serial_of
+
+    srv = sqlite_server
+    uscc = fresh_uscc()
+    old_ent = enroll_enterprise(srv, tmp_path, "Old Name Trading Co., Ltd.", uscc=uscc)
+    op = enroll_operator(srv, old_ent, tmp_path, "NC1")
+    srv.eport("revoke", "--serial", serial_of(old_ent), "--reason", "superseded", *srv.officer())
+    new_ent = enroll_enterprise(srv, tmp_path, "New Name Trading Co., Ltd.", uscc=uscc)
+
+    def name_of(d: Path, oid: x509.ObjectIdentifier) -> str:
+        cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+        return str(cert.subject.get_attributes_for_oid(oid)[0].value)
+
+    assert name_of(new_ent, NameOID.ORGANIZATION_NAME) == "New Name Trading Co., Ltd."
+    renewed = tmp_path / "renewed"
+    jrun(srv, "renew", *creds(op), "--out", str(renewed))
+    assert name_of(renewed, NameOID.ORGANIZATION_NAME) == "New Name Trading Co., Ltd."
+    for oid in (NameOID.SERIAL_NUMBER, NameOID.COMMON_NAME, NameOID.DN_QUALIFIER):
+        assert name_of(renewed, oid) == name_of(op, oid)
+    assert name_of(op, NameOID.ORGANIZATION_NAME) == "Old Name Trading Co., Ltd."
