@@ -124,7 +124,8 @@ def make_engine(url: str, pool: PoolBounds | None = None) -> Engine:
 def upgrade(url: str) -> None:
     """Bring the schema at ``url`` to the latest Alembic revision."""
     refuse_other_encoding(url, "CA")
-    if recorded_revisions(url, VERSION_TABLE) != {SCHEMA_HEAD}:
+    before = recorded_revisions(url, VERSION_TABLE)
+    if before != {SCHEMA_HEAD}:
         migrate(url, MIGRATIONS, VERSION_TABLE, "CA")
     engine = make_engine(url)
     try:
@@ -132,8 +133,25 @@ def upgrade(url: str) -> None:
             filled = conn.execute(text(_FILL_LOG_INDEX)).rowcount
             keyed = fill_listing_keys(conn)
             folded = conn.execute(text(FOLD_OPERATOR_IDS)).rowcount
+            twice = (
+                operator_ids_in_force_twice(conn)
+                if folded or any(rev < "0011" for rev in before)
+                else []
+            )
     finally:
         engine.dispose()
+    if twice:
+        shown = ", ".join(f"{uscc} {op_id!r} ({n})" for uscc, op_id, n in twice[:10])
+        more = f" and {len(twice) - 10} more" if len(twice) > 10 else ""
+        log.warning(
+            "%d operator ids have certificates in force from more than one authorization "
+            "(ids that differ only in case, which releases before 0011 told apart, are one "
+            "operator): %s%s. The enterprise revokes those of the authorizations it does not "
+            "want (eport cert list --uscc, eport revoke; docs/ca.md, Upgrading)",
+            len(twice),
+            shown,
+            more,
+        )
     if folded:
         log.warning(
             "%d operator authorizations had an operator id not folded to lower case "
@@ -179,6 +197,36 @@ release's folded lookup (``e5``) never finds, so authorizing the id again while 
 first's certificate is in force was not refused (upgrade probe, session 24). Operator
 ids are PrintableString, ASCII only, so SQL's ``lower()`` folds them as Python does. A
 scan of the applications (about 50 ms for 200,000 on SQLite), once per start."""
+
+
+def operator_ids_in_force_twice(conn: Connection) -> list[tuple[str, str, int]]:
+    """(USCC, operator id, authorizations) of each operator id (folded) with certificates
+    in force (not expired, not revoked; on hold counts) from more than one authorization.
+    Releases before 0011 compared ids by case, so ``E5`` and ``e5`` were authorized and
+    certified apart; migration 0011 folds them to one id silently, and both stay in force
+    (upgrade probe, session 27). Asked when a start upgrades from before 0011, or folds an
+    id an old server wrote since."""
+    import datetime
+
+    from sqlalchemy import distinct, func, or_, select
+
+    from ca.models import ApplicationRow, CertificateRow, CertificateStatusRow
+
+    count = func.count(distinct(ApplicationRow.id))
+    rows = conn.execute(
+        select(ApplicationRow.uscc, ApplicationRow.operator_id, count)
+        .join(CertificateRow, CertificateRow.application_id == ApplicationRow.id)
+        .outerjoin(CertificateStatusRow, CertificateStatusRow.serial == CertificateRow.serial)
+        .where(
+            ApplicationRow.operator_id.is_not(None),
+            CertificateRow.not_after > datetime.datetime.now(datetime.UTC),
+            or_(CertificateStatusRow.state.is_(None), CertificateStatusRow.state != "revoked"),
+        )
+        .group_by(ApplicationRow.uscc, ApplicationRow.operator_id)
+        .having(count > 1)
+        .order_by(ApplicationRow.uscc, ApplicationRow.operator_id)
+    ).all()
+    return [(str(u), str(o), int(n)) for u, o, n in rows]
 
 
 def recorded_revisions(url: str, version_table: str) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -328,6 +329,61 @@ def test_0011_folds_the_operator_id_lookup_key(database: str, tmp_path: Path) ->
         with store.transaction() as tx:
             found = tx.operator_applications("91350100M000100Y43", "E2")
             assert [a.id for a in found] == ["app_e2"]
+    finally:
+        engine.dispose()
+
+
+def test_an_upgrade_names_operator_ids_in_force_twice(
+    database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Releases before 0011 told operator ids apart by case: ``E3`` and ``e3`` were two
+    authorizations, each certified. 0011 folds them to one id without a word, and both
+    certificates stay in force (upgrade probe, session 27): the upgrade names them. One
+    revoked, or expired, is not named."""
+    url = database or f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(CA_MIGRATIONS, url), "0010")
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for n, (op_id, uscc, not_after) in enumerate(
+                [
+                    ("E3", "91350100M000100Y43", later),
+                    ("e3", "91350100M000100Y43", later),
+                    ("E4", "91350100M000100Y43", later),  # one authorization of E4
+                    ("X9", "91350100M000100Y43", later),
+                    ("x9", "91350100M000100Y43", later - datetime.timedelta(days=60)),
+                ]
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO applications (id, subject_class, uscc, vetted, state, "
+                        "created_at, applicant, operator_id) VALUES (:id, 'operator', :uscc, "
+                        "'{}', 'approved', :at, 'enterprise:1', :op)"
+                    ),
+                    {"id": f"app_{n}", "uscc": uscc, "at": later, "op": op_id},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO certificates (serial, issuer_id, profile, application_id, "
+                        "uscc, subject, spki_sha256, cert_sha256, not_before, not_after, der, "
+                        "created_at) VALUES (:serial, 'enterprise', 'operator', :app, :uscc, "
+                        "'CN=x', :spki, :sha, :nb, :na, :der, :nb)"
+                    ),
+                    {
+                        "serial": f"{n + 1:032x}", "app": f"app_{n}", "uscc": uscc,
+                        "spki": f"{n:064x}", "sha": f"{n + 100:064x}",
+                        "nb": later - datetime.timedelta(days=400), "na": not_after,
+                        "der": b"0",
+                    },
+                )  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="eport"):
+            ca_upgrade(url)
+        said = [r.getMessage() for r in caplog.records]
+        named = [m for m in said if "more than one authorization" in m]
+        assert len(named) == 1, caplog.text
+        assert "1 operator ids" in named[0] and "91350100M000100Y43 'e3' (2)" in named[0]
+        assert "x9" not in named[0] and "e4" not in named[0]
     finally:
         engine.dispose()
 
