@@ -43,6 +43,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.globals import request_ctx
 from sqlalchemy import Date, cast, func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
@@ -355,6 +356,11 @@ def html_http_error(err: Any) -> Response | None:
     if not path.startswith("/audit/") or path == "/audit/session":
         return None
     if path.startswith("/audit/static/"):
+        return None
+    if request_ctx.url_adapter is None:
+        # No URL adapter (a Host with an empty label, or one over 63 characters: Werkzeug's
+        # BadHost): the page's url_for cannot run, and answered 500 with a traceback in the
+        # log for every such request (HTTP edges probe, session 27). The API's problem.
         return None
     # not routed to the blueprint, so its after_request does not run: its headers here.
     # Titled in sentence case, as the view's own errors are ("Not found").

@@ -378,6 +378,16 @@ def not_ours(resp: requests.Response, server: str) -> ForeignAnswer | None:
         else " (is EPORT_SERVER or --server the e-port server's base URL?)"
     )
     code = resp.status_code
+    if "json" not in kind and code in (413, 429):
+        # A front proxy's own limits (docs/ca.md, the front): not a wrong URL either (HTTP
+        # edges probe, session 27)
+        if code == 429:
+            wait = resp.headers.get("Retry-After", "").strip()
+            later = f"try again in {wait} s" if wait.isdigit() else "try again later"
+            said = f"the server at {server} is limiting requests ({status}): {later}"
+        else:
+            said = f"the server at {server} refused the request as too large ({status})"
+        return ForeignAnswer(said, code)
     if "json" not in kind:
         return ForeignAnswer(
             f"the server at {server} answered {status} with {kind}, not the e-port API's "

@@ -34,6 +34,8 @@ AUTH_PREFIXES = ("/auth/", "/.well-known/", "/portal")
 def combined(ca_app: WSGIApp, auth_app: WSGIApp) -> WSGIApp:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path.startswith("//"):  # as Werkzeug's routing reads it (leading slashes merged):
+            path = "/" + path.lstrip("/")  # //auth/health went to the CA (HTTP edges, s27)
         target = auth_app if path.startswith(AUTH_PREFIXES) else ca_app
         return target(environ, start_response)
 

@@ -93,6 +93,19 @@ def api_pages(srv: Server, query: str, limit: int) -> tuple[list[tuple[int, int]
         assert "total" not in doc  # the first page carries it
 
 
+def test_an_empty_after_is_the_first_page(sqlite_server: Server) -> None:
+    """``after=`` (an empty cursor, a client's first page) was read as 0: event 0 and the
+    total were left out without a word (HTTP edges probe, session 27). Empty is absent,
+    as every other listing reads its parameters."""
+    d = sqlite_server.dev / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    client = CAClient(sqlite_server.url)
+    plain = client.call("GET", "/ca/v1/audit/events?limit=3", identity=ident)
+    empty = client.call("GET", "/ca/v1/audit/events?limit=3&after=", identity=ident)
+    assert plain["events"][0]["log_index"] == 0
+    assert empty == plain
+
+
 def pages_both_ways(url: str, flt: EventFilter, limit: int) -> tuple[list[Any], list[Any]]:
     """Every event of ``flt`` paged oldest first (``after``) and newest first (``before``,
     as the web view pages), by :func:`find_events` on the server's database."""

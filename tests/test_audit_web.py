@@ -282,3 +282,18 @@ def test_indices_past_the_databases_integers(sqlite_server: Server) -> None:
         r = web.get(server.url + "/audit/events", params={"before": before}, timeout=10)
         assert r.status_code == 400 and "before must be a log index" in r.text, before
     assert web.get(server.url + "/audit/events", params={"before": "1"}, timeout=10).ok
+
+
+def test_a_host_werkzeug_cannot_route_is_a_400_not_a_500(sqlite_server: Server) -> None:
+    """A Host with an empty label or one over 63 characters leaves Flask no URL adapter:
+    the view's error page (its url_for) answered 500 with a traceback in the log, to
+    anyone, for every such request (HTTP edges probe, session 27). A 400 problem, as the
+    API's paths answer, and the same path and two slashes reach the token service."""
+    for host in ("a..b", "a" * 64, "a" * 64 + ".example"):
+        for path in ("/audit/", "/audit/login", "/audit/nowhere"):
+            r = requests.get(sqlite_server.url + path, headers={"Host": host}, timeout=10)
+            assert r.status_code == 400, (host, path, r.status_code, r.text[:200])
+            assert r.headers["Content-Type"].startswith("application/problem+json")
+    # the combined server routed //auth/... to the CA, whose 404 said no such path
+    r = requests.get(sqlite_server.url + "//auth/health", timeout=10)
+    assert r.ok, (r.status_code, r.text[:200])

@@ -914,3 +914,51 @@ def test_audit_serials_that_cannot_be_one(args: list[str], hint: str) -> None:
         copied = [serial if a in ("zz", "xyz") else a for a in args]
         res = offline(*copied)
         assert res.returncode == 1 and "Invalid value" not in res.stderr, res.stderr
+
+
+def test_a_front_proxys_own_limits_are_said_as_limits(sqlite_server: Server) -> None:
+    """A front proxy's 429 (its rate limit) and 413 (its body limit) as HTML pages were
+    said as "not the e-port API's JSON (is EPORT_SERVER … the e-port server's base URL?)",
+    sending the user after a setting that was right (HTTP edges probe, session 27)."""
+    import http.server
+    import threading
+
+    answers: list[tuple[int, dict[str, str]]] = []
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            status, headers = answers[0]
+            body = b"<html><body>nginx</body></html>"
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{front.server_address[1]}"
+    apply = ["apply", "--uscc", fresh_uscc(), "--name", "Limited Trading Co., Ltd."]
+    try:
+        limiting = "is limiting requests (HTTP 429 Too Many Requests): try again "
+        for headers, expect in (
+            ({"Retry-After": "30"}, limiting + "in 30 s"),
+            ({}, limiting + "later"),
+        ):
+            answers[:] = [(429, headers)]
+            res = sqlite_server.eport(*apply, check=False, EPORT_SERVER=url)
+            line = one_line(res, 1, expect)
+            assert "EPORT_SERVER" not in line, line
+        answers[:] = [(413, {})]
+        res = sqlite_server.eport(*apply, check=False, EPORT_SERVER=url)
+        one_line(res, 1, "refused the request as too large (HTTP 413")
+    finally:
+        front.shutdown()
+        front.server_close()
