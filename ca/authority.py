@@ -57,6 +57,7 @@ from ca.records import (
     code_refusal,
     code_state,
     credential_refusal,
+    held_enterprise_refusal,
     same_name_refusal,
     signer_refusal,
 )
@@ -1044,6 +1045,10 @@ class JointCA:
             self._legal_person_profiles if profile.subject_class is SubjectClass.ENTERPRISE else ()
         )
         one_name = (profile.name,) if profile.subject_class in _ONE_NAME_CLASSES else ()
+        # and an operator's while its enterprise's credential is on hold, decided there too
+        not_held = (
+            self._legal_person_profiles if profile.subject_class is SubjectClass.OPERATOR else ()
+        )
         try:
             self.store.commit_issuance(
                 IssuanceWrite(
@@ -1054,6 +1059,7 @@ class JointCA:
                     sole_credential=sole,
                     void_issuers=self._void,
                     sole_name=one_name,
+                    enterprise_not_held=not_held,
                 )
             )
         except EPortError:
@@ -1129,13 +1135,7 @@ class JointCA:
             uscc, self._legal_person_profiles, now, void_issuers=self._void
         )
         if found is not None and found[1]:
-            serial = found[0].serial_hex
-            raise Conflict(
-                f"enterprise {uscc}'s legal-person certificate {serial} is on hold: its "
-                "operators' enrollment codes enroll once an RA officer lifts the hold "
-                f"(eport resume --serial {serial}); this code stays unused",
-                serial=serial,
-            )
+            raise held_enterprise_refusal(uscc, found[0].serial_hex)
 
     def _refuse_code(
         self, rec: EnrollmentCode | None, profile_name: str, now: datetime.datetime

@@ -65,6 +65,7 @@ from ca.records import (
     StatusState,
     code_refusal,
     credential_refusal,
+    held_enterprise_refusal,
     same_name_refusal,
     signer_refusal,
 )
@@ -524,6 +525,8 @@ class IssuanceWriter:
             self._refuse_second_credential(cur, item, rec.uscc)
         if item.sole_name:
             self._refuse_same_name(cur, item)
+        if item.enterprise_not_held and rec.uscc is not None:
+            self._refuse_held_enterprise(cur, item, rec.uscc)
         try:
             cur.execute(
                 self._insert_cert_sql,
@@ -566,6 +569,18 @@ class IssuanceWriter:
                 raise credential_refusal(
                     uscc, row[0], not_after, on_hold=row[2] is not None, renewing=item.signed_by
                 )
+
+    def _refuse_held_enterprise(self, cur: Any, item: IssuanceWrite, uscc: str) -> None:
+        """An operator's enrollment while its enterprise's legal-person credential is on
+        hold (:attr:`IssuanceWrite.enterprise_not_held`): decided here, as the status
+        changes are ordered with the groups (a hold appends to the log after them)."""
+        assert item.now is not None, "an enrollment carries its time"
+        now = self._dt(item.now)
+        for profile in item.enterprise_not_held:
+            cur.execute(self._credential_sql, (uscc, profile, now, "", StatusState.REVOKED.value))
+            for serial, _, state, issuer_id in cur.fetchall():
+                if state is not None and issuer_id not in item.void_issuers:
+                    raise held_enterprise_refusal(uscc, serial)
 
     def _refuse_same_name(self, cur: Any, item: IssuanceWrite) -> None:
         """The one-name rule of a member agency's staff (:attr:`IssuanceWrite.sole_name`),

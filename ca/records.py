@@ -417,6 +417,25 @@ class IssuanceWrite:
     revoked; one on hold counts) refuses the issuance where it is stored, with nothing of
     it stored (:func:`same_name_refusal`): two approvals of one name made before either
     enrolled are decided there, one at a time."""
+    enterprise_not_held: tuple[str, ...] = ()
+    """For an enrollment of an enterprise's operator: the profiles of the enterprise's
+    legal-person credential. One of the record's USCC on hold refuses the issuance where it
+    is stored, the code left unused (:func:`held_enterprise_refusal`): an enrollment
+    checked before a hold committed was issued after it (race probe, session 27)."""
+
+
+def held_enterprise_refusal(uscc: str, serial_hex: str) -> Conflict:
+    """The refusal of an operator's enrollment while its enterprise's legal-person
+    certificate ``serial_hex`` is on hold: a hold is the lost or stolen key's first answer,
+    and codes that key gave enrolled operators meanwhile (business rules probe, session
+    26). The code stays unused: it enrolls once the hold is lifted (a revocation withdraws
+    it)."""
+    return Conflict(
+        f"enterprise {uscc}'s legal-person certificate {serial_hex} is on hold: its "
+        "operators' enrollment codes enroll once an RA officer lifts the hold "
+        f"(eport resume --serial {serial_hex}); this code stays unused",
+        serial=serial_hex,
+    )
 
 
 def signer_refusal(serial: int, state: str) -> Forbidden:

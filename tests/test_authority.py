@@ -994,3 +994,31 @@ def test_invisible_characters_are_refused_in_every_name_field(  # type: ignore[n
             else:
                 ca.authorize_operator(ent, "Li Wei", f"E{ch}1")
     assert counts(sessions) == before
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["group-writer", "session"])
+def test_a_hold_committed_after_an_operator_code_was_checked_refuses_it(
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    grouped: bool,
+) -> None:
+    """An operator's enrollment checked its enterprise's hold before signing only: one
+    checked just before the hold committed was issued after it (race probe, session 27:
+    5 of 8 rounds). Decided where it is stored, on both write paths: refused, the code
+    unused, and it enrolls once the hold is lifted."""
+    ca, sessions, officer = env
+    ca.store._grouped = grouped
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    ent_caller, ent = enrolled_enterprise(ca, officer_caller, tmp_path, "Held Meanwhile Co.")
+    grant = ca.authorize_operator(ent_caller, "Li Wei", "H1")
+    Revocation(ca).suspend(officer_caller, ent.record.serial)
+    # the check before signing ran before the hold committed
+    monkeypatch.setattr(ca, "_refuse_held_enterprise", lambda *a: None)
+    before = counts(sessions)
+    with pytest.raises(Conflict, match=f"{ent.record.serial_hex} is on hold: .*stays unused"):
+        ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
+    assert counts(sessions) == before
+    Revocation(ca).resume(officer_caller, ent.record.serial)
+    op = ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
+    assert op.record.profile == "operator"
