@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
@@ -831,6 +831,9 @@ class _Logged:
     status: dict[str, tuple[int, Status | None]]
     """serial → (index of its last status entry, (state, reason, time, invalidity date)
     or None: good)"""
+    passed: dict[str, list[tuple[int, Status | None] | None]] = field(default_factory=dict)
+    """serial → every status the log gave it from a point on (None before any status
+    entry: good), for the serials :func:`verify_full` follows there"""
 
     def read(self, index: int, entry: bytes) -> None:
         kind_at = entry.rfind(b'"type":"')
@@ -852,6 +855,9 @@ class _Logged:
                     invalid = details.get("invalidity_date")
                     now = (state, details.get("reason"), doc["time"], invalid)
                 self.status[serial] = (index, now)
+                followed = self.passed.get(serial)
+                if followed is not None:
+                    followed.append((index, now))
 
 
 def facts_of(entry: bytes) -> bytes:
@@ -982,7 +988,11 @@ def _listed_status(row: Listed) -> Status | None:
 
 
 def _logged_status(serial: str, logged: _Logged, row: Listed) -> Status | None:
-    last = logged.status.get(serial)
+    return _as_listed(logged.status.get(serial), row)
+
+
+def _as_listed(last: tuple[int, Status | None] | None, row: Listed) -> Status | None:
+    """A status the log gave (:attr:`_Logged.status`), as the listing ``row`` spells one."""
     if last is None or last[1] is None:
         return None
     if len(row) <= 12:  # an older server lists no invalidity date: not compared
@@ -1059,6 +1069,12 @@ def verify_full(
         newer_note = client.get(f"{API}/checkpoint").content
         newer = verify_note(newer_note, key, "the newer checkpoint")
         check_consistent(client, cp, newer, "the checkpoint just verified")
+        # Every status each of them passed through from cp on: the listing was read
+        # after cp and before the newer checkpoint, so it shows one of them. The last
+        # alone was compared, and a status changed twice meanwhile (held, then resumed)
+        # was called tampering (race probe, session 27). A record that stays changed is
+        # still found: the next verification compares it with its own checkpoint.
+        logged.passed = {s: [logged.status.get(s)] for s in unexplained}
         for first, entries in fetch_entries(client, len(leaves), newer.size, lambda _n: None):
             read(first, entries)
         if auditproof.root_from_leaf_hashes(leaves) != newer.root_hash:
@@ -1069,9 +1085,12 @@ def verify_full(
                     f"certificate {serial} (SHA-256 {listed[serial][1]}) is in the "
                     "CA's listings but its issuance is not in the log"
                 )
-            problem = _check_listed(serial, listed[serial], logged) or status_problem(
-                serial, listed[serial], logged
-            )
+            problem = _check_listed(serial, listed[serial], logged)
+            row = listed[serial]
+            if problem is None and all(
+                _listed_status(row) != _as_listed(state, row) for state in logged.passed[serial]
+            ):
+                problem = status_problem(serial, row, logged)
             if problem is not None:
                 raise VerificationFailed(problem)
     for serial in sorted(logged.hashes.keys() - listed.keys(), key=logged.position.__getitem__):

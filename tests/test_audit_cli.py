@@ -1223,3 +1223,41 @@ def test_an_invalidity_date_is_compared_as_an_instant() -> None:
     other = (*row, "keyCompromise", since, None, "2026-11-20T08:00:01.250000+00:00")
     problem = status_problem("5e", other, logged)
     assert problem is not None and "invalid since 2026-11-20T08:00:01.250000+00:00" in problem
+
+
+def test_a_status_changed_twice_while_verifying_is_not_tampering(
+    server: Server, issued: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing is read after the checkpoint verified and before the newer one that
+    explains what changed meanwhile. A certificate put on hold before the listing and
+    resumed after it was called tampering: only the log's last status was compared
+    (race probe, session 27: 7 of 10 runs on a busy CA). Any status the log gave it
+    between the two checkpoints is what a listing read then may show."""
+    from cli import audit
+
+    d = server.dev / "auditors" / "customs"
+    pass_file = d / "DEV-ONLY-passphrase.txt"
+    ident = keyfiles.load_identity(d / "auditor.pem", d / "auditor.key", pass_file)
+    client = audit.AuditClient(server.url, ident)
+    key = audit.VerifierKey.parse(client.json(f"{audit.API}/log-key")["verifier_key"])
+    serial = issued[-1]["serial"]
+    officer = server.officer()
+    cp = audit.verify_note(client.get(f"{audit.API}/checkpoint").content, key, "the checkpoint")
+    server.eport("suspend", "--serial", serial, *officer)  # after cp, before the listing
+
+    lifted: list[str] = []
+
+    class Now:  # read here, in this thread; once the listing is read, the hold lifted
+        def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+            self.value = fn(*args)
+            if not args and not lifted:  # the listing: the one read with no arguments
+                lifted.append(server.eport("resume", "--serial", serial, *officer).stdout)
+
+        def result(self) -> Any:
+            return self.value
+
+    monkeypatch.setattr(audit, "Ahead", Now)
+    result, newer, _ = audit.verify_full(client, cp, key, events=False, progress=False)
+    assert newer.size >= cp.size + 2 and result.records_checked > 0  # both status entries
+    monkeypatch.undo()
+    verify(server, Path(str(server.data_dir)) / "state-twice.json", "--full")
