@@ -612,6 +612,14 @@ def status_json(change: StatusChange) -> dict[str, Any]:
         out["cascaded"] = [c.serial_hex for c in change.cascaded]
     if change.kept_by:
         out["enterprise_still_in_force"] = [c.serial_hex for c in change.kept_by]
+    ca_revoked = svc().authority.revoked_issuers.get(change.record.issuer_id)
+    if st is not None and ca_revoked is not None and ca_revoked.revoked_at < st.revoked_at:
+        # What OCSP, CRLs and eport status answer: revoked since its issuing CA was
+        # (revocation probe, session 27: the change's later time alone was said)
+        out["issuing_ca_revoked"] = {
+            "issuer": change.record.issuer_id,
+            "at": iso(ca_revoked.revoked_at),
+        }
     return out
 
 
@@ -671,8 +679,12 @@ def _listed_status(
     """A listed certificate's ``status`` (good, on-hold, revoked or expired) and, for the
     first two changes, ``since``: which of an enterprise's certificates is in force."""
     ca_revoked = svc().authority.revoked_issuers.get(rec.issuer_id)
-    if st is not None and st.state is StatusState.REVOKED:
+    own_first = ca_revoked is None or (st is not None and st.revoked_at <= ca_revoked.revoked_at)
+    if st is not None and st.state is StatusState.REVOKED and own_first:
         return {"status": "revoked", "since": iso(st.revoked_at)}
+    # Revoked with its issuing CA before any revocation of its own, as OCSP answers
+    # (ca.status.under_revoked_issuer): its own later one listed its time (revocation
+    # probe, session 27)
     if ca_revoked is not None:
         return {
             "status": "revoked",

@@ -2034,6 +2034,12 @@ def _status_text(doc: dict[str, Any]) -> str:
             f"\n  also revoked, the enterprise's {len(cascaded)} operator certificate"
             f"{'s' if len(cascaded) != 1 else ''}: {shown}{more}"
         )
+    issuing = doc.get("issuing_ca_revoked")
+    if isinstance(issuing, dict):
+        line += (
+            f"\n  its issuing CA {issuing.get('issuer')} was revoked at {issuing.get('at')}: "
+            "OCSP, CRLs and eport status answer it revoked since then"
+        )
     if doc.get("enterprise_still_in_force"):
         kept = ", ".join(doc["enterprise_still_in_force"])
         line += (

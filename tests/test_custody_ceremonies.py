@@ -456,6 +456,23 @@ def test_rollover_both_generations_validate_then_revoke_old(ceremony_ca) -> None
     )
     assert lifted.returncode == 1 and "(HTTP 409)" in lifted.stderr, lifted.stderr
     assert "its issuing CA enterprise was revoked on the root CRL" in lifted.stderr
+    # Revoked for a reason of its own after its CA was: said, and listed, as revoked
+    # since its CA was, as OCSP answers (revocation probe, session 27: the later time)
+    held_serial = format(cert_of(held).serial_number, "x")
+    officer = (*officer_args(out, "tax"),)
+    gone = srv.eport(
+        "revoke", "--serial", held_serial, "--reason", "affiliationChanged", *officer,
+        EPORT_PASSPHRASE="officer passphrase",
+    ).stdout  # fmt: skip
+    assert f"its issuing CA enterprise was revoked at {ca_revoked_at:%Y-%m-%dT%H:%M:%S}" in gone
+    (org,) = cert_of(held).subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_IDENTIFIER)
+    listing = srv.eport(
+        "cert", "list", "--uscc", str(org.value).removeprefix("NTRCN-"), *officer, "--json",
+        EPORT_PASSPHRASE="officer passphrase",
+    ).stdout  # fmt: skip
+    (row,) = [c for c in json.loads(listing)["certificates"] if c["serial"] == held_serial]
+    since = datetime.datetime.fromisoformat(row["since"].replace("Z", "+00:00"))
+    assert row["status"] == "revoked" and since == ca_revoked_at, row
     # A relying party asking eport status: the root's CRL says its CA is revoked.
     res = srv.eport("status", "--cert", str(old / "cert.pem"), "--json", check=False)
     assert res.returncode == 3  # eport status's exit status for revoked
