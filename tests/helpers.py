@@ -400,7 +400,9 @@ def add_operators_with_keys(
                 )
                 tx.add_application(app)
                 key = KeyType.P256.generate()
-                cert = ca.factory.issue(profile, issuer, key.public_key(), vetted, now)
+                cert = ca.factory.issue(
+                    profile, issuer, key.public_key(), vetted, now, authorization=app.id
+                )
                 rec = certificate_record(cert, issuer.id, profile.name, app, None)
                 tx.add_certificate(rec)
                 tx.append_event(

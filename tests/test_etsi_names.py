@@ -35,6 +35,8 @@ from ca.policy import Policies, load_policies
 from tests.conftest import Server
 
 REPO = Path(__file__).resolve().parent.parent
+APP = "app_" + "e" * 16
+"""A sample application id: an operator certificate names its authorization."""
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 VETTED = {
     "uscc": "91350100M000100Y43",
@@ -100,7 +102,7 @@ def issue(policies: Policies, pki: hierarchy.Hierarchy, profile_name: str) -> x5
     profile = policies.profile(profile_name)
     key = KeyType.P256.generate()
     return CertificateFactory().issue(
-        profile, pki.issuers[profile.issuer], key.public_key(), VETTED, NOW
+        profile, pki.issuers[profile.issuer], key.public_key(), VETTED, NOW, authorization=APP
     )
 
 

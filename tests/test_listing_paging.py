@@ -251,7 +251,9 @@ def test_a_certificate_committed_after_a_reader_passed_its_time_is_listed(
             "operator_id": "LATE1",
         }
         key = KeyType.P256.generate().public_key()
-        cert = ca.factory.issue(profile, issuer, key, vetted, now - EARLIER)
+        cert = ca.factory.issue(
+            profile, issuer, key, vetted, now - EARLIER, authorization="app_late0late0late0"
+        )
         rec = certificate_record(cert, issuer.id, profile.name, None)
     rec = dataclasses.replace(rec, uscc=uscc, created_at=now - EARLIER)
     cm = store.transaction()
