@@ -177,6 +177,7 @@ class StatusService:
                 )
         self._by_responder = {id(r): i for i, r in self.responders.items()}
         self._said_cannot_sign: dict[str, float] = {}
+        self._said_not_stored = -math.inf
         self._crl_lock = threading.Lock()
 
     # -- the status interface ---------------------------------------------------------------
@@ -275,24 +276,40 @@ class StatusService:
         begin = self.store.transaction
         if issuer_id in self.revoked_issuers:
             begin = getattr(self.store, "reading", None) or begin
-        with begin() as tx:
-            if len(info.cert_ids) == 1 and info.nonce is None:
-                cert_id = info.cert_ids[0]
-                if cert_id == responder.cert_id(cert_id.serial_number) and cert_id.null_parameters:
-                    try:
-                        return self._canonical(tx, responder, issuer_id, cert_id.serial_number, now)
-                    except ValueError as exc:
-                        return self._cannot_sign(issuer_id, exc)
-            answers = []
-            cert_hashes: dict[int, bytes] = {}
-            for cert_id in info.cert_ids:
-                serial = cert_id.serial_number
-                rec = tx.get_certificate(serial)
-                status = self._status(rec, tx.get_status(serial), issuer_id)
-                answers.append((cert_id, status))
-                digest = _recorded_hash(rec, issuer_id)
-                if digest is not None:
-                    cert_hashes[serial] = digest
+        signed: list[bytes] = []
+        try:
+            with begin() as tx:
+                if len(info.cert_ids) == 1 and info.nonce is None:
+                    cert_id = info.cert_ids[0]
+                    serial = cert_id.serial_number
+                    if cert_id == responder.cert_id(serial) and cert_id.null_parameters:
+                        try:
+                            signed.append(self._canonical(tx, responder, issuer_id, serial, now))
+                        except ValueError as exc:
+                            return self._cannot_sign(issuer_id, exc)
+                        return signed[0]
+                answers = []
+                cert_hashes: dict[int, bytes] = {}
+                for cert_id in info.cert_ids:
+                    serial = cert_id.serial_number
+                    rec = tx.get_certificate(serial)
+                    status = self._status(rec, tx.get_status(serial), issuer_id)
+                    answers.append((cert_id, status))
+                    digest = _recorded_hash(rec, issuer_id)
+                    if digest is not None:
+                        cert_hashes[serial] = digest
+        except Exception as exc:
+            # Signed from the committed status, but not stored (a full disk): the answer
+            # stands; only its reuse is lost. tryLater was answered to the common request
+            # with no nonce (emergency-plan probe, session 27).
+            full = storage_full_cause(exc) if signed else None
+            if full is None:
+                raise
+            tick = time.monotonic()
+            if tick - self._said_not_stored >= 60:
+                self._said_not_stored = tick
+                log.error("OCSP: the storage is full (%s); answers are signed, not stored", full)
+            return signed[0]
         try:
             until = now + self.policy.ocsp_validity
             return ocsp.build_response_multi(

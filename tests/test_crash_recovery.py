@@ -196,16 +196,16 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
             lines = cli.stderr.strip().splitlines()
             assert len(lines) == 1 and "storage is full" in lines[0] and "HTTP 507" in lines[0]
             # Relying parties: the last CRL signed (valid until its nextUpdate), not a 507
-            # problem a CRL client cannot read; OCSP answers in OCSP (tryLater) when it must
-            # sign and store, never with an HTTP problem.
+            # problem a CRL client cannot read; OCSP signs the answer it cannot store (it
+            # answered tryLater: emergency-plan probe, session 27), never an HTTP problem.
             crl = requests.get(crl_url, timeout=30)
             assert crl.status_code == 200 and crl.content == last_crl, crl.text[:200]
             issuer = x509.load_pem_x509_certificates((revoked / "chain.pem").read_bytes())[0]
             recent_cert = x509.load_pem_x509_certificate(recent.json()["certificate"].encode())
             revoked_cert = x509.load_pem_x509_certificate((revoked / "cert.pem").read_bytes())
             for cert, want in (
-                (recent_cert, xocsp.OCSPResponseStatus.TRY_LATER),  # no answer stored yet
-                (revoked_cert, xocsp.OCSPResponseStatus.SUCCESSFUL),  # signed at revocation
+                (recent_cert, xocsp.OCSPCertStatus.GOOD),  # no answer stored yet: signed
+                (revoked_cert, xocsp.OCSPCertStatus.REVOKED),  # signed at revocation
             ):
                 req = xocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
                 answer = requests.post(
@@ -216,8 +216,8 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
                 )
                 assert answer.status_code == 200, answer.text[:300]
                 parsed = xocsp.load_der_ocsp_response(answer.content)
-                assert parsed.response_status is want
-            assert parsed.certificate_status is xocsp.OCSPCertStatus.REVOKED
+                assert parsed.response_status is xocsp.OCSPResponseStatus.SUCCESSFUL
+                assert parsed.certificate_status is want
             assert_consistent(server)
 
             (small / "filler").unlink()
@@ -233,6 +233,7 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
     log = server.log.read_text()
     assert "storage full on POST /ca/v1/applications" in log
     assert "storage full on POST /ca/v1/enroll" in log
+    assert log.count("answers are signed, not stored") == 1  # once a minute at most
     assert "Traceback" not in log
     assert len(serials) >= 2
 
