@@ -25,6 +25,7 @@ import heapq
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,14 @@ from ca.authority import Caller
 from ca.checkpoint import verifier_key
 from ca.config import CAConfig
 from ca.crl import ReasonCode
-from ca.errors import BadRequest, Forbidden, NotFound, TokenCheckUnavailable, Unauthenticated
+from ca.errors import (
+    BadRequest,
+    EPortError,
+    Forbidden,
+    NotFound,
+    TokenCheckUnavailable,
+    Unauthenticated,
+)
 from ca.hierarchy import Hierarchy
 from ca.logentry import format_time
 from ca.models import CertificateRow, CertificateStatusRow, EventRow, LogEntryRow, LogNodeRow
@@ -283,6 +291,26 @@ def normalize_serial(text: str) -> str:
     return format(parse_serial(text), "x")
 
 
+_CERTIFICATE_ACTOR = re.compile(r"([a-z][a-z0-9-]*):((?:0[xX])?[0-9A-Fa-f:]+)")
+
+
+def _actor(text: str | None) -> str | None:
+    """An ``actor`` filter: a certificate holder's (``<profile>:<serial>``,
+    :func:`ca.authority.actor_of`) with its serial as ``serial`` reads one, in lower-case
+    hex: ``agency:5A00D3B6…``, as ``openssl x509 -serial`` prints it, found nothing, a
+    false all-clear when looking for what a compromised officer did (emergency-plan probe,
+    session 27). Any other actor as given."""
+    if text is None:
+        return None
+    found = _CERTIFICATE_ACTOR.fullmatch(text)
+    if found is None:
+        return text
+    try:
+        return f"{found[1]}:{normalize_serial(found[2])}"
+    except EPortError:
+        return text
+
+
 def parse_time(name: str, text: str) -> datetime.datetime:
     """An ISO 8601 date or date and time, UTC when it names no offset."""
     return iso_time(name, text, naive=datetime.UTC)
@@ -336,7 +364,7 @@ class EventFilter:
             subject=text("subject"),
             profile=text("profile"),
             issuer=text("issuer"),
-            actor=text("actor"),
+            actor=_actor(text("actor")),
             serial=normalize_serial(serial) if serial else None,
             since=start,
             until=end,

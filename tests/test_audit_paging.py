@@ -106,6 +106,40 @@ def test_an_empty_after_is_the_first_page(sqlite_server: Server) -> None:
     assert empty == plain
 
 
+def test_an_actor_s_serial_is_read_as_any_serial(sqlite_server: Server) -> None:
+    """``--actor agency:SERIAL`` with the serial as openssl prints it (upper case, with
+    colons or 0x) found nothing: a false all-clear when looking for what a compromised
+    officer did (emergency-plan probe, session 27). The serial reads as ``--serial``."""
+    from cryptography import x509
+
+    from tests.helpers import fresh_uscc
+
+    srv = sqlite_server
+    officer = x509.load_pem_x509_certificate(
+        (srv.dev / "officers" / "customs" / "officer.pem").read_bytes()
+    )
+    app = CAClient(srv.url).call(
+        "POST",
+        "/ca/v1/applications",
+        {"subject_class": "enterprise", "uscc": fresh_uscc(), "legal_name": "Actor Co."},
+    )
+    srv.eport("ra", "approve", app["id"], *srv.officer())
+    d = srv.dev / "auditors" / "customs"
+    ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
+    client = CAClient(srv.url)
+    hex_serial = format(officer.serial_number, "x")
+    spellings = [hex_serial, hex_serial.upper(), "0x" + hex_serial.upper(), ":".join(
+        hex_serial.zfill(len(hex_serial) + len(hex_serial) % 2)[i : i + 2]
+        for i in range(0, len(hex_serial) + len(hex_serial) % 2, 2)
+    ).upper()]  # fmt: skip
+    found = []
+    for spelled in spellings:
+        query = f"type=application.approved&actor=agency:{spelled}&limit=1000"
+        doc = client.call("GET", f"/ca/v1/audit/events?{query}", identity=ident)
+        found.append([e["log_index"] for e in doc["events"]])
+    assert found[0] and all(f == found[0] for f in found), (spellings, found)
+
+
 def pages_both_ways(url: str, flt: EventFilter, limit: int) -> tuple[list[Any], list[Any]]:
     """Every event of ``flt`` paged oldest first (``after``) and newest first (``before``,
     as the web view pages), by :func:`find_events` on the server's database."""
