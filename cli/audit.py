@@ -1079,6 +1079,16 @@ def verify_full(
             read(first, entries)
         if auditproof.root_from_leaf_hashes(leaves) != newer.root_hash:
             raise VerificationFailed(diagnose(client, newer, leaves))
+        if newer.size == cp.size:
+            # No newer checkpoint to explain them: the server signs none (its log key is
+            # missing: /ca/v1/health says), which is no proof of tampering; it was said
+            # as one (emergency-plan probe, session 27). Not verified, in those words.
+            raise CLIError(
+                f"cannot verify the {len(unexplained)} certificate records changed or "
+                f"issued after the log's newest checkpoint (size {cp.size}): the server "
+                "signs no newer one (is its log key missing? see /ca/v1/health); "
+                "the log up to that checkpoint verified"
+            )
         for serial in sorted(unexplained):
             if serial not in logged.hashes:
                 raise VerificationFailed(

@@ -235,6 +235,15 @@ def test_a_development_ca_serves_without_its_log_key_file(tmp_path: Path) -> Non
         enroll_enterprise(srv, tmp_path / "after")
         served = requests.get(srv.url + "/ca/v1/audit/checkpoint", timeout=10)
         assert served.status_code == 200 and served.content == signed.content
+        # A full verification cannot check what was issued after that checkpoint: said
+        # so, not as tampering (emergency-plan probe, session 27: "its issuance is not in
+        # the log", of an issuance that is)
+        res = srv.eport("audit", "verify", "--full", "--state", str(tmp_path / "s.json"),
+                        *srv.auditor(), check=False)  # fmt: skip
+        assert res.returncode == 1, res.stdout + res.stderr
+        line = res.stderr.strip().splitlines()[-1]
+        assert line.startswith("eport: error: cannot verify the 1 certificate records"), line
+        assert "signs no newer one (is its log key missing?" in line and "FAILED" not in line
         assert "Traceback" not in srv.log.read_text()
     finally:
         stop(proc)
