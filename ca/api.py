@@ -169,7 +169,7 @@ def health() -> Response:
     serving: still ready)."""
     from sqlalchemy import text
 
-    from ca.errors import SchemaMoved, database_unavailable_cause
+    from ca.errors import DatabaseDamaged, SchemaMoved, database_unavailable_cause
     from ca.privatefiles import sqlite_file, sqlite_files_lost
 
     s = svc()
@@ -186,6 +186,8 @@ def health() -> Response:
     if out["database"] == "ok":
         try:
             s.store.check_schema()  # as every write checks it (at most every few seconds)
+        except DatabaseDamaged:
+            pass  # its file deleted: said below
         except SchemaMoved as exc:
             # writes are refused (503 schema-upgraded): not ready, so a load balancer sends
             # them to a host of the release that upgraded the database

@@ -243,6 +243,17 @@ class SchemaMoved(EPortError):
     title = "The database was upgraded by another release"
 
 
+class DatabaseDamaged(EPortError):
+    """The server's SQLite database file (or its ``-wal``) was deleted while the server had
+    it open: what it would write goes into a file no later start reads (certificates
+    issued, then lost and never revocable: emergency-plan probe, session 27). It writes
+    nothing more; the database is restored (docs/emergency-plan.md, runbook 4)."""
+
+    status = 503
+    slug = "database-damaged"
+    title = "The database is damaged"
+
+
 class StorageFull(EPortError):
     """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
     ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can

@@ -1288,6 +1288,7 @@ class SchemaFence:
                 self._fenced = False  # no migrations here: nothing to follow
                 return
             raise
+        self._refuse_lost_file()
         if found and found != {head}:
             raise SchemaMoved(
                 f"the database is at schema revision {', '.join(sorted(found))}, not this "
@@ -1295,6 +1296,21 @@ class SchemaFence:
                 "so this server writes nothing more; stop it and start that release"
             )
         self._next = now + SCHEMA_CHECK_SECONDS
+
+    def _refuse_lost_file(self) -> None:
+        """:class:`~ca.errors.DatabaseDamaged` once the SQLite file written to was deleted
+        while this process had it open (:func:`ca.privatefiles.sqlite_files_lost`):
+        health said "damaged", and writes went on into the deleted file."""
+        from ca.errors import DatabaseDamaged
+        from ca.privatefiles import sqlite_file, sqlite_files_lost
+
+        path = sqlite_file(self.dbapi.engine().url)
+        lost = sqlite_files_lost(path) if path is not None else None
+        if lost is not None:
+            raise DatabaseDamaged(
+                f"{lost}: this server writes nothing more, as what it wrote would be lost; "
+                "restore the database (docs/emergency-plan.md, runbook 4)"
+            )
 
 
 class SqlStore:

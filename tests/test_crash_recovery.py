@@ -710,6 +710,27 @@ def test_a_deleted_wal_file_is_a_damaged_database_not_ok(tmp_path: Path, databas
         said = [w for w in doc["warnings"] if "was deleted while the server had it open" in w]
         assert said and "restore the database from a backup" in said[0], doc
         assert str(wal.resolve()) in said[0]
+        # Nothing more is written into the deleted file, to be lost with it (emergency-plan
+        # probe, session 27: certificates issued after health said "damaged", then never
+        # revocable): the writes are refused, each service's where its file went.
+        deadline = time.monotonic() + 10  # the schema fence looks every 2 s
+        while True:
+            if database == "eport.db":
+                body = {
+                    "subject_class": "enterprise",
+                    "uscc": fresh_uscc(),
+                    "legal_name": "Late Co.",
+                }
+                r = requests.post(server.url + "/ca/v1/applications", json=body, timeout=10)
+            else:  # a login opens a session
+                res = server.eport("login", *creds(ent), EPORT_CONFIG_DIR=str(cfg), check=False)
+                r = requests.Response()
+                r.status_code, r._content = (503 if res.returncode else 200), res.stderr.encode()
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert r.status_code == 503, (r.status_code, r.text[:300])
+        assert "was deleted while the server had it open: this server writes nothing" in r.text
     finally:
         stop(proc)
 
