@@ -491,9 +491,10 @@ def grant_roles() -> Response:
     refuse_non_json(request.mimetype, raw)  # 415 before the signature: its jti unspent
     caller = caller_principal(fresh=True)
     # 400: not I-JSON, NUL, a lone surrogate; a member it does not read (fuzzing probe 24)
-    data = only(json_object(raw), "a role grant", "operator_id", "roles")
+    data = only(json_object(raw), "a role grant", "operator_id", "roles", "authorization")
     op = data.get("operator_id")
     roles = data.get("roles")
+    authorization = data.get("authorization")
     if (
         not isinstance(op, str)
         or not op
@@ -501,9 +502,15 @@ def grant_roles() -> Response:
         or not all(isinstance(r, str) for r in roles)
     ):
         raise BadRequest("operator_id (string) and roles (list of strings) are required")
+    if authorization is not None and not isinstance(authorization, str):
+        raise BadRequest("authorization must be a string")
     known = frozenset(r.id for r in svc().access.roles)
-    stored = svc().tokens.grant_roles(caller, op, frozenset(roles), known)
-    return jsonify({"uscc": caller.uscc, "operator_id": stored, "roles": sorted(set(roles))})
+    bound = authorization if roles else None
+    stored = svc().tokens.grant_roles(caller, op, frozenset(roles), known, bound)
+    doc = {"uscc": caller.uscc, "operator_id": stored, "roles": sorted(set(roles))}
+    if bound is not None:
+        doc["authorization"] = bound
+    return jsonify(doc)
 
 
 @bp.get("/v1/events")

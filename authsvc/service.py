@@ -279,9 +279,11 @@ class AuthStore(ReplayStore, Protocol):
         by: str,
         at: datetime.datetime,
         event: AuthEvent | None = None,
+        authorization: str | None = None,
     ) -> None:
-        """Replace the operator's roles and add ``event`` in one transaction: of grants at
-        once, the last one's event is logged last (the last writer wins)."""
+        """Replace the operator's roles, for ``authorization``, and add ``event`` in one
+        transaction: of grants at once, the last one's event is logged last (the last
+        writer wins)."""
         ...
 
     def failures(
@@ -1033,12 +1035,18 @@ class TokenService:
     # -- operator roles -----------------------------------------------------------------------
 
     def grant_roles(
-        self, caller: Principal, operator_id: str, roles: frozenset[str], known: frozenset[str]
+        self,
+        caller: Principal,
+        operator_id: str,
+        roles: frozenset[str],
+        known: frozenset[str],
+        authorization: str | None = None,
     ) -> str:
-        """Replace the roles of the caller's operator ``operator_id``; returns the id as
-        stored (:func:`ca.authority.operator_id_of`, the CA's rule for the id). The id
-        need not be enrolled yet: an enterprise may grant roles before its operator's
-        certificate is issued."""
+        """Replace the roles of the caller's operator ``operator_id``, for its
+        ``authorization`` (the dnQualifier of its certificates: the CA's current
+        authorization of the id, which ``eport roles grant`` reads from the CA); returns
+        the id as stored (:func:`ca.authority.operator_id_of`, the CA's rule for the id).
+        The operator need not be enrolled yet. No roles (a clear) need no authorization."""
         if caller.subject_class is not SubjectClass.ENTERPRISE or caller.uscc is None:
             raise Forbidden("only the enterprise's legal-person certificate grants operator roles")
         from ca.authority import operator_id_of
@@ -1049,22 +1057,35 @@ class TokenService:
             raise BadRequest(
                 f"unknown role {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
             )
+        if roles and not authorization:
+            # For the authorization it is granted to: a grant bound at its first use went
+            # to whoever used it first, the next person given a departed operator's id
+            # included (roles probe, session 27)
+            raise BadRequest(
+                "authorization is required: the operator's current authorization, as "
+                "GET /ca/v1/operators/authorization?operator_id=ID answers it (eport roles "
+                "grant asks it)"
+            )
         now = self.clock()
         event = AuthEvent(
             "roles.granted",
             now,
             caller.subject,
-            detail={"operator_id": operator_id, "roles": sorted(roles)},
+            detail={"operator_id": operator_id, "roles": sorted(roles)}
+            | ({"authorization": authorization} if authorization else {}),
         )
-        self.store.set_roles(caller.uscc, operator_id, roles, caller.subject, now, event)
+        self.store.set_roles(
+            caller.uscc, operator_id, roles, caller.subject, now, event, authorization
+        )
         return operator_id
 
     def roles_of(self, p: Principal) -> frozenset[str]:
         """The roles the enterprise granted the operator ``p`` (none for any other class):
-        those of its grant, if not bound to another authorization of the operator id than
-        ``p``'s (a grant is bound to the first one it is used by after it is made; the
-        store logs ``roles.bound``). An enterprise that gives a departed operator's id to
-        someone else, or that ceased and applied again, grants roles again."""
+        those of its grant, if granted to ``p``'s authorization (the next person given a
+        departed operator's id, or the operators of an enterprise that ceased and applied
+        again, have none until granted them); a grant of an earlier release, made before
+        grants named their authorization, is bound at its first use by a certificate that
+        names one (the store logs ``roles.bound``)."""
         if p.subject_class is not SubjectClass.OPERATOR or not p.uscc or not p.operator_id:
             return frozenset()
         event = None

@@ -348,11 +348,13 @@ class SqlAuthStore:
         event: AuthEvent | None = None,
     ) -> frozenset[str]:
         """The roles of the operator ``operator_id`` of ``uscc`` under ``authorization``
-        (its certificate's: :func:`ca.policy.authorization_of`). A grant not bound yet
-        is bound to it here, with ``event`` in the same transaction; a grant bound to
-        another authorization gives none (an earlier holder of the id, or of the USCC's
-        operators before a cessation). A certificate naming none (issued before
-        authorizations were named) gets only a grant not bound yet."""
+        (its certificate's: :func:`ca.policy.authorization_of`). A grant is for the
+        authorization it was granted to: another (a later holder of the id, or of the
+        USCC's operators after a cessation) gets none. A certificate naming none was issued
+        before authorizations were named; in force (as every caller here is), it is of the
+        id's current authorization, the one a grant since names. A grant of an earlier
+        release names none: bound here to the first certificate that names one, with
+        ``event`` in the same transaction."""
         with self._read() as s:
             row = s.get(OperatorRolesRow, (uscc, operator_id))
             if row is None:
@@ -377,7 +379,7 @@ class SqlAuthStore:
                 if row is None:
                     return frozenset()
                 roles, bound = row.roles, row.bound_authorization
-        if bound is not None and bound != authorization:
+        if bound is not None and authorization is not None and bound != authorization:
             return frozenset()
         return frozenset(json.loads(roles))
 
@@ -389,6 +391,7 @@ class SqlAuthStore:
         by: str,
         at: datetime.datetime,
         event: AuthEvent | None = None,
+        authorization: str | None = None,
     ) -> None:
         values = {
             "uscc": uscc,
@@ -402,9 +405,8 @@ class SqlAuthStore:
             # grants on two hosts at once do not collide on the primary key (HTTP 500),
             # and the upsert's row lock orders the grants, so the last roles.granted
             # event (by id) is the grant the operator holds: the last writer wins.
-            # A grant (again) is for whoever holds the operator id when it is next used:
-            # bound at that login (get_roles).
-            values["bound_authorization"] = None
+            # A grant is for the authorization it names (get_roles)
+            values["bound_authorization"] = authorization
             stmt = upsert(s, OperatorRolesRow, values, ["uscc", "operator_id"])
             s.execute(stmt.do_update(["roles", "granted_by", "granted_at", "bound_authorization"]))
             if event is not None:

@@ -563,6 +563,27 @@ def pending_operators() -> Response:
     return jsonify({"operators": rows, "next": apps[-1].id if more else None})
 
 
+@bp.get("/operators/authorization")
+def operator_authorization() -> Response:
+    """The calling enterprise's current authorization of ``operator_id`` (enterprise
+    signed): what ``eport roles grant`` binds a grant to."""
+    from ca.policy import authorization_label
+
+    caller = signed_caller()
+    operator_id = request.args.get("operator_id")
+    if not operator_id:
+        raise BadRequest("operator_id is required")
+    app = svc().authority.operator_authorization(caller, operator_id)
+    return jsonify(
+        {
+            "operator_id": app.vetted.get("operator_id"),
+            "application": app.id,
+            "authorization": authorization_label(app.id),
+            "authorized_at": iso(app.created_at),
+        }
+    )
+
+
 @bp.post("/operators/<app_id>/withdraw")
 def withdraw_operator(app_id: str) -> Response:
     """The enterprise withdraws an operator authorization before the operator enrolled:

@@ -654,6 +654,25 @@ class JointCA:
         with self.store.reading() as tx:
             return tx.operators_not_enrolled(caller.uscc, after, limit)
 
+    def operator_authorization(self, caller: Caller, operator_id: str) -> Application:
+        """The calling enterprise's current authorization of ``operator_id``: its latest
+        operator application still approved (the one a certificate of the id is issued,
+        or will be, on). What a role grant is bound to (``eport roles grant``): roles are
+        the enterprise's grant to one authorization, never to the next person given the
+        id. :class:`NotFound` for an id the enterprise has not authorized."""
+        self._require(caller, SubjectClass.ENTERPRISE)
+        assert caller.uscc is not None
+        clean_id = operator_id_of(operator_id)
+        with self.store.reading() as tx:
+            apps = tx.operator_applications(caller.uscc, clean_id)
+        approved = [a for a in apps if a.state is ApplicationState.APPROVED]
+        if not approved:
+            raise NotFound(
+                f"enterprise {caller.uscc} has no authorization of operator {clean_id}: "
+                f'authorize it first (eport operator add --id {clean_id} --name "…")'
+            )
+        return max(approved, key=lambda a: (a.created_at, a.id))
+
     def last_codes(self, app_ids: list[str]) -> dict[str, EnrollmentCode]:
         """The code given last to each of ``app_ids`` that has one."""
         with self.store.reading() as tx:

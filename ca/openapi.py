@@ -259,6 +259,20 @@ def openapi_document() -> dict[str, Any]:
                     ],
                 ),
             },
+            "/ca/v1/operators/authorization": {
+                "get": _op(
+                    "The calling enterprise's current authorization of an operator id "
+                    "(operator_id, application, authorization: the dnQualifier of its "
+                    "certificates, authorized_at); 404 for an id not authorized",
+                    signed=True,
+                    params=[
+                        {
+                            **_q("operator_id", "the operator id (eport operator add --id)"),
+                            "required": True,
+                        }
+                    ],
+                )
+            },
             "/ca/v1/operators/{app_id}/withdraw": {
                 "post": _op(
                     "Withdraw an operator authorization before the operator enrolled "

@@ -421,7 +421,11 @@ def serve(
                 click.secho(f"WARNING: {notice}", fg="yellow", err=True)
     if hierarchy.exists(data_dir):
         _prelint_templates(cfg)
-        if auth_cfg is not None:  # its keys' table is as the first release made it
+        from ca.devinit import PASSPHRASE_FILE, dev_dir
+
+        # its keys' table is as the first release made it; a development CA whose dev/
+        # is missing (a restored one) is told so where its files are checked, below
+        if auth_cfg is not None and (not dev or (dev_dir(data_dir) / PASSPHRASE_FILE).is_file()):
             keys_checked = _check_auth_keys(auth_cfg, key_passphrase(auth_cfg), early=True)
     _say_upgrades(cfg.sqlalchemy_url, auth_url)
     # The token service's schema first: its database may be the one that cannot be
@@ -2817,6 +2821,14 @@ operator_id_option = click.option(
     required=True,
     help="A role from policies/access.toml; repeat for several. Replaces earlier grants.",
 )
+@click.option(
+    "--ca-server",
+    envvar="EPORT_CA_SERVER",
+    default=None,
+    metavar="URL",
+    help="The CA's base URL, asked for the operator's current authorization, when the "
+    "token service is served apart from it (env EPORT_CA_SERVER; default: --server).",
+)
 @identity_options("enterprise (legal person)")
 @json_option
 @pass_ctx
@@ -2824,6 +2836,7 @@ def roles_grant(
     ctx: Ctx,
     operator_id: str,
     roles: tuple[str, ...],
+    ca_server: str | None,
     cert_file: Path,
     key_file: Path,
     passphrase_file: Path | None,
@@ -2835,12 +2848,37 @@ def roles_grant(
       eport roles grant --operator E1024 --role declaration --cert ent/cert.pem --key ent/key.pem
         (repeat --role for several roles; the operator then has exactly those given)
     """
+    from urllib.parse import quote
+
     ident = keyfiles.load_identity(cert_file, key_file, passphrase_file)
-    doc = ctx.client().call(
-        "POST", "/auth/v1/roles", {"operator_id": operator_id, "roles": list(roles)}, ident
-    )
+    client = ctx.client()
+    # The grant is for the operator's current authorization, as the CA has it: never for
+    # the next person the enterprise gives the id (the token service reads no CA tables)
+    ca = CAClient(ca_server.rstrip("/")) if ca_server else client
+    try:
+        current = ca.call(
+            "GET", f"/ca/v1/operators/authorization?operator_id={quote(operator_id, safe='')}",
+            None, ident,
+        )  # fmt: skip
+    except ForeignAnswer as exc:
+        if ca_server or exc.status != 404:
+            raise
+        raise CLIError(
+            f"{exc}; a token service served apart from the CA: give the CA's URL too "
+            "(--ca-server URL or EPORT_CA_SERVER), which names the operator's authorization"
+        ) from None
+    body = {
+        "operator_id": operator_id,
+        "roles": list(roles),
+        "authorization": current["authorization"],
+    }
+    doc = client.call("POST", "/auth/v1/roles", body, ident)
     emit(
-        as_json, doc, f"Operator {operator_id} of {doc['uscc']} now has: {', '.join(doc['roles'])}"
+        as_json,
+        doc,
+        f"Operator {operator_id} of {doc['uscc']} now has: {', '.join(doc['roles'])}\n"
+        f"  for its authorization {current['application']} of {current['authorized_at']}; "
+        "another person given the id later has none",
     )
 
 

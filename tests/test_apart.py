@@ -280,7 +280,12 @@ def test_a_status_fault_is_a_503_not_a_verdict(tmp_path: Path) -> None:
         code = grant["enrollment_code"]
         jrun(ca_srv, "enroll", "--code", code, "--profile", "operator", "--out", str(op))
         svc = enroll_service(ca_srv, tmp_path)
-        jrun(auth, "roles", "grant", "--operator", "R1", "--role", "declaration", *creds(ent))
+        # the CA's URL beside the token service's: the grant names the operator's authorization
+        alone = auth.eport("roles", "grant", "--operator", "R1", "--role", "declaration",
+                           *creds(ent), check=False)  # fmt: skip
+        assert alone.returncode == 1 and "(--ca-server URL or EPORT_CA_SERVER)" in alone.stderr
+        auth.eport("roles", "grant", "--operator", "R1", "--role", "declaration", *creds(ent),
+                   EPORT_CA_SERVER=ca_srv.url)  # fmt: skip
         cfg = str(tmp_path / "cfg")
         auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg)
         token = auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg).stdout.strip()

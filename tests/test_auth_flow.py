@@ -888,8 +888,10 @@ def test_roles_stay_with_the_operator_they_were_granted_to(
     """Roles were kept per operator id alone, so the next person the enterprise gave a
     departed operator's id got that operator's roles (business rules probe, session 26).
     An operator certificate names its authorization (dnQualifier: the application id);
-    renewals keep it, the id authorized again gets another, and a grant is bound to the
-    first authorization that uses it: the successor has no roles until granted them."""
+    renewals keep it, the id authorized again gets another, and a grant names the
+    authorization it is for (eport roles grant reads the current one from the CA): the
+    successor has no roles until granted them, even from a grant its predecessor never
+    used (roles probe, session 27: a grant bound at its first use went to the successor)."""
     from cryptography.x509.oid import NameOID
 
     from tests.helpers import grant_roles
@@ -915,15 +917,27 @@ def test_roles_stay_with_the_operator_they_were_granted_to(
         )
 
     assert "app_" + authorization(old) == first["application"]["id"]
-    grant_roles(srv, ent, "RE1", "declaration")
+    granted = jrun(srv, "roles", "grant", "--operator", "RE1", "--role", "declaration",
+                   *creds(ent))  # fmt: skip
+    assert granted["authorization"] == authorization(old), granted
     assert "declaration:submit" in (scopes(old, tmp_path / "a") or [])
+    # A grant that is never used before its holder leaves (below: RE2)
+    never = jrun(srv, "operator", "add", "--name", "Zhao Yi", "--id", "RE2", *creds(ent))
+    unused = tmp_path / "unused"
+    jrun(srv, "enroll", "--code", never["enrollment_code"], "--profile", "operator",
+         "--out", str(unused))  # fmt: skip
+    grant_roles(srv, ent, "RE2", "declaration")
+    # An id the enterprise has not authorized gets no grant: nothing to bind it to
+    res = srv.eport("roles", "grant", "--operator", "NOBODY9", "--role", "declaration",
+                    *creds(ent), check=False)  # fmt: skip
+    assert res.returncode == 1 and "has no authorization of operator NOBODY9" in res.stderr
     # A renewal is the same authorization: it keeps the roles.
     new = tmp_path / "renewed"
     jrun(srv, "renew", *creds(old), "--out", str(new))
     assert authorization(new) == authorization(old)
     assert "declaration:submit" in (scopes(new, tmp_path / "b") or [])
     # The operator leaves; the id is given to someone else.
-    for d in (old, new):
+    for d in (old, new, unused):
         jrun(srv, "revoke", "--serial", serial_of(d), "--reason", "affiliationChanged",
              *creds(ent))  # fmt: skip
     second = jrun(srv, "operator", "add", "--name", "Sun Li", "--id", "RE1", *creds(ent))
@@ -932,6 +946,11 @@ def test_roles_stay_with_the_operator_they_were_granted_to(
          "--out", str(successor))  # fmt: skip
     assert authorization(successor) != authorization(old)
     assert scopes(successor, tmp_path / "c") is None  # the portal only, as any operator
+    again = jrun(srv, "operator", "add", "--name", "Qian Er", "--id", "RE2", *creds(ent))
+    heir = tmp_path / "heir"
+    jrun(srv, "enroll", "--code", again["enrollment_code"], "--profile", "operator",
+         "--out", str(heir))  # fmt: skip
+    assert scopes(heir, tmp_path / "e") is None  # RE2's grant was never used: still not theirs
     # The enterprise grants them again: now the successor's.
     grant_roles(srv, ent, "RE1", "declaration")
     assert "declaration:submit" in (scopes(successor, tmp_path / "d") or [])

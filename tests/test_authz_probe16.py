@@ -233,7 +233,9 @@ def test_a_revoked_or_held_caller_fails_to_authenticate(srv: Server, tmp_path: P
     # /auth/v1/: a 401 problem, not an OAuth error.
     held = enroll_enterprise(srv, tmp_path, "Held Co.")
     gone = enroll_enterprise(srv, tmp_path, "Gone Co.")
-    roles = json.dumps({"operator_id": "A1", "roles": ["declaration"]}).encode()
+    roles = json.dumps(
+        {"operator_id": "A1", "roles": ["declaration"], "authorization": "a1a1"}
+    ).encode()
 
     def grant_roles() -> requests.Response:
         return signed(srv, held, "POST", "/auth/v1/roles", roles, "application/json")
@@ -263,7 +265,9 @@ def test_a_role_grant_asks_the_ca_now_not_the_status_cache(srv: Server, tmp_path
     enterprise that had just granted kept granting for two seconds after its
     keyCompromise (race probe, session 24)."""
     ent = enroll_enterprise(srv, tmp_path, "Cached Co.")
-    roles = json.dumps({"operator_id": "C1", "roles": ["declaration"]}).encode()
+    roles = json.dumps(
+        {"operator_id": "C1", "roles": ["declaration"], "authorization": "c1c1"}
+    ).encode()
     for _ in range(6):  # every worker has the certificate's status (good) cached now
         r = signed(srv, ent, "POST", "/auth/v1/roles", roles, "application/json")
         assert r.status_code == 200, r.text
@@ -273,7 +277,9 @@ def test_a_role_grant_asks_the_ca_now_not_the_status_cache(srv: Server, tmp_path
         json.dumps({"operator_id": "C1", "roles": [], "role": ["manifest"]}).encode(),
         "application/json",
     )  # fmt: skip
-    assert r.status_code == 400 and "takes operator_id, roles; not 'role'" in r.text, r.text
+    assert (
+        r.status_code == 400 and "takes operator_id, roles, authorization; not 'role'" in r.text
+    ), r.text
     body = json.dumps({"reason": "keyCompromise"}).encode()
     r = signed(
         srv, ent, "POST", f"/ca/v1/certificates/{serial(ent)}/revoke", body, "application/json"

@@ -75,7 +75,9 @@ def test_a_token_service_s_host_is_backed_up_and_restored(
         op = tmp_path / "op"
         code = grant["enrollment_code"]
         jrun(ca_srv, "enroll", "--code", code, "--profile", "operator", "--out", str(op))
-        jrun(auth, "roles", "grant", "--operator", "B1", "--role", "declaration", *creds(ent))
+        # the CA's URL beside the token service's: the grant names the operator's authorization
+        auth.eport("roles", "grant", "--operator", "B1", "--role", "declaration", *creds(ent),
+                   EPORT_CA_SERVER=ca_srv.url)  # fmt: skip
         cfg = str(tmp_path / "cfg")
         auth.eport("login", *creds(op), EPORT_CONFIG_DIR=cfg)
         token = auth.eport("token", "--service", SERVICE, EPORT_CONFIG_DIR=cfg).stdout.strip()

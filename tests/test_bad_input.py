@@ -269,7 +269,7 @@ def test_bodies_not_sent_as_json_are_415(world: World) -> None:
         (f"/ca/v1/ra/applications/{app_id}/reject", {"reason": "x"}, world.officer, 200),
         (
             "/auth/v1/roles",
-            {"operator_id": "op-415", "roles": ["data-entry"]},
+            {"operator_id": "op-415", "roles": ["data-entry"], "authorization": "a415"},
             world.enterprise,
             200,
         ),

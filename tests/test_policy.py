@@ -210,6 +210,16 @@ def test_weak_key_type_after_good_ones_is_located(policy_dir: Path) -> None:
     refused(policy_dir, path, "key_types[2]")
 
 
+def test_an_operator_profile_must_name_its_authorization(policy_dir: Path) -> None:
+    """An operator.toml kept from an earlier release, without the dnQualifier of its
+    authorization, was accepted: its operators' certificates named none, and roles went
+    by the bare operator id again (roles probe, session 27). Refused at load."""
+    path = policy_dir / "profiles" / "operator.toml"
+    edit(path, lambda text: text.replace('  ["dnQualifier", "{authorization}"],\n', ""))
+    err = refused(policy_dir, path, "subject")
+    assert '["dnQualifier", "{authorization}"]' in str(err)
+
+
 def test_empty_key_types_refused(policy_dir: Path) -> None:
     path = policy_dir / "profiles" / "operator.toml"
     edit(path, sub(r"^key_types = .*$", "key_types = []"))

@@ -640,7 +640,10 @@ def test_an_operator_s_first_role_grants_on_both_hosts_at_once(hosts: Hosts) -> 
         op = f"op-{os.urandom(6).hex()}-{round_}"
         calls: list[Callable[[], Any]] = [
             lambda s=s, r=r, o=op: signed_post(
-                s, "/auth/v1/roles", {"operator_id": o, "roles": r}, ident
+                s,
+                "/auth/v1/roles",
+                {"operator_id": o, "roles": r, "authorization": "a" * 16},
+                ident,
             )
             for r in choices
             for s in hosts.both()
