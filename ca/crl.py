@@ -332,6 +332,18 @@ def _signature_algorithm(key_type: KeyType) -> asn1_algos.SignedDigestAlgorithm:
     )
 
 
+def next_crl_number(last: int, now: datetime) -> int:
+    """The cRLNumber after ``last`` (RFC 5280 §5.2.3: monotonically increasing): one more,
+    and at least ``now`` in milliseconds since the epoch. A restore brings back an older
+    database, whose last number is behind the CRLs already published after it: counted
+    from it alone, the next CRL took a number a different CRL already had (emergency-plan
+    probe, session 27: two root CRLs numbered 2). Numbered by the clock as well, a CRL
+    signed after a restore is numbered above every one signed before it (as Let's
+    Encrypt numbers its CRLs by time), unless more than one a millisecond were signed
+    then. 13 digits now: far below the 20 octets a cRLNumber may have."""
+    return max(last + 1, int(now.timestamp() * 1000))
+
+
 def _check_crl_number(value: int, what: str) -> None:
     if type(value) is not int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from ca import active_signature, hierarchy, translog
 from ca.authority import certificate_record
 from ca.ceremony_files import FileChanges
-from ca.crl import ReasonCode, RevokedEntry, build_crl
+from ca.crl import ReasonCode, RevokedEntry, build_crl, next_crl_number
 from ca.custody import Purpose
 from ca.errors import BadRequest, Conflict, NotFound
 from ca.issuance import IssuingCA
@@ -198,16 +198,16 @@ def next_root_crl(
     sql: Any, root: IssuingCA, data_dir: Path, now: datetime.datetime
 ) -> tuple[bytes, int, list[RevokedEntry]]:
     """The next root CRL (DER), signed by ``root`` inside the SQL transaction ``sql``: every
-    revoked issuing CA, numbered one above both the database's and ``ca/root.crl``'s
-    (RFC 5280 §5.2.3), valid :data:`~ca.hierarchy.ROOT_CRL_VALIDITY` (or to the root's own
-    end, if that comes first); the database's CRL
-    state records it. The caller writes the file (before the transaction commits)."""
+    revoked issuing CA, numbered above both the database's and ``ca/root.crl``'s
+    (:func:`ca.crl.next_crl_number`), valid :data:`~ca.hierarchy.ROOT_CRL_VALIDITY` (or
+    to the root's own end, if that comes first); the database's CRL state records it.
+    The caller writes the file (before the transaction commits)."""
     d = hierarchy.ca_dir(data_dir)
     current = x509.load_der_x509_crl((d / "root.crl").read_bytes())
     on_disk = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     sql.ensure_crl_state("root")
     state = sql.crl_state("root", for_update=True)
-    number = max(int(state.crl_number), int(on_disk)) + 1
+    number = next_crl_number(max(int(state.crl_number), int(on_disk)), now)
     now = now.replace(microsecond=0)
     entries = [
         RevokedEntry(

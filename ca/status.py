@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca import ocsp
-from ca.crl import ReasonCode, RevokedEntry, build_crl
+from ca.crl import ReasonCode, RevokedEntry, build_crl, next_crl_number
 from ca.errors import Sealed, database_unavailable_cause, storage_full_cause
 from ca.issuance import IssuingCA
 from ca.ocsp import CertStatus, Good, OnHold, Revoked, Unknown
@@ -517,7 +517,7 @@ class StatusService:
             state = tx.crl_state(issuer_id, for_update=True)
             if self._fresh(state, now):  # another process signed it meanwhile
                 return bytes(state.der)
-            number = int(state.crl_number) + 1
+            number = next_crl_number(int(state.crl_number), self.clock())  # ms: not `now`
             try:
                 der = build_crl(
                     issuer.certificate,

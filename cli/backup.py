@@ -788,6 +788,22 @@ def restore_command(
                 "`eport serve` starts SEALED: M custodians unseal it (`eport ca unseal`, "
                 "docs/emergency-plan.md runbook 1)"
             )
+        if lost:
+            # A ceremony is logged: what was lost after the backup may have been one, and
+            # the restored ca/ is as it was before it (emergency-plan probe, session 27: a
+            # REVOKE-INTERMEDIATE undone without a word, its issuing CA active again)
+            steps.append(
+                "the lost entries may hold ceremonies (a REVOKE-INTERMEDIATE, a rotation, a "
+                "re-share, ROOT-CRL, REPLACE-LOG-KEY): ca/ is as the backup left it. Ask the "
+                "auditors for the lost entries' ceremony.completed events (or the "
+                "custodians), and do each again once unsealed, a revocation first; the "
+                "root CRL published since is numbered above the next one (docs/emergency-"
+                "plan.md runbook 4)"
+            )
+        steps.append(
+            "tokens: a token-signing key withdrawn since the backup (`eport auth rotate-keys "
+            "--compromised`) is back: withdraw it again (docs/emergency-plan.md runbook 10)"
+        )
         steps.append("`eport audit verify --full --since CHECKPOINT` against the restored server")
         data["next"] = steps
         lines += ["Next:", *(f"  {step}" for step in steps)]

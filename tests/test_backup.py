@@ -385,6 +385,9 @@ def test_restore_never_runs_under_a_server_nor_shrinks_the_log_in_place(tmp_path
         certificates = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
     res = restore(archive, data, "--force", "--accept-loss", "--json")
     assert json.loads(res.stdout)["lost_entries"] == in_place - backed
+    # what the lost entries may have held, ceremonies included (emergency-plan probe, s27)
+    steps = json.loads(res.stdout)["next"]
+    assert any("the lost entries may hold ceremonies" in step for step in steps), steps
     assert "Removed the staging left by an interrupted restore" in res.stderr
     assert not stale.exists() and other.exists()
     # What --force replaced is kept beside it, its WAL's commits too, not deleted: the

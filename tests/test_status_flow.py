@@ -809,6 +809,33 @@ def test_crl_numbers_never_reused_across_processes(sqlite_server: Server, tmp_pa
     assert {int(serial_of(d), 16) for d in ents} <= by_number[-1][1]
 
 
+def test_a_crl_number_is_not_reused_after_a_restore(sqlite_server: Server, tmp_path: Path) -> None:
+    """A restored database holds an older CRL number than the CRLs published after the
+    backup: counted from it alone, the next CRL took a number a different CRL had
+    (emergency-plan probe, session 27: two root CRLs numbered 2). Numbers follow the
+    clock as well (ca.crl.next_crl_number), so the next CRL is numbered above them."""
+    import sqlite3
+
+    server = sqlite_server
+    url = f"{server.url}/crl/enterprise.crl"
+
+    def number(der: bytes) -> int:
+        crl = x509.load_der_x509_crl(der)
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+    ent = enroll_enterprise(server, tmp_path, "Restored Numbers Co.")
+    jrun(server, "revoke", "--serial", serial_of(ent), "--reason", "superseded", *server.officer())
+    published = requests.get(url, timeout=30).content
+    with sqlite3.connect(server.data_dir / "eport.db") as conn:  # as an older backup had it
+        conn.execute("UPDATE crl_state SET crl_number = 1 WHERE issuer_id = 'enterprise'")
+    other = enroll_enterprise(server, tmp_path, "After The Restore Co.")
+    jrun(
+        server, "revoke", "--serial", serial_of(other), "--reason", "superseded", *server.officer()
+    )
+    after = requests.get(url, timeout=30).content
+    assert after != published and number(after) > number(published) > 2
+
+
 def test_status_says_expired_for_a_good_but_expired_certificate(
     sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
