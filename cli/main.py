@@ -935,6 +935,17 @@ def application_show(ctx: Ctx, app_id: str, as_json: bool) -> None:
     lines = [f"Application {doc['id']} ({doc['subject_class']}): {state} since {since}"]
     if state == "rejected":
         lines.append(f"  reason: {doc['reason']}")
+    elif state == "approved" and doc["subject_class"] == "operator":
+        # An enterprise's authorization: its code comes from the enterprise, never from
+        # an RA officer, who is refused (roles probe, session 27)
+        lines.append(
+            "  enroll with the code your enterprise gave you (eport enroll --code CODE "
+            "--profile operator ...), unless a certificate was issued on it already"
+        )
+        lines.append(
+            "  for a lapsed, lost or withdrawn code, the enterprise authorizes you again "
+            '(eport operator add --id ID --name "…"), which gives a new one'
+        )
     elif state == "approved":
         # The answer does not say whether its code was used: both cases are named
         lines.append(

@@ -435,6 +435,15 @@ def test_the_applicant_sees_where_its_application_stands(server: Server) -> None
     )
     too_long = requests.get(f"{server.url}/ca/v1/applications/{'a' * 500}", timeout=10)
     assert too_long.status_code == 404
+    # An operator's authorization: its code comes from the enterprise, and an RA officer
+    # is refused a new one (the show said to ask an officer: roles probe, session 27)
+    from tests.helpers import enroll_enterprise
+
+    ent = enroll_enterprise(server, Path(server.data_dir).parent / "show-ent", "Show Co.")
+    op = jrun(server, "operator", "add", "--name", "Show Op", "--id", "SH1", *creds(ent))
+    shown = server.eport("application", "show", op["application"]["id"]).stdout
+    assert "the code your enterprise gave you" in shown and "eport operator add" in shown
+    assert "RA officer" not in shown and "ra new-code" not in shown, shown
 
 
 def test_a_lost_code_is_replaced(server: Server, tmp_path: Path) -> None:
