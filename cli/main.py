@@ -1100,9 +1100,14 @@ _REFUSED_UNSIGNED = frozenset(
         "issuer-unavailable",
         "issuer-expired",
         "schema-upgraded",
+        "storage-full",
+        "database-damaged",
     )
 )
-"""Problems the CA answers before it signs anything: no certificate can have been issued."""
+"""Problems the CA answers before it signs anything, or before anything of the issuance
+is stored (a full disk rolls the issuance back whole; a damaged database writes
+nothing): no certificate can have been issued. A 507 said the CA "may have issued the
+certificate" (emergency-plan probe, session 27)."""
 
 
 def _answer_lost(err: CLIError, where: str) -> CLIError:

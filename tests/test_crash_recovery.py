@@ -195,6 +195,7 @@ def test_a_full_disk_is_answered_507_stores_nothing_and_recovers(tmp_path: Path)
             assert cli.returncode == 1, cli.stdout + cli.stderr
             lines = cli.stderr.strip().splitlines()
             assert len(lines) == 1 and "storage is full" in lines[0] and "HTTP 507" in lines[0]
+            assert "nothing was issued" in lines[0] and "may have issued" not in lines[0]
             # Relying parties: the last CRL signed (valid until its nextUpdate), not a 507
             # problem a CRL client cannot read; OCSP signs the answer it cannot store (it
             # answered tryLater: emergency-plan probe, session 27), never an HTTP problem.
