@@ -312,6 +312,7 @@ ERROR_TITLES: dict[str, str] = {
     "The issuing CA is not on this host": "颁发 CA 不在本主机上",
     "The database was upgraded by another release": "数据库已被其他版本升级",
     "Insufficient storage": "存储空间不足",
+    "The database is damaged": "数据库已损坏",
     "Database unavailable": "数据库不可用",
     "The access token could not be checked": "无法核验访问令牌",
     "Refused to sign two roots for one tree size": "拒绝为同一树大小签署两个根",

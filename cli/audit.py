@@ -1079,14 +1079,14 @@ def verify_full(
             read(first, entries)
         if auditproof.root_from_leaf_hashes(leaves) != newer.root_hash:
             raise VerificationFailed(diagnose(client, newer, leaves))
-        if newer.size == cp.size:
+        if newer.size == cp.size and _log_key_missing(client):
             # No newer checkpoint to explain them: the server signs none (its log key is
             # missing: /ca/v1/health says), which is no proof of tampering; it was said
             # as one (emergency-plan probe, session 27). Not verified, in those words.
             raise CLIError(
                 f"cannot verify the {len(unexplained)} certificate records changed or "
                 f"issued after the log's newest checkpoint (size {cp.size}): the server "
-                "signs no newer one (is its log key missing? see /ca/v1/health); "
+                "signs no newer one (its log key is missing: see /ca/v1/health); "
                 "the log up to that checkpoint verified"
             )
         for serial in sorted(unexplained):
@@ -1111,6 +1111,16 @@ def verify_full(
             )
     checked = sum(1 for row in listed.values() if len(row) > 2)
     return FullResult(len(leaves), len(logged.hashes), len(listed), checked), newer, newer_note
+
+
+def _log_key_missing(client: AuditClient) -> bool:
+    """Whether the server says it cannot sign checkpoints (``/ca/v1/health``'s
+    ``missing_keys`` names the log's key); any doubt is no."""
+    try:
+        missing = client.json("/ca/v1/health").get("missing_keys")
+    except (CLIError, ValueError, AttributeError):
+        return False
+    return isinstance(missing, list) and "log" in missing
 
 
 def _check_event_records(

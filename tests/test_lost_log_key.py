@@ -243,7 +243,7 @@ def test_a_development_ca_serves_without_its_log_key_file(tmp_path: Path) -> Non
         assert res.returncode == 1, res.stdout + res.stderr
         line = res.stderr.strip().splitlines()[-1]
         assert line.startswith("eport: error: cannot verify the 1 certificate records"), line
-        assert "signs no newer one (is its log key missing?" in line and "FAILED" not in line
+        assert "signs no newer one (its log key is missing" in line and "FAILED" not in line
         assert "Traceback" not in srv.log.read_text()
     finally:
         stop(proc)
