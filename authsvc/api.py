@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -484,6 +485,9 @@ def validate() -> Response:
 # -- enterprise and auditors --------------------------------------------------------------
 
 
+_AUTHORIZATION = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]{1,64}")
+
+
 @bp.post("/v1/roles")
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
@@ -502,8 +506,15 @@ def grant_roles() -> Response:
         or not all(isinstance(r, str) for r in roles)
     ):
         raise BadRequest("operator_id (string) and roles (list of strings) are required")
-    if authorization is not None and not isinstance(authorization, str):
-        raise BadRequest("authorization must be a string")
+    if authorization is not None and (
+        not isinstance(authorization, str) or not _AUTHORIZATION.fullmatch(authorization)
+    ):
+        # a dnQualifier: PrintableString, within the column (200 characters answered 500 on
+        # PostgreSQL: review, session 27)
+        raise BadRequest(
+            "authorization must be an operator certificate's dnQualifier (1 to 64 of "
+            "A-Z a-z 0-9 space and '()+,-./:=?), as GET /ca/v1/operators/authorization names it"
+        )
     known = frozenset(r.id for r in svc().access.roles)
     bound = authorization if roles else None
     stored = svc().tokens.grant_roles(caller, op, frozenset(roles), known, bound)

@@ -573,12 +573,14 @@ def operator_authorization() -> Response:
     operator_id = request.args.get("operator_id")
     if not operator_id:
         raise BadRequest("operator_id is required")
+    from ca.authority import authorization_id
+
     app = svc().authority.operator_authorization(caller, operator_id)
     return jsonify(
         {
             "operator_id": app.vetted.get("operator_id"),
-            "application": app.id,
-            "authorization": authorization_label(app.id),
+            "application": authorization_id(app),
+            "authorization": authorization_label(authorization_id(app)),
             "authorized_at": iso(app.created_at),
         }
     )

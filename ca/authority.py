@@ -1008,6 +1008,23 @@ class JointCA:
                 void=self._void,
             )
             withdrawn = tx.withdraw_codes([a.id for a in earlier], now)
+            # Authorized again before anyone enrolled on the last authorization (a code
+            # lost or lapsed, a name corrected): the same authorization, so the roles
+            # granted to it are kept; after one was enrolled, another person may hold the
+            # id: a new one (review, session 27: a lost code lost the operator's roles)
+            extra = {"enterprise_application": parent.id}
+            last = max(
+                (a for a in earlier if a.state is ApplicationState.APPROVED),
+                key=lambda a: (a.created_at, a.id),
+                default=None,
+            )
+            if (
+                last is not None
+                and last.vetted.get("enterprise_application") == parent.id
+                and not tx.certificates_of_application(last.id)
+            ):
+                extra["authorization_of"] = authorization_id(last)
+            app = dataclasses.replace(app, vetted={**app.vetted, **extra})
             tx.add_application(app)
             grant = self._grant_code(tx, app, profiles, now)
             details: dict[str, object] = {"operator_id": clean_id, "profiles": list(profiles)}
@@ -1052,7 +1069,7 @@ class JointCA:
                 self._refuse_held_enterprise(tx, app.uscc, now)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(
-            profile, issuer, public_key, app.vetted, now, authorization=app.id
+            profile, issuer, public_key, app.vetted, now, authorization=authorization_id(app)
         )
         record = certificate_record(cert, issuer.id, profile.name, app, spki)
         event = Event.about(EventType.CERTIFICATE_ISSUED, record, actor="enrollment-code", at=now)
@@ -1195,7 +1212,7 @@ class JointCA:
         profile = self.policies.profile(current.profile)
         issuer = self._issuer_for(profile)
         cert = self.factory.issue(
-            profile, issuer, csr.public_key(), vetted, now, authorization=app.id
+            profile, issuer, csr.public_key(), vetted, now, authorization=authorization_id(app)
         )
         record = certificate_record(cert, issuer.id, profile.name, app)
         event = Event.about(
@@ -1532,6 +1549,13 @@ _FIELD_WORDS = {
 """An application's fields in words, with the API's name: `eport apply --name` of 65
 characters was refused as "legal_name has 65 characters", a name the CLI user never
 typed (operator names already read "operator name")."""
+
+
+def authorization_id(app: Application) -> str:
+    """The application whose id names ``app``'s authorization (an operator certificate's
+    dnQualifier: :func:`ca.policy.authorization_label`): its own, or, for an operator
+    authorized again before anyone enrolled on the authorization before, that one's."""
+    return app.vetted.get("authorization_of") or app.id
 
 
 def operator_id_of(value: str) -> str:

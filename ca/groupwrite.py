@@ -578,9 +578,12 @@ class IssuanceWriter:
         now = self._dt(item.now)
         for profile in item.enterprise_not_held:
             cur.execute(self._credential_sql, (uscc, profile, now, "", StatusState.REVOKED.value))
-            for serial, _, state, issuer_id in cur.fetchall():
-                if state is not None and issuer_id not in item.void_issuers:
-                    raise held_enterprise_refusal(uscc, serial)
+            # the one credential in force that lasts longest, as the check before signing
+            # and the session path read it (Transaction.credential_in_force): a renewal's
+            # old certificate on hold does not hold its operators (review, session 27)
+            row = next((r for r in cur.fetchall() if r[3] not in item.void_issuers), None)
+            if row is not None and row[2] is not None:
+                raise held_enterprise_refusal(uscc, row[0])
 
     def _refuse_same_name(self, cur: Any, item: IssuanceWrite) -> None:
         """The one-name rule of a member agency's staff (:attr:`IssuanceWrite.sole_name`),

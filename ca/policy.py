@@ -441,10 +441,18 @@ def load_profile(path: Path) -> Profile:
         ocsp_nocheck=r.get("ocsp_nocheck", bool, False),
         status_urls=r.get("status_urls", bool, True),
     )
-    if subject_class is SubjectClass.OPERATOR and "authorization" not in profile.template_fields():
-        # The token service binds an operator's roles to it: without it, the next person
-        # given an operator id got the roles granted to the one before (roles probe,
-        # session 27: an operator.toml kept from an earlier release, accepted silently)
+    if (
+        subject_class is SubjectClass.OPERATOR
+        and (
+            NameOID.DN_QUALIFIER,
+            "{authorization}",
+        )
+        not in profile.subject
+    ):
+        # The token service binds an operator's roles to it, read from the dnQualifier
+        # alone: without it, the next person given an operator id got the roles granted
+        # to the one before (roles probe, session 27: an operator.toml kept from an
+        # earlier release, accepted silently; review: {authorization} elsewhere)
         raise r.fail(
             "subject",
             'an operator profile names its authorization: add ["dnQualifier", '

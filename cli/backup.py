@@ -796,8 +796,8 @@ def restore_command(
                 "the lost entries may hold ceremonies (a REVOKE-INTERMEDIATE, a rotation, a "
                 "re-share, ROOT-CRL, REPLACE-LOG-KEY): ca/ is as the backup left it. Ask the "
                 "auditors for the lost entries' ceremony.completed events (or the "
-                "custodians), and do each again once unsealed, a revocation first; the "
-                "root CRL published since is numbered above the next one (docs/emergency-"
+                "custodians), and do each again once unsealed, a revocation first; a CRL "
+                "signed from now on is numbered above any published before (docs/emergency-"
                 "plan.md runbook 4)"
             )
         steps.append(

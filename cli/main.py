@@ -1876,9 +1876,12 @@ def operator_add(
       eport enroll --code CODE --profile operator --out DIR
 
     Run it again for the same --id when the code was lost or expired: the
-    earlier unused code stops working. Refused while a certificate of that
-    operator id is in force: the operator renews it (eport renew), or you
-    revoke it first (eport revoke --serial SERIAL --reason REASON).
+    earlier unused code stops working, and the roles granted stay (it is the
+    same authorization). Refused while a certificate of that operator id is in
+    force: the operator renews it (eport renew), or you revoke it first (eport
+    revoke --serial SERIAL --reason REASON). Once a certificate was issued on
+    it, authorizing the id again (another person) is a new authorization:
+    roles granted before do not carry over (eport roles grant again).
 
     \b
       eport operator add --name "Li Wei" --id E1024 --cert ent/cert.pem --key ent/key.pem
@@ -1893,9 +1896,22 @@ def operator_add(
         f"Operator {name} ({operator_id}) authorized{_withdrew(doc)}.\n"
         f"Enrollment code: {doc['enrollment_code']}\n"
         f"  expires: {doc['expires_at']}\n"
-        f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR",
+        f"  next: eport enroll --code {doc['enrollment_code']} --profile operator --out DIR\n"
+        + _roles_note(doc, operator_id),
         f"; the operator's enrollment code is shown nowhere: run eport operator add again "
         f"with --id {operator_id} for a new one (the lost one then stops working)",
+    )
+
+
+def _roles_note(doc: dict[str, Any], operator_id: str) -> str:
+    """What becomes of role grants: kept by an authorization again before anyone enrolled
+    (the same one), else granted anew (a grant is for one authorization)."""
+    vetted = doc.get("application", {}).get("subject") or {}
+    if vetted.get("authorization_of"):
+        return f"  roles: those granted to {operator_id} stand (the same authorization)"
+    return (
+        f"  roles: eport roles grant --operator {operator_id} --role ROLE (grants made to "
+        "an earlier holder of the id do not carry over)"
     )
 
 

@@ -921,6 +921,17 @@ def test_roles_stay_with_the_operator_they_were_granted_to(
                    *creds(ent))  # fmt: skip
     assert granted["authorization"] == authorization(old), granted
     assert "declaration:submit" in (scopes(old, tmp_path / "a") or [])
+    # The same person authorized again before enrolling (a lost code): the same
+    # authorization, the grant stands (review, session 27: it was lost)
+    lost = jrun(srv, "operator", "add", "--name", "Lost Code", "--id", "RE3", *creds(ent))
+    grant_roles(srv, ent, "RE3", "declaration")
+    shown = srv.eport("operator", "add", "--name", "Lost Code", "--id", "RE3", *creds(ent))
+    assert "roles: those granted to RE3 stand" in shown.stdout, shown.stdout
+    code = shown.stdout.split("Enrollment code: ")[1].split()[0]
+    again_in = tmp_path / "again-in"
+    jrun(srv, "enroll", "--code", code, "--profile", "operator", "--out", str(again_in))
+    assert "app_" + authorization(again_in) == lost["application"]["id"]
+    assert "declaration:submit" in (scopes(again_in, tmp_path / "f") or [])
     # A grant that is never used before its holder leaves (below: RE2)
     never = jrun(srv, "operator", "add", "--name", "Zhao Yi", "--id", "RE2", *creds(ent))
     unused = tmp_path / "unused"

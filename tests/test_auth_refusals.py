@@ -117,10 +117,12 @@ def signed(
     )
 
 
-def grant(w: World, operator_id: Any, roles: Any) -> requests.Response:
+def grant(w: World, operator_id: Any, roles: Any, authorization: Any = "x1") -> requests.Response:
     """A role grant, naming an authorization as ``eport roles grant`` does (any here: the
     token service keeps what it is given for the enterprise's operator id)."""
-    body = json.dumps({"operator_id": operator_id, "roles": roles, "authorization": "x1"}).encode()
+    body = json.dumps(
+        {"operator_id": operator_id, "roles": roles, "authorization": authorization}
+    ).encode()
     return signed(w, "/auth/v1/roles", body, "application/json")
 
 
@@ -178,6 +180,10 @@ def test_a_role_grant_to_an_operator_id_the_ca_would_refuse_is_400(on_each_db: W
     ]
     for operator_id, words in cases:
         assert_problem(grant(w, operator_id, ["declaration"]), 400, *words)
+    # The authorization is a dnQualifier: 200 characters answered 500 on PostgreSQL
+    for authorization in ("a" * 65, "a" * 200, "王", "", 7):
+        r = grant(w, "E1024", ["declaration"], authorization)
+        assert_problem(r, 400, "authorization")
     assert row_counts(w.auth_db, [OperatorRolesRow]) == before
     # At the limit, and with blanks as the CA collapses them: granted, stored as the CA
     # would write the certificate's serialNumber.

@@ -218,6 +218,14 @@ def test_an_operator_profile_must_name_its_authorization(policy_dir: Path) -> No
     edit(path, lambda text: text.replace('  ["dnQualifier", "{authorization}"],\n', ""))
     err = refused(policy_dir, path, "subject")
     assert '["dnQualifier", "{authorization}"]' in str(err)
+    # elsewhere in the subject, it is in no dnQualifier, where the token service reads it
+    edit(
+        path,
+        lambda t: t.replace(
+            '["CN", "{operator_name}"]', '["CN", "{operator_name} {authorization}"]'
+        ),
+    )
+    refused(policy_dir, path, "subject")
 
 
 def test_empty_key_types_refused(policy_dir: Path) -> None:
