@@ -420,7 +420,20 @@ class IssuanceWriter:
 
     def _settle(self, seq: int | None) -> None:
         if seq is not None and self.wal_sync is not None:
-            self.wal_sync.sync(seq)
+            try:
+                self.wal_sync.sync(seq)
+            except OSError as exc:
+                # After the COMMIT: the group is written, its durability unknown. Said as
+                # a database that could not answer (503: the change may have been made),
+                # never as a full disk's 507, which says nothing was (review, session 27:
+                # an fdatasync's ENOSPC told the CLI nothing was issued)
+                from ca.errors import DatabaseUnavailable
+
+                raise DatabaseUnavailable(
+                    "the database committed the write but could not make it durable "
+                    f"({exc.strerror or exc}); it may or may not be stored: look before "
+                    "sending it again"
+                ) from None  # not a full disk's chain: storage_full_cause reads the chain
 
     def _transaction(
         self, items: Sequence[IssuanceWrite]

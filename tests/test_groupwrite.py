@@ -681,3 +681,22 @@ def test_a_real_server_answers_no_issuance_before_its_flush(tmp_path: Path) -> N
     finally:
         engine.dispose()
     assert {i["serial"] for i in issued} <= stored
+
+
+def test_a_flush_that_fails_after_the_commit_is_not_called_a_full_disk() -> None:
+    """The group is committed before its WAL is flushed: an fdatasync's ENOSPC there was
+    a 507 (storage-full), which the CLI reads as "nothing was issued" (review, session
+    27). It is a 503 that says the write may be stored."""
+    import errno
+    import types
+
+    from ca.errors import DatabaseUnavailable, storage_full_cause
+
+    class Failing:
+        def sync(self, seq: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = types.SimpleNamespace(wal_sync=Failing())
+    with pytest.raises(DatabaseUnavailable, match="may or may not be stored") as failed:
+        groupwrite.IssuanceWriter._settle(writer, 7)  # type: ignore[arg-type]
+    assert storage_full_cause(failed.value) is None
