@@ -32,6 +32,7 @@ from ca.errors import (
     IssuerExpired,
     IssuerRevoked,
     IssuerUnavailable,
+    NotDurable,
     NotFound,
     ProfileNotAllowed,
     Unauthenticated,
@@ -1098,6 +1099,8 @@ class JointCA:
                     enterprise_not_held=not_held,
                 )
             )
+        except NotDurable:
+            raise  # stored, perhaps not for good: never handed out (nor found as a replay)
         except EPortError:
             # The same request sent again while the first was still waiting to be written
             # (a client that timed out and retried): both passed the check above, the
@@ -1239,6 +1242,8 @@ class JointCA:
                     void_issuers=self._void,
                 )
             )
+        except NotDurable:
+            raise  # as enroll
         except EPortError as exc:
             # A retry of this renewal overlapping the first: see enroll
             with self.store.reading() as tx:

@@ -254,6 +254,17 @@ class DatabaseDamaged(EPortError):
     title = "The database is damaged"
 
 
+class NotDurable(EPortError):
+    """An issuance committed whose write-ahead log could not be flushed to disk: visible,
+    but perhaps lost in a crash. Never handed out as issued (nor found again as a replay
+    of itself), and never said as a full disk (507: nothing was stored). 503: it may or
+    may not be stored."""
+
+    status = 503
+    slug = "database-unavailable"
+    title = "Database unavailable"
+
+
 class StorageFull(EPortError):
     """The server's storage is full (SQLite's ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL's
     ``disk_full``): the write was rolled back, nothing is wrong with the request, and it can

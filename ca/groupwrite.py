@@ -419,21 +419,24 @@ class IssuanceWriter:
         return out, None
 
     def _settle(self, seq: int | None) -> None:
-        if seq is not None and self.wal_sync is not None:
-            try:
-                self.wal_sync.sync(seq)
-            except OSError as exc:
-                # After the COMMIT: the group is written, its durability unknown. Said as
-                # a database that could not answer (503: the change may have been made),
-                # never as a full disk's 507, which says nothing was (review, session 27:
-                # an fdatasync's ENOSPC told the CLI nothing was issued)
-                from ca.errors import DatabaseUnavailable
+        if seq is None or self.wal_sync is None:
+            return
+        try:
+            self.wal_sync.sync(seq)
+            return
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        # After the COMMIT: the group is written, its durability unknown. Said as a
+        # database that could not answer (503: the change may have been made), never as a
+        # full disk's 507, which says nothing was (review, session 27: an fdatasync's
+        # ENOSPC told the CLI nothing was issued). Raised outside the handler: the OSError
+        # is not its context, where storage_full_cause would find a full disk.
+        from ca.errors import NotDurable
 
-                raise DatabaseUnavailable(
-                    "the database committed the write but could not make it durable "
-                    f"({exc.strerror or exc}); it may or may not be stored: look before "
-                    "sending it again"
-                ) from None  # not a full disk's chain: storage_full_cause reads the chain
+        raise NotDurable(
+            f"the database committed the write but could not make it durable ({why}); it "
+            "may or may not be stored: look before sending it again"
+        )
 
     def _transaction(
         self, items: Sequence[IssuanceWrite]

@@ -591,7 +591,10 @@ def test_sqlite_wal_is_synced_before_the_certificate_is_returned(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing)
-    with pytest.raises(OSError, match="Input/output"):
+    from ca.errors import NotDurable
+
+    # a 503 that says it may be stored: it is committed, its durability unknown
+    with pytest.raises(NotDurable, match=r"Input/output error.*may or may not be"):
         ca.enroll(c2, "enterprise", csr_pem(KeyType.P256.generate()))
     monkeypatch.setattr(os, "fdatasync", real_fsync)
 
@@ -690,13 +693,13 @@ def test_a_flush_that_fails_after_the_commit_is_not_called_a_full_disk() -> None
     import errno
     import types
 
-    from ca.errors import DatabaseUnavailable, storage_full_cause
+    from ca.errors import NotDurable, storage_full_cause
 
     class Failing:
         def sync(self, seq: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     writer = types.SimpleNamespace(wal_sync=Failing())
-    with pytest.raises(DatabaseUnavailable, match="may or may not be stored") as failed:
+    with pytest.raises(NotDurable, match="may or may not be stored") as failed:
         groupwrite.IssuanceWriter._settle(writer, 7)  # type: ignore[arg-type]
     assert storage_full_cause(failed.value) is None
