@@ -515,6 +515,12 @@ class StatusService:
         with self._crl_lock, self.store.transaction() as tx:
             tx.ensure_crl_state(issuer_id)
             state = tx.crl_state(issuer_id, for_update=True)
+            # The time read again once the row is locked: a CRL another process signed
+            # while this one waited for the lock is from after the ``now`` read before,
+            # and was taken for one from before a clock step back, so signed again with an
+            # older thisUpdate than its own (two-host probe, session 27: a later number
+            # with an earlier date, which OpenSSL passes over for the older CRL).
+            now = max(now, self.clock().replace(microsecond=0))
             if self._fresh(state, now):  # another process signed it meanwhile
                 return bytes(state.der)
             number = next_crl_number(int(state.crl_number), self.clock())  # ms: not `now`

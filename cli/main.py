@@ -2900,7 +2900,9 @@ def roles_grant(
             "(--ca-server URL or EPORT_CA_SERVER), which names the operator's authorization"
         ) from None
     body = {
-        "operator_id": operator_id,
+        # as the CA spells it, which the certificate carries: the CA finds the id whatever
+        # its case, the token service keys the grant as written (two-host probe, s27)
+        "operator_id": current.get("operator_id") or operator_id,
         "roles": list(roles),
         "authorization": current["authorization"],
     }
@@ -2908,7 +2910,7 @@ def roles_grant(
     emit(
         as_json,
         doc,
-        f"Operator {operator_id} of {doc['uscc']} now has: {', '.join(doc['roles'])}\n"
+        f"Operator {doc['operator_id']} of {doc['uscc']} now has: {', '.join(doc['roles'])}\n"
         f"  for its authorization {current['application']} of {current['authorized_at']}; "
         "another person given the id later has none",
     )

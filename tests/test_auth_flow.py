@@ -962,6 +962,7 @@ def test_roles_stay_with_the_operator_they_were_granted_to(
     jrun(srv, "enroll", "--code", again["enrollment_code"], "--profile", "operator",
          "--out", str(heir))  # fmt: skip
     assert scopes(heir, tmp_path / "e") is None  # RE2's grant was never used: still not theirs
-    # The enterprise grants them again: now the successor's.
-    grant_roles(srv, ent, "RE1", "declaration")
+    # The enterprise grants them again: now the successor's (the id typed in another
+    # case, as the CA finds it: the grant is made as the certificate spells it)
+    grant_roles(srv, ent, "re1", "declaration")
     assert "declaration:submit" in (scopes(successor, tmp_path / "d") or [])

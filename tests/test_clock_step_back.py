@@ -177,3 +177,21 @@ def test_a_responder_certificate_from_the_future_is_renewed(
         answer = xocsp.load_der_ocsp_response(svc.status.respond(request))
         assert answer.response_status is xocsp.OCSPResponseStatus.SUCCESSFUL
         assert answer.certificate_status is xocsp.OCSPCertStatus.GOOD
+
+
+def test_a_crl_signed_while_this_process_waited_is_not_signed_again_older(
+    service: Stepped,
+) -> None:
+    """A process reads the time, then waits for the CRL row's lock while another signs
+    the CRL. Compared with the time read before the wait, that CRL looked like one from
+    before a clock step back and was signed again with an older thisUpdate under a higher
+    number, which OpenSSL passes over for the older CRL (two-host probe, session 27). The
+    time is read again once the row is locked: the CRL just signed is the answer."""
+    svc, t0 = service.svc, service.t0
+    status = svc.status
+    status.clock = lambda: t0
+    signed = status.crl("enterprise")
+    db.session.remove()
+    waited = t0 - datetime.timedelta(seconds=1)  # read before the wait for the lock
+    issuer = status.issuers["enterprise"]
+    assert status._sign_crl("enterprise", issuer, waited) == signed
