@@ -387,6 +387,17 @@ def verify_certificate_jwt(
             f"{what} rejected: its audience (aud) is {str(sent)[:200]!r}, not "
             f"{' or '.join(wanted)}{hint}"
         ) from exc
+    except jwt.InvalidAlgorithmError as exc:
+        # say which alg the key signs with: PyJWT's words named neither (key types probe,
+        # session 27)
+        try:
+            sent_alg = str(jwt.get_unverified_header(token).get("alg"))[:40]
+        except jwt.PyJWTError:
+            sent_alg = "?"
+        raise Unauthenticated(
+            f"{what} rejected: a {kt.value} key signs with {kt.jws_alg} (x5c[0]'s key), "
+            f"not {sent_alg!r}"
+        ) from exc
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"{what} rejected: {exc}") from exc
     _refuse_twice_named(token, what)

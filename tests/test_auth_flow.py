@@ -538,6 +538,14 @@ def test_attack_assertions(sqlite_server: Server, world: dict[str, Any], tmp_pat
     )
     other = ec.generate_private_key(ec.SECP256R1())
     assert _login(srv, _assertion(srv, cert, other, chain)).status_code == 400  # not the cert's key
+    # Signed with another alg than the key's: said which one it signs with (key types
+    # probe, session 27: PyJWT's "The specified alg value is not allowed" named neither)
+    head, body, sig = _assertion(srv, cert, key, chain).split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    swapped = base64.urlsafe_b64encode(json.dumps({**header, "alg": "ES384"}).encode())
+    r = _login(srv, ".".join((swapped.decode().rstrip("="), body, sig)))
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "a p256 key signs with ES256 (x5c[0]'s key), not 'ES384'" in r.text, r.text
     # A certificate from a foreign CA with the same names.
     fkey = ec.generate_private_key(ec.SECP256R1())
     foreign_ca = (
