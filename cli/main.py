@@ -63,9 +63,22 @@ KEY_TYPES = ["p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096"]
 
 
 class Ctx:
-    def __init__(self, server: str, verbose: bool) -> None:
-        self.server = server
+    def __init__(
+        self, server: str, verbose: bool, bad_server: click.BadParameter | None = None
+    ) -> None:
+        self._server = server
         self.verbose = verbose
+        self._bad_server = bad_server
+
+    @property
+    def server(self) -> str:
+        """The server's base URL; a malformed ``--server``/EPORT_SERVER is a usage error
+        (exit 2) here, where a command first needs it: checked before any command ran,
+        it stopped ``eport serve``, local commands and every ``--help`` (CLI probe,
+        session 27)."""
+        if self._bad_server is not None:
+            raise self._bad_server
+        return self._server
 
     def client(self) -> CAClient:
         return CAClient(self.server)
@@ -143,9 +156,9 @@ def more_hint(as_json: bool, doc: dict[str, Any], what: str) -> None:
 
 def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``--server`` (or EPORT_SERVER) is an http(s) URL with a host, else a usage error
-    (exit 2) before any command runs, in the name the value came from. An EPORT_SERVER
-    set but empty is refused too (click takes it for unset: the command went to the
-    default server without a word)."""
+    (exit 2) when a command uses it (:attr:`Ctx.server`), in the name the value came
+    from. An EPORT_SERVER set but empty is refused too (click takes it for unset: the
+    command went to the default server without a word)."""
     source = ctx.get_parameter_source("server")
     name = "EPORT_SERVER" if source is click.core.ParameterSource.ENVIRONMENT else "--server"
     if source is click.core.ParameterSource.DEFAULT and os.environ.get("EPORT_SERVER") == "":
@@ -154,12 +167,14 @@ def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if why is None:
         return value
     unset = " (or unset EPORT_SERVER for it)" if name == "EPORT_SERVER" and not value else ""
-    raise click.BadParameter(
+    # kept for the command that uses it (Ctx.server), not raised before any command runs
+    ctx.meta["eport.bad_server"] = click.BadParameter(
         f"{value!r} {why}; give the e-port server's base URL, e.g. {DEFAULT_SERVER}{unset}",
         ctx,
         param,
         param_hint=name,
     )
+    return value
 
 
 class LazyGroup(click.Group):
@@ -224,7 +239,7 @@ def cli(ctx: click.Context, server: str, verbose: bool) -> None:
         pkcs8.iterations()  # a bad setting stops any command before it makes a key
     except pkcs8.KdfSettingError as exc:
         raise CLIError(str(exc)) from None
-    ctx.obj = Ctx(server, verbose)
+    ctx.obj = Ctx(server, verbose, ctx.meta.get("eport.bad_server"))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -2047,7 +2062,9 @@ def _invalidity_date(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def _utc(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat: strftime's %Y writes the year 1 as "1", which no ISO 8601 reader takes
+    # (CLI probe, session 27: a year before 1000 got a wrong refusal)
+    return when.astimezone(datetime.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 CASCADE_SHOWN = 10

@@ -147,6 +147,26 @@ def test_a_server_url_that_is_not_one_is_a_usage_error(
         assert line.startswith("eport: error: Invalid value for --server: ")
 
 
+def test_a_malformed_server_url_stops_only_what_uses_it(
+    sqlite_server: Server, tmp_path: Path
+) -> None:
+    """EPORT_SERVER was checked before any command ran: a malformed one (in an
+    environment file a systemd unit shares) stopped eport serve, every --help and the
+    commands that contact no server (CLI probe, session 27). It stops what uses it."""
+    from cli.main import _utc
+
+    ent = enroll_enterprise(sqlite_server, tmp_path, "Local Only Co.")
+    bad = {"EPORT_SERVER": "127.0.0.1:8000"}
+    helped = sqlite_server.eport("ra", "list", "--help", **bad)
+    assert helped.returncode == 0 and helped.stdout.startswith("Usage: eport ra list")
+    shown = sqlite_server.eport("cert", "show", str(ent / "cert.pem"), **bad)
+    assert shown.returncode == 0 and "Subject:" in shown.stdout
+    used = sqlite_server.eport("ra", "list", *sqlite_server.officer(), check=False, **bad)
+    one_line(used, 2, "Invalid value for EPORT_SERVER")
+    # and an invalidity date of the year 1 is written as ISO 8601 reads it
+    assert _utc(datetime.datetime(1, 1, 2, tzinfo=datetime.UTC)) == "0001-01-02T00:00:00Z"
+
+
 def test_a_server_that_is_not_the_e_port_server(sqlite_server: Server, web_server: str) -> None:
     """Every way EPORT_SERVER can point at the wrong place is one line naming it: the
     body of a web server's error page was printed as the error (many lines of HTML), and
