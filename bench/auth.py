@@ -514,7 +514,7 @@ class Bench:
         base = f"http://{HOST}:{ours.port}"
         endpoint = base + "/auth/token"
         http = requests.Session()
-        self.grant_role(http, base, ent)
+        self.grant_role(http, base, ent, op)
         sessions = a.clients + SPARE_SESSIONS
         refresh_tokens = []
         for req in login_requests(op, endpoint, sessions):
@@ -691,10 +691,17 @@ class Bench:
         print(f"Total run time {time.monotonic() - started:.0f} s.")
         return 0
 
-    def grant_role(self, http: requests.Session, base: str, ent: Party) -> None:
+    def grant_role(self, http: requests.Session, base: str, ent: Party, op: Party) -> None:
+        from ca.policy import authorization_of
         from ca.signedreq import SCHEME, sign_request
 
-        body = json.dumps({"operator_id": OPERATOR_ID, "roles": ["declaration"]}).encode()
+        # a grant names the operator's authorization (its certificate's dnQualifier)
+        grant = {
+            "operator_id": OPERATOR_ID,
+            "roles": ["declaration"],
+            "authorization": authorization_of(op.cert),
+        }
+        body = json.dumps(grant).encode()
         now = datetime.datetime.now(datetime.UTC)
         jws = sign_request(ent.key, ent.chain, "POST", "/auth/v1/roles", body, now)
         r = http.post(
