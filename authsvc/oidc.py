@@ -555,7 +555,7 @@ class OpenIDProvider:
         gives the subject nothing at the client's service."""
         session = current.session
         p = session.principal
-        roles = self.tokens.roles_of(p)
+        roles = self.tokens.roles_of(p, session.certificate)
         scopes = self.tokens.access.scopes_for(
             p.subject_class.value, service_id=req.client.id, roles=roles, agency_id=p.agency_id
         )

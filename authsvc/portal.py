@@ -97,7 +97,7 @@ def services_of(signed: SignedIn) -> list[ServiceLink]:
     """The services the subject may use (``AccessPolicy.services_for``), in file order."""
     s = auth()
     p = signed.session.principal
-    roles = s.tokens.roles_of(p)
+    roles = s.tokens.roles_of(p, signed.session.certificate)
     used = set(provider().store.session_clients(signed.session.sid))
     out = []
     for service in s.access.services_for(p.subject_class.value, roles, p.agency_id):

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.errors import Forbidden
 from ca.names import member_agency_of
-from ca.policy import Policies, SubjectClass, authorization_of
+from ca.policy import Policies, SubjectClass
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,6 @@ class Principal:
     service_host: str | None = None
     service_agency: str | None = None
     """A service certificate's vetting member agency (its O, a member's name)."""
-    authorization: str | None = None
-    """An operator certificate's authorization (:func:`ca.policy.authorization_of`): the
-    enterprise's roles for the operator are bound to it."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
@@ -107,14 +104,7 @@ def identify(
         op_id = _attr(cert.subject, NameOID.SERIAL_NUMBER)
         if not op_id:
             raise Forbidden("the operator certificate lacks the operator id")
-        return Principal(
-            f"op:{uscc}:{op_id}",
-            cls,
-            cn,
-            uscc=uscc,
-            operator_id=op_id,
-            authorization=authorization_of(cert),
-        )
+        return Principal(f"op:{uscc}:{op_id}", cls, cn, uscc=uscc, operator_id=op_id)
     if cls in (SubjectClass.AGENCY, SubjectClass.AUDITOR):
         agency = member_agency_of(org_id)
         if agency is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import math
 import secrets
@@ -33,7 +34,7 @@ from authsvc.principal import Principal, identify, x5t_s256
 from authsvc.tokens import InvalidToken, VerifiedTokens, jose_header, mint, verify
 from ca.errors import BadRequest, EPortError, Forbidden, Replayed, Unauthenticated
 from ca.ocsp import CertStatus, Good
-from ca.policy import Policies, SubjectClass
+from ca.policy import Policies, SubjectClass, authorization_of
 from ca.signedreq import ReplayStore, SignedRequest, TrustAnchors, verify_certificate_jwt
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -152,8 +153,9 @@ class SessionRecord:
         counts from."""
         return self.authenticated_at or self.created_at
 
-    @property
+    @functools.cached_property
     def certificate(self) -> x509.Certificate:
+        """Parsed once per record (its status check and its roles both read it)."""
         return x509.load_der_x509_certificate(self.cert_der)
 
 
@@ -482,7 +484,7 @@ class TokenService:
             decided["principal"] = principal
             if service_id is not None:
                 # invalid_target or invalid_scope: not a failed login (nothing counted)
-                decided["access"] = self._access(principal, service_id, requested)
+                decided["access"] = self._access(principal, cert, service_id, requested)
 
         try:
             try:
@@ -703,11 +705,17 @@ class TokenService:
     ) -> Minted:
         """An access token of ``session`` for ``service_id``; ``release``: see
         :meth:`_mint`; ``requested``: :func:`narrowed`."""
-        service, scopes = self._access(session.principal, service_id, requested)
+        service, scopes = self._access(
+            session.principal, session.certificate, service_id, requested
+        )
         return self._mint(session, service, scopes, act, client_id=client_id, release=release)
 
     def _access(
-        self, p: Principal, service_id: str, requested: str | None = None
+        self,
+        p: Principal,
+        certificate: x509.Certificate,
+        service_id: str,
+        requested: str | None = None,
     ) -> tuple[Any, tuple[str, ...]]:
         """The service ``service_id`` and the scopes ``p`` has there (those ``requested``
         of them, if given: :func:`narrowed`); raises the OAuth error (``invalid_target``,
@@ -716,7 +724,7 @@ class TokenService:
             service = self.access.service(service_id)
         except EPortError as exc:  # its detail names the known services
             raise OAuthError(exc.detail, error="invalid_target") from None
-        roles = self.roles_of(p)
+        roles = self.roles_of(p, certificate)
         scopes = self.access.scopes_for(
             p.subject_class.value, service_id=service.id, roles=roles, agency_id=p.agency_id
         )
@@ -1079,20 +1087,22 @@ class TokenService:
         )
         return operator_id
 
-    def roles_of(self, p: Principal) -> frozenset[str]:
+    def roles_of(self, p: Principal, certificate: x509.Certificate) -> frozenset[str]:
         """The roles the enterprise granted the operator ``p`` (none for any other class):
-        those of its grant, if granted to ``p``'s authorization (the next person given a
+        those of its grant, if granted to the authorization ``certificate`` (``p``'s)
+        names (:func:`ca.policy.authorization_of`; the next person given a
         departed operator's id, or the operators of an enterprise that ceased and applied
         again, have none until granted them); a grant of an earlier release, made before
         grants named their authorization, is bound at its first use by a certificate that
         names one (the store logs ``roles.bound``)."""
         if p.subject_class is not SubjectClass.OPERATOR or not p.uscc or not p.operator_id:
             return frozenset()
+        authorization = authorization_of(certificate)
         event = None
-        if p.authorization is not None:
-            detail = {"operator_id": p.operator_id, "authorization": p.authorization}
+        if authorization is not None:
+            detail = {"operator_id": p.operator_id, "authorization": authorization}
             event = AuthEvent("roles.bound", self.clock(), p.subject, detail=detail)
-        return self.store.get_roles(p.uscc, p.operator_id, p.authorization, event)
+        return self.store.get_roles(p.uscc, p.operator_id, authorization, event)
 
     def signed_principal(self, req: SignedRequest, *, fresh: bool = False) -> Principal:
         self.require_good_caller(req.certificate, fresh=fresh)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from cryptography import x509
 from sqlalchemy import (
     ColumnElement,
     Engine,
@@ -51,7 +50,7 @@ from authsvc.service import (
     SessionRecord,
     SessionState,
 )
-from ca.policy import SubjectClass, authorization_of
+from ca.policy import SubjectClass
 from ca.store import DbapiReads, SchemaFence, reading, upsert, utc_from_db, writing
 
 MAX_SESSIONS_PER_SUBJECT = 100
@@ -775,11 +774,6 @@ def _session(row: SessionRow) -> SessionRecord:
         operator_id=row.operator_id,
         agency_id=row.agency_id if cls is not SubjectClass.SERVICE else None,
         service_host=row.agency_id if cls is SubjectClass.SERVICE else None,
-        authorization=(
-            authorization_of(x509.load_der_x509_certificate(row.cert_der))
-            if cls is SubjectClass.OPERATOR
-            else None
-        ),
     )
     return SessionRecord(
         sid=row.sid,
