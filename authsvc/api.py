@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from ca.errors import (
     Unauthenticated,
     database_unavailable_cause,
 )
+from ca.policy import PRINTABLE_STRING
 from ca.problems import (
     DATABASE_UNAVAILABLE_DETAIL,
     RETRY_AFTER_SECONDS,
@@ -485,9 +485,6 @@ def validate() -> Response:
 # -- enterprise and auditors --------------------------------------------------------------
 
 
-_AUTHORIZATION = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]{1,64}")
-
-
 @bp.post("/v1/roles")
 def grant_roles() -> Response:
     """The enterprise's legal person grants roles to one of its operators (signed)."""
@@ -507,7 +504,9 @@ def grant_roles() -> Response:
     ):
         raise BadRequest("operator_id (string) and roles (list of strings) are required")
     if authorization is not None and (
-        not isinstance(authorization, str) or not _AUTHORIZATION.fullmatch(authorization)
+        not isinstance(authorization, str)
+        or len(authorization) > 64
+        or not PRINTABLE_STRING.fullmatch(authorization)
     ):
         # a dnQualifier: PrintableString, within the column (200 characters answered 500 on
         # PostgreSQL: review, session 27)

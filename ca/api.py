@@ -18,11 +18,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ca import hierarchy
 from ca.app import EXTENSION, CAService
-from ca.authority import Caller, CodeGrant, Issued, JointCA
+from ca.authority import Caller, CodeGrant, Issued, JointCA, authorization_id
 from ca.crl import ReasonCode
 from ca.errors import BadRequest, Forbidden, NotFound
 from ca.openapi import openapi_document
-from ca.policy import SubjectClass
+from ca.policy import SubjectClass, authorization_label
 from ca.problems import no_cache_of_private
 from ca.records import (
     Application,
@@ -517,7 +517,21 @@ def authorize_operator() -> tuple[Response, int]:
     grant = svc().authority.authorize_operator(
         caller, field(data, "name"), field(data, "operator_id")
     )
-    return jsonify(grant_json(grant)), 201
+    doc = {**grant_json(grant), "authorization": authorization_json(grant.application)}
+    return jsonify(doc), 201
+
+
+def authorization_json(app: Application) -> dict[str, Any]:
+    """An operator application's authorization: ``application``, the one whose id names it;
+    ``authorization``, its certificates' dnQualifier; ``continues``, whether it is an
+    earlier application's, authorized again before anyone enrolled (its role grants
+    stand) rather than a new one (grants are made anew)."""
+    named_by = authorization_id(app)
+    return {
+        "application": named_by,
+        "authorization": authorization_label(named_by),
+        "continues": named_by != app.id,
+    }
 
 
 @bp.get("/operators")
@@ -567,20 +581,15 @@ def pending_operators() -> Response:
 def operator_authorization() -> Response:
     """The calling enterprise's current authorization of ``operator_id`` (enterprise
     signed): what ``eport roles grant`` binds a grant to."""
-    from ca.policy import authorization_label
-
     caller = signed_caller()
     operator_id = request.args.get("operator_id")
     if not operator_id:
         raise BadRequest("operator_id is required")
-    from ca.authority import authorization_id
-
     app = svc().authority.operator_authorization(caller, operator_id)
     return jsonify(
         {
             "operator_id": app.vetted.get("operator_id"),
-            "application": authorization_id(app),
-            "authorization": authorization_label(authorization_id(app)),
+            **authorization_json(app),
             "authorized_at": iso(app.created_at),
         }
     )

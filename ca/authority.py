@@ -42,7 +42,7 @@ from ca.hierarchy import generation_base
 from ca.issuance import MIN_ISSUED_VALIDITY, CertificateFactory, IssuingCA, spki_sha256
 from ca.names import code_point, hidden_character, member_agency_of
 from ca.names import dn_string as dn_string  # re-exported for older callers
-from ca.policy import Policies, Profile, SubjectClass
+from ca.policy import PRINTABLE_STRING, Policies, Profile, SubjectClass
 from ca.records import (
     KEY_CERTIFIED,
     Application,
@@ -58,7 +58,7 @@ from ca.records import (
     code_refusal,
     code_state,
     credential_refusal,
-    held_enterprise_refusal,
+    refuse_held_enterprise,
     same_name_refusal,
     signer_refusal,
 )
@@ -79,7 +79,6 @@ UTF8String's size in characters, not UTF-8 bytes): a Chinese company name may ha
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
 )
-_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 
 
 def _a_label_ok(label: str) -> bool:
@@ -1170,11 +1169,7 @@ class JointCA:
         credential is on hold: a hold is the lost or stolen key's first answer, and codes
         that key gave enrolled operators meanwhile (business rules probe, session 26). The
         code stays unused: it enrolls once the hold is lifted (a revocation withdraws it)."""
-        found = tx.credential_in_force(
-            uscc, self._legal_person_profiles, now, void_issuers=self._void
-        )
-        if found is not None and found[1]:
-            raise held_enterprise_refusal(uscc, found[0].serial_hex)
+        refuse_held_enterprise(tx, uscc, self._legal_person_profiles, now, self._void)
 
     def _refuse_code(
         self, rec: EnrollmentCode | None, profile_name: str, now: datetime.datetime
@@ -1570,11 +1565,11 @@ def operator_id_of(value: str) -> str:
     grants roles by it with the same rule. :class:`BadRequest` naming the rule (and the
     ASCII form of an id typed in full width)."""
     clean_id = _clean(value, "operator id", 64)
-    if not _PRINTABLE.fullmatch(clean_id):
+    if not PRINTABLE_STRING.fullmatch(clean_id):
         ascii_form = clean_id.translate(FULL_WIDTH_TO_ASCII)
         hint = (
             f" ({clean_id!r} is typed in full width: type it as {ascii_form!r})"
-            if ascii_form != clean_id and _PRINTABLE.fullmatch(ascii_form)
+            if ascii_form != clean_id and PRINTABLE_STRING.fullmatch(ascii_form)
             else ""
         )
         raise BadRequest("operator id may use only A-Z a-z 0-9 space and '()+,-./:=?" + hint)

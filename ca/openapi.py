@@ -653,6 +653,13 @@ def openapi_document() -> dict[str, Any]:
                             "description": "how many unused codes of the application (a new "
                             "code) or of the operator id (authorized again) this one ended",
                         },
+                        "authorization": {
+                            "type": "object",
+                            "description": "an operator's authorization (POST /ca/v1/operators "
+                            "only): application (whose id names it), authorization (its "
+                            "certificates' dnQualifier), continues (an earlier one's, authorized "
+                            "again before anyone enrolled: its role grants stand)",
+                        },
                     }
                 ),
                 "EnrollRequest": s(

@@ -113,6 +113,11 @@ _EXAMPLE_PROFILE = {
 }
 
 
+PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
+"""X.680's PrintableString characters: an operator id (the certificate's serialNumber)
+and an authorization (its dnQualifier) are made of them alone."""
+
+
 def authorization_label(application_id: str) -> str:
     """The ``{authorization}`` template field of a certificate issued on the application
     ``application_id``: the id without its ``app_`` prefix (a PrintableString, as

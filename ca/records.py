@@ -424,6 +424,22 @@ class IssuanceWrite:
     checked before a hold committed was issued after it (race probe, session 27)."""
 
 
+def refuse_held_enterprise(
+    tx: Transaction,
+    uscc: str,
+    profiles: Sequence[str],
+    now: datetime.datetime,
+    void_issuers: Collection[str] = (),
+) -> None:
+    """:func:`held_enterprise_refusal` when the legal-person credential of ``uscc`` in force
+    that lasts longest (:meth:`Transaction.credential_in_force`) is on hold: the rule the
+    check before signing and the session path apply (the group writer applies it in SQL,
+    ``ca.groupwrite._CREDENTIAL_IN_FORCE``)."""
+    found = tx.credential_in_force(uscc, profiles, now, void_issuers=void_issuers)
+    if found is not None and found[1]:
+        raise held_enterprise_refusal(uscc, found[0].serial_hex)
+
+
 def held_enterprise_refusal(uscc: str, serial_hex: str) -> Conflict:
     """The refusal of an operator's enrollment while its enterprise's legal-person
     certificate ``serial_hex`` is on hold: a hold is the lost or stolen key's first answer,

@@ -61,7 +61,7 @@ from ca.records import (
     StatusState,
     code_refusal,
     credential_refusal,
-    held_enterprise_refusal,
+    refuse_held_enterprise,
     same_name_refusal,
     signer_refusal,
 )
@@ -1464,14 +1464,9 @@ class SqlStore:
                     )
             if item.enterprise_not_held and item.record.uscc is not None:
                 assert item.now is not None  # an operator's enterprise not on hold, as above
-                credential = tx.credential_in_force(
-                    item.record.uscc,
-                    item.enterprise_not_held,
-                    item.now,
-                    void_issuers=item.void_issuers,
+                refuse_held_enterprise(
+                    tx, item.record.uscc, item.enterprise_not_held, item.now, item.void_issuers
                 )
-                if credential is not None and credential[1]:
-                    raise held_enterprise_refusal(item.record.uscc, credential[0].serial_hex)
             if item.sole_name:  # the one-name rule, as the group writer decides it
                 assert item.now is not None
                 subject = item.record.subject

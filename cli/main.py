@@ -1919,10 +1919,9 @@ def operator_add(
 
 
 def _roles_note(doc: dict[str, Any], operator_id: str) -> str:
-    """What becomes of role grants: kept by an authorization again before anyone enrolled
-    (the same one), else granted anew (a grant is for one authorization)."""
-    vetted = doc.get("application", {}).get("subject") or {}
-    if vetted.get("authorization_of"):
+    """What becomes of role grants: an authorization that continues an earlier one (the
+    id authorized again before anyone enrolled) keeps them, else they are made anew."""
+    if (doc.get("authorization") or {}).get("continues"):
         return f"  roles: those granted to {operator_id} stand (the same authorization)"
     return (
         f"  roles: eport roles grant --operator {operator_id} --role ROLE (grants made to "
@@ -2947,9 +2946,9 @@ def roles_clear(
     as_json: bool,
 ) -> None:
     """Take every role from an operator (one who left, or changed duties); its next
-    access tokens carry no role's scopes. Roles belong to the operator id, not to a
-    certificate: revoking the operator's certificate keeps them, for its renewal or
-    the same person's new certificate.
+    access tokens carry no role's scopes. Roles are granted to the operator's
+    authorization (its certificates' dnQualifier): a renewal keeps them, while the
+    next person given the id has none until granted them (eport roles grant).
 
     \b
       eport roles clear --operator E1024 --cert ent/cert.pem --key ent/key.pem

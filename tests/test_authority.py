@@ -1022,3 +1022,27 @@ def test_a_hold_committed_after_an_operator_code_was_checked_refuses_it(
     Revocation(ca).resume(officer_caller, ent.record.serial)
     op = ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
     assert op.record.profile == "operator"
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["group-writer", "session"])
+def test_a_renewed_enterprise_s_old_certificate_on_hold_holds_no_operator(
+    env: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+    grouped: bool,
+) -> None:
+    """The hold that refuses an operator's enrollment is that of the enterprise's
+    credential lasting longest, on every write path: the group writer read any one, so an
+    enterprise that renewed and had its old certificate held got its operators refused
+    there, after signing, while the session path issued them (review, session 27)."""
+    ca, _, officer = env
+    ca.store._grouped = grouped
+    officer_caller = ca.caller(signed_by(officer / "officer.pem"))
+    old_caller, old = enrolled_enterprise(ca, officer_caller, tmp_path, "Renewed Held Co.")
+    renewed = ca.renew(old_caller, csr(KeyType.P256.generate()))
+    path = tmp_path / "renewed.pem"
+    path.write_bytes(renewed.certificate.public_bytes(serialization.Encoding.PEM))
+    new_caller = ca.caller(signed_by(path))
+    Revocation(ca).suspend(officer_caller, old.record.serial)
+    grant = ca.authorize_operator(new_caller, "Li Wei", "RH1")
+    op = ca.enroll(grant.code, "operator", csr(KeyType.P256.generate()))
+    assert op.record.profile == "operator"
