@@ -520,10 +520,12 @@ class StatusService:
             # and was taken for one from before a clock step back, so signed again with an
             # older thisUpdate than its own (two-host probe, session 27: a later number
             # with an earlier date, which OpenSSL passes over for the older CRL).
-            now = max(now, self.clock().replace(microsecond=0))
+            locked_at = self.clock()
+            now = max(now, locked_at.replace(microsecond=0))
             if self._fresh(state, now):  # another process signed it meanwhile
                 return bytes(state.der)
-            number = next_crl_number(int(state.crl_number), self.clock())  # ms: not `now`
+            # in milliseconds: ``now``, the thisUpdate, is whole seconds
+            number = next_crl_number(int(state.crl_number), locked_at)
             try:
                 der = build_crl(
                     issuer.certificate,
