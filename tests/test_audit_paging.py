@@ -128,10 +128,9 @@ def test_an_actor_s_serial_is_read_as_any_serial(sqlite_server: Server) -> None:
     ident = load_identity(d / "auditor.pem", d / "auditor.key", d / "DEV-ONLY-passphrase.txt")
     client = CAClient(srv.url)
     hex_serial = format(officer.serial_number, "x")
-    spellings = [hex_serial, hex_serial.upper(), "0x" + hex_serial.upper(), ":".join(
-        hex_serial.zfill(len(hex_serial) + len(hex_serial) % 2)[i : i + 2]
-        for i in range(0, len(hex_serial) + len(hex_serial) % 2, 2)
-    ).upper()]  # fmt: skip
+    number = officer.serial_number
+    as_openssl = number.to_bytes((number.bit_length() + 7) // 8, "big").hex(":").upper()
+    spellings = [hex_serial, hex_serial.upper(), "0x" + hex_serial.upper(), as_openssl]
     found = []
     for spelled in spellings:
         query = f"type=application.approved&actor=agency:{spelled}&limit=1000"

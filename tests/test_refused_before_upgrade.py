@@ -21,6 +21,17 @@ def _set_version(db: Path, table: str, version: str) -> None:
         conn.execute(f"UPDATE {table} SET version_num = ?", (version,))
 
 
+def _auth_as_left_at(data: Path, revision: str) -> None:
+    """The token service's database of ``data`` taken down to ``revision`` by its own
+    migrations, as a release of that revision left it."""
+    from alembic import command
+
+    from authsvc.app import MIGRATIONS
+    from tests.test_upgrades import alembic_config
+
+    command.downgrade(alembic_config(MIGRATIONS, f"sqlite:///{data / 'auth.db'}"), revision)
+
+
 def test_nothing_is_upgraded_before_a_refusal(tmp_path: Path) -> None:
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     for d in (ours, theirs):  # two development CAs, each made and stopped
@@ -46,12 +57,7 @@ def test_a_start_that_upgrades_says_so_first(tmp_path: Path) -> None:
     data = tmp_path / "d"
     _, proc = start_server(data, workers=1)
     stop(proc)
-    import sqlite3 as db
-
-    with db.connect(data / "auth.db") as conn:  # as a release before a004 left it
-        conn.execute("ALTER TABLE auth_sessions DROP COLUMN authenticated_at")
-        conn.execute("ALTER TABLE auth_operator_roles DROP COLUMN bound_authorization")
-        conn.execute("UPDATE authsvc_alembic_version SET version_num = 'a003'")
+    _auth_as_left_at(data, "a003")  # as a release before a004 left it
     srv, proc = start_server(data, workers=1)
     try:
         out = srv.log.read_text()
@@ -154,9 +160,7 @@ def test_a_start_refused_for_a_passphrase_or_a_template_upgrades_nothing(
     data = tmp_path / "d"
     _, proc = start_server(data, workers=1)
     stop(proc)
-    with sqlite3.connect(data / "auth.db") as conn:  # as the release before a005 left it
-        conn.execute("ALTER TABLE auth_operator_roles DROP COLUMN bound_authorization")
-        conn.execute("UPDATE authsvc_alembic_version SET version_num = 'a004'")
+    _auth_as_left_at(data, "a004")  # as the release before a005 left it
     res = serve(data, EPORT_AUTH_KEY_PASSPHRASE="not the passphrase of these keys")
     refused(res, "EPORT_AUTH_KEY_PASSPHRASE does not open")
     assert "Upgrading" not in res.stdout, res.stdout
